@@ -1,0 +1,168 @@
+//! The command line: `serve`, `demo`, `check-config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat, PoolMode, ProxyConfig, TenantConfig, UpstreamConfig};
+use crate::embedded::{Cluster, SUPERUSER_PASSWORD};
+use crate::server::Proxy;
+
+#[derive(Parser, Debug)]
+#[command(name = "pgtenant", version, about = "A tenant-routing proxy that speaks the PostgreSQL wire protocol")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy with a configuration file.
+    Serve {
+        /// Path of the TOML configuration (see config/pgtenant.toml).
+        #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
+        config: PathBuf,
+    },
+    /// Start a throwaway PostgreSQL with two demo tenants and the proxy in front of it.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: SocketAddr,
+        /// Tokio worker threads (0 = one per core, 1 = single-threaded).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+    },
+    /// Load and validate a configuration file, then exit.
+    CheckConfig {
+        #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
+        config: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                init_logging(c.proxy.log_format);
+                runtime(c.proxy.workers)?.block_on(crate::server::run(c))
+            }),
+        Command::CheckConfig { config } => Config::load(&config).map_err(anyhow::Error::from).map(|c| {
+            println!("{}: ok ({} upstreams, {} tenants)", config.display(), c.upstreams.len(), c.tenants.len());
+        }),
+        Command::Demo { listen, workers } => {
+            init_logging(LogFormat::Human);
+            runtime(workers).and_then(|rt| rt.block_on(demo(listen, workers)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgtenant: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; the level comes from `RUST_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Worker threads: 1 gives a single-threaded runtime, 0 one worker per core.
+pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if workers > 1 {
+            b.worker_threads(workers);
+        }
+        b.enable_all().build()?
+    };
+    Ok(rt)
+}
+
+/// The demo tenants: (id, pool mode, pool size).
+const DEMO_TENANTS: [(&str, PoolMode, usize); 2] =
+    [("acme", PoolMode::Transaction, 10), ("globex", PoolMode::Session, 70)];
+
+async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
+    eprintln!("starting a throwaway PostgreSQL …");
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await??;
+    let (admin, conn) = tokio_postgres::connect(&cluster.superuser_conninfo("postgres"), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let mut tenants = Vec::new();
+    for (id, mode, size) in DEMO_TENANTS {
+        let password = format!("demo-{id}-{:08x}", rand::random::<u32>());
+        admin.batch_execute(&format!("CREATE ROLE {id} LOGIN PASSWORD '{password}'; CREATE DATABASE {id} OWNER {id};")).await?;
+        let (db, conn) = tokio_postgres::connect(&cluster.superuser_conninfo(id), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        db.batch_execute(&format!(
+            "SET ROLE {id};
+             CREATE TABLE products (id serial PRIMARY KEY, name text NOT NULL, price numeric(10,2) NOT NULL);
+             INSERT INTO products (name, price) VALUES ('{id} widget', 9.99), ('{id} gadget', 24.50), ('{id} gizmo', 3.75);"
+        ))
+        .await?;
+        tenants.push(TenantConfig {
+            id: id.to_owned(),
+            upstream: "local".to_owned(),
+            database: id.to_owned(),
+            role: id.to_owned(),
+            password: Some(password),
+            pool_mode: Some(mode),
+            pool_size: Some(size),
+        });
+    }
+    let config = Config {
+        proxy: ProxyConfig { listen, workers, ..ProxyConfig::default() },
+        pool: Default::default(),
+        resolver: Default::default(),
+        upstreams: vec![UpstreamConfig {
+            name: "local".to_owned(),
+            host: "127.0.0.1".to_owned(),
+            port: cluster.port,
+            max_connections: 200,
+        }],
+        tenants,
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let proxy: Arc<Proxy> = Proxy::new(config);
+    let port = listen.port();
+    let host = listen.ip();
+    println!();
+    println!("pgtenant demo is running: PostgreSQL {} on port {}, pgtenant on {listen}", cluster.bindir.display(), cluster.port);
+    println!("(superuser password on the PostgreSQL port: {SUPERUSER_PASSWORD})");
+    println!();
+    for (id, mode, size) in DEMO_TENANTS {
+        println!("  tenant {id:<7} postgresql://app.{id}@{host}:{port}/{id}   pool mode: {} (pool size {size})", mode.as_str());
+    }
+    println!();
+    println!("try:");
+    println!("  psql \"postgresql://app.acme@{host}:{port}/acme\" -c 'SELECT * FROM products'");
+    println!("  pgbench -i postgresql://app.acme@{host}:{port}/acme");
+    println!("  pgbench -c 16 -j 2 -T 10 -S postgresql://app.acme@{host}:{port}/acme");
+    println!("  pgbench -c 16 -j 2 -T 10 -M prepared postgresql://app.globex@{host}:{port}/globex   # after pgbench -i on globex");
+    println!();
+    println!("Ctrl-C stops pgtenant and removes the cluster.");
+    let drain = proxy.shutdown.drain.clone();
+    tokio::spawn(async move {
+        crate::server::wait_for_signal().await;
+        drain.cancel();
+    });
+    proxy.serve(listener).await?;
+    drop(admin);
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    eprintln!("demo stopped; the throwaway cluster is gone");
+    Ok(())
+}

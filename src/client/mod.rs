@@ -1,0 +1,157 @@
+//! One client session: handshake (startup packet, SSL/GSS refusal, cancel requests) →
+//! resolve the tenant → look it up → authenticate → login messages → relay.
+
+mod relay;
+pub mod vars;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::cancel::ClientKey;
+use crate::catalog::{CatalogError, Tenant};
+use crate::config::secs;
+use crate::pool::Pool;
+use crate::protocol::backend;
+use crate::protocol::frame::FrameReader;
+use crate::protocol::startup::{self, StartupPacket};
+use crate::protocol::{FrameError, PgError, SqlState};
+use crate::server::Proxy;
+use crate::tenant;
+
+use vars::ClientVars;
+
+/// Serves one accepted connection to its end. `permit` is the client's place under the
+/// global cap; without one the client is refused with 53300 once it has said who it is.
+pub async fn serve<S>(stream: S, peer: SocketAddr, proxy: Arc<Proxy>, permit: Option<OwnedSemaphorePermit>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let timeout = secs(proxy.config.proxy.startup_timeout);
+    let mut reader = FrameReader::new(stream, proxy.config.proxy.max_message_size);
+    let login = match tokio::time::timeout(timeout, handshake(&mut reader, &proxy, permit.is_some())).await {
+        Ok(Ok(Some(login))) => login,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "login refused");
+            let _ = reader.get_mut().write_all(&e.to_bytes()).await;
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "startup timed out");
+            let e = PgError::fatal(SqlState::ProtocolViolation, "startup timed out");
+            let _ = reader.get_mut().write_all(&e.to_bytes()).await;
+            return;
+        }
+    };
+    tracing::debug!(%peer, tenant = %login.tenant.id, "client logged in");
+    let (stream, buffered) = reader.into_parts();
+    relay::Session::new(stream, buffered, login, proxy).run().await;
+    drop(permit);
+}
+
+/// What a successful login hands to the relay.
+pub(crate) struct LoggedIn {
+    pub tenant: Arc<Tenant>,
+    pub pool: Arc<Pool>,
+    pub vars: ClientVars,
+    pub key: ClientKey,
+}
+
+async fn handshake<S>(
+    reader: &mut FrameReader<S>,
+    proxy: &Proxy,
+    admitted: bool,
+) -> Result<Option<LoggedIn>, PgError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let startup = loop {
+        let body = match reader.read_startup().await {
+            Ok(Some(body)) => body,
+            Ok(None) => return Ok(None),
+            Err(FrameError::Io(_)) | Err(FrameError::Truncated) => return Ok(None),
+            Err(e) => return Err(PgError::fatal(SqlState::ProtocolViolation, format!("invalid startup packet: {e}"))),
+        };
+        match startup::parse(&body) {
+            // The TLS seam: SSLRequest and GSSENCRequest are refused until TLS lands; the
+            // client goes on in plaintext (or gives up, if it requires TLS).
+            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
+                let mut out = BytesMut::with_capacity(1);
+                backend::refuse_encryption(&mut out);
+                reader.get_mut().write_all(&out).await.map_err(io_gone)?;
+            }
+            Ok(StartupPacket::Cancel { pid, secret }) => {
+                proxy.cancel.cancel(pid, &secret).await;
+                return Ok(None);
+            }
+            Ok(StartupPacket::Startup(m)) => break m,
+            Err(e) => return Err(PgError::fatal(SqlState::ProtocolViolation, format!("invalid startup packet: {e}"))),
+        }
+    };
+    if !admitted {
+        return Err(PgError::fatal(SqlState::TooManyConnections, "sorry, too many clients already")
+            .with_hint("pgtenant's max_client_conn is reached"));
+    }
+    if startup.wants_replication() {
+        return Err(PgError::fatal(
+            SqlState::FeatureNotSupported,
+            "pgtenant does not proxy replication connections",
+        )
+        .with_hint("connect replication clients to the PostgreSQL server directly"));
+    }
+    let mut out = BytesMut::with_capacity(512);
+    if startup.minor > 0 || !startup.protocol_options().is_empty() {
+        backend::negotiate_protocol_version(&mut out, startup.protocol_options());
+    }
+    let resolved = tenant::resolve(&startup, &proxy.config.resolver).map_err(|e| e.to_client())?;
+    let tenant = match proxy.catalog.lookup(&resolved.tenant).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Err(PgError::fatal(
+                SqlState::InvalidCatalogName,
+                format!("tenant \"{}\" does not exist", resolved.tenant),
+            ))
+        }
+        Err(CatalogError::Unavailable(why)) => {
+            tracing::warn!(tenant = %resolved.tenant, error = %why, "catalog lookup failed");
+            return Err(PgError::fatal(
+                SqlState::UnableToConnect,
+                format!("cannot look up tenant \"{}\": the control database is unreachable", resolved.tenant),
+            ));
+        }
+    };
+    // Client authentication: `trust` is the only method until SCRAM lands.
+    backend::authentication_ok(&mut out);
+    let pool = proxy.pools.pool_for(&tenant);
+    let pool_params = match pool.params() {
+        Some(p) => p,
+        None => learn_params(&pool, &tenant).await?,
+    };
+    let vars = ClientVars::new(&pool_params, &startup);
+    for (k, v) in vars.login_params(&pool_params) {
+        backend::parameter_status(&mut out, &k, &v);
+    }
+    let key = proxy.cancel.register();
+    backend::backend_key_data(&mut out, key.pid, key.secret());
+    backend::ready_for_query_idle(&mut out);
+    reader.get_mut().write_all(&out).await.map_err(io_gone)?;
+    Ok(Some(LoggedIn { tenant, pool, vars, key }))
+}
+
+/// Opens (or borrows) a server connection so the pool learns the server's ParameterStatus
+/// values, which clients are shown at login.
+async fn learn_params(pool: &Arc<Pool>, tenant: &Tenant) -> Result<Arc<Vec<(String, String)>>, PgError> {
+    let co = pool.checkout().await.map_err(|e| e.to_client(tenant.id.as_str()))?;
+    let params = Arc::new(co.conn_ref().vars.clone());
+    co.release();
+    Ok(params)
+}
+
+/// A client that vanished mid-handshake needs no message; this only satisfies the types.
+fn io_gone(e: std::io::Error) -> PgError {
+    PgError::fatal(SqlState::ConnectionFailure, format!("client connection lost: {e}"))
+}

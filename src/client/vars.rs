@@ -1,0 +1,226 @@
+//! Session variables a client expects on whatever server connection it is given: the
+//! reportable settings it was told at login (or changed since), and the settings it sent in
+//! its startup packet. At checkout, the difference from what the server connection carries
+//! becomes one `SET …; RESET …` query pipelined in front of the client's first message.
+
+use crate::pool::ServerConn;
+use crate::protocol::startup::StartupMessage;
+
+/// Reportable settings pgtenant keeps in step between a client and its server connections
+/// (the `GUC_REPORT` settings a client may change: see `src/backend/utils/misc/guc_tables.c`).
+pub const SYNCED: [&str; 6] = [
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+];
+
+/// Startup parameters that are not settings.
+const NOT_SETTINGS: [&str; 4] = ["user", "database", "options", "replication"];
+
+/// What one client expects of its server connections.
+#[derive(Debug, Default, Clone)]
+pub struct ClientVars {
+    /// Reportable settings: name (as the server spells it) → value.
+    pub reported: Vec<(String, String)>,
+    /// Other settings from the startup packet (`extra_float_digits`, `search_path`, `-c`
+    /// options …).
+    pub other: Vec<(String, String)>,
+}
+
+impl ClientVars {
+    /// Builds the client's expectations from the pool's remembered ParameterStatus values
+    /// and the client's startup packet.
+    pub fn new(pool_params: &[(String, String)], startup: &StartupMessage) -> ClientVars {
+        let mut vars = ClientVars::default();
+        for (k, v) in pool_params {
+            if SYNCED.iter().any(|s| s.eq_ignore_ascii_case(k)) {
+                vars.reported.push((k.clone(), v.clone()));
+            }
+        }
+        let from_options = startup.get("options").map(parse_options).unwrap_or_default();
+        let given = startup
+            .params
+            .iter()
+            .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_."))
+            .cloned()
+            .chain(from_options);
+        for (k, v) in given {
+            if !is_setting_name(&k) {
+                continue;
+            }
+            if let Some(slot) = vars.reported.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(&k)) {
+                slot.1 = v;
+            } else if SYNCED.iter().any(|s| s.eq_ignore_ascii_case(&k)) {
+                vars.reported.push((k, v));
+            } else {
+                vars.other.retain(|(n, _)| !n.eq_ignore_ascii_case(&k));
+                vars.other.push((k, v));
+            }
+        }
+        vars
+    }
+
+    /// The ParameterStatus list a client is shown at login: the pool's, with the client's
+    /// own values where it sent any.
+    pub fn login_params(&self, pool_params: &[(String, String)]) -> Vec<(String, String)> {
+        pool_params
+            .iter()
+            .map(|(k, v)| {
+                let own = self.reported.iter().find(|(n, _)| n.eq_ignore_ascii_case(k));
+                (k.clone(), own.map_or_else(|| v.clone(), |(_, v)| v.clone()))
+            })
+            .collect()
+    }
+
+    /// Records a ParameterStatus the server sent while this client held it.
+    pub fn observe(&mut self, name: &str, value: &str) {
+        if let Some(slot) = self.reported.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            value.clone_into(&mut slot.1);
+        }
+    }
+
+    /// The query that brings `conn` in line with this client, updating what `conn`
+    /// remembers; `None` when it already is. `pool_params` names the reportable settings
+    /// (anything else `conn` carries was applied by pgtenant for a client and may need a
+    /// RESET).
+    pub fn sync_query(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<String> {
+        let mut sql = String::new();
+        for (k, v) in self.reported.iter().chain(&self.other) {
+            if conn.var(k) != Some(v.as_str()) {
+                sql.push_str(&format!("SET {} TO {};", quote_ident(k), quote_literal(v)));
+                conn.set_var(k, v);
+            }
+        }
+        let stale: Vec<String> = conn
+            .vars
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| !pool_params.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)))
+            .filter(|k| !self.other.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)))
+            .cloned()
+            .collect();
+        for k in stale {
+            sql.push_str(&format!("RESET {};", quote_ident(&k)));
+            conn.vars.retain(|(n, _)| *n != k);
+        }
+        (!sql.is_empty()).then_some(sql)
+    }
+}
+
+/// Drops what a reset query (`DISCARD ALL`) returned to defaults: every setting pgtenant
+/// applied that the server does not report.
+pub fn forget_unreported(conn: &mut ServerConn, pool_params: &[(String, String)]) {
+    conn.vars.retain(|(k, _)| pool_params.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)));
+}
+
+/// `-c name=value` and `--name=value` settings from the `options` startup parameter
+/// (space-separated, backslash escapes a space as in libpq).
+pub fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next()
+        } else if let Some(rest) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
+            Some(rest.to_owned())
+        } else {
+            None
+        };
+        if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            out.push((k.replace('-', "_"), v.to_owned()));
+        }
+    }
+    out
+}
+
+/// Setting names are identifiers, possibly dotted (`pgtenant.tenant_id`).
+fn is_setting_name(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 63
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+fn quote_ident(k: &str) -> String {
+    // Names are checked by is_setting_name (or come from the server); dotted names are
+    // quoted part by part.
+    k.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
+}
+
+/// A string literal that means the same whatever `standard_conforming_strings` is.
+pub fn quote_literal(v: &str) -> String {
+    if v.contains('\\') {
+        format!("E'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", v.replace('\'', "''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_like_libpq() {
+        assert_eq!(
+            parse_options("-c search_path=a,b --statement-timeout=5s -cwork_mem=64kB x"),
+            vec![
+                ("search_path".into(), "a,b".into()),
+                ("statement_timeout".into(), "5s".into()),
+                ("work_mem".into(), "64kB".into())
+            ]
+        );
+        assert_eq!(parse_options("-c application_name=a\\ b"), vec![("application_name".into(), "a b".into())]);
+    }
+
+    #[test]
+    fn literals_and_names_are_quoted() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b'"), "E'a\\\\b'''");
+        assert_eq!(quote_ident("pgtenant.tenant_id"), "\"pgtenant\".\"tenant_id\"");
+        assert!(!is_setting_name("x; DROP TABLE t"));
+    }
+
+    #[test]
+    fn client_values_override_pool_values() {
+        let pool = vec![
+            ("TimeZone".to_owned(), "UTC".to_owned()),
+            ("server_version".to_owned(), "15.1".to_owned()),
+            ("application_name".to_owned(), "".to_owned()),
+        ];
+        let startup = StartupMessage {
+            major: 3,
+            minor: 0,
+            params: vec![
+                ("user".into(), "a.b".into()),
+                ("application_name".into(), "psql".into()),
+                ("extra_float_digits".into(), "3".into()),
+                ("bad name;".into(), "x".into()),
+            ],
+        };
+        let v = ClientVars::new(&pool, &startup);
+        assert_eq!(v.other, vec![("extra_float_digits".to_owned(), "3".to_owned())]);
+        let shown = v.login_params(&pool);
+        assert!(shown.contains(&("application_name".into(), "psql".into())));
+        assert!(shown.contains(&("server_version".into(), "15.1".into())));
+    }
+}

@@ -1,0 +1,296 @@
+//! Configuration: one TOML file (documented in `config/pgtenant.toml`), validated once at
+//! load into an immutable [`Config`] shared behind an `Arc`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::tenant::TenantId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub pool: PoolDefaults,
+    #[serde(default)]
+    pub resolver: ResolverConfig,
+    /// Upstream PostgreSQL servers tenants live on.
+    #[serde(default, rename = "upstreams")]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The static tenant catalog.
+    #[serde(default, rename = "tenants")]
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// `[proxy]`: the listener and what applies to every client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Tokio worker threads: 0 = one per core, 1 = a single-threaded runtime.
+    pub workers: usize,
+    /// Client connections accepted at once; past it clients get 53300.
+    pub max_client_conn: usize,
+    /// Largest message a client may send, in bytes (Postgres' own limit is just under 1 GiB).
+    pub max_message_size: usize,
+    /// Seconds a client has from TCP connect to a finished login.
+    pub startup_timeout: f64,
+    /// Seconds in-flight transactions get to finish after SIGTERM/SIGINT, before every
+    /// remaining client is closed with 57P01.
+    pub shutdown_timeout: f64,
+    /// Client authentication: only `trust` until SCRAM lands.
+    pub auth: AuthMethod,
+    /// Log format: `human` or `json`. The level comes from `RUST_LOG` (default `info`).
+    pub log_format: LogFormat,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            workers: 0,
+            max_client_conn: 10_000,
+            max_message_size: crate::protocol::frame::DEFAULT_MAX_MESSAGE,
+            startup_timeout: 10.0,
+            shutdown_timeout: 30.0,
+            auth: AuthMethod::Trust,
+            log_format: LogFormat::Human,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    /// Any client that names an active tenant is let in (local development).
+    Trust,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A server connection is held from the first message that needs one until
+    /// ReadyForQuery reports idle (`I`).
+    Transaction,
+    /// A server connection is held for the whole client session.
+    Session,
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+}
+
+/// `[pool]`: defaults for every pool; tenants override mode and size.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolDefaults {
+    pub mode: PoolMode,
+    /// Server connections per pool (one pool per upstream login).
+    pub size: usize,
+    /// Idle server connections kept open per pool once it has been used.
+    pub min_idle: usize,
+    /// Seconds a client waits for a server connection before 53300.
+    pub checkout_timeout: f64,
+    /// Seconds to open and authenticate an upstream connection before 08006.
+    pub connect_timeout: f64,
+    /// Seconds an idle server connection is kept.
+    pub idle_timeout: f64,
+    /// Seconds after which a server connection is closed when next released.
+    pub max_lifetime: f64,
+    /// Run when a session-mode client leaves, before its server connection is reused.
+    pub reset_query: String,
+}
+
+impl Default for PoolDefaults {
+    fn default() -> Self {
+        PoolDefaults {
+            mode: PoolMode::Transaction,
+            size: 20,
+            min_idle: 0,
+            checkout_timeout: 5.0,
+            connect_timeout: 5.0,
+            idle_timeout: 600.0,
+            max_lifetime: 3600.0,
+            reset_query: "DISCARD ALL".to_owned(),
+        }
+    }
+}
+
+/// `[resolver]`: how the tenant is found in a connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResolverConfig {
+    /// Separator of the `user` resolver: `role<sep>tenant`, split at the last one.
+    pub user_separator: char,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig { user_separator: '.' }
+    }
+}
+
+/// `[[upstreams]]`: a PostgreSQL server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// A host name or IP, or a directory holding the server's Unix socket (starts with `/`).
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Server connections pgtenant opens to this server across all pools.
+    #[serde(default = "default_upstream_max")]
+    pub max_connections: usize,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+fn default_upstream_max() -> usize {
+    100
+}
+
+/// `[[tenants]]`: one tenant of the static catalog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Lowercase `[a-z0-9][a-z0-9_-]{0,47}`.
+    pub id: String,
+    /// Name of an `[[upstreams]]` entry.
+    pub upstream: String,
+    /// The tenant's database on that upstream.
+    pub database: String,
+    /// The login role pgtenant uses upstream for this tenant.
+    pub role: String,
+    /// That role's password, if the upstream asks for one.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Overrides `[pool] mode`.
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
+    /// Overrides `[pool] size`.
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let p = &self.pool;
+        for (name, v) in [
+            ("proxy.startup_timeout", self.proxy.startup_timeout),
+            ("proxy.shutdown_timeout", self.proxy.shutdown_timeout),
+            ("pool.checkout_timeout", p.checkout_timeout),
+            ("pool.connect_timeout", p.connect_timeout),
+            ("pool.idle_timeout", p.idle_timeout),
+            ("pool.max_lifetime", p.max_lifetime),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v < 1e9) {
+                return bad(format!("{name} must be a positive number of seconds, got {v}"));
+            }
+        }
+        if p.size == 0 || p.min_idle > p.size {
+            return bad(format!("pool.size must be ≥ 1 and ≥ pool.min_idle ({})", p.min_idle));
+        }
+        if self.proxy.max_client_conn == 0 {
+            return bad("proxy.max_client_conn must be ≥ 1".into());
+        }
+        if self.proxy.max_message_size < 1024 {
+            return bad("proxy.max_message_size must be at least 1024 bytes".into());
+        }
+        let mut names = HashSet::new();
+        for u in &self.upstreams {
+            if !names.insert(u.name.as_str()) {
+                return bad(format!("upstream {:?} is declared twice", u.name));
+            }
+            if u.max_connections == 0 {
+                return bad(format!("upstream {:?}: max_connections must be ≥ 1", u.name));
+            }
+        }
+        let mut ids = HashSet::new();
+        for t in &self.tenants {
+            if let Err(e) = TenantId::parse(&t.id) {
+                return bad(format!("tenant {:?}: {e}", t.id));
+            }
+            if !ids.insert(t.id.as_str()) {
+                return bad(format!("tenant {:?} is declared twice", t.id));
+            }
+            if !names.contains(t.upstream.as_str()) {
+                return bad(format!("tenant {:?}: unknown upstream {:?}", t.id, t.upstream));
+            }
+            if t.pool_size == Some(0) {
+                return bad(format!("tenant {:?}: pool_size must be ≥ 1", t.id));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Seconds from the config as a Duration (validated positive and finite at load).
+pub fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_and_bad_values_are_refused() {
+        let c = Config::parse("").expect("empty config is valid");
+        assert_eq!(c.proxy.listen.port(), 6432);
+        assert_eq!(c.pool.mode, PoolMode::Transaction);
+        for bad in [
+            "[pool]\nsize = 0",
+            "[pool]\ncheckout_timeout = -1",
+            "[proxy]\nbogus = 1",
+            "[[tenants]]\nid='a'\nupstream='nope'\ndatabase='d'\nrole='r'",
+            "[[upstreams]]\nname='u'\nhost='h'\n[[tenants]]\nid='Bad!'\nupstream='u'\ndatabase='d'\nrole='r'",
+        ] {
+            assert!(Config::parse(bad).is_err(), "accepted: {bad}");
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! pgtenant: a tenant-routing proxy that speaks the PostgreSQL wire protocol.
+//!
+//! Map of the crate, in the order a client connection meets it:
+//!
+//! - [`server`]: listeners, the accept loop, the global client cap, shutdown and drain.
+//! - [`protocol`]: frames (tag + length + original bytes), startup packets, the few typed
+//!   messages pgtenant reads or writes, and the one place ErrorResponses are built.
+//! - [`client`]: one client session: handshake → resolve → authenticate → relay.
+//! - [`tenant`]: tenant ids and the resolvers (pure functions over startup parameters).
+//! - [`catalog`]: where tenants are looked up, behind a narrow interface (static TOML for now).
+//! - [`pool`]: upstream server connections: connect, authenticate, session state, pools, caps.
+//! - [`cancel`]: pgtenant's own BackendKeyData and the map to upstream backends.
+//! - [`config`]: the TOML configuration, validated once.
+//! - [`embedded`]: a throwaway PostgreSQL cluster, for `pgtenant demo` and the tests.
+//! - [`cli`]: the command line.
+
+pub mod cancel;
+pub mod catalog;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod embedded;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod tenant;

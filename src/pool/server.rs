@@ -1,0 +1,216 @@
+//! One upstream server connection: opening it, authenticating (trust, cleartext, md5,
+//! SCRAM-SHA-256 through `postgres-protocol`), and what it remembers of its session.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::{md5_hash, sasl};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::stream::{ServerStream, UpstreamAddr};
+use crate::protocol::backend::{cstr, parse_error_fields, parse_parameter_status, ServerNotice};
+use crate::protocol::frame::FrameReader;
+use crate::protocol::{frontend, FrameError};
+
+/// The largest message accepted from an upstream during login.
+const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: UpstreamAddr, source: std::io::Error },
+    #[error("upstream login timed out")]
+    Timeout,
+    #[error("upstream refused the login: {} {}", .0.code, .0.message)]
+    Refused(ServerNotice),
+    #[error("upstream asks for a password and none is configured")]
+    NoPassword,
+    #[error("upstream asks for an unsupported authentication method ({0})")]
+    UnsupportedAuth(String),
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+    #[error("upstream connection: {0}")]
+    Frame(#[from] FrameError),
+    #[error("upstream i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The login pgtenant uses upstream.
+#[derive(Clone, Debug)]
+pub struct Login<'a> {
+    pub database: &'a str,
+    pub role: &'a str,
+    pub password: Option<&'a str>,
+}
+
+/// An authenticated upstream connection.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub stream: ServerStream,
+    pub addr: UpstreamAddr,
+    /// The upstream backend's cancel key.
+    pub backend_pid: i32,
+    pub backend_secret: i32,
+    /// Session variables known to be in effect: the server's ParameterStatus reports, kept
+    /// current, plus the settings pgtenant applied for clients.
+    pub vars: Vec<(String, String)>,
+    pub created: Instant,
+    pub idle_since: Instant,
+    /// Counts against the upstream server's connection cap while this connection lives.
+    pub(super) _upstream_permit: Option<OwnedSemaphorePermit>,
+}
+
+impl ServerConn {
+    pub async fn connect(addr: &UpstreamAddr, login: &Login<'_>) -> Result<ServerConn, UpstreamError> {
+        let stream = addr
+            .connect()
+            .await
+            .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
+        let mut reader = FrameReader::new(stream, MAX_LOGIN_MESSAGE);
+        let mut out = BytesMut::with_capacity(256);
+        frontend::startup(&mut out, &[("user", login.role), ("database", login.database)])?;
+        reader.get_mut().write_all(&out).await?;
+
+        let mut scram: Option<sasl::ScramSha256> = None;
+        let mut vars = Vec::new();
+        let (mut pid, mut secret) = (0, 0);
+        loop {
+            let Some(frame) = reader.read_frame().await? else {
+                return Err(UpstreamError::Protocol("connection closed during login".into()));
+            };
+            let body = frame.body();
+            out.clear();
+            match frame.tag() {
+                b'R' => {
+                    let (code, data) = split_i32(body)?;
+                    match code {
+                        0 => {}
+                        3 => frontend::password(&mut out, password(login)?.as_bytes())?,
+                        5 => {
+                            let salt: [u8; 4] = data
+                                .get(..4)
+                                .and_then(|s| s.try_into().ok())
+                                .ok_or_else(|| UpstreamError::Protocol("short md5 salt".into()))?;
+                            let hash = md5_hash(login.role.as_bytes(), password(login)?.as_bytes(), salt);
+                            frontend::password(&mut out, hash.as_bytes())?;
+                        }
+                        10 => {
+                            if !sasl_mechanisms(data).any(|m| m == sasl::SCRAM_SHA_256.as_bytes()) {
+                                return Err(UpstreamError::UnsupportedAuth("SASL without SCRAM-SHA-256".into()));
+                            }
+                            let s = sasl::ScramSha256::new(
+                                password(login)?.as_bytes(),
+                                sasl::ChannelBinding::unsupported(),
+                            );
+                            frontend::sasl_initial(&mut out, sasl::SCRAM_SHA_256, s.message())?;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or_else(|| UpstreamError::Protocol("SASL continue out of order".into()))?;
+                            s.update(data).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                            frontend::sasl_response(&mut out, s.message())?;
+                        }
+                        12 => {
+                            let s = scram.as_mut().ok_or_else(|| UpstreamError::Protocol("SASL final out of order".into()))?;
+                            s.finish(data).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                        }
+                        other => return Err(UpstreamError::UnsupportedAuth(format!("code {other}"))),
+                    }
+                    if !out.is_empty() {
+                        reader.get_mut().write_all(&out).await?;
+                    }
+                }
+                b'S' => {
+                    if let Some(kv) = parse_parameter_status(body) {
+                        vars.push(kv);
+                    }
+                }
+                b'K' => {
+                    let (p, rest) = split_i32(body)?;
+                    let (s, _) = split_i32(rest)?;
+                    (pid, secret) = (p, s);
+                }
+                b'E' => return Err(UpstreamError::Refused(parse_error_fields(body))),
+                b'N' | b'v' => {}
+                b'Z' => break,
+                t => return Err(UpstreamError::Protocol(format!("unexpected message {:?} during login", t as char))),
+            }
+        }
+        let (stream, rest) = reader.into_parts();
+        if !rest.is_empty() {
+            return Err(UpstreamError::Protocol("data after ReadyForQuery during login".into()));
+        }
+        let now = Instant::now();
+        Ok(ServerConn {
+            stream,
+            addr: addr.clone(),
+            backend_pid: pid,
+            backend_secret: secret,
+            vars,
+            created: now,
+            idle_since: now,
+            _upstream_permit: None,
+        })
+    }
+
+    /// An idle connection must have nothing to say: unread bytes (a notice, a FATAL from
+    /// `pg_terminate_backend`) or a closed socket mean it cannot be handed out.
+    pub fn is_clean(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.vars.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn set_var(&mut self, name: &str, value: &str) {
+        match self.vars.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            Some(slot) => value.clone_into(&mut slot.1),
+            None => self.vars.push((name.to_owned(), value.to_owned())),
+        }
+    }
+}
+
+impl Drop for ServerConn {
+    /// Best-effort Terminate so the server logs a clean disconnect; the socket closes anyway.
+    fn drop(&mut self) {
+        let _ = self.stream.try_write(b"X\0\0\0\x04");
+    }
+}
+
+/// Sends a CancelRequest for an upstream backend over a fresh connection.
+pub async fn cancel_backend(addr: &UpstreamAddr, pid: i32, secret: i32) -> std::io::Result<()> {
+    let mut stream = addr.connect().await?;
+    let mut buf = BytesMut::with_capacity(16);
+    frontend::cancel_request(&mut buf, pid, secret);
+    stream.write_all(&buf).await?;
+    stream.flush().await?;
+    // The server closes the connection without answering; waiting for that tells us it read
+    // the request.
+    let mut sink = [0u8; 16];
+    let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await;
+    Ok(())
+}
+
+fn password<'a>(login: &Login<'a>) -> Result<&'a str, UpstreamError> {
+    login.password.ok_or(UpstreamError::NoPassword)
+}
+
+fn split_i32(body: &[u8]) -> Result<(i32, &[u8]), UpstreamError> {
+    body.split_first_chunk::<4>()
+        .map(|(n, rest)| (i32::from_be_bytes(*n), rest))
+        .ok_or_else(|| UpstreamError::Protocol("message too short".into()))
+}
+
+fn sasl_mechanisms(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (m, rest) = cstr(data)?;
+        if m.is_empty() {
+            return None;
+        }
+        data = rest;
+        Some(m)
+    })
+}

@@ -1,0 +1,118 @@
+//! Backend messages: the few pgtenant writes to clients itself (encoded with pgwire), and
+//! typed views of the few server messages it reads.
+
+use bytes::{BufMut, BytesMut};
+use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+};
+use pgwire::messages::Message;
+
+/// Appends one pgwire message; encoding into memory cannot fail for the small, well-formed
+/// messages built here, so a failure is logged rather than propagated.
+fn put<M: Message>(buf: &mut BytesMut, msg: M) {
+    if let Err(e) = msg.encode(buf) {
+        tracing::error!(error = %e, "could not encode a backend message");
+    }
+}
+
+pub fn authentication_ok(buf: &mut BytesMut) {
+    put(buf, Authentication::Ok);
+}
+
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    put(buf, ParameterStatus::new(name.to_owned(), value.to_owned()));
+}
+
+pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+    put(buf, BackendKeyData::new(pid, SecretKey::I32(secret)));
+}
+
+pub fn ready_for_query_idle(buf: &mut BytesMut) {
+    put(buf, ReadyForQuery::new(TransactionStatus::Idle));
+}
+
+/// NegotiateProtocolVersion: we speak 3.0 and none of the `_pq_.` options asked for.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, unsupported: Vec<String>) {
+    put(buf, NegotiateProtocolVersion::new(0, unsupported));
+}
+
+/// The single byte that answers SSLRequest / GSSENCRequest with "not supported".
+pub fn refuse_encryption(buf: &mut BytesMut) {
+    buf.put_u8(b'N');
+}
+
+/// Reads a NUL-terminated string at the front of `buf`, returning it and the rest.
+pub fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = buf.iter().position(|&b| b == 0)?;
+    Some((&buf[..end], &buf[end + 1..]))
+}
+
+/// ParameterStatus body: name and value.
+pub fn parse_parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let (name, rest) = cstr(body)?;
+    let (value, _) = cstr(rest)?;
+    Some((
+        String::from_utf8_lossy(name).into_owned(),
+        String::from_utf8_lossy(value).into_owned(),
+    ))
+}
+
+/// The fields of an ErrorResponse or NoticeResponse body that pgtenant logs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ServerNotice {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+}
+
+pub fn parse_error_fields(mut body: &[u8]) -> ServerNotice {
+    let mut out = ServerNotice::default();
+    while let Some((&field, rest)) = body.split_first() {
+        if field == 0 {
+            break;
+        }
+        let Some((value, rest)) = cstr(rest) else { break };
+        let value = String::from_utf8_lossy(value).into_owned();
+        match field {
+            b'V' => out.severity = value,
+            b'S' if out.severity.is_empty() => out.severity = value,
+            b'C' => out.code = value,
+            b'M' => out.message = value,
+            _ => {}
+        }
+        body = rest;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_login_messages() {
+        let mut b = BytesMut::new();
+        authentication_ok(&mut b);
+        backend_key_data(&mut b, 7, 9);
+        ready_for_query_idle(&mut b);
+        assert_eq!(
+            &b[..],
+            &b"R\0\0\0\x08\0\0\0\0K\0\0\0\x0c\0\0\0\x07\0\0\0\x09Z\0\0\0\x05I"[..]
+        );
+    }
+
+    #[test]
+    fn parses_server_fields() {
+        assert_eq!(
+            parse_parameter_status(b"TimeZone\0UTC\0"),
+            Some(("TimeZone".into(), "UTC".into()))
+        );
+        assert_eq!(parse_parameter_status(b"TimeZone\0UTC"), None);
+        let n = parse_error_fields(b"SERROR\0VERROR\0C42P01\0Mno table\0\0");
+        assert_eq!((n.code.as_str(), n.message.as_str()), ("42P01", "no table"));
+        // Truncated input stops cleanly.
+        let n = parse_error_fields(b"C42P0");
+        assert_eq!(n.code, "");
+    }
+}
