@@ -105,7 +105,8 @@ async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
     let mut tenants = Vec::new();
     for (id, mode, size) in DEMO_TENANTS {
         let password = format!("demo-{id}-{:08x}", rand::random::<u32>());
-        admin.batch_execute(&format!("CREATE ROLE {id} LOGIN PASSWORD '{password}'; CREATE DATABASE {id} OWNER {id};")).await?;
+        admin.batch_execute(&format!("CREATE ROLE {id} LOGIN PASSWORD '{password}'")).await?;
+        admin.batch_execute(&format!("CREATE DATABASE {id} OWNER {id}")).await?;
         let (db, conn) = tokio_postgres::connect(&cluster.superuser_conninfo(id), tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         db.batch_execute(&format!(

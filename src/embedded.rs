@@ -68,9 +68,10 @@ impl Cluster {
             .arg(format!("--pwfile={}", pwfile.display()));
         run(initdb, "initdb")?;
         std::fs::remove_file(&pwfile)?;
-        // Roles named md5_* log in with md5 over TCP, to exercise that upstream method.
+        // md5_user logs in with md5 and trust_user without a password over TCP, to exercise
+        // those upstream methods; every other role uses SCRAM.
         let hba = "local all all trust\n\
-                   host all /^md5_ 127.0.0.1/32 md5\n\
+                   host all md5_user 127.0.0.1/32 md5\n\
                    host all trust_user 127.0.0.1/32 trust\n\
                    host all all 127.0.0.1/32 scram-sha-256\n";
         std::fs::write(data_dir.join("pg_hba.conf"), hba)?;

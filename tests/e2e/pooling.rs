@@ -1,0 +1,249 @@
+//! Pools: multiplexing in transaction mode, caps and the checkout timeout, what happens to a
+//! server connection a client abandons, session reset, upstream authentication methods.
+
+use std::time::{Duration, Instant};
+
+use pgtenant::config::PoolMode;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_clients_share_five_server_connections() {
+    let t = with_mode(tenant_db("mux").await, PoolMode::Transaction, 5);
+    let h = start(config(vec![t.clone()])).await;
+    let setup = h.client(&t.id).await;
+    setup.batch_execute("CREATE TABLE hits (client int, n int)").await.expect("create");
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let watcher = {
+        let (db, peak) = (t.database.clone(), peak.clone());
+        tokio::spawn(async move {
+            let admin = admin("postgres").await;
+            loop {
+                let n: i64 = admin
+                    .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'", &[&db])
+                    .await
+                    .expect("count")
+                    .get(0);
+                peak.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for i in 0..50i32 {
+        let conninfo = h.conninfo(&t.id);
+        tasks.push(tokio::spawn(async move {
+            let c = connect_str(&conninfo).await;
+            for n in 0..20i32 {
+                let tx_sum: i64 = c
+                    .query_one("INSERT INTO hits VALUES ($1, $2) RETURNING ($1::int8 * 1000 + $2)", &[&i, &n])
+                    .await
+                    .expect("insert")
+                    .get(0);
+                assert_eq!(tx_sum, i as i64 * 1000 + n as i64);
+                if n % 5 == 0 {
+                    c.batch_execute("BEGIN; SELECT pg_sleep(0.01); COMMIT").await.expect("transaction");
+                }
+            }
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.expect("client task"));
+    }
+    watcher.abort();
+    // All 50 clients are still connected, yet the upstream never saw more than 5 backends.
+    assert_eq!(clients.len(), 50);
+    let now = backends(&t.database).await;
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(peak <= 5 && now <= 5, "peak {peak}, now {now} upstream backends");
+    assert!(peak >= 2, "expected real concurrency, saw a peak of {peak}");
+    let row = setup.query_one("SELECT count(*), count(DISTINCT client), sum(n)::int8 FROM hits", &[]).await.expect("totals");
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)), (1000, 50, 50 * 190));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_pool_times_out_with_53300() {
+    let t = with_mode(tenant_db("exhaust").await, PoolMode::Session, 1);
+    let mut cfg = config(vec![t.clone()]);
+    cfg.pool.checkout_timeout = 0.5;
+    let h = start(cfg).await;
+    let holder = h.client(&t.id).await;
+    holder.batch_execute("SELECT 1").await.expect("holds the only connection");
+    let waiter = h.client(&t.id).await;
+    let started = Instant::now();
+    let e = waiter.batch_execute("SELECT 1").await.expect_err("no connection free");
+    assert_eq!(code(&e), "53300");
+    assert!(e.as_db_error().expect("db error").message().contains(&t.id));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The holder is unaffected; once it leaves, a new client gets the connection.
+    holder.batch_execute("SELECT 2").await.expect("holder still works");
+    drop(holder);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let next = h.client(&t.id).await;
+    next.batch_execute("SELECT 3").await.expect("freed connection reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_transaction_is_closed_not_reused() {
+    let t = with_mode(tenant_db("abandon").await, PoolMode::Transaction, 1);
+    let h = start(config(vec![t.clone()])).await;
+    let c = h.client(&t.id).await;
+    c.batch_execute("CREATE TABLE locked (id int); INSERT INTO locked VALUES (1)").await.expect("setup");
+    let pid_before: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    c.batch_execute("BEGIN; UPDATE locked SET id = 2").await.expect("open transaction");
+    drop(c);
+    // The next client must not inherit the open transaction or its row lock.
+    let next = h.client(&t.id).await;
+    let started = Instant::now();
+    next.batch_execute("SET lock_timeout = '3s'; UPDATE locked SET id = 3").await.expect("lock released");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let v: i32 = next.query_one("SELECT id FROM locked", &[]).await.expect("value").get(0);
+    assert_eq!(v, 3, "the abandoned transaction's update must be rolled back");
+    let pid_after: i32 = next.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    assert_ne!(pid_before, pid_after, "the server connection left in a transaction was reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_client_mid_query_is_cancelled_upstream() {
+    let t = with_mode(tenant_db("vanish").await, PoolMode::Transaction, 2);
+    let h = start(config(vec![t.clone()])).await;
+    let c = h.client(&t.id).await;
+    let q = tokio::spawn(async move {
+        let _ = c.query("SELECT pg_sleep(30)", &[]).await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.abort(); // drops the client and its connection mid-query
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let admin = admin("postgres").await;
+        let n: i64 = admin
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'", &[&t.database])
+            .await
+            .expect("count")
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pg_sleep still running upstream after the client left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn session_mode_resets_state_between_clients() {
+    let t = with_mode(tenant_db("reset").await, PoolMode::Session, 1);
+    let h = start(config(vec![t.clone()])).await;
+    let c = h.client(&t.id).await;
+    c.batch_execute("SET statement_timeout = '1234ms'; SET TimeZone = 'Asia/Tokyo'; PREPARE p AS SELECT 1; CREATE TEMP TABLE scratch (x int)")
+        .await
+        .expect("dirty the session");
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = h.client(&t.id).await;
+    let row = next
+        .query_one("SELECT pg_backend_pid(), current_setting('statement_timeout'), current_setting('TimeZone'), (SELECT count(*) FROM pg_prepared_statements), to_regclass('pg_temp.scratch') IS NULL", &[])
+        .await
+        .expect("state");
+    assert_eq!(row.get::<_, i32>(0), pid, "pool size 1: the same server connection is reused");
+    assert_eq!(row.get::<_, String>(1), "0");
+    assert_ne!(row.get::<_, String>(2), "Asia/Tokyo");
+    assert_eq!(row.get::<_, i64>(3), 0);
+    assert!(row.get::<_, bool>(4));
+}
+
+#[tokio::test]
+async fn startup_parameters_follow_the_client_across_server_connections() {
+    let t = with_mode(tenant_db("params").await, PoolMode::Transaction, 1);
+    let h = start(config(vec![t.clone()])).await;
+    let a = connect_str(&format!("{} application_name=alpha options='-c statement_timeout=4321'", h.conninfo(&t.id))).await;
+    let b = connect_str(&format!("{} application_name=beta", h.conninfo(&t.id))).await;
+    for _ in 0..3 {
+        let ra = a.query_one("SELECT current_setting('application_name'), current_setting('statement_timeout')", &[]).await.expect("a");
+        let rb = b.query_one("SELECT current_setting('application_name'), current_setting('statement_timeout')", &[]).await.expect("b");
+        assert_eq!((ra.get::<_, String>(0), ra.get::<_, String>(1)), ("alpha".into(), "4321ms".into()));
+        assert_eq!((rb.get::<_, String>(0), rb.get::<_, String>(1)), ("beta".into(), "0".into()));
+    }
+}
+
+#[tokio::test]
+async fn parameter_status_comes_from_the_upstream() {
+    let t = tenant_db("pstatus").await;
+    let h = start(config(vec![t.clone()])).await;
+    let direct = admin(&t.database).await;
+    let real: String = direct.query_one("SHOW server_version", &[]).await.expect("direct").get(0);
+    let (_, _, startup) = {
+        let mut packet = startup_packet(&[("user", &format!("app.{}", t.id)), ("database", &t.database)]);
+        packet.extend_from_slice(b"X\0\0\0\x04");
+        let (bytes, _) = raw_exchange(h.addr, &packet, Duration::from_secs(5)).await;
+        ((), (), bytes)
+    };
+    let text = String::from_utf8_lossy(&startup);
+    assert!(text.contains(&format!("server_version\0{real}\0")), "server_version {real} not reported: {text:?}");
+    assert!(text.contains("server_encoding\0UTF8\0"));
+}
+
+#[tokio::test]
+async fn upstream_md5_and_trust_logins() {
+    let admin = admin("postgres").await;
+    for (role, password) in [("md5_user", Some("md5-secret")), ("trust_user", None)] {
+        let db = unique("auth");
+        match password {
+            Some(pw) => admin
+                .batch_execute(&format!("SET password_encryption = 'md5'; CREATE ROLE {role} LOGIN PASSWORD '{pw}'"))
+                .await
+                .expect("md5 role"),
+            None => admin.batch_execute(&format!("CREATE ROLE {role} LOGIN")).await.expect("trust role"),
+        }
+        admin.batch_execute(&format!("CREATE DATABASE {db} OWNER {role}")).await.expect("db");
+        let t = pgtenant::config::TenantConfig {
+            id: db.clone(),
+            upstream: "local".into(),
+            database: db.clone(),
+            role: role.into(),
+            password: password.map(str::to_owned),
+            pool_mode: None,
+            pool_size: None,
+        };
+        let h = start(config(vec![t])).await;
+        let c = h.client(&db).await;
+        let who: String = c.query_one("SELECT current_user::text", &[]).await.expect("login").get(0);
+        assert_eq!(who, role);
+    }
+    // A wrong upstream password: the client gets 08006 naming the tenant, not the server's text.
+    let mut t = tenant_db("badpw").await;
+    t.password = Some("wrong".into());
+    let h = start(config(vec![t.clone()])).await;
+    let e = tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls).await.err().expect("refused");
+    assert_eq!(code(&e), "08006");
+    assert!(!e.to_string().contains("password authentication failed"));
+}
+
+#[tokio::test]
+async fn unix_socket_upstream_and_idle_reaping() {
+    let mut t = with_mode(tenant_db("unix").await, PoolMode::Transaction, 4);
+    t.upstream = "sock".into();
+    let mut cfg = config(vec![t.clone()]);
+    cfg.upstreams.push(pgtenant::config::UpstreamConfig {
+        name: "sock".into(),
+        host: cluster().socket_dir.display().to_string(),
+        port: cluster().port,
+        max_connections: 10,
+    });
+    cfg.pool.idle_timeout = 0.5;
+    let h = start(cfg).await;
+    let c = h.client(&t.id).await;
+    let addr: Option<String> = c.query_one("SELECT inet_client_addr()::text", &[]).await.expect("query").get(0);
+    assert_eq!(addr, None, "the upstream connection should be a Unix socket");
+    assert!(backends(&t.database).await >= 1);
+    // Idle connections are closed after idle_timeout (min_idle is 0).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backends(&t.database).await > 0 {
+        assert!(Instant::now() < deadline, "idle server connections were not reaped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v: i32 = c.query_one("SELECT 9", &[]).await.expect("reconnects on demand").get(0);
+    assert_eq!(v, 9);
+}
