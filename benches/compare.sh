@@ -52,12 +52,22 @@ PSQL=$(command -v psql || echo "$PG_BIN/psql")
 # Processes that must not run as root (postgres, pgbouncer) run as the
 # `postgres` system user when we are root.
 # ---------------------------------------------------------------------------
+AS_PG=()
 if [[ $EUID -eq 0 ]]; then
     id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' system user"
-    as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
-else
-    as_pg() { "$@"; }
+    AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups)
 fi
+# Run a command as that user in the foreground.
+as_pg() { "${AS_PG[@]}" "$@"; }
+# Start a command as that user in the background; BG_PID gets the pid of the
+# command itself (the subshell execs it, and setpriv execs too), so signals
+# sent to BG_PID reach the server and not a wrapper.
+BG_PID=""
+as_pg_bg() { # as_pg_bg LOGFILE CMD...
+    local logf=$1; shift
+    ( exec "${AS_PG[@]}" "$@" ) >"$logf" 2>&1 &
+    BG_PID=$!
+}
 
 # free_port VAR: set VAR to a TCP port nobody listens on (a random pick checked
 # against `ss`, never handed out twice by this script).
@@ -99,7 +109,7 @@ cleanup() {
     local rc=$?
     set +e
     stop_pid "$PGT_PID" TERM   # pgtenant: graceful shutdown (no client is left by now)
-    stop_pid "$PGB_PID" INT    # pgbouncer: SIGINT = safe shutdown
+    stop_pid "$PGB_PID" TERM   # pgbouncer: no clients are left, any shutdown mode is quick
     stop_pid "$PG_PID" INT     # postgres: SIGINT = fast shutdown
     if [[ -n ${BENCH_KEEP_LOGS:-} ]]; then
         mkdir -p "$BENCH_KEEP_LOGS" && cp "$TMP"/*.log "$BENCH_KEEP_LOGS"/ 2>/dev/null
@@ -147,11 +157,10 @@ host  all all 127.0.0.1/32 md5
 EOF
 
 log "starting postgres on 127.0.0.1:$PG_PORT ..."
-as_pg "$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" -k "$PG_SOCK" \
+as_pg_bg "$TMP/postgres.log" "$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" -k "$PG_SOCK" \
     -c listen_addresses=127.0.0.1 -c max_connections=300 \
-    -c fsync=off -c synchronous_commit=off \
-    >"$TMP/postgres.log" 2>&1 &
-PG_PID=$!
+    -c fsync=off -c synchronous_commit=off
+PG_PID=$BG_PID
 for _ in $(seq 1 100); do
     "$PG_BIN/pg_isready" -q -h "$PG_SOCK" -p "$PG_PORT" && break
     kill -0 "$PG_PID" 2>/dev/null || { show_log "$TMP/postgres.log"; die "postgres exited"; }
@@ -248,8 +257,8 @@ pidfile = $TMP/pgbouncer.pid
 EOF
     [[ $EUID -eq 0 ]] && chown postgres:postgres "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
     log "starting pgbouncer on 127.0.0.1:$PGB_PORT ..."
-    as_pg "$PGBOUNCER" -q "$TMP/pgbouncer.ini" >"$TMP/pgbouncer.out.log" 2>&1 &
-    PGB_PID=$!
+    as_pg_bg "$TMP/pgbouncer.out.log" "$PGBOUNCER" -q "$TMP/pgbouncer.ini"
+    PGB_PID=$BG_PID
     wait_ready "$PGB_PORT" bench "$PGB_PID" "$TMP/pgbouncer.log"
 else
     log "note: pgbouncer not installed, skipping it (apt-get install pgbouncer to compare)"

@@ -45,7 +45,11 @@ impl ClientKey {
     }
 
     pub fn target(&self) -> Option<CancelTarget> {
-        self.slot.target.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.slot
+            .target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -68,10 +72,17 @@ impl CancelRegistry {
             if pid == 0 {
                 continue;
             }
-            let slot = Arc::new(Slot { secret: rand::random(), target: Mutex::new(None) });
+            let slot = Arc::new(Slot {
+                secret: rand::random(),
+                target: Mutex::new(None),
+            });
             if let dashmap::Entry::Vacant(v) = self.slots.entry(pid) {
                 v.insert(slot.clone());
-                return ClientKey { registry: self.clone(), slot, pid };
+                return ClientKey {
+                    registry: self.clone(),
+                    slot,
+                    pid,
+                };
             }
         }
     }
@@ -84,7 +95,11 @@ impl CancelRegistry {
             tracing::debug!(pid, "cancel request with a wrong secret ignored");
             return None;
         }
-        let target = slot.target.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let target = slot
+            .target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         target
     }
 
@@ -108,8 +123,16 @@ mod tests {
         let key = reg.register();
         assert!(key.pid > 0);
         let secret = key.secret().to_be_bytes();
-        assert_eq!(reg.lookup(key.pid, &secret), None, "no server attached: no-op");
-        let t = CancelTarget { addr: UpstreamAddr::new("127.0.0.1", 5432), pid: 42, secret: 7 };
+        assert_eq!(
+            reg.lookup(key.pid, &secret),
+            None,
+            "no server attached: no-op"
+        );
+        let t = CancelTarget {
+            addr: UpstreamAddr::new("127.0.0.1", 5432),
+            pid: 42,
+            secret: 7,
+        };
         key.set_target(Some(t.clone()));
         assert_eq!(reg.lookup(key.pid, &secret), Some(t));
         let wrong = key.secret().wrapping_add(1).to_be_bytes();

@@ -12,7 +12,11 @@ use crate::embedded::{Cluster, SUPERUSER_PASSWORD};
 use crate::server::Proxy;
 
 #[derive(Parser, Debug)]
-#[command(name = "pgtenant", version, about = "A tenant-routing proxy that speaks the PostgreSQL wire protocol")]
+#[command(
+    name = "pgtenant",
+    version,
+    about = "A tenant-routing proxy that speaks the PostgreSQL wire protocol"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -23,7 +27,12 @@ pub enum Command {
     /// Run the proxy with a configuration file.
     Serve {
         /// Path of the TOML configuration (see config/pgtenant.toml).
-        #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
+        #[arg(
+            short,
+            long,
+            env = "PGTENANT_CONFIG",
+            default_value = "config/pgtenant.toml"
+        )]
         config: PathBuf,
     },
     /// Start a throwaway PostgreSQL with two demo tenants and the proxy in front of it.
@@ -37,28 +46,41 @@ pub enum Command {
     },
     /// Load and validate a configuration file, then exit.
     CheckConfig {
-        #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
+        #[arg(
+            short,
+            long,
+            env = "PGTENANT_CONFIG",
+            default_value = "config/pgtenant.toml"
+        )]
         config: PathBuf,
     },
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve { config } => Config::load(&config)
-            .map_err(anyhow::Error::from)
-            .and_then(|c| {
-                init_logging(c.proxy.log_format);
-                runtime(c.proxy.workers)?.block_on(crate::server::run(c))
-            }),
-        Command::CheckConfig { config } => Config::load(&config).map_err(anyhow::Error::from).map(|c| {
-            println!("{}: ok ({} upstreams, {} tenants)", config.display(), c.upstreams.len(), c.tenants.len());
-        }),
-        Command::Demo { listen, workers } => {
-            init_logging(LogFormat::Human);
-            runtime(workers).and_then(|rt| rt.block_on(demo(listen, workers)))
-        }
-    };
+    let result =
+        match cli.command {
+            Command::Serve { config } => Config::load(&config)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| {
+                    init_logging(c.proxy.log_format);
+                    runtime(c.proxy.workers)?.block_on(crate::server::run(c))
+                }),
+            Command::CheckConfig { config } => {
+                Config::load(&config).map_err(anyhow::Error::from).map(|c| {
+                    println!(
+                        "{}: ok ({} upstreams, {} tenants)",
+                        config.display(),
+                        c.upstreams.len(),
+                        c.tenants.len()
+                    );
+                })
+            }
+            Command::Demo { listen, workers } => {
+                init_logging(LogFormat::Human);
+                runtime(workers).and_then(|rt| rt.block_on(demo(listen, workers)))
+            }
+        };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -72,7 +94,9 @@ pub fn main() -> ExitCode {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -82,7 +106,9 @@ pub fn init_logging(format: LogFormat) {
 /// Worker threads: 1 gives a single-threaded runtime, 0 one worker per core.
 pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let rt = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         if workers > 1 {
@@ -94,20 +120,31 @@ pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// The demo tenants: (id, pool mode, pool size).
-const DEMO_TENANTS: [(&str, PoolMode, usize); 2] =
-    [("acme", PoolMode::Transaction, 10), ("globex", PoolMode::Session, 70)];
+const DEMO_TENANTS: [(&str, PoolMode, usize); 2] = [
+    ("acme", PoolMode::Transaction, 10),
+    ("globex", PoolMode::Session, 70),
+];
 
 async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
     eprintln!("starting a throwaway PostgreSQL …");
     let cluster = tokio::task::spawn_blocking(Cluster::start).await??;
-    let (admin, conn) = tokio_postgres::connect(&cluster.superuser_conninfo("postgres"), tokio_postgres::NoTls).await?;
+    let (admin, conn) = tokio_postgres::connect(
+        &cluster.superuser_conninfo("postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
     tokio::spawn(conn);
     let mut tenants = Vec::new();
     for (id, mode, size) in DEMO_TENANTS {
         let password = format!("demo-{id}-{:08x}", rand::random::<u32>());
-        admin.batch_execute(&format!("CREATE ROLE {id} LOGIN PASSWORD '{password}'")).await?;
-        admin.batch_execute(&format!("CREATE DATABASE {id} OWNER {id}")).await?;
-        let (db, conn) = tokio_postgres::connect(&cluster.superuser_conninfo(id), tokio_postgres::NoTls).await?;
+        admin
+            .batch_execute(&format!("CREATE ROLE {id} LOGIN PASSWORD '{password}'"))
+            .await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {id} OWNER {id}"))
+            .await?;
+        let (db, conn) =
+            tokio_postgres::connect(&cluster.superuser_conninfo(id), tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         db.batch_execute(&format!(
             "SET ROLE {id};
@@ -126,7 +163,11 @@ async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
         });
     }
     let config = Config {
-        proxy: ProxyConfig { listen, workers, ..ProxyConfig::default() },
+        proxy: ProxyConfig {
+            listen,
+            workers,
+            ..ProxyConfig::default()
+        },
         pool: Default::default(),
         resolver: Default::default(),
         upstreams: vec![UpstreamConfig {
@@ -142,7 +183,11 @@ async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
     let port = listen.port();
     let host = listen.ip();
     println!();
-    println!("pgtenant demo is running: PostgreSQL {} on port {}, pgtenant on {listen}", cluster.bindir.display(), cluster.port);
+    println!(
+        "pgtenant demo is running: PostgreSQL {} on port {}, pgtenant on {listen}",
+        cluster.bindir.display(),
+        cluster.port
+    );
     println!("(superuser password on the PostgreSQL port: {SUPERUSER_PASSWORD})");
     println!();
     for (id, mode, size) in DEMO_TENANTS {

@@ -13,7 +13,10 @@ use crate::tenant::TenantId;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid configuration: {0}")]
     Parse(#[from] toml::de::Error),
     #[error("invalid configuration: {0}")]
@@ -155,7 +158,9 @@ pub struct ResolverConfig {
 
 impl Default for ResolverConfig {
     fn default() -> Self {
-        ResolverConfig { user_separator: '.' }
+        ResolverConfig {
+            user_separator: '.',
+        }
     }
 }
 
@@ -206,8 +211,10 @@ pub struct TenantConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text)
     }
 
@@ -229,11 +236,16 @@ impl Config {
             ("pool.max_lifetime", p.max_lifetime),
         ] {
             if !(v.is_finite() && v > 0.0 && v < 1e9) {
-                return bad(format!("{name} must be a positive number of seconds, got {v}"));
+                return bad(format!(
+                    "{name} must be a positive number of seconds, got {v}"
+                ));
             }
         }
         if p.size == 0 || p.min_idle > p.size {
-            return bad(format!("pool.size must be ≥ 1 and ≥ pool.min_idle ({})", p.min_idle));
+            return bad(format!(
+                "pool.size must be ≥ 1 and ≥ pool.min_idle ({})",
+                p.min_idle
+            ));
         }
         if self.proxy.max_client_conn == 0 {
             return bad("proxy.max_client_conn must be ≥ 1".into());
@@ -247,7 +259,10 @@ impl Config {
                 return bad(format!("upstream {:?} is declared twice", u.name));
             }
             if u.max_connections == 0 {
-                return bad(format!("upstream {:?}: max_connections must be ≥ 1", u.name));
+                return bad(format!(
+                    "upstream {:?}: max_connections must be ≥ 1",
+                    u.name
+                ));
             }
         }
         let mut ids = HashSet::new();
@@ -259,7 +274,10 @@ impl Config {
                 return bad(format!("tenant {:?} is declared twice", t.id));
             }
             if !names.contains(t.upstream.as_str()) {
-                return bad(format!("tenant {:?}: unknown upstream {:?}", t.id, t.upstream));
+                return bad(format!(
+                    "tenant {:?}: unknown upstream {:?}",
+                    t.id, t.upstream
+                ));
             }
             if t.pool_size == Some(0) {
                 return bad(format!("tenant {:?}: pool_size must be ≥ 1", t.id));

@@ -88,9 +88,16 @@ impl Proxy {
         drop(listener);
         tracker.close();
         let grace = secs(self.config.proxy.shutdown_timeout);
-        tracing::info!(clients = self.client_count(), ?grace, "shutting down: draining clients");
+        tracing::info!(
+            clients = self.client_count(),
+            ?grace,
+            "shutting down: draining clients"
+        );
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            tracing::warn!(clients = self.client_count(), "shutdown timeout: closing remaining clients");
+            tracing::warn!(
+                clients = self.client_count(),
+                "shutdown timeout: closing remaining clients"
+            );
             self.shutdown.force.cancel();
             tracker.wait().await;
         }
@@ -119,7 +126,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Resolves on SIGTERM or SIGINT.
 pub async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

@@ -61,9 +61,10 @@ impl StaticCatalog {
     pub fn from_config(config: &Config) -> StaticCatalog {
         let mut tenants = HashMap::new();
         for t in &config.tenants {
-            let (Ok(id), Some(up)) =
-                (TenantId::parse(&t.id), config.upstreams.iter().find(|u| u.name == t.upstream))
-            else {
+            let (Ok(id), Some(up)) = (
+                TenantId::parse(&t.id),
+                config.upstreams.iter().find(|u| u.name == t.upstream),
+            ) else {
                 continue;
             };
             let tenant = Tenant {

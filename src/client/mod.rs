@@ -26,30 +26,38 @@ use vars::ClientVars;
 
 /// Serves one accepted connection to its end. `permit` is the client's place under the
 /// global cap; without one the client is refused with 53300 once it has said who it is.
-pub async fn serve<S>(stream: S, peer: SocketAddr, proxy: Arc<Proxy>, permit: Option<OwnedSemaphorePermit>)
-where
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    permit: Option<OwnedSemaphorePermit>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let timeout = secs(proxy.config.proxy.startup_timeout);
     let mut reader = FrameReader::new(stream, proxy.config.proxy.max_message_size);
-    let login = match tokio::time::timeout(timeout, handshake(&mut reader, &proxy, permit.is_some())).await {
-        Ok(Ok(Some(login))) => login,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "login refused");
-            let _ = reader.get_mut().write_all(&e.to_bytes()).await;
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "startup timed out");
-            let e = PgError::fatal(SqlState::ProtocolViolation, "startup timed out");
-            let _ = reader.get_mut().write_all(&e.to_bytes()).await;
-            return;
-        }
-    };
+    let login =
+        match tokio::time::timeout(timeout, handshake(&mut reader, &proxy, permit.is_some())).await
+        {
+            Ok(Ok(Some(login))) => login,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "login refused");
+                let _ = reader.get_mut().write_all(&e.to_bytes()).await;
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "startup timed out");
+                let e = PgError::fatal(SqlState::ProtocolViolation, "startup timed out");
+                let _ = reader.get_mut().write_all(&e.to_bytes()).await;
+                return;
+            }
+        };
     tracing::debug!(%peer, tenant = %login.tenant.id, "client logged in");
     let (stream, buffered) = reader.into_parts();
-    relay::Session::new(stream, buffered, login, proxy).run().await;
+    relay::Session::new(stream, buffered, login, proxy)
+        .run()
+        .await;
     drop(permit);
 }
 
@@ -74,7 +82,12 @@ where
             Ok(Some(body)) => body,
             Ok(None) => return Ok(None),
             Err(FrameError::Io(_)) | Err(FrameError::Truncated) => return Ok(None),
-            Err(e) => return Err(PgError::fatal(SqlState::ProtocolViolation, format!("invalid startup packet: {e}"))),
+            Err(e) => {
+                return Err(PgError::fatal(
+                    SqlState::ProtocolViolation,
+                    format!("invalid startup packet: {e}"),
+                ))
+            }
         };
         match startup::parse(&body) {
             // The TLS seam: SSLRequest and GSSENCRequest are refused until TLS lands; the
@@ -89,12 +102,20 @@ where
                 return Ok(None);
             }
             Ok(StartupPacket::Startup(m)) => break m,
-            Err(e) => return Err(PgError::fatal(SqlState::ProtocolViolation, format!("invalid startup packet: {e}"))),
+            Err(e) => {
+                return Err(PgError::fatal(
+                    SqlState::ProtocolViolation,
+                    format!("invalid startup packet: {e}"),
+                ))
+            }
         }
     };
     if !admitted {
-        return Err(PgError::fatal(SqlState::TooManyConnections, "sorry, too many clients already")
-            .with_hint("pgtenant's max_client_conn is reached"));
+        return Err(PgError::fatal(
+            SqlState::TooManyConnections,
+            "sorry, too many clients already",
+        )
+        .with_hint("pgtenant's max_client_conn is reached"));
     }
     if startup.wants_replication() {
         return Err(PgError::fatal(
@@ -120,7 +141,10 @@ where
             tracing::warn!(tenant = %resolved.tenant, error = %why, "catalog lookup failed");
             return Err(PgError::fatal(
                 SqlState::UnableToConnect,
-                format!("cannot look up tenant \"{}\": the control database is unreachable", resolved.tenant),
+                format!(
+                    "cannot look up tenant \"{}\": the control database is unreachable",
+                    resolved.tenant
+                ),
             ));
         }
     };
@@ -139,13 +163,24 @@ where
     backend::backend_key_data(&mut out, key.pid, key.secret());
     backend::ready_for_query_idle(&mut out);
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;
-    Ok(Some(LoggedIn { tenant, pool, vars, key }))
+    Ok(Some(LoggedIn {
+        tenant,
+        pool,
+        vars,
+        key,
+    }))
 }
 
 /// Opens (or borrows) a server connection so the pool learns the server's ParameterStatus
 /// values, which clients are shown at login.
-async fn learn_params(pool: &Arc<Pool>, tenant: &Tenant) -> Result<Arc<Vec<(String, String)>>, PgError> {
-    let co = pool.checkout().await.map_err(|e| e.to_client(tenant.id.as_str()))?;
+async fn learn_params(
+    pool: &Arc<Pool>,
+    tenant: &Tenant,
+) -> Result<Arc<Vec<(String, String)>>, PgError> {
+    let co = pool
+        .checkout()
+        .await
+        .map_err(|e| e.to_client(tenant.id.as_str()))?;
     let params = Arc::new(co.conn_ref().vars.clone());
     co.release();
     Ok(params)
@@ -153,5 +188,8 @@ async fn learn_params(pool: &Arc<Pool>, tenant: &Tenant) -> Result<Arc<Vec<(Stri
 
 /// A client that vanished mid-handshake needs no message; this only satisfies the types.
 fn io_gone(e: std::io::Error) -> PgError {
-    PgError::fatal(SqlState::ConnectionFailure, format!("client connection lost: {e}"))
+    PgError::fatal(
+        SqlState::ConnectionFailure,
+        format!("client connection lost: {e}"),
+    )
 }

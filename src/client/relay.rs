@@ -111,7 +111,12 @@ pub(crate) struct Session<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub fn new(client: S, buffered: BytesMut, login: LoggedIn, proxy: Arc<Proxy>) -> Self {
-        let LoggedIn { tenant, pool, vars, key } = login;
+        let LoggedIn {
+            tenant,
+            pool,
+            vars,
+            key,
+        } = login;
         let pool_params = pool.params().unwrap_or_default();
         let mut cbuf = buffered;
         cbuf.reserve(READ_CHUNK);
@@ -135,7 +140,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             setup_error: None,
             prelude: BytesMut::new(),
             server: None,
-            progress: Progress { status: b'I', ..Progress::default() },
+            progress: Progress {
+                status: b'I',
+                ..Progress::default()
+            },
             draining: false,
         }
     }
@@ -169,7 +177,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 }
                 Event::ServerWrote(Ok(n)) => self.consume_written(n),
-                Event::ServerWrote(Err(_)) | Event::ServerRead(Ok(0) | Err(_)) => return Exit::ServerLost,
+                Event::ServerWrote(Err(_)) | Event::ServerRead(Ok(0) | Err(_)) => {
+                    return Exit::ServerLost
+                }
                 Event::ServerRead(Ok(_)) => {
                     if let Err(exit) = self.pump_server().await {
                         return exit;
@@ -189,7 +199,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.draining && idle {
             return Some(Exit::Error(shutting_down()));
         }
-        if self.terminated && self.c_scanned == 0 && idle {
+        // After Terminate and once everything before it went out, the session is over;
+        // replies still owed are not waited for (finish cancels what runs).
+        if self.terminated && self.c_scanned == 0 && (idle || self.server.is_some()) {
             return Some(Exit::Client);
         }
         if self.server.is_none() && self.c_scanned > 0 {
@@ -216,7 +228,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn attach(&mut self) -> Result<(), PgError> {
-        let mut co = self.pool.checkout().await.map_err(|e| e.to_client(self.tenant.id.as_str()))?;
+        let mut co = self
+            .pool
+            .checkout()
+            .await
+            .map_err(|e| e.to_client(self.tenant.id.as_str()))?;
         let conn = co.conn();
         self.key.set_target(Some(CancelTarget {
             addr: conn.addr.clone(),
@@ -261,8 +277,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             if let Some(server) = self.server.as_mut() {
                 let stream = &mut server.conn().stream;
-                let out: &[u8] =
-                    if self.prelude.is_empty() { &self.cbuf[..self.c_scanned] } else { &self.prelude };
+                let out: &[u8] = if self.prelude.is_empty() {
+                    &self.cbuf[..self.c_scanned]
+                } else {
+                    &self.prelude
+                };
                 if !out.is_empty() {
                     if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, out) {
                         return Poll::Ready(Event::ServerWrote(r));
@@ -273,7 +292,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             if read_client {
-                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf) {
+                if let Poll::Ready(r) =
+                    poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf)
+                {
                     return Poll::Ready(Event::Client(r));
                 }
             }
@@ -302,8 +323,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.c_remaining -= n;
                 continue;
             }
-            let Some((tag, len)) = header(&self.cbuf[self.c_scanned..], self.max_message)
-                .map_err(|e| PgError::fatal(SqlState::ProtocolViolation, format!("invalid message from client: {e}")))?
+            let Some((tag, len)) =
+                header(&self.cbuf[self.c_scanned..], self.max_message).map_err(|e| {
+                    PgError::fatal(
+                        SqlState::ProtocolViolation,
+                        format!("invalid message from client: {e}"),
+                    )
+                })?
             else {
                 break;
             };
@@ -387,7 +413,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 }
                 b'S' => {
-                    if let Some((k, v)) = parse_parameter_status(&self.sbuf[pos + HEADER_LEN..pos + len]) {
+                    if let Some((k, v)) =
+                        parse_parameter_status(&self.sbuf[pos + HEADER_LEN..pos + len])
+                    {
                         if let Some(server) = self.server.as_mut() {
                             server.conn().set_var(&k, &v);
                         }
@@ -430,7 +458,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn write_client(&mut self, from: usize, to: usize) -> Result<(), Exit> {
-        if to <= from || self.terminated {
+        if to <= from {
             return Ok(());
         }
         let res = async {
@@ -470,12 +498,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     PoolMode::Transaction => co.release(),
                     PoolMode::Session => {
                         let reset = &self.proxy.config.pool.reset_query;
-                        match tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, reset, self.max_message)).await {
+                        match tokio::time::timeout(
+                            CLEANUP_TIMEOUT,
+                            reset_session(&mut co, reset, self.max_message),
+                        )
+                        .await
+                        {
                             Ok(Ok(())) => {
                                 forget_unreported(co.conn(), &self.pool_params);
                                 co.release();
                             }
-                            _ => tracing::info!(%tenant, "reset query failed: closing the server connection"),
+                            _ => {
+                                tracing::info!(%tenant, "reset query failed: closing the server connection")
+                            }
                         }
                     }
                 },
@@ -486,7 +521,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     if self.progress.pending_z > 0 || self.progress.copy_in {
                         let c = co.conn_ref();
                         let (addr, pid, secret) = (c.addr.clone(), c.backend_pid, c.backend_secret);
-                        let _ = tokio::time::timeout(CLEANUP_TIMEOUT, cancel_backend(&addr, pid, secret)).await;
+                        let _ = tokio::time::timeout(
+                            CLEANUP_TIMEOUT,
+                            cancel_backend(&addr, pid, secret),
+                        )
+                        .await;
                     }
                     drop(co);
                 }
@@ -497,7 +536,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 }
 
 fn shutting_down() -> PgError {
-    PgError::fatal(SqlState::AdminShutdown, "terminating connection: pgtenant is shutting down")
+    PgError::fatal(
+        SqlState::AdminShutdown,
+        "terminating connection: pgtenant is shutting down",
+    )
 }
 
 /// Runs the reset query on a connection a session-mode client left, reading until

@@ -40,7 +40,10 @@ impl ClientVars {
                 vars.reported.push((k.clone(), v.clone()));
             }
         }
-        let from_options = startup.get("options").map(parse_options).unwrap_or_default();
+        let from_options = startup
+            .get("options")
+            .map(parse_options)
+            .unwrap_or_default();
         let given = startup
             .params
             .iter()
@@ -51,7 +54,11 @@ impl ClientVars {
             if !is_setting_name(&k) {
                 continue;
             }
-            if let Some(slot) = vars.reported.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(&k)) {
+            if let Some(slot) = vars
+                .reported
+                .iter_mut()
+                .find(|(n, _)| n.eq_ignore_ascii_case(&k))
+            {
                 slot.1 = v;
             } else if SYNCED.iter().any(|s| s.eq_ignore_ascii_case(&k)) {
                 vars.reported.push((k, v));
@@ -69,7 +76,10 @@ impl ClientVars {
         pool_params
             .iter()
             .map(|(k, v)| {
-                let own = self.reported.iter().find(|(n, _)| n.eq_ignore_ascii_case(k));
+                let own = self
+                    .reported
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(k));
                 (k.clone(), own.map_or_else(|| v.clone(), |(_, v)| v.clone()))
             })
             .collect()
@@ -77,7 +87,11 @@ impl ClientVars {
 
     /// Records a ParameterStatus the server sent while this client held it.
     pub fn observe(&mut self, name: &str, value: &str) {
-        if let Some(slot) = self.reported.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        if let Some(slot) = self
+            .reported
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
             value.clone_into(&mut slot.1);
         }
     }
@@ -86,7 +100,11 @@ impl ClientVars {
     /// remembers; `None` when it already is. `pool_params` names the reportable settings
     /// (anything else `conn` carries was applied by pgtenant for a client and may need a
     /// RESET).
-    pub fn sync_query(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<String> {
+    pub fn sync_query(
+        &self,
+        conn: &mut ServerConn,
+        pool_params: &[(String, String)],
+    ) -> Option<String> {
         let mut sql = String::new();
         for (k, v) in self.reported.iter().chain(&self.other) {
             if conn.var(k) != Some(v.as_str()) {
@@ -113,7 +131,8 @@ impl ClientVars {
 /// Drops what a reset query (`DISCARD ALL`) returned to defaults: every setting pgtenant
 /// applied that the server does not report.
 pub fn forget_unreported(conn: &mut ServerConn, pool_params: &[(String, String)]) {
-    conn.vars.retain(|(k, _)| pool_params.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)));
+    conn.vars
+        .retain(|(k, _)| pool_params.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)));
 }
 
 /// `-c name=value` and `--name=value` settings from the `options` startup parameter
@@ -157,13 +176,17 @@ pub fn parse_options(options: &str) -> Vec<(String, String)> {
 fn is_setting_name(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 63
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
 fn quote_ident(k: &str) -> String {
     // Names are checked by is_setting_name (or come from the server); dotted names are
     // quoted part by part.
-    k.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
+    k.split('.')
+        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// A string literal that means the same whatever `standard_conforming_strings` is.
@@ -189,14 +212,20 @@ mod tests {
                 ("work_mem".into(), "64kB".into())
             ]
         );
-        assert_eq!(parse_options("-c application_name=a\\ b"), vec![("application_name".into(), "a b".into())]);
+        assert_eq!(
+            parse_options("-c application_name=a\\ b"),
+            vec![("application_name".into(), "a b".into())]
+        );
     }
 
     #[test]
     fn literals_and_names_are_quoted() {
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(quote_literal("a\\b'"), "E'a\\\\b'''");
-        assert_eq!(quote_ident("pgtenant.tenant_id"), "\"pgtenant\".\"tenant_id\"");
+        assert_eq!(
+            quote_ident("pgtenant.tenant_id"),
+            "\"pgtenant\".\"tenant_id\""
+        );
         assert!(!is_setting_name("x; DROP TABLE t"));
     }
 
@@ -218,7 +247,10 @@ mod tests {
             ],
         };
         let v = ClientVars::new(&pool, &startup);
-        assert_eq!(v.other, vec![("extra_float_digits".to_owned(), "3".to_owned())]);
+        assert_eq!(
+            v.other,
+            vec![("extra_float_digits".to_owned(), "3".to_owned())]
+        );
         let shown = v.login_params(&pool);
         assert!(shown.contains(&("application_name".into(), "psql".into())));
         assert!(shown.contains(&("server_version".into(), "15.1".into())));

@@ -130,7 +130,10 @@ impl Pool {
 
     /// The remembered ParameterStatus list, once a server connection has been opened.
     pub fn params(&self) -> Option<Arc<Vec<(String, String)>>> {
-        self.params.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.params
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn idle_count(&self) -> usize {
@@ -156,12 +159,20 @@ impl Pool {
             .map_err(|_| PoolError::Timeout(wait))?;
         while let Some(conn) = self.take_idle() {
             if conn.is_clean() {
-                return Ok(Checkout { conn, pool: self.clone(), _permit: permit });
+                return Ok(Checkout {
+                    conn,
+                    pool: self.clone(),
+                    _permit: permit,
+                });
             }
             tracing::debug!(pool = %self.key.addr, "dropping a stale idle connection");
         }
         let conn = self.open(Some(deadline)).await?;
-        Ok(Checkout { conn, pool: self.clone(), _permit: permit })
+        Ok(Checkout {
+            conn,
+            pool: self.clone(),
+            _permit: permit,
+        })
     }
 
     fn take_idle(&self) -> Option<ServerConn> {
@@ -221,7 +232,9 @@ impl Pool {
             });
         }
         while self.idle_count() + self.busy_count() < s.min_idle {
-            let Ok(_permit) = self.checkout.try_acquire() else { break };
+            let Ok(_permit) = self.checkout.try_acquire() else {
+                break;
+            };
             match self.open(None).await {
                 Ok(conn) => self.lock_idle().push(conn),
                 Err(_) => break,
@@ -258,7 +271,11 @@ impl Checkout {
 
     /// Returns an idle, clean connection to the pool.
     pub fn release(self) {
-        let Checkout { mut conn, pool, _permit } = self;
+        let Checkout {
+            mut conn,
+            pool,
+            _permit,
+        } = self;
         if conn.created.elapsed() < pool.settings.max_lifetime {
             conn.idle_since = Instant::now();
             // Pushed before the permit drops, so a waiter woken by it finds the connection.
@@ -287,7 +304,8 @@ impl PoolManager {
     /// dropped.
     pub fn spawn_maintenance(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        let period = (self.settings.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let period = (self.settings.idle_timeout / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -332,7 +350,11 @@ impl PoolManager {
                     params: RwLock::new(None),
                     upstream: upstream.clone(),
                 });
-                upstream.pools.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&pool));
+                upstream
+                    .pools
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Arc::downgrade(&pool));
                 pool
             })
             .clone()

@@ -19,7 +19,10 @@ const MAX_LOGIN_MESSAGE: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: UpstreamAddr, source: std::io::Error },
+    Connect {
+        addr: UpstreamAddr,
+        source: std::io::Error,
+    },
     #[error("upstream login timed out")]
     Timeout,
     #[error("upstream refused the login: {} {}", .0.code, .0.message)]
@@ -62,14 +65,23 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    pub async fn connect(addr: &UpstreamAddr, login: &Login<'_>) -> Result<ServerConn, UpstreamError> {
+    pub async fn connect(
+        addr: &UpstreamAddr,
+        login: &Login<'_>,
+    ) -> Result<ServerConn, UpstreamError> {
         let stream = addr
             .connect()
             .await
-            .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
+            .map_err(|source| UpstreamError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
         let mut reader = FrameReader::new(stream, MAX_LOGIN_MESSAGE);
         let mut out = BytesMut::with_capacity(256);
-        frontend::startup(&mut out, &[("user", login.role), ("database", login.database)])?;
+        frontend::startup(
+            &mut out,
+            &[("user", login.role), ("database", login.database)],
+        )?;
         reader.get_mut().write_all(&out).await?;
 
         let mut scram: Option<sasl::ScramSha256> = None;
@@ -77,7 +89,9 @@ impl ServerConn {
         let (mut pid, mut secret) = (0, 0);
         loop {
             let Some(frame) = reader.read_frame().await? else {
-                return Err(UpstreamError::Protocol("connection closed during login".into()));
+                return Err(UpstreamError::Protocol(
+                    "connection closed during login".into(),
+                ));
             };
             let body = frame.body();
             out.clear();
@@ -92,12 +106,15 @@ impl ServerConn {
                                 .get(..4)
                                 .and_then(|s| s.try_into().ok())
                                 .ok_or_else(|| UpstreamError::Protocol("short md5 salt".into()))?;
-                            let hash = md5_hash(login.role.as_bytes(), password(login)?.as_bytes(), salt);
+                            let hash =
+                                md5_hash(login.role.as_bytes(), password(login)?.as_bytes(), salt);
                             frontend::password(&mut out, hash.as_bytes())?;
                         }
                         10 => {
                             if !sasl_mechanisms(data).any(|m| m == sasl::SCRAM_SHA_256.as_bytes()) {
-                                return Err(UpstreamError::UnsupportedAuth("SASL without SCRAM-SHA-256".into()));
+                                return Err(UpstreamError::UnsupportedAuth(
+                                    "SASL without SCRAM-SHA-256".into(),
+                                ));
                             }
                             let s = sasl::ScramSha256::new(
                                 password(login)?.as_bytes(),
@@ -107,15 +124,23 @@ impl ServerConn {
                             scram = Some(s);
                         }
                         11 => {
-                            let s = scram.as_mut().ok_or_else(|| UpstreamError::Protocol("SASL continue out of order".into()))?;
-                            s.update(data).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                            let s = scram.as_mut().ok_or_else(|| {
+                                UpstreamError::Protocol("SASL continue out of order".into())
+                            })?;
+                            s.update(data)
+                                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
                             frontend::sasl_response(&mut out, s.message())?;
                         }
                         12 => {
-                            let s = scram.as_mut().ok_or_else(|| UpstreamError::Protocol("SASL final out of order".into()))?;
-                            s.finish(data).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                            let s = scram.as_mut().ok_or_else(|| {
+                                UpstreamError::Protocol("SASL final out of order".into())
+                            })?;
+                            s.finish(data)
+                                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
                         }
-                        other => return Err(UpstreamError::UnsupportedAuth(format!("code {other}"))),
+                        other => {
+                            return Err(UpstreamError::UnsupportedAuth(format!("code {other}")))
+                        }
                     }
                     if !out.is_empty() {
                         reader.get_mut().write_all(&out).await?;
@@ -134,12 +159,19 @@ impl ServerConn {
                 b'E' => return Err(UpstreamError::Refused(parse_error_fields(body))),
                 b'N' | b'v' => {}
                 b'Z' => break,
-                t => return Err(UpstreamError::Protocol(format!("unexpected message {:?} during login", t as char))),
+                t => {
+                    return Err(UpstreamError::Protocol(format!(
+                        "unexpected message {:?} during login",
+                        t as char
+                    )))
+                }
             }
         }
         let (stream, rest) = reader.into_parts();
         if !rest.is_empty() {
-            return Err(UpstreamError::Protocol("data after ReadyForQuery during login".into()));
+            return Err(UpstreamError::Protocol(
+                "data after ReadyForQuery during login".into(),
+            ));
         }
         let now = Instant::now();
         Ok(ServerConn {
@@ -162,11 +194,18 @@ impl ServerConn {
     }
 
     pub fn var(&self, name: &str) -> Option<&str> {
-        self.vars.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.vars
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn set_var(&mut self, name: &str, value: &str) {
-        match self.vars.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        match self
+            .vars
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             Some(slot) => value.clone_into(&mut slot.1),
             None => self.vars.push((name.to_owned(), value.to_owned())),
         }

@@ -21,9 +21,15 @@ pub enum UpstreamAddr {
 impl UpstreamAddr {
     pub fn new(host: &str, port: u16) -> Self {
         if host.starts_with('/') {
-            UpstreamAddr::Unix { dir: Arc::from(host), port }
+            UpstreamAddr::Unix {
+                dir: Arc::from(host),
+                port,
+            }
         } else {
-            UpstreamAddr::Tcp { host: Arc::from(host), port }
+            UpstreamAddr::Tcp {
+                host: Arc::from(host),
+                port,
+            }
         }
     }
 
@@ -39,9 +45,9 @@ impl UpstreamAddr {
                 s.set_nodelay(true)?;
                 Ok(ServerStream::Tcp(s))
             }
-            UpstreamAddr::Unix { dir, port } => {
-                Ok(ServerStream::Unix(UnixStream::connect(Self::socket_path(dir, *port)).await?))
-            }
+            UpstreamAddr::Unix { dir, port } => Ok(ServerStream::Unix(
+                UnixStream::connect(Self::socket_path(dir, *port)).await?,
+            )),
         }
     }
 }
@@ -100,7 +106,11 @@ impl AsyncRead for ServerStream {
 }
 
 impl AsyncWrite for ServerStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ServerStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             ServerStream::Unix(s) => Pin::new(s).poll_write(cx, buf),

@@ -72,7 +72,9 @@ pub fn parse_error_fields(mut body: &[u8]) -> ServerNotice {
         if field == 0 {
             break;
         }
-        let Some((value, rest)) = cstr(rest) else { break };
+        let Some((value, rest)) = cstr(rest) else {
+            break;
+        };
         let value = String::from_utf8_lossy(value).into_owned();
         match field {
             b'V' => out.severity = value,

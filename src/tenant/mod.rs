@@ -25,7 +25,9 @@ pub enum TenantIdError {
     Empty,
     #[error("tenant id is longer than {MAX_TENANT_ID} characters")]
     TooLong,
-    #[error("tenant id must be lowercase letters, digits, '_' or '-', starting with a letter or digit")]
+    #[error(
+        "tenant id must be lowercase letters, digits, '_' or '-', starting with a letter or digit"
+    )]
     BadCharacter,
 }
 
@@ -78,16 +80,20 @@ pub enum ResolveError {
     #[error("no tenant in the connection")]
     NoTenant,
     #[error("invalid tenant id {shown:?}: {reason}")]
-    InvalidId { shown: String, reason: TenantIdError },
+    InvalidId {
+        shown: String,
+        reason: TenantIdError,
+    },
 }
 
 impl ResolveError {
     pub fn to_client(&self) -> PgError {
         match self {
-            ResolveError::NoTenant => {
-                PgError::fatal(SqlState::InvalidAuthorization, "no tenant in the connection")
-                    .with_hint("connect as user \"role.tenant\", e.g. psql \"user=app.acme\"")
-            }
+            ResolveError::NoTenant => PgError::fatal(
+                SqlState::InvalidAuthorization,
+                "no tenant in the connection",
+            )
+            .with_hint("connect as user \"role.tenant\", e.g. psql \"user=app.acme\""),
             ResolveError::InvalidId { shown, reason } => PgError::fatal(
                 SqlState::InvalidAuthorization,
                 format!("invalid tenant id \"{shown}\": {reason}"),
@@ -106,13 +112,19 @@ pub fn resolve(startup: &StartupMessage, cfg: &ResolverConfig) -> Result<Resolve
         shown: printable_prefix(tenant),
         reason,
     })?;
-    Ok(Resolved { tenant, role: (!role.is_empty()).then(|| role.to_owned()) })
+    Ok(Resolved {
+        tenant,
+        role: (!role.is_empty()).then(|| role.to_owned()),
+    })
 }
 
 /// A bounded, printable rendering of untrusted text for error messages.
 fn printable_prefix(s: &str) -> String {
-    let mut out: String =
-        s.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect();
+    let mut out: String = s
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
     if s.chars().count() > 64 {
         out.push('…');
     }
@@ -124,7 +136,11 @@ mod tests {
     use super::*;
 
     fn startup(user: &str) -> StartupMessage {
-        StartupMessage { major: 3, minor: 0, params: vec![("user".into(), user.into())] }
+        StartupMessage {
+            major: 3,
+            minor: 0,
+            params: vec![("user".into(), user.into())],
+        }
     }
 
     #[test]
@@ -150,7 +166,11 @@ mod tests {
             let got = resolve(&startup(user), &cfg);
             match (got, want) {
                 (Ok(r), Ok((t, role))) => {
-                    assert_eq!((r.tenant.as_str(), r.role.as_deref()), (t, role), "{user:?}")
+                    assert_eq!(
+                        (r.tenant.as_str(), r.role.as_deref()),
+                        (t, role),
+                        "{user:?}"
+                    )
                 }
                 (Err(e), Err(())) => {
                     let pg = e.to_client();
@@ -166,7 +186,9 @@ mod tests {
 
     #[test]
     fn separator_is_configurable() {
-        let cfg = ResolverConfig { user_separator: '@' };
+        let cfg = ResolverConfig {
+            user_separator: '@',
+        };
         let r = resolve(&startup("app@acme"), &cfg).expect("resolves");
         assert_eq!(r.tenant.as_str(), "acme");
     }

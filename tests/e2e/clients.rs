@@ -14,13 +14,28 @@ async fn run(cmd: &mut Command) -> String {
 }
 
 fn failed_transactions(output: &str) -> Option<u64> {
-    let line = output.lines().find(|l| l.starts_with("number of failed transactions"))?;
-    line.split(':').nth(1)?.split_whitespace().next()?.parse().ok()
+    let line = output
+        .lines()
+        .find(|l| l.starts_with("number of failed transactions"))?;
+    line.split(':')
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn processed(output: &str) -> Option<u64> {
-    let line = output.lines().find(|l| l.starts_with("number of transactions actually processed"))?;
-    line.split(':').nth(1)?.split('/').next()?.trim().parse().ok()
+    let line = output
+        .lines()
+        .find(|l| l.starts_with("number of transactions actually processed"))?;
+    line.split(':')
+        .nth(1)?
+        .split('/')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,14 +57,22 @@ async fn psql_runs_scripts_and_meta_commands() {
         "-c",
         "SELECT sum(v) FROM kv",
         "-c",
-        "\\d kv",
+        "\\di",
     ]))
     .await;
     assert!(out.contains("500500"), "{out}");
-    assert!(out.lines().filter(|l| l.starts_with('k')).count() >= 1000, "{out}");
+    assert!(
+        out.lines().filter(|l| l.starts_with('k')).count() >= 1000,
+        "{out}"
+    );
     assert!(out.contains("kv_pkey"), "{out}");
     // An error is reported and psql exits non-zero, the proxy stays up.
-    let failed = Command::new("psql").arg(&url).args(["-X", "-c", "SELECT * FROM missing"]).output().await.expect("psql");
+    let failed = Command::new("psql")
+        .arg(&url)
+        .args(["-X", "-c", "SELECT * FROM missing"])
+        .output()
+        .await
+        .expect("psql");
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("does not exist"));
 }
@@ -60,21 +83,34 @@ async fn pgbench_through_both_pool_modes_without_failures() {
     let se = with_mode(tenant_db("bench_se").await, PoolMode::Session, 8);
     let h = start(config(vec![tx.clone(), se.clone()])).await;
     for t in [&tx, &se] {
-        run(Command::new("pgbench").args(["-i", "-q", "-s", "1"]).arg(h.url(&format!("app.{}", t.id), &t.database))).await;
+        run(Command::new("pgbench")
+            .args(["-i", "-q", "-s", "1"])
+            .arg(h.url(&format!("app.{}", t.id), &t.database)))
+        .await;
     }
     let cases = [(&tx, "simple"), (&tx, "extended"), (&se, "prepared")];
     for (t, protocol) in cases {
         let url = h.url(&format!("app.{}", t.id), &t.database);
-        let out = run(Command::new("pgbench").args(["-n", "-c", "8", "-j", "2", "-t", "100", "-M", protocol]).arg(&url)).await;
+        let out = run(Command::new("pgbench")
+            .args(["-n", "-c", "8", "-j", "2", "-t", "100", "-M", protocol])
+            .arg(&url))
+        .await;
         assert_eq!(failed_transactions(&out), Some(0), "{protocol}: {out}");
         assert_eq!(processed(&out), Some(800), "{protocol}: {out}");
     }
     // The upstream saw the transactions: the TPC-B history table has one row per transaction.
     let c = h.client(&tx.id).await;
-    let n: i64 = c.query_one("SELECT count(*) FROM pgbench_history", &[]).await.expect("history").get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM pgbench_history", &[])
+        .await
+        .expect("history")
+        .get(0);
     assert_eq!(n, 1600);
     // A new connection per transaction (-C) works too.
     let url = h.url(&format!("app.{}", tx.id), &tx.database);
-    let out = run(Command::new("pgbench").args(["-n", "-C", "-S", "-c", "4", "-j", "2", "-t", "50"]).arg(&url)).await;
+    let out = run(Command::new("pgbench")
+        .args(["-n", "-C", "-S", "-c", "4", "-j", "2", "-t", "50"])
+        .arg(&url))
+    .await;
     assert_eq!(failed_transactions(&out), Some(0), "{out}");
 }

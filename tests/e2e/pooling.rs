@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use pgtenant::config::PoolMode;
+use tokio_postgres::types::Type;
 
 use crate::support::*;
 
@@ -12,7 +13,10 @@ async fn fifty_clients_share_five_server_connections() {
     let t = with_mode(tenant_db("mux").await, PoolMode::Transaction, 5);
     let h = start(config(vec![t.clone()])).await;
     let setup = h.client(&t.id).await;
-    setup.batch_execute("CREATE TABLE hits (client int, n int)").await.expect("create");
+    setup
+        .batch_execute("CREATE TABLE hits (client int, n int)")
+        .await
+        .expect("create");
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
     let watcher = {
         let (db, peak) = (t.database.clone(), peak.clone());
@@ -35,14 +39,20 @@ async fn fifty_clients_share_five_server_connections() {
         tasks.push(tokio::spawn(async move {
             let c = connect_str(&conninfo).await;
             for n in 0..20i32 {
-                let tx_sum: i64 = c
-                    .query_one("INSERT INTO hits VALUES ($1, $2) RETURNING ($1::int8 * 1000 + $2)", &[&i, &n])
+                // Unnamed statements: named ones need transaction-mode statement tracking.
+                let rows = c
+                    .query_typed(
+                        "INSERT INTO hits VALUES ($1, $2) RETURNING ($1::int8 * 1000 + $2)",
+                        &[(&i, Type::INT4), (&n, Type::INT4)],
+                    )
                     .await
-                    .expect("insert")
-                    .get(0);
+                    .expect("insert");
+                let tx_sum: i64 = rows[0].get(0);
                 assert_eq!(tx_sum, i as i64 * 1000 + n as i64);
                 if n % 5 == 0 {
-                    c.batch_execute("BEGIN; SELECT pg_sleep(0.01); COMMIT").await.expect("transaction");
+                    c.batch_execute("BEGIN; SELECT pg_sleep(0.01); COMMIT")
+                        .await
+                        .expect("transaction");
                 }
             }
             c
@@ -57,10 +67,26 @@ async fn fifty_clients_share_five_server_connections() {
     assert_eq!(clients.len(), 50);
     let now = backends(&t.database).await;
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(peak <= 5 && now <= 5, "peak {peak}, now {now} upstream backends");
+    assert!(
+        peak <= 5 && now <= 5,
+        "peak {peak}, now {now} upstream backends"
+    );
     assert!(peak >= 2, "expected real concurrency, saw a peak of {peak}");
-    let row = setup.query_one("SELECT count(*), count(DISTINCT client), sum(n)::int8 FROM hits", &[]).await.expect("totals");
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)), (1000, 50, 50 * 190));
+    let row = setup
+        .query_one(
+            "SELECT count(*), count(DISTINCT client), sum(n)::int8 FROM hits",
+            &[],
+        )
+        .await
+        .expect("totals");
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (1000, 50, 50 * 190)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,19 +96,30 @@ async fn exhausted_pool_times_out_with_53300() {
     cfg.pool.checkout_timeout = 0.5;
     let h = start(cfg).await;
     let holder = h.client(&t.id).await;
-    holder.batch_execute("SELECT 1").await.expect("holds the only connection");
+    holder
+        .batch_execute("SELECT 1")
+        .await
+        .expect("holds the only connection");
     let waiter = h.client(&t.id).await;
     let started = Instant::now();
-    let e = waiter.batch_execute("SELECT 1").await.expect_err("no connection free");
+    let e = waiter
+        .batch_execute("SELECT 1")
+        .await
+        .expect_err("no connection free");
     assert_eq!(code(&e), "53300");
     assert!(e.as_db_error().expect("db error").message().contains(&t.id));
     assert!(started.elapsed() < Duration::from_secs(3));
     // The holder is unaffected; once it leaves, a new client gets the connection.
-    holder.batch_execute("SELECT 2").await.expect("holder still works");
+    holder
+        .batch_execute("SELECT 2")
+        .await
+        .expect("holder still works");
     drop(holder);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let next = h.client(&t.id).await;
-    next.batch_execute("SELECT 3").await.expect("freed connection reused");
+    next.batch_execute("SELECT 3")
+        .await
+        .expect("freed connection reused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,31 +127,62 @@ async fn abandoned_transaction_is_closed_not_reused() {
     let t = with_mode(tenant_db("abandon").await, PoolMode::Transaction, 1);
     let h = start(config(vec![t.clone()])).await;
     let c = h.client(&t.id).await;
-    c.batch_execute("CREATE TABLE locked (id int); INSERT INTO locked VALUES (1)").await.expect("setup");
-    let pid_before: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
-    c.batch_execute("BEGIN; UPDATE locked SET id = 2").await.expect("open transaction");
+    c.batch_execute("CREATE TABLE locked (id int); INSERT INTO locked VALUES (1)")
+        .await
+        .expect("setup");
+    let pid_before: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    c.batch_execute("BEGIN; UPDATE locked SET id = 2")
+        .await
+        .expect("open transaction");
     drop(c);
     // The next client must not inherit the open transaction or its row lock.
     let next = h.client(&t.id).await;
     let started = Instant::now();
-    next.batch_execute("SET lock_timeout = '3s'; UPDATE locked SET id = 3").await.expect("lock released");
+    next.batch_execute("SET lock_timeout = '3s'; UPDATE locked SET id = 3")
+        .await
+        .expect("lock released");
     assert!(started.elapsed() < Duration::from_secs(3));
-    let v: i32 = next.query_one("SELECT id FROM locked", &[]).await.expect("value").get(0);
-    assert_eq!(v, 3, "the abandoned transaction's update must be rolled back");
-    let pid_after: i32 = next.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
-    assert_ne!(pid_before, pid_after, "the server connection left in a transaction was reused");
+    let v: i32 = next
+        .query_one("SELECT id FROM locked", &[])
+        .await
+        .expect("value")
+        .get(0);
+    assert_eq!(
+        v, 3,
+        "the abandoned transaction's update must be rolled back"
+    );
+    let pid_after: i32 = next
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    assert_ne!(
+        pid_before, pid_after,
+        "the server connection left in a transaction was reused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanished_client_mid_query_is_cancelled_upstream() {
     let t = with_mode(tenant_db("vanish").await, PoolMode::Transaction, 2);
     let h = start(config(vec![t.clone()])).await;
-    let c = h.client(&t.id).await;
-    let q = tokio::spawn(async move {
-        let _ = c.query("SELECT pg_sleep(30)", &[]).await;
-    });
+    let mut s = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    let login = startup_packet(&[("user", &format!("app.{}", t.id))]);
+    tokio::io::AsyncWriteExt::write_all(&mut s, &login)
+        .await
+        .expect("startup");
+    read_until_ready(&mut s).await;
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"Q\0\0\0\x18SELECT pg_sleep(30)\0")
+        .await
+        .expect("query");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    q.abort(); // drops the client and its connection mid-query
+    drop(s); // the client vanishes mid-query
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let admin = admin("postgres").await;
@@ -126,7 +194,10 @@ async fn vanished_client_mid_query_is_cancelled_upstream() {
         if n == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "pg_sleep still running upstream after the client left");
+        assert!(
+            Instant::now() < deadline,
+            "pg_sleep still running upstream after the client left"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -139,15 +210,24 @@ async fn session_mode_resets_state_between_clients() {
     c.batch_execute("SET statement_timeout = '1234ms'; SET TimeZone = 'Asia/Tokyo'; PREPARE p AS SELECT 1; CREATE TEMP TABLE scratch (x int)")
         .await
         .expect("dirty the session");
-    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
     drop(c);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let next = h.client(&t.id).await;
     let row = next
-        .query_one("SELECT pg_backend_pid(), current_setting('statement_timeout'), current_setting('TimeZone'), (SELECT count(*) FROM pg_prepared_statements), to_regclass('pg_temp.scratch') IS NULL", &[])
+        .query_typed("SELECT pg_backend_pid(), current_setting('statement_timeout'), current_setting('TimeZone'), (SELECT count(*) FROM pg_prepared_statements), to_regclass('pg_temp.scratch') IS NULL", &[])
         .await
-        .expect("state");
-    assert_eq!(row.get::<_, i32>(0), pid, "pool size 1: the same server connection is reused");
+        .expect("state")
+        .remove(0);
+    assert_eq!(
+        row.get::<_, i32>(0),
+        pid,
+        "pool size 1: the same server connection is reused"
+    );
     assert_eq!(row.get::<_, String>(1), "0");
     assert_ne!(row.get::<_, String>(2), "Asia/Tokyo");
     assert_eq!(row.get::<_, i64>(3), 0);
@@ -158,13 +238,35 @@ async fn session_mode_resets_state_between_clients() {
 async fn startup_parameters_follow_the_client_across_server_connections() {
     let t = with_mode(tenant_db("params").await, PoolMode::Transaction, 1);
     let h = start(config(vec![t.clone()])).await;
-    let a = connect_str(&format!("{} application_name=alpha options='-c statement_timeout=4321'", h.conninfo(&t.id))).await;
+    let a = connect_str(&format!(
+        "{} application_name=alpha options='-c statement_timeout=4321'",
+        h.conninfo(&t.id)
+    ))
+    .await;
     let b = connect_str(&format!("{} application_name=beta", h.conninfo(&t.id))).await;
     for _ in 0..3 {
-        let ra = a.query_one("SELECT current_setting('application_name'), current_setting('statement_timeout')", &[]).await.expect("a");
-        let rb = b.query_one("SELECT current_setting('application_name'), current_setting('statement_timeout')", &[]).await.expect("b");
-        assert_eq!((ra.get::<_, String>(0), ra.get::<_, String>(1)), ("alpha".into(), "4321ms".into()));
-        assert_eq!((rb.get::<_, String>(0), rb.get::<_, String>(1)), ("beta".into(), "0".into()));
+        let ra = a
+            .query_one(
+                "SELECT current_setting('application_name'), current_setting('statement_timeout')",
+                &[],
+            )
+            .await
+            .expect("a");
+        let rb = b
+            .query_one(
+                "SELECT current_setting('application_name'), current_setting('statement_timeout')",
+                &[],
+            )
+            .await
+            .expect("b");
+        assert_eq!(
+            (ra.get::<_, String>(0), ra.get::<_, String>(1)),
+            ("alpha".into(), "4321ms".into())
+        );
+        assert_eq!(
+            (rb.get::<_, String>(0), rb.get::<_, String>(1)),
+            ("beta".into(), "0".into())
+        );
     }
 }
 
@@ -173,15 +275,25 @@ async fn parameter_status_comes_from_the_upstream() {
     let t = tenant_db("pstatus").await;
     let h = start(config(vec![t.clone()])).await;
     let direct = admin(&t.database).await;
-    let real: String = direct.query_one("SHOW server_version", &[]).await.expect("direct").get(0);
+    let real: String = direct
+        .query_one("SHOW server_version", &[])
+        .await
+        .expect("direct")
+        .get(0);
     let (_, _, startup) = {
-        let mut packet = startup_packet(&[("user", &format!("app.{}", t.id)), ("database", &t.database)]);
+        let mut packet = startup_packet(&[
+            ("user", &format!("app.{}", t.id)),
+            ("database", &t.database),
+        ]);
         packet.extend_from_slice(b"X\0\0\0\x04");
         let (bytes, _) = raw_exchange(h.addr, &packet, Duration::from_secs(5)).await;
         ((), (), bytes)
     };
     let text = String::from_utf8_lossy(&startup);
-    assert!(text.contains(&format!("server_version\0{real}\0")), "server_version {real} not reported: {text:?}");
+    assert!(
+        text.contains(&format!("server_version\0{real}\0")),
+        "server_version {real} not reported: {text:?}"
+    );
     assert!(text.contains("server_encoding\0UTF8\0"));
 }
 
@@ -192,12 +304,20 @@ async fn upstream_md5_and_trust_logins() {
         let db = unique("auth");
         match password {
             Some(pw) => admin
-                .batch_execute(&format!("SET password_encryption = 'md5'; CREATE ROLE {role} LOGIN PASSWORD '{pw}'"))
+                .batch_execute(&format!(
+                    "SET password_encryption = 'md5'; CREATE ROLE {role} LOGIN PASSWORD '{pw}'"
+                ))
                 .await
                 .expect("md5 role"),
-            None => admin.batch_execute(&format!("CREATE ROLE {role} LOGIN")).await.expect("trust role"),
+            None => admin
+                .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+                .await
+                .expect("trust role"),
         }
-        admin.batch_execute(&format!("CREATE DATABASE {db} OWNER {role}")).await.expect("db");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db} OWNER {role}"))
+            .await
+            .expect("db");
         let t = pgtenant::config::TenantConfig {
             id: db.clone(),
             upstream: "local".into(),
@@ -209,14 +329,21 @@ async fn upstream_md5_and_trust_logins() {
         };
         let h = start(config(vec![t])).await;
         let c = h.client(&db).await;
-        let who: String = c.query_one("SELECT current_user::text", &[]).await.expect("login").get(0);
+        let who: String = c
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .expect("login")
+            .get(0);
         assert_eq!(who, role);
     }
     // A wrong upstream password: the client gets 08006 naming the tenant, not the server's text.
     let mut t = tenant_db("badpw").await;
     t.password = Some("wrong".into());
     let h = start(config(vec![t.clone()])).await;
-    let e = tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls).await.err().expect("refused");
+    let e = tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(code(&e), "08006");
     assert!(!e.to_string().contains("password authentication failed"));
 }
@@ -235,15 +362,29 @@ async fn unix_socket_upstream_and_idle_reaping() {
     cfg.pool.idle_timeout = 0.5;
     let h = start(cfg).await;
     let c = h.client(&t.id).await;
-    let addr: Option<String> = c.query_one("SELECT inet_client_addr()::text", &[]).await.expect("query").get(0);
-    assert_eq!(addr, None, "the upstream connection should be a Unix socket");
+    let addr: Option<String> = c
+        .query_one("SELECT inet_client_addr()::text", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(
+        addr, None,
+        "the upstream connection should be a Unix socket"
+    );
     assert!(backends(&t.database).await >= 1);
     // Idle connections are closed after idle_timeout (min_idle is 0).
     let deadline = Instant::now() + Duration::from_secs(5);
     while backends(&t.database).await > 0 {
-        assert!(Instant::now() < deadline, "idle server connections were not reaped");
+        assert!(
+            Instant::now() < deadline,
+            "idle server connections were not reaped"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let v: i32 = c.query_one("SELECT 9", &[]).await.expect("reconnects on demand").get(0);
+    let v: i32 = c
+        .query_one("SELECT 9", &[])
+        .await
+        .expect("reconnects on demand")
+        .get(0);
     assert_eq!(v, 9);
 }

@@ -19,7 +19,9 @@ pub fn cluster() -> &'static Cluster {
 }
 
 pub async fn connect_str(conninfo: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await.expect("connect");
+    let (client, conn) = tokio_postgres::connect(conninfo, NoTls)
+        .await
+        .expect("connect");
     tokio::spawn(conn);
     client
 }
@@ -95,16 +97,25 @@ impl Harness {
     }
 
     pub fn conninfo(&self, tenant: &str) -> String {
-        format!("host=127.0.0.1 port={} user=app.{tenant} dbname={tenant}", self.addr.port())
+        format!(
+            "host=127.0.0.1 port={} user=app.{tenant} dbname={tenant}",
+            self.addr.port()
+        )
     }
 }
 
 pub async fn start(config: Config) -> Harness {
-    let listener = tokio::net::TcpListener::bind(config.proxy.listen).await.expect("bind");
+    let listener = tokio::net::TcpListener::bind(config.proxy.listen)
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let proxy = Proxy::new(config);
     let served = tokio::spawn(proxy.clone().serve(listener));
-    Harness { addr, proxy, served }
+    Harness {
+        addr,
+        proxy,
+        served,
+    }
 }
 
 /// Upstream backends of a database, seen from the server.
@@ -174,5 +185,22 @@ pub fn sqlstate(bytes: &[u8]) -> Option<String> {
 
 /// The SQLSTATE of a tokio-postgres error.
 pub fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no sqlstate: {e}"))
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
+
+/// Reads from a raw connection until a ReadyForQuery(I) arrives; returns what was read.
+pub async fn read_until_ready(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("reply in time")
+            .expect("read");
+        assert!(n > 0, "closed before ReadyForQuery: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
 }
