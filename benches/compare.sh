@@ -69,15 +69,17 @@ as_pg_bg() { # as_pg_bg LOGFILE CMD...
     BG_PID=$!
 }
 
-# free_port VAR: set VAR to a TCP port nobody listens on (a random pick checked
-# against `ss`, never handed out twice by this script).
+# free_port VAR: set VAR to a TCP port no socket uses. Picks come from below the
+# kernel's ephemeral range (32768+ here), where port-0 binds by tests running
+# at the same time can't take them; each is checked against `ss` and never
+# handed out twice by this script.
 USED_PORTS=" "
 free_port() {
     local p
     for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((20000 + RANDOM % 12000))
         [[ $USED_PORTS == *" $p "* ]] && continue
-        if ! ss -Htln 2>/dev/null | awk '{print $4}' | grep -q ":$p\$"; then
+        if ! ss -Htan 2>/dev/null | awk '{print $4}' | grep -q ":$p\$"; then
             USED_PORTS+="$p "
             printf -v "$1" '%s' "$p"
             return
@@ -138,7 +140,6 @@ fi
 # ---------------------------------------------------------------------------
 # 2. Throwaway PostgreSQL cluster.
 # ---------------------------------------------------------------------------
-free_port PG_PORT
 PG_DATA=$TMP/pgdata
 PG_SOCK=$TMP/sock
 mkdir -p "$PG_SOCK"
@@ -156,17 +157,30 @@ local all all trust
 host  all all 127.0.0.1/32 md5
 EOF
 
-log "starting postgres on 127.0.0.1:$PG_PORT ..."
-as_pg_bg "$TMP/postgres.log" "$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" -k "$PG_SOCK" \
-    -c listen_addresses=127.0.0.1 -c max_connections=300 \
-    -c fsync=off -c synchronous_commit=off
-PG_PID=$BG_PID
-for _ in $(seq 1 100); do
-    "$PG_BIN/pg_isready" -q -h "$PG_SOCK" -p "$PG_PORT" && break
-    kill -0 "$PG_PID" 2>/dev/null || { show_log "$TMP/postgres.log"; die "postgres exited"; }
-    sleep 0.1
-done
-"$PG_BIN/pg_isready" -q -h "$PG_SOCK" -p "$PG_PORT" || { show_log "$TMP/postgres.log"; die "postgres did not start"; }
+# Start postgres; on a port clash (another process bound it meanwhile) try
+# again on another port, up to 3 times.
+start_postgres() {
+    local attempt
+    for attempt in 1 2 3; do
+        free_port PG_PORT
+        log "starting postgres on 127.0.0.1:$PG_PORT ..."
+        as_pg_bg "$TMP/postgres.log" "$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" -k "$PG_SOCK" \
+            -c listen_addresses=127.0.0.1 -c max_connections=300 \
+            -c fsync=off -c synchronous_commit=off
+        PG_PID=$BG_PID
+        for _ in $(seq 1 100); do
+            "$PG_BIN/pg_isready" -q -h "$PG_SOCK" -p "$PG_PORT" && return 0
+            kill -0 "$PG_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        show_log "$TMP/postgres.log" 5
+        stop_pid "$PG_PID" INT
+        PG_PID=""
+        grep -q 'could not create' "$TMP/postgres.log" || break   # not a port clash
+    done
+    die "postgres did not start"
+}
+start_postgres
 
 # psql as the superuser over the socket.
 su_sql() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres "$@"; }

@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::cancel::ClientKey;
 use crate::catalog::{CatalogError, Tenant};
 use crate::config::secs;
-use crate::pool::Pool;
+use crate::pool::{Pool, ServerParams};
 use crate::protocol::backend;
 use crate::protocol::frame::FrameReader;
 use crate::protocol::startup::{self, StartupPacket};
@@ -176,7 +176,7 @@ where
 async fn learn_params(
     pool: &Arc<Pool>,
     tenant: &Tenant,
-) -> Result<Arc<Vec<(String, String)>>, PgError> {
+) -> Result<ServerParams, PgError> {
     let co = pool
         .checkout()
         .await

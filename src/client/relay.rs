@@ -25,7 +25,7 @@ use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
 use crate::config::PoolMode;
-use crate::pool::{cancel_backend, Checkout, Pool};
+use crate::pool::{cancel_backend, Checkout, Pool, ServerParams};
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{header, FrameReader, HEADER_LEN};
 use crate::protocol::{frontend, PgError, SqlState};
@@ -81,7 +81,7 @@ pub(crate) struct Session<S> {
     proxy: Arc<Proxy>,
     tenant: Arc<Tenant>,
     pool: Arc<Pool>,
-    pool_params: Arc<Vec<(String, String)>>,
+    pool_params: ServerParams,
     mode: PoolMode,
     key: ClientKey,
     vars: ClientVars,

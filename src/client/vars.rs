@@ -160,10 +160,8 @@ pub fn parse_options(options: &str) -> Vec<(String, String)> {
     while let Some(w) = it.next() {
         let setting = if w == "-c" {
             it.next()
-        } else if let Some(rest) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
-            Some(rest.to_owned())
         } else {
-            None
+            w.strip_prefix("-c").or_else(|| w.strip_prefix("--")).map(str::to_owned)
         };
         if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
             out.push((k.replace('-', "_"), v.to_owned()));

@@ -18,6 +18,9 @@ use crate::catalog::Tenant;
 use crate::config::{secs, PoolDefaults};
 use crate::protocol::{PgError, SqlState};
 
+/// ParameterStatus name/value pairs as a server reported them.
+pub type ServerParams = Arc<Vec<(String, String)>>;
+
 /// What a pool is keyed by: one upstream login.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -111,7 +114,7 @@ pub struct Pool {
     idle: Mutex<Vec<ServerConn>>,
     /// ParameterStatus values of the most recent connection opened: what clients are told at
     /// login.
-    params: RwLock<Option<Arc<Vec<(String, String)>>>>,
+    params: RwLock<Option<ServerParams>>,
     upstream: Arc<UpstreamServer>,
 }
 
@@ -129,7 +132,7 @@ impl Pool {
     }
 
     /// The remembered ParameterStatus list, once a server connection has been opened.
-    pub fn params(&self) -> Option<Arc<Vec<(String, String)>>> {
+    pub fn params(&self) -> Option<ServerParams> {
         self.params
             .read()
             .unwrap_or_else(|e| e.into_inner())

@@ -147,7 +147,8 @@ mod tests {
     fn user_resolver_table() {
         let cfg = ResolverConfig::default();
         let long = "a".repeat(10_000);
-        let cases: Vec<(&str, Result<(&str, Option<&str>), ()>)> = vec![
+        type Want<'a> = Result<(&'a str, Option<&'a str>), ()>;
+        let cases: Vec<(&str, Want)> = vec![
             ("app.acme", Ok(("acme", Some("app")))),
             ("a.b.acme", Ok(("acme", Some("a.b")))),
             (".acme", Ok(("acme", None))),
