@@ -169,7 +169,7 @@ start_postgres() {
             -c fsync=off -c synchronous_commit=off
         PG_PID=$BG_PID
         for _ in $(seq 1 100); do
-            "$PG_BIN/pg_isready" -q -h "$PG_SOCK" -p "$PG_PORT" && return 0
+            "$PG_BIN/pg_isready" -q -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres && return 0
             kill -0 "$PG_PID" 2>/dev/null || break
             sleep 0.1
         done
