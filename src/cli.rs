@@ -40,7 +40,7 @@ pub enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: SocketAddr,
-        /// Tokio worker threads (0 = one per core, 1 = single-threaded).
+        /// Tokio worker threads (0 = automatic, 1 = single-threaded).
         #[arg(long, default_value_t = 0)]
         workers: usize,
     },
@@ -103,18 +103,25 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// Worker threads: 1 gives a single-threaded runtime, 0 one worker per core.
+/// Worker threads: 1 gives a single-threaded runtime; 0 picks: single-threaded on machines
+/// with two cores or fewer (where pgtenant shares the cores with Postgres and clients, and
+/// benches/compare.sh measured it faster), one worker per core above that.
 pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = match workers {
+        0 if cores <= 2 => 1,
+        0 => cores,
+        n => n,
+    };
     let rt = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
     } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if workers > 1 {
-            b.worker_threads(workers);
-        }
-        b.enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
     };
     Ok(rt)
 }

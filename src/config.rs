@@ -47,7 +47,8 @@ pub struct Config {
 pub struct ProxyConfig {
     /// Address clients connect to.
     pub listen: SocketAddr,
-    /// Tokio worker threads: 0 = one per core, 1 = a single-threaded runtime.
+    /// Tokio worker threads: 1 = a single-threaded runtime; 0 = automatic (single-threaded
+    /// on two cores or fewer, one per core above).
     pub workers: usize,
     /// Client connections accepted at once; past it clients get 53300.
     pub max_client_conn: usize,

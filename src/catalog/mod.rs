@@ -25,16 +25,8 @@ pub struct Tenant {
     pub password: Option<String>,
     pub pool_mode: PoolMode,
     pub pool_size: usize,
-}
-
-impl Tenant {
-    pub fn pool_key(&self) -> PoolKey {
-        PoolKey {
-            addr: self.addr.clone(),
-            database: self.database.clone(),
-            role: self.login_role.clone(),
-        }
-    }
+    /// The upstream login this tenant's pool is keyed by (built once: looked up per login).
+    pub pool_key: PoolKey,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,16 +59,23 @@ impl StaticCatalog {
             ) else {
                 continue;
             };
+            let addr = UpstreamAddr::new(&up.host, up.port);
+            let pool_key = PoolKey {
+                addr: addr.clone(),
+                database: t.database.clone(),
+                role: t.role.clone(),
+            };
             let tenant = Tenant {
                 id: id.clone(),
                 upstream: Arc::from(up.name.as_str()),
-                addr: UpstreamAddr::new(&up.host, up.port),
+                addr,
                 upstream_max: up.max_connections,
                 database: t.database.clone(),
                 login_role: t.role.clone(),
                 password: t.password.clone(),
                 pool_mode: t.pool_mode.unwrap_or(config.pool.mode),
                 pool_size: t.pool_size.unwrap_or(config.pool.size),
+                pool_key,
             };
             tenants.insert(id, Arc::new(tenant));
         }

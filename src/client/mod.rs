@@ -173,10 +173,7 @@ where
 
 /// Opens (or borrows) a server connection so the pool learns the server's ParameterStatus
 /// values, which clients are shown at login.
-async fn learn_params(
-    pool: &Arc<Pool>,
-    tenant: &Tenant,
-) -> Result<ServerParams, PgError> {
+async fn learn_params(pool: &Arc<Pool>, tenant: &Tenant) -> Result<ServerParams, PgError> {
     let co = pool
         .checkout()
         .await

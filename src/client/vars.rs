@@ -161,7 +161,9 @@ pub fn parse_options(options: &str) -> Vec<(String, String)> {
         let setting = if w == "-c" {
             it.next()
         } else {
-            w.strip_prefix("-c").or_else(|| w.strip_prefix("--")).map(str::to_owned)
+            w.strip_prefix("-c")
+                .or_else(|| w.strip_prefix("--"))
+                .map(str::to_owned)
         };
         if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
             out.push((k.replace('-', "_"), v.to_owned()));

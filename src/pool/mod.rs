@@ -326,10 +326,10 @@ impl PoolManager {
 
     /// The pool for a tenant's upstream login, created on first use.
     pub fn pool_for(&self, tenant: &Tenant) -> Arc<Pool> {
-        let key = tenant.pool_key();
-        if let Some(p) = self.pools.get(&key) {
+        if let Some(p) = self.pools.get(&tenant.pool_key) {
             return p.value().clone();
         }
+        let key = tenant.pool_key.clone();
         let upstream = self
             .upstreams
             .entry(tenant.upstream.clone())
