@@ -131,19 +131,9 @@ async fn ssl_and_gss_requests_are_refused_and_login_continues() {
 async fn newer_protocol_minor_and_unknown_options_are_negotiated() {
     let t = tenant_db("negotiate").await;
     let h = start(config(vec![t.clone()])).await;
-    let mut body = 0x0003_0002i32.to_be_bytes().to_vec();
-    for (k, v) in [
-        ("user", format!("app.{}", t.id)),
-        ("_pq_.something", "on".into()),
-    ] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
+    let user = format!("app.{}", t.id);
+    let mut packet =
+        startup_packet_version(0x0003_0002, &[("user", &user), ("_pq_.something", "on")]);
     packet.extend_from_slice(b"X\0\0\0\x04");
     let (got, _) = raw_exchange(h.addr, &packet, Duration::from_secs(5)).await;
     assert_eq!(got[0], b'v', "NegotiateProtocolVersion first: {got:?}");

@@ -149,7 +149,12 @@ pub async fn raw_exchange(addr: SocketAddr, send: &[u8], limit: Duration) -> (Ve
 
 /// A v3.0 startup packet with the given parameters.
 pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = 196608i32.to_be_bytes().to_vec();
+    startup_packet_version(0x0003_0000, params)
+}
+
+/// A startup packet for a given protocol version word (major << 16 | minor).
+pub fn startup_packet_version(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
     for (k, v) in params {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
