@@ -388,3 +388,103 @@ async fn unix_socket_upstream_and_idle_reaping() {
         .get(0);
     assert_eq!(v, 9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_cap_is_shared_and_idle_connections_of_other_pools_are_evicted() {
+    let a = with_mode(tenant_db("cap_a").await, PoolMode::Session, 5);
+    let b = with_mode(tenant_db("cap_b").await, PoolMode::Transaction, 5);
+    let mut cfg = config(vec![a.clone(), b.clone()]);
+    cfg.upstreams[0].max_connections = 2;
+    cfg.pool.checkout_timeout = 0.5;
+    let h = start(cfg).await;
+    // b leaves one idle connection behind; a holds one busy session.
+    h.client(&b.id)
+        .await
+        .batch_execute("SELECT 1")
+        .await
+        .expect("b");
+    assert_eq!(backends(&b.database).await, 1);
+    let a1 = h.client(&a.id).await;
+    a1.batch_execute("SELECT 1").await.expect("a1");
+    // The upstream is at its cap (a: 1 busy, b: 1 idle). A second session of a takes b's
+    // idle connection's place instead of waiting.
+    let a2 = h.client(&a.id).await;
+    a2.batch_execute("SELECT 2")
+        .await
+        .expect("a2 gets capacity by evicting b's idle connection");
+    assert_eq!(backends(&b.database).await, 0);
+    // Now both connections are busy sessions: a third waits and times out with 53300.
+    let a3 = h.client(&a.id).await;
+    let e = a3
+        .batch_execute("SELECT 3")
+        .await
+        .expect_err("upstream cap reached");
+    assert_eq!(code(&e), "53300");
+    assert_eq!(backends(&a.database).await, 2);
+}
+
+#[tokio::test]
+async fn min_idle_and_max_lifetime() {
+    let t = with_mode(tenant_db("minidle").await, PoolMode::Transaction, 4);
+    let mut cfg = config(vec![t.clone()]);
+    cfg.pool.min_idle = 2;
+    cfg.pool.idle_timeout = 0.3;
+    cfg.pool.max_lifetime = 1.0;
+    let h = start(cfg).await;
+    let c = h.client(&t.id).await;
+    let first: i32 = c
+        .query_typed("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")[0]
+        .get(0);
+    // The pool tops up to min_idle and keeps that many past the idle timeout.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backends(&t.database).await < 2 {
+        assert!(Instant::now() < deadline, "min_idle not reached");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        backends(&t.database).await >= 2,
+        "min_idle connections were reaped"
+    );
+    // Past max_lifetime, connections are replaced.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let later: i32 = c
+        .query_typed("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")[0]
+        .get(0);
+    assert_ne!(
+        first, later,
+        "a connection older than max_lifetime was reused"
+    );
+}
+
+#[tokio::test]
+async fn silent_upstream_hits_the_connect_timeout() {
+    // A listener that never accepts: TCP connects, the startup packet is never answered.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut t = tenant_db("silent").await;
+    t.upstream = "blackhole".into();
+    let mut cfg = config(vec![t.clone()]);
+    cfg.upstreams.push(pgtenant::config::UpstreamConfig {
+        name: "blackhole".into(),
+        host: "127.0.0.1".into(),
+        port: blackhole.local_addr().expect("addr").port(),
+        max_connections: 5,
+    });
+    cfg.pool.connect_timeout = 0.5;
+    let h = start(cfg).await;
+    let started = Instant::now();
+    let e = tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(code(&e), "08006");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
