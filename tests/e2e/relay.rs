@@ -326,3 +326,40 @@ async fn two_tenants_route_to_their_own_databases() {
         t.await.expect("no crossing");
     }
 }
+
+#[tokio::test]
+async fn function_call_is_relayed_and_released() {
+    let t = with_mode(tenant_db("fcall").await, PoolMode::Transaction, 1);
+    let h = start(config(vec![t.clone()])).await;
+    let mut s = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    let login = startup_packet(&[("user", &format!("app.{}", t.id))]);
+    tokio::io::AsyncWriteExt::write_all(&mut s, &login)
+        .await
+        .expect("startup");
+    read_until_ready(&mut s).await;
+    // FunctionCall of pg_backend_pid() (OID 2026): no format codes, no arguments, text result.
+    let call: &[u8] = b"F\0\0\0\x0e\0\0\x07\xea\0\0\0\0\0\0";
+    for _ in 0..2 {
+        tokio::io::AsyncWriteExt::write_all(&mut s, call)
+            .await
+            .expect("call");
+        let reply = read_until_ready(&mut s).await;
+        assert_eq!(reply[0], b'V', "FunctionCallResponse: {reply:?}");
+        let len = i32::from_be_bytes([reply[5], reply[6], reply[7], reply[8]]) as usize;
+        let pid: i32 = std::str::from_utf8(&reply[9..9 + len])
+            .expect("text")
+            .parse()
+            .expect("pid");
+        assert!(pid > 0);
+    }
+    // The pool of one was released after each call: another client gets it.
+    let other = h.client(&t.id).await;
+    let v: i32 = other
+        .query_typed("SELECT 1", &[])
+        .await
+        .expect("pool released")[0]
+        .get(0);
+    assert_eq!(v, 1);
+}
