@@ -149,20 +149,53 @@ impl Default for PoolDefaults {
     }
 }
 
-/// `[resolver]`: how the tenant is found in a connection.
+/// `[resolver]`: how the tenant is found in a connection. Every enabled resolver runs; two
+/// that name different tenants refuse the connection.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ResolverConfig {
-    /// Separator of the `user` resolver: `role<sep>tenant`, split at the last one.
+    /// Enabled resolvers, in the order errors name them. `database` is off by default.
+    pub order: Vec<ResolverKind>,
+    /// `role.tenant` (split at the last separator) or `tenant` (the whole user name).
+    pub user_format: UserFormat,
+    /// Separator of the `role.tenant` format.
     pub user_separator: char,
+    /// The `sni` resolver maps `acme.<sni_suffix>` to tenant `acme`; empty disables it.
+    pub sni_suffix: String,
 }
 
 impl Default for ResolverConfig {
     fn default() -> Self {
         ResolverConfig {
+            order: vec![
+                ResolverKind::Sni,
+                ResolverKind::Options,
+                ResolverKind::User,
+                ResolverKind::ApplicationName,
+            ],
+            user_format: UserFormat::RoleTenant,
             user_separator: '.',
+            sni_suffix: String::new(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolverKind {
+    Sni,
+    Options,
+    User,
+    ApplicationName,
+    Database,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum UserFormat {
+    #[serde(rename = "role.tenant")]
+    RoleTenant,
+    #[serde(rename = "tenant")]
+    Tenant,
 }
 
 /// `[[upstreams]]`: a PostgreSQL server.

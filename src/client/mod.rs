@@ -128,7 +128,8 @@ where
     if startup.minor > 0 || !startup.protocol_options().is_empty() {
         backend::negotiate_protocol_version(&mut out, startup.protocol_options());
     }
-    let resolved = tenant::resolve(&startup, &proxy.config.resolver).map_err(|e| e.to_client())?;
+    let resolved =
+        tenant::resolve(&startup, None, &proxy.config.resolver).map_err(|e| e.to_client())?;
     let tenant = match proxy.catalog.lookup(&resolved.tenant).await {
         Ok(Some(t)) => t,
         Ok(None) => {
@@ -155,7 +156,7 @@ where
         Some(p) => p,
         None => learn_params(&pool, &tenant).await?,
     };
-    let vars = ClientVars::new(&pool_params, &startup);
+    let vars = ClientVars::new(&pool_params, &startup, &resolved);
     for (k, v) in vars.login_params(&pool_params) {
         backend::parameter_status(&mut out, &k, &v);
     }

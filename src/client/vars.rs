@@ -5,6 +5,7 @@
 
 use crate::pool::ServerConn;
 use crate::protocol::startup::StartupMessage;
+use crate::tenant::Resolved;
 
 /// Reportable settings pgtenant keeps in step between a client and its server connections
 /// (the `GUC_REPORT` settings a client may change: see `src/backend/utils/misc/guc_tables.c`).
@@ -33,22 +34,32 @@ pub struct ClientVars {
 impl ClientVars {
     /// Builds the client's expectations from the pool's remembered ParameterStatus values
     /// and the client's startup packet.
-    pub fn new(pool_params: &[(String, String)], startup: &StartupMessage) -> ClientVars {
+    pub fn new(
+        pool_params: &[(String, String)],
+        startup: &StartupMessage,
+        resolved: &Resolved,
+    ) -> ClientVars {
         let mut vars = ClientVars::default();
         for (k, v) in pool_params {
             if SYNCED.iter().any(|s| s.eq_ignore_ascii_case(k)) {
                 vars.reported.push((k.clone(), v.clone()));
             }
         }
-        let from_options = startup
-            .get("options")
-            .map(parse_options)
-            .unwrap_or_default();
+        // The resolvers may have rewritten `options` (tenant token removed) and
+        // application_name (`tenant:acme/worker` → `worker`).
+        let options = resolved.options.as_deref().or(startup.get("options"));
+        let from_options = options.map(parse_options).unwrap_or_default();
+        let app_name = resolved
+            .application_name
+            .clone()
+            .map(|a| ("application_name".to_owned(), a));
         let given = startup
             .params
             .iter()
             .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_."))
+            .filter(|(k, _)| !(app_name.is_some() && k == "application_name"))
             .cloned()
+            .chain(app_name)
             .chain(from_options);
         for (k, v) in given {
             if !is_setting_name(&k) {
@@ -246,7 +257,9 @@ mod tests {
                 ("bad name;".into(), "x".into()),
             ],
         };
-        let v = ClientVars::new(&pool, &startup);
+        let resolved =
+            crate::tenant::resolve(&startup, None, &Default::default()).expect("resolves");
+        let v = ClientVars::new(&pool, &startup, &resolved);
         assert_eq!(
             v.other,
             vec![("extra_float_digits".to_owned(), "3".to_owned())]
