@@ -57,7 +57,7 @@ impl ClientVars {
             .params
             .iter()
             .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_."))
-            .filter(|(k, _)| !(app_name.is_some() && k == "application_name"))
+            .filter(|(k, _)| !(resolved.application_name.is_some() && k == "application_name"))
             .cloned()
             .chain(app_name)
             .chain(from_options);
