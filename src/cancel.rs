@@ -2,6 +2,7 @@
 //! using right now. A CancelRequest names pgtenant's key; pgtenant forwards a cancel to that
 //! upstream backend, or does nothing when the client holds no server connection.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -19,6 +20,8 @@ pub struct CancelTarget {
 struct Slot {
     secret: i32,
     target: Mutex<Option<CancelTarget>>,
+    /// Cancels being forwarded right now for this client.
+    in_flight: AtomicUsize,
 }
 
 /// All live client keys.
@@ -42,6 +45,12 @@ impl ClientKey {
     /// Records (or clears) the upstream backend this client is using.
     pub fn set_target(&self, target: Option<CancelTarget>) {
         *self.slot.target.lock().unwrap_or_else(|e| e.into_inner()) = target;
+    }
+
+        /// Whether a cancel for this client is being forwarded: its server connection must not
+    /// be reused meanwhile, or the cancel could hit the next client's query.
+    pub fn cancel_in_flight(&self) -> bool {
+        self.slot.in_flight.load(Ordering::Acquire) > 0
     }
 
     pub fn target(&self) -> Option<CancelTarget> {
@@ -72,9 +81,10 @@ impl CancelRegistry {
             if pid == 0 {
                 continue;
             }
-            let slot = Arc::new(Slot {
+                        let slot = Arc::new(Slot {
                 secret: rand::random(),
                 target: Mutex::new(None),
+                in_flight: AtomicUsize::new(0),
             });
             if let dashmap::Entry::Vacant(v) = self.slots.entry(pid) {
                 v.insert(slot.clone());
@@ -90,26 +100,32 @@ impl CancelRegistry {
     /// The upstream to cancel for a CancelRequest, if the key matches a client that is
     /// attached to a server connection. A wrong secret is ignored, as Postgres does.
     pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<CancelTarget> {
+        let slot = self.slot(pid, secret)?;
+        let target = slot.target.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        target
+    }
+
+    fn slot(&self, pid: i32, secret: &[u8]) -> Option<Arc<Slot>> {
         let slot = self.slots.get(&pid)?.value().clone();
         if secret != slot.secret.to_be_bytes() {
             tracing::debug!(pid, "cancel request with a wrong secret ignored");
             return None;
         }
-        let target = slot
-            .target
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        target
+        Some(slot)
     }
 
     /// Handles a CancelRequest packet.
     pub async fn cancel(&self, pid: i32, secret: &[u8]) {
-        if let Some(t) = self.lookup(pid, secret) {
+        let Some(slot) = self.slot(pid, secret) else { return };
+        // Counted before the target is read, so a release racing with this sees it.
+        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        let target = slot.target.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(t) = target {
             if let Err(e) = cancel_backend(&t.addr, t.pid, t.secret).await {
                 tracing::warn!(upstream = %t.addr, error = %e, "forwarding a cancel request failed");
             }
         }
+        slot.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -159,15 +159,10 @@ async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
              INSERT INTO products (name, price) VALUES ('{id} widget', 9.99), ('{id} gadget', 24.50), ('{id} gizmo', 3.75);"
         ))
         .await?;
-        tenants.push(TenantConfig {
-            id: id.to_owned(),
-            upstream: "local".to_owned(),
-            database: id.to_owned(),
-            role: id.to_owned(),
-            password: Some(password),
-            pool_mode: Some(mode),
-            pool_size: Some(size),
-        });
+        let mut t = TenantConfig::new(id, "local", id, id, Some(&password));
+        t.pool_mode = Some(mode);
+        t.pool_size = Some(size);
+        tenants.push(t);
     }
     let config = Config {
         proxy: ProxyConfig {

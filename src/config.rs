@@ -130,8 +130,11 @@ pub struct PoolDefaults {
     pub idle_timeout: f64,
     /// Seconds after which a server connection is closed when next released.
     pub max_lifetime: f64,
-    /// Run when a session-mode client leaves, before its server connection is reused.
+    /// Run when a session-mode client leaves, and on a transaction-mode server connection
+    /// whose session state a client changed, before it is reused.
     pub reset_query: String,
+    /// Server connections pgtenant opens in total, across all upstreams.
+    pub max_server_connections: usize,
 }
 
 impl Default for PoolDefaults {
@@ -145,6 +148,7 @@ impl Default for PoolDefaults {
             idle_timeout: 600.0,
             max_lifetime: 3600.0,
             reset_query: "DISCARD ALL".to_owned(),
+            max_server_connections: 1000,
         }
     }
 }
@@ -241,6 +245,116 @@ pub struct TenantConfig {
     /// Overrides `[pool] size`.
     #[serde(default)]
     pub pool_size: Option<usize>,
+    /// Only `active` tenants connect.
+    #[serde(default = "default_status")]
+    pub status: TenantStatus,
+    /// `database` (its own database), `schema` (its own schema in a shared database) or
+    /// `shared` (shared tables, `pgtenant.tenant_id` set for row-level security).
+    #[serde(default = "default_isolation")]
+    pub isolation: Isolation,
+    /// The tenant's schema in `schema` isolation (default: the tenant id).
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// In `schema` isolation, put `public` on the search_path after the tenant's schema.
+    #[serde(default)]
+    pub search_path_public: bool,
+    /// Server connections this tenant may hold at once, across its pools (default: the
+    /// pool size).
+    #[serde(default)]
+    pub max_server_connections: Option<usize>,
+    /// Client connections this tenant may have open at once (default: no limit).
+    #[serde(default)]
+    pub max_clients: Option<usize>,
+}
+
+impl TenantConfig {
+    /// A tenant on upstream `upstream` with everything else at its default.
+    pub fn new(id: &str, upstream: &str, database: &str, role: &str, password: Option<&str>) -> Self {
+        TenantConfig {
+            id: id.to_owned(),
+            upstream: upstream.to_owned(),
+            database: database.to_owned(),
+            role: role.to_owned(),
+            password: password.map(str::to_owned),
+            pool_mode: None,
+            pool_size: None,
+            status: TenantStatus::Active,
+            isolation: Isolation::Database,
+            schema: None,
+            search_path_public: false,
+            max_server_connections: None,
+            max_clients: None,
+        }
+    }
+}
+
+fn default_status() -> TenantStatus {
+    TenantStatus::Active
+}
+
+fn default_isolation() -> Isolation {
+    Isolation::Database
+}
+
+/// A tenant's lifecycle status (DESIGN.md, "Catalog").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    Pending,
+    Active,
+    Suspended,
+    Migrating,
+    Archived,
+    Deleted,
+}
+
+impl TenantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Pending => "pending",
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+            TenantStatus::Migrating => "migrating",
+            TenantStatus::Archived => "archived",
+            TenantStatus::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TenantStatus> {
+        [
+            TenantStatus::Pending,
+            TenantStatus::Active,
+            TenantStatus::Suspended,
+            TenantStatus::Migrating,
+            TenantStatus::Archived,
+            TenantStatus::Deleted,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+}
+
+/// How a tenant's data is kept apart (DESIGN.md, "Isolation modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    Database,
+    Schema,
+    Shared,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Database => "database",
+            Isolation::Schema => "schema",
+            Isolation::Shared => "shared",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Isolation> {
+        [Isolation::Database, Isolation::Schema, Isolation::Shared].into_iter().find(|i| i.as_str() == s)
+    }
 }
 
 impl Config {
@@ -281,6 +395,9 @@ impl Config {
                 p.min_idle
             ));
         }
+        if p.max_server_connections == 0 {
+            return bad("pool.max_server_connections must be ≥ 1".into());
+        }
         if self.proxy.max_client_conn == 0 {
             return bad("proxy.max_client_conn must be ≥ 1".into());
         }
@@ -313,8 +430,8 @@ impl Config {
                     t.id, t.upstream
                 ));
             }
-            if t.pool_size == Some(0) {
-                return bad(format!("tenant {:?}: pool_size must be ≥ 1", t.id));
+            if t.pool_size == Some(0) || t.max_server_connections == Some(0) || t.max_clients == Some(0) {
+                return bad(format!("tenant {:?}: pool_size, max_server_connections and max_clients must be ≥ 1", t.id));
             }
         }
         Ok(())

@@ -7,7 +7,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::config::{Config, PoolMode};
+use crate::config::{Config, Isolation, PoolMode, TenantStatus};
+use crate::protocol::{PgError, SqlState};
 use crate::pool::{PoolKey, UpstreamAddr};
 use crate::tenant::TenantId;
 
@@ -15,6 +16,12 @@ use crate::tenant::TenantId;
 #[derive(Debug, Clone)]
 pub struct Tenant {
     pub id: TenantId,
+    pub status: TenantStatus,
+    pub isolation: Isolation,
+    /// The tenant's schema (`schema` isolation).
+    pub schema: Option<String>,
+    /// `public` follows the tenant's schema on the search_path.
+    pub search_path_public: bool,
     /// Name of the upstream server (caps are per upstream).
     pub upstream: Arc<str>,
     pub addr: UpstreamAddr,
@@ -25,8 +32,92 @@ pub struct Tenant {
     pub password: Option<String>,
     pub pool_mode: PoolMode,
     pub pool_size: usize,
+    /// Server connections the tenant may hold at once across its pools.
+    pub max_server_connections: usize,
+    /// Client connections the tenant may have open at once.
+    pub max_clients: Option<usize>,
     /// The upstream login this tenant's pool is keyed by (built once: looked up per login).
     pub pool_key: PoolKey,
+    /// What every server connection must carry for this tenant: `search_path` (schema
+    /// isolation) or `pgtenant.tenant_id` (shared isolation).
+    pub session_vars: Vec<(String, String)>,
+}
+
+/// The parts a catalog reads, before the derived fields are filled in.
+pub struct TenantParts {
+    pub id: TenantId,
+    pub status: TenantStatus,
+    pub isolation: Isolation,
+    pub schema: Option<String>,
+    pub search_path_public: bool,
+    pub upstream: Arc<str>,
+    pub addr: UpstreamAddr,
+    pub upstream_max: usize,
+    pub database: String,
+    pub login_role: String,
+    pub password: Option<String>,
+    pub pool_mode: PoolMode,
+    pub pool_size: usize,
+    pub max_server_connections: Option<usize>,
+    pub max_clients: Option<usize>,
+}
+
+impl Tenant {
+    pub fn new(p: TenantParts) -> Tenant {
+        let pool_key = PoolKey { addr: p.addr.clone(), database: p.database.clone(), role: p.login_role.clone() };
+        let session_vars = match p.isolation {
+            Isolation::Database => Vec::new(),
+            Isolation::Schema => {
+                let schema = p.schema.clone().unwrap_or_else(|| p.id.to_string());
+                let mut path = quote_ident(&schema);
+                if p.search_path_public {
+                    path.push_str(", public");
+                }
+                vec![("search_path".to_owned(), path)]
+            }
+            Isolation::Shared => vec![("pgtenant.tenant_id".to_owned(), p.id.to_string())],
+        };
+        Tenant {
+            id: p.id,
+            status: p.status,
+            isolation: p.isolation,
+            schema: p.schema,
+            search_path_public: p.search_path_public,
+            upstream: p.upstream,
+            addr: p.addr,
+            upstream_max: p.upstream_max,
+            database: p.database,
+            login_role: p.login_role,
+            password: p.password,
+            pool_mode: p.pool_mode,
+            max_server_connections: p.max_server_connections.unwrap_or(p.pool_size),
+            pool_size: p.pool_size,
+            max_clients: p.max_clients,
+            pool_key,
+            session_vars,
+        }
+    }
+
+    /// Why this tenant may not connect, if it may not (DESIGN.md, "Errors the client sees").
+    pub fn refusal(&self) -> Option<PgError> {
+        let id = &self.id;
+        match self.status {
+            TenantStatus::Active => None,
+            TenantStatus::Pending | TenantStatus::Suspended | TenantStatus::Migrating => Some(
+                PgError::fatal(SqlState::CannotConnectNow, format!("tenant \"{id}\" is {}", self.status.as_str()))
+                    .with_hint("connections are accepted again once the tenant is active"),
+            ),
+            TenantStatus::Archived | TenantStatus::Deleted => Some(PgError::fatal(
+                SqlState::InvalidCatalogName,
+                format!("tenant \"{id}\" is {}", self.status.as_str()),
+            )),
+        }
+    }
+}
+
+/// A double-quoted SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,30 +144,28 @@ impl StaticCatalog {
     pub fn from_config(config: &Config) -> StaticCatalog {
         let mut tenants = HashMap::new();
         for t in &config.tenants {
-            let (Ok(id), Some(up)) = (
-                TenantId::parse(&t.id),
-                config.upstreams.iter().find(|u| u.name == t.upstream),
-            ) else {
+            let (Ok(id), Some(up)) =
+                (TenantId::parse(&t.id), config.upstreams.iter().find(|u| u.name == t.upstream))
+            else {
                 continue;
             };
-            let addr = UpstreamAddr::new(&up.host, up.port);
-            let pool_key = PoolKey {
-                addr: addr.clone(),
-                database: t.database.clone(),
-                role: t.role.clone(),
-            };
-            let tenant = Tenant {
+            let tenant = Tenant::new(TenantParts {
                 id: id.clone(),
+                status: t.status,
+                isolation: t.isolation,
+                schema: t.schema.clone(),
+                search_path_public: t.search_path_public,
                 upstream: Arc::from(up.name.as_str()),
-                addr,
+                addr: UpstreamAddr::new(&up.host, up.port),
                 upstream_max: up.max_connections,
                 database: t.database.clone(),
                 login_role: t.role.clone(),
                 password: t.password.clone(),
                 pool_mode: t.pool_mode.unwrap_or(config.pool.mode),
                 pool_size: t.pool_size.unwrap_or(config.pool.size),
-                pool_key,
-            };
+                max_server_connections: t.max_server_connections,
+                max_clients: t.max_clients,
+            });
             tenants.insert(id, Arc::new(tenant));
         }
         StaticCatalog { tenants }

@@ -156,7 +156,7 @@ where
         Some(p) => p,
         None => learn_params(&pool, &tenant).await?,
     };
-    let vars = ClientVars::new(&pool_params, &startup, &resolved);
+    let vars = ClientVars::new(&pool_params, &startup, &resolved, &tenant.session_vars);
     for (k, v) in vars.login_params(&pool_params) {
         backend::parameter_status(&mut out, &k, &v);
     }

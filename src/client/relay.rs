@@ -27,7 +27,7 @@ use crate::catalog::Tenant;
 use crate::config::PoolMode;
 use crate::pool::{cancel_backend, Checkout, Pool, ServerParams};
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
-use crate::protocol::frame::{header, FrameReader, HEADER_LEN};
+use crate::protocol::frame::{header, FrameReader, DEFAULT_MAX_MESSAGE, HEADER_LEN};
 use crate::protocol::{frontend, PgError, SqlState};
 use crate::server::Proxy;
 
@@ -72,6 +72,15 @@ struct Progress {
     /// Syncs since the last Execute/Query: the server ignores them if that command turns
     /// out to be COPY FROM STDIN (`CopyGetData` in `src/backend/commands/copyfromparse.c`).
     syncs_since_exec: usize,
+    /// The last command went out through Execute (extended protocol): after its COPY ends,
+    /// the server waits for a Sync.
+    exec_extended: bool,
+    /// The client already ended the COPY of the last command (CopyDone/CopyFail sent, maybe
+    /// before the server's CopyInResponse arrived).
+    copy_ended: bool,
+    /// A ReadyForQuery arrived that nothing accounted for: pgtenant's count is off, so the
+    /// connection is never returned to the pool.
+    desync: bool,
     /// Transaction status of the last ReadyForQuery.
     status: u8,
 }
@@ -105,18 +114,19 @@ pub(crate) struct Session<S> {
     /// pgtenant's own messages, written to the server before the client's.
     prelude: BytesMut,
     server: Option<Checkout>,
-    progress: Progress,
+        progress: Progress,
     draining: bool,
+    /// Whether this client's session setup is known to succeed (it carries no settings
+    /// from the client, or a server already accepted them), so it may be pipelined.
+    setup_trusted: bool,
+    force: tokio_util::sync::CancellationToken,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub fn new(client: S, buffered: BytesMut, login: LoggedIn, proxy: Arc<Proxy>) -> Self {
-        let LoggedIn {
-            tenant,
-            pool,
-            vars,
-            key,
-        } = login;
+                let LoggedIn { tenant, pool, vars, key } = login;
+        let force = proxy.shutdown.force.clone();
+        let setup_trusted = !vars.from_client;
         let pool_params = pool.params().unwrap_or_default();
         let mut cbuf = buffered;
         cbuf.reserve(READ_CHUNK);
@@ -140,11 +150,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             setup_error: None,
             prelude: BytesMut::new(),
             server: None,
-            progress: Progress {
-                status: b'I',
-                ..Progress::default()
-            },
+                        progress: Progress { status: b'I', ..Progress::default() },
             draining: false,
+            setup_trusted,
+            force,
         }
     }
 
@@ -216,6 +225,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     fn server_idle(&self) -> bool {
         let p = &self.progress;
         p.pending_z == 0
+            && !p.desync
             && p.swallow_z == 0
             && !p.extended_open
             && !p.copy_in
@@ -249,11 +259,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
-    fn release(&mut self) {
-        if let Some(co) = self.server.take() {
-            self.key.set_target(None);
-            co.release();
+        fn release(&mut self) {
+        let Some(mut co) = self.server.take() else { return };
+        self.key.set_target(None);
+        if self.key.cancel_in_flight() {
+            // A cancel for this client may still reach the backend: it must not land on the
+            // next client's query, so the connection is closed instead of reused.
+            return;
         }
+        if co.conn().dirty {
+            // The client changed session state (SET, LISTEN, PREPARE …): reset before reuse,
+            // off the client's path.
+            let reset = self.proxy.config.pool.reset_query.clone();
+            let params = self.pool_params.clone();
+            tokio::spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, &reset)).await {
+                    forget_unreported(co.conn(), &params);
+                    co.conn().dirty = false;
+                    co.release();
+                }
+            });
+            return;
+        }
+        co.release();
     }
 
     async fn next_event(
@@ -277,10 +305,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             if let Some(server) = self.server.as_mut() {
                 let stream = &mut server.conn().stream;
-                let out: &[u8] = if self.prelude.is_empty() {
-                    &self.cbuf[..self.c_scanned]
-                } else {
+                // Client bytes wait behind a setup that might fail (settings from the
+                // client's startup packet no server has accepted yet): they must not run on
+                // a connection whose setup was refused.
+                let hold = self.progress.swallow_z > 0 && !self.setup_trusted;
+                let out: &[u8] = if !self.prelude.is_empty() {
                     &self.prelude
+                } else if hold {
+                    &[]
+                } else {
+                    &self.cbuf[..self.c_scanned]
                 };
                 if !out.is_empty() {
                     if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, out) {
@@ -343,21 +377,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 b'Q' => {
                     p.pending_z += 1;
                     p.syncs_since_exec = 0;
+                    p.exec_extended = false;
+                    p.copy_ended = false;
                 }
                 b'S' => {
+                    // A Sync the server will ignore (sent during COPY FROM STDIN) earns no
+                    // ReadyForQuery and does not close the extended-protocol exchange.
                     if !p.copy_in {
                         p.pending_z += 1;
-                        p.syncs_since_exec += 1;
+                        p.extended_open = false;
+                        if !p.copy_ended {
+                            p.syncs_since_exec += 1;
+                        }
                     }
-                    p.extended_open = false;
                 }
                 b'F' => p.pending_z += 1,
                 b'E' => {
                     p.extended_open = true;
                     p.syncs_since_exec = 0;
+                    p.exec_extended = true;
+                    p.copy_ended = false;
                 }
                 b'P' | b'B' | b'D' | b'C' => p.extended_open = true,
-                b'c' | b'f' => p.copy_in = false,
+                b'c' | b'f' => {
+                    p.copy_in = false;
+                    p.copy_ended = true;
+                    p.extended_open |= p.exec_extended;
+                }
                 _ => {}
             }
             let take = len.min(self.cbuf.len() - self.c_scanned);
@@ -387,15 +433,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.s_remaining -= n;
                 continue;
             }
-            let Ok(Some((tag, len))) = header(&self.sbuf[pos..], self.max_message) else {
-                if header(&self.sbuf[pos..], self.max_message).is_err() {
+            let Ok(Some((tag, len))) = header(&self.sbuf[pos..], DEFAULT_MAX_MESSAGE) else {
+                if header(&self.sbuf[pos..], DEFAULT_MAX_MESSAGE).is_err() {
                     tracing::warn!(tenant = %self.tenant.id, "invalid message from the server");
                     return Err(Exit::ServerLost);
                 }
                 break;
             };
             let whole = avail >= len;
-            if matches!(tag, b'Z' | b'S' | b'E') && !whole {
+            if matches!(tag, b'Z' | b'S' | b'E' | b'C') && !whole {
                 break;
             }
             let swallow = self.progress.swallow_z > 0;
@@ -408,8 +454,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     p.status = self.sbuf[pos + HEADER_LEN];
                     if swallow {
                         p.swallow_z -= 1;
+                    } else if p.pending_z == 0 {
+                        tracing::warn!(tenant = %self.tenant.id, "unexpected ReadyForQuery: the server connection will not be reused");
+                        p.desync = true;
                     } else {
-                        p.pending_z = p.pending_z.saturating_sub(1);
+                        p.pending_z -= 1;
                     }
                 }
                 b'S' => {
@@ -434,7 +483,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 b'G' => {
                     p.pending_z = p.pending_z.saturating_sub(p.syncs_since_exec);
                     p.syncs_since_exec = 0;
-                    p.copy_in = true;
+                    p.copy_in = !p.copy_ended;
+                }
+                b'C' if !swallow => {
+                    let tag = &self.sbuf[pos + HEADER_LEN..pos + len];
+                    if changes_session_state(tag) {
+                        if let Some(server) = self.server.as_mut() {
+                            server.conn().dirty = true;
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -449,10 +506,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.write_client(from, pos).await?;
         self.sbuf.advance(pos);
-        if self.progress.swallow_z == 0 {
+                if self.progress.swallow_z == 0 {
             if let Some(e) = self.setup_error.take() {
                 return Err(Exit::SetupFailed(e));
             }
+            self.setup_trusted = true;
         }
         Ok(())
     }
@@ -461,11 +519,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if to <= from {
             return Ok(());
         }
-        let res = async {
+                let res = async {
             self.client.write_all(&self.sbuf[from..to]).await?;
             self.client.flush().await
         };
-        res.await.map_err(|_| Exit::Client)
+        // A client that stops reading must not keep a forced shutdown waiting.
+        tokio::select! {
+            r = res => r.map_err(|_| Exit::Client),
+            _ = self.force.cancelled() => Err(Exit::Error(shutting_down())),
+        }
     }
 
     /// Ends the session: tells the client why (when pgtenant ends it), and returns the
@@ -500,7 +562,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         let reset = &self.proxy.config.pool.reset_query;
                         match tokio::time::timeout(
                             CLEANUP_TIMEOUT,
-                            reset_session(&mut co, reset, self.max_message),
+                                                        reset_session(&mut co, reset),
                         )
                         .await
                         {
@@ -535,6 +597,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
+/// CommandComplete tags of commands that change session state a later client would see.
+fn changes_session_state(tag: &[u8]) -> bool {
+    const TAGS: [&[u8]; 6] = [b"SET\0", b"RESET\0", b"DISCARD", b"DEALLOCATE", b"LISTEN\0", b"PREPARE\0"];
+    TAGS.iter().any(|t| tag.starts_with(t))
+}
+
 fn shutting_down() -> PgError {
     PgError::fatal(
         SqlState::AdminShutdown,
@@ -544,7 +612,7 @@ fn shutting_down() -> PgError {
 
 /// Runs the reset query on a connection a session-mode client left, reading until
 /// ReadyForQuery and recording the ParameterStatus changes it causes.
-async fn reset_session(co: &mut Checkout, sql: &str, max: usize) -> Result<(), ()> {
+async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
     if sql.trim().is_empty() {
         return Ok(());
     }
@@ -553,7 +621,7 @@ async fn reset_session(co: &mut Checkout, sql: &str, max: usize) -> Result<(), (
     let conn = co.conn();
     conn.stream.write_all(&out).await.map_err(|_| ())?;
     let mut changed = Vec::new();
-    let mut reader = FrameReader::new(&mut conn.stream, max);
+        let mut reader = FrameReader::new(&mut conn.stream, DEFAULT_MAX_MESSAGE);
     let ok = loop {
         match reader.read_frame().await {
             Ok(Some(f)) => match f.tag() {

@@ -26,18 +26,21 @@ const NOT_SETTINGS: [&str; 4] = ["user", "database", "options", "replication"];
 pub struct ClientVars {
     /// Reportable settings: name (as the server spells it) → value.
     pub reported: Vec<(String, String)>,
-    /// Other settings from the startup packet (`extra_float_digits`, `search_path`, `-c`
-    /// options …).
+        /// Other settings: from the startup packet (`extra_float_digits`, `-c` options …) and
+    /// from the tenant's isolation (`search_path`, `pgtenant.tenant_id`, which win).
     pub other: Vec<(String, String)>,
+    /// Whether any value came from the client (and so might be refused by the server).
+    pub from_client: bool,
 }
 
 impl ClientVars {
     /// Builds the client's expectations from the pool's remembered ParameterStatus values
     /// and the client's startup packet.
-    pub fn new(
+        pub fn new(
         pool_params: &[(String, String)],
         startup: &StartupMessage,
         resolved: &Resolved,
+        tenant_vars: &[(String, String)],
     ) -> ClientVars {
         let mut vars = ClientVars::default();
         for (k, v) in pool_params {
@@ -62,9 +65,10 @@ impl ClientVars {
             .chain(app_name)
             .chain(from_options);
         for (k, v) in given {
-            if !is_setting_name(&k) {
+                        if !is_setting_name(&k) {
                 continue;
             }
+            vars.from_client = true;
             if let Some(slot) = vars
                 .reported
                 .iter_mut()
@@ -75,8 +79,12 @@ impl ClientVars {
                 vars.reported.push((k, v));
             } else {
                 vars.other.retain(|(n, _)| !n.eq_ignore_ascii_case(&k));
-                vars.other.push((k, v));
+                                vars.other.push((k, v));
             }
+        }
+        for (k, v) in tenant_vars {
+            vars.other.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
+            vars.other.push((k.clone(), v.clone()));
         }
         vars
     }
@@ -259,7 +267,7 @@ mod tests {
         };
         let resolved =
             crate::tenant::resolve(&startup, None, &Default::default()).expect("resolves");
-        let v = ClientVars::new(&pool, &startup, &resolved);
+                let v = ClientVars::new(&pool, &startup, &resolved, &[]);
         assert_eq!(
             v.other,
             vec![("extra_float_digits".to_owned(), "3".to_owned())]

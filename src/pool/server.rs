@@ -58,8 +58,10 @@ pub struct ServerConn {
     /// Session variables known to be in effect: the server's ParameterStatus reports, kept
     /// current, plus the settings pgtenant applied for clients.
     pub vars: Vec<(String, String)>,
-    pub created: Instant,
+        pub created: Instant,
     pub idle_since: Instant,
+    /// A client changed session state (SET, LISTEN, PREPARE …): reset before reuse.
+    pub dirty: bool,
     /// Counts against the upstream server's connection cap while this connection lives.
     pub(super) _upstream_permit: Option<OwnedSemaphorePermit>,
 }
@@ -180,8 +182,9 @@ impl ServerConn {
             backend_pid: pid,
             backend_secret: secret,
             vars,
-            created: now,
+                        created: now,
             idle_since: now,
+            dirty: false,
             _upstream_permit: None,
         })
     }

@@ -318,15 +318,7 @@ async fn upstream_md5_and_trust_logins() {
             .batch_execute(&format!("CREATE DATABASE {db} OWNER {role}"))
             .await
             .expect("db");
-        let t = pgtenant::config::TenantConfig {
-            id: db.clone(),
-            upstream: "local".into(),
-            database: db.clone(),
-            role: role.into(),
-            password: password.map(str::to_owned),
-            pool_mode: None,
-            pool_size: None,
-        };
+        let t = pgtenant::config::TenantConfig::new(&db, "local", &db, role, password);
         let h = start(config(vec![t])).await;
         let c = h.client(&db).await;
         let who: String = c

@@ -50,15 +50,7 @@ pub async fn tenant_db(prefix: &str) -> TenantConfig {
         .batch_execute(&format!("CREATE DATABASE \"{id}\" OWNER \"{id}\""))
         .await
         .expect("create database");
-    TenantConfig {
-        id: id.clone(),
-        upstream: "local".into(),
-        database: id.clone(),
-        role: id,
-        password: Some(password),
-        pool_mode: None,
-        pool_size: None,
-    }
+    TenantConfig::new(&id, "local", &id, &id, Some(&password))
 }
 
 pub fn with_mode(mut t: TenantConfig, mode: PoolMode, size: usize) -> TenantConfig {
