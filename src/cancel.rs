@@ -47,18 +47,14 @@ impl ClientKey {
         *self.slot.target.lock().unwrap_or_else(|e| e.into_inner()) = target;
     }
 
-        /// Whether a cancel for this client is being forwarded: its server connection must not
+    /// Whether a cancel for this client is being forwarded: its server connection must not
     /// be reused meanwhile, or the cancel could hit the next client's query.
     pub fn cancel_in_flight(&self) -> bool {
         self.slot.in_flight.load(Ordering::Acquire) > 0
     }
 
     pub fn target(&self) -> Option<CancelTarget> {
-        self.slot
-            .target
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.slot.target.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -81,18 +77,14 @@ impl CancelRegistry {
             if pid == 0 {
                 continue;
             }
-                        let slot = Arc::new(Slot {
+            let slot = Arc::new(Slot {
                 secret: rand::random(),
                 target: Mutex::new(None),
                 in_flight: AtomicUsize::new(0),
             });
             if let dashmap::Entry::Vacant(v) = self.slots.entry(pid) {
                 v.insert(slot.clone());
-                return ClientKey {
-                    registry: self.clone(),
-                    slot,
-                    pid,
-                };
+                return ClientKey { registry: self.clone(), slot, pid };
             }
         }
     }
@@ -139,16 +131,8 @@ mod tests {
         let key = reg.register();
         assert!(key.pid > 0);
         let secret = key.secret().to_be_bytes();
-        assert_eq!(
-            reg.lookup(key.pid, &secret),
-            None,
-            "no server attached: no-op"
-        );
-        let t = CancelTarget {
-            addr: UpstreamAddr::new("127.0.0.1", 5432),
-            pid: 42,
-            secret: 7,
-        };
+        assert_eq!(reg.lookup(key.pid, &secret), None, "no server attached: no-op");
+        let t = CancelTarget { addr: UpstreamAddr::new("127.0.0.1", 5432), pid: 42, secret: 7 };
         key.set_target(Some(t.clone()));
         assert_eq!(reg.lookup(key.pid, &secret), Some(t));
         let wrong = key.secret().wrapping_add(1).to_be_bytes();

@@ -27,12 +27,7 @@ pub enum Command {
     /// Run the proxy with a configuration file.
     Serve {
         /// Path of the TOML configuration (see config/pgtenant.toml).
-        #[arg(
-            short,
-            long,
-            env = "PGTENANT_CONFIG",
-            default_value = "config/pgtenant.toml"
-        )]
+        #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,
     },
     /// Start a throwaway PostgreSQL with two demo tenants and the proxy in front of it.
@@ -46,41 +41,31 @@ pub enum Command {
     },
     /// Load and validate a configuration file, then exit.
     CheckConfig {
-        #[arg(
-            short,
-            long,
-            env = "PGTENANT_CONFIG",
-            default_value = "config/pgtenant.toml"
-        )]
+        #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,
     },
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result =
-        match cli.command {
-            Command::Serve { config } => Config::load(&config)
-                .map_err(anyhow::Error::from)
-                .and_then(|c| {
-                    init_logging(c.proxy.log_format);
-                    runtime(c.proxy.workers)?.block_on(crate::server::run(c))
-                }),
-            Command::CheckConfig { config } => {
-                Config::load(&config).map_err(anyhow::Error::from).map(|c| {
-                    println!(
-                        "{}: ok ({} upstreams, {} tenants)",
-                        config.display(),
-                        c.upstreams.len(),
-                        c.tenants.len()
-                    );
-                })
-            }
-            Command::Demo { listen, workers } => {
-                init_logging(LogFormat::Human);
-                runtime(workers).and_then(|rt| rt.block_on(demo(listen, workers)))
-            }
-        };
+    let result = match cli.command {
+        Command::Serve { config } => Config::load(&config).map_err(anyhow::Error::from).and_then(|c| {
+            init_logging(c.proxy.log_format);
+            runtime(c.proxy.workers)?.block_on(crate::server::run(c))
+        }),
+        Command::CheckConfig { config } => Config::load(&config).map_err(anyhow::Error::from).map(|c| {
+            println!(
+                "{}: ok ({} upstreams, {} tenants)",
+                config.display(),
+                c.upstreams.len(),
+                c.tenants.len()
+            );
+        }),
+        Command::Demo { listen, workers } => {
+            init_logging(LogFormat::Human);
+            runtime(workers).and_then(|rt| rt.block_on(demo(listen, workers)))
+        }
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -94,9 +79,7 @@ pub fn main() -> ExitCode {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -114,42 +97,28 @@ pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         n => n,
     };
     let rt = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()?
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?
     };
     Ok(rt)
 }
 
 /// The demo tenants: (id, pool mode, pool size).
-const DEMO_TENANTS: [(&str, PoolMode, usize); 2] = [
-    ("acme", PoolMode::Transaction, 10),
-    ("globex", PoolMode::Session, 70),
-];
+const DEMO_TENANTS: [(&str, PoolMode, usize); 2] =
+    [("acme", PoolMode::Transaction, 10), ("globex", PoolMode::Session, 70)];
 
 async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
     eprintln!("starting a throwaway PostgreSQL …");
     let cluster = tokio::task::spawn_blocking(Cluster::start).await??;
-    let (admin, conn) = tokio_postgres::connect(
-        &cluster.superuser_conninfo("postgres"),
-        tokio_postgres::NoTls,
-    )
-    .await?;
+    let (admin, conn) =
+        tokio_postgres::connect(&cluster.superuser_conninfo("postgres"), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let mut tenants = Vec::new();
     for (id, mode, size) in DEMO_TENANTS {
         let password = format!("demo-{id}-{:08x}", rand::random::<u32>());
-        admin
-            .batch_execute(&format!("CREATE ROLE {id} LOGIN PASSWORD '{password}'"))
-            .await?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {id} OWNER {id}"))
-            .await?;
+        admin.batch_execute(&format!("CREATE ROLE {id} LOGIN PASSWORD '{password}'")).await?;
+        admin.batch_execute(&format!("CREATE DATABASE {id} OWNER {id}")).await?;
         let (db, conn) =
             tokio_postgres::connect(&cluster.superuser_conninfo(id), tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
@@ -165,13 +134,10 @@ async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
         tenants.push(t);
     }
     let config = Config {
-        proxy: ProxyConfig {
-            listen,
-            workers,
-            ..ProxyConfig::default()
-        },
+        proxy: ProxyConfig { listen, workers, ..ProxyConfig::default() },
         pool: Default::default(),
         resolver: Default::default(),
+        catalog: Default::default(),
         upstreams: vec![UpstreamConfig {
             name: "local".to_owned(),
             host: "127.0.0.1".to_owned(),
@@ -193,7 +159,10 @@ async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
     println!("(superuser password on the PostgreSQL port: {SUPERUSER_PASSWORD})");
     println!();
     for (id, mode, size) in DEMO_TENANTS {
-        println!("  tenant {id:<7} postgresql://app.{id}@{host}:{port}/{id}   pool mode: {} (pool size {size})", mode.as_str());
+        println!(
+            "  tenant {id:<7} postgresql://app.{id}@{host}:{port}/{id}   pool mode: {} (pool size {size})",
+            mode.as_str()
+        );
     }
     println!();
     println!("try:");

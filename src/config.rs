@@ -13,10 +13,7 @@ use crate::tenant::TenantId;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid configuration: {0}")]
     Parse(#[from] toml::de::Error),
     #[error("invalid configuration: {0}")]
@@ -33,6 +30,8 @@ pub struct Config {
     pub pool: PoolDefaults,
     #[serde(default)]
     pub resolver: ResolverConfig,
+    #[serde(default)]
+    pub catalog: CatalogConfig,
     /// Upstream PostgreSQL servers tenants live on.
     #[serde(default, rename = "upstreams")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -149,6 +148,39 @@ impl Default for PoolDefaults {
             max_lifetime: 3600.0,
             reset_query: "DISCARD ALL".to_owned(),
             max_server_connections: 1000,
+        }
+    }
+}
+
+/// `[catalog]`: where tenants are looked up. With a `url`, the control database is the
+/// catalog and `[[tenants]]`/`[[upstreams]]` are ignored; without one, they are the catalog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// Connection string of the control database (libpq key=value or a postgresql:// URI).
+    pub url: String,
+    /// Seconds a looked-up tenant is served from memory before it is fetched again (a NOTIFY
+    /// drops it sooner).
+    pub cache_ttl: f64,
+    /// Seconds an unknown tenant is remembered as unknown.
+    pub negative_ttl: f64,
+    /// Tenants kept in memory at most.
+    pub cache_size: usize,
+    /// Seconds a catalog query may take before the control database counts as unreachable.
+    pub lookup_timeout: f64,
+    /// Connections to the control database for lookups.
+    pub pool_size: usize,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            url: String::new(),
+            cache_ttl: 60.0,
+            negative_ttl: 2.0,
+            cache_size: 100_000,
+            lookup_timeout: 2.0,
+            pool_size: 4,
         }
     }
 }
@@ -359,10 +391,8 @@ impl Isolation {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(&text)
     }
 
@@ -382,18 +412,19 @@ impl Config {
             ("pool.connect_timeout", p.connect_timeout),
             ("pool.idle_timeout", p.idle_timeout),
             ("pool.max_lifetime", p.max_lifetime),
+            ("catalog.cache_ttl", self.catalog.cache_ttl),
+            ("catalog.negative_ttl", self.catalog.negative_ttl),
+            ("catalog.lookup_timeout", self.catalog.lookup_timeout),
         ] {
             if !(v.is_finite() && v > 0.0 && v < 1e9) {
-                return bad(format!(
-                    "{name} must be a positive number of seconds, got {v}"
-                ));
+                return bad(format!("{name} must be a positive number of seconds, got {v}"));
             }
         }
         if p.size == 0 || p.min_idle > p.size {
-            return bad(format!(
-                "pool.size must be ≥ 1 and ≥ pool.min_idle ({})",
-                p.min_idle
-            ));
+            return bad(format!("pool.size must be ≥ 1 and ≥ pool.min_idle ({})", p.min_idle));
+        }
+        if self.catalog.cache_size == 0 || self.catalog.pool_size == 0 {
+            return bad("catalog.cache_size and catalog.pool_size must be ≥ 1".into());
         }
         if p.max_server_connections == 0 {
             return bad("pool.max_server_connections must be ≥ 1".into());
@@ -410,10 +441,7 @@ impl Config {
                 return bad(format!("upstream {:?} is declared twice", u.name));
             }
             if u.max_connections == 0 {
-                return bad(format!(
-                    "upstream {:?}: max_connections must be ≥ 1",
-                    u.name
-                ));
+                return bad(format!("upstream {:?}: max_connections must be ≥ 1", u.name));
             }
         }
         let mut ids = HashSet::new();
@@ -425,13 +453,13 @@ impl Config {
                 return bad(format!("tenant {:?} is declared twice", t.id));
             }
             if !names.contains(t.upstream.as_str()) {
-                return bad(format!(
-                    "tenant {:?}: unknown upstream {:?}",
-                    t.id, t.upstream
-                ));
+                return bad(format!("tenant {:?}: unknown upstream {:?}", t.id, t.upstream));
             }
             if t.pool_size == Some(0) || t.max_server_connections == Some(0) || t.max_clients == Some(0) {
-                return bad(format!("tenant {:?}: pool_size, max_server_connections and max_clients must be ≥ 1", t.id));
+                return bad(format!(
+                    "tenant {:?}: pool_size, max_server_connections and max_clients must be ≥ 1",
+                    t.id
+                ));
             }
         }
         Ok(())

@@ -44,10 +44,7 @@ impl Cluster {
         if as_root && user_ids("postgres").is_none() {
             return Err(EmbeddedError::NoPostgresUser);
         }
-        let top = tempfile::Builder::new()
-            .prefix("pgtenant-pg-")
-            .tempdir()?
-            .keep();
+        let top = tempfile::Builder::new().prefix("pgtenant-pg-").tempdir()?.keep();
         let data_dir = top.join("data");
         let socket_dir = top.join("sock");
         std::fs::create_dir(&data_dir)?;
@@ -66,15 +63,7 @@ impl Cluster {
         initdb
             .args(["-D"])
             .arg(&data_dir)
-            .args([
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-locale",
-                "--no-sync",
-                "--no-instructions",
-            ])
+            .args(["-U", "postgres", "-E", "UTF8", "--no-locale", "--no-sync", "--no-instructions"])
             .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
             .arg(format!("--pwfile={}", pwfile.display()));
         run(initdb, "initdb")?;
@@ -92,13 +81,7 @@ impl Cluster {
         let mut server: Vec<String> = Vec::new();
         if as_root {
             server.extend(
-                [
-                    "setpriv",
-                    "--reuid=postgres",
-                    "--regid=postgres",
-                    "--init-groups",
-                ]
-                .map(String::from),
+                ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"].map(String::from),
             );
         }
         server.push(postgres.display().to_string());
@@ -150,13 +133,7 @@ impl Cluster {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let mut cluster = Cluster {
-            bindir,
-            port,
-            socket_dir,
-            data_dir,
-            watchdog: Some(watchdog),
-        };
+        let mut cluster = Cluster { bindir, port, socket_dir, data_dir, watchdog: Some(watchdog) };
         cluster.wait_ready(Duration::from_secs(30))?;
         Ok(cluster)
     }
@@ -191,20 +168,13 @@ impl Cluster {
 
     /// A libpq connection string to this cluster as the superuser, over the socket.
     pub fn superuser_conninfo(&self, dbname: &str) -> String {
-        format!(
-            "host={} port={} user=postgres dbname={dbname}",
-            self.socket_dir.display(),
-            self.port
-        )
+        format!("host={} port={} user=postgres dbname={dbname}", self.socket_dir.display(), self.port)
     }
 
     /// Stops the server and removes its directory; waits for both.
     pub fn stop(&mut self) {
         if let Some(mut w) = self.watchdog.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(w.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg("-TERM").arg(w.id().to_string()).status();
             let _ = w.wait();
         }
     }
@@ -229,8 +199,7 @@ fn run(mut cmd: Command, what: &'static str) -> Result<(), EmbeddedError> {
 fn as_server_user(program: &Path, as_root: bool) -> Command {
     if as_root {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
-            .arg(program);
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]).arg(program);
         c
     } else {
         Command::new(program)

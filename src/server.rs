@@ -2,8 +2,11 @@
 //! transactions finish up to a timeout, then close everyone with 57P01).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{broadcast, OwnedSemaphorePermit};
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -11,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cancel::CancelRegistry;
-use crate::catalog::{Catalog, StaticCatalog};
+use crate::catalog::{Catalog, Change, ControlCatalog, StaticCatalog, Tenant};
 use crate::config::{secs, Config};
 use crate::pool::PoolManager;
+use crate::protocol::{PgError, SqlState};
+use crate::tenant::TenantId;
 
 /// Shutdown signals every session watches.
 #[derive(Clone, Default)]
@@ -33,6 +38,42 @@ pub struct Proxy {
     pub cancel: Arc<CancelRegistry>,
     pub shutdown: Shutdown,
     clients: Arc<Semaphore>,
+    tenants: DashMap<TenantId, Arc<TenantSessions>>,
+}
+
+/// The open sessions of one tenant: its client cap, and the signal that ends them when the
+/// tenant stops being active.
+pub struct TenantSessions {
+    clients: Arc<Semaphore>,
+    max_clients: Option<usize>,
+    kick: Mutex<(CancellationToken, Option<PgError>)>,
+}
+
+impl TenantSessions {
+    /// The token a new session watches, and (once it fires) why.
+    pub fn kick_token(&self) -> CancellationToken {
+        self.kick.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    pub fn kick_reason(&self) -> Option<PgError> {
+        self.kick.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    /// Ends every open session (idle ones at once, busy ones at the end of their
+    /// transaction) with `reason`; sessions that start later are not affected.
+    fn kick(&self, reason: PgError) {
+        let mut k = self.kick.lock().unwrap_or_else(|e| e.into_inner());
+        k.1 = Some(reason);
+        k.0.cancel();
+        k.0 = CancellationToken::new();
+    }
+}
+
+/// What a client holds while logged in as a tenant.
+pub struct TenantAdmission {
+    pub sessions: Arc<TenantSessions>,
+    pub kick: CancellationToken,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Proxy {
@@ -46,14 +87,72 @@ impl Proxy {
     pub fn with_catalog(config: Config, catalog: Arc<dyn Catalog>) -> Arc<Proxy> {
         let pools = PoolManager::new(&config.pool);
         pools.spawn_maintenance();
-        Arc::new(Proxy {
+        let changes = catalog.changes();
+        let proxy = Arc::new(Proxy {
             clients: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
             config: Arc::new(config),
             catalog,
             pools,
             cancel: CancelRegistry::new(),
             shutdown: Shutdown::default(),
-        })
+            tenants: DashMap::new(),
+        });
+        if let Some(changes) = changes {
+            tokio::spawn(watch_changes(Arc::downgrade(&proxy), changes));
+        }
+        proxy
+    }
+
+    /// A proxy over the catalog the config names: the control database when
+    /// `[catalog] url` is set (connecting and migrating it), else the static tenants.
+    pub async fn start(config: Config) -> anyhow::Result<Arc<Proxy>> {
+        if config.catalog.url.is_empty() {
+            return Ok(Proxy::new(config));
+        }
+        let catalog = ControlCatalog::start(&config.catalog, &config.pool).await?;
+        Ok(Proxy::with_catalog(config, catalog))
+    }
+
+    /// Admits a client of `tenant` under the tenant's client cap.
+    pub fn admit(&self, tenant: &Tenant) -> Result<TenantAdmission, PgError> {
+        let sessions = match self.tenants.get(&tenant.id) {
+            Some(s) if s.max_clients == tenant.max_clients => s.value().clone(),
+            _ => {
+                let fresh = Arc::new(TenantSessions {
+                    clients: Arc::new(Semaphore::new(tenant.max_clients.unwrap_or(Semaphore::MAX_PERMITS))),
+                    max_clients: tenant.max_clients,
+                    kick: Mutex::new((CancellationToken::new(), None)),
+                });
+                self.tenants.insert(tenant.id.clone(), fresh.clone());
+                fresh
+            }
+        };
+        let permit = sessions.clients.clone().try_acquire_owned().map_err(|_| {
+            PgError::fatal(
+                SqlState::TooManyConnections,
+                format!("too many connections for tenant \"{}\"", tenant.id),
+            )
+            .with_hint("the tenant's max_clients is reached")
+        })?;
+        Ok(TenantAdmission { kick: sessions.kick_token(), sessions, _permit: permit })
+    }
+
+    /// Re-reads a tenant the catalog says changed; if it can no longer connect, its open
+    /// sessions are ended.
+    async fn recheck(&self, id: &TenantId) {
+        let Some(sessions) = self.tenants.get(id).map(|s| s.value().clone()) else { return };
+        let reason = match self.catalog.lookup(id).await {
+            Ok(Some(t)) => t.refusal(),
+            Ok(None) => {
+                Some(PgError::fatal(SqlState::InvalidCatalogName, format!("tenant \"{id}\" does not exist")))
+            }
+            Err(_) => None,
+        };
+        if let Some(reason) = reason {
+            tracing::info!(tenant = %id, reason = %reason, "closing the tenant's sessions");
+            let message = format!("terminating connection: {}", reason.message);
+            sessions.kick(PgError::fatal(SqlState::AdminShutdown, message));
+        }
     }
 
     /// Client connections open right now.
@@ -88,16 +187,9 @@ impl Proxy {
         drop(listener);
         tracker.close();
         let grace = secs(self.config.proxy.shutdown_timeout);
-        tracing::info!(
-            clients = self.client_count(),
-            ?grace,
-            "shutting down: draining clients"
-        );
+        tracing::info!(clients = self.client_count(), ?grace, "shutting down: draining clients");
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            tracing::warn!(
-                clients = self.client_count(),
-                "shutdown timeout: closing remaining clients"
-            );
+            tracing::warn!(clients = self.client_count(), "shutdown timeout: closing remaining clients");
             self.shutdown.force.cancel();
             tracker.wait().await;
         }
@@ -107,11 +199,32 @@ impl Proxy {
     }
 }
 
+/// Follows catalog changes for as long as the proxy lives.
+async fn watch_changes(proxy: Weak<Proxy>, mut changes: broadcast::Receiver<Change>) {
+    loop {
+        let change = match changes.recv().await {
+            Ok(c) => c,
+            Err(broadcast::error::RecvError::Lagged(_)) => Change::All,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(proxy) = proxy.upgrade() else { return };
+        match change {
+            Change::Tenant(id) => proxy.recheck(&id).await,
+            Change::All => {
+                let ids: Vec<TenantId> = proxy.tenants.iter().map(|e| e.key().clone()).collect();
+                for id in ids {
+                    proxy.recheck(&id).await;
+                }
+            }
+        }
+    }
+}
+
 /// Binds the configured address and serves until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.proxy.listen).await?;
     let addr: SocketAddr = listener.local_addr()?;
-    let proxy = Proxy::new(config);
+    let proxy = Proxy::start(config).await?;
     tracing::info!(%addr, "pgtenant listening");
     let drain = proxy.shutdown.drain.clone();
     tokio::spawn(async move {
@@ -126,10 +239,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Resolves on SIGTERM or SIGINT.
 pub async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

@@ -1,6 +1,12 @@
-//! Where tenants are looked up, behind the narrow [`Catalog`] interface. The static catalog
-//! (tenants from the TOML file) is the only implementation so far; the control database
-//! implements the same trait.
+//! Where tenants are looked up, behind the narrow [`Catalog`] interface: the control
+//! database ([`control`], with its cache and pushed invalidation) or the static catalog from
+//! the TOML file.
+
+pub mod cache;
+pub mod control;
+pub mod migrations;
+
+pub use control::{Change, ControlCatalog};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -8,8 +14,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::config::{Config, Isolation, PoolMode, TenantStatus};
-use crate::protocol::{PgError, SqlState};
 use crate::pool::{PoolKey, UpstreamAddr};
+use crate::protocol::{PgError, SqlState};
 use crate::tenant::TenantId;
 
 /// Everything the proxy needs to route one tenant.
@@ -64,7 +70,8 @@ pub struct TenantParts {
 
 impl Tenant {
     pub fn new(p: TenantParts) -> Tenant {
-        let pool_key = PoolKey { addr: p.addr.clone(), database: p.database.clone(), role: p.login_role.clone() };
+        let pool_key =
+            PoolKey { addr: p.addr.clone(), database: p.database.clone(), role: p.login_role.clone() };
         let session_vars = match p.isolation {
             Isolation::Database => Vec::new(),
             Isolation::Schema => {
@@ -104,8 +111,11 @@ impl Tenant {
         match self.status {
             TenantStatus::Active => None,
             TenantStatus::Pending | TenantStatus::Suspended | TenantStatus::Migrating => Some(
-                PgError::fatal(SqlState::CannotConnectNow, format!("tenant \"{id}\" is {}", self.status.as_str()))
-                    .with_hint("connections are accepted again once the tenant is active"),
+                PgError::fatal(
+                    SqlState::CannotConnectNow,
+                    format!("tenant \"{id}\" is {}", self.status.as_str()),
+                )
+                .with_hint("connections are accepted again once the tenant is active"),
             ),
             TenantStatus::Archived | TenantStatus::Deleted => Some(PgError::fatal(
                 SqlState::InvalidCatalogName,
@@ -132,6 +142,11 @@ pub type LookupFuture<'a> =
 /// Tenant lookup. `Ok(None)` means the tenant does not exist.
 pub trait Catalog: Send + Sync + 'static {
     fn lookup<'a>(&'a self, id: &'a TenantId) -> LookupFuture<'a>;
+
+    /// Tenants that changed, as they change (catalogs that can change at run time).
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
 }
 
 /// Tenants declared in the TOML config.
@@ -169,6 +184,10 @@ impl StaticCatalog {
             tenants.insert(id, Arc::new(tenant));
         }
         StaticCatalog { tenants }
+    }
+
+    pub fn get(&self, id: &TenantId) -> Option<Arc<Tenant>> {
+        self.tenants.get(id).cloned()
     }
 
     pub fn len(&self) -> usize {

@@ -19,45 +19,37 @@ use crate::protocol::backend;
 use crate::protocol::frame::FrameReader;
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{FrameError, PgError, SqlState};
-use crate::server::Proxy;
+use crate::server::{Proxy, TenantAdmission};
 use crate::tenant;
 
 use vars::ClientVars;
 
 /// Serves one accepted connection to its end. `permit` is the client's place under the
 /// global cap; without one the client is refused with 53300 once it has said who it is.
-pub async fn serve<S>(
-    stream: S,
-    peer: SocketAddr,
-    proxy: Arc<Proxy>,
-    permit: Option<OwnedSemaphorePermit>,
-) where
+pub async fn serve<S>(stream: S, peer: SocketAddr, proxy: Arc<Proxy>, permit: Option<OwnedSemaphorePermit>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let timeout = secs(proxy.config.proxy.startup_timeout);
     let mut reader = FrameReader::new(stream, proxy.config.proxy.max_message_size);
-    let login =
-        match tokio::time::timeout(timeout, handshake(&mut reader, &proxy, permit.is_some())).await
-        {
-            Ok(Ok(Some(login))) => login,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                tracing::info!(%peer, error = %e, "login refused");
-                let _ = reader.get_mut().write_all(&e.to_bytes()).await;
-                return;
-            }
-            Err(_) => {
-                tracing::info!(%peer, "startup timed out");
-                let e = PgError::fatal(SqlState::ProtocolViolation, "startup timed out");
-                let _ = reader.get_mut().write_all(&e.to_bytes()).await;
-                return;
-            }
-        };
+    let login = match tokio::time::timeout(timeout, handshake(&mut reader, &proxy, permit.is_some())).await {
+        Ok(Ok(Some(login))) => login,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "login refused");
+            let _ = reader.get_mut().write_all(&e.to_bytes()).await;
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "startup timed out");
+            let e = PgError::fatal(SqlState::ProtocolViolation, "startup timed out");
+            let _ = reader.get_mut().write_all(&e.to_bytes()).await;
+            return;
+        }
+    };
     tracing::debug!(%peer, tenant = %login.tenant.id, "client logged in");
     let (stream, buffered) = reader.into_parts();
-    relay::Session::new(stream, buffered, login, proxy)
-        .run()
-        .await;
+    relay::Session::new(stream, buffered, login, proxy).run().await;
     drop(permit);
 }
 
@@ -67,6 +59,7 @@ pub(crate) struct LoggedIn {
     pub pool: Arc<Pool>,
     pub vars: ClientVars,
     pub key: ClientKey,
+    pub admission: TenantAdmission,
 }
 
 async fn handshake<S>(
@@ -111,11 +104,8 @@ where
         }
     };
     if !admitted {
-        return Err(PgError::fatal(
-            SqlState::TooManyConnections,
-            "sorry, too many clients already",
-        )
-        .with_hint("pgtenant's max_client_conn is reached"));
+        return Err(PgError::fatal(SqlState::TooManyConnections, "sorry, too many clients already")
+            .with_hint("pgtenant's max_client_conn is reached"));
     }
     if startup.wants_replication() {
         return Err(PgError::fatal(
@@ -128,8 +118,7 @@ where
     if startup.minor > 0 || !startup.protocol_options().is_empty() {
         backend::negotiate_protocol_version(&mut out, startup.protocol_options());
     }
-    let resolved =
-        tenant::resolve(&startup, None, &proxy.config.resolver).map_err(|e| e.to_client())?;
+    let resolved = tenant::resolve(&startup, None, &proxy.config.resolver).map_err(|e| e.to_client())?;
     let tenant = match proxy.catalog.lookup(&resolved.tenant).await {
         Ok(Some(t)) => t,
         Ok(None) => {
@@ -142,19 +131,20 @@ where
             tracing::warn!(tenant = %resolved.tenant, error = %why, "catalog lookup failed");
             return Err(PgError::fatal(
                 SqlState::UnableToConnect,
-                format!(
-                    "cannot look up tenant \"{}\": the control database is unreachable",
-                    resolved.tenant
-                ),
+                format!("cannot look up tenant \"{}\": the control database is unreachable", resolved.tenant),
             ));
         }
     };
+    if let Some(refusal) = tenant.refusal() {
+        return Err(refusal);
+    }
+    let admission = proxy.admit(&tenant)?;
     // Client authentication: `trust` is the only method until SCRAM lands.
     backend::authentication_ok(&mut out);
     let pool = proxy.pools.pool_for(&tenant);
     let pool_params = match pool.params() {
         Some(p) => p,
-        None => learn_params(&pool, &tenant).await?,
+        None => learn_params(proxy, &pool, &tenant).await?,
     };
     let vars = ClientVars::new(&pool_params, &startup, &resolved, &tenant.session_vars);
     for (k, v) in vars.login_params(&pool_params) {
@@ -164,21 +154,13 @@ where
     backend::backend_key_data(&mut out, key.pid, key.secret());
     backend::ready_for_query_idle(&mut out);
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;
-    Ok(Some(LoggedIn {
-        tenant,
-        pool,
-        vars,
-        key,
-    }))
+    Ok(Some(LoggedIn { tenant, pool, vars, key, admission }))
 }
 
 /// Opens (or borrows) a server connection so the pool learns the server's ParameterStatus
 /// values, which clients are shown at login.
-async fn learn_params(pool: &Arc<Pool>, tenant: &Tenant) -> Result<ServerParams, PgError> {
-    let co = pool
-        .checkout()
-        .await
-        .map_err(|e| e.to_client(tenant.id.as_str()))?;
+async fn learn_params(proxy: &Proxy, pool: &Arc<Pool>, tenant: &Tenant) -> Result<ServerParams, PgError> {
+    let co = proxy.pools.checkout(pool, tenant).await.map_err(|e| e.to_client(tenant.id.as_str()))?;
     let params = Arc::new(co.conn_ref().vars.clone());
     co.release();
     Ok(params)
@@ -186,8 +168,5 @@ async fn learn_params(pool: &Arc<Pool>, tenant: &Tenant) -> Result<ServerParams,
 
 /// A client that vanished mid-handshake needs no message; this only satisfies the types.
 fn io_gone(e: std::io::Error) -> PgError {
-    PgError::fatal(
-        SqlState::ConnectionFailure,
-        format!("client connection lost: {e}"),
-    )
+    PgError::fatal(SqlState::ConnectionFailure, format!("client connection lost: {e}"))
 }

@@ -29,7 +29,7 @@ use crate::pool::{cancel_backend, Checkout, Pool, ServerParams};
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{header, FrameReader, DEFAULT_MAX_MESSAGE, HEADER_LEN};
 use crate::protocol::{frontend, PgError, SqlState};
-use crate::server::Proxy;
+use crate::server::{Proxy, TenantAdmission};
 
 /// Bytes read per socket read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -42,8 +42,19 @@ enum Event {
     Client(io::Result<usize>),
     ServerRead(io::Result<usize>),
     ServerWrote(io::Result<usize>),
+    /// pgtenant is shutting down: end the session once it is idle.
     Drain,
+    /// The tenant stopped being active: end the session once it is idle.
+    Kick,
+    /// End the session now.
     Force,
+}
+
+/// The signals a session watches besides its sockets.
+struct Signals {
+    drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    kick: Pin<Box<WaitForCancellationFutureOwned>>,
+    force: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 /// Why the relay stopped.
@@ -114,8 +125,10 @@ pub(crate) struct Session<S> {
     /// pgtenant's own messages, written to the server before the client's.
     prelude: BytesMut,
     server: Option<Checkout>,
-        progress: Progress,
-    draining: bool,
+    progress: Progress,
+    /// Why the session ends once it is idle (shutdown, or the tenant was suspended).
+    draining: Option<PgError>,
+    admission: TenantAdmission,
     /// Whether this client's session setup is known to succeed (it carries no settings
     /// from the client, or a server already accepted them), so it may be pipelined.
     setup_trusted: bool,
@@ -124,7 +137,7 @@ pub(crate) struct Session<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub fn new(client: S, buffered: BytesMut, login: LoggedIn, proxy: Arc<Proxy>) -> Self {
-                let LoggedIn { tenant, pool, vars, key } = login;
+        let LoggedIn { tenant, pool, vars, key, admission } = login;
         let force = proxy.shutdown.force.clone();
         let setup_trusted = !vars.from_client;
         let pool_params = pool.params().unwrap_or_default();
@@ -150,25 +163,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             setup_error: None,
             prelude: BytesMut::new(),
             server: None,
-                        progress: Progress { status: b'I', ..Progress::default() },
-            draining: false,
+            progress: Progress { status: b'I', ..Progress::default() },
+            draining: None,
+            admission,
             setup_trusted,
             force,
         }
     }
 
     pub async fn run(mut self) {
-        let mut drain = Box::pin(self.proxy.shutdown.drain.clone().cancelled_owned());
-        let mut force = Box::pin(self.proxy.shutdown.force.clone().cancelled_owned());
-        let exit = self.relay(&mut drain, &mut force).await;
+        let mut signals = Signals {
+            drain: Box::pin(self.proxy.shutdown.drain.clone().cancelled_owned()),
+            kick: Box::pin(self.admission.kick.clone().cancelled_owned()),
+            force: Box::pin(self.proxy.shutdown.force.clone().cancelled_owned()),
+        };
+        let exit = self.relay(&mut signals).await;
         self.finish(exit).await;
     }
 
-    async fn relay(
-        &mut self,
-        drain: &mut Pin<Box<WaitForCancellationFutureOwned>>,
-        force: &mut Pin<Box<WaitForCancellationFutureOwned>>,
-    ) -> Exit {
+    async fn relay(&mut self, signals: &mut Signals) -> Exit {
         if let Err(e) = self.scan_client() {
             return Exit::Error(e);
         }
@@ -176,9 +189,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if let Some(exit) = self.settle().await {
                 return exit;
             }
-            match self.next_event(drain, force).await {
+            match self.next_event(signals).await {
                 Event::Force => return Exit::Error(shutting_down()),
-                Event::Drain => self.draining = true,
+                Event::Drain => self.draining = Some(shutting_down()),
+                Event::Kick => {
+                    let reason = self.admission.sessions.kick_reason();
+                    self.draining = Some(reason.unwrap_or_else(shutting_down));
+                }
                 Event::Client(Ok(0) | Err(_)) => return Exit::Client,
                 Event::Client(Ok(_)) => {
                     if let Err(e) = self.scan_client() {
@@ -186,9 +203,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 }
                 Event::ServerWrote(Ok(n)) => self.consume_written(n),
-                Event::ServerWrote(Err(_)) | Event::ServerRead(Ok(0) | Err(_)) => {
-                    return Exit::ServerLost
-                }
+                Event::ServerWrote(Err(_)) | Event::ServerRead(Ok(0) | Err(_)) => return Exit::ServerLost,
                 Event::ServerRead(Ok(_)) => {
                     if let Err(exit) = self.pump_server().await {
                         return exit;
@@ -205,8 +220,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.release();
         }
         let idle = self.server.is_none() || self.server_idle();
-        if self.draining && idle {
-            return Some(Exit::Error(shutting_down()));
+        if let (Some(reason), true) = (&self.draining, idle) {
+            return Some(Exit::Error(reason.clone()));
         }
         // After Terminate and once everything before it went out, the session is over;
         // replies still owed are not waited for (finish cancels what runs).
@@ -239,8 +254,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn attach(&mut self) -> Result<(), PgError> {
         let mut co = self
-            .pool
-            .checkout()
+            .proxy
+            .pools
+            .checkout(&self.pool, &self.tenant)
             .await
             .map_err(|e| e.to_client(self.tenant.id.as_str()))?;
         let conn = co.conn();
@@ -254,12 +270,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.progress.swallow_z += 1;
             }
         }
+        co.conn().tenant = Some(self.tenant.id.clone());
         self.progress.status = b'I';
         self.server = Some(co);
         Ok(())
     }
 
-        fn release(&mut self) {
+    fn release(&mut self) {
         let Some(mut co) = self.server.take() else { return };
         self.key.set_target(None);
         if self.key.cancel_in_flight() {
@@ -273,7 +290,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let reset = self.proxy.config.pool.reset_query.clone();
             let params = self.pool_params.clone();
             tokio::spawn(async move {
-                if let Ok(Ok(())) = tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, &reset)).await {
+                if let Ok(Ok(())) =
+                    tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, &reset)).await
+                {
                     forget_unreported(co.conn(), &params);
                     co.conn().dirty = false;
                     co.release();
@@ -284,24 +303,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         co.release();
     }
 
-    async fn next_event(
-        &mut self,
-        drain: &mut Pin<Box<WaitForCancellationFutureOwned>>,
-        force: &mut Pin<Box<WaitForCancellationFutureOwned>>,
-    ) -> Event {
+    async fn next_event(&mut self, signals: &mut Signals) -> Event {
         for buf in [&mut self.cbuf, &mut self.sbuf] {
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(READ_CHUNK);
             }
         }
         let read_client = !self.terminated && self.cbuf.len() < MAX_CLIENT_BUFFERED;
-        let watch_drain = !self.draining;
+        let watch_drain = self.draining.is_none();
         poll_fn(|cx| {
-            if force.as_mut().poll(cx).is_ready() {
+            if signals.force.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Force);
             }
-            if watch_drain && drain.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Drain);
+            if watch_drain {
+                if signals.drain.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Drain);
+                }
+                if signals.kick.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Kick);
+                }
             }
             if let Some(server) = self.server.as_mut() {
                 let stream = &mut server.conn().stream;
@@ -326,9 +346,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             if read_client {
-                if let Poll::Ready(r) =
-                    poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf)
-                {
+                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf) {
                     return Poll::Ready(Event::Client(r));
                 }
             }
@@ -357,13 +375,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.c_remaining -= n;
                 continue;
             }
-            let Some((tag, len)) =
-                header(&self.cbuf[self.c_scanned..], self.max_message).map_err(|e| {
-                    PgError::fatal(
-                        SqlState::ProtocolViolation,
-                        format!("invalid message from client: {e}"),
-                    )
-                })?
+            let Some((tag, len)) = header(&self.cbuf[self.c_scanned..], self.max_message).map_err(|e| {
+                PgError::fatal(SqlState::ProtocolViolation, format!("invalid message from client: {e}"))
+            })?
             else {
                 break;
             };
@@ -462,9 +476,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 }
                 b'S' => {
-                    if let Some((k, v)) =
-                        parse_parameter_status(&self.sbuf[pos + HEADER_LEN..pos + len])
-                    {
+                    if let Some((k, v)) = parse_parameter_status(&self.sbuf[pos + HEADER_LEN..pos + len]) {
                         if let Some(server) = self.server.as_mut() {
                             server.conn().set_var(&k, &v);
                         }
@@ -506,7 +518,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.write_client(from, pos).await?;
         self.sbuf.advance(pos);
-                if self.progress.swallow_z == 0 {
+        if self.progress.swallow_z == 0 {
             if let Some(e) = self.setup_error.take() {
                 return Err(Exit::SetupFailed(e));
             }
@@ -519,7 +531,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if to <= from {
             return Ok(());
         }
-                let res = async {
+        let res = async {
             self.client.write_all(&self.sbuf[from..to]).await?;
             self.client.flush().await
         };
@@ -560,12 +572,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     PoolMode::Transaction => co.release(),
                     PoolMode::Session => {
                         let reset = &self.proxy.config.pool.reset_query;
-                        match tokio::time::timeout(
-                            CLEANUP_TIMEOUT,
-                                                        reset_session(&mut co, reset),
-                        )
-                        .await
-                        {
+                        match tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, reset)).await {
                             Ok(Ok(())) => {
                                 forget_unreported(co.conn(), &self.pool_params);
                                 co.release();
@@ -583,11 +590,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     if self.progress.pending_z > 0 || self.progress.copy_in {
                         let c = co.conn_ref();
                         let (addr, pid, secret) = (c.addr.clone(), c.backend_pid, c.backend_secret);
-                        let _ = tokio::time::timeout(
-                            CLEANUP_TIMEOUT,
-                            cancel_backend(&addr, pid, secret),
-                        )
-                        .await;
+                        let _ =
+                            tokio::time::timeout(CLEANUP_TIMEOUT, cancel_backend(&addr, pid, secret)).await;
                     }
                     drop(co);
                 }
@@ -604,10 +608,7 @@ fn changes_session_state(tag: &[u8]) -> bool {
 }
 
 fn shutting_down() -> PgError {
-    PgError::fatal(
-        SqlState::AdminShutdown,
-        "terminating connection: pgtenant is shutting down",
-    )
+    PgError::fatal(SqlState::AdminShutdown, "terminating connection: pgtenant is shutting down")
 }
 
 /// Runs the reset query on a connection a session-mode client left, reading until
@@ -621,7 +622,7 @@ async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
     let conn = co.conn();
     conn.stream.write_all(&out).await.map_err(|_| ())?;
     let mut changed = Vec::new();
-        let mut reader = FrameReader::new(&mut conn.stream, DEFAULT_MAX_MESSAGE);
+    let mut reader = FrameReader::new(&mut conn.stream, DEFAULT_MAX_MESSAGE);
     let ok = loop {
         match reader.read_frame().await {
             Ok(Some(f)) => match f.tag() {

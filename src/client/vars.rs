@@ -26,7 +26,7 @@ const NOT_SETTINGS: [&str; 4] = ["user", "database", "options", "replication"];
 pub struct ClientVars {
     /// Reportable settings: name (as the server spells it) → value.
     pub reported: Vec<(String, String)>,
-        /// Other settings: from the startup packet (`extra_float_digits`, `-c` options …) and
+    /// Other settings: from the startup packet (`extra_float_digits`, `-c` options …) and
     /// from the tenant's isolation (`search_path`, `pgtenant.tenant_id`, which win).
     pub other: Vec<(String, String)>,
     /// Whether any value came from the client (and so might be refused by the server).
@@ -36,7 +36,7 @@ pub struct ClientVars {
 impl ClientVars {
     /// Builds the client's expectations from the pool's remembered ParameterStatus values
     /// and the client's startup packet.
-        pub fn new(
+    pub fn new(
         pool_params: &[(String, String)],
         startup: &StartupMessage,
         resolved: &Resolved,
@@ -52,10 +52,7 @@ impl ClientVars {
         // application_name (`tenant:acme/worker` → `worker`).
         let options = resolved.options.as_deref().or(startup.get("options"));
         let from_options = options.map(parse_options).unwrap_or_default();
-        let app_name = resolved
-            .application_name
-            .clone()
-            .map(|a| ("application_name".to_owned(), a));
+        let app_name = resolved.application_name.clone().map(|a| ("application_name".to_owned(), a));
         let given = startup
             .params
             .iter()
@@ -65,21 +62,17 @@ impl ClientVars {
             .chain(app_name)
             .chain(from_options);
         for (k, v) in given {
-                        if !is_setting_name(&k) {
+            if !is_setting_name(&k) {
                 continue;
             }
             vars.from_client = true;
-            if let Some(slot) = vars
-                .reported
-                .iter_mut()
-                .find(|(n, _)| n.eq_ignore_ascii_case(&k))
-            {
+            if let Some(slot) = vars.reported.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(&k)) {
                 slot.1 = v;
             } else if SYNCED.iter().any(|s| s.eq_ignore_ascii_case(&k)) {
                 vars.reported.push((k, v));
             } else {
                 vars.other.retain(|(n, _)| !n.eq_ignore_ascii_case(&k));
-                                vars.other.push((k, v));
+                vars.other.push((k, v));
             }
         }
         for (k, v) in tenant_vars {
@@ -95,10 +88,7 @@ impl ClientVars {
         pool_params
             .iter()
             .map(|(k, v)| {
-                let own = self
-                    .reported
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(k));
+                let own = self.reported.iter().find(|(n, _)| n.eq_ignore_ascii_case(k));
                 (k.clone(), own.map_or_else(|| v.clone(), |(_, v)| v.clone()))
             })
             .collect()
@@ -106,11 +96,7 @@ impl ClientVars {
 
     /// Records a ParameterStatus the server sent while this client held it.
     pub fn observe(&mut self, name: &str, value: &str) {
-        if let Some(slot) = self
-            .reported
-            .iter_mut()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
+        if let Some(slot) = self.reported.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
             value.clone_into(&mut slot.1);
         }
     }
@@ -119,11 +105,7 @@ impl ClientVars {
     /// remembers; `None` when it already is. `pool_params` names the reportable settings
     /// (anything else `conn` carries was applied by pgtenant for a client and may need a
     /// RESET).
-    pub fn sync_query(
-        &self,
-        conn: &mut ServerConn,
-        pool_params: &[(String, String)],
-    ) -> Option<String> {
+    pub fn sync_query(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<String> {
         let mut sql = String::new();
         for (k, v) in self.reported.iter().chain(&self.other) {
             if conn.var(k) != Some(v.as_str()) {
@@ -150,8 +132,7 @@ impl ClientVars {
 /// Drops what a reset query (`DISCARD ALL`) returned to defaults: every setting pgtenant
 /// applied that the server does not report.
 pub fn forget_unreported(conn: &mut ServerConn, pool_params: &[(String, String)]) {
-    conn.vars
-        .retain(|(k, _)| pool_params.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)));
+    conn.vars.retain(|(k, _)| pool_params.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)));
 }
 
 /// `-c name=value` and `--name=value` settings from the `options` startup parameter
@@ -180,9 +161,7 @@ pub fn parse_options(options: &str) -> Vec<(String, String)> {
         let setting = if w == "-c" {
             it.next()
         } else {
-            w.strip_prefix("-c")
-                .or_else(|| w.strip_prefix("--"))
-                .map(str::to_owned)
+            w.strip_prefix("-c").or_else(|| w.strip_prefix("--")).map(str::to_owned)
         };
         if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
             out.push((k.replace('-', "_"), v.to_owned()));
@@ -193,19 +172,13 @@ pub fn parse_options(options: &str) -> Vec<(String, String)> {
 
 /// Setting names are identifiers, possibly dotted (`pgtenant.tenant_id`).
 fn is_setting_name(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 63
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
 fn quote_ident(k: &str) -> String {
     // Names are checked by is_setting_name (or come from the server); dotted names are
     // quoted part by part.
-    k.split('.')
-        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join(".")
+    k.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
 }
 
 /// A string literal that means the same whatever `standard_conforming_strings` is.
@@ -241,10 +214,7 @@ mod tests {
     fn literals_and_names_are_quoted() {
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(quote_literal("a\\b'"), "E'a\\\\b'''");
-        assert_eq!(
-            quote_ident("pgtenant.tenant_id"),
-            "\"pgtenant\".\"tenant_id\""
-        );
+        assert_eq!(quote_ident("pgtenant.tenant_id"), "\"pgtenant\".\"tenant_id\"");
         assert!(!is_setting_name("x; DROP TABLE t"));
     }
 
@@ -265,13 +235,9 @@ mod tests {
                 ("bad name;".into(), "x".into()),
             ],
         };
-        let resolved =
-            crate::tenant::resolve(&startup, None, &Default::default()).expect("resolves");
-                let v = ClientVars::new(&pool, &startup, &resolved, &[]);
-        assert_eq!(
-            v.other,
-            vec![("extra_float_digits".to_owned(), "3".to_owned())]
-        );
+        let resolved = crate::tenant::resolve(&startup, None, &Default::default()).expect("resolves");
+        let v = ClientVars::new(&pool, &startup, &resolved, &[]);
+        assert_eq!(v.other, vec![("extra_float_digits".to_owned(), "3".to_owned())]);
         let shown = v.login_params(&pool);
         assert!(shown.contains(&("application_name".into(), "psql".into())));
         assert!(shown.contains(&("server_version".into(), "15.1".into())));

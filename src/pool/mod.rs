@@ -1,10 +1,13 @@
 //! Upstream server connections and their pools. A pool per upstream login (address,
-//! database, role) holds authenticated raw sockets; caps per pool and per upstream server are
-//! enforced together, and checkout waits in a FIFO queue up to a timeout.
+//! database, role) holds authenticated raw sockets. Caps per tenant, per pool, per upstream
+//! server and in total are enforced together; waiters queue per tenant and are served
+//! round-robin; idle connections are reaped, so an idle pool shrinks to nothing.
 
+mod fair;
 mod server;
 mod stream;
 
+pub use fair::{FairPermit, FairSemaphore};
 pub use server::{cancel_backend, Login, ServerConn, UpstreamError};
 pub use stream::{ServerStream, UpstreamAddr};
 
@@ -17,9 +20,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::catalog::Tenant;
 use crate::config::{secs, PoolDefaults};
 use crate::protocol::{PgError, SqlState};
+use crate::tenant::TenantId;
 
 /// ParameterStatus name/value pairs as a server reported them.
 pub type ServerParams = Arc<Vec<(String, String)>>;
+
+/// How long a waiter for upstream or global capacity sleeps before looking for an idle
+/// connection to evict again.
+const CAPACITY_SLICE: Duration = Duration::from_millis(50);
 
 /// What a pool is keyed by: one upstream login.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -78,26 +86,59 @@ impl From<&PoolDefaults> for PoolSettings {
     }
 }
 
-/// An upstream server: its connection cap and the pools drawing on it.
-struct UpstreamServer {
+/// A connection cap shared by several pools (one upstream server, or all of pgtenant), and
+/// the pools whose idle connections may be closed to make room under it.
+struct Capacity {
     open: Arc<Semaphore>,
     pools: Mutex<Vec<Weak<Pool>>>,
 }
 
-impl UpstreamServer {
-    /// Frees capacity for another pool by closing one idle connection elsewhere.
+impl Capacity {
+    fn new(max: usize) -> Arc<Capacity> {
+        Arc::new(Capacity { open: Arc::new(Semaphore::new(max)), pools: Mutex::new(Vec::new()) })
+    }
+
+    /// Closes the least recently used idle connection of another pool under this cap.
     fn evict_one_idle(&self, except: &Pool) -> bool {
-        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|p| p.strong_count() > 0);
         for pool in pools.iter().filter_map(Weak::upgrade) {
             if std::ptr::eq(&*pool, except) {
                 continue;
             }
-            let victim = pool.lock_idle().pop();
-            if victim.is_some() {
+            let mut idle = pool.lock_idle();
+            if !idle.is_empty() {
+                drop(idle.remove(0));
                 return true;
             }
         }
         false
+    }
+
+    /// A permit under this cap, evicting idle connections of other pools while waiting, until
+    /// `deadline`; without a deadline, only what is free now.
+    async fn acquire(
+        &self,
+        me: &Pool,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Option<OwnedSemaphorePermit> {
+        loop {
+            if let Ok(p) = self.open.clone().try_acquire_owned() {
+                return Some(p);
+            }
+            let deadline = deadline?;
+            if self.evict_one_idle(me) {
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let slice = deadline.min(now + CAPACITY_SLICE);
+            if let Ok(Ok(p)) = tokio::time::timeout_at(slice, self.open.clone().acquire_owned()).await {
+                return Some(p);
+            }
+        }
     }
 }
 
@@ -108,14 +149,15 @@ pub struct Pool {
     size: usize,
     settings: PoolSettings,
     /// A permit per checked-out connection: `size` bounds idle + busy, because a connection
-    /// is only opened when none is idle. Tokio's semaphore is FIFO, so waiters are served
-    /// in arrival order.
-    checkout: Arc<Semaphore>,
+    /// is only opened when none is idle.
+    checkout: Arc<FairSemaphore>,
+    /// Most recently used last.
     idle: Mutex<Vec<ServerConn>>,
     /// ParameterStatus values of the most recent connection opened: what clients are told at
     /// login.
     params: RwLock<Option<ServerParams>>,
-    upstream: Arc<UpstreamServer>,
+    upstream: Arc<Capacity>,
+    global: Arc<Capacity>,
 }
 
 impl Pool {
@@ -133,10 +175,7 @@ impl Pool {
 
     /// The remembered ParameterStatus list, once a server connection has been opened.
     pub fn params(&self) -> Option<ServerParams> {
-        self.params
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.params.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn idle_count(&self) -> usize {
@@ -144,83 +183,51 @@ impl Pool {
     }
 
     pub fn busy_count(&self) -> usize {
-        self.size - self.checkout.available_permits()
+        self.checkout.in_use()
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<ServerConn>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A server connection: an idle one if any (most recently used first), else a new one
-    /// within the pool and upstream caps, else a FIFO wait up to the checkout timeout.
-    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
-        let wait = self.settings.checkout_timeout;
-        let deadline = tokio::time::Instant::now() + wait;
-        let permit = tokio::time::timeout_at(deadline, self.checkout.clone().acquire_owned())
-            .await
-            .map_err(|_| PoolError::Timeout(wait))?
-            .map_err(|_| PoolError::Timeout(wait))?;
-        while let Some(conn) = self.take_idle() {
-            if conn.is_clean() {
-                return Ok(Checkout {
-                    conn,
-                    pool: self.clone(),
-                    _permit: permit,
-                });
-            }
-            tracing::debug!(pool = %self.key.addr, "dropping a stale idle connection");
-        }
-        let conn = self.open(Some(deadline)).await?;
-        Ok(Checkout {
-            conn,
-            pool: self.clone(),
-            _permit: permit,
-        })
-    }
-
-    fn take_idle(&self) -> Option<ServerConn> {
+    /// An idle connection, preferring one last set up for `tenant`, else the most recently
+    /// used; connections past their lifetime are closed on the way.
+    fn take_idle(&self, tenant: Option<&TenantId>) -> Option<ServerConn> {
         let mut idle = self.lock_idle();
-        while let Some(conn) = idle.pop() {
-            if conn.created.elapsed() < self.settings.max_lifetime {
-                return Some(conn);
-            }
-        }
-        None
+        idle.retain(|c| c.created.elapsed() < self.settings.max_lifetime);
+        let pick = tenant
+            .and_then(|t| idle.iter().rposition(|c| c.tenant.as_ref() == Some(t)))
+            .or_else(|| idle.len().checked_sub(1))?;
+        Some(idle.remove(pick))
     }
 
-    /// Opens a connection, waiting for upstream capacity until `deadline` (or not at all).
+    /// Opens a connection within the upstream and global caps, waiting (and evicting idle
+    /// connections of other pools) until `deadline`, or only taking free capacity without one.
     async fn open(&self, deadline: Option<tokio::time::Instant>) -> Result<ServerConn, PoolError> {
-        let sem = self.upstream.open.clone();
-        let up_permit = match sem.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                self.upstream.evict_one_idle(self);
-                let Some(deadline) = deadline else {
-                    return Err(PoolError::Timeout(Duration::ZERO));
-                };
-                tokio::time::timeout_at(deadline, sem.acquire_owned())
-                    .await
-                    .map_err(|_| PoolError::Timeout(self.settings.checkout_timeout))?
-                    .map_err(|_| PoolError::Timeout(self.settings.checkout_timeout))?
-            }
-        };
-        let login = Login {
-            database: &self.key.database,
-            role: &self.key.role,
-            password: self.password.as_deref(),
-        };
-        let timeout = self.settings.connect_timeout;
-        let mut conn = tokio::time::timeout(timeout, ServerConn::connect(&self.key.addr, &login))
+        let timeout = PoolError::Timeout(self.settings.checkout_timeout);
+        let up_permit = self.upstream.acquire(self, deadline).await.ok_or(timeout)?;
+        let global_permit = self
+            .global
+            .acquire(self, deadline)
             .await
-            .map_err(|_| PoolError::ConnectTimeout(timeout))?
-            .inspect_err(|e| tracing::warn!(upstream = %self.key.addr, db = %self.key.database, error = %e, "upstream connection failed"))?;
-        conn._upstream_permit = Some(up_permit);
+            .ok_or(PoolError::Timeout(self.settings.checkout_timeout))?;
+        let login =
+            Login { database: &self.key.database, role: &self.key.role, password: self.password.as_deref() };
+        let limit = self.settings.connect_timeout;
+        let mut conn = tokio::time::timeout(limit, ServerConn::connect(&self.key.addr, &login))
+            .await
+            .map_err(|_| PoolError::ConnectTimeout(limit))?
+            .inspect_err(|e| {
+                tracing::warn!(upstream = %self.key.addr, db = %self.key.database, error = %e, "upstream connection failed")
+            })?;
+        conn._permits = vec![up_permit, global_permit];
         *self.params.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(conn.vars.clone()));
         Ok(conn)
     }
 
     /// Closes idle connections past their idle timeout or lifetime, keeping `min_idle`
-    /// (the most recently used ones), then opens connections up to `min_idle`.
+    /// (the most recently used ones), then opens connections up to `min_idle` with free
+    /// capacity only (maintenance never evicts).
     async fn maintain(&self) {
         let s = &self.settings;
         {
@@ -235,9 +242,7 @@ impl Pool {
             });
         }
         while self.idle_count() + self.busy_count() < s.min_idle {
-            let Ok(_permit) = self.checkout.try_acquire() else {
-                break;
-            };
+            let Some(_permit) = self.checkout.try_acquire() else { break };
             match self.open(None).await {
                 Ok(conn) => self.lock_idle().push(conn),
                 Err(_) => break,
@@ -256,7 +261,8 @@ impl Pool {
 pub struct Checkout {
     conn: ServerConn,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
+    _permit: FairPermit,
+    _tenant_permit: OwnedSemaphorePermit,
 }
 
 impl Checkout {
@@ -274,23 +280,22 @@ impl Checkout {
 
     /// Returns an idle, clean connection to the pool.
     pub fn release(self) {
-        let Checkout {
-            mut conn,
-            pool,
-            _permit,
-        } = self;
+        let Checkout { mut conn, pool, _permit, _tenant_permit } = self;
         if conn.created.elapsed() < pool.settings.max_lifetime {
             conn.idle_since = Instant::now();
-            // Pushed before the permit drops, so a waiter woken by it finds the connection.
+            // Pushed before the permits drop, so a waiter woken by them finds the connection.
             pool.lock_idle().push(conn);
         }
     }
 }
 
-/// All pools, created on first use, keyed by upstream login.
+/// All pools, created on first use, keyed by upstream login, and the caps they share.
 pub struct PoolManager {
     pools: DashMap<PoolKey, Arc<Pool>>,
-    upstreams: DashMap<Arc<str>, Arc<UpstreamServer>>,
+    upstreams: DashMap<Arc<str>, Arc<Capacity>>,
+    global: Arc<Capacity>,
+    /// Server connections each tenant holds, across pools.
+    tenant_caps: DashMap<TenantId, Arc<Semaphore>>,
     settings: PoolSettings,
 }
 
@@ -299,6 +304,8 @@ impl PoolManager {
         Arc::new(PoolManager {
             pools: DashMap::new(),
             upstreams: DashMap::new(),
+            global: Capacity::new(defaults.max_server_connections),
+            tenant_caps: DashMap::new(),
             settings: PoolSettings::from(defaults),
         })
     }
@@ -307,8 +314,8 @@ impl PoolManager {
     /// dropped.
     pub fn spawn_maintenance(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        let period = (self.settings.idle_timeout / 4)
-            .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let period =
+            (self.settings.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -329,38 +336,68 @@ impl PoolManager {
         if let Some(p) = self.pools.get(&tenant.pool_key) {
             return p.value().clone();
         }
-        let key = tenant.pool_key.clone();
         let upstream = self
             .upstreams
             .entry(tenant.upstream.clone())
-            .or_insert_with(|| {
-                Arc::new(UpstreamServer {
-                    open: Arc::new(Semaphore::new(tenant.upstream_max)),
-                    pools: Mutex::new(Vec::new()),
-                })
-            })
+            .or_insert_with(|| Capacity::new(tenant.upstream_max))
             .clone();
         self.pools
-            .entry(key.clone())
+            .entry(tenant.pool_key.clone())
             .or_insert_with(|| {
                 let pool = Arc::new(Pool {
-                    key,
+                    key: tenant.pool_key.clone(),
                     password: tenant.password.clone(),
                     size: tenant.pool_size,
                     settings: self.settings.clone(),
-                    checkout: Arc::new(Semaphore::new(tenant.pool_size)),
+                    checkout: FairSemaphore::new(tenant.pool_size),
                     idle: Mutex::new(Vec::new()),
                     params: RwLock::new(None),
                     upstream: upstream.clone(),
+                    global: self.global.clone(),
                 });
-                upstream
-                    .pools
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(Arc::downgrade(&pool));
+                for cap in [&upstream, &self.global] {
+                    cap.pools.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&pool));
+                }
                 pool
             })
             .clone()
+    }
+
+    fn tenant_cap(&self, tenant: &Tenant) -> Arc<Semaphore> {
+        if let Some(s) = self.tenant_caps.get(&tenant.id) {
+            return s.value().clone();
+        }
+        self.tenant_caps
+            .entry(tenant.id.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(tenant.max_server_connections)))
+            .clone()
+    }
+
+    /// A server connection of `pool` for `tenant`: within the tenant's cap, then the pool's
+    /// (fair across tenants), then an idle connection (one already set up for this tenant
+    /// first), else a new one within the upstream and global caps; waiting at most the
+    /// checkout timeout in all.
+    pub async fn checkout(&self, pool: &Arc<Pool>, tenant: &Tenant) -> Result<Checkout, PoolError> {
+        let wait = pool.settings.checkout_timeout;
+        let deadline = tokio::time::Instant::now() + wait;
+        let tenant_permit = tokio::time::timeout_at(deadline, self.tenant_cap(tenant).acquire_owned())
+            .await
+            .map_err(|_| PoolError::Timeout(wait))?
+            .map_err(|_| PoolError::Timeout(wait))?;
+        let permit = pool.checkout.acquire(&tenant.id, deadline).await.ok_or(PoolError::Timeout(wait))?;
+        while let Some(conn) = pool.take_idle(Some(&tenant.id)) {
+            if conn.is_clean() {
+                return Ok(Checkout {
+                    conn,
+                    pool: pool.clone(),
+                    _permit: permit,
+                    _tenant_permit: tenant_permit,
+                });
+            }
+            tracing::debug!(pool = %pool.key.addr, "dropping a stale idle connection");
+        }
+        let conn = pool.open(Some(deadline)).await?;
+        Ok(Checkout { conn, pool: pool.clone(), _permit: permit, _tenant_permit: tenant_permit })
     }
 
     /// Closes every idle connection (at shutdown).

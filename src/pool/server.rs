@@ -12,6 +12,7 @@ use super::stream::{ServerStream, UpstreamAddr};
 use crate::protocol::backend::{cstr, parse_error_fields, parse_parameter_status, ServerNotice};
 use crate::protocol::frame::FrameReader;
 use crate::protocol::{frontend, FrameError};
+use crate::tenant::TenantId;
 
 /// The largest message accepted from an upstream during login.
 const MAX_LOGIN_MESSAGE: usize = 1 << 20;
@@ -19,10 +20,7 @@ const MAX_LOGIN_MESSAGE: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: UpstreamAddr,
-        source: std::io::Error,
-    },
+    Connect { addr: UpstreamAddr, source: std::io::Error },
     #[error("upstream login timed out")]
     Timeout,
     #[error("upstream refused the login: {} {}", .0.code, .0.message)]
@@ -58,32 +56,24 @@ pub struct ServerConn {
     /// Session variables known to be in effect: the server's ParameterStatus reports, kept
     /// current, plus the settings pgtenant applied for clients.
     pub vars: Vec<(String, String)>,
-        pub created: Instant,
+    pub created: Instant,
     pub idle_since: Instant,
     /// A client changed session state (SET, LISTEN, PREPARE …): reset before reuse.
     pub dirty: bool,
-    /// Counts against the upstream server's connection cap while this connection lives.
-    pub(super) _upstream_permit: Option<OwnedSemaphorePermit>,
+    /// The tenant whose session setup this connection carries (shared login roles).
+    pub tenant: Option<TenantId>,
+    /// Count against the upstream server's and the global connection caps while this
+    /// connection lives.
+    pub(super) _permits: Vec<OwnedSemaphorePermit>,
 }
 
 impl ServerConn {
-    pub async fn connect(
-        addr: &UpstreamAddr,
-        login: &Login<'_>,
-    ) -> Result<ServerConn, UpstreamError> {
-        let stream = addr
-            .connect()
-            .await
-            .map_err(|source| UpstreamError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
+    pub async fn connect(addr: &UpstreamAddr, login: &Login<'_>) -> Result<ServerConn, UpstreamError> {
+        let stream =
+            addr.connect().await.map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
         let mut reader = FrameReader::new(stream, MAX_LOGIN_MESSAGE);
         let mut out = BytesMut::with_capacity(256);
-        frontend::startup(
-            &mut out,
-            &[("user", login.role), ("database", login.database)],
-        )?;
+        frontend::startup(&mut out, &[("user", login.role), ("database", login.database)])?;
         reader.get_mut().write_all(&out).await?;
 
         let mut scram: Option<sasl::ScramSha256> = None;
@@ -91,9 +81,7 @@ impl ServerConn {
         let (mut pid, mut secret) = (0, 0);
         loop {
             let Some(frame) = reader.read_frame().await? else {
-                return Err(UpstreamError::Protocol(
-                    "connection closed during login".into(),
-                ));
+                return Err(UpstreamError::Protocol("connection closed during login".into()));
             };
             let body = frame.body();
             out.clear();
@@ -108,8 +96,7 @@ impl ServerConn {
                                 .get(..4)
                                 .and_then(|s| s.try_into().ok())
                                 .ok_or_else(|| UpstreamError::Protocol("short md5 salt".into()))?;
-                            let hash =
-                                md5_hash(login.role.as_bytes(), password(login)?.as_bytes(), salt);
+                            let hash = md5_hash(login.role.as_bytes(), password(login)?.as_bytes(), salt);
                             frontend::password(&mut out, hash.as_bytes())?;
                         }
                         10 => {
@@ -129,20 +116,16 @@ impl ServerConn {
                             let s = scram.as_mut().ok_or_else(|| {
                                 UpstreamError::Protocol("SASL continue out of order".into())
                             })?;
-                            s.update(data)
-                                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                            s.update(data).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
                             frontend::sasl_response(&mut out, s.message())?;
                         }
                         12 => {
-                            let s = scram.as_mut().ok_or_else(|| {
-                                UpstreamError::Protocol("SASL final out of order".into())
-                            })?;
-                            s.finish(data)
-                                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| UpstreamError::Protocol("SASL final out of order".into()))?;
+                            s.finish(data).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
                         }
-                        other => {
-                            return Err(UpstreamError::UnsupportedAuth(format!("code {other}")))
-                        }
+                        other => return Err(UpstreamError::UnsupportedAuth(format!("code {other}"))),
                     }
                     if !out.is_empty() {
                         reader.get_mut().write_all(&out).await?;
@@ -171,9 +154,7 @@ impl ServerConn {
         }
         let (stream, rest) = reader.into_parts();
         if !rest.is_empty() {
-            return Err(UpstreamError::Protocol(
-                "data after ReadyForQuery during login".into(),
-            ));
+            return Err(UpstreamError::Protocol("data after ReadyForQuery during login".into()));
         }
         let now = Instant::now();
         Ok(ServerConn {
@@ -182,10 +163,11 @@ impl ServerConn {
             backend_pid: pid,
             backend_secret: secret,
             vars,
-                        created: now,
+            created: now,
             idle_since: now,
             dirty: false,
-            _upstream_permit: None,
+            tenant: None,
+            _permits: Vec::new(),
         })
     }
 
@@ -197,18 +179,11 @@ impl ServerConn {
     }
 
     pub fn var(&self, name: &str) -> Option<&str> {
-        self.vars
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.vars.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn set_var(&mut self, name: &str, value: &str) {
-        match self
-            .vars
-            .iter_mut()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
+        match self.vars.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
             Some(slot) => value.clone_into(&mut slot.1),
             None => self.vars.push((name.to_owned(), value.to_owned())),
         }

@@ -21,15 +21,9 @@ pub enum UpstreamAddr {
 impl UpstreamAddr {
     pub fn new(host: &str, port: u16) -> Self {
         if host.starts_with('/') {
-            UpstreamAddr::Unix {
-                dir: Arc::from(host),
-                port,
-            }
+            UpstreamAddr::Unix { dir: Arc::from(host), port }
         } else {
-            UpstreamAddr::Tcp {
-                host: Arc::from(host),
-                port,
-            }
+            UpstreamAddr::Tcp { host: Arc::from(host), port }
         }
     }
 
@@ -45,9 +39,9 @@ impl UpstreamAddr {
                 s.set_nodelay(true)?;
                 Ok(ServerStream::Tcp(s))
             }
-            UpstreamAddr::Unix { dir, port } => Ok(ServerStream::Unix(
-                UnixStream::connect(Self::socket_path(dir, *port)).await?,
-            )),
+            UpstreamAddr::Unix { dir, port } => {
+                Ok(ServerStream::Unix(UnixStream::connect(Self::socket_path(dir, *port)).await?))
+            }
         }
     }
 }
@@ -93,11 +87,7 @@ impl ServerStream {
 }
 
 impl AsyncRead for ServerStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ServerStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ServerStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -106,11 +96,7 @@ impl AsyncRead for ServerStream {
 }
 
 impl AsyncWrite for ServerStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ServerStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             ServerStream::Unix(s) => Pin::new(s).poll_write(cx, buf),

@@ -52,10 +52,7 @@ pub fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 pub fn parse_parameter_status(body: &[u8]) -> Option<(String, String)> {
     let (name, rest) = cstr(body)?;
     let (value, _) = cstr(rest)?;
-    Some((
-        String::from_utf8_lossy(name).into_owned(),
-        String::from_utf8_lossy(value).into_owned(),
-    ))
+    Some((String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned()))
 }
 
 /// The fields of an ErrorResponse or NoticeResponse body that pgtenant logs.
@@ -98,18 +95,12 @@ mod tests {
         authentication_ok(&mut b);
         backend_key_data(&mut b, 7, 9);
         ready_for_query_idle(&mut b);
-        assert_eq!(
-            &b[..],
-            &b"R\0\0\0\x08\0\0\0\0K\0\0\0\x0c\0\0\0\x07\0\0\0\x09Z\0\0\0\x05I"[..]
-        );
+        assert_eq!(&b[..], &b"R\0\0\0\x08\0\0\0\0K\0\0\0\x0c\0\0\0\x07\0\0\0\x09Z\0\0\0\x05I"[..]);
     }
 
     #[test]
     fn parses_server_fields() {
-        assert_eq!(
-            parse_parameter_status(b"TimeZone\0UTC\0"),
-            Some(("TimeZone".into(), "UTC".into()))
-        );
+        assert_eq!(parse_parameter_status(b"TimeZone\0UTC\0"), Some(("TimeZone".into(), "UTC".into())));
         assert_eq!(parse_parameter_status(b"TimeZone\0UTC"), None);
         let n = parse_error_fields(b"SERROR\0VERROR\0C42P01\0Mno table\0\0");
         assert_eq!((n.code.as_str(), n.message.as_str()), ("42P01", "no table"));

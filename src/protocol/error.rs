@@ -64,12 +64,7 @@ pub struct PgError {
 
 impl PgError {
     pub fn fatal(state: SqlState, message: impl Into<String>) -> Self {
-        PgError {
-            state,
-            fatal: true,
-            message: message.into(),
-            hint: None,
-        }
+        PgError { state, fatal: true, message: message.into(), hint: None }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {

@@ -111,11 +111,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buf.reserve(len - self.buf.len());
             }
             if self.fill().await? == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(FrameError::Truncated)
-                };
+                return if self.buf.is_empty() { Ok(None) } else { Err(FrameError::Truncated) };
             }
         }
     }
@@ -132,10 +128,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 let len = len as usize;
                 if len > MAX_STARTUP_PACKET {
-                    return Err(FrameError::TooLarge {
-                        len,
-                        max: MAX_STARTUP_PACKET,
-                    });
+                    return Err(FrameError::TooLarge { len, max: MAX_STARTUP_PACKET });
                 }
                 if self.buf.len() >= len {
                     let mut packet = self.buf.split_to(len);
@@ -144,11 +137,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
             }
             if self.fill().await? == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(FrameError::Truncated)
-                };
+                return if self.buf.is_empty() { Ok(None) } else { Err(FrameError::Truncated) };
             }
         }
     }
@@ -174,14 +163,8 @@ mod tests {
     #[test]
     fn header_rejects_short_and_huge_lengths() {
         assert!(header(b"Q\0\0", 100).expect("partial").is_none());
-        assert!(matches!(
-            header(b"Q\0\0\0\x03", 100),
-            Err(FrameError::BadLength(3))
-        ));
-        assert!(matches!(
-            header(b"Q\xff\xff\xff\xff", 100),
-            Err(FrameError::BadLength(-1))
-        ));
+        assert!(matches!(header(b"Q\0\0\0\x03", 100), Err(FrameError::BadLength(3))));
+        assert!(matches!(header(b"Q\xff\xff\xff\xff", 100), Err(FrameError::BadLength(-1))));
         assert!(matches!(
             header(b"Q\x7f\xff\xff\xff", DEFAULT_MAX_MESSAGE),
             Err(FrameError::TooLarge { .. })
@@ -195,8 +178,7 @@ mod tests {
         let mut reader = FrameReader::new(rx, 1024);
         tx.write_all(b"Q\0\0\0\x09SEL").await.expect("write");
         // A read that times out (is cancelled) must not consume the partial frame.
-        let r =
-            tokio::time::timeout(std::time::Duration::from_millis(20), reader.read_frame()).await;
+        let r = tokio::time::timeout(std::time::Duration::from_millis(20), reader.read_frame()).await;
         assert!(r.is_err());
         tx.write_all(b"\0\0Z\0\0\0\x05I").await.expect("write");
         let f = reader.read_frame().await.expect("frame").expect("some");
@@ -215,28 +197,18 @@ mod tests {
         let mut reader = FrameReader::new(rx, 1024);
         tx.write_all(b"Q\0\0\0\x20abc").await.expect("write");
         drop(tx);
-        assert!(matches!(
-            reader.read_frame().await,
-            Err(FrameError::Truncated)
-        ));
+        assert!(matches!(reader.read_frame().await, Err(FrameError::Truncated)));
     }
 
     #[tokio::test]
     async fn startup_packet_limits() {
         let (mut tx, rx) = tokio::io::duplex(64);
         let mut reader = FrameReader::new(rx, 1024);
-        tx.write_all(&[0x7f, 0xff, 0xff, 0xff])
-            .await
-            .expect("write");
-        assert!(matches!(
-            reader.read_startup().await,
-            Err(FrameError::TooLarge { .. })
-        ));
+        tx.write_all(&[0x7f, 0xff, 0xff, 0xff]).await.expect("write");
+        assert!(matches!(reader.read_startup().await, Err(FrameError::TooLarge { .. })));
         let (mut tx, rx) = tokio::io::duplex(64);
         let mut reader = FrameReader::new(rx, 1024);
-        tx.write_all(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f])
-            .await
-            .expect("write");
+        tx.write_all(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f]).await.expect("write");
         let p = reader.read_startup().await.expect("ok").expect("packet");
         assert_eq!(&p[..], &[4, 0xd2, 0x16, 0x2f]);
     }

@@ -30,29 +30,19 @@ pub struct StartupMessage {
 
 impl StartupMessage {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// `_pq_.`-prefixed protocol options: pgtenant supports none of them.
     pub fn protocol_options(&self) -> Vec<String> {
-        self.params
-            .iter()
-            .filter(|(k, _)| k.starts_with("_pq_."))
-            .map(|(k, _)| k.clone())
-            .collect()
+        self.params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect()
     }
 
     /// Whether the client asked for a replication connection (physical or logical).
     pub fn wants_replication(&self) -> bool {
         match self.get("replication") {
             None => false,
-            Some(v) => !matches!(
-                v.to_ascii_lowercase().as_str(),
-                "false" | "off" | "no" | "0"
-            ),
+            Some(v) => !matches!(v.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0"),
         }
     }
 }
@@ -69,24 +59,17 @@ pub enum StartupError {
 
 /// Parses a startup-phase packet body (after its length word).
 pub fn parse(body: &[u8]) -> Result<StartupPacket, StartupError> {
-    let (code, rest) = body
-        .split_first_chunk::<4>()
-        .ok_or(StartupError::Malformed)?;
+    let (code, rest) = body.split_first_chunk::<4>().ok_or(StartupError::Malformed)?;
     let code = i32::from_be_bytes(*code);
     match code {
         SSL_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::SslRequest),
         GSSENC_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::GssEncRequest),
         CANCEL_REQUEST_CODE => {
-            let (pid, secret) = rest
-                .split_first_chunk::<4>()
-                .ok_or(StartupError::Malformed)?;
+            let (pid, secret) = rest.split_first_chunk::<4>().ok_or(StartupError::Malformed)?;
             if secret.len() < 4 || secret.len() > 256 {
                 return Err(StartupError::Malformed);
             }
-            Ok(StartupPacket::Cancel {
-                pid: i32::from_be_bytes(*pid),
-                secret: secret.to_vec(),
-            })
+            Ok(StartupPacket::Cancel { pid: i32::from_be_bytes(*pid), secret: secret.to_vec() })
         }
         _ => {
             let major = (code >> 16) as u16;
@@ -95,11 +78,7 @@ pub fn parse(body: &[u8]) -> Result<StartupPacket, StartupError> {
                 return Err(StartupError::UnsupportedProtocol(major, minor));
             }
             let params = parse_params(rest)?;
-            let msg = StartupMessage {
-                major,
-                minor,
-                params,
-            };
+            let msg = StartupMessage { major, minor, params };
             if msg.get("user").is_none_or(str::is_empty) {
                 return Err(StartupError::NoUser);
             }
@@ -142,27 +121,13 @@ mod tests {
 
     #[test]
     fn parses_each_packet_kind() {
-        assert_eq!(
-            parse(&SSL_REQUEST_CODE.to_be_bytes()),
-            Ok(StartupPacket::SslRequest)
-        );
-        assert_eq!(
-            parse(&GSSENC_REQUEST_CODE.to_be_bytes()),
-            Ok(StartupPacket::GssEncRequest)
-        );
+        assert_eq!(parse(&SSL_REQUEST_CODE.to_be_bytes()), Ok(StartupPacket::SslRequest));
+        assert_eq!(parse(&GSSENC_REQUEST_CODE.to_be_bytes()), Ok(StartupPacket::GssEncRequest));
         let mut c = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
         c.extend_from_slice(&[0, 0, 0, 5, 1, 2, 3, 4]);
-        assert_eq!(
-            parse(&c),
-            Ok(StartupPacket::Cancel {
-                pid: 5,
-                secret: vec![1, 2, 3, 4]
-            })
-        );
+        assert_eq!(parse(&c), Ok(StartupPacket::Cancel { pid: 5, secret: vec![1, 2, 3, 4] }));
         let p = parse(&startup(b"user\0app.acme\0database\0db\0\0")).expect("startup");
-        let StartupPacket::Startup(m) = p else {
-            panic!("not a startup")
-        };
+        let StartupPacket::Startup(m) = p else { panic!("not a startup") };
         assert_eq!(m.get("user"), Some("app.acme"));
         assert_eq!(m.params.len(), 2);
     }
@@ -171,14 +136,8 @@ mod tests {
     fn rejects_hostile_packets() {
         assert_eq!(parse(b"\0\0"), Err(StartupError::Malformed));
         assert_eq!(parse(&startup(b"user\0x")), Err(StartupError::Malformed));
-        assert_eq!(
-            parse(&startup(b"user\0x\0\0junk")),
-            Err(StartupError::Malformed)
-        );
-        assert_eq!(
-            parse(&startup(b"database\0x\0\0")),
-            Err(StartupError::NoUser)
-        );
+        assert_eq!(parse(&startup(b"user\0x\0\0junk")), Err(StartupError::Malformed));
+        assert_eq!(parse(&startup(b"database\0x\0\0")), Err(StartupError::NoUser));
         assert_eq!(parse(&startup(b"user\0\0\0")), Err(StartupError::NoUser));
         let mut v4 = 0x0004_0000i32.to_be_bytes().to_vec();
         v4.extend_from_slice(b"user\0u\0\0");
@@ -192,9 +151,7 @@ mod tests {
     fn newer_minor_versions_and_options_parse() {
         let mut b = 0x0003_0002i32.to_be_bytes().to_vec();
         b.extend_from_slice(b"user\0u\0_pq_.compression\0on\0replication\0database\0\0");
-        let StartupPacket::Startup(m) = parse(&b).expect("ok") else {
-            panic!()
-        };
+        let StartupPacket::Startup(m) = parse(&b).expect("ok") else { panic!() };
         assert_eq!((m.major, m.minor), (3, 2));
         assert_eq!(m.protocol_options(), vec!["_pq_.compression".to_owned()]);
         assert!(m.wants_replication());

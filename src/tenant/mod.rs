@@ -22,9 +22,7 @@ pub enum TenantIdError {
     Empty,
     #[error("tenant id is longer than {MAX_TENANT_ID} characters")]
     TooLong,
-    #[error(
-        "tenant id must be lowercase letters, digits, '_' or '-', starting with a letter or digit"
-    )]
+    #[error("tenant id must be lowercase letters, digits, '_' or '-', starting with a letter or digit")]
     BadCharacter,
 }
 
@@ -38,9 +36,8 @@ impl TenantId {
             return Err(TenantIdError::TooLong);
         }
         let ok_first = first.is_ascii_lowercase() || first.is_ascii_digit();
-        let ok_rest = bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-');
+        let ok_rest =
+            bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-');
         if !(ok_first && ok_rest) {
             return Err(TenantIdError::BadCharacter);
         }

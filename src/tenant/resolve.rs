@@ -49,34 +49,22 @@ pub enum ResolveError {
     #[error("no tenant in the connection")]
     NoTenant { accepted: Vec<String> },
     #[error("invalid tenant id {shown:?} in {}: {reason}", .from.describe())]
-    InvalidId {
-        from: Source,
-        shown: String,
-        reason: TenantIdError,
-    },
+    InvalidId { from: Source, shown: String, reason: TenantIdError },
     #[error("tenant {first:?} from {} conflicts with tenant {second:?} from {}", .first_source.describe(), .second_source.describe())]
-    Conflict {
-        first: String,
-        first_source: Source,
-        second: String,
-        second_source: Source,
-    },
+    Conflict { first: String, first_source: Source, second: String, second_source: Source },
 }
 
 impl ResolveError {
     pub fn to_client(&self) -> PgError {
         let e = PgError::fatal(SqlState::InvalidAuthorization, self.to_string());
         match self {
-            ResolveError::NoTenant { accepted } => e.with_hint(format!(
-                "name the tenant in one of these ways: {}",
-                accepted.join("; ")
-            )),
-            ResolveError::Conflict { .. } => {
-                e.with_hint("name the tenant once, or the same way everywhere")
+            ResolveError::NoTenant { accepted } => {
+                e.with_hint(format!("name the tenant in one of these ways: {}", accepted.join("; ")))
             }
-            ResolveError::InvalidId { .. } => e.with_hint(
-                "tenant ids are lowercase letters, digits, '_' and '-', at most 48 characters",
-            ),
+            ResolveError::Conflict { .. } => e.with_hint("name the tenant once, or the same way everywhere"),
+            ResolveError::InvalidId { .. } => {
+                e.with_hint("tenant ids are lowercase letters, digits, '_' and '-', at most 48 characters")
+            }
         }
     }
 }
@@ -118,9 +106,7 @@ pub fn resolve(
                 UserFormat::Tenant => (Source::User, user.to_owned()),
             },
             ResolverKind::ApplicationName => {
-                let Some(rest) = startup
-                    .get("application_name")
-                    .and_then(|a| a.strip_prefix("tenant:"))
+                let Some(rest) = startup.get("application_name").and_then(|a| a.strip_prefix("tenant:"))
                 else {
                     continue;
                 };
@@ -130,10 +116,7 @@ pub fn resolve(
             }
             ResolverKind::Database => {
                 // libpq sends the user name when no database is given; so does Postgres' default.
-                let db = startup
-                    .get("database")
-                    .filter(|d| !d.is_empty())
-                    .unwrap_or(user);
+                let db = startup.get("database").filter(|d| !d.is_empty()).unwrap_or(user);
                 (Source::Database, db.to_owned())
             }
         };
@@ -156,22 +139,12 @@ pub fn resolve(
         }
     }
     let Some((tenant, source)) = found else {
-        return Err(ResolveError::NoTenant {
-            accepted: accepted_forms(cfg),
-        });
+        return Err(ResolveError::NoTenant { accepted: accepted_forms(cfg) });
     };
-    if role.is_none()
-        && !(cfg.user_format == UserFormat::Tenant && cfg.order.contains(&ResolverKind::User))
-    {
+    if role.is_none() && !(cfg.user_format == UserFormat::Tenant && cfg.order.contains(&ResolverKind::User)) {
         role = (!user.is_empty() && !user.ends_with(cfg.user_separator)).then(|| user.to_owned());
     }
-    Ok(Resolved {
-        tenant,
-        source,
-        role,
-        options,
-        application_name,
-    })
+    Ok(Resolved { tenant, source, role, options, application_name })
 }
 
 /// `acme.db.example.com` with suffix `db.example.com` → `acme` (exactly one label).
@@ -213,17 +186,11 @@ fn options_tenant(options: &str) -> Option<(String, String)> {
     if let Some(s) = start {
         words.push((s, options.len()));
     }
-    let (hit, &(s, e)) = words
-        .iter()
-        .enumerate()
-        .find(|(_, (s, e))| options[*s..*e].starts_with("tenant="))?;
+    let (hit, &(s, e)) =
+        words.iter().enumerate().find(|(_, (s, e))| options[*s..*e].starts_with("tenant="))?;
     let tenant = options[s + "tenant=".len()..e].to_owned();
-    let rest: Vec<&str> = words
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != hit)
-        .map(|(_, (s, e))| &options[*s..*e])
-        .collect();
+    let rest: Vec<&str> =
+        words.iter().enumerate().filter(|(i, _)| *i != hit).map(|(_, (s, e))| &options[*s..*e]).collect();
     Some((tenant, rest.join(" ")))
 }
 
@@ -238,9 +205,7 @@ fn accepted_forms(cfg: &ResolverConfig) -> Vec<String> {
                 UserFormat::RoleTenant => format!("user <role>{}<tenant>", cfg.user_separator),
                 UserFormat::Tenant => "user <tenant>".to_owned(),
             }),
-            ResolverKind::ApplicationName => {
-                Some("application_name tenant:<tenant>[/<app>]".to_owned())
-            }
+            ResolverKind::ApplicationName => Some("application_name tenant:<tenant>[/<app>]".to_owned()),
             ResolverKind::Database => Some("dbname <tenant>".to_owned()),
         })
         .collect()
@@ -248,11 +213,7 @@ fn accepted_forms(cfg: &ResolverConfig) -> Vec<String> {
 
 /// A bounded, printable rendering of untrusted text for error messages.
 fn printable_prefix(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
+    let mut out: String = s.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect();
     if s.chars().count() > 64 {
         out.push('…');
     }
@@ -267,36 +228,23 @@ mod tests {
         StartupMessage {
             major: 3,
             minor: 0,
-            params: params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
 
     fn all_on() -> ResolverConfig {
-        let mut c = ResolverConfig {
-            sni_suffix: "db.example.com".into(),
-            ..ResolverConfig::default()
-        };
+        let mut c = ResolverConfig { sni_suffix: "db.example.com".into(), ..ResolverConfig::default() };
         c.order.push(ResolverKind::Database);
         c
     }
 
     #[test]
     fn resolver_table() {
-        let default = ResolverConfig {
-            sni_suffix: "db.example.com".into(),
-            ..ResolverConfig::default()
-        };
+        let default = ResolverConfig { sni_suffix: "db.example.com".into(), ..ResolverConfig::default() };
         let long = "a".repeat(10_000);
         let long_user = format!("app.{long}");
         // (params, sni, Ok(tenant) or Err(kind))
-        type Case<'a> = (
-            Vec<(&'a str, &'a str)>,
-            Option<&'a str>,
-            Result<&'a str, &'a str>,
-        );
+        type Case<'a> = (Vec<(&'a str, &'a str)>, Option<&'a str>, Result<&'a str, &'a str>);
         let cases: Vec<Case> = vec![
             (vec![("user", "app.acme")], None, Ok("acme")),
             (vec![("user", "a.b.acme")], None, Ok("acme")),
@@ -311,87 +259,27 @@ mod tests {
             (vec![("user", "app.-x")], None, Err("invalid")),
             (vec![("user", "app.ácme")], None, Err("invalid")),
             (vec![("user", &long_user)], None, Err("invalid")),
-            (
-                vec![("user", "app"), ("options", "tenant=acme")],
-                None,
-                Ok("acme"),
-            ),
-            (
-                vec![("user", "app"), ("options", "-c work_mem=1MB tenant=acme")],
-                None,
-                Ok("acme"),
-            ),
-            (
-                vec![("user", "app"), ("options", "tenant=")],
-                None,
-                Err("invalid"),
-            ),
-            (
-                vec![("user", "app"), ("application_name", "tenant:acme")],
-                None,
-                Ok("acme"),
-            ),
-            (
-                vec![("user", "app"), ("application_name", "tenant:acme/billing")],
-                None,
-                Ok("acme"),
-            ),
-            (
-                vec![("user", "app"), ("application_name", "psql")],
-                None,
-                Err("none"),
-            ),
-            (
-                vec![("user", "app")],
-                Some("acme.db.example.com"),
-                Ok("acme"),
-            ),
-            (
-                vec![("user", "app")],
-                Some("acme.db.example.com."),
-                Ok("acme"),
-            ),
-            (
-                vec![("user", "app")],
-                Some("x.acme.db.example.com"),
-                Err("none"),
-            ),
+            (vec![("user", "app"), ("options", "tenant=acme")], None, Ok("acme")),
+            (vec![("user", "app"), ("options", "-c work_mem=1MB tenant=acme")], None, Ok("acme")),
+            (vec![("user", "app"), ("options", "tenant=")], None, Err("invalid")),
+            (vec![("user", "app"), ("application_name", "tenant:acme")], None, Ok("acme")),
+            (vec![("user", "app"), ("application_name", "tenant:acme/billing")], None, Ok("acme")),
+            (vec![("user", "app"), ("application_name", "psql")], None, Err("none")),
+            (vec![("user", "app")], Some("acme.db.example.com"), Ok("acme")),
+            (vec![("user", "app")], Some("acme.db.example.com."), Ok("acme")),
+            (vec![("user", "app")], Some("x.acme.db.example.com"), Err("none")),
             (vec![("user", "app")], Some("acme.other.com"), Err("none")),
             (vec![("user", "app")], Some("db.example.com"), Err("none")),
+            (vec![("user", "app.acme")], Some("acme.db.example.com"), Ok("acme")),
+            (vec![("user", "app.acme")], Some("globex.db.example.com"), Err("conflict")),
+            (vec![("user", "app.acme"), ("options", "tenant=globex")], None, Err("conflict")),
+            (vec![("user", "app.acme"), ("application_name", "tenant:globex")], None, Err("conflict")),
             (
-                vec![("user", "app.acme")],
-                Some("acme.db.example.com"),
-                Ok("acme"),
-            ),
-            (
-                vec![("user", "app.acme")],
-                Some("globex.db.example.com"),
-                Err("conflict"),
-            ),
-            (
-                vec![("user", "app.acme"), ("options", "tenant=globex")],
-                None,
-                Err("conflict"),
-            ),
-            (
-                vec![("user", "app.acme"), ("application_name", "tenant:globex")],
-                None,
-                Err("conflict"),
-            ),
-            (
-                vec![
-                    ("user", "app.acme"),
-                    ("options", "tenant=acme"),
-                    ("application_name", "tenant:acme/x"),
-                ],
+                vec![("user", "app.acme"), ("options", "tenant=acme"), ("application_name", "tenant:acme/x")],
                 None,
                 Ok("acme"),
             ),
-            (
-                vec![("user", "app"), ("database", "acme")],
-                None,
-                Err("none"),
-            ),
+            (vec![("user", "app"), ("database", "acme")], None, Err("none")),
         ];
         for (params, sni, want) in cases {
             let got = resolve(&startup(&params), sni, &default);
@@ -418,90 +306,53 @@ mod tests {
     #[test]
     fn database_resolver_when_enabled() {
         let cfg = all_on();
-        let r = resolve(
-            &startup(&[("user", "app"), ("database", "acme")]),
-            None,
-            &cfg,
-        )
-        .expect("db");
+        let r = resolve(&startup(&[("user", "app"), ("database", "acme")]), None, &cfg).expect("db");
         assert_eq!((r.tenant.as_str(), r.source), ("acme", Source::Database));
-        let e = resolve(
-            &startup(&[("user", "app.acme"), ("database", "globex")]),
-            None,
-            &cfg,
-        )
-        .expect_err("conflict");
+        let e = resolve(&startup(&[("user", "app.acme"), ("database", "globex")]), None, &cfg)
+            .expect_err("conflict");
         let msg = e.to_client().message;
-        assert!(
-            msg.contains("the user name") && msg.contains("the database name"),
-            "{msg}"
-        );
+        assert!(msg.contains("the user name") && msg.contains("the database name"), "{msg}");
     }
 
     #[test]
     fn forwarded_values_are_rewritten() {
         let cfg = ResolverConfig::default();
         let r = resolve(
-            &startup(&[
-                ("user", "app"),
-                ("options", "-c work_mem=1MB tenant=acme --search_path=x"),
-            ]),
+            &startup(&[("user", "app"), ("options", "-c work_mem=1MB tenant=acme --search_path=x")]),
             None,
             &cfg,
         )
         .expect("options");
-        assert_eq!(
-            r.options.as_deref(),
-            Some("-c work_mem=1MB --search_path=x")
-        );
+        assert_eq!(r.options.as_deref(), Some("-c work_mem=1MB --search_path=x"));
         assert_eq!(r.role.as_deref(), Some("app"));
         let r = resolve(
-            &startup(&[
-                ("user", "app"),
-                ("application_name", "tenant:acme/billing-worker"),
-            ]),
+            &startup(&[("user", "app"), ("application_name", "tenant:acme/billing-worker")]),
             None,
             &cfg,
         )
         .expect("app name");
         assert_eq!(r.application_name.as_deref(), Some("billing-worker"));
         let r = resolve(&startup(&[("user", "svc.acme")]), None, &cfg).expect("user");
-        assert_eq!(
-            (r.role.as_deref(), r.options, r.application_name),
-            (Some("svc"), None, None)
-        );
+        assert_eq!((r.role.as_deref(), r.options, r.application_name), (Some("svc"), None, None));
     }
 
     #[test]
     fn user_format_tenant_and_separator() {
-        let cfg = ResolverConfig {
-            user_format: UserFormat::Tenant,
-            ..ResolverConfig::default()
-        };
+        let cfg = ResolverConfig { user_format: UserFormat::Tenant, ..ResolverConfig::default() };
         let r = resolve(&startup(&[("user", "acme")]), None, &cfg).expect("whole user");
         assert_eq!((r.tenant.as_str(), r.role.as_deref()), ("acme", None));
-        let cfg = ResolverConfig {
-            user_separator: '@',
-            ..ResolverConfig::default()
-        };
+        let cfg = ResolverConfig { user_separator: '@', ..ResolverConfig::default() };
         let r = resolve(&startup(&[("user", "app@acme")]), None, &cfg).expect("separator");
         assert_eq!(r.tenant.as_str(), "acme");
     }
 
     #[test]
     fn no_tenant_hint_lists_the_enabled_forms() {
-        let cfg = ResolverConfig {
-            sni_suffix: "db.example.com".into(),
-            ..ResolverConfig::default()
-        };
+        let cfg = ResolverConfig { sni_suffix: "db.example.com".into(), ..ResolverConfig::default() };
         let e = resolve(&startup(&[("user", "postgres")]), None, &cfg).expect_err("none");
         let hint = e.to_client().hint.unwrap_or_default();
-        for form in [
-            "user <role>.<tenant>",
-            "options 'tenant=<tenant>'",
-            "tenant:<tenant>",
-            "db.example.com",
-        ] {
+        for form in ["user <role>.<tenant>", "options 'tenant=<tenant>'", "tenant:<tenant>", "db.example.com"]
+        {
             assert!(hint.contains(form), "{hint}");
         }
     }

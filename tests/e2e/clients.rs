@@ -14,28 +14,13 @@ async fn run(cmd: &mut Command) -> String {
 }
 
 fn failed_transactions(output: &str) -> Option<u64> {
-    let line = output
-        .lines()
-        .find(|l| l.starts_with("number of failed transactions"))?;
-    line.split(':')
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    let line = output.lines().find(|l| l.starts_with("number of failed transactions"))?;
+    line.split(':').nth(1)?.split_whitespace().next()?.parse().ok()
 }
 
 fn processed(output: &str) -> Option<u64> {
-    let line = output
-        .lines()
-        .find(|l| l.starts_with("number of transactions actually processed"))?;
-    line.split(':')
-        .nth(1)?
-        .split('/')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+    let line = output.lines().find(|l| l.starts_with("number of transactions actually processed"))?;
+    line.split(':').nth(1)?.split('/').next()?.trim().parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,10 +46,7 @@ async fn psql_runs_scripts_and_meta_commands() {
     ]))
     .await;
     assert!(out.contains("500500"), "{out}");
-    assert!(
-        out.lines().filter(|l| l.starts_with('k')).count() >= 1000,
-        "{out}"
-    );
+    assert!(out.lines().filter(|l| l.starts_with('k')).count() >= 1000, "{out}");
     assert!(out.contains("kv_pkey"), "{out}");
     // An error is reported and psql exits non-zero, the proxy stays up.
     let failed = Command::new("psql")
@@ -100,17 +82,12 @@ async fn pgbench_through_both_pool_modes_without_failures() {
     }
     // The upstream saw the transactions: the TPC-B history table has one row per transaction.
     let c = h.client(&tx.id).await;
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM pgbench_history", &[])
-        .await
-        .expect("history")
-        .get(0);
+    let n: i64 = c.query_one("SELECT count(*) FROM pgbench_history", &[]).await.expect("history").get(0);
     assert_eq!(n, 1600);
     // A new connection per transaction (-C) works too.
     let url = h.url(&format!("app.{}", tx.id), &tx.database);
-    let out = run(Command::new("pgbench")
-        .args(["-n", "-C", "-S", "-c", "4", "-j", "2", "-t", "50"])
-        .arg(&url))
-    .await;
+    let out =
+        run(Command::new("pgbench").args(["-n", "-C", "-S", "-c", "4", "-j", "2", "-t", "50"]).arg(&url))
+            .await;
     assert_eq!(failed_transactions(&out), Some(0), "{out}");
 }

@@ -10,11 +10,7 @@ use crate::support::*;
 
 async fn still_serving(h: &Harness, tenant: &str) {
     let c = h.client(tenant).await;
-    let v: i32 = c
-        .query_one("SELECT 11", &[])
-        .await
-        .expect("proxy still serves")
-        .get(0);
+    let v: i32 = c.query_one("SELECT 11", &[]).await.expect("proxy still serves").get(0);
     assert_eq!(v, 11);
 }
 
@@ -35,10 +31,7 @@ async fn bad_clients_get_clean_errors_and_others_are_unaffected() {
     // A truncated startup packet, then the client goes away.
     let packet = startup_packet(&[("user", "app.x")]);
     let (got, closed) = raw_exchange(h.addr, &packet[..packet.len() - 3], limit).await;
-    assert!(
-        closed,
-        "truncated startup must end within the startup timeout"
-    );
+    assert!(closed, "truncated startup must end within the startup timeout");
     assert_eq!(sqlstate(&got).as_deref(), Some("08P01"));
 
     // A 2 GB length prefix on the startup packet.
@@ -47,17 +40,11 @@ async fn bad_clients_get_clean_errors_and_others_are_unaffected() {
     assert_eq!(sqlstate(&got).as_deref(), Some("08P01"));
 
     // A 2 GB length prefix on a message after login.
-    let mut login = startup_packet(&[
-        ("user", &format!("app.{}", t.id)),
-        ("database", &t.database),
-    ]);
+    let mut login = startup_packet(&[("user", &format!("app.{}", t.id)), ("database", &t.database)]);
     login.extend_from_slice(&[b'Q', 0x7f, 0xff, 0xff, 0xff, b'S']);
     let (got, closed) = raw_exchange(h.addr, &login, limit).await;
     assert!(closed);
-    assert!(
-        got.windows(6).any(|w| w == b"Z\0\0\0\x05I"),
-        "login completes first"
-    );
+    assert!(got.windows(6).any(|w| w == b"Z\0\0\0\x05I"), "login completes first");
     assert_eq!(sqlstate(&got).as_deref(), Some("08P01"));
 
     // A negative message length after login.
@@ -68,12 +55,7 @@ async fn bad_clients_get_clean_errors_and_others_are_unaffected() {
     assert_eq!(sqlstate(&got).as_deref(), Some("08P01"));
 
     // An unknown tenant (authentication is off: 3D000), no tenant at all (28000).
-    let (got, _) = raw_exchange(
-        h.addr,
-        &startup_packet(&[("user", "app.nosuchtenant")]),
-        limit,
-    )
-    .await;
+    let (got, _) = raw_exchange(h.addr, &startup_packet(&[("user", "app.nosuchtenant")]), limit).await;
     assert_eq!(sqlstate(&got).as_deref(), Some("3D000"));
     assert!(String::from_utf8_lossy(&got).contains("nosuchtenant"));
     let (got, _) = raw_exchange(h.addr, &startup_packet(&[("user", "plainuser")]), limit).await;
@@ -83,19 +65,11 @@ async fn bad_clients_get_clean_errors_and_others_are_unaffected() {
     let started = Instant::now();
     let (got, closed) = raw_exchange(h.addr, b"", limit).await;
     assert!(closed, "silent client not closed");
-    assert!(
-        started.elapsed() < Duration::from_millis(3500),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(3500), "{:?}", started.elapsed());
     assert_eq!(sqlstate(&got).as_deref(), Some("08P01"));
 
     // Through all of it the existing client and new clients are served.
-    let v: i32 = bystander
-        .query_one("SELECT 10", &[])
-        .await
-        .expect("bystander")
-        .get(0);
+    let v: i32 = bystander.query_one("SELECT 10", &[]).await.expect("bystander").get(0);
     assert_eq!(v, 10);
     still_serving(&h, &t.id).await;
 }
@@ -109,22 +83,15 @@ async fn ssl_and_gss_requests_are_refused_and_login_continues() {
     bytes.extend_from_slice(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]); // SSLRequest
     bytes.extend_from_slice(&startup_packet(&[("user", &format!("app.{}", t.id))]));
     bytes.extend_from_slice(b"Q\0\0\0\x0eSELECT 42\0");
-    let mut s = tokio::net::TcpStream::connect(h.addr)
-        .await
-        .expect("connect");
-    tokio::io::AsyncWriteExt::write_all(&mut s, &bytes)
-        .await
-        .expect("send");
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut s, &bytes).await.expect("send");
     let mut got = read_until_ready(&mut s).await;
     let ready = |g: &[u8]| g.windows(6).filter(|w| *w == b"Z\0\0\0\x05I").count();
     while ready(&got) < 2 {
         got.extend(read_until_ready(&mut s).await);
     }
     assert_eq!(&got[..2], b"NN");
-    assert!(
-        got.windows(6).any(|w| w == b"\0\0\0\x0242"),
-        "query answered after the refusals: {got:?}"
-    );
+    assert!(got.windows(6).any(|w| w == b"\0\0\0\x0242"), "query answered after the refusals: {got:?}");
 }
 
 #[tokio::test]
@@ -132,18 +99,13 @@ async fn newer_protocol_minor_and_unknown_options_are_negotiated() {
     let t = tenant_db("negotiate").await;
     let h = start(config(vec![t.clone()])).await;
     let user = format!("app.{}", t.id);
-    let mut packet =
-        startup_packet_version(0x0003_0002, &[("user", &user), ("_pq_.something", "on")]);
+    let mut packet = startup_packet_version(0x0003_0002, &[("user", &user), ("_pq_.something", "on")]);
     packet.extend_from_slice(b"X\0\0\0\x04");
     let (got, _) = raw_exchange(h.addr, &packet, Duration::from_secs(5)).await;
     assert_eq!(got[0], b'v', "NegotiateProtocolVersion first: {got:?}");
     let len = i32::from_be_bytes([got[1], got[2], got[3], got[4]]) as usize;
     let v = &got[5..=len];
-    assert_eq!(
-        &v[..8],
-        &[0, 0, 0, 0, 0, 0, 0, 1],
-        "minor 0, one unsupported option"
-    );
+    assert_eq!(&v[..8], &[0, 0, 0, 0, 0, 0, 0, 1], "minor 0, one unsupported option");
     assert_eq!(&v[8..], b"_pq_.something\0");
     assert_eq!(got[len + 1], b'R', "authentication follows");
     assert!(got.windows(6).any(|w| w == b"Z\0\0\0\x05I"));
@@ -153,10 +115,7 @@ async fn newer_protocol_minor_and_unknown_options_are_negotiated() {
 async fn replication_connections_are_refused() {
     let t = tenant_db("repl").await;
     let h = start(config(vec![t.clone()])).await;
-    let packet = startup_packet(&[
-        ("user", &format!("app.{}", t.id)),
-        ("replication", "database"),
-    ]);
+    let packet = startup_packet(&[("user", &format!("app.{}", t.id)), ("replication", "database")]);
     let (got, closed) = raw_exchange(h.addr, &packet, Duration::from_secs(5)).await;
     assert!(closed);
     assert_eq!(sqlstate(&got).as_deref(), Some("0A000"));
@@ -167,23 +126,14 @@ async fn replication_connections_are_refused() {
 async fn cancel_with_a_wrong_secret_is_ignored() {
     let t = tenant_db("wrongsecret").await;
     let h = start(config(vec![t.clone()])).await;
-    let mut s = tokio::net::TcpStream::connect(h.addr)
-        .await
-        .expect("connect");
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
     use tokio::io::AsyncWriteExt;
-    s.write_all(&startup_packet(&[("user", &format!("app.{}", t.id))]))
-        .await
-        .expect("startup");
+    s.write_all(&startup_packet(&[("user", &format!("app.{}", t.id))])).await.expect("startup");
     let got = read_until_ready(&mut s).await;
-    let k = got
-        .windows(5)
-        .position(|w| w == b"K\0\0\0\x0c")
-        .expect("BackendKeyData");
+    let k = got.windows(5).position(|w| w == b"K\0\0\0\x0c").expect("BackendKeyData");
     let pid = &got[k + 5..k + 9];
     let secret = i32::from_be_bytes([got[k + 9], got[k + 10], got[k + 11], got[k + 12]]);
-    s.write_all(b"Q\0\0\0\x1eSELECT 1 FROM pg_sleep(1)\0")
-        .await
-        .expect("query");
+    s.write_all(b"Q\0\0\0\x1eSELECT 1 FROM pg_sleep(1)\0").await.expect("query");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut cancel = 16i32.to_be_bytes().to_vec();
     cancel.extend_from_slice(&80877102i32.to_be_bytes());
@@ -191,11 +141,7 @@ async fn cancel_with_a_wrong_secret_is_ignored() {
     cancel.extend_from_slice(&secret.wrapping_add(1).to_be_bytes());
     raw_exchange(h.addr, &cancel, Duration::from_secs(2)).await;
     let reply = read_until_ready(&mut s).await;
-    assert_eq!(
-        sqlstate(&reply),
-        None,
-        "the query must not be cancelled: {reply:?}"
-    );
+    assert_eq!(sqlstate(&reply), None, "the query must not be cancelled: {reply:?}");
     assert!(reply.starts_with(b"T"), "row description first");
 }
 
@@ -227,33 +173,18 @@ async fn shutdown_lets_transactions_finish_then_closes_with_57p01() {
     let h = start(cfg).await;
     let idle = h.client(&t.id).await;
     let busy = h.client(&t.id).await;
-    busy.batch_execute("CREATE TABLE done (x int)")
-        .await
-        .expect("create");
+    busy.batch_execute("CREATE TABLE done (x int)").await.expect("create");
     busy.batch_execute("BEGIN").await.expect("begin");
     h.proxy.shutdown.drain.cancel();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // New connections are refused; the idle client was told 57P01 and closed.
-    assert!(
-        tokio::net::TcpStream::connect(h.addr).await.is_err(),
-        "listener still open"
-    );
-    let e = idle
-        .batch_execute("SELECT 1")
-        .await
-        .expect_err("idle client closed");
+    assert!(tokio::net::TcpStream::connect(h.addr).await.is_err(), "listener still open");
+    let e = idle.batch_execute("SELECT 1").await.expect_err("idle client closed");
     assert!(e.is_closed() || code(&e) == "57P01", "{e}");
     // The open transaction may finish and commit.
-    busy.batch_execute("INSERT INTO done VALUES (1)")
-        .await
-        .expect("inside the transaction");
-    busy.batch_execute("COMMIT")
-        .await
-        .expect("commit during drain");
-    let e = busy
-        .batch_execute("SELECT 1")
-        .await
-        .expect_err("closed after its transaction");
+    busy.batch_execute("INSERT INTO done VALUES (1)").await.expect("inside the transaction");
+    busy.batch_execute("COMMIT").await.expect("commit during drain");
+    let e = busy.batch_execute("SELECT 1").await.expect_err("closed after its transaction");
     assert!(e.is_closed() || code(&e) == "57P01", "{e}");
     tokio::time::timeout(Duration::from_secs(5), h.served)
         .await
@@ -261,11 +192,7 @@ async fn shutdown_lets_transactions_finish_then_closes_with_57p01() {
         .expect("join")
         .expect("ok");
     let check = admin(&t.database).await;
-    let n: i64 = check
-        .query_one("SELECT count(*) FROM done", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let n: i64 = check.query_one("SELECT count(*) FROM done", &[]).await.expect("count").get(0);
     assert_eq!(n, 1);
 }
 
@@ -285,10 +212,7 @@ async fn shutdown_timeout_forces_busy_clients_off() {
         .expect("join")
         .expect("ok");
     assert!(started.elapsed() < Duration::from_secs(3));
-    let e = busy
-        .batch_execute("SELECT 1")
-        .await
-        .expect_err("forced off");
+    let e = busy.batch_execute("SELECT 1").await.expect_err("forced off");
     assert!(e.is_closed() || code(&e) == "57P01", "{e}");
 }
 

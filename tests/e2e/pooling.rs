@@ -13,10 +13,7 @@ async fn fifty_clients_share_five_server_connections() {
     let t = with_mode(tenant_db("mux").await, PoolMode::Transaction, 5);
     let h = start(config(vec![t.clone()])).await;
     let setup = h.client(&t.id).await;
-    setup
-        .batch_execute("CREATE TABLE hits (client int, n int)")
-        .await
-        .expect("create");
+    setup.batch_execute("CREATE TABLE hits (client int, n int)").await.expect("create");
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
     let watcher = {
         let (db, peak) = (t.database.clone(), peak.clone());
@@ -50,9 +47,7 @@ async fn fifty_clients_share_five_server_connections() {
                 let tx_sum: i64 = rows[0].get(0);
                 assert_eq!(tx_sum, i as i64 * 1000 + n as i64);
                 if n % 5 == 0 {
-                    c.batch_execute("BEGIN; SELECT pg_sleep(0.01); COMMIT")
-                        .await
-                        .expect("transaction");
+                    c.batch_execute("BEGIN; SELECT pg_sleep(0.01); COMMIT").await.expect("transaction");
                 }
             }
             c
@@ -67,26 +62,13 @@ async fn fifty_clients_share_five_server_connections() {
     assert_eq!(clients.len(), 50);
     let now = backends(&t.database).await;
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        peak <= 5 && now <= 5,
-        "peak {peak}, now {now} upstream backends"
-    );
+    assert!(peak <= 5 && now <= 5, "peak {peak}, now {now} upstream backends");
     assert!(peak >= 2, "expected real concurrency, saw a peak of {peak}");
     let row = setup
-        .query_one(
-            "SELECT count(*), count(DISTINCT client), sum(n)::int8 FROM hits",
-            &[],
-        )
+        .query_one("SELECT count(*), count(DISTINCT client), sum(n)::int8 FROM hits", &[])
         .await
         .expect("totals");
-    assert_eq!(
-        (
-            row.get::<_, i64>(0),
-            row.get::<_, i64>(1),
-            row.get::<_, i64>(2)
-        ),
-        (1000, 50, 50 * 190)
-    );
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)), (1000, 50, 50 * 190));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,30 +78,19 @@ async fn exhausted_pool_times_out_with_53300() {
     cfg.pool.checkout_timeout = 0.5;
     let h = start(cfg).await;
     let holder = h.client(&t.id).await;
-    holder
-        .batch_execute("SELECT 1")
-        .await
-        .expect("holds the only connection");
+    holder.batch_execute("SELECT 1").await.expect("holds the only connection");
     let waiter = h.client(&t.id).await;
     let started = Instant::now();
-    let e = waiter
-        .batch_execute("SELECT 1")
-        .await
-        .expect_err("no connection free");
+    let e = waiter.batch_execute("SELECT 1").await.expect_err("no connection free");
     assert_eq!(code(&e), "53300");
     assert!(e.as_db_error().expect("db error").message().contains(&t.id));
     assert!(started.elapsed() < Duration::from_secs(3));
     // The holder is unaffected; once it leaves, a new client gets the connection.
-    holder
-        .batch_execute("SELECT 2")
-        .await
-        .expect("holder still works");
+    holder.batch_execute("SELECT 2").await.expect("holder still works");
     drop(holder);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let next = h.client(&t.id).await;
-    next.batch_execute("SELECT 3")
-        .await
-        .expect("freed connection reused");
+    next.batch_execute("SELECT 3").await.expect("freed connection reused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,60 +98,30 @@ async fn abandoned_transaction_is_closed_not_reused() {
     let t = with_mode(tenant_db("abandon").await, PoolMode::Transaction, 1);
     let h = start(config(vec![t.clone()])).await;
     let c = h.client(&t.id).await;
-    c.batch_execute("CREATE TABLE locked (id int); INSERT INTO locked VALUES (1)")
-        .await
-        .expect("setup");
-    let pid_before: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
-    c.batch_execute("BEGIN; UPDATE locked SET id = 2")
-        .await
-        .expect("open transaction");
+    c.batch_execute("CREATE TABLE locked (id int); INSERT INTO locked VALUES (1)").await.expect("setup");
+    let pid_before: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    c.batch_execute("BEGIN; UPDATE locked SET id = 2").await.expect("open transaction");
     drop(c);
     // The next client must not inherit the open transaction or its row lock.
     let next = h.client(&t.id).await;
     let started = Instant::now();
-    next.batch_execute("SET lock_timeout = '3s'; UPDATE locked SET id = 3")
-        .await
-        .expect("lock released");
+    next.batch_execute("SET lock_timeout = '3s'; UPDATE locked SET id = 3").await.expect("lock released");
     assert!(started.elapsed() < Duration::from_secs(3));
-    let v: i32 = next
-        .query_one("SELECT id FROM locked", &[])
-        .await
-        .expect("value")
-        .get(0);
-    assert_eq!(
-        v, 3,
-        "the abandoned transaction's update must be rolled back"
-    );
-    let pid_after: i32 = next
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
-    assert_ne!(
-        pid_before, pid_after,
-        "the server connection left in a transaction was reused"
-    );
+    let v: i32 = next.query_one("SELECT id FROM locked", &[]).await.expect("value").get(0);
+    assert_eq!(v, 3, "the abandoned transaction's update must be rolled back");
+    let pid_after: i32 = next.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    assert_ne!(pid_before, pid_after, "the server connection left in a transaction was reused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanished_client_mid_query_is_cancelled_upstream() {
     let t = with_mode(tenant_db("vanish").await, PoolMode::Transaction, 2);
     let h = start(config(vec![t.clone()])).await;
-    let mut s = tokio::net::TcpStream::connect(h.addr)
-        .await
-        .expect("connect");
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
     let login = startup_packet(&[("user", &format!("app.{}", t.id))]);
-    tokio::io::AsyncWriteExt::write_all(&mut s, &login)
-        .await
-        .expect("startup");
+    tokio::io::AsyncWriteExt::write_all(&mut s, &login).await.expect("startup");
     read_until_ready(&mut s).await;
-    tokio::io::AsyncWriteExt::write_all(&mut s, b"Q\0\0\0\x18SELECT pg_sleep(30)\0")
-        .await
-        .expect("query");
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"Q\0\0\0\x18SELECT pg_sleep(30)\0").await.expect("query");
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(s); // the client vanishes mid-query
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -194,10 +135,7 @@ async fn vanished_client_mid_query_is_cancelled_upstream() {
         if n == 0 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "pg_sleep still running upstream after the client left"
-        );
+        assert!(Instant::now() < deadline, "pg_sleep still running upstream after the client left");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -210,11 +148,7 @@ async fn session_mode_resets_state_between_clients() {
     c.batch_execute("SET statement_timeout = '1234ms'; SET TimeZone = 'Asia/Tokyo'; PREPARE p AS SELECT 1; CREATE TEMP TABLE scratch (x int)")
         .await
         .expect("dirty the session");
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
     drop(c);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let next = h.client(&t.id).await;
@@ -223,11 +157,7 @@ async fn session_mode_resets_state_between_clients() {
         .await
         .expect("state")
         .remove(0);
-    assert_eq!(
-        row.get::<_, i32>(0),
-        pid,
-        "pool size 1: the same server connection is reused"
-    );
+    assert_eq!(row.get::<_, i32>(0), pid, "pool size 1: the same server connection is reused");
     assert_eq!(row.get::<_, String>(1), "0");
     assert_ne!(row.get::<_, String>(2), "Asia/Tokyo");
     assert_eq!(row.get::<_, i64>(3), 0);
@@ -259,14 +189,8 @@ async fn startup_parameters_follow_the_client_across_server_connections() {
             )
             .await
             .expect("b");
-        assert_eq!(
-            (ra.get::<_, String>(0), ra.get::<_, String>(1)),
-            ("alpha".into(), "4321ms".into())
-        );
-        assert_eq!(
-            (rb.get::<_, String>(0), rb.get::<_, String>(1)),
-            ("beta".into(), "0".into())
-        );
+        assert_eq!((ra.get::<_, String>(0), ra.get::<_, String>(1)), ("alpha".into(), "4321ms".into()));
+        assert_eq!((rb.get::<_, String>(0), rb.get::<_, String>(1)), ("beta".into(), "0".into()));
     }
 }
 
@@ -275,16 +199,9 @@ async fn parameter_status_comes_from_the_upstream() {
     let t = tenant_db("pstatus").await;
     let h = start(config(vec![t.clone()])).await;
     let direct = admin(&t.database).await;
-    let real: String = direct
-        .query_one("SHOW server_version", &[])
-        .await
-        .expect("direct")
-        .get(0);
+    let real: String = direct.query_one("SHOW server_version", &[]).await.expect("direct").get(0);
     let (_, _, startup) = {
-        let mut packet = startup_packet(&[
-            ("user", &format!("app.{}", t.id)),
-            ("database", &t.database),
-        ]);
+        let mut packet = startup_packet(&[("user", &format!("app.{}", t.id)), ("database", &t.database)]);
         packet.extend_from_slice(b"X\0\0\0\x04");
         let (bytes, _) = raw_exchange(h.addr, &packet, Duration::from_secs(5)).await;
         ((), (), bytes)
@@ -309,33 +226,20 @@ async fn upstream_md5_and_trust_logins() {
                 ))
                 .await
                 .expect("md5 role"),
-            None => admin
-                .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
-                .await
-                .expect("trust role"),
+            None => admin.batch_execute(&format!("CREATE ROLE {role} LOGIN")).await.expect("trust role"),
         }
-        admin
-            .batch_execute(&format!("CREATE DATABASE {db} OWNER {role}"))
-            .await
-            .expect("db");
+        admin.batch_execute(&format!("CREATE DATABASE {db} OWNER {role}")).await.expect("db");
         let t = pgtenant::config::TenantConfig::new(&db, "local", &db, role, password);
         let h = start(config(vec![t])).await;
         let c = h.client(&db).await;
-        let who: String = c
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .expect("login")
-            .get(0);
+        let who: String = c.query_one("SELECT current_user::text", &[]).await.expect("login").get(0);
         assert_eq!(who, role);
     }
     // A wrong upstream password: the client gets 08006 naming the tenant, not the server's text.
     let mut t = tenant_db("badpw").await;
     t.password = Some("wrong".into());
     let h = start(config(vec![t.clone()])).await;
-    let e = tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls)
-        .await
-        .err()
-        .expect("refused");
+    let e = tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls).await.err().expect("refused");
     assert_eq!(code(&e), "08006");
     assert!(!e.to_string().contains("password authentication failed"));
 }
@@ -354,30 +258,17 @@ async fn unix_socket_upstream_and_idle_reaping() {
     cfg.pool.idle_timeout = 0.5;
     let h = start(cfg).await;
     let c = h.client(&t.id).await;
-    let addr: Option<String> = c
-        .query_one("SELECT inet_client_addr()::text", &[])
-        .await
-        .expect("query")
-        .get(0);
-    assert_eq!(
-        addr, None,
-        "the upstream connection should be a Unix socket"
-    );
+    let addr: Option<String> =
+        c.query_one("SELECT inet_client_addr()::text", &[]).await.expect("query").get(0);
+    assert_eq!(addr, None, "the upstream connection should be a Unix socket");
     assert!(backends(&t.database).await >= 1);
     // Idle connections are closed after idle_timeout (min_idle is 0).
     let deadline = Instant::now() + Duration::from_secs(5);
     while backends(&t.database).await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "idle server connections were not reaped"
-        );
+        assert!(Instant::now() < deadline, "idle server connections were not reaped");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let v: i32 = c
-        .query_one("SELECT 9", &[])
-        .await
-        .expect("reconnects on demand")
-        .get(0);
+    let v: i32 = c.query_one("SELECT 9", &[]).await.expect("reconnects on demand").get(0);
     assert_eq!(v, 9);
 }
 
@@ -390,27 +281,18 @@ async fn upstream_cap_is_shared_and_idle_connections_of_other_pools_are_evicted(
     cfg.pool.checkout_timeout = 0.5;
     let h = start(cfg).await;
     // b leaves one idle connection behind; a holds one busy session.
-    h.client(&b.id)
-        .await
-        .batch_execute("SELECT 1")
-        .await
-        .expect("b");
+    h.client(&b.id).await.batch_execute("SELECT 1").await.expect("b");
     assert_eq!(backends(&b.database).await, 1);
     let a1 = h.client(&a.id).await;
     a1.batch_execute("SELECT 1").await.expect("a1");
     // The upstream is at its cap (a: 1 busy, b: 1 idle). A second session of a takes b's
     // idle connection's place instead of waiting.
     let a2 = h.client(&a.id).await;
-    a2.batch_execute("SELECT 2")
-        .await
-        .expect("a2 gets capacity by evicting b's idle connection");
+    a2.batch_execute("SELECT 2").await.expect("a2 gets capacity by evicting b's idle connection");
     assert_eq!(backends(&b.database).await, 0);
     // Now both connections are busy sessions: a third waits and times out with 53300.
     let a3 = h.client(&a.id).await;
-    let e = a3
-        .batch_execute("SELECT 3")
-        .await
-        .expect_err("upstream cap reached");
+    let e = a3.batch_execute("SELECT 3").await.expect_err("upstream cap reached");
     assert_eq!(code(&e), "53300");
     assert_eq!(backends(&a.database).await, 2);
 }
@@ -424,11 +306,7 @@ async fn min_idle_and_max_lifetime() {
     cfg.pool.max_lifetime = 1.0;
     let h = start(cfg).await;
     let c = h.client(&t.id).await;
-    let first: i32 = c
-        .query_typed("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")[0]
-        .get(0);
+    let first: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.expect("pid")[0].get(0);
     // The pool tops up to min_idle and keeps that many past the idle timeout.
     let deadline = Instant::now() + Duration::from_secs(5);
     while backends(&t.database).await < 2 {
@@ -436,21 +314,11 @@ async fn min_idle_and_max_lifetime() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(
-        backends(&t.database).await >= 2,
-        "min_idle connections were reaped"
-    );
+    assert!(backends(&t.database).await >= 2, "min_idle connections were reaped");
     // Past max_lifetime, connections are replaced.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let later: i32 = c
-        .query_typed("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")[0]
-        .get(0);
-    assert_ne!(
-        first, later,
-        "a connection older than max_lifetime was reused"
-    );
+    let later: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.expect("pid")[0].get(0);
+    assert_ne!(first, later, "a connection older than max_lifetime was reused");
 }
 
 #[tokio::test]
@@ -469,14 +337,7 @@ async fn silent_upstream_hits_the_connect_timeout() {
     cfg.pool.connect_timeout = 0.5;
     let h = start(cfg).await;
     let started = Instant::now();
-    let e = tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls)
-        .await
-        .err()
-        .expect("refused");
+    let e = tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls).await.err().expect("refused");
     assert_eq!(code(&e), "08006");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }

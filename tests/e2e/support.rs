@@ -19,9 +19,7 @@ pub fn cluster() -> &'static Cluster {
 }
 
 pub async fn connect_str(conninfo: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(conninfo, NoTls)
-        .await
-        .expect("connect");
+    let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await.expect("connect");
     tokio::spawn(conn);
     client
 }
@@ -46,10 +44,7 @@ pub async fn tenant_db(prefix: &str) -> TenantConfig {
         .batch_execute(&format!("CREATE ROLE \"{id}\" LOGIN PASSWORD '{password}'"))
         .await
         .expect("create role");
-    admin
-        .batch_execute(&format!("CREATE DATABASE \"{id}\" OWNER \"{id}\""))
-        .await
-        .expect("create database");
+    admin.batch_execute(&format!("CREATE DATABASE \"{id}\" OWNER \"{id}\"")).await.expect("create database");
     TenantConfig::new(&id, "local", &id, &id, Some(&password))
 }
 
@@ -89,32 +84,26 @@ impl Harness {
     }
 
     pub fn conninfo(&self, tenant: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=app.{tenant} dbname={tenant}",
-            self.addr.port()
-        )
+        format!("host=127.0.0.1 port={} user=app.{tenant} dbname={tenant}", self.addr.port())
     }
 }
 
 pub async fn start(config: Config) -> Harness {
-    let listener = tokio::net::TcpListener::bind(config.proxy.listen)
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind(config.proxy.listen).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let proxy = Proxy::new(config);
     let served = tokio::spawn(proxy.clone().serve(listener));
-    Harness {
-        addr,
-        proxy,
-        served,
-    }
+    Harness { addr, proxy, served }
 }
 
 /// Upstream backends of a database, seen from the server.
 pub async fn backends(db: &str) -> i64 {
     let admin = admin("postgres").await;
     admin
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'", &[&db])
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
+            &[&db],
+        )
         .await
         .expect("count backends")
         .get(0)
@@ -182,9 +171,7 @@ pub fn sqlstate(bytes: &[u8]) -> Option<String> {
 
 /// The SQLSTATE of a tokio-postgres error.
 pub fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("no sqlstate: {e}"))
+    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no sqlstate: {e}"))
 }
 
 /// Reads from a raw connection until a ReadyForQuery(I) arrives; returns what was read.

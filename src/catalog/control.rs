@@ -1,0 +1,188 @@
+//! The control database as the catalog: lookups through a deadpool-postgres pool behind the
+//! [`TenantCache`], and a LISTEN connection (reconnecting with backoff) that drops cached
+//! tenants on NOTIFY and tells the proxy which tenants changed.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{stream, StreamExt};
+use tokio::sync::broadcast;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::cache::TenantCache;
+use super::{migrations, Catalog, LookupFuture, Tenant, TenantParts};
+use crate::config::{secs, CatalogConfig, Isolation, PoolDefaults, PoolMode, TenantStatus};
+use crate::pool::UpstreamAddr;
+use crate::tenant::TenantId;
+
+/// The NOTIFY channel the catalog triggers use.
+pub const CHANNEL: &str = "pgtenant_catalog";
+
+/// What changed in the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Tenant(TenantId),
+    /// Anything may have changed (an upstream row, or notifications were missed).
+    All,
+}
+
+pub struct ControlCatalog {
+    pg_config: tokio_postgres::Config,
+    pool: deadpool_postgres::Pool,
+    cache: TenantCache,
+    lookup_timeout: Duration,
+    defaults: PoolDefaults,
+    changes: broadcast::Sender<Change>,
+    /// Catalog queries made (what the cache saved is what this does not count).
+    fetches: AtomicUsize,
+    listening: AtomicBool,
+}
+
+const LOOKUP_SQL: &str = "SELECT t.status, t.isolation, t.schema_name, t.search_path_public, t.upstream,
+        u.host, u.port, u.max_connections, t.database, t.login_role, t.login_password, t.pool_mode,
+        t.pool_size, t.max_server_connections, t.max_clients
+   FROM pgtenant.tenants t JOIN pgtenant.upstreams u ON u.name = t.upstream
+  WHERE t.id = $1";
+
+impl ControlCatalog {
+    /// Connects, applies the catalog migrations, and starts listening for changes.
+    pub async fn start(cfg: &CatalogConfig, defaults: &PoolDefaults) -> anyhow::Result<Arc<ControlCatalog>> {
+        let pg_config = tokio_postgres::Config::from_str(&cfg.url)?;
+        let manager = deadpool_postgres::Manager::new(pg_config.clone(), NoTls);
+        let pool = deadpool_postgres::Pool::builder(manager).max_size(cfg.pool_size).build()?;
+        let catalog = Arc::new(ControlCatalog {
+            pg_config,
+            pool,
+            cache: TenantCache::new(secs(cfg.cache_ttl), secs(cfg.negative_ttl), cfg.cache_size),
+            lookup_timeout: secs(cfg.lookup_timeout),
+            defaults: defaults.clone(),
+            changes: broadcast::channel(1024).0,
+            fetches: AtomicUsize::new(0),
+            listening: AtomicBool::new(false),
+        });
+        catalog.migrate().await?;
+        tokio::spawn(listen(Arc::downgrade(&catalog)));
+        Ok(catalog)
+    }
+
+    /// Applies the catalog migrations; returns the versions applied now.
+    pub async fn migrate(&self) -> anyhow::Result<Vec<i32>> {
+        let (mut client, conn) = self.pg_config.connect(NoTls).await?;
+        let task = tokio::spawn(conn);
+        let applied = migrations::migrate(&mut client).await?;
+        drop(client);
+        let _ = task.await;
+        Ok(applied)
+    }
+
+    /// Catalog queries made so far.
+    pub fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Whether the LISTEN connection is up.
+    pub fn listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
+    async fn fetch(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, String> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let query = async {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            client.query_opt(LOOKUP_SQL, &[&id.as_str()]).await.map_err(|e| e.to_string())
+        };
+        let row = tokio::time::timeout(self.lookup_timeout, query)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.lookup_timeout))??;
+        let Some(row) = row else { return Ok(None) };
+        let status: String = row.get(0);
+        let isolation: String = row.get(1);
+        let pool_mode: String = row.get(11);
+        let count = |i: usize| row.get::<_, Option<i32>>(i).and_then(|n| usize::try_from(n).ok());
+        let tenant = Tenant::new(TenantParts {
+            id: id.clone(),
+            status: TenantStatus::parse(&status).ok_or_else(|| format!("bad status {status:?}"))?,
+            isolation: Isolation::parse(&isolation).ok_or_else(|| format!("bad isolation {isolation:?}"))?,
+            schema: row.get(2),
+            search_path_public: row.get(3),
+            upstream: Arc::from(row.get::<_, String>(4).as_str()),
+            addr: UpstreamAddr::new(row.get(5), u16::try_from(row.get::<_, i32>(6)).unwrap_or(5432)),
+            upstream_max: count(7).unwrap_or(100),
+            database: row.get(8),
+            login_role: row.get(9),
+            password: row.get(10),
+            pool_mode: if pool_mode == "session" { PoolMode::Session } else { PoolMode::Transaction },
+            pool_size: count(12).unwrap_or(self.defaults.size),
+            max_server_connections: count(13),
+            max_clients: count(14),
+        });
+        Ok(Some(Arc::new(tenant)))
+    }
+}
+
+impl Catalog for ControlCatalog {
+    fn lookup<'a>(&'a self, id: &'a TenantId) -> LookupFuture<'a> {
+        Box::pin(self.cache.get(id, move || self.fetch(id)))
+    }
+
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        Some(self.changes.subscribe())
+    }
+}
+
+/// Keeps a LISTEN connection open, reconnecting with backoff; each notification drops the
+/// tenant from the cache and is passed on. Ends when the catalog is dropped.
+async fn listen(catalog: std::sync::Weak<ControlCatalog>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(cat) = catalog.upgrade() else { return };
+        let pg_config = cat.pg_config.clone();
+        drop(cat);
+        match pg_config.connect(NoTls).await {
+            Ok((client, mut conn)) => {
+                let mut messages = stream::poll_fn(move |cx| conn.poll_message(cx));
+                let sql = format!("LISTEN {CHANNEL}");
+                let listen = client.batch_execute(&sql);
+                let ok = tokio::select! {
+                    r = listen => r.is_ok(),
+                    _ = messages.next() => false,
+                };
+                if ok {
+                    let Some(cat) = catalog.upgrade() else { return };
+                    // Notifications sent while we were away are lost: forget everything.
+                    cat.cache.invalidate_all();
+                    cat.listening.store(true, Ordering::Relaxed);
+                    let _ = cat.changes.send(Change::All);
+                    drop(cat);
+                    tracing::info!("listening for catalog changes");
+                    backoff = Duration::from_millis(100);
+                    while let Some(Ok(msg)) = messages.next().await {
+                        let AsyncMessage::Notification(n) = msg else { continue };
+                        let Some(cat) = catalog.upgrade() else { return };
+                        let change = match TenantId::parse(n.payload()) {
+                            Ok(id) => {
+                                cat.cache.invalidate(&id);
+                                Change::Tenant(id)
+                            }
+                            Err(_) => {
+                                cat.cache.invalidate_all();
+                                Change::All
+                            }
+                        };
+                        let _ = cat.changes.send(change);
+                    }
+                }
+                drop(client);
+                if let Some(cat) = catalog.upgrade() {
+                    cat.listening.store(false, Ordering::Relaxed);
+                }
+                tracing::warn!("lost the catalog LISTEN connection; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, ?backoff, "cannot reach the control database"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,124 @@
+//! The control database schema, as versioned migrations embedded in the binary. pgtenant
+//! applies the missing ones at start and with `pgtenant catalog init`, under an advisory lock
+//! so several instances starting together do not collide.
+
+/// (version, SQL). Append only: an applied migration is never edited.
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE pgtenant.upstreams (
+    name            text PRIMARY KEY,
+    host            text NOT NULL,
+    port            integer NOT NULL DEFAULT 5432 CHECK (port BETWEEN 1 AND 65535),
+    max_connections integer NOT NULL DEFAULT 100 CHECK (max_connections > 0),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE pgtenant.tenants (
+    id                     text PRIMARY KEY CHECK (id ~ '^[a-z0-9][a-z0-9_-]{0,47}$'),
+    status                 text NOT NULL DEFAULT 'pending'
+                           CHECK (status IN ('pending', 'active', 'suspended', 'migrating', 'archived', 'deleted')),
+    isolation              text NOT NULL DEFAULT 'database' CHECK (isolation IN ('database', 'schema', 'shared')),
+    upstream               text NOT NULL REFERENCES pgtenant.upstreams (name),
+    database               text NOT NULL,
+    schema_name            text,
+    search_path_public     boolean NOT NULL DEFAULT false,
+    login_role             text NOT NULL,
+    -- The upstream login password (encrypted at rest once credential encryption lands).
+    login_password         text,
+    pool_mode              text NOT NULL DEFAULT 'transaction' CHECK (pool_mode IN ('transaction', 'session')),
+    pool_size              integer CHECK (pool_size > 0),
+    max_server_connections integer CHECK (max_server_connections > 0),
+    max_clients            integer CHECK (max_clients > 0),
+    version                bigint NOT NULL DEFAULT 1,
+    created_at             timestamptz NOT NULL DEFAULT now(),
+    updated_at             timestamptz NOT NULL DEFAULT now()
+);
+
+-- Client credentials: SCRAM-SHA-256 verifiers, never plaintext.
+CREATE TABLE pgtenant.tenant_users (
+    tenant_id  text NOT NULL REFERENCES pgtenant.tenants (id) ON DELETE CASCADE,
+    username   text NOT NULL,
+    verifier   text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, username)
+);
+
+CREATE TABLE pgtenant.events (
+    id        bigserial PRIMARY KEY,
+    tenant_id text,
+    kind      text NOT NULL,
+    detail    jsonb NOT NULL DEFAULT '{}',
+    at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX events_tenant_at ON pgtenant.events (tenant_id, at);
+
+CREATE FUNCTION pgtenant.touch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := now();
+    IF TG_TABLE_NAME = 'tenants' THEN
+        NEW.version := OLD.version + 1;
+    END IF;
+    RETURN NEW;
+END $$;
+
+-- Every change NOTIFYs pgtenant_catalog with the tenant id ('*' when an upstream changed),
+-- so every proxy drops its cached copy at once.
+CREATE FUNCTION pgtenant.notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'tenants' THEN
+        IF TG_OP <> 'INSERT' THEN PERFORM pg_notify('pgtenant_catalog', OLD.id); END IF;
+        IF TG_OP <> 'DELETE' AND (TG_OP = 'INSERT' OR NEW.id <> OLD.id) THEN
+            PERFORM pg_notify('pgtenant_catalog', NEW.id);
+        END IF;
+    ELSIF TG_TABLE_NAME = 'tenant_users' THEN
+        PERFORM pg_notify('pgtenant_catalog', CASE WHEN TG_OP = 'DELETE' THEN OLD.tenant_id ELSE NEW.tenant_id END);
+    ELSE
+        PERFORM pg_notify('pgtenant_catalog', '*');
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER touch BEFORE UPDATE ON pgtenant.tenants FOR EACH ROW EXECUTE FUNCTION pgtenant.touch();
+CREATE TRIGGER touch BEFORE UPDATE ON pgtenant.upstreams FOR EACH ROW EXECUTE FUNCTION pgtenant.touch();
+CREATE TRIGGER notify AFTER INSERT OR UPDATE OR DELETE ON pgtenant.tenants
+    FOR EACH ROW EXECUTE FUNCTION pgtenant.notify_change();
+CREATE TRIGGER notify AFTER INSERT OR UPDATE OR DELETE ON pgtenant.tenant_users
+    FOR EACH ROW EXECUTE FUNCTION pgtenant.notify_change();
+CREATE TRIGGER notify AFTER INSERT OR UPDATE OR DELETE ON pgtenant.upstreams
+    FOR EACH ROW EXECUTE FUNCTION pgtenant.notify_change();
+"#,
+)];
+
+/// Applies the missing migrations; returns the versions applied now.
+pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    // One migrator at a time across every pgtenant instance.
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtext('pgtenant.catalog'));
+         CREATE SCHEMA IF NOT EXISTS pgtenant;
+         CREATE TABLE IF NOT EXISTS pgtenant.schema_migrations (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );",
+    )
+    .await?;
+    let done: Vec<i32> = tx
+        .query("SELECT version FROM pgtenant.schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO pgtenant.schema_migrations (version) VALUES ($1)", &[version]).await?;
+        applied.push(*version);
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
