@@ -394,15 +394,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     p.exec_extended = false;
                     p.copy_ended = false;
                 }
-                b'S' => {
-                    // A Sync the server will ignore (sent during COPY FROM STDIN) earns no
-                    // ReadyForQuery and does not close the extended-protocol exchange.
-                    if !p.copy_in {
-                        p.pending_z += 1;
-                        p.extended_open = false;
-                        if !p.copy_ended {
-                            p.syncs_since_exec += 1;
-                        }
+                // A Sync the server will ignore (sent during COPY FROM STDIN) earns no
+                // ReadyForQuery and does not close the extended-protocol exchange.
+                b'S' if !p.copy_in => {
+                    p.pending_z += 1;
+                    p.extended_open = false;
+                    if !p.copy_ended {
+                        p.syncs_since_exec += 1;
                     }
                 }
                 b'F' => p.pending_z += 1,
