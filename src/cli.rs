@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, LogFormat, PoolMode, ProxyConfig, TenantConfig, UpstreamConfig};
+use crate::config::{Config, LogFormat, PoolMode, ProxyConfig};
 use crate::embedded::{Cluster, SUPERUSER_PASSWORD};
 use crate::server::Proxy;
 
@@ -44,6 +44,23 @@ pub enum Command {
         #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,
     },
+    /// The control database.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CatalogCommand {
+    /// Create or upgrade the `pgtenant` schema in the control database.
+    Init {
+        /// Connection string of the control database (default: `[catalog] url` of the config).
+        #[arg(long, env = "PGTENANT_CATALOG_URL")]
+        url: Option<String>,
+        #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
+        config: PathBuf,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -61,6 +78,10 @@ pub fn main() -> ExitCode {
                 c.tenants.len()
             );
         }),
+        Command::Catalog { command: CatalogCommand::Init { url, config } } => {
+            init_logging(LogFormat::Human);
+            runtime(1).and_then(|rt| rt.block_on(catalog_init(url, &config)))
+        }
         Command::Demo { listen, workers } => {
             init_logging(LogFormat::Human);
             runtime(workers).and_then(|rt| rt.block_on(demo(listen, workers)))
@@ -73,6 +94,23 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn catalog_init(url: Option<String>, config: &std::path::Path) -> anyhow::Result<()> {
+    let url = match url {
+        Some(u) => u,
+        None => Config::load(config)?.catalog.url,
+    };
+    anyhow::ensure!(!url.is_empty(), "no control database: pass --url or set [catalog] url");
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let applied = crate::catalog::migrations::migrate(&mut client).await?;
+    if applied.is_empty() {
+        println!("catalog is up to date");
+    } else {
+        println!("applied catalog migrations {applied:?}");
+    }
+    Ok(())
 }
 
 /// Logs go to stderr; the level comes from `RUST_LOG` (default `info`).
@@ -114,7 +152,18 @@ async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
     let (admin, conn) =
         tokio_postgres::connect(&cluster.superuser_conninfo("postgres"), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    let mut tenants = Vec::new();
+    // The control database lives in the same throwaway cluster.
+    admin.batch_execute("CREATE DATABASE pgtenant").await?;
+    let catalog_url = cluster.superuser_conninfo("pgtenant");
+    let (mut control, conn) = tokio_postgres::connect(&catalog_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    crate::catalog::migrations::migrate(&mut control).await?;
+    control
+        .execute(
+            "INSERT INTO pgtenant.upstreams (name, host, port, max_connections) VALUES ('local', '127.0.0.1', $1, 200)",
+            &[&i32::from(cluster.port)],
+        )
+        .await?;
     for (id, mode, size) in DEMO_TENANTS {
         let password = format!("demo-{id}-{:08x}", rand::random::<u32>());
         admin.batch_execute(&format!("CREATE ROLE {id} LOGIN PASSWORD '{password}'")).await?;
@@ -128,26 +177,19 @@ async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
              INSERT INTO products (name, price) VALUES ('{id} widget', 9.99), ('{id} gadget', 24.50), ('{id} gizmo', 3.75);"
         ))
         .await?;
-        let mut t = TenantConfig::new(id, "local", id, id, Some(&password));
-        t.pool_mode = Some(mode);
-        t.pool_size = Some(size);
-        tenants.push(t);
+        control
+            .execute(
+                "INSERT INTO pgtenant.tenants (id, status, isolation, upstream, database, login_role, login_password, pool_mode, pool_size)
+                 VALUES ($1, 'active', 'database', 'local', $1, $1, $2, $3, $4)",
+                &[&id, &password, &mode.as_str(), &(size as i32)],
+            )
+            .await?;
     }
-    let config = Config {
-        proxy: ProxyConfig { listen, workers, ..ProxyConfig::default() },
-        pool: Default::default(),
-        resolver: Default::default(),
-        catalog: Default::default(),
-        upstreams: vec![UpstreamConfig {
-            name: "local".to_owned(),
-            host: "127.0.0.1".to_owned(),
-            port: cluster.port,
-            max_connections: 200,
-        }],
-        tenants,
-    };
+    let mut config = Config::parse("")?;
+    config.proxy = ProxyConfig { listen, workers, ..ProxyConfig::default() };
+    config.catalog.url = catalog_url.clone();
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    let proxy: Arc<Proxy> = Proxy::new(config);
+    let proxy: Arc<Proxy> = Proxy::start(config).await?;
     let port = listen.port();
     let host = listen.ip();
     println!();
@@ -171,6 +213,10 @@ async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
     println!("  pgbench -c 16 -j 2 -T 10 -S postgresql://app.acme@{host}:{port}/acme");
     println!("  pgbench -c 16 -j 2 -T 10 -M prepared postgresql://app.globex@{host}:{port}/globex   # after pgbench -i on globex");
     println!();
+    println!("the control database (tenants, upstreams; changes apply at once through NOTIFY):");
+    println!("  psql \"{catalog_url}\" -c 'SELECT id, status, isolation, pool_mode FROM pgtenant.tenants'");
+    println!("  psql \"{catalog_url}\" -c \"UPDATE pgtenant.tenants SET status = 'suspended' WHERE id = 'acme'\"");
+    println!();
     println!("Ctrl-C stops pgtenant and removes the cluster.");
     let drain = proxy.shutdown.drain.clone();
     tokio::spawn(async move {
@@ -179,6 +225,7 @@ async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
     });
     proxy.serve(listener).await?;
     drop(admin);
+    drop(control);
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
     eprintln!("demo stopped; the throwaway cluster is gone");
     Ok(())
