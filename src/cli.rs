@@ -215,7 +215,9 @@ async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
     println!();
     println!("the control database (tenants, upstreams; changes apply at once through NOTIFY):");
     println!("  psql \"{catalog_url}\" -c 'SELECT id, status, isolation, pool_mode FROM pgtenant.tenants'");
-    println!("  psql \"{catalog_url}\" -c \"UPDATE pgtenant.tenants SET status = 'suspended' WHERE id = 'acme'\"");
+    println!(
+        "  psql \"{catalog_url}\" -c \"UPDATE pgtenant.tenants SET status = 'suspended' WHERE id = 'acme'\""
+    );
     println!();
     println!("Ctrl-C stops pgtenant and removes the cluster.");
     let drain = proxy.shutdown.drain.clone();

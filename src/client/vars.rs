@@ -106,13 +106,20 @@ impl ClientVars {
     /// (anything else `conn` carries was applied by pgtenant for a client and may need a
     /// RESET).
     pub fn sync_query(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<String> {
-        let mut sql = String::new();
+        // set_config parses the value as a configuration file would, so list settings such as
+        // search_path ("tenant", public) keep their meaning; one SELECT sets them all.
+        let mut sets = Vec::new();
         for (k, v) in self.reported.iter().chain(&self.other) {
             if conn.var(k) != Some(v.as_str()) {
-                sql.push_str(&format!("SET {} TO {};", quote_ident(k), quote_literal(v)));
+                sets.push(format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    quote_literal(k),
+                    quote_literal(v)
+                ));
                 conn.set_var(k, v);
             }
         }
+        let mut sql = if sets.is_empty() { String::new() } else { format!("SELECT {};", sets.join(", ")) };
         let stale: Vec<String> = conn
             .vars
             .iter()

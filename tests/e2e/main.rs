@@ -6,3 +6,4 @@ mod hostile;
 mod pooling;
 mod relay;
 mod support;
+mod tenants;

@@ -188,3 +188,150 @@ pub async fn read_until_ready(s: &mut TcpStream) -> Vec<u8> {
     }
     got
 }
+
+/// A control database of its own for one test: migrated, with upstream `local` (TCP) in it.
+pub async fn control_db(cfg: &mut Config) -> Client {
+    let db = unique("ctl");
+    admin("postgres").await.batch_execute(&format!("CREATE DATABASE {db}")).await.expect("control db");
+    cfg.catalog.url = cluster().superuser_conninfo(&db);
+    let mut control = connect_str(&cfg.catalog.url).await;
+    pgtenant::catalog::migrations::migrate(&mut control).await.expect("migrate");
+    control
+        .execute(
+            "INSERT INTO pgtenant.upstreams (name, host, port, max_connections) VALUES ('local', '127.0.0.1', $1, 250)",
+            &[&i32::from(cluster().port)],
+        )
+        .await
+        .expect("upstream row");
+    control
+}
+
+/// Writes a tenant row into a control database.
+pub async fn insert_tenant(control: &Client, t: &TenantConfig) {
+    control
+        .execute(
+            "INSERT INTO pgtenant.tenants (id, status, isolation, upstream, database, schema_name, login_role,
+                                           login_password, pool_mode, pool_size, search_path_public)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &t.id,
+                &t.status.as_str(),
+                &t.isolation.as_str(),
+                &t.upstream,
+                &t.database,
+                &t.schema,
+                &t.role,
+                &t.password,
+                &t.pool_mode.unwrap_or(PoolMode::Transaction).as_str(),
+                &t.pool_size.map(|n| n as i32),
+                &t.search_path_public,
+            ],
+        )
+        .await
+        .expect("tenant row");
+}
+
+/// The proxy over the control database named in `config`.
+pub async fn start_control(config: Config) -> (Harness, Arc<pgtenant::catalog::ControlCatalog>) {
+    let catalog = pgtenant::catalog::ControlCatalog::start(&config.catalog, &config.pool)
+        .await
+        .expect("control catalog");
+    let listener = tokio::net::TcpListener::bind(config.proxy.listen).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let proxy = Proxy::with_catalog(config, catalog.clone());
+    let served = tokio::spawn(proxy.clone().serve(listener));
+    // Wait for the LISTEN connection so that changes made by the test are seen.
+    for _ in 0..100 {
+        if catalog.listening() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (Harness { addr, proxy, served }, catalog)
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes; returns whether it held.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP forwarder that can be stopped (all connections cut, port closed) and started again
+/// on the same port: a control database that goes away and comes back.
+pub struct Forwarder {
+    pub port: u16,
+    target: u16,
+    stop: std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+}
+
+impl Forwarder {
+    pub async fn start(target: u16) -> Arc<Forwarder> {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let f = Arc::new(Forwarder { port, target, stop: std::sync::Mutex::new(None) });
+        f.run(l);
+        f
+    }
+
+    fn run(&self, listener: tokio::net::TcpListener) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        *self.stop.lock().expect("lock") = Some(tx);
+        let target = self.target;
+        tokio::spawn(async move {
+            loop {
+                let mut stop = rx.clone();
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stop.changed() => return,
+                };
+                let Ok((mut inbound, _)) = accepted else { return };
+                let mut stop = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = stop.changed() => {}
+                    }
+                });
+            }
+        });
+    }
+
+    /// Cuts every connection and closes the port.
+    pub fn stop(&self) {
+        if let Some(tx) = self.stop.lock().expect("lock").take() {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// Listens on the same port again.
+    pub async fn resume(&self) {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.expect("rebind");
+        self.run(l);
+    }
+}
+
+/// Upstream backends of a database logged in as `role` (pgtenant's, not the test's own).
+pub async fn backends_as(db: &str, role: &str) -> i64 {
+    let admin = admin("postgres").await;
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND usename = $2 AND backend_type = 'client backend'",
+            &[&db, &role],
+        )
+        .await
+        .expect("count backends")
+        .get(0)
+}
