@@ -518,3 +518,25 @@ async fn a_thousand_schema_tenants_share_a_global_cap_of_twenty() {
     assert!(peak <= 20, "{peak} upstream connections over a global cap of 20");
     assert_eq!(TenantStatus::Active.as_str(), "active");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_prefers_a_connection_already_set_up_for_the_tenant() {
+    let (mut a, mut b) = isolated_pair(Isolation::Schema).await;
+    a.pool_size = Some(2);
+    b.pool_size = Some(2);
+    let h = start(config(vec![a.clone(), b.clone()])).await;
+    let (ca, cb) = (h.client(&a.id).await, h.client(&b.id).await);
+    // Open both connections at once (each tenant sets one up) …
+    let pid = "SELECT pg_backend_pid() FROM pg_sleep(0.2)";
+    let (ra, rb) = tokio::join!(ca.query_typed(pid, &[]), cb.query_typed(pid, &[]));
+    let (pa, pb): (i32, i32) = (ra.expect("a")[0].get(0), rb.expect("b")[0].get(0));
+    assert_ne!(pa, pb);
+    // … then alternate: each tenant keeps getting the connection set up for it, even though
+    // the other one was used more recently.
+    for _ in 0..5 {
+        let p: i32 = ca.query_typed("SELECT pg_backend_pid()", &[]).await.expect("a")[0].get(0);
+        assert_eq!(p, pa);
+        let p: i32 = cb.query_typed("SELECT pg_backend_pid()", &[]).await.expect("b")[0].get(0);
+        assert_eq!(p, pb);
+    }
+}
