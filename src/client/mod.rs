@@ -1,7 +1,9 @@
 //! One client session: handshake (startup packet, SSL/GSS refusal, cancel requests) →
 //! resolve the tenant → look it up → authenticate → login messages → relay.
 
+mod pipeline;
 mod relay;
+mod statements;
 pub mod vars;
 
 use std::net::SocketAddr;

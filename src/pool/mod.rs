@@ -8,7 +8,7 @@ mod server;
 mod stream;
 
 pub use fair::{FairPermit, FairSemaphore};
-pub use server::{cancel_backend, Login, ServerConn, UpstreamError};
+pub use server::{cancel_backend, Login, PreparedSet, ServerConn, UpstreamError};
 pub use stream::{ServerStream, UpstreamAddr};
 
 use std::sync::{Arc, Mutex, RwLock, Weak};

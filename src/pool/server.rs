@@ -60,6 +60,8 @@ pub struct ServerConn {
     pub idle_since: Instant,
     /// A client changed session state (SET, LISTEN, PREPARE …): reset before reuse.
     pub dirty: bool,
+    /// Statements pgtenant prepared on this connection (transaction mode).
+    pub prepared: PreparedSet,
     /// The tenant whose session setup this connection carries (shared login roles).
     pub tenant: Option<TenantId>,
     /// Count against the upstream server's and the global connection caps while this
@@ -166,6 +168,7 @@ impl ServerConn {
             created: now,
             idle_since: now,
             dirty: false,
+            prepared: PreparedSet::default(),
             tenant: None,
             _permits: Vec::new(),
         })
@@ -187,6 +190,54 @@ impl ServerConn {
             Some(slot) => value.clone_into(&mut slot.1),
             None => self.vars.push((name.to_owned(), value.to_owned())),
         }
+    }
+}
+
+/// The statements prepared on one server connection, least recently used evicted first.
+#[derive(Debug, Default)]
+pub struct PreparedSet {
+    names: std::collections::HashMap<std::sync::Arc<str>, u64>,
+    tick: u64,
+}
+
+impl PreparedSet {
+    /// Statements kept per server connection.
+    pub const CAPACITY: usize = 256;
+
+    /// Whether `name` is prepared here (and marks it used).
+    pub fn touch(&mut self, name: &str) -> bool {
+        self.tick += 1;
+        let tick = self.tick;
+        self.names.get_mut(name).map(|t| *t = tick).is_some()
+    }
+
+    /// Records `name`; returns the statement evicted to stay within capacity, which the
+    /// caller closes on the server.
+    pub fn insert(&mut self, name: std::sync::Arc<str>) -> Option<std::sync::Arc<str>> {
+        self.tick += 1;
+        self.names.insert(name, self.tick);
+        if self.names.len() <= Self::CAPACITY {
+            return None;
+        }
+        let oldest = self.names.iter().min_by_key(|(_, t)| **t).map(|(n, _)| n.clone())?;
+        self.names.remove(&oldest);
+        Some(oldest)
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.names.remove(name);
+    }
+
+    pub fn clear(&mut self) {
+        self.names.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
     }
 }
 

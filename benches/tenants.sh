@@ -1,0 +1,502 @@
+#!/usr/bin/env bash
+# benches/tenants.sh — pgtenant throughput for 1 tenant vs 100 tenants sharing one pool.
+#
+# What it measures: schema isolation with one shared login role. 100 tenants t0..t99
+# live in one database (`shared`), each in its own schema tN, and all log in upstream as
+# the same role `app`, so pgtenant gives them ONE pool of 20 server connections (the pool
+# key is host, port, database, role). A server connection handed to a tenant other than
+# the last one that used it must first get that tenant's search_path, so with many
+# tenants most checkouts carry an extra set_config query. This script shows what that
+# costs, at the same client count:
+#
+#   A  1 tenant     100 pgbench processes (-c 1 each) through pgtenant, all as app.t0
+#   B  100 tenants  the same 100 processes through pgtenant, process i as app.t$i
+#   C  direct       the same 100 processes straight to PostgreSQL as `app`, process i
+#                   with options=-c search_path=t$i (no pooling: 100 backends)
+#
+# Each process runs a read-only custom script (a primary-key lookup in
+# pgbench_accounts, 10000 rows per schema) for BENCH_SECONDS. The table shows per case:
+#   total TPS   the sum of the 100 pgbench "tps = X (without initial connection time)",
+#   steady TPS  transactions per second while all 100 clients were running at once,
+#               from pgbench's per-transaction logs (-l). It would differ from the sum
+#               if the processes were staggered (each pgbench's -T includes its
+#               connection time, its tps does not, so early starters would run with
+#               fewer competitors); the start gate below keeps them together,
+#   the ratio of each to case A, failed transactions, and connect time avg/max,
+# plus the load average at the end.
+# All 100 processes of a case start together: a start gate (a lock on the tenant
+# tables, see gate_close) holds their first query until every one is connected.
+#
+# One run does everything:
+#   1. builds pgtenant in release mode (or uses $PGTENANT_BIN),
+#   2. starts a throwaway PostgreSQL cluster in a temp dir (md5 over TCP),
+#   3. creates the 100 schemas and tables, analyzes and prewarms them,
+#   4. starts pgtenant with the 100 tenants (transaction pooling),
+#   5. runs cases A, B, C and prints the table.
+# Everything it started is stopped and the temp dir removed on exit.
+#
+# Environment:
+#   BENCH_SECONDS     seconds per pgbench run (default 10)
+#   PGTENANT_BIN      use this pgtenant binary instead of building one
+#   PGTENANT_WORKERS  [proxy] workers for pgtenant (default 0 = automatic)
+#   BENCH_KEEP_LOGS   a directory to copy every log (pgbench, servers) to before cleanup
+#
+# Usage: benches/tenants.sh        (as root, or as a user able to run initdb itself)
+set -euo pipefail
+
+BENCH_SECONDS=${BENCH_SECONDS:-10}
+PGTENANT_WORKERS=${PGTENANT_WORKERS:-0}
+TENANTS=100          # schemas t0..t99, tenants t0..t99, and pgbench processes per case
+ROWS=10000           # rows per tenant table
+POOL_SIZE=20         # pgtenant pool size (all tenants share the one pool)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+log() { printf '[tenants] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------
+# Locate the PostgreSQL server binaries and the client tools (as compare.sh).
+# ---------------------------------------------------------------------------
+find_pg_bindir() {
+    local d
+    if command -v pg_config >/dev/null 2>&1; then
+        d=$(pg_config --bindir 2>/dev/null || true)
+        if [[ -n $d && -x $d/initdb && -x $d/postgres ]]; then echo "$d"; return; fi
+    fi
+    # Debian/Ubuntu keep the server binaries out of PATH: take the newest major version.
+    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    if [[ -n $d && -x $d/initdb && -x $d/postgres ]]; then echo "$d"; return; fi
+    die "no PostgreSQL server binaries found (pg_config --bindir or /usr/lib/postgresql/*/bin)"
+}
+PG_BIN=$(find_pg_bindir)
+PGBENCH=$(command -v pgbench || echo "$PG_BIN/pgbench")
+PSQL=$(command -v psql || echo "$PG_BIN/psql")
+[[ -x $PGBENCH ]] || die "pgbench not found"
+[[ -x $PSQL ]] || die "psql not found"
+
+# ---------------------------------------------------------------------------
+# postgres must not run as root: run it as the `postgres` system user when we are root.
+# ---------------------------------------------------------------------------
+AS_PG=()
+if [[ $EUID -eq 0 ]]; then
+    id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' system user"
+    AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups)
+fi
+# Run a command as that user in the foreground.
+as_pg() { "${AS_PG[@]}" "$@"; }
+# Start a command as that user in the background; BG_PID gets the pid of the command
+# itself (the subshell execs it, and setpriv execs too).
+BG_PID=""
+as_pg_bg() { # as_pg_bg LOGFILE CMD...
+    local logf=$1; shift
+    ( exec "${AS_PG[@]}" "$@" ) >"$logf" 2>&1 &
+    BG_PID=$!
+}
+
+# free_port VAR: set VAR to a TCP port no socket uses, below the ephemeral range, never
+# handed out twice by this script.
+USED_PORTS=" "
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 12000))
+        [[ $USED_PORTS == *" $p "* ]] && continue
+        if ! ss -Htan 2>/dev/null | awk '{print $4}' | grep -q ":$p\$"; then
+            USED_PORTS+="$p "
+            printf -v "$1" '%s' "$p"
+            return
+        fi
+    done
+    die "no free TCP port found"
+}
+
+# ---------------------------------------------------------------------------
+# Temp dir and cleanup.
+# ---------------------------------------------------------------------------
+TMP=$(mktemp -d /tmp/pgtenant-tenants.XXXXXX)
+PG_PID="" PGT_PID="" GATE_PID=""
+BENCH_PIDS=()   # pgbench processes of the case running now
+
+# Stop a process we started: signal, wait up to ~10 s, then SIGKILL.
+stop_pid() {
+    local pid=$1 sig=$2
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    # pgbench processes still running (only when interrupted mid-case): by pid.
+    local p
+    for p in "${BENCH_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for p in "${BENCH_PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    [[ -n $GATE_PID ]] && { kill -TERM "$GATE_PID" 2>/dev/null; wait "$GATE_PID" 2>/dev/null; }
+    stop_pid "$PGT_PID" TERM   # pgtenant: graceful shutdown (no client is left by now)
+    stop_pid "$PG_PID" INT     # postgres: SIGINT = fast shutdown
+    if [[ -n ${BENCH_KEEP_LOGS:-} ]]; then
+        mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$TMP"/*.log "$TMP"/runs "$BENCH_KEEP_LOGS"/ 2>/dev/null
+        log "logs copied to $BENCH_KEEP_LOGS"
+    fi
+    rm -rf "$TMP"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Print the tail of a log to stderr (for failures).
+show_log() { log "--- last lines of $1 ---"; tail -n "${2:-20}" "$1" >&2 || true; }
+
+# ---------------------------------------------------------------------------
+# 1. Build pgtenant.
+# ---------------------------------------------------------------------------
+if [[ -n ${PGTENANT_BIN:-} ]]; then
+    [[ -x $PGTENANT_BIN ]] || die "PGTENANT_BIN=$PGTENANT_BIN is not executable"
+else
+    log "building pgtenant (cargo build --release) ..."
+    (cd "$REPO" && cargo build --release --quiet) || die "cargo build --release failed"
+    PGTENANT_BIN=$REPO/target/release/pgtenant
+fi
+
+# ---------------------------------------------------------------------------
+# 2. Throwaway PostgreSQL cluster.
+# ---------------------------------------------------------------------------
+PG_DATA=$TMP/pgdata
+PG_SOCK=$TMP/sock
+mkdir -p "$PG_SOCK" "$TMP/runs"
+[[ $EUID -eq 0 ]] && chown -R postgres:postgres "$TMP"
+chmod 755 "$TMP"
+
+log "initdb ($PG_BIN) ..."
+as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --no-locale \
+    >"$TMP/initdb.log" 2>&1 || { show_log "$TMP/initdb.log"; die "initdb failed"; }
+
+# Superuser over the Unix socket only; md5 over TCP for everyone else, so pgtenant and
+# the direct case authenticate the same way.
+cat >"$PG_DATA/pg_hba.conf" <<EOF
+local all all trust
+host  all all 127.0.0.1/32 md5
+EOF
+
+# Start postgres; on a port clash try again on another port, up to 3 times.
+# shared_buffers holds all 100 tables and indexes (~140 MB), so no case reads from disk.
+start_postgres() {
+    local attempt
+    for attempt in 1 2 3; do
+        free_port PG_PORT
+        log "starting postgres on 127.0.0.1:$PG_PORT ..."
+        as_pg_bg "$TMP/postgres.log" "$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" -k "$PG_SOCK" \
+            -c listen_addresses=127.0.0.1 -c max_connections=300 \
+            -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off
+        PG_PID=$BG_PID
+        for _ in $(seq 1 100); do
+            "$PG_BIN/pg_isready" -q -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres && return 0
+            kill -0 "$PG_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        show_log "$TMP/postgres.log" 5
+        stop_pid "$PG_PID" INT
+        PG_PID=""
+        grep -q 'could not create' "$TMP/postgres.log" || break   # not a port clash
+    done
+    die "postgres did not start"
+}
+start_postgres
+
+# psql as the superuser over the socket.
+su_sql() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres "$@"; }
+
+su_sql -d postgres <<'SQL'
+SET password_encryption = 'md5';
+CREATE ROLE app LOGIN PASSWORD 'app';
+CREATE DATABASE shared;
+SQL
+
+# ---------------------------------------------------------------------------
+# 3. 100 schemas t0..t99, each with a pgbench_accounts table of 10000 rows, readable by app.
+# ---------------------------------------------------------------------------
+log "creating $TENANTS schemas with $ROWS rows each ..."
+su_sql -d shared >"$TMP/setup.log" 2>&1 <<SQL || { show_log "$TMP/setup.log"; die "schema setup failed"; }
+DO \$\$
+BEGIN
+    FOR i IN 0..$((TENANTS - 1)) LOOP
+        EXECUTE format('CREATE SCHEMA t%s', i);
+        EXECUTE format('CREATE TABLE t%s.pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84))', i);
+        EXECUTE format('INSERT INTO t%s.pgbench_accounts SELECT g, 1, 0, '''' FROM generate_series(1, $ROWS) g', i);
+        EXECUTE format('GRANT USAGE ON SCHEMA t%s TO app', i);
+        EXECUTE format('GRANT SELECT ON t%s.pgbench_accounts TO app', i);
+    END LOOP;
+END
+\$\$;
+ANALYZE;
+SQL
+# Load every table and index into shared_buffers, so case A (one table) does not get a
+# warm-cache advantage over B and C (100 tables). Best effort: pg_prewarm is in contrib.
+if su_sql -d shared -c 'CREATE EXTENSION IF NOT EXISTS pg_prewarm' >/dev/null 2>&1; then
+    su_sql -d shared -At -c "SELECT sum(pg_prewarm(c.oid)) FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname ~ '^t[0-9]+\$' AND c.relkind IN ('r', 'i')" >/dev/null
+else
+    log "note: pg_prewarm not available, tables are not prewarmed"
+fi
+su_sql -d postgres -c 'CHECKPOINT' >/dev/null
+
+# The pgbench script: one primary-key lookup in the search_path's pgbench_accounts.
+cat >"$TMP/script.sql" <<EOF
+\\set aid random(1, $ROWS)
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+EOF
+
+# ---------------------------------------------------------------------------
+# 4. pgtenant: 100 schema-isolated tenants, one login role, so one shared pool.
+# ---------------------------------------------------------------------------
+free_port PGT_PORT
+{
+    cat <<EOF
+[proxy]
+listen = "127.0.0.1:$PGT_PORT"
+workers = $PGTENANT_WORKERS
+
+[pool]
+mode = "transaction"
+size = $POOL_SIZE
+max_server_connections = $POOL_SIZE
+
+[[upstreams]]
+name = "local"
+host = "127.0.0.1"
+port = $PG_PORT
+max_connections = 100
+EOF
+    for i in $(seq 0 $((TENANTS - 1))); do
+        # schema defaults to the tenant id: tenant tN gets search_path "tN".
+        cat <<EOF
+
+[[tenants]]
+id = "t$i"
+upstream = "local"
+database = "shared"
+role = "app"
+password = "app"
+isolation = "schema"
+pool_size = $POOL_SIZE
+EOF
+    done
+} >"$TMP/pgtenant.toml"
+
+# Wait until a query works through pgtenant (port, user, pid, log).
+wait_ready() {
+    local port=$1 user=$2 pid=$3 logf=$4
+    for _ in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || { show_log "$logf"; die "process $pid ($logf) exited"; }
+        "$PSQL" -X -q -At -h 127.0.0.1 -p "$port" -U "$user" -d shared -c 'select 1' \
+            >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    show_log "$logf"
+    die "nothing answers on port $port after 30 s"
+}
+
+log "starting pgtenant on 127.0.0.1:$PGT_PORT (workers=$PGTENANT_WORKERS, $TENANTS tenants) ..."
+RUST_LOG=warn "$PGTENANT_BIN" serve --config "$TMP/pgtenant.toml" >"$TMP/pgtenant.log" 2>&1 &
+PGT_PID=$!
+wait_ready "$PGT_PORT" app.t0 "$PGT_PID" "$TMP/pgtenant.log"
+
+# Sanity check: the tenants really see their own schema (t0 and the last one).
+for t in t0 "t$((TENANTS - 1))"; do
+    got=$("$PSQL" -X -At -h 127.0.0.1 -p "$PGT_PORT" -U "app.$t" -d shared -c 'SHOW search_path') \
+        || die "SHOW search_path through pgtenant failed for $t"
+    [[ $got == "$t" || $got == "\"$t\"" ]] || die "tenant $t got search_path '$got', expected '$t'"
+done
+
+# ---------------------------------------------------------------------------
+# 5. The cases.
+# ---------------------------------------------------------------------------
+export PGPASSWORD=app   # only the direct case is asked for it; pgtenant trusts clients
+
+# Connection string of process i in a case.
+conninfo() { # conninfo CASE I
+    case $1 in
+        A) echo "host=127.0.0.1 port=$PGT_PORT user=app.t0 dbname=shared" ;;
+        B) echo "host=127.0.0.1 port=$PGT_PORT user=app.t$2 dbname=shared" ;;
+        C) echo "host=127.0.0.1 port=$PG_PORT user=app dbname=shared options=-csearch_path=t$2" ;;
+    esac
+}
+
+# The start gate. Started one by one from this shell, 100 pgbench processes do not
+# start "at once" on a saturated 2-core machine: the first ones to connect eat the CPU,
+# and the later forks (and, in case C, backend forks and md5 logins) are seconds late.
+# So while they start, a superuser session holds an ACCESS EXCLUSIVE lock on every
+# tenant table: each client connects, sends its first SELECT and blocks (in case C in its
+# own backend; through pgtenant, 20 in the pool's server connections and the rest queued
+# in pgtenant for a connection). Once all are in, the lock is dropped and all 100 start
+# together. The wait is capped at GATE_MAX seconds, below pgtenant's 5 s checkout_timeout.
+GATE_MAX=4
+GATE_NOTE=""
+GATE_APP=pgtenant-bench-gate
+gate_close() {
+    local tables
+    tables=$(seq -s, -f "t%g.pgbench_accounts" 0 $((TENANTS - 1)))
+    PGAPPNAME=$GATE_APP "$PSQL" -X -q -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d shared \
+        -c "BEGIN; LOCK TABLE $tables IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600)" \
+        >"$TMP/gate.log" 2>&1 &
+    GATE_PID=$!
+    for _ in $(seq 1 100); do
+        [[ $(su_sql -d postgres -At -c "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = '$GATE_APP' AND wait_event = 'PgSleep'") == 1 ]] && return 0
+        sleep 0.1
+    done
+    show_log "$TMP/gate.log"
+    die "the start gate did not take its locks"
+}
+# gate_wait PORT WAITERS: wait until TENANTS clients have a TCP connection to PORT (the
+# port pgbench connects to) and WAITERS backends of `app` are blocked on the lock.
+gate_wait() {
+    local port=$1 want=$2 deadline=$((SECONDS + GATE_MAX)) conns waiters
+    while :; do
+        conns=$(ss -Htn state established "( dport = :$port )" 2>/dev/null | wc -l)
+        waiters=$(su_sql -d postgres -At -c "SELECT count(*) FROM pg_stat_activity
+            WHERE usename = 'app' AND wait_event_type = 'Lock'")
+        if [[ $conns -ge $TENANTS && $waiters -ge $want ]]; then
+            GATE_NOTE="all in"
+            return 0
+        fi
+        if [[ $SECONDS -ge $deadline ]]; then
+            GATE_NOTE="timeout, $conns conns, $waiters waiting"
+            log "warning: start gate opened after ${GATE_MAX}s with only $conns connections and $waiters clients waiting"
+            return 0
+        fi
+        sleep 0.05
+    done
+}
+gate_open() {
+    [[ -n $GATE_PID ]] || return 0
+    su_sql -d postgres -At -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+        WHERE application_name = '$GATE_APP'" >/dev/null
+    wait "$GATE_PID" 2>/dev/null || true   # psql exits 1: "canceling statement due to user request"
+    GATE_PID=""
+}
+
+declare -A TPS STEADY WINDOW FAIL ERRS CONN GATE
+# run_case CASE: start the 100 pgbench processes at once, wait for all, sum their results.
+# Each process also logs every transaction (-l) so that the steady-state throughput can
+# be computed over the window in which all 100 were connected (see below).
+run_case() {
+    local c=$1 i out rc errs=0
+    log "case $c: $TENANTS x pgbench -n -c 1 -j 1 -T $BENCH_SECONDS -f script.sql ..."
+    gate_close
+    local t0=$EPOCHREALTIME
+    BENCH_PIDS=()
+    for i in $(seq 0 $((TENANTS - 1))); do
+        "$PGBENCH" -n -c 1 -j 1 -T "$BENCH_SECONDS" -f "$TMP/script.sql" \
+            -l --log-prefix="$TMP/runs/xact-$c-$i" "$(conninfo "$c" "$i")" \
+            >"$TMP/runs/$c-$i.log" 2>&1 &
+        BENCH_PIDS+=($!)
+    done
+    if [[ $c == C ]]; then gate_wait "$PG_PORT" "$TENANTS"; else gate_wait "$PGT_PORT" "$POOL_SIZE"; fi
+    gate_open
+    GATE[$c]=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }')
+    log "case $c: start gate opened after ${GATE[$c]} s ($GATE_NOTE)"
+    for i in "${!BENCH_PIDS[@]}"; do
+        rc=0
+        wait "${BENCH_PIDS[$i]}" || rc=$?
+        if [[ $rc -ne 0 ]]; then
+            errs=$((errs + 1))
+            [[ $errs -le 3 ]] && { log "case $c: pgbench $i exited $rc"; show_log "$TMP/runs/$c-$i.log" 5; }
+        fi
+    done
+    BENCH_PIDS=()
+    # Summed pgbench TPS:
+    #   tps = 1234.5 (without initial connection time)
+    #   number of failed transactions: 0 (0.000%)
+    #   initial connection time = 12.345 ms
+    TPS[$c]=$(cat "$TMP"/runs/"$c"-*.log | awk '/^tps = .*without initial connection time/ {s += $3; n++}
+        END { if (n) printf "%.1f", s }')
+    FAIL[$c]=$(cat "$TMP"/runs/"$c"-*.log | awk -F'[:(]' '/^number of failed transactions/ {s += $2}
+        END { print s + 0 }')
+    CONN[$c]=$(cat "$TMP"/runs/"$c"-*.log | awk '/^initial connection time = / {s += $5; n++; if ($5 > m) m = $5}
+        END { if (n) printf "%.0f/%.0f", s / n, m; else print "-" }')
+    ERRS[$c]=$errs
+    local parsed
+    parsed=$(grep -l '^tps = .*without initial connection time' "$TMP"/runs/"$c"-*.log | wc -l)
+    [[ $parsed -eq $TENANTS ]] || log "case $c: tps found in only $parsed of $TENANTS pgbench outputs"
+
+    # Steady-state TPS. Each pgbench's -T clock includes its connection time and its tps
+    # excludes it, so when connecting is slow (case C: 100 backend forks + md5 on a busy
+    # machine) the processes that connected first ran with fewer competitors and the
+    # summed tps overstates what 100 concurrent clients get. The per-transaction logs
+    # (`client xact latency_us script epoch_s epoch_us` per line) give the window from the
+    # last process's first transaction to the first process's last one, where all 100
+    # were running; count the transactions that completed in it, over its length.
+    local win
+    win=$(for f in "$TMP"/runs/xact-"$c"-*; do
+        head -n 1 "$f"; tail -n 1 "$f"
+    done | awk 'NR % 2 == 1 { t = $5 + $6 / 1e6; if (first == "" || t > first) first = t }
+                NR % 2 == 0 { t = $5 + $6 / 1e6; if (last == "" || t < last) last = t }
+                END { printf "%.6f %.6f", first, last }')
+    read -r w_from w_to <<<"$win"
+    STEADY[$c]=$(cat "$TMP"/runs/xact-"$c"-* | awk -v a="$w_from" -v b="$w_to" '
+        { t = $5 + $6 / 1e6; if (t >= a && t <= b) n++ }
+        END { if (b - a > 0) printf "%.1f", n / (b - a) }')
+    WINDOW[$c]=$(awk -v a="$w_from" -v b="$w_to" 'BEGIN { printf "%.1f", b - a }')
+    awk -v w="${WINDOW[$c]}" 'BEGIN { exit !(w < 2) }' &&
+        log "case $c: warning: only ${WINDOW[$c]} s with all $TENANTS clients running (raise BENCH_SECONDS)"
+    rm -f "$TMP"/runs/xact-"$c"-*
+    log "case $c: summed ${TPS[$c]:--} tps, steady ${STEADY[$c]:--} tps over ${WINDOW[$c]} s," \
+        "${FAIL[$c]} failed transactions, connect ms avg/max ${CONN[$c]}, $errs pgbench error exit(s)"
+}
+
+CASES=(A B C)
+declare -A DESC=(
+    [A]="A pgtenant, 1 tenant"
+    [B]="B pgtenant, $TENANTS tenants"
+    [C]="C direct PostgreSQL"
+)
+for c in "${CASES[@]}"; do
+    su_sql -d postgres -c 'CHECKPOINT' >/dev/null
+    run_case "$c"
+done
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------
+# 6. The table.
+# ---------------------------------------------------------------------------
+ratio() { # a / b with 2 decimals, "-" when either is missing
+    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
+}
+
+echo
+echo "$TENANTS pgbench processes (-c 1 each), -T $BENCH_SECONDS, PK lookup in a $ROWS-row table;"
+echo "pgtenant: schema isolation, one login role, one shared pool of $POOL_SIZE (transaction mode), workers=$PGTENANT_WORKERS"
+echo "$(nproc) cores, load avg $LOADAVG"
+fmt_row='%-24s | %10s | %9s | %10s | %9s | %6s | %7s | %11s\n'
+# shellcheck disable=SC2059
+printf "$fmt_row" case "total TPS" "vs A" "steady TPS" "vs A" window failed "conn ms"
+printf '%s\n' "-------------------------+------------+-----------+------------+-----------+--------+---------+------------"
+for c in "${CASES[@]}"; do
+    # shellcheck disable=SC2059
+    printf "$fmt_row" "${DESC[$c]}" "${TPS[$c]:--}" "$(ratio "${TPS[$c]:-}" "${TPS[A]:-}")" \
+        "${STEADY[$c]:--}" "$(ratio "${STEADY[$c]:-}" "${STEADY[A]:-}")" "${WINDOW[$c]:--}s" \
+        "${FAIL[$c]}" "${CONN[$c]}"
+done
+echo "total TPS: sum of each pgbench's tps (without initial connection time)."
+echo "steady TPS: transactions completed while all $TENANTS clients were connected, per second of that window."
+echo "conn ms: pgbench's initial connection time, average/max over the $TENANTS processes."
+echo "start gate (clients held until all $TENANTS are in; counts in each pgbench's -T and tps):" \
+    "$(for c in "${CASES[@]}"; do printf '%s %ss  ' "$c" "${GATE[$c]:--}"; done)"
+echo
+
+# Anything pgtenant logged at warn or above during the runs.
+if [[ -s $TMP/pgtenant.log ]]; then
+    log "pgtenant logged $(wc -l <"$TMP/pgtenant.log") line(s) at warn+; last ones:"
+    tail -n 5 "$TMP/pgtenant.log" >&2
+fi
+bad=0
+for c in "${CASES[@]}"; do bad=$((bad + ERRS[$c])); done
+[[ $bad -eq 0 ]] || { log "$bad pgbench process(es) exited non-zero"; exit 1; }
