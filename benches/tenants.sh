@@ -488,8 +488,10 @@ done
 echo "total TPS: sum of each pgbench's tps (without initial connection time)."
 echo "steady TPS: transactions completed while all $TENANTS clients were connected, per second of that window."
 echo "conn ms: pgbench's initial connection time, average/max over the $TENANTS processes."
+gates=()
+for c in "${CASES[@]}"; do gates+=("$c ${GATE[$c]:--}s"); done
 echo "start gate (clients held until all $TENANTS are in; counts in each pgbench's -T and tps):" \
-    "$(for c in "${CASES[@]}"; do printf '%s %ss  ' "$c" "${GATE[$c]:--}"; done)"
+    "$(IFS=,; echo "${gates[*]}" | sed 's/,/, /g')"
 echo
 
 # Anything pgtenant logged at warn or above during the runs.

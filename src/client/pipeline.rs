@@ -11,6 +11,8 @@
 
 use std::collections::VecDeque;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,14 +42,19 @@ pub enum Action {
 struct Entry {
     kind: Kind,
     action: Action,
+    /// For a Parse sent to the server: the statement it creates there.
+    statement: Option<Arc<str>>,
 }
 
 /// What to do with one server message.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Default)]
 pub struct Route {
     pub forward: bool,
     /// The message did not fit what the queue expected: pgtenant lost track.
     pub unexpected: bool,
+    /// Statements whose Parse failed or was skipped after an error: the server connection
+    /// does not have them after all.
+    pub not_prepared: Vec<Arc<str>>,
 }
 
 #[derive(Default, Debug)]
@@ -82,6 +89,11 @@ impl Pipeline {
 
     /// Records a client message (or an injected one) on its way to the server.
     pub fn push(&mut self, kind: Kind, action: Action) {
+        self.push_statement(kind, action, None);
+    }
+
+    /// Records a Parse that creates `statement` on the server.
+    pub fn push_statement(&mut self, kind: Kind, action: Action, statement: Option<Arc<str>>) {
         match kind {
             // The server ignores Syncs during COPY FROM STDIN (`CopyGetData` in
             // src/backend/commands/copyfromparse.c): no reply to wait for.
@@ -90,24 +102,24 @@ impl Pipeline {
             Kind::CopyEnd => self.copy_in = false,
             _ => {}
         }
-        self.queue.push_back(Entry { kind, action });
+        self.queue.push_back(Entry { kind, action, statement });
         self.answer_front();
     }
 
     /// Routes one server message by its tag.
     pub fn route(&mut self, tag: u8) -> Route {
-        const FORWARD: Route = Route { forward: true, unexpected: false };
+        let forward = Route { forward: true, ..Route::default() };
         match tag {
             // Asynchronous messages belong to no request.
-            b'N' | b'A' | b'S' => return FORWARD,
+            b'N' | b'A' | b'S' => return forward,
             b'G' => {
                 self.start_copy_in();
-                return FORWARD;
+                return forward;
             }
             _ => {}
         }
         let Some(front) = self.queue.front() else {
-            return Route { forward: true, unexpected: true };
+            return Route { forward: true, unexpected: true, ..Route::default() };
         };
         let kind = front.kind;
         let forward = front.action != Action::Swallow;
@@ -124,15 +136,20 @@ impl Pipeline {
                 // An error in the extended protocol: the server skips everything up to the
                 // next Sync, so those messages get no replies (and pgtenant's own answers
                 // for them are dropped too). The error itself always reaches the client.
-                self.queue.pop_front();
-                while self.queue.front().is_some_and(|e| e.kind != Kind::Sync) {
-                    self.queue.pop_front();
+                let mut not_prepared = Vec::new();
+                while let Some(e) = self.queue.front() {
+                    if e.kind == Kind::Sync {
+                        break;
+                    }
+                    if let Some(e) = self.queue.pop_front() {
+                        not_prepared.extend(e.statement);
+                    }
                 }
                 self.copy_in = false;
                 self.answer_front();
-                return FORWARD;
+                return Route { forward: true, unexpected: false, not_prepared };
             }
-            _ => return Route { forward: true, unexpected: true },
+            _ => return Route { forward: true, unexpected: true, ..Route::default() },
         };
         if complete {
             self.queue.pop_front();
@@ -141,7 +158,7 @@ impl Pipeline {
         if tag == b'Z' {
             self.copy_in = false;
         }
-        Route { forward: forward || tag == b'E', unexpected: false }
+        Route { forward: forward || tag == b'E', ..Route::default() }
     }
 
     /// CopyInResponse: the server now ignores Syncs until the client's CopyDone/CopyFail.
@@ -200,7 +217,7 @@ mod tests {
         let mut p = Pipeline::default();
         fwd(&mut p, &[Kind::Parse, Kind::Bind, Kind::Describe, Kind::Execute, Kind::Sync]);
         for tag in [b'1', b'2', b'T', b'D', b'D', b'C'] {
-            assert_eq!(p.route(tag), Route { forward: true, unexpected: false });
+            assert_eq!(p.route(tag), Route { forward: true, ..Route::default() });
         }
         assert!(!p.is_idle());
         assert_eq!(p.pending_ready(), 1);

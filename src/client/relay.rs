@@ -1,8 +1,9 @@
-//! The relay: client frames go to a server connection and server frames come back, as their
-//! original bytes, streamed (a 10 MB row is never held whole). pgtenant reads only frame
-//! headers, plus the few messages that decide when a server connection may be released:
-//! ReadyForQuery (and the Query/Sync/FunctionCall that each earn one), ParameterStatus,
-//! CopyInResponse and ErrorResponse.
+//! The relay: client frames go to a server connection and server frames come back, streamed
+//! (a 10 MB row is never held whole). pgtenant reads frame headers, the few messages that
+//! decide when a server connection may be released (ReadyForQuery, ParameterStatus,
+//! CopyInResponse, ErrorResponse, CommandComplete tags), and in transaction mode the names in
+//! Parse/Bind/Describe/Close, which it rewrites so named statements follow the client across
+//! server connections ([`super::statements`], [`super::pipeline`]).
 //!
 //! Deadlock note: while bytes wait to be written to the server, the server is still read
 //! (one event loop polls both), so a server blocked writing results to us never stops us
@@ -20,12 +21,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::pipeline::{Action, Kind, Pipeline};
+use super::statements::{bind_parts, refuse_sql_prepare, rename, target_parts, Statements};
 use super::vars::{forget_unreported, ClientVars};
 use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
 use crate::config::PoolMode;
-use crate::pool::{cancel_backend, Checkout, Pool, ServerParams};
+use crate::pool::{cancel_backend, Checkout, Pool, ServerConn, ServerParams};
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{header, FrameReader, DEFAULT_MAX_MESSAGE, HEADER_LEN};
 use crate::protocol::{frontend, PgError, SqlState};
@@ -69,28 +72,15 @@ enum Exit {
     SetupFailed(Bytes),
 }
 
-/// Where the server connection stands in the protocol: what it still owes the client.
+/// Where the server connection stands, beyond the reply queue.
 #[derive(Debug, Default)]
 struct Progress {
-    /// ReadyForQuery messages the server owes the client: one per Query, Sync, FunctionCall.
-    pending_z: usize,
     /// ReadyForQuery messages of pgtenant's own setup queries, swallowed.
     swallow_z: usize,
     /// An extended-protocol message went out and its Sync has not.
     extended_open: bool,
-    /// The server is in COPY FROM STDIN until the client's CopyDone/CopyFail.
-    copy_in: bool,
-    /// Syncs since the last Execute/Query: the server ignores them if that command turns
-    /// out to be COPY FROM STDIN (`CopyGetData` in `src/backend/commands/copyfromparse.c`).
-    syncs_since_exec: usize,
-    /// The last command went out through Execute (extended protocol): after its COPY ends,
-    /// the server waits for a Sync.
-    exec_extended: bool,
-    /// The client already ended the COPY of the last command (CopyDone/CopyFail sent, maybe
-    /// before the server's CopyInResponse arrived).
-    copy_ended: bool,
-    /// A ReadyForQuery arrived that nothing accounted for: pgtenant's count is off, so the
-    /// connection is never returned to the pool.
+    /// A reply arrived that the queue did not expect: pgtenant lost track, so the connection
+    /// is never returned to the pool.
     desync: bool,
     /// Transaction status of the last ReadyForQuery.
     status: u8,
@@ -107,12 +97,20 @@ pub(crate) struct Session<S> {
     vars: ClientVars,
     max_message: usize,
 
-    /// Client bytes not yet written to a server; the first `c_scanned` are whole or
-    /// streaming frames ready to go.
+    /// Client bytes not yet staged for a server; the first `c_scanned` are frames ready to
+    /// go (whole, or the streamed part of a large one).
     cbuf: BytesMut,
     c_scanned: usize,
     /// Bytes of the current client frame not yet received.
     c_remaining: usize,
+    /// Bytes of the current streamed client frame not yet staged.
+    stage_remaining: usize,
+    /// Staged bytes, written to the server after the prelude.
+    out: BytesMut,
+    pipeline: Pipeline,
+    statements: Statements,
+    /// The search_path this client's statements are prepared under (part of their key).
+    search_path: String,
     /// The client sent Terminate (never forwarded).
     terminated: bool,
 
@@ -140,6 +138,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let LoggedIn { tenant, pool, vars, key, admission } = login;
         let force = proxy.shutdown.force.clone();
         let setup_trusted = !vars.from_client;
+        let search_path = vars
+            .other
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("search_path"))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         let pool_params = pool.params().unwrap_or_default();
         let mut cbuf = buffered;
         cbuf.reserve(READ_CHUNK);
@@ -156,6 +160,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             cbuf,
             c_scanned: 0,
             c_remaining: 0,
+            stage_remaining: 0,
+            out: BytesMut::with_capacity(READ_CHUNK),
+            pipeline: Pipeline::default(),
+            statements: Statements::default(),
+            search_path,
             terminated: false,
             sbuf: BytesMut::with_capacity(READ_CHUNK),
             s_remaining: 0,
@@ -233,23 +242,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Some(Exit::Error(e));
             }
         }
+        if self.server.is_some() && self.c_scanned > 0 {
+            self.stage();
+        }
+        if let Err(exit) = self.flush_answers().await {
+            return Some(exit);
+        }
         None
     }
 
     /// Nothing in flight: the server owes nothing and the client sent nothing unanswered.
     fn server_idle(&self) -> bool {
         let p = &self.progress;
-        p.pending_z == 0
+        self.pipeline.is_idle()
             && !p.desync
             && p.swallow_z == 0
             && !p.extended_open
-            && !p.copy_in
             && p.status == b'I'
             && self.s_remaining == 0
             && self.sbuf.is_empty()
             && self.prelude.is_empty()
+            && self.out.is_empty()
             && self.c_scanned == 0
             && self.c_remaining == 0
+            && self.stage_remaining == 0
     }
 
     async fn attach(&mut self) -> Result<(), PgError> {
@@ -294,6 +310,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, &reset)).await
                 {
                     forget_unreported(co.conn(), &params);
+                    co.conn().prepared.clear();
                     co.conn().dirty = false;
                     co.release();
                 }
@@ -309,7 +326,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 buf.reserve(READ_CHUNK);
             }
         }
-        let read_client = !self.terminated && self.cbuf.len() < MAX_CLIENT_BUFFERED;
+        // Keep reading while nothing is ready to go: a frame that must arrive whole may be
+        // larger than the buffer limit.
+        let read_client = !self.terminated && (self.cbuf.len() < MAX_CLIENT_BUFFERED || self.c_scanned == 0);
         let watch_drain = self.draining.is_none();
         poll_fn(|cx| {
             if signals.force.as_mut().poll(cx).is_ready() {
@@ -334,7 +353,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 } else if hold {
                     &[]
                 } else {
-                    &self.cbuf[..self.c_scanned]
+                    &self.out
                 };
                 if !out.is_empty() {
                     if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, out) {
@@ -357,17 +376,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     fn consume_written(&mut self, n: usize) {
         if self.prelude.is_empty() {
-            self.cbuf.advance(n);
-            self.c_scanned -= n;
+            self.out.advance(n);
         } else {
             self.prelude.advance(n);
         }
     }
 
-    /// Walks the frame headers of newly read client bytes, counting what earns a
-    /// ReadyForQuery. Bodies stream through without being read.
+    /// Walks the frame headers of newly read client bytes. Messages whose content pgtenant
+    /// may rewrite (Parse, Bind, Describe, Close, Query) must arrive whole; other bodies
+    /// stream through.
     fn scan_client(&mut self) -> Result<(), PgError> {
-        let p = &mut self.progress;
         while !self.terminated && self.c_scanned < self.cbuf.len() {
             if self.c_remaining > 0 {
                 let n = self.c_remaining.min(self.cbuf.len() - self.c_scanned);
@@ -381,6 +399,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             else {
                 break;
             };
+            let avail = self.cbuf.len() - self.c_scanned;
+            if matches!(tag, b'P' | b'B' | b'D' | b'C' | b'Q') && avail < len {
+                self.cbuf.reserve(len - avail);
+                break;
+            }
             match tag {
                 b'X' => {
                     // Terminate: never forwarded; the server connection outlives the client.
@@ -388,41 +411,74 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.cbuf.truncate(self.c_scanned);
                     break;
                 }
-                b'Q' => {
-                    p.pending_z += 1;
-                    p.syncs_since_exec = 0;
-                    p.exec_extended = false;
-                    p.copy_ended = false;
-                }
-                // A Sync the server will ignore (sent during COPY FROM STDIN) earns no
-                // ReadyForQuery and does not close the extended-protocol exchange.
-                b'S' if !p.copy_in => {
-                    p.pending_z += 1;
-                    p.extended_open = false;
-                    if !p.copy_ended {
-                        p.syncs_since_exec += 1;
-                    }
-                }
-                b'F' => p.pending_z += 1,
-                b'E' => {
-                    p.extended_open = true;
-                    p.syncs_since_exec = 0;
-                    p.exec_extended = true;
-                    p.copy_ended = false;
-                }
-                b'P' | b'B' | b'D' | b'C' => p.extended_open = true,
-                b'c' | b'f' => {
-                    p.copy_in = false;
-                    p.copy_ended = true;
-                    p.extended_open |= p.exec_extended;
-                }
+                b'S' => self.progress.extended_open = false,
+                b'P' | b'B' | b'D' | b'C' | b'E' => self.progress.extended_open = true,
                 _ => {}
             }
-            let take = len.min(self.cbuf.len() - self.c_scanned);
+            let take = len.min(avail);
             self.c_scanned += take;
             self.c_remaining = len - take;
         }
         Ok(())
+    }
+
+    /// Moves scanned client frames into the server-bound buffer, queueing the replies each
+    /// earns, and in transaction mode rewriting statement names (see [`Session::stage_frame`]).
+    fn stage(&mut self) {
+        let Some(server) = self.server.as_mut() else { return };
+        let conn = server.conn();
+        let mut pos = 0;
+        while pos < self.c_scanned {
+            if self.stage_remaining > 0 {
+                let n = self.stage_remaining.min(self.c_scanned - pos);
+                self.out.extend_from_slice(&self.cbuf[pos..pos + n]);
+                pos += n;
+                self.stage_remaining -= n;
+                continue;
+            }
+            // scan_client checked every header up to c_scanned.
+            let Ok(Some((tag, len))) = header(&self.cbuf[pos..self.c_scanned], usize::MAX) else { break };
+            let avail = self.c_scanned - pos;
+            if avail < len {
+                // A large frame streaming through (never one that is rewritten).
+                push_kind(&mut self.pipeline, tag);
+                self.out.extend_from_slice(&self.cbuf[pos..self.c_scanned]);
+                self.stage_remaining = len - avail;
+                pos = self.c_scanned;
+                continue;
+            }
+            let frame = &self.cbuf[pos..pos + len];
+            let mut st = Stage {
+                out: &mut self.out,
+                pipeline: &mut self.pipeline,
+                statements: &mut self.statements,
+                conn,
+                search_path: &self.search_path,
+            };
+            if self.mode == PoolMode::Transaction {
+                st.rewrite(tag, frame);
+            } else {
+                st.forward(tag, frame);
+            }
+            pos += len;
+        }
+        self.cbuf.advance(pos);
+        self.c_scanned -= pos;
+    }
+
+    /// Writes the replies pgtenant gives itself, once they are due.
+    async fn flush_answers(&mut self) -> Result<(), Exit> {
+        if self.pipeline.answers.is_empty() {
+            return Ok(());
+        }
+        let answers = std::mem::take(&mut self.pipeline.answers);
+        let res = async {
+            for a in &answers {
+                self.client.write_all(a).await?;
+            }
+            self.client.flush().await
+        };
+        res.await.map_err(|_| Exit::Client)
     }
 
     /// Forwards whole and streaming server frames to the client, swallowing the replies to
@@ -456,7 +512,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if matches!(tag, b'Z' | b'S' | b'E' | b'C') && !whole {
                 break;
             }
-            let swallow = self.progress.swallow_z > 0;
+            let setup = self.progress.swallow_z > 0;
+            // Replies to pgtenant's setup query are swallowed whole; everything else is routed
+            // by the reply queue.
+            let swallow = setup || {
+                let route = self.pipeline.route(tag);
+                if let Some(server) = self.server.as_mut() {
+                    for name in &route.not_prepared {
+                        server.conn().prepared.remove(name);
+                    }
+                }
+                if route.unexpected && !self.progress.desync {
+                    tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "unexpected reply: the server connection will not be reused");
+                    self.progress.desync = true;
+                }
+                !route.forward
+            };
             let p = &mut self.progress;
             match tag {
                 b'Z' => {
@@ -464,13 +535,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         return Err(Exit::ServerLost);
                     }
                     p.status = self.sbuf[pos + HEADER_LEN];
-                    if swallow {
+                    if setup {
                         p.swallow_z -= 1;
-                    } else if p.pending_z == 0 {
-                        tracing::warn!(tenant = %self.tenant.id, "unexpected ReadyForQuery: the server connection will not be reused");
-                        p.desync = true;
-                    } else {
-                        p.pending_z -= 1;
                     }
                 }
                 b'S' => {
@@ -482,24 +548,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 }
                 b'E' => {
-                    p.copy_in = false;
-                    if swallow {
+                    if setup {
                         let frame = &self.sbuf[pos..pos + len];
                         let e = parse_error_fields(&frame[HEADER_LEN..]);
                         tracing::warn!(tenant = %self.tenant.id, code = %e.code, message = %e.message, "session setup failed");
                         self.setup_error = Some(Bytes::copy_from_slice(frame));
                     }
                 }
-                b'G' => {
-                    p.pending_z = p.pending_z.saturating_sub(p.syncs_since_exec);
-                    p.syncs_since_exec = 0;
-                    p.copy_in = !p.copy_ended;
-                }
-                b'C' if !swallow => {
+                b'C' if !setup => {
                     let tag = &self.sbuf[pos + HEADER_LEN..pos + len];
                     if changes_session_state(tag) {
                         if let Some(server) = self.server.as_mut() {
                             server.conn().dirty = true;
+                            if tag.starts_with(b"DEALLOCATE") || tag.starts_with(b"DISCARD") {
+                                server.conn().prepared.clear();
+                            }
                         }
                     }
                 }
@@ -513,6 +576,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             pos += take;
             self.s_remaining = len - take;
             self.s_discard = swallow;
+            if self.s_remaining == 0 && !self.pipeline.answers.is_empty() {
+                // pgtenant's own replies go right after the message that completed the one
+                // before them.
+                self.write_client(from, pos).await?;
+                from = pos;
+                self.flush_answers().await?;
+            }
         }
         self.write_client(from, pos).await?;
         self.sbuf.advance(pos);
@@ -573,6 +643,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         match tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, reset)).await {
                             Ok(Ok(())) => {
                                 forget_unreported(co.conn(), &self.pool_params);
+                                co.conn().prepared.clear();
                                 co.release();
                             }
                             _ => {
@@ -585,7 +656,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     // Mid-transaction or mid-query: the connection's state is unknown to the
                     // next client, so it is closed (the server rolls back); a running query is
                     // cancelled first so it does not run on unobserved.
-                    if self.progress.pending_z > 0 || self.progress.copy_in {
+                    if self.pipeline.pending_ready() > 0 || self.pipeline.copy_in() {
                         let c = co.conn_ref();
                         let (addr, pid, secret) = (c.addr.clone(), c.backend_pid, c.backend_secret);
                         let _ =
@@ -596,6 +667,114 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         let _ = self.client.shutdown().await;
+    }
+}
+
+/// ParseComplete and CloseComplete, for the messages pgtenant answers itself.
+const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
+
+/// Queues the reply a forwarded message earns.
+fn push_kind(pipeline: &mut Pipeline, tag: u8) {
+    let kind = match tag {
+        b'P' => Kind::Parse,
+        b'B' => Kind::Bind,
+        b'D' => Kind::Describe,
+        b'E' => Kind::Execute,
+        b'C' => Kind::Close,
+        b'S' => Kind::Sync,
+        b'Q' => Kind::Query,
+        b'F' => Kind::FunctionCall,
+        b'c' | b'f' => Kind::CopyEnd,
+        // Flush, CopyData and unknown messages earn no reply of their own.
+        _ => return,
+    };
+    pipeline.push(kind, Action::Forward);
+}
+
+/// Staging one whole client frame onto a server connection.
+struct Stage<'a> {
+    out: &'a mut BytesMut,
+    pipeline: &'a mut Pipeline,
+    statements: &'a mut Statements,
+    conn: &'a mut ServerConn,
+    search_path: &'a str,
+}
+
+impl Stage<'_> {
+    fn forward(&mut self, tag: u8, frame: &[u8]) {
+        push_kind(self.pipeline, tag);
+        self.out.extend_from_slice(frame);
+    }
+
+    /// Transaction mode: named statements get pgtenant's content-keyed names; a statement the
+    /// server connection lacks is prepared there first (its ParseComplete swallowed); a Parse
+    /// of a statement it has, and a Close of a named statement, are answered locally.
+    fn rewrite(&mut self, tag: u8, frame: &[u8]) {
+        match tag {
+            b'P' => {
+                let Some(prepared) = self.statements.parse(frame, self.search_path) else {
+                    return self.forward(tag, frame);
+                };
+                if self.conn.prepared.touch(&prepared.server_name) {
+                    self.pipeline.push(Kind::Parse, Action::Answer(Bytes::from_static(PARSE_COMPLETE)));
+                } else {
+                    self.evict_for(prepared.server_name.clone());
+                    self.out.extend_from_slice(&prepared.parse);
+                    self.pipeline.push_statement(Kind::Parse, Action::Forward, Some(prepared.server_name.clone()));
+                }
+            }
+            b'B' => {
+                let Some((portal, stmt, rest)) = bind_parts(frame) else { return self.forward(tag, frame) };
+                let Some(prepared) = self.statements.get(stmt).cloned() else { return self.forward(tag, frame) };
+                self.ensure(&prepared.server_name, &prepared.parse);
+                let mut prefix = portal.to_vec();
+                prefix.push(0);
+                self.out.extend_from_slice(&rename(b'B', &prefix, prepared.server_name.as_bytes(), rest));
+                self.pipeline.push(Kind::Bind, Action::Forward);
+            }
+            b'D' | b'C' => {
+                let Some((b'S', name)) = target_parts(frame) else { return self.forward(tag, frame) };
+                let Some(prepared) = self.statements.get(name).cloned() else { return self.forward(tag, frame) };
+                if tag == b'C' {
+                    // The server keeps the statement for other clients (and this one, should
+                    // it prepare the same again); only the client's name goes.
+                    self.statements.close(name);
+                    self.pipeline.push(Kind::Close, Action::Answer(Bytes::from_static(CLOSE_COMPLETE)));
+                    return;
+                }
+                self.ensure(&prepared.server_name, &prepared.parse);
+                self.out.extend_from_slice(&rename(b'D', b"S", prepared.server_name.as_bytes(), &[]));
+                self.pipeline.push(Kind::Describe, Action::Forward);
+            }
+            b'Q' => match refuse_sql_prepare(frame) {
+                Some(refusal) => {
+                    self.out.extend_from_slice(&refusal);
+                    self.pipeline.push(Kind::Query, Action::Forward);
+                }
+                None => self.forward(tag, frame),
+            },
+            _ => self.forward(tag, frame),
+        }
+    }
+
+    /// Prepares a statement on this connection if it lacks it, swallowing the reply.
+    fn ensure(&mut self, server_name: &Arc<str>, parse: &[u8]) {
+        if self.conn.prepared.touch(server_name) {
+            return;
+        }
+        self.evict_for(server_name.clone());
+        self.out.extend_from_slice(parse);
+        self.pipeline.push_statement(Kind::Parse, Action::Swallow, Some(server_name.clone()));
+    }
+
+    /// Records a statement about to be prepared, closing the least recently used one on the
+    /// server when the connection holds too many.
+    fn evict_for(&mut self, server_name: Arc<str>) {
+        if let Some(old) = self.conn.prepared.insert(server_name) {
+            self.out.extend_from_slice(&rename(b'C', b"S", old.as_bytes(), &[]));
+            self.pipeline.push(Kind::Close, Action::Swallow);
+        }
     }
 }
 

@@ -52,14 +52,6 @@ impl Statements {
     pub fn close(&mut self, name: &[u8]) -> bool {
         self.by_name.remove(name).is_some()
     }
-
-    pub fn len(&self) -> usize {
-        self.by_name.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
 }
 
 /// Builds `tag | length | prefix | name \0 | rest`.
