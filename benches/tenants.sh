@@ -388,7 +388,7 @@ declare -A TPS STEADY WINDOW FAIL ERRS CONN GATE
 # Each process also logs every transaction (-l) so that the steady-state throughput can
 # be computed over the window in which all 100 were connected (see below).
 run_case() {
-    local c=$1 i out rc errs=0
+    local c=$1 i rc errs=0
     log "case $c: $TENANTS x pgbench -n -c 1 -j 1 -T $BENCH_SECONDS -f script.sql ..."
     gate_close
     local t0=$EPOCHREALTIME

@@ -5,5 +5,6 @@ mod clients;
 mod hostile;
 mod pooling;
 mod relay;
+mod statements;
 mod support;
 mod tenants;
