@@ -79,7 +79,9 @@ impl Pipeline {
     pub fn pending_ready(&self) -> usize {
         self.queue
             .iter()
-            .filter(|e| matches!(e.kind, Kind::Sync | Kind::Query | Kind::FunctionCall) && e.action == Action::Forward)
+            .filter(|e| {
+                matches!(e.kind, Kind::Sync | Kind::Query | Kind::FunctionCall) && e.action == Action::Forward
+            })
             .count()
     }
 
@@ -181,7 +183,8 @@ impl Pipeline {
         let ended = self.queue.iter().any(|e| e.kind == Kind::CopyEnd);
         self.copy_in = !ended;
         if by_execute {
-            self.awaiting_sync = !self.queue.iter().skip_while(|e| e.kind != Kind::CopyEnd).any(|e| e.kind == Kind::Sync);
+            self.awaiting_sync =
+                !self.queue.iter().skip_while(|e| e.kind != Kind::CopyEnd).any(|e| e.kind == Kind::Sync);
         }
     }
 

@@ -105,7 +105,7 @@ pub(crate) struct Session<S> {
     c_remaining: usize,
     /// Bytes of the current streamed client frame not yet staged.
     stage_remaining: usize,
-    /// Staged bytes, written to the server after the prelude.
+    /// Bytes for the server: pgtenant's setup query, then staged client frames.
     out: BytesMut,
     pipeline: Pipeline,
     statements: Statements,
@@ -120,8 +120,6 @@ pub(crate) struct Session<S> {
     s_discard: bool,
     setup_error: Option<Bytes>,
 
-    /// pgtenant's own messages, written to the server before the client's.
-    prelude: BytesMut,
     server: Option<Checkout>,
     progress: Progress,
     /// Why the session ends once it is idle (shutdown, or the tenant was suspended).
@@ -170,7 +168,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             s_remaining: 0,
             s_discard: false,
             setup_error: None,
-            prelude: BytesMut::new(),
             server: None,
             progress: Progress { status: b'I', ..Progress::default() },
             draining: None,
@@ -242,7 +239,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Some(Exit::Error(e));
             }
         }
-        if self.server.is_some() && self.c_scanned > 0 {
+        // Client bytes wait behind a setup that might fail (settings from the client's
+        // startup packet no server has accepted yet): they must not run on a connection
+        // whose setup was refused.
+        let hold = self.progress.swallow_z > 0 && !self.setup_trusted;
+        if self.server.is_some() && self.c_scanned > 0 && !hold {
             self.stage();
         }
         if let Err(exit) = self.flush_answers().await {
@@ -261,7 +262,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && p.status == b'I'
             && self.s_remaining == 0
             && self.sbuf.is_empty()
-            && self.prelude.is_empty()
             && self.out.is_empty()
             && self.c_scanned == 0
             && self.c_remaining == 0
@@ -282,7 +282,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             secret: conn.backend_secret,
         }));
         if let Some(sql) = self.vars.sync_query(conn, &self.pool_params) {
-            if frontend::query(&mut self.prelude, &sql).is_ok() {
+            // The setup goes out in the same write as the client's first message.
+            if frontend::query(&mut self.out, &sql).is_ok() {
                 self.progress.swallow_z += 1;
             }
         }
@@ -344,17 +345,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             if let Some(server) = self.server.as_mut() {
                 let stream = &mut server.conn().stream;
-                // Client bytes wait behind a setup that might fail (settings from the
-                // client's startup packet no server has accepted yet): they must not run on
-                // a connection whose setup was refused.
-                let hold = self.progress.swallow_z > 0 && !self.setup_trusted;
-                let out: &[u8] = if !self.prelude.is_empty() {
-                    &self.prelude
-                } else if hold {
-                    &[]
-                } else {
-                    &self.out
-                };
+                let out: &[u8] = &self.out;
                 if !out.is_empty() {
                     if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, out) {
                         return Poll::Ready(Event::ServerWrote(r));
@@ -375,11 +366,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     fn consume_written(&mut self, n: usize) {
-        if self.prelude.is_empty() {
-            self.out.advance(n);
-        } else {
-            self.prelude.advance(n);
-        }
+        self.out.advance(n);
     }
 
     /// Walks the frame headers of newly read client bytes. Messages whose content pgtenant
@@ -515,19 +502,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let setup = self.progress.swallow_z > 0;
             // Replies to pgtenant's setup query are swallowed whole; everything else is routed
             // by the reply queue.
-            let swallow = setup || {
-                let route = self.pipeline.route(tag);
-                if let Some(server) = self.server.as_mut() {
-                    for name in &route.not_prepared {
-                        server.conn().prepared.remove(name);
+            let swallow = setup
+                || {
+                    let route = self.pipeline.route(tag);
+                    if let Some(server) = self.server.as_mut() {
+                        for name in &route.not_prepared {
+                            server.conn().prepared.remove(name);
+                        }
                     }
-                }
-                if route.unexpected && !self.progress.desync {
-                    tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "unexpected reply: the server connection will not be reused");
-                    self.progress.desync = true;
-                }
-                !route.forward
-            };
+                    if route.unexpected && !self.progress.desync {
+                        tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "unexpected reply: the server connection will not be reused");
+                        self.progress.desync = true;
+                    }
+                    !route.forward
+                };
             let p = &mut self.progress;
             match tag {
                 b'Z' => {
@@ -721,12 +709,18 @@ impl Stage<'_> {
                 } else {
                     self.evict_for(prepared.server_name.clone());
                     self.out.extend_from_slice(&prepared.parse);
-                    self.pipeline.push_statement(Kind::Parse, Action::Forward, Some(prepared.server_name.clone()));
+                    self.pipeline.push_statement(
+                        Kind::Parse,
+                        Action::Forward,
+                        Some(prepared.server_name.clone()),
+                    );
                 }
             }
             b'B' => {
                 let Some((portal, stmt, rest)) = bind_parts(frame) else { return self.forward(tag, frame) };
-                let Some(prepared) = self.statements.get(stmt).cloned() else { return self.forward(tag, frame) };
+                let Some(prepared) = self.statements.get(stmt).cloned() else {
+                    return self.forward(tag, frame);
+                };
                 self.ensure(&prepared.server_name, &prepared.parse);
                 let mut prefix = portal.to_vec();
                 prefix.push(0);
@@ -735,7 +729,9 @@ impl Stage<'_> {
             }
             b'D' | b'C' => {
                 let Some((b'S', name)) = target_parts(frame) else { return self.forward(tag, frame) };
-                let Some(prepared) = self.statements.get(name).cloned() else { return self.forward(tag, frame) };
+                let Some(prepared) = self.statements.get(name).cloned() else {
+                    return self.forward(tag, frame);
+                };
                 if tag == b'C' {
                     // The server keeps the statement for other clients (and this one, should
                     // it prepare the same again); only the client's name goes.

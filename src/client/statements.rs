@@ -166,7 +166,10 @@ mod tests {
         let (name, rest) = cstr(&a.parse[HEADER_LEN..]).expect("name");
         assert_eq!(name, a.server_name.as_bytes());
         assert_eq!(rest, b"SELECT $1\0\0\x01\0\0\0\x17");
-        assert_eq!(i32::from_be_bytes([a.parse[1], a.parse[2], a.parse[3], a.parse[4]]) as usize + 1, a.parse.len());
+        assert_eq!(
+            i32::from_be_bytes([a.parse[1], a.parse[2], a.parse[3], a.parse[4]]) as usize + 1,
+            a.parse.len()
+        );
         assert!(s.parse(&frame(b'P', b"\0SELECT 1\0\0\0"), "").is_none(), "unnamed: not tracked");
         assert!(s.close(b"s1") && !s.close(b"s1"));
     }
@@ -181,7 +184,9 @@ mod tests {
 
     #[test]
     fn sql_prepare_is_refused_but_deallocate_all_passes() {
-        for q in ["PREPARE p AS SELECT 1", "  execute p", "/* c */ -- x\n DEALLOCATE p", "deallocate prepare p"] {
+        for q in
+            ["PREPARE p AS SELECT 1", "  execute p", "/* c */ -- x\n DEALLOCATE p", "deallocate prepare p"]
+        {
             assert!(refuse_sql_prepare(&frame(b'Q', format!("{q}\0").as_bytes())).is_some(), "{q}");
         }
         for q in ["DEALLOCATE ALL", "deallocate prepare all", "SELECT 'PREPARE'", "EXPLAIN SELECT 1", ""] {

@@ -106,20 +106,29 @@ impl ClientVars {
     /// (anything else `conn` carries was applied by pgtenant for a client and may need a
     /// RESET).
     pub fn sync_query(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<String> {
-        // set_config parses the value as a configuration file would, so list settings such as
-        // search_path ("tenant", public) keep their meaning; one SELECT sets them all.
+        // A plain SET is the cheapest statement, and a search_path made of quoted identifiers
+        // (what tenant isolation sets) can be written as-is. Anything else goes through
+        // set_config, which parses the value as a configuration file would, so list settings
+        // keep their meaning and no value can end the statement.
+        let mut sql = String::new();
         let mut sets = Vec::new();
         for (k, v) in self.reported.iter().chain(&self.other) {
             if conn.var(k) != Some(v.as_str()) {
-                sets.push(format!(
-                    "pg_catalog.set_config({}, {}, false)",
-                    quote_literal(k),
-                    quote_literal(v)
-                ));
+                if k.eq_ignore_ascii_case("search_path") && is_identifier_list(v) {
+                    sql.push_str(&format!("SET search_path TO {v};"));
+                } else {
+                    sets.push(format!(
+                        "pg_catalog.set_config({}, {}, false)",
+                        quote_literal(k),
+                        quote_literal(v)
+                    ));
+                }
                 conn.set_var(k, v);
             }
         }
-        let mut sql = if sets.is_empty() { String::new() } else { format!("SELECT {};", sets.join(", ")) };
+        if !sets.is_empty() {
+            sql.push_str(&format!("SELECT {};", sets.join(", ")));
+        }
         let stale: Vec<String> = conn
             .vars
             .iter()
@@ -177,6 +186,21 @@ pub fn parse_options(options: &str) -> Vec<(String, String)> {
     out
 }
 
+/// `"a", b, "c d"`: double-quoted or plain identifiers separated by commas, nothing else.
+fn is_identifier_list(v: &str) -> bool {
+    !v.trim().is_empty()
+        && v.split(',').all(|item| {
+            let item = item.trim();
+            match item.strip_prefix('"').and_then(|i| i.strip_suffix('"')) {
+                Some(inner) => !inner.is_empty() && !inner.contains('"'),
+                None => {
+                    !item.is_empty()
+                        && item.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+                }
+            }
+        })
+}
+
 /// Setting names are identifiers, possibly dotted (`pgtenant.tenant_id`).
 fn is_setting_name(k: &str) -> bool {
     !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
@@ -215,6 +239,15 @@ mod tests {
             parse_options("-c application_name=a\\ b"),
             vec![("application_name".into(), "a b".into())]
         );
+    }
+
+    #[test]
+    fn identifier_lists() {
+        assert!(is_identifier_list("\"acme\", public"));
+        assert!(is_identifier_list("a,b"));
+        for bad in ["", "\"a\"; DROP TABLE t", "'x'", "\"a\"\"b\"", "a b", "\"\""] {
+            assert!(!is_identifier_list(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -341,3 +341,17 @@ async fn silent_upstream_hits_the_connect_timeout() {
     assert_eq!(code(&e), "08006");
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn a_refused_startup_setting_ends_the_session_before_its_query_runs() {
+    let t = with_mode(tenant_db("badopt").await, PoolMode::Transaction, 1);
+    let h = start(config(vec![t.clone()])).await;
+    let setup = h.client(&t.id).await;
+    setup.batch_execute("CREATE TABLE guarded (x int)").await.expect("create");
+    let bad = connect_str(&format!("{} options='-c statement_timeout=bogus'", h.conninfo(&t.id))).await;
+    let e = bad.batch_execute("INSERT INTO guarded VALUES (1)").await.expect_err("setting refused");
+    assert_eq!(code(&e), "22023", "invalid_parameter_value from the server: {e}");
+    assert!(bad.batch_execute("SELECT 1").await.is_err(), "the session ends");
+    let n: i64 = setup.query_typed("SELECT count(*) FROM guarded", &[]).await.expect("count")[0].get(0);
+    assert_eq!(n, 0, "the query behind a failed setup must not run");
+}

@@ -58,7 +58,8 @@ async fn pgbench_prepared_in_transaction_mode() {
     let t = with_mode(tenant_db("pgbprep").await, PoolMode::Transaction, 3);
     let h = start(config(vec![t.clone()])).await;
     let url = h.url(&format!("app.{}", t.id), &t.database);
-    let init = Command::new("pgbench").args(["-i", "-q", "-s", "1"]).arg(&url).output().await.expect("pgbench -i");
+    let init =
+        Command::new("pgbench").args(["-i", "-q", "-s", "1"]).arg(&url).output().await.expect("pgbench -i");
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     for args in [["-S", "-c", "8"], ["-N", "-c", "6"]] {
         let out = Command::new("pgbench")
@@ -99,7 +100,9 @@ async fn sql_prepare_is_refused_in_transaction_mode_only() {
     let s = h.client(&se.id).await;
     s.batch_execute("PREPARE p AS SELECT 41 + $1").await.expect("prepare");
     let rows = s.simple_query("EXECUTE p(1)").await.expect("execute");
-    assert!(rows.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("42"))));
+    assert!(rows
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("42"))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
