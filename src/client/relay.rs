@@ -535,13 +535,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         self.vars.observe(&k, &v);
                     }
                 }
-                b'E' => {
-                    if setup {
-                        let frame = &self.sbuf[pos..pos + len];
-                        let e = parse_error_fields(&frame[HEADER_LEN..]);
-                        tracing::warn!(tenant = %self.tenant.id, code = %e.code, message = %e.message, "session setup failed");
-                        self.setup_error = Some(Bytes::copy_from_slice(frame));
-                    }
+                b'E' if setup => {
+                    let frame = &self.sbuf[pos..pos + len];
+                    let e = parse_error_fields(&frame[HEADER_LEN..]);
+                    tracing::warn!(tenant = %self.tenant.id, code = %e.code, message = %e.message, "session setup failed");
+                    self.setup_error = Some(Bytes::copy_from_slice(frame));
                 }
                 b'C' if !setup => {
                     let tag = &self.sbuf[pos + HEADER_LEN..pos + len];
