@@ -134,6 +134,17 @@ pub struct PoolDefaults {
     pub reset_query: String,
     /// Server connections pgtenant opens in total, across all upstreams.
     pub max_server_connections: usize,
+    /// In transaction mode, what a client that starts a session-level feature (LISTEN,
+    /// temporary tables, WITH HOLD cursors) gets: `pin` (it keeps its server connection for
+    /// the rest of its session) or `refuse` (0A000).
+    pub session_features: SessionFeatures,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionFeatures {
+    Pin,
+    Refuse,
 }
 
 impl Default for PoolDefaults {
@@ -148,6 +159,7 @@ impl Default for PoolDefaults {
             max_lifetime: 3600.0,
             reset_query: "DISCARD ALL".to_owned(),
             max_server_connections: 1000,
+            session_features: SessionFeatures::Pin,
         }
     }
 }

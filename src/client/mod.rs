@@ -3,6 +3,7 @@
 
 mod pipeline;
 mod relay;
+mod setcmd;
 mod statements;
 pub mod vars;
 

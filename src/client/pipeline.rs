@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::setcmd::SetCmd;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Parse,
@@ -44,6 +46,10 @@ struct Entry {
     action: Action,
     /// For a Parse sent to the server: the statement it creates there.
     statement: Option<Arc<str>>,
+    /// A session SET this message runs, tracked once it succeeds.
+    set: Option<SetCmd>,
+    /// An ErrorResponse arrived while this (simple) query ran.
+    errored: bool,
 }
 
 /// What to do with one server message.
@@ -55,6 +61,8 @@ pub struct Route {
     /// Statements whose Parse failed or was skipped after an error: the server connection
     /// does not have them after all.
     pub not_prepared: Vec<Arc<str>>,
+    /// A session SET that just completed successfully.
+    pub completed_set: Option<SetCmd>,
 }
 
 #[derive(Default, Debug)]
@@ -91,11 +99,20 @@ impl Pipeline {
 
     /// Records a client message (or an injected one) on its way to the server.
     pub fn push(&mut self, kind: Kind, action: Action) {
-        self.push_statement(kind, action, None);
+        self.push_entry(kind, action, None, None);
     }
 
     /// Records a Parse that creates `statement` on the server.
     pub fn push_statement(&mut self, kind: Kind, action: Action, statement: Option<Arc<str>>) {
+        self.push_entry(kind, action, statement, None);
+    }
+
+    /// Records a Query or Execute that runs a session SET.
+    pub fn push_set(&mut self, kind: Kind, set: Option<SetCmd>) {
+        self.push_entry(kind, Action::Forward, None, set);
+    }
+
+    fn push_entry(&mut self, kind: Kind, action: Action, statement: Option<Arc<str>>, set: Option<SetCmd>) {
         match kind {
             // The server ignores Syncs during COPY FROM STDIN (`CopyGetData` in
             // src/backend/commands/copyfromparse.c): no reply to wait for.
@@ -104,7 +121,7 @@ impl Pipeline {
             Kind::CopyEnd => self.copy_in = false,
             _ => {}
         }
-        self.queue.push_back(Entry { kind, action, statement });
+        self.queue.push_back(Entry { kind, action, statement, set, errored: false });
         self.answer_front();
     }
 
@@ -132,6 +149,12 @@ impl Pipeline {
             (Kind::Execute, b'C' | b'I' | b's') => true,
             (Kind::Execute, b'D' | b'H' | b'd' | b'c' | b'W') => false,
             (Kind::Sync | Kind::Query | Kind::FunctionCall, b'Z') => true,
+            (Kind::Query, b'E') => {
+                if let Some(e) = self.queue.front_mut() {
+                    e.errored = true;
+                }
+                false
+            }
             (Kind::Query, _) | (Kind::FunctionCall, b'V') => false,
             (Kind::FunctionCall, b'E') => false,
             (_, b'E') => {
@@ -149,18 +172,23 @@ impl Pipeline {
                 }
                 self.copy_in = false;
                 self.answer_front();
-                return Route { forward: true, unexpected: false, not_prepared };
+                return Route { forward: true, not_prepared, ..Route::default() };
             }
             _ => return Route { forward: true, unexpected: true, ..Route::default() },
         };
+        let mut completed_set = None;
         if complete {
-            self.queue.pop_front();
+            if let Some(e) = self.queue.pop_front() {
+                if !e.errored && matches!(tag, b'C' | b'Z') {
+                    completed_set = e.set;
+                }
+            }
             self.answer_front();
         }
         if tag == b'Z' {
             self.copy_in = false;
         }
-        Route { forward: forward || tag == b'E', ..Route::default() }
+        Route { forward: forward || tag == b'E', completed_set, ..Route::default() }
     }
 
     /// CopyInResponse: the server now ignores Syncs until the client's CopyDone/CopyFail.

@@ -22,13 +22,17 @@ use tokio_util::io::poll_read_buf;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::pipeline::{Action, Kind, Pipeline};
-use super::statements::{bind_parts, refuse_sql_prepare, rename, target_parts, Statements};
+use super::setcmd::{self, SetCmd};
+use super::statements::{
+    bind_parts, refusal, refuse_sql_prepare, rename, session_feature, target_parts, Statements,
+};
 use super::vars::{forget_unreported, ClientVars};
 use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
-use crate::config::PoolMode;
+use crate::config::{PoolMode, SessionFeatures};
 use crate::pool::{cancel_backend, Checkout, Pool, ServerConn, ServerParams};
+use crate::protocol::backend::cstr;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{header, FrameReader, DEFAULT_MAX_MESSAGE, HEADER_LEN};
 use crate::protocol::{frontend, PgError, SqlState};
@@ -111,6 +115,11 @@ pub(crate) struct Session<S> {
     statements: Statements,
     /// The search_path this client's statements are prepared under (part of their key).
     search_path: String,
+    /// Session SETs of the current transaction, tracked once it ends outside a block.
+    sets: SetTracking,
+    /// The client started a session-level feature (LISTEN …) in transaction mode and keeps
+    /// its server connection for the rest of its session.
+    pinned: bool,
     /// The client sent Terminate (never forwarded).
     terminated: bool,
 
@@ -163,6 +172,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             pipeline: Pipeline::default(),
             statements: Statements::default(),
             search_path,
+            sets: SetTracking::default(),
+            pinned: false,
             terminated: false,
             sbuf: BytesMut::with_capacity(READ_CHUNK),
             s_remaining: 0,
@@ -222,7 +233,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Decisions between events: release an idle server connection (transaction mode),
     /// end a draining or terminated session, check one out when there is work.
     async fn settle(&mut self) -> Option<Exit> {
-        if self.server.is_some() && self.mode == PoolMode::Transaction && self.server_idle() {
+        if self.server.is_some() && self.mode == PoolMode::Transaction && !self.pinned && self.server_idle() {
             self.release();
         }
         let idle = self.server.is_none() || self.server_idle();
@@ -441,6 +452,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 statements: &mut self.statements,
                 conn,
                 search_path: &self.search_path,
+                sets: &mut self.sets,
+                pinned: &mut self.pinned,
+                policy: self.proxy.config.pool.session_features,
             };
             if self.mode == PoolMode::Transaction {
                 st.rewrite(tag, frame);
@@ -504,7 +518,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // by the reply queue.
             let swallow = setup
                 || {
-                    let route = self.pipeline.route(tag);
+                    let mut route = self.pipeline.route(tag);
+                    self.sets.pending.extend(route.completed_set.take());
                     if let Some(server) = self.server.as_mut() {
                         for name in &route.not_prepared {
                             server.conn().prepared.remove(name);
@@ -525,6 +540,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     p.status = self.sbuf[pos + HEADER_LEN];
                     if setup {
                         p.swallow_z -= 1;
+                    } else if let Some(server) = self.server.as_mut() {
+                        self.sets.settle(p.status, &mut self.vars, server.conn(), &self.tenant.session_vars);
                     }
                 }
                 b'S' => {
@@ -543,7 +560,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 b'C' if !setup => {
                     let tag = &self.sbuf[pos + HEADER_LEN..pos + len];
-                    if changes_session_state(tag) {
+                    if tag.starts_with(b"SET\0") || tag.starts_with(b"RESET\0") {
+                        // Tracked or not is decided at the end of the transaction.
+                        self.sets.seen += 1;
+                    } else if changes_session_state(tag) {
                         if let Some(server) = self.server.as_mut() {
                             server.conn().dirty = true;
                             if tag.starts_with(b"DEALLOCATE") || tag.starts_with(b"DISCARD") {
@@ -622,9 +642,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.key.set_target(None);
             match exit {
                 Exit::ServerLost | Exit::SetupFailed(_) => drop(co),
-                _ if idle => match self.mode {
-                    PoolMode::Transaction => co.release(),
-                    PoolMode::Session => {
+                _ if idle => match (self.mode, self.pinned) {
+                    (PoolMode::Transaction, false) => co.release(),
+                    (PoolMode::Session, _) | (PoolMode::Transaction, true) => {
                         let reset = &self.proxy.config.pool.reset_query;
                         match tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, reset)).await {
                             Ok(Ok(())) => {
@@ -678,6 +698,48 @@ fn push_kind(pipeline: &mut Pipeline, tag: u8) {
     pipeline.push(kind, Action::Forward);
 }
 
+/// Session SETs seen in the current transaction (transaction mode).
+#[derive(Default)]
+struct SetTracking {
+    /// Recognised SET/RESET statements that completed.
+    pending: Vec<SetCmd>,
+    /// SET/RESET CommandCompletes seen (recognised or not).
+    seen: usize,
+    /// SET text of the last unnamed Parse, and of the statement bound last.
+    unnamed: Option<SetCmd>,
+    bound: Option<SetCmd>,
+}
+
+impl SetTracking {
+    /// At a ReadyForQuery: SETs that ended outside a transaction block follow the client;
+    /// any other (inside a block, unrecognised, or refused for tracking) leaves the server
+    /// connection to be reset before reuse.
+    fn settle(
+        &mut self,
+        status: u8,
+        vars: &mut ClientVars,
+        conn: &mut ServerConn,
+        tenant_vars: &[(String, String)],
+    ) {
+        if self.seen == 0 && self.pending.is_empty() {
+            return;
+        }
+        let mut untracked = self.seen.saturating_sub(self.pending.len()) > 0;
+        if status == b'I' {
+            for cmd in self.pending.drain(..) {
+                untracked |= !vars.apply(&cmd, conn, tenant_vars);
+            }
+        } else {
+            untracked = true;
+            self.pending.clear();
+        }
+        if untracked {
+            conn.dirty = true;
+        }
+        self.seen = 0;
+    }
+}
+
 /// Staging one whole client frame onto a server connection.
 struct Stage<'a> {
     out: &'a mut BytesMut,
@@ -685,6 +747,9 @@ struct Stage<'a> {
     statements: &'a mut Statements,
     conn: &'a mut ServerConn,
     search_path: &'a str,
+    sets: &'a mut SetTracking,
+    pinned: &'a mut bool,
+    policy: SessionFeatures,
 }
 
 impl Stage<'_> {
@@ -700,6 +765,10 @@ impl Stage<'_> {
         match tag {
             b'P' => {
                 let Some(prepared) = self.statements.parse(frame, self.search_path) else {
+                    // An unnamed statement: remember whether it is a SET.
+                    self.sets.unnamed = cstr(&frame[HEADER_LEN..])
+                        .and_then(|(_, rest)| cstr(rest))
+                        .and_then(|(query, _)| setcmd::parse(query));
                     return self.forward(tag, frame);
                 };
                 if self.conn.prepared.touch(&prepared.server_name) {
@@ -716,9 +785,11 @@ impl Stage<'_> {
             }
             b'B' => {
                 let Some((portal, stmt, rest)) = bind_parts(frame) else { return self.forward(tag, frame) };
+                self.sets.bound = if stmt.is_empty() { self.sets.unnamed.clone() } else { None };
                 let Some(prepared) = self.statements.get(stmt).cloned() else {
                     return self.forward(tag, frame);
                 };
+                self.sets.bound.clone_from(&prepared.set);
                 self.ensure(&prepared.server_name, &prepared.parse);
                 let mut prefix = portal.to_vec();
                 prefix.push(0);
@@ -741,13 +812,33 @@ impl Stage<'_> {
                 self.out.extend_from_slice(&rename(b'D', b"S", prepared.server_name.as_bytes(), &[]));
                 self.pipeline.push(Kind::Describe, Action::Forward);
             }
-            b'Q' => match refuse_sql_prepare(frame) {
-                Some(refusal) => {
-                    self.out.extend_from_slice(&refusal);
-                    self.pipeline.push(Kind::Query, Action::Forward);
+            b'Q' => {
+                let refused = refuse_sql_prepare(frame).or_else(|| {
+                    let feature = session_feature(frame)?;
+                    match self.policy {
+                        SessionFeatures::Refuse => refusal(feature),
+                        SessionFeatures::Pin => {
+                            *self.pinned = true;
+                            None
+                        }
+                    }
+                });
+                match refused {
+                    Some(query) => {
+                        self.out.extend_from_slice(&query);
+                        self.pipeline.push(Kind::Query, Action::Forward);
+                    }
+                    None => {
+                        let set = frame.get(HEADER_LEN..frame.len() - 1).and_then(setcmd::parse);
+                        self.out.extend_from_slice(frame);
+                        self.pipeline.push_set(Kind::Query, set);
+                    }
                 }
-                None => self.forward(tag, frame),
-            },
+            }
+            b'E' => {
+                self.out.extend_from_slice(frame);
+                self.pipeline.push_set(Kind::Execute, self.sets.bound.take());
+            }
             _ => self.forward(tag, frame),
         }
     }

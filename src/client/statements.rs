@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::setcmd::{self, SetCmd};
 use crate::protocol::backend::cstr;
 use crate::protocol::frame::HEADER_LEN;
 
@@ -19,6 +20,8 @@ pub struct Prepared {
     pub server_name: Arc<str>,
     /// The client's Parse, renamed to `server_name`: re-sent to a connection that lacks it.
     pub parse: Bytes,
+    /// The session SET the statement runs, if it is one.
+    pub set: Option<SetCmd>,
 }
 
 /// One client's named statements.
@@ -40,7 +43,8 @@ impl Statements {
         search_path.hash(&mut h);
         let server_name: Arc<str> = Arc::from(format!("pgt_{:016x}", h.finish()));
         let parse = rename(b'P', &[], server_name.as_bytes(), rest);
-        let prepared = Arc::new(Prepared { server_name, parse });
+        let set = cstr(rest).and_then(|(query, _)| setcmd::parse(query));
+        let prepared = Arc::new(Prepared { server_name, parse, set });
         self.by_name.insert(name.into(), prepared.clone());
         Some(prepared)
     }
@@ -114,6 +118,35 @@ pub fn refuse_sql_prepare(query_frame: &[u8]) -> Option<Bytes> {
     Some(out.freeze())
 }
 
+/// Session-level features that cannot survive transaction pooling, recognised by how a
+/// simple query starts: `LISTEN`, `CREATE TEMP[ORARY] TABLE`, `DECLARE ... WITH HOLD`.
+pub fn session_feature(query_frame: &[u8]) -> Option<&'static str> {
+    let sql = query_frame.get(HEADER_LEN..)?;
+    let words: Vec<Vec<u8>> = first_words(sql).iter().map(|w| w.to_ascii_uppercase()).collect();
+    match words.first().map(Vec::as_slice) {
+        Some(b"LISTEN") => Some("LISTEN"),
+        Some(b"CREATE") if matches!(words.get(1).map(Vec::as_slice), Some(b"TEMP" | b"TEMPORARY")) => {
+            Some("temporary tables")
+        }
+        Some(b"DECLARE") if sql.to_ascii_uppercase().windows(9).any(|w| w == b"WITH HOLD") => {
+            Some("WITH HOLD cursors")
+        }
+        _ => None,
+    }
+}
+
+/// A query that fails with 0A000 saying `feature` needs session pooling.
+pub fn refusal(feature: &str) -> Option<Bytes> {
+    let sql = format!(
+        "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', \
+         MESSAGE = '{feature} does not work in transaction pooling mode', \
+         HINT = 'use session pooling for this client, or set pool.session_features to pin'; END $pgtenant$"
+    );
+    let mut out = BytesMut::new();
+    crate::protocol::frontend::query(&mut out, &sql).ok()?;
+    Some(out.freeze())
+}
+
 /// The first words of a query, skipping whitespace and comments.
 fn first_words(mut sql: &[u8]) -> Vec<&[u8]> {
     let mut words = Vec::new();
@@ -180,6 +213,17 @@ mod tests {
         assert_eq!(bind_parts(&b).map(|(p, s, _)| (p, s)), Some((&b"portal"[..], &b"s1"[..])));
         assert_eq!(target_parts(&frame(b'D', b"Ss1\0")), Some((b'S', &b"s1"[..])));
         assert_eq!(bind_parts(&frame(b'B', b"no-terminator")), None);
+    }
+
+    #[test]
+    fn session_features_are_recognised() {
+        let q = |s: &str| frame(b'Q', format!("{s}\0").as_bytes());
+        assert_eq!(session_feature(&q("LISTEN jobs")), Some("LISTEN"));
+        assert_eq!(session_feature(&q("create temporary table t (x int)")), Some("temporary tables"));
+        assert_eq!(session_feature(&q("DECLARE c CURSOR WITH HOLD FOR SELECT 1")), Some("WITH HOLD cursors"));
+        assert_eq!(session_feature(&q("DECLARE c CURSOR FOR SELECT 1")), None);
+        assert_eq!(session_feature(&q("SELECT 'LISTEN'")), None);
+        assert!(refusal("LISTEN").is_some());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! its startup packet. At checkout, the difference from what the server connection carries
 //! becomes one `SET …; RESET …` query pipelined in front of the client's first message.
 
+use super::setcmd::SetCmd;
 use crate::pool::ServerConn;
 use crate::protocol::startup::StartupMessage;
 use crate::tenant::Resolved;
@@ -92,6 +93,39 @@ impl ClientVars {
                 (k.clone(), own.map_or_else(|| v.clone(), |(_, v)| v.clone()))
             })
             .collect()
+    }
+
+    /// Tracks a session SET/RESET the client ran outside a transaction block, so it follows
+    /// the client onto its next server connection; `conn` (which ran it) is updated to match.
+    /// Returns false for what is not tracked: the tenant's own isolation settings (a client
+    /// cannot make them stick) and RESET ALL (which also resets them).
+    pub fn apply(&mut self, cmd: &SetCmd, conn: &mut ServerConn, tenant_vars: &[(String, String)]) -> bool {
+        let is_tenant_var = |name: &str| tenant_vars.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        match cmd {
+            SetCmd::Set { name, value } if !is_tenant_var(name) => {
+                if self.reported.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                    // The server reports these; its ParameterStatus carries the normalised value.
+                    return true;
+                }
+                self.other.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                self.other.push((name.clone(), value.clone()));
+                conn.set_var(name, value);
+                true
+            }
+            SetCmd::Reset { name } if !is_tenant_var(name) => {
+                if self.reported.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                    return true;
+                }
+                self.other.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                conn.vars.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                true
+            }
+            SetCmd::ResetAll => {
+                self.other.retain(|(n, _)| is_tenant_var(n));
+                false
+            }
+            _ => false,
+        }
     }
 
     /// Records a ParameterStatus the server sent while this client held it.

@@ -169,3 +169,77 @@ async fn prepared_statements_are_never_shared_across_schemas() {
         task.await.expect("client");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_sets_follow_the_client_in_transaction_mode() {
+    let t = with_mode(tenant_db("settrack").await, PoolMode::Transaction, 1);
+    let h = start(config(vec![t.clone()])).await;
+    let a = h.client(&t.id).await;
+    let b = h.client(&t.id).await;
+    async fn setting(c: &tokio_postgres::Client, name: &str) -> String {
+        let msgs = c.simple_query(&format!("SHOW {name}")).await.expect("show");
+        msgs.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .expect("a row")
+    }
+    // Simple-protocol SET, and a SET through the extended protocol (named statement).
+    a.batch_execute("SET statement_timeout = '1234ms'").await.expect("set");
+    a.execute("SET work_mem = '2MB'", &[]).await.expect("set via extended protocol");
+    for _ in 0..3 {
+        // b shares the one server connection and does not see a's settings …
+        assert_eq!(setting(&b, "statement_timeout").await, "0");
+        assert_eq!(setting(&b, "work_mem").await, "4MB");
+        // … and a keeps them across transactions.
+        assert_eq!(setting(&a, "statement_timeout").await, "1234ms");
+        assert_eq!(setting(&a, "work_mem").await, "2MB");
+    }
+    a.batch_execute("RESET statement_timeout").await.expect("reset");
+    assert_eq!(setting(&a, "statement_timeout").await, "0");
+    assert_eq!(setting(&a, "work_mem").await, "2MB");
+    // A SET inside a transaction block lasts that transaction only (documented).
+    a.batch_execute("BEGIN; SET lock_timeout = '5s'; COMMIT").await.expect("tx set");
+    assert_eq!(setting(&b, "lock_timeout").await, "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_pins_the_client_or_is_refused() {
+    let t = with_mode(tenant_db("listenpin").await, PoolMode::Transaction, 2);
+    let h = start(config(vec![t.clone()])).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (listener, mut conn) =
+        tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(async move {
+        use futures_util::TryStreamExt;
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Ok(Some(m)) = messages.try_next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    listener.batch_execute("LISTEN jobs").await.expect("listen");
+    // Another client keeps working on the other server connection, and its NOTIFY reaches
+    // the pinned listener.
+    let other = h.client(&t.id).await;
+    for i in 0..3 {
+        other.batch_execute(&format!("NOTIFY jobs, 'n{i}'")).await.expect("notify");
+    }
+    for i in 0..3 {
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("in time");
+        assert_eq!(got, Some(format!("n{i}")));
+    }
+    // With session_features = "refuse", LISTEN gets 0A000 instead.
+    let r = with_mode(tenant_db("listenrefuse").await, PoolMode::Transaction, 2);
+    let mut cfg = config(vec![r.clone()]);
+    cfg.pool.session_features = pgtenant::config::SessionFeatures::Refuse;
+    let h2 = start(cfg).await;
+    let c = h2.client(&r.id).await;
+    for sql in ["LISTEN jobs", "CREATE TEMP TABLE scratch (x int)"] {
+        let e = c.batch_execute(sql).await.expect_err("refused");
+        assert_eq!(code(&e), "0A000", "{sql}");
+    }
+    c.batch_execute("SELECT 1").await.expect("the session goes on");
+}

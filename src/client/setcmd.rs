@@ -1,0 +1,198 @@
+//! Recognising session `SET` / `RESET` statements a client runs in transaction mode, so the
+//! setting can follow the client onto its next server connection (what PgBouncer's
+//! `track_extra_parameters` and PgDog's SET tracking do). Only a statement that is exactly one
+//! `SET [SESSION] name {TO|=} value`, `SET TIME ZONE value`, `RESET name` or `RESET ALL` is
+//! recognised; anything else (SET LOCAL, SET ROLE, several statements) is left alone.
+
+/// A session setting change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetCmd {
+    /// `value` as set_config takes it.
+    Set {
+        name: String,
+        value: String,
+    },
+    Reset {
+        name: String,
+    },
+    ResetAll,
+}
+
+/// Parses a query text (without its trailing NUL).
+pub fn parse(sql: &[u8]) -> Option<SetCmd> {
+    let sql = std::str::from_utf8(sql).ok()?;
+    let mut t = Tokens { s: sql };
+    let first = t.word()?.to_ascii_lowercase();
+    match first.as_str() {
+        "reset" => {
+            let name = t.name()?;
+            t.end()?;
+            if name == "all" {
+                Some(SetCmd::ResetAll)
+            } else {
+                settable(&name).then_some(SetCmd::Reset { name })
+            }
+        }
+        "set" => {
+            let mut name = t.name()?;
+            if name == "session" {
+                name = t.name()?;
+            }
+            if name == "local" {
+                return None;
+            }
+            if name == "time" {
+                if !t.word()?.eq_ignore_ascii_case("zone") {
+                    return None;
+                }
+                name = "timezone".to_owned();
+            } else {
+                t.skip_ws();
+                if let Some(rest) = t.s.strip_prefix('=') {
+                    t.s = rest;
+                } else if !t.word()?.eq_ignore_ascii_case("to") {
+                    return None;
+                }
+            }
+            if !settable(&name) {
+                return None;
+            }
+            let value = t.value()?;
+            if value.eq_ignore_ascii_case("default")
+                || value.eq_ignore_ascii_case("local") && name == "timezone"
+            {
+                return Some(SetCmd::Reset { name });
+            }
+            Some(SetCmd::Set { name, value })
+        }
+        _ => None,
+    }
+}
+
+/// Settings a SET of which is tracked (not roles or authorisation, whose meaning goes beyond a
+/// value pgtenant can replay).
+fn settable(name: &str) -> bool {
+    !matches!(name, "role" | "session_authorization" | "transaction" | "constraints")
+        && !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+struct Tokens<'a> {
+    s: &'a str,
+}
+
+impl<'a> Tokens<'a> {
+    fn skip_ws(&mut self) {
+        loop {
+            self.s = self.s.trim_start();
+            if let Some(rest) = self.s.strip_prefix("--") {
+                self.s = rest.find('\n').map_or("", |i| &rest[i..]);
+            } else if let Some(rest) = self.s.strip_prefix("/*") {
+                self.s = rest.find("*/").map_or("", |i| &rest[i + 2..]);
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn word(&mut self) -> Option<&'a str> {
+        self.skip_ws();
+        let end = self
+            .s
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .unwrap_or(self.s.len());
+        if end == 0 {
+            return None;
+        }
+        let (w, rest) = self.s.split_at(end);
+        self.s = rest;
+        Some(w)
+    }
+
+    /// A setting name: lowercased unless double-quoted.
+    fn name(&mut self) -> Option<String> {
+        self.skip_ws();
+        if let Some(rest) = self.s.strip_prefix('"') {
+            let end = rest.find('"')?;
+            let name = rest[..end].to_owned();
+            self.s = &rest[end + 1..];
+            return Some(name);
+        }
+        Some(self.word()?.to_ascii_lowercase())
+    }
+
+    /// The value up to the end of the statement, as set_config takes it: a single quoted
+    /// literal is unquoted, anything else (numbers, identifiers, lists) is kept as written.
+    fn value(&mut self) -> Option<String> {
+        self.skip_ws();
+        let text = self.s.trim_end();
+        let text = text.strip_suffix(';').unwrap_or(text).trim_end();
+        if text.is_empty() {
+            return None;
+        }
+        // One statement only: no ';' outside quotes.
+        let mut quote: Option<char> = None;
+        for c in text.chars() {
+            match (quote, c) {
+                (None, '\'' | '"') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (None, ';') => return None,
+                _ => {}
+            }
+        }
+        if quote.is_some() {
+            return None;
+        }
+        if let Some(inner) = text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')) {
+            if !inner.replace("''", "").contains('\'') {
+                return Some(inner.replace("''", "'"));
+            }
+        }
+        if text.starts_with(['E', 'e']) && text[1..].starts_with('\'') {
+            return None;
+        }
+        Some(text.to_owned())
+    }
+
+    fn end(&mut self) -> Option<()> {
+        self.skip_ws();
+        let rest = self.s.strip_prefix(';').unwrap_or(self.s);
+        rest.trim().is_empty().then_some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, value: &str) -> Option<SetCmd> {
+        Some(SetCmd::Set { name: name.into(), value: value.into() })
+    }
+
+    #[test]
+    fn recognises_session_sets() {
+        let cases: Vec<(&str, Option<SetCmd>)> = vec![
+            ("SET statement_timeout = 5000", set("statement_timeout", "5000")),
+            ("set Statement_Timeout to '5s';", set("statement_timeout", "5s")),
+            ("SET SESSION work_mem TO '64MB'", set("work_mem", "64MB")),
+            ("/* orm */ SET search_path TO a, \"B\"", set("search_path", "a, \"B\"")),
+            ("SET TIME ZONE 'Asia/Tokyo'", set("timezone", "Asia/Tokyo")),
+            ("SET application_name = 'it''s'", set("application_name", "it's")),
+            ("SET myapp.user_id = 42", set("myapp.user_id", "42")),
+            ("SET statement_timeout TO DEFAULT", Some(SetCmd::Reset { name: "statement_timeout".into() })),
+            ("RESET work_mem", Some(SetCmd::Reset { name: "work_mem".into() })),
+            ("RESET ALL;", Some(SetCmd::ResetAll)),
+            ("SET LOCAL work_mem = '1MB'", None),
+            ("SET ROLE admin", None),
+            ("SET SESSION AUTHORIZATION bob", None),
+            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", None),
+            ("SET work_mem = '1MB'; DROP TABLE t", None),
+            ("SET work_mem = 'unterminated", None),
+            ("SELECT 1", None),
+            ("SET", None),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(parse(sql.as_bytes()), want, "{sql}");
+        }
+    }
+}
