@@ -558,6 +558,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     tracing::warn!(tenant = %self.tenant.id, code = %e.code, message = %e.message, "session setup failed");
                     self.setup_error = Some(Bytes::copy_from_slice(frame));
                 }
+                b'E' if self.mode == PoolMode::Transaction => {
+                    // DDL changed a prepared statement's result type: the error goes to the
+                    // client (as from Postgres) and this connection's statements are prepared
+                    // afresh the next time they are used.
+                    let e = parse_error_fields(&self.sbuf[pos + HEADER_LEN..pos + len]);
+                    if e.code == "0A000" && e.message.contains("cached plan must not change result type") {
+                        if let Some(server) = self.server.as_mut() {
+                            server.conn().prepared.clear();
+                        }
+                    }
+                }
                 b'C' if !setup => {
                     let tag = &self.sbuf[pos + HEADER_LEN..pos + len];
                     if tag.starts_with(b"SET\0") || tag.starts_with(b"RESET\0") {
@@ -854,8 +865,12 @@ impl Stage<'_> {
     }
 
     /// Records a statement about to be prepared, closing the least recently used one on the
-    /// server when the connection holds too many.
+    /// server when the connection holds too many. The statement itself is closed first (a
+    /// no-op when absent): after a "cached plan must not change result type" error pgtenant
+    /// forgets what a connection holds, and the old statement must not block the new Parse.
     fn evict_for(&mut self, server_name: Arc<str>) {
+        self.out.extend_from_slice(&rename(b'C', b"S", server_name.as_bytes(), &[]));
+        self.pipeline.push(Kind::Close, Action::Swallow);
         if let Some(old) = self.conn.prepared.insert(server_name) {
             self.out.extend_from_slice(&rename(b'C', b"S", old.as_bytes(), &[]));
             self.pipeline.push(Kind::Close, Action::Swallow);

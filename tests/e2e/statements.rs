@@ -243,3 +243,22 @@ async fn listen_pins_the_client_or_is_refused() {
     }
     c.batch_execute("SELECT 1").await.expect("the session goes on");
 }
+
+#[tokio::test]
+async fn result_type_change_after_ddl_is_recoverable() {
+    let t = with_mode(tenant_db("ddlres").await, PoolMode::Transaction, 1);
+    let h = start(config(vec![t.clone()])).await;
+    let c = h.client(&t.id).await;
+    c.batch_execute("CREATE TABLE r (a int); INSERT INTO r VALUES (5)").await.expect("create");
+    let stmt = c.prepare("SELECT * FROM r").await.expect("prepare");
+    let a: i32 = c.query_one(&stmt, &[]).await.expect("first").get(0);
+    assert_eq!(a, 5);
+    c.batch_execute("ALTER TABLE r ADD COLUMN b text DEFAULT 'x'").await.expect("ddl");
+    // As from Postgres: the old statement reports the changed result type …
+    let e = c.query(&stmt, &[]).await.expect_err("result type changed");
+    assert_eq!(code(&e), "0A000");
+    // … and preparing the same text again works (pgtenant dropped its stale copy).
+    let again = c.prepare("SELECT * FROM r").await.expect("prepare again");
+    let row = c.query_one(&again, &[]).await.expect("after re-prepare");
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, String>(1)), (5, "x".to_owned()));
+}
