@@ -287,6 +287,8 @@ CASES=(
     "select 16c|-S -c 16 -j 2"
     "tpcb 16c|-c 16 -j 2"
     "select 16c -C|-C -S -c 16 -j 2"
+    "select 16c extended|-S -M extended -c 16 -j 2"
+    "select 16c prepared|-S -M prepared -c 16 -j 2"
 )
 TARGETS=(direct pgtenant)
 [[ -n $PGB_PID ]] && TARGETS+=(pgbouncer)
