@@ -15,6 +15,7 @@
 #   BENCH_SCALE       pgbench -i scale factor (default 10)
 #   PGTENANT_BIN      use this pgtenant binary instead of building one
 #   PGTENANT_WORKERS  [proxy] workers for pgtenant (default 0 = one per core)
+#   BENCH_CASES       only run cases whose name matches this regex (e.g. 'select 16c$')
 #   BENCH_KEEP_LOGS   a directory to copy every log (pgbench, servers) to before cleanup
 #
 # Usage: benches/compare.sh        (as root, or as a user able to run initdb itself)
@@ -316,6 +317,7 @@ n=0
 for c in "${CASES[@]}"; do
     name=${c%%|*}
     opts=${c#*|}
+    [[ -n ${BENCH_CASES:-} && ! $name =~ $BENCH_CASES ]] && continue
     for t in "${TARGETS[@]}"; do
         n=$((n + 1))
         out=$TMP/pgbench-$n-$t.log
@@ -355,6 +357,7 @@ printf "$fmt_row" case target TPS "lat ms" "vs direct" "vs pgbouncer" failed
 printf '%s\n' "---------------+-----------+------------+----------+-----------+--------------+-------"
 for c in "${CASES[@]}"; do
     name=${c%%|*}
+    [[ -n ${BENCH_CASES:-} && ! $name =~ $BENCH_CASES ]] && continue
     for t in "${TARGETS[@]}"; do
         k=$name/$t
         vs_pgb=""

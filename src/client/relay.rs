@@ -546,10 +546,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 b'S' => {
                     if let Some((k, v)) = parse_parameter_status(&self.sbuf[pos + HEADER_LEN..pos + len]) {
-                        if let Some(server) = self.server.as_mut() {
-                            server.conn().set_var(&k, &v);
-                        }
+                        let before = self.vars.fingerprint();
                         self.vars.observe(&k, &v);
+                        if let Some(server) = self.server.as_mut() {
+                            let conn = server.conn();
+                            conn.set_var(&k, &v);
+                            // Still in step with this client if it was before the change.
+                            let fp = self.vars.fingerprint();
+                            conn.vars_fingerprint = if conn.vars_fingerprint == before { fp } else { 0 };
+                        }
                     }
                 }
                 b'E' if setup => {

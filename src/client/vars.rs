@@ -32,6 +32,8 @@ pub struct ClientVars {
     pub other: Vec<(String, String)>,
     /// Whether any value came from the client (and so might be refused by the server).
     pub from_client: bool,
+    /// An order-independent hash of `reported` and `other` (never 0).
+    fingerprint: u64,
 }
 
 impl ClientVars {
@@ -80,7 +82,24 @@ impl ClientVars {
             vars.other.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
             vars.other.push((k.clone(), v.clone()));
         }
+        vars.refresh_fingerprint();
         vars
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    fn refresh_fingerprint(&mut self) {
+        use std::hash::{Hash, Hasher};
+        let mut fp = 0u64;
+        for (k, v) in self.reported.iter().chain(&self.other) {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            k.to_ascii_lowercase().hash(&mut h);
+            v.hash(&mut h);
+            fp ^= h.finish();
+        }
+        self.fingerprint = fp | 1;
     }
 
     /// The ParameterStatus list a client is shown at login: the pool's, with the client's
@@ -100,6 +119,14 @@ impl ClientVars {
     /// Returns false for what is not tracked: the tenant's own isolation settings (a client
     /// cannot make them stick) and RESET ALL (which also resets them).
     pub fn apply(&mut self, cmd: &SetCmd, conn: &mut ServerConn, tenant_vars: &[(String, String)]) -> bool {
+        let in_sync = conn.vars_fingerprint == self.fingerprint;
+        let tracked = self.apply_cmd(cmd, conn, tenant_vars);
+        self.refresh_fingerprint();
+        conn.vars_fingerprint = if in_sync && tracked { self.fingerprint } else { 0 };
+        tracked
+    }
+
+    fn apply_cmd(&mut self, cmd: &SetCmd, conn: &mut ServerConn, tenant_vars: &[(String, String)]) -> bool {
         let is_tenant_var = |name: &str| tenant_vars.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
         match cmd {
             SetCmd::Set { name, value } if !is_tenant_var(name) => {
@@ -131,7 +158,10 @@ impl ClientVars {
     /// Records a ParameterStatus the server sent while this client held it.
     pub fn observe(&mut self, name: &str, value: &str) {
         if let Some(slot) = self.reported.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            value.clone_into(&mut slot.1);
+            if slot.1 != value {
+                value.clone_into(&mut slot.1);
+                self.refresh_fingerprint();
+            }
         }
     }
 
@@ -140,6 +170,15 @@ impl ClientVars {
     /// (anything else `conn` carries was applied by pgtenant for a client and may need a
     /// RESET).
     pub fn sync_query(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<String> {
+        if conn.vars_fingerprint == self.fingerprint {
+            return None;
+        }
+        let sql = self.diff(conn, pool_params);
+        conn.vars_fingerprint = self.fingerprint;
+        sql
+    }
+
+    fn diff(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<String> {
         // A plain SET is the cheapest statement, and a search_path made of quoted identifiers
         // (what tenant isolation sets) can be written as-is. Anything else goes through
         // set_config, which parses the value as a configuration file would, so list settings
@@ -182,6 +221,7 @@ impl ClientVars {
 /// Drops what a reset query (`DISCARD ALL`) returned to defaults: every setting pgtenant
 /// applied that the server does not report.
 pub fn forget_unreported(conn: &mut ServerConn, pool_params: &[(String, String)]) {
+    conn.vars_fingerprint = 0;
     conn.vars.retain(|(k, _)| pool_params.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)));
 }
 

@@ -29,6 +29,9 @@ pub type ServerParams = Arc<Vec<(String, String)>>;
 /// connection to evict again.
 const CAPACITY_SLICE: Duration = Duration::from_millis(50);
 
+/// Idle time after which a connection is checked before it is handed out.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// What a pool is keyed by: one upstream login.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -194,11 +197,16 @@ impl Pool {
     /// used; connections past their lifetime are closed on the way.
     fn take_idle(&self, tenant: Option<&TenantId>) -> Option<ServerConn> {
         let mut idle = self.lock_idle();
-        idle.retain(|c| c.created.elapsed() < self.settings.max_lifetime);
-        let pick = tenant
-            .and_then(|t| idle.iter().rposition(|c| c.tenant.as_ref() == Some(t)))
-            .or_else(|| idle.len().checked_sub(1))?;
-        Some(idle.remove(pick))
+        loop {
+            let pick = tenant
+                .and_then(|t| idle.iter().rposition(|c| c.tenant.as_ref() == Some(t)))
+                .or_else(|| idle.len().checked_sub(1))?;
+            let conn = idle.remove(pick);
+            // Past its lifetime: closed here (the reaper catches the ones never picked).
+            if conn.created.elapsed() < self.settings.max_lifetime {
+                return Some(conn);
+            }
+        }
     }
 
     /// Opens a connection within the upstream and global caps, waiting (and evicting idle
@@ -380,13 +388,21 @@ impl PoolManager {
     pub async fn checkout(&self, pool: &Arc<Pool>, tenant: &Tenant) -> Result<Checkout, PoolError> {
         let wait = pool.settings.checkout_timeout;
         let deadline = tokio::time::Instant::now() + wait;
-        let tenant_permit = tokio::time::timeout_at(deadline, self.tenant_cap(tenant).acquire_owned())
-            .await
-            .map_err(|_| PoolError::Timeout(wait))?
-            .map_err(|_| PoolError::Timeout(wait))?;
+        let cap = self.tenant_cap(tenant);
+        // The common case takes a free permit without arming a timer.
+        let tenant_permit = match cap.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::time::timeout_at(deadline, cap.acquire_owned())
+                .await
+                .map_err(|_| PoolError::Timeout(wait))?
+                .map_err(|_| PoolError::Timeout(wait))?,
+        };
         let permit = pool.checkout.acquire(&tenant.id, deadline).await.ok_or(PoolError::Timeout(wait))?;
         while let Some(conn) = pool.take_idle(Some(&tenant.id)) {
-            if conn.is_clean() {
+            // A connection idle for a moment only is handed out unchecked (the check is a
+            // syscall per transaction); one idle longer is checked for a closed socket or
+            // stray bytes first.
+            if conn.idle_since.elapsed() < IDLE_CHECK_AFTER || conn.is_clean() {
                 return Ok(Checkout {
                     conn,
                     pool: pool.clone(),

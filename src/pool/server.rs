@@ -62,6 +62,9 @@ pub struct ServerConn {
     pub dirty: bool,
     /// Statements pgtenant prepared on this connection (transaction mode).
     pub prepared: PreparedSet,
+    /// Fingerprint of the client settings `vars` is known to match (0: unknown), so a
+    /// checkout by a client with the same settings skips comparing them one by one.
+    pub vars_fingerprint: u64,
     /// The tenant whose session setup this connection carries (shared login roles).
     pub tenant: Option<TenantId>,
     /// Count against the upstream server's and the global connection caps while this
@@ -169,6 +172,7 @@ impl ServerConn {
             idle_since: now,
             dirty: false,
             prepared: PreparedSet::default(),
+            vars_fingerprint: 0,
             tenant: None,
             _permits: Vec::new(),
         })
