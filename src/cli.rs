@@ -44,6 +44,9 @@ pub enum Command {
         #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,
     },
+    /// Print the SCRAM-SHA-256 verifier of a password (read from stdin), for
+    /// `[[tenants.users]] verifier` or `pgtenant.tenant_users.verifier`.
+    HashPassword,
     /// The control database.
     Catalog {
         #[command(subcommand)]
@@ -81,6 +84,15 @@ pub fn main() -> ExitCode {
         Command::Catalog { command: CatalogCommand::Init { url, config } } => {
             init_logging(LogFormat::Human);
             runtime(1).and_then(|rt| rt.block_on(catalog_init(url, &config)))
+        }
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).map_err(anyhow::Error::from).and_then(|_| {
+                let password = password.trim_end_matches(['\r', '\n']);
+                anyhow::ensure!(!password.is_empty(), "no password on standard input");
+                println!("{}", crate::auth::Verifier::hash(password));
+                Ok(())
+            })
         }
         Command::Demo { listen, workers } => {
             init_logging(LogFormat::Human);

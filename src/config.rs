@@ -58,7 +58,8 @@ pub struct ProxyConfig {
     /// Seconds in-flight transactions get to finish after SIGTERM/SIGINT, before every
     /// remaining client is closed with 57P01.
     pub shutdown_timeout: f64,
-    /// Client authentication: only `trust` until SCRAM lands.
+    /// Client authentication for tenants that do not set their own: `trust` (logged loudly
+    /// at start) or `scram-sha-256`.
     pub auth: AuthMethod,
     /// Log format: `human` or `json`. The level comes from `RUST_LOG` (default `info`).
     pub log_format: LogFormat,
@@ -82,8 +83,33 @@ impl Default for ProxyConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
-    /// Any client that names an active tenant is let in (local development).
+    /// Any client that names an active tenant is let in (local development only).
     Trust,
+    /// SCRAM-SHA-256 against the verifiers stored for the tenant's users.
+    ScramSha256,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Trust => "trust",
+            AuthMethod::ScramSha256 => "scram-sha-256",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AuthMethod> {
+        [AuthMethod::Trust, AuthMethod::ScramSha256].into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// `[[tenants.users]]`: a client credential of one tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The role part of `role.tenant` (or the whole user name with other resolvers).
+    pub name: String,
+    /// A SCRAM-SHA-256 verifier, as `pgtenant hash-password` prints it.
+    pub verifier: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -309,6 +335,12 @@ pub struct TenantConfig {
     /// Client connections this tenant may have open at once (default: no limit).
     #[serde(default)]
     pub max_clients: Option<usize>,
+    /// Overrides `[proxy] auth` for this tenant.
+    #[serde(default)]
+    pub auth: Option<AuthMethod>,
+    /// Client credentials (SCRAM verifiers).
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
 }
 
 impl TenantConfig {
@@ -328,6 +360,8 @@ impl TenantConfig {
             search_path_public: false,
             max_server_connections: None,
             max_clients: None,
+            auth: None,
+            users: Vec::new(),
         }
     }
 }

@@ -9,11 +9,13 @@
 //! - [`tenant`]: tenant ids and the resolvers (pure functions over startup parameters).
 //! - [`catalog`]: where tenants are looked up, behind a narrow interface (static TOML for now).
 //! - [`pool`]: upstream server connections: connect, authenticate, session state, pools, caps.
+//! - [`auth`]: client authentication (SCRAM-SHA-256 against stored verifiers).
 //! - [`cancel`]: pgtenant's own BackendKeyData and the map to upstream backends.
 //! - [`config`]: the TOML configuration, validated once.
 //! - [`embedded`]: a throwaway PostgreSQL cluster, for `pgtenant demo` and the tests.
 //! - [`cli`]: the command line.
 
+pub mod auth;
 pub mod cancel;
 pub mod catalog;
 pub mod cli;

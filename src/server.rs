@@ -39,6 +39,8 @@ pub struct Proxy {
     pub shutdown: Shutdown,
     clients: Arc<Semaphore>,
     tenants: DashMap<TenantId, Arc<TenantSessions>>,
+    /// Derives the mock SCRAM verifiers of unknown tenants and users.
+    auth_secret: [u8; 32],
 }
 
 /// The open sessions of one tenant: its client cap, and the signal that ends them when the
@@ -96,6 +98,7 @@ impl Proxy {
             cancel: CancelRegistry::new(),
             shutdown: Shutdown::default(),
             tenants: DashMap::new(),
+            auth_secret: rand::random(),
         });
         if let Some(changes) = changes {
             tokio::spawn(watch_changes(Arc::downgrade(&proxy), changes));
@@ -111,6 +114,10 @@ impl Proxy {
         }
         let catalog = ControlCatalog::start(&config.catalog, &config.pool).await?;
         Ok(Proxy::with_catalog(config, catalog))
+    }
+
+    pub fn auth_secret(&self) -> &[u8] {
+        &self.auth_secret
     }
 
     /// Admits a client of `tenant` under the tenant's client cap.
@@ -224,6 +231,9 @@ async fn watch_changes(proxy: Weak<Proxy>, mut changes: broadcast::Receiver<Chan
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.proxy.listen).await?;
     let addr: SocketAddr = listener.local_addr()?;
+    if config.proxy.auth == crate::config::AuthMethod::Trust {
+        tracing::warn!("client authentication is TRUST: anyone who can reach {} and name a tenant gets in; set [proxy] auth = \"scram-sha-256\"", config.proxy.listen);
+    }
     let proxy = Proxy::start(config).await?;
     tracing::info!(%addr, "pgtenant listening");
     let drain = proxy.shutdown.drain.clone();

@@ -13,7 +13,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::cache::TenantCache;
 use super::{migrations, Catalog, LookupFuture, Tenant, TenantParts};
-use crate::config::{secs, CatalogConfig, Isolation, PoolDefaults, PoolMode, TenantStatus};
+use crate::config::{secs, AuthMethod, CatalogConfig, Isolation, PoolDefaults, PoolMode, TenantStatus};
 use crate::pool::UpstreamAddr;
 use crate::tenant::TenantId;
 
@@ -42,7 +42,7 @@ pub struct ControlCatalog {
 
 const LOOKUP_SQL: &str = "SELECT t.status, t.isolation, t.schema_name, t.search_path_public, t.upstream,
         u.host, u.port, u.max_connections, t.database, t.login_role, t.login_password, t.pool_mode,
-        t.pool_size, t.max_server_connections, t.max_clients
+        t.pool_size, t.max_server_connections, t.max_clients, t.auth
    FROM pgtenant.tenants t JOIN pgtenant.upstreams u ON u.name = t.upstream
   WHERE t.id = $1";
 
@@ -93,6 +93,19 @@ impl ControlCatalog {
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
             client.query_opt(LOOKUP_SQL, &[&id.as_str()]).await.map_err(|e| e.to_string())
         };
+        let users = async {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            client
+                .query(
+                    "SELECT username, verifier FROM pgtenant.tenant_users WHERE tenant_id = $1",
+                    &[&id.as_str()],
+                )
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let users = tokio::time::timeout(self.lookup_timeout, users)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.lookup_timeout))??;
         let row = tokio::time::timeout(self.lookup_timeout, query)
             .await
             .map_err(|_| format!("no answer within {:?}", self.lookup_timeout))??;
@@ -117,6 +130,8 @@ impl ControlCatalog {
             pool_size: count(12).unwrap_or(self.defaults.size),
             max_server_connections: count(13),
             max_clients: count(14),
+            auth: row.get::<_, Option<String>>(15).as_deref().and_then(AuthMethod::parse),
+            users: users.iter().map(|r| (r.get(0), r.get(1))).collect(),
         });
         Ok(Some(Arc::new(tenant)))
     }

@@ -3,9 +3,10 @@
 //! so several instances starting together do not collide.
 
 /// (version, SQL). Append only: an applied migration is never edited.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE pgtenant.upstreams (
     name            text PRIMARY KEY,
     host            text NOT NULL,
@@ -89,7 +90,15 @@ CREATE TRIGGER notify AFTER INSERT OR UPDATE OR DELETE ON pgtenant.tenant_users
 CREATE TRIGGER notify AFTER INSERT OR UPDATE OR DELETE ON pgtenant.upstreams
     FOR EACH ROW EXECUTE FUNCTION pgtenant.notify_change();
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Client authentication per tenant (NULL: the proxy's [proxy] auth).
+ALTER TABLE pgtenant.tenants ADD COLUMN auth text CHECK (auth IN ('trust', 'scram-sha-256'));
+"#,
+    ),
+];
 
 /// Applies the missing migrations; returns the versions applied now.
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, tokio_postgres::Error> {

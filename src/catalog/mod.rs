@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::config::{Config, Isolation, PoolMode, TenantStatus};
+use crate::config::{AuthMethod, Config, Isolation, PoolMode, TenantStatus};
 use crate::pool::{PoolKey, UpstreamAddr};
 use crate::protocol::{PgError, SqlState};
 use crate::tenant::TenantId;
@@ -42,6 +42,10 @@ pub struct Tenant {
     pub max_server_connections: usize,
     /// Client connections the tenant may have open at once.
     pub max_clients: Option<usize>,
+    /// Client authentication, when the tenant overrides the proxy's.
+    pub auth: Option<AuthMethod>,
+    /// Client credentials: user name → SCRAM verifier.
+    pub users: HashMap<String, String>,
     /// The upstream login this tenant's pool is keyed by (built once: looked up per login).
     pub pool_key: PoolKey,
     /// What every server connection must carry for this tenant: `search_path` (schema
@@ -66,6 +70,8 @@ pub struct TenantParts {
     pub pool_size: usize,
     pub max_server_connections: Option<usize>,
     pub max_clients: Option<usize>,
+    pub auth: Option<AuthMethod>,
+    pub users: HashMap<String, String>,
 }
 
 impl Tenant {
@@ -100,6 +106,8 @@ impl Tenant {
             max_server_connections: p.max_server_connections.unwrap_or(p.pool_size),
             pool_size: p.pool_size,
             max_clients: p.max_clients,
+            auth: p.auth,
+            users: p.users,
             pool_key,
             session_vars,
         }
@@ -180,6 +188,8 @@ impl StaticCatalog {
                 pool_size: t.pool_size.unwrap_or(config.pool.size),
                 max_server_connections: t.max_server_connections,
                 max_clients: t.max_clients,
+                auth: t.auth,
+                users: t.users.iter().map(|u| (u.name.clone(), u.verifier.clone())).collect(),
             });
             tenants.insert(id, Arc::new(tenant));
         }

@@ -14,9 +14,12 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::auth::scram::{self, ServerExchange};
+use crate::auth::Verifier;
 use crate::cancel::ClientKey;
 use crate::catalog::{CatalogError, Tenant};
 use crate::config::secs;
+use crate::config::AuthMethod;
 use crate::pool::{Pool, ServerParams};
 use crate::protocol::backend;
 use crate::protocol::frame::FrameReader;
@@ -122,14 +125,8 @@ where
         backend::negotiate_protocol_version(&mut out, startup.protocol_options());
     }
     let resolved = tenant::resolve(&startup, None, &proxy.config.resolver).map_err(|e| e.to_client())?;
-    let tenant = match proxy.catalog.lookup(&resolved.tenant).await {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return Err(PgError::fatal(
-                SqlState::InvalidCatalogName,
-                format!("tenant \"{}\" does not exist", resolved.tenant),
-            ))
-        }
+    let found = match proxy.catalog.lookup(&resolved.tenant).await {
+        Ok(found) => found,
         Err(CatalogError::Unavailable(why)) => {
             tracing::warn!(tenant = %resolved.tenant, error = %why, "catalog lookup failed");
             return Err(PgError::fatal(
@@ -138,11 +135,33 @@ where
             ));
         }
     };
+    // Authentication comes before anything that tells whether the tenant exists or what
+    // state it is in: an unknown tenant or user fails exactly like a wrong password.
+    let method = found.as_ref().and_then(|t| t.auth).unwrap_or(proxy.config.proxy.auth);
+    if method == AuthMethod::ScramSha256 {
+        let user = startup.get("user").unwrap_or_default();
+        let name = resolved.role.as_deref().unwrap_or(user);
+        let known = found.as_ref().and_then(|t| t.users.get(name)).and_then(|v| Verifier::parse(v));
+        let accepted = known.is_some();
+        let verifier = known.unwrap_or_else(|| Verifier::mock(proxy.auth_secret(), user));
+        reader.get_mut().write_all(&out).await.map_err(io_gone)?;
+        out.clear();
+        let proved = scram(reader, verifier).await?;
+        if !(proved && accepted) {
+            tracing::info!(tenant = %resolved.tenant, user, "client authentication failed");
+            return Err(PgError::fatal(SqlState::InvalidPassword, "password authentication failed"));
+        }
+    }
+    let Some(tenant) = found else {
+        return Err(PgError::fatal(
+            SqlState::InvalidCatalogName,
+            format!("tenant \"{}\" does not exist", resolved.tenant),
+        ));
+    };
     if let Some(refusal) = tenant.refusal() {
         return Err(refusal);
     }
     let admission = proxy.admit(&tenant)?;
-    // Client authentication: `trust` is the only method until SCRAM lands.
     backend::authentication_ok(&mut out);
     let pool = proxy.pools.pool_for(&tenant);
     let pool_params = match pool.params() {
@@ -158,6 +177,55 @@ where
     backend::ready_for_query_idle(&mut out);
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;
     Ok(Some(LoggedIn { tenant, pool, vars, key, admission }))
+}
+
+/// Runs a SCRAM-SHA-256 exchange with the client: whether it proved it knows the password
+/// behind `verifier`. The server-final message is sent only on success.
+async fn scram<S>(reader: &mut FrameReader<S>, verifier: Verifier) -> Result<bool, PgError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let bad = |e: String| PgError::fatal(SqlState::ProtocolViolation, format!("invalid SASL message: {e}"));
+    let mut out = BytesMut::with_capacity(128);
+    backend::sasl_mechanisms(&mut out, &[scram::MECHANISM]);
+    reader.get_mut().write_all(&out).await.map_err(io_gone)?;
+    // SASLInitialResponse: mechanism, length of the data (or -1), data.
+    let first = read_password_message(reader).await?;
+    let (mechanism, rest) = backend::cstr(first.body()).ok_or_else(|| bad("no mechanism".into()))?;
+    if mechanism != scram::MECHANISM.as_bytes() {
+        return Err(PgError::fatal(SqlState::InvalidAuthorization, "unsupported SASL mechanism")
+            .with_hint("use SCRAM-SHA-256"));
+    }
+    let data = rest.get(4..).ok_or_else(|| bad("no data".into()))?;
+    let (exchange, server_first) = ServerExchange::start(verifier, data).map_err(|e| bad(e.to_string()))?;
+    out.clear();
+    backend::sasl_continue(&mut out, server_first.as_bytes());
+    reader.get_mut().write_all(&out).await.map_err(io_gone)?;
+    let last = read_password_message(reader).await?;
+    match exchange.finish(last.body()).map_err(|e| bad(e.to_string()))? {
+        Some(server_final) => {
+            out.clear();
+            backend::sasl_final(&mut out, server_final.as_bytes());
+            reader.get_mut().write_all(&out).await.map_err(io_gone)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// The next message during authentication, which must be a PasswordMessage-family 'p'.
+async fn read_password_message<S>(reader: &mut FrameReader<S>) -> Result<crate::protocol::Frame, PgError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match reader.read_frame().await {
+        Ok(Some(f)) if f.tag() == b'p' => Ok(f),
+        Ok(Some(_)) => Err(PgError::fatal(SqlState::ProtocolViolation, "expected a SASL response")),
+        Ok(None) | Err(FrameError::Io(_)) | Err(FrameError::Truncated) => {
+            Err(PgError::fatal(SqlState::ConnectionFailure, "client left during authentication"))
+        }
+        Err(e) => Err(PgError::fatal(SqlState::ProtocolViolation, format!("invalid message: {e}"))),
+    }
 }
 
 /// Opens (or borrows) a server connection so the pool learns the server's ParameterStatus

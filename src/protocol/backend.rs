@@ -20,6 +20,18 @@ pub fn authentication_ok(buf: &mut BytesMut) {
     put(buf, Authentication::Ok);
 }
 
+pub fn sasl_mechanisms(buf: &mut BytesMut, mechanisms: &[&str]) {
+    put(buf, Authentication::SASL(mechanisms.iter().map(|m| (*m).to_owned()).collect()));
+}
+
+pub fn sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    put(buf, Authentication::SASLContinue(bytes::Bytes::copy_from_slice(data)));
+}
+
+pub fn sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    put(buf, Authentication::SASLFinal(bytes::Bytes::copy_from_slice(data)));
+}
+
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
     put(buf, ParameterStatus::new(name.to_owned(), value.to_owned()));
 }

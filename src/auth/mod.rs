@@ -1,0 +1,5 @@
+//! Client authentication: SCRAM-SHA-256 against the verifiers stored for a tenant's users.
+
+pub mod scram;
+
+pub use scram::{ScramError, Verifier};

@@ -1,0 +1,210 @@
+//! The server side of SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL speaks it
+//! (<https://www.postgresql.org/docs/current/sasl-authentication.html>), against verifiers
+//! in PostgreSQL's own format: `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+//!
+//! An unknown tenant or user runs the same exchange against a mock verifier derived from a
+//! per-process secret, so it fails exactly as a wrong password does, at the same cost.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
+
+pub const MECHANISM: &str = "SCRAM-SHA-256";
+const NONCE_LEN: usize = 18;
+
+/// A stored SCRAM-SHA-256 verifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verifier {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScramError {
+    #[error("malformed SCRAM message")]
+    Malformed,
+    #[error("channel binding is not supported without TLS")]
+    ChannelBinding,
+    #[error("SCRAM nonce mismatch")]
+    Nonce,
+}
+
+impl Verifier {
+    pub fn parse(s: &str) -> Option<Verifier> {
+        let rest = s.strip_prefix("SCRAM-SHA-256$")?;
+        let (iter_salt, keys) = rest.split_once('$')?;
+        let (iterations, salt) = iter_salt.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        Some(Verifier {
+            iterations: iterations.parse().ok().filter(|i| *i > 0)?,
+            salt: B64.decode(salt).ok()?,
+            stored_key: B64.decode(stored).ok().filter(|k| k.len() == 32)?,
+            server_key: B64.decode(server).ok().filter(|k| k.len() == 32)?,
+        })
+    }
+
+    /// A verifier for a password (what `pgtenant hash-password` prints).
+    pub fn hash(password: &str) -> String {
+        postgres_protocol::password::scram_sha_256(password.as_bytes())
+    }
+
+    /// The stand-in for an unknown tenant or user: stable per name (so repeated attempts see
+    /// the same salt, as for a real user), unguessable without the process secret.
+    pub fn mock(secret: &[u8], name: &str) -> Verifier {
+        let derive = |label: &str| hmac(secret, format!("{label}\0{name}").as_bytes());
+        Verifier {
+            iterations: 4096,
+            salt: derive("salt")[..16].to_vec(),
+            stored_key: derive("stored").to_vec(),
+            server_key: derive("server").to_vec(),
+        }
+    }
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    // HMAC accepts keys of any length.
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// One exchange, driven by the two client messages.
+pub struct ServerExchange {
+    verifier: Verifier,
+    gs2_header: String,
+    client_first_bare: String,
+    server_first: String,
+    nonce: String,
+}
+
+impl ServerExchange {
+    /// Reads the client-first-message; returns the exchange and the server-first-message.
+    pub fn start(verifier: Verifier, client_first: &[u8]) -> Result<(ServerExchange, String), ScramError> {
+        let msg = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed)?;
+        // gs2-header: "n,," (no channel binding) or "y,," (client could but thinks we can't);
+        // "p=…" asks for channel binding, which needs TLS.
+        let (flag, rest) = msg.split_once(',').ok_or(ScramError::Malformed)?;
+        match flag {
+            "n" | "y" => {}
+            f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
+            _ => return Err(ScramError::Malformed),
+        }
+        let (authzid, bare) = rest.split_once(',').ok_or(ScramError::Malformed)?;
+        if !authzid.is_empty() {
+            return Err(ScramError::Malformed);
+        }
+        let gs2_header = format!("{flag},,");
+        // PostgreSQL ignores the n= user name (the startup packet names the user).
+        let cnonce = bare
+            .split(',')
+            .find_map(|a| a.strip_prefix("r="))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','))
+            .ok_or(ScramError::Malformed)?;
+        let snonce = B64.encode(rand::random::<[u8; NONCE_LEN]>());
+        let nonce = format!("{cnonce}{snonce}");
+        let server_first = format!("r={nonce},s={},i={}", B64.encode(&verifier.salt), verifier.iterations);
+        Ok((
+            ServerExchange {
+                verifier,
+                gs2_header,
+                client_first_bare: bare.to_owned(),
+                server_first: server_first.clone(),
+                nonce,
+            },
+            server_first,
+        ))
+    }
+
+    /// Checks the client-final-message: the server-final-message on success, `None` when
+    /// the proof is wrong.
+    pub fn finish(self, client_final: &[u8]) -> Result<Option<String>, ScramError> {
+        let msg = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed)?;
+        let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(ScramError::Malformed)?;
+        let mut channel = None;
+        let mut nonce = None;
+        for attr in without_proof.split(',') {
+            if let Some(c) = attr.strip_prefix("c=") {
+                channel = Some(c);
+            } else if let Some(r) = attr.strip_prefix("r=") {
+                nonce = Some(r);
+            }
+        }
+        if channel != Some(B64.encode(self.gs2_header.as_bytes()).as_str()) {
+            return Err(ScramError::Malformed);
+        }
+        if nonce != Some(self.nonce.as_str()) {
+            return Err(ScramError::Nonce);
+        }
+        let proof = B64.decode(proof).map_err(|_| ScramError::Malformed)?;
+        if proof.len() != 32 {
+            return Err(ScramError::Malformed);
+        }
+        let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
+        let client_signature = hmac(&self.verifier.stored_key, auth_message.as_bytes());
+        let client_key: Vec<u8> = proof.iter().zip(client_signature).map(|(p, s)| p ^ s).collect();
+        let computed: [u8; 32] = Sha256::digest(&client_key).into();
+        // Constant time: every byte is compared whatever the first difference.
+        let diff = computed.iter().zip(&self.verifier.stored_key).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff != 0 {
+            return Ok(None);
+        }
+        let server_signature = hmac(&self.verifier.server_key, auth_message.as_bytes());
+        Ok(Some(format!("v={}", B64.encode(server_signature))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    /// A full exchange against postgres-protocol's client (what tokio-postgres uses).
+    fn exchange(verifier: &str, password: &str) -> Result<bool, ScramError> {
+        let v = Verifier::parse(verifier).expect("verifier");
+        let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        let (server, server_first) = ServerExchange::start(v, client.message())?;
+        client.update(server_first.as_bytes()).map_err(|_| ScramError::Malformed)?;
+        let Some(server_final) = server.finish(client.message())? else { return Ok(false) };
+        client.finish(server_final.as_bytes()).map_err(|_| ScramError::Malformed)?;
+        Ok(true)
+    }
+
+    #[test]
+    fn right_and_wrong_passwords() {
+        let v = Verifier::hash("s3cret");
+        assert!(v.starts_with("SCRAM-SHA-256$4096:"));
+        assert_eq!(exchange(&v, "s3cret"), Ok(true));
+        assert_eq!(exchange(&v, "wrong"), Ok(false));
+    }
+
+    #[test]
+    fn mock_verifiers_are_stable_and_reject() {
+        let secret = [7u8; 32];
+        let a = Verifier::mock(&secret, "app.x");
+        assert_eq!(a, Verifier::mock(&secret, "app.x"));
+        assert_ne!(a, Verifier::mock(&secret, "app.y"));
+        let mut client = ScramSha256::new(b"anything", ChannelBinding::unsupported());
+        let (server, first) = ServerExchange::start(a, client.message()).expect("start");
+        client.update(first.as_bytes()).expect("update");
+        assert_eq!(server.finish(client.message()), Ok(None));
+    }
+
+    #[test]
+    fn hostile_messages() {
+        let v = Verifier::parse(&Verifier::hash("pw")).expect("verifier");
+        for bad in
+            [&b""[..], b"x", b"n,,", b"p=tls-server-end-point,,n=,r=abc", b"n,a=admin,n=,r=abc", b"\xff\xfe"]
+        {
+            assert!(ServerExchange::start(v.clone(), bad).is_err(), "{bad:?}");
+        }
+        let (server, _) = ServerExchange::start(v.clone(), b"n,,n=,r=abc").expect("start");
+        assert_eq!(server.finish(b"c=biws,r=abc,p=AAAA").err(), Some(ScramError::Nonce));
+        assert!(Verifier::parse("SCRAM-SHA-256$0:AA==$AA==:AA==").is_none());
+        assert!(Verifier::parse("md5abc").is_none());
+    }
+}

@@ -1,0 +1,145 @@
+//! Client authentication with SCRAM-SHA-256 against stored verifiers: drivers log in, and a
+//! wrong password, an unknown user and an unknown tenant are indistinguishable.
+
+use pgtenant::auth::Verifier;
+use pgtenant::config::{AuthMethod, Config, TenantConfig, UserConfig};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use crate::support::*;
+
+fn with_user(mut t: TenantConfig, name: &str, password: &str) -> TenantConfig {
+    t.users.push(UserConfig { name: name.into(), verifier: Verifier::hash(password) });
+    t
+}
+
+fn scram_config(tenants: Vec<TenantConfig>) -> Config {
+    let mut c = config(tenants);
+    c.proxy.auth = AuthMethod::ScramSha256;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_log_in_with_scram() {
+    let t = with_user(tenant_db("scram").await, "app", "s3cret-A");
+    let h = start(scram_config(vec![t.clone()])).await;
+    // tokio-postgres
+    let c = connect_str(&format!("{} password=s3cret-A", h.conninfo(&t.id))).await;
+    let db: String = c.query_typed("SELECT current_database()", &[]).await.expect("query")[0].get(0);
+    assert_eq!(db, t.database);
+    // psql
+    let out = Command::new("psql")
+        .arg(h.url(&format!("app.{}", t.id), &t.database))
+        .args(["-X", "-At", "-c", "SELECT 40 + 2"])
+        .env("PGPASSWORD", "s3cret-A")
+        .output()
+        .await
+        .expect("psql");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    // psql without a password is asked for one by the server and gives up.
+    let out = Command::new("psql")
+        .arg(h.url(&format!("app.{}", t.id), &t.database))
+        .args(["-X", "-w", "-c", "SELECT 1"])
+        .output()
+        .await
+        .expect("psql");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("password"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A full SCRAM exchange over a raw socket; returns everything the proxy sent after the
+/// client's final message.
+async fn raw_login(h: &Harness, user: &str, password: &str) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    s.write_all(&startup_packet(&[("user", user), ("database", "x")])).await.expect("startup");
+    let mut buf = vec![0u8; 4096];
+    let read_msg = async |s: &mut tokio::net::TcpStream| -> Vec<u8> {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await.expect("header");
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.expect("body");
+        let mut m = head.to_vec();
+        m.extend(body);
+        m
+    };
+    let sasl = read_msg(&mut s).await;
+    assert_eq!(&sasl[..9], b"R\0\0\0\x17\0\0\0\x0a", "AuthenticationSASL: {sasl:?}");
+    let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+    let mut first = b"SCRAM-SHA-256\0".to_vec();
+    first.extend_from_slice(&(client.message().len() as i32).to_be_bytes());
+    first.extend_from_slice(client.message());
+    let mut msg = vec![b'p'];
+    msg.extend_from_slice(&((first.len() + 4) as i32).to_be_bytes());
+    msg.extend(first);
+    s.write_all(&msg).await.expect("initial response");
+    let cont = read_msg(&mut s).await;
+    assert_eq!(&cont[5..9], &11i32.to_be_bytes(), "SASLContinue");
+    client.update(&cont[9..]).expect("server-first");
+    let mut msg = vec![b'p'];
+    msg.extend_from_slice(&((client.message().len() + 4) as i32).to_be_bytes());
+    msg.extend_from_slice(client.message());
+    s.write_all(&msg).await.expect("final response");
+    let mut rest = Vec::new();
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => rest.extend_from_slice(&buf[..n]),
+        }
+        if rest.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+            break;
+        }
+    }
+    rest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_indistinguishable_and_credentials_stay_with_their_tenant() {
+    let a = with_user(tenant_db("scrama").await, "app", "pw-of-a");
+    let b = with_user(tenant_db("scramb").await, "app", "pw-of-b");
+    let h = start(scram_config(vec![a.clone(), b.clone()])).await;
+    let ok = raw_login(&h, &format!("app.{}", a.id), "pw-of-a").await;
+    assert_eq!(ok[0], b'R', "SASLFinal then AuthenticationOk: {ok:?}");
+    assert!(ok.windows(6).any(|w| w == b"Z\0\0\0\x05I"));
+
+    let wrong_password = raw_login(&h, &format!("app.{}", a.id), "nope").await;
+    let unknown_user = raw_login(&h, &format!("ghost.{}", a.id), "pw-of-a").await;
+    let unknown_tenant = raw_login(&h, "app.nosuchtenant", "pw-of-a").await;
+    // A's credential for tenant B, by the user resolver and by the options resolver.
+    let cross_user = raw_login(&h, &format!("app.{}", b.id), "pw-of-a").await;
+    assert_eq!(sqlstate(&wrong_password).as_deref(), Some("28P01"));
+    for (what, got) in [
+        ("unknown user", &unknown_user),
+        ("unknown tenant", &unknown_tenant),
+        ("A's password on B", &cross_user),
+    ] {
+        assert_eq!(got, &wrong_password, "{what} must look exactly like a wrong password");
+    }
+    let e = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=app dbname=x options='tenant={}' password=pw-of-a",
+            h.addr.port(),
+            b.id
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .err()
+    .expect("cross-tenant via options");
+    assert_eq!(code(&e), "28P01");
+}
+
+#[tokio::test]
+async fn a_tenant_can_keep_trust_while_the_proxy_requires_scram() {
+    let mut open = tenant_db("trustover").await;
+    open.auth = Some(AuthMethod::Trust);
+    let h = start(scram_config(vec![open.clone()])).await;
+    let c = h.client(&open.id).await;
+    c.batch_execute("SELECT 1").await.expect("trust tenant");
+}
