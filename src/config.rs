@@ -86,6 +86,7 @@ pub enum AuthMethod {
     /// Any client that names an active tenant is let in (local development only).
     Trust,
     /// SCRAM-SHA-256 against the verifiers stored for the tenant's users.
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
 }
 
