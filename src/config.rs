@@ -32,6 +32,8 @@ pub struct Config {
     pub resolver: ResolverConfig,
     #[serde(default)]
     pub catalog: CatalogConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// Upstream PostgreSQL servers tenants live on.
     #[serde(default, rename = "upstreams")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -189,6 +191,29 @@ impl Default for PoolDefaults {
             session_features: SessionFeatures::Pin,
         }
     }
+}
+
+/// `[tls]`: TLS for clients. Without a certificate, SSLRequest is answered `N`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first); empty: TLS off.
+    pub cert: String,
+    /// PEM private key of that certificate.
+    pub key: String,
+    /// Refuse plaintext clients (28000 with a hint).
+    pub require: bool,
+    /// More certificates, chosen by the client's server name (SNI): `acme.<suffix>` gets the
+    /// one whose suffix matches (e.g. a wildcard certificate per suffix).
+    pub certs: Vec<SniCertConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertConfig {
+    pub suffix: String,
+    pub cert: String,
+    pub key: String,
 }
 
 /// `[catalog]`: where tenants are looked up. With a `url`, the control database is the

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cancel::CancelRegistry;
+use crate::auth::tls::Tls;
 use crate::catalog::{Catalog, Change, ControlCatalog, StaticCatalog, Tenant};
 use crate::config::{secs, Config};
 use crate::pool::PoolManager;
@@ -41,6 +42,8 @@ pub struct Proxy {
     tenants: DashMap<TenantId, Arc<TenantSessions>>,
     /// Derives the mock SCRAM verifiers of unknown tenants and users.
     auth_secret: [u8; 32],
+    /// TLS for clients, when configured.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// The open sessions of one tenant: its client cap, and the signal that ends them when the
@@ -90,6 +93,7 @@ impl Proxy {
         let pools = PoolManager::new(&config.pool);
         pools.spawn_maintenance();
         let changes = catalog.changes();
+        let config_tls = config.tls.clone();
         let proxy = Arc::new(Proxy {
             clients: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
             config: Arc::new(config),
@@ -99,6 +103,12 @@ impl Proxy {
             shutdown: Shutdown::default(),
             tenants: DashMap::new(),
             auth_secret: rand::random(),
+            tls: Tls::new(&config_tls).unwrap_or_else(|e| {
+                // `run` loads TLS before it gets here, so a failure means the files changed
+                // in between: refuse TLS rather than start without saying so.
+                tracing::error!(error = %e, "TLS not available");
+                None
+            }),
         });
         if let Some(changes) = changes {
             tokio::spawn(watch_changes(Arc::downgrade(&proxy), changes));
@@ -231,6 +241,8 @@ async fn watch_changes(proxy: Weak<Proxy>, mut changes: broadcast::Receiver<Chan
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.proxy.listen).await?;
     let addr: SocketAddr = listener.local_addr()?;
+    // Certificate problems stop the start here, with the reason.
+    Tls::new(&config.tls)?;
     if config.proxy.auth == crate::config::AuthMethod::Trust {
         tracing::warn!("client authentication is TRUST: anyone who can reach {} and name a tenant gets in; set [proxy] auth = \"scram-sha-256\"", config.proxy.listen);
     }
@@ -242,6 +254,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("signal received");
         drain.cancel();
     });
+    if let Some(tls) = proxy.tls.clone() {
+        // SIGHUP re-reads the certificates; open connections keep theirs.
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("TLS certificates reloaded"),
+                    Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates"),
+                }
+            }
+        });
+    }
     proxy.serve(listener).await?;
     Ok(())
 }

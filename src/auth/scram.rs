@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 type HmacSha256 = Hmac<Sha256>;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
 const NONCE_LEN: usize = 18;
 
 /// A stored SCRAM-SHA-256 verifier.
@@ -28,7 +29,7 @@ pub struct Verifier {
 pub enum ScramError {
     #[error("malformed SCRAM message")]
     Malformed,
-    #[error("channel binding is not supported without TLS")]
+    #[error("channel binding does not match the connection")]
     ChannelBinding,
     #[error("SCRAM nonce mismatch")]
     Nonce,
@@ -77,6 +78,8 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
 pub struct ServerExchange {
     verifier: Verifier,
     gs2_header: String,
+    /// Channel-binding data the client must have bound (SCRAM-SHA-256-PLUS).
+    binding: Vec<u8>,
     client_first_bare: String,
     server_first: String,
     nonce: String,
@@ -84,16 +87,25 @@ pub struct ServerExchange {
 
 impl ServerExchange {
     /// Reads the client-first-message; returns the exchange and the server-first-message.
-    pub fn start(verifier: Verifier, client_first: &[u8]) -> Result<(ServerExchange, String), ScramError> {
+    /// `binding` is the connection's `tls-server-end-point` data (TLS only); `plus` says the
+    /// client chose SCRAM-SHA-256-PLUS.
+    pub fn start(
+        verifier: Verifier,
+        client_first: &[u8],
+        binding: Option<&[u8]>,
+        plus: bool,
+    ) -> Result<(ServerExchange, String), ScramError> {
         let msg = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed)?;
-        // gs2-header: "n,," (no channel binding) or "y,," (client could but thinks we can't);
-        // "p=…" asks for channel binding, which needs TLS.
+        // gs2-header: "p=tls-server-end-point" with PLUS; otherwise "n" (no channel binding)
+        // or "y" (the client could bind but thinks we cannot — a downgrade when we offered
+        // PLUS, which happens exactly when there is binding data).
         let (flag, rest) = msg.split_once(',').ok_or(ScramError::Malformed)?;
-        match flag {
-            "n" | "y" => {}
-            f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
+        let binding = match (flag, plus, binding) {
+            ("p=tls-server-end-point", true, Some(b)) => b.to_vec(),
+            ("n", false, _) | ("y", false, None) => Vec::new(),
+            (f, _, _) if f.starts_with("p=") || f == "y" => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed),
-        }
+        };
         let (authzid, bare) = rest.split_once(',').ok_or(ScramError::Malformed)?;
         if !authzid.is_empty() {
             return Err(ScramError::Malformed);
@@ -112,6 +124,7 @@ impl ServerExchange {
             ServerExchange {
                 verifier,
                 gs2_header,
+                binding,
                 client_first_bare: bare.to_owned(),
                 server_first: server_first.clone(),
                 nonce,
@@ -134,8 +147,10 @@ impl ServerExchange {
                 nonce = Some(r);
             }
         }
-        if channel != Some(B64.encode(self.gs2_header.as_bytes()).as_str()) {
-            return Err(ScramError::Malformed);
+        let mut expected = self.gs2_header.as_bytes().to_vec();
+        expected.extend_from_slice(&self.binding);
+        if channel != Some(B64.encode(&expected).as_str()) {
+            return Err(ScramError::ChannelBinding);
         }
         if nonce != Some(self.nonce.as_str()) {
             return Err(ScramError::Nonce);
@@ -167,7 +182,7 @@ mod tests {
     fn exchange(verifier: &str, password: &str) -> Result<bool, ScramError> {
         let v = Verifier::parse(verifier).expect("verifier");
         let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-        let (server, server_first) = ServerExchange::start(v, client.message())?;
+        let (server, server_first) = ServerExchange::start(v, client.message(), None, false)?;
         client.update(server_first.as_bytes()).map_err(|_| ScramError::Malformed)?;
         let Some(server_final) = server.finish(client.message())? else { return Ok(false) };
         client.finish(server_final.as_bytes()).map_err(|_| ScramError::Malformed)?;
@@ -183,13 +198,28 @@ mod tests {
     }
 
     #[test]
+    fn channel_binding_plus() {
+        let v = Verifier::parse(&Verifier::hash("pw")).expect("verifier");
+        let end_point = [9u8; 32];
+        let mut client = ScramSha256::new(b"pw", ChannelBinding::tls_server_end_point(end_point.to_vec()));
+        let (server, first) = ServerExchange::start(v.clone(), client.message(), Some(&end_point), true).expect("start");
+        client.update(first.as_bytes()).expect("update");
+        assert!(server.finish(client.message()).expect("finish").is_some());
+        // Bound to another certificate: refused.
+        let mut client = ScramSha256::new(b"pw", ChannelBinding::tls_server_end_point(vec![8u8; 32]));
+        let (server, first) = ServerExchange::start(v, client.message(), Some(&end_point), true).expect("start");
+        client.update(first.as_bytes()).expect("update");
+        assert_eq!(server.finish(client.message()), Err(ScramError::ChannelBinding));
+    }
+
+    #[test]
     fn mock_verifiers_are_stable_and_reject() {
         let secret = [7u8; 32];
         let a = Verifier::mock(&secret, "app.x");
         assert_eq!(a, Verifier::mock(&secret, "app.x"));
         assert_ne!(a, Verifier::mock(&secret, "app.y"));
         let mut client = ScramSha256::new(b"anything", ChannelBinding::unsupported());
-        let (server, first) = ServerExchange::start(a, client.message()).expect("start");
+        let (server, first) = ServerExchange::start(a, client.message(), None, false).expect("start");
         client.update(first.as_bytes()).expect("update");
         assert_eq!(server.finish(client.message()), Ok(None));
     }
@@ -200,9 +230,14 @@ mod tests {
         for bad in
             [&b""[..], b"x", b"n,,", b"p=tls-server-end-point,,n=,r=abc", b"n,a=admin,n=,r=abc", b"\xff\xfe"]
         {
-            assert!(ServerExchange::start(v.clone(), bad).is_err(), "{bad:?}");
+            assert!(ServerExchange::start(v.clone(), bad, None, false).is_err(), "{bad:?}");
         }
-        let (server, _) = ServerExchange::start(v.clone(), b"n,,n=,r=abc").expect("start");
+        // "y" when the server offered PLUS (it has binding data) is a downgrade.
+        assert_eq!(
+            ServerExchange::start(v.clone(), b"y,,n=,r=abc", Some(&[1, 2]), false).err(),
+            Some(ScramError::ChannelBinding)
+        );
+        let (server, _) = ServerExchange::start(v.clone(), b"n,,n=,r=abc", None, false).expect("start");
         assert_eq!(server.finish(b"c=biws,r=abc,p=AAAA").err(), Some(ScramError::Nonce));
         assert!(Verifier::parse("SCRAM-SHA-256$0:AA==$AA==:AA==").is_none());
         assert!(Verifier::parse("md5abc").is_none());

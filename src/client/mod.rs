@@ -4,6 +4,7 @@
 mod pipeline;
 mod relay;
 mod setcmd;
+pub mod stream;
 mod statements;
 pub mod vars;
 
@@ -26,34 +27,54 @@ use crate::protocol::frame::FrameReader;
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{FrameError, PgError, SqlState};
 use crate::server::{Proxy, TenantAdmission};
+use stream::{ClientStream, TlsInfo};
+use tokio::net::TcpStream;
 use crate::tenant;
 
 use vars::ClientVars;
 
 /// Serves one accepted connection to its end. `permit` is the client's place under the
 /// global cap; without one the client is refused with 53300 once it has said who it is.
-pub async fn serve<S>(stream: S, peer: SocketAddr, proxy: Arc<Proxy>, permit: Option<OwnedSemaphorePermit>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, permit: Option<OwnedSemaphorePermit>) {
     let timeout = secs(proxy.config.proxy.startup_timeout);
-    let mut reader = FrameReader::new(stream, proxy.config.proxy.max_message_size);
-    let login = match tokio::time::timeout(timeout, handshake(&mut reader, &proxy, permit.is_some())).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = || PgError::fatal(SqlState::ProtocolViolation, "startup timed out");
+    let tls = proxy.tls.as_deref();
+    let (stream, prefix, tls_info) = match tokio::time::timeout_at(deadline, stream::opening(&mut tcp, tls)).await {
+        Ok(Ok(stream::Opening::Plain(prefix))) => (ClientStream::Plain(tcp), prefix, TlsInfo::default()),
+        Ok(Ok(stream::Opening::Tls { direct })) => {
+            let Some(tls) = tls else { return };
+            match tokio::time::timeout_at(deadline, stream::accept(tcp, tls, direct)).await {
+                Ok(Some((stream, info))) => (stream, BytesMut::new(), info),
+                _ => return,
+            }
+        }
+        Ok(Ok(stream::Opening::Closed)) | Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::info!(%peer, "startup timed out");
+            let _ = tcp.write_all(&timed_out().to_bytes()).await;
+            return;
+        }
+    };
+    let mut reader = FrameReader::with_buffer(stream, prefix, proxy.config.proxy.max_message_size);
+    let handshake = handshake(&mut reader, &proxy, permit.is_some(), &tls_info);
+    let login = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(Some(login))) => login,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "login refused");
             let _ = reader.get_mut().write_all(&e.to_bytes()).await;
+            let _ = reader.get_mut().flush().await;
             return;
         }
         Err(_) => {
             tracing::info!(%peer, "startup timed out");
-            let e = PgError::fatal(SqlState::ProtocolViolation, "startup timed out");
-            let _ = reader.get_mut().write_all(&e.to_bytes()).await;
+            let _ = reader.get_mut().write_all(&timed_out().to_bytes()).await;
+            let _ = reader.get_mut().flush().await;
             return;
         }
     };
-    tracing::debug!(%peer, tenant = %login.tenant.id, "client logged in");
+    tracing::debug!(%peer, tenant = %login.tenant.id, tls = tls_info.on, "client logged in");
     let (stream, buffered) = reader.into_parts();
     relay::Session::new(stream, buffered, login, proxy).run().await;
     drop(permit);
@@ -72,6 +93,7 @@ async fn handshake<S>(
     reader: &mut FrameReader<S>,
     proxy: &Proxy,
     admitted: bool,
+    tls: &TlsInfo,
 ) -> Result<Option<LoggedIn>, PgError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -109,6 +131,10 @@ where
             }
         }
     };
+    if !tls.on && proxy.tls.as_ref().is_some_and(|t| t.required()) {
+        return Err(PgError::fatal(SqlState::InvalidAuthorization, "TLS is required")
+            .with_hint("connect with sslmode=require (or verify-full)"));
+    }
     if !admitted {
         return Err(PgError::fatal(SqlState::TooManyConnections, "sorry, too many clients already")
             .with_hint("pgtenant's max_client_conn is reached"));
@@ -124,7 +150,8 @@ where
     if startup.minor > 0 || !startup.protocol_options().is_empty() {
         backend::negotiate_protocol_version(&mut out, startup.protocol_options());
     }
-    let resolved = tenant::resolve(&startup, None, &proxy.config.resolver).map_err(|e| e.to_client())?;
+    let resolved =
+        tenant::resolve(&startup, tls.server_name.as_deref(), &proxy.config.resolver).map_err(|e| e.to_client())?;
     let found = match proxy.catalog.lookup(&resolved.tenant).await {
         Ok(found) => found,
         Err(CatalogError::Unavailable(why)) => {
@@ -146,7 +173,7 @@ where
         let verifier = known.unwrap_or_else(|| Verifier::mock(proxy.auth_secret(), user));
         reader.get_mut().write_all(&out).await.map_err(io_gone)?;
         out.clear();
-        let proved = scram(reader, verifier).await?;
+        let proved = scram(reader, verifier, tls.end_point.as_deref()).await?;
         if !(proved && accepted) {
             tracing::info!(tenant = %resolved.tenant, user, "client authentication failed");
             return Err(PgError::fatal(SqlState::InvalidPassword, "password authentication failed"));
@@ -181,23 +208,31 @@ where
 
 /// Runs a SCRAM-SHA-256 exchange with the client: whether it proved it knows the password
 /// behind `verifier`. The server-final message is sent only on success.
-async fn scram<S>(reader: &mut FrameReader<S>, verifier: Verifier) -> Result<bool, PgError>
+async fn scram<S>(reader: &mut FrameReader<S>, verifier: Verifier, binding: Option<&[u8]>) -> Result<bool, PgError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let bad = |e: String| PgError::fatal(SqlState::ProtocolViolation, format!("invalid SASL message: {e}"));
     let mut out = BytesMut::with_capacity(128);
-    backend::sasl_mechanisms(&mut out, &[scram::MECHANISM]);
+    // Over TLS, SCRAM-SHA-256-PLUS (channel binding tls-server-end-point) is offered first.
+    let mechanisms: &[&str] =
+        if binding.is_some() { &[scram::MECHANISM_PLUS, scram::MECHANISM] } else { &[scram::MECHANISM] };
+    backend::sasl_mechanisms(&mut out, mechanisms);
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;
     // SASLInitialResponse: mechanism, length of the data (or -1), data.
     let first = read_password_message(reader).await?;
     let (mechanism, rest) = backend::cstr(first.body()).ok_or_else(|| bad("no mechanism".into()))?;
-    if mechanism != scram::MECHANISM.as_bytes() {
-        return Err(PgError::fatal(SqlState::InvalidAuthorization, "unsupported SASL mechanism")
-            .with_hint("use SCRAM-SHA-256"));
-    }
+    let plus = match mechanism {
+        m if m == scram::MECHANISM.as_bytes() => false,
+        m if m == scram::MECHANISM_PLUS.as_bytes() && binding.is_some() => true,
+        _ => {
+            return Err(PgError::fatal(SqlState::InvalidAuthorization, "unsupported SASL mechanism")
+                .with_hint("use SCRAM-SHA-256"))
+        }
+    };
     let data = rest.get(4..).ok_or_else(|| bad("no data".into()))?;
-    let (exchange, server_first) = ServerExchange::start(verifier, data).map_err(|e| bad(e.to_string()))?;
+    let (exchange, server_first) =
+        ServerExchange::start(verifier, data, binding, plus).map_err(|e| bad(e.to_string()))?;
     out.clear();
     backend::sasl_continue(&mut out, server_first.as_bytes());
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;

@@ -1,0 +1,125 @@
+//! The client's socket, plaintext or TLS, and the negotiation that decides which: an
+//! SSLRequest answered `S` (TLS configured) or `N`, a GSSENCRequest answered `N`, or
+//! PostgreSQL 17's direct TLS (the first byte is a TLS handshake record, ALPN `postgresql`).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::auth::tls::{Tls, ALPN_POSTGRESQL};
+use crate::protocol::startup::{GSSENC_REQUEST_CODE, SSL_REQUEST_CODE};
+
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// What TLS tells about the client.
+#[derive(Debug, Default, Clone)]
+pub struct TlsInfo {
+    pub on: bool,
+    /// The server name the client asked for (SNI).
+    pub server_name: Option<String>,
+    /// `tls-server-end-point` channel-binding data of the certificate it was given.
+    pub end_point: Option<Vec<u8>>,
+}
+
+/// What the first bytes of a connection asked for.
+pub enum Opening {
+    /// Plaintext; these bytes begin the startup packet.
+    Plain(BytesMut),
+    /// TLS: after an SSLRequest (`direct` false) or directly.
+    Tls { direct: bool },
+    Closed,
+}
+
+/// Reads the connection's opening, answering SSLRequest/GSSENCRequest. Cancel-safe only in
+/// the sense that a timeout leaves `tcp` usable for an error message.
+pub async fn opening(tcp: &mut TcpStream, tls: Option<&Tls>) -> io::Result<Opening> {
+    loop {
+        let mut first = [0u8; 1];
+        if tcp.peek(&mut first).await? == 0 {
+            return Ok(Opening::Closed);
+        }
+        // A TLS handshake record: direct TLS negotiation.
+        if first[0] == 0x16 {
+            return Ok(if tls.is_some() { Opening::Tls { direct: true } } else { Opening::Closed });
+        }
+        let mut head = [0u8; 8];
+        let mut got = 0;
+        while got < head.len() {
+            let n = tcp.read(&mut head[got..]).await?;
+            if n == 0 {
+                // Fewer than 8 bytes: let the startup reader report the truncated packet.
+                return Ok(Opening::Plain(BytesMut::from(&head[..got])));
+            }
+            got += n;
+        }
+        let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let code = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        match (len, code, tls) {
+            (8, SSL_REQUEST_CODE, Some(_)) => {
+                tcp.write_all(b"S").await?;
+                return Ok(Opening::Tls { direct: false });
+            }
+            (8, SSL_REQUEST_CODE | GSSENC_REQUEST_CODE, _) => tcp.write_all(b"N").await?,
+            _ => return Ok(Opening::Plain(BytesMut::from(&head[..]))),
+        }
+    }
+}
+
+/// The TLS handshake; `None` when it fails or a direct-TLS client did not ask for ALPN
+/// `postgresql` (as PostgreSQL requires).
+pub async fn accept(tcp: TcpStream, tls: &Tls, direct: bool) -> Option<(ClientStream, TlsInfo)> {
+    let stream = match tls.acceptor().accept(tcp).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return None;
+        }
+    };
+    let conn = stream.get_ref().1;
+    if direct && conn.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+        tracing::debug!("direct TLS without ALPN postgresql refused");
+        return None;
+    }
+    let server_name = conn.server_name().map(str::to_owned);
+    let end_point = Some(tls.end_point(server_name.as_deref()));
+    Some((ClientStream::Tls(Box::new(stream)), TlsInfo { on: true, server_name, end_point }))
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
