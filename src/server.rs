@@ -13,8 +13,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cancel::CancelRegistry;
 use crate::auth::tls::Tls;
+use crate::cancel::CancelRegistry;
 use crate::catalog::{Catalog, Change, ControlCatalog, StaticCatalog, Tenant};
 use crate::config::{secs, Config};
 use crate::pool::PoolManager;
@@ -257,11 +257,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(tls) = proxy.tls.clone() {
         // SIGHUP re-reads the certificates; open connections keep theirs.
         tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                return;
+            };
             while hup.recv().await.is_some() {
                 match tls.reload() {
                     Ok(()) => tracing::info!("TLS certificates reloaded"),
-                    Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates")
+                    }
                 }
             }
         });

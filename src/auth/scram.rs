@@ -202,12 +202,14 @@ mod tests {
         let v = Verifier::parse(&Verifier::hash("pw")).expect("verifier");
         let end_point = [9u8; 32];
         let mut client = ScramSha256::new(b"pw", ChannelBinding::tls_server_end_point(end_point.to_vec()));
-        let (server, first) = ServerExchange::start(v.clone(), client.message(), Some(&end_point), true).expect("start");
+        let (server, first) =
+            ServerExchange::start(v.clone(), client.message(), Some(&end_point), true).expect("start");
         client.update(first.as_bytes()).expect("update");
         assert!(server.finish(client.message()).expect("finish").is_some());
         // Bound to another certificate: refused.
         let mut client = ScramSha256::new(b"pw", ChannelBinding::tls_server_end_point(vec![8u8; 32]));
-        let (server, first) = ServerExchange::start(v, client.message(), Some(&end_point), true).expect("start");
+        let (server, first) =
+            ServerExchange::start(v, client.message(), Some(&end_point), true).expect("start");
         client.update(first.as_bytes()).expect("update");
         assert_eq!(server.finish(client.message()), Err(ScramError::ChannelBinding));
     }

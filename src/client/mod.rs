@@ -4,8 +4,8 @@
 mod pipeline;
 mod relay;
 mod setcmd;
-pub mod stream;
 mod statements;
+pub mod stream;
 pub mod vars;
 
 use std::net::SocketAddr;
@@ -27,35 +27,41 @@ use crate::protocol::frame::FrameReader;
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{FrameError, PgError, SqlState};
 use crate::server::{Proxy, TenantAdmission};
+use crate::tenant;
 use stream::{ClientStream, TlsInfo};
 use tokio::net::TcpStream;
-use crate::tenant;
 
 use vars::ClientVars;
 
 /// Serves one accepted connection to its end. `permit` is the client's place under the
 /// global cap; without one the client is refused with 53300 once it has said who it is.
-pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, permit: Option<OwnedSemaphorePermit>) {
+pub async fn serve(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
     let timeout = secs(proxy.config.proxy.startup_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
     let timed_out = || PgError::fatal(SqlState::ProtocolViolation, "startup timed out");
     let tls = proxy.tls.as_deref();
-    let (stream, prefix, tls_info) = match tokio::time::timeout_at(deadline, stream::opening(&mut tcp, tls)).await {
-        Ok(Ok(stream::Opening::Plain(prefix))) => (ClientStream::Plain(tcp), prefix, TlsInfo::default()),
-        Ok(Ok(stream::Opening::Tls { direct })) => {
-            let Some(tls) = tls else { return };
-            match tokio::time::timeout_at(deadline, stream::accept(tcp, tls, direct)).await {
-                Ok(Some((stream, info))) => (stream, BytesMut::new(), info),
-                _ => return,
+    let (stream, prefix, tls_info) =
+        match tokio::time::timeout_at(deadline, stream::opening(&mut tcp, tls)).await {
+            Ok(Ok(stream::Opening::Plain(prefix))) => (ClientStream::Plain(tcp), prefix, TlsInfo::default()),
+            Ok(Ok(stream::Opening::Tls { direct })) => {
+                let Some(tls) = tls else { return };
+                match tokio::time::timeout_at(deadline, stream::accept(tcp, tls, direct)).await {
+                    Ok(Some((stream, info))) => (stream, BytesMut::new(), info),
+                    _ => return,
+                }
             }
-        }
-        Ok(Ok(stream::Opening::Closed)) | Ok(Err(_)) => return,
-        Err(_) => {
-            tracing::info!(%peer, "startup timed out");
-            let _ = tcp.write_all(&timed_out().to_bytes()).await;
-            return;
-        }
-    };
+            Ok(Ok(stream::Opening::Closed)) | Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::info!(%peer, "startup timed out");
+                let _ = tcp.write_all(&timed_out().to_bytes()).await;
+                return;
+            }
+        };
     let mut reader = FrameReader::with_buffer(stream, prefix, proxy.config.proxy.max_message_size);
     let handshake = handshake(&mut reader, &proxy, permit.is_some(), &tls_info);
     let login = match tokio::time::timeout_at(deadline, handshake).await {
@@ -150,8 +156,8 @@ where
     if startup.minor > 0 || !startup.protocol_options().is_empty() {
         backend::negotiate_protocol_version(&mut out, startup.protocol_options());
     }
-    let resolved =
-        tenant::resolve(&startup, tls.server_name.as_deref(), &proxy.config.resolver).map_err(|e| e.to_client())?;
+    let resolved = tenant::resolve(&startup, tls.server_name.as_deref(), &proxy.config.resolver)
+        .map_err(|e| e.to_client())?;
     let found = match proxy.catalog.lookup(&resolved.tenant).await {
         Ok(found) => found,
         Err(CatalogError::Unavailable(why)) => {
@@ -208,7 +214,11 @@ where
 
 /// Runs a SCRAM-SHA-256 exchange with the client: whether it proved it knows the password
 /// behind `verifier`. The server-final message is sent only on success.
-async fn scram<S>(reader: &mut FrameReader<S>, verifier: Verifier, binding: Option<&[u8]>) -> Result<bool, PgError>
+async fn scram<S>(
+    reader: &mut FrameReader<S>,
+    verifier: Verifier,
+    binding: Option<&[u8]>,
+) -> Result<bool, PgError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

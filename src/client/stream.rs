@@ -33,7 +33,9 @@ pub enum Opening {
     /// Plaintext; these bytes begin the startup packet.
     Plain(BytesMut),
     /// TLS: after an SSLRequest (`direct` false) or directly.
-    Tls { direct: bool },
+    Tls {
+        direct: bool,
+    },
     Closed,
 }
 

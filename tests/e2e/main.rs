@@ -9,3 +9,4 @@ mod relay;
 mod statements;
 mod support;
 mod tenants;
+mod tls;

@@ -1,0 +1,134 @@
+//! TLS end to end with psql (libpq): sslmode=require and verify-full against a CA generated
+//! here, SNI routing, SNI vs user conflicts, SCRAM-SHA-256-PLUS, require_tls, and
+//! PostgreSQL 17's direct TLS negotiation.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pgtenant::auth::Verifier;
+use pgtenant::config::{AuthMethod, Config, TenantConfig, UserConfig};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use crate::support::*;
+
+/// A test CA and a server certificate for `*.db.test` and `localhost`, in `dir`.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "pgtenant test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec!["*.db.test".to_owned(), "localhost".to_owned()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &ca)
+        .expect("leaf");
+    let (ca_path, cert_path, key_path) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&ca_path, ca.pem()).expect("write ca");
+    std::fs::write(&cert_path, leaf.pem()).expect("write cert");
+    std::fs::write(&key_path, leaf_key.serialize_pem()).expect("write key");
+    (ca_path, cert_path, key_path)
+}
+
+fn tls_config(tenants: Vec<TenantConfig>, cert: &Path, key: &Path) -> Config {
+    let mut c = config(tenants);
+    c.proxy.auth = AuthMethod::ScramSha256;
+    c.tls.cert = cert.display().to_string();
+    c.tls.key = key.display().to_string();
+    c.resolver.sni_suffix = "db.test".into();
+    c
+}
+
+async fn psql(conninfo: &str, password: &str) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .arg(conninfo)
+        .args(["-X", "-At", "-w", "-c", "SELECT current_database()"])
+        .env("PGPASSWORD", password)
+        .output()
+        .await
+        .expect("psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_over_tls_with_verify_full_sni_and_channel_binding() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = certificates(dir.path());
+    let mut acme = tenant_db("tlsacme").await;
+    acme.users.push(UserConfig { name: "app".into(), verifier: Verifier::hash("pw-acme") });
+    let other = tenant_db("tlsother").await;
+    let h = start(tls_config(vec![acme.clone(), other.clone()], &cert, &key)).await;
+    let port = h.addr.port();
+    let ca = ca.display();
+    let id = &acme.id;
+
+    // verify-full against the test CA, the tenant from SNI alone, SCRAM-SHA-256-PLUS required.
+    let (ok, db, err) = psql(
+        &format!("host={id}.db.test hostaddr=127.0.0.1 port={port} user=app dbname=x sslmode=verify-full sslrootcert={ca} channel_binding=require"),
+        "pw-acme",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(db, acme.database);
+    // sslmode=require with the user resolver.
+    let (ok, db, err) =
+        psql(&format!("host=127.0.0.1 port={port} user=app.{id} dbname=x sslmode=require"), "pw-acme").await;
+    assert!(ok, "{err}");
+    assert_eq!(db, acme.database);
+    // SNI names one tenant, the user another: refused, naming both.
+    let (ok, _, err) = psql(
+        &format!("host={id}.db.test hostaddr=127.0.0.1 port={port} user=app.{} dbname=x sslmode=verify-full sslrootcert={ca}", other.id),
+        "pw-acme",
+    )
+    .await;
+    assert!(!ok && err.contains("conflicts") && err.contains("TLS server name"), "{err}");
+    // A wrong password over TLS: 28P01 as in plaintext.
+    let (ok, _, err) =
+        psql(&format!("host=127.0.0.1 port={port} user=app.{id} dbname=x sslmode=require"), "wrong").await;
+    assert!(!ok && err.contains("password authentication failed"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_tls_refuses_plaintext_and_direct_tls_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = certificates(dir.path());
+    let mut t = tenant_db("tlsreq").await;
+    t.users.push(UserConfig { name: "app".into(), verifier: Verifier::hash("pw") });
+    let mut cfg = tls_config(vec![t.clone()], &cert, &key);
+    cfg.tls.require = true;
+    let h = start(cfg).await;
+    let port = h.addr.port();
+    let (ok, _, err) =
+        psql(&format!("host=127.0.0.1 port={port} user=app.{} dbname=x sslmode=disable", t.id), "pw").await;
+    assert!(!ok && err.contains("TLS is required"), "{err}");
+
+    // Direct TLS (PostgreSQL 17 clients, sslnegotiation=direct): TLS from the first byte,
+    // ALPN "postgresql", then the startup packet inside TLS.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).expect("ca file") {
+        roots.add(c.expect("ca cert")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"postgresql".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from(format!("{}.db.test", t.id)).expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("direct TLS handshake");
+    tls.write_all(&startup_packet(&[("user", "app"), ("database", "x")])).await.expect("startup");
+    let mut head = [0u8; 9];
+    tls.read_exact(&mut head).await.expect("auth request");
+    assert_eq!(&head[..1], b"R");
+    assert_eq!(&head[5..9], &10i32.to_be_bytes(), "AuthenticationSASL over direct TLS (tenant from SNI)");
+}
