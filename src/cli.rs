@@ -52,6 +52,36 @@ pub enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+    /// Tenants in the control database.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+        /// Connection string of the control database (default: `[catalog] url` of the config).
+        #[arg(long, env = "PGTENANT_CATALOG_URL", global = true)]
+        url: Option<String>,
+        #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml", global = true)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    /// A tenant's client credentials.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add (or replace) a user of a tenant; the password is read from standard input and
+    /// stored as a SCRAM-SHA-256 verifier.
+    Add { tenant: String, user: String },
+    /// Remove a user of a tenant.
+    Remove { tenant: String, user: String },
+    /// List a tenant's users.
+    List { tenant: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,6 +115,10 @@ pub fn main() -> ExitCode {
             init_logging(LogFormat::Human);
             runtime(1).and_then(|rt| rt.block_on(catalog_init(url, &config)))
         }
+        Command::Tenant { command: TenantCommand::User { command }, url, config } => {
+            init_logging(LogFormat::Human);
+            runtime(1).and_then(|rt| rt.block_on(tenant_user(command, url, &config)))
+        }
         Command::HashPassword => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password).map_err(anyhow::Error::from).and_then(|_| {
@@ -108,14 +142,70 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn catalog_init(url: Option<String>, config: &std::path::Path) -> anyhow::Result<()> {
+/// A connection to the control database named by `--url` or the config.
+async fn control_db(url: Option<String>, config: &std::path::Path) -> anyhow::Result<tokio_postgres::Client> {
     let url = match url {
         Some(u) => u,
         None => Config::load(config)?.catalog.url,
     };
     anyhow::ensure!(!url.is_empty(), "no control database: pass --url or set [catalog] url");
-    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn tenant_user(
+    command: UserCommand,
+    url: Option<String>,
+    config: &std::path::Path,
+) -> anyhow::Result<()> {
+    let db = control_db(url, config).await?;
+    match command {
+        UserCommand::Add { tenant, user } => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "no password on standard input");
+            let verifier = crate::auth::Verifier::hash(password);
+            db.execute(
+                "INSERT INTO pgtenant.tenant_users (tenant_id, username, verifier) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant_id, username) DO UPDATE SET verifier = EXCLUDED.verifier",
+                &[&tenant, &user, &verifier],
+            )
+            .await?;
+            db.execute(
+                "INSERT INTO pgtenant.events (tenant_id, kind, detail) VALUES ($1, 'user_added', jsonb_build_object('user', $2::text))",
+                &[&tenant, &user],
+            )
+            .await?;
+            println!("user {user} of tenant {tenant} saved");
+        }
+        UserCommand::Remove { tenant, user } => {
+            let n = db
+                .execute("DELETE FROM pgtenant.tenant_users WHERE tenant_id = $1 AND username = $2", &[&tenant, &user])
+                .await?;
+            anyhow::ensure!(n == 1, "tenant {tenant} has no user {user}");
+            db.execute(
+                "INSERT INTO pgtenant.events (tenant_id, kind, detail) VALUES ($1, 'user_removed', jsonb_build_object('user', $2::text))",
+                &[&tenant, &user],
+            )
+            .await?;
+            println!("user {user} of tenant {tenant} removed");
+        }
+        UserCommand::List { tenant } => {
+            for row in db
+                .query("SELECT username, created_at::text FROM pgtenant.tenant_users WHERE tenant_id = $1 ORDER BY 1", &[&tenant])
+                .await?
+            {
+                println!("{}\t{}", row.get::<_, String>(0), row.get::<_, String>(1));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn catalog_init(url: Option<String>, config: &std::path::Path) -> anyhow::Result<()> {
+    let mut client = control_db(url, config).await?;
     let applied = crate::catalog::migrations::migrate(&mut client).await?;
     if applied.is_empty() {
         println!("catalog is up to date");
