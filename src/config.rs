@@ -65,6 +65,9 @@ pub struct ProxyConfig {
     pub auth: AuthMethod,
     /// Log format: `human` or `json`. The level comes from `RUST_LOG` (default `info`).
     pub log_format: LogFormat,
+    /// Failed authentications per source address per minute before further attempts from it
+    /// are refused at once (0: no limit).
+    pub max_auth_failures: u32,
 }
 
 impl Default for ProxyConfig {
@@ -78,6 +81,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: 30.0,
             auth: AuthMethod::Trust,
             log_format: LogFormat::Human,
+            max_auth_failures: 20,
         }
     }
 }

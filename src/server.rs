@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::throttle::Throttle;
 use crate::auth::tls::Tls;
 use crate::cancel::CancelRegistry;
 use crate::catalog::{Catalog, Change, ControlCatalog, StaticCatalog, Tenant};
@@ -44,6 +45,7 @@ pub struct Proxy {
     auth_secret: [u8; 32],
     /// TLS for clients, when configured.
     pub tls: Option<Arc<Tls>>,
+    pub throttle: Throttle,
 }
 
 /// The open sessions of one tenant: its client cap, and the signal that ends them when the
@@ -94,6 +96,7 @@ impl Proxy {
         pools.spawn_maintenance();
         let changes = catalog.changes();
         let config_tls = config.tls.clone();
+        let config_throttle = config.proxy.max_auth_failures;
         let proxy = Arc::new(Proxy {
             clients: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
             config: Arc::new(config),
@@ -103,6 +106,7 @@ impl Proxy {
             shutdown: Shutdown::default(),
             tenants: DashMap::new(),
             auth_secret: rand::random(),
+            throttle: Throttle::new(config_throttle),
             tls: Tls::new(&config_tls).unwrap_or_else(|e| {
                 // `run` loads TLS before it gets here, so a failure means the files changed
                 // in between: refuse TLS rather than start without saying so.

@@ -63,7 +63,7 @@ pub async fn serve(
             }
         };
     let mut reader = FrameReader::with_buffer(stream, prefix, proxy.config.proxy.max_message_size);
-    let handshake = handshake(&mut reader, &proxy, permit.is_some(), &tls_info);
+    let handshake = handshake(&mut reader, &proxy, permit.is_some(), &tls_info, peer);
     let login = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(Some(login))) => login,
         Ok(Ok(None)) => return,
@@ -100,6 +100,7 @@ async fn handshake<S>(
     proxy: &Proxy,
     admitted: bool,
     tls: &TlsInfo,
+    peer: SocketAddr,
 ) -> Result<Option<LoggedIn>, PgError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -172,6 +173,13 @@ where
     // state it is in: an unknown tenant or user fails exactly like a wrong password.
     let method = found.as_ref().and_then(|t| t.auth).unwrap_or(proxy.config.proxy.auth);
     if method == AuthMethod::ScramSha256 {
+        if !proxy.throttle.allowed(peer.ip()) {
+            return Err(PgError::fatal(
+                SqlState::InvalidPassword,
+                "too many failed authentication attempts from this address",
+            )
+            .with_hint("wait a minute before trying again"));
+        }
         let user = startup.get("user").unwrap_or_default();
         let name = resolved.role.as_deref().unwrap_or(user);
         let known = found.as_ref().and_then(|t| t.users.get(name)).and_then(|v| Verifier::parse(v));
@@ -181,7 +189,8 @@ where
         out.clear();
         let proved = scram(reader, verifier, tls.end_point.as_deref()).await?;
         if !(proved && accepted) {
-            tracing::info!(tenant = %resolved.tenant, user, "client authentication failed");
+            proxy.throttle.record_failure(peer.ip());
+            tracing::info!(tenant = %resolved.tenant, user, %peer, "client authentication failed");
             return Err(PgError::fatal(SqlState::InvalidPassword, "password authentication failed"));
         }
     }

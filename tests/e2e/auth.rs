@@ -56,7 +56,14 @@ async fn drivers_log_in_with_scram() {
 /// A full SCRAM exchange over a raw socket; returns everything the proxy sent after the
 /// client's final message.
 async fn raw_login(h: &Harness, user: &str, password: &str) -> Vec<u8> {
-    let mut s = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    raw_login_from(h, [127, 0, 0, 1], user, password).await
+}
+
+/// `raw_login` from a chosen loopback source address.
+async fn raw_login_from(h: &Harness, source: [u8; 4], user: &str, password: &str) -> Vec<u8> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(std::net::SocketAddr::from((source, 0))).expect("bind source");
+    let mut s = socket.connect(h.addr).await.expect("connect");
     s.write_all(&startup_packet(&[("user", user), ("database", "x")])).await.expect("startup");
     let mut buf = vec![0u8; 4096];
     let read_msg = async |s: &mut tokio::net::TcpStream| -> Vec<u8> {
@@ -70,6 +77,9 @@ async fn raw_login(h: &Harness, user: &str, password: &str) -> Vec<u8> {
         m
     };
     let sasl = read_msg(&mut s).await;
+    if sasl[0] == b'E' {
+        return sasl;
+    }
     assert_eq!(&sasl[..9], b"R\0\0\0\x17\0\0\0\x0a", "AuthenticationSASL: {sasl:?}");
     let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
     let mut first = b"SCRAM-SHA-256\0".to_vec();
@@ -191,4 +201,26 @@ async fn tenant_users_managed_from_the_cli_apply_at_once() {
     // hash-password prints a verifier the proxy accepts.
     let (ok, out) = pgtenant_cli(&["hash-password"], "another\n").await;
     assert!(ok && Verifier::parse(out.trim()).is_some(), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled_per_address_only() {
+    let t = with_user(tenant_db("throttle").await, "app", "right");
+    let mut cfg = scram_config(vec![t.clone()]);
+    cfg.proxy.max_auth_failures = 3;
+    let h = start(cfg).await;
+    let user = format!("app.{}", t.id);
+    for _ in 0..3 {
+        assert_eq!(
+            sqlstate(&raw_login_from(&h, [127, 0, 0, 3], &user, "guess").await).as_deref(),
+            Some("28P01")
+        );
+    }
+    // The guessing address is now refused at once, even with the right password …
+    let refused = raw_login_from(&h, [127, 0, 0, 3], &user, "right").await;
+    assert_eq!(sqlstate(&refused).as_deref(), Some("28P01"));
+    assert!(String::from_utf8_lossy(&refused).contains("too many failed authentication attempts"));
+    // … while another address logs in.
+    let ok = raw_login_from(&h, [127, 0, 0, 4], &user, "right").await;
+    assert!(ok.windows(6).any(|w| w == b"Z\0\0\0\x05I"), "{ok:?}");
 }
