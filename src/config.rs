@@ -314,6 +314,13 @@ pub struct UpstreamConfig {
     /// Server connections pgtenant opens to this server across all pools.
     #[serde(default = "default_upstream_max")]
     pub max_connections: usize,
+    /// TLS to this server, as libpq's sslmode: disable, prefer (default), require,
+    /// verify-ca, verify-full.
+    #[serde(default)]
+    pub sslmode: crate::pool::SslMode,
+    /// CA file (PEM) for verify-ca / verify-full.
+    #[serde(default)]
+    pub sslrootcert: Option<String>,
 }
 
 fn default_pg_port() -> u16 {

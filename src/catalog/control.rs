@@ -14,7 +14,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use super::cache::TenantCache;
 use super::{migrations, Catalog, LookupFuture, Tenant, TenantParts};
 use crate::config::{secs, AuthMethod, CatalogConfig, Isolation, PoolDefaults, PoolMode, TenantStatus};
-use crate::pool::UpstreamAddr;
+use crate::pool::{SslMode, UpstreamAddr, UpstreamTls};
 use crate::tenant::TenantId;
 
 /// The NOTIFY channel the catalog triggers use.
@@ -42,7 +42,7 @@ pub struct ControlCatalog {
 
 const LOOKUP_SQL: &str = "SELECT t.status, t.isolation, t.schema_name, t.search_path_public, t.upstream,
         u.host, u.port, u.max_connections, t.database, t.login_role, t.login_password, t.pool_mode,
-        t.pool_size, t.max_server_connections, t.max_clients, t.auth
+        t.pool_size, t.max_server_connections, t.max_clients, t.auth, u.sslmode, u.sslrootcert
    FROM pgtenant.tenants t JOIN pgtenant.upstreams u ON u.name = t.upstream
   WHERE t.id = $1";
 
@@ -121,7 +121,14 @@ impl ControlCatalog {
             schema: row.get(2),
             search_path_public: row.get(3),
             upstream: Arc::from(row.get::<_, String>(4).as_str()),
-            addr: UpstreamAddr::new(row.get(5), u16::try_from(row.get::<_, i32>(6)).unwrap_or(5432)),
+            addr: UpstreamAddr::with_tls(
+                row.get(5),
+                u16::try_from(row.get::<_, i32>(6)).unwrap_or(5432),
+                UpstreamTls {
+                    mode: SslMode::parse(row.get(16)).unwrap_or_default(),
+                    root_cert: row.get::<_, Option<String>>(17).map(|p| Arc::from(p.as_str())),
+                },
+            ),
             upstream_max: count(7).unwrap_or(100),
             database: row.get(8),
             login_role: row.get(9),

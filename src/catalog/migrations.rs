@@ -98,6 +98,16 @@ CREATE TRIGGER notify AFTER INSERT OR UPDATE OR DELETE ON pgtenant.upstreams
 ALTER TABLE pgtenant.tenants ADD COLUMN auth text CHECK (auth IN ('trust', 'scram-sha-256'));
 "#,
     ),
+    (
+        3,
+        r#"
+-- TLS to each upstream, as libpq's sslmode (and the CA file for the verifying modes).
+ALTER TABLE pgtenant.upstreams
+    ADD COLUMN sslmode text NOT NULL DEFAULT 'prefer'
+        CHECK (sslmode IN ('disable', 'prefer', 'require', 'verify-ca', 'verify-full')),
+    ADD COLUMN sslrootcert text;
+"#,
+    ),
 ];
 
 /// Applies the missing migrations; returns the versions applied now.

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::config::{AuthMethod, Config, Isolation, PoolMode, TenantStatus};
-use crate::pool::{PoolKey, UpstreamAddr};
+use crate::pool::{PoolKey, UpstreamAddr, UpstreamTls};
 use crate::protocol::{PgError, SqlState};
 use crate::tenant::TenantId;
 
@@ -179,7 +179,11 @@ impl StaticCatalog {
                 schema: t.schema.clone(),
                 search_path_public: t.search_path_public,
                 upstream: Arc::from(up.name.as_str()),
-                addr: UpstreamAddr::new(&up.host, up.port),
+                addr: UpstreamAddr::with_tls(
+                    &up.host,
+                    up.port,
+                    UpstreamTls { mode: up.sslmode, root_cert: up.sslrootcert.as_deref().map(Arc::from) },
+                ),
                 upstream_max: up.max_connections,
                 database: t.database.clone(),
                 login_role: t.role.clone(),

@@ -9,7 +9,7 @@ mod stream;
 
 pub use fair::{FairPermit, FairSemaphore};
 pub use server::{cancel_backend, Login, PreparedSet, ServerConn, UpstreamError};
-pub use stream::{ServerStream, UpstreamAddr};
+pub use stream::{ServerStream, SslMode, UpstreamAddr, UpstreamTls};
 
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};

@@ -254,6 +254,8 @@ async fn unix_socket_upstream_and_idle_reaping() {
         host: cluster().socket_dir.display().to_string(),
         port: cluster().port,
         max_connections: 10,
+        sslmode: Default::default(),
+        sslrootcert: None,
     });
     cfg.pool.idle_timeout = 0.5;
     let h = start(cfg).await;
@@ -333,6 +335,8 @@ async fn silent_upstream_hits_the_connect_timeout() {
         host: "127.0.0.1".into(),
         port: blackhole.local_addr().expect("addr").port(),
         max_connections: 5,
+        sslmode: Default::default(),
+        sslrootcert: None,
     });
     cfg.pool.connect_timeout = 0.5;
     let h = start(cfg).await;

@@ -62,6 +62,8 @@ pub fn config(tenants: Vec<TenantConfig>) -> Config {
         host: "127.0.0.1".into(),
         port: cluster().port,
         max_connections: 250,
+        sslmode: Default::default(),
+        sslrootcert: None,
     }];
     c.tenants = tenants;
     c
