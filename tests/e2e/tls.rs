@@ -132,3 +132,66 @@ async fn require_tls_refuses_plaintext_and_direct_tls_works() {
     assert_eq!(&head[..1], b"R");
     assert_eq!(&head[5..9], &10i32.to_be_bytes(), "AuthenticationSASL over direct TLS (tenant from SNI)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_over_tls_with_verify_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = certificates(dir.path());
+    // Turn TLS on in the test cluster (ssl can change with a reload); plaintext clients
+    // of other tests keep working.
+    let data = &cluster().data_dir;
+    let (server_crt, server_key) = (data.join("upstream.crt"), data.join("upstream.key"));
+    std::fs::copy(&cert, &server_crt).expect("copy cert");
+    std::fs::copy(&key, &server_key).expect("copy key");
+    for f in [&server_crt, &server_key] {
+        let ok = std::process::Command::new("chown").arg("postgres:postgres").arg(f).status().expect("chown");
+        assert!(ok.success());
+        let ok = std::process::Command::new("chmod").arg("600").arg(f).status().expect("chmod");
+        assert!(ok.success());
+    }
+    let admin = admin("postgres").await;
+    for sql in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", server_crt.display()),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", server_key.display()),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+        "SELECT pg_reload_conf()".to_owned(),
+    ] {
+        admin.simple_query(&sql).await.expect("enable ssl");
+    }
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            let c = crate::support::admin("postgres").await;
+            c.query_one("SHOW ssl", &[]).await.map(|r| r.get::<_, String>(0) == "on").unwrap_or(false)
+        })
+        .await,
+        "ssl did not turn on"
+    );
+    let mut t = tenant_db("uptls").await;
+    t.upstream = "tls".into();
+    let mut wrong = tenant_db("uptlswrong").await;
+    wrong.upstream = "wrongca".into();
+    let mut cfg = config(vec![t.clone(), wrong.clone()]);
+    let other_ca = tempfile::tempdir().expect("tempdir");
+    let (other_ca_path, _, _) = certificates(other_ca.path());
+    for (name, ca_file) in [("tls", &ca), ("wrongca", &other_ca_path)] {
+        cfg.upstreams.push(pgtenant::config::UpstreamConfig {
+            name: name.into(),
+            host: "localhost".into(),
+            port: cluster().port,
+            max_connections: 10,
+            sslmode: pgtenant::pool::SslMode::VerifyFull,
+            sslrootcert: Some(ca_file.display().to_string()),
+        });
+    }
+    let h = start(cfg).await;
+    let c = h.client(&t.id).await;
+    let ssl: bool =
+        c.query_typed("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.expect("query")
+            [0]
+        .get(0);
+    assert!(ssl, "the upstream connection is not encrypted");
+    // A CA that did not sign the server's certificate: refused.
+    let e =
+        tokio_postgres::connect(&h.conninfo(&wrong.id), tokio_postgres::NoTls).await.err().expect("refused");
+    assert_eq!(code(&e), "08006");
+}
