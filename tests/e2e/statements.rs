@@ -56,7 +56,10 @@ async fn named_statements_survive_transaction_pooling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_prepared_in_transaction_mode() {
     let t = with_mode(tenant_db("pgbprep").await, PoolMode::Transaction, 3);
-    let h = start(config(vec![t.clone()])).await;
+    let mut cfg = config(vec![t.clone()]);
+    // Under a loaded machine (other tests run alongside) a waiter must not time out.
+    cfg.pool.checkout_timeout = 60.0;
+    let h = start(cfg).await;
     let url = h.url(&format!("app.{}", t.id), &t.database);
     let init =
         Command::new("pgbench").args(["-i", "-q", "-s", "1"]).arg(&url).output().await.expect("pgbench -i");
