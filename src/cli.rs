@@ -71,6 +71,9 @@ pub enum TenantCommand {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Store a tenant's upstream login password (read from stdin), encrypted with the
+    /// current master key.
+    SetPassword { tenant: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,6 +97,16 @@ pub enum CatalogCommand {
         #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,
     },
+    /// Re-encrypt every upstream login password with the current master key (the first
+    /// line of the key file / PGTENANT_MASTER_KEYS); plaintext ones get encrypted too.
+    RotateKey {
+        #[arg(long, env = "PGTENANT_CATALOG_URL")]
+        url: Option<String>,
+        #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
+        config: PathBuf,
+    },
+    /// Print a new random master key line `<id>:<base64>`.
+    NewKey { id: String },
 }
 
 pub fn main() -> ExitCode {
@@ -118,6 +131,18 @@ pub fn main() -> ExitCode {
         Command::Tenant { command: TenantCommand::User { command }, url, config } => {
             init_logging(LogFormat::Human);
             runtime(1).and_then(|rt| rt.block_on(tenant_user(command, url, &config)))
+        }
+        Command::Tenant { command: TenantCommand::SetPassword { tenant }, url, config } => {
+            init_logging(LogFormat::Human);
+            runtime(1).and_then(|rt| rt.block_on(set_password(tenant, url, &config)))
+        }
+        Command::Catalog { command: CatalogCommand::RotateKey { url, config } } => {
+            init_logging(LogFormat::Human);
+            runtime(1).and_then(|rt| rt.block_on(rotate_key(url, &config)))
+        }
+        Command::Catalog { command: CatalogCommand::NewKey { id } } => {
+            println!("{}", crate::catalog::secrets::Keys::generate_line(&id));
+            Ok(())
         }
         Command::HashPassword => {
             let mut password = String::new();
@@ -204,6 +229,74 @@ async fn tenant_user(
     Ok(())
 }
 
+/// The master keys named by the environment or the config (required).
+fn master_keys(config: &std::path::Path) -> anyhow::Result<crate::catalog::secrets::Keys> {
+    let key_file = if std::env::var_os("PGTENANT_MASTER_KEYS").is_some() {
+        String::new()
+    } else {
+        Config::load(config).map(|c| c.catalog.key_file).unwrap_or_default()
+    };
+    crate::catalog::secrets::load(&key_file)
+        .map_err(anyhow::Error::msg)?
+        .ok_or_else(|| anyhow::anyhow!("no master key: set PGTENANT_MASTER_KEYS or [catalog] key_file"))
+}
+
+async fn set_password(tenant: String, url: Option<String>, config: &std::path::Path) -> anyhow::Result<()> {
+    let keys = master_keys(config)?;
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    let db = control_db(url, config).await?;
+    let n = db
+        .execute(
+            "UPDATE pgtenant.tenants SET login_password = $2 WHERE id = $1",
+            &[&tenant, &keys.encrypt(password)],
+        )
+        .await?;
+    anyhow::ensure!(n == 1, "no tenant {tenant}");
+    println!("upstream password of tenant {tenant} stored (key {})", keys.current_id());
+    Ok(())
+}
+
+async fn rotate_key(url: Option<String>, config: &std::path::Path) -> anyhow::Result<()> {
+    let keys = master_keys(config)?;
+    let mut db = control_db(url, config).await?;
+    let tx = db.transaction().await?;
+    let rows = tx
+        .query(
+            "SELECT id, login_password FROM pgtenant.tenants WHERE login_password IS NOT NULL FOR UPDATE",
+            &[],
+        )
+        .await?;
+    let mut rotated = 0;
+    for row in rows {
+        let (id, stored): (String, String) = (row.get(0), row.get(1));
+        if !keys.needs_rotation(&stored) {
+            continue;
+        }
+        let plain = match keys.decrypt(&stored) {
+            Ok(p) => p,
+            Err(crate::catalog::secrets::SecretError::Plaintext) => stored.clone(),
+            Err(e) => anyhow::bail!("tenant {id}: {e}"),
+        };
+        tx.execute(
+            "UPDATE pgtenant.tenants SET login_password = $2 WHERE id = $1",
+            &[&id, &keys.encrypt(&plain)],
+        )
+        .await?;
+        rotated += 1;
+    }
+    tx.execute(
+        "INSERT INTO pgtenant.events (kind, detail) VALUES ('key_rotated', jsonb_build_object('key', $1::text, 'tenants', $2::int))",
+        &[&keys.current_id(), &rotated],
+    )
+    .await?;
+    tx.commit().await?;
+    println!("{rotated} tenant password(s) now under key {}", keys.current_id());
+    Ok(())
+}
+
 async fn catalog_init(url: Option<String>, config: &std::path::Path) -> anyhow::Result<()> {
     let mut client = control_db(url, config).await?;
     let applied = crate::catalog::migrations::migrate(&mut client).await?;
@@ -266,6 +359,13 @@ async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
             &[&i32::from(cluster.port)],
         )
         .await?;
+    // Upstream passwords are stored encrypted, under a master key kept next to the cluster.
+    let key_dir = tempfile::tempdir()?;
+    let key_file = key_dir.path().join("master.keys");
+    std::fs::write(&key_file, crate::catalog::secrets::Keys::generate_line("demo"))?;
+    let keys = crate::catalog::secrets::load(&key_file.display().to_string())
+        .map_err(anyhow::Error::msg)?
+        .ok_or_else(|| anyhow::anyhow!("no demo key"))?;
     for (id, mode, size) in DEMO_TENANTS {
         let password = format!("demo-{id}-{:08x}", rand::random::<u32>());
         admin.batch_execute(&format!("CREATE ROLE {id} LOGIN PASSWORD '{password}'")).await?;
@@ -283,11 +383,12 @@ async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
             .execute(
                 "INSERT INTO pgtenant.tenants (id, status, isolation, upstream, database, login_role, login_password, pool_mode, pool_size)
                  VALUES ($1, 'active', 'database', 'local', $1, $1, $2, $3, $4)",
-                &[&id, &password, &mode.as_str(), &(size as i32)],
+                &[&id, &keys.encrypt(&password), &mode.as_str(), &(size as i32)],
             )
             .await?;
     }
     let mut config = Config::parse("")?;
+    config.catalog.key_file = key_file.display().to_string();
     config.proxy = ProxyConfig { listen, workers, ..ProxyConfig::default() };
     config.catalog.url = catalog_url.clone();
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -238,6 +238,9 @@ pub struct CatalogConfig {
     pub lookup_timeout: f64,
     /// Connections to the control database for lookups.
     pub pool_size: usize,
+    /// File of master keys (`<id>:<base64 of 32 bytes>` lines, current key first) that
+    /// encrypt upstream login passwords in the catalog; `PGTENANT_MASTER_KEYS` overrides it.
+    pub key_file: String,
 }
 
 impl Default for CatalogConfig {
@@ -249,6 +252,7 @@ impl Default for CatalogConfig {
             cache_size: 100_000,
             lookup_timeout: 2.0,
             pool_size: 4,
+            key_file: String::new(),
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::cache::TenantCache;
+use super::secrets::{self, Keys, SecretError};
 use super::{migrations, Catalog, LookupFuture, Tenant, TenantParts};
 use crate::config::{secs, AuthMethod, CatalogConfig, Isolation, PoolDefaults, PoolMode, TenantStatus};
 use crate::pool::{SslMode, UpstreamAddr, UpstreamTls};
@@ -38,6 +39,8 @@ pub struct ControlCatalog {
     /// Catalog queries made (what the cache saved is what this does not count).
     fetches: AtomicUsize,
     listening: AtomicBool,
+    /// Decrypt upstream login passwords.
+    keys: Option<Keys>,
 }
 
 const LOOKUP_SQL: &str = "SELECT t.status, t.isolation, t.schema_name, t.search_path_public, t.upstream,
@@ -52,6 +55,7 @@ impl ControlCatalog {
         let pg_config = tokio_postgres::Config::from_str(&cfg.url)?;
         let manager = deadpool_postgres::Manager::new(pg_config.clone(), NoTls);
         let pool = deadpool_postgres::Pool::builder(manager).max_size(cfg.pool_size).build()?;
+        let keys = secrets::load(&cfg.key_file).map_err(anyhow::Error::msg)?;
         let catalog = Arc::new(ControlCatalog {
             pg_config,
             pool,
@@ -61,6 +65,7 @@ impl ControlCatalog {
             changes: broadcast::channel(1024).0,
             fetches: AtomicUsize::new(0),
             listening: AtomicBool::new(false),
+            keys,
         });
         catalog.migrate().await?;
         tokio::spawn(listen(Arc::downgrade(&catalog)));
@@ -114,6 +119,24 @@ impl ControlCatalog {
         let isolation: String = row.get(1);
         let pool_mode: String = row.get(11);
         let count = |i: usize| row.get::<_, Option<i32>>(i).and_then(|n| usize::try_from(n).ok());
+        let stored: Option<String> = row.get(10);
+        let password = match (stored, &self.keys) {
+            (None, _) => None,
+            (Some(s), Some(keys)) => match keys.decrypt(&s) {
+                Ok(p) => Some(p),
+                Err(SecretError::Plaintext) => {
+                    tracing::warn!(tenant = %id, "plaintext upstream password in the catalog: run `pgtenant catalog rotate-key`");
+                    Some(s)
+                }
+                Err(e) => return Err(format!("tenant {id}: {e}")),
+            },
+            (Some(s), None) if s.starts_with("enc:") => {
+                return Err(format!(
+                    "tenant {id}: the upstream password is encrypted but no master key is configured"
+                ))
+            }
+            (Some(s), None) => Some(s),
+        };
         let tenant = Tenant::new(TenantParts {
             id: id.clone(),
             status: TenantStatus::parse(&status).ok_or_else(|| format!("bad status {status:?}"))?,
@@ -132,7 +155,7 @@ impl ControlCatalog {
             upstream_max: count(7).unwrap_or(100),
             database: row.get(8),
             login_role: row.get(9),
-            password: row.get(10),
+            password,
             pool_mode: if pool_mode == "session" { PoolMode::Session } else { PoolMode::Transaction },
             pool_size: count(12).unwrap_or(self.defaults.size),
             max_server_connections: count(13),

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod control;
 pub mod migrations;
+pub mod secrets;
 
 pub use control::{Change, ControlCatalog};
 

@@ -155,8 +155,13 @@ async fn a_tenant_can_keep_trust_while_the_proxy_requires_scram() {
 }
 
 async fn pgtenant_cli(args: &[&str], stdin: &str) -> (bool, String) {
+    pgtenant_cli_env(args, stdin, &[]).await
+}
+
+async fn pgtenant_cli_env(args: &[&str], stdin: &str, envs: &[(&str, &str)]) -> (bool, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgtenant"))
         .args(args)
+        .envs(envs.iter().copied())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -223,4 +228,65 @@ async fn failed_logins_are_throttled_per_address_only() {
     // … while another address logs in.
     let ok = raw_login_from(&h, [127, 0, 0, 4], &user, "right").await;
     assert!(ok.windows(6).any(|w| w == b"Z\0\0\0\x05I"), "{ok:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_passwords_are_encrypted_at_rest_and_keys_rotate() {
+    use pgtenant::catalog::secrets::Keys;
+    let t = tenant_db("enc").await;
+    let password = t.password.clone().expect("password");
+    let mut cfg = config(vec![]);
+    let control = control_db(&mut cfg).await;
+    let mut row = t.clone();
+    row.password = None;
+    insert_tenant(&control, &row).await;
+    let url = cfg.catalog.url.clone();
+    let (k1, k2) = (Keys::generate_line("k1"), Keys::generate_line("k2"));
+    // The password goes in under k1 …
+    let (ok, out) = pgtenant_cli_env(
+        &["tenant", "set-password", &t.id, "--url", &url],
+        &format!("{password}\n"),
+        &[("PGTENANT_MASTER_KEYS", &k1)],
+    )
+    .await;
+    assert!(ok, "{out}");
+    // … the proxy knows k2 (current) and k1.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("keys");
+    std::fs::write(&key_file, format!("{k2}\n{k1}\n")).expect("key file");
+    cfg.catalog.key_file = key_file.display().to_string();
+    let (h, _catalog) = start_control(cfg).await;
+    async fn catalog_dump(c: &tokio_postgres::Client) -> String {
+        let rows = c.query("SELECT row_to_json(t)::text FROM pgtenant.tenants t", &[]).await.expect("dump");
+        rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
+    }
+    let before = catalog_dump(&control).await;
+    assert!(!before.contains(&password), "plaintext password in the catalog: {before}");
+    assert!(before.contains("enc:v1:k1:"));
+    h.client(&t.id).await.batch_execute("SELECT 1").await.expect("reachable with a k1 password");
+    // Rotate to k2: every tenant stays reachable.
+    let both = format!("{k2}\n{k1}");
+    let (ok, out) =
+        pgtenant_cli_env(&["catalog", "rotate-key", "--url", &url], "", &[("PGTENANT_MASTER_KEYS", &both)])
+            .await;
+    assert!(ok && out.contains("1 tenant password(s) now under key k2"), "{out}");
+    let after = catalog_dump(&control).await;
+    assert!(
+        !after.contains(&password) && after.contains("enc:v1:k2:") && !after.contains("enc:v1:k1:"),
+        "{after}"
+    );
+    h.proxy.pools.close_idle();
+    assert!(
+        eventually(std::time::Duration::from_secs(2), || async {
+            match tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    c.batch_execute("SELECT 1").await.is_ok()
+                }
+                Err(_) => false,
+            }
+        })
+        .await,
+        "tenant unreachable after key rotation"
+    );
 }
