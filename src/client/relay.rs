@@ -24,7 +24,8 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use super::pipeline::{Action, Kind, Pipeline};
 use super::setcmd::{self, SetCmd};
 use super::statements::{
-    bind_parts, refusal, refuse_sql_prepare, rename, session_feature, target_parts, Statements,
+    bind_parts, feature_refusal, parse_frame, query_frame, rename, session_feature, sql_prepare_refusal,
+    target_parts, Statements,
 };
 use super::vars::{forget_unreported, ClientVars};
 use super::LoggedIn;
@@ -519,6 +520,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let swallow = setup
                 || {
                     let mut route = self.pipeline.route(tag);
+                    tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid), tag = %(tag as char), forward = route.forward, "server message");
                     self.sets.pending.extend(route.completed_set.take());
                     if let Some(server) = self.server.as_mut() {
                         for name in &route.not_prepared {
@@ -778,8 +780,19 @@ impl Stage<'_> {
     /// server connection lacks is prepared there first (its ParseComplete swallowed); a Parse
     /// of a statement it has, and a Close of a named statement, are answered locally.
     fn rewrite(&mut self, tag: u8, frame: &[u8]) {
+        tracing::trace!(conn = self.conn.backend_pid, tag = %(tag as char), len = frame.len(), "client message");
         match tag {
             b'P' => {
+                // The extended protocol can carry what a simple query can: the same checks.
+                let statement =
+                    cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
+                if let Some((name, sql)) = statement {
+                    if let Some(refusal) = self.refusal_for(sql) {
+                        // Prepared in its place: the refusal raises when the client executes it.
+                        let replacement = parse_frame(name, &refusal);
+                        return self.rewrite(tag, &replacement);
+                    }
+                }
                 let Some(prepared) = self.statements.parse(frame, self.search_path) else {
                     // An unnamed statement: remember whether it is a SET.
                     self.sets.unnamed = cstr(&frame[HEADER_LEN..])
@@ -829,16 +842,7 @@ impl Stage<'_> {
                 self.pipeline.push(Kind::Describe, Action::Forward);
             }
             b'Q' => {
-                let refused = refuse_sql_prepare(frame).or_else(|| {
-                    let feature = session_feature(frame)?;
-                    match self.policy {
-                        SessionFeatures::Refuse => refusal(feature),
-                        SessionFeatures::Pin => {
-                            *self.pinned = true;
-                            None
-                        }
-                    }
-                });
+                let refused = self.refusal_for(&frame[HEADER_LEN..]).and_then(|sql| query_frame(&sql));
                 match refused {
                     Some(query) => {
                         self.out.extend_from_slice(&query);
@@ -856,6 +860,23 @@ impl Stage<'_> {
                 self.pipeline.push_set(Kind::Execute, self.sets.bound.take());
             }
             _ => self.forward(tag, frame),
+        }
+    }
+
+    /// What runs instead of `sql` in transaction mode, if it cannot run as it is: SQL-level
+    /// prepared statements always, session-level features under the `refuse` policy (under
+    /// `pin`, the client keeps its server connection instead).
+    fn refusal_for(&mut self, sql: &[u8]) -> Option<String> {
+        if let Some(refusal) = sql_prepare_refusal(sql) {
+            return Some(refusal);
+        }
+        let feature = session_feature(sql)?;
+        match self.policy {
+            SessionFeatures::Refuse => Some(feature_refusal(feature)),
+            SessionFeatures::Pin => {
+                *self.pinned = true;
+                None
+            }
         }
     }
 

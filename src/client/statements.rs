@@ -90,8 +90,7 @@ pub fn target_parts(frame: &[u8]) -> Option<(u8, &[u8])> {
 /// SQL-level prepared statements cannot follow a client across server connections in
 /// transaction mode: `PREPARE`, `EXECUTE` and `DEALLOCATE <name>` are refused (0A000).
 /// `DEALLOCATE ALL` passes. Returns the refusal query to send instead.
-pub fn refuse_sql_prepare(query_frame: &[u8]) -> Option<Bytes> {
-    let sql = query_frame.get(HEADER_LEN..)?;
+pub fn sql_prepare_refusal(sql: &[u8]) -> Option<String> {
     let words = first_words(sql);
     let first = words.first()?.to_ascii_uppercase();
     let refused = match first.as_slice() {
@@ -109,19 +108,32 @@ pub fn refuse_sql_prepare(query_frame: &[u8]) -> Option<Bytes> {
     if !refused {
         return None;
     }
-    let sql = "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', \
-               MESSAGE = 'SQL PREPARE/EXECUTE/DEALLOCATE are not supported in transaction pooling mode', \
-               HINT = 'use protocol-level prepared statements (they are tracked), or session pooling mode'; \
-               END $pgtenant$";
+    Some(
+        "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', \
+         MESSAGE = 'SQL PREPARE/EXECUTE/DEALLOCATE are not supported in transaction pooling mode', \
+         HINT = 'use protocol-level prepared statements (they are tracked), or session pooling mode'; \
+         END $pgtenant$"
+            .to_owned(),
+    )
+}
+
+/// A Query message running `sql`.
+pub fn query_frame(sql: &str) -> Option<Bytes> {
     let mut out = BytesMut::new();
     crate::protocol::frontend::query(&mut out, sql).ok()?;
     Some(out.freeze())
 }
 
+/// A Parse message of `sql` under `name`, without parameter types.
+pub fn parse_frame(name: &[u8], sql: &str) -> Bytes {
+    let mut rest = sql.as_bytes().to_vec();
+    rest.extend_from_slice(&[0, 0, 0]);
+    rename(b'P', &[], name, &rest)
+}
+
 /// Session-level features that cannot survive transaction pooling, recognised by how a
-/// simple query starts: `LISTEN`, `CREATE TEMP[ORARY] TABLE`, `DECLARE ... WITH HOLD`.
-pub fn session_feature(query_frame: &[u8]) -> Option<&'static str> {
-    let sql = query_frame.get(HEADER_LEN..)?;
+/// statement starts: `LISTEN`, `CREATE TEMP[ORARY] TABLE`, `DECLARE ... WITH HOLD`.
+pub fn session_feature(sql: &[u8]) -> Option<&'static str> {
     let words: Vec<Vec<u8>> = first_words(sql).iter().map(|w| w.to_ascii_uppercase()).collect();
     match words.first().map(Vec::as_slice) {
         Some(b"LISTEN") => Some("LISTEN"),
@@ -135,16 +147,13 @@ pub fn session_feature(query_frame: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// A query that fails with 0A000 saying `feature` needs session pooling.
-pub fn refusal(feature: &str) -> Option<Bytes> {
-    let sql = format!(
+/// SQL that fails with 0A000 saying `feature` needs session pooling.
+pub fn feature_refusal(feature: &str) -> String {
+    format!(
         "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', \
          MESSAGE = '{feature} does not work in transaction pooling mode', \
          HINT = 'use session pooling for this client, or set pool.session_features to pin'; END $pgtenant$"
-    );
-    let mut out = BytesMut::new();
-    crate::protocol::frontend::query(&mut out, &sql).ok()?;
-    Some(out.freeze())
+    )
 }
 
 /// The first words of a query, skipping whitespace and comments.
@@ -217,13 +226,15 @@ mod tests {
 
     #[test]
     fn session_features_are_recognised() {
-        let q = |s: &str| frame(b'Q', format!("{s}\0").as_bytes());
+        let q = |s: &str| s.as_bytes().to_vec();
         assert_eq!(session_feature(&q("LISTEN jobs")), Some("LISTEN"));
         assert_eq!(session_feature(&q("create temporary table t (x int)")), Some("temporary tables"));
         assert_eq!(session_feature(&q("DECLARE c CURSOR WITH HOLD FOR SELECT 1")), Some("WITH HOLD cursors"));
         assert_eq!(session_feature(&q("DECLARE c CURSOR FOR SELECT 1")), None);
         assert_eq!(session_feature(&q("SELECT 'LISTEN'")), None);
-        assert!(refusal("LISTEN").is_some());
+        assert!(feature_refusal("LISTEN").contains("feature_not_supported"));
+        let p = parse_frame(b"s1", "SELECT 1");
+        assert_eq!(&p[..], &frame(b'P', b"s1\0SELECT 1\0\0\0")[..]);
     }
 
     #[test]
@@ -231,10 +242,10 @@ mod tests {
         for q in
             ["PREPARE p AS SELECT 1", "  execute p", "/* c */ -- x\n DEALLOCATE p", "deallocate prepare p"]
         {
-            assert!(refuse_sql_prepare(&frame(b'Q', format!("{q}\0").as_bytes())).is_some(), "{q}");
+            assert!(sql_prepare_refusal(q.as_bytes()).is_some(), "{q}");
         }
         for q in ["DEALLOCATE ALL", "deallocate prepare all", "SELECT 'PREPARE'", "EXPLAIN SELECT 1", ""] {
-            assert!(refuse_sql_prepare(&frame(b'Q', format!("{q}\0").as_bytes())).is_none(), "{q}");
+            assert!(sql_prepare_refusal(q.as_bytes()).is_none(), "{q}");
         }
     }
 }

@@ -2,7 +2,7 @@
 """asyncpg through pgtenant (or straight to PostgreSQL, for comparison).
 
 Usage: asyncpg_compat.py URL MODE
-  URL   a postgresql:// URL (asyncpg does not take key=value conninfo strings)
+  URL   a postgresql:// URL, or a simple libpq key=value conninfo (turned into a URL)
   MODE  transaction | session: the pool mode of the tenant (sets what is expected)
 
 asyncpg prepares every query as a named statement (its statement cache) and uses binary
@@ -28,6 +28,25 @@ if len(sys.argv) != 3 or sys.argv[2] not in ("transaction", "session"):
     sys.exit(__doc__)
 DSN, MODE = sys.argv[1], sys.argv[2]
 T = "apg_"
+
+
+def conninfo_to_url(dsn):
+    """A simple libpq key=value conninfo (no quoting) as a postgresql:// URL; URLs unchanged."""
+    if "://" in dsn:
+        return dsn
+    from urllib.parse import quote
+
+    kv = dict(part.split("=", 1) for part in dsn.split())
+    auth = quote(kv.pop("user", ""), safe="")
+    if "password" in kv:
+        auth += ":" + quote(kv.pop("password"), safe="")
+    host = kv.pop("host", "localhost") + (":" + kv.pop("port") if "port" in kv else "")
+    db = quote(kv.pop("dbname", ""), safe="")
+    rest = "&".join(f"{k}={quote(v, safe='')}" for k, v in kv.items())
+    return f"postgresql://{auth + '@' if auth else ''}{host}/{db}{'?' + rest if rest else ''}"
+
+
+DSN = conninfo_to_url(DSN)
 
 results = []
 
@@ -337,25 +356,23 @@ async def main():
 
     await check("cancel pg_sleep(10) (57014)", cancel)
 
-    async def session_state():
+    # The two checks below let another client open a transaction and keep it while this
+    # client goes on: in transaction mode that client gets the most recently used idle server
+    # connection, which is this client's own unless pgtenant pinned the client to it.
+
+    async def session_set():
         c = await connect()
         other = await connect()
         try:
             pid = await c.fetchval("SELECT pg_backend_pid()")
             await c.execute("SET statement_timeout = '4321ms'")
-            await c.execute("CREATE TEMP TABLE scratch (x int)")
-            # Another client opens a transaction and keeps it: in transaction mode it gets the
-            # most recently used idle server connection, which is this client's unless pgtenant
-            # pinned the client to it.
             tr = other.transaction()
             await tr.start()
-            leaked = await other.fetchval("SELECT to_regclass('pg_temp.scratch') IS NOT NULL")
+            other_sees = await other.fetchval("SHOW statement_timeout")
             try:
-                for i in range(3):
-                    await c.execute("INSERT INTO scratch VALUES ($1)", i)
+                for _ in range(3):
                     expect(await c.fetchval("SHOW statement_timeout") == "4321ms", "SET lost")
-                expect(await c.fetchval("SELECT count(*) FROM scratch") == 3, "temp table rows")
-                expect(not leaked, "another client sees this client's temporary table")
+                expect(other_sees == "0", f"another client sees this client's setting: {other_sees}")
                 if MODE == "session":
                     expect(await c.fetchval("SELECT pg_backend_pid()") == pid, "session mode changed the backend")
             finally:
@@ -364,7 +381,28 @@ async def main():
             await other.close()
             await c.close()
 
-    await check(f"session state across transactions ({MODE} mode): SET, temp table, another client busy", session_state)
+    await check(f"session SET across transactions, another client busy ({MODE} mode)", session_set)
+
+    async def temp_table():
+        c = await connect()
+        other = await connect()
+        try:
+            await c.execute("CREATE TEMP TABLE scratch (x int)")
+            tr = other.transaction()
+            await tr.start()
+            leaked = await other.fetchval("SELECT to_regclass('pg_temp.scratch') IS NOT NULL")
+            try:
+                for i in range(3):
+                    await c.execute("INSERT INTO scratch VALUES ($1)", i)
+                expect(await c.fetchval("SELECT count(*) FROM scratch") == 3, "temp table rows")
+                expect(not leaked, "another client sees this client's temporary table")
+            finally:
+                await tr.rollback()
+        finally:
+            await other.close()
+            await c.close()
+
+    await check(f"temporary table across transactions, another client busy ({MODE} mode)", temp_table)
     await conn.close()
 
 

@@ -2,7 +2,7 @@
 // node-postgres (pg) through pgtenant (or straight to PostgreSQL, for comparison).
 //
 // Usage: node node_pg_compat.js URL MODE
-//   URL   a postgresql:// URL (pg's connectionString)
+//   URL   a postgresql:// URL (pg's connectionString), or a simple libpq key=value conninfo
 //   MODE  transaction | session: the pool mode of the tenant (sets what is expected)
 //
 // Prints one line per check and a final "node-postgres: N passed, M failed"; exits 1 on any
@@ -17,11 +17,27 @@ const pg = require('pg');
 const copyStreams = require('pg-copy-streams');
 
 const DRIVER = 'node-postgres';
-const [url, MODE] = process.argv.slice(2);
-if (!url || !['transaction', 'session'].includes(MODE)) {
-  console.error('usage: node_pg_compat.js URL transaction|session');
+const [dsn, MODE] = process.argv.slice(2);
+if (!dsn || !['transaction', 'session'].includes(MODE)) {
+  console.error('usage: node_pg_compat.js URL|CONNINFO transaction|session');
   process.exit(2);
 }
+
+// A simple libpq key=value conninfo (no quoting) as a postgresql:// URL; URLs unchanged.
+function conninfoToUrl(s) {
+  if (s.includes('://')) return s;
+  const kv = Object.fromEntries(s.trim().split(/\s+/).map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
+  const e = encodeURIComponent;
+  let auth = kv.user ? e(kv.user) : '';
+  if (kv.password !== undefined) auth += ':' + e(kv.password);
+  const host = (kv.host || 'localhost') + (kv.port ? ':' + kv.port : '');
+  const rest = Object.entries(kv)
+    .filter(([k]) => !['user', 'password', 'host', 'port', 'dbname'].includes(k))
+    .map(([k, v]) => `${k}=${e(v)}`)
+    .join('&');
+  return `postgresql://${auth ? auth + '@' : ''}${host}/${e(kv.dbname || '')}${rest ? '?' + rest : ''}`;
+}
+const url = conninfoToUrl(dsn);
 const T = 'npg_';
 const results = [];
 
@@ -258,31 +274,48 @@ async function main() {
     }
   });
 
-  await check(`session state across transactions (${MODE} mode): SET, temp table, another client busy`, async () => {
+  // The two checks below let another client open a transaction and keep it while this client
+  // goes on: in transaction mode that client gets the most recently used idle server
+  // connection, which is this client's own unless pgtenant pinned the client to it.
+  await check(`session SET across transactions, another client busy (${MODE} mode)`, async () => {
     const c = await connect();
     const other = await connect();
     try {
       const pid = (await c.query('SELECT pg_backend_pid() AS p')).rows[0].p;
       await c.query("SET statement_timeout = '4321ms'");
-      await c.query('CREATE TEMP TABLE scratch (x int)');
-      // Another client opens a transaction and keeps it: in transaction mode it gets the most
-      // recently used idle server connection, which is this client's unless pgtenant pinned
-      // the client to it.
       await other.query('BEGIN');
-      const leaked = (await other.query("SELECT to_regclass('pg_temp.scratch') IS NOT NULL AS l")).rows[0].l;
+      const otherSees = (await other.query('SHOW statement_timeout')).rows[0].statement_timeout;
       try {
         for (let i = 0; i < 3; i++) {
-          await c.query('INSERT INTO scratch VALUES ($1)', [i]);
           const s = await c.query('SHOW statement_timeout');
           expect(s.rows[0].statement_timeout === '4321ms', `SET lost: ${JSON.stringify(s.rows)}`);
         }
-        const n = await c.query('SELECT count(*)::int AS n FROM scratch');
-        expect(n.rows[0].n === 3, 'temp table rows');
-        expect(!leaked, "another client sees this client's temporary table");
+        expect(otherSees === '0', `another client sees this client's setting: ${otherSees}`);
         if (MODE === 'session') {
           const again = (await c.query('SELECT pg_backend_pid() AS p')).rows[0].p;
           expect(again === pid, 'session mode changed the backend');
         }
+      } finally {
+        await other.query('ROLLBACK');
+      }
+    } finally {
+      await other.end();
+      await c.end();
+    }
+  });
+
+  await check(`temporary table across transactions, another client busy (${MODE} mode)`, async () => {
+    const c = await connect();
+    const other = await connect();
+    try {
+      await c.query('CREATE TEMP TABLE scratch (x int)');
+      await other.query('BEGIN');
+      const leaked = (await other.query("SELECT to_regclass('pg_temp.scratch') IS NOT NULL AS l")).rows[0].l;
+      try {
+        for (let i = 0; i < 3; i++) await c.query('INSERT INTO scratch VALUES ($1)', [i]);
+        const n = await c.query('SELECT count(*)::int AS n FROM scratch');
+        expect(n.rows[0].n === 3, 'temp table rows');
+        expect(!leaked, "another client sees this client's temporary table");
       } finally {
         await other.query('ROLLBACK');
       }

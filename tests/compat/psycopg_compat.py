@@ -334,27 +334,40 @@ def _():
         c.commit()
 
 
-@check(f"session state across transactions ({MODE} mode): SET, temp table, another client busy")
+# The two checks below let another client open a transaction and keep it while this client
+# goes on: in transaction mode that client gets the most recently used idle server connection,
+# which is this client's own unless pgtenant pinned the client to it.
+
+
+@check(f"session SET across transactions, another client busy ({MODE} mode)")
 def _():
-    # SET on an autocommit connection: psycopg's default (a transaction opened implicitly)
-    # would make it a SET inside a transaction block, which in transaction mode lasts that
-    # transaction only (documented in the README).
+    # SET on an autocommit connection: with psycopg's default (a transaction opened
+    # implicitly) it would be a SET inside a transaction block, which in transaction mode lasts
+    # that transaction only (documented in the README).
     with connect(autocommit=True) as c, connect() as other:
         pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
         c.execute("SET statement_timeout = '4321ms'")
+        other_sees = other.execute("SHOW statement_timeout").fetchone()[0]
+        try:
+            for _ in range(3):
+                expect(c.execute("SHOW statement_timeout").fetchone() == ("4321ms",), "SET lost")
+            expect(other_sees == "0", f"another client sees this client's setting: {other_sees}")
+            if MODE == "session":
+                expect(c.execute("SELECT pg_backend_pid()").fetchone()[0] == pid, "session mode changed the backend")
+        finally:
+            other.rollback()
+
+
+@check(f"temporary table across transactions, another client busy ({MODE} mode)")
+def _():
+    with connect(autocommit=True) as c, connect() as other:
         c.execute("CREATE TEMP TABLE scratch (x int)")
-        # Another client opens a transaction and keeps it: in transaction mode it gets the
-        # most recently used idle server connection, which is this client's unless pgtenant
-        # pinned the client to it.
         leaked = other.execute("SELECT to_regclass('pg_temp.scratch') IS NOT NULL").fetchone()[0]
         try:
             for i in range(3):
                 c.execute("INSERT INTO scratch VALUES (%s)", (i,))
-                expect(c.execute("SHOW statement_timeout").fetchone() == ("4321ms",), "SET lost")
             expect(c.execute("SELECT count(*) FROM scratch").fetchone() == (3,), "temp table rows")
             expect(not leaked, "another client sees this client's temporary table")
-            if MODE == "session":
-                expect(c.execute("SELECT pg_backend_pid()").fetchone()[0] == pid, "session mode changed the backend")
         finally:
             other.rollback()
 

@@ -3,6 +3,7 @@
 
 mod auth;
 mod clients;
+mod compat;
 mod hostile;
 mod pooling;
 mod relay;

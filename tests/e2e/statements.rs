@@ -64,9 +64,13 @@ async fn pgbench_prepared_in_transaction_mode() {
     let init =
         Command::new("pgbench").args(["-i", "-q", "-s", "1"]).arg(&url).output().await.expect("pgbench -i");
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    for args in [["-S", "-c", "8"], ["-N", "-c", "6"]] {
+    // One thread per client: pgbench prepares statements synchronously, so on a shared
+    // thread a client waiting for a server connection would stall the others on that thread
+    // while they hold theirs inside a transaction (a pgbench artefact with any pooler whose
+    // pool is smaller than the client count).
+    for args in [["-S", "-c", "8", "-j", "8"], ["-N", "-c", "6", "-j", "6"]] {
         let out = Command::new("pgbench")
-            .args(["-n", "-M", "prepared", "-j", "2", "-t", "200"])
+            .args(["-n", "-M", "prepared", "-t", "200"])
             .args(args)
             .arg(&url)
             .output()

@@ -1,7 +1,8 @@
 // pgjdbc (Debian's libpostgresql-jdbc-java) through pgtenant, or straight to PostgreSQL.
 //
 // Usage: java -cp <classes>:/usr/share/java/postgresql.jar Compat URL MODE
-//   URL   a postgresql:// URL (turned into jdbc:postgresql://…) or a jdbc:postgresql:// URL
+//   URL   a postgresql:// URL (turned into jdbc:postgresql://…), a jdbc:postgresql:// URL, or
+//         a simple libpq key=value conninfo
 //   MODE  transaction | session: the pool mode of the tenant (sets what is expected)
 //
 // tests/compat/jdbc.sh compiles and runs it. Prints one line per check and a final
@@ -75,6 +76,29 @@ public class Compat {
     static String jdbcUrl(String u) {
         if (u.startsWith("jdbc:")) {
             return u;
+        }
+        if (!u.contains("://")) {
+            // A simple libpq key=value conninfo (no quoting).
+            java.util.Map<String, String> kv = new java.util.LinkedHashMap<>();
+            for (String part : u.trim().split("\\s+")) {
+                int eq = part.indexOf('=');
+                kv.put(part.substring(0, eq), part.substring(eq + 1));
+            }
+            StringBuilder b = new StringBuilder("jdbc:postgresql://").append(kv.getOrDefault("host", "localhost"));
+            if (kv.containsKey("port")) {
+                b.append(':').append(kv.get("port"));
+            }
+            b.append('/').append(kv.getOrDefault("dbname", ""));
+            List<String> params = new ArrayList<>();
+            kv.forEach((k, v) -> {
+                if (!k.equals("host") && !k.equals("port") && !k.equals("dbname")) {
+                    params.add(k + "=" + java.net.URLEncoder.encode(v, StandardCharsets.UTF_8));
+                }
+            });
+            if (!params.isEmpty()) {
+                b.append('?').append(String.join("&", params));
+            }
+            return b.toString();
         }
         URI uri = URI.create(u);
         String user = uri.getUserInfo();
@@ -412,28 +436,47 @@ public class Compat {
             }
         });
 
-        check("session state across transactions (" + mode + " mode): SET, temp table, another client busy", () -> {
+        // The two checks below let another client open a transaction and keep it while this
+        // client goes on: in transaction mode that client gets the most recently used idle
+        // server connection, which is this client's own unless pgtenant pinned the client to it.
+        check("session SET across transactions, another client busy (" + mode + " mode)", () -> {
             try (Connection c = connect(); Statement st = c.createStatement(); Connection other = connect()) {
                 long pid = count(c, "SELECT pg_backend_pid()");
                 st.execute("SET statement_timeout = '4321ms'");
+                other.setAutoCommit(false);
+                String otherSees;
+                try (Statement os = other.createStatement(); ResultSet rs = os.executeQuery("SHOW statement_timeout")) {
+                    rs.next();
+                    otherSees = rs.getString(1);
+                }
+                try {
+                    for (int i = 0; i < 3; i++) {
+                        try (ResultSet rs = st.executeQuery("SHOW statement_timeout")) {
+                            expect(rs.next() && rs.getString(1).equals("4321ms"), "SET lost");
+                        }
+                    }
+                    expect(otherSees.equals("0"), "another client sees this client's setting: " + otherSees);
+                    if (mode.equals("session")) {
+                        expect(count(c, "SELECT pg_backend_pid()") == pid, "session mode changed the backend");
+                    }
+                } finally {
+                    other.rollback();
+                }
+            }
+            return null;
+        });
+
+        check("temporary table across transactions, another client busy (" + mode + " mode)", () -> {
+            try (Connection c = connect(); Statement st = c.createStatement(); Connection other = connect()) {
                 st.execute("CREATE TEMP TABLE scratch (x int)");
-                // Another client opens a transaction and keeps it: in transaction mode it gets the
-                // most recently used idle server connection, which is this client's unless pgtenant
-                // pinned the client to it.
                 other.setAutoCommit(false);
                 boolean leaked = count(other, "SELECT (to_regclass('pg_temp.scratch') IS NOT NULL)::int") == 1;
                 try {
                     for (int i = 0; i < 3; i++) {
                         st.executeUpdate("INSERT INTO scratch VALUES (" + i + ")");
-                        try (ResultSet rs = st.executeQuery("SHOW statement_timeout")) {
-                            expect(rs.next() && rs.getString(1).equals("4321ms"), "SET lost");
-                        }
                     }
                     expect(count(c, "SELECT count(*) FROM scratch") == 3, "temp table rows");
                     expect(!leaked, "another client sees this client's temporary table");
-                    if (mode.equals("session")) {
-                        expect(count(c, "SELECT pg_backend_pid()") == pid, "session mode changed the backend");
-                    }
                 } finally {
                     other.rollback();
                 }
