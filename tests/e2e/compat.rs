@@ -704,3 +704,50 @@ async fn listen_notify(url: &str) -> Result<String> {
     other.close().await?;
     Ok(String::new())
 }
+
+/// psycopg (libpq from the psycopg-binary wheel) logs in with SCRAM through pgtenant, in
+/// plaintext and over TLS with verify-full and SCRAM-SHA-256-PLUS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_logs_in_with_scram_and_tls() {
+    setup().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = crate::tls::certificates(dir.path());
+    let mut t = tenant_db("pyscram").await;
+    t.users.push(pgtenant::config::UserConfig {
+        name: "app".into(),
+        verifier: pgtenant::auth::Verifier::hash("py-secret"),
+    });
+    let h = start(crate::tls::tls_config(vec![t.clone()], &cert, &key)).await;
+    let port = h.addr.port();
+    let script = "import sys, psycopg\n\
+                  try:\n    c = psycopg.connect(sys.argv[1])\n\
+                  except psycopg.OperationalError as e:\n    print('refused:', e); sys.exit(3)\n\
+                  print(c.execute('select current_database(), 40 + 2').fetchone())\n";
+    let id = &t.id;
+    let ca = ca.display();
+    for (conninfo, ok) in [
+        (
+            format!("host=127.0.0.1 port={port} user=app.{id} dbname=x password=py-secret sslmode=disable"),
+            true,
+        ),
+        (
+            format!(
+                "host={id}.db.test hostaddr=127.0.0.1 port={port} user=app dbname=x password=py-secret \
+                 sslmode=verify-full sslrootcert={ca} channel_binding=require"
+            ),
+            true,
+        ),
+        (format!("host=127.0.0.1 port={port} user=app.{id} dbname=x password=wrong sslmode=require"), false),
+    ] {
+        let out = python().arg("-c").arg(script).arg(&conninfo).output().await.expect("python");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        if ok {
+            assert!(
+                out.status.success() && text.contains(&format!("('{}', 42)", t.database)),
+                "{conninfo}: {text}"
+            );
+        } else {
+            assert!(text.contains("password authentication failed"), "{conninfo}: {text}");
+        }
+    }
+}

@@ -15,7 +15,7 @@ use tokio::process::Command;
 use crate::support::*;
 
 /// A test CA and a server certificate for `*.db.test` and `localhost`, in `dir`.
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ca_key = KeyPair::generate().expect("ca key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -33,7 +33,7 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (ca_path, cert_path, key_path)
 }
 
-fn tls_config(tenants: Vec<TenantConfig>, cert: &Path, key: &Path) -> Config {
+pub(crate) fn tls_config(tenants: Vec<TenantConfig>, cert: &Path, key: &Path) -> Config {
     let mut c = config(tenants);
     c.proxy.auth = AuthMethod::ScramSha256;
     c.tls.cert = cert.display().to_string();
