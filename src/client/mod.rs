@@ -162,10 +162,14 @@ where
     let found = match proxy.catalog.lookup(&resolved.tenant).await {
         Ok(found) => found,
         Err(CatalogError::Unavailable(why)) => {
-            tracing::warn!(tenant = %resolved.tenant, error = %why, "catalog lookup failed");
+            let reference = PgError::reference();
+            tracing::warn!(tenant = %resolved.tenant, %reference, error = %why, "catalog lookup failed");
             return Err(PgError::fatal(
                 SqlState::UnableToConnect,
-                format!("cannot look up tenant \"{}\": the control database is unreachable", resolved.tenant),
+                format!(
+                    "cannot look up tenant \"{}\": the control database is unreachable (ref {reference})",
+                    resolved.tenant
+                ),
             ));
         }
     };
@@ -173,7 +177,7 @@ where
     // state it is in: an unknown tenant or user fails exactly like a wrong password.
     let method = found.as_ref().and_then(|t| t.auth).unwrap_or(proxy.config.proxy.auth);
     if method == AuthMethod::ScramSha256 {
-        if !proxy.throttle.allowed(peer.ip()) {
+        if !proxy.throttle.allowed(peer.ip(), resolved.tenant.as_str()) {
             return Err(PgError::fatal(
                 SqlState::InvalidPassword,
                 "too many failed authentication attempts from this address",
@@ -189,7 +193,7 @@ where
         out.clear();
         let proved = scram(reader, verifier, tls.end_point.as_deref()).await?;
         if !(proved && accepted) {
-            proxy.throttle.record_failure(peer.ip());
+            proxy.throttle.record_failure(peer.ip(), resolved.tenant.as_str());
             tracing::info!(tenant = %resolved.tenant, user, %peer, "client authentication failed");
             return Err(PgError::fatal(SqlState::InvalidPassword, "password authentication failed"));
         }

@@ -59,10 +59,16 @@ impl PoolError {
                 format!("no server connection for tenant \"{tenant}\" became free within {d:?}"),
             )
             .with_hint("the tenant's pool is exhausted: retry, or raise its pool size"),
-            PoolError::Upstream(_) | PoolError::ConnectTimeout(_) => PgError::fatal(
-                SqlState::ConnectionFailure,
-                format!("cannot reach the database of tenant \"{tenant}\""),
-            ),
+            PoolError::Upstream(_) | PoolError::ConnectTimeout(_) => {
+                // The cause (addresses, the server's own text) stays in the log; the client
+                // gets a reference to find it.
+                let reference = PgError::reference();
+                tracing::warn!(%tenant, %reference, error = %self, "upstream failure reported to a client");
+                PgError::fatal(
+                    SqlState::ConnectionFailure,
+                    format!("cannot reach the database of tenant \"{tenant}\" (ref {reference})"),
+                )
+            }
         }
     }
 }

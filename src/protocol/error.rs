@@ -67,6 +67,12 @@ impl PgError {
         PgError { state, fatal: true, message: message.into(), hint: None }
     }
 
+    /// A short random reference that ties a client's error message to the log line with
+    /// the details pgtenant does not send to clients.
+    pub fn reference() -> String {
+        format!("{:08x}", rand::random::<u32>())
+    }
+
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self

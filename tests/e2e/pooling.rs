@@ -241,7 +241,9 @@ async fn upstream_md5_and_trust_logins() {
     let h = start(config(vec![t.clone()])).await;
     let e = tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls).await.err().expect("refused");
     assert_eq!(code(&e), "08006");
-    assert!(!e.to_string().contains("password authentication failed"));
+    let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+    assert!(!message.contains("password authentication failed"), "{message}");
+    assert!(message.contains("(ref "), "the client gets a reference to the logged cause: {message}");
 }
 
 #[tokio::test]
