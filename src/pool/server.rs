@@ -9,6 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::stream::{ServerStream, UpstreamAddr};
+use crate::auth::scram_client::ClientExchange;
 use crate::protocol::backend::{cstr, parse_error_fields, parse_parameter_status, ServerNotice};
 use crate::protocol::frame::FrameReader;
 use crate::protocol::{frontend, FrameError};
@@ -81,7 +82,7 @@ impl ServerConn {
         frontend::startup(&mut out, &[("user", login.role), ("database", login.database)])?;
         reader.get_mut().write_all(&out).await?;
 
-        let mut scram: Option<sasl::ScramSha256> = None;
+        let mut scram: Option<ClientExchange> = None;
         let mut vars = Vec::new();
         let (mut pid, mut secret) = (0, 0);
         loop {
@@ -110,19 +111,19 @@ impl ServerConn {
                                     "SASL without SCRAM-SHA-256".into(),
                                 ));
                             }
-                            let s = sasl::ScramSha256::new(
-                                password(login)?.as_bytes(),
-                                sasl::ChannelBinding::unsupported(),
+                            let (s, first) = ClientExchange::new(
+                                password(login)?,
+                                (addr.to_string(), login.role.to_owned()),
                             );
-                            frontend::sasl_initial(&mut out, sasl::SCRAM_SHA_256, s.message())?;
+                            frontend::sasl_initial(&mut out, sasl::SCRAM_SHA_256, &first)?;
                             scram = Some(s);
                         }
                         11 => {
                             let s = scram.as_mut().ok_or_else(|| {
                                 UpstreamError::Protocol("SASL continue out of order".into())
                             })?;
-                            s.update(data).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                            frontend::sasl_response(&mut out, s.message())?;
+                            let last = s.update(data).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                            frontend::sasl_response(&mut out, &last)?;
                         }
                         12 => {
                             let s = scram
