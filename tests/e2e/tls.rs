@@ -195,3 +195,103 @@ async fn upstream_over_tls_with_verify_full() {
         tokio_postgres::connect(&h.conninfo(&wrong.id), tokio_postgres::NoTls).await.err().expect("refused");
     assert_eq!(code(&e), "08006");
 }
+
+/// tokio-postgres over rustls, with the `tls-server-end-point` channel binding it needs for
+/// SCRAM-SHA-256-PLUS (what crates like tokio-postgres-rustls provide).
+mod pg_rustls {
+    use std::future::Future;
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use sha2::{Digest, Sha256};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
+
+    pub struct MakeRustls(pub Arc<rustls::ClientConfig>);
+    pub struct Connector(Arc<rustls::ClientConfig>, String);
+    pub struct Stream<S>(tokio_rustls::client::TlsStream<S>);
+
+    impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> MakeTlsConnect<S> for MakeRustls {
+        type Stream = Stream<S>;
+        type TlsConnect = Connector;
+        type Error = io::Error;
+        fn make_tls_connect(&mut self, domain: &str) -> io::Result<Connector> {
+            Ok(Connector(self.0.clone(), domain.to_owned()))
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> TlsConnect<S> for Connector {
+        type Stream = Stream<S>;
+        type Error = io::Error;
+        type Future = Pin<Box<dyn Future<Output = io::Result<Stream<S>>> + Send>>;
+        fn connect(self, stream: S) -> Self::Future {
+            Box::pin(async move {
+                let name = rustls_pki_types::ServerName::try_from(self.1)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                Ok(Stream(tokio_rustls::TlsConnector::from(self.0).connect(name, stream).await?))
+            })
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for Stream<S> {
+        fn channel_binding(&self) -> ChannelBinding {
+            match self.0.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                Some(cert) => ChannelBinding::tls_server_end_point(Sha256::digest(cert.as_ref()).to_vec()),
+                None => ChannelBinding::none(),
+            }
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
+        fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        }
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_over_tls_with_scram_plus() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = certificates(dir.path());
+    let mut t = tenant_db("tpgtls").await;
+    t.users.push(UserConfig { name: "app".into(), verifier: Verifier::hash("tp-secret") });
+    let h = start(tls_config(vec![t.clone()], &cert, &key)).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).expect("ca file") {
+        roots.add(c.expect("ca cert")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = pg_rustls::MakeRustls(Arc::new(client));
+    let conninfo = format!(
+        "host={}.db.test hostaddr=127.0.0.1 port={} user=app dbname=x password=tp-secret sslmode=require channel_binding=require",
+        t.id,
+        h.addr.port()
+    );
+    let (c, conn) = tokio_postgres::connect(&conninfo, tls).await.expect("TLS + SCRAM-SHA-256-PLUS login");
+    tokio::spawn(conn);
+    let db: String = c.query_typed("SELECT current_database()", &[]).await.expect("query")[0].get(0);
+    assert_eq!(db, t.database, "routed by SNI");
+}
