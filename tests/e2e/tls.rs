@@ -295,3 +295,76 @@ async fn tokio_postgres_over_tls_with_scram_plus() {
     let db: String = c.query_typed("SELECT current_database()", &[]).await.expect("query")[0].get(0);
     assert_eq!(db, t.database, "routed by SNI");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_chosen_by_sni_and_reloaded_without_dropping_connections() {
+    let default_dir = tempfile::tempdir().expect("tempdir");
+    let (_, cert, key) = certificates(default_dir.path());
+    // A second CA and a certificate for *.other.test, chosen by SNI suffix.
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other_ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // A name of its own: a leaf whose issuer name equals its subject looks self-signed.
+    ca_params.distinguished_name.push(DnType::CommonName, "other test CA");
+    let other_ca = CertifiedIssuer::self_signed(ca_params, other_ca_key).expect("ca");
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["*.other.test".to_owned()])
+        .expect("params")
+        .signed_by(&leaf_key, &other_ca)
+        .expect("leaf");
+    let (other_ca_path, other_cert, other_key) =
+        (other_dir.path().join("ca.pem"), other_dir.path().join("c.pem"), other_dir.path().join("c.key"));
+    std::fs::write(&other_ca_path, other_ca.pem()).expect("write");
+    std::fs::write(&other_cert, leaf.pem()).expect("write");
+    std::fs::write(&other_key, leaf_key.serialize_pem()).expect("write");
+
+    let mut t = tenant_db("multicert").await;
+    t.users.push(UserConfig { name: "app".into(), verifier: Verifier::hash("pw") });
+    let mut cfg = tls_config(vec![t.clone()], &cert, &key);
+    cfg.tls.certs.push(pgtenant::config::SniCertConfig {
+        suffix: "other.test".into(),
+        cert: other_cert.display().to_string(),
+        key: other_key.display().to_string(),
+    });
+    let h = start(cfg).await;
+    let port = h.addr.port();
+    let via = |name: &str, ca: &Path| {
+        format!(
+            "host={name} hostaddr=127.0.0.1 port={port} user=app.{} dbname=x sslmode=verify-full sslrootcert={}",
+            t.id,
+            ca.display()
+        )
+    };
+    // x.other.test gets the second certificate (only its CA verifies it).
+    let (ok, _, err) = psql(&via("x.other.test", &other_ca_path), "pw").await;
+    assert!(ok, "{err}");
+
+    // An open connection survives a reload that replaces the default certificate.
+    let open = Command::new("psql")
+        .arg(via(&format!("{}.db.test", t.id), &default_dir.path().join("ca.pem")))
+        .args(["-X", "-At", "-w", "-c", "SELECT pg_sleep(1.5), 'still here'"])
+        .env("PGPASSWORD", "pw")
+        .output();
+    let reload = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let new_dir = tempfile::tempdir().expect("tempdir");
+        let (new_ca, new_cert, new_key) = certificates(new_dir.path());
+        std::fs::copy(&new_cert, &cert).expect("replace cert");
+        std::fs::copy(&new_key, &key).expect("replace key");
+        h.proxy.tls.as_ref().expect("tls on").reload().expect("reload");
+        (new_dir, new_ca)
+    };
+    let (open, (_new_dir, new_ca)) = tokio::join!(open, reload);
+    let open = open.expect("psql");
+    assert!(
+        open.status.success() && String::from_utf8_lossy(&open.stdout).contains("still here"),
+        "{}",
+        String::from_utf8_lossy(&open.stderr)
+    );
+    // New connections get the new certificate: the new CA verifies it, the old one does not.
+    let (ok, _, err) = psql(&via(&format!("{}.db.test", t.id), &new_ca), "pw").await;
+    assert!(ok, "{err}");
+    let (ok, _, _) = psql(&via(&format!("{}.db.test", t.id), &default_dir.path().join("ca.pem")), "pw").await;
+    assert!(!ok, "the old certificate is still served after the reload");
+}
