@@ -46,7 +46,12 @@ pub enum Command {
     },
     /// Print the SCRAM-SHA-256 verifier of a password (read from stdin), for
     /// `[[tenants.users]] verifier` or `pgtenant.tenant_users.verifier`.
-    HashPassword,
+    HashPassword {
+        /// Print the MD5 form instead (for `auth = "md5"` tenants): needs the user name the
+        /// client sends, e.g. `app.acme`.
+        #[arg(long, value_name = "CLIENT_USER")]
+        md5_user: Option<String>,
+    },
     /// The control database.
     Catalog {
         #[command(subcommand)]
@@ -144,12 +149,15 @@ pub fn main() -> ExitCode {
             println!("{}", crate::catalog::secrets::Keys::generate_line(&id));
             Ok(())
         }
-        Command::HashPassword => {
+        Command::HashPassword { md5_user } => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password).map_err(anyhow::Error::from).and_then(|_| {
                 let password = password.trim_end_matches(['\r', '\n']);
                 anyhow::ensure!(!password.is_empty(), "no password on standard input");
-                println!("{}", crate::auth::Verifier::hash(password));
+                match &md5_user {
+                    Some(user) => println!("{}", postgres_protocol::password::md5(password.as_bytes(), user)),
+                    None => println!("{}", crate::auth::Verifier::hash(password)),
+                }
                 Ok(())
             })
         }

@@ -94,6 +94,9 @@ pub enum AuthMethod {
     /// SCRAM-SHA-256 against the verifiers stored for the tenant's users.
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// MD5 challenge-response, for old clients (opt-in): stored values are
+    /// `md5` + md5(password + the client's user name as sent, e.g. `app.acme`).
+    Md5,
 }
 
 impl AuthMethod {
@@ -101,11 +104,12 @@ impl AuthMethod {
         match self {
             AuthMethod::Trust => "trust",
             AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::Md5 => "md5",
         }
     }
 
     pub fn parse(s: &str) -> Option<AuthMethod> {
-        [AuthMethod::Trust, AuthMethod::ScramSha256].into_iter().find(|m| m.as_str() == s)
+        [AuthMethod::Trust, AuthMethod::ScramSha256, AuthMethod::Md5].into_iter().find(|m| m.as_str() == s)
     }
 }
 

@@ -176,7 +176,7 @@ where
     // Authentication comes before anything that tells whether the tenant exists or what
     // state it is in: an unknown tenant or user fails exactly like a wrong password.
     let method = found.as_ref().and_then(|t| t.auth).unwrap_or(proxy.config.proxy.auth);
-    if method == AuthMethod::ScramSha256 {
+    if method != AuthMethod::Trust {
         if !proxy.throttle.allowed(peer.ip(), resolved.tenant.as_str()) {
             return Err(PgError::fatal(
                 SqlState::InvalidPassword,
@@ -186,12 +186,20 @@ where
         }
         let user = startup.get("user").unwrap_or_default();
         let name = resolved.role.as_deref().unwrap_or(user);
-        let known = found.as_ref().and_then(|t| t.users.get(name)).and_then(|v| Verifier::parse(v));
-        let accepted = known.is_some();
-        let verifier = known.unwrap_or_else(|| Verifier::mock(proxy.auth_secret(), user));
+        let stored = found.as_ref().and_then(|t| t.users.get(name));
         reader.get_mut().write_all(&out).await.map_err(io_gone)?;
         out.clear();
-        let proved = scram(reader, verifier, tls.end_point.as_deref()).await?;
+        let (proved, accepted) = if method == AuthMethod::Md5 {
+            let known = stored.filter(|v| v.starts_with("md5") && v.len() == 35).cloned();
+            let accepted = known.is_some();
+            let hash = known.unwrap_or_else(|| md5_mock(proxy.auth_secret(), user));
+            (md5_challenge(reader, &hash).await?, accepted)
+        } else {
+            let known = stored.and_then(|v| Verifier::parse(v));
+            let accepted = known.is_some();
+            let verifier = known.unwrap_or_else(|| Verifier::mock(proxy.auth_secret(), user));
+            (scram(reader, verifier, tls.end_point.as_deref()).await?, accepted)
+        };
         if !(proved && accepted) {
             proxy.throttle.record_failure(peer.ip(), resolved.tenant.as_str());
             tracing::info!(tenant = %resolved.tenant, user, %peer, "client authentication failed");
@@ -269,6 +277,39 @@ where
         }
         None => Ok(false),
     }
+}
+
+/// MD5 challenge-response against `stored` (`md5` + 32 hex digits): the client answers
+/// `md5` + md5(hex part + salt).
+async fn md5_challenge<S>(reader: &mut FrameReader<S>, stored: &str) -> Result<bool, PgError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use md5::{Digest, Md5};
+    let salt: [u8; 4] = rand::random();
+    let mut out = BytesMut::with_capacity(16);
+    backend::md5_password_request(&mut out, salt);
+    reader.get_mut().write_all(&out).await.map_err(io_gone)?;
+    let answer = read_password_message(reader).await?;
+    let answer = backend::cstr(answer.body()).map(|(a, _)| a).unwrap_or_default();
+    let mut h = Md5::new();
+    h.update(&stored.as_bytes()[3..]);
+    h.update(salt);
+    let expected = format!("md5{}", hex(&h.finalize()));
+    // Constant time over the expected length.
+    let same = answer.len() == expected.len()
+        && answer.iter().zip(expected.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    Ok(same)
+}
+
+/// The stored MD5 value an unknown user is checked against (no match is possible in practice).
+fn md5_mock(secret: &[u8], user: &str) -> String {
+    let v = Verifier::mock(secret, user);
+    format!("md5{}", hex(&v.stored_key[..16]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The next message during authentication, which must be a PasswordMessage-family 'p'.

@@ -20,6 +20,10 @@ pub fn authentication_ok(buf: &mut BytesMut) {
     put(buf, Authentication::Ok);
 }
 
+pub fn md5_password_request(buf: &mut BytesMut, salt: [u8; 4]) {
+    put(buf, Authentication::MD5Password(salt.to_vec()));
+}
+
 pub fn sasl_mechanisms(buf: &mut BytesMut, mechanisms: &[&str]) {
     put(buf, Authentication::SASL(mechanisms.iter().map(|m| (*m).to_owned()).collect()));
 }

@@ -290,3 +290,36 @@ async fn upstream_passwords_are_encrypted_at_rest_and_keys_rotate() {
         "tenant unreachable after key rotation"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_for_old_clients_when_a_tenant_opts_in() {
+    let mut t = tenant_db("md5client").await;
+    t.auth = Some(AuthMethod::Md5);
+    let user = format!("app.{}", t.id);
+    t.users.push(UserConfig {
+        name: "app".into(),
+        verifier: postgres_protocol::password::md5(b"old-pw", &user),
+    });
+    let h = start(scram_config(vec![t.clone()])).await;
+    let run = |pw: &'static str| {
+        let url = h.url(&user, &t.database);
+        async move {
+            Command::new("psql")
+                .arg(url)
+                .args(["-X", "-At", "-w", "-c", "SELECT 40 + 2"])
+                .env("PGPASSWORD", pw)
+                .output()
+                .await
+                .expect("psql")
+        }
+    };
+    let ok = run("old-pw").await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "42");
+    let bad = run("wrong").await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("password authentication failed"));
+    // The same through tokio-postgres.
+    let c = connect_str(&format!("{} password=old-pw", h.conninfo(&t.id))).await;
+    c.batch_execute("SELECT 1").await.expect("md5 login");
+}
