@@ -132,14 +132,19 @@ start_postgres() {
 start_postgres
 
 su_sql() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres "$@"; }
-su_sql -d postgres <<'SQL'
+# The role's password is 'secret' and its stored SCRAM secret is the very same
+# verifier the poolers check clients against: PgBouncer <= 1.25 overwrites a
+# forced user's credentials ([databases] user=... password=...) with the SCRAM
+# keys of the client that logged in (pgbouncer issues #944, #1461), so its
+# server logins only succeed when both verifiers are identical.
+su_sql -d postgres <<SQL
 SET password_encryption = 'scram-sha-256';
-CREATE ROLE bench LOGIN PASSWORD 'bench';
+CREATE ROLE bench LOGIN PASSWORD '$VERIFIER';
 CREATE DATABASE bench OWNER bench;
 SQL
 
 log "pgbench -i -s 1 ..."
-PGPASSWORD=bench PGSSLMODE=disable "$PGBENCH" -i -s 1 -q -h 127.0.0.1 -p "$PG_PORT" -U bench bench \
+PGPASSWORD=secret PGSSLMODE=disable "$PGBENCH" -i -s 1 -q -h 127.0.0.1 -p "$PG_PORT" -U bench bench \
     >"$TMP/pgbench-init.log" 2>&1 || { show_log "$TMP/pgbench-init.log"; die "pgbench -i failed"; }
 
 # Wait until `psql -c 'select 1'` works (port, user, password, pid, log).
@@ -147,7 +152,7 @@ wait_ready() {
     local port=$1 user=$2 pass=$3 pid=$4 logf=$5
     for _ in $(seq 1 150); do
         kill -0 "$pid" 2>/dev/null || { show_log "$logf"; die "process $pid ($logf) exited"; }
-        PGPASSWORD=$pass PGSSLMODE=disable "$PSQL" -X -q -At -h 127.0.0.1 -p "$port" -U "$user" \
+        PGPASSWORD=$pass PGSSLMODE=disable PGCONNECT_TIMEOUT=5 timeout 10 "$PSQL" -X -q -At -h 127.0.0.1 -p "$port" -U "$user" \
             -d bench -c 'select 1' >/dev/null 2>&1 && return 0
         sleep 0.2
     done
@@ -184,7 +189,7 @@ id = "bench"
 upstream = "local"
 database = "bench"
 role = "bench"
-password = "bench"
+password = "secret"
 
 [[tenants.users]]
 name = "app"
@@ -203,7 +208,7 @@ free_port PGB_PORT
 printf '"app" "%s"\n' "$VERIFIER" >"$TMP/userlist.txt"
 cat >"$TMP/pgbouncer.ini" <<EOF
 [databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=bench user=bench password=bench
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench user=bench password=secret
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -217,6 +222,7 @@ max_client_conn = 1000
 client_tls_sslmode = allow
 client_tls_key_file = $TMP/server.key
 client_tls_cert_file = $TMP/server.crt
+server_login_retry = 1
 logfile = $TMP/pgbouncer.log
 pidfile = $TMP/pgbouncer.pid
 EOF
@@ -235,7 +241,7 @@ TARGETS=(direct pgtenant pgbouncer)
 
 target_conn() { # user, password, port
     case $1 in
-        direct)    echo "bench bench $PG_PORT" ;;
+        direct)    echo "bench secret $PG_PORT" ;;
         pgtenant)  echo "app.bench secret $PGT_PORT" ;;
         pgbouncer) echo "app secret $PGB_PORT" ;;
     esac
