@@ -5,11 +5,14 @@
 //! - [`server`]: listeners, the accept loop, the global client cap, shutdown and drain.
 //! - [`protocol`]: frames (tag + length + original bytes), startup packets, the few typed
 //!   messages pgtenant reads or writes, and the one place ErrorResponses are built.
-//! - [`client`]: one client session: handshake → resolve → authenticate → relay.
+//! - [`client`]: one client session: TLS negotiation → handshake → resolve → authenticate →
+//!   relay (reply queue, statement rewriting, session variables).
 //! - [`tenant`]: tenant ids and the resolvers (pure functions over startup parameters).
-//! - [`catalog`]: where tenants are looked up, behind a narrow interface (static TOML for now).
+//! - [`catalog`]: where tenants are looked up, behind a narrow interface: the control
+//!   database (cache, pushed invalidation, encrypted secrets) or the static TOML catalog.
 //! - [`pool`]: upstream server connections: connect, authenticate, session state, pools, caps.
-//! - [`auth`]: client authentication (SCRAM-SHA-256 against stored verifiers).
+//! - [`auth`]: SCRAM-SHA-256 (server side for clients, client side for upstreams), TLS,
+//!   failed-login throttling.
 //! - [`cancel`]: pgtenant's own BackendKeyData and the map to upstream backends.
 //! - [`config`]: the TOML configuration, validated once.
 //! - [`embedded`]: a throwaway PostgreSQL cluster, for `pgtenant demo` and the tests.

@@ -118,8 +118,8 @@ where
             }
         };
         match startup::parse(&body) {
-            // The TLS seam: SSLRequest and GSSENCRequest are refused until TLS lands; the
-            // client goes on in plaintext (or gives up, if it requires TLS).
+            // TLS was negotiated (or refused) before this reader existed (`stream::opening`);
+            // a late SSLRequest/GSSENCRequest is answered N and the client goes on as it is.
             Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
                 let mut out = BytesMut::with_capacity(1);
                 backend::refuse_encryption(&mut out);
