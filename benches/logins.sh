@@ -36,17 +36,6 @@ source "$REPO/benches/lib.sh"
 TMP=$(mktemp -d /tmp/pgtenant-logins.XXXXXX)
 PG_PID="" PGT_PID="" PGB_PID=""
 
-stop_pid() {
-    local pid=$1 sig=$2
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$?
@@ -64,7 +53,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-show_log() { log "--- last lines of $1 ---"; tail -n "${2:-20}" "$1" >&2 || true; }
 
 # ---------------------------------------------------------------------------
 # 1. pgtenant binary (build only when missing).

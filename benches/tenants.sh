@@ -65,18 +65,6 @@ TMP=$(mktemp -d /tmp/pgtenant-tenants.XXXXXX)
 PG_PID="" PGT_PID="" GATE_PID=""
 BENCH_PIDS=()   # pgbench processes of the case running now
 
-# Stop a process we started: signal, wait up to ~10 s, then SIGKILL.
-stop_pid() {
-    local pid=$1 sig=$2
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$?
@@ -98,19 +86,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Print the tail of a log to stderr (for failures).
-show_log() { log "--- last lines of $1 ---"; tail -n "${2:-20}" "$1" >&2 || true; }
 
 # ---------------------------------------------------------------------------
 # 1. Build pgtenant.
 # ---------------------------------------------------------------------------
-if [[ -n ${PGTENANT_BIN:-} ]]; then
-    [[ -x $PGTENANT_BIN ]] || die "PGTENANT_BIN=$PGTENANT_BIN is not executable"
-else
-    log "building pgtenant (cargo build --release) ..."
-    (cd "$REPO" && cargo build --release --quiet) || die "cargo build --release failed"
-    PGTENANT_BIN=$REPO/target/release/pgtenant
-fi
+build_pgtenant
 
 # ---------------------------------------------------------------------------
 # 2. Throwaway PostgreSQL cluster.
