@@ -134,17 +134,7 @@ async fn copy_in_and_out_100k_rows_with_checksum() {
 async fn notify_reaches_a_session_mode_listener() {
     let t = with_mode(tenant_db("notify").await, PoolMode::Session, 3);
     let h = start(config(vec![t.clone()])).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let (listener, mut conn) =
-        tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Ok(Some(m)) = messages.try_next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
-            }
-        }
-    });
+    let (listener, mut rx) = listening_client(&h.conninfo(&t.id)).await;
     listener.batch_execute("LISTEN jobs").await.expect("listen");
     let sender = h.client(&t.id).await;
     sender.batch_execute("NOTIFY jobs, 'hello'").await.expect("notify");

@@ -215,18 +215,7 @@ async fn session_sets_follow_the_client_in_transaction_mode() {
 async fn listen_pins_the_client_or_is_refused() {
     let t = with_mode(tenant_db("listenpin").await, PoolMode::Transaction, 2);
     let h = start(config(vec![t.clone()])).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let (listener, mut conn) =
-        tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(async move {
-        use futures_util::TryStreamExt;
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Ok(Some(m)) = messages.try_next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                let _ = tx.send(n.payload().to_owned());
-            }
-        }
-    });
+    let (listener, mut rx) = listening_client(&h.conninfo(&t.id)).await;
     listener.batch_execute("LISTEN jobs").await.expect("listen");
     // Another client keeps working on the other server connection, and its NOTIFY reaches
     // the pinned listener.
@@ -236,7 +225,7 @@ async fn listen_pins_the_client_or_is_refused() {
     }
     for i in 0..3 {
         let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("in time");
-        assert_eq!(got, Some(format!("n{i}")));
+        assert_eq!(got, Some(("jobs".to_owned(), format!("n{i}"))));
     }
     // With session_features = "refuse", LISTEN gets 0A000 instead.
     let r = with_mode(tenant_db("listenrefuse").await, PoolMode::Transaction, 2);

@@ -337,3 +337,21 @@ pub async fn backends_as(db: &str, role: &str) -> i64 {
         .expect("count backends")
         .get(0)
 }
+
+/// A client whose notifications arrive on the returned channel as (channel, payload).
+pub async fn listening_client(
+    conninfo: &str,
+) -> (Client, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
+    use futures_util::TryStreamExt;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (client, mut conn) = tokio_postgres::connect(conninfo, NoTls).await.expect("connect");
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Ok(Some(m)) = messages.try_next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    (client, rx)
+}
