@@ -34,6 +34,10 @@ pub struct Config {
     pub catalog: CatalogConfig,
     #[serde(default)]
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Upstream PostgreSQL servers tenants live on.
     #[serde(default, rename = "upstreams")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -259,6 +263,34 @@ impl Default for CatalogConfig {
             key_file: String::new(),
         }
     }
+}
+
+/// `[lifecycle]`: what `pgtenant tenant create` and `pgtenant migrate` (and the HTTP API)
+/// apply to tenants.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// Directory of tenant migrations, `V<number>__<name>.sql`, applied in version order to
+    /// every tenant ("" = none). A file whose first line is `-- pgtenant:no-transaction` runs
+    /// outside a transaction (for CREATE INDEX CONCURRENTLY and the like).
+    pub migrations: String,
+    /// Directory of seed files (`*.sql`, applied in name order once, when a tenant is
+    /// created, after the migrations; `current_setting('pgtenant.tenant_id')` names the
+    /// tenant) ("" = none).
+    pub seeds: String,
+    /// Tenants migrated at once by `pgtenant migrate` and `POST /migrate`.
+    pub parallel: Option<usize>,
+}
+
+/// `[admin]`: the HTTP admin API (off unless `listen` is set).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the HTTP admin API, e.g. `127.0.0.1:8432` ("" = off).
+    pub listen: String,
+    /// SHA-256 hex digests of bearer tokens accepted besides those in the control database's
+    /// `pgtenant.admin_tokens` (`pgtenant admin token-hash` prints one).
+    pub token_sha256: Vec<String>,
 }
 
 /// `[resolver]`: how the tenant is found in a connection. Every enabled resolver runs; two

@@ -14,6 +14,8 @@
 //! - [`auth`]: SCRAM-SHA-256 (server side for clients, client side for upstreams), TLS,
 //!   failed-login throttling.
 //! - [`cancel`]: pgtenant's own BackendKeyData and the map to upstream backends.
+//! - [`lifecycle`]: tenant create / suspend / archive / restore / delete on the upstream
+//!   and the catalog, and migrations across every tenant (CLI and HTTP fronts).
 //! - [`config`]: the TOML configuration, validated once.
 //! - [`embedded`]: a throwaway PostgreSQL cluster, for `pgtenant demo` and the tests.
 //! - [`cli`]: the command line.
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod embedded;
+pub mod lifecycle;
 pub mod pool;
 pub mod protocol;
 pub mod server;

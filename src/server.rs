@@ -62,6 +62,11 @@ impl TenantSessions {
         self.kick.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
     }
 
+    /// Clients of the tenant logged in now.
+    pub fn connected(&self) -> usize {
+        self.max_clients.unwrap_or(Semaphore::MAX_PERMITS).saturating_sub(self.clients.available_permits())
+    }
+
     pub fn kick_reason(&self) -> Option<PgError> {
         self.kick.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
     }
@@ -73,6 +78,12 @@ impl TenantSessions {
         k.1 = Some(reason);
         k.0.cancel();
         k.0 = CancellationToken::new();
+    }
+}
+
+impl crate::lifecycle::LiveSessions for Proxy {
+    fn clients(&self, tenant: &str) -> usize {
+        self.tenant_clients(tenant)
     }
 }
 
@@ -128,6 +139,12 @@ impl Proxy {
         }
         let catalog = ControlCatalog::start(&config.catalog, &config.pool).await?;
         Ok(Proxy::with_catalog(config, catalog))
+    }
+
+    /// Clients of `tenant` logged in to this proxy now.
+    pub fn tenant_clients(&self, tenant: &str) -> usize {
+        let Ok(id) = TenantId::parse(tenant) else { return 0 };
+        self.tenants.get(&id).map_or(0, |s| s.connected())
     }
 
     pub fn auth_secret(&self) -> &[u8] {

@@ -108,6 +108,31 @@ ALTER TABLE pgtenant.upstreams
     ADD COLUMN sslrootcert text;
 "#,
     ),
+    (
+        4,
+        r#"
+-- Tenant lifecycle (src/lifecycle): how pgtenant reaches an upstream as an administrator to
+-- create and drop tenant databases, schemas and roles (the password encrypted like tenant
+-- passwords), whether a tenant's login role is its own, and why its last operation failed.
+ALTER TABLE pgtenant.upstreams
+    ADD COLUMN admin_user text,
+    ADD COLUMN admin_password text,
+    ADD COLUMN admin_database text NOT NULL DEFAULT 'postgres';
+ALTER TABLE pgtenant.tenants
+    ADD COLUMN login_kind text NOT NULL DEFAULT 'shared' CHECK (login_kind IN ('per_tenant', 'shared')),
+    ADD COLUMN last_error text,
+    -- What pgtenant made on the upstream for a tenant being created ('role', 'database',
+    -- 'schema'), so a failed create removes exactly that and nothing that existed before.
+    ADD COLUMN created_objects text[] NOT NULL DEFAULT '{}';
+
+-- Bearer tokens of the HTTP admin API, stored as SHA-256 hex digests.
+CREATE TABLE pgtenant.admin_tokens (
+    name         text PRIMARY KEY,
+    token_sha256 text NOT NULL UNIQUE,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+"#,
+    ),
 ];
 
 /// Applies the missing migrations; returns the versions applied now.

@@ -1,4 +1,7 @@
-//! The command line: `serve`, `demo`, `check-config`.
+//! The command line: `serve`, `demo`, `check-config`, `catalog …`, `tenant …`, `migrate`,
+//! `upstream …` (the lifecycle commands are in [`lifecycle`]).
+
+pub mod lifecycle;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,11 +64,18 @@ pub enum Command {
     Tenant {
         #[command(subcommand)]
         command: TenantCommand,
-        /// Connection string of the control database (default: `[catalog] url` of the config).
-        #[arg(long, env = "PGTENANT_CATALOG_URL", global = true)]
-        url: Option<String>,
-        #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml", global = true)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: lifecycle::Target,
+    },
+    /// Apply the migrations directory to tenants (each in its own transaction per file,
+    /// recorded per tenant); exits non-zero if any tenant failed.
+    Migrate(lifecycle::MigrateArgs),
+    /// Upstream servers in the control database.
+    Upstream {
+        #[command(subcommand)]
+        command: lifecycle::UpstreamCommand,
+        #[command(flatten)]
+        target: lifecycle::Target,
     },
 }
 
@@ -79,6 +89,8 @@ pub enum TenantCommand {
     /// Store a tenant's upstream login password (read from stdin), encrypted with the
     /// current master key.
     SetPassword { tenant: String },
+    #[command(flatten)]
+    Lifecycle(lifecycle::LifecycleCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -133,13 +145,29 @@ pub fn main() -> ExitCode {
             init_logging(LogFormat::Human);
             runtime(1).and_then(|rt| rt.block_on(catalog_init(url, &config)))
         }
-        Command::Tenant { command: TenantCommand::User { command }, url, config } => {
+        Command::Tenant { command: TenantCommand::User { command }, target } => {
             init_logging(LogFormat::Human);
-            runtime(1).and_then(|rt| rt.block_on(tenant_user(command, url, &config)))
+            runtime(1).and_then(|rt| rt.block_on(tenant_user(command, target.url, &target.config)))
         }
-        Command::Tenant { command: TenantCommand::SetPassword { tenant }, url, config } => {
+        Command::Tenant { command: TenantCommand::SetPassword { tenant }, target } => {
             init_logging(LogFormat::Human);
-            runtime(1).and_then(|rt| rt.block_on(set_password(tenant, url, &config)))
+            runtime(1).and_then(|rt| rt.block_on(set_password(tenant, target.url, &target.config)))
+        }
+        Command::Tenant { command: TenantCommand::Lifecycle(command), target } => {
+            init_logging(LogFormat::Human);
+            runtime(1).and_then(|rt| rt.block_on(lifecycle::tenant(command, target)))
+        }
+        Command::Upstream { command, target } => {
+            init_logging(LogFormat::Human);
+            runtime(1).and_then(|rt| rt.block_on(lifecycle::upstream(command, target)))
+        }
+        Command::Migrate(args) => {
+            init_logging(LogFormat::Human);
+            match runtime(1).and_then(|rt| rt.block_on(lifecycle::migrate(args))) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(2),
+                Err(e) => Err(e),
+            }
         }
         Command::Catalog { command: CatalogCommand::RotateKey { url, config } } => {
             init_logging(LogFormat::Human);
