@@ -190,6 +190,7 @@ impl Proxy {
             tracing::info!(tenant = %id, reason = %reason, "closing the tenant's sessions");
             let message = format!("terminating connection: {}", reason.message);
             sessions.kick(PgError::fatal(SqlState::AdminShutdown, message));
+            self.pools.close_idle_of(id);
         }
     }
 

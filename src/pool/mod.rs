@@ -422,6 +422,14 @@ impl PoolManager {
         Ok(Checkout { conn, pool: pool.clone(), _permit: permit, _tenant_permit: tenant_permit })
     }
 
+    /// Closes the idle connections last set up for `tenant` (when it stops being active: an
+    /// archive or delete is about to rename or drop what they are connected to).
+    pub fn close_idle_of(&self, tenant: &TenantId) {
+        for p in self.pools.iter() {
+            p.value().lock_idle().retain(|c| c.tenant.as_ref() != Some(tenant));
+        }
+    }
+
     /// Closes every idle connection (at shutdown).
     pub fn close_idle(&self) {
         for p in self.pools.iter() {

@@ -5,6 +5,7 @@ mod auth;
 mod clients;
 mod compat;
 mod hostile;
+mod lifecycle;
 mod pooling;
 mod relay;
 mod statements;
