@@ -1,18 +1,16 @@
 //! The command line: `serve`, `demo`, `check-config`, `catalog …`, `tenant …`, `migrate`,
 //! `upstream …` (the lifecycle commands are in [`lifecycle`]).
 
+mod demo;
 pub mod lifecycle;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, LogFormat, PoolMode, ProxyConfig};
-use crate::embedded::{Cluster, SUPERUSER_PASSWORD};
-use crate::server::Proxy;
+use crate::config::{Config, LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -76,6 +74,11 @@ pub enum Command {
         command: lifecycle::UpstreamCommand,
         #[command(flatten)]
         target: lifecycle::Target,
+    },
+    /// Bearer tokens of the HTTP admin API (`[admin]`).
+    Admin {
+        #[command(subcommand)]
+        command: crate::admin::AdminCommand,
     },
 }
 
@@ -161,6 +164,10 @@ pub fn main() -> ExitCode {
             init_logging(LogFormat::Human);
             runtime(1).and_then(|rt| rt.block_on(lifecycle::upstream(command, target)))
         }
+        Command::Admin { command } => {
+            init_logging(LogFormat::Human);
+            runtime(1).and_then(|rt| rt.block_on(crate::admin::command(command)))
+        }
         Command::Migrate(args) => {
             init_logging(LogFormat::Human);
             match runtime(1).and_then(|rt| rt.block_on(lifecycle::migrate(args))) {
@@ -191,7 +198,7 @@ pub fn main() -> ExitCode {
         }
         Command::Demo { listen, workers } => {
             init_logging(LogFormat::Human);
-            runtime(workers).and_then(|rt| rt.block_on(demo(listen, workers)))
+            runtime(workers).and_then(|rt| rt.block_on(demo::demo(listen, workers)))
         }
     };
     match result {
@@ -347,7 +354,7 @@ async fn catalog_init(url: Option<String>, config: &std::path::Path) -> anyhow::
 /// Logs go to stderr; the level comes from `RUST_LOG` (default `info`).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
@@ -371,103 +378,4 @@ pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?
     };
     Ok(rt)
-}
-
-/// The demo tenants: (id, pool mode, pool size).
-const DEMO_TENANTS: [(&str, PoolMode, usize); 2] =
-    [("acme", PoolMode::Transaction, 10), ("globex", PoolMode::Session, 70)];
-
-async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
-    eprintln!("starting a throwaway PostgreSQL …");
-    let cluster = tokio::task::spawn_blocking(Cluster::start).await??;
-    let (admin, conn) =
-        tokio_postgres::connect(&cluster.superuser_conninfo("postgres"), tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    // The control database lives in the same throwaway cluster.
-    admin.batch_execute("CREATE DATABASE pgtenant").await?;
-    let catalog_url = cluster.superuser_conninfo("pgtenant");
-    let (mut control, conn) = tokio_postgres::connect(&catalog_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    crate::catalog::migrations::migrate(&mut control).await?;
-    control
-        .execute(
-            "INSERT INTO pgtenant.upstreams (name, host, port, max_connections) VALUES ('local', '127.0.0.1', $1, 200)",
-            &[&i32::from(cluster.port)],
-        )
-        .await?;
-    // Upstream passwords are stored encrypted, under a master key kept next to the cluster.
-    let key_dir = tempfile::tempdir()?;
-    let key_file = key_dir.path().join("master.keys");
-    std::fs::write(&key_file, crate::catalog::secrets::Keys::generate_line("demo"))?;
-    let keys = crate::catalog::secrets::load(&key_file.display().to_string())
-        .map_err(anyhow::Error::msg)?
-        .ok_or_else(|| anyhow::anyhow!("no demo key"))?;
-    for (id, mode, size) in DEMO_TENANTS {
-        let password = format!("demo-{id}-{:08x}", rand::random::<u32>());
-        admin.batch_execute(&format!("CREATE ROLE {id} LOGIN PASSWORD '{password}'")).await?;
-        admin.batch_execute(&format!("CREATE DATABASE {id} OWNER {id}")).await?;
-        let (db, conn) =
-            tokio_postgres::connect(&cluster.superuser_conninfo(id), tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        db.batch_execute(&format!(
-            "SET ROLE {id};
-             CREATE TABLE products (id serial PRIMARY KEY, name text NOT NULL, price numeric(10,2) NOT NULL);
-             INSERT INTO products (name, price) VALUES ('{id} widget', 9.99), ('{id} gadget', 24.50), ('{id} gizmo', 3.75);"
-        ))
-        .await?;
-        control
-            .execute(
-                "INSERT INTO pgtenant.tenants (id, status, isolation, upstream, database, login_role, login_password, pool_mode, pool_size)
-                 VALUES ($1, 'active', 'database', 'local', $1, $1, $2, $3, $4)",
-                &[&id, &keys.encrypt(&password), &mode.as_str(), &(size as i32)],
-            )
-            .await?;
-    }
-    let mut config = Config::parse("")?;
-    config.catalog.key_file = key_file.display().to_string();
-    config.proxy = ProxyConfig { listen, workers, ..ProxyConfig::default() };
-    config.catalog.url = catalog_url.clone();
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let proxy: Arc<Proxy> = Proxy::start(config).await?;
-    let port = listen.port();
-    let host = listen.ip();
-    println!();
-    println!(
-        "pgtenant demo is running: PostgreSQL {} on port {}, pgtenant on {listen}",
-        cluster.bindir.display(),
-        cluster.port
-    );
-    println!("(superuser password on the PostgreSQL port: {SUPERUSER_PASSWORD})");
-    println!();
-    for (id, mode, size) in DEMO_TENANTS {
-        println!(
-            "  tenant {id:<7} postgresql://app.{id}@{host}:{port}/{id}   pool mode: {} (pool size {size})",
-            mode.as_str()
-        );
-    }
-    println!();
-    println!("try:");
-    println!("  psql \"postgresql://app.acme@{host}:{port}/acme\" -c 'SELECT * FROM products'");
-    println!("  pgbench -i postgresql://app.acme@{host}:{port}/acme");
-    println!("  pgbench -c 16 -j 2 -T 10 -S postgresql://app.acme@{host}:{port}/acme");
-    println!("  pgbench -c 16 -j 2 -T 10 -M prepared postgresql://app.globex@{host}:{port}/globex   # after pgbench -i on globex");
-    println!();
-    println!("the control database (tenants, upstreams; changes apply at once through NOTIFY):");
-    println!("  psql \"{catalog_url}\" -c 'SELECT id, status, isolation, pool_mode FROM pgtenant.tenants'");
-    println!(
-        "  psql \"{catalog_url}\" -c \"UPDATE pgtenant.tenants SET status = 'suspended' WHERE id = 'acme'\""
-    );
-    println!();
-    println!("Ctrl-C stops pgtenant and removes the cluster.");
-    let drain = proxy.shutdown.drain.clone();
-    tokio::spawn(async move {
-        crate::server::wait_for_signal().await;
-        drain.cancel();
-    });
-    proxy.serve(listener).await?;
-    drop(admin);
-    drop(control);
-    tokio::task::spawn_blocking(move || drop(cluster)).await?;
-    eprintln!("demo stopped; the throwaway cluster is gone");
-    Ok(())
 }
