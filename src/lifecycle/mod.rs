@@ -373,7 +373,7 @@ impl Lifecycle {
         detail: serde_json::Value,
     ) -> Result<(), LifecycleError> {
         db.execute(
-            "INSERT INTO pgtenant.events (tenant_id, kind, detail) VALUES ($1, $2, $3::text::jsonb)",
+            "INSERT INTO pgtenant.events (tenant_id, kind, detail) VALUES (nullif($1, ''), $2, $3::text::jsonb)",
             &[&id, &kind, &detail.to_string()],
         )
         .await
@@ -464,14 +464,14 @@ impl Lifecycle {
                 let seed_db = upstream.connect(&plan.database).await?;
                 migrate::seed(&seed_db, &place, &self.seeds).await?;
             }
+            if let Some(user) = &req.user {
+                add_user(&db, &id, &user.name, &user.password).await?;
+            }
             Ok::<_, LifecycleError>(applied)
         }
         .await;
         match done {
             Ok(applied) => {
-                if let Some(user) = &req.user {
-                    add_user(&db, &id, &user.name, &user.password).await?;
-                }
                 db.execute(
                     "UPDATE pgtenant.tenants SET status = 'active', last_error = NULL WHERE id = $1",
                     &[&id.as_str()],
@@ -647,7 +647,13 @@ impl Lifecycle {
                         LoginKind::Shared => format!(" OWNER {role}"),
                         LoginKind::PerTenant => String::new(),
                     };
-                    run(format!("CREATE DATABASE {database}{owner}")).await?;
+                    let sql = format!("CREATE DATABASE {database}{owner}");
+                    match admin.batch_execute(&sql).await {
+                        Ok(()) => {}
+                        // Another create made it in the meantime.
+                        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+                        Err(e) => return Err(db_error(upstream::sql_head(&sql), &e)),
+                    }
                 }
                 run(format!("GRANT CONNECT ON DATABASE {database} TO {role}")).await?;
                 if let Some(schema) = &plan.schema {
