@@ -13,14 +13,17 @@ use crate::lifecycle::{
     TenantInfo, TenantMigration,
 };
 
+const DEFAULT_CONFIG: &str = "config/pgtenant.toml";
+
 /// Where the control database and the migrations are (flags of every lifecycle command).
 #[derive(Args, Debug, Clone)]
 pub struct Target {
     /// Connection string of the control database (default: `[catalog] url` of the config).
     #[arg(long, env = "PGTENANT_CATALOG_URL", global = true)]
     pub url: Option<String>,
-    #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml", global = true)]
-    pub config: std::path::PathBuf,
+    /// The configuration file (default: config/pgtenant.toml when it exists).
+    #[arg(short, long, env = "PGTENANT_CONFIG", global = true)]
+    pub config: Option<std::path::PathBuf>,
     /// Directory of tenant migrations (default: `[lifecycle] migrations`).
     #[arg(long, env = "PGTENANT_MIGRATIONS", global = true)]
     pub migrations: Option<String>,
@@ -33,9 +36,19 @@ pub struct Target {
 }
 
 impl Target {
-    /// The config file (when it exists; defaults otherwise) with the flags applied.
+    /// The configuration file named, or the default one.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into())
+    }
+
+    /// The config file with the flags applied. A file named with --config must exist; the
+    /// default one may be missing (then the defaults apply, and --url names the catalog).
     pub fn config(&self) -> anyhow::Result<Config> {
-        let mut config = if self.config.exists() { Config::load(&self.config)? } else { Config::parse("")? };
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG))?,
+            None => Config::parse("")?,
+        };
         if let Some(url) = &self.url {
             config.catalog.url = url.clone();
         }
@@ -288,10 +301,11 @@ pub async fn tenant(command: LifecycleCommand, target: Target) -> anyhow::Result
                             s.status.clone(),
                             version(s.version),
                             version(s.latest),
-                            match (&s.error, s.behind) {
-                                (Some(e), _) => format!("unknown: {e}"),
-                                (None, true) => "behind".to_owned(),
-                                (None, false) => "current".to_owned(),
+                            match (&s.error, s.behind, s.latest) {
+                                (Some(e), _, _) => format!("unknown: {e}"),
+                                (None, _, None) => "- (no migrations directory: --migrations)".to_owned(),
+                                (None, true, _) => "behind".to_owned(),
+                                (None, false, _) => "current".to_owned(),
                             },
                         ]
                     })

@@ -150,11 +150,13 @@ pub fn main() -> ExitCode {
         }
         Command::Tenant { command: TenantCommand::User { command }, target } => {
             init_logging(LogFormat::Human);
-            runtime(1).and_then(|rt| rt.block_on(tenant_user(command, target.url, &target.config)))
+            runtime(1)
+                .and_then(|rt| rt.block_on(tenant_user(command, target.url.clone(), &target.config_path())))
         }
         Command::Tenant { command: TenantCommand::SetPassword { tenant }, target } => {
             init_logging(LogFormat::Human);
-            runtime(1).and_then(|rt| rt.block_on(set_password(tenant, target.url, &target.config)))
+            runtime(1)
+                .and_then(|rt| rt.block_on(set_password(tenant, target.url.clone(), &target.config_path())))
         }
         Command::Tenant { command: TenantCommand::Lifecycle(command), target } => {
             init_logging(LogFormat::Human);

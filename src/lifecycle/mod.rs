@@ -310,9 +310,12 @@ impl Lifecycle {
                 "tenant lifecycle needs a control database: pass --url or set [catalog] url".into(),
             ));
         }
-        let control = url
+        let mut control = url
             .parse::<tokio_postgres::Config>()
             .map_err(|e| LifecycleError::Invalid(format!("[catalog] url: {e}")))?;
+        if control.get_application_name().is_none() {
+            control.application_name("pgtenant lifecycle");
+        }
         let keys =
             crate::catalog::secrets::load(&config.catalog.key_file).map_err(LifecycleError::Invalid)?;
         Ok(Lifecycle {
@@ -455,14 +458,18 @@ impl Lifecycle {
         })?;
         let info = Self::info(&db, &id).await?;
         let done = async {
-            self.provision(&db, &upstream, &plan, &info, password.as_deref(), req.template.as_deref())
+            let opened = self
+                .provision(&db, &upstream, &plan, &info, password.as_deref(), req.template.as_deref())
                 .await?;
             let place = info.place();
-            let tenant_db = upstream.connect(&plan.database).await?;
+            // One connection for the migrations and the seeds (both run as the tenant's role).
+            let tenant_db = match opened {
+                Some(c) => c,
+                None => upstream.connect(&plan.database).await?,
+            };
             let applied = migrate::apply(&tenant_db, &place, &self.migrations, false).await?;
             if req.seed.unwrap_or(true) {
-                let seed_db = upstream.connect(&plan.database).await?;
-                migrate::seed(&seed_db, &place, &self.seeds).await?;
+                migrate::seed(&tenant_db, &place, &self.seeds).await?;
             }
             if let Some(user) = &req.user {
                 add_user(&db, &id, &user.name, &user.password).await?;
@@ -587,7 +594,8 @@ impl Lifecycle {
     }
 
     /// Makes the tenant's role, database or schema on the upstream, recording each on the
-    /// tenant's row as soon as it exists.
+    /// tenant's row as soon as it exists. Returns the administrator connection to the
+    /// tenant's database when it opened one (the migrations reuse it).
     async fn provision(
         &self,
         db: &Client,
@@ -596,7 +604,7 @@ impl Lifecycle {
         info: &TenantInfo,
         password: Option<&str>,
         template: Option<&str>,
-    ) -> Result<(), LifecycleError> {
+    ) -> Result<Option<Client>, LifecycleError> {
         let role = quote_ident(&plan.role);
         let database = quote_ident(&plan.database);
         let record = |object: &'static str| async move {
@@ -661,10 +669,11 @@ impl Lifecycle {
                     let sql = format!("CREATE SCHEMA {} AUTHORIZATION {role}", quote_ident(schema));
                     on_db.batch_execute(&sql).await.map_err(|e| db_error(upstream::sql_head(&sql), &e))?;
                     record("schema").await?;
+                    return Ok(Some(on_db));
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Drops what a (half-)created tenant's row records as made by pgtenant.
