@@ -427,7 +427,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<bool> {
         if terminal {
             // One line, redrawn: a bar and the last tenant finished.
             let width = 30;
-            let filled = if total == 0 { width } else { done * width / total };
+            let filled = (done * width).checked_div(total).unwrap_or(width);
             eprint!(
                 "\r\x1b[2K[{}{}] {done}/{total} {}: {what}",
                 "#".repeat(filled),
