@@ -16,10 +16,13 @@
 //! - [`cancel`]: pgtenant's own BackendKeyData and the map to upstream backends.
 //! - [`lifecycle`]: tenant create / suspend / archive / restore / delete on the upstream
 //!   and the catalog, and migrations across every tenant (CLI and HTTP fronts).
+//! - [`admin`]: the HTTP admin API (the lifecycle over JSON, health and readiness probes,
+//!   its OpenAPI document) and its bearer tokens.
 //! - [`config`]: the TOML configuration, validated once.
 //! - [`embedded`]: a throwaway PostgreSQL cluster, for `pgtenant demo` and the tests.
 //! - [`cli`]: the command line.
 
+pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod catalog;

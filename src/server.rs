@@ -2,11 +2,12 @@
 //! transactions finish up to a timeout, then close everyone with 57P01).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::{broadcast, OwnedSemaphorePermit};
+use tokio::sync::broadcast;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -51,8 +52,10 @@ pub struct Proxy {
 /// The open sessions of one tenant: its client cap, and the signal that ends them when the
 /// tenant stops being active.
 pub struct TenantSessions {
-    clients: Arc<Semaphore>,
-    max_clients: Option<usize>,
+    /// Clients logged in now. The cap is checked against the tenant's current
+    /// `max_clients` at each login, so a changed limit applies at once and every session
+    /// stays reachable through this one entry (its kick token) whatever the limit was.
+    connected: AtomicUsize,
     kick: Mutex<(CancellationToken, Option<PgError>)>,
 }
 
@@ -64,7 +67,7 @@ impl TenantSessions {
 
     /// Clients of the tenant logged in now.
     pub fn connected(&self) -> usize {
-        self.max_clients.unwrap_or(Semaphore::MAX_PERMITS).saturating_sub(self.clients.available_permits())
+        self.connected.load(Ordering::Relaxed)
     }
 
     pub fn kick_reason(&self) -> Option<PgError> {
@@ -91,7 +94,12 @@ impl crate::lifecycle::LiveSessions for Proxy {
 pub struct TenantAdmission {
     pub sessions: Arc<TenantSessions>,
     pub kick: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for TenantAdmission {
+    fn drop(&mut self) {
+        self.sessions.connected.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Proxy {
@@ -153,26 +161,35 @@ impl Proxy {
 
     /// Admits a client of `tenant` under the tenant's client cap.
     pub fn admit(&self, tenant: &Tenant) -> Result<TenantAdmission, PgError> {
-        let sessions = match self.tenants.get(&tenant.id) {
-            Some(s) if s.max_clients == tenant.max_clients => s.value().clone(),
-            _ => {
-                let fresh = Arc::new(TenantSessions {
-                    clients: Arc::new(Semaphore::new(tenant.max_clients.unwrap_or(Semaphore::MAX_PERMITS))),
-                    max_clients: tenant.max_clients,
-                    kick: Mutex::new((CancellationToken::new(), None)),
-                });
-                self.tenants.insert(tenant.id.clone(), fresh.clone());
-                fresh
-            }
+        // Cloned out first: the map's read guard must not be held across `entry` (it would
+        // deadlock the shard).
+        let existing = self.tenants.get(&tenant.id).map(|s| s.value().clone());
+        let sessions = match existing {
+            Some(s) => s,
+            None => self
+                .tenants
+                .entry(tenant.id.clone())
+                .or_insert_with(|| {
+                    Arc::new(TenantSessions {
+                        connected: AtomicUsize::new(0),
+                        kick: Mutex::new((CancellationToken::new(), None)),
+                    })
+                })
+                .value()
+                .clone(),
         };
-        let permit = sessions.clients.clone().try_acquire_owned().map_err(|_| {
-            PgError::fatal(
-                SqlState::TooManyConnections,
-                format!("too many connections for tenant \"{}\"", tenant.id),
-            )
-            .with_hint("the tenant's max_clients is reached")
-        })?;
-        Ok(TenantAdmission { kick: sessions.kick_token(), sessions, _permit: permit })
+        let max = tenant.max_clients.unwrap_or(usize::MAX);
+        sessions
+            .connected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .map_err(|_| {
+                PgError::fatal(
+                    SqlState::TooManyConnections,
+                    format!("too many connections for tenant \"{}\"", tenant.id),
+                )
+                .with_hint("the tenant's max_clients is reached")
+            })?;
+        Ok(TenantAdmission { kick: sessions.kick_token(), sessions })
     }
 
     /// Re-reads a tenant the catalog says changed; if it can no longer connect, its open
@@ -268,8 +285,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.proxy.auth == crate::config::AuthMethod::Trust {
         tracing::warn!("client authentication is TRUST: anyone who can reach {} and name a tenant gets in; set [proxy] auth = \"scram-sha-256\"", config.proxy.listen);
     }
+    // Bound before the proxy starts, so that a taken admin port stops the start too.
+    let admin_listener = match config.admin.listen.as_str() {
+        "" => None,
+        listen => Some(
+            TcpListener::bind(listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("[admin] listen = {listen:?}: {e}"))?,
+        ),
+    };
     let proxy = Proxy::start(config).await?;
     tracing::info!(%addr, "pgtenant listening");
+    // The admin API answers through the drain (readyz says 503 then) and stops once the
+    // proxy has drained; it then lets the requests in flight finish.
+    let admin_stop = CancellationToken::new();
+    let admin = match admin_listener {
+        Some(listener) => {
+            let state = crate::admin::http::AdminState::new(proxy.clone(), &proxy.config)?;
+            tracing::info!(addr = %listener.local_addr()?, "admin API listening");
+            Some(tokio::spawn(crate::admin::http::serve(listener, state, admin_stop.clone())))
+        }
+        None => None,
+    };
     let drain = proxy.shutdown.drain.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -292,7 +329,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         });
     }
-    proxy.serve(listener).await?;
+    let served = proxy.clone().serve(listener).await;
+    admin_stop.cancel();
+    if let Some(admin) = admin {
+        // A lifecycle operation in flight gets the shutdown timeout to finish.
+        match tokio::time::timeout(secs(proxy.config.proxy.shutdown_timeout), admin).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "admin API failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "admin API task failed"),
+            Err(_) => tracing::warn!("admin API: requests still running at the shutdown timeout"),
+        }
+    }
+    served?;
     Ok(())
 }
 

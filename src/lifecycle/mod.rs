@@ -1186,20 +1186,22 @@ impl Lifecycle {
         let info = Self::info(&db, &id).await?;
         let mut status = self.status(std::slice::from_ref(&info.id)).await?;
         let m = status.pop();
-        let reachable = match (&m, info.status.as_str()) {
-            (Some(m), "active" | "suspended") => {
-                m.error.is_none() && self.login_check(&db, &info).await.is_ok()
+        let login = match (&m, info.status.as_str()) {
+            (Some(m), "active" | "suspended") if m.error.is_none() => {
+                self.login_check(&db, &info).await.err().map(|e| format!("the tenant's login: {e}"))
             }
-            _ => false,
+            (_, "active" | "suspended") => None,
+            (_, other) => Some(format!("tenant is {other}")),
         };
+        let migration_error = m.as_ref().and_then(|m| m.error.clone());
         Ok(Health {
             tenant: info.id,
             status: info.status,
-            reachable,
+            reachable: login.is_none() && migration_error.is_none(),
             version: m.as_ref().and_then(|m| m.version),
             latest: self.migrations.latest(),
             current: m.as_ref().is_some_and(|m| !m.behind && m.error.is_none()),
-            error: m.and_then(|m| m.error),
+            error: migration_error.or(login),
         })
     }
 
@@ -1213,7 +1215,17 @@ impl Lifecycle {
             .get(0);
         upstream.admin_user = info.login_role.clone();
         upstream.admin_password = match (stored, &self.keys) {
-            (Some(s), Some(k)) => Some(k.decrypt(&s).unwrap_or(s)),
+            (Some(s), Some(k)) => match k.decrypt(&s) {
+                Ok(p) => Some(p),
+                Err(crate::catalog::secrets::SecretError::Plaintext) => Some(s),
+                Err(e) => return Err(LifecycleError::Invalid(format!("tenant {:?}: {e}", info.id))),
+            },
+            (Some(s), None) if s.starts_with("enc:") => {
+                return Err(LifecycleError::Invalid(format!(
+                    "tenant {:?}: the password is encrypted but no master key is configured",
+                    info.id
+                )))
+            }
             (s, _) => s,
         };
         let c = upstream.connect(&info.current_database()).await?;

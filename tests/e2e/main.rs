@@ -1,6 +1,7 @@
 //! End-to-end tests: a real throwaway PostgreSQL (one per test binary), the real proxy
 //! in-process on port 0, real clients. Each test has its own database and login role.
 
+mod admin_http;
 mod auth;
 mod clients;
 mod compat;
