@@ -31,9 +31,24 @@ pub enum AdminCommand {
 pub enum TokenCommand {
     /// Generate a token, print it once, and store its SHA-256 in `pgtenant.admin_tokens`.
     Create {
-        /// A name for the token (who or what uses it); revoke it by deleting its row.
+        /// A name for the token (who or what uses it; `revoke` takes it).
         name: String,
         /// Connection string of the control database (default: `[catalog] url` of the config).
+        #[arg(long, env = "PGTENANT_CATALOG_URL")]
+        url: Option<String>,
+        #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
+        config: PathBuf,
+    },
+    /// List the stored tokens (names and creation times; the tokens themselves are not kept).
+    List {
+        #[arg(long, env = "PGTENANT_CATALOG_URL")]
+        url: Option<String>,
+        #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
+        config: PathBuf,
+    },
+    /// Revoke a stored token: the API refuses it from the next request on.
+    Revoke {
+        name: String,
         #[arg(long, env = "PGTENANT_CATALOG_URL")]
         url: Option<String>,
         #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
@@ -94,11 +109,33 @@ pub async fn command(command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Token { command: TokenCommand::Create { name, url, config } } => {
             token_create(&name, url, &config).await
         }
+        AdminCommand::Token { command: TokenCommand::List { url, config } } => {
+            let db = control(url, &config).await?;
+            for row in db
+                .query("SELECT name, created_at::text FROM pgtenant.admin_tokens ORDER BY name", &[])
+                .await?
+            {
+                println!("{}\t{}", row.get::<_, String>(0), row.get::<_, String>(1));
+            }
+            Ok(())
+        }
+        AdminCommand::Token { command: TokenCommand::Revoke { name, url, config } } => {
+            let db = control(url, &config).await?;
+            let n = db.execute("DELETE FROM pgtenant.admin_tokens WHERE name = $1", &[&name]).await?;
+            anyhow::ensure!(n == 1, "no admin token named {name:?}");
+            db.execute(
+                "INSERT INTO pgtenant.events (kind, detail) VALUES ('admin_token_revoked', jsonb_build_object('name', $1::text))",
+                &[&name],
+            )
+            .await?;
+            println!("admin token {name:?} revoked");
+            Ok(())
+        }
     }
 }
 
-async fn token_create(name: &str, url: Option<String>, config: &Path) -> anyhow::Result<()> {
-    anyhow::ensure!(!name.trim().is_empty(), "the token needs a name");
+/// A connection to the control database named by `--url` or the config.
+async fn control(url: Option<String>, config: &Path) -> anyhow::Result<tokio_postgres::Client> {
     let url = match url {
         Some(u) => u,
         None => Config::load(config)?.catalog.url,
@@ -106,6 +143,12 @@ async fn token_create(name: &str, url: Option<String>, config: &Path) -> anyhow:
     anyhow::ensure!(!url.is_empty(), "no control database: pass --url or set [catalog] url");
     let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
+    Ok(db)
+}
+
+async fn token_create(name: &str, url: Option<String>, config: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(!name.trim().is_empty(), "the token needs a name");
+    let db = control(url, config).await?;
     let token = new_token();
     db.execute(
         "INSERT INTO pgtenant.admin_tokens (name, token_sha256) VALUES ($1, $2)",

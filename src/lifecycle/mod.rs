@@ -235,6 +235,9 @@ impl TenantInfo {
     }
 }
 
+/// How long an operation waits for another one on the same tenant to end.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How many clients of a tenant are connected, as the running proxy counts them.
 pub trait LiveSessions: Send + Sync {
     fn clients(&self, tenant: &str) -> usize;
@@ -343,17 +346,26 @@ impl Lifecycle {
     /// A control connection holding the tenant's operation lock (released when it closes).
     async fn locked(&self, id: &str) -> Result<Client, LifecycleError> {
         let db = self.control().await?;
-        let got: bool = db
-            .query_one("SELECT pg_try_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id])
-            .await
-            .map_err(catalog_error)?
-            .get(0);
-        if !got {
-            return Err(LifecycleError::Conflict(format!(
-                "another operation on tenant {id:?} is in progress; try again when it ends"
-            )));
+        // The lock of an operation that just ended goes when its connection's backend exits,
+        // a moment after the operation returned; a running operation gets a few seconds to
+        // end before this one gives up.
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            let got: bool = db
+                .query_one("SELECT pg_try_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id])
+                .await
+                .map_err(catalog_error)?
+                .get(0);
+            if got {
+                return Ok(db);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LifecycleError::Conflict(format!(
+                    "another operation on tenant {id:?} is in progress; try again when it ends"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
-        Ok(db)
     }
 
     fn upstream_keys(&self) -> Option<&Keys> {

@@ -333,8 +333,8 @@ async fn a_token_is_required_from_the_config_or_the_catalog() {
         }
     }
 
-    // A token made by `pgtenant admin token create` works at once; revoking it (deleting its
-    // row) takes effect at once too.
+    // A token made by `pgtenant admin token create` works at once; `revoke` takes effect at
+    // once too.
     let config_file = api.dir.path().join("pgtenant.toml");
     std::fs::write(&config_file, format!("[catalog]\nurl = {:?}\n", api.cfg.catalog.url)).expect("config");
     let config_arg = config_file.display().to_string();
@@ -361,7 +361,14 @@ async fn a_token_is_required_from_the_config_or_the_catalog() {
     let (status, stdout, stderr) = pgtenant(&["admin", "token-hash"], &format!("{made}\n")).await;
     assert_eq!((status, stdout.trim()), (0, stored.as_str()), "{stderr}");
 
-    api.control.execute("DELETE FROM pgtenant.admin_tokens WHERE name = 'ops'", &[]).await.expect("revoke");
+    let (status, stdout, _) = pgtenant(&["admin", "token", "list", "--config", &config_arg], "").await;
+    assert!(status == 0 && stdout.starts_with("ops\t"), "{stdout}");
+    let (status, _, stderr) =
+        pgtenant(&["admin", "token", "revoke", "ops", "--config", &config_arg], "").await;
+    assert_eq!(status, 0, "{stderr}");
+    let (status, _, stderr) =
+        pgtenant(&["admin", "token", "revoke", "ops", "--config", &config_arg], "").await;
+    assert!(status != 0 && stderr.contains("no admin token named"), "{stderr}");
     http(api.addr, "GET", "/tenants", &[("Authorization", &auth)], b"").await.problem(401, "unauthorized");
     // The configured one is unaffected.
     api.call("GET", "/tenants", None).await.ok(200);

@@ -548,3 +548,65 @@ async fn the_cli_creates_lists_and_deletes() {
     assert_eq!(code, 0, "{err}");
     assert!(!database_exists(&id).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_change_live_and_operations_take_turns() {
+    let s = Setup::new(&[("V001__products.sql", PRODUCTS)]).await;
+    let (h, _catalog) = start_control(s.cfg.clone()).await;
+    let lc = s.lifecycle().with_sessions(h.proxy.clone());
+    let id = unique("lclimit");
+    lc.create(CreateTenant { max_clients: Some(2), ..create(&id, Isolation::Database) })
+        .await
+        .expect("create");
+    let first = h.client(&id).await;
+    first.batch_execute("SELECT 1").await.expect("query");
+    assert_eq!(h.proxy.tenant_clients(&id), 1);
+
+    // Lowering max_clients applies to the next login; the open session stays counted and
+    // reachable (a suspend still closes it).
+    let patch = pgtenant::lifecycle::UpdateTenant { max_clients: Some(1), ..Default::default() };
+    assert_eq!(lc.update(&id, patch).await.expect("update").max_clients, Some(1));
+    let conninfo = h.conninfo(&id);
+    let over = || {
+        let conninfo = conninfo.clone();
+        async move { tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.err().map(|e| code(&e)) }
+    };
+    assert!(eventually(Duration::from_secs(3), || async { over().await.as_deref() == Some("53300") }).await);
+    assert_eq!(h.proxy.tenant_clients(&id), 1);
+    let err = lc.archive(&id, false).await.expect_err("a client is connected");
+    assert!(matches!(err, LifecycleError::Conflict(_)), "{err}");
+    lc.suspend(&id).await.expect("suspend");
+    assert!(
+        eventually(Duration::from_secs(3), || async { first.batch_execute("SELECT 1").await.is_err() }).await,
+        "the session opened under the old limit is closed by the suspend"
+    );
+    assert!(eventually(Duration::from_secs(3), || async { h.proxy.tenant_clients(&id) == 0 }).await);
+
+    // A second operation on a tenant waits for the first; one that outlasts the wait gets a
+    // conflict rather than running alongside.
+    let holder = connect_str(&s.cfg.catalog.url).await;
+    holder
+        .execute("SELECT pg_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id])
+        .await
+        .expect("lock");
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        holder
+    });
+    let waiting = lc.resume(&id);
+    let holder = release.await.expect("join");
+    let unlock = async {
+        holder
+            .execute("SELECT pg_advisory_unlock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id])
+            .await
+            .expect("unlock");
+    };
+    let (resumed, ()) = tokio::join!(waiting, unlock);
+    assert_eq!(resumed.expect("resumed after the other operation").status, "active");
+    holder
+        .execute("SELECT pg_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id])
+        .await
+        .expect("lock");
+    let err = lc.suspend(&id).await.expect_err("held past the wait");
+    assert!(matches!(err, LifecycleError::Conflict(ref m) if m.contains("in progress")), "{err}");
+}
