@@ -133,6 +133,14 @@ CREATE TABLE pgtenant.admin_tokens (
 );
 "#,
     ),
+    (
+        5,
+        r#"
+-- md5 client authentication per tenant (for old clients), as [proxy] auth allows.
+ALTER TABLE pgtenant.tenants DROP CONSTRAINT IF EXISTS tenants_auth_check,
+    ADD CONSTRAINT tenants_auth_check CHECK (auth IN ('trust', 'scram-sha-256', 'md5'));
+"#,
+    ),
 ];
 
 /// Applies the missing migrations; returns the versions applied now.

@@ -101,12 +101,14 @@ fn checksum(sql: &str) -> String {
     hex
 }
 
-/// Where one history lives: the tenant's database, its schema (schema isolation), and the
-/// role the migrations run as (so the tenant owns what they create).
+/// Where one history lives: the tenant's schema (schema isolation) or its database's
+/// `public`. The connection given with it is the tenant's own login, never an administrator:
+/// the history table and everything the migrations touch belong to the tenant, and a tenant
+/// could plant a trigger or a view there that runs with the privileges of whoever reads or
+/// writes it (`SET ROLE` on an administrator session is no boundary: `RESET ROLE` undoes it).
 #[derive(Debug, Clone)]
 pub struct Place {
     pub schema: Option<String>,
-    pub role: String,
     pub tenant: String,
 }
 
@@ -118,9 +120,9 @@ impl Place {
         }
     }
 
-    /// Session setup: the role, and the search_path the tenant's clients get.
+    /// Session setup: the search_path the tenant's clients get.
     fn setup(&self) -> String {
-        let mut sql = format!("SET ROLE {}; ", quote_ident(&self.role));
+        let mut sql = String::from("SET client_min_messages TO warning; ");
         if let Some(s) = &self.schema {
             let _ = write!(sql, "SET search_path TO {}; ", quote_ident(s));
         }
@@ -137,8 +139,8 @@ pub struct Applied {
     pub current: Option<i32>,
 }
 
-/// Applies the missing migrations of `set` at `place` over `db` (a connection to the
-/// tenant's database as an administrator). Stops at the first failure, which names the file.
+/// Applies the missing migrations of `set` at `place` over `db` (the tenant's own login to
+/// its database). Stops at the first failure, which names the file.
 pub async fn apply(
     db: &Client,
     place: &Place,
@@ -212,15 +214,20 @@ async fn apply_locked(
                 return Err(failed(e));
             }
         } else {
-            // Outside a transaction a failure may leave part of the file applied: the error
-            // says so, since a re-run starts the file from the top.
-            db.batch_execute(&m.sql).await.map_err(|e| {
-                LifecycleError::Failed(format!(
-                    "{} (no-transaction: statements before the failing one stay applied): {}",
-                    m.name,
-                    super::db_text(&e)
-                ))
-            })?;
+            // One statement per query: several in one simple Query would run as one implicit
+            // transaction, which CREATE INDEX CONCURRENTLY and friends refuse. A failure
+            // leaves the statements before it applied, and a re-run starts the file from the
+            // top: the error says so.
+            for (i, statement) in statements(&m.sql).iter().enumerate() {
+                db.batch_execute(statement).await.map_err(|e| {
+                    LifecycleError::Failed(format!(
+                        "{} (no-transaction; statement {} failed, the ones before it stay applied): {}",
+                        m.name,
+                        i + 1,
+                        super::db_text(&e)
+                    ))
+                })?;
+            }
             db.execute(&record, &[&m.version, &m.name, &m.checksum]).await.map_err(failed)?;
         }
         out.current = out.current.max(Some(m.version));
@@ -250,8 +257,8 @@ pub async fn current_version(db: &Client, place: &Place) -> Result<Option<i32>, 
     Ok(recorded(db, place).await?.iter().map(|d| d.0).max())
 }
 
-/// Runs the seed files in one transaction, as the tenant's role, with its search_path and
-/// `pgtenant.tenant_id` set.
+/// Runs the seed files in one transaction over the tenant's own login, with its search_path
+/// and `pgtenant.tenant_id` set.
 pub async fn seed(db: &Client, place: &Place, seeds: &[(String, String)]) -> Result<(), LifecycleError> {
     if seeds.is_empty() {
         return Ok(());
@@ -268,6 +275,67 @@ pub async fn seed(db: &Client, place: &Place, seeds: &[(String, String)]) -> Res
         }
     }
     db.batch_execute("COMMIT").await.map_err(|e| db_error("seeding", &e))
+}
+
+/// Splits SQL text into statements at the semicolons outside quotes, dollar quotes and
+/// comments (statements without anything but whitespace and comments are dropped).
+pub fn statements(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    let mut push = |from: usize, to: usize| {
+        let piece = sql[from..to].trim();
+        let has_code = piece.lines().any(|l| {
+            let l = l.trim();
+            !l.is_empty() && !l.starts_with("--")
+        });
+        if has_code {
+            out.push(piece);
+        }
+    };
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' => {
+                let q = b[i];
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 2;
+            }
+            b'$' => {
+                // $tag$ … $tag$ (tag: letters, digits, underscores; not a $1 parameter).
+                let tag_end = b[i + 1..].iter().position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'));
+                match tag_end.map(|n| i + 1 + n) {
+                    Some(end) if b[end] == b'$' && !b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                        let tag = &sql[i..=end];
+                        i = sql[end + 1..].find(tag).map_or(b.len(), |p| end + 1 + p + tag.len());
+                    }
+                    _ => i += 1,
+                }
+            }
+            b';' => {
+                push(start, i);
+                i += 1;
+                start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    push(start.min(b.len()), b.len());
+    out
 }
 
 fn short(sum: &str) -> &str {
@@ -288,6 +356,26 @@ mod tests {
         assert_eq!(parse_name("V1__.sql"), None);
         assert_eq!(parse_name("V1a__x.sql"), None);
         assert_eq!(parse_name("V99999999999__x.sql"), None);
+    }
+
+    #[test]
+    fn splits_statements() {
+        let sql = "-- pgtenant:no-transaction\nCREATE INDEX CONCURRENTLY a ON t (x);\n\
+                   CREATE INDEX CONCURRENTLY b ON t ((x || ';'));\n\
+                   /* ; */ DO $body$ BEGIN PERFORM 1; END $body$;\n\
+                   SELECT $1, \"a;b\" FROM t; -- trailing ; comment\n";
+        assert_eq!(
+            statements(sql),
+            [
+                "-- pgtenant:no-transaction\nCREATE INDEX CONCURRENTLY a ON t (x)",
+                "CREATE INDEX CONCURRENTLY b ON t ((x || ';'))",
+                "/* ; */ DO $body$ BEGIN PERFORM 1; END $body$",
+                "SELECT $1, \"a;b\" FROM t",
+            ]
+        );
+        assert!(statements("-- only a comment\n;  ;").is_empty());
+        assert_eq!(statements("SELECT 'unterminated;"), ["SELECT 'unterminated;"]);
+        assert_eq!(statements("SELECT $$x"), ["SELECT $$x"]);
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl TenantInfo {
 
     fn place(&self) -> migrate::Place {
         let schema = if self.isolation == "schema" { self.physical() } else { None };
-        migrate::Place { schema, role: self.login_role.clone(), tenant: self.id.clone() }
+        migrate::Place { schema, tenant: self.id.clone() }
     }
 }
 
@@ -345,11 +345,26 @@ impl Lifecycle {
 
     /// A control connection holding the tenant's operation lock (released when it closes).
     async fn locked(&self, id: &str) -> Result<Client, LifecycleError> {
+        self.locked_for(id, Some(LOCK_WAIT)).await
+    }
+
+    /// As `locked`, waiting at most `wait` (None: as long as it takes).
+    async fn locked_for(
+        &self,
+        id: &str,
+        wait: Option<std::time::Duration>,
+    ) -> Result<Client, LifecycleError> {
         let db = self.control().await?;
+        let Some(wait) = wait else {
+            db.execute("SELECT pg_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id])
+                .await
+                .map_err(catalog_error)?;
+            return Ok(db);
+        };
         // The lock of an operation that just ended goes when its connection's backend exits,
         // a moment after the operation returned; a running operation gets a few seconds to
         // end before this one gives up.
-        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let got: bool = db
                 .query_one("SELECT pg_try_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id])
@@ -470,15 +485,11 @@ impl Lifecycle {
         })?;
         let info = Self::info(&db, &id).await?;
         let done = async {
-            let opened = self
-                .provision(&db, &upstream, &plan, &info, password.as_deref(), req.template.as_deref())
+            self.provision(&db, &upstream, &plan, &info, password.as_deref(), req.template.as_deref())
                 .await?;
             let place = info.place();
-            // One connection for the migrations and the seeds (both run as the tenant's role).
-            let tenant_db = match opened {
-                Some(c) => c,
-                None => upstream.connect(&plan.database).await?,
-            };
+            // Migrations and seeds run over the tenant's own login (see migrate::Place).
+            let tenant_db = upstream.login_as(&plan.role, password.clone()).connect(&plan.database).await?;
             let applied = migrate::apply(&tenant_db, &place, &self.migrations, false).await?;
             if req.seed.unwrap_or(true) {
                 migrate::seed(&tenant_db, &place, &self.seeds).await?;
@@ -579,6 +590,20 @@ impl Lifecycle {
                     .into(),
             )),
         };
+        if login == LoginKind::PerTenant && isolation == Isolation::Shared {
+            return Err(LifecycleError::Invalid(
+                "shared isolation keeps every tenant's rows in the same tables: it takes a shared login \
+                 (\"login_role\" of the role that owns them)"
+                    .into(),
+            ));
+        }
+        if req.auth == Some(AuthMethod::Md5) && req.user.is_some() {
+            return Err(LifecycleError::Invalid(
+                "md5 tenants' users are stored as md5 hashes of the name the client sends: add them with \
+                 `pgtenant hash-password --md5-user …` rather than \"user\""
+                    .into(),
+            ));
+        }
         if login == LoginKind::PerTenant && req.login_password.is_some() {
             return Err(LifecycleError::Invalid(
                 "a per-tenant role gets a generated password: \"login_password\" is for shared logins".into(),
@@ -606,8 +631,7 @@ impl Lifecycle {
     }
 
     /// Makes the tenant's role, database or schema on the upstream, recording each on the
-    /// tenant's row as soon as it exists. Returns the administrator connection to the
-    /// tenant's database when it opened one (the migrations reuse it).
+    /// tenant's row as soon as it exists.
     async fn provision(
         &self,
         db: &Client,
@@ -616,7 +640,7 @@ impl Lifecycle {
         info: &TenantInfo,
         password: Option<&str>,
         template: Option<&str>,
-    ) -> Result<Option<Client>, LifecycleError> {
+    ) -> Result<(), LifecycleError> {
         let role = quote_ident(&plan.role);
         let database = quote_ident(&plan.database);
         let record = |object: &'static str| async move {
@@ -681,11 +705,10 @@ impl Lifecycle {
                     let sql = format!("CREATE SCHEMA {} AUTHORIZATION {role}", quote_ident(schema));
                     on_db.batch_execute(&sql).await.map_err(|e| db_error(upstream::sql_head(&sql), &e))?;
                     record("schema").await?;
-                    return Ok(Some(on_db));
                 }
             }
         }
-        Ok(None)
+        Ok(())
     }
 
     /// Drops what a (half-)created tenant's row records as made by pgtenant.
@@ -744,13 +767,15 @@ impl Lifecycle {
                 if role {
                     // Privileges the role holds in the shared database (CONNECT on it,
                     // anything granted to it) go with DROP OWNED.
-                    let sql = format!(
-                        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {}) THEN
-                             EXECUTE 'DROP OWNED BY ' || {}; END IF; END $$",
-                        quote_literal(&info.login_role),
-                        quote_literal(&role_name)
-                    );
-                    on_db.batch_execute(&sql).await.map_err(|e| db_error("DROP OWNED", &e))?;
+                    let exists = on_db
+                        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&info.login_role])
+                        .await
+                        .map_err(|e| db_error("reading pg_roles", &e))?
+                        .is_some();
+                    if exists {
+                        let sql = format!("DROP OWNED BY {role_name}");
+                        on_db.batch_execute(&sql).await.map_err(|e| db_error("DROP OWNED", &e))?;
+                    }
                 }
             }
         }
@@ -827,7 +852,12 @@ impl Lifecycle {
             ],
         )
         .await
-        .map_err(catalog_error)?;
+        .map_err(|e| match e.code() {
+            Some(c) if *c == tokio_postgres::error::SqlState::CHECK_VIOLATION => {
+                LifecycleError::Invalid(format!("tenant {id:?}: {}", db_text(&e)))
+            }
+            _ => catalog_error(e),
+        })?;
         Self::event(&db, &id, "updated", serde_json::json!({})).await?;
         Self::info(&db, &id).await
     }
@@ -871,17 +901,18 @@ impl Lifecycle {
         }
         if info.isolation == "database" {
             let admin = upstream.connect(&upstream.admin_database).await?;
-            admin
-                .execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                    &[&from],
-                )
-                .await
-                .map_err(|e| db_error("closing connections", &e))?;
             let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&from), quote_ident(&new));
-            // A terminated backend takes a moment to leave.
+            // A terminated backend takes a moment to leave, and a proxy that has not seen the
+            // status change yet may connect again: terminate, try, repeat.
             let mut tries = 0;
             loop {
+                admin
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                        &[&from],
+                    )
+                    .await
+                    .map_err(|e| db_error("closing connections", &e))?;
                 match admin.batch_execute(&sql).await {
                     Ok(()) => break,
                     Err(e)
@@ -948,22 +979,23 @@ impl Lifecycle {
         if info.status == "pending" {
             self.teardown(&db, &info).await?;
         } else {
-            // Stop the proxies first: the NOTIFY closes sessions and refuses new ones.
-            db.execute(
-                "UPDATE pgtenant.tenants SET status = 'deleted' WHERE id = $1 AND status <> 'deleted'",
-                &[&id.as_str()],
-            )
-            .await
-            .map_err(catalog_error)?;
-            let gone = TenantInfo { status: info.status.clone(), ..info.clone() };
-            self.drop_objects(
-                &upstream,
-                &gone,
-                info.isolation == "database",
-                info.isolation == "schema",
-                info.per_tenant(),
-            )
-            .await?;
+            // Stop the proxies first (the NOTIFY closes sessions and refuses new ones) with a
+            // status that keeps the objects' names as they are, so a failed drop leaves a
+            // row that still says where the data is.
+            self.take_offline(&db, &info).await?;
+            let dropped = self
+                .drop_objects(
+                    &upstream,
+                    &info,
+                    info.isolation == "database",
+                    info.isolation == "schema",
+                    info.per_tenant(),
+                )
+                .await;
+            if let Err(e) = dropped {
+                self.failed(&db, &id, "delete_failed", &e).await?;
+                return Err(e);
+            }
         }
         db.execute("DELETE FROM pgtenant.tenants WHERE id = $1", &[&id.as_str()])
             .await
@@ -971,6 +1003,31 @@ impl Lifecycle {
         Self::event(&db, &id, "deleted", serde_json::json!({ "hard": true, "isolation": info.isolation }))
             .await?;
         Ok(())
+    }
+
+    /// An active tenant becomes suspended (its names unchanged): proxies close its sessions
+    /// and refuse new ones before its database or schema is renamed or dropped.
+    async fn take_offline(&self, db: &Client, info: &TenantInfo) -> Result<(), LifecycleError> {
+        if info.status == "active" {
+            db.execute("UPDATE pgtenant.tenants SET status = 'suspended' WHERE id = $1", &[&info.id])
+                .await
+                .map_err(catalog_error)?;
+        }
+        Ok(())
+    }
+
+    /// Records why an operation failed, on the row and as an event.
+    async fn failed(
+        &self,
+        db: &Client,
+        id: &str,
+        kind: &str,
+        e: &LifecycleError,
+    ) -> Result<(), LifecycleError> {
+        db.execute("UPDATE pgtenant.tenants SET last_error = $2 WHERE id = $1", &[&id, &e.to_string()])
+            .await
+            .map_err(catalog_error)?;
+        Self::event(db, id, kind, serde_json::json!({ "error": e.to_string() })).await
     }
 
     async fn retire(&self, id: &str, force: bool, to: &str) -> Result<TenantInfo, LifecycleError> {
@@ -995,11 +1052,10 @@ impl Lifecycle {
                 return Err(in_use(&id, n));
             }
         }
-        // Offline first (proxies close sessions and refuse new ones at the NOTIFY), then
-        // the rename; if the rename fails the status goes back.
-        db.execute("UPDATE pgtenant.tenants SET status = $2 WHERE id = $1", &[&id.as_str(), &to])
-            .await
-            .map_err(catalog_error)?;
+        // Offline first (proxies close sessions and refuse new ones at the NOTIFY) under a
+        // status that keeps the names, then the rename, then the status that goes with the
+        // new name; if the rename fails the status goes back.
+        self.take_offline(&db, &info).await?;
         if let Err(e) = self.rename(&upstream, &info, to).await {
             db.execute(
                 "UPDATE pgtenant.tenants SET status = $2 WHERE id = $1",
@@ -1007,8 +1063,15 @@ impl Lifecycle {
             )
             .await
             .map_err(catalog_error)?;
+            self.failed(&db, &id, &format!("{to}_failed"), &e).await?;
             return Err(e);
         }
+        db.execute(
+            "UPDATE pgtenant.tenants SET status = $2, last_error = NULL WHERE id = $1",
+            &[&id.as_str(), &to],
+        )
+        .await
+        .map_err(catalog_error)?;
         Self::event(&db, &id, to, serde_json::json!({ "from": info.status, "forced": force })).await?;
         Self::info(&db, &id).await
     }
@@ -1079,6 +1142,10 @@ impl Lifecycle {
         dry_run: bool,
     ) -> TenantMigration {
         let run = async {
+            // The tenant's operation lock, waited for as long as it takes (another migrator
+            // or an archive finishes first), then the tenant as it is now.
+            let control = self.locked_for(&info.id, None).await?;
+            let info = Self::info(&control, &info.id).await?;
             if info.status != "active" && info.status != "suspended" {
                 return Err(LifecycleError::Conflict(format!("tenant is {}", info.status)));
             }
@@ -1087,7 +1154,7 @@ impl Lifecycle {
                 Some(Err(e)) => return Err(e.clone()),
                 None => return Err(LifecycleError::Invalid(format!("no upstream {:?}", info.upstream))),
             };
-            let db = upstream.connect(&info.current_database()).await?;
+            let db = self.tenant_session(&control, upstream, &info).await?;
             migrate::apply(&db, &info.place(), &self.migrations, dry_run).await
         };
         match run.await {
@@ -1156,7 +1223,7 @@ impl Lifecycle {
         let upstreams = self.upstreams_of(&db, &tenants).await?;
         let latest = self.migrations.latest();
         let one = |info: TenantInfo| {
-            let upstreams = &upstreams;
+            let (upstreams, db) = (&upstreams, &db);
             async move {
                 let version = async {
                     if info.status != "active" && info.status != "suspended" {
@@ -1167,8 +1234,8 @@ impl Lifecycle {
                         Some(Err(e)) => return Err(e.clone()),
                         None => return Ok(None),
                     };
-                    let db = u.connect(&info.current_database()).await?;
-                    migrate::current_version(&db, &info.place()).await
+                    let session = self.tenant_session(db, u, &info).await?;
+                    migrate::current_version(&session, &info.place()).await
                 }
                 .await;
                 let (version, error) = match version {
@@ -1219,14 +1286,25 @@ impl Lifecycle {
 
     /// Logs in as the tenant's login role, as the proxy would.
     async fn login_check(&self, db: &Client, info: &TenantInfo) -> Result<(), LifecycleError> {
-        let mut upstream = Upstream::load(db, &info.upstream, self.upstream_keys()).await?;
+        let upstream = Upstream::load(db, &info.upstream, self.upstream_keys()).await?;
+        let c = self.tenant_session(db, &upstream, info).await?;
+        c.batch_execute("SELECT 1").await.map_err(|e| db_error("SELECT 1", &e))
+    }
+
+    /// The tenant's own login to its database (its stored password, decrypted): what
+    /// migrations and history reads run over, never an administrator session.
+    async fn tenant_session(
+        &self,
+        db: &Client,
+        upstream: &Upstream,
+        info: &TenantInfo,
+    ) -> Result<Client, LifecycleError> {
         let stored: Option<String> = db
             .query_one("SELECT login_password FROM pgtenant.tenants WHERE id = $1", &[&info.id])
             .await
             .map_err(catalog_error)?
             .get(0);
-        upstream.admin_user = info.login_role.clone();
-        upstream.admin_password = match (stored, &self.keys) {
+        let password = match (stored, &self.keys) {
             (Some(s), Some(k)) => match k.decrypt(&s) {
                 Ok(p) => Some(p),
                 Err(crate::catalog::secrets::SecretError::Plaintext) => Some(s),
@@ -1240,8 +1318,7 @@ impl Lifecycle {
             }
             (s, _) => s,
         };
-        let c = upstream.connect(&info.current_database()).await?;
-        c.batch_execute("SELECT 1").await.map_err(|e| db_error("SELECT 1", &e))
+        upstream.login_as(&info.login_role, password).connect(&info.current_database()).await
     }
 }
 
@@ -1286,12 +1363,15 @@ fn valid_name(what: &str, name: &str) -> Result<(), LifecycleError> {
     let ok = !name.is_empty()
         && name.len() <= 54
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        && !name.starts_with("pg_");
+        && !name.starts_with("pg_")
+        && !name.starts_with("archived_")
+        && !name.starts_with("deleted_");
     if ok {
         Ok(())
     } else {
         Err(LifecycleError::Invalid(format!(
-            "{what} {name:?}: use up to 54 lowercase letters, digits, '_' or '-', not starting with pg_"
+            "{what} {name:?}: use up to 54 lowercase letters, digits, '_' or '-', not starting with pg_, \
+             archived_ or deleted_ (archive and delete rename to those)"
         )))
     }
 }

@@ -71,7 +71,12 @@ impl Upstream {
         })
     }
 
-    /// An administrator session on `database`.
+    /// The same server under another login (a tenant's own role).
+    pub fn login_as(&self, user: &str, password: Option<String>) -> Upstream {
+        Upstream { admin_user: user.to_owned(), admin_password: password, ..self.clone() }
+    }
+
+    /// A session on `database` (as the administrator, unless made by `login_as`).
     pub async fn connect(&self, database: &str) -> Result<Client, LifecycleError> {
         let unreachable = |what: String| {
             LifecycleError::Upstream(format!("upstream {} ({}): {what}", self.name, self.addr))

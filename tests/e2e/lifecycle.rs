@@ -205,6 +205,22 @@ async fn a_failed_create_leaves_nothing_behind() {
     assert!(!schema_exists(&schema_db, &sch_t).await, "schema left behind");
     assert!(!role_exists(&sch_t).await, "role left behind");
 
+    // Requests that cannot be honoured are refused before anything is made.
+    let bad = [
+        CreateTenant { login: Some(LoginKind::PerTenant), ..create(&unique("lcbad"), Isolation::Shared) },
+        CreateTenant { database: Some("archived_x".into()), ..create(&unique("lcbad"), Isolation::Database) },
+        CreateTenant { database: Some("Bad Name".into()), ..create(&unique("lcbad"), Isolation::Database) },
+        CreateTenant { id: "Bad..Id".into(), ..CreateTenant::default() },
+    ];
+    for req in bad {
+        let err = lc.create(req.clone()).await.expect_err("refused");
+        assert!(matches!(err, LifecycleError::Invalid(_)), "{req:?}: {err:?}");
+        assert!(matches!(
+            lc.get(&req.id).await,
+            Err(LifecycleError::NotFound(_) | LifecycleError::Invalid(_))
+        ));
+    }
+
     // The tenant stays pending with the reason, and cannot be reached.
     let info = lc.get(&db_t).await.expect("pending row");
     assert_eq!(info.status, "pending");
@@ -365,7 +381,8 @@ async fn migrations_are_checked_locked_and_stoppable() {
     s.migration("V002__broken.sql", "SELECT 1/0;");
     s.migration(
         "V003__index.sql",
-        "-- pgtenant:no-transaction\nCREATE INDEX CONCURRENTLY products_name ON products (name);",
+        "-- pgtenant:no-transaction\nCREATE INDEX CONCURRENTLY products_name ON products (name);\n\
+         CREATE INDEX CONCURRENTLY products_id_name ON products (id, name);",
     );
     let lc = s.lifecycle();
     // --on-failure stop with one at a time: the first fails, the others are skipped.
@@ -412,6 +429,50 @@ async fn migrations_are_checked_locked_and_stoppable() {
         .expect("index")
         .get(0);
     assert!(index.is_some(), "the no-transaction migration ran");
+    let index: Option<String> = admin(&db)
+        .await
+        .query_one("SELECT to_regclass($1)::text", &[&format!("\"{}\".products_id_name", ids[0])])
+        .await
+        .expect("index")
+        .get(0);
+    assert!(index.is_some(), "its second statement ran too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_borrow_the_migrators_privileges() {
+    let s = Setup::new(&[("V001__products.sql", PRODUCTS)]).await;
+    let (h, _catalog) = start_control(s.cfg.clone()).await;
+    let lc = s.lifecycle();
+    let id = unique("lcevil");
+    lc.create(create(&id, Isolation::Database)).await.expect("create");
+    // The tenant owns its history table: it plants a trigger that tries to make itself a
+    // superuser when the next migration is recorded, and a view-like trap on reads.
+    let c = h.client(&id).await;
+    c.batch_execute(&format!(
+        "CREATE FUNCTION grab() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RESET ROLE; ALTER ROLE \"{id}\" SUPERUSER; RETURN NEW; END $$;
+         CREATE TRIGGER grab BEFORE INSERT ON pgtenant_migrations FOR EACH ROW EXECUTE FUNCTION grab();"
+    ))
+    .await
+    .expect("plant the trigger");
+    s.migration("V002__sku.sql", "ALTER TABLE products ADD COLUMN sku text;");
+    let lc = s.lifecycle();
+    let out = lc
+        .migrate(&MigrateOptions { tenants: vec![id.clone()], ..Default::default() }, &|_, _, _| {})
+        .await
+        .expect("run");
+    match &out[0].outcome {
+        MigrationOutcome::Failed { error } => assert!(error.contains("42501"), "{error}"),
+        other => panic!("the trigger must fail as the tenant: {other:?}"),
+    }
+    let superuser: bool = admin("postgres")
+        .await
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&id])
+        .await
+        .expect("role")
+        .get(0);
+    assert!(!superuser, "the tenant became a superuser through the migrator");
+    lc.status(std::slice::from_ref(&id)).await.expect("status reads the history as the tenant");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,6 +627,16 @@ async fn limits_change_live_and_operations_take_turns() {
     // reachable (a suspend still closes it).
     let patch = pgtenant::lifecycle::UpdateTenant { max_clients: Some(1), ..Default::default() };
     assert_eq!(lc.update(&id, patch).await.expect("update").max_clients, Some(1));
+    let md5 = pgtenant::lifecycle::UpdateTenant {
+        auth: Some(pgtenant::config::AuthMethod::Md5),
+        ..Default::default()
+    };
+    assert_eq!(lc.update(&id, md5).await.expect("md5 auth").auth.as_deref(), Some("md5"));
+    let trust = pgtenant::lifecycle::UpdateTenant {
+        auth: Some(pgtenant::config::AuthMethod::Trust),
+        ..Default::default()
+    };
+    lc.update(&id, trust).await.expect("back to trust");
     let conninfo = h.conninfo(&id);
     let over = || {
         let conninfo = conninfo.clone();
