@@ -345,26 +345,11 @@ impl Lifecycle {
 
     /// A control connection holding the tenant's operation lock (released when it closes).
     async fn locked(&self, id: &str) -> Result<Client, LifecycleError> {
-        self.locked_for(id, Some(LOCK_WAIT)).await
-    }
-
-    /// As `locked`, waiting at most `wait` (None: as long as it takes).
-    async fn locked_for(
-        &self,
-        id: &str,
-        wait: Option<std::time::Duration>,
-    ) -> Result<Client, LifecycleError> {
         let db = self.control().await?;
-        let Some(wait) = wait else {
-            db.execute("SELECT pg_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id])
-                .await
-                .map_err(catalog_error)?;
-            return Ok(db);
-        };
         // The lock of an operation that just ended goes when its connection's backend exits,
         // a moment after the operation returned; a running operation gets a few seconds to
         // end before this one gives up.
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         loop {
             let got: bool = db
                 .query_one("SELECT pg_try_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id])
@@ -1090,8 +1075,10 @@ impl Lifecycle {
         let stop = AtomicBool::new(false);
         let finished = AtomicUsize::new(0);
         let parallel = if opts.parallel == 0 { self.parallel } else { opts.parallel };
+        // Control connections for the tenant locks, one per tenant in flight, reused.
+        let spare: std::sync::Mutex<Vec<Client>> = std::sync::Mutex::new(Vec::new());
         let run_one = |info: TenantInfo| {
-            let (stop, finished, upstreams) = (&stop, &finished, &upstreams);
+            let (stop, finished, upstreams, spare) = (&stop, &finished, &upstreams, &spare);
             async move {
                 let result = if stop.load(Ordering::Relaxed) {
                     TenantMigration {
@@ -1100,7 +1087,25 @@ impl Lifecycle {
                         version: None,
                     }
                 } else {
-                    self.migrate_one(&info, upstreams.get(&info.upstream), opts.dry_run).await
+                    let reused = spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                    let control = match reused {
+                        Some(c) => Ok(c),
+                        None => self.control().await,
+                    };
+                    match control {
+                        Ok(control) => {
+                            let r = self
+                                .migrate_one(&control, &info, upstreams.get(&info.upstream), opts.dry_run)
+                                .await;
+                            spare.lock().unwrap_or_else(|e| e.into_inner()).push(control);
+                            r
+                        }
+                        Err(e) => TenantMigration {
+                            tenant: info.id.clone(),
+                            outcome: MigrationOutcome::Failed { error: e.to_string() },
+                            version: None,
+                        },
+                    }
                 };
                 if matches!(result.outcome, MigrationOutcome::Failed { .. }) && opts.stop_on_failure {
                     stop.store(true, Ordering::Relaxed);
@@ -1135,27 +1140,22 @@ impl Lifecycle {
         Ok(results)
     }
 
+    /// Migrates one tenant, holding its operation lock on `control` (waited for as long as
+    /// it takes: another migrator or an archive finishes first) and released at the end.
     async fn migrate_one(
         &self,
+        control: &Client,
         info: &TenantInfo,
         upstream: Option<&Result<Upstream, LifecycleError>>,
         dry_run: bool,
     ) -> TenantMigration {
+        let lock = "SELECT pg_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))";
+        let unlock = "SELECT pg_advisory_unlock(hashtext('pgtenant.tenant'), hashtext($1))";
         let run = async {
-            // The tenant's operation lock, waited for as long as it takes (another migrator
-            // or an archive finishes first), then the tenant as it is now.
-            let control = self.locked_for(&info.id, None).await?;
-            let info = Self::info(&control, &info.id).await?;
-            if info.status != "active" && info.status != "suspended" {
-                return Err(LifecycleError::Conflict(format!("tenant is {}", info.status)));
-            }
-            let upstream = match upstream {
-                Some(Ok(u)) => u,
-                Some(Err(e)) => return Err(e.clone()),
-                None => return Err(LifecycleError::Invalid(format!("no upstream {:?}", info.upstream))),
-            };
-            let db = self.tenant_session(&control, upstream, &info).await?;
-            migrate::apply(&db, &info.place(), &self.migrations, dry_run).await
+            control.execute(lock, &[&info.id]).await.map_err(catalog_error)?;
+            let result = self.migrate_locked(control, info, upstream, dry_run).await;
+            control.execute(unlock, &[&info.id]).await.map_err(catalog_error)?;
+            result
         };
         match run.await {
             Ok(a) if a.versions.is_empty() => TenantMigration {
@@ -1174,6 +1174,27 @@ impl Lifecycle {
                 version: None,
             },
         }
+    }
+
+    async fn migrate_locked(
+        &self,
+        control: &Client,
+        info: &TenantInfo,
+        upstream: Option<&Result<Upstream, LifecycleError>>,
+        dry_run: bool,
+    ) -> Result<Applied, LifecycleError> {
+        // The tenant as it is now that the lock is held.
+        let info = Self::info(control, &info.id).await?;
+        if info.status != "active" && info.status != "suspended" {
+            return Err(LifecycleError::Conflict(format!("tenant is {}", info.status)));
+        }
+        let upstream = match upstream {
+            Some(Ok(u)) => u,
+            Some(Err(e)) => return Err(e.clone()),
+            None => return Err(LifecycleError::Invalid(format!("no upstream {:?}", info.upstream))),
+        };
+        let db = self.tenant_session(control, upstream, &info).await?;
+        migrate::apply(&db, &info.place(), &self.migrations, dry_run).await
     }
 
     /// The named tenants (each must exist), or every active and suspended one.
