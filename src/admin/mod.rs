@@ -13,8 +13,6 @@ use base64::Engine as _;
 use clap::Subcommand;
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
-
 /// `pgtenant admin …`.
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
@@ -136,14 +134,7 @@ pub async fn command(command: AdminCommand) -> anyhow::Result<()> {
 
 /// A connection to the control database named by `--url` or the config.
 async fn control(url: Option<String>, config: &Path) -> anyhow::Result<tokio_postgres::Client> {
-    let url = match url {
-        Some(u) => u,
-        None => Config::load(config)?.catalog.url,
-    };
-    anyhow::ensure!(!url.is_empty(), "no control database: pass --url or set [catalog] url");
-    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(db)
+    crate::cli::control_db(url, config).await
 }
 
 async fn token_create(name: &str, url: Option<String>, config: &Path) -> anyhow::Result<()> {

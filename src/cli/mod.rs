@@ -213,7 +213,10 @@ pub fn main() -> ExitCode {
 }
 
 /// A connection to the control database named by `--url` or the config.
-async fn control_db(url: Option<String>, config: &std::path::Path) -> anyhow::Result<tokio_postgres::Client> {
+pub(crate) async fn control_db(
+    url: Option<String>,
+    config: &std::path::Path,
+) -> anyhow::Result<tokio_postgres::Client> {
     let url = match url {
         Some(u) => u,
         None => Config::load(config)?.catalog.url,

@@ -162,21 +162,9 @@ impl Drop for Api {
 
 impl Api {
     async fn start(migrations: &[(&str, &str)]) -> Api {
-        let mut cfg = config(Vec::new());
-        let control = control_db(&mut cfg).await;
-        control
-            .execute(
-                "UPDATE pgtenant.upstreams SET admin_user = 'postgres', admin_password = $1",
-                &[&pgtenant::embedded::SUPERUSER_PASSWORD],
-            )
-            .await
-            .expect("admin credentials");
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("migrations")).expect("mkdir");
-        cfg.lifecycle.migrations = dir.path().join("migrations").display().to_string();
-        for (name, sql) in migrations {
-            std::fs::write(api_dir(&cfg).join(name), sql).expect("write migration");
-        }
+        // A control database whose upstream has admin credentials, and the migrations.
+        let crate::lifecycle::Setup { mut cfg, control, dir } =
+            crate::lifecycle::Setup::new(migrations).await;
         let token = new_token();
         cfg.admin.token_sha256 = vec![token_sha256(&token)];
         let (h, _catalog) = start_control(cfg.clone()).await;
