@@ -86,8 +86,22 @@ pub async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
             .await?;
     }
 
+    // The HTTP admin API next to the proxy (port + 1 when free, else any), with a token made
+    // for this run.
+    let admin_listener =
+        match tokio::net::TcpListener::bind((listen.ip(), listen.port().wrapping_add(1))).await {
+            Ok(l) => l,
+            Err(_) => tokio::net::TcpListener::bind((listen.ip(), 0)).await?,
+        };
+    let admin_addr = admin_listener.local_addr()?;
+    let token = crate::admin::new_token();
+    config.admin.token_sha256 = vec![crate::admin::token_sha256(&token)];
+
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let proxy: Arc<Proxy> = Proxy::start(config).await?;
+    let admin_state = crate::admin::http::AdminState::new(proxy.clone(), &proxy.config)?;
+    let admin_stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(crate::admin::http::serve(admin_listener, admin_state, admin_stop.clone()));
     let port = listen.port();
     let host = listen.ip();
     let dir_path = dir.path().display();
@@ -123,6 +137,14 @@ pub async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
     println!("  echo 'CREATE INDEX ON products (sku);' > {dir_path}/migrations/V003__sku_index.sql && {exe} migrate --all");
     println!("  {exe} tenant status");
     println!();
+    println!("the HTTP admin API (OpenAPI document at http://{admin_addr}/openapi.json):");
+    println!("  export TOKEN={token}");
+    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" http://{admin_addr}/tenants");
+    println!(
+        "  curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\\n       -d '{{\"id\": \"vandelay\", \"isolation\": \"schema\"}}' http://{admin_addr}/tenants"
+    );
+    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" http://{admin_addr}/tenants/acme/health");
+    println!();
     println!("Ctrl-C stops pgtenant and removes the cluster.");
     let drain = proxy.shutdown.drain.clone();
     tokio::spawn(async move {
@@ -130,6 +152,7 @@ pub async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
         drain.cancel();
     });
     proxy.serve(listener).await?;
+    admin_stop.cancel();
     drop(admin);
     drop(control);
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
