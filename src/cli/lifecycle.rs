@@ -88,6 +88,14 @@ pub enum LifecycleCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Move a database-isolated tenant to another upstream (pg_dump | pg_restore while it is
+    /// offline; the source database is dropped after the catalog points at the copy).
+    Move {
+        id: String,
+        /// The catalog upstream to move to.
+        #[arg(long)]
+        to: String,
+    },
     /// Undo archive (or a soft delete).
     Restore { id: String },
     /// Soft delete (rename `deleted_…`, data kept), or with --hard drop the database or
@@ -317,6 +325,7 @@ pub async fn tenant(command: LifecycleCommand, target: Target) -> anyhow::Result
         LifecycleCommand::Resume { id } => print_tenants(&[lc.resume(&id).await?], json)?,
         LifecycleCommand::Archive { id, force } => print_tenants(&[lc.archive(&id, force).await?], json)?,
         LifecycleCommand::Restore { id } => print_tenants(&[lc.restore(&id).await?], json)?,
+        LifecycleCommand::Move { id, to } => print_tenants(&[lc.relocate(&id, &to).await?], json)?,
         LifecycleCommand::Delete { id, hard, force } => {
             lc.delete(&id, hard, force).await?;
             if json {

@@ -149,6 +149,17 @@ pub enum SslMode {
 }
 
 impl SslMode {
+    /// libpq's name for the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<SslMode> {
         match s {
             "disable" => Some(SslMode::Disable),

@@ -681,3 +681,79 @@ async fn limits_change_live_and_operations_take_turns() {
     let err = lc.suspend(&id).await.expect_err("held past the wait");
     assert!(matches!(err, LifecycleError::Conflict(ref m) if m.contains("in progress")), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_tenant_moves_to_another_upstream() {
+    let s = Setup::new(&[("V001__products.sql", PRODUCTS)]).await;
+    // A second server: its own throwaway cluster, registered as upstream `other`.
+    let other = tokio::task::spawn_blocking(pgtenant::embedded::Cluster::start)
+        .await
+        .expect("join")
+        .expect("second cluster");
+    s.control
+        .execute(
+            "INSERT INTO pgtenant.upstreams (name, host, port, admin_user, admin_password)
+             VALUES ('other', '127.0.0.1', $1, 'postgres', $2)",
+            &[&i32::from(other.port), &pgtenant::embedded::SUPERUSER_PASSWORD],
+        )
+        .await
+        .expect("second upstream");
+    let (h, _catalog) = start_control(s.cfg.clone()).await;
+    let lc = s.lifecycle();
+    let id = unique("lcmove");
+    lc.create(CreateTenant { upstream: Some("local".into()), ..create(&id, Isolation::Database) })
+        .await
+        .expect("create");
+    let c = h.client(&id).await;
+    c.batch_execute("INSERT INTO products (name) SELECT 'p' || g FROM generate_series(1, 500) g")
+        .await
+        .expect("rows");
+    let port = |c: Client| async move {
+        c.query_one("SELECT current_setting('port')", &[]).await.expect("port").get::<_, String>(0)
+    };
+    assert_eq!(port(c).await, cluster().port.to_string());
+
+    let err = lc.relocate(&id, "nowhere").await.expect_err("unknown upstream");
+    assert!(matches!(err, LifecycleError::Invalid(_)), "{err}");
+    assert_eq!(lc.get(&id).await.expect("row").status, "active", "a refused move changes nothing");
+
+    let moved = lc.relocate(&id, "other").await.expect("move");
+    assert_eq!((moved.upstream.as_str(), moved.status.as_str()), ("other", "active"));
+    // Through the proxy: the same rows, now served from the other server, owned by the tenant.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            match tokio_postgres::connect(&h.conninfo(&id), tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    c.query_one("SELECT current_setting('port')", &[])
+                        .await
+                        .is_ok_and(|r| r.get::<_, String>(0) == other.port.to_string())
+                }
+                Err(_) => false,
+            }
+        })
+        .await
+    );
+    let c = h.client(&id).await;
+    let n: i64 = c.query_one("SELECT count(*) FROM products", &[]).await.expect("count").get(0);
+    assert_eq!(n, 500);
+    let owner: String = c
+        .query_one("SELECT tableowner::text FROM pg_tables WHERE tablename = 'products'", &[])
+        .await
+        .expect("owner")
+        .get(0);
+    assert_eq!(owner, id);
+    assert!(!database_exists(&id).await, "the source database is dropped");
+    assert!(!role_exists(&id).await, "the source role is dropped");
+    // Migrations follow it there.
+    s.migration("V002__sku.sql", "ALTER TABLE products ADD COLUMN sku text;");
+    let out = s
+        .lifecycle()
+        .migrate(&MigrateOptions { tenants: vec![id.clone()], ..Default::default() }, &|_, _, _| {})
+        .await
+        .expect("migrate");
+    assert_eq!(out[0].outcome, MigrationOutcome::Applied { versions: vec![2] });
+    drop(c);
+    lc.delete(&id, true, true).await.expect("hard delete on the new upstream");
+    tokio::task::spawn_blocking(move || drop(other)).await.expect("stop the second cluster");
+}
