@@ -93,6 +93,7 @@ routes! {
     Bearer post "/tenants/{id}/resume" => resume_tenant;
     Bearer post "/tenants/{id}/archive" => archive_tenant;
     Bearer post "/tenants/{id}/restore" => restore_tenant;
+    Bearer post "/tenants/{id}/move" => move_tenant;
     Bearer post "/tenants/{id}/migrate" => migrate_tenant;
     Bearer get "/tenants/{id}/health" => tenant_health;
     Bearer post "/migrate" => migrate_all;
@@ -697,6 +698,24 @@ async fn restore_tenant(
     TenantPath(id): TenantPath,
 ) -> Result<Response, Problem> {
     let info = state.run(|lc| async move { lc.restore(&id).await }).await?;
+    Ok(Json(info).into_response())
+}
+
+/// `POST /tenants/{id}/move`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveRequest {
+    /// The catalog upstream to move the tenant to.
+    to: String,
+}
+
+/// Moves a `database` tenant to another upstream (`pg_dump | pg_restore`).
+async fn move_tenant(
+    State(state): State<AdminState>,
+    TenantPath(id): TenantPath,
+    Body(req): Body<MoveRequest>,
+) -> Result<Response, Problem> {
+    let info = state.run(|lc| async move { lc.relocate(&id, &req.to).await }).await?;
     Ok(Json(info).into_response())
 }
 

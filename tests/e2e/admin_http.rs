@@ -489,6 +489,13 @@ async fn bad_input_is_a_problem_never_a_500() {
     api.call("PATCH", "/tenants/nosuch", Some(json!({ "pool_size": "big" })))
         .await
         .problem(400, "invalid-body");
+    api.call("POST", "/tenants/nosuch/move", Some(json!({}))).await.problem(400, "invalid-body");
+    let p = api
+        .call("POST", "/tenants/nosuch/move", Some(json!({ "to": "local", "bogus": 1 })))
+        .await
+        .problem(400, "invalid-body");
+    assert!(p["detail"].as_str().is_some_and(|d| d.contains("bogus")), "{p}");
+    api.call("POST", "/tenants/nosuch/move", None).await.problem(415, "unsupported-media-type");
 
     // Ids in the path.
     for (method, path) in [
@@ -506,6 +513,9 @@ async fn bad_input_is_a_problem_never_a_500() {
         assert!(p["detail"].is_string(), "{method} {path}");
     }
     api.call("PATCH", "/tenants/Bad..Id", Some(json!({}))).await.problem(400, "invalid-request");
+    api.call("POST", "/tenants/Bad..Id/move", Some(json!({ "to": "local" })))
+        .await
+        .problem(400, "invalid-request");
 
     // Unknown tenants.
     for (method, path) in [
@@ -523,6 +533,11 @@ async fn bad_input_is_a_problem_never_a_500() {
         assert!(p["detail"].as_str().is_some_and(|d| d.contains("nosuch")), "{method} {path}: {p}");
     }
     api.call("PATCH", "/tenants/nosuch", Some(json!({ "max_clients": 3 }))).await.problem(404, "not-found");
+    let p = api
+        .call("POST", "/tenants/nosuch/move", Some(json!({ "to": "local" })))
+        .await
+        .problem(404, "not-found");
+    assert!(p["detail"].as_str().is_some_and(|d| d.contains("nosuch")), "{p}");
 
     // Query parameters.
     for path in [
@@ -574,6 +589,12 @@ async fn a_schema_tenant_through_its_whole_life() {
     assert!(schema_exists(&db, &t).await);
     api.call("POST", "/tenants", Some(create(&t))).await.problem(409, "conflict");
     api.call("POST", "/tenants", Some(create(&t2))).await.ok(201);
+    // Only database tenants move.
+    let p = api
+        .call("POST", &format!("/tenants/{t}/move"), Some(json!({ "to": "local" })))
+        .await
+        .problem(400, "invalid-request");
+    assert!(p["detail"].as_str().is_some_and(|d| d.contains("schema isolation")), "{p}");
 
     // Read.
     let list = api.call("GET", "/tenants", None).await.ok(200);
@@ -786,4 +807,66 @@ async fn an_operation_completes_when_the_client_goes_away() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(events, ["created"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_tenant_moves_over_http() {
+    let api = Api::start(&[("V001__products.sql", PRODUCTS)]).await;
+    // A second server: its own throwaway cluster, registered as upstream `other`.
+    let other = tokio::task::spawn_blocking(pgtenant::embedded::Cluster::start)
+        .await
+        .expect("join")
+        .expect("second cluster");
+    api.control
+        .execute(
+            "INSERT INTO pgtenant.upstreams (name, host, port, admin_user, admin_password)
+             VALUES ('other', '127.0.0.1', $1, 'postgres', $2)",
+            &[&i32::from(other.port), &pgtenant::embedded::SUPERUSER_PASSWORD],
+        )
+        .await
+        .expect("second upstream");
+    let t = unique("admmove");
+    let info = api.call("POST", "/tenants", Some(json!({ "id": t, "upstream": "local" }))).await.ok(201);
+    let c = api.h.client(&t).await;
+    c.batch_execute("INSERT INTO products (name) SELECT 'p' || g FROM generate_series(1, 100) g")
+        .await
+        .expect("rows");
+    drop(c);
+
+    // An unknown upstream is refused and changes nothing; the one it is on already is a no-op.
+    let p = api
+        .call("POST", &format!("/tenants/{t}/move"), Some(json!({ "to": "nowhere" })))
+        .await
+        .problem(400, "invalid-request");
+    assert!(p["detail"].as_str().is_some_and(|d| d.contains("nowhere")), "{p}");
+    assert_eq!(api.call("GET", &format!("/tenants/{t}"), None).await.ok(200), info);
+    let same = api.call("POST", &format!("/tenants/{t}/move"), Some(json!({ "to": "local" }))).await.ok(200);
+    assert_eq!(same, info);
+
+    let moved = api.call("POST", &format!("/tenants/{t}/move"), Some(json!({ "to": "other" }))).await.ok(200);
+    assert_eq!((&moved["upstream"], &moved["status"]), (&json!("other"), &json!("active")), "{moved}");
+    assert_eq!(api.call("GET", &format!("/tenants/{t}"), None).await.ok(200), moved);
+    // Through the proxy: the same rows, now served from the other server.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            match connect_within(&api.h.conninfo(&t)).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    c.query_one("SELECT current_setting('port'), (SELECT count(*) FROM products)", &[])
+                        .await
+                        .is_ok_and(|r| {
+                            (r.get::<_, String>(0), r.get::<_, i64>(1)) == (other.port.to_string(), 100)
+                        })
+                }
+                Err(_) => false,
+            }
+        })
+        .await,
+        "the moved tenant is not served from the other upstream"
+    );
+    assert!(!role_exists(&t).await, "the source role is dropped");
+
+    let r = api.call("DELETE", &format!("/tenants/{t}?hard=true&force=true"), None).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    tokio::task::spawn_blocking(move || drop(other)).await.expect("stop the second cluster");
 }
