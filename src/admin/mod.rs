@@ -6,7 +6,6 @@
 
 pub mod http;
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -70,13 +69,7 @@ pub fn token_sha256(token: &str) -> String {
     hex(&token_digest(token))
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+pub(crate) use crate::auth::hex;
 
 /// Parses 64 hex digits (either case) into a digest.
 pub fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
@@ -97,11 +90,8 @@ pub fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
 pub async fn command(command: AdminCommand) -> anyhow::Result<()> {
     match command {
         AdminCommand::TokenHash => {
-            let mut token = String::new();
-            std::io::stdin().read_line(&mut token)?;
-            let token = token.trim_end_matches(['\r', '\n']);
-            anyhow::ensure!(!token.is_empty(), "no token on standard input");
-            println!("{}", token_sha256(token));
+            let token = crate::cli::lifecycle::read_stdin_line("token")?;
+            println!("{}", token_sha256(&token));
             Ok(())
         }
         AdminCommand::Token { command: TokenCommand::Create { name, url, config } } => {

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::cache::TenantCache;
-use super::secrets::{self, Keys, SecretError};
+use super::secrets::{self, Keys};
 use super::{migrations, Catalog, LookupFuture, Tenant, TenantParts};
 use crate::config::{secs, AuthMethod, CatalogConfig, Isolation, PoolDefaults, PoolMode, TenantStatus};
 use crate::pool::{SslMode, UpstreamAddr, UpstreamTls};
@@ -120,22 +120,15 @@ impl ControlCatalog {
         let pool_mode: String = row.get(11);
         let count = |i: usize| row.get::<_, Option<i32>>(i).and_then(|n| usize::try_from(n).ok());
         let stored: Option<String> = row.get(10);
-        let password = match (stored, &self.keys) {
-            (None, _) => None,
-            (Some(s), Some(keys)) => match keys.decrypt(&s) {
-                Ok(p) => Some(p),
-                Err(SecretError::Plaintext) => {
+        let password = match stored.map(|s| secrets::reveal(self.keys.as_ref(), &s)).transpose() {
+            Ok(Some((p, plaintext))) => {
+                if plaintext && self.keys.is_some() {
                     tracing::warn!(tenant = %id, "plaintext upstream password in the catalog: run `pgtenant catalog rotate-key`");
-                    Some(s)
                 }
-                Err(e) => return Err(format!("tenant {id}: {e}")),
-            },
-            (Some(s), None) if s.starts_with("enc:") => {
-                return Err(format!(
-                    "tenant {id}: the upstream password is encrypted but no master key is configured"
-                ))
+                Some(p)
             }
-            (Some(s), None) => Some(s),
+            Ok(None) => None,
+            Err(e) => return Err(format!("tenant {id}: the upstream password: {e}")),
         };
         let tenant = Tenant::new(TenantParts {
             id: id.clone(),

@@ -26,6 +26,21 @@ pub enum SecretError {
     Plaintext,
 }
 
+/// A password as the catalog stores it, readable: decrypted with `keys` when it is encrypted
+/// (`enc:…`), as stored when it never was (`plaintext` is told so it can warn). One place for
+/// the catalog lookups, the lifecycle operations and the CLI.
+pub fn reveal(keys: Option<&Keys>, stored: &str) -> Result<(String, bool), SecretError> {
+    match keys {
+        Some(k) => match k.decrypt(stored) {
+            Ok(p) => Ok((p, false)),
+            Err(SecretError::Plaintext) => Ok((stored.to_owned(), true)),
+            Err(e) => Err(e),
+        },
+        None if stored.starts_with("enc:") => Err(SecretError::NoKey),
+        None => Ok((stored.to_owned(), true)),
+    }
+}
+
 /// The master keys.
 pub struct Keys {
     keys: Vec<(String, LessSafeKey)>,

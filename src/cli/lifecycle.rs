@@ -237,7 +237,8 @@ pub enum UpstreamCommand {
     List,
 }
 
-fn read_stdin_line(what: &str) -> anyhow::Result<String> {
+/// One line of standard input (a password, a token), without its line end; never empty.
+pub(crate) fn read_stdin_line(what: &str) -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
     let line = line.trim_end_matches(['\r', '\n']).to_owned();

@@ -117,8 +117,9 @@ pub enum CatalogCommand {
         #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,
     },
-    /// Re-encrypt every upstream login password with the current master key (the first
-    /// line of the key file / PGTENANT_MASTER_KEYS); plaintext ones get encrypted too.
+    /// Re-encrypt every stored password (tenants' upstream logins, upstreams' admin logins)
+    /// with the current master key (the first line of the key file / PGTENANT_MASTER_KEYS);
+    /// plaintext ones get encrypted too.
     RotateKey {
         #[arg(long, env = "PGTENANT_CATALOG_URL")]
         url: Option<String>,
@@ -187,15 +188,9 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Command::HashPassword { md5_user } => {
-            let mut password = String::new();
-            std::io::stdin().read_line(&mut password).map_err(anyhow::Error::from).and_then(|_| {
-                let password = password.trim_end_matches(['\r', '\n']);
-                anyhow::ensure!(!password.is_empty(), "no password on standard input");
-                match &md5_user {
-                    Some(user) => println!("{}", postgres_protocol::password::md5(password.as_bytes(), user)),
-                    None => println!("{}", crate::auth::Verifier::hash(password)),
-                }
-                Ok(())
+            lifecycle::read_stdin_line("password").map(|password| match &md5_user {
+                Some(user) => println!("{}", postgres_protocol::password::md5(password.as_bytes(), user)),
+                None => println!("{}", crate::auth::Verifier::hash(&password)),
             })
         }
         Command::Demo { listen, workers } => {
@@ -235,22 +230,8 @@ async fn tenant_user(
     let db = control_db(url, config).await?;
     match command {
         UserCommand::Add { tenant, user } => {
-            let mut password = String::new();
-            std::io::stdin().read_line(&mut password)?;
-            let password = password.trim_end_matches(['\r', '\n']);
-            anyhow::ensure!(!password.is_empty(), "no password on standard input");
-            let verifier = crate::auth::Verifier::hash(password);
-            db.execute(
-                "INSERT INTO pgtenant.tenant_users (tenant_id, username, verifier) VALUES ($1, $2, $3)
-                 ON CONFLICT (tenant_id, username) DO UPDATE SET verifier = EXCLUDED.verifier",
-                &[&tenant, &user, &verifier],
-            )
-            .await?;
-            db.execute(
-                "INSERT INTO pgtenant.events (tenant_id, kind, detail) VALUES ($1, 'user_added', jsonb_build_object('user', $2::text))",
-                &[&tenant, &user],
-            )
-            .await?;
+            let password = lifecycle::read_stdin_line("password")?;
+            crate::lifecycle::add_user(&db, &tenant, &user, &password).await?;
             println!("user {user} of tenant {tenant} saved");
         }
         UserCommand::Remove { tenant, user } => {
@@ -291,15 +272,12 @@ fn master_keys(config: &std::path::Path) -> anyhow::Result<crate::catalog::secre
 
 async fn set_password(tenant: String, url: Option<String>, config: &std::path::Path) -> anyhow::Result<()> {
     let keys = master_keys(config)?;
-    let mut password = String::new();
-    std::io::stdin().read_line(&mut password)?;
-    let password = password.trim_end_matches(['\r', '\n']);
-    anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    let password = lifecycle::read_stdin_line("password")?;
     let db = control_db(url, config).await?;
     let n = db
         .execute(
             "UPDATE pgtenant.tenants SET login_password = $2 WHERE id = $1",
-            &[&tenant, &keys.encrypt(password)],
+            &[&tenant, &keys.encrypt(&password)],
         )
         .await?;
     anyhow::ensure!(n == 1, "no tenant {tenant}");
@@ -311,37 +289,43 @@ async fn rotate_key(url: Option<String>, config: &std::path::Path) -> anyhow::Re
     let keys = master_keys(config)?;
     let mut db = control_db(url, config).await?;
     let tx = db.transaction().await?;
-    let rows = tx
-        .query(
-            "SELECT id, login_password FROM pgtenant.tenants WHERE login_password IS NOT NULL FOR UPDATE",
-            &[],
-        )
-        .await?;
-    let mut rotated = 0;
-    for row in rows {
-        let (id, stored): (String, String) = (row.get(0), row.get(1));
-        if !keys.needs_rotation(&stored) {
-            continue;
+    // Tenants' upstream logins and upstreams' administrator logins: (table, key, column).
+    let mut rotated = [0, 0];
+    for (n, (table, key, column)) in
+        [("tenants", "id", "login_password"), ("upstreams", "name", "admin_password")].into_iter().enumerate()
+    {
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {key}, {column} FROM pgtenant.{table} WHERE {column} IS NOT NULL FOR UPDATE"
+                ),
+                &[],
+            )
+            .await?;
+        for row in rows {
+            let (id, stored): (String, String) = (row.get(0), row.get(1));
+            if !keys.needs_rotation(&stored) {
+                continue;
+            }
+            let (plain, _) = crate::catalog::secrets::reveal(Some(&keys), &stored)
+                .map_err(|e| anyhow::anyhow!("{table} {id}: {e}"))?;
+            tx.execute(
+                &format!("UPDATE pgtenant.{table} SET {column} = $2 WHERE {key} = $1"),
+                &[&id, &keys.encrypt(&plain)],
+            )
+            .await?;
+            rotated[n] += 1;
         }
-        let plain = match keys.decrypt(&stored) {
-            Ok(p) => p,
-            Err(crate::catalog::secrets::SecretError::Plaintext) => stored.clone(),
-            Err(e) => anyhow::bail!("tenant {id}: {e}"),
-        };
-        tx.execute(
-            "UPDATE pgtenant.tenants SET login_password = $2 WHERE id = $1",
-            &[&id, &keys.encrypt(&plain)],
-        )
-        .await?;
-        rotated += 1;
     }
     tx.execute(
-        "INSERT INTO pgtenant.events (kind, detail) VALUES ('key_rotated', jsonb_build_object('key', $1::text, 'tenants', $2::int))",
-        &[&keys.current_id(), &rotated],
+        "INSERT INTO pgtenant.events (kind, detail)
+         VALUES ('key_rotated', jsonb_build_object('key', $1::text, 'tenants', $2::int, 'upstreams', $3::int))",
+        &[&keys.current_id(), &rotated[0], &rotated[1]],
     )
     .await?;
     tx.commit().await?;
-    println!("{rotated} tenant password(s) now under key {}", keys.current_id());
+    println!("{} tenant password(s) now under key {}", rotated[0], keys.current_id());
+    println!("{} upstream admin password(s) now under key {}", rotated[1], keys.current_id());
     Ok(())
 }
 

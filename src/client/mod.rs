@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::auth::hex;
 use crate::auth::scram::{self, ServerExchange};
 use crate::auth::Verifier;
 use crate::cancel::ClientKey;
@@ -306,10 +307,6 @@ where
 fn md5_mock(secret: &[u8], user: &str) -> String {
     let v = Verifier::mock(secret, user);
     format!("md5{}", hex(&v.stored_key[..16]))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The next message during authentication, which must be a PasswordMessage-family 'p'.

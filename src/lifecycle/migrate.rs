@@ -93,12 +93,7 @@ fn parse_name(name: &str) -> Option<i32> {
 }
 
 fn checksum(sql: &str) -> String {
-    let digest = Sha256::digest(sql.as_bytes());
-    let mut hex = String::with_capacity(64);
-    for b in digest.iter() {
-        let _ = write!(hex, "{b:02x}");
-    }
-    hex
+    crate::auth::hex(&Sha256::digest(sql.as_bytes()))
 }
 
 /// Where one history lives: the tenant's schema (schema isolation) or its database's

@@ -1105,10 +1105,7 @@ impl Lifecycle {
                     .await
                     .map_err(catalog_error)?
                     .get(0);
-                let password = match (stored, &self.keys) {
-                    (Some(s), Some(k)) => k.decrypt(&s).unwrap_or(s),
-                    (s, _) => s.unwrap_or_default(),
-                };
+                let password = self.reveal(&id, stored)?.unwrap_or_default();
                 let verifier = crate::auth::Verifier::hash(&password);
                 target.admin(&format!("CREATE ROLE {role} LOGIN PASSWORD {}", quote_literal(&verifier))).await?;
                 made_role = true;
@@ -1416,6 +1413,14 @@ impl Lifecycle {
         c.batch_execute("SELECT 1").await.map_err(|e| db_error("SELECT 1", &e))
     }
 
+    /// A tenant's stored upstream password, readable.
+    fn reveal(&self, id: &str, stored: Option<String>) -> Result<Option<String>, LifecycleError> {
+        stored
+            .map(|s| crate::catalog::secrets::reveal(self.keys.as_ref(), &s).map(|(p, _)| p))
+            .transpose()
+            .map_err(|e| LifecycleError::Invalid(format!("tenant {id:?}, the upstream password: {e}")))
+    }
+
     /// The tenant's own login to its database (its stored password, decrypted): what
     /// migrations and history reads run over, never an administrator session.
     async fn tenant_session(
@@ -1429,20 +1434,7 @@ impl Lifecycle {
             .await
             .map_err(catalog_error)?
             .get(0);
-        let password = match (stored, &self.keys) {
-            (Some(s), Some(k)) => match k.decrypt(&s) {
-                Ok(p) => Some(p),
-                Err(crate::catalog::secrets::SecretError::Plaintext) => Some(s),
-                Err(e) => return Err(LifecycleError::Invalid(format!("tenant {:?}: {e}", info.id))),
-            },
-            (Some(s), None) if s.starts_with("enc:") => {
-                return Err(LifecycleError::Invalid(format!(
-                    "tenant {:?}: the password is encrypted but no master key is configured",
-                    info.id
-                )))
-            }
-            (s, _) => s,
-        };
+        let password = self.reveal(&info.id, stored)?;
         upstream.login_as(&info.login_role, password).connect(&info.current_database()).await
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 use super::{db_error, LifecycleError};
-use crate::catalog::secrets::{Keys, SecretError};
+use crate::catalog::secrets::Keys;
 use crate::pool::{SslMode, UpstreamAddr, UpstreamTls};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,20 +43,10 @@ impl Upstream {
             ))
         })?;
         let stored: Option<String> = row.get(5);
-        let admin_password = match (stored, keys) {
-            (None, _) => None,
-            (Some(s), Some(keys)) => match keys.decrypt(&s) {
-                Ok(p) => Some(p),
-                Err(SecretError::Plaintext) => Some(s),
-                Err(e) => return Err(LifecycleError::Invalid(format!("upstream {name:?}: {e}"))),
-            },
-            (Some(s), None) if s.starts_with("enc:") => {
-                return Err(LifecycleError::Invalid(format!(
-                    "upstream {name:?}: the admin password is encrypted but no master key is configured"
-                )))
-            }
-            (Some(s), None) => Some(s),
-        };
+        let admin_password = stored
+            .map(|s| crate::catalog::secrets::reveal(keys, &s).map(|(p, _)| p))
+            .transpose()
+            .map_err(|e| LifecycleError::Invalid(format!("upstream {name:?}, the admin password: {e}")))?;
         let port = u16::try_from(row.get::<_, i32>(1)).unwrap_or(5432);
         let tls = UpstreamTls {
             mode: SslMode::parse(row.get(2)).unwrap_or_default(),

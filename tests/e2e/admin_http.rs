@@ -812,19 +812,7 @@ async fn an_operation_completes_when_the_client_goes_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_tenant_moves_over_http() {
     let api = Api::start(&[("V001__products.sql", PRODUCTS)]).await;
-    // A second server: its own throwaway cluster, registered as upstream `other`.
-    let other = tokio::task::spawn_blocking(pgtenant::embedded::Cluster::start)
-        .await
-        .expect("join")
-        .expect("second cluster");
-    api.control
-        .execute(
-            "INSERT INTO pgtenant.upstreams (name, host, port, admin_user, admin_password)
-             VALUES ('other', '127.0.0.1', $1, 'postgres', $2)",
-            &[&i32::from(other.port), &pgtenant::embedded::SUPERUSER_PASSWORD],
-        )
-        .await
-        .expect("second upstream");
+    let other = crate::lifecycle::second_upstream(&api.control, "other").await;
     let t = unique("admmove");
     let info = api.call("POST", "/tenants", Some(json!({ "id": t, "upstream": "local" }))).await.ok(201);
     let c = api.h.client(&t).await;

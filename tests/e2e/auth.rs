@@ -264,12 +264,24 @@ async fn upstream_passwords_are_encrypted_at_rest_and_keys_rotate() {
     assert!(!before.contains(&password), "plaintext password in the catalog: {before}");
     assert!(before.contains("enc:v1:k1:"));
     h.client(&t.id).await.batch_execute("SELECT 1").await.expect("reachable with a k1 password");
+    // An upstream admin password stored in plaintext is encrypted by the rotation too.
+    control
+        .execute("UPDATE pgtenant.upstreams SET admin_user = 'postgres', admin_password = 'admin-plain'", &[])
+        .await
+        .expect("admin password");
     // Rotate to k2: every tenant stays reachable.
     let both = format!("{k2}\n{k1}");
     let (ok, out) =
         pgtenant_cli_env(&["catalog", "rotate-key", "--url", &url], "", &[("PGTENANT_MASTER_KEYS", &both)])
             .await;
     assert!(ok && out.contains("1 tenant password(s) now under key k2"), "{out}");
+    assert!(out.contains("1 upstream admin password(s) now under key k2"), "{out}");
+    let admin: String = control
+        .query_one("SELECT admin_password FROM pgtenant.upstreams", &[])
+        .await
+        .expect("admin password")
+        .get(0);
+    assert!(admin.starts_with("enc:v1:k2:"), "{admin}");
     let after = catalog_dump(&control).await;
     assert!(
         !after.contains(&password) && after.contains("enc:v1:k2:") && !after.contains("enc:v1:k1:"),

@@ -56,6 +56,24 @@ impl Setup {
     }
 }
 
+/// A second server: its own throwaway cluster, registered in `control` as upstream `name`
+/// with administrator credentials.
+pub async fn second_upstream(control: &Client, name: &str) -> pgtenant::embedded::Cluster {
+    let other = tokio::task::spawn_blocking(pgtenant::embedded::Cluster::start)
+        .await
+        .expect("join")
+        .expect("second cluster");
+    control
+        .execute(
+            "INSERT INTO pgtenant.upstreams (name, host, port, admin_user, admin_password)
+             VALUES ($1, '127.0.0.1', $2, 'postgres', $3)",
+            &[&name, &i32::from(other.port), &pgtenant::embedded::SUPERUSER_PASSWORD],
+        )
+        .await
+        .expect("second upstream");
+    other
+}
+
 const PRODUCTS: &str = "CREATE TABLE products (
     id serial PRIMARY KEY,
     tenant_id text DEFAULT current_setting('pgtenant.tenant_id', true),
@@ -685,19 +703,7 @@ async fn limits_change_live_and_operations_take_turns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_tenant_moves_to_another_upstream() {
     let s = Setup::new(&[("V001__products.sql", PRODUCTS)]).await;
-    // A second server: its own throwaway cluster, registered as upstream `other`.
-    let other = tokio::task::spawn_blocking(pgtenant::embedded::Cluster::start)
-        .await
-        .expect("join")
-        .expect("second cluster");
-    s.control
-        .execute(
-            "INSERT INTO pgtenant.upstreams (name, host, port, admin_user, admin_password)
-             VALUES ('other', '127.0.0.1', $1, 'postgres', $2)",
-            &[&i32::from(other.port), &pgtenant::embedded::SUPERUSER_PASSWORD],
-        )
-        .await
-        .expect("second upstream");
+    let other = second_upstream(&s.control, "other").await;
     let (h, _catalog) = start_control(s.cfg.clone()).await;
     let lc = s.lifecycle();
     let id = unique("lcmove");
