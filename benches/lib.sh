@@ -88,3 +88,91 @@ build_pgtenant() {
         PGTENANT_BIN=$REPO/target/release/pgtenant
     fi
 }
+
+# ---------------------------------------------------------------------------
+# Temp dir and cleanup.
+# ---------------------------------------------------------------------------
+# Pids of the servers a script starts (empty: not started); cleanup stops them.
+PG_PID="" PGT_PID="" PGB_PID=""
+KEEP_DIRS=()
+
+# make_tmp NAME [DIR...]: TMP=/tmp/pgtenant-NAME.XXXXXX, with cleanup as the EXIT trap
+# and INT/TERM turned into exit 130. The DIRs (inside TMP) are copied to BENCH_KEEP_LOGS
+# along with the *.log files.
+make_tmp() {
+    TMP=$(mktemp -d "/tmp/pgtenant-$1.XXXXXX")
+    KEEP_DIRS=("${@:2}")
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+# The EXIT trap: the script's own processes first (its stop_own_jobs, when it defines
+# one), then pgtenant, PgBouncer and postgres; the logs are copied to BENCH_KEEP_LOGS
+# when set, and the temp dir is removed.
+cleanup() {
+    local rc=$?
+    set +e
+    declare -F stop_own_jobs >/dev/null && stop_own_jobs
+    stop_pid "$PGT_PID" TERM   # pgtenant: graceful shutdown (no client is left by now)
+    stop_pid "$PGB_PID" TERM   # pgbouncer: no clients are left, any shutdown mode is quick
+    stop_pid "$PG_PID" INT     # postgres: SIGINT = fast shutdown
+    if [[ -n ${BENCH_KEEP_LOGS:-} ]]; then
+        mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$TMP"/*.log "${KEEP_DIRS[@]/#/$TMP/}" "$BENCH_KEEP_LOGS"/ 2>/dev/null
+        log "logs copied to $BENCH_KEEP_LOGS"
+    fi
+    rm -rf "$TMP"
+    exit $rc
+}
+
+# ---------------------------------------------------------------------------
+# The throwaway PostgreSQL cluster, in TMP.
+# ---------------------------------------------------------------------------
+# init_cluster TCP_AUTH: initdb into PG_DATA=$TMP/pgdata, with the server's Unix socket
+# in PG_SOCK=$TMP/sock; when we are root, TMP (and all in it so far) goes to the
+# postgres user. pg_hba.conf: trust over the Unix socket (the superuser's setup), TCP_AUTH
+# (md5, scram-sha-256) over TCP from 127.0.0.1 for everyone; a script may append lines.
+init_cluster() {
+    local auth=$1
+    PG_DATA=$TMP/pgdata
+    PG_SOCK=$TMP/sock
+    mkdir -p "$PG_SOCK"
+    [[ $EUID -eq 0 ]] && chown -R postgres:postgres "$TMP"
+    chmod 755 "$TMP"
+
+    log "initdb ($PG_BIN) ..."
+    as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --no-locale \
+        >"$TMP/initdb.log" 2>&1 || { show_log "$TMP/initdb.log"; die "initdb failed"; }
+
+    cat >"$PG_DATA/pg_hba.conf" <<HBA
+local all all trust
+host  all all 127.0.0.1/32 $auth
+HBA
+}
+
+# start_cluster [-c NAME=VALUE ...]: start postgres on a free port (PG_PORT, pid in
+# PG_PID), listening on 127.0.0.1 and PG_SOCK, with fsync and synchronous_commit off and
+# the given settings, and wait until it accepts connections. On a port clash (another
+# process bound the port meanwhile) try again on another port, up to 3 times.
+start_cluster() {
+    local attempt
+    for attempt in 1 2 3; do
+        free_port PG_PORT
+        log "starting postgres on 127.0.0.1:$PG_PORT ..."
+        as_pg_bg "$TMP/postgres.log" "$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" -k "$PG_SOCK" \
+            -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "$@"
+        PG_PID=$BG_PID
+        for _ in $(seq 1 100); do
+            "$PG_BIN/pg_isready" -q -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres && return 0
+            kill -0 "$PG_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        show_log "$TMP/postgres.log" 5
+        stop_pid "$PG_PID" INT
+        PG_PID=""
+        grep -q 'could not create' "$TMP/postgres.log" || break   # not a port clash
+    done
+    die "postgres did not start"
+}
+
+# psql as the superuser over the socket.
+su_sql() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres "$@"; }

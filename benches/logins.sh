@@ -33,25 +33,7 @@ source "$REPO/benches/lib.sh"
 # ---------------------------------------------------------------------------
 # Temp dir and cleanup.
 # ---------------------------------------------------------------------------
-TMP=$(mktemp -d /tmp/pgtenant-logins.XXXXXX)
-PG_PID="" PGT_PID="" PGB_PID=""
-
-
-cleanup() {
-    local rc=$?
-    set +e
-    stop_pid "$PGT_PID" TERM
-    stop_pid "$PGB_PID" TERM
-    stop_pid "$PG_PID" INT
-    if [[ -n ${BENCH_KEEP_LOGS:-} ]]; then
-        mkdir -p "$BENCH_KEEP_LOGS" && cp "$TMP"/*.log "$BENCH_KEEP_LOGS"/ 2>/dev/null
-        log "logs copied to $BENCH_KEEP_LOGS"
-    fi
-    rm -rf "$TMP"
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_tmp logins
 
 
 # ---------------------------------------------------------------------------
@@ -80,46 +62,10 @@ VERIFIER=$(printf 'secret' | "$PGTENANT_BIN" hash-password) || die "pgtenant has
 # ---------------------------------------------------------------------------
 # 3. Throwaway PostgreSQL cluster: SCRAM over TCP, ssl on.
 # ---------------------------------------------------------------------------
-PG_DATA=$TMP/pgdata
-PG_SOCK=$TMP/sock
-mkdir -p "$PG_SOCK"
-[[ $EUID -eq 0 ]] && chown -R postgres:postgres "$TMP"
-chmod 755 "$TMP"
+init_cluster scram-sha-256
+start_cluster -c max_connections=300 -c password_encryption=scram-sha-256 \
+    -c ssl=on -c ssl_cert_file="$TMP/server.crt" -c ssl_key_file="$TMP/server.key"
 
-log "initdb ($PG_BIN) ..."
-as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --no-locale \
-    >"$TMP/initdb.log" 2>&1 || { show_log "$TMP/initdb.log"; die "initdb failed"; }
-
-cat >"$PG_DATA/pg_hba.conf" <<EOF
-local all all trust
-host  all all 127.0.0.1/32 scram-sha-256
-EOF
-
-start_postgres() {
-    for _ in 1 2 3; do
-        free_port PG_PORT
-        log "starting postgres on 127.0.0.1:$PG_PORT ..."
-        as_pg_bg "$TMP/postgres.log" "$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" -k "$PG_SOCK" \
-            -c listen_addresses=127.0.0.1 -c max_connections=300 \
-            -c fsync=off -c synchronous_commit=off \
-            -c password_encryption=scram-sha-256 \
-            -c ssl=on -c ssl_cert_file="$TMP/server.crt" -c ssl_key_file="$TMP/server.key"
-        PG_PID=$BG_PID
-        for _ in $(seq 1 100); do
-            "$PG_BIN/pg_isready" -q -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres && return 0
-            kill -0 "$PG_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        show_log "$TMP/postgres.log" 5
-        stop_pid "$PG_PID" INT
-        PG_PID=""
-        grep -q 'could not create' "$TMP/postgres.log" || break
-    done
-    die "postgres did not start"
-}
-start_postgres
-
-su_sql() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres "$@"; }
 # The role's password is 'secret' and its stored SCRAM secret is the very same
 # verifier the poolers check clients against: PgBouncer <= 1.25 overwrites a
 # forced user's credentials ([databases] user=... password=...) with the SCRAM

@@ -64,7 +64,8 @@ die() { log "error: $*"; exit 1; }
 
 [[ $TENANTS =~ ^[1-9][0-9]*$ ]] || die "BENCH_TENANTS must be a positive number, not '$TENANTS'"
 
-# Shared helpers: PostgreSQL binaries, running as the postgres user, free ports.
+# Shared helpers: PostgreSQL binaries, running as the postgres user, free ports,
+# the temp dir and its cleanup, the throwaway cluster.
 # shellcheck source=benches/lib.sh
 source "$REPO/benches/lib.sh"
 command -v jq >/dev/null 2>&1 || die "jq not found (needed to read pgtenant tenant status --json)"
@@ -72,27 +73,14 @@ command -v jq >/dev/null 2>&1 || die "jq not found (needed to read pgtenant tena
 # ---------------------------------------------------------------------------
 # Temp dir and cleanup.
 # ---------------------------------------------------------------------------
-TMP=$(mktemp -d /tmp/pgtenant-migrate.XXXXXX)
-PG_PID=""
 REF_PIDS=()     # psql processes of the 4-at-a-time reference running now
-
-cleanup() {
-    local rc=$?
-    set +e
+# Run by cleanup before it stops postgres.
+stop_own_jobs() {
     local p
     for p in "${REF_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
     for p in "${REF_PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    stop_pid "$PG_PID" INT     # postgres: SIGINT = fast shutdown
-    if [[ -n ${BENCH_KEEP_LOGS:-} ]]; then
-        mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$TMP"/*.log "$TMP"/migrations "$TMP"/seeds \
-            "$BENCH_KEEP_LOGS"/ 2>/dev/null
-        log "logs copied to $BENCH_KEEP_LOGS"
-    fi
-    rm -rf "$TMP"
-    exit $rc
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_tmp migrate migrations seeds
 
 # Seconds since a `date +%s.%N` stamp, and rates/ratios with "-" for anything missing.
 now() { date +%s.%N; }
@@ -108,50 +96,10 @@ build_pgtenant
 # ---------------------------------------------------------------------------
 # 2. Throwaway PostgreSQL cluster, control database, catalog, upstream.
 # ---------------------------------------------------------------------------
-PG_DATA=$TMP/pgdata
-PG_SOCK=$TMP/sock
-mkdir -p "$PG_SOCK"
-[[ $EUID -eq 0 ]] && chown -R postgres:postgres "$TMP"
-chmod 755 "$TMP"
-
-log "initdb ($PG_BIN) ..."
-as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --no-locale \
-    >"$TMP/initdb.log" 2>&1 || { show_log "$TMP/initdb.log"; die "initdb failed"; }
-
-# Superuser over the Unix socket for the script's own setup and checks; SCRAM over TCP for
-# everything measured.
-cat >"$PG_DATA/pg_hba.conf" <<EOF
-local all all trust
-host  all all 127.0.0.1/32 scram-sha-256
-EOF
-
-# Start postgres; on a port clash try again on another port, up to 3 times.
-start_postgres() {
-    local attempt
-    for attempt in 1 2 3; do
-        free_port PG_PORT
-        log "starting postgres on 127.0.0.1:$PG_PORT ..."
-        as_pg_bg "$TMP/postgres.log" "$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" -k "$PG_SOCK" \
-            -c listen_addresses=127.0.0.1 -c max_connections=100 \
-            -c shared_buffers=128MB -c fsync=off -c synchronous_commit=off \
-            -c password_encryption=scram-sha-256
-        PG_PID=$BG_PID
-        for _ in $(seq 1 100); do
-            "$PG_BIN/pg_isready" -q -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres && return 0
-            kill -0 "$PG_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        show_log "$TMP/postgres.log" 5
-        stop_pid "$PG_PID" INT
-        PG_PID=""
-        grep -q 'could not create' "$TMP/postgres.log" || break   # not a port clash
-    done
-    die "postgres did not start"
-}
-start_postgres
-
-# psql as the superuser over the socket (setup and checks, never timed).
-su_sql() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres "$@"; }
+# Superuser over the Unix socket for the script's own setup and checks (su_sql, never
+# timed); SCRAM over TCP for everything measured.
+init_cluster scram-sha-256
+start_cluster -c max_connections=100 -c shared_buffers=128MB -c password_encryption=scram-sha-256
 
 SU_PW="bench-$RANDOM$RANDOM"
 su_sql -d postgres <<SQL

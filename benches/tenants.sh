@@ -54,37 +54,25 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { printf '[tenants] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# Shared helpers: PostgreSQL binaries, running as the postgres user, free ports.
+# Shared helpers: PostgreSQL binaries, running as the postgres user, free ports,
+# the temp dir and its cleanup, the throwaway cluster.
 # shellcheck source=benches/lib.sh
 source "$REPO/benches/lib.sh"
 
 # ---------------------------------------------------------------------------
 # Temp dir and cleanup.
 # ---------------------------------------------------------------------------
-TMP=$(mktemp -d /tmp/pgtenant-tenants.XXXXXX)
-PG_PID="" PGT_PID="" GATE_PID=""
+GATE_PID=""
 BENCH_PIDS=()   # pgbench processes of the case running now
-
-
-cleanup() {
-    local rc=$?
-    set +e
+# Run by cleanup before it stops the servers.
+stop_own_jobs() {
     # pgbench processes still running (only when interrupted mid-case): by pid.
     local p
     for p in "${BENCH_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
     for p in "${BENCH_PIDS[@]}"; do wait "$p" 2>/dev/null; done
     [[ -n $GATE_PID ]] && { kill -TERM "$GATE_PID" 2>/dev/null; wait "$GATE_PID" 2>/dev/null; }
-    stop_pid "$PGT_PID" TERM   # pgtenant: graceful shutdown (no client is left by now)
-    stop_pid "$PG_PID" INT     # postgres: SIGINT = fast shutdown
-    if [[ -n ${BENCH_KEEP_LOGS:-} ]]; then
-        mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$TMP"/*.log "$TMP"/runs "$BENCH_KEEP_LOGS"/ 2>/dev/null
-        log "logs copied to $BENCH_KEEP_LOGS"
-    fi
-    rm -rf "$TMP"
-    exit $rc
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_tmp tenants runs
 
 
 # ---------------------------------------------------------------------------
@@ -95,50 +83,12 @@ build_pgtenant
 # ---------------------------------------------------------------------------
 # 2. Throwaway PostgreSQL cluster.
 # ---------------------------------------------------------------------------
-PG_DATA=$TMP/pgdata
-PG_SOCK=$TMP/sock
-mkdir -p "$PG_SOCK" "$TMP/runs"
-[[ $EUID -eq 0 ]] && chown -R postgres:postgres "$TMP"
-chmod 755 "$TMP"
-
-log "initdb ($PG_BIN) ..."
-as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --no-locale \
-    >"$TMP/initdb.log" 2>&1 || { show_log "$TMP/initdb.log"; die "initdb failed"; }
-
+mkdir -p "$TMP/runs"   # the pgbench outputs (made first: init_cluster hands TMP to postgres)
 # Superuser over the Unix socket only; md5 over TCP for everyone else, so pgtenant and
 # the direct case authenticate the same way.
-cat >"$PG_DATA/pg_hba.conf" <<EOF
-local all all trust
-host  all all 127.0.0.1/32 md5
-EOF
-
-# Start postgres; on a port clash try again on another port, up to 3 times.
+init_cluster md5
 # shared_buffers holds all 100 tables and indexes (~140 MB), so no case reads from disk.
-start_postgres() {
-    local attempt
-    for attempt in 1 2 3; do
-        free_port PG_PORT
-        log "starting postgres on 127.0.0.1:$PG_PORT ..."
-        as_pg_bg "$TMP/postgres.log" "$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" -k "$PG_SOCK" \
-            -c listen_addresses=127.0.0.1 -c max_connections=300 \
-            -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off
-        PG_PID=$BG_PID
-        for _ in $(seq 1 100); do
-            "$PG_BIN/pg_isready" -q -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres && return 0
-            kill -0 "$PG_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        show_log "$TMP/postgres.log" 5
-        stop_pid "$PG_PID" INT
-        PG_PID=""
-        grep -q 'could not create' "$TMP/postgres.log" || break   # not a port clash
-    done
-    die "postgres did not start"
-}
-start_postgres
-
-# psql as the superuser over the socket.
-su_sql() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres "$@"; }
+start_cluster -c max_connections=300 -c shared_buffers=256MB
 
 su_sql -d postgres <<'SQL'
 SET password_encryption = 'md5';
