@@ -1,342 +1,500 @@
-//! What the server owes the client, message by message. Every client message that earns a
-//! reply is queued when it goes to the server; each server reply completes the entry at the
-//! front. Entries pgtenant answers itself (a Parse of a statement the server connection
-//! already has, a Close of a named statement) are answered when they reach the front, and the
-//! replies to messages pgtenant injected (a Parse re-preparing a statement on another server
-//! connection) are swallowed.
+//! What the server still owes, modelled as the server processes it. Every client message that
+//! goes to a server connection is queued; the queue is consumed the way PostgreSQL's main loop
+//! (`PostgresMain` in `src/backend/tcop/postgres.c`) consumes messages:
 //!
-//! This tracks only reply boundaries (DESIGN.md principle 1): the server stays the source of
-//! truth for everything else. Reference: "Extended Query" and "COPY Operations" in
+//! - normally each message is executed in turn and earns its replies;
+//! - after an error in an extended-protocol message the server skips everything up to the next
+//!   Sync (`ignore_till_sync`), so skipped messages earn nothing;
+//! - during COPY FROM STDIN the server reads CopyData, ignores Sync and Flush, ends the copy at
+//!   CopyDone or CopyFail and fails it on any other message (`CopyGetData` in
+//!   `src/backend/commands/copyfromparse.c`); outside a copy, CopyData/CopyDone/CopyFail are
+//!   ignored.
+//!
+//! Server replies drive the model: the server's own messages say when a command errs, starts a
+//! copy or ends. The model is exact except in one case: an error during COPY FROM STDIN while
+//! the client has sent Syncs (or other messages) between its copy data. Which of those the
+//! server read before failing is not observable, so the queue is marked uncertain and the
+//! connection is never reused (DESIGN.md, containment rule 1).
+//!
+//! Entries pgtenant answers itself (a Close of a named statement) are answered when the server
+//! reaches them and dropped if the server would have skipped them; replies to messages
+//! pgtenant injected are swallowed; and probes (injected messages whose error stands for the
+//! client's) have their error replaced. Reference: "Extended Query" and "COPY Operations" in
 //! <https://www.postgresql.org/docs/current/protocol-flow.html>.
 
 use std::collections::VecDeque;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::setcmd::SetCmd;
+use super::statements::Prepared;
 
+/// A client message, as far as replies go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Parse,
     Bind,
-    Describe,
+    /// Describe of a statement (ParameterDescription, then RowDescription or NoData).
+    DescribeStatement,
+    /// Describe of a portal (RowDescription or NoData).
+    DescribePortal,
     Execute,
     Close,
     Sync,
     Query,
     FunctionCall,
-    /// CopyDone / CopyFail: no reply of its own; marks where the client ended a COPY.
-    CopyEnd,
+    CopyData,
+    CopyDone,
+    CopyFail,
+    /// Flush: no reply in any state; kept so a copy sees what came between its data.
+    Flush,
+    /// A message type the server does not know: it ends the session (FATAL).
+    Unknown,
 }
 
+impl Kind {
+    /// The kind of a frontend message tag.
+    pub fn of(tag: u8, describe_target: Option<u8>) -> Kind {
+        match tag {
+            b'P' => Kind::Parse,
+            b'B' => Kind::Bind,
+            b'D' if describe_target == Some(b'P') => Kind::DescribePortal,
+            b'D' => Kind::DescribeStatement,
+            b'E' => Kind::Execute,
+            b'C' => Kind::Close,
+            b'S' => Kind::Sync,
+            b'Q' => Kind::Query,
+            b'F' => Kind::FunctionCall,
+            b'd' => Kind::CopyData,
+            b'c' => Kind::CopyDone,
+            b'f' => Kind::CopyFail,
+            b'H' => Kind::Flush,
+            _ => Kind::Unknown,
+        }
+    }
+
+    /// Messages of the extended protocol: an error in one starts the skip to Sync.
+    fn extended(self) -> bool {
+        matches!(
+            self,
+            Kind::Parse
+                | Kind::Bind
+                | Kind::DescribeStatement
+                | Kind::DescribePortal
+                | Kind::Execute
+                | Kind::Close
+                | Kind::Flush
+        )
+    }
+}
+
+/// Who gets the replies a message earns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Forward,
-    /// pgtenant's own message: its reply does not reach the client.
+    /// pgtenant's own message: its replies do not reach the client (an error does, since it
+    /// stands for the client's message that needed it).
     Swallow,
-    /// Not sent to the server: pgtenant answers with these bytes, in order.
+    /// Not sent to the server: pgtenant answers with these bytes when the server would have.
     Answer(Bytes),
+    /// pgtenant's own message standing in for a client message: success replies are swallowed
+    /// and an ErrorResponse with SQLSTATE `code` is replaced by `error` (other errors pass).
+    Probe {
+        code: &'static str,
+        error: Bytes,
+    },
+}
+
+/// What a message did, to be undone if the server skipped it or it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// pgtenant's statement `name` is being created on the server connection.
+    ServerStatement(Arc<str>),
+    /// The client's statement `name` was registered.
+    ClientParse(Box<[u8]>),
+    /// The client's statement was closed (restored if the Close was skipped).
+    ClientClose(Box<[u8]>, Arc<Prepared>),
 }
 
 #[derive(Clone, Debug)]
 struct Entry {
     kind: Kind,
     action: Action,
-    /// For a Parse sent to the server: the statement it creates there.
-    statement: Option<Arc<str>>,
+    effect: Vec<Effect>,
     /// A session SET this message runs, tracked once it succeeds.
     set: Option<SetCmd>,
     /// An ErrorResponse arrived while this (simple) query ran.
     errored: bool,
 }
 
+/// Where the server stands in processing the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Normal,
+    /// After an error in the extended protocol: messages up to the next Sync are skipped.
+    Skip,
+    /// COPY FROM STDIN, started by a simple Query or by Execute.
+    CopyIn {
+        extended: bool,
+    },
+}
+
 /// What to do with one server message.
 #[derive(Debug, PartialEq, Eq, Default)]
 pub struct Route {
     pub forward: bool,
+    /// Bytes to send the client instead of the message.
+    pub replace: Option<Bytes>,
     /// The message did not fit what the queue expected: pgtenant lost track.
     pub unexpected: bool,
-    /// Statements whose Parse failed or was skipped after an error: the server connection
-    /// does not have them after all.
-    pub not_prepared: Vec<Arc<str>>,
+    /// Effects of messages that failed or were skipped, to undo, in the order they happened
+    /// (undo them last first).
+    pub undo: Vec<Effect>,
+    /// Effects of messages that completed.
+    pub done: Vec<Effect>,
     /// A session SET that just completed successfully.
     pub completed_set: Option<SetCmd>,
 }
 
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Pipeline {
     queue: VecDeque<Entry>,
+    mode: Mode,
+    /// The front entry has started replying (a Query, Execute, FunctionCall or statement
+    /// Describe in progress).
+    started: bool,
+    /// The front entry is in COPY TO STDOUT.
+    copy_out: bool,
     /// Answers that reached the front, for the relay to write to the client (in order, after
     /// whatever it forwarded before them).
     pub answers: Vec<Bytes>,
-    /// The server is in COPY FROM STDIN: Syncs the client sends now are ignored by it.
-    copy_in: bool,
-    /// A COPY started by Execute ended: the server waits for a Sync before it is idle.
-    awaiting_sync: bool,
+    /// Effects of entries skipped or answered while advancing, handed out with the next route.
+    undo: Vec<Effect>,
+    done: Vec<Effect>,
+    /// pgtenant cannot tell what the server still owes: the connection is never reused.
+    uncertain: bool,
+    /// An extended-protocol message was sent since the last ReadyForQuery: the server holds
+    /// an implicit transaction (or skips) until a Sync, even once it owes no reply (a Sync
+    /// read by a COPY does not end it).
+    open: bool,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Pipeline {
+            queue: VecDeque::new(),
+            mode: Mode::Normal,
+            started: false,
+            copy_out: false,
+            answers: Vec::new(),
+            undo: Vec::new(),
+            done: Vec::new(),
+            uncertain: false,
+            open: false,
+        }
+    }
+}
+
+/// SQLSTATEs of errors that can interrupt a COPY before it read the client's data: a cancel,
+/// a statement or transaction timeout, a recovery conflict, an idle timeout.
+fn asynchronous(code: &str) -> bool {
+    matches!(code, "57014" | "40001" | "25P03" | "25P04") || code.starts_with("57P")
 }
 
 impl Pipeline {
-    /// Nothing owed: the server connection may be released (as far as replies go).
+    /// Nothing owed and nothing pending: the server connection may be released (as far as
+    /// replies go).
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && !self.copy_in && !self.awaiting_sync && self.answers.is_empty()
+        self.owes_nothing() && !self.uncertain && !self.open
     }
 
-    /// ReadyForQuery messages still owed by the server.
+    /// The server owes no reply to anything sent, and is not waiting for copy data.
+    pub fn owes_nothing(&self) -> bool {
+        self.queue.is_empty() && self.answers.is_empty() && !matches!(self.mode, Mode::CopyIn { .. })
+    }
+
+    pub fn uncertain(&self) -> bool {
+        self.uncertain
+    }
+
+    /// Waiting for copy data that nothing queued will end: replies will not come by
+    /// themselves.
+    pub fn awaits_copy_data(&self) -> bool {
+        matches!(self.mode, Mode::CopyIn { .. })
+            && !self.queue.iter().any(|e| matches!(e.kind, Kind::CopyDone | Kind::CopyFail))
+    }
+
+    /// ReadyForQuery messages still owed by the server (at least).
     pub fn pending_ready(&self) -> usize {
         self.queue
             .iter()
-            .filter(|e| {
-                matches!(e.kind, Kind::Sync | Kind::Query | Kind::FunctionCall) && e.action == Action::Forward
-            })
+            .filter(|e| matches!(e.kind, Kind::Sync | Kind::Query | Kind::FunctionCall))
+            .filter(|e| !matches!(e.action, Action::Answer(_)))
             .count()
     }
 
+    /// In COPY FROM STDIN.
     pub fn copy_in(&self) -> bool {
-        self.copy_in
+        matches!(self.mode, Mode::CopyIn { .. })
     }
 
-    /// Records a client message (or an injected one) on its way to the server.
+    /// Records a client message forwarded as it is.
     pub fn push(&mut self, kind: Kind, action: Action) {
-        self.push_entry(kind, action, None, None);
+        self.push_full(kind, action, Vec::new(), None);
     }
 
-    /// Records a Parse that creates `statement` on the server.
-    pub fn push_statement(&mut self, kind: Kind, action: Action, statement: Option<Arc<str>>) {
-        self.push_entry(kind, action, statement, None);
+    /// Records a message with an effect to undo should it fail or be skipped.
+    pub fn push_effect(&mut self, kind: Kind, action: Action, effect: Vec<Effect>) {
+        self.push_full(kind, action, effect, None);
     }
 
     /// Records a Query or Execute that runs a session SET.
     pub fn push_set(&mut self, kind: Kind, set: Option<SetCmd>) {
-        self.push_entry(kind, Action::Forward, None, set);
+        self.push_full(kind, Action::Forward, Vec::new(), set);
     }
 
-    fn push_entry(&mut self, kind: Kind, action: Action, statement: Option<Arc<str>>, set: Option<SetCmd>) {
-        match kind {
-            // The server ignores Syncs during COPY FROM STDIN (`CopyGetData` in
-            // src/backend/commands/copyfromparse.c): no reply to wait for.
-            Kind::Sync if self.copy_in => return,
-            Kind::Sync => self.awaiting_sync = false,
-            Kind::CopyEnd => self.copy_in = false,
-            _ => {}
+    fn push_full(&mut self, kind: Kind, action: Action, effect: Vec<Effect>, set: Option<SetCmd>) {
+        // Consecutive copy data count as one: only its position between other messages matters.
+        if kind == Kind::CopyData && self.queue.back().is_some_and(|b| b.kind == Kind::CopyData) {
+            return;
         }
-        self.queue.push_back(Entry { kind, action, statement, set, errored: false });
-        self.answer_front();
+        if kind.extended() && kind != Kind::Flush {
+            self.open = true;
+        }
+        self.queue.push_back(Entry { kind, action, effect, set, errored: false });
+        self.advance();
     }
 
-    /// Routes one server message by its tag.
-    pub fn route(&mut self, tag: u8) -> Route {
-        let forward = Route { forward: true, ..Route::default() };
-        match tag {
-            // Asynchronous messages belong to no request.
-            b'N' | b'A' | b'S' => return forward,
-            b'G' => {
-                self.start_copy_in();
-                return forward;
-            }
-            _ => {}
-        }
-        let Some(front) = self.queue.front() else {
-            return Route { forward: true, unexpected: true, ..Route::default() };
-        };
-        let kind = front.kind;
-        let forward = front.action != Action::Swallow;
-        let complete = match (kind, tag) {
-            (Kind::Parse, b'1') | (Kind::Bind, b'2') | (Kind::Close, b'3') => true,
-            (Kind::Describe, b't') => false,
-            (Kind::Describe, b'T' | b'n') => true,
-            (Kind::Execute, b'C' | b'I' | b's') => true,
-            (Kind::Execute, b'D' | b'H' | b'd' | b'c' | b'W') => false,
-            (Kind::Sync | Kind::Query | Kind::FunctionCall, b'Z') => true,
-            (Kind::Query, b'E') => {
-                if let Some(e) = self.queue.front_mut() {
-                    e.errored = true;
-                }
-                false
-            }
-            (Kind::Query, _) | (Kind::FunctionCall, b'V') => false,
-            (Kind::FunctionCall, b'E') => false,
-            (_, b'E') => {
-                // An error in the extended protocol: the server skips everything up to the
-                // next Sync, so those messages get no replies (and pgtenant's own answers
-                // for them are dropped too). The error itself always reaches the client.
-                let mut not_prepared = Vec::new();
-                while let Some(e) = self.queue.front() {
-                    if e.kind == Kind::Sync {
-                        break;
+    /// Effects to undo of entries skipped since the last route (the relay collects them after
+    /// staging too, since pushing may skip).
+    pub fn take_effects(&mut self) -> (Vec<Effect>, Vec<Effect>) {
+        (std::mem::take(&mut self.undo), std::mem::take(&mut self.done))
+    }
+
+    /// Consumes entries that earn no reply in the server's current state.
+    fn advance(&mut self) {
+        while !self.started {
+            let Some(front) = self.queue.front() else { return };
+            match self.mode {
+                Mode::CopyIn { .. } => return,
+                Mode::Skip => {
+                    if front.kind == Kind::Sync {
+                        return;
                     }
                     if let Some(e) = self.queue.pop_front() {
-                        not_prepared.extend(e.statement);
+                        self.undo.extend(e.effect);
                     }
                 }
-                self.copy_in = false;
-                self.answer_front();
-                return Route { forward: true, not_prepared, ..Route::default() };
+                Mode::Normal => match (&front.action, front.kind) {
+                    (_, Kind::CopyData | Kind::CopyDone | Kind::CopyFail | Kind::Flush) => {
+                        self.queue.pop_front();
+                    }
+                    (Action::Answer(bytes), _) => {
+                        self.answers.push(bytes.clone());
+                        if let Some(e) = self.queue.pop_front() {
+                            self.done.extend(e.effect);
+                        }
+                    }
+                    _ => return,
+                },
             }
-            _ => return Route { forward: true, unexpected: true, ..Route::default() },
-        };
-        let mut completed_set = None;
-        if complete {
-            if let Some(e) = self.queue.pop_front() {
-                if !e.errored && matches!(tag, b'C' | b'Z') {
-                    completed_set = e.set;
-                }
-            }
-            self.answer_front();
         }
+    }
+
+    /// Routes one server message by its tag; `code` is the SQLSTATE of an ErrorResponse.
+    pub fn route(&mut self, tag: u8, code: &str) -> Route {
+        let mut route = self.route_inner(tag, code);
+        let (undo, done) = self.take_effects();
+        route.undo.extend(undo);
+        route.done.extend(done);
+        if route.unexpected {
+            self.uncertain = true;
+        }
+        route
+    }
+
+    fn route_inner(&mut self, tag: u8, code: &str) -> Route {
+        let forward = Route { forward: true, ..Route::default() };
+        // Asynchronous messages belong to no request.
+        if matches!(tag, b'N' | b'A' | b'S') {
+            return forward;
+        }
+        self.advance();
+        let unexpected = Route { forward: true, unexpected: true, ..Route::default() };
+        let Some(front) = self.queue.front_mut() else { return unexpected };
+        let action = front.action.clone();
+        let kind = front.kind;
+        if let Mode::CopyIn { extended } = self.mode {
+            return match tag {
+                b'C' => {
+                    // The copy ended at the client's CopyDone, which the server has read:
+                    // Syncs and data before it went into the copy.
+                    let copying = |e: &Entry| matches!(e.kind, Kind::CopyData | Kind::Sync | Kind::Flush);
+                    let Some(end) = self.queue.iter().skip(1).position(|e| !copying(e)) else {
+                        return unexpected;
+                    };
+                    if self.queue[end + 1].kind != Kind::CopyDone {
+                        return unexpected;
+                    }
+                    self.queue.drain(1..end + 2);
+                    self.mode = Mode::Normal;
+                    if extended {
+                        self.complete(&action, tag, false)
+                    } else {
+                        self.reply(&action, tag, false)
+                    }
+                }
+                b'E' => {
+                    self.copy_failed(code);
+                    if extended {
+                        self.fail(&action, code)
+                    } else {
+                        if let Some(f) = self.queue.front_mut() {
+                            f.errored = true;
+                        }
+                        self.error_reply(&action, code)
+                    }
+                }
+                _ => unexpected,
+            };
+        }
+        if self.mode == Mode::Skip {
+            // advance() left the Sync at the front.
+            if tag != b'Z' || kind != Kind::Sync {
+                return unexpected;
+            }
+            self.mode = Mode::Normal;
+            return self.complete(&action, tag, false);
+        }
+        match (kind, tag) {
+            (Kind::Parse, b'1') | (Kind::Bind, b'2') | (Kind::Close, b'3') => {
+                self.complete(&action, tag, false)
+            }
+            (Kind::DescribeStatement, b't') if !self.started => {
+                self.started = true;
+                self.reply(&action, tag, false)
+            }
+            (Kind::DescribeStatement, b'T' | b'n') if self.started => self.complete(&action, tag, false),
+            (Kind::DescribePortal, b'T' | b'n') => self.complete(&action, tag, false),
+            (Kind::Execute, b'D') if !self.copy_out => {
+                self.started = true;
+                self.reply(&action, tag, false)
+            }
+            (Kind::Execute | Kind::Query, b'H') if !self.copy_out => {
+                self.started = true;
+                self.copy_out = true;
+                self.reply(&action, tag, false)
+            }
+            (Kind::Execute | Kind::Query, b'd') if self.copy_out => self.reply(&action, tag, false),
+            (Kind::Execute | Kind::Query, b'c') if self.copy_out => {
+                self.copy_out = false;
+                self.reply(&action, tag, false)
+            }
+            (Kind::Execute, b'C' | b'I' | b's') if !self.copy_out => {
+                let ok = !front.errored;
+                self.complete(&action, tag, ok)
+            }
+            (Kind::Execute | Kind::Query, b'G') if !self.copy_out => {
+                self.started = true;
+                self.mode = Mode::CopyIn { extended: kind == Kind::Execute };
+                self.reply(&action, tag, false)
+            }
+            (Kind::Query, b'T' | b'D' | b'C' | b'I') if !self.copy_out => {
+                self.started = true;
+                self.reply(&action, tag, false)
+            }
+            (Kind::Query | Kind::FunctionCall | Kind::Sync, b'E') => {
+                // Not extended: no skip; ReadyForQuery follows.
+                self.started = kind != Kind::Sync;
+                self.copy_out = false;
+                front.errored = true;
+                self.error_reply(&action, code)
+            }
+            (Kind::FunctionCall, b'V') if !self.started => {
+                self.started = true;
+                self.reply(&action, tag, false)
+            }
+            (Kind::Query | Kind::FunctionCall | Kind::Sync, b'Z') if !self.copy_out => {
+                let ok = !front.errored;
+                self.complete(&action, tag, ok)
+            }
+            (k, b'E') if k.extended() => self.fail(&action, code),
+            _ => unexpected,
+        }
+    }
+
+    /// A reply that does not complete the front entry.
+    fn reply(&mut self, action: &Action, _tag: u8, _ok: bool) -> Route {
+        Route { forward: *action == Action::Forward, ..Route::default() }
+    }
+
+    /// An ErrorResponse for the front entry that does not end it.
+    fn error_reply(&mut self, action: &Action, code: &str) -> Route {
+        match action {
+            Action::Probe { code: c, error } if *c == code => {
+                Route { forward: false, replace: Some(error.clone()), ..Route::default() }
+            }
+            _ => Route { forward: true, ..Route::default() },
+        }
+    }
+
+    /// The reply that completes the front entry.
+    fn complete(&mut self, action: &Action, tag: u8, ok: bool) -> Route {
+        let mut route = Route { forward: *action == Action::Forward, ..Route::default() };
         if tag == b'Z' {
-            self.copy_in = false;
+            self.open = false;
         }
-        Route { forward: forward || tag == b'E', completed_set, ..Route::default() }
+        if let Some(e) = self.queue.pop_front() {
+            if ok && matches!(tag, b'C' | b'Z') {
+                route.completed_set = e.set;
+            }
+            route.done.extend(e.effect);
+        }
+        self.started = false;
+        self.copy_out = false;
+        self.advance();
+        route
     }
 
-    /// CopyInResponse: the server now ignores Syncs until the client's CopyDone/CopyFail.
-    fn start_copy_in(&mut self) {
-        let by_execute = self.queue.front().is_some_and(|e| e.kind == Kind::Execute);
-        // Syncs already queued behind the COPY command and before the client ended the COPY
-        // will be ignored by the server.
-        let end = self.queue.iter().position(|e| e.kind == Kind::CopyEnd);
-        let mut i = 1;
-        while i < end.unwrap_or(self.queue.len()) {
-            if self.queue[i].kind == Kind::Sync {
-                self.queue.remove(i);
-                if let Some(e) = end.as_ref() {
-                    let _ = e;
-                }
-                continue;
-            }
-            i += 1;
+    /// An error in an extended-protocol message: it ends, and the server skips to Sync.
+    fn fail(&mut self, action: &Action, code: &str) -> Route {
+        let mut route = self.error_reply(action, code);
+        if let Some(e) = self.queue.pop_front() {
+            route.undo.extend(e.effect);
         }
-        let ended = self.queue.iter().any(|e| e.kind == Kind::CopyEnd);
-        self.copy_in = !ended;
-        if by_execute {
-            self.awaiting_sync =
-                !self.queue.iter().skip_while(|e| e.kind != Kind::CopyEnd).any(|e| e.kind == Kind::Sync);
-        }
+        self.started = false;
+        self.copy_out = false;
+        self.mode = Mode::Skip;
+        self.advance();
+        route
     }
 
-    /// Moves answers (and reply-less markers) at the front of the queue out.
-    fn answer_front(&mut self) {
-        while let Some(front) = self.queue.front() {
-            match (&front.action, front.kind) {
-                (Action::Answer(bytes), _) => {
-                    self.answers.push(bytes.clone());
-                    self.queue.pop_front();
-                }
-                (_, Kind::CopyEnd) => {
-                    self.queue.pop_front();
-                }
-                _ => break,
-            }
+    /// COPY FROM STDIN failed: decides which queued messages the copy consumed. Copy data,
+    /// CopyDone and CopyFail earn nothing whether the copy read them or not; a Sync or another
+    /// message read after copy data may or may not have been read by the copy.
+    fn copy_failed(&mut self, code: &str) {
+        self.mode = Mode::Normal;
+        let stream: Vec<Kind> = self.queue.iter().skip(1).map(|e| e.kind).collect();
+        // The copy reads up to the first message that ends it (CopyDone, CopyFail, or any
+        // other message, which fails it).
+        let end = stream.iter().position(|k| !matches!(k, Kind::CopyData | Kind::Sync | Kind::Flush));
+        let segment = &stream[..end.map_or(stream.len(), |e| e + 1)];
+        // An error the server raised itself needs something read to raise it: Syncs before
+        // the first such message were read first. A cancel or timeout can come at any time.
+        let trigger = segment.iter().position(|k| *k != Kind::Sync && *k != Kind::Flush);
+        let certain = segment.iter().enumerate().all(|(i, k)| match k {
+            Kind::CopyData | Kind::CopyDone | Kind::CopyFail | Kind::Flush => true,
+            Kind::Sync => trigger.is_some_and(|t| i < t) && !asynchronous(code),
+            _ => false,
+        });
+        if !certain {
+            self.uncertain = true;
         }
+        let n = segment.len();
+        self.queue.drain(1..1 + n);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fwd(p: &mut Pipeline, kinds: &[Kind]) {
-        for k in kinds {
-            p.push(*k, Action::Forward);
-        }
-    }
-
-    #[test]
-    fn extended_round_trip() {
-        let mut p = Pipeline::default();
-        fwd(&mut p, &[Kind::Parse, Kind::Bind, Kind::Describe, Kind::Execute, Kind::Sync]);
-        for tag in [b'1', b'2', b'T', b'D', b'D', b'C'] {
-            assert_eq!(p.route(tag), Route { forward: true, ..Route::default() });
-        }
-        assert!(!p.is_idle());
-        assert_eq!(p.pending_ready(), 1);
-        p.route(b'Z');
-        assert!(p.is_idle());
-    }
-
-    #[test]
-    fn answers_are_placed_in_order_and_injected_replies_swallowed() {
-        let mut p = Pipeline::default();
-        // Client: Parse (answered locally), Bind on a connection that needed a re-Parse
-        // (injected, swallowed), Execute, Sync.
-        p.push(Kind::Parse, Action::Answer(Bytes::from_static(b"1\0\0\0\x04")));
-        assert_eq!(p.answers.len(), 1, "nothing before it: answered at once");
-        p.answers.clear();
-        p.push(Kind::Execute, Action::Forward);
-        p.push(Kind::Parse, Action::Answer(Bytes::from_static(b"1\0\0\0\x04")));
-        assert!(p.answers.is_empty(), "waits behind the Execute");
-        p.push(Kind::Parse, Action::Swallow);
-        p.push(Kind::Bind, Action::Forward);
-        p.push(Kind::Sync, Action::Forward);
-        assert!(p.route(b'C').forward);
-        assert_eq!(p.answers.len(), 1, "answered once the Execute completed");
-        assert!(!p.route(b'1').forward, "injected Parse's reply swallowed");
-        assert!(p.route(b'2').forward);
-        assert!(p.route(b'Z').forward);
-        assert!(p.is_idle() || !p.answers.is_empty());
-    }
-
-    #[test]
-    fn an_error_skips_to_sync() {
-        let mut p = Pipeline::default();
-        p.push(Kind::Parse, Action::Swallow);
-        p.push(Kind::Bind, Action::Forward);
-        p.push(Kind::Close, Action::Answer(Bytes::from_static(b"3\0\0\0\x04")));
-        p.push(Kind::Execute, Action::Forward);
-        p.push(Kind::Sync, Action::Forward);
-        let r = p.route(b'E');
-        assert!(r.forward, "the injected Parse's error goes to the client");
-        assert!(p.answers.is_empty(), "answers for skipped messages are dropped");
-        assert_eq!(p.pending_ready(), 1);
-        p.route(b'Z');
-        assert!(p.is_idle());
-        // Simple query errors do not skip.
-        p.push(Kind::Query, Action::Forward);
-        p.route(b'E');
-        p.route(b'Z');
-        assert!(p.is_idle());
-    }
-
-    #[test]
-    fn copy_from_stdin_by_query_and_by_execute() {
-        let mut p = Pipeline::default();
-        p.push(Kind::Query, Action::Forward);
-        p.route(b'G');
-        assert!(p.copy_in());
-        p.push(Kind::CopyEnd, Action::Forward);
-        p.route(b'C');
-        p.route(b'Z');
-        assert!(p.is_idle());
-
-        // libpq: Parse/Bind/Execute/Sync, then data, CopyDone, Sync.
-        fwd(&mut p, &[Kind::Parse, Kind::Bind, Kind::Execute, Kind::Sync]);
-        p.route(b'1');
-        p.route(b'2');
-        p.route(b'G');
-        p.push(Kind::CopyEnd, Action::Forward);
-        p.route(b'C');
-        assert!(!p.is_idle(), "the server waits for a Sync after an Execute-started COPY");
-        p.push(Kind::Sync, Action::Forward);
-        p.route(b'Z');
-        assert!(p.is_idle());
-
-        // CopyDone sent before the CopyInResponse arrived.
-        p.push(Kind::Query, Action::Forward);
-        p.push(Kind::CopyEnd, Action::Forward);
-        p.route(b'G');
-        assert!(!p.copy_in());
-        p.route(b'C');
-        p.route(b'Z');
-        assert!(p.is_idle());
-    }
-
-    #[test]
-    fn unexpected_replies_are_flagged() {
-        let mut p = Pipeline::default();
-        assert!(p.route(b'Z').unexpected);
-        p.push(Kind::Bind, Action::Forward);
-        assert!(p.route(b'1').unexpected);
-    }
-}
+mod tests;

@@ -21,11 +21,13 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::pipeline::{Action, Kind, Pipeline};
+use super::pipeline::{Action, Effect, Kind, Pipeline};
 use super::setcmd::{self, SetCmd};
+use super::statements::MAX_CLIENT_STATEMENTS;
 use super::statements::{
-    bind_parts, feature_refusal, parse_frame, query_frame, rename, session_feature, sql_prepare_refusal,
-    target_parts, Statements,
+    absent_portal, absent_statement, bind_parts, declared_cursors, feature_refusal, parse_frame,
+    probe_duplicate, probe_statement, query_frame, rename, session_feature, sql_prepare_refusal,
+    target_parts, Lookup, Statements,
 };
 use super::vars::{forget_unreported, ClientVars};
 use super::LoggedIn;
@@ -75,7 +77,12 @@ enum Exit {
     ServerLost,
     /// pgtenant's own setup query failed; the server's ErrorResponse goes to the client.
     SetupFailed(Bytes),
+    /// A bug: the session panicked. Its server connection is closed.
+    Panicked,
 }
+
+/// Session ids, so a server connection knows whether the next client is the one it served.
+static SESSION_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Where the server connection stands, beyond the reply queue.
 #[derive(Debug, Default)]
@@ -89,6 +96,8 @@ struct Progress {
     desync: bool,
     /// Transaction status of the last ReadyForQuery.
     status: u8,
+    /// The server sent a FATAL error: it closes the connection, and nothing is added to it.
+    fatal: bool,
 }
 
 pub(crate) struct Session<S> {
@@ -114,8 +123,6 @@ pub(crate) struct Session<S> {
     out: BytesMut,
     pipeline: Pipeline,
     statements: Statements,
-    /// The search_path this client's statements are prepared under (part of their key).
-    search_path: String,
     /// Session SETs of the current transaction, tracked once it ends outside a block.
     sets: SetTracking,
     /// The client started a session-level feature (LISTEN …) in transaction mode and keeps
@@ -123,6 +130,10 @@ pub(crate) struct Session<S> {
     pinned: bool,
     /// The client sent Terminate (never forwarded).
     terminated: bool,
+    /// The client sent a malformed frame: what came before it is answered, then this error.
+    broken: Option<PgError>,
+    /// This session's id (see [`SESSION_IDS`]).
+    id: u64,
 
     sbuf: BytesMut,
     /// Bytes of the current server frame not yet received, and whether it is swallowed.
@@ -146,12 +157,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let LoggedIn { tenant, pool, vars, key, admission } = login;
         let force = proxy.shutdown.force.clone();
         let setup_trusted = !vars.from_client;
-        let search_path = vars
-            .other
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("search_path"))
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
         let pool_params = pool.params().unwrap_or_default();
         let mut cbuf = buffered;
         cbuf.reserve(READ_CHUNK);
@@ -172,10 +177,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             out: BytesMut::with_capacity(READ_CHUNK),
             pipeline: Pipeline::default(),
             statements: Statements::default(),
-            search_path,
             sets: SetTracking::default(),
             pinned: false,
             terminated: false,
+            broken: None,
+            id: SESSION_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             sbuf: BytesMut::with_capacity(READ_CHUNK),
             s_remaining: 0,
             s_discard: false,
@@ -190,19 +196,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     pub async fn run(mut self) {
+        use futures_util::FutureExt;
         let mut signals = Signals {
             drain: Box::pin(self.proxy.shutdown.drain.clone().cancelled_owned()),
             kick: Box::pin(self.admission.kick.clone().cancelled_owned()),
             force: Box::pin(self.proxy.shutdown.force.clone().cancelled_owned()),
         };
-        let exit = self.relay(&mut signals).await;
+        // A bug in one session must not leak pool capacity: after a panic the session's
+        // server connection is closed (never reused) and its slot returned.
+        let exit = match std::panic::AssertUnwindSafe(self.relay(&mut signals)).catch_unwind().await {
+            Ok(exit) => exit,
+            Err(_) => {
+                tracing::error!(tenant = %self.tenant.id, "session panicked: closing it and its server connection");
+                Exit::Panicked
+            }
+        };
         self.finish(exit).await;
     }
 
     async fn relay(&mut self, signals: &mut Signals) -> Exit {
-        if let Err(e) = self.scan_client() {
-            return Exit::Error(e);
-        }
+        self.scan_client();
         loop {
             if let Some(exit) = self.settle().await {
                 return exit;
@@ -215,11 +228,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.draining = Some(reason.unwrap_or_else(shutting_down));
                 }
                 Event::Client(Ok(0) | Err(_)) => return Exit::Client,
-                Event::Client(Ok(_)) => {
-                    if let Err(e) = self.scan_client() {
-                        return Exit::Error(e);
-                    }
-                }
+                Event::Client(Ok(_)) => self.scan_client(),
                 Event::ServerWrote(Ok(n)) => self.consume_written(n),
                 Event::ServerWrote(Err(_)) | Event::ServerRead(Ok(0) | Err(_)) => return Exit::ServerLost,
                 Event::ServerRead(Ok(_)) => {
@@ -234,17 +243,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Decisions between events: release an idle server connection (transaction mode),
     /// end a draining or terminated session, check one out when there is work.
     async fn settle(&mut self) -> Option<Exit> {
-        if self.server.is_some() && self.mode == PoolMode::Transaction && !self.pinned && self.server_idle() {
-            self.release();
+        if self.server.is_some() && self.mode == PoolMode::Transaction && !self.pinned {
+            if self.server_idle() {
+                self.release();
+            } else if self.pipeline.uncertain() && self.quiet() {
+                // pgtenant lost track of this connection: it is closed, never reused; the
+                // client goes on with another.
+                tracing::info!(tenant = %self.tenant.id, "closing a server connection whose state is unknown");
+                self.key.set_target(None);
+                self.server = None;
+                self.pipeline = Pipeline::default();
+                self.progress = Progress { status: b'I', ..Progress::default() };
+            }
         }
         let idle = self.server.is_none() || self.server_idle();
         if let (Some(reason), true) = (&self.draining, idle) {
             return Some(Exit::Error(reason.clone()));
         }
-        // After Terminate and once everything before it went out, the session is over;
-        // replies still owed are not waited for (finish cancels what runs).
-        if self.terminated && self.c_scanned == 0 && (idle || self.server.is_some()) {
-            return Some(Exit::Client);
+        // After Terminate or a malformed frame, and once everything before it went out, the
+        // session ends when the server owes nothing more for it (as PostgreSQL answers what
+        // came before), or at once if nothing queued can end what runs.
+        if (self.terminated || self.broken.is_some()) && self.c_scanned == 0 {
+            let done = match self.server.as_ref() {
+                None => true,
+                Some(_) => self.out.is_empty() && (self.quiet() || self.pipeline.awaits_copy_data()),
+            };
+            if done {
+                return Some(match self.broken.take() {
+                    Some(e) => Exit::Error(e),
+                    None => Exit::Client,
+                });
+            }
         }
         if self.server.is_none() && self.c_scanned > 0 {
             if let Err(e) = self.attach().await {
@@ -264,35 +293,81 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         None
     }
 
+    /// The server owes nothing for what was sent (by the reply model) and nothing is
+    /// half-read.
+    fn quiet(&self) -> bool {
+        self.pipeline.owes_nothing()
+            && self.progress.swallow_z == 0
+            && self.s_remaining == 0
+            && self.sbuf.is_empty()
+            && self.stage_remaining == 0
+    }
+
     /// Nothing in flight: the server owes nothing and the client sent nothing unanswered.
     fn server_idle(&self) -> bool {
         let p = &self.progress;
         self.pipeline.is_idle()
+            && self.quiet()
             && !p.desync
-            && p.swallow_z == 0
             && !p.extended_open
             && p.status == b'I'
-            && self.s_remaining == 0
-            && self.sbuf.is_empty()
             && self.out.is_empty()
             && self.c_scanned == 0
             && self.c_remaining == 0
-            && self.stage_remaining == 0
     }
 
     async fn attach(&mut self) -> Result<(), PgError> {
-        let mut co = self
-            .proxy
-            .pools
-            .checkout(&self.pool, &self.tenant)
-            .await
-            .map_err(|e| e.to_client(self.tenant.id.as_str()))?;
+        // A connection whose reset fails is closed and another taken.
+        let mut attempts = 0;
+        let mut co = loop {
+            attempts += 1;
+            let mut co = self
+                .proxy
+                .pools
+                .checkout(&self.pool, &self.tenant)
+                .await
+                .map_err(|e| e.to_client(self.tenant.id.as_str()))?;
+            let conn = co.conn();
+            let other_tenant = conn.tenant.as_ref().is_some_and(|t| *t != self.tenant.id);
+            if !other_tenant && !conn.dirty {
+                break co;
+            }
+            // A handoff to another tenant starts from a clean session (DESIGN.md,
+            // containment rule 2): DISCARD ALL, its reply verified before the client's
+            // bytes are sent.
+            let reset =
+                tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, CROSS_TENANT_RESET)).await;
+            if let Ok(Ok(())) = reset {
+                let conn = co.conn();
+                forget_unreported(conn, &self.pool_params);
+                conn.prepared.clear();
+                conn.dirty = false;
+                conn.tenant = None;
+                break co;
+            }
+            tracing::info!(tenant = %self.tenant.id, "session reset failed: closing the server connection");
+            drop(co);
+            if attempts >= 3 {
+                return Err(PgError::fatal(
+                    SqlState::ConnectionFailure,
+                    format!("cannot get a clean server connection for tenant \"{}\"", self.tenant.id),
+                ));
+            }
+        };
         let conn = co.conn();
         self.key.set_target(Some(CancelTarget {
             addr: conn.addr.clone(),
             pid: conn.backend_pid,
             secret: conn.backend_secret,
         }));
+        if conn.last_client != self.id && !self.tenant.session_vars.is_empty() {
+            // The tenant's isolation settings are applied afresh for each client: another
+            // client may have changed them without a SET (set_config, a function).
+            conn.vars
+                .retain(|(k, _)| !self.tenant.session_vars.iter().any(|(t, _)| t.eq_ignore_ascii_case(k)));
+            conn.vars_fingerprint = 0;
+        }
+        conn.last_client = self.id;
         if let Some(sql) = self.vars.sync_query(conn, &self.pool_params) {
             // The setup goes out in the same write as the client's first message.
             if frontend::query(&mut self.out, &sql).is_ok() {
@@ -305,32 +380,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
+    /// Transaction mode: the server connection goes back once the client's transaction is
+    /// over (or is reset first, or closed: see [`retire`]).
     fn release(&mut self) {
-        let Some(mut co) = self.server.take() else { return };
+        let Some(co) = self.server.take() else { return };
         self.key.set_target(None);
-        if self.key.cancel_in_flight() {
-            // A cancel for this client may still reach the backend: it must not land on the
-            // next client's query, so the connection is closed instead of reused.
+        let cancel = self.key.cancel_in_flight();
+        let reset = co.conn_ref().dirty.then(|| self.proxy.config.pool.reset_query.clone());
+        let params = self.pool_params.clone();
+        if reset.is_none() && !cancel {
+            co.release();
             return;
         }
-        if co.conn().dirty {
-            // The client changed session state (SET, LISTEN, PREPARE …): reset before reuse,
-            // off the client's path.
-            let reset = self.proxy.config.pool.reset_query.clone();
-            let params = self.pool_params.clone();
-            tokio::spawn(async move {
-                if let Ok(Ok(())) =
-                    tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, &reset)).await
-                {
-                    forget_unreported(co.conn(), &params);
-                    co.conn().prepared.clear();
-                    co.conn().dirty = false;
-                    co.release();
-                }
-            });
-            return;
-        }
-        co.release();
+        tokio::spawn(retire(
+            co,
+            Retire { idle: true, cancel, reset, params, tenant: self.tenant.id.clone() },
+        ));
     }
 
     async fn next_event(&mut self, signals: &mut Signals) -> Event {
@@ -382,25 +447,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Walks the frame headers of newly read client bytes. Messages whose content pgtenant
-    /// may rewrite (Parse, Bind, Describe, Close, Query) must arrive whole; other bodies
-    /// stream through.
-    fn scan_client(&mut self) -> Result<(), PgError> {
-        while !self.terminated && self.c_scanned < self.cbuf.len() {
+    /// may read or rewrite (Parse, Bind, Describe, Close, Execute, Query, Sync, Flush) must
+    /// arrive whole; other bodies stream through. A malformed frame ends reading: what came
+    /// before it is still sent and answered, then the session ends with 08P01.
+    fn scan_client(&mut self) {
+        while !self.terminated && self.broken.is_none() && self.c_scanned < self.cbuf.len() {
             if self.c_remaining > 0 {
                 let n = self.c_remaining.min(self.cbuf.len() - self.c_scanned);
                 self.c_scanned += n;
                 self.c_remaining -= n;
                 continue;
             }
-            let Some((tag, len)) = header(&self.cbuf[self.c_scanned..], self.max_message).map_err(|e| {
-                PgError::fatal(SqlState::ProtocolViolation, format!("invalid message from client: {e}"))
-            })?
-            else {
-                break;
+            let (tag, len) = match header(&self.cbuf[self.c_scanned..], self.max_message) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    self.broken = Some(PgError::fatal(
+                        SqlState::ProtocolViolation,
+                        format!("invalid message from client: {e}"),
+                    ));
+                    self.cbuf.truncate(self.c_scanned);
+                    break;
+                }
             };
             let avail = self.cbuf.len() - self.c_scanned;
-            if matches!(tag, b'P' | b'B' | b'D' | b'C' | b'Q') && avail < len {
-                self.cbuf.reserve(len - avail);
+            if must_arrive_whole(tag) && avail < len {
+                // Grows with the bytes that arrive (read_buf reserves a chunk at a time).
                 break;
             }
             match tag {
@@ -411,21 +483,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     break;
                 }
                 b'S' => self.progress.extended_open = false,
-                b'P' | b'B' | b'D' | b'C' | b'E' => self.progress.extended_open = true,
+                b'P' | b'B' | b'D' | b'C' | b'E' | b'H' => self.progress.extended_open = true,
                 _ => {}
             }
             let take = len.min(avail);
             self.c_scanned += take;
             self.c_remaining = len - take;
         }
-        Ok(())
     }
 
     /// Moves scanned client frames into the server-bound buffer, queueing the replies each
-    /// earns, and in transaction mode rewriting statement names (see [`Session::stage_frame`]).
+    /// earns, and in transaction mode rewriting statement names (see [`Stage::rewrite`]).
     fn stage(&mut self) {
         let Some(server) = self.server.as_mut() else { return };
         let conn = server.conn();
+        let search_path = self.vars.setting("search_path").unwrap_or_default();
         let mut pos = 0;
         while pos < self.c_scanned {
             if self.stage_remaining > 0 {
@@ -439,8 +511,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let Ok(Some((tag, len))) = header(&self.cbuf[pos..self.c_scanned], usize::MAX) else { break };
             let avail = self.c_scanned - pos;
             if avail < len {
-                // A large frame streaming through (never one that is rewritten).
-                push_kind(&mut self.pipeline, tag);
+                // A large frame streaming through (never one that is read or rewritten).
+                self.pipeline.push(Kind::of(tag, None), Action::Forward);
                 self.out.extend_from_slice(&self.cbuf[pos..self.c_scanned]);
                 self.stage_remaining = len - avail;
                 pos = self.c_scanned;
@@ -451,14 +523,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 out: &mut self.out,
                 pipeline: &mut self.pipeline,
                 statements: &mut self.statements,
-                conn,
-                search_path: &self.search_path,
+                conn: &mut *conn,
+                search_path,
                 sets: &mut self.sets,
                 pinned: &mut self.pinned,
                 policy: self.proxy.config.pool.session_features,
             };
             if self.mode == PoolMode::Transaction {
-                st.rewrite(tag, frame);
+                if !st.rewrite(tag, frame) {
+                    // Waits for the server's verdict on an earlier message (see Lookup::Wait).
+                    break;
+                }
             } else {
                 st.forward(tag, frame);
             }
@@ -466,6 +541,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.cbuf.advance(pos);
         self.c_scanned -= pos;
+        let (undo, done) = self.pipeline.take_effects();
+        self.apply_effects(undo, done);
+    }
+
+    /// Settles what messages did once the server completed or skipped them.
+    fn apply_effects(&mut self, undo: Vec<Effect>, done: Vec<Effect>) {
+        for e in &done {
+            self.statements.settle(e, true);
+        }
+        for e in undo.iter().rev() {
+            match e {
+                Effect::ServerStatement(name) => {
+                    if let Some(server) = self.server.as_mut() {
+                        server.conn().prepared.remove(name);
+                    }
+                }
+                _ => self.statements.settle(e, false),
+            }
+        }
     }
 
     /// Writes the replies pgtenant gives itself, once they are due.
@@ -503,34 +597,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.s_remaining -= n;
                 continue;
             }
-            let Ok(Some((tag, len))) = header(&self.sbuf[pos..], DEFAULT_MAX_MESSAGE) else {
-                if header(&self.sbuf[pos..], DEFAULT_MAX_MESSAGE).is_err() {
+            let (tag, len) = match header(&self.sbuf[pos..], DEFAULT_MAX_MESSAGE) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(_) => {
                     tracing::warn!(tenant = %self.tenant.id, "invalid message from the server");
+                    self.write_client(from, pos).await?;
+                    self.sbuf.clear();
                     return Err(Exit::ServerLost);
                 }
-                break;
             };
             let whole = avail >= len;
             if matches!(tag, b'Z' | b'S' | b'E' | b'C') && !whole {
                 break;
             }
             let setup = self.progress.swallow_z > 0;
+            let error = (tag == b'E').then(|| parse_error_fields(&self.sbuf[pos + HEADER_LEN..pos + len]));
+            if let Some(e) = &error {
+                if matches!(e.severity.as_str(), "FATAL" | "PANIC") {
+                    self.progress.fatal = true;
+                }
+            }
             // Replies to pgtenant's setup query are swallowed whole; everything else is routed
-            // by the reply queue.
+            // by the reply model.
+            let mut replace = None;
             let swallow = setup
                 || {
-                    let mut route = self.pipeline.route(tag);
+                    let code = error.as_ref().map_or("", |e| e.code.as_str());
+                    let mut route = self.pipeline.route(tag, code);
                     tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid), tag = %(tag as char), forward = route.forward, "server message");
                     self.sets.pending.extend(route.completed_set.take());
-                    if let Some(server) = self.server.as_mut() {
-                        for name in &route.not_prepared {
-                            server.conn().prepared.remove(name);
-                        }
-                    }
+                    self.apply_effects(std::mem::take(&mut route.undo), std::mem::take(&mut route.done));
                     if route.unexpected && !self.progress.desync {
                         tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "unexpected reply: the server connection will not be reused");
                         self.progress.desync = true;
                     }
+                    replace = route.replace;
                     !route.forward
                 };
             let p = &mut self.progress;
@@ -561,18 +663,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 b'E' if setup => {
                     let frame = &self.sbuf[pos..pos + len];
-                    let e = parse_error_fields(&frame[HEADER_LEN..]);
-                    tracing::warn!(tenant = %self.tenant.id, code = %e.code, message = %e.message, "session setup failed");
+                    if let Some(e) = &error {
+                        tracing::warn!(tenant = %self.tenant.id, code = %e.code, message = %e.message, "session setup failed");
+                    }
                     self.setup_error = Some(Bytes::copy_from_slice(frame));
                 }
                 b'E' if self.mode == PoolMode::Transaction => {
                     // DDL changed a prepared statement's result type: the error goes to the
                     // client (as from Postgres) and this connection's statements are prepared
                     // afresh the next time they are used.
-                    let e = parse_error_fields(&self.sbuf[pos + HEADER_LEN..pos + len]);
-                    if e.code == "0A000" && e.message.contains("cached plan must not change result type") {
-                        if let Some(server) = self.server.as_mut() {
-                            server.conn().prepared.clear();
+                    if let Some(e) = &error {
+                        if e.code == "0A000" && e.message.contains("cached plan must not change result type")
+                        {
+                            if let Some(server) = self.server.as_mut() {
+                                server.conn().prepared.clear();
+                            }
                         }
                     }
                 }
@@ -588,6 +693,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                                 server.conn().prepared.clear();
                             }
                         }
+                        if tag == b"DEALLOCATE ALL\0" || tag == b"DISCARD ALL\0" {
+                            // The client's statements went with them, as on PostgreSQL.
+                            self.statements.clear();
+                        }
                     }
                 }
                 _ => {}
@@ -595,6 +704,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let take = len.min(avail);
             if swallow {
                 self.write_client(from, pos).await?;
+                if let Some(bytes) = replace.take() {
+                    self.write_bytes(&bytes).await?;
+                }
                 from = pos + take;
             }
             pos += take;
@@ -610,6 +722,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.write_client(from, pos).await?;
         self.sbuf.advance(pos);
+        if self.sbuf.is_empty() && self.sbuf.capacity() > 4 * READ_CHUNK {
+            // A large message passed: the buffer goes back to its usual size.
+            self.sbuf = BytesMut::new();
+        }
         if self.progress.swallow_z == 0 {
             if let Some(e) = self.setup_error.take() {
                 return Err(Exit::SetupFailed(e));
@@ -617,6 +733,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.setup_trusted = true;
         }
         Ok(())
+    }
+
+    async fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), Exit> {
+        let res = async {
+            self.client.write_all(bytes).await?;
+            self.client.flush().await
+        };
+        tokio::select! {
+            r = res => r.map_err(|_| Exit::Client),
+            _ = self.force.cancelled() => Err(Exit::Error(shutting_down())),
+        }
     }
 
     async fn write_client(&mut self, from: usize, to: usize) -> Result<(), Exit> {
@@ -635,13 +762,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Ends the session: tells the client why (when pgtenant ends it), and returns the
-    /// server connection to the pool only if it is idle; otherwise cancels what runs on it
-    /// and closes it.
+    /// server connection to the pool only if it is idle (through [`retire`]).
     async fn finish(mut self, exit: Exit) {
         let tenant = self.tenant.id.clone();
         let notice: Option<BytesMut> = match &exit {
             Exit::Client => None,
             Exit::Error(e) => Some(e.to_bytes()),
+            // The server said why itself: nothing is added after its FATAL.
+            Exit::ServerLost if self.progress.fatal => None,
             Exit::ServerLost => Some(
                 PgError::fatal(
                     SqlState::ConnectionFailure,
@@ -650,71 +778,107 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 .to_bytes(),
             ),
             Exit::SetupFailed(frame) => Some(BytesMut::from(&frame[..])),
+            Exit::Panicked => Some(
+                PgError::fatal(
+                    SqlState::Internal,
+                    format!("internal error in the session of tenant \"{tenant}\""),
+                )
+                .to_bytes(),
+            ),
         };
         if let Some(bytes) = notice {
-            let _ = self.client.write_all(&bytes).await;
-            let _ = self.client.flush().await;
+            let write = async {
+                self.client.write_all(&bytes).await?;
+                self.client.flush().await
+            };
+            let _ = tokio::time::timeout(CLEANUP_TIMEOUT, write).await;
         }
-        let idle = self.server_idle();
-        if let Some(mut co) = self.server.take() {
+        let idle = !matches!(exit, Exit::Panicked) && self.server_idle();
+        if let Some(co) = self.server.take() {
             self.key.set_target(None);
             match exit {
                 Exit::ServerLost | Exit::SetupFailed(_) => drop(co),
-                _ if idle => match (self.mode, self.pinned) {
-                    (PoolMode::Transaction, false) => co.release(),
-                    (PoolMode::Session, _) | (PoolMode::Transaction, true) => {
-                        let reset = &self.proxy.config.pool.reset_query;
-                        match tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, reset)).await {
-                            Ok(Ok(())) => {
-                                forget_unreported(co.conn(), &self.pool_params);
-                                co.conn().prepared.clear();
-                                co.release();
-                            }
-                            _ => {
-                                tracing::info!(%tenant, "reset query failed: closing the server connection")
-                            }
-                        }
-                    }
-                },
                 _ => {
-                    // Mid-transaction or mid-query: the connection's state is unknown to the
-                    // next client, so it is closed (the server rolls back); a running query is
-                    // cancelled first so it does not run on unobserved.
-                    if self.pipeline.pending_ready() > 0 || self.pipeline.copy_in() {
-                        let c = co.conn_ref();
-                        let (addr, pid, secret) = (c.addr.clone(), c.backend_pid, c.backend_secret);
-                        let _ =
-                            tokio::time::timeout(CLEANUP_TIMEOUT, cancel_backend(&addr, pid, secret)).await;
-                    }
-                    drop(co);
+                    // A session-mode (or pinned) client leaves its session state behind: reset.
+                    let keeps_state = self.mode == PoolMode::Session || self.pinned || co.conn_ref().dirty;
+                    let retiring = Retire {
+                        idle,
+                        cancel: self.key.cancel_in_flight(),
+                        reset: keeps_state.then(|| self.proxy.config.pool.reset_query.clone()),
+                        params: self.pool_params.clone(),
+                        tenant: tenant.clone(),
+                    };
+                    let running = self.pipeline.pending_ready() > 0 || self.pipeline.copy_in();
+                    retire_running(co, retiring, running).await;
                 }
             }
         }
-        let _ = self.client.shutdown().await;
+        let _ = tokio::time::timeout(CLEANUP_TIMEOUT, self.client.shutdown()).await;
     }
 }
 
-/// ParseComplete and CloseComplete, for the messages pgtenant answers itself.
-const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
-const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
-
-/// Queues the reply a forwarded message earns.
-fn push_kind(pipeline: &mut Pipeline, tag: u8) {
-    let kind = match tag {
-        b'P' => Kind::Parse,
-        b'B' => Kind::Bind,
-        b'D' => Kind::Describe,
-        b'E' => Kind::Execute,
-        b'C' => Kind::Close,
-        b'S' => Kind::Sync,
-        b'Q' => Kind::Query,
-        b'F' => Kind::FunctionCall,
-        b'c' | b'f' => Kind::CopyEnd,
-        // Flush, CopyData and unknown messages earn no reply of their own.
-        _ => return,
-    };
-    pipeline.push(kind, Action::Forward);
+/// How a server connection leaves a session.
+struct Retire {
+    /// The server owes nothing and the connection is outside a transaction.
+    idle: bool,
+    /// A cancel for the session may still reach the backend.
+    cancel: bool,
+    /// The reset query to run before reuse, if the session left state behind.
+    reset: Option<String>,
+    params: ServerParams,
+    tenant: crate::tenant::TenantId,
 }
+
+/// The one way a server connection leaves a client session: back to its pool only when it is
+/// idle, no cancel for the session is in flight, and any reset it needs succeeded; otherwise
+/// closed.
+async fn retire(mut co: Checkout, r: Retire) {
+    if !r.idle || r.cancel {
+        // Mid-transaction or mid-query the connection's state is unknown to the next client;
+        // with a cancel in flight it could hit the next client's query. Closed (the server
+        // rolls back).
+        return drop(co);
+    }
+    if let Some(sql) = &r.reset {
+        match tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, sql)).await {
+            Ok(Ok(())) => {
+                forget_unreported(co.conn(), &r.params);
+                co.conn().prepared.clear();
+                co.conn().dirty = false;
+            }
+            _ => {
+                tracing::info!(tenant = %r.tenant, "reset query failed: closing the server connection");
+                return drop(co);
+            }
+        }
+    }
+    co.release();
+}
+
+/// [`retire`], cancelling first what still runs on a connection that is not idle, so it
+/// does not run on unobserved.
+async fn retire_running(co: Checkout, r: Retire, running: bool) {
+    if !r.idle && running {
+        let c = co.conn_ref();
+        let (addr, pid, secret) = (c.addr.clone(), c.backend_pid, c.backend_secret);
+        let _ = tokio::time::timeout(CLEANUP_TIMEOUT, cancel_backend(&addr, pid, secret)).await;
+    }
+    retire(co, r).await;
+}
+
+/// Frontend messages pgtenant reads (or may rewrite) and so buffers whole; all are small.
+fn must_arrive_whole(tag: u8) -> bool {
+    matches!(tag, b'P' | b'B' | b'D' | b'C' | b'E' | b'Q' | b'S' | b'H')
+}
+
+/// What a connection that passes to another tenant runs first: it drops prepared statements,
+/// portals and cursors, temporary tables, LISTENs, advisory locks, sequence state (`lastval`)
+/// and plans, and resets every setting and the role (DISCARD ALL; see
+/// <https://www.postgresql.org/docs/current/sql-discard.html>).
+const CROSS_TENANT_RESET: &str = "DISCARD ALL";
+
+/// CloseComplete, for the Close messages pgtenant answers itself.
+const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 
 /// Session SETs seen in the current transaction (transaction mode).
 #[derive(Default)]
@@ -772,51 +936,52 @@ struct Stage<'a> {
 
 impl Stage<'_> {
     fn forward(&mut self, tag: u8, frame: &[u8]) {
-        push_kind(self.pipeline, tag);
+        let target = (tag == b'D').then(|| target_parts(frame).map(|(k, _)| k)).flatten();
+        self.pipeline.push(Kind::of(tag, target), Action::Forward);
         self.out.extend_from_slice(frame);
     }
 
+    /// An injected Describe that fails on the server (so the server skips to Sync exactly as
+    /// it would for the client's message), its error replaced by `error`.
+    fn fail_with(&mut self, error: PgError, portal: bool) {
+        let (target, name, kind, code) = if portal {
+            (b"P", absent_portal(), Kind::DescribePortal, "34000")
+        } else {
+            (b"S", absent_statement(), Kind::DescribeStatement, "26000")
+        };
+        self.out.extend_from_slice(&rename(b'D', target, name.as_bytes(), &[]));
+        let error = Bytes::from(error.to_bytes());
+        self.pipeline.push(kind, Action::Probe { code, error });
+    }
+
     /// Transaction mode: named statements get pgtenant's content-keyed names; a statement the
-    /// server connection lacks is prepared there first (its ParseComplete swallowed); a Parse
-    /// of a statement it has, and a Close of a named statement, are answered locally.
-    fn rewrite(&mut self, tag: u8, frame: &[u8]) {
+    /// server connection lacks is prepared there first (its ParseComplete swallowed). Names
+    /// the client does not have are never sent: the client gets PostgreSQL's error, raised
+    /// where the server would raise it. Returns false when the message must wait for replies
+    /// to earlier ones (see [`Lookup::Wait`]).
+    fn rewrite(&mut self, tag: u8, frame: &[u8]) -> bool {
         tracing::trace!(conn = self.conn.backend_pid, tag = %(tag as char), len = frame.len(), "client message");
         match tag {
-            b'P' => {
-                // The extended protocol can carry what a simple query can: the same checks.
-                let statement =
-                    cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
-                if let Some((name, sql)) = statement {
-                    if let Some(refusal) = self.refusal_for(sql) {
-                        // Prepared in its place: the refusal raises when the client executes it.
-                        let replacement = parse_frame(name, &refusal);
-                        return self.rewrite(tag, &replacement);
-                    }
-                }
-                let Some(prepared) = self.statements.parse(frame, self.search_path) else {
-                    // An unnamed statement: remember whether it is a SET.
-                    self.sets.unnamed = cstr(&frame[HEADER_LEN..])
-                        .and_then(|(_, rest)| cstr(rest))
-                        .and_then(|(query, _)| setcmd::parse(query));
-                    return self.forward(tag, frame);
-                };
-                if self.conn.prepared.touch(&prepared.server_name) {
-                    self.pipeline.push(Kind::Parse, Action::Answer(Bytes::from_static(PARSE_COMPLETE)));
-                } else {
-                    self.evict_for(prepared.server_name.clone());
-                    self.out.extend_from_slice(&prepared.parse);
-                    self.pipeline.push_statement(
-                        Kind::Parse,
-                        Action::Forward,
-                        Some(prepared.server_name.clone()),
-                    );
-                }
-            }
+            b'P' => return self.parse(frame),
             b'B' => {
-                let Some((portal, stmt, rest)) = bind_parts(frame) else { return self.forward(tag, frame) };
-                self.sets.bound = if stmt.is_empty() { self.sets.unnamed.clone() } else { None };
-                let Some(prepared) = self.statements.get(stmt).cloned() else {
-                    return self.forward(tag, frame);
+                let Some((portal, stmt, rest)) = bind_parts(frame) else {
+                    self.forward(tag, frame);
+                    return true;
+                };
+                self.statements.bind_portal(portal);
+                if stmt.is_empty() {
+                    self.sets.bound = self.sets.unnamed.clone();
+                    self.forward(tag, frame);
+                    return true;
+                }
+                self.sets.bound = None;
+                let prepared = match self.statements.lookup(stmt) {
+                    Lookup::Wait => return false,
+                    Lookup::Unknown => {
+                        self.fail_with(PgError::no_such_statement(stmt), false);
+                        return true;
+                    }
+                    Lookup::Known(p) => p,
                 };
                 self.sets.bound.clone_from(&prepared.set);
                 self.ensure(&prepared.server_name, &prepared.parse);
@@ -826,22 +991,69 @@ impl Stage<'_> {
                 self.pipeline.push(Kind::Bind, Action::Forward);
             }
             b'D' | b'C' => {
-                let Some((b'S', name)) = target_parts(frame) else { return self.forward(tag, frame) };
-                let Some(prepared) = self.statements.get(name).cloned() else {
-                    return self.forward(tag, frame);
+                let Some((target, name)) = target_parts(frame) else {
+                    self.forward(tag, frame);
+                    return true;
+                };
+                if target == b'P' {
+                    if self.statements.owns_portal(name) {
+                        self.forward(tag, frame);
+                    } else if tag == b'D' {
+                        self.fail_with(PgError::no_such_portal(name), true);
+                    } else {
+                        // Closing a portal that does not exist is no error.
+                        self.pipeline.push(Kind::Close, Action::Answer(Bytes::from_static(CLOSE_COMPLETE)));
+                    }
+                    return true;
+                }
+                if name.is_empty() {
+                    self.forward(tag, frame);
+                    return true;
+                }
+                let prepared = match self.statements.lookup(name) {
+                    Lookup::Wait => return false,
+                    Lookup::Unknown if tag == b'C' => {
+                        self.pipeline.push(Kind::Close, Action::Answer(Bytes::from_static(CLOSE_COMPLETE)));
+                        return true;
+                    }
+                    Lookup::Unknown => {
+                        self.fail_with(PgError::no_such_statement(name), false);
+                        return true;
+                    }
+                    Lookup::Known(p) => p,
                 };
                 if tag == b'C' {
                     // The server keeps the statement for other clients (and this one, should
                     // it prepare the same again); only the client's name goes.
-                    self.statements.close(name);
-                    self.pipeline.push(Kind::Close, Action::Answer(Bytes::from_static(CLOSE_COMPLETE)));
-                    return;
+                    let effect = self.statements.close(name);
+                    self.pipeline.push_effect(
+                        Kind::Close,
+                        Action::Answer(Bytes::from_static(CLOSE_COMPLETE)),
+                        effect.into_iter().collect(),
+                    );
+                    return true;
                 }
                 self.ensure(&prepared.server_name, &prepared.parse);
                 self.out.extend_from_slice(&rename(b'D', b"S", prepared.server_name.as_bytes(), &[]));
-                self.pipeline.push(Kind::Describe, Action::Forward);
+                self.pipeline.push(Kind::DescribeStatement, Action::Forward);
+            }
+            b'E' => {
+                let portal = cstr(&frame[HEADER_LEN..]).map(|(p, _)| p).unwrap_or_default();
+                if !self.statements.owns_portal(portal) {
+                    self.fail_with(PgError::no_such_portal(portal), true);
+                    return true;
+                }
+                self.out.extend_from_slice(frame);
+                self.pipeline.push_set(Kind::Execute, self.sets.bound.take());
+            }
+            b'S' => {
+                self.statements.sync();
+                self.forward(tag, frame);
             }
             b'Q' => {
+                for cursor in declared_cursors(&frame[HEADER_LEN..]) {
+                    self.statements.bind_portal(&cursor);
+                }
                 let refused = self.refusal_for(&frame[HEADER_LEN..]).and_then(|sql| query_frame(&sql));
                 match refused {
                     Some(query) => {
@@ -855,12 +1067,76 @@ impl Stage<'_> {
                     }
                 }
             }
-            b'E' => {
-                self.out.extend_from_slice(frame);
-                self.pipeline.push_set(Kind::Execute, self.sets.bound.take());
-            }
             _ => self.forward(tag, frame),
         }
+        true
+    }
+
+    fn parse(&mut self, frame: &[u8]) -> bool {
+        // The extended protocol can carry what a simple query can: the same checks.
+        let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
+        if let Some((name, sql)) = statement {
+            for cursor in declared_cursors(sql) {
+                self.statements.bind_portal(&cursor);
+            }
+            if let Some(refusal) = self.refusal_for(sql) {
+                // Prepared in its place: the refusal raises when the client executes it.
+                let replacement = parse_frame(name, &refusal);
+                return self.parse(&replacement);
+            }
+        }
+        let Some((name, prepared)) = Statements::prepare(frame, self.search_path) else {
+            // An unnamed statement: remember whether it is a SET.
+            self.sets.unnamed = cstr(&frame[HEADER_LEN..])
+                .and_then(|(_, rest)| cstr(rest))
+                .and_then(|(query, _)| setcmd::parse(query));
+            self.forward(b'P', frame);
+            return true;
+        };
+        match self.statements.lookup(&name) {
+            Lookup::Wait => return false,
+            Lookup::Known(_) => {
+                // A name the client already uses: the server raises 42P05 (or 25P02 in an
+                // aborted transaction, as for the client's own Parse) on a probe statement
+                // that exists once the first probe Parse ran; the error names the client's.
+                let error = Bytes::from(PgError::duplicate_statement(&name).to_bytes());
+                for _ in 0..2 {
+                    self.out.extend_from_slice(&parse_frame(probe_duplicate().as_bytes(), "SELECT"));
+                    self.pipeline.push(Kind::Parse, Action::Probe { code: "42P05", error: error.clone() });
+                }
+                return true;
+            }
+            Lookup::Unknown => {}
+        }
+        if self.statements.full() {
+            let e = PgError::error(
+                SqlState::ProgramLimitExceeded,
+                format!("a client may hold at most {MAX_CLIENT_STATEMENTS} prepared statements"),
+            );
+            self.fail_with(e, false);
+            return true;
+        }
+        let server_name = prepared.server_name.clone();
+        let client = self.statements.register(name, prepared.clone());
+        if self.conn.prepared.touch(&server_name) {
+            // The server has the statement: a probe Parse stands for the client's, so the
+            // client gets what PostgreSQL would answer here (ParseComplete, or 25P02 in an
+            // aborted transaction).
+            let probe = probe_statement();
+            self.out.extend_from_slice(&parse_frame(probe.as_bytes(), "SELECT"));
+            self.pipeline.push_effect(Kind::Parse, Action::Forward, vec![client]);
+            self.out.extend_from_slice(&rename(b'C', b"S", probe.as_bytes(), &[]));
+            self.pipeline.push(Kind::Close, Action::Swallow);
+        } else {
+            self.evict_for(server_name.clone());
+            self.out.extend_from_slice(&prepared.parse);
+            self.pipeline.push_effect(
+                Kind::Parse,
+                Action::Forward,
+                vec![Effect::ServerStatement(server_name), client],
+            );
+        }
+        true
     }
 
     /// What runs instead of `sql` in transaction mode, if it cannot run as it is: SQL-level
@@ -887,7 +1163,11 @@ impl Stage<'_> {
         }
         self.evict_for(server_name.clone());
         self.out.extend_from_slice(parse);
-        self.pipeline.push_statement(Kind::Parse, Action::Swallow, Some(server_name.clone()));
+        self.pipeline.push_effect(
+            Kind::Parse,
+            Action::Swallow,
+            vec![Effect::ServerStatement(server_name.clone())],
+        );
     }
 
     /// Records a statement about to be prepared, closing the least recently used one on the
@@ -914,8 +1194,11 @@ fn shutting_down() -> PgError {
     PgError::fatal(SqlState::AdminShutdown, "terminating connection: pgtenant is shutting down")
 }
 
-/// Runs the reset query on a connection a session-mode client left, reading until
-/// ReadyForQuery and recording the ParameterStatus changes it causes.
+/// Runs a reset query on a connection, reading until ReadyForQuery and recording the
+/// ParameterStatus changes it causes. The reply must be exactly what a successful reset
+/// sends (command completions, ParameterStatus, notices and stale notifications, then an idle
+/// ReadyForQuery and nothing after it); anything else fails it, and the caller closes the
+/// connection.
 async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
     if sql.trim().is_empty() {
         return Ok(());
@@ -930,9 +1213,10 @@ async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
         match reader.read_frame().await {
             Ok(Some(f)) => match f.tag() {
                 b'S' => changed.extend(parse_parameter_status(f.body())),
-                b'E' => break false,
+                // Notifications for LISTENs the reset ends belong to the previous client.
+                b'C' | b'N' | b'A' => {}
                 b'Z' => break f.body() == b"I",
-                _ => {}
+                _ => break false,
             },
             _ => return Err(()),
         }

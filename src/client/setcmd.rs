@@ -37,6 +37,9 @@ pub fn parse(sql: &[u8]) -> Option<SetCmd> {
             let mut name = t.name()?;
             if name == "session" {
                 name = t.name()?;
+                if name == "characteristics" {
+                    return characteristics(&mut t);
+                }
             }
             if name == "local" {
                 return None;
@@ -67,6 +70,34 @@ pub fn parse(sql: &[u8]) -> Option<SetCmd> {
         }
         _ => None,
     }
+}
+
+/// `SET SESSION CHARACTERISTICS AS TRANSACTION <one mode>` (what pgjdbc's
+/// `setTransactionIsolation` sends): the same as setting the matching `default_transaction_*`.
+fn characteristics(t: &mut Tokens<'_>) -> Option<SetCmd> {
+    if !t.word()?.eq_ignore_ascii_case("as") || !t.word()?.eq_ignore_ascii_case("transaction") {
+        return None;
+    }
+    let mut words = Vec::new();
+    while let Some(w) = t.word() {
+        words.push(w.to_ascii_lowercase());
+    }
+    t.end()?;
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let (name, value) = match words.as_slice() {
+        ["isolation", "level", "serializable"] => ("default_transaction_isolation", "serializable"),
+        ["isolation", "level", "repeatable", "read"] => ("default_transaction_isolation", "repeatable read"),
+        ["isolation", "level", "read", "committed"] => ("default_transaction_isolation", "read committed"),
+        ["isolation", "level", "read", "uncommitted"] => {
+            ("default_transaction_isolation", "read uncommitted")
+        }
+        ["read", "only"] => ("default_transaction_read_only", "on"),
+        ["read", "write"] => ("default_transaction_read_only", "off"),
+        ["deferrable"] => ("default_transaction_deferrable", "on"),
+        ["not", "deferrable"] => ("default_transaction_deferrable", "off"),
+        _ => return None,
+    };
+    Some(SetCmd::Set { name: name.to_owned(), value: value.to_owned() })
 }
 
 /// Settings a SET of which is tracked (not roles or authorisation, whose meaning goes beyond a
@@ -186,6 +217,15 @@ mod tests {
             ("SET ROLE admin", None),
             ("SET SESSION AUTHORIZATION bob", None),
             ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", None),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                set("default_transaction_isolation", "repeatable read"),
+            ),
+            (
+                "set session characteristics as transaction read only",
+                set("default_transaction_read_only", "on"),
+            ),
+            ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY, DEFERRABLE", None),
             ("SET work_mem = '1MB'; DROP TABLE t", None),
             ("SET work_mem = 'unterminated", None),
             ("SELECT 1", None),

@@ -3,19 +3,19 @@
 //! types and the search_path that decides what the names in it mean), so clients share them
 //! and any server connection can be given a statement it lacks by re-sending the Parse.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::pipeline::Effect;
 use super::setcmd::{self, SetCmd};
 use crate::protocol::backend::cstr;
 use crate::protocol::frame::HEADER_LEN;
 
 /// A statement a client prepared, as the server knows it.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Prepared {
     pub server_name: Arc<str>,
     /// The client's Parse, renamed to `server_name`: re-sent to a connection that lacks it.
@@ -24,37 +24,181 @@ pub struct Prepared {
     pub set: Option<SetCmd>,
 }
 
-/// One client's named statements.
+/// The most named statements one client may hold (its map is bounded, like everything a
+/// client can make pgtenant keep).
+pub const MAX_CLIENT_STATEMENTS: usize = 10_000;
+/// The most named portals one client is remembered to have bound.
+const MAX_CLIENT_PORTALS: usize = 1_000;
+
+/// Keys that make pgtenant's statement names unguessable: another client cannot compute the
+/// server name of a statement from its text, nor name one pgtenant uses as a probe.
+struct Keys {
+    name: [std::collections::hash_map::RandomState; 2],
+    /// A statement name nothing ever prepares: Describe of it fails with 26000.
+    absent: Arc<str>,
+    /// A portal name nothing ever binds: Describe of it fails with 34000.
+    absent_portal: Arc<str>,
+    /// A statement pgtenant prepares to learn whether a Parse would succeed here.
+    probe: Arc<str>,
+    /// A statement pgtenant prepares (and leaves) to raise 42P05 for a duplicate name.
+    probe_duplicate: Arc<str>,
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let r = || format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        Keys {
+            name: [Default::default(), Default::default()],
+            absent: format!("pgt_absent_{}", r()).into(),
+            absent_portal: format!("pgt_absent_{}", r()).into(),
+            probe: format!("pgt_probe_{}", r()).into(),
+            probe_duplicate: format!("pgt_probe_{}", r()).into(),
+        }
+    })
+}
+
+/// The statement name that never exists on a server.
+pub fn absent_statement() -> &'static Arc<str> {
+    &keys().absent
+}
+
+/// The portal name that never exists on a server.
+pub fn absent_portal() -> &'static Arc<str> {
+    &keys().absent_portal
+}
+
+/// The statement pgtenant prepares as a probe.
+pub fn probe_statement() -> &'static Arc<str> {
+    &keys().probe
+}
+
+/// The statement pgtenant prepares to raise a duplicate-name error.
+pub fn probe_duplicate() -> &'static Arc<str> {
+    &keys().probe_duplicate
+}
+
+/// What a client statement name stands for right now.
+#[derive(Debug)]
+pub enum Lookup {
+    Known(Arc<Prepared>),
+    Unknown,
+    /// A change to the name (Parse or Close) awaits the server's verdict and a Sync lies
+    /// between: whether the name exists depends on it, so the message waits.
+    Wait,
+}
+
+#[derive(Debug)]
+struct Slot {
+    current: Option<Arc<Prepared>>,
+    /// Changes still in the reply queue.
+    pending: u32,
+    /// The Sync count when the last change was queued.
+    epoch: u64,
+}
+
+/// One client's named statements and portals.
 #[derive(Debug, Default)]
 pub struct Statements {
-    by_name: HashMap<Box<[u8]>, Arc<Prepared>>,
+    by_name: HashMap<Box<[u8]>, Slot>,
+    /// Syncs staged so far: changes queued before the last one are decided separately from
+    /// messages after it.
+    syncs: u64,
+    portals: std::collections::HashSet<Box<[u8]>>,
 }
 
 impl Statements {
-    /// Registers a client Parse (`frame` is the whole message, name non-empty) and returns it
-    /// as the server will see it.
-    pub fn parse(&mut self, frame: &[u8], search_path: &str) -> Option<Arc<Prepared>> {
+    /// The server-side form of a client Parse (`frame` is the whole message, name
+    /// non-empty); `search_path` is part of the statement's identity.
+    pub fn prepare(frame: &[u8], search_path: &str) -> Option<(Box<[u8]>, Arc<Prepared>)> {
         let (name, rest) = cstr(frame.get(HEADER_LEN..)?)?;
         if name.is_empty() {
             return None;
         }
-        let mut h = DefaultHasher::new();
-        rest.hash(&mut h);
-        search_path.hash(&mut h);
-        let server_name: Arc<str> = Arc::from(format!("pgt_{:016x}", h.finish()));
+        let k = &keys().name;
+        let hash = |state: &std::collections::hash_map::RandomState| {
+            let mut h = state.build_hasher();
+            rest.hash(&mut h);
+            search_path.hash(&mut h);
+            h.finish()
+        };
+        let server_name: Arc<str> = Arc::from(format!("pgt_{:016x}{:016x}", hash(&k[0]), hash(&k[1])));
         let parse = rename(b'P', &[], server_name.as_bytes(), rest);
         let set = cstr(rest).and_then(|(query, _)| setcmd::parse(query));
-        let prepared = Arc::new(Prepared { server_name, parse, set });
-        self.by_name.insert(name.into(), prepared.clone());
-        Some(prepared)
+        Some((name.into(), Arc::new(Prepared { server_name, parse, set })))
     }
 
-    pub fn get(&self, name: &[u8]) -> Option<&Arc<Prepared>> {
-        self.by_name.get(name)
+    pub fn lookup(&self, name: &[u8]) -> Lookup {
+        match self.by_name.get(name) {
+            None => Lookup::Unknown,
+            Some(slot) if slot.pending > 0 && slot.epoch != self.syncs => Lookup::Wait,
+            Some(Slot { current: Some(p), .. }) => Lookup::Known(p.clone()),
+            Some(_) => Lookup::Unknown,
+        }
     }
 
-    pub fn close(&mut self, name: &[u8]) -> bool {
-        self.by_name.remove(name).is_some()
+    /// Whether another statement may be registered.
+    pub fn full(&self) -> bool {
+        self.by_name.len() >= MAX_CLIENT_STATEMENTS
+    }
+
+    /// Registers a statement about to be prepared; the effect settles it.
+    pub fn register(&mut self, name: Box<[u8]>, prepared: Arc<Prepared>) -> Effect {
+        let slot = self.by_name.entry(name.clone()).or_insert(Slot { current: None, pending: 0, epoch: 0 });
+        slot.current = Some(prepared);
+        slot.pending += 1;
+        slot.epoch = self.syncs;
+        Effect::ClientParse(name)
+    }
+
+    /// Closes a statement the client has; the effect settles it.
+    pub fn close(&mut self, name: &[u8]) -> Option<Effect> {
+        let syncs = self.syncs;
+        let slot = self.by_name.get_mut(name)?;
+        let prev = slot.current.take()?;
+        slot.pending += 1;
+        slot.epoch = syncs;
+        Some(Effect::ClientClose(name.into(), prev))
+    }
+
+    /// The server completed (`ok`) or skipped the message that had `effect`.
+    pub fn settle(&mut self, effect: &Effect, ok: bool) {
+        let (name, restore) = match effect {
+            Effect::ClientParse(name) => (name, None),
+            Effect::ClientClose(name, prev) => (name, Some(prev.clone())),
+            Effect::ServerStatement(_) => return,
+        };
+        let Some(slot) = self.by_name.get_mut(name) else { return };
+        slot.pending = slot.pending.saturating_sub(1);
+        if !ok {
+            slot.current = restore;
+        }
+        if slot.pending == 0 && slot.current.is_none() {
+            self.by_name.remove(name);
+        }
+    }
+
+    /// A Sync was staged.
+    pub fn sync(&mut self) {
+        self.syncs += 1;
+    }
+
+    /// DEALLOCATE ALL / DISCARD ALL completed: the client has no statements left.
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+        self.portals.clear();
+    }
+
+    /// A Bind of a named portal.
+    pub fn bind_portal(&mut self, portal: &[u8]) {
+        if !portal.is_empty() && self.portals.len() < MAX_CLIENT_PORTALS {
+            self.portals.insert(portal.into());
+        }
+    }
+
+    /// Whether the client may use this portal name (the unnamed portal, or one it bound).
+    pub fn owns_portal(&self, portal: &[u8]) -> bool {
+        portal.is_empty() || self.portals.contains(portal)
     }
 }
 
@@ -156,6 +300,32 @@ pub fn feature_refusal(feature: &str) -> String {
     )
 }
 
+/// Cursor names a query declares (`DECLARE name … CURSOR`, in any of its statements): they
+/// are portals the client may then use through the protocol (psycopg's server-side cursors
+/// describe them). Quoting and comments are handled roughly: a name too many only lets the
+/// client use a portal it might have created.
+pub fn declared_cursors(sql: &[u8]) -> Vec<Box<[u8]>> {
+    let mut names = Vec::new();
+    for statement in sql.split(|&b| b == b';') {
+        let words = first_words(statement);
+        if !words.first().is_some_and(|w| w.eq_ignore_ascii_case(b"DECLARE")) {
+            continue;
+        }
+        let rest = trim_start(&statement[statement.len() - trim_start(statement).len()..]);
+        let after = rest.get(words[0].len()..).map(trim_start).unwrap_or_default();
+        let name: Vec<u8> = if let Some(quoted) = after.strip_prefix(b"\"") {
+            let end = quoted.iter().position(|&b| b == b'"').unwrap_or(quoted.len());
+            quoted[..end].to_vec()
+        } else {
+            words.get(1).map(|w| w.to_ascii_lowercase()).unwrap_or_default()
+        };
+        if !name.is_empty() {
+            names.push(name.into_boxed_slice());
+        }
+    }
+    names
+}
+
 /// The first words of a query, skipping whitespace and comments.
 fn first_words(mut sql: &[u8]) -> Vec<&[u8]> {
     let mut words = Vec::new();
@@ -198,13 +368,15 @@ mod tests {
 
     #[test]
     fn parse_is_renamed_by_content_and_search_path() {
-        let mut s = Statements::default();
         let p = frame(b'P', b"s1\0SELECT $1\0\0\x01\0\0\0\x17");
-        let a = s.parse(&p, "\"acme\"").expect("named");
-        let b = s.parse(&frame(b'P', b"other\0SELECT $1\0\0\x01\0\0\0\x17"), "\"acme\"").expect("named");
+        let (n, a) = Statements::prepare(&p, "\"acme\"").expect("named");
+        assert_eq!(&*n, b"s1");
+        let (_, b) = Statements::prepare(&frame(b'P', b"other\0SELECT $1\0\0\x01\0\0\0\x17"), "\"acme\"")
+            .expect("named");
         assert_eq!(a.server_name, b.server_name, "same content, same server statement");
-        let c = s.parse(&p, "\"globex\"").expect("named");
+        let (_, c) = Statements::prepare(&p, "\"globex\"").expect("named");
         assert_ne!(a.server_name, c.server_name, "another schema, another statement");
+        assert_eq!(a.server_name.len(), 4 + 32, "128 keyed bits: {}", a.server_name);
         let (name, rest) = cstr(&a.parse[HEADER_LEN..]).expect("name");
         assert_eq!(name, a.server_name.as_bytes());
         assert_eq!(rest, b"SELECT $1\0\0\x01\0\0\0\x17");
@@ -212,8 +384,28 @@ mod tests {
             i32::from_be_bytes([a.parse[1], a.parse[2], a.parse[3], a.parse[4]]) as usize + 1,
             a.parse.len()
         );
-        assert!(s.parse(&frame(b'P', b"\0SELECT 1\0\0\0"), "").is_none(), "unnamed: not tracked");
-        assert!(s.close(b"s1") && !s.close(b"s1"));
+        assert!(Statements::prepare(&frame(b'P', b"\0SELECT 1\0\0\0"), "").is_none(), "unnamed: not tracked");
+    }
+
+    #[test]
+    fn names_wait_only_across_a_sync() {
+        let mut s = Statements::default();
+        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "").expect("named");
+        let parse = s.register(n, p);
+        assert!(matches!(s.lookup(b"s1"), Lookup::Known(_)), "same Sync segment: decided together");
+        s.sync();
+        assert!(matches!(s.lookup(b"s1"), Lookup::Wait), "after a Sync: waits for the verdict");
+        s.settle(&parse, false);
+        assert!(matches!(s.lookup(b"s1"), Lookup::Unknown), "a skipped Parse leaves nothing");
+        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "").expect("named");
+        let parse = s.register(n, p);
+        s.settle(&parse, true);
+        let close = s.close(b"s1").expect("known");
+        assert!(matches!(s.lookup(b"s1"), Lookup::Unknown));
+        s.settle(&close, false);
+        assert!(matches!(s.lookup(b"s1"), Lookup::Known(_)), "a skipped Close restores the statement");
+        assert_eq!(keys().absent.len(), "pgt_absent_".len() + 32);
+        assert_ne!(absent_statement(), probe_statement());
     }
 
     #[test]
@@ -222,6 +414,17 @@ mod tests {
         assert_eq!(bind_parts(&b).map(|(p, s, _)| (p, s)), Some((&b"portal"[..], &b"s1"[..])));
         assert_eq!(target_parts(&frame(b'D', b"Ss1\0")), Some((b'S', &b"s1"[..])));
         assert_eq!(bind_parts(&frame(b'B', b"no-terminator")), None);
+    }
+
+    #[test]
+    fn declared_cursors_become_portal_names() {
+        let names = |s: &str| declared_cursors(s.as_bytes());
+        assert_eq!(
+            names("DECLARE \"pg3_Cur\" CURSOR WITH HOLD FOR SELECT 1"),
+            vec![b"pg3_Cur".to_vec().into()]
+        );
+        assert_eq!(names("BEGIN; declare C1 cursor for select 1"), vec![b"c1".to_vec().into()]);
+        assert!(names("SELECT 'DECLARE'").is_empty());
     }
 
     #[test]

@@ -86,6 +86,12 @@ impl ClientVars {
         vars
     }
 
+    /// A non-reported setting the client expects (from its startup packet, its SETs or the
+    /// tenant's isolation).
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.other.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
     }

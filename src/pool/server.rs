@@ -68,6 +68,8 @@ pub struct ServerConn {
     pub vars_fingerprint: u64,
     /// The tenant whose session setup this connection carries (shared login roles).
     pub tenant: Option<TenantId>,
+    /// The client session that used this connection last (0: none yet).
+    pub last_client: u64,
     /// Count against the upstream server's and the global connection caps while this
     /// connection lives.
     pub(super) _permits: Vec<OwnedSemaphorePermit>,
@@ -174,6 +176,7 @@ impl ServerConn {
             dirty: false,
             prepared: PreparedSet::default(),
             vars_fingerprint: 0,
+            last_client: 0,
             tenant: None,
             _permits: Vec::new(),
         })

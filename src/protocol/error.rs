@@ -32,6 +32,14 @@ pub enum SqlState {
     FeatureNotSupported,
     /// XX000: a bug or an unexpected internal failure.
     Internal,
+    /// 26000: a prepared statement the client does not have.
+    InvalidSqlStatementName,
+    /// 34000: a portal the client does not have.
+    InvalidCursorName,
+    /// 42P05: a prepared statement name the client already uses.
+    DuplicatePreparedStatement,
+    /// 54000: a client holds more of something than pgtenant keeps for one client.
+    ProgramLimitExceeded,
 }
 
 impl SqlState {
@@ -48,6 +56,10 @@ impl SqlState {
             SqlState::AdminShutdown => "57P01",
             SqlState::FeatureNotSupported => "0A000",
             SqlState::Internal => "XX000",
+            SqlState::InvalidSqlStatementName => "26000",
+            SqlState::InvalidCursorName => "34000",
+            SqlState::DuplicatePreparedStatement => "42P05",
+            SqlState::ProgramLimitExceeded => "54000",
         }
     }
 }
@@ -65,6 +77,35 @@ pub struct PgError {
 impl PgError {
     pub fn fatal(state: SqlState, message: impl Into<String>) -> Self {
         PgError { state, fatal: true, message: message.into(), hint: None }
+    }
+
+    /// An error that ends the statement, not the session.
+    pub fn error(state: SqlState, message: impl Into<String>) -> Self {
+        PgError { state, fatal: false, message: message.into(), hint: None }
+    }
+
+    /// PostgreSQL's error for a prepared statement the client does not have.
+    pub fn no_such_statement(name: &[u8]) -> Self {
+        let name = String::from_utf8_lossy(name);
+        PgError::error(
+            SqlState::InvalidSqlStatementName,
+            format!("prepared statement \"{name}\" does not exist"),
+        )
+    }
+
+    /// PostgreSQL's error for a portal the client does not have.
+    pub fn no_such_portal(name: &[u8]) -> Self {
+        let name = String::from_utf8_lossy(name);
+        PgError::error(SqlState::InvalidCursorName, format!("portal \"{name}\" does not exist"))
+    }
+
+    /// PostgreSQL's error for a statement name the client already uses.
+    pub fn duplicate_statement(name: &[u8]) -> Self {
+        let name = String::from_utf8_lossy(name);
+        PgError::error(
+            SqlState::DuplicatePreparedStatement,
+            format!("prepared statement \"{name}\" already exists"),
+        )
     }
 
     /// A short random reference that ties a client's error message to the log line with

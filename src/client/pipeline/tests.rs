@@ -1,0 +1,437 @@
+use super::*;
+
+use proptest::prelude::*;
+
+fn fwd(p: &mut Pipeline, kinds: &[Kind]) {
+    for k in kinds {
+        p.push(*k, Action::Forward);
+    }
+}
+
+fn route(p: &mut Pipeline, tags: &[u8]) {
+    for &t in tags {
+        let code = if t == b'E' { "42P01" } else { "" };
+        let r = p.route(t, code);
+        assert!(!r.unexpected, "unexpected {:?}", t as char);
+        assert!(r.forward, "swallowed {:?}", t as char);
+    }
+}
+
+#[test]
+fn extended_round_trip() {
+    let mut p = Pipeline::default();
+    fwd(&mut p, &[Kind::Parse, Kind::Bind, Kind::DescribePortal, Kind::Execute, Kind::Sync]);
+    route(&mut p, b"12TDDC");
+    assert!(!p.is_idle());
+    assert_eq!(p.pending_ready(), 1);
+    route(&mut p, b"Z");
+    assert!(p.is_idle());
+}
+
+#[test]
+fn answers_are_placed_in_order_and_injected_replies_swallowed() {
+    let mut p = Pipeline::default();
+    let close = || Action::Answer(Bytes::from_static(b"3\0\0\0\x04"));
+    p.push(Kind::Close, close());
+    assert_eq!(p.answers.len(), 1, "nothing before it: answered at once");
+    p.answers.clear();
+    p.push(Kind::Execute, Action::Forward);
+    p.push(Kind::Close, close());
+    assert!(p.answers.is_empty(), "waits behind the Execute");
+    p.push(Kind::Parse, Action::Swallow);
+    p.push(Kind::Bind, Action::Forward);
+    p.push(Kind::Sync, Action::Forward);
+    assert!(p.route(b'C', "").forward);
+    assert_eq!(p.answers.len(), 1, "answered once the Execute completed");
+    p.answers.clear();
+    assert!(!p.route(b'1', "").forward, "injected Parse's reply swallowed");
+    assert!(p.route(b'2', "").forward);
+    assert!(p.route(b'Z', "").forward);
+    assert!(p.is_idle());
+}
+
+#[test]
+fn an_error_skips_to_sync_and_drops_answers() {
+    let mut p = Pipeline::default();
+    p.push(Kind::Parse, Action::Swallow);
+    p.push(Kind::Bind, Action::Forward);
+    p.push(Kind::Close, Action::Answer(Bytes::from_static(b"3\0\0\0\x04")));
+    p.push(Kind::Execute, Action::Forward);
+    p.push(Kind::Sync, Action::Forward);
+    let r = p.route(b'E', "42601");
+    assert!(r.forward, "the injected Parse's error goes to the client");
+    assert!(p.answers.is_empty(), "answers for skipped messages are dropped");
+    assert_eq!(p.pending_ready(), 1);
+    route(&mut p, b"Z");
+    assert!(p.is_idle());
+    // Simple query errors do not skip.
+    p.push(Kind::Query, Action::Forward);
+    route(&mut p, b"EZ");
+    assert!(p.is_idle());
+}
+
+/// Issue 16: the error arrives before the client sent the rest of its pipeline; what it
+/// sends next (up to its Sync) is skipped by the server and must not be waited for.
+#[test]
+fn messages_sent_after_an_error_arrived_are_skipped_too() {
+    let mut p = Pipeline::default();
+    fwd(&mut p, &[Kind::Parse, Kind::Bind, Kind::Execute]);
+    route(&mut p, b"E");
+    let undo = vec![Effect::ClientParse(b"s1".to_vec().into())];
+    p.push_effect(Kind::Parse, Action::Forward, undo.clone());
+    fwd(&mut p, &[Kind::Bind, Kind::Execute]);
+    let (skipped, _) = p.take_effects();
+    assert_eq!(skipped, undo, "the skipped Parse is not recorded as prepared");
+    assert!(p.owes_nothing() && !p.is_idle() || p.queue.is_empty(), "nothing owed until the Sync");
+    assert!(p.queue.is_empty());
+    fwd(&mut p, &[Kind::Sync]);
+    route(&mut p, b"Z");
+    assert!(p.is_idle());
+    // The next statement is answered normally.
+    fwd(&mut p, &[Kind::Parse, Kind::Bind, Kind::Execute, Kind::Sync]);
+    route(&mut p, b"12DCZ");
+    assert!(p.is_idle());
+}
+
+#[test]
+fn copy_from_stdin_by_query_and_by_execute() {
+    let mut p = Pipeline::default();
+    p.push(Kind::Query, Action::Forward);
+    route(&mut p, b"G");
+    assert!(p.copy_in() && p.awaits_copy_data());
+    fwd(&mut p, &[Kind::CopyData, Kind::CopyData, Kind::CopyDone]);
+    route(&mut p, b"CZ");
+    assert!(p.is_idle());
+
+    // libpq: Parse/Bind/Execute/Sync, then data, CopyDone, Sync.
+    fwd(&mut p, &[Kind::Parse, Kind::Bind, Kind::Execute, Kind::Sync]);
+    route(&mut p, b"12G");
+    fwd(&mut p, &[Kind::CopyData, Kind::CopyDone]);
+    route(&mut p, b"C");
+    assert!(!p.is_idle(), "the server waits for a Sync after an Execute-started COPY");
+    fwd(&mut p, &[Kind::Sync]);
+    route(&mut p, b"Z");
+    assert!(p.is_idle());
+
+    // CopyDone sent before the CopyInResponse arrived.
+    fwd(&mut p, &[Kind::Query, Kind::CopyData, Kind::CopyDone]);
+    route(&mut p, b"GCZ");
+    assert!(p.is_idle());
+
+    // COPY TO STDOUT.
+    fwd(&mut p, &[Kind::Query]);
+    route(&mut p, b"HddcCZ");
+    assert!(p.is_idle());
+}
+
+/// Issue 10: Execute of a COPY followed by two Syncs before CopyDone used to index past the
+/// end of the queue.
+#[test]
+fn syncs_inside_a_copy_are_consumed_by_it() {
+    let mut p = Pipeline::default();
+    fwd(&mut p, &[Kind::Parse, Kind::Bind, Kind::Execute, Kind::Sync, Kind::Sync]);
+    route(&mut p, b"12G");
+    fwd(&mut p, &[Kind::CopyData, Kind::Sync, Kind::CopyDone, Kind::Sync]);
+    route(&mut p, b"CZ");
+    assert!(p.is_idle());
+}
+
+/// A bad row while Syncs sit between the copy data: which ones the server read is not
+/// observable, so the connection must never be reused.
+#[test]
+fn an_error_inside_an_irregular_copy_is_uncertain() {
+    let mut p = Pipeline::default();
+    fwd(&mut p, &[Kind::Query]);
+    route(&mut p, b"G");
+    fwd(&mut p, &[Kind::CopyData, Kind::Sync, Kind::CopyData, Kind::Sync, Kind::CopyFail, Kind::Sync]);
+    p.route(b'E', "22P02");
+    assert!(p.uncertain());
+    p.route(b'Z', "");
+    assert!(!p.is_idle(), "never idle again");
+
+    // The same with no Sync inside the data is exact.
+    let mut p = Pipeline::default();
+    fwd(&mut p, &[Kind::Query]);
+    route(&mut p, b"G");
+    fwd(&mut p, &[Kind::CopyData, Kind::CopyData, Kind::CopyDone, Kind::Sync]);
+    p.route(b'E', "22P02");
+    assert!(!p.uncertain());
+    route(&mut p, b"ZZ");
+    assert!(p.is_idle());
+
+    // A cancel can come before the server read the leading Sync.
+    let mut p = Pipeline::default();
+    fwd(&mut p, &[Kind::Parse, Kind::Bind, Kind::Execute, Kind::Sync]);
+    route(&mut p, b"12G");
+    fwd(&mut p, &[Kind::CopyData, Kind::CopyDone, Kind::Sync]);
+    p.route(b'E', "57014");
+    assert!(p.uncertain());
+}
+
+#[test]
+fn probes_replace_the_servers_error() {
+    let mut p = Pipeline::default();
+    let error = Bytes::from_static(b"E-client");
+    p.push(Kind::DescribeStatement, Action::Probe { code: "26000", error: error.clone() });
+    p.push(Kind::Bind, Action::Forward);
+    p.push(Kind::Sync, Action::Forward);
+    let r = p.route(b'E', "26000");
+    assert!(!r.forward);
+    assert_eq!(r.replace, Some(error));
+    route(&mut p, b"Z");
+    assert!(p.is_idle());
+    // Another SQLSTATE (an aborted transaction) passes as the server sent it.
+    p.push(Kind::Parse, Action::Probe { code: "42P05", error: Bytes::from_static(b"x") });
+    p.push(Kind::Sync, Action::Forward);
+    let r = p.route(b'E', "25P02");
+    assert!(r.forward && r.replace.is_none());
+}
+
+#[test]
+fn unexpected_replies_are_flagged() {
+    let mut p = Pipeline::default();
+    assert!(p.route(b'Z', "").unexpected);
+    let mut p = Pipeline::default();
+    p.push(Kind::Bind, Action::Forward);
+    assert!(p.route(b'1', "").unexpected);
+    assert!(p.uncertain() && !p.is_idle());
+}
+
+// ---- Property tests: a model of the server against the reply queue ----
+
+/// What the simulated server does with one client message.
+#[derive(Clone, Copy, Debug)]
+enum Msg {
+    Parse(bool),
+    Bind(bool),
+    Describe(bool, bool),
+    Execute(Exec),
+    Close(bool),
+    Sync(bool),
+    Flush,
+    Query(Simple),
+    FunctionCall(bool),
+    CopyData(bool),
+    CopyDone(bool),
+    CopyFail,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Exec {
+    Rows(u8),
+    Error,
+    CopyIn,
+    CopyOut(u8),
+    Suspended,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Simple {
+    Rows,
+    Error,
+    CopyIn,
+    Empty,
+}
+
+fn msg() -> impl Strategy<Value = Msg> {
+    let b = || prop::bool::weighted(0.2);
+    prop_oneof![
+        b().prop_map(Msg::Parse),
+        b().prop_map(Msg::Bind),
+        (any::<bool>(), b()).prop_map(|(p, f)| Msg::Describe(p, f)),
+        prop_oneof![
+            (0u8..3).prop_map(Exec::Rows),
+            Just(Exec::Error),
+            Just(Exec::CopyIn),
+            (0u8..3).prop_map(Exec::CopyOut),
+            Just(Exec::Suspended)
+        ]
+        .prop_map(Msg::Execute),
+        b().prop_map(Msg::Close),
+        b().prop_map(Msg::Sync),
+        Just(Msg::Flush),
+        prop_oneof![Just(Simple::Rows), Just(Simple::Error), Just(Simple::CopyIn), Just(Simple::Empty)]
+            .prop_map(Msg::Query),
+        b().prop_map(Msg::FunctionCall),
+        b().prop_map(Msg::CopyData),
+        b().prop_map(Msg::CopyDone),
+        Just(Msg::CopyFail),
+    ]
+}
+
+fn kind(m: Msg) -> Kind {
+    match m {
+        Msg::Parse(_) => Kind::Parse,
+        Msg::Bind(_) => Kind::Bind,
+        Msg::Describe(true, _) => Kind::DescribePortal,
+        Msg::Describe(false, _) => Kind::DescribeStatement,
+        Msg::Execute(_) => Kind::Execute,
+        Msg::Close(_) => Kind::Close,
+        Msg::Sync(_) => Kind::Sync,
+        Msg::Flush => Kind::Flush,
+        Msg::Query(_) => Kind::Query,
+        Msg::FunctionCall(_) => Kind::FunctionCall,
+        Msg::CopyData(_) => Kind::CopyData,
+        Msg::CopyDone(_) => Kind::CopyDone,
+        Msg::CopyFail => Kind::CopyFail,
+    }
+}
+
+/// PostgreSQL's main loop over `msgs`: each reply with the index of the message the server
+/// had read when it sent it.
+fn simulate(msgs: &[Msg]) -> Vec<(usize, u8, &'static str)> {
+    #[derive(PartialEq)]
+    enum S {
+        Normal,
+        Skip,
+        CopyIn(bool),
+    }
+    let mut out = Vec::new();
+    let mut s = S::Normal;
+    for (i, &m) in msgs.iter().enumerate() {
+        let mut emit = |tags: &[u8], code: &'static str| {
+            for &t in tags {
+                out.push((i, t, if t == b'E' { code } else { "" }));
+            }
+        };
+        match s {
+            S::Skip => {
+                if let Msg::Sync(_) = m {
+                    emit(b"Z", "");
+                    s = S::Normal;
+                }
+            }
+            S::CopyIn(ext) => {
+                let failed = match m {
+                    Msg::CopyData(true) => Some("22P02"),
+                    Msg::CopyData(false) | Msg::Sync(_) | Msg::Flush => None,
+                    Msg::CopyDone(true) => Some("23505"),
+                    Msg::CopyDone(false) => {
+                        emit(if ext { b"C" } else { b"CZ" }, "");
+                        s = S::Normal;
+                        None
+                    }
+                    Msg::CopyFail => Some("57014"),
+                    _ => Some("08P01"),
+                };
+                if let Some(code) = failed {
+                    emit(b"E", code);
+                    if ext {
+                        s = S::Skip;
+                    } else {
+                        emit(b"Z", "");
+                        s = S::Normal;
+                    }
+                }
+            }
+            S::Normal => {
+                let ext_fail = |emit: &mut dyn FnMut(&[u8], &'static str), s: &mut S| {
+                    emit(b"E", "42000");
+                    *s = S::Skip;
+                };
+                match m {
+                    Msg::Parse(true) | Msg::Bind(true) | Msg::Describe(_, true) | Msg::Close(true) => {
+                        ext_fail(&mut emit, &mut s)
+                    }
+                    Msg::Parse(false) => emit(b"1", ""),
+                    Msg::Bind(false) => emit(b"2", ""),
+                    Msg::Describe(true, false) => emit(b"T", ""),
+                    Msg::Describe(false, false) => emit(b"tn", ""),
+                    Msg::Close(false) => emit(b"3", ""),
+                    Msg::Execute(Exec::Rows(n)) => {
+                        for _ in 0..n {
+                            emit(b"D", "");
+                        }
+                        emit(b"C", "");
+                    }
+                    Msg::Execute(Exec::Error) => {
+                        emit(b"D", "");
+                        ext_fail(&mut emit, &mut s)
+                    }
+                    Msg::Execute(Exec::CopyIn) => {
+                        emit(b"G", "");
+                        s = S::CopyIn(true);
+                    }
+                    Msg::Execute(Exec::CopyOut(n)) => {
+                        emit(b"H", "");
+                        for _ in 0..n {
+                            emit(b"d", "");
+                        }
+                        emit(b"cC", "");
+                    }
+                    Msg::Execute(Exec::Suspended) => emit(b"Ds", ""),
+                    Msg::Sync(fail) => emit(if fail { b"EZ" } else { b"Z" }, "40001"),
+                    Msg::Flush | Msg::CopyData(_) | Msg::CopyDone(_) | Msg::CopyFail => {}
+                    Msg::Query(Simple::Rows) => emit(b"TDCZ", ""),
+                    Msg::Query(Simple::Error) => emit(b"EZ", "42P01"),
+                    Msg::Query(Simple::Empty) => emit(b"IZ", ""),
+                    Msg::Query(Simple::CopyIn) => {
+                        emit(b"G", "");
+                        s = S::CopyIn(false);
+                    }
+                    Msg::FunctionCall(fail) => emit(if fail { b"EZ" } else { b"VZ" }, "22012"),
+                }
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// For any message sequence and any interleaving of the server's replies with the
+    /// client's later messages: no panic; every reply is routed as expected until the model
+    /// says it is uncertain; whenever the queue says idle, the server owes nothing for what
+    /// was sent; and at the end it is idle unless it declared itself uncertain.
+    #[test]
+    fn the_reply_queue_follows_the_server(msgs in proptest::collection::vec(msg(), 0..24),
+                                          schedule in proptest::collection::vec(any::<bool>(), 0..80)) {
+        let replies = simulate(&msgs);
+        let mut p = Pipeline::default();
+        let (mut pushed, mut delivered) = (0, 0);
+        let mut steps = schedule.into_iter().chain(std::iter::repeat(true));
+        while pushed < msgs.len() || delivered < replies.len() {
+            let can_deliver = delivered < replies.len() && replies[delivered].0 < pushed;
+            let push = pushed < msgs.len() && (!can_deliver || steps.next().unwrap_or(true));
+            if push {
+                p.push(kind(msgs[pushed]), Action::Forward);
+                pushed += 1;
+            } else {
+                prop_assert!(can_deliver);
+                let (_, tag, code) = replies[delivered];
+                let was_uncertain = p.uncertain();
+                let r = p.route(tag, code);
+                if !was_uncertain {
+                    prop_assert!(!r.unexpected, "unexpected {} at reply {delivered} of {replies:?}", tag as char);
+                    prop_assert!(r.forward);
+                }
+                delivered += 1;
+            }
+            if p.is_idle() {
+                let owed = replies[delivered..].iter().any(|r| r.0 < pushed);
+                prop_assert!(!owed, "idle while replies are owed: {msgs:?} pushed {pushed} delivered {delivered}");
+            }
+        }
+        let (_, _) = p.take_effects();
+        let server_waits_for_copy = p.awaits_copy_data();
+        prop_assert!(p.uncertain() || p.owes_nothing() || server_waits_for_copy, "{msgs:?}");
+    }
+
+    /// Arbitrary server tags never panic the queue, whatever was pushed.
+    #[test]
+    fn any_server_bytes_are_survived(kinds in proptest::collection::vec(0u8..14, 0..20),
+                                     tags in proptest::collection::vec(any::<u8>(), 0..40)) {
+        let all = [Kind::Parse, Kind::Bind, Kind::DescribeStatement, Kind::DescribePortal, Kind::Execute,
+            Kind::Close, Kind::Sync, Kind::Query, Kind::FunctionCall, Kind::CopyData, Kind::CopyDone,
+            Kind::CopyFail, Kind::Flush, Kind::Unknown];
+        let mut p = Pipeline::default();
+        for (i, t) in tags.iter().enumerate() {
+            if let Some(k) = kinds.get(i) {
+                p.push(all[*k as usize], Action::Forward);
+            }
+            let _ = p.route(*t, "XX000");
+            let _ = p.is_idle();
+        }
+    }
+}
