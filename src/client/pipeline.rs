@@ -16,9 +16,10 @@
 //! server read before failing is not observable, so the queue is marked uncertain and the
 //! connection is never reused (DESIGN.md, containment rule 1).
 //!
-//! Entries pgtenant answers itself (a Close of a named statement) are answered when the server
-//! reaches them and dropped if the server would have skipped them; replies to messages
-//! pgtenant injected are swallowed; and probes (injected messages whose error stands for the
+//! pgtenant answers nothing itself: every client message that earns a reply becomes a message
+//! the server answers (a Close of a client's statement becomes a Close of a name that never
+//! exists), so replies come exactly where and when PostgreSQL sends them. Replies to messages
+//! pgtenant injected are swallowed, and probes (injected messages whose error stands for the
 //! client's) have their error replaced. Reference: "Extended Query" and "COPY Operations" in
 //! <https://www.postgresql.org/docs/current/protocol-flow.html>.
 
@@ -96,8 +97,6 @@ pub enum Action {
     /// pgtenant's own message: its replies do not reach the client (an error does, since it
     /// stands for the client's message that needed it).
     Swallow,
-    /// Not sent to the server: pgtenant answers with these bytes when the server would have.
-    Answer(Bytes),
     /// pgtenant's own message standing in for a client message: success replies are swallowed
     /// and an ErrorResponse with SQLSTATE `code` is replaced by `error` (other errors pass).
     Probe {
@@ -166,9 +165,6 @@ pub struct Pipeline {
     started: bool,
     /// The front entry is in COPY TO STDOUT.
     copy_out: bool,
-    /// Answers that reached the front, for the relay to write to the client (in order, after
-    /// whatever it forwarded before them).
-    pub answers: Vec<Bytes>,
     /// Effects of entries skipped or answered while advancing, handed out with the next route.
     undo: Vec<Effect>,
     done: Vec<Effect>,
@@ -187,7 +183,6 @@ impl Default for Pipeline {
             mode: Mode::Normal,
             started: false,
             copy_out: false,
-            answers: Vec::new(),
             undo: Vec::new(),
             done: Vec::new(),
             uncertain: false,
@@ -211,27 +206,16 @@ impl Pipeline {
 
     /// The server owes no reply to anything sent, and is not waiting for copy data.
     pub fn owes_nothing(&self) -> bool {
-        self.queue.is_empty() && self.answers.is_empty() && !matches!(self.mode, Mode::CopyIn { .. })
+        self.queue.is_empty() && !matches!(self.mode, Mode::CopyIn { .. })
     }
 
     pub fn uncertain(&self) -> bool {
         self.uncertain
     }
 
-    /// Waiting for copy data that nothing queued will end: replies will not come by
-    /// themselves.
-    pub fn awaits_copy_data(&self) -> bool {
-        matches!(self.mode, Mode::CopyIn { .. })
-            && !self.queue.iter().any(|e| matches!(e.kind, Kind::CopyDone | Kind::CopyFail))
-    }
-
     /// ReadyForQuery messages still owed by the server (at least).
     pub fn pending_ready(&self) -> usize {
-        self.queue
-            .iter()
-            .filter(|e| matches!(e.kind, Kind::Sync | Kind::Query | Kind::FunctionCall))
-            .filter(|e| !matches!(e.action, Action::Answer(_)))
-            .count()
+        self.queue.iter().filter(|e| matches!(e.kind, Kind::Sync | Kind::Query | Kind::FunctionCall)).count()
     }
 
     /// In COPY FROM STDIN.
@@ -276,6 +260,10 @@ impl Pipeline {
     fn advance(&mut self) {
         while !self.started {
             let Some(front) = self.queue.front() else { return };
+            if front.kind == Kind::Unknown {
+                // The server ends the session on it (FATAL), whatever its state.
+                return;
+            }
             match self.mode {
                 Mode::CopyIn { .. } => return,
                 Mode::Skip => {
@@ -286,15 +274,9 @@ impl Pipeline {
                         self.undo.extend(e.effect);
                     }
                 }
-                Mode::Normal => match (&front.action, front.kind) {
-                    (_, Kind::CopyData | Kind::CopyDone | Kind::CopyFail | Kind::Flush) => {
+                Mode::Normal => match front.kind {
+                    Kind::CopyData | Kind::CopyDone | Kind::CopyFail | Kind::Flush => {
                         self.queue.pop_front();
-                    }
-                    (Action::Answer(bytes), _) => {
-                        self.answers.push(bytes.clone());
-                        if let Some(e) = self.queue.pop_front() {
-                            self.done.extend(e.effect);
-                        }
                     }
                     _ => return,
                 },
@@ -325,6 +307,10 @@ impl Pipeline {
         let Some(front) = self.queue.front_mut() else { return unexpected };
         let action = front.action.clone();
         let kind = front.kind;
+        if kind == Kind::Unknown && !matches!(self.mode, Mode::CopyIn { .. }) {
+            // "invalid frontend message type": FATAL, then the server closes.
+            return if tag == b'E' { self.complete(&action, tag, false) } else { unexpected };
+        }
         if let Mode::CopyIn { extended } = self.mode {
             return match tag {
                 b'C' => {

@@ -132,6 +132,8 @@ pub(crate) struct Session<S> {
     terminated: bool,
     /// The client sent a malformed frame: what came before it is answered, then this error.
     broken: Option<PgError>,
+    /// The client's Terminate was passed to the server (which then closes).
+    sent_terminate: bool,
     /// This session's id (see [`SESSION_IDS`]).
     id: u64,
 
@@ -181,6 +183,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             pinned: false,
             terminated: false,
             broken: None,
+            sent_terminate: false,
             id: SESSION_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             sbuf: BytesMut::with_capacity(READ_CHUNK),
             s_remaining: 0,
@@ -220,7 +223,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if let Some(exit) = self.settle().await {
                 return exit;
             }
-            match self.next_event(signals).await {
+            let event = if self.terminated || self.broken.is_some() {
+                // Replies owed after the client left are waited for a bounded time only.
+                match tokio::time::timeout(CLEANUP_TIMEOUT, self.next_event(signals)).await {
+                    Ok(e) => e,
+                    Err(_) => return self.broken.take().map_or(Exit::Client, Exit::Error),
+                }
+            } else {
+                self.next_event(signals).await
+            };
+            match event {
                 Event::Force => return Exit::Error(shutting_down()),
                 Event::Drain => self.draining = Some(shutting_down()),
                 Event::Kick => {
@@ -230,6 +242,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Event::Client(Ok(0) | Err(_)) => return Exit::Client,
                 Event::Client(Ok(_)) => self.scan_client(),
                 Event::ServerWrote(Ok(n)) => self.consume_written(n),
+                Event::ServerRead(Ok(0)) if self.sent_terminate => {
+                    // The server closed after the client's Terminate, as it would have.
+                    self.server = None;
+                    return self.broken.take().map_or(Exit::Client, Exit::Error);
+                }
                 Event::ServerWrote(Err(_)) | Event::ServerRead(Ok(0) | Err(_)) => return Exit::ServerLost,
                 Event::ServerRead(Ok(_)) => {
                     if let Err(exit) = self.pump_server().await {
@@ -243,37 +260,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Decisions between events: release an idle server connection (transaction mode),
     /// end a draining or terminated session, check one out when there is work.
     async fn settle(&mut self) -> Option<Exit> {
-        if self.server.is_some() && self.mode == PoolMode::Transaction && !self.pinned {
-            if self.server_idle() {
-                self.release();
-            } else if self.pipeline.uncertain() && self.quiet() {
-                // pgtenant lost track of this connection: it is closed, never reused; the
-                // client goes on with another.
-                tracing::info!(tenant = %self.tenant.id, "closing a server connection whose state is unknown");
-                self.key.set_target(None);
-                self.server = None;
-                self.pipeline = Pipeline::default();
-                self.progress = Progress { status: b'I', ..Progress::default() };
-            }
+        // A connection pgtenant lost track of (an uncertain COPY) is never idle again: it stays
+        // with this client, whose own replies it carries, and is closed at the end.
+        if self.server.is_some() && self.mode == PoolMode::Transaction && !self.pinned && self.server_idle() {
+            self.release();
         }
         let idle = self.server.is_none() || self.server_idle();
         if let (Some(reason), true) = (&self.draining, idle) {
             return Some(Exit::Error(reason.clone()));
         }
-        // After Terminate or a malformed frame, and once everything before it went out, the
-        // session ends when the server owes nothing more for it (as PostgreSQL answers what
-        // came before), or at once if nothing queued can end what runs.
-        if (self.terminated || self.broken.is_some()) && self.c_scanned == 0 {
-            let done = match self.server.as_ref() {
-                None => true,
-                Some(_) => self.out.is_empty() && (self.quiet() || self.pipeline.awaits_copy_data()),
-            };
-            if done {
-                return Some(match self.broken.take() {
-                    Some(e) => Exit::Error(e),
-                    None => Exit::Client,
-                });
-            }
+        if let Some(exit) = self.ended() {
+            return Some(exit);
         }
         if self.server.is_none() && self.c_scanned > 0 {
             if let Err(e) = self.attach().await {
@@ -287,10 +284,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.server.is_some() && self.c_scanned > 0 && !hold {
             self.stage();
         }
-        if let Err(exit) = self.flush_answers().await {
-            return Some(exit);
+        self.ended()
+    }
+
+    /// After Terminate or a malformed frame, and once everything before it went out: with
+    /// nothing owed the session ends; otherwise the server gets the Terminate too, so the
+    /// client gets exactly what PostgreSQL sends before it exits (errors, but not replies it
+    /// still buffered), and the session ends when the server closes.
+    fn ended(&mut self) -> Option<Exit> {
+        if !(self.terminated || self.broken.is_some()) || self.c_scanned != 0 {
+            return None;
         }
-        None
+        let exit = match self.server.as_ref() {
+            None => true,
+            Some(_) if self.out.is_empty() && self.quiet() && !self.sent_terminate => true,
+            Some(_) => {
+                if !self.sent_terminate {
+                    frontend::terminate(&mut self.out);
+                    self.sent_terminate = true;
+                }
+                false
+            }
+        };
+        exit.then(|| self.broken.take().map_or(Exit::Client, Exit::Error))
     }
 
     /// The server owes nothing for what was sent (by the reply model) and nothing is
@@ -308,6 +324,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let p = &self.progress;
         self.pipeline.is_idle()
             && self.quiet()
+            && !self.sent_terminate
             && !p.desync
             && !p.extended_open
             && p.status == b'I'
@@ -562,21 +579,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    /// Writes the replies pgtenant gives itself, once they are due.
-    async fn flush_answers(&mut self) -> Result<(), Exit> {
-        if self.pipeline.answers.is_empty() {
-            return Ok(());
-        }
-        let answers = std::mem::take(&mut self.pipeline.answers);
-        let res = async {
-            for a in &answers {
-                self.client.write_all(a).await?;
-            }
-            self.client.flush().await
-        };
-        res.await.map_err(|_| Exit::Client)
-    }
-
     /// Forwards whole and streaming server frames to the client, swallowing the replies to
     /// pgtenant's own queries and noting what decides release.
     async fn pump_server(&mut self) -> Result<(), Exit> {
@@ -628,8 +630,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid), tag = %(tag as char), forward = route.forward, "server message");
                     self.sets.pending.extend(route.completed_set.take());
                     self.apply_effects(std::mem::take(&mut route.undo), std::mem::take(&mut route.done));
-                    if route.unexpected && !self.progress.desync {
-                        tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "unexpected reply: the server connection will not be reused");
+                    if (route.unexpected || self.pipeline.uncertain()) && !self.progress.desync {
+                        tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "lost track of the server's replies: the server connection stays with this client and will not be reused");
                         self.progress.desync = true;
                     }
                     replace = route.replace;
@@ -642,6 +644,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         return Err(Exit::ServerLost);
                     }
                     p.status = self.sbuf[pos + HEADER_LEN];
+                    if !setup {
+                        self.statements.lift_barrier();
+                    }
                     if setup {
                         p.swallow_z -= 1;
                     } else if let Some(server) = self.server.as_mut() {
@@ -712,13 +717,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             pos += take;
             self.s_remaining = len - take;
             self.s_discard = swallow;
-            if self.s_remaining == 0 && !self.pipeline.answers.is_empty() {
-                // pgtenant's own replies go right after the message that completed the one
-                // before them.
-                self.write_client(from, pos).await?;
-                from = pos;
-                self.flush_answers().await?;
-            }
         }
         self.write_client(from, pos).await?;
         self.sbuf.advance(pos);
@@ -877,9 +875,6 @@ fn must_arrive_whole(tag: u8) -> bool {
 /// <https://www.postgresql.org/docs/current/sql-discard.html>).
 const CROSS_TENANT_RESET: &str = "DISCARD ALL";
 
-/// CloseComplete, for the Close messages pgtenant answers itself.
-const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
-
 /// Session SETs seen in the current transaction (transaction mode).
 #[derive(Default)]
 struct SetTracking {
@@ -941,6 +936,16 @@ impl Stage<'_> {
         self.out.extend_from_slice(frame);
     }
 
+    /// A Close the server answers for pgtenant: of a name that never exists, so the server
+    /// answers CloseComplete exactly where it would have answered the client's Close (or
+    /// skips it, or fails a COPY on it), and the client's statement stays on the server for
+    /// others.
+    fn close_absent(&mut self, portal: bool, effect: Vec<Effect>) {
+        let (target, name) = if portal { (b"P", absent_portal()) } else { (b"S", absent_statement()) };
+        self.out.extend_from_slice(&rename(b'C', target, name.as_bytes(), &[]));
+        self.pipeline.push_effect(Kind::Close, Action::Forward, effect);
+    }
+
     /// An injected Describe that fails on the server (so the server skips to Sync exactly as
     /// it would for the client's message), its error replaced by `error`.
     fn fail_with(&mut self, error: PgError, portal: bool) {
@@ -961,6 +966,10 @@ impl Stage<'_> {
     /// to earlier ones (see [`Lookup::Wait`]).
     fn rewrite(&mut self, tag: u8, frame: &[u8]) -> bool {
         tracing::trace!(conn = self.conn.backend_pid, tag = %(tag as char), len = frame.len(), "client message");
+        if self.pipeline.owes_nothing() {
+            // Whatever could drop statements has completed (or was skipped).
+            self.statements.lift_barrier();
+        }
         match tag {
             b'P' => return self.parse(frame),
             b'B' => {
@@ -1002,7 +1011,7 @@ impl Stage<'_> {
                         self.fail_with(PgError::no_such_portal(name), true);
                     } else {
                         // Closing a portal that does not exist is no error.
-                        self.pipeline.push(Kind::Close, Action::Answer(Bytes::from_static(CLOSE_COMPLETE)));
+                        self.close_absent(true, Vec::new());
                     }
                     return true;
                 }
@@ -1013,7 +1022,7 @@ impl Stage<'_> {
                 let prepared = match self.statements.lookup(name) {
                     Lookup::Wait => return false,
                     Lookup::Unknown if tag == b'C' => {
-                        self.pipeline.push(Kind::Close, Action::Answer(Bytes::from_static(CLOSE_COMPLETE)));
+                        self.close_absent(false, Vec::new());
                         return true;
                     }
                     Lookup::Unknown => {
@@ -1026,11 +1035,7 @@ impl Stage<'_> {
                     // The server keeps the statement for other clients (and this one, should
                     // it prepare the same again); only the client's name goes.
                     let effect = self.statements.close(name);
-                    self.pipeline.push_effect(
-                        Kind::Close,
-                        Action::Answer(Bytes::from_static(CLOSE_COMPLETE)),
-                        effect.into_iter().collect(),
-                    );
+                    self.close_absent(false, effect.into_iter().collect());
                     return true;
                 }
                 self.ensure(&prepared.server_name, &prepared.parse);
@@ -1051,6 +1056,10 @@ impl Stage<'_> {
                 self.forward(tag, frame);
             }
             b'Q' => {
+                if self.statements.barrier_pending() {
+                    return false;
+                }
+                self.statements.raise_barrier(&frame[HEADER_LEN..]);
                 for cursor in declared_cursors(&frame[HEADER_LEN..]) {
                     self.statements.bind_portal(&cursor);
                 }
@@ -1076,6 +1085,7 @@ impl Stage<'_> {
         // The extended protocol can carry what a simple query can: the same checks.
         let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
         if let Some((name, sql)) = statement {
+            self.statements.raise_barrier(sql);
             for cursor in declared_cursors(sql) {
                 self.statements.bind_portal(&cursor);
             }
@@ -1093,15 +1103,19 @@ impl Stage<'_> {
             self.forward(b'P', frame);
             return true;
         };
+        // The client's query text and parameter types, after its statement name: probes
+        // parse the same, so they fail where the client's Parse would.
+        let body = cstr(&frame[HEADER_LEN..]).map(|(_, rest)| rest).unwrap_or_default();
         match self.statements.lookup(&name) {
             Lookup::Wait => return false,
             Lookup::Known(_) => {
-                // A name the client already uses: the server raises 42P05 (or 25P02 in an
-                // aborted transaction, as for the client's own Parse) on a probe statement
-                // that exists once the first probe Parse ran; the error names the client's.
+                // A name the client already uses: the server parses the text as it would the
+                // client's (42601, 25P02 … pass as they are), then raises 42P05 on a probe
+                // statement that exists once the first probe Parse ran; that error names the
+                // client's statement.
                 let error = Bytes::from(PgError::duplicate_statement(&name).to_bytes());
                 for _ in 0..2 {
-                    self.out.extend_from_slice(&parse_frame(probe_duplicate().as_bytes(), "SELECT"));
+                    self.out.extend_from_slice(&rename(b'P', &[], probe_duplicate().as_bytes(), body));
                     self.pipeline.push(Kind::Parse, Action::Probe { code: "42P05", error: error.clone() });
                 }
                 return true;
@@ -1119,11 +1133,11 @@ impl Stage<'_> {
         let server_name = prepared.server_name.clone();
         let client = self.statements.register(name, prepared.clone());
         if self.conn.prepared.touch(&server_name) {
-            // The server has the statement: a probe Parse stands for the client's, so the
-            // client gets what PostgreSQL would answer here (ParseComplete, or 25P02 in an
-            // aborted transaction).
+            // The server has the statement: a probe Parse of the same text stands for the
+            // client's, so the client gets what PostgreSQL would answer here (ParseComplete,
+            // or 25P02 in an aborted transaction, or an error if a table went away).
             let probe = probe_statement();
-            self.out.extend_from_slice(&parse_frame(probe.as_bytes(), "SELECT"));
+            self.out.extend_from_slice(&rename(b'P', &[], probe.as_bytes(), body));
             self.pipeline.push_effect(Kind::Parse, Action::Forward, vec![client]);
             self.out.extend_from_slice(&rename(b'C', b"S", probe.as_bytes(), &[]));
             self.pipeline.push(Kind::Close, Action::Swallow);

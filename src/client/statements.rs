@@ -105,6 +105,9 @@ pub struct Statements {
     /// messages after it.
     syncs: u64,
     portals: std::collections::HashSet<Box<[u8]>>,
+    /// A DEALLOCATE or DISCARD is on its way: whether the client's names survive it is known
+    /// at its completion, so names wait until the next ReadyForQuery.
+    barrier: bool,
 }
 
 impl Statements {
@@ -129,6 +132,9 @@ impl Statements {
     }
 
     pub fn lookup(&self, name: &[u8]) -> Lookup {
+        if self.barrier {
+            return Lookup::Wait;
+        }
         match self.by_name.get(name) {
             None => Lookup::Unknown,
             Some(slot) if slot.pending > 0 && slot.epoch != self.syncs => Lookup::Wait,
@@ -176,6 +182,23 @@ impl Statements {
         if slot.pending == 0 && slot.current.is_none() {
             self.by_name.remove(name);
         }
+    }
+
+    /// A statement that may drop every prepared statement (DEALLOCATE, DISCARD) was staged.
+    pub fn raise_barrier(&mut self, sql: &[u8]) {
+        let upper = sql.to_ascii_uppercase();
+        if upper.windows(10).any(|w| w == b"DEALLOCATE") || upper.windows(7).any(|w| w == b"DISCARD") {
+            self.barrier = true;
+        }
+    }
+
+    pub fn barrier_pending(&self) -> bool {
+        self.barrier
+    }
+
+    /// A ReadyForQuery arrived: what came before it is settled.
+    pub fn lift_barrier(&mut self) {
+        self.barrier = false;
     }
 
     /// A Sync was staged.

@@ -81,12 +81,13 @@ def md5_rows(rows):
 async def main():
     setup = await connect()
     await setup.execute(
-        f"""DROP TABLE IF EXISTS {T}kv, {T}acct, {T}copy, {T}load, {T}ddl;
+        f"""DROP TABLE IF EXISTS {T}kv, {T}acct, {T}copy, {T}load, {T}ddl, {T}many;
             DROP TYPE IF EXISTS {T}mood, {T}pair;
             CREATE TABLE {T}kv (k int PRIMARY KEY, v text NOT NULL);
             CREATE TABLE {T}acct (id int PRIMARY KEY, note text);
             CREATE TABLE {T}copy (id int PRIMARY KEY, name text, amount numeric(12,2));
             CREATE TABLE {T}load (client int, n int, PRIMARY KEY (client, n));
+            CREATE TABLE {T}many (k int PRIMARY KEY, v text NOT NULL);
             CREATE TYPE {T}mood AS ENUM ('sad', 'ok', 'happy');
             CREATE TYPE {T}pair AS (a int, b text)"""
     )
@@ -247,6 +248,53 @@ async def main():
         expect(tuple(row) == (200, sum(range(1000, 1200))), f"{tuple(row)}")
 
     await check("executemany: 200 rows in one pipelined batch", executemany)
+
+    # Issue 16: the error for the first row reaches the proxy while asyncpg is still sending
+    # the batch (its Sync comes last). The whole batch is one implicit transaction: no row
+    # stays, and the connection is idle again afterwards.
+    big_batch = [(0, None)] + [(i, f"r{i}") for i in range(1, 5000)]
+
+    async def failing_executemany(c):
+        try:
+            await c.executemany(f"INSERT INTO {T}many VALUES ($1, $2)", big_batch)
+            raise AssertionError("no error for the first row")
+        except exc.NotNullViolationError as e:
+            expect(e.sqlstate == "23502", e.sqlstate)
+        expect(await c.fetchval(f"SELECT count(*) FROM {T}many") == 0, "rows of the failed batch stayed")
+        expect(await c.fetchval("SELECT $1::int + 41", 1) == 42, "prepared query after the failed batch")
+
+    async def executemany_error():
+        await failing_executemany(conn)
+        await conn.executemany(f"INSERT INTO {T}many VALUES ($1, $2)", [(i, f"r{i}") for i in range(1, 5000)])
+        expect(await conn.fetchval(f"SELECT count(*) FROM {T}many") == 4999, "the batch without the bad row")
+        await conn.execute(f"DELETE FROM {T}many")
+
+    await check("executemany: the first row of 5000 fails (23502), then the session goes on", executemany_error)
+
+    async def executemany_error_pool():
+        # Transaction mode: each client is idle afterwards and holds no server connection (the
+        # pool has 5). Session mode: each holds one for its session; three fit beside the main
+        # connection and the new client.
+        n = 8 if MODE == "transaction" else 3
+        clients = [await connect() for _ in range(n)]
+        try:
+            await asyncio.gather(*(failing_executemany(c) for c in clients))
+            started = time.monotonic()
+            fresh = await connect()
+            try:
+                expect(await fresh.fetchval("SELECT 5") == 5, "a new client's query")
+            finally:
+                await fresh.close()
+            elapsed = time.monotonic() - started
+            expect(elapsed < 5, f"a new client waited {elapsed:.1f}s for a server connection")
+            for i, c in enumerate(clients):
+                expect(await c.fetchval("SELECT $1::int", i) == i, f"client {i} afterwards")
+            return f"{n} clients, new client served in {elapsed:.2f}s"
+        finally:
+            for c in clients:
+                await c.close()
+
+    await check("executemany failing on more clients than the pool, then a new client", executemany_error_pool)
 
     async def cursor_and_ddl():
         # A cursor with prefetch: Execute with a row limit, PortalSuspended, more Executes.

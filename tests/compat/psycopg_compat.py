@@ -249,6 +249,54 @@ def _():
         expect(c.execute("SELECT 9").fetchone() == (9,), "after pipeline error")
 
 
+def pipeline_error_before_sync(c):
+    """Issue 16: the error reaches the proxy before the rest of the pipeline and its Sync."""
+    try:
+        with c.pipeline():
+            c.execute("SELECT * FROM no_such_table")
+            time.sleep(0.2)  # the error arrives before the next statement and the Sync
+            c.execute("SELECT %s::int + 41", (1,), prepare=True)
+        raise AssertionError("no error from the pipeline")
+    except errors.UndefinedTable:
+        pass
+    # The statement the server skipped is not prepared: psycopg prepares it again (PostgreSQL
+    # itself prints (42,)).
+    got = c.execute("SELECT %s::int + 41", (1,), prepare=True).fetchone()
+    expect(got == (42,), f"prepared query after the pipeline error: {got}")
+    got = c.execute("SELECT %s::int + 41", (2,), prepare=True).fetchone()
+    expect(got == (43,), f"prepared query again: {got}")
+
+
+@check("pipeline: an error before the next statement and the Sync, then a prepared query (issue 16)")
+def _():
+    with connect(autocommit=True) as c:
+        pipeline_error_before_sync(c)
+        expect(c.execute("SELECT 9").fetchone() == (9,), "after the pipeline error")
+
+
+@check("pipeline errors before Sync on more idle clients than the pool, then a new client")
+def _():
+    # Transaction mode: each client is idle afterwards, so it holds no server connection (the
+    # pool has 5). Session mode: each client holds one for its session; three fit beside the
+    # main connection and the new client.
+    n = 10 if MODE == "transaction" else 3
+    clients = [connect(autocommit=True) for _ in range(n)]
+    try:
+        for c in clients:
+            pipeline_error_before_sync(c)
+        started = time.monotonic()
+        with connect(autocommit=True) as fresh:
+            expect(fresh.execute("SELECT 5").fetchone() == (5,), "a new client's query")
+        elapsed = time.monotonic() - started
+        expect(elapsed < 5, f"a new client waited {elapsed:.1f}s for a server connection")
+        for i, c in enumerate(clients):
+            expect(c.execute("SELECT %s::int", (i,)).fetchone() == (i,), f"client {i} afterwards")
+        return f"{n} clients, new client served in {elapsed:.2f}s"
+    finally:
+        for c in clients:
+            c.close()
+
+
 @check("50 concurrent connections x 10 transactions")
 def _():
     def client(cid):

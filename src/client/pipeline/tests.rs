@@ -29,21 +29,13 @@ fn extended_round_trip() {
 }
 
 #[test]
-fn answers_are_placed_in_order_and_injected_replies_swallowed() {
+fn injected_replies_are_swallowed() {
     let mut p = Pipeline::default();
-    let close = || Action::Answer(Bytes::from_static(b"3\0\0\0\x04"));
-    p.push(Kind::Close, close());
-    assert_eq!(p.answers.len(), 1, "nothing before it: answered at once");
-    p.answers.clear();
     p.push(Kind::Execute, Action::Forward);
-    p.push(Kind::Close, close());
-    assert!(p.answers.is_empty(), "waits behind the Execute");
     p.push(Kind::Parse, Action::Swallow);
     p.push(Kind::Bind, Action::Forward);
     p.push(Kind::Sync, Action::Forward);
     assert!(p.route(b'C', "").forward);
-    assert_eq!(p.answers.len(), 1, "answered once the Execute completed");
-    p.answers.clear();
     assert!(!p.route(b'1', "").forward, "injected Parse's reply swallowed");
     assert!(p.route(b'2', "").forward);
     assert!(p.route(b'Z', "").forward);
@@ -51,16 +43,17 @@ fn answers_are_placed_in_order_and_injected_replies_swallowed() {
 }
 
 #[test]
-fn an_error_skips_to_sync_and_drops_answers() {
+fn an_error_skips_to_sync() {
     let mut p = Pipeline::default();
     p.push(Kind::Parse, Action::Swallow);
     p.push(Kind::Bind, Action::Forward);
-    p.push(Kind::Close, Action::Answer(Bytes::from_static(b"3\0\0\0\x04")));
+    let undo = vec![Effect::ClientParse(b"s1".to_vec().into())];
+    p.push_effect(Kind::Close, Action::Forward, undo.clone());
     p.push(Kind::Execute, Action::Forward);
     p.push(Kind::Sync, Action::Forward);
     let r = p.route(b'E', "42601");
     assert!(r.forward, "the injected Parse's error goes to the client");
-    assert!(p.answers.is_empty(), "answers for skipped messages are dropped");
+    assert_eq!(r.undo, undo, "effects of skipped messages are undone");
     assert_eq!(p.pending_ready(), 1);
     route(&mut p, b"Z");
     assert!(p.is_idle());
@@ -98,7 +91,7 @@ fn copy_from_stdin_by_query_and_by_execute() {
     let mut p = Pipeline::default();
     p.push(Kind::Query, Action::Forward);
     route(&mut p, b"G");
-    assert!(p.copy_in() && p.awaits_copy_data());
+    assert!(p.copy_in());
     fwd(&mut p, &[Kind::CopyData, Kind::CopyData, Kind::CopyDone]);
     route(&mut p, b"CZ");
     assert!(p.is_idle());
@@ -414,8 +407,7 @@ proptest! {
             }
         }
         let (_, _) = p.take_effects();
-        let server_waits_for_copy = p.awaits_copy_data();
-        prop_assert!(p.uncertain() || p.owes_nothing() || server_waits_for_copy, "{msgs:?}");
+        prop_assert!(p.uncertain() || p.owes_nothing() || p.copy_in(), "{msgs:?}");
     }
 
     /// Arbitrary server tags never panic the queue, whatever was pushed.
