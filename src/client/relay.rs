@@ -45,6 +45,15 @@ use crate::server::{Proxy, TenantAdmission};
 const READ_CHUNK: usize = 16 * 1024;
 /// Client bytes buffered before pgtenant stops reading the client (back-pressure).
 const MAX_CLIENT_BUFFERED: usize = 256 * 1024;
+/// Bytes staged for the server before staging (and so reading the client) pauses: a server
+/// that does not read (busy in a long query) holds the client back instead of pgtenant's
+/// memory growing.
+const MAX_SERVER_BOUND: usize = 256 * 1024;
+/// What an idle client's read buffer holds: small, so idle sessions stay light.
+const IDLE_READ: usize = 1024;
+/// An ErrorResponse is routed once this much of it arrived (its SQLSTATE and severity come
+/// first); the rest streams through, so a huge error is never held whole.
+const ERROR_PREFIX: usize = 16 * 1024;
 /// How long cleanup (reset query, cancel) may take when a client leaves.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -160,8 +169,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let force = proxy.shutdown.force.clone();
         let setup_trusted = !vars.from_client;
         let pool_params = pool.params().unwrap_or_default();
-        let mut cbuf = buffered;
-        cbuf.reserve(READ_CHUNK);
+        let cbuf = buffered;
         Session {
             client,
             mode: tenant.pool_mode,
@@ -176,7 +184,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             c_scanned: 0,
             c_remaining: 0,
             stage_remaining: 0,
-            out: BytesMut::with_capacity(READ_CHUNK),
+            out: BytesMut::new(),
             pipeline: Pipeline::default(),
             statements: Statements::default(),
             sets: SetTracking::default(),
@@ -185,7 +193,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             broken: None,
             sent_terminate: false,
             id: SESSION_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            sbuf: BytesMut::with_capacity(READ_CHUNK),
+            sbuf: BytesMut::new(),
             s_remaining: 0,
             s_discard: false,
             setup_error: None,
@@ -405,6 +413,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let cancel = self.key.cancel_in_flight();
         let reset = co.conn_ref().dirty.then(|| self.proxy.config.pool.reset_query.clone());
         let params = self.pool_params.clone();
+        // An idle client keeps no large buffers.
+        for buf in [&mut self.cbuf, &mut self.sbuf, &mut self.out] {
+            if buf.is_empty() {
+                *buf = BytesMut::new();
+            }
+        }
         if reset.is_none() && !cancel {
             co.release();
             return;
@@ -416,14 +430,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn next_event(&mut self, signals: &mut Signals) -> Event {
-        for buf in [&mut self.cbuf, &mut self.sbuf] {
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(READ_CHUNK);
+        // Buffers grow with the bytes that arrive and shrink back once drained: an idle client
+        // holds a small read buffer and nothing else.
+        for buf in [&mut self.cbuf, &mut self.sbuf, &mut self.out] {
+            if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+                *buf = BytesMut::new();
             }
         }
-        // Keep reading while nothing is ready to go: a frame that must arrive whole may be
-        // larger than the buffer limit.
-        let read_client = !self.terminated && (self.cbuf.len() < MAX_CLIENT_BUFFERED || self.c_scanned == 0);
+        let busy = self.server.is_some() || !self.cbuf.is_empty();
+        let want = if busy { READ_CHUNK } else { IDLE_READ };
+        if self.cbuf.capacity() - self.cbuf.len() < want / 4 {
+            self.cbuf.reserve(want);
+        }
+        if self.server.is_some() && self.sbuf.capacity() - self.sbuf.len() < READ_CHUNK / 4 {
+            self.sbuf.reserve(READ_CHUNK);
+        }
+        // Back-pressure: the client is read while little waits for the server, or when a frame
+        // that must arrive whole is still incomplete (bounded by the message size limit).
+        let waiting = self.cbuf.len() + self.out.len();
+        let read_client = !self.terminated
+            && self.broken.is_none()
+            && (waiting < MAX_CLIENT_BUFFERED || (self.c_scanned == 0 && self.out.len() < MAX_SERVER_BOUND));
         let watch_drain = self.draining.is_none();
         poll_fn(|cx| {
             if signals.force.as_mut().poll(cx).is_ready() {
@@ -461,6 +488,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     fn consume_written(&mut self, n: usize) {
         self.out.advance(n);
+        if self.out.is_empty() && self.out.capacity() > 4 * READ_CHUNK {
+            self.out = BytesMut::new();
+        }
     }
 
     /// Walks the frame headers of newly read client bytes. Messages whose content pgtenant
@@ -516,7 +546,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let conn = server.conn();
         let search_path = self.vars.setting("search_path").unwrap_or_default();
         let mut pos = 0;
-        while pos < self.c_scanned {
+        while pos < self.c_scanned && self.out.len() < MAX_SERVER_BOUND {
             if self.stage_remaining > 0 {
                 let n = self.stage_remaining.min(self.c_scanned - pos);
                 self.out.extend_from_slice(&self.cbuf[pos..pos + n]);
@@ -610,11 +640,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             };
             let whole = avail >= len;
-            if matches!(tag, b'Z' | b'S' | b'E' | b'C') && !whole {
+            let needed = if tag == b'E' { len.min(ERROR_PREFIX) } else { len };
+            if matches!(tag, b'Z' | b'S' | b'E' | b'C') && avail < needed {
                 break;
             }
+            let seen = pos + len.min(avail);
             let setup = self.progress.swallow_z > 0;
-            let error = (tag == b'E').then(|| parse_error_fields(&self.sbuf[pos + HEADER_LEN..pos + len]));
+            let error = (tag == b'E').then(|| parse_error_fields(&self.sbuf[pos + HEADER_LEN..seen]));
             if let Some(e) = &error {
                 if matches!(e.severity.as_str(), "FATAL" | "PANIC") {
                     self.progress.fatal = true;
@@ -667,11 +699,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 }
                 b'E' if setup => {
-                    let frame = &self.sbuf[pos..pos + len];
+                    let frame = &self.sbuf[pos..seen];
                     if let Some(e) = &error {
                         tracing::warn!(tenant = %self.tenant.id, code = %e.code, message = %e.message, "session setup failed");
                     }
-                    self.setup_error = Some(Bytes::copy_from_slice(frame));
+                    self.setup_error = Some(if whole {
+                        Bytes::copy_from_slice(frame)
+                    } else {
+                        let e = PgError::fatal(SqlState::ConnectionFailure, "the session setup failed");
+                        Bytes::from(e.to_bytes())
+                    });
                 }
                 b'E' if self.mode == PoolMode::Transaction => {
                     // DDL changed a prepared statement's result type: the error goes to the
@@ -720,9 +757,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.write_client(from, pos).await?;
         self.sbuf.advance(pos);
-        if self.sbuf.is_empty() && self.sbuf.capacity() > 4 * READ_CHUNK {
+        if self.sbuf.capacity() > 4 * READ_CHUNK && self.sbuf.len() < READ_CHUNK {
             // A large message passed: the buffer goes back to its usual size.
-            self.sbuf = BytesMut::new();
+            self.sbuf = BytesMut::from(&self.sbuf[..]);
         }
         if self.progress.swallow_z == 0 {
             if let Some(e) = self.setup_error.take() {

@@ -27,6 +27,8 @@ pub struct Prepared {
 /// The most named statements one client may hold (its map is bounded, like everything a
 /// client can make pgtenant keep).
 pub const MAX_CLIENT_STATEMENTS: usize = 10_000;
+/// The most bytes of statement text one client may hold.
+pub const MAX_CLIENT_STATEMENT_BYTES: usize = 16 << 20;
 /// The most named portals one client is remembered to have bound.
 const MAX_CLIENT_PORTALS: usize = 1_000;
 
@@ -108,6 +110,8 @@ pub struct Statements {
     /// A DEALLOCATE or DISCARD is on its way: whether the client's names survive it is known
     /// at its completion, so names wait until the next ReadyForQuery.
     barrier: bool,
+    /// Bytes of the Parse messages held.
+    bytes: usize,
 }
 
 impl Statements {
@@ -145,13 +149,16 @@ impl Statements {
 
     /// Whether another statement may be registered.
     pub fn full(&self) -> bool {
-        self.by_name.len() >= MAX_CLIENT_STATEMENTS
+        self.by_name.len() >= MAX_CLIENT_STATEMENTS || self.bytes >= MAX_CLIENT_STATEMENT_BYTES
     }
 
     /// Registers a statement about to be prepared; the effect settles it.
     pub fn register(&mut self, name: Box<[u8]>, prepared: Arc<Prepared>) -> Effect {
         let slot = self.by_name.entry(name.clone()).or_insert(Slot { current: None, pending: 0, epoch: 0 });
-        slot.current = Some(prepared);
+        self.bytes += prepared.parse.len();
+        if let Some(old) = slot.current.replace(prepared) {
+            self.bytes -= old.parse.len();
+        }
         slot.pending += 1;
         slot.epoch = self.syncs;
         Effect::ClientParse(name)
@@ -162,6 +169,7 @@ impl Statements {
         let syncs = self.syncs;
         let slot = self.by_name.get_mut(name)?;
         let prev = slot.current.take()?;
+        self.bytes -= prev.parse.len();
         slot.pending += 1;
         slot.epoch = syncs;
         Some(Effect::ClientClose(name.into(), prev))
@@ -177,7 +185,12 @@ impl Statements {
         let Some(slot) = self.by_name.get_mut(name) else { return };
         slot.pending = slot.pending.saturating_sub(1);
         if !ok {
-            slot.current = restore;
+            if let Some(p) = &restore {
+                self.bytes += p.parse.len();
+            }
+            if let Some(old) = std::mem::replace(&mut slot.current, restore) {
+                self.bytes -= old.parse.len();
+            }
         }
         if slot.pending == 0 && slot.current.is_none() {
             self.by_name.remove(name);
@@ -208,6 +221,7 @@ impl Statements {
 
     /// DEALLOCATE ALL / DISCARD ALL completed: the client has no statements left.
     pub fn clear(&mut self) {
+        self.bytes = 0;
         self.by_name.clear();
         self.portals.clear();
     }

@@ -371,7 +371,10 @@ fn simulate(msgs: &[Msg]) -> Vec<(usize, u8, &'static str)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    // PROPTEST_CASES raises it (benches/fuzz.sh).
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000)
+    ))]
 
     /// For any message sequence and any interleaving of the server's replies with the
     /// client's later messages: no panic; every reply is routed as expected until the model

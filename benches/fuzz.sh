@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The longer fuzz run: the differential test against PostgreSQL (random frontend message
+# sequences, both pool modes, single and split writes) with fresh seeds and many more cases,
+# and the reply-queue property tests with many more cases. Prints the seeds and the counts;
+# a failing seed reproduces with PGTENANT_DIFF_SEED=<seed> and the printed case count.
+#
+#   benches/fuzz.sh                 # 3 rounds x 10,000 sequences per pool mode
+#   ROUNDS=1 CASES=50000 benches/fuzz.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+CASES=${CASES:-10000}
+PROPTEST=${PROPTEST:-200000}
+
+echo "== reply-queue property tests: $PROPTEST cases each"
+PROPTEST_CASES=$PROPTEST cargo test --quiet --lib client::pipeline 2>&1 | grep -E "test result|panicked|minimal" || true
+
+total=0
+for round in $(seq 1 "$ROUNDS"); do
+  seed=$(( (RANDOM << 30) ^ (RANDOM << 15) ^ RANDOM ))
+  echo "== differential round $round: seed $seed, $CASES sequences per pool mode"
+  PGTENANT_DIFF_SEED=$seed PGTENANT_DIFF_CASES=$CASES \
+    cargo test --quiet --test e2e random_sequences_match_postgres -- --nocapture --test-threads 2 2>&1 |
+    grep -E "sequences,|differs|shortest|PostgreSQL:|pgtenant: |test result" || true
+  total=$(( total + 2 * CASES ))
+done
+echo "== $total sequences in all"
