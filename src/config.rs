@@ -179,6 +179,29 @@ pub struct PoolDefaults {
     /// temporary tables, WITH HOLD cursors) gets: `pin` (it keeps its server connection for
     /// the rest of its session) or `refuse` (0A000).
     pub session_features: SessionFeatures,
+    /// Fair share of shared pools (PgBouncer's names; seconds, 0 = off; a tenant may
+    /// override each). A query running longer is cancelled and its client disconnected
+    /// (57014).
+    pub query_timeout: f64,
+    /// A client idle inside a transaction (holding a server connection) longer is
+    /// disconnected (25P03); its transaction rolls back.
+    pub idle_transaction_timeout: f64,
+    /// A client idle outside a transaction longer is disconnected (57P05).
+    pub client_idle_timeout: f64,
+    /// A client that does not read what pgtenant writes to it for this long is disconnected
+    /// (its server connection is closed), so it cannot hold a shared connection by not
+    /// reading its results.
+    pub client_write_timeout: f64,
+}
+
+/// A tenant's overrides of the `[pool]` timeouts (seconds, 0 = off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantTimeouts {
+    pub query_timeout: Option<f64>,
+    pub idle_transaction_timeout: Option<f64>,
+    pub client_idle_timeout: Option<f64>,
+    pub client_write_timeout: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -201,6 +224,10 @@ impl Default for PoolDefaults {
             reset_query: "DISCARD ALL".to_owned(),
             max_server_connections: 1000,
             session_features: SessionFeatures::Pin,
+            query_timeout: 0.0,
+            idle_transaction_timeout: 0.0,
+            client_idle_timeout: 0.0,
+            client_write_timeout: 60.0,
         }
     }
 }
@@ -418,6 +445,10 @@ pub struct TenantConfig {
     /// Client credentials (SCRAM verifiers).
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// Overrides of the `[pool]` timeouts: `query_timeout`, `idle_transaction_timeout`,
+    /// `client_idle_timeout`, `client_write_timeout`.
+    #[serde(default, flatten)]
+    pub timeouts: TenantTimeouts,
 }
 
 impl TenantConfig {
@@ -439,6 +470,7 @@ impl TenantConfig {
             max_clients: None,
             auth: None,
             users: Vec::new(),
+            timeouts: TenantTimeouts::default(),
         }
     }
 }

@@ -155,6 +155,8 @@ impl ControlCatalog {
             max_clients: count(14),
             auth: row.get::<_, Option<String>>(15).as_deref().and_then(AuthMethod::parse),
             users: users.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            // Per-tenant timeouts live in the static catalog only for now: the `[pool]` ones apply.
+            timeouts: Default::default(),
         });
         Ok(Some(Arc::new(tenant)))
     }

@@ -52,6 +52,8 @@ pub struct Tenant {
     /// What every server connection must carry for this tenant: `search_path` (schema
     /// isolation) or `pgtenant.tenant_id` (shared isolation).
     pub session_vars: Vec<(String, String)>,
+    /// The tenant's overrides of the `[pool]` timeouts.
+    pub timeouts: crate::config::TenantTimeouts,
 }
 
 /// The parts a catalog reads, before the derived fields are filled in.
@@ -73,6 +75,7 @@ pub struct TenantParts {
     pub max_clients: Option<usize>,
     pub auth: Option<AuthMethod>,
     pub users: HashMap<String, String>,
+    pub timeouts: crate::config::TenantTimeouts,
 }
 
 impl Tenant {
@@ -111,6 +114,7 @@ impl Tenant {
             users: p.users,
             pool_key,
             session_vars,
+            timeouts: p.timeouts,
         }
     }
 
@@ -195,6 +199,7 @@ impl StaticCatalog {
                 max_clients: t.max_clients,
                 auth: t.auth,
                 users: t.users.iter().map(|u| (u.name.clone(), u.verifier.clone())).collect(),
+                timeouts: t.timeouts,
             });
             tenants.insert(id, Arc::new(tenant));
         }

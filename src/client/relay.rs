@@ -67,6 +67,39 @@ enum Event {
     Kick,
     /// End the session now.
     Force,
+    /// A fair-share timeout expired.
+    Timeout(Limit),
+}
+
+/// The fair-share timeouts (`[pool]`, PgBouncer's names), with a tenant's overrides applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Limit {
+    Query,
+    IdleTransaction,
+    ClientIdle,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Limits {
+    query: Option<Duration>,
+    idle_transaction: Option<Duration>,
+    client_idle: Option<Duration>,
+    client_write: Option<Duration>,
+}
+
+impl Limits {
+    fn new(pool: &crate::config::PoolDefaults, tenant: &crate::config::TenantTimeouts) -> Limits {
+        let pick = |own: Option<f64>, global: f64| {
+            let secs = own.unwrap_or(global);
+            (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
+        };
+        Limits {
+            query: pick(tenant.query_timeout, pool.query_timeout),
+            idle_transaction: pick(tenant.idle_transaction_timeout, pool.idle_transaction_timeout),
+            client_idle: pick(tenant.client_idle_timeout, pool.client_idle_timeout),
+            client_write: pick(tenant.client_write_timeout, pool.client_write_timeout),
+        }
+    }
 }
 
 /// The signals a session watches besides its sockets.
@@ -143,6 +176,11 @@ pub(crate) struct Session<S> {
     broken: Option<PgError>,
     /// The client's Terminate was passed to the server (which then closes).
     sent_terminate: bool,
+    limits: Limits,
+    /// When the client or the server last sent something.
+    last_activity: tokio::time::Instant,
+    /// Since when the server owes replies (reset at each ReadyForQuery).
+    busy_since: Option<tokio::time::Instant>,
     /// This session's id (see [`SESSION_IDS`]).
     id: u64,
 
@@ -170,6 +208,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let setup_trusted = !vars.from_client;
         let pool_params = pool.params().unwrap_or_default();
         let cbuf = buffered;
+        let limits = Limits::new(&proxy.config.pool, &tenant.timeouts);
         Session {
             client,
             mode: tenant.pool_mode,
@@ -192,6 +231,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             terminated: false,
             broken: None,
             sent_terminate: false,
+            limits,
+            last_activity: tokio::time::Instant::now(),
+            busy_since: None,
             id: SESSION_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             sbuf: BytesMut::new(),
             s_remaining: 0,
@@ -241,6 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.next_event(signals).await
             };
             match event {
+                Event::Timeout(limit) => return Exit::Error(timed_out(limit, &self.tenant.id)),
                 Event::Force => return Exit::Error(shutting_down()),
                 Event::Drain => self.draining = Some(shutting_down()),
                 Event::Kick => {
@@ -248,7 +291,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.draining = Some(reason.unwrap_or_else(shutting_down));
                 }
                 Event::Client(Ok(0) | Err(_)) => return Exit::Client,
-                Event::Client(Ok(_)) => self.scan_client(),
+                Event::Client(Ok(_)) => {
+                    self.last_activity = tokio::time::Instant::now();
+                    self.scan_client();
+                }
                 Event::ServerWrote(Ok(n)) => self.consume_written(n),
                 Event::ServerRead(Ok(0)) if self.sent_terminate => {
                     // The server closed after the client's Terminate, as it would have.
@@ -257,6 +303,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Event::ServerWrote(Err(_)) | Event::ServerRead(Ok(0) | Err(_)) => return Exit::ServerLost,
                 Event::ServerRead(Ok(_)) => {
+                    self.last_activity = tokio::time::Instant::now();
                     if let Err(exit) = self.pump_server().await {
                         return exit;
                     }
@@ -452,9 +499,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && self.broken.is_none()
             && (waiting < MAX_CLIENT_BUFFERED || (self.c_scanned == 0 && self.out.len() < MAX_SERVER_BOUND));
         let watch_drain = self.draining.is_none();
+        let (limit, deadline) = self.next_limit();
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(
+            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400))
+        ));
         poll_fn(|cx| {
             if signals.force.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Force);
+            }
+            if let (Some(limit), true) = (limit, timer.as_mut().poll(cx).is_ready()) {
+                return Poll::Ready(Event::Timeout(limit));
             }
             if watch_drain {
                 if signals.drain.as_mut().poll(cx).is_ready() {
@@ -484,6 +538,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Poll::Pending
         })
         .await
+    }
+
+    /// The fair-share timeout that applies now, and when it expires.
+    fn next_limit(&mut self) -> (Option<Limit>, Option<tokio::time::Instant>) {
+        let owes = self.server.is_some() && !self.quiet();
+        if !owes {
+            self.busy_since = None;
+        } else if self.busy_since.is_none() {
+            self.busy_since = Some(tokio::time::Instant::now());
+        }
+        let l = &self.limits;
+        let (limit, since, after) = if owes {
+            (Limit::Query, self.busy_since, l.query)
+        } else if self.server.is_some() && self.progress.status != b'I' {
+            (Limit::IdleTransaction, Some(self.last_activity), l.idle_transaction)
+        } else if self.c_scanned == 0 && self.cbuf.is_empty() {
+            (Limit::ClientIdle, Some(self.last_activity), l.client_idle)
+        } else {
+            return (None, None);
+        };
+        match (since, after) {
+            (Some(since), Some(after)) => (Some(limit), Some(since + after)),
+            _ => (None, None),
+        }
     }
 
     fn consume_written(&mut self, n: usize) {
@@ -676,6 +754,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         return Err(Exit::ServerLost);
                     }
                     p.status = self.sbuf[pos + HEADER_LEN];
+                    // query_timeout counts from the last ReadyForQuery.
+                    self.busy_since = None;
                     if !setup {
                         self.statements.lift_barrier();
                     }
@@ -775,8 +855,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.client.write_all(bytes).await?;
             self.client.flush().await
         };
+        let limit = self.limits.client_write.unwrap_or(Duration::from_secs(86_400 * 365));
         tokio::select! {
-            r = res => r.map_err(|_| Exit::Client),
+            r = tokio::time::timeout(limit, res) => r.map_err(|_| Exit::Client).and_then(|r| r.map_err(|_| Exit::Client)),
             _ = self.force.cancelled() => Err(Exit::Error(shutting_down())),
         }
     }
@@ -789,9 +870,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.client.write_all(&self.sbuf[from..to]).await?;
             self.client.flush().await
         };
-        // A client that stops reading must not keep a forced shutdown waiting.
+        // A client that stops reading must not keep a forced shutdown waiting, nor hold its
+        // server connection beyond client_write_timeout.
+        let limit = self.limits.client_write.unwrap_or(Duration::from_secs(86_400 * 365));
         tokio::select! {
-            r = res => r.map_err(|_| Exit::Client),
+            r = tokio::time::timeout(limit, res) => match r {
+                Ok(r) => r.map_err(|_| Exit::Client),
+                Err(_) => {
+                    tracing::info!(tenant = %self.tenant.id, "client stopped reading: disconnected at client_write_timeout");
+                    Err(Exit::Client)
+                }
+            },
             _ = self.force.cancelled() => Err(Exit::Error(shutting_down())),
         }
     }
@@ -1239,6 +1328,23 @@ impl Stage<'_> {
 fn changes_session_state(tag: &[u8]) -> bool {
     const TAGS: [&[u8]; 6] = [b"SET\0", b"RESET\0", b"DISCARD", b"DEALLOCATE", b"LISTEN\0", b"PREPARE\0"];
     TAGS.iter().any(|t| tag.starts_with(t))
+}
+
+fn timed_out(limit: Limit, tenant: &crate::tenant::TenantId) -> PgError {
+    match limit {
+        Limit::Query => PgError::fatal(
+            SqlState::QueryCanceled,
+            format!("canceling statement due to query_timeout of tenant \"{tenant}\""),
+        ),
+        Limit::IdleTransaction => PgError::fatal(
+            SqlState::IdleInTransactionTimeout,
+            format!("terminating connection due to idle_transaction_timeout of tenant \"{tenant}\""),
+        ),
+        Limit::ClientIdle => PgError::fatal(
+            SqlState::IdleSessionTimeout,
+            format!("terminating connection due to client_idle_timeout of tenant \"{tenant}\""),
+        ),
+    }
 }
 
 fn shutting_down() -> PgError {

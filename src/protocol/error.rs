@@ -40,6 +40,12 @@ pub enum SqlState {
     DuplicatePreparedStatement,
     /// 54000: a client holds more of something than pgtenant keeps for one client.
     ProgramLimitExceeded,
+    /// 57014: query_timeout.
+    QueryCanceled,
+    /// 25P03: idle_transaction_timeout.
+    IdleInTransactionTimeout,
+    /// 57P05: client_idle_timeout.
+    IdleSessionTimeout,
 }
 
 impl SqlState {
@@ -60,6 +66,9 @@ impl SqlState {
             SqlState::InvalidCursorName => "34000",
             SqlState::DuplicatePreparedStatement => "42P05",
             SqlState::ProgramLimitExceeded => "54000",
+            SqlState::QueryCanceled => "57014",
+            SqlState::IdleInTransactionTimeout => "25P03",
+            SqlState::IdleSessionTimeout => "57P05",
         }
     }
 }

@@ -6,6 +6,7 @@ mod auth;
 mod clients;
 mod compat;
 mod differential;
+mod fairness;
 mod hostile;
 mod isolation;
 mod lifecycle;
