@@ -29,15 +29,16 @@ use super::statements::{
     probe_duplicate, probe_statement, query_frame, rename, session_feature, sql_prepare_refusal,
     target_parts, Lookup, Statements,
 };
-use super::vars::{forget_unreported, ClientVars};
+use super::vars::ClientVars;
 use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
 use crate::config::{PoolMode, SessionFeatures};
-use crate::pool::{cancel_backend, Checkout, Pool, ServerConn, ServerParams};
+use crate::pool::session::{reset_for_tenant, retire, retire_running, Retire, CLEANUP_TIMEOUT};
+use crate::pool::{Checkout, Pool, ServerConn, ServerParams};
 use crate::protocol::backend::cstr;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
-use crate::protocol::frame::{header, FrameReader, DEFAULT_MAX_MESSAGE, HEADER_LEN};
+use crate::protocol::frame::{header, DEFAULT_MAX_MESSAGE, HEADER_LEN};
 use crate::protocol::{frontend, PgError, SqlState};
 use crate::server::{Proxy, TenantAdmission};
 
@@ -54,8 +55,6 @@ const IDLE_READ: usize = 1024;
 /// An ErrorResponse is routed once this much of it arrived (its SQLSTATE and severity come
 /// first); the rest streams through, so a huge error is never held whole.
 const ERROR_PREFIX: usize = 16 * 1024;
-/// How long cleanup (reset query, cancel) may take when a client leaves.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Event {
     Client(io::Result<usize>),
@@ -399,22 +398,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 .checkout(&self.pool, &self.tenant)
                 .await
                 .map_err(|e| e.to_client(self.tenant.id.as_str()))?;
-            let conn = co.conn();
-            let other_tenant = conn.tenant.as_ref().is_some_and(|t| *t != self.tenant.id);
-            if !other_tenant && !conn.dirty {
-                break co;
-            }
             // A handoff to another tenant starts from a clean session (DESIGN.md,
             // containment rule 2): DISCARD ALL, its reply verified before the client's
             // bytes are sent.
-            let reset =
-                tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, CROSS_TENANT_RESET)).await;
-            if let Ok(Ok(())) = reset {
-                let conn = co.conn();
-                forget_unreported(conn, &self.pool_params);
-                conn.prepared.clear();
-                conn.dirty = false;
-                conn.tenant = None;
+            if reset_for_tenant(&mut co, &self.tenant.id, &self.pool_params).await {
                 break co;
             }
             tracing::info!(tenant = %self.tenant.id, "session reset failed: closing the server connection");
@@ -941,65 +928,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
-/// How a server connection leaves a session.
-struct Retire {
-    /// The server owes nothing and the connection is outside a transaction.
-    idle: bool,
-    /// A cancel for the session may still reach the backend.
-    cancel: bool,
-    /// The reset query to run before reuse, if the session left state behind.
-    reset: Option<String>,
-    params: ServerParams,
-    tenant: crate::tenant::TenantId,
-}
-
-/// The one way a server connection leaves a client session: back to its pool only when it is
-/// idle, no cancel for the session is in flight, and any reset it needs succeeded; otherwise
-/// closed.
-async fn retire(mut co: Checkout, r: Retire) {
-    if !r.idle || r.cancel {
-        // Mid-transaction or mid-query the connection's state is unknown to the next client;
-        // with a cancel in flight it could hit the next client's query. Closed (the server
-        // rolls back).
-        return drop(co);
-    }
-    if let Some(sql) = &r.reset {
-        match tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, sql)).await {
-            Ok(Ok(())) => {
-                forget_unreported(co.conn(), &r.params);
-                co.conn().prepared.clear();
-                co.conn().dirty = false;
-            }
-            _ => {
-                tracing::info!(tenant = %r.tenant, "reset query failed: closing the server connection");
-                return drop(co);
-            }
-        }
-    }
-    co.release();
-}
-
-/// [`retire`], cancelling first what still runs on a connection that is not idle, so it
-/// does not run on unobserved.
-async fn retire_running(co: Checkout, r: Retire, running: bool) {
-    if !r.idle && running {
-        let c = co.conn_ref();
-        let (addr, pid, secret) = (c.addr.clone(), c.backend_pid, c.backend_secret);
-        let _ = tokio::time::timeout(CLEANUP_TIMEOUT, cancel_backend(&addr, pid, secret)).await;
-    }
-    retire(co, r).await;
-}
-
 /// Frontend messages pgtenant reads (or may rewrite) and so buffers whole; all are small.
 fn must_arrive_whole(tag: u8) -> bool {
     matches!(tag, b'P' | b'B' | b'D' | b'C' | b'E' | b'Q' | b'S' | b'H')
 }
-
-/// What a connection that passes to another tenant runs first: it drops prepared statements,
-/// portals and cursors, temporary tables, LISTENs, advisory locks, sequence state (`lastval`)
-/// and plans, and resets every setting and the role (DISCARD ALL; see
-/// <https://www.postgresql.org/docs/current/sql-discard.html>).
-const CROSS_TENANT_RESET: &str = "DISCARD ALL";
 
 /// Session SETs seen in the current transaction (transaction mode).
 #[derive(Default)]
@@ -1349,43 +1281,4 @@ fn timed_out(limit: Limit, tenant: &crate::tenant::TenantId) -> PgError {
 
 fn shutting_down() -> PgError {
     PgError::fatal(SqlState::AdminShutdown, "terminating connection: pgtenant is shutting down")
-}
-
-/// Runs a reset query on a connection, reading until ReadyForQuery and recording the
-/// ParameterStatus changes it causes. The reply must be exactly what a successful reset
-/// sends (command completions, ParameterStatus, notices and stale notifications, then an idle
-/// ReadyForQuery and nothing after it); anything else fails it, and the caller closes the
-/// connection.
-async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
-    if sql.trim().is_empty() {
-        return Ok(());
-    }
-    let mut out = BytesMut::new();
-    frontend::query(&mut out, sql).map_err(|_| ())?;
-    let conn = co.conn();
-    conn.stream.write_all(&out).await.map_err(|_| ())?;
-    let mut changed = Vec::new();
-    let mut reader = FrameReader::new(&mut conn.stream, DEFAULT_MAX_MESSAGE);
-    let ok = loop {
-        match reader.read_frame().await {
-            Ok(Some(f)) => match f.tag() {
-                b'S' => changed.extend(parse_parameter_status(f.body())),
-                // Notifications for LISTENs the reset ends belong to the previous client.
-                b'C' | b'N' | b'A' => {}
-                b'Z' => break f.body() == b"I",
-                _ => break false,
-            },
-            _ => return Err(()),
-        }
-    };
-    let leftover = reader.buffered();
-    drop(reader);
-    for (k, v) in changed {
-        conn.set_var(&k, &v);
-    }
-    if ok && leftover == 0 {
-        Ok(())
-    } else {
-        Err(())
-    }
 }

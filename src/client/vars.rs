@@ -224,13 +224,6 @@ impl ClientVars {
     }
 }
 
-/// Drops what a reset query (`DISCARD ALL`) returned to defaults: every setting pgtenant
-/// applied that the server does not report.
-pub fn forget_unreported(conn: &mut ServerConn, pool_params: &[(String, String)]) {
-    conn.vars_fingerprint = 0;
-    conn.vars.retain(|(k, _)| pool_params.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)));
-}
-
 /// `-c name=value` and `--name=value` settings from the `options` startup parameter
 /// (space-separated, backslash escapes a space as in libpq).
 pub fn parse_options(options: &str) -> Vec<(String, String)> {

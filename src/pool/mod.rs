@@ -5,6 +5,7 @@
 
 mod fair;
 mod server;
+pub mod session;
 mod stream;
 
 pub use fair::{FairPermit, FairSemaphore};

@@ -1,0 +1,143 @@
+//! The one owner of how a server connection leaves a client session and how it is made
+//! clean for the next one: [`retire`] (back to the pool only when idle, no cancel in flight and
+//! any reset verified; otherwise closed), [`reset_for_tenant`] (the verified DISCARD ALL before
+//! a connection passes to another tenant) and the strict reading of a reset's reply.
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use super::{cancel_backend, Checkout, ServerConn, ServerParams};
+use crate::protocol::backend::parse_parameter_status;
+use crate::protocol::frame::{FrameReader, DEFAULT_MAX_MESSAGE};
+use crate::protocol::frontend;
+use crate::tenant::TenantId;
+
+/// How long a reset or a cancel may take when a connection leaves a session.
+pub const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a connection that passes to another tenant runs first: it drops prepared statements,
+/// portals and cursors, temporary tables, LISTENs, advisory locks, sequence state (`lastval`)
+/// and plans, and resets every setting and the role (DISCARD ALL; see
+/// <https://www.postgresql.org/docs/current/sql-discard.html>).
+pub const CROSS_TENANT_RESET: &str = "DISCARD ALL";
+
+/// How a server connection leaves a session.
+pub struct Retire {
+    /// The server owes nothing and the connection is outside a transaction.
+    pub idle: bool,
+    /// A cancel for the session may still reach the backend.
+    pub cancel: bool,
+    /// The reset query to run before reuse, if the session left state behind.
+    pub reset: Option<String>,
+    pub params: ServerParams,
+    pub tenant: TenantId,
+}
+
+/// The one way a server connection leaves a client session: back to its pool only when it is
+/// idle, no cancel for the session is in flight, and any reset it needs succeeded; otherwise
+/// closed.
+pub async fn retire(mut co: Checkout, r: Retire) {
+    if !r.idle || r.cancel {
+        // Mid-transaction or mid-query the connection's state is unknown to the next client;
+        // with a cancel in flight it could hit the next client's query. Closed (the server
+        // rolls back).
+        return drop(co);
+    }
+    if let Some(sql) = &r.reset {
+        match tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, sql)).await {
+            Ok(Ok(())) => {
+                forget_unreported(co.conn(), &r.params);
+                let conn = co.conn();
+                conn.prepared.clear();
+                conn.dirty = false;
+                if sql.trim().eq_ignore_ascii_case(CROSS_TENANT_RESET) {
+                    // Nothing of the tenant is left: any tenant may take it without a reset.
+                    conn.tenant = None;
+                }
+            }
+            _ => {
+                tracing::info!(tenant = %r.tenant, "reset query failed: closing the server connection");
+                return drop(co);
+            }
+        }
+    }
+    co.release();
+}
+
+/// [`retire`], cancelling first what still runs on a connection that is not idle, so it
+/// does not run on unobserved.
+pub async fn retire_running(co: Checkout, r: Retire, running: bool) {
+    if !r.idle && running {
+        let c = co.conn_ref();
+        let (addr, pid, secret) = (c.addr.clone(), c.backend_pid, c.backend_secret);
+        let _ = tokio::time::timeout(CLEANUP_TIMEOUT, cancel_backend(&addr, pid, secret)).await;
+    }
+    retire(co, r).await;
+}
+
+/// Runs a reset query on a connection, reading until ReadyForQuery and recording the
+/// ParameterStatus changes it causes. The reply must be exactly what a successful reset
+/// sends (command completions, ParameterStatus, notices and stale notifications, then an idle
+/// ReadyForQuery and nothing after it); anything else fails it, and the caller closes the
+/// connection.
+pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
+    if sql.trim().is_empty() {
+        return Ok(());
+    }
+    let mut out = BytesMut::new();
+    frontend::query(&mut out, sql).map_err(|_| ())?;
+    let conn = co.conn();
+    conn.stream.write_all(&out).await.map_err(|_| ())?;
+    let mut changed = Vec::new();
+    let mut reader = FrameReader::new(&mut conn.stream, DEFAULT_MAX_MESSAGE);
+    let ok = loop {
+        match reader.read_frame().await {
+            Ok(Some(f)) => match f.tag() {
+                b'S' => changed.extend(parse_parameter_status(f.body())),
+                // Notifications for LISTENs the reset ends belong to the previous client.
+                b'C' | b'N' | b'A' => {}
+                b'Z' => break f.body() == b"I",
+                _ => break false,
+            },
+            _ => return Err(()),
+        }
+    };
+    let leftover = reader.buffered();
+    drop(reader);
+    for (k, v) in changed {
+        conn.set_var(&k, &v);
+    }
+    if ok && leftover == 0 {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// Makes a checked-out connection clean for `tenant`: if another tenant (or a client that
+/// changed session state) used it last, runs [`CROSS_TENANT_RESET`] and verifies its reply.
+/// Returns false when the reset failed: the caller closes the connection.
+pub async fn reset_for_tenant(co: &mut Checkout, tenant: &TenantId, params: &[(String, String)]) -> bool {
+    let conn = co.conn();
+    let other_tenant = conn.tenant.as_ref().is_some_and(|t| t != tenant);
+    if !other_tenant && !conn.dirty {
+        return true;
+    }
+    let reset = tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(co, CROSS_TENANT_RESET)).await;
+    if !matches!(reset, Ok(Ok(()))) {
+        return false;
+    }
+    let conn = co.conn();
+    forget_unreported(conn, params);
+    conn.prepared.clear();
+    conn.dirty = false;
+    conn.tenant = None;
+    true
+}
+
+/// Drops what a reset query (`DISCARD ALL`) returned to defaults: every setting pgtenant
+/// applied that the server does not report.
+pub fn forget_unreported(conn: &mut ServerConn, pool_params: &[(String, String)]) {
+    conn.vars_fingerprint = 0;
+    conn.vars.retain(|(k, _)| pool_params.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)));
+}
