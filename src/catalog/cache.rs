@@ -72,12 +72,33 @@ impl TenantCache {
         }
     }
 
+    /// Whether `id` has an entry (known or unknown tenant) still within its TTL: a lookup now
+    /// would not query the control database.
+    pub fn is_fresh(&self, id: &TenantId) -> bool {
+        self.entries.get(id).is_some_and(|e| {
+            let ttl = if e.tenant.is_some() { self.ttl } else { self.negative_ttl };
+            e.fetched.elapsed() < ttl
+        })
+    }
+
     fn insert(&self, id: TenantId, tenant: Option<Arc<Tenant>>) {
         if self.entries.len() >= self.max && !self.entries.contains_key(&id) {
-            // Bounded: drop the oldest entry (a scan, but only when full).
-            let oldest = self.entries.iter().min_by_key(|e| e.value().fetched).map(|e| e.key().clone());
-            if let Some(k) = oldest {
-                self.entries.remove(&k);
+            // Bounded. Unknown tenants go first, so that a flood of made-up ids cannot push
+            // out the tenants clients use: expired negative entries all at once (one scan
+            // frees many, so a flood does not scan per insert), else the oldest negative
+            // entry, and the oldest known tenant only when nothing else is left. Expired
+            // known tenants stay: they are served while the control database is down.
+            let negative_ttl = self.negative_ttl;
+            self.entries.retain(|_, e| e.tenant.is_some() || e.fetched.elapsed() < negative_ttl);
+            if self.entries.len() >= self.max {
+                let oldest = self
+                    .entries
+                    .iter()
+                    .min_by_key(|e| (e.value().tenant.is_some(), e.value().fetched))
+                    .map(|e| e.key().clone());
+                if let Some(k) = oldest {
+                    self.entries.remove(&k);
+                }
             }
         }
         self.entries.insert(id, Entry { tenant, fetched: Instant::now() });
@@ -166,5 +187,20 @@ mod tests {
             cache.get(&id, || async { Ok(None) }).await.expect("negative");
         }
         assert!(cache.len() <= 2);
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_do_not_push_known_tenants_out() {
+        let cache = TenantCache::new(Duration::from_secs(60), Duration::from_secs(60), 3);
+        let acme = TenantId::parse("acme").expect("id");
+        cache.get(&acme, || async { Ok(Some(tenant("acme"))) }).await.expect("known");
+        for n in 0..50 {
+            let id = TenantId::parse(&format!("made-up-{n}")).expect("id");
+            cache.get(&id, || async { Ok(None) }).await.expect("unknown");
+            assert!(cache.is_fresh(&id));
+        }
+        assert!(cache.len() <= 3);
+        assert!(cache.is_fresh(&acme), "the known tenant stays cached");
+        assert!(!cache.is_fresh(&TenantId::parse("made-up-0").expect("id")), "the oldest unknown went");
     }
 }

@@ -165,6 +165,10 @@ impl Catalog for ControlCatalog {
         Box::pin(self.cache.get(id, move || self.fetch(id)))
     }
 
+    fn is_cached(&self, id: &TenantId) -> bool {
+        self.cache.is_fresh(id)
+    }
+
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
         Some(self.changes.subscribe())
     }

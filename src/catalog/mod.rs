@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod control;
+pub mod limit;
 pub mod migrations;
 pub mod secrets;
 
@@ -151,6 +152,12 @@ pub type LookupFuture<'a> =
 /// Tenant lookup. `Ok(None)` means the tenant does not exist.
 pub trait Catalog: Send + Sync + 'static {
     fn lookup<'a>(&'a self, id: &'a TenantId) -> LookupFuture<'a>;
+
+    /// Whether a lookup of `id` now would be answered from memory, without a query to the
+    /// control database (the per-address lookup limit applies only to the others).
+    fn is_cached(&self, _id: &TenantId) -> bool {
+        true
+    }
 
     /// Tenants that changed, as they change (catalogs that can change at run time).
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
