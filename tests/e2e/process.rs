@@ -1,6 +1,7 @@
-//! Signals, against the real binary (`pgtenant serve`): SIGHUP never ends the process, and
-//! SIGTERM ends it within `shutdown_timeout` + a few seconds even when a client has stopped
-//! reading.
+//! The real binary (`pgtenant serve`) as a process: SIGHUP never ends it, SIGTERM ends it
+//! within `shutdown_timeout` + a few seconds even when a client has stopped reading, and
+//! running out of file descriptors is warned about at start and neither spins nor floods
+//! the log.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,11 @@ struct Serve {
 
 impl Serve {
     async fn start(t: &TenantConfig, shutdown_timeout: f64) -> Serve {
+        Serve::start_with(t, shutdown_timeout, None).await
+    }
+
+    /// With `fd_limit`, the process runs with that soft and hard RLIMIT_NOFILE.
+    async fn start_with(t: &TenantConfig, shutdown_timeout: f64, fd_limit: Option<u32>) -> Serve {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("pgtenant.toml");
         let toml = format!(
@@ -30,6 +36,7 @@ listen = "127.0.0.1:0"
 shutdown_timeout = {shutdown_timeout}
 max_client_conn = 100
 max_prelogin_connections = 100
+startup_timeout = 30
 
 [[upstreams]]
 name = "local"
@@ -51,7 +58,18 @@ pool_mode = "session"
             password = t.password.as_deref().unwrap_or_default(),
         );
         std::fs::write(&path, toml).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+        let mut command = match fd_limit {
+            None => Command::new(env!("CARGO_BIN_EXE_pgtenant")),
+            Some(n) => {
+                // bash sets the limit (soft and hard) and execs pgtenant in its place.
+                let mut c = Command::new("bash");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_pgtenant"));
+                c
+            }
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&path)
@@ -194,4 +212,40 @@ async fn sigterm_ends_the_process_in_time_when_a_client_stops_reading() {
     let e = fine.batch_execute("SELECT 1").await.expect_err("closed by the shutdown");
     assert!(e.is_closed() || code(&e) == "57P01", "{e}");
     drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_is_warned_and_logged_once_per_interval() {
+    let t = tenant_db("emfile").await;
+    let serve = Serve::start_with(&t, 2.0, Some(64)).await;
+    assert!(
+        serve.log().contains("open-file limit is below"),
+        "no warning about the descriptor limit: {}",
+        serve.log()
+    );
+    // Far more silent sockets than descriptors: the proxy hits EMFILE and the rest wait
+    // in the listen backlog.
+    let mut silent = Vec::new();
+    for _ in 0..150 {
+        silent.push(tokio::net::TcpStream::connect(serve.addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = serve.log();
+    let failures = log.lines().filter(|l| l.contains("accept failed")).count();
+    assert!(failures >= 1, "EMFILE never seen (the test did not exhaust descriptors): {log}");
+    assert!(failures <= 2, "{failures} accept errors logged in 3 s: {log}");
+    // Once the sockets go, descriptors are free again and a real client logs in.
+    drop(silent);
+    let conninfo = serve.conninfo(&t);
+    let served = eventually(Duration::from_secs(10), || async {
+        match tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+            Ok((c, conn)) => {
+                tokio::spawn(conn);
+                c.batch_execute("SELECT 1").await.is_ok()
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(served, "no login after the descriptors were freed: {}", serve.log());
 }
