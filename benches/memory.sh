@@ -12,6 +12,7 @@
 #   auth_sasl     5 connections send a SASLInitialResponse whose header declares 1 GiB - 1,
 #                 then trickle 64 KiB every 50 ms into it for BENCH_TRICKLE_SECONDS
 #   auth_md5      the same with a PasswordMessage (an MD5 tenant)
+#   query_1gib    the same with a Query after login (5 trust clients)
 #   idle          BENCH_IDLE logged-in clients left idle (KiB per client)
 #   statements    BENCH_STATEMENTS distinct named prepared statements on one session
 #   server_error  a BENCH_ERROR_MB MB server ErrorResponse, the session then idle
@@ -32,7 +33,7 @@
 # Usage: benches/memory.sh        (as root, or as a user able to run initdb itself)
 set -euo pipefail
 
-BENCH_CASES=${BENCH_CASES:-"auth_sasl auth_md5 idle statements server_error pipeline copy_in"}
+BENCH_CASES=${BENCH_CASES:-"auth_sasl auth_md5 query_1gib idle statements server_error pipeline copy_in"}
 BENCH_TRICKLE_SECONDS=${BENCH_TRICKLE_SECONDS:-5}
 BENCH_IDLE=${BENCH_IDLE:-2000}
 BENCH_STATEMENTS=${BENCH_STATEMENTS:-100000}
@@ -146,6 +147,7 @@ for c in $BENCH_CASES; do
     case $c in
         auth_sasl) run_case "$c" auth_1gib --method sasl --user app.bench --conns 5 --seconds "$BENCH_TRICKLE_SECONDS" ;;
         auth_md5) run_case "$c" auth_1gib --method md5 --user app.benchmd5 --conns 5 --seconds "$BENCH_TRICKLE_SECONDS" ;;
+        query_1gib) run_case "$c" auth_1gib --method query "${trust[@]}" --conns 5 --seconds "$BENCH_TRICKLE_SECONDS" ;;
         idle) run_case "$c" idle "${trust[@]}" --n "$BENCH_IDLE" ;;
         statements) run_case "$c" statements "${trust[@]}" --n "$BENCH_STATEMENTS" ;;
         server_error) run_case "$c" server_error "${trust[@]}" --mb "$BENCH_ERROR_MB" ;;

@@ -156,12 +156,15 @@ def read_until_ready(s):
 # Cases.
 # ---------------------------------------------------------------------------
 def case_auth_1gib(a):
-    """N connections each send an authentication message whose header declares 1 GiB - 1,
-    then trickle bytes into it: SASLInitialResponse (--method sasl) or PasswordMessage
-    (--method md5)."""
+    """N connections each send a message whose header declares 1 GiB - 1, then trickle bytes
+    into it: SASLInitialResponse (--method sasl) or PasswordMessage (--method md5) before
+    login, or a Query after a trust login (--method query)."""
     want = 10 if a.method == "sasl" else 5  # AuthenticationSASL / AuthenticationMD5Password
     socks = []
     for _ in range(a.conns):
+        if a.method == "query":
+            socks.append(login_trust(a.host, a.port, a.user, a.database))
+            continue
         s = connect(a.host, a.port)
         s.sendall(startup_packet({"user": a.user, "database": a.database}))
         m = read_message(s)
@@ -170,9 +173,9 @@ def case_auth_1gib(a):
         socks.append(s)
     sampler = Sampler(a.pid)
     started = time.monotonic()
-    head = b"SCRAM-SHA-256\0" if a.method == "sasl" else b"md5"
+    tag, head = {"sasl": (b"p", b"SCRAM-SHA-256\0"), "md5": (b"p", b"md5"), "query": (b"Q", b"SELECT 1 /*")}[a.method]
     for s in socks:
-        s.sendall(b"p" + struct.pack("!i", 0x3FFFFFFF) + head)
+        s.sendall(tag + struct.pack("!i", 0x3FFFFFFF) + head)
         s.setblocking(False)
     open_socks = dict(enumerate(socks))
     closed_after, codes, sent = {}, {}, 0
@@ -206,7 +209,7 @@ def case_auth_1gib(a):
         s.close()
     r = sampler.finish()
     r.update(
-        case=f"auth_1gib_{a.method}",
+        case=f"header_1gib_{a.method}",
         conns=a.conns,
         bytes_sent_mib=round(sent / MIB, 1),
         closed_after_s=sorted(closed_after.values()),
@@ -329,7 +332,7 @@ def main():
     p.add_argument("case", choices=["auth_1gib", "pipeline", "copy_in", "statements", "server_error", "idle"])
     p.add_argument("--user", default="app.bench")
     p.add_argument("--database", default="bench")
-    p.add_argument("--method", choices=["sasl", "md5"], default="sasl")
+    p.add_argument("--method", choices=["sasl", "md5", "query"], default="sasl")
     p.add_argument("--conns", type=int, default=5)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--interval", type=float, default=0.05)
