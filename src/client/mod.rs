@@ -387,3 +387,66 @@ async fn learn_params(proxy: &Proxy, pool: &Arc<Pool>, tenant: &Tenant) -> Resul
 fn io_gone(e: std::io::Error) -> PgError {
     PgError::fatal(SqlState::ConnectionFailure, format!("client connection lost: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, UserConfig};
+    use tokio::io::AsyncReadExt;
+
+    fn startup(user: &str) -> Vec<u8> {
+        let mut body = 0x0003_0000i32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"user\0");
+        body.extend_from_slice(user.as_bytes());
+        body.extend_from_slice(b"\0\0");
+        let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        p.extend_from_slice(&body);
+        p
+    }
+
+    /// A proxy with one SCRAM tenant `acme` (user `app`), in memory.
+    fn proxy() -> Arc<Proxy> {
+        let mut c = Config::parse("[[upstreams]]\nname='u'\nhost='127.0.0.1'").expect("config");
+        let mut t = crate::config::TenantConfig::new("acme", "u", "d", "r", None);
+        t.users = vec![UserConfig { name: "app".into(), verifier: Verifier::hash("secret") }];
+        c.tenants.push(t);
+        c.proxy.auth = AuthMethod::ScramSha256;
+        Proxy::new(c)
+    }
+
+    /// Runs the handshake against `client_bytes` (sent after the AuthenticationSASL request
+    /// is read); returns the error it ended with and how much the reader held at its end.
+    async fn refused(user: &str, client_bytes: &[u8]) -> (PgError, usize) {
+        let proxy = proxy();
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        client.write_all(&startup(user)).await.expect("startup");
+        let peer: SocketAddr = "192.0.2.9:5000".parse().expect("addr");
+        let mut reader = FrameReader::new(server, MAX_AUTH_MESSAGE);
+        let tls = TlsInfo::default();
+        let run = handshake(&mut reader, &proxy, &tls, peer);
+        let talk = async {
+            // AuthenticationSASL: 'R', length, 10, mechanisms.
+            let mut head = [0u8; 9];
+            client.read_exact(&mut head).await.expect("auth request");
+            assert_eq!((head[0], head[8]), (b'R', 10));
+            client.write_all(client_bytes).await.expect("send");
+            client
+        };
+        let (result, _client) = tokio::join!(run, talk);
+        let e = result.err().expect("refused");
+        (e, reader.capacity())
+    }
+
+    #[tokio::test]
+    async fn an_oversized_sasl_message_is_refused_with_08p01_at_once() {
+        for user in ["app.acme", "app.nosuchtenant"] {
+            // A SASLInitialResponse header declaring 1 GiB - 1, and a few bytes of it.
+            let (e, held) = refused(user, b"p\x3f\xff\xff\xffSCRAM-SHA-256\0").await;
+            assert_eq!(e.state, SqlState::ProtocolViolation, "{user}: {e}");
+            assert!(held < 64 * 1024, "{user}: the reader held {held} bytes");
+            // One past PG_MAX_AUTH_TOKEN_LENGTH.
+            let (e, _) = refused(user, b"p\0\x01\0\0SCRAM-SHA-256\0").await;
+            assert_eq!(e.state, SqlState::ProtocolViolation, "{user}: {e}");
+        }
+    }
+}
