@@ -10,7 +10,8 @@
 #
 # Cases (BENCH_CASES, space-separated; default: all):
 #   auth_sasl     5 connections send a SASLInitialResponse whose header declares 1 GiB - 1,
-#                 then trickle 64 KiB every 50 ms into it for BENCH_TRICKLE_SECONDS
+#                 then trickle 64 KiB pieces into it (every BENCH_TRICKLE_INTERVAL s) for
+#                 BENCH_TRICKLE_SECONDS
 #   auth_md5      the same with a PasswordMessage (an MD5 tenant)
 #   query_1gib    the same with a Query after login (5 trust clients)
 #   idle          BENCH_IDLE logged-in clients left idle (KiB per client)
@@ -21,7 +22,8 @@
 #
 # Environment:
 #   BENCH_CASES           cases to run (default: all of the above)
-#   BENCH_TRICKLE_SECONDS seconds the auth cases trickle (default 5)
+#   BENCH_TRICKLE_SECONDS seconds the 1 GiB-header cases trickle (default 5)
+#   BENCH_TRICKLE_INTERVAL seconds between their 64 KiB pieces (default 0.05; 0: flat out)
 #   BENCH_IDLE            idle clients (default 2000)
 #   BENCH_STATEMENTS      named statements (default 100000)
 #   BENCH_ERROR_MB        size of the server error in MB (default 200)
@@ -35,6 +37,7 @@ set -euo pipefail
 
 BENCH_CASES=${BENCH_CASES:-"auth_sasl auth_md5 query_1gib idle statements server_error pipeline copy_in"}
 BENCH_TRICKLE_SECONDS=${BENCH_TRICKLE_SECONDS:-5}
+BENCH_TRICKLE_INTERVAL=${BENCH_TRICKLE_INTERVAL:-0.05}
 BENCH_IDLE=${BENCH_IDLE:-2000}
 BENCH_STATEMENTS=${BENCH_STATEMENTS:-100000}
 BENCH_ERROR_MB=${BENCH_ERROR_MB:-200}
@@ -145,9 +148,9 @@ run_case() { # run_case LABEL ARGS...
 trust=(--user app.benchtrust --database bench)
 for c in $BENCH_CASES; do
     case $c in
-        auth_sasl) run_case "$c" auth_1gib --method sasl --user app.bench --conns 5 --seconds "$BENCH_TRICKLE_SECONDS" ;;
-        auth_md5) run_case "$c" auth_1gib --method md5 --user app.benchmd5 --conns 5 --seconds "$BENCH_TRICKLE_SECONDS" ;;
-        query_1gib) run_case "$c" auth_1gib --method query "${trust[@]}" --conns 5 --seconds "$BENCH_TRICKLE_SECONDS" ;;
+        auth_sasl) run_case "$c" auth_1gib --method sasl --user app.bench --conns 5 --seconds "$BENCH_TRICKLE_SECONDS" --interval "$BENCH_TRICKLE_INTERVAL" ;;
+        auth_md5) run_case "$c" auth_1gib --method md5 --user app.benchmd5 --conns 5 --seconds "$BENCH_TRICKLE_SECONDS" --interval "$BENCH_TRICKLE_INTERVAL" ;;
+        query_1gib) run_case "$c" auth_1gib --method query "${trust[@]}" --conns 5 --seconds "$BENCH_TRICKLE_SECONDS" --interval "$BENCH_TRICKLE_INTERVAL" ;;
         idle) run_case "$c" idle "${trust[@]}" --n "$BENCH_IDLE" ;;
         statements) run_case "$c" statements "${trust[@]}" --n "$BENCH_STATEMENTS" ;;
         server_error) run_case "$c" server_error "${trust[@]}" --mb "$BENCH_ERROR_MB" ;;
