@@ -51,6 +51,10 @@ impl TenantCache {
             inflight.entry(id.clone()).or_default().clone()
         };
         let result = cell.get_or_init(fetch).await.clone();
+        // Cached before the in-flight entry goes, so that `lookup_is_free` never sees neither.
+        if let Ok(tenant) = &result {
+            self.insert(id.clone(), tenant.clone());
+        }
         {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             if inflight.get(id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
@@ -58,10 +62,7 @@ impl TenantCache {
             }
         }
         match result {
-            Ok(tenant) => {
-                self.insert(id.clone(), tenant.clone());
-                Ok(tenant)
-            }
+            Ok(tenant) => Ok(tenant),
             Err(why) => match self.entries.get(id) {
                 Some(stale) if stale.tenant.is_some() => {
                     tracing::warn!(tenant = %id, error = %why, "control database unreachable: serving the cached tenant");
@@ -72,8 +73,13 @@ impl TenantCache {
         }
     }
 
-    /// Whether `id` has an entry (known or unknown tenant) still within its TTL: a lookup now
-    /// would not query the control database.
+    /// Whether looking `id` up now costs no new control-database query: it has an entry
+    /// within its TTL, or a lookup of it is in flight (a new one joins it).
+    pub fn lookup_is_free(&self, id: &TenantId) -> bool {
+        self.is_fresh(id) || self.inflight.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id)
+    }
+
+    /// Whether `id` has an entry (known or unknown tenant) still within its TTL.
     pub fn is_fresh(&self, id: &TenantId) -> bool {
         self.entries.get(id).is_some_and(|e| {
             let ttl = if e.tenant.is_some() { self.ttl } else { self.negative_ttl };
@@ -202,5 +208,35 @@ mod tests {
         assert!(cache.len() <= 3);
         assert!(cache.is_fresh(&acme), "the known tenant stays cached");
         assert!(!cache.is_fresh(&TenantId::parse("made-up-0").expect("id")), "the oldest unknown went");
+    }
+
+    #[tokio::test]
+    async fn a_lookup_in_flight_makes_joining_it_free() {
+        let cache = Arc::new(TenantCache::new(Duration::from_secs(60), Duration::from_secs(60), 10));
+        let id = TenantId::parse("acme").expect("id");
+        assert!(!cache.lookup_is_free(&id));
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let first = {
+            let (cache, id) = (cache.clone(), id.clone());
+            tokio::spawn(async move {
+                cache
+                    .get(&id, || async move {
+                        let _ = wait.await;
+                        Ok(Some(tenant("acme")))
+                    })
+                    .await
+            })
+        };
+        for _ in 0..200 {
+            if cache.lookup_is_free(&id) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(cache.lookup_is_free(&id), "in flight: joining costs nothing");
+        assert!(!cache.is_fresh(&id));
+        let _ = release.send(());
+        assert!(first.await.expect("join").expect("lookup").is_some());
+        assert!(cache.lookup_is_free(&id) && cache.is_fresh(&id));
     }
 }

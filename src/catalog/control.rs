@@ -165,8 +165,8 @@ impl Catalog for ControlCatalog {
         Box::pin(self.cache.get(id, move || self.fetch(id)))
     }
 
-    fn is_cached(&self, id: &TenantId) -> bool {
-        self.cache.is_fresh(id)
+    fn lookup_is_free(&self, id: &TenantId) -> bool {
+        self.cache.lookup_is_free(id)
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {

@@ -153,9 +153,10 @@ pub type LookupFuture<'a> =
 pub trait Catalog: Send + Sync + 'static {
     fn lookup<'a>(&'a self, id: &'a TenantId) -> LookupFuture<'a>;
 
-    /// Whether a lookup of `id` now would be answered from memory, without a query to the
-    /// control database (the per-address lookup limit applies only to the others).
-    fn is_cached(&self, _id: &TenantId) -> bool {
+    /// Whether looking `id` up now costs no new query to the control database: it is cached
+    /// (known or unknown), or a lookup of it is in flight and would be joined. The per-address
+    /// lookup limit applies only to lookups that are not free.
+    fn lookup_is_free(&self, _id: &TenantId) -> bool {
         true
     }
 

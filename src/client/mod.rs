@@ -199,10 +199,11 @@ where
     }
     let resolved = tenant::resolve(&startup, tls.server_name.as_deref(), &proxy.config.resolver)
         .map_err(|e| e.to_client())?;
-    // A tenant that is not cached costs a control-database query: limited per address, and
-    // past the limit the client fails exactly as for an unknown tenant (nothing tells it
-    // whether the tenant exists).
-    let limited = !proxy.catalog.is_cached(&resolved.tenant) && !proxy.lookups.allow(peer.ip());
+    // A tenant that is neither cached nor being looked up costs a control-database query:
+    // limited per address, and past the limit the client fails exactly as for an unknown
+    // tenant (nothing tells it whether the tenant exists). No await between the check and
+    // the lookup, so the lookup is in flight before another client checks.
+    let limited = !proxy.catalog.lookup_is_free(&resolved.tenant) && !proxy.lookups.allow(peer.ip());
     let lookup = if limited {
         tracing::debug!(tenant = %resolved.tenant, %peer, "catalog lookup refused: over lookup_rate_per_address");
         Ok(None)
