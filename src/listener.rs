@@ -177,4 +177,18 @@ mod tests {
         c.catalog.pool_size = 4;
         assert_eq!(fds_needed(&c), 100 + 50 + 20 + 4 + 64);
     }
+
+    #[tokio::test]
+    async fn the_listen_backlog_is_the_configured_one() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"), 77).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        // For a listening socket, `ss` reports the backlog as Send-Q.
+        let out = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .expect("run ss (iproute2)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let send_q: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
+        assert_eq!(send_q, ["77"], "ss -ltn: {text}");
+    }
 }
