@@ -206,6 +206,7 @@ async fn sigterm_ends_the_process_in_time_when_a_client_stops_reading() {
         Err(_) => panic!("pgtenant still running {:?} after SIGTERM: {}", started.elapsed(), serve.log()),
     };
     let took = started.elapsed();
+    eprintln!("SIGTERM to exit: {took:?}\n{}", serve.log());
     assert!(took < bound, "SIGTERM took {took:?} (bound {bound:?}): {}", serve.log());
     assert!(status.success(), "{status:?}: {}", serve.log());
     // The well-behaved client was told why.
