@@ -55,11 +55,21 @@ pub struct ProxyConfig {
     /// Tokio worker threads: 1 = a single-threaded runtime; 0 = automatic (single-threaded
     /// on two cores or fewer, one per core above).
     pub workers: usize,
-    /// Client connections accepted at once; past it clients get 53300.
+    /// Logged-in client connections at once; past it a client that has authenticated gets
+    /// 53300. Clients still logging in do not count (see `max_prelogin_connections`).
     pub max_client_conn: usize,
+    /// Connections not logged in yet (TLS, startup packet, authentication) held at once. Past
+    /// it a new connection is sent a short 53300 ErrorResponse (without reading anything) and
+    /// closed at once, so silent or slow sockets can neither take the places of logged-in
+    /// clients nor pile up beyond this; each one gets `startup_timeout` at most.
+    pub max_prelogin_connections: usize,
+    /// Pending connections the kernel queues for the listener before pgtenant accepts them
+    /// (`listen(2)` backlog; capped by `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Largest message a client may send, in bytes (Postgres' own limit is just under 1 GiB).
     pub max_message_size: usize,
-    /// Seconds a client has from TCP connect to a finished login.
+    /// Seconds a client has from TCP connect to a finished login (TLS, startup packet,
+    /// authentication): the deadline of every connection not logged in yet.
     pub startup_timeout: f64,
     /// Seconds in-flight transactions get to finish after SIGTERM/SIGINT, before every
     /// remaining client is closed with 57P01.
@@ -80,6 +90,8 @@ impl Default for ProxyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
             workers: 0,
             max_client_conn: 10_000,
+            max_prelogin_connections: 10_000,
+            listen_backlog: 1024,
             max_message_size: crate::protocol::frame::DEFAULT_MAX_MESSAGE,
             startup_timeout: 10.0,
             shutdown_timeout: 30.0,
@@ -273,6 +285,11 @@ pub struct CatalogConfig {
     pub lookup_timeout: f64,
     /// Connections to the control database for lookups.
     pub pool_size: usize,
+    /// Lookups per second that one client address (an IPv6 /64) may send to the control
+    /// database for tenants not in the cache, with a burst of one second's worth (0: no
+    /// limit). Past it the connection fails as for an unknown tenant, so a client cycling
+    /// through made-up tenant ids costs the control database at most this.
+    pub lookup_rate_per_address: f64,
     /// File of master keys (`<id>:<base64 of 32 bytes>` lines, current key first) that
     /// encrypt upstream login passwords in the catalog; `PGTENANT_MASTER_KEYS` overrides it.
     pub key_file: String,
@@ -287,6 +304,7 @@ impl Default for CatalogConfig {
             cache_size: 100_000,
             lookup_timeout: 2.0,
             pool_size: 4,
+            lookup_rate_per_address: 20.0,
             key_file: String::new(),
         }
     }
@@ -587,6 +605,13 @@ impl Config {
         if self.proxy.max_client_conn == 0 {
             return bad("proxy.max_client_conn must be ≥ 1".into());
         }
+        if self.proxy.max_prelogin_connections == 0 || self.proxy.listen_backlog == 0 {
+            return bad("proxy.max_prelogin_connections and proxy.listen_backlog must be ≥ 1".into());
+        }
+        let rate = self.catalog.lookup_rate_per_address;
+        if !(rate.is_finite() && rate >= 0.0) {
+            return bad(format!("catalog.lookup_rate_per_address must be ≥ 0 (0: no limit), got {rate}"));
+        }
         if self.proxy.max_message_size < 1024 {
             return bad("proxy.max_message_size must be at least 1024 bytes".into());
         }
@@ -639,6 +664,9 @@ mod tests {
             "[pool]\nsize = 0",
             "[pool]\ncheckout_timeout = -1",
             "[proxy]\nbogus = 1",
+            "[proxy]\nmax_prelogin_connections = 0",
+            "[proxy]\nlisten_backlog = 0",
+            "[catalog]\nlookup_rate_per_address = -1",
             "[[tenants]]\nid='a'\nupstream='nope'\ndatabase='d'\nrole='r'",
             "[[upstreams]]\nname='u'\nhost='h'\n[[tenants]]\nid='Bad!'\nupstream='u'\ndatabase='d'\nrole='r'",
         ] {

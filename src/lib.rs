@@ -2,7 +2,10 @@
 //!
 //! Map of the crate, in the order a client connection meets it:
 //!
-//! - [`server`]: listeners, the accept loop, the global client cap, shutdown and drain.
+//! - [`server`]: the accept loop, the caps on clients logging in and logged in, shutdown
+//!   and drain.
+//! - [`listener`]: the listening socket (backlog), the open-file limit, accept backoff and
+//!   once-per-interval logging.
 //! - [`protocol`]: frames (tag + length + original bytes), startup packets, the few typed
 //!   messages pgtenant reads or writes, and the one place ErrorResponses are built.
 //! - [`client`]: one client session: TLS negotiation → handshake → resolve → authenticate →
@@ -31,6 +34,7 @@ pub mod client;
 pub mod config;
 pub mod embedded;
 pub mod lifecycle;
+pub mod listener;
 pub mod pool;
 pub mod protocol;
 pub mod server;

@@ -1,5 +1,6 @@
-//! The listener: accept loop, the global client cap, and shutdown (stop accepting, let
-//! transactions finish up to a timeout, then close everyone with 57P01).
+//! The listener: accept loop, the caps (clients logging in, clients logged in), and
+//! shutdown (stop accepting, let transactions finish up to a timeout, then close everyone
+//! with 57P01, bounded even for clients that stopped reading).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,16 +10,18 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::throttle::Throttle;
 use crate::auth::tls::Tls;
 use crate::cancel::CancelRegistry;
+use crate::catalog::limit::LookupLimiter;
 use crate::catalog::{Catalog, Change, ControlCatalog, StaticCatalog, Tenant};
 use crate::config::{secs, Config};
+use crate::listener::{accept_backoff, Every};
 use crate::pool::PoolManager;
 use crate::protocol::{PgError, SqlState};
 use crate::tenant::TenantId;
@@ -40,7 +43,12 @@ pub struct Proxy {
     pub pools: Arc<PoolManager>,
     pub cancel: Arc<CancelRegistry>,
     pub shutdown: Shutdown,
+    /// Places of logged-in clients (`max_client_conn`).
     clients: Arc<Semaphore>,
+    /// Places of connections still logging in (`max_prelogin_connections`).
+    prelogin: Arc<Semaphore>,
+    /// Control-database lookups per client address (`lookup_rate_per_address`).
+    pub lookups: LookupLimiter,
     tenants: DashMap<TenantId, Arc<TenantSessions>>,
     /// Derives the mock SCRAM verifiers of unknown tenants and users.
     auth_secret: [u8; 32],
@@ -118,6 +126,8 @@ impl Proxy {
         let config_throttle = config.proxy.max_auth_failures;
         let proxy = Arc::new(Proxy {
             clients: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
+            prelogin: Arc::new(Semaphore::new(config.proxy.max_prelogin_connections)),
+            lookups: LookupLimiter::new(config.catalog.lookup_rate_per_address),
             config: Arc::new(config),
             catalog,
             pools,
@@ -211,33 +221,74 @@ impl Proxy {
         }
     }
 
-    /// Client connections open right now.
+    /// Logged-in client connections right now.
     pub fn client_count(&self) -> usize {
         self.config.proxy.max_client_conn - self.clients.available_permits()
     }
 
-    /// Accepts clients until shutdown starts, then drains. Returns once every session ended.
+    /// Connections accepted and not logged in yet, right now.
+    pub fn prelogin_count(&self) -> usize {
+        self.config.proxy.max_prelogin_connections - self.prelogin.available_permits()
+    }
+
+    /// Whether `max_client_conn` is reached (checked before authentication, so that a full
+    /// proxy spends no SCRAM work on clients it would refuse anyway).
+    pub fn clients_full(&self) -> bool {
+        self.clients.available_permits() == 0
+    }
+
+    /// A logged-in client's place under `max_client_conn`, taken once it has authenticated.
+    pub fn client_permit(&self) -> Result<OwnedSemaphorePermit, PgError> {
+        self.clients.clone().try_acquire_owned().map_err(|_| too_many_clients())
+    }
+
+    /// Accepts clients until shutdown starts, then drains. Returns once every session ended,
+    /// or, for sessions that do not end when told (a client that stopped reading), at most
+    /// [`FORCE_CLOSE_TIMEOUT`] after the shutdown timeout.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         let tracker = TaskTracker::new();
         let drain = self.shutdown.drain.clone();
+        // Accept errors (EMFILE when descriptors run out) and pre-login refusals come in
+        // bursts of thousands: logged once per interval, with a count.
+        let mut accept_errors = Every::new(Duration::from_secs(10));
+        let mut refusals = Every::new(Duration::from_secs(10));
+        let mut backoff = Duration::ZERO;
         loop {
             let (stream, peer) = tokio::select! {
                 _ = drain.cancelled() => break,
                 r = listener.accept() => match r {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        backoff = Duration::ZERO;
+                        x
+                    }
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                        backoff = accept_backoff(backoff);
+                        if let Some(suppressed) = accept_errors.tick() {
+                            tracing::warn!(error = %e, suppressed, retry_in = ?backoff, "accept failed");
+                        }
+                        tokio::select! {
+                            _ = drain.cancelled() => break,
+                            _ = tokio::time::sleep(backoff) => continue,
+                        }
                     }
                 },
             };
+            let Ok(prelogin) = self.prelogin.clone().try_acquire_owned() else {
+                refuse_prelogin(&stream);
+                if let Some(suppressed) = refusals.tick() {
+                    tracing::warn!(
+                        %peer,
+                        suppressed,
+                        max_prelogin_connections = self.config.proxy.max_prelogin_connections,
+                        "too many connections logging in: new ones are closed at once"
+                    );
+                }
+                continue;
+            };
             let _ = stream.set_nodelay(true);
-            let permit = self.clients.clone().try_acquire_owned().ok();
             let proxy = self.clone();
             tracker.spawn(async move {
-                crate::client::serve(stream, peer, proxy, permit).await;
+                crate::client::serve(stream, peer, proxy, prelogin).await;
             });
         }
         drop(listener);
@@ -247,12 +298,38 @@ impl Proxy {
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(clients = self.client_count(), "shutdown timeout: closing remaining clients");
             self.shutdown.force.cancel();
-            tracker.wait().await;
+            // Each session ends itself within FORCE_CLOSE_TIMEOUT of the force signal
+            // (`client::serve`); the extra second is for the tasks to be scheduled.
+            let bound = FORCE_CLOSE_TIMEOUT + Duration::from_secs(1);
+            if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
+                tracing::warn!(
+                    sessions = tracker.len(),
+                    "sessions still open after the forced close: leaving them to the runtime's end"
+                );
+            }
         }
         self.pools.close_idle();
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// How long a session has, once shutdown forces clients off, to get its 57P01 out and
+/// close; a client that stopped reading is then cut off without it.
+pub const FORCE_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(crate) fn too_many_clients() -> PgError {
+    PgError::fatal(SqlState::TooManyConnections, "sorry, too many clients already")
+        .with_hint("pgtenant's max_client_conn is reached")
+}
+
+/// A connection past `max_prelogin_connections`: one try at a short 53300 (no waiting: a
+/// socket that cannot take it at once is not worth waiting for), then it is closed by the
+/// caller dropping it. Nothing is read from it.
+fn refuse_prelogin(stream: &TcpStream) {
+    let e = PgError::fatal(SqlState::TooManyConnections, "sorry, too many clients already")
+        .with_hint("too many connections are logging in to pgtenant at once (max_prelogin_connections)");
+    let _ = stream.try_write(&e.to_bytes());
 }
 
 /// Follows catalog changes for as long as the proxy lives.
@@ -278,7 +355,13 @@ async fn watch_changes(proxy: Weak<Proxy>, mut changes: broadcast::Receiver<Chan
 
 /// Binds the configured address and serves until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.proxy.listen).await?;
+    // SIGHUP never ends the process (its default action would): installed before anything
+    // can take time, and served below once the proxy exists.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
+    crate::listener::apply_fd_limit(&config);
+    let listener = crate::listener::bind(config.proxy.listen, config.proxy.listen_backlog)
+        .map_err(|e| anyhow::anyhow!("[proxy] listen = {}: {e}", config.proxy.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
     // Certificate problems stop the start here, with the reason.
     Tls::new(&config.tls)?;
@@ -313,22 +396,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("signal received");
         drain.cancel();
     });
-    if let Some(tls) = proxy.tls.clone() {
-        // SIGHUP re-reads the certificates; open connections keep theirs.
-        tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                match tls.reload() {
-                    Ok(()) => tracing::info!("TLS certificates reloaded"),
-                    Err(e) => {
-                        tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates")
-                    }
-                }
-            }
-        });
-    }
+    tokio::spawn(reload_on_hangup(hup, proxy.tls.clone()));
     let served = proxy.clone().serve(listener).await;
     admin_stop.cancel();
     if let Some(admin) = admin {
@@ -342,6 +410,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     served?;
     Ok(())
+}
+
+/// SIGHUP reloads what can be reloaded while running: today the TLS certificates (open
+/// connections keep theirs). It never ends the process.
+async fn reload_on_hangup(mut hup: tokio::signal::unix::Signal, tls: Option<Arc<Tls>>) {
+    while hup.recv().await.is_some() {
+        match &tls {
+            Some(tls) => match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificates")
+                }
+            },
+            None => tracing::info!(
+                "SIGHUP: nothing to reload (TLS is not configured; other settings need a restart)"
+            ),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -51,6 +51,10 @@ impl TenantCache {
             inflight.entry(id.clone()).or_default().clone()
         };
         let result = cell.get_or_init(fetch).await.clone();
+        // Cached before the in-flight entry goes, so that `lookup_is_free` never sees neither.
+        if let Ok(tenant) = &result {
+            self.insert(id.clone(), tenant.clone());
+        }
         {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             if inflight.get(id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
@@ -58,10 +62,7 @@ impl TenantCache {
             }
         }
         match result {
-            Ok(tenant) => {
-                self.insert(id.clone(), tenant.clone());
-                Ok(tenant)
-            }
+            Ok(tenant) => Ok(tenant),
             Err(why) => match self.entries.get(id) {
                 Some(stale) if stale.tenant.is_some() => {
                     tracing::warn!(tenant = %id, error = %why, "control database unreachable: serving the cached tenant");
@@ -72,12 +73,38 @@ impl TenantCache {
         }
     }
 
+    /// Whether looking `id` up now costs no new control-database query: it has an entry
+    /// within its TTL, or a lookup of it is in flight (a new one joins it).
+    pub fn lookup_is_free(&self, id: &TenantId) -> bool {
+        self.is_fresh(id) || self.inflight.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id)
+    }
+
+    /// Whether `id` has an entry (known or unknown tenant) still within its TTL.
+    pub fn is_fresh(&self, id: &TenantId) -> bool {
+        self.entries.get(id).is_some_and(|e| {
+            let ttl = if e.tenant.is_some() { self.ttl } else { self.negative_ttl };
+            e.fetched.elapsed() < ttl
+        })
+    }
+
     fn insert(&self, id: TenantId, tenant: Option<Arc<Tenant>>) {
         if self.entries.len() >= self.max && !self.entries.contains_key(&id) {
-            // Bounded: drop the oldest entry (a scan, but only when full).
-            let oldest = self.entries.iter().min_by_key(|e| e.value().fetched).map(|e| e.key().clone());
-            if let Some(k) = oldest {
-                self.entries.remove(&k);
+            // Bounded. Unknown tenants go first, so that a flood of made-up ids cannot push
+            // out the tenants clients use: expired negative entries all at once (one scan
+            // frees many, so a flood does not scan per insert), else the oldest negative
+            // entry, and the oldest known tenant only when nothing else is left. Expired
+            // known tenants stay: they are served while the control database is down.
+            let negative_ttl = self.negative_ttl;
+            self.entries.retain(|_, e| e.tenant.is_some() || e.fetched.elapsed() < negative_ttl);
+            if self.entries.len() >= self.max {
+                let oldest = self
+                    .entries
+                    .iter()
+                    .min_by_key(|e| (e.value().tenant.is_some(), e.value().fetched))
+                    .map(|e| e.key().clone());
+                if let Some(k) = oldest {
+                    self.entries.remove(&k);
+                }
             }
         }
         self.entries.insert(id, Entry { tenant, fetched: Instant::now() });
@@ -166,5 +193,50 @@ mod tests {
             cache.get(&id, || async { Ok(None) }).await.expect("negative");
         }
         assert!(cache.len() <= 2);
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_do_not_push_known_tenants_out() {
+        let cache = TenantCache::new(Duration::from_secs(60), Duration::from_secs(60), 3);
+        let acme = TenantId::parse("acme").expect("id");
+        cache.get(&acme, || async { Ok(Some(tenant("acme"))) }).await.expect("known");
+        for n in 0..50 {
+            let id = TenantId::parse(&format!("made-up-{n}")).expect("id");
+            cache.get(&id, || async { Ok(None) }).await.expect("unknown");
+            assert!(cache.is_fresh(&id));
+        }
+        assert!(cache.len() <= 3);
+        assert!(cache.is_fresh(&acme), "the known tenant stays cached");
+        assert!(!cache.is_fresh(&TenantId::parse("made-up-0").expect("id")), "the oldest unknown went");
+    }
+
+    #[tokio::test]
+    async fn a_lookup_in_flight_makes_joining_it_free() {
+        let cache = Arc::new(TenantCache::new(Duration::from_secs(60), Duration::from_secs(60), 10));
+        let id = TenantId::parse("acme").expect("id");
+        assert!(!cache.lookup_is_free(&id));
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let first = {
+            let (cache, id) = (cache.clone(), id.clone());
+            tokio::spawn(async move {
+                cache
+                    .get(&id, || async move {
+                        let _ = wait.await;
+                        Ok(Some(tenant("acme")))
+                    })
+                    .await
+            })
+        };
+        for _ in 0..200 {
+            if cache.lookup_is_free(&id) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(cache.lookup_is_free(&id), "in flight: joining costs nothing");
+        assert!(!cache.is_fresh(&id));
+        let _ = release.send(());
+        assert!(first.await.expect("join").expect("lookup").is_some());
+        assert!(cache.lookup_is_free(&id) && cache.is_fresh(&id));
     }
 }

@@ -167,6 +167,10 @@ impl Catalog for ControlCatalog {
         Box::pin(self.cache.get(id, move || self.fetch(id)))
     }
 
+    fn lookup_is_free(&self, id: &TenantId) -> bool {
+        self.cache.lookup_is_free(id)
+    }
+
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
         Some(self.changes.subscribe())
     }

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod control;
+pub mod limit;
 pub mod migrations;
 pub mod secrets;
 
@@ -155,6 +156,13 @@ pub type LookupFuture<'a> =
 /// Tenant lookup. `Ok(None)` means the tenant does not exist.
 pub trait Catalog: Send + Sync + 'static {
     fn lookup<'a>(&'a self, id: &'a TenantId) -> LookupFuture<'a>;
+
+    /// Whether looking `id` up now costs no new query to the control database: it is cached
+    /// (known or unknown), or a lookup of it is in flight and would be joined. The per-address
+    /// lookup limit applies only to lookups that are not free.
+    fn lookup_is_free(&self, _id: &TenantId) -> bool {
+        true
+    }
 
     /// Tenants that changed, as they change (catalogs that can change at run time).
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {

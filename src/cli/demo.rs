@@ -97,7 +97,7 @@ pub async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
     let token = crate::admin::new_token();
     config.admin.token_sha256 = vec![crate::admin::token_sha256(&token)];
 
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = crate::listener::bind(listen, config.proxy.listen_backlog)?;
     let proxy: Arc<Proxy> = Proxy::start(config).await?;
     let admin_state = crate::admin::http::AdminState::new(proxy.clone(), &proxy.config)?;
     let admin_stop = tokio_util::sync::CancellationToken::new();

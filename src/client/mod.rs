@@ -24,24 +24,50 @@ use crate::config::secs;
 use crate::config::AuthMethod;
 use crate::pool::{Pool, ServerParams};
 use crate::protocol::backend;
-use crate::protocol::frame::FrameReader;
+use crate::protocol::frame::{FrameReader, MAX_AUTH_MESSAGE};
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{FrameError, PgError, SqlState};
-use crate::server::{Proxy, TenantAdmission};
+use crate::server::{too_many_clients, Proxy, TenantAdmission, FORCE_CLOSE_TIMEOUT};
 use crate::tenant;
 use stream::{ClientStream, TlsInfo};
 use tokio::net::TcpStream;
 
 use vars::ClientVars;
 
-/// Serves one accepted connection to its end. `permit` is the client's place under the
-/// global cap; without one the client is refused with 53300 once it has said who it is.
-pub async fn serve(
+/// Serves one accepted connection to its end. `prelogin` is its place under
+/// `max_prelogin_connections`, given back once it has logged in (or failed to); a logged-in
+/// client then holds a place under `max_client_conn` until it leaves.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin: OwnedSemaphorePermit) {
+    let force = proxy.shutdown.force.clone();
+    let login = tokio::select! {
+        login = login(tcp, peer, &proxy) => login,
+        // A forced shutdown ends logins in progress too (they are bounded by the startup
+        // timeout anyway, but that may be longer than the shutdown timeout).
+        _ = force.cancelled() => None,
+    };
+    drop(prelogin);
+    let Some((stream, buffered, login, permit)) = login else { return };
+    tracing::debug!(%peer, tenant = %login.tenant.id, "client logged in");
+    let session = relay::Session::new(stream, buffered, login, proxy.clone()).run();
+    tokio::select! {
+        _ = session => {}
+        // The session answers a forced shutdown itself (57P01, then close); a client that has
+        // stopped reading cannot take that message, and must not hold up the shutdown.
+        _ = async {
+            force.cancelled().await;
+            tokio::time::sleep(FORCE_CLOSE_TIMEOUT).await;
+        } => tracing::info!(%peer, "client not reading at the forced shutdown: connection cut"),
+    }
+    drop(permit);
+}
+
+/// Everything before the relay, within the startup timeout: TLS, the startup packet,
+/// authentication. `None` when the client left or was refused (it has been told why).
+async fn login(
     mut tcp: TcpStream,
     peer: SocketAddr,
-    proxy: Arc<Proxy>,
-    permit: Option<OwnedSemaphorePermit>,
-) {
+    proxy: &Arc<Proxy>,
+) -> Option<(ClientStream, BytesMut, LoggedIn, OwnedSemaphorePermit)> {
     let timeout = secs(proxy.config.proxy.startup_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
     let timed_out = || PgError::fatal(SqlState::ProtocolViolation, "startup timed out");
@@ -50,41 +76,54 @@ pub async fn serve(
         match tokio::time::timeout_at(deadline, stream::opening(&mut tcp, tls)).await {
             Ok(Ok(stream::Opening::Plain(prefix))) => (ClientStream::Plain(tcp), prefix, TlsInfo::default()),
             Ok(Ok(stream::Opening::Tls { direct })) => {
-                let Some(tls) = tls else { return };
+                let tls = tls?;
                 match tokio::time::timeout_at(deadline, stream::accept(tcp, tls, direct)).await {
                     Ok(Some((stream, info))) => (stream, BytesMut::new(), info),
-                    _ => return,
+                    _ => return None,
                 }
             }
-            Ok(Ok(stream::Opening::Closed)) | Ok(Err(_)) => return,
+            Ok(Ok(stream::Opening::Closed)) | Ok(Err(_)) => return None,
             Err(_) => {
                 tracing::info!(%peer, "startup timed out");
-                let _ = tcp.write_all(&timed_out().to_bytes()).await;
-                return;
+                send_error(&mut tcp, &timed_out()).await;
+                return None;
             }
         };
-    let mut reader = FrameReader::with_buffer(stream, prefix, proxy.config.proxy.max_message_size);
-    let handshake = handshake(&mut reader, &proxy, permit.is_some(), &tls_info, peer);
-    let login = match tokio::time::timeout_at(deadline, handshake).await {
+    // Before login only startup and authentication messages arrive, capped as PostgreSQL
+    // caps them: an oversized one is refused as soon as its header is read.
+    let mut reader = FrameReader::with_buffer(stream, prefix, MAX_AUTH_MESSAGE);
+    let handshake = handshake(&mut reader, proxy, &tls_info, peer);
+    let (login, permit) = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(Some(login))) => login,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "login refused");
-            let _ = reader.get_mut().write_all(&e.to_bytes()).await;
-            let _ = reader.get_mut().flush().await;
-            return;
+            send_error(reader.get_mut(), &e).await;
+            return None;
         }
         Err(_) => {
             tracing::info!(%peer, "startup timed out");
-            let _ = reader.get_mut().write_all(&timed_out().to_bytes()).await;
-            let _ = reader.get_mut().flush().await;
-            return;
+            send_error(reader.get_mut(), &timed_out()).await;
+            return None;
         }
     };
-    tracing::debug!(%peer, tenant = %login.tenant.id, tls = tls_info.on, "client logged in");
+    tracing::trace!(%peer, tls = tls_info.on, "handshake done");
+    // The handshake's buffer is not carried into the session: only the bytes read past the
+    // login, in a buffer of their size.
     let (stream, buffered) = reader.into_parts();
-    relay::Session::new(stream, buffered, login, proxy).run().await;
-    drop(permit);
+    Some((stream, buffered, login, permit))
+}
+
+/// How long an error for a client that is being refused may take to write: it is small,
+/// but a client that does not read must not hold its connection open.
+const ERROR_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn send_error<S: AsyncWrite + Unpin>(stream: &mut S, e: &PgError) {
+    let write = async {
+        stream.write_all(&e.to_bytes()).await?;
+        stream.flush().await
+    };
+    let _ = tokio::time::timeout(ERROR_WRITE_TIMEOUT, write).await;
 }
 
 /// What a successful login hands to the relay.
@@ -96,13 +135,14 @@ pub(crate) struct LoggedIn {
     pub admission: TenantAdmission,
 }
 
+/// The handshake after TLS: startup packet, tenant, authentication, login messages. The
+/// client's place under `max_client_conn` is taken once it has authenticated.
 async fn handshake<S>(
     reader: &mut FrameReader<S>,
     proxy: &Proxy,
-    admitted: bool,
     tls: &TlsInfo,
     peer: SocketAddr,
-) -> Result<Option<LoggedIn>, PgError>
+) -> Result<Option<(LoggedIn, OwnedSemaphorePermit)>, PgError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -143,9 +183,8 @@ where
         return Err(PgError::fatal(SqlState::InvalidAuthorization, "TLS is required")
             .with_hint("connect with sslmode=require (or verify-full)"));
     }
-    if !admitted {
-        return Err(PgError::fatal(SqlState::TooManyConnections, "sorry, too many clients already")
-            .with_hint("pgtenant's max_client_conn is reached"));
+    if proxy.clients_full() {
+        return Err(too_many_clients());
     }
     if startup.wants_replication() {
         return Err(PgError::fatal(
@@ -160,7 +199,18 @@ where
     }
     let resolved = tenant::resolve(&startup, tls.server_name.as_deref(), &proxy.config.resolver)
         .map_err(|e| e.to_client())?;
-    let found = match proxy.catalog.lookup(&resolved.tenant).await {
+    // A tenant that is neither cached nor being looked up costs a control-database query:
+    // limited per address, and past the limit the client fails exactly as for an unknown
+    // tenant (nothing tells it whether the tenant exists). No await between the check and
+    // the lookup, so the lookup is in flight before another client checks.
+    let limited = !proxy.catalog.lookup_is_free(&resolved.tenant) && !proxy.lookups.allow(peer.ip());
+    let lookup = if limited {
+        tracing::debug!(tenant = %resolved.tenant, %peer, "catalog lookup refused: over lookup_rate_per_address");
+        Ok(None)
+    } else {
+        proxy.catalog.lookup(&resolved.tenant).await
+    };
+    let found = match lookup {
         Ok(found) => found,
         Err(CatalogError::Unavailable(why)) => {
             let reference = PgError::reference();
@@ -216,6 +266,7 @@ where
     if let Some(refusal) = tenant.refusal() {
         return Err(refusal);
     }
+    let permit = proxy.client_permit()?;
     let admission = proxy.admit(&tenant)?;
     backend::authentication_ok(&mut out);
     let pool = proxy.pools.pool_for(&tenant);
@@ -231,7 +282,7 @@ where
     backend::backend_key_data(&mut out, key.pid, key.secret());
     backend::ready_for_query_idle(&mut out);
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;
-    Ok(Some(LoggedIn { tenant, pool, vars, key, admission }))
+    Ok(Some((LoggedIn { tenant, pool, vars, key, admission }, permit)))
 }
 
 /// Runs a SCRAM-SHA-256 exchange with the client: whether it proved it knows the password
@@ -336,4 +387,67 @@ async fn learn_params(proxy: &Proxy, pool: &Arc<Pool>, tenant: &Tenant) -> Resul
 /// A client that vanished mid-handshake needs no message; this only satisfies the types.
 fn io_gone(e: std::io::Error) -> PgError {
     PgError::fatal(SqlState::ConnectionFailure, format!("client connection lost: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, UserConfig};
+    use tokio::io::AsyncReadExt;
+
+    fn startup(user: &str) -> Vec<u8> {
+        let mut body = 0x0003_0000i32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"user\0");
+        body.extend_from_slice(user.as_bytes());
+        body.extend_from_slice(b"\0\0");
+        let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        p.extend_from_slice(&body);
+        p
+    }
+
+    /// A proxy with one SCRAM tenant `acme` (user `app`), in memory.
+    fn proxy() -> Arc<Proxy> {
+        let mut c = Config::parse("[[upstreams]]\nname='u'\nhost='127.0.0.1'").expect("config");
+        let mut t = crate::config::TenantConfig::new("acme", "u", "d", "r", None);
+        t.users = vec![UserConfig { name: "app".into(), verifier: Verifier::hash("secret") }];
+        c.tenants.push(t);
+        c.proxy.auth = AuthMethod::ScramSha256;
+        Proxy::new(c)
+    }
+
+    /// Runs the handshake against `client_bytes` (sent after the AuthenticationSASL request
+    /// is read); returns the error it ended with and how much the reader held at its end.
+    async fn refused(user: &str, client_bytes: &[u8]) -> (PgError, usize) {
+        let proxy = proxy();
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        client.write_all(&startup(user)).await.expect("startup");
+        let peer: SocketAddr = "192.0.2.9:5000".parse().expect("addr");
+        let mut reader = FrameReader::new(server, MAX_AUTH_MESSAGE);
+        let tls = TlsInfo::default();
+        let run = handshake(&mut reader, &proxy, &tls, peer);
+        let talk = async {
+            // AuthenticationSASL: 'R', length, 10, mechanisms.
+            let mut head = [0u8; 9];
+            client.read_exact(&mut head).await.expect("auth request");
+            assert_eq!((head[0], head[8]), (b'R', 10));
+            client.write_all(client_bytes).await.expect("send");
+            client
+        };
+        let (result, _client) = tokio::join!(run, talk);
+        let e = result.err().expect("refused");
+        (e, reader.capacity())
+    }
+
+    #[tokio::test]
+    async fn an_oversized_sasl_message_is_refused_with_08p01_at_once() {
+        for user in ["app.acme", "app.nosuchtenant"] {
+            // A SASLInitialResponse header declaring 1 GiB - 1, and a few bytes of it.
+            let (e, held) = refused(user, b"p\x3f\xff\xff\xffSCRAM-SHA-256\0").await;
+            assert_eq!(e.state, SqlState::ProtocolViolation, "{user}: {e}");
+            assert!(held < 64 * 1024, "{user}: the reader held {held} bytes");
+            // One past PG_MAX_AUTH_TOKEN_LENGTH.
+            let (e, _) = refused(user, b"p\0\x01\0\0SCRAM-SHA-256\0").await;
+            assert_eq!(e.state, SqlState::ProtocolViolation, "{user}: {e}");
+        }
+    }
 }

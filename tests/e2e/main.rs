@@ -11,6 +11,8 @@ mod hostile;
 mod isolation;
 mod lifecycle;
 mod pooling;
+mod prelogin;
+mod process;
 mod relay;
 mod statements;
 mod support;

@@ -91,7 +91,7 @@ impl Harness {
 }
 
 pub async fn start(config: Config) -> Harness {
-    let listener = tokio::net::TcpListener::bind(config.proxy.listen).await.expect("bind");
+    let listener = pgtenant::listener::bind(config.proxy.listen, config.proxy.listen_backlog).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let proxy = Proxy::new(config);
     let served = tokio::spawn(proxy.clone().serve(listener));
@@ -238,7 +238,7 @@ pub async fn start_control(config: Config) -> (Harness, Arc<pgtenant::catalog::C
     let catalog = pgtenant::catalog::ControlCatalog::start(&config.catalog, &config.pool)
         .await
         .expect("control catalog");
-    let listener = tokio::net::TcpListener::bind(config.proxy.listen).await.expect("bind");
+    let listener = pgtenant::listener::bind(config.proxy.listen, config.proxy.listen_backlog).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let proxy = Proxy::with_catalog(config, catalog.clone());
     let served = tokio::spawn(proxy.clone().serve(listener));

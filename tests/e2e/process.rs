@@ -1,0 +1,252 @@
+//! The real binary (`pgtenant serve`) as a process: SIGHUP never ends it, SIGTERM ends it
+//! within `shutdown_timeout` + a few seconds even when a client has stopped reading, and
+//! running out of file descriptors is warned about at start and neither spins nor floods
+//! the log.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgtenant::config::TenantConfig;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use crate::support::*;
+
+/// `pgtenant serve` on port 0 with one static tenant, its log collected as it comes.
+struct Serve {
+    child: Child,
+    addr: std::net::SocketAddr,
+    log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    async fn start(t: &TenantConfig, shutdown_timeout: f64) -> Serve {
+        Serve::start_with(t, shutdown_timeout, None).await
+    }
+
+    /// With `fd_limit`, the process runs with that soft and hard RLIMIT_NOFILE.
+    async fn start_with(t: &TenantConfig, shutdown_timeout: f64, fd_limit: Option<u32>) -> Serve {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pgtenant.toml");
+        let toml = format!(
+            r#"[proxy]
+listen = "127.0.0.1:0"
+shutdown_timeout = {shutdown_timeout}
+max_client_conn = 100
+max_prelogin_connections = 100
+startup_timeout = 30
+
+[[upstreams]]
+name = "local"
+host = "127.0.0.1"
+port = {port}
+
+[[tenants]]
+id = "{id}"
+upstream = "local"
+database = "{db}"
+role = "{role}"
+password = "{password}"
+pool_mode = "session"
+"#,
+            port = cluster().port,
+            id = t.id,
+            db = t.database,
+            role = t.role,
+            password = t.password.as_deref().unwrap_or_default(),
+        );
+        std::fs::write(&path, toml).expect("write config");
+        let mut command = match fd_limit {
+            None => Command::new(env!("CARGO_BIN_EXE_pgtenant")),
+            Some(n) => {
+                // bash sets the limit (soft and hard) and execs pgtenant in its place.
+                let mut c = Command::new("bash");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_pgtenant"));
+                c
+            }
+        };
+        let mut child = command
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run pgtenant serve");
+        // The log is read for as long as the process lives (a full pipe would stall it).
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("pgtenant listening") {
+                    if let (Some(tx), Some(addr)) = (tx.take(), listen_addr(&line)) {
+                        let _ = tx.send(addr);
+                    }
+                }
+                sink.lock().expect("log").push_str(&line);
+                sink.lock().expect("log").push('\n');
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .unwrap_or_else(|_| panic!("pgtenant did not start: {}", log.lock().expect("log")))
+            .expect("listening line");
+        Serve { child, addr, log, _dir: dir }
+    }
+
+    fn conninfo(&self, t: &TenantConfig) -> String {
+        format!("host=127.0.0.1 port={} user=app.{} dbname={}", self.addr.port(), t.id, t.database)
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running");
+        let ok = std::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+        assert!(ok.expect("kill").success(), "kill -{name} {pid}");
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+/// `addr=127.0.0.1:PORT` in a log line.
+fn listen_addr(line: &str) -> Option<std::net::SocketAddr> {
+    let plain: String = strip_ansi(line);
+    let at = plain.find("addr=")? + "addr=".len();
+    plain[at..].split_whitespace().next()?.trim_matches('"').parse().ok()
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_does_not_end_the_process() {
+    let t = tenant_db("sighup").await;
+    let mut serve = Serve::start(&t, 5.0).await;
+    let before = connect_str(&serve.conninfo(&t)).await;
+    before.batch_execute("SELECT 1").await.expect("served before SIGHUP");
+    serve.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || async { serve.log().contains("SIGHUP") }).await,
+        "SIGHUP not logged: {}",
+        serve.log()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(serve.child.try_wait().expect("try_wait").is_none(), "the process ended: {}", serve.log());
+    // The open session and new ones are served.
+    before.batch_execute("SELECT 1").await.expect("open session served after SIGHUP");
+    let after = connect_str(&serve.conninfo(&t)).await;
+    let v: i32 = after.query_one("SELECT 5", &[]).await.expect("new session after SIGHUP").get(0);
+    assert_eq!(v, 5);
+    // A second SIGHUP too.
+    serve.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(serve.child.try_wait().expect("try_wait").is_none());
+    drop((before, after));
+    serve.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), serve.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_process_in_time_when_a_client_stops_reading() {
+    let t = tenant_db("sigterm").await;
+    let shutdown_timeout = 1.0;
+    let mut serve = Serve::start(&t, shutdown_timeout).await;
+    // A client that asks for a large result and never reads it: the proxy's writes to it
+    // block once the socket buffers are full.
+    let mut stuck = tokio::net::TcpStream::connect(serve.addr).await.expect("connect");
+    stuck
+        .write_all(&startup_packet(&[("user", &format!("app.{}", t.id)), ("database", &t.database)]))
+        .await
+        .expect("startup");
+    read_until_ready(&mut stuck).await;
+    let query = b"SELECT repeat('x', 1048576) FROM generate_series(1, 400)\0";
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&((query.len() + 4) as i32).to_be_bytes());
+    msg.extend_from_slice(query);
+    stuck.write_all(&msg).await.expect("query");
+    // A well-behaved client too.
+    let fine = connect_str(&serve.conninfo(&t)).await;
+    fine.batch_execute("SELECT 1").await.expect("served");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let started = Instant::now();
+    serve.signal("TERM");
+    let bound = Duration::from_secs_f64(shutdown_timeout) + Duration::from_secs(5);
+    let status = match tokio::time::timeout(bound + Duration::from_secs(10), serve.child.wait()).await {
+        Ok(status) => status.expect("wait"),
+        Err(_) => panic!("pgtenant still running {:?} after SIGTERM: {}", started.elapsed(), serve.log()),
+    };
+    let took = started.elapsed();
+    eprintln!("SIGTERM to exit: {took:?}\n{}", serve.log());
+    assert!(took < bound, "SIGTERM took {took:?} (bound {bound:?}): {}", serve.log());
+    assert!(status.success(), "{status:?}: {}", serve.log());
+    // The well-behaved client was told why.
+    let e = fine.batch_execute("SELECT 1").await.expect_err("closed by the shutdown");
+    assert!(e.is_closed() || code(&e) == "57P01", "{e}");
+    drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_is_warned_and_logged_once_per_interval() {
+    let t = tenant_db("emfile").await;
+    let serve = Serve::start_with(&t, 2.0, Some(64)).await;
+    assert!(
+        serve.log().contains("open-file limit is below"),
+        "no warning about the descriptor limit: {}",
+        serve.log()
+    );
+    // Far more silent sockets than descriptors: the proxy hits EMFILE and the rest wait
+    // in the listen backlog.
+    let mut silent = Vec::new();
+    for _ in 0..150 {
+        silent.push(tokio::net::TcpStream::connect(serve.addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = serve.log();
+    let failures = log.lines().filter(|l| l.contains("accept failed")).count();
+    assert!(failures >= 1, "EMFILE never seen (the test did not exhaust descriptors): {log}");
+    assert!(failures <= 2, "{failures} accept errors logged in 3 s: {log}");
+    // Once the sockets go, descriptors are free again and a real client logs in.
+    drop(silent);
+    let conninfo = serve.conninfo(&t);
+    let served = eventually(Duration::from_secs(10), || async {
+        match tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+            Ok((c, conn)) => {
+                tokio::spawn(conn);
+                c.batch_execute("SELECT 1").await.is_ok()
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(served, "no login after the descriptors were freed: {}", serve.log());
+}
