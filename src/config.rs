@@ -179,6 +179,10 @@ pub struct PoolDefaults {
     /// temporary tables, WITH HOLD cursors) gets: `pin` (it keeps its server connection for
     /// the rest of its session) or `refuse` (0A000).
     pub session_features: SessionFeatures,
+    /// The most PBKDF2 iterations an upstream may ask for in its SCRAM exchange (PostgreSQL
+    /// uses 4096 by default); a server asking for more is refused (08006 to the client, the
+    /// reason in the log). The computation runs off the async workers, one per core at most.
+    pub max_scram_iterations: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -201,6 +205,7 @@ impl Default for PoolDefaults {
             reset_query: "DISCARD ALL".to_owned(),
             max_server_connections: 1000,
             session_features: SessionFeatures::Pin,
+            max_scram_iterations: crate::auth::scram_client::DEFAULT_MAX_ITERATIONS,
         }
     }
 }
@@ -361,6 +366,12 @@ pub struct UpstreamConfig {
     /// CA file (PEM) for verify-ca / verify-full.
     #[serde(default)]
     pub sslrootcert: Option<String>,
+    /// The authentication methods this server may use, as libpq's `require_auth`: a
+    /// comma-separated list of `scram-sha-256`, `md5`, `password` (cleartext), `none`. A
+    /// server asking for anything else is refused. Unset: `scram-sha-256`, plus `none` when
+    /// the login has no password or the server is reached over a Unix socket.
+    #[serde(default)]
+    pub require_auth: Option<crate::pool::RequireAuth>,
 }
 
 fn default_pg_port() -> u16 {
@@ -548,6 +559,9 @@ impl Config {
         }
         if self.catalog.cache_size == 0 || self.catalog.pool_size == 0 {
             return bad("catalog.cache_size and catalog.pool_size must be ≥ 1".into());
+        }
+        if p.max_scram_iterations == 0 {
+            return bad("pool.max_scram_iterations must be ≥ 1".into());
         }
         if p.max_server_connections == 0 {
             return bad("pool.max_server_connections must be ≥ 1".into());

@@ -15,7 +15,7 @@ use super::cache::TenantCache;
 use super::secrets::{self, Keys};
 use super::{migrations, Catalog, LookupFuture, Tenant, TenantParts};
 use crate::config::{secs, AuthMethod, CatalogConfig, Isolation, PoolDefaults, PoolMode, TenantStatus};
-use crate::pool::{SslMode, UpstreamAddr, UpstreamTls};
+use crate::pool::{RequireAuth, SslMode, UpstreamAddr, UpstreamTls};
 use crate::tenant::TenantId;
 
 /// The NOTIFY channel the catalog triggers use.
@@ -45,7 +45,8 @@ pub struct ControlCatalog {
 
 const LOOKUP_SQL: &str = "SELECT t.status, t.isolation, t.schema_name, t.search_path_public, t.upstream,
         u.host, u.port, u.max_connections, t.database, t.login_role, t.login_password, t.pool_mode,
-        t.pool_size, t.max_server_connections, t.max_clients, t.auth, u.sslmode, u.sslrootcert
+        t.pool_size, t.max_server_connections, t.max_clients, t.auth, u.sslmode, u.sslrootcert,
+        u.require_auth
    FROM pgtenant.tenants t JOIN pgtenant.upstreams u ON u.name = t.upstream
   WHERE t.id = $1";
 
@@ -149,6 +150,8 @@ impl ControlCatalog {
             database: row.get(8),
             login_role: row.get(9),
             password,
+            // The column's CHECK keeps it parseable; anything else is the default.
+            require_auth: row.get::<_, Option<String>>(18).and_then(|s| RequireAuth::parse(&s).ok()),
             pool_mode: if pool_mode == "session" { PoolMode::Session } else { PoolMode::Transaction },
             pool_size: count(12).unwrap_or(self.defaults.size),
             max_server_connections: count(13),

@@ -258,6 +258,7 @@ async fn unix_socket_upstream_and_idle_reaping() {
         max_connections: 10,
         sslmode: Default::default(),
         sslrootcert: None,
+        require_auth: None,
     });
     cfg.pool.idle_timeout = 0.5;
     let h = start(cfg).await;
@@ -339,6 +340,7 @@ async fn silent_upstream_hits_the_connect_timeout() {
         max_connections: 5,
         sslmode: Default::default(),
         sslrootcert: None,
+        require_auth: None,
     });
     cfg.pool.connect_timeout = 0.5;
     let h = start(cfg).await;

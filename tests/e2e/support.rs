@@ -64,6 +64,7 @@ pub fn config(tenants: Vec<TenantConfig>) -> Config {
         max_connections: 250,
         sslmode: Default::default(),
         sslrootcert: None,
+        require_auth: None,
     }];
     c.tenants = tenants;
     c

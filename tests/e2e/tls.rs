@@ -181,6 +181,7 @@ async fn upstream_over_tls_with_verify_full() {
             max_connections: 10,
             sslmode: pgtenant::pool::SslMode::VerifyFull,
             sslrootcert: Some(ca_file.display().to_string()),
+            require_auth: None,
         });
     }
     let h = start(cfg).await;
