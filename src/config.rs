@@ -69,9 +69,15 @@ pub struct ProxyConfig {
     pub auth: AuthMethod,
     /// Log format: `human` or `json`. The level comes from `RUST_LOG` (default `info`).
     pub log_format: LogFormat,
-    /// Failed authentications per source address per minute before further attempts from it
-    /// are refused at once (0: no limit).
+    /// Failed authentications per tenant and source address per minute before further
+    /// attempts from that address to that tenant are refused at once (0: no limit). An
+    /// attempt counts from the moment its password exchange starts until it succeeds.
     pub max_auth_failures: u32,
+    /// The key of the mock SCRAM verifiers shown for unknown tenants and users (their salt
+    /// is an HMAC of the tenant and user names under it). Set the same long random string on
+    /// every proxy behind one address, so an unknown name gets the same salt from each of
+    /// them and after restarts, as a real user does. "" = a random key per process.
+    pub mock_secret: String,
 }
 
 impl Default for ProxyConfig {
@@ -86,6 +92,7 @@ impl Default for ProxyConfig {
             auth: AuthMethod::Trust,
             log_format: LogFormat::Human,
             max_auth_failures: 20,
+            mock_secret: String::new(),
         }
     }
 }

@@ -181,19 +181,26 @@ impl PoolLogin {
 
 /// A pool's idle connections, most recently used last, and the login generation they must
 /// carry: a connection of an older generation is closed instead of kept (so a busy
-/// connection opened with an old password is closed when it is released).
+/// connection opened with an old password is closed when it is released), and so is one
+/// that would leave the pool above its size (after the size shrank).
 struct Idle {
     conns: Vec<ServerConn>,
     generation: u64,
+    /// The pool's checkout permits: the one of the connection being returned is still held
+    /// while it is pushed.
+    checkout: Arc<FairSemaphore>,
 }
 
 impl Idle {
-    /// Keeps `conn` if it was opened with the current login; closes it otherwise.
+    /// Keeps `conn` if it was opened with the current login and the pool is within its size;
+    /// closes it otherwise.
     fn push(&mut self, conn: ServerConn) {
-        if conn.generation == self.generation {
-            self.conns.push(conn);
-        } else {
+        if conn.generation != self.generation {
             tracing::debug!(upstream = %conn.addr, "closing a server connection opened with an old login");
+        } else if self.conns.len() + self.checkout.in_use() > self.checkout.size() {
+            tracing::debug!(upstream = %conn.addr, "closing a server connection above the pool size");
+        } else {
+            self.conns.push(conn);
         }
     }
 }
@@ -271,6 +278,13 @@ impl Pool {
             tracing::info!(upstream = %self.key.addr, db = %self.key.database, role = %self.key.role,
                 from = self.checkout.size(), to = tenant.pool_size, "pool size changed");
             self.checkout.resize(tenant.pool_size);
+            // Idle connections above the new size are closed now (oldest first); busy ones
+            // when they come back.
+            let mut idle = self.lock_idle();
+            let excess = (idle.len() + self.checkout.in_use()).saturating_sub(tenant.pool_size);
+            let excess = excess.min(idle.len());
+            idle.drain(..excess);
+            drop(idle);
             changed = true;
         }
         let mut login = self.login.write().unwrap_or_else(|e| e.into_inner());
@@ -510,10 +524,10 @@ impl PoolManager {
     /// password or size takes effect on every proxy without a client logging in first.
     /// Starting it twice does nothing.
     pub fn follow(self: &Arc<Self>, catalog: Arc<dyn Catalog>) {
-        let Some(mut changes) = catalog.changes() else { return };
-        if self.following.swap(true, Ordering::AcqRel) {
+        if self.following.load(Ordering::Acquire) || self.following.swap(true, Ordering::AcqRel) {
             return;
         }
+        let Some(mut changes) = catalog.changes() else { return };
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -549,12 +563,13 @@ impl PoolManager {
         self.pools
             .entry(tenant.pool_key.clone())
             .or_insert_with(|| {
+                let checkout = FairSemaphore::new(tenant.pool_size);
                 let pool = Arc::new(Pool {
                     key: tenant.pool_key.clone(),
                     login: RwLock::new(Arc::new(PoolLogin::of(tenant, 0))),
                     settings: self.settings.clone(),
-                    checkout: FairSemaphore::new(tenant.pool_size),
-                    idle: Mutex::new(Idle { conns: Vec::new(), generation: 0 }),
+                    idle: Mutex::new(Idle { conns: Vec::new(), generation: 0, checkout: checkout.clone() }),
+                    checkout,
                     params: RwLock::new(None),
                     upstream: upstream.clone(),
                     global: self.global.clone(),
