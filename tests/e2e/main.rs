@@ -7,6 +7,7 @@ mod clients;
 mod compat;
 mod hostile;
 mod lifecycle;
+mod links;
 mod pooling;
 mod relay;
 mod statements;
