@@ -8,6 +8,7 @@ mod compat;
 mod hostile;
 mod lifecycle;
 mod links;
+mod live_catalog;
 mod pooling;
 mod relay;
 mod statements;

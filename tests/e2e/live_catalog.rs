@@ -1,0 +1,97 @@
+//! Catalog changes reach the pools on their own (NOTIFY → lookup → pool): a new upstream
+//! password drains the connections opened with the old one and the next client gets a
+//! connection with the new one; a changed pool size is honoured, in both directions.
+
+use std::time::Duration;
+
+use pgtenant::config::PoolMode;
+use tokio_postgres::{Client, NoTls};
+
+use crate::support::*;
+
+/// A client that has run a query through the proxy, or the SQLSTATE it got.
+async fn session(h: &Harness, tenant: &str) -> Result<Client, String> {
+    let (c, conn) = tokio_postgres::connect(&h.conninfo(tenant), NoTls).await.map_err(|e| code(&e))?;
+    tokio::spawn(conn);
+    c.batch_execute("SELECT 1").await.map_err(|e| code(&e))?;
+    Ok(c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_upstream_password_applies_without_a_restart() {
+    let t = tenant_db("setpw").await;
+    let mut cfg = config(vec![]);
+    let control = control_db(&mut cfg).await;
+    insert_tenant(&control, &t).await;
+    let (h, _catalog) = start_control(cfg).await;
+    drop(session(&h, &t.id).await.expect("first client"));
+    // Its server connection stays idle in the pool.
+    assert!(eventually(Duration::from_secs(2), || async { backends(&t.database).await == 1 }).await);
+    // The password changes on the server and in the catalog (what `tenant set-password`
+    // writes, here in plaintext as a catalog without a key file keeps it).
+    admin("postgres")
+        .await
+        .batch_execute(&format!("ALTER ROLE \"{}\" PASSWORD 'the-new-one'", t.role))
+        .await
+        .expect("alter role");
+    control
+        .execute("UPDATE pgtenant.tenants SET login_password = 'the-new-one' WHERE id = $1", &[&t.id])
+        .await
+        .expect("set password");
+    // The idle connection opened with the old password is drained without any client
+    // arriving …
+    assert!(
+        eventually(Duration::from_secs(5), || async { backends(&t.database).await == 0 }).await,
+        "the connection opened with the old password is still in the pool"
+    );
+    // … and a new client is served by a connection opened with the new password.
+    let c = session(&h, &t.id).await.expect("a new client after the password change");
+    let who: String = c.query_one("SELECT current_user::text", &[]).await.expect("query").get(0);
+    assert_eq!(who, t.role);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_pool_size_is_honoured() {
+    let t = with_mode(tenant_db("resize").await, PoolMode::Session, 2);
+    let mut cfg = config(vec![]);
+    cfg.pool.checkout_timeout = 0.5;
+    let control = control_db(&mut cfg).await;
+    insert_tenant(&control, &t).await;
+    let (h, _catalog) = start_control(cfg).await;
+    // Session mode: each client holds a server connection while it is connected.
+    let mut held = vec![session(&h, &t.id).await.expect("1"), session(&h, &t.id).await.expect("2")];
+    assert_eq!(session(&h, &t.id).await.err().as_deref(), Some("53300"), "pool_size 2 is full");
+    control.execute("UPDATE pgtenant.tenants SET pool_size = 4 WHERE id = $1", &[&t.id]).await.expect("grow");
+    // The new size (and the tenant's server-connection cap, which follows it) applies.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while held.len() < 4 && tokio::time::Instant::now() < deadline {
+        match session(&h, &t.id).await {
+            Ok(c) => held.push(c),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let grown = held.len() == 4;
+    assert!(grown, "only {} sessions after growing the pool to 4", held.len());
+    assert_eq!(backends(&t.database).await, 4);
+    assert_eq!(session(&h, &t.id).await.err().as_deref(), Some("53300"), "pool_size 4 is full");
+    // Shrinking: the connections in use are closed as their clients leave, down to the new
+    // size.
+    control
+        .execute("UPDATE pgtenant.tenants SET pool_size = 1 WHERE id = $1", &[&t.id])
+        .await
+        .expect("shrink");
+    assert!(
+        eventually(Duration::from_secs(5), || async { h.proxy.pools.pools().iter().any(|p| p.size() == 1) })
+            .await,
+        "the pool did not take the new size"
+    );
+    held.clear();
+    assert!(
+        eventually(Duration::from_secs(5), || async { backends(&t.database).await <= 1 }).await,
+        "{} server connections for a pool of 1",
+        backends(&t.database).await
+    );
+    let one = session(&h, &t.id).await.expect("one session");
+    assert_eq!(session(&h, &t.id).await.err().as_deref(), Some("53300"), "pool_size 1 is full");
+    drop(one);
+}
