@@ -2,16 +2,16 @@
 //! [`TenantCache`], and a LISTEN connection (reconnecting with backoff) that drops cached
 //! tenants on NOTIFY and tells the proxy which tenants changed.
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::cache::TenantCache;
+use super::link::ControlLink;
 use super::secrets::{self, Keys};
 use super::{migrations, Catalog, LookupFuture, Tenant, TenantParts};
 use crate::config::{secs, AuthMethod, CatalogConfig, Isolation, PoolDefaults, PoolMode, TenantStatus};
@@ -30,7 +30,8 @@ pub enum Change {
 }
 
 pub struct ControlCatalog {
-    pg_config: tokio_postgres::Config,
+    /// The control database, with TLS as its URL's sslmode / sslrootcert ask.
+    link: ControlLink,
     pool: deadpool_postgres::Pool,
     cache: TenantCache,
     lookup_timeout: Duration,
@@ -53,12 +54,12 @@ const LOOKUP_SQL: &str = "SELECT t.status, t.isolation, t.schema_name, t.search_
 impl ControlCatalog {
     /// Connects, applies the catalog migrations, and starts listening for changes.
     pub async fn start(cfg: &CatalogConfig, defaults: &PoolDefaults) -> anyhow::Result<Arc<ControlCatalog>> {
-        let pg_config = tokio_postgres::Config::from_str(&cfg.url)?;
-        let manager = deadpool_postgres::Manager::new(pg_config.clone(), NoTls);
+        let link = ControlLink::parse(&cfg.url).map_err(|e| anyhow::anyhow!("[catalog] url: {e}"))?;
+        let manager = deadpool_postgres::Manager::new(link.config.clone(), link.tls.clone());
         let pool = deadpool_postgres::Pool::builder(manager).max_size(cfg.pool_size).build()?;
         let keys = secrets::load(&cfg.key_file).map_err(anyhow::Error::msg)?;
         let catalog = Arc::new(ControlCatalog {
-            pg_config,
+            link,
             pool,
             cache: TenantCache::new(secs(cfg.cache_ttl), secs(cfg.negative_ttl), cfg.cache_size),
             lookup_timeout: secs(cfg.lookup_timeout),
@@ -75,7 +76,7 @@ impl ControlCatalog {
 
     /// Applies the catalog migrations; returns the versions applied now.
     pub async fn migrate(&self) -> anyhow::Result<Vec<i32>> {
-        let (mut client, conn) = self.pg_config.connect(NoTls).await?;
+        let (mut client, conn) = self.link.connect().await?;
         let task = tokio::spawn(conn);
         let applied = migrations::migrate(&mut client).await?;
         drop(client);
@@ -179,9 +180,9 @@ async fn listen(catalog: std::sync::Weak<ControlCatalog>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(cat) = catalog.upgrade() else { return };
-        let pg_config = cat.pg_config.clone();
+        let link = cat.link.clone();
         drop(cat);
-        match pg_config.connect(NoTls).await {
+        match link.connect().await {
             Ok((client, mut conn)) => {
                 let mut messages = stream::poll_fn(move |cx| conn.poll_message(cx));
                 let sql = format!("LISTEN {CHANNEL}");

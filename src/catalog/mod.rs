@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod control;
+pub mod link;
 pub mod migrations;
 pub mod secrets;
 

@@ -14,6 +14,7 @@ mod stream;
 
 pub use fair::{FairPermit, FairSemaphore};
 pub use server::{cancel_backend, Login, PreparedSet, RequireAuth, ServerConn, UpstreamError};
+pub(crate) use stream::client_config;
 pub use stream::{ServerStream, SslMode, UpstreamAddr, UpstreamTls};
 
 use std::sync::atomic::{AtomicBool, Ordering};
