@@ -161,7 +161,9 @@ impl std::fmt::Debug for ControlTls {
 /// A connector for one host.
 pub struct ControlTlsConnect {
     config: Option<Arc<rustls::ClientConfig>>,
-    name: ServerName<'static>,
+    /// Not a valid name (a Unix socket's "" — PostgreSQL answers its SSLRequest with N and no
+    /// handshake happens — or a malformed host): an error only if a handshake is attempted.
+    name: Result<ServerName<'static>, String>,
 }
 
 impl<S> MakeTlsConnect<S> for ControlTls
@@ -173,8 +175,7 @@ where
     type Error = io::Error;
 
     fn make_tls_connect(&mut self, domain: &str) -> io::Result<ControlTlsConnect> {
-        let name = ServerName::try_from(domain.to_owned())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let name = ServerName::try_from(domain.to_owned()).map_err(|e| format!("host {domain:?}: {e}"));
         Ok(ControlTlsConnect { config: self.0.clone(), name })
     }
 }
@@ -190,7 +191,8 @@ where
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
             let config = self.config.ok_or_else(|| io::Error::other("TLS is off (sslmode=disable)"))?;
-            let tls = tokio_rustls::TlsConnector::from(config).connect(self.name, stream).await?;
+            let name = self.name.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, stream).await?;
             Ok(ControlStream(Box::new(tls)))
         })
     }
