@@ -17,9 +17,13 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 const WINDOW: Duration = Duration::from_secs(60);
-/// Keys remembered at most (a flood of addresses or tenant names cannot grow memory without
-/// bound).
+/// Keys past which expired entries are swept (a flood of addresses or tenant names cannot
+/// grow memory without bound: what is left after a sweep is what failed, or is in flight,
+/// within the last minute).
 const MAX_TRACKED: usize = 100_000;
+/// Sweeps run at most this often, so a map full of live entries does not cost a scan per
+/// login.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 type Key = (Arc<str>, IpAddr);
 
@@ -29,6 +33,7 @@ pub struct Throttle {
     slots: DashMap<Key, (u32, Instant)>,
     tenant_limit: u32,
     tenants: DashMap<Arc<str>, (u32, Instant)>,
+    last_sweep: std::sync::Mutex<Instant>,
 }
 
 /// One authentication attempt holding its slot. Dropped without [`Attempt::succeeded`] or
@@ -63,6 +68,7 @@ impl Attempt<'_> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if let Some((tenant, _)) = self.key.take() {
+            self.throttle.sweep_if_full();
             bump(&self.throttle.tenants, tenant);
         }
     }
@@ -75,7 +81,30 @@ impl Throttle {
     }
 
     pub fn with_tenant_limit(limit: u32, tenant_limit: u32) -> Throttle {
-        Throttle { limit, slots: DashMap::new(), tenant_limit, tenants: DashMap::new() }
+        Throttle {
+            limit,
+            slots: DashMap::new(),
+            tenant_limit,
+            tenants: DashMap::new(),
+            last_sweep: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Drops expired entries when a map is past [`MAX_TRACKED`], at most once per
+    /// [`SWEEP_EVERY`].
+    fn sweep_if_full(&self) {
+        if self.slots.len() < MAX_TRACKED && self.tenants.len() < MAX_TRACKED {
+            return;
+        }
+        {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() < SWEEP_EVERY {
+                return;
+            }
+            *last = Instant::now();
+        }
+        self.slots.retain(|_, (n, since)| *n > 0 && since.elapsed() < WINDOW);
+        self.tenants.retain(|_, (_, since)| since.elapsed() < WINDOW);
     }
 
     /// Takes an attempt slot for `addr` against `tenant`, or `None` when the limit is
@@ -87,9 +116,7 @@ impl Throttle {
         let tenant: Arc<str> = Arc::from(tenant);
         let by_tenant = self.tenants.get(&tenant).map_or(0, |e| recent(&e));
         let key = (tenant, addr);
-        if self.slots.len() >= MAX_TRACKED {
-            self.slots.retain(|_, (n, since)| *n > 0 && since.elapsed() < WINDOW);
-        }
+        self.sweep_if_full();
         let mut e = self.slots.entry(key.clone()).or_insert((0, Instant::now()));
         if e.1.elapsed() >= WINDOW {
             *e = (0, Instant::now());
@@ -127,9 +154,6 @@ fn recent(e: &(u32, Instant)) -> u32 {
 }
 
 fn bump<K: std::hash::Hash + Eq>(map: &DashMap<K, (u32, Instant)>, key: K) {
-    if map.len() >= MAX_TRACKED {
-        map.retain(|_, (_, since)| since.elapsed() < WINDOW);
-    }
     let mut e = map.entry(key).or_insert((0, Instant::now()));
     if e.1.elapsed() >= WINDOW {
         *e = (0, Instant::now());

@@ -274,6 +274,10 @@ impl Pool {
     /// generation (idle connections of the old one are closed now, busy ones at release); a
     /// changed size applies to the next checkout. Returns whether anything changed.
     fn apply(&self, tenant: &Tenant) -> bool {
+        // Every login passes here: the common case (nothing changed) takes read locks only.
+        if self.checkout.size() == tenant.pool_size && self.current_login().same_as(tenant) {
+            return false;
+        }
         let mut changed = false;
         if self.checkout.size() != tenant.pool_size {
             tracing::info!(upstream = %self.key.addr, db = %self.key.database, role = %self.key.role,
@@ -494,8 +498,11 @@ impl PoolManager {
     /// Resizes the tenant's cap to its current `max_server_connections`. Permits that are
     /// held when the cap shrinks are retired as they come back.
     fn apply_tenant_cap(&self, tenant: &Tenant) {
-        let Some(sem) = self.tenant_caps.get(&tenant.id).map(|s| s.value().clone()) else { return };
         let want = tenant.max_server_connections;
+        if self.tenant_cap_sizes.get(&tenant.id).is_some_and(|s| *s == want) {
+            return;
+        }
+        let Some(sem) = self.tenant_caps.get(&tenant.id).map(|s| s.value().clone()) else { return };
         let mut size = self.tenant_cap_sizes.entry(tenant.id.clone()).or_insert(want);
         let have = *size;
         if have == want {
