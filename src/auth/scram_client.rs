@@ -283,6 +283,35 @@ mod tests {
         assert_eq!(client.update(b"\xff", 100_000).await, Err(ClientScramError::Malformed));
     }
 
+    /// On a single-threaded runtime, a task keeps running while a PBKDF2 computation is
+    /// awaited: it happens on a blocking thread, not on the async worker.
+    #[tokio::test(flavor = "current_thread")]
+    async fn scram_pbkdf2_runs_off_the_async_workers() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        tokio::task::yield_now().await;
+        let (mut client, first) = ClientExchange::new("pw", ("test-upstream:3".into(), "role-d".into()));
+        let nonce = std::str::from_utf8(&first).expect("utf8").rsplit("r=").next().expect("nonce").to_owned();
+        let salt = B64.encode(rand::random::<[u8; 16]>());
+        let server_first = format!("r={nonce}xyz,s={salt},i=100000");
+        let started = std::time::Instant::now();
+        client.update(server_first.as_bytes(), 100_000).await.expect("update");
+        let (elapsed, seen) = (started.elapsed(), ticks.load(Ordering::Relaxed));
+        ticker.abort();
+        assert!(elapsed > std::time::Duration::from_millis(10), "100,000 iterations took only {elapsed:?}");
+        assert!(seen > 0, "the runtime's only worker was blocked for {elapsed:?}");
+    }
+
     #[test]
     fn pbkdf2_known_answer() {
         // RFC 7914 section 11, PBKDF2-HMAC-SHA256 "passwd"/"salt", 1 iteration (first block).

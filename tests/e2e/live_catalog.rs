@@ -23,10 +23,13 @@ async fn a_changed_upstream_password_applies_without_a_restart() {
     let mut cfg = config(vec![]);
     let control = control_db(&mut cfg).await;
     insert_tenant(&control, &t).await;
-    let (h, _catalog) = start_control(cfg).await;
+    // Two proxies over one control database.
+    let (h, _catalog) = start_control(cfg.clone()).await;
+    let (h2, _catalog2) = start_control(cfg).await;
     drop(session(&h, &t.id).await.expect("first client"));
-    // Its server connection stays idle in the pool.
-    assert!(eventually(Duration::from_secs(2), || async { backends(&t.database).await == 1 }).await);
+    drop(session(&h2, &t.id).await.expect("first client of the second proxy"));
+    // Their server connections stay idle in the pools.
+    assert!(eventually(Duration::from_secs(2), || async { backends(&t.database).await == 2 }).await);
     // The password changes on the server and in the catalog (what `tenant set-password`
     // writes, here in plaintext as a catalog without a key file keeps it).
     admin("postgres")
@@ -38,16 +41,18 @@ async fn a_changed_upstream_password_applies_without_a_restart() {
         .execute("UPDATE pgtenant.tenants SET login_password = 'the-new-one' WHERE id = $1", &[&t.id])
         .await
         .expect("set password");
-    // The idle connection opened with the old password is drained without any client
-    // arriving …
+    // The idle connections opened with the old password are drained, on both proxies,
+    // without any client arriving …
     assert!(
         eventually(Duration::from_secs(5), || async { backends(&t.database).await == 0 }).await,
         "the connection opened with the old password is still in the pool"
     );
     // … and a new client is served by a connection opened with the new password.
-    let c = session(&h, &t.id).await.expect("a new client after the password change");
-    let who: String = c.query_one("SELECT current_user::text", &[]).await.expect("query").get(0);
-    assert_eq!(who, t.role);
+    for h in [&h, &h2] {
+        let c = session(h, &t.id).await.expect("a new client after the password change");
+        let who: String = c.query_one("SELECT current_user::text", &[]).await.expect("query").get(0);
+        assert_eq!(who, t.role);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
