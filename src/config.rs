@@ -630,8 +630,26 @@ mod tests {
             "[proxy]\nbogus = 1",
             "[[tenants]]\nid='a'\nupstream='nope'\ndatabase='d'\nrole='r'",
             "[[upstreams]]\nname='u'\nhost='h'\n[[tenants]]\nid='Bad!'\nupstream='u'\ndatabase='d'\nrole='r'",
+            "[[upstreams]]\nname='u'\nhost='h'\nrequire_auth='scram-sha-256,kerberos'",
+            "[[upstreams]]\nname='u'\nhost='h'\nrequire_auth=''",
+            "[pool]\nmax_scram_iterations = 0",
         ] {
             assert!(Config::parse(bad).is_err(), "accepted: {bad}");
         }
+    }
+
+    #[test]
+    fn require_auth_and_its_default() {
+        use crate::pool::RequireAuth;
+        let c = Config::parse("[[upstreams]]\nname='u'\nhost='h'\nrequire_auth='md5, none'").expect("config");
+        let r = c.upstreams[0].require_auth.expect("set");
+        assert_eq!(r.to_string(), "md5,none");
+        assert!(r.md5 && r.none && !r.scram_sha_256 && !r.password);
+        assert_eq!(c.pool.max_scram_iterations, 100_000);
+        // Unset: SCRAM only for a password login over TCP; `none` too without a password or
+        // over a Unix socket.
+        assert_eq!(RequireAuth::default_for(true, false).to_string(), "scram-sha-256");
+        assert_eq!(RequireAuth::default_for(false, false).to_string(), "scram-sha-256,none");
+        assert_eq!(RequireAuth::default_for(true, true).to_string(), "scram-sha-256,none");
     }
 }

@@ -28,8 +28,12 @@ async fn a_changed_upstream_password_applies_without_a_restart() {
     let (h2, _catalog2) = start_control(cfg).await;
     drop(session(&h, &t.id).await.expect("first client"));
     drop(session(&h2, &t.id).await.expect("first client of the second proxy"));
-    // Their server connections stay idle in the pools.
+    // Their server connections stay idle in the pools; a client of the first proxy takes
+    // one into a transaction.
     assert!(eventually(Duration::from_secs(2), || async { backends(&t.database).await == 2 }).await);
+    let busy = session(&h, &t.id).await.expect("busy client");
+    busy.batch_execute("BEGIN; SELECT 1").await.expect("begin");
+    assert_eq!(backends(&t.database).await, 2);
     // The password changes on the server and in the catalog (what `tenant set-password`
     // writes, here in plaintext as a catalog without a key file keeps it).
     admin("postgres")
@@ -41,13 +45,19 @@ async fn a_changed_upstream_password_applies_without_a_restart() {
         .execute("UPDATE pgtenant.tenants SET login_password = 'the-new-one' WHERE id = $1", &[&t.id])
         .await
         .expect("set password");
-    // The idle connections opened with the old password are drained, on both proxies,
-    // without any client arriving …
+    // The idle connection opened with the old password is drained without any client
+    // arriving; the busy one stays with its client …
+    assert!(
+        eventually(Duration::from_secs(5), || async { backends(&t.database).await == 1 }).await,
+        "the idle connection opened with the old password is still in the pool"
+    );
+    // … and is closed when it is released, not returned to the pool.
+    busy.batch_execute("COMMIT").await.expect("commit");
     assert!(
         eventually(Duration::from_secs(5), || async { backends(&t.database).await == 0 }).await,
-        "the connection opened with the old password is still in the pool"
+        "the busy connection opened with the old password went back to the pool"
     );
-    // … and a new client is served by a connection opened with the new password.
+    // A new client of either proxy is served by a connection opened with the new password.
     for h in [&h, &h2] {
         let c = session(h, &t.id).await.expect("a new client after the password change");
         let who: String = c.query_one("SELECT current_user::text", &[]).await.expect("query").get(0);
