@@ -196,7 +196,10 @@ where
         // or not acme exists, as they would for a real user.
         let mock_name = format!("{}\0{name}", resolved.tenant.as_str());
         let secret = mock_secret(proxy);
-        reader.get_mut().write_all(&out).await.map_err(io_gone)?;
+        if let Err(e) = reader.get_mut().write_all(&out).await {
+            attempt.abandoned();
+            return Err(io_gone(e));
+        }
         out.clear();
         let outcome = if method == AuthMethod::Md5 {
             let known = stored.filter(|v| v.starts_with("md5") && v.len() == 35).cloned();
