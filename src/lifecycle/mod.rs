@@ -66,7 +66,11 @@ pub(crate) fn db_text(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        // "error communicating with the server" says little without its cause.
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 

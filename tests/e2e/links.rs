@@ -226,3 +226,41 @@ async fn require_auth_lets_an_upstream_use_what_it_allows() {
     assert_eq!(seen.passwords, vec![b"clear-pw\0".to_vec()]);
     assert!(pgtenant::pool::RequireAuth::parse("kerberos").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn administrator_logins_follow_require_auth_too() {
+    use pgtenant::lifecycle::upstream::Upstream;
+    use pgtenant::pool::{UpstreamAddr, UpstreamTls};
+    for mode in [Hostile::Cleartext, Hostile::Md5, Hostile::Trust, Hostile::Iterations] {
+        let fake = FakeUpstream::start(mode).await;
+        let upstream = Upstream {
+            name: "fake".into(),
+            addr: UpstreamAddr::with_tls(
+                "127.0.0.1",
+                fake.port,
+                UpstreamTls { mode: SslMode::Disable, root_cert: None },
+            ),
+            admin_user: "postgres".into(),
+            admin_password: Some("the-admin-password".into()),
+            admin_database: "postgres".into(),
+            require_auth: None,
+        };
+        let e = upstream.connect("postgres").await.err().unwrap_or_else(|| panic!("{mode:?}: connected"));
+        let text = e.to_string();
+        assert!(text.contains("require_auth") || text.contains("PBKDF2 iterations"), "{mode:?}: {text}");
+        let seen = fake.seen.lock().expect("seen");
+        assert!(seen.passwords.is_empty(), "{mode:?}: the admin password was sent: {:?}", seen.passwords);
+        assert_eq!(seen.proofs, 0, "{mode:?}");
+    }
+    // The real cluster over TCP (SCRAM) is fine with the default.
+    let upstream = Upstream {
+        name: "local".into(),
+        addr: UpstreamAddr::with_tls("127.0.0.1", cluster().port, UpstreamTls::default()),
+        admin_user: "postgres".into(),
+        admin_password: Some(pgtenant::embedded::SUPERUSER_PASSWORD.into()),
+        admin_database: "postgres".into(),
+        require_auth: None,
+    };
+    let c = upstream.connect("postgres").await.expect("SCRAM administrator login");
+    c.batch_execute("SELECT 1").await.expect("query");
+}
