@@ -264,3 +264,26 @@ async fn administrator_logins_follow_require_auth_too() {
     let c = upstream.connect("postgres").await.expect("SCRAM administrator login");
     c.batch_execute("SELECT 1").await.expect("query");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_does_not_poison_a_shared_role() {
+    // One login role for two tenants' databases; the first tenant's catalog entry has a wrong
+    // password. Its failed login must leave nothing behind that the second tenant (right
+    // password, same role on the same server) would reuse.
+    let role = unique("sharedrole");
+    let admin = admin("postgres").await;
+    admin.batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'right-pw'")).await.expect("role");
+    let (db_a, db_b) = (unique("poisona"), unique("poisonb"));
+    for db in [&db_a, &db_b] {
+        admin.batch_execute(&format!("CREATE DATABASE {db} OWNER {role}")).await.expect("db");
+    }
+    let wrong = TenantConfig::new(&db_a, "local", &db_a, &role, Some("wrong-pw"));
+    let right = TenantConfig::new(&db_b, "local", &db_b, &role, Some("right-pw"));
+    let h = start(config(vec![wrong.clone(), right.clone()])).await;
+    let e =
+        tokio_postgres::connect(&h.conninfo(&wrong.id), tokio_postgres::NoTls).await.err().expect("refused");
+    assert_eq!(code(&e), "08006");
+    let c = h.client(&right.id).await;
+    let who: String = c.query_one("SELECT current_user::text", &[]).await.expect("query").get(0);
+    assert_eq!(who, role);
+}
