@@ -536,7 +536,9 @@ impl PoolManager {
             return;
         }
         let Some(mut changes) = catalog.changes() else { return };
+        // Neither is kept alive by this task: it ends with either.
         let weak = Arc::downgrade(self);
+        let catalog = Arc::downgrade(&catalog);
         tokio::spawn(async move {
             loop {
                 let change = match changes.recv().await {
@@ -544,7 +546,7 @@ impl PoolManager {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Change::All,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
-                let Some(mgr) = weak.upgrade() else { return };
+                let (Some(mgr), Some(catalog)) = (weak.upgrade(), catalog.upgrade()) else { return };
                 let ids: Vec<TenantId> = match change {
                     Change::Tenant(id) if mgr.tenant_pools.contains_key(&id) => vec![id],
                     Change::Tenant(_) => Vec::new(),
