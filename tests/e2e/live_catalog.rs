@@ -66,7 +66,7 @@ async fn a_changed_upstream_password_applies_without_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_pool_size_is_honoured() {
+async fn a_changed_pool_size_and_server_connection_cap_are_honoured() {
     let t = with_mode(tenant_db("resize").await, PoolMode::Session, 2);
     let mut cfg = config(vec![]);
     cfg.pool.checkout_timeout = 0.5;
@@ -108,5 +108,27 @@ async fn a_changed_pool_size_is_honoured() {
     );
     let one = session(&h, &t.id).await.expect("one session");
     assert_eq!(session(&h, &t.id).await.err().as_deref(), Some("53300"), "pool_size 1 is full");
-    drop(one);
+    // The tenant's own cap, changed on its own, applies too: a pool of 3 under a cap of 2.
+    control
+        .execute(
+            "UPDATE pgtenant.tenants SET pool_size = 3, max_server_connections = 2 WHERE id = $1",
+            &[&t.id],
+        )
+        .await
+        .expect("cap");
+    let mut held = vec![one];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while held.len() < 2 && tokio::time::Instant::now() < deadline {
+        match session(&h, &t.id).await {
+            Ok(c) => held.push(c),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(held.len(), 2, "the pool did not grow");
+    assert_eq!(
+        session(&h, &t.id).await.err().as_deref(),
+        Some("53300"),
+        "max_server_connections 2 holds below pool_size 3"
+    );
+    assert_eq!(backends(&t.database).await, 2);
 }
