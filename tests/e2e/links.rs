@@ -287,3 +287,35 @@ async fn a_wrong_password_does_not_poison_a_shared_role() {
     let who: String = c.query_one("SELECT current_user::text", &[]).await.expect("query").get(0);
     assert_eq!(who, role);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_auth_from_the_cli_reaches_the_catalog() {
+    let mut cfg = config(vec![]);
+    let control = control_db(&mut cfg).await;
+    let run = |require_auth: &'static str| {
+        let url = cfg.catalog.url.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+                .args(["upstream", "add", "legacy", "--host", "127.0.0.1", "--admin-user", "postgres"])
+                .args(["--require-auth", require_auth, "--url", &url])
+                .output()
+                .await
+                .expect("pgtenant")
+        }
+    };
+    let out = run("md5, none").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stored: Option<String> = control
+        .query_one("SELECT require_auth FROM pgtenant.upstreams WHERE name = 'legacy'", &[])
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(stored.as_deref(), Some("md5,none"));
+    let out = run("kerberos").await;
+    assert!(!out.status.success(), "an unknown method is refused");
+    // The catalog itself refuses what the proxy could not read.
+    let bad = control
+        .execute("UPDATE pgtenant.upstreams SET require_auth = 'md5;drop' WHERE name = 'legacy'", &[])
+        .await;
+    assert!(bad.is_err());
+}
