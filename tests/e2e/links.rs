@@ -319,3 +319,38 @@ async fn require_auth_from_the_cli_reaches_the_catalog() {
         .await;
     assert!(bad.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_auth_from_the_catalog_applies_at_once() {
+    let fake = FakeUpstream::start(Hostile::Cleartext).await;
+    let mut cfg = config(vec![]);
+    let control = control_db(&mut cfg).await;
+    control
+        .execute(
+            "INSERT INTO pgtenant.upstreams (name, host, port, sslmode) VALUES ('legacy', '127.0.0.1', $1, 'disable')",
+            &[&i32::from(fake.port)],
+        )
+        .await
+        .expect("upstream row");
+    let id = unique("catlegacy");
+    insert_tenant(&control, &TenantConfig::new(&id, "legacy", "db", "role", Some("clear-pw"))).await;
+    let (h, _catalog) = start_control(cfg).await;
+    // The default refuses cleartext …
+    let e = tokio_postgres::connect(&h.conninfo(&id), tokio_postgres::NoTls).await.err().expect("refused");
+    assert_eq!(code(&e), "08006");
+    assert!(fake.seen.lock().expect("seen").passwords.is_empty());
+    // … the upstream row allows it, and the next login uses it.
+    control
+        .execute("UPDATE pgtenant.upstreams SET require_auth = 'password' WHERE name = 'legacy'", &[])
+        .await
+        .expect("allow cleartext");
+    let logged_in = eventually(Duration::from_secs(3), || async {
+        tokio_postgres::connect(&h.conninfo(&id), tokio_postgres::NoTls).await.is_ok()
+    })
+    .await;
+    assert!(logged_in, "require_auth from the catalog did not apply");
+    assert_eq!(
+        fake.seen.lock().expect("seen").passwords.first().map(Vec::as_slice),
+        Some(&b"clear-pw\0"[..])
+    );
+}
