@@ -70,6 +70,7 @@ async fn proxy(cluster: &Cluster, throttle: u32) -> SocketAddr {
         max_connections: 20,
         sslmode: Default::default(),
         sslrootcert: None,
+        require_auth: None,
     }];
     let mut t = TenantConfig::new("bench", "local", "bench", "bench", Some("bench"));
     t.users.push(UserConfig { name: "app".into(), verifier: Verifier::hash("good") });

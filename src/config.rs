@@ -79,9 +79,15 @@ pub struct ProxyConfig {
     pub auth: AuthMethod,
     /// Log format: `human` or `json`. The level comes from `RUST_LOG` (default `info`).
     pub log_format: LogFormat,
-    /// Failed authentications per source address per minute before further attempts from it
-    /// are refused at once (0: no limit).
+    /// Failed authentications per tenant and source address per minute before further
+    /// attempts from that address to that tenant are refused at once (0: no limit). An
+    /// attempt counts from the moment its password exchange starts until it succeeds.
     pub max_auth_failures: u32,
+    /// The key of the mock SCRAM verifiers shown for unknown tenants and users (their salt
+    /// is an HMAC of the tenant and user names under it). Set the same long random string on
+    /// every proxy behind one address, so an unknown name gets the same salt from each of
+    /// them and after restarts, as a real user does. "" = a random key per process.
+    pub mock_secret: String,
 }
 
 impl Default for ProxyConfig {
@@ -98,6 +104,7 @@ impl Default for ProxyConfig {
             auth: AuthMethod::Trust,
             log_format: LogFormat::Human,
             max_auth_failures: 20,
+            mock_secret: String::new(),
         }
     }
 }
@@ -204,6 +211,10 @@ pub struct PoolDefaults {
     /// (its server connection is closed), so it cannot hold a shared connection by not
     /// reading its results.
     pub client_write_timeout: f64,
+    /// The most PBKDF2 iterations an upstream may ask for in its SCRAM exchange (PostgreSQL
+    /// uses 4096 by default); a server asking for more is refused (08006 to the client, the
+    /// reason in the log). The computation runs off the async workers, one per core at most.
+    pub max_scram_iterations: u32,
 }
 
 /// A tenant's overrides of the `[pool]` timeouts (seconds, 0 = off).
@@ -240,6 +251,7 @@ impl Default for PoolDefaults {
             idle_transaction_timeout: 0.0,
             client_idle_timeout: 0.0,
             client_write_timeout: 60.0,
+            max_scram_iterations: crate::auth::scram_client::DEFAULT_MAX_ITERATIONS,
         }
     }
 }
@@ -406,6 +418,12 @@ pub struct UpstreamConfig {
     /// CA file (PEM) for verify-ca / verify-full.
     #[serde(default)]
     pub sslrootcert: Option<String>,
+    /// The authentication methods this server may use, as libpq's `require_auth`: a
+    /// comma-separated list of `scram-sha-256`, `md5`, `password` (cleartext), `none`. A
+    /// server asking for anything else is refused. Unset: `scram-sha-256`, plus `none` when
+    /// the login has no password or the server is reached over a Unix socket.
+    #[serde(default)]
+    pub require_auth: Option<crate::pool::RequireAuth>,
 }
 
 fn default_pg_port() -> u16 {
@@ -599,6 +617,9 @@ impl Config {
         if self.catalog.cache_size == 0 || self.catalog.pool_size == 0 {
             return bad("catalog.cache_size and catalog.pool_size must be ≥ 1".into());
         }
+        if p.max_scram_iterations == 0 {
+            return bad("pool.max_scram_iterations must be ≥ 1".into());
+        }
         if p.max_server_connections == 0 {
             return bad("pool.max_server_connections must be ≥ 1".into());
         }
@@ -669,8 +690,26 @@ mod tests {
             "[catalog]\nlookup_rate_per_address = -1",
             "[[tenants]]\nid='a'\nupstream='nope'\ndatabase='d'\nrole='r'",
             "[[upstreams]]\nname='u'\nhost='h'\n[[tenants]]\nid='Bad!'\nupstream='u'\ndatabase='d'\nrole='r'",
+            "[[upstreams]]\nname='u'\nhost='h'\nrequire_auth='scram-sha-256,kerberos'",
+            "[[upstreams]]\nname='u'\nhost='h'\nrequire_auth=''",
+            "[pool]\nmax_scram_iterations = 0",
         ] {
             assert!(Config::parse(bad).is_err(), "accepted: {bad}");
         }
+    }
+
+    #[test]
+    fn require_auth_and_its_default() {
+        use crate::pool::RequireAuth;
+        let c = Config::parse("[[upstreams]]\nname='u'\nhost='h'\nrequire_auth='md5, none'").expect("config");
+        let r = c.upstreams[0].require_auth.expect("set");
+        assert_eq!(r.to_string(), "md5,none");
+        assert!(r.md5 && r.none && !r.scram_sha_256 && !r.password);
+        assert_eq!(c.pool.max_scram_iterations, 100_000);
+        // Unset: SCRAM only for a password login over TCP; `none` too without a password or
+        // over a Unix socket.
+        assert_eq!(RequireAuth::default_for(true, false).to_string(), "scram-sha-256");
+        assert_eq!(RequireAuth::default_for(false, false).to_string(), "scram-sha-256,none");
+        assert_eq!(RequireAuth::default_for(true, true).to_string(), "scram-sha-256,none");
     }
 }

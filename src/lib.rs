@@ -12,7 +12,8 @@
 //!   relay (reply queue, statement rewriting, session variables).
 //! - [`tenant`]: tenant ids and the resolvers (pure functions over startup parameters).
 //! - [`catalog`]: where tenants are looked up, behind a narrow interface: the control
-//!   database (cache, pushed invalidation, encrypted secrets) or the static TOML catalog.
+//!   database (cache, pushed invalidation, encrypted secrets, TLS as its URL asks) or the
+//!   static TOML catalog.
 //! - [`pool`]: upstream server connections: connect, authenticate, session state, pools, caps.
 //! - [`auth`]: SCRAM-SHA-256 (server side for clients, client side for upstreams), TLS,
 //!   failed-login throttling.

@@ -25,7 +25,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{secs, Config};
@@ -169,10 +168,7 @@ impl AdminState {
             // Refuse to start on what every operation would refuse (a stray migration file,
             // an unreadable key file).
             Lifecycle::from_config(config)?;
-            let pg = config
-                .catalog
-                .url
-                .parse::<tokio_postgres::Config>()
+            let pg = crate::catalog::link::ControlLink::parse(&config.catalog.url)
                 .map_err(|e| LifecycleError::Invalid(format!("[catalog] url: {e}")))?;
             Some(Control {
                 config: pg,
@@ -270,7 +266,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// One control-database connection shared by token checks and readiness probes, opened on
 /// first use and again after it breaks.
 struct Control {
-    config: tokio_postgres::Config,
+    /// The control database (TLS as its URL asks).
+    config: crate::catalog::link::ControlLink,
     /// For connecting and for each query: a probe must answer even when the database hangs.
     timeout: Duration,
     client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
@@ -282,7 +279,7 @@ impl Control {
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let (client, conn) = tokio::time::timeout(self.timeout, self.config.connect(NoTls))
+        let (client, conn) = tokio::time::timeout(self.timeout, self.config.connect())
             .await
             .map_err(|_| format!("no connection within {:?}", self.timeout))?
             .map_err(|e| e.to_string())?;

@@ -1,6 +1,13 @@
-//! The client side of SCRAM-SHA-256, for pgtenant's own logins to upstream servers, with
-//! the salted password cached per (upstream, role, salt, iterations): opening a server
-//! connection then costs a few HMACs instead of 4096 PBKDF2 rounds each time.
+//! The client side of SCRAM-SHA-256, for pgtenant's own logins to upstream servers.
+//!
+//! What an upstream can make pgtenant do is bounded: the PBKDF2 iteration count it sends is
+//! capped, and the computation runs on Tokio's blocking threads, at most
+//! [`pbkdf2_parallelism`] at a time, never on the async workers that relay everyone's
+//! traffic. The salted password is cached per (upstream, role, password digest, salt,
+//! iterations), so opening a server connection usually costs a few HMACs instead of 4096
+//! PBKDF2 rounds — but an entry is added only once the server proved, with its
+//! server-final-message, that it holds the verifier for that password: a wrong password (or
+//! a hostile server) never fills the cache for a role that other tenants share.
 
 use std::sync::OnceLock;
 
@@ -9,17 +16,55 @@ use base64::Engine;
 use dashmap::DashMap;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
-
-use super::scram::ScramError;
+use tokio::sync::Semaphore;
 
 /// Salted passwords kept at most (a change of salt or password makes new entries).
 const CACHE_MAX: usize = 10_000;
 
-type SaltKey = (String, String, Vec<u8>, u32);
+/// The iteration count PostgreSQL uses by default (`scram_iterations`), and the default
+/// cap's reference point: the cap (`[pool] max_scram_iterations`) is 100,000.
+pub const DEFAULT_MAX_ITERATIONS: u32 = 100_000;
+
+/// (upstream address, role, SHA-256 of the password, salt, iterations). The password is
+/// part of the key (as a digest, never in clear) so that two passwords for one role — during
+/// a password change, or one of them wrong — never share an entry.
+type SaltKey = (String, String, [u8; 32], Vec<u8>, u32);
 
 fn cache() -> &'static DashMap<SaltKey, [u8; 32]> {
     static CACHE: OnceLock<DashMap<SaltKey, [u8; 32]>> = OnceLock::new();
     CACHE.get_or_init(DashMap::new)
+}
+
+/// PBKDF2 computations allowed at once: one per core, so a burst of new upstream
+/// connections (or a hostile upstream) cannot take every blocking thread either.
+pub fn pbkdf2_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn pbkdf2_slots() -> &'static Semaphore {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| Semaphore::new(pbkdf2_parallelism()))
+}
+
+/// Why an exchange with an upstream failed (the text goes to the log, never to a client).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClientScramError {
+    #[error("malformed SCRAM message from the server")]
+    Malformed,
+    #[error("the server's SCRAM nonce does not extend ours")]
+    Nonce,
+    #[error(
+        "the server asks for {sent} PBKDF2 iterations, more than the {max} allowed (max_scram_iterations)"
+    )]
+    TooManyIterations { sent: u32, max: u32 },
+    #[error("the server's SCRAM signature is wrong: it does not know the password's verifier")]
+    ServerSignature,
+    #[error("the server sent an error in its SCRAM final message")]
+    ServerError,
+    #[error("SCRAM message out of order")]
+    OutOfOrder,
+    #[error("the PBKDF2 computation failed to run")]
+    Compute,
 }
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
@@ -42,6 +87,25 @@ fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
     out
 }
 
+/// Hi() on a blocking thread, within the PBKDF2 slots.
+async fn hi_off_workers(
+    password: Vec<u8>,
+    salt: Vec<u8>,
+    iterations: u32,
+) -> Result<[u8; 32], ClientScramError> {
+    let _slot = pbkdf2_slots().acquire().await.map_err(|_| ClientScramError::Compute)?;
+    tokio::task::spawn_blocking(move || hi(&password, &salt, iterations))
+        .await
+        .map_err(|_| ClientScramError::Compute)
+}
+
+/// What the client-final-message was computed from, kept to check the server's proof.
+struct Sent {
+    key: SaltKey,
+    salted: [u8; 32],
+    auth_message: String,
+}
+
 /// One exchange with an upstream server.
 pub struct ClientExchange {
     password: Vec<u8>,
@@ -49,7 +113,8 @@ pub struct ClientExchange {
     login: (String, String),
     nonce: String,
     client_first_bare: String,
-    state: Option<([u8; 32], String)>,
+    sent: Option<Sent>,
+    verified: bool,
 }
 
 impl ClientExchange {
@@ -61,12 +126,22 @@ impl ClientExchange {
         let nonce = B64.encode(rand::random::<[u8; 18]>());
         let client_first_bare = format!("n=,r={nonce}");
         let first = format!("n,,{client_first_bare}").into_bytes();
-        (ClientExchange { password, login, nonce, client_first_bare, state: None }, first)
+        let exchange =
+            ClientExchange { password, login, nonce, client_first_bare, sent: None, verified: false };
+        (exchange, first)
     }
 
-    /// Reads the server-first-message; returns the client-final-message.
-    pub fn update(&mut self, server_first: &[u8]) -> Result<Vec<u8>, ScramError> {
-        let text = std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed)?;
+    /// Reads the server-first-message; returns the client-final-message. Iteration counts
+    /// above `max_iterations` are refused before any work is done.
+    pub async fn update(
+        &mut self,
+        server_first: &[u8],
+        max_iterations: u32,
+    ) -> Result<Vec<u8>, ClientScramError> {
+        if self.sent.is_some() {
+            return Err(ClientScramError::OutOfOrder);
+        }
+        let text = std::str::from_utf8(server_first).map_err(|_| ClientScramError::Malformed)?;
         let mut nonce = None;
         let mut salt = None;
         let mut iterations = None;
@@ -80,22 +155,20 @@ impl ClientExchange {
             }
         }
         let (Some(nonce), Some(salt), Some(iterations)) = (nonce, salt, iterations) else {
-            return Err(ScramError::Malformed);
+            return Err(ClientScramError::Malformed);
         };
         if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
-            return Err(ScramError::Nonce);
+            return Err(ClientScramError::Nonce);
         }
-        let key = (self.login.0.clone(), self.login.1.clone(), salt, iterations);
-        let salted = match cache().get(&key) {
-            Some(s) => *s,
-            None => {
-                let s = hi(&self.password, &key.2, iterations);
-                if cache().len() >= CACHE_MAX {
-                    cache().clear();
-                }
-                cache().insert(key, s);
-                s
-            }
+        if iterations > max_iterations {
+            return Err(ClientScramError::TooManyIterations { sent: iterations, max: max_iterations });
+        }
+        let digest: [u8; 32] = Sha256::digest(&self.password).into();
+        let key = (self.login.0.clone(), self.login.1.clone(), digest, salt, iterations);
+        let cached = cache().get(&key).map(|s| *s);
+        let salted = match cached {
+            Some(s) => s,
+            None => hi_off_workers(self.password.clone(), key.3.clone(), iterations).await?,
         };
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{},{}", self.client_first_bare, text, without_proof);
@@ -103,22 +176,42 @@ impl ClientExchange {
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
         let signature = hmac(&stored_key, &[auth_message.as_bytes()]);
         let proof: Vec<u8> = client_key.iter().zip(signature).map(|(k, s)| k ^ s).collect();
-        self.state = Some((salted, auth_message));
+        self.sent = Some(Sent { key, salted, auth_message });
         Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
     }
 
-    /// Checks the server-final-message (the server proves it knew the verifier).
-    pub fn finish(&self, server_final: &[u8]) -> Result<(), ScramError> {
-        let (salted, auth_message) = self.state.as_ref().ok_or(ScramError::Malformed)?;
-        let text = std::str::from_utf8(server_final).map_err(|_| ScramError::Malformed)?;
-        let v = text.strip_prefix("v=").ok_or(ScramError::Malformed)?;
-        let server_key = hmac(salted, &[b"Server Key"]);
-        let expected = hmac(&server_key, &[auth_message.as_bytes()]);
-        if B64.encode(expected) == v.trim_end_matches(',') {
-            Ok(())
-        } else {
-            Err(ScramError::Malformed)
+    /// Checks the server-final-message (the server proves it knew the verifier); only then
+    /// is the salted password cached.
+    pub fn finish(&mut self, server_final: &[u8]) -> Result<(), ClientScramError> {
+        let sent = self.sent.as_ref().ok_or(ClientScramError::OutOfOrder)?;
+        if self.verified {
+            return Err(ClientScramError::OutOfOrder);
         }
+        let text = std::str::from_utf8(server_final).map_err(|_| ClientScramError::Malformed)?;
+        if text.starts_with("e=") {
+            return Err(ClientScramError::ServerError);
+        }
+        let v = text.split(',').find_map(|a| a.strip_prefix("v=")).ok_or(ClientScramError::Malformed)?;
+        let server_key = hmac(&sent.salted, &[b"Server Key"]);
+        let expected = B64.encode(hmac(&server_key, &[sent.auth_message.as_bytes()]));
+        // Constant time over the expected length.
+        let same = v.len() == expected.len()
+            && v.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !same {
+            return Err(ClientScramError::ServerSignature);
+        }
+        self.verified = true;
+        if cache().len() >= CACHE_MAX {
+            cache().clear();
+        }
+        cache().insert(sent.key.clone(), sent.salted);
+        Ok(())
+    }
+
+    /// Whether the server's final message was received and verified: AuthenticationOk after
+    /// a SCRAM exchange counts only then.
+    pub fn verified(&self) -> bool {
+        self.verified
     }
 
     /// Salted passwords cached right now.
@@ -132,27 +225,91 @@ mod tests {
     use super::super::scram::{ServerExchange, Verifier};
     use super::*;
 
-    #[test]
-    fn against_the_server_side_and_cached() {
+    fn key_for(login: &(String, String), password: &str, v: &Verifier) -> SaltKey {
+        let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        (login.0.clone(), login.1.clone(), digest, v.salt.clone(), v.iterations)
+    }
+
+    #[tokio::test]
+    async fn scram_against_the_server_side_and_cached_after_the_proof() {
         let verifier = Verifier::parse(&Verifier::hash("pa55")).expect("verifier");
         let login = ("test-upstream:1".to_owned(), "role-a".to_owned());
         for round in 0..2 {
             let (mut client, first) = ClientExchange::new("pa55", login.clone());
             let (server, server_first) =
                 ServerExchange::start(verifier.clone(), &first, None, false).expect("start");
-            let last = client.update(server_first.as_bytes()).expect("update");
+            let last = client.update(server_first.as_bytes(), 4096).await.expect("update");
+            if round == 0 {
+                assert!(!cache().contains_key(&key_for(&login, "pa55", &verifier)), "not before the proof");
+            }
             let server_final = server.finish(&last).expect("finish").expect("proof accepted");
             client.finish(server_final.as_bytes()).expect("server verified");
-            assert!(
-                cache().contains_key(&(login.0.clone(), login.1.clone(), verifier.salt.clone(), 4096)),
-                "round {round}"
-            );
+            assert!(client.verified());
+            assert!(cache().contains_key(&key_for(&login, "pa55", &verifier)), "round {round}");
         }
-        // A wrong password is refused by the server.
-        let (mut client, first) = ClientExchange::new("nope", ("test-upstream:1".into(), "role-b".into()));
-        let (server, server_first) = ServerExchange::start(verifier, &first, None, false).expect("start");
-        let last = client.update(server_first.as_bytes()).expect("update");
+        // A wrong password is refused by the server, and nothing is cached for it.
+        let login_b = ("test-upstream:1".to_owned(), "role-b".to_owned());
+        let (mut client, first) = ClientExchange::new("nope", login_b.clone());
+        let (server, server_first) =
+            ServerExchange::start(verifier.clone(), &first, None, false).expect("start");
+        let last = client.update(server_first.as_bytes(), 4096).await.expect("update");
         assert_eq!(server.finish(&last), Ok(None));
+        assert!(!cache().contains_key(&key_for(&login_b, "nope", &verifier)));
+    }
+
+    #[tokio::test]
+    async fn scram_hostile_servers() {
+        let login = ("test-upstream:2".to_owned(), "role-c".to_owned());
+        // Too many iterations: refused before any PBKDF2 work.
+        let (mut client, first) = ClientExchange::new("pw", login.clone());
+        let nonce = std::str::from_utf8(&first).expect("utf8").rsplit("r=").next().expect("nonce").to_owned();
+        let server_first = format!("r={nonce}xyz,s=c2FsdA==,i=10000000");
+        assert_eq!(
+            client.update(server_first.as_bytes(), 100_000).await,
+            Err(ClientScramError::TooManyIterations { sent: 10_000_000, max: 100_000 })
+        );
+        // A wrong server signature, an error, or a final message before the first.
+        let (mut client, first) = ClientExchange::new("pw", login.clone());
+        assert_eq!(client.finish(b"v=AAAA"), Err(ClientScramError::OutOfOrder));
+        let nonce = std::str::from_utf8(&first).expect("utf8").rsplit("r=").next().expect("nonce").to_owned();
+        let server_first = format!("r={nonce}xyz,s=c2FsdA==,i=4096");
+        client.update(server_first.as_bytes(), 100_000).await.expect("update");
+        assert_eq!(client.finish(b"v=AAAA"), Err(ClientScramError::ServerSignature));
+        assert_eq!(client.finish(b"e=invalid-proof"), Err(ClientScramError::ServerError));
+        assert!(!client.verified());
+        // A nonce that does not extend ours, and garbage.
+        let (mut client, _) = ClientExchange::new("pw", login);
+        assert_eq!(client.update(b"r=other,s=c2FsdA==,i=4096", 100_000).await, Err(ClientScramError::Nonce));
+        assert_eq!(client.update(b"\xff", 100_000).await, Err(ClientScramError::Malformed));
+    }
+
+    /// On a single-threaded runtime, a task keeps running while a PBKDF2 computation is
+    /// awaited: it happens on a blocking thread, not on the async worker.
+    #[tokio::test(flavor = "current_thread")]
+    async fn scram_pbkdf2_runs_off_the_async_workers() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        tokio::task::yield_now().await;
+        let (mut client, first) = ClientExchange::new("pw", ("test-upstream:3".into(), "role-d".into()));
+        let nonce = std::str::from_utf8(&first).expect("utf8").rsplit("r=").next().expect("nonce").to_owned();
+        let salt = B64.encode(rand::random::<[u8; 16]>());
+        let server_first = format!("r={nonce}xyz,s={salt},i=100000");
+        let started = std::time::Instant::now();
+        client.update(server_first.as_bytes(), 100_000).await.expect("update");
+        let (elapsed, seen) = (started.elapsed(), ticks.load(Ordering::Relaxed));
+        ticker.abort();
+        assert!(elapsed > std::time::Duration::from_millis(10), "100,000 iterations took only {elapsed:?}");
+        assert!(seen > 0, "the runtime's only worker was blocked for {elapsed:?}");
     }
 
     #[test]

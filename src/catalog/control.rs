@@ -2,20 +2,20 @@
 //! [`TenantCache`], and a LISTEN connection (reconnecting with backoff) that drops cached
 //! tenants on NOTIFY and tells the proxy which tenants changed.
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::cache::TenantCache;
+use super::link::ControlLink;
 use super::secrets::{self, Keys};
 use super::{migrations, Catalog, LookupFuture, Tenant, TenantParts};
 use crate::config::{secs, AuthMethod, CatalogConfig, Isolation, PoolDefaults, PoolMode, TenantStatus};
-use crate::pool::{SslMode, UpstreamAddr, UpstreamTls};
+use crate::pool::{RequireAuth, SslMode, UpstreamAddr, UpstreamTls};
 use crate::tenant::TenantId;
 
 /// The NOTIFY channel the catalog triggers use.
@@ -30,7 +30,8 @@ pub enum Change {
 }
 
 pub struct ControlCatalog {
-    pg_config: tokio_postgres::Config,
+    /// The control database, with TLS as its URL's sslmode / sslrootcert ask.
+    link: ControlLink,
     pool: deadpool_postgres::Pool,
     cache: TenantCache,
     lookup_timeout: Duration,
@@ -45,19 +46,20 @@ pub struct ControlCatalog {
 
 const LOOKUP_SQL: &str = "SELECT t.status, t.isolation, t.schema_name, t.search_path_public, t.upstream,
         u.host, u.port, u.max_connections, t.database, t.login_role, t.login_password, t.pool_mode,
-        t.pool_size, t.max_server_connections, t.max_clients, t.auth, u.sslmode, u.sslrootcert
+        t.pool_size, t.max_server_connections, t.max_clients, t.auth, u.sslmode, u.sslrootcert,
+        u.require_auth
    FROM pgtenant.tenants t JOIN pgtenant.upstreams u ON u.name = t.upstream
   WHERE t.id = $1";
 
 impl ControlCatalog {
     /// Connects, applies the catalog migrations, and starts listening for changes.
     pub async fn start(cfg: &CatalogConfig, defaults: &PoolDefaults) -> anyhow::Result<Arc<ControlCatalog>> {
-        let pg_config = tokio_postgres::Config::from_str(&cfg.url)?;
-        let manager = deadpool_postgres::Manager::new(pg_config.clone(), NoTls);
+        let link = ControlLink::parse(&cfg.url).map_err(|e| anyhow::anyhow!("[catalog] url: {e}"))?;
+        let manager = deadpool_postgres::Manager::new(link.config.clone(), link.tls.clone());
         let pool = deadpool_postgres::Pool::builder(manager).max_size(cfg.pool_size).build()?;
         let keys = secrets::load(&cfg.key_file).map_err(anyhow::Error::msg)?;
         let catalog = Arc::new(ControlCatalog {
-            pg_config,
+            link,
             pool,
             cache: TenantCache::new(secs(cfg.cache_ttl), secs(cfg.negative_ttl), cfg.cache_size),
             lookup_timeout: secs(cfg.lookup_timeout),
@@ -74,7 +76,7 @@ impl ControlCatalog {
 
     /// Applies the catalog migrations; returns the versions applied now.
     pub async fn migrate(&self) -> anyhow::Result<Vec<i32>> {
-        let (mut client, conn) = self.pg_config.connect(NoTls).await?;
+        let (mut client, conn) = self.link.connect().await?;
         let task = tokio::spawn(conn);
         let applied = migrations::migrate(&mut client).await?;
         drop(client);
@@ -149,6 +151,8 @@ impl ControlCatalog {
             database: row.get(8),
             login_role: row.get(9),
             password,
+            // The column's CHECK keeps it parseable; anything else is the default.
+            require_auth: row.get::<_, Option<String>>(18).and_then(|s| RequireAuth::parse(&s).ok()),
             pool_mode: if pool_mode == "session" { PoolMode::Session } else { PoolMode::Transaction },
             pool_size: count(12).unwrap_or(self.defaults.size),
             max_server_connections: count(13),
@@ -182,9 +186,9 @@ async fn listen(catalog: std::sync::Weak<ControlCatalog>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(cat) = catalog.upgrade() else { return };
-        let pg_config = cat.pg_config.clone();
+        let link = cat.link.clone();
         drop(cat);
-        match pg_config.connect(NoTls).await {
+        match link.connect().await {
             Ok((client, mut conn)) => {
                 let mut messages = stream::poll_fn(move |cx| conn.poll_message(cx));
                 let sql = format!("LISTEN {CHANNEL}");

@@ -141,6 +141,16 @@ ALTER TABLE pgtenant.tenants DROP CONSTRAINT IF EXISTS tenants_auth_check,
     ADD CONSTRAINT tenants_auth_check CHECK (auth IN ('trust', 'scram-sha-256', 'md5'));
 "#,
     ),
+    (
+        6,
+        r#"
+-- The authentication methods each upstream may use for pgtenant's logins, as libpq's
+-- require_auth (comma-separated scram-sha-256, md5, password, none); NULL: scram-sha-256,
+-- plus none for logins without a password or over a Unix socket.
+ALTER TABLE pgtenant.upstreams ADD COLUMN require_auth text
+    CHECK (require_auth ~ '^(scram-sha-256|md5|password|none)(,(scram-sha-256|md5|password|none))*$');
+"#,
+    ),
 ];
 
 /// Applies the missing migrations; returns the versions applied now.

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod control;
 pub mod limit;
+pub mod link;
 pub mod migrations;
 pub mod secrets;
 
@@ -16,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::config::{AuthMethod, Config, Isolation, PoolMode, TenantStatus};
-use crate::pool::{PoolKey, UpstreamAddr, UpstreamTls};
+use crate::pool::{PoolKey, RequireAuth, UpstreamAddr, UpstreamTls};
 use crate::protocol::{PgError, SqlState};
 use crate::tenant::TenantId;
 
@@ -38,6 +39,9 @@ pub struct Tenant {
     pub database: String,
     pub login_role: String,
     pub password: Option<String>,
+    /// The authentication methods the upstream may use for this login (its `require_auth`,
+    /// or the default for the login: see [`RequireAuth`]).
+    pub require_auth: RequireAuth,
     pub pool_mode: PoolMode,
     pub pool_size: usize,
     /// Server connections the tenant may hold at once across its pools.
@@ -70,6 +74,8 @@ pub struct TenantParts {
     pub database: String,
     pub login_role: String,
     pub password: Option<String>,
+    /// The upstream's `require_auth`; `None`: the default.
+    pub require_auth: Option<RequireAuth>,
     pub pool_mode: PoolMode,
     pub pool_size: usize,
     pub max_server_connections: Option<usize>,
@@ -95,7 +101,11 @@ impl Tenant {
             }
             Isolation::Shared => vec![("pgtenant.tenant_id".to_owned(), p.id.to_string())],
         };
+        let unix = matches!(p.addr, UpstreamAddr::Unix { .. });
+        let require_auth =
+            p.require_auth.unwrap_or_else(|| RequireAuth::default_for(p.password.is_some(), unix));
         Tenant {
+            require_auth,
             id: p.id,
             status: p.status,
             isolation: p.isolation,
@@ -201,6 +211,7 @@ impl StaticCatalog {
                 database: t.database.clone(),
                 login_role: t.role.clone(),
                 password: t.password.clone(),
+                require_auth: up.require_auth,
                 pool_mode: t.pool_mode.unwrap_or(config.pool.mode),
                 pool_size: t.pool_size.unwrap_or(config.pool.size),
                 max_server_connections: t.max_server_connections,

@@ -232,6 +232,11 @@ pub enum UpstreamCommand {
         sslmode: String,
         #[arg(long, default_value_t = 100)]
         max_connections: u32,
+        /// Authentication methods the server may use for tenants' logins, as libpq's
+        /// require_auth (comma-separated scram-sha-256, md5, password, none). Unset:
+        /// scram-sha-256, plus none for logins without a password or over a Unix socket.
+        #[arg(long)]
+        require_auth: Option<String>,
     },
     /// List the upstreams.
     List,
@@ -494,20 +499,26 @@ pub async fn upstream(command: UpstreamCommand, target: Target) -> anyhow::Resul
             admin_password_stdin,
             sslmode,
             max_connections,
+            require_auth,
         } => {
             anyhow::ensure!(crate::pool::SslMode::parse(&sslmode).is_some(), "unknown sslmode {sslmode:?}");
+            // Stored in the catalog's canonical spelling (its CHECK allows no spaces).
+            let require_auth = require_auth
+                .map(|r| crate::pool::RequireAuth::parse(&r).map(|r| r.to_string()))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             let password = if admin_password_stdin { Some(read_stdin_line("password")?) } else { None };
             let keys = crate::catalog::secrets::load(&config.catalog.key_file).map_err(anyhow::Error::msg)?;
             let stored = password.map(|p| keys.as_ref().map_or(p.clone(), |k| k.encrypt(&p)));
             let max = i32::try_from(max_connections)?;
             db.execute(
-                "INSERT INTO pgtenant.upstreams (name, host, port, admin_user, admin_password, admin_database, sslmode, max_connections)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                "INSERT INTO pgtenant.upstreams (name, host, port, admin_user, admin_password, admin_database, sslmode, max_connections, require_auth)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                  ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port,
                      admin_user = EXCLUDED.admin_user, admin_password = EXCLUDED.admin_password,
                      admin_database = EXCLUDED.admin_database, sslmode = EXCLUDED.sslmode,
-                     max_connections = EXCLUDED.max_connections",
-                &[&name, &host, &i32::from(port), &admin_user, &stored, &admin_database, &sslmode, &max],
+                     max_connections = EXCLUDED.max_connections, require_auth = EXCLUDED.require_auth",
+                &[&name, &host, &i32::from(port), &admin_user, &stored, &admin_database, &sslmode, &max, &require_auth],
             )
             .await?;
             println!("upstream {name} saved");

@@ -217,7 +217,10 @@ pub(crate) async fn control_db(
         None => Config::load(config)?.catalog.url,
     };
     anyhow::ensure!(!url.is_empty(), "no control database: pass --url or set [catalog] url");
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    // TLS as the URL's sslmode / sslrootcert ask.
+    let link = crate::catalog::link::ControlLink::parse(&url)
+        .map_err(|e| anyhow::anyhow!("control database URL: {e}"))?;
+    let (client, conn) = link.connect().await?;
     tokio::spawn(conn);
     Ok(client)
 }

@@ -228,33 +228,54 @@ where
     // state it is in: an unknown tenant or user fails exactly like a wrong password.
     let method = found.as_ref().and_then(|t| t.auth).unwrap_or(proxy.config.proxy.auth);
     if method != AuthMethod::Trust {
-        if !proxy.throttle.allowed(peer.ip(), resolved.tenant.as_str()) {
+        // The attempt takes its slot before the exchange starts (parallel guesses cannot
+        // all run), per (tenant, address): other tenants behind the same address are not
+        // affected by this one's failures.
+        let Some(attempt) = proxy.throttle.begin(peer.ip(), resolved.tenant.as_str()) else {
             return Err(PgError::fatal(
                 SqlState::InvalidPassword,
                 "too many failed authentication attempts from this address",
             )
             .with_hint("wait a minute before trying again"));
-        }
+        };
         let user = startup.get("user").unwrap_or_default();
         let name = resolved.role.as_deref().unwrap_or(user);
         let stored = found.as_ref().and_then(|t| t.users.get(name));
-        reader.get_mut().write_all(&out).await.map_err(io_gone)?;
+        // An unknown tenant or user gets a mock verifier keyed by the names as resolved, not
+        // as spelled: `app.acme` and `user=app options=tenant=acme` see the same salt whether
+        // or not acme exists, as they would for a real user.
+        let mock_name = format!("{}\0{name}", resolved.tenant.as_str());
+        let secret = mock_secret(proxy);
+        if let Err(e) = reader.get_mut().write_all(&out).await {
+            attempt.abandoned();
+            return Err(io_gone(e));
+        }
         out.clear();
-        let (proved, accepted) = if method == AuthMethod::Md5 {
+        let outcome = if method == AuthMethod::Md5 {
             let known = stored.filter(|v| v.starts_with("md5") && v.len() == 35).cloned();
             let accepted = known.is_some();
-            let hash = known.unwrap_or_else(|| md5_mock(proxy.auth_secret(), user));
-            (md5_challenge(reader, &hash).await?, accepted)
+            let hash = known.unwrap_or_else(|| md5_mock(&secret, &mock_name));
+            md5_challenge(reader, &hash).await.map(|proved| proved && accepted)
         } else {
             let known = stored.and_then(|v| Verifier::parse(v));
             let accepted = known.is_some();
-            let verifier = known.unwrap_or_else(|| Verifier::mock(proxy.auth_secret(), user));
-            (scram(reader, verifier, tls.end_point.as_deref()).await?, accepted)
+            let verifier = known.unwrap_or_else(|| Verifier::mock(&secret, &mock_name));
+            scram(reader, verifier, tls.end_point.as_deref()).await.map(|proved| proved && accepted)
         };
-        if !(proved && accepted) {
-            proxy.throttle.record_failure(peer.ip(), resolved.tenant.as_str());
-            tracing::info!(tenant = %resolved.tenant, user, %peer, "client authentication failed");
-            return Err(PgError::fatal(SqlState::InvalidPassword, "password authentication failed"));
+        match outcome {
+            Ok(true) => attempt.succeeded(),
+            // Left before sending a proof (libpq does this to prompt for a password): no
+            // guess was made.
+            Err(e) if e.state == SqlState::ConnectionFailure => {
+                attempt.abandoned();
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+            Ok(false) => {
+                drop(attempt);
+                tracing::info!(tenant = %resolved.tenant, user, %peer, "client authentication failed");
+                return Err(PgError::fatal(SqlState::InvalidPassword, "password authentication failed"));
+            }
         }
     }
     let Some(tenant) = found else {
@@ -269,6 +290,9 @@ where
     let permit = proxy.client_permit()?;
     let admission = proxy.admit(&tenant)?;
     backend::authentication_ok(&mut out);
+    // Catalog changes reach this proxy's pools from now on (started once, on the first
+    // login: before it there are no pools to change).
+    proxy.pools.follow(proxy.catalog.clone());
     let pool = proxy.pools.pool_for(&tenant);
     let pool_params = match pool.params() {
         Some(p) => p,
@@ -352,6 +376,16 @@ where
     let same = answer.len() == expected.len()
         && answer.iter().zip(expected.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
     Ok(same)
+}
+
+/// The key of the mock verifiers: `[proxy] mock_secret` when set (the same on every proxy,
+/// and across restarts, so unknown names keep their salt as real users do), else the
+/// per-process secret.
+fn mock_secret(proxy: &Proxy) -> std::borrow::Cow<'_, [u8]> {
+    match proxy.config.proxy.mock_secret.as_str() {
+        "" => std::borrow::Cow::Borrowed(proxy.auth_secret()),
+        configured => std::borrow::Cow::Owned(configured.as_bytes().to_vec()),
+    }
 }
 
 /// The stored MD5 value an unknown user is checked against (no match is possible in practice).

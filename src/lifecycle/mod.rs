@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::catalog::quote_ident;
 use crate::catalog::secrets::Keys;
@@ -66,7 +66,11 @@ pub(crate) fn db_text(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        // "error communicating with the server" says little without its cause.
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
@@ -296,7 +300,8 @@ pub struct MigrationStatus {
 
 /// The lifecycle operations, over one control database.
 pub struct Lifecycle {
-    control: tokio_postgres::Config,
+    /// The control database (TLS as its URL asks).
+    control: crate::catalog::link::ControlLink,
     keys: Option<Keys>,
     pub migrations: Arc<MigrationSet>,
     seeds: Arc<Vec<(String, String)>>,
@@ -313,11 +318,10 @@ impl Lifecycle {
                 "tenant lifecycle needs a control database: pass --url or set [catalog] url".into(),
             ));
         }
-        let mut control = url
-            .parse::<tokio_postgres::Config>()
+        let mut control = crate::catalog::link::ControlLink::parse(url)
             .map_err(|e| LifecycleError::Invalid(format!("[catalog] url: {e}")))?;
-        if control.get_application_name().is_none() {
-            control.application_name("pgtenant lifecycle");
+        if control.config.get_application_name().is_none() {
+            control.config.application_name("pgtenant lifecycle");
         }
         let keys =
             crate::catalog::secrets::load(&config.catalog.key_file).map_err(LifecycleError::Invalid)?;
@@ -338,7 +342,7 @@ impl Lifecycle {
     }
 
     async fn control(&self) -> Result<Client, LifecycleError> {
-        let (client, conn) = self.control.connect(NoTls).await.map_err(catalog_error)?;
+        let (client, conn) = self.control.connect().await.map_err(catalog_error)?;
         tokio::spawn(conn);
         Ok(client)
     }

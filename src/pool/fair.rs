@@ -11,14 +11,16 @@ use crate::tenant::TenantId;
 
 #[derive(Default)]
 struct State {
-    available: usize,
+    /// Permits free now; negative after a shrink while more than the new size are held
+    /// (the excess is retired as permits come back, not handed to waiters).
+    available: isize,
+    size: usize,
     queues: HashMap<TenantId, VecDeque<oneshot::Sender<()>>>,
     /// Tenants with waiters, in service order.
     order: VecDeque<TenantId>,
 }
 
 pub struct FairSemaphore {
-    size: usize,
     state: Mutex<State>,
 }
 
@@ -35,7 +37,8 @@ impl Drop for FairPermit {
 
 impl FairSemaphore {
     pub fn new(size: usize) -> Arc<FairSemaphore> {
-        Arc::new(FairSemaphore { size, state: Mutex::new(State { available: size, ..State::default() }) })
+        let available = isize::try_from(size).unwrap_or(isize::MAX);
+        Arc::new(FairSemaphore { state: Mutex::new(State { available, size, ..State::default() }) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -44,7 +47,26 @@ impl FairSemaphore {
 
     /// Permits held right now.
     pub fn in_use(&self) -> usize {
-        self.size - self.lock().available
+        let st = self.lock();
+        usize::try_from(isize::try_from(st.size).unwrap_or(isize::MAX) - st.available).unwrap_or(0)
+    }
+
+    /// The number of permits, held and free.
+    pub fn size(&self) -> usize {
+        self.lock().size
+    }
+
+    /// Changes the number of permits: growing wakes waiters at once; shrinking takes free
+    /// permits away now and held ones as they come back.
+    pub fn resize(&self, size: usize) {
+        let mut st = self.lock();
+        let delta =
+            isize::try_from(size).unwrap_or(isize::MAX) - isize::try_from(st.size).unwrap_or(isize::MAX);
+        st.size = size;
+        st.available += delta;
+        while st.available > 0 && Self::wake_one(&mut st) {
+            st.available -= 1;
+        }
     }
 
     pub fn try_acquire(self: &Arc<Self>) -> Option<FairPermit> {
@@ -83,6 +105,13 @@ impl FairSemaphore {
 
     fn release(&self) {
         let mut st = self.lock();
+        if st.available < 0 || !Self::wake_one(&mut st) {
+            st.available += 1;
+        }
+    }
+
+    /// Hands a permit to the next waiter (round-robin across tenants); false if none waits.
+    fn wake_one(st: &mut State) -> bool {
         while let Some(tenant) = st.order.pop_front() {
             let Some(queue) = st.queues.get_mut(&tenant) else { continue };
             let waiter = queue.pop_front();
@@ -93,11 +122,11 @@ impl FairSemaphore {
             }
             if let Some(tx) = waiter {
                 if tx.send(()).is_ok() {
-                    return;
+                    return true;
                 }
             }
         }
-        st.available += 1;
+        false
     }
 }
 
@@ -135,6 +164,32 @@ mod tests {
         // b is served second, not sixth.
         assert_eq!(served, vec!["a", "b", "a", "a", "a", "a"]);
         tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sem.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn resizing_wakes_waiters_and_retires_held_permits() {
+        let sem = FairSemaphore::new(2);
+        let a = sem.try_acquire().expect("a");
+        let b = sem.try_acquire().expect("b");
+        sem.resize(1);
+        assert_eq!(sem.size(), 1);
+        drop(a);
+        assert!(sem.try_acquire().is_none(), "one permit is held, the size is one");
+        drop(b);
+        let c = sem.try_acquire().expect("c");
+        assert!(sem.try_acquire().is_none());
+        // Growing hands the new permit to a waiter.
+        let waiter = {
+            let sem = sem.clone();
+            tokio::spawn(async move {
+                sem.acquire(&id("a"), Instant::now() + Duration::from_secs(5)).await.is_some()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sem.resize(2);
+        assert!(waiter.await.expect("join"));
+        drop(c);
         assert_eq!(sem.in_use(), 0);
     }
 

@@ -2,6 +2,11 @@
 //! database, role) holds authenticated raw sockets. Caps per tenant, per pool, per upstream
 //! server and in total are enforced together; waiters queue per tenant and are served
 //! round-robin; idle connections are reaped, so an idle pool shrinks to nothing.
+//!
+//! Catalog changes reach the pools ([`PoolManager::apply`], [`PoolManager::follow`]): a new
+//! upstream password, `require_auth`, pool size or tenant cap applies to the next server
+//! connection opened; connections opened under the old login are closed when idle and at
+//! release when busy (each carries the generation of the login it was opened with).
 
 mod fair;
 mod server;
@@ -9,16 +14,18 @@ pub mod session;
 mod stream;
 
 pub use fair::{FairPermit, FairSemaphore};
-pub use server::{cancel_backend, Login, PreparedSet, ServerConn, UpstreamError};
+pub use server::{cancel_backend, Login, PreparedSet, RequireAuth, ServerConn, UpstreamError};
+pub(crate) use stream::client_config;
 pub use stream::{ServerStream, SslMode, UpstreamAddr, UpstreamTls};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::catalog::Tenant;
+use crate::catalog::{Catalog, Change, Tenant};
 use crate::config::{secs, PoolDefaults};
 use crate::protocol::{PgError, SqlState};
 use crate::tenant::TenantId;
@@ -82,6 +89,8 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
     pub min_idle: usize,
+    /// The most PBKDF2 iterations an upstream may ask for in SCRAM.
+    pub max_scram_iterations: u32,
 }
 
 impl From<&PoolDefaults> for PoolSettings {
@@ -92,6 +101,7 @@ impl From<&PoolDefaults> for PoolSettings {
             idle_timeout: secs(p.idle_timeout),
             max_lifetime: secs(p.max_lifetime),
             min_idle: p.min_idle,
+            max_scram_iterations: p.max_scram_iterations,
         }
     }
 }
@@ -152,17 +162,74 @@ impl Capacity {
     }
 }
 
+/// What a pool's new connections log in with. Replaced (with the next generation) when the
+/// catalog changes it.
+#[derive(Debug)]
+struct PoolLogin {
+    password: Option<String>,
+    require_auth: RequireAuth,
+    generation: u64,
+}
+
+impl PoolLogin {
+    fn of(tenant: &Tenant, generation: u64) -> PoolLogin {
+        PoolLogin { password: tenant.password.clone(), require_auth: tenant.require_auth, generation }
+    }
+
+    fn same_as(&self, tenant: &Tenant) -> bool {
+        self.password == tenant.password && self.require_auth == tenant.require_auth
+    }
+}
+
+/// A pool's idle connections, most recently used last, and the login generation they must
+/// carry: a connection of an older generation is closed instead of kept (so a busy
+/// connection opened with an old password is closed when it is released), and so is one
+/// that would leave the pool above its size (after the size shrank).
+struct Idle {
+    conns: Vec<ServerConn>,
+    generation: u64,
+    /// The pool's checkout permits: the one of the connection being returned is still held
+    /// while it is pushed.
+    checkout: Arc<FairSemaphore>,
+}
+
+impl Idle {
+    /// Keeps `conn` if it was opened with the current login and the pool is within its size;
+    /// closes it otherwise.
+    fn push(&mut self, conn: ServerConn) {
+        if conn.generation != self.generation {
+            tracing::debug!(upstream = %conn.addr, "closing a server connection opened with an old login");
+        } else if self.conns.len() + self.checkout.in_use() > self.checkout.size() {
+            tracing::debug!(upstream = %conn.addr, "closing a server connection above the pool size");
+        } else {
+            self.conns.push(conn);
+        }
+    }
+}
+
+impl std::ops::Deref for Idle {
+    type Target = Vec<ServerConn>;
+    fn deref(&self) -> &Vec<ServerConn> {
+        &self.conns
+    }
+}
+
+impl std::ops::DerefMut for Idle {
+    fn deref_mut(&mut self) -> &mut Vec<ServerConn> {
+        &mut self.conns
+    }
+}
+
 /// One pool of server connections for one upstream login.
 pub struct Pool {
     key: PoolKey,
-    password: Option<String>,
-    size: usize,
+    login: RwLock<Arc<PoolLogin>>,
     settings: PoolSettings,
     /// A permit per checked-out connection: `size` bounds idle + busy, because a connection
     /// is only opened when none is idle.
     checkout: Arc<FairSemaphore>,
     /// Most recently used last.
-    idle: Mutex<Vec<ServerConn>>,
+    idle: Mutex<Idle>,
     /// ParameterStatus values of the most recent connection opened: what clients are told at
     /// login.
     params: RwLock<Option<ServerParams>>,
@@ -176,7 +243,7 @@ impl Pool {
     }
 
     pub fn size(&self) -> usize {
-        self.size
+        self.checkout.size()
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -196,8 +263,48 @@ impl Pool {
         self.checkout.in_use()
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<ServerConn>> {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Idle> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn current_login(&self) -> Arc<PoolLogin> {
+        self.login.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Takes `tenant`'s current login settings and pool size: a changed login starts a new
+    /// generation (idle connections of the old one are closed now, busy ones at release); a
+    /// changed size applies to the next checkout. Returns whether anything changed.
+    fn apply(&self, tenant: &Tenant) -> bool {
+        // Every login passes here: the common case (nothing changed) takes read locks only.
+        if self.checkout.size() == tenant.pool_size && self.current_login().same_as(tenant) {
+            return false;
+        }
+        let mut changed = false;
+        if self.checkout.size() != tenant.pool_size {
+            tracing::info!(upstream = %self.key.addr, db = %self.key.database, role = %self.key.role,
+                from = self.checkout.size(), to = tenant.pool_size, "pool size changed");
+            self.checkout.resize(tenant.pool_size);
+            // Idle connections above the new size are closed now (oldest first); busy ones
+            // when they come back.
+            let mut idle = self.lock_idle();
+            let excess = (idle.len() + self.checkout.in_use()).saturating_sub(tenant.pool_size);
+            let excess = excess.min(idle.len());
+            idle.drain(..excess);
+            drop(idle);
+            changed = true;
+        }
+        let mut login = self.login.write().unwrap_or_else(|e| e.into_inner());
+        if !login.same_as(tenant) {
+            let next = Arc::new(PoolLogin::of(tenant, login.generation + 1));
+            tracing::info!(upstream = %self.key.addr, db = %self.key.database, role = %self.key.role,
+                "upstream login changed: draining server connections opened with the old one");
+            let mut idle = self.lock_idle();
+            idle.generation = next.generation;
+            idle.conns.clear();
+            *login = next;
+            changed = true;
+        }
+        changed
     }
 
     /// An idle connection, preferring one last set up for `tenant`, else the most recently
@@ -226,8 +333,14 @@ impl Pool {
             .acquire(self, deadline)
             .await
             .ok_or(PoolError::Timeout(self.settings.checkout_timeout))?;
-        let login =
-            Login { database: &self.key.database, role: &self.key.role, password: self.password.as_deref() };
+        let current = self.current_login();
+        let login = Login {
+            database: &self.key.database,
+            role: &self.key.role,
+            password: current.password.as_deref(),
+            require_auth: current.require_auth,
+            max_iterations: self.settings.max_scram_iterations,
+        };
         let limit = self.settings.connect_timeout;
         let mut conn = tokio::time::timeout(limit, ServerConn::connect(&self.key.addr, &login))
             .await
@@ -236,6 +349,7 @@ impl Pool {
                 tracing::warn!(upstream = %self.key.addr, db = %self.key.database, error = %e, "upstream connection failed")
             })?;
         conn._permits = vec![up_permit, global_permit];
+        conn.generation = current.generation;
         *self.params.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(conn.vars.clone()));
         Ok(conn)
     }
@@ -311,7 +425,12 @@ pub struct PoolManager {
     global: Arc<Capacity>,
     /// Server connections each tenant holds, across pools.
     tenant_caps: DashMap<TenantId, Arc<Semaphore>>,
+    /// The cap each of `tenant_caps` was made for (so a changed cap can be applied).
+    tenant_cap_sizes: DashMap<TenantId, usize>,
+    /// The pool each tenant was last routed to (what a catalog change re-applies).
+    tenant_pools: DashMap<TenantId, PoolKey>,
     settings: PoolSettings,
+    following: AtomicBool,
 }
 
 impl PoolManager {
@@ -321,7 +440,10 @@ impl PoolManager {
             upstreams: DashMap::new(),
             global: Capacity::new(defaults.max_server_connections),
             tenant_caps: DashMap::new(),
+            tenant_cap_sizes: DashMap::new(),
+            tenant_pools: DashMap::new(),
             settings: PoolSettings::from(defaults),
+            following: AtomicBool::new(false),
         })
     }
 
@@ -346,8 +468,101 @@ impl PoolManager {
         });
     }
 
-    /// The pool for a tenant's upstream login, created on first use.
+    /// The pool for a tenant's upstream login, created on first use, with the tenant's
+    /// current settings applied (see [`PoolManager::apply`]).
     pub fn pool_for(&self, tenant: &Tenant) -> Arc<Pool> {
+        let pool = self.pool_entry(tenant);
+        self.apply_to(&pool, tenant);
+        pool
+    }
+
+    /// Applies `tenant`'s current catalog entry to its pool and its server-connection cap, if
+    /// this proxy has them: a changed password or `require_auth` drains connections opened
+    /// with the old login, a changed pool size or `max_server_connections` applies to the
+    /// next checkout.
+    pub fn apply(&self, tenant: &Tenant) {
+        let Some(pool) = self.pools.get(&tenant.pool_key).map(|p| p.value().clone()) else {
+            self.apply_tenant_cap(tenant);
+            return;
+        };
+        self.apply_to(&pool, tenant);
+    }
+
+    fn apply_to(&self, pool: &Pool, tenant: &Tenant) {
+        pool.apply(tenant);
+        self.apply_tenant_cap(tenant);
+        if self.tenant_pools.get(&tenant.id).is_none_or(|k| *k != tenant.pool_key) {
+            self.tenant_pools.insert(tenant.id.clone(), tenant.pool_key.clone());
+        }
+    }
+
+    /// Resizes the tenant's cap to its current `max_server_connections`. Permits that are
+    /// held when the cap shrinks are retired as they come back.
+    fn apply_tenant_cap(&self, tenant: &Tenant) {
+        let want = tenant.max_server_connections;
+        if self.tenant_cap_sizes.get(&tenant.id).is_some_and(|s| *s == want) {
+            return;
+        }
+        let Some(sem) = self.tenant_caps.get(&tenant.id).map(|s| s.value().clone()) else { return };
+        let mut size = self.tenant_cap_sizes.entry(tenant.id.clone()).or_insert(want);
+        let have = *size;
+        if have == want {
+            return;
+        }
+        *size = want;
+        drop(size);
+        tracing::info!(tenant = %tenant.id, from = have, to = want, "max_server_connections changed");
+        if want > have {
+            sem.add_permits(want - have);
+        } else {
+            let missing = (have - want).saturating_sub(sem.forget_permits(have - want));
+            if let Ok(n) = u32::try_from(missing) {
+                if n > 0 {
+                    tokio::spawn(async move {
+                        if let Ok(p) = sem.acquire_many_owned(n).await {
+                            p.forget();
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Follows the catalog's change notifications for as long as the manager lives: each
+    /// changed tenant this proxy has a pool for is looked up again and applied, so a new
+    /// password or size takes effect on every proxy without a client logging in first.
+    /// Starting it twice does nothing.
+    pub fn follow(self: &Arc<Self>, catalog: Arc<dyn Catalog>) {
+        if self.following.load(Ordering::Acquire) || self.following.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(mut changes) = catalog.changes() else { return };
+        // Neither is kept alive by this task: it ends with either.
+        let weak = Arc::downgrade(self);
+        let catalog = Arc::downgrade(&catalog);
+        tokio::spawn(async move {
+            loop {
+                let change = match changes.recv().await {
+                    Ok(c) => c,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Change::All,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let (Some(mgr), Some(catalog)) = (weak.upgrade(), catalog.upgrade()) else { return };
+                let ids: Vec<TenantId> = match change {
+                    Change::Tenant(id) if mgr.tenant_pools.contains_key(&id) => vec![id],
+                    Change::Tenant(_) => Vec::new(),
+                    Change::All => mgr.tenant_pools.iter().map(|e| e.key().clone()).collect(),
+                };
+                for id in ids {
+                    if let Ok(Some(tenant)) = catalog.lookup(&id).await {
+                        mgr.apply(&tenant);
+                    }
+                }
+            }
+        });
+    }
+
+    fn pool_entry(&self, tenant: &Tenant) -> Arc<Pool> {
         if let Some(p) = self.pools.get(&tenant.pool_key) {
             return p.value().clone();
         }
@@ -359,13 +574,13 @@ impl PoolManager {
         self.pools
             .entry(tenant.pool_key.clone())
             .or_insert_with(|| {
+                let checkout = FairSemaphore::new(tenant.pool_size);
                 let pool = Arc::new(Pool {
                     key: tenant.pool_key.clone(),
-                    password: tenant.password.clone(),
-                    size: tenant.pool_size,
+                    login: RwLock::new(Arc::new(PoolLogin::of(tenant, 0))),
                     settings: self.settings.clone(),
-                    checkout: FairSemaphore::new(tenant.pool_size),
-                    idle: Mutex::new(Vec::new()),
+                    idle: Mutex::new(Idle { conns: Vec::new(), generation: 0, checkout: checkout.clone() }),
+                    checkout,
                     params: RwLock::new(None),
                     upstream: upstream.clone(),
                     global: self.global.clone(),
@@ -384,7 +599,10 @@ impl PoolManager {
         }
         self.tenant_caps
             .entry(tenant.id.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(tenant.max_server_connections)))
+            .or_insert_with(|| {
+                self.tenant_cap_sizes.insert(tenant.id.clone(), tenant.max_server_connections);
+                Arc::new(Semaphore::new(tenant.max_server_connections))
+            })
             .clone()
     }
 

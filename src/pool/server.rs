@@ -1,5 +1,6 @@
-//! One upstream server connection: opening it, authenticating (trust, cleartext, md5,
-//! SCRAM-SHA-256 through `postgres-protocol`), and what it remembers of its session.
+//! One upstream server connection: opening it, authenticating (SCRAM-SHA-256, and trust,
+//! md5 or cleartext only where the upstream's `require_auth` allows them), and what it
+//! remembers of its session.
 
 use std::time::Instant;
 
@@ -9,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::stream::{ServerStream, UpstreamAddr};
-use crate::auth::scram_client::ClientExchange;
+use crate::auth::scram_client::{ClientExchange, ClientScramError};
 use crate::protocol::backend::{cstr, parse_error_fields, parse_parameter_status, ServerNotice};
 use crate::protocol::frame::FrameReader;
 use crate::protocol::{frontend, FrameError};
@@ -30,6 +31,11 @@ pub enum UpstreamError {
     NoPassword,
     #[error("upstream asks for an unsupported authentication method ({0})")]
     UnsupportedAuth(String),
+    /// The server asked for (or skipped to) a method the upstream's `require_auth` refuses.
+    #[error("upstream asks for {0} authentication, which its require_auth ({1}) does not allow")]
+    NotAllowed(&'static str, RequireAuth),
+    #[error("upstream SCRAM exchange: {0}")]
+    Scram(#[from] ClientScramError),
     #[error("upstream protocol error: {0}")]
     Protocol(String),
     #[error("upstream connection: {0}")]
@@ -44,6 +50,73 @@ pub struct Login<'a> {
     pub database: &'a str,
     pub role: &'a str,
     pub password: Option<&'a str>,
+    /// The authentication methods the server may use (see [`RequireAuth`]).
+    pub require_auth: RequireAuth,
+    /// The most PBKDF2 iterations a server may ask for in SCRAM.
+    pub max_iterations: u32,
+}
+
+/// Which authentication methods an upstream may use, as libpq's `require_auth`
+/// (<https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNECT-REQUIRE-AUTH>):
+/// a comma-separated list of `scram-sha-256`, `md5`, `password` (cleartext) and `none`
+/// (the server asks for nothing: trust, peer). Negated entries (`!md5`) are not supported.
+///
+/// When an upstream sets none, the default is the safest that can work: `scram-sha-256`
+/// for a login with a password over TCP (the server must prove, with its SCRAM final
+/// message, that it holds the password's verifier; the password is never sent in a form the
+/// server could reuse), plus `none` for a login without a password (there is nothing else it
+/// could do) or over a Unix socket (reachable only through the file system).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RequireAuth {
+    pub scram_sha_256: bool,
+    pub md5: bool,
+    pub password: bool,
+    pub none: bool,
+}
+
+impl RequireAuth {
+    /// The default described on the type.
+    pub fn default_for(has_password: bool, unix_socket: bool) -> RequireAuth {
+        RequireAuth { scram_sha_256: true, none: !has_password || unix_socket, ..RequireAuth::default() }
+    }
+
+    pub fn parse(s: &str) -> Result<RequireAuth, String> {
+        let mut r = RequireAuth::default();
+        for m in s.split(',').map(str::trim) {
+            match m {
+                "scram-sha-256" => r.scram_sha_256 = true,
+                "md5" => r.md5 = true,
+                "password" => r.password = true,
+                "none" => r.none = true,
+                other => {
+                    return Err(format!(
+                        "require_auth: unknown method {other:?} (use scram-sha-256, md5, password, none)"
+                    ))
+                }
+            }
+        }
+        Ok(r)
+    }
+}
+
+impl std::fmt::Display for RequireAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = [
+            (self.scram_sha_256, "scram-sha-256"),
+            (self.md5, "md5"),
+            (self.password, "password"),
+            (self.none, "none"),
+        ];
+        let list: Vec<&str> = names.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
+        f.write_str(&list.join(","))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RequireAuth {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        RequireAuth::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// An authenticated upstream connection.
@@ -70,6 +143,9 @@ pub struct ServerConn {
     pub tenant: Option<TenantId>,
     /// The client session that used this connection last (0: none yet).
     pub last_client: u64,
+    /// The generation of the pool login it was opened with: one of an older generation is
+    /// closed at release instead of returned (see `pool::Idle`).
+    pub(super) generation: u64,
     /// Count against the upstream server's and the global connection caps while this
     /// connection lives.
     pub(super) _permits: Vec<OwnedSemaphorePermit>,
@@ -85,6 +161,11 @@ impl ServerConn {
         reader.get_mut().write_all(&out).await?;
 
         let mut scram: Option<ClientExchange> = None;
+        // The method the server asked for (`None`: it asked for nothing before
+        // AuthenticationOk).
+        let mut asked: Option<&'static str> = None;
+        let allowed = login.require_auth;
+        let refuse = |method: &'static str| UpstreamError::NotAllowed(method, allowed);
         let mut vars = Vec::new();
         let (mut pid, mut secret) = (0, 0);
         loop {
@@ -97,9 +178,32 @@ impl ServerConn {
                 b'R' => {
                     let (code, data) = split_i32(body)?;
                     match code {
-                        0 => {}
-                        3 => frontend::password(&mut out, password(login)?.as_bytes())?,
+                        0 => match (asked, &scram) {
+                            // SCRAM is complete only with the server's verified final
+                            // message: an AuthenticationOk without it proves nothing.
+                            (Some(_), Some(s)) if !s.verified() => {
+                                return Err(UpstreamError::Protocol(
+                                    "AuthenticationOk before a verified SCRAM final message".into(),
+                                ))
+                            }
+                            (None, _) if !allowed.none => return Err(refuse("no")),
+                            _ => {}
+                        },
+                        3 | 5 | 10 if asked.is_some() => {
+                            return Err(UpstreamError::Protocol("a second authentication request".into()))
+                        }
+                        3 => {
+                            if !allowed.password {
+                                return Err(refuse("cleartext password"));
+                            }
+                            asked = Some("password");
+                            frontend::password(&mut out, password(login)?.as_bytes())?
+                        }
                         5 => {
+                            if !allowed.md5 {
+                                return Err(refuse("md5"));
+                            }
+                            asked = Some("md5");
                             let salt: [u8; 4] = data
                                 .get(..4)
                                 .and_then(|s| s.try_into().ok())
@@ -108,11 +212,15 @@ impl ServerConn {
                             frontend::password(&mut out, hash.as_bytes())?;
                         }
                         10 => {
+                            if !allowed.scram_sha_256 {
+                                return Err(refuse("SCRAM-SHA-256"));
+                            }
                             if !sasl_mechanisms(data).any(|m| m == sasl::SCRAM_SHA_256.as_bytes()) {
                                 return Err(UpstreamError::UnsupportedAuth(
                                     "SASL without SCRAM-SHA-256".into(),
                                 ));
                             }
+                            asked = Some("SCRAM-SHA-256");
                             let (s, first) = ClientExchange::new(
                                 password(login)?,
                                 (addr.to_string(), login.role.to_owned()),
@@ -121,17 +229,13 @@ impl ServerConn {
                             scram = Some(s);
                         }
                         11 => {
-                            let s = scram.as_mut().ok_or_else(|| {
-                                UpstreamError::Protocol("SASL continue out of order".into())
-                            })?;
-                            let last = s.update(data).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                            let s = scram.as_mut().ok_or(ClientScramError::OutOfOrder)?;
+                            let last = s.update(data, login.max_iterations).await?;
                             frontend::sasl_response(&mut out, &last)?;
                         }
                         12 => {
-                            let s = scram
-                                .as_mut()
-                                .ok_or_else(|| UpstreamError::Protocol("SASL final out of order".into()))?;
-                            s.finish(data).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                            let s = scram.as_mut().ok_or(ClientScramError::OutOfOrder)?;
+                            s.finish(data)?;
                         }
                         other => return Err(UpstreamError::UnsupportedAuth(format!("code {other}"))),
                     }
@@ -178,6 +282,7 @@ impl ServerConn {
             vars_fingerprint: 0,
             last_client: 0,
             tenant: None,
+            generation: 0,
             _permits: Vec::new(),
         })
     }

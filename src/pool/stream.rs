@@ -175,7 +175,7 @@ impl SslMode {
 type ClientConfigs = dashmap::DashMap<(SslMode, Option<String>), Arc<rustls::ClientConfig>>;
 
 /// Client TLS configurations, built once per (mode, CA file).
-fn client_config(mode: SslMode, root_cert: Option<&str>) -> io::Result<Arc<rustls::ClientConfig>> {
+pub(crate) fn client_config(mode: SslMode, root_cert: Option<&str>) -> io::Result<Arc<rustls::ClientConfig>> {
     static CACHE: std::sync::OnceLock<ClientConfigs> = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(dashmap::DashMap::new);
     let key = (mode, root_cert.map(str::to_owned));

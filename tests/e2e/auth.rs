@@ -209,9 +209,10 @@ async fn tenant_users_managed_from_the_cli_apply_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_logins_are_throttled_per_address_only() {
+async fn failed_logins_are_throttled_per_tenant_and_address() {
     let t = with_user(tenant_db("throttle").await, "app", "right");
-    let mut cfg = scram_config(vec![t.clone()]);
+    let other = with_user(tenant_db("throttlenat").await, "app", "other-right");
+    let mut cfg = scram_config(vec![t.clone(), other.clone()]);
     cfg.proxy.max_auth_failures = 3;
     let h = start(cfg).await;
     let user = format!("app.{}", t.id);
@@ -221,13 +222,143 @@ async fn failed_logins_are_throttled_per_address_only() {
             Some("28P01")
         );
     }
-    // The guessing address is now refused at once, even with the right password …
+    // The guessing address is now refused at once for that tenant, even with the right
+    // password …
     let refused = raw_login_from(&h, [127, 0, 0, 3], &user, "right").await;
     assert_eq!(sqlstate(&refused).as_deref(), Some("28P01"));
     assert!(String::from_utf8_lossy(&refused).contains("too many failed authentication attempts"));
-    // … while another address logs in.
+    // … while another address logs in, and so does another tenant's client behind the same
+    // (NAT) address.
     let ok = raw_login_from(&h, [127, 0, 0, 4], &user, "right").await;
     assert!(ok.windows(6).any(|w| w == b"Z\0\0\0\x05I"), "{ok:?}");
+    let ok = raw_login_from(&h, [127, 0, 0, 3], &format!("app.{}", other.id), "other-right").await;
+    assert!(ok.windows(6).any(|w| w == b"Z\0\0\0\x05I"), "another tenant behind the address: {ok:?}");
+}
+
+/// Opens a connection from `source` and runs the startup up to the proxy's first answer:
+/// the socket and that answer (AuthenticationSASL when an exchange started).
+async fn start_exchange(
+    h: &Harness,
+    source: [u8; 4],
+    params: &[(&str, &str)],
+) -> (tokio::net::TcpStream, Vec<u8>) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(std::net::SocketAddr::from((source, 0))).expect("bind source");
+    let mut s = socket.connect(h.addr).await.expect("connect");
+    s.write_all(&startup_packet(params)).await.expect("startup");
+    let first = read_one(&mut s).await;
+    (s, first)
+}
+
+async fn read_one(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).await.expect("header");
+    let len = (i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize).saturating_sub(4);
+    let mut m = head.to_vec();
+    m.resize(5 + len, 0);
+    s.read_exact(&mut m[5..]).await.expect("body");
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_cannot_all_be_tried() {
+    let t = with_user(tenant_db("parallel").await, "app", "right");
+    let mut cfg = scram_config(vec![t.clone()]);
+    cfg.proxy.max_auth_failures = 3;
+    let h = start(cfg).await;
+    let user = format!("app.{}", t.id);
+    // Ten guesses open at once: each takes its slot when its exchange starts, so only three
+    // exchanges start and the other seven are refused before any password is looked at.
+    let mut started = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let (s, first) = start_exchange(&h, [127, 0, 0, 5], &[("user", &user), ("database", "x")]).await;
+        match first[0] {
+            b'R' => started.push(s),
+            b'E' => {
+                assert!(String::from_utf8_lossy(&first).contains("too many failed authentication attempts"));
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((started.len(), refused), (3, 7));
+    // A client that leaves before sending its proof (libpq does, to ask for a password)
+    // gives its slot back.
+    drop(started.pop());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let ok = raw_login_from(&h, [127, 0, 0, 5], &user, "right").await;
+    assert!(ok.windows(6).any(|w| w == b"Z\0\0\0\x05I"), "{ok:?}");
+}
+
+/// The server-first-message (salt, iterations) the proxy shows for a login.
+async fn server_first(h: &Harness, params: &[(&str, &str)]) -> String {
+    let (mut s, sasl) = start_exchange(h, [127, 0, 0, 1], params).await;
+    assert_eq!(&sasl[..9], b"R\0\0\0\x17\0\0\0\x0a", "AuthenticationSASL: {sasl:?}");
+    let client_first = b"n,,n=,r=abcdefghijklmnop";
+    let mut body = b"SCRAM-SHA-256\0".to_vec();
+    body.extend_from_slice(&(client_first.len() as i32).to_be_bytes());
+    body.extend_from_slice(client_first);
+    let mut msg = vec![b'p'];
+    msg.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    msg.extend(body);
+    s.write_all(&msg).await.expect("initial response");
+    let cont = read_one(&mut s).await;
+    assert_eq!(&cont[5..9], &11i32.to_be_bytes(), "SASLContinue");
+    // "r=<nonce>,s=<salt>,i=<iterations>": the nonce is fresh each time; the rest is what
+    // must not tell names apart.
+    let text = String::from_utf8_lossy(&cont[9..]).into_owned();
+    text.split(',').filter(|a| !a.starts_with("r=")).collect::<Vec<_>>().join(",")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_names_show_one_salt_whatever_the_spelling() {
+    let t = with_user(tenant_db("salt").await, "app", "pw");
+    let mut cfg = scram_config(vec![t.clone()]);
+    cfg.proxy.mock_secret = "shared by every proxy of this deployment".into();
+    let h = start(cfg.clone()).await;
+    let by_user =
+        |tenant: &str| vec![("user".to_owned(), format!("app.{tenant}")), ("database".into(), "x".into())];
+    let by_options = |tenant: &str| {
+        vec![
+            ("user".to_owned(), "app".to_owned()),
+            ("database".into(), "x".into()),
+            ("options".into(), format!("tenant={tenant}")),
+        ]
+    };
+    let first = async |h: &Harness, p: Vec<(String, String)>| {
+        let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        server_first(h, &p).await
+    };
+    // A real user: one salt whichever resolver names the tenant.
+    let real = first(&h, by_user(&t.id)).await;
+    assert_eq!(real, first(&h, by_options(&t.id)).await);
+    assert!(real.ends_with(",i=4096"), "{real}");
+    // An unknown tenant behaves the same: one stable salt for both spellings (a different
+    // salt per spelling would tell an attacker the tenant does not exist) …
+    let ghost = first(&h, by_user("nosuchtenant")).await;
+    assert_eq!(ghost, first(&h, by_options("nosuchtenant")).await);
+    assert_eq!(ghost, first(&h, by_user("nosuchtenant")).await, "stable");
+    assert!(ghost.ends_with(",i=4096"), "{ghost}");
+    assert_ne!(ghost, real);
+    assert_ne!(ghost, first(&h, by_user("othertenant")).await, "keyed by the names");
+    // … and so does an unknown user of a real tenant.
+    let ghost_user =
+        first(&h, vec![("user".into(), format!("ghost.{}", t.id)), ("database".into(), "x".into())]).await;
+    let ghost_user_options = first(
+        &h,
+        vec![
+            ("user".into(), "ghost".into()),
+            ("database".into(), "x".into()),
+            ("options".into(), format!("tenant={}", t.id)),
+        ],
+    )
+    .await;
+    assert_eq!(ghost_user, ghost_user_options);
+    // With the same configured secret, another proxy (or this one after a restart) shows
+    // the same salt for the unknown name, as it would for a real user.
+    let h2 = start(cfg).await;
+    assert_eq!(ghost, first(&h2, by_user("nosuchtenant")).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

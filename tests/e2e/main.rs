@@ -10,6 +10,8 @@ mod fairness;
 mod hostile;
 mod isolation;
 mod lifecycle;
+mod links;
+mod live_catalog;
 mod pooling;
 mod prelogin;
 mod process;

@@ -230,7 +230,21 @@ async fn upstream_md5_and_trust_logins() {
         }
         admin.batch_execute(&format!("CREATE DATABASE {db} OWNER {role}")).await.expect("db");
         let t = pgtenant::config::TenantConfig::new(&db, "local", &db, role, password);
-        let h = start(config(vec![t])).await;
+        if password.is_some() {
+            // md5 is refused unless the upstream's require_auth allows it.
+            let h = start(config(vec![t.clone()])).await;
+            let e = tokio_postgres::connect(&h.conninfo(&db), tokio_postgres::NoTls)
+                .await
+                .err()
+                .expect("md5 refused");
+            assert_eq!(code(&e), "08006");
+        }
+        let mut cfg = config(vec![t]);
+        if password.is_some() {
+            cfg.upstreams[0].require_auth =
+                Some(pgtenant::pool::RequireAuth::parse("md5").expect("require_auth"));
+        }
+        let h = start(cfg).await;
         let c = h.client(&db).await;
         let who: String = c.query_one("SELECT current_user::text", &[]).await.expect("login").get(0);
         assert_eq!(who, role);
@@ -258,6 +272,7 @@ async fn unix_socket_upstream_and_idle_reaping() {
         max_connections: 10,
         sslmode: Default::default(),
         sslrootcert: None,
+        require_auth: None,
     });
     cfg.pool.idle_timeout = 0.5;
     let h = start(cfg).await;
@@ -339,6 +354,7 @@ async fn silent_upstream_hits_the_connect_timeout() {
         max_connections: 5,
         sslmode: Default::default(),
         sslrootcert: None,
+        require_auth: None,
     });
     cfg.pool.connect_timeout = 0.5;
     let h = start(cfg).await;

@@ -64,6 +64,7 @@ pub fn config(tenants: Vec<TenantConfig>) -> Config {
         max_connections: 250,
         sslmode: Default::default(),
         sslrootcert: None,
+        require_auth: None,
     }];
     c.tenants = tenants;
     c
@@ -354,4 +355,54 @@ pub async fn listening_client(
         }
     });
     (client, rx)
+}
+
+/// Everything the proxies of this test binary log (at info and above), from the first call
+/// on: tests look for their own tenant ids in it.
+pub fn logs() -> Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs(Arc::new(std::sync::Mutex::new(Vec::new())));
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    })
+    .clone()
+}
+
+#[derive(Clone)]
+pub struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// The log lines that contain every one of `needles`.
+    pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        let text = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut text = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: the oldest half goes when it grows past 32 MiB.
+        if text.len() > 32 << 20 {
+            let half = text.len() / 2;
+            text.drain(..half);
+        }
+        text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -133,39 +133,53 @@ async fn require_tls_refuses_plaintext_and_direct_tls_works() {
     assert_eq!(&head[5..9], &10i32.to_be_bytes(), "AuthenticationSASL over direct TLS (tenant from SNI)");
 }
 
+/// Turns TLS on in the test cluster, once per test binary (ssl can change with a reload;
+/// plaintext clients of other tests keep working), with a certificate for `localhost`;
+/// returns the CA file that signed it.
+pub(crate) async fn cluster_tls() -> PathBuf {
+    static ON: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
+    ON.get_or_init(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca, cert, key) = certificates(dir.path());
+        let data = &cluster().data_dir;
+        let (server_crt, server_key, ca_copy) =
+            (data.join("upstream.crt"), data.join("upstream.key"), data.join("test-ca.pem"));
+        std::fs::copy(&cert, &server_crt).expect("copy cert");
+        std::fs::copy(&key, &server_key).expect("copy key");
+        std::fs::copy(&ca, &ca_copy).expect("copy ca");
+        for f in [&server_crt, &server_key] {
+            let ok =
+                std::process::Command::new("chown").arg("postgres:postgres").arg(f).status().expect("chown");
+            assert!(ok.success());
+            let ok = std::process::Command::new("chmod").arg("600").arg(f).status().expect("chmod");
+            assert!(ok.success());
+        }
+        let admin = admin("postgres").await;
+        for sql in [
+            format!("ALTER SYSTEM SET ssl_cert_file = '{}'", server_crt.display()),
+            format!("ALTER SYSTEM SET ssl_key_file = '{}'", server_key.display()),
+            "ALTER SYSTEM SET ssl = on".to_owned(),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            admin.simple_query(&sql).await.expect("enable ssl");
+        }
+        assert!(
+            eventually(std::time::Duration::from_secs(5), || async {
+                let c = crate::support::admin("postgres").await;
+                c.query_one("SHOW ssl", &[]).await.map(|r| r.get::<_, String>(0) == "on").unwrap_or(false)
+            })
+            .await,
+            "ssl did not turn on"
+        );
+        ca_copy
+    })
+    .await
+    .clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_over_tls_with_verify_full() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = certificates(dir.path());
-    // Turn TLS on in the test cluster (ssl can change with a reload); plaintext clients
-    // of other tests keep working.
-    let data = &cluster().data_dir;
-    let (server_crt, server_key) = (data.join("upstream.crt"), data.join("upstream.key"));
-    std::fs::copy(&cert, &server_crt).expect("copy cert");
-    std::fs::copy(&key, &server_key).expect("copy key");
-    for f in [&server_crt, &server_key] {
-        let ok = std::process::Command::new("chown").arg("postgres:postgres").arg(f).status().expect("chown");
-        assert!(ok.success());
-        let ok = std::process::Command::new("chmod").arg("600").arg(f).status().expect("chmod");
-        assert!(ok.success());
-    }
-    let admin = admin("postgres").await;
-    for sql in [
-        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", server_crt.display()),
-        format!("ALTER SYSTEM SET ssl_key_file = '{}'", server_key.display()),
-        "ALTER SYSTEM SET ssl = on".to_owned(),
-        "SELECT pg_reload_conf()".to_owned(),
-    ] {
-        admin.simple_query(&sql).await.expect("enable ssl");
-    }
-    assert!(
-        eventually(std::time::Duration::from_secs(5), || async {
-            let c = crate::support::admin("postgres").await;
-            c.query_one("SHOW ssl", &[]).await.map(|r| r.get::<_, String>(0) == "on").unwrap_or(false)
-        })
-        .await,
-        "ssl did not turn on"
-    );
+    let ca = cluster_tls().await;
     let mut t = tenant_db("uptls").await;
     t.upstream = "tls".into();
     let mut wrong = tenant_db("uptlswrong").await;
@@ -181,6 +195,7 @@ async fn upstream_over_tls_with_verify_full() {
             max_connections: 10,
             sslmode: pgtenant::pool::SslMode::VerifyFull,
             sslrootcert: Some(ca_file.display().to_string()),
+            require_auth: None,
         });
     }
     let h = start(cfg).await;
@@ -367,4 +382,53 @@ async fn certificates_chosen_by_sni_and_reloaded_without_dropping_connections() 
     assert!(ok, "{err}");
     let (ok, _, _) = psql(&via(&format!("{}.db.test", t.id), &default_dir.path().join("ca.pem")), "pw").await;
     assert!(!ok, "the old certificate is still served after the reload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_database_over_tls_with_verify_full() {
+    let ca = cluster_tls().await;
+    let t = tenant_db("ctltls").await;
+    let mut cfg = config(vec![]);
+    let control = control_db(&mut cfg).await;
+    insert_tenant(&control, &t).await;
+    let db: String = control.query_one("SELECT current_database()::text", &[]).await.expect("db").get(0);
+    let url = |ca: &Path| {
+        format!(
+            "host=localhost port={} user=postgres password={} dbname={db} sslmode=verify-full sslrootcert={}",
+            cluster().port,
+            pgtenant::embedded::SUPERUSER_PASSWORD,
+            ca.display()
+        )
+    };
+    // A CA that did not sign the server's certificate: the catalog does not start.
+    let other = tempfile::tempdir().expect("tempdir");
+    let (other_ca, _, _) = certificates(other.path());
+    let mut wrong = cfg.clone();
+    wrong.catalog.url = url(&other_ca);
+    assert!(
+        pgtenant::catalog::ControlCatalog::start(&wrong.catalog, &wrong.pool).await.is_err(),
+        "a control database with a certificate from another CA was trusted"
+    );
+    // The right CA: the proxy runs on the control database over TLS.
+    cfg.catalog.url = url(&ca);
+    let (h, catalog) = start_control(cfg).await;
+    assert!(catalog.listening(), "the LISTEN connection is up");
+    h.client(&t.id).await.batch_execute("SELECT 1").await.expect("a tenant from the catalog");
+    let (plain, encrypted): (i64, i64) = {
+        let row = admin("postgres")
+            .await
+            .query_one(
+                "SELECT count(*) FILTER (WHERE NOT s.ssl), count(*) FILTER (WHERE s.ssl)
+                   FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+                  WHERE a.datname = $1 AND a.backend_type = 'client backend' AND a.client_addr IS NOT NULL",
+                &[&db],
+            )
+            .await
+            .expect("count");
+        (row.get(0), row.get(1))
+    };
+    assert!(
+        encrypted >= 1 && plain == 0,
+        "control connections over TCP: {encrypted} with TLS, {plain} without"
+    );
 }
