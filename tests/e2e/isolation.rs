@@ -600,6 +600,11 @@ fn derailing_sequences(slow: bool) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Tenant a's raw client sends each derailing pipeline and then sits idle, still connected;
+/// tenant b then uses the pool of one. b must get exactly its own results and no error: not a
+/// reply a's pipeline earned (containment rule 1), and not a 53300 because a's idle session
+/// kept the only server connection (rule 5; issue 16: an ordinary error must not take a
+/// connection out of the pool). Then a's next query must not receive b's rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_never_cross_to_another_tenant_after_irregular_copy_and_sync() {
     let mut f = Failures::default();
@@ -616,6 +621,7 @@ async fn replies_never_cross_to_another_tenant_after_irregular_copy_and_sync() {
             let mut attacker = raw_proxy(&h, &a.id).await;
             send(&mut attacker, &bytes).await;
             let (mut seen_by_a, _) = read_quiet(&mut attacker, Duration::from_millis(500)).await;
+            let failures_before = f.0.len();
             // Tenant b now uses the pool of one: only its own results, no error. Its first
             // query is a simple one, which would take any rows that arrive as its own.
             for i in 0..4i32 {
@@ -641,6 +647,9 @@ async fn replies_never_cross_to_another_tenant_after_irregular_copy_and_sync() {
                     }),
                     Err(e) => f.0.push(format!("{what}: tenant b's items query {i} failed: {}", why(&e))),
                 }
+            }
+            if f.0.len() > failures_before {
+                f.0.push(format!("{what}: (what tenant a had received: {:?})", summary(&seen_by_a)));
             }
             // The other way round: the attacker's next query must not receive b's results.
             let _ = attacker.write_all(&query("SELECT 'a-own'")).await;
@@ -678,8 +687,37 @@ async fn a_copy_failing_behind_syncs_never_leaves_a_query_unanswered() {
 /// through pgtenant and compares the transcripts; then another client uses the pool of one.
 async fn copy_against_postgres(uncertain_ones: bool) {
     let mut f = Failures::default();
-    for mode in [PoolMode::Transaction, PoolMode::Session] {
-        let t = with_mode(tenant_db("cnsync").await, mode, 1);
+    let mut sequences = derailing_sequences(false);
+    sequences.push((
+        "Execute COPY, Sync, Sync, row, CopyDone, Sync",
+        cat(&[
+            parse("", "COPY t FROM STDIN"),
+            bind("", ""),
+            execute(""),
+            sync(),
+            sync(),
+            copy_data("2\ttwo\n"),
+            copy_done(),
+            sync(),
+        ]),
+    ));
+    sequences.push((
+        "Query COPY, Sync, Sync, row, CopyDone, then a query",
+        cat(&[
+            query("COPY t FROM STDIN"),
+            sync(),
+            sync(),
+            copy_data("3\tthree\n"),
+            copy_done(),
+            query("SELECT count(*) > 0 FROM t WHERE id = 3"),
+        ]),
+    ));
+    sequences.retain(|(name, _)| uncertain(name) == uncertain_ones);
+    let tenants = [
+        with_mode(tenant_db("cnsync").await, PoolMode::Transaction, 1),
+        with_mode(tenant_db("cnsync").await, PoolMode::Session, 1),
+    ];
+    for t in &tenants {
         admin(&t.database)
             .await
             .batch_execute(&format!(
@@ -688,46 +726,25 @@ async fn copy_against_postgres(uncertain_ones: bool) {
             ))
             .await
             .expect("table");
-        let h = start_quick(vec![t.clone()]).await;
-        let mut sequences = derailing_sequences(false);
-        sequences.push((
-            "Execute COPY, Sync, Sync, row, CopyDone, Sync",
-            cat(&[
-                parse("", "COPY t FROM STDIN"),
-                bind("", ""),
-                execute(""),
-                sync(),
-                sync(),
-                copy_data("2\ttwo\n"),
-                copy_done(),
-                sync(),
-            ]),
-        ));
-        sequences.push((
-            "Query COPY, Sync, Sync, row, CopyDone, then a query",
-            cat(&[
-                query("COPY t FROM STDIN"),
-                sync(),
-                sync(),
-                copy_data("3\tthree\n"),
-                copy_done(),
-                query("SELECT count(*) > 0 FROM t WHERE id = 3"),
-            ]),
-        ));
+    }
+    let h = start_quick(tenants.to_vec()).await;
+    // PostgreSQL's answers, once per ordering.
+    let mut wants = Vec::new();
+    for (_, bytes) in &sequences {
+        let mut direct = raw_direct(&tenants[0].database).await;
+        send(&mut direct, bytes).await;
+        wants.push(summary(&read_quiet(&mut direct, Duration::from_millis(300)).await.0));
+    }
+    for t in &tenants {
+        let mode = t.pool_mode.expect("mode");
         let runs = sequences
-            .into_iter()
-            .filter(|(name, _)| uncertain(name) == uncertain_ones)
+            .iter()
+            .zip(&wants)
             .flat_map(|run| std::iter::repeat_n(run, if uncertain_ones { 3 } else { 1 }));
-        for (name, bytes) in runs {
+        for ((name, bytes), want) in runs {
             let what = format!("{mode:?}, {name}");
-            let mut direct = raw_direct(&t.database).await;
-            send(&mut direct, &bytes).await;
-            let (want, _) = read_quiet(&mut direct, Duration::from_millis(300)).await;
-            let want = summary(&want);
-            drop(direct);
-
             let mut s = raw_proxy(&h, &t.id).await;
-            send(&mut s, &bytes).await;
+            send(&mut s, bytes).await;
             let expected_ready = want.iter().filter(|m| m.starts_with('Z')).count();
             let (mut got, mut closed) = read_ready(&mut s, expected_ready, Duration::from_secs(3)).await;
             if !closed {
@@ -740,13 +757,13 @@ async fn copy_against_postgres(uncertain_ones: bool) {
                 f.check(got.len() <= want.len() && got[..] == want[..got.len()], || {
                     format!("{what}: not PostgreSQL's replies:\n    PostgreSQL: {want:?}\n    pgtenant:   {got:?}")
                 });
-                f.check(got == want || closed, || {
+                f.check(got == *want || closed, || {
                     format!(
                         "{what}: replies missing, connection still open (3 s):\n    PostgreSQL: {want:?}\n    pgtenant:   {got:?}"
                     )
                 });
             } else {
-                f.check(got == want, || {
+                f.check(got == *want, || {
                     format!("{what}:\n    PostgreSQL: {want:?}\n    pgtenant:   {got:?}")
                 });
             }
@@ -850,6 +867,63 @@ async fn statements_and_portals_belong_to_their_client() {
             "the statement skipped in the aborted transaction does not exist",
             cat(&[bind("", "s_b"), execute(""), sync()]),
         ),
+        // After an error the server skips to Sync: Parses behind it (of a text the server
+        // connection has, of one it lacks, of the failing text again) prepare nothing.
+        (
+            "Parses behind a failing Parse",
+            cat(&[
+                parse("s_bad", "SELECT * FROM no_such_table"),
+                parse("s_e", "SELECT 42"),
+                parse("s_f", "SELECT 43"),
+                parse("s_g", "SELECT * FROM no_such_table"),
+                sync(),
+            ]),
+        ),
+        (
+            "the skipped statements do not exist",
+            cat(&[
+                bind("", "s_e"),
+                execute(""),
+                sync(),
+                bind("", "s_f"),
+                execute(""),
+                sync(),
+                describe(b'S', "s_g"),
+                sync(),
+            ]),
+        ),
+        // Issue 16 on the wire: the error has reached the client before it sends the rest of
+        // its pipeline and the Sync.
+        (
+            "an error flushed before the rest of the pipeline",
+            cat(&[parse("s_h0", "SELECT * FROM no_such_table"), msg(b'H', &[])]),
+        ),
+        (
+            "the rest of that pipeline, then its Sync",
+            cat(&[
+                parse("s_h", "SELECT 44"),
+                bind("", "s_h"),
+                execute(""),
+                parse("s_a2", "SELECT 42"),
+                sync(),
+            ]),
+        ),
+        (
+            "statements skipped after the flushed error do not exist",
+            cat(&[bind("", "s_h"), execute(""), sync(), describe(b'S', "s_a2"), sync()]),
+        ),
+        (
+            "the same names prepare afterwards",
+            cat(&[
+                parse("s_h", "SELECT 44"),
+                parse("s_a2", "SELECT 42"),
+                bind("", "s_h"),
+                execute(""),
+                bind("", "s_a2"),
+                execute(""),
+                sync(),
+            ]),
+        ),
     ];
     compare_steps(&mut f, &mut direct, &mut s, &planted_steps, &mut transcript).await;
     for secret in [&b"held-secret"[..], b"planter-secret"] {
@@ -865,12 +939,18 @@ async fn statements_and_portals_belong_to_their_client() {
                 (SELECT count(*) FROM pg_cursors WHERE name = 'held'),
                 pg_backend_pid()",
     )
-    .await
-    .expect("after");
-    f.check(after[0][0] == "0", || format!("the planted statement ran: {} row(s) in marks", after[0][0]));
-    f.check(after[0][1..] == [String::from("1"), "1".into(), p0.to_string()], || {
-        format!("the planted state changed (statement, cursor, pid): {:?}", &after[0][1..])
-    });
+    .await;
+    match after {
+        Ok(after) => {
+            f.check(after[0][0] == "0", || {
+                format!("the planted statement ran: {} row(s) in marks", after[0][0])
+            });
+            f.check(after[0][1..] == [String::from("1"), "1".into(), p0.to_string()], || {
+                format!("the planted state changed (statement, cursor, pid): {:?}", &after[0][1..])
+            });
+        }
+        Err(e) => f.0.push(format!("the planter's check failed: {}", why(&e))),
+    }
     match planter.query_one(&own, &[]).await {
         Ok(r) => f.check(r.get::<_, String>(0) == "planter-secret", || "planter's own statement".into()),
         Err(e) => f.0.push(format!("the planter's own statement no longer works: {}", why(&e))),
@@ -918,6 +998,16 @@ async fn statements_and_portals_belong_to_their_client() {
     f.assert_none();
 }
 
+/// Reads the replies to one step: up to `syncs` ReadyForQuery messages, or, for a step
+/// without a Sync (ending in Flush), until the replies stop.
+async fn read_step<S: AsyncRead + Unpin>(s: &mut S, syncs: usize) -> (Vec<u8>, bool) {
+    if syncs == 0 {
+        read_quiet(s, Duration::from_millis(300)).await
+    } else {
+        read_ready(s, syncs, Duration::from_secs(5)).await
+    }
+}
+
 /// Sends each step to PostgreSQL and through pgtenant, reading up to one ReadyForQuery per
 /// Sync or Query, and records any difference.
 async fn compare_steps(
@@ -930,9 +1020,9 @@ async fn compare_steps(
     for (name, bytes) in steps {
         let syncs = messages(bytes).iter().filter(|(tag, _)| matches!(tag, b'S' | b'Q')).count();
         send(direct, bytes).await;
-        let (want, _) = read_ready(direct, syncs, Duration::from_secs(5)).await;
+        let (want, _) = read_step(direct, syncs).await;
         send(proxied, bytes).await;
-        let (got, closed) = read_ready(proxied, syncs, Duration::from_secs(5)).await;
+        let (got, closed) = read_step(proxied, syncs).await;
         transcript.extend_from_slice(&got);
         let (want, got) = (summary(&want), summary(&got));
         f.check(!closed && got == want, || {
