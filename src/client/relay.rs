@@ -175,6 +175,10 @@ pub(crate) struct Session<S> {
     broken: Option<PgError>,
     /// The client's Terminate was passed to the server (which then closes).
     sent_terminate: bool,
+    /// After pgtenant lost track of a connection: the column name of the marker query it
+    /// sent behind everything the client sent, and whether its reply is being swallowed.
+    resync: Option<Box<str>>,
+    resync_swallowing: bool,
     limits: Limits,
     /// When the client or the server last sent something.
     last_activity: tokio::time::Instant,
@@ -230,6 +234,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             terminated: false,
             broken: None,
             sent_terminate: false,
+            resync: None,
+            resync_swallowing: false,
             limits,
             last_activity: tokio::time::Instant::now(),
             busy_since: None,
@@ -314,8 +320,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Decisions between events: release an idle server connection (transaction mode),
     /// end a draining or terminated session, check one out when there is work.
     async fn settle(&mut self) -> Option<Exit> {
-        // A connection pgtenant lost track of (an uncertain COPY) is never idle again: it stays
-        // with this client, whose own replies it carries, and is closed at the end.
+        // A connection pgtenant lost track of (an uncertain COPY) stays with this client until
+        // a marker query, sent once the client is quiet, shows where its replies end.
+        self.maybe_resync();
         if self.server.is_some() && self.mode == PoolMode::Transaction && !self.pinned && self.server_idle() {
             self.release();
         }
@@ -339,6 +346,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.stage();
         }
         self.ended()
+    }
+
+    /// pgtenant lost track of what the server owes (an error inside a COPY with Syncs in the
+    /// data): once the client is quiet between transactions, a marker query goes behind
+    /// everything it sent. The server answers in order, so everything before the marker's
+    /// RowDescription (its column named with a random token no client can guess) is the
+    /// client's; the marker's reply is swallowed and the model starts afresh.
+    fn maybe_resync(&mut self) {
+        let p = &self.progress;
+        if !p.desync
+            || self.resync.is_some()
+            || self.server.is_none()
+            || self.mode != PoolMode::Transaction
+            || self.pinned
+            || self.terminated
+            || self.broken.is_some()
+            || p.extended_open
+            || p.status != b'I'
+            || self.c_scanned != 0
+            || !self.cbuf.is_empty()
+            || !self.out.is_empty()
+        {
+            return;
+        }
+        let token = format!("pgtenant_resync_{:032x}", rand::random::<u128>());
+        if frontend::query(&mut self.out, &format!("SELECT 1 AS \"{token}\"")).is_ok() {
+            tracing::debug!(tenant = %self.tenant.id, "resynchronising a server connection");
+            self.resync = Some(token.into());
+        }
     }
 
     /// After Terminate or a malformed frame, and once everything before it went out: with
@@ -710,6 +746,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 break;
             }
             let seen = pos + len.min(avail);
+            if let Some(token) = self.resync.as_deref() {
+                if !self.resync_swallowing && tag == b'T' {
+                    if !whole {
+                        break;
+                    }
+                    let frame = &self.sbuf[pos..pos + len];
+                    self.resync_swallowing = frame.windows(token.len()).any(|w| w == token.as_bytes());
+                }
+            }
+            if self.resync_swallowing {
+                if tag == b'Z' && !whole {
+                    break;
+                }
+                let take = len.min(avail);
+                self.write_client(from, pos).await?;
+                from = pos + take;
+                if tag == b'Z' {
+                    // The marker's ReadyForQuery: everything the client sent is answered.
+                    if len != HEADER_LEN + 1 {
+                        return Err(Exit::ServerLost);
+                    }
+                    self.progress.status = self.sbuf[pos + HEADER_LEN];
+                    self.resync = None;
+                    self.resync_swallowing = false;
+                    self.pipeline = Pipeline::default();
+                    self.progress.desync = false;
+                    self.progress.extended_open = false;
+                    if let Some(server) = self.server.as_mut() {
+                        // What was prepared meanwhile is unknown: prepared afresh when used,
+                        // and reset before anyone else gets the connection.
+                        server.conn().prepared.clear();
+                        server.conn().dirty = true;
+                    }
+                    tracing::debug!(tenant = %self.tenant.id, "server connection resynchronised");
+                }
+                pos += take;
+                self.s_remaining = len - take;
+                self.s_discard = true;
+                continue;
+            }
             let setup = self.progress.swallow_z > 0;
             let error = (tag == b'E').then(|| parse_error_fields(&self.sbuf[pos + HEADER_LEN..seen]));
             if let Some(e) = &error {

@@ -120,8 +120,10 @@ fn generate(rng: &mut Rng, transaction_mode: bool) -> Vec<Msg> {
     }
     // In transaction mode copy data is kept in one piece, ended by CopyDone or CopyFail: a
     // Sync or other message between copy data makes what the server read before an error
-    // unobservable, and pgtenant then keeps that connection for the client to the end of its
-    // session instead (covered by the pipeline's unit tests and tests/e2e/isolation.rs).
+    // unobservable; pgtenant then keeps that connection with the client until a marker query
+    // shows where its replies end, and the client's statements may see pgtenant's own
+    // replies meanwhile (covered by the pipeline's unit tests and tests/e2e/isolation.rs; the
+    // session-mode run includes these sequences).
     if transaction_mode {
         let mut i = 0;
         while i < msgs.len() {
