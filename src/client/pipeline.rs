@@ -191,6 +191,10 @@ impl Default for Pipeline {
     }
 }
 
+/// What the relay passes as the SQLSTATE of the error a CopyFail raises (57014 with "COPY from
+/// stdin failed: …"): unlike a cancel's 57014, it needs something read to be raised.
+pub const COPY_FAIL_CODE: &str = "57014:copyfail";
+
 /// SQLSTATEs of errors that can interrupt a COPY before it read the client's data: a cancel,
 /// a statement or transaction timeout, a recovery conflict, an idle timeout.
 fn asynchronous(code: &str) -> bool {

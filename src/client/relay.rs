@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::pipeline::{Action, Effect, Kind, Pipeline};
+use super::pipeline::{Action, Effect, Kind, Pipeline, COPY_FAIL_CODE};
 use super::setcmd::{self, SetCmd};
 use super::statements::MAX_CLIENT_STATEMENTS;
 use super::statements::{
@@ -798,7 +798,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let mut replace = None;
             let swallow = setup
                 || {
-                    let code = error.as_ref().map_or("", |e| e.code.as_str());
+                    let code = match &error {
+                        Some(e) if e.code == "57014" && e.message.starts_with("COPY from stdin failed") => {
+                            COPY_FAIL_CODE
+                        }
+                        Some(e) => e.code.as_str(),
+                        None => "",
+                    };
                     let mut route = self.pipeline.route(tag, code);
                     tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid), tag = %(tag as char), forward = route.forward, "server message");
                     self.sets.pending.extend(route.completed_set.take());

@@ -152,6 +152,16 @@ fn an_error_inside_an_irregular_copy_is_uncertain() {
     route(&mut p, b"ZZ");
     assert!(p.is_idle());
 
+    // libpq's extended COPY ended by CopyFail: the Sync before the data was read first.
+    let mut p = Pipeline::default();
+    fwd(&mut p, &[Kind::Parse, Kind::Bind, Kind::Execute, Kind::Sync]);
+    route(&mut p, b"12G");
+    fwd(&mut p, &[Kind::CopyData, Kind::CopyFail, Kind::Sync]);
+    p.route(b'E', COPY_FAIL_CODE);
+    assert!(!p.uncertain());
+    route(&mut p, b"Z");
+    assert!(p.is_idle());
+
     // A cancel can come before the server read the leading Sync.
     let mut p = Pipeline::default();
     fwd(&mut p, &[Kind::Parse, Kind::Bind, Kind::Execute, Kind::Sync]);
@@ -304,7 +314,7 @@ fn simulate(msgs: &[Msg]) -> Vec<(usize, u8, &'static str)> {
                         s = S::Normal;
                         None
                     }
-                    Msg::CopyFail => Some("57014"),
+                    Msg::CopyFail => Some(COPY_FAIL_CODE),
                     _ => Some("08P01"),
                 };
                 if let Some(code) = failed {
