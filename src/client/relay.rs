@@ -23,12 +23,12 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::pipeline::{Action, Effect, Kind, Pipeline, COPY_FAIL_CODE};
 use super::setcmd::{self, SetCmd};
-use super::statements::MAX_CLIENT_STATEMENTS;
 use super::statements::{
     absent_portal, absent_statement, bind_parts, declared_cursors, feature_refusal, parse_frame,
     probe_duplicate, probe_statement, query_frame, rename, session_feature, sql_prepare_refusal,
     target_parts, Lookup, Statements,
 };
+use super::statements::{MAX_CLIENT_STATEMENTS, MAX_CLIENT_STATEMENT_BYTES};
 use super::vars::ClientVars;
 use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
@@ -1265,7 +1265,10 @@ impl Stage<'_> {
         if self.statements.full() {
             let e = PgError::error(
                 SqlState::ProgramLimitExceeded,
-                format!("a client may hold at most {MAX_CLIENT_STATEMENTS} prepared statements"),
+                format!(
+                    "a client may hold at most {MAX_CLIENT_STATEMENTS} prepared statements or {} MiB of their text",
+                    MAX_CLIENT_STATEMENT_BYTES >> 20
+                ),
             );
             self.fail_with(e, false);
             return true;

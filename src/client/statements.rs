@@ -26,9 +26,9 @@ pub struct Prepared {
 
 /// The most named statements one client may hold (its map is bounded, like everything a
 /// client can make pgtenant keep).
-pub const MAX_CLIENT_STATEMENTS: usize = 10_000;
+pub const MAX_CLIENT_STATEMENTS: usize = 200_000;
 /// The most bytes of statement text one client may hold.
-pub const MAX_CLIENT_STATEMENT_BYTES: usize = 16 << 20;
+pub const MAX_CLIENT_STATEMENT_BYTES: usize = 32 << 20;
 /// The most named portals one client is remembered to have bound.
 const MAX_CLIENT_PORTALS: usize = 1_000;
 
