@@ -24,8 +24,8 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use super::pipeline::{Action, Effect, Kind, Pipeline, COPY_FAIL_CODE};
 use super::setcmd::{self, SetCmd};
 use super::statements::{
-    absent_portal, absent_statement, bind_parts, declared_cursors, feature_refusal, parse_frame,
-    probe_duplicate, probe_statement, query_frame, rename, session_feature, sql_prepare_refusal,
+    absent_portal, absent_statement, bind_parts, declared_cursors, feature_refusal, may_change_settings,
+    parse_frame, probe_duplicate, probe_statement, query_frame, rename, session_feature, sql_prepare_refusal,
     target_parts, Lookup, Statements,
 };
 use super::statements::{MAX_CLIENT_STATEMENTS, MAX_CLIENT_STATEMENT_BYTES};
@@ -455,9 +455,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             pid: conn.backend_pid,
             secret: conn.backend_secret,
         }));
-        if conn.last_client != self.id && !self.tenant.session_vars.is_empty() {
-            // The tenant's isolation settings are applied afresh for each client: another
-            // client may have changed them without a SET (set_config, a function).
+        if conn.last_client != self.id && conn.settings_suspect && !self.tenant.session_vars.is_empty() {
+            // The tenant's isolation settings are applied afresh for the next client when a
+            // client ran something that may have changed them without a SET (set_config, a
+            // DO block).
+            conn.settings_suspect = false;
             conn.vars
                 .retain(|(k, _)| !self.tenant.session_vars.iter().any(|(t, _)| t.eq_ignore_ascii_case(k)));
             conn.vars_fingerprint = 0;
@@ -1199,6 +1201,7 @@ impl Stage<'_> {
                 if self.statements.barrier_pending() {
                     return false;
                 }
+                self.conn.settings_suspect |= may_change_settings(&frame[HEADER_LEN..]);
                 self.statements.raise_barrier(&frame[HEADER_LEN..]);
                 for cursor in declared_cursors(&frame[HEADER_LEN..]) {
                     self.statements.bind_portal(&cursor);
@@ -1225,6 +1228,7 @@ impl Stage<'_> {
         // The extended protocol can carry what a simple query can: the same checks.
         let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
         if let Some((name, sql)) = statement {
+            self.conn.settings_suspect |= may_change_settings(sql);
             self.statements.raise_barrier(sql);
             for cursor in declared_cursors(sql) {
                 self.statements.bind_portal(&cursor);

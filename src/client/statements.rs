@@ -363,6 +363,19 @@ pub fn declared_cursors(sql: &[u8]) -> Vec<Box<[u8]>> {
     names
 }
 
+/// Whether a query may change a setting without a SET command tag: it calls set_config or
+/// names search_path / the tenant setting, or runs code (DO, CALL, EXECUTE). A user-defined
+/// function called from a plain SELECT is not recognised (the README says so).
+pub fn may_change_settings(sql: &[u8]) -> bool {
+    let contains = |needle: &[u8]| sql.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+    if contains(b"set_config") || contains(b"search_path") || contains(b"tenant_id") {
+        return true;
+    }
+    first_words(sql)
+        .first()
+        .is_some_and(|w| [&b"DO"[..], b"CALL", b"EXECUTE"].iter().any(|k| w.eq_ignore_ascii_case(k)))
+}
+
 /// The first words of a query, skipping whitespace and comments.
 fn first_words(mut sql: &[u8]) -> Vec<&[u8]> {
     let mut words = Vec::new();
@@ -451,6 +464,17 @@ mod tests {
         assert_eq!(bind_parts(&b).map(|(p, s, _)| (p, s)), Some((&b"portal"[..], &b"s1"[..])));
         assert_eq!(target_parts(&frame(b'D', b"Ss1\0")), Some((b'S', &b"s1"[..])));
         assert_eq!(bind_parts(&frame(b'B', b"no-terminator")), None);
+    }
+
+    #[test]
+    fn setting_changes_without_a_tag_are_suspected() {
+        for q in ["SELECT set_config('search_path', 'b', false)", "do $$ begin perform 1; end $$", "CALL p()"]
+        {
+            assert!(may_change_settings(q.as_bytes()), "{q}");
+        }
+        for q in ["SELECT 1", "INSERT INTO t VALUES (1)", "BEGIN"] {
+            assert!(!may_change_settings(q.as_bytes()), "{q}");
+        }
     }
 
     #[test]

@@ -143,6 +143,9 @@ pub struct ServerConn {
     pub tenant: Option<TenantId>,
     /// The client session that used this connection last (0: none yet).
     pub last_client: u64,
+    /// A client ran something that may change settings without a SET tag (set_config, a DO
+    /// block, CALL …): the tenant's isolation setting is applied afresh for the next client.
+    pub settings_suspect: bool,
     /// The generation of the pool login it was opened with: one of an older generation is
     /// closed at release instead of returned (see `pool::Idle`).
     pub(super) generation: u64,
@@ -281,6 +284,7 @@ impl ServerConn {
             prepared: PreparedSet::default(),
             vars_fingerprint: 0,
             last_client: 0,
+            settings_suspect: false,
             tenant: None,
             generation: 0,
             _permits: Vec::new(),
