@@ -34,7 +34,7 @@ use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
 use crate::config::{PoolMode, SessionFeatures};
-use crate::pool::session::{reset_for_tenant, retire, retire_running, Retire, CLEANUP_TIMEOUT};
+use crate::pool::session::{needs_reset, queue_reset, retire, retire_running, Retire, CLEANUP_TIMEOUT};
 use crate::pool::{Checkout, Pool, ServerConn, ServerParams};
 use crate::protocol::backend::cstr;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
@@ -424,31 +424,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn attach(&mut self) -> Result<(), PgError> {
-        // A connection whose reset fails is closed and another taken.
-        let mut attempts = 0;
-        let mut co = loop {
-            attempts += 1;
-            let mut co = self
-                .proxy
-                .pools
-                .checkout(&self.pool, &self.tenant)
-                .await
-                .map_err(|e| e.to_client(self.tenant.id.as_str()))?;
+        let mut co = self
+            .proxy
+            .pools
+            .checkout(&self.pool, &self.tenant)
+            .await
+            .map_err(|e| e.to_client(self.tenant.id.as_str()))?;
+        if needs_reset(co.conn_ref(), &self.tenant.id) {
             // A handoff to another tenant starts from a clean session (DESIGN.md,
-            // containment rule 2): DISCARD ALL, its reply verified before the client's
-            // bytes are sent.
-            if reset_for_tenant(&mut co, &self.tenant.id, &self.pool_params).await {
-                break co;
-            }
-            tracing::info!(tenant = %self.tenant.id, "session reset failed: closing the server connection");
-            drop(co);
-            if attempts >= 3 {
-                return Err(PgError::fatal(
-                    SqlState::ConnectionFailure,
-                    format!("cannot get a clean server connection for tenant \"{}\"", self.tenant.id),
-                ));
-            }
-        };
+            // containment rule 2): DISCARD ALL, pipelined in front of the setup and the
+            // client's first message; its replies are swallowed and checked, and if it failed
+            // the session ends before anything the server sent after it reaches the client.
+            self.progress.swallow_z += queue_reset(co.conn(), &mut self.out, &self.pool_params);
+        }
         let conn = co.conn();
         self.key.set_target(Some(CancelTarget {
             addr: conn.addr.clone(),
@@ -832,6 +820,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                     if setup {
                         p.swallow_z -= 1;
+                        if p.swallow_z == 0 && self.setup_error.is_some() {
+                            // The reset or setup failed: nothing after it reaches the client.
+                            self.write_client(from, pos).await?;
+                            let e = self.setup_error.take().unwrap_or_default();
+                            return Err(Exit::SetupFailed(e));
+                        }
                     } else if let Some(server) = self.server.as_mut() {
                         self.sets.settle(p.status, &mut self.vars, server.conn(), &self.tenant.session_vars);
                     }

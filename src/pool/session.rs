@@ -1,6 +1,6 @@
 //! The one owner of how a server connection leaves a client session and how it is made
 //! clean for the next one: [`retire`] (back to the pool only when idle, no cancel in flight and
-//! any reset verified; otherwise closed), [`reset_for_tenant`] (the verified DISCARD ALL before
+//! any reset verified; otherwise closed), [`queue_reset`] (the DISCARD ALL, checked by the relay, before
 //! a connection passes to another tenant) and the strict reading of a reset's reply.
 
 use bytes::BytesMut;
@@ -114,25 +114,35 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
     }
 }
 
-/// Makes a checked-out connection clean for `tenant`: if another tenant (or a client that
-/// changed session state) used it last, runs [`CROSS_TENANT_RESET`] and verifies its reply.
-/// Returns false when the reset failed: the caller closes the connection.
-pub async fn reset_for_tenant(co: &mut Checkout, tenant: &TenantId, params: &[(String, String)]) -> bool {
-    let conn = co.conn();
-    let other_tenant = conn.tenant.as_ref().is_some_and(|t| t != tenant);
-    if !other_tenant && !conn.dirty {
-        return true;
-    }
-    let reset = tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(co, CROSS_TENANT_RESET)).await;
-    if !matches!(reset, Ok(Ok(()))) {
-        return false;
-    }
-    let conn = co.conn();
-    forget_unreported(conn, params);
+/// Settings that keep a reset from failing: the previous session's statement or lock timeout
+/// could otherwise cancel its DISCARD ALL (which then resets them itself).
+pub const RESET_GUARD: &str = "SET statement_timeout = 0; SET lock_timeout = 0";
+
+/// Whether `conn` must be reset before `tenant` uses it: another tenant used it last, or a
+/// client left session state on it.
+pub fn needs_reset(conn: &ServerConn, tenant: &TenantId) -> bool {
+    conn.dirty || conn.tenant.as_ref().is_some_and(|t| t != tenant)
+}
+
+/// Queues the reset in front of the next client's bytes (pipelined: no round trip) and
+/// records the connection as the reset leaves it (its reportable settings back to the pool's
+/// values, nothing of pgtenant's). Returns the ReadyForQuery messages whose replies the caller
+/// swallows and checks: an ErrorResponse among them means the reset failed, and the caller
+/// ends the session and closes the connection before any reply after it reaches the client.
+pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String, String)]) -> usize {
+    let queued =
+        frontend::query(out, RESET_GUARD).is_ok() && frontend::query(out, CROSS_TENANT_RESET).is_ok();
+    conn.vars = params.to_vec();
+    conn.vars_fingerprint = 0;
     conn.prepared.clear();
     conn.dirty = false;
     conn.tenant = None;
-    true
+    conn.settings_suspect = false;
+    if queued {
+        2
+    } else {
+        0
+    }
 }
 
 /// Drops what a reset query (`DISCARD ALL`) returned to defaults: every setting pgtenant
