@@ -85,6 +85,8 @@ name = "local"
 host = "127.0.0.1"
 port = $PG_PORT
 max_connections = 200
+# The throwaway cluster uses md5 over TCP: allowed explicitly (the default is SCRAM only).
+require_auth = "md5"
 
 [[tenants]]
 id = "bench"

@@ -151,6 +151,8 @@ name = "local"
 host = "127.0.0.1"
 port = $PG_PORT
 max_connections = 100
+# The throwaway cluster uses md5 over TCP: allowed explicitly (the default is SCRAM only).
+require_auth = "md5"
 EOF
     for i in $(seq 0 $((TENANTS - 1))); do
         # schema defaults to the tenant id: tenant tN gets search_path "tN".

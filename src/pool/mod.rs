@@ -188,6 +188,8 @@ impl PoolLogin {
 struct Idle {
     conns: Vec<ServerConn>,
     generation: u64,
+    /// Busy connections to close as they come back, after the pool size shrank.
+    retire: usize,
     /// The pool's checkout permits: the one of the connection being returned is still held
     /// while it is pushed.
     checkout: Arc<FairSemaphore>,
@@ -197,9 +199,13 @@ impl Idle {
     /// Keeps `conn` if it was opened with the current login and the pool is within its size;
     /// closes it otherwise.
     fn push(&mut self, conn: ServerConn) {
+        // Permits are not connections: a permit handed to a waiter that has not yet taken the
+        // connection pushed before it is still "in use", so the size is checked against what
+        // the shrink left to retire and the idle list itself.
         if conn.generation != self.generation {
             tracing::debug!(upstream = %conn.addr, "closing a server connection opened with an old login");
-        } else if self.conns.len() + self.checkout.in_use() > self.checkout.size() {
+        } else if self.retire > 0 || self.conns.len() >= self.checkout.size() {
+            self.retire = self.retire.saturating_sub(1);
             tracing::debug!(upstream = %conn.addr, "closing a server connection above the pool size");
         } else {
             self.conns.push(conn);
@@ -288,8 +294,9 @@ impl Pool {
             // when they come back.
             let mut idle = self.lock_idle();
             let excess = (idle.len() + self.checkout.in_use()).saturating_sub(tenant.pool_size);
-            let excess = excess.min(idle.len());
-            idle.drain(..excess);
+            let now = excess.min(idle.len());
+            idle.drain(..now);
+            idle.retire = excess - now;
             drop(idle);
             changed = true;
         }
@@ -579,7 +586,12 @@ impl PoolManager {
                     key: tenant.pool_key.clone(),
                     login: RwLock::new(Arc::new(PoolLogin::of(tenant, 0))),
                     settings: self.settings.clone(),
-                    idle: Mutex::new(Idle { conns: Vec::new(), generation: 0, checkout: checkout.clone() }),
+                    idle: Mutex::new(Idle {
+                        conns: Vec::new(),
+                        generation: 0,
+                        retire: 0,
+                        checkout: checkout.clone(),
+                    }),
                     checkout,
                     params: RwLock::new(None),
                     upstream: upstream.clone(),
