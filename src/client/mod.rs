@@ -3,6 +3,7 @@
 
 mod pipeline;
 mod relay;
+mod rewrite;
 mod setcmd;
 mod statements;
 pub mod stream;

@@ -199,8 +199,7 @@ impl Statements {
 
     /// A statement that may drop every prepared statement (DEALLOCATE, DISCARD) was staged.
     pub fn raise_barrier(&mut self, sql: &[u8]) {
-        let upper = sql.to_ascii_uppercase();
-        if upper.windows(10).any(|w| w == b"DEALLOCATE") || upper.windows(7).any(|w| w == b"DISCARD") {
+        if contains_ignore_case(sql, b"DEALLOCATE") || contains_ignore_case(sql, b"DISCARD") {
             self.barrier = true;
         }
     }
@@ -343,6 +342,10 @@ pub fn feature_refusal(feature: &str) -> String {
 /// client use a portal it might have created.
 pub fn declared_cursors(sql: &[u8]) -> Vec<Box<[u8]>> {
     let mut names = Vec::new();
+    // Most queries declare nothing: one scan, no allocation.
+    if !contains_ignore_case(sql, b"DECLARE") {
+        return names;
+    }
     for statement in sql.split(|&b| b == b';') {
         let words = first_words(statement);
         if !words.first().is_some_and(|w| w.eq_ignore_ascii_case(b"DECLARE")) {
@@ -367,13 +370,18 @@ pub fn declared_cursors(sql: &[u8]) -> Vec<Box<[u8]>> {
 /// names search_path / the tenant setting, or runs code (DO, CALL, EXECUTE). A user-defined
 /// function called from a plain SELECT is not recognised (the README says so).
 pub fn may_change_settings(sql: &[u8]) -> bool {
-    let contains = |needle: &[u8]| sql.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+    let contains = |needle: &[u8]| contains_ignore_case(sql, needle);
     if contains(b"set_config") || contains(b"search_path") || contains(b"tenant_id") {
         return true;
     }
     first_words(sql)
         .first()
         .is_some_and(|w| [&b"DO"[..], b"CALL", b"EXECUTE"].iter().any(|k| w.eq_ignore_ascii_case(k)))
+}
+
+/// Whether `needle` (ASCII) occurs in `hay`, ignoring case; no allocation.
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// The first words of a query, skipping whitespace and comments.

@@ -1,0 +1,263 @@
+//! The server-to-client half of the relay: server frames forwarded (streamed when large),
+//! routed by the reply model, pgtenant's own replies swallowed or replaced, the few messages
+//! that decide release read on the way, and writes to the client bounded in time.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::*;
+use crate::client::pipeline::COPY_FAIL_CODE;
+use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
+use crate::protocol::frame::{header, DEFAULT_MAX_MESSAGE, HEADER_LEN};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// Forwards whole and streaming server frames to the client, swallowing the replies to
+    /// pgtenant's own queries and noting what decides release.
+    pub(super) async fn pump_server(&mut self) -> Result<(), Exit> {
+        let mut pos = 0;
+        let mut from = 0;
+        loop {
+            let avail = self.sbuf.len() - pos;
+            if self.s_remaining > 0 {
+                let n = self.s_remaining.min(avail);
+                if n == 0 {
+                    break;
+                }
+                if self.s_discard {
+                    self.write_client(from, pos).await?;
+                    from = pos + n;
+                }
+                pos += n;
+                self.s_remaining -= n;
+                continue;
+            }
+            let (tag, len) = match header(&self.sbuf[pos..], DEFAULT_MAX_MESSAGE) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(tenant = %self.tenant.id, "invalid message from the server");
+                    self.write_client(from, pos).await?;
+                    self.sbuf.clear();
+                    return Err(Exit::ServerLost);
+                }
+            };
+            let whole = avail >= len;
+            let needed = if tag == b'E' { len.min(ERROR_PREFIX) } else { len };
+            if matches!(tag, b'Z' | b'S' | b'E' | b'C') && avail < needed {
+                break;
+            }
+            let seen = pos + len.min(avail);
+            if let Some(token) = self.resync.as_deref() {
+                if !self.resync_swallowing && tag == b'T' {
+                    if !whole {
+                        break;
+                    }
+                    let frame = &self.sbuf[pos..pos + len];
+                    self.resync_swallowing = frame.windows(token.len()).any(|w| w == token.as_bytes());
+                }
+            }
+            if self.resync_swallowing {
+                if tag == b'Z' && !whole {
+                    break;
+                }
+                let take = len.min(avail);
+                self.write_client(from, pos).await?;
+                from = pos + take;
+                if tag == b'Z' {
+                    // The marker's ReadyForQuery: everything the client sent is answered.
+                    if len != HEADER_LEN + 1 {
+                        return Err(Exit::ServerLost);
+                    }
+                    self.progress.status = self.sbuf[pos + HEADER_LEN];
+                    self.resync = None;
+                    self.resync_swallowing = false;
+                    self.pipeline = Pipeline::default();
+                    self.progress.desync = false;
+                    self.progress.extended_open = false;
+                    if let Some(server) = self.server.as_mut() {
+                        // What was prepared meanwhile is unknown: prepared afresh when used,
+                        // and reset before anyone else gets the connection.
+                        server.conn().prepared.clear();
+                        server.conn().dirty = true;
+                    }
+                    tracing::debug!(tenant = %self.tenant.id, "server connection resynchronised");
+                }
+                pos += take;
+                self.s_remaining = len - take;
+                self.s_discard = true;
+                continue;
+            }
+            let setup = self.progress.swallow_z > 0;
+            let error = (tag == b'E').then(|| parse_error_fields(&self.sbuf[pos + HEADER_LEN..seen]));
+            if let Some(e) = &error {
+                if matches!(e.severity.as_str(), "FATAL" | "PANIC") {
+                    self.progress.fatal = true;
+                }
+            }
+            // Replies to pgtenant's setup query are swallowed whole; everything else is routed
+            // by the reply model.
+            let mut replace = None;
+            let swallow = setup
+                || {
+                    let code = match &error {
+                        Some(e) if e.code == "57014" && e.message.starts_with("COPY from stdin failed") => {
+                            COPY_FAIL_CODE
+                        }
+                        Some(e) => e.code.as_str(),
+                        None => "",
+                    };
+                    let mut route = self.pipeline.route(tag, code);
+                    tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid), tag = %(tag as char), forward = route.forward, "server message");
+                    self.sets.pending.extend(route.completed_set.take());
+                    self.apply_effects(std::mem::take(&mut route.undo), std::mem::take(&mut route.done));
+                    if (route.unexpected || self.pipeline.uncertain()) && !self.progress.desync {
+                        tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "lost track of the server's replies: the server connection stays with this client and will not be reused");
+                        self.progress.desync = true;
+                    }
+                    replace = route.replace;
+                    !route.forward
+                };
+            let p = &mut self.progress;
+            match tag {
+                b'Z' => {
+                    if len != HEADER_LEN + 1 {
+                        return Err(Exit::ServerLost);
+                    }
+                    p.status = self.sbuf[pos + HEADER_LEN];
+                    // query_timeout counts from the last ReadyForQuery.
+                    self.busy_since = None;
+                    if !setup {
+                        self.statements.lift_barrier();
+                    }
+                    if setup {
+                        p.swallow_z -= 1;
+                        if p.swallow_z == 0 && self.setup_error.is_some() {
+                            // The reset or setup failed: nothing after it reaches the client.
+                            self.write_client(from, pos).await?;
+                            let e = self.setup_error.take().unwrap_or_default();
+                            return Err(Exit::SetupFailed(e));
+                        }
+                    } else if let Some(server) = self.server.as_mut() {
+                        self.sets.settle(p.status, &mut self.vars, server.conn(), &self.tenant.session_vars);
+                    }
+                }
+                b'S' => {
+                    if let Some((k, v)) = parse_parameter_status(&self.sbuf[pos + HEADER_LEN..pos + len]) {
+                        let before = self.vars.fingerprint();
+                        self.vars.observe(&k, &v);
+                        if let Some(server) = self.server.as_mut() {
+                            let conn = server.conn();
+                            conn.set_var(&k, &v);
+                            // Still in step with this client if it was before the change.
+                            let fp = self.vars.fingerprint();
+                            conn.vars_fingerprint = if conn.vars_fingerprint == before { fp } else { 0 };
+                        }
+                    }
+                }
+                b'E' if setup => {
+                    let frame = &self.sbuf[pos..seen];
+                    if let Some(e) = &error {
+                        tracing::warn!(tenant = %self.tenant.id, code = %e.code, message = %e.message, "session setup failed");
+                    }
+                    self.setup_error = Some(if whole {
+                        Bytes::copy_from_slice(frame)
+                    } else {
+                        let e = PgError::fatal(SqlState::ConnectionFailure, "the session setup failed");
+                        Bytes::from(e.to_bytes())
+                    });
+                }
+                b'E' if self.mode == PoolMode::Transaction => {
+                    // DDL changed a prepared statement's result type: the error goes to the
+                    // client (as from Postgres) and this connection's statements are prepared
+                    // afresh the next time they are used.
+                    if let Some(e) = &error {
+                        if e.code == "0A000" && e.message.contains("cached plan must not change result type")
+                        {
+                            if let Some(server) = self.server.as_mut() {
+                                server.conn().prepared.clear();
+                            }
+                        }
+                    }
+                }
+                b'C' if !setup => {
+                    let tag = &self.sbuf[pos + HEADER_LEN..pos + len];
+                    if tag.starts_with(b"SET\0") || tag.starts_with(b"RESET\0") {
+                        // Tracked or not is decided at the end of the transaction.
+                        self.sets.seen += 1;
+                    } else if changes_session_state(tag) {
+                        if let Some(server) = self.server.as_mut() {
+                            server.conn().dirty = true;
+                            if tag.starts_with(b"DEALLOCATE") || tag.starts_with(b"DISCARD") {
+                                server.conn().prepared.clear();
+                            }
+                        }
+                        if tag == b"DEALLOCATE ALL\0" || tag == b"DISCARD ALL\0" {
+                            // The client's statements went with them, as on PostgreSQL.
+                            self.statements.clear();
+                        }
+                    }
+                }
+                _ => {}
+            }
+            let take = len.min(avail);
+            if swallow {
+                self.write_client(from, pos).await?;
+                if let Some(bytes) = replace.take() {
+                    self.write_bytes(&bytes).await?;
+                }
+                from = pos + take;
+            }
+            pos += take;
+            self.s_remaining = len - take;
+            self.s_discard = swallow;
+        }
+        self.write_client(from, pos).await?;
+        self.sbuf.advance(pos);
+        if self.sbuf.capacity() > 4 * READ_CHUNK && self.sbuf.len() < READ_CHUNK {
+            // A large message passed: the buffer goes back to its usual size.
+            self.sbuf = BytesMut::from(&self.sbuf[..]);
+        }
+        if self.progress.swallow_z == 0 {
+            if let Some(e) = self.setup_error.take() {
+                return Err(Exit::SetupFailed(e));
+            }
+            self.setup_trusted = true;
+        }
+        Ok(())
+    }
+
+    async fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), Exit> {
+        let res = async {
+            self.client.write_all(bytes).await?;
+            self.client.flush().await
+        };
+        let limit = self.limits.client_write.unwrap_or(Duration::from_secs(86_400 * 365));
+        tokio::select! {
+            r = tokio::time::timeout(limit, res) => r.map_err(|_| Exit::Client).and_then(|r| r.map_err(|_| Exit::Client)),
+            _ = self.force.cancelled() => Err(Exit::Error(shutting_down())),
+        }
+    }
+
+    pub(super) async fn write_client(&mut self, from: usize, to: usize) -> Result<(), Exit> {
+        if to <= from {
+            return Ok(());
+        }
+        let res = async {
+            self.client.write_all(&self.sbuf[from..to]).await?;
+            self.client.flush().await
+        };
+        // A client that stops reading must not keep a forced shutdown waiting, nor hold its
+        // server connection beyond client_write_timeout.
+        let limit = self.limits.client_write.unwrap_or(Duration::from_secs(86_400 * 365));
+        tokio::select! {
+            r = tokio::time::timeout(limit, res) => match r {
+                Ok(r) => r.map_err(|_| Exit::Client),
+                Err(_) => {
+                    tracing::info!(tenant = %self.tenant.id, "client stopped reading: disconnected at client_write_timeout");
+                    Err(Exit::Client)
+                }
+            },
+            _ = self.force.cancelled() => Err(Exit::Error(shutting_down())),
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Staging client frames onto a server connection in transaction mode: statement names
+//! rewritten to pgtenant's, statements and portals the client does not have refused through
+//! probes the server answers, refusals of what cannot be pooled, and the session SETs of the
+//! current transaction ([`SetTracking`]). The relay ([`super::relay`]) owns the sockets and
+//! the reply model; this module decides what each frame becomes.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::pipeline::{Action, Effect, Kind, Pipeline};
+use super::setcmd::{self, SetCmd};
+use super::statements::{
+    absent_portal, absent_statement, bind_parts, declared_cursors, feature_refusal, may_change_settings,
+    parse_frame, probe_duplicate, probe_statement, query_frame, rename, session_feature, sql_prepare_refusal,
+    target_parts, Lookup, Statements, MAX_CLIENT_STATEMENTS, MAX_CLIENT_STATEMENT_BYTES,
+};
+use super::vars::ClientVars;
+use crate::config::SessionFeatures;
+use crate::pool::ServerConn;
+use crate::protocol::backend::cstr;
+use crate::protocol::frame::HEADER_LEN;
+use crate::protocol::{PgError, SqlState};
+
+/// Session SETs seen in the current transaction (transaction mode).
+#[derive(Default)]
+pub(super) struct SetTracking {
+    /// Recognised SET/RESET statements that completed.
+    pub(super) pending: Vec<SetCmd>,
+    /// SET/RESET CommandCompletes seen (recognised or not).
+    pub(super) seen: usize,
+    /// SET text of the last unnamed Parse, and of the statement bound last.
+    pub(super) unnamed: Option<SetCmd>,
+    pub(super) bound: Option<SetCmd>,
+}
+
+impl SetTracking {
+    /// At a ReadyForQuery: SETs that ended outside a transaction block follow the client;
+    /// any other (inside a block, unrecognised, or refused for tracking) leaves the server
+    /// connection to be reset before reuse.
+    pub(super) fn settle(
+        &mut self,
+        status: u8,
+        vars: &mut ClientVars,
+        conn: &mut ServerConn,
+        tenant_vars: &[(String, String)],
+    ) {
+        if self.seen == 0 && self.pending.is_empty() {
+            return;
+        }
+        let mut untracked = self.seen.saturating_sub(self.pending.len()) > 0;
+        if status == b'I' {
+            for cmd in self.pending.drain(..) {
+                untracked |= !vars.apply(&cmd, conn, tenant_vars);
+            }
+        } else {
+            untracked = true;
+            self.pending.clear();
+        }
+        if untracked {
+            conn.dirty = true;
+        }
+        self.seen = 0;
+    }
+}
+
+/// Staging one whole client frame onto a server connection.
+pub(super) struct Stage<'a> {
+    pub(super) out: &'a mut BytesMut,
+    pub(super) pipeline: &'a mut Pipeline,
+    pub(super) statements: &'a mut Statements,
+    pub(super) conn: &'a mut ServerConn,
+    pub(super) search_path: &'a str,
+    pub(super) sets: &'a mut SetTracking,
+    pub(super) pinned: &'a mut bool,
+    pub(super) policy: SessionFeatures,
+}
+
+impl Stage<'_> {
+    pub(super) fn forward(&mut self, tag: u8, frame: &[u8]) {
+        let target = (tag == b'D').then(|| target_parts(frame).map(|(k, _)| k)).flatten();
+        self.pipeline.push(Kind::of(tag, target), Action::Forward);
+        self.out.extend_from_slice(frame);
+    }
+
+    /// A Close the server answers for pgtenant: of a name that never exists, so the server
+    /// answers CloseComplete exactly where it would have answered the client's Close (or
+    /// skips it, or fails a COPY on it), and the client's statement stays on the server for
+    /// others.
+    fn close_absent(&mut self, portal: bool, effect: Vec<Effect>) {
+        let (target, name) = if portal { (b"P", absent_portal()) } else { (b"S", absent_statement()) };
+        self.out.extend_from_slice(&rename(b'C', target, name.as_bytes(), &[]));
+        self.pipeline.push_effect(Kind::Close, Action::Forward, effect);
+    }
+
+    /// An injected Describe that fails on the server (so the server skips to Sync exactly as
+    /// it would for the client's message), its error replaced by `error`.
+    fn fail_with(&mut self, error: PgError, portal: bool) {
+        let (target, name, kind, code) = if portal {
+            (b"P", absent_portal(), Kind::DescribePortal, "34000")
+        } else {
+            (b"S", absent_statement(), Kind::DescribeStatement, "26000")
+        };
+        self.out.extend_from_slice(&rename(b'D', target, name.as_bytes(), &[]));
+        let error = Bytes::from(error.to_bytes());
+        self.pipeline.push(kind, Action::Probe { code, error });
+    }
+
+    /// Transaction mode: named statements get pgtenant's content-keyed names; a statement the
+    /// server connection lacks is prepared there first (its ParseComplete swallowed). Names
+    /// the client does not have are never sent: the client gets PostgreSQL's error, raised
+    /// where the server would raise it. Returns false when the message must wait for replies
+    /// to earlier ones (see [`Lookup::Wait`]).
+    pub(super) fn rewrite(&mut self, tag: u8, frame: &[u8]) -> bool {
+        tracing::trace!(conn = self.conn.backend_pid, tag = %(tag as char), len = frame.len(), "client message");
+        if self.pipeline.owes_nothing() {
+            // Whatever could drop statements has completed (or was skipped).
+            self.statements.lift_barrier();
+        }
+        match tag {
+            b'P' => return self.parse(frame),
+            b'B' => {
+                let Some((portal, stmt, rest)) = bind_parts(frame) else {
+                    self.forward(tag, frame);
+                    return true;
+                };
+                self.statements.bind_portal(portal);
+                if stmt.is_empty() {
+                    self.sets.bound = self.sets.unnamed.clone();
+                    self.forward(tag, frame);
+                    return true;
+                }
+                self.sets.bound = None;
+                let prepared = match self.statements.lookup(stmt) {
+                    Lookup::Wait => return false,
+                    Lookup::Unknown => {
+                        self.fail_with(PgError::no_such_statement(stmt), false);
+                        return true;
+                    }
+                    Lookup::Known(p) => p,
+                };
+                self.sets.bound.clone_from(&prepared.set);
+                self.ensure(&prepared.server_name, &prepared.parse);
+                let mut prefix = portal.to_vec();
+                prefix.push(0);
+                self.out.extend_from_slice(&rename(b'B', &prefix, prepared.server_name.as_bytes(), rest));
+                self.pipeline.push(Kind::Bind, Action::Forward);
+            }
+            b'D' | b'C' => {
+                let Some((target, name)) = target_parts(frame) else {
+                    self.forward(tag, frame);
+                    return true;
+                };
+                if target == b'P' {
+                    if self.statements.owns_portal(name) {
+                        self.forward(tag, frame);
+                    } else if tag == b'D' {
+                        self.fail_with(PgError::no_such_portal(name), true);
+                    } else {
+                        // Closing a portal that does not exist is no error.
+                        self.close_absent(true, Vec::new());
+                    }
+                    return true;
+                }
+                if name.is_empty() {
+                    self.forward(tag, frame);
+                    return true;
+                }
+                let prepared = match self.statements.lookup(name) {
+                    Lookup::Wait => return false,
+                    Lookup::Unknown if tag == b'C' => {
+                        self.close_absent(false, Vec::new());
+                        return true;
+                    }
+                    Lookup::Unknown => {
+                        self.fail_with(PgError::no_such_statement(name), false);
+                        return true;
+                    }
+                    Lookup::Known(p) => p,
+                };
+                if tag == b'C' {
+                    // The server keeps the statement for other clients (and this one, should
+                    // it prepare the same again); only the client's name goes.
+                    let effect = self.statements.close(name);
+                    self.close_absent(false, effect.into_iter().collect());
+                    return true;
+                }
+                self.ensure(&prepared.server_name, &prepared.parse);
+                self.out.extend_from_slice(&rename(b'D', b"S", prepared.server_name.as_bytes(), &[]));
+                self.pipeline.push(Kind::DescribeStatement, Action::Forward);
+            }
+            b'E' => {
+                let portal = cstr(&frame[HEADER_LEN..]).map(|(p, _)| p).unwrap_or_default();
+                if !self.statements.owns_portal(portal) {
+                    self.fail_with(PgError::no_such_portal(portal), true);
+                    return true;
+                }
+                self.out.extend_from_slice(frame);
+                self.pipeline.push_set(Kind::Execute, self.sets.bound.take());
+            }
+            b'S' => {
+                self.statements.sync();
+                self.forward(tag, frame);
+            }
+            b'Q' => {
+                if self.statements.barrier_pending() {
+                    return false;
+                }
+                self.conn.settings_suspect |= may_change_settings(&frame[HEADER_LEN..]);
+                self.statements.raise_barrier(&frame[HEADER_LEN..]);
+                for cursor in declared_cursors(&frame[HEADER_LEN..]) {
+                    self.statements.bind_portal(&cursor);
+                }
+                let refused = self.refusal_for(&frame[HEADER_LEN..]).and_then(|sql| query_frame(&sql));
+                match refused {
+                    Some(query) => {
+                        self.out.extend_from_slice(&query);
+                        self.pipeline.push(Kind::Query, Action::Forward);
+                    }
+                    None => {
+                        let set = frame.get(HEADER_LEN..frame.len() - 1).and_then(setcmd::parse);
+                        self.out.extend_from_slice(frame);
+                        self.pipeline.push_set(Kind::Query, set);
+                    }
+                }
+            }
+            _ => self.forward(tag, frame),
+        }
+        true
+    }
+
+    fn parse(&mut self, frame: &[u8]) -> bool {
+        // The extended protocol can carry what a simple query can: the same checks.
+        let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
+        if let Some((name, sql)) = statement {
+            self.conn.settings_suspect |= may_change_settings(sql);
+            self.statements.raise_barrier(sql);
+            for cursor in declared_cursors(sql) {
+                self.statements.bind_portal(&cursor);
+            }
+            if let Some(refusal) = self.refusal_for(sql) {
+                // Prepared in its place: the refusal raises when the client executes it.
+                let replacement = parse_frame(name, &refusal);
+                return self.parse(&replacement);
+            }
+        }
+        let Some((name, prepared)) = Statements::prepare(frame, self.search_path) else {
+            // An unnamed statement: remember whether it is a SET.
+            self.sets.unnamed = cstr(&frame[HEADER_LEN..])
+                .and_then(|(_, rest)| cstr(rest))
+                .and_then(|(query, _)| setcmd::parse(query));
+            self.forward(b'P', frame);
+            return true;
+        };
+        // The client's query text and parameter types, after its statement name: probes
+        // parse the same, so they fail where the client's Parse would.
+        let body = cstr(&frame[HEADER_LEN..]).map(|(_, rest)| rest).unwrap_or_default();
+        match self.statements.lookup(&name) {
+            Lookup::Wait => return false,
+            Lookup::Known(_) => {
+                // A name the client already uses: the server parses the text as it would the
+                // client's (42601, 25P02 … pass as they are), then raises 42P05 on a probe
+                // statement that exists once the first probe Parse ran; that error names the
+                // client's statement.
+                let error = Bytes::from(PgError::duplicate_statement(&name).to_bytes());
+                for _ in 0..2 {
+                    self.out.extend_from_slice(&rename(b'P', &[], probe_duplicate().as_bytes(), body));
+                    self.pipeline.push(Kind::Parse, Action::Probe { code: "42P05", error: error.clone() });
+                }
+                return true;
+            }
+            Lookup::Unknown => {}
+        }
+        if self.statements.full() {
+            let e = PgError::error(
+                SqlState::ProgramLimitExceeded,
+                format!(
+                    "a client may hold at most {MAX_CLIENT_STATEMENTS} prepared statements or {} MiB of their text",
+                    MAX_CLIENT_STATEMENT_BYTES >> 20
+                ),
+            );
+            self.fail_with(e, false);
+            return true;
+        }
+        let server_name = prepared.server_name.clone();
+        let client = self.statements.register(name, prepared.clone());
+        if self.conn.prepared.touch(&server_name) {
+            // The server has the statement: a probe Parse of the same text stands for the
+            // client's, so the client gets what PostgreSQL would answer here (ParseComplete,
+            // or 25P02 in an aborted transaction, or an error if a table went away).
+            let probe = probe_statement();
+            self.out.extend_from_slice(&rename(b'P', &[], probe.as_bytes(), body));
+            self.pipeline.push_effect(Kind::Parse, Action::Forward, vec![client]);
+            self.out.extend_from_slice(&rename(b'C', b"S", probe.as_bytes(), &[]));
+            self.pipeline.push(Kind::Close, Action::Swallow);
+        } else {
+            self.evict_for(server_name.clone());
+            self.out.extend_from_slice(&prepared.parse);
+            self.pipeline.push_effect(
+                Kind::Parse,
+                Action::Forward,
+                vec![Effect::ServerStatement(server_name), client],
+            );
+        }
+        true
+    }
+
+    /// What runs instead of `sql` in transaction mode, if it cannot run as it is: SQL-level
+    /// prepared statements always, session-level features under the `refuse` policy (under
+    /// `pin`, the client keeps its server connection instead).
+    fn refusal_for(&mut self, sql: &[u8]) -> Option<String> {
+        if let Some(refusal) = sql_prepare_refusal(sql) {
+            return Some(refusal);
+        }
+        let feature = session_feature(sql)?;
+        match self.policy {
+            SessionFeatures::Refuse => Some(feature_refusal(feature)),
+            SessionFeatures::Pin => {
+                *self.pinned = true;
+                None
+            }
+        }
+    }
+
+    /// Prepares a statement on this connection if it lacks it, swallowing the reply.
+    fn ensure(&mut self, server_name: &Arc<str>, parse: &[u8]) {
+        if self.conn.prepared.touch(server_name) {
+            return;
+        }
+        self.evict_for(server_name.clone());
+        self.out.extend_from_slice(parse);
+        self.pipeline.push_effect(
+            Kind::Parse,
+            Action::Swallow,
+            vec![Effect::ServerStatement(server_name.clone())],
+        );
+    }
+
+    /// Records a statement about to be prepared, closing the least recently used one on the
+    /// server when the connection holds too many. The statement itself is closed first (a
+    /// no-op when absent): after a "cached plan must not change result type" error pgtenant
+    /// forgets what a connection holds, and the old statement must not block the new Parse.
+    fn evict_for(&mut self, server_name: Arc<str>) {
+        self.out.extend_from_slice(&rename(b'C', b"S", server_name.as_bytes(), &[]));
+        self.pipeline.push(Kind::Close, Action::Swallow);
+        if let Some(old) = self.conn.prepared.insert(server_name) {
+            self.out.extend_from_slice(&rename(b'C', b"S", old.as_bytes(), &[]));
+            self.pipeline.push(Kind::Close, Action::Swallow);
+        }
+    }
+}
