@@ -134,6 +134,8 @@ struct Progress {
     status: u8,
     /// The server sent a FATAL error: it closes the connection, and nothing is added to it.
     fatal: bool,
+    /// A cross-tenant reset is queued: the client's bytes wait until its reply is checked.
+    reset_pending: bool,
 }
 
 pub(crate) struct Session<S> {
@@ -336,7 +338,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // Client bytes wait behind a setup that might fail (settings from the client's
         // startup packet no server has accepted yet): they must not run on a connection
         // whose setup was refused.
-        let hold = self.progress.swallow_z > 0 && !self.setup_trusted;
+        // The same holds behind a cross-tenant reset: a failed simple-protocol Query does not
+        // stop the next, so the client's first statement must not run before DISCARD ALL's
+        // reply was checked (the setup after it still rides in the same write).
+        let hold = self.progress.swallow_z > 0 && (!self.setup_trusted || self.progress.reset_pending);
         if self.server.is_some() && self.c_scanned > 0 && !hold {
             self.stage();
         }
@@ -427,10 +432,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .map_err(|e| e.to_client(self.tenant.id.as_str()))?;
         if needs_reset(co.conn_ref(), &self.tenant.id) {
             // A handoff to another tenant starts from a clean session (DESIGN.md,
-            // containment rule 2): DISCARD ALL, pipelined in front of the setup and the
-            // client's first message; its replies are swallowed and checked, and if it failed
-            // the session ends before anything the server sent after it reaches the client.
+            // containment rule 2): DISCARD ALL with the setup behind it in one write, their
+            // replies swallowed and checked before the client's bytes are sent (see `hold`).
             self.progress.swallow_z += queue_reset(co.conn(), &mut self.out, &self.pool_params);
+            self.progress.reset_pending = true;
         }
         let conn = co.conn();
         self.key.set_target(Some(CancelTarget {

@@ -124,11 +124,11 @@ pub fn needs_reset(conn: &ServerConn, tenant: &TenantId) -> bool {
     conn.dirty || conn.tenant.as_ref().is_some_and(|t| t != tenant)
 }
 
-/// Queues the reset in front of the next client's bytes (pipelined: no round trip) and
+/// Queues the reset (the caller holds the client's bytes until its reply is checked) and
 /// records the connection as the reset leaves it (its reportable settings back to the pool's
 /// values, nothing of pgtenant's). Returns the ReadyForQuery messages whose replies the caller
 /// swallows and checks: an ErrorResponse among them means the reset failed, and the caller
-/// ends the session and closes the connection before any reply after it reaches the client.
+/// ends the session and closes the connection; the client's bytes never ran on it.
 pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String, String)]) -> usize {
     let queued =
         frontend::query(out, RESET_GUARD).is_ok() && frontend::query(out, CROSS_TENANT_RESET).is_ok();

@@ -222,6 +222,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Err(Exit::SetupFailed(e));
             }
             self.setup_trusted = true;
+            self.progress.reset_pending = false;
         }
         Ok(())
     }
