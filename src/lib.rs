@@ -25,6 +25,7 @@
 //! - [`config`]: the TOML configuration, validated once.
 //! - [`embedded`]: a throwaway PostgreSQL cluster, for `pgtenant demo` and the tests.
 //! - [`cli`]: the command line.
+//! - [`sql`]: quoting of identifiers and literals, constant-time comparison.
 
 pub mod admin;
 pub mod auth;
@@ -39,4 +40,5 @@ pub mod listener;
 pub mod pool;
 pub mod protocol;
 pub mod server;
+pub mod sql;
 pub mod tenant;

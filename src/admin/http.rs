@@ -251,7 +251,7 @@ impl AdminState {
 
 /// Byte-wise equality that takes the same time wherever the first difference is.
 fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::sql::same_bytes(a, b)
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive,

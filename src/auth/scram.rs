@@ -164,8 +164,7 @@ impl ServerExchange {
         let client_key: Vec<u8> = proof.iter().zip(client_signature).map(|(p, s)| p ^ s).collect();
         let computed: [u8; 32] = Sha256::digest(&client_key).into();
         // Constant time: every byte is compared whatever the first difference.
-        let diff = computed.iter().zip(&self.verifier.stored_key).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff != 0 {
+        if !crate::sql::same_bytes(&computed, &self.verifier.stored_key) {
             return Ok(None);
         }
         let server_signature = hmac(&self.verifier.server_key, auth_message.as_bytes());

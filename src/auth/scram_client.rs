@@ -195,8 +195,7 @@ impl ClientExchange {
         let server_key = hmac(&sent.salted, &[b"Server Key"]);
         let expected = B64.encode(hmac(&server_key, &[sent.auth_message.as_bytes()]));
         // Constant time over the expected length.
-        let same = v.len() == expected.len()
-            && v.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        let same = crate::sql::same_bytes(v.as_bytes(), expected.as_bytes());
         if !same {
             return Err(ClientScramError::ServerSignature);
         }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::config::{AuthMethod, Config, Isolation, PoolMode, TenantStatus};
 use crate::pool::{PoolKey, RequireAuth, UpstreamAddr, UpstreamTls};
 use crate::protocol::{PgError, SqlState};
+use crate::sql::quote_ident;
 use crate::tenant::TenantId;
 
 /// Everything the proxy needs to route one tenant.
@@ -147,11 +148,6 @@ impl Tenant {
             )),
         }
     }
-}
-
-/// A double-quoted SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 #[derive(Debug, thiserror::Error)]

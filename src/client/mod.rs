@@ -374,8 +374,7 @@ where
     h.update(salt);
     let expected = format!("md5{}", hex(&h.finalize()));
     // Constant time over the expected length.
-    let same = answer.len() == expected.len()
-        && answer.iter().zip(expected.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let same = crate::sql::same_bytes(answer, expected.as_bytes());
     Ok(same)
 }
 

@@ -6,6 +6,7 @@
 use super::setcmd::SetCmd;
 use crate::pool::ServerConn;
 use crate::protocol::startup::StartupMessage;
+use crate::sql::{quote_dotted, quote_literal};
 use crate::tenant::Resolved;
 
 /// Reportable settings pgtenant keeps in step between a client and its server connections
@@ -217,7 +218,7 @@ impl ClientVars {
             .cloned()
             .collect();
         for k in stale {
-            sql.push_str(&format!("RESET {};", quote_ident(&k)));
+            sql.push_str(&format!("RESET {};", quote_dotted(&k)));
             conn.vars.retain(|(n, _)| *n != k);
         }
         (!sql.is_empty()).then_some(sql)
@@ -279,21 +280,6 @@ fn is_setting_name(k: &str) -> bool {
     !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
-fn quote_ident(k: &str) -> String {
-    // Names are checked by is_setting_name (or come from the server); dotted names are
-    // quoted part by part.
-    k.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
-}
-
-/// A string literal that means the same whatever `standard_conforming_strings` is.
-pub fn quote_literal(v: &str) -> String {
-    if v.contains('\\') {
-        format!("E'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
-    } else {
-        format!("'{}'", v.replace('\'', "''"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,9 +311,6 @@ mod tests {
 
     #[test]
     fn literals_and_names_are_quoted() {
-        assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(quote_literal("a\\b'"), "E'a\\\\b'''");
-        assert_eq!(quote_ident("pgtenant.tenant_id"), "\"pgtenant\".\"tenant_id\"");
         assert!(!is_setting_name("x; DROP TABLE t"));
     }
 

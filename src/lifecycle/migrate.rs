@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
 use super::{db_error, LifecycleError};
-use crate::catalog::quote_ident;
+use crate::sql::quote_ident;
 
 /// First line of a migration that must run outside a transaction block.
 pub const NO_TRANSACTION: &str = "-- pgtenant:no-transaction";

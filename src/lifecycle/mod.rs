@@ -24,9 +24,9 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use crate::catalog::quote_ident;
 use crate::catalog::secrets::Keys;
 use crate::config::{AuthMethod, Config, Isolation, PoolMode};
+use crate::sql::{quote_ident, quote_literal};
 use crate::tenant::TenantId;
 pub use migrate::{Applied, MigrationSet};
 use upstream::Upstream;
@@ -1589,10 +1589,6 @@ fn valid_name(what: &str, name: &str) -> Result<(), LifecycleError> {
              archived_ or deleted_ (archive and delete rename to those)"
         )))
     }
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 fn random_password() -> String {

@@ -1,0 +1,54 @@
+//! SQL text that pgtenant writes itself: quoting of identifiers and literals, in one place.
+//!
+//! Quoting follows PostgreSQL's `quote_ident` / `quote_literal`
+//! (<https://www.postgresql.org/docs/current/sql-syntax-lexical.html>): identifiers are
+//! double-quoted with `"` doubled; literals are single-quoted with `'` doubled, and written as
+//! escape strings (`E'…'`) with `\` doubled when they hold a backslash, so they mean the same
+//! whatever `standard_conforming_strings` is.
+
+/// A double-quoted SQL identifier (one name part).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A possibly dotted name (`pgtenant.tenant_id`), quoted part by part.
+pub fn quote_dotted(name: &str) -> String {
+    name.split('.').map(quote_ident).collect::<Vec<_>>().join(".")
+}
+
+/// A string literal that means the same whatever `standard_conforming_strings` is.
+pub fn quote_literal(v: &str) -> String {
+    if v.contains('\\') {
+        format!("E'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", v.replace('\'', "''"))
+    }
+}
+
+/// Byte-wise equality that takes the same time wherever the first difference is (the lengths
+/// are not secret).
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq as _;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_dotted("pgtenant.tenant_id"), "\"pgtenant\".\"tenant_id\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b'"), "E'a\\\\b'''");
+    }
+
+    #[test]
+    fn same_bytes_compares_all() {
+        assert!(same_bytes(b"abc", b"abc"));
+        assert!(!same_bytes(b"abc", b"abd"));
+        assert!(!same_bytes(b"abc", b"ab"));
+        assert!(!same_bytes(b"", b"a"));
+    }
+}
