@@ -20,6 +20,10 @@
 //! - [`cancel`]: pgtenant's own BackendKeyData and the map to upstream backends.
 //! - [`lifecycle`]: tenant create / suspend / archive / restore / delete on the upstream
 //!   and the catalog, and migrations across every tenant (CLI and HTTP fronts).
+//! - [`console`]: the PgBouncer-compatible admin console (SHOW, PAUSE, RELOAD …) over the
+//!   simple and the extended protocol, behind a narrow [`console::ConsoleSource`].
+//! - [`metrics`]: per-tenant, per-pool and global counters recorded with atomic adds, the
+//!   Prometheus exposition with bounded tenant cardinality, and per-minute usage for billing.
 //! - [`admin`]: the HTTP admin API (the lifecycle over JSON, health and readiness probes,
 //!   its OpenAPI document) and its bearer tokens.
 //! - [`config`]: the TOML configuration, validated once.
@@ -34,9 +38,11 @@ pub mod catalog;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod embedded;
 pub mod lifecycle;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod server;
