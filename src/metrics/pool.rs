@@ -1,0 +1,132 @@
+//! Per-pool (upstream login) and process-wide counters.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// What a server connection is doing, for the per-pool gauges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    /// Checked out by a client.
+    Active,
+    /// In the pool, ready.
+    Idle,
+    /// Connecting, authenticating, or being reset.
+    Login,
+}
+
+impl ServerState {
+    pub const ALL: [ServerState; 3] = [ServerState::Active, ServerState::Idle, ServerState::Login];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ServerState::Active => "active",
+            ServerState::Idle => "idle",
+            ServerState::Login => "login",
+        }
+    }
+}
+
+/// One pool's counters.
+#[derive(Default)]
+pub struct PoolStats {
+    pub(super) servers: [AtomicI64; 3],
+    pub(super) checkouts: AtomicU64,
+    pub(super) connects: AtomicU64,
+    pub(super) connect_failures: AtomicU64,
+}
+
+impl PoolStats {
+    pub fn checkout(&self) {
+        self.checkouts.fetch_add(1, Relaxed);
+    }
+
+    /// A new server connection was established (counted with its [`ServerConnMetric`]).
+    pub fn server(self: &Arc<Self>) -> ServerConnMetric {
+        self.connects.fetch_add(1, Relaxed);
+        self.servers[ServerState::Login as usize].fetch_add(1, Relaxed);
+        ServerConnMetric { pool: self.clone(), state: ServerState::Login }
+    }
+
+    pub fn connect_failed(&self) {
+        self.connect_failures.fetch_add(1, Relaxed);
+    }
+
+    pub fn servers(&self, state: ServerState) -> i64 {
+        self.servers[state as usize].load(Relaxed)
+    }
+}
+
+/// A server connection as the per-pool gauges see it; dropping it (the connection closed)
+/// takes it out of them.
+pub struct ServerConnMetric {
+    pool: Arc<PoolStats>,
+    state: ServerState,
+}
+
+impl ServerConnMetric {
+    pub fn set_state(&mut self, state: ServerState) {
+        if state != self.state {
+            self.pool.servers[self.state as usize].fetch_sub(1, Relaxed);
+            self.pool.servers[state as usize].fetch_add(1, Relaxed);
+            self.state = state;
+        }
+    }
+}
+
+impl Drop for ServerConnMetric {
+    fn drop(&mut self) {
+        self.pool.servers[self.state as usize].fetch_sub(1, Relaxed);
+    }
+}
+
+/// Process-wide counters.
+#[derive(Default)]
+pub struct GlobalStats {
+    pub(super) logins: AtomicU64,
+    pub(super) auth_failures: AtomicU64,
+    pub(super) catalog_hits: AtomicU64,
+    pub(super) catalog_misses: AtomicU64,
+    pub(super) catalog_lookups: AtomicU64,
+    pub(super) control_db_up: AtomicBool,
+    pub(super) resets: AtomicU64,
+    pub(super) panics: AtomicU64,
+}
+
+impl GlobalStats {
+    pub fn login(&self) {
+        self.logins.fetch_add(1, Relaxed);
+    }
+    pub fn auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Relaxed);
+    }
+    pub fn catalog_hit(&self) {
+        self.catalog_hits.fetch_add(1, Relaxed);
+    }
+    pub fn catalog_miss(&self) {
+        self.catalog_misses.fetch_add(1, Relaxed);
+    }
+    /// A lookup that went to the control database.
+    pub fn catalog_lookup(&self) {
+        self.catalog_lookups.fetch_add(1, Relaxed);
+    }
+    pub fn set_control_db_up(&self, up: bool) {
+        self.control_db_up.store(up, Relaxed);
+    }
+    /// A server connection reset between tenants or clients.
+    pub fn reset(&self) {
+        self.resets.fetch_add(1, Relaxed);
+    }
+    /// A panic caught in a task (the task ended, the process did not).
+    pub fn panic_caught(&self) {
+        self.panics.fetch_add(1, Relaxed);
+    }
+}
+
+/// Resident memory of this process in bytes, from `/proc/self/status` (`VmRSS`); `None`
+/// where that is not available.
+pub fn resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
