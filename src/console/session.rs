@@ -98,7 +98,6 @@ pub fn greeting(buf: &mut BytesMut, pid: i32, secret: i32) {
         ("DateStyle", "ISO"),
         ("TimeZone", "GMT"),
         ("standard_conforming_strings", "on"),
-        ("is_superuser", "on"),
     ] {
         backend::parameter_status(buf, name, value);
     }
@@ -209,7 +208,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<'_, S> {
             };
             let body = frame.body();
             let msg = Frontend::from(frame.tag());
-            if self.skipping && !matches!(msg, Frontend::Sync | Frontend::Terminate | Frontend::Query) {
+            // PostgreSQL discards everything up to Sync after an extended-protocol error,
+            // simple Queries included (`ignore_till_sync` in `postgres.c`).
+            if self.skipping && !matches!(msg, Frontend::Sync | Frontend::Terminate) {
                 continue;
             }
             let step = match msg {
@@ -278,7 +279,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<'_, S> {
         let q = b.cstr().ok_or(Step::Malformed("Query"))?;
         b.end().ok_or(Step::Malformed("Query"))?;
         let q = String::from_utf8_lossy(q);
-        self.skipping = false;
         match command::parse(&q) {
             Ok(cmd) => match self.run_command(&cmd).await {
                 Ok(Outcome::Shutdown) => return Ok(Some(SessionEnd::Shutdown)),

@@ -277,6 +277,8 @@ async fn execute_with_a_row_limit_suspends_the_portal() {
     let mut m = msg(b'P', b"\0show lists\0\0\0");
     m.extend(msg(b'B', b"\0\0\0\0\0\x01\0\0\0\x011\0\0"));
     m.extend(msg(b'E', b"\0\0\0\0\0"));
+    // A simple Query before Sync is discarded too, as PostgreSQL does.
+    m.extend(msg(b'Q', b"SHOW LISTS\0"));
     m.extend(msg(b'S', b""));
     s.write_all(&m).await.expect("write");
     let mut got = vec![0u8; 5];

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -236,7 +236,12 @@ pub(super) fn render(m: &Metrics) -> String {
 
 type Enc<'a> = DescriptorEncoder<'a>;
 
-fn counter(enc: &mut Enc<'_>, name: &str, help: &str, rows: &[(&[(&str, &str)], u64)]) -> std::fmt::Result {
+fn counter<V: EncodeCounterValue>(
+    enc: &mut Enc<'_>,
+    name: &str,
+    help: &str,
+    rows: &[(&[(&str, &str)], V)],
+) -> std::fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in rows {
         m.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(v, None)?;
@@ -307,11 +312,12 @@ impl Collector for Scrape {
         ] {
             counter(&mut enc, name, help, &refs(&by_tenant(&f)))?;
         }
-        let held: Vec<(Vec<(&str, &str)>, u64)> = by_tenant(&|s| s.server_held_us / 1_000_000);
+        let held: Vec<(Vec<(&str, &str)>, f64)> =
+            t.iter().map(|(k, s)| (vec![("tenant", k.as_str())], s.server_held_us as f64 / 1e6)).collect();
         counter(
             &mut enc,
             "pgtenant_tenant_server_held_seconds",
-            "Server connection time held, whole seconds.",
+            "Server connection time held for the tenant (counted when each hold ends).",
             &refs(&held),
         )?;
         // Errors: only the combinations that happened, so quiet tenants add no series.

@@ -140,8 +140,15 @@ impl Metrics {
 
     /// Every usage row, the current minute's too (at shutdown).
     pub fn flush_usage(&self) -> Vec<UsageRow> {
+        self.flush_usage_at(SystemTime::now())
+    }
+
+    /// Every usage row, what was recorded since the last drain filed under `wall`'s minute.
+    /// If the wall clock stepped back, a minute already handed out may come again: rows are
+    /// deltas, which the writer adds to what it stored.
+    pub fn flush_usage_at(&self, wall: SystemTime) -> Vec<UsageRow> {
         let mut ledger = lock(&self.inner.usage);
-        self.tick(&mut ledger, SystemTime::now());
+        self.tick(&mut ledger, wall);
         ledger.take(None)
     }
 

@@ -237,7 +237,7 @@ fn usage_drains_neither_lose_nor_double_count() {
         }
         stop.store(true, Ordering::Relaxed);
         let n: u64 = workers.into_iter().map(|w| w.join().expect("worker")).sum();
-        rows.extend(m.flush_usage());
+        rows.extend(m.flush_usage_at(start + Duration::from_secs(60 * 50)));
         (n, rows)
     });
     let (n, rows) = recorded;
@@ -260,7 +260,11 @@ fn usage_drains_neither_lose_nor_double_count() {
         assert!(keys.insert((r.tenant.clone(), r.minute)), "{} {} twice", r.tenant, r.minute);
     }
     // Nothing left once flushed.
-    assert!(m.flush_usage().iter().all(|r| r.totals.transactions == 0));
+    assert!(m.flush_usage_at(start_of(&rows)).iter().all(|r| r.totals.transactions == 0));
+}
+
+fn start_of(rows: &[UsageRow]) -> SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs(rows.iter().map(|r| r.minute).max().unwrap_or(0) + 60)
 }
 
 #[test]
