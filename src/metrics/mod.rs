@@ -157,20 +157,25 @@ impl Metrics {
         let tenants = read(&self.inner.tenants);
         ledger.tick(tenants.iter().map(|(k, v)| (k.as_str(), &**v)), self.inner.epoch, now, wall);
         drop(tenants);
-        self.sweep(ledger);
+        self.sweep(ledger, now);
     }
 
     /// Drops tenants nobody holds, with no client connected and nothing left undrained,
     /// folding their counts into the retired totals: memory follows the tenants in use,
     /// not every tenant ever seen, and totals stay exact.
-    fn sweep(&self, ledger: &mut UsageLedger) {
+    fn sweep(&self, ledger: &mut UsageLedger, now: Instant) {
         let mut tenants = write(&self.inner.tenants);
         let idle: Vec<String> = tenants
             .iter()
             // Only the map holds it: nobody can record into it any more. Under the write
             // lock, nobody can take a new handle either.
             .filter(|(k, s)| {
-                Arc::strong_count(s) == 1 && !s.has_clients() && ledger.quiet(k) >= SWEEP_AFTER_QUIET_DRAINS
+                Arc::strong_count(s) == 1
+                    && !s.has_clients()
+                    && ledger.quiet(k) >= SWEEP_AFTER_QUIET_DRAINS
+                    // Something recorded after the drain read it, by a holder since gone,
+                    // waits for the next drain.
+                    && ledger.settled(k, &UsageTotals::read(s, self.inner.epoch, now))
             })
             .map(|(k, _)| k.clone())
             .collect();

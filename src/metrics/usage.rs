@@ -132,6 +132,11 @@ impl UsageLedger {
         self.seen.get(tenant).map_or(0, |(_, q)| *q)
     }
 
+    /// Whether the last drain saw exactly `current` for the tenant (nothing undrained).
+    pub(super) fn settled(&self, tenant: &str, current: &UsageTotals) -> bool {
+        self.seen.get(tenant).is_some_and(|(seen, _)| seen == current)
+    }
+
     /// Forgets a tenant whose counters are gone; what it used is already in `open`.
     pub(super) fn forget(&mut self, tenant: &str) {
         self.seen.remove(tenant);
