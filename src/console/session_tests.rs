@@ -349,3 +349,58 @@ proptest::proptest! {
         });
     }
 }
+
+/// psql, the tool operators reach for first, over TCP: its table and its error output.
+#[tokio::test]
+async fn psql_shows_pools_and_reports_errors() {
+    let psql = std::path::Path::new("/usr/lib/postgresql/15/bin/psql");
+    if !psql.exists() {
+        eprintln!("skipped: no psql at {}", psql.display());
+        return;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(serve(b, Arc::new(Fake::default()), Access::Stats));
+            tokio::spawn(async move {
+                let (mut tcp, mut a) = (tcp, a);
+                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut a).await;
+            });
+        }
+    });
+    let run = |sql: &'static str| {
+        tokio::process::Command::new(psql)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "admin",
+                "-d",
+                "pgbouncer",
+                "-X",
+                "-A",
+                "-F",
+                ",",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGSSLMODE", "disable")
+            .output()
+    };
+    let out = run("SHOW POOLS").await.expect("psql");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some(View::Pools.columns().iter().map(|c| c.name).collect::<Vec<_>>().join(",").as_str())
+    );
+    assert_eq!(lines.next(), Some("acme,app,3,1,0,1,2,3,4,5,6,7,8,9,10,transaction,"));
+    let out = run("PAUSE").await.expect("psql");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ERROR:  admin access needed"));
+}
