@@ -279,6 +279,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<'_, S> {
         let q = b.cstr().ok_or(Step::Malformed("Query"))?;
         b.end().ok_or(Step::Malformed("Query"))?;
         let q = String::from_utf8_lossy(q);
+        // A simple Query ends the implicit transaction and replaces the unnamed statement
+        // (protocol docs, "Simple Query"): portals and the unnamed statement go.
+        self.portals.clear();
+        self.statements.remove(&b""[..]);
         match command::parse(&q) {
             Ok(cmd) => match self.run_command(&cmd).await {
                 Ok(Outcome::Shutdown) => return Ok(Some(SessionEnd::Shutdown)),
