@@ -90,7 +90,7 @@ pub struct PoolSnapshot {
 }
 
 impl PoolSnapshot {
-    fn of(p: &PoolStats) -> Self {
+    pub fn of(p: &PoolStats) -> Self {
         PoolSnapshot {
             servers: std::array::from_fn(|i| p.servers[i].load(Relaxed)),
             checkouts: p.checkouts.load(Relaxed),

@@ -26,7 +26,9 @@ pub use pool::{GlobalStats, PoolStats, ServerConnMetric, ServerState};
 pub use tenant::{ClientSession, ClientState, ErrorSource, TenantStats};
 pub use usage::{UsageRow, UsageTotals};
 
-use exposition::{Ranker, TenantSnapshot};
+pub use exposition::{PoolSnapshot, TenantSnapshot};
+
+use exposition::Ranker;
 use usage::UsageLedger;
 
 /// The label value that sums the tenants (or pools) outside the top N.
@@ -117,6 +119,23 @@ impl Metrics {
 
     pub fn global(&self) -> &GlobalStats {
         &self.inner.global
+    }
+
+    /// Every tracked tenant's counters, read now, by tenant id (for the console's SHOW
+    /// STATS / SHOW TENANTS; tenants already swept are not listed).
+    pub fn tenants(&self) -> Vec<(String, TenantSnapshot)> {
+        let mut all: Vec<_> =
+            read(&self.inner.tenants).iter().map(|(k, s)| (k.clone(), TenantSnapshot::of(s))).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Every pool's counters, read now, by pool key.
+    pub fn pools(&self) -> Vec<(String, PoolSnapshot)> {
+        let mut all: Vec<_> =
+            read(&self.inner.pools).iter().map(|(k, p)| (k.clone(), PoolSnapshot::of(p))).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// The Prometheus exposition (OpenMetrics text; serve it as

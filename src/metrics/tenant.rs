@@ -60,6 +60,11 @@ impl HistogramSnapshot {
         self.counts.iter().sum()
     }
 
+    /// The mean in microseconds (0 with no observation).
+    pub fn mean_us(&self) -> u64 {
+        self.sum_us.checked_div(self.count()).unwrap_or(0)
+    }
+
     pub fn add(&mut self, other: &HistogramSnapshot) {
         if self.counts.len() < other.counts.len() {
             self.counts.resize(other.counts.len(), 0);
@@ -283,6 +288,8 @@ mod tests {
         assert_eq!((s.counts[0], s.counts[1], s.counts[LATENCY_BOUNDS_US.len()]), (1, 1, 1));
         assert_eq!(s.count(), 3);
         assert_eq!(s.sum_us, 201 + 3_600_000_000);
+        assert_eq!(s.mean_us(), (201 + 3_600_000_000) / 3);
+        assert_eq!(HistogramSnapshot::default().mean_us(), 0);
     }
 
     #[test]

@@ -113,6 +113,13 @@ fn render_names_labels_and_values() {
     assert_eq!(value(&all, "pgtenant_auth_failures_total", &[]), Some(1.0));
     assert_eq!(value(&all, "pgtenant_control_db_up", &[]), Some(1.0));
     assert_eq!(value(&all, "pgtenant_tenants_tracked", &[]), Some(1.0));
+    let snapshots = m.tenants();
+    assert_eq!(snapshots.len(), 1);
+    assert_eq!(
+        (snapshots[0].0.as_str(), snapshots[0].1.queries, snapshots[0].1.pool_wait.mean_us()),
+        ("acme", 2, 700)
+    );
+    assert_eq!(m.pools()[0].1.checkouts, 1);
     // One tenant, under the cap: no `_other`.
     assert!(!text.contains(OTHER));
 
