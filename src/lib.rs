@@ -2,8 +2,10 @@
 //!
 //! Map of the crate, in the order a client connection meets it:
 //!
-//! - [`server`]: the accept loop, the caps on clients logging in and logged in, shutdown
-//!   and drain.
+//! - [`server`]: the accept loop, the cap on connections logging in, shutdown and drain.
+//! - [`proxy`]: the state every session shares (config, catalog, pools, cancel keys), the
+//!   caps on logged-in clients (global and per tenant), and ending a tenant's sessions when
+//!   the catalog says it stopped being active.
 //! - [`listener`]: the listening socket (backlog), the open-file limit, accept backoff and
 //!   once-per-interval logging.
 //! - [`protocol`]: frames (tag + length + original bytes), startup packets, the few typed
@@ -39,6 +41,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod pool;
 pub mod protocol;
+pub mod proxy;
 pub mod server;
 pub mod sql;
 pub mod tenant;

@@ -28,7 +28,7 @@ use crate::protocol::backend;
 use crate::protocol::frame::{FrameReader, MAX_AUTH_MESSAGE};
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{FrameError, PgError, SqlState};
-use crate::server::{too_many_clients, Proxy, TenantAdmission, FORCE_CLOSE_TIMEOUT};
+use crate::proxy::{too_many_clients, Proxy, TenantAdmission, FORCE_CLOSE_TIMEOUT};
 use crate::tenant;
 use stream::{ClientStream, TlsInfo};
 use tokio::net::TcpStream;

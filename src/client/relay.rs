@@ -33,7 +33,7 @@ use crate::pool::session::{needs_reset, queue_reset, retire, retire_running, Ret
 use crate::pool::{Checkout, Pool, ServerParams};
 use crate::protocol::frame::header;
 use crate::protocol::{frontend, PgError, SqlState};
-use crate::server::{Proxy, TenantAdmission};
+use crate::proxy::{Proxy, TenantAdmission};
 
 mod server_side;
 
