@@ -273,4 +273,3 @@ async fn watch_changes(proxy: Weak<Proxy>, mut changes: broadcast::Receiver<Chan
         }
     }
 }
-

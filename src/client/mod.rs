@@ -24,9 +24,9 @@ use crate::catalog::{CatalogError, Tenant};
 use crate::config::secs;
 use crate::config::AuthMethod;
 use crate::pool::{Pool, ServerParams};
-use crate::protocol::backend;
 use crate::protocol::frame::{FrameReader, MAX_AUTH_MESSAGE};
 use crate::protocol::startup::{self, StartupPacket};
+use crate::protocol::{backend, frontend};
 use crate::protocol::{FrameError, PgError, SqlState};
 use crate::proxy::{too_many_clients, Proxy, TenantAdmission, FORCE_CLOSE_TIMEOUT};
 use crate::tenant;
@@ -400,7 +400,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match reader.read_frame().await {
-        Ok(Some(f)) if f.tag() == b'p' => Ok(f),
+        Ok(Some(f)) if f.tag() == frontend::tag::PASSWORD => Ok(f),
         Ok(Some(_)) => Err(PgError::fatal(SqlState::ProtocolViolation, "expected a SASL response")),
         Ok(None) | Err(FrameError::Io(_)) | Err(FrameError::Truncated) => {
             Err(PgError::fatal(SqlState::ConnectionFailure, "client left during authentication"))

@@ -31,7 +31,9 @@ use crate::catalog::Tenant;
 use crate::config::PoolMode;
 use crate::pool::session::{needs_reset, queue_reset, retire, retire_running, Retire, CLEANUP_TIMEOUT};
 use crate::pool::{Checkout, Pool, ServerParams};
+use crate::protocol::backend::txn;
 use crate::protocol::frame::header;
+use crate::protocol::frontend::tag as fe;
 use crate::protocol::{frontend, PgError, SqlState};
 use crate::proxy::{Proxy, TenantAdmission};
 
@@ -242,7 +244,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             s_discard: false,
             setup_error: None,
             server: None,
-            progress: Progress { status: b'I', ..Progress::default() },
+            progress: Progress { status: txn::IDLE, ..Progress::default() },
             draining: None,
             admission,
             setup_trusted,
@@ -363,7 +365,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             || self.terminated
             || self.broken.is_some()
             || p.extended_open
-            || p.status != b'I'
+            || p.status != txn::IDLE
             || self.c_scanned != 0
             || !self.cbuf.is_empty()
             || !self.out.is_empty()
@@ -417,7 +419,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && !self.sent_terminate
             && !p.desync
             && !p.extended_open
-            && p.status == b'I'
+            && p.status == txn::IDLE
             && self.out.is_empty()
             && self.c_scanned == 0
             && self.c_remaining == 0
@@ -460,7 +462,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         co.conn().tenant = Some(self.tenant.id.clone());
-        self.progress.status = b'I';
+        self.progress.status = txn::IDLE;
         self.server = Some(co);
         Ok(())
     }
@@ -564,7 +566,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let l = &self.limits;
         let (limit, since, after) = if owes {
             (Limit::Query, self.busy_since, l.query)
-        } else if self.server.is_some() && self.progress.status != b'I' {
+        } else if self.server.is_some() && self.progress.status != txn::IDLE {
             (Limit::IdleTransaction, Some(self.last_activity), l.idle_transaction)
         } else if self.c_scanned == 0 && self.cbuf.is_empty() {
             (Limit::ClientIdle, Some(self.last_activity), l.client_idle)
@@ -614,14 +616,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 break;
             }
             match tag {
-                b'X' => {
+                fe::TERMINATE => {
                     // Terminate: never forwarded; the server connection outlives the client.
                     self.terminated = true;
                     self.cbuf.truncate(self.c_scanned);
                     break;
                 }
-                b'S' => self.progress.extended_open = false,
-                b'P' | b'B' | b'D' | b'C' | b'E' | b'H' => self.progress.extended_open = true,
+                fe::SYNC => self.progress.extended_open = false,
+                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE | fe::FLUSH => {
+                    self.progress.extended_open = true
+                }
                 _ => {}
             }
             let take = len.min(avail);
@@ -758,7 +762,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
 /// Frontend messages pgtenant reads (or may rewrite) and so buffers whole; all are small.
 fn must_arrive_whole(tag: u8) -> bool {
-    matches!(tag, b'P' | b'B' | b'D' | b'C' | b'E' | b'Q' | b'S' | b'H')
+    matches!(
+        tag,
+        fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE | fe::QUERY | fe::SYNC | fe::FLUSH
+    )
 }
 
 /// CommandComplete tags of commands that change session state a later client would see.

@@ -7,12 +7,13 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::pipeline::Effect;
 use super::setcmd::{self, SetCmd};
 use crate::protocol::backend::cstr;
 use crate::protocol::frame::HEADER_LEN;
+use crate::protocol::frontend::{rename, tag};
 
 /// A statement a client prepared, as the server knows it.
 #[derive(Debug, PartialEq, Eq)]
@@ -130,7 +131,7 @@ impl Statements {
             h.finish()
         };
         let server_name: Arc<str> = Arc::from(format!("pgt_{:016x}{:016x}", hash(&k[0]), hash(&k[1])));
-        let parse = rename(b'P', &[], server_name.as_bytes(), rest);
+        let parse = rename(tag::PARSE, &[], server_name.as_bytes(), rest);
         let set = cstr(rest).and_then(|(query, _)| setcmd::parse(query));
         Some((name.into(), Arc::new(Prepared { server_name, parse, set })))
     }
@@ -238,35 +239,6 @@ impl Statements {
     }
 }
 
-/// Builds `tag | length | prefix | name \0 | rest`.
-pub fn rename(tag: u8, prefix: &[u8], name: &[u8], rest: &[u8]) -> Bytes {
-    let body = prefix.len() + name.len() + 1 + rest.len();
-    let mut out = BytesMut::with_capacity(HEADER_LEN + body);
-    out.put_u8(tag);
-    // Bodies come from frames that passed the size check, so they fit in an i32.
-    out.put_i32(i32::try_from(body + 4).unwrap_or(i32::MAX));
-    out.put_slice(prefix);
-    out.put_slice(name);
-    out.put_u8(0);
-    out.put_slice(rest);
-    out.freeze()
-}
-
-/// The statement named in a Bind (`portal \0 statement \0 …`): (portal, statement, rest).
-pub fn bind_parts(frame: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let (portal, rest) = cstr(frame.get(HEADER_LEN..)?)?;
-    let (stmt, rest) = cstr(rest)?;
-    Some((portal, stmt, rest))
-}
-
-/// Describe / Close: (`S` or `P`, name).
-pub fn target_parts(frame: &[u8]) -> Option<(u8, &[u8])> {
-    let body = frame.get(HEADER_LEN..)?;
-    let (&kind, rest) = body.split_first()?;
-    let (name, _) = cstr(rest)?;
-    Some((kind, name))
-}
-
 /// SQL-level prepared statements cannot follow a client across server connections in
 /// transaction mode: `PREPARE`, `EXECUTE` and `DEALLOCATE <name>` are refused (0A000).
 /// `DEALLOCATE ALL` passes. Returns the refusal query to send instead.
@@ -295,20 +267,6 @@ pub fn sql_prepare_refusal(sql: &[u8]) -> Option<String> {
          END $pgtenant$"
             .to_owned(),
     )
-}
-
-/// A Query message running `sql`.
-pub fn query_frame(sql: &str) -> Option<Bytes> {
-    let mut out = BytesMut::new();
-    crate::protocol::frontend::query(&mut out, sql).ok()?;
-    Some(out.freeze())
-}
-
-/// A Parse message of `sql` under `name`, without parameter types.
-pub fn parse_frame(name: &[u8], sql: &str) -> Bytes {
-    let mut rest = sql.as_bytes().to_vec();
-    rest.extend_from_slice(&[0, 0, 0]);
-    rename(b'P', &[], name, &rest)
 }
 
 /// Session-level features that cannot survive transaction pooling, recognised by how a
@@ -467,14 +425,6 @@ mod tests {
     }
 
     #[test]
-    fn bind_and_target_parts() {
-        let b = frame(b'B', b"portal\0s1\0\0\0\0\0\0\0");
-        assert_eq!(bind_parts(&b).map(|(p, s, _)| (p, s)), Some((&b"portal"[..], &b"s1"[..])));
-        assert_eq!(target_parts(&frame(b'D', b"Ss1\0")), Some((b'S', &b"s1"[..])));
-        assert_eq!(bind_parts(&frame(b'B', b"no-terminator")), None);
-    }
-
-    #[test]
     fn setting_changes_without_a_tag_are_suspected() {
         for q in ["SELECT set_config('search_path', 'b', false)", "do $$ begin perform 1; end $$", "CALL p()"]
         {
@@ -505,8 +455,6 @@ mod tests {
         assert_eq!(session_feature(&q("DECLARE c CURSOR FOR SELECT 1")), None);
         assert_eq!(session_feature(&q("SELECT 'LISTEN'")), None);
         assert!(feature_refusal("LISTEN").contains("feature_not_supported"));
-        let p = parse_frame(b"s1", "SELECT 1");
-        assert_eq!(&p[..], &frame(b'P', b"s1\0SELECT 1\0\0\0")[..]);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::stream::{ServerStream, UpstreamAddr};
 use crate::auth::scram_client::{ClientExchange, ClientScramError};
-use crate::protocol::backend::{cstr, parse_error_fields, parse_parameter_status, ServerNotice};
+use crate::protocol::backend::tag as be;
+use crate::protocol::backend::{auth, cstr, parse_error_fields, parse_parameter_status, ServerNotice};
 use crate::protocol::frame::FrameReader;
 use crate::protocol::{frontend, FrameError};
 use crate::tenant::TenantId;
@@ -178,10 +179,10 @@ impl ServerConn {
             let body = frame.body();
             out.clear();
             match frame.tag() {
-                b'R' => {
+                be::AUTHENTICATION => {
                     let (code, data) = split_i32(body)?;
                     match code {
-                        0 => match (asked, &scram) {
+                        auth::OK => match (asked, &scram) {
                             // SCRAM is complete only with the server's verified final
                             // message: an AuthenticationOk without it proves nothing.
                             (Some(_), Some(s)) if !s.verified() => {
@@ -192,17 +193,17 @@ impl ServerConn {
                             (None, _) if !allowed.none => return Err(refuse("no")),
                             _ => {}
                         },
-                        3 | 5 | 10 if asked.is_some() => {
+                        auth::CLEARTEXT_PASSWORD | auth::MD5_PASSWORD | auth::SASL if asked.is_some() => {
                             return Err(UpstreamError::Protocol("a second authentication request".into()))
                         }
-                        3 => {
+                        auth::CLEARTEXT_PASSWORD => {
                             if !allowed.password {
                                 return Err(refuse("cleartext password"));
                             }
                             asked = Some("password");
                             frontend::password(&mut out, password(login)?.as_bytes())?
                         }
-                        5 => {
+                        auth::MD5_PASSWORD => {
                             if !allowed.md5 {
                                 return Err(refuse("md5"));
                             }
@@ -214,7 +215,7 @@ impl ServerConn {
                             let hash = md5_hash(login.role.as_bytes(), password(login)?.as_bytes(), salt);
                             frontend::password(&mut out, hash.as_bytes())?;
                         }
-                        10 => {
+                        auth::SASL => {
                             if !allowed.scram_sha_256 {
                                 return Err(refuse("SCRAM-SHA-256"));
                             }
@@ -231,12 +232,12 @@ impl ServerConn {
                             frontend::sasl_initial(&mut out, sasl::SCRAM_SHA_256, &first)?;
                             scram = Some(s);
                         }
-                        11 => {
+                        auth::SASL_CONTINUE => {
                             let s = scram.as_mut().ok_or(ClientScramError::OutOfOrder)?;
                             let last = s.update(data, login.max_iterations).await?;
                             frontend::sasl_response(&mut out, &last)?;
                         }
-                        12 => {
+                        auth::SASL_FINAL => {
                             let s = scram.as_mut().ok_or(ClientScramError::OutOfOrder)?;
                             s.finish(data)?;
                         }
@@ -246,19 +247,19 @@ impl ServerConn {
                         reader.get_mut().write_all(&out).await?;
                     }
                 }
-                b'S' => {
+                be::PARAMETER_STATUS => {
                     if let Some(kv) = parse_parameter_status(body) {
                         vars.push(kv);
                     }
                 }
-                b'K' => {
+                be::BACKEND_KEY_DATA => {
                     let (p, rest) = split_i32(body)?;
                     let (s, _) = split_i32(rest)?;
                     (pid, secret) = (p, s);
                 }
-                b'E' => return Err(UpstreamError::Refused(parse_error_fields(body))),
-                b'N' | b'v' => {}
-                b'Z' => break,
+                be::ERROR_RESPONSE => return Err(UpstreamError::Refused(parse_error_fields(body))),
+                be::NOTICE_RESPONSE | be::NEGOTIATE_PROTOCOL_VERSION => {}
+                be::READY_FOR_QUERY => break,
                 t => {
                     return Err(UpstreamError::Protocol(format!(
                         "unexpected message {:?} during login",
@@ -361,7 +362,7 @@ impl PreparedSet {
 impl Drop for ServerConn {
     /// Best-effort Terminate so the server logs a clean disconnect; the socket closes anyway.
     fn drop(&mut self) {
-        let _ = self.stream.try_write(b"X\0\0\0\x04");
+        let _ = self.stream.try_write(frontend::TERMINATE_MESSAGE);
     }
 }
 

@@ -7,7 +7,8 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::{cancel_backend, Checkout, ServerConn, ServerParams};
-use crate::protocol::backend::parse_parameter_status;
+use crate::protocol::backend::tag as be;
+use crate::protocol::backend::{parse_parameter_status, txn};
 use crate::protocol::frame::{FrameReader, DEFAULT_MAX_MESSAGE};
 use crate::protocol::frontend;
 use crate::tenant::TenantId;
@@ -93,10 +94,10 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
     let ok = loop {
         match reader.read_frame().await {
             Ok(Some(f)) => match f.tag() {
-                b'S' => changed.extend(parse_parameter_status(f.body())),
+                be::PARAMETER_STATUS => changed.extend(parse_parameter_status(f.body())),
                 // Notifications for LISTENs the reset ends belong to the previous client.
-                b'C' | b'N' | b'A' => {}
-                b'Z' => break f.body() == b"I",
+                be::COMMAND_COMPLETE | be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE => {}
+                be::READY_FOR_QUERY => break f.body() == [txn::IDLE],
                 _ => break false,
             },
             _ => return Err(()),

@@ -7,6 +7,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::*;
 use crate::client::pipeline::COPY_FAIL_CODE;
+use crate::protocol::backend::tag as be;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{header, DEFAULT_MAX_MESSAGE, HEADER_LEN};
 
@@ -42,13 +43,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             };
             let whole = avail >= len;
-            let needed = if tag == b'E' { len.min(ERROR_PREFIX) } else { len };
-            if matches!(tag, b'Z' | b'S' | b'E' | b'C') && avail < needed {
+            let needed = if tag == be::ERROR_RESPONSE { len.min(ERROR_PREFIX) } else { len };
+            if matches!(
+                tag,
+                be::READY_FOR_QUERY | be::PARAMETER_STATUS | be::ERROR_RESPONSE | be::COMMAND_COMPLETE
+            ) && avail < needed
+            {
                 break;
             }
             let seen = pos + len.min(avail);
             if let Some(token) = self.resync.as_deref() {
-                if !self.resync_swallowing && tag == b'T' {
+                if !self.resync_swallowing && tag == be::ROW_DESCRIPTION {
                     if !whole {
                         break;
                     }
@@ -57,13 +62,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             if self.resync_swallowing {
-                if tag == b'Z' && !whole {
+                if tag == be::READY_FOR_QUERY && !whole {
                     break;
                 }
                 let take = len.min(avail);
                 self.write_client(from, pos).await?;
                 from = pos + take;
-                if tag == b'Z' {
+                if tag == be::READY_FOR_QUERY {
                     // The marker's ReadyForQuery: everything the client sent is answered.
                     if len != HEADER_LEN + 1 {
                         return Err(Exit::ServerLost);
@@ -88,7 +93,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 continue;
             }
             let setup = self.progress.swallow_z > 0;
-            let error = (tag == b'E').then(|| parse_error_fields(&self.sbuf[pos + HEADER_LEN..seen]));
+            let error =
+                (tag == be::ERROR_RESPONSE).then(|| parse_error_fields(&self.sbuf[pos + HEADER_LEN..seen]));
             if let Some(e) = &error {
                 if matches!(e.severity.as_str(), "FATAL" | "PANIC") {
                     self.progress.fatal = true;
@@ -119,7 +125,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 };
             let p = &mut self.progress;
             match tag {
-                b'Z' => {
+                be::READY_FOR_QUERY => {
                     if len != HEADER_LEN + 1 {
                         return Err(Exit::ServerLost);
                     }
@@ -141,7 +147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         self.sets.settle(p.status, &mut self.vars, server.conn(), &self.tenant.session_vars);
                     }
                 }
-                b'S' => {
+                be::PARAMETER_STATUS => {
                     if let Some((k, v)) = parse_parameter_status(&self.sbuf[pos + HEADER_LEN..pos + len]) {
                         let before = self.vars.fingerprint();
                         self.vars.observe(&k, &v);
@@ -154,7 +160,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         }
                     }
                 }
-                b'E' if setup => {
+                be::ERROR_RESPONSE if setup => {
                     let frame = &self.sbuf[pos..seen];
                     if let Some(e) = &error {
                         tracing::warn!(tenant = %self.tenant.id, code = %e.code, message = %e.message, "session setup failed");
@@ -166,7 +172,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         Bytes::from(e.to_bytes())
                     });
                 }
-                b'E' if self.mode == PoolMode::Transaction => {
+                be::ERROR_RESPONSE if self.mode == PoolMode::Transaction => {
                     // DDL changed a prepared statement's result type: the error goes to the
                     // client (as from Postgres) and this connection's statements are prepared
                     // afresh the next time they are used.
@@ -179,7 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         }
                     }
                 }
-                b'C' if !setup => {
+                be::COMMAND_COMPLETE if !setup => {
                     let tag = &self.sbuf[pos + HEADER_LEN..pos + len];
                     if tag.starts_with(b"SET\0") || tag.starts_with(b"RESET\0") {
                         // Tracked or not is decided at the end of the transaction.
