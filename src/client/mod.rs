@@ -413,7 +413,7 @@ where
 /// values, which clients are shown at login.
 async fn learn_params(proxy: &Proxy, pool: &Arc<Pool>, tenant: &Tenant) -> Result<ServerParams, PgError> {
     let co = proxy.pools.checkout(pool, tenant).await.map_err(|e| e.to_client(tenant.id.as_str()))?;
-    let params = Arc::new(co.conn_ref().vars.clone());
+    let params = Arc::new(co.conn_ref().vars().to_vec());
     co.release();
     Ok(params)
 }

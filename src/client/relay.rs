@@ -29,7 +29,9 @@ use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
 use crate::config::PoolMode;
-use crate::pool::session::{needs_reset, queue_reset, retire, retire_running, Retire, CLEANUP_TIMEOUT};
+use crate::pool::session::{
+    hand_over, needs_reset, queue_reset, retire, retire_running, Retire, CLEANUP_TIMEOUT,
+};
 use crate::pool::{Checkout, Pool, ServerParams};
 use crate::protocol::backend::txn;
 use crate::protocol::frame::header;
@@ -440,28 +442,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.progress.reset_pending = true;
         }
         let conn = co.conn();
-        self.key.set_target(Some(CancelTarget {
-            addr: conn.addr.clone(),
-            pid: conn.backend_pid,
-            secret: conn.backend_secret,
-        }));
-        if conn.last_client != self.id && conn.settings_suspect && !self.tenant.session_vars.is_empty() {
-            // The tenant's isolation settings are applied afresh for the next client when a
-            // client ran something that may have changed them without a SET (set_config, a
-            // DO block).
-            conn.settings_suspect = false;
-            conn.vars
-                .retain(|(k, _)| !self.tenant.session_vars.iter().any(|(t, _)| t.eq_ignore_ascii_case(k)));
-            conn.vars_fingerprint = 0;
-        }
-        conn.last_client = self.id;
+        let (addr, pid, secret) = conn.cancel_key();
+        self.key.set_target(Some(CancelTarget { addr: addr.clone(), pid, secret }));
+        hand_over(conn, self.id, &self.tenant.id, &self.tenant.session_vars);
         if let Some(sql) = self.vars.sync_query(conn, &self.pool_params) {
             // The setup goes out in the same write as the client's first message.
             if frontend::query(&mut self.out, &sql).is_ok() {
                 self.progress.swallow_z += 1;
             }
         }
-        co.conn().tenant = Some(self.tenant.id.clone());
         self.progress.status = txn::IDLE;
         self.server = Some(co);
         Ok(())
@@ -473,7 +462,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(co) = self.server.take() else { return };
         self.key.set_target(None);
         let cancel = self.key.cancel_in_flight();
-        let reset = co.conn_ref().dirty.then(|| self.proxy.config.pool.reset_query.clone());
+        let reset = co.conn_ref().is_dirty().then(|| self.proxy.config.pool.reset_query.clone());
         let params = self.pool_params.clone();
         // An idle client keeps no large buffers.
         for buf in [&mut self.cbuf, &mut self.sbuf, &mut self.out] {
@@ -534,7 +523,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             if let Some(server) = self.server.as_mut() {
-                let stream = &mut server.conn().stream;
+                let stream = server.conn().stream_mut();
                 let out: &[u8] = &self.out;
                 if !out.is_empty() {
                     if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, out) {
@@ -696,7 +685,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             match e {
                 Effect::ServerStatement(name) => {
                     if let Some(server) = self.server.as_mut() {
-                        server.conn().prepared.remove(name);
+                        server.conn().prepared_mut().remove(name);
                     }
                 }
                 _ => self.statements.settle(e, false),
@@ -743,7 +732,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Exit::ServerLost | Exit::SetupFailed(_) => drop(co),
                 _ => {
                     // A session-mode (or pinned) client leaves its session state behind: reset.
-                    let keeps_state = self.mode == PoolMode::Session || self.pinned || co.conn_ref().dirty;
+                    let keeps_state =
+                        self.mode == PoolMode::Session || self.pinned || co.conn_ref().is_dirty();
                     let retiring = Retire {
                         idle,
                         cancel: self.key.cancel_in_flight(),

@@ -61,7 +61,7 @@ impl SetTracking {
             self.pending.clear();
         }
         if untracked {
-            conn.dirty = true;
+            conn.mark_dirty();
         }
         self.seen = 0;
     }
@@ -115,7 +115,7 @@ impl Stage<'_> {
     /// where the server would raise it. Returns false when the message must wait for replies
     /// to earlier ones (see [`Lookup::Wait`]).
     pub(super) fn rewrite(&mut self, tag: u8, frame: &[u8]) -> bool {
-        tracing::trace!(conn = self.conn.backend_pid, tag = %(tag as char), len = frame.len(), "client message");
+        tracing::trace!(conn = self.conn.backend_pid(), tag = %(tag as char), len = frame.len(), "client message");
         if self.pipeline.owes_nothing() {
             // Whatever could drop statements has completed (or was skipped).
             self.statements.lift_barrier();
@@ -214,7 +214,9 @@ impl Stage<'_> {
                 if self.statements.barrier_pending() {
                     return false;
                 }
-                self.conn.settings_suspect |= may_change_settings(&frame[HEADER_LEN..]);
+                if may_change_settings(&frame[HEADER_LEN..]) {
+                    self.conn.suspect_settings();
+                }
                 self.statements.raise_barrier(&frame[HEADER_LEN..]);
                 for cursor in declared_cursors(&frame[HEADER_LEN..]) {
                     self.statements.bind_portal(&cursor);
@@ -241,7 +243,9 @@ impl Stage<'_> {
         // The extended protocol can carry what a simple query can: the same checks.
         let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
         if let Some((name, sql)) = statement {
-            self.conn.settings_suspect |= may_change_settings(sql);
+            if may_change_settings(sql) {
+                self.conn.suspect_settings();
+            }
             self.statements.raise_barrier(sql);
             for cursor in declared_cursors(sql) {
                 self.statements.bind_portal(&cursor);
@@ -292,7 +296,7 @@ impl Stage<'_> {
         }
         let server_name = prepared.server_name.clone();
         let client = self.statements.register(name, prepared.clone());
-        if self.conn.prepared.touch(&server_name) {
+        if self.conn.prepared_mut().touch(&server_name) {
             // The server has the statement: a probe Parse of the same text stands for the
             // client's, so the client gets what PostgreSQL would answer here (ParseComplete,
             // or 25P02 in an aborted transaction, or an error if a table went away).
@@ -332,7 +336,7 @@ impl Stage<'_> {
 
     /// Prepares a statement on this connection if it lacks it, swallowing the reply.
     fn ensure(&mut self, server_name: &Arc<str>, parse: &[u8]) {
-        if self.conn.prepared.touch(server_name) {
+        if self.conn.prepared_mut().touch(server_name) {
             return;
         }
         self.evict_for(server_name.clone());
@@ -351,7 +355,7 @@ impl Stage<'_> {
     fn evict_for(&mut self, server_name: Arc<str>) {
         self.out.extend_from_slice(&rename(fe::CLOSE, &[STATEMENT], server_name.as_bytes(), &[]));
         self.pipeline.push(Kind::Close, Action::Swallow);
-        if let Some(old) = self.conn.prepared.insert(server_name) {
+        if let Some(old) = self.conn.prepared_mut().insert(server_name) {
             self.out.extend_from_slice(&rename(fe::CLOSE, &[STATEMENT], old.as_bytes(), &[]));
             self.pipeline.push(Kind::Close, Action::Swallow);
         }

@@ -120,33 +120,35 @@ impl<'de> serde::Deserialize<'de> for RequireAuth {
     }
 }
 
-/// An authenticated upstream connection.
+/// An authenticated upstream connection. Its session state is private to the pool: clients
+/// read it and record what they did through the methods below, and the rules that decide
+/// reuse and reset are in [`super::session`].
 #[derive(Debug)]
 pub struct ServerConn {
-    pub stream: ServerStream,
-    pub addr: UpstreamAddr,
+    pub(super) stream: ServerStream,
+    pub(super) addr: UpstreamAddr,
     /// The upstream backend's cancel key.
-    pub backend_pid: i32,
-    pub backend_secret: i32,
+    pub(super) backend_pid: i32,
+    pub(super) backend_secret: i32,
     /// Session variables known to be in effect: the server's ParameterStatus reports, kept
     /// current, plus the settings pgtenant applied for clients.
-    pub vars: Vec<(String, String)>,
-    pub created: Instant,
-    pub idle_since: Instant,
+    pub(super) vars: Vec<(String, String)>,
+    pub(super) created: Instant,
+    pub(super) idle_since: Instant,
     /// A client changed session state (SET, LISTEN, PREPARE …): reset before reuse.
-    pub dirty: bool,
+    pub(super) dirty: bool,
     /// Statements pgtenant prepared on this connection (transaction mode).
-    pub prepared: PreparedSet,
+    pub(super) prepared: PreparedSet,
     /// Fingerprint of the client settings `vars` is known to match (0: unknown), so a
     /// checkout by a client with the same settings skips comparing them one by one.
-    pub vars_fingerprint: u64,
+    pub(super) vars_fingerprint: u64,
     /// The tenant whose session setup this connection carries (shared login roles).
-    pub tenant: Option<TenantId>,
+    pub(super) tenant: Option<TenantId>,
     /// The client session that used this connection last (0: none yet).
-    pub last_client: u64,
+    pub(super) last_client: u64,
     /// A client ran something that may change settings without a SET tag (set_config, a DO
     /// block, CALL …): the tenant's isolation setting is applied afresh for the next client.
-    pub settings_suspect: bool,
+    pub(super) settings_suspect: bool,
     /// The generation of the pool login it was opened with: one of an older generation is
     /// closed at release instead of returned (see `pool::Idle`).
     pub(super) generation: u64,
@@ -297,6 +299,61 @@ impl ServerConn {
     pub fn is_clean(&self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// The upstream backend's cancel key, and where to send a CancelRequest.
+    pub fn cancel_key(&self) -> (&UpstreamAddr, i32, i32) {
+        (&self.addr, self.backend_pid, self.backend_secret)
+    }
+
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// The socket, for the relay to read and write client traffic.
+    pub fn stream_mut(&mut self) -> &mut ServerStream {
+        &mut self.stream
+    }
+
+    /// Statements pgtenant prepared on this connection (transaction mode).
+    pub fn prepared_mut(&mut self) -> &mut PreparedSet {
+        &mut self.prepared
+    }
+
+    /// Whether a client left session state behind (reset before reuse).
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// A client changed session state (SET, LISTEN, PREPARE …): the connection is reset
+    /// before anyone else uses it.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// A client ran something that may change settings without a SET tag: the tenant's
+    /// isolation settings are applied afresh for the next client.
+    pub fn suspect_settings(&mut self) {
+        self.settings_suspect = true;
+    }
+
+    /// Session variables known to be in effect.
+    pub fn vars(&self) -> &[(String, String)] {
+        &self.vars
+    }
+
+    /// Forgets the variables `keep` refuses (they are back to the server's defaults).
+    pub fn retain_vars(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.vars.retain(|(k, _)| keep(k));
+    }
+
+    /// The fingerprint of the client settings `vars` is known to match (0: unknown).
+    pub fn vars_fingerprint(&self) -> u64 {
+        self.vars_fingerprint
+    }
+
+    pub fn set_vars_fingerprint(&mut self, fingerprint: u64) {
+        self.vars_fingerprint = fingerprint;
     }
 
     pub fn var(&self, name: &str) -> Option<&str> {

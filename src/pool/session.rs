@@ -125,6 +125,19 @@ pub fn needs_reset(conn: &ServerConn, tenant: &TenantId) -> bool {
     conn.dirty || conn.tenant.as_ref().is_some_and(|t| t != tenant)
 }
 
+/// Hands `conn` to client session `client` of `tenant`. When another client ran something
+/// that may have changed settings without a SET (set_config, a DO block), the tenant's
+/// isolation settings are forgotten so that they are applied afresh.
+pub fn hand_over(conn: &mut ServerConn, client: u64, tenant: &TenantId, tenant_vars: &[(String, String)]) {
+    if conn.last_client != client && conn.settings_suspect && !tenant_vars.is_empty() {
+        conn.settings_suspect = false;
+        conn.vars.retain(|(k, _)| !tenant_vars.iter().any(|(t, _)| t.eq_ignore_ascii_case(k)));
+        conn.vars_fingerprint = 0;
+    }
+    conn.last_client = client;
+    conn.tenant = Some(tenant.clone());
+}
+
 /// Queues the reset (the caller holds the client's bytes until its reply is checked) and
 /// records the connection as the reset leaves it (its reportable settings back to the pool's
 /// values, nothing of pgtenant's). Returns the ReadyForQuery messages whose replies the caller

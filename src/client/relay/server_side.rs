@@ -82,8 +82,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     if let Some(server) = self.server.as_mut() {
                         // What was prepared meanwhile is unknown: prepared afresh when used,
                         // and reset before anyone else gets the connection.
-                        server.conn().prepared.clear();
-                        server.conn().dirty = true;
+                        server.conn().prepared_mut().clear();
+                        server.conn().mark_dirty();
                     }
                     tracing::debug!(tenant = %self.tenant.id, "server connection resynchronised");
                 }
@@ -113,7 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         None => "",
                     };
                     let mut route = self.pipeline.route(tag, code);
-                    tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid), tag = %(tag as char), forward = route.forward, "server message");
+                    tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid()), tag = %(tag as char), forward = route.forward, "server message");
                     self.sets.pending.extend(route.completed_set.take());
                     self.apply_effects(std::mem::take(&mut route.undo), std::mem::take(&mut route.done));
                     if (route.unexpected || self.pipeline.uncertain()) && !self.progress.desync {
@@ -156,7 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             conn.set_var(&k, &v);
                             // Still in step with this client if it was before the change.
                             let fp = self.vars.fingerprint();
-                            conn.vars_fingerprint = if conn.vars_fingerprint == before { fp } else { 0 };
+                            conn.set_vars_fingerprint(if conn.vars_fingerprint() == before { fp } else { 0 });
                         }
                     }
                 }
@@ -180,7 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         if e.code == "0A000" && e.message.contains("cached plan must not change result type")
                         {
                             if let Some(server) = self.server.as_mut() {
-                                server.conn().prepared.clear();
+                                server.conn().prepared_mut().clear();
                             }
                         }
                     }
@@ -192,9 +192,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         self.sets.seen += 1;
                     } else if changes_session_state(tag) {
                         if let Some(server) = self.server.as_mut() {
-                            server.conn().dirty = true;
+                            server.conn().mark_dirty();
                             if tag.starts_with(b"DEALLOCATE") || tag.starts_with(b"DISCARD") {
-                                server.conn().prepared.clear();
+                                server.conn().prepared_mut().clear();
                             }
                         }
                         if tag == b"DEALLOCATE ALL\0" || tag == b"DISCARD ALL\0" {
