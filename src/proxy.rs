@@ -18,7 +18,7 @@ use crate::catalog::limit::LookupLimiter;
 use crate::catalog::{Catalog, Change, ControlCatalog, StaticCatalog, Tenant};
 use crate::config::Config;
 use crate::pool::PoolManager;
-use crate::protocol::{PgError, SqlState};
+use crate::protocol::PgError;
 use crate::tenant::TenantId;
 
 /// Shutdown signals every session watches.
@@ -187,13 +187,7 @@ impl Proxy {
         sessions
             .connected
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-            .map_err(|_| {
-                PgError::fatal(
-                    SqlState::TooManyConnections,
-                    format!("too many connections for tenant \"{}\"", tenant.id),
-                )
-                .with_hint("the tenant's max_clients is reached")
-            })?;
+            .map_err(|_| PgError::too_many_tenant_clients(tenant.id.as_str()))?;
         Ok(TenantAdmission { kick: sessions.kick_token(), sessions })
     }
 
@@ -203,15 +197,12 @@ impl Proxy {
         let Some(sessions) = self.tenants.get(id).map(|s| s.value().clone()) else { return };
         let reason = match self.catalog.lookup(id).await {
             Ok(Some(t)) => t.refusal(),
-            Ok(None) => {
-                Some(PgError::fatal(SqlState::InvalidCatalogName, format!("tenant \"{id}\" does not exist")))
-            }
+            Ok(None) => Some(PgError::tenant_unknown(id.as_str())),
             Err(_) => None,
         };
         if let Some(reason) = reason {
             tracing::info!(tenant = %id, reason = %reason, "closing the tenant's sessions");
-            let message = format!("terminating connection: {}", reason.message);
-            sessions.kick(PgError::fatal(SqlState::AdminShutdown, message));
+            sessions.kick(PgError::terminating(&reason));
             self.pools.close_idle_of(id);
         }
     }
@@ -240,18 +231,13 @@ impl Proxy {
 
     /// A logged-in client's place under `max_client_conn`, taken once it has authenticated.
     pub fn client_permit(&self) -> Result<OwnedSemaphorePermit, PgError> {
-        self.clients.clone().try_acquire_owned().map_err(|_| too_many_clients())
+        self.clients.clone().try_acquire_owned().map_err(|_| PgError::too_many_clients())
     }
 }
 
 /// How long a session has, once shutdown forces clients off, to get its 57P01 out and
 /// close; a client that stopped reading is then cut off without it.
 pub const FORCE_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-pub(crate) fn too_many_clients() -> PgError {
-    PgError::fatal(SqlState::TooManyConnections, "sorry, too many clients already")
-        .with_hint("pgtenant's max_client_conn is reached")
-}
 
 /// Follows catalog changes for as long as the proxy lives.
 async fn watch_changes(proxy: Weak<Proxy>, mut changes: broadcast::Receiver<Change>) {

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::tls::Tls;
 use crate::config::{secs, Config};
 use crate::listener::{accept_backoff, Every};
-use crate::protocol::{PgError, SqlState};
+use crate::protocol::PgError;
 use crate::proxy::{Proxy, FORCE_CLOSE_TIMEOUT};
 
 /// The accept loop lives with the listener; the state it serves lives in [`crate::proxy`].
@@ -95,9 +95,7 @@ impl Proxy {
 /// socket that cannot take it at once is not worth waiting for), then it is closed by the
 /// caller dropping it. Nothing is read from it.
 fn refuse_prelogin(stream: &TcpStream) {
-    let e = PgError::fatal(SqlState::TooManyConnections, "sorry, too many clients already")
-        .with_hint("too many connections are logging in to pgtenant at once (max_prelogin_connections)");
-    let _ = stream.try_write(&e.to_bytes());
+    let _ = stream.try_write(&PgError::too_many_logging_in().to_bytes());
 }
 
 /// Binds the configured address and serves until SIGTERM or SIGINT.

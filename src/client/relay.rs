@@ -36,7 +36,7 @@ use crate::pool::{Checkout, Pool, ServerParams};
 use crate::protocol::backend::txn;
 use crate::protocol::frame::header;
 use crate::protocol::frontend::tag as fe;
-use crate::protocol::{frontend, PgError, SqlState};
+use crate::protocol::{frontend, PgError};
 use crate::proxy::{Proxy, TenantAdmission};
 
 mod server_side;
@@ -428,12 +428,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn attach(&mut self) -> Result<(), PgError> {
-        let mut co = self
-            .proxy
-            .pools
-            .checkout(&self.pool, &self.tenant)
-            .await
-            .map_err(|e| e.to_client(self.tenant.id.as_str()))?;
+        let mut co =
+            self.proxy.pools.checkout(&self.pool, &self.tenant).await.map_err(|e| PgError::report(&e))?;
         if needs_reset(co.conn_ref(), &self.tenant.id) {
             // A handoff to another tenant starts from a clean session (DESIGN.md,
             // containment rule 2): DISCARD ALL with the setup behind it in one write, their
@@ -591,10 +587,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
-                    self.broken = Some(PgError::fatal(
-                        SqlState::ProtocolViolation,
-                        format!("invalid message from client: {e}"),
-                    ));
+                    self.broken = Some(PgError::invalid_client_message(&e));
                     self.cbuf.truncate(self.c_scanned);
                     break;
                 }
@@ -702,21 +695,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Exit::Error(e) => Some(e.to_bytes()),
             // The server said why itself: nothing is added after its FATAL.
             Exit::ServerLost if self.progress.fatal => None,
-            Exit::ServerLost => Some(
-                PgError::fatal(
-                    SqlState::ConnectionFailure,
-                    format!("lost the connection to the database of tenant \"{tenant}\""),
-                )
-                .to_bytes(),
-            ),
+            Exit::ServerLost => Some(PgError::upstream_lost(tenant.as_str()).to_bytes()),
             Exit::SetupFailed(frame) => Some(BytesMut::from(&frame[..])),
-            Exit::Panicked => Some(
-                PgError::fatal(
-                    SqlState::Internal,
-                    format!("internal error in the session of tenant \"{tenant}\""),
-                )
-                .to_bytes(),
-            ),
+            Exit::Panicked => Some(PgError::internal(tenant.as_str()).to_bytes()),
         };
         if let Some(bytes) = notice {
             let write = async {
@@ -766,21 +747,12 @@ fn changes_session_state(tag: &[u8]) -> bool {
 
 fn timed_out(limit: Limit, tenant: &crate::tenant::TenantId) -> PgError {
     match limit {
-        Limit::Query => PgError::fatal(
-            SqlState::QueryCanceled,
-            format!("canceling statement due to query_timeout of tenant \"{tenant}\""),
-        ),
-        Limit::IdleTransaction => PgError::fatal(
-            SqlState::IdleInTransactionTimeout,
-            format!("terminating connection due to idle_transaction_timeout of tenant \"{tenant}\""),
-        ),
-        Limit::ClientIdle => PgError::fatal(
-            SqlState::IdleSessionTimeout,
-            format!("terminating connection due to client_idle_timeout of tenant \"{tenant}\""),
-        ),
+        Limit::Query => PgError::query_timeout(tenant.as_str()),
+        Limit::IdleTransaction => PgError::idle_transaction_timeout(tenant.as_str()),
+        Limit::ClientIdle => PgError::client_idle_timeout(tenant.as_str()),
     }
 }
 
 fn shutting_down() -> PgError {
-    PgError::fatal(SqlState::AdminShutdown, "terminating connection: pgtenant is shutting down")
+    PgError::shutting_down()
 }

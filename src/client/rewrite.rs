@@ -23,7 +23,7 @@ use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::frontend::target::{PORTAL, STATEMENT};
 use crate::protocol::frontend::{bind_parts, parse_frame, query_frame, rename, target_parts};
-use crate::protocol::{PgError, SqlState};
+use crate::protocol::PgError;
 
 /// Session SETs seen in the current transaction (transaction mode).
 #[derive(Default)]
@@ -243,6 +243,15 @@ impl Stage<'_> {
         // The extended protocol can carry what a simple query can: the same checks.
         let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
         if let Some((name, sql)) = statement {
+            if let Some(refusal) = self.refusal_for(sql) {
+                // Prepared in its place: the refusal raises when the client executes it. The
+                // refused statement never runs, and the refusal changes nothing on the server:
+                // neither goes through the checks below (the refusal's text names DEALLOCATE,
+                // and a barrier raised for it would hold the client's next Describe until a
+                // reply that cannot come before its Sync).
+                let replacement = parse_frame(name, &refusal);
+                return self.prepare(&replacement);
+            }
             if may_change_settings(sql) {
                 self.conn.suspect_settings();
             }
@@ -250,12 +259,12 @@ impl Stage<'_> {
             for cursor in declared_cursors(sql) {
                 self.statements.bind_portal(&cursor);
             }
-            if let Some(refusal) = self.refusal_for(sql) {
-                // Prepared in its place: the refusal raises when the client executes it.
-                let replacement = parse_frame(name, &refusal);
-                return self.parse(&replacement);
-            }
         }
+        self.prepare(frame)
+    }
+
+    /// A Parse after the checks: named statements get pgtenant's names.
+    fn prepare(&mut self, frame: &[u8]) -> bool {
         let Some((name, prepared)) = Statements::prepare(frame, self.search_path) else {
             // An unnamed statement: remember whether it is a SET.
             self.sets.unnamed = cstr(&frame[HEADER_LEN..])
@@ -284,13 +293,7 @@ impl Stage<'_> {
             Lookup::Unknown => {}
         }
         if self.statements.full() {
-            let e = PgError::error(
-                SqlState::ProgramLimitExceeded,
-                format!(
-                    "a client may hold at most {MAX_CLIENT_STATEMENTS} prepared statements or {} MiB of their text",
-                    MAX_CLIENT_STATEMENT_BYTES >> 20
-                ),
-            );
+            let e = PgError::too_many_statements(MAX_CLIENT_STATEMENTS, MAX_CLIENT_STATEMENT_BYTES);
             self.fail_with(e, false);
             return true;
         }

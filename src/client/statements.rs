@@ -14,6 +14,8 @@ use super::setcmd::{self, SetCmd};
 use crate::protocol::backend::cstr;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::{rename, tag};
+use crate::protocol::{PgError, SqlState};
+use crate::sql::quote_literal;
 
 /// A statement a client prepared, as the server knows it.
 #[derive(Debug, PartialEq, Eq)]
@@ -257,17 +259,38 @@ pub fn sql_prepare_refusal(sql: &[u8]) -> Option<String> {
         }
         _ => false,
     };
-    if !refused {
-        return None;
-    }
-    Some(
-        "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', \
-         MESSAGE = 'SQL PREPARE/EXECUTE/DEALLOCATE are not supported in transaction pooling mode', \
-         HINT = 'use protocol-level prepared statements (they are tracked), or session pooling mode'; \
-         END $pgtenant$"
-            .to_owned(),
+    refused.then(|| raise_query(&PgError::sql_prepare_unsupported()))
+}
+
+/// A query that raises `e` where the server would run the refused statement, so the error
+/// comes in its place in the reply stream (and a Parse of it fails at Execute, as the
+/// statement would).
+fn raise_query(e: &PgError) -> String {
+    format!(
+        "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}, HINT = {}; END $pgtenant$",
+        quote_literal(e.state.code()),
+        quote_literal(&e.message),
+        quote_literal(e.hint.as_deref().unwrap_or_default()),
     )
 }
+
+/// The refusal a server raised for pgtenant ([`raise_query`]), recognised by its SQLSTATE and
+/// text: forwarded as pgtenant's own ErrorResponse, without the PL/pgSQL CONTEXT line that
+/// the DO block adds. Called for ErrorResponses only (not on the per-message path).
+pub fn own_refusal(code: &str, message: &str) -> Option<PgError> {
+    if code != SqlState::FeatureNotSupported.code() {
+        return None;
+    }
+    let prepare = PgError::sql_prepare_unsupported();
+    if message == prepare.message {
+        return Some(prepare);
+    }
+    let feature = message.strip_suffix(FEATURE_REFUSED)?;
+    Some(PgError::session_feature_unsupported(feature)).filter(|e| e.message == message)
+}
+
+/// How [`PgError::session_feature_unsupported`]'s text ends.
+const FEATURE_REFUSED: &str = " does not work in transaction pooling mode";
 
 /// Session-level features that cannot survive transaction pooling, recognised by how a
 /// statement starts: `LISTEN`, `CREATE TEMP[ORARY] TABLE`, `DECLARE ... WITH HOLD`.
@@ -287,11 +310,7 @@ pub fn session_feature(sql: &[u8]) -> Option<&'static str> {
 
 /// SQL that fails with 0A000 saying `feature` needs session pooling.
 pub fn feature_refusal(feature: &str) -> String {
-    format!(
-        "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', \
-         MESSAGE = '{feature} does not work in transaction pooling mode', \
-         HINT = 'use session pooling for this client, or set pool.session_features to pin'; END $pgtenant$"
-    )
+    raise_query(&PgError::session_feature_unsupported(feature))
 }
 
 /// Cursor names a query declares (`DECLARE name … CURSOR`, in any of its statements): they
@@ -454,7 +473,15 @@ mod tests {
         assert_eq!(session_feature(&q("DECLARE c CURSOR WITH HOLD FOR SELECT 1")), Some("WITH HOLD cursors"));
         assert_eq!(session_feature(&q("DECLARE c CURSOR FOR SELECT 1")), None);
         assert_eq!(session_feature(&q("SELECT 'LISTEN'")), None);
-        assert!(feature_refusal("LISTEN").contains("feature_not_supported"));
+        assert!(feature_refusal("LISTEN").contains("ERRCODE = '0A000'"));
+        let listen = PgError::session_feature_unsupported("LISTEN");
+        assert_eq!(own_refusal("0A000", &listen.message), Some(listen));
+        assert_eq!(
+            own_refusal("0A000", &PgError::sql_prepare_unsupported().message),
+            Some(PgError::sql_prepare_unsupported())
+        );
+        assert_eq!(own_refusal("42000", &PgError::sql_prepare_unsupported().message), None);
+        assert_eq!(own_refusal("0A000", "cached plan must not change result type"), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! md5 or cleartext only where the upstream's `require_auth` allows them), and what it
 //! remembers of its session.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -13,8 +14,9 @@ use super::stream::{ServerStream, UpstreamAddr};
 use crate::auth::scram_client::{ClientExchange, ClientScramError};
 use crate::protocol::backend::tag as be;
 use crate::protocol::backend::{auth, cstr, parse_error_fields, parse_parameter_status, ServerNotice};
+use crate::protocol::error::{ClientFacing, ErrorKind};
 use crate::protocol::frame::FrameReader;
-use crate::protocol::{frontend, FrameError};
+use crate::protocol::{frontend, FrameError, SqlState};
 use crate::tenant::TenantId;
 
 /// The largest message accepted from an upstream during login.
@@ -43,6 +45,34 @@ pub enum UpstreamError {
     Frame(#[from] FrameError),
     #[error("upstream i/o: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// What a client is told is decided by the pool's [`super::CheckoutError`], which names the
+/// tenant; this says whose fault it is and whether a retry can help.
+impl ClientFacing for UpstreamError {
+    fn sqlstate(&self) -> SqlState {
+        SqlState::ConnectionFailure
+    }
+
+    fn client_text(&self) -> Cow<'_, str> {
+        Cow::Borrowed("cannot reach the upstream database")
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            // The upstream's settings in pgtenant's catalog do not fit the server.
+            UpstreamError::NoPassword | UpstreamError::NotAllowed(..) => ErrorKind::Proxy,
+            _ => ErrorKind::Server,
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. } | UpstreamError::Timeout | UpstreamError::Io(_))
+    }
+
+    fn hides_cause(&self) -> bool {
+        true
+    }
 }
 
 /// The login pgtenant uses upstream.

@@ -1,7 +1,10 @@
 //! The untagged packets a client may open with: SSLRequest, GSSENCRequest, CancelRequest and
 //! StartupMessage. <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-START-UP>
 
+use std::borrow::Cow;
+
 use super::backend::cstr;
+use super::error::{ClientFacing, ErrorKind, SqlState};
 use super::frontend::CANCEL_REQUEST_CODE;
 
 /// `NEGOTIATE_SSL_CODE` and `NEGOTIATE_GSS_CODE` in `src/include/libpq/pqcomm.h`.
@@ -55,6 +58,26 @@ pub enum StartupError {
     UnsupportedProtocol(u16, u16),
     #[error("startup packet has no user name")]
     NoUser,
+}
+
+impl ClientFacing for StartupError {
+    fn sqlstate(&self) -> SqlState {
+        SqlState::ProtocolViolation
+    }
+
+    fn client_text(&self) -> Cow<'_, str> {
+        match self {
+            StartupError::Malformed => Cow::Borrowed("invalid startup packet layout"),
+            StartupError::UnsupportedProtocol(major, minor) => {
+                format!("unsupported frontend protocol {major}.{minor}: pgtenant supports 3.0").into()
+            }
+            StartupError::NoUser => Cow::Borrowed("startup packet has no user name"),
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Client
+    }
 }
 
 /// Parses a startup-phase packet body (after its length word).

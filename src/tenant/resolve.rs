@@ -3,7 +3,10 @@
 
 use crate::config::{ResolverConfig, ResolverKind, UserFormat};
 use crate::protocol::startup::StartupMessage;
-use crate::protocol::{PgError, SqlState};
+use std::borrow::Cow;
+
+use crate::protocol::error::{ClientFacing, ErrorKind};
+use crate::protocol::SqlState;
 
 use super::{TenantId, TenantIdError};
 
@@ -54,18 +57,33 @@ pub enum ResolveError {
     Conflict { first: String, first_source: Source, second: String, second_source: Source },
 }
 
-impl ResolveError {
-    pub fn to_client(&self) -> PgError {
-        let e = PgError::fatal(SqlState::InvalidAuthorization, self.to_string());
-        match self {
+/// Every part of these texts comes from what the client sent (or the resolver names): the
+/// Display is the client text.
+impl ClientFacing for ResolveError {
+    fn sqlstate(&self) -> SqlState {
+        SqlState::InvalidAuthorization
+    }
+
+    fn client_text(&self) -> Cow<'_, str> {
+        self.to_string().into()
+    }
+
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Client
+    }
+
+    fn hint(&self) -> Option<Cow<'_, str>> {
+        Some(match self {
             ResolveError::NoTenant { accepted } => {
-                e.with_hint(format!("name the tenant in one of these ways: {}", accepted.join("; ")))
+                format!("name the tenant in one of these ways: {}", accepted.join("; ")).into()
             }
-            ResolveError::Conflict { .. } => e.with_hint("name the tenant once, or the same way everywhere"),
+            ResolveError::Conflict { .. } => {
+                Cow::Borrowed("name the tenant once, or the same way everywhere")
+            }
             ResolveError::InvalidId { .. } => {
-                e.with_hint("tenant ids are lowercase letters, digits, '_' and '-', at most 48 characters")
+                Cow::Borrowed("tenant ids are lowercase letters, digits, '_' and '-', at most 48 characters")
             }
-        }
+        })
     }
 }
 
@@ -293,7 +311,7 @@ mod tests {
                             | (ResolveError::Conflict { .. }, "conflict")
                     );
                     assert!(matches, "{params:?} {sni:?}: got {e:?}, want {kind}");
-                    let pg = e.to_client();
+                    let pg = crate::protocol::PgError::report(e);
                     assert_eq!(pg.state, SqlState::InvalidAuthorization);
                     assert!(pg.message.len() < 400, "huge message for {params:?}");
                     assert!(!pg.message.contains('\0'));
@@ -310,7 +328,7 @@ mod tests {
         assert_eq!((r.tenant.as_str(), r.source), ("acme", Source::Database));
         let e = resolve(&startup(&[("user", "app.acme"), ("database", "globex")]), None, &cfg)
             .expect_err("conflict");
-        let msg = e.to_client().message;
+        let msg = crate::protocol::PgError::report(&e).message;
         assert!(msg.contains("the user name") && msg.contains("the database name"), "{msg}");
     }
 
@@ -350,7 +368,7 @@ mod tests {
     fn no_tenant_hint_lists_the_enabled_forms() {
         let cfg = ResolverConfig { sni_suffix: "db.example.com".into(), ..ResolverConfig::default() };
         let e = resolve(&startup(&[("user", "postgres")]), None, &cfg).expect_err("none");
-        let hint = e.to_client().hint.unwrap_or_default();
+        let hint = crate::protocol::PgError::report(&e).hint.unwrap_or_default();
         for form in ["user <role>.<tenant>", "options 'tenant=<tenant>'", "tenant:<tenant>", "db.example.com"]
         {
             assert!(hint.contains(form), "{hint}");

@@ -7,6 +7,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::*;
 use crate::client::pipeline::COPY_FAIL_CODE;
+use crate::client::statements::own_refusal;
 use crate::protocol::backend::tag as be;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{header, DEFAULT_MAX_MESSAGE, HEADER_LEN};
@@ -103,7 +104,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // Replies to pgtenant's setup query are swallowed whole; everything else is routed
             // by the reply model.
             let mut replace = None;
-            let swallow = setup
+            let mut swallow = setup
                 || {
                     let code = match &error {
                         Some(e) if e.code == "57014" && e.message.starts_with("COPY from stdin failed") => {
@@ -123,6 +124,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     replace = route.replace;
                     !route.forward
                 };
+            if let (false, true, Some(e)) = (swallow, whole, &error) {
+                // pgtenant's refusals are raised by a DO block (so they come where the refused
+                // statement's reply would): sent as pgtenant's own error, without its CONTEXT.
+                if let Some(own) = own_refusal(&e.code, &e.message) {
+                    replace = Some(Bytes::from(own.to_bytes()));
+                    swallow = true;
+                }
+            }
             let p = &mut self.progress;
             match tag {
                 be::READY_FOR_QUERY => {
@@ -168,8 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.setup_error = Some(if whole {
                         Bytes::copy_from_slice(frame)
                     } else {
-                        let e = PgError::fatal(SqlState::ConnectionFailure, "the session setup failed");
-                        Bytes::from(e.to_bytes())
+                        Bytes::from(PgError::session_setup_failed().to_bytes())
                     });
                 }
                 be::ERROR_RESPONSE if self.mode == PoolMode::Transaction => {
