@@ -23,7 +23,7 @@ use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::frontend::target::{PORTAL, STATEMENT};
 use crate::protocol::frontend::{bind_parts, parse_frame, query_frame, rename, target_parts};
-use crate::protocol::PgError;
+use crate::protocol::{PgError, SqlState};
 
 /// Session SETs seen in the current transaction (transaction mode).
 #[derive(Default)]
@@ -100,9 +100,9 @@ impl Stage<'_> {
     /// it would for the client's message), its error replaced by `error`.
     fn fail_with(&mut self, error: PgError, portal: bool) {
         let (target, name, kind, code) = if portal {
-            (PORTAL, absent_portal(), Kind::DescribePortal, "34000")
+            (PORTAL, absent_portal(), Kind::DescribePortal, SqlState::InvalidCursorName.code())
         } else {
-            (STATEMENT, absent_statement(), Kind::DescribeStatement, "26000")
+            (STATEMENT, absent_statement(), Kind::DescribeStatement, SqlState::InvalidSqlStatementName.code())
         };
         self.out.extend_from_slice(&rename(fe::DESCRIBE, &[target], name.as_bytes(), &[]));
         let error = Bytes::from(error.to_bytes());
@@ -286,7 +286,13 @@ impl Stage<'_> {
                 let error = Bytes::from(PgError::duplicate_statement(&name).to_bytes());
                 for _ in 0..2 {
                     self.out.extend_from_slice(&rename(fe::PARSE, &[], probe_duplicate().as_bytes(), body));
-                    self.pipeline.push(Kind::Parse, Action::Probe { code: "42P05", error: error.clone() });
+                    self.pipeline.push(
+                        Kind::Parse,
+                        Action::Probe {
+                            code: SqlState::DuplicatePreparedStatement.code(),
+                            error: error.clone(),
+                        },
+                    );
                 }
                 return true;
             }

@@ -15,7 +15,7 @@ use crate::protocol::backend::cstr;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::{rename, tag};
 use crate::protocol::{PgError, SqlState};
-use crate::sql::quote_literal;
+use crate::sql::{quote_literal, skip_blank};
 
 /// A statement a client prepared, as the server knows it.
 #[derive(Debug, PartialEq, Eq)]
@@ -365,16 +365,7 @@ fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
 fn first_words(mut sql: &[u8]) -> Vec<&[u8]> {
     let mut words = Vec::new();
     while words.len() < 3 {
-        loop {
-            sql = trim_start(sql);
-            if let Some(rest) = sql.strip_prefix(b"--") {
-                sql = rest.iter().position(|&b| b == b'\n').map_or(&[][..], |i| &rest[i..]);
-            } else if let Some(rest) = sql.strip_prefix(b"/*") {
-                sql = rest.windows(2).position(|w| w == b"*/").map_or(&[][..], |i| &rest[i + 2..]);
-            } else {
-                break;
-            }
-        }
+        sql = skip_blank(sql);
         let end = sql.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_')).unwrap_or(sql.len());
         if end == 0 {
             break;

@@ -5,7 +5,7 @@
 
 use super::setcmd::SetCmd;
 use crate::pool::ServerConn;
-use crate::protocol::startup::StartupMessage;
+use crate::protocol::startup::{option_words, unescape_option, StartupMessage};
 use crate::sql::{quote_dotted, quote_literal};
 use crate::tenant::Resolved;
 
@@ -228,25 +228,8 @@ impl ClientVars {
 /// `-c name=value` and `--name=value` settings from the `options` startup parameter
 /// (space-separated, backslash escapes a space as in libpq).
 pub fn parse_options(options: &str) -> Vec<(String, String)> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut chars = options.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => cur.extend(chars.next()),
-            c if c.is_ascii_whitespace() => {
-                if !cur.is_empty() {
-                    words.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        words.push(cur);
-    }
     let mut out = Vec::new();
-    let mut it = words.into_iter();
+    let mut it = option_words(options).map(|w| unescape_option(w).into_owned());
     while let Some(w) = it.next() {
         let setting = if w == "-c" {
             it.next()

@@ -2,7 +2,7 @@
 //! name different tenants refuse the connection, naming both sources — never "first wins".
 
 use crate::config::{ResolverConfig, ResolverKind, UserFormat};
-use crate::protocol::startup::StartupMessage;
+use crate::protocol::startup::{option_words, StartupMessage};
 use std::borrow::Cow;
 
 use crate::protocol::error::{ClientFacing, ErrorKind};
@@ -178,37 +178,10 @@ fn sni_label<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
 /// Finds a `tenant=<id>` word in `options` and returns it with the options that remain.
 /// Words are separated by unescaped spaces, as libpq splits them.
 fn options_tenant(options: &str) -> Option<(String, String)> {
-    let mut words: Vec<(usize, usize)> = Vec::new();
-    let mut start = None;
-    let mut escaped = false;
-    for (i, c) in options.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' => {
-                escaped = true;
-                start.get_or_insert(i);
-            }
-            c if c.is_ascii_whitespace() => {
-                if let Some(s) = start.take() {
-                    words.push((s, i));
-                }
-            }
-            _ => {
-                start.get_or_insert(i);
-            }
-        }
-    }
-    if let Some(s) = start {
-        words.push((s, options.len()));
-    }
-    let (hit, &(s, e)) =
-        words.iter().enumerate().find(|(_, (s, e))| options[*s..*e].starts_with("tenant="))?;
-    let tenant = options[s + "tenant=".len()..e].to_owned();
-    let rest: Vec<&str> =
-        words.iter().enumerate().filter(|(i, _)| *i != hit).map(|(_, (s, e))| &options[*s..*e]).collect();
+    let words: Vec<&str> = option_words(options).collect();
+    let hit = words.iter().position(|w| w.starts_with("tenant="))?;
+    let tenant = words[hit]["tenant=".len()..].to_owned();
+    let rest: Vec<&str> = words.iter().enumerate().filter(|(i, _)| *i != hit).map(|(_, w)| *w).collect();
     Some((tenant, rest.join(" ")))
 }
 

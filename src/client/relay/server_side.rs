@@ -11,6 +11,7 @@ use crate::client::statements::own_refusal;
 use crate::protocol::backend::tag as be;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{header, DEFAULT_MAX_MESSAGE, HEADER_LEN};
+use crate::protocol::SqlState;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Forwards whole and streaming server frames to the client, swallowing the replies to
@@ -107,7 +108,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let mut swallow = setup
                 || {
                     let code = match &error {
-                        Some(e) if e.code == "57014" && e.message.starts_with("COPY from stdin failed") => {
+                        Some(e)
+                            if e.code == SqlState::QueryCanceled.code()
+                                && e.message.starts_with("COPY from stdin failed") =>
+                        {
                             COPY_FAIL_CODE
                         }
                         Some(e) => e.code.as_str(),
@@ -185,7 +189,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     // client (as from Postgres) and this connection's statements are prepared
                     // afresh the next time they are used.
                     if let Some(e) = &error {
-                        if e.code == "0A000" && e.message.contains("cached plan must not change result type")
+                        if e.code == SqlState::FeatureNotSupported.code()
+                            && e.message.contains("cached plan must not change result type")
                         {
                             if let Some(server) = self.server.as_mut() {
                                 server.conn().prepared_mut().clear();
