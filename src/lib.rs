@@ -8,8 +8,11 @@
 //!   the catalog says it stopped being active.
 //! - [`listener`]: the listening socket (backlog), the open-file limit, accept backoff and
 //!   once-per-interval logging.
-//! - [`protocol`]: frames (tag + length + original bytes), startup packets, the few typed
-//!   messages pgtenant reads or writes, and the one place ErrorResponses are built.
+//! - [`protocol`]: frames (tag + length + original bytes), message tags typed by direction
+//!   (`frontend::tag`, `backend::tag`), startup packets and the `options` splitter, the few
+//!   typed messages pgtenant reads or writes, and the one place ErrorResponses are built
+//!   (`PgError`'s named constructors; `ClientFacing`, through which each error enum picks
+//!   its SQLSTATE and the text a client may see).
 //! - [`client`]: one client session: TLS negotiation → handshake → resolve → authenticate →
 //!   relay (reply queue, statement rewriting, session variables).
 //! - [`tenant`]: tenant ids and the resolvers (pure functions over startup parameters).

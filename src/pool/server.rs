@@ -336,38 +336,45 @@ impl ServerConn {
         (&self.addr, self.backend_pid, self.backend_secret)
     }
 
+    #[inline]
     pub fn backend_pid(&self) -> i32 {
         self.backend_pid
     }
 
     /// The socket, for the relay to read and write client traffic.
+    #[inline]
     pub fn stream_mut(&mut self) -> &mut ServerStream {
         &mut self.stream
     }
 
     /// Statements pgtenant prepared on this connection (transaction mode).
+    #[inline]
     pub fn prepared_mut(&mut self) -> &mut PreparedSet {
         &mut self.prepared
     }
 
     /// Whether a client left session state behind (reset before reuse).
+    #[inline]
     pub fn is_dirty(&self) -> bool {
         self.dirty
     }
 
     /// A client changed session state (SET, LISTEN, PREPARE …): the connection is reset
     /// before anyone else uses it.
+    #[inline]
     pub fn mark_dirty(&mut self) {
         self.dirty = true;
     }
 
     /// A client ran something that may change settings without a SET tag: the tenant's
     /// isolation settings are applied afresh for the next client.
+    #[inline]
     pub fn suspect_settings(&mut self) {
         self.settings_suspect = true;
     }
 
     /// Session variables known to be in effect.
+    #[inline]
     pub fn vars(&self) -> &[(String, String)] {
         &self.vars
     }
@@ -378,10 +385,12 @@ impl ServerConn {
     }
 
     /// The fingerprint of the client settings `vars` is known to match (0: unknown).
+    #[inline]
     pub fn vars_fingerprint(&self) -> u64 {
         self.vars_fingerprint
     }
 
+    #[inline]
     pub fn set_vars_fingerprint(&mut self, fingerprint: u64) {
         self.vars_fingerprint = fingerprint;
     }
