@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use pgtenant::auth::Verifier;
 use pgtenant::config::{AuthMethod, Config, TenantConfig, UpstreamConfig, UserConfig};
 use pgtenant::embedded::Cluster;
-use pgtenant::server::Proxy;
+use pgtenant::proxy::Proxy;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

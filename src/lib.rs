@@ -2,12 +2,17 @@
 //!
 //! Map of the crate, in the order a client connection meets it:
 //!
-//! - [`server`]: the accept loop, the caps on clients logging in and logged in, shutdown
-//!   and drain.
+//! - [`server`]: the accept loop, the cap on connections logging in, shutdown and drain.
+//! - [`proxy`]: the state every session shares (config, catalog, pools, cancel keys), the
+//!   caps on logged-in clients (global and per tenant), and ending a tenant's sessions when
+//!   the catalog says it stopped being active.
 //! - [`listener`]: the listening socket (backlog), the open-file limit, accept backoff and
 //!   once-per-interval logging.
-//! - [`protocol`]: frames (tag + length + original bytes), startup packets, the few typed
-//!   messages pgtenant reads or writes, and the one place ErrorResponses are built.
+//! - [`protocol`]: frames (tag + length + original bytes), message tags typed by direction
+//!   (`frontend::tag`, `backend::tag`), startup packets and the `options` splitter, the few
+//!   typed messages pgtenant reads or writes, and the one place ErrorResponses are built
+//!   (`PgError`'s named constructors; `ClientFacing`, through which each error enum picks
+//!   its SQLSTATE and the text a client may see).
 //! - [`client`]: one client session: TLS negotiation → handshake → resolve → authenticate →
 //!   relay (reply queue, statement rewriting, session variables).
 //! - [`tenant`]: tenant ids and the resolvers (pure functions over startup parameters).
@@ -45,6 +50,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
+pub mod proxy;
 pub mod server;
 pub mod sql;
 pub mod tenant;

@@ -1,10 +1,29 @@
-//! SQL text that pgtenant writes itself: quoting of identifiers and literals, in one place.
+//! SQL text that pgtenant writes itself (quoting of identifiers and literals) and the little
+//! it reads of clients' SQL (skipping leading blanks and comments), in one place.
 //!
 //! Quoting follows PostgreSQL's `quote_ident` / `quote_literal`
 //! (<https://www.postgresql.org/docs/current/sql-syntax-lexical.html>): identifiers are
 //! double-quoted with `"` doubled; literals are single-quoted with `'` doubled, and written as
 //! escape strings (`E'…'`) with `\` doubled when they hold a backslash, so they mean the same
 //! whatever `standard_conforming_strings` is.
+
+/// `sql` after its leading whitespace and comments (`-- …` to the end of the line,
+/// `/* … */`, not nested), as PostgreSQL's scanner skips them
+/// (<https://www.postgresql.org/docs/current/sql-syntax-lexical.html#SQL-SYNTAX-COMMENTS>).
+/// What is left starts at a character boundary when `sql` is UTF-8 (only ASCII is skipped).
+pub fn skip_blank(mut sql: &[u8]) -> &[u8] {
+    loop {
+        let start = sql.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(sql.len());
+        sql = &sql[start..];
+        if let Some(rest) = sql.strip_prefix(b"--") {
+            sql = rest.iter().position(|&b| b == b'\n').map_or(&[][..], |i| &rest[i..]);
+        } else if let Some(rest) = sql.strip_prefix(b"/*") {
+            sql = rest.windows(2).position(|w| w == b"*/").map_or(&[][..], |i| &rest[i + 2..]);
+        } else {
+            return sql;
+        }
+    }
+}
 
 /// A double-quoted SQL identifier (one name part).
 pub fn quote_ident(name: &str) -> String {
@@ -35,6 +54,14 @@ pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blanks_and_comments_are_skipped() {
+        assert_eq!(skip_blank(b"  -- a\n /* b */\tSET x"), b"SET x");
+        assert_eq!(skip_blank(b"/* open"), b"");
+        assert_eq!(skip_blank(b"-- only"), b"");
+        assert_eq!(skip_blank(b"SELECT 1"), b"SELECT 1");
+    }
 
     #[test]
     fn quoting() {

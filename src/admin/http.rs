@@ -31,7 +31,7 @@ use crate::config::{secs, Config};
 use crate::lifecycle::{
     CreateTenant, Lifecycle, LifecycleError, MigrateOptions, MigrationOutcome, TenantMigration, UpdateTenant,
 };
-use crate::server::Proxy;
+use crate::proxy::Proxy;
 
 /// The OpenAPI 3.1 description of every route, served at `GET /openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");

@@ -5,10 +5,15 @@
 //! An unknown tenant or user runs the same exchange against a mock verifier derived from a
 //! per-process secret, so it fails exactly as a wrong password does, at the same cost.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
+
+use crate::protocol::error::{ClientFacing, ErrorKind};
+use crate::protocol::SqlState;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -33,6 +38,24 @@ pub enum ScramError {
     ChannelBinding,
     #[error("SCRAM nonce mismatch")]
     Nonce,
+}
+
+impl ClientFacing for ScramError {
+    fn sqlstate(&self) -> SqlState {
+        SqlState::ProtocolViolation
+    }
+
+    fn client_text(&self) -> Cow<'_, str> {
+        Cow::Borrowed(match self {
+            ScramError::Malformed => "malformed SCRAM message",
+            ScramError::ChannelBinding => "channel binding does not match the connection",
+            ScramError::Nonce => "SCRAM nonce mismatch",
+        })
+    }
+
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Client
+    }
 }
 
 impl Verifier {

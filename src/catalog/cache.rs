@@ -68,7 +68,7 @@ impl TenantCache {
                     tracing::warn!(tenant = %id, error = %why, "control database unreachable: serving the cached tenant");
                     Ok(stale.tenant.clone())
                 }
-                _ => Err(CatalogError::Unavailable(why)),
+                _ => Err(CatalogError::Unavailable { tenant: id.clone(), cause: why }),
             },
         }
     }
@@ -186,7 +186,7 @@ mod tests {
         let b = TenantId::parse("b").expect("id");
         assert!(matches!(
             cache.get(&b, || async { Err("down".to_owned()) }).await,
-            Err(CatalogError::Unavailable(_))
+            Err(CatalogError::Unavailable { .. })
         ));
         for id in ["c", "d", "e"] {
             let id = TenantId::parse(id).expect("id");

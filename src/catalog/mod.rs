@@ -11,6 +11,7 @@ pub mod secrets;
 
 pub use control::{Change, ControlCatalog};
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use crate::config::{AuthMethod, Config, Isolation, PoolMode, TenantStatus};
 use crate::pool::{PoolKey, RequireAuth, UpstreamAddr, UpstreamTls};
+use crate::protocol::error::{ClientFacing, ErrorKind};
 use crate::protocol::{PgError, SqlState};
 use crate::sql::quote_ident;
 use crate::tenant::TenantId;
@@ -135,25 +137,48 @@ impl Tenant {
         let id = &self.id;
         match self.status {
             TenantStatus::Active => None,
-            TenantStatus::Pending | TenantStatus::Suspended | TenantStatus::Migrating => Some(
-                PgError::fatal(
-                    SqlState::CannotConnectNow,
-                    format!("tenant \"{id}\" is {}", self.status.as_str()),
-                )
-                .with_hint("connections are accepted again once the tenant is active"),
-            ),
-            TenantStatus::Archived | TenantStatus::Deleted => Some(PgError::fatal(
-                SqlState::InvalidCatalogName,
-                format!("tenant \"{id}\" is {}", self.status.as_str()),
-            )),
+            TenantStatus::Pending | TenantStatus::Suspended | TenantStatus::Migrating => {
+                Some(PgError::tenant_not_active(id.as_str(), self.status.as_str()))
+            }
+            TenantStatus::Archived | TenantStatus::Deleted => {
+                Some(PgError::tenant_gone(id.as_str(), self.status.as_str()))
+            }
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("the control database is unreachable: {0}")]
-    Unavailable(String),
+    /// The cause is text because one lookup's result is shared by every client waiting for
+    /// it (see `cache.rs`).
+    #[error("tenant {tenant}: the control database is unreachable: {cause}")]
+    Unavailable { tenant: TenantId, cause: String },
+}
+
+impl ClientFacing for CatalogError {
+    fn sqlstate(&self) -> SqlState {
+        SqlState::UnableToConnect
+    }
+
+    fn client_text(&self) -> Cow<'_, str> {
+        match self {
+            CatalogError::Unavailable { tenant, .. } => {
+                format!("cannot look up tenant \"{tenant}\": the control database is unreachable").into()
+            }
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Proxy
+    }
+
+    fn retryable(&self) -> bool {
+        true
+    }
+
+    fn hides_cause(&self) -> bool {
+        true
+    }
 }
 
 pub type LookupFuture<'a> =

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::config::{Config, Isolation, PoolMode, ProxyConfig};
 use crate::embedded::{Cluster, SUPERUSER_PASSWORD};
 use crate::lifecycle::{CreateTenant, Lifecycle};
-use crate::server::Proxy;
+use crate::proxy::Proxy;
 
 /// The demo tenants: (id, isolation, pool mode, pool size).
 const DEMO_TENANTS: [(&str, Isolation, PoolMode, u32); 3] = [

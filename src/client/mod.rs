@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::hex;
+use crate::auth::scram::ScramError;
 use crate::auth::scram::{self, ServerExchange};
 use crate::auth::Verifier;
 use crate::cancel::ClientKey;
@@ -24,11 +25,12 @@ use crate::catalog::{CatalogError, Tenant};
 use crate::config::secs;
 use crate::config::AuthMethod;
 use crate::pool::{Pool, ServerParams};
-use crate::protocol::backend;
+use crate::protocol::error::{ClientFacing, ErrorKind};
 use crate::protocol::frame::{FrameReader, MAX_AUTH_MESSAGE};
 use crate::protocol::startup::{self, StartupPacket};
+use crate::protocol::{backend, frontend};
 use crate::protocol::{FrameError, PgError, SqlState};
-use crate::server::{too_many_clients, Proxy, TenantAdmission, FORCE_CLOSE_TIMEOUT};
+use crate::proxy::{Proxy, TenantAdmission, FORCE_CLOSE_TIMEOUT};
 use crate::tenant;
 use stream::{ClientStream, TlsInfo};
 use tokio::net::TcpStream;
@@ -71,7 +73,7 @@ async fn login(
 ) -> Option<(ClientStream, BytesMut, LoggedIn, OwnedSemaphorePermit)> {
     let timeout = secs(proxy.config.proxy.startup_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
-    let timed_out = || PgError::fatal(SqlState::ProtocolViolation, "startup timed out");
+    let timed_out = PgError::startup_timed_out;
     let tls = proxy.tls.as_deref();
     let (stream, prefix, tls_info) =
         match tokio::time::timeout_at(deadline, stream::opening(&mut tcp, tls)).await {
@@ -152,12 +154,7 @@ where
             Ok(Some(body)) => body,
             Ok(None) => return Ok(None),
             Err(FrameError::Io(_)) | Err(FrameError::Truncated) => return Ok(None),
-            Err(e) => {
-                return Err(PgError::fatal(
-                    SqlState::ProtocolViolation,
-                    format!("invalid startup packet: {e}"),
-                ))
-            }
+            Err(e) => return Err(PgError::invalid_startup_packet(&e)),
         };
         match startup::parse(&body) {
             // TLS was negotiated (or refused) before this reader existed (`stream::opening`);
@@ -172,34 +169,24 @@ where
                 return Ok(None);
             }
             Ok(StartupPacket::Startup(m)) => break m,
-            Err(e) => {
-                return Err(PgError::fatal(
-                    SqlState::ProtocolViolation,
-                    format!("invalid startup packet: {e}"),
-                ))
-            }
+            Err(e) => return Err(PgError::invalid_startup_packet(&e)),
         }
     };
     if !tls.on && proxy.tls.as_ref().is_some_and(|t| t.required()) {
-        return Err(PgError::fatal(SqlState::InvalidAuthorization, "TLS is required")
-            .with_hint("connect with sslmode=require (or verify-full)"));
+        return Err(PgError::tls_required());
     }
     if proxy.clients_full() {
-        return Err(too_many_clients());
+        return Err(PgError::too_many_clients());
     }
     if startup.wants_replication() {
-        return Err(PgError::fatal(
-            SqlState::FeatureNotSupported,
-            "pgtenant does not proxy replication connections",
-        )
-        .with_hint("connect replication clients to the PostgreSQL server directly"));
+        return Err(PgError::replication_unsupported());
     }
     let mut out = BytesMut::with_capacity(512);
     if startup.minor > 0 || !startup.protocol_options().is_empty() {
         backend::negotiate_protocol_version(&mut out, startup.protocol_options());
     }
     let resolved = tenant::resolve(&startup, tls.server_name.as_deref(), &proxy.config.resolver)
-        .map_err(|e| e.to_client())?;
+        .map_err(|e| PgError::report(&e))?;
     // A tenant that is neither cached nor being looked up costs a control-database query:
     // limited per address, and past the limit the client fails exactly as for an unknown
     // tenant (nothing tells it whether the tenant exists). No await between the check and
@@ -213,17 +200,7 @@ where
     };
     let found = match lookup {
         Ok(found) => found,
-        Err(CatalogError::Unavailable(why)) => {
-            let reference = PgError::reference();
-            tracing::warn!(tenant = %resolved.tenant, %reference, error = %why, "catalog lookup failed");
-            return Err(PgError::fatal(
-                SqlState::UnableToConnect,
-                format!(
-                    "cannot look up tenant \"{}\": the control database is unreachable (ref {reference})",
-                    resolved.tenant
-                ),
-            ));
-        }
+        Err(e @ CatalogError::Unavailable { .. }) => return Err(PgError::report(&e)),
     };
     // Authentication comes before anything that tells whether the tenant exists or what
     // state it is in: an unknown tenant or user fails exactly like a wrong password.
@@ -233,11 +210,7 @@ where
         // all run), per (tenant, address): other tenants behind the same address are not
         // affected by this one's failures.
         let Some(attempt) = proxy.throttle.begin(peer.ip(), resolved.tenant.as_str()) else {
-            return Err(PgError::fatal(
-                SqlState::InvalidPassword,
-                "too many failed authentication attempts from this address",
-            )
-            .with_hint("wait a minute before trying again"));
+            return Err(PgError::auth_throttled());
         };
         let user = startup.get("user").unwrap_or_default();
         let name = resolved.role.as_deref().unwrap_or(user);
@@ -275,15 +248,12 @@ where
             Ok(false) => {
                 drop(attempt);
                 tracing::info!(tenant = %resolved.tenant, user, %peer, "client authentication failed");
-                return Err(PgError::fatal(SqlState::InvalidPassword, "password authentication failed"));
+                return Err(PgError::password_failed());
             }
         }
     }
     let Some(tenant) = found else {
-        return Err(PgError::fatal(
-            SqlState::InvalidCatalogName,
-            format!("tenant \"{}\" does not exist", resolved.tenant),
-        ));
+        return Err(PgError::tenant_unknown(resolved.tenant.as_str()));
     };
     if let Some(refusal) = tenant.refusal() {
         return Err(refusal);
@@ -320,7 +290,7 @@ async fn scram<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let bad = |e: String| PgError::fatal(SqlState::ProtocolViolation, format!("invalid SASL message: {e}"));
+    let bad = |e: SaslError| PgError::invalid_sasl_message(&e);
     let mut out = BytesMut::with_capacity(128);
     // Over TLS, SCRAM-SHA-256-PLUS (channel binding tls-server-end-point) is offered first.
     let mechanisms: &[&str] =
@@ -329,23 +299,20 @@ where
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;
     // SASLInitialResponse: mechanism, length of the data (or -1), data.
     let first = read_password_message(reader).await?;
-    let (mechanism, rest) = backend::cstr(first.body()).ok_or_else(|| bad("no mechanism".into()))?;
+    let (mechanism, rest) = backend::cstr(first.body()).ok_or_else(|| bad(SaslError::NoMechanism))?;
     let plus = match mechanism {
         m if m == scram::MECHANISM.as_bytes() => false,
         m if m == scram::MECHANISM_PLUS.as_bytes() && binding.is_some() => true,
-        _ => {
-            return Err(PgError::fatal(SqlState::InvalidAuthorization, "unsupported SASL mechanism")
-                .with_hint("use SCRAM-SHA-256"))
-        }
+        _ => return Err(PgError::unsupported_sasl_mechanism()),
     };
-    let data = rest.get(4..).ok_or_else(|| bad("no data".into()))?;
+    let data = rest.get(4..).ok_or_else(|| bad(SaslError::NoData))?;
     let (exchange, server_first) =
-        ServerExchange::start(verifier, data, binding, plus).map_err(|e| bad(e.to_string()))?;
+        ServerExchange::start(verifier, data, binding, plus).map_err(|e| bad(SaslError::Scram(e)))?;
     out.clear();
     backend::sasl_continue(&mut out, server_first.as_bytes());
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;
     let last = read_password_message(reader).await?;
-    match exchange.finish(last.body()).map_err(|e| bad(e.to_string()))? {
+    match exchange.finish(last.body()).map_err(|e| bad(SaslError::Scram(e)))? {
         Some(server_final) => {
             out.clear();
             backend::sasl_final(&mut out, server_final.as_bytes());
@@ -400,27 +367,57 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match reader.read_frame().await {
-        Ok(Some(f)) if f.tag() == b'p' => Ok(f),
-        Ok(Some(_)) => Err(PgError::fatal(SqlState::ProtocolViolation, "expected a SASL response")),
+        Ok(Some(f)) if f.tag() == frontend::tag::PASSWORD => Ok(f),
+        Ok(Some(_)) => Err(PgError::expected_sasl_response()),
         Ok(None) | Err(FrameError::Io(_)) | Err(FrameError::Truncated) => {
-            Err(PgError::fatal(SqlState::ConnectionFailure, "client left during authentication"))
+            Err(PgError::client_left_during_auth())
         }
-        Err(e) => Err(PgError::fatal(SqlState::ProtocolViolation, format!("invalid message: {e}"))),
+        Err(e) => Err(PgError::invalid_auth_message(&e)),
     }
 }
 
 /// Opens (or borrows) a server connection so the pool learns the server's ParameterStatus
 /// values, which clients are shown at login.
 async fn learn_params(proxy: &Proxy, pool: &Arc<Pool>, tenant: &Tenant) -> Result<ServerParams, PgError> {
-    let co = proxy.pools.checkout(pool, tenant).await.map_err(|e| e.to_client(tenant.id.as_str()))?;
-    let params = Arc::new(co.conn_ref().vars.clone());
+    let co = proxy.pools.checkout(pool, tenant).await.map_err(|e| PgError::report(&e))?;
+    let params = Arc::new(co.conn_ref().vars().to_vec());
     co.release();
     Ok(params)
 }
 
 /// A client that vanished mid-handshake needs no message; this only satisfies the types.
 fn io_gone(e: std::io::Error) -> PgError {
-    PgError::fatal(SqlState::ConnectionFailure, format!("client connection lost: {e}"))
+    tracing::debug!(error = %e, "client connection lost during the handshake");
+    PgError::client_connection_lost()
+}
+
+/// What breaks a client's SCRAM exchange.
+#[derive(Debug, thiserror::Error)]
+enum SaslError {
+    #[error("no mechanism")]
+    NoMechanism,
+    #[error("no data")]
+    NoData,
+    #[error(transparent)]
+    Scram(ScramError),
+}
+
+impl ClientFacing for SaslError {
+    fn sqlstate(&self) -> SqlState {
+        SqlState::ProtocolViolation
+    }
+
+    fn client_text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            SaslError::NoMechanism => "no mechanism".into(),
+            SaslError::NoData => "no data".into(),
+            SaslError::Scram(e) => e.client_text(),
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Client
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,9 @@ use bytes::Bytes;
 
 use super::setcmd::SetCmd;
 use super::statements::Prepared;
+use crate::protocol::backend::tag as be;
+use crate::protocol::frontend::tag as fe;
+use crate::protocol::frontend::target::PORTAL;
 
 /// A client message, as far as replies go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,19 +61,19 @@ impl Kind {
     /// The kind of a frontend message tag.
     pub fn of(tag: u8, describe_target: Option<u8>) -> Kind {
         match tag {
-            b'P' => Kind::Parse,
-            b'B' => Kind::Bind,
-            b'D' if describe_target == Some(b'P') => Kind::DescribePortal,
-            b'D' => Kind::DescribeStatement,
-            b'E' => Kind::Execute,
-            b'C' => Kind::Close,
-            b'S' => Kind::Sync,
-            b'Q' => Kind::Query,
-            b'F' => Kind::FunctionCall,
-            b'd' => Kind::CopyData,
-            b'c' => Kind::CopyDone,
-            b'f' => Kind::CopyFail,
-            b'H' => Kind::Flush,
+            fe::PARSE => Kind::Parse,
+            fe::BIND => Kind::Bind,
+            fe::DESCRIBE if describe_target == Some(PORTAL) => Kind::DescribePortal,
+            fe::DESCRIBE => Kind::DescribeStatement,
+            fe::EXECUTE => Kind::Execute,
+            fe::CLOSE => Kind::Close,
+            fe::SYNC => Kind::Sync,
+            fe::QUERY => Kind::Query,
+            fe::FUNCTION_CALL => Kind::FunctionCall,
+            fe::COPY_DATA => Kind::CopyData,
+            fe::COPY_DONE => Kind::CopyDone,
+            fe::COPY_FAIL => Kind::CopyFail,
+            fe::FLUSH => Kind::Flush,
             _ => Kind::Unknown,
         }
     }
@@ -303,7 +306,7 @@ impl Pipeline {
     fn route_inner(&mut self, tag: u8, code: &str) -> Route {
         let forward = Route { forward: true, ..Route::default() };
         // Asynchronous messages belong to no request.
-        if matches!(tag, b'N' | b'A' | b'S') {
+        if matches!(tag, be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE | be::PARAMETER_STATUS) {
             return forward;
         }
         self.advance();
@@ -313,11 +316,11 @@ impl Pipeline {
         let kind = front.kind;
         if kind == Kind::Unknown && !matches!(self.mode, Mode::CopyIn { .. }) {
             // "invalid frontend message type": FATAL, then the server closes.
-            return if tag == b'E' { self.complete(&action, tag, false) } else { unexpected };
+            return if tag == be::ERROR_RESPONSE { self.complete(&action, tag, false) } else { unexpected };
         }
         if let Mode::CopyIn { extended } = self.mode {
             return match tag {
-                b'C' => {
+                be::COMMAND_COMPLETE => {
                     // The copy ended at the client's CopyDone, which the server has read:
                     // Syncs and data before it went into the copy.
                     let copying = |e: &Entry| matches!(e.kind, Kind::CopyData | Kind::Sync | Kind::Flush);
@@ -335,7 +338,7 @@ impl Pipeline {
                         self.reply(&action, tag, false)
                     }
                 }
-                b'E' => {
+                be::ERROR_RESPONSE => {
                     self.copy_failed(code);
                     if extended {
                         self.fail(&action, code)
@@ -351,65 +354,72 @@ impl Pipeline {
         }
         if self.mode == Mode::Skip {
             // advance() left the Sync at the front.
-            if tag != b'Z' || kind != Kind::Sync {
+            if tag != be::READY_FOR_QUERY || kind != Kind::Sync {
                 return unexpected;
             }
             self.mode = Mode::Normal;
             return self.complete(&action, tag, false);
         }
         match (kind, tag) {
-            (Kind::Parse, b'1') | (Kind::Bind, b'2') | (Kind::Close, b'3') => {
+            (Kind::Parse, be::PARSE_COMPLETE)
+            | (Kind::Bind, be::BIND_COMPLETE)
+            | (Kind::Close, be::CLOSE_COMPLETE) => self.complete(&action, tag, false),
+            (Kind::DescribeStatement, be::PARAMETER_DESCRIPTION) if !self.started => {
+                self.started = true;
+                self.reply(&action, tag, false)
+            }
+            (Kind::DescribeStatement, be::ROW_DESCRIPTION | be::NO_DATA) if self.started => {
                 self.complete(&action, tag, false)
             }
-            (Kind::DescribeStatement, b't') if !self.started => {
+            (Kind::DescribePortal, be::ROW_DESCRIPTION | be::NO_DATA) => self.complete(&action, tag, false),
+            (Kind::Execute, be::DATA_ROW) if !self.copy_out => {
                 self.started = true;
                 self.reply(&action, tag, false)
             }
-            (Kind::DescribeStatement, b'T' | b'n') if self.started => self.complete(&action, tag, false),
-            (Kind::DescribePortal, b'T' | b'n') => self.complete(&action, tag, false),
-            (Kind::Execute, b'D') if !self.copy_out => {
-                self.started = true;
-                self.reply(&action, tag, false)
-            }
-            (Kind::Execute | Kind::Query, b'H') if !self.copy_out => {
+            (Kind::Execute | Kind::Query, be::COPY_OUT_RESPONSE) if !self.copy_out => {
                 self.started = true;
                 self.copy_out = true;
                 self.reply(&action, tag, false)
             }
-            (Kind::Execute | Kind::Query, b'd') if self.copy_out => self.reply(&action, tag, false),
-            (Kind::Execute | Kind::Query, b'c') if self.copy_out => {
+            (Kind::Execute | Kind::Query, be::COPY_DATA) if self.copy_out => self.reply(&action, tag, false),
+            (Kind::Execute | Kind::Query, be::COPY_DONE) if self.copy_out => {
                 self.copy_out = false;
                 self.reply(&action, tag, false)
             }
-            (Kind::Execute, b'C' | b'I' | b's') if !self.copy_out => {
+            (Kind::Execute, be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED)
+                if !self.copy_out =>
+            {
                 let ok = !front.errored;
                 self.complete(&action, tag, ok)
             }
-            (Kind::Execute | Kind::Query, b'G') if !self.copy_out => {
+            (Kind::Execute | Kind::Query, be::COPY_IN_RESPONSE) if !self.copy_out => {
                 self.started = true;
                 self.mode = Mode::CopyIn { extended: kind == Kind::Execute };
                 self.reply(&action, tag, false)
             }
-            (Kind::Query, b'T' | b'D' | b'C' | b'I') if !self.copy_out => {
+            (
+                Kind::Query,
+                be::ROW_DESCRIPTION | be::DATA_ROW | be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE,
+            ) if !self.copy_out => {
                 self.started = true;
                 self.reply(&action, tag, false)
             }
-            (Kind::Query | Kind::FunctionCall | Kind::Sync, b'E') => {
+            (Kind::Query | Kind::FunctionCall | Kind::Sync, be::ERROR_RESPONSE) => {
                 // Not extended: no skip; ReadyForQuery follows.
                 self.started = kind != Kind::Sync;
                 self.copy_out = false;
                 front.errored = true;
                 self.error_reply(&action, code)
             }
-            (Kind::FunctionCall, b'V') if !self.started => {
+            (Kind::FunctionCall, be::FUNCTION_CALL_RESPONSE) if !self.started => {
                 self.started = true;
                 self.reply(&action, tag, false)
             }
-            (Kind::Query | Kind::FunctionCall | Kind::Sync, b'Z') if !self.copy_out => {
+            (Kind::Query | Kind::FunctionCall | Kind::Sync, be::READY_FOR_QUERY) if !self.copy_out => {
                 let ok = !front.errored;
                 self.complete(&action, tag, ok)
             }
-            (k, b'E') if k.extended() => self.fail(&action, code),
+            (k, be::ERROR_RESPONSE) if k.extended() => self.fail(&action, code),
             _ => unexpected,
         }
     }
@@ -432,11 +442,11 @@ impl Pipeline {
     /// The reply that completes the front entry.
     fn complete(&mut self, action: &Action, tag: u8, ok: bool) -> Route {
         let mut route = Route { forward: *action == Action::Forward, ..Route::default() };
-        if tag == b'Z' {
+        if tag == be::READY_FOR_QUERY {
             self.open = false;
         }
         if let Some(e) = self.queue.pop_front() {
-            if ok && matches!(tag, b'C' | b'Z') {
+            if ok && matches!(tag, be::COMMAND_COMPLETE | be::READY_FOR_QUERY) {
                 route.completed_set = e.set;
             }
             route.done.extend(e.effect);

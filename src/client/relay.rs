@@ -29,11 +29,15 @@ use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
 use crate::config::PoolMode;
-use crate::pool::session::{needs_reset, queue_reset, retire, retire_running, Retire, CLEANUP_TIMEOUT};
+use crate::pool::session::{
+    hand_over, needs_reset, queue_reset, retire, retire_running, Retire, CLEANUP_TIMEOUT,
+};
 use crate::pool::{Checkout, Pool, ServerParams};
+use crate::protocol::backend::txn;
 use crate::protocol::frame::header;
-use crate::protocol::{frontend, PgError, SqlState};
-use crate::server::{Proxy, TenantAdmission};
+use crate::protocol::frontend::tag as fe;
+use crate::protocol::{frontend, PgError};
+use crate::proxy::{Proxy, TenantAdmission};
 
 mod server_side;
 
@@ -242,7 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             s_discard: false,
             setup_error: None,
             server: None,
-            progress: Progress { status: b'I', ..Progress::default() },
+            progress: Progress { status: txn::IDLE, ..Progress::default() },
             draining: None,
             admission,
             setup_trusted,
@@ -363,7 +367,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             || self.terminated
             || self.broken.is_some()
             || p.extended_open
-            || p.status != b'I'
+            || p.status != txn::IDLE
             || self.c_scanned != 0
             || !self.cbuf.is_empty()
             || !self.out.is_empty()
@@ -417,19 +421,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && !self.sent_terminate
             && !p.desync
             && !p.extended_open
-            && p.status == b'I'
+            && p.status == txn::IDLE
             && self.out.is_empty()
             && self.c_scanned == 0
             && self.c_remaining == 0
     }
 
     async fn attach(&mut self) -> Result<(), PgError> {
-        let mut co = self
-            .proxy
-            .pools
-            .checkout(&self.pool, &self.tenant)
-            .await
-            .map_err(|e| e.to_client(self.tenant.id.as_str()))?;
+        let mut co =
+            self.proxy.pools.checkout(&self.pool, &self.tenant).await.map_err(|e| PgError::report(&e))?;
         if needs_reset(co.conn_ref(), &self.tenant.id) {
             // A handoff to another tenant starts from a clean session (DESIGN.md,
             // containment rule 2): DISCARD ALL with the setup behind it in one write, their
@@ -438,29 +438,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.progress.reset_pending = true;
         }
         let conn = co.conn();
-        self.key.set_target(Some(CancelTarget {
-            addr: conn.addr.clone(),
-            pid: conn.backend_pid,
-            secret: conn.backend_secret,
-        }));
-        if conn.last_client != self.id && conn.settings_suspect && !self.tenant.session_vars.is_empty() {
-            // The tenant's isolation settings are applied afresh for the next client when a
-            // client ran something that may have changed them without a SET (set_config, a
-            // DO block).
-            conn.settings_suspect = false;
-            conn.vars
-                .retain(|(k, _)| !self.tenant.session_vars.iter().any(|(t, _)| t.eq_ignore_ascii_case(k)));
-            conn.vars_fingerprint = 0;
-        }
-        conn.last_client = self.id;
+        let (addr, pid, secret) = conn.cancel_key();
+        self.key.set_target(Some(CancelTarget { addr: addr.clone(), pid, secret }));
+        hand_over(conn, self.id, &self.tenant.id, &self.tenant.session_vars);
         if let Some(sql) = self.vars.sync_query(conn, &self.pool_params) {
             // The setup goes out in the same write as the client's first message.
             if frontend::query(&mut self.out, &sql).is_ok() {
                 self.progress.swallow_z += 1;
             }
         }
-        co.conn().tenant = Some(self.tenant.id.clone());
-        self.progress.status = b'I';
+        self.progress.status = txn::IDLE;
         self.server = Some(co);
         Ok(())
     }
@@ -471,7 +458,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(co) = self.server.take() else { return };
         self.key.set_target(None);
         let cancel = self.key.cancel_in_flight();
-        let reset = co.conn_ref().dirty.then(|| self.proxy.config.pool.reset_query.clone());
+        let reset = co.conn_ref().is_dirty().then(|| self.proxy.config.pool.reset_query.clone());
         let params = self.pool_params.clone();
         // An idle client keeps no large buffers.
         for buf in [&mut self.cbuf, &mut self.sbuf, &mut self.out] {
@@ -532,7 +519,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             if let Some(server) = self.server.as_mut() {
-                let stream = &mut server.conn().stream;
+                let stream = server.conn().stream_mut();
                 let out: &[u8] = &self.out;
                 if !out.is_empty() {
                     if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, out) {
@@ -564,7 +551,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let l = &self.limits;
         let (limit, since, after) = if owes {
             (Limit::Query, self.busy_since, l.query)
-        } else if self.server.is_some() && self.progress.status != b'I' {
+        } else if self.server.is_some() && self.progress.status != txn::IDLE {
             (Limit::IdleTransaction, Some(self.last_activity), l.idle_transaction)
         } else if self.c_scanned == 0 && self.cbuf.is_empty() {
             (Limit::ClientIdle, Some(self.last_activity), l.client_idle)
@@ -600,10 +587,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
-                    self.broken = Some(PgError::fatal(
-                        SqlState::ProtocolViolation,
-                        format!("invalid message from client: {e}"),
-                    ));
+                    self.broken = Some(PgError::invalid_client_message(&e));
                     self.cbuf.truncate(self.c_scanned);
                     break;
                 }
@@ -614,14 +598,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 break;
             }
             match tag {
-                b'X' => {
+                fe::TERMINATE => {
                     // Terminate: never forwarded; the server connection outlives the client.
                     self.terminated = true;
                     self.cbuf.truncate(self.c_scanned);
                     break;
                 }
-                b'S' => self.progress.extended_open = false,
-                b'P' | b'B' | b'D' | b'C' | b'E' | b'H' => self.progress.extended_open = true,
+                fe::SYNC => self.progress.extended_open = false,
+                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE | fe::FLUSH => {
+                    self.progress.extended_open = true
+                }
                 _ => {}
             }
             let take = len.min(avail);
@@ -692,7 +678,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             match e {
                 Effect::ServerStatement(name) => {
                     if let Some(server) = self.server.as_mut() {
-                        server.conn().prepared.remove(name);
+                        server.conn().prepared_mut().remove(name);
                     }
                 }
                 _ => self.statements.settle(e, false),
@@ -709,21 +695,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Exit::Error(e) => Some(e.to_bytes()),
             // The server said why itself: nothing is added after its FATAL.
             Exit::ServerLost if self.progress.fatal => None,
-            Exit::ServerLost => Some(
-                PgError::fatal(
-                    SqlState::ConnectionFailure,
-                    format!("lost the connection to the database of tenant \"{tenant}\""),
-                )
-                .to_bytes(),
-            ),
+            Exit::ServerLost => Some(PgError::upstream_lost(tenant.as_str()).to_bytes()),
             Exit::SetupFailed(frame) => Some(BytesMut::from(&frame[..])),
-            Exit::Panicked => Some(
-                PgError::fatal(
-                    SqlState::Internal,
-                    format!("internal error in the session of tenant \"{tenant}\""),
-                )
-                .to_bytes(),
-            ),
+            Exit::Panicked => Some(PgError::internal(tenant.as_str()).to_bytes()),
         };
         if let Some(bytes) = notice {
             let write = async {
@@ -739,7 +713,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Exit::ServerLost | Exit::SetupFailed(_) => drop(co),
                 _ => {
                     // A session-mode (or pinned) client leaves its session state behind: reset.
-                    let keeps_state = self.mode == PoolMode::Session || self.pinned || co.conn_ref().dirty;
+                    let keeps_state =
+                        self.mode == PoolMode::Session || self.pinned || co.conn_ref().is_dirty();
                     let retiring = Retire {
                         idle,
                         cancel: self.key.cancel_in_flight(),
@@ -758,7 +733,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
 /// Frontend messages pgtenant reads (or may rewrite) and so buffers whole; all are small.
 fn must_arrive_whole(tag: u8) -> bool {
-    matches!(tag, b'P' | b'B' | b'D' | b'C' | b'E' | b'Q' | b'S' | b'H')
+    matches!(
+        tag,
+        fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE | fe::QUERY | fe::SYNC | fe::FLUSH
+    )
 }
 
 /// CommandComplete tags of commands that change session state a later client would see.
@@ -769,21 +747,12 @@ fn changes_session_state(tag: &[u8]) -> bool {
 
 fn timed_out(limit: Limit, tenant: &crate::tenant::TenantId) -> PgError {
     match limit {
-        Limit::Query => PgError::fatal(
-            SqlState::QueryCanceled,
-            format!("canceling statement due to query_timeout of tenant \"{tenant}\""),
-        ),
-        Limit::IdleTransaction => PgError::fatal(
-            SqlState::IdleInTransactionTimeout,
-            format!("terminating connection due to idle_transaction_timeout of tenant \"{tenant}\""),
-        ),
-        Limit::ClientIdle => PgError::fatal(
-            SqlState::IdleSessionTimeout,
-            format!("terminating connection due to client_idle_timeout of tenant \"{tenant}\""),
-        ),
+        Limit::Query => PgError::query_timeout(tenant.as_str()),
+        Limit::IdleTransaction => PgError::idle_transaction_timeout(tenant.as_str()),
+        Limit::ClientIdle => PgError::client_idle_timeout(tenant.as_str()),
     }
 }
 
 fn shutting_down() -> PgError {
-    PgError::fatal(SqlState::AdminShutdown, "terminating connection: pgtenant is shutting down")
+    PgError::shutting_down()
 }

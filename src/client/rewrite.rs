@@ -11,15 +11,18 @@ use bytes::{Bytes, BytesMut};
 use super::pipeline::{Action, Effect, Kind, Pipeline};
 use super::setcmd::{self, SetCmd};
 use super::statements::{
-    absent_portal, absent_statement, bind_parts, declared_cursors, feature_refusal, may_change_settings,
-    parse_frame, probe_duplicate, probe_statement, query_frame, rename, session_feature, sql_prepare_refusal,
-    target_parts, Lookup, Statements, MAX_CLIENT_STATEMENTS, MAX_CLIENT_STATEMENT_BYTES,
+    absent_portal, absent_statement, declared_cursors, feature_refusal, may_change_settings, probe_duplicate,
+    probe_statement, session_feature, sql_prepare_refusal, Lookup, Statements, MAX_CLIENT_STATEMENTS,
+    MAX_CLIENT_STATEMENT_BYTES,
 };
 use super::vars::ClientVars;
 use crate::config::SessionFeatures;
 use crate::pool::ServerConn;
-use crate::protocol::backend::cstr;
+use crate::protocol::backend::{cstr, txn};
 use crate::protocol::frame::HEADER_LEN;
+use crate::protocol::frontend::tag as fe;
+use crate::protocol::frontend::target::{PORTAL, STATEMENT};
+use crate::protocol::frontend::{bind_parts, parse_frame, query_frame, rename, target_parts};
 use crate::protocol::{PgError, SqlState};
 
 /// Session SETs seen in the current transaction (transaction mode).
@@ -49,7 +52,7 @@ impl SetTracking {
             return;
         }
         let mut untracked = self.seen.saturating_sub(self.pending.len()) > 0;
-        if status == b'I' {
+        if status == txn::IDLE {
             for cmd in self.pending.drain(..) {
                 untracked |= !vars.apply(&cmd, conn, tenant_vars);
             }
@@ -58,7 +61,7 @@ impl SetTracking {
             self.pending.clear();
         }
         if untracked {
-            conn.dirty = true;
+            conn.mark_dirty();
         }
         self.seen = 0;
     }
@@ -78,7 +81,7 @@ pub(super) struct Stage<'a> {
 
 impl Stage<'_> {
     pub(super) fn forward(&mut self, tag: u8, frame: &[u8]) {
-        let target = (tag == b'D').then(|| target_parts(frame).map(|(k, _)| k)).flatten();
+        let target = (tag == fe::DESCRIBE).then(|| target_parts(frame).map(|(k, _)| k)).flatten();
         self.pipeline.push(Kind::of(tag, target), Action::Forward);
         self.out.extend_from_slice(frame);
     }
@@ -88,8 +91,8 @@ impl Stage<'_> {
     /// skips it, or fails a COPY on it), and the client's statement stays on the server for
     /// others.
     fn close_absent(&mut self, portal: bool, effect: Vec<Effect>) {
-        let (target, name) = if portal { (b"P", absent_portal()) } else { (b"S", absent_statement()) };
-        self.out.extend_from_slice(&rename(b'C', target, name.as_bytes(), &[]));
+        let (target, name) = if portal { (PORTAL, absent_portal()) } else { (STATEMENT, absent_statement()) };
+        self.out.extend_from_slice(&rename(fe::CLOSE, &[target], name.as_bytes(), &[]));
         self.pipeline.push_effect(Kind::Close, Action::Forward, effect);
     }
 
@@ -97,11 +100,11 @@ impl Stage<'_> {
     /// it would for the client's message), its error replaced by `error`.
     fn fail_with(&mut self, error: PgError, portal: bool) {
         let (target, name, kind, code) = if portal {
-            (b"P", absent_portal(), Kind::DescribePortal, "34000")
+            (PORTAL, absent_portal(), Kind::DescribePortal, SqlState::InvalidCursorName.code())
         } else {
-            (b"S", absent_statement(), Kind::DescribeStatement, "26000")
+            (STATEMENT, absent_statement(), Kind::DescribeStatement, SqlState::InvalidSqlStatementName.code())
         };
-        self.out.extend_from_slice(&rename(b'D', target, name.as_bytes(), &[]));
+        self.out.extend_from_slice(&rename(fe::DESCRIBE, &[target], name.as_bytes(), &[]));
         let error = Bytes::from(error.to_bytes());
         self.pipeline.push(kind, Action::Probe { code, error });
     }
@@ -112,14 +115,14 @@ impl Stage<'_> {
     /// where the server would raise it. Returns false when the message must wait for replies
     /// to earlier ones (see [`Lookup::Wait`]).
     pub(super) fn rewrite(&mut self, tag: u8, frame: &[u8]) -> bool {
-        tracing::trace!(conn = self.conn.backend_pid, tag = %(tag as char), len = frame.len(), "client message");
+        tracing::trace!(conn = self.conn.backend_pid(), tag = %(tag as char), len = frame.len(), "client message");
         if self.pipeline.owes_nothing() {
             // Whatever could drop statements has completed (or was skipped).
             self.statements.lift_barrier();
         }
         match tag {
-            b'P' => return self.parse(frame),
-            b'B' => {
+            fe::PARSE => return self.parse(frame),
+            fe::BIND => {
                 let Some((portal, stmt, rest)) = bind_parts(frame) else {
                     self.forward(tag, frame);
                     return true;
@@ -143,18 +146,18 @@ impl Stage<'_> {
                 self.ensure(&prepared.server_name, &prepared.parse);
                 let mut prefix = portal.to_vec();
                 prefix.push(0);
-                self.out.extend_from_slice(&rename(b'B', &prefix, prepared.server_name.as_bytes(), rest));
+                self.out.extend_from_slice(&rename(fe::BIND, &prefix, prepared.server_name.as_bytes(), rest));
                 self.pipeline.push(Kind::Bind, Action::Forward);
             }
-            b'D' | b'C' => {
+            fe::DESCRIBE | fe::CLOSE => {
                 let Some((target, name)) = target_parts(frame) else {
                     self.forward(tag, frame);
                     return true;
                 };
-                if target == b'P' {
+                if target == PORTAL {
                     if self.statements.owns_portal(name) {
                         self.forward(tag, frame);
-                    } else if tag == b'D' {
+                    } else if tag == fe::DESCRIBE {
                         self.fail_with(PgError::no_such_portal(name), true);
                     } else {
                         // Closing a portal that does not exist is no error.
@@ -168,7 +171,7 @@ impl Stage<'_> {
                 }
                 let prepared = match self.statements.lookup(name) {
                     Lookup::Wait => return false,
-                    Lookup::Unknown if tag == b'C' => {
+                    Lookup::Unknown if tag == fe::CLOSE => {
                         self.close_absent(false, Vec::new());
                         return true;
                     }
@@ -178,7 +181,7 @@ impl Stage<'_> {
                     }
                     Lookup::Known(p) => p,
                 };
-                if tag == b'C' {
+                if tag == fe::CLOSE {
                     // The server keeps the statement for other clients (and this one, should
                     // it prepare the same again); only the client's name goes.
                     let effect = self.statements.close(name);
@@ -186,10 +189,15 @@ impl Stage<'_> {
                     return true;
                 }
                 self.ensure(&prepared.server_name, &prepared.parse);
-                self.out.extend_from_slice(&rename(b'D', b"S", prepared.server_name.as_bytes(), &[]));
+                self.out.extend_from_slice(&rename(
+                    fe::DESCRIBE,
+                    &[STATEMENT],
+                    prepared.server_name.as_bytes(),
+                    &[],
+                ));
                 self.pipeline.push(Kind::DescribeStatement, Action::Forward);
             }
-            b'E' => {
+            fe::EXECUTE => {
                 let portal = cstr(&frame[HEADER_LEN..]).map(|(p, _)| p).unwrap_or_default();
                 if !self.statements.owns_portal(portal) {
                     self.fail_with(PgError::no_such_portal(portal), true);
@@ -198,15 +206,17 @@ impl Stage<'_> {
                 self.out.extend_from_slice(frame);
                 self.pipeline.push_set(Kind::Execute, self.sets.bound.take());
             }
-            b'S' => {
+            fe::SYNC => {
                 self.statements.sync();
                 self.forward(tag, frame);
             }
-            b'Q' => {
+            fe::QUERY => {
                 if self.statements.barrier_pending() {
                     return false;
                 }
-                self.conn.settings_suspect |= may_change_settings(&frame[HEADER_LEN..]);
+                if may_change_settings(&frame[HEADER_LEN..]) {
+                    self.conn.suspect_settings();
+                }
                 self.statements.raise_barrier(&frame[HEADER_LEN..]);
                 for cursor in declared_cursors(&frame[HEADER_LEN..]) {
                     self.statements.bind_portal(&cursor);
@@ -233,23 +243,34 @@ impl Stage<'_> {
         // The extended protocol can carry what a simple query can: the same checks.
         let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
         if let Some((name, sql)) = statement {
-            self.conn.settings_suspect |= may_change_settings(sql);
+            if let Some(refusal) = self.refusal_for(sql) {
+                // Prepared in its place: the refusal raises when the client executes it. The
+                // refused statement never runs, and the refusal changes nothing on the server:
+                // neither goes through the checks below (the refusal's text names DEALLOCATE,
+                // and a barrier raised for it would hold the client's next Describe until a
+                // reply that cannot come before its Sync).
+                let replacement = parse_frame(name, &refusal);
+                return self.prepare(&replacement);
+            }
+            if may_change_settings(sql) {
+                self.conn.suspect_settings();
+            }
             self.statements.raise_barrier(sql);
             for cursor in declared_cursors(sql) {
                 self.statements.bind_portal(&cursor);
             }
-            if let Some(refusal) = self.refusal_for(sql) {
-                // Prepared in its place: the refusal raises when the client executes it.
-                let replacement = parse_frame(name, &refusal);
-                return self.parse(&replacement);
-            }
         }
+        self.prepare(frame)
+    }
+
+    /// A Parse after the checks: named statements get pgtenant's names.
+    fn prepare(&mut self, frame: &[u8]) -> bool {
         let Some((name, prepared)) = Statements::prepare(frame, self.search_path) else {
             // An unnamed statement: remember whether it is a SET.
             self.sets.unnamed = cstr(&frame[HEADER_LEN..])
                 .and_then(|(_, rest)| cstr(rest))
                 .and_then(|(query, _)| setcmd::parse(query));
-            self.forward(b'P', frame);
+            self.forward(fe::PARSE, frame);
             return true;
         };
         // The client's query text and parameter types, after its statement name: probes
@@ -264,34 +285,34 @@ impl Stage<'_> {
                 // client's statement.
                 let error = Bytes::from(PgError::duplicate_statement(&name).to_bytes());
                 for _ in 0..2 {
-                    self.out.extend_from_slice(&rename(b'P', &[], probe_duplicate().as_bytes(), body));
-                    self.pipeline.push(Kind::Parse, Action::Probe { code: "42P05", error: error.clone() });
+                    self.out.extend_from_slice(&rename(fe::PARSE, &[], probe_duplicate().as_bytes(), body));
+                    self.pipeline.push(
+                        Kind::Parse,
+                        Action::Probe {
+                            code: SqlState::DuplicatePreparedStatement.code(),
+                            error: error.clone(),
+                        },
+                    );
                 }
                 return true;
             }
             Lookup::Unknown => {}
         }
         if self.statements.full() {
-            let e = PgError::error(
-                SqlState::ProgramLimitExceeded,
-                format!(
-                    "a client may hold at most {MAX_CLIENT_STATEMENTS} prepared statements or {} MiB of their text",
-                    MAX_CLIENT_STATEMENT_BYTES >> 20
-                ),
-            );
+            let e = PgError::too_many_statements(MAX_CLIENT_STATEMENTS, MAX_CLIENT_STATEMENT_BYTES);
             self.fail_with(e, false);
             return true;
         }
         let server_name = prepared.server_name.clone();
         let client = self.statements.register(name, prepared.clone());
-        if self.conn.prepared.touch(&server_name) {
+        if self.conn.prepared_mut().touch(&server_name) {
             // The server has the statement: a probe Parse of the same text stands for the
             // client's, so the client gets what PostgreSQL would answer here (ParseComplete,
             // or 25P02 in an aborted transaction, or an error if a table went away).
             let probe = probe_statement();
-            self.out.extend_from_slice(&rename(b'P', &[], probe.as_bytes(), body));
+            self.out.extend_from_slice(&rename(fe::PARSE, &[], probe.as_bytes(), body));
             self.pipeline.push_effect(Kind::Parse, Action::Forward, vec![client]);
-            self.out.extend_from_slice(&rename(b'C', b"S", probe.as_bytes(), &[]));
+            self.out.extend_from_slice(&rename(fe::CLOSE, &[STATEMENT], probe.as_bytes(), &[]));
             self.pipeline.push(Kind::Close, Action::Swallow);
         } else {
             self.evict_for(server_name.clone());
@@ -324,7 +345,7 @@ impl Stage<'_> {
 
     /// Prepares a statement on this connection if it lacks it, swallowing the reply.
     fn ensure(&mut self, server_name: &Arc<str>, parse: &[u8]) {
-        if self.conn.prepared.touch(server_name) {
+        if self.conn.prepared_mut().touch(server_name) {
             return;
         }
         self.evict_for(server_name.clone());
@@ -341,10 +362,10 @@ impl Stage<'_> {
     /// no-op when absent): after a "cached plan must not change result type" error pgtenant
     /// forgets what a connection holds, and the old statement must not block the new Parse.
     fn evict_for(&mut self, server_name: Arc<str>) {
-        self.out.extend_from_slice(&rename(b'C', b"S", server_name.as_bytes(), &[]));
+        self.out.extend_from_slice(&rename(fe::CLOSE, &[STATEMENT], server_name.as_bytes(), &[]));
         self.pipeline.push(Kind::Close, Action::Swallow);
-        if let Some(old) = self.conn.prepared.insert(server_name) {
-            self.out.extend_from_slice(&rename(b'C', b"S", old.as_bytes(), &[]));
+        if let Some(old) = self.conn.prepared_mut().insert(server_name) {
+            self.out.extend_from_slice(&rename(fe::CLOSE, &[STATEMENT], old.as_bytes(), &[]));
             self.pipeline.push(Kind::Close, Action::Swallow);
         }
     }

@@ -114,16 +114,9 @@ struct Tokens<'a> {
 
 impl<'a> Tokens<'a> {
     fn skip_ws(&mut self) {
-        loop {
-            self.s = self.s.trim_start();
-            if let Some(rest) = self.s.strip_prefix("--") {
-                self.s = rest.find('\n').map_or("", |i| &rest[i..]);
-            } else if let Some(rest) = self.s.strip_prefix("/*") {
-                self.s = rest.find("*/").map_or("", |i| &rest[i + 2..]);
-            } else {
-                return;
-            }
-        }
+        let skipped = self.s.len() - crate::sql::skip_blank(self.s.as_bytes()).len();
+        // skip_blank stops only after ASCII or at the start of a character.
+        self.s = self.s.get(skipped..).unwrap_or_default();
     }
 
     fn word(&mut self) -> Option<&'a str> {

@@ -7,12 +7,15 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::pipeline::Effect;
 use super::setcmd::{self, SetCmd};
 use crate::protocol::backend::cstr;
 use crate::protocol::frame::HEADER_LEN;
+use crate::protocol::frontend::{rename, tag};
+use crate::protocol::{PgError, SqlState};
+use crate::sql::{quote_literal, skip_blank};
 
 /// A statement a client prepared, as the server knows it.
 #[derive(Debug, PartialEq, Eq)]
@@ -130,7 +133,7 @@ impl Statements {
             h.finish()
         };
         let server_name: Arc<str> = Arc::from(format!("pgt_{:016x}{:016x}", hash(&k[0]), hash(&k[1])));
-        let parse = rename(b'P', &[], server_name.as_bytes(), rest);
+        let parse = rename(tag::PARSE, &[], server_name.as_bytes(), rest);
         let set = cstr(rest).and_then(|(query, _)| setcmd::parse(query));
         Some((name.into(), Arc::new(Prepared { server_name, parse, set })))
     }
@@ -238,35 +241,6 @@ impl Statements {
     }
 }
 
-/// Builds `tag | length | prefix | name \0 | rest`.
-pub fn rename(tag: u8, prefix: &[u8], name: &[u8], rest: &[u8]) -> Bytes {
-    let body = prefix.len() + name.len() + 1 + rest.len();
-    let mut out = BytesMut::with_capacity(HEADER_LEN + body);
-    out.put_u8(tag);
-    // Bodies come from frames that passed the size check, so they fit in an i32.
-    out.put_i32(i32::try_from(body + 4).unwrap_or(i32::MAX));
-    out.put_slice(prefix);
-    out.put_slice(name);
-    out.put_u8(0);
-    out.put_slice(rest);
-    out.freeze()
-}
-
-/// The statement named in a Bind (`portal \0 statement \0 …`): (portal, statement, rest).
-pub fn bind_parts(frame: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let (portal, rest) = cstr(frame.get(HEADER_LEN..)?)?;
-    let (stmt, rest) = cstr(rest)?;
-    Some((portal, stmt, rest))
-}
-
-/// Describe / Close: (`S` or `P`, name).
-pub fn target_parts(frame: &[u8]) -> Option<(u8, &[u8])> {
-    let body = frame.get(HEADER_LEN..)?;
-    let (&kind, rest) = body.split_first()?;
-    let (name, _) = cstr(rest)?;
-    Some((kind, name))
-}
-
 /// SQL-level prepared statements cannot follow a client across server connections in
 /// transaction mode: `PREPARE`, `EXECUTE` and `DEALLOCATE <name>` are refused (0A000).
 /// `DEALLOCATE ALL` passes. Returns the refusal query to send instead.
@@ -285,31 +259,38 @@ pub fn sql_prepare_refusal(sql: &[u8]) -> Option<String> {
         }
         _ => false,
     };
-    if !refused {
-        return None;
-    }
-    Some(
-        "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', \
-         MESSAGE = 'SQL PREPARE/EXECUTE/DEALLOCATE are not supported in transaction pooling mode', \
-         HINT = 'use protocol-level prepared statements (they are tracked), or session pooling mode'; \
-         END $pgtenant$"
-            .to_owned(),
+    refused.then(|| raise_query(&PgError::sql_prepare_unsupported()))
+}
+
+/// A query that raises `e` where the server would run the refused statement, so the error
+/// comes in its place in the reply stream (and a Parse of it fails at Execute, as the
+/// statement would).
+fn raise_query(e: &PgError) -> String {
+    format!(
+        "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}, HINT = {}; END $pgtenant$",
+        quote_literal(e.state.code()),
+        quote_literal(&e.message),
+        quote_literal(e.hint.as_deref().unwrap_or_default()),
     )
 }
 
-/// A Query message running `sql`.
-pub fn query_frame(sql: &str) -> Option<Bytes> {
-    let mut out = BytesMut::new();
-    crate::protocol::frontend::query(&mut out, sql).ok()?;
-    Some(out.freeze())
+/// The refusal a server raised for pgtenant ([`raise_query`]), recognised by its SQLSTATE and
+/// text: forwarded as pgtenant's own ErrorResponse, without the PL/pgSQL CONTEXT line that
+/// the DO block adds. Called for ErrorResponses only (not on the per-message path).
+pub fn own_refusal(code: &str, message: &str) -> Option<PgError> {
+    if code != SqlState::FeatureNotSupported.code() {
+        return None;
+    }
+    let prepare = PgError::sql_prepare_unsupported();
+    if message == prepare.message {
+        return Some(prepare);
+    }
+    let feature = message.strip_suffix(FEATURE_REFUSED)?;
+    Some(PgError::session_feature_unsupported(feature)).filter(|e| e.message == message)
 }
 
-/// A Parse message of `sql` under `name`, without parameter types.
-pub fn parse_frame(name: &[u8], sql: &str) -> Bytes {
-    let mut rest = sql.as_bytes().to_vec();
-    rest.extend_from_slice(&[0, 0, 0]);
-    rename(b'P', &[], name, &rest)
-}
+/// How [`PgError::session_feature_unsupported`]'s text ends.
+const FEATURE_REFUSED: &str = " does not work in transaction pooling mode";
 
 /// Session-level features that cannot survive transaction pooling, recognised by how a
 /// statement starts: `LISTEN`, `CREATE TEMP[ORARY] TABLE`, `DECLARE ... WITH HOLD`.
@@ -329,11 +310,7 @@ pub fn session_feature(sql: &[u8]) -> Option<&'static str> {
 
 /// SQL that fails with 0A000 saying `feature` needs session pooling.
 pub fn feature_refusal(feature: &str) -> String {
-    format!(
-        "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', \
-         MESSAGE = '{feature} does not work in transaction pooling mode', \
-         HINT = 'use session pooling for this client, or set pool.session_features to pin'; END $pgtenant$"
-    )
+    raise_query(&PgError::session_feature_unsupported(feature))
 }
 
 /// Cursor names a query declares (`DECLARE name … CURSOR`, in any of its statements): they
@@ -388,16 +365,7 @@ fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
 fn first_words(mut sql: &[u8]) -> Vec<&[u8]> {
     let mut words = Vec::new();
     while words.len() < 3 {
-        loop {
-            sql = trim_start(sql);
-            if let Some(rest) = sql.strip_prefix(b"--") {
-                sql = rest.iter().position(|&b| b == b'\n').map_or(&[][..], |i| &rest[i..]);
-            } else if let Some(rest) = sql.strip_prefix(b"/*") {
-                sql = rest.windows(2).position(|w| w == b"*/").map_or(&[][..], |i| &rest[i + 2..]);
-            } else {
-                break;
-            }
-        }
+        sql = skip_blank(sql);
         let end = sql.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_')).unwrap_or(sql.len());
         if end == 0 {
             break;
@@ -467,14 +435,6 @@ mod tests {
     }
 
     #[test]
-    fn bind_and_target_parts() {
-        let b = frame(b'B', b"portal\0s1\0\0\0\0\0\0\0");
-        assert_eq!(bind_parts(&b).map(|(p, s, _)| (p, s)), Some((&b"portal"[..], &b"s1"[..])));
-        assert_eq!(target_parts(&frame(b'D', b"Ss1\0")), Some((b'S', &b"s1"[..])));
-        assert_eq!(bind_parts(&frame(b'B', b"no-terminator")), None);
-    }
-
-    #[test]
     fn setting_changes_without_a_tag_are_suspected() {
         for q in ["SELECT set_config('search_path', 'b', false)", "do $$ begin perform 1; end $$", "CALL p()"]
         {
@@ -504,9 +464,15 @@ mod tests {
         assert_eq!(session_feature(&q("DECLARE c CURSOR WITH HOLD FOR SELECT 1")), Some("WITH HOLD cursors"));
         assert_eq!(session_feature(&q("DECLARE c CURSOR FOR SELECT 1")), None);
         assert_eq!(session_feature(&q("SELECT 'LISTEN'")), None);
-        assert!(feature_refusal("LISTEN").contains("feature_not_supported"));
-        let p = parse_frame(b"s1", "SELECT 1");
-        assert_eq!(&p[..], &frame(b'P', b"s1\0SELECT 1\0\0\0")[..]);
+        assert!(feature_refusal("LISTEN").contains("ERRCODE = '0A000'"));
+        let listen = PgError::session_feature_unsupported("LISTEN");
+        assert_eq!(own_refusal("0A000", &listen.message), Some(listen));
+        assert_eq!(
+            own_refusal("0A000", &PgError::sql_prepare_unsupported().message),
+            Some(PgError::sql_prepare_unsupported())
+        );
+        assert_eq!(own_refusal("42000", &PgError::sql_prepare_unsupported().message), None);
+        assert_eq!(own_refusal("0A000", "cached plan must not change result type"), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::auth::tls::{Tls, ALPN_POSTGRESQL};
+use crate::protocol::backend::encryption;
 use crate::protocol::startup::{GSSENC_REQUEST_CODE, SSL_REQUEST_CODE};
 
 pub enum ClientStream {
@@ -65,7 +66,7 @@ pub async fn opening(tcp: &mut TcpStream, tls: Option<&Tls>) -> io::Result<Openi
         let code = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
         match (len, code, tls) {
             (8, SSL_REQUEST_CODE, Some(_)) => {
-                tcp.write_all(b"S").await?;
+                tcp.write_all(&[encryption::ACCEPTED]).await?;
                 return Ok(Opening::Tls { direct: false });
             }
             (8, SSL_REQUEST_CODE | GSSENC_REQUEST_CODE, _) => tcp.write_all(b"N").await?,

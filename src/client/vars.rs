@@ -5,7 +5,7 @@
 
 use super::setcmd::SetCmd;
 use crate::pool::ServerConn;
-use crate::protocol::startup::StartupMessage;
+use crate::protocol::startup::{option_words, unescape_option, StartupMessage};
 use crate::sql::{quote_dotted, quote_literal};
 use crate::tenant::Resolved;
 
@@ -126,10 +126,10 @@ impl ClientVars {
     /// Returns false for what is not tracked: the tenant's own isolation settings (a client
     /// cannot make them stick) and RESET ALL (which also resets them).
     pub fn apply(&mut self, cmd: &SetCmd, conn: &mut ServerConn, tenant_vars: &[(String, String)]) -> bool {
-        let in_sync = conn.vars_fingerprint == self.fingerprint;
+        let in_sync = conn.vars_fingerprint() == self.fingerprint;
         let tracked = self.apply_cmd(cmd, conn, tenant_vars);
         self.refresh_fingerprint();
-        conn.vars_fingerprint = if in_sync && tracked { self.fingerprint } else { 0 };
+        conn.set_vars_fingerprint(if in_sync && tracked { self.fingerprint } else { 0 });
         tracked
     }
 
@@ -151,7 +151,7 @@ impl ClientVars {
                     return true;
                 }
                 self.other.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-                conn.vars.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                conn.retain_vars(|n| !n.eq_ignore_ascii_case(name));
                 true
             }
             SetCmd::ResetAll => {
@@ -177,11 +177,11 @@ impl ClientVars {
     /// (anything else `conn` carries was applied by pgtenant for a client and may need a
     /// RESET).
     pub fn sync_query(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<String> {
-        if conn.vars_fingerprint == self.fingerprint {
+        if conn.vars_fingerprint() == self.fingerprint {
             return None;
         }
         let sql = self.diff(conn, pool_params);
-        conn.vars_fingerprint = self.fingerprint;
+        conn.set_vars_fingerprint(self.fingerprint);
         sql
     }
 
@@ -210,7 +210,7 @@ impl ClientVars {
             sql.push_str(&format!("SELECT {};", sets.join(", ")));
         }
         let stale: Vec<String> = conn
-            .vars
+            .vars()
             .iter()
             .map(|(k, _)| k)
             .filter(|k| !pool_params.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)))
@@ -219,7 +219,7 @@ impl ClientVars {
             .collect();
         for k in stale {
             sql.push_str(&format!("RESET {};", quote_dotted(&k)));
-            conn.vars.retain(|(n, _)| *n != k);
+            conn.retain_vars(|n| n != k);
         }
         (!sql.is_empty()).then_some(sql)
     }
@@ -228,25 +228,8 @@ impl ClientVars {
 /// `-c name=value` and `--name=value` settings from the `options` startup parameter
 /// (space-separated, backslash escapes a space as in libpq).
 pub fn parse_options(options: &str) -> Vec<(String, String)> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut chars = options.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => cur.extend(chars.next()),
-            c if c.is_ascii_whitespace() => {
-                if !cur.is_empty() {
-                    words.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        words.push(cur);
-    }
     let mut out = Vec::new();
-    let mut it = words.into_iter();
+    let mut it = option_words(options).map(|w| unescape_option(w).into_owned());
     while let Some(w) = it.next() {
         let setting = if w == "-c" {
             it.next()

@@ -18,6 +18,7 @@ pub use server::{cancel_backend, Login, PreparedSet, RequireAuth, ServerConn, Up
 pub(crate) use stream::client_config;
 pub use stream::{ServerStream, SslMode, UpstreamAddr, UpstreamTls};
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -27,7 +28,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::catalog::{Catalog, Change, Tenant};
 use crate::config::{secs, PoolDefaults};
-use crate::protocol::{PgError, SqlState};
+use crate::protocol::error::{ClientFacing, ErrorKind};
+use crate::protocol::SqlState;
 use crate::tenant::TenantId;
 
 /// ParameterStatus name/value pairs as a server reported them.
@@ -58,26 +60,58 @@ pub enum PoolError {
     ConnectTimeout(Duration),
 }
 
-impl PoolError {
-    /// What the client is told (the upstream's own text stays in the log).
-    pub fn to_client(&self, tenant: &str) -> PgError {
-        match self {
-            PoolError::Timeout(d) => PgError::fatal(
-                SqlState::TooManyConnections,
-                format!("no server connection for tenant \"{tenant}\" became free within {d:?}"),
-            )
-            .with_hint("the tenant's pool is exhausted: retry, or raise its pool size"),
+/// A checkout that failed, for the tenant it was for.
+#[derive(Debug, thiserror::Error)]
+#[error("tenant {tenant}: {error}")]
+pub struct CheckoutError {
+    pub tenant: TenantId,
+    pub error: PoolError,
+}
+
+impl ClientFacing for CheckoutError {
+    fn sqlstate(&self) -> SqlState {
+        match &self.error {
+            PoolError::Timeout(_) => SqlState::TooManyConnections,
+            PoolError::Upstream(_) | PoolError::ConnectTimeout(_) => SqlState::ConnectionFailure,
+        }
+    }
+
+    fn client_text(&self) -> Cow<'_, str> {
+        let tenant = &self.tenant;
+        match &self.error {
+            PoolError::Timeout(d) => {
+                format!("no server connection for tenant \"{tenant}\" became free within {d:?}").into()
+            }
+            // The cause (addresses, the server's own text) stays in the log; the client gets
+            // a reference to find it.
             PoolError::Upstream(_) | PoolError::ConnectTimeout(_) => {
-                // The cause (addresses, the server's own text) stays in the log; the client
-                // gets a reference to find it.
-                let reference = PgError::reference();
-                tracing::warn!(%tenant, %reference, error = %self, "upstream failure reported to a client");
-                PgError::fatal(
-                    SqlState::ConnectionFailure,
-                    format!("cannot reach the database of tenant \"{tenant}\" (ref {reference})"),
-                )
+                format!("cannot reach the database of tenant \"{tenant}\"").into()
             }
         }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match &self.error {
+            PoolError::Timeout(_) => ErrorKind::Proxy,
+            PoolError::ConnectTimeout(_) => ErrorKind::Server,
+            PoolError::Upstream(e) => e.kind(),
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        match &self.error {
+            PoolError::Timeout(_) | PoolError::ConnectTimeout(_) => true,
+            PoolError::Upstream(e) => e.retryable(),
+        }
+    }
+
+    fn hint(&self) -> Option<Cow<'_, str>> {
+        matches!(self.error, PoolError::Timeout(_))
+            .then_some(Cow::Borrowed("the tenant's pool is exhausted: retry, or raise its pool size"))
+    }
+
+    fn hides_cause(&self) -> bool {
+        !matches!(self.error, PoolError::Timeout(_))
     }
 }
 
@@ -622,7 +656,13 @@ impl PoolManager {
     /// (fair across tenants), then an idle connection (one already set up for this tenant
     /// first), else a new one within the upstream and global caps; waiting at most the
     /// checkout timeout in all.
-    pub async fn checkout(&self, pool: &Arc<Pool>, tenant: &Tenant) -> Result<Checkout, PoolError> {
+    pub async fn checkout(&self, pool: &Arc<Pool>, tenant: &Tenant) -> Result<Checkout, CheckoutError> {
+        self.checkout_for(pool, tenant)
+            .await
+            .map_err(|error| CheckoutError { tenant: tenant.id.clone(), error })
+    }
+
+    async fn checkout_for(&self, pool: &Arc<Pool>, tenant: &Tenant) -> Result<Checkout, PoolError> {
         let wait = pool.settings.checkout_timeout;
         let deadline = tokio::time::Instant::now() + wait;
         let cap = self.tenant_cap(tenant);

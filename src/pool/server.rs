@@ -2,6 +2,7 @@
 //! md5 or cleartext only where the upstream's `require_auth` allows them), and what it
 //! remembers of its session.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -11,9 +12,11 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::stream::{ServerStream, UpstreamAddr};
 use crate::auth::scram_client::{ClientExchange, ClientScramError};
-use crate::protocol::backend::{cstr, parse_error_fields, parse_parameter_status, ServerNotice};
+use crate::protocol::backend::tag as be;
+use crate::protocol::backend::{auth, cstr, parse_error_fields, parse_parameter_status, ServerNotice};
+use crate::protocol::error::{ClientFacing, ErrorKind};
 use crate::protocol::frame::FrameReader;
-use crate::protocol::{frontend, FrameError};
+use crate::protocol::{frontend, FrameError, SqlState};
 use crate::tenant::TenantId;
 
 /// The largest message accepted from an upstream during login.
@@ -42,6 +45,34 @@ pub enum UpstreamError {
     Frame(#[from] FrameError),
     #[error("upstream i/o: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// What a client is told is decided by the pool's [`super::CheckoutError`], which names the
+/// tenant; this says whose fault it is and whether a retry can help.
+impl ClientFacing for UpstreamError {
+    fn sqlstate(&self) -> SqlState {
+        SqlState::ConnectionFailure
+    }
+
+    fn client_text(&self) -> Cow<'_, str> {
+        Cow::Borrowed("cannot reach the upstream database")
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            // The upstream's settings in pgtenant's catalog do not fit the server.
+            UpstreamError::NoPassword | UpstreamError::NotAllowed(..) => ErrorKind::Proxy,
+            _ => ErrorKind::Server,
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. } | UpstreamError::Timeout | UpstreamError::Io(_))
+    }
+
+    fn hides_cause(&self) -> bool {
+        true
+    }
 }
 
 /// The login pgtenant uses upstream.
@@ -119,33 +150,35 @@ impl<'de> serde::Deserialize<'de> for RequireAuth {
     }
 }
 
-/// An authenticated upstream connection.
+/// An authenticated upstream connection. Its session state is private to the pool: clients
+/// read it and record what they did through the methods below, and the rules that decide
+/// reuse and reset are in [`super::session`].
 #[derive(Debug)]
 pub struct ServerConn {
-    pub stream: ServerStream,
-    pub addr: UpstreamAddr,
+    pub(super) stream: ServerStream,
+    pub(super) addr: UpstreamAddr,
     /// The upstream backend's cancel key.
-    pub backend_pid: i32,
-    pub backend_secret: i32,
+    pub(super) backend_pid: i32,
+    pub(super) backend_secret: i32,
     /// Session variables known to be in effect: the server's ParameterStatus reports, kept
     /// current, plus the settings pgtenant applied for clients.
-    pub vars: Vec<(String, String)>,
-    pub created: Instant,
-    pub idle_since: Instant,
+    pub(super) vars: Vec<(String, String)>,
+    pub(super) created: Instant,
+    pub(super) idle_since: Instant,
     /// A client changed session state (SET, LISTEN, PREPARE …): reset before reuse.
-    pub dirty: bool,
+    pub(super) dirty: bool,
     /// Statements pgtenant prepared on this connection (transaction mode).
-    pub prepared: PreparedSet,
+    pub(super) prepared: PreparedSet,
     /// Fingerprint of the client settings `vars` is known to match (0: unknown), so a
     /// checkout by a client with the same settings skips comparing them one by one.
-    pub vars_fingerprint: u64,
+    pub(super) vars_fingerprint: u64,
     /// The tenant whose session setup this connection carries (shared login roles).
-    pub tenant: Option<TenantId>,
+    pub(super) tenant: Option<TenantId>,
     /// The client session that used this connection last (0: none yet).
-    pub last_client: u64,
+    pub(super) last_client: u64,
     /// A client ran something that may change settings without a SET tag (set_config, a DO
     /// block, CALL …): the tenant's isolation setting is applied afresh for the next client.
-    pub settings_suspect: bool,
+    pub(super) settings_suspect: bool,
     /// The generation of the pool login it was opened with: one of an older generation is
     /// closed at release instead of returned (see `pool::Idle`).
     pub(super) generation: u64,
@@ -178,10 +211,10 @@ impl ServerConn {
             let body = frame.body();
             out.clear();
             match frame.tag() {
-                b'R' => {
+                be::AUTHENTICATION => {
                     let (code, data) = split_i32(body)?;
                     match code {
-                        0 => match (asked, &scram) {
+                        auth::OK => match (asked, &scram) {
                             // SCRAM is complete only with the server's verified final
                             // message: an AuthenticationOk without it proves nothing.
                             (Some(_), Some(s)) if !s.verified() => {
@@ -192,17 +225,17 @@ impl ServerConn {
                             (None, _) if !allowed.none => return Err(refuse("no")),
                             _ => {}
                         },
-                        3 | 5 | 10 if asked.is_some() => {
+                        auth::CLEARTEXT_PASSWORD | auth::MD5_PASSWORD | auth::SASL if asked.is_some() => {
                             return Err(UpstreamError::Protocol("a second authentication request".into()))
                         }
-                        3 => {
+                        auth::CLEARTEXT_PASSWORD => {
                             if !allowed.password {
                                 return Err(refuse("cleartext password"));
                             }
                             asked = Some("password");
                             frontend::password(&mut out, password(login)?.as_bytes())?
                         }
-                        5 => {
+                        auth::MD5_PASSWORD => {
                             if !allowed.md5 {
                                 return Err(refuse("md5"));
                             }
@@ -214,7 +247,7 @@ impl ServerConn {
                             let hash = md5_hash(login.role.as_bytes(), password(login)?.as_bytes(), salt);
                             frontend::password(&mut out, hash.as_bytes())?;
                         }
-                        10 => {
+                        auth::SASL => {
                             if !allowed.scram_sha_256 {
                                 return Err(refuse("SCRAM-SHA-256"));
                             }
@@ -231,12 +264,12 @@ impl ServerConn {
                             frontend::sasl_initial(&mut out, sasl::SCRAM_SHA_256, &first)?;
                             scram = Some(s);
                         }
-                        11 => {
+                        auth::SASL_CONTINUE => {
                             let s = scram.as_mut().ok_or(ClientScramError::OutOfOrder)?;
                             let last = s.update(data, login.max_iterations).await?;
                             frontend::sasl_response(&mut out, &last)?;
                         }
-                        12 => {
+                        auth::SASL_FINAL => {
                             let s = scram.as_mut().ok_or(ClientScramError::OutOfOrder)?;
                             s.finish(data)?;
                         }
@@ -246,19 +279,19 @@ impl ServerConn {
                         reader.get_mut().write_all(&out).await?;
                     }
                 }
-                b'S' => {
+                be::PARAMETER_STATUS => {
                     if let Some(kv) = parse_parameter_status(body) {
                         vars.push(kv);
                     }
                 }
-                b'K' => {
+                be::BACKEND_KEY_DATA => {
                     let (p, rest) = split_i32(body)?;
                     let (s, _) = split_i32(rest)?;
                     (pid, secret) = (p, s);
                 }
-                b'E' => return Err(UpstreamError::Refused(parse_error_fields(body))),
-                b'N' | b'v' => {}
-                b'Z' => break,
+                be::ERROR_RESPONSE => return Err(UpstreamError::Refused(parse_error_fields(body))),
+                be::NOTICE_RESPONSE | be::NEGOTIATE_PROTOCOL_VERSION => {}
+                be::READY_FOR_QUERY => break,
                 t => {
                     return Err(UpstreamError::Protocol(format!(
                         "unexpected message {:?} during login",
@@ -296,6 +329,70 @@ impl ServerConn {
     pub fn is_clean(&self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// The upstream backend's cancel key, and where to send a CancelRequest.
+    pub fn cancel_key(&self) -> (&UpstreamAddr, i32, i32) {
+        (&self.addr, self.backend_pid, self.backend_secret)
+    }
+
+    #[inline]
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// The socket, for the relay to read and write client traffic.
+    #[inline]
+    pub fn stream_mut(&mut self) -> &mut ServerStream {
+        &mut self.stream
+    }
+
+    /// Statements pgtenant prepared on this connection (transaction mode).
+    #[inline]
+    pub fn prepared_mut(&mut self) -> &mut PreparedSet {
+        &mut self.prepared
+    }
+
+    /// Whether a client left session state behind (reset before reuse).
+    #[inline]
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// A client changed session state (SET, LISTEN, PREPARE …): the connection is reset
+    /// before anyone else uses it.
+    #[inline]
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// A client ran something that may change settings without a SET tag: the tenant's
+    /// isolation settings are applied afresh for the next client.
+    #[inline]
+    pub fn suspect_settings(&mut self) {
+        self.settings_suspect = true;
+    }
+
+    /// Session variables known to be in effect.
+    #[inline]
+    pub fn vars(&self) -> &[(String, String)] {
+        &self.vars
+    }
+
+    /// Forgets the variables `keep` refuses (they are back to the server's defaults).
+    pub fn retain_vars(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.vars.retain(|(k, _)| keep(k));
+    }
+
+    /// The fingerprint of the client settings `vars` is known to match (0: unknown).
+    #[inline]
+    pub fn vars_fingerprint(&self) -> u64 {
+        self.vars_fingerprint
+    }
+
+    #[inline]
+    pub fn set_vars_fingerprint(&mut self, fingerprint: u64) {
+        self.vars_fingerprint = fingerprint;
     }
 
     pub fn var(&self, name: &str) -> Option<&str> {
@@ -361,7 +458,7 @@ impl PreparedSet {
 impl Drop for ServerConn {
     /// Best-effort Terminate so the server logs a clean disconnect; the socket closes anyway.
     fn drop(&mut self) {
-        let _ = self.stream.try_write(b"X\0\0\0\x04");
+        let _ = self.stream.try_write(frontend::TERMINATE_MESSAGE);
     }
 }
 

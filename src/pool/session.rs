@@ -7,7 +7,8 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::{cancel_backend, Checkout, ServerConn, ServerParams};
-use crate::protocol::backend::parse_parameter_status;
+use crate::protocol::backend::tag as be;
+use crate::protocol::backend::{parse_parameter_status, txn};
 use crate::protocol::frame::{FrameReader, DEFAULT_MAX_MESSAGE};
 use crate::protocol::frontend;
 use crate::tenant::TenantId;
@@ -93,10 +94,10 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
     let ok = loop {
         match reader.read_frame().await {
             Ok(Some(f)) => match f.tag() {
-                b'S' => changed.extend(parse_parameter_status(f.body())),
+                be::PARAMETER_STATUS => changed.extend(parse_parameter_status(f.body())),
                 // Notifications for LISTENs the reset ends belong to the previous client.
-                b'C' | b'N' | b'A' => {}
-                b'Z' => break f.body() == b"I",
+                be::COMMAND_COMPLETE | be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE => {}
+                be::READY_FOR_QUERY => break f.body() == [txn::IDLE],
                 _ => break false,
             },
             _ => return Err(()),
@@ -122,6 +123,19 @@ pub const RESET_GUARD: &str = "SET statement_timeout = 0; SET lock_timeout = 0";
 /// client left session state on it.
 pub fn needs_reset(conn: &ServerConn, tenant: &TenantId) -> bool {
     conn.dirty || conn.tenant.as_ref().is_some_and(|t| t != tenant)
+}
+
+/// Hands `conn` to client session `client` of `tenant`. When another client ran something
+/// that may have changed settings without a SET (set_config, a DO block), the tenant's
+/// isolation settings are forgotten so that they are applied afresh.
+pub fn hand_over(conn: &mut ServerConn, client: u64, tenant: &TenantId, tenant_vars: &[(String, String)]) {
+    if conn.last_client != client && conn.settings_suspect && !tenant_vars.is_empty() {
+        conn.settings_suspect = false;
+        conn.vars.retain(|(k, _)| !tenant_vars.iter().any(|(t, _)| t.eq_ignore_ascii_case(k)));
+        conn.vars_fingerprint = 0;
+    }
+    conn.last_client = client;
+    conn.tenant = Some(tenant.clone());
 }
 
 /// Queues the reset (the caller holds the client's bytes until its reply is checked) and

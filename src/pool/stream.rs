@@ -15,6 +15,9 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::protocol::backend::encryption;
+use crate::protocol::frontend;
+
 /// An upstream server address, as libpq reads `host`: a path starting with `/` is the
 /// directory of the server's Unix socket.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -57,19 +60,19 @@ impl UpstreamAddr {
                     return Ok(ServerStream::Tcp(s));
                 }
                 // SSLRequest; the server answers one byte.
-                s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+                s.write_all(&frontend::ssl_request()).await?;
                 let mut answer = [0u8; 1];
                 s.read_exact(&mut answer).await?;
                 match (answer[0], tls.mode) {
-                    (b'S', mode) => {
+                    (encryption::ACCEPTED, mode) => {
                         let config = client_config(mode, tls.root_cert.as_deref())?;
                         let name = ServerName::try_from(host.to_string())
                             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                         let stream = tokio_rustls::TlsConnector::from(config).connect(name, s).await?;
                         Ok(ServerStream::Tls(Box::new(stream)))
                     }
-                    (b'N', SslMode::Prefer) => Ok(ServerStream::Tcp(s)),
-                    (b'N', _) => {
+                    (encryption::REFUSED, SslMode::Prefer) => Ok(ServerStream::Tcp(s)),
+                    (encryption::REFUSED, _) => {
                         Err(io::Error::other("the upstream does not accept TLS and sslmode requires it"))
                     }
                     _ => Err(io::Error::other("unexpected answer to SSLRequest")),

@@ -8,6 +8,64 @@ use pgwire::messages::startup::{
 };
 use pgwire::messages::Message;
 
+/// Backend message tags. The same byte means something else from a client (`C` is
+/// CommandComplete here and Close there): see [`super::frontend::tag`].
+/// <https://www.postgresql.org/docs/current/protocol-message-formats.html>
+pub mod tag {
+    pub const AUTHENTICATION: u8 = b'R';
+    pub const BACKEND_KEY_DATA: u8 = b'K';
+    pub const BIND_COMPLETE: u8 = b'2';
+    pub const CLOSE_COMPLETE: u8 = b'3';
+    pub const COMMAND_COMPLETE: u8 = b'C';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+    pub const COPY_IN_RESPONSE: u8 = b'G';
+    pub const COPY_OUT_RESPONSE: u8 = b'H';
+    pub const DATA_ROW: u8 = b'D';
+    pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
+    pub const ERROR_RESPONSE: u8 = b'E';
+    pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
+    pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+    pub const NO_DATA: u8 = b'n';
+    pub const NOTICE_RESPONSE: u8 = b'N';
+    pub const NOTIFICATION_RESPONSE: u8 = b'A';
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
+    pub const PARAMETER_STATUS: u8 = b'S';
+    pub const PARSE_COMPLETE: u8 = b'1';
+    pub const PORTAL_SUSPENDED: u8 = b's';
+    pub const READY_FOR_QUERY: u8 = b'Z';
+    pub const ROW_DESCRIPTION: u8 = b'T';
+}
+
+/// The transaction status a ReadyForQuery carries.
+/// <https://www.postgresql.org/docs/current/protocol-message-formats.html#PROTOCOL-MESSAGE-FORMATS-READYFORQUERY>
+pub mod txn {
+    /// Not in a transaction block.
+    pub const IDLE: u8 = b'I';
+    /// In a transaction block.
+    pub const IN_TRANSACTION: u8 = b'T';
+    /// In a failed transaction block.
+    pub const FAILED: u8 = b'E';
+}
+
+/// The AuthenticationRequest codes pgtenant handles as an upstream's client.
+/// <https://www.postgresql.org/docs/current/protocol-message-formats.html#PROTOCOL-MESSAGE-FORMATS-AUTHENTICATIONOK>
+pub mod auth {
+    pub const OK: i32 = 0;
+    pub const CLEARTEXT_PASSWORD: i32 = 3;
+    pub const MD5_PASSWORD: i32 = 5;
+    pub const SASL: i32 = 10;
+    pub const SASL_CONTINUE: i32 = 11;
+    pub const SASL_FINAL: i32 = 12;
+}
+
+/// The one-byte answers to SSLRequest and GSSENCRequest.
+/// <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-SSL>
+pub mod encryption {
+    pub const ACCEPTED: u8 = b'S';
+    pub const REFUSED: u8 = b'N';
+}
+
 /// Appends one pgwire message; encoding into memory cannot fail for the small, well-formed
 /// messages built here, so a failure is logged rather than propagated.
 fn put<M: Message>(buf: &mut BytesMut, msg: M) {
@@ -55,7 +113,7 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, unsupported: Vec<String>) 
 
 /// The single byte that answers SSLRequest / GSSENCRequest with "not supported".
 pub fn refuse_encryption(buf: &mut BytesMut) {
-    buf.put_u8(b'N');
+    buf.put_u8(encryption::REFUSED);
 }
 
 /// Reads a NUL-terminated string at the front of `buf`, returning it and the rest.

@@ -1,6 +1,10 @@
-//! The one place pgtenant builds the ErrorResponses it sends itself. Every module's error
-//! type turns into a [`PgError`] with a SQLSTATE and text that is safe to show a client
-//! (conventions in DESIGN.md, "Errors the client sees").
+//! The one place pgtenant builds the ErrorResponses it sends itself: a named constructor
+//! per situation (conventions in DESIGN.md, "Errors the client sees"), and [`ClientFacing`],
+//! the trait through which each module's error enum chooses its SQLSTATE, the text a client
+//! may see (never its internal Display), its kind and whether retrying can help. Modelled on
+//! neon's `proxy/src/error.rs` (`ReportableError` / `UserFacingError`).
+
+use std::borrow::Cow;
 
 use bytes::BytesMut;
 use pgwire::messages::response::ErrorResponse;
@@ -73,6 +77,51 @@ impl SqlState {
     }
 }
 
+/// Whose fault an error is, for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The client sent something wrong or asked for something it may not have.
+    Client,
+    /// An upstream server failed or refused.
+    Server,
+    /// pgtenant itself: its limits, its control database, its configuration, a bug.
+    Proxy,
+}
+
+impl ErrorKind {
+    /// A metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Client => "client",
+            ErrorKind::Server => "server",
+            ErrorKind::Proxy => "proxy",
+        }
+    }
+}
+
+/// An error that may reach a client. Implementations list their texts explicitly (an
+/// allow-list): a cause's Display (addresses, a server's own message, an i/o error) is never
+/// part of [`client_text`](ClientFacing::client_text); it goes to the log through
+/// [`PgError::report`], tied to the client's message by a reference.
+pub trait ClientFacing: std::fmt::Display {
+    fn sqlstate(&self) -> SqlState;
+    /// Text safe to show a client.
+    fn client_text(&self) -> Cow<'_, str>;
+    fn kind(&self) -> ErrorKind;
+    /// Whether the same request may succeed if retried (a timeout, an unreachable server).
+    fn retryable(&self) -> bool {
+        false
+    }
+    fn hint(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+    /// The client text leaves out a cause that only the log has: [`PgError::report`] logs it
+    /// and gives the client a reference to find it.
+    fn hides_cause(&self) -> bool {
+        false
+    }
+}
+
 /// An error on its way to a client. Errors that end the session are FATAL, as Postgres
 /// sends them; the others are ERROR.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,13 +133,218 @@ pub struct PgError {
 }
 
 impl PgError {
-    pub fn fatal(state: SqlState, message: impl Into<String>) -> Self {
+    fn fatal(state: SqlState, message: impl Into<String>) -> Self {
         PgError { state, fatal: true, message: message.into(), hint: None }
     }
 
     /// An error that ends the statement, not the session.
-    pub fn error(state: SqlState, message: impl Into<String>) -> Self {
+    fn error(state: SqlState, message: impl Into<String>) -> Self {
         PgError { state, fatal: false, message: message.into(), hint: None }
+    }
+
+    /// The FATAL ErrorResponse for `e`, as `e` chooses it. When `e` hides its cause, the cause
+    /// is logged with a reference the client is given.
+    pub fn report<E: ClientFacing + ?Sized>(e: &E) -> Self {
+        Self::report_with(e, "")
+    }
+
+    /// [`report`](Self::report), the client text behind `context` (`"invalid startup packet: "`).
+    fn report_with<E: ClientFacing + ?Sized>(e: &E, context: &str) -> Self {
+        let text = e.client_text();
+        let message = if e.hides_cause() {
+            let reference = Self::reference();
+            tracing::warn!(
+                kind = e.kind().as_str(),
+                retryable = e.retryable(),
+                %reference,
+                error = %e,
+                "error reported to a client without its cause"
+            );
+            format!("{context}{text} (ref {reference})")
+        } else {
+            format!("{context}{text}")
+        };
+        PgError { state: e.sqlstate(), fatal: true, message, hint: e.hint().map(Cow::into_owned) }
+    }
+
+    /// A startup packet that cannot be read.
+    pub fn invalid_startup_packet<E: ClientFacing + ?Sized>(e: &E) -> Self {
+        Self::report_with(e, "invalid startup packet: ")
+    }
+
+    /// A malformed frame from a logged-in client.
+    pub fn invalid_client_message<E: ClientFacing + ?Sized>(e: &E) -> Self {
+        Self::report_with(e, "invalid message from client: ")
+    }
+
+    /// A malformed frame during authentication.
+    pub fn invalid_auth_message<E: ClientFacing + ?Sized>(e: &E) -> Self {
+        Self::report_with(e, "invalid message: ")
+    }
+
+    /// A SASL message that breaks the SCRAM exchange.
+    pub fn invalid_sasl_message<E: ClientFacing + ?Sized>(e: &E) -> Self {
+        Self::report_with(e, "invalid SASL message: ")
+    }
+
+    /// A message other than a password/SASL response during authentication.
+    pub fn expected_sasl_response() -> Self {
+        PgError::fatal(SqlState::ProtocolViolation, "expected a SASL response")
+    }
+
+    /// Login took longer than `startup_timeout`.
+    pub fn startup_timed_out() -> Self {
+        PgError::fatal(SqlState::ProtocolViolation, "startup timed out")
+    }
+
+    /// TLS is required and the client did not ask for it.
+    pub fn tls_required() -> Self {
+        PgError::fatal(SqlState::InvalidAuthorization, "TLS is required")
+            .with_hint("connect with sslmode=require (or verify-full)")
+    }
+
+    pub fn replication_unsupported() -> Self {
+        PgError::fatal(SqlState::FeatureNotSupported, "pgtenant does not proxy replication connections")
+            .with_hint("connect replication clients to the PostgreSQL server directly")
+    }
+
+    /// `max_client_conn` is reached.
+    pub fn too_many_clients() -> Self {
+        PgError::fatal(SqlState::TooManyConnections, "sorry, too many clients already")
+            .with_hint("pgtenant's max_client_conn is reached")
+    }
+
+    /// `max_prelogin_connections` is reached.
+    pub fn too_many_logging_in() -> Self {
+        PgError::fatal(SqlState::TooManyConnections, "sorry, too many clients already")
+            .with_hint("too many connections are logging in to pgtenant at once (max_prelogin_connections)")
+    }
+
+    /// The tenant's `max_clients` is reached.
+    pub fn too_many_tenant_clients(tenant: &str) -> Self {
+        PgError::fatal(SqlState::TooManyConnections, format!("too many connections for tenant \"{tenant}\""))
+            .with_hint("the tenant's max_clients is reached")
+    }
+
+    /// Failed logins from this address for this tenant are throttled.
+    pub fn auth_throttled() -> Self {
+        PgError::fatal(SqlState::InvalidPassword, "too many failed authentication attempts from this address")
+            .with_hint("wait a minute before trying again")
+    }
+
+    /// A wrong password, or an unknown tenant or user (the same text: no enumeration).
+    pub fn password_failed() -> Self {
+        PgError::fatal(SqlState::InvalidPassword, "password authentication failed")
+    }
+
+    pub fn unsupported_sasl_mechanism() -> Self {
+        PgError::fatal(SqlState::InvalidAuthorization, "unsupported SASL mechanism")
+            .with_hint("use SCRAM-SHA-256")
+    }
+
+    /// The client left before authentication ended (no message reaches it).
+    pub fn client_left_during_auth() -> Self {
+        PgError::fatal(SqlState::ConnectionFailure, "client left during authentication")
+    }
+
+    /// The client's socket failed mid-handshake (no message reaches it).
+    pub fn client_connection_lost() -> Self {
+        PgError::fatal(SqlState::ConnectionFailure, "client connection lost")
+    }
+
+    /// An unknown tenant, with authentication off (or found gone by the catalog watch).
+    pub fn tenant_unknown(tenant: &str) -> Self {
+        PgError::fatal(SqlState::InvalidCatalogName, format!("tenant \"{tenant}\" does not exist"))
+    }
+
+    /// A tenant that is pending, suspended or migrating.
+    pub fn tenant_not_active(tenant: &str, status: &str) -> Self {
+        PgError::fatal(SqlState::CannotConnectNow, format!("tenant \"{tenant}\" is {status}"))
+            .with_hint("connections are accepted again once the tenant is active")
+    }
+
+    /// An archived or deleted tenant.
+    pub fn tenant_gone(tenant: &str, status: &str) -> Self {
+        PgError::fatal(SqlState::InvalidCatalogName, format!("tenant \"{tenant}\" is {status}"))
+    }
+
+    /// Ends a session because its tenant stopped being active (`reason` says how).
+    pub fn terminating(reason: &PgError) -> Self {
+        PgError::fatal(SqlState::AdminShutdown, format!("terminating connection: {}", reason.message))
+    }
+
+    pub fn shutting_down() -> Self {
+        PgError::fatal(SqlState::AdminShutdown, "terminating connection: pgtenant is shutting down")
+    }
+
+    /// The upstream connection dropped under a session.
+    pub fn upstream_lost(tenant: &str) -> Self {
+        PgError::fatal(
+            SqlState::ConnectionFailure,
+            format!("lost the connection to the database of tenant \"{tenant}\""),
+        )
+    }
+
+    /// pgtenant's session setup (or the reset before it) failed and the server's own error
+    /// did not arrive whole.
+    pub fn session_setup_failed() -> Self {
+        PgError::fatal(SqlState::ConnectionFailure, "the session setup failed")
+    }
+
+    /// A session panicked.
+    pub fn internal(tenant: &str) -> Self {
+        PgError::fatal(SqlState::Internal, format!("internal error in the session of tenant \"{tenant}\""))
+    }
+
+    pub fn query_timeout(tenant: &str) -> Self {
+        PgError::fatal(
+            SqlState::QueryCanceled,
+            format!("canceling statement due to query_timeout of tenant \"{tenant}\""),
+        )
+    }
+
+    pub fn idle_transaction_timeout(tenant: &str) -> Self {
+        PgError::fatal(
+            SqlState::IdleInTransactionTimeout,
+            format!("terminating connection due to idle_transaction_timeout of tenant \"{tenant}\""),
+        )
+    }
+
+    pub fn client_idle_timeout(tenant: &str) -> Self {
+        PgError::fatal(
+            SqlState::IdleSessionTimeout,
+            format!("terminating connection due to client_idle_timeout of tenant \"{tenant}\""),
+        )
+    }
+
+    /// A client holds as many prepared statements (or as much of their text) as pgtenant
+    /// keeps for one client.
+    pub fn too_many_statements(max: usize, max_bytes: usize) -> Self {
+        PgError::error(
+            SqlState::ProgramLimitExceeded,
+            format!(
+                "a client may hold at most {max} prepared statements or {} MiB of their text",
+                max_bytes >> 20
+            ),
+        )
+    }
+
+    /// SQL-level PREPARE / EXECUTE / DEALLOCATE in transaction pooling mode.
+    pub fn sql_prepare_unsupported() -> Self {
+        PgError::error(
+            SqlState::FeatureNotSupported,
+            "SQL PREPARE/EXECUTE/DEALLOCATE are not supported in transaction pooling mode",
+        )
+        .with_hint("use protocol-level prepared statements (they are tracked), or session pooling mode")
+    }
+
+    /// A session-level feature (LISTEN, temporary tables …) under `session_features = "refuse"`.
+    pub fn session_feature_unsupported(feature: &str) -> Self {
+        PgError::error(
+            SqlState::FeatureNotSupported,
+            format!("{feature} does not work in transaction pooling mode"),
+        )
+        .with_hint("use session pooling for this client, or set pool.session_features to pin")
     }
 
     /// PostgreSQL's error for a prepared statement the client does not have.

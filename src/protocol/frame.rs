@@ -2,8 +2,12 @@
 //! tag), and a body. pgtenant forwards frames as their original bytes and decodes only the
 //! few it must act on.
 
+use std::borrow::Cow;
+
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::error::{ClientFacing, ErrorKind, SqlState};
 
 /// Tag byte + length word.
 pub const HEADER_LEN: usize = 5;
@@ -37,6 +41,28 @@ pub enum FrameError {
     Truncated,
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl ClientFacing for FrameError {
+    fn sqlstate(&self) -> SqlState {
+        SqlState::ProtocolViolation
+    }
+
+    fn client_text(&self) -> Cow<'_, str> {
+        match self {
+            FrameError::BadLength(n) => format!("invalid message length {n}").into(),
+            FrameError::TooLarge { len, max } => {
+                format!("message of {len} bytes exceeds the limit of {max} bytes").into()
+            }
+            FrameError::Truncated => Cow::Borrowed("connection closed in the middle of a message"),
+            // The socket's own error is for the log.
+            FrameError::Io(_) => Cow::Borrowed("connection error"),
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Client
+    }
 }
 
 /// Reads the header of the frame at the front of `buf`: its tag and its total size on the wire

@@ -9,5 +9,5 @@ pub mod frame;
 pub mod frontend;
 pub mod startup;
 
-pub use error::{PgError, SqlState};
+pub use error::{ClientFacing, ErrorKind, PgError, SqlState};
 pub use frame::{Frame, FrameError, FrameReader};

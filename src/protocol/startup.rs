@@ -1,7 +1,10 @@
 //! The untagged packets a client may open with: SSLRequest, GSSENCRequest, CancelRequest and
 //! StartupMessage. <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-START-UP>
 
+use std::borrow::Cow;
+
 use super::backend::cstr;
+use super::error::{ClientFacing, ErrorKind, SqlState};
 use super::frontend::CANCEL_REQUEST_CODE;
 
 /// `NEGOTIATE_SSL_CODE` and `NEGOTIATE_GSS_CODE` in `src/include/libpq/pqcomm.h`.
@@ -55,6 +58,65 @@ pub enum StartupError {
     UnsupportedProtocol(u16, u16),
     #[error("startup packet has no user name")]
     NoUser,
+}
+
+/// The words of the `options` startup parameter, as the server splits them
+/// (`pg_split_opts` in `src/backend/utils/init/postinit.c`): separated by whitespace, a
+/// backslash escaping the next character. Words come as written (escapes kept): see
+/// [`unescape_option`].
+pub fn option_words(options: &str) -> impl Iterator<Item = &str> {
+    let mut rest = options;
+    std::iter::from_fn(move || {
+        let start = rest.find(|c: char| !c.is_ascii_whitespace())?;
+        let word = &rest[start..];
+        let mut escaped = false;
+        let end = word
+            .char_indices()
+            .find(|&(_, c)| {
+                let split = !escaped && c.is_ascii_whitespace();
+                escaped = !escaped && c == '\\';
+                split
+            })
+            .map_or(word.len(), |(i, _)| i);
+        rest = &word[end..];
+        Some(&word[..end])
+    })
+}
+
+/// An option word with its backslash escapes resolved.
+pub fn unescape_option(word: &str) -> Cow<'_, str> {
+    if !word.contains('\\') {
+        return Cow::Borrowed(word);
+    }
+    let mut out = String::with_capacity(word.len());
+    let mut chars = word.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+impl ClientFacing for StartupError {
+    fn sqlstate(&self) -> SqlState {
+        SqlState::ProtocolViolation
+    }
+
+    fn client_text(&self) -> Cow<'_, str> {
+        match self {
+            StartupError::Malformed => Cow::Borrowed("invalid startup packet layout"),
+            StartupError::UnsupportedProtocol(major, minor) => {
+                format!("unsupported frontend protocol {major}.{minor}: pgtenant supports 3.0").into()
+            }
+            StartupError::NoUser => Cow::Borrowed("startup packet has no user name"),
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Client
+    }
 }
 
 /// Parses a startup-phase packet body (after its length word).
@@ -112,6 +174,15 @@ fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, StartupError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_split_as_the_server_splits_them() {
+        let words: Vec<&str> = option_words("  -c a=1\t tenant=acme  x\\ y \\").collect();
+        assert_eq!(words, ["-c", "a=1", "tenant=acme", "x\\ y", "\\"]);
+        assert_eq!(unescape_option("x\\ y"), "x y");
+        assert_eq!(unescape_option("a\\\\b"), "a\\b");
+        assert_eq!(option_words("   ").count(), 0);
+    }
 
     fn startup(params: &[u8]) -> Vec<u8> {
         let mut b = 196608i32.to_be_bytes().to_vec();

@@ -2,8 +2,11 @@
 //! name different tenants refuse the connection, naming both sources — never "first wins".
 
 use crate::config::{ResolverConfig, ResolverKind, UserFormat};
-use crate::protocol::startup::StartupMessage;
-use crate::protocol::{PgError, SqlState};
+use crate::protocol::startup::{option_words, StartupMessage};
+use std::borrow::Cow;
+
+use crate::protocol::error::{ClientFacing, ErrorKind};
+use crate::protocol::SqlState;
 
 use super::{TenantId, TenantIdError};
 
@@ -54,18 +57,33 @@ pub enum ResolveError {
     Conflict { first: String, first_source: Source, second: String, second_source: Source },
 }
 
-impl ResolveError {
-    pub fn to_client(&self) -> PgError {
-        let e = PgError::fatal(SqlState::InvalidAuthorization, self.to_string());
-        match self {
+/// Every part of these texts comes from what the client sent (or the resolver names): the
+/// Display is the client text.
+impl ClientFacing for ResolveError {
+    fn sqlstate(&self) -> SqlState {
+        SqlState::InvalidAuthorization
+    }
+
+    fn client_text(&self) -> Cow<'_, str> {
+        self.to_string().into()
+    }
+
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Client
+    }
+
+    fn hint(&self) -> Option<Cow<'_, str>> {
+        Some(match self {
             ResolveError::NoTenant { accepted } => {
-                e.with_hint(format!("name the tenant in one of these ways: {}", accepted.join("; ")))
+                format!("name the tenant in one of these ways: {}", accepted.join("; ")).into()
             }
-            ResolveError::Conflict { .. } => e.with_hint("name the tenant once, or the same way everywhere"),
+            ResolveError::Conflict { .. } => {
+                Cow::Borrowed("name the tenant once, or the same way everywhere")
+            }
             ResolveError::InvalidId { .. } => {
-                e.with_hint("tenant ids are lowercase letters, digits, '_' and '-', at most 48 characters")
+                Cow::Borrowed("tenant ids are lowercase letters, digits, '_' and '-', at most 48 characters")
             }
-        }
+        })
     }
 }
 
@@ -160,37 +178,10 @@ fn sni_label<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
 /// Finds a `tenant=<id>` word in `options` and returns it with the options that remain.
 /// Words are separated by unescaped spaces, as libpq splits them.
 fn options_tenant(options: &str) -> Option<(String, String)> {
-    let mut words: Vec<(usize, usize)> = Vec::new();
-    let mut start = None;
-    let mut escaped = false;
-    for (i, c) in options.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' => {
-                escaped = true;
-                start.get_or_insert(i);
-            }
-            c if c.is_ascii_whitespace() => {
-                if let Some(s) = start.take() {
-                    words.push((s, i));
-                }
-            }
-            _ => {
-                start.get_or_insert(i);
-            }
-        }
-    }
-    if let Some(s) = start {
-        words.push((s, options.len()));
-    }
-    let (hit, &(s, e)) =
-        words.iter().enumerate().find(|(_, (s, e))| options[*s..*e].starts_with("tenant="))?;
-    let tenant = options[s + "tenant=".len()..e].to_owned();
-    let rest: Vec<&str> =
-        words.iter().enumerate().filter(|(i, _)| *i != hit).map(|(_, (s, e))| &options[*s..*e]).collect();
+    let words: Vec<&str> = option_words(options).collect();
+    let hit = words.iter().position(|w| w.starts_with("tenant="))?;
+    let tenant = words[hit]["tenant=".len()..].to_owned();
+    let rest: Vec<&str> = words.iter().enumerate().filter(|(i, _)| *i != hit).map(|(_, w)| *w).collect();
     Some((tenant, rest.join(" ")))
 }
 
@@ -293,7 +284,7 @@ mod tests {
                             | (ResolveError::Conflict { .. }, "conflict")
                     );
                     assert!(matches, "{params:?} {sni:?}: got {e:?}, want {kind}");
-                    let pg = e.to_client();
+                    let pg = crate::protocol::PgError::report(e);
                     assert_eq!(pg.state, SqlState::InvalidAuthorization);
                     assert!(pg.message.len() < 400, "huge message for {params:?}");
                     assert!(!pg.message.contains('\0'));
@@ -310,7 +301,7 @@ mod tests {
         assert_eq!((r.tenant.as_str(), r.source), ("acme", Source::Database));
         let e = resolve(&startup(&[("user", "app.acme"), ("database", "globex")]), None, &cfg)
             .expect_err("conflict");
-        let msg = e.to_client().message;
+        let msg = crate::protocol::PgError::report(&e).message;
         assert!(msg.contains("the user name") && msg.contains("the database name"), "{msg}");
     }
 
@@ -350,7 +341,7 @@ mod tests {
     fn no_tenant_hint_lists_the_enabled_forms() {
         let cfg = ResolverConfig { sni_suffix: "db.example.com".into(), ..ResolverConfig::default() };
         let e = resolve(&startup(&[("user", "postgres")]), None, &cfg).expect_err("none");
-        let hint = e.to_client().hint.unwrap_or_default();
+        let hint = crate::protocol::PgError::report(&e).hint.unwrap_or_default();
         for form in ["user <role>.<tenant>", "options 'tenant=<tenant>'", "tenant:<tenant>", "db.example.com"]
         {
             assert!(hint.contains(form), "{hint}");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pgtenant::admin::http::{AdminState, OPENAPI, PROBLEM_TYPE_PREFIX};
 use pgtenant::admin::{new_token, token_sha256};
 use pgtenant::config::Config;
-use pgtenant::server::Proxy;
+use pgtenant::proxy::Proxy;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

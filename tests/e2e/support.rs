@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pgtenant::config::{Config, PoolMode, TenantConfig, UpstreamConfig};
 use pgtenant::embedded::Cluster;
-use pgtenant::server::Proxy;
+use pgtenant::proxy::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls};

@@ -7,8 +7,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::*;
 use crate::client::pipeline::COPY_FAIL_CODE;
+use crate::client::statements::own_refusal;
+use crate::protocol::backend::tag as be;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{header, DEFAULT_MAX_MESSAGE, HEADER_LEN};
+use crate::protocol::SqlState;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Forwards whole and streaming server frames to the client, swallowing the replies to
@@ -42,13 +45,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             };
             let whole = avail >= len;
-            let needed = if tag == b'E' { len.min(ERROR_PREFIX) } else { len };
-            if matches!(tag, b'Z' | b'S' | b'E' | b'C') && avail < needed {
+            let needed = if tag == be::ERROR_RESPONSE { len.min(ERROR_PREFIX) } else { len };
+            if matches!(
+                tag,
+                be::READY_FOR_QUERY | be::PARAMETER_STATUS | be::ERROR_RESPONSE | be::COMMAND_COMPLETE
+            ) && avail < needed
+            {
                 break;
             }
             let seen = pos + len.min(avail);
             if let Some(token) = self.resync.as_deref() {
-                if !self.resync_swallowing && tag == b'T' {
+                if !self.resync_swallowing && tag == be::ROW_DESCRIPTION {
                     if !whole {
                         break;
                     }
@@ -57,13 +64,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             if self.resync_swallowing {
-                if tag == b'Z' && !whole {
+                if tag == be::READY_FOR_QUERY && !whole {
                     break;
                 }
                 let take = len.min(avail);
                 self.write_client(from, pos).await?;
                 from = pos + take;
-                if tag == b'Z' {
+                if tag == be::READY_FOR_QUERY {
                     // The marker's ReadyForQuery: everything the client sent is answered.
                     if len != HEADER_LEN + 1 {
                         return Err(Exit::ServerLost);
@@ -77,8 +84,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     if let Some(server) = self.server.as_mut() {
                         // What was prepared meanwhile is unknown: prepared afresh when used,
                         // and reset before anyone else gets the connection.
-                        server.conn().prepared.clear();
-                        server.conn().dirty = true;
+                        server.conn().prepared_mut().clear();
+                        server.conn().mark_dirty();
                     }
                     tracing::debug!(tenant = %self.tenant.id, "server connection resynchronised");
                 }
@@ -88,7 +95,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 continue;
             }
             let setup = self.progress.swallow_z > 0;
-            let error = (tag == b'E').then(|| parse_error_fields(&self.sbuf[pos + HEADER_LEN..seen]));
+            let error =
+                (tag == be::ERROR_RESPONSE).then(|| parse_error_fields(&self.sbuf[pos + HEADER_LEN..seen]));
             if let Some(e) = &error {
                 if matches!(e.severity.as_str(), "FATAL" | "PANIC") {
                     self.progress.fatal = true;
@@ -97,17 +105,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // Replies to pgtenant's setup query are swallowed whole; everything else is routed
             // by the reply model.
             let mut replace = None;
-            let swallow = setup
+            let mut swallow = setup
                 || {
                     let code = match &error {
-                        Some(e) if e.code == "57014" && e.message.starts_with("COPY from stdin failed") => {
+                        Some(e)
+                            if e.code == SqlState::QueryCanceled.code()
+                                && e.message.starts_with("COPY from stdin failed") =>
+                        {
                             COPY_FAIL_CODE
                         }
                         Some(e) => e.code.as_str(),
                         None => "",
                     };
                     let mut route = self.pipeline.route(tag, code);
-                    tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid), tag = %(tag as char), forward = route.forward, "server message");
+                    tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid()), tag = %(tag as char), forward = route.forward, "server message");
                     self.sets.pending.extend(route.completed_set.take());
                     self.apply_effects(std::mem::take(&mut route.undo), std::mem::take(&mut route.done));
                     if (route.unexpected || self.pipeline.uncertain()) && !self.progress.desync {
@@ -117,9 +128,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     replace = route.replace;
                     !route.forward
                 };
+            if let (false, true, Some(e)) = (swallow, whole, &error) {
+                // pgtenant's refusals are raised by a DO block (so they come where the refused
+                // statement's reply would): sent as pgtenant's own error, without its CONTEXT.
+                if let Some(own) = own_refusal(&e.code, &e.message) {
+                    replace = Some(Bytes::from(own.to_bytes()));
+                    swallow = true;
+                }
+            }
             let p = &mut self.progress;
             match tag {
-                b'Z' => {
+                be::READY_FOR_QUERY => {
                     if len != HEADER_LEN + 1 {
                         return Err(Exit::ServerLost);
                     }
@@ -141,7 +160,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         self.sets.settle(p.status, &mut self.vars, server.conn(), &self.tenant.session_vars);
                     }
                 }
-                b'S' => {
+                be::PARAMETER_STATUS => {
                     if let Some((k, v)) = parse_parameter_status(&self.sbuf[pos + HEADER_LEN..pos + len]) {
                         let before = self.vars.fingerprint();
                         self.vars.observe(&k, &v);
@@ -150,11 +169,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             conn.set_var(&k, &v);
                             // Still in step with this client if it was before the change.
                             let fp = self.vars.fingerprint();
-                            conn.vars_fingerprint = if conn.vars_fingerprint == before { fp } else { 0 };
+                            conn.set_vars_fingerprint(if conn.vars_fingerprint() == before { fp } else { 0 });
                         }
                     }
                 }
-                b'E' if setup => {
+                be::ERROR_RESPONSE if setup => {
                     let frame = &self.sbuf[pos..seen];
                     if let Some(e) = &error {
                         tracing::warn!(tenant = %self.tenant.id, code = %e.code, message = %e.message, "session setup failed");
@@ -162,33 +181,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.setup_error = Some(if whole {
                         Bytes::copy_from_slice(frame)
                     } else {
-                        let e = PgError::fatal(SqlState::ConnectionFailure, "the session setup failed");
-                        Bytes::from(e.to_bytes())
+                        Bytes::from(PgError::session_setup_failed().to_bytes())
                     });
                 }
-                b'E' if self.mode == PoolMode::Transaction => {
+                be::ERROR_RESPONSE if self.mode == PoolMode::Transaction => {
                     // DDL changed a prepared statement's result type: the error goes to the
                     // client (as from Postgres) and this connection's statements are prepared
                     // afresh the next time they are used.
                     if let Some(e) = &error {
-                        if e.code == "0A000" && e.message.contains("cached plan must not change result type")
+                        if e.code == SqlState::FeatureNotSupported.code()
+                            && e.message.contains("cached plan must not change result type")
                         {
                             if let Some(server) = self.server.as_mut() {
-                                server.conn().prepared.clear();
+                                server.conn().prepared_mut().clear();
                             }
                         }
                     }
                 }
-                b'C' if !setup => {
+                be::COMMAND_COMPLETE if !setup => {
                     let tag = &self.sbuf[pos + HEADER_LEN..pos + len];
                     if tag.starts_with(b"SET\0") || tag.starts_with(b"RESET\0") {
                         // Tracked or not is decided at the end of the transaction.
                         self.sets.seen += 1;
                     } else if changes_session_state(tag) {
                         if let Some(server) = self.server.as_mut() {
-                            server.conn().dirty = true;
+                            server.conn().mark_dirty();
                             if tag.starts_with(b"DEALLOCATE") || tag.starts_with(b"DISCARD") {
-                                server.conn().prepared.clear();
+                                server.conn().prepared_mut().clear();
                             }
                         }
                         if tag == b"DEALLOCATE ALL\0" || tag == b"DISCARD ALL\0" {
