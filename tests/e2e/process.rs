@@ -194,7 +194,7 @@ async fn sigterm_ends_the_process_in_time_when_a_client_stops_reading() {
     msg.extend_from_slice(query);
     stuck.write_all(&msg).await.expect("query");
     // A well-behaved client too.
-    let fine = connect_str(&serve.conninfo(&t)).await;
+    let fine = connect_watched(&serve.conninfo(&t)).await;
     fine.batch_execute("SELECT 1").await.expect("served");
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -211,7 +211,7 @@ async fn sigterm_ends_the_process_in_time_when_a_client_stops_reading() {
     assert!(status.success(), "{status:?}: {}", serve.log());
     // The well-behaved client was told why.
     let e = fine.batch_execute("SELECT 1").await.expect_err("closed by the shutdown");
-    assert!(e.is_closed() || code(&e) == "57P01", "{e}");
+    assert_eq!(fine.closing_code(&e).await, "57P01", "{e}");
     drop(stuck);
 }
 

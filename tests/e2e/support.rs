@@ -24,6 +24,50 @@ pub async fn connect_str(conninfo: &str) -> Client {
     client
 }
 
+/// A client whose connection task is kept. tokio-postgres ends that task with the error of an
+/// ErrorResponse that arrives while no request waits (a FATAL sent before closing an idle
+/// session), and the next request only sees "connection closed"; the SQLSTATE a session was
+/// closed with is on the waiting request or else on the task.
+pub struct Watched {
+    pub client: Client,
+    ended: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+pub async fn connect_watched(conninfo: &str) -> Watched {
+    let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await.expect("connect");
+    Watched { client, ended: tokio::spawn(conn) }
+}
+
+impl std::ops::Deref for Watched {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Watched {
+    /// The SQLSTATE the server closed the session with, given the error of a request that
+    /// found it closing: the request's own, else the one the connection ended with. A socket
+    /// closed without an ErrorResponse gives a text that is no SQLSTATE.
+    pub async fn closing_code(self, request: &tokio_postgres::Error) -> String {
+        if request.code().is_some() {
+            return code(request);
+        }
+        self.ended_with().await
+    }
+
+    /// The SQLSTATE of the ErrorResponse that ended the connection (waits up to 5 s for it).
+    pub async fn ended_with(self) -> String {
+        match tokio::time::timeout(Duration::from_secs(5), self.ended).await {
+            Err(_) => "still open after 5 s".to_owned(),
+            Ok(joined) => match joined.expect("connection task") {
+                Ok(()) => "ended without an error".to_owned(),
+                Err(e) => code(&e),
+            },
+        }
+    }
+}
+
 /// The cluster's superuser, over the Unix socket.
 pub async fn admin(db: &str) -> Client {
     connect_str(&cluster().superuser_conninfo(db)).await
@@ -84,6 +128,11 @@ impl Harness {
     /// A tokio-postgres client through the proxy as `role.tenant`.
     pub async fn client(&self, tenant: &str) -> Client {
         connect_str(&self.conninfo(tenant)).await
+    }
+
+    /// Like [`Harness::client`], keeping the connection task to read how it ended.
+    pub async fn watched_client(&self, tenant: &str) -> Watched {
+        connect_watched(&self.conninfo(tenant)).await
     }
 
     pub fn conninfo(&self, tenant: &str) -> String {

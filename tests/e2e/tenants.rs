@@ -283,9 +283,9 @@ async fn status_changes_and_new_tenants_apply_within_a_second() {
     let control = control_db(&mut cfg).await;
     insert_tenant(&control, &t).await;
     let (h, _catalog) = start_control(cfg).await;
-    let idle = h.client(&t.id).await;
+    let idle = h.watched_client(&t.id).await;
     idle.batch_execute("CREATE TABLE log (x int)").await.expect("create");
-    let busy = h.client(&t.id).await;
+    let busy = h.watched_client(&t.id).await;
     busy.batch_execute("BEGIN; INSERT INTO log VALUES (1)").await.expect("busy tx");
 
     // Suspend: new logins get 57P03 within a second, the idle session is closed at once, the
@@ -300,14 +300,26 @@ async fn status_changes_and_new_tenants_apply_within_a_second() {
     })
     .await;
     assert!(refused, "suspension not applied within 1 s");
+    // The kick reaches the session either between these probes (then it ends the connection
+    // task) or as the reply to one; either way it must be a 57P01.
+    let refused_probe = std::sync::Mutex::new(None);
     let closed = eventually(Duration::from_secs(1), || async {
-        idle.is_closed() || idle.batch_execute("SELECT 1").await.is_err()
+        if idle.is_closed() {
+            return true;
+        }
+        let probe = idle.batch_execute("SELECT 1").await;
+        probe.map_err(|e| *refused_probe.lock().expect("lock") = Some(e)).is_err()
     })
     .await;
     assert!(closed, "idle session of a suspended tenant not closed");
+    let why = match refused_probe.into_inner().expect("lock") {
+        Some(e) => idle.closing_code(&e).await,
+        None => idle.ended_with().await,
+    };
+    assert_eq!(why, "57P01", "the idle session is told why");
     busy.batch_execute("INSERT INTO log VALUES (2); COMMIT").await.expect("the open transaction may finish");
     let e = busy.batch_execute("SELECT 1").await.expect_err("closed after its transaction");
-    assert!(e.is_closed() || code(&e) == "57P01", "{e}");
+    assert_eq!(busy.closing_code(&e).await, "57P01", "{e}");
     assert!(started.elapsed() < Duration::from_secs(3));
     let n: i64 = admin(&t.database).await.query_one("SELECT count(*) FROM log", &[]).await.expect("n").get(0);
     assert_eq!(n, 2, "the busy transaction committed");

@@ -75,8 +75,11 @@ fn messages_sent_after_an_error_arrived_are_skipped_too() {
     fwd(&mut p, &[Kind::Bind, Kind::Execute]);
     let (skipped, _) = p.take_effects();
     assert_eq!(skipped, undo, "the skipped Parse is not recorded as prepared");
-    assert!(p.owes_nothing() && !p.is_idle() || p.queue.is_empty(), "nothing owed until the Sync");
-    assert!(p.queue.is_empty());
+    assert!(p.queue.is_empty(), "the server skips them: no reply is owed for any");
+    assert!(p.owes_nothing());
+    assert_eq!(p.pending_ready(), 0);
+    assert!(!p.is_idle(), "the failed pipeline is open until its Sync: not releasable");
+    assert_eq!(p.take_effects(), (Vec::new(), Vec::new()), "every effect was handed out once");
     fwd(&mut p, &[Kind::Sync]);
     route(&mut p, b"Z");
     assert!(p.is_idle());
