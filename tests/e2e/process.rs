@@ -59,7 +59,7 @@ pool_mode = "session"
         );
         std::fs::write(&path, toml).expect("write config");
         let mut command = match fd_limit {
-            None => Command::new(env!("CARGO_BIN_EXE_pgtenant")),
+            None => pgtenant_command(),
             Some(n) => {
                 // bash sets the limit (soft and hard) and execs pgtenant in its place.
                 let mut c = Command::new("bash");
@@ -188,11 +188,8 @@ async fn sigterm_ends_the_process_in_time_when_a_client_stops_reading() {
         .await
         .expect("startup");
     read_until_ready(&mut stuck).await;
-    let query = b"SELECT repeat('x', 1048576) FROM generate_series(1, 400)\0";
-    let mut msg = vec![b'Q'];
-    msg.extend_from_slice(&((query.len() + 4) as i32).to_be_bytes());
-    msg.extend_from_slice(query);
-    stuck.write_all(&msg).await.expect("query");
+    let big = raw::query("SELECT repeat('x', 1048576) FROM generate_series(1, 400)");
+    stuck.write_all(&big).await.expect("query");
     // A well-behaved client too.
     let fine = connect_watched(&serve.conninfo(&t)).await;
     fine.batch_execute("SELECT 1").await.expect("served");
