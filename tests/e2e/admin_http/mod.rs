@@ -9,7 +9,6 @@ mod surface;
 mod tenant_life;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use pgtenant::admin::http::{AdminState, PROBLEM_TYPE_PREFIX};
@@ -152,9 +151,8 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
 struct Api {
     addr: SocketAddr,
     h: Harness,
-    cfg: Config,
-    control: Client,
-    dir: tempfile::TempDir,
+    /// The control database, the migrations directory and the config (with the token).
+    setup: Setup,
     /// In `[admin] token_sha256`.
     token: String,
     stop: CancellationToken,
@@ -169,21 +167,12 @@ impl Drop for Api {
 impl Api {
     async fn start(migrations: &[(&str, &str)]) -> Api {
         // A control database whose upstream has admin credentials, and the migrations.
-        let crate::lifecycle::Setup { mut cfg, control, dir } =
-            crate::lifecycle::Setup::new(migrations).await;
+        let mut setup = Setup::new(migrations).await;
         let token = new_token();
-        cfg.admin.token_sha256 = vec![token_sha256(&token)];
-        let (h, _catalog) = start_control(cfg.clone()).await;
-        let (addr, stop) = serve(h.proxy.clone(), &cfg).await;
-        Api { addr, h, cfg, control, dir, token, stop }
-    }
-
-    fn migration(&self, name: &str, sql: &str) {
-        std::fs::write(api_dir(&self.cfg).join(name), sql).expect("write migration");
-    }
-
-    fn remove_migration(&self, name: &str) {
-        std::fs::remove_file(api_dir(&self.cfg).join(name)).expect("remove migration");
+        setup.cfg.admin.token_sha256 = vec![token_sha256(&token)];
+        let (h, _catalog) = start_control(setup.cfg.clone()).await;
+        let (addr, stop) = serve(h.proxy.clone(), &setup.cfg).await;
+        Api { addr, h, setup, token, stop }
     }
 
     /// A request with the configured token; `body` is sent as application/json.
@@ -197,10 +186,6 @@ impl Api {
             None => http(self.addr, method, path, &[("Authorization", auth.as_str())], b"").await,
         }
     }
-}
-
-fn api_dir(cfg: &Config) -> PathBuf {
-    PathBuf::from(&cfg.lifecycle.migrations)
 }
 
 /// Starts the API for `proxy` on port 0; it stops when the token is cancelled.

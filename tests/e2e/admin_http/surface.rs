@@ -58,8 +58,9 @@ async fn a_token_is_required_from_the_config_or_the_catalog() {
 
     // A token made by `pgtenant admin token create` works at once; `revoke` takes effect at
     // once too.
-    let config_file = api.dir.path().join("pgtenant.toml");
-    std::fs::write(&config_file, format!("[catalog]\nurl = {:?}\n", api.cfg.catalog.url)).expect("config");
+    let config_file = api.setup.dir.path().join("pgtenant.toml");
+    std::fs::write(&config_file, format!("[catalog]\nurl = {:?}\n", api.setup.cfg.catalog.url))
+        .expect("config");
     let config_arg = config_file.display().to_string();
     let (status, stdout, stderr) =
         pgtenant(&["admin", "token", "create", "ops", "--config", &config_arg], "").await;
@@ -68,6 +69,7 @@ async fn a_token_is_required_from_the_config_or_the_catalog() {
     assert_eq!(made.len(), 43, "{stdout:?}");
     assert!(stderr.contains("not shown again"), "{stderr}");
     let stored: String = api
+        .setup
         .control
         .query_one("SELECT token_sha256 FROM pgtenant.admin_tokens WHERE name = 'ops'", &[])
         .await
@@ -140,7 +142,7 @@ async fn every_documented_route_exists_and_the_probes_answer() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let mut down = api.cfg.clone();
+    let mut down = api.setup.cfg.clone();
     down.catalog.url = format!("host=127.0.0.1 port={closed_port} user=postgres dbname=nowhere");
     let (down_addr, down_stop) = serve(Proxy::new(down.clone()), &down).await;
     http(down_addr, "GET", "/healthz", &[], b"").await.ok(200);
@@ -157,7 +159,7 @@ async fn every_documented_route_exists_and_the_probes_answer() {
 
     // Without a control database: ready (the static catalog cannot be down), tenant routes
     // 503, tokens only from the config.
-    let mut fixed = api.cfg.clone();
+    let mut fixed = api.setup.cfg.clone();
     fixed.catalog.url = String::new();
     let (fixed_addr, fixed_stop) = serve(Proxy::new(fixed.clone()), &fixed).await;
     http(fixed_addr, "GET", "/readyz", &[], b"").await.ok(200);
@@ -170,7 +172,7 @@ async fn every_documented_route_exists_and_the_probes_answer() {
     fixed_stop.cancel();
 
     // A digest that is not one is refused at start.
-    let mut bad = api.cfg.clone();
+    let mut bad = api.setup.cfg.clone();
     bad.admin.token_sha256 = vec!["not-a-digest".into()];
     let err = AdminState::new(api.h.proxy.clone(), &bad).err().expect("bad digest refused");
     assert!(err.to_string().contains("not-a-digest"), "{err}");

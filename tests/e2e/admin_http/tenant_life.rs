@@ -93,7 +93,7 @@ async fn a_schema_tenant_through_its_whole_life() {
         (&json!(true), &json!(1), &json!(1), &json!(true)),
         "{health}"
     );
-    api.migration("V002__sku.sql", "ALTER TABLE products ADD COLUMN sku text;");
+    api.setup.migration("V002__sku.sql", "ALTER TABLE products ADD COLUMN sku text;");
     let health = api.call("GET", &format!("/tenants/{t}/health"), None).await.ok(200);
     assert_eq!((&health["latest"], &health["current"]), (&json!(2), &json!(false)), "{health}");
     let sku_columns = || async {
@@ -130,7 +130,7 @@ async fn a_schema_tenant_through_its_whole_life() {
     assert_eq!((&health["version"], &health["current"]), (&json!(2), &json!(true)), "{health}");
 
     // Across tenants: one fails, the answer is still 200 with the count.
-    api.migration(
+    api.setup.migration(
         "V003__v3.sql",
         &format!(
             "DO $$ BEGIN IF current_schema() = '{t2}' THEN RAISE EXCEPTION 'no V003 for {t2}'; END IF; END $$;
@@ -168,7 +168,7 @@ async fn a_schema_tenant_through_its_whole_life() {
         (&json!("skipped"), &json!("failed")),
         "{stopped}"
     );
-    api.remove_migration("V003__v3.sql");
+    api.setup.remove_migration("V003__v3.sql");
 
     // Archive: refused while a client is connected, forced otherwise; then 3D000.
     let held = api.h.client(&t).await;
@@ -211,6 +211,7 @@ async fn a_schema_tenant_through_its_whole_life() {
     }
     assert_eq!(api.call("GET", "/tenants", None).await.ok(200), json!([]));
     let events: i64 = api
+        .setup
         .control
         .query_one("SELECT count(*) FROM pgtenant.events WHERE tenant_id = $1 AND kind = 'deleted'", &[&t])
         .await
@@ -245,6 +246,7 @@ async fn an_operation_completes_when_the_client_goes_away() {
     let n: i64 = c.query_one("SELECT count(*) FROM products", &[]).await.expect("products").get(0);
     assert_eq!(n, 0);
     let events: Vec<String> = api
+        .setup
         .control
         .query("SELECT kind FROM pgtenant.events WHERE tenant_id = $1 ORDER BY id", &[&t])
         .await
@@ -258,7 +260,7 @@ async fn an_operation_completes_when_the_client_goes_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_tenant_moves_over_http() {
     let api = Api::start(&[("V001__products.sql", PRODUCTS)]).await;
-    let other = crate::lifecycle::second_upstream(&api.control, "other").await;
+    let other = second_upstream(&api.setup.control, "other").await;
     let t = unique("admmove");
     let info = api.call("POST", "/tenants", Some(json!({ "id": t, "upstream": "local" }))).await.ok(201);
     let c = api.h.client(&t).await;

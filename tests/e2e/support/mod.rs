@@ -1,6 +1,7 @@
 //! Test support: one throwaway PostgreSQL cluster per test binary, a database and login role
 //! per test, and the proxy started in-process on port 0. Raw protocol in `raw`, the binary
-//! in `cli`, the two-tenants-one-role fixture in `pair`.
+//! in `cli`, the two-tenants-one-role fixture in `pair`, a control database ready for the
+//! lifecycle in `managed`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,10 +9,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 mod cli;
+mod managed;
 mod pair;
 pub mod raw;
 
 pub use cli::{pgtenant, pgtenant_command, pgtenant_env};
+pub use managed::{second_upstream, Setup};
 pub use pair::{tenant_pair, Access};
 pub use raw::{raw_exchange, read_until_ready, sqlstate, startup_packet, startup_packet_version};
 
