@@ -1,7 +1,7 @@
 //! What the console answers when a statement fails: PgBouncer's texts (`src/admin.c`), all
 //! sent as ERROR with SQLSTATE 08P01 as `send_pooler_error` does, the session going on.
 
-use crate::protocol::{PgError, SqlState};
+use crate::protocol::PgError;
 
 /// A console statement that failed. The texts are PgBouncer's, so scripts written against
 /// it read the same thing; they echo only what the console user typed.
@@ -51,7 +51,7 @@ impl ConsoleError {
     /// PgBouncer sends RELOAD's failure with F0000 (config_file_error); until
     /// [`SqlState`] has that code it goes out as 08P01 like the others.
     pub fn to_pg_error(&self) -> PgError {
-        PgError::error(SqlState::ProtocolViolation, self.to_string())
+        PgError::console(self.to_string())
     }
 
     /// A short label for logs and metrics.

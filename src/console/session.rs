@@ -18,7 +18,7 @@ use super::error::ConsoleError;
 use super::show::{self, Column, ShowError, Value, View};
 use super::{Access, ConsoleSource};
 use crate::protocol::backend::{self, cstr};
-use crate::protocol::{FrameError, FrameReader, PgError, SqlState};
+use crate::protocol::{FrameError, FrameReader, PgError};
 
 /// The largest message the console reads. Console statements are one short line; PgBouncer
 /// reads them into its 4 KiB packet buffer. Anything larger is refused and the session ends.
@@ -263,7 +263,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<'_, S> {
 
     /// Queues FATAL 08P01 and gives the error that ends the session.
     fn violation(&mut self, what: String) -> SessionError {
-        PgError::fatal(SqlState::ProtocolViolation, what.clone()).encode(&mut self.out);
+        PgError::console_fatal(what.clone()).encode(&mut self.out);
         SessionError::Protocol(what)
     }
 
@@ -392,14 +392,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<'_, S> {
         };
         if params != 0 {
             // PostgreSQL's text for a parameter count that does not match (08P01).
-            self.extended_error(PgError::error(
-                SqlState::ProtocolViolation,
-                format!("bind message supplies {params} parameters, but prepared statement requires 0"),
-            ));
+            self.extended_error(PgError::console(format!(
+                "bind message supplies {params} parameters, but prepared statement requires 0"
+            )));
             return Ok(None);
         }
         if let Err(e) = show::check_formats(columns_of(&command).unwrap_or(&[]), &formats) {
-            self.extended_error(PgError::error(SqlState::ProtocolViolation, e.to_string()));
+            self.extended_error(PgError::console(e.to_string()));
             return Ok(None);
         }
         if self.portals.len() >= MAX_NAMED && !self.portals.contains_key(portal) {
@@ -439,7 +438,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Console<'_, S> {
         match columns_of(command) {
             Some(columns) => {
                 if let Err(e) = show::row_description(&mut self.out, columns, formats) {
-                    let e = PgError::error(SqlState::ProtocolViolation, e.to_string());
+                    let e = PgError::console(e.to_string());
                     self.extended_error(e);
                 }
             }
@@ -562,17 +561,14 @@ fn param_columns(name: &str) -> &'static [Column] {
 }
 
 fn too_many(what: &str) -> PgError {
-    PgError::error(
-        SqlState::ProgramLimitExceeded,
-        format!("the admin console keeps at most {MAX_NAMED} {what}"),
-    )
+    PgError::console_limit(MAX_NAMED, what)
 }
 
 /// A row the proxy handed over did not fit its view: logged in full, reported by reference.
 fn internal(e: ShowError) -> PgError {
     let reference = PgError::reference();
     tracing::error!(error = %e, reference, "admin console could not encode a result");
-    PgError::error(SqlState::Internal, format!("internal error in the admin console (reference {reference})"))
+    PgError::console_internal(&reference)
 }
 
 /// NoticeResponse with severity NOTICE and SQLSTATE 00000, as PgBouncer sends them.

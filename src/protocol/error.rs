@@ -371,6 +371,33 @@ impl PgError {
         )
     }
 
+    /// An admin console error: PgBouncer answers every console error with ERROR 08P01 and
+    /// keeps the session (its `admin.c`); the text is the console's own, never an internal one.
+    pub fn console(text: impl Into<String>) -> Self {
+        PgError::error(SqlState::ProtocolViolation, text)
+    }
+
+    /// The admin console ends a session that broke the protocol (FATAL 08P01).
+    pub fn console_fatal(text: impl Into<String>) -> Self {
+        PgError::fatal(SqlState::ProtocolViolation, text)
+    }
+
+    /// The admin console's cap on named statements or portals (54000).
+    pub fn console_limit(max: usize, what: &str) -> Self {
+        PgError::error(
+            SqlState::ProgramLimitExceeded,
+            format!("the admin console keeps at most {max} {what}"),
+        )
+    }
+
+    /// The admin console could not encode a result; the detail is logged under `reference`.
+    pub fn console_internal(reference: &str) -> Self {
+        PgError::error(
+            SqlState::Internal,
+            format!("internal error in the admin console (reference {reference})"),
+        )
+    }
+
     /// A short random reference that ties a client's error message to the log line with
     /// the details pgtenant does not send to clients.
     pub fn reference() -> String {

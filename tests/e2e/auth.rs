@@ -154,27 +154,6 @@ async fn a_tenant_can_keep_trust_while_the_proxy_requires_scram() {
     c.batch_execute("SELECT 1").await.expect("trust tenant");
 }
 
-async fn pgtenant_cli(args: &[&str], stdin: &str) -> (bool, String) {
-    pgtenant_cli_env(args, stdin, &[]).await
-}
-
-async fn pgtenant_cli_env(args: &[&str], stdin: &str, envs: &[(&str, &str)]) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgtenant"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("pgtenant");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).await.expect("write stdin");
-    let out = child.wait_with_output().await.expect("wait");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_users_managed_from_the_cli_apply_at_once() {
     let t = tenant_db("cliuser").await;
@@ -188,8 +167,9 @@ async fn tenant_users_managed_from_the_cli_apply_at_once() {
         async move { tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.map(|_| ()) }
     };
     assert_eq!(code(&login("cli-pw").await.expect_err("no user yet")), "28P01");
-    let (ok, out) = pgtenant_cli(&["tenant", "user", "add", &t.id, "app", "--url", &url], "cli-pw\n").await;
-    assert!(ok, "{out}");
+    let (code, out, err) =
+        pgtenant(&["tenant", "user", "add", &t.id, "app", "--url", &url], "cli-pw\n").await;
+    assert_eq!(code, 0, "{out}{err}");
     // The catalog's NOTIFY drops the cached tenant: the new credential works at once.
     assert!(eventually(std::time::Duration::from_secs(1), || async { login("cli-pw").await.is_ok() }).await);
     let stored: String = control
@@ -198,14 +178,14 @@ async fn tenant_users_managed_from_the_cli_apply_at_once() {
         .expect("row")
         .get(0);
     assert!(stored.starts_with("SCRAM-SHA-256$") && !stored.contains("cli-pw"), "no plaintext stored");
-    let (ok, out) = pgtenant_cli(&["tenant", "user", "list", &t.id, "--url", &url], "").await;
-    assert!(ok && out.starts_with("app\t"), "{out}");
-    let (ok, out) = pgtenant_cli(&["tenant", "user", "remove", &t.id, "app", "--url", &url], "").await;
-    assert!(ok, "{out}");
+    let (code, out, err) = pgtenant(&["tenant", "user", "list", &t.id, "--url", &url], "").await;
+    assert!(code == 0 && out.starts_with("app\t"), "{out}{err}");
+    let (code, out, err) = pgtenant(&["tenant", "user", "remove", &t.id, "app", "--url", &url], "").await;
+    assert_eq!(code, 0, "{out}{err}");
     assert!(eventually(std::time::Duration::from_secs(1), || async { login("cli-pw").await.is_err() }).await);
     // hash-password prints a verifier the proxy accepts.
-    let (ok, out) = pgtenant_cli(&["hash-password"], "another\n").await;
-    assert!(ok && Verifier::parse(out.trim()).is_some(), "{out}");
+    let (code, out, err) = pgtenant(&["hash-password"], "another\n").await;
+    assert!(code == 0 && Verifier::parse(out.trim()).is_some(), "{out}{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,13 +354,13 @@ async fn upstream_passwords_are_encrypted_at_rest_and_keys_rotate() {
     let url = cfg.catalog.url.clone();
     let (k1, k2) = (Keys::generate_line("k1"), Keys::generate_line("k2"));
     // The password goes in under k1 …
-    let (ok, out) = pgtenant_cli_env(
+    let (code, out, err) = pgtenant_env(
         &["tenant", "set-password", &t.id, "--url", &url],
         &format!("{password}\n"),
         &[("PGTENANT_MASTER_KEYS", &k1)],
     )
     .await;
-    assert!(ok, "{out}");
+    assert_eq!(code, 0, "{out}{err}");
     // … the proxy knows k2 (current) and k1.
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = dir.path().join("keys");
@@ -402,10 +382,9 @@ async fn upstream_passwords_are_encrypted_at_rest_and_keys_rotate() {
         .expect("admin password");
     // Rotate to k2: every tenant stays reachable.
     let both = format!("{k2}\n{k1}");
-    let (ok, out) =
-        pgtenant_cli_env(&["catalog", "rotate-key", "--url", &url], "", &[("PGTENANT_MASTER_KEYS", &both)])
-            .await;
-    assert!(ok && out.contains("1 tenant password(s) now under key k2"), "{out}");
+    let (code, out, err) =
+        pgtenant_env(&["catalog", "rotate-key", "--url", &url], "", &[("PGTENANT_MASTER_KEYS", &both)]).await;
+    assert!(code == 0 && out.contains("1 tenant password(s) now under key k2"), "{out}{err}");
     assert!(out.contains("1 upstream admin password(s) now under key k2"), "{out}");
     let admin: String = control
         .query_one("SELECT admin_password FROM pgtenant.upstreams", &[])

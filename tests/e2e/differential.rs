@@ -145,9 +145,7 @@ fn generate(rng: &mut Rng, transaction_mode: bool) -> Vec<Msg> {
 }
 
 fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
-    out.push(tag);
-    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    out.extend_from_slice(body);
+    out.extend(raw::msg(tag, body));
 }
 
 fn cstr(b: &mut Vec<u8>, s: &str) {

@@ -8,15 +8,8 @@ use pgtenant::config::{PoolMode, TenantConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::support::raw::query;
 use crate::support::*;
-
-fn query(sql: &str) -> Vec<u8> {
-    let mut q = vec![b'Q'];
-    q.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
-    q.extend_from_slice(sql.as_bytes());
-    q.push(0);
-    q
-}
 
 fn login(t: &TenantConfig) -> Vec<u8> {
     startup_packet(&[("user", &format!("app.{}", t.id)), ("database", &t.database)])

@@ -171,8 +171,8 @@ async fn shutdown_lets_transactions_finish_then_closes_with_57p01() {
     let mut cfg = config(vec![t.clone()]);
     cfg.proxy.shutdown_timeout = 5.0;
     let h = start(cfg).await;
-    let idle = h.client(&t.id).await;
-    let busy = h.client(&t.id).await;
+    let idle = h.watched_client(&t.id).await;
+    let busy = h.watched_client(&t.id).await;
     busy.batch_execute("CREATE TABLE done (x int)").await.expect("create");
     busy.batch_execute("BEGIN").await.expect("begin");
     h.proxy.shutdown.drain.cancel();
@@ -180,12 +180,12 @@ async fn shutdown_lets_transactions_finish_then_closes_with_57p01() {
     // New connections are refused; the idle client was told 57P01 and closed.
     assert!(tokio::net::TcpStream::connect(h.addr).await.is_err(), "listener still open");
     let e = idle.batch_execute("SELECT 1").await.expect_err("idle client closed");
-    assert!(e.is_closed() || code(&e) == "57P01", "{e}");
+    assert_eq!(idle.closing_code(&e).await, "57P01", "{e}");
     // The open transaction may finish and commit.
     busy.batch_execute("INSERT INTO done VALUES (1)").await.expect("inside the transaction");
     busy.batch_execute("COMMIT").await.expect("commit during drain");
     let e = busy.batch_execute("SELECT 1").await.expect_err("closed after its transaction");
-    assert!(e.is_closed() || code(&e) == "57P01", "{e}");
+    assert_eq!(busy.closing_code(&e).await, "57P01", "{e}");
     tokio::time::timeout(Duration::from_secs(5), h.served)
         .await
         .expect("serve returns")
@@ -202,7 +202,7 @@ async fn shutdown_timeout_forces_busy_clients_off() {
     let mut cfg = config(vec![t.clone()]);
     cfg.proxy.shutdown_timeout = 0.5;
     let h = start(cfg).await;
-    let busy = h.client(&t.id).await;
+    let busy = h.watched_client(&t.id).await;
     busy.batch_execute("BEGIN").await.expect("begin");
     let started = Instant::now();
     h.proxy.shutdown.drain.cancel();
@@ -213,7 +213,7 @@ async fn shutdown_timeout_forces_busy_clients_off() {
         .expect("ok");
     assert!(started.elapsed() < Duration::from_secs(3));
     let e = busy.batch_execute("SELECT 1").await.expect_err("forced off");
-    assert!(e.is_closed() || code(&e) == "57P01", "{e}");
+    assert_eq!(busy.closing_code(&e).await, "57P01", "{e}");
 }
 
 #[test]

@@ -5,74 +5,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use pgtenant::config::{Config, Isolation};
+use pgtenant::config::Isolation;
 use pgtenant::lifecycle::{
-    CreateTenant, Lifecycle, LifecycleError, LoginKind, MigrateOptions, MigrationOutcome, NewUser,
+    CreateTenant, LifecycleError, LoginKind, MigrateOptions, MigrationOutcome, NewUser,
 };
 use tokio_postgres::Client;
 
 use crate::support::*;
-
-/// A control database whose upstream `local` has administrator credentials, and a
-/// migrations directory.
-pub struct Setup {
-    pub cfg: Config,
-    pub control: Client,
-    pub dir: tempfile::TempDir,
-}
-
-impl Setup {
-    pub async fn new(migrations: &[(&str, &str)]) -> Setup {
-        let mut cfg = config(Vec::new());
-        let control = control_db(&mut cfg).await;
-        control
-            .execute(
-                "UPDATE pgtenant.upstreams SET admin_user = 'postgres', admin_password = $1",
-                &[&pgtenant::embedded::SUPERUSER_PASSWORD],
-            )
-            .await
-            .expect("admin credentials");
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("migrations")).expect("mkdir");
-        std::fs::create_dir(dir.path().join("seeds")).expect("mkdir");
-        for (name, sql) in migrations {
-            std::fs::write(dir.path().join("migrations").join(name), sql).expect("write migration");
-        }
-        cfg.lifecycle.migrations = dir.path().join("migrations").display().to_string();
-        cfg.lifecycle.seeds = dir.path().join("seeds").display().to_string();
-        Setup { cfg, control, dir }
-    }
-
-    pub fn migration(&self, name: &str, sql: &str) {
-        std::fs::write(self.dir.path().join("migrations").join(name), sql).expect("write migration");
-    }
-
-    pub fn seed(&self, name: &str, sql: &str) {
-        std::fs::write(self.dir.path().join("seeds").join(name), sql).expect("write seed");
-    }
-
-    pub fn lifecycle(&self) -> Lifecycle {
-        Lifecycle::from_config(&self.cfg).expect("lifecycle")
-    }
-}
-
-/// A second server: its own throwaway cluster, registered in `control` as upstream `name`
-/// with administrator credentials.
-pub async fn second_upstream(control: &Client, name: &str) -> pgtenant::embedded::Cluster {
-    let other = tokio::task::spawn_blocking(pgtenant::embedded::Cluster::start)
-        .await
-        .expect("join")
-        .expect("second cluster");
-    control
-        .execute(
-            "INSERT INTO pgtenant.upstreams (name, host, port, admin_user, admin_password)
-             VALUES ($1, '127.0.0.1', $2, 'postgres', $3)",
-            &[&name, &i32::from(other.port), &pgtenant::embedded::SUPERUSER_PASSWORD],
-        )
-        .await
-        .expect("second upstream");
-    other
-}
 
 const PRODUCTS: &str = "CREATE TABLE products (
     id serial PRIMARY KEY,
@@ -82,22 +21,6 @@ const PRODUCTS: &str = "CREATE TABLE products (
 
 fn create(id: &str, isolation: Isolation) -> CreateTenant {
     CreateTenant { id: id.to_owned(), isolation: Some(isolation), ..CreateTenant::default() }
-}
-
-async fn exists(db: &str, sql: &str, arg: &str) -> bool {
-    admin(db).await.query_opt(sql, &[&arg]).await.expect("catalog query").is_some()
-}
-
-async fn database_exists(name: &str) -> bool {
-    exists("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", name).await
-}
-
-async fn role_exists(name: &str) -> bool {
-    exists("postgres", "SELECT 1 FROM pg_roles WHERE rolname = $1", name).await
-}
-
-async fn schema_exists(db: &str, name: &str) -> bool {
-    exists(db, "SELECT 1 FROM pg_namespace WHERE nspname = $1", name).await
 }
 
 fn names(rows: &[tokio_postgres::Row]) -> Vec<String> {
@@ -266,20 +189,10 @@ async fn a_failed_create_leaves_nothing_behind() {
     assert!(database_exists(&taken).await);
 }
 
-/// Runs the `pgtenant` binary; returns (exit code, stdout, stderr).
-async fn pgtenant(args: &[&str], config: &Path) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .await
-        .expect("run pgtenant");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// Runs the `pgtenant` binary over the config file `config`; returns (exit code, stdout, stderr).
+async fn pgtenant_at(args: &[&str], config: &Path) -> (i32, String, String) {
+    let config = config.to_str().expect("a UTF-8 temporary path");
+    pgtenant(&[args, &["--config", config]].concat(), "").await
 }
 
 fn write_config(s: &Setup) -> std::path::PathBuf {
@@ -319,13 +232,13 @@ async fn migrate_fifty_tenants_with_one_failing() {
     );
     let config = write_config(&s);
 
-    let (code, out, err) = pgtenant(&["tenant", "status", "--json"], &config).await;
+    let (code, out, err) = pgtenant_at(&["tenant", "status", "--json"], &config).await;
     assert_eq!(code, 0, "{err}");
     let status: Vec<pgtenant::lifecycle::MigrationStatus> = serde_json::from_str(&out).expect("status json");
     assert_eq!(status.len(), 50);
     assert!(status.iter().all(|t| t.behind && t.version == Some(1) && t.latest == Some(2)), "{out}");
 
-    let (code, out, err) = pgtenant(&["migrate", "--all", "--parallel", "4"], &config).await;
+    let (code, out, err) = pgtenant_at(&["migrate", "--all", "--parallel", "4"], &config).await;
     assert_ne!(code, 0, "a failed tenant must fail the run:\n{out}\n{err}");
     assert!(out.contains("50 tenants: 49 migrated, 0 already current, 1 failed"), "{out}");
     let line = out.lines().find(|l| l.starts_with(bad.as_str())).expect("the failed tenant's line");
@@ -356,7 +269,7 @@ async fn migrate_fifty_tenants_with_one_failing() {
         .batch_execute(&format!("ALTER TABLE {bad}.products DROP COLUMN sku"))
         .await
         .expect("fix");
-    let (code, out, err) = pgtenant(&["migrate", "--all", "--parallel", "4", "--json"], &config).await;
+    let (code, out, err) = pgtenant_at(&["migrate", "--all", "--parallel", "4", "--json"], &config).await;
     assert_eq!(code, 0, "{out}\n{err}");
     let results: Vec<pgtenant::lifecycle::TenantMigration> = serde_json::from_str(&out).expect("json");
     let applied: Vec<&str> = results
@@ -607,23 +520,23 @@ async fn the_cli_creates_lists_and_deletes() {
     let config = write_config(&s);
     let id = unique("lccli");
     let (code, out, err) =
-        pgtenant(&["tenant", "create", &id, "--isolation", "database", "--json"], &config).await;
+        pgtenant_at(&["tenant", "create", &id, "--isolation", "database", "--json"], &config).await;
     assert_eq!(code, 0, "{err}");
     let t: pgtenant::lifecycle::TenantInfo = serde_json::from_str(&out).expect("json");
     assert_eq!((t.id.as_str(), t.status.as_str()), (id.as_str(), "active"));
-    let (code, out, _) = pgtenant(&["tenant", "list"], &config).await;
+    let (code, out, _) = pgtenant_at(&["tenant", "list"], &config).await;
     assert_eq!(code, 0);
     assert!(out.lines().next().is_some_and(|l| l.starts_with("ID") && l.contains("STATUS")), "{out}");
     assert!(out.lines().any(|l| l.starts_with(id.as_str()) && l.contains("active")), "{out}");
-    let (code, _, err) = pgtenant(&["tenant", "suspend", &id], &config).await;
+    let (code, _, err) = pgtenant_at(&["tenant", "suspend", &id], &config).await;
     assert_eq!(code, 0, "{err}");
-    let (code, out, _) = pgtenant(&["tenant", "show", &id, "--json"], &config).await;
+    let (code, out, _) = pgtenant_at(&["tenant", "show", &id, "--json"], &config).await;
     assert_eq!(code, 0);
     assert!(out.contains("\"status\": \"suspended\""), "{out}");
-    let (code, _, err) = pgtenant(&["tenant", "show", "no-such-tenant"], &config).await;
+    let (code, _, err) = pgtenant_at(&["tenant", "show", "no-such-tenant"], &config).await;
     assert_ne!(code, 0);
     assert!(err.contains("no tenant \"no-such-tenant\""), "{err}");
-    let (code, _, err) = pgtenant(&["tenant", "delete", &id, "--hard"], &config).await;
+    let (code, _, err) = pgtenant_at(&["tenant", "delete", &id, "--hard"], &config).await;
     assert_eq!(code, 0, "{err}");
     assert!(!database_exists(&id).await);
 }

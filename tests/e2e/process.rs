@@ -59,7 +59,7 @@ pool_mode = "session"
         );
         std::fs::write(&path, toml).expect("write config");
         let mut command = match fd_limit {
-            None => Command::new(env!("CARGO_BIN_EXE_pgtenant")),
+            None => pgtenant_command(),
             Some(n) => {
                 // bash sets the limit (soft and hard) and execs pgtenant in its place.
                 let mut c = Command::new("bash");
@@ -188,13 +188,10 @@ async fn sigterm_ends_the_process_in_time_when_a_client_stops_reading() {
         .await
         .expect("startup");
     read_until_ready(&mut stuck).await;
-    let query = b"SELECT repeat('x', 1048576) FROM generate_series(1, 400)\0";
-    let mut msg = vec![b'Q'];
-    msg.extend_from_slice(&((query.len() + 4) as i32).to_be_bytes());
-    msg.extend_from_slice(query);
-    stuck.write_all(&msg).await.expect("query");
+    let big = raw::query("SELECT repeat('x', 1048576) FROM generate_series(1, 400)");
+    stuck.write_all(&big).await.expect("query");
     // A well-behaved client too.
-    let fine = connect_str(&serve.conninfo(&t)).await;
+    let fine = connect_watched(&serve.conninfo(&t)).await;
     fine.batch_execute("SELECT 1").await.expect("served");
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -211,7 +208,7 @@ async fn sigterm_ends_the_process_in_time_when_a_client_stops_reading() {
     assert!(status.success(), "{status:?}: {}", serve.log());
     // The well-behaved client was told why.
     let e = fine.batch_execute("SELECT 1").await.expect_err("closed by the shutdown");
-    assert!(e.is_closed() || code(&e) == "57P01", "{e}");
+    assert_eq!(fine.closing_code(&e).await, "57P01", "{e}");
     drop(stuck);
 }
 

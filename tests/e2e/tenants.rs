@@ -128,79 +128,10 @@ async fn user_format_tenant_takes_the_whole_user_name() {
     assert_eq!(db, t.database);
 }
 
-/// Two tenants with same-named tables, sharing one login role. Returns their configs.
-async fn isolated_pair(mode: Isolation) -> (TenantConfig, TenantConfig) {
-    let role = unique("isorole");
-    let admin = admin("postgres").await;
-    admin.batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'pw-{role}'")).await.expect("role");
-    let a = unique("isoa");
-    let b = unique("isob");
-    let mut tenants = Vec::new();
-    match mode {
-        Isolation::Database => {
-            for id in [&a, &b] {
-                admin.batch_execute(&format!("CREATE DATABASE {id}")).await.expect("db");
-                let db = connect_str(&cluster().superuser_conninfo(id)).await;
-                db.batch_execute(&format!(
-                    "CREATE TABLE items (owner text); INSERT INTO items SELECT '{id}' FROM generate_series(1, 3);
-                     GRANT SELECT ON items TO {role};"
-                ))
-                .await
-                .expect("items");
-                tenants.push(TenantConfig::new(id, "local", id, &role, Some(&format!("pw-{role}"))));
-            }
-        }
-        Isolation::Schema => {
-            let dbname = unique("isoschemadb");
-            admin.batch_execute(&format!("CREATE DATABASE {dbname}")).await.expect("db");
-            let db = connect_str(&cluster().superuser_conninfo(&dbname)).await;
-            for id in [&a, &b] {
-                db.batch_execute(&format!(
-                    "CREATE SCHEMA \"{id}\"; CREATE TABLE \"{id}\".items (owner text);
-                     INSERT INTO \"{id}\".items SELECT '{id}' FROM generate_series(1, 3);
-                     GRANT USAGE ON SCHEMA \"{id}\" TO {role}; GRANT SELECT ON \"{id}\".items TO {role};"
-                ))
-                .await
-                .expect("schema");
-                let mut t = TenantConfig::new(id, "local", &dbname, &role, Some(&format!("pw-{role}")));
-                t.isolation = Isolation::Schema;
-                tenants.push(t);
-            }
-        }
-        Isolation::Shared => {
-            let dbname = unique("isoshareddb");
-            admin.batch_execute(&format!("CREATE DATABASE {dbname}")).await.expect("db");
-            let db = connect_str(&cluster().superuser_conninfo(&dbname)).await;
-            db.batch_execute(&format!(
-                "CREATE TABLE items (tenant_id text NOT NULL, owner text NOT NULL);
-                 INSERT INTO items SELECT '{a}', '{a}' FROM generate_series(1, 3);
-                 INSERT INTO items SELECT '{b}', '{b}' FROM generate_series(1, 3);
-                 ALTER TABLE items ENABLE ROW LEVEL SECURITY;
-                 CREATE POLICY tenant_rows ON items USING (tenant_id = current_setting('pgtenant.tenant_id', true));
-                 GRANT SELECT ON items TO {role};"
-            ))
-            .await
-            .expect("shared table");
-            for id in [&a, &b] {
-                let mut t = TenantConfig::new(id, "local", &dbname, &role, Some(&format!("pw-{role}")));
-                t.isolation = Isolation::Shared;
-                tenants.push(t);
-            }
-        }
-    }
-    for t in &mut tenants {
-        t.pool_mode = Some(PoolMode::Transaction);
-        t.pool_size = Some(4);
-    }
-    let b = tenants.pop().expect("b");
-    let a = tenants.pop().expect("a");
-    (a, b)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_modes_never_cross_under_concurrency() {
     for mode in [Isolation::Schema, Isolation::Shared, Isolation::Database] {
-        let (a, b) = isolated_pair(mode).await;
+        let (a, b) = tenant_pair(mode, Access::Read, 4).await;
         let h = start(config(vec![a.clone(), b.clone()])).await;
         let queries = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicI64::new(0));
@@ -253,9 +184,7 @@ async fn isolation_modes_never_cross_under_concurrency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_changed_by_a_client_is_reset_before_another_tenant_uses_the_connection() {
     for mode in [Isolation::Schema, Isolation::Shared] {
-        let (mut a, mut b) = isolated_pair(mode).await;
-        a.pool_size = Some(1);
-        b.pool_size = Some(1);
+        let (a, b) = tenant_pair(mode, Access::Read, 1).await;
         let h = start(config(vec![a.clone(), b.clone()])).await;
         let ca = h.client(&a.id).await;
         let cb = h.client(&b.id).await;
@@ -283,9 +212,9 @@ async fn status_changes_and_new_tenants_apply_within_a_second() {
     let control = control_db(&mut cfg).await;
     insert_tenant(&control, &t).await;
     let (h, _catalog) = start_control(cfg).await;
-    let idle = h.client(&t.id).await;
+    let idle = h.watched_client(&t.id).await;
     idle.batch_execute("CREATE TABLE log (x int)").await.expect("create");
-    let busy = h.client(&t.id).await;
+    let busy = h.watched_client(&t.id).await;
     busy.batch_execute("BEGIN; INSERT INTO log VALUES (1)").await.expect("busy tx");
 
     // Suspend: new logins get 57P03 within a second, the idle session is closed at once, the
@@ -300,14 +229,26 @@ async fn status_changes_and_new_tenants_apply_within_a_second() {
     })
     .await;
     assert!(refused, "suspension not applied within 1 s");
+    // The kick reaches the session either between these probes (then it ends the connection
+    // task) or as the reply to one; either way it must be a 57P01.
+    let refused_probe = std::sync::Mutex::new(None);
     let closed = eventually(Duration::from_secs(1), || async {
-        idle.is_closed() || idle.batch_execute("SELECT 1").await.is_err()
+        if idle.is_closed() {
+            return true;
+        }
+        let probe = idle.batch_execute("SELECT 1").await;
+        probe.map_err(|e| *refused_probe.lock().expect("lock") = Some(e)).is_err()
     })
     .await;
     assert!(closed, "idle session of a suspended tenant not closed");
+    let why = match refused_probe.into_inner().expect("lock") {
+        Some(e) => idle.closing_code(&e).await,
+        None => idle.ended_with().await,
+    };
+    assert_eq!(why, "57P01", "the idle session is told why");
     busy.batch_execute("INSERT INTO log VALUES (2); COMMIT").await.expect("the open transaction may finish");
     let e = busy.batch_execute("SELECT 1").await.expect_err("closed after its transaction");
-    assert!(e.is_closed() || code(&e) == "57P01", "{e}");
+    assert_eq!(busy.closing_code(&e).await, "57P01", "{e}");
     assert!(started.elapsed() < Duration::from_secs(3));
     let n: i64 = admin(&t.database).await.query_one("SELECT count(*) FROM log", &[]).await.expect("n").get(0);
     assert_eq!(n, 2, "the busy transaction committed");
@@ -521,9 +462,7 @@ async fn a_thousand_schema_tenants_share_a_global_cap_of_twenty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkout_prefers_a_connection_already_set_up_for_the_tenant() {
-    let (mut a, mut b) = isolated_pair(Isolation::Schema).await;
-    a.pool_size = Some(2);
-    b.pool_size = Some(2);
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Read, 2).await;
     let h = start(config(vec![a.clone(), b.clone()])).await;
     let (ca, cb) = (h.client(&a.id).await, h.client(&b.id).await);
     // Open both connections at once (each tenant sets one up) …

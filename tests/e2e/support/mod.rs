@@ -1,15 +1,26 @@
 //! Test support: one throwaway PostgreSQL cluster per test binary, a database and login role
-//! per test, and the proxy started in-process on port 0.
+//! per test, and the proxy started in-process on port 0. Raw protocol in `raw`, the binary
+//! in `cli`, the two-tenants-one-role fixture in `pair`, a control database ready for the
+//! lifecycle in `managed`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+mod cli;
+mod managed;
+mod pair;
+pub mod raw;
+
+pub use cli::{pgtenant, pgtenant_command, pgtenant_env};
+pub use managed::{second_upstream, Setup};
+pub use pair::{tenant_pair, Access};
+pub use raw::{raw_exchange, read_until_ready, sqlstate, startup_packet, startup_packet_version};
+
 use pgtenant::config::{Config, PoolMode, TenantConfig, UpstreamConfig};
 use pgtenant::embedded::Cluster;
 use pgtenant::proxy::Proxy;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls};
 
@@ -22,6 +33,50 @@ pub async fn connect_str(conninfo: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await.expect("connect");
     tokio::spawn(conn);
     client
+}
+
+/// A client whose connection task is kept. tokio-postgres ends that task with the error of an
+/// ErrorResponse that arrives while no request waits (a FATAL sent before closing an idle
+/// session), and the next request only sees "connection closed"; the SQLSTATE a session was
+/// closed with is on the waiting request or else on the task.
+pub struct Watched {
+    pub client: Client,
+    ended: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+pub async fn connect_watched(conninfo: &str) -> Watched {
+    let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await.expect("connect");
+    Watched { client, ended: tokio::spawn(conn) }
+}
+
+impl std::ops::Deref for Watched {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Watched {
+    /// The SQLSTATE the server closed the session with, given the error of a request that
+    /// found it closing: the request's own, else the one the connection ended with. A socket
+    /// closed without an ErrorResponse gives a text that is no SQLSTATE.
+    pub async fn closing_code(self, request: &tokio_postgres::Error) -> String {
+        if request.code().is_some() {
+            return code(request);
+        }
+        self.ended_with().await
+    }
+
+    /// The SQLSTATE of the ErrorResponse that ended the connection (waits up to 5 s for it).
+    pub async fn ended_with(self) -> String {
+        match tokio::time::timeout(Duration::from_secs(5), self.ended).await {
+            Err(_) => "still open after 5 s".to_owned(),
+            Ok(joined) => match joined.expect("connection task") {
+                Ok(()) => "ended without an error".to_owned(),
+                Err(e) => code(&e),
+            },
+        }
+    }
 }
 
 /// The cluster's superuser, over the Unix socket.
@@ -86,6 +141,11 @@ impl Harness {
         connect_str(&self.conninfo(tenant)).await
     }
 
+    /// Like [`Harness::client`], keeping the connection task to read how it ended.
+    pub async fn watched_client(&self, tenant: &str) -> Watched {
+        connect_watched(&self.conninfo(tenant)).await
+    }
+
     pub fn conninfo(&self, tenant: &str) -> String {
         format!("host=127.0.0.1 port={} user=app.{tenant} dbname={tenant}", self.addr.port())
     }
@@ -112,84 +172,26 @@ pub async fn backends(db: &str) -> i64 {
         .get(0)
 }
 
-/// A raw connection: send bytes, read everything until the proxy closes (or `limit`).
-pub async fn raw_exchange(addr: SocketAddr, send: &[u8], limit: Duration) -> (Vec<u8>, bool) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(send).await.expect("send");
-    let mut got = Vec::new();
-    let closed = tokio::time::timeout(limit, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
-    (got, closed)
+/// Whether `sql` (one `$1` parameter: `arg`) returns a row in database `db`, as the superuser.
+async fn exists(db: &str, sql: &str, arg: &str) -> bool {
+    admin(db).await.query_opt(sql, &[&arg]).await.expect("catalog query").is_some()
 }
 
-/// A v3.0 startup packet with the given parameters.
-pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-    startup_packet_version(0x0003_0000, params)
+pub async fn database_exists(name: &str) -> bool {
+    exists("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", name).await
 }
 
-/// A startup packet for a given protocol version word (major << 16 | minor).
-pub fn startup_packet_version(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = version.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    p.extend_from_slice(&body);
-    p
+pub async fn role_exists(name: &str) -> bool {
+    exists("postgres", "SELECT 1 FROM pg_roles WHERE rolname = $1", name).await
 }
 
-/// The SQLSTATE of the first ErrorResponse in a byte stream.
-pub fn sqlstate(bytes: &[u8]) -> Option<String> {
-    let mut rest = bytes;
-    while rest.len() >= 5 {
-        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize + 1;
-        if rest.len() < len {
-            return None;
-        }
-        if rest[0] == b'E' {
-            let body = &rest[5..len];
-            for field in body.split(|b| *b == 0) {
-                if let Some(code) = field.strip_prefix(b"C") {
-                    return Some(String::from_utf8_lossy(code).into_owned());
-                }
-            }
-        }
-        rest = &rest[len..];
-    }
-    None
+pub async fn schema_exists(db: &str, name: &str) -> bool {
+    exists(db, "SELECT 1 FROM pg_namespace WHERE nspname = $1", name).await
 }
 
 /// The SQLSTATE of a tokio-postgres error.
 pub fn code(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no sqlstate: {e}"))
-}
-
-/// Reads from a raw connection until a ReadyForQuery(I) arrives; returns what was read.
-pub async fn read_until_ready(s: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .expect("reply in time")
-            .expect("read");
-        assert!(n > 0, "closed before ReadyForQuery: {got:?}");
-        got.extend_from_slice(&buf[..n]);
-    }
-    got
 }
 
 /// A control database of its own for one test: migrated, with upstream `local` (TCP) in it.

@@ -1,0 +1,72 @@
+//! Containment end to end (DESIGN.md "Containment", issue 10): two tenants share one login
+//! role and a pool of ONE server connection (transaction mode), so every transaction of either
+//! lands on the same backend — checked with `pg_backend_pid()` — and nothing of one session may
+//! reach the other: session state, replies, statements. Raw-protocol clients send what a
+//! driver never would (COPY with stray Syncs, names they never prepared, Terminate behind a
+//! query); where PostgreSQL's own answer is the reference, the same bytes go straight to the
+//! cluster over its Unix socket and the two transcripts are compared message by message.
+//!
+//! The files: `session_state` (what a session sets never reaches the next client),
+//! `replies` (no reply crosses clients, even after COPY/Sync orderings PostgreSQL
+//! answers irregularly, a FATAL or a Terminate), `statements` (prepared statements and
+//! portals belong to their client). The pair of tenants is `support::tenant_pair` with
+//! write access and a pool of one.
+
+mod replies;
+mod session_state;
+mod statements;
+
+use pgtenant::config::{Config, TenantConfig};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::support::*;
+
+/// A proxy for `tenants` that gives up on a checkout after 3 s (a test that waits longer has
+/// failed already).
+async fn start_quick(tenants: Vec<TenantConfig>) -> Harness {
+    let mut cfg: Config = config(tenants);
+    cfg.pool.checkout_timeout = 3.0;
+    start(cfg).await
+}
+
+async fn pid(c: &Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pg_backend_pid").get(0)
+}
+
+/// The rows of a simple query, as text (NULL as "NULL").
+async fn rows(c: &Client, sql: &str) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    Ok(c.simple_query(sql)
+        .await?
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_owned()).collect())
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// An error with its SQLSTATE and message (Display alone says "db error").
+fn why(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Collects failed expectations, so that one run reports every route that leaks.
+#[derive(Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(what());
+        }
+    }
+
+    fn assert_none(self) {
+        assert!(self.0.is_empty(), "{} failure(s):\n  {}", self.0.len(), self.0.join("\n  "));
+    }
+}

@@ -1,0 +1,351 @@
+//! Containment of replies: after COPY/Sync orderings that PostgreSQL answers irregularly, a
+//! server FATAL or a Terminate, every client gets exactly its own replies, never another's.
+
+use std::time::{Duration, Instant};
+
+use pgtenant::config::{Isolation, PoolMode};
+use tokio::io::AsyncWriteExt;
+
+use super::*;
+use crate::support::raw::*;
+use crate::support::*;
+
+// ---- c. replies never cross clients -------------------------------------------------------
+
+/// A COPY failing on its data with Syncs behind that data (see
+/// [`a_copy_failing_behind_syncs_never_leaves_a_query_unanswered`]).
+fn uncertain(name: &str) -> bool {
+    name.contains("bad row")
+}
+
+/// Pipelines that derail a reply count made of "one ReadyForQuery per Sync": Syncs that the
+/// server swallows during COPY IN, Syncs that each earn a ReadyForQuery after an error in a
+/// simple-query COPY, then a query whose rows would reach the next client.
+fn derailing_sequences(slow: bool) -> Vec<(&'static str, Vec<u8>)> {
+    // Slow, the forged rows come after pgtenant has settled its count (and, on a model that
+    // counted short, after it released the connection to the next client).
+    let forged = query(if slow {
+        "SELECT 104 AS id, 'forged' AS owner FROM pg_sleep(0.3)"
+    } else {
+        "SELECT 104 AS id, 'forged' AS owner"
+    });
+    let copy = "COPY t FROM STDIN";
+    vec![
+        (
+            "Query COPY, Sync, CopyFail, Sync, forged query",
+            cat(&[query(copy), sync(), copy_fail("stop"), sync(), forged.clone()]),
+        ),
+        (
+            "Query COPY, bad row, Sync, CopyDone, forged query",
+            cat(&[query(copy), copy_data("oops\n"), sync(), copy_done(), forged.clone()]),
+        ),
+        (
+            "Query COPY, bad row, Sync, Sync, CopyDone, forged query",
+            cat(&[query(copy), copy_data("oops\n"), sync(), sync(), copy_done(), forged.clone()]),
+        ),
+        (
+            "Execute COPY, Sync, CopyFail, Sync, Sync, forged query",
+            cat(&[
+                parse("", copy),
+                bind("", ""),
+                execute(""),
+                sync(),
+                copy_fail("stop"),
+                sync(),
+                sync(),
+                forged.clone(),
+            ]),
+        ),
+        (
+            "Execute COPY, row, Sync, Sync, CopyDone, Sync, forged query",
+            cat(&[
+                parse("", copy),
+                bind("", ""),
+                execute(""),
+                copy_data("1\tok\n"),
+                sync(),
+                sync(),
+                copy_done(),
+                sync(),
+                forged.clone(),
+            ]),
+        ),
+        (
+            "Execute COPY, bad row, Sync, Sync, CopyDone, Sync, forged query",
+            cat(&[
+                parse("", copy),
+                bind("", ""),
+                execute(""),
+                copy_data("oops\n"),
+                sync(),
+                sync(),
+                copy_done(),
+                sync(),
+                forged,
+            ]),
+        ),
+    ]
+}
+
+/// Tenant a's raw client sends each derailing pipeline and then sits idle, still connected;
+/// tenant b then uses the pool of one. b must get exactly its own results and no error: not a
+/// reply a's pipeline earned (containment rule 1), and not a 53300 because a's idle session
+/// kept the only server connection (rule 5; issue 16: an ordinary error must not take a
+/// connection out of the pool). Then a's next query must not receive b's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_never_cross_to_another_tenant_after_irregular_copy_and_sync() {
+    let mut f = Failures::default();
+    for mode in [Isolation::Schema, Isolation::Shared] {
+        let (a, b) = tenant_pair(mode, Access::Write, 1).await;
+        let h = start_quick(vec![a.clone(), b.clone()]).await;
+        {
+            let (ca, cb) = (h.client(&a.id).await, h.client(&b.id).await);
+            assert_eq!(pid(&ca).await, pid(&cb).await, "{mode:?}: one shared server connection");
+        }
+        for (n, (name, bytes)) in derailing_sequences(true).into_iter().enumerate() {
+            let what = format!("{mode:?}, {name}");
+            let cb = h.client(&b.id).await;
+            let mut attacker = raw_proxy(&h, &a.id).await;
+            send(&mut attacker, &bytes).await;
+            let (mut seen_by_a, _) = read_quiet(&mut attacker, Duration::from_millis(500)).await;
+            let failures_before = f.0.len();
+            // Tenant b now uses the pool of one: only its own results, no error. Its first
+            // query is a simple one, which would take any rows that arrive as its own.
+            for i in 0..4i32 {
+                let secret = format!("b-secret-{n}-{i}");
+                match rows(&cb, &format!("SELECT {i} AS id, '{secret}' AS owner")).await {
+                    Ok(r) => f.check(r == vec![vec![i.to_string(), secret.clone()]], || {
+                        format!("{what}: tenant b's simple query {i} returned {r:?}")
+                    }),
+                    Err(e) => f.0.push(format!("{what}: tenant b's simple query {i} failed: {}", why(&e))),
+                }
+                match cb.query("SELECT $1::int AS id, $2::text AS owner", &[&i, &secret]).await {
+                    Ok(r) => {
+                        let got: Vec<(i32, String)> = r.iter().map(|r| (r.get(0), r.get(1))).collect();
+                        f.check(got == vec![(i, secret.clone())], || {
+                            format!("{what}: tenant b's query {i} returned {got:?}")
+                        });
+                    }
+                    Err(e) => f.0.push(format!("{what}: tenant b's query {i} failed: {}", why(&e))),
+                }
+                match rows(&cb, "SELECT owner FROM items").await {
+                    Ok(r) => f.check(r.len() == 3 && r.iter().all(|row| row[0] == b.id), || {
+                        format!("{what}: tenant b's items query {i} returned {r:?}")
+                    }),
+                    Err(e) => f.0.push(format!("{what}: tenant b's items query {i} failed: {}", why(&e))),
+                }
+            }
+            if f.0.len() > failures_before {
+                f.0.push(format!("{what}: (what tenant a had received: {:?})", summary(&seen_by_a)));
+            }
+            // The other way round: the attacker's next query must not receive b's results.
+            let _ = attacker.write_all(&query("SELECT 'a-own'")).await;
+            let (more, _) = read_ready(&mut attacker, 1, Duration::from_secs(3)).await;
+            seen_by_a.extend_from_slice(&more);
+            let leaked = seen_by_a.windows(8).any(|w| w == b"b-secret");
+            f.check(!leaked, || {
+                format!("{what}: tenant a received tenant b's rows: {:?}", summary(&seen_by_a))
+            });
+        }
+    }
+    f.assert_none();
+}
+
+/// COPY/Sync orderings that pgtenant's reply model follows exactly (including Execute of a
+/// COPY with two Syncs before CopyDone) get PostgreSQL's replies, in both pool modes, and the
+/// pool of one is usable after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn irregular_copy_and_sync_get_postgres_replies_and_the_pool_survives() {
+    copy_against_postgres(false).await;
+}
+
+/// A COPY that fails on its data while the client has already sent Syncs behind that data:
+/// which Syncs the copy consumed is invisible to pgtenant (see `client/pipeline.rs`), so the
+/// server connection is closed rather than reused. The client may then get less than
+/// PostgreSQL sends, but never anything else, and never a connection left open with a query
+/// that will not be answered. Each ordering runs three times: the outcome depends on whether
+/// the error arrives before or after pgtenant queued the later messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_failing_behind_syncs_never_leaves_a_query_unanswered() {
+    copy_against_postgres(true).await;
+}
+
+/// Sends COPY/Sync orderings (the uncertain ones, or the others) straight to PostgreSQL and
+/// through pgtenant and compares the transcripts; then another client uses the pool of one.
+async fn copy_against_postgres(uncertain_ones: bool) {
+    let mut f = Failures::default();
+    let mut sequences = derailing_sequences(false);
+    sequences.push((
+        "Execute COPY, Sync, Sync, row, CopyDone, Sync",
+        cat(&[
+            parse("", "COPY t FROM STDIN"),
+            bind("", ""),
+            execute(""),
+            sync(),
+            sync(),
+            copy_data("2\ttwo\n"),
+            copy_done(),
+            sync(),
+        ]),
+    ));
+    sequences.push((
+        "Query COPY, Sync, Sync, row, CopyDone, then a query",
+        cat(&[
+            query("COPY t FROM STDIN"),
+            sync(),
+            sync(),
+            copy_data("3\tthree\n"),
+            copy_done(),
+            query("SELECT count(*) > 0 FROM t WHERE id = 3"),
+        ]),
+    ));
+    sequences.retain(|(name, _)| uncertain(name) == uncertain_ones);
+    let tenants = [
+        with_mode(tenant_db("cnsync").await, PoolMode::Transaction, 1),
+        with_mode(tenant_db("cnsync").await, PoolMode::Session, 1),
+    ];
+    for t in &tenants {
+        admin(&t.database)
+            .await
+            .batch_execute(&format!(
+                "CREATE TABLE t (id int, owner text); ALTER TABLE t OWNER TO \"{}\"",
+                t.role
+            ))
+            .await
+            .expect("table");
+    }
+    let h = start_quick(tenants.to_vec()).await;
+    // PostgreSQL's answers, once per ordering.
+    let mut wants = Vec::new();
+    for (_, bytes) in &sequences {
+        let mut direct = raw_direct(&tenants[0].database).await;
+        send(&mut direct, bytes).await;
+        wants.push(summary(&read_quiet(&mut direct, Duration::from_millis(300)).await.0));
+    }
+    for t in &tenants {
+        let mode = t.pool_mode.expect("mode");
+        let runs = sequences
+            .iter()
+            .zip(&wants)
+            .flat_map(|run| std::iter::repeat_n(run, if uncertain_ones { 3 } else { 1 }));
+        for ((name, bytes), want) in runs {
+            let what = format!("{mode:?}, {name}");
+            let mut s = raw_proxy(&h, &t.id).await;
+            send(&mut s, bytes).await;
+            let expected_ready = want.iter().filter(|m| m.starts_with('Z')).count();
+            let (mut got, mut closed) = read_ready(&mut s, expected_ready, Duration::from_secs(3)).await;
+            if !closed {
+                let (more, eof) = read_quiet(&mut s, Duration::from_millis(200)).await;
+                got.extend_from_slice(&more);
+                closed = eof;
+            }
+            let got = summary(&got);
+            if uncertain_ones {
+                f.check(got.len() <= want.len() && got[..] == want[..got.len()], || {
+                    format!("{what}: not PostgreSQL's replies:\n    PostgreSQL: {want:?}\n    pgtenant:   {got:?}")
+                });
+                f.check(got == *want || closed, || {
+                    format!(
+                        "{what}: replies missing, connection still open (3 s):\n    PostgreSQL: {want:?}\n    pgtenant:   {got:?}"
+                    )
+                });
+            } else {
+                f.check(got == *want, || {
+                    format!("{what}:\n    PostgreSQL: {want:?}\n    pgtenant:   {got:?}")
+                });
+            }
+            drop(s);
+            // The pool of one is usable by another client right after.
+            let started = Instant::now();
+            let next = tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls).await;
+            match next {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    match c.query_one("SELECT 'next-client'::text", &[]).await {
+                        Ok(r) => {
+                            f.check(r.get::<_, String>(0) == "next-client", || format!("{what}: next client"))
+                        }
+                        Err(e) => f.0.push(format!("{what}: the next client's query failed: {}", why(&e))),
+                    }
+                }
+                Err(e) => f.0.push(format!("{what}: the next client could not log in: {}", why(&e))),
+            }
+            f.check(started.elapsed() < Duration::from_secs(2), || {
+                format!("{what}: the next client waited {:?} for the pool of one", started.elapsed())
+            });
+        }
+    }
+    f.assert_none();
+}
+
+// ---- f. FATAL, Terminate and malformed frames ----------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_fatal_and_terminate_deliver_exactly_what_postgres_sends() {
+    let mut f = Failures::default();
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let t = with_mode(tenant_db("cnfatal").await, mode, 1);
+        let h = start_quick(vec![t.clone()]).await;
+        let terminate_self = "SELECT pg_terminate_backend(pg_backend_pid())";
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("FATAL from the server (simple query)", query(terminate_self)),
+            (
+                "FATAL from the server (extended query)",
+                cat(&[parse("", terminate_self), bind("", ""), execute(""), sync()]),
+            ),
+            (
+                "Query then Terminate",
+                cat(&[query("SELECT 'before-terminate' FROM pg_sleep(0.3)"), terminate()]),
+            ),
+            (
+                "extended query then Terminate",
+                cat(&[
+                    parse("", "SELECT 'ext-before-terminate' FROM pg_sleep(0.3)"),
+                    bind("", ""),
+                    execute(""),
+                    sync(),
+                    terminate(),
+                ]),
+            ),
+        ];
+        for (name, bytes) in cases {
+            let what = format!("{mode:?}, {name}");
+            let mut direct = raw_direct(&t.database).await;
+            send(&mut direct, &bytes).await;
+            let (want, _) = read_eof(&mut direct, Duration::from_secs(5)).await;
+            let mut s = raw_proxy(&h, &t.id).await;
+            send(&mut s, &bytes).await;
+            let (got, closed) = read_eof(&mut s, Duration::from_secs(5)).await;
+            let (want, got) = (summary(&want), summary(&got));
+            f.check(closed, || format!("{what}: pgtenant did not close the client's connection"));
+            f.check(got == want, || format!("{what}:\n    PostgreSQL: {want:?}\n    pgtenant:   {got:?}"));
+            f.check(!got.iter().any(|m| m.starts_with("E(08006")), || {
+                format!("{what}: pgtenant added 08006: {got:?}")
+            });
+            // The pool of one serves the next client.
+            match tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    if let Err(e) = c.query_one("SELECT 1", &[]).await {
+                        f.0.push(format!("{what}: the next client's query failed: {}", why(&e)));
+                    }
+                }
+                Err(e) => f.0.push(format!("{what}: the next client could not log in: {}", why(&e))),
+            }
+        }
+        // A malformed frame (length word 1) behind a query: the query's replies come first.
+        let what = format!("{mode:?}, Query then a malformed frame");
+        let bytes = cat(&[query("SELECT 'before-malformed' FROM pg_sleep(0.3)"), b"Q\0\0\0\x01".to_vec()]);
+        let mut s = raw_proxy(&h, &t.id).await;
+        send(&mut s, &bytes).await;
+        let (got, closed) = read_eof(&mut s, Duration::from_secs(5)).await;
+        let got = summary(&got);
+        let want = ["T", "D(before-malformed)", "C(SELECT 1)", "Z(I)"];
+        f.check(closed, || format!("{what}: not closed"));
+        f.check(
+            got.len() >= 4 && got[..4] == want && got[4..].iter().all(|m| m.starts_with("E(08P01")),
+            || format!("{what}: expected {want:?} (then at most a protocol error), got {got:?}"),
+        );
+    }
+    f.assert_none();
+}

@@ -1,0 +1,218 @@
+//! Containment of session state: what one client sets (SET, isolation level, session
+//! characteristics) never reaches the next client of the connection, of its tenant or another.
+
+use pgtenant::config::{Isolation, PoolMode};
+
+use super::*;
+use crate::support::*;
+
+// ---- a. session state and a handoff to another tenant -----------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_never_survives_a_handoff_to_another_tenant() {
+    let mut f = Failures::default();
+    for mode in [Isolation::Schema, Isolation::Shared] {
+        let (a, b) = tenant_pair(mode, Access::Write, 1).await;
+        let h = start_quick(vec![a.clone(), b.clone()]).await;
+        let (ca, cb) = (h.client(&a.id).await, h.client(&b.id).await);
+        let p0 = pid(&ca).await;
+        assert_eq!(pid(&cb).await, p0, "{mode:?}: the two tenants must share the one server connection");
+
+        // Runs `sql` as tenant a (simple protocol), then `check` as tenant b on the same backend.
+        macro_rules! handoff {
+            ($what:expr, $sql:expr, $check:expr) => {{
+                let what = format!("{mode:?}: {}", $what);
+                match ca.simple_query($sql).await {
+                    Ok(_) => {}
+                    Err(e) => f.0.push(format!("{what}: tenant a's `{}` failed: {}", $sql, why(&e))),
+                }
+                match cb.query_one("SELECT pg_backend_pid()", &[]).await.map(|r| r.get::<_, i32>(0)) {
+                    Ok(p) if p == p0 => {}
+                    other => f.0.push(format!("{what}: tenant b not on the shared backend {p0}: {other:?}")),
+                }
+                let check = $check;
+                let r = rows(&cb, check).await;
+                (what, r)
+            }};
+        }
+
+        // Temporary table (in a transaction block, so nothing sees a CREATE TEMP statement).
+        let (what, r) = handoff!(
+            "temp table",
+            "BEGIN; CREATE TEMP TABLE items AS SELECT 'leak'::text AS owner; COMMIT",
+            "SELECT owner FROM items"
+        );
+        match r {
+            Ok(r) => f.check(r.len() == 3 && r.iter().all(|row| row[0] == b.id), || {
+                format!("{what}: tenant b's `SELECT owner FROM items` saw {r:?}")
+            }),
+            Err(e) => f.0.push(format!("{what}: tenant b's query failed: {}", why(&e))),
+        }
+
+        // Settings changed without a SET tag: set_config, and inside a DO block.
+        let (what, r) = handoff!(
+            "set_config / DO settings",
+            "DO $$BEGIN PERFORM set_config('bytea_output','escape',false); END$$; \
+             SELECT set_config('statement_timeout','1',false)",
+            "SELECT current_setting('statement_timeout'), current_setting('bytea_output')"
+        );
+        match r {
+            Ok(r) => f.check(r == vec![vec!["0".to_owned(), "hex".to_owned()]], || {
+                format!("{what}: tenant b sees statement_timeout, bytea_output = {r:?}")
+            }),
+            Err(e) => f.0.push(format!("{what}: tenant b's SHOW failed: {}", why(&e))),
+        }
+
+        // LISTEN inside a DO block.
+        let (what, r) = handoff!(
+            "LISTEN in DO",
+            "DO $$BEGIN EXECUTE 'LISTEN chan_x'; END$$",
+            "SELECT count(*) FROM pg_listening_channels()"
+        );
+        match r {
+            Ok(r) => {
+                f.check(r == vec![vec!["0".to_owned()]], || format!("{what}: tenant b listens to {r:?}"))
+            }
+            Err(e) => f.0.push(format!("{what}: tenant b's query failed: {}", why(&e))),
+        }
+
+        // A WITH HOLD cursor declared inside a transaction block.
+        let (what, r) = handoff!(
+            "WITH HOLD cursor",
+            "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 'cursor-of-a'; COMMIT",
+            "FETCH ALL FROM c"
+        );
+        match r {
+            Ok(r) => f.0.push(format!("{what}: tenant b fetched tenant a's cursor: {r:?}")),
+            Err(e) => f.check(code(&e) == "34000", || format!("{what}: expected 34000, got {e}")),
+        }
+
+        // lastval().
+        let (what, r) = handoff!("lastval", "SELECT nextval('a_seq')", "SELECT lastval()");
+        match r {
+            Ok(r) => f.0.push(format!("{what}: tenant b's lastval() = {r:?}")),
+            Err(e) => f.check(code(&e) == "55000", || format!("{what}: expected 55000, got {e}")),
+        }
+
+        // Advisory locks.
+        let (what, r) = handoff!(
+            "advisory lock",
+            "SELECT pg_advisory_lock(42)",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        );
+        match r {
+            Ok(r) => f.check(r == vec![vec!["0".to_owned()]], || {
+                format!("{what}: tenant b holds advisory locks: {r:?}")
+            }),
+            Err(e) => f.0.push(format!("{what}: tenant b's query failed: {}", why(&e))),
+        }
+
+        // A protocol-level prepared statement (tokio-postgres prepares a named statement).
+        let what = format!("{mode:?}: prepared statement");
+        match ca.prepare("SELECT 'prepared-by-a'::text").await {
+            Ok(stmt) => {
+                if let Err(e) = ca.query(&stmt, &[]).await {
+                    f.0.push(format!("{what}: tenant a's statement failed: {}", why(&e)));
+                }
+            }
+            Err(e) => f.0.push(format!("{what}: tenant a's prepare failed: {}", why(&e))),
+        }
+        match rows(
+            &cb,
+            "SELECT count(*), string_agg(statement, ' / '), pg_backend_pid() FROM pg_prepared_statements",
+        )
+        .await
+        {
+            Ok(r) => f.check(r.first().is_some_and(|row| row[0] == "0" && row[2] == p0.to_string()), || {
+                format!("{what}: tenant b sees prepared statements (count, text, pid): {r:?}")
+            }),
+            Err(e) => f.0.push(format!("{what}: tenant b's query failed: {}", why(&e))),
+        }
+        // Tenant a's own isolation is set up again after the resets (and its temporary table
+        // went with the first handoff to b).
+        match rows(&ca, "SELECT owner FROM items").await {
+            Ok(r) => f.check(r.len() == 3 && r.iter().all(|row| row[0] == a.id), || {
+                format!("{mode:?}: tenant a afterwards sees {r:?}")
+            }),
+            Err(e) => f.0.push(format!("{mode:?}: tenant a afterwards: {}", why(&e))),
+        }
+    }
+    f.assert_none();
+}
+
+// ---- b. isolation settings within one tenant ---------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_setting_changed_without_set_does_not_reach_the_next_client_of_the_tenant() {
+    let mut f = Failures::default();
+    for mode in [Isolation::Schema, Isolation::Shared] {
+        let (a, b) = tenant_pair(mode, Access::Write, 1).await;
+        let h = start_quick(vec![a.clone(), b.clone()]).await;
+        let hijacks = match mode {
+            Isolation::Schema => [
+                format!("SELECT set_config('search_path', '\"{}\"', false)", b.id),
+                format!("DO $$BEGIN PERFORM set_config('search_path', '\"{}\"', false); END$$", b.id),
+            ],
+            _ => [
+                format!("SELECT set_config('pgtenant.tenant_id', '{}', false)", b.id),
+                format!("DO $$BEGIN PERFORM set_config('pgtenant.tenant_id', '{}', false); END$$", b.id),
+            ],
+        };
+        let first = h.client(&a.id).await;
+        let p0 = pid(&first).await;
+        let existing = h.client(&a.id).await;
+        for hijack in &hijacks {
+            first.batch_execute(hijack).await.expect("hijack runs");
+            // The hijack took effect for the client that ran it (so the check below means
+            // something): it now reads tenant b's rows on this backend.
+            let own = rows(&first, "SELECT owner FROM items").await.expect("hijacker reads");
+            f.check(own.iter().all(|r| r[0] == b.id) && !own.is_empty(), || {
+                format!("{mode:?} `{hijack}`: did not take effect for its own client ({own:?}): the check is void")
+            });
+            let new = h.client(&a.id).await;
+            for (who, c) in [("a new client", &new), ("an existing client", &existing)] {
+                match rows(c, "SELECT owner, pg_backend_pid() FROM items").await {
+                    Ok(r) => f.check(
+                        r.len() == 3 && r.iter().all(|row| row[0] == a.id && row[1] == p0.to_string()),
+                        || format!("{mode:?} after `{hijack}`: {who} of tenant a saw (owner, pid) {r:?}, backend {p0}"),
+                    ),
+                    Err(e) => f.0.push(format!("{mode:?} after `{hijack}`: {who}: {}", why(&e))),
+                }
+                // The hijacker uses the connection again before the next check.
+                let _ = first.batch_execute(hijack).await;
+            }
+        }
+    }
+    f.assert_none();
+}
+
+// ---- e. session characteristics follow the client -----------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_characteristics_follow_the_client_in_transaction_mode() {
+    let t = with_mode(tenant_db("cnchar").await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let (x, y) = (h.client(&t.id).await, h.client(&t.id).await);
+    let p0 = pid(&x).await;
+    x.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .await
+        .expect("set characteristics");
+    let mut f = Failures::default();
+    for round in 0..3 {
+        // The other client uses the pool of one in between, and sees the default.
+        let r =
+            rows(&y, "SELECT current_setting('transaction_isolation'), pg_backend_pid()").await.expect("y");
+        f.check(r == vec![vec!["read committed".to_owned(), p0.to_string()]], || {
+            format!("round {round}: the other client sees (isolation, pid) {r:?}")
+        });
+        let r = rows(&x, "BEGIN; SELECT current_setting('transaction_isolation'), pg_backend_pid(); COMMIT")
+            .await
+            .expect("x block");
+        f.check(r == vec![vec!["serializable".to_owned(), p0.to_string()]], || {
+            format!("round {round}: a transaction block of the client runs at (isolation, pid) {r:?}")
+        });
+        let r = rows(&x, "SHOW transaction_isolation").await.expect("x show");
+        f.check(r == vec![vec!["serializable".to_owned()]], || format!("round {round}: SHOW gives {r:?}"));
+    }
+    f.assert_none();
+}

@@ -1,0 +1,252 @@
+//! Containment of prepared statements and portals: each belongs to the client that made it;
+//! another client naming it gets what PostgreSQL would say to a session without it.
+
+use std::time::Duration;
+
+use pgtenant::config::PoolMode;
+use tokio::io::AsyncRead;
+use tokio::net::{TcpStream, UnixStream};
+
+use super::*;
+use crate::support::raw::*;
+use crate::support::*;
+
+// ---- d. statements and portals belong to their client -------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_and_portals_belong_to_their_client() {
+    let t = with_mode(tenant_db("cnstmt").await, PoolMode::Transaction, 1);
+    admin(&t.database)
+        .await
+        .batch_execute(&format!("CREATE TABLE marks (x int); ALTER TABLE marks OWNER TO \"{}\"", t.role))
+        .await
+        .expect("table");
+    let h = start_quick(vec![t.clone()]).await;
+    let mut f = Failures::default();
+
+    // Another client of the same tenant plants server-side state on the one backend: an SQL
+    // statement prepared inside a DO block (with a side effect), a WITH HOLD cursor, and a
+    // protocol-level statement of its own.
+    let planter = h.client(&t.id).await;
+    let p0 = pid(&planter).await;
+    planter
+        .batch_execute("DO $$BEGIN EXECUTE 'PREPARE s_planted AS INSERT INTO marks VALUES (1)'; END$$")
+        .await
+        .expect("plant a statement");
+    planter
+        .batch_execute("BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 'held-secret'::text; COMMIT")
+        .await
+        .expect("plant a cursor");
+    let own = planter.prepare("SELECT 'planter-secret'::text").await.expect("prepare");
+    assert_eq!(planter.query_one(&own, &[]).await.expect("own").get::<_, String>(0), "planter-secret");
+    let planted = rows(
+        &planter,
+        "SELECT (SELECT count(*) FROM pg_prepared_statements WHERE name = 's_planted'),
+                (SELECT count(*) FROM pg_cursors WHERE name = 'held'),
+                (SELECT name FROM pg_prepared_statements WHERE statement LIKE '%planter-secret%' LIMIT 1),
+                pg_backend_pid()",
+    )
+    .await
+    .expect("planted state");
+    assert_eq!(planted[0][0..2], ["1", "1"], "the planted statement and cursor exist: {planted:?}");
+    assert_eq!(planted[0][3], p0.to_string(), "same backend");
+    let server_name = planted[0][2].clone();
+    assert_ne!(server_name, "NULL", "the planter's statement is on the server: {planted:?}");
+
+    // The client under test, raw; the same sequences go straight to PostgreSQL (where none of
+    // the planted state exists) for the reference answers.
+    let mut s = raw_proxy(&h, &t.id).await;
+    let mut direct = raw_direct(&t.database).await;
+    let mut transcript = Vec::new();
+    let planted_steps: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "Bind+Execute of a statement planted by another client",
+            cat(&[bind("", "s_planted"), execute(""), sync()]),
+        ),
+        ("Describe of a statement planted by another client", cat(&[describe(b'S', "s_planted"), sync()])),
+        (
+            "Bind of another client's server-side statement name",
+            cat(&[bind("", &server_name), execute(""), sync()]),
+        ),
+        (
+            "Describe of another client's server-side statement name",
+            cat(&[describe(b'S', &server_name), sync()]),
+        ),
+        ("Close of another client's server-side statement name", cat(&[close(b'S', &server_name), sync()])),
+        ("Execute of a portal never bound", cat(&[execute("p_never"), sync()])),
+        ("Execute of another client's WITH HOLD cursor", cat(&[execute("held"), sync()])),
+        ("Describe of another client's WITH HOLD cursor", cat(&[describe(b'P', "held"), sync()])),
+        ("duplicate named Parse", cat(&[parse("dup", "SELECT 1"), parse("dup", "SELECT 2"), sync()])),
+        ("the duplicate's first statement still runs", cat(&[bind("", "dup"), execute(""), sync()])),
+        ("prepare a text", cat(&[parse("s_a", "SELECT 42"), sync()])),
+        (
+            "Parse of an already-prepared text in an aborted transaction",
+            cat(&[query("BEGIN"), query("SELECT 1/0"), parse("s_b", "SELECT 42"), sync(), query("ROLLBACK")]),
+        ),
+        (
+            "the statement skipped in the aborted transaction does not exist",
+            cat(&[bind("", "s_b"), execute(""), sync()]),
+        ),
+        // After an error the server skips to Sync: Parses behind it (of a text the server
+        // connection has, of one it lacks, of the failing text again) prepare nothing.
+        (
+            "Parses behind a failing Parse",
+            cat(&[
+                parse("s_bad", "SELECT * FROM no_such_table"),
+                parse("s_e", "SELECT 42"),
+                parse("s_f", "SELECT 43"),
+                parse("s_g", "SELECT * FROM no_such_table"),
+                sync(),
+            ]),
+        ),
+        (
+            "the skipped statements do not exist",
+            cat(&[
+                bind("", "s_e"),
+                execute(""),
+                sync(),
+                bind("", "s_f"),
+                execute(""),
+                sync(),
+                describe(b'S', "s_g"),
+                sync(),
+            ]),
+        ),
+        // Issue 16 on the wire: the error has reached the client before it sends the rest of
+        // its pipeline and the Sync.
+        (
+            "an error flushed before the rest of the pipeline",
+            cat(&[parse("s_h0", "SELECT * FROM no_such_table"), msg(b'H', &[])]),
+        ),
+        (
+            "the rest of that pipeline, then its Sync",
+            cat(&[
+                parse("s_h", "SELECT 44"),
+                bind("", "s_h"),
+                execute(""),
+                parse("s_a2", "SELECT 42"),
+                sync(),
+            ]),
+        ),
+        (
+            "statements skipped after the flushed error do not exist",
+            cat(&[bind("", "s_h"), execute(""), sync(), describe(b'S', "s_a2"), sync()]),
+        ),
+        (
+            "the same names prepare afterwards",
+            cat(&[
+                parse("s_h", "SELECT 44"),
+                parse("s_a2", "SELECT 42"),
+                bind("", "s_h"),
+                execute(""),
+                bind("", "s_a2"),
+                execute(""),
+                sync(),
+            ]),
+        ),
+    ];
+    compare_steps(&mut f, &mut direct, &mut s, &planted_steps, &mut transcript).await;
+    for secret in [&b"held-secret"[..], b"planter-secret"] {
+        f.check(!transcript.windows(secret.len()).any(|w| w == secret), || {
+            format!("the client received another client's rows ({})", String::from_utf8_lossy(secret))
+        });
+    }
+    // The server never ran the planted statement; the planted statement and cursor are intact.
+    let after = rows(
+        &planter,
+        "SELECT (SELECT count(*) FROM marks),
+                (SELECT count(*) FROM pg_prepared_statements WHERE name = 's_planted'),
+                (SELECT count(*) FROM pg_cursors WHERE name = 'held'),
+                pg_backend_pid()",
+    )
+    .await;
+    match after {
+        Ok(after) => {
+            f.check(after[0][0] == "0", || {
+                format!("the planted statement ran: {} row(s) in marks", after[0][0])
+            });
+            f.check(after[0][1..] == [String::from("1"), "1".into(), p0.to_string()], || {
+                format!("the planted state changed (statement, cursor, pid): {:?}", &after[0][1..])
+            });
+        }
+        Err(e) => f.0.push(format!("the planter's check failed: {}", why(&e))),
+    }
+    match planter.query_one(&own, &[]).await {
+        Ok(r) => f.check(r.get::<_, String>(0) == "planter-secret", || "planter's own statement".into()),
+        Err(e) => f.0.push(format!("the planter's own statement no longer works: {}", why(&e))),
+    }
+
+    // DEALLOCATE ALL / DISCARD ALL end the client's statements (they run on the server too).
+    let reset_steps: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "DEALLOCATE ALL, then Bind of the old name",
+            cat(&[
+                parse("s_c", "SELECT 7"),
+                sync(),
+                query("DEALLOCATE ALL"),
+                bind("", "s_c"),
+                execute(""),
+                sync(),
+            ]),
+        ),
+        (
+            "DISCARD ALL, then Bind of the old name",
+            cat(&[
+                parse("s_d", "SELECT 8"),
+                sync(),
+                query("DISCARD ALL"),
+                bind("", "s_d"),
+                execute(""),
+                sync(),
+            ]),
+        ),
+        (
+            "the client can prepare again afterwards",
+            cat(&[parse("s_c", "SELECT 9"), bind("", "s_c"), execute(""), sync()]),
+        ),
+    ];
+    compare_steps(&mut f, &mut direct, &mut s, &reset_steps, &mut transcript).await;
+    drop(s);
+    // pgtenant knows its server statements went with them: the planter's statement works.
+    match planter.query_one(&own, &[]).await {
+        Ok(r) => f.check(r.get::<_, String>(0) == "planter-secret", || "planter's own statement".into()),
+        Err(e) => f.0.push(format!(
+            "after another client's DEALLOCATE ALL, the planter's statement fails: {}",
+            why(&e)
+        )),
+    }
+    f.assert_none();
+}
+
+/// Reads the replies to one step: up to `syncs` ReadyForQuery messages, or, for a step
+/// without a Sync (ending in Flush), until the replies stop.
+async fn read_step<S: AsyncRead + Unpin>(s: &mut S, syncs: usize) -> (Vec<u8>, bool) {
+    if syncs == 0 {
+        read_quiet(s, Duration::from_millis(300)).await
+    } else {
+        read_ready(s, syncs, Duration::from_secs(5)).await
+    }
+}
+
+/// Sends each step to PostgreSQL and through pgtenant, reading up to one ReadyForQuery per
+/// Sync or Query, and records any difference.
+async fn compare_steps(
+    f: &mut Failures,
+    direct: &mut UnixStream,
+    proxied: &mut TcpStream,
+    steps: &[(&str, Vec<u8>)],
+    transcript: &mut Vec<u8>,
+) {
+    for (name, bytes) in steps {
+        let syncs = messages(bytes).iter().filter(|(tag, _)| matches!(tag, b'S' | b'Q')).count();
+        send(direct, bytes).await;
+        let (want, _) = read_step(direct, syncs).await;
+        send(proxied, bytes).await;
+        let (got, closed) = read_step(proxied, syncs).await;
+        transcript.extend_from_slice(&got);
+        let (want, got) = (summary(&want), summary(&got));
+        f.check(!closed && got == want, || {
+            format!("{name}:\n    PostgreSQL: {want:?}\n    pgtenant:   {got:?}")
+        });
+    }
+}
