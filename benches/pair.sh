@@ -20,6 +20,10 @@ SQL
     "$PGBENCH" -i -s "$BENCH_SCALE" -q -h 127.0.0.1 -p "$PG_PORT" -U bench bench \
         >"$TMP/pgbench-init.log" 2>&1 || { show_log "$TMP/pgbench-init.log"; die "pgbench -i failed"; }
     VERIFIER=$(printf 'bench' | "$PGTENANT_BIN" hash-password) || die "pgtenant hash-password failed"
+    # The role gets that same verifier: PgBouncer logs in upstream with the keys of the
+    # client's SCRAM exchange (SCRAM pass-through), which only match the server's verifier
+    # when salt and iterations are the same.
+    su_sql -d postgres -c "ALTER ROLE bench PASSWORD '$VERIFIER'" >/dev/null
 }
 
 # wait_ready PORT USER PID LOG: until `psql -c 'select 1'` works through a proxy.
@@ -75,14 +79,14 @@ EOF
 }
 
 # pair_start_pgbouncer: PgBouncer on PGB_PORT (pid PGB_PID), SCRAM clients as bench (the
-# auth_file holds the verifier), server connections logging in as bench with its password,
+# auth_file holds the verifier), server connections logging in as bench by SCRAM pass-through,
 # named prepared statements tracked (max_prepared_statements) so -M prepared works.
 pair_start_pgbouncer() {
     free_port PGB_PORT
     printf '"bench" "%s"\n' "$VERIFIER" >"$TMP/userlist.txt"
     cat >"$TMP/pgbouncer.ini" <<EOF
 [databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=bench user=bench password=bench
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench
 
 [pgbouncer]
 listen_addr = 127.0.0.1
