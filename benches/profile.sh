@@ -102,7 +102,7 @@ for c in "${CASES[@]}"; do
         {
             echo "== $name -> $t: syscalls per transaction (strace -c -f, $xacts transactions)"
             # % time, seconds, usecs/call, calls, [errors], syscall
-            awk -v x="$xacts" '$1 ~ /^[0-9.]+$/ && NF >= 5 {
+            awk -v x="$xacts" '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" {
                     calls = $4; name = $NF; errs = (NF == 6) ? $5 : 0
                     printf "  %-16s %8.2f per tx  (%d errors)\n", name, calls / x, errs; total += calls }
                 END { printf "  %-16s %8.2f per tx\n", "total", total / x }' "$base.strace"
@@ -125,6 +125,10 @@ for c in "${CASES[@]}"; do
         {
             echo "== $name -> $t: perf (cpu-clock), $xacts transactions," \
                 "$(awk -v t=$((cpu1 - cpu0)) -v x="$xacts" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t * 1e6 / hz / x }') CPU us/tx (perf attached)"
+            echo "  by object (kernel vs the proxy's own code and libraries):"
+            perf report -i "$base.perf.data" --no-children --stdio --sort dso 2>/dev/null \
+                | grep -E '^ +[0-9.]+%' | head -n 6
+            echo "  top symbols:"
             grep -E '^ +[0-9.]+%' "$base.perf.txt" | head -n 40
         } >>"$SUMMARY"
     done
