@@ -1,36 +1,55 @@
 #!/usr/bin/env bash
-# benches/compare.sh — pgbench through pgtenant vs PgBouncer vs direct PostgreSQL.
+# benches/compare.sh — issue 14's reference bench: pgbench through pgtenant vs PgBouncer 1.25
+# vs direct PostgreSQL, with each proxy's own CPU time per transaction.
 #
 # One run does everything:
 #   1. builds pgtenant in release mode (or uses $PGTENANT_BIN),
-#   2. starts a throwaway PostgreSQL cluster in a temp dir (md5 over TCP),
+#   2. starts a throwaway PostgreSQL cluster in a temp dir (SCRAM over TCP),
 #   3. `pgbench -i -s 10` the bench database,
-#   4. starts pgtenant (and PgBouncer, when installed) in transaction pooling mode,
-#   5. runs the same pgbench cases against direct Postgres, pgtenant and PgBouncer,
-#   6. prints a table of TPS, average latency and ratios.
+#   4. starts pgtenant and PgBouncer 1.25+ in transaction mode, pool 20, both with SCRAM
+#      client authentication (PgBouncer with max_prepared_statements, so -M prepared works),
+#   5. runs the cases against direct Postgres, pgtenant and PgBouncer in BENCH_ROUNDS
+#      interleaved rounds (round 1: every case on every target, then round 2 ...), reading
+#      each proxy's utime+stime from /proc/PID/stat around every run,
+#   6. prints per case and target: TPS (mean of the rounds), latency, the proxy's CPU µs per
+#      transaction (its CPU time over all rounds / transactions over all rounds), and the
+#      ratios pgtenant / PgBouncer.
 # Everything it started is stopped and the temp dir removed on exit.
 #
+# CPU per transaction is the steadier figure on a small shared machine (TPS moves with
+# whatever else runs; a proxy's CPU time per transaction much less), and the one that
+# decides throughput on a bigger machine.
+#
 # Environment:
-#   BENCH_SECONDS     seconds per pgbench run (default 10)
+#   BENCH_SECONDS     seconds per pgbench run (default 8)
+#   BENCH_ROUNDS      interleaved rounds (default 2)
 #   BENCH_SCALE       pgbench -i scale factor (default 10)
 #   PGTENANT_BIN      use this pgtenant binary instead of building one
-#   PGTENANT_WORKERS  [proxy] workers for pgtenant (default 0 = one per core)
-#   BENCH_CASES       only run cases whose name matches this regex (e.g. 'select 16c$')
+#   PGTENANT_WORKERS  [proxy] workers for pgtenant (default 0 = automatic)
+#   PGBOUNCER         the PgBouncer binary (default: `pgbouncer` in PATH, else
+#                     /opt/pgbouncer-1.25/bin/pgbouncer as built by
+#                     ../shared/anchors/build-pgbouncer.sh); must be 1.25 or newer: an
+#                     explicit older one is refused, an older one found in PATH is skipped
+#   BENCH_TARGETS     targets to run (default "direct pgtenant pgbouncer")
+#   BENCH_CASES       only run cases whose name matches this regex (e.g. '^-S$')
 #   BENCH_KEEP_LOGS   a directory to copy every log (pgbench, servers) to before cleanup
 #
 # Usage: benches/compare.sh        (as root, or as a user able to run initdb itself)
 set -euo pipefail
 
-BENCH_SECONDS=${BENCH_SECONDS:-10}
+BENCH_SECONDS=${BENCH_SECONDS:-8}
+BENCH_ROUNDS=${BENCH_ROUNDS:-2}
 BENCH_SCALE=${BENCH_SCALE:-10}
+BENCH_TARGETS=${BENCH_TARGETS:-"direct pgtenant pgbouncer"}
 PGTENANT_WORKERS=${PGTENANT_WORKERS:-0}
+POOL_SIZE=20
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 log() { printf '[compare] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # Shared helpers: PostgreSQL binaries, running as the postgres user, free ports,
-# the temp dir and its cleanup, the throwaway cluster.
+# the temp dir and its cleanup, the throwaway cluster, proxy CPU time.
 # shellcheck source=benches/lib.sh
 source "$REPO/benches/lib.sh"
 
@@ -39,136 +58,56 @@ source "$REPO/benches/lib.sh"
 # ---------------------------------------------------------------------------
 make_tmp bench
 
-
 # ---------------------------------------------------------------------------
-# 1. Build pgtenant.
+# 1. pgtenant and PgBouncer binaries.
 # ---------------------------------------------------------------------------
 build_pgtenant
+PGBOUNCER_BIN=""
+[[ " $BENCH_TARGETS " == *" pgbouncer "* ]] && find_pgbouncer 1.25
 
 # ---------------------------------------------------------------------------
-# 2. Throwaway PostgreSQL cluster.
+# 2. Throwaway PostgreSQL cluster (SCRAM over TCP) with the pgbench database, then the two
+#    proxies configured alike (benches/pair.sh).
 # ---------------------------------------------------------------------------
-# Superuser over the Unix socket only; md5 over TCP for everyone, so the direct
-# runs and both poolers authenticate upstream the same way.
-init_cluster md5
-start_cluster -c max_connections=300
-
-su_sql -d postgres <<'SQL'
-SET password_encryption = 'md5';
-CREATE ROLE bench LOGIN PASSWORD 'bench';
-CREATE DATABASE bench OWNER bench;
-SQL
+# shellcheck source=benches/pair.sh
+source "$REPO/benches/pair.sh"
+pair_cluster
+[[ " $BENCH_TARGETS " == *" pgtenant "* ]] && pair_start_pgtenant
+[[ -n $PGBOUNCER_BIN ]] && pair_start_pgbouncer
 
 # ---------------------------------------------------------------------------
-# 3. pgbench -i, directly over TCP as `bench`.
-# ---------------------------------------------------------------------------
-export PGPASSWORD=bench   # only the direct runs are asked for it; the poolers trust clients
-log "pgbench -i -s $BENCH_SCALE ..."
-"$PGBENCH" -i -s "$BENCH_SCALE" -q -h 127.0.0.1 -p "$PG_PORT" -U bench bench \
-    >"$TMP/pgbench-init.log" 2>&1 || { show_log "$TMP/pgbench-init.log"; die "pgbench -i failed"; }
-
-# ---------------------------------------------------------------------------
-# 4. pgtenant.
-# ---------------------------------------------------------------------------
-free_port PGT_PORT
-cat >"$TMP/pgtenant.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$PGT_PORT"
-workers = $PGTENANT_WORKERS
-
-[pool]
-mode = "transaction"
-size = 20
-
-[[upstreams]]
-name = "local"
-host = "127.0.0.1"
-port = $PG_PORT
-max_connections = 200
-# The throwaway cluster uses md5 over TCP: allowed explicitly (the default is SCRAM only).
-require_auth = "md5"
-
-[[tenants]]
-id = "bench"
-upstream = "local"
-database = "bench"
-role = "bench"
-password = "bench"
-pool_size = 20
-EOF
-
-# Wait until `psql ... -c 'select 1'` works through a proxy (port, user, db, pid, log).
-wait_ready() {
-    local port=$1 user=$2 pid=$3 logf=$4
-    for _ in $(seq 1 150); do
-        kill -0 "$pid" 2>/dev/null || { show_log "$logf"; die "process $pid ($logf) exited"; }
-        "$PSQL" -X -q -At -h 127.0.0.1 -p "$port" -U "$user" -d bench -c 'select 1' \
-            >/dev/null 2>&1 && return 0
-        sleep 0.2
-    done
-    show_log "$logf"
-    die "nothing answers on port $port after 30 s"
-}
-
-log "starting pgtenant on 127.0.0.1:$PGT_PORT (workers=$PGTENANT_WORKERS) ..."
-RUST_LOG=warn "$PGTENANT_BIN" serve --config "$TMP/pgtenant.toml" >"$TMP/pgtenant.log" 2>&1 &
-PGT_PID=$!
-wait_ready "$PGT_PORT" bench.bench "$PGT_PID" "$TMP/pgtenant.log"
-
-# ---------------------------------------------------------------------------
-# 5. PgBouncer, when installed.
-# ---------------------------------------------------------------------------
-PGBOUNCER=$(command -v pgbouncer || ls /usr/sbin/pgbouncer 2>/dev/null || true)
-if [[ -n $PGBOUNCER ]]; then
-    free_port PGB_PORT
-    # Clients are trusted; the auth_file gives pgbouncer the password for md5 upstream.
-    echo '"bench" "bench"' >"$TMP/userlist.txt"
-    cat >"$TMP/pgbouncer.ini" <<EOF
-[databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=bench
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PGB_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $TMP/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = 1000
-logfile = $TMP/pgbouncer.log
-pidfile = $TMP/pgbouncer.pid
-EOF
-    [[ $EUID -eq 0 ]] && chown postgres:postgres "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
-    log "starting pgbouncer on 127.0.0.1:$PGB_PORT ..."
-    as_pg_bg "$TMP/pgbouncer.out.log" "$PGBOUNCER" -q "$TMP/pgbouncer.ini"
-    PGB_PID=$BG_PID
-    wait_ready "$PGB_PORT" bench "$PGB_PID" "$TMP/pgbouncer.log"
-else
-    log "note: pgbouncer not installed, skipping it (apt-get install pgbouncer to compare)"
-fi
-
-# ---------------------------------------------------------------------------
-# 6. The benchmark cases.
+# 3. The benchmark cases, in interleaved rounds.
 # ---------------------------------------------------------------------------
 # name|pgbench options
 CASES=(
-    "select 1c|-S -c 1 -j 1"
-    "select 16c|-S -c 16 -j 2"
-    "tpcb 16c|-c 16 -j 2"
-    "select 16c -C|-C -S -c 16 -j 2"
-    "select 16c extended|-S -M extended -c 16 -j 2"
-    "select 16c prepared|-S -M prepared -c 16 -j 2"
+    "-S|-S -c 16 -j 2"
+    "-S -M prepared|-S -M prepared -c 16 -j 2"
+    "TPC-B|-c 16 -j 2"
+    "-S -C|-S -C -c 16 -j 2"
+    "-S 1 client|-S -c 1 -j 1"
+    "-S -M extended|-S -M extended -c 16 -j 2"
 )
-TARGETS=(direct pgtenant)
-[[ -n $PGB_PID ]] && TARGETS+=(pgbouncer)
+TARGETS=()
+for t in direct pgtenant pgbouncer; do
+    [[ " $BENCH_TARGETS " == *" $t "* ]] || continue
+    [[ $t == pgtenant && -z $PGT_PID ]] && continue
+    [[ $t == pgbouncer && -z $PGB_PID ]] && continue
+    TARGETS+=("$t")
+done
 
-# Connection options per target.
+# Connection options and the proxy's pid per target.
 target_conn() {
     case $1 in
         direct)    echo "-h 127.0.0.1 -p $PG_PORT -U bench" ;;
         pgtenant)  echo "-h 127.0.0.1 -p $PGT_PORT -U bench.bench" ;;
         pgbouncer) echo "-h 127.0.0.1 -p $PGB_PORT -U bench" ;;
+    esac
+}
+target_pid() {
+    case $1 in
+        pgtenant)  echo "$PGT_PID" ;;
+        pgbouncer) echo "$PGB_PID" ;;
+        *)         echo "" ;;
     esac
 }
 
@@ -180,62 +119,96 @@ prepare() {
         -c 'TRUNCATE pgbench_history' -c 'CHECKPOINT' >/dev/null
 }
 
-declare -A TPS LAT FAIL
+# Sums over the rounds, per case/target: TPS, latency, transactions, proxy CPU ticks.
+declare -A TPS_SUM LAT_SUM RUNS XACTS TICKS FAIL TPS_LIST
 FAILED_RUNS=0
 n=0
-for c in "${CASES[@]}"; do
-    name=${c%%|*}
-    opts=${c#*|}
-    [[ -n ${BENCH_CASES:-} && ! $name =~ $BENCH_CASES ]] && continue
-    for t in "${TARGETS[@]}"; do
-        n=$((n + 1))
-        out=$TMP/pgbench-$n-$t.log
-        prepare
-        log "run: $name -> $t (pgbench -n $opts -T $BENCH_SECONDS)"
-        # shellcheck disable=SC2046,SC2086
-        if ! "$PGBENCH" -n $opts -T "$BENCH_SECONDS" $(target_conn "$t") bench >"$out" 2>&1; then
-            log "pgbench exited non-zero for '$name' -> $t"
-            show_log "$out" 15
-            FAILED_RUNS=$((FAILED_RUNS + 1))
-        fi
-        # tps = 1234.5 (without initial connection time)   -- or, with -C,
-        # tps = 1234.5 (including reconnection times)
-        TPS[$name/$t]=$(awk '/^tps = / {print $3; exit}' "$out")
-        LAT[$name/$t]=$(awk '/^latency average = / {print $4; exit}' "$out")
-        FAIL[$name/$t]=$(awk -F'[:(]' '/^number of failed transactions/ {gsub(/ /,"",$2); print $2; exit}' "$out")
-        [[ -z ${TPS[$name/$t]} ]] && { log "could not parse tps for '$name' -> $t"; show_log "$out" 15; }
+for round in $(seq 1 "$BENCH_ROUNDS"); do
+    for c in "${CASES[@]}"; do
+        name=${c%%|*}
+        opts=${c#*|}
+        [[ -n ${BENCH_CASES:-} && ! $name =~ $BENCH_CASES ]] && continue
+        for t in "${TARGETS[@]}"; do
+            n=$((n + 1))
+            k=$name/$t
+            out=$TMP/pgbench-$n-$t.log
+            pid=$(target_pid "$t")
+            prepare
+            log "round $round: $name -> $t (pgbench -n $opts -T $BENCH_SECONDS)"
+            cpu0=$(cpu_ticks "$pid")
+            # shellcheck disable=SC2046,SC2086
+            if ! "$PGBENCH" -n $opts -T "$BENCH_SECONDS" $(target_conn "$t") bench >"$out" 2>&1; then
+                log "pgbench exited non-zero for '$name' -> $t"
+                show_log "$out" 15
+                FAILED_RUNS=$((FAILED_RUNS + 1))
+            fi
+            cpu1=$(cpu_ticks "$pid")
+            # tps = 1234.5 (without initial connection time)   -- or, with -C,
+            # tps = 1234.5 (including reconnection times)
+            tps=$(awk '/^tps = / {print $3; exit}' "$out")
+            lat=$(awk '/^latency average = / {print $4; exit}' "$out")
+            xacts=$(awk '/^number of transactions actually processed: / {print $6; exit}' "$out")
+            fail=$(awk -F'[:(]' '/^number of failed transactions/ {gsub(/ /,"",$2); print $2; exit}' "$out")
+            if [[ -z $tps || -z $xacts ]]; then
+                log "could not parse tps for '$name' -> $t"
+                show_log "$out" 15
+                continue
+            fi
+            TPS_SUM[$k]=$(awk -v a="${TPS_SUM[$k]:-0}" -v b="$tps" 'BEGIN { print a + b }')
+            LAT_SUM[$k]=$(awk -v a="${LAT_SUM[$k]:-0}" -v b="${lat:-0}" 'BEGIN { print a + b }')
+            RUNS[$k]=$(( ${RUNS[$k]:-0} + 1 ))
+            XACTS[$k]=$(( ${XACTS[$k]:-0} + xacts ))
+            FAIL[$k]=$(( ${FAIL[$k]:-0} + ${fail:-0} ))
+            TPS_LIST[$k]+="${TPS_LIST[$k]:+/}$(printf '%.0f' "$tps")"
+            [[ -n $cpu0 && -n $cpu1 ]] && TICKS[$k]=$(( ${TICKS[$k]:-0} + cpu1 - cpu0 ))
+            log "  $(printf '%.1f' "$tps") tps, $xacts transactions${pid:+, proxy CPU $(( (cpu1 - cpu0) * 1000 / CLK_TCK )) ms}"
+        done
     done
 done
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------------------
-# 7. The table.
+# 4. The table.
 # ---------------------------------------------------------------------------
 ratio() { # a / b with 2 decimals, "-" when either is missing
-    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
+    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
 }
-fmt() { # number with N decimals, "-" when missing
-    awk -v v="${1:-}" -v d="$2" 'BEGIN { if (v == "") print "-"; else printf("%." d "f", v) }'
+mean() { # sum / runs with N decimals, "-" when missing
+    awk -v s="${1:-}" -v r="${2:-}" -v d="$3" 'BEGIN { if (s == "" || r == "" || r + 0 == 0) print "-"; else printf("%." d "f", s / r) }'
+}
+cpu_us_per_tx() { # ticks xacts -> µs of proxy CPU per transaction
+    awk -v t="${1:-}" -v x="${2:-}" -v hz="$CLK_TCK" 'BEGIN { if (t == "" || x == "" || x + 0 == 0) print "-"; else printf "%.1f", t * 1e6 / hz / x }'
 }
 
 echo
-echo "pgbench -T $BENCH_SECONDS, scale $BENCH_SCALE, pool size 20 (transaction mode), $(nproc) cores, load avg $(cut -d' ' -f1-3 /proc/loadavg)"
-[[ -z $PGB_PID ]] && echo "(pgbouncer not installed: no pgbouncer rows)"
-fmt_row='%-14s | %-9s | %10s | %8s | %9s | %12s | %6s\n'
+echo "pgbench -T $BENCH_SECONDS x $BENCH_ROUNDS interleaved rounds, scale $BENCH_SCALE, pool $POOL_SIZE (transaction mode)," \
+    "SCRAM clients; pgtenant workers=$PGTENANT_WORKERS; ${PGBOUNCER_VERSION:-no PgBouncer}"
+echo "$(nproc) cores, load avg at the end $LOADAVG"
+fmt_row='%-15s | %-9s | %9s | %-13s | %8s | %9s | %9s | %8s | %8s | %6s\n'
 # shellcheck disable=SC2059
-printf "$fmt_row" case target TPS "lat ms" "vs direct" "vs pgbouncer" failed
-printf '%s\n' "---------------+-----------+------------+----------+-----------+--------------+-------"
+printf "$fmt_row" case target TPS "TPS by round" "lat ms" "CPU us/tx" "vs direct" "TPS/pgb" "CPU/pgb" failed
+printf '%s\n' "----------------+-----------+-----------+---------------+----------+-----------+-----------+----------+----------+-------"
 for c in "${CASES[@]}"; do
     name=${c%%|*}
     [[ -n ${BENCH_CASES:-} && ! $name =~ $BENCH_CASES ]] && continue
     for t in "${TARGETS[@]}"; do
         k=$name/$t
-        vs_pgb=""
-        [[ $t == pgtenant && -n $PGB_PID ]] && vs_pgb=$(ratio "${TPS[$k]}" "${TPS[$name/pgbouncer]}")
+        kb=$name/pgbouncer
+        tps=$(mean "${TPS_SUM[$k]:-}" "${RUNS[$k]:-}" 1)
+        cpu=$(cpu_us_per_tx "${TICKS[$k]:-}" "${XACTS[$k]:-}")
+        vs_tps="" vs_cpu=""
+        if [[ $t == pgtenant && -n $PGB_PID ]]; then
+            vs_tps=$(ratio "$tps" "$(mean "${TPS_SUM[$kb]:-}" "${RUNS[$kb]:-}" 1)")
+            vs_cpu=$(ratio "$cpu" "$(cpu_us_per_tx "${TICKS[$kb]:-}" "${XACTS[$kb]:-}")")
+        fi
         # shellcheck disable=SC2059
-        printf "$fmt_row" "$name" "$t" "$(fmt "${TPS[$k]}" 1)" "$(fmt "${LAT[$k]}" 3)" \
-            "$(ratio "${TPS[$k]}" "${TPS[$name/direct]}")" "$vs_pgb" "${FAIL[$k]:--}"
+        printf "$fmt_row" "$name" "$t" "$tps" "${TPS_LIST[$k]:--}" "$(mean "${LAT_SUM[$k]:-}" "${RUNS[$k]:-}" 3)" \
+            "$cpu" "$(ratio "$tps" "$(mean "${TPS_SUM[$name/direct]:-}" "${RUNS[$name/direct]:-}" 1)")" \
+            "$vs_tps" "$vs_cpu" "${FAIL[$k]:--}"
     done
 done
+echo "TPS: mean over the rounds; CPU us/tx: the proxy's utime+stime (/proc/PID/stat) over all rounds"
+echo "per transaction; TPS/pgb, CPU/pgb: pgtenant / PgBouncer (TPS: higher is better; CPU: lower is better)."
 echo
 
 # Anything pgtenant logged at warn or above during the runs.

@@ -176,3 +176,46 @@ start_cluster() {
 
 # psql as the superuser over the socket.
 su_sql() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres "$@"; }
+
+# ---------------------------------------------------------------------------
+# A proxy's own CPU time, and PgBouncer.
+# ---------------------------------------------------------------------------
+CLK_TCK=$(getconf CLK_TCK)
+# cpu_ticks PID: utime + stime of the process (all its threads), in CLK_TCK ticks; empty
+# without a PID. /proc/PID/stat: the fields after "(comm)" start at field 3 (state), so
+# utime (14) and stime (15) are the 12th and 13th after the last ')'.
+cpu_ticks() {
+    [[ -n ${1:-} && -r /proc/$1/stat ]] || return 0
+    sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+
+# find_pgbouncer MIN_VERSION: PGBOUNCER_BIN and PGBOUNCER_VERSION ("PgBouncer 1.25.2") from
+# $PGBOUNCER, else `pgbouncer` in PATH, else /opt/pgbouncer-1.25/bin/pgbouncer (what
+# ../shared/anchors/build-pgbouncer.sh installs). An explicit $PGBOUNCER older than
+# MIN_VERSION is refused (exit); an older one found otherwise is skipped with a note, and
+# PGBOUNCER_BIN stays empty.
+find_pgbouncer() {
+    local min=$1 bin="" v
+    if [[ -n ${PGBOUNCER:-} ]]; then
+        bin=$PGBOUNCER
+        [[ -x $bin ]] || die "PGBOUNCER=$bin is not executable"
+    else
+        for bin in "$(command -v pgbouncer || true)" /opt/pgbouncer-1.25/bin/pgbouncer; do
+            [[ -n $bin && -x $bin ]] || continue
+            v=$("$bin" --version 2>/dev/null | awk 'NR == 1 { print $2 }')
+            [[ $(printf '%s\n%s\n' "$min" "$v" | sort -V | head -n 1) == "$min" ]] && break
+            log "note: skipping $bin (PgBouncer $v, older than $min)"
+            bin=""
+        done
+        if [[ -z $bin ]]; then
+            log "note: no PgBouncer $min+ found: no PgBouncer rows (build one with" \
+                "../shared/anchors/build-pgbouncer.sh, or set PGBOUNCER)"
+            return 0
+        fi
+    fi
+    v=$("$bin" --version 2>/dev/null | awk 'NR == 1 { print $2 }')
+    [[ $(printf '%s\n%s\n' "$min" "$v" | sort -V | head -n 1) == "$min" ]] \
+        || die "$bin is PgBouncer '${v:-unknown}'; this bench needs $min or newer"
+    PGBOUNCER_BIN=$bin
+    PGBOUNCER_VERSION="PgBouncer $v"
+}

@@ -15,6 +15,9 @@
 #   auth_md5      the same with a PasswordMessage (an MD5 tenant)
 #   query_1gib    the same with a Query after login (5 trust clients)
 #   idle          BENCH_IDLE logged-in clients left idle (KiB per client)
+#   idle_pgbouncer the same through PgBouncer 1.25+ (trust clients, transaction mode), for
+#                 comparison; skipped when no PgBouncer 1.25+ is found (PGBOUNCER, PATH or
+#                 /opt/pgbouncer-1.25, as benches/compare.sh finds it)
 #   statements    BENCH_STATEMENTS distinct named prepared statements on one session
 #   server_error  a BENCH_ERROR_MB MB server ErrorResponse, the session then idle
 #   pipeline      SELECT pg_sleep(20) then BENCH_PIPELINE_MB MB of pipelined queries
@@ -30,12 +33,13 @@
 #   BENCH_PIPELINE_MB     pipelined MB behind pg_sleep (default 1000)
 #   BENCH_COPY_MB         COPY IN MB (default 2000)
 #   PGTENANT_BIN          use this pgtenant binary (default: cargo build --release)
+#   PGBOUNCER             the PgBouncer binary for idle_pgbouncer (see benches/compare.sh)
 #   BENCH_KEEP_LOGS       a directory to copy every log to before cleanup
 #
 # Usage: benches/memory.sh        (as root, or as a user able to run initdb itself)
 set -euo pipefail
 
-BENCH_CASES=${BENCH_CASES:-"auth_sasl auth_md5 query_1gib idle statements server_error pipeline copy_in"}
+BENCH_CASES=${BENCH_CASES:-"auth_sasl auth_md5 query_1gib idle idle_pgbouncer statements server_error pipeline copy_in"}
 BENCH_TRICKLE_SECONDS=${BENCH_TRICKLE_SECONDS:-5}
 BENCH_TRICKLE_INTERVAL=${BENCH_TRICKLE_INTERVAL:-0.05}
 BENCH_IDLE=${BENCH_IDLE:-2000}
@@ -130,15 +134,53 @@ log "pgtenant (pid $PGT_PID) on 127.0.0.1:$PGT_PORT, PostgreSQL on $PG_PORT"
 # Warm up: one login per tenant kind so that pools and caches exist before measuring.
 "$PYTHON" "$CLIENT" "$PGT_PID" 127.0.0.1 "$PGT_PORT" idle --user app.benchtrust --database bench --n 1 >/dev/null
 
+# PgBouncer for the idle_pgbouncer case: trust clients, server connections as bench with its
+# password, started only when the case is asked for and a PgBouncer 1.25+ is found.
+PGBOUNCER_BIN=""
+start_pgbouncer() {
+    find_pgbouncer 1.25
+    [[ -n $PGBOUNCER_BIN ]] || return 1
+    free_port PGB_PORT
+    echo '"bench" ""' >"$TMP/userlist.txt"
+    cat >"$TMP/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench user=bench password=secret
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGB_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $TMP/userlist.txt
+pool_mode = transaction
+default_pool_size = 10
+max_client_conn = $((BENCH_IDLE + 100))
+logfile = $TMP/pgbouncer.log
+pidfile = $TMP/pgbouncer.pid
+EOF
+    [[ $EUID -eq 0 ]] && chown postgres:postgres "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
+    as_pg_bg "$TMP/pgbouncer.out.log" "$PGBOUNCER_BIN" -q "$TMP/pgbouncer.ini"
+    PGB_PID=$BG_PID
+    for _ in $(seq 1 100); do
+        "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PGB_PORT" && break
+        kill -0 "$PGB_PID" 2>/dev/null || { show_log "$TMP/pgbouncer.log"; die "pgbouncer exited"; }
+        sleep 0.1
+    done
+    log "$PGBOUNCER_VERSION (pid $PGB_PID) on 127.0.0.1:$PGB_PORT"
+    # Warm up: the first login opens a server connection (later ones reuse its parameters).
+    "$PYTHON" "$CLIENT" "$PGB_PID" 127.0.0.1 "$PGB_PORT" idle --user bench --database bench --n 1 >/dev/null
+}
+
 # ---------------------------------------------------------------------------
 # 4. The cases.
 # ---------------------------------------------------------------------------
 RESULTS=$TMP/results.jsonl
 : >"$RESULTS"
-run_case() { # run_case LABEL ARGS...
+run_case() { # run_case LABEL ARGS...   (against pgtenant; PROXY_PID/PROXY_PORT override)
     local label=$1; shift
     log "case $label ..."
-    if ! "$PYTHON" "$CLIENT" "$PGT_PID" 127.0.0.1 "$PGT_PORT" "$@" >>"$RESULTS" 2>"$TMP/case-$label.log"; then
+    if ! "$PYTHON" "$CLIENT" "${PROXY_PID:-$PGT_PID}" 127.0.0.1 "${PROXY_PORT:-$PGT_PORT}" "$@" \
+        >>"$RESULTS" 2>"$TMP/case-$label.log"; then
         show_log "$TMP/case-$label.log"
         printf '{"case": "%s", "failed": true}\n' "$label" >>"$RESULTS"
     fi
@@ -152,6 +194,12 @@ for c in $BENCH_CASES; do
         auth_md5) run_case "$c" auth_1gib --method md5 --user app.benchmd5 --conns 5 --seconds "$BENCH_TRICKLE_SECONDS" --interval "$BENCH_TRICKLE_INTERVAL" ;;
         query_1gib) run_case "$c" auth_1gib --method query "${trust[@]}" --conns 5 --seconds "$BENCH_TRICKLE_SECONDS" --interval "$BENCH_TRICKLE_INTERVAL" ;;
         idle) run_case "$c" idle "${trust[@]}" --n "$BENCH_IDLE" ;;
+        idle_pgbouncer)
+            if start_pgbouncer; then
+                PROXY_PID=$PGB_PID PROXY_PORT=$PGB_PORT run_case "$c" idle --user bench --database bench --n "$BENCH_IDLE"
+                # The case's JSON says idle_clients: mark it as PgBouncer's.
+                sed -i '$ s/"case": "idle_clients"/"case": "idle_clients_pgbouncer"/' "$RESULTS"
+            fi ;;
         statements) run_case "$c" statements "${trust[@]}" --n "$BENCH_STATEMENTS" ;;
         server_error) run_case "$c" server_error "${trust[@]}" --mb "$BENCH_ERROR_MB" ;;
         pipeline) run_case "$c" pipeline "${trust[@]}" --mb "$BENCH_PIPELINE_MB" --sleep 20 ;;

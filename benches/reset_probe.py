@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""benches/reset_probe.py — checks on a real PostgreSQL the wire-level facts that a pipelined
+cross-tenant reset relies on (the client's first bytes sent behind the reset instead of one
+round trip later):
+
+  1. DISCARD ALL sent as an unsynced extended-protocol statement (Parse/Bind/Execute, no Sync)
+     after a simple Query runs, and is committed before the next simple Query: a client
+     transaction that follows and rolls back does not bring back the previous session's
+     settings, prepared statements or temporary tables;
+  2. when that Execute fails, the simple Queries and extended messages behind it are skipped,
+     not run, until a Sync.
+
+Usage: reset_probe.py SOCKET_DIR PORT   (as `postgres` over the Unix socket, trust
+authentication); benches/reset_probe.sh starts a throwaway cluster and runs it. Exits 1 if a
+fact does not hold.
+"""
+import socket
+import struct
+import sys
+
+
+def msg(tag, body):
+    return tag + struct.pack("!i", len(body) + 4) + body
+
+
+def cstr(s):
+    return s.encode() + b"\0"
+
+
+def query(sql):
+    return msg(b"Q", cstr(sql))
+
+
+def unsynced(sql):
+    """Parse/Bind/Execute of the unnamed statement, no Sync."""
+    return (msg(b"P", cstr("") + cstr(sql) + b"\0\0")
+            + msg(b"B", cstr("") + cstr("") + b"\0\0\0\0\0\0")
+            + msg(b"E", cstr("") + b"\0\0\0\0"))
+
+
+class Conn:
+    def __init__(self, sock_dir, port):
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.connect(f"{sock_dir}/.s.PGSQL.{port}")
+        body = struct.pack("!i", 196608) + cstr("user") + cstr("postgres") + cstr("database") + cstr("postgres") + b"\0"
+        self.s.sendall(struct.pack("!i", len(body) + 4) + body)
+        self.buf = b""
+        self.until_ready()
+
+    def until_ready(self, n=1):
+        """Messages up to the n-th ReadyForQuery, as (tag, body)."""
+        out = []
+        while sum(1 for t, _ in out if t == b"Z") < n:
+            while len(self.buf) < 5 or len(self.buf) < struct.unpack("!i", self.buf[1:5])[0] + 1:
+                data = self.s.recv(65536)
+                if not data:
+                    raise RuntimeError("connection closed")
+                self.buf += data
+            n_len = struct.unpack("!i", self.buf[1:5])[0]
+            out.append((self.buf[:1], self.buf[5:n_len + 1]))
+            self.buf = self.buf[n_len + 1:]
+        return out
+
+    def value(self, sql):
+        rows = [b for t, b in self.until_ready_after(query(sql)) if t == b"D"]
+        return rows[0][6:].decode()  # one row, one column: count(2) + len(4) + value
+
+    def until_ready_after(self, data, n=1):
+        self.s.sendall(data)
+        return self.until_ready(n)
+
+
+def tags(msgs):
+    return " ".join(t.decode() for t, _ in msgs)
+
+
+def main():
+    c = Conn(sys.argv[1], sys.argv[2])
+    ok = True
+    # The previous tenant's session: a setting, a search_path, a temp table, a statement.
+    c.until_ready_after(query("SET work_mem = '77MB'; SET search_path TO prev; "
+                              "CREATE TEMP TABLE t (x int); PREPARE p AS SELECT 1"))
+    # 1. Guard (simple), DISCARD ALL (unsynced extended), setup (simple), then the client's
+    #    transaction, rolled back.
+    got = c.until_ready_after(query("SET statement_timeout = 0; SET lock_timeout = 0")
+                              + unsynced("DISCARD ALL") + query("SET search_path TO t1")
+                              + query("BEGIN") + query("SELECT 1") + query("ROLLBACK"), 5)
+    print("handoff replies:", tags(got))
+    errors = [b for t, b in got if t == b"E"]
+    state = c.value("SELECT current_setting('work_mem') || ' ' || current_setting('search_path') || ' '"
+                    " || (SELECT count(*) FROM pg_prepared_statements) || ' '"
+                    " || coalesce(to_regclass('pg_temp.t')::text, 'no-temp')")
+    print("after the client's rollback:", state)
+    if errors or state != "4MB t1 0 no-temp":
+        print("FAIL: DISCARD ALL did not run, or was not committed before the client's transaction")
+        ok = False
+    # 2. A failing unsynced Execute: what follows must not run until a Sync.
+    c.until_ready_after(query("DROP TABLE IF EXISTS marker1, marker2"))
+    c.s.sendall(unsynced("SELECT 1/0") + query("SET search_path TO t2")
+                + query("CREATE TABLE marker1 ()") + unsynced("CREATE TABLE marker2 ()"))
+    got = c.until_ready_after(msg(b"S", b""))
+    print("failed reset replies:", tags(got))
+    state = c.value("SELECT (to_regclass('marker1') IS NULL AND to_regclass('marker2') IS NULL)::text"
+                    " || ' ' || current_setting('search_path')")
+    print("after the failed reset (skipped?, search_path):", state)
+    if state != "true t1":
+        print("FAIL: messages behind the failed reset ran")
+        ok = False
+    print("OK" if ok else "FAILED")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
