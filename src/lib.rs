@@ -37,6 +37,7 @@ pub mod config;
 pub mod embedded;
 pub mod lifecycle;
 pub mod listener;
+pub mod model;
 pub mod pool;
 pub mod protocol;
 pub mod server;

@@ -22,9 +22,9 @@ use crate::catalog::limit::LookupLimiter;
 use crate::catalog::{Catalog, Change, ControlCatalog, StaticCatalog, Tenant};
 use crate::config::{secs, Config};
 use crate::listener::{accept_backoff, Every};
+use crate::model::TenantId;
 use crate::pool::PoolManager;
 use crate::protocol::{PgError, SqlState};
-use crate::tenant::TenantId;
 
 /// Shutdown signals every session watches.
 #[derive(Clone, Default)]
@@ -365,7 +365,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     // Certificate problems stop the start here, with the reason.
     Tls::new(&config.tls)?;
-    if config.proxy.auth == crate::config::AuthMethod::Trust {
+    if config.proxy.auth == crate::model::AuthMethod::Trust {
         tracing::warn!("client authentication is TRUST: anyone who can reach {} and name a tenant gets in; set [proxy] auth = \"scram-sha-256\"", config.proxy.listen);
     }
     // Bound before the proxy starts, so that a taken admin port stops the start too.

@@ -14,9 +14,10 @@ use super::cache::TenantCache;
 use super::link::ControlLink;
 use super::secrets::{self, Keys};
 use super::{migrations, Catalog, LookupFuture, Tenant, TenantParts};
-use crate::config::{secs, AuthMethod, CatalogConfig, Isolation, PoolDefaults, PoolMode, TenantStatus};
-use crate::pool::{RequireAuth, SslMode, UpstreamAddr, UpstreamTls};
-use crate::tenant::TenantId;
+use crate::config::{secs, CatalogConfig, PoolDefaults};
+use crate::model::{
+    AuthMethod, Isolation, PoolMode, RequireAuth, SslMode, TenantId, TenantStatus, UpstreamAddr, UpstreamTls,
+};
 
 /// The NOTIFY channel the catalog triggers use.
 pub const CHANNEL: &str = "pgtenant_catalog";

@@ -14,7 +14,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
-use crate::pool::SslMode;
+use crate::model::SslMode;
 
 /// A control database: where it is, and how to secure the connection.
 #[derive(Clone, Debug)]
@@ -44,7 +44,7 @@ impl ControlLink {
         let tls = match mode {
             SslMode::Disable => ControlTls(None),
             _ => ControlTls(Some(
-                crate::pool::client_config(mode, rootcert.as_deref()).map_err(|e| e.to_string())?,
+                crate::auth::tls::client_config(mode, rootcert.as_deref()).map_err(|e| e.to_string())?,
             )),
         };
         Ok(ControlLink { config, tls })

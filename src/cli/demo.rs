@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{Config, Isolation, PoolMode, ProxyConfig};
+use crate::config::{Config, ProxyConfig};
 use crate::embedded::{Cluster, SUPERUSER_PASSWORD};
 use crate::lifecycle::{CreateTenant, Lifecycle};
+use crate::model::{Isolation, PoolMode};
 use crate::server::Proxy;
 
 /// The demo tenants: (id, isolation, pool mode, pool size).

@@ -7,11 +7,12 @@ use std::path::Path;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::config::{AuthMethod, Config, Isolation, PoolMode};
+use crate::config::Config;
 use crate::lifecycle::{
     CreateTenant, Lifecycle, LifecycleError, LoginKind, MigrateOptions, MigrationOutcome, NewUser,
     TenantInfo, TenantMigration,
 };
+use crate::model::{AuthMethod, Isolation, PoolMode};
 
 const DEFAULT_CONFIG: &str = "config/pgtenant.toml";
 
@@ -501,10 +502,10 @@ pub async fn upstream(command: UpstreamCommand, target: Target) -> anyhow::Resul
             max_connections,
             require_auth,
         } => {
-            anyhow::ensure!(crate::pool::SslMode::parse(&sslmode).is_some(), "unknown sslmode {sslmode:?}");
+            anyhow::ensure!(crate::model::SslMode::parse(&sslmode).is_some(), "unknown sslmode {sslmode:?}");
             // Stored in the catalog's canonical spelling (its CHECK allows no spaces).
             let require_auth = require_auth
-                .map(|r| crate::pool::RequireAuth::parse(&r).map(|r| r.to_string()))
+                .map(|r| crate::model::RequireAuth::parse(&r).map(|r| r.to_string()))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
             let password = if admin_password_stdin { Some(read_stdin_line("password")?) } else { None };

@@ -28,7 +28,7 @@ use super::vars::ClientVars;
 use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
-use crate::config::PoolMode;
+use crate::model::PoolMode;
 use crate::pool::session::{needs_reset, queue_reset, retire, retire_running, Retire, CLEANUP_TIMEOUT};
 use crate::pool::{Checkout, Pool, ServerParams};
 use crate::protocol::frame::header;
@@ -767,7 +767,7 @@ fn changes_session_state(tag: &[u8]) -> bool {
     TAGS.iter().any(|t| tag.starts_with(t))
 }
 
-fn timed_out(limit: Limit, tenant: &crate::tenant::TenantId) -> PgError {
+fn timed_out(limit: Limit, tenant: &crate::model::TenantId) -> PgError {
     match limit {
         Limit::Query => PgError::fatal(
             SqlState::QueryCanceled,

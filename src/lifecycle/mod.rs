@@ -25,9 +25,9 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::catalog::secrets::Keys;
-use crate::config::{AuthMethod, Config, Isolation, PoolMode};
+use crate::config::Config;
+use crate::model::{AuthMethod, Isolation, PoolMode, TenantId};
 use crate::sql::{quote_ident, quote_literal};
-use crate::tenant::TenantId;
 pub use migrate::{Applied, MigrationSet};
 use upstream::Upstream;
 
@@ -1487,13 +1487,13 @@ fn tool(name: &str) -> Result<std::path::PathBuf, LifecycleError> {
 /// libpq environment for an administrator connection to `u`.
 fn libpq_env(u: &Upstream, cmd: &mut tokio::process::Command) {
     let (host, port, sslmode) = match &u.addr {
-        crate::pool::UpstreamAddr::Tcp { host, port, tls } => {
+        crate::model::UpstreamAddr::Tcp { host, port, tls } => {
             if let Some(ca) = &tls.root_cert {
                 cmd.env("PGSSLROOTCERT", &**ca);
             }
             (host.to_string(), *port, tls.mode.as_str())
         }
-        crate::pool::UpstreamAddr::Unix { dir, port } => (dir.to_string(), *port, "disable"),
+        crate::model::UpstreamAddr::Unix { dir, port } => (dir.to_string(), *port, "disable"),
     };
     cmd.env("PGHOST", host)
         .env("PGPORT", port.to_string())

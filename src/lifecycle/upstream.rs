@@ -15,9 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::{Client, NoTls};
 
 use super::{db_error, LifecycleError};
-use crate::auth::scram_client::DEFAULT_MAX_ITERATIONS;
 use crate::catalog::secrets::Keys;
-use crate::pool::{RequireAuth, SslMode, UpstreamAddr, UpstreamTls};
+use crate::model::{RequireAuth, SslMode, UpstreamAddr, UpstreamTls, DEFAULT_MAX_SCRAM_ITERATIONS};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -90,7 +89,7 @@ impl Upstream {
             let allowed = self
                 .require_auth
                 .unwrap_or_else(|| RequireAuth::default_for(self.admin_password.is_some(), unix));
-            let stream = AuthGuard::new(stream, allowed, DEFAULT_MAX_ITERATIONS);
+            let stream = AuthGuard::new(stream, allowed, DEFAULT_MAX_SCRAM_ITERATIONS);
             let mut config = tokio_postgres::Config::new();
             config
                 .user(&self.admin_user)

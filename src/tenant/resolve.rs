@@ -5,7 +5,7 @@ use crate::config::{ResolverConfig, ResolverKind, UserFormat};
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{PgError, SqlState};
 
-use super::{TenantId, TenantIdError};
+use crate::model::{TenantId, TenantIdError};
 
 /// Where a tenant id came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

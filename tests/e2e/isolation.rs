@@ -8,7 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use pgtenant::config::{Config, Isolation, PoolMode, TenantConfig};
+use pgtenant::config::{Config, TenantConfig};
+use pgtenant::model::{Isolation, PoolMode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::{Client, SimpleQueryMessage};

@@ -5,10 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use pgtenant::config::{Config, Isolation};
+use pgtenant::config::Config;
 use pgtenant::lifecycle::{
     CreateTenant, Lifecycle, LifecycleError, LoginKind, MigrateOptions, MigrationOutcome, NewUser,
 };
+use pgtenant::model::Isolation;
 use tokio_postgres::Client;
 
 use crate::support::*;
@@ -646,12 +647,12 @@ async fn limits_change_live_and_operations_take_turns() {
     let patch = pgtenant::lifecycle::UpdateTenant { max_clients: Some(1), ..Default::default() };
     assert_eq!(lc.update(&id, patch).await.expect("update").max_clients, Some(1));
     let md5 = pgtenant::lifecycle::UpdateTenant {
-        auth: Some(pgtenant::config::AuthMethod::Md5),
+        auth: Some(pgtenant::model::AuthMethod::Md5),
         ..Default::default()
     };
     assert_eq!(lc.update(&id, md5).await.expect("md5 auth").auth.as_deref(), Some("md5"));
     let trust = pgtenant::lifecycle::UpdateTenant {
-        auth: Some(pgtenant::config::AuthMethod::Trust),
+        auth: Some(pgtenant::model::AuthMethod::Trust),
         ..Default::default()
     };
     lc.update(&id, trust).await.expect("back to trust");

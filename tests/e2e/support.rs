@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use pgtenant::config::{Config, PoolMode, TenantConfig, UpstreamConfig};
+use pgtenant::config::{Config, TenantConfig, UpstreamConfig};
 use pgtenant::embedded::Cluster;
+use pgtenant::model::PoolMode;
 use pgtenant::server::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
