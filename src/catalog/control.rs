@@ -77,12 +77,8 @@ impl ControlCatalog {
 
     /// Applies the catalog migrations; returns the versions applied now.
     pub async fn migrate(&self) -> anyhow::Result<Vec<i32>> {
-        let (mut client, conn) = self.link.connect().await?;
-        let task = tokio::spawn(conn);
-        let applied = migrations::migrate(&mut client).await?;
-        drop(client);
-        let _ = task.await;
-        Ok(applied)
+        let mut client = self.link.open().await?;
+        Ok(migrations::migrate(&mut client).await?)
     }
 
     /// Catalog queries made so far.

@@ -8,6 +8,7 @@ pub mod limit;
 pub mod link;
 pub mod migrations;
 pub mod secrets;
+pub mod store;
 
 pub use control::{Change, ControlCatalog};
 

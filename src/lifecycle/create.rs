@@ -3,6 +3,7 @@
 //! credential; and undoing a create that failed.
 
 use super::*;
+use crate::catalog::store;
 
 impl Lifecycle {
     /// Creates a tenant (see the module comment for what happens on failure).
@@ -78,7 +79,9 @@ impl Lifecycle {
                 migrate::seed(&tenant_db, &place, &self.seeds).await?;
             }
             if let Some(user) = &req.user {
-                add_user(&db, &id, &user.name, &user.password).await?;
+                store::add_user(&db, &id, &user.name, &crate::auth::Verifier::hash(&user.password))
+                    .await
+                    .map_err(catalog_error)?;
             }
             Ok::<_, LifecycleError>(applied)
         }
@@ -383,23 +386,4 @@ pub(super) fn random_password() -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut rng = rand::rng();
     (0..32).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect()
-}
-
-/// Adds (or replaces) a client credential, stored as a SCRAM verifier.
-pub async fn add_user(db: &Client, tenant: &str, user: &str, password: &str) -> Result<(), LifecycleError> {
-    let verifier = crate::auth::Verifier::hash(password);
-    db.execute(
-        "INSERT INTO pgtenant.tenant_users (tenant_id, username, verifier) VALUES ($1, $2, $3)
-         ON CONFLICT (tenant_id, username) DO UPDATE SET verifier = EXCLUDED.verifier",
-        &[&tenant, &user, &verifier],
-    )
-    .await
-    .map_err(catalog_error)?;
-    db.execute(
-        "INSERT INTO pgtenant.events (tenant_id, kind, detail) VALUES ($1, 'user_added', jsonb_build_object('user', $2::text))",
-        &[&tenant, &user],
-    )
-    .await
-    .map_err(catalog_error)?;
-    Ok(())
 }

@@ -33,7 +33,6 @@ use crate::catalog::secrets::Keys;
 use crate::config::Config;
 use crate::model::{AuthMethod, Isolation, PoolMode, TenantId};
 use crate::sql::{quote_ident, quote_literal};
-pub use create::add_user;
 pub use migrate::{Applied, MigrationSet};
 use report::INFO_SQL;
 pub use report::{Health, MigrationOutcome, MigrationStatus, TenantInfo, TenantMigration};
@@ -139,9 +138,7 @@ impl Lifecycle {
     }
 
     async fn control(&self) -> Result<Client, LifecycleError> {
-        let (client, conn) = self.control.connect().await.map_err(catalog_error)?;
-        tokio::spawn(conn);
-        Ok(client)
+        self.control.open().await.map_err(catalog_error)
     }
 
     /// A control connection holding the tenant's operation lock (released when it closes).

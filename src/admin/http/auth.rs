@@ -1,6 +1,7 @@
 //! Who may call the API: bearer tokens checked against `[admin] token_sha256` (in constant
 //! time) and then against the control database's stored tokens.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +9,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+
+use crate::catalog::store;
 
 use super::problem::{Kind, Problem};
 use super::AdminState;
@@ -72,40 +75,36 @@ impl Control {
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let (client, conn) = tokio::time::timeout(self.timeout, self.config.connect())
+        let client = tokio::time::timeout(self.timeout, self.config.open())
             .await
             .map_err(|_| format!("no connection within {:?}", self.timeout))?
             .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
         let client = Arc::new(client);
         *slot = Some(client.clone());
         Ok(client)
     }
 
-    pub(super) async fn query_one(
+    /// Runs `query` on the shared connection within the timeout.
+    async fn within<T, Fut>(
         &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<tokio_postgres::Row, String> {
+        query: impl FnOnce(Arc<tokio_postgres::Client>) -> Fut,
+    ) -> Result<T, String>
+    where
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
         let client = self.client().await?;
-        tokio::time::timeout(self.timeout, client.query_one(sql, params))
+        tokio::time::timeout(self.timeout, query(client))
             .await
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
             .map_err(|e| e.to_string())
     }
 
     pub(super) async fn token_known(&self, sha256_hex: &str) -> Result<bool, String> {
-        let row = self
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pgtenant.admin_tokens WHERE lower(token_sha256) = $1)",
-                &[&sha256_hex],
-            )
-            .await?;
-        Ok(row.get(0))
+        self.within(|db| async move { store::admin_token_known(&db, sha256_hex).await }).await
     }
 
     pub(super) async fn ping(&self) -> Result<(), String> {
-        self.query_one("SELECT 1", &[]).await.map(|_| ())
+        self.within(|db| async move { db.query_one("SELECT 1", &[]).await.map(|_| ()) }).await
     }
 }
 

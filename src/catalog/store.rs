@@ -1,0 +1,197 @@
+//! Statements against the control database's `pgtenant.*` tables that the command line and
+//! the admin API run: client credentials, upstream login passwords, master-key rotation and
+//! admin tokens, each with its event row. Rows come back typed; callers open the connection
+//! with [`super::link::ControlLink::open`].
+//!
+//! The tenant lookups of the proxy stay in [`super::control`] (cached, pooled); the tenant
+//! lifecycle's statements are still in the lifecycle module (issue 12 moves them here next).
+
+use tokio_postgres::{Client, GenericClient};
+
+use super::secrets::{self, Keys};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Db(#[from] tokio_postgres::Error),
+    /// A stored secret could not be decrypted with the keys given.
+    #[error("{what}: {why}")]
+    Secret { what: String, why: String },
+}
+
+/// A client credential of a tenant (the verifier itself stays in the catalog).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub username: String,
+    pub created_at: String,
+}
+
+/// A stored admin token (only its digest is kept, and it is not returned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTokenRow {
+    pub name: String,
+    pub created_at: String,
+}
+
+/// How many stored passwords a key rotation re-encrypted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rotated {
+    pub tenants: i32,
+    pub upstreams: i32,
+}
+
+/// Adds (or replaces) a client credential, stored as a SCRAM verifier.
+pub async fn add_user(
+    db: &impl GenericClient,
+    tenant: &str,
+    user: &str,
+    verifier: &str,
+) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "INSERT INTO pgtenant.tenant_users (tenant_id, username, verifier) VALUES ($1, $2, $3)
+         ON CONFLICT (tenant_id, username) DO UPDATE SET verifier = EXCLUDED.verifier",
+        &[&tenant, &user, &verifier],
+    )
+    .await?;
+    db.execute(
+        "INSERT INTO pgtenant.events (tenant_id, kind, detail) VALUES ($1, 'user_added', jsonb_build_object('user', $2::text))",
+        &[&tenant, &user],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes a client credential; false if the tenant has no such user.
+pub async fn remove_user(db: &Client, tenant: &str, user: &str) -> Result<bool, tokio_postgres::Error> {
+    let n = db
+        .execute(
+            "DELETE FROM pgtenant.tenant_users WHERE tenant_id = $1 AND username = $2",
+            &[&tenant, &user],
+        )
+        .await?;
+    if n != 1 {
+        return Ok(false);
+    }
+    db.execute(
+        "INSERT INTO pgtenant.events (tenant_id, kind, detail) VALUES ($1, 'user_removed', jsonb_build_object('user', $2::text))",
+        &[&tenant, &user],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// A tenant's client credentials, by name.
+pub async fn users(db: &Client, tenant: &str) -> Result<Vec<UserRow>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT username, created_at::text FROM pgtenant.tenant_users WHERE tenant_id = $1 ORDER BY 1",
+            &[&tenant],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| UserRow { username: r.get(0), created_at: r.get(1) }).collect())
+}
+
+/// Stores a tenant's (encrypted) upstream login password; false if there is no such tenant.
+pub async fn set_login_password(
+    db: &Client,
+    tenant: &str,
+    encrypted: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = db
+        .execute("UPDATE pgtenant.tenants SET login_password = $2 WHERE id = $1", &[&tenant, &encrypted])
+        .await?;
+    Ok(n == 1)
+}
+
+/// Re-encrypts every stored password not under the current key (tenants' upstream logins,
+/// upstreams' administrator logins) in one transaction, and records the rotation.
+pub async fn rotate_keys(db: &mut Client, keys: &Keys) -> Result<Rotated, StoreError> {
+    let tx = db.transaction().await?;
+    // (table, key, column); all three are constants, never input.
+    let mut rotated = [0, 0];
+    for (n, (table, key, column)) in
+        [("tenants", "id", "login_password"), ("upstreams", "name", "admin_password")].into_iter().enumerate()
+    {
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {key}, {column} FROM pgtenant.{table} WHERE {column} IS NOT NULL FOR UPDATE"
+                ),
+                &[],
+            )
+            .await?;
+        for row in rows {
+            let (id, stored): (String, String) = (row.get(0), row.get(1));
+            if !keys.needs_rotation(&stored) {
+                continue;
+            }
+            let (plain, _) = secrets::reveal(Some(keys), &stored)
+                .map_err(|why| StoreError::Secret { what: format!("{table} {id}"), why: why.to_string() })?;
+            tx.execute(
+                &format!("UPDATE pgtenant.{table} SET {column} = $2 WHERE {key} = $1"),
+                &[&id, &keys.encrypt(&plain)],
+            )
+            .await?;
+            rotated[n] += 1;
+        }
+    }
+    tx.execute(
+        "INSERT INTO pgtenant.events (kind, detail)
+         VALUES ('key_rotated', jsonb_build_object('key', $1::text, 'tenants', $2::int, 'upstreams', $3::int))",
+        &[&keys.current_id(), &rotated[0], &rotated[1]],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Rotated { tenants: rotated[0], upstreams: rotated[1] })
+}
+
+/// Stores an admin token's SHA-256 (hex) under a name, and records it.
+pub async fn create_admin_token(
+    db: &Client,
+    name: &str,
+    sha256_hex: &str,
+) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "INSERT INTO pgtenant.admin_tokens (name, token_sha256) VALUES ($1, $2)",
+        &[&name, &sha256_hex],
+    )
+    .await?;
+    db.execute(
+        "INSERT INTO pgtenant.events (kind, detail) VALUES ('admin_token_created', jsonb_build_object('name', $1::text))",
+        &[&name],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The stored admin tokens, by name.
+pub async fn admin_tokens(db: &Client) -> Result<Vec<AdminTokenRow>, tokio_postgres::Error> {
+    let rows =
+        db.query("SELECT name, created_at::text FROM pgtenant.admin_tokens ORDER BY name", &[]).await?;
+    Ok(rows.iter().map(|r| AdminTokenRow { name: r.get(0), created_at: r.get(1) }).collect())
+}
+
+/// Revokes a stored admin token; false if there is none by that name.
+pub async fn revoke_admin_token(db: &Client, name: &str) -> Result<bool, tokio_postgres::Error> {
+    let n = db.execute("DELETE FROM pgtenant.admin_tokens WHERE name = $1", &[&name]).await?;
+    if n != 1 {
+        return Ok(false);
+    }
+    db.execute(
+        "INSERT INTO pgtenant.events (kind, detail) VALUES ('admin_token_revoked', jsonb_build_object('name', $1::text))",
+        &[&name],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Whether a token with this SHA-256 (lowercase hex) is stored.
+pub async fn admin_token_known(db: &Client, sha256_hex: &str) -> Result<bool, tokio_postgres::Error> {
+    let row = db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pgtenant.admin_tokens WHERE lower(token_sha256) = $1)",
+            &[&sha256_hex],
+        )
+        .await?;
+    Ok(row.get(0))
+}
