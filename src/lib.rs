@@ -38,6 +38,7 @@ pub mod embedded;
 pub mod lifecycle;
 pub mod listener;
 pub mod model;
+pub mod pgbin;
 pub mod pool;
 pub mod protocol;
 pub mod server;

@@ -113,7 +113,7 @@ fn tool(name: &str) -> Result<std::path::PathBuf, LifecycleError> {
     if let Some(d) = std::env::var_os("PGTENANT_PG_BINDIR") {
         dirs.push(d.into());
     }
-    if let Some(d) = crate::embedded::find_bindir() {
+    if let Some(d) = crate::pgbin::find_bindir() {
         dirs.push(d);
     }
     if let Some(path) = std::env::var_os("PATH") {
