@@ -313,7 +313,7 @@ pub async fn tenant(command: LifecycleCommand, target: Target) -> anyhow::Result
                     .map(|s| {
                         vec![
                             s.tenant.clone(),
-                            s.status.clone(),
+                            s.status.to_string(),
                             version(s.version),
                             version(s.latest),
                             match (&s.error, s.behind, s.latest) {
@@ -366,13 +366,13 @@ fn print_tenants(tenants: &[TenantInfo], json: bool) -> anyhow::Result<()> {
         .map(|t| {
             vec![
                 t.id.clone(),
-                t.status.clone(),
-                t.isolation.clone(),
+                t.status.to_string(),
+                t.isolation.to_string(),
                 t.upstream.clone(),
                 t.database.clone(),
                 t.schema.clone().unwrap_or_else(|| "-".into()),
-                format!("{} ({})", t.login_role, t.login_kind),
-                t.pool_mode.clone(),
+                format!("{} ({})", t.login_role, t.login_kind.as_str()),
+                t.pool_mode.as_str().to_owned(),
                 t.last_error.clone().unwrap_or_default(),
             ]
         })

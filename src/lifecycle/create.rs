@@ -17,7 +17,7 @@ impl Lifecycle {
             .map_err(catalog_error)?
         {
             let status: String = row.get(0);
-            if status != "pending" {
+            if TenantStatus::parse(&status) != Some(TenantStatus::Pending) {
                 return Err(LifecycleError::Conflict(format!("tenant {id:?} already exists ({status})")));
             }
             // A half-created tenant: remove what its last attempt left, then start over.

@@ -31,7 +31,7 @@ use tokio_postgres::Client;
 
 use crate::catalog::secrets::Keys;
 use crate::config::Config;
-use crate::model::{AuthMethod, Isolation, PoolMode, TenantId};
+use crate::model::{AuthMethod, Isolation, PoolMode, TenantId, TenantStatus};
 use crate::sql::{quote_ident, quote_literal};
 pub use migrate::{Applied, MigrationSet};
 use report::INFO_SQL;
@@ -176,7 +176,7 @@ impl Lifecycle {
             .await
             .map_err(catalog_error)?
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
-        Ok(TenantInfo::from_row(&row))
+        TenantInfo::from_row(&row)
     }
 
     async fn event(
@@ -202,7 +202,7 @@ impl Lifecycle {
     pub async fn list(&self) -> Result<Vec<TenantInfo>, LifecycleError> {
         let db = self.control().await?;
         let rows = db.query(&format!("{INFO_SQL} ORDER BY id"), &[]).await.map_err(catalog_error)?;
-        Ok(rows.iter().map(TenantInfo::from_row).collect())
+        rows.iter().map(TenantInfo::from_row).collect()
     }
 
     /// A tenant's stored upstream password, readable.
@@ -274,14 +274,14 @@ mod tests {
     fn physical_names_follow_the_status() {
         let mut t = TenantInfo {
             id: "acme".into(),
-            status: "active".into(),
-            isolation: "schema".into(),
+            status: TenantStatus::Active,
+            isolation: Isolation::Schema,
             upstream: "local".into(),
             database: "tenants".into(),
             schema: Some("acme".into()),
             login_role: "acme".into(),
-            login_kind: "per_tenant".into(),
-            pool_mode: "transaction".into(),
+            login_kind: LoginKind::PerTenant,
+            pool_mode: PoolMode::Transaction,
             pool_size: None,
             max_server_connections: None,
             max_clients: None,
@@ -294,15 +294,15 @@ mod tests {
         };
         assert_eq!(t.physical().as_deref(), Some("acme"));
         assert_eq!(t.current_database(), "tenants");
-        t.status = "archived".into();
+        t.status = TenantStatus::Archived;
         assert_eq!(t.physical().as_deref(), Some("archived_acme"));
         assert_eq!(t.place().schema.as_deref(), Some("archived_acme"));
-        t.isolation = "database".into();
+        t.isolation = Isolation::Database;
         t.database = "acme".into();
         assert_eq!(t.current_database(), "archived_acme");
-        t.status = "deleted".into();
+        t.status = TenantStatus::Deleted;
         assert_eq!(t.current_database(), "deleted_acme");
-        t.isolation = "shared".into();
+        t.isolation = Isolation::Shared;
         assert_eq!(t.physical(), None);
         assert_eq!(t.current_database(), "acme");
     }

@@ -15,14 +15,14 @@ impl Lifecycle {
         let id = parse_id(id)?;
         let db = self.locked(&id).await?;
         let info = Self::info(&db, &id).await?;
-        if info.isolation != "database" {
+        if info.isolation != Isolation::Database {
             return Err(LifecycleError::Invalid(format!(
                 "tenant {id:?} uses {} isolation: only database tenants are moved (dump and restore of a \
                  schema between shared databases is not built)",
                 info.isolation
             )));
         }
-        if info.status != "active" && info.status != "suspended" {
+        if !matches!(info.status, TenantStatus::Active | TenantStatus::Suspended) {
             return Err(LifecycleError::Conflict(format!(
                 "tenant {id:?} is {}: it cannot be moved",
                 info.status
@@ -84,7 +84,7 @@ impl Lifecycle {
         if let Err(e) = moved {
             db.execute(
                 "UPDATE pgtenant.tenants SET status = $2 WHERE id = $1",
-                &[&id.as_str(), &info.status],
+                &[&id.as_str(), &info.status.as_str()],
             )
             .await
             .map_err(catalog_error)?;
@@ -93,7 +93,7 @@ impl Lifecycle {
         }
         db.execute(
             "UPDATE pgtenant.tenants SET upstream = $2, status = $3, last_error = NULL WHERE id = $1",
-            &[&id.as_str(), &to, &info.status],
+            &[&id.as_str(), &to, &info.status.as_str()],
         )
         .await
         .map_err(catalog_error)?;

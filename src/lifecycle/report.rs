@@ -5,23 +5,25 @@ use serde::{Deserialize, Serialize};
 
 use super::migrate;
 use super::request::LoginKind;
+use super::LifecycleError;
+use crate::model::{AuthMethod, Isolation, PoolMode, TenantStatus};
 
 /// A tenant as the catalog has it (no secrets).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TenantInfo {
     pub id: String,
-    pub status: String,
-    pub isolation: String,
+    pub status: TenantStatus,
+    pub isolation: Isolation,
     pub upstream: String,
     pub database: String,
     pub schema: Option<String>,
     pub login_role: String,
-    pub login_kind: String,
-    pub pool_mode: String,
+    pub login_kind: LoginKind,
+    pub pool_mode: PoolMode,
     pub pool_size: Option<i32>,
     pub max_server_connections: Option<i32>,
     pub max_clients: Option<i32>,
-    pub auth: Option<String>,
+    pub auth: Option<AuthMethod>,
     pub search_path_public: bool,
     pub version: i64,
     pub created_at: String,
@@ -36,51 +38,72 @@ pub(super) const INFO_SQL: &str =
    FROM pgtenant.tenants";
 
 impl TenantInfo {
-    pub(super) fn from_row(r: &tokio_postgres::Row) -> TenantInfo {
-        TenantInfo {
+    /// A row of [`INFO_SQL`]; its text columns are parsed here, once (the catalog's CHECK
+    /// constraints allow nothing else, so a failure means a catalog newer than this binary).
+    pub(super) fn from_row(r: &tokio_postgres::Row) -> Result<TenantInfo, LifecycleError> {
+        fn parse<T>(
+            r: &tokio_postgres::Row,
+            i: usize,
+            f: fn(&str) -> Option<T>,
+        ) -> Result<T, LifecycleError> {
+            let text: String = r.get(i);
+            f(&text).ok_or_else(|| {
+                LifecycleError::Catalog(format!(
+                    "unknown {} {text:?} in pgtenant.tenants",
+                    r.columns()[i].name()
+                ))
+            })
+        }
+        let auth: Option<String> = r.get(12);
+        Ok(TenantInfo {
             id: r.get(0),
-            status: r.get(1),
-            isolation: r.get(2),
+            status: parse(r, 1, TenantStatus::parse)?,
+            isolation: parse(r, 2, Isolation::parse)?,
             upstream: r.get(3),
             database: r.get(4),
             schema: r.get(5),
             login_role: r.get(6),
-            login_kind: r.get(7),
-            pool_mode: r.get(8),
+            login_kind: parse(r, 7, LoginKind::parse)?,
+            pool_mode: parse(r, 8, PoolMode::parse)?,
             pool_size: r.get(9),
             max_server_connections: r.get(10),
             max_clients: r.get(11),
-            auth: r.get(12),
+            auth: match auth {
+                None => None,
+                Some(a) => Some(AuthMethod::parse(&a).ok_or_else(|| {
+                    LifecycleError::Catalog(format!("unknown auth {a:?} in pgtenant.tenants"))
+                })?),
+            },
             search_path_public: r.get(13),
             version: r.get(14),
             created_at: r.get(15),
             updated_at: r.get(16),
             last_error: r.get(17),
-        }
+        })
     }
 
     pub(super) fn per_tenant(&self) -> bool {
-        self.login_kind == LoginKind::PerTenant.as_str()
+        self.login_kind == LoginKind::PerTenant
     }
 
     /// The database or schema that holds the tenant's data, under its current name
     /// (archived and soft-deleted ones are renamed with a prefix).
     pub(super) fn physical(&self) -> Option<String> {
-        let base = match self.isolation.as_str() {
-            "database" => &self.database,
-            "schema" => self.schema.as_ref()?,
-            _ => return None,
+        let base = match self.isolation {
+            Isolation::Database => &self.database,
+            Isolation::Schema => self.schema.as_ref()?,
+            Isolation::Shared => return None,
         };
-        Some(match self.status.as_str() {
-            "archived" => format!("archived_{base}"),
-            "deleted" => format!("deleted_{base}"),
+        Some(match self.status {
+            TenantStatus::Archived => format!("archived_{base}"),
+            TenantStatus::Deleted => format!("deleted_{base}"),
             _ => base.clone(),
         })
     }
 
     /// The database the tenant's data is in right now.
     pub(super) fn current_database(&self) -> String {
-        if self.isolation == "database" {
+        if self.isolation == Isolation::Database {
             self.physical().unwrap_or_else(|| self.database.clone())
         } else {
             self.database.clone()
@@ -88,7 +111,7 @@ impl TenantInfo {
     }
 
     pub(super) fn place(&self) -> migrate::Place {
-        let schema = if self.isolation == "schema" { self.physical() } else { None };
+        let schema = if self.isolation == Isolation::Schema { self.physical() } else { None };
         migrate::Place { schema, tenant: self.id.clone() }
     }
 }
@@ -97,7 +120,7 @@ impl TenantInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Health {
     pub tenant: String,
-    pub status: String,
+    pub status: TenantStatus,
     /// The tenant's own login reaches its database.
     pub reachable: bool,
     pub version: Option<i32>,
@@ -136,7 +159,7 @@ pub struct TenantMigration {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MigrationStatus {
     pub tenant: String,
-    pub status: String,
+    pub status: TenantStatus,
     /// Highest applied version (None: none yet).
     pub version: Option<i32>,
     /// Highest version in the migrations directory.

@@ -23,6 +23,10 @@ impl LoginKind {
             LoginKind::Shared => "shared",
         }
     }
+
+    pub fn parse(s: &str) -> Option<LoginKind> {
+        [LoginKind::PerTenant, LoginKind::Shared].into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 /// A first client credential created with the tenant.

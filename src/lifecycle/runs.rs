@@ -128,7 +128,7 @@ impl Lifecycle {
     ) -> Result<Applied, LifecycleError> {
         // The tenant as it is now that the lock is held.
         let info = Self::info(control, &info.id).await?;
-        if info.status != "active" && info.status != "suspended" {
+        if !matches!(info.status, TenantStatus::Active | TenantStatus::Suspended) {
             return Err(LifecycleError::Conflict(format!("tenant is {}", info.status)));
         }
         let upstream = match upstream {
@@ -147,7 +147,7 @@ impl Lifecycle {
                 .query(&format!("{INFO_SQL} WHERE status IN ('active', 'suspended') ORDER BY id"), &[])
                 .await
                 .map_err(catalog_error)?;
-            return Ok(rows.iter().map(TenantInfo::from_row).collect());
+            return rows.iter().map(TenantInfo::from_row).collect();
         }
         let mut out = Vec::new();
         for id in ids {
@@ -180,7 +180,7 @@ impl Lifecycle {
         let db = self.control().await?;
         let tenants = if ids.is_empty() {
             let rows = db.query(&format!("{INFO_SQL} ORDER BY id"), &[]).await.map_err(catalog_error)?;
-            rows.iter().map(TenantInfo::from_row).collect()
+            rows.iter().map(TenantInfo::from_row).collect::<Result<_, _>>()?
         } else {
             self.targets(&db, ids).await?
         };
@@ -190,7 +190,7 @@ impl Lifecycle {
             let (upstreams, db) = (&upstreams, &db);
             async move {
                 let version = async {
-                    if info.status != "active" && info.status != "suspended" {
+                    if !matches!(info.status, TenantStatus::Active | TenantStatus::Suspended) {
                         return Ok(None);
                     }
                     let u = match upstreams.get(&info.upstream) {
@@ -210,7 +210,7 @@ impl Lifecycle {
                     behind: error.is_none()
                         && latest.is_some()
                         && version < latest
-                        && info.status != "pending",
+                        && info.status != TenantStatus::Pending,
                     tenant: info.id,
                     status: info.status,
                     version,

@@ -9,8 +9,8 @@ impl Lifecycle {
     async fn set_status(
         &self,
         id: &str,
-        from: &[&str],
-        to: &str,
+        from: &[TenantStatus],
+        to: TenantStatus,
         event: &str,
     ) -> Result<TenantInfo, LifecycleError> {
         let id = parse_id(id)?;
@@ -19,13 +19,13 @@ impl Lifecycle {
         if info.status == to {
             return Ok(info);
         }
-        if !from.contains(&info.status.as_str()) {
+        if !from.contains(&info.status) {
             return Err(LifecycleError::Conflict(format!(
                 "tenant {id:?} is {}: it cannot be {to} from there",
                 info.status
             )));
         }
-        db.execute("UPDATE pgtenant.tenants SET status = $2 WHERE id = $1", &[&id.as_str(), &to])
+        db.execute("UPDATE pgtenant.tenants SET status = $2 WHERE id = $1", &[&id.as_str(), &to.as_str()])
             .await
             .map_err(catalog_error)?;
         Self::event(&db, &id, event, serde_json::json!({ "from": info.status })).await?;
@@ -34,11 +34,11 @@ impl Lifecycle {
 
     /// Stops new connections (57P03) and closes open sessions at their transaction's end.
     pub async fn suspend(&self, id: &str) -> Result<TenantInfo, LifecycleError> {
-        self.set_status(id, &["active"], "suspended", "suspended").await
+        self.set_status(id, &[TenantStatus::Active], TenantStatus::Suspended, "suspended").await
     }
 
     pub async fn resume(&self, id: &str) -> Result<TenantInfo, LifecycleError> {
-        self.set_status(id, &["suspended"], "active", "resumed").await
+        self.set_status(id, &[TenantStatus::Suspended], TenantStatus::Active, "resumed").await
     }
 
     pub async fn update(&self, id: &str, patch: UpdateTenant) -> Result<TenantInfo, LifecycleError> {
@@ -90,8 +90,8 @@ impl Lifecycle {
             return Ok(s.clients(&info.id));
         }
         let admin = upstream.connect(&upstream.admin_database).await?;
-        let (column, value) = match (info.isolation.as_str(), info.per_tenant()) {
-            ("database", _) => ("datname", info.current_database()),
+        let (column, value) = match (info.isolation, info.per_tenant()) {
+            (Isolation::Database, _) => ("datname", info.current_database()),
             (_, true) => ("usename", info.login_role.clone()),
             _ => return Ok(0),
         };
@@ -112,14 +112,19 @@ impl Lifecycle {
     /// Renames the tenant's database or schema from its name under `info.status` to its
     /// name under `to`. Backends still on a database being renamed (the proxies' idle
     /// server connections) are terminated first: Postgres refuses to rename a database in use.
-    async fn rename(&self, upstream: &Upstream, info: &TenantInfo, to: &str) -> Result<(), LifecycleError> {
+    async fn rename(
+        &self,
+        upstream: &Upstream,
+        info: &TenantInfo,
+        to: TenantStatus,
+    ) -> Result<(), LifecycleError> {
         let Some(from) = info.physical() else { return Ok(()) };
-        let target = TenantInfo { status: to.to_owned(), ..info.clone() };
+        let target = TenantInfo { status: to, ..info.clone() };
         let Some(new) = target.physical() else { return Ok(()) };
         if from == new {
             return Ok(());
         }
-        if info.isolation == "database" {
+        if info.isolation == Isolation::Database {
             let admin = upstream.connect(&upstream.admin_database).await?;
             let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&from), quote_ident(&new));
             // A terminated backend takes a moment to leave, and a proxy that has not seen the
@@ -156,7 +161,7 @@ impl Lifecycle {
     /// Takes the tenant offline (3D000) and renames its database or schema `archived_…`.
     /// Refused while clients are connected unless `force`.
     pub async fn archive(&self, id: &str, force: bool) -> Result<TenantInfo, LifecycleError> {
-        self.retire(id, force, "archived").await
+        self.retire(id, force, TenantStatus::Archived).await
     }
 
     /// Brings an archived (or soft-deleted) tenant back: original name, status active.
@@ -164,14 +169,14 @@ impl Lifecycle {
         let id = parse_id(id)?;
         let db = self.locked(&id).await?;
         let info = Self::info(&db, &id).await?;
-        if info.status != "archived" && info.status != "deleted" {
+        if !matches!(info.status, TenantStatus::Archived | TenantStatus::Deleted) {
             return Err(LifecycleError::Conflict(format!(
                 "tenant {id:?} is {}: only archived or deleted tenants are restored",
                 info.status
             )));
         }
         let upstream = Upstream::load(&db, &info.upstream, self.upstream_keys()).await?;
-        self.rename(&upstream, &info, "active").await?;
+        self.rename(&upstream, &info, TenantStatus::Active).await?;
         db.execute("UPDATE pgtenant.tenants SET status = 'active' WHERE id = $1", &[&id.as_str()])
             .await
             .map_err(catalog_error)?;
@@ -184,19 +189,19 @@ impl Lifecycle {
     /// and its catalog row (the events stay).
     pub async fn delete(&self, id: &str, hard: bool, force: bool) -> Result<(), LifecycleError> {
         if !hard {
-            return self.retire(id, force, "deleted").await.map(|_| ());
+            return self.retire(id, force, TenantStatus::Deleted).await.map(|_| ());
         }
         let id = parse_id(id)?;
         let db = self.locked(&id).await?;
         let info = Self::info(&db, &id).await?;
         let upstream = Upstream::load(&db, &info.upstream, self.upstream_keys()).await?;
-        if !force && info.status == "active" {
+        if !force && info.status == TenantStatus::Active {
             let n = self.connected(&upstream, &info).await?;
             if n > 0 {
                 return Err(in_use(&id, n));
             }
         }
-        if info.status == "pending" {
+        if info.status == TenantStatus::Pending {
             self.teardown(&db, &info).await?;
         } else {
             // Stop the proxies first (the NOTIFY closes sessions and refuses new ones) with a
@@ -207,8 +212,8 @@ impl Lifecycle {
                 .drop_objects(
                     &upstream,
                     &info,
-                    info.isolation == "database",
-                    info.isolation == "schema",
+                    info.isolation == Isolation::Database,
+                    info.isolation == Isolation::Schema,
                     info.per_tenant(),
                 )
                 .await;
@@ -228,7 +233,7 @@ impl Lifecycle {
     /// An active tenant becomes suspended (its names unchanged): proxies close its sessions
     /// and refuse new ones before its database or schema is renamed or dropped.
     async fn take_offline(&self, db: &Client, info: &TenantInfo) -> Result<(), LifecycleError> {
-        if info.status == "active" {
+        if info.status == TenantStatus::Active {
             db.execute("UPDATE pgtenant.tenants SET status = 'suspended' WHERE id = $1", &[&info.id])
                 .await
                 .map_err(catalog_error)?;
@@ -250,23 +255,24 @@ impl Lifecycle {
         Self::event(db, id, kind, serde_json::json!({ "error": e.to_string() })).await
     }
 
-    async fn retire(&self, id: &str, force: bool, to: &str) -> Result<TenantInfo, LifecycleError> {
+    async fn retire(&self, id: &str, force: bool, to: TenantStatus) -> Result<TenantInfo, LifecycleError> {
         let id = parse_id(id)?;
         let db = self.locked(&id).await?;
         let info = Self::info(&db, &id).await?;
         if info.status == to {
             return Ok(info);
         }
-        let allowed: &[&str] =
-            if to == "deleted" { &["active", "suspended", "archived"] } else { &["active", "suspended"] };
-        if !allowed.contains(&info.status.as_str()) {
+        use TenantStatus::{Active, Archived, Suspended};
+        let allowed: &[TenantStatus] =
+            if to == TenantStatus::Deleted { &[Active, Suspended, Archived] } else { &[Active, Suspended] };
+        if !allowed.contains(&info.status) {
             return Err(LifecycleError::Conflict(format!(
                 "tenant {id:?} is {}: it cannot be {to} from there",
                 info.status
             )));
         }
         let upstream = Upstream::load(&db, &info.upstream, self.upstream_keys()).await?;
-        if !force && info.status == "active" {
+        if !force && info.status == TenantStatus::Active {
             let n = self.connected(&upstream, &info).await?;
             if n > 0 {
                 return Err(in_use(&id, n));
@@ -279,7 +285,7 @@ impl Lifecycle {
         if let Err(e) = self.rename(&upstream, &info, to).await {
             db.execute(
                 "UPDATE pgtenant.tenants SET status = $2 WHERE id = $1",
-                &[&id.as_str(), &info.status],
+                &[&id.as_str(), &info.status.as_str()],
             )
             .await
             .map_err(catalog_error)?;
@@ -288,11 +294,12 @@ impl Lifecycle {
         }
         db.execute(
             "UPDATE pgtenant.tenants SET status = $2, last_error = NULL WHERE id = $1",
-            &[&id.as_str(), &to],
+            &[&id.as_str(), &to.as_str()],
         )
         .await
         .map_err(catalog_error)?;
-        Self::event(&db, &id, to, serde_json::json!({ "from": info.status, "forced": force })).await?;
+        Self::event(&db, &id, to.as_str(), serde_json::json!({ "from": info.status, "forced": force }))
+            .await?;
         Self::info(&db, &id).await
     }
 
@@ -303,11 +310,11 @@ impl Lifecycle {
         let info = Self::info(&db, &id).await?;
         let mut status = self.status(std::slice::from_ref(&info.id)).await?;
         let m = status.pop();
-        let login = match (&m, info.status.as_str()) {
-            (Some(m), "active" | "suspended") if m.error.is_none() => {
+        let login = match (&m, info.status) {
+            (Some(m), TenantStatus::Active | TenantStatus::Suspended) if m.error.is_none() => {
                 self.login_check(&db, &info).await.err().map(|e| format!("the tenant's login: {e}"))
             }
-            (_, "active" | "suspended") => None,
+            (_, TenantStatus::Active | TenantStatus::Suspended) => None,
             (_, other) => Some(format!("tenant is {other}")),
         };
         let migration_error = m.as_ref().and_then(|m| m.error.clone());
