@@ -1,14 +1,18 @@
 //! Statements against the control database's `pgtenant.*` tables that the command line and
 //! the admin API run: client credentials, upstream login passwords, master-key rotation and
-//! admin tokens, each with its event row. Rows come back typed; callers open the connection
+//! admin tokens, each with its event row; and the one reading of an upstream row's
+//! connection columns. Rows come back typed; callers open the connection
 //! with [`super::link::ControlLink::open`].
 //!
 //! The tenant lookups of the proxy stay in [`super::control`] (cached, pooled); the tenant
 //! lifecycle's statements are still in the lifecycle module (issue 12 moves them here next).
 
-use tokio_postgres::{Client, GenericClient};
+use std::sync::Arc;
+
+use tokio_postgres::{Client, GenericClient, Row};
 
 use super::secrets::{self, Keys};
+use crate::model::{RequireAuth, SslMode, UpstreamAddr, UpstreamTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,6 +42,25 @@ pub struct AdminTokenRow {
 pub struct Rotated {
     pub tenants: i32,
     pub upstreams: i32,
+}
+
+/// Where an upstream is and how to reach it, from the columns `host`, `port`, `sslmode`,
+/// `sslrootcert` and `require_auth` of a `pgtenant.upstreams` row, at the positions given: the
+/// one reading of those columns, for the proxy's lookups and the lifecycle's administrator
+/// links alike. The columns' CHECK constraints keep them parseable; anything else reads as the
+/// default (`prefer`, `require_auth` unset).
+pub fn upstream_target(
+    row: &Row,
+    [host, port, sslmode, rootcert, require_auth]: [usize; 5],
+) -> (UpstreamAddr, Option<RequireAuth>) {
+    let tls = UpstreamTls {
+        mode: SslMode::parse(row.get(sslmode)).unwrap_or_default(),
+        root_cert: row.get::<_, Option<String>>(rootcert).map(|p| Arc::from(p.as_str())),
+    };
+    let port = u16::try_from(row.get::<_, i32>(port)).unwrap_or(5432);
+    let addr = UpstreamAddr::with_tls(row.get(host), port, tls);
+    let require_auth = row.get::<_, Option<String>>(require_auth).and_then(|s| RequireAuth::parse(&s).ok());
+    (addr, require_auth)
 }
 
 /// Adds (or replaces) a client credential, stored as a SCRAM verifier.
