@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio_postgres::{Client, GenericClient, Row};
 
 use super::secrets::{self, Keys};
-use crate::model::{RequireAuth, SslMode, UpstreamAddr, UpstreamTls};
+use crate::model::{RequireAuth, SslMode, TenantStatus, UpstreamAddr, UpstreamTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -217,4 +217,89 @@ pub async fn admin_token_known(db: &Client, sha256_hex: &str) -> Result<bool, to
         )
         .await?;
     Ok(row.get(0))
+}
+
+// ---- a tenant's row and its operation lock (the lifecycle's writes) ----
+
+/// Takes the tenant's operation lock for the life of this connection, if no other operation
+/// holds it (session-level advisory lock, released when the connection closes).
+pub async fn try_lock_tenant(db: &Client, id: &str) -> Result<bool, tokio_postgres::Error> {
+    let row = db
+        .query_one("SELECT pg_try_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Waits for the tenant's operation lock (migration runs queue behind other operations).
+pub async fn lock_tenant(db: &Client, id: &str) -> Result<(), tokio_postgres::Error> {
+    db.execute("SELECT pg_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id]).await.map(|_| ())
+}
+
+/// Releases what [`lock_tenant`] took.
+pub async fn unlock_tenant(db: &Client, id: &str) -> Result<(), tokio_postgres::Error> {
+    db.execute("SELECT pg_advisory_unlock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id])
+        .await
+        .map(|_| ())
+}
+
+/// Appends to the event log; an empty tenant id records an event of no tenant.
+pub async fn record_event(
+    db: &impl GenericClient,
+    tenant: &str,
+    kind: &str,
+    detail: &serde_json::Value,
+) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "INSERT INTO pgtenant.events (tenant_id, kind, detail) VALUES (nullif($1, ''), $2, $3::text::jsonb)",
+        &[&tenant, &kind, &detail.to_string()],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Sets a tenant's status (the row's trigger tells every proxy).
+pub async fn set_status(db: &Client, id: &str, status: TenantStatus) -> Result<(), tokio_postgres::Error> {
+    db.execute("UPDATE pgtenant.tenants SET status = $2 WHERE id = $1", &[&id, &status.as_str()])
+        .await
+        .map(|_| ())
+}
+
+/// Sets a tenant's status at the end of an operation that succeeded, clearing its last error.
+pub async fn finish_status(db: &Client, id: &str, status: TenantStatus) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "UPDATE pgtenant.tenants SET status = $2, last_error = NULL WHERE id = $1",
+        &[&id, &status.as_str()],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Records why the tenant's last operation failed.
+pub async fn set_last_error(db: &Client, id: &str, error: &str) -> Result<(), tokio_postgres::Error> {
+    db.execute("UPDATE pgtenant.tenants SET last_error = $2 WHERE id = $1", &[&id, &error]).await.map(|_| ())
+}
+
+/// Points a moved tenant at its new upstream, with its status back and no last error.
+pub async fn set_upstream(
+    db: &Client,
+    id: &str,
+    upstream: &str,
+    status: TenantStatus,
+) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "UPDATE pgtenant.tenants SET upstream = $2, status = $3, last_error = NULL WHERE id = $1",
+        &[&id, &upstream, &status.as_str()],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Removes a tenant's row (its credentials go with it; its events stay).
+pub async fn delete_tenant(db: &Client, id: &str) -> Result<(), tokio_postgres::Error> {
+    db.execute("DELETE FROM pgtenant.tenants WHERE id = $1", &[&id]).await.map(|_| ())
+}
+
+/// A tenant's stored (encrypted) upstream login password.
+pub async fn login_password(db: &Client, id: &str) -> Result<Option<String>, tokio_postgres::Error> {
+    Ok(db.query_one("SELECT login_password FROM pgtenant.tenants WHERE id = $1", &[&id]).await?.get(0))
 }

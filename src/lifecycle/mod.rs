@@ -30,6 +30,7 @@ use futures_util::StreamExt;
 use tokio_postgres::Client;
 
 use crate::catalog::secrets::Keys;
+use crate::catalog::store;
 use crate::config::Config;
 use crate::model::{AuthMethod, Isolation, PoolMode, TenantId, TenantStatus};
 use crate::sql::{quote_ident, quote_literal};
@@ -149,11 +150,7 @@ impl Lifecycle {
         // end before this one gives up.
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         loop {
-            let got: bool = db
-                .query_one("SELECT pg_try_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id])
-                .await
-                .map_err(catalog_error)?
-                .get(0);
+            let got = store::try_lock_tenant(&db, id).await.map_err(catalog_error)?;
             if got {
                 return Ok(db);
             }
@@ -185,13 +182,7 @@ impl Lifecycle {
         kind: &str,
         detail: serde_json::Value,
     ) -> Result<(), LifecycleError> {
-        db.execute(
-            "INSERT INTO pgtenant.events (tenant_id, kind, detail) VALUES (nullif($1, ''), $2, $3::text::jsonb)",
-            &[&id, &kind, &detail.to_string()],
-        )
-        .await
-        .map_err(catalog_error)?;
-        Ok(())
+        store::record_event(db, id, kind, &detail).await.map_err(catalog_error)
     }
 
     pub async fn get(&self, id: &str) -> Result<TenantInfo, LifecycleError> {
@@ -221,11 +212,7 @@ impl Lifecycle {
         upstream: &Upstream,
         info: &TenantInfo,
     ) -> Result<Client, LifecycleError> {
-        let stored: Option<String> = db
-            .query_one("SELECT login_password FROM pgtenant.tenants WHERE id = $1", &[&info.id])
-            .await
-            .map_err(catalog_error)?
-            .get(0);
+        let stored = store::login_password(db, &info.id).await.map_err(catalog_error)?;
         let password = self.reveal(&info.id, stored)?;
         upstream.login_as(&info.login_role, password).connect(&info.current_database()).await
     }

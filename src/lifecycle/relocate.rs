@@ -2,6 +2,7 @@
 //! then the catalog row switched over.
 
 use super::*;
+use crate::catalog::store;
 
 impl Lifecycle {
     /// Moves a `database` tenant to another upstream: offline (status `migrating`, 57P03 for
@@ -34,20 +35,14 @@ impl Lifecycle {
         let source = Upstream::load(&db, &info.upstream, self.upstream_keys()).await?;
         let target = Upstream::load(&db, to, self.upstream_keys()).await?;
         let (dump, restore) = (tool("pg_dump")?, tool("pg_restore")?);
-        db.execute("UPDATE pgtenant.tenants SET status = 'migrating' WHERE id = $1", &[&id.as_str()])
-            .await
-            .map_err(catalog_error)?;
+        store::set_status(&db, &id, TenantStatus::Migrating).await.map_err(catalog_error)?;
         let moved = async {
             let role = quote_ident(&info.login_role);
             let database = quote_ident(&info.database);
             let mut made_role = false;
             if info.per_tenant() {
                 // The same password: the proxies' stored one keeps working.
-                let stored: Option<String> = db
-                    .query_one("SELECT login_password FROM pgtenant.tenants WHERE id = $1", &[&id.as_str()])
-                    .await
-                    .map_err(catalog_error)?
-                    .get(0);
+                let stored = store::login_password(&db, &id).await.map_err(catalog_error)?;
                 let password = self.reveal(&id, stored)?.unwrap_or_default();
                 let verifier = crate::auth::Verifier::hash(&password);
                 target.admin(&format!("CREATE ROLE {role} LOGIN PASSWORD {}", quote_literal(&verifier))).await?;
@@ -82,21 +77,11 @@ impl Lifecycle {
         }
         .await;
         if let Err(e) = moved {
-            db.execute(
-                "UPDATE pgtenant.tenants SET status = $2 WHERE id = $1",
-                &[&id.as_str(), &info.status.as_str()],
-            )
-            .await
-            .map_err(catalog_error)?;
+            store::set_status(&db, &id, info.status).await.map_err(catalog_error)?;
             self.failed(&db, &id, "move_failed", &e).await?;
             return Err(e);
         }
-        db.execute(
-            "UPDATE pgtenant.tenants SET upstream = $2, status = $3, last_error = NULL WHERE id = $1",
-            &[&id.as_str(), &to, &info.status.as_str()],
-        )
-        .await
-        .map_err(catalog_error)?;
+        store::set_upstream(&db, &id, to, info.status).await.map_err(catalog_error)?;
         Self::event(&db, &id, "moved", serde_json::json!({ "from": info.upstream, "to": to })).await?;
         // The copy is in place and the catalog points at it: the source goes.
         if let Err(e) = self.drop_objects(&source, &info, true, false, info.per_tenant()).await {

@@ -2,6 +2,7 @@
 //! is afterwards, and the migration status of each.
 
 use super::*;
+use crate::catalog::store;
 
 impl Lifecycle {
     /// Applies the migrations to the chosen tenants, `parallel` at a time; `progress` is
@@ -92,12 +93,10 @@ impl Lifecycle {
         upstream: Option<&Result<Upstream, LifecycleError>>,
         dry_run: bool,
     ) -> TenantMigration {
-        let lock = "SELECT pg_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))";
-        let unlock = "SELECT pg_advisory_unlock(hashtext('pgtenant.tenant'), hashtext($1))";
         let run = async {
-            control.execute(lock, &[&info.id]).await.map_err(catalog_error)?;
+            store::lock_tenant(control, &info.id).await.map_err(catalog_error)?;
             let result = self.migrate_locked(control, info, upstream, dry_run).await;
-            control.execute(unlock, &[&info.id]).await.map_err(catalog_error)?;
+            store::unlock_tenant(control, &info.id).await.map_err(catalog_error)?;
             result
         };
         match run.await {

@@ -3,6 +3,7 @@
 //! its health.
 
 use super::*;
+use crate::catalog::store;
 
 impl Lifecycle {
     /// Changes the status from one of `from` to `to` (nothing on the upstream).
@@ -25,9 +26,7 @@ impl Lifecycle {
                 info.status
             )));
         }
-        db.execute("UPDATE pgtenant.tenants SET status = $2 WHERE id = $1", &[&id.as_str(), &to.as_str()])
-            .await
-            .map_err(catalog_error)?;
+        store::set_status(&db, &id, to).await.map_err(catalog_error)?;
         Self::event(&db, &id, event, serde_json::json!({ "from": info.status })).await?;
         Self::info(&db, &id).await
     }
@@ -177,9 +176,7 @@ impl Lifecycle {
         }
         let upstream = Upstream::load(&db, &info.upstream, self.upstream_keys()).await?;
         self.rename(&upstream, &info, TenantStatus::Active).await?;
-        db.execute("UPDATE pgtenant.tenants SET status = 'active' WHERE id = $1", &[&id.as_str()])
-            .await
-            .map_err(catalog_error)?;
+        store::set_status(&db, &id, TenantStatus::Active).await.map_err(catalog_error)?;
         Self::event(&db, &id, "restored", serde_json::json!({ "from": info.status })).await?;
         Self::info(&db, &id).await
     }
@@ -222,9 +219,7 @@ impl Lifecycle {
                 return Err(e);
             }
         }
-        db.execute("DELETE FROM pgtenant.tenants WHERE id = $1", &[&id.as_str()])
-            .await
-            .map_err(catalog_error)?;
+        store::delete_tenant(&db, &id).await.map_err(catalog_error)?;
         Self::event(&db, &id, "deleted", serde_json::json!({ "hard": true, "isolation": info.isolation }))
             .await?;
         Ok(())
@@ -234,9 +229,7 @@ impl Lifecycle {
     /// and refuse new ones before its database or schema is renamed or dropped.
     async fn take_offline(&self, db: &Client, info: &TenantInfo) -> Result<(), LifecycleError> {
         if info.status == TenantStatus::Active {
-            db.execute("UPDATE pgtenant.tenants SET status = 'suspended' WHERE id = $1", &[&info.id])
-                .await
-                .map_err(catalog_error)?;
+            store::set_status(db, &info.id, TenantStatus::Suspended).await.map_err(catalog_error)?;
         }
         Ok(())
     }
@@ -249,9 +242,7 @@ impl Lifecycle {
         kind: &str,
         e: &LifecycleError,
     ) -> Result<(), LifecycleError> {
-        db.execute("UPDATE pgtenant.tenants SET last_error = $2 WHERE id = $1", &[&id, &e.to_string()])
-            .await
-            .map_err(catalog_error)?;
+        store::set_last_error(db, id, &e.to_string()).await.map_err(catalog_error)?;
         Self::event(db, id, kind, serde_json::json!({ "error": e.to_string() })).await
     }
 
@@ -283,21 +274,11 @@ impl Lifecycle {
         // new name; if the rename fails the status goes back.
         self.take_offline(&db, &info).await?;
         if let Err(e) = self.rename(&upstream, &info, to).await {
-            db.execute(
-                "UPDATE pgtenant.tenants SET status = $2 WHERE id = $1",
-                &[&id.as_str(), &info.status.as_str()],
-            )
-            .await
-            .map_err(catalog_error)?;
+            store::set_status(&db, &id, info.status).await.map_err(catalog_error)?;
             self.failed(&db, &id, &format!("{to}_failed"), &e).await?;
             return Err(e);
         }
-        db.execute(
-            "UPDATE pgtenant.tenants SET status = $2, last_error = NULL WHERE id = $1",
-            &[&id.as_str(), &to.as_str()],
-        )
-        .await
-        .map_err(catalog_error)?;
+        store::finish_status(&db, &id, to).await.map_err(catalog_error)?;
         Self::event(&db, &id, to.as_str(), serde_json::json!({ "from": info.status, "forced": force }))
             .await?;
         Self::info(&db, &id).await
