@@ -2,8 +2,18 @@
 //! (database or schema, role, grants, migrations, seeds), the catalog row and first
 //! credential; and undoing a create that failed.
 
-use super::*;
+use std::fmt::Write as _;
+
+use tokio_postgres::Client;
+
+use super::migrate;
+use super::report::TenantInfo;
+use super::request::{CreateTenant, LoginKind};
+use super::upstream::{self, Upstream};
+use super::{catalog_error, db_error, db_text, parse_id, valid_name, Lifecycle, LifecycleError};
 use crate::catalog::store;
+use crate::model::{AuthMethod, Isolation, PoolMode, TenantStatus};
+use crate::sql::{quote_ident, quote_literal};
 
 impl Lifecycle {
     /// Creates a tenant (see the module comment for what happens on failure).

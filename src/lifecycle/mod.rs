@@ -21,19 +21,15 @@ mod runs;
 mod status;
 pub mod upstream;
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use tokio_postgres::Client;
 
 use crate::catalog::secrets::Keys;
 use crate::catalog::store;
 use crate::config::Config;
-use crate::model::{AuthMethod, Isolation, PoolMode, TenantId, TenantStatus};
-use crate::sql::{quote_ident, quote_literal};
+use crate::model::TenantId;
 pub use migrate::{Applied, MigrationSet};
 use report::INFO_SQL;
 pub use report::{Health, MigrationOutcome, MigrationStatus, TenantInfo, TenantMigration};
@@ -247,6 +243,8 @@ fn valid_name(what: &str, name: &str) -> Result<(), LifecycleError> {
 mod tests {
     use super::create::random_password;
     use super::*;
+    use crate::model::{Isolation, PoolMode, TenantStatus};
+    use crate::sql::quote_literal;
 
     #[test]
     fn names() {

@@ -1,8 +1,12 @@
 //! Moving a tenant to another upstream: pg_dump from the source, pg_restore on the target,
 //! then the catalog row switched over.
 
-use super::*;
+use super::report::TenantInfo;
+use super::upstream::Upstream;
+use super::{catalog_error, db_error, parse_id, Lifecycle, LifecycleError};
 use crate::catalog::store;
+use crate::model::{Isolation, TenantStatus};
+use crate::sql::{quote_ident, quote_literal};
 
 impl Lifecycle {
     /// Moves a `database` tenant to another upstream: offline (status `migrating`, 57P03 for

@@ -1,8 +1,19 @@
 //! Migration runs across tenants: which tenants, how many at once, what each one's version
 //! is afterwards, and the migration status of each.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use futures_util::StreamExt;
+use tokio_postgres::Client;
+
+use super::migrate::{self, Applied};
+use super::report::{MigrationOutcome, MigrationStatus, TenantInfo, TenantMigration, INFO_SQL};
+use super::request::MigrateOptions;
+use super::upstream::Upstream;
+use super::{catalog_error, parse_id, Lifecycle, LifecycleError};
 use crate::catalog::store;
+use crate::model::TenantStatus;
 
 impl Lifecycle {
     /// Applies the migrations to the chosen tenants, `parallel` at a time; `progress` is

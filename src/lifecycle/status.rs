@@ -2,8 +2,15 @@
 //! soft and hard delete (with the renames that take a tenant's objects out of the way), and
 //! its health.
 
-use super::*;
+use tokio_postgres::Client;
+
+use super::report::{Health, TenantInfo};
+use super::request::UpdateTenant;
+use super::upstream::Upstream;
+use super::{catalog_error, db_error, db_text, parse_id, Lifecycle, LifecycleError};
 use crate::catalog::store;
+use crate::model::{AuthMethod, Isolation, PoolMode, TenantStatus};
+use crate::sql::quote_ident;
 
 impl Lifecycle {
     /// Changes the status from one of `from` to `to` (nothing on the upstream).
