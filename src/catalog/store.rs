@@ -303,3 +303,35 @@ pub async fn delete_tenant(db: &Client, id: &str) -> Result<(), tokio_postgres::
 pub async fn login_password(db: &Client, id: &str) -> Result<Option<String>, tokio_postgres::Error> {
     Ok(db.query_one("SELECT login_password FROM pgtenant.tenants WHERE id = $1", &[&id]).await?.get(0))
 }
+
+/// A tenant's status as its row has it (None: no row), before the row is read whole.
+pub async fn tenant_status(db: &Client, id: &str) -> Result<Option<String>, tokio_postgres::Error> {
+    Ok(db.query_opt("SELECT status FROM pgtenant.tenants WHERE id = $1", &[&id]).await?.map(|r| r.get(0)))
+}
+
+/// The names of every upstream, in order.
+pub async fn upstream_names(db: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = db.query("SELECT name FROM pgtenant.upstreams ORDER BY name", &[]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Records on a tenant's row an object pgtenant made for it (`database`, `schema`, `role`),
+/// so that undoing a failed create drops only what it made.
+pub async fn record_created(db: &Client, id: &str, object: &str) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "UPDATE pgtenant.tenants SET created_objects = array_append(created_objects, $2) WHERE id = $1",
+        &[&id, &object],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The objects [`record_created`] recorded.
+pub async fn created_objects(db: &Client, id: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(db.query_one("SELECT created_objects FROM pgtenant.tenants WHERE id = $1", &[&id]).await?.get(0))
+}
+
+/// Forgets the recorded objects once they are dropped.
+pub async fn clear_created(db: &Client, id: &str) -> Result<(), tokio_postgres::Error> {
+    db.execute("UPDATE pgtenant.tenants SET created_objects = '{}' WHERE id = $1", &[&id]).await.map(|_| ())
+}

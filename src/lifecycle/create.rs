@@ -21,19 +21,14 @@ impl Lifecycle {
         let id = parse_id(&req.id)?;
         let db = self.locked(&id).await?;
         let plan = self.plan(&db, &id, &req).await?;
-        if let Some(row) = db
-            .query_opt("SELECT status FROM pgtenant.tenants WHERE id = $1", &[&id])
-            .await
-            .map_err(catalog_error)?
-        {
-            let status: String = row.get(0);
+        if let Some(status) = store::tenant_status(&db, &id).await.map_err(catalog_error)? {
             if TenantStatus::parse(&status) != Some(TenantStatus::Pending) {
                 return Err(LifecycleError::Conflict(format!("tenant {id:?} already exists ({status})")));
             }
             // A half-created tenant: remove what its last attempt left, then start over.
             let old = Self::info(&db, &id).await?;
             self.teardown(&db, &old).await?;
-            db.execute("DELETE FROM pgtenant.tenants WHERE id = $1", &[&id]).await.map_err(catalog_error)?;
+            store::delete_tenant(&db, &id).await.map_err(catalog_error)?;
         }
         let upstream = Upstream::load(&db, &plan.upstream, self.upstream_keys()).await?;
         let password = match plan.login {
@@ -98,12 +93,7 @@ impl Lifecycle {
         .await;
         match done {
             Ok(applied) => {
-                db.execute(
-                    "UPDATE pgtenant.tenants SET status = 'active', last_error = NULL WHERE id = $1",
-                    &[&id.as_str()],
-                )
-                .await
-                .map_err(catalog_error)?;
+                store::finish_status(&db, &id, TenantStatus::Active).await.map_err(catalog_error)?;
                 Self::event(
                     &db,
                     &id,
@@ -124,12 +114,7 @@ impl Lifecycle {
                 if let Some(c) = &cleanup {
                     let _ = write!(message, "; cleaning up also failed: {c}");
                 }
-                db.execute(
-                    "UPDATE pgtenant.tenants SET last_error = $2 WHERE id = $1",
-                    &[&id.as_str(), &message],
-                )
-                .await
-                .map_err(catalog_error)?;
+                store::set_last_error(&db, &id, &message).await.map_err(catalog_error)?;
                 Self::event(&db, &id, "create_failed", serde_json::json!({ "error": message })).await?;
                 Err(match e {
                     LifecycleError::Failed(m) => {
@@ -151,12 +136,9 @@ impl Lifecycle {
         let upstream = match &req.upstream {
             Some(u) => u.clone(),
             None => {
-                let rows = db
-                    .query("SELECT name FROM pgtenant.upstreams ORDER BY name", &[])
-                    .await
-                    .map_err(catalog_error)?;
-                match rows.as_slice() {
-                    [one] => one.get(0),
+                let names = store::upstream_names(db).await.map_err(catalog_error)?;
+                match names.as_slice() {
+                    [one] => one.clone(),
                     [] => return Err(LifecycleError::Invalid("the catalog has no upstream yet".into())),
                     _ => {
                         return Err(LifecycleError::Invalid(
@@ -240,12 +222,7 @@ impl Lifecycle {
         let role = quote_ident(&plan.role);
         let database = quote_ident(&plan.database);
         let record = |object: &'static str| async move {
-            db.execute(
-                "UPDATE pgtenant.tenants SET created_objects = array_append(created_objects, $2) WHERE id = $1",
-                &[&info.id, &object],
-            )
-            .await
-            .map_err(catalog_error)
+            store::record_created(db, &info.id, object).await.map_err(catalog_error)
         };
         let admin = upstream.connect(&upstream.admin_database).await?;
         let run = |sql: String| {
@@ -309,11 +286,7 @@ impl Lifecycle {
 
     /// Drops what a (half-)created tenant's row records as made by pgtenant.
     pub(super) async fn teardown(&self, db: &Client, info: &TenantInfo) -> Result<(), LifecycleError> {
-        let created: Vec<String> = db
-            .query_one("SELECT created_objects FROM pgtenant.tenants WHERE id = $1", &[&info.id])
-            .await
-            .map_err(catalog_error)?
-            .get(0);
+        let created = store::created_objects(db, &info.id).await.map_err(catalog_error)?;
         if created.is_empty() {
             return Ok(());
         }
@@ -326,10 +299,7 @@ impl Lifecycle {
             created.iter().any(|o| o == "role"),
         )
         .await?;
-        db.execute("UPDATE pgtenant.tenants SET created_objects = '{}' WHERE id = $1", &[&info.id])
-            .await
-            .map_err(catalog_error)?;
-        Ok(())
+        store::clear_created(db, &info.id).await.map_err(catalog_error)
     }
 
     /// Drops the tenant's database or schema (under its current name) and its role.
