@@ -1,11 +1,12 @@
-//! Statements against the control database's `pgtenant.*` tables that the command line and
-//! the admin API run: client credentials, upstream login passwords, master-key rotation and
-//! admin tokens, each with its event row; and the one reading of an upstream row's
-//! connection columns. Rows come back typed; callers open the connection
-//! with [`super::link::ControlLink::open`].
+//! Statements against the control database's `pgtenant.*` tables that the command line, the
+//! admin API and the tenant lifecycle run: client credentials, upstream login passwords,
+//! master-key rotation, admin tokens, the event log, a tenant's operation lock and the writes
+//! to its row; and the one reading of an upstream row's connection columns. Rows come back
+//! typed; callers open the connection with [`super::link::ControlLink::open`].
 //!
-//! The tenant lookups of the proxy stay in [`super::control`] (cached, pooled); the tenant
-//! lifecycle's statements are still in the lifecycle module (issue 12 moves them here next).
+//! The tenant lookups of the proxy stay in [`super::control`] (cached, pooled). Still outside
+//! (issue 12, next step): the lifecycle's whole-row read of a tenant and its INSERT and
+//! settings UPDATE, its upstream row read, and the CLI's `upstream add` / `list`.
 
 use std::sync::Arc;
 
