@@ -10,8 +10,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use pgtenant::catalog::cache::TenantCache;
 use pgtenant::catalog::StaticCatalog;
 use pgtenant::config::{Config, ResolverConfig, TenantConfig};
+use pgtenant::model::TenantId;
 use pgtenant::protocol::startup::StartupMessage;
-use pgtenant::tenant::{resolve, TenantId};
+use pgtenant::tenant::resolve;
 
 fn bench(c: &mut Criterion) {
     let mut config = Config::parse("[[upstreams]]\nname = 'u'\nhost = '127.0.0.1'").expect("config");

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgtenant::auth::Verifier;
-use pgtenant::config::{AuthMethod, Config, TenantConfig, UpstreamConfig, UserConfig};
+use pgtenant::config::{Config, TenantConfig, UpstreamConfig, UserConfig};
 use pgtenant::embedded::Cluster;
+use pgtenant::model::AuthMethod;
 use pgtenant::proxy::Proxy;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

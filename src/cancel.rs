@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
-use crate::pool::{cancel_backend, UpstreamAddr};
+use crate::model::UpstreamAddr;
+use crate::pool::cancel_backend;
 
 /// The upstream backend a client is attached to.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::tenant::TenantId;
+use crate::model::{AuthMethod, Isolation, PoolMode, RequireAuth, SslMode, TenantId, TenantStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -109,33 +109,6 @@ impl Default for ProxyConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AuthMethod {
-    /// Any client that names an active tenant is let in (local development only).
-    Trust,
-    /// SCRAM-SHA-256 against the verifiers stored for the tenant's users.
-    #[serde(rename = "scram-sha-256")]
-    ScramSha256,
-    /// MD5 challenge-response, for old clients (opt-in): stored values are
-    /// `md5` + md5(password + the client's user name as sent, e.g. `app.acme`).
-    Md5,
-}
-
-impl AuthMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMethod::Trust => "trust",
-            AuthMethod::ScramSha256 => "scram-sha-256",
-            AuthMethod::Md5 => "md5",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<AuthMethod> {
-        [AuthMethod::Trust, AuthMethod::ScramSha256, AuthMethod::Md5].into_iter().find(|m| m.as_str() == s)
-    }
-}
-
 /// `[[tenants.users]]`: a client credential of one tenant.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,25 +124,6 @@ pub struct UserConfig {
 pub enum LogFormat {
     Human,
     Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolMode {
-    /// A server connection is held from the first message that needs one until
-    /// ReadyForQuery reports idle (`I`).
-    Transaction,
-    /// A server connection is held for the whole client session.
-    Session,
-}
-
-impl PoolMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PoolMode::Transaction => "transaction",
-            PoolMode::Session => "session",
-        }
-    }
 }
 
 /// `[pool]`: defaults for every pool; tenants override mode and size.
@@ -251,7 +205,7 @@ impl Default for PoolDefaults {
             idle_transaction_timeout: 0.0,
             client_idle_timeout: 0.0,
             client_write_timeout: 60.0,
-            max_scram_iterations: crate::auth::scram_client::DEFAULT_MAX_ITERATIONS,
+            max_scram_iterations: crate::model::DEFAULT_MAX_SCRAM_ITERATIONS,
         }
     }
 }
@@ -414,7 +368,7 @@ pub struct UpstreamConfig {
     /// TLS to this server, as libpq's sslmode: disable, prefer (default), require,
     /// verify-ca, verify-full.
     #[serde(default)]
-    pub sslmode: crate::pool::SslMode,
+    pub sslmode: SslMode,
     /// CA file (PEM) for verify-ca / verify-full.
     #[serde(default)]
     pub sslrootcert: Option<String>,
@@ -423,7 +377,7 @@ pub struct UpstreamConfig {
     /// server asking for anything else is refused. Unset: `scram-sha-256`, plus `none` when
     /// the login has no password or the server is reached over a Unix socket.
     #[serde(default)]
-    pub require_auth: Option<crate::pool::RequireAuth>,
+    pub require_auth: Option<RequireAuth>,
 }
 
 fn default_pg_port() -> u16 {
@@ -517,67 +471,6 @@ fn default_status() -> TenantStatus {
 
 fn default_isolation() -> Isolation {
     Isolation::Database
-}
-
-/// A tenant's lifecycle status (DESIGN.md, "Catalog").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TenantStatus {
-    Pending,
-    Active,
-    Suspended,
-    Migrating,
-    Archived,
-    Deleted,
-}
-
-impl TenantStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TenantStatus::Pending => "pending",
-            TenantStatus::Active => "active",
-            TenantStatus::Suspended => "suspended",
-            TenantStatus::Migrating => "migrating",
-            TenantStatus::Archived => "archived",
-            TenantStatus::Deleted => "deleted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<TenantStatus> {
-        [
-            TenantStatus::Pending,
-            TenantStatus::Active,
-            TenantStatus::Suspended,
-            TenantStatus::Migrating,
-            TenantStatus::Archived,
-            TenantStatus::Deleted,
-        ]
-        .into_iter()
-        .find(|t| t.as_str() == s)
-    }
-}
-
-/// How a tenant's data is kept apart (DESIGN.md, "Isolation modes").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Isolation {
-    Database,
-    Schema,
-    Shared,
-}
-
-impl Isolation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Isolation::Database => "database",
-            Isolation::Schema => "schema",
-            Isolation::Shared => "shared",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Isolation> {
-        [Isolation::Database, Isolation::Schema, Isolation::Shared].into_iter().find(|i| i.as_str() == s)
-    }
 }
 
 impl Config {
@@ -700,7 +593,6 @@ mod tests {
 
     #[test]
     fn require_auth_and_its_default() {
-        use crate::pool::RequireAuth;
         let c = Config::parse("[[upstreams]]\nname='u'\nhost='h'\nrequire_auth='md5, none'").expect("config");
         let r = c.upstreams[0].require_auth.expect("set");
         assert_eq!(r.to_string(), "md5,none");

@@ -39,7 +39,7 @@ pub struct Cluster {
 impl Cluster {
     /// initdb + start; blocks until the server accepts connections.
     pub fn start() -> Result<Cluster, EmbeddedError> {
-        let bindir = find_bindir().ok_or(EmbeddedError::NoBinaries)?;
+        let bindir = crate::pgbin::find_bindir().ok_or(EmbeddedError::NoBinaries)?;
         let as_root = is_root();
         if as_root && user_ids("postgres").is_none() {
             return Err(EmbeddedError::NoPostgresUser);
@@ -231,37 +231,4 @@ fn user_ids(name: &str) -> Option<(u32, u32)> {
 
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// The directory with `initdb` and `postgres`: `$PGTENANT_PG_BINDIR`, `pg_config --bindir`,
-/// PATH, then the newest `/usr/lib/postgresql/*/bin`.
-pub fn find_bindir() -> Option<PathBuf> {
-    let has_server = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
-    if let Some(d) = std::env::var_os("PGTENANT_PG_BINDIR").map(PathBuf::from) {
-        if has_server(&d) {
-            return Some(d);
-        }
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if out.status.success() && has_server(&d) {
-            return Some(d);
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(d) = std::env::split_paths(&path).find(|d| has_server(d)) {
-            return Some(d);
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let v: u32 = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            has_server(&bin).then_some((v, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, d)| d)
 }

@@ -15,13 +15,15 @@
 //!   its SQLSTATE and the text a client may see).
 //! - [`client`]: one client session: TLS negotiation → handshake → resolve → authenticate →
 //!   relay (reply queue, statement rewriting, session variables).
-//! - [`tenant`]: tenant ids and the resolvers (pure functions over startup parameters).
+//! - [`tenant`]: the resolvers (pure functions over startup parameters and the server name).
 //! - [`catalog`]: where tenants are looked up, behind a narrow interface: the control
-//!   database (cache, pushed invalidation, encrypted secrets, TLS as its URL asks) or the
-//!   static TOML catalog.
+//!   database (cache, pushed invalidation, encrypted secrets, TLS as its URL asks, opened one
+//!   way by `catalog::link`) or the static TOML catalog; `catalog::store` holds the management
+//!   statements against `pgtenant.*`.
 //! - [`pool`]: upstream server connections: connect, authenticate, session state, pools, caps.
-//! - [`auth`]: SCRAM-SHA-256 (server side for clients, client side for upstreams), TLS,
-//!   failed-login throttling.
+//! - [`auth`]: SCRAM-SHA-256 (server side for clients, client side for upstreams), TLS (to
+//!   clients; client configurations for upstreams and the control database), failed-login
+//!   throttling.
 //! - [`cancel`]: pgtenant's own BackendKeyData and the map to upstream backends.
 //! - [`lifecycle`]: tenant create / suspend / archive / restore / delete on the upstream
 //!   and the catalog, and migrations across every tenant (CLI and HTTP fronts).
@@ -30,10 +32,14 @@
 //! - [`metrics`]: per-tenant, per-pool and global counters recorded with atomic adds, the
 //!   Prometheus exposition with bounded tenant cardinality, and per-minute usage for billing.
 //! - [`admin`]: the HTTP admin API (the lifecycle over JSON, health and readiness probes,
-//!   its OpenAPI document) and its bearer tokens.
+//!   its OpenAPI document) and how its bearer tokens are made and checked.
+//! - [`model`]: domain types shared by config, catalog, pool and lifecycle and owned by none of
+//!   them: tenant id, status, isolation, pool mode, client auth method, upstream address, TLS
+//!   mode, `require_auth`, pool key.
 //! - [`config`]: the TOML configuration, validated once.
+//! - [`pgbin`]: where the PostgreSQL programs are installed.
 //! - [`embedded`]: a throwaway PostgreSQL cluster, for `pgtenant demo` and the tests.
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line (including `pgtenant admin token …`).
 //! - [`sql`]: quoting of identifiers and literals, constant-time comparison.
 
 pub mod admin;
@@ -48,6 +54,8 @@ pub mod embedded;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
+pub mod model;
+pub mod pgbin;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;

@@ -17,9 +17,9 @@ use crate::cancel::CancelRegistry;
 use crate::catalog::limit::LookupLimiter;
 use crate::catalog::{Catalog, Change, ControlCatalog, StaticCatalog, Tenant};
 use crate::config::Config;
+use crate::model::TenantId;
 use crate::pool::PoolManager;
 use crate::protocol::PgError;
-use crate::tenant::TenantId;
 
 /// Shutdown signals every session watches.
 #[derive(Clone, Default)]

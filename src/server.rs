@@ -110,7 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     // Certificate problems stop the start here, with the reason.
     Tls::new(&config.tls)?;
-    if config.proxy.auth == crate::config::AuthMethod::Trust {
+    if config.proxy.auth == crate::model::AuthMethod::Trust {
         tracing::warn!("client authentication is TRUST: anyone who can reach {} and name a tenant gets in; set [proxy] auth = \"scram-sha-256\"", config.proxy.listen);
     }
     // Bound before the proxy starts, so that a taken admin port stops the start too.

@@ -21,10 +21,6 @@ use tokio::sync::Semaphore;
 /// Salted passwords kept at most (a change of salt or password makes new entries).
 const CACHE_MAX: usize = 10_000;
 
-/// The iteration count PostgreSQL uses by default (`scram_iterations`), and the default
-/// cap's reference point: the cap (`[pool] max_scram_iterations`) is 100,000.
-pub const DEFAULT_MAX_ITERATIONS: u32 = 100_000;
-
 /// (upstream address, role, SHA-256 of the password, salt, iterations). The password is
 /// part of the key (as a digest, never in clear) so that two passwords for one role — during
 /// a password change, or one of them wrong — never share an entry.

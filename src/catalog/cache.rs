@@ -11,7 +11,7 @@ use dashmap::DashMap;
 use tokio::sync::OnceCell;
 
 use super::{CatalogError, Tenant};
-use crate::tenant::TenantId;
+use crate::model::TenantId;
 
 type Lookup = Result<Option<Arc<Tenant>>, String>;
 

@@ -13,10 +13,10 @@ use tokio_postgres::AsyncMessage;
 use super::cache::TenantCache;
 use super::link::ControlLink;
 use super::secrets::{self, Keys};
+use super::store;
 use super::{migrations, Catalog, LookupFuture, Tenant, TenantParts};
-use crate::config::{secs, AuthMethod, CatalogConfig, Isolation, PoolDefaults, PoolMode, TenantStatus};
-use crate::pool::{RequireAuth, SslMode, UpstreamAddr, UpstreamTls};
-use crate::tenant::TenantId;
+use crate::config::{secs, CatalogConfig, PoolDefaults};
+use crate::model::{AuthMethod, Isolation, PoolMode, TenantId, TenantStatus};
 
 /// The NOTIFY channel the catalog triggers use.
 pub const CHANNEL: &str = "pgtenant_catalog";
@@ -76,12 +76,8 @@ impl ControlCatalog {
 
     /// Applies the catalog migrations; returns the versions applied now.
     pub async fn migrate(&self) -> anyhow::Result<Vec<i32>> {
-        let (mut client, conn) = self.link.connect().await?;
-        let task = tokio::spawn(conn);
-        let applied = migrations::migrate(&mut client).await?;
-        drop(client);
-        let _ = task.await;
-        Ok(applied)
+        let mut client = self.link.open().await?;
+        Ok(migrations::migrate(&mut client).await?)
     }
 
     /// Catalog queries made so far.
@@ -132,6 +128,7 @@ impl ControlCatalog {
             Ok(None) => None,
             Err(e) => return Err(format!("tenant {id}: the upstream password: {e}")),
         };
+        let (addr, require_auth) = store::upstream_target(&row, [5, 6, 16, 17, 18]);
         let tenant = Tenant::new(TenantParts {
             id: id.clone(),
             status: TenantStatus::parse(&status).ok_or_else(|| format!("bad status {status:?}"))?,
@@ -139,21 +136,13 @@ impl ControlCatalog {
             schema: row.get(2),
             search_path_public: row.get(3),
             upstream: Arc::from(row.get::<_, String>(4).as_str()),
-            addr: UpstreamAddr::with_tls(
-                row.get(5),
-                u16::try_from(row.get::<_, i32>(6)).unwrap_or(5432),
-                UpstreamTls {
-                    mode: SslMode::parse(row.get(16)).unwrap_or_default(),
-                    root_cert: row.get::<_, Option<String>>(17).map(|p| Arc::from(p.as_str())),
-                },
-            ),
+            addr,
             upstream_max: count(7).unwrap_or(100),
             database: row.get(8),
             login_role: row.get(9),
             password,
-            // The column's CHECK keeps it parseable; anything else is the default.
-            require_auth: row.get::<_, Option<String>>(18).and_then(|s| RequireAuth::parse(&s).ok()),
-            pool_mode: if pool_mode == "session" { PoolMode::Session } else { PoolMode::Transaction },
+            require_auth,
+            pool_mode: PoolMode::parse(&pool_mode).unwrap_or(PoolMode::Transaction),
             pool_size: count(12).unwrap_or(self.defaults.size),
             max_server_connections: count(13),
             max_clients: count(14),

@@ -9,12 +9,18 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
-use crate::pool::SslMode;
+use crate::model::SslMode;
+
+/// How long opening a control-database connection may take when its URL sets no
+/// `connect_timeout`: a control database that does not answer must not hang a CLI command,
+/// an admin request or a catalog lookup forever.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A control database: where it is, and how to secure the connection.
 #[derive(Clone, Debug)]
@@ -36,6 +42,9 @@ impl ControlLink {
             return Err(format!("sslmode={} needs sslrootcert (a CA file)", mode.as_str()));
         }
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e| format!("{e}"))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         config.ssl_mode(match mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -44,13 +53,23 @@ impl ControlLink {
         let tls = match mode {
             SslMode::Disable => ControlTls(None),
             _ => ControlTls(Some(
-                crate::pool::client_config(mode, rootcert.as_deref()).map_err(|e| e.to_string())?,
+                crate::auth::tls::client_config(mode, rootcert.as_deref()).map_err(|e| e.to_string())?,
             )),
         };
         Ok(ControlLink { config, tls })
     }
 
-    /// Opens a connection; the caller spawns its `Connection` half.
+    /// Opens a connection whose `Connection` half runs in a task of its own: the one way
+    /// pgtenant opens the control database for queries (within the connect timeout, TLS as
+    /// the URL asks).
+    pub async fn open(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = self.connect().await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// Opens a connection; the caller drives its `Connection` half (LISTEN reads
+    /// notifications from it).
     pub async fn connect(
         &self,
     ) -> Result<

@@ -8,6 +8,7 @@ pub mod limit;
 pub mod link;
 pub mod migrations;
 pub mod secrets;
+pub mod store;
 
 pub use control::{Change, ControlCatalog};
 
@@ -17,12 +18,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::config::{AuthMethod, Config, Isolation, PoolMode, TenantStatus};
-use crate::pool::{PoolKey, RequireAuth, UpstreamAddr, UpstreamTls};
+use crate::config::Config;
+use crate::model::{
+    AuthMethod, Isolation, PoolKey, PoolMode, RequireAuth, TenantId, TenantStatus, UpstreamAddr, UpstreamTls,
+};
 use crate::protocol::error::{ClientFacing, ErrorKind};
 use crate::protocol::{PgError, SqlState};
 use crate::sql::quote_ident;
-use crate::tenant::TenantId;
 
 /// Everything the proxy needs to route one tenant.
 #[derive(Debug, Clone)]

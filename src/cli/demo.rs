@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{Config, Isolation, PoolMode, ProxyConfig};
+use crate::config::{Config, ProxyConfig};
 use crate::embedded::{Cluster, SUPERUSER_PASSWORD};
 use crate::lifecycle::{CreateTenant, Lifecycle};
+use crate::model::{Isolation, PoolMode};
 use crate::proxy::Proxy;
 
 /// The demo tenants: (id, isolation, pool mode, pool size).
@@ -39,8 +40,8 @@ pub async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
     // The control database lives in the same throwaway cluster.
     admin.batch_execute("CREATE DATABASE pgtenant").await?;
     let catalog_url = cluster.superuser_conninfo("pgtenant");
-    let (mut control, conn) = tokio_postgres::connect(&catalog_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let mut control =
+        crate::catalog::link::ControlLink::parse(&catalog_url).map_err(anyhow::Error::msg)?.open().await?;
     crate::catalog::migrations::migrate(&mut control).await?;
 
     // Passwords in the catalog are stored encrypted, under a master key kept next to the

@@ -7,11 +7,12 @@ use std::path::Path;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::config::{AuthMethod, Config, Isolation, PoolMode};
+use crate::config::Config;
 use crate::lifecycle::{
     CreateTenant, Lifecycle, LifecycleError, LoginKind, MigrateOptions, MigrationOutcome, NewUser,
     TenantInfo, TenantMigration,
 };
+use crate::model::{AuthMethod, Isolation, PoolMode};
 
 const DEFAULT_CONFIG: &str = "config/pgtenant.toml";
 
@@ -312,7 +313,7 @@ pub async fn tenant(command: LifecycleCommand, target: Target) -> anyhow::Result
                     .map(|s| {
                         vec![
                             s.tenant.clone(),
-                            s.status.clone(),
+                            s.status.to_string(),
                             version(s.version),
                             version(s.latest),
                             match (&s.error, s.behind, s.latest) {
@@ -365,13 +366,13 @@ fn print_tenants(tenants: &[TenantInfo], json: bool) -> anyhow::Result<()> {
         .map(|t| {
             vec![
                 t.id.clone(),
-                t.status.clone(),
-                t.isolation.clone(),
+                t.status.to_string(),
+                t.isolation.to_string(),
                 t.upstream.clone(),
                 t.database.clone(),
                 t.schema.clone().unwrap_or_else(|| "-".into()),
-                format!("{} ({})", t.login_role, t.login_kind),
-                t.pool_mode.clone(),
+                format!("{} ({})", t.login_role, t.login_kind.as_str()),
+                t.pool_mode.as_str().to_owned(),
                 t.last_error.clone().unwrap_or_default(),
             ]
         })
@@ -501,10 +502,10 @@ pub async fn upstream(command: UpstreamCommand, target: Target) -> anyhow::Resul
             max_connections,
             require_auth,
         } => {
-            anyhow::ensure!(crate::pool::SslMode::parse(&sslmode).is_some(), "unknown sslmode {sslmode:?}");
+            anyhow::ensure!(crate::model::SslMode::parse(&sslmode).is_some(), "unknown sslmode {sslmode:?}");
             // Stored in the catalog's canonical spelling (its CHECK allows no spaces).
             let require_auth = require_auth
-                .map(|r| crate::pool::RequireAuth::parse(&r).map(|r| r.to_string()))
+                .map(|r| crate::model::RequireAuth::parse(&r).map(|r| r.to_string()))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
             let password = if admin_password_stdin { Some(read_stdin_line("password")?) } else { None };

@@ -3,6 +3,7 @@
 
 mod demo;
 pub mod lifecycle;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::catalog::store;
 use crate::config::{Config, LogFormat};
 
 #[derive(Parser, Debug)]
@@ -78,7 +80,7 @@ pub enum Command {
     /// Bearer tokens of the HTTP admin API (`[admin]`).
     Admin {
         #[command(subcommand)]
-        command: crate::admin::AdminCommand,
+        command: token::AdminCommand,
     },
 }
 
@@ -169,7 +171,7 @@ pub fn main() -> ExitCode {
         }
         Command::Admin { command } => {
             init_logging(LogFormat::Human);
-            runtime(1).and_then(|rt| rt.block_on(crate::admin::command(command)))
+            runtime(1).and_then(|rt| rt.block_on(token::command(command)))
         }
         Command::Migrate(args) => {
             init_logging(LogFormat::Human);
@@ -220,9 +222,7 @@ pub(crate) async fn control_db(
     // TLS as the URL's sslmode / sslrootcert ask.
     let link = crate::catalog::link::ControlLink::parse(&url)
         .map_err(|e| anyhow::anyhow!("control database URL: {e}"))?;
-    let (client, conn) = link.connect().await?;
-    tokio::spawn(conn);
-    Ok(client)
+    Ok(link.open().await?)
 }
 
 async fn tenant_user(
@@ -234,27 +234,19 @@ async fn tenant_user(
     match command {
         UserCommand::Add { tenant, user } => {
             let password = lifecycle::read_stdin_line("password")?;
-            crate::lifecycle::add_user(&db, &tenant, &user, &password).await?;
+            store::add_user(&db, &tenant, &user, &crate::auth::Verifier::hash(&password)).await?;
             println!("user {user} of tenant {tenant} saved");
         }
         UserCommand::Remove { tenant, user } => {
-            let n = db
-                .execute("DELETE FROM pgtenant.tenant_users WHERE tenant_id = $1 AND username = $2", &[&tenant, &user])
-                .await?;
-            anyhow::ensure!(n == 1, "tenant {tenant} has no user {user}");
-            db.execute(
-                "INSERT INTO pgtenant.events (tenant_id, kind, detail) VALUES ($1, 'user_removed', jsonb_build_object('user', $2::text))",
-                &[&tenant, &user],
-            )
-            .await?;
+            anyhow::ensure!(
+                store::remove_user(&db, &tenant, &user).await?,
+                "tenant {tenant} has no user {user}"
+            );
             println!("user {user} of tenant {tenant} removed");
         }
         UserCommand::List { tenant } => {
-            for row in db
-                .query("SELECT username, created_at::text FROM pgtenant.tenant_users WHERE tenant_id = $1 ORDER BY 1", &[&tenant])
-                .await?
-            {
-                println!("{}\t{}", row.get::<_, String>(0), row.get::<_, String>(1));
+            for user in store::users(&db, &tenant).await? {
+                println!("{}\t{}", user.username, user.created_at);
             }
         }
     }
@@ -277,13 +269,8 @@ async fn set_password(tenant: String, url: Option<String>, config: &std::path::P
     let keys = master_keys(config)?;
     let password = lifecycle::read_stdin_line("password")?;
     let db = control_db(url, config).await?;
-    let n = db
-        .execute(
-            "UPDATE pgtenant.tenants SET login_password = $2 WHERE id = $1",
-            &[&tenant, &keys.encrypt(&password)],
-        )
-        .await?;
-    anyhow::ensure!(n == 1, "no tenant {tenant}");
+    let stored = store::set_login_password(&db, &tenant, &keys.encrypt(&password)).await?;
+    anyhow::ensure!(stored, "no tenant {tenant}");
     println!("upstream password of tenant {tenant} stored (key {})", keys.current_id());
     Ok(())
 }
@@ -291,44 +278,9 @@ async fn set_password(tenant: String, url: Option<String>, config: &std::path::P
 async fn rotate_key(url: Option<String>, config: &std::path::Path) -> anyhow::Result<()> {
     let keys = master_keys(config)?;
     let mut db = control_db(url, config).await?;
-    let tx = db.transaction().await?;
-    // Tenants' upstream logins and upstreams' administrator logins: (table, key, column).
-    let mut rotated = [0, 0];
-    for (n, (table, key, column)) in
-        [("tenants", "id", "login_password"), ("upstreams", "name", "admin_password")].into_iter().enumerate()
-    {
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT {key}, {column} FROM pgtenant.{table} WHERE {column} IS NOT NULL FOR UPDATE"
-                ),
-                &[],
-            )
-            .await?;
-        for row in rows {
-            let (id, stored): (String, String) = (row.get(0), row.get(1));
-            if !keys.needs_rotation(&stored) {
-                continue;
-            }
-            let (plain, _) = crate::catalog::secrets::reveal(Some(&keys), &stored)
-                .map_err(|e| anyhow::anyhow!("{table} {id}: {e}"))?;
-            tx.execute(
-                &format!("UPDATE pgtenant.{table} SET {column} = $2 WHERE {key} = $1"),
-                &[&id, &keys.encrypt(&plain)],
-            )
-            .await?;
-            rotated[n] += 1;
-        }
-    }
-    tx.execute(
-        "INSERT INTO pgtenant.events (kind, detail)
-         VALUES ('key_rotated', jsonb_build_object('key', $1::text, 'tenants', $2::int, 'upstreams', $3::int))",
-        &[&keys.current_id(), &rotated[0], &rotated[1]],
-    )
-    .await?;
-    tx.commit().await?;
-    println!("{} tenant password(s) now under key {}", rotated[0], keys.current_id());
-    println!("{} upstream admin password(s) now under key {}", rotated[1], keys.current_id());
+    let rotated = store::rotate_keys(&mut db, &keys).await?;
+    println!("{} tenant password(s) now under key {}", rotated.tenants, keys.current_id());
+    println!("{} upstream admin password(s) now under key {}", rotated.upstreams, keys.current_id());
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use crate::auth::Verifier;
 use crate::cancel::ClientKey;
 use crate::catalog::{CatalogError, Tenant};
 use crate::config::secs;
-use crate::config::AuthMethod;
+use crate::model::AuthMethod;
 use crate::pool::{Pool, ServerParams};
 use crate::protocol::error::{ClientFacing, ErrorKind};
 use crate::protocol::frame::{FrameReader, MAX_AUTH_MESSAGE};

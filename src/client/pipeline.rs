@@ -24,12 +24,11 @@
 //! <https://www.postgresql.org/docs/current/protocol-flow.html>.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::setcmd::SetCmd;
-use super::statements::Prepared;
+use super::statements::Effect;
 use crate::protocol::backend::tag as be;
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::frontend::target::PORTAL;
@@ -106,17 +105,6 @@ pub enum Action {
         code: &'static str,
         error: Bytes,
     },
-}
-
-/// What a message did, to be undone if the server skipped it or it failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Effect {
-    /// pgtenant's statement `name` is being created on the server connection.
-    ServerStatement(Arc<str>),
-    /// The client's statement `name` was registered.
-    ClientParse(Box<[u8]>),
-    /// The client's statement was closed (restored if the Close was skipped).
-    ClientClose(Box<[u8]>, Arc<Prepared>),
 }
 
 #[derive(Clone, Debug)]

@@ -21,14 +21,15 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::pipeline::{Action, Effect, Kind, Pipeline};
+use super::pipeline::{Action, Kind, Pipeline};
 use super::rewrite::{SetTracking, Stage};
+use super::statements::Effect;
 use super::statements::Statements;
 use super::vars::ClientVars;
 use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
-use crate::config::PoolMode;
+use crate::model::PoolMode;
 use crate::pool::session::{
     hand_over, needs_reset, queue_reset, retire, retire_running, Retire, CLEANUP_TIMEOUT,
 };
@@ -745,7 +746,7 @@ fn changes_session_state(tag: &[u8]) -> bool {
     TAGS.iter().any(|t| tag.starts_with(t))
 }
 
-fn timed_out(limit: Limit, tenant: &crate::tenant::TenantId) -> PgError {
+fn timed_out(limit: Limit, tenant: &crate::model::TenantId) -> PgError {
     match limit {
         Limit::Query => PgError::query_timeout(tenant.as_str()),
         Limit::IdleTransaction => PgError::idle_transaction_timeout(tenant.as_str()),

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::pipeline::{Action, Effect, Kind, Pipeline};
+use super::pipeline::{Action, Kind, Pipeline};
 use super::setcmd::{self, SetCmd};
+use super::statements::Effect;
 use super::statements::{
     absent_portal, absent_statement, declared_cursors, feature_refusal, may_change_settings, probe_duplicate,
     probe_statement, session_feature, sql_prepare_refusal, Lookup, Statements, MAX_CLIENT_STATEMENTS,

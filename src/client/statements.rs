@@ -9,13 +9,23 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::pipeline::Effect;
 use super::setcmd::{self, SetCmd};
 use crate::protocol::backend::cstr;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::{rename, tag};
 use crate::protocol::{PgError, SqlState};
 use crate::sql::{quote_literal, skip_blank};
+
+/// What a message did, to be undone if the server skipped it or it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// pgtenant's statement `name` is being created on the server connection.
+    ServerStatement(Arc<str>),
+    /// The client's statement `name` was registered.
+    ClientParse(Box<[u8]>),
+    /// The client's statement was closed (restored if the Close was skipped).
+    ClientClose(Box<[u8]>, Arc<Prepared>),
+}
 
 /// A statement a client prepared, as the server knows it.
 #[derive(Debug, PartialEq, Eq)]

@@ -15,9 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::{Client, NoTls};
 
 use super::{db_error, LifecycleError};
-use crate::auth::scram_client::DEFAULT_MAX_ITERATIONS;
 use crate::catalog::secrets::Keys;
-use crate::pool::{RequireAuth, SslMode, UpstreamAddr, UpstreamTls};
+use crate::model::{RequireAuth, UpstreamAddr, DEFAULT_MAX_SCRAM_ITERATIONS};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -59,18 +58,14 @@ impl Upstream {
             .map(|s| crate::catalog::secrets::reveal(keys, &s).map(|(p, _)| p))
             .transpose()
             .map_err(|e| LifecycleError::Invalid(format!("upstream {name:?}, the admin password: {e}")))?;
-        let port = u16::try_from(row.get::<_, i32>(1)).unwrap_or(5432);
-        let tls = UpstreamTls {
-            mode: SslMode::parse(row.get(2)).unwrap_or_default(),
-            root_cert: row.get::<_, Option<String>>(3).map(|p| p.as_str().into()),
-        };
+        let (addr, require_auth) = crate::catalog::store::upstream_target(&row, [0, 1, 2, 3, 7]);
         Ok(Upstream {
             name: name.to_owned(),
-            addr: UpstreamAddr::with_tls(row.get(0), port, tls),
+            addr,
             admin_user,
             admin_password,
             admin_database: row.get(6),
-            require_auth: row.get::<_, Option<String>>(7).and_then(|s| RequireAuth::parse(&s).ok()),
+            require_auth,
         })
     }
 
@@ -90,7 +85,7 @@ impl Upstream {
             let allowed = self
                 .require_auth
                 .unwrap_or_else(|| RequireAuth::default_for(self.admin_password.is_some(), unix));
-            let stream = AuthGuard::new(stream, allowed, DEFAULT_MAX_ITERATIONS);
+            let stream = AuthGuard::new(stream, allowed, DEFAULT_MAX_SCRAM_ITERATIONS);
             let mut config = tokio_postgres::Config::new();
             config
                 .user(&self.admin_user)

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::tenant::TenantId;
+use crate::model::TenantId;
 
 #[derive(Default)]
 struct State {

@@ -14,9 +14,8 @@ pub mod session;
 mod stream;
 
 pub use fair::{FairPermit, FairSemaphore};
-pub use server::{cancel_backend, Login, PreparedSet, RequireAuth, ServerConn, UpstreamError};
-pub(crate) use stream::client_config;
-pub use stream::{ServerStream, SslMode, UpstreamAddr, UpstreamTls};
+pub use server::{cancel_backend, Login, PreparedSet, ServerConn, UpstreamError};
+pub use stream::ServerStream;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,9 +27,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::catalog::{Catalog, Change, Tenant};
 use crate::config::{secs, PoolDefaults};
+use crate::model::{PoolKey, RequireAuth, TenantId};
 use crate::protocol::error::{ClientFacing, ErrorKind};
 use crate::protocol::SqlState;
-use crate::tenant::TenantId;
 
 /// ParameterStatus name/value pairs as a server reported them.
 pub type ServerParams = Arc<Vec<(String, String)>>;
@@ -41,14 +40,6 @@ const CAPACITY_SLICE: Duration = Duration::from_millis(50);
 
 /// Idle time after which a connection is checked before it is handed out.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
-
-/// What a pool is keyed by: one upstream login.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PoolKey {
-    pub addr: UpstreamAddr,
-    pub database: String,
-    pub role: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {

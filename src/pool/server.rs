@@ -10,14 +10,14 @@ use postgres_protocol::authentication::{md5_hash, sasl};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::stream::{ServerStream, UpstreamAddr};
+use super::stream::ServerStream;
 use crate::auth::scram_client::{ClientExchange, ClientScramError};
+use crate::model::{RequireAuth, TenantId, UpstreamAddr};
 use crate::protocol::backend::tag as be;
 use crate::protocol::backend::{auth, cstr, parse_error_fields, parse_parameter_status, ServerNotice};
 use crate::protocol::error::{ClientFacing, ErrorKind};
 use crate::protocol::frame::FrameReader;
 use crate::protocol::{frontend, FrameError, SqlState};
-use crate::tenant::TenantId;
 
 /// The largest message accepted from an upstream during login.
 const MAX_LOGIN_MESSAGE: usize = 1 << 20;
@@ -85,69 +85,6 @@ pub struct Login<'a> {
     pub require_auth: RequireAuth,
     /// The most PBKDF2 iterations a server may ask for in SCRAM.
     pub max_iterations: u32,
-}
-
-/// Which authentication methods an upstream may use, as libpq's `require_auth`
-/// (<https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNECT-REQUIRE-AUTH>):
-/// a comma-separated list of `scram-sha-256`, `md5`, `password` (cleartext) and `none`
-/// (the server asks for nothing: trust, peer). Negated entries (`!md5`) are not supported.
-///
-/// When an upstream sets none, the default is the safest that can work: `scram-sha-256`
-/// for a login with a password over TCP (the server must prove, with its SCRAM final
-/// message, that it holds the password's verifier; the password is never sent in a form the
-/// server could reuse), plus `none` for a login without a password (there is nothing else it
-/// could do) or over a Unix socket (reachable only through the file system).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct RequireAuth {
-    pub scram_sha_256: bool,
-    pub md5: bool,
-    pub password: bool,
-    pub none: bool,
-}
-
-impl RequireAuth {
-    /// The default described on the type.
-    pub fn default_for(has_password: bool, unix_socket: bool) -> RequireAuth {
-        RequireAuth { scram_sha_256: true, none: !has_password || unix_socket, ..RequireAuth::default() }
-    }
-
-    pub fn parse(s: &str) -> Result<RequireAuth, String> {
-        let mut r = RequireAuth::default();
-        for m in s.split(',').map(str::trim) {
-            match m {
-                "scram-sha-256" => r.scram_sha_256 = true,
-                "md5" => r.md5 = true,
-                "password" => r.password = true,
-                "none" => r.none = true,
-                other => {
-                    return Err(format!(
-                        "require_auth: unknown method {other:?} (use scram-sha-256, md5, password, none)"
-                    ))
-                }
-            }
-        }
-        Ok(r)
-    }
-}
-
-impl std::fmt::Display for RequireAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names = [
-            (self.scram_sha_256, "scram-sha-256"),
-            (self.md5, "md5"),
-            (self.password, "password"),
-            (self.none, "none"),
-        ];
-        let list: Vec<&str> = names.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
-        f.write_str(&list.join(","))
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for RequireAuth {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        RequireAuth::parse(&s).map_err(serde::de::Error::custom)
-    }
 }
 
 /// An authenticated upstream connection. Its session state is private to the pool: clients

@@ -7,11 +7,11 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::{cancel_backend, Checkout, ServerConn, ServerParams};
+use crate::model::TenantId;
 use crate::protocol::backend::tag as be;
 use crate::protocol::backend::{parse_parameter_status, txn};
 use crate::protocol::frame::{FrameReader, DEFAULT_MAX_MESSAGE};
 use crate::protocol::frontend;
-use crate::tenant::TenantId;
 
 /// How long a reset or a cancel may take when a connection leaves a session.
 pub const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

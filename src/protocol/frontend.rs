@@ -80,9 +80,6 @@ pub fn parse_frame(name: &[u8], sql: &str) -> Bytes {
     rename(tag::PARSE, &[], name, &rest)
 }
 
-/// The CancelRequest code word (`CANCEL_REQUEST_CODE` in `src/include/libpq/pqcomm.h`).
-pub const CANCEL_REQUEST_CODE: i32 = 80877102;
-
 pub fn startup(buf: &mut BytesMut, params: &[(&str, &str)]) -> std::io::Result<()> {
     frontend::startup_message(params.iter().copied(), buf)
 }
@@ -121,7 +118,7 @@ pub fn ssl_request() -> [u8; 8] {
 
 pub fn cancel_request(buf: &mut BytesMut, pid: i32, secret: i32) {
     buf.put_i32(16);
-    buf.put_i32(CANCEL_REQUEST_CODE);
+    buf.put_i32(super::startup::CANCEL_REQUEST_CODE);
     buf.put_i32(pid);
     buf.put_i32(secret);
 }

@@ -5,11 +5,12 @@ use std::borrow::Cow;
 
 use super::backend::cstr;
 use super::error::{ClientFacing, ErrorKind, SqlState};
-use super::frontend::CANCEL_REQUEST_CODE;
 
 /// `NEGOTIATE_SSL_CODE` and `NEGOTIATE_GSS_CODE` in `src/include/libpq/pqcomm.h`.
 pub const SSL_REQUEST_CODE: i32 = 80877103;
 pub const GSSENC_REQUEST_CODE: i32 = 80877104;
+/// The CancelRequest code word (`CANCEL_REQUEST_CODE` in `src/include/libpq/pqcomm.h`).
+pub const CANCEL_REQUEST_CODE: i32 = 80877102;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum StartupPacket {

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use crate::protocol::error::{ClientFacing, ErrorKind};
 use crate::protocol::SqlState;
 
-use super::{TenantId, TenantIdError};
+use crate::model::{TenantId, TenantIdError};
 
 /// Where a tenant id came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

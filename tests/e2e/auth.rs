@@ -2,7 +2,8 @@
 //! wrong password, an unknown user and an unknown tenant are indistinguishable.
 
 use pgtenant::auth::Verifier;
-use pgtenant::config::{AuthMethod, Config, TenantConfig, UserConfig};
+use pgtenant::config::{Config, TenantConfig, UserConfig};
+use pgtenant::model::AuthMethod;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;

@@ -1,6 +1,6 @@
 //! Real client programs through the proxy: psql and pgbench.
 
-use pgtenant::config::PoolMode;
+use pgtenant::model::PoolMode;
 use tokio::process::Command;
 
 use crate::support::*;

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use pgtenant::config::PoolMode;
+use pgtenant::model::PoolMode;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions, PgValueFormat};
 use sqlx::{Connection, Row};
 use tokio::process::Command;

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use pgtenant::config::PoolMode;
+use pgtenant::model::PoolMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 

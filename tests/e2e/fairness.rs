@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use pgtenant::config::{PoolMode, TenantConfig};
+use pgtenant::config::TenantConfig;
+use pgtenant::model::PoolMode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgtenant::config::PoolMode;
+use pgtenant::model::PoolMode;
 
 use crate::support::*;
 

@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use pgtenant::config::Isolation;
 use pgtenant::lifecycle::{
     CreateTenant, LifecycleError, LoginKind, MigrateOptions, MigrationOutcome, NewUser,
 };
+use pgtenant::model::{Isolation, TenantStatus};
 use tokio_postgres::Client;
 
 use crate::support::*;
@@ -164,14 +164,17 @@ async fn a_failed_create_leaves_nothing_behind() {
 
     // The tenant stays pending with the reason, and cannot be reached.
     let info = lc.get(&db_t).await.expect("pending row");
-    assert_eq!(info.status, "pending");
+    assert_eq!(info.status, TenantStatus::Pending);
     assert!(info.last_error.as_deref().is_some_and(|e| e.contains("no_such_function")), "{info:?}");
 
     // Fixed, the same create finishes.
     s.migration("V002__broken.sql", "ALTER TABLE products ADD COLUMN sku text;");
     let lc = s.lifecycle();
-    assert_eq!(lc.create(create(&db_t, Isolation::Database)).await.expect("retry").status, "active");
-    assert_eq!(lc.create(req).await.expect("retry").status, "active");
+    assert_eq!(
+        lc.create(create(&db_t, Isolation::Database)).await.expect("retry").status,
+        TenantStatus::Active
+    );
+    assert_eq!(lc.create(req).await.expect("retry").status, TenantStatus::Active);
     assert!(database_exists(&db_t).await && schema_exists(&schema_db, &sch_t).await);
 
     // A database that existed before is never dropped by a failed create.
@@ -439,8 +442,14 @@ async fn suspend_archive_restore_and_hard_delete() {
         })
         .await
     );
-    assert!(matches!(lc.suspend(&db_t).await, Ok(ref t) if t.status == "suspended"), "idempotent");
-    assert!(matches!(lc.resume(&sch_t).await, Ok(ref t) if t.status == "active"), "already active");
+    assert!(
+        matches!(lc.suspend(&db_t).await, Ok(ref t) if t.status == TenantStatus::Suspended),
+        "idempotent"
+    );
+    assert!(
+        matches!(lc.resume(&sch_t).await, Ok(ref t) if t.status == TenantStatus::Active),
+        "already active"
+    );
     lc.resume(&db_t).await.expect("resume");
     assert!(eventually(Duration::from_secs(3), || async { refused(db_t.clone()).await.is_none() }).await);
 
@@ -453,7 +462,7 @@ async fn suspend_archive_restore_and_hard_delete() {
     assert!(eventually(Duration::from_secs(3), || async { h.proxy.tenant_clients(&sch_t) == 0 }).await);
     for id in [&db_t, &sch_t] {
         let t = lc.archive(id, false).await.expect("archive");
-        assert_eq!(t.status, "archived");
+        assert_eq!(t.status, TenantStatus::Archived);
         assert!(
             eventually(Duration::from_secs(3), || async {
                 refused(id.to_string()).await.as_deref() == Some("3D000")
@@ -472,7 +481,7 @@ async fn suspend_archive_restore_and_hard_delete() {
     assert!(matches!(out[0].outcome, MigrationOutcome::Failed { ref error } if error.contains("archived")));
 
     for id in [&db_t, &sch_t] {
-        assert_eq!(lc.restore(id).await.expect("restore").status, "active");
+        assert_eq!(lc.restore(id).await.expect("restore").status, TenantStatus::Active);
         assert!(
             eventually(Duration::from_secs(3), || async { refused(id.to_string()).await.is_none() }).await
         );
@@ -483,7 +492,7 @@ async fn suspend_archive_restore_and_hard_delete() {
 
     // Soft delete keeps the data under deleted_…; restore brings it back.
     lc.delete(&sch_t, false, true).await.expect("soft delete");
-    assert_eq!(lc.get(&sch_t).await.expect("row kept").status, "deleted");
+    assert_eq!(lc.get(&sch_t).await.expect("row kept").status, TenantStatus::Deleted);
     assert!(schema_exists(&schema_db, &format!("deleted_{sch_t}")).await);
     lc.restore(&sch_t).await.expect("restore soft-deleted");
 
@@ -559,12 +568,12 @@ async fn limits_change_live_and_operations_take_turns() {
     let patch = pgtenant::lifecycle::UpdateTenant { max_clients: Some(1), ..Default::default() };
     assert_eq!(lc.update(&id, patch).await.expect("update").max_clients, Some(1));
     let md5 = pgtenant::lifecycle::UpdateTenant {
-        auth: Some(pgtenant::config::AuthMethod::Md5),
+        auth: Some(pgtenant::model::AuthMethod::Md5),
         ..Default::default()
     };
-    assert_eq!(lc.update(&id, md5).await.expect("md5 auth").auth.as_deref(), Some("md5"));
+    assert_eq!(lc.update(&id, md5).await.expect("md5 auth").auth, Some(pgtenant::model::AuthMethod::Md5));
     let trust = pgtenant::lifecycle::UpdateTenant {
-        auth: Some(pgtenant::config::AuthMethod::Trust),
+        auth: Some(pgtenant::model::AuthMethod::Trust),
         ..Default::default()
     };
     lc.update(&id, trust).await.expect("back to trust");
@@ -604,7 +613,7 @@ async fn limits_change_live_and_operations_take_turns() {
             .expect("unlock");
     };
     let (resumed, ()) = tokio::join!(waiting, unlock);
-    assert_eq!(resumed.expect("resumed after the other operation").status, "active");
+    assert_eq!(resumed.expect("resumed after the other operation").status, TenantStatus::Active);
     holder
         .execute("SELECT pg_advisory_lock(hashtext('pgtenant.tenant'), hashtext($1))", &[&id])
         .await
@@ -634,7 +643,11 @@ async fn a_database_tenant_moves_to_another_upstream() {
 
     let err = lc.relocate(&id, "nowhere").await.expect_err("unknown upstream");
     assert!(matches!(err, LifecycleError::Invalid(_)), "{err}");
-    assert_eq!(lc.get(&id).await.expect("row").status, "active", "a refused move changes nothing");
+    assert_eq!(
+        lc.get(&id).await.expect("row").status,
+        TenantStatus::Active,
+        "a refused move changes nothing"
+    );
 
     let moved = lc.relocate(&id, "other").await.expect("move");
     assert_eq!((moved.upstream.as_str(), moved.status.as_str()), ("other", "active"));

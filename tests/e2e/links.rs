@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use pgtenant::config::{TenantConfig, UpstreamConfig};
-use pgtenant::pool::SslMode;
+use pgtenant::model::SslMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -206,7 +206,7 @@ async fn require_auth_lets_an_upstream_use_what_it_allows() {
         max_connections: 5,
         sslmode: SslMode::Disable,
         sslrootcert: None,
-        require_auth: Some(pgtenant::pool::RequireAuth::parse("password").expect("require_auth")),
+        require_auth: Some(pgtenant::model::RequireAuth::parse("password").expect("require_auth")),
     });
     let id = unique("legacy");
     cfg.tenants.push(TenantConfig::new(&id, "legacy", "db", "role", Some("clear-pw")));
@@ -218,13 +218,13 @@ async fn require_auth_lets_an_upstream_use_what_it_allows() {
     drop(conn);
     let seen = fake.seen.lock().expect("seen");
     assert_eq!(seen.passwords, vec![b"clear-pw\0".to_vec()]);
-    assert!(pgtenant::pool::RequireAuth::parse("kerberos").is_err());
+    assert!(pgtenant::model::RequireAuth::parse("kerberos").is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn administrator_logins_follow_require_auth_too() {
     use pgtenant::lifecycle::upstream::Upstream;
-    use pgtenant::pool::{UpstreamAddr, UpstreamTls};
+    use pgtenant::model::{UpstreamAddr, UpstreamTls};
     for mode in [Hostile::Cleartext, Hostile::Md5, Hostile::Trust, Hostile::Iterations] {
         let fake = FakeUpstream::start(mode).await;
         let upstream = Upstream {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pgtenant::config::PoolMode;
+use pgtenant::model::PoolMode;
 use tokio_postgres::{Client, NoTls};
 
 use crate::support::*;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgtenant::config::PoolMode;
+use pgtenant::model::PoolMode;
 use tokio_postgres::types::Type;
 
 use crate::support::*;
@@ -242,7 +242,7 @@ async fn upstream_md5_and_trust_logins() {
         let mut cfg = config(vec![t]);
         if password.is_some() {
             cfg.upstreams[0].require_auth =
-                Some(pgtenant::pool::RequireAuth::parse("md5").expect("require_auth"));
+                Some(pgtenant::model::RequireAuth::parse("md5").expect("require_auth"));
         }
         let h = start(cfg).await;
         let c = h.client(&db).await;

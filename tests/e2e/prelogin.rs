@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use pgtenant::config::{AuthMethod, UserConfig};
+use pgtenant::config::UserConfig;
+use pgtenant::model::AuthMethod;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

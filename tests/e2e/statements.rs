@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pgtenant::config::{Isolation, PoolMode};
+use pgtenant::model::{Isolation, PoolMode};
 use tokio::process::Command;
 
 use crate::support::*;

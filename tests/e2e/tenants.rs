@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgtenant::config::{Config, Isolation, PoolMode, ResolverKind, TenantConfig, TenantStatus};
+use pgtenant::config::{Config, ResolverKind, TenantConfig};
+use pgtenant::model::{Isolation, PoolMode, TenantStatus};
 use tokio::process::Command;
 use tokio_postgres::Client;
 

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pgtenant::auth::Verifier;
-use pgtenant::config::{AuthMethod, Config, TenantConfig, UserConfig};
+use pgtenant::config::{Config, TenantConfig, UserConfig};
+use pgtenant::model::AuthMethod;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -193,7 +194,7 @@ async fn upstream_over_tls_with_verify_full() {
             host: "localhost".into(),
             port: cluster().port,
             max_connections: 10,
-            sslmode: pgtenant::pool::SslMode::VerifyFull,
+            sslmode: pgtenant::model::SslMode::VerifyFull,
             sslrootcert: Some(ca_file.display().to_string()),
             require_auth: None,
         });

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgtenant::config::{Isolation, PoolMode};
+use pgtenant::model::{Isolation, PoolMode};
 use tokio::io::AsyncWriteExt;
 
 use super::*;

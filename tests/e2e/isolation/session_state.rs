@@ -1,7 +1,7 @@
 //! Containment of session state: what one client sets (SET, isolation level, session
 //! characteristics) never reaches the next client of the connection, of its tenant or another.
 
-use pgtenant::config::{Isolation, PoolMode};
+use pgtenant::model::{Isolation, PoolMode};
 
 use super::*;
 use crate::support::*;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pgtenant::config::PoolMode;
+use pgtenant::model::PoolMode;
 use tokio::io::AsyncRead;
 use tokio::net::{TcpStream, UnixStream};
 

@@ -18,8 +18,9 @@ pub use managed::{second_upstream, Setup};
 pub use pair::{tenant_pair, Access};
 pub use raw::{raw_exchange, read_until_ready, sqlstate, startup_packet, startup_packet_version};
 
-use pgtenant::config::{Config, PoolMode, TenantConfig, UpstreamConfig};
+use pgtenant::config::{Config, TenantConfig, UpstreamConfig};
 use pgtenant::embedded::Cluster;
+use pgtenant::model::PoolMode;
 use pgtenant::proxy::Proxy;
 use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls};

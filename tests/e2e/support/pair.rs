@@ -1,7 +1,8 @@
 //! Two tenants behind one login role, each seeing only its own rows: the fixture of every
 //! test about what one tenant's session may and may not reach of another's.
 
-use pgtenant::config::{Isolation, PoolMode, TenantConfig};
+use pgtenant::config::TenantConfig;
+use pgtenant::model::{Isolation, PoolMode};
 
 use super::{admin, cluster, connect_str, unique};
 

@@ -1,0 +1,49 @@
+//! Routes that are not about one tenant: liveness and readiness probes, the OpenAPI
+//! document, and the problem answers for unknown routes and methods.
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::problem::{Kind, Problem};
+use super::{AdminState, OPENAPI};
+
+pub(super) async fn no_such_route(request: Request) -> Problem {
+    Problem::new(Kind::NoSuchRoute, format!("no route {} (see GET /openapi.json)", request.uri().path()))
+}
+
+pub(super) async fn method_not_allowed(request: Request) -> Problem {
+    Problem::new(
+        Kind::MethodNotAllowed,
+        format!(
+            "{} is not allowed on {} (the Allow header lists what is)",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// The process is up and answering.
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The proxy takes clients (it is not draining) and the control database answers.
+pub(super) async fn readyz(State(state): State<AdminState>) -> Result<Json<Value>, Problem> {
+    if state.inner.proxy.shutdown.drain.is_cancelled() {
+        return Err(Problem::new(Kind::NotReady, "the proxy is shutting down and takes no new clients"));
+    }
+    if let Some(control) = &state.inner.control {
+        control
+            .ping()
+            .await
+            .map_err(|e| Problem::new(Kind::NotReady, format!("the control database is unreachable: {e}")))?;
+    }
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+pub(super) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
