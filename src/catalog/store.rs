@@ -4,9 +4,10 @@
 //! to its row; and the one reading of an upstream row's connection columns. Rows come back
 //! typed; callers open the connection with [`super::link::ControlLink::open`].
 //!
-//! The tenant lookups of the proxy stay in [`super::control`] (cached, pooled). Still outside
-//! (issue 12, next step): the lifecycle's whole-row read of a tenant and its INSERT and
-//! settings UPDATE, its upstream row read, and the CLI's `upstream add` / `list`.
+//! Tenant rows (read whole, inserted, settings updated) are in [`tenants`], upstream rows
+//! (saved, listed, read with their administrator login) in [`upstreams`]. The tenant lookups
+//! of the proxy stay in [`super::control`] (cached, pooled), the schema in
+//! [`super::migrations`]: no statement against `pgtenant.*` lives outside `catalog/`.
 
 use std::sync::Arc;
 
@@ -15,8 +16,19 @@ use tokio_postgres::{Client, GenericClient, Row};
 use super::secrets::{self, Keys};
 use crate::model::{RequireAuth, SslMode, TenantStatus, UpstreamAddr, UpstreamTls};
 
+mod tenants;
+mod upstreams;
+
+pub use tenants::{
+    insert_tenant, migratable_tenants, tenant, tenants, update_settings, NewTenant, SettingsPatch, TenantRow,
+};
+pub use upstreams::{save_upstream, upstream_admin, upstreams, NewUpstream, UpstreamAdmin, UpstreamRow};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A text column holds a value this binary does not know (a catalog newer than it).
+    #[error("unknown {column} {value:?} in the catalog (is this pgtenant older than the catalog?)")]
+    Unknown { column: String, value: String },
     #[error(transparent)]
     Db(#[from] tokio_postgres::Error),
     /// A stored secret could not be decrypted with the keys given.

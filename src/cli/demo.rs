@@ -60,13 +60,20 @@ pub async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
         std::fs::write(migrations.join(name), sql)?;
     }
     std::fs::write(seeds.join("01_products.sql"), SEED)?;
-    control
-        .execute(
-            "INSERT INTO pgtenant.upstreams (name, host, port, max_connections, admin_user, admin_password)
-             VALUES ('local', '127.0.0.1', $1, 200, 'postgres', $2)",
-            &[&i32::from(cluster.port), &keys.encrypt(SUPERUSER_PASSWORD)],
-        )
-        .await?;
+    let admin_password = keys.encrypt(SUPERUSER_PASSWORD);
+    let upstream = crate::catalog::store::NewUpstream {
+        name: "local",
+        host: "127.0.0.1",
+        port: cluster.port,
+        admin_user: Some("postgres"),
+        admin_password: Some(&admin_password),
+        admin_database: "postgres",
+        sslmode: "prefer",
+        sslrootcert: None,
+        max_connections: 200,
+        require_auth: None,
+    };
+    crate::catalog::store::save_upstream(&control, &upstream).await?;
 
     let mut config = Config::parse("")?;
     config.catalog.key_file = key_file.display().to_string();

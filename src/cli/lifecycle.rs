@@ -9,10 +9,10 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::config::Config;
 use crate::lifecycle::{
-    CreateTenant, Lifecycle, LifecycleError, LoginKind, MigrateOptions, MigrationOutcome, NewUser,
-    TenantInfo, TenantMigration,
+    CreateTenant, Lifecycle, LifecycleError, MigrateOptions, MigrationOutcome, NewUser, TenantInfo,
+    TenantMigration,
 };
-use crate::model::{AuthMethod, Isolation, PoolMode};
+use crate::model::{AuthMethod, Isolation, LoginKind, PoolMode};
 
 const DEFAULT_CONFIG: &str = "config/pgtenant.toml";
 
@@ -512,32 +512,33 @@ pub async fn upstream(command: UpstreamCommand, target: Target) -> anyhow::Resul
             let keys = crate::catalog::secrets::load(&config.catalog.key_file).map_err(anyhow::Error::msg)?;
             let stored = password.map(|p| keys.as_ref().map_or(p.clone(), |k| k.encrypt(&p)));
             let max = i32::try_from(max_connections)?;
-            db.execute(
-                "INSERT INTO pgtenant.upstreams (name, host, port, admin_user, admin_password, admin_database, sslmode, max_connections, require_auth)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port,
-                     admin_user = EXCLUDED.admin_user, admin_password = EXCLUDED.admin_password,
-                     admin_database = EXCLUDED.admin_database, sslmode = EXCLUDED.sslmode,
-                     max_connections = EXCLUDED.max_connections, require_auth = EXCLUDED.require_auth",
-                &[&name, &host, &i32::from(port), &admin_user, &stored, &admin_database, &sslmode, &max, &require_auth],
-            )
-            .await?;
+            let upstream = crate::catalog::store::NewUpstream {
+                name: &name,
+                host: &host,
+                port,
+                admin_user: Some(&admin_user),
+                admin_password: stored.as_deref(),
+                admin_database: &admin_database,
+                sslmode: &sslmode,
+                sslrootcert: None,
+                max_connections: max,
+                require_auth: require_auth.as_deref(),
+            };
+            crate::catalog::store::save_upstream(&db, &upstream).await?;
             println!("upstream {name} saved");
         }
         UpstreamCommand::List => {
-            let rows = db
-                .query("SELECT name, host, port, sslmode, coalesce(admin_user, '-'), max_connections FROM pgtenant.upstreams ORDER BY name", &[])
-                .await?;
-            let rows: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
+            let rows: Vec<Vec<String>> = crate::catalog::store::upstreams(&db)
+                .await?
+                .into_iter()
+                .map(|u| {
                     vec![
-                        r.get::<_, String>(0),
-                        r.get::<_, String>(1),
-                        r.get::<_, i32>(2).to_string(),
-                        r.get::<_, String>(3),
-                        r.get::<_, String>(4),
-                        r.get::<_, i32>(5).to_string(),
+                        u.name,
+                        u.host,
+                        u.port.to_string(),
+                        u.sslmode,
+                        u.admin_user.unwrap_or_else(|| "-".into()),
+                        u.max_connections.to_string(),
                     ]
                 })
                 .collect();

@@ -8,10 +8,11 @@ use tokio_postgres::Client;
 
 use super::migrate;
 use super::report::TenantInfo;
-use super::request::{CreateTenant, LoginKind};
+use super::request::CreateTenant;
 use super::upstream::{self, Upstream};
 use super::{catalog_error, db_error, db_text, parse_id, valid_name, Lifecycle, LifecycleError};
 use crate::catalog::store;
+use crate::model::LoginKind;
 use crate::model::{AuthMethod, Isolation, PoolMode, TenantStatus};
 use crate::sql::{quote_ident, quote_literal};
 
@@ -43,30 +44,23 @@ impl Lifecycle {
             }
         });
         let int = |v: Option<u32>| v.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
-        db.execute(
-            "INSERT INTO pgtenant.tenants (id, status, isolation, upstream, database, schema_name,
-                 search_path_public, login_role, login_password, login_kind, pool_mode, pool_size,
-                 max_server_connections, max_clients, auth)
-             VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-            &[
-                &id.as_str(),
-                &plan.isolation.as_str(),
-                &plan.upstream,
-                &plan.database,
-                &plan.schema,
-                &req.search_path_public.unwrap_or(false),
-                &plan.role,
-                &stored,
-                &plan.login.as_str(),
-                &req.pool_mode.unwrap_or(PoolMode::Transaction).as_str(),
-                &int(req.pool_size),
-                &int(req.max_server_connections),
-                &int(req.max_clients),
-                &req.auth.map(AuthMethod::as_str),
-            ],
-        )
-        .await
-        .map_err(|e| match e.code() {
+        let row = store::NewTenant {
+            id: id.as_str(),
+            isolation: plan.isolation,
+            upstream: &plan.upstream,
+            database: &plan.database,
+            schema: plan.schema.as_deref(),
+            search_path_public: req.search_path_public.unwrap_or(false),
+            login_role: &plan.role,
+            login_password: stored.as_deref(),
+            login_kind: plan.login,
+            pool_mode: req.pool_mode.unwrap_or(PoolMode::Transaction),
+            pool_size: int(req.pool_size),
+            max_server_connections: int(req.max_server_connections),
+            max_clients: int(req.max_clients),
+            auth: req.auth,
+        };
+        store::insert_tenant(&db, &row).await.map_err(|e| match e.code() {
             Some(c) if *c == tokio_postgres::error::SqlState::CHECK_VIOLATION => {
                 LifecycleError::Invalid(format!("tenant {id:?}: {}", db_text(&e)))
             }

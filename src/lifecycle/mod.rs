@@ -31,9 +31,8 @@ use crate::catalog::store;
 use crate::config::Config;
 use crate::model::TenantId;
 pub use migrate::{Applied, MigrationSet};
-use report::INFO_SQL;
 pub use report::{Health, MigrationOutcome, MigrationStatus, TenantInfo, TenantMigration};
-pub use request::{CreateTenant, LoginKind, MigrateOptions, NewUser, UpdateTenant};
+pub use request::{CreateTenant, MigrateOptions, NewUser, UpdateTenant};
 use upstream::Upstream;
 
 /// Why an operation failed. Each variant maps to one HTTP status and is safe to show the
@@ -76,6 +75,14 @@ pub(crate) fn db_text(e: &tokio_postgres::Error) -> String {
             Some(cause) => format!("{e}: {cause}"),
             None => e.to_string(),
         },
+    }
+}
+
+fn store_error(e: store::StoreError) -> LifecycleError {
+    match e {
+        store::StoreError::Db(e) => catalog_error(e),
+        store::StoreError::Secret { what, why } => LifecycleError::Invalid(format!("{what}: {why}")),
+        e @ store::StoreError::Unknown { .. } => LifecycleError::Catalog(e.to_string()),
     }
 }
 
@@ -164,12 +171,10 @@ impl Lifecycle {
     }
 
     async fn info(db: &Client, id: &str) -> Result<TenantInfo, LifecycleError> {
-        let row = db
-            .query_opt(&format!("{INFO_SQL} WHERE id = $1"), &[&id])
+        store::tenant(db, id)
             .await
-            .map_err(catalog_error)?
-            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
-        TenantInfo::from_row(&row)
+            .map_err(store_error)?
+            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
     }
 
     async fn event(
@@ -188,8 +193,7 @@ impl Lifecycle {
 
     pub async fn list(&self) -> Result<Vec<TenantInfo>, LifecycleError> {
         let db = self.control().await?;
-        let rows = db.query(&format!("{INFO_SQL} ORDER BY id"), &[]).await.map_err(catalog_error)?;
-        rows.iter().map(TenantInfo::from_row).collect()
+        store::tenants(&db).await.map_err(store_error)
     }
 
     /// A tenant's stored upstream password, readable.
@@ -243,7 +247,7 @@ fn valid_name(what: &str, name: &str) -> Result<(), LifecycleError> {
 mod tests {
     use super::create::random_password;
     use super::*;
-    use crate::model::{Isolation, PoolMode, TenantStatus};
+    use crate::model::{Isolation, LoginKind, PoolMode, TenantStatus};
     use crate::sql::quote_literal;
 
     #[test]

@@ -4,84 +4,13 @@
 use serde::{Deserialize, Serialize};
 
 use super::migrate;
-use super::request::LoginKind;
-use super::LifecycleError;
-use crate::model::{AuthMethod, Isolation, PoolMode, TenantStatus};
 
-/// A tenant as the catalog has it (no secrets).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TenantInfo {
-    pub id: String,
-    pub status: TenantStatus,
-    pub isolation: Isolation,
-    pub upstream: String,
-    pub database: String,
-    pub schema: Option<String>,
-    pub login_role: String,
-    pub login_kind: LoginKind,
-    pub pool_mode: PoolMode,
-    pub pool_size: Option<i32>,
-    pub max_server_connections: Option<i32>,
-    pub max_clients: Option<i32>,
-    pub auth: Option<AuthMethod>,
-    pub search_path_public: bool,
-    pub version: i64,
-    pub created_at: String,
-    pub updated_at: String,
-    pub last_error: Option<String>,
-}
+use crate::model::{Isolation, LoginKind, TenantStatus};
 
-pub(super) const INFO_SQL: &str =
-    "SELECT id, status, isolation, upstream, database, schema_name, login_role, login_kind,
-        pool_mode, pool_size, max_server_connections, max_clients, auth, search_path_public, version,
-        created_at::text, updated_at::text, last_error
-   FROM pgtenant.tenants";
+/// A tenant as the catalog has it (no secrets): the store's typed row.
+pub type TenantInfo = crate::catalog::store::TenantRow;
 
 impl TenantInfo {
-    /// A row of [`INFO_SQL`]; its text columns are parsed here, once (the catalog's CHECK
-    /// constraints allow nothing else, so a failure means a catalog newer than this binary).
-    pub(super) fn from_row(r: &tokio_postgres::Row) -> Result<TenantInfo, LifecycleError> {
-        fn parse<T>(
-            r: &tokio_postgres::Row,
-            i: usize,
-            f: fn(&str) -> Option<T>,
-        ) -> Result<T, LifecycleError> {
-            let text: String = r.get(i);
-            f(&text).ok_or_else(|| {
-                LifecycleError::Catalog(format!(
-                    "unknown {} {text:?} in pgtenant.tenants",
-                    r.columns()[i].name()
-                ))
-            })
-        }
-        let auth: Option<String> = r.get(12);
-        Ok(TenantInfo {
-            id: r.get(0),
-            status: parse(r, 1, TenantStatus::parse)?,
-            isolation: parse(r, 2, Isolation::parse)?,
-            upstream: r.get(3),
-            database: r.get(4),
-            schema: r.get(5),
-            login_role: r.get(6),
-            login_kind: parse(r, 7, LoginKind::parse)?,
-            pool_mode: parse(r, 8, PoolMode::parse)?,
-            pool_size: r.get(9),
-            max_server_connections: r.get(10),
-            max_clients: r.get(11),
-            auth: match auth {
-                None => None,
-                Some(a) => Some(AuthMethod::parse(&a).ok_or_else(|| {
-                    LifecycleError::Catalog(format!("unknown auth {a:?} in pgtenant.tenants"))
-                })?),
-            },
-            search_path_public: r.get(13),
-            version: r.get(14),
-            created_at: r.get(15),
-            updated_at: r.get(16),
-            last_error: r.get(17),
-        })
-    }
-
     pub(super) fn per_tenant(&self) -> bool {
         self.login_kind == LoginKind::PerTenant
     }

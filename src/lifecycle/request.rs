@@ -1,33 +1,8 @@
 //! What callers ask the lifecycle for: a new tenant, a change to one, a migration run.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::model::{AuthMethod, Isolation, PoolMode};
-
-/// Whose login a tenant's server connections use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LoginKind {
-    /// A role of the tenant's own, created with it, with rights on its database or schema
-    /// only: the database enforces isolation.
-    PerTenant,
-    /// An existing role shared by many tenants (`login_role` + `login_password`): pgtenant
-    /// switches search_path / the tenant setting per checkout.
-    Shared,
-}
-
-impl LoginKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LoginKind::PerTenant => "per_tenant",
-            LoginKind::Shared => "shared",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<LoginKind> {
-        [LoginKind::PerTenant, LoginKind::Shared].into_iter().find(|k| k.as_str() == s)
-    }
-}
+use crate::model::{AuthMethod, Isolation, LoginKind, PoolMode};
 
 /// A first client credential created with the tenant.
 #[derive(Debug, Clone, Deserialize)]

@@ -8,10 +8,10 @@ use futures_util::StreamExt;
 use tokio_postgres::Client;
 
 use super::migrate::{self, Applied};
-use super::report::{MigrationOutcome, MigrationStatus, TenantInfo, TenantMigration, INFO_SQL};
+use super::report::{MigrationOutcome, MigrationStatus, TenantInfo, TenantMigration};
 use super::request::MigrateOptions;
 use super::upstream::Upstream;
-use super::{catalog_error, parse_id, Lifecycle, LifecycleError};
+use super::{catalog_error, parse_id, store_error, Lifecycle, LifecycleError};
 use crate::catalog::store;
 use crate::model::TenantStatus;
 
@@ -153,11 +153,7 @@ impl Lifecycle {
     /// The named tenants (each must exist), or every active and suspended one.
     async fn targets(&self, db: &Client, ids: &[String]) -> Result<Vec<TenantInfo>, LifecycleError> {
         if ids.is_empty() {
-            let rows = db
-                .query(&format!("{INFO_SQL} WHERE status IN ('active', 'suspended') ORDER BY id"), &[])
-                .await
-                .map_err(catalog_error)?;
-            return rows.iter().map(TenantInfo::from_row).collect();
+            return store::migratable_tenants(db).await.map_err(store_error);
         }
         let mut out = Vec::new();
         for id in ids {
@@ -189,8 +185,7 @@ impl Lifecycle {
     pub async fn status(&self, ids: &[String]) -> Result<Vec<MigrationStatus>, LifecycleError> {
         let db = self.control().await?;
         let tenants = if ids.is_empty() {
-            let rows = db.query(&format!("{INFO_SQL} ORDER BY id"), &[]).await.map_err(catalog_error)?;
-            rows.iter().map(TenantInfo::from_row).collect::<Result<_, _>>()?
+            store::tenants(&db).await.map_err(store_error)?
         } else {
             self.targets(&db, ids).await?
         };

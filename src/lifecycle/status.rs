@@ -9,7 +9,7 @@ use super::request::UpdateTenant;
 use super::upstream::Upstream;
 use super::{catalog_error, db_error, db_text, parse_id, Lifecycle, LifecycleError};
 use crate::catalog::store;
-use crate::model::{AuthMethod, Isolation, PoolMode, TenantStatus};
+use crate::model::{Isolation, TenantStatus};
 use crate::sql::quote_ident;
 
 impl Lifecycle {
@@ -58,27 +58,15 @@ impl Lifecycle {
         {
             return Err(LifecycleError::Invalid("sizes and limits must be at least 1".into()));
         }
-        db.execute(
-            "UPDATE pgtenant.tenants SET
-                 pool_mode = coalesce($2, pool_mode),
-                 pool_size = coalesce($3, pool_size),
-                 max_server_connections = coalesce($4, max_server_connections),
-                 max_clients = coalesce($5, max_clients),
-                 auth = coalesce($6, auth),
-                 search_path_public = coalesce($7, search_path_public)
-             WHERE id = $1",
-            &[
-                &id.as_str(),
-                &patch.pool_mode.map(PoolMode::as_str),
-                &int(patch.pool_size),
-                &int(patch.max_server_connections),
-                &int(patch.max_clients),
-                &patch.auth.map(AuthMethod::as_str),
-                &patch.search_path_public,
-            ],
-        )
-        .await
-        .map_err(|e| match e.code() {
+        let settings = store::SettingsPatch {
+            pool_mode: patch.pool_mode,
+            pool_size: int(patch.pool_size),
+            max_server_connections: int(patch.max_server_connections),
+            max_clients: int(patch.max_clients),
+            auth: patch.auth,
+            search_path_public: patch.search_path_public,
+        };
+        store::update_settings(&db, &id, &settings).await.map_err(|e| match e.code() {
             Some(c) if *c == tokio_postgres::error::SqlState::CHECK_VIOLATION => {
                 LifecycleError::Invalid(format!("tenant {id:?}: {}", db_text(&e)))
             }

@@ -36,36 +36,23 @@ pub struct Upstream {
 impl Upstream {
     /// Reads upstream `name` from the control database.
     pub async fn load(control: &Client, name: &str, keys: Option<&Keys>) -> Result<Upstream, LifecycleError> {
-        let row = control
-            .query_opt(
-                "SELECT host, port, sslmode, sslrootcert, admin_user, admin_password, admin_database,
-                        require_auth
-                   FROM pgtenant.upstreams WHERE name = $1",
-                &[&name],
-            )
+        let row = crate::catalog::store::upstream_admin(control, name, keys)
             .await
-            .map_err(|e| LifecycleError::Catalog(super::db_text(&e)))?
+            .map_err(super::store_error)?
             .ok_or_else(|| LifecycleError::Invalid(format!("no upstream named {name:?} in the catalog")))?;
-        let admin_user: Option<String> = row.get(4);
-        let admin_user = admin_user.ok_or_else(|| {
+        let admin_user = row.admin_user.ok_or_else(|| {
             LifecycleError::Invalid(format!(
                 "upstream {name:?} has no admin_user: pgtenant needs an administrator login there \
                  (pgtenant upstream add --admin-user …)"
             ))
         })?;
-        let stored: Option<String> = row.get(5);
-        let admin_password = stored
-            .map(|s| crate::catalog::secrets::reveal(keys, &s).map(|(p, _)| p))
-            .transpose()
-            .map_err(|e| LifecycleError::Invalid(format!("upstream {name:?}, the admin password: {e}")))?;
-        let (addr, require_auth) = crate::catalog::store::upstream_target(&row, [0, 1, 2, 3, 7]);
         Ok(Upstream {
             name: name.to_owned(),
-            addr,
+            addr: row.addr,
             admin_user,
-            admin_password,
-            admin_database: row.get(6),
-            require_auth,
+            admin_password: row.admin_password,
+            admin_database: row.admin_database,
+            require_auth: row.require_auth,
         })
     }
 

@@ -5,10 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use pgtenant::lifecycle::{
-    CreateTenant, LifecycleError, LoginKind, MigrateOptions, MigrationOutcome, NewUser,
-};
-use pgtenant::model::{Isolation, TenantStatus};
+use pgtenant::lifecycle::{CreateTenant, LifecycleError, MigrateOptions, MigrationOutcome, NewUser};
+use pgtenant::model::{Isolation, LoginKind, TenantStatus};
 use tokio_postgres::Client;
 
 use crate::support::*;
