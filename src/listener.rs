@@ -13,9 +13,19 @@ use crate::config::Config;
 /// Binds `addr` and listens with `backlog` pending connections (the kernel caps it at
 /// `net.core.somaxconn`). Must run inside a Tokio runtime.
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    bind_with(addr, backlog, false)
+}
+
+/// [`bind`], with SO_REUSEPORT when `reuse_port`: several processes then listen on one
+/// address and the kernel spreads new connections over them, which is what lets a new
+/// instance start before the old one stops (`[proxy] reuse_port`).
+pub fn bind_with(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     // As std's `TcpListener::bind` does on Unix: a restart must not wait out TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(backlog)
 }

@@ -1,5 +1,5 @@
-//! Routes that are not about one tenant: liveness and readiness probes, the OpenAPI
-//! document, and the problem answers for unknown routes and methods.
+//! Routes that are not about one tenant: liveness and readiness probes, the instance
+//! registry, the OpenAPI document, and the problem answers for unknown routes and methods.
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -42,6 +42,20 @@ pub(super) async fn readyz(State(state): State<AdminState>) -> Result<Json<Value
             .map_err(|e| Problem::new(Kind::NotReady, format!("the control database is unreachable: {e}")))?;
     }
     Ok(Json(json!({ "status": "ready" })))
+}
+
+/// The instances serving this control database, from the instance registry.
+pub(super) async fn instances(State(state): State<AdminState>) -> Result<Json<Value>, Problem> {
+    let Some(instances) = &state.inner.proxy.instances else {
+        return Err(Problem::new(
+            Kind::CatalogUnavailable,
+            "this proxy has no control database ([catalog] url), so there is no instance registry",
+        ));
+    };
+    let rows = instances.live().await.map_err(|e| {
+        Problem::new(Kind::CatalogUnavailable, format!("the instance registry is unreachable: {e}"))
+    })?;
+    Ok(Json(json!({ "this": instances.id(), "instances": rows })))
 }
 
 pub(super) async fn openapi() -> Response {
