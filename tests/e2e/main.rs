@@ -8,6 +8,7 @@ mod compat;
 mod differential;
 mod fairness;
 mod hostile;
+mod instances;
 mod isolation;
 mod lifecycle;
 mod links;
