@@ -141,6 +141,19 @@ pub fn accept_backoff(previous: Duration) -> Duration {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn reuse_port_lets_a_second_listener_share_the_address() {
+        let first = bind_with(SocketAddr::from(([127, 0, 0, 1], 0)), 16, true).expect("first");
+        let addr = first.local_addr().expect("addr");
+        assert!(bind(addr, 16).is_err(), "without SO_REUSEPORT the address is taken");
+        let second = bind_with(addr, 16, true).expect("a second instance binds beside the first");
+        // The old one stops; the new one takes every connection.
+        drop(first);
+        let client = tokio::net::TcpStream::connect(addr);
+        let (accepted, connected) = tokio::join!(second.accept(), client);
+        assert!(accepted.is_ok() && connected.is_ok());
+    }
+
     #[test]
     fn every_logs_once_per_interval_and_counts_the_rest() {
         let mut e = Every::new(Duration::from_secs(10));
