@@ -131,26 +131,34 @@ impl Instances {
         Ok(())
     }
 
-    /// One heartbeat: record it (registering again if the row was expired), remove stale
-    /// rows, refresh the peers cache.
+    /// One heartbeat: record it, remove stale rows and refresh the peers cache in one round
+    /// trip; register again if the row was expired meanwhile.
     async fn beat(&self) -> Result<(), InstanceError> {
         let (id, expiry) = (&self.id, self.expiry_secs());
-        let alive = self.with_db(async |db| store::heartbeat(db, id).await).await?;
-        if !alive {
-            tracing::warn!("this instance's registry row had expired: registering again");
-            self.register_now(Some(self.slot())).await?;
+        match self.with_db(async |db| store::beat(db, id, expiry).await).await? {
+            Some(rows) => {
+                self.cache(rows);
+                Ok(())
+            }
+            None => {
+                tracing::warn!("this instance's registry row had expired: registering again");
+                self.register_now(Some(self.slot())).await?;
+                self.refresh().await
+            }
         }
-        self.with_db(async |db| store::expire(&*db, expiry).await).await?;
-        self.refresh().await
     }
 
     /// Reloads the peers cache from the live rows.
     async fn refresh(&self) -> Result<(), InstanceError> {
         let rows = self.live().await?;
+        self.cache(rows);
+        Ok(())
+    }
+
+    fn cache(&self, rows: Vec<InstanceRow>) {
         let peers =
             rows.into_iter().filter_map(|r| Some((u16::try_from(r.slot).ok()?, r.advertised_addr))).collect();
         *self.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
-        Ok(())
     }
 
     /// The live instances (this one included), by slot: `SHOW INSTANCES`, `GET /instances`.

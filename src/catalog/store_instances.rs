@@ -1,6 +1,6 @@
 //! Statements against `pgtenant.instances`, the instance registry (migration 8): register
-//! (taking the lowest free slot under an advisory lock), heartbeat, expire stale rows,
-//! deregister, and the live rows (for the cancel routing cache, `SHOW INSTANCES` and
+//! (taking the lowest free slot under an advisory lock), heartbeat (which also expires stale
+//! rows and reads the live ones, in one round trip), deregister, and the live rows (for the cancel routing cache, `SHOW INSTANCES` and
 //! `GET /instances`). The registry's behaviour lives in [`crate::instances`].
 
 use tokio_postgres::{Client, GenericClient};
@@ -59,10 +59,32 @@ pub async fn register(
     Ok(slot)
 }
 
-/// Records a heartbeat; false when the row is gone (another instance expired it while this
-/// one could not reach the control database): the caller registers again.
-pub async fn heartbeat(db: &Client, id: &str) -> Result<bool, tokio_postgres::Error> {
-    Ok(db.execute("UPDATE pgtenant.instances SET heartbeat_at = now() WHERE id = $1", &[&id]).await? == 1)
+/// One heartbeat in one round trip: records it, removes other instances' stale rows, and
+/// returns the live rows (as the snapshot before this statement: a just-expired peer may
+/// still be in it once). `None` when this instance's row is gone (another instance expired
+/// it while this one could not reach the control database): the caller registers again.
+pub async fn beat(
+    db: &Client,
+    id: &str,
+    expiry_secs: f64,
+) -> Result<Option<Vec<InstanceRow>>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "WITH hb AS (UPDATE pgtenant.instances SET heartbeat_at = now() WHERE id = $1 RETURNING id),
+                  gone AS (DELETE FROM pgtenant.instances
+                            WHERE heartbeat_at < now() - make_interval(secs => $2) AND id <> $1
+                           RETURNING id)
+             SELECT id, slot, advertised_addr, version, started_at::text, heartbeat_at::text,
+                    extract(epoch FROM now() - heartbeat_at)::float8, (SELECT count(*) FROM hb)
+               FROM pgtenant.instances
+              WHERE (heartbeat_at >= now() - make_interval(secs => $2) OR id = $1)
+                AND id NOT IN (SELECT id FROM gone)
+              ORDER BY slot",
+            &[&id, &expiry_secs],
+        )
+        .await?;
+    let alive = rows.first().is_some_and(|r| r.get::<_, i64>(7) == 1);
+    Ok(alive.then(|| rows.iter().map(row).collect()))
 }
 
 /// Removes rows whose heartbeat is older than `expiry_secs`; returns how many.
@@ -91,16 +113,17 @@ pub async fn live(db: &Client, expiry_secs: f64) -> Result<Vec<InstanceRow>, tok
             &[&expiry_secs],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| InstanceRow {
-            id: r.get(0),
-            slot: r.get(1),
-            advertised_addr: r.get(2),
-            version: r.get(3),
-            started_at: r.get(4),
-            heartbeat_at: r.get(5),
-            heartbeat_age: r.get(6),
-        })
-        .collect())
+    Ok(rows.iter().map(row).collect())
+}
+
+fn row(r: &tokio_postgres::Row) -> InstanceRow {
+    InstanceRow {
+        id: r.get(0),
+        slot: r.get(1),
+        advertised_addr: r.get(2),
+        version: r.get(3),
+        started_at: r.get(4),
+        heartbeat_at: r.get(5),
+        heartbeat_age: r.get(6),
+    }
 }

@@ -115,7 +115,25 @@ async fn raw_login(addr: SocketAddr, tenant: &str, version: i32) -> (TcpStream, 
 #[tokio::test]
 async fn instances_register_with_distinct_slots_and_deregister() {
     let t = tenant_db("inst_reg").await;
-    let (service, _control) = service(3, &t).await;
+    let (service, control) = service(3, &t).await;
+    // A row left by an instance that died without deregistering is removed by the others'
+    // heartbeats once three intervals old.
+    control
+        .execute(
+            "INSERT INTO pgtenant.instances (id, slot, advertised_addr, version, heartbeat_at)
+             VALUES ('ghost', 1000, '127.0.0.1:1', 'old', now() - interval '10 seconds')",
+            &[],
+        )
+        .await
+        .expect("ghost row");
+    let ghost_gone = || async {
+        control
+            .query_opt("SELECT 1 FROM pgtenant.instances WHERE id = 'ghost'", &[])
+            .await
+            .expect("q")
+            .is_none()
+    };
+    assert!(eventually(Duration::from_secs(3), ghost_gone).await, "stale row expired");
     let rows = service[0].instances.live().await.expect("live");
     assert_eq!(rows.len(), 3, "{rows:?}");
     let mut slots: Vec<i32> = rows.iter().map(|r| r.slot).collect();

@@ -9,6 +9,7 @@ mod differential;
 mod fairness;
 mod hostile;
 mod instances;
+mod instances_load;
 mod isolation;
 mod lifecycle;
 mod links;
