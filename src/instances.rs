@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +42,14 @@ pub struct Instances {
     interval: Duration,
     /// Live peers' advertised addresses by slot (this instance included).
     peers: RwLock<HashMap<u16, String>>,
+    /// When a cancel for an unknown slot last made the cache reload: at most one such query
+    /// per [`UNKNOWN_SLOT_REFRESH`], so CancelRequests with made-up keys cannot turn into a
+    /// stream of control-database queries.
+    last_on_demand: std::sync::Mutex<Option<Instant>>,
 }
+
+/// See [`Instances::owner`].
+const UNKNOWN_SLOT_REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
@@ -77,6 +84,7 @@ impl Instances {
             slot: AtomicU16::new(0),
             interval: secs(p.heartbeat_interval),
             peers: RwLock::new(HashMap::new()),
+            last_on_demand: std::sync::Mutex::new(None),
         };
         me.register_now(None).await?;
         me.refresh().await?;
@@ -209,10 +217,18 @@ impl Instances {
     }
 
     /// The advertised address of the live instance holding `slot`, if any: from the cache,
-    /// else (a peer that joined since the last heartbeat) from the control database.
+    /// else (a peer that joined since the last heartbeat) from the control database, at
+    /// most once per [`UNKNOWN_SLOT_REFRESH`].
     pub async fn owner(&self, slot: u16) -> Option<String> {
         if let Some(a) = self.peers.read().unwrap_or_else(|e| e.into_inner()).get(&slot) {
             return Some(a.clone());
+        }
+        {
+            let mut last = self.last_on_demand.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < UNKNOWN_SLOT_REFRESH) {
+                return None;
+            }
+            *last = Some(Instant::now());
         }
         if let Err(e) = self.refresh().await {
             tracing::debug!(error = %e, "refreshing the instance registry for a cancel failed");

@@ -174,6 +174,8 @@ async fn a_cancel_sent_to_another_instance_reaches_the_owner() {
     let mut wrong = secret.clone();
     wrong[0] ^= 1;
     send_cancel(service[1].addr, pid, &wrong).await;
+    // So is a key carrying the slot of no live instance.
+    send_cancel(service[1].addr, (1000 << 21) | (pid & 0x1f_ffff), &secret).await;
     let (got, _) = read_ready(&mut s, 1, Duration::from_secs(5)).await;
     assert_eq!(sqlstate(&got), None, "not cancelled: {got:?}");
 }
