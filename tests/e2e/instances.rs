@@ -142,6 +142,27 @@ async fn instances_register_with_distinct_slots_and_deregister() {
     for i in &service {
         assert!(rows.iter().any(|r| r.id == i.instances.id() && r.advertised_addr == i.addr.to_string()));
     }
+    // GET /instances on the admin API lists the same rows.
+    let token = pgtenant::admin::new_token();
+    let mut cfg = config(vec![]);
+    cfg.catalog.url = service[0].proxy.config.catalog.url.clone();
+    cfg.admin.token_sha256 = vec![pgtenant::admin::token_sha256(&token)];
+    let state = pgtenant::admin::http::AdminState::new(service[0].proxy.clone(), &cfg).expect("admin state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("admin bind");
+    let admin_addr = listener.local_addr().expect("addr");
+    tokio::spawn(pgtenant::admin::http::serve(listener, state, tokio_util::sync::CancellationToken::new()));
+    let mut http = TcpStream::connect(admin_addr).await.expect("admin connect");
+    let request = format!(
+        "GET /instances HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    http.write_all(request.as_bytes()).await.expect("request");
+    let (reply, _) = crate::support::raw::read_eof(&mut http, Duration::from_secs(5)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let body: serde_json::Value =
+        serde_json::from_str(&reply[reply.find("\r\n\r\n").expect("body") + 4..]).expect("json");
+    assert_eq!(body["this"], serde_json::json!(service[0].instances.id()));
+    assert_eq!(body["instances"].as_array().map(|a| a.len()), Some(3), "{body}");
     // Shutdown deregisters: the others see two instances.
     service[2].proxy.shutdown.drain.cancel();
     assert!(

@@ -44,18 +44,21 @@ pub(super) async fn readyz(State(state): State<AdminState>) -> Result<Json<Value
     Ok(Json(json!({ "status": "ready" })))
 }
 
-/// The instances serving this control database, from the instance registry.
+/// The instances serving this control database, from the instance registry (read on the
+/// API's own connection, within its timeout); `this` is the answering instance's id.
 pub(super) async fn instances(State(state): State<AdminState>) -> Result<Json<Value>, Problem> {
-    let Some(instances) = &state.inner.proxy.instances else {
+    let Some(control) = &state.inner.control else {
         return Err(Problem::new(
             Kind::CatalogUnavailable,
             "this proxy has no control database ([catalog] url), so there is no instance registry",
         ));
     };
-    let rows = instances.live().await.map_err(|e| {
+    let expiry = state.inner.config.proxy.heartbeat_interval * crate::instances::EXPIRY_HEARTBEATS;
+    let rows = control.instances(expiry).await.map_err(|e| {
         Problem::new(Kind::CatalogUnavailable, format!("the instance registry is unreachable: {e}"))
     })?;
-    Ok(Json(json!({ "this": instances.id(), "instances": rows })))
+    let this = state.inner.proxy.instances.as_ref().map(|i| i.id().to_owned());
+    Ok(Json(json!({ "this": this, "instances": rows })))
 }
 
 pub(super) async fn openapi() -> Response {
