@@ -1,14 +1,37 @@
 //! pgtenant's own BackendKeyData and the map from it to the upstream backend a client is
 //! using right now. A CancelRequest names pgtenant's key; pgtenant forwards a cancel to that
 //! upstream backend, or does nothing when the client holds no server connection.
+//!
+//! With several instances on one control database (`crate::instances`), a key's process
+//! id carries the issuing instance's slot in bits 21..31, so a CancelRequest that the load
+//! balancer sends to another instance is forwarded there, as the same CancelRequest. The
+//! rest of the key stays random: 21 bits of the process id and a 4-byte secret (protocol
+//! 3.0) or a 32-byte one (3.2, PostgreSQL 18's longer keys), compared in constant time.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
+use crate::instances::{forward_cancel, Instances};
 use crate::model::UpstreamAddr;
 use crate::pool::cancel_backend;
+use crate::protocol::startup::CANCEL_REQUEST_CODE;
+use crate::sql::same_bytes;
+
+/// Bits of a process id below the instance slot.
+const SLOT_SHIFT: u32 = 21;
+const LOW_MASK: i32 = (1 << SLOT_SHIFT) - 1;
+/// Secret lengths: protocol 3.0 has 4 bytes; 3.2 allows up to 256 and PostgreSQL 18 sends
+/// 32, as pgtenant does.
+pub const SHORT_SECRET: usize = 4;
+pub const LONG_SECRET: usize = 32;
+
+/// The instance slot a process id carries (0: issued without a registry).
+pub fn slot_of(pid: i32) -> u16 {
+    // Bits 21..30 (bit 31 is the sign, always clear): at most 1023, so the cast is exact.
+    ((pid >> SLOT_SHIFT) & 0x3ff) as u16
+}
 
 /// The upstream backend a client is attached to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +42,9 @@ pub struct CancelTarget {
 }
 
 struct Slot {
-    secret: i32,
+    /// The first `secret_len` bytes are the key's secret.
+    secret: [u8; LONG_SECRET],
+    secret_len: usize,
     target: Mutex<Option<CancelTarget>>,
     /// Cancels being forwarded right now for this client.
     in_flight: AtomicUsize,
@@ -29,6 +54,9 @@ struct Slot {
 #[derive(Default)]
 pub struct CancelRegistry {
     slots: DashMap<i32, Arc<Slot>>,
+    /// The instance registry, when there is a control database: the slot new keys carry,
+    /// and where to forward cancels for other instances' keys.
+    instances: Option<Arc<Instances>>,
 }
 
 /// A client's registered key; removed from the registry when dropped.
@@ -39,8 +67,9 @@ pub struct ClientKey {
 }
 
 impl ClientKey {
-    pub fn secret(&self) -> i32 {
-        self.slot.secret
+    /// The secret as the client is told it in BackendKeyData (4 or 32 bytes).
+    pub fn secret(&self) -> &[u8] {
+        &self.slot.secret[..self.slot.secret_len]
     }
 
     /// Records (or clears) the upstream backend this client is using.
@@ -66,20 +95,33 @@ impl Drop for ClientKey {
 }
 
 impl CancelRegistry {
+    /// Keys of a lone instance: the whole process id is random.
     pub fn new() -> Arc<CancelRegistry> {
         Arc::new(CancelRegistry::default())
     }
 
-    /// Issues a fresh random key. Process ids are positive, as a real backend's are, so
-    /// clients that sanity-check them are content.
-    pub fn register(self: &Arc<Self>) -> ClientKey {
+    /// Keys that carry the slot of this instance in `instances`.
+    pub fn for_instances(instances: Option<Arc<Instances>>) -> Arc<CancelRegistry> {
+        Arc::new(CancelRegistry { slots: DashMap::new(), instances })
+    }
+
+    /// Issues a fresh random key, with a 32-byte secret if `long` (protocol 3.2). Process
+    /// ids are positive, as a real backend's are, so clients that sanity-check them are
+    /// content.
+    pub fn register(self: &Arc<Self>, long: bool) -> ClientKey {
+        let slot_bits = self.instances.as_ref().map(|i| i32::from(i.slot()) << SLOT_SHIFT);
         loop {
-            let pid = rand::random::<i32>() & 0x7fff_ffff;
+            let random = rand::random::<i32>() & 0x7fff_ffff;
+            let pid = match slot_bits {
+                Some(bits) => bits | (random & LOW_MASK),
+                None => random,
+            };
             if pid == 0 {
                 continue;
             }
             let slot = Arc::new(Slot {
                 secret: rand::random(),
+                secret_len: if long { LONG_SECRET } else { SHORT_SECRET },
                 target: Mutex::new(None),
                 in_flight: AtomicUsize::new(0),
             });
@@ -100,15 +142,48 @@ impl CancelRegistry {
 
     fn slot(&self, pid: i32, secret: &[u8]) -> Option<Arc<Slot>> {
         let slot = self.slots.get(&pid)?.value().clone();
-        if secret != slot.secret.to_be_bytes() {
+        // The length is not secret; the bytes are compared in constant time.
+        if !same_bytes(secret, &slot.secret[..slot.secret_len]) {
             tracing::debug!(pid, "cancel request with a wrong secret ignored");
             return None;
         }
         Some(slot)
     }
 
-    /// Handles a CancelRequest packet.
+    /// Handles a CancelRequest packet: a key of this instance cancels its client's query;
+    /// a key carrying another live instance's slot is forwarded there; anything else is
+    /// dropped.
     pub async fn cancel(&self, pid: i32, secret: &[u8]) {
+        if self.slots.contains_key(&pid) {
+            return self.cancel_here(pid, secret).await;
+        }
+        let Some(instances) = &self.instances else { return };
+        let owner_slot = slot_of(pid);
+        // A key of this instance that is gone (the client left) is not forwarded: nobody
+        // else can hold it, and forwarding could loop.
+        if owner_slot == 0 || owner_slot == instances.slot() {
+            return;
+        }
+        let Some(addr) = instances.owner(owner_slot).await else {
+            tracing::debug!(pid, slot = owner_slot, "cancel request for an unknown instance dropped");
+            return;
+        };
+        let mut packet = Vec::with_capacity(12 + secret.len());
+        // Length (16..=268: the parser caps the secret at 256 bytes), code, pid, secret.
+        let len = i32::try_from(12 + secret.len()).unwrap_or(i32::MAX);
+        packet.extend_from_slice(&len.to_be_bytes());
+        packet.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
+        packet.extend_from_slice(&pid.to_be_bytes());
+        packet.extend_from_slice(secret);
+        match forward_cancel(&addr, &packet).await {
+            Ok(()) => tracing::debug!(pid, peer = %addr, "cancel request forwarded to its instance"),
+            Err(e) => {
+                tracing::warn!(peer = %addr, error = %e, "forwarding a cancel request to its instance failed")
+            }
+        }
+    }
+
+    async fn cancel_here(&self, pid: i32, secret: &[u8]) {
         let Some(slot) = self.slot(pid, secret) else { return };
         // Counted before the target is read, so a release racing with this sees it.
         slot.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -129,17 +204,42 @@ mod tests {
     #[test]
     fn keys_map_to_targets_and_vanish_on_drop() {
         let reg = CancelRegistry::new();
-        let key = reg.register();
+        let key = reg.register(false);
         assert!(key.pid > 0);
-        let secret = key.secret().to_be_bytes();
+        let secret = key.secret().to_vec();
+        assert_eq!(secret.len(), SHORT_SECRET);
         assert_eq!(reg.lookup(key.pid, &secret), None, "no server attached: no-op");
         let t = CancelTarget { addr: UpstreamAddr::new("127.0.0.1", 5432), pid: 42, secret: 7 };
         key.set_target(Some(t.clone()));
         assert_eq!(reg.lookup(key.pid, &secret), Some(t));
-        let wrong = key.secret().wrapping_add(1).to_be_bytes();
+        let mut wrong = secret.clone();
+        wrong[3] = wrong[3].wrapping_add(1);
         assert_eq!(reg.lookup(key.pid, &wrong), None, "wrong secret ignored");
         let pid = key.pid;
         drop(key);
         assert_eq!(reg.lookup(pid, &secret), None);
+    }
+
+    #[test]
+    fn long_keys_need_the_whole_secret() {
+        let reg = CancelRegistry::new();
+        let key = reg.register(true);
+        let t = CancelTarget { addr: UpstreamAddr::new("127.0.0.1", 5432), pid: 42, secret: 7 };
+        key.set_target(Some(t.clone()));
+        assert_eq!(key.secret().len(), LONG_SECRET);
+        assert_eq!(reg.lookup(key.pid, key.secret()), Some(t));
+        assert_eq!(
+            reg.lookup(key.pid, &key.secret()[..SHORT_SECRET]),
+            None,
+            "a 3.0-length prefix is not enough"
+        );
+    }
+
+    #[test]
+    fn slots_sit_in_bits_21_to_30() {
+        assert_eq!(slot_of(0x7fff_ffff), 1023);
+        assert_eq!(slot_of(1 << 21), 1);
+        assert_eq!(slot_of((5 << 21) | LOW_MASK), 5);
+        assert_eq!(slot_of(LOW_MASK), 0);
     }
 }

@@ -88,6 +88,19 @@ pub struct ProxyConfig {
     /// every proxy behind one address, so an unknown name gets the same salt from each of
     /// them and after restarts, as a real user does. "" = a random key per process.
     pub mock_secret: String,
+    /// This instance's id in the instance registry (with a control database): "" = a random
+    /// id per start. Instances on one control database need distinct ids.
+    pub instance_id: String,
+    /// The `host:port` other instances forward cancel requests to: "" = the bound listen
+    /// address (fine unless that is 0.0.0.0 / :: or behind NAT).
+    pub advertise: String,
+    /// Seconds between instance-registry heartbeats; an instance silent for three intervals
+    /// is dropped from the registry by its peers.
+    pub heartbeat_interval: f64,
+    /// Listen with SO_REUSEPORT, so that a new instance can bind the same address while the
+    /// old one drains (rolling restarts). Off by default: two instances started on one
+    /// port by mistake would otherwise share it silently.
+    pub reuse_port: bool,
 }
 
 impl Default for ProxyConfig {
@@ -105,6 +118,10 @@ impl Default for ProxyConfig {
             log_format: LogFormat::Human,
             max_auth_failures: 20,
             mock_secret: String::new(),
+            instance_id: String::new(),
+            advertise: String::new(),
+            heartbeat_interval: 3.0,
+            reuse_port: false,
         }
     }
 }
@@ -492,6 +509,7 @@ impl Config {
         for (name, v) in [
             ("proxy.startup_timeout", self.proxy.startup_timeout),
             ("proxy.shutdown_timeout", self.proxy.shutdown_timeout),
+            ("proxy.heartbeat_interval", self.proxy.heartbeat_interval),
             ("pool.checkout_timeout", p.checkout_timeout),
             ("pool.connect_timeout", p.connect_timeout),
             ("pool.idle_timeout", p.idle_timeout),

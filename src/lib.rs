@@ -25,6 +25,8 @@
 //!   clients; client configurations for upstreams and the control database), failed-login
 //!   throttling.
 //! - [`cancel`]: pgtenant's own BackendKeyData and the map to upstream backends.
+//! - [`instances`]: the instance registry: the instances serving one control database,
+//!   their heartbeats, and where a cancel for another instance's key is forwarded.
 //! - [`lifecycle`]: tenant create / suspend / archive / restore / delete on the upstream
 //!   and the catalog, and migrations across every tenant (CLI and HTTP fronts).
 //! - [`console`]: the PgBouncer-compatible admin console (SHOW, PAUSE, RELOAD …) over the
@@ -51,6 +53,7 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod embedded;
+pub mod instances;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;

@@ -13,9 +13,19 @@ use crate::config::Config;
 /// Binds `addr` and listens with `backlog` pending connections (the kernel caps it at
 /// `net.core.somaxconn`). Must run inside a Tokio runtime.
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    bind_with(addr, backlog, false)
+}
+
+/// [`bind`], with SO_REUSEPORT when `reuse_port`: several processes then listen on one
+/// address and the kernel spreads new connections over them, which is what lets a new
+/// instance start before the old one stops (`[proxy] reuse_port`).
+pub fn bind_with(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     // As std's `TcpListener::bind` does on Unix: a restart must not wait out TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(backlog)
 }
@@ -130,6 +140,19 @@ pub fn accept_backoff(previous: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn reuse_port_lets_a_second_listener_share_the_address() {
+        let first = bind_with(SocketAddr::from(([127, 0, 0, 1], 0)), 16, true).expect("first");
+        let addr = first.local_addr().expect("addr");
+        assert!(bind(addr, 16).is_err(), "without SO_REUSEPORT the address is taken");
+        let second = bind_with(addr, 16, true).expect("a second instance binds beside the first");
+        // The old one stops; the new one takes every connection.
+        drop(first);
+        let client = tokio::net::TcpStream::connect(addr);
+        let (accepted, connected) = tokio::join!(second.accept(), client);
+        assert!(accepted.is_ok() && connected.is_ok());
+    }
 
     #[test]
     fn every_logs_once_per_interval_and_counts_the_rest() {

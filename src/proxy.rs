@@ -17,6 +17,7 @@ use crate::cancel::CancelRegistry;
 use crate::catalog::limit::LookupLimiter;
 use crate::catalog::{Catalog, Change, ControlCatalog, StaticCatalog, Tenant};
 use crate::config::Config;
+use crate::instances::Instances;
 use crate::model::TenantId;
 use crate::pool::PoolManager;
 use crate::protocol::PgError;
@@ -37,6 +38,8 @@ pub struct Proxy {
     pub catalog: Arc<dyn Catalog>,
     pub pools: Arc<PoolManager>,
     pub cancel: Arc<CancelRegistry>,
+    /// The instance registry, with a control database (`None` over the static catalog).
+    pub instances: Option<Arc<Instances>>,
     pub shutdown: Shutdown,
     /// Places of logged-in clients (`max_client_conn`).
     clients: Arc<Semaphore>,
@@ -114,6 +117,16 @@ impl Proxy {
     }
 
     pub fn with_catalog(config: Config, catalog: Arc<dyn Catalog>) -> Arc<Proxy> {
+        Proxy::with_instances(config, catalog, None)
+    }
+
+    /// A proxy that is one of the instances in `instances` (its cancel keys carry this
+    /// instance's slot; cancels for other instances' keys are forwarded to them).
+    pub fn with_instances(
+        config: Config,
+        catalog: Arc<dyn Catalog>,
+        instances: Option<Arc<Instances>>,
+    ) -> Arc<Proxy> {
         let pools = PoolManager::new(&config.pool);
         pools.spawn_maintenance();
         let changes = catalog.changes();
@@ -126,7 +139,8 @@ impl Proxy {
             config: Arc::new(config),
             catalog,
             pools,
-            cancel: CancelRegistry::new(),
+            cancel: CancelRegistry::for_instances(instances.clone()),
+            instances,
             shutdown: Shutdown::default(),
             tenants: DashMap::new(),
             auth_secret: rand::random(),
@@ -147,11 +161,29 @@ impl Proxy {
     /// A proxy over the catalog the config names: the control database when
     /// `[catalog] url` is set (connecting and migrating it), else the static tenants.
     pub async fn start(config: Config) -> anyhow::Result<Arc<Proxy>> {
+        Proxy::start_at(config, None).await
+    }
+
+    /// [`Proxy::start`] for a proxy listening on `listen`: with a control database it joins
+    /// the instance registry there (heartbeating until `shutdown.drain` fires, then
+    /// deregistering).
+    pub async fn start_at(
+        config: Config,
+        listen: Option<std::net::SocketAddr>,
+    ) -> anyhow::Result<Arc<Proxy>> {
         if config.catalog.url.is_empty() {
             return Ok(Proxy::new(config));
         }
         let catalog = ControlCatalog::start(&config.catalog, &config.pool).await?;
-        Ok(Proxy::with_catalog(config, catalog))
+        let instances = match listen {
+            Some(addr) => Some(Instances::register(&config, addr).await?),
+            None => None,
+        };
+        let proxy = Proxy::with_instances(config, catalog, instances);
+        if let Some(i) = &proxy.instances {
+            i.spawn_heartbeat(proxy.shutdown.drain.clone());
+        }
+        Ok(proxy)
     }
 
     /// Clients of `tenant` logged in to this proxy now.

@@ -105,8 +105,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
     crate::listener::apply_fd_limit(&config);
-    let listener = crate::listener::bind(config.proxy.listen, config.proxy.listen_backlog)
-        .map_err(|e| anyhow::anyhow!("[proxy] listen = {}: {e}", config.proxy.listen))?;
+    let listener =
+        crate::listener::bind_with(config.proxy.listen, config.proxy.listen_backlog, config.proxy.reuse_port)
+            .map_err(|e| anyhow::anyhow!("[proxy] listen = {}: {e}", config.proxy.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
     // Certificate problems stop the start here, with the reason.
     Tls::new(&config.tls)?;
@@ -122,7 +123,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("[admin] listen = {listen:?}: {e}"))?,
         ),
     };
-    let proxy = Proxy::start(config).await?;
+    let proxy = Proxy::start_at(config, Some(addr)).await?;
     tracing::info!(%addr, "pgtenant listening");
     // The admin API answers through the drain (readyz says 503 then) and stops once the
     // proxy has drained; it then lets the requests in flight finish.

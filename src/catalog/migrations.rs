@@ -151,6 +151,22 @@ ALTER TABLE pgtenant.upstreams ADD COLUMN require_auth text
     CHECK (require_auth ~ '^(scram-sha-256|md5|password|none)(,(scram-sha-256|md5|password|none))*$');
 "#,
     ),
+    (
+        8,
+        r#"
+-- The instance registry (src/instances.rs): every pgtenant serving from this control database,
+-- with the short number its cancel keys carry (`slot`) and where its peers reach it. A row
+-- whose heartbeat is older than three intervals is stale and removed by whoever sees it.
+CREATE TABLE pgtenant.instances (
+    id              text PRIMARY KEY,
+    slot            integer NOT NULL UNIQUE CHECK (slot BETWEEN 1 AND 1023),
+    advertised_addr text NOT NULL,
+    version         text NOT NULL,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at    timestamptz NOT NULL DEFAULT now()
+);
+"#,
+    ),
 ];
 
 /// Applies the missing migrations; returns the versions applied now.

@@ -9,6 +9,7 @@ pub mod link;
 pub mod migrations;
 pub mod secrets;
 pub mod store;
+pub mod store_instances;
 
 pub use control::{Change, ControlCatalog};
 

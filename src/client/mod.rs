@@ -182,8 +182,13 @@ where
         return Err(PgError::replication_unsupported());
     }
     let mut out = BytesMut::with_capacity(512);
-    if startup.minor > 0 || !startup.protocol_options().is_empty() {
-        backend::negotiate_protocol_version(&mut out, startup.protocol_options());
+    // Protocol 3.2 (PostgreSQL 18) differs from 3.0 only in the cancel key: the secret may
+    // be longer (pgtenant sends 32 bytes, as PostgreSQL 18 does). Upstream connections stay
+    // 3.0, which a 3.2 client reads unchanged. 3.1 was never used: such a client is offered
+    // 3.0; a newer minor is offered 3.2.
+    let newest_minor = if startup.minor >= 2 { 2 } else { 0 };
+    if startup.minor != newest_minor || !startup.protocol_options().is_empty() {
+        backend::negotiate_protocol_version(&mut out, newest_minor, startup.protocol_options());
     }
     let resolved = tenant::resolve(&startup, tls.server_name.as_deref(), &proxy.config.resolver)
         .map_err(|e| PgError::report(&e))?;
@@ -273,8 +278,8 @@ where
     for (k, v) in vars.login_params(&pool_params) {
         backend::parameter_status(&mut out, &k, &v);
     }
-    let key = proxy.cancel.register();
-    backend::backend_key_data(&mut out, key.pid, key.secret());
+    let key = proxy.cancel.register(newest_minor >= 2);
+    backend::backend_key_data_bytes(&mut out, key.pid, key.secret());
     backend::ready_for_query_idle(&mut out);
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;
     Ok(Some((LoggedIn { tenant, pool, vars, key, admission }, permit)))

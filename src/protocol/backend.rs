@@ -102,13 +102,21 @@ pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
     put(buf, BackendKeyData::new(pid, SecretKey::I32(secret)));
 }
 
+/// BackendKeyData with a secret of any length: 4 bytes in protocol 3.0, longer in 3.2.
+pub fn backend_key_data_bytes(buf: &mut BytesMut, pid: i32, secret: &[u8]) {
+    put(buf, BackendKeyData::new(pid, SecretKey::Bytes(bytes::Bytes::copy_from_slice(secret))));
+}
+
 pub fn ready_for_query_idle(buf: &mut BytesMut) {
     put(buf, ReadyForQuery::new(TransactionStatus::Idle));
 }
 
-/// NegotiateProtocolVersion: we speak 3.0 and none of the `_pq_.` options asked for.
-pub fn negotiate_protocol_version(buf: &mut BytesMut, unsupported: Vec<String>) {
-    put(buf, NegotiateProtocolVersion::new(0, unsupported));
+/// NegotiateProtocolVersion: we speak 3.`newest_minor` and none of the `_pq_.` options asked
+/// for. The version goes out whole (major << 16 | minor), as PostgreSQL sends it
+/// (`SendNegotiateProtocolVersion` in `src/backend/tcop/backend_startup.c`): libpq 18 reads
+/// it so and refuses a bare minor number as "version 0.x".
+pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: u16, unsupported: Vec<String>) {
+    put(buf, NegotiateProtocolVersion::new((3 << 16) | i32::from(newest_minor), unsupported));
 }
 
 /// The single byte that answers SSLRequest / GSSENCRequest with "not supported".

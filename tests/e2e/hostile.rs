@@ -105,7 +105,11 @@ async fn newer_protocol_minor_and_unknown_options_are_negotiated() {
     assert_eq!(got[0], b'v', "NegotiateProtocolVersion first: {got:?}");
     let len = i32::from_be_bytes([got[1], got[2], got[3], got[4]]) as usize;
     let v = &got[5..=len];
-    assert_eq!(&v[..8], &[0, 0, 0, 0, 0, 0, 0, 1], "minor 0, one unsupported option");
+    assert_eq!(
+        &v[..8],
+        &[0, 3, 0, 2, 0, 0, 0, 1],
+        "version 3.2 (whole, as PostgreSQL sends it), one unsupported option"
+    );
     assert_eq!(&v[8..], b"_pq_.something\0");
     assert_eq!(got[len + 1], b'R', "authentication follows");
     assert!(got.windows(6).any(|w| w == b"Z\0\0\0\x05I"));

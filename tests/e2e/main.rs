@@ -8,6 +8,8 @@ mod compat;
 mod differential;
 mod fairness;
 mod hostile;
+mod instances;
+mod instances_load;
 mod isolation;
 mod lifecycle;
 mod links;

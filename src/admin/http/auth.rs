@@ -103,6 +103,14 @@ impl Control {
         self.within(|db| async move { store::admin_token_known(&db, sha256_hex).await }).await
     }
 
+    /// The live rows of the instance registry (`GET /instances`).
+    pub(super) async fn instances(
+        &self,
+        expiry_secs: f64,
+    ) -> Result<Vec<crate::catalog::store_instances::InstanceRow>, String> {
+        self.within(|db| async move { crate::catalog::store_instances::live(&db, expiry_secs).await }).await
+    }
+
     pub(super) async fn ping(&self) -> Result<(), String> {
         self.within(|db| async move { db.query_one("SELECT 1", &[]).await.map(|_| ()) }).await
     }

@@ -80,6 +80,7 @@ routes! {
     Public get "/healthz" => probes::healthz;
     Public get "/readyz" => probes::readyz;
     Public get "/openapi.json" => probes::openapi;
+    Bearer get "/instances" => probes::instances;
     Bearer post "/tenants" => tenants::create_tenant;
     Bearer get "/tenants" => tenants::list_tenants;
     Bearer get "/tenants/{id}" => tenants::get_tenant;

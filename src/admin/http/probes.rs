@@ -1,5 +1,5 @@
-//! Routes that are not about one tenant: liveness and readiness probes, the OpenAPI
-//! document, and the problem answers for unknown routes and methods.
+//! Routes that are not about one tenant: liveness and readiness probes, the instance
+//! registry, the OpenAPI document, and the problem answers for unknown routes and methods.
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -42,6 +42,23 @@ pub(super) async fn readyz(State(state): State<AdminState>) -> Result<Json<Value
             .map_err(|e| Problem::new(Kind::NotReady, format!("the control database is unreachable: {e}")))?;
     }
     Ok(Json(json!({ "status": "ready" })))
+}
+
+/// The instances serving this control database, from the instance registry (read on the
+/// API's own connection, within its timeout); `this` is the answering instance's id.
+pub(super) async fn instances(State(state): State<AdminState>) -> Result<Json<Value>, Problem> {
+    let Some(control) = &state.inner.control else {
+        return Err(Problem::new(
+            Kind::CatalogUnavailable,
+            "this proxy has no control database ([catalog] url), so there is no instance registry",
+        ));
+    };
+    let expiry = state.inner.config.proxy.heartbeat_interval * crate::instances::EXPIRY_HEARTBEATS;
+    let rows = control.instances(expiry).await.map_err(|e| {
+        Problem::new(Kind::CatalogUnavailable, format!("the instance registry is unreachable: {e}"))
+    })?;
+    let this = state.inner.proxy.instances.as_ref().map(|i| i.id().to_owned());
+    Ok(Json(json!({ "this": this, "instances": rows })))
 }
 
 pub(super) async fn openapi() -> Response {
