@@ -9,7 +9,6 @@ mod differential;
 mod fairness;
 mod hostile;
 mod instances;
-mod instances_load;
 mod isolation;
 mod lifecycle;
 mod links;

@@ -1,20 +1,44 @@
-//! What the instance registry costs the control database, measured (README, "Scale beyond
-//! one machine"): N simulated instances in this process, each with the connections a real
-//! one holds there (its registry connection and the catalog's LISTEN connection) and the
-//! default 3 s heartbeat, watched for a while through `pg_stat_database` and the WAL
-//! position. Ignored by default (it takes a minute and 200 connections):
-//! `cargo test --test e2e registry_cost -- --ignored --nocapture`.
+//! What N pgtenant instances cost the control database: each simulated instance holds what a
+//! real one holds there (its registry connection and the catalog's LISTEN connection) and the
+//! default 3 s heartbeat, watched for 15 s through `pg_stat_database` and the WAL position.
+//! Prints one line per N (10 and 100; `REGISTRY_INSTANCES=10,50` to choose), the figures in
+//! the README's "Scale beyond one machine".
+//!
+//! `cargo bench --bench registry_load` (starts its own throwaway PostgreSQL; ~1 minute and
+//! 2 connections per simulated instance).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use pgtenant::catalog::ControlCatalog;
+use pgtenant::config::Config;
+use pgtenant::embedded::Cluster;
 use pgtenant::instances::Instances;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::*;
-
 const WINDOW: Duration = Duration::from_secs(15);
+
+fn main() {
+    let cluster = Cluster::start().expect("cluster");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let counts: Vec<usize> = std::env::var("REGISTRY_INSTANCES")
+        .unwrap_or_else(|_| "10,100".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    rt.block_on(async {
+        for (i, n) in counts.into_iter().enumerate() {
+            measure(&cluster, i, n).await;
+        }
+    });
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client
+}
 
 async fn stats(control: &tokio_postgres::Client) -> (i64, i64, i64, i64, i64, i64) {
     let r = control
@@ -30,9 +54,17 @@ async fn stats(control: &tokio_postgres::Client) -> (i64, i64, i64, i64, i64, i6
     (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))
 }
 
-async fn measure(n: usize) {
-    let mut cfg = config(vec![]);
-    let control = control_db(&mut cfg).await;
+async fn measure(cluster: &Cluster, round: usize, n: usize) {
+    let db = format!("registry_load_{round}");
+    connect(&cluster.superuser_conninfo("postgres"))
+        .await
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .expect("control database");
+    let mut cfg = Config::parse("").expect("defaults");
+    cfg.catalog.url = cluster.superuser_conninfo(&db);
+    let mut control = connect(&cfg.catalog.url).await;
+    pgtenant::catalog::migrations::migrate(&mut control).await.expect("migrate");
     cfg.proxy.heartbeat_interval = 3.0;
     let stop = CancellationToken::new();
     let mut held = Vec::new();
@@ -62,11 +94,4 @@ async fn measure(n: usize) {
     );
     stop.cancel();
     tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
-#[tokio::test]
-#[ignore = "a measurement for the README, not a check: run it alone with --ignored --nocapture"]
-async fn registry_cost_at_10_and_100_instances() {
-    measure(10).await;
-    measure(100).await;
 }
