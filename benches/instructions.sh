@@ -107,13 +107,13 @@ for t in $targets; do
             PGTENANT_BIN=$(wrap base "$PGTENANT_BASE")
             pair_start_pgtenant
             measure base "$PGT_PORT" bench.bench "$PGT_PID"
-            stop_pid "$PGT_PID"; PGT_PID=""
+            stop_pid "$PGT_PID" TERM; PGT_PID=""
             ;;
         pgtenant)
             PGTENANT_BIN=$(wrap pgtenant "$REAL_PGTENANT")
             pair_start_pgtenant
             measure pgtenant "$PGT_PORT" bench.bench "$PGT_PID"
-            stop_pid "$PGT_PID"; PGT_PID=""
+            stop_pid "$PGT_PID" TERM; PGT_PID=""
             ;;
         pgbouncer)
             [[ -n $PGBOUNCER_BIN ]] || { log "no PgBouncer 1.25+ found: skipped"; continue; }
@@ -121,7 +121,7 @@ for t in $targets; do
             PGBOUNCER_BIN=$(wrap pgbouncer "$real")
             pair_start_pgbouncer
             measure pgbouncer "$PGB_PORT" bench "$PGB_PID"
-            stop_pid "$PGB_PID"; PGB_PID=""
+            stop_pid "$PGB_PID" INT; PGB_PID=""
             PGBOUNCER_BIN=$real
             ;;
     esac
