@@ -21,7 +21,7 @@ pub enum ConfigError {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -47,7 +47,7 @@ pub struct Config {
 }
 
 /// `[proxy]`: the listener and what applies to every client.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Address clients connect to.
@@ -77,8 +77,11 @@ pub struct ProxyConfig {
     /// Client authentication for tenants that do not set their own: `trust` (logged loudly
     /// at start) or `scram-sha-256`.
     pub auth: AuthMethod,
-    /// Log format: `human` or `json`. The level comes from `RUST_LOG` (default `info`).
+    /// Log format: `human` or `json` (a reload applies a change).
     pub log_format: LogFormat,
+    /// Log level, as `RUST_LOG` spells it (`info`, `debug`, `info,pgtenant=debug` …); ""
+    /// = `RUST_LOG`, else `info`. A reload applies a change.
+    pub log_level: String,
     /// Failed authentications per tenant and source address per minute before further
     /// attempts from that address to that tenant are refused at once (0: no limit). An
     /// attempt counts from the moment its password exchange starts until it succeeds.
@@ -103,6 +106,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: 30.0,
             auth: AuthMethod::Trust,
             log_format: LogFormat::Human,
+            log_level: String::new(),
             max_auth_failures: 20,
             mock_secret: String::new(),
         }
@@ -110,7 +114,7 @@ impl Default for ProxyConfig {
 }
 
 /// `[[tenants.users]]`: a client credential of one tenant.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// The role part of `role.tenant` (or the whole user name with other resolvers).
@@ -127,7 +131,7 @@ pub enum LogFormat {
 }
 
 /// `[pool]`: defaults for every pool; tenants override mode and size.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolDefaults {
     pub mode: PoolMode,
@@ -211,7 +215,7 @@ impl Default for PoolDefaults {
 }
 
 /// `[tls]`: TLS for clients. Without a certificate, SSLRequest is answered `N`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain (leaf first); empty: TLS off.
@@ -225,7 +229,7 @@ pub struct TlsConfig {
     pub certs: Vec<SniCertConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SniCertConfig {
     pub suffix: String,
@@ -235,7 +239,7 @@ pub struct SniCertConfig {
 
 /// `[catalog]`: where tenants are looked up. With a `url`, the control database is the
 /// catalog and `[[tenants]]`/`[[upstreams]]` are ignored; without one, they are the catalog.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CatalogConfig {
     /// Connection string of the control database (libpq key=value or a postgresql:// URI).
@@ -278,7 +282,7 @@ impl Default for CatalogConfig {
 
 /// `[lifecycle]`: what `pgtenant tenant create` and `pgtenant migrate` (and the HTTP API)
 /// apply to tenants.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LifecycleConfig {
     /// Directory of tenant migrations, `V<number>__<name>.sql`, applied in version order to
@@ -294,7 +298,7 @@ pub struct LifecycleConfig {
 }
 
 /// `[admin]`: the HTTP admin API (off unless `listen` is set).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of the HTTP admin API, e.g. `127.0.0.1:8432` ("" = off).
@@ -306,7 +310,7 @@ pub struct AdminConfig {
 
 /// `[resolver]`: how the tenant is found in a connection. Every enabled resolver runs; two
 /// that name different tenants refuse the connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ResolverConfig {
     /// Enabled resolvers, in the order errors name them. `database` is off by default.
@@ -354,7 +358,7 @@ pub enum UserFormat {
 }
 
 /// `[[upstreams]]`: a PostgreSQL server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
@@ -389,7 +393,7 @@ fn default_upstream_max() -> usize {
 }
 
 /// `[[tenants]]`: one tenant of the static catalog.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Lowercase `[a-z0-9][a-z0-9_-]{0,47}`.
@@ -480,6 +484,17 @@ impl Config {
         Config::parse(&text)
     }
 
+    /// The configuration `serve` runs with (and a reload re-reads): the file, with
+    /// `PGTENANT_CATALOG_URL` (when set and not empty) in place of its `[catalog] url`, as
+    /// the other commands take it.
+    pub fn load_for_serve(path: &Path) -> Result<Config, ConfigError> {
+        let mut config = Config::load(path)?;
+        if let Some(url) = std::env::var("PGTENANT_CATALOG_URL").ok().filter(|u| !u.is_empty()) {
+            config.catalog.url = url;
+        }
+        Ok(config)
+    }
+
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text)?;
         config.validate()?;
@@ -528,6 +543,19 @@ impl Config {
         }
         if self.proxy.max_message_size < 1024 {
             return bad("proxy.max_message_size must be at least 1024 bytes".into());
+        }
+        for h in &self.admin.token_sha256 {
+            let h = h.trim();
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!(
+                    "[admin] token_sha256: {h:?} is not a SHA-256 in hex (64 hex digits; `pgtenant admin token-hash` prints one)"
+                ));
+            }
+        }
+        if !self.proxy.log_level.is_empty() {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.proxy.log_level) {
+                return bad(format!("proxy.log_level {:?}: {e}", self.proxy.log_level));
+            }
         }
         let mut names = HashSet::new();
         for u in &self.upstreams {

@@ -37,6 +37,7 @@
 //!   them: tenant id, status, isolation, pool mode, client auth method, upstream address, TLS
 //!   mode, `require_auth`, pool key.
 //! - [`config`]: the TOML configuration, validated once.
+//! - [`logging`]: the log subscriber, its level and format reloadable.
 //! - [`reload`]: SIGHUP / `RELOAD`: the file re-read, swapped in whole, applied live.
 //! - [`pgbin`]: where the PostgreSQL programs are installed.
 //! - [`embedded`]: a throwaway PostgreSQL cluster, for `pgtenant demo` and the tests.
@@ -54,6 +55,7 @@ pub mod console;
 pub mod embedded;
 pub mod lifecycle;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod pgbin;

@@ -20,7 +20,7 @@ const DEFAULT_CONFIG: &str = "config/pgtenant.toml";
 #[derive(Args, Debug, Clone)]
 pub struct Target {
     /// Connection string of the control database (default: `[catalog] url` of the config).
-    #[arg(long, env = "PGTENANT_CATALOG_URL", global = true)]
+    #[arg(long, env = "PGTENANT_CATALOG_URL", hide_env_values = true, global = true)]
     pub url: Option<String>,
     /// The configuration file (default: config/pgtenant.toml when it exists).
     #[arg(short, long, env = "PGTENANT_CONFIG", global = true)]
