@@ -16,6 +16,7 @@ mod pooling;
 mod prelogin;
 mod process;
 mod relay;
+mod reload;
 mod statements;
 mod support;
 mod tenants;
