@@ -12,8 +12,10 @@ use crate::model::{AuthMethod, Isolation, PoolMode, RequireAuth, SslMode, Tenant
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    /// The i/o error is part of the message, not a `source`: a chain printer (`{:#}`)
+    /// would print it twice.
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("invalid configuration: {0}")]
     Parse(#[from] toml::de::Error),
     #[error("invalid configuration: {0}")]
@@ -480,7 +482,7 @@ fn default_isolation() -> Isolation {
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
         Config::parse(&text)
     }
 

@@ -1,6 +1,7 @@
 //! The command line: `serve`, `demo`, `check-config`, `catalog …`, `tenant …`, `migrate`,
 //! `upstream …` (the lifecycle commands are in [`lifecycle`]).
 
+mod check;
 mod demo;
 pub mod lifecycle;
 pub mod token;
@@ -42,8 +43,10 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         workers: usize,
     },
-    /// Load and validate a configuration file, then exit.
+    /// Load and validate a configuration file, check the files it names (TLS, key file,
+    /// CA files) and what it makes ignored, then exit (non-zero on an error).
     CheckConfig {
+        /// Path of the TOML configuration.
         #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,
     },
@@ -141,14 +144,30 @@ pub fn main() -> ExitCode {
                 runtime(c.proxy.workers)?.block_on(crate::server::run_from(c, Some(path)))
             })
         }
-        Command::CheckConfig { config } => Config::load(&config).map_err(anyhow::Error::from).map(|c| {
-            println!(
-                "{}: ok ({} upstreams, {} tenants)",
-                config.display(),
-                c.upstreams.len(),
-                c.tenants.len()
-            );
-        }),
+        Command::CheckConfig { config } => {
+            Config::load_for_serve(&config).map_err(anyhow::Error::from).and_then(|c| {
+                let found = check::check(&c);
+                for w in &found.warnings {
+                    eprintln!("warning: {w}");
+                }
+                for e in &found.errors {
+                    eprintln!("error: {e}");
+                }
+                anyhow::ensure!(
+                    found.errors.is_empty(),
+                    "{}: {} error(s): `serve` would refuse it or fail connections",
+                    config.display(),
+                    found.errors.len()
+                );
+                println!(
+                    "{}: ok ({} upstreams, {} tenants)",
+                    config.display(),
+                    c.upstreams.len(),
+                    c.tenants.len()
+                );
+                Ok(())
+            })
+        }
         Command::Catalog { command: CatalogCommand::Init { url, config } } => {
             init_logging(LogFormat::Human);
             runtime(1).and_then(|rt| rt.block_on(catalog_init(url, &config)))

@@ -15,6 +15,7 @@ mod live_catalog;
 mod pooling;
 mod prelogin;
 mod process;
+mod production;
 mod relay;
 mod reload;
 mod statements;

@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 use crate::support::*;
 
 /// `pgtenant serve` from a file the test rewrites, its log collected as it comes.
-struct Served {
+pub(crate) struct Served {
     child: Child,
     addr: std::net::SocketAddr,
     path: std::path::PathBuf,
@@ -23,7 +23,7 @@ struct Served {
 }
 
 /// The file: `[proxy]` on port 0 (`extra_proxy` added to it), the local upstream, `tenants`.
-fn toml(extra_proxy: &str, tenants: &[(&TenantConfig, usize)]) -> String {
+pub(crate) fn toml(extra_proxy: &str, tenants: &[(&TenantConfig, usize)]) -> String {
     let mut s = format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\nstartup_timeout = 30\n{extra_proxy}\n\n\
          [[upstreams]]\nname = \"local\"\nhost = \"127.0.0.1\"\nport = {}\n",
@@ -43,7 +43,12 @@ fn toml(extra_proxy: &str, tenants: &[(&TenantConfig, usize)]) -> String {
 }
 
 impl Served {
-    async fn start(text: &str) -> Served {
+    pub(crate) async fn start(text: &str) -> Served {
+        Served::start_env(text, &[]).await
+    }
+
+    /// [`Served::start`] with environment variables set.
+    pub(crate) async fn start_env(text: &str, envs: &[(&str, &str)]) -> Served {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("pgtenant.toml");
         std::fs::write(&path, text).expect("write config");
@@ -52,6 +57,8 @@ impl Served {
             .arg("--config")
             .arg(&path)
             .env_remove("RUST_LOG")
+            .env_remove("PGTENANT_CATALOG_URL")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -91,7 +98,7 @@ impl Served {
         format!("postgresql://app.{}@127.0.0.1:{}/{}", t.id, self.addr.port(), t.database)
     }
 
-    fn conninfo(&self, t: &TenantConfig) -> String {
+    pub(crate) fn conninfo(&self, t: &TenantConfig) -> String {
         format!("host=127.0.0.1 port={} user=app.{} dbname={}", self.addr.port(), t.id, t.database)
     }
 
@@ -114,7 +121,7 @@ impl Served {
         assert!(logged, "reload {n} not logged: {}", self.log());
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().expect("log").clone()
     }
 }
