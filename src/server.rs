@@ -150,6 +150,19 @@ pub async fn run_from(config: Config, path: Option<std::path::PathBuf>) -> anyho
         tracing::info!("signal received");
         drain.cancel();
     });
+    // SIGQUIT: a fast shutdown (as PostgreSQL's): every client gets 57P01 now, without
+    // waiting for its transaction; the process still ends cleanly.
+    let quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGQUIT handler: {e}"))?;
+    let shutdown = proxy.shutdown.clone();
+    tokio::spawn(async move {
+        let mut quit = quit;
+        if quit.recv().await.is_some() {
+            tracing::info!("SIGQUIT: fast shutdown, closing every client now");
+            shutdown.drain.cancel();
+            shutdown.force.cancel();
+        }
+    });
     tokio::spawn(reload_on_hangup(hup, Arc::downgrade(&proxy)));
     let served = proxy.clone().serve(listener).await;
     admin_stop.cancel();

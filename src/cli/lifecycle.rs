@@ -102,11 +102,17 @@ pub enum LifecycleCommand {
     /// Soft delete (rename `deleted_…`, data kept), or with --hard drop the database or
     /// schema, the tenant's role, its credentials and its catalog row.
     Delete {
+        /// The tenant id.
         id: String,
+        /// Drop the data (database or schema, role, credentials, catalog row) for good.
         #[arg(long)]
         hard: bool,
+        /// Proceed even while clients are connected (they are disconnected).
         #[arg(long)]
         force: bool,
+        /// Do not ask for confirmation of --hard on a terminal.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -215,22 +221,32 @@ pub enum UpstreamCommand {
     /// Add or update an upstream server; the admin password (if any) is read from stdin
     /// and stored encrypted when a master key is configured.
     Add {
+        /// The upstream's name, as tenants refer to it.
         name: String,
+        /// Host name or IP (or a Unix socket directory, starting with `/`).
         #[arg(long)]
         host: String,
+        /// Port of the server.
         #[arg(long, default_value_t = 5432)]
         port: u16,
         /// A role that may create databases and roles there (pgtenant runs migrations as each
         /// tenant through SET ROLE).
         #[arg(long)]
         admin_user: String,
+        /// The database the admin role connects to.
         #[arg(long, default_value = "postgres")]
         admin_database: String,
         /// Read the admin password from stdin.
         #[arg(long)]
         admin_password_stdin: bool,
+        /// TLS to the server, as libpq's sslmode: disable, prefer, require, verify-ca,
+        /// verify-full.
         #[arg(long, default_value = "prefer")]
         sslmode: String,
+        /// CA file (PEM) that verify-ca / verify-full check the server's certificate against.
+        #[arg(long)]
+        sslrootcert: Option<String>,
+        /// Server connections pgtenant opens to it across all pools.
         #[arg(long, default_value_t = 100)]
         max_connections: u32,
         /// Authentication methods the server may use for tenants' logins, as libpq's
@@ -333,7 +349,10 @@ pub async fn tenant(command: LifecycleCommand, target: Target) -> anyhow::Result
         LifecycleCommand::Archive { id, force } => print_tenants(&[lc.archive(&id, force).await?], json)?,
         LifecycleCommand::Restore { id } => print_tenants(&[lc.restore(&id).await?], json)?,
         LifecycleCommand::Move { id, to } => print_tenants(&[lc.relocate(&id, &to).await?], json)?,
-        LifecycleCommand::Delete { id, hard, force } => {
+        LifecycleCommand::Delete { id, hard, force, yes } => {
+            if hard && !yes {
+                confirm_hard_delete(&id)?;
+            }
             lc.delete(&id, hard, force).await?;
             if json {
                 println!("{}", serde_json::json!({ "deleted": id, "hard": hard }));
@@ -487,6 +506,21 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<bool> {
     Ok(failed == 0 && skipped == 0)
 }
 
+/// `tenant delete --hard` on a terminal: the tenant's id typed back, or nothing is done.
+/// Without a terminal (scripts) it goes ahead, as `--yes` does.
+fn confirm_hard_delete(id: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    eprint!("This drops tenant {id}'s data for good. Type the tenant id to confirm: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    anyhow::ensure!(answer.trim() == id, "not confirmed: nothing deleted");
+    Ok(())
+}
+
 pub async fn upstream(command: UpstreamCommand, target: Target) -> anyhow::Result<()> {
     let config = target.config()?;
     let db = super::control_db(Some(config.catalog.url.clone()), Path::new("")).await?;
@@ -499,10 +533,19 @@ pub async fn upstream(command: UpstreamCommand, target: Target) -> anyhow::Resul
             admin_database,
             admin_password_stdin,
             sslmode,
+            sslrootcert,
             max_connections,
             require_auth,
         } => {
-            anyhow::ensure!(crate::model::SslMode::parse(&sslmode).is_some(), "unknown sslmode {sslmode:?}");
+            let mode = crate::model::SslMode::parse(&sslmode)
+                .ok_or_else(|| anyhow::anyhow!("unknown sslmode {sslmode:?}"))?;
+            if matches!(mode, crate::model::SslMode::VerifyCa | crate::model::SslMode::VerifyFull) {
+                let ca = sslrootcert
+                    .as_deref()
+                    .ok_or_else(|| anyhow::anyhow!("--sslmode {sslmode} needs --sslrootcert"))?;
+                crate::auth::tls::client_config(mode, Some(ca))
+                    .map_err(|e| anyhow::anyhow!("--sslrootcert {ca}: {e}"))?;
+            }
             // Stored in the catalog's canonical spelling (its CHECK allows no spaces).
             let require_auth = require_auth
                 .map(|r| crate::model::RequireAuth::parse(&r).map(|r| r.to_string()))
@@ -513,13 +556,14 @@ pub async fn upstream(command: UpstreamCommand, target: Target) -> anyhow::Resul
             let stored = password.map(|p| keys.as_ref().map_or(p.clone(), |k| k.encrypt(&p)));
             let max = i32::try_from(max_connections)?;
             db.execute(
-                "INSERT INTO pgtenant.upstreams (name, host, port, admin_user, admin_password, admin_database, sslmode, max_connections, require_auth)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                "INSERT INTO pgtenant.upstreams (name, host, port, admin_user, admin_password, admin_database, sslmode, max_connections, require_auth, sslrootcert)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port,
                      admin_user = EXCLUDED.admin_user, admin_password = EXCLUDED.admin_password,
                      admin_database = EXCLUDED.admin_database, sslmode = EXCLUDED.sslmode,
-                     max_connections = EXCLUDED.max_connections, require_auth = EXCLUDED.require_auth",
-                &[&name, &host, &i32::from(port), &admin_user, &stored, &admin_database, &sslmode, &max, &require_auth],
+                     max_connections = EXCLUDED.max_connections, require_auth = EXCLUDED.require_auth,
+                     sslrootcert = EXCLUDED.sslrootcert",
+                &[&name, &host, &i32::from(port), &admin_user, &stored, &admin_database, &sslmode, &max, &require_auth, &sslrootcert],
             )
             .await?;
             println!("upstream {name} saved");

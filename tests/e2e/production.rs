@@ -72,3 +72,31 @@ async fn help_shows_no_secret_from_the_environment() {
     let (_, out, _) = pgtenant_env(&["--help"], "", &[]).await;
     assert!(out.contains("three demo tenants"), "{out}");
 }
+
+/// The Grafana dashboard under `config/` parses and asks only for metric families that
+/// `src/metrics/` exposes (a counter's `_total`, a histogram's `_bucket` added by the
+/// exposition).
+#[test]
+fn the_grafana_dashboard_names_only_exposed_metrics() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../config/grafana-dashboard.json")).expect("dashboard JSON");
+    let exposition = include_str!("../../src/metrics/exposition.rs");
+    let mut names = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(at) = rest.find("pgtenant_") {
+                let name: String =
+                    rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[at + name.len()..];
+                names.push(name);
+            }
+        }
+    }
+    assert!(names.len() >= 15, "{names:?}");
+    for name in names {
+        let family = ["_total", "_bucket"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+        assert!(exposition.contains(&format!("\"{family}\"")), "{name}: no such metric in src/metrics/");
+    }
+}
