@@ -75,7 +75,13 @@ pub enum LifecycleCommand {
     /// List the tenants.
     List,
     /// Show one tenant.
-    Show { id: String },
+    Show {
+        /// The tenant id.
+        id: String,
+    },
+    /// Change a tenant's pool and limits (what `PATCH /tenants/{id}` does); options not
+    /// given keep their value. Running proxies apply it within a second.
+    Update(UpdateArgs),
     /// Each tenant's migration version and whether it is behind the migrations directory.
     Status { ids: Vec<String> },
     /// Refuse new connections (57P03) and close open sessions at their transaction's end.
@@ -118,7 +124,10 @@ pub enum LifecycleCommand {
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
+    /// The tenant id: lowercase `[a-z0-9][a-z0-9_-]{0,47}`.
     pub id: String,
+    /// database (its own database), schema (its own schema in a shared database) or
+    /// shared (shared tables, row-level security).
     #[arg(long, value_enum, default_value = "database")]
     pub isolation: IsolationArg,
     /// Catalog upstream (default: the only one).
@@ -142,12 +151,16 @@ pub struct CreateArgs {
     /// CREATE DATABASE … TEMPLATE (database isolation).
     #[arg(long)]
     pub template: Option<String>,
+    /// Pool mode (default: `[pool] mode`).
     #[arg(long, value_enum)]
     pub pool_mode: Option<PoolModeArg>,
+    /// Server connections per pool (default: `[pool] size`).
     #[arg(long)]
     pub pool_size: Option<u32>,
+    /// Server connections the tenant may hold at once (default: the pool size).
     #[arg(long)]
     pub max_server_connections: Option<u32>,
+    /// Client connections the tenant may have open at once (default: no limit).
     #[arg(long)]
     pub max_clients: Option<u32>,
     /// Client authentication for this tenant (default: the proxy's).
@@ -159,6 +172,49 @@ pub struct CreateArgs {
     /// Create this client user; its password is read from stdin.
     #[arg(long)]
     pub user: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// The tenant id.
+    pub id: String,
+    /// Pool mode.
+    #[arg(long, value_enum)]
+    pub pool_mode: Option<PoolModeArg>,
+    /// Server connections per pool.
+    #[arg(long)]
+    pub pool_size: Option<u32>,
+    /// Server connections the tenant may hold at once, across its pools.
+    #[arg(long)]
+    pub max_server_connections: Option<u32>,
+    /// Client connections the tenant may have open at once.
+    #[arg(long)]
+    pub max_clients: Option<u32>,
+    /// Client authentication for this tenant.
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthArg>,
+    /// Schema isolation: put `public` after the tenant's schema on the search_path.
+    #[arg(long)]
+    pub search_path_public: Option<bool>,
+}
+
+impl PoolModeArg {
+    fn mode(self) -> PoolMode {
+        match self {
+            PoolModeArg::Transaction => PoolMode::Transaction,
+            PoolModeArg::Session => PoolMode::Session,
+        }
+    }
+}
+
+impl AuthArg {
+    fn method(self) -> AuthMethod {
+        match self {
+            AuthArg::Scram => AuthMethod::ScramSha256,
+            AuthArg::Md5 => AuthMethod::Md5,
+            AuthArg::Trust => AuthMethod::Trust,
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -298,18 +354,11 @@ pub async fn tenant(command: LifecycleCommand, target: Target) -> anyhow::Result
                 login_role: a.login_role,
                 login_password,
                 template: a.template,
-                pool_mode: a.pool_mode.map(|m| match m {
-                    PoolModeArg::Transaction => PoolMode::Transaction,
-                    PoolModeArg::Session => PoolMode::Session,
-                }),
+                pool_mode: a.pool_mode.map(PoolModeArg::mode),
                 pool_size: a.pool_size,
                 max_server_connections: a.max_server_connections,
                 max_clients: a.max_clients,
-                auth: a.auth.map(|m| match m {
-                    AuthArg::Scram => AuthMethod::ScramSha256,
-                    AuthArg::Md5 => AuthMethod::Md5,
-                    AuthArg::Trust => AuthMethod::Trust,
-                }),
+                auth: a.auth.map(AuthArg::method),
                 search_path_public: None,
                 seed: Some(!a.no_seed),
                 user,
@@ -318,6 +367,17 @@ pub async fn tenant(command: LifecycleCommand, target: Target) -> anyhow::Result
             print_tenants(&[t], json)?;
         }
         LifecycleCommand::List => print_tenants(&lc.list().await?, json)?,
+        LifecycleCommand::Update(a) => {
+            let patch = crate::lifecycle::UpdateTenant {
+                pool_mode: a.pool_mode.map(PoolModeArg::mode),
+                pool_size: a.pool_size,
+                max_server_connections: a.max_server_connections,
+                max_clients: a.max_clients,
+                auth: a.auth.map(AuthArg::method),
+                search_path_public: a.search_path_public,
+            };
+            print_tenants(&[lc.update(&a.id, patch).await?], json)?;
+        }
         LifecycleCommand::Show { id } => print_tenants(&[lc.get(&id).await?], json)?,
         LifecycleCommand::Status { ids } => {
             let status = lc.status(&ids).await?;

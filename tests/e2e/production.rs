@@ -100,3 +100,68 @@ fn the_grafana_dashboard_names_only_exposed_metrics() {
         assert!(exposition.contains(&format!("\"{family}\"")), "{name}: no such metric in src/metrics/");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_update_changes_pool_and_limits_and_every_option_has_help() {
+    let t = tenant_db("cli_update").await;
+    let mut cfg = config(vec![]);
+    let control = control_db(&mut cfg).await;
+    insert_tenant(&control, &t).await;
+    let url = cfg.catalog.url.clone();
+    let (code, out, err) = pgtenant_env(
+        &[
+            "tenant",
+            "update",
+            &t.id,
+            "--pool-size",
+            "7",
+            "--max-clients",
+            "9",
+            "--pool-mode",
+            "session",
+            "--url",
+            &url,
+        ],
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let row = control
+        .query_one("SELECT pool_size, max_clients, pool_mode FROM pgtenant.tenants WHERE id = $1", &[&t.id])
+        .await
+        .expect("row");
+    assert_eq!(row.get::<_, Option<i32>>(0), Some(7));
+    assert_eq!(row.get::<_, Option<i32>>(1), Some(9));
+    assert_eq!(row.get::<_, String>(2), "session");
+    // Options not given keep their value.
+    let (code, _, err) =
+        pgtenant_env(&["tenant", "update", &t.id, "--max-clients", "3", "--url", &url], "", &[]).await;
+    assert_eq!(code, 0, "{err}");
+    let row = control
+        .query_one("SELECT pool_size, max_clients FROM pgtenant.tenants WHERE id = $1", &[&t.id])
+        .await
+        .expect("row");
+    assert_eq!((row.get::<_, Option<i32>>(0), row.get::<_, Option<i32>>(1)), (Some(7), Some(3)));
+    let (code, _, err) =
+        pgtenant_env(&["tenant", "update", "nosuch", "--pool-size", "2", "--url", &url], "", &[]).await;
+    assert_ne!(code, 0, "{err}");
+    // Options and arguments all carry help.
+    let (_, help, _) = pgtenant_env(&["tenant", "update", "--help"], "", &[]).await;
+    // (clap puts the help after the option, or on the next line, indented further.)
+    let lines: Vec<&str> = help.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let item = line.trim_start();
+        if !(item.starts_with("--") || item.starts_with('<') || item.starts_with("-c")) {
+            continue;
+        }
+        let same_line = item.split("  ").filter(|p| !p.trim().is_empty()).count() >= 2;
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        let next_line = lines.get(i + 1).is_some_and(|n| {
+            indent(n) > indent(line) && !n.trim().is_empty() && !n.trim_start().starts_with('-')
+        });
+        assert!(same_line || next_line, "no help: {line}\n{help}");
+    }
+    let (_, help, _) = pgtenant_env(&["upstream", "add", "--help"], "", &[]).await;
+    assert!(help.contains("--sslrootcert"), "{help}");
+}
