@@ -291,8 +291,8 @@ impl StaticCatalog {
     }
 }
 
-/// Whether a reload left a tenant as it was (`Tenant` holds no float, but its timeouts do:
-/// compared through their `PartialEq`).
+/// Whether a reload left a tenant as it was: field by field, because `Tenant` is not
+/// `PartialEq` (its derived fields follow from these; database and role are in `pool_key`).
 fn same_tenant(a: &Tenant, b: &Tenant) -> bool {
     a.status == b.status
         && a.isolation == b.isolation
