@@ -12,8 +12,10 @@ use crate::model::{AuthMethod, Isolation, PoolMode, RequireAuth, SslMode, Tenant
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    /// The i/o error is part of the message, not a `source`: a chain printer (`{:#}`)
+    /// would print it twice.
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("invalid configuration: {0}")]
     Parse(#[from] toml::de::Error),
     #[error("invalid configuration: {0}")]
@@ -21,7 +23,7 @@ pub enum ConfigError {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -47,7 +49,7 @@ pub struct Config {
 }
 
 /// `[proxy]`: the listener and what applies to every client.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Address clients connect to.
@@ -77,8 +79,11 @@ pub struct ProxyConfig {
     /// Client authentication for tenants that do not set their own: `trust` (logged loudly
     /// at start) or `scram-sha-256`.
     pub auth: AuthMethod,
-    /// Log format: `human` or `json`. The level comes from `RUST_LOG` (default `info`).
+    /// Log format: `human` or `json` (a reload applies a change).
     pub log_format: LogFormat,
+    /// Log level, as `RUST_LOG` spells it (`info`, `debug`, `info,pgtenant=debug` …); ""
+    /// = `RUST_LOG`, else `info`. A reload applies a change.
+    pub log_level: String,
     /// Failed authentications per tenant and source address per minute before further
     /// attempts from that address to that tenant are refused at once (0: no limit). An
     /// attempt counts from the moment its password exchange starts until it succeeds.
@@ -116,6 +121,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: 30.0,
             auth: AuthMethod::Trust,
             log_format: LogFormat::Human,
+            log_level: String::new(),
             max_auth_failures: 20,
             mock_secret: String::new(),
             instance_id: String::new(),
@@ -127,7 +133,7 @@ impl Default for ProxyConfig {
 }
 
 /// `[[tenants.users]]`: a client credential of one tenant.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// The role part of `role.tenant` (or the whole user name with other resolvers).
@@ -144,7 +150,7 @@ pub enum LogFormat {
 }
 
 /// `[pool]`: defaults for every pool; tenants override mode and size.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolDefaults {
     pub mode: PoolMode,
@@ -228,7 +234,7 @@ impl Default for PoolDefaults {
 }
 
 /// `[tls]`: TLS for clients. Without a certificate, SSLRequest is answered `N`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain (leaf first); empty: TLS off.
@@ -242,7 +248,7 @@ pub struct TlsConfig {
     pub certs: Vec<SniCertConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SniCertConfig {
     pub suffix: String,
@@ -252,7 +258,7 @@ pub struct SniCertConfig {
 
 /// `[catalog]`: where tenants are looked up. With a `url`, the control database is the
 /// catalog and `[[tenants]]`/`[[upstreams]]` are ignored; without one, they are the catalog.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CatalogConfig {
     /// Connection string of the control database (libpq key=value or a postgresql:// URI).
@@ -295,7 +301,7 @@ impl Default for CatalogConfig {
 
 /// `[lifecycle]`: what `pgtenant tenant create` and `pgtenant migrate` (and the HTTP API)
 /// apply to tenants.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LifecycleConfig {
     /// Directory of tenant migrations, `V<number>__<name>.sql`, applied in version order to
@@ -311,7 +317,7 @@ pub struct LifecycleConfig {
 }
 
 /// `[admin]`: the HTTP admin API (off unless `listen` is set).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of the HTTP admin API, e.g. `127.0.0.1:8432` ("" = off).
@@ -323,7 +329,7 @@ pub struct AdminConfig {
 
 /// `[resolver]`: how the tenant is found in a connection. Every enabled resolver runs; two
 /// that name different tenants refuse the connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ResolverConfig {
     /// Enabled resolvers, in the order errors name them. `database` is off by default.
@@ -371,7 +377,7 @@ pub enum UserFormat {
 }
 
 /// `[[upstreams]]`: a PostgreSQL server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
@@ -406,7 +412,7 @@ fn default_upstream_max() -> usize {
 }
 
 /// `[[tenants]]`: one tenant of the static catalog.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Lowercase `[a-z0-9][a-z0-9_-]{0,47}`.
@@ -493,8 +499,19 @@ fn default_isolation() -> Isolation {
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
         Config::parse(&text)
+    }
+
+    /// The configuration `serve` runs with (and a reload re-reads): the file, with
+    /// `PGTENANT_CATALOG_URL` (when set and not empty) in place of its `[catalog] url`, as
+    /// the other commands take it.
+    pub fn load_for_serve(path: &Path) -> Result<Config, ConfigError> {
+        let mut config = Config::load(path)?;
+        if let Some(url) = std::env::var("PGTENANT_CATALOG_URL").ok().filter(|u| !u.is_empty()) {
+            config.catalog.url = url;
+        }
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -546,6 +563,19 @@ impl Config {
         }
         if self.proxy.max_message_size < 1024 {
             return bad("proxy.max_message_size must be at least 1024 bytes".into());
+        }
+        for h in &self.admin.token_sha256 {
+            let h = h.trim();
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!(
+                    "[admin] token_sha256: {h:?} is not a SHA-256 in hex (64 hex digits; `pgtenant admin token-hash` prints one)"
+                ));
+            }
+        }
+        if !self.proxy.log_level.is_empty() {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.proxy.log_level) {
+                return bad(format!("proxy.log_level {:?}: {e}", self.proxy.log_level));
+            }
         }
         let mut names = HashSet::new();
         for u in &self.upstreams {

@@ -39,6 +39,8 @@
 //!   them: tenant id, status, isolation, pool mode, client auth method, upstream address, TLS
 //!   mode, `require_auth`, pool key.
 //! - [`config`]: the TOML configuration, validated once.
+//! - [`logging`]: the log subscriber, its level and format reloadable.
+//! - [`reload`]: SIGHUP / `RELOAD`: the file re-read, swapped in whole, applied live.
 //! - [`pgbin`]: where the PostgreSQL programs are installed.
 //! - [`embedded`]: a throwaway PostgreSQL cluster, for `pgtenant demo` and the tests.
 //! - [`cli`]: the command line (including `pgtenant admin token …`).
@@ -56,12 +58,14 @@ pub mod embedded;
 pub mod instances;
 pub mod lifecycle;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod pgbin;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod sql;
 pub mod tenant;

@@ -2,10 +2,12 @@
 //! caps on clients (logging in, logged in, per tenant), the shutdown signals, and the
 //! catalog watch that ends a tenant's sessions when it stops being active.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -34,8 +36,14 @@ pub struct Shutdown {
 
 /// What every session shares.
 pub struct Proxy {
-    pub config: Arc<Config>,
+    /// The configuration in force: swapped whole by [`crate::reload`], read without a lock
+    /// (see [`Proxy::config`]).
+    config: ArcSwap<Config>,
+    /// The file it was read from, when there is one (what a reload re-reads).
+    config_path: OnceLock<PathBuf>,
     pub catalog: Arc<dyn Catalog>,
+    /// The static catalog, when it is the catalog (a reload swaps its tenants).
+    pub static_catalog: Option<Arc<StaticCatalog>>,
     pub pools: Arc<PoolManager>,
     pub cancel: Arc<CancelRegistry>,
     /// The instance registry, with a control database (`None` over the static catalog).
@@ -113,11 +121,11 @@ impl Proxy {
     /// starts the pool maintenance task).
     pub fn new(config: Config) -> Arc<Proxy> {
         let catalog = Arc::new(StaticCatalog::from_config(&config));
-        Proxy::with_catalog(config, catalog)
+        Proxy::build(config, catalog.clone(), Some(catalog), None)
     }
 
     pub fn with_catalog(config: Config, catalog: Arc<dyn Catalog>) -> Arc<Proxy> {
-        Proxy::with_instances(config, catalog, None)
+        Proxy::build(config, catalog, None, None)
     }
 
     /// A proxy that is one of the instances in `instances` (its cancel keys carry this
@@ -125,6 +133,15 @@ impl Proxy {
     pub fn with_instances(
         config: Config,
         catalog: Arc<dyn Catalog>,
+        instances: Option<Arc<Instances>>,
+    ) -> Arc<Proxy> {
+        Proxy::build(config, catalog, None, instances)
+    }
+
+    fn build(
+        config: Config,
+        catalog: Arc<dyn Catalog>,
+        static_catalog: Option<Arc<StaticCatalog>>,
         instances: Option<Arc<Instances>>,
     ) -> Arc<Proxy> {
         let pools = PoolManager::new(&config.pool);
@@ -136,8 +153,10 @@ impl Proxy {
             clients: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
             prelogin: Arc::new(Semaphore::new(config.proxy.max_prelogin_connections)),
             lookups: LookupLimiter::new(config.catalog.lookup_rate_per_address),
-            config: Arc::new(config),
+            config: ArcSwap::from_pointee(config),
+            config_path: OnceLock::new(),
             catalog,
+            static_catalog,
             pools,
             cancel: CancelRegistry::for_instances(instances.clone()),
             instances,
@@ -184,6 +203,31 @@ impl Proxy {
             i.spawn_heartbeat(proxy.shutdown.drain.clone());
         }
         Ok(proxy)
+    }
+
+    /// The configuration in force now. A guard, not a lock: cheap enough per session or per
+    /// transaction; one session sees one value if it keeps what it read.
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// The configuration in force now, as an `Arc` to keep.
+    pub fn config_arc(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Puts `config` in force (a reload has validated it and applied what it changes).
+    pub(crate) fn swap_config(&self, config: Arc<Config>) {
+        self.config.store(config);
+    }
+
+    /// Records the file the configuration came from, so that a reload can re-read it.
+    pub fn set_config_path(&self, path: PathBuf) {
+        let _ = self.config_path.set(path);
+    }
+
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.get().map(PathBuf::as_path)
     }
 
     /// Clients of `tenant` logged in to this proxy now.
@@ -241,12 +285,12 @@ impl Proxy {
 
     /// Logged-in client connections right now.
     pub fn client_count(&self) -> usize {
-        self.config.proxy.max_client_conn - self.clients.available_permits()
+        self.config().proxy.max_client_conn - self.clients.available_permits()
     }
 
     /// Connections accepted and not logged in yet, right now.
     pub fn prelogin_count(&self) -> usize {
-        self.config.proxy.max_prelogin_connections - self.prelogin.available_permits()
+        self.config().proxy.max_prelogin_connections - self.prelogin.available_permits()
     }
 
     /// Whether `max_client_conn` is reached (checked before authentication, so that a full

@@ -56,7 +56,7 @@ impl Proxy {
                     tracing::warn!(
                         %peer,
                         suppressed,
-                        max_prelogin_connections = self.config.proxy.max_prelogin_connections,
+                        max_prelogin_connections = self.config().proxy.max_prelogin_connections,
                         "too many connections logging in: new ones are closed at once"
                     );
                 }
@@ -70,7 +70,7 @@ impl Proxy {
         }
         drop(listener);
         tracker.close();
-        let grace = secs(self.config.proxy.shutdown_timeout);
+        let grace = secs(self.config().proxy.shutdown_timeout);
         tracing::info!(clients = self.client_count(), ?grace, "shutting down: draining clients");
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(clients = self.client_count(), "shutdown timeout: closing remaining clients");
@@ -100,6 +100,12 @@ fn refuse_prelogin(stream: &TcpStream) {
 
 /// Binds the configured address and serves until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    run_from(config, None).await
+}
+
+/// [`run`], with the file the configuration was read from: SIGHUP re-reads it
+/// ([`crate::reload`]).
+pub async fn run_from(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     // SIGHUP never ends the process (its default action would): installed before anything
     // can take time, and served below once the proxy exists.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -124,13 +130,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
     };
     let proxy = Proxy::start_at(config, Some(addr)).await?;
+    if let Some(path) = path {
+        proxy.set_config_path(path);
+    }
     tracing::info!(%addr, "pgtenant listening");
     // The admin API answers through the drain (readyz says 503 then) and stops once the
     // proxy has drained; it then lets the requests in flight finish.
     let admin_stop = CancellationToken::new();
     let admin = match admin_listener {
         Some(listener) => {
-            let state = crate::admin::http::AdminState::new(proxy.clone(), &proxy.config)?;
+            let state = crate::admin::http::AdminState::new(proxy.clone(), &proxy.config())?;
             tracing::info!(addr = %listener.local_addr()?, "admin API listening");
             Some(tokio::spawn(crate::admin::http::serve(listener, state, admin_stop.clone())))
         }
@@ -142,12 +151,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("signal received");
         drain.cancel();
     });
-    tokio::spawn(reload_on_hangup(hup, proxy.tls.clone()));
+    // SIGQUIT: a fast shutdown (as PostgreSQL's): every client gets 57P01 now, without
+    // waiting for its transaction; the process still ends cleanly.
+    let quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGQUIT handler: {e}"))?;
+    let shutdown = proxy.shutdown.clone();
+    tokio::spawn(async move {
+        let mut quit = quit;
+        if quit.recv().await.is_some() {
+            tracing::info!("SIGQUIT: fast shutdown, closing every client now");
+            shutdown.drain.cancel();
+            shutdown.force.cancel();
+        }
+    });
+    tokio::spawn(reload_on_hangup(hup, Arc::downgrade(&proxy)));
     let served = proxy.clone().serve(listener).await;
     admin_stop.cancel();
     if let Some(admin) = admin {
         // A lifecycle operation in flight gets the shutdown timeout to finish.
-        match tokio::time::timeout(secs(proxy.config.proxy.shutdown_timeout), admin).await {
+        match tokio::time::timeout(secs(proxy.config().proxy.shutdown_timeout), admin).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "admin API failed"),
             Ok(Err(e)) => tracing::error!(error = %e, "admin API task failed"),
@@ -158,20 +180,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP reloads what can be reloaded while running: today the TLS certificates (open
-/// connections keep theirs). It never ends the process.
-async fn reload_on_hangup(mut hup: tokio::signal::unix::Signal, tls: Option<Arc<Tls>>) {
+/// SIGHUP re-reads the configuration file and applies what can change live
+/// ([`crate::reload`]); an invalid file is refused with the reason and the running
+/// configuration kept. It never ends the process.
+async fn reload_on_hangup(mut hup: tokio::signal::unix::Signal, proxy: std::sync::Weak<Proxy>) {
     while hup.recv().await.is_some() {
-        match &tls {
-            Some(tls) => match tls.reload() {
-                Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificates")
+        let Some(proxy) = proxy.upgrade() else { return };
+        match crate::reload::reload(&proxy).await {
+            Ok(report) => {
+                tracing::info!(%report, "SIGHUP: configuration reloaded");
+                for setting in &report.restart_needed {
+                    tracing::warn!(setting, "SIGHUP: changed in the file, but only a restart applies it");
                 }
-            },
-            None => tracing::info!(
-                "SIGHUP: nothing to reload (TLS is not configured; other settings need a restart)"
-            ),
+            }
+            Err(crate::reload::ReloadError::NoFile) => {
+                // Started without a file (`demo`, tests): the certificates can still renew.
+                if let Some(tls) = &proxy.tls {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificates")
+                        }
+                    }
+                } else {
+                    tracing::info!("SIGHUP: nothing to reload (no configuration file)");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: reload refused; the running configuration is kept")
+            }
         }
     }
 }

@@ -63,7 +63,8 @@ impl ResolvesServerCert for SniResolver {
 
 /// The current TLS setup; swapped whole on reload.
 pub struct Tls {
-    config: TlsConfig,
+    /// The `[tls]` section in force (a reload may name other files).
+    config: arc_swap::ArcSwap<TlsConfig>,
     current: RwLock<Arc<Loaded>>,
 }
 
@@ -79,13 +80,24 @@ impl Tls {
             return Ok(None);
         }
         let loaded = load(config)?;
-        Ok(Some(Arc::new(Tls { config: config.clone(), current: RwLock::new(Arc::new(loaded)) })))
+        Ok(Some(Arc::new(Tls {
+            config: arc_swap::ArcSwap::from_pointee(config.clone()),
+            current: RwLock::new(Arc::new(loaded)),
+        })))
     }
 
     /// Re-reads the certificate files; connections already open keep theirs.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let loaded = load(&self.config)?;
+        let config = self.config.load_full();
+        self.reload_from(&config)
+    }
+
+    /// Loads the files `config` names and, if they all load, puts them and `config` in
+    /// force; else nothing changes.
+    pub fn reload_from(&self, config: &TlsConfig) -> Result<(), TlsError> {
+        let loaded = load(config)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+        self.config.store(Arc::new(config.clone()));
         Ok(())
     }
 
@@ -101,7 +113,7 @@ impl Tls {
     }
 
     pub fn required(&self) -> bool {
-        self.config.require
+        self.config.load().require
     }
 }
 

@@ -212,9 +212,10 @@ async fn listen(catalog: std::sync::Weak<ControlCatalog>) {
                     }
                 }
                 drop(client);
-                if let Some(cat) = catalog.upgrade() {
-                    cat.listening.store(false, Ordering::Relaxed);
-                }
+                // A catalog already dropped (the proxy shutting down) lost nothing.
+                let Some(cat) = catalog.upgrade() else { return };
+                cat.listening.store(false, Ordering::Relaxed);
+                drop(cat);
                 tracing::warn!("lost the catalog LISTEN connection; reconnecting");
             }
             Err(e) => tracing::warn!(error = %e, ?backoff, "cannot reach the control database"),

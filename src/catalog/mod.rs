@@ -204,14 +204,44 @@ pub trait Catalog: Send + Sync + 'static {
     }
 }
 
-/// Tenants declared in the TOML config.
+/// Tenants declared in the TOML config; a reload swaps them whole ([`StaticCatalog::replace`]).
 pub struct StaticCatalog {
-    tenants: HashMap<TenantId, Arc<Tenant>>,
+    tenants: arc_swap::ArcSwap<HashMap<TenantId, Arc<Tenant>>>,
+    /// Tenants a reload added, changed or removed, for the pools and the open sessions.
+    changed: tokio::sync::broadcast::Sender<Change>,
 }
 
 impl StaticCatalog {
     /// Builds the catalog from a validated config (ids and upstream names already checked).
     pub fn from_config(config: &Config) -> StaticCatalog {
+        StaticCatalog {
+            tenants: arc_swap::ArcSwap::from_pointee(Self::tenants_of(config)),
+            changed: tokio::sync::broadcast::channel(256).0,
+        }
+    }
+
+    /// Puts the tenants of `config` in place of the current ones, at once for every new
+    /// lookup, and announces each one added, changed or removed (pools resize, sessions of
+    /// a tenant that stopped being active or was removed are ended). Returns those ids.
+    pub fn replace(&self, config: &Config) -> Vec<TenantId> {
+        let new = Self::tenants_of(config);
+        let old = self.tenants.swap(Arc::new(new));
+        let new = self.tenants.load();
+        let mut changed: Vec<TenantId> = new
+            .iter()
+            .filter(|(id, t)| old.get(*id).is_none_or(|o| !same_tenant(o, t)))
+            .map(|(id, _)| id.clone())
+            .chain(old.keys().filter(|id| !new.contains_key(*id)).cloned())
+            .collect();
+        changed.sort();
+        for id in &changed {
+            // No receiver (nothing follows yet) is not an error.
+            let _ = self.changed.send(Change::Tenant(id.clone()));
+        }
+        changed
+    }
+
+    fn tenants_of(config: &Config) -> HashMap<TenantId, Arc<Tenant>> {
         let mut tenants = HashMap::new();
         for t in &config.tenants {
             let (Ok(id), Some(up)) =
@@ -246,25 +276,50 @@ impl StaticCatalog {
             });
             tenants.insert(id, Arc::new(tenant));
         }
-        StaticCatalog { tenants }
+        tenants
     }
 
     pub fn get(&self, id: &TenantId) -> Option<Arc<Tenant>> {
-        self.tenants.get(id).cloned()
+        self.tenants.load().get(id).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.tenants.len()
+        self.tenants.load().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tenants.is_empty()
+        self.tenants.load().is_empty()
     }
+}
+
+/// Whether a reload left a tenant as it was: field by field, because `Tenant` is not
+/// `PartialEq` (its derived fields follow from these; database and role are in `pool_key`).
+fn same_tenant(a: &Tenant, b: &Tenant) -> bool {
+    a.status == b.status
+        && a.isolation == b.isolation
+        && a.schema == b.schema
+        && a.search_path_public == b.search_path_public
+        && a.upstream == b.upstream
+        && a.upstream_max == b.upstream_max
+        && a.password == b.password
+        && a.require_auth == b.require_auth
+        && a.pool_mode == b.pool_mode
+        && a.pool_size == b.pool_size
+        && a.max_server_connections == b.max_server_connections
+        && a.max_clients == b.max_clients
+        && a.auth == b.auth
+        && a.users == b.users
+        && a.pool_key == b.pool_key
+        && a.timeouts == b.timeouts
 }
 
 impl Catalog for StaticCatalog {
     fn lookup<'a>(&'a self, id: &'a TenantId) -> LookupFuture<'a> {
-        let found = self.tenants.get(id).cloned();
+        let found = self.tenants.load().get(id).cloned();
         Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        Some(self.changed.subscribe())
     }
 }

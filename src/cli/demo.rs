@@ -107,7 +107,7 @@ pub async fn demo(listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
 
     let listener = crate::listener::bind(listen, config.proxy.listen_backlog)?;
     let proxy: Arc<Proxy> = Proxy::start(config).await?;
-    let admin_state = crate::admin::http::AdminState::new(proxy.clone(), &proxy.config)?;
+    let admin_state = crate::admin::http::AdminState::new(proxy.clone(), &proxy.config())?;
     let admin_stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(crate::admin::http::serve(admin_listener, admin_state, admin_stop.clone()));
     let port = listen.port();

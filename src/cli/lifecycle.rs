@@ -20,7 +20,7 @@ const DEFAULT_CONFIG: &str = "config/pgtenant.toml";
 #[derive(Args, Debug, Clone)]
 pub struct Target {
     /// Connection string of the control database (default: `[catalog] url` of the config).
-    #[arg(long, env = "PGTENANT_CATALOG_URL", global = true)]
+    #[arg(long, env = "PGTENANT_CATALOG_URL", hide_env_values = true, global = true)]
     pub url: Option<String>,
     /// The configuration file (default: config/pgtenant.toml when it exists).
     #[arg(short, long, env = "PGTENANT_CONFIG", global = true)]
@@ -75,7 +75,13 @@ pub enum LifecycleCommand {
     /// List the tenants.
     List,
     /// Show one tenant.
-    Show { id: String },
+    Show {
+        /// The tenant id.
+        id: String,
+    },
+    /// Change a tenant's pool and limits (what `PATCH /tenants/{id}` does); options not
+    /// given keep their value. Running proxies apply it within a second.
+    Update(UpdateArgs),
     /// Each tenant's migration version and whether it is behind the migrations directory.
     Status { ids: Vec<String> },
     /// Refuse new connections (57P03) and close open sessions at their transaction's end.
@@ -102,17 +108,26 @@ pub enum LifecycleCommand {
     /// Soft delete (rename `deleted_…`, data kept), or with --hard drop the database or
     /// schema, the tenant's role, its credentials and its catalog row.
     Delete {
+        /// The tenant id.
         id: String,
+        /// Drop the data (database or schema, role, credentials, catalog row) for good.
         #[arg(long)]
         hard: bool,
+        /// Proceed even while clients are connected (they are disconnected).
         #[arg(long)]
         force: bool,
+        /// Do not ask for confirmation of --hard on a terminal.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
+    /// The tenant id: lowercase `[a-z0-9][a-z0-9_-]{0,47}`.
     pub id: String,
+    /// database (its own database), schema (its own schema in a shared database) or
+    /// shared (shared tables, row-level security).
     #[arg(long, value_enum, default_value = "database")]
     pub isolation: IsolationArg,
     /// Catalog upstream (default: the only one).
@@ -136,12 +151,16 @@ pub struct CreateArgs {
     /// CREATE DATABASE … TEMPLATE (database isolation).
     #[arg(long)]
     pub template: Option<String>,
+    /// Pool mode (default: `[pool] mode`).
     #[arg(long, value_enum)]
     pub pool_mode: Option<PoolModeArg>,
+    /// Server connections per pool (default: `[pool] size`).
     #[arg(long)]
     pub pool_size: Option<u32>,
+    /// Server connections the tenant may hold at once (default: the pool size).
     #[arg(long)]
     pub max_server_connections: Option<u32>,
+    /// Client connections the tenant may have open at once (default: no limit).
     #[arg(long)]
     pub max_clients: Option<u32>,
     /// Client authentication for this tenant (default: the proxy's).
@@ -153,6 +172,49 @@ pub struct CreateArgs {
     /// Create this client user; its password is read from stdin.
     #[arg(long)]
     pub user: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// The tenant id.
+    pub id: String,
+    /// Pool mode.
+    #[arg(long, value_enum)]
+    pub pool_mode: Option<PoolModeArg>,
+    /// Server connections per pool.
+    #[arg(long)]
+    pub pool_size: Option<u32>,
+    /// Server connections the tenant may hold at once, across its pools.
+    #[arg(long)]
+    pub max_server_connections: Option<u32>,
+    /// Client connections the tenant may have open at once.
+    #[arg(long)]
+    pub max_clients: Option<u32>,
+    /// Client authentication for this tenant.
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthArg>,
+    /// Schema isolation: put `public` after the tenant's schema on the search_path.
+    #[arg(long)]
+    pub search_path_public: Option<bool>,
+}
+
+impl PoolModeArg {
+    fn mode(self) -> PoolMode {
+        match self {
+            PoolModeArg::Transaction => PoolMode::Transaction,
+            PoolModeArg::Session => PoolMode::Session,
+        }
+    }
+}
+
+impl AuthArg {
+    fn method(self) -> AuthMethod {
+        match self {
+            AuthArg::Scram => AuthMethod::ScramSha256,
+            AuthArg::Md5 => AuthMethod::Md5,
+            AuthArg::Trust => AuthMethod::Trust,
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -215,22 +277,32 @@ pub enum UpstreamCommand {
     /// Add or update an upstream server; the admin password (if any) is read from stdin
     /// and stored encrypted when a master key is configured.
     Add {
+        /// The upstream's name, as tenants refer to it.
         name: String,
+        /// Host name or IP (or a Unix socket directory, starting with `/`).
         #[arg(long)]
         host: String,
+        /// Port of the server.
         #[arg(long, default_value_t = 5432)]
         port: u16,
         /// A role that may create databases and roles there (pgtenant runs migrations as each
         /// tenant through SET ROLE).
         #[arg(long)]
         admin_user: String,
+        /// The database the admin role connects to.
         #[arg(long, default_value = "postgres")]
         admin_database: String,
         /// Read the admin password from stdin.
         #[arg(long)]
         admin_password_stdin: bool,
+        /// TLS to the server, as libpq's sslmode: disable, prefer, require, verify-ca,
+        /// verify-full.
         #[arg(long, default_value = "prefer")]
         sslmode: String,
+        /// CA file (PEM) that verify-ca / verify-full check the server's certificate against.
+        #[arg(long)]
+        sslrootcert: Option<String>,
+        /// Server connections pgtenant opens to it across all pools.
         #[arg(long, default_value_t = 100)]
         max_connections: u32,
         /// Authentication methods the server may use for tenants' logins, as libpq's
@@ -282,18 +354,11 @@ pub async fn tenant(command: LifecycleCommand, target: Target) -> anyhow::Result
                 login_role: a.login_role,
                 login_password,
                 template: a.template,
-                pool_mode: a.pool_mode.map(|m| match m {
-                    PoolModeArg::Transaction => PoolMode::Transaction,
-                    PoolModeArg::Session => PoolMode::Session,
-                }),
+                pool_mode: a.pool_mode.map(PoolModeArg::mode),
                 pool_size: a.pool_size,
                 max_server_connections: a.max_server_connections,
                 max_clients: a.max_clients,
-                auth: a.auth.map(|m| match m {
-                    AuthArg::Scram => AuthMethod::ScramSha256,
-                    AuthArg::Md5 => AuthMethod::Md5,
-                    AuthArg::Trust => AuthMethod::Trust,
-                }),
+                auth: a.auth.map(AuthArg::method),
                 search_path_public: None,
                 seed: Some(!a.no_seed),
                 user,
@@ -302,6 +367,17 @@ pub async fn tenant(command: LifecycleCommand, target: Target) -> anyhow::Result
             print_tenants(&[t], json)?;
         }
         LifecycleCommand::List => print_tenants(&lc.list().await?, json)?,
+        LifecycleCommand::Update(a) => {
+            let patch = crate::lifecycle::UpdateTenant {
+                pool_mode: a.pool_mode.map(PoolModeArg::mode),
+                pool_size: a.pool_size,
+                max_server_connections: a.max_server_connections,
+                max_clients: a.max_clients,
+                auth: a.auth.map(AuthArg::method),
+                search_path_public: a.search_path_public,
+            };
+            print_tenants(&[lc.update(&a.id, patch).await?], json)?;
+        }
         LifecycleCommand::Show { id } => print_tenants(&[lc.get(&id).await?], json)?,
         LifecycleCommand::Status { ids } => {
             let status = lc.status(&ids).await?;
@@ -333,7 +409,10 @@ pub async fn tenant(command: LifecycleCommand, target: Target) -> anyhow::Result
         LifecycleCommand::Archive { id, force } => print_tenants(&[lc.archive(&id, force).await?], json)?,
         LifecycleCommand::Restore { id } => print_tenants(&[lc.restore(&id).await?], json)?,
         LifecycleCommand::Move { id, to } => print_tenants(&[lc.relocate(&id, &to).await?], json)?,
-        LifecycleCommand::Delete { id, hard, force } => {
+        LifecycleCommand::Delete { id, hard, force, yes } => {
+            if hard && !yes {
+                confirm_hard_delete(&id)?;
+            }
             lc.delete(&id, hard, force).await?;
             if json {
                 println!("{}", serde_json::json!({ "deleted": id, "hard": hard }));
@@ -487,6 +566,21 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<bool> {
     Ok(failed == 0 && skipped == 0)
 }
 
+/// `tenant delete --hard` on a terminal: the tenant's id typed back, or nothing is done.
+/// Without a terminal (scripts) it goes ahead, as `--yes` does.
+fn confirm_hard_delete(id: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    eprint!("This drops tenant {id}'s data for good. Type the tenant id to confirm: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    anyhow::ensure!(answer.trim() == id, "not confirmed: nothing deleted");
+    Ok(())
+}
+
 pub async fn upstream(command: UpstreamCommand, target: Target) -> anyhow::Result<()> {
     let config = target.config()?;
     let db = super::control_db(Some(config.catalog.url.clone()), Path::new("")).await?;
@@ -499,10 +593,19 @@ pub async fn upstream(command: UpstreamCommand, target: Target) -> anyhow::Resul
             admin_database,
             admin_password_stdin,
             sslmode,
+            sslrootcert,
             max_connections,
             require_auth,
         } => {
-            anyhow::ensure!(crate::model::SslMode::parse(&sslmode).is_some(), "unknown sslmode {sslmode:?}");
+            let mode = crate::model::SslMode::parse(&sslmode)
+                .ok_or_else(|| anyhow::anyhow!("unknown sslmode {sslmode:?}"))?;
+            if matches!(mode, crate::model::SslMode::VerifyCa | crate::model::SslMode::VerifyFull) {
+                let ca = sslrootcert
+                    .as_deref()
+                    .ok_or_else(|| anyhow::anyhow!("--sslmode {sslmode} needs --sslrootcert"))?;
+                crate::auth::tls::client_config(mode, Some(ca))
+                    .map_err(|e| anyhow::anyhow!("--sslrootcert {ca}: {e}"))?;
+            }
             // Stored in the catalog's canonical spelling (its CHECK allows no spaces).
             let require_auth = require_auth
                 .map(|r| crate::model::RequireAuth::parse(&r).map(|r| r.to_string()))
@@ -520,7 +623,7 @@ pub async fn upstream(command: UpstreamCommand, target: Target) -> anyhow::Resul
                 admin_password: stored.as_deref(),
                 admin_database: &admin_database,
                 sslmode: &sslmode,
-                sslrootcert: None,
+                sslrootcert: sslrootcert.as_deref(),
                 max_connections: max,
                 require_auth: require_auth.as_deref(),
             };

@@ -1,6 +1,7 @@
 //! The command line: `serve`, `demo`, `check-config`, `catalog …`, `tenant …`, `migrate`,
 //! `upstream …` (the lifecycle commands are in [`lifecycle`]).
 
+mod check;
 mod demo;
 pub mod lifecycle;
 pub mod token;
@@ -29,11 +30,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy with a configuration file.
     Serve {
-        /// Path of the TOML configuration (see config/pgtenant.toml).
+        /// Path of the TOML configuration (see config/pgtenant.toml); SIGHUP re-reads it.
         #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,
     },
-    /// Start a throwaway PostgreSQL with two demo tenants and the proxy in front of it.
+    /// Start a throwaway PostgreSQL with three demo tenants and the proxy in front of it.
     Demo {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:6432")]
@@ -42,8 +43,10 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         workers: usize,
     },
-    /// Load and validate a configuration file, then exit.
+    /// Load and validate a configuration file, check the files it names (TLS, key file,
+    /// CA files) and what it makes ignored, then exit (non-zero on an error).
     CheckConfig {
+        /// Path of the TOML configuration.
         #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,
     },
@@ -114,7 +117,7 @@ pub enum CatalogCommand {
     /// Create or upgrade the `pgtenant` schema in the control database.
     Init {
         /// Connection string of the control database (default: `[catalog] url` of the config).
-        #[arg(long, env = "PGTENANT_CATALOG_URL")]
+        #[arg(long, env = "PGTENANT_CATALOG_URL", hide_env_values = true)]
         url: Option<String>,
         #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,
@@ -123,7 +126,7 @@ pub enum CatalogCommand {
     /// with the current master key (the first line of the key file / PGTENANT_MASTER_KEYS);
     /// plaintext ones get encrypted too.
     RotateKey {
-        #[arg(long, env = "PGTENANT_CATALOG_URL")]
+        #[arg(long, env = "PGTENANT_CATALOG_URL", hide_env_values = true)]
         url: Option<String>,
         #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,
@@ -135,18 +138,36 @@ pub enum CatalogCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => Config::load(&config).map_err(anyhow::Error::from).and_then(|c| {
-            init_logging(c.proxy.log_format);
-            runtime(c.proxy.workers)?.block_on(crate::server::run(c))
-        }),
-        Command::CheckConfig { config } => Config::load(&config).map_err(anyhow::Error::from).map(|c| {
-            println!(
-                "{}: ok ({} upstreams, {} tenants)",
-                config.display(),
-                c.upstreams.len(),
-                c.tenants.len()
-            );
-        }),
+        Command::Serve { config: path } => {
+            Config::load_for_serve(&path).map_err(anyhow::Error::from).and_then(|c| {
+                crate::logging::init(c.proxy.log_format, &c.proxy.log_level);
+                runtime(c.proxy.workers)?.block_on(crate::server::run_from(c, Some(path)))
+            })
+        }
+        Command::CheckConfig { config } => {
+            Config::load_for_serve(&config).map_err(anyhow::Error::from).and_then(|c| {
+                let found = check::check(&c);
+                for w in &found.warnings {
+                    eprintln!("warning: {w}");
+                }
+                for e in &found.errors {
+                    eprintln!("error: {e}");
+                }
+                anyhow::ensure!(
+                    found.errors.is_empty(),
+                    "{}: {} error(s): `serve` would refuse it or fail connections",
+                    config.display(),
+                    found.errors.len()
+                );
+                println!(
+                    "{}: ok ({} upstreams, {} tenants)",
+                    config.display(),
+                    c.upstreams.len(),
+                    c.tenants.len()
+                );
+                Ok(())
+            })
+        }
         Command::Catalog { command: CatalogCommand::Init { url, config } } => {
             init_logging(LogFormat::Human);
             runtime(1).and_then(|rt| rt.block_on(catalog_init(url, &config)))
@@ -297,13 +318,7 @@ async fn catalog_init(url: Option<String>, config: &std::path::Path) -> anyhow::
 
 /// Logs go to stderr; the level comes from `RUST_LOG` (default `info`).
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    crate::logging::init(format, "");
 }
 
 /// Worker threads: 1 gives a single-threaded runtime; 0 picks: single-threaded on machines

@@ -28,14 +28,14 @@ pub enum TokenCommand {
         /// A name for the token (who or what uses it; `revoke` takes it).
         name: String,
         /// Connection string of the control database (default: `[catalog] url` of the config).
-        #[arg(long, env = "PGTENANT_CATALOG_URL")]
+        #[arg(long, env = "PGTENANT_CATALOG_URL", hide_env_values = true)]
         url: Option<String>,
         #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,
     },
     /// List the stored tokens (names and creation times; the tokens themselves are not kept).
     List {
-        #[arg(long, env = "PGTENANT_CATALOG_URL")]
+        #[arg(long, env = "PGTENANT_CATALOG_URL", hide_env_values = true)]
         url: Option<String>,
         #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,
@@ -43,7 +43,7 @@ pub enum TokenCommand {
     /// Revoke a stored token: the API refuses it from the next request on.
     Revoke {
         name: String,
-        #[arg(long, env = "PGTENANT_CATALOG_URL")]
+        #[arg(long, env = "PGTENANT_CATALOG_URL", hide_env_values = true)]
         url: Option<String>,
         #[arg(short, long, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
         config: PathBuf,

@@ -71,7 +71,7 @@ async fn login(
     peer: SocketAddr,
     proxy: &Arc<Proxy>,
 ) -> Option<(ClientStream, BytesMut, LoggedIn, OwnedSemaphorePermit)> {
-    let timeout = secs(proxy.config.proxy.startup_timeout);
+    let timeout = secs(proxy.config().proxy.startup_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
     let timed_out = PgError::startup_timed_out;
     let tls = proxy.tls.as_deref();
@@ -190,7 +190,7 @@ where
     if startup.minor != newest_minor || !startup.protocol_options().is_empty() {
         backend::negotiate_protocol_version(&mut out, newest_minor, startup.protocol_options());
     }
-    let resolved = tenant::resolve(&startup, tls.server_name.as_deref(), &proxy.config.resolver)
+    let resolved = tenant::resolve(&startup, tls.server_name.as_deref(), &proxy.config().resolver)
         .map_err(|e| PgError::report(&e))?;
     // A tenant that is neither cached nor being looked up costs a control-database query:
     // limited per address, and past the limit the client fails exactly as for an unknown
@@ -209,7 +209,7 @@ where
     };
     // Authentication comes before anything that tells whether the tenant exists or what
     // state it is in: an unknown tenant or user fails exactly like a wrong password.
-    let method = found.as_ref().and_then(|t| t.auth).unwrap_or(proxy.config.proxy.auth);
+    let method = found.as_ref().and_then(|t| t.auth).unwrap_or(proxy.config().proxy.auth);
     if method != AuthMethod::Trust {
         // The attempt takes its slot before the exchange starts (parallel guesses cannot
         // all run), per (tenant, address): other tenants behind the same address are not
@@ -354,7 +354,7 @@ where
 /// and across restarts, so unknown names keep their salt as real users do), else the
 /// per-process secret.
 fn mock_secret(proxy: &Proxy) -> std::borrow::Cow<'_, [u8]> {
-    match proxy.config.proxy.mock_secret.as_str() {
+    match proxy.config().proxy.mock_secret.as_str() {
         "" => std::borrow::Cow::Borrowed(proxy.auth_secret()),
         configured => std::borrow::Cow::Owned(configured.as_bytes().to_vec()),
     }

@@ -213,11 +213,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let setup_trusted = !vars.from_client;
         let pool_params = pool.params().unwrap_or_default();
         let cbuf = buffered;
-        let limits = Limits::new(&proxy.config.pool, &tenant.timeouts);
+        let limits = Limits::new(&proxy.config().pool, &tenant.timeouts);
         Session {
             client,
             mode: tenant.pool_mode,
-            max_message: proxy.config.proxy.max_message_size,
+            max_message: proxy.config().proxy.max_message_size,
             proxy,
             tenant,
             pool,
@@ -459,7 +459,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(co) = self.server.take() else { return };
         self.key.set_target(None);
         let cancel = self.key.cancel_in_flight();
-        let reset = co.conn_ref().is_dirty().then(|| self.proxy.config.pool.reset_query.clone());
+        let reset = co.conn_ref().is_dirty().then(|| self.proxy.config().pool.reset_query.clone());
         let params = self.pool_params.clone();
         // An idle client keeps no large buffers.
         for buf in [&mut self.cbuf, &mut self.sbuf, &mut self.out] {
@@ -652,7 +652,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 search_path,
                 sets: &mut self.sets,
                 pinned: &mut self.pinned,
-                policy: self.proxy.config.pool.session_features,
+                policy: self.proxy.config().pool.session_features,
             };
             if self.mode == PoolMode::Transaction {
                 if !st.rewrite(tag, frame) {
@@ -719,7 +719,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let retiring = Retire {
                         idle,
                         cancel: self.key.cancel_in_flight(),
-                        reset: keeps_state.then(|| self.proxy.config.pool.reset_query.clone()),
+                        reset: keeps_state.then(|| self.proxy.config().pool.reset_query.clone()),
                         params: self.pool_params.clone(),
                         tenant: tenant.clone(),
                     };

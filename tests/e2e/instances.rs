@@ -145,7 +145,7 @@ async fn instances_register_with_distinct_slots_and_deregister() {
     // GET /instances on the admin API lists the same rows.
     let token = pgtenant::admin::new_token();
     let mut cfg = config(vec![]);
-    cfg.catalog.url = service[0].proxy.config.catalog.url.clone();
+    cfg.catalog.url = service[0].proxy.config().catalog.url.clone();
     cfg.admin.token_sha256 = vec![pgtenant::admin::token_sha256(&token)];
     let state = pgtenant::admin::http::AdminState::new(service[0].proxy.clone(), &cfg).expect("admin state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("admin bind");

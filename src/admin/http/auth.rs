@@ -22,8 +22,23 @@ impl AdminState {
             return Err(Problem::unauthorized("send `Authorization: Bearer <token>`", false));
         };
         let digest = crate::admin::token_digest(token);
+        // Once the proxy's configuration was reloaded, the reloaded file's tokens are the
+        // ones in force (a reload validated them; one that does not parse matches nothing).
+        let live = self.inner.proxy.config_arc();
+        let reloaded: Vec<[u8; 32]>;
+        let tokens = if Arc::ptr_eq(&live, &self.inner.started_with) {
+            &self.inner.tokens
+        } else {
+            reloaded = live
+                .admin
+                .token_sha256
+                .iter()
+                .filter_map(|h| crate::admin::parse_sha256_hex(h.trim()))
+                .collect();
+            &reloaded
+        };
         // Every configured digest is compared, in constant time, whichever matches.
-        let configured = self.inner.tokens.iter().fold(false, |found, t| found | same(t, &digest));
+        let configured = tokens.iter().fold(false, |found, t| found | same(t, &digest));
         if configured {
             return Ok(());
         }

@@ -147,8 +147,11 @@ struct Inner {
     config: Arc<Config>,
     /// None without a control database: the tenant routes then answer 503.
     control: Option<Control>,
-    /// `[admin] token_sha256`.
+    /// `[admin] token_sha256`, until the proxy's configuration is reloaded: then the
+    /// reloaded file's (see `auth.rs`).
     tokens: Vec<[u8; 32]>,
+    /// The proxy's configuration when this API started, to tell that a reload happened.
+    started_with: Arc<Config>,
 }
 
 impl AdminState {
@@ -178,7 +181,8 @@ impl AdminState {
             tracing::warn!("admin API: no [admin] token_sha256 and no control database: every authenticated route answers 401");
         }
         let config = Arc::new(config.clone());
-        Ok(AdminState { inner: Arc::new(Inner { proxy, config, control, tokens }) })
+        let started_with = proxy.config_arc();
+        Ok(AdminState { inner: Arc::new(Inner { proxy, config, control, tokens, started_with }) })
     }
 
     /// Runs a lifecycle operation in a task of its own, so that it completes (and releases

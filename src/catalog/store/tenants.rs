@@ -32,7 +32,8 @@ pub struct TenantRow {
 
 const COLUMNS: &str = "SELECT id, status, isolation, upstream, database, schema_name, login_role, login_kind,
         pool_mode, pool_size, max_server_connections, max_clients, auth, search_path_public, version,
-        created_at::text, updated_at::text, last_error
+        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+        to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), last_error
    FROM pgtenant.tenants";
 
 impl TenantRow {

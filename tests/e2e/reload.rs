@@ -1,0 +1,223 @@
+//! Live reload of the real binary: SIGHUP re-reads the file; a pool size raised under a
+//! running pgbench takes effect with no failed transaction, an invalid file is refused with
+//! the old configuration kept, a tenant added to the file can connect, and the log level
+//! changes.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgtenant::config::TenantConfig;
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+
+use crate::support::*;
+
+/// `pgtenant serve` from a file the test rewrites, its log collected as it comes.
+pub(crate) struct Served {
+    child: Child,
+    addr: std::net::SocketAddr,
+    path: std::path::PathBuf,
+    log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The file: `[proxy]` on port 0 (`extra_proxy` added to it), the local upstream, `tenants`.
+pub(crate) fn toml(extra_proxy: &str, tenants: &[(&TenantConfig, usize)]) -> String {
+    let mut s = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nstartup_timeout = 30\n{extra_proxy}\n\n\
+         [[upstreams]]\nname = \"local\"\nhost = \"127.0.0.1\"\nport = {}\n",
+        cluster().port
+    );
+    for (t, size) in tenants {
+        s += &format!(
+            "\n[[tenants]]\nid = \"{}\"\nupstream = \"local\"\ndatabase = \"{}\"\nrole = \"{}\"\n\
+             password = \"{}\"\npool_mode = \"transaction\"\npool_size = {size}\n",
+            t.id,
+            t.database,
+            t.role,
+            t.password.as_deref().unwrap_or_default()
+        );
+    }
+    s
+}
+
+impl Served {
+    pub(crate) async fn start(text: &str) -> Served {
+        Served::start_env(text, &[]).await
+    }
+
+    /// [`Served::start`] with environment variables set.
+    pub(crate) async fn start_env(text: &str, envs: &[(&str, &str)]) -> Served {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pgtenant.toml");
+        std::fs::write(&path, text).expect("write config");
+        let mut child = pgtenant_command()
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .env_remove("PGTENANT_CATALOG_URL")
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run pgtenant serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("pgtenant listening") {
+                    let addr = line
+                        .split("addr=")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .and_then(|a| a.trim_matches('"').parse::<std::net::SocketAddr>().ok());
+                    if let (Some(tx), Some(addr)) = (tx.take(), addr) {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut log = sink.lock().expect("log");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .unwrap_or_else(|_| panic!("pgtenant did not start: {}", log.lock().expect("log")))
+            .expect("listening line");
+        Served { child, addr, path, log, _dir: dir }
+    }
+
+    fn url(&self, t: &TenantConfig) -> String {
+        format!("postgresql://app.{}@127.0.0.1:{}/{}", t.id, self.addr.port(), t.database)
+    }
+
+    pub(crate) fn conninfo(&self, t: &TenantConfig) -> String {
+        format!("host=127.0.0.1 port={} user=app.{} dbname={}", self.addr.port(), t.id, t.database)
+    }
+
+    /// Writes `text` as the file and sends SIGHUP.
+    fn hup(&self, text: &str) {
+        std::fs::write(&self.path, text).expect("rewrite config");
+        let pid = self.child.id().expect("running");
+        let ok = std::process::Command::new("kill").arg("-HUP").arg(pid.to_string()).status();
+        assert!(ok.expect("kill").success());
+    }
+
+    /// [`Served::hup`], returning once the reload's outcome (the `n`-th) is logged.
+    async fn reload(&self, text: &str, n: usize) {
+        self.hup(text);
+        let logged = eventually(Duration::from_secs(10), || async {
+            let log = self.log();
+            log.matches("configuration reloaded").count() + log.matches("reload refused").count() >= n
+        })
+        .await;
+        assert!(logged, "reload {n} not logged: {}", self.log());
+    }
+
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+fn pgbench_field(output: &str, prefix: &str) -> Option<u64> {
+    let line = output.lines().find(|l| l.starts_with(prefix))?;
+    line.split(':').nth(1)?.split(['/', ' ']).find(|w| !w.is_empty())?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_raises_a_pool_size_under_pgbench_without_failures() {
+    let t = tenant_db("reload_pool").await;
+    let served = Served::start(&toml("", &[(&t, 2)])).await;
+    let init = Command::new("pgbench").args(["-i", "-q", "-s", "1"]).arg(served.url(&t)).output().await;
+    assert!(init.expect("pgbench -i").status.success());
+    // 12 clients on a pool of 2 for 10 s; the pool is raised to 6 while they run.
+    let bench = tokio::spawn(
+        Command::new("pgbench").args(["-n", "-c", "12", "-j", "2", "-T", "10"]).arg(served.url(&t)).output(),
+    );
+    let at_two =
+        eventually(Duration::from_secs(10), || async { backends_as(&t.database, &t.role).await == 2 }).await;
+    assert!(at_two, "the pool never reached its size 2");
+    served.reload(&toml("", &[(&t, 6)]), 1).await;
+    let at_six =
+        eventually(Duration::from_secs(8), || async { backends_as(&t.database, &t.role).await == 6 }).await;
+    assert!(at_six, "server connections after the reload: {}", backends_as(&t.database, &t.role).await);
+    let out = bench.await.expect("join").expect("pgbench");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(pgbench_field(&text, "number of failed transactions"), Some(0), "{text}");
+    assert!(
+        pgbench_field(&text, "number of transactions actually processed").is_some_and(|n| n > 0),
+        "{text}"
+    );
+    // Never more than the new size.
+    assert_eq!(backends_as(&t.database, &t.role).await, 6);
+    assert!(served.log().contains("tenants ("), "{}", served.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_file_is_refused_and_a_tenant_added_by_reload_connects() {
+    let a = tenant_db("reload_a").await;
+    let b = tenant_db("reload_b").await;
+    let served = Served::start(&toml("", &[(&a, 2)])).await;
+    let open = connect_str(&served.conninfo(&a)).await;
+    open.batch_execute("SELECT 1").await.expect("served before");
+    assert!(tokio_postgres::connect(&served.conninfo(&b), tokio_postgres::NoTls).await.is_err());
+
+    // An invalid file: refused with the reason, the running configuration kept.
+    served.reload("[pool]\nsize = 0\n", 1).await;
+    let log = served.log();
+    assert!(log.contains("reload refused") && log.contains("pool.size"), "{log}");
+    open.batch_execute("SELECT 1").await.expect("open session served after the refused reload");
+    let again = connect_str(&served.conninfo(&a)).await;
+    let v: i32 = again.query_one("SELECT 7", &[]).await.expect("new session").get(0);
+    assert_eq!(v, 7);
+
+    // A valid file adding tenant b: b connects, a still does.
+    served.reload(&toml("", &[(&a, 2), (&b, 2)]), 2).await;
+    let cb = connect_str(&served.conninfo(&b)).await;
+    let db: String = cb.query_one("SELECT current_database()", &[]).await.expect("b").get(0);
+    assert_eq!(db, b.database);
+    open.batch_execute("SELECT 1").await.expect("a still served");
+
+    // Removing a: its new connections are refused as a tenant never configured is.
+    served.reload(&toml("", &[(&b, 2)]), 3).await;
+    let refused =
+        tokio_postgres::connect(&served.conninfo(&a), tokio_postgres::NoTls).await.err().expect("a is gone");
+    let mut never = a.clone();
+    never.id = unique("never");
+    let unknown = tokio_postgres::connect(&served.conninfo(&never), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("unknown");
+    assert_eq!(code(&refused), code(&unknown), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_changes_the_log_level() {
+    let t = tenant_db("reload_log").await;
+    let served = Served::start(&toml("log_level = \"info\"", &[(&t, 2)])).await;
+    connect_str(&served.conninfo(&t)).await.batch_execute("SELECT 1").await.expect("served");
+    assert!(!served.log().contains(" DEBUG "), "{}", served.log());
+    served.reload(&toml("log_level = \"debug\"", &[(&t, 2)]), 1).await;
+    connect_str(&served.conninfo(&t)).await.batch_execute("SELECT 1").await.expect("served");
+    let debug = eventually(Duration::from_secs(5), || async { served.log().contains(" DEBUG ") }).await;
+    assert!(debug, "no debug line after the reload: {}", served.log());
+    // Then warn, in JSON: the reload's own report (info) is not shown any more; a client's
+    // login is not either; the next refused reload (an error) is, as JSON.
+    let before = served.log().len();
+    served.hup(&toml("log_level = \"warn\"\nlog_format = \"json\"", &[(&t, 2)]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    connect_str(&served.conninfo(&t)).await.batch_execute("SELECT 1").await.expect("served");
+    served.reload("[pool]\nsize = 0\n", 2).await;
+    let after = served.log()[before..].to_owned();
+    assert!(!after.contains("DEBUG") && !after.contains("INFO"), "{after}");
+    let refused = after.lines().find(|l| l.contains("reload refused")).expect("refusal logged");
+    assert!(refused.starts_with('{') && refused.contains(r#""level":"ERROR""#), "{refused}");
+}
