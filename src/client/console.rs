@@ -193,11 +193,8 @@ impl ProxyConsole {
         roles
             .into_iter()
             .map(|r| {
-                let clients: usize = tenants
-                    .iter()
-                    .filter(|t| t.login_role == r)
-                    .map(|t| self.client_count(&t.id))
-                    .sum();
+                let clients: usize =
+                    tenants.iter().filter(|t| t.login_role == r).map(|t| self.client_count(&t.id)).sum();
                 vec![
                     r.into(),
                     "".into(),

@@ -9,8 +9,8 @@
 //! release when busy (each carries the generation of the login it was opened with).
 
 mod fair;
-mod server;
 mod pause;
+mod server;
 pub mod session;
 mod stream;
 
