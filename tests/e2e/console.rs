@@ -254,3 +254,47 @@ async fn a_pypi_pgbouncer_exporter_scrapes_pgtenant() {
         format!("pgbouncer_pools_client_active_connections{{database=\"{}\",user=\"{}\"}} 1", t.id, t.role);
     assert!(body.contains(&pools), "no {pools} in:\n{body}");
 }
+
+/// `POST /tenants/{id}/pause` holds the tenant's next transaction as the console's PAUSE
+/// does; `DELETE` lets it go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_pause_and_unpause_a_tenant() {
+    let t = trusted_tenant("conshttp", PoolMode::Transaction, 2).await;
+    let token = pgtenant::admin::new_token();
+    let mut cfg = console_config(vec![t.clone()]);
+    cfg.admin.token_sha256 = vec![pgtenant::admin::token_sha256(&token)];
+    let h = start(cfg.clone()).await;
+    let state = pgtenant::admin::http::AdminState::new(h.proxy.clone(), &cfg).expect("admin state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let api = listener.local_addr().expect("addr");
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(pgtenant::admin::http::serve(listener, state, stop.clone()));
+    let app = h.client(&t.id).await;
+    app.simple_query("SELECT 1").await.expect("before pause");
+    let call = |method: &'static str, path: String| {
+        let token = token.clone();
+        async move {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+                .arg("-H")
+                .arg(format!("Authorization: Bearer {token}"))
+                .arg(format!("http://{api}{path}"))
+                .output()
+                .await
+                .expect("curl");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    assert_eq!(call("POST", format!("/tenants/{}/pause", t.id)).await, "200");
+    assert_eq!(call("POST", "/tenants/nosuchtenant/pause".into()).await, "404");
+    let held = tokio::spawn(async move { app.simple_query("SELECT 2").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!held.is_finished(), "a paused tenant's query must wait");
+    assert_eq!(call("DELETE", format!("/tenants/{}/pause", t.id)).await, "200");
+    tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("released")
+        .expect("task")
+        .expect("query");
+    stop.cancel();
+}
