@@ -298,3 +298,59 @@ async fn http_pause_and_unpause_a_tenant() {
         .expect("query");
     stop.cancel();
 }
+
+/// pgbench through pgtenant, PAUSE for ~2 s mid-run: no transaction fails, and the longest
+/// transaction took at least the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_mid_pgbench_holds_and_resume_releases_without_failures() {
+    let t = trusted_tenant("consbench", PoolMode::Transaction, 4).await;
+    let h = start(console_config(vec![t.clone()])).await;
+    let dir = std::env::temp_dir().join(unique("pgtenant-bench-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let script = dir.join("tx.sql");
+    std::fs::write(&script, "\\set x random(1, 1000)\nBEGIN;\nSELECT :x;\nSELECT :x + 1;\nCOMMIT;\n")
+        .expect("script");
+    let bench = Command::new("pgbench")
+        .args(["-n", "-T", "6", "-c", "4", "-l", "-h", "127.0.0.1"])
+        .arg("-p")
+        .arg(h.addr.port().to_string())
+        .arg("-U")
+        .arg(format!("app.{}", t.id))
+        .arg("-f")
+        .arg(&script)
+        .arg("--log-prefix")
+        .arg(dir.join("log"))
+        .arg(&t.database)
+        .current_dir(&dir)
+        .output();
+    let ops_info = console_conninfo(&h, "ops", OPS_PW);
+    let tenant = t.id.clone();
+    let pauser = async move {
+        let ops = connect_str(&ops_info).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ops.simple_query(&format!("PAUSE {tenant}")).await.expect("PAUSE");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ops.simple_query(&format!("RESUME {tenant}")).await.expect("RESUME");
+    };
+    let (out, ()) = tokio::join!(bench, pauser);
+    let out = out.expect("pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("number of failed transactions: 0 "), "{stdout}");
+    // Per-transaction log: client, transaction, latency (µs), script, epoch, µs.
+    let mut max_us = 0u64;
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).expect("logs") {
+        let path = entry.expect("entry").path();
+        if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("log")) {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).expect("log").lines() {
+            let us: u64 = line.split(' ').nth(2).and_then(|v| v.parse().ok()).expect("latency field");
+            max_us = max_us.max(us);
+            count += 1;
+        }
+    }
+    assert!(count > 100, "{count} transactions");
+    assert!(max_us >= 1_800_000, "longest transaction {max_us} µs, the pause was 2 s");
+}
