@@ -445,3 +445,52 @@ impl ConsoleSource for ProxyConsole {
 pub fn refused() -> PgError {
     PgError::password_failed()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Verifier;
+    use crate::config::{Config, ConsoleUserConfig};
+
+    fn proxy(text: &str) -> Arc<Proxy> {
+        Proxy::new(Config::parse(text).expect("config"))
+    }
+
+    #[tokio::test]
+    async fn console_users_come_from_the_lists_and_the_entries() {
+        let p = {
+            let mut c =
+                Config::parse("[admin]\nadmin_users = ['root']\nstats_users = ['mon']").expect("config");
+            c.proxy.auth = AuthMethod::ScramSha256;
+            c.admin.users = vec![
+                ConsoleUserConfig {
+                    name: "ops".into(),
+                    verifier: Verifier::hash("pw"),
+                    password_env: String::new(),
+                    role: ConsoleRole::Admin,
+                },
+                ConsoleUserConfig {
+                    name: "mon".into(),
+                    verifier: String::new(),
+                    password_env: "PGTENANT_TEST_UNSET_VAR".into(),
+                    role: ConsoleRole::Stats,
+                },
+            ];
+            Proxy::new(c)
+        };
+        assert_eq!(console_user(&p, "root"), Some((Access::Admin, None)));
+        assert!(
+            matches!(console_user(&p, "ops"), Some((Access::Admin, Some(v))) if v.starts_with("SCRAM-SHA-256$"))
+        );
+        assert_eq!(console_user(&p, "mon"), Some((Access::Stats, None)));
+        assert_eq!(console_user(&p, "app"), None);
+        assert!(!console_trusts(&p));
+        assert!(console_trusts(&proxy("[proxy]\nauth = 'trust'")));
+    }
+
+    #[test]
+    fn only_the_two_virtual_databases_are_the_console() {
+        assert!(is_console_database(Some("pgbouncer")) && is_console_database(Some("pgtenant")));
+        assert!(!is_console_database(Some("acme")) && !is_console_database(None));
+    }
+}

@@ -60,6 +60,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin
                 end = crate::console::serve_console(stream, buffered, &source, access) => {
                     tracing::debug!(%peer, ?end, "console client left");
                 }
+                // Console sessions hold no transaction: they end as soon as a drain starts,
+                // so an idle psql on the console does not hold up a shutdown.
+                _ = proxy.shutdown.drain.cancelled() => {}
                 _ = force.cancelled() => {}
             }
             drop(permit);
