@@ -254,7 +254,12 @@ impl ProxyConsole {
         vec![
             row("listen_addr", c.proxy.listen.to_string(), false),
             row("max_client_conn", c.proxy.max_client_conn.to_string(), false),
+            row("pool_mode", c.pool.mode.as_str().to_owned(), false),
+            row("default_pool_size", c.pool.size.to_string(), false),
+            row("min_pool_size", c.pool.min_idle.to_string(), false),
             row("max_db_connections", c.pool.max_server_connections.to_string(), false),
+            // No per-user cap on server connections: 0 as PgBouncer shows "unlimited".
+            row("max_user_connections", "0".to_owned(), false),
             row("query_wait_timeout", c.pool.checkout_timeout.to_string(), false),
             row("server_idle_timeout", c.pool.idle_timeout.to_string(), false),
             row("server_lifetime", c.pool.max_lifetime.to_string(), false),

@@ -253,6 +253,7 @@ async fn a_pypi_pgbouncer_exporter_scrapes_pgtenant() {
     let pools =
         format!("pgbouncer_pools_client_active_connections{{database=\"{}\",user=\"{}\"}} 1", t.id, t.role);
     assert!(body.contains(&pools), "no {pools} in:\n{body}");
+    assert!(body.contains("pgbouncer_config_max_client_conn "), "{body}");
 }
 
 /// `POST /tenants/{id}/pause` holds the tenant's next transaction as the console's PAUSE
