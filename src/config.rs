@@ -325,6 +325,44 @@ pub struct AdminConfig {
     /// SHA-256 hex digests of bearer tokens accepted besides those in the control database's
     /// `pgtenant.admin_tokens` (`pgtenant admin token-hash` prints one).
     pub token_sha256: Vec<String>,
+    /// Console users (database `pgbouncer` or `pgtenant` on the proxy's port) with every
+    /// right, PgBouncer's `admin_users`. Their passwords come from `[[admin.users]]`; without
+    /// an entry there they can log in only when `[proxy] auth` is `trust`.
+    pub admin_users: Vec<String>,
+    /// Console users that may only SHOW, PgBouncer's `stats_users`.
+    pub stats_users: Vec<String>,
+    /// Console users with a credential.
+    pub users: Vec<ConsoleUserConfig>,
+}
+
+/// `[[admin.users]]`: one console user.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleUserConfig {
+    pub name: String,
+    /// A SCRAM-SHA-256 verifier (`SCRAM-SHA-256$…`, as `pgtenant hash-password` prints it).
+    #[serde(default)]
+    pub verifier: String,
+    /// The name of an environment variable holding the password (used when `verifier` is
+    /// empty; hashed once at start).
+    #[serde(default)]
+    pub password_env: String,
+    /// `admin` (every command) or `stats` (SHOW only).
+    #[serde(default = "ConsoleRole::stats")]
+    pub role: ConsoleRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleRole {
+    Admin,
+    Stats,
+}
+
+impl ConsoleRole {
+    fn stats() -> ConsoleRole {
+        ConsoleRole::Stats
+    }
 }
 
 /// `[resolver]`: how the tenant is found in a connection. Every enabled resolver runs; two

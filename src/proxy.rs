@@ -19,7 +19,9 @@ use crate::cancel::CancelRegistry;
 use crate::catalog::limit::LookupLimiter;
 use crate::catalog::{Catalog, Change, ControlCatalog, StaticCatalog, Tenant};
 use crate::config::Config;
+use crate::console::live::LiveClients;
 use crate::instances::Instances;
+use crate::metrics::Metrics;
 use crate::model::TenantId;
 use crate::pool::PoolManager;
 use crate::protocol::PgError;
@@ -61,6 +63,9 @@ pub struct Proxy {
     /// TLS for clients, when configured.
     pub tls: Option<Arc<Tls>>,
     pub throttle: Throttle,
+    pub metrics: Arc<Metrics>,
+    /// Logged-in clients, for the console's SHOW CLIENTS and KILL_CLIENT.
+    pub live: Arc<LiveClients>,
 }
 
 /// The open sessions of one tenant: its client cap, and the signal that ends them when the
@@ -164,6 +169,8 @@ impl Proxy {
             tenants: DashMap::new(),
             auth_secret: rand::random(),
             throttle: Throttle::new(config_throttle),
+            metrics: Arc::new(Metrics::new(100)),
+            live: Arc::new(LiveClients::default()),
             tls: Tls::new(&config_tls).unwrap_or_else(|e| {
                 // `run` loads TLS before it gets here, so a failure means the files changed
                 // in between: refuse TLS rather than start without saying so.
@@ -236,6 +243,11 @@ impl Proxy {
         self.tenants.get(&id).map_or(0, |s| s.connected())
     }
 
+    /// Tenants that have had a client on this proxy since it started.
+    pub fn tenant_ids(&self) -> Vec<TenantId> {
+        self.tenants.iter().map(|e| e.key().clone()).collect()
+    }
+
     pub fn auth_secret(&self) -> &[u8] {
         &self.auth_secret
     }
@@ -264,7 +276,16 @@ impl Proxy {
             .connected
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .map_err(|_| PgError::too_many_tenant_clients(tenant.id.as_str()))?;
-        Ok(TenantAdmission { kick: sessions.kick_token(), sessions })
+        // A child of the tenant's token: KILL_CLIENT ends this session alone.
+        Ok(TenantAdmission { kick: sessions.kick_token().child_token(), sessions })
+    }
+
+    /// Ends the open sessions of `tenant` with `reason` (the console's KILL); false when it
+    /// has none on this proxy.
+    pub fn kick_tenant(&self, tenant: &TenantId, reason: PgError) -> bool {
+        let Some(sessions) = self.tenants.get(tenant).map(|s| s.value().clone()) else { return false };
+        sessions.kick(reason);
+        true
     }
 
     /// Re-reads a tenant the catalog says changed; if it can no longer connect, its open

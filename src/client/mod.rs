@@ -1,6 +1,7 @@
 //! One client session: handshake (startup packet, SSL/GSS refusal, cancel requests) →
 //! resolve the tenant → look it up → authenticate → login messages → relay.
 
+mod console;
 mod pipeline;
 mod relay;
 mod rewrite;
@@ -50,7 +51,35 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin
     };
     drop(prelogin);
     let Some((stream, buffered, login, permit)) = login else { return };
+    let login = match login {
+        Admitted::Tenant(login) => login,
+        Admitted::Console(access) => {
+            tracing::info!(%peer, ?access, "console client logged in");
+            let source = console::ProxyConsole { proxy: proxy.clone() };
+            tokio::select! {
+                end = crate::console::serve_console(stream, buffered, &source, access) => {
+                    tracing::debug!(%peer, ?end, "console client left");
+                }
+                // Console sessions hold no transaction: they end as soon as a drain starts,
+                // so an idle psql on the console does not hold up a shutdown.
+                _ = proxy.shutdown.drain.cancelled() => {}
+                _ = force.cancelled() => {}
+            }
+            drop(permit);
+            return;
+        }
+    };
     tracing::debug!(%peer, tenant = %login.tenant.id, "client logged in");
+    let _listed = proxy.live.register(crate::console::live::ClientInfo {
+        id: 0,
+        tenant: login.tenant.id.as_str().to_owned(),
+        user: login.user.clone(),
+        addr: peer,
+        connected_at: std::time::SystemTime::now(),
+        tls: login.tls,
+        application_name: String::new(),
+        kick: login.admission.kick.clone(),
+    });
     let session = relay::Session::new(stream, buffered, login, proxy.clone()).run();
     tokio::select! {
         _ = session => {}
@@ -70,7 +99,7 @@ async fn login(
     mut tcp: TcpStream,
     peer: SocketAddr,
     proxy: &Arc<Proxy>,
-) -> Option<(ClientStream, BytesMut, LoggedIn, OwnedSemaphorePermit)> {
+) -> Option<(ClientStream, BytesMut, Admitted, OwnedSemaphorePermit)> {
     let timeout = secs(proxy.config().proxy.startup_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
     let timed_out = PgError::startup_timed_out;
@@ -129,8 +158,17 @@ async fn send_error<S: AsyncWrite + Unpin>(stream: &mut S, e: &PgError) {
     let _ = tokio::time::timeout(ERROR_WRITE_TIMEOUT, write).await;
 }
 
+/// Where a successful login goes: a tenant's relay, or the admin console.
+pub(crate) enum Admitted {
+    Tenant(LoggedIn),
+    Console(crate::console::Access),
+}
+
 /// What a successful login hands to the relay.
 pub(crate) struct LoggedIn {
+    /// The user name the client logged in with (SHOW CLIENTS).
+    pub user: String,
+    pub tls: bool,
     pub tenant: Arc<Tenant>,
     pub pool: Arc<Pool>,
     pub vars: ClientVars,
@@ -145,7 +183,7 @@ async fn handshake<S>(
     proxy: &Proxy,
     tls: &TlsInfo,
     peer: SocketAddr,
-) -> Result<Option<(LoggedIn, OwnedSemaphorePermit)>, PgError>
+) -> Result<Option<(Admitted, OwnedSemaphorePermit)>, PgError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -189,6 +227,14 @@ where
     let newest_minor = if startup.minor >= 2 { 2 } else { 0 };
     if startup.minor != newest_minor || !startup.protocol_options().is_empty() {
         backend::negotiate_protocol_version(&mut out, newest_minor, startup.protocol_options());
+    }
+    if console::is_console_database(startup.get("database")) {
+        let access = console_login(reader, proxy, &startup, tls, peer, &mut out).await?;
+        let permit = proxy.client_permit()?;
+        out.clear();
+        crate::console::greeting(&mut out, rand::random(), rand::random());
+        reader.get_mut().write_all(&out).await.map_err(io_gone)?;
+        return Ok(Some((Admitted::Console(access), permit)));
     }
     let resolved = tenant::resolve(&startup, tls.server_name.as_deref(), &proxy.config().resolver)
         .map_err(|e| PgError::report(&e))?;
@@ -282,7 +328,66 @@ where
     backend::backend_key_data_bytes(&mut out, key.pid, key.secret());
     backend::ready_for_query_idle(&mut out);
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;
-    Ok(Some((LoggedIn { tenant, pool, vars, key, admission }, permit)))
+    let user = startup.get("user").unwrap_or_default().to_owned();
+    let login = LoggedIn { user, tls: tls.on, tenant, pool, vars, key, admission };
+    Ok(Some((Admitted::Tenant(login), permit)))
+}
+
+/// Authenticates a console user (database `pgbouncer` or `pgtenant`): SCRAM against the
+/// configured verifier, or none when the proxy's auth is trust. An unknown user or a wrong
+/// password fails exactly as a tenant's wrong password does, through the same throttle.
+async fn console_login<S>(
+    reader: &mut FrameReader<S>,
+    proxy: &Proxy,
+    startup: &startup::StartupMessage,
+    tls: &TlsInfo,
+    peer: SocketAddr,
+    out: &mut BytesMut,
+) -> Result<crate::console::Access, PgError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let user = startup.get("user").unwrap_or_default();
+    let found = console::console_user(proxy, user);
+    if console::console_trusts(proxy) {
+        return match found {
+            Some((access, _)) => Ok(access),
+            None => {
+                tracing::info!(user, %peer, "console login refused: not a console user");
+                Err(console::refused())
+            }
+        };
+    }
+    let db = startup.get("database").unwrap_or_default();
+    let Some(attempt) = proxy.throttle.begin(peer.ip(), db) else {
+        return Err(PgError::auth_throttled());
+    };
+    if let Err(e) = reader.get_mut().write_all(out).await {
+        attempt.abandoned();
+        return Err(io_gone(e));
+    }
+    out.clear();
+    let known = found.as_ref().and_then(|(_, v)| v.as_deref()).and_then(Verifier::parse);
+    let accepted = known.is_some();
+    let mock_name = format!("{db}\0{user}");
+    let verifier = known.unwrap_or_else(|| Verifier::mock(&mock_secret(proxy), &mock_name));
+    let outcome = scram(reader, verifier, tls.end_point.as_deref()).await.map(|proved| proved && accepted);
+    match outcome {
+        Ok(true) => {
+            attempt.succeeded();
+            Ok(found.map(|(a, _)| a).unwrap_or(crate::console::Access::Stats))
+        }
+        Err(e) if e.state == SqlState::ConnectionFailure => {
+            attempt.abandoned();
+            Err(e)
+        }
+        Err(e) => Err(e),
+        Ok(false) => {
+            drop(attempt);
+            tracing::info!(user, %peer, "console authentication failed");
+            Err(console::refused())
+        }
+    }
 }
 
 /// Runs a SCRAM-SHA-256 exchange with the client: whether it proved it knows the password

@@ -208,7 +208,7 @@ pub(crate) struct Session<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub fn new(client: S, buffered: BytesMut, login: LoggedIn, proxy: Arc<Proxy>) -> Self {
-        let LoggedIn { tenant, pool, vars, key, admission } = login;
+        let LoggedIn { tenant, pool, vars, key, admission, .. } = login;
         let force = proxy.shutdown.force.clone();
         let setup_trusted = !vars.from_client;
         let pool_params = pool.params().unwrap_or_default();

@@ -8,6 +8,7 @@
 
 pub mod command;
 pub mod error;
+pub mod live;
 pub mod session;
 pub mod show;
 

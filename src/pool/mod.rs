@@ -9,11 +9,13 @@
 //! release when busy (each carries the generation of the login it was opened with).
 
 mod fair;
+mod pause;
 mod server;
 pub mod session;
 mod stream;
 
 pub use fair::{FairPermit, FairSemaphore};
+pub use pause::Pauses;
 pub use server::{cancel_backend, Login, PreparedSet, ServerConn, UpstreamError};
 pub use stream::ServerStream;
 
@@ -463,6 +465,8 @@ pub struct PoolManager {
     tenant_pools: DashMap<TenantId, PoolKey>,
     settings: PoolSettings,
     following: AtomicBool,
+    /// PAUSE / RESUME from the console: a paused tenant's checkouts wait.
+    pub pauses: Pauses,
 }
 
 impl PoolManager {
@@ -476,6 +480,7 @@ impl PoolManager {
             tenant_pools: DashMap::new(),
             settings: PoolSettings::from(defaults),
             following: AtomicBool::new(false),
+            pauses: Pauses::default(),
         })
     }
 
@@ -654,6 +659,7 @@ impl PoolManager {
     }
 
     async fn checkout_for(&self, pool: &Arc<Pool>, tenant: &Tenant) -> Result<Checkout, PoolError> {
+        self.pauses.wait(&tenant.id).await;
         let wait = pool.settings.checkout_timeout;
         let deadline = tokio::time::Instant::now() + wait;
         let cap = self.tenant_cap(tenant);
@@ -701,5 +707,17 @@ impl PoolManager {
 
     pub fn pools(&self) -> Vec<Arc<Pool>> {
         self.pools.iter().map(|p| p.value().clone()).collect()
+    }
+
+    /// Server connections `tenant` has checked out now (None: every tenant's).
+    pub fn checked_out(&self, tenant: Option<&TenantId>) -> usize {
+        match tenant {
+            None => self.pools.iter().map(|p| p.value().busy_count()).sum(),
+            Some(t) => {
+                let Some(cap) = self.tenant_caps.get(t).map(|c| c.value().clone()) else { return 0 };
+                let size = self.tenant_cap_sizes.get(t).map_or(0, |s| *s);
+                size.saturating_sub(cap.available_permits())
+            }
+        }
     }
 }

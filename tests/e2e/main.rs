@@ -5,6 +5,7 @@ mod admin_http;
 mod auth;
 mod clients;
 mod compat;
+mod console;
 mod differential;
 mod fairness;
 mod hostile;

@@ -12,6 +12,7 @@
 
 mod auth;
 mod extract;
+mod pause;
 mod probes;
 mod problem;
 mod tenants;
@@ -93,6 +94,8 @@ routes! {
     Bearer post "/tenants/{id}/move" => tenants::move_tenant;
     Bearer post "/tenants/{id}/migrate" => tenants::migrate_tenant;
     Bearer get "/tenants/{id}/health" => tenants::tenant_health;
+    Bearer post "/tenants/{id}/pause" => pause::pause_tenant;
+    Bearer delete "/tenants/{id}/pause" => pause::unpause_tenant;
     Bearer post "/migrate" => tenants::migrate_all;
 }
 
@@ -155,6 +158,10 @@ struct Inner {
 }
 
 impl AdminState {
+    pub(crate) fn proxy(&self) -> &Arc<Proxy> {
+        &self.inner.proxy
+    }
+
     /// The API of a running proxy, over the control database and migrations `config` names.
     pub fn new(proxy: Arc<Proxy>, config: &Config) -> Result<AdminState, AdminError> {
         let tokens = config

@@ -1,0 +1,501 @@
+//! A console client: who may log in to the virtual database `pgbouncer` / `pgtenant`, and
+//! the [`ConsoleSource`] over the proxy's pools, clients, catalog and metrics.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::catalog::Tenant;
+use crate::config::ConsoleRole;
+use crate::console::{Access, Action, ConsoleError, ConsoleFuture, ConsoleSource, ShutdownMode, Value, View};
+use crate::metrics::exposition::TenantSnapshot;
+use crate::model::{AuthMethod, TenantId};
+use crate::protocol::PgError;
+use crate::proxy::Proxy;
+
+/// The database names that reach the console instead of a tenant.
+pub fn is_console_database(db: Option<&str>) -> bool {
+    matches!(db, Some("pgbouncer" | "pgtenant"))
+}
+
+/// What the configuration says about console user `name`: its access, and the SCRAM
+/// verifier it must prove (None: no credential configured).
+pub fn console_user(proxy: &Proxy, name: &str) -> Option<(Access, Option<String>)> {
+    let admin = &proxy.config().admin;
+    let entry = admin.users.iter().find(|u| u.name == name);
+    let access = if admin.admin_users.iter().any(|u| u == name)
+        || entry.is_some_and(|e| e.role == ConsoleRole::Admin)
+    {
+        Access::Admin
+    } else if admin.stats_users.iter().any(|u| u == name) || entry.is_some() {
+        Access::Stats
+    } else {
+        return None;
+    };
+    let verifier = entry.and_then(|e| {
+        if !e.verifier.is_empty() {
+            Some(e.verifier.clone())
+        } else if e.password_env.is_empty() {
+            None
+        } else {
+            std::env::var(&e.password_env).ok().map(|p| crate::auth::Verifier::hash(&p))
+        }
+    });
+    Some((access, verifier))
+}
+
+/// Whether console users log in without a password: only when the proxy's clients do.
+pub fn console_trusts(proxy: &Proxy) -> bool {
+    proxy.config().proxy.auth == AuthMethod::Trust
+}
+
+/// The console's view of the proxy.
+pub struct ProxyConsole {
+    pub proxy: Arc<Proxy>,
+}
+
+/// How often PAUSE and WAIT_CLOSE look at the checked-out connections.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
+
+impl ProxyConsole {
+    /// The tenants this proxy has seen, with their catalog entries (a tenant gone from the
+    /// catalog is left out).
+    async fn tenants(&self) -> Vec<Arc<Tenant>> {
+        let mut ids = self.proxy.tenant_ids();
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(Some(t)) = self.proxy.catalog.lookup(&id).await {
+                out.push(t);
+            }
+        }
+        out
+    }
+
+    fn snapshot(&self, tenant: &TenantId) -> TenantSnapshot {
+        let all = self.proxy.metrics.tenants();
+        all.into_iter().find(|(n, _)| n == tenant.as_str()).map(|(_, s)| s).unwrap_or_default()
+    }
+
+    fn idle_of(&self, tenant: &Tenant) -> usize {
+        self.proxy.pools.pools().iter().filter(|p| *p.key() == tenant.pool_key).map(|p| p.idle_count()).sum()
+    }
+
+    fn client_count(&self, tenant: &TenantId) -> usize {
+        self.proxy.live.list().iter().filter(|c| c.tenant == tenant.as_str()).count()
+    }
+
+    async fn known(&self, name: &str) -> Result<TenantId, ConsoleError> {
+        let id = TenantId::parse(name).map_err(|_| ConsoleError::NoSuchDatabase(name.to_owned()))?;
+        match self.proxy.catalog.lookup(&id).await {
+            Ok(Some(_)) => Ok(id),
+            _ => Err(ConsoleError::NoSuchDatabase(name.to_owned())),
+        }
+    }
+
+    /// Returns once `tenant` (or every tenant) holds no checked-out server connection.
+    async fn settled(&self, tenant: Option<&TenantId>) {
+        while self.proxy.pools.checked_out(tenant) > 0 {
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
+    }
+
+    async fn build(&self, view: View) -> Vec<Vec<Value>> {
+        let tenants = self.tenants().await;
+        match view {
+            View::Pools => tenants.iter().map(|t| self.pool_row(t)).collect(),
+            View::Stats => tenants.iter().map(|t| stats_row(t, &self.snapshot(&t.id))).collect(),
+            View::StatsTotals | View::StatsAverages => tenants
+                .iter()
+                .map(|t| totals_row(t, &self.snapshot(&t.id), view == View::StatsAverages))
+                .collect(),
+            View::Clients => self.client_rows(),
+            View::Servers | View::Usage => Vec::new(),
+            View::Databases => tenants.iter().map(|t| self.database_row(t)).collect(),
+            View::Users => self.user_rows(&tenants),
+            View::Config => self.config_rows(),
+            View::Lists => self.list_rows(tenants.len()),
+            View::State => {
+                let paused = self.proxy.pools.pauses.all_paused();
+                let yn = |b: bool| Value::from(if b { "yes" } else { "no" });
+                vec![
+                    vec!["active".into(), yn(!paused)],
+                    vec!["paused".into(), yn(paused)],
+                    vec!["suspended".into(), yn(false)],
+                ]
+            }
+            View::Tenants => tenants.iter().map(|t| self.tenant_row(t)).collect(),
+            View::Instances => vec![vec![
+                "local".into(),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                self.proxy.live.len().into(),
+                self.proxy.pools.checked_out(None).into(),
+            ]],
+            // Answered by the console itself.
+            View::Version => Vec::new(),
+        }
+    }
+
+    fn pool_row(&self, t: &Tenant) -> Vec<Value> {
+        let snap = self.snapshot(&t.id);
+        let waiting = snap.clients[1].max(0);
+        let clients = self.client_count(&t.id) as i64;
+        vec![
+            t.id.as_str().into(),
+            t.login_role.as_str().into(),
+            (clients - waiting).max(0).into(),
+            waiting.into(),
+            0i64.into(),
+            0i64.into(),
+            self.proxy.pools.checked_out(Some(&t.id)).into(),
+            0i64.into(),
+            0i64.into(),
+            self.idle_of(t).into(),
+            0i64.into(),
+            0i64.into(),
+            0i64.into(),
+            0i64.into(),
+            0i64.into(),
+            t.pool_mode.as_str().into(),
+            Value::Null,
+        ]
+    }
+
+    fn database_row(&self, t: &Tenant) -> Vec<Value> {
+        let paused = self.proxy.pools.pauses.is_paused(&t.id);
+        let (host, port) = upstream_host_port(t);
+        vec![
+            t.id.as_str().into(),
+            host.into(),
+            port.into(),
+            t.database.as_str().into(),
+            t.login_role.as_str().into(),
+            t.pool_size.into(),
+            0i64.into(),
+            0i64.into(),
+            0i64.into(),
+            t.pool_mode.as_str().into(),
+            Value::Null,
+            t.max_server_connections.into(),
+            (self.proxy.pools.checked_out(Some(&t.id)) + self.idle_of(t)).into(),
+            t.max_clients.unwrap_or(0).into(),
+            self.client_count(&t.id).into(),
+            paused.into(),
+            (t.refusal().is_some()).into(),
+        ]
+    }
+
+    fn user_rows(&self, tenants: &[Arc<Tenant>]) -> Vec<Vec<Value>> {
+        let mut roles: Vec<&str> = tenants.iter().map(|t| t.login_role.as_str()).collect();
+        roles.sort_unstable();
+        roles.dedup();
+        roles
+            .into_iter()
+            .map(|r| {
+                let clients: usize =
+                    tenants.iter().filter(|t| t.login_role == r).map(|t| self.client_count(&t.id)).sum();
+                vec![
+                    r.into(),
+                    "".into(),
+                    "".into(),
+                    "".into(),
+                    0i64.into(),
+                    0i64.into(),
+                    0i64.into(),
+                    clients.into(),
+                ]
+            })
+            .collect()
+    }
+
+    fn client_rows(&self) -> Vec<Vec<Value>> {
+        let fmt_time = |t: SystemTime| {
+            let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            format!("@{secs}")
+        };
+        self.proxy
+            .live
+            .list()
+            .into_iter()
+            .map(|c| {
+                vec![
+                    "C".into(),
+                    c.user.as_str().into(),
+                    c.tenant.as_str().into(),
+                    Value::Null,
+                    "active".into(),
+                    c.addr.ip().to_string().into(),
+                    i64::from(c.addr.port()).into(),
+                    Value::Null,
+                    Value::Null,
+                    fmt_time(c.connected_at).into(),
+                    fmt_time(c.connected_at).into(),
+                    0i64.into(),
+                    0i64.into(),
+                    0i64.into(),
+                    format!("0x{:x}", c.id).into(),
+                    Value::Null,
+                    0i64.into(),
+                    (if c.tls { "TLS" } else { "" }).into(),
+                    c.application_name.as_str().into(),
+                    0i64.into(),
+                    c.id.into(),
+                ]
+            })
+            .collect()
+    }
+
+    fn config_rows(&self) -> Vec<Vec<Value>> {
+        let c = self.proxy.config();
+        let row = |k: &str, v: String, changeable: bool| -> Vec<Value> {
+            vec![k.into(), v.clone().into(), v.into(), (if changeable { "yes" } else { "no" }).into()]
+        };
+        vec![
+            row("listen_addr", c.proxy.listen.to_string(), false),
+            row("max_client_conn", c.proxy.max_client_conn.to_string(), false),
+            row("pool_mode", c.pool.mode.as_str().to_owned(), false),
+            row("default_pool_size", c.pool.size.to_string(), false),
+            row("min_pool_size", c.pool.min_idle.to_string(), false),
+            row("max_db_connections", c.pool.max_server_connections.to_string(), false),
+            // No per-user cap on server connections: 0 as PgBouncer shows "unlimited".
+            row("max_user_connections", "0".to_owned(), false),
+            row("query_wait_timeout", c.pool.checkout_timeout.to_string(), false),
+            row("server_idle_timeout", c.pool.idle_timeout.to_string(), false),
+            row("server_lifetime", c.pool.max_lifetime.to_string(), false),
+            row("server_connect_timeout", c.pool.connect_timeout.to_string(), false),
+            row("shutdown_timeout", c.proxy.shutdown_timeout.to_string(), false),
+            row("auth_type", c.proxy.auth.as_str().to_owned(), false),
+            row("admin_users", c.admin.admin_users.join(","), false),
+            row("stats_users", c.admin.stats_users.join(","), false),
+        ]
+    }
+
+    fn list_rows(&self, databases: usize) -> Vec<Vec<Value>> {
+        let pools = self.proxy.pools.pools();
+        let idle: usize = pools.iter().map(|p| p.idle_count()).sum();
+        let busy: usize = pools.iter().map(|p| p.busy_count()).sum();
+        let clients = self.proxy.live.len();
+        [
+            ("databases", databases),
+            ("users", databases),
+            ("pools", pools.len()),
+            ("free_clients", 0),
+            ("used_clients", clients),
+            ("login_clients", 0),
+            ("free_servers", 0),
+            ("used_servers", idle + busy),
+            ("dns_names", 0),
+            ("dns_zones", 0),
+            ("dns_queries", 0),
+            ("dns_pending", 0),
+        ]
+        .into_iter()
+        .map(|(k, v)| vec![k.into(), v.into()])
+        .collect()
+    }
+
+    fn tenant_row(&self, t: &Tenant) -> Vec<Value> {
+        let snap = self.snapshot(&t.id);
+        let waiting = snap.clients[1].max(0);
+        vec![
+            t.id.as_str().into(),
+            t.status.as_str().into(),
+            t.isolation.as_str().into(),
+            (self.client_count(&t.id) as i64 - waiting).max(0).into(),
+            waiting.into(),
+            self.proxy.pools.checked_out(Some(&t.id)).into(),
+            self.idle_of(t).into(),
+            0i64.into(),
+            snap.transactions.into(),
+            snap.pool_wait.mean_us().into(),
+            0i64.into(),
+        ]
+    }
+}
+
+fn upstream_host_port(t: &Tenant) -> (String, i64) {
+    let addr = format!("{}", t.addr);
+    match addr.rsplit_once(':') {
+        Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(0)),
+        None => (addr, 0),
+    }
+}
+
+/// SHOW STATS: totals, then averages (per second since start: PgBouncer's are per stats
+/// period; pgtenant has none yet, so they stay 0).
+fn stats_row(t: &Tenant, s: &TenantSnapshot) -> Vec<Value> {
+    let mut row: Vec<Value> = vec![t.id.as_str().into()];
+    row.extend(totals(s));
+    row.extend(std::iter::repeat_n(Value::Int(0), 12));
+    row
+}
+
+fn totals(s: &TenantSnapshot) -> Vec<Value> {
+    vec![
+        s.transactions.into(),
+        s.transactions.into(),
+        s.queries.into(),
+        s.bytes_in.into(),
+        s.bytes_out.into(),
+        s.transaction_time.mean_us().saturating_mul(s.transactions).into(),
+        s.query_time.mean_us().saturating_mul(s.queries).into(),
+        s.pool_wait.mean_us().saturating_mul(s.pool_wait.count()).into(),
+        0i64.into(),
+        0i64.into(),
+        0i64.into(),
+        s.logins.into(),
+    ]
+}
+
+fn totals_row(t: &Tenant, s: &TenantSnapshot, averages: bool) -> Vec<Value> {
+    let mut row: Vec<Value> = vec![t.id.as_str().into()];
+    if averages {
+        row.extend(std::iter::repeat_n(Value::Int(0), 12));
+    } else {
+        row.extend(totals(s));
+    }
+    row
+}
+
+impl ConsoleSource for ProxyConsole {
+    fn rows(&self, view: View) -> ConsoleFuture<'_, Vec<Vec<Value>>> {
+        Box::pin(async move { Ok(self.build(view).await) })
+    }
+
+    fn act<'a>(&'a self, action: &'a Action) -> ConsoleFuture<'a, ()> {
+        Box::pin(async move {
+            let p = &self.proxy;
+            match action {
+                Action::Pause(name) => {
+                    let id = match name {
+                        Some(n) => Some(self.known(n).await?),
+                        None => None,
+                    };
+                    if !p.pools.pauses.pause(id.as_ref()) {
+                        return Err(ConsoleError::AlreadyPaused);
+                    }
+                    tracing::info!(tenant = ?id.as_ref().map(|i| i.as_str()), "console: PAUSE");
+                    self.settled(id.as_ref()).await;
+                    Ok(())
+                }
+                Action::Resume(name) => {
+                    let id = match name {
+                        Some(n) => Some(self.known(n).await?),
+                        None => None,
+                    };
+                    if !p.pools.pauses.resume(id.as_ref()) {
+                        return Err(match name {
+                            Some(n) => ConsoleError::DatabaseNotPaused(n.clone()),
+                            None => ConsoleError::NotPaused,
+                        });
+                    }
+                    tracing::info!(tenant = ?id.as_ref().map(|i| i.as_str()), "console: RESUME");
+                    Ok(())
+                }
+                Action::Reconnect(name) | Action::WaitClose(name) => {
+                    let id = match name {
+                        Some(n) => Some(self.known(n).await?),
+                        None => None,
+                    };
+                    match &id {
+                        Some(id) => p.pools.close_idle_of(id),
+                        None => p.pools.close_idle(),
+                    }
+                    Ok(())
+                }
+                Action::Kill(name) => {
+                    let Some(name) = name else { return Err(ConsoleError::DatabaseRequired) };
+                    let id = self.known(name).await?;
+                    p.kick_tenant(&id, PgError::shutting_down());
+                    p.pools.close_idle_of(&id);
+                    Ok(())
+                }
+                Action::KillClient(id) => {
+                    if p.live.kill(*id) {
+                        Ok(())
+                    } else {
+                        Err(ConsoleError::ClientNotFound)
+                    }
+                }
+                Action::Reload => {
+                    if let Some(tls) = &p.tls {
+                        tls.reload().map_err(|e| {
+                            tracing::error!(error = %e, "console RELOAD: TLS reload failed");
+                            ConsoleError::ReloadFailed
+                        })?;
+                    }
+                    tracing::info!("console: RELOAD");
+                    Ok(())
+                }
+                Action::Shutdown(mode) => {
+                    tracing::info!(?mode, "console: SHUTDOWN");
+                    if *mode == ShutdownMode::WaitForServers {
+                        p.pools.pauses.pause(None);
+                        self.settled(None).await;
+                    }
+                    p.shutdown.drain.cancel();
+                    if *mode == ShutdownMode::Immediate {
+                        p.shutdown.force.cancel();
+                    }
+                    Ok(())
+                }
+                Action::Set { .. } => Err(ConsoleError::SetFailed),
+            }
+        })
+    }
+}
+
+/// Refuses a console login the way a wrong tenant password is refused.
+pub fn refused() -> PgError {
+    PgError::password_failed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Verifier;
+    use crate::config::{Config, ConsoleUserConfig};
+
+    fn proxy(text: &str) -> Arc<Proxy> {
+        Proxy::new(Config::parse(text).expect("config"))
+    }
+
+    #[tokio::test]
+    async fn console_users_come_from_the_lists_and_the_entries() {
+        let p = {
+            let mut c =
+                Config::parse("[admin]\nadmin_users = ['root']\nstats_users = ['mon']").expect("config");
+            c.proxy.auth = AuthMethod::ScramSha256;
+            c.admin.users = vec![
+                ConsoleUserConfig {
+                    name: "ops".into(),
+                    verifier: Verifier::hash("pw"),
+                    password_env: String::new(),
+                    role: ConsoleRole::Admin,
+                },
+                ConsoleUserConfig {
+                    name: "mon".into(),
+                    verifier: String::new(),
+                    password_env: "PGTENANT_TEST_UNSET_VAR".into(),
+                    role: ConsoleRole::Stats,
+                },
+            ];
+            Proxy::new(c)
+        };
+        assert_eq!(console_user(&p, "root"), Some((Access::Admin, None)));
+        assert!(
+            matches!(console_user(&p, "ops"), Some((Access::Admin, Some(v))) if v.starts_with("SCRAM-SHA-256$"))
+        );
+        assert_eq!(console_user(&p, "mon"), Some((Access::Stats, None)));
+        assert_eq!(console_user(&p, "app"), None);
+        assert!(!console_trusts(&p));
+        assert!(console_trusts(&proxy("[proxy]\nauth = 'trust'")));
+    }
+
+    #[test]
+    fn only_the_two_virtual_databases_are_the_console() {
+        assert!(is_console_database(Some("pgbouncer")) && is_console_database(Some("pgtenant")));
+        assert!(!is_console_database(Some("acme")) && !is_console_database(None));
+    }
+}
