@@ -8,6 +8,7 @@ mod setcmd;
 mod statements;
 pub mod stream;
 pub mod vars;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,7 +58,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin
         // The session answers a forced shutdown itself (57P01, then close); a client that has
         // stopped reading cannot take that message, and must not hold up the shutdown.
         _ = async {
-            force.cancelled().await;
+            // Polled on every wake-up of the session: a flag check, not the token's lock.
+            watch::Watch::new([&force]).fired().await;
             tokio::time::sleep(FORCE_CLOSE_TIMEOUT).await;
         } => tracing::info!(%peer, "client not reading at the forced shutdown: connection cut"),
     }
