@@ -1,6 +1,8 @@
 //! One client session: handshake (startup packet, SSL/GSS refusal, cancel requests) →
 //! resolve the tenant → look it up → authenticate → login messages → relay.
 
+#[cfg(test)]
+mod future_size;
 mod pipeline;
 mod relay;
 mod rewrite;
@@ -44,7 +46,8 @@ use vars::ClientVars;
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin: OwnedSemaphorePermit) {
     let force = proxy.shutdown.force.clone();
     let login = tokio::select! {
-        login = login(tcp, peer, &proxy) => login,
+        // Boxed: the login's state is large and only needed while it runs.
+        login = Box::pin(login(tcp, peer, &proxy)) => login,
         // A forced shutdown ends logins in progress too (they are bounded by the startup
         // timeout anyway, but that may be longer than the shutdown timeout).
         _ = force.cancelled() => None,

@@ -9,7 +9,7 @@
 //! (one event loop polls both), so a server blocked writing results to us never stops us
 //! from writing a long pipeline to it.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -227,7 +227,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    pub async fn run(mut self) {
+    /// Runs the session to its end. Not an `async fn`: an async fn's state holds its
+    /// arguments twice (as passed and as moved into the body), and a session lives for as
+    /// long as its client is connected; the block below holds the session once.
+    #[allow(clippy::manual_async_fn)] // On purpose: see above.
+    pub fn run(mut self) -> impl Future<Output = ()> + Send {
+        async move { self.drive().await }
+    }
+
+    async fn drive(&mut self) {
         use futures_util::FutureExt;
         let shutdown = &self.proxy.shutdown;
         let mut signals = Signals::new([&shutdown.force, &shutdown.drain, &self.admission.kick]);
@@ -240,7 +248,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Exit::Panicked
             }
         };
-        self.finish(exit).await;
+        // Boxed: the final retire's state is large and runs once.
+        Box::pin(self.finish(exit)).await;
     }
 
     async fn relay(&mut self, signals: &mut Signals) -> Exit {
@@ -251,7 +260,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             let event = if self.terminated || self.broken.is_some() {
                 // Replies owed after the client left are waited for a bounded time only.
-                match tokio::time::timeout(CLEANUP_TIMEOUT, self.next_event(signals)).await {
+                // Boxed: rare, and the timeout's state would otherwise be in every session.
+                match Box::pin(tokio::time::timeout(CLEANUP_TIMEOUT, self.next_event(signals))).await {
                     Ok(e) => e,
                     Err(_) => return self.broken.take().map_or(Exit::Client, Exit::Error),
                 }
@@ -635,7 +645,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Ends the session: tells the client why (when pgtenant ends it), and returns the
     /// server connection to the pool only if it is idle (through [`retire`]).
-    async fn finish(mut self, exit: Exit) {
+    async fn finish(&mut self, exit: Exit) {
         let tenant = self.tenant.id.clone();
         let notice: Option<BytesMut> = match &exit {
             Exit::Client => None,

@@ -283,6 +283,18 @@ async fn write_bounded<S: AsyncWrite + Unpin>(
             return r.map_err(|_| Exit::Client);
         }
     }
+    // Boxed: its state (a timer and the write) is needed only while a write waits.
+    Box::pin(write_blocked(client, bytes, limit, force, tenant)).await
+}
+
+/// The rest of [`write_bounded`], once the client's socket is full.
+async fn write_blocked<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    bytes: &[u8],
+    limit: Option<Duration>,
+    force: &tokio_util::sync::CancellationToken,
+    tenant: &crate::tenant::TenantId,
+) -> Result<(), Exit> {
     let res = async {
         client.write_all(bytes).await?;
         client.flush().await
