@@ -2,6 +2,8 @@
 //! resolve the tenant → look it up → authenticate → login messages → relay.
 
 mod console;
+#[cfg(test)]
+mod future_size;
 mod pipeline;
 mod relay;
 mod rewrite;
@@ -9,6 +11,7 @@ mod setcmd;
 mod statements;
 pub mod stream;
 pub mod vars;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,7 +47,8 @@ use vars::ClientVars;
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin: OwnedSemaphorePermit) {
     let force = proxy.shutdown.force.clone();
     let login = tokio::select! {
-        login = login(tcp, peer, &proxy) => login,
+        // Boxed: the login's state is large and only needed while it runs.
+        login = Box::pin(login(tcp, peer, &proxy)) => login,
         // A forced shutdown ends logins in progress too (they are bounded by the startup
         // timeout anyway, but that may be longer than the shutdown timeout).
         _ = force.cancelled() => None,
@@ -86,7 +90,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin
         // The session answers a forced shutdown itself (57P01, then close); a client that has
         // stopped reading cannot take that message, and must not hold up the shutdown.
         _ = async {
-            force.cancelled().await;
+            // Polled on every wake-up of the session: a flag check, not the token's lock.
+            watch::Watch::new([&force]).fired().await;
             tokio::time::sleep(FORCE_CLOSE_TIMEOUT).await;
         } => tracing::info!(%peer, "client not reading at the forced shutdown: connection cut"),
     }

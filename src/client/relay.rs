@@ -19,13 +19,13 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::pipeline::{Action, Kind, Pipeline};
 use super::rewrite::{SetTracking, Stage};
 use super::statements::Effect;
 use super::statements::Statements;
 use super::vars::ClientVars;
+use super::watch::Watch;
 use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
@@ -40,7 +40,11 @@ use crate::protocol::frontend::tag as fe;
 use crate::protocol::{frontend, PgError};
 use crate::proxy::{Proxy, TenantAdmission};
 
+mod buffers;
 mod server_side;
+mod timer;
+
+use timer::{Limit, Limits, Timer};
 
 /// Bytes read per socket read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -50,8 +54,6 @@ const MAX_CLIENT_BUFFERED: usize = 256 * 1024;
 /// that does not read (busy in a long query) holds the client back instead of pgtenant's
 /// memory growing.
 const MAX_SERVER_BOUND: usize = 256 * 1024;
-/// What an idle client's read buffer holds: small, so idle sessions stay light.
-const IDLE_READ: usize = 1024;
 /// An ErrorResponse is routed once this much of it arrived (its SQLSTATE and severity come
 /// first); the rest streams through, so a huge error is never held whole.
 const ERROR_PREFIX: usize = 16 * 1024;
@@ -70,43 +72,11 @@ enum Event {
     Timeout(Limit),
 }
 
-/// The fair-share timeouts (`[pool]`, PgBouncer's names), with a tenant's overrides applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Limit {
-    Query,
-    IdleTransaction,
-    ClientIdle,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct Limits {
-    query: Option<Duration>,
-    idle_transaction: Option<Duration>,
-    client_idle: Option<Duration>,
-    client_write: Option<Duration>,
-}
-
-impl Limits {
-    fn new(pool: &crate::config::PoolDefaults, tenant: &crate::config::TenantTimeouts) -> Limits {
-        let pick = |own: Option<f64>, global: f64| {
-            let secs = own.unwrap_or(global);
-            (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
-        };
-        Limits {
-            query: pick(tenant.query_timeout, pool.query_timeout),
-            idle_transaction: pick(tenant.idle_transaction_timeout, pool.idle_transaction_timeout),
-            client_idle: pick(tenant.client_idle_timeout, pool.client_idle_timeout),
-            client_write: pick(tenant.client_write_timeout, pool.client_write_timeout),
-        }
-    }
-}
-
-/// The signals a session watches besides its sockets.
-struct Signals {
-    drain: Pin<Box<WaitForCancellationFutureOwned>>,
-    kick: Pin<Box<WaitForCancellationFutureOwned>>,
-    force: Pin<Box<WaitForCancellationFutureOwned>>,
-}
+/// The signals a session watches besides its sockets, in priority order: force, drain, kick
+/// (see [`SIGNAL_FORCE`] …).
+type Signals = Watch<3>;
+const SIGNAL_FORCE: usize = 0;
+const SIGNAL_DRAIN: usize = 1;
 
 /// Why the relay stopped.
 enum Exit {
@@ -182,7 +152,9 @@ pub(crate) struct Session<S> {
     resync: Option<Box<str>>,
     resync_swallowing: bool,
     limits: Limits,
-    /// When the client or the server last sent something.
+    /// The fair-share timeouts' timer, armed only while one applies.
+    timer: Timer,
+    /// When the client or the server last sent something (kept only when a limit reads it).
     last_activity: tokio::time::Instant,
     /// Since when the server owes replies (reset at each ReadyForQuery).
     busy_since: Option<tokio::time::Instant>,
@@ -239,6 +211,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             resync: None,
             resync_swallowing: false,
             limits,
+            timer: Timer::default(),
             last_activity: tokio::time::Instant::now(),
             busy_since: None,
             id: SESSION_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -255,13 +228,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    pub async fn run(mut self) {
+    /// Runs the session to its end. Not an `async fn`: an async fn's state holds its
+    /// arguments twice (as passed and as moved into the body), and a session lives for as
+    /// long as its client is connected; the block below holds the session once.
+    #[allow(clippy::manual_async_fn)] // On purpose: see above.
+    pub fn run(mut self) -> impl Future<Output = ()> + Send {
+        async move { self.drive().await }
+    }
+
+    async fn drive(&mut self) {
         use futures_util::FutureExt;
-        let mut signals = Signals {
-            drain: Box::pin(self.proxy.shutdown.drain.clone().cancelled_owned()),
-            kick: Box::pin(self.admission.kick.clone().cancelled_owned()),
-            force: Box::pin(self.proxy.shutdown.force.clone().cancelled_owned()),
-        };
+        let shutdown = &self.proxy.shutdown;
+        let mut signals = Signals::new([&shutdown.force, &shutdown.drain, &self.admission.kick]);
         // A bug in one session must not leak pool capacity: after a panic the session's
         // server connection is closed (never reused) and its slot returned.
         let exit = match std::panic::AssertUnwindSafe(self.relay(&mut signals)).catch_unwind().await {
@@ -271,7 +249,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Exit::Panicked
             }
         };
-        self.finish(exit).await;
+        // Boxed: the final retire's state is large and runs once.
+        Box::pin(self.finish(exit)).await;
     }
 
     async fn relay(&mut self, signals: &mut Signals) -> Exit {
@@ -282,7 +261,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             let event = if self.terminated || self.broken.is_some() {
                 // Replies owed after the client left are waited for a bounded time only.
-                match tokio::time::timeout(CLEANUP_TIMEOUT, self.next_event(signals)).await {
+                // Boxed: rare, and the timeout's state would otherwise be in every session.
+                match Box::pin(tokio::time::timeout(CLEANUP_TIMEOUT, self.next_event(signals))).await {
                     Ok(e) => e,
                     Err(_) => return self.broken.take().map_or(Exit::Client, Exit::Error),
                 }
@@ -299,7 +279,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Event::Client(Ok(0) | Err(_)) => return Exit::Client,
                 Event::Client(Ok(_)) => {
-                    self.last_activity = tokio::time::Instant::now();
+                    self.touch();
                     self.scan_client();
                 }
                 Event::ServerWrote(Ok(n)) => self.consume_written(n),
@@ -310,7 +290,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Event::ServerWrote(Err(_)) | Event::ServerRead(Ok(0) | Err(_)) => return Exit::ServerLost,
                 Event::ServerRead(Ok(_)) => {
-                    self.last_activity = tokio::time::Instant::now();
+                    self.touch();
                     if let Err(exit) = self.pump_server().await {
                         return exit;
                     }
@@ -431,6 +411,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn attach(&mut self) -> Result<(), PgError> {
         let mut co =
             self.proxy.pools.checkout(&self.pool, &self.tenant).await.map_err(|e| PgError::report(&e))?;
+        if self.out.capacity() == 0 {
+            self.out = buffers::take();
+        }
         if needs_reset(co.conn_ref(), &self.tenant.id) {
             // A handoff to another tenant starts from a clean session (DESIGN.md,
             // containment rule 2): DISCARD ALL with the setup behind it in one write, their
@@ -461,12 +444,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let cancel = self.key.cancel_in_flight();
         let reset = co.conn_ref().is_dirty().then(|| self.proxy.config().pool.reset_query.clone());
         let params = self.pool_params.clone();
-        // An idle client keeps no large buffers.
-        for buf in [&mut self.cbuf, &mut self.sbuf, &mut self.out] {
-            if buf.is_empty() {
-                *buf = BytesMut::new();
-            }
-        }
         if reset.is_none() && !cancel {
             co.release();
             return;
@@ -478,20 +455,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn next_event(&mut self, signals: &mut Signals) -> Event {
-        // Buffers grow with the bytes that arrive and shrink back once drained: an idle client
-        // holds a small read buffer and nothing else.
+        // Buffers grow with the bytes that arrive and shrink back once drained.
         for buf in [&mut self.cbuf, &mut self.sbuf, &mut self.out] {
             if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
                 *buf = BytesMut::new();
             }
         }
-        let busy = self.server.is_some() || !self.cbuf.is_empty();
-        let want = if busy { READ_CHUNK } else { IDLE_READ };
-        if self.cbuf.capacity() - self.cbuf.len() < want / 4 {
-            self.cbuf.reserve(want);
+        if self.server.is_some() {
+            buffers::room(&mut self.sbuf);
+        } else {
+            // Between transactions the buffers go back to the thread's spares, and the client
+            // is waited for without one (see `buffers`).
+            buffers::give(&mut self.sbuf);
+            buffers::give(&mut self.out);
         }
-        if self.server.is_some() && self.sbuf.capacity() - self.sbuf.len() < READ_CHUNK / 4 {
-            self.sbuf.reserve(READ_CHUNK);
+        if self.server.is_some() || !self.cbuf.is_empty() {
+            buffers::room(&mut self.cbuf);
+        } else {
+            buffers::give(&mut self.cbuf);
         }
         // Back-pressure: the client is read while little waits for the server, or when a frame
         // that must arrive whole is still incomplete (bounded by the message size limit).
@@ -499,25 +480,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let read_client = !self.terminated
             && self.broken.is_none()
             && (waiting < MAX_CLIENT_BUFFERED || (self.c_scanned == 0 && self.out.len() < MAX_SERVER_BOUND));
-        let watch_drain = self.draining.is_none();
-        let (limit, deadline) = self.next_limit();
-        let mut timer = std::pin::pin!(tokio::time::sleep_until(
-            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400))
-        ));
+        let watched = if self.draining.is_none() { 3 } else { SIGNAL_FORCE + 1 };
+        let limit = self.next_limit();
+        if let Some((_, deadline)) = limit {
+            self.timer.arm(deadline);
+        }
         poll_fn(|cx| {
-            if signals.force.as_mut().poll(cx).is_ready() {
+            let signal = signals.poll(cx, watched);
+            if signal == Some(SIGNAL_FORCE) {
                 return Poll::Ready(Event::Force);
             }
-            if let (Some(limit), true) = (limit, timer.as_mut().poll(cx).is_ready()) {
-                return Poll::Ready(Event::Timeout(limit));
+            if let Some((limit, deadline)) = limit {
+                if self.timer.poll_expired(cx, deadline) {
+                    return Poll::Ready(Event::Timeout(limit));
+                }
             }
-            if watch_drain {
-                if signals.drain.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Drain);
-                }
-                if signals.kick.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Kick);
-                }
+            match signal {
+                Some(SIGNAL_DRAIN) => return Poll::Ready(Event::Drain),
+                Some(_) => return Poll::Ready(Event::Kick),
+                None => {}
             }
             if let Some(server) = self.server.as_mut() {
                 let stream = server.conn().stream_mut();
@@ -532,37 +513,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             if read_client {
-                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cbuf) {
+                if let Poll::Ready(r) = buffers::poll_read(&mut self.client, cx, &mut self.cbuf) {
                     return Poll::Ready(Event::Client(r));
                 }
             }
             Poll::Pending
         })
         .await
-    }
-
-    /// The fair-share timeout that applies now, and when it expires.
-    fn next_limit(&mut self) -> (Option<Limit>, Option<tokio::time::Instant>) {
-        let owes = self.server.is_some() && !self.quiet();
-        if !owes {
-            self.busy_since = None;
-        } else if self.busy_since.is_none() {
-            self.busy_since = Some(tokio::time::Instant::now());
-        }
-        let l = &self.limits;
-        let (limit, since, after) = if owes {
-            (Limit::Query, self.busy_since, l.query)
-        } else if self.server.is_some() && self.progress.status != txn::IDLE {
-            (Limit::IdleTransaction, Some(self.last_activity), l.idle_transaction)
-        } else if self.c_scanned == 0 && self.cbuf.is_empty() {
-            (Limit::ClientIdle, Some(self.last_activity), l.client_idle)
-        } else {
-            return (None, None);
-        };
-        match (since, after) {
-            (Some(since), Some(after)) => (Some(limit), Some(since + after)),
-            _ => (None, None),
-        }
     }
 
     fn consume_written(&mut self, n: usize) {
@@ -689,7 +646,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Ends the session: tells the client why (when pgtenant ends it), and returns the
     /// server connection to the pool only if it is idle (through [`retire`]).
-    async fn finish(mut self, exit: Exit) {
+    async fn finish(&mut self, exit: Exit) {
         let tenant = self.tenant.id.clone();
         let notice: Option<BytesMut> = match &exit {
             Exit::Client => None,

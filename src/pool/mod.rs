@@ -686,7 +686,8 @@ impl PoolManager {
             }
             tracing::debug!(pool = %pool.key.addr, "dropping a stale idle connection");
         }
-        let conn = pool.open(Some(deadline)).await?;
+        // Boxed: connecting and authenticating upstream is rare and its state large.
+        let conn = Box::pin(pool.open(Some(deadline))).await?;
         Ok(Checkout { conn, pool: pool.clone(), _permit: permit, _tenant_permit: tenant_permit })
     }
 

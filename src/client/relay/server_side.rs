@@ -247,37 +247,67 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), Exit> {
-        let res = async {
-            self.client.write_all(bytes).await?;
-            self.client.flush().await
-        };
-        let limit = self.limits.client_write.unwrap_or(Duration::from_secs(86_400 * 365));
-        tokio::select! {
-            r = tokio::time::timeout(limit, res) => r.map_err(|_| Exit::Client).and_then(|r| r.map_err(|_| Exit::Client)),
-            _ = self.force.cancelled() => Err(Exit::Error(shutting_down())),
-        }
+        write_bounded(&mut self.client, bytes, self.limits.client_write, &self.force, &self.tenant.id).await
     }
 
     pub(super) async fn write_client(&mut self, from: usize, to: usize) -> Result<(), Exit> {
         if to <= from {
             return Ok(());
         }
-        let res = async {
-            self.client.write_all(&self.sbuf[from..to]).await?;
-            self.client.flush().await
-        };
-        // A client that stops reading must not keep a forced shutdown waiting, nor hold its
-        // server connection beyond client_write_timeout.
-        let limit = self.limits.client_write.unwrap_or(Duration::from_secs(86_400 * 365));
-        tokio::select! {
-            r = tokio::time::timeout(limit, res) => match r {
-                Ok(r) => r.map_err(|_| Exit::Client),
-                Err(_) => {
-                    tracing::info!(tenant = %self.tenant.id, "client stopped reading: disconnected at client_write_timeout");
-                    Err(Exit::Client)
-                }
-            },
-            _ = self.force.cancelled() => Err(Exit::Error(shutting_down())),
+        let bytes = &self.sbuf[from..to];
+        write_bounded(&mut self.client, bytes, self.limits.client_write, &self.force, &self.tenant.id).await
+    }
+}
+
+/// Writes `bytes` to the client. What the socket takes at once is written without a timer;
+/// only a write that would block waits, under `client_write_timeout` and the force signal:
+/// a client that stops reading must not keep a forced shutdown waiting, nor hold its server
+/// connection beyond the timeout.
+async fn write_bounded<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    mut bytes: &[u8],
+    limit: Option<Duration>,
+    force: &tokio_util::sync::CancellationToken,
+    tenant: &crate::model::TenantId,
+) -> Result<(), Exit> {
+    use futures_util::FutureExt;
+    while !bytes.is_empty() {
+        match client.write(bytes).now_or_never() {
+            Some(Ok(0) | Err(_)) => return Err(Exit::Client),
+            Some(Ok(n)) => bytes = &bytes[n..],
+            None => break,
         }
+    }
+    if bytes.is_empty() {
+        if let Some(r) = client.flush().now_or_never() {
+            return r.map_err(|_| Exit::Client);
+        }
+    }
+    // Boxed: its state (a timer and the write) is needed only while a write waits.
+    Box::pin(write_blocked(client, bytes, limit, force, tenant)).await
+}
+
+/// The rest of [`write_bounded`], once the client's socket is full.
+async fn write_blocked<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    bytes: &[u8],
+    limit: Option<Duration>,
+    force: &tokio_util::sync::CancellationToken,
+    tenant: &crate::model::TenantId,
+) -> Result<(), Exit> {
+    let res = async {
+        client.write_all(bytes).await?;
+        client.flush().await
+    };
+    let limit = limit.unwrap_or(Duration::from_secs(86_400 * 365));
+    tokio::select! {
+        r = tokio::time::timeout(limit, res) => match r {
+            Ok(r) => r.map_err(|_| Exit::Client),
+            Err(_) => {
+                tracing::info!(%tenant, "client stopped reading: disconnected at client_write_timeout");
+                Err(Exit::Client)
+            }
+        },
+        _ = force.cancelled() => Err(Exit::Error(shutting_down())),
     }
 }

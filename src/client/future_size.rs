@@ -1,0 +1,23 @@
+//! How large a client's task is: the whole `serve` future lives in one allocation for as
+//! long as the client is connected, so its size is the floor of an idle client's memory.
+//! Rare, large steps (login, connecting upstream, the final retire) are boxed so that they
+//! cost only while they run; this test keeps it that way.
+
+use std::future::Future;
+use std::mem::size_of;
+
+/// The size of the future `f` returns, without calling it.
+fn returned_size<A, B, C, D, F, Fut>(_: &F) -> usize
+where
+    F: FnOnce(A, B, C, D) -> Fut,
+    Fut: Future,
+{
+    size_of::<Fut>()
+}
+
+#[test]
+fn the_client_task_stays_small() {
+    // 8,920 bytes before the boxing; 2,520 after (Rust 1.95, x86_64).
+    let serve = returned_size(&super::serve);
+    assert!(serve <= 3_000, "serve future: {serve} bytes");
+}

@@ -1,0 +1,121 @@
+//! The session's buffers are held only while the client has something in flight: an idle
+//! client holds none (it waits for readability and reads into the stack), and buffers given
+//! back go to a small per-thread spare list that the next active session takes them from,
+//! so a transaction costs no malloc/free of its buffers.
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, ReadBuf};
+
+use super::READ_CHUNK;
+
+/// Spare buffers kept per thread: bounded, so what idle clients gave back is not all kept.
+const SPARE_MAX: usize = 64;
+
+thread_local! {
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer with room for a read chunk, from the spare list when it has one.
+pub(super) fn take() -> BytesMut {
+    let spare = SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten();
+    let mut buf = spare.unwrap_or_default();
+    // An empty buffer whose start was advanced gets its room back here without allocating.
+    buf.reserve(READ_CHUNK);
+    buf
+}
+
+/// Gives `buf` back (leaving it empty, with no capacity) if it holds nothing.
+pub(super) fn give(buf: &mut BytesMut) {
+    if !buf.is_empty() || buf.capacity() == 0 {
+        return;
+    }
+    let buf = std::mem::take(buf);
+    // Buffers that grew for a large message are freed, not kept.
+    if buf.capacity() <= 4 * READ_CHUNK {
+        let _ = SPARE.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARE_MAX {
+                s.push(buf);
+            }
+        });
+    }
+}
+
+/// Makes sure `buf` has room for a read (taking a buffer if it has none).
+pub(super) fn room(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        *buf = take();
+    } else if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// Reads from `stream` into `buf`; when `buf` has no capacity (an idle client), the read goes
+/// to the stack and a buffer is taken only for the bytes that arrived.
+pub(super) fn poll_read<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() != 0 {
+        return tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf);
+    }
+    let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut rb = ReadBuf::uninit(&mut scratch);
+    match Pin::new(stream).poll_read(cx, &mut rb) {
+        Poll::Ready(Ok(())) => {
+            let got = rb.filled();
+            if !got.is_empty() {
+                *buf = take();
+                buf.extend_from_slice(got);
+            }
+            Poll::Ready(Ok(got.len()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_go_round_without_reallocating() {
+        let mut a = take();
+        assert!(a.capacity() >= READ_CHUNK);
+        let ptr = a.as_ptr();
+        give(&mut a);
+        assert_eq!(a.capacity(), 0);
+        let b = take();
+        assert_eq!(b.as_ptr(), ptr);
+    }
+
+    #[test]
+    fn a_buffer_holding_bytes_is_kept() {
+        let mut a = take();
+        a.extend_from_slice(b"x");
+        give(&mut a);
+        assert_eq!(&a[..], b"x");
+    }
+
+    #[tokio::test]
+    async fn an_idle_read_takes_a_buffer_only_for_what_arrived() {
+        let (mut c, mut s) = tokio::io::duplex(64);
+        let mut buf = BytesMut::new();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(poll_read(&mut s, &mut cx, &mut buf).is_pending());
+        assert_eq!(buf.capacity(), 0);
+        tokio::io::AsyncWriteExt::write_all(&mut c, b"Q\0\0\0\x05x").await.ok();
+        match poll_read(&mut s, &mut cx, &mut buf) {
+            Poll::Ready(Ok(6)) => assert_eq!(&buf[..], b"Q\0\0\0\x05x"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The fair-share timeouts of a session (query, idle in transaction, client idle): which one
+//! applies, and one timer owned by the session for it.
+//!
+//! None is set by default, and then nothing here reads the clock or touches the timer wheel.
+//! When one is set the timer is moved only when the deadline comes earlier than where it is
+//! armed; a later deadline (a client that was active again) is checked when the timer fires,
+//! and the timer is then moved to it, so an active client does not re-arm a timer per event.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Context;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+use super::Session;
+use crate::protocol::backend::txn;
+
+/// The fair-share timeouts (`[pool]`, PgBouncer's names), with a tenant's overrides applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Limit {
+    Query,
+    IdleTransaction,
+    ClientIdle,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Limits {
+    pub query: Option<Duration>,
+    pub idle_transaction: Option<Duration>,
+    pub client_idle: Option<Duration>,
+    pub client_write: Option<Duration>,
+}
+
+impl Limits {
+    pub fn new(pool: &crate::config::PoolDefaults, tenant: &crate::config::TenantTimeouts) -> Limits {
+        let pick = |own: Option<f64>, global: f64| {
+            let secs = own.unwrap_or(global);
+            (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
+        };
+        Limits {
+            query: pick(tenant.query_timeout, pool.query_timeout),
+            idle_transaction: pick(tenant.idle_transaction_timeout, pool.idle_transaction_timeout),
+            client_idle: pick(tenant.client_idle_timeout, pool.client_idle_timeout),
+            client_write: pick(tenant.client_write_timeout, pool.client_write_timeout),
+        }
+    }
+
+    /// Whether a limit counts from the last activity (so it must be noted).
+    fn reads_activity(&self) -> bool {
+        self.idle_transaction.is_some() || self.client_idle.is_some()
+    }
+}
+
+/// One timer for the session's lifetime, allocated the first time a limit applies.
+#[derive(Default)]
+pub(super) struct Timer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Where `sleep` is armed.
+    armed: Option<Instant>,
+}
+
+impl Timer {
+    /// Makes sure the timer fires no later than `deadline`.
+    pub fn arm(&mut self, deadline: Instant) {
+        match (&mut self.sleep, self.armed) {
+            (Some(_), Some(at)) if at <= deadline => {}
+            (Some(sleep), _) => {
+                sleep.as_mut().reset(deadline);
+                self.armed = Some(deadline);
+            }
+            (None, _) => {
+                self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline)));
+                self.armed = Some(deadline);
+            }
+        }
+    }
+
+    /// Whether `deadline` passed; when the timer fired early (armed for an earlier deadline),
+    /// it is moved to `deadline` and waits again.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>, deadline: Instant) -> bool {
+        let Some(sleep) = self.sleep.as_mut() else { return false };
+        if sleep.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            return true;
+        }
+        sleep.as_mut().reset(deadline);
+        self.armed = Some(deadline);
+        // Registers the wake-up at the new deadline.
+        let _ = sleep.as_mut().poll(cx);
+        false
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// Notes that the client or the server sent something (for the limits that count from
+    /// the last activity).
+    pub(super) fn touch(&mut self) {
+        if self.limits.reads_activity() {
+            self.last_activity = Instant::now();
+        }
+    }
+
+    /// The fair-share timeout that applies now, and when it expires.
+    pub(super) fn next_limit(&mut self) -> Option<(Limit, Instant)> {
+        let owes = self.server.is_some() && !self.quiet();
+        if !owes {
+            self.busy_since = None;
+        } else if self.busy_since.is_none() && self.limits.query.is_some() {
+            self.busy_since = Some(Instant::now());
+        }
+        let l = &self.limits;
+        let (limit, since, after) = if owes {
+            (Limit::Query, self.busy_since, l.query)
+        } else if self.server.is_some() && self.progress.status != txn::IDLE {
+            (Limit::IdleTransaction, Some(self.last_activity), l.idle_transaction)
+        } else if self.c_scanned == 0 && self.cbuf.is_empty() {
+            (Limit::ClientIdle, Some(self.last_activity), l.client_idle)
+        } else {
+            return None;
+        };
+        match (since, after) {
+            (Some(since), Some(after)) => Some((limit, since + after)),
+            _ => None,
+        }
+    }
+}
