@@ -17,6 +17,7 @@ use crate::cancel::CancelRegistry;
 use crate::catalog::limit::LookupLimiter;
 use crate::catalog::{Catalog, Change, ControlCatalog, StaticCatalog, Tenant};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::model::TenantId;
 use crate::pool::PoolManager;
 use crate::protocol::PgError;
@@ -50,6 +51,7 @@ pub struct Proxy {
     /// TLS for clients, when configured.
     pub tls: Option<Arc<Tls>>,
     pub throttle: Throttle,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The open sessions of one tenant: its client cap, and the signal that ends them when the
@@ -119,6 +121,7 @@ impl Proxy {
         let changes = catalog.changes();
         let config_tls = config.tls.clone();
         let config_throttle = config.proxy.max_auth_failures;
+        let metrics = Arc::new(Metrics::new(config.metrics.top_tenants));
         let proxy = Arc::new(Proxy {
             clients: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
             prelogin: Arc::new(Semaphore::new(config.proxy.max_prelogin_connections)),
@@ -131,6 +134,7 @@ impl Proxy {
             tenants: DashMap::new(),
             auth_secret: rand::random(),
             throttle: Throttle::new(config_throttle),
+            metrics,
             tls: Tls::new(&config_tls).unwrap_or_else(|e| {
                 // `run` loads TLS before it gets here, so a failure means the files changed
                 // in between: refuse TLS rather than start without saying so.

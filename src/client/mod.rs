@@ -1,6 +1,7 @@
 //! One client session: handshake (startup packet, SSL/GSS refusal, cancel requests) →
 //! resolve the tenant → look it up → authenticate → login messages → relay.
 
+mod meter;
 mod pipeline;
 mod relay;
 mod rewrite;
@@ -49,9 +50,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin
         _ = force.cancelled() => None,
     };
     drop(prelogin);
-    let Some((stream, buffered, login, permit)) = login else { return };
-    tracing::debug!(%peer, tenant = %login.tenant.id, "client logged in");
-    let session = relay::Session::new(stream, buffered, login, proxy.clone()).run();
+    let Some((stream, buffered, login, meter, permit)) = login else { return };
+    let session = relay::Session::new(stream, buffered, login, meter, proxy.clone()).run();
     tokio::select! {
         _ = session => {}
         // The session answers a forced shutdown itself (57P01, then close); a client that has
@@ -70,8 +70,9 @@ async fn login(
     mut tcp: TcpStream,
     peer: SocketAddr,
     proxy: &Arc<Proxy>,
-) -> Option<(ClientStream, BytesMut, LoggedIn, OwnedSemaphorePermit)> {
+) -> Option<(ClientStream, BytesMut, LoggedIn, meter::Meter, OwnedSemaphorePermit)> {
     let timeout = secs(proxy.config.proxy.startup_timeout);
+    let started = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let timed_out = PgError::startup_timed_out;
     let tls = proxy.tls.as_deref();
@@ -110,11 +111,25 @@ async fn login(
             return None;
         }
     };
-    tracing::trace!(%peer, tls = tls_info.on, "handshake done");
+    let line = meter::LoginLine {
+        tenant: login.tenant.id.as_str(),
+        user: &login.user,
+        peer,
+        tls: tls_info.on,
+        method: login.method,
+        took: started.elapsed(),
+    };
+    let log = &proxy.config.log;
+    let meter = meter::Meter::new(
+        proxy.metrics.client_session(login.tenant.id.as_str()),
+        &line,
+        log.connections,
+        log.disconnections,
+    );
     // The handshake's buffer is not carried into the session: only the bytes read past the
     // login, in a buffer of their size.
     let (stream, buffered) = reader.into_parts();
-    Some((stream, buffered, login, permit))
+    Some((stream, buffered, login, meter, permit))
 }
 
 /// How long an error for a client that is being refused may take to write: it is small,
@@ -136,6 +151,9 @@ pub(crate) struct LoggedIn {
     pub vars: ClientVars,
     pub key: ClientKey,
     pub admission: TenantAdmission,
+    /// The user as the client named it, and how it authenticated (for the login line).
+    pub user: String,
+    pub method: AuthMethod,
 }
 
 /// The handshake after TLS: startup packet, tenant, authentication, login messages. The
@@ -247,6 +265,7 @@ where
             Err(e) => return Err(e),
             Ok(false) => {
                 drop(attempt);
+                proxy.metrics.global().auth_failure();
                 tracing::info!(tenant = %resolved.tenant, user, %peer, "client authentication failed");
                 return Err(PgError::password_failed());
             }
@@ -277,7 +296,9 @@ where
     backend::backend_key_data(&mut out, key.pid, key.secret());
     backend::ready_for_query_idle(&mut out);
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;
-    Ok(Some((LoggedIn { tenant, pool, vars, key, admission }, permit)))
+    let user = startup.get("user").unwrap_or_default().to_owned();
+    let logged_in = LoggedIn { tenant, pool, vars, key, admission, user, method };
+    Ok(Some((logged_in, permit)))
 }
 
 /// Runs a SCRAM-SHA-256 exchange with the client: whether it proved it knows the password

@@ -26,6 +26,7 @@ use super::rewrite::{SetTracking, Stage};
 use super::statements::Effect;
 use super::statements::Statements;
 use super::vars::ClientVars;
+use super::meter::Meter;
 use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
@@ -204,11 +205,12 @@ pub(crate) struct Session<S> {
     /// from the client, or a server already accepted them), so it may be pipelined.
     setup_trusted: bool,
     force: tokio_util::sync::CancellationToken,
+    meter: Meter,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub fn new(client: S, buffered: BytesMut, login: LoggedIn, proxy: Arc<Proxy>) -> Self {
-        let LoggedIn { tenant, pool, vars, key, admission } = login;
+    pub fn new(client: S, buffered: BytesMut, login: LoggedIn, meter: Meter, proxy: Arc<Proxy>) -> Self {
+        let LoggedIn { tenant, pool, vars, key, admission, .. } = login;
         let force = proxy.shutdown.force.clone();
         let setup_trusted = !vars.from_client;
         let pool_params = pool.params().unwrap_or_default();
@@ -252,6 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             admission,
             setup_trusted,
             force,
+            meter,
         }
     }
 
@@ -298,7 +301,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.draining = Some(reason.unwrap_or_else(shutting_down));
                 }
                 Event::Client(Ok(0) | Err(_)) => return Exit::Client,
-                Event::Client(Ok(_)) => {
+                Event::Client(Ok(n)) => {
+                    self.meter.bytes_in(n);
                     self.last_activity = tokio::time::Instant::now();
                     self.scan_client();
                 }
@@ -429,8 +433,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn attach(&mut self) -> Result<(), PgError> {
-        let mut co =
-            self.proxy.pools.checkout(&self.pool, &self.tenant).await.map_err(|e| PgError::report(&e))?;
+        self.meter.waiting();
+        let asked = std::time::Instant::now();
+        let checkout = self.proxy.pools.checkout(&self.pool, &self.tenant).await;
+        self.meter.checked_out(checkout.is_ok().then(|| asked.elapsed()));
+        let mut co = checkout.map_err(|e| PgError::report(&e))?;
         if needs_reset(co.conn_ref(), &self.tenant.id) {
             // A handoff to another tenant starts from a clean session (DESIGN.md,
             // containment rule 2): DISCARD ALL with the setup behind it in one write, their
@@ -457,6 +464,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// over (or is reset first, or closed: see [`retire`]).
     fn release(&mut self) {
         let Some(co) = self.server.take() else { return };
+        self.meter.released();
         self.key.set_target(None);
         let cancel = self.key.cancel_in_flight();
         let reset = co.conn_ref().is_dirty().then(|| self.proxy.config.pool.reset_query.clone());
@@ -621,6 +629,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// earns, and in transaction mode rewriting statement names (see [`Stage::rewrite`]).
     fn stage(&mut self) {
         let Some(server) = self.server.as_mut() else { return };
+        self.meter.query_started();
         let conn = server.conn();
         let search_path = self.vars.setting("search_path").unwrap_or_default();
         let mut pos = 0;
@@ -691,6 +700,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// server connection to the pool only if it is idle (through [`retire`]).
     async fn finish(mut self, exit: Exit) {
         let tenant = self.tenant.id.clone();
+        let reason = match &exit {
+            Exit::Client => "client closed the connection",
+            Exit::Error(e) => {
+                self.meter.ended_with(e);
+                e.state.code()
+            }
+            Exit::ServerLost => "server connection lost",
+            Exit::SetupFailed(_) => "session setup failed",
+            Exit::Panicked => {
+                self.proxy.metrics.global().panic_caught();
+                "panic"
+            }
+        };
         let notice: Option<BytesMut> = match &exit {
             Exit::Client => None,
             Exit::Error(e) => Some(e.to_bytes()),
@@ -729,6 +751,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         let _ = tokio::time::timeout(CLEANUP_TIMEOUT, self.client.shutdown()).await;
+        self.meter.disconnected(reason);
     }
 }
 
