@@ -8,6 +8,8 @@
 //! (issue 12, next step): the lifecycle's whole-row read of a tenant and its INSERT and
 //! settings UPDATE, its upstream row read, and the CLI's `upstream add` / `list`.
 
+pub mod usage;
+
 use std::sync::Arc;
 
 use tokio_postgres::{Client, GenericClient, Row};

@@ -13,16 +13,14 @@ pub struct MetricsConfig {
     pub top_tenants: usize,
     /// A listener of its own serving only `GET /metrics`, without a token (as PgBouncer's
     /// exporters are scraped), e.g. `127.0.0.1:9127` ("" = none). Bind it to an address only
-    /// the scraper reaches. On the admin API's listener `/metrics` needs the admin token
-    /// unless `admin_public` is set.
+    /// the scraper reaches. On the admin API's listener `/metrics` needs an admin token
+    /// (`Authorization: Bearer`, which Prometheus' `authorization` scrape setting sends).
     pub listen: String,
-    /// Serve `GET /metrics` on the admin API's listener without a token.
-    pub admin_public: bool,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { top_tenants: 100, listen: String::new(), admin_public: false }
+        MetricsConfig { top_tenants: 100, listen: String::new() }
     }
 }
 

@@ -51,6 +51,13 @@ impl PoolStats {
         self.connect_failures.fetch_add(1, Relaxed);
     }
 
+    /// Sets the server-connection gauges from the pool's own counts (at scrape time, for
+    /// pools whose connections carry no [`ServerConnMetric`]).
+    pub fn set_servers(&self, active: i64, idle: i64) {
+        self.servers[ServerState::Active as usize].store(active, Relaxed);
+        self.servers[ServerState::Idle as usize].store(idle, Relaxed);
+    }
+
     pub fn servers(&self, state: ServerState) -> i64 {
         self.servers[state as usize].load(Relaxed)
     }

@@ -12,9 +12,11 @@
 
 mod auth;
 mod extract;
+pub mod metrics;
 mod probes;
 mod problem;
 mod tenants;
+mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -92,7 +94,9 @@ routes! {
     Bearer post "/tenants/{id}/move" => tenants::move_tenant;
     Bearer post "/tenants/{id}/migrate" => tenants::migrate_tenant;
     Bearer get "/tenants/{id}/health" => tenants::tenant_health;
+    Bearer get "/tenants/{id}/usage" => usage::tenant_usage;
     Bearer post "/migrate" => tenants::migrate_all;
+    Bearer get "/metrics" => metrics::metrics;
 }
 
 /// The token check wraps only the route's own handlers (`route_layer`), not the fallbacks:

@@ -1,0 +1,112 @@
+//! `pgtenant.usage` (migration 7): usage per tenant and minute. Rows written are deltas
+//! that ADD to what is stored (several instances, and a shutdown flush of a minute that
+//! continues after a restart, write the same minute); reads come back per minute with
+//! RFC 3339 timestamps. Time parsing and formatting are PostgreSQL's, so `from` / `to`
+//! take any timestamp PostgreSQL reads (RFC 3339 among them).
+
+use tokio_postgres::Client;
+
+use crate::metrics::UsageRow;
+
+/// One stored minute of a tenant's usage.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UsageRecord {
+    pub tenant_id: String,
+    /// Start of the minute, RFC 3339 in UTC.
+    pub minute: String,
+    pub transactions: i64,
+    pub queries: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub server_conn_seconds: f64,
+    pub client_conn_seconds: f64,
+    pub errors: i64,
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Adds `rows` to the stored minutes, in one statement (all or nothing). Rows must not
+/// repeat a (tenant, minute): merge them first.
+pub async fn add_usage(db: &Client, rows: &[UsageRow]) -> Result<u64, tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let tenant: Vec<&str> = rows.iter().map(|r| r.tenant.as_str()).collect();
+    let minute: Vec<i64> = rows.iter().map(|r| i64_of(r.minute)).collect();
+    let col = |f: fn(&UsageRow) -> u64| -> Vec<i64> { rows.iter().map(|r| i64_of(f(r))).collect() };
+    let secs = |f: fn(&UsageRow) -> u64| -> Vec<f64> { rows.iter().map(|r| f(r) as f64 / 1e6).collect() };
+    db.execute(
+        "INSERT INTO pgtenant.usage AS u (tenant_id, minute, transactions, queries, bytes_in, bytes_out,
+                                          server_conn_seconds, client_conn_seconds, errors)
+         SELECT t, to_timestamp(m), tx, q, bi, bo, sc, cc, e
+           FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
+                       $7::float8[], $8::float8[], $9::int8[]) AS r(t, m, tx, q, bi, bo, sc, cc, e)
+         ON CONFLICT (tenant_id, minute) DO UPDATE SET
+             transactions = u.transactions + EXCLUDED.transactions,
+             queries = u.queries + EXCLUDED.queries,
+             bytes_in = u.bytes_in + EXCLUDED.bytes_in,
+             bytes_out = u.bytes_out + EXCLUDED.bytes_out,
+             server_conn_seconds = u.server_conn_seconds + EXCLUDED.server_conn_seconds,
+             client_conn_seconds = u.client_conn_seconds + EXCLUDED.client_conn_seconds,
+             errors = u.errors + EXCLUDED.errors",
+        &[
+            &tenant,
+            &minute,
+            &col(|r| r.totals.transactions),
+            &col(|r| r.totals.queries),
+            &col(|r| r.totals.bytes_in),
+            &col(|r| r.totals.bytes_out),
+            &secs(|r| r.totals.server_conn_us),
+            &secs(|r| r.totals.client_conn_us),
+            &col(|r| r.totals.errors),
+        ],
+    )
+    .await
+}
+
+/// Deletes the minutes older than `days` days; returns how many.
+pub async fn delete_usage_before(db: &Client, days: u32) -> Result<u64, tokio_postgres::Error> {
+    let days = f64::from(days);
+    db.execute("DELETE FROM pgtenant.usage WHERE minute < now() - make_interval(days => $1::float8::int)", &[&days])
+        .await
+}
+
+/// A tenant's minutes in `[from, to)` (each a timestamp PostgreSQL reads; `None`: the last
+/// 24 hours up to now), oldest first.
+pub async fn usage(
+    db: &Client,
+    tenant: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<Vec<UsageRecord>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT tenant_id,
+                    to_char(minute AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    transactions, queries, bytes_in, bytes_out,
+                    server_conn_seconds, client_conn_seconds, errors
+               FROM pgtenant.usage
+              WHERE tenant_id = $1
+                AND minute >= coalesce($2::text::timestamptz, now() - interval '1 day')
+                AND minute < coalesce($3::text::timestamptz, now() + interval '1 minute')
+              ORDER BY minute",
+            &[&tenant, &from, &to],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| UsageRecord {
+            tenant_id: r.get(0),
+            minute: r.get(1),
+            transactions: r.get(2),
+            queries: r.get(3),
+            bytes_in: r.get(4),
+            bytes_out: r.get(5),
+            server_conn_seconds: r.get(6),
+            client_conn_seconds: r.get(7),
+            errors: r.get(8),
+        })
+        .collect())
+}
