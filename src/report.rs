@@ -57,7 +57,11 @@ impl Pending {
     pub fn rows(&self) -> Vec<UsageRow> {
         self.rows
             .iter()
-            .map(|((minute, tenant), totals)| UsageRow { tenant: tenant.clone(), minute: *minute, totals: *totals })
+            .map(|((minute, tenant), totals)| UsageRow {
+                tenant: tenant.clone(),
+                minute: *minute,
+                totals: *totals,
+            })
             .collect()
     }
 
@@ -136,7 +140,9 @@ pub async fn flush_usage(proxy: Arc<Proxy>, stop: CancellationToken) {
             last_retention = Some(Instant::now());
             if let Some(client) = db.as_ref() {
                 match delete_usage_before(client, cfg.retention).await {
-                    Ok(n) if n > 0 => tracing::info!(rows = n, days = cfg.retention, "usage: old rows deleted"),
+                    Ok(n) if n > 0 => {
+                        tracing::info!(rows = n, days = cfg.retention, "usage: old rows deleted")
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "usage: retention delete failed"),
                 }
@@ -224,7 +230,11 @@ mod tests {
     use super::*;
 
     fn row(tenant: &str, minute: u64, transactions: u64) -> UsageRow {
-        UsageRow { tenant: tenant.into(), minute, totals: UsageTotals { transactions, ..UsageTotals::default() } }
+        UsageRow {
+            tenant: tenant.into(),
+            minute,
+            totals: UsageTotals { transactions, ..UsageTotals::default() },
+        }
     }
 
     #[test]

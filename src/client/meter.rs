@@ -41,7 +41,12 @@ pub(crate) struct LoginLine<'a> {
 }
 
 impl Meter {
-    pub fn new(session: ClientSession, login: &LoginLine<'_>, log_connect: bool, log_disconnect: bool) -> Meter {
+    pub fn new(
+        session: ClientSession,
+        login: &LoginLine<'_>,
+        log_connect: bool,
+        log_disconnect: bool,
+    ) -> Meter {
         if log_connect {
             tracing::info!(
                 tenant = login.tenant,

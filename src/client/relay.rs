@@ -21,12 +21,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::meter::Meter;
 use super::pipeline::{Action, Kind, Pipeline};
 use super::rewrite::{SetTracking, Stage};
 use super::statements::Effect;
 use super::statements::Statements;
 use super::vars::ClientVars;
-use super::meter::Meter;
 use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;

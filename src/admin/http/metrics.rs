@@ -39,7 +39,11 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
 }
 
 /// Serves `GET /metrics` alone on `listener`, without a token, until `shutdown` fires.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let router = Router::new()
         .route("/metrics", axum::routing::get(|State(p): State<Arc<Proxy>>| async move { answer(&p) }))
         .with_state(proxy);

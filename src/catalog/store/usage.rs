@@ -69,8 +69,11 @@ pub async fn add_usage(db: &Client, rows: &[UsageRow]) -> Result<u64, tokio_post
 /// Deletes the minutes older than `days` days; returns how many.
 pub async fn delete_usage_before(db: &Client, days: u32) -> Result<u64, tokio_postgres::Error> {
     let days = f64::from(days);
-    db.execute("DELETE FROM pgtenant.usage WHERE minute < now() - make_interval(days => $1::float8::int)", &[&days])
-        .await
+    db.execute(
+        "DELETE FROM pgtenant.usage WHERE minute < now() - make_interval(days => $1::float8::int)",
+        &[&days],
+    )
+    .await
 }
 
 /// A tenant's minutes in `[from, to)` (each a timestamp PostgreSQL reads; `None`: the last
@@ -109,4 +112,56 @@ pub async fn usage(
             errors: r.get(8),
         })
         .collect())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` (RFC 3339's `date-time`; `t`, `z` and a space for
+/// `T` are accepted, as the RFC allows).
+pub fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let at = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+    if !(digits(0..4) && at(4, b"-") && digits(5..7) && at(7, b"-") && digits(8..10) && at(10, b"Tt "))
+        || !(digits(11..13) && at(13, b":") && digits(14..16) && at(16, b":") && digits(17..19))
+    {
+        return false;
+    }
+    let mut i = 19;
+    if at(i, b".") {
+        i += 1;
+        let start = i;
+        while at(i, b"0123456789") {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    match b.get(i) {
+        Some(b'Z' | b'z') => i + 1 == b.len(),
+        Some(b'+' | b'-') => {
+            digits(i + 1..i + 3) && at(i + 3, b":") && digits(i + 4..i + 6) && i + 6 == b.len()
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_rfc3339;
+
+    #[test]
+    fn rfc3339_timestamps() {
+        for ok in ["2026-01-31T09:00:00Z", "2026-01-31t09:00:00.123+02:00", "2026-01-31 09:00:00-05:30"] {
+            assert!(is_rfc3339(ok), "{ok}");
+        }
+        for bad in [
+            "2026-01-31",
+            "yesterday",
+            "2026-01-31T09:00:00",
+            "2026-01-31T09:00:00.Z",
+            "2026-01-31T09:00:00Z;",
+        ] {
+            assert!(!is_rfc3339(bad), "{bad}");
+        }
+    }
 }

@@ -8,10 +8,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::*;
 use crate::client::pipeline::COPY_FAIL_CODE;
 use crate::client::statements::own_refusal;
+use crate::metrics::ErrorSource;
 use crate::protocol::backend::tag as be;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{header, DEFAULT_MAX_MESSAGE, HEADER_LEN};
-use crate::metrics::ErrorSource;
 use crate::protocol::SqlState;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
