@@ -49,11 +49,11 @@ impl Meter {
     ) -> Meter {
         if log_connect {
             tracing::info!(
-                tenant = login.tenant,
-                user = login.user,
+                tenant = %login.tenant,
+                user = %login.user,
                 peer = %login.peer,
                 tls = login.tls,
-                auth = login.method.as_str(),
+                auth = %login.method.as_str(),
                 login_ms = login.took.as_secs_f64() * 1e3,
                 "login"
             );
