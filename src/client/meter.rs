@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::metrics::{ClientSession, ClientState, ErrorSource};
+use std::sync::Arc;
+
+use crate::metrics::{ClientSession, ClientState, ErrorSource, PoolStats};
 use crate::model::AuthMethod;
 use crate::protocol::backend::txn;
 use crate::protocol::{PgError, SqlState};
@@ -14,6 +16,8 @@ use crate::protocol::{PgError, SqlState};
 /// A client's meter, from login to disconnect.
 pub(crate) struct Meter {
     session: ClientSession,
+    /// The counters of the client's pool (for checkouts).
+    pool: Arc<PoolStats>,
     tenant: String,
     user: String,
     peer: SocketAddr,
@@ -43,6 +47,7 @@ pub(crate) struct LoginLine<'a> {
 impl Meter {
     pub fn new(
         session: ClientSession,
+        pool: Arc<PoolStats>,
         login: &LoginLine<'_>,
         log_connect: bool,
         log_disconnect: bool,
@@ -60,6 +65,7 @@ impl Meter {
         }
         Meter {
             session,
+            pool,
             tenant: login.tenant.to_owned(),
             user: login.user.to_owned(),
             peer: login.peer,
@@ -99,10 +105,12 @@ impl Meter {
     }
 
     /// A ReadyForQuery for the client (not one of pgtenant's own): a query ended, and with
-    /// status `I` a transaction.
+    /// status `I` a transaction. Every one counts; a query the client pipelined behind an
+    /// earlier one (sent before that one's ReadyForQuery) has no start of its own and is
+    /// timed as 0.
     pub fn ready(&mut self, status: u8) {
-        let Some(started) = self.query.take() else { return };
         let now = Instant::now();
+        let started = self.query.take().unwrap_or(now);
         let stats = self.session.stats();
         stats.query(now.saturating_duration_since(started));
         if status == txn::IDLE {
@@ -121,6 +129,7 @@ impl Meter {
     pub fn checked_out(&mut self, waited: Option<Duration>) {
         match waited {
             Some(w) => {
+                self.pool.checkout();
                 self.session.stats().pool_wait(w);
                 self.held = Some(Instant::now());
                 self.session.set_state(ClientState::Active);

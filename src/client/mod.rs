@@ -120,8 +120,10 @@ async fn login(
         took: started.elapsed(),
     };
     let log = &proxy.config.log;
+    let pool_stats = proxy.metrics.pool(&crate::metrics::pool_name(login.pool.key()));
     let meter = meter::Meter::new(
         proxy.metrics.client_session(login.tenant.id.as_str()),
+        pool_stats,
         &line,
         log.connections,
         log.disconnections,
@@ -209,11 +211,21 @@ where
     // limited per address, and past the limit the client fails exactly as for an unknown
     // tenant (nothing tells it whether the tenant exists). No await between the check and
     // the lookup, so the lookup is in flight before another client checks.
-    let limited = !proxy.catalog.lookup_is_free(&resolved.tenant) && !proxy.lookups.allow(peer.ip());
+    let free = proxy.catalog.lookup_is_free(&resolved.tenant);
+    let global = proxy.metrics.global();
+    if free {
+        global.catalog_hit();
+    } else {
+        global.catalog_miss();
+    }
+    let limited = !free && !proxy.lookups.allow(peer.ip());
     let lookup = if limited {
         tracing::debug!(tenant = %resolved.tenant, %peer, "catalog lookup refused: over lookup_rate_per_address");
         Ok(None)
     } else {
+        if !free {
+            global.catalog_lookup();
+        }
         proxy.catalog.lookup(&resolved.tenant).await
     };
     let found = match lookup {

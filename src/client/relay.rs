@@ -442,6 +442,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // A handoff to another tenant starts from a clean session (DESIGN.md,
             // containment rule 2): DISCARD ALL with the setup behind it in one write, their
             // replies swallowed and checked before the client's bytes are sent (see `hold`).
+            self.proxy.metrics.global().reset();
             self.progress.swallow_z += queue_reset(co.conn(), &mut self.out, &self.pool_params);
             self.progress.reset_pending = true;
         }
@@ -468,6 +469,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.key.set_target(None);
         let cancel = self.key.cancel_in_flight();
         let reset = co.conn_ref().is_dirty().then(|| self.proxy.config.pool.reset_query.clone());
+        if reset.is_some() {
+            self.proxy.metrics.global().reset();
+        }
         let params = self.pool_params.clone();
         // An idle client keeps no large buffers.
         for buf in [&mut self.cbuf, &mut self.sbuf, &mut self.out] {

@@ -26,6 +26,11 @@ impl ServerState {
     }
 }
 
+/// The `pool` label of a pool: `host:port/database/role`.
+pub fn pool_name(key: &crate::model::PoolKey) -> String {
+    format!("{}/{}/{}", key.addr, key.database, key.role)
+}
+
 /// One pool's counters.
 #[derive(Default)]
 pub struct PoolStats {

@@ -83,6 +83,16 @@ async fn metrics_count_what_a_tenant_ran() {
     let h = start(config(vec![t.clone()])).await;
     let (addr, _stop) = metrics_listener(&h).await;
     let c = h.client(&t.id).await;
+    // tokio-postgres returns an error before its ReadyForQuery: the next statement waits
+    // until the server connection went back, so that each statement has a checkout.
+    let e = c.batch_execute("SELECT 1/0").await.expect_err("division by zero");
+    assert_eq!(code(&e), "22012");
+    let settled = eventually(Duration::from_secs(5), || async {
+        let all = parse(&scrape(addr).await.2);
+        value(&all, "pgtenant_tenant_clients", &[("tenant", &t.id), ("state", "idle")]) == Some(1.0)
+    })
+    .await;
+    assert!(settled);
     // Simple-protocol statements: one ReadyForQuery each.
     for _ in 0..7 {
         c.batch_execute("SELECT 1").await.expect("select");
@@ -90,8 +100,14 @@ async fn metrics_count_what_a_tenant_ran() {
     c.batch_execute("BEGIN").await.expect("begin");
     c.batch_execute("SELECT 2").await.expect("in transaction");
     c.batch_execute("COMMIT").await.expect("commit");
-    let e = c.batch_execute("SELECT 1/0").await.expect_err("division by zero");
-    assert_eq!(code(&e), "22012");
+    // The server connection goes back to the pool just after the client got its
+    // ReadyForQuery: the client is idle once that happened.
+    let idle = eventually(Duration::from_secs(5), || async {
+        let all = parse(&scrape(addr).await.2);
+        value(&all, "pgtenant_tenant_clients", &[("tenant", &t.id), ("state", "idle")]) == Some(1.0)
+    })
+    .await;
+    assert!(idle);
     let (status, ctype, body) = scrape(addr).await;
     assert!(status.contains(" 200 "), "{status}");
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
@@ -103,12 +119,28 @@ async fn metrics_count_what_a_tenant_ran() {
     assert_eq!(value(&all, "pgtenant_tenant_logins_total", &tenant), Some(1.0), "{body}");
     let errors = [("tenant", t.id.as_str()), ("source", "server"), ("class", "22")];
     assert_eq!(value(&all, "pgtenant_tenant_errors_total", &errors), Some(1.0), "{body}");
-    assert_eq!(value(&all, "pgtenant_tenant_clients", &[("tenant", &t.id), ("state", "idle")]), Some(1.0));
     assert!(value(&all, "pgtenant_tenant_received_bytes_total", &tenant).is_some_and(|b| b > 0.0));
     assert!(value(&all, "pgtenant_tenant_sent_bytes_total", &tenant).is_some_and(|b| b > 0.0));
     assert_eq!(value(&all, "pgtenant_tenant_transaction_seconds_count", &tenant), Some(9.0), "{body}");
     assert_eq!(value(&all, "pgtenant_tenant_pool_wait_seconds_count", &tenant), Some(9.0), "{body}");
     assert!(value(&all, "pgtenant_logins_total", &[]).is_some_and(|n| n >= 1.0), "{body}");
+    // The tenant's pool handed out a connection per transaction, and holds one at most.
+    let pool = all
+        .iter()
+        .find(|(n, l, _)| {
+            n == "pgtenant_pool_checkouts_total"
+                && l["pool"].ends_with(&format!("/{}/{}", t.database, t.role))
+        })
+        .unwrap_or_else(|| panic!("no pool series: {body}"));
+    assert_eq!(pool.2, 9.0, "{body}");
+    let servers: f64 = all
+        .iter()
+        .filter(|(n, l, _)| n == "pgtenant_pool_server_connections" && l["pool"] == pool.1["pool"])
+        .map(|s| s.2)
+        .sum();
+    assert_eq!(servers, 1.0, "{body}");
+    assert!(value(&all, "pgtenant_catalog_cache_hits_total", &[]).is_some_and(|n| n >= 1.0), "{body}");
+    assert!(value(&all, "pgtenant_resident_memory_bytes", &[]).is_some_and(|n| n > 0.0), "{body}");
     drop(c);
     // The client left: no client gauge stays up.
     let gone = eventually(Duration::from_secs(5), || async {

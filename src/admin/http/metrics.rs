@@ -21,11 +21,13 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 /// then everything is rendered.
 pub fn exposition(proxy: &Proxy) -> String {
     for pool in proxy.pools.pools() {
-        let k = pool.key();
-        let name = format!("{}/{}/{}", k.addr, k.database, k.role);
+        let name = crate::metrics::pool_name(pool.key());
         let busy = i64::try_from(pool.busy_count()).unwrap_or(i64::MAX);
         let idle = i64::try_from(pool.idle_count()).unwrap_or(i64::MAX);
         proxy.metrics.pool(&name).set_servers(busy, idle);
+    }
+    if let Some(up) = proxy.catalog.control_up() {
+        proxy.metrics.global().set_control_db_up(up);
     }
     proxy.metrics.render()
 }
