@@ -10,6 +10,9 @@ use serde::Deserialize;
 
 use crate::model::{AuthMethod, Isolation, PoolMode, RequireAuth, SslMode, TenantId, TenantStatus};
 
+mod observe;
+pub use observe::{LogConfig, MetricsConfig, UsageConfig};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The i/o error is part of the message, not a `source`: a chain printer (`{:#}`)
@@ -40,6 +43,12 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub usage: UsageConfig,
+    #[serde(default)]
+    pub log: LogConfig,
     /// Upstream PostgreSQL servers tenants live on.
     #[serde(default, rename = "upstreams")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -560,6 +569,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.usage.check().and_then(|()| self.log.check()).map_err(ConfigError::Invalid)?;
         let p = &self.pool;
         for (name, v) in [
             ("proxy.startup_timeout", self.proxy.startup_timeout),

@@ -33,6 +33,8 @@
 //!   simple and the extended protocol, behind a narrow [`console::ConsoleSource`].
 //! - [`metrics`]: per-tenant, per-pool and global counters recorded with atomic adds, the
 //!   Prometheus exposition with bounded tenant cardinality, and per-minute usage for billing.
+//! - [`report`]: off the data path: usage flushed to the control database every minute and at
+//!   shutdown, and the periodic `stats:` log line.
 //! - [`admin`]: the HTTP admin API (the lifecycle over JSON, health and readiness probes,
 //!   its OpenAPI document) and how its bearer tokens are made and checked.
 //! - [`model`]: domain types shared by config, catalog, pool and lifecycle and owned by none of
@@ -66,6 +68,7 @@ pub mod pool;
 pub mod protocol;
 pub mod proxy;
 pub mod reload;
+pub mod report;
 pub mod server;
 pub mod sql;
 pub mod tenant;

@@ -154,6 +154,7 @@ impl Proxy {
         let changes = catalog.changes();
         let config_tls = config.tls.clone();
         let config_throttle = config.proxy.max_auth_failures;
+        let metrics = Arc::new(Metrics::new(config.metrics.top_tenants));
         let proxy = Arc::new(Proxy {
             clients: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
             prelogin: Arc::new(Semaphore::new(config.proxy.max_prelogin_connections)),
@@ -169,7 +170,7 @@ impl Proxy {
             tenants: DashMap::new(),
             auth_secret: rand::random(),
             throttle: Throttle::new(config_throttle),
-            metrics: Arc::new(Metrics::new(100)),
+            metrics,
             live: Arc::new(LiveClients::default()),
             tls: Tls::new(&config_tls).unwrap_or_else(|e| {
                 // `run` loads TLS before it gets here, so a failure means the files changed

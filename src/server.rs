@@ -129,11 +129,26 @@ pub async fn run_from(config: Config, path: Option<std::path::PathBuf>) -> anyho
                 .map_err(|e| anyhow::anyhow!("[admin] listen = {listen:?}: {e}"))?,
         ),
     };
+    let metrics_listener = match config.metrics.listen.as_str() {
+        "" => None,
+        listen => Some(
+            TcpListener::bind(listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("[metrics] listen = {listen:?}: {e}"))?,
+        ),
+    };
     let proxy = Proxy::start_at(config, Some(addr)).await?;
     if let Some(path) = path {
         proxy.set_config_path(path);
     }
     tracing::info!(%addr, "pgtenant listening");
+    let report_stop = CancellationToken::new();
+    let usage = tokio::spawn(crate::report::flush_usage(proxy.clone(), report_stop.clone()));
+    tokio::spawn(crate::report::log_stats(proxy.clone(), report_stop.clone()));
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+        tokio::spawn(crate::admin::http::metrics::serve(listener, proxy.clone(), report_stop.clone()));
+    }
     // The admin API answers through the drain (readyz says 503 then) and stops once the
     // proxy has drained; it then lets the requests in flight finish.
     let admin_stop = CancellationToken::new();
@@ -176,6 +191,9 @@ pub async fn run_from(config: Config, path: Option<std::path::PathBuf>) -> anyho
             Err(_) => tracing::warn!("admin API: requests still running at the shutdown timeout"),
         }
     }
+    // Sessions are over: the usage they recorded is complete, and flushed now.
+    report_stop.cancel();
+    let _ = usage.await;
     served?;
     Ok(())
 }

@@ -156,6 +156,10 @@ impl ControlCatalog {
 }
 
 impl Catalog for ControlCatalog {
+    fn control_up(&self) -> Option<bool> {
+        Some(self.listening())
+    }
+
     fn lookup<'a>(&'a self, id: &'a TenantId) -> LookupFuture<'a> {
         Box::pin(self.cache.get(id, move || self.fetch(id)))
     }

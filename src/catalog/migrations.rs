@@ -152,6 +152,27 @@ ALTER TABLE pgtenant.upstreams ADD COLUMN require_auth text
 "#,
     ),
     (
+        7,
+        r#"
+-- Usage per tenant and minute, for billing and for finding noisy neighbours. Each instance
+-- adds its deltas (INSERT … ON CONFLICT DO UPDATE adding), so the row is the sum over
+-- instances. No foreign key: usage outlives a deleted tenant (bills still need it).
+CREATE TABLE pgtenant.usage (
+    tenant_id           text NOT NULL,
+    minute              timestamptz NOT NULL,
+    transactions        bigint NOT NULL DEFAULT 0,
+    queries             bigint NOT NULL DEFAULT 0,
+    bytes_in            bigint NOT NULL DEFAULT 0,
+    bytes_out           bigint NOT NULL DEFAULT 0,
+    server_conn_seconds double precision NOT NULL DEFAULT 0,
+    client_conn_seconds double precision NOT NULL DEFAULT 0,
+    errors              bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, minute)
+);
+CREATE INDEX usage_minute ON pgtenant.usage (minute);
+"#,
+    ),
+    (
         8,
         r#"
 -- The instance registry (src/instances.rs): every pgtenant serving from this control database,

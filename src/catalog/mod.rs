@@ -202,6 +202,12 @@ pub trait Catalog: Send + Sync + 'static {
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         None
     }
+
+    /// Whether the control database answers (its LISTEN connection is up); `None` for a
+    /// catalog without one.
+    fn control_up(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// Tenants declared in the TOML config; a reload swaps them whole ([`StaticCatalog::replace`]).

@@ -9,6 +9,8 @@
 //! of the proxy stay in [`super::control`] (cached, pooled), the schema in
 //! [`super::migrations`]: no statement against `pgtenant.*` lives outside `catalog/`.
 
+pub mod usage;
+
 use std::sync::Arc;
 
 use tokio_postgres::{Client, GenericClient, Row};

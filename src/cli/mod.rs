@@ -5,6 +5,7 @@ mod check;
 mod demo;
 pub mod lifecycle;
 pub mod token;
+mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,6 +98,17 @@ pub enum TenantCommand {
     /// Store a tenant's upstream login password (read from stdin), encrypted with the
     /// current master key.
     SetPassword { tenant: String },
+    /// A tenant's usage per minute (transactions, queries, bytes, connection seconds,
+    /// errors) from the control database; by default the last 24 hours.
+    Usage {
+        tenant: String,
+        /// Start (RFC 3339, e.g. 2026-01-31T09:00:00Z).
+        #[arg(long)]
+        from: Option<String>,
+        /// End, exclusive (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+    },
     #[command(flatten)]
     Lifecycle(lifecycle::LifecycleCommand),
 }
@@ -181,6 +193,10 @@ pub fn main() -> ExitCode {
             init_logging(LogFormat::Human);
             runtime(1)
                 .and_then(|rt| rt.block_on(set_password(tenant, target.url.clone(), &target.config_path())))
+        }
+        Command::Tenant { command: TenantCommand::Usage { tenant, from, to }, target } => {
+            init_logging(LogFormat::Human);
+            runtime(1).and_then(|rt| rt.block_on(usage::tenant_usage(tenant, from, to, target)))
         }
         Command::Tenant { command: TenantCommand::Lifecycle(command), target } => {
             init_logging(LogFormat::Human);

@@ -4,6 +4,7 @@
 mod console;
 #[cfg(test)]
 mod future_size;
+mod meter;
 mod pipeline;
 mod relay;
 mod rewrite;
@@ -54,10 +55,12 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin
         _ = force.cancelled() => None,
     };
     drop(prelogin);
-    let Some((stream, buffered, login, permit)) = login else { return };
-    let login = match login {
-        Admitted::Tenant(login) => login,
-        Admitted::Console(access) => {
+    let Some((stream, buffered, login, meter, permit)) = login else { return };
+    let (login, meter) = match (login, meter) {
+        (Admitted::Tenant(login), Some(meter)) => (login, meter),
+        // `login` gives every tenant client its meter.
+        (Admitted::Tenant(_), None) => return,
+        (Admitted::Console(access), _) => {
             tracing::info!(%peer, ?access, "console client logged in");
             let source = console::ProxyConsole { proxy: proxy.clone() };
             tokio::select! {
@@ -84,7 +87,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin
         application_name: String::new(),
         kick: login.admission.kick.clone(),
     });
-    let session = relay::Session::new(stream, buffered, login, proxy.clone()).run();
+    let session = relay::Session::new(stream, buffered, login, meter, proxy.clone()).run();
     tokio::select! {
         _ = session => {}
         // The session answers a forced shutdown itself (57P01, then close); a client that has
@@ -104,8 +107,9 @@ async fn login(
     mut tcp: TcpStream,
     peer: SocketAddr,
     proxy: &Arc<Proxy>,
-) -> Option<(ClientStream, BytesMut, Admitted, OwnedSemaphorePermit)> {
+) -> Option<(ClientStream, BytesMut, Admitted, Option<meter::Meter>, OwnedSemaphorePermit)> {
     let timeout = secs(proxy.config().proxy.startup_timeout);
+    let started = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let timed_out = PgError::startup_timed_out;
     let tls = proxy.tls.as_deref();
@@ -144,11 +148,33 @@ async fn login(
             return None;
         }
     };
-    tracing::trace!(%peer, tls = tls_info.on, "handshake done");
+    // A tenant client's counters and its login line (console clients have neither).
+    let meter = match &login {
+        Admitted::Console(_) => None,
+        Admitted::Tenant(login) => {
+            let line = meter::LoginLine {
+                tenant: login.tenant.id.as_str(),
+                user: &login.user,
+                peer,
+                tls: tls_info.on,
+                method: login.method,
+                took: started.elapsed(),
+            };
+            let log = &proxy.config().log;
+            let pool_stats = proxy.metrics.pool(&crate::metrics::pool_name(login.pool.key()));
+            Some(meter::Meter::new(
+                proxy.metrics.client_session(login.tenant.id.as_str()),
+                pool_stats,
+                &line,
+                log.connections,
+                log.disconnections,
+            ))
+        }
+    };
     // The handshake's buffer is not carried into the session: only the bytes read past the
     // login, in a buffer of their size.
     let (stream, buffered) = reader.into_parts();
-    Some((stream, buffered, login, permit))
+    Some((stream, buffered, login, meter, permit))
 }
 
 /// How long an error for a client that is being refused may take to write: it is small,
@@ -179,6 +205,8 @@ pub(crate) struct LoggedIn {
     pub vars: ClientVars,
     pub key: ClientKey,
     pub admission: TenantAdmission,
+    /// How the client authenticated (for the login line).
+    pub method: AuthMethod,
 }
 
 /// The handshake after TLS: startup packet, tenant, authentication, login messages. The
@@ -247,11 +275,21 @@ where
     // limited per address, and past the limit the client fails exactly as for an unknown
     // tenant (nothing tells it whether the tenant exists). No await between the check and
     // the lookup, so the lookup is in flight before another client checks.
-    let limited = !proxy.catalog.lookup_is_free(&resolved.tenant) && !proxy.lookups.allow(peer.ip());
+    let free = proxy.catalog.lookup_is_free(&resolved.tenant);
+    let global = proxy.metrics.global();
+    if free {
+        global.catalog_hit();
+    } else {
+        global.catalog_miss();
+    }
+    let limited = !free && !proxy.lookups.allow(peer.ip());
     let lookup = if limited {
         tracing::debug!(tenant = %resolved.tenant, %peer, "catalog lookup refused: over lookup_rate_per_address");
         Ok(None)
     } else {
+        if !free {
+            global.catalog_lookup();
+        }
         proxy.catalog.lookup(&resolved.tenant).await
     };
     let found = match lookup {
@@ -303,6 +341,7 @@ where
             Err(e) => return Err(e),
             Ok(false) => {
                 drop(attempt);
+                proxy.metrics.global().auth_failure();
                 tracing::info!(tenant = %resolved.tenant, user, %peer, "client authentication failed");
                 return Err(PgError::password_failed());
             }
@@ -334,7 +373,7 @@ where
     backend::ready_for_query_idle(&mut out);
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;
     let user = startup.get("user").unwrap_or_default().to_owned();
-    let login = LoggedIn { user, tls: tls.on, tenant, pool, vars, key, admission };
+    let login = LoggedIn { user, tls: tls.on, tenant, pool, vars, key, admission, method };
     Ok(Some((Admitted::Tenant(login), permit)))
 }
 

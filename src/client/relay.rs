@@ -20,6 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 
+use super::meter::Meter;
 use super::pipeline::{Action, Kind, Pipeline};
 use super::rewrite::{SetTracking, Stage};
 use super::statements::Effect;
@@ -176,10 +177,11 @@ pub(crate) struct Session<S> {
     /// from the client, or a server already accepted them), so it may be pipelined.
     setup_trusted: bool,
     force: tokio_util::sync::CancellationToken,
+    meter: Meter,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub fn new(client: S, buffered: BytesMut, login: LoggedIn, proxy: Arc<Proxy>) -> Self {
+    pub fn new(client: S, buffered: BytesMut, login: LoggedIn, meter: Meter, proxy: Arc<Proxy>) -> Self {
         let LoggedIn { tenant, pool, vars, key, admission, .. } = login;
         let force = proxy.shutdown.force.clone();
         let setup_trusted = !vars.from_client;
@@ -225,6 +227,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             admission,
             setup_trusted,
             force,
+            meter,
         }
     }
 
@@ -278,7 +281,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.draining = Some(reason.unwrap_or_else(shutting_down));
                 }
                 Event::Client(Ok(0) | Err(_)) => return Exit::Client,
-                Event::Client(Ok(_)) => {
+                Event::Client(Ok(n)) => {
+                    self.meter.bytes_in(n);
                     self.touch();
                     self.scan_client();
                 }
@@ -409,8 +413,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn attach(&mut self) -> Result<(), PgError> {
-        let mut co =
-            self.proxy.pools.checkout(&self.pool, &self.tenant).await.map_err(|e| PgError::report(&e))?;
+        self.meter.waiting();
+        let asked = std::time::Instant::now();
+        let checkout = self.proxy.pools.checkout(&self.pool, &self.tenant).await;
+        self.meter.checked_out(checkout.is_ok().then(|| asked.elapsed()));
+        let mut co = checkout.map_err(|e| PgError::report(&e))?;
         if self.out.capacity() == 0 {
             self.out = buffers::take();
         }
@@ -418,6 +425,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // A handoff to another tenant starts from a clean session (DESIGN.md,
             // containment rule 2): DISCARD ALL with the setup behind it in one write, their
             // replies swallowed and checked before the client's bytes are sent (see `hold`).
+            self.proxy.metrics.global().reset();
             self.progress.swallow_z += queue_reset(co.conn(), &mut self.out, &self.pool_params);
             self.progress.reset_pending = true;
         }
@@ -440,9 +448,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// over (or is reset first, or closed: see [`retire`]).
     fn release(&mut self) {
         let Some(co) = self.server.take() else { return };
+        self.meter.released();
         self.key.set_target(None);
         let cancel = self.key.cancel_in_flight();
         let reset = co.conn_ref().is_dirty().then(|| self.proxy.config().pool.reset_query.clone());
+        if reset.is_some() {
+            self.proxy.metrics.global().reset();
+        }
         let params = self.pool_params.clone();
         if reset.is_none() && !cancel {
             co.release();
@@ -578,6 +590,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// earns, and in transaction mode rewriting statement names (see [`Stage::rewrite`]).
     fn stage(&mut self) {
         let Some(server) = self.server.as_mut() else { return };
+        self.meter.query_started();
         let conn = server.conn();
         let search_path = self.vars.setting("search_path").unwrap_or_default();
         let mut pos = 0;
@@ -648,6 +661,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// server connection to the pool only if it is idle (through [`retire`]).
     async fn finish(&mut self, exit: Exit) {
         let tenant = self.tenant.id.clone();
+        let reason = match &exit {
+            Exit::Client => "client closed the connection",
+            Exit::Error(e) => {
+                self.meter.ended_with(e);
+                e.state.code()
+            }
+            Exit::ServerLost => "server connection lost",
+            Exit::SetupFailed(_) => "session setup failed",
+            Exit::Panicked => {
+                self.proxy.metrics.global().panic_caught();
+                "panic"
+            }
+        };
         let notice: Option<BytesMut> = match &exit {
             Exit::Client => None,
             Exit::Error(e) => Some(e.to_bytes()),
@@ -686,6 +712,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         let _ = tokio::time::timeout(CLEANUP_TIMEOUT, self.client.shutdown()).await;
+        self.meter.disconnected(reason);
     }
 }
 

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
-pub use pool::{GlobalStats, PoolStats, ServerConnMetric, ServerState};
+pub use pool::{pool_name, GlobalStats, PoolStats, ServerConnMetric, ServerState};
 pub use tenant::{ClientSession, ClientState, ErrorSource, TenantStats};
 pub use usage::{UsageRow, UsageTotals};
 

@@ -26,6 +26,11 @@ impl ServerState {
     }
 }
 
+/// The `pool` label of a pool: `host:port/database/role`.
+pub fn pool_name(key: &crate::model::PoolKey) -> String {
+    format!("{}/{}/{}", key.addr, key.database, key.role)
+}
+
 /// One pool's counters.
 #[derive(Default)]
 pub struct PoolStats {
@@ -49,6 +54,13 @@ impl PoolStats {
 
     pub fn connect_failed(&self) {
         self.connect_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Sets the server-connection gauges from the pool's own counts (at scrape time, for
+    /// pools whose connections carry no [`ServerConnMetric`]).
+    pub fn set_servers(&self, active: i64, idle: i64) {
+        self.servers[ServerState::Active as usize].store(active, Relaxed);
+        self.servers[ServerState::Idle as usize].store(idle, Relaxed);
     }
 
     pub fn servers(&self, state: ServerState) -> i64 {

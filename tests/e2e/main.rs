@@ -14,6 +14,7 @@ mod isolation;
 mod lifecycle;
 mod links;
 mod live_catalog;
+mod observe;
 mod pooling;
 mod prelogin;
 mod process;

@@ -247,3 +247,44 @@ async fn running_out_of_descriptors_is_warned_and_logged_once_per_interval() {
     .await;
     assert!(served, "no login after the descriptors were freed: {}", serve.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_and_disconnects_are_logged_without_colour() {
+    let t = tenant_db("loglines").await;
+    let mut serve = Serve::start(&t, 5.0).await;
+    let c = connect_str(&serve.conninfo(&t)).await;
+    c.batch_execute("SELECT 1").await.expect("select");
+    c.batch_execute("SELECT 2").await.expect("select");
+    drop(c);
+    let line = |needle: &'static str| {
+        let log = serve.log();
+        log.lines().find(|l| l.contains(needle) && l.contains(&t.id)).map(str::to_owned)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async { line(" disconnect ").is_some() }).await,
+        "no disconnect line: {}",
+        serve.log()
+    );
+    let login = line(" login ").unwrap_or_else(|| panic!("no login line: {}", serve.log()));
+    for field in [&format!("user=app.{}", t.id), "peer=127.0.0.1:", "tls=false", "auth=trust", "login_ms="] {
+        assert!(login.contains(field), "{field} missing: {login}");
+    }
+    let gone = line(" disconnect ").unwrap_or_default();
+    for field in [
+        "duration_s=",
+        "transactions=2",
+        "bytes_in=",
+        "bytes_out=",
+        "reason=\"client closed the connection\"",
+    ] {
+        assert!(gone.contains(field), "{field} missing: {gone}");
+    }
+    // stderr is a pipe here: no colour codes.
+    assert!(!serve.log().contains('\x1b'), "ANSI codes in a piped log: {:?}", serve.log());
+    serve.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), serve.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+}

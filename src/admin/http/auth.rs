@@ -100,7 +100,7 @@ impl Control {
     }
 
     /// Runs `query` on the shared connection within the timeout.
-    async fn within<T, Fut>(
+    pub(super) async fn within<T, Fut>(
         &self,
         query: impl FnOnce(Arc<tokio_postgres::Client>) -> Fut,
     ) -> Result<T, String>

@@ -12,10 +12,12 @@
 
 mod auth;
 mod extract;
+pub mod metrics;
 mod pause;
 mod probes;
 mod problem;
 mod tenants;
+mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -96,7 +98,9 @@ routes! {
     Bearer get "/tenants/{id}/health" => tenants::tenant_health;
     Bearer post "/tenants/{id}/pause" => pause::pause_tenant;
     Bearer delete "/tenants/{id}/pause" => pause::unpause_tenant;
+    Bearer get "/tenants/{id}/usage" => usage::tenant_usage;
     Bearer post "/migrate" => tenants::migrate_all;
+    Bearer get "/metrics" => metrics::metrics;
 }
 
 /// The token check wraps only the route's own handlers (`route_layer`), not the fallbacks:

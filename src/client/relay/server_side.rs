@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::*;
 use crate::client::pipeline::COPY_FAIL_CODE;
 use crate::client::statements::own_refusal;
+use crate::metrics::ErrorSource;
 use crate::protocol::backend::tag as be;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{header, DEFAULT_MAX_MESSAGE, HEADER_LEN};
@@ -132,8 +133,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 // pgtenant's refusals are raised by a DO block (so they come where the refused
                 // statement's reply would): sent as pgtenant's own error, without its CONTEXT.
                 if let Some(own) = own_refusal(&e.code, &e.message) {
+                    self.meter.error(ErrorSource::Proxy, own.state.code());
                     replace = Some(Bytes::from(own.to_bytes()));
                     swallow = true;
+                } else {
+                    self.meter.error(ErrorSource::Server, &e.code);
                 }
             }
             let p = &mut self.progress;
@@ -147,6 +151,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.busy_since = None;
                     if !setup {
                         self.statements.lift_barrier();
+                        self.meter.ready(p.status);
                     }
                     if setup {
                         p.swallow_z -= 1;
@@ -247,6 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), Exit> {
+        self.meter.bytes_out(bytes.len());
         write_bounded(&mut self.client, bytes, self.limits.client_write, &self.force, &self.tenant.id).await
     }
 
@@ -254,6 +260,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if to <= from {
             return Ok(());
         }
+        self.meter.bytes_out(to - from);
         let bytes = &self.sbuf[from..to];
         write_bounded(&mut self.client, bytes, self.limits.client_write, &self.force, &self.tenant.id).await
     }
