@@ -419,13 +419,23 @@ impl ConsoleSource for ProxyConsole {
                     }
                 }
                 Action::Reload => {
-                    if let Some(tls) = &p.tls {
-                        tls.reload().map_err(|e| {
-                            tracing::error!(error = %e, "console RELOAD: TLS reload failed");
-                            ConsoleError::ReloadFailed
-                        })?;
+                    if p.config_path().is_none() {
+                        // An in-process proxy without a file: only the TLS files can be re-read.
+                        if let Some(tls) = &p.tls {
+                            tls.reload().map_err(|e| {
+                                tracing::error!(error = %e, "console RELOAD: TLS reload failed");
+                                ConsoleError::ReloadFailed
+                            })?;
+                        }
+                        return Ok(());
                     }
-                    tracing::info!("console: RELOAD");
+                    // The same re-read of the whole file as SIGHUP: an invalid file is refused
+                    // and the running configuration kept.
+                    let report = crate::reload::reload(p).await.map_err(|e| {
+                        tracing::error!(error = %e, "console RELOAD refused; the running configuration is kept");
+                        ConsoleError::ReloadFailed
+                    })?;
+                    tracing::info!(applied = ?report.applied, restart_needed = ?report.restart_needed, "console: RELOAD");
                     Ok(())
                 }
                 Action::Shutdown(mode) => {
