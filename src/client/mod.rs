@@ -61,17 +61,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin
         // `login` gives every tenant client its meter.
         (Admitted::Tenant(_), None) => return,
         (Admitted::Console(access), _) => {
-            tracing::info!(%peer, ?access, "console client logged in");
-            let source = console::ProxyConsole { proxy: proxy.clone() };
-            tokio::select! {
-                end = crate::console::serve_console(stream, buffered, &source, access) => {
-                    tracing::debug!(%peer, ?end, "console client left");
-                }
-                // Console sessions hold no transaction: they end as soon as a drain starts,
-                // so an idle psql on the console does not hold up a shutdown.
-                _ = proxy.shutdown.drain.cancelled() => {}
-                _ = force.cancelled() => {}
-            }
+            // Boxed: a console session is rare, and its state must not size every client's task.
+            Box::pin(serve_console(stream, buffered, access, peer, &proxy)).await;
             drop(permit);
             return;
         }
@@ -99,6 +90,27 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin
         } => tracing::info!(%peer, "client not reading at the forced shutdown: connection cut"),
     }
     drop(permit);
+}
+
+/// A console client, to its end.
+async fn serve_console(
+    stream: ClientStream,
+    buffered: BytesMut,
+    access: crate::console::Access,
+    peer: SocketAddr,
+    proxy: &Arc<Proxy>,
+) {
+    tracing::info!(%peer, ?access, "console client logged in");
+    let source = console::ProxyConsole { proxy: proxy.clone() };
+    tokio::select! {
+        end = crate::console::serve_console(stream, buffered, &source, access) => {
+            tracing::debug!(%peer, ?end, "console client left");
+        }
+        // Console sessions hold no transaction: they end as soon as a drain starts,
+        // so an idle psql on the console does not hold up a shutdown.
+        _ = proxy.shutdown.drain.cancelled() => {}
+        _ = proxy.shutdown.force.cancelled() => {}
+    }
 }
 
 /// Everything before the relay, within the startup timeout: TLS, the startup packet,
