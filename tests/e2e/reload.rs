@@ -211,6 +211,11 @@ async fn sighup_changes_the_log_level() {
     assert!(debug, "no debug line after the reload: {}", served.log());
     // Then warn, in JSON: the reload's own report (info) is not shown any more; a client's
     // login is not either; the next refused reload (an error) is, as JSON.
+    // Both clients so far have logged their disconnect line (info) before the level changes.
+    let both_left =
+        eventually(Duration::from_secs(5), || async { served.log().matches(" disconnect ").count() >= 2 })
+            .await;
+    assert!(both_left, "no disconnect lines: {}", served.log());
     let before = served.log().len();
     served.hup(&toml("log_level = \"warn\"\nlog_format = \"json\"", &[(&t, 2)]));
     tokio::time::sleep(Duration::from_secs(1)).await;
