@@ -178,6 +178,9 @@ pub(crate) struct Session<S> {
     setup_trusted: bool,
     force: tokio_util::sync::CancellationToken,
     meter: Meter,
+    /// `[pool] session_features` as it was when the session started (read once, not per
+    /// message; a reload applies to sessions that start after it).
+    policy: crate::config::SessionFeatures,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -187,11 +190,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let setup_trusted = !vars.from_client;
         let pool_params = pool.params().unwrap_or_default();
         let cbuf = buffered;
-        let limits = Limits::new(&proxy.config().pool, &tenant.timeouts);
+        let config = proxy.config();
+        let limits = Limits::new(&config.pool, &tenant.timeouts);
+        let policy = config.pool.session_features;
+        let max_message = config.proxy.max_message_size;
+        drop(config);
         Session {
             client,
             mode: tenant.pool_mode,
-            max_message: proxy.config().proxy.max_message_size,
+            max_message,
+            policy,
             proxy,
             tenant,
             pool,
@@ -622,7 +630,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 search_path,
                 sets: &mut self.sets,
                 pinned: &mut self.pinned,
-                policy: self.proxy.config().pool.session_features,
+                policy: self.policy,
             };
             if self.mode == PoolMode::Transaction {
                 if !st.rewrite(tag, frame) {
