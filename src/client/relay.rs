@@ -362,6 +362,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             || p.extended_open
             || p.status != txn::IDLE
             || self.c_scanned != 0
+            // A message of the client's is half forwarded: the marker would land inside it.
+            || self.c_remaining != 0
+            || self.stage_remaining != 0
             || !self.cbuf.is_empty()
             || !self.out.is_empty()
         {

@@ -349,3 +349,34 @@ async fn server_fatal_and_terminate_deliver_exactly_what_postgres_sends() {
     }
     f.assert_none();
 }
+
+/// A connection pgtenant has lost track of (a COPY failing behind a Sync) gets its resync
+/// marker query only between the client's messages: a CopyData that is half forwarded when the
+/// server's replies reveal the loss must not take the marker's bytes inside it (they would
+/// shift the client's remaining bytes into messages pgtenant never read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resync_marker_never_lands_inside_a_half_sent_message() {
+    let t = with_mode(tenant_db("rsmid").await, PoolMode::Transaction, 1);
+    admin(&t.database)
+        .await
+        .batch_execute(&format!("CREATE TABLE t (id int, owner text); ALTER TABLE t OWNER TO \"{}\"", t.role))
+        .await
+        .expect("table");
+    let h = start_quick(vec![t.clone()]).await;
+    let mut s = raw_proxy(&h, &t.id).await;
+    // A CopyData (ignored by the server outside COPY) declared 200 bytes long.
+    let mut partial = vec![b'd'];
+    partial.extend_from_slice(&204i32.to_be_bytes());
+    partial.extend_from_slice(&[b'x'; 200]);
+    let (head, tail) = partial.split_at(105);
+    // The uncertain COPY, and the first half of the CopyData behind it, in one write.
+    let uncertain = cat(&[query("COPY t FROM STDIN"), copy_data("oops\n"), sync(), copy_done()]);
+    send(&mut s, &cat(&[uncertain, head.to_vec()])).await;
+    let (_, closed) = read_quiet(&mut s, Duration::from_millis(500)).await;
+    assert!(!closed, "the connection closed after the uncertain COPY");
+    send(&mut s, &cat(&[tail.to_vec(), query("SELECT 'still-in-step'::text")])).await;
+    let (got, closed) = read_ready(&mut s, 1, Duration::from_secs(3)).await;
+    let got = summary(&got);
+    assert!(!closed, "connection closed: {got:?}");
+    assert_eq!(got, ["T", "D(still-in-step)", "C(SELECT 1)", "Z(I)"], "{got:?}");
+}
