@@ -1,7 +1,8 @@
 //! The instance registry: the pgtenant instances serving one control database know each
 //! other through `pgtenant.instances`. Each registers at start (taking a short `slot` number
 //! that its cancel keys carry), heartbeats every `heartbeat_interval`, removes rows stale
-//! for more than [`EXPIRY_HEARTBEATS`] intervals, and deregisters at shutdown. The live
+//! for more than [`EXPIRY_HEARTBEATS`] intervals, and deregisters once it has drained (it
+//! stays registered, marked draining, while clients remain, so cancels still reach it). The live
 //! peers are cached here (refreshed at every heartbeat) so that a CancelRequest for another
 //! instance's key is forwarded to that instance's advertised address (`crate::cancel`).
 //!
@@ -11,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,10 @@ pub struct Instances {
     /// per [`UNKNOWN_SLOT_REFRESH`], so CancelRequests with made-up keys cannot turn into a
     /// stream of control-database queries.
     last_on_demand: std::sync::Mutex<Option<Instant>>,
+    /// Draining: no longer accepting, still registered while clients remain.
+    draining: AtomicBool,
+    /// Fired by [`Instances::finish`]: the heartbeat stops.
+    finished: CancellationToken,
 }
 
 /// See [`Instances::owner`].
@@ -85,6 +90,8 @@ impl Instances {
             interval: secs(p.heartbeat_interval),
             peers: RwLock::new(HashMap::new()),
             last_on_demand: std::sync::Mutex::new(None),
+            draining: AtomicBool::new(false),
+            finished: CancellationToken::new(),
         };
         me.register_now(None).await?;
         me.refresh().await?;
@@ -94,6 +101,30 @@ impl Instances {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The `host:port` peers forward this instance's cancels to.
+    pub fn advertised_addr(&self) -> &str {
+        &self.advertised_addr
+    }
+
+    /// Whether this instance has stopped accepting and is waiting for its clients to leave.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// This instance has stopped accepting: it stays registered, marked draining, until
+    /// [`Instances::finish`].
+    pub fn start_draining(&self) {
+        if !self.draining.swap(true, Ordering::Relaxed) {
+            tracing::info!("draining: staying in the instance registry until the last client leaves");
+        }
+    }
+
+    /// The last client is gone: stop heartbeating and deregister.
+    pub async fn finish(&self) {
+        self.finished.cancel();
+        self.deregister().await;
     }
 
     /// The slot new cancel keys carry (1..=1023).
@@ -175,15 +206,24 @@ impl Instances {
         self.with_db(async |db| store::live(db, expiry).await).await
     }
 
-    /// Heartbeats until `stop` fires, then deregisters.
+    /// Heartbeats until [`Instances::finish`]. When `stop` (the drain) fires, the instance
+    /// is marked draining and keeps heartbeating: it stays in the registry while its clients
+    /// remain, so cancels forwarded to it still arrive.
     pub fn spawn_heartbeat(self: &Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         let me: Weak<Instances> = Arc::downgrade(self);
         let interval = self.interval;
+        let finished = self.finished.clone();
         tokio::spawn(async move {
             let mut failing = false;
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => break,
+                    _ = finished.cancelled() => return,
+                    _ = stop.cancelled(), if !me.upgrade().is_some_and(|m| m.draining()) => {
+                        if let Some(me) = me.upgrade() {
+                            me.start_draining();
+                        }
+                        continue;
+                    }
                     _ = tokio::time::sleep(interval) => {}
                 }
                 let Some(me) = me.upgrade() else { return };
@@ -200,9 +240,6 @@ impl Instances {
                     }
                     Err(_) => {}
                 }
-            }
-            if let Some(me) = me.upgrade() {
-                me.deregister().await;
             }
         })
     }

@@ -8,6 +8,8 @@
 //!   the catalog says it stopped being active.
 //! - [`listener`]: the listening socket (backlog), the open-file limit, accept backoff and
 //!   once-per-interval logging.
+//! - [`handover`]: the listening socket handed to the next instance in a rolling restart,
+//!   and the link that carries the draining instance's cancels.
 //! - [`protocol`]: frames (tag + length + original bytes), message tags typed by direction
 //!   (`frontend::tag`, `backend::tag`), startup packets and the `options` splitter, the few
 //!   typed messages pgtenant reads or writes, and the one place ErrorResponses are built
@@ -57,6 +59,7 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod embedded;
+pub mod handover;
 pub mod instances;
 pub mod lifecycle;
 pub mod listener;

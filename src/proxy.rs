@@ -32,6 +32,10 @@ pub struct Shutdown {
     /// Stop taking work: idle clients are closed at once, busy ones when their transaction
     /// (transaction mode) or current query (session mode) ends.
     pub drain: CancellationToken,
+    /// Stop accepting only, and wait for the clients to leave by themselves (PgBouncer's
+    /// `SHUTDOWN WAIT_FOR_CLIENTS`; after a handover, `crate::handover`), at most
+    /// `shutdown_timeout`. Sessions are told nothing; `drain` still applies if it fires.
+    pub stop_accepting: CancellationToken,
     /// Close every client now.
     pub force: CancellationToken,
 }

@@ -21,6 +21,7 @@ mod process;
 mod production;
 mod relay;
 mod reload;
+mod rolling;
 mod statements;
 mod support;
 mod tenants;
