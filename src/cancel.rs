@@ -254,7 +254,9 @@ fn cancel_packet(pid: i32, secret: &[u8]) -> Vec<u8> {
 async fn forward_cancel_to(addr: &str, pid: i32, secret: &[u8]) {
     match forward_cancel(addr, &cancel_packet(pid, secret)).await {
         Ok(()) => tracing::debug!(pid, peer = %addr, "cancel request forwarded to its instance"),
-        Err(e) => tracing::warn!(peer = %addr, error = %e, "forwarding a cancel request to its instance failed"),
+        Err(e) => {
+            tracing::warn!(peer = %addr, error = %e, "forwarding a cancel request to its instance failed")
+        }
     }
 }
 

@@ -68,7 +68,9 @@ impl Proxy {
                     let Ok((stream, peer)) = listener.accept() else { break };
                     match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
                         Ok(stream) => self.take_client(&tracker, stream, peer, &mut refusals),
-                        Err(e) => tracing::warn!(%peer, error = %e, "a queued connection could not be served"),
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "a queued connection could not be served")
+                        }
                     }
                 }
             }
@@ -107,7 +109,13 @@ const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Proxy {
     /// Serves one accepted connection, within `max_prelogin_connections`.
-    fn take_client(self: &Arc<Self>, tracker: &TaskTracker, stream: TcpStream, peer: SocketAddr, refusals: &mut Every) {
+    fn take_client(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        stream: TcpStream,
+        peer: SocketAddr,
+        refusals: &mut Every,
+    ) {
         let Some(prelogin) = self.prelogin_permit() else {
             refuse_prelogin(&stream);
             if let Some(suppressed) = refusals.tick() {
@@ -160,11 +168,16 @@ pub async fn run_from(config: Config, path: Option<std::path::PathBuf>) -> anyho
     let (listener, predecessor) = match takeover {
         Some((listener, predecessor)) => (TcpListener::from_std(listener)?, Some(predecessor)),
         None => (
-            crate::listener::bind_with(config.proxy.listen, config.proxy.listen_backlog, config.proxy.reuse_port)
-                .map_err(|e| anyhow::anyhow!("[proxy] listen = {}: {e}", config.proxy.listen))?,
+            crate::listener::bind_with(
+                config.proxy.listen,
+                config.proxy.listen_backlog,
+                config.proxy.reuse_port,
+            )
+            .map_err(|e| anyhow::anyhow!("[proxy] listen = {}: {e}", config.proxy.listen))?,
             None,
         ),
-    };    let addr: SocketAddr = listener.local_addr()?;
+    };
+    let addr: SocketAddr = listener.local_addr()?;
     if predecessor.is_some() && config.proxy.listen.port() != 0 && addr != config.proxy.listen {
         anyhow::bail!(
             "[proxy] handover: the running instance listens on {addr}, not on [proxy] listen = {}; stop it first to change the address",

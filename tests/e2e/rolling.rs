@@ -92,7 +92,11 @@ fn free_port() -> u16 {
 }
 
 /// A control database holding `t`, and `n` ports with a handover socket path each.
-async fn service(t: &TenantConfig, n: usize, dir: &Path) -> (tokio_postgres::Client, String, Vec<(u16, PathBuf)>) {
+async fn service(
+    t: &TenantConfig,
+    n: usize,
+    dir: &Path,
+) -> (tokio_postgres::Client, String, Vec<(u16, PathBuf)>) {
     let mut cfg = config(vec![]);
     let control = control_db(&mut cfg).await;
     insert_tenant(&control, t).await;
@@ -128,13 +132,19 @@ async fn a_rolling_restart_under_pgbench_refuses_nobody() {
         t.password.as_deref().unwrap_or_default(),
         t.database
     );
-    let init = Command::new("pgbench").args(["-i", "-q", "-s", "1"]).arg(&direct).output().await.expect("pgbench -i");
+    let init = Command::new("pgbench")
+        .args(["-i", "-q", "-s", "1"])
+        .arg(&direct)
+        .output()
+        .await
+        .expect("pgbench -i");
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let mut nodes = Vec::new();
     for (i, (port, sock)) in slots.iter().enumerate() {
         nodes.push(Some(Node::start(dir.path(), &format!("n{i}-gen0"), &url, *port, sock).await));
     }
-    let lb = haproxy(&slots.iter().map(|(p, _)| SocketAddr::from(([127, 0, 0, 1], *p))).collect::<Vec<_>>()).await;
+    let lb =
+        haproxy(&slots.iter().map(|(p, _)| SocketAddr::from(([127, 0, 0, 1], *p))).collect::<Vec<_>>()).await;
     let conninfo = format!("host=127.0.0.1 port={} user=app.{} dbname={}", lb.addr.port(), t.id, t.database);
     // A new connection per transaction, through the balancer, for 20 s.
     let bench = tokio::spawn(async move {
@@ -163,6 +173,11 @@ async fn a_rolling_restart_under_pgbench_refuses_nobody() {
     assert!(!text.contains("aborted"), "{text}");
     assert_eq!(failed_transactions(&text), Some(0), "{text}");
     assert!(processed(&text).is_some_and(|n| n >= 200), "{text}");
+    eprintln!(
+        "pgbench through the roll: {:?} transactions, {:?} failed",
+        processed(&text),
+        failed_transactions(&text)
+    );
     // Every old instance left the registry once drained: only the new ones remain.
     let want: Vec<String> = (0..3).map(|i| format!("n{i}-gen1")).collect();
     assert!(
@@ -186,8 +201,10 @@ async fn a_draining_instance_stays_registered_and_gets_its_cancels() {
     // a2 takes a's socket over: a stops accepting but keeps its client, and its row.
     let a2 = Node::start(dir.path(), "a2", &url, slots[0].0, &slots[0].1).await;
     assert!(
-        eventually(Duration::from_secs(5), || async { a.log().contains("draining: staying in the instance registry") })
-            .await,
+        eventually(Duration::from_secs(5), || async {
+            a.log().contains("draining: staying in the instance registry")
+        })
+        .await,
         "{}",
         a.log()
     );
