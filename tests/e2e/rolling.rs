@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use pgtenant::config::TenantConfig;
 use pgtenant::model::PoolMode;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use crate::instances::{backend_key, haproxy, raw_login, send_cancel};
-use crate::support::raw::{query, read_ready, send, sqlstate};
+use crate::support::raw::{query, read_ready, send, sqlstate, startup_packet};
 use crate::support::*;
 
 /// One `pgtenant serve` process, its log collected as it comes.
@@ -232,4 +233,80 @@ async fn a_draining_instance_stays_registered_and_gets_its_cancels() {
     let (got, _) = read_ready(&mut s2, 1, Duration::from_secs(5)).await;
     assert_eq!(sqlstate(&got), None, "{got:?}");
     drop(a2);
+}
+
+/// What the handover is for: connections that wait in the kernel's accept queue when the old
+/// instance stops accepting are served by the new one (it is the same socket), where closing
+/// one of two SO_REUSEPORT sockets resets the connections queued on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_queued_at_a_handover_are_all_served() {
+    use std::os::fd::AsFd;
+    let t = with_mode(tenant_db("roll_queue").await, PoolMode::Transaction, 4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("h.sock");
+    // The old instance hands its socket over on request but never accepts: every connection
+    // below is still in the kernel's queue when the handover happens.
+    let listener = pgtenant::listener::bind(SocketAddr::from(([127, 0, 0, 1], 0)), 128).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let old = pgtenant::proxy::Proxy::new(config(vec![t.clone()]));
+    let socket = listener.as_fd().try_clone_to_owned().expect("dup");
+    let unix = pgtenant::handover::listen(&sock).expect("handover socket");
+    tokio::spawn(pgtenant::handover::serve(unix, socket, old.clone()));
+    let user = format!("app.{}", t.id);
+    let mut queued = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(addr).await.expect("connect (completed by the kernel)");
+        s.write_all(&startup_packet(&[("user", &user)])).await.expect("startup");
+        queued.push(s);
+    }
+    // The new instance takes the socket over and accepts; the old one closes its own.
+    let path = sock.clone();
+    let (taken, predecessor) = tokio::task::spawn_blocking(move || pgtenant::handover::take_over(&path))
+        .await
+        .expect("task")
+        .expect("take over")
+        .expect("a running instance");
+    let new = pgtenant::proxy::Proxy::new(config(vec![t.clone()]));
+    tokio::spawn(new.clone().serve(tokio::net::TcpListener::from_std(taken).expect("listener")));
+    predecessor.go(&new).await.expect("go");
+    assert!(
+        eventually(Duration::from_secs(5), || async { old.shutdown.stop_accepting.is_cancelled() }).await,
+        "the old instance stopped accepting"
+    );
+    drop(listener);
+    for (n, s) in queued.iter_mut().enumerate() {
+        let (got, closed) = read_ready(s, 1, Duration::from_secs(10)).await;
+        assert!(!closed && sqlstate(&got).is_none(), "queued connection {n}: {got:?}");
+    }
+
+    // The same with two SO_REUSEPORT sockets and the first one closed (what a restart
+    // without handover does): the connections queued on it are reset by the kernel, unless
+    // net.ipv4.tcp_migrate_req = 1 hands them to the other socket.
+    let migrates =
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1");
+    let first =
+        pgtenant::listener::bind_with(SocketAddr::from(([127, 0, 0, 1], 0)), 128, true).expect("bind");
+    let shared = first.local_addr().expect("addr");
+    let _second = pgtenant::listener::bind_with(shared, 128, true).expect("bind beside");
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(shared).await.expect("connect");
+        s.write_all(b"x").await.expect("write");
+        clients.push(s);
+    }
+    drop(first);
+    let mut reset = 0;
+    for s in &mut clients {
+        let mut byte = [0u8; 1];
+        if let Ok(Err(_) | Ok(0)) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut byte)).await
+        {
+            reset += 1;
+        }
+    }
+    if migrates {
+        assert_eq!(reset, 0, "tcp_migrate_req = 1: none reset");
+    } else {
+        assert!(reset > 0, "closing a SO_REUSEPORT socket reset none of 20 connections queued on the pair");
+    }
+    eprintln!("SO_REUSEPORT close: {reset} of 20 queued connections reset (tcp_migrate_req = {migrates})");
 }
