@@ -138,26 +138,34 @@ pub fn hand_over(conn: &mut ServerConn, client: u64, tenant: &TenantId, tenant_v
     conn.tenant = Some(tenant.clone());
 }
 
-/// Queues the reset (the caller holds the client's bytes until its reply is checked) and
-/// records the connection as the reset leaves it (its reportable settings back to the pool's
-/// values, nothing of pgtenant's). Returns the ReadyForQuery messages whose replies the caller
-/// swallows and checks: an ErrorResponse among them means the reset failed, and the caller
-/// ends the session and closes the connection; the client's bytes never ran on it.
-pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String, String)]) -> usize {
-    let queued =
-        frontend::query(out, RESET_GUARD).is_ok() && frontend::query(out, CROSS_TENANT_RESET).is_ok();
+/// Queues the reset and records the connection as the reset leaves it (its reportable
+/// settings back to the pool's values, nothing of pgtenant's). The guard goes as a simple
+/// Query (one ReadyForQuery, swallowed; its failure changes nothing, since DISCARD ALL resets
+/// what it sets), DISCARD ALL as an unsynced extended statement ([`frontend::unsynced`]): the
+/// caller swallows and checks its four replies ([`RESET_REPLIES`]) and may send the client's
+/// messages behind it up to the client's first Sync, which a failed reset makes the server
+/// skip (the caller holds the rest until the reset's reply is checked; an ErrorResponse ends
+/// the session and closes the connection).
+pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String, String)]) {
+    if frontend::query(out, RESET_GUARD).is_ok() {
+        frontend::unsynced(out, CROSS_TENANT_RESET);
+    }
     conn.vars = params.to_vec();
     conn.vars_fingerprint = 0;
     conn.prepared.clear();
     conn.dirty = false;
     conn.tenant = None;
     conn.settings_suspect = false;
-    if queued {
-        2
-    } else {
-        0
-    }
 }
+
+/// What the server answers a successful [`queue_reset`] after the guard's ReadyForQuery, in
+/// order (asynchronous messages aside): ParseComplete, BindComplete, CommandComplete and
+/// CloseComplete.
+pub const RESET_REPLIES: [u8; 4] =
+    [be::PARSE_COMPLETE, be::BIND_COMPLETE, be::COMMAND_COMPLETE, be::CLOSE_COMPLETE];
+
+/// The CommandComplete tag of [`CROSS_TENANT_RESET`].
+pub const RESET_TAG: &[u8] = b"DISCARD ALL\0";
 
 /// Drops what a reset query (`DISCARD ALL`) returned to defaults: every setting pgtenant
 /// applied that the server does not report.
