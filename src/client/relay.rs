@@ -32,8 +32,8 @@ use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
 use crate::model::PoolMode;
 use crate::pool::session::{
-    hand_over, needs_reset, queue_reset, retire, retire_running, Retire, CLEANUP_TIMEOUT, RESET_REPLIES,
-    RESET_TAG,
+    hand_over, needs_reset, queue_reset, reset_step, retire, retire_running, ResetStep, Retire,
+    CLEANUP_TIMEOUT,
 };
 use crate::pool::{Checkout, Pool, ServerParams};
 use crate::protocol::backend::txn;
@@ -127,7 +127,7 @@ enum ResetPhase {
     Done,
     /// Until the guard query's ReadyForQuery.
     Guard,
-    /// The next expected reply of DISCARD ALL ([`RESET_REPLIES`] index).
+    /// The next expected reply of DISCARD ALL (an index in `pool::session::RESET_REPLIES`).
     Discard(u8),
 }
 

@@ -341,13 +341,15 @@ impl Pool {
         changed
     }
 
-    /// An idle connection, preferring one last set up for `tenant`, else the most recently
-    /// used; connections past their lifetime are closed on the way.
+    /// An idle connection, preferring one last set up for `tenant`, then one that needs no
+    /// reset (no tenant's session on it), else the most recently used (which then gets the
+    /// cross-tenant reset); connections past their lifetime are closed on the way.
     fn take_idle(&self, tenant: Option<&TenantId>) -> Option<ServerConn> {
         let mut idle = self.lock_idle();
         loop {
             let pick = tenant
                 .and_then(|t| idle.iter().rposition(|c| c.tenant.as_ref() == Some(t)))
+                .or_else(|| idle.iter().rposition(|c| c.tenant.is_none() && !c.dirty))
                 .or_else(|| idle.len().checked_sub(1))?;
             let conn = idle.remove(pick);
             // Past its lifetime: closed here (the reaper catches the ones never picked).

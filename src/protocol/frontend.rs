@@ -174,4 +174,18 @@ mod tests {
         assert_eq!(&t[..], TERMINATE_MESSAGE);
         assert_eq!(ssl_request(), [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
     }
+
+    #[test]
+    fn unsynced_statement_is_parse_bind_execute_close_without_sync() {
+        let mut out = BytesMut::new();
+        unsynced(&mut out, "DISCARD ALL");
+        let expected = [
+            frame(b'P', b"\0DISCARD ALL\0\0\0"),
+            frame(b'B', &[0; 8]),
+            frame(b'E', &[0; 5]),
+            frame(b'C', b"S\0"),
+        ]
+        .concat();
+        assert_eq!(&out[..], &expected[..]);
+    }
 }

@@ -266,28 +266,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Checks one server message that arrives while DISCARD ALL's replies are due: the next
-    /// of [`RESET_REPLIES`] (and the right CommandComplete tag) moves the reset on, and the
+    /// of `RESET_REPLIES` (and the right CommandComplete tag) moves the reset on, and the
     /// last confirms it (the client's held messages may go); asynchronous messages pass.
     /// Anything else means the reset failed: the session ends with the server's error (or
     /// pgtenant's) and the connection is closed; the client's messages sent behind the reset
     /// were skipped by the server.
     fn check_reset_reply(&mut self, tag: u8, pos: usize, len: usize, whole: bool) -> Result<(), Exit> {
-        let ResetPhase::Discard(i) = self.progress.reset else { return Ok(()) };
-        if matches!(tag, be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE | be::PARAMETER_STATUS) {
-            return Ok(());
-        }
-        let expected = RESET_REPLIES.get(usize::from(i)).copied();
-        let tag_ok = tag != be::COMMAND_COMPLETE
-            || (whole && self.sbuf.get(pos + HEADER_LEN..pos + len) == Some(RESET_TAG));
-        if expected == Some(tag) && tag_ok {
-            let next = i + 1;
-            self.progress.reset = if usize::from(next) == RESET_REPLIES.len() {
+        let ResetPhase::Discard(next) = self.progress.reset else { return Ok(()) };
+        let body = (tag == be::COMMAND_COMPLETE && whole).then(|| &self.sbuf[pos + HEADER_LEN..pos + len]);
+        match reset_step(next, tag, body) {
+            ResetStep::Pass => return Ok(()),
+            ResetStep::Next(n) => {
+                self.progress.reset = ResetPhase::Discard(n);
+                return Ok(());
+            }
+            ResetStep::Done => {
+                self.progress.reset = ResetPhase::Done;
                 self.progress.reset_synced = false;
-                ResetPhase::Done
-            } else {
-                ResetPhase::Discard(next)
-            };
-            return Ok(());
+                return Ok(());
+            }
+            ResetStep::Failed => {}
         }
         let error = if tag == be::ERROR_RESPONSE && whole {
             let fields = parse_error_fields(&self.sbuf[pos + HEADER_LEN..pos + len]);
