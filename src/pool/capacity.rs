@@ -33,6 +33,11 @@ impl Capacity {
         })
     }
 
+    /// Connections this cap lets open now (this instance's share).
+    pub(super) fn size(&self) -> usize {
+        self.sizes.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
     /// Resizes to this instance's share of the configured cap.
     pub(super) fn apply_share(&self, shares: &Shares) {
         let mut sizes = self.sizes.lock().unwrap_or_else(|e| e.into_inner());

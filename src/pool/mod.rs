@@ -26,7 +26,7 @@ pub use server::{cancel_backend, Login, PreparedSet, ServerConn, UpstreamError};
 pub use stream::ServerStream;
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -219,6 +219,8 @@ pub struct Pool {
     checkout: Arc<FairSemaphore>,
     /// Most recently used last.
     idle: Mutex<Idle>,
+    /// The pool size the catalog gives (`checkout` may be smaller: [`Pool::effective_size`]).
+    configured_size: AtomicUsize,
     /// ParameterStatus values of the most recent connection opened: what clients are told at
     /// login.
     params: RwLock<Option<ServerParams>>,
@@ -264,25 +266,13 @@ impl Pool {
     /// generation (idle connections of the old one are closed now, busy ones at release); a
     /// changed size applies to the next checkout. Returns whether anything changed.
     fn apply(&self, tenant: &Tenant) -> bool {
+        self.configured_size.store(tenant.pool_size, Ordering::Relaxed);
+        let size = self.effective_size();
         // Every login passes here: the common case (nothing changed) takes read locks only.
-        if self.checkout.size() == tenant.pool_size && self.current_login().same_as(tenant) {
+        if self.checkout.size() == size && self.current_login().same_as(tenant) {
             return false;
         }
-        let mut changed = false;
-        if self.checkout.size() != tenant.pool_size {
-            tracing::info!(upstream = %self.key.addr, db = %self.key.database, role = %self.key.role,
-                from = self.checkout.size(), to = tenant.pool_size, "pool size changed");
-            self.checkout.resize(tenant.pool_size);
-            // Idle connections above the new size are closed now (oldest first); busy ones
-            // when they come back.
-            let mut idle = self.lock_idle();
-            let excess = (idle.len() + self.checkout.in_use()).saturating_sub(tenant.pool_size);
-            let now = excess.min(idle.len());
-            idle.drain(..now);
-            idle.retire = excess - now;
-            drop(idle);
-            changed = true;
-        }
+        let mut changed = self.resize(size);
         let mut login = self.login.write().unwrap_or_else(|e| e.into_inner());
         if !login.same_as(tenant) {
             let next = Arc::new(PoolLogin::of(tenant, login.generation + 1));
@@ -295,6 +285,32 @@ impl Pool {
             changed = true;
         }
         changed
+    }
+
+    /// The pool's size: as configured, but no more than the upstream's cap lets it open
+    /// (this instance's share of it, with several instances). Checkouts past it wait in
+    /// the pool's fair queue rather than for upstream capacity, where a client releasing a
+    /// connection and taking it again at once would starve them.
+    fn effective_size(&self) -> usize {
+        self.configured_size.load(Ordering::Relaxed).min(self.upstream.size())
+    }
+
+    /// Resizes the checkout permits; returns whether the size changed.
+    fn resize(&self, size: usize) -> bool {
+        if self.checkout.size() == size {
+            return false;
+        }
+        tracing::info!(upstream = %self.key.addr, db = %self.key.database, role = %self.key.role,
+            from = self.checkout.size(), to = size, "pool size changed");
+        self.checkout.resize(size);
+        // Idle connections above the new size are closed now (oldest first); busy ones
+        // when they come back.
+        let mut idle = self.lock_idle();
+        let excess = (idle.len() + self.checkout.in_use()).saturating_sub(size);
+        let now = excess.min(idle.len());
+        idle.drain(..now);
+        idle.retire = excess - now;
+        true
     }
 
     /// An idle connection, preferring one last set up for `tenant`, else the most recently
@@ -551,6 +567,9 @@ impl PoolManager {
         for up in self.upstreams.iter() {
             up.value().apply_share(shares);
         }
+        for pool in self.pools.iter() {
+            pool.resize(pool.effective_size());
+        }
         let shared: Vec<(TenantId, TenantCapSize)> = self
             .tenant_cap_sizes
             .iter()
@@ -608,7 +627,7 @@ impl PoolManager {
         self.pools
             .entry(tenant.pool_key.clone())
             .or_insert_with(|| {
-                let checkout = FairSemaphore::new(tenant.pool_size);
+                let checkout = FairSemaphore::new(tenant.pool_size.min(upstream.size()));
                 let pool = Arc::new(Pool {
                     key: tenant.pool_key.clone(),
                     login: RwLock::new(Arc::new(PoolLogin::of(tenant, 0))),
@@ -620,6 +639,7 @@ impl PoolManager {
                         checkout: checkout.clone(),
                     }),
                     checkout,
+                    configured_size: AtomicUsize::new(tenant.pool_size),
                     params: RwLock::new(None),
                     upstream: upstream.clone(),
                     global: self.global.clone(),

@@ -82,9 +82,22 @@ async fn max_clients_holds_across_three_instances_and_follows_a_leave() {
 
     // Ten clients through the balancer (round robin: 4, 3, 3), each logged in and served.
     let lb = haproxy(&service.iter().map(|i| i.addr).collect::<Vec<_>>()).await;
+    // Where HAProxy's rotation starts is its own business: probe until the next connection
+    // goes to the first instance (the one with the extra client).
+    let no_clients = || async { service.iter().all(|i| i.proxy.tenant_clients(&t.id) == 0) };
+    for _ in 0..3 {
+        let probe = connect(lb.addr, &t.id).await.expect("probe");
+        let landed = service.iter().position(|i| i.proxy.tenant_clients(&t.id) == 1).expect("landed");
+        drop(probe);
+        assert!(eventually(Duration::from_secs(5), no_clients).await, "probe gone");
+        if landed == 2 {
+            break;
+        }
+    }
     let mut clients = Vec::new();
     for n in 0..10 {
-        clients.push(connect(lb.addr, &t.id).await.unwrap_or_else(|e| panic!("client {n}: {e}")));
+        let c = connect(lb.addr, &t.id).await;
+        clients.push(c.unwrap_or_else(|e| panic!("client {n}: {} {e}", code(&e))));
     }
     let per_instance: Vec<usize> = service.iter().map(|i| i.proxy.tenant_clients(&t.id)).collect();
     assert_eq!(per_instance, vec![4, 3, 3]);
