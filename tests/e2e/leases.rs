@@ -137,12 +137,33 @@ fn failed_transactions(output: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_capped_at_20_never_sees_more_under_pgbench_through_three_instances() {
-    // A pool of 20 per instance: without shared caps the three could open 60.
-    let t = with_mode(tenant_db("lease_up").await, PoolMode::Transaction, 20);
-    let (service, control) = service(3, &t, "UPDATE pgtenant.upstreams SET max_connections = 20").await;
+    let setup = |_: &str| "UPDATE pgtenant.upstreams SET max_connections = 20".to_owned();
+    capped_under_pgbench("lease_up", &setup, 20, vec![7, 7, 6], 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_max_server_connections_holds_across_three_instances_under_pgbench() {
+    let setup =
+        |id: &str| format!("UPDATE pgtenant.tenants SET max_server_connections = 9 WHERE id = '{id}'");
+    capped_under_pgbench("lease_sv", &setup, 9, vec![3, 3, 3], 15).await;
+}
+
+/// Three instances behind HAProxy, each with a pool of 20 (without shared caps they could
+/// open 60), a cap of `cap` set by `setup` (given the tenant id), and pgbench with `clients`
+/// through the balancer: the upstream never sees more than `cap` backends of the tenant's
+/// role, and no transaction fails (a client waiting for a connection is not an error).
+async fn capped_under_pgbench(
+    prefix: &str,
+    setup: &dyn Fn(&str) -> String,
+    cap: i64,
+    shares: Vec<usize>,
+    clients: usize,
+) {
+    let t = with_mode(tenant_db(prefix).await, PoolMode::Transaction, 20);
+    let (service, control) = service(3, &t, &setup(&t.id)).await;
     settled(&control, 3).await;
-    let limits: Vec<usize> = service.iter().map(|i| i.proxy.limit(20)).collect();
-    assert_eq!(limits, vec![7, 7, 6]);
+    let limits: Vec<usize> = service.iter().map(|i| i.proxy.limit(cap as usize)).collect();
+    assert_eq!(limits, shares);
     let lb = haproxy(&service.iter().map(|i| i.addr).collect::<Vec<_>>()).await;
     let url = format!("postgresql://app.{}@127.0.0.1:{}/{}", t.id, lb.addr.port(), t.id);
     let init = Command::new("pgbench").args(["-i", "-q", "-s", "1"]).arg(&url).output().await.expect("pgbench -i");
@@ -174,7 +195,7 @@ async fn an_upstream_capped_at_20_never_sees_more_under_pgbench_through_three_in
         })
     };
     let out = Command::new("pgbench")
-        .args(["-n", "-c", "30", "-j", "2", "-T", "8"])
+        .args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", "8"])
         .arg(&url)
         .output()
         .await
@@ -186,7 +207,8 @@ async fn an_upstream_capped_at_20_never_sees_more_under_pgbench_through_three_in
     assert_eq!(failed_transactions(&text), Some(0), "{text}");
     let most = most.load(Ordering::Relaxed);
     assert!(samples > 50, "sampled {samples} times");
-    assert!(most <= 20, "the upstream saw {most} backends of the tenant's role: {text}");
+    assert!(most <= cap, "the upstream saw {most} backends of the tenant's role (cap {cap}): {text}");
     // More than one instance's share was in use at once: the cap was shared, not split idle.
-    assert!(most > 7, "only {most} backends at most: {text}");
+    let one = shares.iter().max().copied().unwrap_or(0) as i64;
+    assert!(most > one, "only {most} backends at most: {text}");
 }
