@@ -103,11 +103,27 @@ impl Instances {
         };
         me.register_now(None).await?;
         // Report the view read by the first heartbeat with the second: alone, that settles
-        // the shares before the first client; with peers, the faster heartbeats take over.
+        // the shares before the first client; with peers, see `wait_settled`.
         me.beat().await?;
         me.beat().await?;
         tracing::info!(id = %me.id, slot = me.slot(), advertise = %me.advertised_addr, "registered in the instance registry");
         Ok(Arc::new(me))
+    }
+
+    /// Heartbeats fast until the peers have made room for this instance (it is settled), at
+    /// most one expiry window; `pgtenant serve` does this before it serves, so that clients
+    /// queue in the listen backlog instead of meeting a share of nothing.
+    pub async fn wait_settled(&self) {
+        let wait_until = Instant::now() + self.interval.mul_f64(EXPIRY_HEARTBEATS);
+        while !self.settled() && Instant::now() < wait_until {
+            tokio::time::sleep(self.interval / 4).await;
+            if let Err(e) = self.beat().await {
+                tracing::debug!(error = %e, "heartbeat while waiting for a share failed");
+            }
+        }
+        if !self.settled() {
+            tracing::warn!("peers have not made room yet: starting with no share of the service-wide caps");
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -213,7 +229,9 @@ impl Instances {
                     drop(leases);
                 }
                 let expiry = self.expiry_secs();
-                self.cache(rows.into_iter().filter(|r| r.heartbeat_age <= expiry || r.id == self.id).collect());
+                self.cache(
+                    rows.into_iter().filter(|r| r.heartbeat_age <= expiry || r.id == self.id).collect(),
+                );
                 Ok(())
             }
             None => {

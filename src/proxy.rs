@@ -209,7 +209,11 @@ impl Proxy {
         }
         let catalog = ControlCatalog::start(&config.catalog, &config.pool).await?;
         let instances = match listen {
-            Some(addr) => Some(Instances::register(&config, addr).await?),
+            Some(addr) => {
+                let instances = Instances::register(&config, addr).await?;
+                instances.wait_settled().await;
+                Some(instances)
+            }
             None => None,
         };
         let proxy = Proxy::with_instances(config, catalog, instances);

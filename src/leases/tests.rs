@@ -77,11 +77,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The registry's rows as (slot, seen).
+type Rows = Vec<(u16, String)>;
+
 struct Sim {
-    /// The registry: (slot, seen).
-    rows: Vec<(u16, String)>,
+    rows: Rows,
     /// Live instances, and what each read at its last heartbeat, not yet applied.
-    alive: Vec<(Leases, Option<Vec<(u16, String)>>)>,
+    alive: Vec<(Leases, Option<Rows>)>,
 }
 
 impl Sim {

@@ -123,4 +123,3 @@ pub(super) fn resize(sem: &Arc<Semaphore>, have: usize, want: usize) {
         }
     }
 }
-

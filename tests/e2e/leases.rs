@@ -123,7 +123,10 @@ async fn max_clients_holds_across_three_instances_and_follows_a_leave() {
         for n in 0..more {
             clients.push(connect(service[i].addr, &t.id).await.unwrap_or_else(|e| panic!("{i}/{n}: {e}")));
         }
-        let e = connect(service[i].addr, &t.id).await.err().unwrap_or_else(|| panic!("instance {i} over its share"));
+        let e = connect(service[i].addr, &t.id)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("instance {i} over its share"));
         assert_eq!(code(&e), "53300");
     }
     let total: usize = service.iter().map(|i| i.proxy.tenant_clients(&t.id)).sum();
@@ -166,7 +169,8 @@ async fn capped_under_pgbench(
     assert_eq!(limits, shares);
     let lb = haproxy(&service.iter().map(|i| i.addr).collect::<Vec<_>>()).await;
     let url = format!("postgresql://app.{}@127.0.0.1:{}/{}", t.id, lb.addr.port(), t.id);
-    let init = Command::new("pgbench").args(["-i", "-q", "-s", "1"]).arg(&url).output().await.expect("pgbench -i");
+    let init =
+        Command::new("pgbench").args(["-i", "-q", "-s", "1"]).arg(&url).output().await.expect("pgbench -i");
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
 
     // Backends of the tenant's role, sampled every 20 ms on one connection while pgbench runs.
