@@ -86,6 +86,11 @@ impl Proxy {
             }
         }
         self.pools.close_idle();
+        // Drained: the registry may now hand this instance's shares to its peers.
+        if let Some(instances) = &self.instances {
+            instances.leave().await;
+        }
+        self.shutdown.drained.cancel();
         tracing::info!("shutdown complete");
         Ok(())
     }

@@ -48,13 +48,13 @@ async fn service(n: usize, tenant: &TenantConfig) -> (Vec<Instance>, tokio_postg
 }
 
 /// HAProxy in TCP mode, round-robin over `backends`, on a free port of 127.0.0.1.
-struct Haproxy {
-    addr: SocketAddr,
+pub(crate) struct Haproxy {
+    pub(crate) addr: SocketAddr,
     _child: tokio::process::Child,
     _dir: tempfile::TempDir,
 }
 
-async fn haproxy(backends: &[SocketAddr]) -> Haproxy {
+pub(crate) async fn haproxy(backends: &[SocketAddr]) -> Haproxy {
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
     let dir = tempfile::tempdir().expect("tempdir");
