@@ -29,6 +29,7 @@
 //! - [`cancel`]: pgtenant's own BackendKeyData and the map to upstream backends.
 //! - [`instances`]: the instance registry: the instances serving one control database,
 //!   their heartbeats, and where a cancel for another instance's key is forwarded.
+//! - [`leases`]: the service-wide caps shared out between those instances (share arithmetic).
 //! - [`lifecycle`]: tenant create / suspend / archive / restore / delete on the upstream
 //!   and the catalog, and migrations across every tenant (CLI and HTTP fronts).
 //! - [`console`]: the PgBouncer-compatible admin console (SHOW, PAUSE, RELOAD …) over the
@@ -61,6 +62,7 @@ pub mod console;
 pub mod embedded;
 pub mod handover;
 pub mod instances;
+pub mod leases;
 pub mod lifecycle;
 pub mod listener;
 pub mod logging;

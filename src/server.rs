@@ -93,19 +93,15 @@ impl Proxy {
             }
         }
         self.pools.close_idle();
-        // Only now: cancels forwarded here reached the clients until the last one left.
+        // Drained: the registry may now hand this instance's shares to its peers.
         if let Some(instances) = &self.instances {
-            if tokio::time::timeout(DEREGISTER_TIMEOUT, instances.finish()).await.is_err() {
-                tracing::warn!("deregistering timed out: the row expires by itself");
-            }
+            instances.leave().await;
         }
+        self.shutdown.drained.cancel();
         tracing::info!("shutdown complete");
         Ok(())
     }
 }
-
-/// How long leaving the instance registry may hold up the end of a shutdown.
-const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Proxy {
     /// Serves one accepted connection, within `max_prelogin_connections`.

@@ -11,6 +11,7 @@ mod fairness;
 mod hostile;
 mod instances;
 mod isolation;
+mod leases;
 mod lifecycle;
 mod links;
 mod live_catalog;
