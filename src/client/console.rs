@@ -444,9 +444,15 @@ impl ConsoleSource for ProxyConsole {
                         p.pools.pauses.pause(None);
                         self.settled(None).await;
                     }
-                    p.shutdown.drain.cancel();
-                    if *mode == ShutdownMode::Immediate {
-                        p.shutdown.force.cancel();
+                    match mode {
+                        // PgBouncer's WAIT_FOR_CLIENTS: stop accepting, let clients leave by
+                        // themselves (at most `shutdown_timeout`); none is told anything.
+                        ShutdownMode::WaitForClients => p.shutdown.stop_accepting.cancel(),
+                        ShutdownMode::Immediate => {
+                            p.shutdown.drain.cancel();
+                            p.shutdown.force.cancel();
+                        }
+                        _ => p.shutdown.drain.cancel(),
                     }
                     Ok(())
                 }

@@ -201,6 +201,36 @@ async fn kill_client_closes_that_client_only() {
     assert!(message(&e).contains("client not found"), "{e}");
 }
 
+/// `SHUTDOWN WAIT_FOR_CLIENTS` (PgBouncer's meaning): new connections are refused at once,
+/// a connected idle client is told nothing and goes on running transactions, and the proxy
+/// stops when the last client has left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_wait_for_clients_keeps_idle_clients_until_they_leave() {
+    let t = trusted_tenant("conswait", PoolMode::Transaction, 2).await;
+    let h = start(console_config(vec![t.clone()])).await;
+    let stays = h.client(&t.id).await;
+    stays.simple_query("SELECT 1").await.expect("before");
+    let ops = connect_str(&console_conninfo(&h, "ops", OPS_PW)).await;
+    ops.simple_query("SHUTDOWN WAIT_FOR_CLIENTS").await.expect("SHUTDOWN WAIT_FOR_CLIENTS");
+    drop(ops);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            tokio_postgres::connect(&h.conninfo(&t.id), tokio_postgres::NoTls).await.is_err()
+        })
+        .await,
+        "new connections must be refused after SHUTDOWN WAIT_FOR_CLIENTS"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        let r = stays.query_one("SELECT $1::int + 1", &[&i]).await.expect("the idle client goes on");
+        assert_eq!(r.get::<_, i32>(0), i + 1);
+    }
+    assert!(!h.served.is_finished(), "the proxy stopped while a client was still connected");
+    drop(stays);
+    let ended = tokio::time::timeout(Duration::from_secs(10), h.served).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "the proxy must stop once the last client left: {ended:?}");
+}
+
 /// spreaker's prometheus-pgbouncer-exporter 2.1.2 from PyPI, unchanged, scraping pgtenant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pypi_pgbouncer_exporter_scrapes_pgtenant() {
