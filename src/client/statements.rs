@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::setcmd::{self, SetCmd};
+use super::setcmd::SetCmd;
 use crate::protocol::backend::cstr;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::{rename, tag};
@@ -129,8 +129,9 @@ pub struct Statements {
 
 impl Statements {
     /// The server-side form of a client Parse (`frame` is the whole message, name
-    /// non-empty); `search_path` is part of the statement's identity.
-    pub fn prepare(frame: &[u8], search_path: &str) -> Option<(Box<[u8]>, Arc<Prepared>)> {
+    /// non-empty); `search_path` is part of the statement's identity, `set` is the session SET
+    /// its text runs (see [`super::classify::Class::set`]).
+    pub fn prepare(frame: &[u8], search_path: &str, set: Option<SetCmd>) -> Option<(Box<[u8]>, Arc<Prepared>)> {
         let (name, rest) = cstr(frame.get(HEADER_LEN..)?)?;
         if name.is_empty() {
             return None;
@@ -144,7 +145,6 @@ impl Statements {
         };
         let server_name: Arc<str> = Arc::from(format!("pgt_{:016x}{:016x}", hash(&k[0]), hash(&k[1])));
         let parse = rename(tag::PARSE, &[], server_name.as_bytes(), rest);
-        let set = cstr(rest).and_then(|(query, _)| setcmd::parse(query));
         Some((name.into(), Arc::new(Prepared { server_name, parse, set })))
     }
 
@@ -211,10 +211,8 @@ impl Statements {
     }
 
     /// A statement that may drop every prepared statement (DEALLOCATE, DISCARD) was staged.
-    pub fn raise_barrier(&mut self, sql: &[u8]) {
-        if contains_ignore_case(sql, b"DEALLOCATE") || contains_ignore_case(sql, b"DISCARD") {
-            self.barrier = true;
-        }
+    pub fn raise_barrier(&mut self) {
+        self.barrier = true;
     }
 
     pub fn barrier_pending(&self) -> bool {
@@ -270,6 +268,11 @@ pub fn sql_prepare_refusal(sql: &[u8]) -> Option<String> {
         _ => false,
     };
     refused.then(|| raise_query(&PgError::sql_prepare_unsupported()))
+}
+
+/// SQL that fails with 0A000 saying SQL-level prepared statements are not supported.
+pub fn prepare_refusal() -> String {
+    raise_query(&PgError::sql_prepare_unsupported())
 }
 
 /// A query that raises `e` where the server would run the refused statement, so the error
@@ -405,12 +408,12 @@ mod tests {
     #[test]
     fn parse_is_renamed_by_content_and_search_path() {
         let p = frame(b'P', b"s1\0SELECT $1\0\0\x01\0\0\0\x17");
-        let (n, a) = Statements::prepare(&p, "\"acme\"").expect("named");
+        let (n, a) = Statements::prepare(&p, "\"acme\"", None).expect("named");
         assert_eq!(&*n, b"s1");
-        let (_, b) = Statements::prepare(&frame(b'P', b"other\0SELECT $1\0\0\x01\0\0\0\x17"), "\"acme\"")
+        let (_, b) = Statements::prepare(&frame(b'P', b"other\0SELECT $1\0\0\x01\0\0\0\x17"), "\"acme\"", None)
             .expect("named");
         assert_eq!(a.server_name, b.server_name, "same content, same server statement");
-        let (_, c) = Statements::prepare(&p, "\"globex\"").expect("named");
+        let (_, c) = Statements::prepare(&p, "\"globex\"", None).expect("named");
         assert_ne!(a.server_name, c.server_name, "another schema, another statement");
         assert_eq!(a.server_name.len(), 4 + 32, "128 keyed bits: {}", a.server_name);
         let (name, rest) = cstr(&a.parse[HEADER_LEN..]).expect("name");
@@ -420,20 +423,20 @@ mod tests {
             i32::from_be_bytes([a.parse[1], a.parse[2], a.parse[3], a.parse[4]]) as usize + 1,
             a.parse.len()
         );
-        assert!(Statements::prepare(&frame(b'P', b"\0SELECT 1\0\0\0"), "").is_none(), "unnamed: not tracked");
+        assert!(Statements::prepare(&frame(b'P', b"\0SELECT 1\0\0\0"), "", None).is_none(), "unnamed: not tracked");
     }
 
     #[test]
     fn names_wait_only_across_a_sync() {
         let mut s = Statements::default();
-        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "").expect("named");
+        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None).expect("named");
         let parse = s.register(n, p);
         assert!(matches!(s.lookup(b"s1"), Lookup::Known(_)), "same Sync segment: decided together");
         s.sync();
         assert!(matches!(s.lookup(b"s1"), Lookup::Wait), "after a Sync: waits for the verdict");
         s.settle(&parse, false);
         assert!(matches!(s.lookup(b"s1"), Lookup::Unknown), "a skipped Parse leaves nothing");
-        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "").expect("named");
+        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None).expect("named");
         let parse = s.register(n, p);
         s.settle(&parse, true);
         let close = s.close(b"s1").expect("known");
