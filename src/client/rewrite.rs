@@ -13,8 +13,8 @@ use super::pipeline::{Action, Kind, Pipeline};
 use super::setcmd::SetCmd;
 use super::statements::Effect;
 use super::statements::{
-    absent_portal, absent_statement, feature_refusal, prepare_refusal, probe_duplicate, probe_statement, Lookup,
-    Statements, MAX_CLIENT_STATEMENTS, MAX_CLIENT_STATEMENT_BYTES,
+    absent_portal, absent_statement, feature_refusal, prepare_refusal, probe_duplicate, probe_statement,
+    Lookup, Statements, MAX_CLIENT_STATEMENTS, MAX_CLIENT_STATEMENT_BYTES,
 };
 use super::vars::ClientVars;
 use crate::config::SessionFeatures;
