@@ -1,6 +1,7 @@
 //! One client session: handshake (startup packet, SSL/GSS refusal, cancel requests) →
 //! resolve the tenant → look it up → authenticate → login messages → relay.
 
+mod classify;
 mod console;
 #[cfg(test)]
 mod future_size;

@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::classify::{classify, Class, Refusal};
 use super::pipeline::{Action, Kind, Pipeline};
-use super::setcmd::{self, SetCmd};
+use super::setcmd::SetCmd;
 use super::statements::Effect;
 use super::statements::{
-    absent_portal, absent_statement, declared_cursors, feature_refusal, may_change_settings, probe_duplicate,
-    probe_statement, session_feature, sql_prepare_refusal, Lookup, Statements, MAX_CLIENT_STATEMENTS,
-    MAX_CLIENT_STATEMENT_BYTES,
+    absent_portal, absent_statement, feature_refusal, prepare_refusal, probe_duplicate, probe_statement,
+    Lookup, Statements, MAX_CLIENT_STATEMENTS, MAX_CLIENT_STATEMENT_BYTES,
 };
 use super::vars::ClientVars;
 use crate::config::SessionFeatures;
@@ -215,21 +215,17 @@ impl Stage<'_> {
                 if self.statements.barrier_pending() {
                     return false;
                 }
-                if may_change_settings(&frame[HEADER_LEN..]) {
-                    self.conn.suspect_settings();
-                }
-                self.statements.raise_barrier(&frame[HEADER_LEN..]);
-                for cursor in declared_cursors(&frame[HEADER_LEN..]) {
-                    self.statements.bind_portal(&cursor);
-                }
-                let refused = self.refusal_for(&frame[HEADER_LEN..]).and_then(|sql| query_frame(&sql));
+                let sql = &frame[HEADER_LEN..];
+                let class = classify(sql);
+                self.note(&class, sql);
+                let refused = self.refusal_for(&class).and_then(|sql| query_frame(&sql));
                 match refused {
                     Some(query) => {
                         self.out.extend_from_slice(&query);
                         self.pipeline.push(Kind::Query, Action::Forward);
                     }
                     None => {
-                        let set = frame.get(HEADER_LEN..frame.len() - 1).and_then(setcmd::parse);
+                        let set = frame.get(HEADER_LEN..frame.len() - 1).and_then(|sql| class.set(sql));
                         self.out.extend_from_slice(frame);
                         self.pipeline.push_set(Kind::Query, set);
                     }
@@ -243,34 +239,44 @@ impl Stage<'_> {
     fn parse(&mut self, frame: &[u8]) -> bool {
         // The extended protocol can carry what a simple query can: the same checks.
         let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
-        if let Some((name, sql)) = statement {
-            if let Some(refusal) = self.refusal_for(sql) {
-                // Prepared in its place: the refusal raises when the client executes it. The
-                // refused statement never runs, and the refusal changes nothing on the server:
-                // neither goes through the checks below (the refusal's text names DEALLOCATE,
-                // and a barrier raised for it would hold the client's next Describe until a
-                // reply that cannot come before its Sync).
-                let replacement = parse_frame(name, &refusal);
-                return self.prepare(&replacement);
-            }
-            if may_change_settings(sql) {
-                self.conn.suspect_settings();
-            }
-            self.statements.raise_barrier(sql);
-            for cursor in declared_cursors(sql) {
-                self.statements.bind_portal(&cursor);
-            }
+        let Some((name, sql)) = statement else {
+            return self.prepare(frame, None);
+        };
+        let class = classify(sql);
+        if let Some(refusal) = self.refusal_for(&class) {
+            // Prepared in its place: the refusal raises when the client executes it. The
+            // refused statement never runs, and the refusal changes nothing on the server:
+            // neither goes through the checks below (the refusal's text names DEALLOCATE,
+            // and a barrier raised for it would hold the client's next Describe until a
+            // reply that cannot come before its Sync).
+            let replacement = parse_frame(name, &refusal);
+            return self.prepare(&replacement, None);
         }
-        self.prepare(frame)
+        self.note(&class, sql);
+        let set = class.set(sql);
+        self.prepare(frame, set)
     }
 
-    /// A Parse after the checks: named statements get pgtenant's names.
-    fn prepare(&mut self, frame: &[u8]) -> bool {
-        let Some((name, prepared)) = Statements::prepare(frame, self.search_path) else {
+    /// What a query or Parse (not refused) does beyond its own reply: settings it may change
+    /// untracked, prepared statements it may drop, cursors it may declare.
+    fn note(&mut self, class: &Class, sql: &[u8]) {
+        if class.suspect_settings() {
+            self.conn.suspect_settings();
+        }
+        if class.drops_statements() {
+            self.statements.raise_barrier();
+        }
+        for cursor in class.declared_cursors(sql) {
+            self.statements.bind_portal(&cursor);
+        }
+    }
+
+    /// A Parse after the checks: named statements get pgtenant's names. `set` is the session
+    /// SET its text runs, if it is one.
+    fn prepare(&mut self, frame: &[u8], set: Option<SetCmd>) -> bool {
+        let Some((name, prepared)) = Statements::prepare(frame, self.search_path, set.clone()) else {
             // An unnamed statement: remember whether it is a SET.
-            self.sets.unnamed = cstr(&frame[HEADER_LEN..])
-                .and_then(|(_, rest)| cstr(rest))
-                .and_then(|(query, _)| setcmd::parse(query));
+            self.sets.unnamed = set;
             self.forward(fe::PARSE, frame);
             return true;
         };
@@ -330,11 +336,11 @@ impl Stage<'_> {
     /// What runs instead of `sql` in transaction mode, if it cannot run as it is: SQL-level
     /// prepared statements always, session-level features under the `refuse` policy (under
     /// `pin`, the client keeps its server connection instead).
-    fn refusal_for(&mut self, sql: &[u8]) -> Option<String> {
-        if let Some(refusal) = sql_prepare_refusal(sql) {
-            return Some(refusal);
-        }
-        let feature = session_feature(sql)?;
+    fn refusal_for(&mut self, class: &Class) -> Option<String> {
+        let feature = match class.refusal()? {
+            Refusal::SqlPrepare => return Some(prepare_refusal()),
+            Refusal::Feature(feature) => feature,
+        };
         match self.policy {
             SessionFeatures::Refuse => Some(feature_refusal(feature)),
             SessionFeatures::Pin => {

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::setcmd::{self, SetCmd};
+use super::setcmd::SetCmd;
 use crate::protocol::backend::cstr;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::{rename, tag};
 use crate::protocol::{PgError, SqlState};
-use crate::sql::{quote_literal, skip_blank};
+use crate::sql::quote_literal;
 
 /// What a message did, to be undone if the server skipped it or it failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,8 +129,13 @@ pub struct Statements {
 
 impl Statements {
     /// The server-side form of a client Parse (`frame` is the whole message, name
-    /// non-empty); `search_path` is part of the statement's identity.
-    pub fn prepare(frame: &[u8], search_path: &str) -> Option<(Box<[u8]>, Arc<Prepared>)> {
+    /// non-empty); `search_path` is part of the statement's identity, `set` is the session SET
+    /// its text runs (see [`super::classify::Class::set`]).
+    pub fn prepare(
+        frame: &[u8],
+        search_path: &str,
+        set: Option<SetCmd>,
+    ) -> Option<(Box<[u8]>, Arc<Prepared>)> {
         let (name, rest) = cstr(frame.get(HEADER_LEN..)?)?;
         if name.is_empty() {
             return None;
@@ -144,7 +149,6 @@ impl Statements {
         };
         let server_name: Arc<str> = Arc::from(format!("pgt_{:016x}{:016x}", hash(&k[0]), hash(&k[1])));
         let parse = rename(tag::PARSE, &[], server_name.as_bytes(), rest);
-        let set = cstr(rest).and_then(|(query, _)| setcmd::parse(query));
         Some((name.into(), Arc::new(Prepared { server_name, parse, set })))
     }
 
@@ -211,10 +215,8 @@ impl Statements {
     }
 
     /// A statement that may drop every prepared statement (DEALLOCATE, DISCARD) was staged.
-    pub fn raise_barrier(&mut self, sql: &[u8]) {
-        if contains_ignore_case(sql, b"DEALLOCATE") || contains_ignore_case(sql, b"DISCARD") {
-            self.barrier = true;
-        }
+    pub fn raise_barrier(&mut self) {
+        self.barrier = true;
     }
 
     pub fn barrier_pending(&self) -> bool {
@@ -251,25 +253,9 @@ impl Statements {
     }
 }
 
-/// SQL-level prepared statements cannot follow a client across server connections in
-/// transaction mode: `PREPARE`, `EXECUTE` and `DEALLOCATE <name>` are refused (0A000).
-/// `DEALLOCATE ALL` passes. Returns the refusal query to send instead.
-pub fn sql_prepare_refusal(sql: &[u8]) -> Option<String> {
-    let words = first_words(sql);
-    let first = words.first()?.to_ascii_uppercase();
-    let refused = match first.as_slice() {
-        b"PREPARE" | b"EXECUTE" => true,
-        b"DEALLOCATE" => {
-            let second = words.get(1).map(|w| w.to_ascii_uppercase());
-            let second = match second.as_deref() {
-                Some(b"PREPARE") => words.get(2).map(|w| w.to_ascii_uppercase()),
-                other => other.map(<[u8]>::to_vec),
-            };
-            second.as_deref() != Some(b"ALL")
-        }
-        _ => false,
-    };
-    refused.then(|| raise_query(&PgError::sql_prepare_unsupported()))
+/// SQL that fails with 0A000 saying SQL-level prepared statements are not supported.
+pub fn prepare_refusal() -> String {
+    raise_query(&PgError::sql_prepare_unsupported())
 }
 
 /// A query that raises `e` where the server would run the refused statement, so the error
@@ -302,93 +288,9 @@ pub fn own_refusal(code: &str, message: &str) -> Option<PgError> {
 /// How [`PgError::session_feature_unsupported`]'s text ends.
 const FEATURE_REFUSED: &str = " does not work in transaction pooling mode";
 
-/// Session-level features that cannot survive transaction pooling, recognised by how a
-/// statement starts: `LISTEN`, `CREATE TEMP[ORARY] TABLE`, `DECLARE ... WITH HOLD`.
-pub fn session_feature(sql: &[u8]) -> Option<&'static str> {
-    let words: Vec<Vec<u8>> = first_words(sql).iter().map(|w| w.to_ascii_uppercase()).collect();
-    match words.first().map(Vec::as_slice) {
-        Some(b"LISTEN") => Some("LISTEN"),
-        Some(b"CREATE") if matches!(words.get(1).map(Vec::as_slice), Some(b"TEMP" | b"TEMPORARY")) => {
-            Some("temporary tables")
-        }
-        Some(b"DECLARE") if sql.to_ascii_uppercase().windows(9).any(|w| w == b"WITH HOLD") => {
-            Some("WITH HOLD cursors")
-        }
-        _ => None,
-    }
-}
-
 /// SQL that fails with 0A000 saying `feature` needs session pooling.
 pub fn feature_refusal(feature: &str) -> String {
     raise_query(&PgError::session_feature_unsupported(feature))
-}
-
-/// Cursor names a query declares (`DECLARE name … CURSOR`, in any of its statements): they
-/// are portals the client may then use through the protocol (psycopg's server-side cursors
-/// describe them). Quoting and comments are handled roughly: a name too many only lets the
-/// client use a portal it might have created.
-pub fn declared_cursors(sql: &[u8]) -> Vec<Box<[u8]>> {
-    let mut names = Vec::new();
-    // Most queries declare nothing: one scan, no allocation.
-    if !contains_ignore_case(sql, b"DECLARE") {
-        return names;
-    }
-    for statement in sql.split(|&b| b == b';') {
-        let words = first_words(statement);
-        if !words.first().is_some_and(|w| w.eq_ignore_ascii_case(b"DECLARE")) {
-            continue;
-        }
-        let rest = trim_start(&statement[statement.len() - trim_start(statement).len()..]);
-        let after = rest.get(words[0].len()..).map(trim_start).unwrap_or_default();
-        let name: Vec<u8> = if let Some(quoted) = after.strip_prefix(b"\"") {
-            let end = quoted.iter().position(|&b| b == b'"').unwrap_or(quoted.len());
-            quoted[..end].to_vec()
-        } else {
-            words.get(1).map(|w| w.to_ascii_lowercase()).unwrap_or_default()
-        };
-        if !name.is_empty() {
-            names.push(name.into_boxed_slice());
-        }
-    }
-    names
-}
-
-/// Whether a query may change a setting without a SET command tag: it calls set_config or
-/// names search_path / the tenant setting, or runs code (DO, CALL, EXECUTE). A user-defined
-/// function called from a plain SELECT is not recognised (the README says so).
-pub fn may_change_settings(sql: &[u8]) -> bool {
-    let contains = |needle: &[u8]| contains_ignore_case(sql, needle);
-    if contains(b"set_config") || contains(b"search_path") || contains(b"tenant_id") {
-        return true;
-    }
-    first_words(sql)
-        .first()
-        .is_some_and(|w| [&b"DO"[..], b"CALL", b"EXECUTE"].iter().any(|k| w.eq_ignore_ascii_case(k)))
-}
-
-/// Whether `needle` (ASCII) occurs in `hay`, ignoring case; no allocation.
-fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
-}
-
-/// The first words of a query, skipping whitespace and comments.
-fn first_words(mut sql: &[u8]) -> Vec<&[u8]> {
-    let mut words = Vec::new();
-    while words.len() < 3 {
-        sql = skip_blank(sql);
-        let end = sql.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_')).unwrap_or(sql.len());
-        if end == 0 {
-            break;
-        }
-        words.push(&sql[..end]);
-        sql = &sql[end..];
-    }
-    words
-}
-
-fn trim_start(s: &[u8]) -> &[u8] {
-    let i = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
-    &s[i..]
 }
 
 #[cfg(test)]
@@ -405,12 +307,13 @@ mod tests {
     #[test]
     fn parse_is_renamed_by_content_and_search_path() {
         let p = frame(b'P', b"s1\0SELECT $1\0\0\x01\0\0\0\x17");
-        let (n, a) = Statements::prepare(&p, "\"acme\"").expect("named");
+        let (n, a) = Statements::prepare(&p, "\"acme\"", None).expect("named");
         assert_eq!(&*n, b"s1");
-        let (_, b) = Statements::prepare(&frame(b'P', b"other\0SELECT $1\0\0\x01\0\0\0\x17"), "\"acme\"")
-            .expect("named");
+        let (_, b) =
+            Statements::prepare(&frame(b'P', b"other\0SELECT $1\0\0\x01\0\0\0\x17"), "\"acme\"", None)
+                .expect("named");
         assert_eq!(a.server_name, b.server_name, "same content, same server statement");
-        let (_, c) = Statements::prepare(&p, "\"globex\"").expect("named");
+        let (_, c) = Statements::prepare(&p, "\"globex\"", None).expect("named");
         assert_ne!(a.server_name, c.server_name, "another schema, another statement");
         assert_eq!(a.server_name.len(), 4 + 32, "128 keyed bits: {}", a.server_name);
         let (name, rest) = cstr(&a.parse[HEADER_LEN..]).expect("name");
@@ -420,20 +323,23 @@ mod tests {
             i32::from_be_bytes([a.parse[1], a.parse[2], a.parse[3], a.parse[4]]) as usize + 1,
             a.parse.len()
         );
-        assert!(Statements::prepare(&frame(b'P', b"\0SELECT 1\0\0\0"), "").is_none(), "unnamed: not tracked");
+        assert!(
+            Statements::prepare(&frame(b'P', b"\0SELECT 1\0\0\0"), "", None).is_none(),
+            "unnamed: not tracked"
+        );
     }
 
     #[test]
     fn names_wait_only_across_a_sync() {
         let mut s = Statements::default();
-        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "").expect("named");
+        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None).expect("named");
         let parse = s.register(n, p);
         assert!(matches!(s.lookup(b"s1"), Lookup::Known(_)), "same Sync segment: decided together");
         s.sync();
         assert!(matches!(s.lookup(b"s1"), Lookup::Wait), "after a Sync: waits for the verdict");
         s.settle(&parse, false);
         assert!(matches!(s.lookup(b"s1"), Lookup::Unknown), "a skipped Parse leaves nothing");
-        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "").expect("named");
+        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None).expect("named");
         let parse = s.register(n, p);
         s.settle(&parse, true);
         let close = s.close(b"s1").expect("known");
@@ -445,35 +351,8 @@ mod tests {
     }
 
     #[test]
-    fn setting_changes_without_a_tag_are_suspected() {
-        for q in ["SELECT set_config('search_path', 'b', false)", "do $$ begin perform 1; end $$", "CALL p()"]
-        {
-            assert!(may_change_settings(q.as_bytes()), "{q}");
-        }
-        for q in ["SELECT 1", "INSERT INTO t VALUES (1)", "BEGIN"] {
-            assert!(!may_change_settings(q.as_bytes()), "{q}");
-        }
-    }
-
-    #[test]
-    fn declared_cursors_become_portal_names() {
-        let names = |s: &str| declared_cursors(s.as_bytes());
-        assert_eq!(
-            names("DECLARE \"pg3_Cur\" CURSOR WITH HOLD FOR SELECT 1"),
-            vec![b"pg3_Cur".to_vec().into()]
-        );
-        assert_eq!(names("BEGIN; declare C1 cursor for select 1"), vec![b"c1".to_vec().into()]);
-        assert!(names("SELECT 'DECLARE'").is_empty());
-    }
-
-    #[test]
-    fn session_features_are_recognised() {
-        let q = |s: &str| s.as_bytes().to_vec();
-        assert_eq!(session_feature(&q("LISTEN jobs")), Some("LISTEN"));
-        assert_eq!(session_feature(&q("create temporary table t (x int)")), Some("temporary tables"));
-        assert_eq!(session_feature(&q("DECLARE c CURSOR WITH HOLD FOR SELECT 1")), Some("WITH HOLD cursors"));
-        assert_eq!(session_feature(&q("DECLARE c CURSOR FOR SELECT 1")), None);
-        assert_eq!(session_feature(&q("SELECT 'LISTEN'")), None);
+    fn refusals_are_recognised_as_pgtenant_own() {
+        assert!(prepare_refusal().contains("ERRCODE = '0A000'"));
         assert!(feature_refusal("LISTEN").contains("ERRCODE = '0A000'"));
         let listen = PgError::session_feature_unsupported("LISTEN");
         assert_eq!(own_refusal("0A000", &listen.message), Some(listen));
@@ -483,17 +362,5 @@ mod tests {
         );
         assert_eq!(own_refusal("42000", &PgError::sql_prepare_unsupported().message), None);
         assert_eq!(own_refusal("0A000", "cached plan must not change result type"), None);
-    }
-
-    #[test]
-    fn sql_prepare_is_refused_but_deallocate_all_passes() {
-        for q in
-            ["PREPARE p AS SELECT 1", "  execute p", "/* c */ -- x\n DEALLOCATE p", "deallocate prepare p"]
-        {
-            assert!(sql_prepare_refusal(q.as_bytes()).is_some(), "{q}");
-        }
-        for q in ["DEALLOCATE ALL", "deallocate prepare all", "SELECT 'PREPARE'", "EXPLAIN SELECT 1", ""] {
-            assert!(sql_prepare_refusal(q.as_bytes()).is_none(), "{q}");
-        }
     }
 }

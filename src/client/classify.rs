@@ -1,0 +1,174 @@
+//! What pgtenant needs to know about a client's SQL text in transaction mode, read in one pass:
+//! the first words (SQL-level PREPARE/EXECUTE/DEALLOCATE, session features such as LISTEN,
+//! `SET`/`RESET`, code that runs: DO, CALL) and a few keywords anywhere in the text
+//! (set_config, search_path, tenant_id, DEALLOCATE, DISCARD, DECLARE, WITH HOLD). Every
+//! consumer in [`super::rewrite`] reads the one [`Class`] instead of scanning the text again;
+//! the rare cases that need more (a SET's value, the names of declared cursors) parse the text
+//! only when the class says they are there.
+//!
+//! The reading is rough by design, as it was before: keywords are found inside quoted strings
+//! and comments too. Every such miss errs on the safe side (a connection suspected of changed
+//! settings is reset; a barrier only makes names wait; a cursor name too many only lets the
+//! client use a portal it may have created), except the refusals, which look at first words
+//! only, as PgBouncer does.
+
+use super::setcmd::{self, SetCmd};
+use crate::sql::skip_blank;
+
+/// A statement that cannot run in transaction mode as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// SQL-level `PREPARE`, `EXECUTE`, `DEALLOCATE <name>` (not `DEALLOCATE ALL`).
+    SqlPrepare,
+    /// A session-level feature (`LISTEN`, `CREATE TEMP TABLE`, `DECLARE … WITH HOLD`), named
+    /// as the refusal's text names it.
+    Feature(&'static str),
+}
+
+/// One reading of a query text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Class {
+    refusal: Option<Refusal>,
+    /// It may change a setting without a SET command tag: it calls set_config or names
+    /// search_path / the tenant setting, or runs code (DO, CALL, EXECUTE). A user-defined
+    /// function called from a plain SELECT is not recognised (the README says so).
+    suspect_settings: bool,
+    /// DEALLOCATE or DISCARD occurs: it may drop every prepared statement.
+    drops_statements: bool,
+    /// DECLARE occurs: it may declare cursors, portals the client may then use.
+    declares: bool,
+    /// It starts with SET or RESET.
+    set_like: bool,
+}
+
+// Keywords looked for anywhere in the text (ASCII, lowercase; matched ignoring case).
+const SUSPECT: [&[u8]; 3] = [b"set_config", b"search_path", b"tenant_id"];
+const DROPS: [&[u8]; 2] = [b"deallocate", b"discard"];
+const DECLARE: &[u8] = b"declare";
+const WITH_HOLD: &[u8] = b"with hold";
+
+/// Reads `sql` (a Query's text, with or without its NUL, or a Parse's) once.
+pub fn classify(sql: &[u8]) -> Class {
+    let (mut suspect, mut drops, mut declares, mut with_hold) = (false, false, false, false);
+    for i in 0..sql.len() {
+        // Only bytes that may start a keyword are looked at further: `| 0x20` lowercases ASCII
+        // letters, and only 'S'/'s' become 's' (and so on).
+        let at = |needle: &[u8]| sql[i..].get(..needle.len()).is_some_and(|w| w.eq_ignore_ascii_case(needle));
+        match sql[i] | 0x20 {
+            b's' => suspect |= at(SUSPECT[0]) || at(SUSPECT[1]),
+            b't' => suspect |= at(SUSPECT[2]),
+            b'd' => {
+                drops |= at(DROPS[0]) || at(DROPS[1]);
+                declares |= at(DECLARE);
+            }
+            b'w' => with_hold |= at(WITH_HOLD),
+            _ => {}
+        }
+    }
+    let mut words = [&[][..]; 3];
+    let n = first_words(sql, &mut words);
+    let word = |i: usize, k: &str| i < n && words[i].eq_ignore_ascii_case(k.as_bytes());
+    let refusal = if word(0, "PREPARE") || word(0, "EXECUTE") {
+        Some(Refusal::SqlPrepare)
+    } else if word(0, "DEALLOCATE") {
+        let all = if word(1, "PREPARE") { word(2, "ALL") } else { word(1, "ALL") };
+        (!all).then_some(Refusal::SqlPrepare)
+    } else if word(0, "LISTEN") {
+        Some(Refusal::Feature("LISTEN"))
+    } else if word(0, "CREATE") && (word(1, "TEMP") || word(1, "TEMPORARY")) {
+        Some(Refusal::Feature("temporary tables"))
+    } else if word(0, "DECLARE") && with_hold {
+        Some(Refusal::Feature("WITH HOLD cursors"))
+    } else {
+        None
+    };
+    Class {
+        refusal,
+        suspect_settings: suspect || word(0, "DO") || word(0, "CALL") || word(0, "EXECUTE"),
+        drops_statements: drops,
+        declares,
+        set_like: word(0, "SET") || word(0, "RESET"),
+    }
+}
+
+impl Class {
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.refusal
+    }
+
+    pub fn suspect_settings(&self) -> bool {
+        self.suspect_settings
+    }
+
+    pub fn drops_statements(&self) -> bool {
+        self.drops_statements
+    }
+
+    /// The session SET/RESET `sql` (the text this class was read from, without a trailing
+    /// NUL) runs, if it is one.
+    pub fn set(&self, sql: &[u8]) -> Option<SetCmd> {
+        if self.set_like {
+            setcmd::parse(sql)
+        } else {
+            None
+        }
+    }
+
+    /// Cursor names `sql` declares (`DECLARE name … CURSOR`, in any of its statements): they
+    /// are portals the client may then use through the protocol (psycopg's server-side
+    /// cursors describe them). Quoting and comments are handled roughly: a name too many
+    /// only lets the client use a portal it might have created.
+    pub fn declared_cursors(&self, sql: &[u8]) -> Vec<Box<[u8]>> {
+        let mut names = Vec::new();
+        // Most queries declare nothing: no second scan, no allocation.
+        if !self.declares {
+            return names;
+        }
+        for statement in sql.split(|&b| b == b';') {
+            let mut words = [&[][..]; 3];
+            let n = first_words(statement, &mut words);
+            if n == 0 || !words[0].eq_ignore_ascii_case(DECLARE) {
+                continue;
+            }
+            let rest = trim_start(&statement[statement.len() - trim_start(statement).len()..]);
+            let after = rest.get(words[0].len()..).map(trim_start).unwrap_or_default();
+            let name: Vec<u8> = if let Some(quoted) = after.strip_prefix(b"\"") {
+                let end = quoted.iter().position(|&b| b == b'"').unwrap_or(quoted.len());
+                quoted[..end].to_vec()
+            } else if n > 1 {
+                words[1].to_ascii_lowercase()
+            } else {
+                Vec::new()
+            };
+            if !name.is_empty() {
+                names.push(name.into_boxed_slice());
+            }
+        }
+        names
+    }
+}
+
+/// The first words of a query (letters, digits, `_`), skipping whitespace and comments before
+/// each; stops at anything else. Returns how many of `words` it filled.
+fn first_words<'a>(mut sql: &'a [u8], words: &mut [&'a [u8]; 3]) -> usize {
+    let mut n = 0;
+    while n < words.len() {
+        sql = skip_blank(sql);
+        let end = sql.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_')).unwrap_or(sql.len());
+        if end == 0 {
+            break;
+        }
+        words[n] = &sql[..end];
+        n += 1;
+        sql = &sql[end..];
+    }
+    n
+}
+
+fn trim_start(s: &[u8]) -> &[u8] {
+    let i = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
+    &s[i..]
+}
+
+#[cfg(test)]
+mod tests;

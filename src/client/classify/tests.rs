@@ -1,0 +1,310 @@
+use proptest::prelude::*;
+
+use super::*;
+use old::{declared_cursors, may_change_settings, session_feature, sql_prepare_refusal};
+
+/// The predicates the classifier replaced, as they were (9f0e14b, src/client/statements.rs;
+/// the DEALLOCATE/DISCARD test was `Statements::raise_barrier`'s): each scanned the text on
+/// its own. Kept as the reference the property tests hold the one pass to.
+mod old {
+    use crate::sql::skip_blank;
+
+    /// SQL-level prepared statements cannot follow a client across server connections in
+    /// transaction mode: `PREPARE`, `EXECUTE` and `DEALLOCATE <name>` are refused (0A000).
+    /// `DEALLOCATE ALL` passes. Returns the refusal query to send instead.
+    pub fn sql_prepare_refusal(sql: &[u8]) -> Option<()> {
+        let words = first_words(sql);
+        let first = words.first()?.to_ascii_uppercase();
+        let refused = match first.as_slice() {
+            b"PREPARE" | b"EXECUTE" => true,
+            b"DEALLOCATE" => {
+                let second = words.get(1).map(|w| w.to_ascii_uppercase());
+                let second = match second.as_deref() {
+                    Some(b"PREPARE") => words.get(2).map(|w| w.to_ascii_uppercase()),
+                    other => other.map(<[u8]>::to_vec),
+                };
+                second.as_deref() != Some(b"ALL")
+            }
+            _ => false,
+        };
+        refused.then_some(())
+    }
+
+    /// Session-level features that cannot survive transaction pooling, recognised by how a
+    /// statement starts: `LISTEN`, `CREATE TEMP[ORARY] TABLE`, `DECLARE ... WITH HOLD`.
+    pub fn session_feature(sql: &[u8]) -> Option<&'static str> {
+        let words: Vec<Vec<u8>> = first_words(sql).iter().map(|w| w.to_ascii_uppercase()).collect();
+        match words.first().map(Vec::as_slice) {
+            Some(b"LISTEN") => Some("LISTEN"),
+            Some(b"CREATE") if matches!(words.get(1).map(Vec::as_slice), Some(b"TEMP" | b"TEMPORARY")) => {
+                Some("temporary tables")
+            }
+            Some(b"DECLARE") if sql.to_ascii_uppercase().windows(9).any(|w| w == b"WITH HOLD") => {
+                Some("WITH HOLD cursors")
+            }
+            _ => None,
+        }
+    }
+
+    /// Cursor names a query declares (`DECLARE name … CURSOR`, in any of its statements): they
+    /// are portals the client may then use through the protocol (psycopg's server-side cursors
+    /// describe them). Quoting and comments are handled roughly: a name too many only lets the
+    /// client use a portal it might have created.
+    pub fn declared_cursors(sql: &[u8]) -> Vec<Box<[u8]>> {
+        let mut names = Vec::new();
+        // Most queries declare nothing: one scan, no allocation.
+        if !contains_ignore_case(sql, b"DECLARE") {
+            return names;
+        }
+        for statement in sql.split(|&b| b == b';') {
+            let words = first_words(statement);
+            if !words.first().is_some_and(|w| w.eq_ignore_ascii_case(b"DECLARE")) {
+                continue;
+            }
+            let rest = trim_start(&statement[statement.len() - trim_start(statement).len()..]);
+            let after = rest.get(words[0].len()..).map(trim_start).unwrap_or_default();
+            let name: Vec<u8> = if let Some(quoted) = after.strip_prefix(b"\"") {
+                let end = quoted.iter().position(|&b| b == b'"').unwrap_or(quoted.len());
+                quoted[..end].to_vec()
+            } else {
+                words.get(1).map(|w| w.to_ascii_lowercase()).unwrap_or_default()
+            };
+            if !name.is_empty() {
+                names.push(name.into_boxed_slice());
+            }
+        }
+        names
+    }
+
+    /// Whether a query may change a setting without a SET command tag: it calls set_config or
+    /// names search_path / the tenant setting, or runs code (DO, CALL, EXECUTE). A user-defined
+    /// function called from a plain SELECT is not recognised (the README says so).
+    pub fn may_change_settings(sql: &[u8]) -> bool {
+        let contains = |needle: &[u8]| contains_ignore_case(sql, needle);
+        if contains(b"set_config") || contains(b"search_path") || contains(b"tenant_id") {
+            return true;
+        }
+        first_words(sql)
+            .first()
+            .is_some_and(|w| [&b"DO"[..], b"CALL", b"EXECUTE"].iter().any(|k| w.eq_ignore_ascii_case(k)))
+    }
+
+    /// Whether `needle` (ASCII) occurs in `hay`, ignoring case; no allocation.
+    fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    }
+
+    /// The first words of a query, skipping whitespace and comments.
+    fn first_words(mut sql: &[u8]) -> Vec<&[u8]> {
+        let mut words = Vec::new();
+        while words.len() < 3 {
+            sql = skip_blank(sql);
+            let end =
+                sql.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_')).unwrap_or(sql.len());
+            if end == 0 {
+                break;
+            }
+            words.push(&sql[..end]);
+            sql = &sql[end..];
+        }
+        words
+    }
+
+    fn trim_start(s: &[u8]) -> &[u8] {
+        let i = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
+        &s[i..]
+    }
+}
+
+/// What the predicates this classifier replaces said about `sql`.
+fn old(sql: &[u8]) -> (Option<Refusal>, bool, bool, Vec<Box<[u8]>>) {
+    let refusal = if sql_prepare_refusal(sql).is_some() {
+        Some(Refusal::SqlPrepare)
+    } else {
+        session_feature(sql).map(Refusal::Feature)
+    };
+    // What Statements::raise_barrier looked for.
+    let contains = |needle: &[u8]| sql.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+    let barrier = contains(b"DEALLOCATE") || contains(b"DISCARD");
+    (refusal, may_change_settings(sql), barrier, declared_cursors(sql))
+}
+
+fn agree(sql: &[u8]) -> Result<(), TestCaseError> {
+    let class = classify(sql);
+    let (refusal, suspect, drops, cursors) = old(sql);
+    prop_assert_eq!(class.refusal(), refusal);
+    prop_assert_eq!(class.suspect_settings(), suspect);
+    prop_assert_eq!(class.drops_statements(), drops);
+    prop_assert_eq!(class.declared_cursors(sql), cursors);
+    prop_assert_eq!(class.set(sql), setcmd::parse(sql));
+    // A Query's text carries its NUL; the SET is parsed without it.
+    let mut with_nul = sql.to_vec();
+    with_nul.push(0);
+    prop_assert_eq!(classify(&with_nul), class);
+    Ok(())
+}
+
+/// Pieces of SQL the classifier reacts to, and some it must not.
+const TOKENS: &[&str] = &[
+    "set",
+    "reset",
+    "session",
+    "local",
+    "time",
+    "zone",
+    "to",
+    "=",
+    "all",
+    "role",
+    "prepare",
+    "execute",
+    "deallocate",
+    "discard",
+    "listen",
+    "create",
+    "temp",
+    "temporary",
+    "table",
+    "declare",
+    "cursor",
+    "for",
+    "with",
+    "hold",
+    "with hold",
+    "do",
+    "call",
+    "select",
+    "set_config",
+    "search_path",
+    "tenant_id",
+    "pgtenant.tenant_id",
+    "characteristics",
+    "as",
+    "transaction",
+    "read",
+    "only",
+    "default",
+    "'x'",
+    "'it''s'",
+    "E'\\n'",
+    "\"Q d\"",
+    "\"",
+    "'",
+    ";",
+    " ",
+    "\n",
+    "\t",
+    "-- c\n",
+    "--",
+    "/* c */",
+    "/*",
+    "*/",
+    "$$",
+    ".",
+    "_",
+    "1",
+    "42",
+    "é",
+    "\0",
+    "(",
+    ")",
+    ",",
+    "x",
+    "c1",
+];
+const SEPARATORS: &[&str] = &["", " ", "  ", "\n", "\t"];
+
+fn sqlish() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec((0..TOKENS.len(), any::<u32>(), 0..SEPARATORS.len()), 0..14).prop_map(|parts| {
+        let mut s = String::new();
+        for (t, case, sep) in parts {
+            for (i, c) in TOKENS[t].chars().enumerate() {
+                s.push(if case >> (i % 32) & 1 == 1 { c.to_ascii_uppercase() } else { c });
+            }
+            s.push_str(SEPARATORS[sep]);
+        }
+        s.into_bytes()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+    #[test]
+    fn one_pass_agrees_with_the_old_predicates(sql in sqlish()) {
+        agree(&sql)?;
+    }
+
+    #[test]
+    fn one_pass_agrees_on_any_bytes(sql in prop::collection::vec(any::<u8>(), 0..200)) {
+        agree(&sql)?;
+    }
+}
+
+fn set(name: &str, value: &str) -> Option<SetCmd> {
+    Some(SetCmd::Set { name: name.into(), value: value.into() })
+}
+
+/// The cases the old predicates were tested with, and more, against the one pass.
+#[test]
+fn explicit_cases() {
+    let prep = Some(Refusal::SqlPrepare);
+    let feature = |f| Some(Refusal::Feature(f));
+    // (sql, refusal, suspect_settings, drops_statements, declared cursors, SET)
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(&str, Option<Refusal>, bool, bool, Vec<&[u8]>, Option<SetCmd>)> = vec![
+        ("SELECT 1", None, false, false, vec![], None),
+        ("INSERT INTO t VALUES (1)", None, false, false, vec![], None),
+        ("BEGIN", None, false, false, vec![], None),
+        ("UPDATE t SET x = 1", None, false, false, vec![], None),
+        ("SELECT set_config('search_path', 'b', false)", None, true, false, vec![], None),
+        ("do $$ begin perform 1; end $$", None, true, false, vec![], None),
+        ("CALL p()", None, true, false, vec![], None),
+        ("select current_setting('pgtenant.TENANT_ID')", None, true, false, vec![], None),
+        ("PREPARE p AS SELECT 1", prep, false, false, vec![], None),
+        ("  execute p", prep, true, false, vec![], None),
+        ("/* c */ -- x\n DEALLOCATE p", prep, false, true, vec![], None),
+        ("deallocate prepare p", prep, false, true, vec![], None),
+        ("DEALLOCATE", prep, false, true, vec![], None),
+        ("DEALLOCATE ALL", None, false, true, vec![], None),
+        ("deallocate prepare all", None, false, true, vec![], None),
+        ("DISCARD ALL", None, false, true, vec![], None),
+        ("SELECT 'PREPARE'", None, false, false, vec![], None),
+        ("SELECT 'discard'", None, false, true, vec![], None),
+        ("EXPLAIN SELECT 1", None, false, false, vec![], None),
+        ("", None, false, false, vec![], None),
+        ("LISTEN jobs", feature("LISTEN"), false, false, vec![], None),
+        ("create temporary table t (x int)", feature("temporary tables"), false, false, vec![], None),
+        ("CREATE TEMP TABLE t (x int)", feature("temporary tables"), false, false, vec![], None),
+        ("CREATE TABLE temp (x int)", None, false, false, vec![], None),
+        ("SELECT 'LISTEN'", None, false, false, vec![], None),
+        (
+            "DECLARE \"pg3_Cur\" CURSOR WITH HOLD FOR SELECT 1",
+            feature("WITH HOLD cursors"),
+            false,
+            false,
+            vec![b"pg3_Cur"],
+            None,
+        ),
+        ("DECLARE c CURSOR with  hold FOR SELECT 1", None, false, false, vec![b"c"], None),
+        ("BEGIN; declare C1 cursor for select 1", None, false, false, vec![b"c1"], None),
+        ("SELECT 'DECLARE'", None, false, false, vec![], None),
+        ("SET statement_timeout = 5000", None, false, false, vec![], set("statement_timeout", "5000")),
+        ("/* orm */ SET search_path TO a, \"B\"", None, true, false, vec![], set("search_path", "a, \"B\"")),
+        ("RESET ALL;", None, false, false, vec![], Some(SetCmd::ResetAll)),
+        ("reset work_mem", None, false, false, vec![], Some(SetCmd::Reset { name: "work_mem".into() })),
+        ("SET LOCAL work_mem = '1MB'", None, false, false, vec![], None),
+        ("SET ROLE admin", None, false, false, vec![], None),
+        ("set.x = 1", None, false, false, vec![], None),
+    ];
+    for (sql, refusal, suspect, drops, cursors, set) in cases {
+        let class = classify(sql.as_bytes());
+        assert_eq!(class.refusal(), refusal, "{sql}");
+        assert_eq!(class.suspect_settings(), suspect, "{sql}");
+        assert_eq!(class.drops_statements(), drops, "{sql}");
+        let cursors: Vec<Box<[u8]>> = cursors.into_iter().map(Into::into).collect();
+        assert_eq!(class.declared_cursors(sql.as_bytes()), cursors, "{sql}");
+        assert_eq!(class.set(sql.as_bytes()), set, "{sql}");
+        agree(sql.as_bytes()).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
