@@ -18,6 +18,11 @@
 #   idle_pgbouncer the same through PgBouncer 1.25+ (trust clients, transaction mode), for
 #                 comparison; skipped when no PgBouncer 1.25+ is found (PGBOUNCER, PATH or
 #                 /opt/pgbouncer-1.25, as benches/compare.sh finds it)
+#   idle_active, idle_active_pgbouncer
+#                 the same, each client running one SELECT 1 before it goes idle
+#   (the last lines print the idle figures of pgtenant and PgBouncer side by side; an idle
+#   case after another one starts from memory the process freed but kept, so for a clean
+#   figure run each pair alone: BENCH_CASES="idle idle_pgbouncer", then the active pair)
 #   statements    BENCH_STATEMENTS distinct named prepared statements on one session
 #   server_error  a BENCH_ERROR_MB MB server ErrorResponse, the session then idle
 #   pipeline      SELECT pg_sleep(20) then BENCH_PIPELINE_MB MB of pipelined queries
@@ -27,7 +32,7 @@
 #   BENCH_CASES           cases to run (default: all of the above)
 #   BENCH_TRICKLE_SECONDS seconds the 1 GiB-header cases trickle (default 5)
 #   BENCH_TRICKLE_INTERVAL seconds between their 64 KiB pieces (default 0.05; 0: flat out)
-#   BENCH_IDLE            idle clients (default 2000)
+#   BENCH_IDLE            idle clients (default 10000)
 #   BENCH_STATEMENTS      named statements (default 100000)
 #   BENCH_ERROR_MB        size of the server error in MB (default 200)
 #   BENCH_PIPELINE_MB     pipelined MB behind pg_sleep (default 1000)
@@ -39,10 +44,10 @@
 # Usage: benches/memory.sh        (as root, or as a user able to run initdb itself)
 set -euo pipefail
 
-BENCH_CASES=${BENCH_CASES:-"auth_sasl auth_md5 query_1gib idle idle_pgbouncer statements server_error pipeline copy_in"}
+BENCH_CASES=${BENCH_CASES:-"auth_sasl auth_md5 query_1gib idle idle_pgbouncer idle_active idle_active_pgbouncer statements server_error pipeline copy_in"}
 BENCH_TRICKLE_SECONDS=${BENCH_TRICKLE_SECONDS:-5}
 BENCH_TRICKLE_INTERVAL=${BENCH_TRICKLE_INTERVAL:-0.05}
-BENCH_IDLE=${BENCH_IDLE:-2000}
+BENCH_IDLE=${BENCH_IDLE:-10000}
 BENCH_STATEMENTS=${BENCH_STATEMENTS:-100000}
 BENCH_ERROR_MB=${BENCH_ERROR_MB:-200}
 BENCH_PIPELINE_MB=${BENCH_PIPELINE_MB:-1000}
@@ -106,6 +111,7 @@ TOML
 [proxy]
 listen = "127.0.0.1:$PGT_PORT"
 auth = "scram-sha-256"
+max_client_conn = $((BENCH_IDLE + 100))
 startup_timeout = 10.0
 shutdown_timeout = 5.0
 
@@ -138,6 +144,7 @@ log "pgtenant (pid $PGT_PID) on 127.0.0.1:$PGT_PORT, PostgreSQL on $PG_PORT"
 # password, started only when the case is asked for and a PgBouncer 1.25+ is found.
 PGBOUNCER_BIN=""
 start_pgbouncer() {
+    [[ -n ${PGB_PID:-} ]] && return 0
     find_pgbouncer 1.25
     [[ -n $PGBOUNCER_BIN ]] || return 1
     free_port PGB_PORT
@@ -200,6 +207,12 @@ for c in $BENCH_CASES; do
                 # The case's JSON says idle_clients: mark it as PgBouncer's.
                 sed -i '$ s/"case": "idle_clients"/"case": "idle_clients_pgbouncer"/' "$RESULTS"
             fi ;;
+        idle_active) run_case "$c" idle "${trust[@]}" --n "$BENCH_IDLE" --query ;;
+        idle_active_pgbouncer)
+            if start_pgbouncer; then
+                PROXY_PID=$PGB_PID PROXY_PORT=$PGB_PORT run_case "$c" idle --user bench --database bench --n "$BENCH_IDLE" --query
+                sed -i '$ s/"case": "idle_clients_active"/"case": "idle_clients_active_pgbouncer"/' "$RESULTS"
+            fi ;;
         statements) run_case "$c" statements "${trust[@]}" --n "$BENCH_STATEMENTS" ;;
         server_error) run_case "$c" server_error "${trust[@]}" --mb "$BENCH_ERROR_MB" ;;
         pipeline) run_case "$c" pipeline "${trust[@]}" --mb "$BENCH_PIPELINE_MB" --sleep 20 ;;
@@ -223,4 +236,11 @@ for r in rows:
     detail = ", ".join(f"{k}={v}" for k, v in r.items() if k not in keys)
     print(f"{r['case']:<26} {r['rss_before_mib']:>8} MiB {r['rss_peak_mib']:>5} MiB "
           f"{r['growth_peak_mib']:>5} MiB {r['retained_mib']:>5} MiB  {detail}")
+# Side by side: KiB of RSS per idle logged-in client (issue 14: pgtenant <= 4 KiB).
+per = {r["case"]: r for r in rows if not r.get("failed") and "kib_per_client" in r}
+for label, ours, theirs in (("idle client", "idle_clients", "idle_clients_pgbouncer"),
+                            ("idle client after a query", "idle_clients_active", "idle_clients_active_pgbouncer")):
+    if ours in per or theirs in per:
+        show = lambda c: f"{per[c]['kib_per_client']:.2f} KiB ({per[c]['clients']} clients)" if c in per else "not run"
+        print(f"{label:<26} pgtenant {show(ours)}   PgBouncer 1.25 {show(theirs)}")
 PY

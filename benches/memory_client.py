@@ -316,11 +316,18 @@ def case_idle(a):
     """N logged-in clients left idle: RSS per client."""
     sampler = Sampler(a.pid)
     socks = [login_trust(a.host, a.port, a.user, a.database) for _ in range(a.n)]
+    if a.query:
+        # Each client runs one query first (a server connection comes and goes): what an
+        # idle client costs once it has been active.
+        for s in socks:
+            s.sendall(message(b"Q", b"SELECT 1\0"))
+        for s in socks:
+            read_until_ready(s)
     r = sampler.finish(settle=2.0)
     for s in socks:
         s.close()
     per = (r["rss_after_mib"] - r["rss_before_mib"]) * 1024 / a.n
-    r.update(case="idle_clients", clients=a.n, kib_per_client=round(per, 2))
+    r.update(case="idle_clients_active" if a.query else "idle_clients", clients=a.n, kib_per_client=round(per, 2))
     return r
 
 
@@ -339,6 +346,7 @@ def main():
     p.add_argument("--mb", type=int, default=200)
     p.add_argument("--sleep", type=float, default=20.0)
     p.add_argument("--n", type=int, default=100000)
+    p.add_argument("--query", action="store_true", help="idle: each client runs SELECT 1 first")
     a = p.parse_args()
     r = globals()["case_" + a.case](a)
     print(json.dumps(r), flush=True)

@@ -18,8 +18,8 @@ pub(crate) struct Meter {
     session: ClientSession,
     /// The counters of the client's pool (for checkouts).
     pool: Arc<PoolStats>,
-    tenant: String,
-    user: String,
+    /// For the disconnect line (the tenant is passed then: the session holds it).
+    user: Box<str>,
     peer: SocketAddr,
     log_disconnect: bool,
     since: Instant,
@@ -66,8 +66,7 @@ impl Meter {
         Meter {
             session,
             pool,
-            tenant: login.tenant.to_owned(),
-            user: login.user.to_owned(),
+            user: login.user.into(),
             peer: login.peer,
             log_disconnect,
             since: Instant::now(),
@@ -164,12 +163,12 @@ impl Meter {
         self.error(source, e.state.code());
     }
 
-    /// The session is over: the disconnect line.
-    pub fn disconnected(&mut self, reason: &str) {
+    /// The session of a client of `tenant` is over: the disconnect line.
+    pub fn disconnected(&mut self, tenant: &str, reason: &str) {
         self.released();
         if self.log_disconnect {
             tracing::info!(
-                tenant = %self.tenant,
+                tenant = %tenant,
                 user = %self.user,
                 peer = %self.peer,
                 duration_s = self.since.elapsed().as_secs_f64(),

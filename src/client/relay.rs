@@ -46,7 +46,7 @@ mod buffers;
 mod server_side;
 mod timer;
 
-use timer::{Limit, Limits, Timer};
+use timer::{Limit, Limits, Timed};
 
 /// Bytes read per socket read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -162,18 +162,17 @@ pub(crate) struct Session<S> {
     /// The client sent Terminate (never forwarded).
     terminated: bool,
     /// The client sent a malformed frame: what came before it is answered, then this error.
-    broken: Option<PgError>,
+    /// (Boxed, as `draining`: rare, and an idle session should not carry its room.)
+    broken: Option<Box<PgError>>,
     /// The client's Terminate was passed to the server (which then closes).
     sent_terminate: bool,
     /// After pgtenant lost track of a connection: the column name of the marker query it
     /// sent behind everything the client sent, and whether its reply is being swallowed.
     resync: Option<Box<str>>,
     resync_swallowing: bool,
-    limits: Limits,
-    /// The fair-share timeouts' timer, armed only while one applies.
-    timer: Timer,
-    /// When the client or the server last sent something (kept only when a limit reads it).
-    last_activity: tokio::time::Instant,
+    /// The fair-share timeouts, their timer and the last activity; `None` when no limit
+    /// applies (the default).
+    timed: Option<Box<Timed>>,
     /// Since when the server owes replies (reset at each ReadyForQuery).
     busy_since: Option<tokio::time::Instant>,
     /// This session's id (see [`SESSION_IDS`]).
@@ -188,7 +187,7 @@ pub(crate) struct Session<S> {
     server: Option<Checkout>,
     progress: Progress,
     /// Why the session ends once it is idle (shutdown, or the tenant was suspended).
-    draining: Option<PgError>,
+    draining: Option<Box<PgError>>,
     admission: TenantAdmission,
     /// Whether this client's session setup is known to succeed (it carries no settings
     /// from the client, or a server already accepted them), so it may be pipelined.
@@ -208,7 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let pool_params = pool.params().unwrap_or_default();
         let cbuf = buffered;
         let config = proxy.config();
-        let limits = Limits::new(&config.pool, &tenant.timeouts);
+        let timed = Limits::new(&config.pool, &tenant.timeouts).timed();
         let policy = config.pool.session_features;
         let max_message = config.proxy.max_message_size;
         drop(config);
@@ -237,9 +236,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             sent_terminate: false,
             resync: None,
             resync_swallowing: false,
-            limits,
-            timer: Timer::default(),
-            last_activity: tokio::time::Instant::now(),
+            timed,
             busy_since: None,
             id: SESSION_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             sbuf: BytesMut::new(),
@@ -292,7 +289,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 // Boxed: rare, and the timeout's state would otherwise be in every session.
                 match Box::pin(tokio::time::timeout(CLEANUP_TIMEOUT, self.next_event(signals))).await {
                     Ok(e) => e,
-                    Err(_) => return self.broken.take().map_or(Exit::Client, Exit::Error),
+                    Err(_) => return self.broken.take().map_or(Exit::Client, |e| Exit::Error(*e)),
                 }
             } else {
                 self.next_event(signals).await
@@ -300,10 +297,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             match event {
                 Event::Timeout(limit) => return Exit::Error(timed_out(limit, &self.tenant.id)),
                 Event::Force => return Exit::Error(shutting_down()),
-                Event::Drain => self.draining = Some(shutting_down()),
+                Event::Drain => self.draining = Some(Box::new(shutting_down())),
                 Event::Kick => {
                     let reason = self.admission.sessions.kick_reason();
-                    self.draining = Some(reason.unwrap_or_else(shutting_down));
+                    self.draining = Some(Box::new(reason.unwrap_or_else(shutting_down)));
                 }
                 Event::Client(Ok(0) | Err(_)) => return Exit::Client,
                 Event::Client(Ok(n)) => {
@@ -315,7 +312,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Event::ServerRead(Ok(0)) if self.sent_terminate => {
                     // The server closed after the client's Terminate, as it would have.
                     self.server = None;
-                    return self.broken.take().map_or(Exit::Client, Exit::Error);
+                    return self.broken.take().map_or(Exit::Client, |e| Exit::Error(*e));
                 }
                 Event::ServerWrote(Err(_)) | Event::ServerRead(Ok(0) | Err(_)) => return Exit::ServerLost,
                 Event::ServerRead(Ok(_)) => {
@@ -339,7 +336,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let idle = self.server.is_none() || self.server_idle();
         if let (Some(reason), true) = (&self.draining, idle) {
-            return Some(Exit::Error(reason.clone()));
+            return Some(Exit::Error(PgError::clone(reason)));
         }
         if let Some(exit) = self.ended() {
             return Some(exit);
@@ -415,7 +412,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 false
             }
         };
-        exit.then(|| self.broken.take().map_or(Exit::Client, Exit::Error))
+        exit.then(|| self.broken.take().map_or(Exit::Client, |e| Exit::Error(*e)))
     }
 
     /// The server owes nothing for what was sent (by the reply model) and nothing is
@@ -528,7 +525,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let watched = if self.draining.is_none() { 3 } else { SIGNAL_FORCE + 1 };
         let limit = self.next_limit();
         if let Some((_, deadline)) = limit {
-            self.timer.arm(deadline);
+            self.arm_timer(deadline);
         }
         poll_fn(|cx| {
             let signal = signals.poll(cx, watched);
@@ -536,7 +533,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Poll::Ready(Event::Force);
             }
             if let Some((limit, deadline)) = limit {
-                if self.timer.poll_expired(cx, deadline) {
+                if Self::timer_expired(&mut self.timed, cx, deadline) {
                     return Poll::Ready(Event::Timeout(limit));
                 }
             }
@@ -590,7 +587,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
-                    self.broken = Some(PgError::invalid_client_message(&e));
+                    self.broken = Some(Box::new(PgError::invalid_client_message(&e)));
                     self.cbuf.truncate(self.c_scanned);
                     break;
                 }
@@ -750,7 +747,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         let _ = tokio::time::timeout(CLEANUP_TIMEOUT, self.client.shutdown()).await;
-        self.meter.disconnected(reason);
+        self.meter.disconnected(tenant.as_str(), reason);
     }
 }
 

@@ -4,7 +4,7 @@
 //! becomes one `SET …; RESET …` query pipelined in front of the client's first message.
 
 use super::setcmd::SetCmd;
-use crate::pool::ServerConn;
+use crate::pool::{ServerConn, ServerParams};
 use crate::protocol::startup::{option_words, unescape_option, StartupMessage};
 use crate::sql::{quote_dotted, quote_literal};
 use crate::tenant::Resolved;
@@ -24,34 +24,41 @@ pub const SYNCED: [&str; 6] = [
 const NOT_SETTINGS: [&str; 4] = ["user", "database", "options", "replication"];
 
 /// What one client expects of its server connections.
+///
+/// Memory: a client shares its pool's ParameterStatus list (`base`) and keeps only the
+/// reportable values in which it differs (most clients: none), so an idle client holds no
+/// copy of settings every client of the pool has.
 #[derive(Debug, Default, Clone)]
 pub struct ClientVars {
-    /// Reportable settings: name (as the server spells it) → value.
-    pub reported: Vec<(String, String)>,
+    /// The pool's ParameterStatus values, shared by its clients: the reportable settings
+    /// among them are this client's, except where `reported` holds its own value.
+    base: ServerParams,
+    /// Reportable settings this client holds a value of its own for (name as the server
+    /// spells it): sent in its startup packet or reported since, and not `base`'s.
+    reported: Vec<(String, String)>,
     /// Other settings: from the startup packet (`extra_float_digits`, `-c` options …) and
     /// from the tenant's isolation (`search_path`, `pgtenant.tenant_id`, which win).
-    pub other: Vec<(String, String)>,
+    other: Vec<(String, String)>,
     /// Whether any value came from the client (and so might be refused by the server).
     pub from_client: bool,
-    /// An order-independent hash of `reported` and `other` (never 0).
+    /// An order-independent hash of the reportable settings and `other` (never 0).
     fingerprint: u64,
+}
+
+fn synced(name: &str) -> bool {
+    SYNCED.iter().any(|s| s.eq_ignore_ascii_case(name))
 }
 
 impl ClientVars {
     /// Builds the client's expectations from the pool's remembered ParameterStatus values
     /// and the client's startup packet.
     pub fn new(
-        pool_params: &[(String, String)],
+        pool_params: &ServerParams,
         startup: &StartupMessage,
         resolved: &Resolved,
         tenant_vars: &[(String, String)],
     ) -> ClientVars {
-        let mut vars = ClientVars::default();
-        for (k, v) in pool_params {
-            if SYNCED.iter().any(|s| s.eq_ignore_ascii_case(k)) {
-                vars.reported.push((k.clone(), v.clone()));
-            }
-        }
+        let mut vars = ClientVars { base: pool_params.clone(), ..ClientVars::default() };
         // The resolvers may have rewritten `options` (tenant token removed) and
         // application_name (`tenant:acme/worker` → `worker`).
         let options = resolved.options.as_deref().or(startup.get("options"));
@@ -70,10 +77,8 @@ impl ClientVars {
                 continue;
             }
             vars.from_client = true;
-            if let Some(slot) = vars.reported.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(&k)) {
-                slot.1 = v;
-            } else if SYNCED.iter().any(|s| s.eq_ignore_ascii_case(&k)) {
-                vars.reported.push((k, v));
+            if synced(&k) {
+                vars.set_reported(&k, v);
             } else {
                 vars.other.retain(|(n, _)| !n.eq_ignore_ascii_case(&k));
                 vars.other.push((k, v));
@@ -83,8 +88,37 @@ impl ClientVars {
             vars.other.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
             vars.other.push((k.clone(), v.clone()));
         }
+        vars.reported.shrink_to_fit();
+        vars.other.shrink_to_fit();
         vars.refresh_fingerprint();
         vars
+    }
+
+    /// The reportable settings this client expects: `base`'s, with its own values instead
+    /// where it has any, then its own for settings `base` lacks.
+    fn reported(&self) -> impl Iterator<Item = (&String, &String)> {
+        let shared = self
+            .base
+            .iter()
+            .filter(|(k, _)| synced(k) && !self.reported.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)));
+        shared.chain(self.reported.iter()).map(|(k, v)| (k, v))
+    }
+
+    /// The value this client expects for a reportable setting, if it has one.
+    fn reported_value(&self, name: &str) -> Option<&String> {
+        self.reported().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    /// Sets the client's value of a reportable setting: kept as its own unless `base` has
+    /// the same (the name is spelt as `base` spells it).
+    fn set_reported(&mut self, name: &str, value: String) {
+        let shared = self.base.iter().find(|(n, _)| n.eq_ignore_ascii_case(name));
+        self.reported.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        match shared {
+            Some((_, v)) if *v == value => {}
+            Some((n, _)) => self.reported.push((n.clone(), value)),
+            None => self.reported.push((name.to_owned(), value)),
+        }
     }
 
     /// A non-reported setting the client expects (from its startup packet, its SETs or the
@@ -100,7 +134,7 @@ impl ClientVars {
     fn refresh_fingerprint(&mut self) {
         use std::hash::{Hash, Hasher};
         let mut fp = 0u64;
-        for (k, v) in self.reported.iter().chain(&self.other) {
+        for (k, v) in self.reported().chain(self.other.iter().map(|(k, v)| (k, v))) {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             k.to_ascii_lowercase().hash(&mut h);
             v.hash(&mut h);
@@ -112,13 +146,7 @@ impl ClientVars {
     /// The ParameterStatus list a client is shown at login: the pool's, with the client's
     /// own values where it sent any.
     pub fn login_params(&self, pool_params: &[(String, String)]) -> Vec<(String, String)> {
-        pool_params
-            .iter()
-            .map(|(k, v)| {
-                let own = self.reported.iter().find(|(n, _)| n.eq_ignore_ascii_case(k));
-                (k.clone(), own.map_or_else(|| v.clone(), |(_, v)| v.clone()))
-            })
-            .collect()
+        pool_params.iter().map(|(k, v)| (k.clone(), self.reported_value(k).unwrap_or(v).clone())).collect()
     }
 
     /// Tracks a session SET/RESET the client ran outside a transaction block, so it follows
@@ -137,7 +165,7 @@ impl ClientVars {
         let is_tenant_var = |name: &str| tenant_vars.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
         match cmd {
             SetCmd::Set { name, value } if !is_tenant_var(name) => {
-                if self.reported.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                if self.reported_value(name).is_some() {
                     // The server reports these; its ParameterStatus carries the normalised value.
                     return true;
                 }
@@ -147,7 +175,7 @@ impl ClientVars {
                 true
             }
             SetCmd::Reset { name } if !is_tenant_var(name) => {
-                if self.reported.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                if self.reported_value(name).is_some() {
                     return true;
                 }
                 self.other.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
@@ -164,11 +192,9 @@ impl ClientVars {
 
     /// Records a ParameterStatus the server sent while this client held it.
     pub fn observe(&mut self, name: &str, value: &str) {
-        if let Some(slot) = self.reported.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            if slot.1 != value {
-                value.clone_into(&mut slot.1);
-                self.refresh_fingerprint();
-            }
+        if self.reported_value(name).is_some_and(|v| v != value) {
+            self.set_reported(name, value.to_owned());
+            self.refresh_fingerprint();
         }
     }
 
@@ -192,7 +218,7 @@ impl ClientVars {
         // keep their meaning and no value can end the statement.
         let mut sql = String::new();
         let mut sets = Vec::new();
-        for (k, v) in self.reported.iter().chain(&self.other) {
+        for (k, v) in self.reported().chain(self.other.iter().map(|(k, v)| (k, v))) {
             if conn.var(k) != Some(v.as_str()) {
                 if k.eq_ignore_ascii_case("search_path") && is_identifier_list(v) {
                     sql.push_str(&format!("SET search_path TO {v};"));
@@ -299,11 +325,11 @@ mod tests {
 
     #[test]
     fn client_values_override_pool_values() {
-        let pool = vec![
+        let pool = std::sync::Arc::new(vec![
             ("TimeZone".to_owned(), "UTC".to_owned()),
             ("server_version".to_owned(), "15.1".to_owned()),
             ("application_name".to_owned(), "".to_owned()),
-        ];
+        ]);
         let startup = StartupMessage {
             major: 3,
             minor: 0,
@@ -320,5 +346,30 @@ mod tests {
         let shown = v.login_params(&pool);
         assert!(shown.contains(&("application_name".into(), "psql".into())));
         assert!(shown.contains(&("server_version".into(), "15.1".into())));
+    }
+
+    #[test]
+    fn clients_keep_only_values_of_their_own() {
+        let pool = std::sync::Arc::new(vec![
+            ("TimeZone".to_owned(), "UTC".to_owned()),
+            ("application_name".to_owned(), "".to_owned()),
+        ]);
+        let startup = |params: Vec<(String, String)>| StartupMessage { major: 3, minor: 0, params };
+        let plain = startup(vec![("user".into(), "a.b".into())]);
+        let named = startup(vec![("user".into(), "a.b".into()), ("application_name".into(), "psql".into())]);
+        let resolve =
+            |s: &StartupMessage| crate::tenant::resolve(s, None, &Default::default()).expect("resolves");
+        let a = ClientVars::new(&pool, &plain, &resolve(&plain), &[]);
+        let mut b = ClientVars::new(&pool, &named, &resolve(&named), &[]);
+        assert!(a.reported.is_empty(), "{:?}", a.reported);
+        assert_eq!(b.reported, vec![("application_name".to_owned(), "psql".to_owned())]);
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(b.login_params(&pool)[1].1, "psql");
+        // Back to the pool's value: nothing of its own left, and the same as `a`.
+        b.observe("application_name", "");
+        assert!(b.reported.is_empty());
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        b.observe("TimeZone", "Europe/Paris");
+        assert_eq!(b.reported_value("timezone").map(String::as_str), Some("Europe/Paris"));
     }
 }

@@ -371,27 +371,28 @@ async fn psql_shows_pools_and_reports_errors() {
             });
         }
     });
+    // std::process on a blocking thread: the runtime is built without tokio's `process`.
     let run = |sql: &'static str| {
-        tokio::process::Command::new(psql)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "admin",
-                "-d",
-                "pgbouncer",
-                "-X",
-                "-A",
-                "-F",
-                ",",
-            ])
-            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
-            .env("PGSSLMODE", "disable")
-            .output()
+        let mut psql = std::process::Command::new(psql);
+        psql.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "admin",
+            "-d",
+            "pgbouncer",
+            "-X",
+            "-A",
+            "-F",
+            ",",
+        ])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGSSLMODE", "disable");
+        tokio::task::spawn_blocking(move || psql.output())
     };
-    let out = run("SHOW POOLS").await.expect("psql");
+    let out = run("SHOW POOLS").await.expect("joined").expect("psql");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
     let mut lines = stdout.lines();
@@ -400,7 +401,7 @@ async fn psql_shows_pools_and_reports_errors() {
         Some(View::Pools.columns().iter().map(|c| c.name).collect::<Vec<_>>().join(",").as_str())
     );
     assert_eq!(lines.next(), Some("acme,app,3,1,0,1,2,3,4,5,6,7,8,9,10,transaction,"));
-    let out = run("PAUSE").await.expect("psql");
+    let out = run("PAUSE").await.expect("joined").expect("psql");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ERROR:  admin access needed"));
 }

@@ -114,7 +114,7 @@ fn tool(name: &str) -> Result<std::path::PathBuf, LifecycleError> {
 }
 
 /// libpq environment for an administrator connection to `u`.
-fn libpq_env(u: &Upstream, cmd: &mut tokio::process::Command) {
+fn libpq_env(u: &Upstream, cmd: &mut std::process::Command) {
     let (host, port, sslmode) = match &u.addr {
         crate::model::UpstreamAddr::Tcp { host, port, tls } => {
             if let Some(ca) = &tls.root_cert {
@@ -135,7 +135,9 @@ fn libpq_env(u: &Upstream, cmd: &mut tokio::process::Command) {
 }
 
 /// `pg_dump -Fc source | pg_restore` into the same-named database on the target, every
-/// object owned by `role`.
+/// object owned by `role`. The programs run under `std::process` on a blocking thread (the
+/// runtime has no child-process reaper of its own); if this future is dropped (the caller
+/// gave up), both are killed, as they would be with `kill_on_drop`.
 async fn dump_restore(
     dump: &std::path::Path,
     restore: &std::path::Path,
@@ -144,21 +146,10 @@ async fn dump_restore(
     database: &str,
     role: &str,
 ) -> Result<(), LifecycleError> {
-    use std::process::Stdio;
-    let mut d = tokio::process::Command::new(dump);
+    let mut d = std::process::Command::new(dump);
     libpq_env(source, &mut d);
-    d.args(["--format=custom", "--no-owner", "--no-privileges", "--dbname", database])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut dumping = d.spawn().map_err(|e| LifecycleError::Failed(format!("pg_dump: {e}")))?;
-    let out: Stdio = dumping
-        .stdout
-        .take()
-        .ok_or_else(|| LifecycleError::Failed("pg_dump: no output".into()))?
-        .try_into()
-        .map_err(|e: std::io::Error| LifecycleError::Failed(format!("pg_dump: {e}")))?;
-    let mut r = tokio::process::Command::new(restore);
+    d.args(["--format=custom", "--no-owner", "--no-privileges", "--dbname", database]);
+    let mut r = std::process::Command::new(restore);
     libpq_env(target, &mut r);
     r.args([
         "--no-owner",
@@ -169,22 +160,110 @@ async fn dump_restore(
         role,
         "--dbname",
         database,
-    ])
-    .stdin(out)
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
-    let restoring = r.spawn().map_err(|e| LifecycleError::Failed(format!("pg_restore: {e}")))?;
-    let (dumped, restored) = tokio::join!(dumping.wait_with_output(), restoring.wait_with_output());
-    let failed = |what: &str, out: std::io::Result<std::process::Output>| match out {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(LifecycleError::Failed(format!(
-            "{what} failed ({}): {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        ))),
-        Err(e) => Err(LifecycleError::Failed(format!("{what}: {e}"))),
+    ]);
+    let abandoned = KillOnDrop::default();
+    let flag = abandoned.0.clone();
+    tokio::task::spawn_blocking(move || pipe(d, r, &flag))
+        .await
+        .map_err(|e| LifecycleError::Failed(format!("pg_dump | pg_restore: {e}")))?
+}
+
+/// Set when the future waiting for the programs is dropped: the blocking side kills them.
+#[derive(Default)]
+struct KillOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// How often the blocking side looks at the programs and at the abandon flag.
+const PIPE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Runs `dump | restore` to their end (blocking): both must succeed; their stderr is read
+/// while they run (a full pipe would stop them) and goes into the error.
+fn pipe(
+    mut dump: std::process::Command,
+    mut restore: std::process::Command,
+    abandoned: &std::sync::atomic::AtomicBool,
+) -> Result<(), LifecycleError> {
+    use std::process::Stdio;
+    let failed = |what: &str, e: std::io::Error| LifecycleError::Failed(format!("{what}: {e}"));
+    dump.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut dumping = dump.spawn().map_err(|e| failed("pg_dump", e))?;
+    let stop = |c: &mut std::process::Child| {
+        let _ = c.kill();
+        let _ = c.wait();
     };
-    failed("pg_dump", dumped)?;
-    failed("pg_restore", restored)
+    let Some(out) = dumping.stdout.take() else {
+        stop(&mut dumping);
+        return Err(LifecycleError::Failed("pg_dump: no output".into()));
+    };
+    restore.stdin(out).stdout(Stdio::null()).stderr(Stdio::piped());
+    let restoring = restore.spawn();
+    // The command holds the pipe's read end: dropped, so that pg_dump sees a broken pipe
+    // (rather than blocking on a full one) if pg_restore exits early.
+    drop(restore);
+    let restoring = match restoring {
+        Ok(c) => c,
+        Err(e) => {
+            stop(&mut dumping);
+            return Err(failed("pg_restore", e));
+        }
+    };
+    let mut children = [("pg_dump", dumping), ("pg_restore", restoring)];
+    std::thread::scope(|scope| {
+        // Each stderr is read on its own thread until the program closes it (it exits).
+        let readers = children.each_mut().map(|(_, c)| {
+            let err = c.stderr.take();
+            scope.spawn(move || {
+                let mut text = Vec::new();
+                if let Some(mut err) = err {
+                    let _ = std::io::Read::read_to_end(&mut err, &mut text);
+                }
+                text
+            })
+        });
+        let mut status: [Option<std::process::ExitStatus>; 2] = [None, None];
+        let mut lost = None;
+        while lost.is_none() && status.iter().any(Option::is_none) {
+            if abandoned.load(std::sync::atomic::Ordering::Acquire) {
+                // The caller gave up: the programs go, as with `kill_on_drop`.
+                for (_, c) in children.iter_mut() {
+                    let _ = c.kill();
+                }
+            }
+            for (i, (what, c)) in children.iter_mut().enumerate() {
+                if status[i].is_none() {
+                    match c.try_wait() {
+                        Ok(s) => status[i] = s,
+                        Err(e) => lost = Some(failed(what, e)),
+                    }
+                }
+            }
+            if lost.is_none() && status.iter().any(Option::is_none) {
+                std::thread::sleep(PIPE_POLL);
+            }
+        }
+        if let Some(e) = lost {
+            // A program that cannot be waited for: both go (their stderr then closes).
+            for (i, (_, c)) in children.iter_mut().enumerate() {
+                if status[i].is_none() {
+                    stop(c);
+                }
+            }
+            return Err(e);
+        }
+        let stderr = readers.map(|r| r.join().unwrap_or_default());
+        for (i, (what, _)) in children.iter().enumerate() {
+            if let Some(s) = status[i].filter(|s| !s.success()) {
+                return Err(LifecycleError::Failed(format!(
+                    "{what} failed ({s}): {}",
+                    String::from_utf8_lossy(&stderr[i]).trim()
+                )));
+            }
+        }
+        Ok(())
+    })
 }

@@ -51,6 +51,24 @@ impl Limits {
     fn reads_activity(&self) -> bool {
         self.idle_transaction.is_some() || self.client_idle.is_some()
     }
+
+    /// What a session keeps for these limits: nothing when none is set (the default), so a
+    /// session without limits carries no timer state.
+    pub fn timed(self) -> Option<Box<Timed>> {
+        let none = self.query.is_none() && !self.reads_activity() && self.client_write.is_none();
+        (!none)
+            .then(|| Box::new(Timed { limits: self, timer: Timer::default(), last_activity: Instant::now() }))
+    }
+}
+
+/// The limits of a session that has any, its timer, and its last activity (when a limit
+/// reads it).
+pub(super) struct Timed {
+    limits: Limits,
+    /// The fair-share timeouts' timer, armed only while one applies.
+    timer: Timer,
+    /// When the client or the server last sent something (kept only when a limit reads it).
+    last_activity: Instant,
 }
 
 /// One timer for the session's lifetime, allocated the first time a limit applies.
@@ -99,26 +117,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Notes that the client or the server sent something (for the limits that count from
     /// the last activity).
     pub(super) fn touch(&mut self) {
-        if self.limits.reads_activity() {
-            self.last_activity = Instant::now();
+        if let Some(t) = self.timed.as_mut().filter(|t| t.limits.reads_activity()) {
+            t.last_activity = Instant::now();
         }
+    }
+
+    /// `client_write_timeout`, if set.
+    pub(super) fn client_write(&self) -> Option<Duration> {
+        self.timed.as_ref().and_then(|t| t.limits.client_write)
+    }
+
+    /// Arms the timer for `deadline` (see [`Timer::arm`]).
+    pub(super) fn arm_timer(&mut self, deadline: Instant) {
+        if let Some(t) = self.timed.as_mut() {
+            t.timer.arm(deadline);
+        }
+    }
+
+    /// Whether `deadline` passed (see [`Timer::poll_expired`]).
+    pub(super) fn timer_expired(
+        timed: &mut Option<Box<Timed>>,
+        cx: &mut Context<'_>,
+        deadline: Instant,
+    ) -> bool {
+        timed.as_mut().is_some_and(|t| t.timer.poll_expired(cx, deadline))
     }
 
     /// The fair-share timeout that applies now, and when it expires.
     pub(super) fn next_limit(&mut self) -> Option<(Limit, Instant)> {
         let owes = self.server.is_some() && !self.quiet();
+        let Some(t) = self.timed.as_deref() else {
+            self.busy_since = None;
+            return None;
+        };
+        let l = &t.limits;
         if !owes {
             self.busy_since = None;
-        } else if self.busy_since.is_none() && self.limits.query.is_some() {
+        } else if self.busy_since.is_none() && l.query.is_some() {
             self.busy_since = Some(Instant::now());
         }
-        let l = &self.limits;
         let (limit, since, after) = if owes {
             (Limit::Query, self.busy_since, l.query)
         } else if self.server.is_some() && self.progress.status != txn::IDLE {
-            (Limit::IdleTransaction, Some(self.last_activity), l.idle_transaction)
+            (Limit::IdleTransaction, Some(t.last_activity), l.idle_transaction)
         } else if self.c_scanned == 0 && self.cbuf.is_empty() {
-            (Limit::ClientIdle, Some(self.last_activity), l.client_idle)
+            (Limit::ClientIdle, Some(t.last_activity), l.client_idle)
         } else {
             return None;
         };
