@@ -77,6 +77,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin
         tls: login.tls,
         application_name: String::new(),
         kick: login.admission.kick.clone(),
+        wait: meter.wait_clock(),
     });
     let session = relay::Session::new(stream, buffered, login, meter, proxy.clone()).run();
     tokio::select! {
