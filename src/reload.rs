@@ -148,6 +148,7 @@ fn put_in_force(proxy: &Proxy, new: Config, report: &mut ReloadReport) {
     let new = Arc::new(new);
     proxy.swap_config(new.clone());
     proxy.pools.set_settings(settings);
+    proxy.catalog.set_default_pool_size(new.pool.size);
     proxy.metrics.set_top(new.metrics.top_tenants, new.metrics.top_tenants);
     if log_changed {
         if let Err(e) = crate::logging::apply(new.proxy.log_format, &new.proxy.log_level) {

@@ -504,3 +504,31 @@ async fn reconnect_closes_busy_connections_when_released() {
     let e = ops.simple_query("RECONNECT nosuchtenant").await.expect_err("unknown");
     assert!(message(&e).contains("no such database"), "{e}");
 }
+
+/// With a control database, `SET default_pool_size` reaches the tenants without a size of
+/// their own: their catalog entries are read again and their existing pool resized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_default_pool_size_resizes_a_control_catalog_tenants_pool() {
+    let mut t = tenant_db("consdef").await;
+    t.pool_size = None;
+    let mut cfg = console_config(Vec::new());
+    cfg.proxy.auth = AuthMethod::Trust;
+    let control = control_db(&mut cfg).await;
+    insert_tenant(&control, &t).await;
+    let (h, _catalog) = start_control(cfg).await;
+    let app = h.client(&t.id).await;
+    app.simple_query("SELECT 1").await.expect("query");
+    let ops = connect_str(&console_conninfo(&h, "ops", OPS_PW)).await;
+    let pool_size = |rows: Vec<std::collections::BTreeMap<String, String>>| {
+        rows.iter().find(|r| r["name"] == t.id).map(|r| num(r, "pool_size")).expect("database row")
+    };
+    assert_eq!(pool_size(show(&ops, "SHOW DATABASES").await), 20);
+    ops.simple_query("SET default_pool_size = 3").await.expect("SET");
+    let resized = eventually(Duration::from_secs(5), || async {
+        h.proxy.pools.pools().iter().any(|p| p.key().database == t.database && p.size() == 3)
+    })
+    .await;
+    assert!(resized, "the tenant's pool kept its size");
+    assert_eq!(pool_size(show(&ops, "SHOW DATABASES").await), 3);
+    app.simple_query("SELECT 2").await.expect("served after the resize");
+}
