@@ -125,9 +125,12 @@ impl Meter {
         }
     }
 
-    /// The wait clock the console reads (SHOW POOLS `maxwait`, SHOW CLIENTS `wait`).
-    pub fn wait_clock(&self) -> Arc<AtomicU64> {
-        self.wait.clone()
+    /// The meter, and the wait clock the console reads (SHOW POOLS `maxwait`, SHOW CLIENTS
+    /// `wait`). By value: a borrow of the meter in the client's task would keep a second
+    /// copy of it in the task's future for the whole session.
+    pub fn with_wait_clock(self) -> (Meter, Arc<AtomicU64>) {
+        let wait = self.wait.clone();
+        (self, wait)
     }
 
     /// The client waits for a server connection.

@@ -39,14 +39,18 @@ pub(super) struct Listing {
     rows: Arc<Mutex<HashMap<u64, ServerRow>>>,
 }
 
-/// Keeps a connection listed while it lives.
+/// Keeps a connection listed while it lives. One pointer wide: a server connection is held
+/// inline in every client session's task.
 #[derive(Debug)]
-pub struct Listed {
+pub struct Listed(Arc<Entry>);
+
+#[derive(Debug)]
+struct Entry {
     id: u64,
     rows: Arc<Mutex<HashMap<u64, ServerRow>>>,
 }
 
-impl Drop for Listed {
+impl Drop for Entry {
     fn drop(&mut self) {
         self.rows.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
     }
@@ -73,7 +77,7 @@ impl Listing {
             generation: conn.generation,
         };
         self.rows.lock().unwrap_or_else(|e| e.into_inner()).insert(id, row);
-        Listed { id, rows: self.rows.clone() }
+        Listed(Arc::new(Entry { id, rows: self.rows.clone() }))
     }
 
     /// Every open connection; `idle` are the pool's idle ones now, `generation` the
@@ -83,7 +87,7 @@ impl Listing {
             self.rows.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for row in &mut rows {
             row.close_needed = row.generation != generation;
-            if let Some(c) = idle.iter().find(|c| c.listed.as_ref().is_some_and(|l| l.id == row.id)) {
+            if let Some(c) = idle.iter().find(|c| c.listed.as_ref().is_some_and(|l| l.0.id == row.id)) {
                 row.idle = true;
                 row.tenant = c.tenant.clone();
                 row.prepared = c.prepared.len();
