@@ -7,11 +7,17 @@
 //! balancer sends to another instance is forwarded there, as the same CancelRequest. The
 //! rest of the key stays random: 21 bits of the process id and a 4-byte secret (protocol
 //! 3.0) or a 32-byte one (3.2, PostgreSQL 18's longer keys), compared in constant time.
+//!
+//! After a handover (`crate::handover`) the old instance drains while the new one accepts
+//! on the same socket: cancels for the old instance's clients arrive at the new one, which
+//! passes them down the handover link (never back to the shared address, which would loop).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
+
+use tokio::io::AsyncWriteExt;
 
 use crate::instances::{forward_cancel, Instances};
 use crate::model::UpstreamAddr;
@@ -57,6 +63,9 @@ pub struct CancelRegistry {
     /// The instance registry, when there is a control database: the slot new keys carry,
     /// and where to forward cancels for other instances' keys.
     instances: Option<Arc<Instances>>,
+    /// The link to the instance this one took the listening socket over from, while it
+    /// drains: where cancels for its clients go.
+    predecessor: tokio::sync::Mutex<Option<tokio::net::UnixStream>>,
 }
 
 /// A client's registered key; removed from the registry when dropped.
@@ -102,7 +111,13 @@ impl CancelRegistry {
 
     /// Keys that carry the slot of this instance in `instances`.
     pub fn for_instances(instances: Option<Arc<Instances>>) -> Arc<CancelRegistry> {
-        Arc::new(CancelRegistry { slots: DashMap::new(), instances })
+        Arc::new(CancelRegistry { slots: DashMap::new(), instances, predecessor: Default::default() })
+    }
+
+    /// Cancels for keys this instance did not issue may belong to the draining instance at
+    /// the other end of `link` ([`crate::handover`]).
+    pub async fn set_predecessor(&self, link: tokio::net::UnixStream) {
+        *self.predecessor.lock().await = Some(link);
     }
 
     /// Issues a fresh random key, with a 32-byte secret if `long` (protocol 3.2). Process
@@ -151,34 +166,58 @@ impl CancelRegistry {
     }
 
     /// Handles a CancelRequest packet: a key of this instance cancels its client's query;
-    /// a key carrying another live instance's slot is forwarded there; anything else is
-    /// dropped.
+    /// a key carrying another live instance's slot is forwarded there, or down the handover
+    /// link when that instance shares this one's address (it is draining after a handover);
+    /// anything else is dropped.
     pub async fn cancel(&self, pid: i32, secret: &[u8]) {
         if self.slots.contains_key(&pid) {
             return self.cancel_here(pid, secret).await;
         }
-        let Some(instances) = &self.instances else { return };
+        let Some(instances) = &self.instances else {
+            return self.to_predecessor(pid, secret).await;
+        };
         let owner_slot = slot_of(pid);
         // A key of this instance that is gone (the client left) is not forwarded: nobody
         // else can hold it, and forwarding could loop.
-        if owner_slot == 0 || owner_slot == instances.slot() {
+        if owner_slot == instances.slot() {
             return;
         }
-        let Some(addr) = instances.owner(owner_slot).await else {
-            tracing::debug!(pid, slot = owner_slot, "cancel request for an unknown instance dropped");
+        let owner = match owner_slot {
+            0 => None,
+            slot => instances.owner(slot).await,
+        };
+        match owner {
+            // Sent to this address it would come back here (the socket is shared).
+            Some(addr) if addr != instances.advertised_addr() => forward_cancel_to(&addr, pid, secret).await,
+            // Sharing this address (or expired from the registry while it drains): only the
+            // handover link reaches it.
+            _ => self.to_predecessor(pid, secret).await,
+        }
+    }
+
+    /// A CancelRequest that the instance which took over from this one passed down the
+    /// handover link: for a client here, or for an older instance still draining behind
+    /// this one's own link. Never forwarded over TCP, so it cannot loop.
+    pub async fn cancel_from_successor(&self, pid: i32, secret: &[u8]) {
+        if self.slots.contains_key(&pid) {
+            return self.cancel_here(pid, secret).await;
+        }
+        self.to_predecessor(pid, secret).await;
+    }
+
+    async fn to_predecessor(&self, pid: i32, secret: &[u8]) {
+        let mut link = self.predecessor.lock().await;
+        let Some(stream) = link.as_mut() else {
+            tracing::debug!(pid, "cancel request for an unknown key dropped");
             return;
         };
-        let mut packet = Vec::with_capacity(12 + secret.len());
-        // Length (16..=268: the parser caps the secret at 256 bytes), code, pid, secret.
-        let len = i32::try_from(12 + secret.len()).unwrap_or(i32::MAX);
-        packet.extend_from_slice(&len.to_be_bytes());
-        packet.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
-        packet.extend_from_slice(&pid.to_be_bytes());
-        packet.extend_from_slice(secret);
-        match forward_cancel(&addr, &packet).await {
-            Ok(()) => tracing::debug!(pid, peer = %addr, "cancel request forwarded to its instance"),
-            Err(e) => {
-                tracing::warn!(peer = %addr, error = %e, "forwarding a cancel request to its instance failed")
+        let sent = tokio::time::timeout(FORWARD_TIMEOUT, stream.write_all(&cancel_packet(pid, secret))).await;
+        match sent {
+            Ok(Ok(())) => tracing::debug!(pid, "cancel request passed to the draining instance"),
+            // It has exited (its clients are gone) or stopped reading.
+            _ => {
+                tracing::debug!(pid, "the draining instance's link is gone: cancel request dropped");
+                *link = None;
             }
         }
     }
@@ -194,6 +233,30 @@ impl CancelRegistry {
             }
         }
         slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How long passing a cancel to the draining predecessor may take.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A whole CancelRequest: length (16..=268: the parser caps the secret at 256 bytes), code,
+/// pid, secret.
+fn cancel_packet(pid: i32, secret: &[u8]) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(12 + secret.len());
+    let len = i32::try_from(12 + secret.len()).unwrap_or(i32::MAX);
+    packet.extend_from_slice(&len.to_be_bytes());
+    packet.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
+    packet.extend_from_slice(&pid.to_be_bytes());
+    packet.extend_from_slice(secret);
+    packet
+}
+
+async fn forward_cancel_to(addr: &str, pid: i32, secret: &[u8]) {
+    match forward_cancel(addr, &cancel_packet(pid, secret)).await {
+        Ok(()) => tracing::debug!(pid, peer = %addr, "cancel request forwarded to its instance"),
+        Err(e) => {
+            tracing::warn!(peer = %addr, error = %e, "forwarding a cancel request to its instance failed")
+        }
     }
 }
 

@@ -115,6 +115,10 @@ pub struct ProxyConfig {
     /// old one drains (rolling restarts). Off by default: two instances started on one
     /// port by mistake would otherwise share it silently.
     pub reuse_port: bool,
+    /// A Unix socket path for rolling restarts (`crate::handover`): a new instance started
+    /// with the same path takes the listening socket over from the running one, which then
+    /// drains; its clients' cancels still reach it. "" = off.
+    pub handover: String,
 }
 
 impl Default for ProxyConfig {
@@ -137,6 +141,7 @@ impl Default for ProxyConfig {
             advertise: String::new(),
             heartbeat_interval: 3.0,
             reuse_port: false,
+            handover: String::new(),
         }
     }
 }

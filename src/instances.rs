@@ -1,17 +1,23 @@
 //! The instance registry: the pgtenant instances serving one control database know each
 //! other through `pgtenant.instances`. Each registers at start (taking a short `slot` number
 //! that its cancel keys carry), heartbeats every `heartbeat_interval`, removes rows stale
-//! for more than [`EXPIRY_HEARTBEATS`] intervals, and deregisters at shutdown. The live
+//! for more than [`EXPIRY_HEARTBEATS`] intervals, and deregisters once it has drained (it
+//! stays registered, marked draining, while clients remain, so cancels still reach it). The live
 //! peers are cached here (refreshed at every heartbeat) so that a CancelRequest for another
 //! instance's key is forwarded to that instance's advertised address (`crate::cancel`).
 //!
-//! While the control database is unreachable the last cache stays in use; the heartbeat
-//! reconnects and, if another instance expired this one meanwhile, registers again
-//! (keeping its slot when still free).
+//! The heartbeat also carries the service-wide caps' leases ([`crate::leases`]): it reports
+//! the view of the registry this instance applied to its shares and reads every row, so a
+//! join or a leave is settled in a few heartbeats with no other statement. While any view is
+//! unsettled the heartbeat runs four times as often.
+//!
+//! While the control database is unreachable the last cache and the last shares stay in use;
+//! the heartbeat reconnects and, if another instance expired this one meanwhile, registers
+//! again (keeping its slot when still free) as a newcomer: no shares until settled again.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -21,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::link::ControlLink;
 use crate::catalog::store_instances::{self as store, InstanceRow};
 use crate::config::{secs, Config};
+use crate::leases::{Leases, Shares};
 
 /// A row whose heartbeat is older than this many intervals is stale.
 pub const EXPIRY_HEARTBEATS: f64 = 3.0;
@@ -46,6 +53,14 @@ pub struct Instances {
     /// per [`UNKNOWN_SLOT_REFRESH`], so CancelRequests with made-up keys cannot turn into a
     /// stream of control-database queries.
     last_on_demand: std::sync::Mutex<Option<Instant>>,
+    /// Draining: no longer accepting, still registered while clients remain.
+    draining: AtomicBool,
+    /// This instance's leases on the service-wide caps (changed by heartbeats only)...
+    leases: std::sync::Mutex<Leases>,
+    /// ...and the limits they give, as sessions read them.
+    shares: Arc<Shares>,
+    /// Set once this instance has left the registry: no heartbeat registers it again.
+    left: std::sync::atomic::AtomicBool,
 }
 
 /// See [`Instances::owner`].
@@ -85,20 +100,75 @@ impl Instances {
             interval: secs(p.heartbeat_interval),
             peers: RwLock::new(HashMap::new()),
             last_on_demand: std::sync::Mutex::new(None),
+            draining: AtomicBool::new(false),
+            leases: std::sync::Mutex::new(Leases::new(0)),
+            shares: Shares::none(),
+            left: std::sync::atomic::AtomicBool::new(false),
         };
         me.register_now(None).await?;
-        me.refresh().await?;
+        // Report the view read by the first heartbeat with the second: alone, that settles
+        // the shares before the first client; with peers, see `wait_settled`.
+        me.beat().await?;
+        me.beat().await?;
         tracing::info!(id = %me.id, slot = me.slot(), advertise = %me.advertised_addr, "registered in the instance registry");
         Ok(Arc::new(me))
+    }
+
+    /// Heartbeats fast until the peers have made room for this instance (it is settled), at
+    /// most one expiry window; `pgtenant serve` does this before it serves, so that clients
+    /// queue in the listen backlog instead of meeting a share of nothing.
+    pub async fn wait_settled(&self) {
+        let wait_until = Instant::now() + self.interval.mul_f64(EXPIRY_HEARTBEATS);
+        while !self.settled() && Instant::now() < wait_until {
+            tokio::time::sleep(self.interval / 4).await;
+            if let Err(e) = self.beat().await {
+                tracing::debug!(error = %e, "heartbeat while waiting for a share failed");
+            }
+        }
+        if !self.settled() {
+            tracing::warn!("peers have not made room yet: starting with no share of the service-wide caps");
+        }
     }
 
     pub fn id(&self) -> &str {
         &self.id
     }
 
+    /// The `host:port` peers forward this instance's cancels to.
+    pub fn advertised_addr(&self) -> &str {
+        &self.advertised_addr
+    }
+
+    /// Whether this instance has stopped accepting and is waiting for its clients to leave.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// This instance has stopped accepting: it stays registered, marked draining, until
+    /// [`Instances::leave`].
+    pub fn start_draining(&self) {
+        if !self.draining.swap(true, Ordering::Relaxed) {
+            tracing::info!("draining: staying in the instance registry until the last client leaves");
+        }
+    }
+
     /// The slot new cancel keys carry (1..=1023).
     pub fn slot(&self) -> u16 {
         self.slot.load(Ordering::Relaxed)
+    }
+
+    /// This instance's limits under the service-wide caps.
+    pub fn shares(&self) -> &Arc<Shares> {
+        &self.shares
+    }
+
+    fn lock_leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this instance holds its full shares of the registry it last saw.
+    pub fn settled(&self) -> bool {
+        self.lock_leases().settled()
     }
 
     fn expiry_secs(&self) -> f64 {
@@ -124,14 +194,18 @@ impl Instances {
     }
 
     async fn register_now(&self, prefer: Option<u16>) -> Result<(), InstanceError> {
-        let (id, addr, expiry) = (&self.id, &self.advertised_addr, self.expiry_secs());
+        let (id, addr) = (&self.id, &self.advertised_addr);
         let prefer = prefer.map(i32::from);
         let slot = self
-            .with_db(async |db| {
-                store::register(db, id, addr, env!("CARGO_PKG_VERSION"), expiry, prefer).await
-            })
+            .with_db(async |db| store::register(db, id, addr, env!("CARGO_PKG_VERSION"), prefer).await)
             .await?;
         let slot = u16::try_from(slot).unwrap_or(0);
+        // A newcomer: its peers may have settled on views without it, so it holds nothing
+        // until it has settled on one with it.
+        let fresh = Leases::new(slot);
+        let bounds = fresh.bounds();
+        *self.lock_leases() = fresh;
+        self.shares.set(bounds);
         let before = self.slot.swap(slot, Ordering::Relaxed);
         if before != 0 && before != slot {
             tracing::warn!(before, now = slot, "registered again under another slot: cancels for keys issued before reach this instance only directly");
@@ -139,13 +213,47 @@ impl Instances {
         Ok(())
     }
 
-    /// One heartbeat: record it, remove stale rows and refresh the peers cache in one round
-    /// trip; register again if the row was expired meanwhile.
+    /// One heartbeat: record it with the view applied, remove stale rows, read every row
+    /// in one round trip; then settle the leases on what it read and refresh the peers
+    /// cache. Registers again if the row was expired meanwhile.
     async fn beat(&self) -> Result<(), InstanceError> {
-        let (id, expiry) = (&self.id, self.expiry_secs());
-        match self.with_db(async |db| store::beat(db, id, expiry).await).await? {
+        if self.left.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let (seen, settled) = {
+            let l = self.lock_leases();
+            (l.seen(), l.settled())
+        };
+        let beat = store::Beat {
+            id: &self.id,
+            seen: &seen,
+            settled,
+            expiry_secs: self.expiry_secs(),
+            gap_secs: 2.0 * self.interval.as_secs_f64(),
+        };
+        match self.with_db(async |db| store::beat(db, &beat).await).await? {
             Some(rows) => {
-                self.cache(rows);
+                // This statement's own report is not in its snapshot: put it in.
+                let view: Vec<(u16, &str)> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        let seen = if r.id == self.id { seen.as_str() } else { r.seen.as_str() };
+                        Some((u16::try_from(r.slot).ok()?, seen))
+                    })
+                    .collect();
+                let mut leases = self.lock_leases();
+                if leases.observe(&view) {
+                    let (bounds, settled) = (leases.bounds(), leases.settled());
+                    drop(leases);
+                    tracing::debug!(?bounds, settled, "shares of the service-wide caps changed");
+                    self.shares.set(bounds);
+                } else {
+                    drop(leases);
+                }
+                let expiry = self.expiry_secs();
+                self.cache(
+                    rows.into_iter().filter(|r| r.heartbeat_age <= expiry || r.id == self.id).collect(),
+                );
                 Ok(())
             }
             None => {
@@ -182,9 +290,16 @@ impl Instances {
         tokio::spawn(async move {
             let mut failing = false;
             loop {
+                // Faster while a view is unsettled (a peer joining or leaving), so shares
+                // follow within about an interval.
+                let pause = match me.upgrade() {
+                    Some(me) if !me.settled() => interval / 4,
+                    Some(_) => interval,
+                    None => return,
+                };
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
                 let Some(me) = me.upgrade() else { return };
                 match me.beat().await {
@@ -202,9 +317,18 @@ impl Instances {
                 }
             }
             if let Some(me) = me.upgrade() {
-                me.deregister().await;
+                me.leave().await;
             }
         })
+    }
+
+    /// Leaves the registry for good (once; later calls do nothing): the row is removed and
+    /// no heartbeat registers it again. Called once the instance has drained, so that its
+    /// peers take over its shares only when it holds nothing.
+    pub async fn leave(&self) {
+        if !self.left.swap(true, Ordering::AcqRel) {
+            self.deregister().await;
+        }
     }
 
     /// Removes this instance's row, so peers stop forwarding here at once.

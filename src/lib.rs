@@ -8,6 +8,8 @@
 //!   the catalog says it stopped being active.
 //! - [`listener`]: the listening socket (backlog), the open-file limit, accept backoff and
 //!   once-per-interval logging.
+//! - [`handover`]: the listening socket handed to the next instance in a rolling restart,
+//!   and the link that carries the draining instance's cancels.
 //! - [`protocol`]: frames (tag + length + original bytes), message tags typed by direction
 //!   (`frontend::tag`, `backend::tag`), startup packets and the `options` splitter, the few
 //!   typed messages pgtenant reads or writes, and the one place ErrorResponses are built
@@ -27,6 +29,7 @@
 //! - [`cancel`]: pgtenant's own BackendKeyData and the map to upstream backends.
 //! - [`instances`]: the instance registry: the instances serving one control database,
 //!   their heartbeats, and where a cancel for another instance's key is forwarded.
+//! - [`leases`]: the service-wide caps shared out between those instances (share arithmetic).
 //! - [`lifecycle`]: tenant create / suspend / archive / restore / delete on the upstream
 //!   and the catalog, and migrations across every tenant (CLI and HTTP fronts).
 //! - [`console`]: the PgBouncer-compatible admin console (SHOW, PAUSE, RELOAD …) over the
@@ -57,7 +60,9 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod embedded;
+pub mod handover;
 pub mod instances;
+pub mod leases;
 pub mod lifecycle;
 pub mod listener;
 pub mod logging;

@@ -30,6 +30,40 @@ pub fn bind_with(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::R
     socket.listen(backlog)
 }
 
+/// Binds a side listener (`[admin] listen`, `[metrics] listen`: `host:port`), with
+/// SO_REUSEPORT when `shared` so that the next instance of a rolling restart can bind it
+/// while this one drains.
+pub async fn bind_side(listen: &str, shared: bool) -> std::io::Result<TcpListener> {
+    if !shared {
+        return TcpListener::bind(listen).await;
+    }
+    let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address");
+    for addr in tokio::net::lookup_host(listen).await? {
+        match bind_with(addr, 1024, true) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Where Linux says whether closing one of several SO_REUSEPORT listeners hands the
+/// connections queued on it to the others (1) or resets them (0, the default; Linux 5.14+).
+const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// With `reuse_port` and no handover, a rolling restart closes the old instance's socket:
+/// warns at start when the kernel then resets the connections queued on it.
+pub fn warn_without_migration(handover: bool) {
+    let migrates = std::fs::read_to_string(MIGRATE_REQ).is_ok_and(|v| v.trim() == "1");
+    if !migrates && !handover {
+        tracing::warn!(
+            "[proxy] reuse_port without [proxy] handover: when an instance stops, the kernel resets the \
+             connections still queued on its socket unless net.ipv4.tcp_migrate_req = 1 (Linux 5.14+); \
+             set [proxy] handover for rolling restarts"
+        );
+    }
+}
+
 /// File descriptors the configuration can use at once: every logged-in client, every client
 /// still logging in, every server connection, the control database's pool and LISTEN
 /// connection, plus a reserve for listeners, the admin API, logs and the like.

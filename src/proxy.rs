@@ -32,8 +32,15 @@ pub struct Shutdown {
     /// Stop taking work: idle clients are closed at once, busy ones when their transaction
     /// (transaction mode) or current query (session mode) ends.
     pub drain: CancellationToken,
+    /// Stop accepting only, and wait for the clients to leave by themselves (PgBouncer's
+    /// `SHUTDOWN WAIT_FOR_CLIENTS`; after a handover, `crate::handover`), at most
+    /// `shutdown_timeout`. Sessions are told nothing; `drain` still applies if it fires.
+    pub stop_accepting: CancellationToken,
     /// Close every client now.
     pub force: CancellationToken,
+    /// Every session has ended (fired by [`Proxy::serve`]): the instance leaves the registry
+    /// only then, so its shares of the service-wide caps stay counted while it drains.
+    pub drained: CancellationToken,
 }
 
 /// What every session shares.
@@ -150,6 +157,9 @@ impl Proxy {
         instances: Option<Arc<Instances>>,
     ) -> Arc<Proxy> {
         let pools = PoolManager::new(&config.pool);
+        if let Some(i) = &instances {
+            pools.follow_shares(i.shares().clone());
+        }
         pools.spawn_maintenance();
         let changes = catalog.changes();
         let config_tls = config.tls.clone();
@@ -203,12 +213,16 @@ impl Proxy {
         }
         let catalog = ControlCatalog::start(&config.catalog, &config.pool).await?;
         let instances = match listen {
-            Some(addr) => Some(Instances::register(&config, addr).await?),
+            Some(addr) => {
+                let instances = Instances::register(&config, addr).await?;
+                instances.wait_settled().await;
+                Some(instances)
+            }
             None => None,
         };
         let proxy = Proxy::with_instances(config, catalog, instances);
         if let Some(i) = &proxy.instances {
-            i.spawn_heartbeat(proxy.shutdown.drain.clone());
+            i.spawn_heartbeat(proxy.shutdown.drained.clone());
         }
         Ok(proxy)
     }
@@ -253,7 +267,13 @@ impl Proxy {
         &self.auth_secret
     }
 
-    /// Admits a client of `tenant` under the tenant's client cap.
+    /// This instance's limit under a service-wide cap (the cap itself without a registry).
+    pub fn limit(&self, cap: usize) -> usize {
+        self.instances.as_ref().map_or(cap, |i| i.shares().limit(cap))
+    }
+
+    /// Admits a client of `tenant` under the tenant's client cap (this instance's share of
+    /// it, with several instances).
     pub fn admit(&self, tenant: &Tenant) -> Result<TenantAdmission, PgError> {
         // Cloned out first: the map's read guard must not be held across `entry` (it would
         // deadlock the shard).
@@ -272,7 +292,7 @@ impl Proxy {
                 .value()
                 .clone(),
         };
-        let max = tenant.max_clients.unwrap_or(usize::MAX);
+        let max = tenant.max_clients.map_or(usize::MAX, |m| self.limit(m));
         sessions
             .connected
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))

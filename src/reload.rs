@@ -87,6 +87,7 @@ fn put_in_force(proxy: &Proxy, new: Config, report: &mut ReloadReport) {
     note(&mut report.restart_needed, "proxy.listen", o.listen != n.listen);
     note(&mut report.restart_needed, "proxy.workers", o.workers != n.workers);
     note(&mut report.restart_needed, "proxy.listen_backlog", o.listen_backlog != n.listen_backlog);
+    note(&mut report.restart_needed, "proxy.handover", o.handover != n.handover);
     note(&mut report.restart_needed, "proxy.max_client_conn", o.max_client_conn != n.max_client_conn);
     note(
         &mut report.restart_needed,

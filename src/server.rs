@@ -24,7 +24,7 @@ impl Proxy {
     /// [`FORCE_CLOSE_TIMEOUT`] after the shutdown timeout.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         let tracker = TaskTracker::new();
-        let drain = self.shutdown.drain.clone();
+        let (drain, stop) = (self.shutdown.drain.clone(), self.shutdown.stop_accepting.clone());
         // Accept errors (EMFILE when descriptors run out) and pre-login refusals come in
         // bursts of thousands: logged once per interval, with a count.
         let mut accept_errors = Every::new(Duration::from_secs(10));
@@ -33,6 +33,7 @@ impl Proxy {
         loop {
             let (stream, peer) = tokio::select! {
                 _ = drain.cancelled() => break,
+                _ = stop.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok(x) => {
                         backoff = Duration::ZERO;
@@ -45,30 +46,36 @@ impl Proxy {
                         }
                         tokio::select! {
                             _ = drain.cancelled() => break,
+                            _ = stop.cancelled() => break,
                             _ = tokio::time::sleep(backoff) => continue,
                         }
                     }
                 },
             };
-            let Some(prelogin) = self.prelogin_permit() else {
-                refuse_prelogin(&stream);
-                if let Some(suppressed) = refusals.tick() {
-                    tracing::warn!(
-                        %peer,
-                        suppressed,
-                        max_prelogin_connections = self.config().proxy.max_prelogin_connections,
-                        "too many connections logging in: new ones are closed at once"
-                    );
-                }
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let proxy = self.clone();
-            tracker.spawn(async move {
-                crate::client::serve(stream, peer, proxy, prelogin).await;
-            });
+            self.take_client(&tracker, stream, peer, &mut refusals);
         }
-        drop(listener);
+        if let Some(instances) = &self.instances {
+            instances.start_draining();
+        }
+        // Connections the kernel has already queued are served, not reset by the close
+        // (SO_REUSEPORT without net.ipv4.tcp_migrate_req; after a handover the socket stays
+        // open in the new instance and these are simply taken first).
+        // At most a backlog's worth: after a handover the new instance fills it as fast.
+        let queued = self.config().proxy.listen_backlog;
+        match listener.into_std() {
+            Ok(listener) => {
+                for _ in 0..queued {
+                    let Ok((stream, peer)) = listener.accept() else { break };
+                    match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
+                        Ok(stream) => self.take_client(&tracker, stream, peer, &mut refusals),
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "a queued connection could not be served")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not take the connections left in the accept queue"),
+        }
         tracker.close();
         let grace = secs(self.config().proxy.shutdown_timeout);
         tracing::info!(clients = self.client_count(), ?grace, "shutting down: draining clients");
@@ -86,8 +93,42 @@ impl Proxy {
             }
         }
         self.pools.close_idle();
+        // Drained: the registry may now hand this instance's shares to its peers.
+        if let Some(instances) = &self.instances {
+            instances.leave().await;
+        }
+        self.shutdown.drained.cancel();
         tracing::info!("shutdown complete");
         Ok(())
+    }
+}
+
+impl Proxy {
+    /// Serves one accepted connection, within `max_prelogin_connections`.
+    fn take_client(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        stream: TcpStream,
+        peer: SocketAddr,
+        refusals: &mut Every,
+    ) {
+        let Some(prelogin) = self.prelogin_permit() else {
+            refuse_prelogin(&stream);
+            if let Some(suppressed) = refusals.tick() {
+                tracing::warn!(
+                    %peer,
+                    suppressed,
+                    max_prelogin_connections = self.config().proxy.max_prelogin_connections,
+                    "too many connections logging in: new ones are closed at once"
+                );
+            }
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = self.clone();
+        tracker.spawn(async move {
+            crate::client::serve(stream, peer, proxy, prelogin).await;
+        });
     }
 }
 
@@ -111,20 +152,50 @@ pub async fn run_from(config: Config, path: Option<std::path::PathBuf>) -> anyho
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
     crate::listener::apply_fd_limit(&config);
-    let listener =
-        crate::listener::bind_with(config.proxy.listen, config.proxy.listen_backlog, config.proxy.reuse_port)
-            .map_err(|e| anyhow::anyhow!("[proxy] listen = {}: {e}", config.proxy.listen))?;
+    let handover = match config.proxy.handover.as_str() {
+        "" => None,
+        path => Some(std::path::PathBuf::from(path)),
+    };
+    let takeover = match &handover {
+        Some(path) => crate::handover::take_over(path)
+            .map_err(|e| anyhow::anyhow!("[proxy] handover = {}: {e}", path.display()))?,
+        None => None,
+    };
+    let (listener, predecessor) = match takeover {
+        Some((listener, predecessor)) => (TcpListener::from_std(listener)?, Some(predecessor)),
+        None => (
+            crate::listener::bind_with(
+                config.proxy.listen,
+                config.proxy.listen_backlog,
+                config.proxy.reuse_port,
+            )
+            .map_err(|e| anyhow::anyhow!("[proxy] listen = {}: {e}", config.proxy.listen))?,
+            None,
+        ),
+    };
     let addr: SocketAddr = listener.local_addr()?;
+    if predecessor.is_some() && config.proxy.listen.port() != 0 && addr != config.proxy.listen {
+        anyhow::bail!(
+            "[proxy] handover: the running instance listens on {addr}, not on [proxy] listen = {}; stop it first to change the address",
+            config.proxy.listen
+        );
+    }
+    if predecessor.is_none() && config.proxy.reuse_port {
+        crate::listener::warn_without_migration(handover.is_some());
+    }
     // Certificate problems stop the start here, with the reason.
     Tls::new(&config.tls)?;
     if config.proxy.auth == crate::model::AuthMethod::Trust {
         tracing::warn!("client authentication is TRUST: anyone who can reach {} and name a tenant gets in; set [proxy] auth = \"scram-sha-256\"", config.proxy.listen);
     }
-    // Bound before the proxy starts, so that a taken admin port stops the start too.
+    // Bound before the proxy starts, so that a taken admin port stops the start too. Shared
+    // (SO_REUSEPORT) when the proxy's own socket can be: the next instance of a rolling
+    // restart binds them while this one drains.
+    let share = config.proxy.reuse_port || handover.is_some();
     let admin_listener = match config.admin.listen.as_str() {
         "" => None,
         listen => Some(
-            TcpListener::bind(listen)
+            crate::listener::bind_side(listen, share)
                 .await
                 .map_err(|e| anyhow::anyhow!("[admin] listen = {listen:?}: {e}"))?,
         ),
@@ -132,7 +203,7 @@ pub async fn run_from(config: Config, path: Option<std::path::PathBuf>) -> anyho
     let metrics_listener = match config.metrics.listen.as_str() {
         "" => None,
         listen => Some(
-            TcpListener::bind(listen)
+            crate::listener::bind_side(listen, share)
                 .await
                 .map_err(|e| anyhow::anyhow!("[metrics] listen = {listen:?}: {e}"))?,
         ),
@@ -141,7 +212,21 @@ pub async fn run_from(config: Config, path: Option<std::path::PathBuf>) -> anyho
     if let Some(path) = path {
         proxy.set_config_path(path);
     }
-    tracing::info!(%addr, "pgtenant listening");
+    // The next instance takes the socket over from here; the previous one (if this one took
+    // it over) stops accepting once this one does.
+    if let Some(path) = &handover {
+        let unix = crate::handover::listen(path)
+            .map_err(|e| anyhow::anyhow!("[proxy] handover = {}: {e}", path.display()))?;
+        let socket = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
+        tokio::spawn(crate::handover::serve(unix, socket, proxy.clone()));
+    }
+    let took_over = predecessor.is_some();
+    if let Some(p) = predecessor {
+        if let Err(e) = p.go(&proxy).await {
+            tracing::warn!(error = %e, "handover: telling the previous instance to drain failed; it serves on");
+        }
+    }
+    tracing::info!(%addr, took_over, "pgtenant listening");
     let report_stop = CancellationToken::new();
     let usage = tokio::spawn(crate::report::flush_usage(proxy.clone(), report_stop.clone()));
     tokio::spawn(crate::report::log_stats(proxy.clone(), report_stop.clone()));

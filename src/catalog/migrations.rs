@@ -188,6 +188,20 @@ CREATE TABLE pgtenant.instances (
 );
 "#,
     ),
+    (
+        9,
+        r#"
+-- Caps for the whole service (src/leases.rs). `seen`: the registry's view (slots,
+-- comma-separated) the instance last applied to its shares; `settled`: it holds its full
+-- shares of that view; `streak_since`: since when it has heartbeated without a gap. Only an
+-- instance that has reached the control database for a whole expiry window removes stale
+-- rows, so a control database coming back after an outage expires nobody who is alive.
+ALTER TABLE pgtenant.instances
+    ADD COLUMN seen         text NOT NULL DEFAULT '',
+    ADD COLUMN settled      boolean NOT NULL DEFAULT false,
+    ADD COLUMN streak_since timestamptz NOT NULL DEFAULT now();
+"#,
+    ),
 ];
 
 /// Applies the missing migrations; returns the versions applied now.

@@ -52,6 +52,9 @@ pub struct Tenant {
     pub pool_size: usize,
     /// Server connections the tenant may hold at once across its pools.
     pub max_server_connections: usize,
+    /// Whether `max_server_connections` was set for the tenant (then it holds for all
+    /// instances together: [`crate::leases`]); else it is the pool size, per instance.
+    pub max_server_connections_set: bool,
     /// Client connections the tenant may have open at once.
     pub max_clients: Option<usize>,
     /// Client authentication, when the tenant overrides the proxy's.
@@ -125,6 +128,7 @@ impl Tenant {
             password: p.password,
             pool_mode: p.pool_mode,
             max_server_connections: p.max_server_connections.unwrap_or(p.pool_size),
+            max_server_connections_set: p.max_server_connections.is_some(),
             pool_size: p.pool_size,
             max_clients: p.max_clients,
             auth: p.auth,

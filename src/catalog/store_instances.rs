@@ -1,9 +1,11 @@
-//! Statements against `pgtenant.instances`, the instance registry (migration 8): register
-//! (taking the lowest free slot under an advisory lock), heartbeat (which also expires stale
-//! rows and reads the live ones, in one round trip), deregister, and the live rows (for the cancel routing cache, `SHOW INSTANCES` and
-//! `GET /instances`). The registry's behaviour lives in [`crate::instances`].
+//! Statements against `pgtenant.instances`, the instance registry (migrations 8 and 9):
+//! register (taking the lowest free slot under an advisory lock), heartbeat (which also
+//! reports the view of the registry the instance applied to its shares, expires stale rows
+//! and reads every row, in one round trip), deregister, and the live rows (for the cancel
+//! routing cache, `SHOW INSTANCES` and `GET /instances`). The registry's behaviour lives in
+//! [`crate::instances`], the share arithmetic in [`crate::leases`].
 
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::Client;
 
 /// Slots are 1..=MAX_SLOT: ten bits of a cancel key's process id (see `crate::cancel`).
 pub const MAX_SLOT: i32 = 1023;
@@ -20,24 +22,28 @@ pub struct InstanceRow {
     pub heartbeat_at: String,
     /// Seconds since the last heartbeat, by the control database's clock.
     pub heartbeat_age: f64,
+    /// The view of the registry (slots, comma-separated) the instance last applied to its
+    /// shares of the service-wide caps ([`crate::leases`]).
+    pub seen: String,
+    /// Whether it holds its full shares of that view.
+    pub settled: bool,
 }
 
-/// Registers `id` (or refreshes its row if it is there) and returns its slot. Rows stale for
-/// more than `expiry_secs` are removed first, so their slots can be taken again; `prefer`
-/// asks for a slot held before (a re-registration after the control database was away),
-/// granted when still free.
+/// Registers `id` (or refreshes its row if it is there, as a newcomer: nothing seen) and
+/// returns its slot; `prefer` asks for a slot held before (a re-registration after the
+/// control database was away), granted when still free. Stale rows are not removed here:
+/// a stale row may belong to an instance that is alive and still holds its shares (the
+/// control database was away for everyone); heartbeats remove them ([`beat`]).
 pub async fn register(
     db: &mut Client,
     id: &str,
     advertised_addr: &str,
     version: &str,
-    expiry_secs: f64,
     prefer: Option<i32>,
 ) -> Result<i32, tokio_postgres::Error> {
     let tx = db.transaction().await?;
     // One registration at a time, so two instances never pick the same free slot.
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('pgtenant.instances'))", &[]).await?;
-    expire(&tx, expiry_secs).await?;
     let slot: i32 = tx
         .query_one(
             "INSERT INTO pgtenant.instances AS i (id, slot, advertised_addr, version)
@@ -49,7 +55,7 @@ pub async fn register(
                      $2, $3)
              ON CONFLICT (id) DO UPDATE
                 SET advertised_addr = EXCLUDED.advertised_addr, version = EXCLUDED.version,
-                    heartbeat_at = now()
+                    heartbeat_at = now(), seen = '', settled = false, streak_since = now()
              RETURNING i.slot",
             &[&id, &advertised_addr, &version, &prefer, &MAX_SLOT],
         )
@@ -59,41 +65,49 @@ pub async fn register(
     Ok(slot)
 }
 
-/// One heartbeat in one round trip: records it, removes other instances' stale rows, and
-/// returns the live rows (as the snapshot before this statement: a just-expired peer may
-/// still be in it once). `None` when this instance's row is gone (another instance expired
-/// it while this one could not reach the control database): the caller registers again.
-pub async fn beat(
-    db: &Client,
-    id: &str,
-    expiry_secs: f64,
-) -> Result<Option<Vec<InstanceRow>>, tokio_postgres::Error> {
-    let rows = db
-        .query(
-            "WITH hb AS (UPDATE pgtenant.instances SET heartbeat_at = now() WHERE id = $1 RETURNING id),
-                  gone AS (DELETE FROM pgtenant.instances
-                            WHERE heartbeat_at < now() - make_interval(secs => $2) AND id <> $1
-                           RETURNING id)
-             SELECT id, slot, advertised_addr, version, started_at::text, heartbeat_at::text,
-                    extract(epoch FROM now() - heartbeat_at)::float8, (SELECT count(*) FROM hb)
-               FROM pgtenant.instances
-              WHERE (heartbeat_at >= now() - make_interval(secs => $2) OR id = $1)
-                AND id NOT IN (SELECT id FROM gone)
-              ORDER BY slot",
-            &[&id, &expiry_secs],
-        )
-        .await?;
-    let alive = rows.first().is_some_and(|r| r.get::<_, i64>(7) == 1);
-    Ok(alive.then(|| rows.iter().map(row).collect()))
+/// What one heartbeat reports: the view of the registry the instance applied to its shares
+/// and whether it holds them in full ([`crate::leases::Leases`]).
+pub struct Beat<'a> {
+    pub id: &'a str,
+    pub seen: &'a str,
+    pub settled: bool,
+    /// A row older than this is stale.
+    pub expiry_secs: f64,
+    /// A heartbeat this long after the previous one starts a new streak.
+    pub gap_secs: f64,
 }
 
-/// Removes rows whose heartbeat is older than `expiry_secs`; returns how many.
-pub async fn expire(db: &impl GenericClient, expiry_secs: f64) -> Result<u64, tokio_postgres::Error> {
-    db.execute(
-        "DELETE FROM pgtenant.instances WHERE heartbeat_at < now() - make_interval(secs => $1)",
-        &[&expiry_secs],
-    )
-    .await
+/// One heartbeat in one round trip: records it (with what the instance applied), removes
+/// other instances' stale rows, and returns every registered row, stale ones included (as
+/// the snapshot before this statement: this instance's `seen` is the previous one, and a
+/// just-removed peer is left out). Stale rows are removed only by an instance whose own
+/// heartbeats have had no gap for a whole expiry window: after an outage of the control
+/// database every live instance gets that window to come back before anyone is counted out.
+/// `None` when this instance's row is gone (another instance expired it while this one could
+/// not reach the control database): the caller registers again.
+pub async fn beat(db: &Client, b: &Beat<'_>) -> Result<Option<Vec<InstanceRow>>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "WITH hb AS (UPDATE pgtenant.instances
+                            SET heartbeat_at = now(), seen = $2, settled = $3,
+                                streak_since = CASE WHEN heartbeat_at < now() - make_interval(secs => $5)
+                                                    THEN now() ELSE streak_since END
+                          WHERE id = $1 RETURNING streak_since),
+                  gone AS (DELETE FROM pgtenant.instances
+                            WHERE heartbeat_at < now() - make_interval(secs => $4) AND id <> $1
+                              AND (SELECT streak_since FROM hb) <= now() - make_interval(secs => $4)
+                           RETURNING id)
+             SELECT id, slot, advertised_addr, version, started_at::text, heartbeat_at::text,
+                    extract(epoch FROM now() - heartbeat_at)::float8, seen, settled,
+                    (SELECT count(*) FROM hb)
+               FROM pgtenant.instances
+              WHERE id NOT IN (SELECT id FROM gone)
+              ORDER BY slot",
+            &[&b.id, &b.seen, &b.settled, &b.expiry_secs, &b.gap_secs],
+        )
+        .await?;
+    let alive = rows.first().is_some_and(|r| r.get::<_, i64>(9) == 1);
+    Ok(alive.then(|| rows.iter().map(row).collect()))
 }
 
 /// Removes this instance's row (at shutdown).
@@ -106,7 +120,7 @@ pub async fn live(db: &Client, expiry_secs: f64) -> Result<Vec<InstanceRow>, tok
     let rows = db
         .query(
             "SELECT id, slot, advertised_addr, version, started_at::text, heartbeat_at::text,
-                    extract(epoch FROM now() - heartbeat_at)::float8
+                    extract(epoch FROM now() - heartbeat_at)::float8, seen, settled
                FROM pgtenant.instances
               WHERE heartbeat_at >= now() - make_interval(secs => $1)
               ORDER BY slot",
@@ -125,5 +139,7 @@ fn row(r: &tokio_postgres::Row) -> InstanceRow {
         started_at: r.get(4),
         heartbeat_at: r.get(5),
         heartbeat_age: r.get(6),
+        seen: r.get(7),
+        settled: r.get(8),
     }
 }

@@ -32,7 +32,8 @@ use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
 use crate::model::PoolMode;
 use crate::pool::session::{
-    hand_over, needs_reset, queue_reset, retire, retire_running, Retire, CLEANUP_TIMEOUT,
+    hand_over, needs_reset, queue_reset, reset_step, retire, retire_running, ResetStep, Retire,
+    CLEANUP_TIMEOUT,
 };
 use crate::pool::{Checkout, Pool, ServerParams};
 use crate::protocol::backend::txn;
@@ -110,8 +111,24 @@ struct Progress {
     status: u8,
     /// The server sent a FATAL error: it closes the connection, and nothing is added to it.
     fatal: bool,
-    /// A cross-tenant reset is queued: the client's bytes wait until its reply is checked.
-    reset_pending: bool,
+    /// Where a queued cross-tenant reset stands.
+    reset: ResetPhase,
+    /// A client Sync went out behind an unconfirmed reset: the client's later messages wait
+    /// until the reset's replies are checked (a failed reset makes the server skip only up
+    /// to that Sync).
+    reset_synced: bool,
+}
+
+/// A cross-tenant reset's replies, swallowed and checked (see [`queue_reset`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ResetPhase {
+    /// None queued, or its replies checked.
+    #[default]
+    Done,
+    /// Until the guard query's ReadyForQuery.
+    Guard,
+    /// The next expected reply of DISCARD ALL (an index in `pool::session::RESET_REPLIES`).
+    Discard(u8),
 }
 
 pub(crate) struct Session<S> {
@@ -335,10 +352,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // Client bytes wait behind a setup that might fail (settings from the client's
         // startup packet no server has accepted yet): they must not run on a connection
         // whose setup was refused.
-        // The same holds behind a cross-tenant reset: a failed simple-protocol Query does not
-        // stop the next, so the client's first statement must not run before DISCARD ALL's
-        // reply was checked (the setup after it still rides in the same write).
-        let hold = self.progress.swallow_z > 0 && (!self.setup_trusted || self.progress.reset_pending);
+        // Behind a cross-tenant reset the client's messages go in the same write up to its
+        // first Sync (a failed DISCARD ALL makes the server skip them: they never run on the
+        // previous tenant's session); what follows that Sync waits for the reset's verdict.
+        let p = &self.progress;
+        let hold =
+            (p.swallow_z > 0 && !self.setup_trusted) || (p.reset != ResetPhase::Done && p.reset_synced);
         if self.server.is_some() && self.c_scanned > 0 && !hold {
             self.stage();
         }
@@ -404,6 +423,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     fn quiet(&self) -> bool {
         self.pipeline.owes_nothing()
             && self.progress.swallow_z == 0
+            && self.progress.reset == ResetPhase::Done
             && self.s_remaining == 0
             && self.sbuf.is_empty()
             && self.stage_remaining == 0
@@ -434,11 +454,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if needs_reset(co.conn_ref(), &self.tenant.id) {
             // A handoff to another tenant starts from a clean session (DESIGN.md,
-            // containment rule 2): DISCARD ALL with the setup behind it in one write, their
-            // replies swallowed and checked before the client's bytes are sent (see `hold`).
+            // containment rule 2): DISCARD ALL with the setup and the client's first messages
+            // behind it in one write, its replies swallowed and checked (see `hold`).
             self.proxy.metrics.global().reset();
-            self.progress.swallow_z += queue_reset(co.conn(), &mut self.out, &self.pool_params);
-            self.progress.reset_pending = true;
+            queue_reset(co.conn(), &mut self.out, &self.pool_params);
+            self.progress.swallow_z += 1;
+            self.progress.reset = ResetPhase::Guard;
+            self.progress.reset_synced = false;
         }
         let conn = co.conn();
         let (addr, pid, secret) = conn.cancel_key();
@@ -644,6 +666,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 st.forward(tag, frame);
             }
             pos += len;
+            if tag == fe::SYNC && self.progress.reset != ResetPhase::Done {
+                // The rest waits for the reset's verdict (see `settle`).
+                self.progress.reset_synced = true;
+                break;
+            }
         }
         self.cbuf.advance(pos);
         self.c_scanned -= pos;

@@ -7,7 +7,12 @@
 //! upstream password, `require_auth`, pool size or tenant cap applies to the next server
 //! connection opened; connections opened under the old login are closed when idle and at
 //! release when busy (each carries the generation of the login it was opened with).
+//!
+//! Several instances share a tenant's explicit `max_server_connections` and an upstream's
+//! `max_connections` ([`crate::leases`]): each cap here is this instance's share, resized
+//! when the shares change ([`PoolManager::follow_shares`]).
 
+mod capacity;
 mod fair;
 mod listing;
 mod pause;
@@ -16,6 +21,7 @@ pub mod session;
 mod settings;
 mod stream;
 
+use capacity::{resize, Capacity};
 pub use fair::{FairPermit, FairSemaphore};
 pub use listing::ServerRow;
 pub use pause::Pauses;
@@ -24,8 +30,8 @@ pub use settings::{LiveSettings, PoolSettings};
 pub use stream::ServerStream;
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -34,16 +40,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::catalog::{Catalog, Change, Tenant};
 use crate::config::PoolDefaults;
+use crate::leases::Shares;
 use crate::model::{PoolKey, RequireAuth, TenantId};
 use crate::protocol::error::{ClientFacing, ErrorKind};
 use crate::protocol::SqlState;
 
 /// ParameterStatus name/value pairs as a server reported them.
 pub type ServerParams = Arc<Vec<(String, String)>>;
-
-/// How long a waiter for upstream or global capacity sleeps before looking for an idle
-/// connection to evict again.
-const CAPACITY_SLICE: Duration = Duration::from_millis(50);
 
 /// Idle time after which a connection is checked before it is handed out.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
@@ -113,62 +116,6 @@ impl ClientFacing for CheckoutError {
     }
 }
 
-/// A connection cap shared by several pools (one upstream server, or all of pgtenant), and
-/// the pools whose idle connections may be closed to make room under it.
-struct Capacity {
-    open: Arc<Semaphore>,
-    pools: Mutex<Vec<Weak<Pool>>>,
-}
-
-impl Capacity {
-    fn new(max: usize) -> Arc<Capacity> {
-        Arc::new(Capacity { open: Arc::new(Semaphore::new(max)), pools: Mutex::new(Vec::new()) })
-    }
-
-    /// Closes the least recently used idle connection of another pool under this cap.
-    fn evict_one_idle(&self, except: &Pool) -> bool {
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools.retain(|p| p.strong_count() > 0);
-        for pool in pools.iter().filter_map(Weak::upgrade) {
-            if std::ptr::eq(&*pool, except) {
-                continue;
-            }
-            let mut idle = pool.lock_idle();
-            if !idle.is_empty() {
-                drop(idle.remove(0));
-                return true;
-            }
-        }
-        false
-    }
-
-    /// A permit under this cap, evicting idle connections of other pools while waiting, until
-    /// `deadline`; without a deadline, only what is free now.
-    async fn acquire(
-        &self,
-        me: &Pool,
-        deadline: Option<tokio::time::Instant>,
-    ) -> Option<OwnedSemaphorePermit> {
-        loop {
-            if let Ok(p) = self.open.clone().try_acquire_owned() {
-                return Some(p);
-            }
-            let deadline = deadline?;
-            if self.evict_one_idle(me) {
-                continue;
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            let slice = deadline.min(now + CAPACITY_SLICE);
-            if let Ok(Ok(p)) = tokio::time::timeout_at(slice, self.open.clone().acquire_owned()).await {
-                return Some(p);
-            }
-        }
-    }
-}
-
 /// What a pool's new connections log in with. Replaced (with the next generation) when the
 /// catalog changes it.
 #[derive(Debug)]
@@ -233,6 +180,15 @@ impl std::ops::DerefMut for Idle {
     }
 }
 
+/// A tenant's server-connection cap: as configured, whether it holds for the whole service,
+/// and this instance's size of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TenantCapSize {
+    cap: usize,
+    shared: bool,
+    size: usize,
+}
+
 /// One pool of server connections for one upstream login.
 pub struct Pool {
     key: PoolKey,
@@ -243,6 +199,8 @@ pub struct Pool {
     checkout: Arc<FairSemaphore>,
     /// Most recently used last.
     idle: Mutex<Idle>,
+    /// The pool size the catalog gives (`checkout` may be smaller: [`Pool::effective_size`]).
+    configured_size: AtomicUsize,
     /// ParameterStatus values of the most recent connection opened: what clients are told at
     /// login.
     params: RwLock<Option<ServerParams>>,
@@ -322,25 +280,13 @@ impl Pool {
     /// generation (idle connections of the old one are closed now, busy ones at release); a
     /// changed size applies to the next checkout. Returns whether anything changed.
     fn apply(&self, tenant: &Tenant) -> bool {
+        self.configured_size.store(tenant.pool_size, Ordering::Relaxed);
+        let size = self.effective_size();
         // Every login passes here: the common case (nothing changed) takes read locks only.
-        if self.checkout.size() == tenant.pool_size && self.current_login().same_as(tenant) {
+        if self.checkout.size() == size && self.current_login().same_as(tenant) {
             return false;
         }
-        let mut changed = false;
-        if self.checkout.size() != tenant.pool_size {
-            tracing::info!(upstream = %self.key.addr, db = %self.key.database, role = %self.key.role,
-                from = self.checkout.size(), to = tenant.pool_size, "pool size changed");
-            self.checkout.resize(tenant.pool_size);
-            // Idle connections above the new size are closed now (oldest first); busy ones
-            // when they come back.
-            let mut idle = self.lock_idle();
-            let excess = (idle.len() + self.checkout.in_use()).saturating_sub(tenant.pool_size);
-            let now = excess.min(idle.len());
-            idle.drain(..now);
-            idle.retire = excess - now;
-            drop(idle);
-            changed = true;
-        }
+        let mut changed = self.resize(size);
         let mut login = self.login.write().unwrap_or_else(|e| e.into_inner());
         if !login.same_as(tenant) {
             let next = Arc::new(PoolLogin::of(tenant, login.generation + 1));
@@ -355,14 +301,42 @@ impl Pool {
         changed
     }
 
-    /// An idle connection, preferring one last set up for `tenant`, else the most recently
-    /// used; connections past their lifetime are closed on the way.
+    /// The pool's size: as configured, but no more than the upstream's cap lets it open
+    /// (this instance's share of it, with several instances). Checkouts past it wait in
+    /// the pool's fair queue rather than for upstream capacity, where a client releasing a
+    /// connection and taking it again at once would starve them.
+    fn effective_size(&self) -> usize {
+        self.configured_size.load(Ordering::Relaxed).min(self.upstream.size())
+    }
+
+    /// Resizes the checkout permits; returns whether the size changed.
+    fn resize(&self, size: usize) -> bool {
+        if self.checkout.size() == size {
+            return false;
+        }
+        tracing::info!(upstream = %self.key.addr, db = %self.key.database, role = %self.key.role,
+            from = self.checkout.size(), to = size, "pool size changed");
+        self.checkout.resize(size);
+        // Idle connections above the new size are closed now (oldest first); busy ones
+        // when they come back.
+        let mut idle = self.lock_idle();
+        let excess = (idle.len() + self.checkout.in_use()).saturating_sub(size);
+        let now = excess.min(idle.len());
+        idle.drain(..now);
+        idle.retire = excess - now;
+        true
+    }
+
+    /// An idle connection, preferring one last set up for `tenant`, then one that needs no
+    /// reset (no tenant's session on it), else the most recently used (which then gets the
+    /// cross-tenant reset); connections past their lifetime are closed on the way.
     fn take_idle(&self, tenant: Option<&TenantId>) -> Option<ServerConn> {
         let max_lifetime = self.settings().max_lifetime;
         let mut idle = self.lock_idle();
         loop {
             let pick = tenant
                 .and_then(|t| idle.iter().rposition(|c| c.tenant.as_ref() == Some(t)))
+                .or_else(|| idle.iter().rposition(|c| c.tenant.is_none() && !c.dirty))
                 .or_else(|| idle.len().checked_sub(1))?;
             let conn = idle.remove(pick);
             // Past its lifetime: closed here (the reaper catches the ones never picked).
@@ -476,8 +450,12 @@ pub struct PoolManager {
     global: Arc<Capacity>,
     /// Server connections each tenant holds, across pools.
     tenant_caps: DashMap<TenantId, Arc<Semaphore>>,
-    /// The cap each of `tenant_caps` was made for (so a changed cap can be applied).
-    tenant_cap_sizes: DashMap<TenantId, usize>,
+    /// The cap each of `tenant_caps` was made for (so a changed cap can be applied): the
+    /// tenant's `max_server_connections`, whether it holds for the whole service (set
+    /// explicitly), and the semaphore's size now.
+    tenant_cap_sizes: DashMap<TenantId, TenantCapSize>,
+    /// This instance's shares of the service-wide caps (whole without a registry).
+    shares: std::sync::OnceLock<Arc<Shares>>,
     /// The pool each tenant was last routed to (what a catalog change re-applies).
     tenant_pools: DashMap<TenantId, PoolKey>,
     settings: LiveSettings,
@@ -491,9 +469,10 @@ impl PoolManager {
         Arc::new(PoolManager {
             pools: DashMap::new(),
             upstreams: DashMap::new(),
-            global: Capacity::new(defaults.max_server_connections),
+            global: Capacity::new(defaults.max_server_connections, defaults.max_server_connections),
             tenant_caps: DashMap::new(),
             tenant_cap_sizes: DashMap::new(),
+            shares: std::sync::OnceLock::new(),
             tenant_pools: DashMap::new(),
             settings: Arc::new(ArcSwap::from_pointee(PoolSettings::from(defaults))),
             following: AtomicBool::new(false),
@@ -563,35 +542,74 @@ impl PoolManager {
         }
     }
 
-    /// Resizes the tenant's cap to its current `max_server_connections`. Permits that are
-    /// held when the cap shrinks are retired as they come back.
+    /// This instance's limit under a service-wide cap.
+    fn limit(&self, cap: usize) -> usize {
+        self.shares.get().map_or(cap, |s| s.limit(cap))
+    }
+
+    fn tenant_cap_size(&self, tenant: &Tenant) -> TenantCapSize {
+        let (cap, shared) = (tenant.max_server_connections, tenant.max_server_connections_set);
+        TenantCapSize { cap, shared, size: if shared { self.limit(cap) } else { cap } }
+    }
+
+    /// Resizes the tenant's cap to its current `max_server_connections` (this instance's
+    /// share of it, when it is set for the tenant).
     fn apply_tenant_cap(&self, tenant: &Tenant) {
-        let want = tenant.max_server_connections;
+        let want = self.tenant_cap_size(tenant);
         if self.tenant_cap_sizes.get(&tenant.id).is_some_and(|s| *s == want) {
             return;
         }
-        let Some(sem) = self.tenant_caps.get(&tenant.id).map(|s| s.value().clone()) else { return };
-        let mut size = self.tenant_cap_sizes.entry(tenant.id.clone()).or_insert(want);
+        self.resize_tenant_cap(&tenant.id, want);
+    }
+
+    fn resize_tenant_cap(&self, id: &TenantId, want: TenantCapSize) {
+        let Some(sem) = self.tenant_caps.get(id).map(|s| s.value().clone()) else { return };
+        let mut size = self.tenant_cap_sizes.entry(id.clone()).or_insert(want);
         let have = *size;
         if have == want {
             return;
         }
         *size = want;
         drop(size);
-        tracing::info!(tenant = %tenant.id, from = have, to = want, "max_server_connections changed");
-        if want > have {
-            sem.add_permits(want - have);
-        } else {
-            let missing = (have - want).saturating_sub(sem.forget_permits(have - want));
-            if let Ok(n) = u32::try_from(missing) {
-                if n > 0 {
-                    tokio::spawn(async move {
-                        if let Ok(p) = sem.acquire_many_owned(n).await {
-                            p.forget();
-                        }
-                    });
-                }
+        if have.size != want.size {
+            tracing::info!(tenant = %id, from = have.size, to = want.size, cap = want.cap, shared = want.shared, "max_server_connections changed");
+            resize(&sem, have.size, want.size);
+        }
+    }
+
+    /// Takes this instance's shares of the service-wide caps (once; before the first pool)
+    /// and resizes the caps whenever they change, for as long as the manager lives.
+    pub fn follow_shares(self: &Arc<Self>, shares: Arc<Shares>) {
+        let mut changed = shares.subscribe();
+        if self.shares.set(shares).is_err() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while changed.changed().await.is_ok() {
+                let Some(mgr) = weak.upgrade() else { return };
+                mgr.apply_shares();
             }
+        });
+    }
+
+    /// Resizes every service-wide cap to this instance's current share.
+    fn apply_shares(&self) {
+        let Some(shares) = self.shares.get() else { return };
+        for up in self.upstreams.iter() {
+            up.value().apply_share(shares);
+        }
+        for pool in self.pools.iter() {
+            pool.resize(pool.effective_size());
+        }
+        let shared: Vec<(TenantId, TenantCapSize)> = self
+            .tenant_cap_sizes
+            .iter()
+            .filter(|e| e.value().shared)
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
+        for (id, have) in shared {
+            self.resize_tenant_cap(&id, TenantCapSize { size: shares.limit(have.cap), ..have });
         }
     }
 
@@ -636,12 +654,12 @@ impl PoolManager {
         let upstream = self
             .upstreams
             .entry(tenant.upstream.clone())
-            .or_insert_with(|| Capacity::new(tenant.upstream_max))
+            .or_insert_with(|| Capacity::new(tenant.upstream_max, self.limit(tenant.upstream_max)))
             .clone();
         self.pools
             .entry(tenant.pool_key.clone())
             .or_insert_with(|| {
-                let checkout = FairSemaphore::new(tenant.pool_size);
+                let checkout = FairSemaphore::new(tenant.pool_size.min(upstream.size()));
                 let pool = Arc::new(Pool {
                     key: tenant.pool_key.clone(),
                     login: RwLock::new(Arc::new(PoolLogin::of(tenant, 0))),
@@ -653,6 +671,7 @@ impl PoolManager {
                         checkout: checkout.clone(),
                     }),
                     checkout,
+                    configured_size: AtomicUsize::new(tenant.pool_size),
                     params: RwLock::new(None),
                     upstream: upstream.clone(),
                     global: self.global.clone(),
@@ -675,8 +694,9 @@ impl PoolManager {
         self.tenant_caps
             .entry(tenant.id.clone())
             .or_insert_with(|| {
-                self.tenant_cap_sizes.insert(tenant.id.clone(), tenant.max_server_connections);
-                Arc::new(Semaphore::new(tenant.max_server_connections))
+                let size = self.tenant_cap_size(tenant);
+                self.tenant_cap_sizes.insert(tenant.id.clone(), size);
+                Arc::new(Semaphore::new(size.size))
             })
             .clone()
     }
@@ -749,7 +769,7 @@ impl PoolManager {
             None => self.pools.iter().map(|p| p.value().busy_count()).sum(),
             Some(t) => {
                 let Some(cap) = self.tenant_caps.get(t).map(|c| c.value().clone()) else { return 0 };
-                let size = self.tenant_cap_sizes.get(t).map_or(0, |s| *s);
+                let size = self.tenant_cap_sizes.get(t).map_or(0, |s| s.size);
                 size.saturating_sub(cap.available_permits())
             }
         }

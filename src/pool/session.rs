@@ -138,24 +138,62 @@ pub fn hand_over(conn: &mut ServerConn, client: u64, tenant: &TenantId, tenant_v
     conn.tenant = Some(tenant.clone());
 }
 
-/// Queues the reset (the caller holds the client's bytes until its reply is checked) and
-/// records the connection as the reset leaves it (its reportable settings back to the pool's
-/// values, nothing of pgtenant's). Returns the ReadyForQuery messages whose replies the caller
-/// swallows and checks: an ErrorResponse among them means the reset failed, and the caller
-/// ends the session and closes the connection; the client's bytes never ran on it.
-pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String, String)]) -> usize {
-    let queued =
-        frontend::query(out, RESET_GUARD).is_ok() && frontend::query(out, CROSS_TENANT_RESET).is_ok();
+/// Queues the reset and records the connection as the reset leaves it (its reportable
+/// settings back to the pool's values, nothing of pgtenant's). The guard goes as a simple
+/// Query (one ReadyForQuery, swallowed; its failure changes nothing, since DISCARD ALL resets
+/// what it sets), DISCARD ALL as an unsynced extended statement ([`frontend::unsynced`]): the
+/// caller swallows and checks its four replies ([`RESET_REPLIES`]) and may send the client's
+/// messages behind it up to the client's first Sync, which a failed reset makes the server
+/// skip (the caller holds the rest until the reset's reply is checked; an ErrorResponse ends
+/// the session and closes the connection).
+pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String, String)]) {
+    if frontend::query(out, RESET_GUARD).is_ok() {
+        frontend::unsynced(out, CROSS_TENANT_RESET);
+    }
     conn.vars = params.to_vec();
     conn.vars_fingerprint = 0;
     conn.prepared.clear();
     conn.dirty = false;
     conn.tenant = None;
     conn.settings_suspect = false;
-    if queued {
-        2
+}
+
+/// What the server answers a successful [`queue_reset`] after the guard's ReadyForQuery, in
+/// order (asynchronous messages aside): ParseComplete, BindComplete, CommandComplete and
+/// CloseComplete.
+pub const RESET_REPLIES: [u8; 4] =
+    [be::PARSE_COMPLETE, be::BIND_COMPLETE, be::COMMAND_COMPLETE, be::CLOSE_COMPLETE];
+
+/// The CommandComplete tag of [`CROSS_TENANT_RESET`].
+pub const RESET_TAG: &[u8] = b"DISCARD ALL\0";
+
+/// What one server message means for a reset whose reply `next` of [`RESET_REPLIES`] is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetStep {
+    /// An asynchronous message (notice, notification, parameter status): still due `next`.
+    Pass,
+    /// The expected reply: `next + 1` is due now.
+    Next(u8),
+    /// The last expected reply: the reset succeeded.
+    Done,
+    /// Anything else (an error, a ReadyForQuery, another tag or CommandComplete): it failed.
+    Failed,
+}
+
+/// Reads one server message (`tag`, and its body where it is a CommandComplete) while reply
+/// `next` of a reset is due.
+pub fn reset_step(next: u8, tag: u8, command_tag: Option<&[u8]>) -> ResetStep {
+    if matches!(tag, be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE | be::PARAMETER_STATUS) {
+        return ResetStep::Pass;
+    }
+    let expected = RESET_REPLIES.get(usize::from(next)).copied();
+    if expected != Some(tag) || (tag == be::COMMAND_COMPLETE && command_tag != Some(RESET_TAG)) {
+        return ResetStep::Failed;
+    }
+    if usize::from(next) + 1 == RESET_REPLIES.len() {
+        ResetStep::Done
     } else {
-        0
+        ResetStep::Next(next + 1)
     }
 }
 
@@ -164,4 +202,72 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
 pub fn forget_unreported(conn: &mut ServerConn, pool_params: &[(String, String)]) {
     conn.vars_fingerprint = 0;
     conn.vars.retain(|(k, _)| pool_params.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Runs `msgs` through [`reset_step`] from the first reply: Some(true) done, Some(false)
+    /// failed, None still due.
+    fn run(msgs: &[(u8, Option<&[u8]>)]) -> Option<bool> {
+        let mut next = 0;
+        for (tag, body) in msgs {
+            match reset_step(next, *tag, *body) {
+                ResetStep::Pass => {}
+                ResetStep::Next(n) => next = n,
+                ResetStep::Done => return Some(true),
+                ResetStep::Failed => return Some(false),
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn only_the_exact_replies_confirm_a_reset() {
+        let ok: Vec<(u8, Option<&[u8]>)> = vec![
+            (b'1', None),
+            (b'S', None),
+            (b'2', None),
+            (b'C', Some(RESET_TAG)),
+            (b'N', None),
+            (b'3', None),
+        ];
+        assert_eq!(run(&ok), Some(true));
+        let wrong_tag: Vec<(u8, Option<&[u8]>)> =
+            vec![(b'1', None), (b'2', None), (b'C', Some(b"SELECT 1\0"))];
+        assert_eq!(run(&wrong_tag), Some(false));
+        assert_eq!(run(&[(b'1', None), (b'E', None)]), Some(false));
+        assert_eq!(run(&[(b'Z', None)]), Some(false));
+        assert_eq!(run(&[(b'1', None), (b'2', None)]), None);
+    }
+
+    /// Mostly the tags a reset's reply has (so the exact sequence comes up), sometimes any byte.
+    fn reply_tag() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            4 => proptest::sample::select(b"123CNASEZ".to_vec()),
+            1 => any::<u8>(),
+        ]
+    }
+
+    proptest! {
+        /// Arbitrary server tags never confirm a reset unless the four replies came in order,
+        /// and never panic.
+        #[test]
+        fn arbitrary_replies_confirm_only_the_exact_sequence(tags in proptest::collection::vec(reply_tag(), 0..12),
+                                                             good_tag in any::<bool>()) {
+            let body: &[u8] = if good_tag { RESET_TAG } else { b"DISCARD\0" };
+            let msgs: Vec<(u8, Option<&[u8]>)> =
+                tags.iter().map(|t| (*t, (*t == b'C').then_some(body))).collect();
+            let outcome = run(&msgs);
+            let essential: Vec<u8> = tags
+                .iter()
+                .copied()
+                .filter(|t| !matches!(*t, b'N' | b'A' | b'S'))
+                .collect();
+            let exact = essential.len() >= 4 && essential[..4] == RESET_REPLIES && good_tag;
+            prop_assert_eq!(outcome == Some(true), exact);
+        }
+    }
 }

@@ -100,6 +100,29 @@ pub fn query(buf: &mut BytesMut, sql: &str) -> std::io::Result<()> {
     frontend::query(sql, buf)
 }
 
+/// `sql` as an unsynced extended-protocol statement: Parse, Bind and Execute of the unnamed
+/// statement and portal, then a Close of the unnamed statement, and no Sync. The server
+/// answers ParseComplete, BindComplete, CommandComplete and CloseComplete and no
+/// ReadyForQuery; if it fails, it skips every message up to the next Sync (simple Queries
+/// included), so nothing sent behind it runs (see `benches/reset_probe.py`).
+pub fn unsynced(buf: &mut BytesMut, sql: &str) {
+    let put = |buf: &mut BytesMut, tag: u8, body: &[u8]| {
+        buf.put_u8(tag);
+        buf.put_i32(i32::try_from(body.len() + 4).unwrap_or(i32::MAX));
+        buf.put_slice(body);
+    };
+    let mut parse = Vec::with_capacity(sql.len() + 4);
+    parse.push(0);
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    put(buf, tag::PARSE, &parse);
+    // Portal "", statement "", no parameter formats, no parameters, no result formats.
+    put(buf, tag::BIND, &[0, 0, 0, 0, 0, 0, 0, 0]);
+    // Portal "", no row limit.
+    put(buf, tag::EXECUTE, &[0, 0, 0, 0, 0]);
+    put(buf, tag::CLOSE, &[target::STATEMENT, 0]);
+}
+
 pub fn terminate(buf: &mut BytesMut) {
     frontend::terminate(buf);
 }
@@ -150,5 +173,19 @@ mod tests {
         terminate(&mut t);
         assert_eq!(&t[..], TERMINATE_MESSAGE);
         assert_eq!(ssl_request(), [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+    }
+
+    #[test]
+    fn unsynced_statement_is_parse_bind_execute_close_without_sync() {
+        let mut out = BytesMut::new();
+        unsynced(&mut out, "DISCARD ALL");
+        let expected = [
+            frame(b'P', b"\0DISCARD ALL\0\0\0"),
+            frame(b'B', &[0; 8]),
+            frame(b'E', &[0; 5]),
+            frame(b'C', b"S\0"),
+        ]
+        .concat();
+        assert_eq!(&out[..], &expected[..]);
     }
 }

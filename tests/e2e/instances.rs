@@ -48,13 +48,13 @@ async fn service(n: usize, tenant: &TenantConfig) -> (Vec<Instance>, tokio_postg
 }
 
 /// HAProxy in TCP mode, round-robin over `backends`, on a free port of 127.0.0.1.
-struct Haproxy {
-    addr: SocketAddr,
+pub(crate) struct Haproxy {
+    pub(crate) addr: SocketAddr,
     _child: tokio::process::Child,
     _dir: tempfile::TempDir,
 }
 
-async fn haproxy(backends: &[SocketAddr]) -> Haproxy {
+pub(crate) async fn haproxy(backends: &[SocketAddr]) -> Haproxy {
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -83,7 +83,7 @@ async fn haproxy(backends: &[SocketAddr]) -> Haproxy {
 }
 
 /// The key in a login reply: (pid, secret).
-fn backend_key(reply: &[u8]) -> (i32, Vec<u8>) {
+pub(crate) fn backend_key(reply: &[u8]) -> (i32, Vec<u8>) {
     let (_, body) = messages(reply).into_iter().find(|(t, _)| *t == b'K').expect("BackendKeyData");
     (i32::from_be_bytes(body[..4].try_into().expect("pid")), body[4..].to_vec())
 }
@@ -96,14 +96,14 @@ fn cancel_packet(pid: i32, secret: &[u8]) -> Vec<u8> {
     p
 }
 
-async fn send_cancel(addr: SocketAddr, pid: i32, secret: &[u8]) {
+pub(crate) async fn send_cancel(addr: SocketAddr, pid: i32, secret: &[u8]) {
     let mut s = TcpStream::connect(addr).await.expect("connect for cancel");
     s.write_all(&cancel_packet(pid, secret)).await.expect("cancel");
     let _ = s.shutdown().await;
 }
 
 /// A raw login with protocol version `version`; returns the stream and the login reply.
-async fn raw_login(addr: SocketAddr, tenant: &str, version: i32) -> (TcpStream, Vec<u8>) {
+pub(crate) async fn raw_login(addr: SocketAddr, tenant: &str, version: i32) -> (TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let user = format!("app.{tenant}");
     s.write_all(&startup_packet_version(version, &[("user", &user)])).await.expect("startup");

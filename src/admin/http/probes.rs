@@ -32,7 +32,8 @@ pub(super) async fn healthz() -> Json<Value> {
 
 /// The proxy takes clients (it is not draining) and the control database answers.
 pub(super) async fn readyz(State(state): State<AdminState>) -> Result<Json<Value>, Problem> {
-    if state.inner.proxy.shutdown.drain.is_cancelled() {
+    let shutdown = &state.inner.proxy.shutdown;
+    if shutdown.drain.is_cancelled() || shutdown.stop_accepting.is_cancelled() {
         return Err(Problem::new(Kind::NotReady, "the proxy is shutting down and takes no new clients"));
     }
     if let Some(control) = &state.inner.control {

@@ -95,7 +95,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.s_discard = true;
                 continue;
             }
-            let setup = self.progress.swallow_z > 0;
+            // Replies to pgtenant's own queries (the reset, the setup) are swallowed.
+            let setup = self.progress.swallow_z > 0 || self.progress.reset != ResetPhase::Done;
+            if let Err(failed) = self.check_reset_reply(tag, pos, len, whole) {
+                self.write_client(from, pos).await?;
+                return Err(failed);
+            }
             let error =
                 (tag == be::ERROR_RESPONSE).then(|| parse_error_fields(&self.sbuf[pos + HEADER_LEN..seen]));
             if let Some(e) = &error {
@@ -154,6 +159,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         self.meter.ready(p.status);
                     }
                     if setup {
+                        if p.reset == ResetPhase::Guard {
+                            p.reset = ResetPhase::Discard(0);
+                        }
                         p.swallow_z -= 1;
                         if p.swallow_z == 0 && self.setup_error.is_some() {
                             // The reset or setup failed: nothing after it reaches the client.
@@ -176,6 +184,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             let fp = self.vars.fingerprint();
                             conn.set_vars_fingerprint(if conn.vars_fingerprint() == before { fp } else { 0 });
                         }
+                    }
+                }
+                be::ERROR_RESPONSE if p.reset == ResetPhase::Guard => {
+                    // The guard only keeps the previous session's timeouts from cancelling
+                    // DISCARD ALL, which runs anyway and whose own reply decides.
+                    if let Some(e) = &error {
+                        tracing::info!(tenant = %self.tenant.id, code = %e.code, message = %e.message, "reset guard failed");
                     }
                 }
                 be::ERROR_RESPONSE if setup => {
@@ -241,14 +256,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // A large message passed: the buffer goes back to its usual size.
             self.sbuf = BytesMut::from(&self.sbuf[..]);
         }
-        if self.progress.swallow_z == 0 {
+        if self.progress.swallow_z == 0 && self.progress.reset == ResetPhase::Done {
             if let Some(e) = self.setup_error.take() {
                 return Err(Exit::SetupFailed(e));
             }
             self.setup_trusted = true;
-            self.progress.reset_pending = false;
         }
         Ok(())
+    }
+
+    /// Checks one server message that arrives while DISCARD ALL's replies are due: the next
+    /// of `RESET_REPLIES` (and the right CommandComplete tag) moves the reset on, and the
+    /// last confirms it (the client's held messages may go); asynchronous messages pass.
+    /// Anything else means the reset failed: the session ends with the server's error (or
+    /// pgtenant's) and the connection is closed; the client's messages sent behind the reset
+    /// were skipped by the server.
+    fn check_reset_reply(&mut self, tag: u8, pos: usize, len: usize, whole: bool) -> Result<(), Exit> {
+        let ResetPhase::Discard(next) = self.progress.reset else { return Ok(()) };
+        let body = (tag == be::COMMAND_COMPLETE && whole).then(|| &self.sbuf[pos + HEADER_LEN..pos + len]);
+        match reset_step(next, tag, body) {
+            ResetStep::Pass => return Ok(()),
+            ResetStep::Next(n) => {
+                self.progress.reset = ResetPhase::Discard(n);
+                return Ok(());
+            }
+            ResetStep::Done => {
+                self.progress.reset = ResetPhase::Done;
+                self.progress.reset_synced = false;
+                return Ok(());
+            }
+            ResetStep::Failed => {}
+        }
+        let error = if tag == be::ERROR_RESPONSE && whole {
+            let fields = parse_error_fields(&self.sbuf[pos + HEADER_LEN..pos + len]);
+            tracing::warn!(tenant = %self.tenant.id, code = %fields.code, message = %fields.message, "cross-tenant reset failed: closing the server connection");
+            Bytes::copy_from_slice(&self.sbuf[pos..pos + len])
+        } else {
+            tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "unexpected reply to the cross-tenant reset: closing the server connection");
+            Bytes::from(PgError::session_setup_failed().to_bytes())
+        };
+        Err(Exit::SetupFailed(error))
     }
 
     async fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), Exit> {

@@ -13,6 +13,7 @@
 //! write access and a pool of one.
 
 mod replies;
+mod reset;
 mod session_state;
 mod statements;
 

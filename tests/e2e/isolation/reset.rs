@@ -1,0 +1,98 @@
+//! The cross-tenant reset when it fails. pgtenant sends the next tenant's first messages in
+//! the same write as DISCARD ALL (an unsynced extended-protocol statement), so a failed reset
+//! must make the server skip them, and pgtenant must hold whatever follows the client's first
+//! Sync until the reset's reply is checked: nothing of the new tenant may run on the previous
+//! tenant's session, the client gets the server's error, and the connection is closed.
+
+use pgtenant::model::Isolation;
+
+use super::*;
+use crate::support::raw::*;
+use crate::support::*;
+
+/// Tenant a leaves a temporary table; a superuser locks it, so the DISCARD ALL of the
+/// handoff to tenant b waits, and is then cancelled: the reset fails while tenant b's first
+/// messages (an extended INSERT and its Sync) are already sent behind it and its next one (a
+/// simple-query INSERT) is held. Neither may run, b's client gets 57014 and its session ends,
+/// the backend is closed, and b's next client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reset_runs_nothing_the_next_tenant_sent_behind_it() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let su = admin(&a.database).await;
+    let ca = h.client(&a.id).await;
+    let p0 = pid(&ca).await;
+    ca.batch_execute("BEGIN; CREATE TEMP TABLE held (x int); COMMIT").await.expect("tenant a's temp table");
+    let schema: String = su
+        .query_one(
+            "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = 'held' AND c.relpersistence = 't'",
+            &[],
+        )
+        .await
+        .expect("temp schema")
+        .get(0);
+    su.batch_execute(&format!("BEGIN; LOCK TABLE {schema}.held IN ACCESS EXCLUSIVE MODE"))
+        .await
+        .expect("lock tenant a's temp table");
+
+    // Tenant b: an INSERT through the extended protocol up to a Sync, then a simple-query
+    // INSERT, in one write. A failed reset makes the server skip up to that Sync; the second
+    // INSERT would run after it unless pgtenant holds it.
+    let mut cb = raw_proxy(&h, &b.id).await;
+    let table = format!("\"{}\".t", b.id);
+    let first = format!("INSERT INTO {table} VALUES (1, 'b')");
+    let second = format!("INSERT INTO {table} VALUES (2, 'b')");
+    send(&mut cb, &cat(&[parse("", &first), bind("", ""), execute(""), sync(), query(&second)])).await;
+    // The handoff's DISCARD ALL waits for the lock on a's temp table: cancel it.
+    let mut waited = false;
+    for _ in 0..200 {
+        let row = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+                &[&p0],
+            )
+            .await
+            .expect("pg_stat_activity");
+        if row.get::<_, i64>(0) == 1 {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(waited, "the reset on backend {p0} never waited for the lock");
+    su.execute("SELECT pg_cancel_backend($1)", &[&p0]).await.expect("cancel");
+    let (reply, closed) = read_eof(&mut cb, std::time::Duration::from_secs(5)).await;
+    assert_eq!(sqlstate(&reply).as_deref(), Some("57014"), "tenant b's reply: {:?}", summary(&reply));
+    assert!(closed, "the session whose reset failed must end: {:?}", summary(&reply));
+    su.batch_execute("ROLLBACK").await.expect("unlock");
+
+    let db = admin(&b.database).await;
+    let rows: i64 =
+        db.query_one(&format!("SELECT count(*) FROM \"{}\".t", b.id), &[]).await.expect("count").get(0);
+    assert_eq!(rows, 0, "tenant b's INSERTs ran although the reset before them failed");
+    let mut gone = false;
+    for _ in 0..100 {
+        let n: i64 = su
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&p0])
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if n == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the backend whose reset failed ({p0}) was not closed");
+
+    let next = h.client(&b.id).await;
+    let r = rows_of(&next, "SELECT count(*) FROM items").await;
+    assert_eq!(r, vec![vec!["3".to_owned()]], "tenant b's next client");
+    let p1 = pid(&next).await;
+    assert_ne!(p1, p0, "a new server connection");
+}
+
+async fn rows_of(c: &Client, sql: &str) -> Vec<Vec<String>> {
+    rows(c, sql).await.unwrap_or_else(|e| panic!("{sql}: {}", why(&e)))
+}
