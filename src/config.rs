@@ -572,7 +572,8 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the whole configuration (what `parse` does after reading it).
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         self.usage.check().and_then(|()| self.log.check()).map_err(ConfigError::Invalid)?;
         let p = &self.pool;

@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
+use crate::pool::PoolSettings;
 use crate::proxy::Proxy;
 
 /// What a reload changed, and what it could not change without a restart.
@@ -53,7 +54,6 @@ pub async fn reload(proxy: &Proxy) -> Result<ReloadReport, ReloadError> {
 /// Applies a validated configuration to a running proxy: what can fail (TLS files) is
 /// loaded first, so that a refusal leaves everything as it was.
 pub fn apply(proxy: &Proxy, new: Config) -> Result<ReloadReport, ReloadError> {
-    let old = proxy.config_arc();
     let mut report = ReloadReport::default();
 
     // TLS first: certificate files that do not load refuse the whole reload.
@@ -72,6 +72,15 @@ pub fn apply(proxy: &Proxy, new: Config) -> Result<ReloadReport, ReloadError> {
         }
     }
 
+    put_in_force(proxy, new, &mut report);
+    Ok(report)
+}
+
+/// Notes what `new` changes against the configuration in force, then puts it in force:
+/// swapped for every new session, the pool settings for every pool, the metrics caps, the
+/// log, and the static tenants.
+fn put_in_force(proxy: &Proxy, new: Config, report: &mut ReloadReport) {
+    let old = proxy.config_arc();
     // What only a restart changes: the listener, the runtime, the caps sized at start,
     // the control database link.
     let (o, n) = (&old.proxy, &new.proxy);
@@ -91,17 +100,6 @@ pub fn apply(proxy: &Proxy, new: Config) -> Result<ReloadReport, ReloadError> {
         &mut report.restart_needed,
         "pool.max_server_connections",
         o.max_server_connections != n.max_server_connections,
-    );
-    // Settings each pool took when it was made (see `pool::PoolSettings`).
-    note(
-        &mut report.restart_needed,
-        "pool.checkout_timeout / connect_timeout / idle_timeout / max_lifetime / min_idle / max_scram_iterations",
-        o.checkout_timeout != n.checkout_timeout
-            || o.connect_timeout != n.connect_timeout
-            || o.idle_timeout != n.idle_timeout
-            || o.max_lifetime != n.max_lifetime
-            || o.min_idle != n.min_idle
-            || o.max_scram_iterations != n.max_scram_iterations,
     );
     note(&mut report.restart_needed, "catalog", old.catalog != new.catalog);
     note(&mut report.restart_needed, "admin.listen", old.admin.listen != new.admin.listen);
@@ -126,6 +124,9 @@ pub fn apply(proxy: &Proxy, new: Config) -> Result<ReloadReport, ReloadError> {
     note(&mut report.applied, "pool.size", o.size != n.size);
     note(&mut report.applied, "pool.reset_query", o.reset_query != n.reset_query);
     note(&mut report.applied, "pool.session_features", o.session_features != n.session_features);
+    // Every pool's, existing ones too (see `pool::PoolSettings`).
+    let settings = PoolSettings::from(n);
+    note(&mut report.applied, "pool.checkout_timeout / connect_timeout / idle_timeout / max_lifetime / min_idle / max_scram_iterations", settings != PoolSettings::from(o));
     note(
         &mut report.applied,
         "pool.query_timeout / idle_transaction_timeout / client_idle_timeout / client_write_timeout",
@@ -137,12 +138,19 @@ pub fn apply(proxy: &Proxy, new: Config) -> Result<ReloadReport, ReloadError> {
     note(&mut report.applied, "resolver", old.resolver != new.resolver);
     note(&mut report.applied, "admin.token_sha256", old.admin.token_sha256 != new.admin.token_sha256);
     note(&mut report.applied, "lifecycle", old.lifecycle != new.lifecycle);
+    note(&mut report.applied, "log", old.log != new.log);
+    note(&mut report.applied, "metrics.top_tenants", old.metrics.top_tenants != new.metrics.top_tenants);
+    note(&mut report.restart_needed, "metrics.listen", old.metrics.listen != new.metrics.listen);
+    note(&mut report.restart_needed, "usage", old.usage != new.usage);
     let log_changed =
         old.proxy.log_level != new.proxy.log_level || old.proxy.log_format != new.proxy.log_format;
     note(&mut report.applied, "proxy.log_level / log_format", log_changed);
 
     let new = Arc::new(new);
     proxy.swap_config(new.clone());
+    proxy.pools.set_settings(settings);
+    proxy.catalog.set_default_pool_size(new.pool.size);
+    proxy.metrics.set_top(new.metrics.top_tenants, new.metrics.top_tenants);
     if log_changed {
         if let Err(e) = crate::logging::apply(new.proxy.log_format, &new.proxy.log_level) {
             tracing::warn!(error = %e, "reload: the log level and format stay as they were");
@@ -157,7 +165,78 @@ pub fn apply(proxy: &Proxy, new: Config) -> Result<ReloadReport, ReloadError> {
             report.applied.push(format!("tenants ({})", ids.join(", ")));
         }
     }
+}
+
+/// Why the console's `SET key = value` was refused; the configuration in force is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    #[error("unknown setting {0:?}")]
+    Unknown(String),
+    #[error("{0} changes only with a restart")]
+    RestartOnly(String),
+    #[error("{key} = {value:?}: {why}")]
+    BadValue { key: String, value: String, why: &'static str },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// The console's `SET key = value`, with PgBouncer's setting names: the configuration in
+/// force with that one value changed, validated as a file is, then put in force as a
+/// reload does (existing pools included). A later reload re-reads the file and so undoes
+/// it, as with PgBouncer.
+pub fn set(proxy: &Proxy, key: &str, value: &str) -> Result<ReloadReport, SetError> {
+    let mut c = (*proxy.config_arc()).clone();
+    let bad = |why| SetError::BadValue { key: key.to_owned(), value: value.to_owned(), why };
+    let count = || value.trim().parse::<usize>().map_err(|_| bad("not a whole number"));
+    let seconds = || {
+        value
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| bad("not a number of seconds"))
+    };
+    let flag = || match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "on" | "true" | "yes" => Ok(true),
+        "0" | "off" | "false" | "no" => Ok(false),
+        _ => Err(bad("not a boolean (0/1, on/off)")),
+    };
+    match key.to_ascii_lowercase().as_str() {
+        "default_pool_size" => c.pool.size = count()?,
+        "min_pool_size" => c.pool.min_idle = count()?,
+        "pool_mode" => {
+            c.pool.mode = crate::model::PoolMode::parse(value.trim())
+                .ok_or_else(|| bad("not a pool mode (session, transaction)"))?
+        }
+        "server_reset_query" => c.pool.reset_query = value.to_owned(),
+        "query_wait_timeout" => c.pool.checkout_timeout = seconds()?,
+        "server_connect_timeout" => c.pool.connect_timeout = seconds()?,
+        "server_idle_timeout" => c.pool.idle_timeout = seconds()?,
+        "server_lifetime" => c.pool.max_lifetime = seconds()?,
+        "query_timeout" => c.pool.query_timeout = seconds()?,
+        "idle_transaction_timeout" => c.pool.idle_transaction_timeout = seconds()?,
+        "client_idle_timeout" => c.pool.client_idle_timeout = seconds()?,
+        "log_connections" => c.log.connections = flag()?,
+        "log_disconnections" => c.log.disconnections = flag()?,
+        "stats_period" => c.log.stats_period = seconds()?,
+        "shutdown_timeout" => c.proxy.shutdown_timeout = seconds()?,
+        "admin_users" => c.admin.admin_users = list(value),
+        "stats_users" => c.admin.stats_users = list(value),
+        k @ ("listen_addr" | "listen_port" | "listen_backlog" | "max_client_conn" | "max_db_connections"
+        | "unix_socket_dir" | "logfile" | "pidfile" | "auth_file" | "workers") => {
+            return Err(SetError::RestartOnly(k.to_owned()))
+        }
+        _ => return Err(SetError::Unknown(key.to_owned())),
+    }
+    c.validate()?;
+    let mut report = ReloadReport::default();
+    put_in_force(proxy, c, &mut report);
     Ok(report)
+}
+
+/// A comma-separated list of names, as PgBouncer writes `admin_users`.
+fn list(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect()
 }
 
 /// Adds `name` to `list` if it `differs`.
@@ -214,6 +293,41 @@ pool_size = 2
         let moved = edited.replace("127.0.0.1:0", "127.0.0.1:1");
         let r = apply(&proxy, Config::parse(&moved).expect("moved")).expect("applied");
         assert_eq!(r.restart_needed, ["proxy.listen"]);
+    }
+
+    #[tokio::test]
+    async fn pool_settings_and_the_metrics_cap_follow_a_reload() {
+        let proxy = Proxy::new(Config::parse(BASE).expect("base"));
+        assert_eq!(proxy.pools.settings().idle_timeout, std::time::Duration::from_secs(600));
+        let edited =
+            format!("{BASE}[pool]\nidle_timeout = 2\ncheckout_timeout = 0.5\n[metrics]\ntop_tenants = 7\n");
+        let report = apply(&proxy, Config::parse(&edited).expect("edited")).expect("applied");
+        let s = proxy.pools.settings();
+        assert_eq!(s.idle_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(s.checkout_timeout, std::time::Duration::from_millis(500));
+        assert_eq!(proxy.metrics.top(), 7);
+        assert!(report.restart_needed.is_empty(), "{report}");
+        assert!(report.applied.iter().any(|a| a.contains("idle_timeout")), "{report}");
+    }
+
+    #[tokio::test]
+    async fn set_changes_one_live_setting_and_refuses_the_rest_with_the_reason() {
+        let proxy = Proxy::new(Config::parse(BASE).expect("base"));
+        set(&proxy, "server_lifetime", "30").expect("SET");
+        set(&proxy, "LOG_CONNECTIONS", "off").expect("SET");
+        set(&proxy, "default_pool_size", "3").expect("SET");
+        assert_eq!(proxy.pools.settings().max_lifetime, std::time::Duration::from_secs(30));
+        let c = proxy.config();
+        assert!(!c.log.connections && c.pool.size == 3);
+        let err = |k: &str, v: &str| set(&proxy, k, v).expect_err(k).to_string();
+        assert!(err("listen_addr", "0.0.0.0").contains("restart"));
+        assert!(err("nope", "1").contains("unknown setting"));
+        assert!(err("log_connections", "maybe").contains("boolean"));
+        assert!(err("server_idle_timeout", "-1").contains("pool.idle_timeout"));
+        assert!(err("min_pool_size", "9").contains("pool.size"));
+        // Refused: nothing changed.
+        assert_eq!(proxy.pools.settings().idle_timeout, std::time::Duration::from_secs(600));
+        assert_eq!(proxy.config().pool.min_idle, 0);
     }
 
     #[tokio::test]

@@ -185,22 +185,29 @@ fn totals(metrics: &Metrics) -> Totals {
     t
 }
 
-/// Logs a `stats:` line every `[log] stats_period` (PgBouncer's format: rates over the
-/// period, and the average transaction, query and wait times of the period).
+/// The period of the console's averages while `[log] stats_period` is 0 (no stats line).
+const AVERAGES_PERIOD_WITHOUT_LINE: Duration = Duration::from_secs(60);
+
+/// Every `[log] stats_period` (read afresh each period, so a reload or the console's `SET
+/// stats_period` applies): ends a period of the console's averages, and logs a `stats:`
+/// line (PgBouncer's format: rates over the period, and the average transaction, query
+/// and wait times of the period) unless the period is 0.
 pub async fn log_stats(proxy: Arc<Proxy>, stop: CancellationToken) {
-    let period = proxy.config().log.stats_period;
-    if period <= 0.0 {
-        return;
-    }
-    let mut tick = tokio::time::interval(secs(period));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    proxy.metrics.roll_averages();
     let mut before = totals(&proxy.metrics);
     let mut at = Instant::now();
     loop {
+        let period = proxy.config().log.stats_period;
+        let wait = if period > 0.0 { secs(period) } else { AVERAGES_PERIOD_WITHOUT_LINE };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+        proxy.metrics.roll_averages();
+        if proxy.config().log.stats_period <= 0.0 {
+            before = totals(&proxy.metrics);
+            at = Instant::now();
+            continue;
         }
         let now = totals(&proxy.metrics);
         let secs = at.elapsed().as_secs_f64().max(1e-3);

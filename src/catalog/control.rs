@@ -35,7 +35,9 @@ pub struct ControlCatalog {
     pool: deadpool_postgres::Pool,
     cache: TenantCache,
     lookup_timeout: Duration,
-    defaults: PoolDefaults,
+    /// `[pool] size`, for tenants without a size of their own (a reload or the console's
+    /// `SET default_pool_size` changes it: see [`Catalog::set_default_pool_size`]).
+    default_pool_size: AtomicUsize,
     changes: broadcast::Sender<Change>,
     /// Catalog queries made (what the cache saved is what this does not count).
     fetches: AtomicUsize,
@@ -63,7 +65,7 @@ impl ControlCatalog {
             pool,
             cache: TenantCache::new(secs(cfg.cache_ttl), secs(cfg.negative_ttl), cfg.cache_size),
             lookup_timeout: secs(cfg.lookup_timeout),
-            defaults: defaults.clone(),
+            default_pool_size: AtomicUsize::new(defaults.size),
             changes: broadcast::channel(1024).0,
             fetches: AtomicUsize::new(0),
             listening: AtomicBool::new(false),
@@ -143,7 +145,7 @@ impl ControlCatalog {
             password,
             require_auth,
             pool_mode: PoolMode::parse(&pool_mode).unwrap_or(PoolMode::Transaction),
-            pool_size: count(12).unwrap_or(self.defaults.size),
+            pool_size: count(12).unwrap_or(self.default_pool_size.load(Ordering::Relaxed)),
             max_server_connections: count(13),
             max_clients: count(14),
             auth: row.get::<_, Option<String>>(15).as_deref().and_then(AuthMethod::parse),
@@ -170,6 +172,14 @@ impl Catalog for ControlCatalog {
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
         Some(self.changes.subscribe())
+    }
+
+    fn set_default_pool_size(&self, size: usize) {
+        if self.default_pool_size.swap(size, Ordering::Relaxed) != size {
+            // Cached tenants carry the old default: looked up again, and their pools resized.
+            self.cache.invalidate_all();
+            let _ = self.changes.send(Change::All);
+        }
     }
 }
 

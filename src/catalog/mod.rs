@@ -212,6 +212,10 @@ pub trait Catalog: Send + Sync + 'static {
     fn control_up(&self) -> Option<bool> {
         None
     }
+
+    /// `[pool] size` changed (reload, console `SET default_pool_size`): tenants without a
+    /// size of their own take it. The static catalog is rebuilt whole by a reload instead.
+    fn set_default_pool_size(&self, _size: usize) {}
 }
 
 /// Tenants declared in the TOML config; a reload swaps them whole ([`StaticCatalog::replace`]).

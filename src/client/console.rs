@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::catalog::Tenant;
-use crate::config::ConsoleRole;
+use crate::config::{ConsoleRole, LogConfig, PoolDefaults, ProxyConfig};
+use crate::console::live::now_us;
 use crate::console::{Access, Action, ConsoleError, ConsoleFuture, ConsoleSource, ShutdownMode, Value, View};
+use crate::metrics::averages::Average;
 use crate::metrics::exposition::TenantSnapshot;
 use crate::model::{AuthMethod, TenantId};
 use crate::protocol::PgError;
@@ -84,6 +86,21 @@ impl ProxyConsole {
         self.proxy.live.list().iter().filter(|c| c.tenant == tenant.as_str()).count()
     }
 
+    /// A tenant's clients now: how many, how many wait for a server connection, and the
+    /// longest wait going on (PgBouncer's `maxwait`).
+    fn waits(&self, tenant: &TenantId) -> (usize, usize, Duration) {
+        let now = now_us();
+        let (mut clients, mut waiting, mut longest) = (0, 0, Duration::ZERO);
+        for c in self.proxy.live.list().iter().filter(|c| c.tenant == tenant.as_str()) {
+            clients += 1;
+            if let Some(w) = c.waiting_for(now) {
+                waiting += 1;
+                longest = longest.max(w);
+            }
+        }
+        (clients, waiting, longest)
+    }
+
     async fn known(&self, name: &str) -> Result<TenantId, ConsoleError> {
         let id = TenantId::parse(name).map_err(|_| ConsoleError::NoSuchDatabase(name.to_owned()))?;
         match self.proxy.catalog.lookup(&id).await {
@@ -103,13 +120,24 @@ impl ProxyConsole {
         let tenants = self.tenants().await;
         match view {
             View::Pools => tenants.iter().map(|t| self.pool_row(t)).collect(),
-            View::Stats => tenants.iter().map(|t| stats_row(t, &self.snapshot(&t.id))).collect(),
-            View::StatsTotals | View::StatsAverages => tenants
+            View::Stats => tenants
                 .iter()
-                .map(|t| totals_row(t, &self.snapshot(&t.id), view == View::StatsAverages))
+                .map(|t| stats_row(t, &self.snapshot(&t.id), &self.proxy.metrics.averages(t.id.as_str())))
+                .collect(),
+            View::StatsTotals => tenants.iter().map(|t| totals_row(t, &self.snapshot(&t.id), None)).collect(),
+            View::StatsAverages => tenants
+                .iter()
+                .map(|t| {
+                    totals_row(
+                        t,
+                        &TenantSnapshot::default(),
+                        Some(&self.proxy.metrics.averages(t.id.as_str())),
+                    )
+                })
                 .collect(),
             View::Clients => self.client_rows(),
-            View::Servers | View::Usage => Vec::new(),
+            View::Servers => self.server_rows(&tenants),
+            View::Usage => Vec::new(),
             View::Databases => tenants.iter().map(|t| self.database_row(t)).collect(),
             View::Users => self.user_rows(&tenants),
             View::Config => self.config_rows(),
@@ -138,13 +166,11 @@ impl ProxyConsole {
     }
 
     fn pool_row(&self, t: &Tenant) -> Vec<Value> {
-        let snap = self.snapshot(&t.id);
-        let waiting = snap.clients[1].max(0);
-        let clients = self.client_count(&t.id) as i64;
+        let (clients, waiting, longest) = self.waits(&t.id);
         vec![
             t.id.as_str().into(),
             t.login_role.as_str().into(),
-            (clients - waiting).max(0).into(),
+            (clients - waiting).into(),
             waiting.into(),
             0i64.into(),
             0i64.into(),
@@ -155,8 +181,8 @@ impl ProxyConsole {
             0i64.into(),
             0i64.into(),
             0i64.into(),
-            0i64.into(),
-            0i64.into(),
+            longest.as_secs().into(),
+            longest.subsec_micros().into(),
             t.pool_mode.as_str().into(),
             Value::Null,
         ]
@@ -214,25 +240,28 @@ impl ProxyConsole {
             let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             format!("@{secs}")
         };
+        let now = now_us();
         self.proxy
             .live
             .list()
             .into_iter()
             .map(|c| {
+                let wait = c.waiting_for(now);
+                let waited = wait.unwrap_or_default();
                 vec![
                     "C".into(),
                     c.user.as_str().into(),
                     c.tenant.as_str().into(),
                     Value::Null,
-                    "active".into(),
+                    (if wait.is_some() { "waiting" } else { "active" }).into(),
                     c.addr.ip().to_string().into(),
                     i64::from(c.addr.port()).into(),
                     Value::Null,
                     Value::Null,
                     fmt_time(c.connected_at).into(),
                     fmt_time(c.connected_at).into(),
-                    0i64.into(),
-                    0i64.into(),
+                    waited.as_secs().into(),
+                    waited.subsec_micros().into(),
                     0i64.into(),
                     format!("0x{:x}", c.id).into(),
                     Value::Null,
@@ -246,29 +275,119 @@ impl ProxyConsole {
             .collect()
     }
 
+    /// PgBouncer's names, the value in force, the default, and whether `SET` changes it
+    /// live (see [`crate::reload::set`]).
+    /// SHOW SERVERS: every open server connection, idle and checked out. `database` is the
+    /// tenant an idle connection was last set up for, or the pool's only tenant; else the
+    /// upstream database (a pool shared by several tenants).
+    fn server_rows(&self, tenants: &[Arc<Tenant>]) -> Vec<Vec<Value>> {
+        let fmt_time = |t: SystemTime| {
+            let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            format!("@{secs}")
+        };
+        let mut rows = Vec::new();
+        for pool in self.proxy.pools.pools() {
+            let key = pool.key();
+            let mut of_pool = tenants.iter().filter(|t| t.pool_key == *key);
+            let only = match (of_pool.next(), of_pool.next()) {
+                (Some(t), None) => Some(t.id.as_str().to_owned()),
+                _ => None,
+            };
+            for s in pool.servers() {
+                let (host, port) = match s.addr.rsplit_once(':') {
+                    Some((h, p)) => (h.to_owned(), p.parse::<i64>().unwrap_or(0)),
+                    None => (s.addr.clone(), 0),
+                };
+                let database = s
+                    .tenant
+                    .as_ref()
+                    .map(|t| t.as_str().to_owned())
+                    .or_else(|| only.clone())
+                    .unwrap_or_else(|| key.database.to_string());
+                rows.push(vec![
+                    "S".into(),
+                    key.role.to_string().into(),
+                    database.into(),
+                    Value::Null,
+                    (if s.idle { "idle" } else { "active" }).into(),
+                    host.into(),
+                    port.into(),
+                    Value::Null,
+                    Value::Null,
+                    fmt_time(s.connected_at).into(),
+                    fmt_time(s.connected_at).into(),
+                    0i64.into(),
+                    0i64.into(),
+                    s.close_needed.into(),
+                    format!("0x{:x}", s.id).into(),
+                    Value::Null,
+                    s.backend_pid.into(),
+                    (if s.tls { "TLS" } else { "" }).into(),
+                    "".into(),
+                    s.prepared.into(),
+                    s.id.into(),
+                ]);
+            }
+        }
+        rows
+    }
+
     fn config_rows(&self) -> Vec<Vec<Value>> {
         let c = self.proxy.config();
-        let row = |k: &str, v: String, changeable: bool| -> Vec<Value> {
-            vec![k.into(), v.clone().into(), v.into(), (if changeable { "yes" } else { "no" }).into()]
-        };
-        vec![
-            row("listen_addr", c.proxy.listen.to_string(), false),
-            row("max_client_conn", c.proxy.max_client_conn.to_string(), false),
-            row("pool_mode", c.pool.mode.as_str().to_owned(), false),
-            row("default_pool_size", c.pool.size.to_string(), false),
-            row("min_pool_size", c.pool.min_idle.to_string(), false),
-            row("max_db_connections", c.pool.max_server_connections.to_string(), false),
+        let (dp, dpool, dlog) = (ProxyConfig::default(), PoolDefaults::default(), LogConfig::default());
+        let yn = |b: bool| Value::from(if b { "yes" } else { "no" });
+        let on = |b: bool| if b { "1" } else { "0" }.to_owned();
+        let rows: [(&str, String, String, bool); 22] = [
+            ("listen_addr", c.proxy.listen.to_string(), dp.listen.to_string(), false),
+            ("max_client_conn", c.proxy.max_client_conn.to_string(), dp.max_client_conn.to_string(), false),
+            ("pool_mode", c.pool.mode.as_str().to_owned(), dpool.mode.as_str().to_owned(), true),
+            ("default_pool_size", c.pool.size.to_string(), dpool.size.to_string(), true),
+            ("min_pool_size", c.pool.min_idle.to_string(), dpool.min_idle.to_string(), true),
+            (
+                "max_db_connections",
+                c.pool.max_server_connections.to_string(),
+                dpool.max_server_connections.to_string(),
+                false,
+            ),
             // No per-user cap on server connections: 0 as PgBouncer shows "unlimited".
-            row("max_user_connections", "0".to_owned(), false),
-            row("query_wait_timeout", c.pool.checkout_timeout.to_string(), false),
-            row("server_idle_timeout", c.pool.idle_timeout.to_string(), false),
-            row("server_lifetime", c.pool.max_lifetime.to_string(), false),
-            row("server_connect_timeout", c.pool.connect_timeout.to_string(), false),
-            row("shutdown_timeout", c.proxy.shutdown_timeout.to_string(), false),
-            row("auth_type", c.proxy.auth.as_str().to_owned(), false),
-            row("admin_users", c.admin.admin_users.join(","), false),
-            row("stats_users", c.admin.stats_users.join(","), false),
-        ]
+            ("max_user_connections", "0".to_owned(), "0".to_owned(), false),
+            ("server_reset_query", c.pool.reset_query.clone(), dpool.reset_query.clone(), true),
+            (
+                "query_wait_timeout",
+                c.pool.checkout_timeout.to_string(),
+                dpool.checkout_timeout.to_string(),
+                true,
+            ),
+            ("server_idle_timeout", c.pool.idle_timeout.to_string(), dpool.idle_timeout.to_string(), true),
+            ("server_lifetime", c.pool.max_lifetime.to_string(), dpool.max_lifetime.to_string(), true),
+            (
+                "server_connect_timeout",
+                c.pool.connect_timeout.to_string(),
+                dpool.connect_timeout.to_string(),
+                true,
+            ),
+            ("query_timeout", c.pool.query_timeout.to_string(), dpool.query_timeout.to_string(), true),
+            (
+                "idle_transaction_timeout",
+                c.pool.idle_transaction_timeout.to_string(),
+                dpool.idle_transaction_timeout.to_string(),
+                true,
+            ),
+            (
+                "client_idle_timeout",
+                c.pool.client_idle_timeout.to_string(),
+                dpool.client_idle_timeout.to_string(),
+                true,
+            ),
+            ("shutdown_timeout", c.proxy.shutdown_timeout.to_string(), dp.shutdown_timeout.to_string(), true),
+            ("log_connections", on(c.log.connections), on(dlog.connections), true),
+            ("log_disconnections", on(c.log.disconnections), on(dlog.disconnections), true),
+            ("stats_period", c.log.stats_period.to_string(), dlog.stats_period.to_string(), true),
+            ("auth_type", c.proxy.auth.as_str().to_owned(), dp.auth.as_str().to_owned(), false),
+            ("admin_users", c.admin.admin_users.join(","), String::new(), true),
+            ("stats_users", c.admin.stats_users.join(","), String::new(), true),
+        ];
+        rows.into_iter().map(|(k, v, def, live)| vec![k.into(), v.into(), def.into(), yn(live)]).collect()
     }
 
     fn list_rows(&self, databases: usize) -> Vec<Vec<Value>> {
@@ -297,19 +416,19 @@ impl ProxyConsole {
 
     fn tenant_row(&self, t: &Tenant) -> Vec<Value> {
         let snap = self.snapshot(&t.id);
-        let waiting = snap.clients[1].max(0);
+        let (clients, waiting, longest) = self.waits(&t.id);
         vec![
             t.id.as_str().into(),
             t.status.as_str().into(),
             t.isolation.as_str().into(),
-            (self.client_count(&t.id) as i64 - waiting).max(0).into(),
+            (clients - waiting).into(),
             waiting.into(),
             self.proxy.pools.checked_out(Some(&t.id)).into(),
             self.idle_of(t).into(),
-            0i64.into(),
+            self.proxy.metrics.averages(t.id.as_str()).transactions.into(),
             snap.transactions.into(),
             snap.pool_wait.mean_us().into(),
-            0i64.into(),
+            u64::try_from(longest.as_micros()).unwrap_or(u64::MAX).into(),
         ]
     }
 }
@@ -322,25 +441,27 @@ fn upstream_host_port(t: &Tenant) -> (String, i64) {
     }
 }
 
-/// SHOW STATS: totals, then averages (per second since start: PgBouncer's are per stats
-/// period; pgtenant has none yet, so they stay 0).
-fn stats_row(t: &Tenant, s: &TenantSnapshot) -> Vec<Value> {
+/// SHOW STATS: totals since start, then the averages of the last stats period.
+fn stats_row(t: &Tenant, s: &TenantSnapshot, avg: &Average) -> Vec<Value> {
     let mut row: Vec<Value> = vec![t.id.as_str().into()];
     row.extend(totals(s));
-    row.extend(std::iter::repeat_n(Value::Int(0), 12));
+    row.extend(averages(avg));
     row
 }
 
+/// PgBouncer's twelve counters in its order: server assignments, transactions, queries,
+/// bytes received and sent, transaction, query and wait time (µs), client and server
+/// parses, binds (pgtenant does not count those three), logins.
 fn totals(s: &TenantSnapshot) -> Vec<Value> {
     vec![
-        s.transactions.into(),
+        s.pool_wait.count().into(),
         s.transactions.into(),
         s.queries.into(),
         s.bytes_in.into(),
         s.bytes_out.into(),
-        s.transaction_time.mean_us().saturating_mul(s.transactions).into(),
-        s.query_time.mean_us().saturating_mul(s.queries).into(),
-        s.pool_wait.mean_us().saturating_mul(s.pool_wait.count()).into(),
+        s.transaction_time.sum_us.into(),
+        s.query_time.sum_us.into(),
+        s.pool_wait.sum_us.into(),
         0i64.into(),
         0i64.into(),
         0i64.into(),
@@ -348,12 +469,30 @@ fn totals(s: &TenantSnapshot) -> Vec<Value> {
     ]
 }
 
-fn totals_row(t: &Tenant, s: &TenantSnapshot, averages: bool) -> Vec<Value> {
+/// The same twelve as rates per second (counts) and means (times, per transaction, query
+/// and assignment) over the last stats period.
+fn averages(a: &Average) -> Vec<Value> {
+    vec![
+        a.assignments.into(),
+        a.transactions.into(),
+        a.queries.into(),
+        a.bytes_in.into(),
+        a.bytes_out.into(),
+        a.transaction_us.into(),
+        a.query_us.into(),
+        a.wait_us.into(),
+        0i64.into(),
+        0i64.into(),
+        0i64.into(),
+        a.logins.into(),
+    ]
+}
+
+fn totals_row(t: &Tenant, s: &TenantSnapshot, avg: Option<&Average>) -> Vec<Value> {
     let mut row: Vec<Value> = vec![t.id.as_str().into()];
-    if averages {
-        row.extend(std::iter::repeat_n(Value::Int(0), 12));
-    } else {
-        row.extend(totals(s));
+    match avg {
+        Some(a) => row.extend(averages(a)),
+        None => row.extend(totals(s)),
     }
     row
 }
@@ -393,7 +532,25 @@ impl ConsoleSource for ProxyConsole {
                     tracing::info!(tenant = ?id.as_ref().map(|i| i.as_str()), "console: RESUME");
                     Ok(())
                 }
-                Action::Reconnect(name) | Action::WaitClose(name) => {
+                Action::Reconnect(name) => {
+                    // Idle connections close now, busy ones when their client releases them.
+                    let key = match name {
+                        Some(n) => {
+                            let id = self.known(n).await?;
+                            let t = p.catalog.lookup(&id).await.ok().flatten();
+                            Some(t.ok_or_else(|| ConsoleError::NoSuchDatabase(n.clone()))?.pool_key.clone())
+                        }
+                        None => None,
+                    };
+                    for pool in p.pools.pools() {
+                        if key.as_ref().is_none_or(|k| k == pool.key()) {
+                            pool.reconnect();
+                        }
+                    }
+                    tracing::info!(tenant = ?name, "console: RECONNECT");
+                    Ok(())
+                }
+                Action::WaitClose(name) => {
                     let id = match name {
                         Some(n) => Some(self.known(n).await?),
                         None => None,
@@ -456,7 +613,14 @@ impl ConsoleSource for ProxyConsole {
                     }
                     Ok(())
                 }
-                Action::Set { .. } => Err(ConsoleError::SetFailed),
+                Action::Set { key, value } => {
+                    let report = crate::reload::set(p, key, value).map_err(|e| {
+                        tracing::info!(%key, %value, error = %e, "console SET refused");
+                        ConsoleError::SetFailed(e.to_string())
+                    })?;
+                    tracing::info!(%key, %value, %report, "console: SET");
+                    Ok(())
+                }
             }
         })
     }

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::metrics::{ClientSession, ClientState, ErrorSource, PoolStats};
@@ -28,6 +29,9 @@ pub(crate) struct Meter {
     transaction: Option<Instant>,
     /// When the server connection now held was checked out.
     held: Option<Instant>,
+    /// When the current wait for a server connection began (`live::now_us`; 0: none),
+    /// shared with the client's entry in the console's registry.
+    wait: Arc<AtomicU64>,
     /// This client's own totals, for its disconnect line.
     transactions: u64,
     bytes_in: u64,
@@ -73,6 +77,7 @@ impl Meter {
             query: None,
             transaction: None,
             held: None,
+            wait: Arc::default(),
             transactions: 0,
             bytes_in: 0,
             bytes_out: 0,
@@ -119,13 +124,23 @@ impl Meter {
         }
     }
 
+    /// The meter, and the wait clock the console reads (SHOW POOLS `maxwait`, SHOW CLIENTS
+    /// `wait`). By value: a borrow of the meter in the client's task would keep a second
+    /// copy of it in the task's future for the whole session.
+    pub fn with_wait_clock(self) -> (Meter, Arc<AtomicU64>) {
+        let wait = self.wait.clone();
+        (self, wait)
+    }
+
     /// The client waits for a server connection.
     pub fn waiting(&mut self) {
+        self.wait.store(crate::console::live::now_us(), Ordering::Relaxed);
         self.session.set_state(ClientState::Waiting);
     }
 
     /// The wait ended: with a connection (`Ok`, after `waited`) or without.
     pub fn checked_out(&mut self, waited: Option<Duration>) {
+        self.wait.store(0, Ordering::Relaxed);
         match waited {
             Some(w) => {
                 self.pool.checkout();

@@ -69,6 +69,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin
         }
     };
     tracing::debug!(%peer, tenant = %login.tenant.id, "client logged in");
+    let (meter, wait) = meter.with_wait_clock();
     let _listed = proxy.live.register(crate::console::live::ClientInfo {
         id: 0,
         tenant: login.tenant.id.as_str().to_owned(),
@@ -78,6 +79,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin
         tls: login.tls,
         application_name: String::new(),
         kick: login.admission.kick.clone(),
+        wait,
     });
     let session = relay::Session::new(stream, buffered, login, meter, proxy.clone()).run();
     tokio::select! {

@@ -34,9 +34,9 @@ pub enum ConsoleError {
     InvalidClientId,
     #[error("client not found")]
     ClientNotFound,
-    /// `SET` of an unknown setting, or one that cannot change live, or a bad value.
-    #[error("SET failed")]
-    SetFailed,
+    /// `SET` of an unknown setting, or one that cannot change live, or a bad value: why.
+    #[error("SET failed: {0}")]
+    SetFailed(String),
     /// The configuration file could not be read or was refused; the running one is kept.
     #[error("RELOAD failed, see logs for additional details")]
     ReloadFailed,
@@ -68,7 +68,7 @@ impl ConsoleError {
             | ConsoleError::NotPaused
             | ConsoleError::DatabaseNotPaused(_)
             | ConsoleError::ShuttingDown => "state",
-            ConsoleError::SetFailed | ConsoleError::ReloadFailed => "config",
+            ConsoleError::SetFailed(_) | ConsoleError::ReloadFailed => "config",
             ConsoleError::Unsupported(_) => "unsupported",
         }
     }

@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,26 @@ pub struct ClientInfo {
     pub application_name: String,
     /// Ends this client's session (idle at once, busy at the end of its transaction).
     pub kick: CancellationToken,
+    /// When the client started waiting for a server connection ([`now_us`]), 0 when it is
+    /// not waiting: written by its meter at each checkout, read by SHOW POOLS and CLIENTS.
+    pub wait: Arc<AtomicU64>,
+}
+
+impl ClientInfo {
+    /// How long the client has been waiting for a server connection (None: not waiting).
+    pub fn waiting_for(&self, now: u64) -> Option<Duration> {
+        match self.wait.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(Duration::from_micros(now.saturating_sub(since))),
+        }
+    }
+}
+
+/// Microseconds since the first call in this process, never 0 (0 means "not waiting").
+pub fn now_us() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 #[derive(Default)]

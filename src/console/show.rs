@@ -105,6 +105,12 @@ impl From<i32> for Value {
     }
 }
 
+impl From<u32> for Value {
+    fn from(i: u32) -> Self {
+        Value::Int(i.into())
+    }
+}
+
 impl From<usize> for Value {
     fn from(i: usize) -> Self {
         Value::Int(i64::try_from(i).unwrap_or(i64::MAX))

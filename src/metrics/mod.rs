@@ -12,6 +12,7 @@
 //! `metrics-exporter-prometheus` would have put a map lookup by label set behind every
 //! increment and kept every tenant's series alive.
 
+pub mod averages;
 pub mod exposition;
 pub mod pool;
 pub mod tenant;
@@ -61,6 +62,8 @@ struct Inner {
     pool_rank: Mutex<Ranker>,
     /// What tenants dropped from the registry had counted, so totals stay exact.
     retired: Mutex<TenantSnapshot>,
+    /// The last stats period's averages per tenant.
+    averages: Mutex<averages::Averages>,
 }
 
 impl Default for Metrics {
@@ -84,6 +87,7 @@ impl Metrics {
                 tenant_rank: Mutex::default(),
                 pool_rank: Mutex::default(),
                 retired: Mutex::default(),
+                averages: Mutex::default(),
             }),
         }
     }
@@ -92,6 +96,11 @@ impl Metrics {
     pub fn set_top(&self, tenants: usize, pools: usize) {
         self.inner.top_tenants.store(tenants, Relaxed);
         self.inner.top_pools.store(pools, Relaxed);
+    }
+
+    /// How many tenants get series of their own now.
+    pub fn top(&self) -> usize {
+        self.inner.top_tenants.load(Relaxed)
     }
 
     /// A tenant's counters, created on first use. Call once per session (at login).
@@ -136,6 +145,18 @@ impl Metrics {
             read(&self.inner.pools).iter().map(|(k, p)| (k.clone(), PoolSnapshot::of(p))).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// Ends a stats period (PgBouncer's `stats_period`): the averages SHOW STATS shows
+    /// are those of the period that ended last.
+    pub fn roll_averages(&self) {
+        let tenants = self.tenants();
+        lock(&self.inner.averages).roll(Instant::now(), tenants);
+    }
+
+    /// A tenant's averages over the last stats period.
+    pub fn averages(&self, tenant: &str) -> averages::Average {
+        lock(&self.inner.averages).of(tenant)
     }
 
     /// The Prometheus exposition (OpenMetrics text; serve it as

@@ -63,6 +63,13 @@ impl PoolStats {
         self.servers[ServerState::Idle as usize].store(idle, Relaxed);
     }
 
+    /// Sets the connect counters from the pool's own (at scrape time: the pool counts them
+    /// where it opens connections, and never starts over).
+    pub fn set_connects(&self, connects: u64, failures: u64) {
+        self.connects.store(connects, Relaxed);
+        self.connect_failures.store(failures, Relaxed);
+    }
+
     pub fn servers(&self, state: ServerState) -> i64 {
         self.servers[state as usize].load(Relaxed)
     }

@@ -14,27 +14,32 @@
 
 mod capacity;
 mod fair;
+mod listing;
 mod pause;
 mod server;
 pub mod session;
+mod settings;
 mod stream;
 
 use capacity::{resize, Capacity};
 pub use fair::{FairPermit, FairSemaphore};
+pub use listing::ServerRow;
 pub use pause::Pauses;
 pub use server::{cancel_backend, Login, PreparedSet, ServerConn, UpstreamError};
+pub use settings::{LiveSettings, PoolSettings};
 pub use stream::ServerStream;
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::catalog::{Catalog, Change, Tenant};
-use crate::config::{secs, PoolDefaults};
+use crate::config::PoolDefaults;
 use crate::leases::Shares;
 use crate::model::{PoolKey, RequireAuth, TenantId};
 use crate::protocol::error::{ClientFacing, ErrorKind};
@@ -108,31 +113,6 @@ impl ClientFacing for CheckoutError {
 
     fn hides_cause(&self) -> bool {
         !matches!(self.error, PoolError::Timeout(_))
-    }
-}
-
-/// Pool settings taken from `[pool]`.
-#[derive(Clone, Debug)]
-pub struct PoolSettings {
-    pub checkout_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_lifetime: Duration,
-    pub min_idle: usize,
-    /// The most PBKDF2 iterations an upstream may ask for in SCRAM.
-    pub max_scram_iterations: u32,
-}
-
-impl From<&PoolDefaults> for PoolSettings {
-    fn from(p: &PoolDefaults) -> Self {
-        PoolSettings {
-            checkout_timeout: secs(p.checkout_timeout),
-            connect_timeout: secs(p.connect_timeout),
-            idle_timeout: secs(p.idle_timeout),
-            max_lifetime: secs(p.max_lifetime),
-            min_idle: p.min_idle,
-            max_scram_iterations: p.max_scram_iterations,
-        }
     }
 }
 
@@ -213,7 +193,7 @@ struct TenantCapSize {
 pub struct Pool {
     key: PoolKey,
     login: RwLock<Arc<PoolLogin>>,
-    settings: PoolSettings,
+    settings: LiveSettings,
     /// A permit per checked-out connection: `size` bounds idle + busy, because a connection
     /// is only opened when none is idle.
     checkout: Arc<FairSemaphore>,
@@ -226,6 +206,11 @@ pub struct Pool {
     params: RwLock<Option<ServerParams>>,
     upstream: Arc<Capacity>,
     global: Arc<Capacity>,
+    /// Server connections opened, and attempts that failed (the metrics read them).
+    connects: AtomicU64,
+    connect_failures: AtomicU64,
+    /// Its open server connections (SHOW SERVERS).
+    listing: listing::Listing,
 }
 
 impl Pool {
@@ -237,8 +222,10 @@ impl Pool {
         self.checkout.size()
     }
 
-    pub fn settings(&self) -> &PoolSettings {
-        &self.settings
+    /// The settings in force now (a guard: copy out what is needed, do not hold it across
+    /// an await).
+    pub fn settings(&self) -> arc_swap::Guard<Arc<PoolSettings>> {
+        self.settings.load()
     }
 
     /// The remembered ParameterStatus list, once a server connection has been opened.
@@ -252,6 +239,33 @@ impl Pool {
 
     pub fn busy_count(&self) -> usize {
         self.checkout.in_use()
+    }
+
+    /// Server connections opened since the pool was made, and attempts that failed
+    /// (refused, timed out, failed to log in).
+    pub fn connect_counts(&self) -> (u64, u64) {
+        (self.connects.load(Ordering::Relaxed), self.connect_failures.load(Ordering::Relaxed))
+    }
+
+    /// The pool's open server connections, idle and checked out.
+    pub fn servers(&self) -> Vec<ServerRow> {
+        let idle = self.lock_idle();
+        self.listing.rows(&idle.conns, idle.generation)
+    }
+
+    /// RECONNECT: every connection open now is closed, idle ones at once and busy ones when
+    /// released (a new login generation with the same login); new ones replace them.
+    pub fn reconnect(&self) {
+        let mut login = self.login.write().unwrap_or_else(|e| e.into_inner());
+        let next = Arc::new(PoolLogin {
+            password: login.password.clone(),
+            require_auth: login.require_auth,
+            generation: login.generation + 1,
+        });
+        let mut idle = self.lock_idle();
+        idle.generation = next.generation;
+        idle.conns.clear();
+        *login = next;
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Idle> {
@@ -317,6 +331,7 @@ impl Pool {
     /// reset (no tenant's session on it), else the most recently used (which then gets the
     /// cross-tenant reset); connections past their lifetime are closed on the way.
     fn take_idle(&self, tenant: Option<&TenantId>) -> Option<ServerConn> {
+        let max_lifetime = self.settings().max_lifetime;
         let mut idle = self.lock_idle();
         loop {
             let pick = tenant
@@ -325,7 +340,7 @@ impl Pool {
                 .or_else(|| idle.len().checked_sub(1))?;
             let conn = idle.remove(pick);
             // Past its lifetime: closed here (the reaper catches the ones never picked).
-            if conn.created.elapsed() < self.settings.max_lifetime {
+            if conn.created.elapsed() < max_lifetime {
                 return Some(conn);
             }
         }
@@ -334,30 +349,32 @@ impl Pool {
     /// Opens a connection within the upstream and global caps, waiting (and evicting idle
     /// connections of other pools) until `deadline`, or only taking free capacity without one.
     async fn open(&self, deadline: Option<tokio::time::Instant>) -> Result<ServerConn, PoolError> {
-        let timeout = PoolError::Timeout(self.settings.checkout_timeout);
+        let settings = self.settings.load_full();
+        let timeout = PoolError::Timeout(settings.checkout_timeout);
         let up_permit = self.upstream.acquire(self, deadline).await.ok_or(timeout)?;
-        let global_permit = self
-            .global
-            .acquire(self, deadline)
-            .await
-            .ok_or(PoolError::Timeout(self.settings.checkout_timeout))?;
+        let global_permit =
+            self.global.acquire(self, deadline).await.ok_or(PoolError::Timeout(settings.checkout_timeout))?;
         let current = self.current_login();
         let login = Login {
             database: &self.key.database,
             role: &self.key.role,
             password: current.password.as_deref(),
             require_auth: current.require_auth,
-            max_iterations: self.settings.max_scram_iterations,
+            max_iterations: settings.max_scram_iterations,
         };
-        let limit = self.settings.connect_timeout;
+        let limit = settings.connect_timeout;
         let mut conn = tokio::time::timeout(limit, ServerConn::connect(&self.key.addr, &login))
             .await
-            .map_err(|_| PoolError::ConnectTimeout(limit))?
+            .map_err(|_| PoolError::ConnectTimeout(limit))
+            .and_then(|r| r.map_err(PoolError::from))
             .inspect_err(|e| {
+                self.connect_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(upstream = %self.key.addr, db = %self.key.database, error = %e, "upstream connection failed")
             })?;
+        self.connects.fetch_add(1, Ordering::Relaxed);
         conn._permits = vec![up_permit, global_permit];
         conn.generation = current.generation;
+        conn.listed = Some(self.listing.add(&conn));
         *self.params.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(conn.vars.clone()));
         Ok(conn)
     }
@@ -366,7 +383,7 @@ impl Pool {
     /// (the most recently used ones), then opens connections up to `min_idle` with free
     /// capacity only (maintenance never evicts).
     async fn maintain(&self) {
-        let s = &self.settings;
+        let s = self.settings.load_full();
         {
             let mut idle = self.lock_idle();
             let keep_from = idle.len().saturating_sub(s.min_idle);
@@ -418,7 +435,7 @@ impl Checkout {
     /// Returns an idle, clean connection to the pool.
     pub fn release(self) {
         let Checkout { mut conn, pool, _permit, _tenant_permit } = self;
-        if conn.created.elapsed() < pool.settings.max_lifetime {
+        if conn.created.elapsed() < pool.settings().max_lifetime {
             conn.idle_since = Instant::now();
             // Pushed before the permits drop, so a waiter woken by them finds the connection.
             pool.lock_idle().push(conn);
@@ -441,7 +458,7 @@ pub struct PoolManager {
     shares: std::sync::OnceLock<Arc<Shares>>,
     /// The pool each tenant was last routed to (what a catalog change re-applies).
     tenant_pools: DashMap<TenantId, PoolKey>,
-    settings: PoolSettings,
+    settings: LiveSettings,
     following: AtomicBool,
     /// PAUSE / RESUME from the console: a paused tenant's checkouts wait.
     pub pauses: Pauses,
@@ -457,23 +474,36 @@ impl PoolManager {
             tenant_cap_sizes: DashMap::new(),
             shares: std::sync::OnceLock::new(),
             tenant_pools: DashMap::new(),
-            settings: PoolSettings::from(defaults),
+            settings: Arc::new(ArcSwap::from_pointee(PoolSettings::from(defaults))),
             following: AtomicBool::new(false),
             pauses: Pauses::default(),
         })
     }
 
+    /// The pool settings in force for every pool.
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    /// Puts `settings` in force for every pool, existing ones included (a reload, or the
+    /// console's `SET`): the next checkout, release and maintenance pass read them.
+    pub fn set_settings(&self, settings: PoolSettings) {
+        if *self.settings.load_full() != settings {
+            tracing::info!(?settings, "pool settings changed");
+            self.settings.store(Arc::new(settings));
+        }
+    }
+
     /// Starts the maintenance task (idle reaping, min idle); it ends when the manager is
-    /// dropped.
+    /// dropped. Its period follows the idle timeout in force.
     pub fn spawn_maintenance(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        let period =
-            (self.settings.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let settings = self.settings.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                let period = (settings.load().idle_timeout / 4)
+                    .clamp(Duration::from_millis(100), Duration::from_secs(5));
+                tokio::time::sleep(period).await;
                 let Some(mgr) = weak.upgrade() else { return };
                 let pools: Vec<Arc<Pool>> = mgr.pools.iter().map(|p| p.value().clone()).collect();
                 drop(mgr);
@@ -645,6 +675,9 @@ impl PoolManager {
                     params: RwLock::new(None),
                     upstream: upstream.clone(),
                     global: self.global.clone(),
+                    connects: AtomicU64::new(0),
+                    connect_failures: AtomicU64::new(0),
+                    listing: Default::default(),
                 });
                 for cap in [&upstream, &self.global] {
                     cap.pools.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&pool));
@@ -680,7 +713,7 @@ impl PoolManager {
 
     async fn checkout_for(&self, pool: &Arc<Pool>, tenant: &Tenant) -> Result<Checkout, PoolError> {
         self.pauses.wait(&tenant.id).await;
-        let wait = pool.settings.checkout_timeout;
+        let wait = pool.settings().checkout_timeout;
         let deadline = tokio::time::Instant::now() + wait;
         let cap = self.tenant_cap(tenant);
         // The common case takes a free permit without arming a timer.

@@ -122,6 +122,8 @@ pub struct ServerConn {
     /// Count against the upstream server's and the global connection caps while this
     /// connection lives.
     pub(super) _permits: Vec<OwnedSemaphorePermit>,
+    /// Its entry in the pool's listing (SHOW SERVERS) while it lives.
+    pub(super) listed: Option<super::listing::Listed>,
 }
 
 impl ServerConn {
@@ -258,6 +260,7 @@ impl ServerConn {
             tenant: None,
             generation: 0,
             _permits: Vec::new(),
+            listed: None,
         })
     }
 

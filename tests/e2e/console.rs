@@ -385,3 +385,180 @@ async fn pause_mid_pgbench_holds_and_resume_releases_without_failures() {
     assert!(count > 100, "{count} transactions");
     assert!(max_us >= 1_800_000, "longest transaction {max_us} µs, the pause was 2 s");
 }
+
+/// A SHOW over the simple protocol, each row by column name (numeric columns come as text,
+/// which tokio-postgres' typed rows cannot decode).
+async fn show(c: &tokio_postgres::Client, what: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut rows = Vec::new();
+    for m in c.simple_query(what).await.unwrap_or_else(|e| panic!("{what}: {e}")) {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            let row = r
+                .columns()
+                .iter()
+                .enumerate()
+                .map(|(i, col)| (col.name().to_owned(), r.get(i).unwrap_or("").to_owned()))
+                .collect();
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+fn num(row: &std::collections::BTreeMap<String, String>, col: &str) -> i64 {
+    row.get(col).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{col} in {row:?}"))
+}
+
+/// A client waiting for the tenant's only server connection shows in SHOW POOLS (`cl_waiting`,
+/// `maxwait`) and SHOW CLIENTS (`waiting`, `wait_us`); its wait is in SHOW STATS' totals and
+/// averages. Then `SET query_wait_timeout = 1` shortens the wait of the existing pool: the
+/// next waiter gets 53300 after a second, not the configured 30, and SHOW CONFIG says so.
+/// Unknown and restart-only settings are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_are_shown_and_set_shortens_the_wait_of_an_existing_pool() {
+    let t = trusted_tenant("consset", PoolMode::Transaction, 1).await;
+    let mut cfg = console_config(vec![t.clone()]);
+    cfg.pool.checkout_timeout = 30.0;
+    let h = start(cfg).await;
+    let ops = connect_str(&console_conninfo(&h, "ops", OPS_PW)).await;
+    let holder = h.client(&t.id).await;
+    holder.simple_query("SELECT 1").await.expect("the pool exists");
+    h.proxy.metrics.roll_averages();
+
+    // A waiter behind an open transaction, released by its COMMIT after ~700 ms.
+    holder.simple_query("BEGIN").await.expect("begin");
+    let waiter = h.client(&t.id).await;
+    let wait = tokio::spawn(async move {
+        let r = waiter.simple_query("SELECT 2").await.map(|_| ());
+        (r, waiter)
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let pools = show(&ops, "SHOW POOLS").await;
+    let row = pools.iter().find(|r| r["database"] == t.id).expect("pool row");
+    assert_eq!((num(row, "cl_active"), num(row, "cl_waiting")), (1, 1), "{row:?}");
+    let maxwait = num(row, "maxwait") * 1_000_000 + num(row, "maxwait_us");
+    assert!((500_000..30_000_000).contains(&maxwait), "maxwait {maxwait} µs: {row:?}");
+    let clients = show(&ops, "SHOW CLIENTS").await;
+    let waiting: Vec<_> = clients.iter().filter(|r| r["state"] == "waiting").collect();
+    assert_eq!(waiting.len(), 1, "{clients:?}");
+    assert!(num(waiting[0], "wait") * 1_000_000 + num(waiting[0], "wait_us") >= 500_000, "{waiting:?}");
+    holder.simple_query("COMMIT").await.expect("commit");
+    let (r, waiter) =
+        tokio::time::timeout(Duration::from_secs(5), wait).await.expect("served").expect("task");
+    r.expect("the waiter is served after the COMMIT");
+    h.proxy.metrics.roll_averages();
+    let totals = show(&ops, "SHOW STATS_TOTALS").await;
+    let row = totals.iter().find(|r| r["database"] == t.id).expect("totals row");
+    assert!(num(row, "wait_time") >= 500_000, "{row:?}");
+    assert_eq!(num(row, "server_assignment_count"), 3, "{row:?}");
+    let stats = show(&ops, "SHOW STATS").await;
+    let row = stats.iter().find(|r| r["database"] == t.id).expect("stats row");
+    // Two assignments in the period, one of them waited ~700 ms.
+    assert!(num(row, "avg_wait_time") >= 250_000, "{row:?}");
+    assert!(num(row, "total_wait_time") >= 500_000, "{row:?}");
+    let averages = show(&ops, "SHOW STATS_AVERAGES").await;
+    let row = averages.iter().find(|r| r["database"] == t.id).expect("averages row");
+    assert!(num(row, "wait_time") >= 250_000 && num(row, "xact_time") > 0, "{row:?}");
+
+    // SET: refusals say why and change nothing.
+    for (set, why) in [
+        ("SET listen_addr = '0.0.0.0'", "restart"),
+        ("SET no_such_setting = 1", "unknown setting"),
+        ("SET query_wait_timeout = 'soon'", "not a number"),
+        ("SET default_pool_size = 0", "pool.size"),
+    ] {
+        let e = ops.simple_query(set).await.expect_err(set);
+        assert_eq!(code(&e), "08P01", "{set}");
+        assert!(message(&e).starts_with("SET failed") && message(&e).contains(why), "{set}: {e}");
+    }
+    let watch = connect_str(&console_conninfo(&h, "watch", WATCH_PW)).await;
+    let e = watch.simple_query("SET query_wait_timeout = 1").await.expect_err("stats user");
+    assert!(message(&e).contains("admin access needed"), "{e}");
+    ops.simple_query("SET query_wait_timeout = 1").await.expect("SET");
+    let config = show(&ops, "SHOW CONFIG").await;
+    let row = config.iter().find(|r| r["key"] == "query_wait_timeout").expect("config row");
+    assert_eq!((row["value"].as_str(), row["changeable"].as_str()), ("1", "yes"), "{row:?}");
+
+    holder.simple_query("BEGIN").await.expect("begin");
+    let started = std::time::Instant::now();
+    let e = waiter.simple_query("SELECT 3").await.expect_err("no connection within 1 s");
+    let took = started.elapsed();
+    assert_eq!(code(&e), "53300", "{e}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "waited {took:?}");
+    holder.simple_query("COMMIT").await.expect("commit");
+}
+
+/// SHOW SERVERS lists the tenant's server connections, busy and idle, with their backend
+/// pids; RECONNECT closes the idle ones at once and the busy one when its client releases
+/// it (SHOW SERVERS marks it `close_needed` until then); the next transaction gets a new
+/// backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_closes_busy_connections_when_released() {
+    let t = trusted_tenant("consrecon", PoolMode::Transaction, 2).await;
+    let h = start(console_config(vec![t.clone()])).await;
+    let ops = connect_str(&console_conninfo(&h, "ops", OPS_PW)).await;
+    let app = h.client(&t.id).await;
+    app.batch_execute("BEGIN").await.expect("begin");
+    let busy: i32 = app.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    let other = h.client(&t.id).await;
+    let idle: i32 = other.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    // Released just after the client got its ReadyForQuery.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let servers = show(&ops, "SHOW SERVERS").await;
+    let row = |pid: i32| servers.iter().find(|r| num(r, "remote_pid") == i64::from(pid)).cloned();
+    let b = row(busy).unwrap_or_else(|| panic!("no row for {busy}: {servers:?}"));
+    assert_eq!(
+        (b["type"].as_str(), b["state"].as_str(), b["database"].as_str()),
+        ("S", "active", t.id.as_str())
+    );
+    assert_eq!((b["user"].as_str(), b["close_needed"].as_str()), (t.role.as_str(), "0"), "{b:?}");
+    let i = row(idle).unwrap_or_else(|| panic!("no row for {idle}: {servers:?}"));
+    assert_eq!(i["state"], "idle", "{i:?}");
+    ops.simple_query(&format!("RECONNECT {}", t.id)).await.expect("RECONNECT");
+    let servers = show(&ops, "SHOW SERVERS").await;
+    assert_eq!(servers.len(), 1, "the idle one is closed at once: {servers:?}");
+    assert_eq!((num(&servers[0], "remote_pid"), num(&servers[0], "close_needed")), (i64::from(busy), 1));
+    let alive = |pid: i32| async move {
+        let c = admin("postgres").await;
+        c.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .await
+            .expect("pg_stat_activity")
+            .get::<_, i64>(0)
+            == 1
+    };
+    assert!(alive(busy).await, "the busy connection stays until released");
+    app.batch_execute("COMMIT").await.expect("commit");
+    let closed = eventually(Duration::from_secs(5), || async { !alive(busy).await }).await;
+    assert!(closed, "backend {busy} still open after its release");
+    let next: i32 = app.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    assert_ne!(next, busy);
+    let e = ops.simple_query("RECONNECT nosuchtenant").await.expect_err("unknown");
+    assert!(message(&e).contains("no such database"), "{e}");
+}
+
+/// With a control database, `SET default_pool_size` reaches the tenants without a size of
+/// their own: their catalog entries are read again and their existing pool resized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_default_pool_size_resizes_a_control_catalog_tenants_pool() {
+    let mut t = tenant_db("consdef").await;
+    t.pool_size = None;
+    let mut cfg = console_config(Vec::new());
+    cfg.proxy.auth = AuthMethod::Trust;
+    let control = control_db(&mut cfg).await;
+    insert_tenant(&control, &t).await;
+    let (h, _catalog) = start_control(cfg).await;
+    let app = h.client(&t.id).await;
+    app.simple_query("SELECT 1").await.expect("query");
+    let ops = connect_str(&console_conninfo(&h, "ops", OPS_PW)).await;
+    let pool_size = |rows: Vec<std::collections::BTreeMap<String, String>>| {
+        rows.iter().find(|r| r["name"] == t.id).map(|r| num(r, "pool_size")).expect("database row")
+    };
+    assert_eq!(pool_size(show(&ops, "SHOW DATABASES").await), 20);
+    ops.simple_query("SET default_pool_size = 3").await.expect("SET");
+    let resized = eventually(Duration::from_secs(5), || async {
+        h.proxy.pools.pools().iter().any(|p| p.key().database == t.database && p.size() == 3)
+    })
+    .await;
+    assert!(resized, "the tenant's pool kept its size");
+    assert_eq!(pool_size(show(&ops, "SHOW DATABASES").await), 3);
+    app.simple_query("SELECT 2").await.expect("served after the resize");
+}

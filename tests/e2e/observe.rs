@@ -1,6 +1,7 @@
 //! Metrics and usage end to end: `/metrics` scraped over HTTP and parsed (a tenant's series
-//! equal what the test ran), the cardinality cap with 20 tenants and `top_tenants = 5`, and
-//! `pgtenant.usage` rows after a pgbench run equal to pgbench's own transaction count.
+//! equal what the test ran), the pools' connect counters, the cardinality cap with 20 tenants
+//! and `top_tenants = 5`, and `pgtenant.usage` rows after a pgbench run equal to pgbench's own
+//! transaction count, read through SQL, the CLI and the admin API.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -151,6 +152,49 @@ async fn metrics_count_what_a_tenant_ran() {
     assert!(gone);
 }
 
+/// The per-pool connect counters: a working tenant's pool counts the connection it opened;
+/// a tenant whose upstream login fails counts each failed attempt, and opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_connects_and_connect_failures_are_counted() {
+    let good = with_mode(tenant_db("connects").await, PoolMode::Transaction, 2);
+    let mut bad = with_mode(tenant_db("connfail").await, PoolMode::Transaction, 2);
+    bad.password = Some("not-the-password".into());
+    let h = start(config(vec![good.clone(), bad.clone()])).await;
+    let (addr, _stop) = metrics_listener(&h).await;
+    let c = h.client(&good.id).await;
+    for _ in 0..5 {
+        c.batch_execute("SELECT 1").await.expect("select");
+    }
+    for _ in 0..2 {
+        let conninfo = h.conninfo(&bad.id);
+        let failed = match tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+            Err(e) => code(&e),
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                code(&client.batch_execute("SELECT 1").await.expect_err("upstream login fails"))
+            }
+        };
+        assert_eq!(failed, "08006");
+    }
+    let (_, _, body) = scrape(addr).await;
+    let all = parse(&body);
+    let pool_of = |t: &TenantConfig| {
+        all.iter()
+            .find(|(n, l, _)| {
+                n == "pgtenant_pool_connects_total"
+                    && l["pool"].ends_with(&format!("/{}/{}", t.database, t.role))
+            })
+            .map(|s| s.1["pool"].clone())
+            .unwrap_or_else(|| panic!("no pool series for {}: {body}", t.id))
+    };
+    let (good_pool, bad_pool) = (pool_of(&good), pool_of(&bad));
+    let get = |name: &str, pool: &str| value(&all, name, &[("pool", pool)]).unwrap_or(-1.0);
+    assert_eq!(get("pgtenant_pool_connects_total", &good_pool), 1.0, "{body}");
+    assert_eq!(get("pgtenant_pool_connect_failures_total", &good_pool), 0.0, "{body}");
+    assert_eq!(get("pgtenant_pool_connects_total", &bad_pool), 0.0, "{body}");
+    assert!(get("pgtenant_pool_connect_failures_total", &bad_pool) >= 2.0, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_series_are_capped_and_totals_stay_exact() {
     let base = tenant_db("cap").await;
@@ -252,4 +296,54 @@ async fn usage_rows_match_pgbench_transactions() {
         pgtenant(&["tenant", "usage", &t.id, "--from", "yesterday", "--url", &cfg.catalog.url], "").await;
     assert_ne!(rc, 0);
     assert!(stderr.contains("RFC 3339"), "{stderr}");
+
+    // And the admin API: `GET /tenants/{id}/usage?from=&to=` over a window around the run
+    // sums to the same count; a window after it holds nothing; a bad bound is a 400.
+    let token = ::pgtenant::admin::new_token();
+    cfg.admin.token_sha256 = vec![::pgtenant::admin::token_sha256(&token)];
+    let state = ::pgtenant::admin::http::AdminState::new(h.proxy.clone(), &cfg).expect("admin state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let api = listener.local_addr().expect("addr");
+    let api_stop = CancellationToken::new();
+    tokio::spawn(::pgtenant::admin::http::serve(listener, state, api_stop.clone()));
+    let stamp = |offset: &'static str| {
+        let control = &control;
+        async move {
+            let sql = format!(
+                "SELECT to_char((now() + interval '{offset}') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+            );
+            control.query_one(&sql, &[]).await.expect("timestamp").get::<_, String>(0)
+        }
+    };
+    let get = |query: String| {
+        let (token, id) = (token.clone(), t.id.clone());
+        async move {
+            let out = Command::new("curl")
+                .args(["-s", "-w", "\n%{http_code}", "-H"])
+                .arg(format!("Authorization: Bearer {token}"))
+                .arg(format!("http://{api}/tenants/{id}/usage?{query}"))
+                .output()
+                .await
+                .expect("curl");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (body, status) = text.rsplit_once('\n').expect("status line");
+            (status.to_owned(), body.to_owned())
+        }
+    };
+    let (status, body) = get(format!("from={}&to={}", stamp("-1 hour").await, stamp("1 hour").await)).await;
+    assert_eq!(status, "200", "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let minutes = doc["minutes"].as_array().expect("minutes");
+    let http_txs: i64 = minutes.iter().map(|m| m["transactions"].as_i64().unwrap_or(0)).sum();
+    assert_eq!(http_txs, processed, "{body}");
+    let (status, body) = get(format!("from={}", stamp("1 hour").await)).await;
+    assert_eq!(status, "200", "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["minutes"],
+        serde_json::json!([])
+    );
+    let (status, body) = get("from=yesterday".into()).await;
+    assert_eq!(status, "400", "{body}");
+    assert!(body.contains("RFC 3339"), "{body}");
+    api_stop.cancel();
 }

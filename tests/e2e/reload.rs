@@ -226,3 +226,23 @@ async fn sighup_changes_the_log_level() {
     let refused = after.lines().find(|l| l.contains("reload refused")).expect("refusal logged");
     assert!(refused.starts_with('{') && refused.contains(r#""level":"ERROR""#), "{refused}");
 }
+
+/// SIGHUP with a shorter `[pool] idle_timeout` applies to the pool that already exists:
+/// its idle server connection is closed within seconds, where the old 600 s kept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_shortens_the_idle_timeout_of_an_existing_pool() {
+    let t = tenant_db("reload_idle").await;
+    let file = |idle: u32| toml("", &[(&t, 2)]) + &format!("\n[pool]\nidle_timeout = {idle}\n");
+    let served = Served::start(&file(600)).await;
+    let c = connect_str(&served.conninfo(&t)).await;
+    c.batch_execute("SELECT 1").await.expect("served");
+    drop(c);
+    // Transaction mode: the server connection stays in the pool, idle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(backends_as(&t.database, &t.role).await, 1, "the idle connection is kept under 600 s");
+    served.reload(&file(1), 1).await;
+    assert!(served.log().contains("idle_timeout"), "{}", served.log());
+    let closed =
+        eventually(Duration::from_secs(10), || async { backends_as(&t.database, &t.role).await == 0 }).await;
+    assert!(closed, "idle server connections after the reload: {}", backends_as(&t.database, &t.role).await);
+}

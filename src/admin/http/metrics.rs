@@ -17,14 +17,17 @@ use crate::proxy::Proxy;
 /// The content type of the OpenMetrics text format that `prometheus-client` writes.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The exposition of `proxy` now: the pool gauges are read from the pools at scrape time,
-/// then everything is rendered.
+/// The exposition of `proxy` now: the pool gauges and connect counters are read from the
+/// pools at scrape time, then everything is rendered.
 pub fn exposition(proxy: &Proxy) -> String {
     for pool in proxy.pools.pools() {
         let name = crate::metrics::pool_name(pool.key());
         let busy = i64::try_from(pool.busy_count()).unwrap_or(i64::MAX);
         let idle = i64::try_from(pool.idle_count()).unwrap_or(i64::MAX);
-        proxy.metrics.pool(&name).set_servers(busy, idle);
+        let stats = proxy.metrics.pool(&name);
+        stats.set_servers(busy, idle);
+        let (connects, failures) = pool.connect_counts();
+        stats.set_connects(connects, failures);
     }
     if let Some(up) = proxy.catalog.control_up() {
         proxy.metrics.global().set_control_db_up(up);
