@@ -167,11 +167,21 @@ async fn the_unnamed_statement_does_not_pass_to_the_next_tenant() {
     let mut cb = raw_proxy(&h, &b.id).await;
     send(&mut cb, &cat(&[bind("", ""), execute(""), sync()])).await;
     let (got, _) = read_ready(&mut cb, 1, ten).await;
-    assert_eq!(sqlstate(&got).as_deref(), Some("26000"), "Bind of the unnamed statement: {:?}", summary(&got));
+    assert_eq!(
+        sqlstate(&got).as_deref(),
+        Some("26000"),
+        "Bind of the unnamed statement: {:?}",
+        summary(&got)
+    );
     assert!(!got.windows(8).any(|w| w == b"a-secret"), "tenant a's statement ran for b: {:?}", summary(&got));
     send(&mut cb, &cat(&[execute(""), sync()])).await;
     let (got, _) = read_ready(&mut cb, 1, ten).await;
-    assert_eq!(sqlstate(&got).as_deref(), Some("34000"), "Execute of the unnamed portal: {:?}", summary(&got));
+    assert_eq!(
+        sqlstate(&got).as_deref(),
+        Some("34000"),
+        "Execute of the unnamed portal: {:?}",
+        summary(&got)
+    );
 
     // Back to a (a reset), then a second client of b whose first message is a lone Sync.
     send(&mut ca, &query("SELECT 1")).await;
