@@ -117,6 +117,9 @@ struct Progress {
     /// until the reset's replies are checked (a failed reset makes the server skip only up
     /// to that Sync).
     reset_synced: bool,
+    /// When the queued reset went out: its replies are due within [`CLEANUP_TIMEOUT`] (see
+    /// [`Limit::Reset`]).
+    reset_since: Option<tokio::time::Instant>,
 }
 
 /// A cross-tenant reset's replies, swallowed and checked (see [`queue_reset`]).
@@ -295,7 +298,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.next_event(signals).await
             };
             match event {
-                Event::Timeout(limit) => return Exit::Error(timed_out(limit, &self.tenant.id)),
+                Event::Timeout(limit) => {
+                    if limit == Limit::Reset {
+                        tracing::warn!(tenant = %self.tenant.id, "cross-tenant reset did not finish in time: cancelling it and closing the server connection");
+                    }
+                    return Exit::Error(timed_out(limit, &self.tenant.id));
+                }
                 Event::Force => return Exit::Error(shutting_down()),
                 Event::Drain => self.draining = Some(Box::new(shutting_down())),
                 Event::Kick => {
@@ -458,6 +466,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.progress.swallow_z += 1;
             self.progress.reset = ResetPhase::Guard;
             self.progress.reset_synced = false;
+            self.progress.reset_since = Some(tokio::time::Instant::now());
         }
         let conn = co.conn();
         let (addr, pid, secret) = conn.cancel_key();
@@ -741,7 +750,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         params: self.pool_params.clone(),
                         tenant: tenant.clone(),
                     };
-                    let running = self.pipeline.pending_ready() > 0 || self.pipeline.copy_in();
+                    // A reset still running is cancelled too: once it fails, the server skips
+                    // the client's messages sent behind it, which must not run after the
+                    // session ended.
+                    let running = self.pipeline.pending_ready() > 0
+                        || self.pipeline.copy_in()
+                        || self.progress.reset != ResetPhase::Done;
                     retire_running(co, retiring, running).await;
                 }
             }
@@ -770,6 +784,7 @@ fn timed_out(limit: Limit, tenant: &crate::model::TenantId) -> PgError {
         Limit::Query => PgError::query_timeout(tenant.as_str()),
         Limit::IdleTransaction => PgError::idle_transaction_timeout(tenant.as_str()),
         Limit::ClientIdle => PgError::client_idle_timeout(tenant.as_str()),
+        Limit::Reset => PgError::session_setup_failed(),
     }
 }
 

@@ -115,9 +115,11 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
     }
 }
 
-/// Settings that keep a reset from failing: the previous session's statement or lock timeout
-/// could otherwise cancel its DISCARD ALL (which then resets them itself).
-pub const RESET_GUARD: &str = "SET statement_timeout = 0; SET lock_timeout = 0";
+/// What keeps the previous session's statement timeout from cancelling DISCARD ALL (its
+/// timer starts with the statement, before DISCARD ALL resets the setting). A lock timeout
+/// needs no guard: DISCARD ALL's RESET ALL restores it before anything in it waits for a lock;
+/// a reset that waits too long is bounded by the session instead (`Limit::Reset`).
+pub const RESET_GUARD: &str = "SET statement_timeout = 0";
 
 /// Whether `conn` must be reset before `tenant` uses it: another tenant used it last, or a
 /// client left session state on it.

@@ -1,7 +1,8 @@
 //! The fair-share timeouts of a session (query, idle in transaction, client idle): which one
 //! applies, and one timer owned by the session for it.
 //!
-//! None is set by default, and then nothing here reads the clock or touches the timer wheel.
+//! None is set by default, and then nothing here reads the clock or touches the timer wheel
+//! (except while a cross-tenant reset is due: [`Limit::Reset`] bounds it).
 //! When one is set the timer is moved only when the deadline comes earlier than where it is
 //! armed; a later deadline (a client that was active again) is checked when the timer fires,
 //! and the timer is then moved to it, so an active client does not re-arm a timer per event.
@@ -14,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-use super::Session;
+use super::{ResetPhase, Session, CLEANUP_TIMEOUT};
 use crate::protocol::backend::txn;
 
 /// The fair-share timeouts (`[pool]`, PgBouncer's names), with a tenant's overrides applied.
@@ -23,6 +24,10 @@ pub(super) enum Limit {
     Query,
     IdleTransaction,
     ClientIdle,
+    /// A cross-tenant reset's replies are late (the previous tenant can make DISCARD ALL
+    /// wait on a lock, e.g. on the parent of a temporary child table): bounded whatever the
+    /// tenant's limits, at [`CLEANUP_TIMEOUT`].
+    Reset,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -127,11 +132,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.timed.as_ref().and_then(|t| t.limits.client_write)
     }
 
-    /// Arms the timer for `deadline` (see [`Timer::arm`]).
+    /// Arms the timer for `deadline` (see [`Timer::arm`]); a session without limits gets
+    /// its timer here the first time one is needed (a cross-tenant reset's bound).
     pub(super) fn arm_timer(&mut self, deadline: Instant) {
-        if let Some(t) = self.timed.as_mut() {
-            t.timer.arm(deadline);
-        }
+        let t = self.timed.get_or_insert_with(|| {
+            Box::new(Timed {
+                limits: Limits::default(),
+                timer: Timer::default(),
+                last_activity: Instant::now(),
+            })
+        });
+        t.timer.arm(deadline);
     }
 
     /// Whether `deadline` passed (see [`Timer::poll_expired`]).
@@ -143,8 +154,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         timed.as_mut().is_some_and(|t| t.timer.poll_expired(cx, deadline))
     }
 
-    /// The fair-share timeout that applies now, and when it expires.
+    /// The timeout that applies now, and when it expires: the reset's bound while a
+    /// cross-tenant reset is due, if it comes first, else a fair-share timeout.
     pub(super) fn next_limit(&mut self) -> Option<(Limit, Instant)> {
+        let fair = self.fair_limit();
+        let reset = match (self.progress.reset, self.progress.reset_since) {
+            (ResetPhase::Done, _) | (_, None) => None,
+            (_, Some(since)) => Some((Limit::Reset, since + CLEANUP_TIMEOUT)),
+        };
+        match (fair, reset) {
+            (Some(f), Some(r)) => Some(if r.1 < f.1 { r } else { f }),
+            (f, r) => f.or(r),
+        }
+    }
+
+    /// The fair-share timeout that applies now, and when it expires.
+    fn fair_limit(&mut self) -> Option<(Limit, Instant)> {
         let owes = self.server.is_some() && !self.quiet();
         let Some(t) = self.timed.as_deref() else {
             self.busy_since = None;

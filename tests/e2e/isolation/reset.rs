@@ -96,3 +96,102 @@ async fn a_failed_reset_runs_nothing_the_next_tenant_sent_behind_it() {
 async fn rows_of(c: &Client, sql: &str) -> Vec<Vec<String>> {
     rows(c, sql).await.unwrap_or_else(|e| panic!("{sql}: {}", why(&e)))
 }
+
+/// Tenant a alone can stall the handoff's DISCARD ALL: a temporary child of a table it owns
+/// (created inside a transaction block, so pgtenant does not pin it) is dropped by DISCARD
+/// TEMP, which needs a lock on the parent, and a second client of a holds that lock in an
+/// open transaction. The guard's `lock_timeout = 0` does not bound the wait (RESET ALL, part
+/// of DISCARD ALL, restores the default before DISCARD TEMP), and no fair-share timeout is
+/// set by default. Tenant b's first messages must not wait for ever: its session ends with an
+/// error within the reset's bound, and nothing it sent runs, even once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_tenant_cannot_stall_the_reset_for_ever() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 2).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let su = admin(&a.database).await;
+    let role = a.role.clone();
+    let parent = format!("\"{}\".par", a.id);
+    su.batch_execute(&format!("CREATE TABLE {parent} (x int); ALTER TABLE {parent} OWNER TO {role}"))
+        .await
+        .expect("tenant a's table");
+    // Tenant a's locker holds one server connection in a transaction …
+    let locker = h.client(&a.id).await;
+    locker.batch_execute("BEGIN").await.expect("begin");
+    let p_locker = pid(&locker).await;
+    // … so its other client gets the second, and leaves a temporary child on it.
+    let ca = h.client(&a.id).await;
+    ca.batch_execute(&format!("BEGIN; CREATE TEMP TABLE kid () INHERITS ({parent}); COMMIT"))
+        .await
+        .expect("tenant a's temporary child");
+    let p0 = pid(&ca).await;
+    assert_ne!(p0, p_locker, "two server connections");
+    locker.batch_execute(&format!("LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE")).await.expect("lock");
+
+    let mut cb = raw_proxy(&h, &b.id).await;
+    let table = format!("\"{}\".t", b.id);
+    let first = format!("INSERT INTO {table} VALUES (1, 'b')");
+    let second = format!("INSERT INTO {table} VALUES (2, 'b')");
+    send(&mut cb, &cat(&[parse("", &first), bind("", ""), execute(""), sync(), query(&second)])).await;
+    let (reply, closed) = read_eof(&mut cb, std::time::Duration::from_secs(12)).await;
+    assert!(
+        closed && sqlstate(&reply).is_some(),
+        "tenant b's first messages waited for tenant a's lock without end: {:?}",
+        summary(&reply)
+    );
+    locker.batch_execute("COMMIT").await.expect("unlock");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let db = admin(&b.database).await;
+    let rows: i64 = db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.expect("count").get(0);
+    assert_eq!(rows, 0, "tenant b's INSERTs ran although its session had ended");
+
+    let next = h.client(&b.id).await;
+    let r = rows_of(&next, "SELECT count(*) FROM items").await;
+    assert_eq!(r, vec![vec!["3".to_owned()]], "tenant b's next client");
+}
+
+/// After a handoff the unnamed statement and portal are gone, as on a fresh PostgreSQL
+/// session: tenant b's first messages, a Bind of the unnamed statement without a Parse (the
+/// reset's own unnamed statement is closed, and a's is gone), get 26000, not a's query; an
+/// Execute of the unnamed portal gets 34000. A first message that is a lone Sync is answered
+/// with one ReadyForQuery, and what follows it runs once the reset is confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unnamed_statement_does_not_pass_to_the_next_tenant() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Read, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let ten = std::time::Duration::from_secs(10);
+    let mut ca = raw_proxy(&h, &a.id).await;
+    send(&mut ca, &cat(&[parse("", "SELECT 'a-secret'"), bind("", ""), sync()])).await;
+    let (got, _) = read_ready(&mut ca, 1, ten).await;
+    assert_eq!(sqlstate(&got), None, "tenant a: {:?}", summary(&got));
+
+    let mut cb = raw_proxy(&h, &b.id).await;
+    send(&mut cb, &cat(&[bind("", ""), execute(""), sync()])).await;
+    let (got, _) = read_ready(&mut cb, 1, ten).await;
+    assert_eq!(
+        sqlstate(&got).as_deref(),
+        Some("26000"),
+        "Bind of the unnamed statement: {:?}",
+        summary(&got)
+    );
+    assert!(!got.windows(8).any(|w| w == b"a-secret"), "tenant a's statement ran for b: {:?}", summary(&got));
+    send(&mut cb, &cat(&[execute(""), sync()])).await;
+    let (got, _) = read_ready(&mut cb, 1, ten).await;
+    assert_eq!(
+        sqlstate(&got).as_deref(),
+        Some("34000"),
+        "Execute of the unnamed portal: {:?}",
+        summary(&got)
+    );
+
+    // Back to a (a reset), then a second client of b whose first message is a lone Sync.
+    send(&mut ca, &query("SELECT 1")).await;
+    let (got, _) = read_ready(&mut ca, 1, ten).await;
+    assert_eq!(sqlstate(&got), None, "tenant a: {:?}", summary(&got));
+    let mut cb2 = raw_proxy(&h, &b.id).await;
+    send(&mut cb2, &cat(&[sync(), query("SELECT count(*) FROM items WHERE owner = current_schema()")])).await;
+    let (got, closed) = read_ready(&mut cb2, 2, ten).await;
+    assert!(!closed && ready_count(&got) == 2, "a Sync first: {:?}", summary(&got));
+    let rows: Vec<Vec<String>> =
+        messages(&got).iter().filter(|(t, _)| *t == b'D').map(|(_, body)| data_row(body)).collect();
+    assert_eq!(rows, vec![vec!["3".to_owned()]], "tenant b's rows after a Sync first: {:?}", summary(&got));
+}
