@@ -22,7 +22,8 @@ mod tenants;
 mod upstreams;
 
 pub use tenants::{
-    insert_tenant, migratable_tenants, tenant, tenants, update_settings, NewTenant, SettingsPatch, TenantRow,
+    insert_tenant, migratable_tenants, tenant, tenants, update_settings, NewTenant, PoolSizeSource,
+    SettingsPatch, TenantRow,
 };
 pub use upstreams::{save_upstream, upstream_admin, upstreams, NewUpstream, UpstreamAdmin, UpstreamRow};
 

@@ -61,10 +61,6 @@ impl Target {
         }
         Ok(config)
     }
-
-    fn lifecycle(&self) -> anyhow::Result<Lifecycle> {
-        Ok(Lifecycle::from_config(&self.config()?)?)
-    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -325,8 +321,15 @@ pub(crate) fn read_stdin_line(what: &str) -> anyhow::Result<String> {
 }
 
 pub async fn tenant(command: LifecycleCommand, target: Target) -> anyhow::Result<()> {
-    let lc = target.lifecycle()?;
+    let config = target.config()?;
+    let lc = Lifecycle::from_config(&config)?;
     let json = target.json;
+    // Tenants without a size of their own are shown with the default they get.
+    let print_tenants = |tenants: &[TenantInfo], json: bool| {
+        let shown: Vec<TenantInfo> =
+            tenants.iter().map(|t| t.clone().with_default_pool_size(config.pool.size)).collect();
+        print_tenants(&shown, json)
+    };
     match command {
         LifecycleCommand::Create(a) => {
             let user = match a.user {
@@ -395,6 +398,10 @@ pub async fn tenant(command: LifecycleCommand, target: Target) -> anyhow::Result
                             match (&s.error, s.behind, s.latest) {
                                 (Some(e), _, _) => format!("unknown: {e}"),
                                 (None, _, None) => "- (no migrations directory: --migrations)".to_owned(),
+                                (None, _, _) if !s.changed.is_empty() => format!(
+                                    "changed after applied: {} (migrate refuses it)",
+                                    s.changed.join(", ")
+                                ),
                                 (None, true, _) => "behind".to_owned(),
                                 (None, false, _) => "current".to_owned(),
                             },

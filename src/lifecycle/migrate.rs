@@ -247,9 +247,21 @@ async fn recorded(db: &Client, place: &Place) -> Result<Vec<(i32, String, String
     Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
 }
 
-/// The highest version applied at `place` (None: nothing yet).
-pub async fn current_version(db: &Client, place: &Place) -> Result<Option<i32>, LifecycleError> {
-    Ok(recorded(db, place).await?.iter().map(|d| d.0).max())
+/// The highest version applied at `place` (None: nothing yet), and the applied migrations
+/// whose file changed since (checksum differs: what `migrate` refuses to go past).
+pub async fn applied_state(
+    db: &Client,
+    place: &Place,
+    set: &MigrationSet,
+) -> Result<(Option<i32>, Vec<String>), LifecycleError> {
+    let done = recorded(db, place).await?;
+    let changed = set
+        .migrations
+        .iter()
+        .filter(|m| done.iter().any(|d| d.0 == m.version && d.2 != m.checksum))
+        .map(|m| m.name.clone())
+        .collect();
+    Ok((done.iter().map(|d| d.0).max(), changed))
 }
 
 /// Runs the seed files in one transaction over the tenant's own login, with its search_path

@@ -94,6 +94,10 @@ pub struct MigrationStatus {
     /// Highest version in the migrations directory.
     pub latest: Option<i32>,
     pub behind: bool,
+    /// Applied migrations whose file was edited since (checksum differs): `migrate` refuses
+    /// them, so the tenant is not current.
+    #[serde(default)]
+    pub changed: Vec<String>,
     /// Why the version could not be read.
     pub error: Option<String>,
 }

@@ -196,20 +196,20 @@ impl Lifecycle {
             async move {
                 let version = async {
                     if !matches!(info.status, TenantStatus::Active | TenantStatus::Suspended) {
-                        return Ok(None);
+                        return Ok((None, Vec::new()));
                     }
                     let u = match upstreams.get(&info.upstream) {
                         Some(Ok(u)) => u,
                         Some(Err(e)) => return Err(e.clone()),
-                        None => return Ok(None),
+                        None => return Ok((None, Vec::new())),
                     };
                     let session = self.tenant_session(db, u, &info).await?;
-                    migrate::current_version(&session, &info.place()).await
+                    migrate::applied_state(&session, &info.place(), &self.migrations).await
                 }
                 .await;
-                let (version, error) = match version {
-                    Ok(v) => (v, None),
-                    Err(e) => (None, Some(e.to_string())),
+                let (version, changed, error) = match version {
+                    Ok((v, changed)) => (v, changed, None),
+                    Err(e) => (None, Vec::new(), Some(e.to_string())),
                 };
                 MigrationStatus {
                     behind: error.is_none()
@@ -220,6 +220,7 @@ impl Lifecycle {
                     status: info.status,
                     version,
                     latest,
+                    changed,
                     error,
                 }
             }

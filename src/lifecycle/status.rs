@@ -300,7 +300,7 @@ impl Lifecycle {
             reachable: login.is_none() && migration_error.is_none(),
             version: m.as_ref().and_then(|m| m.version),
             latest: self.migrations.latest(),
-            current: m.as_ref().is_some_and(|m| !m.behind && m.error.is_none()),
+            current: m.as_ref().is_some_and(|m| !m.behind && m.changed.is_empty() && m.error.is_none()),
             error: migration_error.or(login),
         })
     }

@@ -297,6 +297,18 @@ async fn migrations_are_checked_locked_and_stoppable() {
     // An edited applied migration is an error for every tenant that has it.
     s.migration("V001__products.sql", &format!("{PRODUCTS}\n-- edited"));
     let lc = s.lifecycle();
+    // `tenant status` says so, not "current" (the version is the latest one).
+    let st = lc.status(&ids).await.expect("status");
+    assert!(
+        st.iter().all(|t| !t.behind && t.version == Some(1) && t.changed == ["V001__products.sql"]),
+        "{st:?}"
+    );
+    let args: Vec<&str> = ["tenant", "status"].into_iter().chain(ids.iter().map(String::as_str)).collect();
+    let (code, out, err) = pgtenant_at(&args, &write_config(&s)).await;
+    assert_eq!(code, 0, "{err}");
+    let edited = out.lines().filter(|l| l.contains("changed after applied: V001__products.sql")).count();
+    assert_eq!(edited, ids.len(), "{out}");
+    assert!(!out.contains("current"), "{out}");
     let out = lc
         .migrate(&MigrateOptions { tenants: ids.clone(), ..Default::default() }, &|_, _, _| {})
         .await

@@ -8,17 +8,41 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::lifecycle::{CreateTenant, MigrateOptions, MigrationOutcome, TenantMigration, UpdateTenant};
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::lifecycle::{
+    CreateTenant, Lifecycle, LifecycleError, MigrateOptions, MigrationOutcome, TenantInfo, TenantMigration,
+    UpdateTenant,
+};
 
 use super::extract::{Body, OptionalBody, Params, TenantPath};
 use super::problem::{Kind, Problem};
 use super::AdminState;
 
+impl AdminState {
+    /// `[pool] size` as the proxy runs now (reloads and `SET default_pool_size` change it).
+    fn default_pool_size(&self) -> usize {
+        self.proxy().config().pool.size
+    }
+
+    /// [`AdminState::run`] for an operation that answers a tenant: shown with its effective
+    /// pool size.
+    async fn run_tenant<F, Fut>(&self, op: F) -> Result<TenantInfo, Problem>
+    where
+        F: FnOnce(Arc<Lifecycle>) -> Fut,
+        Fut: Future<Output = Result<TenantInfo, LifecycleError>> + Send + 'static,
+    {
+        let size = self.default_pool_size();
+        Ok(self.run(op).await?.with_default_pool_size(size))
+    }
+}
+
 pub(super) async fn create_tenant(
     State(state): State<AdminState>,
     Body(req): Body<CreateTenant>,
 ) -> Result<Response, Problem> {
-    let info = state.run(|lc| async move { lc.create(req).await }).await?;
+    let info = state.run_tenant(|lc| async move { lc.create(req).await }).await?;
     let mut response = (StatusCode::CREATED, Json(&info)).into_response();
     // The id passed TenantId's check, so it is a valid header value; if not, no Location.
     if let Ok(location) = HeaderValue::from_str(&format!("/tenants/{}", info.id)) {
@@ -29,6 +53,8 @@ pub(super) async fn create_tenant(
 
 pub(super) async fn list_tenants(State(state): State<AdminState>) -> Result<Response, Problem> {
     let tenants = state.run(|lc| async move { lc.list().await }).await?;
+    let size = state.default_pool_size();
+    let tenants: Vec<TenantInfo> = tenants.into_iter().map(|t| t.with_default_pool_size(size)).collect();
     Ok(Json(tenants).into_response())
 }
 
@@ -36,7 +62,7 @@ pub(super) async fn get_tenant(
     State(state): State<AdminState>,
     TenantPath(id): TenantPath,
 ) -> Result<Response, Problem> {
-    let info = state.run(|lc| async move { lc.get(&id).await }).await?;
+    let info = state.run_tenant(|lc| async move { lc.get(&id).await }).await?;
     Ok(Json(info).into_response())
 }
 
@@ -45,7 +71,7 @@ pub(super) async fn update_tenant(
     TenantPath(id): TenantPath,
     Body(patch): Body<UpdateTenant>,
 ) -> Result<Response, Problem> {
-    let info = state.run(|lc| async move { lc.update(&id, patch).await }).await?;
+    let info = state.run_tenant(|lc| async move { lc.update(&id, patch).await }).await?;
     Ok(Json(info).into_response())
 }
 
@@ -53,7 +79,7 @@ pub(super) async fn suspend_tenant(
     State(state): State<AdminState>,
     TenantPath(id): TenantPath,
 ) -> Result<Response, Problem> {
-    let info = state.run(|lc| async move { lc.suspend(&id).await }).await?;
+    let info = state.run_tenant(|lc| async move { lc.suspend(&id).await }).await?;
     Ok(Json(info).into_response())
 }
 
@@ -61,7 +87,7 @@ pub(super) async fn resume_tenant(
     State(state): State<AdminState>,
     TenantPath(id): TenantPath,
 ) -> Result<Response, Problem> {
-    let info = state.run(|lc| async move { lc.resume(&id).await }).await?;
+    let info = state.run_tenant(|lc| async move { lc.resume(&id).await }).await?;
     Ok(Json(info).into_response())
 }
 
@@ -77,7 +103,7 @@ pub(super) async fn archive_tenant(
     TenantPath(id): TenantPath,
     Params(q): Params<ForceParams>,
 ) -> Result<Response, Problem> {
-    let info = state.run(|lc| async move { lc.archive(&id, q.force).await }).await?;
+    let info = state.run_tenant(|lc| async move { lc.archive(&id, q.force).await }).await?;
     Ok(Json(info).into_response())
 }
 
@@ -85,7 +111,7 @@ pub(super) async fn restore_tenant(
     State(state): State<AdminState>,
     TenantPath(id): TenantPath,
 ) -> Result<Response, Problem> {
-    let info = state.run(|lc| async move { lc.restore(&id).await }).await?;
+    let info = state.run_tenant(|lc| async move { lc.restore(&id).await }).await?;
     Ok(Json(info).into_response())
 }
 
@@ -103,7 +129,7 @@ pub(super) async fn move_tenant(
     TenantPath(id): TenantPath,
     Body(req): Body<MoveRequest>,
 ) -> Result<Response, Problem> {
-    let info = state.run(|lc| async move { lc.relocate(&id, &req.to).await }).await?;
+    let info = state.run_tenant(|lc| async move { lc.relocate(&id, &req.to).await }).await?;
     Ok(Json(info).into_response())
 }
 

@@ -19,15 +19,47 @@ pub struct TenantRow {
     pub login_role: String,
     pub login_kind: LoginKind,
     pub pool_mode: PoolMode,
+    /// The tenant's own size, or (once [`TenantRow::with_default_pool_size`] filled it in, as
+    /// the API and the CLI show it) the default it gets.
     pub pool_size: Option<i32>,
+    /// Where `pool_size` comes from.
+    #[serde(default)]
+    pub pool_size_source: PoolSizeSource,
     pub max_server_connections: Option<i32>,
     pub max_clients: Option<i32>,
     pub auth: Option<AuthMethod>,
     pub search_path_public: bool,
+    /// The catalog row's version, bumped on every change (not a migration version: that is
+    /// `tenant status` / health's `version`).
+    #[serde(default)]
+    pub row_version: i64,
+    /// Deprecated: the same as `row_version`, kept one release for clients that read it.
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
     pub last_error: Option<String>,
+}
+
+/// Whether a tenant's pool size is its own or the default (`[pool] size`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolSizeSource {
+    #[default]
+    Tenant,
+    Default,
+}
+
+impl TenantRow {
+    /// The row as shown: a tenant without a size of its own gets `default` (the effective
+    /// value) and `pool_size_source` says so. Stored rows keep NULL, so a later change of
+    /// the default still applies to it.
+    pub fn with_default_pool_size(mut self, default: usize) -> TenantRow {
+        if self.pool_size.is_none() {
+            self.pool_size = Some(i32::try_from(default).unwrap_or(i32::MAX));
+            self.pool_size_source = PoolSizeSource::Default;
+        }
+        self
+    }
 }
 
 const COLUMNS: &str = "SELECT id, status, isolation, upstream, database, schema_name, login_role, login_kind,
@@ -46,6 +78,7 @@ impl TenantRow {
                 .ok_or_else(|| StoreError::Unknown { column: r.columns()[i].name().to_owned(), value: text })
         }
         let auth: Option<String> = r.get(12);
+        let pool_size: Option<i32> = r.get(9);
         Ok(TenantRow {
             id: r.get(0),
             status: parse(r, 1, TenantStatus::parse)?,
@@ -56,7 +89,11 @@ impl TenantRow {
             login_role: r.get(6),
             login_kind: parse(r, 7, LoginKind::parse)?,
             pool_mode: parse(r, 8, PoolMode::parse)?,
-            pool_size: r.get(9),
+            pool_size,
+            pool_size_source: match pool_size {
+                Some(_) => PoolSizeSource::Tenant,
+                None => PoolSizeSource::Default,
+            },
             max_server_connections: r.get(10),
             max_clients: r.get(11),
             auth: match auth {
@@ -66,6 +103,7 @@ impl TenantRow {
                 ),
             },
             search_path_public: r.get(13),
+            row_version: r.get(14),
             version: r.get(14),
             created_at: r.get(15),
             updated_at: r.get(16),

@@ -25,6 +25,15 @@ async fn a_schema_tenant_through_its_whole_life() {
         (&info["id"], &info["status"], &info["isolation"], &info["schema"], &info["database"]),
         (&json!(t), &json!("active"), &json!("schema"), &json!(t), &json!(db))
     );
+    // No size of its own: shown with the default it gets (`[pool] size`), not null.
+    let default_size = api.setup.cfg.pool.size as i64;
+    assert_eq!(
+        (&info["pool_size"], &info["pool_size_source"]),
+        (&json!(default_size), &json!("default")),
+        "{info}"
+    );
+    // The catalog row's version is `row_version`; `version` stays, deprecated, the same.
+    assert_eq!(info["row_version"], info["version"], "{info}");
     let c = api.h.client(&t).await;
     let row = c
         .query_one("SELECT current_schema()::text, (SELECT count(*) FROM products)", &[])
@@ -52,8 +61,12 @@ async fn a_schema_tenant_through_its_whole_life() {
     let patched =
         api.call("PATCH", &format!("/tenants/{t}"), Some(json!({ "max_clients": 1, "pool_size": 3 }))).await;
     let patched = patched.ok(200);
-    assert_eq!((&patched["max_clients"], &patched["pool_size"]), (&json!(1), &json!(3)));
-    assert!(patched["version"].as_i64() > info["version"].as_i64(), "{patched}");
+    assert_eq!(
+        (&patched["max_clients"], &patched["pool_size"], &patched["pool_size_source"]),
+        (&json!(1), &json!(3), &json!("tenant"))
+    );
+    assert!(patched["row_version"].as_i64() > info["row_version"].as_i64(), "{patched}");
+    assert_eq!(patched["row_version"], patched["version"], "{patched}");
     assert_eq!(api.call("GET", &format!("/tenants/{t}"), None).await.ok(200), patched);
     assert!(
         eventually(Duration::from_secs(5), || async {
