@@ -60,6 +60,7 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<(std::net::TcpListener, 
         }
         Err(e) => return Err(e),
     };
+    same_user(&link)?;
     link.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
     let mut byte = [0u8; 1];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -112,7 +113,26 @@ pub fn listen(path: &Path) -> std::io::Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    UnixListener::bind(path)
+    let unix = UnixListener::bind(path)?;
+    // Whoever connects gets the listening socket: the file is the owner's alone, and the
+    // peer's user is checked as well (see `same_user`).
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(unix)
+}
+
+/// Only a process of the same user may take the listening socket over, or hand one over:
+/// another local user connecting to the handover socket would otherwise receive it (or give
+/// a new instance a socket of its own to accept on).
+fn same_user(link: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+    let peer = rustix::net::sockopt::socket_peercred(link)?;
+    if peer.uid == rustix::process::geteuid() {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("handover: the peer runs as uid {}, not as this process's user", peer.uid.as_raw()),
+        ))
+    }
 }
 
 /// Serves `handover` until this instance drains: a new instance that connects is given
@@ -136,6 +156,10 @@ pub async fn serve(unix: UnixListener, socket: OwnedFd, proxy: Arc<Proxy>) {
                 }
             },
         };
+        if let Err(e) = same_user(&link) {
+            tracing::warn!(error = %e, "handover: refused a connection");
+            continue;
+        }
         if let Err(e) = send_socket(&link, &socket).await {
             tracing::warn!(error = %e, "handover: sending the listening socket failed");
             continue;
@@ -198,5 +222,22 @@ async fn relay_cancels(mut link: UnixStream, proxy: &Arc<Proxy>) {
         let pid = i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]);
         let (proxy, secret) = (proxy.clone(), secret.to_vec());
         tokio::spawn(async move { proxy.cancel.cancel_from_successor(pid, &secret).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn the_handover_socket_is_the_owners_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("handover.sock");
+        let _unix = listen(&path).expect("listen");
+        let mode = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
+        let (a, _b) = StdUnixStream::pair().expect("pair");
+        assert!(same_user(&a).is_ok(), "a peer of the same user is accepted");
     }
 }
