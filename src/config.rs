@@ -377,6 +377,23 @@ impl ConsoleRole {
     fn stats() -> ConsoleRole {
         ConsoleRole::Stats
     }
+
+    /// The role as `pgtenant.console_users.role` and the config spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsoleRole::Admin => "admin",
+            ConsoleRole::Stats => "stats",
+        }
+    }
+
+    /// Parses [`ConsoleRole::as_str`]'s spelling (exactly: the column's CHECK allows no other).
+    pub fn parse(s: &str) -> Option<ConsoleRole> {
+        match s {
+            "admin" => Some(ConsoleRole::Admin),
+            "stats" => Some(ConsoleRole::Stats),
+            _ => None,
+        }
+    }
 }
 
 /// `[resolver]`: how the tenant is found in a connection. Every enabled resolver runs; two

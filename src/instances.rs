@@ -144,7 +144,8 @@ impl Instances {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// This instance has stopped accepting: it stays registered, marked draining, until
+    /// This instance has stopped accepting: it stays registered, marked draining (its
+    /// heartbeats say so to its peers: `SHOW INSTANCES`, `GET /instances`), until
     /// [`Instances::leave`].
     pub fn start_draining(&self) {
         if !self.draining.swap(true, Ordering::Relaxed) {
@@ -228,6 +229,7 @@ impl Instances {
             id: &self.id,
             seen: &seen,
             settled,
+            draining: self.draining(),
             expiry_secs: self.expiry_secs(),
             gap_secs: 2.0 * self.interval.as_secs_f64(),
         };

@@ -14,7 +14,7 @@ use super::cache::TenantCache;
 use super::link::ControlLink;
 use super::secrets::{self, Keys};
 use super::store;
-use super::{migrations, Catalog, LookupFuture, Tenant, TenantParts};
+use super::{migrations, Catalog, CatalogError, ConsoleUserFuture, LookupFuture, Tenant, TenantParts};
 use crate::config::{secs, CatalogConfig, PoolDefaults};
 use crate::model::{AuthMethod, Isolation, PoolMode, TenantId, TenantStatus};
 
@@ -160,6 +160,20 @@ impl ControlCatalog {
 impl Catalog for ControlCatalog {
     fn control_up(&self) -> Option<bool> {
         Some(self.listening())
+    }
+
+    fn console_user<'a>(&'a self, name: &'a str) -> ConsoleUserFuture<'a> {
+        Box::pin(async move {
+            let read = async {
+                let client = self.pool.get().await.map_err(|e| e.to_string())?;
+                store::console_users::console_user(&**client, name).await.map_err(|e| e.to_string())
+            };
+            tokio::time::timeout(self.lookup_timeout, read)
+                .await
+                .map_err(|_| format!("no answer within {:?}", self.lookup_timeout))
+                .and_then(|r| r)
+                .map_err(CatalogError::ConsoleUsers)
+        })
     }
 
     fn lookup<'a>(&'a self, id: &'a TenantId) -> LookupFuture<'a> {

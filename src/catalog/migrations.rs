@@ -202,6 +202,28 @@ ALTER TABLE pgtenant.instances
     ADD COLUMN streak_since timestamptz NOT NULL DEFAULT now();
 "#,
     ),
+    (
+        10,
+        r#"
+-- Console users (database `pgbouncer` / `pgtenant` on the proxy's port) besides `[admin]`
+-- in the config file, which wins for a name it knows: SCRAM-SHA-256 verifiers, never
+-- plaintext; `admin` may run every command, `stats` only SHOW. Read once per console login.
+CREATE TABLE pgtenant.console_users (
+    name       text PRIMARY KEY CHECK (name <> ''),
+    verifier   text NOT NULL CHECK (verifier LIKE 'SCRAM-SHA-256$%'),
+    role       text NOT NULL CHECK (role IN ('admin', 'stats')),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+"#,
+    ),
+    (
+        11,
+        r#"
+-- An instance that has stopped accepting (handover, SHUTDOWN WAIT_FOR_CLIENTS, SIGTERM) and
+-- waits for its clients to leave, as its heartbeat reports it (SHOW INSTANCES, GET /instances).
+ALTER TABLE pgtenant.instances ADD COLUMN draining boolean NOT NULL DEFAULT false;
+"#,
+    ),
 ];
 
 /// Applies the missing migrations; returns the versions applied now.

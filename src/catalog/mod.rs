@@ -12,6 +12,7 @@ pub mod store;
 pub mod store_instances;
 
 pub use control::{Change, ControlCatalog};
+pub use store::console_users::ConsoleCredential;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -160,6 +161,9 @@ pub enum CatalogError {
     /// it (see `cache.rs`).
     #[error("tenant {tenant}: the control database is unreachable: {cause}")]
     Unavailable { tenant: TenantId, cause: String },
+    /// Reading a console user failed (the login is refused as a wrong password would be).
+    #[error("console users: the control database is unreachable: {0}")]
+    ConsoleUsers(String),
 }
 
 impl ClientFacing for CatalogError {
@@ -172,6 +176,7 @@ impl ClientFacing for CatalogError {
             CatalogError::Unavailable { tenant, .. } => {
                 format!("cannot look up tenant \"{tenant}\": the control database is unreachable").into()
             }
+            CatalogError::ConsoleUsers(_) => "the control database is unreachable".into(),
         }
     }
 
@@ -191,9 +196,21 @@ impl ClientFacing for CatalogError {
 pub type LookupFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Option<Arc<Tenant>>, CatalogError>> + Send + 'a>>;
 
+/// What [`Catalog::console_user`] answers.
+pub type ConsoleUserFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<ConsoleCredential>, CatalogError>> + Send + 'a>>;
+
 /// Tenant lookup. `Ok(None)` means the tenant does not exist.
 pub trait Catalog: Send + Sync + 'static {
     fn lookup<'a>(&'a self, id: &'a TenantId) -> LookupFuture<'a>;
+
+    /// Console user `name` as the control database stores it (`pgtenant.console_users`), read
+    /// anew on each call (once per console login, never on the data path: a user added or
+    /// removed counts from the next login). `Ok(None)` for a catalog without a control
+    /// database.
+    fn console_user<'a>(&'a self, _name: &'a str) -> ConsoleUserFuture<'a> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 
     /// Whether looking `id` up now costs no new query to the control database: it is cached
     /// (known or unknown), or a lookup of it is in flight and would be joined. The per-address

@@ -5,10 +5,12 @@
 //! typed; callers open the connection with [`super::link::ControlLink::open`].
 //!
 //! Tenant rows (read whole, inserted, settings updated) are in [`tenants`], upstream rows
-//! (saved, listed, read with their administrator login) in [`upstreams`]. The tenant lookups
-//! of the proxy stay in [`super::control`] (cached, pooled), the schema in
-//! [`super::migrations`]: no statement against `pgtenant.*` lives outside `catalog/`.
+//! (saved, listed, read with their administrator login) in [`upstreams`], console users in
+//! [`console_users`]. The tenant lookups of the proxy stay in [`super::control`] (cached,
+//! pooled), the schema in [`super::migrations`]: no statement against `pgtenant.*` lives
+//! outside `catalog/`.
 
+pub mod console_users;
 pub mod usage;
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Statements against `pgtenant.instances`, the instance registry (migrations 8 and 9):
+//! Statements against `pgtenant.instances`, the instance registry (migrations 8, 9 and 11):
 //! register (taking the lowest free slot under an advisory lock), heartbeat (which also
 //! reports the view of the registry the instance applied to its shares, expires stale rows
 //! and reads every row, in one round trip), deregister, and the live rows (for the cancel
@@ -27,6 +27,9 @@ pub struct InstanceRow {
     pub seen: String,
     /// Whether it holds its full shares of that view.
     pub settled: bool,
+    /// Whether it has stopped accepting and waits for its clients to leave (as of its last
+    /// heartbeat).
+    pub draining: bool,
 }
 
 /// Registers `id` (or refreshes its row if it is there, as a newcomer: nothing seen) and
@@ -55,7 +58,8 @@ pub async fn register(
                      $2, $3)
              ON CONFLICT (id) DO UPDATE
                 SET advertised_addr = EXCLUDED.advertised_addr, version = EXCLUDED.version,
-                    heartbeat_at = now(), seen = '', settled = false, streak_since = now()
+                    heartbeat_at = now(), seen = '', settled = false, streak_since = now(),
+                    draining = false
              RETURNING i.slot",
             &[&id, &advertised_addr, &version, &prefer, &MAX_SLOT],
         )
@@ -71,6 +75,8 @@ pub struct Beat<'a> {
     pub id: &'a str,
     pub seen: &'a str,
     pub settled: bool,
+    /// The instance has stopped accepting and waits for its clients to leave.
+    pub draining: bool,
     /// A row older than this is stale.
     pub expiry_secs: f64,
     /// A heartbeat this long after the previous one starts a new streak.
@@ -89,7 +95,7 @@ pub async fn beat(db: &Client, b: &Beat<'_>) -> Result<Option<Vec<InstanceRow>>,
     let rows = db
         .query(
             "WITH hb AS (UPDATE pgtenant.instances
-                            SET heartbeat_at = now(), seen = $2, settled = $3,
+                            SET heartbeat_at = now(), seen = $2, settled = $3, draining = $6,
                                 streak_since = CASE WHEN heartbeat_at < now() - make_interval(secs => $5)
                                                     THEN now() ELSE streak_since END
                           WHERE id = $1 RETURNING streak_since),
@@ -98,15 +104,15 @@ pub async fn beat(db: &Client, b: &Beat<'_>) -> Result<Option<Vec<InstanceRow>>,
                               AND (SELECT streak_since FROM hb) <= now() - make_interval(secs => $4)
                            RETURNING id)
              SELECT id, slot, advertised_addr, version, started_at::text, heartbeat_at::text,
-                    extract(epoch FROM now() - heartbeat_at)::float8, seen, settled,
+                    extract(epoch FROM now() - heartbeat_at)::float8, seen, settled, draining,
                     (SELECT count(*) FROM hb)
                FROM pgtenant.instances
               WHERE id NOT IN (SELECT id FROM gone)
               ORDER BY slot",
-            &[&b.id, &b.seen, &b.settled, &b.expiry_secs, &b.gap_secs],
+            &[&b.id, &b.seen, &b.settled, &b.expiry_secs, &b.gap_secs, &b.draining],
         )
         .await?;
-    let alive = rows.first().is_some_and(|r| r.get::<_, i64>(9) == 1);
+    let alive = rows.first().is_some_and(|r| r.get::<_, i64>(10) == 1);
     Ok(alive.then(|| rows.iter().map(row).collect()))
 }
 
@@ -120,7 +126,7 @@ pub async fn live(db: &Client, expiry_secs: f64) -> Result<Vec<InstanceRow>, tok
     let rows = db
         .query(
             "SELECT id, slot, advertised_addr, version, started_at::text, heartbeat_at::text,
-                    extract(epoch FROM now() - heartbeat_at)::float8, seen, settled
+                    extract(epoch FROM now() - heartbeat_at)::float8, seen, settled, draining
                FROM pgtenant.instances
               WHERE heartbeat_at >= now() - make_interval(secs => $1)
               ORDER BY slot",
@@ -141,5 +147,6 @@ fn row(r: &tokio_postgres::Row) -> InstanceRow {
         heartbeat_age: r.get(6),
         seen: r.get(7),
         settled: r.get(8),
+        draining: r.get(9),
     }
 }

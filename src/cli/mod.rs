@@ -1,7 +1,8 @@
 //! The command line: `serve`, `demo`, `check-config`, `catalog …`, `tenant …`, `migrate`,
-//! `upstream …` (the lifecycle commands are in [`lifecycle`]).
+//! `upstream …` (the lifecycle commands are in [`lifecycle`]), `admin …`, `console-user …`.
 
 mod check;
+pub mod console_user;
 mod demo;
 pub mod lifecycle;
 pub mod token;
@@ -85,6 +86,14 @@ pub enum Command {
     Admin {
         #[command(subcommand)]
         command: token::AdminCommand,
+    },
+    /// Console users (database `pgbouncer` on the proxy's port) in the control database,
+    /// besides `[admin]` in the config file.
+    ConsoleUser {
+        #[command(subcommand)]
+        command: console_user::ConsoleUserCommand,
+        #[command(flatten)]
+        target: console_user::ControlTarget,
     },
 }
 
@@ -209,6 +218,10 @@ pub fn main() -> ExitCode {
         Command::Admin { command } => {
             init_logging(LogFormat::Human);
             runtime(1).and_then(|rt| rt.block_on(token::command(command)))
+        }
+        Command::ConsoleUser { command, target } => {
+            init_logging(LogFormat::Human);
+            runtime(1).and_then(|rt| rt.block_on(console_user::command(command, target)))
         }
         Command::Migrate(args) => {
             init_logging(LogFormat::Human);

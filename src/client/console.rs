@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use crate::catalog::Tenant;
 use crate::config::{ConsoleRole, LogConfig, PoolDefaults, ProxyConfig};
 use crate::console::live::now_us;
+use crate::console::show::flag;
 use crate::console::{Access, Action, ConsoleError, ConsoleFuture, ConsoleSource, ShutdownMode, Value, View};
 use crate::metrics::averages::Average;
 use crate::metrics::exposition::TenantSnapshot;
@@ -19,9 +20,35 @@ pub fn is_console_database(db: Option<&str>) -> bool {
     matches!(db, Some("pgbouncer" | "pgtenant"))
 }
 
+/// Console user `name`: its access and the SCRAM verifier it must prove (None: no
+/// credential). The config file's `[admin]` first: a name it knows is decided there, whatever
+/// the control database holds. Else `pgtenant.console_users`, read now (once per console
+/// login, so a user added or removed counts from the next login). A control database that
+/// does not answer leaves only the config's users: the login is refused like a wrong
+/// password, and the log says why.
+pub async fn console_user(proxy: &Proxy, name: &str) -> Option<(Access, Option<String>)> {
+    if let Some(found) = configured_console_user(proxy, name) {
+        return Some(found);
+    }
+    match proxy.catalog.console_user(name).await {
+        Ok(found) => found.map(|c| (access_of(c.role), Some(c.verifier))),
+        Err(e) => {
+            tracing::warn!(user = name, error = %e, "console login: cannot read pgtenant.console_users; only [admin] users can log in until the control database answers");
+            None
+        }
+    }
+}
+
+fn access_of(role: ConsoleRole) -> Access {
+    match role {
+        ConsoleRole::Admin => Access::Admin,
+        ConsoleRole::Stats => Access::Stats,
+    }
+}
+
 /// What the configuration says about console user `name`: its access, and the SCRAM
 /// verifier it must prove (None: no credential configured).
-pub fn console_user(proxy: &Proxy, name: &str) -> Option<(Access, Option<String>)> {
+pub fn configured_console_user(proxy: &Proxy, name: &str) -> Option<(Access, Option<String>)> {
     let admin = &proxy.config().admin;
     let entry = admin.users.iter().find(|u| u.name == name);
     let access = if admin.admin_users.iter().any(|u| u == name)
@@ -152,17 +179,47 @@ impl ProxyConsole {
                 ]
             }
             View::Tenants => tenants.iter().map(|t| self.tenant_row(t)).collect(),
-            View::Instances => vec![vec![
-                "local".into(),
-                Value::Null,
-                Value::Null,
-                Value::Null,
-                self.proxy.live.len().into(),
-                self.proxy.pools.checked_out(None).into(),
-            ]],
+            View::Instances => self.instance_rows().await,
             // Answered by the console itself.
             View::Version => Vec::new(),
         }
+    }
+
+    /// SHOW INSTANCES: the registry's live rows, the others' as of their last heartbeat,
+    /// this instance's counts and draining state as they are now; without a registry, or
+    /// while the control database does not answer, this instance alone (`local`).
+    async fn instance_rows(&self) -> Vec<Vec<Value>> {
+        let p = &self.proxy;
+        let draining = p.shutdown.stop_accepting.is_cancelled() || p.shutdown.drain.is_cancelled();
+        let counts = || -> [Value; 2] { [p.live.len().into(), p.pools.checked_out(None).into()] };
+        if let Some(registry) = &p.instances {
+            match registry.live().await {
+                Ok(rows) => {
+                    return rows
+                        .into_iter()
+                        .map(|r| {
+                            let here = r.id == registry.id();
+                            let [clients, servers] = if here { counts() } else { [Value::Null, Value::Null] };
+                            let draining = r.draining || (here && draining);
+                            vec![
+                                r.id.into(),
+                                r.advertised_addr.into(),
+                                r.started_at.into(),
+                                r.heartbeat_at.into(),
+                                clients,
+                                servers,
+                                flag(draining),
+                            ]
+                        })
+                        .collect()
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "SHOW INSTANCES: the instance registry does not answer; showing this instance only")
+                }
+            }
+        }
+        let [clients, servers] = counts();
+        vec![vec!["local".into(), Value::Null, Value::Null, Value::Null, clients, servers, flag(draining)]]
     }
 
     fn pool_row(&self, t: &Tenant) -> Vec<Value> {
@@ -663,12 +720,13 @@ mod tests {
             ];
             Proxy::new(c)
         };
-        assert_eq!(console_user(&p, "root"), Some((Access::Admin, None)));
+        assert_eq!(console_user(&p, "root").await, Some((Access::Admin, None)));
         assert!(
-            matches!(console_user(&p, "ops"), Some((Access::Admin, Some(v))) if v.starts_with("SCRAM-SHA-256$"))
+            matches!(console_user(&p, "ops").await, Some((Access::Admin, Some(v))) if v.starts_with("SCRAM-SHA-256$"))
         );
-        assert_eq!(console_user(&p, "mon"), Some((Access::Stats, None)));
-        assert_eq!(console_user(&p, "app"), None);
+        assert_eq!(console_user(&p, "mon").await, Some((Access::Stats, None)));
+        // The static catalog has no console users of its own.
+        assert_eq!(console_user(&p, "app").await, None);
         assert!(!console_trusts(&p));
         assert!(console_trusts(&proxy("[proxy]\nauth = 'trust'")));
     }

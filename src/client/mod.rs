@@ -27,7 +27,7 @@ use crate::auth::scram::ScramError;
 use crate::auth::scram::{self, ServerExchange};
 use crate::auth::Verifier;
 use crate::cancel::ClientKey;
-use crate::catalog::{CatalogError, Tenant};
+use crate::catalog::Tenant;
 use crate::config::secs;
 use crate::model::AuthMethod;
 use crate::pool::{Pool, ServerParams};
@@ -309,7 +309,7 @@ where
     };
     let found = match lookup {
         Ok(found) => found,
-        Err(e @ CatalogError::Unavailable { .. }) => return Err(PgError::report(&e)),
+        Err(e) => return Err(PgError::report(&e)),
     };
     // Authentication comes before anything that tells whether the tenant exists or what
     // state it is in: an unknown tenant or user fails exactly like a wrong password.
@@ -393,8 +393,9 @@ where
 }
 
 /// Authenticates a console user (database `pgbouncer` or `pgtenant`): SCRAM against the
-/// configured verifier, or none when the proxy's auth is trust. An unknown user or a wrong
-/// password fails exactly as a tenant's wrong password does, through the same throttle.
+/// verifier of `[admin]` or `pgtenant.console_users`, or none when the proxy's auth is
+/// trust. An unknown user or a wrong password fails exactly as a tenant's wrong password
+/// does, through the same throttle.
 async fn console_login<S>(
     reader: &mut FrameReader<S>,
     proxy: &Proxy,
@@ -407,9 +408,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let user = startup.get("user").unwrap_or_default();
-    let found = console::console_user(proxy, user);
     if console::console_trusts(proxy) {
-        return match found {
+        return match console::console_user(proxy, user).await {
             Some((access, _)) => Ok(access),
             None => {
                 tracing::info!(user, %peer, "console login refused: not a console user");
@@ -426,6 +426,9 @@ where
         return Err(io_gone(e));
     }
     out.clear();
+    // Looked up once the attempt holds its slot: throttled guesses cost the control database
+    // nothing.
+    let found = console::console_user(proxy, user).await;
     let known = found.as_ref().and_then(|(_, v)| v.as_deref()).and_then(Verifier::parse);
     let accepted = known.is_some();
     let mock_name = format!("{db}\0{user}");

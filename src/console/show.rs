@@ -3,7 +3,8 @@
 //! the encoding of RowDescription, DataRow and CommandComplete in text or binary format.
 //!
 //! PgBouncer's type letters and what they go out as (`pktbuf.c`): `s` text (25), `i` int4
-//! (23), `q` int8 (20), `N` numeric (1700), `T` a timestamp sent as text (25).
+//! (23), `q` int8 (20), `N` numeric (1700), `T` a timestamp sent as text (25). pgtenant's own
+//! views add `bool` (16) where PgBouncer has no flag to follow.
 
 use bytes::{BufMut, BytesMut};
 
@@ -37,6 +38,7 @@ pub enum ColType {
     Int4,
     Int8,
     Numeric,
+    Bool,
 }
 
 impl ColType {
@@ -47,6 +49,7 @@ impl ColType {
             ColType::Int4 => 23,
             ColType::Int8 => 20,
             ColType::Numeric => 1700,
+            ColType::Bool => 16,
         }
     }
 
@@ -56,6 +59,7 @@ impl ColType {
             ColType::Text | ColType::Numeric => -1,
             ColType::Int4 => 4,
             ColType::Int8 => 8,
+            ColType::Bool => 1,
         }
     }
 }
@@ -124,6 +128,12 @@ impl From<bool> for Value {
     }
 }
 
+/// A `bool` column's cell, as PostgreSQL's text form spells it (`t` / `f`); PgBouncer's own
+/// flags are ints ([`From<bool>`]).
+pub fn flag(b: bool) -> Value {
+    Value::Text(if b { "t" } else { "f" }.to_owned())
+}
+
 impl<T: Into<Value>> From<Option<T>> for Value {
     fn from(v: Option<T>) -> Self {
         v.map_or(Value::Null, Into::into)
@@ -148,7 +158,7 @@ const fn col(name: &'static str, ty: ColType) -> Column {
     Column { name, ty }
 }
 
-use ColType::{Int4 as I, Numeric as N, Text as S};
+use ColType::{Bool as B, Int4 as I, Numeric as N, Text as S};
 
 /// `admin_show_pools`: "ssiiiiiiiiiiiiiss".
 const POOLS: &[Column] = &[
@@ -333,7 +343,8 @@ const USAGE: &[Column] = &[
     col("errors", N),
 ];
 
-/// pgtenant's SHOW INSTANCES: the proxies registered in the control database.
+/// pgtenant's SHOW INSTANCES: the proxies registered in the control database; `draining`:
+/// stopped accepting, waiting for its clients to leave.
 const INSTANCES: &[Column] = &[
     col("instance", S),
     col("addr", S),
@@ -341,6 +352,7 @@ const INSTANCES: &[Column] = &[
     col("last_seen", S),
     col("cl_active", I),
     col("sv_active", I),
+    col("draining", B),
 ];
 
 impl View {
@@ -512,6 +524,13 @@ fn binary_cell(c: &Column, v: &Value) -> Result<Vec<u8>, ShowError> {
         ColType::Int4 => i32::try_from(int()?).map_err(|_| bad())?.to_be_bytes().to_vec(),
         ColType::Int8 => int()?.to_be_bytes().to_vec(),
         ColType::Numeric => numeric_binary(int()?),
+        // `boolsend`: one byte, 1 or 0.
+        ColType::Bool => match v {
+            Value::Text(t) if t == "t" => vec![1],
+            Value::Text(t) if t == "f" => vec![0],
+            Value::Int(i @ (0 | 1)) => vec![u8::from(*i == 1)],
+            _ => return Err(bad()),
+        },
     })
 }
 
@@ -624,6 +643,26 @@ C\0\0\0\x09SHOW\0";
         assert_eq!(&body[20..36], &[0, 0, 0, 12, 0, 2, 0, 2, 0, 0, 0, 0, 0, 1, 0x09, 0x29]);
         assert_eq!(numeric_binary(0), vec![0; 8]);
         assert_eq!(numeric_binary(-5), vec![0, 1, 0, 0, 0x40, 0, 0, 0, 0, 5]);
+    }
+
+    #[test]
+    fn bool_cells_in_text_and_binary() {
+        let cols = &[col("a", B), col("b", B)];
+        let mut text = BytesMut::new();
+        data_row(&mut text, cols, &[flag(true), flag(false)], &[]).expect("text");
+        assert_eq!(&text[7..], b"\0\0\0\x01t\0\0\0\x01f");
+        let mut bin = BytesMut::new();
+        data_row(&mut bin, cols, &[flag(true), Value::Int(0)], &[1]).expect("binary");
+        assert_eq!(&bin[7..], &[0, 0, 0, 1, 1, 0, 0, 0, 1, 0]);
+        for bad in [Value::Int(2), "yes".into()] {
+            let e = data_row(&mut bin, cols, &[bad, flag(true)], &[1]);
+            assert!(matches!(e, Err(ShowError::BadValue { column: "a", .. })), "{e:?}");
+        }
+        let mut desc = BytesMut::new();
+        row_description(&mut desc, &cols[..1], &[]).expect("description");
+        // Name, table OID, column number, then type OID 16 and typlen 1.
+        assert_eq!(&desc[7..15], b"a\0\0\0\0\0\0\0");
+        assert_eq!(&desc[15..21], &[0, 0, 0, 16, 0, 1]);
     }
 
     #[test]
