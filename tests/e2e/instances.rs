@@ -32,6 +32,8 @@ async fn service(n: usize, tenant: &TenantConfig) -> (Vec<Instance>, tokio_postg
     let control = control_db(&mut cfg).await;
     insert_tenant(&control, tenant).await;
     cfg.proxy.heartbeat_interval = 0.5;
+    // The console (trust, as the tenants): SHOW INSTANCES.
+    cfg.admin.admin_users = vec!["ops".into()];
     let mut out = Vec::new();
     for _ in 0..n {
         let listener = pgtenant::listener::bind(cfg.proxy.listen, 128).expect("bind");
@@ -143,24 +145,7 @@ async fn instances_register_with_distinct_slots_and_deregister() {
         assert!(rows.iter().any(|r| r.id == i.instances.id() && r.advertised_addr == i.addr.to_string()));
     }
     // GET /instances on the admin API lists the same rows.
-    let token = pgtenant::admin::new_token();
-    let mut cfg = config(vec![]);
-    cfg.catalog.url = service[0].proxy.config().catalog.url.clone();
-    cfg.admin.token_sha256 = vec![pgtenant::admin::token_sha256(&token)];
-    let state = pgtenant::admin::http::AdminState::new(service[0].proxy.clone(), &cfg).expect("admin state");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("admin bind");
-    let admin_addr = listener.local_addr().expect("addr");
-    tokio::spawn(pgtenant::admin::http::serve(listener, state, tokio_util::sync::CancellationToken::new()));
-    let mut http = TcpStream::connect(admin_addr).await.expect("admin connect");
-    let request = format!(
-        "GET /instances HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    );
-    http.write_all(request.as_bytes()).await.expect("request");
-    let (reply, _) = crate::support::raw::read_eof(&mut http, Duration::from_secs(5)).await;
-    let reply = String::from_utf8_lossy(&reply);
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    let body: serde_json::Value =
-        serde_json::from_str(&reply[reply.find("\r\n\r\n").expect("body") + 4..]).expect("json");
+    let body = http_instances(&service[0]).await;
     assert_eq!(body["this"], serde_json::json!(service[0].instances.id()));
     assert_eq!(body["instances"].as_array().map(|a| a.len()), Some(3), "{body}");
     // Shutdown deregisters: the others see two instances.
@@ -172,6 +157,91 @@ async fn instances_register_with_distinct_slots_and_deregister() {
         .await,
         "the stopped instance left the registry"
     );
+}
+
+/// `GET /instances` on an admin API of `instance`'s proxy: the JSON body.
+async fn http_instances(instance: &Instance) -> serde_json::Value {
+    let token = pgtenant::admin::new_token();
+    let mut cfg = config(vec![]);
+    cfg.catalog.url = instance.proxy.config().catalog.url.clone();
+    cfg.admin.token_sha256 = vec![pgtenant::admin::token_sha256(&token)];
+    let state = pgtenant::admin::http::AdminState::new(instance.proxy.clone(), &cfg).expect("admin state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("admin bind");
+    let admin_addr = listener.local_addr().expect("addr");
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(pgtenant::admin::http::serve(listener, state, stop.clone()));
+    let mut http = TcpStream::connect(admin_addr).await.expect("admin connect");
+    let request = format!(
+        "GET /instances HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    http.write_all(request.as_bytes()).await.expect("request");
+    let (reply, _) = crate::support::raw::read_eof(&mut http, Duration::from_secs(5)).await;
+    stop.cancel();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    serde_json::from_str(&reply[reply.find("\r\n\r\n").expect("body") + 4..]).expect("json")
+}
+
+/// SHOW INSTANCES on `instance`'s console: (instance id, draining) per row.
+async fn show_instances(instance: &Instance) -> Vec<(String, String)> {
+    let conninfo = format!("host=127.0.0.1 port={} user=ops dbname=pgbouncer", instance.addr.port());
+    let c = connect_str(&conninfo).await;
+    let mut rows = Vec::new();
+    for m in c.simple_query("SHOW INSTANCES").await.expect("SHOW INSTANCES") {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            let get = |col: &str| r.get(col).unwrap_or("").to_owned();
+            rows.push((get("instance"), get("draining")));
+        }
+    }
+    rows
+}
+
+/// An instance told to stop accepting (SHUTDOWN WAIT_FOR_CLIENTS) while a client stays is
+/// shown draining by its peer, on the console and on the HTTP API, from its next heartbeat;
+/// the peer itself is not.
+#[tokio::test]
+async fn a_draining_instance_is_marked_on_its_peers() {
+    let t = with_mode(tenant_db("inst_drain").await, PoolMode::Transaction, 2);
+    let (service, _control) = service(2, &t).await;
+    let (a, b) = (service[0].instances.id().to_owned(), service[1].instances.id().to_owned());
+    let mut before = show_instances(&service[0]).await;
+    before.sort();
+    let mut want = vec![(a.clone(), "f".to_owned()), (b.clone(), "f".to_owned())];
+    want.sort();
+    assert_eq!(before, want);
+    let stays = connect_str(&format!(
+        "host=127.0.0.1 port={} user=app.{} dbname={}",
+        service[1].addr.port(),
+        t.id,
+        t.id
+    ))
+    .await;
+    stays.simple_query("SELECT 1").await.expect("a client of the second instance");
+    service[1].proxy.shutdown.stop_accepting.cancel();
+    let marked = eventually(Duration::from_secs(5), || async {
+        show_instances(&service[0]).await.contains(&(b.clone(), "t".to_owned()))
+    })
+    .await;
+    assert!(marked, "the peer never showed draining: {:?}", show_instances(&service[0]).await);
+    assert!(show_instances(&service[0]).await.contains(&(a.clone(), "f".to_owned())));
+    let body = http_instances(&service[0]).await;
+    let draining: Vec<(String, bool)> = body["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| {
+            (i["id"].as_str().unwrap_or("").to_owned(), i["draining"].as_bool().expect("draining is a bool"))
+        })
+        .collect();
+    assert!(draining.contains(&(b.clone(), true)) && draining.contains(&(a, false)), "{body}");
+    // The client it waits for still works; once it leaves, the instance leaves the registry.
+    stays.simple_query("SELECT 2").await.expect("the draining instance serves its client");
+    drop(stays);
+    let gone = eventually(Duration::from_secs(5), || async {
+        !show_instances(&service[0]).await.iter().any(|(id, _)| *id == b)
+    })
+    .await;
+    assert!(gone, "the drained instance left the registry");
 }
 
 #[tokio::test]
