@@ -341,7 +341,8 @@ pub struct AdminConfig {
     pub token_sha256: Vec<String>,
     /// Console users (database `pgbouncer` or `pgtenant` on the proxy's port) with every
     /// right, PgBouncer's `admin_users`. Their passwords come from `[[admin.users]]`; without
-    /// an entry there they can log in only when `[proxy] auth` is `trust`.
+    /// an entry there they can log in only when `[proxy] auth` is `trust`. Names the config
+    /// does not know are looked up in the control database's `pgtenant.console_users`.
     pub admin_users: Vec<String>,
     /// Console users that may only SHOW, PgBouncer's `stats_users`.
     pub stats_users: Vec<String>,
@@ -707,6 +708,16 @@ mod tests {
             "[pool]\nmax_scram_iterations = 0",
         ] {
             assert!(Config::parse(bad).is_err(), "accepted: {bad}");
+        }
+    }
+
+    #[test]
+    fn console_roles_parse_as_they_are_spelled() {
+        for role in [ConsoleRole::Admin, ConsoleRole::Stats] {
+            assert_eq!(ConsoleRole::parse(role.as_str()), Some(role));
+        }
+        for bad in ["", "Admin", "root", "stats "] {
+            assert_eq!(ConsoleRole::parse(bad), None, "{bad:?}");
         }
     }
 

@@ -194,6 +194,26 @@ mod tests {
     }
 
     #[test]
+    fn every_console_user_option_has_help() {
+        use clap::CommandFactory as _;
+        let cli = crate::cli::Cli::command();
+        let group = cli.find_subcommand("console-user").expect("console-user");
+        assert!(group.get_about().is_some());
+        let mut seen = 0;
+        for sub in group.get_subcommands() {
+            assert!(sub.get_about().is_some(), "{}", sub.get_name());
+            for arg in sub.get_arguments().chain(group.get_arguments()) {
+                let id = arg.get_id().as_str();
+                if id != "help" {
+                    assert!(arg.get_help().is_some(), "console-user {} {id}", sub.get_name());
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 5, "{seen}");
+    }
+
+    #[test]
     fn a_password_from_the_environment_must_be_set_and_not_empty() {
         assert_eq!(from_env("V", Some("pw".into())).expect("set"), "pw");
         assert!(from_env("V", Some(String::new())).is_err());

@@ -64,6 +64,7 @@ async fn help_shows_no_secret_from_the_environment() {
         &["upstream", "--help"],
         &["admin", "--help"],
         &["migrate", "--help"],
+        &["console-user", "add", "--help"],
     ] {
         let (_, out, err) = pgtenant_env(args, "", &envs).await;
         assert!(!out.contains("s3cr3t") && !err.contains("s3cr3t"), "{args:?}: {out}{err}");
