@@ -32,10 +32,55 @@ pub(crate) struct Meter {
     /// When the current wait for a server connection began (`live::now_us`; 0: none),
     /// shared with the client's entry in the console's registry.
     wait: Arc<AtomicU64>,
+    /// Named-statement messages not yet added to the tenant's counters.
+    prepared: PreparedCounts,
     /// This client's own totals, for its disconnect line.
     transactions: u64,
     bytes_in: u64,
     bytes_out: u64,
+}
+
+/// Messages of named prepared statements (PgBouncer counts those only: its
+/// `total_client_parse_count`, `total_server_parse_count` and `total_bind_count`), counted in
+/// the client's own task as they go by and added to the tenant's shared counters at the next
+/// ReadyForQuery (or at disconnect), so a message costs a local increment, not a shared write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PreparedCounts {
+    /// Parse messages of named statements from the client.
+    pub client_parses: u32,
+    /// Parse messages that prepare a named statement on a server: the client's own (session
+    /// mode), pgtenant's under its names (transaction mode), and its re-preparations on a
+    /// server connection that lacks the statement.
+    pub server_parses: u32,
+    /// Bind messages of named statements from the client.
+    pub binds: u32,
+}
+
+impl PreparedCounts {
+    /// Counts a client message that was sent on (`named`: it names a statement); a Parse in
+    /// session mode goes to the server as it is (`forwarded`).
+    #[inline]
+    pub fn client_message(&mut self, tag: u8, named: bool, forwarded: bool) {
+        if !named {
+            return;
+        }
+        match tag {
+            crate::protocol::frontend::tag::PARSE => {
+                self.client_parses = self.client_parses.saturating_add(1);
+                if forwarded {
+                    self.server_parse();
+                }
+            }
+            crate::protocol::frontend::tag::BIND => self.binds = self.binds.saturating_add(1),
+            _ => {}
+        }
+    }
+
+    /// pgtenant sends a server a Parse of a named statement.
+    #[inline]
+    pub fn server_parse(&mut self) {
+        self.server_parses = self.server_parses.saturating_add(1);
+    }
 }
 
 /// Who logged in and how, for the login line.
@@ -78,6 +123,7 @@ impl Meter {
             transaction: None,
             held: None,
             wait: Arc::default(),
+            prepared: PreparedCounts::default(),
             transactions: 0,
             bytes_in: 0,
             bytes_out: 0,
@@ -108,6 +154,21 @@ impl Meter {
         }
     }
 
+    /// The named-statement counts of this client not yet added to its tenant's.
+    #[inline]
+    pub fn prepared(&mut self) -> &mut PreparedCounts {
+        &mut self.prepared
+    }
+
+    /// Adds the named-statement counts to the tenant's (only when there are some).
+    fn flush_prepared(&mut self) {
+        if self.prepared != PreparedCounts::default() {
+            let p = std::mem::take(&mut self.prepared);
+            let stats = self.session.stats();
+            stats.prepared(p.client_parses.into(), p.server_parses.into(), p.binds.into());
+        }
+    }
+
     /// A ReadyForQuery for the client (not one of pgtenant's own): a query ended, and with
     /// status `I` a transaction. Every one counts; a query the client pipelined behind an
     /// earlier one (sent before that one's ReadyForQuery) has no start of its own and is
@@ -115,6 +176,7 @@ impl Meter {
     pub fn ready(&mut self, status: u8) {
         let now = Instant::now();
         let started = self.query.take().unwrap_or(now);
+        self.flush_prepared();
         let stats = self.session.stats();
         stats.query(now.saturating_duration_since(started));
         if status == txn::IDLE {
@@ -181,6 +243,7 @@ impl Meter {
     /// The session of a client of `tenant` is over: the disconnect line.
     pub fn disconnected(&mut self, tenant: &str, reason: &str) {
         self.released();
+        self.flush_prepared();
         if self.log_disconnect {
             tracing::info!(
                 tenant = %tenant,

@@ -253,6 +253,15 @@ impl Pool {
         self.listing.rows(&idle.conns, idle.generation)
     }
 
+    /// Open connections marked to close (opened before a RECONNECT or a login change): the
+    /// console's WAIT_CLOSE returns once there are none. Idle ones are closed when marked,
+    /// so these are the busy ones, closed as their clients release them.
+    pub fn marked_count(&self) -> usize {
+        // Held while counting (as `servers` does), so a RECONNECT cannot slip in between.
+        let idle = self.lock_idle();
+        self.listing.marked(idle.generation)
+    }
+
     /// RECONNECT: every connection open now is closed, idle ones at once and busy ones when
     /// released (a new login generation with the same login); new ones replace them.
     pub fn reconnect(&self) {
