@@ -213,7 +213,7 @@ impl ProxyConsole {
             port.into(),
             t.database.as_str().into(),
             t.login_role.as_str().into(),
-            t.pool_size.into(),
+            self.proxy.pools.effective_pool_size(t).into(),
             0i64.into(),
             0i64.into(),
             0i64.into(),

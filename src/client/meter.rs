@@ -43,44 +43,19 @@ pub(crate) struct Meter {
 /// Messages of named prepared statements (PgBouncer counts those only: its
 /// `total_client_parse_count`, `total_server_parse_count` and `total_bind_count`), counted in
 /// the client's own task as they go by and added to the tenant's shared counters at the next
-/// ReadyForQuery (or at disconnect), so a message costs a local increment, not a shared write.
+/// ReadyForQuery (or at disconnect, or when one would overflow), so a message costs a local
+/// increment, not a shared write. `u16`s: they fit in the meter's padding, so counting adds
+/// nothing to a client's memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct PreparedCounts {
+struct PreparedCounts {
     /// Parse messages of named statements from the client.
-    pub client_parses: u32,
+    client_parses: u16,
     /// Parse messages that prepare a named statement on a server: the client's own (session
     /// mode), pgtenant's under its names (transaction mode), and its re-preparations on a
     /// server connection that lacks the statement.
-    pub server_parses: u32,
+    server_parses: u16,
     /// Bind messages of named statements from the client.
-    pub binds: u32,
-}
-
-impl PreparedCounts {
-    /// Counts a client message that was sent on (`named`: it names a statement); a Parse in
-    /// session mode goes to the server as it is (`forwarded`).
-    #[inline]
-    pub fn client_message(&mut self, tag: u8, named: bool, forwarded: bool) {
-        if !named {
-            return;
-        }
-        match tag {
-            crate::protocol::frontend::tag::PARSE => {
-                self.client_parses = self.client_parses.saturating_add(1);
-                if forwarded {
-                    self.server_parse();
-                }
-            }
-            crate::protocol::frontend::tag::BIND => self.binds = self.binds.saturating_add(1),
-            _ => {}
-        }
-    }
-
-    /// pgtenant sends a server a Parse of a named statement.
-    #[inline]
-    pub fn server_parse(&mut self) {
-        self.server_parses = self.server_parses.saturating_add(1);
-    }
+    binds: u16,
 }
 
 /// Who logged in and how, for the login line.
@@ -154,10 +129,40 @@ impl Meter {
         }
     }
 
-    /// The named-statement counts of this client not yet added to its tenant's.
+    /// A client message that was staged for a server, if it names a statement (`named`): a
+    /// Parse or a Bind. In session mode a Parse goes to the server as it is (`forwarded`).
     #[inline]
-    pub fn prepared(&mut self) -> &mut PreparedCounts {
-        &mut self.prepared
+    pub fn client_message(&mut self, tag: u8, named: bool, forwarded: bool) {
+        if !named {
+            return;
+        }
+        let p = &mut self.prepared;
+        match tag {
+            crate::protocol::frontend::tag::PARSE => {
+                p.client_parses += 1;
+                p.server_parses += u16::from(forwarded);
+            }
+            crate::protocol::frontend::tag::BIND => p.binds += 1,
+            _ => return,
+        }
+        self.flush_if_full();
+    }
+
+    /// pgtenant sends a server a Parse of a named statement (its own name for the client's).
+    #[inline]
+    pub fn server_parse(&mut self) {
+        self.prepared.server_parses += 1;
+        self.flush_if_full();
+    }
+
+    /// Flushes before a count can overflow (a client pipelining thousands of messages
+    /// without a Sync); each count is below `u16::MAX` after this.
+    #[inline]
+    fn flush_if_full(&mut self) {
+        let p = &self.prepared;
+        if p.client_parses.max(p.server_parses).max(p.binds) >= u16::MAX - 1 {
+            self.flush_prepared();
+        }
     }
 
     /// Adds the named-statement counts to the tenant's (only when there are some).

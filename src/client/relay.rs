@@ -282,7 +282,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn relay(&mut self, signals: &mut Signals) -> Exit {
         self.scan_client();
         loop {
-            if let Some(exit) = self.settle(signals).await {
+            if let Some(exit) = self.settle().await {
                 return exit;
             }
             let event = if self.terminated || self.broken.is_some() {
@@ -333,7 +333,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Decisions between events: release an idle server connection (transaction mode),
     /// end a draining or terminated session, check one out when there is work.
-    async fn settle(&mut self, signals: &mut Signals) -> Option<Exit> {
+    async fn settle(&mut self) -> Option<Exit> {
         // A connection pgtenant lost track of (an uncertain COPY) stays with this client until
         // a marker query, sent once the client is quiet, shows where its replies end.
         self.maybe_resync();
@@ -348,7 +348,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Some(exit);
         }
         if self.server.is_none() && self.c_scanned > 0 {
-            if let Err(exit) = self.attach(signals).await {
+            if let Err(exit) = self.attach().await {
                 return Some(exit);
             }
         }
@@ -603,7 +603,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 sets: &mut self.sets,
                 pinned: &mut self.pinned,
                 policy: self.policy,
-                prepared: self.meter.prepared(),
+                meter: &mut self.meter,
             };
             let transaction = self.mode == PoolMode::Transaction;
             if transaction {
@@ -615,7 +615,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 st.forward(tag, frame);
             }
             let named = frontend::names_statement(tag, frame);
-            self.meter.prepared().client_message(tag, named, !transaction);
+            self.meter.client_message(tag, named, !transaction);
             pos += len;
             if tag == fe::SYNC && self.progress.reset != ResetPhase::Done {
                 // The rest waits for the reset's verdict (see `settle`).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::classify::{classify, Class, Refusal};
-use super::meter::PreparedCounts;
+use super::meter::Meter;
 use super::pipeline::{Action, Kind, Pipeline};
 use super::setcmd::SetCmd;
 use super::statements::Effect;
@@ -80,7 +80,7 @@ pub(super) struct Stage<'a> {
     pub(super) pinned: &'a mut bool,
     pub(super) policy: SessionFeatures,
     /// Where the Parse messages that prepare pgtenant's statements are counted.
-    pub(super) prepared: &'a mut PreparedCounts,
+    pub(super) meter: &'a mut Meter,
 }
 
 impl Stage<'_> {
@@ -326,7 +326,7 @@ impl Stage<'_> {
             self.pipeline.push(Kind::Close, Action::Swallow);
         } else {
             self.evict_for(server_name.clone());
-            self.prepared.server_parse();
+            self.meter.server_parse();
             self.out.extend_from_slice(&prepared.parse);
             self.pipeline.push_effect(
                 Kind::Parse,
@@ -360,7 +360,7 @@ impl Stage<'_> {
             return;
         }
         self.evict_for(server_name.clone());
-        self.prepared.server_parse();
+        self.meter.server_parse();
         self.out.extend_from_slice(parse);
         self.pipeline.push_effect(
             Kind::Parse,

@@ -6,6 +6,7 @@ mod auth;
 mod clients;
 mod compat;
 mod console;
+mod console_ops;
 mod differential;
 mod fairness;
 mod hostile;

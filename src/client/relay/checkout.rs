@@ -11,12 +11,12 @@ use crate::protocol::backend::txn;
 use crate::protocol::{frontend, PgError};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub(super) async fn attach(&mut self, signals: &mut Signals) -> Result<(), Exit> {
+    pub(super) async fn attach(&mut self) -> Result<(), Exit> {
         self.meter.waiting();
         let asked = std::time::Instant::now();
         if self.proxy.pools.pauses.is_paused(&self.tenant.id) {
             // Boxed: rare, and its state must not size every client's task.
-            if let Err(exit) = Box::pin(self.paused(signals)).await {
+            if let Err(exit) = Box::pin(self.paused()).await {
                 self.meter.checked_out(None);
                 return Err(exit);
             }
@@ -62,8 +62,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     ///
     /// A PAUSE that lands between the check in [`Session::attach`] and the checkout's own
     /// gate is waited for inside the checkout, unwatched; that gap holds no await.
-    async fn paused(&mut self, signals: &mut Signals) -> Result<(), Exit> {
+    async fn paused(&mut self) -> Result<(), Exit> {
         let (proxy, tenant) = (self.proxy.clone(), self.tenant.clone());
+        // Its own watch of the session's signals: the relay's is not passed down to every
+        // checkout for this rare wait. A drain that fired earlier is reported again here,
+        // where it ends the session as it would have (a draining session is not attached).
+        let shutdown = &proxy.shutdown;
+        let mut signals = Signals::new([&shutdown.force, &shutdown.drain, &self.admission.kick]);
         let resumed = proxy.pools.pauses.wait(&tenant.id);
         tokio::pin!(resumed);
         loop {
@@ -71,7 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let event = tokio::select! {
                 biased;
                 () = &mut resumed => return Ok(()),
-                event = self.next_event(signals) => event,
+                event = self.next_event(&mut signals) => event,
             };
             match event {
                 Event::Client(Ok(0) | Err(_)) => return Err(Exit::Client),
