@@ -264,3 +264,58 @@ impl Meter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::protocol::frontend::tag;
+
+    fn meter(m: &Metrics) -> Meter {
+        let login = LoginLine {
+            tenant: "acme",
+            user: "app",
+            peer: SocketAddr::from(([127, 0, 0, 1], 5)),
+            tls: false,
+            method: AuthMethod::Trust,
+            took: Duration::ZERO,
+        };
+        Meter::new(m.client_session("acme"), m.pool("p"), &login, false, false)
+    }
+
+    fn counts(m: &Metrics) -> (u64, u64, u64) {
+        let (_, s) = m.tenants().into_iter().find(|(n, _)| n == "acme").expect("tenant");
+        (s.client_parses, s.server_parses, s.binds)
+    }
+
+    #[test]
+    fn named_statement_counts_reach_the_tenant_at_ready_for_query() {
+        let m = Metrics::new(10);
+        let mut meter = meter(&m);
+        meter.client_message(tag::PARSE, true, false);
+        meter.server_parse();
+        meter.client_message(tag::PARSE, false, false);
+        meter.client_message(tag::EXECUTE, true, false);
+        for _ in 0..3 {
+            meter.client_message(tag::BIND, true, false);
+        }
+        meter.client_message(tag::BIND, false, false);
+        assert_eq!(counts(&m), (0, 0, 0), "kept in the meter until a ReadyForQuery");
+        meter.ready(txn::IDLE);
+        assert_eq!(counts(&m), (1, 1, 3));
+        meter.client_message(tag::PARSE, true, true);
+        meter.disconnected("acme", "test");
+        assert_eq!(counts(&m), (2, 2, 3), "a session-mode Parse counts on both sides; flushed at disconnect");
+    }
+
+    #[test]
+    fn counts_flush_before_they_overflow() {
+        let m = Metrics::new(10);
+        let mut meter = meter(&m);
+        for _ in 0..200_000 {
+            meter.client_message(tag::BIND, true, false);
+        }
+        meter.ready(txn::IDLE);
+        assert_eq!(counts(&m).2, 200_000);
+    }
+}

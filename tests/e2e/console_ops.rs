@@ -38,8 +38,11 @@ async fn wait_close_waits_for_a_busy_connection_marked_by_reconnect() {
     let a = h.client(&t.id).await;
     a.simple_query("SELECT 1").await.expect("the pool exists");
     // Nothing marked: answered at once.
-    let now = ops.simple_query(&format!("WAIT_CLOSE {}", t.id));
-    tokio::time::timeout(Duration::from_secs(2), now).await.expect("at once").expect("WAIT_CLOSE");
+    let q = format!("WAIT_CLOSE {}", t.id);
+    tokio::time::timeout(Duration::from_secs(2), ops.simple_query(&q))
+        .await
+        .expect("at once")
+        .expect("WAIT_CLOSE");
 
     a.batch_execute("BEGIN").await.expect("begin");
     let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
