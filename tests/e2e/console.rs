@@ -520,17 +520,9 @@ async fn reconnect_closes_busy_connections_when_released() {
     let servers = show(&ops, "SHOW SERVERS").await;
     assert_eq!(servers.len(), 1, "the idle one is closed at once: {servers:?}");
     assert_eq!((num(&servers[0], "remote_pid"), num(&servers[0], "close_needed")), (i64::from(busy), 1));
-    let alive = |pid: i32| async move {
-        let c = admin("postgres").await;
-        c.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid])
-            .await
-            .expect("pg_stat_activity")
-            .get::<_, i64>(0)
-            == 1
-    };
-    assert!(alive(busy).await, "the busy connection stays until released");
+    assert!(backend_alive(busy).await, "the busy connection stays until released");
     app.batch_execute("COMMIT").await.expect("commit");
-    let closed = eventually(Duration::from_secs(5), || async { !alive(busy).await }).await;
+    let closed = eventually(Duration::from_secs(5), || async { !backend_alive(busy).await }).await;
     assert!(closed, "backend {busy} still open after its release");
     let next: i32 = app.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
     assert_ne!(next, busy);

@@ -13,17 +13,6 @@ use crate::console::{console_config, console_conninfo, message, num, show, trust
 use crate::support::raw::{query, read_eof, terminate};
 use crate::support::*;
 
-/// Whether backend `pid` is still in pg_stat_activity.
-async fn alive(pid: i32) -> bool {
-    let c = admin("postgres").await;
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid])
-        .await
-        .expect("pg_stat_activity")
-        .get(0);
-    n == 1
-}
-
 /// A console statement's error: SQLSTATE and text.
 async fn refusal(ops: &tokio_postgres::Client, q: &str) -> (String, String) {
     let e = ops.simple_query(q).await.expect_err(q);
@@ -59,7 +48,7 @@ async fn wait_close_waits_for_a_busy_connection_marked_by_reconnect() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!for_tenant.is_finished(), "WAIT_CLOSE {} answered while A's transaction is open", t.id);
     assert!(!for_all.is_finished(), "WAIT_CLOSE answered while A's transaction is open");
-    assert!(alive(pid).await, "A's backend must stay while its transaction is open");
+    assert!(backend_alive(pid).await, "A's backend must stay while its transaction is open");
 
     a.batch_execute("COMMIT").await.expect("commit");
     for w in [for_tenant, for_all] {
@@ -71,7 +60,7 @@ async fn wait_close_waits_for_a_busy_connection_marked_by_reconnect() {
     }
     // The proxy has closed the socket; the backend exits as soon as it reads that.
     assert!(
-        eventually(Duration::from_secs(2), || async { !alive(pid).await }).await,
+        eventually(Duration::from_secs(2), || async { !backend_alive(pid).await }).await,
         "backend {pid} still open"
     );
     let next: i32 = a.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
