@@ -11,7 +11,7 @@ use crate::console::show::flag;
 use crate::console::{Access, Action, ConsoleError, ConsoleFuture, ConsoleSource, ShutdownMode, Value, View};
 use crate::metrics::averages::Average;
 use crate::metrics::exposition::TenantSnapshot;
-use crate::model::{AuthMethod, TenantId};
+use crate::model::{AuthMethod, PoolKey, TenantId};
 use crate::protocol::PgError;
 use crate::proxy::Proxy;
 
@@ -136,6 +136,22 @@ impl ProxyConsole {
         }
     }
 
+    /// The upstream login (pool) of tenant `name`.
+    async fn pool_key_of(&self, name: &str) -> Result<PoolKey, ConsoleError> {
+        let id = self.known(name).await?;
+        match self.proxy.catalog.lookup(&id).await {
+            Ok(Some(t)) => Ok(t.pool_key.clone()),
+            _ => Err(ConsoleError::NoSuchDatabase(name.to_owned())),
+        }
+    }
+
+    /// Server connections marked to close (RECONNECT, a login change) still open, in the
+    /// pool of `key` or in every pool.
+    fn marked(&self, key: Option<&PoolKey>) -> usize {
+        let pools = self.proxy.pools.pools();
+        pools.iter().filter(|p| key.is_none_or(|k| k == p.key())).map(|p| p.marked_count()).sum()
+    }
+
     /// Returns once `tenant` (or every tenant) holds no checked-out server connection.
     async fn settled(&self, tenant: Option<&TenantId>) {
         while self.proxy.pools.checked_out(tenant) > 0 {
@@ -254,7 +270,7 @@ impl ProxyConsole {
             port.into(),
             t.database.as_str().into(),
             t.login_role.as_str().into(),
-            t.pool_size.into(),
+            self.proxy.pools.effective_pool_size(t).into(),
             0i64.into(),
             0i64.into(),
             0i64.into(),
@@ -508,7 +524,7 @@ fn stats_row(t: &Tenant, s: &TenantSnapshot, avg: &Average) -> Vec<Value> {
 
 /// PgBouncer's twelve counters in its order: server assignments, transactions, queries,
 /// bytes received and sent, transaction, query and wait time (µs), client and server
-/// parses, binds (pgtenant does not count those three), logins.
+/// parses and binds of named prepared statements, logins.
 fn totals(s: &TenantSnapshot) -> Vec<Value> {
     vec![
         s.pool_wait.count().into(),
@@ -519,9 +535,9 @@ fn totals(s: &TenantSnapshot) -> Vec<Value> {
         s.transaction_time.sum_us.into(),
         s.query_time.sum_us.into(),
         s.pool_wait.sum_us.into(),
-        0i64.into(),
-        0i64.into(),
-        0i64.into(),
+        s.client_parses.into(),
+        s.server_parses.into(),
+        s.binds.into(),
         s.logins.into(),
     ]
 }
@@ -538,9 +554,9 @@ fn averages(a: &Average) -> Vec<Value> {
         a.transaction_us.into(),
         a.query_us.into(),
         a.wait_us.into(),
-        0i64.into(),
-        0i64.into(),
-        0i64.into(),
+        a.client_parses.into(),
+        a.server_parses.into(),
+        a.binds.into(),
         a.logins.into(),
     ]
 }
@@ -580,6 +596,11 @@ impl ConsoleSource for ProxyConsole {
                         Some(n) => Some(self.known(n).await?),
                         None => None,
                     };
+                    if id.is_none()
+                        && (p.shutdown.drain.is_cancelled() || p.shutdown.stop_accepting.is_cancelled())
+                    {
+                        return Err(ConsoleError::ShuttingDown);
+                    }
                     if !p.pools.pauses.resume(id.as_ref()) {
                         return Err(match name {
                             Some(n) => ConsoleError::DatabaseNotPaused(n.clone()),
@@ -592,11 +613,7 @@ impl ConsoleSource for ProxyConsole {
                 Action::Reconnect(name) => {
                     // Idle connections close now, busy ones when their client releases them.
                     let key = match name {
-                        Some(n) => {
-                            let id = self.known(n).await?;
-                            let t = p.catalog.lookup(&id).await.ok().flatten();
-                            Some(t.ok_or_else(|| ConsoleError::NoSuchDatabase(n.clone()))?.pool_key.clone())
-                        }
+                        Some(n) => Some(self.pool_key_of(n).await?),
                         None => None,
                     };
                     for pool in p.pools.pools() {
@@ -608,13 +625,16 @@ impl ConsoleSource for ProxyConsole {
                     Ok(())
                 }
                 Action::WaitClose(name) => {
-                    let id = match name {
-                        Some(n) => Some(self.known(n).await?),
+                    // PgBouncer's WAIT_CLOSE closes nothing itself: it answers once no server
+                    // connection marked by RECONNECT or a login change is left, busy ones
+                    // included (they close as their clients release them).
+                    let key = match name {
+                        Some(n) => Some(self.pool_key_of(n).await?),
                         None => None,
                     };
-                    match &id {
-                        Some(id) => p.pools.close_idle_of(id),
-                        None => p.pools.close_idle(),
+                    tracing::info!(tenant = ?name, "console: WAIT_CLOSE");
+                    while self.marked(key.as_ref()) > 0 {
+                        tokio::time::sleep(SETTLE_POLL).await;
                     }
                     Ok(())
                 }

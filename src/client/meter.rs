@@ -32,10 +32,30 @@ pub(crate) struct Meter {
     /// When the current wait for a server connection began (`live::now_us`; 0: none),
     /// shared with the client's entry in the console's registry.
     wait: Arc<AtomicU64>,
+    /// Named-statement messages not yet added to the tenant's counters.
+    prepared: PreparedCounts,
     /// This client's own totals, for its disconnect line.
     transactions: u64,
     bytes_in: u64,
     bytes_out: u64,
+}
+
+/// Messages of named prepared statements (PgBouncer counts those only: its
+/// `total_client_parse_count`, `total_server_parse_count` and `total_bind_count`), counted in
+/// the client's own task as they go by and added to the tenant's shared counters at the next
+/// ReadyForQuery (or at disconnect, or when one would overflow), so a message costs a local
+/// increment, not a shared write. `u16`s: they fit in the meter's padding, so counting adds
+/// nothing to a client's memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PreparedCounts {
+    /// Parse messages of named statements from the client.
+    client_parses: u16,
+    /// Parse messages that prepare a named statement on a server: the client's own (session
+    /// mode), pgtenant's under its names (transaction mode), and its re-preparations on a
+    /// server connection that lacks the statement.
+    server_parses: u16,
+    /// Bind messages of named statements from the client.
+    binds: u16,
 }
 
 /// Who logged in and how, for the login line.
@@ -78,6 +98,7 @@ impl Meter {
             transaction: None,
             held: None,
             wait: Arc::default(),
+            prepared: PreparedCounts::default(),
             transactions: 0,
             bytes_in: 0,
             bytes_out: 0,
@@ -108,6 +129,51 @@ impl Meter {
         }
     }
 
+    /// A client message that was staged for a server, if it names a statement (`named`): a
+    /// Parse or a Bind. In session mode a Parse goes to the server as it is (`forwarded`).
+    #[inline]
+    pub fn client_message(&mut self, tag: u8, named: bool, forwarded: bool) {
+        if !named {
+            return;
+        }
+        let p = &mut self.prepared;
+        match tag {
+            crate::protocol::frontend::tag::PARSE => {
+                p.client_parses += 1;
+                p.server_parses += u16::from(forwarded);
+            }
+            crate::protocol::frontend::tag::BIND => p.binds += 1,
+            _ => return,
+        }
+        self.flush_if_full();
+    }
+
+    /// pgtenant sends a server a Parse of a named statement (its own name for the client's).
+    #[inline]
+    pub fn server_parse(&mut self) {
+        self.prepared.server_parses += 1;
+        self.flush_if_full();
+    }
+
+    /// Flushes before a count can overflow (a client pipelining thousands of messages
+    /// without a Sync); each count is below `u16::MAX` after this.
+    #[inline]
+    fn flush_if_full(&mut self) {
+        let p = &self.prepared;
+        if p.client_parses.max(p.server_parses).max(p.binds) >= u16::MAX - 1 {
+            self.flush_prepared();
+        }
+    }
+
+    /// Adds the named-statement counts to the tenant's (only when there are some).
+    fn flush_prepared(&mut self) {
+        if self.prepared != PreparedCounts::default() {
+            let p = std::mem::take(&mut self.prepared);
+            let stats = self.session.stats();
+            stats.prepared(p.client_parses.into(), p.server_parses.into(), p.binds.into());
+        }
+    }
+
     /// A ReadyForQuery for the client (not one of pgtenant's own): a query ended, and with
     /// status `I` a transaction. Every one counts; a query the client pipelined behind an
     /// earlier one (sent before that one's ReadyForQuery) has no start of its own and is
@@ -115,6 +181,7 @@ impl Meter {
     pub fn ready(&mut self, status: u8) {
         let now = Instant::now();
         let started = self.query.take().unwrap_or(now);
+        self.flush_prepared();
         let stats = self.session.stats();
         stats.query(now.saturating_duration_since(started));
         if status == txn::IDLE {
@@ -181,6 +248,7 @@ impl Meter {
     /// The session of a client of `tenant` is over: the disconnect line.
     pub fn disconnected(&mut self, tenant: &str, reason: &str) {
         self.released();
+        self.flush_prepared();
         if self.log_disconnect {
             tracing::info!(
                 tenant = %tenant,
@@ -194,5 +262,60 @@ impl Meter {
                 "disconnect"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::protocol::frontend::tag;
+
+    fn meter(m: &Metrics) -> Meter {
+        let login = LoginLine {
+            tenant: "acme",
+            user: "app",
+            peer: SocketAddr::from(([127, 0, 0, 1], 5)),
+            tls: false,
+            method: AuthMethod::Trust,
+            took: Duration::ZERO,
+        };
+        Meter::new(m.client_session("acme"), m.pool("p"), &login, false, false)
+    }
+
+    fn counts(m: &Metrics) -> (u64, u64, u64) {
+        let (_, s) = m.tenants().into_iter().find(|(n, _)| n == "acme").expect("tenant");
+        (s.client_parses, s.server_parses, s.binds)
+    }
+
+    #[test]
+    fn named_statement_counts_reach_the_tenant_at_ready_for_query() {
+        let m = Metrics::new(10);
+        let mut meter = meter(&m);
+        meter.client_message(tag::PARSE, true, false);
+        meter.server_parse();
+        meter.client_message(tag::PARSE, false, false);
+        meter.client_message(tag::EXECUTE, true, false);
+        for _ in 0..3 {
+            meter.client_message(tag::BIND, true, false);
+        }
+        meter.client_message(tag::BIND, false, false);
+        assert_eq!(counts(&m), (0, 0, 0), "kept in the meter until a ReadyForQuery");
+        meter.ready(txn::IDLE);
+        assert_eq!(counts(&m), (1, 1, 3));
+        meter.client_message(tag::PARSE, true, true);
+        meter.disconnected("acme", "test");
+        assert_eq!(counts(&m), (2, 2, 3), "a session-mode Parse counts on both sides; flushed at disconnect");
+    }
+
+    #[test]
+    fn counts_flush_before_they_overflow() {
+        let m = Metrics::new(10);
+        let mut meter = meter(&m);
+        for _ in 0..200_000 {
+            meter.client_message(tag::BIND, true, false);
+        }
+        meter.ready(txn::IDLE);
+        assert_eq!(counts(&m).2, 200_000);
     }
 }

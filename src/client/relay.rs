@@ -28,13 +28,10 @@ use super::statements::Statements;
 use super::vars::ClientVars;
 use super::watch::Watch;
 use super::LoggedIn;
-use crate::cancel::{CancelTarget, ClientKey};
+use crate::cancel::ClientKey;
 use crate::catalog::Tenant;
 use crate::model::PoolMode;
-use crate::pool::session::{
-    hand_over, needs_reset, queue_reset, reset_step, retire, retire_running, ResetStep, Retire,
-    CLEANUP_TIMEOUT,
-};
+use crate::pool::session::{reset_step, retire_running, ResetStep, Retire, CLEANUP_TIMEOUT};
 use crate::pool::{Checkout, Pool, ServerParams};
 use crate::protocol::backend::txn;
 use crate::protocol::frame::header;
@@ -43,6 +40,7 @@ use crate::protocol::{frontend, PgError};
 use crate::proxy::{Proxy, TenantAdmission};
 
 mod buffers;
+mod checkout;
 mod server_side;
 mod timer;
 
@@ -350,8 +348,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Some(exit);
         }
         if self.server.is_none() && self.c_scanned > 0 {
-            if let Err(e) = self.attach().await {
-                return Some(Exit::Error(e));
+            if let Err(exit) = self.attach().await {
+                return Some(exit);
             }
         }
         // Client bytes wait behind a setup that might fail (settings from the client's
@@ -446,63 +444,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && self.out.is_empty()
             && self.c_scanned == 0
             && self.c_remaining == 0
-    }
-
-    async fn attach(&mut self) -> Result<(), PgError> {
-        self.meter.waiting();
-        let asked = std::time::Instant::now();
-        let checkout = self.proxy.pools.checkout(&self.pool, &self.tenant).await;
-        self.meter.checked_out(checkout.is_ok().then(|| asked.elapsed()));
-        let mut co = checkout.map_err(|e| PgError::report(&e))?;
-        if self.out.capacity() == 0 {
-            self.out = buffers::take();
-        }
-        if needs_reset(co.conn_ref(), &self.tenant.id) {
-            // A handoff to another tenant starts from a clean session (DESIGN.md,
-            // containment rule 2): DISCARD ALL with the setup and the client's first messages
-            // behind it in one write, its replies swallowed and checked (see `hold`).
-            self.proxy.metrics.global().reset();
-            queue_reset(co.conn(), &mut self.out, &self.pool_params);
-            self.progress.swallow_z += 1;
-            self.progress.reset = ResetPhase::Guard;
-            self.progress.reset_synced = false;
-            self.progress.reset_since = Some(tokio::time::Instant::now());
-        }
-        let conn = co.conn();
-        let (addr, pid, secret) = conn.cancel_key();
-        self.key.set_target(Some(CancelTarget { addr: addr.clone(), pid, secret }));
-        hand_over(conn, self.id, &self.tenant.id, &self.tenant.session_vars);
-        if let Some(sql) = self.vars.sync_query(conn, &self.pool_params) {
-            // The setup goes out in the same write as the client's first message.
-            if frontend::query(&mut self.out, &sql).is_ok() {
-                self.progress.swallow_z += 1;
-            }
-        }
-        self.progress.status = txn::IDLE;
-        self.server = Some(co);
-        Ok(())
-    }
-
-    /// Transaction mode: the server connection goes back once the client's transaction is
-    /// over (or is reset first, or closed: see [`retire`]).
-    fn release(&mut self) {
-        let Some(co) = self.server.take() else { return };
-        self.meter.released();
-        self.key.set_target(None);
-        let cancel = self.key.cancel_in_flight();
-        let reset = co.conn_ref().is_dirty().then(|| self.proxy.config().pool.reset_query.clone());
-        if reset.is_some() {
-            self.proxy.metrics.global().reset();
-        }
-        let params = self.pool_params.clone();
-        if reset.is_none() && !cancel {
-            co.release();
-            return;
-        }
-        tokio::spawn(retire(
-            co,
-            Retire { idle: true, cancel, reset, params, tenant: self.tenant.id.clone() },
-        ));
     }
 
     async fn next_event(&mut self, signals: &mut Signals) -> Event {
@@ -662,8 +603,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 sets: &mut self.sets,
                 pinned: &mut self.pinned,
                 policy: self.policy,
+                meter: &mut self.meter,
             };
-            if self.mode == PoolMode::Transaction {
+            let transaction = self.mode == PoolMode::Transaction;
+            if transaction {
                 if !st.rewrite(tag, frame) {
                     // Waits for the server's verdict on an earlier message (see Lookup::Wait).
                     break;
@@ -671,6 +614,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             } else {
                 st.forward(tag, frame);
             }
+            let named = frontend::names_statement(tag, frame);
+            self.meter.client_message(tag, named, !transaction);
             pos += len;
             if tag == fe::SYNC && self.progress.reset != ResetPhase::Done {
                 // The rest waits for the reset's verdict (see `settle`).

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::classify::{classify, Class, Refusal};
+use super::meter::Meter;
 use super::pipeline::{Action, Kind, Pipeline};
 use super::setcmd::SetCmd;
 use super::statements::Effect;
@@ -78,6 +79,8 @@ pub(super) struct Stage<'a> {
     pub(super) sets: &'a mut SetTracking,
     pub(super) pinned: &'a mut bool,
     pub(super) policy: SessionFeatures,
+    /// Where the Parse messages that prepare pgtenant's statements are counted.
+    pub(super) meter: &'a mut Meter,
 }
 
 impl Stage<'_> {
@@ -323,6 +326,7 @@ impl Stage<'_> {
             self.pipeline.push(Kind::Close, Action::Swallow);
         } else {
             self.evict_for(server_name.clone());
+            self.meter.server_parse();
             self.out.extend_from_slice(&prepared.parse);
             self.pipeline.push_effect(
                 Kind::Parse,
@@ -356,6 +360,7 @@ impl Stage<'_> {
             return;
         }
         self.evict_for(server_name.clone());
+        self.meter.server_parse();
         self.out.extend_from_slice(parse);
         self.pipeline.push_effect(
             Kind::Parse,

@@ -23,6 +23,10 @@ pub struct Average {
     pub query_us: u64,
     /// Mean wait for a server connection per assignment, in microseconds.
     pub wait_us: u64,
+    /// Named-statement Parse messages from clients and to servers, and Binds, per second.
+    pub client_parses: u64,
+    pub server_parses: u64,
+    pub binds: u64,
     pub logins: u64,
 }
 
@@ -58,6 +62,9 @@ impl Average {
                 cur.pool_wait.count(),
                 old.pool_wait.count(),
             ),
+            client_parses: per_s(cur.client_parses, old.client_parses),
+            server_parses: per_s(cur.server_parses, old.server_parses),
+            binds: per_s(cur.binds, old.binds),
             logins: per_s(cur.logins, old.logins),
         }
     }
@@ -106,7 +113,12 @@ mod tests {
         let mut a = Averages::default();
         let t0 = Instant::now();
         let snap = |tx: u64, tx_us: u64, waits: u64, wait_us: u64| {
-            let mut s = TenantSnapshot { transactions: tx, bytes_in: tx * 100, ..TenantSnapshot::default() };
+            let mut s = TenantSnapshot {
+                transactions: tx,
+                bytes_in: tx * 100,
+                binds: tx * 3,
+                ..TenantSnapshot::default()
+            };
             s.transaction_time.counts = vec![tx];
             s.transaction_time.sum_us = tx_us;
             s.pool_wait.counts = vec![waits];
@@ -117,7 +129,7 @@ mod tests {
         assert_eq!(a.of("t"), Average::default(), "no finished period yet");
         a.roll(t0 + Duration::from_secs(2), vec![("t".into(), snap(30, 5_000, 20, 2_500))]);
         let avg = a.of("t");
-        assert_eq!((avg.transactions, avg.bytes_in, avg.assignments), (10, 1_000, 5));
+        assert_eq!((avg.transactions, avg.bytes_in, avg.assignments, avg.binds), (10, 1_000, 5, 30));
         assert_eq!(avg.transaction_us, 4_000 / 20);
         assert_eq!(avg.wait_us, 2_000 / 10);
         // A quiet period: rates and means back to 0.

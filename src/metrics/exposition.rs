@@ -28,6 +28,9 @@ pub struct TenantSnapshot {
     pub errors: [[u64; N_CLASSES]; 3],
     pub logins: u64,
     pub server_held_us: u64,
+    pub client_parses: u64,
+    pub server_parses: u64,
+    pub binds: u64,
     pub pool_wait: HistogramSnapshot,
     pub transaction_time: HistogramSnapshot,
     pub query_time: HistogramSnapshot,
@@ -44,6 +47,9 @@ impl TenantSnapshot {
             errors: std::array::from_fn(|i| std::array::from_fn(|j| s.errors[i][j].load(Relaxed))),
             logins: s.logins.load(Relaxed),
             server_held_us: s.server_held_us.load(Relaxed),
+            client_parses: s.client_parses.load(Relaxed),
+            server_parses: s.server_parses.load(Relaxed),
+            binds: s.binds.load(Relaxed),
             pool_wait: s.pool_wait.snapshot(),
             transaction_time: s.transaction_time.snapshot(),
             query_time: s.query_time.snapshot(),
@@ -65,6 +71,9 @@ impl TenantSnapshot {
         }
         self.logins += o.logins;
         self.server_held_us += o.server_held_us;
+        self.client_parses += o.client_parses;
+        self.server_parses += o.server_parses;
+        self.binds += o.binds;
         self.pool_wait.add(&o.pool_wait);
         self.transaction_time.add(&o.transaction_time);
         self.query_time.add(&o.query_time);

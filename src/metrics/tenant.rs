@@ -151,6 +151,12 @@ pub struct TenantStats {
     pub(super) logins: AtomicU64,
     /// Time server connections were held for this tenant, added when each is released.
     pub(super) server_held_us: AtomicU64,
+    /// Named prepared statements (PgBouncer's `total_client_parse_count`,
+    /// `total_server_parse_count`, `total_bind_count`): Parse messages from clients, Parse
+    /// messages pgtenant sent to servers (first preparations and re-preparations), Binds.
+    pub(super) client_parses: AtomicU64,
+    pub(super) server_parses: AtomicU64,
+    pub(super) binds: AtomicU64,
     pub(super) pool_wait: Histogram,
     pub(super) transaction_time: Histogram,
     pub(super) query_time: Histogram,
@@ -189,6 +195,18 @@ impl TenantStats {
     /// How long a client waited for a server connection.
     pub fn pool_wait(&self, waited: Duration) {
         self.pool_wait.observe(waited);
+    }
+
+    /// A client's named-statement Parse and Bind counts since it last added them (its meter
+    /// adds them in batches, not per message).
+    pub fn prepared(&self, client_parses: u64, server_parses: u64, binds: u64) {
+        for (counter, n) in
+            [(&self.client_parses, client_parses), (&self.server_parses, server_parses), (&self.binds, binds)]
+        {
+            if n > 0 {
+                counter.fetch_add(n, Relaxed);
+            }
+        }
     }
 
     /// A server connection held for this tenant was released after `held`.

@@ -80,6 +80,17 @@ impl Listing {
         Listed(Arc::new(Entry { id, rows: self.rows.clone() }))
     }
 
+    /// Open connections opened with a login generation other than `generation` (marked by a
+    /// RECONNECT or a login change): each is closed when its client releases it.
+    pub(super) fn marked(&self, generation: u64) -> usize {
+        self.rows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|r| r.generation != generation)
+            .count()
+    }
+
     /// Every open connection; `idle` are the pool's idle ones now, `generation` the
     /// current login generation.
     pub(super) fn rows(&self, idle: &[ServerConn], generation: u64) -> Vec<ServerRow> {

@@ -13,6 +13,7 @@
 //! when the shares change ([`PoolManager::follow_shares`]).
 
 mod capacity;
+mod error;
 mod fair;
 mod listing;
 mod pause;
@@ -22,6 +23,7 @@ mod settings;
 mod stream;
 
 use capacity::{resize, Capacity};
+pub use error::{CheckoutError, PoolError};
 pub use fair::{FairPermit, FairSemaphore};
 pub use listing::ServerRow;
 pub use pause::Pauses;
@@ -29,7 +31,6 @@ pub use server::{cancel_backend, Login, PreparedSet, ServerConn, UpstreamError};
 pub use settings::{LiveSettings, PoolSettings};
 pub use stream::ServerStream;
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -42,79 +43,12 @@ use crate::catalog::{Catalog, Change, Tenant};
 use crate::config::PoolDefaults;
 use crate::leases::Shares;
 use crate::model::{PoolKey, RequireAuth, TenantId};
-use crate::protocol::error::{ClientFacing, ErrorKind};
-use crate::protocol::SqlState;
 
 /// ParameterStatus name/value pairs as a server reported them.
 pub type ServerParams = Arc<Vec<(String, String)>>;
 
 /// Idle time after which a connection is checked before it is handed out.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
-
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    #[error("timed out after {0:?} waiting for a server connection")]
-    Timeout(Duration),
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error("opening an upstream connection timed out after {0:?}")]
-    ConnectTimeout(Duration),
-}
-
-/// A checkout that failed, for the tenant it was for.
-#[derive(Debug, thiserror::Error)]
-#[error("tenant {tenant}: {error}")]
-pub struct CheckoutError {
-    pub tenant: TenantId,
-    pub error: PoolError,
-}
-
-impl ClientFacing for CheckoutError {
-    fn sqlstate(&self) -> SqlState {
-        match &self.error {
-            PoolError::Timeout(_) => SqlState::TooManyConnections,
-            PoolError::Upstream(_) | PoolError::ConnectTimeout(_) => SqlState::ConnectionFailure,
-        }
-    }
-
-    fn client_text(&self) -> Cow<'_, str> {
-        let tenant = &self.tenant;
-        match &self.error {
-            PoolError::Timeout(d) => {
-                format!("no server connection for tenant \"{tenant}\" became free within {d:?}").into()
-            }
-            // The cause (addresses, the server's own text) stays in the log; the client gets
-            // a reference to find it.
-            PoolError::Upstream(_) | PoolError::ConnectTimeout(_) => {
-                format!("cannot reach the database of tenant \"{tenant}\"").into()
-            }
-        }
-    }
-
-    fn kind(&self) -> ErrorKind {
-        match &self.error {
-            PoolError::Timeout(_) => ErrorKind::Proxy,
-            PoolError::ConnectTimeout(_) => ErrorKind::Server,
-            PoolError::Upstream(e) => e.kind(),
-        }
-    }
-
-    fn retryable(&self) -> bool {
-        match &self.error {
-            PoolError::Timeout(_) | PoolError::ConnectTimeout(_) => true,
-            PoolError::Upstream(e) => e.retryable(),
-        }
-    }
-
-    fn hint(&self) -> Option<Cow<'_, str>> {
-        matches!(self.error, PoolError::Timeout(_))
-            .then_some(Cow::Borrowed("the tenant's pool is exhausted: retry, or raise its pool size"))
-    }
-
-    fn hides_cause(&self) -> bool {
-        !matches!(self.error, PoolError::Timeout(_))
-    }
-}
 
 /// What a pool's new connections log in with. Replaced (with the next generation) when the
 /// catalog changes it.
@@ -251,6 +185,15 @@ impl Pool {
     pub fn servers(&self) -> Vec<ServerRow> {
         let idle = self.lock_idle();
         self.listing.rows(&idle.conns, idle.generation)
+    }
+
+    /// Open connections marked to close (opened before a RECONNECT or a login change): the
+    /// console's WAIT_CLOSE returns once there are none. Idle ones are closed when marked,
+    /// so these are the busy ones, closed as their clients release them.
+    pub fn marked_count(&self) -> usize {
+        // Held while counting (as `servers` does), so a RECONNECT cannot slip in between.
+        let idle = self.lock_idle();
+        self.listing.marked(idle.generation)
     }
 
     /// RECONNECT: every connection open now is closed, idle ones at once and busy ones when
@@ -761,6 +704,25 @@ impl PoolManager {
 
     pub fn pools(&self) -> Vec<Arc<Pool>> {
         self.pools.iter().map(|p| p.value().clone()).collect()
+    }
+
+    /// The pool size in force for `tenant` (SHOW DATABASES' `pool_size`): its pool's size,
+    /// which is the tenant's own size or the default, capped by what the upstream lets this
+    /// instance open; and no more than the tenant's own server-connection cap. Before the
+    /// tenant's pool exists, the same worked out from its catalog entry.
+    pub fn effective_pool_size(&self, tenant: &Tenant) -> usize {
+        let pool = match self.pools.get(&tenant.pool_key) {
+            Some(p) => p.size(),
+            None => {
+                let upstream = self.upstreams.get(&tenant.upstream).map(|u| u.size());
+                tenant.pool_size.min(upstream.unwrap_or_else(|| self.limit(tenant.upstream_max)))
+            }
+        };
+        let cap = match self.tenant_cap_sizes.get(&tenant.id) {
+            Some(s) => s.size,
+            None => self.tenant_cap_size(tenant).size,
+        };
+        pool.min(cap)
     }
 
     /// Server connections `tenant` has checked out now (None: every tenant's).

@@ -4,6 +4,11 @@
 //! A paused checkout waits without a deadline, as a PgBouncer client does during PAUSE; the
 //! checkout timeout starts once the pause ends. The common case (nothing paused) costs one
 //! relaxed load per checkout.
+//!
+//! The global pause and the per-tenant ones are separate flags, as PgBouncer's `cf_pause_mode`
+//! and `db_paused` are (`src/admin.c`): `RESUME` ends the global pause only, `RESUME tenant`
+//! only that tenant's own pause (so during a global pause it is "not paused"), and a tenant
+//! paused on its own stays paused when a global pause ends.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,27 +37,30 @@ impl Pauses {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Pauses `tenant`, or every tenant. False when it was paused already.
+    /// Pauses `tenant`, or every tenant. False (and nothing changes) while everything is
+    /// paused: PgBouncer's "already suspended/paused". Pausing a tenant paused on its own
+    /// again is accepted, as PgBouncer accepts it.
     pub fn pause(&self, tenant: Option<&TenantId>) -> bool {
         let mut s = self.lock();
-        let fresh = match tenant {
-            None => !std::mem::replace(&mut s.all, true),
-            Some(t) => !s.all && s.tenants.insert(t.clone()),
-        };
+        if s.all {
+            return false;
+        }
+        match tenant {
+            None => s.all = true,
+            Some(t) => {
+                s.tenants.insert(t.clone());
+            }
+        }
         self.any.store(true, Ordering::Release);
-        fresh
+        true
     }
 
-    /// Resumes `tenant`, or everything. False when it was not paused.
+    /// Ends the global pause (`None`) or `tenant`'s own pause. False when that pause was not
+    /// in force; the other kind is left as it is.
     pub fn resume(&self, tenant: Option<&TenantId>) -> bool {
         let mut s = self.lock();
         let was = match tenant {
-            None => {
-                let was = s.all || !s.tenants.is_empty();
-                s.all = false;
-                s.tenants.clear();
-                was
-            }
+            None => std::mem::replace(&mut s.all, false),
             Some(t) => s.tenants.remove(t),
         };
         self.any.store(s.all || !s.tenants.is_empty(), Ordering::Release);
@@ -106,7 +114,7 @@ mod tests {
     async fn a_paused_tenant_waits_until_resumed_and_others_pass() {
         let p = Arc::new(Pauses::default());
         assert!(p.pause(Some(&id("acme"))));
-        assert!(!p.pause(Some(&id("acme"))));
+        assert!(p.pause(Some(&id("acme"))), "pausing a paused tenant again is accepted");
         assert!(!p.is_paused(&id("other")));
         let waiter = tokio::spawn({
             let p = p.clone();
@@ -124,7 +132,25 @@ mod tests {
         let p = Pauses::default();
         assert!(p.pause(None));
         assert!(p.is_paused(&id("x")) && p.all_paused());
+        assert!(!p.pause(None) && !p.pause(Some(&id("x"))), "already paused");
         assert!(p.resume(None));
         assert!(!p.is_paused(&id("x")));
+        assert!(!p.resume(None), "nothing paused");
+    }
+
+    #[test]
+    fn global_and_tenant_pauses_are_resumed_separately() {
+        let p = Pauses::default();
+        assert!(p.pause(Some(&id("a"))));
+        assert!(!p.resume(None), "a tenant's pause is not the global one");
+        assert!(p.pause(None));
+        assert!(!p.resume(Some(&id("b"))), "b is paused only by the global pause");
+        assert!(p.is_paused(&id("b")));
+        assert!(p.resume(Some(&id("a"))));
+        assert!(p.is_paused(&id("a")), "the global pause still holds a");
+        assert!(!p.pause(Some(&id("a"))), "no tenant pause during the global one");
+        assert!(p.resume(None));
+        assert!(!p.is_paused(&id("b")));
+        assert!(!p.is_paused(&id("a")), "a's own pause was resumed before");
     }
 }

@@ -11,11 +11,11 @@ use tokio::process::Command;
 
 use crate::support::*;
 
-const OPS_PW: &str = "ops-s3cret";
+pub(crate) const OPS_PW: &str = "ops-s3cret";
 const WATCH_PW: &str = "watch-s3cret";
 
 /// SCRAM for the console; the tenants log in with trust (their own setting).
-fn console_config(tenants: Vec<TenantConfig>) -> Config {
+pub(crate) fn console_config(tenants: Vec<TenantConfig>) -> Config {
     let mut c = config(tenants);
     c.proxy.auth = AuthMethod::ScramSha256;
     c.admin.users = vec![
@@ -35,13 +35,13 @@ fn console_config(tenants: Vec<TenantConfig>) -> Config {
     c
 }
 
-async fn trusted_tenant(prefix: &str, mode: PoolMode, size: usize) -> TenantConfig {
+pub(crate) async fn trusted_tenant(prefix: &str, mode: PoolMode, size: usize) -> TenantConfig {
     let mut t = with_mode(tenant_db(prefix).await, mode, size);
     t.auth = Some(AuthMethod::Trust);
     t
 }
 
-fn console_conninfo(h: &Harness, user: &str, password: &str) -> String {
+pub(crate) fn console_conninfo(h: &Harness, user: &str, password: &str) -> String {
     format!("host=127.0.0.1 port={} user={user} password={password} dbname=pgbouncer", h.addr.port())
 }
 
@@ -121,7 +121,7 @@ impl PgErrorText {
 }
 
 /// The server's message text (`Display` of the error says only "db error").
-fn message(e: &tokio_postgres::Error) -> String {
+pub(crate) fn message(e: &tokio_postgres::Error) -> String {
     e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string())
 }
 
@@ -388,7 +388,10 @@ async fn pause_mid_pgbench_holds_and_resume_releases_without_failures() {
 
 /// A SHOW over the simple protocol, each row by column name (numeric columns come as text,
 /// which tokio-postgres' typed rows cannot decode).
-async fn show(c: &tokio_postgres::Client, what: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+pub(crate) async fn show(
+    c: &tokio_postgres::Client,
+    what: &str,
+) -> Vec<std::collections::BTreeMap<String, String>> {
     let mut rows = Vec::new();
     for m in c.simple_query(what).await.unwrap_or_else(|e| panic!("{what}: {e}")) {
         if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
@@ -404,7 +407,7 @@ async fn show(c: &tokio_postgres::Client, what: &str) -> Vec<std::collections::B
     rows
 }
 
-fn num(row: &std::collections::BTreeMap<String, String>, col: &str) -> i64 {
+pub(crate) fn num(row: &std::collections::BTreeMap<String, String>, col: &str) -> i64 {
     row.get(col).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{col} in {row:?}"))
 }
 
@@ -517,17 +520,9 @@ async fn reconnect_closes_busy_connections_when_released() {
     let servers = show(&ops, "SHOW SERVERS").await;
     assert_eq!(servers.len(), 1, "the idle one is closed at once: {servers:?}");
     assert_eq!((num(&servers[0], "remote_pid"), num(&servers[0], "close_needed")), (i64::from(busy), 1));
-    let alive = |pid: i32| async move {
-        let c = admin("postgres").await;
-        c.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid])
-            .await
-            .expect("pg_stat_activity")
-            .get::<_, i64>(0)
-            == 1
-    };
-    assert!(alive(busy).await, "the busy connection stays until released");
+    assert!(backend_alive(busy).await, "the busy connection stays until released");
     app.batch_execute("COMMIT").await.expect("commit");
-    let closed = eventually(Duration::from_secs(5), || async { !alive(busy).await }).await;
+    let closed = eventually(Duration::from_secs(5), || async { !backend_alive(busy).await }).await;
     assert!(closed, "backend {busy} still open after its release");
     let next: i32 = app.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
     assert_ne!(next, busy);

@@ -6,6 +6,7 @@ mod auth;
 mod clients;
 mod compat;
 mod console;
+mod console_ops;
 mod console_users;
 mod differential;
 mod fairness;

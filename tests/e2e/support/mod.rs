@@ -160,6 +160,17 @@ pub async fn start(config: Config) -> Harness {
     Harness { addr, proxy, served }
 }
 
+/// Whether backend `pid` is still in pg_stat_activity.
+pub async fn backend_alive(pid: i32) -> bool {
+    let c = admin("postgres").await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .await
+        .expect("pg_stat_activity")
+        .get(0);
+    n == 1
+}
+
 /// Upstream backends of a database, seen from the server.
 pub async fn backends(db: &str) -> i64 {
     let admin = admin("postgres").await;

@@ -1,0 +1,127 @@
+//! Taking a server connection for the session and giving it back: the checkout (after any
+//! PAUSE of the tenant), the cross-tenant reset and session setup queued in front of the
+//! client's first message, and the release at the end of a transaction.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{buffers, shutting_down, timed_out, Event, Exit, ResetPhase, Session, Signals};
+use crate::cancel::CancelTarget;
+use crate::pool::session::{hand_over, needs_reset, queue_reset, retire, Retire};
+use crate::protocol::backend::txn;
+use crate::protocol::{frontend, PgError};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(super) async fn attach(&mut self) -> Result<(), Exit> {
+        self.meter.waiting();
+        let asked = std::time::Instant::now();
+        if self.proxy.pools.pauses.is_paused(&self.tenant.id) {
+            // Boxed: rare, and its state must not size every client's task.
+            if let Err(exit) = Box::pin(self.paused()).await {
+                self.meter.checked_out(None);
+                return Err(exit);
+            }
+        }
+        let checkout = self.proxy.pools.checkout(&self.pool, &self.tenant).await;
+        self.meter.checked_out(checkout.is_ok().then(|| asked.elapsed()));
+        let mut co = checkout.map_err(|e| Exit::Error(PgError::report(&e)))?;
+        if self.out.capacity() == 0 {
+            self.out = buffers::take();
+        }
+        if needs_reset(co.conn_ref(), &self.tenant.id) {
+            // A handoff to another tenant starts from a clean session (DESIGN.md,
+            // containment rule 2): DISCARD ALL with the setup and the client's first messages
+            // behind it in one write, its replies swallowed and checked (see `hold`).
+            self.proxy.metrics.global().reset();
+            queue_reset(co.conn(), &mut self.out, &self.pool_params);
+            self.progress.swallow_z += 1;
+            self.progress.reset = ResetPhase::Guard;
+            self.progress.reset_synced = false;
+            self.progress.reset_since = Some(tokio::time::Instant::now());
+        }
+        let conn = co.conn();
+        let (addr, pid, secret) = conn.cancel_key();
+        self.key.set_target(Some(CancelTarget { addr: addr.clone(), pid, secret }));
+        hand_over(conn, self.id, &self.tenant.id, &self.tenant.session_vars);
+        if let Some(sql) = self.vars.sync_query(conn, &self.pool_params) {
+            // The setup goes out in the same write as the client's first message.
+            if frontend::query(&mut self.out, &sql).is_ok() {
+                self.progress.swallow_z += 1;
+            }
+        }
+        self.progress.status = txn::IDLE;
+        self.server = Some(co);
+        Ok(())
+    }
+
+    /// Waits while the tenant is paused (console PAUSE, or the HTTP API's), noticing what
+    /// ends a waiting client at once rather than after RESUME: KILL_CLIENT or a kick of its
+    /// tenant, a shutdown, and the client leaving (end of stream, Terminate) or breaking the
+    /// protocol; the session then ends, and with it the client's entry in SHOW CLIENTS and
+    /// its `cl_waiting` count. What the client sends meanwhile is read (within the usual
+    /// bound) and kept for after the wait.
+    ///
+    /// A PAUSE that lands between the check in [`Session::attach`] and the checkout's own
+    /// gate is waited for inside the checkout, unwatched; that gap holds no await.
+    async fn paused(&mut self) -> Result<(), Exit> {
+        let (proxy, tenant) = (self.proxy.clone(), self.tenant.clone());
+        // Its own watch of the session's signals: the relay's is not passed down to every
+        // checkout for this rare wait. A drain that fired earlier is reported again here,
+        // where it ends the session as it would have (a draining session is not attached).
+        let shutdown = &proxy.shutdown;
+        let mut signals = Signals::new([&shutdown.force, &shutdown.drain, &self.admission.kick]);
+        let resumed = proxy.pools.pauses.wait(&tenant.id);
+        tokio::pin!(resumed);
+        loop {
+            // `next_event` is cancel-safe: an event it has taken is returned, never dropped.
+            let event = tokio::select! {
+                biased;
+                () = &mut resumed => return Ok(()),
+                event = self.next_event(&mut signals) => event,
+            };
+            match event {
+                Event::Client(Ok(0) | Err(_)) => return Err(Exit::Client),
+                Event::Client(Ok(n)) => {
+                    self.meter.bytes_in(n);
+                    self.touch();
+                    self.scan_client();
+                    if self.terminated {
+                        return Err(Exit::Client);
+                    }
+                    if let Some(e) = self.broken.take() {
+                        return Err(Exit::Error(*e));
+                    }
+                }
+                Event::Force | Event::Drain => return Err(Exit::Error(shutting_down())),
+                Event::Kick => {
+                    let reason = self.admission.sessions.kick_reason();
+                    return Err(Exit::Error(reason.unwrap_or_else(shutting_down)));
+                }
+                Event::Timeout(limit) => return Err(Exit::Error(timed_out(limit, &tenant.id))),
+                // No server connection is held while waiting.
+                Event::ServerRead(_) | Event::ServerWrote(_) => {}
+            }
+        }
+    }
+
+    /// Transaction mode: the server connection goes back once the client's transaction is
+    /// over (or is reset first, or closed: see [`retire`]).
+    pub(super) fn release(&mut self) {
+        let Some(co) = self.server.take() else { return };
+        self.meter.released();
+        self.key.set_target(None);
+        let cancel = self.key.cancel_in_flight();
+        let reset = co.conn_ref().is_dirty().then(|| self.proxy.config().pool.reset_query.clone());
+        if reset.is_some() {
+            self.proxy.metrics.global().reset();
+        }
+        let params = self.pool_params.clone();
+        if reset.is_none() && !cancel {
+            co.release();
+            return;
+        }
+        tokio::spawn(retire(
+            co,
+            Retire { idle: true, cancel, reset, params, tenant: self.tenant.id.clone() },
+        ));
+    }
+}
