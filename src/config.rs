@@ -609,7 +609,10 @@ impl Config {
             return bad("catalog.cache_size and catalog.pool_size must be ≥ 1".into());
         }
         if !(p.affinity_hold.is_finite() && (0.0..=1.0).contains(&p.affinity_hold)) {
-            return bad(format!("pool.affinity_hold must be between 0 and 1 second, got {}", p.affinity_hold));
+            return bad(format!(
+                "pool.affinity_hold must be between 0 and 1 second, got {}",
+                p.affinity_hold
+            ));
         }
         if p.affinity_transactions == 0 {
             return bad("pool.affinity_transactions must be ≥ 1".into());

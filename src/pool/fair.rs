@@ -213,6 +213,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn others_waiting_sees_only_other_tenants_waiters() {
+        let sem = FairSemaphore::new(1);
+        let held = sem.try_acquire().expect("permit");
+        assert!(!sem.others_waiting(&id("a")), "nobody waits");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let queue = |t: &'static str| {
+            let sem = sem.clone();
+            tokio::spawn(async move { sem.acquire(&id(t), deadline).await.is_some() })
+        };
+        let wa = queue("a");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!sem.others_waiting(&id("a")), "only a's own client waits");
+        assert!(sem.others_waiting(&id("b")));
+        let wb = queue("b");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(sem.others_waiting(&id("a")) && sem.others_waiting(&id("b")));
+        drop(held);
+        assert!(wa.await.expect("join") && wb.await.expect("join"));
+        assert!(!sem.others_waiting(&id("a")) && !sem.others_waiting(&id("c")), "the queue is empty again");
+    }
+
+    #[tokio::test]
     async fn timed_out_waiters_lose_no_permit() {
         let sem = FairSemaphore::new(1);
         let held = sem.try_acquire().expect("permit");

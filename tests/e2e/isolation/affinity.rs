@@ -57,7 +57,11 @@ async fn round(h: &Harness, clients: [(&Client, &String); 2], rounds: usize) -> 
             let got = rows(client, "SELECT current_schema()")
                 .await
                 .unwrap_or_else(|e| panic!("tenant {tenant}'s transaction {i}: {}", why(&e)));
-            assert_eq!(got, vec![vec![tenant.clone()]], "tenant {tenant}'s transaction {i} ran as another tenant");
+            assert_eq!(
+                got,
+                vec![vec![tenant.clone()]],
+                "tenant {tenant}'s transaction {i} ran as another tenant"
+            );
         }
     });
     let [x, y] = each;
