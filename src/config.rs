@@ -697,6 +697,9 @@ mod tests {
         for bad in [
             "[pool]\nsize = 0",
             "[pool]\ncheckout_timeout = -1",
+            "[pool]\naffinity_hold = 2",
+            "[pool]\naffinity_hold = -0.1",
+            "[pool]\naffinity_transactions = 0",
             "[proxy]\nbogus = 1",
             "[proxy]\nmax_prelogin_connections = 0",
             "[proxy]\nlisten_backlog = 0",
