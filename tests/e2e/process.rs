@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use pgtenant::config::TenantConfig;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::support::*;

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use pgtenant::config::TenantConfig;
-use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 
 use crate::support::*;

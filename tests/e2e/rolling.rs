@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use pgtenant::config::TenantConfig;
 use pgtenant::model::PoolMode;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
