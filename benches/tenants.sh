@@ -11,6 +11,8 @@
 #
 #   A  1 tenant     100 pgbench processes (-c 1 each) through pgtenant, all as app.t0
 #   B  100 tenants  the same 100 processes through pgtenant, process i as app.t$i
+#   B0 as B with tenant affinity turned off ([pool] affinity_hold = 0, set live on the
+#                   console): every handoff between tenants pays the reset
 #   C  direct       the same 100 processes straight to PostgreSQL as `app`, process i
 #                   with options=-c search_path=t$i (no pooling: 100 backends)
 #
@@ -39,6 +41,8 @@
 #   BENCH_SECONDS     seconds per pgbench run (default 10)
 #   PGTENANT_BIN      use this pgtenant binary instead of building one
 #   PGTENANT_WORKERS  [proxy] workers for pgtenant (default 0 = automatic)
+#   AFFINITY_HOLD, AFFINITY_TRANSACTIONS  [pool] tenant affinity for cases A and B
+#                     (defaults: pgtenant's, 0.0005 s and 8)
 #   BENCH_KEEP_LOGS   a directory to copy every log (pgbench, servers) to before cleanup
 #
 # Usage: benches/tenants.sh        (as root, or as a user able to run initdb itself)
@@ -46,6 +50,8 @@ set -euo pipefail
 
 BENCH_SECONDS=${BENCH_SECONDS:-10}
 PGTENANT_WORKERS=${PGTENANT_WORKERS:-0}
+AFFINITY_HOLD=${AFFINITY_HOLD:-0.0005}
+AFFINITY_TRANSACTIONS=${AFFINITY_TRANSACTIONS:-8}
 TENANTS=100          # schemas t0..t99, tenants t0..t99, and pgbench processes per case
 ROWS=10000           # rows per tenant table
 POOL_SIZE=20         # pgtenant pool size (all tenants share the one pool)
@@ -145,6 +151,12 @@ workers = $PGTENANT_WORKERS
 mode = "transaction"
 size = $POOL_SIZE
 max_server_connections = $POOL_SIZE
+affinity_hold = $AFFINITY_HOLD
+affinity_transactions = $AFFINITY_TRANSACTIONS
+
+[admin]
+# The console user that turns tenant affinity off for case B0.
+admin_users = ["bench"]
 
 [[upstreams]]
 name = "local"
@@ -204,7 +216,7 @@ export PGPASSWORD=app   # only the direct case is asked for it; pgtenant trusts 
 conninfo() { # conninfo CASE I
     case $1 in
         A) echo "host=127.0.0.1 port=$PGT_PORT user=app.t0 dbname=shared" ;;
-        B) echo "host=127.0.0.1 port=$PGT_PORT user=app.t$2 dbname=shared" ;;
+        B | B0) echo "host=127.0.0.1 port=$PGT_PORT user=app.t$2 dbname=shared" ;;
         C) echo "host=127.0.0.1 port=$PG_PORT user=app dbname=shared options=-csearch_path=t$2" ;;
     esac
 }
@@ -332,14 +344,20 @@ run_case() {
         "${FAIL[$c]} failed transactions, connect ms avg/max ${CONN[$c]}, $errs pgbench error exit(s)"
 }
 
-CASES=(A B C)
+CASES=(A B B0 C)
 declare -A DESC=(
     [A]="A pgtenant, 1 tenant"
     [B]="B pgtenant, $TENANTS tenants"
+    [B0]="B0 as B, no affinity"
     [C]="C direct PostgreSQL"
 )
 for c in "${CASES[@]}"; do
     su_sql -d postgres -c 'CHECKPOINT' >/dev/null
+    if [[ $c == B0 ]]; then
+        # Tenant affinity off, live, through the admin console.
+        "$PSQL" -X -q -h 127.0.0.1 -p "$PGT_PORT" -U bench -d pgbouncer -c 'SET affinity_hold = 0' >/dev/null \
+            || die "could not turn tenant affinity off through the console"
+    fi
     run_case "$c"
 done
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -206,6 +206,13 @@ pub struct PoolDefaults {
     /// uses 4096 by default); a server asking for more is refused (08006 to the client, the
     /// reason in the log). The computation runs off the async workers, one per core at most.
     pub max_scram_iterations: u32,
+    /// Tenant affinity in transaction mode (seconds, 0 = off): when clients of other tenants
+    /// wait for a shared pool, a client whose transaction ended keeps its server connection
+    /// this long for its next one, so the connection does not pass to another tenant — and
+    /// pay the cross-tenant reset — after every transaction. At most `affinity_transactions`
+    /// transactions in a row; then the connection goes to the next waiter.
+    pub affinity_hold: f64,
+    pub affinity_transactions: u8,
 }
 
 /// A tenant's overrides of the `[pool]` timeouts (seconds, 0 = off).
@@ -243,6 +250,8 @@ impl Default for PoolDefaults {
             client_idle_timeout: 0.0,
             client_write_timeout: 60.0,
             max_scram_iterations: crate::model::DEFAULT_MAX_SCRAM_ITERATIONS,
+            affinity_hold: 0.0005,
+            affinity_transactions: 8,
         }
     }
 }
@@ -617,6 +626,15 @@ impl Config {
         if self.catalog.cache_size == 0 || self.catalog.pool_size == 0 {
             return bad("catalog.cache_size and catalog.pool_size must be ≥ 1".into());
         }
+        if !(p.affinity_hold.is_finite() && (0.0..=1.0).contains(&p.affinity_hold)) {
+            return bad(format!(
+                "pool.affinity_hold must be between 0 and 1 second, got {}",
+                p.affinity_hold
+            ));
+        }
+        if p.affinity_transactions == 0 {
+            return bad("pool.affinity_transactions must be ≥ 1".into());
+        }
         if p.max_scram_iterations == 0 {
             return bad("pool.max_scram_iterations must be ≥ 1".into());
         }
@@ -697,6 +715,9 @@ mod tests {
         for bad in [
             "[pool]\nsize = 0",
             "[pool]\ncheckout_timeout = -1",
+            "[pool]\naffinity_hold = 2",
+            "[pool]\naffinity_hold = -0.1",
+            "[pool]\naffinity_transactions = 0",
             "[proxy]\nbogus = 1",
             "[proxy]\nmax_prelogin_connections = 0",
             "[proxy]\nlisten_backlog = 0",

@@ -126,7 +126,7 @@ fn put_in_force(proxy: &Proxy, new: Config, report: &mut ReloadReport) {
     note(&mut report.applied, "pool.session_features", o.session_features != n.session_features);
     // Every pool's, existing ones too (see `pool::PoolSettings`).
     let settings = PoolSettings::from(n);
-    note(&mut report.applied, "pool.checkout_timeout / connect_timeout / idle_timeout / max_lifetime / min_idle / max_scram_iterations", settings != PoolSettings::from(o));
+    note(&mut report.applied, "pool.checkout_timeout / connect_timeout / idle_timeout / max_lifetime / min_idle / max_scram_iterations / affinity_hold / affinity_transactions", settings != PoolSettings::from(o));
     note(
         &mut report.applied,
         "pool.query_timeout / idle_transaction_timeout / client_idle_timeout / client_write_timeout",
@@ -216,6 +216,11 @@ pub fn set(proxy: &Proxy, key: &str, value: &str) -> Result<ReloadReport, SetErr
         "query_timeout" => c.pool.query_timeout = seconds()?,
         "idle_transaction_timeout" => c.pool.idle_transaction_timeout = seconds()?,
         "client_idle_timeout" => c.pool.client_idle_timeout = seconds()?,
+        "affinity_hold" => c.pool.affinity_hold = seconds()?,
+        "affinity_transactions" => {
+            c.pool.affinity_transactions =
+                u8::try_from(count()?).map_err(|_| bad("not a count of transactions (1 to 255)"))?
+        }
         "log_connections" => c.log.connections = flag()?,
         "log_disconnections" => c.log.disconnections = flag()?,
         "stats_period" => c.log.stats_period = seconds()?,

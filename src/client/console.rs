@@ -410,7 +410,7 @@ impl ProxyConsole {
         let (dp, dpool, dlog) = (ProxyConfig::default(), PoolDefaults::default(), LogConfig::default());
         let yn = |b: bool| Value::from(if b { "yes" } else { "no" });
         let on = |b: bool| if b { "1" } else { "0" }.to_owned();
-        let rows: [(&str, String, String, bool); 22] = [
+        let rows: [(&str, String, String, bool); 24] = [
             ("listen_addr", c.proxy.listen.to_string(), dp.listen.to_string(), false),
             ("max_client_conn", c.proxy.max_client_conn.to_string(), dp.max_client_conn.to_string(), false),
             ("pool_mode", c.pool.mode.as_str().to_owned(), dpool.mode.as_str().to_owned(), true),
@@ -450,6 +450,13 @@ impl ProxyConsole {
                 "client_idle_timeout",
                 c.pool.client_idle_timeout.to_string(),
                 dpool.client_idle_timeout.to_string(),
+                true,
+            ),
+            ("affinity_hold", c.pool.affinity_hold.to_string(), dpool.affinity_hold.to_string(), true),
+            (
+                "affinity_transactions",
+                c.pool.affinity_transactions.to_string(),
+                dpool.affinity_transactions.to_string(),
                 true,
             ),
             ("shutdown_timeout", c.proxy.shutdown_timeout.to_string(), dp.shutdown_timeout.to_string(), true),

@@ -118,6 +118,11 @@ struct Progress {
     /// When the queued reset went out: its replies are due within [`CLEANUP_TIMEOUT`] (see
     /// [`Limit::Reset`]).
     reset_since: Option<tokio::time::Instant>,
+    /// Tenant affinity: until when the client keeps its idle server connection for its next
+    /// transaction (see [`Session::keep_for_affinity`]).
+    hold_until: Option<tokio::time::Instant>,
+    /// Transactions in a row the client kept its connection for.
+    held: u8,
 }
 
 /// A cross-tenant reset's replies, swallowed and checked (see [`queue_reset`]).
@@ -296,6 +301,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.next_event(signals).await
             };
             match event {
+                Event::Timeout(Limit::Affinity) => {
+                    // The hold ran out: the connection goes back at the next settle.
+                    self.progress.hold_until = None;
+                    self.progress.held = u8::MAX;
+                }
                 Event::Timeout(limit) => {
                     if limit == Limit::Reset {
                         tracing::warn!(tenant = %self.tenant.id, "cross-tenant reset did not finish in time: cancelling it and closing the server connection");
@@ -310,6 +320,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Event::Client(Ok(0) | Err(_)) => return Exit::Client,
                 Event::Client(Ok(n)) => {
+                    self.progress.hold_until = None;
                     self.meter.bytes_in(n);
                     self.touch();
                     self.scan_client();
@@ -337,7 +348,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // A connection pgtenant lost track of (an uncertain COPY) stays with this client until
         // a marker query, sent once the client is quiet, shows where its replies end.
         self.maybe_resync();
-        if self.server.is_some() && self.mode == PoolMode::Transaction && !self.pinned && self.server_idle() {
+        if self.server.is_some()
+            && self.mode == PoolMode::Transaction
+            && !self.pinned
+            && self.server_idle()
+            && !self.keep_for_affinity()
+        {
             self.release();
         }
         let idle = self.server.is_none() || self.server_idle();
@@ -729,7 +745,8 @@ fn timed_out(limit: Limit, tenant: &crate::model::TenantId) -> PgError {
         Limit::Query => PgError::query_timeout(tenant.as_str()),
         Limit::IdleTransaction => PgError::idle_transaction_timeout(tenant.as_str()),
         Limit::ClientIdle => PgError::client_idle_timeout(tenant.as_str()),
-        Limit::Reset => PgError::session_setup_failed(),
+        // An affinity hold ending is no error; the relay handles it before this.
+        Limit::Reset | Limit::Affinity => PgError::session_setup_failed(),
     }
 }
 

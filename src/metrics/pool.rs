@@ -135,6 +135,10 @@ impl GlobalStats {
     pub fn reset(&self) {
         self.resets.fetch_add(1, Relaxed);
     }
+    /// Server connections reset so far.
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Relaxed)
+    }
     /// A panic caught in a task (the task ended, the process did not).
     pub fn panic_caught(&self) {
         self.panics.fetch_add(1, Relaxed);

@@ -2,6 +2,7 @@
 //! a tenant with a thousand waiting clients cannot starve a tenant with one.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -22,6 +23,8 @@ struct State {
 
 pub struct FairSemaphore {
     state: Mutex<State>,
+    /// How many tenants have waiters (`State::order`'s length, mirrored for a lock-free read).
+    queued: AtomicUsize,
 }
 
 /// A held permit; dropping it hands the permit to the next waiter (round-robin) or back.
@@ -38,7 +41,20 @@ impl Drop for FairPermit {
 impl FairSemaphore {
     pub fn new(size: usize) -> Arc<FairSemaphore> {
         let available = isize::try_from(size).unwrap_or(isize::MAX);
-        Arc::new(FairSemaphore { state: Mutex::new(State { available, size, ..State::default() }) })
+        Arc::new(FairSemaphore {
+            state: Mutex::new(State { available, size, ..State::default() }),
+            queued: AtomicUsize::new(0),
+        })
+    }
+
+    /// Whether clients of a tenant other than `tenant` wait for a permit: one atomic load,
+    /// and the lock only when exactly one tenant waits (it may be `tenant` itself).
+    pub fn others_waiting(&self, tenant: &TenantId) -> bool {
+        match self.queued.load(Ordering::Relaxed) {
+            0 => false,
+            1 => self.lock().order.iter().any(|t| t != tenant),
+            _ => true,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -67,6 +83,7 @@ impl FairSemaphore {
         while st.available > 0 && Self::wake_one(&mut st) {
             st.available -= 1;
         }
+        self.queued.store(st.order.len(), Ordering::Relaxed);
     }
 
     pub fn try_acquire(self: &Arc<Self>) -> Option<FairPermit> {
@@ -90,6 +107,7 @@ impl FairSemaphore {
             queue.push_back(tx);
             if queue.len() == 1 {
                 st.order.push_back(tenant.clone());
+                self.queued.store(st.order.len(), Ordering::Relaxed);
             }
             rx
         };
@@ -108,6 +126,7 @@ impl FairSemaphore {
         if st.available < 0 || !Self::wake_one(&mut st) {
             st.available += 1;
         }
+        self.queued.store(st.order.len(), Ordering::Relaxed);
     }
 
     /// Hands a permit to the next waiter (round-robin across tenants); false if none waits.
@@ -191,6 +210,28 @@ mod tests {
         assert!(waiter.await.expect("join"));
         drop(c);
         assert_eq!(sem.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn others_waiting_sees_only_other_tenants_waiters() {
+        let sem = FairSemaphore::new(1);
+        let held = sem.try_acquire().expect("permit");
+        assert!(!sem.others_waiting(&id("a")), "nobody waits");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let queue = |t: &'static str| {
+            let sem = sem.clone();
+            tokio::spawn(async move { sem.acquire(&id(t), deadline).await.is_some() })
+        };
+        let wa = queue("a");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!sem.others_waiting(&id("a")), "only a's own client waits");
+        assert!(sem.others_waiting(&id("b")));
+        let wb = queue("b");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(sem.others_waiting(&id("a")) && sem.others_waiting(&id("b")));
+        drop(held);
+        assert!(wa.await.expect("join") && wb.await.expect("join"));
+        assert!(!sem.others_waiting(&id("a")) && !sem.others_waiting(&id("c")), "the queue is empty again");
     }
 
     #[tokio::test]

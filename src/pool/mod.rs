@@ -175,6 +175,12 @@ impl Pool {
         self.checkout.in_use()
     }
 
+    /// Whether clients of another tenant than `tenant` wait for one of this pool's
+    /// connections (so a connection released now would pass to another tenant, with a reset).
+    pub fn others_waiting(&self, tenant: &TenantId) -> bool {
+        self.checkout.others_waiting(tenant)
+    }
+
     /// Server connections opened since the pool was made, and attempts that failed
     /// (refused, timed out, failed to log in).
     pub fn connect_counts(&self) -> (u64, u64) {

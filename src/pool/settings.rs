@@ -20,6 +20,11 @@ pub struct PoolSettings {
     pub min_idle: usize,
     /// The most PBKDF2 iterations an upstream may ask for in SCRAM.
     pub max_scram_iterations: u32,
+    /// Tenant affinity: how long a transaction-mode client keeps its server connection after
+    /// a transaction when clients of other tenants wait for it (zero: never), and for how
+    /// many transactions in a row at most.
+    pub affinity_hold: Duration,
+    pub affinity_transactions: u8,
 }
 
 impl From<&PoolDefaults> for PoolSettings {
@@ -31,6 +36,8 @@ impl From<&PoolDefaults> for PoolSettings {
             max_lifetime: secs(p.max_lifetime),
             min_idle: p.min_idle,
             max_scram_iterations: p.max_scram_iterations,
+            affinity_hold: secs(p.affinity_hold),
+            affinity_transactions: p.affinity_transactions,
         }
     }
 }

@@ -3,22 +3,31 @@
 //! running out of file descriptors is warned about at start and neither spins nor floods
 //! the log.
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgtenant::config::TenantConfig;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
 
 use crate::support::*;
 
 /// `pgtenant serve` on port 0 with one static tenant, its log collected as it comes.
 struct Serve {
-    child: Child,
-    addr: std::net::SocketAddr,
-    log: Arc<Mutex<String>>,
+    process: ServeProcess,
     _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Serve {
+    type Target = ServeProcess;
+    fn deref(&self) -> &ServeProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Serve {
+    fn deref_mut(&mut self) -> &mut ServeProcess {
+        &mut self.process
+    }
 }
 
 impl Serve {
@@ -69,78 +78,13 @@ pool_mode = "session"
                 c
             }
         };
-        let mut child = command
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run pgtenant serve");
-        // The log is read for as long as the process lives (a full pipe would stall it).
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut tx = Some(tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("pgtenant listening") {
-                    if let (Some(tx), Some(addr)) = (tx.take(), listen_addr(&line)) {
-                        let _ = tx.send(addr);
-                    }
-                }
-                sink.lock().expect("log").push_str(&line);
-                sink.lock().expect("log").push('\n');
-            }
-        });
-        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .unwrap_or_else(|_| panic!("pgtenant did not start: {}", log.lock().expect("log")))
-            .expect("listening line");
-        Serve { child, addr, log, _dir: dir }
+        command.arg("serve").arg("--config").arg(&path).env("RUST_LOG", "info");
+        Serve { process: ServeProcess::spawn(&mut command).await, _dir: dir }
     }
 
     fn conninfo(&self, t: &TenantConfig) -> String {
         format!("host=127.0.0.1 port={} user=app.{} dbname={}", self.addr.port(), t.id, t.database)
     }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("running");
-        let ok = std::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
-        assert!(ok.expect("kill").success(), "kill -{name} {pid}");
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("log").clone()
-    }
-}
-
-/// `addr=127.0.0.1:PORT` in a log line.
-fn listen_addr(line: &str) -> Option<std::net::SocketAddr> {
-    let plain: String = strip_ansi(line);
-    let at = plain.find("addr=")? + "addr=".len();
-    plain[at..].split_whitespace().next()?.trim_matches('"').parse().ok()
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

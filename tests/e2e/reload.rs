@@ -3,23 +3,25 @@
 //! the old configuration kept, a tenant added to the file can connect, and the log level
 //! changes.
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgtenant::config::TenantConfig;
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::support::*;
 
 /// `pgtenant serve` from a file the test rewrites, its log collected as it comes.
 pub(crate) struct Served {
-    child: Child,
-    addr: std::net::SocketAddr,
+    process: ServeProcess,
     path: std::path::PathBuf,
-    log: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Served {
+    type Target = ServeProcess;
+    fn deref(&self) -> &ServeProcess {
+        &self.process
+    }
 }
 
 /// The file: `[proxy]` on port 0 (`extra_proxy` added to it), the local upstream, `tenants`.
@@ -52,46 +54,15 @@ impl Served {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("pgtenant.toml");
         std::fs::write(&path, text).expect("write config");
-        let mut child = pgtenant_command()
+        let mut command = pgtenant_command();
+        command
             .arg("serve")
             .arg("--config")
             .arg(&path)
             .env_remove("RUST_LOG")
             .env_remove("PGTENANT_CATALOG_URL")
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run pgtenant serve");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut tx = Some(tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("pgtenant listening") {
-                    let addr = line
-                        .split("addr=")
-                        .nth(1)
-                        .and_then(|r| r.split_whitespace().next())
-                        .and_then(|a| a.trim_matches('"').parse::<std::net::SocketAddr>().ok());
-                    if let (Some(tx), Some(addr)) = (tx.take(), addr) {
-                        let _ = tx.send(addr);
-                    }
-                }
-                let mut log = sink.lock().expect("log");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .unwrap_or_else(|_| panic!("pgtenant did not start: {}", log.lock().expect("log")))
-            .expect("listening line");
-        Served { child, addr, path, log, _dir: dir }
+            .envs(envs.iter().copied());
+        Served { process: ServeProcess::spawn(&mut command).await, path, _dir: dir }
     }
 
     fn url(&self, t: &TenantConfig) -> String {
@@ -105,9 +76,7 @@ impl Served {
     /// Writes `text` as the file and sends SIGHUP.
     fn hup(&self, text: &str) {
         std::fs::write(&self.path, text).expect("rewrite config");
-        let pid = self.child.id().expect("running");
-        let ok = std::process::Command::new("kill").arg("-HUP").arg(pid.to_string()).status();
-        assert!(ok.expect("kill").success());
+        self.signal("HUP");
     }
 
     /// [`Served::hup`], returning once the reload's outcome (the `n`-th) is logged.
@@ -119,10 +88,6 @@ impl Served {
         })
         .await;
         assert!(logged, "reload {n} not logged: {}", self.log());
-    }
-
-    pub(crate) fn log(&self) -> String {
-        self.log.lock().expect("log").clone()
     }
 }
 

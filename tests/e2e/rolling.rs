@@ -7,81 +7,31 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgtenant::config::TenantConfig;
 use pgtenant::model::PoolMode;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::instances::{backend_key, haproxy, raw_login, send_cancel};
 use crate::support::raw::{query, read_ready, send, sqlstate, startup_packet};
 use crate::support::*;
 
-/// One `pgtenant serve` process, its log collected as it comes.
-struct Node {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Node {
-    /// Starts an instance listening on `port` with the handover socket `handover`; returns
-    /// once it accepts (for a successor: once it has taken the socket over).
-    async fn start(dir: &Path, name: &str, catalog_url: &str, port: u16, handover: &Path) -> Node {
-        let path = dir.join(format!("{name}.toml"));
-        let toml = format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nshutdown_timeout = 30\nheartbeat_interval = 0.5\n\
-             handover = {handover}\ninstance_id = \"{name}\"\n\n[catalog]\nurl = {url}\n",
-            handover = toml_str(&handover.display().to_string()),
-            url = toml_str(catalog_url),
-        );
-        std::fs::write(&path, toml).expect("write config");
-        let mut child = pgtenant_command()
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run pgtenant serve");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = sink.lock().expect("log");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let node = Node { child, log };
-        assert!(
-            eventually(Duration::from_secs(30), || async { node.log().contains("pgtenant listening") }).await,
-            "{name} did not start: {}",
-            node.log()
-        );
-        node
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("log").clone()
-    }
-
-    /// Waits for the process to exit by itself; its exit status must be success.
-    async fn exited(mut self, within: Duration) -> String {
-        let status = match tokio::time::timeout(within, self.child.wait()).await {
-            Ok(s) => s.expect("wait"),
-            Err(_) => panic!("still running after {within:?}: {}", self.log()),
-        };
-        assert!(status.success(), "{status:?}: {}", self.log());
-        self.log()
-    }
+/// Starts an instance listening on `port` with the handover socket `handover`; returns once it
+/// accepts (for a successor: once it has taken the socket over).
+async fn node(dir: &Path, name: &str, catalog_url: &str, port: u16, handover: &Path) -> ServeProcess {
+    let path = dir.join(format!("{name}.toml"));
+    let toml = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\nshutdown_timeout = 30\nheartbeat_interval = 0.5\n\
+         handover = {handover}\ninstance_id = \"{name}\"\n\n[catalog]\nurl = {url}\n",
+        handover = toml_str(&handover.display().to_string()),
+        url = toml_str(catalog_url),
+    );
+    std::fs::write(&path, toml).expect("write config");
+    ServeProcess::spawn(pgtenant_command().arg("serve").arg("--config").arg(&path).env("RUST_LOG", "info"))
+        .await
 }
 
 fn toml_str(s: &str) -> String {
@@ -142,7 +92,7 @@ async fn a_rolling_restart_under_pgbench_refuses_nobody() {
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let mut nodes = Vec::new();
     for (i, (port, sock)) in slots.iter().enumerate() {
-        nodes.push(Some(Node::start(dir.path(), &format!("n{i}-gen0"), &url, *port, sock).await));
+        nodes.push(Some(node(dir.path(), &format!("n{i}-gen0"), &url, *port, sock).await));
     }
     let lb =
         haproxy(&slots.iter().map(|(p, _)| SocketAddr::from(([127, 0, 0, 1], *p))).collect::<Vec<_>>()).await;
@@ -161,7 +111,7 @@ async fn a_rolling_restart_under_pgbench_refuses_nobody() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (i, (port, sock)) in slots.iter().enumerate() {
         let old = nodes[i].take().expect("running");
-        let new = Node::start(dir.path(), &format!("n{i}-gen1"), &url, *port, sock).await;
+        let new = node(dir.path(), &format!("n{i}-gen1"), &url, *port, sock).await;
         assert!(new.log().contains("took_over=true"), "{}", new.log());
         let old_log = old.exited(Duration::from_secs(15)).await;
         assert!(old_log.contains("handover: the new instance accepts"), "{old_log}");
@@ -193,14 +143,14 @@ async fn a_draining_instance_stays_registered_and_gets_its_cancels() {
     let t = with_mode(tenant_db("roll_cancel").await, PoolMode::Transaction, 4);
     let dir = tempfile::tempdir().expect("tempdir");
     let (control, url, slots) = service(&t, 2, dir.path()).await;
-    let a = Node::start(dir.path(), "a", &url, slots[0].0, &slots[0].1).await;
-    let _b = Node::start(dir.path(), "b", &url, slots[1].0, &slots[1].1).await;
+    let a = node(dir.path(), "a", &url, slots[0].0, &slots[0].1).await;
+    let _b = node(dir.path(), "b", &url, slots[1].0, &slots[1].1).await;
     let (a_addr, b_addr) =
         (SocketAddr::from(([127, 0, 0, 1], slots[0].0)), SocketAddr::from(([127, 0, 0, 1], slots[1].0)));
     let (mut s, reply) = raw_login(a_addr, &t.id, 0x0003_0000).await;
     let (pid, secret) = backend_key(&reply);
     // a2 takes a's socket over: a stops accepting but keeps its client, and its row.
-    let a2 = Node::start(dir.path(), "a2", &url, slots[0].0, &slots[0].1).await;
+    let a2 = node(dir.path(), "a2", &url, slots[0].0, &slots[0].1).await;
     assert!(
         eventually(Duration::from_secs(5), || async {
             a.log().contains("draining: staying in the instance registry")

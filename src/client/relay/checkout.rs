@@ -2,6 +2,8 @@
 //! PAUSE of the tenant), the cross-tenant reset and session setup queued in front of the
 //! client's first message, and the release at the end of a transaction.
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{buffers, shutting_down, timed_out, Event, Exit, ResetPhase, Session, Signals};
@@ -101,6 +103,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Event::ServerRead(_) | Event::ServerWrote(_) => {}
             }
         }
+    }
+
+    /// Tenant affinity (`[pool] affinity_hold`): whether the client keeps its idle server
+    /// connection a moment longer instead of releasing it. Only when clients of another tenant
+    /// wait for the pool (released now, the connection would pass to one of them, with a
+    /// cross-tenant reset of three statements), for at most `affinity_transactions`
+    /// transactions in a row, and never while the tenant is paused or the session ends. The
+    /// hold ends when the client sends its next message (the connection serves it, with no
+    /// checkout and no reset) or when the timer fires (`Limit::Affinity`), then it goes back.
+    pub(super) fn keep_for_affinity(&mut self) -> bool {
+        let p = &mut self.progress;
+        if p.hold_until.is_some() {
+            return true;
+        }
+        let waiting = self.pool.others_waiting(&self.tenant.id);
+        let (hold, most) = if waiting {
+            let s = self.pool.settings();
+            (s.affinity_hold, s.affinity_transactions)
+        } else {
+            (Duration::ZERO, 0)
+        };
+        if hold.is_zero()
+            || p.held >= most
+            || self.terminated
+            || self.broken.is_some()
+            || self.draining.is_some()
+            || self.proxy.pools.pauses.is_paused(&self.tenant.id)
+        {
+            p.held = 0;
+            return false;
+        }
+        p.held += 1;
+        p.hold_until = Some(tokio::time::Instant::now() + hold);
+        true
     }
 
     /// Transaction mode: the server connection goes back once the client's transaction is

@@ -28,6 +28,9 @@ pub(super) enum Limit {
     /// wait on a lock, e.g. on the parent of a temporary child table): bounded whatever the
     /// tenant's limits, at [`CLEANUP_TIMEOUT`].
     Reset,
+    /// A connection kept for tenant affinity goes back (not an error: see
+    /// `Session::keep_for_affinity`).
+    Affinity,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -162,10 +165,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             (ResetPhase::Done, _) | (_, None) => None,
             (_, Some(since)) => Some((Limit::Reset, since + CLEANUP_TIMEOUT)),
         };
-        match (fair, reset) {
-            (Some(f), Some(r)) => Some(if r.1 < f.1 { r } else { f }),
-            (f, r) => f.or(r),
-        }
+        let hold = self.progress.hold_until.filter(|_| self.server.is_some()).map(|at| (Limit::Affinity, at));
+        [fair, reset, hold].into_iter().flatten().min_by_key(|(_, at)| *at)
     }
 
     /// The fair-share timeout that applies now, and when it expires.

@@ -12,6 +12,7 @@
 //! portals belong to their client). The pair of tenants is `support::tenant_pair` with
 //! write access and a pool of one.
 
+mod affinity;
 mod replies;
 mod reset;
 mod session_state;

@@ -13,7 +13,7 @@ mod managed;
 mod pair;
 pub mod raw;
 
-pub use cli::{pgtenant, pgtenant_command, pgtenant_env};
+pub use cli::{pgtenant, pgtenant_command, pgtenant_env, ServeProcess};
 pub use managed::{second_upstream, Setup};
 pub use pair::{tenant_pair, Access};
 pub use raw::{raw_exchange, read_until_ready, sqlstate, startup_packet, startup_packet_version};
