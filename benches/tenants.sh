@@ -42,7 +42,7 @@
 #   PGTENANT_BIN      use this pgtenant binary instead of building one
 #   PGTENANT_WORKERS  [proxy] workers for pgtenant (default 0 = automatic)
 #   AFFINITY_HOLD, AFFINITY_TRANSACTIONS  [pool] tenant affinity for cases A and B
-#                     (defaults: pgtenant's, 0.0005 s and 8)
+#                     (defaults: pgtenant's, 0.002 s and 16)
 #   BENCH_KEEP_LOGS   a directory to copy every log (pgbench, servers) to before cleanup
 #
 # Usage: benches/tenants.sh        (as root, or as a user able to run initdb itself)
@@ -50,8 +50,8 @@ set -euo pipefail
 
 BENCH_SECONDS=${BENCH_SECONDS:-10}
 PGTENANT_WORKERS=${PGTENANT_WORKERS:-0}
-AFFINITY_HOLD=${AFFINITY_HOLD:-0.0005}
-AFFINITY_TRANSACTIONS=${AFFINITY_TRANSACTIONS:-8}
+AFFINITY_HOLD=${AFFINITY_HOLD:-0.002}
+AFFINITY_TRANSACTIONS=${AFFINITY_TRANSACTIONS:-16}
 TENANTS=100          # schemas t0..t99, tenants t0..t99, and pgbench processes per case
 ROWS=10000           # rows per tenant table
 POOL_SIZE=20         # pgtenant pool size (all tenants share the one pool)

@@ -250,8 +250,8 @@ impl Default for PoolDefaults {
             client_idle_timeout: 0.0,
             client_write_timeout: 60.0,
             max_scram_iterations: crate::model::DEFAULT_MAX_SCRAM_ITERATIONS,
-            affinity_hold: 0.0005,
-            affinity_transactions: 8,
+            affinity_hold: 0.002,
+            affinity_transactions: 16,
         }
     }
 }

@@ -78,6 +78,9 @@ type Signals = Watch<3>;
 const SIGNAL_FORCE: usize = 0;
 const SIGNAL_DRAIN: usize = 1;
 
+/// Transaction ends not held for (tenant affinity) after a hold the client let run out.
+const HOLD_SKIP_AFTER_MISS: u8 = 8;
+
 /// Why the relay stopped.
 enum Exit {
     /// The client left (Terminate, end of stream, or a failed write).
@@ -123,6 +126,9 @@ struct Progress {
     hold_until: Option<tokio::time::Instant>,
     /// Transactions in a row the client kept its connection for.
     held: u8,
+    /// After a hold the client did not use (its next transaction came later), transaction
+    /// ends left before it is held for again.
+    hold_skip: u8,
 }
 
 /// A cross-tenant reset's replies, swallowed and checked (see [`queue_reset`]).
@@ -303,8 +309,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             match event {
                 Event::Timeout(Limit::Affinity) => {
                     // The hold ran out: the connection goes back at the next settle.
+                    // The hold ran out unused: the connection goes back at the next settle,
+                    // and the next few transactions are not held for.
                     self.progress.hold_until = None;
                     self.progress.held = u8::MAX;
+                    self.progress.hold_skip = HOLD_SKIP_AFTER_MISS;
                 }
                 Event::Timeout(limit) => {
                     if limit == Limit::Reset {

@@ -111,11 +111,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// cross-tenant reset of three statements), for at most `affinity_transactions`
     /// transactions in a row, and never while the tenant is paused or the session ends. The
     /// hold ends when the client sends its next message (the connection serves it, with no
-    /// checkout and no reset) or when the timer fires (`Limit::Affinity`), then it goes back.
+    /// checkout and no reset) or when the timer fires (`Limit::Affinity`), then it goes back;
+    /// a client that let a hold run out is not held for at its next few transaction ends
+    /// ([`super::HOLD_SKIP_AFTER_MISS`]), so a client that is slow to come back does not idle
+    /// a connection others wait for after each transaction.
     pub(super) fn keep_for_affinity(&mut self) -> bool {
         let p = &mut self.progress;
         if p.hold_until.is_some() {
             return true;
+        }
+        if p.hold_skip > 0 {
+            p.hold_skip -= 1;
+            p.held = 0;
+            return false;
         }
         let waiting = self.pool.others_waiting(&self.tenant.id);
         let (hold, most) = if waiting {

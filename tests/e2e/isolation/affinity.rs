@@ -70,3 +70,51 @@ async fn round(h: &Harness, clients: [(&Client, &String); 2], rounds: usize) -> 
         .expect("both tenants finish");
     h.proxy.metrics.global().resets() - before
 }
+
+/// A client that comes back later than the hold is not held for after each transaction: once a
+/// hold runs out unused, its next transaction ends are not held for. Tenant a runs a
+/// transaction every 250 ms (the hold is 200 ms) while tenant b queries without pause over the
+/// same single connection: b waits out a hold after a's first transaction, not after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_slower_than_the_hold_is_not_held_for_after_each_transaction() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let mut cfg: Config = config(vec![a.clone(), b.clone()]);
+    cfg.pool.checkout_timeout = 10.0;
+    cfg.pool.affinity_hold = 0.2;
+    let h = start(cfg).await;
+    let (ca, cb) = (h.client(&a.id).await, h.client(&b.id).await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let b_loop = {
+        let stop = stop.clone();
+        async move {
+            let mut slow = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                cb.simple_query("SELECT 1").await.unwrap_or_else(|e| panic!("tenant b: {}", why(&e)));
+                if t.elapsed() >= Duration::from_millis(150) {
+                    slow += 1;
+                }
+            }
+            slow
+        }
+    };
+    let a_loop = async {
+        for i in 0..10 {
+            ca.simple_query("SELECT 1")
+                .await
+                .unwrap_or_else(|e| panic!("tenant a's transaction {i}: {}", why(&e)));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (slow, ()) =
+        tokio::time::timeout(Duration::from_secs(60), futures_util::future::join(b_loop, a_loop))
+            .await
+            .expect("both finish");
+    eprintln!("tenant b waited out a hold {slow} time(s) over tenant a's 10 transactions");
+    assert!(slow >= 1, "a's first hold should make b wait");
+    assert!(
+        slow <= 3,
+        "b waited out a's hold {slow} times in 10: a slow client is held for after each transaction"
+    );
+}
