@@ -67,6 +67,7 @@ fn render_names_labels_and_values() {
     s.error(ErrorSource::Proxy, b"53300");
     s.pool_wait(Duration::from_micros(700));
     s.server_released(Duration::from_secs(2));
+    s.prepared(1, 2, 10);
     let pool = m.pool("db1:5432/acme/app");
     pool.checkout();
     let mut conn = pool.server();
@@ -87,6 +88,9 @@ fn render_names_labels_and_values() {
     assert_eq!(value(&all, "pgtenant_tenant_sent_bytes_total", &t), Some(2048.0));
     assert_eq!(value(&all, "pgtenant_tenant_logins_total", &t), Some(1.0));
     assert_eq!(value(&all, "pgtenant_tenant_server_held_seconds_total", &t), Some(2.0));
+    assert_eq!(value(&all, "pgtenant_tenant_client_parses_total", &t), Some(1.0));
+    assert_eq!(value(&all, "pgtenant_tenant_server_parses_total", &t), Some(2.0));
+    assert_eq!(value(&all, "pgtenant_tenant_binds_total", &t), Some(10.0));
     let err = |source, class| {
         value(
             &all,
