@@ -262,7 +262,8 @@ impl ProxyConsole {
     }
 
     fn database_row(&self, t: &Tenant) -> Vec<Value> {
-        let paused = self.proxy.pools.pauses.is_paused(&t.id);
+        // The tenant's own pause, as PgBouncer shows `db_paused` (the global one is in SHOW STATE).
+        let paused = self.proxy.pools.pauses.tenant_paused(&t.id);
         let (host, port) = upstream_host_port(t);
         vec![
             t.id.as_str().into(),
@@ -648,6 +649,12 @@ impl ConsoleSource for ProxyConsole {
                 Action::Kill(name) => {
                     let Some(name) = name else { return Err(ConsoleError::DatabaseRequired) };
                     let id = self.known(name).await?;
+                    // As PgBouncer: refused during a global pause, and the tenant stays paused
+                    // (new clients wait) until `RESUME tenant`.
+                    if !p.pools.pauses.pause(Some(&id)) {
+                        return Err(ConsoleError::AlreadyPaused);
+                    }
+                    tracing::info!(tenant = %id, "console: KILL (the tenant is paused until RESUME)");
                     p.kick_tenant(&id, PgError::shutting_down());
                     p.pools.close_idle_of(&id);
                     Ok(())

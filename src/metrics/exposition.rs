@@ -318,11 +318,9 @@ impl Collector for Scrape {
             ("pgtenant_tenant_received_bytes", "Bytes received from clients.", |s| s.bytes_in),
             ("pgtenant_tenant_sent_bytes", "Bytes sent to clients.", |s| s.bytes_out),
             ("pgtenant_tenant_logins", "Clients logged in.", |s| s.logins),
-            (
-                "pgtenant_tenant_client_parses",
-                "Named prepared statements clients prepared (Parse).",
-                |s| s.client_parses,
-            ),
+            ("pgtenant_tenant_client_parses", "Named prepared statements clients prepared (Parse).", |s| {
+                s.client_parses
+            }),
             (
                 "pgtenant_tenant_server_parses",
                 "Named prepared statements prepared on server connections (Parse, re-preparations included).",

@@ -77,6 +77,12 @@ impl Pauses {
         s.all || s.tenants.contains(tenant)
     }
 
+    /// Whether `tenant` is paused on its own (PAUSE or KILL of it; SHOW DATABASES' `paused`),
+    /// whatever the global pause.
+    pub fn tenant_paused(&self, tenant: &TenantId) -> bool {
+        self.any.load(Ordering::Acquire) && self.lock().tenants.contains(tenant)
+    }
+
     /// Whether everything is paused (SHOW STATE's `paused`).
     pub fn all_paused(&self) -> bool {
         self.lock().all

@@ -161,8 +161,13 @@ async fn resume_keeps_global_and_tenant_pauses_apart() {
     assert_eq!(refused("PAUSE".into()).await, err("already suspended/paused"));
     assert_eq!(refused(format!("PAUSE {}", t.id)).await, err("already suspended/paused"));
     assert_eq!(refused(format!("RESUME {}", t.id)).await, err(&not_paused));
+    assert_eq!(refused(format!("KILL {}", t.id)).await, err("already suspended/paused"));
     let state = show(&ops, "SHOW STATE").await;
     assert!(state.iter().any(|r| r["key"] == "paused" && r["value"] == "yes"), "{state:?}");
+    // SHOW DATABASES shows a tenant's own pause only (the global one is SHOW STATE's).
+    let dbs = show(&ops, "SHOW DATABASES").await;
+    let row = dbs.iter().find(|r| r["name"] == t.id).expect("tenant row");
+    assert_eq!(row["paused"], "0", "{row:?}");
     let held = tokio::spawn(async move {
         let r = app.simple_query("SELECT 2").await.map(|_| ());
         (r, app)
@@ -251,4 +256,38 @@ async fn show_databases_gives_the_effective_pool_size() {
     assert_eq!(size(&big.id), Some(30), "the upstream's max_connections caps it: {rows:?}");
     let pool = h.proxy.pools.pools().into_iter().find(|p| p.key().database == big.database).expect("pool");
     assert_eq!(pool.size(), 30, "what SHOW DATABASES says is what the pool enforces");
+}
+
+/// KILL ends a tenant's sessions and, as in PgBouncer, leaves the tenant paused: a new client
+/// waits until `RESUME tenant` (SHOW DATABASES shows it paused), and is then served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_ends_the_sessions_and_new_clients_wait_for_resume() {
+    let t = trusted_tenant("opskill", PoolMode::Transaction, 2).await;
+    let h = start(console_config(vec![t.clone()])).await;
+    let ops = connect_str(&console_conninfo(&h, "ops", OPS_PW)).await;
+    let old = h.client(&t.id).await;
+    old.simple_query("SELECT 1").await.expect("before KILL");
+    ops.simple_query(&format!("KILL {}", t.id)).await.expect("KILL");
+    let e = tokio::time::timeout(Duration::from_secs(5), old.simple_query("SELECT 2"))
+        .await
+        .expect("the killed session answers")
+        .expect_err("the killed session must end");
+    let code = e.as_db_error().map(|d| d.code().code().to_owned());
+    assert!(code.as_deref() == Some("57P01") || e.is_closed(), "{e:?}");
+    let dbs = show(&ops, "SHOW DATABASES").await;
+    let row = dbs.iter().find(|r| r["name"] == t.id).expect("tenant row");
+    assert_eq!(row["paused"], "1", "{row:?}");
+    let url = h.conninfo(&t.id);
+    let waiting = tokio::spawn(async move {
+        let c = connect_str(&url).await;
+        c.simple_query("SELECT 3").await.map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a new client must wait while the tenant is killed");
+    ops.simple_query(&format!("RESUME {}", t.id)).await.expect("RESUME");
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served after RESUME")
+        .expect("task")
+        .expect("query");
 }
