@@ -235,20 +235,56 @@ impl ClientVars {
         if !sets.is_empty() {
             sql.push_str(&format!("SELECT {};", sets.join(", ")));
         }
-        let stale: Vec<String> = conn
+        // What `conn` carries that this client does not expect: settings pgtenant applied for
+        // another client, and reportable settings that are not kept in step one by one
+        // (`default_transaction_read_only` …) whose value is not the pool's.
+        let stale: Vec<(String, Option<&String>)> = conn
             .vars()
             .iter()
-            .map(|(k, _)| k)
-            .filter(|k| !pool_params.iter().any(|(p, _)| p.eq_ignore_ascii_case(k)))
-            .filter(|k| !self.other.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)))
-            .cloned()
+            .filter(|(k, _)| !self.other.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)))
+            .filter_map(|(k, v)| match pool_params.iter().find(|(p, _)| p.eq_ignore_ascii_case(k)) {
+                None => Some((k.clone(), None)),
+                Some((_, pool)) if pool != v && !synced(k) && settable_reported(k) => {
+                    Some((k.clone(), Some(pool)))
+                }
+                Some(_) => None,
+            })
             .collect();
-        for k in stale {
+        for (k, pool) in stale {
             sql.push_str(&format!("RESET {};", quote_dotted(&k)));
-            conn.retain_vars(|n| n != k);
+            match pool {
+                // The server reports the value RESET restores (the connection's default, the
+                // pool's value): remembered as such.
+                Some(v) => conn.set_var(&k, v),
+                None => conn.retain_vars(|n| n != k),
+            }
         }
         (!sql.is_empty()).then_some(sql)
     }
+}
+
+/// Reportable settings no client can change with SET or set_config (a RESET of them fails).
+/// Every other reportable setting a client may change — `default_transaction_read_only`
+/// (PostgreSQL 14+), `scram_iterations` (16+), `search_path` (18+) … — is reset for a
+/// client that does not expect the value a server connection carries.
+const FIXED_REPORTED: [&str; 6] = [
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "in_hot_standby",
+    "is_superuser",
+    "session_authorization",
+];
+
+fn settable_reported(name: &str) -> bool {
+    !FIXED_REPORTED.iter().any(|f| f.eq_ignore_ascii_case(name))
+}
+
+/// Whether a ParameterStatus of `name` changes what a client's fingerprint covers (the
+/// reportable settings kept in step one by one): when it does not but changes the server
+/// connection, the connection no longer matches any client's fingerprint.
+pub fn fingerprinted(name: &str) -> bool {
+    synced(name)
 }
 
 /// `-c name=value` and `--name=value` settings from the `options` startup parameter

@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::*;
 use crate::client::pipeline::COPY_FAIL_CODE;
 use crate::client::statements::own_refusal;
+use crate::client::vars::fingerprinted;
 use crate::metrics::ErrorSource;
 use crate::protocol::backend::tag as be;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
@@ -179,10 +180,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         self.vars.observe(&k, &v);
                         if let Some(server) = self.server.as_mut() {
                             let conn = server.conn();
+                            // A reportable setting the fingerprint does not cover, changed
+                            // (default_transaction_read_only by SET or set_config …): the
+                            // connection matches no client's fingerprint until compared.
+                            let uncovered = !fingerprinted(&k) && conn.var(&k) != Some(v.as_str());
                             conn.set_var(&k, &v);
                             // Still in step with this client if it was before the change.
                             let fp = self.vars.fingerprint();
-                            conn.set_vars_fingerprint(if conn.vars_fingerprint() == before { fp } else { 0 });
+                            let in_step = conn.vars_fingerprint() == before && !uncovered;
+                            conn.set_vars_fingerprint(if in_step { fp } else { 0 });
                         }
                     }
                 }

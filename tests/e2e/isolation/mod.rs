@@ -7,12 +7,14 @@
 //! cluster over its Unix socket and the two transcripts are compared message by message.
 //!
 //! The files: `session_state` (what a session sets never reaches the next client),
+//! `parameters` (settings and ParameterStatus at a handoff, both pool modes),
 //! `replies` (no reply crosses clients, even after COPY/Sync orderings PostgreSQL
 //! answers irregularly, a FATAL or a Terminate), `statements` (prepared statements and
 //! portals belong to their client). The pair of tenants is `support::tenant_pair` with
 //! write access and a pool of one.
 
 mod affinity;
+mod parameters;
 mod replies;
 mod reset;
 mod session_state;
