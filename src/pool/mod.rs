@@ -47,8 +47,6 @@ use crate::model::{PoolKey, RequireAuth, TenantId};
 /// ParameterStatus name/value pairs as a server reported them.
 pub type ServerParams = Arc<Vec<(String, String)>>;
 
-/// Idle time after which a connection is checked before it is handed out.
-const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// What a pool's new connections log in with. Replaced (with the next generation) when the
 /// catalog changes it.
@@ -675,10 +673,12 @@ impl PoolManager {
         };
         let permit = pool.checkout.acquire(&tenant.id, deadline).await.ok_or(PoolError::Timeout(wait))?;
         while let Some(conn) = pool.take_idle(Some(&tenant.id)) {
-            // A connection idle for a moment only is handed out unchecked (the check is a
-            // syscall per transaction); one idle longer is checked for a closed socket or
-            // stray bytes first.
-            if conn.idle_since.elapsed() < IDLE_CHECK_AFTER || conn.is_clean() {
+            // A server connection that died while idle (pg_terminate_backend, a server
+            // restart, a backend's own idle_session_timeout) or that has something to say is
+            // never handed out: its socket is checked first. The check reads the readiness
+            // the runtime's event loop last saw (as PgBouncer's loop watches idle servers):
+            // no system call unless the socket became readable.
+            if conn.is_clean() {
                 return Ok(Checkout {
                     conn,
                     pool: pool.clone(),

@@ -1,6 +1,7 @@
 //! The one owner of how a server connection leaves a client session and how it is made
 //! clean for the next one: [`retire`] (back to the pool only when idle, no cancel in flight and
-//! any reset verified; otherwise closed), [`queue_reset`] (the DISCARD ALL, checked by the relay, before
+//! any reset verified, and without settings that act while it is idle; otherwise closed),
+//! [`queue_reset`] (the DISCARD ALL, checked by the relay, before
 //! a connection passes to another tenant) and the strict reading of a reset's reply.
 
 use bytes::BytesMut;
@@ -62,7 +63,35 @@ pub async fn retire(mut co: Checkout, r: Retire) {
             }
         }
     }
+    if acts_while_idle(co.conn_ref()) {
+        match tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, IDLE_RESET)).await {
+            Ok(Ok(())) => {
+                let conn = co.conn();
+                conn.retain_vars(|k| !IDLE_SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(k)));
+                conn.vars_fingerprint = 0;
+            }
+            _ => {
+                tracing::info!(tenant = %r.tenant, "resetting idle_session_timeout failed: closing the server connection");
+                return drop(co);
+            }
+        }
+    }
     co.release();
+}
+
+/// Settings that act on a server connection while it sits idle in the pool, where they are
+/// no client's: `idle_session_timeout` would make the backend end itself there (and the next
+/// client would get a dead connection). A client's value still follows it (applied at
+/// checkout like any SET); the connection goes back to the pool only without it.
+pub const IDLE_SETTINGS: [&str; 1] = ["idle_session_timeout"];
+
+/// What removes [`IDLE_SETTINGS`] before a connection goes back to the pool.
+const IDLE_RESET: &str = "RESET idle_session_timeout";
+
+/// Whether `conn` carries a client's value of one of [`IDLE_SETTINGS`], so it must be reset
+/// before it goes back to the pool.
+pub fn acts_while_idle(conn: &ServerConn) -> bool {
+    IDLE_SETTINGS.iter().any(|s| conn.var(s).is_some_and(|v| v.trim() != "0"))
 }
 
 /// [`retire`], cancelling first what still runs on a connection that is not idle, so it

@@ -416,3 +416,95 @@ async fn handoffs_between_tenants_keep_the_pools_connections() {
     }
     assert!(all.len() <= 2, "240 transactions of two tenants used {} backends: {all:?}", all.len());
 }
+
+/// Every idle pooled backend is terminated from a direct superuser connection (what an
+/// operator's `pg_terminate_backend` or a server restart does to a pool): pgtenant sees at
+/// checkout that their sockets were closed and never hands one out. Five clients, three that
+/// were connected before and two new ones, each run a query at once: all succeed, on new
+/// backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_server_connections_that_died_are_never_handed_out() {
+    let t = with_mode(tenant_db("deadidle").await, PoolMode::Transaction, 5);
+    let h = start(config(vec![t.clone()])).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(h.client(&t.id).await);
+    }
+    // Five transactions open at once: five server connections, idle once they commit.
+    let mut old = std::collections::HashSet::new();
+    for c in &clients {
+        c.batch_execute("BEGIN").await.expect("begin");
+        old.insert(c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get::<_, i32>(0));
+    }
+    for c in &clients {
+        c.batch_execute("COMMIT").await.expect("commit");
+    }
+    assert_eq!(old.len(), 5, "five server connections: {old:?}");
+    let su = admin("postgres").await;
+    let killed: i64 = su
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND backend_type = 'client backend'",
+            &[&t.database],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert_eq!(killed, 5, "every idle pooled backend terminated");
+    let gone = eventually(Duration::from_secs(5), || async { backends(&t.database).await == 0 }).await;
+    assert!(gone, "terminated backends still listed");
+    clients.truncate(3);
+    for _ in 0..2 {
+        clients.push(h.client(&t.id).await);
+    }
+    let runs = clients.iter().map(|c| async move { c.query_one("SELECT pg_backend_pid()", &[]).await });
+    let results = futures_util::future::join_all(runs).await;
+    let errors: Vec<String> =
+        results.iter().filter_map(|r| r.as_ref().err()).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{} of 5 clients failed: {errors:?}", errors.len());
+    for r in results.into_iter().flatten() {
+        let pid: i32 = r.get(0);
+        assert!(!old.contains(&pid), "a terminated backend ({pid}) was handed out");
+    }
+}
+
+/// `idle_session_timeout` set by a client in transaction mode (by SET or in its startup
+/// options) does not outlive it on the server connection: the backend would end itself while
+/// idle in the pool, and the next client would get a dead connection. The client keeps its
+/// value (SHOW gives it); after it left and the timeout passed twice over, clients of its
+/// tenant and of another tenant sharing the pool's one connection run queries on the same
+/// backend, which is still alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_idle_session_timeout_does_not_kill_pooled_connections() {
+    let (a, b) = tenant_pair(pgtenant::model::Isolation::Schema, Access::Read, 1).await;
+    let h = start(config(vec![a.clone(), b.clone()])).await;
+    let p0: i32 = h.client(&b.id).await.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    let by_options = format!("{} options='-c idle_session_timeout=500ms'", h.conninfo(&a.id));
+    for how in ["SET", "startup options"] {
+        let setter = match how {
+            "SET" => {
+                let c = h.client(&a.id).await;
+                c.batch_execute("SET idle_session_timeout = '500ms'").await.expect("SET");
+                c
+            }
+            _ => connect_str(&by_options).await,
+        };
+        let shown =
+            setter.query_one("SHOW idle_session_timeout", &[]).await.expect("SHOW").get::<_, String>(0);
+        assert_eq!(shown, "500ms", "{how}: the setting follows its client");
+        // Idle past its own timeout, the setter's next transaction still runs.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let pid: i32 = setter.query_one("SELECT pg_backend_pid()", &[]).await.expect("setter again").get(0);
+        assert_eq!(pid, p0, "{how}: the setter's connection");
+        drop(setter);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        for id in [&a.id, &b.id, &a.id] {
+            let c = h.client(id).await;
+            let row = c
+                .query_one("SELECT pg_backend_pid(), current_setting('idle_session_timeout')", &[])
+                .await
+                .unwrap_or_else(|e| panic!("{how}: a client of {id} after the setter left: {e}"));
+            assert_eq!((row.get::<_, i32>(0), row.get::<_, String>(1)), (p0, "0".to_owned()), "{how}: {id}");
+        }
+    }
+}

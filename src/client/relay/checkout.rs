@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{buffers, shutting_down, timed_out, Event, Exit, ResetPhase, Session, Signals};
 use crate::cancel::CancelTarget;
-use crate::pool::session::{hand_over, needs_reset, queue_reset, retire, Retire};
+use crate::pool::session::{acts_while_idle, hand_over, needs_reset, queue_reset, retire, Retire};
 use crate::protocol::backend::txn;
 use crate::protocol::{frontend, PgError};
 
@@ -159,7 +159,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.proxy.metrics.global().reset();
         }
         let params = self.pool_params.clone();
-        if reset.is_none() && !cancel {
+        if reset.is_none() && !cancel && !acts_while_idle(co.conn_ref()) {
             co.release();
             return;
         }
