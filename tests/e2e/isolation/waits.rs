@@ -1,0 +1,80 @@
+//! The per-client wait clock (SHOW CLIENTS `wait`/`wait_us`, SHOW POOLS `maxwait`) at a
+//! cross-tenant handoff, and a cancel sent while waiting: a client of tenant b waits for the
+//! pool's one connection, which tenant a holds in a transaction. Its clock runs while it
+//! waits and stops when it is served (after the DISCARD ALL of the handoff); its cancel has
+//! no server connection to go to, so it must not reach tenant a's query on the backend b is
+//! waiting for.
+
+use std::time::Duration;
+
+use pgtenant::console::live::now_us;
+use pgtenant::model::Isolation;
+
+use super::*;
+use crate::support::*;
+
+/// (tenant, waiting for) of every logged-in client.
+fn clocks(h: &Harness) -> Vec<(String, Option<Duration>)> {
+    let now = now_us();
+    h.proxy.live.list().iter().map(|c| (c.tenant.clone(), c.waiting_for(now))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_clock_and_a_cancel_while_waiting_at_a_cross_tenant_handoff() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Read, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let holder = h.client(&a.id).await;
+    let p0 = pid(&holder).await;
+    holder.batch_execute("BEGIN").await.expect("begin");
+    let waiter = h.client(&b.id).await;
+    let cancel = waiter.cancel_token();
+    let served = tokio::spawn(async move {
+        let r = rows(&waiter, "SELECT owner, pg_backend_pid() FROM items").await;
+        (r, waiter)
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let seen = clocks(&h);
+    let waiting: Vec<_> = seen.iter().filter(|(_, w)| w.is_some()).collect();
+    assert_eq!(waiting.len(), 1, "one client waits: {seen:?}");
+    assert_eq!(waiting[0].0, b.id, "the waiter is tenant b's: {seen:?}");
+    assert!(waiting[0].1.is_some_and(|w| w >= Duration::from_millis(300)), "{seen:?}");
+
+    // Tenant a's query runs on the backend b waits for; b's cancel, sent now, has no server
+    // connection to go to and must not cancel it.
+    let holder_query = holder.simple_query("SELECT pg_sleep(0.6), 'a-done'");
+    let (a_result, _) = tokio::join!(holder_query, async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        cancel.cancel_query(tokio_postgres::NoTls).await
+    });
+    assert!(
+        a_result.is_ok(),
+        "tenant b's cancel reached tenant a's query: {:?}",
+        a_result.map_err(|e| why(&e))
+    );
+    let seen = clocks(&h);
+    let still = seen.iter().find(|(t, _)| *t == b.id).and_then(|(_, w)| *w);
+    assert!(
+        still.is_some_and(|w| w >= Duration::from_millis(900)),
+        "b still waits, its clock running: {seen:?}"
+    );
+    holder.batch_execute("COMMIT").await.expect("tenant a's transaction is intact");
+
+    // Served after the handoff: its own rows on the shared backend, or the cancel's 57014 —
+    // never tenant a's rows; and no clock is left running.
+    let (r, waiter) =
+        tokio::time::timeout(Duration::from_secs(5), served).await.expect("served").expect("task");
+    match r {
+        Ok(r) => assert!(
+            r.len() == 3 && r.iter().all(|row| row[0] == b.id && row[1] == p0.to_string()),
+            "tenant b after the handoff saw {r:?}"
+        ),
+        Err(e) => assert_eq!(code(&e), "57014", "{}", why(&e)),
+    }
+    let seen = clocks(&h);
+    assert!(seen.iter().all(|(_, w)| w.is_none()), "a wait clock still runs: {seen:?}");
+    let r = rows(&waiter, "SELECT count(*) FROM items").await.expect("tenant b's next query");
+    assert_eq!(r, vec![vec!["3".to_owned()]]);
+    drop((waiter, holder));
+    let gone = eventually(Duration::from_secs(5), || async { h.proxy.live.list().is_empty() }).await;
+    assert!(gone, "clients left listed: {:?}", clocks(&h));
+}
