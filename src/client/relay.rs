@@ -458,11 +458,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Nothing in flight: the server owes nothing and the client sent nothing unanswered.
+    /// Never after a FATAL: the server is closing the connection, which must not go back to
+    /// the pool (the reply model may owe nothing once the error was routed).
     fn server_idle(&self) -> bool {
         let p = &self.progress;
         self.pipeline.is_idle()
             && self.quiet()
             && !self.sent_terminate
+            && !p.fatal
             && !p.desync
             && !p.extended_open
             && p.status == txn::IDLE

@@ -327,7 +327,8 @@ impl Pool {
     }
 
     /// Closes idle connections past their idle timeout or lifetime, keeping `min_idle`
-    /// (the most recently used ones), then opens connections up to `min_idle` with free
+    /// (the most recently used ones), and those the server closed (or that have something to
+    /// say: see [`ServerConn::is_clean`]), then opens connections up to `min_idle` with free
     /// capacity only (maintenance never evicts).
     async fn maintain(&self) {
         let s = self.settings.load_full();
@@ -337,7 +338,8 @@ impl Pool {
             let mut i = 0;
             idle.retain(|c| {
                 let kept = c.created.elapsed() < s.max_lifetime
-                    && (i >= keep_from || c.idle_since.elapsed() < s.idle_timeout);
+                    && (i >= keep_from || c.idle_since.elapsed() < s.idle_timeout)
+                    && c.is_clean();
                 i += 1;
                 kept
             });

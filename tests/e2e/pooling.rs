@@ -508,3 +508,63 @@ async fn a_clients_idle_session_timeout_does_not_kill_pooled_connections() {
         }
     }
 }
+
+/// Maintenance notices idle server connections the server closed without waiting for a
+/// checkout (as PgBouncer drops an idle server that hangs up): with `min_idle = 2` and no
+/// client activity, terminating both idle backends brings two new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_replaces_idle_connections_the_server_closed() {
+    let t = with_mode(tenant_db("deadmin").await, PoolMode::Transaction, 4);
+    let mut cfg = config(vec![t.clone()]);
+    cfg.pool.min_idle = 2;
+    cfg.pool.idle_timeout = 2.0;
+    let h = start(cfg).await;
+    h.client(&t.id).await.simple_query("SELECT 1").await.expect("the pool exists");
+    let pids = |db: String| async move {
+        let su = admin("postgres").await;
+        let rows = su
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
+                &[&db],
+            )
+            .await
+            .expect("pg_stat_activity");
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<std::collections::HashSet<i32>>()
+    };
+    let up = eventually(Duration::from_secs(5), || async { pids(t.database.clone()).await.len() == 2 }).await;
+    assert!(up, "min_idle not reached: {:?}", pids(t.database.clone()).await);
+    let old = pids(t.database.clone()).await;
+    let su = admin("postgres").await;
+    for pid in &old {
+        su.execute("SELECT pg_terminate_backend($1)", &[pid]).await.expect("terminate");
+    }
+    let replaced = eventually(Duration::from_secs(5), || async {
+        let now = pids(t.database.clone()).await;
+        now.len() == 2 && now.is_disjoint(&old)
+    })
+    .await;
+    assert!(
+        replaced,
+        "idle connections closed by the server were not replaced: {old:?} → {:?}",
+        pids(t.database.clone()).await
+    );
+    let pool = h.proxy.pools.pools().pop().expect("the pool");
+    assert_eq!(pool.idle_count(), 2, "the pool lists only live connections");
+}
+
+/// A backend that sent FATAL is closing: its connection never goes back to the pool, and the
+/// client's session ends as PostgreSQL's would (an unknown message type: 08P01, then the
+/// connection closes), even though the reply model owes nothing once the error is routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_backend_sent_fatal_never_goes_back_to_the_pool() {
+    use crate::support::raw::*;
+    let t = with_mode(tenant_db("fatalrel").await, PoolMode::Transaction, 2);
+    let h = start(config(vec![t.clone()])).await;
+    let mut c = raw_proxy(&h, &t.id).await;
+    send(&mut c, &msg(b'?', b"")).await;
+    let (got, closed) = read_eof(&mut c, Duration::from_secs(5)).await;
+    assert_eq!(summary(&got), vec!["E(08P01,FATAL)".to_owned()], "{:?}", summary(&got));
+    assert!(closed, "the session outlived its backend's FATAL");
+    let pool = h.proxy.pools.pools().pop().expect("the pool");
+    assert_eq!(pool.idle_count(), 0, "the closing connection went back to the pool");
+}
