@@ -47,7 +47,6 @@ use crate::model::{PoolKey, RequireAuth, TenantId};
 /// ParameterStatus name/value pairs as a server reported them.
 pub type ServerParams = Arc<Vec<(String, String)>>;
 
-
 /// What a pool's new connections log in with. Replaced (with the next generation) when the
 /// catalog changes it.
 #[derive(Debug)]
