@@ -206,6 +206,14 @@ async fn upstream_over_tls_with_verify_full() {
             [0]
         .get(0);
     assert!(ssl, "the upstream connection is not encrypted");
+    // An idle TLS connection passes the check at checkout (nothing unread under TLS) and is
+    // reused by the next client.
+    let first: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    drop(c);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let next: i32 =
+        h.client(&t.id).await.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    assert_eq!(next, first, "the idle upstream TLS connection was not reused");
     // A CA that did not sign the server's certificate: refused.
     let e =
         tokio_postgres::connect(&h.conninfo(&wrong.id), tokio_postgres::NoTls).await.err().expect("refused");
