@@ -27,6 +27,25 @@ pub struct FairSemaphore {
     queued: AtomicUsize,
 }
 
+/// A queued waiter's receiving end. Dropped before its acquire saw the outcome (the acquire
+/// was cancelled), it gives back a permit sent to it meanwhile.
+struct Waiting<'a> {
+    rx: oneshot::Receiver<()>,
+    sem: &'a FairSemaphore,
+    done: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.rx.close();
+            if self.rx.try_recv().is_ok() {
+                self.sem.release();
+            }
+        }
+    }
+}
+
 /// A held permit; dropping it hands the permit to the next waiter (round-robin) or back.
 pub struct FairPermit {
     sem: Arc<FairSemaphore>,
@@ -96,7 +115,7 @@ impl FairSemaphore {
 
     /// Waits for a permit until `deadline`, queued behind this tenant's earlier waiters.
     pub async fn acquire(self: &Arc<Self>, tenant: &TenantId, deadline: Instant) -> Option<FairPermit> {
-        let mut rx = {
+        let rx = {
             let mut st = self.lock();
             if st.available > 0 && st.order.is_empty() {
                 st.available -= 1;
@@ -111,12 +130,17 @@ impl FairSemaphore {
             }
             rx
         };
-        match tokio::time::timeout_at(deadline, &mut rx).await {
+        // Cancel-safe: a waiter dropped while it waits (its client killed or gone) gives back
+        // a permit sent to it meanwhile instead of losing it.
+        let mut waiting = Waiting { rx, sem: self, done: false };
+        let got = tokio::time::timeout_at(deadline, &mut waiting.rx).await;
+        waiting.done = true;
+        match got {
             Ok(Ok(())) => Some(FairPermit { sem: self.clone() }),
             _ => {
                 // A permit sent just before we gave up is ours: take it rather than lose it.
-                rx.close();
-                rx.try_recv().ok().map(|()| FairPermit { sem: self.clone() })
+                waiting.rx.close();
+                waiting.rx.try_recv().ok().map(|()| FairPermit { sem: self.clone() })
             }
         }
     }
@@ -184,6 +208,23 @@ mod tests {
         assert_eq!(served, vec!["a", "b", "a", "a", "a", "a"]);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(sem.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_gives_back_a_permit_sent_to_it() {
+        let sem = FairSemaphore::new(1);
+        let held = sem.try_acquire().expect("first permit");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let b = id("b");
+        let mut waiter = Box::pin(sem.acquire(&b, deadline));
+        // Polled until it is queued, then still waiting.
+        assert!(tokio::time::timeout(Duration::from_millis(20), &mut waiter).await.is_err());
+        // The permit goes to the queued waiter, which is dropped before it sees it.
+        drop(held);
+        drop(waiter);
+        let again = tokio::time::timeout(Duration::from_millis(200), sem.acquire(&id("c"), deadline)).await;
+        assert!(matches!(again, Ok(Some(_))), "the permit sent to a cancelled waiter was lost");
+        assert_eq!(sem.in_use(), 1);
     }
 
     #[tokio::test]

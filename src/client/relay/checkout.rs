@@ -2,9 +2,13 @@
 //! PAUSE of the tenant), the cross-tenant reset and session setup queued in front of the
 //! client's first message, and the release at the end of a transaction.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
 
 use super::{buffers, shutting_down, timed_out, Event, Exit, ResetPhase, Session, Signals};
 use crate::cancel::CancelTarget;
@@ -23,7 +27,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Err(exit);
             }
         }
-        let checkout = self.proxy.pools.checkout(&self.pool, &self.tenant).await;
+        let checkout = self.proxy.pools.checkout(&self.pool, &self.tenant);
+        tokio::pin!(checkout);
+        // A checkout that waits (a full pool) notices what ends a waiting client at once:
+        // KILL_CLIENT or a kick of its tenant, a forced shutdown; its query then never runs,
+        // and its place in the queue is given back. One that finds a connection at once
+        // polls no signal.
+        let kick = &self.admission.kick;
+        let force = &self.proxy.shutdown.force;
+        let checkout = match (Watched { checkout, kick, force, waits: None }).await {
+            Ok(r) => r,
+            Err(forced) => {
+                self.meter.checked_out(None);
+                let kicked = (!forced).then(|| self.admission.sessions.kick_reason()).flatten();
+                return Err(Exit::Error(kicked.unwrap_or_else(shutting_down)));
+            }
+        };
         self.meter.checked_out(checkout.is_ok().then(|| asked.elapsed()));
         let mut co = checkout.map_err(|e| Exit::Error(PgError::report(&e)))?;
         if self.out.capacity() == 0 {
@@ -167,5 +186,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             co,
             Retire { idle: true, cancel, reset, params, tenant: self.tenant.id.clone() },
         ));
+    }
+}
+
+/// A checkout, until it ends or what ends a waiting client fires first: `Err(true)` for a
+/// forced shutdown, `Err(false)` for a kick (KILL_CLIENT, the tenant suspended). The tokens
+/// are watched only once the checkout is pending, in a box made then (so a checkout that
+/// finds a connection at once costs nothing more). Dropping the checkout gives back its
+/// place in the queue.
+struct Watched<'a, F> {
+    checkout: Pin<&'a mut F>,
+    kick: &'a CancellationToken,
+    force: &'a CancellationToken,
+    /// true once a forced shutdown fires, false once a kick does.
+    waits: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
+}
+
+impl<F: Future> Future for Watched<'_, F> {
+    type Output = Result<F::Output, bool>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(r) = this.checkout.as_mut().poll(cx) {
+            return Poll::Ready(Ok(r));
+        }
+        let waits = this.waits.get_or_insert_with(|| {
+            let (force, kick) = (this.force.clone(), this.kick.clone());
+            Box::pin(async move {
+                tokio::select! {
+                    biased;
+                    () = force.cancelled_owned() => true,
+                    () = kick.cancelled_owned() => false,
+                }
+            })
+        });
+        if let Poll::Ready(forced) = waits.as_mut().poll(cx) {
+            return Poll::Ready(Err(forced));
+        }
+        Poll::Pending
     }
 }

@@ -78,3 +78,45 @@ async fn the_wait_clock_and_a_cancel_while_waiting_at_a_cross_tenant_handoff() {
     let gone = eventually(Duration::from_secs(5), || async { h.proxy.live.list().is_empty() }).await;
     assert!(gone, "clients left listed: {:?}", clocks(&h));
 }
+
+/// KILL_CLIENT of a client waiting for a full pool (tenant a holds the one connection in a
+/// transaction) ends it at once, with 57P01: its INSERT never runs (not even once tenant a
+/// commits), its wait clock and its entry are gone, and its place in the queue is given back
+/// (tenant b's next client is served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_while_waiting_for_a_full_pool_ends_at_once_and_its_query_never_runs() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let holder = h.client(&a.id).await;
+    holder.batch_execute("BEGIN").await.expect("begin");
+    let waiter = h.watched_client(&b.id).await;
+    let table = format!("\"{}\".t", b.id);
+    let insert = format!("INSERT INTO {table} VALUES (1, 'killed')");
+    let served = tokio::spawn(async move {
+        let r = waiter.batch_execute(&insert).await;
+        (r, waiter)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id =
+        h.proxy.live.list().iter().find(|c| c.tenant == b.id).map(|c| c.id).expect("the waiter is listed");
+    assert!(clocks(&h).iter().any(|(t, w)| *t == b.id && w.is_some()), "b waits: {:?}", clocks(&h));
+    let killed = std::time::Instant::now();
+    assert!(h.proxy.live.kill(id), "KILL_CLIENT {id}");
+    let (r, waiter) = tokio::time::timeout(Duration::from_secs(2), served)
+        .await
+        .expect("the killed client is answered while tenant a still holds the connection")
+        .expect("task");
+    let e = r.expect_err("killed while waiting");
+    assert_eq!(waiter.closing_code(&e).await, "57P01");
+    assert!(killed.elapsed() < Duration::from_secs(1), "took {:?}", killed.elapsed());
+    let gone =
+        eventually(Duration::from_secs(2), || async { h.proxy.live.list().iter().all(|c| c.id != id) }).await;
+    assert!(gone, "the killed client is still listed: {:?}", clocks(&h));
+    holder.batch_execute("COMMIT").await.expect("commit");
+    let next = h.client(&b.id).await;
+    let r = rows(&next, "SELECT count(*) FROM items").await.expect("tenant b's next client is served");
+    assert_eq!(r, vec![vec!["3".to_owned()]]);
+    let db = admin(&b.database).await;
+    let n: i64 = db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.expect("count").get(0);
+    assert_eq!(n, 0, "the killed client's INSERT ran");
+}
