@@ -41,32 +41,55 @@ pub struct Class {
     set_like: bool,
 }
 
-// Keywords looked for anywhere in the text (ASCII, lowercase; matched ignoring case).
-const SUSPECT: [&[u8]; 3] = [b"set_config", b"search_path", b"tenant_id"];
-const DROPS: [&[u8]; 2] = [b"deallocate", b"discard"];
-const DECLARE: &[u8] = b"declare";
-const WITH_HOLD: &[u8] = b"with hold";
+// Keywords looked for anywhere in the text (ASCII, lowercase; matched ignoring case), one bit
+// each in the masks below.
+const KEYWORDS: [&[u8]; 7] =
+    [b"set_config", b"search_path", b"tenant_id", b"deallocate", b"discard", b"declare", b"with hold"];
+const SUSPECT: u8 = 0b000_0111;
+const DROPS: u8 = 0b001_1000;
+const DECLARE: &[u8] = KEYWORDS[5];
+const DECLARES: u8 = 1 << 5;
+const WITH_HOLD: u8 = 1 << 6;
+
+/// For each byte, the keywords whose letter at `pos` it is (either case).
+const fn letter_table(pos: usize) -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut k = 0;
+    while k < KEYWORDS.len() {
+        let c = KEYWORDS[k][pos];
+        table[c as usize] |= 1 << k;
+        table[c.to_ascii_uppercase() as usize] |= 1 << k;
+        k += 1;
+    }
+    table
+}
+const FIRST_LETTER: [u8; 256] = letter_table(0);
+const SECOND_LETTER: [u8; 256] = letter_table(1);
 
 /// Reads `sql` (a Query's text, with or without its NUL, or a Parse's) once.
 pub fn classify(sql: &[u8]) -> Class {
-    let (mut suspect, mut drops, mut declares, mut with_hold) = (false, false, false, false);
-    for i in 0..sql.len() {
-        // Only bytes that may start a keyword are looked at further: `| 0x20` lowercases ASCII
-        // letters, and only 'S'/'s' become 's' (and so on).
-        let at = |needle: &[u8]| sql[i..].get(..needle.len()).is_some_and(|w| w.eq_ignore_ascii_case(needle));
-        match sql[i] | 0x20 {
-            b's' => suspect |= at(SUSPECT[0]) || at(SUSPECT[1]),
-            b't' => suspect |= at(SUSPECT[2]),
-            b'd' => {
-                drops |= at(DROPS[0]) || at(DROPS[1]);
-                declares |= at(DECLARE);
+    let mut found = 0u8;
+    for (i, pair) in sql.windows(2).enumerate() {
+        // Only where the first two letters fit a keyword is the keyword compared (two table
+        // reads per byte; few places pass).
+        let mut maybe = FIRST_LETTER[usize::from(pair[0])] & SECOND_LETTER[usize::from(pair[1])] & !found;
+        while maybe != 0 {
+            let k = maybe.trailing_zeros() as usize;
+            maybe &= maybe - 1;
+            if sql[i..].get(..KEYWORDS[k].len()).is_some_and(|w| w.eq_ignore_ascii_case(KEYWORDS[k])) {
+                found |= 1 << k;
             }
-            b'w' => with_hold |= at(WITH_HOLD),
-            _ => {}
         }
     }
+    let (suspect, drops) = (found & SUSPECT != 0, found & DROPS != 0);
+    let (declares, with_hold) = (found & DECLARES != 0, found & WITH_HOLD != 0);
+    // The first word decides nearly everything; the next two matter after DEALLOCATE and
+    // CREATE only.
     let mut words = [&[][..]; 3];
-    let n = first_words(sql, &mut words);
+    let mut n = first_words(sql, &mut words[..1]);
+    if n == 1 && (words[0].eq_ignore_ascii_case(b"DEALLOCATE") || words[0].eq_ignore_ascii_case(b"CREATE")) {
+        n = first_words(sql, &mut words);
+    }
     let word = |i: usize, k: &str| i < n && words[i].eq_ignore_ascii_case(k.as_bytes());
     let refusal = if word(0, "PREPARE") || word(0, "EXECUTE") {
         Some(Refusal::SqlPrepare)
@@ -150,7 +173,7 @@ impl Class {
 
 /// The first words of a query (letters, digits, `_`), skipping whitespace and comments before
 /// each; stops at anything else. Returns how many of `words` it filled.
-fn first_words<'a>(mut sql: &'a [u8], words: &mut [&'a [u8]; 3]) -> usize {
+fn first_words<'a>(mut sql: &'a [u8], words: &mut [&'a [u8]]) -> usize {
     let mut n = 0;
     while n < words.len() {
         sql = skip_blank(sql);

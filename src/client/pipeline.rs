@@ -251,6 +251,11 @@ impl Pipeline {
         (std::mem::take(&mut self.undo), std::mem::take(&mut self.done))
     }
 
+    /// Whether [`Pipeline::take_effects`] has anything to hand out.
+    pub fn has_effects(&self) -> bool {
+        !self.undo.is_empty() || !self.done.is_empty()
+    }
+
     /// Consumes entries that earn no reply in the server's current state.
     fn advance(&mut self) {
         while !self.started {
@@ -282,9 +287,13 @@ impl Pipeline {
     /// Routes one server message by its tag; `code` is the SQLSTATE of an ErrorResponse.
     pub fn route(&mut self, tag: u8, code: &str) -> Route {
         let mut route = self.route_inner(tag, code);
-        let (undo, done) = self.take_effects();
-        route.undo.extend(undo);
-        route.done.extend(done);
+        // Most messages carry no effect: nothing is moved then.
+        if !self.undo.is_empty() {
+            route.undo.append(&mut self.undo);
+        }
+        if !self.done.is_empty() {
+            route.done.append(&mut self.done);
+        }
         if route.unexpected {
             self.uncertain = true;
         }
@@ -437,7 +446,9 @@ impl Pipeline {
             if ok && matches!(tag, be::COMMAND_COMPLETE | be::READY_FOR_QUERY) {
                 route.completed_set = e.set;
             }
-            route.done.extend(e.effect);
+            if !e.effect.is_empty() {
+                route.done.extend(e.effect);
+            }
         }
         self.started = false;
         self.copy_out = false;
@@ -449,7 +460,9 @@ impl Pipeline {
     fn fail(&mut self, action: &Action, code: &str) -> Route {
         let mut route = self.error_reply(action, code);
         if let Some(e) = self.queue.pop_front() {
-            route.undo.extend(e.effect);
+            if !e.effect.is_empty() {
+                route.undo.extend(e.effect);
+            }
         }
         self.started = false;
         self.copy_out = false;

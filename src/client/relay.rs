@@ -35,7 +35,7 @@ use crate::pool::session::{
     hand_over, needs_reset, queue_reset, reset_step, retire, retire_running, ResetStep, Retire,
     CLEANUP_TIMEOUT,
 };
-use crate::pool::{Checkout, Pool, ServerParams};
+use crate::pool::{Checkout, Pool, ServerParams, TenantCap};
 use crate::protocol::backend::txn;
 use crate::protocol::frame::header;
 use crate::protocol::frontend::tag as fe;
@@ -188,6 +188,8 @@ pub(crate) struct Session<S> {
     setup_error: Option<Bytes>,
 
     server: Option<Checkout>,
+    /// The tenant's server-connection cap, once a checkout found it.
+    tenant_cap: TenantCap,
     progress: Progress,
     /// Why the session ends once it is idle (shutdown, or the tenant was suspended).
     draining: Option<Box<PgError>>,
@@ -247,6 +249,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             s_discard: false,
             setup_error: None,
             server: None,
+            tenant_cap: TenantCap::default(),
             progress: Progress { status: txn::IDLE, ..Progress::default() },
             draining: None,
             admission,
@@ -451,8 +454,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn attach(&mut self) -> Result<(), PgError> {
         self.meter.waiting();
         let asked = std::time::Instant::now();
-        let checkout = self.proxy.pools.checkout(&self.pool, &self.tenant).await;
-        self.meter.checked_out(checkout.is_ok().then(|| asked.elapsed()));
+        let checkout = self.proxy.pools.checkout(&self.pool, &self.tenant, &mut self.tenant_cap).await;
+        self.meter.checked_out(checkout.is_ok().then_some(asked));
         let mut co = checkout.map_err(|e| PgError::report(&e))?;
         if self.out.capacity() == 0 {
             self.out = buffers::take();
@@ -680,8 +683,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.cbuf.advance(pos);
         self.c_scanned -= pos;
-        let (undo, done) = self.pipeline.take_effects();
-        self.apply_effects(undo, done);
+        if self.pipeline.has_effects() {
+            let (undo, done) = self.pipeline.take_effects();
+            self.apply_effects(undo, done);
+        }
     }
 
     /// Settles what messages did once the server completed or skipped them.

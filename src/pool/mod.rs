@@ -169,8 +169,13 @@ fn push_idle(idle: &mut Locked<'_, Idle>, conn: Box<ServerConn>) {
 
 /// An idle connection, preferring one last set up for `tenant`, then one that needs no
 /// reset (no tenant's session on it), else the most recently used (which then gets the
-/// cross-tenant reset); connections past their lifetime are closed on the way.
-fn pick_idle(idle: &mut Idle, tenant: Option<&TenantId>, max_lifetime: Duration) -> Option<Box<ServerConn>> {
+/// cross-tenant reset); connections past their lifetime (at `now`) are closed on the way.
+fn pick_idle(
+    idle: &mut Idle,
+    tenant: Option<&TenantId>,
+    max_lifetime: Duration,
+    now: Instant,
+) -> Option<Box<ServerConn>> {
     loop {
         let pick = tenant
             .and_then(|t| idle.iter().rposition(|c| c.tenant.as_ref() == Some(t)))
@@ -178,7 +183,7 @@ fn pick_idle(idle: &mut Idle, tenant: Option<&TenantId>, max_lifetime: Duration)
             .or_else(|| idle.len().checked_sub(1))?;
         let conn = idle.remove(pick);
         // Past its lifetime: closed here (the reaper catches the ones never picked).
-        if conn.created.elapsed() < max_lifetime {
+        if now.saturating_duration_since(conn.created) < max_lifetime {
             return Some(conn);
         }
     }
@@ -344,7 +349,7 @@ impl Pool {
 
     /// An idle connection (see [`pick_idle`]).
     fn take_idle(&self, tenant: Option<&TenantId>, max_lifetime: Duration) -> Option<Box<ServerConn>> {
-        pick_idle(&mut self.lock_idle(), tenant, max_lifetime)
+        pick_idle(&mut self.lock_idle(), tenant, max_lifetime, Instant::now())
     }
 
     /// Opens a connection within the upstream and global caps, waiting (and evicting idle
@@ -438,14 +443,21 @@ impl Checkout {
     /// Returns an idle, clean connection to the pool.
     pub fn release(self) {
         let Checkout { mut conn, pool, permit, _tenant_permit } = self;
-        if conn.created.elapsed() < pool.settings().max_lifetime {
-            conn.idle_since = Instant::now();
+        let now = Instant::now();
+        if now.saturating_duration_since(conn.created) < pool.settings().max_lifetime {
+            conn.idle_since = now;
             // Pushed under the lock that hands the permit on, so a waiter woken by it finds
             // the connection.
             permit.release_with(|idle| push_idle(idle, conn));
         }
     }
 }
+
+/// A client session's handle on its tenant's server-connection cap: looked up at its first
+/// checkout and kept (a tenant's cap is resized in place, never replaced), so later
+/// checkouts skip the map.
+#[derive(Default)]
+pub struct TenantCap(Option<Arc<Semaphore>>);
 
 /// All pools, created on first use, keyed by upstream login, and the caps they share.
 pub struct PoolManager {
@@ -703,17 +715,34 @@ impl PoolManager {
     /// (fair across tenants), then an idle connection (one already set up for this tenant
     /// first), else a new one within the upstream and global caps; waiting at most the
     /// checkout timeout in all.
-    pub async fn checkout(&self, pool: &Arc<Pool>, tenant: &Tenant) -> Result<Checkout, CheckoutError> {
-        self.checkout_for(pool, tenant)
+    /// `cap` is the session's handle on the tenant's cap, found at its first checkout.
+    pub async fn checkout(
+        &self,
+        pool: &Arc<Pool>,
+        tenant: &Tenant,
+        cap: &mut TenantCap,
+    ) -> Result<Checkout, CheckoutError> {
+        self.checkout_for(pool, tenant, cap)
             .await
             .map_err(|error| CheckoutError { tenant: tenant.id.clone(), error })
     }
 
-    async fn checkout_for(&self, pool: &Arc<Pool>, tenant: &Tenant) -> Result<Checkout, PoolError> {
+    async fn checkout_for(
+        &self,
+        pool: &Arc<Pool>,
+        tenant: &Tenant,
+        cap: &mut TenantCap,
+    ) -> Result<Checkout, PoolError> {
         self.pauses.wait(&tenant.id).await;
-        let wait = pool.settings().checkout_timeout;
-        let deadline = tokio::time::Instant::now() + wait;
-        let cap = self.tenant_cap(tenant);
+        let (wait, max_lifetime) = {
+            let s = pool.settings();
+            (s.checkout_timeout, s.max_lifetime)
+        };
+        // One clock read for the deadline and the idle connection's checks (read again after
+        // a wait).
+        let now = Instant::now();
+        let deadline = tokio::time::Instant::from_std(now + wait);
+        let cap = cap.0.get_or_insert_with(|| self.tenant_cap(tenant)).clone();
         // The common case takes a free permit without arming a timer.
         let tenant_permit = match cap.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -722,18 +751,20 @@ impl PoolManager {
                 .map_err(|_| PoolError::Timeout(wait))?
                 .map_err(|_| PoolError::Timeout(wait))?,
         };
-        let max_lifetime = pool.settings().max_lifetime;
         // The permit and the first idle connection under one lock.
-        let (permit, mut next) = pool
+        let (permit, (mut next, now)) = pool
             .checkout
-            .acquire_with(&tenant.id, deadline, |idle, _| pick_idle(idle, Some(&tenant.id), max_lifetime))
+            .acquire_with(&tenant.id, deadline, |idle, waited| {
+                let now = if waited { Instant::now() } else { now };
+                (pick_idle(idle, Some(&tenant.id), max_lifetime, now), now)
+            })
             .await
             .ok_or(PoolError::Timeout(wait))?;
         while let Some(conn) = next {
             // A connection idle for a moment only is handed out unchecked (the check is a
             // syscall per transaction); one idle longer is checked for a closed socket or
             // stray bytes first.
-            if conn.idle_since.elapsed() < IDLE_CHECK_AFTER || conn.is_clean() {
+            if now.saturating_duration_since(conn.idle_since) < IDLE_CHECK_AFTER || conn.is_clean() {
                 return Ok(Checkout { conn, pool: pool.clone(), permit, _tenant_permit: tenant_permit });
             }
             tracing::debug!(pool = %pool.key.addr, "dropping a stale idle connection");
