@@ -69,17 +69,33 @@ const SECOND_LETTER: [u8; 256] = letter_table(1);
 /// Reads `sql` (a Query's text, with or without its NUL, or a Parse's) once.
 pub fn classify(sql: &[u8]) -> Class {
     let mut found = 0u8;
-    for (i, pair) in sql.windows(2).enumerate() {
-        // Only where the first two letters fit a keyword is the keyword compared (two table
-        // reads per byte; few places pass).
-        let mut maybe = FIRST_LETTER[usize::from(pair[0])] & SECOND_LETTER[usize::from(pair[1])] & !found;
-        while maybe != 0 {
-            let k = maybe.trailing_zeros() as usize;
-            maybe &= maybe - 1;
-            if sql[i..].get(..KEYWORDS[k].len()).is_some_and(|w| w.eq_ignore_ascii_case(KEYWORDS[k])) {
-                found |= 1 << k;
+    // Every keyword's second letter is an `e` or an `i`: eight bytes at a time, only those
+    // are looked at (`j`, a possible second letter), and only where the letter before fits
+    // too is a keyword compared.
+    let mut start = 1;
+    while start < sql.len() {
+        let (mut candidates, span) = match sql.get(start..start + 8).map(<[u8; 8]>::try_from) {
+            Some(Ok(eight)) => (e_or_i(u64::from_le_bytes(eight)), 8),
+            // The last few bytes: each is looked at.
+            _ => {
+                let span = sql.len() - start;
+                (HIGHS & ((1u64 << (8 * span)) - 1), span)
+            }
+        };
+        while candidates != 0 {
+            let j = start + (candidates.trailing_zeros() / 8) as usize;
+            candidates &= candidates - 1;
+            let i = j - 1;
+            let mut maybe = FIRST_LETTER[usize::from(sql[i])] & SECOND_LETTER[usize::from(sql[j])] & !found;
+            while maybe != 0 {
+                let k = maybe.trailing_zeros() as usize;
+                maybe &= maybe - 1;
+                if sql[i..].get(..KEYWORDS[k].len()).is_some_and(|w| w.eq_ignore_ascii_case(KEYWORDS[k])) {
+                    found |= 1 << k;
+                }
             }
         }
+        start += span;
     }
     let (suspect, drops) = (found & SUSPECT != 0, found & DROPS != 0);
     let (declares, with_hold) = (found & DECLARES != 0, found & WITH_HOLD != 0);
@@ -169,6 +185,21 @@ impl Class {
         }
         names
     }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each of the eight bytes of `w` (little-endian: byte 0 lowest) that is `e`,
+/// `E`, `i` or `I`, the only second letters of [`KEYWORDS`]; exactly those.
+fn e_or_i(w: u64) -> u64 {
+    const LOW7: u64 = !HIGHS;
+    // `| 0x20` maps `E` to `e` and `I` to `i` (and no other byte to either).
+    let lower = w | (ONES * 0x20);
+    // A byte's high bit, once all its low bits are set too, is clear only when it was zero
+    // (no carry leaves a byte: (b & 0x7f) + 0x7f <= 0xfe).
+    let zero = |v: u64| !(((v & LOW7).wrapping_add(LOW7)) | v | LOW7);
+    zero(lower ^ (ONES * u64::from(b'e'))) | zero(lower ^ (ONES * u64::from(b'i')))
 }
 
 /// The first words of a query (letters, digits, `_`), skipping whitespace and comments before

@@ -341,7 +341,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn settle(&mut self) -> Option<Exit> {
         // A connection pgtenant lost track of (an uncertain COPY) stays with this client until
         // a marker query, sent once the client is quiet, shows where its replies end.
-        self.maybe_resync();
+        if self.progress.desync {
+            self.maybe_resync();
+        }
         if self.server.is_some() && self.mode == PoolMode::Transaction && !self.pinned && self.server_idle() {
             self.release();
         }
@@ -497,11 +499,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if reset.is_some() {
             self.proxy.metrics.global().reset();
         }
-        let params = self.pool_params.clone();
         if reset.is_none() && !cancel {
             co.release();
             return;
         }
+        let params = self.pool_params.clone();
         tokio::spawn(retire(
             co,
             Retire { idle: true, cancel, reset, params, tenant: self.tenant.id.clone() },

@@ -97,9 +97,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             // Replies to pgtenant's own queries (the reset, the setup) are swallowed.
             let setup = self.progress.swallow_z > 0 || self.progress.reset != ResetPhase::Done;
-            if let Err(failed) = self.check_reset_reply(tag, pos, len, whole) {
-                self.write_client(from, pos).await?;
-                return Err(failed);
+            if matches!(self.progress.reset, ResetPhase::Discard(_)) {
+                if let Err(failed) = self.check_reset_reply(tag, pos, len, whole) {
+                    self.write_client(from, pos).await?;
+                    return Err(failed);
+                }
             }
             let error =
                 (tag == be::ERROR_RESPONSE).then(|| parse_error_fields(&self.sbuf[pos + HEADER_LEN..seen]));
