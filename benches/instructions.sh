@@ -13,13 +13,24 @@
 #   PGTENANT_BIN    the pgtenant binary (default: cargo build --release)
 #   PGTENANT_BASE   a second pgtenant binary to compare with (e.g. a build of main)
 #   PGBOUNCER       PgBouncer 1.25+ (default: found as compare.sh finds it; skipped if absent)
-#   BENCH_TARGETS   targets to run (default "base pgtenant"; add "pgbouncer" to count PgBouncer
-#                   too: callgrind_control must reach a process asleep in epoll_wait through
-#                   vgdb, which hung here on a single-threaded PgBouncer, so it is opt-in)
+#   BENCH_TARGETS   targets to run (default "base pgtenant pgbouncer"; pgbouncer only when found).
+#                   PgBouncer is not reached through callgrind_control (vgdb hangs on a
+#                   single-threaded process asleep in epoll_wait here): each case runs it twice
+#                   under callgrind, fresh each time and stopped so that it writes its counts,
+#                   once for the warm-up alone and once for the warm-up and the measured run;
+#                   the difference is the measured run's (startup and warm-up cancel out).
 #   BENCH_TX        transactions per client in the measured run (default 1000)
 #   BENCH_CLIENTS   pgbench clients (default 4)
 #   BENCH_MODES     pgbench cases, ';'-separated pgbench options (default "-S;-S -M prepared;-N")
 #   BENCH_SCALE     pgbench scale (default 1)
+#   BENCH_KEEP_LOGS a directory to copy the logs and callgrind outputs (cg/) to, for
+#                   callgrind_annotate
+#
+# Caveat: the count is not quite load-free. Each wake-up of pgtenant's event loop (tokio's
+# park: epoll_wait, the timer wheel) costs ~1,100 instructions, and how many transactions
+# one wake-up serves depends on timing: the same binary measured 3,033 and 5,650 wake-ups
+# for the -S run on a quiet and a busy machine (±500 instructions/tx). Compare the rest
+# with callgrind_annotate (BENCH_KEEP_LOGS) when totals differ by less than that.
 #
 # Usage: PGTENANT_BASE=/tmp/pgtenant-main benches/instructions.sh
 set -euo pipefail
@@ -43,7 +54,7 @@ source "$REPO/benches/pair.sh"
 command -v valgrind >/dev/null || die "valgrind is not installed (apt-get install valgrind)"
 command -v callgrind_control >/dev/null || die "callgrind_control is not installed (valgrind)"
 
-make_tmp instructions
+make_tmp instructions cg
 chmod 755 "$TMP"
 mkdir -p "$TMP/cg" && chmod 777 "$TMP/cg"
 build_pgtenant
@@ -52,18 +63,18 @@ REAL_PGTENANT=$PGTENANT_BIN
 PGBOUNCER_BIN="" PGBOUNCER_VERSION=""
 if find_pgbouncer 1.25 2>/dev/null; then :; fi
 
-targets=${BENCH_TARGETS:-"base pgtenant"}
+targets=${BENCH_TARGETS:-"base pgtenant pgbouncer"}
 
-# wrap NAME BIN: a script that runs BIN's `serve` (or PgBouncer itself) under callgrind and
-# any other subcommand (hash-password, check-config) directly.
+# wrap NAME BIN [VALGRIND_OPTION]: a script that runs BIN's `serve` (or PgBouncer itself)
+# under callgrind and any other subcommand (hash-password, check-config) directly.
 wrap() {
-    local name=$1 bin=$2 w="$TMP/run-$1"
+    local name=$1 bin=$2 opt=${3:-} w="$TMP/run-$1"
     cat >"$w" <<EOF
 #!/bin/sh
 case "\$1" in
   hash-password|check-config) exec "$bin" "\$@" ;;
 esac
-exec valgrind -q --tool=callgrind --callgrind-out-file=$TMP/cg/$name.out "$bin" "\$@"
+exec valgrind -q $opt --tool=callgrind --callgrind-out-file=$TMP/cg/$name.out "$bin" "\$@"
 EOF
     chmod 755 "$w"
     echo "$w"
@@ -96,10 +107,42 @@ measure() {
         sleep 0.5
         out=$(ls -t "$TMP"/cg/"$name".out* | head -1)
         local ir
-        ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$out")
+        ir=$(totals "$out")
         RESULT["$name|$mode"]=$(awk -v ir="$ir" -v tx="$tx" 'BEGIN { printf "%.0f", ir / tx }')
         log "$name $mode: $tx transactions, $ir instructions"
     done
+}
+
+# totals FILE: the instructions a callgrind output file counts.
+totals() { awk '/^(summary|totals):/ {print $2; exit}' "$1"; }
+
+# measure_pgbouncer: PgBouncer's instructions per transaction, by difference (see BENCH_TARGETS).
+measure_pgbouncer() {
+    local real=$PGBOUNCER_BIN mode i=0 phase tx ir_warm ir_full
+    IFS=';' read -ra modes <<<"$BENCH_MODES"
+    for mode in "${modes[@]}"; do
+        i=$((i + 1))
+        for phase in warm full; do
+            PGBOUNCER_BIN=$(wrap "pgbouncer-$i-$phase" "$real" --vgdb=no)
+            pair_start_pgbouncer
+            # shellcheck disable=SC2086
+            "$PGBENCH" -n $mode -t 50 -c "$BENCH_CLIENTS" -h 127.0.0.1 -p "$PGB_PORT" -U bench bench \
+                >"$TMP/warm-pgbouncer.log" 2>&1 || { show_log "$TMP/warm-pgbouncer.log"; die "warm-up failed"; }
+            if [[ $phase == full ]]; then
+                # shellcheck disable=SC2086
+                "$PGBENCH" -n $mode -t "$BENCH_TX" -c "$BENCH_CLIENTS" -h 127.0.0.1 -p "$PGB_PORT" -U bench bench \
+                    >"$TMP/run-pgbouncer.log" 2>&1 || { show_log "$TMP/run-pgbouncer.log"; die "pgbench failed"; }
+                tx=$(awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]}' "$TMP/run-pgbouncer.log")
+            fi
+            stop_pid "$PGB_PID" INT; PGB_PID=""
+            [[ -s $TMP/cg/pgbouncer-$i-$phase.out ]] || die "PgBouncer wrote no callgrind counts"
+        done
+        ir_warm=$(totals "$TMP/cg/pgbouncer-$i-warm.out")
+        ir_full=$(totals "$TMP/cg/pgbouncer-$i-full.out")
+        RESULT["pgbouncer|$mode"]=$(awk -v a="$ir_full" -v b="$ir_warm" -v tx="$tx" 'BEGIN { printf "%.0f", (a - b) / tx }')
+        log "pgbouncer $mode: $tx transactions, $((ir_full - ir_warm)) instructions"
+    done
+    PGBOUNCER_BIN=$real
 }
 
 for t in $targets; do
@@ -119,12 +162,7 @@ for t in $targets; do
             ;;
         pgbouncer)
             [[ -n $PGBOUNCER_BIN ]] || { log "no PgBouncer 1.25+ found: skipped"; continue; }
-            real=$PGBOUNCER_BIN
-            PGBOUNCER_BIN=$(wrap pgbouncer "$real")
-            pair_start_pgbouncer
-            measure pgbouncer "$PGB_PORT" bench "$PGB_PID"
-            stop_pid "$PGB_PID" INT; PGB_PID=""
-            PGBOUNCER_BIN=$real
+            measure_pgbouncer
             ;;
     esac
 done

@@ -41,32 +41,71 @@ pub struct Class {
     set_like: bool,
 }
 
-// Keywords looked for anywhere in the text (ASCII, lowercase; matched ignoring case).
-const SUSPECT: [&[u8]; 3] = [b"set_config", b"search_path", b"tenant_id"];
-const DROPS: [&[u8]; 2] = [b"deallocate", b"discard"];
-const DECLARE: &[u8] = b"declare";
-const WITH_HOLD: &[u8] = b"with hold";
+// Keywords looked for anywhere in the text (ASCII, lowercase; matched ignoring case), one bit
+// each in the masks below.
+const KEYWORDS: [&[u8]; 7] =
+    [b"set_config", b"search_path", b"tenant_id", b"deallocate", b"discard", b"declare", b"with hold"];
+const SUSPECT: u8 = 0b000_0111;
+const DROPS: u8 = 0b001_1000;
+const DECLARE: &[u8] = KEYWORDS[5];
+const DECLARES: u8 = 1 << 5;
+const WITH_HOLD: u8 = 1 << 6;
+
+/// For each byte, the keywords whose letter at `pos` it is (either case).
+const fn letter_table(pos: usize) -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut k = 0;
+    while k < KEYWORDS.len() {
+        let c = KEYWORDS[k][pos];
+        table[c as usize] |= 1 << k;
+        table[c.to_ascii_uppercase() as usize] |= 1 << k;
+        k += 1;
+    }
+    table
+}
+const FIRST_LETTER: [u8; 256] = letter_table(0);
+const SECOND_LETTER: [u8; 256] = letter_table(1);
 
 /// Reads `sql` (a Query's text, with or without its NUL, or a Parse's) once.
 pub fn classify(sql: &[u8]) -> Class {
-    let (mut suspect, mut drops, mut declares, mut with_hold) = (false, false, false, false);
-    for i in 0..sql.len() {
-        // Only bytes that may start a keyword are looked at further: `| 0x20` lowercases ASCII
-        // letters, and only 'S'/'s' become 's' (and so on).
-        let at = |needle: &[u8]| sql[i..].get(..needle.len()).is_some_and(|w| w.eq_ignore_ascii_case(needle));
-        match sql[i] | 0x20 {
-            b's' => suspect |= at(SUSPECT[0]) || at(SUSPECT[1]),
-            b't' => suspect |= at(SUSPECT[2]),
-            b'd' => {
-                drops |= at(DROPS[0]) || at(DROPS[1]);
-                declares |= at(DECLARE);
+    let mut found = 0u8;
+    // Every keyword's second letter is an `e` or an `i`: eight bytes at a time, only those
+    // are looked at (`j`, a possible second letter), and only where the letter before fits
+    // too is a keyword compared.
+    let mut start = 1;
+    while start < sql.len() {
+        let (mut candidates, span) = match sql.get(start..start + 8).map(<[u8; 8]>::try_from) {
+            Some(Ok(eight)) => (e_or_i(u64::from_le_bytes(eight)), 8),
+            // The last few bytes: each is looked at.
+            _ => {
+                let span = sql.len() - start;
+                (HIGHS & ((1u64 << (8 * span)) - 1), span)
             }
-            b'w' => with_hold |= at(WITH_HOLD),
-            _ => {}
+        };
+        while candidates != 0 {
+            let j = start + (candidates.trailing_zeros() / 8) as usize;
+            candidates &= candidates - 1;
+            let i = j - 1;
+            let mut maybe = FIRST_LETTER[usize::from(sql[i])] & SECOND_LETTER[usize::from(sql[j])] & !found;
+            while maybe != 0 {
+                let k = maybe.trailing_zeros() as usize;
+                maybe &= maybe - 1;
+                if sql[i..].get(..KEYWORDS[k].len()).is_some_and(|w| w.eq_ignore_ascii_case(KEYWORDS[k])) {
+                    found |= 1 << k;
+                }
+            }
         }
+        start += span;
     }
+    let (suspect, drops) = (found & SUSPECT != 0, found & DROPS != 0);
+    let (declares, with_hold) = (found & DECLARES != 0, found & WITH_HOLD != 0);
+    // The first word decides nearly everything; the next two matter after DEALLOCATE and
+    // CREATE only.
     let mut words = [&[][..]; 3];
-    let n = first_words(sql, &mut words);
+    let mut n = first_words(sql, &mut words[..1]);
+    if n == 1 && (words[0].eq_ignore_ascii_case(b"DEALLOCATE") || words[0].eq_ignore_ascii_case(b"CREATE")) {
+        n = first_words(sql, &mut words);
+    }
     let word = |i: usize, k: &str| i < n && words[i].eq_ignore_ascii_case(k.as_bytes());
     let refusal = if word(0, "PREPARE") || word(0, "EXECUTE") {
         Some(Refusal::SqlPrepare)
@@ -148,9 +187,24 @@ impl Class {
     }
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each of the eight bytes of `w` (little-endian: byte 0 lowest) that is `e`,
+/// `E`, `i` or `I`, the only second letters of [`KEYWORDS`]; exactly those.
+fn e_or_i(w: u64) -> u64 {
+    const LOW7: u64 = !HIGHS;
+    // `| 0x20` maps `E` to `e` and `I` to `i` (and no other byte to either).
+    let lower = w | (ONES * 0x20);
+    // A byte's high bit, once all its low bits are set too, is clear only when it was zero
+    // (no carry leaves a byte: (b & 0x7f) + 0x7f <= 0xfe).
+    let zero = |v: u64| !(((v & LOW7).wrapping_add(LOW7)) | v | LOW7);
+    zero(lower ^ (ONES * u64::from(b'e'))) | zero(lower ^ (ONES * u64::from(b'i')))
+}
+
 /// The first words of a query (letters, digits, `_`), skipping whitespace and comments before
 /// each; stops at anything else. Returns how many of `words` it filled.
-fn first_words<'a>(mut sql: &'a [u8], words: &mut [&'a [u8]; 3]) -> usize {
+fn first_words<'a>(mut sql: &'a [u8], words: &mut [&'a [u8]]) -> usize {
     let mut n = 0;
     while n < words.len() {
         sql = skip_blank(sql);

@@ -205,14 +205,16 @@ impl Meter {
         self.session.set_state(ClientState::Waiting);
     }
 
-    /// The wait ended: with a connection (`Ok`, after `waited`) or without.
-    pub fn checked_out(&mut self, waited: Option<Duration>) {
+    /// The wait that began at `asked` ended: with a connection (`Some`) or without.
+    pub fn checked_out(&mut self, asked: Option<Instant>) {
         self.wait.store(0, Ordering::Relaxed);
-        match waited {
-            Some(w) => {
+        match asked {
+            Some(asked) => {
+                // One clock read: the end of the wait is the start of the hold.
+                let now = Instant::now();
                 self.pool.checkout();
-                self.session.stats().pool_wait(w);
-                self.held = Some(Instant::now());
+                self.session.stats().pool_wait(now.saturating_duration_since(asked));
+                self.held = Some(now);
                 self.session.set_state(ClientState::Active);
             }
             None => self.session.set_state(ClientState::Idle),

@@ -551,7 +551,8 @@ where
 /// Opens (or borrows) a server connection so the pool learns the server's ParameterStatus
 /// values, which clients are shown at login.
 async fn learn_params(proxy: &Proxy, pool: &Arc<Pool>, tenant: &Tenant) -> Result<ServerParams, PgError> {
-    let co = proxy.pools.checkout(pool, tenant).await.map_err(|e| PgError::report(&e))?;
+    let mut cap = crate::pool::TenantCap::default();
+    let co = proxy.pools.checkout(pool, tenant, &mut cap).await.map_err(|e| PgError::report(&e))?;
     let params = Arc::new(co.conn_ref().vars().to_vec());
     co.release();
     Ok(params)

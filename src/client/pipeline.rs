@@ -251,6 +251,11 @@ impl Pipeline {
         (std::mem::take(&mut self.undo), std::mem::take(&mut self.done))
     }
 
+    /// Whether [`Pipeline::take_effects`] has anything to hand out.
+    pub fn has_effects(&self) -> bool {
+        !self.undo.is_empty() || !self.done.is_empty()
+    }
+
     /// Consumes entries that earn no reply in the server's current state.
     fn advance(&mut self) {
         while !self.started {
@@ -282,9 +287,13 @@ impl Pipeline {
     /// Routes one server message by its tag; `code` is the SQLSTATE of an ErrorResponse.
     pub fn route(&mut self, tag: u8, code: &str) -> Route {
         let mut route = self.route_inner(tag, code);
-        let (undo, done) = self.take_effects();
-        route.undo.extend(undo);
-        route.done.extend(done);
+        // Most messages carry no effect: nothing is moved then.
+        if !self.undo.is_empty() {
+            route.undo.append(&mut self.undo);
+        }
+        if !self.done.is_empty() {
+            route.done.append(&mut self.done);
+        }
         if route.unexpected {
             self.uncertain = true;
         }
@@ -292,19 +301,19 @@ impl Pipeline {
     }
 
     fn route_inner(&mut self, tag: u8, code: &str) -> Route {
-        let forward = Route { forward: true, ..Route::default() };
         // Asynchronous messages belong to no request.
         if matches!(tag, be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE | be::PARAMETER_STATUS) {
-            return forward;
+            return Route { forward: true, ..Route::default() };
         }
         self.advance();
-        let unexpected = Route { forward: true, unexpected: true, ..Route::default() };
-        let Some(front) = self.queue.front_mut() else { return unexpected };
+        // Built only when returned (a Route built and dropped costs on every message).
+        let unexpected = || Route { forward: true, unexpected: true, ..Route::default() };
+        let Some(front) = self.queue.front_mut() else { return unexpected() };
         let action = front.action.clone();
         let kind = front.kind;
         if kind == Kind::Unknown && !matches!(self.mode, Mode::CopyIn { .. }) {
             // "invalid frontend message type": FATAL, then the server closes.
-            return if tag == be::ERROR_RESPONSE { self.complete(&action, tag, false) } else { unexpected };
+            return if tag == be::ERROR_RESPONSE { self.complete(&action, tag, false) } else { unexpected() };
         }
         if let Mode::CopyIn { extended } = self.mode {
             return match tag {
@@ -313,10 +322,10 @@ impl Pipeline {
                     // Syncs and data before it went into the copy.
                     let copying = |e: &Entry| matches!(e.kind, Kind::CopyData | Kind::Sync | Kind::Flush);
                     let Some(end) = self.queue.iter().skip(1).position(|e| !copying(e)) else {
-                        return unexpected;
+                        return unexpected();
                     };
                     if self.queue[end + 1].kind != Kind::CopyDone {
-                        return unexpected;
+                        return unexpected();
                     }
                     self.queue.drain(1..end + 2);
                     self.mode = Mode::Normal;
@@ -337,13 +346,13 @@ impl Pipeline {
                         self.error_reply(&action, code)
                     }
                 }
-                _ => unexpected,
+                _ => unexpected(),
             };
         }
         if self.mode == Mode::Skip {
             // advance() left the Sync at the front.
             if tag != be::READY_FOR_QUERY || kind != Kind::Sync {
-                return unexpected;
+                return unexpected();
             }
             self.mode = Mode::Normal;
             return self.complete(&action, tag, false);
@@ -408,7 +417,7 @@ impl Pipeline {
                 self.complete(&action, tag, ok)
             }
             (k, be::ERROR_RESPONSE) if k.extended() => self.fail(&action, code),
-            _ => unexpected,
+            _ => unexpected(),
         }
     }
 
@@ -437,7 +446,9 @@ impl Pipeline {
             if ok && matches!(tag, be::COMMAND_COMPLETE | be::READY_FOR_QUERY) {
                 route.completed_set = e.set;
             }
-            route.done.extend(e.effect);
+            if !e.effect.is_empty() {
+                route.done.extend(e.effect);
+            }
         }
         self.started = false;
         self.copy_out = false;
@@ -449,7 +460,9 @@ impl Pipeline {
     fn fail(&mut self, action: &Action, code: &str) -> Route {
         let mut route = self.error_reply(action, code);
         if let Some(e) = self.queue.pop_front() {
-            route.undo.extend(e.effect);
+            if !e.effect.is_empty() {
+                route.undo.extend(e.effect);
+            }
         }
         self.started = false;
         self.copy_out = false;

@@ -32,7 +32,7 @@ use crate::cancel::ClientKey;
 use crate::catalog::Tenant;
 use crate::model::PoolMode;
 use crate::pool::session::{reset_step, retire_running, ResetStep, Retire, CLEANUP_TIMEOUT};
-use crate::pool::{Checkout, Pool, ServerParams};
+use crate::pool::{Checkout, Pool, ServerParams, TenantCap};
 use crate::protocol::backend::txn;
 use crate::protocol::frame::header;
 use crate::protocol::frontend::tag as fe;
@@ -197,6 +197,8 @@ pub(crate) struct Session<S> {
     setup_error: Option<Bytes>,
 
     server: Option<Checkout>,
+    /// The tenant's server-connection cap, once a checkout found it.
+    tenant_cap: TenantCap,
     progress: Progress,
     /// Why the session ends once it is idle (shutdown, or the tenant was suspended).
     draining: Option<Box<PgError>>,
@@ -256,6 +258,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             s_discard: false,
             setup_error: None,
             server: None,
+            tenant_cap: TenantCap::default(),
             progress: Progress { status: txn::IDLE, ..Progress::default() },
             draining: None,
             admission,
@@ -356,7 +359,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn settle(&mut self) -> Option<Exit> {
         // A connection pgtenant lost track of (an uncertain COPY) stays with this client until
         // a marker query, sent once the client is quiet, shows where its replies end.
-        self.maybe_resync();
+        if self.progress.desync {
+            self.maybe_resync();
+        }
         if self.server.is_some()
             && self.mode == PoolMode::Transaction
             && !self.pinned
@@ -653,8 +658,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.cbuf.advance(pos);
         self.c_scanned -= pos;
-        let (undo, done) = self.pipeline.take_effects();
-        self.apply_effects(undo, done);
+        if self.pipeline.has_effects() {
+            let (undo, done) = self.pipeline.take_effects();
+            self.apply_effects(undo, done);
+        }
     }
 
     /// Settles what messages did once the server completed or skipped them.

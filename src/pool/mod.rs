@@ -15,6 +15,7 @@
 mod capacity;
 mod error;
 mod fair;
+mod idle;
 mod listing;
 mod pause;
 mod server;
@@ -24,7 +25,9 @@ mod stream;
 
 use capacity::{resize, Capacity};
 pub use error::{CheckoutError, PoolError};
+use fair::Locked;
 pub use fair::{FairPermit, FairSemaphore};
+use idle::{pick_idle, push_idle, Idle};
 pub use listing::ServerRow;
 pub use pause::Pauses;
 pub use server::{cancel_backend, Login, PreparedSet, ServerConn, UpstreamError};
@@ -32,7 +35,7 @@ pub use settings::{LiveSettings, PoolSettings};
 pub use stream::ServerStream;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -66,51 +69,6 @@ impl PoolLogin {
     }
 }
 
-/// A pool's idle connections, most recently used last, and the login generation they must
-/// carry: a connection of an older generation is closed instead of kept (so a busy
-/// connection opened with an old password is closed when it is released), and so is one
-/// that would leave the pool above its size (after the size shrank).
-struct Idle {
-    conns: Vec<ServerConn>,
-    generation: u64,
-    /// Busy connections to close as they come back, after the pool size shrank.
-    retire: usize,
-    /// The pool's checkout permits: the one of the connection being returned is still held
-    /// while it is pushed.
-    checkout: Arc<FairSemaphore>,
-}
-
-impl Idle {
-    /// Keeps `conn` if it was opened with the current login and the pool is within its size;
-    /// closes it otherwise.
-    fn push(&mut self, conn: ServerConn) {
-        // Permits are not connections: a permit handed to a waiter that has not yet taken the
-        // connection pushed before it is still "in use", so the size is checked against what
-        // the shrink left to retire and the idle list itself.
-        if conn.generation != self.generation {
-            tracing::debug!(upstream = %conn.addr, "closing a server connection opened with an old login");
-        } else if self.retire > 0 || self.conns.len() >= self.checkout.size() {
-            self.retire = self.retire.saturating_sub(1);
-            tracing::debug!(upstream = %conn.addr, "closing a server connection above the pool size");
-        } else {
-            self.conns.push(conn);
-        }
-    }
-}
-
-impl std::ops::Deref for Idle {
-    type Target = Vec<ServerConn>;
-    fn deref(&self) -> &Vec<ServerConn> {
-        &self.conns
-    }
-}
-
-impl std::ops::DerefMut for Idle {
-    fn deref_mut(&mut self) -> &mut Vec<ServerConn> {
-        &mut self.conns
-    }
-}
-
 /// A tenant's server-connection cap: as configured, whether it holds for the whole service,
 /// and this instance's size of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,10 +84,8 @@ pub struct Pool {
     login: RwLock<Arc<PoolLogin>>,
     settings: LiveSettings,
     /// A permit per checked-out connection: `size` bounds idle + busy, because a connection
-    /// is only opened when none is idle.
-    checkout: Arc<FairSemaphore>,
-    /// Most recently used last.
-    idle: Mutex<Idle>,
+    /// is only opened when none is idle. Its lock guards the idle connections.
+    checkout: Arc<FairSemaphore<Idle>>,
     /// The pool size the catalog gives (`checkout` may be smaller: [`Pool::effective_size`]).
     configured_size: AtomicUsize,
     /// ParameterStatus values of the most recent connection opened: what clients are told at
@@ -214,8 +170,8 @@ impl Pool {
         *login = next;
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Idle> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_idle(&self) -> Locked<'_, Idle> {
+        self.checkout.lock()
     }
 
     fn current_login(&self) -> Arc<PoolLogin> {
@@ -266,35 +222,21 @@ impl Pool {
         // Idle connections above the new size are closed now (oldest first); busy ones
         // when they come back.
         let mut idle = self.lock_idle();
-        let excess = (idle.len() + self.checkout.in_use()).saturating_sub(size);
+        let excess = (idle.len() + idle.in_use()).saturating_sub(size);
         let now = excess.min(idle.len());
         idle.drain(..now);
         idle.retire = excess - now;
         true
     }
 
-    /// An idle connection, preferring one last set up for `tenant`, then one that needs no
-    /// reset (no tenant's session on it), else the most recently used (which then gets the
-    /// cross-tenant reset); connections past their lifetime are closed on the way.
-    fn take_idle(&self, tenant: Option<&TenantId>) -> Option<ServerConn> {
-        let max_lifetime = self.settings().max_lifetime;
-        let mut idle = self.lock_idle();
-        loop {
-            let pick = tenant
-                .and_then(|t| idle.iter().rposition(|c| c.tenant.as_ref() == Some(t)))
-                .or_else(|| idle.iter().rposition(|c| c.tenant.is_none() && !c.dirty))
-                .or_else(|| idle.len().checked_sub(1))?;
-            let conn = idle.remove(pick);
-            // Past its lifetime: closed here (the reaper catches the ones never picked).
-            if conn.created.elapsed() < max_lifetime {
-                return Some(conn);
-            }
-        }
+    /// An idle connection (see [`pick_idle`]).
+    fn take_idle(&self, tenant: Option<&TenantId>, max_lifetime: Duration) -> Option<Box<ServerConn>> {
+        pick_idle(&mut self.lock_idle(), tenant, max_lifetime, Instant::now())
     }
 
     /// Opens a connection within the upstream and global caps, waiting (and evicting idle
     /// connections of other pools) until `deadline`, or only taking free capacity without one.
-    async fn open(&self, deadline: Option<tokio::time::Instant>) -> Result<ServerConn, PoolError> {
+    async fn open(&self, deadline: Option<tokio::time::Instant>) -> Result<Box<ServerConn>, PoolError> {
         let settings = self.settings.load_full();
         let timeout = PoolError::Timeout(settings.checkout_timeout);
         let up_permit = self.upstream.acquire(self, deadline).await.ok_or(timeout)?;
@@ -322,7 +264,7 @@ impl Pool {
         conn.generation = current.generation;
         conn.listed = Some(self.listing.add(&conn));
         *self.params.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(conn.vars.clone()));
-        Ok(conn)
+        Ok(Box::new(conn))
     }
 
     /// Closes idle connections past their idle timeout or lifetime, keeping `min_idle`
@@ -346,7 +288,7 @@ impl Pool {
         while self.idle_count() + self.busy_count() < s.min_idle {
             let Some(_permit) = self.checkout.try_acquire() else { break };
             match self.open(None).await {
-                Ok(conn) => self.lock_idle().push(conn),
+                Ok(conn) => push_idle(&mut self.lock_idle(), conn),
                 Err(_) => break,
             }
         }
@@ -361,9 +303,11 @@ impl Pool {
 /// [`Checkout::release`] returns it to the pool, so a connection whose state is unknown
 /// (mid-transaction, mid-query, errored) is never reused by accident.
 pub struct Checkout {
-    conn: ServerConn,
+    /// Boxed: the connection is large, and a checkout moves between the pool and a session
+    /// several times per transaction.
+    conn: Box<ServerConn>,
     pool: Arc<Pool>,
-    _permit: FairPermit,
+    permit: FairPermit<Idle>,
     _tenant_permit: OwnedSemaphorePermit,
 }
 
@@ -382,14 +326,22 @@ impl Checkout {
 
     /// Returns an idle, clean connection to the pool.
     pub fn release(self) {
-        let Checkout { mut conn, pool, _permit, _tenant_permit } = self;
-        if conn.created.elapsed() < pool.settings().max_lifetime {
-            conn.idle_since = Instant::now();
-            // Pushed before the permits drop, so a waiter woken by them finds the connection.
-            pool.lock_idle().push(conn);
+        let Checkout { mut conn, pool, permit, _tenant_permit } = self;
+        let now = Instant::now();
+        if now.saturating_duration_since(conn.created) < pool.settings().max_lifetime {
+            conn.idle_since = now;
+            // Pushed under the lock that hands the permit on, so a waiter woken by it finds
+            // the connection.
+            permit.release_with(|idle| push_idle(idle, conn));
         }
     }
 }
+
+/// A client session's handle on its tenant's server-connection cap: looked up at its first
+/// checkout and kept (a tenant's cap is resized in place, never replaced), so later
+/// checkouts skip the map.
+#[derive(Default)]
+pub struct TenantCap(Option<Arc<Semaphore>>);
 
 /// All pools, created on first use, keyed by upstream login, and the caps they share.
 pub struct PoolManager {
@@ -607,18 +559,12 @@ impl PoolManager {
         self.pools
             .entry(tenant.pool_key.clone())
             .or_insert_with(|| {
-                let checkout = FairSemaphore::new(tenant.pool_size.min(upstream.size()));
+                let idle = Idle { conns: Vec::new(), generation: 0, retire: 0 };
                 let pool = Arc::new(Pool {
                     key: tenant.pool_key.clone(),
                     login: RwLock::new(Arc::new(PoolLogin::of(tenant, 0))),
                     settings: self.settings.clone(),
-                    idle: Mutex::new(Idle {
-                        conns: Vec::new(),
-                        generation: 0,
-                        retire: 0,
-                        checkout: checkout.clone(),
-                    }),
-                    checkout,
+                    checkout: FairSemaphore::new(tenant.pool_size.min(upstream.size()), idle),
                     configured_size: AtomicUsize::new(tenant.pool_size),
                     params: RwLock::new(None),
                     upstream: upstream.clone(),
@@ -653,17 +599,34 @@ impl PoolManager {
     /// (fair across tenants), then an idle connection (one already set up for this tenant
     /// first), else a new one within the upstream and global caps; waiting at most the
     /// checkout timeout in all.
-    pub async fn checkout(&self, pool: &Arc<Pool>, tenant: &Tenant) -> Result<Checkout, CheckoutError> {
-        self.checkout_for(pool, tenant)
+    /// `cap` is the session's handle on the tenant's cap, found at its first checkout.
+    pub async fn checkout(
+        &self,
+        pool: &Arc<Pool>,
+        tenant: &Tenant,
+        cap: &mut TenantCap,
+    ) -> Result<Checkout, CheckoutError> {
+        self.checkout_for(pool, tenant, cap)
             .await
             .map_err(|error| CheckoutError { tenant: tenant.id.clone(), error })
     }
 
-    async fn checkout_for(&self, pool: &Arc<Pool>, tenant: &Tenant) -> Result<Checkout, PoolError> {
+    async fn checkout_for(
+        &self,
+        pool: &Arc<Pool>,
+        tenant: &Tenant,
+        cap: &mut TenantCap,
+    ) -> Result<Checkout, PoolError> {
         self.pauses.wait(&tenant.id).await;
-        let wait = pool.settings().checkout_timeout;
-        let deadline = tokio::time::Instant::now() + wait;
-        let cap = self.tenant_cap(tenant);
+        let (wait, max_lifetime) = {
+            let s = pool.settings();
+            (s.checkout_timeout, s.max_lifetime)
+        };
+        // One clock read for the deadline and the idle connection's checks (read again after
+        // a wait).
+        let now = Instant::now();
+        let deadline = tokio::time::Instant::from_std(now + wait);
+        let cap = cap.0.get_or_insert_with(|| self.tenant_cap(tenant)).clone();
         // The common case takes a free permit without arming a timer.
         let tenant_permit = match cap.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -672,26 +635,30 @@ impl PoolManager {
                 .map_err(|_| PoolError::Timeout(wait))?
                 .map_err(|_| PoolError::Timeout(wait))?,
         };
-        let permit = pool.checkout.acquire(&tenant.id, deadline).await.ok_or(PoolError::Timeout(wait))?;
-        while let Some(conn) = pool.take_idle(Some(&tenant.id)) {
+        // The permit and the first idle connection under one lock.
+        let (permit, (mut next, _)) = pool
+            .checkout
+            .acquire_with(&tenant.id, deadline, |idle, waited| {
+                let now = if waited { Instant::now() } else { now };
+                (pick_idle(idle, Some(&tenant.id), max_lifetime, now), now)
+            })
+            .await
+            .ok_or(PoolError::Timeout(wait))?;
+        while let Some(conn) = next {
             // A server connection that died while idle (pg_terminate_backend, a server
             // restart, a backend's own idle_session_timeout) or that has something to say is
             // never handed out: its socket is checked first. The check reads the readiness
             // the runtime's event loop last saw (as PgBouncer's loop watches idle servers):
             // no system call unless the socket became readable.
             if conn.is_clean() {
-                return Ok(Checkout {
-                    conn,
-                    pool: pool.clone(),
-                    _permit: permit,
-                    _tenant_permit: tenant_permit,
-                });
+                return Ok(Checkout { conn, pool: pool.clone(), permit, _tenant_permit: tenant_permit });
             }
             tracing::debug!(pool = %pool.key.addr, "dropping a stale idle connection");
+            next = pool.take_idle(Some(&tenant.id), max_lifetime);
         }
         // Boxed: connecting and authenticating upstream is rare and its state large.
         let conn = Box::pin(pool.open(Some(deadline))).await?;
-        Ok(Checkout { conn, pool: pool.clone(), _permit: permit, _tenant_permit: tenant_permit })
+        Ok(Checkout { conn, pool: pool.clone(), permit, _tenant_permit: tenant_permit })
     }
 
     /// Closes the idle connections last set up for `tenant` (when it stops being active: an

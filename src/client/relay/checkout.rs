@@ -27,7 +27,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Err(exit);
             }
         }
-        let checkout = self.proxy.pools.checkout(&self.pool, &self.tenant);
+        let checkout = self.proxy.pools.checkout(&self.pool, &self.tenant, &mut self.tenant_cap);
         tokio::pin!(checkout);
         // A checkout that waits (a full pool) notices what ends a waiting client at once:
         // KILL_CLIENT or a kick of its tenant, a forced shutdown; its query then never runs,
@@ -43,7 +43,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Err(Exit::Error(kicked.unwrap_or_else(shutting_down)));
             }
         };
-        self.meter.checked_out(checkout.is_ok().then(|| asked.elapsed()));
+        self.meter.checked_out(checkout.is_ok().then_some(asked));
         let mut co = checkout.map_err(|e| Exit::Error(PgError::report(&e)))?;
         if self.out.capacity() == 0 {
             self.out = buffers::take();

@@ -98,9 +98,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             // Replies to pgtenant's own queries (the reset, the setup) are swallowed.
             let setup = self.progress.swallow_z > 0 || self.progress.reset != ResetPhase::Done;
-            if let Err(failed) = self.check_reset_reply(tag, pos, len, whole) {
-                self.write_client(from, pos).await?;
-                return Err(failed);
+            if matches!(self.progress.reset, ResetPhase::Discard(_)) {
+                if let Err(failed) = self.check_reset_reply(tag, pos, len, whole) {
+                    self.write_client(from, pos).await?;
+                    return Err(failed);
+                }
             }
             let error =
                 (tag == be::ERROR_RESPONSE).then(|| parse_error_fields(&self.sbuf[pos + HEADER_LEN..seen]));
@@ -127,7 +129,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let mut route = self.pipeline.route(tag, code);
                     tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid()), tag = %(tag as char), forward = route.forward, "server message");
                     self.sets.pending.extend(route.completed_set.take());
-                    self.apply_effects(std::mem::take(&mut route.undo), std::mem::take(&mut route.done));
+                    if !route.undo.is_empty() || !route.done.is_empty() {
+                        self.apply_effects(std::mem::take(&mut route.undo), std::mem::take(&mut route.done));
+                    }
                     if (route.unexpected || self.pipeline.uncertain()) && !self.progress.desync {
                         tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "lost track of the server's replies: the server connection stays with this client and will not be reused");
                         self.progress.desync = true;
