@@ -20,7 +20,7 @@ pub(crate) struct Meter {
     /// The counters of the client's pool (for checkouts).
     pool: Arc<PoolStats>,
     /// For the disconnect line (the tenant is passed then: the session holds it).
-    user: Box<str>,
+    user: Arc<str>,
     peer: SocketAddr,
     log_disconnect: bool,
     since: Instant,
@@ -41,7 +41,7 @@ pub(crate) struct Meter {
 /// Who logged in and how, for the login line.
 pub(crate) struct LoginLine<'a> {
     pub tenant: &'a str,
-    pub user: &'a str,
+    pub user: &'a Arc<str>,
     pub peer: SocketAddr,
     pub tls: bool,
     pub method: AuthMethod,
@@ -70,7 +70,7 @@ impl Meter {
         Meter {
             session,
             pool,
-            user: login.user.into(),
+            user: login.user.clone(),
             peer: login.peer,
             log_disconnect,
             since: Instant::now(),

@@ -13,7 +13,6 @@ mod setcmd;
 mod statements;
 pub mod stream;
 pub mod vars;
-mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +28,7 @@ use crate::auth::Verifier;
 use crate::cancel::ClientKey;
 use crate::catalog::{CatalogError, Tenant};
 use crate::config::secs;
+use crate::console::live::{Signal, SignalReader, FORCE};
 use crate::model::AuthMethod;
 use crate::pool::{Pool, ServerParams};
 use crate::protocol::error::{ClientFacing, ErrorKind};
@@ -70,25 +70,29 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin
     };
     tracing::debug!(%peer, tenant = %login.tenant.id, "client logged in");
     let (meter, wait) = meter.with_wait_clock();
-    let _listed = proxy.live.register(crate::console::live::ClientInfo {
-        id: 0,
-        tenant: login.tenant.id.as_str().to_owned(),
-        user: login.user.clone(),
-        addr: peer,
-        connected_at: std::time::SystemTime::now(),
-        tls: login.tls,
-        application_name: String::new(),
-        kick: login.admission.kick.clone(),
-        wait,
-    });
-    let session = relay::Session::new(stream, buffered, login, meter, proxy.clone()).run();
+    let signal = Signal::new(login.admission.generation);
+    let _listed = proxy.list_session(
+        crate::console::live::ClientInfo {
+            id: 0,
+            tenant: login.tenant.id.clone(),
+            user: login.user.clone(),
+            addr: peer,
+            connected_at: std::time::SystemTime::now(),
+            tls: login.tls,
+            signal: signal.clone(),
+            wait,
+        },
+        &login.admission,
+    );
+    let mut cut = SignalReader::new(signal.clone());
+    let session = relay::Session::new(stream, buffered, login, meter, proxy.clone(), signal).run();
     tokio::select! {
         _ = session => {}
         // The session answers a forced shutdown itself (57P01, then close); a client that has
         // stopped reading cannot take that message, and must not hold up the shutdown.
         _ = async {
-            // Polled on every wake-up of the session: a flag check, not the token's lock.
-            watch::Watch::new([&force]).fired().await;
+            // Polled on every wake-up of the session: one load of the signal's bits.
+            cut.raised(FORCE).await;
             tokio::time::sleep(FORCE_CLOSE_TIMEOUT).await;
         } => tracing::info!(%peer, "client not reading at the forced shutdown: connection cut"),
     }
@@ -212,8 +216,8 @@ pub(crate) enum Admitted {
 
 /// What a successful login hands to the relay.
 pub(crate) struct LoggedIn {
-    /// The user name the client logged in with (SHOW CLIENTS).
-    pub user: String,
+    /// The user name the client logged in with (SHOW CLIENTS, the disconnect line).
+    pub user: Arc<str>,
     pub tls: bool,
     pub tenant: Arc<Tenant>,
     pub pool: Arc<Pool>,
@@ -387,7 +391,7 @@ where
     backend::backend_key_data_bytes(&mut out, key.pid, key.secret());
     backend::ready_for_query_idle(&mut out);
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;
-    let user = startup.get("user").unwrap_or_default().to_owned();
+    let user: Arc<str> = startup.get("user").unwrap_or_default().into();
     let login = LoggedIn { user, tls: tls.on, tenant, pool, vars, key, admission, method };
     Ok(Some((Admitted::Tenant(login), permit)))
 }

@@ -26,10 +26,10 @@ use super::rewrite::{SetTracking, Stage};
 use super::statements::Effect;
 use super::statements::Statements;
 use super::vars::ClientVars;
-use super::watch::Watch;
 use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
+use crate::console::live::{Signal, SignalReader, DRAIN, FORCE, KICK};
 use crate::model::PoolMode;
 use crate::pool::session::{
     hand_over, needs_reset, queue_reset, reset_step, retire, retire_running, ResetStep, Retire,
@@ -74,11 +74,9 @@ enum Event {
     Timeout(Limit),
 }
 
-/// The signals a session watches besides its sockets, in priority order: force, drain, kick
-/// (see [`SIGNAL_FORCE`] …).
-type Signals = Watch<3>;
-const SIGNAL_FORCE: usize = 0;
-const SIGNAL_DRAIN: usize = 1;
+/// The signals a session watches besides its sockets (force, drain, kick: see
+/// [`crate::console::live::Signal`]).
+type Signals = SignalReader;
 
 /// Why the relay stopped.
 enum Exit {
@@ -195,7 +193,8 @@ pub(crate) struct Session<S> {
     /// Whether this client's session setup is known to succeed (it carries no settings
     /// from the client, or a server already accepted them), so it may be pipelined.
     setup_trusted: bool,
-    force: tokio_util::sync::CancellationToken,
+    /// Raised to end the session (see [`Signals`]).
+    signal: Arc<Signal>,
     meter: Meter,
     /// `[pool] session_features` as it was when the session started (read once, not per
     /// message; a reload applies to sessions that start after it).
@@ -203,9 +202,15 @@ pub(crate) struct Session<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub fn new(client: S, buffered: BytesMut, login: LoggedIn, meter: Meter, proxy: Arc<Proxy>) -> Self {
+    pub fn new(
+        client: S,
+        buffered: BytesMut,
+        login: LoggedIn,
+        meter: Meter,
+        proxy: Arc<Proxy>,
+        signal: Arc<Signal>,
+    ) -> Self {
         let LoggedIn { tenant, pool, vars, key, admission, .. } = login;
-        let force = proxy.shutdown.force.clone();
         let setup_trusted = !vars.from_client;
         let pool_params = pool.params().unwrap_or_default();
         let cbuf = buffered;
@@ -251,7 +256,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             draining: None,
             admission,
             setup_trusted,
-            force,
+            signal,
             meter,
         }
     }
@@ -266,8 +271,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn drive(&mut self) {
         use futures_util::FutureExt;
-        let shutdown = &self.proxy.shutdown;
-        let mut signals = Signals::new([&shutdown.force, &shutdown.drain, &self.admission.kick]);
+        let mut signals = Signals::new(self.signal.clone());
         // A bug in one session must not leak pool capacity: after a panic the session's
         // server connection is closed (never reused) and its slot returned.
         let exit = match std::panic::AssertUnwindSafe(self.relay(&mut signals)).catch_unwind().await {
@@ -531,14 +535,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let read_client = !self.terminated
             && self.broken.is_none()
             && (waiting < MAX_CLIENT_BUFFERED || (self.c_scanned == 0 && self.out.len() < MAX_SERVER_BOUND));
-        let watched = if self.draining.is_none() { 3 } else { SIGNAL_FORCE + 1 };
+        let watched = if self.draining.is_none() { FORCE | DRAIN | KICK } else { FORCE };
         let limit = self.next_limit();
         if let Some((_, deadline)) = limit {
             self.arm_timer(deadline);
         }
         poll_fn(|cx| {
             let signal = signals.poll(cx, watched);
-            if signal == Some(SIGNAL_FORCE) {
+            if signal == Some(FORCE) {
                 return Poll::Ready(Event::Force);
             }
             if let Some((limit, deadline)) = limit {
@@ -547,7 +551,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             match signal {
-                Some(SIGNAL_DRAIN) => return Poll::Ready(Event::Drain),
+                Some(DRAIN) => return Poll::Ready(Event::Drain),
                 Some(_) => return Poll::Ready(Event::Kick),
                 None => {}
             }
