@@ -82,7 +82,7 @@ impl Listing {
 
     /// Every open connection; `idle` are the pool's idle ones now, `generation` the
     /// current login generation.
-    pub(super) fn rows(&self, idle: &[ServerConn], generation: u64) -> Vec<ServerRow> {
+    pub(super) fn rows(&self, idle: &[Box<ServerConn>], generation: u64) -> Vec<ServerRow> {
         let mut rows: Vec<ServerRow> =
             self.rows.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for row in &mut rows {

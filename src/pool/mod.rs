@@ -140,7 +140,9 @@ impl PoolLogin {
 /// connection opened with an old password is closed when it is released), and so is one
 /// that would leave the pool above its size (after the size shrank).
 struct Idle {
-    conns: Vec<ServerConn>,
+    /// Boxed: a connection moves between this list and a client's [`Checkout`] as one
+    /// pointer, so an idle client's session keeps room for a pointer, not a connection.
+    conns: Vec<Box<ServerConn>>,
     generation: u64,
     /// Busy connections to close as they come back, after the pool size shrank.
     retire: usize,
@@ -152,7 +154,7 @@ struct Idle {
 impl Idle {
     /// Keeps `conn` if it was opened with the current login and the pool is within its size;
     /// closes it otherwise.
-    fn push(&mut self, conn: ServerConn) {
+    fn push(&mut self, conn: Box<ServerConn>) {
         // Permits are not connections: a permit handed to a waiter that has not yet taken the
         // connection pushed before it is still "in use", so the size is checked against what
         // the shrink left to retire and the idle list itself.
@@ -168,14 +170,14 @@ impl Idle {
 }
 
 impl std::ops::Deref for Idle {
-    type Target = Vec<ServerConn>;
-    fn deref(&self) -> &Vec<ServerConn> {
+    type Target = Vec<Box<ServerConn>>;
+    fn deref(&self) -> &Vec<Box<ServerConn>> {
         &self.conns
     }
 }
 
 impl std::ops::DerefMut for Idle {
-    fn deref_mut(&mut self) -> &mut Vec<ServerConn> {
+    fn deref_mut(&mut self) -> &mut Vec<Box<ServerConn>> {
         &mut self.conns
     }
 }
@@ -330,7 +332,7 @@ impl Pool {
     /// An idle connection, preferring one last set up for `tenant`, then one that needs no
     /// reset (no tenant's session on it), else the most recently used (which then gets the
     /// cross-tenant reset); connections past their lifetime are closed on the way.
-    fn take_idle(&self, tenant: Option<&TenantId>) -> Option<ServerConn> {
+    fn take_idle(&self, tenant: Option<&TenantId>) -> Option<Box<ServerConn>> {
         let max_lifetime = self.settings().max_lifetime;
         let mut idle = self.lock_idle();
         loop {
@@ -348,7 +350,7 @@ impl Pool {
 
     /// Opens a connection within the upstream and global caps, waiting (and evicting idle
     /// connections of other pools) until `deadline`, or only taking free capacity without one.
-    async fn open(&self, deadline: Option<tokio::time::Instant>) -> Result<ServerConn, PoolError> {
+    async fn open(&self, deadline: Option<tokio::time::Instant>) -> Result<Box<ServerConn>, PoolError> {
         let settings = self.settings.load_full();
         let timeout = PoolError::Timeout(settings.checkout_timeout);
         let up_permit = self.upstream.acquire(self, deadline).await.ok_or(timeout)?;
@@ -376,7 +378,8 @@ impl Pool {
         conn.generation = current.generation;
         conn.listed = Some(self.listing.add(&conn));
         *self.params.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(conn.vars.clone()));
-        Ok(conn)
+        // Boxed once, when opened (see `Idle::conns`).
+        Ok(Box::new(conn))
     }
 
     /// Closes idle connections past their idle timeout or lifetime, keeping `min_idle`
@@ -413,7 +416,7 @@ impl Pool {
 /// [`Checkout::release`] returns it to the pool, so a connection whose state is unknown
 /// (mid-transaction, mid-query, errored) is never reused by accident.
 pub struct Checkout {
-    conn: ServerConn,
+    conn: Box<ServerConn>,
     pool: Arc<Pool>,
     _permit: FairPermit,
     _tenant_permit: OwnedSemaphorePermit,
