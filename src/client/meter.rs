@@ -49,6 +49,11 @@ pub(crate) struct LoginLine<'a> {
 }
 
 impl Meter {
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     pub fn new(
         session: ClientSession,
         pool: Arc<PoolStats>,

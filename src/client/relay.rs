@@ -29,7 +29,7 @@ use super::vars::ClientVars;
 use super::LoggedIn;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::catalog::Tenant;
-use crate::console::live::{Signal, SignalReader, DRAIN, FORCE, KICK};
+use crate::console::live::{LiveGuard, Signal, SignalReader, DRAIN, FORCE, KICK};
 use crate::model::PoolMode;
 use crate::pool::session::{
     hand_over, needs_reset, queue_reset, reset_step, retire, retire_running, ResetStep, Retire,
@@ -40,7 +40,8 @@ use crate::protocol::backend::txn;
 use crate::protocol::frame::header;
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::{frontend, PgError};
-use crate::proxy::{Proxy, TenantAdmission};
+use crate::proxy::{Proxy, TenantAdmission, FORCE_CLOSE_TIMEOUT};
+use tokio::sync::OwnedSemaphorePermit;
 
 mod buffers;
 mod server_side;
@@ -195,6 +196,9 @@ pub(crate) struct Session<S> {
     setup_trusted: bool,
     /// Raised to end the session (see [`Signals`]).
     signal: Arc<Signal>,
+    /// The client's entry in the console's registry and its place under `max_client_conn`,
+    /// held until the session ends.
+    _places: (LiveGuard, OwnedSemaphorePermit),
     meter: Meter,
     /// `[pool] session_features` as it was when the session started (read once, not per
     /// message; a reload applies to sessions that start after it).
@@ -209,6 +213,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         meter: Meter,
         proxy: Arc<Proxy>,
         signal: Arc<Signal>,
+        places: (LiveGuard, OwnedSemaphorePermit),
     ) -> Self {
         let LoggedIn { tenant, pool, vars, key, admission, .. } = login;
         let setup_trusted = !vars.from_client;
@@ -257,6 +262,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             admission,
             setup_trusted,
             signal,
+            _places: places,
             meter,
         }
     }
@@ -266,7 +272,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// long as its client is connected; the block below holds the session once.
     #[allow(clippy::manual_async_fn)] // On purpose: see above.
     pub fn run(mut self) -> impl Future<Output = ()> + Send {
-        async move { self.drive().await }
+        async move {
+            let mut cut = SignalReader::new(self.signal.clone());
+            let peer = self.meter.peer();
+            tokio::select! {
+                _ = self.drive() => {}
+                // The session answers a forced shutdown itself (57P01, then close); a client
+                // that has stopped reading cannot take that message, and must not hold up the
+                // shutdown.
+                _ = async {
+                    // Polled on every wake-up of the session: one load of the signal's bits.
+                    cut.raised(FORCE).await;
+                    // Boxed: the timer is needed only once a forced shutdown began.
+                    Box::pin(tokio::time::sleep(FORCE_CLOSE_TIMEOUT)).await;
+                } => tracing::info!(%peer, "client not reading at the forced shutdown: connection cut"),
+            }
+        }
     }
 
     async fn drive(&mut self) {
