@@ -142,6 +142,7 @@ impl PoolLogin {
 struct Idle {
     /// Boxed: a connection moves between this list and a client's [`Checkout`] as one
     /// pointer, so an idle client's session keeps room for a pointer, not a connection.
+    #[allow(clippy::vec_box)] // On purpose: see above.
     conns: Vec<Box<ServerConn>>,
     generation: u64,
     /// Busy connections to close as they come back, after the pool size shrank.
