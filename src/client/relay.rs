@@ -44,8 +44,11 @@ use crate::proxy::{Proxy, TenantAdmission, FORCE_CLOSE_TIMEOUT};
 use tokio::sync::OwnedSemaphorePermit;
 
 mod buffers;
+mod progress;
 mod server_side;
 mod timer;
+
+use progress::{Progress, ResetPhase};
 
 use timer::{Limit, Limits, Timed};
 
@@ -95,43 +98,6 @@ enum Exit {
 
 /// Session ids, so a server connection knows whether the next client is the one it served.
 static SESSION_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// Where the server connection stands, beyond the reply queue.
-#[derive(Debug, Default)]
-struct Progress {
-    /// ReadyForQuery messages of pgtenant's own setup queries, swallowed.
-    swallow_z: usize,
-    /// An extended-protocol message went out and its Sync has not.
-    extended_open: bool,
-    /// A reply arrived that the queue did not expect: pgtenant lost track, so the connection
-    /// is never returned to the pool.
-    desync: bool,
-    /// Transaction status of the last ReadyForQuery.
-    status: u8,
-    /// The server sent a FATAL error: it closes the connection, and nothing is added to it.
-    fatal: bool,
-    /// Where a queued cross-tenant reset stands.
-    reset: ResetPhase,
-    /// A client Sync went out behind an unconfirmed reset: the client's later messages wait
-    /// until the reset's replies are checked (a failed reset makes the server skip only up
-    /// to that Sync).
-    reset_synced: bool,
-    /// When the queued reset went out: its replies are due within [`CLEANUP_TIMEOUT`] (see
-    /// [`Limit::Reset`]).
-    reset_since: Option<tokio::time::Instant>,
-}
-
-/// A cross-tenant reset's replies, swallowed and checked (see [`queue_reset`]).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum ResetPhase {
-    /// None queued, or its replies checked.
-    #[default]
-    Done,
-    /// Until the guard query's ReadyForQuery.
-    Guard,
-    /// The next expected reply of DISCARD ALL (an index in `pool::session::RESET_REPLIES`).
-    Discard(u8),
-}
 
 pub(crate) struct Session<S> {
     client: S,
