@@ -80,7 +80,7 @@ pub struct Proxy {
 pub struct TenantSessions {
     /// Clients logged in now. The cap is checked against the tenant's current
     /// `max_clients` at each login, so a changed limit applies at once and every session
-    /// stays reachable through this one entry (its kick token) whatever the limit was.
+    /// stays reachable through this one entry (its kick generation) whatever the limit was.
     connected: AtomicUsize,
     /// How many times the tenant's sessions were kicked, and (once they were) why.
     kick: Mutex<(u64, Option<PgError>)>,
