@@ -19,7 +19,7 @@ use crate::cancel::CancelRegistry;
 use crate::catalog::limit::LookupLimiter;
 use crate::catalog::{Catalog, Change, ControlCatalog, StaticCatalog, Tenant};
 use crate::config::Config;
-use crate::console::live::LiveClients;
+use crate::console::live::{self, ClientInfo, LiveClients, LiveGuard};
 use crate::instances::Instances;
 use crate::metrics::Metrics;
 use crate::model::TenantId;
@@ -80,15 +80,16 @@ pub struct Proxy {
 pub struct TenantSessions {
     /// Clients logged in now. The cap is checked against the tenant's current
     /// `max_clients` at each login, so a changed limit applies at once and every session
-    /// stays reachable through this one entry (its kick token) whatever the limit was.
+    /// stays reachable through this one entry (its kick generation) whatever the limit was.
     connected: AtomicUsize,
-    kick: Mutex<(CancellationToken, Option<PgError>)>,
+    /// How many times the tenant's sessions were kicked, and (once they were) why.
+    kick: Mutex<(u64, Option<PgError>)>,
 }
 
 impl TenantSessions {
-    /// The token a new session watches, and (once it fires) why.
-    pub fn kick_token(&self) -> CancellationToken {
-        self.kick.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+    /// The kick generation a new session is admitted in: kicks after it reach the session.
+    pub fn kick_generation(&self) -> u64 {
+        self.kick.lock().unwrap_or_else(|e| e.into_inner()).0
     }
 
     /// Clients of the tenant logged in now.
@@ -100,13 +101,13 @@ impl TenantSessions {
         self.kick.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
     }
 
-    /// Ends every open session (idle ones at once, busy ones at the end of their
-    /// transaction) with `reason`; sessions that start later are not affected.
-    fn kick(&self, reason: PgError) {
+    /// Starts a new kick generation with `reason`: the sessions admitted before it are to
+    /// end (see [`Proxy::kick_sessions`]); sessions that start later are not affected.
+    fn kick(&self, reason: PgError) -> u64 {
         let mut k = self.kick.lock().unwrap_or_else(|e| e.into_inner());
         k.1 = Some(reason);
-        k.0.cancel();
-        k.0 = CancellationToken::new();
+        k.0 += 1;
+        k.0
     }
 }
 
@@ -119,7 +120,8 @@ impl crate::lifecycle::LiveSessions for Proxy {
 /// What a client holds while logged in as a tenant.
 pub struct TenantAdmission {
     pub sessions: Arc<TenantSessions>,
-    pub kick: CancellationToken,
+    /// The tenant's kick generation at admission (see [`TenantSessions::kick_generation`]).
+    pub generation: u64,
 }
 
 impl Drop for TenantAdmission {
@@ -191,6 +193,17 @@ impl Proxy {
         });
         if let Some(changes) = changes {
             tokio::spawn(watch_changes(Arc::downgrade(&proxy), changes));
+        }
+        // Drain and force reach the listed sessions through their signals (a session listed
+        // later sees the token itself: `list_session`).
+        for (token, bit) in [(&proxy.shutdown.drain, live::DRAIN), (&proxy.shutdown.force, live::FORCE)] {
+            let (token, registry) = (token.clone(), Arc::downgrade(&proxy.live));
+            tokio::spawn(async move {
+                token.cancelled().await;
+                if let Some(registry) = registry.upgrade() {
+                    registry.raise_all(bit);
+                }
+            });
         }
         proxy
     }
@@ -284,10 +297,7 @@ impl Proxy {
                 .tenants
                 .entry(tenant.id.clone())
                 .or_insert_with(|| {
-                    Arc::new(TenantSessions {
-                        connected: AtomicUsize::new(0),
-                        kick: Mutex::new((CancellationToken::new(), None)),
-                    })
+                    Arc::new(TenantSessions { connected: AtomicUsize::new(0), kick: Mutex::new((0, None)) })
                 })
                 .value()
                 .clone(),
@@ -297,15 +307,44 @@ impl Proxy {
             .connected
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .map_err(|_| PgError::too_many_tenant_clients(tenant.id.as_str()))?;
-        // A child of the tenant's token: KILL_CLIENT ends this session alone.
-        Ok(TenantAdmission { kick: sessions.kick_token().child_token(), sessions })
+        Ok(TenantAdmission { generation: sessions.kick_generation(), sessions })
+    }
+
+    /// Lists a logged-in tenant session in the client registry, through which drain, force,
+    /// its tenant's kick and KILL_CLIENT reach its [`live::Signal`]. Signals given before it was
+    /// listed are raised here: the registry did not know it when they were sent. (Each
+    /// sender changes its state before walking the registry, and this reads that state after
+    /// the session is listed, so no signal is missed.)
+    pub fn list_session(&self, info: ClientInfo, admission: &TenantAdmission) -> LiveGuard {
+        let signal = info.signal.clone();
+        let guard = self.live.register(info);
+        let mut late = 0;
+        if self.shutdown.force.is_cancelled() {
+            late |= live::FORCE;
+        }
+        if self.shutdown.drain.is_cancelled() {
+            late |= live::DRAIN;
+        }
+        if admission.sessions.kick_generation() != admission.generation {
+            late |= live::KICK;
+        }
+        if late != 0 {
+            signal.raise(late);
+        }
+        guard
+    }
+
+    /// Ends the sessions of `tenant` admitted so far with `reason`.
+    fn kick_sessions(&self, tenant: &TenantId, sessions: &TenantSessions, reason: PgError) {
+        let generation = sessions.kick(reason);
+        self.live.kick_tenant(tenant, generation);
     }
 
     /// Ends the open sessions of `tenant` with `reason` (the console's KILL); false when it
     /// has none on this proxy.
     pub fn kick_tenant(&self, tenant: &TenantId, reason: PgError) -> bool {
         let Some(sessions) = self.tenants.get(tenant).map(|s| s.value().clone()) else { return false };
-        sessions.kick(reason);
+        self.kick_sessions(tenant, &sessions, reason);
         true
     }
 
@@ -320,7 +359,7 @@ impl Proxy {
         };
         if let Some(reason) = reason {
             tracing::info!(tenant = %id, reason = %reason, "closing the tenant's sessions");
-            sessions.kick(PgError::terminating(&reason));
+            self.kick_sessions(id, &sessions, PgError::terminating(&reason));
             self.pools.close_idle_of(id);
         }
     }

@@ -110,7 +110,7 @@ impl ProxyConsole {
     }
 
     fn client_count(&self, tenant: &TenantId) -> usize {
-        self.proxy.live.list().iter().filter(|c| c.tenant == tenant.as_str()).count()
+        self.proxy.live.list().iter().filter(|c| c.tenant == *tenant).count()
     }
 
     /// A tenant's clients now: how many, how many wait for a server connection, and the
@@ -118,7 +118,7 @@ impl ProxyConsole {
     fn waits(&self, tenant: &TenantId) -> (usize, usize, Duration) {
         let now = now_us();
         let (mut clients, mut waiting, mut longest) = (0, 0, Duration::ZERO);
-        for c in self.proxy.live.list().iter().filter(|c| c.tenant == tenant.as_str()) {
+        for c in self.proxy.live.list().iter().filter(|c| c.tenant == *tenant) {
             clients += 1;
             if let Some(w) = c.waiting_for(now) {
                 waiting += 1;
@@ -324,7 +324,7 @@ impl ProxyConsole {
                 let waited = wait.unwrap_or_default();
                 vec![
                     "C".into(),
-                    c.user.as_str().into(),
+                    c.user.as_ref().into(),
                     c.tenant.as_str().into(),
                     Value::Null,
                     (if wait.is_some() { "waiting" } else { "active" }).into(),
@@ -341,7 +341,8 @@ impl ProxyConsole {
                     Value::Null,
                     0i64.into(),
                     (if c.tls { "TLS" } else { "" }).into(),
-                    c.application_name.as_str().into(),
+                    // application_name: not tracked per client.
+                    "".into(),
                     0i64.into(),
                     c.id.into(),
                 ]

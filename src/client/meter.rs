@@ -20,7 +20,7 @@ pub(crate) struct Meter {
     /// The counters of the client's pool (for checkouts).
     pool: Arc<PoolStats>,
     /// For the disconnect line (the tenant is passed then: the session holds it).
-    user: Box<str>,
+    user: Arc<str>,
     peer: SocketAddr,
     log_disconnect: bool,
     since: Instant,
@@ -61,7 +61,7 @@ struct PreparedCounts {
 /// Who logged in and how, for the login line.
 pub(crate) struct LoginLine<'a> {
     pub tenant: &'a str,
-    pub user: &'a str,
+    pub user: &'a Arc<str>,
     pub peer: SocketAddr,
     pub tls: bool,
     pub method: AuthMethod,
@@ -69,6 +69,11 @@ pub(crate) struct LoginLine<'a> {
 }
 
 impl Meter {
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     pub fn new(
         session: ClientSession,
         pool: Arc<PoolStats>,
@@ -90,7 +95,7 @@ impl Meter {
         Meter {
             session,
             pool,
-            user: login.user.into(),
+            user: login.user.clone(),
             peer: login.peer,
             log_disconnect,
             since: Instant::now(),
@@ -274,9 +279,10 @@ mod tests {
     use crate::protocol::frontend::tag;
 
     fn meter(m: &Metrics) -> Meter {
+        let user: Arc<str> = Arc::from("app");
         let login = LoginLine {
             tenant: "acme",
-            user: "app",
+            user: &user,
             peer: SocketAddr::from(([127, 0, 0, 1], 5)),
             tls: false,
             method: AuthMethod::Trust,

@@ -13,8 +13,8 @@ mod setcmd;
 mod statements;
 pub mod stream;
 pub mod vars;
-mod watch;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -29,6 +29,7 @@ use crate::auth::Verifier;
 use crate::cancel::ClientKey;
 use crate::catalog::Tenant;
 use crate::config::secs;
+use crate::console::live::Signal;
 use crate::model::AuthMethod;
 use crate::pool::{Pool, ServerParams};
 use crate::protocol::error::{ClientFacing, ErrorKind};
@@ -36,7 +37,7 @@ use crate::protocol::frame::{FrameReader, MAX_AUTH_MESSAGE};
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{backend, frontend};
 use crate::protocol::{FrameError, PgError, SqlState};
-use crate::proxy::{Proxy, TenantAdmission, FORCE_CLOSE_TIMEOUT};
+use crate::proxy::{Proxy, TenantAdmission};
 use crate::tenant;
 use stream::{ClientStream, TlsInfo};
 use tokio::net::TcpStream;
@@ -47,52 +48,77 @@ use vars::ClientVars;
 /// `max_prelogin_connections`, given back once it has logged in (or failed to); a logged-in
 /// client then holds a place under `max_client_conn` until it leaves.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, prelogin: OwnedSemaphorePermit) {
+    // Boxed: what login leaves behind (and a console session) takes no room in every tenant
+    // client's task for as long as it is connected; the session is a plain local, moved
+    // into its await (an async fn keeps room for a local it still might use, and for
+    // every argument, for the whole of its run).
+    let Some(session) = Box::pin(start(tcp, peer, &proxy, prelogin)).await else { return };
+    session.await;
+}
+
+/// Logs the client in: a tenant client's session to run, or `None` once a console client
+/// was served or the client left or was refused.
+async fn start(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    proxy: &Arc<Proxy>,
+    prelogin: OwnedSemaphorePermit,
+) -> Option<impl Future<Output = ()> + Send + use<>> {
     let force = proxy.shutdown.force.clone();
     let login = tokio::select! {
         // Boxed: the login's state is large and only needed while it runs.
-        login = Box::pin(login(tcp, peer, &proxy)) => login,
+        login = Box::pin(login(tcp, peer, proxy)) => login,
         // A forced shutdown ends logins in progress too (they are bounded by the startup
         // timeout anyway, but that may be longer than the shutdown timeout).
         _ = force.cancelled() => None,
     };
     drop(prelogin);
-    let Some((stream, buffered, login, meter, permit)) = login else { return };
-    let (login, meter) = match (login, meter) {
-        (Admitted::Tenant(login), Some(meter)) => (login, meter),
-        // `login` gives every tenant client its meter.
-        (Admitted::Tenant(_), None) => return,
-        (Admitted::Console(access), _) => {
-            // Boxed: a console session is rare, and its state must not size every client's task.
-            Box::pin(serve_console(stream, buffered, access, peer, &proxy)).await;
-            drop(permit);
-            return;
+    let (stream, buffered, login, meter, permit) = login?;
+    match (login, meter) {
+        (Admitted::Tenant(login), Some(meter)) => {
+            Some(tenant_session(TenantClient { stream, buffered, login, meter, permit, peer }, proxy))
         }
-    };
+        // `login` gives every tenant client its meter.
+        (Admitted::Tenant(_), None) => None,
+        (Admitted::Console(access), _) => {
+            // Boxed: a console session is rare.
+            Box::pin(serve_console(stream, buffered, access, peer, proxy)).await;
+            drop(permit);
+            None
+        }
+    }
+}
+
+/// A logged-in tenant client, before its session starts.
+struct TenantClient {
+    stream: ClientStream,
+    buffered: BytesMut,
+    login: LoggedIn,
+    meter: meter::Meter,
+    permit: OwnedSemaphorePermit,
+    peer: SocketAddr,
+}
+
+/// Lists a tenant client in the console's registry and builds its session.
+fn tenant_session(client: TenantClient, proxy: &Arc<Proxy>) -> impl Future<Output = ()> + Send + use<> {
+    let TenantClient { stream, buffered, login, meter, permit, peer } = client;
     tracing::debug!(%peer, tenant = %login.tenant.id, "client logged in");
     let (meter, wait) = meter.with_wait_clock();
-    let _listed = proxy.live.register(crate::console::live::ClientInfo {
-        id: 0,
-        tenant: login.tenant.id.as_str().to_owned(),
-        user: login.user.clone(),
-        addr: peer,
-        connected_at: std::time::SystemTime::now(),
-        tls: login.tls,
-        application_name: String::new(),
-        kick: login.admission.kick.clone(),
-        wait,
-    });
-    let session = relay::Session::new(stream, buffered, login, meter, proxy.clone()).run();
-    tokio::select! {
-        _ = session => {}
-        // The session answers a forced shutdown itself (57P01, then close); a client that has
-        // stopped reading cannot take that message, and must not hold up the shutdown.
-        _ = async {
-            // Polled on every wake-up of the session: a flag check, not the token's lock.
-            watch::Watch::new([&force]).fired().await;
-            tokio::time::sleep(FORCE_CLOSE_TIMEOUT).await;
-        } => tracing::info!(%peer, "client not reading at the forced shutdown: connection cut"),
-    }
-    drop(permit);
+    let signal = Signal::new(login.admission.generation);
+    let listed = proxy.list_session(
+        crate::console::live::ClientInfo {
+            id: 0,
+            tenant: login.tenant.id.clone(),
+            user: login.user.clone(),
+            addr: peer,
+            connected_at: std::time::SystemTime::now(),
+            tls: login.tls,
+            signal: signal.clone(),
+            wait,
+        },
+        &login.admission,
+    );
+    relay::Session::new(stream, buffered, login, meter, proxy.clone(), signal, (listed, permit)).run()
 }
 
 /// A console client, to its end.
@@ -212,8 +238,8 @@ pub(crate) enum Admitted {
 
 /// What a successful login hands to the relay.
 pub(crate) struct LoggedIn {
-    /// The user name the client logged in with (SHOW CLIENTS).
-    pub user: String,
+    /// The user name the client logged in with (SHOW CLIENTS, the disconnect line).
+    pub user: Arc<str>,
     pub tls: bool,
     pub tenant: Arc<Tenant>,
     pub pool: Arc<Pool>,
@@ -387,7 +413,7 @@ where
     backend::backend_key_data_bytes(&mut out, key.pid, key.secret());
     backend::ready_for_query_idle(&mut out);
     reader.get_mut().write_all(&out).await.map_err(io_gone)?;
-    let user = startup.get("user").unwrap_or_default().to_owned();
+    let user: Arc<str> = startup.get("user").unwrap_or_default().into();
     let login = LoggedIn { user, tls: tls.on, tenant, pool, vars, key, admission, method };
     Ok(Some((Admitted::Tenant(login), permit)))
 }

@@ -26,10 +26,10 @@ use super::rewrite::{SetTracking, Stage};
 use super::statements::Effect;
 use super::statements::Statements;
 use super::vars::ClientVars;
-use super::watch::Watch;
 use super::LoggedIn;
 use crate::cancel::ClientKey;
 use crate::catalog::Tenant;
+use crate::console::live::{LiveGuard, Signal, SignalReader, DRAIN, FORCE, KICK};
 use crate::model::PoolMode;
 use crate::pool::session::{reset_step, retire_running, ResetStep, Retire, CLEANUP_TIMEOUT};
 use crate::pool::{Checkout, Pool, ServerParams, TenantCap};
@@ -37,12 +37,16 @@ use crate::protocol::backend::txn;
 use crate::protocol::frame::header;
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::{frontend, PgError};
-use crate::proxy::{Proxy, TenantAdmission};
+use crate::proxy::{Proxy, TenantAdmission, FORCE_CLOSE_TIMEOUT};
+use tokio::sync::OwnedSemaphorePermit;
 
 mod buffers;
 mod checkout;
+mod progress;
 mod server_side;
 mod timer;
+
+use progress::{Progress, ResetPhase};
 
 use timer::{Limit, Limits, Timed};
 
@@ -72,11 +76,9 @@ enum Event {
     Timeout(Limit),
 }
 
-/// The signals a session watches besides its sockets, in priority order: force, drain, kick
-/// (see [`SIGNAL_FORCE`] …).
-type Signals = Watch<3>;
-const SIGNAL_FORCE: usize = 0;
-const SIGNAL_DRAIN: usize = 1;
+/// The signals a session watches besides its sockets (force, drain, kick: see
+/// [`crate::console::live::Signal`]).
+type Signals = SignalReader;
 
 /// Transaction ends not held for (tenant affinity) after a hold the client let run out.
 const HOLD_SKIP_AFTER_MISS: u8 = 8;
@@ -97,51 +99,6 @@ enum Exit {
 
 /// Session ids, so a server connection knows whether the next client is the one it served.
 static SESSION_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// Where the server connection stands, beyond the reply queue.
-#[derive(Debug, Default)]
-struct Progress {
-    /// ReadyForQuery messages of pgtenant's own setup queries, swallowed.
-    swallow_z: usize,
-    /// An extended-protocol message went out and its Sync has not.
-    extended_open: bool,
-    /// A reply arrived that the queue did not expect: pgtenant lost track, so the connection
-    /// is never returned to the pool.
-    desync: bool,
-    /// Transaction status of the last ReadyForQuery.
-    status: u8,
-    /// The server sent a FATAL error: it closes the connection, and nothing is added to it.
-    fatal: bool,
-    /// Where a queued cross-tenant reset stands.
-    reset: ResetPhase,
-    /// A client Sync went out behind an unconfirmed reset: the client's later messages wait
-    /// until the reset's replies are checked (a failed reset makes the server skip only up
-    /// to that Sync).
-    reset_synced: bool,
-    /// When the queued reset went out: its replies are due within [`CLEANUP_TIMEOUT`] (see
-    /// [`Limit::Reset`]).
-    reset_since: Option<tokio::time::Instant>,
-    /// Tenant affinity: until when the client keeps its idle server connection for its next
-    /// transaction (see [`Session::keep_for_affinity`]).
-    hold_until: Option<tokio::time::Instant>,
-    /// Transactions in a row the client kept its connection for.
-    held: u8,
-    /// After a hold the client did not use (its next transaction came later), transaction
-    /// ends left before it is held for again.
-    hold_skip: u8,
-}
-
-/// A cross-tenant reset's replies, swallowed and checked (see [`queue_reset`]).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum ResetPhase {
-    /// None queued, or its replies checked.
-    #[default]
-    Done,
-    /// Until the guard query's ReadyForQuery.
-    Guard,
-    /// The next expected reply of DISCARD ALL (an index in `pool::session::RESET_REPLIES`).
-    Discard(u8),
-}
 
 pub(crate) struct Session<S> {
     client: S,
@@ -206,7 +163,11 @@ pub(crate) struct Session<S> {
     /// Whether this client's session setup is known to succeed (it carries no settings
     /// from the client, or a server already accepted them), so it may be pipelined.
     setup_trusted: bool,
-    force: tokio_util::sync::CancellationToken,
+    /// Raised to end the session (see [`Signals`]).
+    signal: Arc<Signal>,
+    /// The client's entry in the console's registry and its place under `max_client_conn`,
+    /// held until the session ends.
+    _places: (LiveGuard, OwnedSemaphorePermit),
     meter: Meter,
     /// `[pool] session_features` as it was when the session started (read once, not per
     /// message; a reload applies to sessions that start after it).
@@ -214,9 +175,16 @@ pub(crate) struct Session<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub fn new(client: S, buffered: BytesMut, login: LoggedIn, meter: Meter, proxy: Arc<Proxy>) -> Self {
+    pub fn new(
+        client: S,
+        buffered: BytesMut,
+        login: LoggedIn,
+        meter: Meter,
+        proxy: Arc<Proxy>,
+        signal: Arc<Signal>,
+        places: (LiveGuard, OwnedSemaphorePermit),
+    ) -> Self {
         let LoggedIn { tenant, pool, vars, key, admission, .. } = login;
-        let force = proxy.shutdown.force.clone();
         let setup_trusted = !vars.from_client;
         let pool_params = pool.params().unwrap_or_default();
         let cbuf = buffered;
@@ -263,7 +231,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             draining: None,
             admission,
             setup_trusted,
-            force,
+            signal,
+            _places: places,
             meter,
         }
     }
@@ -273,13 +242,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// long as its client is connected; the block below holds the session once.
     #[allow(clippy::manual_async_fn)] // On purpose: see above.
     pub fn run(mut self) -> impl Future<Output = ()> + Send {
-        async move { self.drive().await }
+        async move {
+            let mut cut = SignalReader::new(self.signal.clone());
+            let peer = self.meter.peer();
+            tokio::select! {
+                _ = self.drive() => {}
+                // The session answers a forced shutdown itself (57P01, then close); a client
+                // that has stopped reading cannot take that message, and must not hold up the
+                // shutdown.
+                _ = async {
+                    // Polled on every wake-up of the session: one load of the signal's bits.
+                    cut.raised(FORCE).await;
+                    // Boxed: the timer is needed only once a forced shutdown began.
+                    Box::pin(tokio::time::sleep(FORCE_CLOSE_TIMEOUT)).await;
+                } => tracing::info!(%peer, "client not reading at the forced shutdown: connection cut"),
+            }
+        }
     }
 
     async fn drive(&mut self) {
         use futures_util::FutureExt;
-        let shutdown = &self.proxy.shutdown;
-        let mut signals = Signals::new([&shutdown.force, &shutdown.drain, &self.admission.kick]);
+        let mut signals = Signals::new(self.signal.clone());
         // A bug in one session must not leak pool capacity: after a panic the session's
         // server connection is closed (never reused) and its slot returned.
         let exit = match std::panic::AssertUnwindSafe(self.relay(&mut signals)).catch_unwind().await {
@@ -505,14 +488,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let read_client = !self.terminated
             && self.broken.is_none()
             && (waiting < MAX_CLIENT_BUFFERED || (self.c_scanned == 0 && self.out.len() < MAX_SERVER_BOUND));
-        let watched = if self.draining.is_none() { 3 } else { SIGNAL_FORCE + 1 };
+        let watched = if self.draining.is_none() { FORCE | DRAIN | KICK } else { FORCE };
         let limit = self.next_limit();
         if let Some((_, deadline)) = limit {
             self.arm_timer(deadline);
         }
         poll_fn(|cx| {
             let signal = signals.poll(cx, watched);
-            if signal == Some(SIGNAL_FORCE) {
+            if signal == Some(FORCE) {
                 return Poll::Ready(Event::Force);
             }
             if let Some((limit, deadline)) = limit {
@@ -521,7 +504,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             match signal {
-                Some(SIGNAL_DRAIN) => return Poll::Ready(Event::Drain),
+                Some(DRAIN) => return Poll::Ready(Event::Drain),
                 Some(_) => return Poll::Ready(Event::Kick),
                 None => {}
             }

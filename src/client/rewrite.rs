@@ -34,9 +34,10 @@ pub(super) struct SetTracking {
     pub(super) pending: Vec<SetCmd>,
     /// SET/RESET CommandCompletes seen (recognised or not).
     pub(super) seen: usize,
-    /// SET text of the last unnamed Parse, and of the statement bound last.
-    pub(super) unnamed: Option<SetCmd>,
-    pub(super) bound: Option<SetCmd>,
+    /// SET text of the last unnamed Parse, and of the statement bound last. Boxed: rare,
+    /// and every session would otherwise keep room for two.
+    pub(super) unnamed: Option<Box<SetCmd>>,
+    pub(super) bound: Option<Box<SetCmd>>,
 }
 
 impl SetTracking {
@@ -146,7 +147,7 @@ impl Stage<'_> {
                     }
                     Lookup::Known(p) => p,
                 };
-                self.sets.bound.clone_from(&prepared.set);
+                self.sets.bound = prepared.set.clone().map(Box::new);
                 self.ensure(&prepared.server_name, &prepared.parse);
                 let mut prefix = portal.to_vec();
                 prefix.push(0);
@@ -208,7 +209,7 @@ impl Stage<'_> {
                     return true;
                 }
                 self.out.extend_from_slice(frame);
-                self.pipeline.push_set(Kind::Execute, self.sets.bound.take());
+                self.pipeline.push_set(Kind::Execute, self.sets.bound.take().map(|b| *b));
             }
             fe::SYNC => {
                 self.statements.sync();
@@ -279,7 +280,7 @@ impl Stage<'_> {
     fn prepare(&mut self, frame: &[u8], set: Option<SetCmd>) -> bool {
         let Some((name, prepared)) = Statements::prepare(frame, self.search_path, set.clone()) else {
             // An unnamed statement: remember whether it is a SET.
-            self.sets.unnamed = set;
+            self.sets.unnamed = set.map(Box::new);
             self.forward(fe::PARSE, frame);
             return true;
         };

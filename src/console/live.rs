@@ -1,26 +1,30 @@
 //! The clients logged in now, as SHOW CLIENTS lists them and KILL_CLIENT finds them:
-//! written at login and logout only, never per message.
+//! written at login and logout only, never per message. Each entry carries its session's
+//! [`Signal`], through which the proxy's drain and force, a tenant's kick and KILL_CLIENT
+//! reach the session.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Waker;
 use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
-use tokio_util::sync::CancellationToken;
+
+use crate::model::TenantId;
 
 /// One logged-in client.
 #[derive(Clone, Debug)]
 pub struct ClientInfo {
     pub id: u64,
-    pub tenant: String,
-    pub user: String,
+    pub tenant: TenantId,
+    /// Shared with the session's meter (one copy per client).
+    pub user: Arc<str>,
     pub addr: SocketAddr,
     pub connected_at: SystemTime,
     pub tls: bool,
-    pub application_name: String,
     /// Ends this client's session (idle at once, busy at the end of its transaction).
-    pub kick: CancellationToken,
+    pub signal: Arc<Signal>,
     /// When the client started waiting for a server connection ([`now_us`]), 0 when it is
     /// not waiting: written by its meter at each checkout, read by SHOW POOLS and CLIENTS.
     pub wait: Arc<AtomicU64>,
@@ -33,6 +37,94 @@ impl ClientInfo {
             0 => None,
             since => Some(Duration::from_micros(now.saturating_sub(since))),
         }
+    }
+}
+
+/// Signal bits, in priority order (the lowest is reported first): the proxy closes every
+/// client now, the proxy drains, the session's tenant was kicked or KILL_CLIENT named it.
+pub const FORCE: u8 = 1 << 0;
+pub const DRAIN: u8 = 1 << 1;
+pub const KICK: u8 = 1 << 2;
+
+/// What ends one session besides its sockets: bits raised by whoever ends it, read by the
+/// session with one load per wake-up (no lock, no future per signal, nothing per message).
+/// One small allocation per session stands in for a future per cancellation token it used
+/// to watch (and a child token for KILL_CLIENT).
+pub struct Signal {
+    raised: AtomicU8,
+    /// The tenant's kick generation when the session was admitted: a tenant's kick reaches
+    /// the sessions admitted before it only.
+    admitted: u64,
+    /// The session task's waker (set by [`SignalReader`] when it changes, not per poll).
+    task: Mutex<Option<Waker>>,
+}
+
+impl std::fmt::Debug for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signal").field("raised", &self.raised.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl Signal {
+    pub fn new(admitted: u64) -> Arc<Signal> {
+        Arc::new(Signal { raised: AtomicU8::new(0), admitted, task: Mutex::new(None) })
+    }
+
+    /// Raises `bits` and wakes the session if that raised any it did not have.
+    pub fn raise(&self, bits: u8) {
+        let before = self.raised.fetch_or(bits, Ordering::AcqRel);
+        if before | bits != before {
+            // Taken after the bits are set: a reader that registered its waker before its
+            // load of the bits is found here, one that registers later sees the bits.
+            if let Some(w) = self.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    pub fn admitted(&self) -> u64 {
+        self.admitted
+    }
+}
+
+/// One reader of a session's [`Signal`] (each bit is reported to it once). All readers of
+/// one signal run in the session's task: they share the one waker slot.
+pub struct SignalReader {
+    shared: Arc<Signal>,
+    reported: u8,
+    /// The waker `shared` holds, to notice without a lock when the task's waker changes.
+    task: Option<Waker>,
+}
+
+impl SignalReader {
+    pub fn new(shared: Arc<Signal>) -> SignalReader {
+        SignalReader { shared, reported: 0, task: None }
+    }
+
+    /// The first (lowest) bit of `mask` raised and not yet reported to this reader. A bit
+    /// outside `mask` raised meanwhile is reported once a later call's mask includes it.
+    pub fn poll(&mut self, cx: &mut std::task::Context<'_>, mask: u8) -> Option<u8> {
+        if !self.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+            let w = cx.waker().clone();
+            *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
+            self.task = Some(w);
+        }
+        let fresh = self.shared.raised.load(Ordering::Acquire) & mask & !self.reported;
+        if fresh == 0 {
+            return None;
+        }
+        let bit = fresh & fresh.wrapping_neg();
+        self.reported |= bit;
+        Some(bit)
+    }
+
+    /// Waits until a bit of `mask` is raised.
+    pub async fn raised(&mut self, mask: u8) -> u8 {
+        std::future::poll_fn(|cx| match self.poll(cx, mask) {
+            Some(bit) => std::task::Poll::Ready(bit),
+            None => std::task::Poll::Pending,
+        })
+        .await
     }
 }
 
@@ -66,7 +158,24 @@ impl LiveClients {
 
     /// Ends one client's session; false when no client has that id.
     pub fn kill(&self, id: u64) -> bool {
-        self.clients.get(&id).map(|c| c.kick.cancel()).is_some()
+        self.clients.get(&id).map(|c| c.signal.raise(KICK)).is_some()
+    }
+
+    /// Raises `bits` on every listed session (the proxy's drain or force).
+    pub fn raise_all(&self, bits: u8) {
+        for c in self.clients.iter() {
+            c.signal.raise(bits);
+        }
+    }
+
+    /// Kicks the sessions of `tenant` admitted before its kick generation became
+    /// `generation` (later ones are not affected).
+    pub fn kick_tenant(&self, tenant: &TenantId, generation: u64) {
+        for c in self.clients.iter() {
+            if c.tenant == *tenant && c.signal.admitted() < generation {
+                c.signal.raise(KICK);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -87,5 +196,77 @@ pub struct LiveGuard {
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         self.registry.clients.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Context;
+
+    #[test]
+    fn bits_are_reported_once_lowest_first_within_the_mask() {
+        let signal = Signal::new(0);
+        let mut r = SignalReader::new(signal.clone());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(r.poll(&mut cx, FORCE | DRAIN | KICK), None);
+        signal.raise(KICK | DRAIN);
+        // Outside the mask: not reported, and not lost.
+        assert_eq!(r.poll(&mut cx, FORCE), None);
+        signal.raise(FORCE);
+        assert_eq!(r.poll(&mut cx, FORCE | DRAIN | KICK), Some(FORCE));
+        assert_eq!(r.poll(&mut cx, FORCE | DRAIN | KICK), Some(DRAIN));
+        assert_eq!(r.poll(&mut cx, FORCE | DRAIN | KICK), Some(KICK));
+        assert_eq!(r.poll(&mut cx, FORCE | DRAIN | KICK), None);
+        // A second reader of the same signal sees every bit itself.
+        let mut other = SignalReader::new(signal);
+        assert_eq!(other.poll(&mut cx, FORCE), Some(FORCE));
+    }
+
+    #[tokio::test]
+    async fn a_raise_wakes_the_waiting_task() {
+        let signal = Signal::new(0);
+        let mut r = SignalReader::new(signal.clone());
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            signal.raise(DRAIN);
+        });
+        let got = tokio::time::timeout(Duration::from_secs(5), r.raised(FORCE | DRAIN)).await.ok();
+        assert_eq!(got, Some(DRAIN));
+    }
+
+    fn info(registry: &Arc<LiveClients>, tenant: &str, admitted: u64) -> (LiveGuard, Arc<Signal>) {
+        let signal = Signal::new(admitted);
+        let guard = registry.register(ClientInfo {
+            id: 0,
+            tenant: TenantId::parse(tenant).expect("tenant id"),
+            user: "app".into(),
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            connected_at: SystemTime::now(),
+            tls: false,
+            signal: signal.clone(),
+            wait: Arc::default(),
+        });
+        (guard, signal)
+    }
+
+    #[test]
+    fn a_tenant_kick_reaches_its_earlier_sessions_only() {
+        let registry = Arc::new(LiveClients::default());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let (_a, before) = info(&registry, "acme", 0);
+        let (_b, later) = info(&registry, "acme", 1);
+        let (c, other) = info(&registry, "globex", 0);
+        registry.kick_tenant(&TenantId::parse("acme").expect("tenant id"), 1);
+        let mut raised = |s: &Arc<Signal>| SignalReader::new(s.clone()).poll(&mut cx, KICK);
+        assert_eq!(raised(&before), Some(KICK));
+        assert_eq!(raised(&later), None);
+        assert_eq!(raised(&other), None);
+        registry.raise_all(DRAIN);
+        assert_eq!(SignalReader::new(other.clone()).poll(&mut cx, DRAIN), Some(DRAIN));
+        assert!(registry.kill(c.id));
+        assert_eq!(SignalReader::new(other).poll(&mut cx, KICK), Some(KICK));
     }
 }

@@ -8,10 +8,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
 use super::{buffers, shutting_down, timed_out, Event, Exit, ResetPhase, Session, Signals};
 use crate::cancel::CancelTarget;
+use crate::console::live::{Signal, SignalReader, FORCE, KICK};
 use crate::pool::session::{acts_while_idle, hand_over, needs_reset, queue_reset, retire, Retire};
 use crate::protocol::backend::txn;
 use crate::protocol::{frontend, PgError};
@@ -33,9 +33,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // KILL_CLIENT or a kick of its tenant, a forced shutdown; its query then never runs,
         // and its place in the queue is given back. One that finds a connection at once
         // polls no signal.
-        let kick = &self.admission.kick;
-        let force = &self.proxy.shutdown.force;
-        let checkout = match (Watched { checkout, kick, force, waits: None }).await {
+        let checkout = match (Watched { checkout, signal: &self.signal, reader: None }).await {
             Ok(r) => r,
             Err(forced) => {
                 self.meter.checked_out(None);
@@ -88,8 +86,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // Its own watch of the session's signals: the relay's is not passed down to every
         // checkout for this rare wait. A drain that fired earlier is reported again here,
         // where it ends the session as it would have (a draining session is not attached).
-        let shutdown = &proxy.shutdown;
-        let mut signals = Signals::new([&shutdown.force, &shutdown.drain, &self.admission.kick]);
+        let mut signals = Signals::new(self.signal.clone());
         let resumed = proxy.pools.pauses.wait(&tenant.id);
         tokio::pin!(resumed);
         loop {
@@ -196,10 +193,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 /// place in the queue.
 struct Watched<'a, F> {
     checkout: Pin<&'a mut F>,
-    kick: &'a CancellationToken,
-    force: &'a CancellationToken,
-    /// true once a forced shutdown fires, false once a kick does.
-    waits: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
+    signal: &'a std::sync::Arc<Signal>,
+    /// The session's signals read for this wait, made once the checkout is pending.
+    reader: Option<Box<SignalReader>>,
 }
 
 impl<F: Future> Future for Watched<'_, F> {
@@ -210,19 +206,10 @@ impl<F: Future> Future for Watched<'_, F> {
         if let Poll::Ready(r) = this.checkout.as_mut().poll(cx) {
             return Poll::Ready(Ok(r));
         }
-        let waits = this.waits.get_or_insert_with(|| {
-            let (force, kick) = (this.force.clone(), this.kick.clone());
-            Box::pin(async move {
-                tokio::select! {
-                    biased;
-                    () = force.cancelled_owned() => true,
-                    () = kick.cancelled_owned() => false,
-                }
-            })
-        });
-        if let Poll::Ready(forced) = waits.as_mut().poll(cx) {
-            return Poll::Ready(Err(forced));
+        let reader = this.reader.get_or_insert_with(|| Box::new(SignalReader::new(this.signal.clone())));
+        match reader.poll(cx, FORCE | KICK) {
+            Some(bit) => Poll::Ready(Err(bit == FORCE)),
+            None => Poll::Pending,
         }
-        Poll::Pending
     }
 }

@@ -311,7 +311,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), Exit> {
         self.meter.bytes_out(bytes.len());
         let limit = self.client_write();
-        write_bounded(&mut self.client, bytes, limit, &self.force, &self.tenant.id).await
+        write_bounded(&mut self.client, bytes, limit, &self.proxy.shutdown.force, &self.tenant.id).await
     }
 
     pub(super) async fn write_client(&mut self, from: usize, to: usize) -> Result<(), Exit> {
@@ -321,7 +321,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.meter.bytes_out(to - from);
         let limit = self.client_write();
         let bytes = &self.sbuf[from..to];
-        write_bounded(&mut self.client, bytes, limit, &self.force, &self.tenant.id).await
+        write_bounded(&mut self.client, bytes, limit, &self.proxy.shutdown.force, &self.tenant.id).await
     }
 }
 

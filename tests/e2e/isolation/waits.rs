@@ -16,7 +16,7 @@ use crate::support::*;
 /// (tenant, waiting for) of every logged-in client.
 fn clocks(h: &Harness) -> Vec<(String, Option<Duration>)> {
     let now = now_us();
-    h.proxy.live.list().iter().map(|c| (c.tenant.clone(), c.waiting_for(now))).collect()
+    h.proxy.live.list().iter().map(|c| (c.tenant.to_string(), c.waiting_for(now))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,8 +97,14 @@ async fn a_client_killed_while_waiting_for_a_full_pool_ends_at_once_and_its_quer
         (r, waiter)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let id =
-        h.proxy.live.list().iter().find(|c| c.tenant == b.id).map(|c| c.id).expect("the waiter is listed");
+    let id = h
+        .proxy
+        .live
+        .list()
+        .iter()
+        .find(|c| c.tenant.as_str() == b.id)
+        .map(|c| c.id)
+        .expect("the waiter is listed");
     assert!(clocks(&h).iter().any(|(t, w)| *t == b.id && w.is_some()), "b waits: {:?}", clocks(&h));
     let killed = std::time::Instant::now();
     assert!(h.proxy.live.kill(id), "KILL_CLIENT {id}");

@@ -1,0 +1,48 @@
+//! Where a session's server connection stands beyond its reply queue: swallowed setup
+//! replies, the extended-protocol and transaction state, a cross-tenant reset under way.
+
+/// Where the server connection stands, beyond the reply queue.
+#[derive(Debug, Default)]
+pub(super) struct Progress {
+    /// ReadyForQuery messages of pgtenant's own setup queries, swallowed.
+    pub(super) swallow_z: usize,
+    /// An extended-protocol message went out and its Sync has not.
+    pub(super) extended_open: bool,
+    /// A reply arrived that the queue did not expect: pgtenant lost track, so the connection
+    /// is never returned to the pool.
+    pub(super) desync: bool,
+    /// Transaction status of the last ReadyForQuery.
+    pub(super) status: u8,
+    /// The server sent a FATAL error: it closes the connection, and nothing is added to it.
+    pub(super) fatal: bool,
+    /// Where a queued cross-tenant reset stands.
+    pub(super) reset: ResetPhase,
+    /// A client Sync went out behind an unconfirmed reset: the client's later messages wait
+    /// until the reset's replies are checked (a failed reset makes the server skip only up
+    /// to that Sync).
+    pub(super) reset_synced: bool,
+    /// When the queued reset went out: its replies are due within
+    /// [`crate::pool::session::CLEANUP_TIMEOUT`] (see [`super::timer::Limit::Reset`]).
+    pub(super) reset_since: Option<tokio::time::Instant>,
+    /// Tenant affinity: until when the client keeps its idle server connection for its next
+    /// transaction (see `Session::keep_for_affinity`).
+    pub(super) hold_until: Option<tokio::time::Instant>,
+    /// Transactions in a row the client kept its connection for.
+    pub(super) held: u8,
+    /// After a hold the client did not use (its next transaction came later), transaction
+    /// ends left before it is held for again.
+    pub(super) hold_skip: u8,
+}
+
+/// A cross-tenant reset's replies, swallowed and checked (see
+/// [`crate::pool::session::queue_reset`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ResetPhase {
+    /// None queued, or its replies checked.
+    #[default]
+    Done,
+    /// Until the guard query's ReadyForQuery.
+    Guard,
+    /// The next expected reply of DISCARD ALL (an index in `pool::session::RESET_REPLIES`).
+    Discard(u8),
+}
