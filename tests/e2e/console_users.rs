@@ -146,13 +146,7 @@ async fn without_the_control_database_config_users_work_and_others_get_28p01() {
     let forwarder = Forwarder::start(cluster().port).await;
     let mut cfg = scram_config();
     let control = control_db(&mut cfg).await;
-    let db = cfg
-        .catalog
-        .url
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("dbname="))
-        .expect("dbname")
-        .to_owned();
+    let db = catalog_dbname(&cfg);
     control
         .execute(
             "INSERT INTO pgtenant.console_users (name, verifier, role) VALUES ('outage_only', $1, 'admin')",

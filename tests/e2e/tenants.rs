@@ -304,13 +304,7 @@ async fn control_database_outage_serves_cached_tenants_and_recovers() {
     insert_tenant(&control, &cached).await;
     insert_tenant(&control, &uncached).await;
     // The proxy reaches the control database through the forwarder, over TCP.
-    let db = cfg
-        .catalog
-        .url
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("dbname="))
-        .expect("dbname")
-        .to_owned();
+    let db = catalog_dbname(&cfg);
     cfg.catalog.url = format!(
         "host=127.0.0.1 port={} user=postgres password={} dbname={db} connect_timeout=1",
         forwarder.port,

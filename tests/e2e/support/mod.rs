@@ -207,6 +207,11 @@ pub fn code(e: &tokio_postgres::Error) -> String {
 }
 
 /// A control database of its own for one test: migrated, with upstream `local` (TCP) in it.
+/// The control database's name in `cfg`'s catalog URL (as [`control_db`] sets it).
+pub fn catalog_dbname(cfg: &Config) -> String {
+    cfg.catalog.url.split_whitespace().find_map(|kv| kv.strip_prefix("dbname=")).expect("dbname").to_owned()
+}
+
 pub async fn control_db(cfg: &mut Config) -> Client {
     let db = unique("ctl");
     admin("postgres").await.batch_execute(&format!("CREATE DATABASE {db}")).await.expect("control db");
