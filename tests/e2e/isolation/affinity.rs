@@ -118,3 +118,32 @@ async fn a_client_slower_than_the_hold_is_not_held_for_after_each_transaction() 
         "b waited out a's hold {slow} times in 10: a slow client is held for after each transaction"
     );
 }
+
+/// A PAUSE of a tenant ends an affinity hold: the held connection goes back (the PAUSE
+/// settles) and the client's next query waits at the gate like any other checkout, rather
+/// than running on the held connection while its tenant is paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_ends_an_affinity_hold_and_the_held_client_waits() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let mut cfg: Config = config(vec![a.clone(), b.clone()]);
+    cfg.pool.checkout_timeout = 10.0;
+    cfg.pool.affinity_hold = 3.0;
+    cfg.pool.affinity_transactions = 4;
+    let h = start(cfg).await;
+    let (ca, cb) = (h.client(&a.id).await, h.client(&b.id).await);
+    ca.batch_execute("BEGIN").await.expect("begin");
+    let waiter = tokio::spawn(async move { cb.simple_query("SELECT 1").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Tenant b waits: a's transaction end starts a hold.
+    ca.batch_execute("COMMIT").await.expect("commit");
+    let ta = pgtenant::model::TenantId::parse(&a.id).expect("tenant id");
+    assert!(h.proxy.pools.pauses.pause(Some(&ta)), "PAUSE a");
+    let settled =
+        eventually(Duration::from_secs(1), || async { h.proxy.pools.checked_out(Some(&ta)) == 0 }).await;
+    let ran = tokio::time::timeout(Duration::from_secs(1), ca.simple_query("SELECT 1")).await.is_ok();
+    h.proxy.pools.pauses.resume(Some(&ta));
+    let _ = tokio::time::timeout(Duration::from_secs(10), waiter).await;
+    eprintln!("ran while paused: {ran}, PAUSE settled within 1s: {settled}");
+    assert!(!ran, "tenant a's query ran on its held connection while a was paused");
+    assert!(settled, "PAUSE a did not settle within 1s: the affinity hold kept a's connection");
+}
