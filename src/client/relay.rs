@@ -315,7 +315,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Event::Client(Ok(0) | Err(_)) => return Exit::Client,
                 Event::Client(Ok(n)) => {
-                    self.progress.hold_until = None;
+                    if self.progress.hold_until.take().is_some()
+                        && self.server_idle()
+                        && self.proxy.pools.pauses.is_paused(&self.tenant.id)
+                    {
+                        // A PAUSE landed during an affinity hold: the connection goes back
+                        // and the client's next transaction waits at the pause like any other.
+                        self.progress.held = 0;
+                        self.release();
+                    }
                     self.meter.bytes_in(n);
                     self.touch();
                     self.scan_client();

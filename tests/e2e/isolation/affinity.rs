@@ -127,7 +127,8 @@ async fn a_pause_ends_an_affinity_hold_and_the_held_client_waits() {
     let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
     let mut cfg: Config = config(vec![a.clone(), b.clone()]);
     cfg.pool.checkout_timeout = 10.0;
-    cfg.pool.affinity_hold = 3.0;
+    // Long, so the client's next query comes well within the hold.
+    cfg.pool.affinity_hold = 0.8;
     cfg.pool.affinity_transactions = 4;
     let h = start(cfg).await;
     let (ca, cb) = (h.client(&a.id).await, h.client(&b.id).await);
@@ -138,12 +139,14 @@ async fn a_pause_ends_an_affinity_hold_and_the_held_client_waits() {
     ca.batch_execute("COMMIT").await.expect("commit");
     let ta = pgtenant::model::TenantId::parse(&a.id).expect("tenant id");
     assert!(h.proxy.pools.pauses.pause(Some(&ta)), "PAUSE a");
-    let settled =
-        eventually(Duration::from_secs(1), || async { h.proxy.pools.checked_out(Some(&ta)) == 0 }).await;
+    // The query, sent within the hold, must wait at the pause instead of running on the held
+    // connection; PAUSE settles once the hold has ended (at most affinity_hold).
     let ran = tokio::time::timeout(Duration::from_secs(1), ca.simple_query("SELECT 1")).await.is_ok();
+    let settled =
+        eventually(Duration::from_secs(2), || async { h.proxy.pools.checked_out(Some(&ta)) == 0 }).await;
     h.proxy.pools.pauses.resume(Some(&ta));
     let _ = tokio::time::timeout(Duration::from_secs(10), waiter).await;
-    eprintln!("ran while paused: {ran}, PAUSE settled within 1s: {settled}");
+    eprintln!("ran while paused: {ran}, PAUSE settled within 2s: {settled}");
     assert!(!ran, "tenant a's query ran on its held connection while a was paused");
-    assert!(settled, "PAUSE a did not settle within 1s: the affinity hold kept a's connection");
+    assert!(settled, "PAUSE a did not settle within 2s: the affinity hold kept a's connection");
 }
