@@ -18,7 +18,7 @@
 #   BENCH_SECONDS     seconds per pgbench run (default 6)
 #   BENCH_SCALE       pgbench -i scale factor (default 10)
 #   BENCH_CASES       only cases whose name matches this regex (cases: "-S", "TPC-B",
-#                     "-S -M prepared", "-S 1 client")
+#                     "-S -M prepared", "-S 1 client", "-S -C")
 #   BENCH_OUT         directory for the reports (default /tmp/pgtenant-profile)
 #   BENCH_CALLGRAPH   1: perf with DWARF call graphs
 #   PGTENANT_BIN, PGTENANT_WORKERS, PGBOUNCER   as for benches/compare.sh
@@ -58,6 +58,7 @@ CASES=(
     "TPC-B|-c 16 -j 2"
     "-S -M prepared|-S -M prepared -c 16 -j 2"
     "-S 1 client|-S -c 1 -j 1"
+    "-S -C|-S -C -c 16 -j 2"
 )
 TARGETS=(pgtenant)
 [[ -n $PGB_PID ]] && TARGETS+=(pgbouncer)

@@ -305,7 +305,8 @@ where
     if console::is_console_database(startup.get("database")) {
         let access = console_login(reader, proxy, &startup, tls, peer, &mut out).await?;
         let permit = proxy.client_permit()?;
-        out.clear();
+        // `out` holds what login left to send: the SCRAM server-final message, or (trusted
+        // console users) a NegotiateProtocolVersion.
         crate::console::greeting(&mut out, rand::random(), rand::random());
         reader.get_mut().write_all(&out).await.map_err(io_gone)?;
         return Ok(Some((Admitted::Console(access), permit)));
@@ -369,7 +370,7 @@ where
             let known = stored.and_then(|v| Verifier::parse(v));
             let accepted = known.is_some();
             let verifier = known.unwrap_or_else(|| Verifier::mock(&secret, &mock_name));
-            scram(reader, verifier, tls.end_point.as_deref()).await.map(|proved| proved && accepted)
+            scram(reader, verifier, tls.end_point.as_deref(), &mut out).await.map(|proved| proved && accepted)
         };
         match outcome {
             Ok(true) => attempt.succeeded(),
@@ -407,7 +408,7 @@ where
     };
     let vars = ClientVars::new(&pool_params, &startup, &resolved, &tenant.session_vars);
     for (k, v) in vars.login_params(&pool_params) {
-        backend::parameter_status(&mut out, &k, &v);
+        backend::parameter_status(&mut out, k, v);
     }
     let key = proxy.cancel.register(newest_minor >= 2);
     backend::backend_key_data_bytes(&mut out, key.pid, key.secret());
@@ -459,7 +460,8 @@ where
     let accepted = known.is_some();
     let mock_name = format!("{db}\0{user}");
     let verifier = known.unwrap_or_else(|| Verifier::mock(&mock_secret(proxy), &mock_name));
-    let outcome = scram(reader, verifier, tls.end_point.as_deref()).await.map(|proved| proved && accepted);
+    let outcome =
+        scram(reader, verifier, tls.end_point.as_deref(), out).await.map(|proved| proved && accepted);
     match outcome {
         Ok(true) => {
             attempt.succeeded();
@@ -479,11 +481,14 @@ where
 }
 
 /// Runs a SCRAM-SHA-256 exchange with the client: whether it proved it knows the password
-/// behind `verifier`. The server-final message is sent only on success.
+/// behind `verifier`. On success the server-final message is appended to `done`, which the
+/// caller sends with AuthenticationOk and what follows it, in one write (as PostgreSQL
+/// flushes them together).
 async fn scram<S>(
     reader: &mut FrameReader<S>,
     verifier: Verifier,
     binding: Option<&[u8]>,
+    done: &mut BytesMut,
 ) -> Result<bool, PgError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -512,9 +517,7 @@ where
     let last = read_password_message(reader).await?;
     match exchange.finish(last.body()).map_err(|e| bad(SaslError::Scram(e)))? {
         Some(server_final) => {
-            out.clear();
-            backend::sasl_final(&mut out, server_final.as_bytes());
-            reader.get_mut().write_all(&out).await.map_err(io_gone)?;
+            backend::sasl_final(done, server_final.as_bytes());
             Ok(true)
         }
         None => Ok(false),

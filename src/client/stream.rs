@@ -40,37 +40,54 @@ pub enum Opening {
     Closed,
 }
 
+/// Bytes read at once while the opening is read: an SSLRequest and a typical startup packet
+/// fit, so each arrives in one read, and a read that returns less than this tells tokio the
+/// socket is drained (no extra read that would only find nothing).
+const OPENING_READ: usize = 1024;
+
 /// Reads the connection's opening, answering SSLRequest/GSSENCRequest. Cancel-safe only in
 /// the sense that a timeout leaves `tcp` usable for an error message.
+///
+/// Only the first bytes are peeked at (a direct TLS handshake must stay in the socket for
+/// the TLS layer); after that, reads take what is there. Bytes that follow an SSLRequest
+/// answered `S` before the handshake are refused, as PostgreSQL refuses them (they were not
+/// encrypted, and may have been injected); after an `N` they are the next packet's.
 pub async fn opening(tcp: &mut TcpStream, tls: Option<&Tls>) -> io::Result<Opening> {
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await? == 0 {
+        return Ok(Opening::Closed);
+    }
+    // A TLS handshake record: direct TLS negotiation.
+    if first[0] == 0x16 {
+        return Ok(if tls.is_some() { Opening::Tls { direct: true } } else { Opening::Closed });
+    }
+    let mut buf = BytesMut::with_capacity(OPENING_READ);
     loop {
-        let mut first = [0u8; 1];
-        if tcp.peek(&mut first).await? == 0 {
-            return Ok(Opening::Closed);
-        }
-        // A TLS handshake record: direct TLS negotiation.
-        if first[0] == 0x16 {
-            return Ok(if tls.is_some() { Opening::Tls { direct: true } } else { Opening::Closed });
-        }
-        let mut head = [0u8; 8];
-        let mut got = 0;
-        while got < head.len() {
-            let n = tcp.read(&mut head[got..]).await?;
-            if n == 0 {
-                // Fewer than 8 bytes: let the startup reader report the truncated packet.
-                return Ok(Opening::Plain(BytesMut::from(&head[..got])));
+        while buf.len() < 8 {
+            if buf.capacity() == buf.len() {
+                buf.reserve(OPENING_READ);
             }
-            got += n;
+            if tcp.read_buf(&mut buf).await? == 0 {
+                // Fewer than 8 bytes: let the startup reader report the truncated packet.
+                return Ok(Opening::Plain(buf));
+            }
         }
-        let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        let code = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let code = i32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
         match (len, code, tls) {
             (8, SSL_REQUEST_CODE, Some(_)) => {
+                if buf.len() > 8 {
+                    tracing::debug!("bytes after an SSLRequest, before the TLS handshake: refused");
+                    return Ok(Opening::Closed);
+                }
                 tcp.write_all(&[encryption::ACCEPTED]).await?;
                 return Ok(Opening::Tls { direct: false });
             }
-            (8, SSL_REQUEST_CODE | GSSENC_REQUEST_CODE, _) => tcp.write_all(b"N").await?,
-            _ => return Ok(Opening::Plain(BytesMut::from(&head[..]))),
+            (8, SSL_REQUEST_CODE | GSSENC_REQUEST_CODE, _) => {
+                tcp.write_all(b"N").await?;
+                let _ = buf.split_to(8);
+            }
+            _ => return Ok(Opening::Plain(buf)),
         }
     }
 }

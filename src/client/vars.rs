@@ -104,9 +104,16 @@ impl ClientVars {
         shared.chain(self.reported.iter()).map(|(k, v)| (k, v))
     }
 
-    /// The value this client expects for a reportable setting, if it has one.
+    /// The value this client expects for a reportable setting, if it has one: its own, else
+    /// `base`'s (the same answer as searching [`Self::reported`], without its filter per entry).
     fn reported_value(&self, name: &str) -> Option<&String> {
-        self.reported().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        if let Some((_, v)) = self.reported.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            return Some(v);
+        }
+        if !synced(name) {
+            return None;
+        }
+        self.base.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     /// Sets the client's value of a reportable setting: kept as its own unless `base` has
@@ -136,7 +143,11 @@ impl ClientVars {
         let mut fp = 0u64;
         for (k, v) in self.reported().chain(self.other.iter().map(|(k, v)| (k, v))) {
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            k.to_ascii_lowercase().hash(&mut h);
+            // The name without case, hashed byte by byte (no lowercased copy).
+            for b in k.bytes() {
+                h.write_u8(b.to_ascii_lowercase());
+            }
+            h.write_u8(0xff);
             v.hash(&mut h);
             fp ^= h.finish();
         }
@@ -145,8 +156,11 @@ impl ClientVars {
 
     /// The ParameterStatus list a client is shown at login: the pool's, with the client's
     /// own values where it sent any.
-    pub fn login_params(&self, pool_params: &[(String, String)]) -> Vec<(String, String)> {
-        pool_params.iter().map(|(k, v)| (k.clone(), self.reported_value(k).unwrap_or(v).clone())).collect()
+    pub fn login_params<'a>(
+        &'a self,
+        pool_params: &'a [(String, String)],
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        pool_params.iter().map(|(k, v)| (k.as_str(), self.reported_value(k).unwrap_or(v).as_str()))
     }
 
     /// Tracks a session SET/RESET the client ran outside a transaction block, so it follows
@@ -379,9 +393,9 @@ mod tests {
         let resolved = crate::tenant::resolve(&startup, None, &Default::default()).expect("resolves");
         let v = ClientVars::new(&pool, &startup, &resolved, &[]);
         assert_eq!(v.other, vec![("extra_float_digits".to_owned(), "3".to_owned())]);
-        let shown = v.login_params(&pool);
-        assert!(shown.contains(&("application_name".into(), "psql".into())));
-        assert!(shown.contains(&("server_version".into(), "15.1".into())));
+        let shown: Vec<_> = v.login_params(&pool).collect();
+        assert!(shown.contains(&("application_name", "psql")));
+        assert!(shown.contains(&("server_version", "15.1")));
     }
 
     #[test]
@@ -400,7 +414,7 @@ mod tests {
         assert!(a.reported.is_empty(), "{:?}", a.reported);
         assert_eq!(b.reported, vec![("application_name".to_owned(), "psql".to_owned())]);
         assert_ne!(a.fingerprint(), b.fingerprint());
-        assert_eq!(b.login_params(&pool)[1].1, "psql");
+        assert_eq!(b.login_params(&pool).nth(1).map(|(_, v)| v), Some("psql"));
         // Back to the pool's value: nothing of its own left, and the same as `a`.
         b.observe("application_name", "");
         assert!(b.reported.is_empty());

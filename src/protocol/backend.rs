@@ -3,9 +3,7 @@
 
 use bytes::{BufMut, BytesMut};
 use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
-use pgwire::messages::startup::{
-    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
-};
+use pgwire::messages::startup::{Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey};
 use pgwire::messages::Message;
 
 /// Backend message tags. The same byte means something else from a client (`C` is
@@ -94,8 +92,18 @@ pub fn sasl_final(buf: &mut BytesMut, data: &[u8]) {
     put(buf, Authentication::SASLFinal(bytes::Bytes::copy_from_slice(data)));
 }
 
+/// Written directly (a login sends a dozen of these; the codec's type would copy both strings
+/// first). Names and values come from PostgreSQL's own reports or a startup packet, C strings
+/// that hold no NUL.
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
-    put(buf, ParameterStatus::new(name.to_owned(), value.to_owned()));
+    let len = 4 + name.len() + 1 + value.len() + 1;
+    buf.reserve(1 + len);
+    buf.put_u8(b'S');
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    buf.put_slice(name.as_bytes());
+    buf.put_u8(0);
+    buf.put_slice(value.as_bytes());
+    buf.put_u8(0);
 }
 
 pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
@@ -178,6 +186,21 @@ mod tests {
         backend_key_data(&mut b, 7, 9);
         ready_for_query_idle(&mut b);
         assert_eq!(&b[..], &b"R\0\0\0\x08\0\0\0\0K\0\0\0\x0c\0\0\0\x07\0\0\0\x09Z\0\0\0\x05I"[..]);
+    }
+
+    #[test]
+    fn parameter_status_is_encoded_as_the_codec_encodes_it() {
+        use pgwire::messages::startup::ParameterStatus;
+        for (k, v) in [("TimeZone", "Europe/Paris"), ("application_name", ""), ("a", "é ü")] {
+            let mut ours = BytesMut::new();
+            parameter_status(&mut ours, k, v);
+            let mut codec = BytesMut::new();
+            put(&mut codec, ParameterStatus::new(k.to_owned(), v.to_owned()));
+            assert_eq!(ours, codec, "{k}");
+        }
+        let mut b = BytesMut::new();
+        parameter_status(&mut b, "TimeZone", "UTC");
+        assert_eq!(&b[..], &b"S\0\0\0\x11TimeZone\0UTC\0"[..]);
     }
 
     #[test]

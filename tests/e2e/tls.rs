@@ -134,6 +134,33 @@ async fn require_tls_refuses_plaintext_and_direct_tls_works() {
     assert_eq!(&head[5..9], &10i32.to_be_bytes(), "AuthenticationSASL over direct TLS (tenant from SNI)");
 }
 
+/// Bytes a client sends after its SSLRequest, before the TLS handshake, were not encrypted
+/// and may have been injected: the connection is closed without an `S`, as PostgreSQL does
+/// (CVE-2021-23214). An SSLRequest alone still gets its `S`.
+#[tokio::test]
+async fn bytes_after_an_ssl_request_before_the_handshake_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_ca, cert, key) = certificates(dir.path());
+    let t = tenant_db("tlsinject").await;
+    let h = start(tls_config(vec![t.clone()], &cert, &key)).await;
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+    let mut alone = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    alone.write_all(&SSL_REQUEST).await.expect("send");
+    let mut answer = [0u8; 1];
+    alone.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(&answer, b"S");
+
+    let mut bytes = SSL_REQUEST.to_vec();
+    bytes.extend_from_slice(&startup_packet(&[("user", &format!("app.{}", t.id))]));
+    let mut injected = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    injected.write_all(&bytes).await.expect("send");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), injected.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "connection not closed");
+    assert!(got.is_empty(), "answered {got:?}");
+}
+
 /// Turns TLS on in the test cluster, once per test binary (ssl can change with a reload;
 /// plaintext clients of other tests keep working), with a certificate for `localhost`;
 /// returns the CA file that signed it.
