@@ -68,66 +68,102 @@ const SECOND_LETTER: [u8; 256] = letter_table(1);
 
 /// Reads `sql` (a Query's text, with or without its NUL, or a Parse's) once.
 pub fn classify(sql: &[u8]) -> Class {
-    let mut found = 0u8;
-    // Every keyword's second letter is an `e` or an `i`: eight bytes at a time, only those
-    // are looked at (`j`, a possible second letter), and only where the letter before fits
-    // too is a keyword compared.
-    let mut start = 1;
-    while start < sql.len() {
-        let (mut candidates, span) = match sql.get(start..start + 8).map(<[u8; 8]>::try_from) {
-            Some(Ok(eight)) => (e_or_i(u64::from_le_bytes(eight)), 8),
-            // The last few bytes: each is looked at.
-            _ => {
-                let span = sql.len() - start;
-                (HIGHS & ((1u64 << (8 * span)) - 1), span)
+    let found = keywords(sql);
+    let (suspect, drops) = (found & SUSPECT != 0, found & DROPS != 0);
+    let (declares, with_hold) = (found & DECLARES != 0, found & WITH_HOLD != 0);
+    let mut class = Class { suspect_settings: suspect, drops_statements: drops, declares, ..Class::default() };
+    // The first word decides nearly everything; the next two matter after DEALLOCATE and
+    // CREATE only. Upper-cased into a buffer as long as the longest first word looked for,
+    // so one `match` compares it with all of them.
+    let mut words = [&[][..]; 3];
+    if first_words(sql, &mut words[..1]) == 0 {
+        return class;
+    }
+    let mut upper = [0u8; 10];
+    let Some(first) = upper.get_mut(..words[0].len()) else { return class };
+    for (u, b) in first.iter_mut().zip(words[0]) {
+        *u = b.to_ascii_uppercase();
+    }
+    match &*first {
+        b"PREPARE" => class.refusal = Some(Refusal::SqlPrepare),
+        b"EXECUTE" => {
+            class.refusal = Some(Refusal::SqlPrepare);
+            class.suspect_settings = true;
+        }
+        b"DEALLOCATE" => {
+            let n = first_words(sql, &mut words);
+            let word = |i: usize, k: &[u8]| i < n && words[i].eq_ignore_ascii_case(k);
+            let all = if word(1, b"PREPARE") { word(2, b"ALL") } else { word(1, b"ALL") };
+            class.refusal = (!all).then_some(Refusal::SqlPrepare);
+        }
+        b"LISTEN" => class.refusal = Some(Refusal::Feature("LISTEN")),
+        b"CREATE" => {
+            let n = first_words(sql, &mut words[..2]);
+            if n == 2 && (words[1].eq_ignore_ascii_case(b"TEMP") || words[1].eq_ignore_ascii_case(b"TEMPORARY")) {
+                class.refusal = Some(Refusal::Feature("temporary tables"));
             }
-        };
+        }
+        b"DECLARE" if with_hold => class.refusal = Some(Refusal::Feature("WITH HOLD cursors")),
+        b"DO" | b"CALL" => class.suspect_settings = true,
+        b"SET" | b"RESET" => class.set_like = true,
+        _ => {}
+    }
+    class
+}
+
+/// Which of [`KEYWORDS`] occur in `sql` (ignoring case), one bit each.
+///
+/// Every keyword starts with `d`, `s`, `t` or `w` followed by `e` or `i`: eight positions at
+/// a time are tested for such a pair (in any case) with a few word-wide operations, and only
+/// where one is found are the keywords it may start compared. The tests hold it to a
+/// byte-by-byte search and to the scan it replaced, on any bytes.
+fn keywords(sql: &[u8]) -> u8 {
+    let mut found = 0u8;
+    let at = |found: &mut u8, mut candidates: u64, base: usize| {
         while candidates != 0 {
-            let j = start + (candidates.trailing_zeros() / 8) as usize;
+            let i = base + (candidates.trailing_zeros() / 8) as usize;
             candidates &= candidates - 1;
-            let i = j - 1;
-            let mut maybe = FIRST_LETTER[usize::from(sql[i])] & SECOND_LETTER[usize::from(sql[j])] & !found;
+            let (Some(&a), Some(&b)) = (sql.get(i), sql.get(i + 1)) else { continue };
+            let mut maybe = FIRST_LETTER[usize::from(a)] & SECOND_LETTER[usize::from(b)] & !*found;
             while maybe != 0 {
                 let k = maybe.trailing_zeros() as usize;
                 maybe &= maybe - 1;
-                if sql[i..].get(..KEYWORDS[k].len()).is_some_and(|w| w.eq_ignore_ascii_case(KEYWORDS[k])) {
-                    found |= 1 << k;
+                if sql.get(i..i + KEYWORDS[k].len()).is_some_and(|w| w.eq_ignore_ascii_case(KEYWORDS[k])) {
+                    *found |= 1 << k;
                 }
             }
         }
-        start += span;
-    }
-    let (suspect, drops) = (found & SUSPECT != 0, found & DROPS != 0);
-    let (declares, with_hold) = (found & DECLARES != 0, found & WITH_HOLD != 0);
-    // The first word decides nearly everything; the next two matter after DEALLOCATE and
-    // CREATE only.
-    let mut words = [&[][..]; 3];
-    let mut n = first_words(sql, &mut words[..1]);
-    if n == 1 && (words[0].eq_ignore_ascii_case(b"DEALLOCATE") || words[0].eq_ignore_ascii_case(b"CREATE")) {
-        n = first_words(sql, &mut words);
-    }
-    let word = |i: usize, k: &str| i < n && words[i].eq_ignore_ascii_case(k.as_bytes());
-    let refusal = if word(0, "PREPARE") || word(0, "EXECUTE") {
-        Some(Refusal::SqlPrepare)
-    } else if word(0, "DEALLOCATE") {
-        let all = if word(1, "PREPARE") { word(2, "ALL") } else { word(1, "ALL") };
-        (!all).then_some(Refusal::SqlPrepare)
-    } else if word(0, "LISTEN") {
-        Some(Refusal::Feature("LISTEN"))
-    } else if word(0, "CREATE") && (word(1, "TEMP") || word(1, "TEMPORARY")) {
-        Some(Refusal::Feature("temporary tables"))
-    } else if word(0, "DECLARE") && with_hold {
-        Some(Refusal::Feature("WITH HOLD cursors"))
-    } else {
-        None
     };
-    Class {
-        refusal,
-        suspect_settings: suspect || word(0, "DO") || word(0, "CALL") || word(0, "EXECUTE"),
-        drops_statements: drops,
-        declares,
-        set_like: word(0, "SET") || word(0, "RESET"),
+    let mut i = 0;
+    // Nine bytes give eight pairs: first letters at i..i+8, second letters one further on.
+    while let Some(nine) = sql.get(i..i + 9) {
+        let (a, b) = (le_u64(&nine[..8]), le_u64(&nine[1..]));
+        at(&mut found, pairs(a, b), i);
+        i += 8;
     }
+    // The last pairs (fewer than eight), read as the last nine bytes, those already read
+    // masked off; a shorter text is padded with zeros (no letter).
+    if i + 1 < sql.len() {
+        if sql.len() >= 9 {
+            let base = sql.len() - 9;
+            let nine = &sql[base..];
+            let seen = i - base; // pairs at base..i are done
+            let mask = !0u64 << (8 * seen);
+            at(&mut found, pairs(le_u64(&nine[..8]), le_u64(&nine[1..])) & mask, base);
+        } else {
+            let mut pad = [0u8; 9];
+            pad[..sql.len()].copy_from_slice(sql);
+            at(&mut found, pairs(le_u64(&pad[..8]), le_u64(&pad[1..])), 0);
+        }
+    }
+    found
+}
+
+/// Eight bytes, little-endian (`bytes` is eight long).
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(bytes);
+    u64::from_le_bytes(w)
 }
 
 impl Class {
@@ -190,16 +226,22 @@ impl Class {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// The high bit of each of the eight bytes of `w` (little-endian: byte 0 lowest) that is `e`,
-/// `E`, `i` or `I`, the only second letters of [`KEYWORDS`]; exactly those.
-fn e_or_i(w: u64) -> u64 {
-    const LOW7: u64 = !HIGHS;
-    // `| 0x20` maps `E` to `e` and `I` to `i` (and no other byte to either).
-    let lower = w | (ONES * 0x20);
-    // A byte's high bit, once all its low bits are set too, is clear only when it was zero
-    // (no carry leaves a byte: (b & 0x7f) + 0x7f <= 0xfe).
-    let zero = |v: u64| !(((v & LOW7).wrapping_add(LOW7)) | v | LOW7);
-    zero(lower ^ (ONES * u64::from(b'e'))) | zero(lower ^ (ONES * u64::from(b'i')))
+/// The high bit of each byte `k` of `a` (little-endian: byte 0 lowest) that is `d`, `s`, `t`
+/// or `w` (either case) where byte `k` of `b` is `e` or `i` (either case): the first two letters
+/// of every keyword. Every such pair is marked; a few other bytes may be (see [`zeros`]).
+fn pairs(a: u64, b: u64) -> u64 {
+    // `| 0x20` maps an upper-case letter to its lower case (and no other byte to a letter).
+    let (a, b) = (a | (ONES * 0x20), b | (ONES * 0x20));
+    // `s` and `w` differ in bit 0x04 only, `d` and `t` in bit 0x10 only: two tests for four.
+    let first = zeros((a | (ONES * 0x04)) ^ (ONES * u64::from(b'w'))) | zeros((a | (ONES * 0x10)) ^ (ONES * u64::from(b't')));
+    let second = zeros(b ^ (ONES * u64::from(b'e'))) | zeros(b ^ (ONES * u64::from(b'i')));
+    first & second & HIGHS
+}
+
+/// High bits set at least at every zero byte of `v` (then also, possibly, at a byte 0x01 right
+/// above a zero byte, through the borrow): a filter, the keywords are compared after it.
+fn zeros(v: u64) -> u64 {
+    v.wrapping_sub(ONES) & !v
 }
 
 /// The first words of a query (letters, digits, `_`), skipping whitespace and comments before
