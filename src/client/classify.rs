@@ -66,25 +66,101 @@ const fn letter_table(pos: usize) -> [u8; 256] {
 const FIRST_LETTER: [u8; 256] = letter_table(0);
 const SECOND_LETTER: [u8; 256] = letter_table(1);
 
+/// A keyword as two overlapping windows, its first and its last eight bytes (four for one
+/// shorter than eight), little-endian: `value` in lower case, `case` with 0x20 at each letter
+/// (`b | 0x20` is a lower-case letter exactly when `b` is that letter in either case, and
+/// other bytes must match exactly).
+#[derive(Clone, Copy)]
+struct Pattern {
+    head: u64,
+    head_case: u64,
+    tail: u64,
+    tail_case: u64,
+}
+
+const fn window(keyword: &[u8], from: usize, n: usize) -> (u64, u64) {
+    let (mut value, mut case) = (0u64, 0u64);
+    let mut i = 0;
+    while i < n {
+        let b = keyword[from + i];
+        value |= (b as u64) << (8 * i);
+        if b.is_ascii_lowercase() {
+            case |= 0x20 << (8 * i);
+        }
+        i += 1;
+    }
+    (value, case)
+}
+
+const fn patterns() -> [Pattern; KEYWORDS.len()] {
+    let mut out = [Pattern { head: 0, head_case: 0, tail: 0, tail_case: 0 }; KEYWORDS.len()];
+    let mut k = 0;
+    while k < KEYWORDS.len() {
+        let keyword = KEYWORDS[k];
+        let n = if keyword.len() >= 8 { 8 } else { 4 };
+        let (head, head_case) = window(keyword, 0, n);
+        let (tail, tail_case) = window(keyword, keyword.len() - n, n);
+        out[k] = Pattern { head, head_case, tail, tail_case };
+        k += 1;
+    }
+    out
+}
+const PATTERNS: [Pattern; KEYWORDS.len()] = patterns();
+
+/// Whether keyword `k` starts at `sql[i]` (ignoring case).
+fn keyword_at(sql: &[u8], i: usize, k: usize) -> bool {
+    let len = KEYWORDS[k].len();
+    let Some(text) = sql.get(i..i + len) else { return false };
+    let p = PATTERNS[k];
+    if len >= 8 {
+        le_u64(&text[..8]) | p.head_case == p.head && le_u64(&text[len - 8..]) | p.tail_case == p.tail
+    } else {
+        u64::from(le_u32(&text[..4])) | p.head_case == p.head
+            && u64::from(le_u32(&text[len - 4..])) | p.tail_case == p.tail
+    }
+}
+
+/// For each byte, itself upper-cased if it may be part of a first word (a letter, a digit or
+/// `_`), else 0.
+const WORD_UPPER: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'_' {
+            table[b] = c.to_ascii_uppercase();
+        }
+        b += 1;
+    }
+    table
+};
+
+/// The longest first word [`classify`] looks for (DEALLOCATE).
+const LONGEST_FIRST_WORD: usize = 10;
+
 /// Reads `sql` (a Query's text, with or without its NUL, or a Parse's) once.
 pub fn classify(sql: &[u8]) -> Class {
     let found = keywords(sql);
     let (suspect, drops) = (found & SUSPECT != 0, found & DROPS != 0);
     let (declares, with_hold) = (found & DECLARES != 0, found & WITH_HOLD != 0);
-    let mut class = Class { suspect_settings: suspect, drops_statements: drops, declares, ..Class::default() };
+    let mut class =
+        Class { suspect_settings: suspect, drops_statements: drops, declares, ..Class::default() };
     // The first word decides nearly everything; the next two matter after DEALLOCATE and
     // CREATE only. Upper-cased into a buffer as long as the longest first word looked for,
     // so one `match` compares it with all of them.
+    let mut upper = [0u8; LONGEST_FIRST_WORD];
+    let mut n = 0;
+    for &b in skip_blank(sql) {
+        let u = WORD_UPPER[usize::from(b)];
+        if u == 0 {
+            break;
+        }
+        let Some(slot) = upper.get_mut(n) else { return class };
+        *slot = u;
+        n += 1;
+    }
     let mut words = [&[][..]; 3];
-    if first_words(sql, &mut words[..1]) == 0 {
-        return class;
-    }
-    let mut upper = [0u8; 10];
-    let Some(first) = upper.get_mut(..words[0].len()) else { return class };
-    for (u, b) in first.iter_mut().zip(words[0]) {
-        *u = b.to_ascii_uppercase();
-    }
-    match &*first {
+    match &upper[..n] {
         b"PREPARE" => class.refusal = Some(Refusal::SqlPrepare),
         b"EXECUTE" => {
             class.refusal = Some(Refusal::SqlPrepare);
@@ -99,7 +175,9 @@ pub fn classify(sql: &[u8]) -> Class {
         b"LISTEN" => class.refusal = Some(Refusal::Feature("LISTEN")),
         b"CREATE" => {
             let n = first_words(sql, &mut words[..2]);
-            if n == 2 && (words[1].eq_ignore_ascii_case(b"TEMP") || words[1].eq_ignore_ascii_case(b"TEMPORARY")) {
+            if n == 2
+                && (words[1].eq_ignore_ascii_case(b"TEMP") || words[1].eq_ignore_ascii_case(b"TEMPORARY"))
+            {
                 class.refusal = Some(Refusal::Feature("temporary tables"));
             }
         }
@@ -119,41 +197,51 @@ pub fn classify(sql: &[u8]) -> Class {
 /// byte-by-byte search and to the scan it replaced, on any bytes.
 fn keywords(sql: &[u8]) -> u8 {
     let mut found = 0u8;
-    let at = |found: &mut u8, mut candidates: u64, base: usize| {
-        while candidates != 0 {
-            let i = base + (candidates.trailing_zeros() / 8) as usize;
-            candidates &= candidates - 1;
-            let (Some(&a), Some(&b)) = (sql.get(i), sql.get(i + 1)) else { continue };
-            let mut maybe = FIRST_LETTER[usize::from(a)] & SECOND_LETTER[usize::from(b)] & !*found;
-            while maybe != 0 {
-                let k = maybe.trailing_zeros() as usize;
-                maybe &= maybe - 1;
-                if sql.get(i..i + KEYWORDS[k].len()).is_some_and(|w| w.eq_ignore_ascii_case(KEYWORDS[k])) {
-                    *found |= 1 << k;
-                }
-            }
-        }
-    };
     let mut i = 0;
     // Nine bytes give eight pairs: first letters at i..i+8, second letters one further on.
     while let Some(nine) = sql.get(i..i + 9) {
-        let (a, b) = (le_u64(&nine[..8]), le_u64(&nine[1..]));
-        at(&mut found, pairs(a, b), i);
+        let candidates = pairs(le_u64(&nine[..8]), le_u64(&nine[1..]));
+        if candidates != 0 {
+            found |= confirm(sql, candidates, i, found);
+        }
         i += 8;
     }
     // The last pairs (fewer than eight), read as the last nine bytes, those already read
-    // masked off; a shorter text is padded with zeros (no letter).
+    // masked off; a shorter text is read as a word padded with zeros (no letter).
     if i + 1 < sql.len() {
-        if sql.len() >= 9 {
+        let candidates = if sql.len() >= 9 {
             let base = sql.len() - 9;
             let nine = &sql[base..];
-            let seen = i - base; // pairs at base..i are done
-            let mask = !0u64 << (8 * seen);
-            at(&mut found, pairs(le_u64(&nine[..8]), le_u64(&nine[1..])) & mask, base);
+            // Pairs at base..i are done.
+            let done = i - base;
+            i = base;
+            pairs(le_u64(&nine[..8]), le_u64(&nine[1..])) & (!0u64 << (8 * done))
         } else {
-            let mut pad = [0u8; 9];
-            pad[..sql.len()].copy_from_slice(sql);
-            at(&mut found, pairs(le_u64(&pad[..8]), le_u64(&pad[1..])), 0);
+            let w = sql.iter().rev().fold(0u64, |w, &b| (w << 8) | u64::from(b));
+            pairs(w, w >> 8)
+        };
+        if candidates != 0 {
+            found |= confirm(sql, candidates, i, found);
+        }
+    }
+    found
+}
+
+/// The keywords that start at the positions `base + k` whose byte `k` of `candidates` has its
+/// high bit set, `found` already.
+#[inline(never)]
+fn confirm(sql: &[u8], mut candidates: u64, base: usize, mut found: u8) -> u8 {
+    while candidates != 0 {
+        let i = base + (candidates.trailing_zeros() / 8) as usize;
+        candidates &= candidates - 1;
+        let (Some(&a), Some(&b)) = (sql.get(i), sql.get(i + 1)) else { continue };
+        let mut maybe = FIRST_LETTER[usize::from(a)] & SECOND_LETTER[usize::from(b)] & !found;
+        while maybe != 0 {
+            let k = maybe.trailing_zeros() as usize;
+            maybe &= maybe - 1;
+            if keyword_at(sql, i, k) {
+                found |= 1 << k;
+            }
         }
     }
     found
@@ -164,6 +252,13 @@ fn le_u64(bytes: &[u8]) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(bytes);
     u64::from_le_bytes(w)
+}
+
+/// Four bytes, little-endian (`bytes` is four long).
+fn le_u32(bytes: &[u8]) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(bytes);
+    u32::from_le_bytes(w)
 }
 
 impl Class {
@@ -233,7 +328,8 @@ fn pairs(a: u64, b: u64) -> u64 {
     // `| 0x20` maps an upper-case letter to its lower case (and no other byte to a letter).
     let (a, b) = (a | (ONES * 0x20), b | (ONES * 0x20));
     // `s` and `w` differ in bit 0x04 only, `d` and `t` in bit 0x10 only: two tests for four.
-    let first = zeros((a | (ONES * 0x04)) ^ (ONES * u64::from(b'w'))) | zeros((a | (ONES * 0x10)) ^ (ONES * u64::from(b't')));
+    let first = zeros((a | (ONES * 0x04)) ^ (ONES * u64::from(b'w')))
+        | zeros((a | (ONES * 0x10)) ^ (ONES * u64::from(b't')));
     let second = zeros(b ^ (ONES * u64::from(b'e'))) | zeros(b ^ (ONES * u64::from(b'i')));
     first & second & HIGHS
 }

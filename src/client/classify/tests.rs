@@ -312,7 +312,10 @@ fn explicit_cases() {
 /// The one-pass classifier as it was before its scan tested letter pairs (main at 1bdefc8):
 /// the reference the faster scan and first-word match are held to.
 mod previous {
-    use super::super::{first_words, Class, Refusal, DECLARES, DROPS, FIRST_LETTER, HIGHS, KEYWORDS, ONES, SECOND_LETTER, SUSPECT, WITH_HOLD};
+    use super::super::{
+        first_words, Class, Refusal, DECLARES, DROPS, FIRST_LETTER, HIGHS, KEYWORDS, ONES, SECOND_LETTER,
+        SUSPECT, WITH_HOLD,
+    };
 
     pub fn classify(sql: &[u8]) -> Class {
         let mut found = 0u8;
@@ -333,11 +336,13 @@ mod previous {
                 let j = start + (candidates.trailing_zeros() / 8) as usize;
                 candidates &= candidates - 1;
                 let i = j - 1;
-                let mut maybe = FIRST_LETTER[usize::from(sql[i])] & SECOND_LETTER[usize::from(sql[j])] & !found;
+                let mut maybe =
+                    FIRST_LETTER[usize::from(sql[i])] & SECOND_LETTER[usize::from(sql[j])] & !found;
                 while maybe != 0 {
                     let k = maybe.trailing_zeros() as usize;
                     maybe &= maybe - 1;
-                    if sql[i..].get(..KEYWORDS[k].len()).is_some_and(|w| w.eq_ignore_ascii_case(KEYWORDS[k])) {
+                    if sql[i..].get(..KEYWORDS[k].len()).is_some_and(|w| w.eq_ignore_ascii_case(KEYWORDS[k]))
+                    {
                         found |= 1 << k;
                     }
                 }
@@ -350,7 +355,9 @@ mod previous {
         // CREATE only.
         let mut words = [&[][..]; 3];
         let mut n = first_words(sql, &mut words[..1]);
-        if n == 1 && (words[0].eq_ignore_ascii_case(b"DEALLOCATE") || words[0].eq_ignore_ascii_case(b"CREATE")) {
+        if n == 1
+            && (words[0].eq_ignore_ascii_case(b"DEALLOCATE") || words[0].eq_ignore_ascii_case(b"CREATE"))
+        {
             n = first_words(sql, &mut words);
         }
         let word = |i: usize, k: &str| i < n && words[i].eq_ignore_ascii_case(k.as_bytes());
@@ -411,7 +418,13 @@ fn keyword_soup() -> impl Strategy<Value = Vec<u8>> {
     (prop::collection::vec((piece, any::<u32>()), 0..12)).prop_map(|parts| {
         let mut s = Vec::new();
         for (p, case) in parts {
-            s.extend(p.iter().enumerate().map(|(i, b)| if case >> (i % 32) & 1 == 1 { b.to_ascii_uppercase() } else { *b }));
+            s.extend(p.iter().enumerate().map(|(i, b)| {
+                if case >> (i % 32) & 1 == 1 {
+                    b.to_ascii_uppercase()
+                } else {
+                    *b
+                }
+            }));
         }
         s
     })
