@@ -274,8 +274,14 @@ impl Class {
         self.drops_statements
     }
 
+    /// DECLARE occurs: [`Class::declared_cursors`] may find names.
+    pub fn declares(&self) -> bool {
+        self.declares
+    }
+
     /// The session SET/RESET `sql` (the text this class was read from, without a trailing
     /// NUL) runs, if it is one.
+    #[inline]
     pub fn set(&self, sql: &[u8]) -> Option<SetCmd> {
         if self.set_like {
             setcmd::parse(sql)

@@ -209,7 +209,7 @@ impl Stage<'_> {
                     return true;
                 }
                 self.out.extend_from_slice(frame);
-                self.pipeline.push_set(Kind::Execute, self.sets.bound.take().map(|b| *b));
+                self.pipeline.push_set(Kind::Execute, self.sets.bound.take());
             }
             fe::SYNC => {
                 self.statements.sync();
@@ -229,7 +229,10 @@ impl Stage<'_> {
                         self.pipeline.push(Kind::Query, Action::Forward);
                     }
                     None => {
-                        let set = frame.get(HEADER_LEN..frame.len() - 1).and_then(|sql| class.set(sql));
+                        let set = frame
+                            .get(HEADER_LEN..frame.len() - 1)
+                            .and_then(|sql| class.set(sql))
+                            .map(Box::new);
                         self.out.extend_from_slice(frame);
                         self.pipeline.push_set(Kind::Query, set);
                     }
@@ -270,8 +273,10 @@ impl Stage<'_> {
         if class.drops_statements() {
             self.statements.raise_barrier();
         }
-        for cursor in class.declared_cursors(sql) {
-            self.statements.bind_portal(&cursor);
+        if class.declares() {
+            for cursor in class.declared_cursors(sql) {
+                self.statements.bind_portal(&cursor);
+            }
         }
     }
 
