@@ -272,7 +272,7 @@ impl Pipeline {
     }
 
     /// Consumes entries that earn no reply in the server's current state.
-    #[inline]
+    #[inline(always)]
     fn advance(&mut self) {
         // Nearly always nothing to consume: the front entry is running, or earns a reply.
         let consumable =
@@ -284,6 +284,7 @@ impl Pipeline {
         }
     }
 
+    #[inline(never)]
     fn advance_slow(&mut self) {
         while !self.started {
             let Some(front) = self.queue.front() else { return };
