@@ -99,12 +99,23 @@ pub enum Action {
     /// pgtenant's own message: its replies do not reach the client (an error does, since it
     /// stands for the client's message that needed it).
     Swallow,
-    /// pgtenant's own message standing in for a client message: success replies are swallowed
-    /// and an ErrorResponse with SQLSTATE `code` is replaced by `error` (other errors pass).
-    Probe {
-        code: &'static str,
-        error: Bytes,
-    },
+    /// pgtenant's own message standing in for a client message (boxed: rare, and every queue
+    /// entry would otherwise carry room for one).
+    Probe(Box<Probe>),
+}
+
+/// A probe's error: success replies are swallowed and an ErrorResponse with SQLSTATE `code` is
+/// replaced by `error` (other errors pass).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub code: &'static str,
+    pub error: Bytes,
+}
+
+impl Action {
+    pub fn probe(code: &'static str, error: Bytes) -> Action {
+        Action::Probe(Box::new(Probe { code, error }))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -194,8 +205,8 @@ fn reply(forward: bool) -> Route {
 /// An ErrorResponse for the front entry that does not end it.
 fn error_reply(action: &Action, code: &str) -> Route {
     match action {
-        Action::Probe { code: c, error } if *c == code => {
-            Route { forward: false, replace: Some(error.clone()), ..Route::default() }
+        Action::Probe(probe) if probe.code == code => {
+            Route { forward: false, replace: Some(probe.error.clone()), ..Route::default() }
         }
         _ => Route { forward: true, ..Route::default() },
     }

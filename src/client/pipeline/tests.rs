@@ -178,7 +178,7 @@ fn an_error_inside_an_irregular_copy_is_uncertain() {
 fn probes_replace_the_servers_error() {
     let mut p = Pipeline::default();
     let error = Bytes::from_static(b"E-client");
-    p.push(Kind::DescribeStatement, Action::Probe { code: "26000", error: error.clone() });
+    p.push(Kind::DescribeStatement, Action::probe("26000", error.clone()));
     p.push(Kind::Bind, Action::Forward);
     p.push(Kind::Sync, Action::Forward);
     let r = p.route(b'E', "26000");
@@ -187,7 +187,7 @@ fn probes_replace_the_servers_error() {
     route(&mut p, b"Z");
     assert!(p.is_idle());
     // Another SQLSTATE (an aborted transaction) passes as the server sent it.
-    p.push(Kind::Parse, Action::Probe { code: "42P05", error: Bytes::from_static(b"x") });
+    p.push(Kind::Parse, Action::probe("42P05", Bytes::from_static(b"x")));
     p.push(Kind::Sync, Action::Forward);
     let r = p.route(b'E', "25P02");
     assert!(r.forward && r.replace.is_none());
@@ -495,7 +495,7 @@ proptest! {
                     let action = match action {
                         0 | 1 => Action::Forward,
                         2 => Action::Swallow,
-                        _ => Action::Probe { code: "26000", error: Bytes::from_static(b"probe") },
+                        _ => Action::probe("26000", Bytes::from_static(b"probe")),
                     };
                     let effect = if effect { vec![Effect::ClientParse(vec![n as u8].into())] } else { Vec::new() };
                     let set = set.then(|| SetCmd::Set { name: format!("v{n}"), value: "1".into() });

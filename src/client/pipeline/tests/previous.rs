@@ -335,8 +335,8 @@ impl Pipeline {
     /// An ErrorResponse for the front entry that does not end it.
     fn error_reply(&mut self, action: &Action, code: &str) -> Route {
         match action {
-            Action::Probe { code: c, error } if *c == code => {
-                Route { forward: false, replace: Some(error.clone()), ..Route::default() }
+            Action::Probe(probe) if probe.code == code => {
+                Route { forward: false, replace: Some(probe.error.clone()), ..Route::default() }
             }
             _ => Route { forward: true, ..Route::default() },
         }
