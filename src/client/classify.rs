@@ -65,6 +65,7 @@ const fn letter_table(pos: usize) -> [u8; 256] {
 }
 const FIRST_LETTER: [u8; 256] = letter_table(0);
 const SECOND_LETTER: [u8; 256] = letter_table(1);
+const THIRD_LETTER: [u8; 256] = letter_table(2);
 
 /// A keyword as two overlapping windows, its first and its last eight bytes (four for one
 /// shorter than eight), little-endian: `value` in lower case, `case` with 0x20 at each letter
@@ -234,8 +235,12 @@ fn confirm(sql: &[u8], mut candidates: u64, base: usize, mut found: u8) -> u8 {
     while candidates != 0 {
         let i = base + (candidates.trailing_zeros() / 8) as usize;
         candidates &= candidates - 1;
-        let (Some(&a), Some(&b)) = (sql.get(i), sql.get(i + 1)) else { continue };
-        let mut maybe = FIRST_LETTER[usize::from(a)] & SECOND_LETTER[usize::from(b)] & !found;
+        let (Some(&a), Some(&b), Some(&c)) = (sql.get(i), sql.get(i + 1), sql.get(i + 2)) else { continue };
+        // Three letters rule out nearly every pair the scan let through ("SELECT", "UPDATE").
+        let mut maybe = FIRST_LETTER[usize::from(a)]
+            & SECOND_LETTER[usize::from(b)]
+            & THIRD_LETTER[usize::from(c)]
+            & !found;
         while maybe != 0 {
             let k = maybe.trailing_zeros() as usize;
             maybe &= maybe - 1;
