@@ -326,11 +326,40 @@ impl Pipeline {
     /// Routes one server message by its tag; `code` is the SQLSTATE of an ErrorResponse. The
     /// effects it settles are left for [`Pipeline::take_effects`].
     pub fn route(&mut self, tag: u8, code: &str) -> Route {
+        if let Some(route) = self.route_simple_query(tag) {
+            return route;
+        }
         let route = self.route_inner(tag, code);
         if route.unexpected {
             self.uncertain = true;
         }
         route
+    }
+
+    /// The common case, routed as [`Pipeline::route_inner`] would route it, with fewer
+    /// tests: a simple Query running normally (no COPY), and one of its rows, its end or the
+    /// ReadyForQuery that completes it. None for anything else.
+    #[inline(always)]
+    fn route_simple_query(&mut self, tag: u8) -> Option<Route> {
+        if self.mode != Mode::Normal || self.copy_out {
+            return None;
+        }
+        let front = self.queue.front()?;
+        if front.kind != Kind::Query {
+            return None;
+        }
+        let forward = front.action == Action::Forward;
+        match tag {
+            be::ROW_DESCRIPTION | be::DATA_ROW | be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE => {
+                self.started = true;
+                Some(reply(forward))
+            }
+            be::READY_FOR_QUERY => {
+                let ok = !front.errored;
+                Some(self.complete(forward, tag, ok))
+            }
+            _ => None,
+        }
     }
 
     fn route_inner(&mut self, tag: u8, code: &str) -> Route {

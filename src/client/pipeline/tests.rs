@@ -480,7 +480,8 @@ proptest! {
 
     /// The reply model routes every message, settles every effect and tracks every SET as
     /// the model before it did (routes that leave effects in the pipeline, boxed SETs, the
-    /// inlined advance), for any sequence of client messages and server replies.
+    /// inlined advance, the simple-query fast path against the general match it bypasses),
+    /// for any sequence of client messages and server replies.
     #[test]
     fn the_reply_model_agrees_with_the_previous_one(steps in proptest::collection::vec(step(), 0..40)) {
         let all = [Kind::Parse, Kind::Bind, Kind::DescribeStatement, Kind::DescribePortal, Kind::Execute,
