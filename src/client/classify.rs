@@ -68,9 +68,9 @@ const SECOND_LETTER: [u8; 256] = letter_table(1);
 const THIRD_LETTER: [u8; 256] = letter_table(2);
 
 /// A keyword as two overlapping windows, its first and its last eight bytes (four for one
-/// shorter than eight), little-endian: `value` in lower case, `case` with 0x20 at each letter
-/// (`b | 0x20` is a lower-case letter exactly when `b` is that letter in either case, and
-/// other bytes must match exactly).
+/// shorter than eight), little-endian: `head`/`tail` the bytes in lower case, `*_case` 0x20
+/// at each letter (`b | 0x20` is a lower-case letter exactly when `b` is that letter in either
+/// case; other bytes must match exactly). Two compares confirm a keyword at a candidate.
 #[derive(Clone, Copy)]
 struct Pattern {
     head: u64,
