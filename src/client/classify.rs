@@ -65,69 +65,205 @@ const fn letter_table(pos: usize) -> [u8; 256] {
 }
 const FIRST_LETTER: [u8; 256] = letter_table(0);
 const SECOND_LETTER: [u8; 256] = letter_table(1);
+const THIRD_LETTER: [u8; 256] = letter_table(2);
+
+/// A keyword as two overlapping windows, its first and its last eight bytes (four for one
+/// shorter than eight), little-endian: `head`/`tail` the bytes in lower case, `*_case` 0x20
+/// at each letter (`b | 0x20` is a lower-case letter exactly when `b` is that letter in either
+/// case; other bytes must match exactly). Two compares confirm a keyword at a candidate.
+#[derive(Clone, Copy)]
+struct Pattern {
+    head: u64,
+    head_case: u64,
+    tail: u64,
+    tail_case: u64,
+}
+
+const fn window(keyword: &[u8], from: usize, n: usize) -> (u64, u64) {
+    let (mut value, mut case) = (0u64, 0u64);
+    let mut i = 0;
+    while i < n {
+        let b = keyword[from + i];
+        value |= (b as u64) << (8 * i);
+        if b.is_ascii_lowercase() {
+            case |= 0x20 << (8 * i);
+        }
+        i += 1;
+    }
+    (value, case)
+}
+
+const fn patterns() -> [Pattern; KEYWORDS.len()] {
+    let mut out = [Pattern { head: 0, head_case: 0, tail: 0, tail_case: 0 }; KEYWORDS.len()];
+    let mut k = 0;
+    while k < KEYWORDS.len() {
+        let keyword = KEYWORDS[k];
+        let n = if keyword.len() >= 8 { 8 } else { 4 };
+        let (head, head_case) = window(keyword, 0, n);
+        let (tail, tail_case) = window(keyword, keyword.len() - n, n);
+        out[k] = Pattern { head, head_case, tail, tail_case };
+        k += 1;
+    }
+    out
+}
+const PATTERNS: [Pattern; KEYWORDS.len()] = patterns();
+
+/// Whether keyword `k` starts at `sql[i]` (ignoring case).
+fn keyword_at(sql: &[u8], i: usize, k: usize) -> bool {
+    let len = KEYWORDS[k].len();
+    let Some(text) = sql.get(i..i + len) else { return false };
+    let p = PATTERNS[k];
+    if len >= 8 {
+        le_u64(&text[..8]) | p.head_case == p.head && le_u64(&text[len - 8..]) | p.tail_case == p.tail
+    } else {
+        u64::from(le_u32(&text[..4])) | p.head_case == p.head
+            && u64::from(le_u32(&text[len - 4..])) | p.tail_case == p.tail
+    }
+}
+
+/// For each byte, itself upper-cased if it may be part of a first word (a letter, a digit or
+/// `_`), else 0.
+const WORD_UPPER: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'_' {
+            table[b] = c.to_ascii_uppercase();
+        }
+        b += 1;
+    }
+    table
+};
+
+/// The longest first word [`classify`] looks for (DEALLOCATE).
+const LONGEST_FIRST_WORD: usize = 10;
 
 /// Reads `sql` (a Query's text, with or without its NUL, or a Parse's) once.
 pub fn classify(sql: &[u8]) -> Class {
-    let mut found = 0u8;
-    // Every keyword's second letter is an `e` or an `i`: eight bytes at a time, only those
-    // are looked at (`j`, a possible second letter), and only where the letter before fits
-    // too is a keyword compared.
-    let mut start = 1;
-    while start < sql.len() {
-        let (mut candidates, span) = match sql.get(start..start + 8).map(<[u8; 8]>::try_from) {
-            Some(Ok(eight)) => (e_or_i(u64::from_le_bytes(eight)), 8),
-            // The last few bytes: each is looked at.
-            _ => {
-                let span = sql.len() - start;
-                (HIGHS & ((1u64 << (8 * span)) - 1), span)
-            }
-        };
-        while candidates != 0 {
-            let j = start + (candidates.trailing_zeros() / 8) as usize;
-            candidates &= candidates - 1;
-            let i = j - 1;
-            let mut maybe = FIRST_LETTER[usize::from(sql[i])] & SECOND_LETTER[usize::from(sql[j])] & !found;
-            while maybe != 0 {
-                let k = maybe.trailing_zeros() as usize;
-                maybe &= maybe - 1;
-                if sql[i..].get(..KEYWORDS[k].len()).is_some_and(|w| w.eq_ignore_ascii_case(KEYWORDS[k])) {
-                    found |= 1 << k;
-                }
-            }
-        }
-        start += span;
-    }
+    let found = keywords(sql);
     let (suspect, drops) = (found & SUSPECT != 0, found & DROPS != 0);
     let (declares, with_hold) = (found & DECLARES != 0, found & WITH_HOLD != 0);
+    let mut class =
+        Class { suspect_settings: suspect, drops_statements: drops, declares, ..Class::default() };
     // The first word decides nearly everything; the next two matter after DEALLOCATE and
-    // CREATE only.
+    // CREATE only. Upper-cased into a buffer as long as the longest first word looked for,
+    // so one `match` compares it with all of them.
+    let mut upper = [0u8; LONGEST_FIRST_WORD];
+    let mut n = 0;
+    for &b in skip_blank(sql) {
+        let u = WORD_UPPER[usize::from(b)];
+        if u == 0 {
+            break;
+        }
+        let Some(slot) = upper.get_mut(n) else { return class };
+        *slot = u;
+        n += 1;
+    }
     let mut words = [&[][..]; 3];
-    let mut n = first_words(sql, &mut words[..1]);
-    if n == 1 && (words[0].eq_ignore_ascii_case(b"DEALLOCATE") || words[0].eq_ignore_ascii_case(b"CREATE")) {
-        n = first_words(sql, &mut words);
+    match &upper[..n] {
+        b"PREPARE" => class.refusal = Some(Refusal::SqlPrepare),
+        b"EXECUTE" => {
+            class.refusal = Some(Refusal::SqlPrepare);
+            class.suspect_settings = true;
+        }
+        b"DEALLOCATE" => {
+            let n = first_words(sql, &mut words);
+            let word = |i: usize, k: &[u8]| i < n && words[i].eq_ignore_ascii_case(k);
+            let all = if word(1, b"PREPARE") { word(2, b"ALL") } else { word(1, b"ALL") };
+            class.refusal = (!all).then_some(Refusal::SqlPrepare);
+        }
+        b"LISTEN" => class.refusal = Some(Refusal::Feature("LISTEN")),
+        b"CREATE" => {
+            let n = first_words(sql, &mut words[..2]);
+            if n == 2
+                && (words[1].eq_ignore_ascii_case(b"TEMP") || words[1].eq_ignore_ascii_case(b"TEMPORARY"))
+            {
+                class.refusal = Some(Refusal::Feature("temporary tables"));
+            }
+        }
+        b"DECLARE" if with_hold => class.refusal = Some(Refusal::Feature("WITH HOLD cursors")),
+        b"DO" | b"CALL" => class.suspect_settings = true,
+        b"SET" | b"RESET" => class.set_like = true,
+        _ => {}
     }
-    let word = |i: usize, k: &str| i < n && words[i].eq_ignore_ascii_case(k.as_bytes());
-    let refusal = if word(0, "PREPARE") || word(0, "EXECUTE") {
-        Some(Refusal::SqlPrepare)
-    } else if word(0, "DEALLOCATE") {
-        let all = if word(1, "PREPARE") { word(2, "ALL") } else { word(1, "ALL") };
-        (!all).then_some(Refusal::SqlPrepare)
-    } else if word(0, "LISTEN") {
-        Some(Refusal::Feature("LISTEN"))
-    } else if word(0, "CREATE") && (word(1, "TEMP") || word(1, "TEMPORARY")) {
-        Some(Refusal::Feature("temporary tables"))
-    } else if word(0, "DECLARE") && with_hold {
-        Some(Refusal::Feature("WITH HOLD cursors"))
-    } else {
-        None
-    };
-    Class {
-        refusal,
-        suspect_settings: suspect || word(0, "DO") || word(0, "CALL") || word(0, "EXECUTE"),
-        drops_statements: drops,
-        declares,
-        set_like: word(0, "SET") || word(0, "RESET"),
+    class
+}
+
+/// Which of [`KEYWORDS`] occur in `sql` (ignoring case), one bit each.
+///
+/// Every keyword starts with `d`, `s`, `t` or `w` followed by `e` or `i`: eight positions at
+/// a time are tested for such a pair (in any case) with a few word-wide operations, and only
+/// where one is found are the keywords it may start compared. The tests hold it to a
+/// byte-by-byte search and to the scan it replaced, on any bytes.
+fn keywords(sql: &[u8]) -> u8 {
+    let mut found = 0u8;
+    let mut i = 0;
+    // Nine bytes give eight pairs: first letters at i..i+8, second letters one further on.
+    while let Some(nine) = sql.get(i..i + 9) {
+        let candidates = pairs(le_u64(&nine[..8]), le_u64(&nine[1..]));
+        if candidates != 0 {
+            found |= confirm(sql, candidates, i, found);
+        }
+        i += 8;
     }
+    // The last pairs (fewer than eight), read as the last nine bytes, those already read
+    // masked off; a shorter text is read as a word padded with zeros (no letter).
+    if i + 1 < sql.len() {
+        let candidates = if sql.len() >= 9 {
+            let base = sql.len() - 9;
+            let nine = &sql[base..];
+            // Pairs at base..i are done.
+            let done = i - base;
+            i = base;
+            pairs(le_u64(&nine[..8]), le_u64(&nine[1..])) & (!0u64 << (8 * done))
+        } else {
+            let w = sql.iter().rev().fold(0u64, |w, &b| (w << 8) | u64::from(b));
+            pairs(w, w >> 8)
+        };
+        if candidates != 0 {
+            found |= confirm(sql, candidates, i, found);
+        }
+    }
+    found
+}
+
+/// The keywords that start at the positions `base + k` whose byte `k` of `candidates` has its
+/// high bit set, `found` already.
+#[inline(never)]
+fn confirm(sql: &[u8], mut candidates: u64, base: usize, mut found: u8) -> u8 {
+    while candidates != 0 {
+        let i = base + (candidates.trailing_zeros() / 8) as usize;
+        candidates &= candidates - 1;
+        let (Some(&a), Some(&b), Some(&c)) = (sql.get(i), sql.get(i + 1), sql.get(i + 2)) else { continue };
+        // Three letters rule out nearly every pair the scan let through ("SELECT", "UPDATE").
+        let mut maybe = FIRST_LETTER[usize::from(a)]
+            & SECOND_LETTER[usize::from(b)]
+            & THIRD_LETTER[usize::from(c)]
+            & !found;
+        while maybe != 0 {
+            let k = maybe.trailing_zeros() as usize;
+            maybe &= maybe - 1;
+            if keyword_at(sql, i, k) {
+                found |= 1 << k;
+            }
+        }
+    }
+    found
+}
+
+/// Eight bytes, little-endian (`bytes` is eight long).
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(bytes);
+    u64::from_le_bytes(w)
+}
+
+/// Four bytes, little-endian (`bytes` is four long).
+fn le_u32(bytes: &[u8]) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(bytes);
+    u32::from_le_bytes(w)
 }
 
 impl Class {
@@ -143,8 +279,14 @@ impl Class {
         self.drops_statements
     }
 
+    /// DECLARE occurs: [`Class::declared_cursors`] may find names.
+    pub fn declares(&self) -> bool {
+        self.declares
+    }
+
     /// The session SET/RESET `sql` (the text this class was read from, without a trailing
     /// NUL) runs, if it is one.
+    #[inline]
     pub fn set(&self, sql: &[u8]) -> Option<SetCmd> {
         if self.set_like {
             setcmd::parse(sql)
@@ -190,16 +332,23 @@ impl Class {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// The high bit of each of the eight bytes of `w` (little-endian: byte 0 lowest) that is `e`,
-/// `E`, `i` or `I`, the only second letters of [`KEYWORDS`]; exactly those.
-fn e_or_i(w: u64) -> u64 {
-    const LOW7: u64 = !HIGHS;
-    // `| 0x20` maps `E` to `e` and `I` to `i` (and no other byte to either).
-    let lower = w | (ONES * 0x20);
-    // A byte's high bit, once all its low bits are set too, is clear only when it was zero
-    // (no carry leaves a byte: (b & 0x7f) + 0x7f <= 0xfe).
-    let zero = |v: u64| !(((v & LOW7).wrapping_add(LOW7)) | v | LOW7);
-    zero(lower ^ (ONES * u64::from(b'e'))) | zero(lower ^ (ONES * u64::from(b'i')))
+/// The high bit of each byte `k` of `a` (little-endian: byte 0 lowest) that is `d`, `s`, `t`
+/// or `w` (either case) where byte `k` of `b` is `e` or `i` (either case): the first two letters
+/// of every keyword. Every such pair is marked; a few other bytes may be (see [`zeros`]).
+fn pairs(a: u64, b: u64) -> u64 {
+    // `| 0x20` maps an upper-case letter to its lower case (and no other byte to a letter).
+    let (a, b) = (a | (ONES * 0x20), b | (ONES * 0x20));
+    // `s` and `w` differ in bit 0x04 only, `d` and `t` in bit 0x10 only: two tests for four.
+    let first = zeros((a | (ONES * 0x04)) ^ (ONES * u64::from(b'w')))
+        | zeros((a | (ONES * 0x10)) ^ (ONES * u64::from(b't')));
+    let second = zeros(b ^ (ONES * u64::from(b'e'))) | zeros(b ^ (ONES * u64::from(b'i')));
+    first & second & HIGHS
+}
+
+/// High bits set at least at every zero byte of `v` (then also, possibly, at a byte 0x01 right
+/// above a zero byte, through the borrow): a filter, the keywords are compared after it.
+fn zeros(v: u64) -> u64 {
+    v.wrapping_sub(ONES) & !v
 }
 
 /// The first words of a query (letters, digits, `_`), skipping whitespace and comments before

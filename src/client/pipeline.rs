@@ -99,12 +99,23 @@ pub enum Action {
     /// pgtenant's own message: its replies do not reach the client (an error does, since it
     /// stands for the client's message that needed it).
     Swallow,
-    /// pgtenant's own message standing in for a client message: success replies are swallowed
-    /// and an ErrorResponse with SQLSTATE `code` is replaced by `error` (other errors pass).
-    Probe {
-        code: &'static str,
-        error: Bytes,
-    },
+    /// pgtenant's own message standing in for a client message (boxed: rare, and every queue
+    /// entry would otherwise carry room for one).
+    Probe(Box<Probe>),
+}
+
+/// A probe's error: success replies are swallowed and an ErrorResponse with SQLSTATE `code` is
+/// replaced by `error` (other errors pass).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub code: &'static str,
+    pub error: Bytes,
+}
+
+impl Action {
+    pub fn probe(code: &'static str, error: Bytes) -> Action {
+        Action::Probe(Box::new(Probe { code, error }))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -112,8 +123,9 @@ struct Entry {
     kind: Kind,
     action: Action,
     effect: Vec<Effect>,
-    /// A session SET this message runs, tracked once it succeeds.
-    set: Option<SetCmd>,
+    /// A session SET this message runs, tracked once it succeeds (boxed: rare, and every
+    /// entry would otherwise carry room for one).
+    set: Option<Box<SetCmd>>,
     /// An ErrorResponse arrived while this (simple) query ran.
     errored: bool,
 }
@@ -130,7 +142,9 @@ enum Mode {
     },
 }
 
-/// What to do with one server message.
+/// What to do with one server message. Effects of the messages it completed, failed or
+/// skipped stay in the pipeline until taken ([`Pipeline::take_effects`]): most messages have
+/// none, and a route carries nothing to drop then.
 #[derive(Debug, PartialEq, Eq, Default)]
 pub struct Route {
     pub forward: bool,
@@ -138,13 +152,8 @@ pub struct Route {
     pub replace: Option<Bytes>,
     /// The message did not fit what the queue expected: pgtenant lost track.
     pub unexpected: bool,
-    /// Effects of messages that failed or were skipped, to undo, in the order they happened
-    /// (undo them last first).
-    pub undo: Vec<Effect>,
-    /// Effects of messages that completed.
-    pub done: Vec<Effect>,
     /// A session SET that just completed successfully.
-    pub completed_set: Option<SetCmd>,
+    pub completed_set: Option<Box<SetCmd>>,
 }
 
 #[derive(Debug)]
@@ -156,7 +165,9 @@ pub struct Pipeline {
     started: bool,
     /// The front entry is in COPY TO STDOUT.
     copy_out: bool,
-    /// Effects of entries skipped or answered while advancing, handed out with the next route.
+    /// Effects of messages that failed or were skipped, to undo, in the order they happened
+    /// (undo them last first), and of messages that completed: handed out by
+    /// [`Pipeline::take_effects`].
     undo: Vec<Effect>,
     done: Vec<Effect>,
     /// pgtenant cannot tell what the server still owes: the connection is never reused.
@@ -185,6 +196,21 @@ impl Default for Pipeline {
 /// What the relay passes as the SQLSTATE of the error a CopyFail raises (57014 with "COPY from
 /// stdin failed: …"): unlike a cancel's 57014, it needs something read to be raised.
 pub const COPY_FAIL_CODE: &str = "57014:copyfail";
+
+/// A reply that does not complete the front entry.
+fn reply(forward: bool) -> Route {
+    Route { forward, ..Route::default() }
+}
+
+/// An ErrorResponse for the front entry that does not end it.
+fn error_reply(action: &Action, code: &str) -> Route {
+    match action {
+        Action::Probe(probe) if probe.code == code => {
+            Route { forward: false, replace: Some(probe.error.clone()), ..Route::default() }
+        }
+        _ => Route { forward: true, ..Route::default() },
+    }
+}
 
 /// SQLSTATEs of errors that can interrupt a COPY before it read the client's data: a cancel,
 /// a statement or transaction timeout, a recovery conflict, an idle timeout.
@@ -229,11 +255,11 @@ impl Pipeline {
     }
 
     /// Records a Query or Execute that runs a session SET.
-    pub fn push_set(&mut self, kind: Kind, set: Option<SetCmd>) {
+    pub fn push_set(&mut self, kind: Kind, set: Option<Box<SetCmd>>) {
         self.push_full(kind, Action::Forward, Vec::new(), set);
     }
 
-    fn push_full(&mut self, kind: Kind, action: Action, effect: Vec<Effect>, set: Option<SetCmd>) {
+    fn push_full(&mut self, kind: Kind, action: Action, effect: Vec<Effect>, set: Option<Box<SetCmd>>) {
         // Consecutive copy data count as one: only its position between other messages matters.
         if kind == Kind::CopyData && self.queue.back().is_some_and(|b| b.kind == Kind::CopyData) {
             return;
@@ -245,8 +271,8 @@ impl Pipeline {
         self.advance();
     }
 
-    /// Effects to undo of entries skipped since the last route (the relay collects them after
-    /// staging too, since pushing may skip).
+    /// Effects of the messages routing (or pushing, which may skip) completed, failed or
+    /// skipped since they were last taken: (to undo, done).
     pub fn take_effects(&mut self) -> (Vec<Effect>, Vec<Effect>) {
         (std::mem::take(&mut self.undo), std::mem::take(&mut self.done))
     }
@@ -257,7 +283,20 @@ impl Pipeline {
     }
 
     /// Consumes entries that earn no reply in the server's current state.
+    #[inline(always)]
     fn advance(&mut self) {
+        // Nearly always nothing to consume: the front entry is running, or earns a reply.
+        let consumable =
+            |kind| matches!(kind, Kind::CopyData | Kind::CopyDone | Kind::CopyFail | Kind::Flush);
+        match (self.started, self.mode, self.queue.front()) {
+            (true, _, _) | (_, _, None) | (_, Mode::CopyIn { .. }, _) => {}
+            (_, Mode::Normal, Some(front)) if !consumable(front.kind) => {}
+            _ => self.advance_slow(),
+        }
+    }
+
+    #[inline(never)]
+    fn advance_slow(&mut self) {
         while !self.started {
             let Some(front) = self.queue.front() else { return };
             if front.kind == Kind::Unknown {
@@ -284,20 +323,43 @@ impl Pipeline {
         }
     }
 
-    /// Routes one server message by its tag; `code` is the SQLSTATE of an ErrorResponse.
+    /// Routes one server message by its tag; `code` is the SQLSTATE of an ErrorResponse. The
+    /// effects it settles are left for [`Pipeline::take_effects`].
     pub fn route(&mut self, tag: u8, code: &str) -> Route {
-        let mut route = self.route_inner(tag, code);
-        // Most messages carry no effect: nothing is moved then.
-        if !self.undo.is_empty() {
-            route.undo.append(&mut self.undo);
+        if let Some(route) = self.route_simple_query(tag) {
+            return route;
         }
-        if !self.done.is_empty() {
-            route.done.append(&mut self.done);
-        }
+        let route = self.route_inner(tag, code);
         if route.unexpected {
             self.uncertain = true;
         }
         route
+    }
+
+    /// The common case, routed as [`Pipeline::route_inner`] would route it, with fewer
+    /// tests: a simple Query running normally (no COPY), and one of its rows, its end or the
+    /// ReadyForQuery that completes it. None for anything else.
+    #[inline(always)]
+    fn route_simple_query(&mut self, tag: u8) -> Option<Route> {
+        if self.mode != Mode::Normal || self.copy_out {
+            return None;
+        }
+        let front = self.queue.front()?;
+        if front.kind != Kind::Query {
+            return None;
+        }
+        let forward = front.action == Action::Forward;
+        match tag {
+            be::ROW_DESCRIPTION | be::DATA_ROW | be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE => {
+                self.started = true;
+                Some(reply(forward))
+            }
+            be::READY_FOR_QUERY => {
+                let ok = !front.errored;
+                Some(self.complete(forward, tag, ok))
+            }
+            _ => None,
+        }
     }
 
     fn route_inner(&mut self, tag: u8, code: &str) -> Route {
@@ -309,11 +371,13 @@ impl Pipeline {
         // Built only when returned (a Route built and dropped costs on every message).
         let unexpected = || Route { forward: true, unexpected: true, ..Route::default() };
         let Some(front) = self.queue.front_mut() else { return unexpected() };
-        let action = front.action.clone();
+        // Only errors need more of the action than whether replies are forwarded (a probe's
+        // replacement): cloned for those alone.
+        let forward = front.action == Action::Forward;
         let kind = front.kind;
         if kind == Kind::Unknown && !matches!(self.mode, Mode::CopyIn { .. }) {
             // "invalid frontend message type": FATAL, then the server closes.
-            return if tag == be::ERROR_RESPONSE { self.complete(&action, tag, false) } else { unexpected() };
+            return if tag == be::ERROR_RESPONSE { self.complete(forward, tag, false) } else { unexpected() };
         }
         if let Mode::CopyIn { extended } = self.mode {
             return match tag {
@@ -330,12 +394,13 @@ impl Pipeline {
                     self.queue.drain(1..end + 2);
                     self.mode = Mode::Normal;
                     if extended {
-                        self.complete(&action, tag, false)
+                        self.complete(forward, tag, false)
                     } else {
-                        self.reply(&action, tag, false)
+                        reply(forward)
                     }
                 }
                 be::ERROR_RESPONSE => {
+                    let action = front.action.clone();
                     self.copy_failed(code);
                     if extended {
                         self.fail(&action, code)
@@ -343,7 +408,7 @@ impl Pipeline {
                         if let Some(f) = self.queue.front_mut() {
                             f.errored = true;
                         }
-                        self.error_reply(&action, code)
+                        error_reply(&action, code)
                     }
                 }
                 _ => unexpected(),
@@ -355,90 +420,78 @@ impl Pipeline {
                 return unexpected();
             }
             self.mode = Mode::Normal;
-            return self.complete(&action, tag, false);
+            return self.complete(forward, tag, false);
         }
         match (kind, tag) {
             (Kind::Parse, be::PARSE_COMPLETE)
             | (Kind::Bind, be::BIND_COMPLETE)
-            | (Kind::Close, be::CLOSE_COMPLETE) => self.complete(&action, tag, false),
+            | (Kind::Close, be::CLOSE_COMPLETE) => self.complete(forward, tag, false),
             (Kind::DescribeStatement, be::PARAMETER_DESCRIPTION) if !self.started => {
                 self.started = true;
-                self.reply(&action, tag, false)
+                reply(forward)
             }
             (Kind::DescribeStatement, be::ROW_DESCRIPTION | be::NO_DATA) if self.started => {
-                self.complete(&action, tag, false)
+                self.complete(forward, tag, false)
             }
-            (Kind::DescribePortal, be::ROW_DESCRIPTION | be::NO_DATA) => self.complete(&action, tag, false),
+            (Kind::DescribePortal, be::ROW_DESCRIPTION | be::NO_DATA) => self.complete(forward, tag, false),
             (Kind::Execute, be::DATA_ROW) if !self.copy_out => {
                 self.started = true;
-                self.reply(&action, tag, false)
+                reply(forward)
             }
             (Kind::Execute | Kind::Query, be::COPY_OUT_RESPONSE) if !self.copy_out => {
                 self.started = true;
                 self.copy_out = true;
-                self.reply(&action, tag, false)
+                reply(forward)
             }
-            (Kind::Execute | Kind::Query, be::COPY_DATA) if self.copy_out => self.reply(&action, tag, false),
+            (Kind::Execute | Kind::Query, be::COPY_DATA) if self.copy_out => reply(forward),
             (Kind::Execute | Kind::Query, be::COPY_DONE) if self.copy_out => {
                 self.copy_out = false;
-                self.reply(&action, tag, false)
+                reply(forward)
             }
             (Kind::Execute, be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED)
                 if !self.copy_out =>
             {
                 let ok = !front.errored;
-                self.complete(&action, tag, ok)
+                self.complete(forward, tag, ok)
             }
             (Kind::Execute | Kind::Query, be::COPY_IN_RESPONSE) if !self.copy_out => {
                 self.started = true;
                 self.mode = Mode::CopyIn { extended: kind == Kind::Execute };
-                self.reply(&action, tag, false)
+                reply(forward)
             }
             (
                 Kind::Query,
                 be::ROW_DESCRIPTION | be::DATA_ROW | be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE,
             ) if !self.copy_out => {
                 self.started = true;
-                self.reply(&action, tag, false)
+                reply(forward)
             }
             (Kind::Query | Kind::FunctionCall | Kind::Sync, be::ERROR_RESPONSE) => {
                 // Not extended: no skip; ReadyForQuery follows.
                 self.started = kind != Kind::Sync;
                 self.copy_out = false;
                 front.errored = true;
-                self.error_reply(&action, code)
+                error_reply(&front.action, code)
             }
             (Kind::FunctionCall, be::FUNCTION_CALL_RESPONSE) if !self.started => {
                 self.started = true;
-                self.reply(&action, tag, false)
+                reply(forward)
             }
             (Kind::Query | Kind::FunctionCall | Kind::Sync, be::READY_FOR_QUERY) if !self.copy_out => {
                 let ok = !front.errored;
-                self.complete(&action, tag, ok)
+                self.complete(forward, tag, ok)
             }
-            (k, be::ERROR_RESPONSE) if k.extended() => self.fail(&action, code),
+            (k, be::ERROR_RESPONSE) if k.extended() => {
+                let action = front.action.clone();
+                self.fail(&action, code)
+            }
             _ => unexpected(),
         }
     }
 
-    /// A reply that does not complete the front entry.
-    fn reply(&mut self, action: &Action, _tag: u8, _ok: bool) -> Route {
-        Route { forward: *action == Action::Forward, ..Route::default() }
-    }
-
-    /// An ErrorResponse for the front entry that does not end it.
-    fn error_reply(&mut self, action: &Action, code: &str) -> Route {
-        match action {
-            Action::Probe { code: c, error } if *c == code => {
-                Route { forward: false, replace: Some(error.clone()), ..Route::default() }
-            }
-            _ => Route { forward: true, ..Route::default() },
-        }
-    }
-
     /// The reply that completes the front entry.
-    fn complete(&mut self, action: &Action, tag: u8, ok: bool) -> Route {
-        let mut route = Route { forward: *action == Action::Forward, ..Route::default() };
+    fn complete(&mut self, forward: bool, tag: u8, ok: bool) -> Route {
+        let mut route = Route { forward, ..Route::default() };
         if tag == be::READY_FOR_QUERY {
             self.open = false;
         }
@@ -447,7 +500,7 @@ impl Pipeline {
                 route.completed_set = e.set;
             }
             if !e.effect.is_empty() {
-                route.done.extend(e.effect);
+                self.done.extend(e.effect);
             }
         }
         self.started = false;
@@ -458,10 +511,10 @@ impl Pipeline {
 
     /// An error in an extended-protocol message: it ends, and the server skips to Sync.
     fn fail(&mut self, action: &Action, code: &str) -> Route {
-        let mut route = self.error_reply(action, code);
+        let route = error_reply(action, code);
         if let Some(e) = self.queue.pop_front() {
             if !e.effect.is_empty() {
-                route.undo.extend(e.effect);
+                self.undo.extend(e.effect);
             }
         }
         self.started = false;

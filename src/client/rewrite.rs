@@ -44,6 +44,7 @@ impl SetTracking {
     /// At a ReadyForQuery: SETs that ended outside a transaction block follow the client;
     /// any other (inside a block, unrecognised, or refused for tracking) leaves the server
     /// connection to be reset before reuse.
+    #[inline]
     pub(super) fn settle(
         &mut self,
         status: u8,
@@ -51,9 +52,21 @@ impl SetTracking {
         conn: &mut ServerConn,
         tenant_vars: &[(String, String)],
     ) {
+        // Nearly every transaction runs no SET: nothing to settle.
         if self.seen == 0 && self.pending.is_empty() {
             return;
         }
+        self.settle_sets(status, vars, conn, tenant_vars);
+    }
+
+    #[inline(never)]
+    fn settle_sets(
+        &mut self,
+        status: u8,
+        vars: &mut ClientVars,
+        conn: &mut ServerConn,
+        tenant_vars: &[(String, String)],
+    ) {
         let mut untracked = self.seen.saturating_sub(self.pending.len()) > 0;
         if status == txn::IDLE {
             for cmd in self.pending.drain(..) {
@@ -111,7 +124,7 @@ impl Stage<'_> {
         };
         self.out.extend_from_slice(&rename(fe::DESCRIBE, &[target], name.as_bytes(), &[]));
         let error = Bytes::from(error.to_bytes());
-        self.pipeline.push(kind, Action::Probe { code, error });
+        self.pipeline.push(kind, Action::probe(code, error));
     }
 
     /// Transaction mode: named statements get pgtenant's content-keyed names; a statement the
@@ -209,7 +222,7 @@ impl Stage<'_> {
                     return true;
                 }
                 self.out.extend_from_slice(frame);
-                self.pipeline.push_set(Kind::Execute, self.sets.bound.take().map(|b| *b));
+                self.pipeline.push_set(Kind::Execute, self.sets.bound.take());
             }
             fe::SYNC => {
                 self.statements.sync();
@@ -229,7 +242,10 @@ impl Stage<'_> {
                         self.pipeline.push(Kind::Query, Action::Forward);
                     }
                     None => {
-                        let set = frame.get(HEADER_LEN..frame.len() - 1).and_then(|sql| class.set(sql));
+                        let set = frame
+                            .get(HEADER_LEN..frame.len() - 1)
+                            .and_then(|sql| class.set(sql))
+                            .map(Box::new);
                         self.out.extend_from_slice(frame);
                         self.pipeline.push_set(Kind::Query, set);
                     }
@@ -263,6 +279,7 @@ impl Stage<'_> {
 
     /// What a query or Parse (not refused) does beyond its own reply: settings it may change
     /// untracked, prepared statements it may drop, cursors it may declare.
+    #[inline(always)]
     fn note(&mut self, class: &Class, sql: &[u8]) {
         if class.suspect_settings() {
             self.conn.suspect_settings();
@@ -270,8 +287,10 @@ impl Stage<'_> {
         if class.drops_statements() {
             self.statements.raise_barrier();
         }
-        for cursor in class.declared_cursors(sql) {
-            self.statements.bind_portal(&cursor);
+        if class.declares() {
+            for cursor in class.declared_cursors(sql) {
+                self.statements.bind_portal(&cursor);
+            }
         }
     }
 
@@ -299,10 +318,7 @@ impl Stage<'_> {
                     self.out.extend_from_slice(&rename(fe::PARSE, &[], probe_duplicate().as_bytes(), body));
                     self.pipeline.push(
                         Kind::Parse,
-                        Action::Probe {
-                            code: SqlState::DuplicatePreparedStatement.code(),
-                            error: error.clone(),
-                        },
+                        Action::probe(SqlState::DuplicatePreparedStatement.code(), error.clone()),
                     );
                 }
                 return true;

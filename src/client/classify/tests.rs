@@ -308,3 +308,168 @@ fn explicit_cases() {
         agree(sql.as_bytes()).unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 }
+
+/// The one-pass classifier as it was before its scan tested letter pairs (main at 1bdefc8):
+/// the reference the faster scan and first-word match are held to.
+mod previous {
+    use super::super::{
+        first_words, Class, Refusal, DECLARES, DROPS, FIRST_LETTER, HIGHS, KEYWORDS, ONES, SECOND_LETTER,
+        SUSPECT, WITH_HOLD,
+    };
+
+    pub fn classify(sql: &[u8]) -> Class {
+        let mut found = 0u8;
+        // Every keyword's second letter is an `e` or an `i`: eight bytes at a time, only those
+        // are looked at (`j`, a possible second letter), and only where the letter before fits
+        // too is a keyword compared.
+        let mut start = 1;
+        while start < sql.len() {
+            let (mut candidates, span) = match sql.get(start..start + 8).map(<[u8; 8]>::try_from) {
+                Some(Ok(eight)) => (e_or_i(u64::from_le_bytes(eight)), 8),
+                // The last few bytes: each is looked at.
+                _ => {
+                    let span = sql.len() - start;
+                    (HIGHS & ((1u64 << (8 * span)) - 1), span)
+                }
+            };
+            while candidates != 0 {
+                let j = start + (candidates.trailing_zeros() / 8) as usize;
+                candidates &= candidates - 1;
+                let i = j - 1;
+                let mut maybe =
+                    FIRST_LETTER[usize::from(sql[i])] & SECOND_LETTER[usize::from(sql[j])] & !found;
+                while maybe != 0 {
+                    let k = maybe.trailing_zeros() as usize;
+                    maybe &= maybe - 1;
+                    if sql[i..].get(..KEYWORDS[k].len()).is_some_and(|w| w.eq_ignore_ascii_case(KEYWORDS[k]))
+                    {
+                        found |= 1 << k;
+                    }
+                }
+            }
+            start += span;
+        }
+        let (suspect, drops) = (found & SUSPECT != 0, found & DROPS != 0);
+        let (declares, with_hold) = (found & DECLARES != 0, found & WITH_HOLD != 0);
+        // The first word decides nearly everything; the next two matter after DEALLOCATE and
+        // CREATE only.
+        let mut words = [&[][..]; 3];
+        let mut n = first_words(sql, &mut words[..1]);
+        if n == 1
+            && (words[0].eq_ignore_ascii_case(b"DEALLOCATE") || words[0].eq_ignore_ascii_case(b"CREATE"))
+        {
+            n = first_words(sql, &mut words);
+        }
+        let word = |i: usize, k: &str| i < n && words[i].eq_ignore_ascii_case(k.as_bytes());
+        let refusal = if word(0, "PREPARE") || word(0, "EXECUTE") {
+            Some(Refusal::SqlPrepare)
+        } else if word(0, "DEALLOCATE") {
+            let all = if word(1, "PREPARE") { word(2, "ALL") } else { word(1, "ALL") };
+            (!all).then_some(Refusal::SqlPrepare)
+        } else if word(0, "LISTEN") {
+            Some(Refusal::Feature("LISTEN"))
+        } else if word(0, "CREATE") && (word(1, "TEMP") || word(1, "TEMPORARY")) {
+            Some(Refusal::Feature("temporary tables"))
+        } else if word(0, "DECLARE") && with_hold {
+            Some(Refusal::Feature("WITH HOLD cursors"))
+        } else {
+            None
+        };
+        Class {
+            refusal,
+            suspect_settings: suspect || word(0, "DO") || word(0, "CALL") || word(0, "EXECUTE"),
+            drops_statements: drops,
+            declares,
+            set_like: word(0, "SET") || word(0, "RESET"),
+        }
+    }
+
+    fn e_or_i(w: u64) -> u64 {
+        const LOW7: u64 = !HIGHS;
+        // `| 0x20` maps `E` to `e` and `I` to `i` (and no other byte to either).
+        let lower = w | (ONES * 0x20);
+        // A byte's high bit, once all its low bits are set too, is clear only when it was zero
+        // (no carry leaves a byte: (b & 0x7f) + 0x7f <= 0xfe).
+        let zero = |v: u64| !(((v & LOW7).wrapping_add(LOW7)) | v | LOW7);
+        zero(lower ^ (ONES * u64::from(b'e'))) | zero(lower ^ (ONES * u64::from(b'i')))
+    }
+}
+
+/// Which keywords occur in `sql`, searched for one position at a time.
+fn keywords_bytewise(sql: &[u8]) -> u8 {
+    let mut found = 0;
+    for (k, keyword) in KEYWORDS.iter().enumerate() {
+        if sql.windows(keyword.len()).any(|w| w.eq_ignore_ascii_case(keyword)) {
+            found |= 1 << k;
+        }
+    }
+    found
+}
+
+/// Bytes drawn mostly from the keywords' letters (either case), so that keywords and near
+/// misses occur often, with zeros, 0x01 bytes (the filter's borrow) and any other byte.
+fn keyword_soup() -> impl Strategy<Value = Vec<u8>> {
+    let alphabet: &[u8] = b"dDsStTwWeEiI_ ca\0\x01lhoHz";
+    let piece = prop_oneof![
+        4 => prop::sample::select(KEYWORDS.to_vec()).prop_map(|k| k.to_vec()),
+        4 => prop::collection::vec(prop::sample::select(alphabet.to_vec()), 1..4),
+        1 => prop::collection::vec(any::<u8>(), 1..3),
+    ];
+    (prop::collection::vec((piece, any::<u32>()), 0..12)).prop_map(|parts| {
+        let mut s = Vec::new();
+        for (p, case) in parts {
+            s.extend(p.iter().enumerate().map(|(i, b)| {
+                if case >> (i % 32) & 1 == 1 {
+                    b.to_ascii_uppercase()
+                } else {
+                    *b
+                }
+            }));
+        }
+        s
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+    #[test]
+    fn scan_finds_what_a_bytewise_search_finds(sql in keyword_soup()) {
+        prop_assert_eq!(keywords(&sql), keywords_bytewise(&sql));
+        prop_assert_eq!(classify(&sql), previous::classify(&sql));
+    }
+
+    #[test]
+    fn scan_agrees_on_any_bytes(sql in prop::collection::vec(any::<u8>(), 0..64)) {
+        prop_assert_eq!(keywords(&sql), keywords_bytewise(&sql));
+        prop_assert_eq!(classify(&sql), previous::classify(&sql));
+    }
+
+    #[test]
+    fn classify_agrees_with_the_previous_scan(sql in sqlish()) {
+        prop_assert_eq!(classify(&sql), previous::classify(&sql));
+    }
+}
+
+/// Every keyword at every offset and text length around the eight-byte steps and the padded
+/// tail, in both cases: found exactly where it is whole.
+#[test]
+fn keywords_at_every_offset_and_length() {
+    for (k, keyword) in KEYWORDS.iter().enumerate() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut sql = vec![b'x'; len];
+                let end = (at + keyword.len()).min(len);
+                sql[at..end].copy_from_slice(&keyword[..end - at]);
+                for upper in [false, true] {
+                    if upper {
+                        sql.make_ascii_uppercase();
+                    }
+                    let expect = if end - at == keyword.len() { 1 << k } else { 0 };
+                    assert_eq!(keywords(&sql), expect, "{:?}", String::from_utf8_lossy(&sql));
+                    assert_eq!(keywords_bytewise(&sql), expect);
+                }
+            }
+        }
+    }
+}

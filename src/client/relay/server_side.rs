@@ -128,9 +128,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     };
                     let mut route = self.pipeline.route(tag, code);
                     tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid()), tag = %(tag as char), forward = route.forward, "server message");
-                    self.sets.pending.extend(route.completed_set.take());
-                    if !route.undo.is_empty() || !route.done.is_empty() {
-                        self.apply_effects(std::mem::take(&mut route.undo), std::mem::take(&mut route.done));
+                    self.sets.pending.extend(route.completed_set.take().map(|set| *set));
+                    if self.pipeline.has_effects() {
+                        let (undo, done) = self.pipeline.take_effects();
+                        self.apply_effects(undo, done);
                     }
                     if (route.unexpected || self.pipeline.uncertain()) && !self.progress.desync {
                         tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "lost track of the server's replies: the server connection stays with this client and will not be reused");
