@@ -246,6 +246,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let mut cut = SignalReader::new(self.signal.clone());
             let peer = self.meter.peer();
             tokio::select! {
+                // Biased: the session first (no random draw per wake-up); the cut is still
+                // polled on every wake-up where the session is pending.
+                biased;
                 _ = self.drive() => {}
                 // The session answers a forced shutdown itself (57P01, then close); a client
                 // that has stopped reading cannot take that message, and must not hold up the
@@ -281,6 +284,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         loop {
             if let Some(exit) = self.settle().await {
                 return exit;
+            }
+            // What was just staged goes to the server now, without a turn through
+            // `next_event` (which would find the socket writable and return the same write).
+            match self.write_server_now().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(exit) => return exit,
             }
             let event = if self.terminated || self.broken.is_some() {
                 // Replies owed after the client left are waited for a bounded time only.
@@ -536,6 +546,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Poll::Pending
         })
         .await
+    }
+
+    /// Writes staged bytes to the server if its socket takes them now: `Ok(true)` when some
+    /// went (the caller settles again, as after [`Event::ServerWrote`]), `Ok(false)` when
+    /// nothing was written (nothing staged, no server, the socket full: `next_event` waits
+    /// for it, its waker registered here or there).
+    async fn write_server_now(&mut self) -> Result<bool, Exit> {
+        if self.out.is_empty() {
+            return Ok(false);
+        }
+        let Some(server) = self.server.as_mut() else { return Ok(false) };
+        let stream = server.conn().stream_mut();
+        let out: &[u8] = &self.out;
+        // Polled once with the task's own context: never waits.
+        match poll_fn(|cx| Poll::Ready(Pin::new(&mut *stream).poll_write(cx, out))).await {
+            Poll::Ready(Ok(0)) | Poll::Pending => Ok(false),
+            Poll::Ready(Ok(n)) => {
+                self.consume_written(n);
+                Ok(true)
+            }
+            Poll::Ready(Err(_)) => Err(Exit::ServerLost),
+        }
     }
 
     fn consume_written(&mut self, n: usize) {

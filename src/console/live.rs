@@ -103,6 +103,7 @@ impl SignalReader {
 
     /// The first (lowest) bit of `mask` raised and not yet reported to this reader. A bit
     /// outside `mask` raised meanwhile is reported once a later call's mask includes it.
+    #[inline]
     pub fn poll(&mut self, cx: &mut std::task::Context<'_>, mask: u8) -> Option<u8> {
         if !self.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
             let w = cx.waker().clone();

@@ -60,6 +60,11 @@ impl Limits {
         self.idle_transaction.is_some() || self.client_idle.is_some()
     }
 
+    /// Whether a fair-share timeout (query, idle in transaction, client idle) is set.
+    fn fair(&self) -> bool {
+        self.query.is_some() || self.reads_activity()
+    }
+
     /// What a session keeps for these limits: nothing when none is set (the default), so a
     /// session without limits carries no timer state.
     pub fn timed(self) -> Option<Box<Timed>> {
@@ -160,7 +165,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The timeout that applies now, and when it expires: the reset's bound while a
     /// cross-tenant reset is due, if it comes first, else a fair-share timeout.
     pub(super) fn next_limit(&mut self) -> Option<(Limit, Instant)> {
-        let fair = self.fair_limit();
+        let fair = if self.timed.as_ref().is_some_and(|t| t.limits.fair()) {
+            self.fair_limit()
+        } else {
+            // Without a fair-share timeout (the default; `client_write_timeout` alone is
+            // applied where a write waits) nothing here reads the clock.
+            self.busy_since = None;
+            None
+        };
+        if fair.is_none() && self.progress.reset == ResetPhase::Done && self.progress.hold_until.is_none() {
+            return None;
+        }
         let reset = match (self.progress.reset, self.progress.reset_since) {
             (ResetPhase::Done, _) | (_, None) => None,
             (_, Some(since)) => Some((Limit::Reset, since + CLEANUP_TIMEOUT)),
