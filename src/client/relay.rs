@@ -13,7 +13,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -29,7 +29,7 @@ use super::vars::ClientVars;
 use super::LoggedIn;
 use crate::cancel::ClientKey;
 use crate::catalog::Tenant;
-use crate::console::live::{LiveGuard, Signal, SignalReader, DRAIN, FORCE, KICK};
+use crate::console::live::{LiveGuard, Signal, SignalReader, DRAIN, FORCE, KICK, SERVER_READ};
 use crate::model::PoolMode;
 use crate::pool::session::{reset_step, retire_running, ResetStep, Retire, CLEANUP_TIMEOUT};
 use crate::pool::{Checkout, Pool, ServerParams, TenantCap};
@@ -165,6 +165,10 @@ pub(crate) struct Session<S> {
     setup_trusted: bool,
     /// Raised to end the session (see [`Signals`]).
     signal: Arc<Signal>,
+    /// `signal` as the waker the server socket's reads register (see `next_event`), and
+    /// whether one is registered with the server connection now held and has not fired.
+    server_waker: Waker,
+    server_armed: bool,
     /// The client's entry in the console's registry and its place under `max_client_conn`,
     /// held until the session ends.
     _places: (LiveGuard, OwnedSemaphorePermit),
@@ -231,6 +235,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             draining: None,
             admission,
             setup_trusted,
+            server_waker: Waker::from(signal.clone()),
+            server_armed: false,
             signal,
             _places: places,
             meter,
@@ -534,8 +540,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         return Poll::Ready(Event::ServerWrote(r));
                     }
                 }
-                if let Poll::Ready(r) = poll_read_buf(Pin::new(stream), cx, &mut self.sbuf) {
-                    return Poll::Ready(Event::ServerRead(r));
+                // The server's socket is read with the session's signal as its waker: once a
+                // read is pending, its wake-up (and only it) raises SERVER_READ, and until then
+                // the socket has nothing new and is not polled again (the registration stays in
+                // place: only a wake-up takes it). A new connection (see `attach`), a read that
+                // returned and TLS (whose reads may register a write) are always polled.
+                let fired = self.signal.take(SERVER_READ);
+                if !self.server_armed || fired {
+                    self.server_armed = false;
+                    let tls = stream.is_tls();
+                    let read = if tls {
+                        poll_read_buf(Pin::new(stream), cx, &mut self.sbuf)
+                    } else {
+                        poll_read_buf(Pin::new(stream), &mut Context::from_waker(&self.server_waker), &mut self.sbuf)
+                    };
+                    match read {
+                        Poll::Ready(r) => return Poll::Ready(Event::ServerRead(r)),
+                        Poll::Pending => self.server_armed = !tls,
+                    }
                 }
             }
             if read_client {

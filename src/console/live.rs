@@ -45,6 +45,9 @@ impl ClientInfo {
 pub const FORCE: u8 = 1 << 0;
 pub const DRAIN: u8 = 1 << 1;
 pub const KICK: u8 = 1 << 2;
+/// Not an end: the session's server socket may have become readable (raised through the
+/// signal's [`Waker`], which the relay registers with that socket; taken, not sticky).
+pub const SERVER_READ: u8 = 1 << 3;
 
 /// What ends one session besides its sockets: bits raised by whoever ends it, read by the
 /// session with one load per wake-up (no lock, no future per signal, nothing per message).
@@ -84,6 +87,26 @@ impl Signal {
 
     pub fn admitted(&self) -> u64 {
         self.admitted
+    }
+
+    /// Clears `bit` (one that is taken, not sticky: [`SERVER_READ`]); whether it was raised.
+    #[inline]
+    pub fn take(&self, bit: u8) -> bool {
+        // A load first: clear (the common case), no read-modify-write.
+        self.raised.load(Ordering::Acquire) & bit != 0 && self.raised.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    }
+}
+
+/// The signal as a [`Waker`] for the session's server socket: a wake-up raises
+/// [`SERVER_READ`] and wakes the session's task, so the relay knows which socket woke it and
+/// polls the server's only then (see `Session::next_event`).
+impl std::task::Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.raise(SERVER_READ);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.raise(SERVER_READ);
     }
 }
 

@@ -71,6 +71,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         self.progress.status = txn::IDLE;
+        // No read of this connection is registered by this session yet.
+        self.server_armed = false;
         self.server = Some(co);
         Ok(())
     }
@@ -170,6 +172,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// over (or is reset first, or closed: see [`retire`]).
     pub(super) fn release(&mut self) {
         let Some(co) = self.server.take() else { return };
+        self.server_armed = false;
         // One clock read for the meter's hold and the pool's lifetime check.
         let now = Instant::now();
         self.meter.released_at(now);
