@@ -165,10 +165,6 @@ pub(crate) struct Session<S> {
     setup_trusted: bool,
     /// Raised to end the session (see [`Signals`]).
     signal: Arc<Signal>,
-    /// `signal` as the waker the server socket's reads register (see `next_event`), and
-    /// whether one is registered with the server connection now held and has not fired.
-    server_waker: Waker,
-    server_armed: bool,
     /// The client's entry in the console's registry and its place under `max_client_conn`,
     /// held until the session ends.
     _places: (LiveGuard, OwnedSemaphorePermit),
@@ -235,8 +231,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             draining: None,
             admission,
             setup_trusted,
-            server_waker: Waker::from(signal.clone()),
-            server_armed: false,
             signal,
             _places: places,
             meter,
@@ -440,10 +434,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// nothing owed the session ends; otherwise the server gets the Terminate too, so the
     /// client gets exactly what PostgreSQL sends before it exits (errors, but not replies it
     /// still buffered), and the session ends when the server closes.
+    #[inline]
     fn ended(&mut self) -> Option<Exit> {
+        // Checked at every settle, twice: the common case (a client still there) inline.
         if !(self.terminated || self.broken.is_some()) || self.c_scanned != 0 {
             return None;
         }
+        self.ended_now()
+    }
+
+    fn ended_now(&mut self) -> Option<Exit> {
         let exit = match self.server.as_ref() {
             None => true,
             Some(_) if self.out.is_empty() && self.quiet() && !self.sent_terminate => true,
@@ -546,17 +546,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 // place: only a wake-up takes it). A new connection (see `attach`), a read that
                 // returned and TLS (whose reads may register a write) are always polled.
                 let fired = self.signal.take(SERVER_READ);
-                if !self.server_armed || fired {
-                    self.server_armed = false;
+                if !self.progress.server_armed || fired {
+                    self.progress.server_armed = false;
                     let tls = stream.is_tls();
                     let read = if tls {
                         poll_read_buf(Pin::new(stream), cx, &mut self.sbuf)
                     } else {
-                        poll_read_buf(Pin::new(stream), &mut Context::from_waker(&self.server_waker), &mut self.sbuf)
+                        // Made per read (not kept: every client's task would carry it).
+                        let waker = Waker::from(self.signal.clone());
+                        poll_read_buf(Pin::new(stream), &mut Context::from_waker(&waker), &mut self.sbuf)
                     };
                     match read {
                         Poll::Ready(r) => return Poll::Ready(Event::ServerRead(r)),
-                        Poll::Pending => self.server_armed = !tls,
+                        Poll::Pending => self.progress.server_armed = !tls,
                     }
                 }
             }
@@ -593,7 +595,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     fn consume_written(&mut self, n: usize) {
-        self.out.advance(n);
+        if n == self.out.len() {
+            // All of it (the common case): the buffer starts over where it is.
+            self.out.clear();
+        } else {
+            self.out.advance(n);
+        }
         if self.out.is_empty() && self.out.capacity() > 4 * READ_CHUNK {
             self.out = BytesMut::new();
         }

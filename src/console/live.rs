@@ -129,9 +129,7 @@ impl SignalReader {
     #[inline]
     pub fn poll(&mut self, cx: &mut std::task::Context<'_>, mask: u8) -> Option<u8> {
         if !self.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-            let w = cx.waker().clone();
-            *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
-            self.task = Some(w);
+            self.set_task(cx.waker());
         }
         let fresh = self.shared.raised.load(Ordering::Acquire) & mask & !self.reported;
         if fresh == 0 {
@@ -140,6 +138,15 @@ impl SignalReader {
         let bit = fresh & fresh.wrapping_neg();
         self.reported |= bit;
         Some(bit)
+    }
+
+    /// The task's waker changed (or is seen for the first time): `shared` wakes the new one.
+    #[cold]
+    #[inline(never)]
+    fn set_task(&mut self, waker: &Waker) {
+        let w = waker.clone();
+        *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
+        self.task = Some(w);
     }
 
     /// Waits until a bit of `mask` is raised.

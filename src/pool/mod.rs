@@ -34,6 +34,7 @@ pub use server::{cancel_backend, Login, PreparedSet, ServerConn, UpstreamError};
 pub use settings::{LiveSettings, PoolSettings};
 pub use stream::ServerStream;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -622,17 +623,18 @@ impl PoolManager {
     }
 
     /// [`PoolManager::checkout`] asked for at `asked` (the clock already read): a checkout
-    /// that does not wait reads it no more.
-    pub async fn checkout_at(
-        &self,
-        pool: &Arc<Pool>,
-        tenant: &Tenant,
-        cap: &mut TenantCap,
+    /// that does not wait reads it no more. (Not an `async fn`: its state would hold the
+    /// arguments a second time, in every client's task.)
+    pub fn checkout_at<'a>(
+        &'a self,
+        pool: &'a Arc<Pool>,
+        tenant: &'a Tenant,
+        cap: &'a mut TenantCap,
         asked: Instant,
-    ) -> Result<Checkout, CheckoutError> {
+    ) -> impl Future<Output = Result<Checkout, CheckoutError>> + Send + 'a {
+        use futures_util::FutureExt;
         self.checkout_for(pool, tenant, cap, asked)
-            .await
-            .map_err(|error| CheckoutError { tenant: tenant.id.clone(), error })
+            .map(|r| r.map_err(|error| CheckoutError { tenant: tenant.id.clone(), error }))
     }
 
     async fn checkout_for(

@@ -72,7 +72,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.progress.status = txn::IDLE;
         // No read of this connection is registered by this session yet.
-        self.server_armed = false;
+        self.progress.server_armed = false;
         self.server = Some(co);
         Ok(())
     }
@@ -172,7 +172,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// over (or is reset first, or closed: see [`retire`]).
     pub(super) fn release(&mut self) {
         let Some(co) = self.server.take() else { return };
-        self.server_armed = false;
+        self.progress.server_armed = false;
         // One clock read for the meter's hold and the pool's lifetime check.
         let now = Instant::now();
         self.meter.released_at(now);
@@ -182,11 +182,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if reset.is_some() {
             self.proxy.metrics.global().reset();
         }
-        let params = self.pool_params.clone();
         if reset.is_none() && !cancel && !acts_while_idle(co.conn_ref()) {
             co.release_at(now);
             return;
         }
+        let params = self.pool_params.clone();
         tokio::spawn(retire(
             co,
             Retire { idle: true, cancel, reset, params, tenant: self.tenant.id.clone() },

@@ -164,7 +164,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// The timeout that applies now, and when it expires: the reset's bound while a
     /// cross-tenant reset is due, if it comes first, else a fair-share timeout.
+    #[inline]
     pub(super) fn next_limit(&mut self) -> Option<(Limit, Instant)> {
+        if self.timed.as_ref().is_none_or(|t| !t.limits.fair())
+            && self.progress.reset == ResetPhase::Done
+            && self.progress.hold_until.is_none()
+        {
+            // The common case, inline: no fair-share timeout, no reset due, no hold.
+            self.busy_since = None;
+            return None;
+        }
+        self.next_limit_now()
+    }
+
+    fn next_limit_now(&mut self) -> Option<(Limit, Instant)> {
         let fair = if self.timed.as_ref().is_some_and(|t| t.limits.fair()) {
             self.fair_limit()
         } else {
