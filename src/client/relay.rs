@@ -29,7 +29,7 @@ use super::vars::ClientVars;
 use super::LoggedIn;
 use crate::cancel::ClientKey;
 use crate::catalog::Tenant;
-use crate::console::live::{LiveGuard, Signal, SignalReader, DRAIN, FORCE, KICK, SERVER_READ};
+use crate::console::live::{client_waker, LiveGuard, Signal, SignalReader, CLIENT_READ, DRAIN, FORCE, KICK, SERVER_READ};
 use crate::model::PoolMode;
 use crate::pool::session::{reset_step, retire_running, ResetStep, Retire, CLEANUP_TIMEOUT};
 use crate::pool::{Checkout, Pool, ServerParams, TenantCap};
@@ -142,8 +142,6 @@ pub(crate) struct Session<S> {
     /// The fair-share timeouts, their timer and the last activity; `None` when no limit
     /// applies (the default).
     timed: Option<Box<Timed>>,
-    /// Since when the server owes replies (reset at each ReadyForQuery).
-    busy_since: Option<tokio::time::Instant>,
     /// This session's id (see [`SESSION_IDS`]).
     id: u64,
 
@@ -165,6 +163,8 @@ pub(crate) struct Session<S> {
     setup_trusted: bool,
     /// Raised to end the session (see [`Signals`]).
     signal: Arc<Signal>,
+    /// The waker the client socket's reads register when it is plain TCP (see `next_event`).
+    client_waker: Waker,
     /// The client's entry in the console's registry and its place under `max_client_conn`,
     /// held until the session ends.
     _places: (LiveGuard, OwnedSemaphorePermit),
@@ -183,7 +183,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         proxy: Arc<Proxy>,
         signal: Arc<Signal>,
         places: (LiveGuard, OwnedSemaphorePermit),
-    ) -> Self {
+    ) -> Self
+    where
+        S: 'static,
+    {
+        // Only a plain TCP client's reads are left registered between polls (a TLS read may
+        // register a write, which the writes to the client would replace).
+        let client_plain = (&client as &dyn std::any::Any)
+            .downcast_ref::<super::stream::ClientStream>()
+            .is_some_and(|c| matches!(c, super::stream::ClientStream::Plain(_)));
         let LoggedIn { tenant, pool, vars, key, admission, .. } = login;
         let setup_trusted = !vars.from_client;
         let pool_params = pool.params().unwrap_or_default();
@@ -219,7 +227,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             resync: None,
             resync_swallowing: false,
             timed,
-            busy_since: None,
             id: SESSION_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             sbuf: BytesMut::new(),
             s_remaining: 0,
@@ -227,10 +234,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             setup_error: None,
             server: None,
             tenant_cap: TenantCap::default(),
-            progress: Progress { status: txn::IDLE, ..Progress::default() },
+            progress: Progress { status: txn::IDLE, client_plain, ..Progress::default() },
             draining: None,
             admission,
             setup_trusted,
+            client_waker: client_waker(&signal),
             signal,
             _places: places,
             meter,
@@ -563,8 +571,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             if read_client {
-                if let Poll::Ready(r) = buffers::poll_read(&mut self.client, cx, &mut self.cbuf) {
-                    return Poll::Ready(Event::Client(r));
+                // As the server's socket above, with the client's own waker (CLIENT_READ).
+                let fired = self.signal.take(CLIENT_READ);
+                if !self.progress.client_armed || fired {
+                    self.progress.client_armed = false;
+                    let plain = self.progress.client_plain;
+                    let read = if plain {
+                        let mut own = Context::from_waker(&self.client_waker);
+                        buffers::poll_read(&mut self.client, &mut own, &mut self.cbuf)
+                    } else {
+                        buffers::poll_read(&mut self.client, cx, &mut self.cbuf)
+                    };
+                    match read {
+                        Poll::Ready(r) => return Poll::Ready(Event::Client(r)),
+                        Poll::Pending => self.progress.client_armed = plain,
+                    }
                 }
             }
             Poll::Pending

@@ -48,6 +48,8 @@ pub const KICK: u8 = 1 << 2;
 /// Not an end: the session's server socket may have become readable (raised through the
 /// signal's [`Waker`], which the relay registers with that socket; taken, not sticky).
 pub const SERVER_READ: u8 = 1 << 3;
+/// Likewise for the session's client socket (raised through [`client_waker`]).
+pub const CLIENT_READ: u8 = 1 << 4;
 
 /// What ends one session besides its sockets: bits raised by whoever ends it, read by the
 /// session with one load per wake-up (no lock, no future per signal, nothing per message).
@@ -94,6 +96,24 @@ impl Signal {
     pub fn take(&self, bit: u8) -> bool {
         // A load first: clear (the common case), no read-modify-write.
         self.raised.load(Ordering::Acquire) & bit != 0 && self.raised.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    }
+}
+
+/// A [`Waker`] for the session's client socket: a wake-up raises [`CLIENT_READ`] on
+/// `signal` and wakes the session's task (see [`Signal`]'s own `Wake`, for the server's).
+pub fn client_waker(signal: &Arc<Signal>) -> Waker {
+    Waker::from(Arc::new(ClientReadable(signal.clone())))
+}
+
+struct ClientReadable(Arc<Signal>);
+
+impl std::task::Wake for ClientReadable {
+    fn wake(self: Arc<Self>) {
+        self.0.raise(CLIENT_READ);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.raise(CLIENT_READ);
     }
 }
 
@@ -265,6 +285,43 @@ mod tests {
         });
         let got = tokio::time::timeout(Duration::from_secs(5), r.raised(FORCE | DRAIN)).await.ok();
         assert_eq!(got, Some(DRAIN));
+    }
+
+    #[tokio::test]
+    async fn the_signal_as_a_socket_waker_raises_server_read_once_and_wakes_the_task() {
+        let signal = Signal::new(0);
+        let mut r = SignalReader::new(signal.clone());
+        // A real socket's read registers the signal as its waker; the peer's bytes wake it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (mut sock, _) = listener.accept().await.expect("accept");
+        let socket_waker = Waker::from(signal.clone());
+        let mut buf = [0u8; 8];
+        let mut rb = tokio::io::ReadBuf::new(&mut buf);
+        let mut own = std::task::Context::from_waker(&socket_waker);
+        let first = tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut sock), &mut own, &mut rb);
+        assert!(first.is_pending(), "nothing sent yet");
+        assert!(!signal.take(SERVER_READ));
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            tokio::io::AsyncWriteExt::write_all(&mut peer, b"x").await.expect("write");
+            peer
+        });
+        // The task waits on its reader (which keeps the signal's task waker current) and is
+        // woken by the socket's wake-up alone.
+        let woken = std::future::poll_fn(|cx| {
+            assert_eq!(r.poll(cx, FORCE | DRAIN | KICK), None, "a socket's wake-up ends nothing");
+            if signal.take(SERVER_READ) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), woken).await.expect("woken by the socket");
+        assert!(!signal.take(SERVER_READ), "taken once");
+        let mut rb = tokio::io::ReadBuf::new(&mut buf);
+        let second = tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut sock), &mut own, &mut rb);
+        assert!(matches!(second, std::task::Poll::Ready(Ok(()))) && rb.filled() == b"x");
     }
 
     fn info(registry: &Arc<LiveClients>, tenant: &str, admitted: u64) -> (LiveGuard, Arc<Signal>) {

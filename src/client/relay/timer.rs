@@ -70,7 +70,14 @@ impl Limits {
     pub fn timed(self) -> Option<Box<Timed>> {
         let none = self.query.is_none() && !self.reads_activity() && self.client_write.is_none();
         (!none)
-            .then(|| Box::new(Timed { limits: self, timer: Timer::default(), last_activity: Instant::now() }))
+            .then(|| {
+                Box::new(Timed {
+                    limits: self,
+                    timer: Timer::default(),
+                    last_activity: Instant::now(),
+                    busy_since: None,
+                })
+            })
     }
 }
 
@@ -82,6 +89,8 @@ pub(super) struct Timed {
     timer: Timer,
     /// When the client or the server last sent something (kept only when a limit reads it).
     last_activity: Instant,
+    /// Since when the server owes replies (reset at each ReadyForQuery; `query_timeout`).
+    pub(super) busy_since: Option<Instant>,
 }
 
 /// One timer for the session's lifetime, allocated the first time a limit applies.
@@ -148,6 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 limits: Limits::default(),
                 timer: Timer::default(),
                 last_activity: Instant::now(),
+                busy_since: None,
             })
         });
         t.timer.arm(deadline);
@@ -171,7 +181,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && self.progress.hold_until.is_none()
         {
             // The common case, inline: no fair-share timeout, no reset due, no hold.
-            self.busy_since = None;
             return None;
         }
         self.next_limit_now()
@@ -183,7 +192,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         } else {
             // Without a fair-share timeout (the default; `client_write_timeout` alone is
             // applied where a write waits) nothing here reads the clock.
-            self.busy_since = None;
             None
         };
         if fair.is_none() && self.progress.reset == ResetPhase::Done && self.progress.hold_until.is_none() {
@@ -200,18 +208,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The fair-share timeout that applies now, and when it expires.
     fn fair_limit(&mut self) -> Option<(Limit, Instant)> {
         let owes = self.server.is_some() && !self.quiet();
-        let Some(t) = self.timed.as_deref() else {
-            self.busy_since = None;
-            return None;
-        };
-        let l = &t.limits;
+        let Some(t) = self.timed.as_deref_mut() else { return None };
+        let l = t.limits;
         if !owes {
-            self.busy_since = None;
-        } else if self.busy_since.is_none() && l.query.is_some() {
-            self.busy_since = Some(Instant::now());
+            t.busy_since = None;
+        } else if t.busy_since.is_none() && l.query.is_some() {
+            t.busy_since = Some(Instant::now());
         }
         let (limit, since, after) = if owes {
-            (Limit::Query, self.busy_since, l.query)
+            (Limit::Query, t.busy_since, l.query)
         } else if self.server.is_some() && self.progress.status != txn::IDLE {
             (Limit::IdleTransaction, Some(t.last_activity), l.idle_transaction)
         } else if self.c_scanned == 0 && self.cbuf.is_empty() {
