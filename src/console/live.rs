@@ -95,7 +95,8 @@ impl Signal {
     #[inline]
     pub fn take(&self, bit: u8) -> bool {
         // A load first: clear (the common case), no read-modify-write.
-        self.raised.load(Ordering::Acquire) & bit != 0 && self.raised.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+        self.raised.load(Ordering::Acquire) & bit != 0
+            && self.raised.fetch_and(!bit, Ordering::AcqRel) & bit != 0
     }
 }
 
@@ -293,7 +294,8 @@ mod tests {
         let mut r = SignalReader::new(signal.clone());
         // A real socket's read registers the signal as its waker; the peer's bytes wake it.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let mut peer =
+            tokio::net::TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (mut sock, _) = listener.accept().await.expect("accept");
         let socket_waker = Waker::from(signal.clone());
         let mut buf = [0u8; 8];

@@ -686,14 +686,26 @@ impl PoolManager {
             // the runtime's event loop last saw (as PgBouncer's loop watches idle servers):
             // no system call unless the socket became readable.
             if conn.is_clean() {
-                return Ok(Checkout { conn, pool: pool.clone(), permit, _tenant_permit: tenant_permit, taken });
+                return Ok(Checkout {
+                    conn,
+                    pool: pool.clone(),
+                    permit,
+                    _tenant_permit: tenant_permit,
+                    taken,
+                });
             }
             tracing::debug!(pool = %pool.key.addr, "dropping a stale idle connection");
             next = pool.take_idle(Some(&tenant.id), max_lifetime);
         }
         // Boxed: connecting and authenticating upstream is rare and its state large.
         let conn = Box::pin(pool.open(Some(deadline()))).await?;
-        Ok(Checkout { conn, pool: pool.clone(), permit, _tenant_permit: tenant_permit, taken: Instant::now() })
+        Ok(Checkout {
+            conn,
+            pool: pool.clone(),
+            permit,
+            _tenant_permit: tenant_permit,
+            taken: Instant::now(),
+        })
     }
 
     /// Closes the idle connections last set up for `tenant` (when it stops being active: an

@@ -69,15 +69,14 @@ impl Limits {
     /// session without limits carries no timer state.
     pub fn timed(self) -> Option<Box<Timed>> {
         let none = self.query.is_none() && !self.reads_activity() && self.client_write.is_none();
-        (!none)
-            .then(|| {
-                Box::new(Timed {
-                    limits: self,
-                    timer: Timer::default(),
-                    last_activity: Instant::now(),
-                    busy_since: None,
-                })
+        (!none).then(|| {
+            Box::new(Timed {
+                limits: self,
+                timer: Timer::default(),
+                last_activity: Instant::now(),
+                busy_since: None,
             })
+        })
     }
 }
 
@@ -208,7 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The fair-share timeout that applies now, and when it expires.
     fn fair_limit(&mut self) -> Option<(Limit, Instant)> {
         let owes = self.server.is_some() && !self.quiet();
-        let Some(t) = self.timed.as_deref_mut() else { return None };
+        let t = self.timed.as_deref_mut()?;
         let l = t.limits;
         if !owes {
             t.busy_since = None;
