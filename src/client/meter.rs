@@ -210,16 +210,16 @@ impl Meter {
         self.session.set_state(ClientState::Waiting);
     }
 
-    /// The wait that began at `asked` ended: with a connection (`Some`) or without.
-    pub fn checked_out(&mut self, asked: Option<Instant>) {
+    /// The wait that began at `asked` ended: with a connection taken at `taken` (`Some`, the
+    /// two readings of the clock as the checkout made them), or without.
+    pub fn checked_out(&mut self, asked_taken: Option<(Instant, Instant)>) {
         self.wait.store(0, Ordering::Relaxed);
-        match asked {
-            Some(asked) => {
-                // One clock read: the end of the wait is the start of the hold.
-                let now = Instant::now();
+        match asked_taken {
+            Some((asked, taken)) => {
+                // The end of the wait is the start of the hold.
                 self.pool.checkout();
-                self.session.stats().pool_wait(now.saturating_duration_since(asked));
-                self.held = Some(now);
+                self.session.stats().pool_wait(taken.saturating_duration_since(asked));
+                self.held = Some(taken);
                 self.session.set_state(ClientState::Active);
             }
             None => self.session.set_state(ClientState::Idle),
@@ -228,8 +228,17 @@ impl Meter {
 
     /// The server connection went back (or away).
     pub fn released(&mut self) {
+        if self.held.is_some() {
+            self.released_at(Instant::now());
+        } else {
+            self.session.set_state(ClientState::Idle);
+        }
+    }
+
+    /// [`Meter::released`] with the clock already read (`now`).
+    pub fn released_at(&mut self, now: Instant) {
         if let Some(held) = self.held.take() {
-            self.session.stats().server_released(held.elapsed());
+            self.session.stats().server_released(now.saturating_duration_since(held));
         }
         self.session.set_state(ClientState::Idle);
     }

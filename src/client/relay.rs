@@ -9,16 +9,14 @@
 //! (one event loop polls both), so a server blocked writing results to us never stops us
 //! from writing a long pipeline to it.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::Waker;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::io::poll_read_buf;
 
 use super::meter::Meter;
 use super::pipeline::{Action, Kind, Pipeline};
@@ -29,7 +27,7 @@ use super::vars::ClientVars;
 use super::LoggedIn;
 use crate::cancel::ClientKey;
 use crate::catalog::Tenant;
-use crate::console::live::{LiveGuard, Signal, SignalReader, DRAIN, FORCE, KICK};
+use crate::console::live::{client_waker, LiveGuard, Signal, SignalReader, FORCE};
 use crate::model::PoolMode;
 use crate::pool::session::{reset_step, retire_running, ResetStep, Retire, CLEANUP_TIMEOUT};
 use crate::pool::{Checkout, Pool, ServerParams, TenantCap};
@@ -45,6 +43,7 @@ mod checkout;
 mod progress;
 mod server_side;
 mod timer;
+mod wait;
 
 use progress::{Progress, ResetPhase};
 
@@ -130,8 +129,6 @@ pub(crate) struct Session<S> {
     pinned: bool,
     /// The client sent Terminate (never forwarded).
     terminated: bool,
-    /// The client is on TLS (its session ends with a TLS close_notify).
-    client_tls: bool,
     /// The client sent a malformed frame: what came before it is answered, then this error.
     /// (Boxed, as `draining`: rare, and an idle session should not carry its room.)
     broken: Option<Box<PgError>>,
@@ -144,8 +141,6 @@ pub(crate) struct Session<S> {
     /// The fair-share timeouts, their timer and the last activity; `None` when no limit
     /// applies (the default).
     timed: Option<Box<Timed>>,
-    /// Since when the server owes replies (reset at each ReadyForQuery).
-    busy_since: Option<tokio::time::Instant>,
     /// This session's id (see [`SESSION_IDS`]).
     id: u64,
 
@@ -167,6 +162,8 @@ pub(crate) struct Session<S> {
     setup_trusted: bool,
     /// Raised to end the session (see [`Signals`]).
     signal: Arc<Signal>,
+    /// The waker the client socket's reads register when it is plain TCP (see `next_event`).
+    client_waker: Waker,
     /// The client's entry in the console's registry and its place under `max_client_conn`,
     /// held until the session ends.
     _places: (LiveGuard, OwnedSemaphorePermit),
@@ -185,8 +182,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         proxy: Arc<Proxy>,
         signal: Arc<Signal>,
         places: (LiveGuard, OwnedSemaphorePermit),
-    ) -> Self {
-        let LoggedIn { tenant, pool, vars, key, admission, tls: client_tls, .. } = login;
+    ) -> Self
+    where
+        S: 'static,
+    {
+        // Only a plain TCP client's reads are left registered between polls (a TLS read may
+        // register a write, which the writes to the client would replace).
+        let client_plain = (&client as &dyn std::any::Any)
+            .downcast_ref::<super::stream::ClientStream>()
+            .is_some_and(|c| matches!(c, super::stream::ClientStream::Plain(_)));
+        let LoggedIn { tenant, pool, vars, key, admission, .. } = login;
         let setup_trusted = !vars.from_client;
         let pool_params = pool.params().unwrap_or_default();
         let cbuf = buffered;
@@ -216,13 +221,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             sets: SetTracking::default(),
             pinned: false,
             terminated: false,
-            client_tls,
             broken: None,
             sent_terminate: false,
             resync: None,
             resync_swallowing: false,
             timed,
-            busy_since: None,
             id: SESSION_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             sbuf: BytesMut::new(),
             s_remaining: 0,
@@ -230,10 +233,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             setup_error: None,
             server: None,
             tenant_cap: TenantCap::default(),
-            progress: Progress { status: txn::IDLE, ..Progress::default() },
+            progress: Progress { status: txn::IDLE, client_plain, ..Progress::default() },
             draining: None,
             admission,
             setup_trusted,
+            client_waker: client_waker(&signal),
             signal,
             _places: places,
             meter,
@@ -249,6 +253,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let mut cut = SignalReader::new(self.signal.clone());
             let peer = self.meter.peer();
             tokio::select! {
+                // Biased: the session first (no random draw per wake-up); the cut is still
+                // polled on every wake-up where the session is pending.
+                biased;
                 _ = self.drive() => {}
                 // The session answers a forced shutdown itself (57P01, then close); a client
                 // that has stopped reading cannot take that message, and must not hold up the
@@ -284,6 +291,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         loop {
             if let Some(exit) = self.settle().await {
                 return exit;
+            }
+            // What was just staged goes to the server now, without a turn through
+            // `next_event` (which would find the socket writable and return the same write).
+            match self.write_server_now().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(exit) => return exit,
             }
             let event = if self.terminated || self.broken.is_some() {
                 // Replies owed after the client left are waited for a bounded time only.
@@ -427,10 +441,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// nothing owed the session ends; otherwise the server gets the Terminate too, so the
     /// client gets exactly what PostgreSQL sends before it exits (errors, but not replies it
     /// still buffered), and the session ends when the server closes.
+    #[inline]
     fn ended(&mut self) -> Option<Exit> {
+        // Checked at every settle, twice: the common case (a client still there) inline.
         if !(self.terminated || self.broken.is_some()) || self.c_scanned != 0 {
             return None;
         }
+        self.ended_now()
+    }
+
+    fn ended_now(&mut self) -> Option<Exit> {
         let exit = match self.server.as_ref() {
             None => true,
             Some(_) if self.out.is_empty() && self.quiet() && !self.sent_terminate => true,
@@ -471,81 +491,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && self.out.is_empty()
             && self.c_scanned == 0
             && self.c_remaining == 0
-    }
-
-    async fn next_event(&mut self, signals: &mut Signals) -> Event {
-        // Buffers grow with the bytes that arrive and shrink back once drained.
-        for buf in [&mut self.cbuf, &mut self.sbuf, &mut self.out] {
-            if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
-                *buf = BytesMut::new();
-            }
-        }
-        if self.server.is_some() {
-            buffers::room(&mut self.sbuf);
-        } else {
-            // Between transactions the buffers go back to the thread's spares, and the client
-            // is waited for without one (see `buffers`).
-            buffers::give(&mut self.sbuf);
-            buffers::give(&mut self.out);
-        }
-        if self.server.is_some() || !self.cbuf.is_empty() {
-            buffers::room(&mut self.cbuf);
-        } else {
-            buffers::give(&mut self.cbuf);
-        }
-        // Back-pressure: the client is read while little waits for the server, or when a frame
-        // that must arrive whole is still incomplete (bounded by the message size limit).
-        let waiting = self.cbuf.len() + self.out.len();
-        let read_client = !self.terminated
-            && self.broken.is_none()
-            && (waiting < MAX_CLIENT_BUFFERED || (self.c_scanned == 0 && self.out.len() < MAX_SERVER_BOUND));
-        let watched = if self.draining.is_none() { FORCE | DRAIN | KICK } else { FORCE };
-        let limit = self.next_limit();
-        if let Some((_, deadline)) = limit {
-            self.arm_timer(deadline);
-        }
-        poll_fn(|cx| {
-            let signal = signals.poll(cx, watched);
-            if signal == Some(FORCE) {
-                return Poll::Ready(Event::Force);
-            }
-            if let Some((limit, deadline)) = limit {
-                if Self::timer_expired(&mut self.timed, cx, deadline) {
-                    return Poll::Ready(Event::Timeout(limit));
-                }
-            }
-            match signal {
-                Some(DRAIN) => return Poll::Ready(Event::Drain),
-                Some(_) => return Poll::Ready(Event::Kick),
-                None => {}
-            }
-            if let Some(server) = self.server.as_mut() {
-                let stream = server.conn().stream_mut();
-                let out: &[u8] = &self.out;
-                if !out.is_empty() {
-                    if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, out) {
-                        return Poll::Ready(Event::ServerWrote(r));
-                    }
-                }
-                if let Poll::Ready(r) = poll_read_buf(Pin::new(stream), cx, &mut self.sbuf) {
-                    return Poll::Ready(Event::ServerRead(r));
-                }
-            }
-            if read_client {
-                if let Poll::Ready(r) = buffers::poll_read(&mut self.client, cx, &mut self.cbuf) {
-                    return Poll::Ready(Event::Client(r));
-                }
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
-    fn consume_written(&mut self, n: usize) {
-        self.out.advance(n);
-        if self.out.is_empty() && self.out.capacity() > 4 * READ_CHUNK {
-            self.out = BytesMut::new();
-        }
     }
 
     /// Walks the frame headers of newly read client bytes. Messages whose content pgtenant
@@ -739,7 +684,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // unread client bytes would reset the connection); a TLS client gets its close_notify.
         // A plaintext client that left needs neither: the close alone ends the connection
         // (one syscall less per connection).
-        if sent_error || self.client_tls {
+        if sent_error || !self.progress.client_plain {
             let _ = tokio::time::timeout(CLEANUP_TIMEOUT, self.client.shutdown()).await;
         }
         self.meter.disconnected(tenant.as_str(), reason);

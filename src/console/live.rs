@@ -45,6 +45,11 @@ impl ClientInfo {
 pub const FORCE: u8 = 1 << 0;
 pub const DRAIN: u8 = 1 << 1;
 pub const KICK: u8 = 1 << 2;
+/// Not an end: the session's server socket may have become readable (raised through the
+/// signal's [`Waker`], which the relay registers with that socket; taken, not sticky).
+pub const SERVER_READ: u8 = 1 << 3;
+/// Likewise for the session's client socket (raised through [`client_waker`]).
+pub const CLIENT_READ: u8 = 1 << 4;
 
 /// What ends one session besides its sockets: bits raised by whoever ends it, read by the
 /// session with one load per wake-up (no lock, no future per signal, nothing per message).
@@ -85,6 +90,45 @@ impl Signal {
     pub fn admitted(&self) -> u64 {
         self.admitted
     }
+
+    /// Clears `bit` (one that is taken, not sticky: [`SERVER_READ`]); whether it was raised.
+    #[inline]
+    pub fn take(&self, bit: u8) -> bool {
+        // A load first: clear (the common case), no read-modify-write.
+        self.raised.load(Ordering::Acquire) & bit != 0
+            && self.raised.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    }
+}
+
+/// A [`Waker`] for the session's client socket: a wake-up raises [`CLIENT_READ`] on
+/// `signal` and wakes the session's task (see [`Signal`]'s own `Wake`, for the server's).
+pub fn client_waker(signal: &Arc<Signal>) -> Waker {
+    Waker::from(Arc::new(ClientReadable(signal.clone())))
+}
+
+struct ClientReadable(Arc<Signal>);
+
+impl std::task::Wake for ClientReadable {
+    fn wake(self: Arc<Self>) {
+        self.0.raise(CLIENT_READ);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.raise(CLIENT_READ);
+    }
+}
+
+/// The signal as a [`Waker`] for the session's server socket: a wake-up raises
+/// [`SERVER_READ`] and wakes the session's task, so the relay knows which socket woke it and
+/// polls the server's only then (see `Session::next_event`).
+impl std::task::Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.raise(SERVER_READ);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.raise(SERVER_READ);
+    }
 }
 
 /// One reader of a session's [`Signal`] (each bit is reported to it once). All readers of
@@ -103,11 +147,10 @@ impl SignalReader {
 
     /// The first (lowest) bit of `mask` raised and not yet reported to this reader. A bit
     /// outside `mask` raised meanwhile is reported once a later call's mask includes it.
+    #[inline]
     pub fn poll(&mut self, cx: &mut std::task::Context<'_>, mask: u8) -> Option<u8> {
         if !self.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-            let w = cx.waker().clone();
-            *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
-            self.task = Some(w);
+            self.set_task(cx.waker());
         }
         let fresh = self.shared.raised.load(Ordering::Acquire) & mask & !self.reported;
         if fresh == 0 {
@@ -116,6 +159,15 @@ impl SignalReader {
         let bit = fresh & fresh.wrapping_neg();
         self.reported |= bit;
         Some(bit)
+    }
+
+    /// The task's waker changed (or is seen for the first time): `shared` wakes the new one.
+    #[cold]
+    #[inline(never)]
+    fn set_task(&mut self, waker: &Waker) {
+        let w = waker.clone();
+        *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
+        self.task = Some(w);
     }
 
     /// Waits until a bit of `mask` is raised.
@@ -234,6 +286,44 @@ mod tests {
         });
         let got = tokio::time::timeout(Duration::from_secs(5), r.raised(FORCE | DRAIN)).await.ok();
         assert_eq!(got, Some(DRAIN));
+    }
+
+    #[tokio::test]
+    async fn the_signal_as_a_socket_waker_raises_server_read_once_and_wakes_the_task() {
+        let signal = Signal::new(0);
+        let mut r = SignalReader::new(signal.clone());
+        // A real socket's read registers the signal as its waker; the peer's bytes wake it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut peer =
+            tokio::net::TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (mut sock, _) = listener.accept().await.expect("accept");
+        let socket_waker = Waker::from(signal.clone());
+        let mut buf = [0u8; 8];
+        let mut rb = tokio::io::ReadBuf::new(&mut buf);
+        let mut own = std::task::Context::from_waker(&socket_waker);
+        let first = tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut sock), &mut own, &mut rb);
+        assert!(first.is_pending(), "nothing sent yet");
+        assert!(!signal.take(SERVER_READ));
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            tokio::io::AsyncWriteExt::write_all(&mut peer, b"x").await.expect("write");
+            peer
+        });
+        // The task waits on its reader (which keeps the signal's task waker current) and is
+        // woken by the socket's wake-up alone.
+        let woken = std::future::poll_fn(|cx| {
+            assert_eq!(r.poll(cx, FORCE | DRAIN | KICK), None, "a socket's wake-up ends nothing");
+            if signal.take(SERVER_READ) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), woken).await.expect("woken by the socket");
+        assert!(!signal.take(SERVER_READ), "taken once");
+        let mut rb = tokio::io::ReadBuf::new(&mut buf);
+        let second = tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut sock), &mut own, &mut rb);
+        assert!(matches!(second, std::task::Poll::Ready(Ok(()))) && rb.filled() == b"x");
     }
 
     fn info(registry: &Arc<LiveClients>, tenant: &str, admitted: u64) -> (LiveGuard, Arc<Signal>) {

@@ -222,16 +222,17 @@ impl<T> FairSemaphore<T> {
 
     /// Waits for a permit until `deadline`, queued behind this tenant's earlier waiters.
     pub async fn acquire(self: &Arc<Self>, tenant: &TenantId, deadline: Instant) -> Option<FairPermit<T>> {
-        self.acquire_with(tenant, deadline, |_, _| ()).await.map(|(p, ())| p)
+        self.acquire_with(tenant, || deadline, |_, _| ()).await.map(|(p, ())| p)
     }
 
     /// [`FairSemaphore::acquire`], and `then` run on the guarded value under the lock that
     /// took the permit (the common case: a free permit, one lock in all); `then` is told
-    /// whether the permit was waited for.
+    /// whether the permit was waited for. `deadline` is asked for only when the permit is
+    /// waited for.
     pub async fn acquire_with<R>(
         self: &Arc<Self>,
         tenant: &TenantId,
-        deadline: Instant,
+        deadline: impl FnOnce() -> Instant,
         then: impl FnOnce(&mut Locked<'_, T>, bool) -> R,
     ) -> Option<(FairPermit<T>, R)> {
         let rx = {
@@ -253,7 +254,7 @@ impl<T> FairSemaphore<T> {
         // Cancel-safe: a waiter dropped while it waits gives back a permit sent to it meanwhile
         // instead of losing it.
         let mut waiting = Waiting { rx, sem: self, done: false };
-        let got = tokio::time::timeout_at(deadline, &mut waiting.rx).await;
+        let got = tokio::time::timeout_at(deadline(), &mut waiting.rx).await;
         waiting.done = true;
         let permit = match got {
             Ok(Ok(())) => FairPermit::new(self),
@@ -386,12 +387,12 @@ mod tests {
     async fn a_waiter_finds_what_the_release_left_under_the_same_lock() {
         let sem = FairSemaphore::new(1, Vec::<u32>::new());
         let deadline = Instant::now() + Duration::from_secs(5);
-        let (held, none) = sem.acquire_with(&id("a"), deadline, |v, _| v.pop()).await.expect("permit");
+        let (held, none) = sem.acquire_with(&id("a"), || deadline, |v, _| v.pop()).await.expect("permit");
         assert_eq!(none, None);
         let waiter = {
             let sem = sem.clone();
             tokio::spawn(async move {
-                sem.acquire_with(&id("b"), deadline, |v, waited| v.pop().filter(|_| waited))
+                sem.acquire_with(&id("b"), || deadline, |v, waited| v.pop().filter(|_| waited))
                     .await
                     .map(|(_, got)| got)
             })

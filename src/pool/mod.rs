@@ -34,6 +34,7 @@ pub use server::{cancel_backend, Login, PreparedSet, ServerConn, UpstreamError};
 pub use settings::{LiveSettings, PoolSettings};
 pub use stream::ServerStream;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -276,10 +277,11 @@ impl Pool {
         {
             let mut idle = self.lock_idle();
             let keep_from = idle.len().saturating_sub(s.min_idle);
+            let now = Instant::now();
             let mut i = 0;
             idle.retain(|c| {
-                let kept = c.created.elapsed() < s.max_lifetime
-                    && (i >= keep_from || c.idle_since.elapsed() < s.idle_timeout)
+                let kept = now.saturating_duration_since(c.created) < s.max_lifetime
+                    && (i >= keep_from || now.saturating_duration_since(c.idle_since) < s.idle_timeout)
                     && c.is_clean();
                 i += 1;
                 kept
@@ -309,6 +311,8 @@ pub struct Checkout {
     pool: Arc<Pool>,
     permit: FairPermit<Idle>,
     _tenant_permit: OwnedSemaphorePermit,
+    /// When the checkout got the connection.
+    taken: Instant,
 }
 
 impl Checkout {
@@ -324,10 +328,19 @@ impl Checkout {
         &self.pool
     }
 
+    /// When the checkout got the connection (the end of any wait for it).
+    pub fn taken(&self) -> Instant {
+        self.taken
+    }
+
     /// Returns an idle, clean connection to the pool.
     pub fn release(self) {
-        let Checkout { mut conn, pool, permit, _tenant_permit } = self;
-        let now = Instant::now();
+        self.release_at(Instant::now());
+    }
+
+    /// [`Checkout::release`] with the clock already read (`now`).
+    pub fn release_at(self, now: Instant) {
+        let Checkout { mut conn, pool, permit, _tenant_permit, .. } = self;
         if now.saturating_duration_since(conn.created) < pool.settings().max_lifetime {
             conn.idle_since = now;
             // Pushed under the lock that hands the permit on, so a waiter woken by it finds
@@ -606,9 +619,22 @@ impl PoolManager {
         tenant: &Tenant,
         cap: &mut TenantCap,
     ) -> Result<Checkout, CheckoutError> {
-        self.checkout_for(pool, tenant, cap)
-            .await
-            .map_err(|error| CheckoutError { tenant: tenant.id.clone(), error })
+        self.checkout_at(pool, tenant, cap, Instant::now()).await
+    }
+
+    /// [`PoolManager::checkout`] asked for at `asked` (the clock already read): a checkout
+    /// that does not wait reads it no more. (Not an `async fn`: its state would hold the
+    /// arguments a second time, in every client's task.)
+    pub fn checkout_at<'a>(
+        &'a self,
+        pool: &'a Arc<Pool>,
+        tenant: &'a Tenant,
+        cap: &'a mut TenantCap,
+        asked: Instant,
+    ) -> impl Future<Output = Result<Checkout, CheckoutError>> + Send + 'a {
+        use futures_util::FutureExt;
+        self.checkout_for(pool, tenant, cap, asked)
+            .map(|r| r.map_err(|error| CheckoutError { tenant: tenant.id.clone(), error }))
     }
 
     async fn checkout_for(
@@ -616,29 +642,38 @@ impl PoolManager {
         pool: &Arc<Pool>,
         tenant: &Tenant,
         cap: &mut TenantCap,
+        asked: Instant,
     ) -> Result<Checkout, PoolError> {
-        self.pauses.wait(&tenant.id).await;
+        // The clock is read again only after a wait (a pause, a full pool); the deadline is
+        // worked out only when something waits.
+        let mut now = asked;
+        if self.pauses.is_paused(&tenant.id) {
+            self.pauses.wait(&tenant.id).await;
+            now = Instant::now();
+        }
         let (wait, max_lifetime) = {
             let s = pool.settings();
             (s.checkout_timeout, s.max_lifetime)
         };
-        // One clock read for the deadline and the idle connection's checks (read again after
-        // a wait).
-        let now = Instant::now();
-        let deadline = tokio::time::Instant::from_std(now + wait);
+        let mut deadline = None;
+        let mut deadline = move || *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
         let cap = cap.0.get_or_insert_with(|| self.tenant_cap(tenant)).clone();
         // The common case takes a free permit without arming a timer.
         let tenant_permit = match cap.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => tokio::time::timeout_at(deadline, cap.acquire_owned())
-                .await
-                .map_err(|_| PoolError::Timeout(wait))?
-                .map_err(|_| PoolError::Timeout(wait))?,
+            Err(_) => {
+                let permit = tokio::time::timeout_at(deadline(), cap.acquire_owned())
+                    .await
+                    .map_err(|_| PoolError::Timeout(wait))?
+                    .map_err(|_| PoolError::Timeout(wait))?;
+                now = Instant::now();
+                permit
+            }
         };
         // The permit and the first idle connection under one lock.
-        let (permit, (mut next, _)) = pool
+        let (permit, (mut next, taken)) = pool
             .checkout
-            .acquire_with(&tenant.id, deadline, |idle, waited| {
+            .acquire_with(&tenant.id, &mut deadline, |idle, waited| {
                 let now = if waited { Instant::now() } else { now };
                 (pick_idle(idle, Some(&tenant.id), max_lifetime, now), now)
             })
@@ -651,14 +686,26 @@ impl PoolManager {
             // the runtime's event loop last saw (as PgBouncer's loop watches idle servers):
             // no system call unless the socket became readable.
             if conn.is_clean() {
-                return Ok(Checkout { conn, pool: pool.clone(), permit, _tenant_permit: tenant_permit });
+                return Ok(Checkout {
+                    conn,
+                    pool: pool.clone(),
+                    permit,
+                    _tenant_permit: tenant_permit,
+                    taken,
+                });
             }
             tracing::debug!(pool = %pool.key.addr, "dropping a stale idle connection");
             next = pool.take_idle(Some(&tenant.id), max_lifetime);
         }
         // Boxed: connecting and authenticating upstream is rare and its state large.
-        let conn = Box::pin(pool.open(Some(deadline))).await?;
-        Ok(Checkout { conn, pool: pool.clone(), permit, _tenant_permit: tenant_permit })
+        let conn = Box::pin(pool.open(Some(deadline()))).await?;
+        Ok(Checkout {
+            conn,
+            pool: pool.clone(),
+            permit,
+            _tenant_permit: tenant_permit,
+            taken: Instant::now(),
+        })
     }
 
     /// Closes the idle connections last set up for `tenant` (when it stops being active: an

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -19,15 +19,18 @@ use crate::protocol::{frontend, PgError};
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn attach(&mut self) -> Result<(), Exit> {
         self.meter.waiting();
-        let asked = std::time::Instant::now();
+        let asked = Instant::now();
+        // The clock as the checkout starts: read again only after a wait here.
+        let mut start = asked;
         if self.proxy.pools.pauses.is_paused(&self.tenant.id) {
             // Boxed: rare, and its state must not size every client's task.
             if let Err(exit) = Box::pin(self.paused()).await {
                 self.meter.checked_out(None);
                 return Err(exit);
             }
+            start = Instant::now();
         }
-        let checkout = self.proxy.pools.checkout(&self.pool, &self.tenant, &mut self.tenant_cap);
+        let checkout = self.proxy.pools.checkout_at(&self.pool, &self.tenant, &mut self.tenant_cap, start);
         tokio::pin!(checkout);
         // A checkout that waits (a full pool) notices what ends a waiting client at once:
         // KILL_CLIENT or a kick of its tenant, a forced shutdown; its query then never runs,
@@ -41,7 +44,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Err(Exit::Error(kicked.unwrap_or_else(shutting_down)));
             }
         };
-        self.meter.checked_out(checkout.is_ok().then_some(asked));
+        self.meter.checked_out(checkout.as_ref().ok().map(|co| (asked, co.taken())));
         let mut co = checkout.map_err(|e| Exit::Error(PgError::report(&e)))?;
         if self.out.capacity() == 0 {
             self.out = buffers::take();
@@ -68,6 +71,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         self.progress.status = txn::IDLE;
+        // No read of this connection is registered by this session yet.
+        self.progress.server_armed = false;
         self.server = Some(co);
         Ok(())
     }
@@ -167,18 +172,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// over (or is reset first, or closed: see [`retire`]).
     pub(super) fn release(&mut self) {
         let Some(co) = self.server.take() else { return };
-        self.meter.released();
+        self.progress.server_armed = false;
+        // One clock read for the meter's hold and the pool's lifetime check.
+        let now = Instant::now();
+        self.meter.released_at(now);
         self.key.set_target(None);
         let cancel = self.key.cancel_in_flight();
         let reset = co.conn_ref().is_dirty().then(|| self.proxy.config().pool.reset_query.clone());
         if reset.is_some() {
             self.proxy.metrics.global().reset();
         }
-        let params = self.pool_params.clone();
         if reset.is_none() && !cancel && !acts_while_idle(co.conn_ref()) {
-            co.release();
+            co.release_at(now);
             return;
         }
+        let params = self.pool_params.clone();
         tokio::spawn(retire(
             co,
             Retire { idle: true, cancel, reset, params, tenant: self.tenant.id.clone() },

@@ -32,6 +32,13 @@ pub(super) struct Progress {
     /// After a hold the client did not use (its next transaction came later), transaction
     /// ends left before it is held for again.
     pub(super) hold_skip: u8,
+    /// A read of the server connection now held is registered with the session's signal as
+    /// its waker and has not fired (see `Session::next_event`).
+    pub(super) server_armed: bool,
+    /// Likewise for the client's socket, whose reads are left registered only when it is
+    /// plain TCP (`client_plain`).
+    pub(super) client_armed: bool,
+    pub(super) client_plain: bool,
 }
 
 /// A cross-tenant reset's replies, swallowed and checked (see

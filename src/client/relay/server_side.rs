@@ -159,7 +159,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                     p.status = self.sbuf[pos + HEADER_LEN];
                     // query_timeout counts from the last ReadyForQuery.
-                    self.busy_since = None;
+                    if let Some(t) = self.timed.as_deref_mut() {
+                        t.busy_since = None;
+                    }
                     if !setup {
                         self.statements.lift_barrier();
                         self.meter.ready(p.status);

@@ -60,12 +60,23 @@ impl Limits {
         self.idle_transaction.is_some() || self.client_idle.is_some()
     }
 
+    /// Whether a fair-share timeout (query, idle in transaction, client idle) is set.
+    fn fair(&self) -> bool {
+        self.query.is_some() || self.reads_activity()
+    }
+
     /// What a session keeps for these limits: nothing when none is set (the default), so a
     /// session without limits carries no timer state.
     pub fn timed(self) -> Option<Box<Timed>> {
         let none = self.query.is_none() && !self.reads_activity() && self.client_write.is_none();
-        (!none)
-            .then(|| Box::new(Timed { limits: self, timer: Timer::default(), last_activity: Instant::now() }))
+        (!none).then(|| {
+            Box::new(Timed {
+                limits: self,
+                timer: Timer::default(),
+                last_activity: Instant::now(),
+                busy_since: None,
+            })
+        })
     }
 }
 
@@ -77,6 +88,8 @@ pub(super) struct Timed {
     timer: Timer,
     /// When the client or the server last sent something (kept only when a limit reads it).
     last_activity: Instant,
+    /// Since when the server owes replies (reset at each ReadyForQuery; `query_timeout`).
+    pub(super) busy_since: Option<Instant>,
 }
 
 /// One timer for the session's lifetime, allocated the first time a limit applies.
@@ -143,6 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 limits: Limits::default(),
                 timer: Timer::default(),
                 last_activity: Instant::now(),
+                busy_since: None,
             })
         });
         t.timer.arm(deadline);
@@ -159,8 +173,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// The timeout that applies now, and when it expires: the reset's bound while a
     /// cross-tenant reset is due, if it comes first, else a fair-share timeout.
+    #[inline]
     pub(super) fn next_limit(&mut self) -> Option<(Limit, Instant)> {
-        let fair = self.fair_limit();
+        if self.timed.as_ref().is_none_or(|t| !t.limits.fair())
+            && self.progress.reset == ResetPhase::Done
+            && self.progress.hold_until.is_none()
+        {
+            // The common case, inline: no fair-share timeout, no reset due, no hold.
+            return None;
+        }
+        self.next_limit_now()
+    }
+
+    fn next_limit_now(&mut self) -> Option<(Limit, Instant)> {
+        let fair = if self.timed.as_ref().is_some_and(|t| t.limits.fair()) {
+            self.fair_limit()
+        } else {
+            // Without a fair-share timeout (the default; `client_write_timeout` alone is
+            // applied where a write waits) nothing here reads the clock.
+            None
+        };
+        if fair.is_none() && self.progress.reset == ResetPhase::Done && self.progress.hold_until.is_none() {
+            return None;
+        }
         let reset = match (self.progress.reset, self.progress.reset_since) {
             (ResetPhase::Done, _) | (_, None) => None,
             (_, Some(since)) => Some((Limit::Reset, since + CLEANUP_TIMEOUT)),
@@ -172,18 +207,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The fair-share timeout that applies now, and when it expires.
     fn fair_limit(&mut self) -> Option<(Limit, Instant)> {
         let owes = self.server.is_some() && !self.quiet();
-        let Some(t) = self.timed.as_deref() else {
-            self.busy_since = None;
-            return None;
-        };
-        let l = &t.limits;
+        let t = self.timed.as_deref_mut()?;
+        let l = t.limits;
         if !owes {
-            self.busy_since = None;
-        } else if self.busy_since.is_none() && l.query.is_some() {
-            self.busy_since = Some(Instant::now());
+            t.busy_since = None;
+        } else if t.busy_since.is_none() && l.query.is_some() {
+            t.busy_since = Some(Instant::now());
         }
         let (limit, since, after) = if owes {
-            (Limit::Query, self.busy_since, l.query)
+            (Limit::Query, t.busy_since, l.query)
         } else if self.server.is_some() && self.progress.status != txn::IDLE {
             (Limit::IdleTransaction, Some(t.last_activity), l.idle_transaction)
         } else if self.c_scanned == 0 && self.cbuf.is_empty() {
