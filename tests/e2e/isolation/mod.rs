@@ -19,6 +19,7 @@ mod replies;
 mod reset;
 mod session_state;
 mod statements;
+mod unnamed;
 mod waits;
 
 use pgtenant::config::{Config, TenantConfig};

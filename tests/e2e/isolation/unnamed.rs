@@ -1,0 +1,123 @@
+//! Containment of the unnamed prepared statement: PostgreSQL keeps it on the backend until the
+//! next unnamed Parse or simple Query, so over a pooled connection it would outlive the
+//! client that parsed it. A Bind, Describe or Close of the unnamed statement reaches the
+//! server only when the statement there is the client's own; any other client gets
+//! PostgreSQL's answer for a session without one (26000), never the statement's rows or shape.
+
+use std::time::Duration;
+
+use pgtenant::model::Isolation;
+use tokio::net::TcpStream;
+
+use super::*;
+use crate::support::raw::*;
+use crate::support::*;
+
+/// What A's unnamed statement returns: rows no other client may see.
+const SECRET_SQL: &str = "SELECT 'a-secret:' || owner FROM items";
+const SECRET: &[u8] = b"a-secret";
+
+/// Sends `bytes`, reads one ReadyForQuery per Sync or Query.
+async fn step(s: &mut TcpStream, bytes: &[u8]) -> Vec<u8> {
+    let syncs = messages(bytes).iter().filter(|(tag, _)| matches!(tag, b'S' | b'Q')).count();
+    send(s, bytes).await;
+    let (got, closed) = read_ready(s, syncs, Duration::from_secs(5)).await;
+    assert!(!closed && ready_count(&got) == syncs, "no full reply: {:?}", summary(&got));
+    got
+}
+
+/// The messages of the ErrorResponses in `bytes`.
+fn error_messages(bytes: &[u8]) -> Vec<String> {
+    messages(bytes).into_iter().filter(|(tag, _)| *tag == b'E').filter_map(|(_, b)| field(b, b'M')).collect()
+}
+
+fn leaked(bytes: &[u8]) -> bool {
+    bytes.windows(SECRET.len()).any(|w| w == SECRET)
+}
+
+/// Bind/Describe/Execute of the unnamed statement without a Parse, Describe('S') of it and a
+/// Close('S') of it, by a client that does not own it: PostgreSQL's answers for a session
+/// without an unnamed statement, and none of its rows or its shape.
+async fn check_refused(f: &mut Failures, who: &str, s: &mut TcpStream) {
+    let got = step(s, &cat(&[bind("", ""), describe(b'P', ""), execute(""), sync()])).await;
+    f.check(summary(&got) == ["E(26000)", "Z(I)"], || {
+        format!("{who}: Bind of another's unnamed statement: {:?}", summary(&got))
+    });
+    f.check(error_messages(&got) == ["unnamed prepared statement does not exist"], || {
+        format!("{who}: Bind error: {:?}", error_messages(&got))
+    });
+    f.check(!leaked(&got), || format!("{who}: got the other client's rows"));
+    let got = step(s, &cat(&[describe(b'S', ""), sync()])).await;
+    f.check(summary(&got) == ["E(26000)", "Z(I)"], || {
+        format!("{who}: Describe('S') of another's unnamed statement: {:?}", summary(&got))
+    });
+    f.check(error_messages(&got) == ["unnamed prepared statement does not exist"], || {
+        format!("{who}: Describe error: {:?}", error_messages(&got))
+    });
+    let got = step(s, &cat(&[close(b'S', ""), sync()])).await;
+    f.check(summary(&got) == ["3", "Z(I)"], || {
+        format!("{who}: Close('S') of another's unnamed statement: {:?}", summary(&got))
+    });
+}
+
+/// Two tenants sharing one server connection (pool of one), and a second client of the first
+/// tenant. Client A parses an unnamed statement reading its tenant's rows and syncs; the other
+/// clients then use "the" unnamed statement without a Parse of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clients_unnamed_statement_cannot_be_used() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let mut f = Failures::default();
+    let mut ca = raw_proxy(&h, &a.id).await;
+    let mut same = raw_proxy(&h, &a.id).await;
+    let mut other = raw_proxy(&h, &b.id).await;
+
+    let got = step(&mut ca, &cat(&[parse("", SECRET_SQL), sync()])).await;
+    assert_eq!(summary(&got), ["1", "Z(I)"], "A's Parse");
+    // A client of the same tenant: no reset runs between the two, the statement is there.
+    check_refused(&mut f, "same tenant", &mut same).await;
+    // The statement is still A's (the other client's Close did not touch it): A binds it.
+    let got = step(&mut ca, &cat(&[bind("", ""), execute(""), sync()])).await;
+    f.check(leaked(&got) && summary(&got).ends_with(&["C(SELECT 3)".into(), "Z(I)".into()]), || {
+        format!("A's own Bind after another client held the connection: {:?}", summary(&got))
+    });
+    // Another tenant on the same server connection.
+    step(&mut ca, &cat(&[parse("", SECRET_SQL), sync()])).await;
+    check_refused(&mut f, "other tenant", &mut other).await;
+
+    // A's Parse and Bind in one batch; then Parse, Sync and Bind pipelined (the Bind waits
+    // for the ParseComplete, the connection is held meanwhile); then the same with the
+    // Parse's reply read before the Bind is sent.
+    let got = step(&mut ca, &cat(&[parse("", SECRET_SQL), bind("", ""), execute(""), sync()])).await;
+    f.check(sqlstate(&got).is_none() && leaked(&got), || {
+        format!("Parse+Bind in one batch: {:?}", summary(&got))
+    });
+    let got = step(&mut ca, &cat(&[parse("", SECRET_SQL), sync(), bind("", ""), execute(""), sync()])).await;
+    f.check(sqlstate(&got).is_none() && leaked(&got), || {
+        format!("Parse, Sync, Bind pipelined: {:?}", summary(&got))
+    });
+    step(&mut ca, &cat(&[parse("", SECRET_SQL), sync()])).await;
+    let got = step(&mut ca, &cat(&[bind("", ""), describe(b'S', ""), execute(""), sync()])).await;
+    f.check(leaked(&got) && sqlstate(&got).is_none(), || {
+        format!("Parse, Sync, then Bind in the next round trip: {:?}", summary(&got))
+    });
+
+    // An unnamed Parse skipped after an error does not replace the statement on the server:
+    // a Bind after it must not run the previous holder's (A's) statement.
+    step(&mut ca, &cat(&[parse("", SECRET_SQL), sync()])).await;
+    for pipelined in [false, true] {
+        let failing = cat(&[parse("s_bad", "SELECT * FROM no_such_table"), parse("", "SELECT 1"), sync()]);
+        let use_it = cat(&[bind("", ""), execute(""), sync()]);
+        let got = if pipelined {
+            step(&mut same, &cat(&[failing, use_it])).await
+        } else {
+            let mut got = step(&mut same, &failing).await;
+            got.extend(step(&mut same, &use_it).await);
+            got
+        };
+        f.check(summary(&got) == ["E(42P01)", "Z(I)", "E(26000)", "Z(I)"] && !leaked(&got), || {
+            format!("skipped Parse (pipelined: {pipelined}), then Bind: {:?}", summary(&got))
+        });
+    }
+    f.assert_none();
+}
