@@ -200,12 +200,48 @@ async fn statements_and_portals_belong_to_their_client() {
                 sync(),
             ]),
         ),
+        // Pipelined behind an earlier Sync: that Sync's ReadyForQuery comes while DEALLOCATE
+        // ALL still runs (it sleeps first), and must not settle what the client's names are.
+        (
+            "Sync, then a slow DEALLOCATE ALL, then Parse of a deallocated name, pipelined",
+            cat(&[
+                parse("s_p", "SELECT 10"),
+                sync(),
+                bind("", "s_p"),
+                execute(""),
+                sync(),
+                query("SELECT pg_sleep(0.3); DEALLOCATE ALL"),
+                parse("s_p", "SELECT 11"),
+                bind("", "s_p"),
+                execute(""),
+                sync(),
+            ]),
+        ),
+        (
+            "Sync, then a slow DEALLOCATE ALL, then Bind of a deallocated name, pipelined",
+            cat(&[
+                parse("s_q", "SELECT 12"),
+                bind("", "s_q"),
+                execute(""),
+                sync(),
+                query("SELECT pg_sleep(0.3); DEALLOCATE ALL"),
+                bind("", "s_q"),
+                execute(""),
+                sync(),
+            ]),
+        ),
         (
             "the client can prepare again afterwards",
             cat(&[parse("s_c", "SELECT 9"), bind("", "s_c"), execute(""), sync()]),
         ),
     ];
-    compare_steps(&mut f, &mut direct, &mut s, &reset_steps, &mut transcript).await;
+    let mut reset_transcript = Vec::new();
+    compare_steps(&mut f, &mut direct, &mut s, &reset_steps, &mut reset_transcript).await;
+    // The client named no statement of pgtenant's: no reply names one either (a Bind sent
+    // with a stale server name would fail naming it).
+    f.check(!reset_transcript.windows(4).any(|w| w == b"pgt_"), || {
+        format!("a reply names pgtenant's statements: {:?}", String::from_utf8_lossy(&reset_transcript))
+    });
     drop(s);
     // pgtenant knows its server statements went with them: the planter's statement works.
     match planter.query_one(&own, &[]).await {
