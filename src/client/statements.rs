@@ -121,7 +121,7 @@ pub struct Statements {
     syncs: u64,
     portals: std::collections::HashSet<Box<[u8]>>,
     /// A DEALLOCATE or DISCARD is on its way: whether the client's names survive it is known
-    /// at its completion, so names wait until the next ReadyForQuery.
+    /// at its completion, so names wait until the server owes no more ReadyForQuery.
     barrier: bool,
     /// Bytes of the Parse messages held.
     bytes: usize,
@@ -223,7 +223,8 @@ impl Statements {
         self.barrier
     }
 
-    /// A ReadyForQuery arrived: what came before it is settled.
+    /// The ReadyForQuery of the last message that may drop statements arrived (no later one
+    /// is owed): what came before it is settled.
     pub fn lift_barrier(&mut self) {
         self.barrier = false;
     }

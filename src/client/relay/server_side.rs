@@ -163,7 +163,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         t.busy_since = None;
                     }
                     if !setup {
-                        self.statements.lift_barrier();
+                        // Only once no later ReadyForQuery is owed: a DEALLOCATE or DISCARD
+                        // pipelined behind this one's Sync may still be running.
+                        if self.statements.barrier_pending() && self.pipeline.pending_ready() == 0 {
+                            self.statements.lift_barrier();
+                        }
                         self.meter.ready(p.status);
                     }
                     if setup {
