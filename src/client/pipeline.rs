@@ -128,6 +128,9 @@ struct Entry {
     set: Option<Box<SetCmd>>,
     /// An ErrorResponse arrived while this (simple) query ran.
     errored: bool,
+    /// The client's Parse of the unnamed statement: its ParseComplete makes the server's
+    /// unnamed statement the client's ([`Route::unnamed_parsed`]).
+    unnamed: bool,
 }
 
 /// Where the server stands in processing the queue.
@@ -154,6 +157,8 @@ pub struct Route {
     pub unexpected: bool,
     /// A session SET that just completed successfully.
     pub completed_set: Option<Box<SetCmd>>,
+    /// The client's Parse of the unnamed statement just completed.
+    pub unnamed_parsed: bool,
 }
 
 #[derive(Debug)]
@@ -259,15 +264,39 @@ impl Pipeline {
         self.push_full(kind, Action::Forward, Vec::new(), set);
     }
 
+    /// Records the client's Parse of the unnamed statement (see [`Route::unnamed_parsed`]).
+    pub fn push_unnamed_parse(&mut self) {
+        let entry = Entry {
+            kind: Kind::Parse,
+            action: Action::Forward,
+            effect: Vec::new(),
+            set: None,
+            errored: false,
+            unnamed: true,
+        };
+        self.push_entry(entry);
+    }
+
+    /// Whether a Parse of the unnamed statement by the client still awaits its reply (or its
+    /// skip).
+    pub fn unnamed_pending(&self) -> bool {
+        self.queue.iter().any(|e| e.unnamed)
+    }
+
     fn push_full(&mut self, kind: Kind, action: Action, effect: Vec<Effect>, set: Option<Box<SetCmd>>) {
         // Consecutive copy data count as one: only its position between other messages matters.
         if kind == Kind::CopyData && self.queue.back().is_some_and(|b| b.kind == Kind::CopyData) {
             return;
         }
-        if kind.extended() && kind != Kind::Flush {
+        self.push_entry(Entry { kind, action, effect, set, errored: false, unnamed: false });
+    }
+
+    #[inline(always)]
+    fn push_entry(&mut self, entry: Entry) {
+        if entry.kind.extended() && entry.kind != Kind::Flush {
             self.open = true;
         }
-        self.queue.push_back(Entry { kind, action, effect, set, errored: false });
+        self.queue.push_back(entry);
         self.advance();
     }
 
@@ -499,6 +528,7 @@ impl Pipeline {
             if ok && matches!(tag, be::COMMAND_COMPLETE | be::READY_FOR_QUERY) {
                 route.completed_set = e.set;
             }
+            route.unnamed_parsed = e.unnamed;
             if !e.effect.is_empty() {
                 self.done.extend(e.effect);
             }

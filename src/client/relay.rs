@@ -576,6 +576,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 pinned: &mut self.pinned,
                 policy: self.policy,
                 meter: &mut self.meter,
+                session: self.id,
             };
             let transaction = self.mode == PoolMode::Transaction;
             if transaction {

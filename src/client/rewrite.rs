@@ -95,6 +95,8 @@ pub(super) struct Stage<'a> {
     pub(super) policy: SessionFeatures,
     /// Where the Parse messages that prepare pgtenant's statements are counted.
     pub(super) meter: &'a mut Meter,
+    /// The client session's id (whose unnamed statement a server connection holds).
+    pub(super) session: u64,
 }
 
 impl Stage<'_> {
@@ -147,8 +149,17 @@ impl Stage<'_> {
                 };
                 self.statements.bind_portal(portal);
                 if stmt.is_empty() {
-                    self.sets.bound = self.sets.unnamed.clone();
-                    self.forward(tag, frame);
+                    match self.unnamed_owned() {
+                        None => return false,
+                        Some(true) => {
+                            self.sets.bound = self.sets.unnamed.clone();
+                            self.forward(tag, frame);
+                        }
+                        Some(false) => {
+                            self.sets.bound = None;
+                            self.fail_with(PgError::no_such_statement(stmt), false);
+                        }
+                    }
                     return true;
                 }
                 self.sets.bound = None;
@@ -184,7 +195,14 @@ impl Stage<'_> {
                     return true;
                 }
                 if name.is_empty() {
-                    self.forward(tag, frame);
+                    match self.unnamed_owned() {
+                        None => return false,
+                        Some(true) => self.forward(tag, frame),
+                        // The unnamed statement on the server is not the client's: closing
+                        // what does not exist is no error, and another's stays.
+                        Some(false) if tag == fe::CLOSE => self.close_absent(false, Vec::new()),
+                        Some(false) => self.fail_with(PgError::no_such_statement(name), false),
+                    }
                     return true;
                 }
                 let prepared = match self.statements.lookup(name) {
@@ -256,6 +274,26 @@ impl Stage<'_> {
         true
     }
 
+    /// Whether the unnamed statement on this server connection is the client's, so a Bind,
+    /// Describe or Close of it may reach the server: it is if the client parsed one since its
+    /// last Sync (the server skips or fails that Parse and the message together), or if the
+    /// client's latest unnamed Parse completed on this connection and no other client's has
+    /// since (the connection records whose it holds). `None` while a Parse of the client's
+    /// staged before a Sync awaits its reply: the message waits for it. PostgreSQL keeps the
+    /// unnamed statement until the next unnamed Parse or simple Query, across transactions,
+    /// so without this check a client could run the statement a previous holder of the
+    /// connection left there.
+    #[inline(always)]
+    fn unnamed_owned(&self) -> Option<bool> {
+        if self.statements.unnamed_staged() {
+            return Some(true);
+        }
+        if self.pipeline.unnamed_pending() {
+            return None;
+        }
+        Some(self.conn.unnamed_owner() == (self.session, self.statements.unnamed_latest()))
+    }
+
     fn parse(&mut self, frame: &[u8]) -> bool {
         // The extended protocol can carry what a simple query can: the same checks.
         let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
@@ -298,9 +336,12 @@ impl Stage<'_> {
     /// SET its text runs, if it is one.
     fn prepare(&mut self, frame: &[u8], set: Option<SetCmd>) -> bool {
         let Some((name, prepared)) = Statements::prepare(frame, self.search_path, set.clone()) else {
-            // An unnamed statement: remember whether it is a SET.
+            // An unnamed statement: remember whether it is a SET, and that the client parsed
+            // one (see `unnamed_owned`).
             self.sets.unnamed = set.map(Box::new);
-            self.forward(fe::PARSE, frame);
+            self.out.extend_from_slice(frame);
+            self.pipeline.push_unnamed_parse();
+            self.statements.stage_unnamed();
             return true;
         };
         // The client's query text and parameter types, after its statement name: probes

@@ -123,6 +123,12 @@ pub struct Statements {
     /// A DEALLOCATE or DISCARD is on its way: whether the client's names survive it is known
     /// at its completion, so names wait until the server owes no more ReadyForQuery.
     barrier: bool,
+    /// The client sent a Parse of the unnamed statement since its last Sync: a Bind of it in
+    /// the same Sync batch goes with that Parse (the server skips or fails both together).
+    unnamed_staged: bool,
+    /// The client's unnamed Parses that completed (wrapping): the latest one is the client's
+    /// unnamed statement, usable where the server connection says it holds that one.
+    unnamed_parsed: u32,
     /// Bytes of the Parse messages held.
     bytes: usize,
 }
@@ -232,6 +238,29 @@ impl Statements {
     /// A Sync was staged.
     pub fn sync(&mut self) {
         self.syncs += 1;
+        self.unnamed_staged = false;
+    }
+
+    /// A Parse of the unnamed statement was staged.
+    pub fn stage_unnamed(&mut self) {
+        self.unnamed_staged = true;
+    }
+
+    /// Whether a Parse of the unnamed statement was staged since the last Sync.
+    pub fn unnamed_staged(&self) -> bool {
+        self.unnamed_staged
+    }
+
+    /// A Parse of the unnamed statement completed: returns its number, which the server
+    /// connection records as its owner's.
+    pub fn unnamed_parsed(&mut self) -> u32 {
+        self.unnamed_parsed = self.unnamed_parsed.wrapping_add(1).max(1);
+        self.unnamed_parsed
+    }
+
+    /// The number of the client's latest completed unnamed Parse (0: none).
+    pub fn unnamed_latest(&self) -> u32 {
+        self.unnamed_parsed
     }
 
     /// DEALLOCATE ALL / DISCARD ALL completed: the client has no statements left.

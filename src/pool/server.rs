@@ -113,6 +113,10 @@ pub struct ServerConn {
     pub(super) tenant: Option<TenantId>,
     /// The client session that used this connection last (0: none yet).
     pub(super) last_client: u64,
+    /// Whose unnamed statement the server holds, as far as it may be used: the client session
+    /// and the number of that client's unnamed Parses completed so far (its latest one), set
+    /// at the ParseComplete of a client's unnamed Parse (transaction mode). (0, 0): nobody's.
+    pub(super) unnamed: (u64, u32),
     /// A client ran something that may change settings without a SET tag (set_config, a DO
     /// block, CALL …): the tenant's isolation setting is applied afresh for the next client.
     pub(super) settings_suspect: bool,
@@ -256,6 +260,7 @@ impl ServerConn {
             prepared: PreparedSet::default(),
             vars_fingerprint: 0,
             last_client: 0,
+            unnamed: (0, 0),
             settings_suspect: false,
             tenant: None,
             generation: 0,
@@ -291,6 +296,18 @@ impl ServerConn {
     #[inline]
     pub fn prepared_mut(&mut self) -> &mut PreparedSet {
         &mut self.prepared
+    }
+
+    /// Whose unnamed statement the server holds (see the field).
+    #[inline]
+    pub fn unnamed_owner(&self) -> (u64, u32) {
+        self.unnamed
+    }
+
+    /// A client's unnamed Parse completed: the unnamed statement is that client's `parse`th.
+    #[inline]
+    pub fn set_unnamed_owner(&mut self, client: u64, parse: u32) {
+        self.unnamed = (client, parse);
     }
 
     /// Whether a client left session state behind (reset before reuse).

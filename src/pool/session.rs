@@ -184,6 +184,8 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
     conn.vars = params.to_vec();
     conn.vars_fingerprint = 0;
     conn.prepared.clear();
+    // The reset's own unnamed statement replaces, then closes, any client's.
+    conn.unnamed = (0, 0);
     conn.dirty = false;
     conn.tenant = None;
     conn.settings_suspect = false;

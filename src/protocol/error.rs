@@ -347,8 +347,15 @@ impl PgError {
         .with_hint("use session pooling for this client, or set pool.session_features to pin")
     }
 
-    /// PostgreSQL's error for a prepared statement the client does not have.
+    /// PostgreSQL's error for a prepared statement the client does not have (the unnamed
+    /// one has its own text: `exec_bind_message` in `src/backend/tcop/postgres.c`).
     pub fn no_such_statement(name: &[u8]) -> Self {
+        if name.is_empty() {
+            return PgError::error(
+                SqlState::InvalidSqlStatementName,
+                "unnamed prepared statement does not exist",
+            );
+        }
         let name = String::from_utf8_lossy(name);
         PgError::error(
             SqlState::InvalidSqlStatementName,

@@ -29,6 +29,26 @@ fn extended_round_trip() {
 }
 
 #[test]
+fn the_unnamed_parse_is_reported_when_it_completes_not_when_skipped() {
+    let mut p = Pipeline::default();
+    p.push_unnamed_parse();
+    p.push(Kind::Sync, Action::Forward);
+    assert!(p.unnamed_pending());
+    let r = p.route(b'1', "");
+    assert!(r.forward && r.unnamed_parsed, "the client's unnamed statement is on the server");
+    assert!(!p.unnamed_pending());
+    assert!(!p.route(b'Z', "").unnamed_parsed);
+    // Skipped after an error: never reported, and no longer pending.
+    p.push(Kind::Parse, Action::Forward);
+    p.push_unnamed_parse();
+    p.push(Kind::Sync, Action::Forward);
+    assert!(!p.route(b'E', "42P01").unnamed_parsed);
+    assert!(!p.unnamed_pending(), "skipped");
+    assert!(!p.route(b'Z', "").unnamed_parsed);
+    assert!(p.is_idle());
+}
+
+#[test]
 fn injected_replies_are_swallowed() {
     let mut p = Pipeline::default();
     p.push(Kind::Execute, Action::Forward);

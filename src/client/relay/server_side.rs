@@ -129,6 +129,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let mut route = self.pipeline.route(tag, code);
                     tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid()), tag = %(tag as char), forward = route.forward, "server message");
                     self.sets.pending.extend(route.completed_set.take().map(|set| *set));
+                    if route.unnamed_parsed {
+                        // The server's unnamed statement is now this client's latest.
+                        if let Some(server) = self.server.as_mut() {
+                            let parse = self.statements.unnamed_parsed();
+                            server.conn().set_unnamed_owner(self.id, parse);
+                        }
+                    }
                     if self.pipeline.has_effects() {
                         let (undo, done) = self.pipeline.take_effects();
                         self.apply_effects(undo, done);
