@@ -330,3 +330,111 @@ impl<F: Future, S: AsyncRead + Unpin> Future for Watched<'_, F, S> {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use tokio::io::AsyncWriteExt;
+
+    use super::super::progress::Progress;
+    use super::*;
+    use crate::console::live::client_waker;
+
+    /// The session's client-side fields a waiting checkout borrows.
+    #[derive(Default)]
+    struct Fields {
+        cbuf: BytesMut,
+        c_scanned: usize,
+        c_remaining: usize,
+        terminated: bool,
+        broken: Option<Box<PgError>>,
+        progress: Progress,
+    }
+
+    /// A checkout that ends when `tx` sends, watched with the client `stream`: the outcome,
+    /// the bytes read.
+    async fn wait(
+        checkout: tokio::sync::oneshot::Receiver<()>,
+        stream: &mut tokio::io::DuplexStream,
+        f: &mut Fields,
+    ) -> (Result<bool, Stop>, usize) {
+        let signal = Signal::new(0);
+        let waker = client_waker(&signal);
+        let client = WaitingClient {
+            stream,
+            waker: &waker,
+            scan: ClientScan {
+                cbuf: &mut f.cbuf,
+                c_scanned: &mut f.c_scanned,
+                c_remaining: &mut f.c_remaining,
+                terminated: &mut f.terminated,
+                broken: &mut f.broken,
+                progress: &mut f.progress,
+                max_message: 1 << 20,
+            },
+            read: 0,
+        };
+        let checkout = std::pin::pin!(checkout);
+        let (r, read) = Watched { checkout, signal: &signal, reader: None, client: Some(client) }.await;
+        (r.map(|got| got.is_ok()), read)
+    }
+
+    const QUERY: &[u8] = b"Q\0\0\0\x0dSELECT 1\0";
+    const TERMINATE: &[u8] = b"X\0\0\0\x04";
+
+    #[tokio::test]
+    async fn a_checkout_that_finds_a_connection_does_not_read_the_client() {
+        let (mut peer, mut stream) = tokio::io::duplex(1024);
+        peer.write_all(QUERY).await.expect("write");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tx.send(()).expect("send");
+        let mut f = Fields::default();
+        let (r, read) = wait(rx, &mut stream, &mut f).await;
+        assert!(matches!(r, Ok(true)));
+        assert_eq!((read, f.cbuf.len()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn what_a_waiting_client_sends_is_kept_and_scanned() {
+        let (mut peer, mut stream) = tokio::io::duplex(1024);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut f = Fields::default();
+        let sender = async {
+            peer.write_all(QUERY).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            peer.write_all(QUERY).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send(()).expect("send");
+            peer
+        };
+        let ((r, read), _peer) = tokio::join!(wait(rx, &mut stream, &mut f), sender);
+        assert!(matches!(r, Ok(true)));
+        assert_eq!(read, 2 * QUERY.len());
+        assert_eq!(&f.cbuf[..], [QUERY, QUERY].concat());
+        assert_eq!((f.c_scanned, f.terminated), (2 * QUERY.len(), false));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_client_that_closes_or_terminates_ends_the_wait() {
+        for ending in [&b""[..], TERMINATE] {
+            let (mut peer, mut stream) = tokio::io::duplex(1024);
+            let (_tx, rx) = tokio::sync::oneshot::channel();
+            let mut f = Fields::default();
+            let sender = async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                peer.write_all(&[QUERY, ending].concat()).await.expect("write");
+                if ending.is_empty() {
+                    peer.shutdown().await.expect("close");
+                }
+                peer
+            };
+            let waited = tokio::time::timeout(Duration::from_secs(2), wait(rx, &mut stream, &mut f));
+            let (waited, _peer) = tokio::join!(waited, sender);
+            let (r, _) = waited.expect("the wait ends while the checkout is still pending");
+            assert!(matches!(r, Err(Stop::Client)));
+            assert_eq!(f.terminated, !ending.is_empty());
+        }
+    }
+}
