@@ -10,8 +10,7 @@
 //! `parameters` (settings and ParameterStatus at a handoff, both pool modes),
 //! `replies` (no reply crosses clients, even after COPY/Sync orderings PostgreSQL
 //! answers irregularly, a FATAL or a Terminate), `statements` (prepared statements and
-//! portals belong to their client), `waits` (the wait clock, a cancel, a kill, a client
-//! leaving or pipelining while it waits). The pair of tenants is `support::tenant_pair` with
+//! portals belong to their client), `waits` (the wait clock and a cancel while waiting). The pair of tenants is `support::tenant_pair` with
 //! write access and a pool of one.
 
 mod affinity;

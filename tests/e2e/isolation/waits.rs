@@ -3,7 +3,9 @@
 //! pool's one connection, which tenant a holds in a transaction. Its clock runs while it
 //! waits and stops when it is served (after the DISCARD ALL of the handoff); its cancel has
 //! no server connection to go to, so it must not reach tenant a's query on the backend b is
-//! waiting for.
+//! waiting for. Then what ends a waiting client at once (KILL_CLIENT; the client closing its
+//! connection or sending Terminate): its query never runs. And what a waiting client sends
+//! meanwhile is kept and answered in order.
 
 use std::time::Duration;
 
