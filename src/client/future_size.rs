@@ -25,7 +25,9 @@ fn the_client_task_stays_small() {
     // leftovers (kept in the task for as long as the client stayed) went with its box; 1,808
     // with the SET texts of the unnamed and the bound statement boxed. 1,952 merged with the
     // session's tenant cap, tenant affinity and the watched checkout; still 1,952 with the
-    // server socket's waker (16 bytes) once `busy_since` went into the boxed limits.
+    // server socket's waker (16 bytes) once `busy_since` went into the boxed limits. 2,032
+    // with the client's socket watched by a waiting checkout (its fields borrowed, 80 bytes);
+    // 1,920 once the timers of a checkout's waits (tenant cap, full pool) were boxed.
     let serve = returned_size(&super::serve);
-    assert!(serve <= 1_960, "serve future: {serve} bytes");
+    assert!(serve <= 1_928, "serve future: {serve} bytes");
 }

@@ -41,11 +41,13 @@ use tokio::sync::OwnedSemaphorePermit;
 mod buffers;
 mod checkout;
 mod progress;
+mod scan;
 mod server_side;
 mod timer;
 mod wait;
 
 use progress::{Progress, ResetPhase};
+use scan::ClientScan;
 
 use timer::{Limit, Limits, Timed};
 
@@ -493,49 +495,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && self.c_remaining == 0
     }
 
-    /// Walks the frame headers of newly read client bytes. Messages whose content pgtenant
-    /// may read or rewrite (Parse, Bind, Describe, Close, Execute, Query, Sync, Flush) must
-    /// arrive whole; other bodies stream through. A malformed frame ends reading: what came
-    /// before it is still sent and answered, then the session ends with 08P01.
+    /// Walks the frame headers of newly read client bytes (see [`ClientScan::run`]).
     fn scan_client(&mut self) {
-        while !self.terminated && self.broken.is_none() && self.c_scanned < self.cbuf.len() {
-            if self.c_remaining > 0 {
-                let n = self.c_remaining.min(self.cbuf.len() - self.c_scanned);
-                self.c_scanned += n;
-                self.c_remaining -= n;
-                continue;
-            }
-            let (tag, len) = match header(&self.cbuf[self.c_scanned..], self.max_message) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => {
-                    self.broken = Some(Box::new(PgError::invalid_client_message(&e)));
-                    self.cbuf.truncate(self.c_scanned);
-                    break;
-                }
-            };
-            let avail = self.cbuf.len() - self.c_scanned;
-            if must_arrive_whole(tag) && avail < len {
-                // Grows with the bytes that arrive (read_buf reserves a chunk at a time).
-                break;
-            }
-            match tag {
-                fe::TERMINATE => {
-                    // Terminate: never forwarded; the server connection outlives the client.
-                    self.terminated = true;
-                    self.cbuf.truncate(self.c_scanned);
-                    break;
-                }
-                fe::SYNC => self.progress.extended_open = false,
-                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE | fe::FLUSH => {
-                    self.progress.extended_open = true
-                }
-                _ => {}
-            }
-            let take = len.min(avail);
-            self.c_scanned += take;
-            self.c_remaining = len - take;
+        ClientScan {
+            cbuf: &mut self.cbuf,
+            c_scanned: &mut self.c_scanned,
+            c_remaining: &mut self.c_remaining,
+            terminated: &mut self.terminated,
+            broken: &mut self.broken,
+            progress: &mut self.progress,
+            max_message: self.max_message,
         }
+        .run()
     }
 
     /// Moves scanned client frames into the server-bound buffer, queueing the replies each
@@ -690,14 +661,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.meter.disconnected(tenant.as_str(), reason);
     }
-}
-
-/// Frontend messages pgtenant reads (or may rewrite) and so buffers whole; all are small.
-fn must_arrive_whole(tag: u8) -> bool {
-    matches!(
-        tag,
-        fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE | fe::QUERY | fe::SYNC | fe::FLUSH
-    )
 }
 
 /// CommandComplete tags of commands that change session state a later client would see.

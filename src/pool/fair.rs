@@ -254,7 +254,8 @@ impl<T> FairSemaphore<T> {
         // Cancel-safe: a waiter dropped while it waits gives back a permit sent to it meanwhile
         // instead of losing it.
         let mut waiting = Waiting { rx, sem: self, done: false };
-        let got = tokio::time::timeout_at(deadline(), &mut waiting.rx).await;
+        // Boxed: only a waiter has a timer, and its state must not size every checkout.
+        let got = Box::pin(tokio::time::timeout_at(deadline(), &mut waiting.rx)).await;
         waiting.done = true;
         let permit = match got {
             Ok(Ok(())) => FairPermit::new(self),

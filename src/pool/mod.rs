@@ -662,7 +662,8 @@ impl PoolManager {
         let tenant_permit = match cap.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                let permit = tokio::time::timeout_at(deadline(), cap.acquire_owned())
+                // Boxed: only a wait has a timer, and its state must not size every checkout.
+                let permit = Box::pin(tokio::time::timeout_at(deadline(), cap.acquire_owned()))
                     .await
                     .map_err(|_| PoolError::Timeout(wait))?
                     .map_err(|_| PoolError::Timeout(wait))?;

@@ -1,17 +1,22 @@
 //! Taking a server connection for the session and giving it back: the checkout (after any
-//! PAUSE of the tenant), the cross-tenant reset and session setup queued in front of the
-//! client's first message, and the release at the end of a transaction.
+//! PAUSE of the tenant; a wait ended at once by the client leaving or by a kill), the
+//! cross-tenant reset and session setup queued in front of the client's first message, and
+//! the release at the end of a transaction.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{buffers, shutting_down, timed_out, Event, Exit, ResetPhase, Session, Signals};
+use super::scan::ClientScan;
+use super::{
+    buffers, shutting_down, timed_out, Event, Exit, ResetPhase, Session, Signals, MAX_CLIENT_BUFFERED,
+};
 use crate::cancel::CancelTarget;
-use crate::console::live::{Signal, SignalReader, FORCE, KICK};
+use crate::console::live::{Signal, SignalReader, CLIENT_READ, FORCE, KICK};
 use crate::pool::session::{acts_while_idle, hand_over, needs_reset, queue_reset, retire, Retire};
 use crate::protocol::backend::txn;
 use crate::protocol::{frontend, PgError};
@@ -30,18 +35,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             start = Instant::now();
         }
-        let checkout = self.proxy.pools.checkout_at(&self.pool, &self.tenant, &mut self.tenant_cap, start);
-        tokio::pin!(checkout);
         // A checkout that waits (a full pool) notices what ends a waiting client at once:
-        // KILL_CLIENT or a kick of its tenant, a forced shutdown; its query then never runs,
-        // and its place in the queue is given back. One that finds a connection at once
-        // polls no signal.
-        let checkout = match (Watched { checkout, signal: &self.signal, reader: None }).await {
+        // KILL_CLIENT or a kick of its tenant, a forced shutdown, and the client leaving (end
+        // of stream, Terminate) or breaking the protocol; its query then never runs, and its
+        // place in the queue is given back. What the client sends meanwhile is read (within
+        // the usual bound) and kept for after the wait. One that finds a connection at once
+        // polls neither the signals nor the client's socket.
+        let (waited, read) = {
+            let checkout =
+                self.proxy.pools.checkout_at(&self.pool, &self.tenant, &mut self.tenant_cap, start);
+            // A client that already sent Terminate, or broke the protocol, is not read: what
+            // it sent before runs, as it would with a free connection.
+            let watch = !self.terminated && self.broken.is_none();
+            let client = watch.then_some(WaitingClient {
+                stream: &mut self.client,
+                waker: &self.client_waker,
+                scan: ClientScan {
+                    cbuf: &mut self.cbuf,
+                    c_scanned: &mut self.c_scanned,
+                    c_remaining: &mut self.c_remaining,
+                    terminated: &mut self.terminated,
+                    broken: &mut self.broken,
+                    progress: &mut self.progress,
+                    max_message: self.max_message,
+                },
+                read: 0,
+            });
+            let checkout = std::pin::pin!(checkout);
+            Watched { checkout, signal: &self.signal, reader: None, client }.await
+        };
+        if read > 0 {
+            self.meter.bytes_in(read);
+            self.touch();
+        }
+        let checkout = match waited {
             Ok(r) => r,
-            Err(forced) => {
+            Err(stop) => {
                 self.meter.checked_out(None);
-                let kicked = (!forced).then(|| self.admission.sessions.kick_reason()).flatten();
-                return Err(Exit::Error(kicked.unwrap_or_else(shutting_down)));
+                return Err(match stop {
+                    Stop::Force => Exit::Error(shutting_down()),
+                    Stop::Kick => {
+                        Exit::Error(self.admission.sessions.kick_reason().unwrap_or_else(shutting_down))
+                    }
+                    Stop::Client => self.broken.take().map_or(Exit::Client, |e| Exit::Error(*e)),
+                });
             }
         };
         self.meter.checked_out(checkout.as_ref().ok().map(|co| (asked, co.taken())));
@@ -194,30 +231,210 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
-/// A checkout, until it ends or what ends a waiting client fires first: `Err(true)` for a
-/// forced shutdown, `Err(false)` for a kick (KILL_CLIENT, the tenant suspended). The tokens
-/// are watched only once the checkout is pending, in a box made then (so a checkout that
-/// finds a connection at once costs nothing more). Dropping the checkout gives back its
-/// place in the queue.
-struct Watched<'a, F> {
-    checkout: Pin<&'a mut F>,
-    signal: &'a std::sync::Arc<Signal>,
-    /// The session's signals read for this wait, made once the checkout is pending.
-    reader: Option<Box<SignalReader>>,
+/// Why a waiting checkout ended without a connection.
+enum Stop {
+    /// A forced shutdown.
+    Force,
+    /// KILL_CLIENT, or the tenant suspended.
+    Kick,
+    /// The client left (end of stream, an error, Terminate) or broke the protocol.
+    Client,
 }
 
-impl<F: Future> Future for Watched<'_, F> {
-    type Output = Result<F::Output, bool>;
+/// A checkout, until it ends or what ends a waiting client comes first (see [`Stop`]), with
+/// the client bytes read meanwhile. The signals and the client's socket are watched only
+/// once the checkout is pending (the signals' reader in a box made then), so a checkout that
+/// finds a connection at once costs no system call more. Dropping the checkout gives back
+/// its place in the queue.
+struct Watched<'a, F, S> {
+    checkout: Pin<&'a mut F>,
+    signal: &'a Arc<Signal>,
+    /// The session's signals read for this wait, made once the checkout is pending.
+    reader: Option<Box<SignalReader>>,
+    /// The client's side, unless it is not read (see [`Session::attach`]).
+    client: Option<WaitingClient<'a, S>>,
+}
+
+/// The client of a waiting checkout: its socket read into the session's client buffer as
+/// the relay reads it (see `Session::next_event`), each read walked by [`ClientScan`].
+struct WaitingClient<'a, S> {
+    stream: &'a mut S,
+    /// The plain TCP socket's own waker (CLIENT_READ).
+    waker: &'a Waker,
+    scan: ClientScan<'a>,
+    /// Bytes read during the wait.
+    read: usize,
+}
+
+impl<S: AsyncRead + Unpin> WaitingClient<'_, S> {
+    /// Reads what the client sent until its socket has no more; ready once it left or
+    /// broke the protocol. Past the client buffer's bound it is not read (nor watched)
+    /// until the wait ends, as the relay holds back a client whose bytes are not going out.
+    fn poll_left(&mut self, cx: &mut Context<'_>, signal: &Signal) -> Poll<()> {
+        loop {
+            let scan = &mut self.scan;
+            if scan.cbuf.len() >= MAX_CLIENT_BUFFERED {
+                return Poll::Pending;
+            }
+            // As in `next_event`: a plain socket's pending read stays registered until its
+            // wake-up raises CLIENT_READ.
+            let fired = signal.take(CLIENT_READ);
+            if scan.progress.client_armed && !fired {
+                return Poll::Pending;
+            }
+            scan.progress.client_armed = false;
+            buffers::room(scan.cbuf);
+            let plain = scan.progress.client_plain;
+            let read = if plain {
+                let mut own = Context::from_waker(self.waker);
+                buffers::poll_read(self.stream, &mut own, scan.cbuf)
+            } else {
+                buffers::poll_read(self.stream, cx, scan.cbuf)
+            };
+            match read {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(n)) => {
+                    self.read += n;
+                    scan.reborrow().run();
+                    if *scan.terminated || scan.broken.is_some() {
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Pending => {
+                    scan.progress.client_armed = plain;
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl<F: Future, S: AsyncRead + Unpin> Future for Watched<'_, F, S> {
+    type Output = (Result<F::Output, Stop>, usize);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        let read = this.client.as_ref().map_or(0, |c| c.read);
         if let Poll::Ready(r) = this.checkout.as_mut().poll(cx) {
-            return Poll::Ready(Ok(r));
+            return Poll::Ready((Ok(r), read));
         }
         let reader = this.reader.get_or_insert_with(|| Box::new(SignalReader::new(this.signal.clone())));
-        match reader.poll(cx, FORCE | KICK) {
-            Some(bit) => Poll::Ready(Err(bit == FORCE)),
-            None => Poll::Pending,
+        if let Some(bit) = reader.poll(cx, FORCE | KICK) {
+            return Poll::Ready((Err(if bit == FORCE { Stop::Force } else { Stop::Kick }), read));
+        }
+        if let Some(client) = this.client.as_mut() {
+            if client.poll_left(cx, this.signal).is_ready() {
+                return Poll::Ready((Err(Stop::Client), client.read));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use tokio::io::AsyncWriteExt;
+
+    use super::super::progress::Progress;
+    use super::*;
+    use crate::console::live::client_waker;
+
+    /// The session's client-side fields a waiting checkout borrows.
+    #[derive(Default)]
+    struct Fields {
+        cbuf: BytesMut,
+        c_scanned: usize,
+        c_remaining: usize,
+        terminated: bool,
+        broken: Option<Box<PgError>>,
+        progress: Progress,
+    }
+
+    /// A checkout that ends when `tx` sends, watched with the client `stream`: the outcome,
+    /// the bytes read.
+    async fn wait(
+        checkout: tokio::sync::oneshot::Receiver<()>,
+        stream: &mut tokio::io::DuplexStream,
+        f: &mut Fields,
+    ) -> (Result<bool, Stop>, usize) {
+        let signal = Signal::new(0);
+        let waker = client_waker(&signal);
+        let client = WaitingClient {
+            stream,
+            waker: &waker,
+            scan: ClientScan {
+                cbuf: &mut f.cbuf,
+                c_scanned: &mut f.c_scanned,
+                c_remaining: &mut f.c_remaining,
+                terminated: &mut f.terminated,
+                broken: &mut f.broken,
+                progress: &mut f.progress,
+                max_message: 1 << 20,
+            },
+            read: 0,
+        };
+        let checkout = std::pin::pin!(checkout);
+        let (r, read) = Watched { checkout, signal: &signal, reader: None, client: Some(client) }.await;
+        (r.map(|got| got.is_ok()), read)
+    }
+
+    const QUERY: &[u8] = b"Q\0\0\0\x0dSELECT 1\0";
+    const TERMINATE: &[u8] = b"X\0\0\0\x04";
+
+    #[tokio::test]
+    async fn a_checkout_that_finds_a_connection_does_not_read_the_client() {
+        let (mut peer, mut stream) = tokio::io::duplex(1024);
+        peer.write_all(QUERY).await.expect("write");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tx.send(()).expect("send");
+        let mut f = Fields::default();
+        let (r, read) = wait(rx, &mut stream, &mut f).await;
+        assert!(matches!(r, Ok(true)));
+        assert_eq!((read, f.cbuf.len()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn what_a_waiting_client_sends_is_kept_and_scanned() {
+        let (mut peer, mut stream) = tokio::io::duplex(1024);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut f = Fields::default();
+        let sender = async {
+            peer.write_all(QUERY).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            peer.write_all(QUERY).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send(()).expect("send");
+            peer
+        };
+        let ((r, read), _peer) = tokio::join!(wait(rx, &mut stream, &mut f), sender);
+        assert!(matches!(r, Ok(true)));
+        assert_eq!(read, 2 * QUERY.len());
+        assert_eq!(&f.cbuf[..], [QUERY, QUERY].concat());
+        assert_eq!((f.c_scanned, f.terminated), (2 * QUERY.len(), false));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_client_that_closes_or_terminates_ends_the_wait() {
+        for ending in [&b""[..], TERMINATE] {
+            let (mut peer, mut stream) = tokio::io::duplex(1024);
+            let (_tx, rx) = tokio::sync::oneshot::channel();
+            let mut f = Fields::default();
+            let sender = async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                peer.write_all(&[QUERY, ending].concat()).await.expect("write");
+                if ending.is_empty() {
+                    peer.shutdown().await.expect("close");
+                }
+                peer
+            };
+            let waited = tokio::time::timeout(Duration::from_secs(2), wait(rx, &mut stream, &mut f));
+            let (waited, _peer) = tokio::join!(waited, sender);
+            let (r, _) = waited.expect("the wait ends while the checkout is still pending");
+            assert!(matches!(r, Err(Stop::Client)));
+            assert_eq!(f.terminated, !ending.is_empty());
         }
     }
 }

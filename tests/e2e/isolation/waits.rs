@@ -3,7 +3,9 @@
 //! pool's one connection, which tenant a holds in a transaction. Its clock runs while it
 //! waits and stops when it is served (after the DISCARD ALL of the handoff); its cancel has
 //! no server connection to go to, so it must not reach tenant a's query on the backend b is
-//! waiting for.
+//! waiting for. Then what ends a waiting client at once (KILL_CLIENT; the client closing its
+//! connection or sending Terminate): its query never runs. And what a waiting client sends
+//! meanwhile is kept and answered in order.
 
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use pgtenant::console::live::now_us;
 use pgtenant::model::Isolation;
 
 use super::*;
+use crate::support::raw::*;
 use crate::support::*;
 
 /// (tenant, waiting for) of every logged-in client.
@@ -125,4 +128,90 @@ async fn a_client_killed_while_waiting_for_a_full_pool_ends_at_once_and_its_quer
     let db = admin(&b.database).await;
     let n: i64 = db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.expect("count").get(0);
     assert_eq!(n, 0, "the killed client's INSERT ran");
+}
+
+/// Clients that give up while waiting for a full pool (tenant a holds the one connection in a
+/// transaction) are dropped at once: one closes its socket, one sends Terminate and keeps
+/// the socket open. Both leave SHOW CLIENTS (and SHOW POOLS' `cl_waiting`) while tenant a
+/// still holds the connection, the second sees its connection closed, neither INSERT runs
+/// (not even once tenant a commits), and tenant b's next client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_waiting_for_a_full_pool_is_dropped_at_once_and_its_query_never_runs() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let holder = h.client(&a.id).await;
+    holder.batch_execute("BEGIN").await.expect("begin");
+    let table = format!("\"{}\".t", b.id);
+    let mut gone = raw_proxy(&h, &b.id).await;
+    send(&mut gone, &query(&format!("INSERT INTO {table} VALUES (1, 'closed')"))).await;
+    let mut terminating = raw_proxy(&h, &b.id).await;
+    send(&mut terminating, &query(&format!("INSERT INTO {table} VALUES (2, 'terminated')"))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = |h: &Harness| clocks(h).iter().filter(|(t, w)| *t == b.id && w.is_some()).count();
+    assert_eq!(waiting(&h), 2, "both of b's clients wait: {:?}", clocks(&h));
+
+    drop(gone);
+    send(&mut terminating, &terminate()).await;
+    let left = std::time::Instant::now();
+    let dropped = eventually(Duration::from_secs(2), || async {
+        h.proxy.live.list().iter().all(|c| c.tenant.as_str() != b.id)
+    })
+    .await;
+    assert!(
+        dropped,
+        "clients that left are still listed while tenant a holds the connection: {:?}",
+        clocks(&h)
+    );
+    assert!(left.elapsed() < Duration::from_secs(1), "took {:?}", left.elapsed());
+    assert_eq!(waiting(&h), 0, "{:?}", clocks(&h));
+    let (got, closed) = read_eof(&mut terminating, Duration::from_secs(1)).await;
+    assert!(closed, "the session that sent Terminate is closed while waiting: {:?}", summary(&got));
+    assert!(got.is_empty(), "no reply to a query that never ran: {:?}", summary(&got));
+
+    holder.batch_execute("COMMIT").await.expect("commit");
+    let next = h.client(&b.id).await;
+    let r = rows(&next, "SELECT count(*) FROM items").await.expect("tenant b's next client is served");
+    assert_eq!(r, vec![vec!["3".to_owned()]]);
+    let db = admin(&b.database).await;
+    let n: i64 = db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.expect("count").get(0);
+    assert_eq!(n, 0, "an INSERT of a client that left while waiting ran");
+}
+
+/// A waiting client that pipelines more queries while it waits gets every answer, in order,
+/// once it is served: what it sent meanwhile is kept, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pipelines_while_waiting_gets_every_answer_in_order() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Read, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let holder = h.client(&a.id).await;
+    holder.batch_execute("BEGIN").await.expect("begin");
+    let mut waiter = raw_proxy(&h, &b.id).await;
+    send(&mut waiter, &query("SELECT 'first'")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(clocks(&h).iter().any(|(t, w)| *t == b.id && w.is_some()), "b waits: {:?}", clocks(&h));
+    send(&mut waiter, &cat(&[query("SELECT 'second'"), query("SELECT count(*) FROM items")])).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.batch_execute("COMMIT").await.expect("commit");
+    let (got, closed) = read_ready(&mut waiter, 3, Duration::from_secs(5)).await;
+    assert!(!closed, "{:?}", summary(&got));
+    assert_eq!(
+        summary(&got),
+        [
+            "T",
+            "D(first)",
+            "C(SELECT 1)",
+            "Z(I)",
+            "T",
+            "D(second)",
+            "C(SELECT 1)",
+            "Z(I)",
+            "T",
+            "D(3)",
+            "C(SELECT 1)",
+            "Z(I)"
+        ]
+    );
+    send(&mut waiter, &query("SELECT 'after'")).await;
+    let (got, _) = read_ready(&mut waiter, 1, Duration::from_secs(5)).await;
+    assert_eq!(summary(&got), ["T", "D(after)", "C(SELECT 1)", "Z(I)"]);
 }
