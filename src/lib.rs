@@ -50,6 +50,7 @@
 //! - [`embedded`]: a throwaway PostgreSQL cluster, for `pgtenant demo` and the tests.
 //! - [`cli`]: the command line (including `pgtenant admin token …`).
 //! - [`sql`]: quoting of identifiers and literals, constant-time comparison.
+//! - [`hash`]: keyed hashing for the maps of statement names on the per-message path.
 
 pub mod admin;
 pub mod auth;
@@ -61,6 +62,7 @@ pub mod config;
 pub mod console;
 pub mod embedded;
 pub mod handover;
+pub mod hash;
 pub mod instances;
 pub mod leases;
 pub mod lifecycle;

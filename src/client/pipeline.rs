@@ -358,6 +358,9 @@ impl Pipeline {
         if let Some(route) = self.route_simple_query(tag) {
             return route;
         }
+        if let Some(route) = self.route_extended(tag) {
+            return route;
+        }
         let route = self.route_inner(tag, code);
         if route.unexpected {
             self.uncertain = true;
@@ -386,6 +389,49 @@ impl Pipeline {
             be::READY_FOR_QUERY => {
                 let ok = !front.errored;
                 Some(self.complete(forward, tag, ok))
+            }
+            _ => None,
+        }
+    }
+
+    /// The replies of an extended-protocol batch, routed as [`Pipeline::route_inner`] would
+    /// route them, with fewer tests: the server running normally (no COPY, not skipping to
+    /// Sync) and a success reply the front entry expects (ParseComplete, BindComplete,
+    /// CloseComplete, a Describe's ParameterDescription and RowDescription or NoData, an
+    /// Execute's rows and end, a Sync's ReadyForQuery). None for anything else (errors,
+    /// asynchronous messages, COPY), which takes the general path. In this state `advance`
+    /// has nothing to consume at the front (no Flush or copy message is there), so skipping
+    /// it changes nothing; never `unexpected`. Out of line: the simple Query's path above
+    /// stays as short as it was.
+    #[inline(never)]
+    fn route_extended(&mut self, tag: u8) -> Option<Route> {
+        if self.mode != Mode::Normal || self.copy_out {
+            return None;
+        }
+        let front = self.queue.front()?;
+        let forward = front.action == Action::Forward;
+        match (front.kind, tag) {
+            (Kind::Execute, be::DATA_ROW) => {
+                self.started = true;
+                Some(reply(forward))
+            }
+            (Kind::DescribeStatement, be::PARAMETER_DESCRIPTION) if !self.started => {
+                self.started = true;
+                Some(reply(forward))
+            }
+            (Kind::Sync, be::READY_FOR_QUERY)
+            | (Kind::Execute, be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED) => {
+                let ok = !front.errored;
+                Some(self.complete(forward, tag, ok))
+            }
+            (Kind::Parse, be::PARSE_COMPLETE)
+            | (Kind::Bind, be::BIND_COMPLETE)
+            | (Kind::Close, be::CLOSE_COMPLETE)
+            | (Kind::DescribePortal, be::ROW_DESCRIPTION | be::NO_DATA) => {
+                Some(self.complete(forward, tag, false))
+            }
+            (Kind::DescribeStatement, be::ROW_DESCRIPTION | be::NO_DATA) if self.started => {
+                Some(self.complete(forward, tag, false))
             }
             _ => None,
         }

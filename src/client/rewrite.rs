@@ -24,7 +24,7 @@ use crate::protocol::backend::{cstr, txn};
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::frontend::target::{PORTAL, STATEMENT};
-use crate::protocol::frontend::{bind_parts, parse_frame, query_frame, rename, target_parts};
+use crate::protocol::frontend::{bind_parts, parse_frame, query_frame, rename, rename_into, target_parts};
 use crate::protocol::{PgError, SqlState};
 
 /// Session SETs seen in the current transaction (transaction mode).
@@ -173,9 +173,9 @@ impl Stage<'_> {
                 };
                 self.sets.bound = prepared.set.clone().map(Box::new);
                 self.ensure(&prepared.server_name, &prepared.parse);
-                let mut prefix = portal.to_vec();
-                prefix.push(0);
-                self.out.extend_from_slice(&rename(fe::BIND, &prefix, prepared.server_name.as_bytes(), rest));
+                // Rewritten straight into the server-bound buffer (no message allocated).
+                let name = prepared.server_name.as_bytes();
+                rename_into(self.out, fe::BIND, &[portal, b"\0"], name, rest);
                 self.pipeline.push(Kind::Bind, Action::Forward);
             }
             fe::DESCRIBE | fe::CLOSE => {
@@ -225,12 +225,7 @@ impl Stage<'_> {
                     return true;
                 }
                 self.ensure(&prepared.server_name, &prepared.parse);
-                self.out.extend_from_slice(&rename(
-                    fe::DESCRIBE,
-                    &[STATEMENT],
-                    prepared.server_name.as_bytes(),
-                    &[],
-                ));
+                rename_into(self.out, fe::DESCRIBE, &[&[STATEMENT]], prepared.server_name.as_bytes(), &[]);
                 self.pipeline.push(Kind::DescribeStatement, Action::Forward);
             }
             fe::EXECUTE => {

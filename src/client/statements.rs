@@ -3,13 +3,13 @@
 //! types and the search_path that decides what the names in it mean), so clients share them
 //! and any server connection can be given a statement it lacks by re-sending the Parse.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::setcmd::SetCmd;
+use crate::hash::{KeyedMap, KeyedSet};
 use crate::protocol::backend::cstr;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::{rename, tag};
@@ -113,13 +113,13 @@ struct Slot {
 }
 
 /// One client's named statements and portals.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Statements {
-    by_name: HashMap<Box<[u8]>, Slot>,
+    by_name: KeyedMap<Box<[u8]>, Slot>,
     /// Syncs staged so far: changes queued before the last one are decided separately from
     /// messages after it.
     syncs: u64,
-    portals: std::collections::HashSet<Box<[u8]>>,
+    portals: KeyedSet<Box<[u8]>>,
     /// A DEALLOCATE or DISCARD is on its way: whether the client's names survive it is known
     /// at its completion, so names wait until the server owes no more ReadyForQuery.
     barrier: bool,
@@ -131,6 +131,18 @@ pub struct Statements {
     unnamed_parsed: u32,
     /// Bytes of the Parse messages held.
     bytes: usize,
+}
+
+impl Default for Statements {
+    fn default() -> Self {
+        Statements {
+            by_name: crate::hash::map(),
+            syncs: 0,
+            portals: crate::hash::set(),
+            barrier: false,
+            bytes: 0,
+        }
+    }
 }
 
 impl Statements {

@@ -365,10 +365,16 @@ impl ServerConn {
 }
 
 /// The statements prepared on one server connection, least recently used evicted first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PreparedSet {
-    names: std::collections::HashMap<std::sync::Arc<str>, u64>,
+    names: crate::hash::KeyedMap<std::sync::Arc<str>, u64>,
     tick: u64,
+}
+
+impl Default for PreparedSet {
+    fn default() -> Self {
+        PreparedSet { names: crate::hash::map(), tick: 0 }
+    }
 }
 
 impl PreparedSet {

@@ -482,6 +482,20 @@ enum Step {
     Route { tag: u8, code: usize },
 }
 
+/// Steps of the extended protocol and the replies its messages expect (and errors), so that
+/// runs of well-formed batches, which the fast path routes, come up often.
+fn extended_step() -> impl Strategy<Value = Step> {
+    // Parse, Bind, DescribeStatement, DescribePortal, Execute, Close, Sync, Query, Flush.
+    let kinds = vec![0usize, 1, 2, 3, 4, 5, 6, 7, 12];
+    let tags: Vec<u8> = b"123tnTDCIsEZ".to_vec();
+    prop_oneof![
+        (prop::sample::select(kinds), 0..4usize, any::<bool>(), prop::bool::weighted(0.1))
+            .prop_map(|(kind, action, effect, set)| Step::Push { kind, action, effect, set }),
+        (prop::sample::select(tags), prop_oneof![6 => Just(0usize), 1 => 1..3usize])
+            .prop_map(|(tag, code)| Step::Route { tag, code }),
+    ]
+}
+
 fn step() -> impl Strategy<Value = Step> {
     // The backend tags the model knows, and any byte.
     let tags: Vec<u8> = b"123tnTDCIsEZcdGHAVNS".to_vec();
@@ -504,47 +518,75 @@ proptest! {
     /// for any sequence of client messages and server replies.
     #[test]
     fn the_reply_model_agrees_with_the_previous_one(steps in proptest::collection::vec(step(), 0..40)) {
-        let all = [Kind::Parse, Kind::Bind, Kind::DescribeStatement, Kind::DescribePortal, Kind::Execute,
-            Kind::Close, Kind::Sync, Kind::Query, Kind::FunctionCall, Kind::CopyData, Kind::CopyDone,
-            Kind::CopyFail, Kind::Flush, Kind::Unknown];
-        let codes = ["", "42601", "26000", COPY_FAIL_CODE];
-        let mut new = Pipeline::default();
-        let mut old = previous::Pipeline::default();
-        for (n, s) in steps.iter().enumerate() {
-            match *s {
-                Step::Push { kind, action, effect, set } => {
-                    let action = match action {
-                        0 | 1 => Action::Forward,
-                        2 => Action::Swallow,
-                        _ => Action::probe("26000", Bytes::from_static(b"probe")),
-                    };
-                    let effect = if effect { vec![Effect::ClientParse(vec![n as u8].into())] } else { Vec::new() };
-                    let set = set.then(|| SetCmd::Set { name: format!("v{n}"), value: "1".into() });
-                    let kind = all[kind];
-                    if let Some(set) = set {
-                        new.push_set(kind, Some(Box::new(set.clone())));
-                        old.push_set(kind, Some(set));
-                    } else {
-                        new.push_effect(kind, action.clone(), effect.clone());
-                        old.push_effect(kind, action, effect);
-                    }
-                    prop_assert_eq!(new.take_effects(), old.take_effects());
-                }
-                Step::Route { tag, code } => {
-                    let r = new.route(tag, codes[code]);
-                    let o = old.route(tag, codes[code]);
-                    prop_assert_eq!(r.forward, o.forward, "step {}", n);
-                    prop_assert_eq!(&r.replace, &o.replace);
-                    prop_assert_eq!(r.unexpected, o.unexpected);
-                    prop_assert_eq!(r.completed_set.map(|s| *s), o.completed_set);
-                    prop_assert_eq!(new.take_effects(), (o.undo, o.done));
-                }
-            }
-            prop_assert_eq!(new.is_idle(), old.is_idle());
-            prop_assert_eq!(new.owes_nothing(), old.owes_nothing());
-            prop_assert_eq!(new.uncertain(), old.uncertain());
-            prop_assert_eq!(new.pending_ready(), old.pending_ready());
-            prop_assert_eq!(new.copy_in(), old.copy_in());
-        }
+        agrees_with_the_previous_model(&steps)?;
     }
+
+    /// The same, over runs of extended-protocol batches and their replies: the fast path
+    /// (`route_extended`) routes them as the previous model's general match did.
+    #[test]
+    fn extended_batches_are_routed_as_by_the_previous_model(
+        steps in proptest::collection::vec(extended_step(), 0..60)
+    ) {
+        agrees_with_the_previous_model(&steps)?;
+    }
+}
+
+fn agrees_with_the_previous_model(steps: &[Step]) -> Result<(), TestCaseError> {
+    let all = [
+        Kind::Parse,
+        Kind::Bind,
+        Kind::DescribeStatement,
+        Kind::DescribePortal,
+        Kind::Execute,
+        Kind::Close,
+        Kind::Sync,
+        Kind::Query,
+        Kind::FunctionCall,
+        Kind::CopyData,
+        Kind::CopyDone,
+        Kind::CopyFail,
+        Kind::Flush,
+        Kind::Unknown,
+    ];
+    let codes = ["", "42601", "26000", COPY_FAIL_CODE];
+    let mut new = Pipeline::default();
+    let mut old = previous::Pipeline::default();
+    for (n, s) in steps.iter().enumerate() {
+        match *s {
+            Step::Push { kind, action, effect, set } => {
+                let action = match action {
+                    0 | 1 => Action::Forward,
+                    2 => Action::Swallow,
+                    _ => Action::probe("26000", Bytes::from_static(b"probe")),
+                };
+                let effect =
+                    if effect { vec![Effect::ClientParse(vec![n as u8].into())] } else { Vec::new() };
+                let set = set.then(|| SetCmd::Set { name: format!("v{n}"), value: "1".into() });
+                let kind = all[kind];
+                if let Some(set) = set {
+                    new.push_set(kind, Some(Box::new(set.clone())));
+                    old.push_set(kind, Some(set));
+                } else {
+                    new.push_effect(kind, action.clone(), effect.clone());
+                    old.push_effect(kind, action, effect);
+                }
+                prop_assert_eq!(new.take_effects(), old.take_effects());
+            }
+            Step::Route { tag, code } => {
+                let r = new.route(tag, codes[code]);
+                let o = old.route(tag, codes[code]);
+                prop_assert_eq!(r.forward, o.forward, "step {}", n);
+                prop_assert_eq!(&r.replace, &o.replace);
+                prop_assert_eq!(r.unexpected, o.unexpected);
+                prop_assert_eq!(r.completed_set.map(|s| *s), o.completed_set);
+                prop_assert_eq!(new.take_effects(), (o.undo, o.done));
+            }
+        }
+        prop_assert_eq!(new.is_idle(), old.is_idle());
+        prop_assert_eq!(new.owes_nothing(), old.owes_nothing());
+        prop_assert_eq!(new.uncertain(), old.uncertain());
+        prop_assert_eq!(new.pending_ready(), old.pending_ready());
+        prop_assert_eq!(new.copy_in(), old.copy_in());
+    }
+    Ok(())
 }
