@@ -140,6 +140,8 @@ impl Default for Statements {
             syncs: 0,
             portals: crate::hash::set(),
             barrier: false,
+            unnamed_staged: false,
+            unnamed_parsed: 0,
             bytes: 0,
         }
     }
