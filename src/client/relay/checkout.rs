@@ -37,7 +37,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         // A checkout that waits (a full pool) notices what ends a waiting client at once:
         // KILL_CLIENT or a kick of its tenant, a forced shutdown, and the client leaving (end
-        // of stream, Terminate) or breaking the protocol; its query then never runs, and its
+        // of stream, a read error) or breaking the protocol; its query then never runs, and its
         // place in the queue is given back. What the client sends meanwhile is read (within
         // the usual bound) and kept for after the wait. One that finds a connection at once
         // polls neither the signals nor the client's socket.
@@ -116,8 +116,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Waits while the tenant is paused (console PAUSE, or the HTTP API's), noticing what
     /// ends a waiting client at once rather than after RESUME: KILL_CLIENT or a kick of its
-    /// tenant, a shutdown, and the client leaving (end of stream, Terminate) or breaking the
-    /// protocol; the session then ends, and with it the client's entry in SHOW CLIENTS and
+    /// tenant, a shutdown, and the client leaving (end of stream, a read error) or breaking
+    /// the protocol; the session then ends, and with it the client's entry in SHOW CLIENTS and
     /// its `cl_waiting` count. What the client sends meanwhile is read (within the usual
     /// bound) and kept for after the wait.
     ///
@@ -143,10 +143,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Event::Client(Ok(n)) => {
                     self.meter.bytes_in(n);
                     self.touch();
+                    // After a Terminate the client is not read again; what it sent before
+                    // runs after RESUME, as PostgreSQL runs what precedes a Terminate.
                     self.scan_client();
-                    if self.terminated {
-                        return Err(Exit::Client);
-                    }
                     if let Some(e) = self.broken.take() {
                         return Err(Exit::Error(*e));
                     }
@@ -237,7 +236,7 @@ enum Stop {
     Force,
     /// KILL_CLIENT, or the tenant suspended.
     Kick,
-    /// The client left (end of stream, an error, Terminate) or broke the protocol.
+    /// The client left (end of stream, an error) or broke the protocol.
     Client,
 }
 
@@ -267,13 +266,15 @@ struct WaitingClient<'a, S> {
 }
 
 impl<S: AsyncRead + Unpin> WaitingClient<'_, S> {
-    /// Reads what the client sent until its socket has no more; ready once it left or
-    /// broke the protocol. Past the client buffer's bound it is not read (nor watched)
-    /// until the wait ends, as the relay holds back a client whose bytes are not going out.
+    /// Reads what the client sent until its socket has no more; ready once it left (end of
+    /// stream, an error) or broke the protocol. Past the client buffer's bound it is not read
+    /// (nor watched) until the wait ends, as the relay holds back a client whose bytes are
+    /// not going out. After a Terminate nothing more is read either: what the client sent
+    /// before it runs once a connection frees, as PostgreSQL runs what precedes a Terminate.
     fn poll_left(&mut self, cx: &mut Context<'_>, signal: &Signal) -> Poll<()> {
         loop {
             let scan = &mut self.scan;
-            if scan.cbuf.len() >= MAX_CLIENT_BUFFERED {
+            if scan.cbuf.len() >= MAX_CLIENT_BUFFERED || *scan.terminated {
                 return Poll::Pending;
             }
             // As in `next_event`: a plain socket's pending read stays registered until its
@@ -296,7 +297,7 @@ impl<S: AsyncRead + Unpin> WaitingClient<'_, S> {
                 Poll::Ready(Ok(n)) => {
                     self.read += n;
                     scan.reborrow().run();
-                    if *scan.terminated || scan.broken.is_some() {
+                    if scan.broken.is_some() {
                         return Poll::Ready(());
                     }
                 }
@@ -417,24 +418,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_waiting_client_that_closes_or_terminates_ends_the_wait() {
-        for ending in [&b""[..], TERMINATE] {
-            let (mut peer, mut stream) = tokio::io::duplex(1024);
-            let (_tx, rx) = tokio::sync::oneshot::channel();
-            let mut f = Fields::default();
-            let sender = async {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                peer.write_all(&[QUERY, ending].concat()).await.expect("write");
-                if ending.is_empty() {
-                    peer.shutdown().await.expect("close");
-                }
-                peer
-            };
-            let waited = tokio::time::timeout(Duration::from_secs(2), wait(rx, &mut stream, &mut f));
-            let (waited, _peer) = tokio::join!(waited, sender);
-            let (r, _) = waited.expect("the wait ends while the checkout is still pending");
-            assert!(matches!(r, Err(Stop::Client)));
-            assert_eq!(f.terminated, !ending.is_empty());
-        }
+    async fn a_waiting_client_that_closes_ends_the_wait() {
+        let (mut peer, mut stream) = tokio::io::duplex(1024);
+        let (_tx, rx) = tokio::sync::oneshot::channel();
+        let mut f = Fields::default();
+        let sender = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            peer.write_all(QUERY).await.expect("write");
+            peer.shutdown().await.expect("close");
+            peer
+        };
+        let waited = tokio::time::timeout(Duration::from_secs(2), wait(rx, &mut stream, &mut f));
+        let (waited, _peer) = tokio::join!(waited, sender);
+        let (r, _) = waited.expect("the wait ends while the checkout is still pending");
+        assert!(matches!(r, Err(Stop::Client)));
+    }
+
+    /// A Terminate behind a query does not end the wait: the query runs once a connection
+    /// frees (as PostgreSQL runs what precedes a Terminate), and nothing after it is read.
+    #[tokio::test]
+    async fn a_waiting_client_that_terminates_keeps_its_query() {
+        let (mut peer, mut stream) = tokio::io::duplex(1024);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut f = Fields::default();
+        let sender = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            peer.write_all(&[QUERY, TERMINATE].concat()).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            peer.write_all(QUERY).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(()).expect("send");
+            peer
+        };
+        let (waited, _peer) = tokio::join!(wait(rx, &mut stream, &mut f), sender);
+        let (r, read) = waited;
+        assert!(matches!(r, Ok(true)), "the checkout completed");
+        assert_eq!(read, QUERY.len() + TERMINATE.len(), "nothing read after the Terminate");
+        assert!(f.terminated);
+        assert_eq!(f.c_scanned, QUERY.len(), "the query is ready to go, the Terminate is not");
     }
 }
