@@ -230,6 +230,40 @@ async fn statements_and_portals_belong_to_their_client() {
                 sync(),
             ]),
         ),
+        // DEALLOCATE ALL in an unnamed Parse, behind an earlier Sync and with no Sync of its
+        // own yet: the earlier Sync's ReadyForQuery settles nothing, and the Bind of a
+        // deallocated name behind it in the same batch fails naming the client's statement.
+        (
+            "Sync, then DEALLOCATE ALL in a Parse, then Bind of a deallocated name, one batch",
+            cat(&[
+                parse("s_e", "SELECT 14"),
+                sync(),
+                parse("", "DEALLOCATE ALL"),
+                bind("", ""),
+                execute(""),
+                bind("", "s_e"),
+                execute(""),
+                sync(),
+            ]),
+        ),
+        // Statement texts that name DEALLOCATE or DISCARD (here in a literal) followed in the
+        // same Sync batch by a Bind of a named statement or a simple query: what waits for
+        // their replies must not wait for a Sync behind it (the server sends nothing before).
+        (
+            "a text naming DISCARD, then a simple query, one batch",
+            cat(&[parse("", "SELECT 'discard'"), bind("", ""), execute(""), query("SELECT 15"), sync()]),
+        ),
+        (
+            "a named statement naming DEALLOCATE bound twice in one batch",
+            cat(&[
+                parse("s_f", "SELECT 'deallocate'::text"),
+                bind("", "s_f"),
+                execute(""),
+                bind("", "s_f"),
+                execute(""),
+                sync(),
+            ]),
+        ),
         (
             "the client can prepare again afterwards",
             cat(&[parse("s_c", "SELECT 9"), bind("", "s_c"), execute(""), sync()]),
