@@ -239,6 +239,13 @@ impl Pipeline {
         self.uncertain
     }
 
+    /// The last message sent is one of the extended protocol the server answers only at a
+    /// later Sync or Flush (it holds its replies until then), and the server is not reading
+    /// copy data.
+    pub fn unflushed(&self) -> bool {
+        !self.copy_in() && self.queue.back().is_some_and(|e| e.kind.extended() && e.kind != Kind::Flush)
+    }
+
     /// ReadyForQuery messages still owed by the server (at least).
     pub fn pending_ready(&self) -> usize {
         self.queue.iter().filter(|e| matches!(e.kind, Kind::Sync | Kind::Query | Kind::FunctionCall)).count()

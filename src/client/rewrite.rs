@@ -310,9 +310,14 @@ impl Stage<'_> {
             let replacement = parse_frame(name, &refusal);
             return self.prepare(&replacement, None);
         }
-        self.note(&class, sql);
         let set = class.set(sql);
-        self.prepare(frame, set)
+        // Noted once prepared: a barrier this Parse raises must not hold its own name's
+        // lookup (it would wait for a reply to itself).
+        if !self.prepare(frame, set) {
+            return false;
+        }
+        self.note(&class, sql);
+        true
     }
 
     /// What a query or Parse (not refused) does beyond its own reply: settings it may change
