@@ -265,6 +265,26 @@ async fn statements_and_portals_belong_to_their_client() {
             ]),
         ),
         (
+            "a named Parse whose text contains 'discarded', alone",
+            cat(&[parse("s_g", "SELECT 'discarded'::text"), sync()]),
+        ),
+        // The same behind a COPY FROM STDIN the client ended in the batch: the server holds
+        // the COPY's CommandComplete until a Sync or Flush too.
+        (
+            "a COPY naming DISCARD ended by CopyDone, then Bind of a named statement, one batch",
+            cat(&[
+                parse("s_h", "SELECT 16"),
+                sync(),
+                parse("", "COPY marks FROM STDIN -- discard"),
+                bind("", ""),
+                execute(""),
+                copy_done(),
+                bind("", "s_h"),
+                execute(""),
+                sync(),
+            ]),
+        ),
+        (
             "the client can prepare again afterwards",
             cat(&[parse("s_c", "SELECT 9"), bind("", "s_c"), execute(""), sync()]),
         ),
