@@ -239,11 +239,15 @@ impl Pipeline {
         self.uncertain
     }
 
-    /// The last message sent is one of the extended protocol the server answers only at a
-    /// later Sync or Flush (it holds its replies until then), and the server is not reading
-    /// copy data.
+    /// The last message sent is one the server answers only at a later Sync or Flush (it
+    /// holds its replies until then): of the extended protocol, or the CopyDone or CopyFail
+    /// that ends a COPY (copy data still open: a Flush would go to the COPY, which ignores it).
     pub fn unflushed(&self) -> bool {
-        !self.copy_in() && self.queue.back().is_some_and(|e| e.kind.extended() && e.kind != Kind::Flush)
+        self.queue.back().is_some_and(|e| match e.kind {
+            Kind::Flush => false,
+            Kind::CopyDone | Kind::CopyFail => true,
+            kind => kind.extended(),
+        })
     }
 
     /// ReadyForQuery messages still owed by the server (at least).

@@ -562,4 +562,8 @@ fn unflushed_until_a_sync_or_flush_follows_an_extended_message() {
     assert!(!p.unflushed());
     p.push(Kind::Query, Action::Forward);
     assert!(!p.unflushed(), "a simple query's ReadyForQuery flushes");
+    p.push(Kind::CopyData, Action::Forward);
+    assert!(!p.unflushed(), "copy data: a Flush would go to the COPY");
+    p.push(Kind::CopyDone, Action::Forward);
+    assert!(p.unflushed(), "the COPY's CommandComplete waits in the server's output");
 }
