@@ -76,6 +76,16 @@ async fn statements_and_portals_belong_to_their_client() {
         ("Execute of a portal never bound", cat(&[execute("p_never"), sync()])),
         ("Execute of another client's WITH HOLD cursor", cat(&[execute("held"), sync()])),
         ("Describe of another client's WITH HOLD cursor", cat(&[describe(b'P', "held"), sync()])),
+        // A Bind refused before it reaches the server makes no portal: the name stays
+        // another client's.
+        (
+            "a refused Bind naming another client's WITH HOLD cursor, then Execute of it",
+            cat(&[bind("held", "s_never"), sync(), execute("held"), sync()]),
+        ),
+        (
+            "a refused Bind of the unnamed statement naming that cursor, then Execute of it",
+            cat(&[bind("held", ""), sync(), execute("held"), sync(), describe(b'P', "held"), sync()]),
+        ),
         ("duplicate named Parse", cat(&[parse("dup", "SELECT 1"), parse("dup", "SELECT 2"), sync()])),
         ("the duplicate's first statement still runs", cat(&[bind("", "dup"), execute(""), sync()])),
         ("prepare a text", cat(&[parse("s_a", "SELECT 42"), sync()])),
