@@ -147,11 +147,13 @@ impl Stage<'_> {
                     self.forward(tag, frame);
                     return true;
                 };
-                self.statements.bind_portal(portal);
+                // The portal is the client's only if its Bind reaches the server: a name a
+                // refused Bind gave may be another client's WITH HOLD cursor there.
                 if stmt.is_empty() {
                     match self.unnamed_owned() {
                         None => return false,
                         Some(true) => {
+                            self.statements.bind_portal(portal);
                             self.sets.bound = self.sets.unnamed.clone();
                             self.forward(tag, frame);
                         }
@@ -171,6 +173,7 @@ impl Stage<'_> {
                     }
                     Lookup::Known(p) => p,
                 };
+                self.statements.bind_portal(portal);
                 self.sets.bound = prepared.set.clone().map(Box::new);
                 self.ensure(&prepared.server_name, &prepared.parse);
                 let mut prefix = portal.to_vec();
