@@ -239,6 +239,17 @@ impl Pipeline {
         self.uncertain
     }
 
+    /// The last message sent is one the server answers only at a later Sync or Flush (it
+    /// holds its replies until then): of the extended protocol, or the CopyDone or CopyFail
+    /// that ends a COPY (copy data still open: a Flush would go to the COPY, which ignores it).
+    pub fn unflushed(&self) -> bool {
+        self.queue.back().is_some_and(|e| match e.kind {
+            Kind::Flush => false,
+            Kind::CopyDone | Kind::CopyFail => true,
+            kind => kind.extended(),
+        })
+    }
+
     /// ReadyForQuery messages still owed by the server (at least).
     pub fn pending_ready(&self) -> usize {
         self.queue.iter().filter(|e| matches!(e.kind, Kind::Sync | Kind::Query | Kind::FunctionCall)).count()

@@ -553,6 +553,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if transaction {
                 if !st.rewrite(tag, frame) {
                     // Waits for the server's verdict on an earlier message (see Lookup::Wait).
+                    // The server holds its replies to extended messages until a Sync or Flush:
+                    // when none of the client's lies between, a Flush (no reply) gets them.
+                    if self.pipeline.unflushed() {
+                        self.out.extend_from_slice(frontend::FLUSH_MESSAGE);
+                        self.pipeline.push(Kind::Flush, Action::Swallow);
+                    }
                     break;
                 }
             } else {

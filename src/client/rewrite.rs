@@ -147,11 +147,13 @@ impl Stage<'_> {
                     self.forward(tag, frame);
                     return true;
                 };
-                self.statements.bind_portal(portal);
+                // The portal is the client's only if its Bind reaches the server: a name a
+                // refused Bind gave may be another client's WITH HOLD cursor there.
                 if stmt.is_empty() {
                     match self.unnamed_owned() {
                         None => return false,
                         Some(true) => {
+                            self.statements.bind_portal(portal);
                             self.sets.bound = self.sets.unnamed.clone();
                             self.forward(tag, frame);
                         }
@@ -171,6 +173,7 @@ impl Stage<'_> {
                     }
                     Lookup::Known(p) => p,
                 };
+                self.statements.bind_portal(portal);
                 self.sets.bound = prepared.set.clone().map(Box::new);
                 self.ensure(&prepared.server_name, &prepared.parse);
                 // Rewritten straight into the server-bound buffer (no message allocated).
@@ -305,9 +308,14 @@ impl Stage<'_> {
             let replacement = parse_frame(name, &refusal);
             return self.prepare(&replacement, None);
         }
-        self.note(&class, sql);
         let set = class.set(sql);
-        self.prepare(frame, set)
+        // Noted once prepared: a barrier this Parse raises must not hold its own name's
+        // lookup (it would wait for a reply to itself).
+        if !self.prepare(frame, set) {
+            return false;
+        }
+        self.note(&class, sql);
+        true
     }
 
     /// What a query or Parse (not refused) does beyond its own reply: settings it may change

@@ -590,3 +590,22 @@ fn agrees_with_the_previous_model(steps: &[Step]) -> Result<(), TestCaseError> {
     }
     Ok(())
 }
+
+#[test]
+fn unflushed_until_a_sync_or_flush_follows_an_extended_message() {
+    let mut p = Pipeline::default();
+    assert!(!p.unflushed(), "nothing sent");
+    p.push(Kind::Parse, Action::Forward);
+    assert!(p.unflushed(), "the server holds the ParseComplete");
+    p.push(Kind::Flush, Action::Swallow);
+    assert!(!p.unflushed());
+    p.push(Kind::Bind, Action::Forward);
+    p.push(Kind::Sync, Action::Forward);
+    assert!(!p.unflushed());
+    p.push(Kind::Query, Action::Forward);
+    assert!(!p.unflushed(), "a simple query's ReadyForQuery flushes");
+    p.push(Kind::CopyData, Action::Forward);
+    assert!(!p.unflushed(), "copy data: a Flush would go to the COPY");
+    p.push(Kind::CopyDone, Action::Forward);
+    assert!(p.unflushed(), "the COPY's CommandComplete waits in the server's output");
+}

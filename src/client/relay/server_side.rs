@@ -170,9 +170,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         t.busy_since = None;
                     }
                     if !setup {
-                        // Only once no later ReadyForQuery is owed: a DEALLOCATE or DISCARD
-                        // pipelined behind this one's Sync may still be running.
-                        if self.statements.barrier_pending() && self.pipeline.pending_ready() == 0 {
+                        // Only once nothing more is owed: a DEALLOCATE or DISCARD pipelined
+                        // behind this one's Sync may still be running, or wait in the server's
+                        // output for a Sync or Flush (in a Parse of the client's batch).
+                        if self.statements.barrier_pending() && self.pipeline.owes_nothing() {
                             self.statements.lift_barrier();
                         }
                         self.meter.ready(p.status);

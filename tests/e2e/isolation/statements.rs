@@ -76,6 +76,16 @@ async fn statements_and_portals_belong_to_their_client() {
         ("Execute of a portal never bound", cat(&[execute("p_never"), sync()])),
         ("Execute of another client's WITH HOLD cursor", cat(&[execute("held"), sync()])),
         ("Describe of another client's WITH HOLD cursor", cat(&[describe(b'P', "held"), sync()])),
+        // A Bind refused before it reaches the server makes no portal: the name stays
+        // another client's.
+        (
+            "a refused Bind naming another client's WITH HOLD cursor, then Execute of it",
+            cat(&[bind("held", "s_never"), sync(), execute("held"), sync()]),
+        ),
+        (
+            "a refused Bind of the unnamed statement naming that cursor, then Execute of it",
+            cat(&[bind("held", ""), sync(), execute("held"), sync(), describe(b'P', "held"), sync()]),
+        ),
         ("duplicate named Parse", cat(&[parse("dup", "SELECT 1"), parse("dup", "SELECT 2"), sync()])),
         ("the duplicate's first statement still runs", cat(&[bind("", "dup"), execute(""), sync()])),
         ("prepare a text", cat(&[parse("s_a", "SELECT 42"), sync()])),
@@ -226,6 +236,60 @@ async fn statements_and_portals_belong_to_their_client() {
                 sync(),
                 query("SELECT pg_sleep(0.3); DEALLOCATE ALL"),
                 bind("", "s_q"),
+                execute(""),
+                sync(),
+            ]),
+        ),
+        // DEALLOCATE ALL in an unnamed Parse, behind an earlier Sync and with no Sync of its
+        // own yet: the earlier Sync's ReadyForQuery settles nothing, and the Bind of a
+        // deallocated name behind it in the same batch fails naming the client's statement.
+        (
+            "Sync, then DEALLOCATE ALL in a Parse, then Bind of a deallocated name, one batch",
+            cat(&[
+                parse("s_e", "SELECT 14"),
+                sync(),
+                parse("", "DEALLOCATE ALL"),
+                bind("", ""),
+                execute(""),
+                bind("", "s_e"),
+                execute(""),
+                sync(),
+            ]),
+        ),
+        // Statement texts that name DEALLOCATE or DISCARD (here in a literal) followed in the
+        // same Sync batch by a Bind of a named statement or a simple query: what waits for
+        // their replies must not wait for a Sync behind it (the server sends nothing before).
+        (
+            "a text naming DISCARD, then a simple query, one batch",
+            cat(&[parse("", "SELECT 'discard'"), bind("", ""), execute(""), query("SELECT 15"), sync()]),
+        ),
+        (
+            "a named statement naming DEALLOCATE bound twice in one batch",
+            cat(&[
+                parse("s_f", "SELECT 'deallocate'::text"),
+                bind("", "s_f"),
+                execute(""),
+                bind("", "s_f"),
+                execute(""),
+                sync(),
+            ]),
+        ),
+        (
+            "a named Parse whose text contains 'discarded', alone",
+            cat(&[parse("s_g", "SELECT 'discarded'::text"), sync()]),
+        ),
+        // The same behind a COPY FROM STDIN the client ended in the batch: the server holds
+        // the COPY's CommandComplete until a Sync or Flush too.
+        (
+            "a COPY naming DISCARD ended by CopyDone, then Bind of a named statement, one batch",
+            cat(&[
+                parse("s_h", "SELECT 16"),
+                sync(),
+                parse("", "COPY marks FROM STDIN -- discard"),
+                bind("", ""),
+                execute(""),
+                copy_done(),
+                bind("", "s_h"),
                 execute(""),
                 sync(),
             ]),
