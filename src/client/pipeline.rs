@@ -270,6 +270,13 @@ impl Pipeline {
         self.push_full(kind, action, effect, None);
     }
 
+    /// Adds effects to the message recorded last (to undo should it fail or be skipped).
+    pub fn attach_effects(&mut self, effects: Vec<Effect>) {
+        if let (false, Some(back)) = (effects.is_empty(), self.queue.back_mut()) {
+            back.effect.extend(effects);
+        }
+    }
+
     /// Records a Query or Execute that runs a session SET.
     pub fn push_set(&mut self, kind: Kind, set: Option<Box<SetCmd>>) {
         self.push_full(kind, Action::Forward, Vec::new(), set);
@@ -587,7 +594,13 @@ impl Pipeline {
             }
             route.unnamed_parsed = e.unnamed;
             if !e.effect.is_empty() {
-                self.done.extend(e.effect);
+                // A simple query that raised an error ran none of it (its implicit
+                // transaction rolled back): its effects are undone.
+                if e.errored {
+                    self.undo.extend(e.effect);
+                } else {
+                    self.done.extend(e.effect);
+                }
             }
         }
         self.started = false;

@@ -15,7 +15,7 @@ use super::setcmd::SetCmd;
 use super::statements::Effect;
 use super::statements::{
     absent_portal, absent_statement, feature_refusal, prepare_refusal, probe_duplicate, probe_statement,
-    Lookup, Statements, MAX_CLIENT_STATEMENTS, MAX_CLIENT_STATEMENT_BYTES,
+    Lookup, Portal, Statements, MAX_CLIENT_STATEMENTS, MAX_CLIENT_STATEMENT_BYTES,
 };
 use super::vars::ClientVars;
 use crate::config::SessionFeatures;
@@ -153,9 +153,14 @@ impl Stage<'_> {
                     match self.unnamed_owned() {
                         None => return false,
                         Some(true) => {
-                            self.statements.bind_portal(portal);
+                            let portal = self.statements.bind_portal(portal, false);
                             self.sets.bound = self.sets.unnamed.clone();
-                            self.forward(tag, frame);
+                            self.out.extend_from_slice(frame);
+                            self.pipeline.push_effect(
+                                Kind::Bind,
+                                Action::Forward,
+                                portal.into_iter().collect(),
+                            );
                         }
                         Some(false) => {
                             self.sets.bound = None;
@@ -173,13 +178,13 @@ impl Stage<'_> {
                     }
                     Lookup::Known(p) => p,
                 };
-                self.statements.bind_portal(portal);
                 self.sets.bound = prepared.set.clone().map(Box::new);
                 self.ensure(&prepared.server_name, &prepared.parse);
+                let effect = self.statements.bind_portal(portal, false);
                 // Rewritten straight into the server-bound buffer (no message allocated).
                 let name = prepared.server_name.as_bytes();
                 rename_into(self.out, fe::BIND, &[portal, b"\0"], name, rest);
-                self.pipeline.push(Kind::Bind, Action::Forward);
+                self.pipeline.push_effect(Kind::Bind, Action::Forward, effect.into_iter().collect());
             }
             fe::DESCRIBE | fe::CLOSE => {
                 let Some((target, name)) = target_parts(frame) else {
@@ -187,7 +192,10 @@ impl Stage<'_> {
                     return true;
                 };
                 if target == PORTAL {
-                    if self.statements.owns_portal(name) {
+                    let owned = self.statements.owns_portal(name);
+                    if owned == Portal::Wait {
+                        return false;
+                    } else if owned == Portal::Owned {
                         self.forward(tag, frame);
                     } else if tag == fe::DESCRIBE {
                         self.fail_with(PgError::no_such_portal(name), true);
@@ -233,9 +241,13 @@ impl Stage<'_> {
             }
             fe::EXECUTE => {
                 let portal = cstr(&frame[HEADER_LEN..]).map(|(p, _)| p).unwrap_or_default();
-                if !self.statements.owns_portal(portal) {
-                    self.fail_with(PgError::no_such_portal(portal), true);
-                    return true;
+                match self.statements.owns_portal(portal) {
+                    Portal::Owned => {}
+                    Portal::Wait => return false,
+                    Portal::Unknown => {
+                        self.fail_with(PgError::no_such_portal(portal), true);
+                        return true;
+                    }
                 }
                 self.out.extend_from_slice(frame);
                 self.pipeline.push_set(Kind::Execute, self.sets.bound.take());
@@ -250,7 +262,6 @@ impl Stage<'_> {
                 }
                 let sql = &frame[HEADER_LEN..];
                 let class = classify(sql);
-                self.note(&class, sql);
                 let refused = self.refusal_for(&class).and_then(|sql| query_frame(&sql));
                 match refused {
                     Some(query) => {
@@ -266,6 +277,7 @@ impl Stage<'_> {
                         self.pipeline.push_set(Kind::Query, set);
                     }
                 }
+                self.note(&class, sql);
             }
             _ => self.forward(tag, frame),
         }
@@ -318,8 +330,11 @@ impl Stage<'_> {
         true
     }
 
-    /// What a query or Parse (not refused) does beyond its own reply: settings it may change
-    /// untracked, prepared statements it may drop, cursors it may declare.
+    /// What a query or Parse does beyond its own reply: settings it may change untracked,
+    /// prepared statements it may drop, cursors it may declare. Called once the message is
+    /// recorded in the pipeline: a declared cursor's name is the client's unless that message
+    /// fails or is skipped (a refused DECLARE never runs; one that fails may name another
+    /// client's cursor).
     #[inline(always)]
     fn note(&mut self, class: &Class, sql: &[u8]) {
         if class.suspect_settings() {
@@ -329,9 +344,12 @@ impl Stage<'_> {
             self.statements.raise_barrier();
         }
         if class.declares() {
-            for cursor in class.declared_cursors(sql) {
-                self.statements.bind_portal(&cursor);
-            }
+            let declared: Vec<Effect> = class
+                .declared_cursors(sql)
+                .iter()
+                .filter_map(|c| self.statements.bind_portal(c, true))
+                .collect();
+            self.pipeline.attach_effects(declared);
         }
     }
 

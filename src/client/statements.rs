@@ -25,6 +25,9 @@ pub enum Effect {
     ClientParse(Box<[u8]>),
     /// The client's statement was closed (restored if the Close was skipped).
     ClientClose(Box<[u8]>, Arc<Prepared>),
+    /// The client's Bind or DECLARE of this portal name (forgotten if it failed or was
+    /// skipped: the name may be another client's cursor on the server).
+    ClientPortal(Box<[u8]>),
 }
 
 /// A statement a client prepared, as the server knows it.
@@ -103,6 +106,15 @@ pub enum Lookup {
     Wait,
 }
 
+/// Whether a portal name is the client's ([`Statements::owns_portal`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Portal {
+    Owned,
+    Unknown,
+    /// Its Bind or DECLARE has not answered and a Sync (or the DECLARE's query) lies between.
+    Wait,
+}
+
 #[derive(Debug)]
 struct Slot {
     current: Option<Arc<Prepared>>,
@@ -119,7 +131,10 @@ pub struct Statements {
     /// Syncs staged so far: changes queued before the last one are decided separately from
     /// messages after it.
     syncs: u64,
-    portals: KeyedSet<Box<[u8]>>,
+    /// Named portals: settled (`None`: its Bind or DECLARE completed), or the Sync count when
+    /// a Bind made it (`Some`; `u64::MAX` for a DECLARE, whose outcome the next messages
+    /// must wait for whatever comes between).
+    portals: KeyedMap<Box<[u8]>, Option<u64>>,
     /// A DEALLOCATE or DISCARD is on its way: whether the client's names survive it is known
     /// at its completion, so names wait until the server owes no more ReadyForQuery.
     barrier: bool,
@@ -138,7 +153,7 @@ impl Default for Statements {
         Statements {
             by_name: crate::hash::map(),
             syncs: 0,
-            portals: crate::hash::set(),
+            portals: crate::hash::map(),
             barrier: false,
             unnamed_staged: false,
             unnamed_parsed: 0,
@@ -218,6 +233,14 @@ impl Statements {
             Effect::ClientParse(name) => (name, None),
             Effect::ClientClose(name, prev) => (name, Some(prev.clone())),
             Effect::ServerStatement(_) => return,
+            Effect::ClientPortal(name) => {
+                if !ok {
+                    self.portals.remove(name);
+                } else if let Some(state) = self.portals.get_mut(name) {
+                    *state = None;
+                }
+                return;
+            }
         };
         let Some(slot) = self.by_name.get_mut(name) else { return };
         slot.pending = slot.pending.saturating_sub(1);
@@ -284,16 +307,43 @@ impl Statements {
         self.portals.clear();
     }
 
-    /// A Bind of a named portal.
-    pub fn bind_portal(&mut self, portal: &[u8]) {
-        if !portal.is_empty() && self.portals.len() < MAX_CLIENT_PORTALS {
-            self.portals.insert(portal.into());
+    /// A Bind (`declare` false) or DECLARE of a named portal that goes to the server: the
+    /// name is the client's from now, and the effect (when it was not already) forgets it
+    /// should the server fail or skip the message. Until then the name is pending (see
+    /// [`Statements::owns_portal`]).
+    pub fn bind_portal(&mut self, portal: &[u8], declare: bool) -> Option<Effect> {
+        if portal.is_empty() || self.portals.len() >= MAX_CLIENT_PORTALS || self.portals.contains_key(portal)
+        {
+            return None;
+        }
+        let name: Box<[u8]> = portal.into();
+        self.portals.insert(name.clone(), Some(if declare { u64::MAX } else { self.syncs }));
+        Some(Effect::ClientPortal(name))
+    }
+
+    /// The client's transaction ended and its server connection went back: no portal of its
+    /// survives there (a Bind's portal ends with its transaction; WITH HOLD cursors pin the
+    /// client), and the name may be another client's cursor on the next connection.
+    pub fn forget_portals(&mut self) {
+        if !self.portals.is_empty() {
+            self.portals.clear();
         }
     }
 
-    /// Whether the client may use this portal name (the unnamed portal, or one it bound).
-    pub fn owns_portal(&self, portal: &[u8]) -> bool {
-        portal.is_empty() || self.portals.contains(portal)
+    /// Whether the client may use this portal name: the unnamed portal, one whose Bind or
+    /// DECLARE completed, or one bound since the client's last Sync (the server skips a
+    /// message behind a Bind that failed). A portal whose Bind (before a Sync) or DECLARE has
+    /// not answered yet: `Wait` (had it failed, the name could be another client's cursor).
+    pub fn owns_portal(&self, portal: &[u8]) -> Portal {
+        if portal.is_empty() {
+            return Portal::Owned;
+        }
+        match self.portals.get(portal) {
+            None => Portal::Unknown,
+            Some(None) => Portal::Owned,
+            Some(Some(epoch)) if *epoch == self.syncs => Portal::Owned,
+            Some(Some(_)) => Portal::Wait,
+        }
     }
 }
 

@@ -209,6 +209,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) fn release(&mut self) {
         let Some(co) = self.server.take() else { return };
         self.progress.server_armed = false;
+        self.statements.forget_portals();
         // One clock read for the meter's hold and the pool's lifetime check.
         let now = Instant::now();
         self.meter.released_at(now);

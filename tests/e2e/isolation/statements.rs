@@ -318,6 +318,79 @@ async fn statements_and_portals_belong_to_their_client() {
     f.assert_none();
 }
 
+/// Portal names the client does not hold on its current server connection never reach
+/// another client's cursor there: a Bind the server rejects (the name is another client's
+/// WITH HOLD cursor), a DECLARE that fails, and a portal the client bound in an earlier
+/// transaction (on a connection it gave back) all leave the name unknown, so an Execute of it
+/// gets 34000 from pgtenant instead of the other client's rows. Each failed on main (the
+/// client received `held-secret` or `cur-secret`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_names_never_reach_another_clients_cursor() {
+    let t = with_mode(tenant_db("cnportal").await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let planter = h.client(&t.id).await;
+    planter
+        .batch_execute("BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 'held-secret'::text; COMMIT")
+        .await
+        .expect("plant a cursor");
+    let mut s = raw_proxy(&h, &t.id).await;
+    let mut f = Failures::default();
+    // Each step pipelined whole: the Execute is staged before the reply that decides whether
+    // its portal exists.
+    let steps: Vec<(&str, Vec<u8>, usize, &str)> = vec![
+        (
+            "a Bind the server rejects (42P03), then Execute of its portal",
+            cat(&[
+                parse("s_own", "SELECT 'own'::text"),
+                sync(),
+                bind("held", "s_own"),
+                sync(),
+                execute("held"),
+                sync(),
+            ]),
+            3,
+            "E(34000)",
+        ),
+        (
+            "a DECLARE that fails (25P01), then Execute of its name",
+            cat(&[query("DECLARE held CURSOR FOR SELECT 'mine'::text"), execute("held"), sync()]),
+            2,
+            "E(34000)",
+        ),
+        (
+            "the client binds portal cur and runs it in one batch",
+            cat(&[parse("s_cur", "SELECT 1"), bind("cur", "s_cur"), execute("cur"), sync()]),
+            1,
+            "C(SELECT 1)",
+        ),
+    ];
+    let mut transcript = Vec::new();
+    for (name, bytes, syncs, want) in &steps {
+        send(&mut s, bytes).await;
+        let (got, _) = read_step(&mut s, *syncs).await;
+        let got_summary = summary(&got);
+        f.check(got_summary.iter().any(|m| m == want), || format!("{name}: {got_summary:?}, want {want}"));
+        transcript.extend_from_slice(&got);
+    }
+    // Another client plants a cursor under the name this client used before.
+    planter
+        .batch_execute("BEGIN; DECLARE cur CURSOR WITH HOLD FOR SELECT 'cur-secret'::text; COMMIT")
+        .await
+        .expect("plant a second cursor");
+    send(&mut s, &cat(&[execute("cur"), sync()])).await;
+    let (got, _) = read_step(&mut s, 1).await;
+    f.check(summary(&got).first().is_some_and(|m| m.starts_with("E(34000")), || {
+        format!("Execute of a portal bound in an earlier transaction: {:?}", summary(&got))
+    });
+    transcript.extend_from_slice(&got);
+    for secret in [&b"held-secret"[..], b"cur-secret"] {
+        f.check(!transcript.windows(secret.len()).any(|w| w == secret), || {
+            format!("the client received another client's rows ({})", String::from_utf8_lossy(secret))
+        });
+    }
+    f.assert_none();
+}
+
 /// Reads the replies to one step: up to `syncs` ReadyForQuery messages, or, for a step
 /// without a Sync (ending in Flush), until the replies stop.
 async fn read_step<S: AsyncRead + Unpin>(s: &mut S, syncs: usize) -> (Vec<u8>, bool) {

@@ -353,7 +353,11 @@ impl Pipeline {
                 route.completed_set = e.set;
             }
             if !e.effect.is_empty() {
-                route.done.extend(e.effect);
+                if e.errored {
+                    route.undo.extend(e.effect);
+                } else {
+                    route.done.extend(e.effect);
+                }
             }
         }
         self.started = false;
