@@ -16,9 +16,6 @@ pub type KeyedState = SeedableRandomState;
 /// A map with [`KeyedState`] hashing.
 pub type KeyedMap<K, V> = std::collections::HashMap<K, V, KeyedState>;
 
-/// A set with [`KeyedState`] hashing.
-pub type KeyedSet<K> = std::collections::HashSet<K, KeyedState>;
-
 /// A hasher state with random seeds, for one map.
 pub fn keyed() -> KeyedState {
     static SHARED: OnceLock<SharedSeed> = OnceLock::new();
@@ -29,11 +26,6 @@ pub fn keyed() -> KeyedState {
 /// An empty [`KeyedMap`].
 pub fn map<K, V>() -> KeyedMap<K, V> {
     KeyedMap::with_hasher(keyed())
-}
-
-/// An empty [`KeyedSet`].
-pub fn set<K>() -> KeyedSet<K> {
-    KeyedSet::with_hasher(keyed())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::setcmd::SetCmd;
-use crate::hash::{KeyedMap, KeyedSet};
+use crate::hash::KeyedMap;
 use crate::protocol::backend::cstr;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::{rename, tag};
