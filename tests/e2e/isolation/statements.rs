@@ -391,6 +391,73 @@ async fn portal_names_never_reach_another_clients_cursor() {
     f.assert_none();
 }
 
+/// A DECLARE carried by Parse/Bind/Execute declares its cursor at the Execute, not at the
+/// Parse: when that Execute fails (42P03: the name is another client's WITH HOLD cursor on
+/// this connection) and a ROLLBACK TO SAVEPOINT keeps the transaction going, an Execute of
+/// the name must not reach the other client's cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declare_through_parse_that_fails_at_execute_leaves_the_name_unknown() {
+    let t = with_mode(tenant_db("cnpdecl").await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let planter = h.client(&t.id).await;
+    planter
+        .batch_execute("BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 'held-secret'::text; COMMIT")
+        .await
+        .expect("plant a cursor");
+    let mut s = raw_proxy(&h, &t.id).await;
+    let mut transcript = Vec::new();
+    let steps: Vec<(Vec<u8>, usize)> = vec![
+        (query("BEGIN; SAVEPOINT sp"), 1),
+        (
+            cat(&[
+                parse("", "DECLARE held CURSOR FOR SELECT 'mine'::text"),
+                bind("", ""),
+                execute(""),
+                sync(),
+            ]),
+            1,
+        ),
+        (query("ROLLBACK TO SAVEPOINT sp"), 1),
+        (cat(&[execute("held"), sync()]), 1),
+        (query("ROLLBACK"), 1),
+    ];
+    for (bytes, syncs) in &steps {
+        send(&mut s, bytes).await;
+        let (got, _) = read_step(&mut s, *syncs).await;
+        transcript.extend_from_slice(&got);
+    }
+    let secret = b"held-secret";
+    assert!(
+        !transcript.windows(secret.len()).any(|w| w == secret),
+        "the client received another client's cursor rows: {:?}",
+        summary(&transcript)
+    );
+}
+
+/// A named statement that DECLAREs a cursor, prepared in one transaction and executed in a
+/// later one (on a connection checked out again), declares the cursor there: PostgreSQL then
+/// answers an Execute and a Describe of the cursor's portal; so must pgtenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_declare_run_in_a_later_transaction_makes_its_portal() {
+    let t = with_mode(tenant_db("cnpdecl2").await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let mut s = raw_proxy(&h, &t.id).await;
+    let mut direct = raw_direct(&t.database).await;
+    let mut f = Failures::default();
+    let steps: Vec<(&str, Vec<u8>)> = vec![
+        ("prepare", cat(&[parse("s_decl", "DECLARE c CURSOR FOR SELECT 'row'::text"), sync()])),
+        ("begin", query("BEGIN")),
+        (
+            "run the DECLARE, then Describe and Execute its portal",
+            cat(&[bind("", "s_decl"), execute(""), describe(b'P', "c"), execute("c"), sync()]),
+        ),
+        ("commit", query("COMMIT")),
+    ];
+    let mut transcript = Vec::new();
+    compare_steps(&mut f, &mut direct, &mut s, &steps, &mut transcript).await;
+    f.assert_none();
+}
+
 /// Reads the replies to one step: up to `syncs` ReadyForQuery messages, or, for a step
 /// without a Sync (ending in Flush), until the replies stop.
 async fn read_step<S: AsyncRead + Unpin>(s: &mut S, syncs: usize) -> (Vec<u8>, bool) {

@@ -217,3 +217,34 @@ async fn a_client_that_pipelines_while_waiting_gets_every_answer_in_order() {
     let (got, _) = read_ready(&mut waiter, 1, Duration::from_secs(5)).await;
     assert_eq!(summary(&got), ["T", "D(after)", "C(SELECT 1)", "Z(I)"]);
 }
+
+/// A waiting client that sends its INSERT, then Terminate, then closes its socket: as with
+/// PostgreSQL (which runs what precedes a Terminate whatever the socket does after), the
+/// INSERT runs once the connection frees, and the session then ends: no client of tenant b is
+/// left in SHOW CLIENTS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_client_that_terminates_and_closes_is_served_then_gone() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let holder = h.client(&a.id).await;
+    holder.batch_execute("BEGIN").await.expect("begin");
+    let table = format!("\"{}\".t", b.id);
+    let mut quits = raw_proxy(&h, &b.id).await;
+    send(&mut quits, &query(&format!("INSERT INTO {table} VALUES (7, 'quit')"))).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(&mut quits, &terminate()).await;
+    drop(quits);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.batch_execute("COMMIT").await.expect("commit");
+    let gone = eventually(Duration::from_secs(3), || async {
+        h.proxy.live.list().iter().all(|c| c.tenant.as_str() != b.id)
+    })
+    .await;
+    assert!(gone, "a client of tenant b is still listed: {:?}", clocks(&h));
+    let db = admin(&b.database).await;
+    let n: i64 =
+        db.query_one(&format!("SELECT count(*) FROM {table} WHERE id = 7"), &[]).await.expect("count").get(0);
+    assert_eq!(n, 1, "the INSERT sent before Terminate ran");
+    let next = h.client(&b.id).await;
+    next.simple_query("SELECT 1").await.expect("tenant b is served after");
+}
