@@ -155,6 +155,7 @@ impl Stage<'_> {
                         Some(true) => {
                             let portal = self.statements.bind_portal(portal, false);
                             self.sets.bound = self.sets.unnamed.clone();
+                            self.statements.bind_declares(None);
                             self.out.extend_from_slice(frame);
                             self.pipeline.push_effect(
                                 Kind::Bind,
@@ -164,6 +165,7 @@ impl Stage<'_> {
                         }
                         Some(false) => {
                             self.sets.bound = None;
+                            self.statements.bind_nothing();
                             self.fail_with(PgError::no_such_statement(stmt), false);
                         }
                     }
@@ -173,12 +175,14 @@ impl Stage<'_> {
                 let prepared = match self.statements.lookup(stmt) {
                     Lookup::Wait => return false,
                     Lookup::Unknown => {
+                        self.statements.bind_nothing();
                         self.fail_with(PgError::no_such_statement(stmt), false);
                         return true;
                     }
                     Lookup::Known(p) => p,
                 };
                 self.sets.bound = prepared.set.clone().map(Box::new);
+                self.statements.bind_declares(Some(&prepared.declares));
                 self.ensure(&prepared.server_name, &prepared.parse);
                 let effect = self.statements.bind_portal(portal, false);
                 // Rewritten straight into the server-bound buffer (no message allocated).
@@ -251,6 +255,14 @@ impl Stage<'_> {
                 }
                 self.out.extend_from_slice(frame);
                 self.pipeline.push_set(Kind::Execute, self.sets.bound.take());
+                // A DECLARE carried by the extended protocol makes its cursor here: the name
+                // is the client's once this Execute completes (not if it fails or is skipped).
+                let declares = self.statements.take_bound_declares();
+                if !declares.is_empty() {
+                    let effects: Vec<Effect> =
+                        declares.iter().filter_map(|c| self.statements.bind_portal(c, true)).collect();
+                    self.pipeline.attach_effects(effects);
+                }
             }
             fe::SYNC => {
                 self.statements.sync();
@@ -277,7 +289,7 @@ impl Stage<'_> {
                         self.pipeline.push_set(Kind::Query, set);
                     }
                 }
-                self.note(&class, sql);
+                self.note(&class, sql, true);
             }
             _ => self.forward(tag, frame),
         }
@@ -308,7 +320,7 @@ impl Stage<'_> {
         // The extended protocol can carry what a simple query can: the same checks.
         let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
         let Some((name, sql)) = statement else {
-            return self.prepare(frame, None);
+            return self.prepare(frame, None, Box::default());
         };
         let class = classify(sql);
         if let Some(refusal) = self.refusal_for(&class) {
@@ -318,15 +330,18 @@ impl Stage<'_> {
             // and a barrier raised for it would hold the client's next Describe until a
             // reply that cannot come before its Sync).
             let replacement = parse_frame(name, &refusal);
-            return self.prepare(&replacement, None);
+            return self.prepare(&replacement, None, Box::default());
         }
         let set = class.set(sql);
+        // Its cursors are declared by an Execute of it, not by the Parse.
+        let declares: Box<[Box<[u8]>]> =
+            if class.declares() { class.declared_cursors(sql).into() } else { Box::default() };
         // Noted once prepared: a barrier this Parse raises must not hold its own name's
         // lookup (it would wait for a reply to itself).
-        if !self.prepare(frame, set) {
+        if !self.prepare(frame, set, declares) {
             return false;
         }
-        self.note(&class, sql);
+        self.note(&class, sql, false);
         true
     }
 
@@ -336,14 +351,14 @@ impl Stage<'_> {
     /// fails or is skipped (a refused DECLARE never runs; one that fails may name another
     /// client's cursor).
     #[inline(always)]
-    fn note(&mut self, class: &Class, sql: &[u8]) {
+    fn note(&mut self, class: &Class, sql: &[u8], query: bool) {
         if class.suspect_settings() {
             self.conn.suspect_settings();
         }
         if class.drops_statements() {
             self.statements.raise_barrier();
         }
-        if class.declares() {
+        if query && class.declares() {
             let declared: Vec<Effect> = class
                 .declared_cursors(sql)
                 .iter()
@@ -355,11 +370,14 @@ impl Stage<'_> {
 
     /// A Parse after the checks: named statements get pgtenant's names. `set` is the session
     /// SET its text runs, if it is one.
-    fn prepare(&mut self, frame: &[u8], set: Option<SetCmd>) -> bool {
-        let Some((name, prepared)) = Statements::prepare(frame, self.search_path, set.clone()) else {
+    fn prepare(&mut self, frame: &[u8], set: Option<SetCmd>, declares: Box<[Box<[u8]>]>) -> bool {
+        let Some((name, prepared)) =
+            Statements::prepare(frame, self.search_path, set.clone(), declares.clone())
+        else {
             // An unnamed statement: remember whether it is a SET, and that the client parsed
             // one (see `unnamed_owned`).
             self.sets.unnamed = set.map(Box::new);
+            self.statements.unnamed_declares(declares);
             self.out.extend_from_slice(frame);
             self.pipeline.push_unnamed_parse();
             self.statements.stage_unnamed();

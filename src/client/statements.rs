@@ -38,6 +38,19 @@ pub struct Prepared {
     pub parse: Bytes,
     /// The session SET the statement runs, if it is one.
     pub set: Option<SetCmd>,
+    /// Cursors its text DECLAREs: the client's once an Execute of it completes.
+    pub declares: Cursors,
+}
+
+/// Cursor names a statement's text declares (usually none: no allocation).
+pub type Cursors = Box<[Box<[u8]>]>;
+
+/// The cursors of the client's unnamed statement and of the statement it bound last (boxed:
+/// rare, and every session would otherwise keep room for them).
+#[derive(Debug, Default)]
+struct Declaring {
+    unnamed: Cursors,
+    bound: Cursors,
 }
 
 /// The most named statements one client may hold (its map is bounded, like everything a
@@ -146,6 +159,8 @@ pub struct Statements {
     unnamed_parsed: u32,
     /// Bytes of the Parse messages held.
     bytes: usize,
+    /// Cursors the unnamed and the last bound statement declare, if any does.
+    declaring: Option<Box<Declaring>>,
 }
 
 impl Default for Statements {
@@ -158,6 +173,7 @@ impl Default for Statements {
             unnamed_staged: false,
             unnamed_parsed: 0,
             bytes: 0,
+            declaring: None,
         }
     }
 }
@@ -170,6 +186,7 @@ impl Statements {
         frame: &[u8],
         search_path: &str,
         set: Option<SetCmd>,
+        declares: Cursors,
     ) -> Option<(Box<[u8]>, Arc<Prepared>)> {
         let (name, rest) = cstr(frame.get(HEADER_LEN..)?)?;
         if name.is_empty() {
@@ -184,7 +201,7 @@ impl Statements {
         };
         let server_name: Arc<str> = Arc::from(format!("pgt_{:016x}{:016x}", hash(&k[0]), hash(&k[1])));
         let parse = rename(tag::PARSE, &[], server_name.as_bytes(), rest);
-        Some((name.into(), Arc::new(Prepared { server_name, parse, set })))
+        Some((name.into(), Arc::new(Prepared { server_name, parse, set, declares })))
     }
 
     pub fn lookup(&self, name: &[u8]) -> Lookup {
@@ -281,6 +298,38 @@ impl Statements {
     /// A Parse of the unnamed statement was staged.
     pub fn stage_unnamed(&mut self) {
         self.unnamed_staged = true;
+    }
+
+    /// The cursors the client's latest unnamed Parse declares.
+    pub fn unnamed_declares(&mut self, cursors: Cursors) {
+        if !cursors.is_empty() || self.declaring.is_some() {
+            self.declaring.get_or_insert_with(Default::default).unnamed = cursors;
+        }
+    }
+
+    /// A Bind of the unnamed statement (`None`) or of a named one: an Execute that follows
+    /// declares its cursors.
+    pub fn bind_declares(&mut self, named: Option<&Cursors>) {
+        if self.declaring.is_none() && named.is_none_or(|c| c.is_empty()) {
+            return;
+        }
+        let d = self.declaring.get_or_insert_with(Default::default);
+        d.bound = match named {
+            Some(c) => c.clone(),
+            None => d.unnamed.clone(),
+        };
+    }
+
+    /// A Bind that makes no portal from the client's statement (refused or failed here).
+    pub fn bind_nothing(&mut self) {
+        if let Some(d) = self.declaring.as_mut() {
+            d.bound = Box::default();
+        }
+    }
+
+    /// An Execute: the cursors its statement declares (once; a portal runs once).
+    pub fn take_bound_declares(&mut self) -> Cursors {
+        self.declaring.as_mut().map(|d| std::mem::take(&mut d.bound)).unwrap_or_default()
     }
 
     /// Whether a Parse of the unnamed statement was staged since the last Sync.
@@ -401,13 +450,17 @@ mod tests {
     #[test]
     fn parse_is_renamed_by_content_and_search_path() {
         let p = frame(b'P', b"s1\0SELECT $1\0\0\x01\0\0\0\x17");
-        let (n, a) = Statements::prepare(&p, "\"acme\"", None).expect("named");
+        let (n, a) = Statements::prepare(&p, "\"acme\"", None, Box::default()).expect("named");
         assert_eq!(&*n, b"s1");
-        let (_, b) =
-            Statements::prepare(&frame(b'P', b"other\0SELECT $1\0\0\x01\0\0\0\x17"), "\"acme\"", None)
-                .expect("named");
+        let (_, b) = Statements::prepare(
+            &frame(b'P', b"other\0SELECT $1\0\0\x01\0\0\0\x17"),
+            "\"acme\"",
+            None,
+            Box::default(),
+        )
+        .expect("named");
         assert_eq!(a.server_name, b.server_name, "same content, same server statement");
-        let (_, c) = Statements::prepare(&p, "\"globex\"", None).expect("named");
+        let (_, c) = Statements::prepare(&p, "\"globex\"", None, Box::default()).expect("named");
         assert_ne!(a.server_name, c.server_name, "another schema, another statement");
         assert_eq!(a.server_name.len(), 4 + 32, "128 keyed bits: {}", a.server_name);
         let (name, rest) = cstr(&a.parse[HEADER_LEN..]).expect("name");
@@ -418,7 +471,7 @@ mod tests {
             a.parse.len()
         );
         assert!(
-            Statements::prepare(&frame(b'P', b"\0SELECT 1\0\0\0"), "", None).is_none(),
+            Statements::prepare(&frame(b'P', b"\0SELECT 1\0\0\0"), "", None, Box::default()).is_none(),
             "unnamed: not tracked"
         );
     }
@@ -426,14 +479,16 @@ mod tests {
     #[test]
     fn names_wait_only_across_a_sync() {
         let mut s = Statements::default();
-        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None).expect("named");
+        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None, Box::default())
+            .expect("named");
         let parse = s.register(n, p);
         assert!(matches!(s.lookup(b"s1"), Lookup::Known(_)), "same Sync segment: decided together");
         s.sync();
         assert!(matches!(s.lookup(b"s1"), Lookup::Wait), "after a Sync: waits for the verdict");
         s.settle(&parse, false);
         assert!(matches!(s.lookup(b"s1"), Lookup::Unknown), "a skipped Parse leaves nothing");
-        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None).expect("named");
+        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None, Box::default())
+            .expect("named");
         let parse = s.register(n, p);
         s.settle(&parse, true);
         let close = s.close(b"s1").expect("known");
