@@ -196,16 +196,14 @@ impl Stage<'_> {
                     return true;
                 };
                 if target == PORTAL {
-                    let owned = self.statements.owns_portal(name);
-                    if owned == Portal::Wait {
-                        return false;
-                    } else if owned == Portal::Owned {
-                        self.forward(tag, frame);
-                    } else if tag == fe::DESCRIBE {
-                        self.fail_with(PgError::no_such_portal(name), true);
-                    } else {
+                    match self.statements.owns_portal(name) {
+                        Portal::Wait => return false,
+                        Portal::Owned => self.forward(tag, frame),
+                        Portal::Unknown if tag == fe::DESCRIBE => {
+                            self.fail_with(PgError::no_such_portal(name), true)
+                        }
                         // Closing a portal that does not exist is no error.
-                        self.close_absent(true, Vec::new());
+                        Portal::Unknown => self.close_absent(true, Vec::new()),
                     }
                     return true;
                 }

@@ -318,6 +318,19 @@ async fn statements_and_portals_belong_to_their_client() {
     f.assert_none();
 }
 
+/// A transaction-mode tenant with a pool of one, and a client of it that left a WITH HOLD
+/// cursor `held` (reading `held-secret`) on the pool's one server connection.
+async fn with_planted_cursor(db: &str) -> (TenantConfig, Harness, tokio_postgres::Client) {
+    let t = with_mode(tenant_db(db).await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let planter = h.client(&t.id).await;
+    planter
+        .batch_execute("BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 'held-secret'::text; COMMIT")
+        .await
+        .expect("plant a cursor");
+    (t, h, planter)
+}
+
 /// Portal names the client does not hold on its current server connection never reach
 /// another client's cursor there: a Bind the server rejects (the name is another client's
 /// WITH HOLD cursor), a DECLARE that fails, and a portal the client bound in an earlier
@@ -326,13 +339,7 @@ async fn statements_and_portals_belong_to_their_client() {
 /// client received `held-secret` or `cur-secret`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portal_names_never_reach_another_clients_cursor() {
-    let t = with_mode(tenant_db("cnportal").await, PoolMode::Transaction, 1);
-    let h = start_quick(vec![t.clone()]).await;
-    let planter = h.client(&t.id).await;
-    planter
-        .batch_execute("BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 'held-secret'::text; COMMIT")
-        .await
-        .expect("plant a cursor");
+    let (t, h, planter) = with_planted_cursor("cnportal").await;
     let mut s = raw_proxy(&h, &t.id).await;
     let mut f = Failures::default();
     // Each step pipelined whole: the Execute is staged before the reply that decides whether
@@ -397,13 +404,7 @@ async fn portal_names_never_reach_another_clients_cursor() {
 /// the name must not reach the other client's cursor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declare_through_parse_that_fails_at_execute_leaves_the_name_unknown() {
-    let t = with_mode(tenant_db("cnpdecl").await, PoolMode::Transaction, 1);
-    let h = start_quick(vec![t.clone()]).await;
-    let planter = h.client(&t.id).await;
-    planter
-        .batch_execute("BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 'held-secret'::text; COMMIT")
-        .await
-        .expect("plant a cursor");
+    let (t, h, _planter) = with_planted_cursor("cnpdecl").await;
     let mut s = raw_proxy(&h, &t.id).await;
     let mut transcript = Vec::new();
     let steps: Vec<(Vec<u8>, usize)> = vec![
