@@ -10,11 +10,13 @@
 //! `parameters` (settings and ParameterStatus at a handoff, both pool modes),
 //! `replies` (no reply crosses clients, even after COPY/Sync orderings PostgreSQL
 //! answers irregularly, a FATAL or a Terminate), `statements` (prepared statements and
-//! portals belong to their client), `unnamed` (the unnamed statement left on a server
+//! portals belong to their client), `cursors` (WITH HOLD cursors and other session features
+//! anywhere in a query pin or are refused; a cursor declared in code is closed), `unnamed` (the unnamed statement left on a server
 //! connection is usable only by the client that parsed it), `waits` (the wait clock and a cancel while waiting). The pair of tenants is `support::tenant_pair` with
 //! write access and a pool of one.
 
 mod affinity;
+mod cursors;
 mod parameters;
 mod replies;
 mod reset;
@@ -52,6 +54,24 @@ async fn rows(c: &Client, sql: &str) -> Result<Vec<Vec<String>>, tokio_postgres:
             _ => None,
         })
         .collect())
+}
+
+/// Makes client `c` leave a WITH HOLD cursor `name` reading `secret` on its server connection
+/// (of a tenant in database `db`) through an SQL function: the one way pgtenant cannot see
+/// (the README says so: it neither pins for it nor closes it), so what stands between that
+/// cursor and another client of the tenant is the portal check, or the reset at a handoff to
+/// another tenant.
+async fn plant_cursor(db: &str, c: &Client, name: &str, secret: &str) {
+    let function = format!("public.plant_{name}");
+    admin(db)
+        .await
+        .batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION {function}() RETURNS int LANGUAGE sql AS \
+             $f$ DECLARE {name} CURSOR WITH HOLD FOR SELECT '{secret}'::text; SELECT 1 $f$"
+        ))
+        .await
+        .expect("the planting function");
+    c.batch_execute(&format!("SELECT {function}()")).await.expect("plant a cursor");
 }
 
 /// An error with its SQLSTATE and message (Display alone says "db error").

@@ -22,7 +22,7 @@ async fn a_failed_reset_runs_nothing_the_next_tenant_sent_behind_it() {
     let su = admin(&a.database).await;
     let ca = h.client(&a.id).await;
     let p0 = pid(&ca).await;
-    ca.batch_execute("BEGIN; CREATE TEMP TABLE held (x int); COMMIT").await.expect("tenant a's temp table");
+    ca.batch_execute("DO $$BEGIN CREATE TEMP TABLE held (x int); END$$").await.expect("tenant a's temp table");
     let schema: String = su
         .query_one(
             "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -98,7 +98,7 @@ async fn rows_of(c: &Client, sql: &str) -> Vec<Vec<String>> {
 }
 
 /// Tenant a alone can stall the handoff's DISCARD ALL: a temporary child of a table it owns
-/// (created inside a transaction block, so pgtenant does not pin it) is dropped by DISCARD
+/// (created inside a DO block, so pgtenant does not pin it) is dropped by DISCARD
 /// TEMP, which needs a lock on the parent, and a second client of a holds that lock in an
 /// open transaction. The guard's `lock_timeout = 0` does not bound the wait (RESET ALL, part
 /// of DISCARD ALL, restores the default before DISCARD TEMP), and no fair-share timeout is
@@ -120,7 +120,7 @@ async fn the_previous_tenant_cannot_stall_the_reset_for_ever() {
     let p_locker = pid(&locker).await;
     // … so its other client gets the second, and leaves a temporary child on it.
     let ca = h.client(&a.id).await;
-    ca.batch_execute(&format!("BEGIN; CREATE TEMP TABLE kid () INHERITS ({parent}); COMMIT"))
+    ca.batch_execute(&format!("DO $$BEGIN CREATE TEMP TABLE kid () INHERITS ({parent}); END$$"))
         .await
         .expect("tenant a's temporary child");
     let p0 = pid(&ca).await;

@@ -36,10 +36,10 @@ async fn session_state_never_survives_a_handoff_to_another_tenant() {
             }};
         }
 
-        // Temporary table (in a transaction block, so nothing sees a CREATE TEMP statement).
+        // Temporary table (made by SELECT INTO, so nothing sees a CREATE TEMP statement).
         let (what, r) = handoff!(
             "temp table",
-            "BEGIN; CREATE TEMP TABLE items AS SELECT 'leak'::text AS owner; COMMIT",
+            "SELECT 'leak'::text AS owner INTO TEMP items",
             "SELECT owner FROM items"
         );
         match r {
@@ -76,10 +76,11 @@ async fn session_state_never_survives_a_handoff_to_another_tenant() {
             Err(e) => f.0.push(format!("{what}: tenant b's query failed: {}", why(&e))),
         }
 
-        // A WITH HOLD cursor declared inside a transaction block.
+        // A WITH HOLD cursor declared by a function (which pgtenant does not see).
+        plant_cursor(&a.database, &ca, "c", "cursor-of-a").await;
         let (what, r) = handoff!(
             "WITH HOLD cursor",
-            "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 'cursor-of-a'; COMMIT",
+            "SELECT count(*) FROM pg_cursors",
             "FETCH ALL FROM c"
         );
         match r {

@@ -33,10 +33,7 @@ async fn statements_and_portals_belong_to_their_client() {
         .batch_execute("DO $$BEGIN EXECUTE 'PREPARE s_planted AS INSERT INTO marks VALUES (1)'; END$$")
         .await
         .expect("plant a statement");
-    planter
-        .batch_execute("BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 'held-secret'::text; COMMIT")
-        .await
-        .expect("plant a cursor");
+    plant_cursor(&t.database, &planter, "held", "held-secret").await;
     let own = planter.prepare("SELECT 'planter-secret'::text").await.expect("prepare");
     assert_eq!(planter.query_one(&own, &[]).await.expect("own").get::<_, String>(0), "planter-secret");
     let planted = rows(
@@ -324,10 +321,7 @@ async fn with_planted_cursor(db: &str) -> (TenantConfig, Harness, tokio_postgres
     let t = with_mode(tenant_db(db).await, PoolMode::Transaction, 1);
     let h = start_quick(vec![t.clone()]).await;
     let planter = h.client(&t.id).await;
-    planter
-        .batch_execute("BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 'held-secret'::text; COMMIT")
-        .await
-        .expect("plant a cursor");
+    plant_cursor(&t.database, &planter, "held", "held-secret").await;
     (t, h, planter)
 }
 
@@ -380,10 +374,7 @@ async fn portal_names_never_reach_another_clients_cursor() {
         transcript.extend_from_slice(&got);
     }
     // Another client plants a cursor under the name this client used before.
-    planter
-        .batch_execute("BEGIN; DECLARE cur CURSOR WITH HOLD FOR SELECT 'cur-secret'::text; COMMIT")
-        .await
-        .expect("plant a second cursor");
+    plant_cursor(&t.database, &planter, "cur", "cur-secret").await;
     send(&mut s, &cat(&[execute("cur"), sync()])).await;
     let (got, _) = read_step(&mut s, 1).await;
     f.check(summary(&got).first().is_some_and(|m| m.starts_with("E(34000")), || {
