@@ -8,7 +8,7 @@
 //! whatever `standard_conforming_strings` is.
 
 /// `sql` after its leading whitespace and comments (`-- …` to the end of the line,
-/// `/* … */`, not nested), as PostgreSQL's scanner skips them
+/// `/* … */`, nested as PostgreSQL nests them), as PostgreSQL's scanner skips them
 /// (<https://www.postgresql.org/docs/current/sql-syntax-lexical.html#SQL-SYNTAX-COMMENTS>).
 /// What is left starts at a character boundary when `sql` is UTF-8 (only ASCII is skipped).
 pub fn skip_blank(mut sql: &[u8]) -> &[u8] {
@@ -18,11 +18,32 @@ pub fn skip_blank(mut sql: &[u8]) -> &[u8] {
         if let Some(rest) = sql.strip_prefix(b"--") {
             sql = rest.iter().position(|&b| b == b'\n').map_or(&[][..], |i| &rest[i..]);
         } else if let Some(rest) = sql.strip_prefix(b"/*") {
-            sql = rest.windows(2).position(|w| w == b"*/").map_or(&[][..], |i| &rest[i + 2..]);
+            sql = after_block_comment(rest);
         } else {
             return sql;
         }
     }
+}
+
+/// What follows the block comment whose opening `/*` precedes `rest`: its `*/`, counting
+/// the comments nested in it; nothing if it is not closed.
+fn after_block_comment(rest: &[u8]) -> &[u8] {
+    let (mut depth, mut i) = (1usize, 0);
+    while let Some(pair) = rest.get(i..i + 2) {
+        match pair {
+            b"/*" => depth += 1,
+            b"*/" => depth -= 1,
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+        if depth == 0 {
+            return &rest[i..];
+        }
+    }
+    &[]
 }
 
 /// A double-quoted SQL identifier (one name part).
@@ -61,6 +82,11 @@ mod tests {
         assert_eq!(skip_blank(b"/* open"), b"");
         assert_eq!(skip_blank(b"-- only"), b"");
         assert_eq!(skip_blank(b"SELECT 1"), b"SELECT 1");
+        // Nested, as PostgreSQL reads them; `/*/` opens only.
+        assert_eq!(skip_blank(b"/* a /* b */ c */ DECLARE"), b"DECLARE");
+        assert_eq!(skip_blank(b"/* a /* b */ DECLARE"), b"");
+        assert_eq!(skip_blank(b"/*/ x */ y"), b"y");
+        assert_eq!(skip_blank(b"/**/x"), b"x");
     }
 
     #[test]

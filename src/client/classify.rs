@@ -1,7 +1,7 @@
 //! What pgtenant needs to know about a client's SQL text in transaction mode, read in one pass:
 //! the first words (SQL-level PREPARE/EXECUTE/DEALLOCATE, session features such as LISTEN,
 //! `SET`/`RESET`, code that runs: DO, CALL) and a few keywords anywhere in the text
-//! (set_config, search_path, tenant_id, DEALLOCATE, DISCARD, DECLARE, WITH HOLD). Every
+//! (set_config, search_path, tenant_id, DEALLOCATE, DISCARD, DECLARE). Every
 //! consumer in [`super::rewrite`] reads the one [`Class`] instead of scanning the text again;
 //! the rare cases that need more (a SET's value, the names of declared cursors) parse the text
 //! only when the class says they are there.
@@ -9,8 +9,10 @@
 //! The reading is rough by design, as it was before: keywords are found inside quoted strings
 //! and comments too. Every such miss errs on the safe side (a connection suspected of changed
 //! settings is reset; a barrier only makes names wait; a cursor name too many only lets the
-//! client use a portal it may have created), except the refusals, which look at first words
-//! only, as PgBouncer does.
+//! client use a portal it may have created). The refusals read words, not keywords: the first
+//! words of each statement (any `;` may start one: a `;` in a string only makes a refusal too
+//! many) and, after DECLARE, its words before FOR (WITH HOLD, whatever blanks or comments
+//! split it). A statement inside code (a DO block, a function) is not seen.
 
 use super::setcmd::{self, SetCmd};
 use crate::sql::skip_blank;
@@ -43,13 +45,12 @@ pub struct Class {
 
 // Keywords looked for anywhere in the text (ASCII, lowercase; matched ignoring case), one bit
 // each in the masks below.
-const KEYWORDS: [&[u8]; 7] =
-    [b"set_config", b"search_path", b"tenant_id", b"deallocate", b"discard", b"declare", b"with hold"];
+const KEYWORDS: [&[u8]; 6] =
+    [b"set_config", b"search_path", b"tenant_id", b"deallocate", b"discard", b"declare"];
 const SUSPECT: u8 = 0b000_0111;
 const DROPS: u8 = 0b001_1000;
 const DECLARE: &[u8] = KEYWORDS[5];
 const DECLARES: u8 = 1 << 5;
-const WITH_HOLD: u8 = 1 << 6;
 
 /// For each byte, the keywords whose letter at `pos` it is (either case).
 const fn letter_table(pos: usize) -> [u8; 256] {
@@ -143,20 +144,36 @@ const LONGEST_FIRST_WORD: usize = 10;
 pub fn classify(sql: &[u8]) -> Class {
     let found = keywords(sql);
     let (suspect, drops) = (found & SUSPECT != 0, found & DROPS != 0);
-    let (declares, with_hold) = (found & DECLARES != 0, found & WITH_HOLD != 0);
+    let declares = found & DECLARES != 0;
     let mut class =
         Class { suspect_settings: suspect, drops_statements: drops, declares, ..Class::default() };
+    statement(sql, &mut class, true);
+    // A session-level feature counts wherever it starts: each `;` may start a statement
+    // (also inside a string or a comment, which only makes a refusal or a pin too many).
+    let mut rest = sql;
+    while class.refusal.is_none() {
+        let Some(end) = rest.iter().position(|&b| b == b';') else { break };
+        rest = &rest[end + 1..];
+        statement(rest, &mut class, false);
+    }
+    class
+}
+
+/// What the first words of one statement (at the start of `sql`) add to `class`; SET and
+/// RESET count only as the query's `first` statement.
+fn statement(sql: &[u8], class: &mut Class, first: bool) {
     // The first word decides nearly everything; the next two matter after DEALLOCATE and
     // CREATE only. Upper-cased into a buffer as long as the longest first word looked for,
     // so one `match` compares it with all of them.
     let mut upper = [0u8; LONGEST_FIRST_WORD];
     let mut n = 0;
-    for &b in skip_blank(sql) {
+    let sql = skip_blank(sql);
+    for &b in sql {
         let u = WORD_UPPER[usize::from(b)];
         if u == 0 {
             break;
         }
-        let Some(slot) = upper.get_mut(n) else { return class };
+        let Some(slot) = upper.get_mut(n) else { return };
         *slot = u;
         n += 1;
     }
@@ -182,17 +199,45 @@ pub fn classify(sql: &[u8]) -> Class {
                 class.refusal = Some(Refusal::Feature("temporary tables"));
             }
         }
-        b"DECLARE" if with_hold => class.refusal = Some(Refusal::Feature("WITH HOLD cursors")),
+        b"DECLARE" if holds(&sql[n..]) => class.refusal = Some(Refusal::Feature("WITH HOLD cursors")),
         b"DO" | b"CALL" => class.suspect_settings = true,
-        b"SET" | b"RESET" => class.set_like = true,
+        b"SET" | b"RESET" if first => class.set_like = true,
         _ => {}
     }
-    class
+}
+
+/// Whether a DECLARE (`sql` is what follows the word) makes a WITH HOLD cursor: `WITH HOLD`
+/// among its words before FOR, whatever blanks and comments separate them. The name may be
+/// quoted.
+fn holds(mut sql: &[u8]) -> bool {
+    let mut with = false;
+    loop {
+        sql = skip_blank(sql);
+        if let Some(quoted) = sql.strip_prefix(b"\"") {
+            let end = quoted.iter().position(|&b| b == b'"').map_or(quoted.len(), |i| i + 1);
+            sql = &quoted[end..];
+            with = false;
+            continue;
+        }
+        let end = sql.iter().position(|&b| WORD_UPPER[usize::from(b)] == 0).unwrap_or(sql.len());
+        if end == 0 {
+            return false;
+        }
+        let word = &sql[..end];
+        if word.eq_ignore_ascii_case(b"FOR") {
+            return false;
+        }
+        if with && word.eq_ignore_ascii_case(b"HOLD") {
+            return true;
+        }
+        with = word.eq_ignore_ascii_case(b"WITH");
+        sql = &sql[end..];
+    }
 }
 
 /// Which of [`KEYWORDS`] occur in `sql` (ignoring case), one bit each.
 ///
-/// Every keyword starts with `d`, `s`, `t` or `w` followed by `e` or `i`: eight positions at
+/// Every keyword starts with `d`, `s` or `t` followed by `e` or `i`: eight positions at
 /// a time are tested for such a pair (in any case) with a few word-wide operations, and only
 /// where one is found are the keywords it may start compared. The tests hold it to a
 /// byte-by-byte search and to the scan it replaced, on any bytes.
@@ -332,15 +377,14 @@ impl Class {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// The high bit of each byte `k` of `a` (little-endian: byte 0 lowest) that is `d`, `s`, `t`
-/// or `w` (either case) where byte `k` of `b` is `e` or `i` (either case): the first two letters
+/// The high bit of each byte `k` of `a` (little-endian: byte 0 lowest) that is `d`, `s` or
+/// `t` (either case) where byte `k` of `b` is `e` or `i` (either case): the first two letters
 /// of every keyword. Every such pair is marked; a few other bytes may be (see [`zeros`]).
 fn pairs(a: u64, b: u64) -> u64 {
     // `| 0x20` maps an upper-case letter to its lower case (and no other byte to a letter).
     let (a, b) = (a | (ONES * 0x20), b | (ONES * 0x20));
-    // `s` and `w` differ in bit 0x04 only, `d` and `t` in bit 0x10 only: two tests for four.
-    let first = zeros((a | (ONES * 0x04)) ^ (ONES * u64::from(b'w')))
-        | zeros((a | (ONES * 0x10)) ^ (ONES * u64::from(b't')));
+    // `d` and `t` differ in bit 0x10 only: two tests for three.
+    let first = zeros(a ^ (ONES * u64::from(b's'))) | zeros((a | (ONES * 0x10)) ^ (ONES * u64::from(b't')));
     let second = zeros(b ^ (ONES * u64::from(b'e'))) | zeros(b ^ (ONES * u64::from(b'i')));
     first & second & HIGHS
 }

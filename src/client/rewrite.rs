@@ -155,7 +155,9 @@ impl Stage<'_> {
                         Some(true) => {
                             let portal = self.statements.bind_portal(portal, false);
                             self.sets.bound = self.sets.unnamed.clone();
-                            self.statements.bind_declares(None);
+                            if self.statements.bind_declares(None) {
+                                self.conn.note_cursors();
+                            }
                             self.out.extend_from_slice(frame);
                             self.pipeline.push_effect(
                                 Kind::Bind,
@@ -183,6 +185,10 @@ impl Stage<'_> {
                 };
                 self.sets.bound = prepared.set.clone().map(Box::new);
                 self.statements.bind_declares(Some(&prepared.declares));
+                if prepared.may_declare {
+                    // Its Execute may declare cursors (see `note`).
+                    self.conn.note_cursors();
+                }
                 self.ensure(&prepared.server_name, &prepared.parse);
                 let effect = self.statements.bind_portal(portal, false);
                 // Rewritten straight into the server-bound buffer (no message allocated).
@@ -318,7 +324,7 @@ impl Stage<'_> {
         // The extended protocol can carry what a simple query can: the same checks.
         let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
         let Some((name, sql)) = statement else {
-            return self.prepare(frame, None, Box::default());
+            return self.prepare(frame, None, Box::default(), false);
         };
         let class = classify(sql);
         if let Some(refusal) = self.refusal_for(&class) {
@@ -328,7 +334,7 @@ impl Stage<'_> {
             // and a barrier raised for it would hold the client's next Describe until a
             // reply that cannot come before its Sync).
             let replacement = parse_frame(name, &refusal);
-            return self.prepare(&replacement, None, Box::default());
+            return self.prepare(&replacement, None, Box::default(), false);
         }
         let set = class.set(sql);
         // Its cursors are declared by an Execute of it, not by the Parse.
@@ -336,7 +342,7 @@ impl Stage<'_> {
             if class.declares() { class.declared_cursors(sql).into() } else { Box::default() };
         // Noted once prepared: a barrier this Parse raises must not hold its own name's
         // lookup (it would wait for a reply to itself).
-        if !self.prepare(frame, set, declares) {
+        if !self.prepare(frame, set, declares, class.declares()) {
             return false;
         }
         self.note(&class, sql, false);
@@ -353,6 +359,11 @@ impl Stage<'_> {
         if class.suspect_settings() {
             self.conn.suspect_settings();
         }
+        if class.declares() {
+            // A WITH HOLD cursor (also one a DO block declares, or one the pin policy did
+            // not keep) must not outlive the transaction for the next client.
+            self.conn.note_cursors();
+        }
         if class.drops_statements() {
             self.statements.raise_barrier();
         }
@@ -368,14 +379,20 @@ impl Stage<'_> {
 
     /// A Parse after the checks: named statements get pgtenant's names. `set` is the session
     /// SET its text runs, if it is one.
-    fn prepare(&mut self, frame: &[u8], set: Option<SetCmd>, declares: Box<[Box<[u8]>]>) -> bool {
+    fn prepare(
+        &mut self,
+        frame: &[u8],
+        set: Option<SetCmd>,
+        declares: Box<[Box<[u8]>]>,
+        may_declare: bool,
+    ) -> bool {
         let Some((name, prepared)) =
-            Statements::prepare(frame, self.search_path, set.clone(), declares.clone())
+            Statements::prepare(frame, self.search_path, set.clone(), declares.clone(), may_declare)
         else {
             // An unnamed statement: remember whether it is a SET, and that the client parsed
             // one (see `unnamed_owned`).
             self.sets.unnamed = set.map(Box::new);
-            self.statements.unnamed_declares(declares);
+            self.statements.unnamed_declares(declares, may_declare);
             self.out.extend_from_slice(frame);
             self.pipeline.push_unnamed_parse();
             self.statements.stage_unnamed();

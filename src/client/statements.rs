@@ -40,6 +40,9 @@ pub struct Prepared {
     pub set: Option<SetCmd>,
     /// Cursors its text DECLAREs: the client's once an Execute of it completes.
     pub declares: Cursors,
+    /// Its text names DECLARE (also inside a DO block): an Execute of it may declare a
+    /// cursor, which must not outlive the transaction for another client.
+    pub may_declare: bool,
 }
 
 /// Cursor names a statement's text declares (usually none: no allocation).
@@ -50,6 +53,8 @@ pub type Cursors = Box<[Box<[u8]>]>;
 #[derive(Debug, Default)]
 struct Declaring {
     unnamed: Cursors,
+    /// The unnamed statement's text names DECLARE (see [`Prepared::may_declare`]).
+    unnamed_may: bool,
     bound: Cursors,
 }
 
@@ -187,6 +192,7 @@ impl Statements {
         search_path: &str,
         set: Option<SetCmd>,
         declares: Cursors,
+        may_declare: bool,
     ) -> Option<(Box<[u8]>, Arc<Prepared>)> {
         let (name, rest) = cstr(frame.get(HEADER_LEN..)?)?;
         if name.is_empty() {
@@ -201,7 +207,7 @@ impl Statements {
         };
         let server_name: Arc<str> = Arc::from(format!("pgt_{:016x}{:016x}", hash(&k[0]), hash(&k[1])));
         let parse = rename(tag::PARSE, &[], server_name.as_bytes(), rest);
-        Some((name.into(), Arc::new(Prepared { server_name, parse, set, declares })))
+        Some((name.into(), Arc::new(Prepared { server_name, parse, set, declares, may_declare })))
     }
 
     pub fn lookup(&self, name: &[u8]) -> Lookup {
@@ -300,24 +306,28 @@ impl Statements {
         self.unnamed_staged = true;
     }
 
-    /// The cursors the client's latest unnamed Parse declares.
-    pub fn unnamed_declares(&mut self, cursors: Cursors) {
-        if !cursors.is_empty() || self.declaring.is_some() {
-            self.declaring.get_or_insert_with(Default::default).unnamed = cursors;
+    /// The cursors the client's latest unnamed Parse declares, and whether its text names
+    /// DECLARE at all.
+    pub fn unnamed_declares(&mut self, cursors: Cursors, may_declare: bool) {
+        if !cursors.is_empty() || may_declare || self.declaring.is_some() {
+            let d = self.declaring.get_or_insert_with(Default::default);
+            d.unnamed = cursors;
+            d.unnamed_may = may_declare;
         }
     }
 
     /// A Bind of the unnamed statement (`None`) or of a named one: an Execute that follows
-    /// declares its cursors.
-    pub fn bind_declares(&mut self, named: Option<&Cursors>) {
+    /// declares its cursors. For the unnamed statement, whether its text names DECLARE.
+    pub fn bind_declares(&mut self, named: Option<&Cursors>) -> bool {
         if self.declaring.is_none() && named.is_none_or(|c| c.is_empty()) {
-            return;
+            return false;
         }
         let d = self.declaring.get_or_insert_with(Default::default);
         d.bound = match named {
             Some(c) => c.clone(),
             None => d.unnamed.clone(),
         };
+        named.is_none() && d.unnamed_may
     }
 
     /// A Bind that makes no portal from the client's statement (refused or failed here).
@@ -450,17 +460,18 @@ mod tests {
     #[test]
     fn parse_is_renamed_by_content_and_search_path() {
         let p = frame(b'P', b"s1\0SELECT $1\0\0\x01\0\0\0\x17");
-        let (n, a) = Statements::prepare(&p, "\"acme\"", None, Box::default()).expect("named");
+        let (n, a) = Statements::prepare(&p, "\"acme\"", None, Box::default(), false).expect("named");
         assert_eq!(&*n, b"s1");
         let (_, b) = Statements::prepare(
             &frame(b'P', b"other\0SELECT $1\0\0\x01\0\0\0\x17"),
             "\"acme\"",
             None,
             Box::default(),
+            false,
         )
         .expect("named");
         assert_eq!(a.server_name, b.server_name, "same content, same server statement");
-        let (_, c) = Statements::prepare(&p, "\"globex\"", None, Box::default()).expect("named");
+        let (_, c) = Statements::prepare(&p, "\"globex\"", None, Box::default(), false).expect("named");
         assert_ne!(a.server_name, c.server_name, "another schema, another statement");
         assert_eq!(a.server_name.len(), 4 + 32, "128 keyed bits: {}", a.server_name);
         let (name, rest) = cstr(&a.parse[HEADER_LEN..]).expect("name");
@@ -471,7 +482,7 @@ mod tests {
             a.parse.len()
         );
         assert!(
-            Statements::prepare(&frame(b'P', b"\0SELECT 1\0\0\0"), "", None, Box::default()).is_none(),
+            Statements::prepare(&frame(b'P', b"\0SELECT 1\0\0\0"), "", None, Box::default(), false).is_none(),
             "unnamed: not tracked"
         );
     }
@@ -479,16 +490,18 @@ mod tests {
     #[test]
     fn names_wait_only_across_a_sync() {
         let mut s = Statements::default();
-        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None, Box::default())
-            .expect("named");
+        let (n, p) =
+            Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None, Box::default(), false)
+                .expect("named");
         let parse = s.register(n, p);
         assert!(matches!(s.lookup(b"s1"), Lookup::Known(_)), "same Sync segment: decided together");
         s.sync();
         assert!(matches!(s.lookup(b"s1"), Lookup::Wait), "after a Sync: waits for the verdict");
         s.settle(&parse, false);
         assert!(matches!(s.lookup(b"s1"), Lookup::Unknown), "a skipped Parse leaves nothing");
-        let (n, p) = Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None, Box::default())
-            .expect("named");
+        let (n, p) =
+            Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None, Box::default(), false)
+                .expect("named");
         let parse = s.register(n, p);
         s.settle(&parse, true);
         let close = s.close(b"s1").expect("known");

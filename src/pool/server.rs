@@ -120,6 +120,10 @@ pub struct ServerConn {
     /// A client ran something that may change settings without a SET tag (set_config, a DO
     /// block, CALL …): the tenant's isolation setting is applied afresh for the next client.
     pub(super) settings_suspect: bool,
+    /// A client ran something that may have declared a cursor (its text names DECLARE): a
+    /// WITH HOLD one would outlive the transaction, so CLOSE ALL runs before reuse (see
+    /// `pool::session::retire`).
+    pub(super) cursors: bool,
     /// The generation of the pool login it was opened with: one of an older generation is
     /// closed at release instead of returned (see `pool::Idle`).
     pub(super) generation: u64,
@@ -262,6 +266,7 @@ impl ServerConn {
             last_client: 0,
             unnamed: (0, 0),
             settings_suspect: false,
+            cursors: false,
             tenant: None,
             generation: 0,
             _permits: Vec::new(),
@@ -328,6 +333,19 @@ impl ServerConn {
     #[inline]
     pub fn suspect_settings(&mut self) {
         self.settings_suspect = true;
+    }
+
+    /// A client ran something that may declare a cursor (transaction mode): the connection's
+    /// cursors are closed before anyone else uses it.
+    #[inline]
+    pub fn note_cursors(&mut self) {
+        self.cursors = true;
+    }
+
+    /// Whether cursors must be closed before the connection is reused.
+    #[inline]
+    pub fn has_cursors(&self) -> bool {
+        self.cursors
     }
 
     /// Session variables known to be in effect.

@@ -36,7 +36,8 @@ pub struct Retire {
 }
 
 /// The one way a server connection leaves a client session: back to its pool only when it is
-/// idle, no cancel for the session is in flight, and any reset it needs succeeded; otherwise
+/// idle, no cancel for the session is in flight, and any reset it needs (the reset query, the
+/// closing of cursors, the removal of settings that act while idle) succeeded; otherwise
 /// closed.
 pub async fn retire(mut co: Checkout, r: Retire) {
     if !r.idle || r.cancel {
@@ -55,10 +56,22 @@ pub async fn retire(mut co: Checkout, r: Retire) {
                 if sql.trim().eq_ignore_ascii_case(CROSS_TENANT_RESET) {
                     // Nothing of the tenant is left: any tenant may take it without a reset.
                     conn.tenant = None;
+                    conn.cursors = false;
                 }
             }
             _ => {
                 tracing::info!(tenant = %r.tenant, "reset query failed: closing the server connection");
+                return drop(co);
+            }
+        }
+    }
+    if co.conn_ref().cursors {
+        // A WITH HOLD cursor would outlive the client's transaction: the next client of the
+        // tenant could FETCH from it, MOVE or CLOSE it (a pinned client's went with the reset).
+        match tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, CLOSE_CURSORS)).await {
+            Ok(Ok(())) => co.conn().cursors = false,
+            _ => {
+                tracing::info!(tenant = %r.tenant, "closing cursors failed: closing the server connection");
                 return drop(co);
             }
         }
@@ -84,6 +97,9 @@ pub async fn retire(mut co: Checkout, r: Retire) {
 /// client would get a dead connection). A client's value still follows it (applied at
 /// checkout like any SET); the connection goes back to the pool only without it.
 pub const IDLE_SETTINGS: [&str; 1] = ["idle_session_timeout"];
+
+/// What closes the cursors a client may have left (see [`ServerConn::note_cursors`]).
+const CLOSE_CURSORS: &str = "CLOSE ALL";
 
 /// What removes [`IDLE_SETTINGS`] before a connection goes back to the pool.
 const IDLE_RESET: &str = "RESET idle_session_timeout";
@@ -189,6 +205,7 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
     conn.dirty = false;
     conn.tenant = None;
     conn.settings_suspect = false;
+    conn.cursors = false;
 }
 
 /// What the server answers a successful [`queue_reset`] after the guard's ReadyForQuery, in

@@ -1,18 +1,72 @@
 use proptest::prelude::*;
 
 use super::*;
-use old::{declared_cursors, may_change_settings, session_feature, sql_prepare_refusal};
+use old::{declared_cursors, may_change_settings, words_verdict};
 
 /// The predicates the classifier replaced, as they were (9f0e14b, src/client/statements.rs;
 /// the DEALLOCATE/DISCARD test was `Statements::raise_barrier`'s): each scanned the text on
-/// its own. Kept as the reference the property tests hold the one pass to.
+/// its own. Kept as the reference the property tests hold the one pass to, with what the
+/// refusals learnt since: they look at every statement (what follows any `;`), and WITH HOLD
+/// at a DECLARE's words before FOR.
 mod old {
+    use super::Refusal;
     use crate::sql::skip_blank;
+
+    /// The statements a query may hold: the text, then what follows each `;`.
+    fn statements(sql: &[u8]) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(sql)
+            .chain(sql.iter().enumerate().filter(|(_, &b)| b == b';').map(move |(i, _)| &sql[i + 1..]))
+    }
+
+    /// The first refusal among the statements, in order, and whether a statement up to it
+    /// starts with code that runs (DO, CALL, EXECUTE).
+    pub fn words_verdict(sql: &[u8]) -> (Option<Refusal>, bool) {
+        let mut code = false;
+        for statement in statements(sql) {
+            code |= first_words(statement)
+                .first()
+                .is_some_and(|w| [&b"DO"[..], b"CALL", b"EXECUTE"].iter().any(|k| w.eq_ignore_ascii_case(k)));
+            let refusal = if sql_prepare_refusal(statement).is_some() {
+                Some(Refusal::SqlPrepare)
+            } else {
+                session_feature(statement).map(Refusal::Feature)
+            };
+            if refusal.is_some() {
+                return (refusal, code);
+            }
+        }
+        (None, code)
+    }
+
+    /// Whether a DECLARE makes a WITH HOLD cursor: its words (a quoted name as one) listed
+    /// before FOR hold WITH, HOLD in a row.
+    fn holds(sql: &[u8]) -> bool {
+        let mut words: Vec<Vec<u8>> = Vec::new();
+        let mut rest = sql;
+        loop {
+            rest = skip_blank(rest);
+            if let Some(quoted) = rest.strip_prefix(b"\"") {
+                let end = quoted.iter().position(|&b| b == b'"').map_or(quoted.len(), |i| i + 1);
+                words.push(b"\"".to_vec());
+                rest = &quoted[end..];
+                continue;
+            }
+            let end =
+                rest.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_')).unwrap_or(rest.len());
+            if end == 0 {
+                break;
+            }
+            words.push(rest[..end].to_ascii_uppercase());
+            rest = &rest[end..];
+        }
+        let before_for = words.iter().position(|w| w == b"FOR").unwrap_or(words.len());
+        words[..before_for].windows(2).any(|w| w[0] == b"WITH" && w[1] == b"HOLD")
+    }
 
     /// SQL-level prepared statements cannot follow a client across server connections in
     /// transaction mode: `PREPARE`, `EXECUTE` and `DEALLOCATE <name>` are refused (0A000).
     /// `DEALLOCATE ALL` passes. Returns the refusal query to send instead.
-    pub fn sql_prepare_refusal(sql: &[u8]) -> Option<()> {
+    fn sql_prepare_refusal(sql: &[u8]) -> Option<()> {
         let words = first_words(sql);
         let first = words.first()?.to_ascii_uppercase();
         let refused = match first.as_slice() {
@@ -32,16 +86,14 @@ mod old {
 
     /// Session-level features that cannot survive transaction pooling, recognised by how a
     /// statement starts: `LISTEN`, `CREATE TEMP[ORARY] TABLE`, `DECLARE ... WITH HOLD`.
-    pub fn session_feature(sql: &[u8]) -> Option<&'static str> {
+    fn session_feature(sql: &[u8]) -> Option<&'static str> {
         let words: Vec<Vec<u8>> = first_words(sql).iter().map(|w| w.to_ascii_uppercase()).collect();
         match words.first().map(Vec::as_slice) {
             Some(b"LISTEN") => Some("LISTEN"),
             Some(b"CREATE") if matches!(words.get(1).map(Vec::as_slice), Some(b"TEMP" | b"TEMPORARY")) => {
                 Some("temporary tables")
             }
-            Some(b"DECLARE") if sql.to_ascii_uppercase().windows(9).any(|w| w == b"WITH HOLD") => {
-                Some("WITH HOLD cursors")
-            }
+            Some(b"DECLARE") if holds(sql) => Some("WITH HOLD cursors"),
             _ => None,
         }
     }
@@ -77,16 +129,12 @@ mod old {
     }
 
     /// Whether a query may change a setting without a SET command tag: it calls set_config or
-    /// names search_path / the tenant setting, or runs code (DO, CALL, EXECUTE). A user-defined
-    /// function called from a plain SELECT is not recognised (the README says so).
+    /// names search_path / the tenant setting, or runs code (DO, CALL, EXECUTE: see
+    /// [`words_verdict`]). A user-defined function called from a plain SELECT is not
+    /// recognised (the README says so).
     pub fn may_change_settings(sql: &[u8]) -> bool {
         let contains = |needle: &[u8]| contains_ignore_case(sql, needle);
-        if contains(b"set_config") || contains(b"search_path") || contains(b"tenant_id") {
-            return true;
-        }
-        first_words(sql)
-            .first()
-            .is_some_and(|w| [&b"DO"[..], b"CALL", b"EXECUTE"].iter().any(|k| w.eq_ignore_ascii_case(k)))
+        contains(b"set_config") || contains(b"search_path") || contains(b"tenant_id") || words_verdict(sql).1
     }
 
     /// Whether `needle` (ASCII) occurs in `hay`, ignoring case; no allocation.
@@ -118,11 +166,7 @@ mod old {
 
 /// What the predicates this classifier replaces said about `sql`.
 fn old(sql: &[u8]) -> (Option<Refusal>, bool, bool, Vec<Box<[u8]>>) {
-    let refusal = if sql_prepare_refusal(sql).is_some() {
-        Some(Refusal::SqlPrepare)
-    } else {
-        session_feature(sql).map(Refusal::Feature)
-    };
+    let refusal = words_verdict(sql).0;
     // What Statements::raise_barrier looked for.
     let contains = |needle: &[u8]| sql.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
     let barrier = contains(b"DEALLOCATE") || contains(b"DISCARD");
@@ -171,6 +215,8 @@ const TOKENS: &[&str] = &[
     "with",
     "hold",
     "with hold",
+    "without",
+    "/* /*",
     "do",
     "call",
     "select",
@@ -286,7 +332,53 @@ fn explicit_cases() {
             vec![b"pg3_Cur"],
             None,
         ),
-        ("DECLARE c CURSOR with  hold FOR SELECT 1", None, false, false, vec![b"c"], None),
+        (
+            "DECLARE c CURSOR with  hold FOR SELECT 1",
+            feature("WITH HOLD cursors"),
+            false,
+            false,
+            vec![b"c"],
+            None,
+        ),
+        (
+            "BEGIN; DECLARE c CURSOR /* x */ WITH\n HOLD FOR SELECT 1; COMMIT",
+            feature("WITH HOLD cursors"),
+            false,
+            false,
+            vec![b"c"],
+            None,
+        ),
+        (
+            "DECLARE \"for\" NO SCROLL CURSOR WITH HOLD FOR SELECT 1",
+            feature("WITH HOLD cursors"),
+            false,
+            false,
+            vec![b"for"],
+            None,
+        ),
+        ("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1", None, false, false, vec![b"c"], None),
+        ("DECLARE c CURSOR FOR SELECT 'with hold'", None, false, false, vec![b"c"], None),
+        (
+            "/* a /* b */ */ DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            feature("WITH HOLD cursors"),
+            false,
+            false,
+            vec![b"c"],
+            None,
+        ),
+        ("SELECT 1; LISTEN x", feature("LISTEN"), false, false, vec![], None),
+        (
+            "SELECT 'a;b'; create temp table t (x int)",
+            feature("temporary tables"),
+            false,
+            false,
+            vec![],
+            None,
+        ),
+        ("SELECT 1; PREPARE p AS SELECT 1", prep, false, false, vec![], None),
+        ("SELECT 1; DEALLOCATE ALL", None, false, true, vec![], None),
+        ("SELECT 1; DO $$ $$", None, true, false, vec![], None),
+        ("SELECT 1; SET x = 1", None, false, false, vec![], None),
         ("BEGIN; declare C1 cursor for select 1", None, false, false, vec![b"c1"], None),
         ("SELECT 'DECLARE'", None, false, false, vec![], None),
         ("SET statement_timeout = 5000", None, false, false, vec![], set("statement_timeout", "5000")),
@@ -313,9 +405,9 @@ fn explicit_cases() {
 /// the reference the faster scan and first-word match are held to.
 mod previous {
     use super::super::{
-        first_words, Class, Refusal, DECLARES, DROPS, FIRST_LETTER, HIGHS, KEYWORDS, ONES, SECOND_LETTER,
-        SUSPECT, WITH_HOLD,
+        first_words, Class, DECLARES, DROPS, FIRST_LETTER, HIGHS, KEYWORDS, ONES, SECOND_LETTER, SUSPECT,
     };
+    use super::words_verdict;
 
     pub fn classify(sql: &[u8]) -> Class {
         let mut found = 0u8;
@@ -350,37 +442,19 @@ mod previous {
             start += span;
         }
         let (suspect, drops) = (found & SUSPECT != 0, found & DROPS != 0);
-        let (declares, with_hold) = (found & DECLARES != 0, found & WITH_HOLD != 0);
-        // The first word decides nearly everything; the next two matter after DEALLOCATE and
-        // CREATE only.
-        let mut words = [&[][..]; 3];
-        let mut n = first_words(sql, &mut words[..1]);
-        if n == 1
-            && (words[0].eq_ignore_ascii_case(b"DEALLOCATE") || words[0].eq_ignore_ascii_case(b"CREATE"))
-        {
-            n = first_words(sql, &mut words);
-        }
-        let word = |i: usize, k: &str| i < n && words[i].eq_ignore_ascii_case(k.as_bytes());
-        let refusal = if word(0, "PREPARE") || word(0, "EXECUTE") {
-            Some(Refusal::SqlPrepare)
-        } else if word(0, "DEALLOCATE") {
-            let all = if word(1, "PREPARE") { word(2, "ALL") } else { word(1, "ALL") };
-            (!all).then_some(Refusal::SqlPrepare)
-        } else if word(0, "LISTEN") {
-            Some(Refusal::Feature("LISTEN"))
-        } else if word(0, "CREATE") && (word(1, "TEMP") || word(1, "TEMPORARY")) {
-            Some(Refusal::Feature("temporary tables"))
-        } else if word(0, "DECLARE") && with_hold {
-            Some(Refusal::Feature("WITH HOLD cursors"))
-        } else {
-            None
-        };
+        let declares = found & DECLARES != 0;
+        // The words decide the refusal and whether code runs (the reference's reading since
+        // the refusals look at every statement); SET/RESET only as the first word.
+        let (refusal, code) = words_verdict(sql);
+        let mut words = [&[][..]; 1];
+        let n = first_words(sql, &mut words);
+        let word = |k: &str| n == 1 && words[0].eq_ignore_ascii_case(k.as_bytes());
         Class {
             refusal,
-            suspect_settings: suspect || word(0, "DO") || word(0, "CALL") || word(0, "EXECUTE"),
+            suspect_settings: suspect || code,
             drops_statements: drops,
             declares,
-            set_like: word(0, "SET") || word(0, "RESET"),
+            set_like: word("SET") || word("RESET"),
         }
     }
 

@@ -219,7 +219,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if reset.is_some() {
             self.proxy.metrics.global().reset();
         }
-        if reset.is_none() && !cancel && !acts_while_idle(co.conn_ref()) {
+        if reset.is_none() && !cancel && !co.conn_ref().has_cursors() && !acts_while_idle(co.conn_ref()) {
             co.release_at(now);
             return;
         }

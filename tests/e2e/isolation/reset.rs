@@ -22,7 +22,9 @@ async fn a_failed_reset_runs_nothing_the_next_tenant_sent_behind_it() {
     let su = admin(&a.database).await;
     let ca = h.client(&a.id).await;
     let p0 = pid(&ca).await;
-    ca.batch_execute("DO $$BEGIN CREATE TEMP TABLE held (x int); END$$").await.expect("tenant a's temp table");
+    ca.batch_execute("DO $$BEGIN CREATE TEMP TABLE held (x int); END$$")
+        .await
+        .expect("tenant a's temp table");
     let schema: String = su
         .query_one(
             "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \

@@ -37,11 +37,8 @@ async fn session_state_never_survives_a_handoff_to_another_tenant() {
         }
 
         // Temporary table (made by SELECT INTO, so nothing sees a CREATE TEMP statement).
-        let (what, r) = handoff!(
-            "temp table",
-            "SELECT 'leak'::text AS owner INTO TEMP items",
-            "SELECT owner FROM items"
-        );
+        let (what, r) =
+            handoff!("temp table", "SELECT 'leak'::text AS owner INTO TEMP items", "SELECT owner FROM items");
         match r {
             Ok(r) => f.check(r.len() == 3 && r.iter().all(|row| row[0] == b.id), || {
                 format!("{what}: tenant b's `SELECT owner FROM items` saw {r:?}")
@@ -78,11 +75,7 @@ async fn session_state_never_survives_a_handoff_to_another_tenant() {
 
         // A WITH HOLD cursor declared by a function (which pgtenant does not see).
         plant_cursor(&a.database, &ca, "c", "cursor-of-a").await;
-        let (what, r) = handoff!(
-            "WITH HOLD cursor",
-            "SELECT count(*) FROM pg_cursors",
-            "FETCH ALL FROM c"
-        );
+        let (what, r) = handoff!("WITH HOLD cursor", "SELECT count(*) FROM pg_cursors", "FETCH ALL FROM c");
         match r {
             Ok(r) => f.0.push(format!("{what}: tenant b fetched tenant a's cursor: {r:?}")),
             Err(e) => f.check(code(&e) == "34000", || format!("{what}: expected 34000, got {e}")),
