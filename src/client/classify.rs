@@ -39,6 +39,9 @@ pub struct Class {
     drops_statements: bool,
     /// DECLARE occurs: it may declare cursors, portals the client may then use.
     declares: bool,
+    /// It may make a cursor on the server: a statement starts with DECLARE, or with DO and
+    /// the text names DECLARE (a block's dynamic SQL). Not a column named `declared_at`.
+    cursors: bool,
     /// It starts with SET or RESET.
     set_like: bool,
 }
@@ -199,8 +202,17 @@ fn statement(sql: &[u8], class: &mut Class, first: bool) {
                 class.refusal = Some(Refusal::Feature("temporary tables"));
             }
         }
-        b"DECLARE" if holds(&sql[n..]) => class.refusal = Some(Refusal::Feature("WITH HOLD cursors")),
-        b"DO" | b"CALL" => class.suspect_settings = true,
+        b"DECLARE" => {
+            class.cursors = true;
+            if holds(&sql[n..]) {
+                class.refusal = Some(Refusal::Feature("WITH HOLD cursors"));
+            }
+        }
+        b"DO" => {
+            class.suspect_settings = true;
+            class.cursors |= class.declares;
+        }
+        b"CALL" => class.suspect_settings = true,
         b"SET" | b"RESET" if first => class.set_like = true,
         _ => {}
     }
@@ -327,6 +339,12 @@ impl Class {
     /// DECLARE occurs: [`Class::declared_cursors`] may find names.
     pub fn declares(&self) -> bool {
         self.declares
+    }
+
+    /// It may make a cursor on the server (a DECLARE statement, or a DO block naming
+    /// DECLARE), which must not outlive the transaction for another client.
+    pub fn may_declare(&self) -> bool {
+        self.cursors
     }
 
     /// The session SET/RESET `sql` (the text this class was read from, without a trailing

@@ -18,24 +18,27 @@ mod old {
             .chain(sql.iter().enumerate().filter(|(_, &b)| b == b';').map(move |(i, _)| &sql[i + 1..]))
     }
 
-    /// The first refusal among the statements, in order, and whether a statement up to it
-    /// starts with code that runs (DO, CALL, EXECUTE).
-    pub fn words_verdict(sql: &[u8]) -> (Option<Refusal>, bool) {
-        let mut code = false;
+    /// The first refusal among the statements, in order; whether a statement up to it starts
+    /// with code that runs (DO, CALL, EXECUTE); whether one up to it may make a cursor (starts
+    /// with DECLARE, or with DO in a text naming DECLARE).
+    pub fn words_verdict(sql: &[u8]) -> (Option<Refusal>, bool, bool) {
+        let (mut code, mut cursors) = (false, false);
+        let names_declare = contains_ignore_case(sql, b"DECLARE");
         for statement in statements(sql) {
-            code |= first_words(statement)
-                .first()
-                .is_some_and(|w| [&b"DO"[..], b"CALL", b"EXECUTE"].iter().any(|k| w.eq_ignore_ascii_case(k)));
+            let first = first_words(statement).first().map(|w| w.to_ascii_uppercase());
+            let first = first.as_deref();
+            code |= matches!(first, Some(b"DO" | b"CALL" | b"EXECUTE"));
+            cursors |= first == Some(b"DECLARE") || (first == Some(b"DO") && names_declare);
             let refusal = if sql_prepare_refusal(statement).is_some() {
                 Some(Refusal::SqlPrepare)
             } else {
                 session_feature(statement).map(Refusal::Feature)
             };
             if refusal.is_some() {
-                return (refusal, code);
+                return (refusal, code, cursors);
             }
         }
-        (None, code)
+        (None, code, cursors)
     }
 
     /// Whether a DECLARE makes a WITH HOLD cursor: its words (a quoted name as one) listed
@@ -179,6 +182,7 @@ fn agree(sql: &[u8]) -> Result<(), TestCaseError> {
     prop_assert_eq!(class.refusal(), refusal);
     prop_assert_eq!(class.suspect_settings(), suspect);
     prop_assert_eq!(class.drops_statements(), drops);
+    prop_assert_eq!(class.may_declare(), words_verdict(sql).2);
     prop_assert_eq!(class.declared_cursors(sql), cursors);
     prop_assert_eq!(class.set(sql), setcmd::parse(sql));
     // A Query's text carries its NUL; the SET is parsed without it.
@@ -445,7 +449,7 @@ mod previous {
         let declares = found & DECLARES != 0;
         // The words decide the refusal and whether code runs (the reference's reading since
         // the refusals look at every statement); SET/RESET only as the first word.
-        let (refusal, code) = words_verdict(sql);
+        let (refusal, code, cursors) = words_verdict(sql);
         let mut words = [&[][..]; 1];
         let n = first_words(sql, &mut words);
         let word = |k: &str| n == 1 && words[0].eq_ignore_ascii_case(k.as_bytes());
@@ -454,6 +458,7 @@ mod previous {
             suspect_settings: suspect || code,
             drops_statements: drops,
             declares,
+            cursors,
             set_like: word("SET") || word("RESET"),
         }
     }
@@ -545,5 +550,23 @@ fn keywords_at_every_offset_and_length() {
                 }
             }
         }
+    }
+}
+
+/// What may make a cursor on the server: a DECLARE statement anywhere in the query, or a DO
+/// block whose text names DECLARE; a column that merely contains the word does not.
+#[test]
+fn what_may_declare_a_cursor() {
+    for (sql, may) in [
+        ("DECLARE c CURSOR FOR SELECT 1", true),
+        ("BEGIN; declare c cursor with hold for select 1; COMMIT", true),
+        ("DO $$BEGIN EXECUTE 'DECLARE c CURSOR WITH HOLD FOR SELECT 1'; END$$", true),
+        ("SELECT 1; DO $$ DECLARE x int; BEGIN END $$", true),
+        ("SELECT declared_at FROM shipments", false),
+        ("UPDATE t SET undeclared = true", false),
+        ("DO $$BEGIN PERFORM 1; END$$", false),
+        ("CALL p('declare')", false),
+    ] {
+        assert_eq!(classify(sql.as_bytes()).may_declare(), may, "{sql}");
     }
 }
