@@ -155,7 +155,7 @@ pub fn classify(sql: &[u8]) -> Class {
     // (also inside a string or a comment, which only makes a refusal or a pin too many).
     let mut rest = sql;
     while class.refusal.is_none() {
-        let Some(end) = rest.iter().position(|&b| b == b';') else { break };
+        let Some(end) = memchr::memchr(b';', rest) else { break };
         rest = &rest[end + 1..];
         statement(rest, &mut class, false);
     }
