@@ -459,6 +459,59 @@ async fn a_prepared_declare_run_in_a_later_transaction_makes_its_portal() {
     f.assert_none();
 }
 
+/// Messages that wait for a pending portal (a DECLARE's reply, a Bind across a Sync) in
+/// batches that end in Flush, not Sync: PostgreSQL answers each at once; pgtenant must not
+/// hang them until a timeout, nor answer otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_portals_in_flush_batches_answer_as_postgres() {
+    let t = with_mode(tenant_db("cnpflush").await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let mut s = raw_proxy(&h, &t.id).await;
+    let mut direct = raw_direct(&t.database).await;
+    let mut f = Failures::default();
+    let flush = || msg(b'H', &[]);
+    let steps: Vec<(&str, Vec<u8>)> = vec![
+        ("begin", query("BEGIN")),
+        (
+            "unnamed Parse of a DECLARE, Execute of the cursor, Flush",
+            cat(&[
+                parse("", "DECLARE c1 CURSOR FOR SELECT 'one'::text"),
+                bind("", ""),
+                execute(""),
+                execute("c1"),
+                flush(),
+            ]),
+        ),
+        ("sync", sync()),
+        (
+            "named Parse of a DECLARE, Describe of the cursor, Flush",
+            cat(&[
+                parse("s_d2", "DECLARE c2 CURSOR FOR SELECT 'two'::text"),
+                bind("", "s_d2"),
+                execute(""),
+                describe(b'P', "c2"),
+                execute("c2"),
+                flush(),
+            ]),
+        ),
+        ("sync 2", sync()),
+        (
+            "a Bind across a Sync, then Execute with Flush",
+            cat(&[parse("s_b", "SELECT 'three'::text"), bind("p3", "s_b"), sync(), execute("p3"), flush()]),
+        ),
+        ("sync 3", sync()),
+        (
+            "a DECLARE by query, then Execute with Flush",
+            cat(&[query("DECLARE c4 CURSOR FOR SELECT 4"), execute("c4"), flush()]),
+        ),
+        ("sync 4", sync()),
+        ("rollback", query("ROLLBACK")),
+    ];
+    let mut transcript = Vec::new();
+    compare_steps(&mut f, &mut direct, &mut s, &steps, &mut transcript).await;
+    f.assert_none();
+}
+
 /// Reads the replies to one step: up to `syncs` ReadyForQuery messages, or, for a step
 /// without a Sync (ending in Flush), until the replies stop.
 async fn read_step<S: AsyncRead + Unpin>(s: &mut S, syncs: usize) -> (Vec<u8>, bool) {
