@@ -512,6 +512,60 @@ async fn pending_portals_in_flush_batches_answer_as_postgres() {
     f.assert_none();
 }
 
+/// Messages that wait for the server's verdict on a statement name (a Parse or Close across
+/// a Sync, the unnamed statement's Parse across a Sync, a query or Parse whose text may
+/// DEALLOCATE or DISCARD) in batches that end in Flush: answered at once, as PostgreSQL
+/// answers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_statements_in_flush_batches_answer_as_postgres() {
+    let t = with_mode(tenant_db("cnsflush").await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let mut s = raw_proxy(&h, &t.id).await;
+    let mut direct = raw_direct(&t.database).await;
+    let mut f = Failures::default();
+    let flush = || msg(b'H', &[]);
+    let steps: Vec<(&str, Vec<u8>)> = vec![
+        ("begin", query("BEGIN")),
+        ("prepare s_w", cat(&[parse("s_w", "SELECT 'w'::text"), sync()])),
+        (
+            "a named Parse across a Sync, then Bind/Execute with Flush",
+            cat(&[parse("s_n", "SELECT 'n'::text"), sync(), bind("", "s_n"), execute(""), flush()]),
+        ),
+        ("sync 1", sync()),
+        (
+            "an unnamed Parse across a Sync, then Bind/Execute with Flush",
+            cat(&[parse("", "SELECT 'u'::text"), sync(), bind("", ""), execute(""), flush()]),
+        ),
+        ("sync 2", sync()),
+        (
+            "a query that may DISCARD, then Bind/Execute of a named statement with Flush",
+            cat(&[query("SELECT 'discard'::text"), bind("", "s_w"), execute(""), flush()]),
+        ),
+        ("sync 3", sync()),
+        (
+            "a Parse that may DEALLOCATE, then Bind/Execute of a named statement with Flush",
+            cat(&[
+                parse("", "SELECT 'deallocate'::text"),
+                bind("", ""),
+                execute(""),
+                bind("", "s_w"),
+                execute(""),
+                flush(),
+            ]),
+        ),
+        ("sync 4", sync()),
+        (
+            "a Close across a Sync, then Describe of the name with Flush",
+            cat(&[close(b'S', "s_n"), sync(), describe(b'S', "s_n"), flush()]),
+        ),
+        ("sync 5", sync()),
+        ("rollback", query("ROLLBACK")),
+    ];
+    let mut transcript = Vec::new();
+    compare_steps(&mut f, &mut direct, &mut s, &steps, &mut transcript).await;
+    f.assert_none();
+}
+
 /// Reads the replies to one step: up to `syncs` ReadyForQuery messages, or, for a step
 /// without a Sync (ending in Flush), until the replies stop.
 async fn read_step<S: AsyncRead + Unpin>(s: &mut S, syncs: usize) -> (Vec<u8>, bool) {
