@@ -450,6 +450,113 @@ async fn a_prepared_declare_run_in_a_later_transaction_makes_its_portal() {
     f.assert_none();
 }
 
+/// Messages that wait for a pending portal (a DECLARE's reply, a Bind across a Sync) in
+/// batches that end in Flush, not Sync: PostgreSQL answers each at once; pgtenant must not
+/// hang them until a timeout, nor answer otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_portals_in_flush_batches_answer_as_postgres() {
+    let t = with_mode(tenant_db("cnpflush").await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let mut s = raw_proxy(&h, &t.id).await;
+    let mut direct = raw_direct(&t.database).await;
+    let mut f = Failures::default();
+    let flush = || msg(b'H', &[]);
+    let steps: Vec<(&str, Vec<u8>)> = vec![
+        ("begin", query("BEGIN")),
+        (
+            "unnamed Parse of a DECLARE, Execute of the cursor, Flush",
+            cat(&[
+                parse("", "DECLARE c1 CURSOR FOR SELECT 'one'::text"),
+                bind("", ""),
+                execute(""),
+                execute("c1"),
+                flush(),
+            ]),
+        ),
+        ("sync", sync()),
+        (
+            "named Parse of a DECLARE, Describe of the cursor, Flush",
+            cat(&[
+                parse("s_d2", "DECLARE c2 CURSOR FOR SELECT 'two'::text"),
+                bind("", "s_d2"),
+                execute(""),
+                describe(b'P', "c2"),
+                execute("c2"),
+                flush(),
+            ]),
+        ),
+        ("sync 2", sync()),
+        (
+            "a Bind across a Sync, then Execute with Flush",
+            cat(&[parse("s_b", "SELECT 'three'::text"), bind("p3", "s_b"), sync(), execute("p3"), flush()]),
+        ),
+        ("sync 3", sync()),
+        (
+            "a DECLARE by query, then Execute with Flush",
+            cat(&[query("DECLARE c4 CURSOR FOR SELECT 4"), execute("c4"), flush()]),
+        ),
+        ("sync 4", sync()),
+        ("rollback", query("ROLLBACK")),
+    ];
+    let mut transcript = Vec::new();
+    compare_steps(&mut f, &mut direct, &mut s, &steps, &mut transcript).await;
+    f.assert_none();
+}
+
+/// Messages that wait for the server's verdict on a statement name (a Parse or Close across
+/// a Sync, the unnamed statement's Parse across a Sync, a query or Parse whose text may
+/// DEALLOCATE or DISCARD) in batches that end in Flush: answered at once, as PostgreSQL
+/// answers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_statements_in_flush_batches_answer_as_postgres() {
+    let t = with_mode(tenant_db("cnsflush").await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let mut s = raw_proxy(&h, &t.id).await;
+    let mut direct = raw_direct(&t.database).await;
+    let mut f = Failures::default();
+    let flush = || msg(b'H', &[]);
+    let steps: Vec<(&str, Vec<u8>)> = vec![
+        ("begin", query("BEGIN")),
+        ("prepare s_w", cat(&[parse("s_w", "SELECT 'w'::text"), sync()])),
+        (
+            "a named Parse across a Sync, then Bind/Execute with Flush",
+            cat(&[parse("s_n", "SELECT 'n'::text"), sync(), bind("", "s_n"), execute(""), flush()]),
+        ),
+        ("sync 1", sync()),
+        (
+            "an unnamed Parse across a Sync, then Bind/Execute with Flush",
+            cat(&[parse("", "SELECT 'u'::text"), sync(), bind("", ""), execute(""), flush()]),
+        ),
+        ("sync 2", sync()),
+        (
+            "a query that may DISCARD, then Bind/Execute of a named statement with Flush",
+            cat(&[query("SELECT 'discard'::text"), bind("", "s_w"), execute(""), flush()]),
+        ),
+        ("sync 3", sync()),
+        (
+            "a Parse that may DEALLOCATE, then Bind/Execute of a named statement with Flush",
+            cat(&[
+                parse("", "SELECT 'deallocate'::text"),
+                bind("", ""),
+                execute(""),
+                bind("", "s_w"),
+                execute(""),
+                flush(),
+            ]),
+        ),
+        ("sync 4", sync()),
+        (
+            "a Close across a Sync, then Describe of the name with Flush",
+            cat(&[close(b'S', "s_n"), sync(), describe(b'S', "s_n"), flush()]),
+        ),
+        ("sync 5", sync()),
+        ("rollback", query("ROLLBACK")),
+    ];
+    let mut transcript = Vec::new();
+    compare_steps(&mut f, &mut direct, &mut s, &steps, &mut transcript).await;
+    f.assert_none();
+}
+
 /// Reads the replies to one step: up to `syncs` ReadyForQuery messages, or, for a step
 /// without a Sync (ending in Flush), until the replies stop.
 async fn read_step<S: AsyncRead + Unpin>(s: &mut S, syncs: usize) -> (Vec<u8>, bool) {
@@ -460,8 +567,21 @@ async fn read_step<S: AsyncRead + Unpin>(s: &mut S, syncs: usize) -> (Vec<u8>, b
     }
 }
 
+/// Reads the replies to a step with `syncs` Syncs or Queries and, when it ends in Flush after
+/// them (`tail`), also what the messages after the last Sync answer, so that where the
+/// replies split between steps does not depend on timing.
+async fn read_replies<S: AsyncRead + Unpin>(s: &mut S, syncs: usize, tail: bool) -> (Vec<u8>, bool) {
+    let (mut got, closed) = read_step(s, syncs).await;
+    if tail && syncs > 0 && !closed {
+        let (more, closed) = read_quiet(s, Duration::from_millis(300)).await;
+        got.extend_from_slice(&more);
+        return (got, closed);
+    }
+    (got, closed)
+}
+
 /// Sends each step to PostgreSQL and through pgtenant, reading up to one ReadyForQuery per
-/// Sync or Query, and records any difference.
+/// Sync or Query (and, for a step ending in Flush, what follows), and records any difference.
 async fn compare_steps(
     f: &mut Failures,
     direct: &mut UnixStream,
@@ -470,11 +590,13 @@ async fn compare_steps(
     transcript: &mut Vec<u8>,
 ) {
     for (name, bytes) in steps {
-        let syncs = messages(bytes).iter().filter(|(tag, _)| matches!(tag, b'S' | b'Q')).count();
+        let tags: Vec<u8> = messages(bytes).iter().map(|(tag, _)| *tag).collect();
+        let syncs = tags.iter().filter(|tag| matches!(tag, b'S' | b'Q')).count();
+        let tail = tags.last() == Some(&b'H');
         send(direct, bytes).await;
-        let (want, _) = read_step(direct, syncs).await;
+        let (want, _) = read_replies(direct, syncs, tail).await;
         send(proxied, bytes).await;
-        let (got, closed) = read_step(proxied, syncs).await;
+        let (got, closed) = read_replies(proxied, syncs, tail).await;
         transcript.extend_from_slice(&got);
         let (want, got) = (summary(&want), summary(&got));
         f.check(!closed && got == want, || {

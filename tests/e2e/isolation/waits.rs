@@ -5,7 +5,8 @@
 //! no server connection to go to, so it must not reach tenant a's query on the backend b is
 //! waiting for. Then what ends a waiting client at once (KILL_CLIENT; the client closing its
 //! connection or sending Terminate): its query never runs. And what a waiting client sends
-//! meanwhile is kept and answered in order.
+//! meanwhile is kept and answered in order; a batch that ends in Flush is answered as soon
+//! as the client is served.
 
 use std::time::Duration;
 
@@ -247,4 +248,61 @@ async fn a_waiting_client_that_terminates_and_closes_is_served_then_gone() {
     assert_eq!(n, 1, "the INSERT sent before Terminate ran");
     let next = h.client(&b.id).await;
     next.simple_query("SELECT 1").await.expect("tenant b is served after");
+}
+
+/// A waiting client whose batch ends in Flush (no Sync) is answered as soon as it is served,
+/// as PostgreSQL answers a Flush: an unnamed Parse/Bind/Execute; then a named Parse across a
+/// Sync whose Bind/Execute must also wait for that Parse's verdict (behind the handoff's
+/// reset, which holds what follows the first Sync until it is confirmed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_batch_that_ends_in_flush_is_answered_once_served() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Read, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let holder = h.client(&a.id).await;
+    let mut waiter = raw_proxy(&h, &b.id).await;
+    let flush = || msg(b'H', &[]);
+    let batches: [(Vec<u8>, usize, &[&str]); 2] = [
+        (
+            cat(&[parse("", "SELECT 'unnamed'::text"), bind("", ""), execute(""), flush()]),
+            1,
+            &["1", "2", "D(unnamed)", "C(SELECT 1)"],
+        ),
+        (
+            cat(&[parse("s_wait", "SELECT 'named'::text"), sync(), bind("", "s_wait"), execute(""), flush()]),
+            1,
+            &["1", "Z(I)", "2", "D(named)", "C(SELECT 1)"],
+        ),
+    ];
+    for (batch, completions, want) in batches {
+        holder.batch_execute("BEGIN").await.expect("begin");
+        send(&mut waiter, &batch).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(clocks(&h).iter().any(|(t, w)| *t == b.id && w.is_some()), "b waits: {:?}", clocks(&h));
+        holder.batch_execute("COMMIT").await.expect("commit");
+        let got = read_completions(&mut waiter, completions).await;
+        assert_eq!(got, want, "answered once served, with no Sync");
+        send(&mut waiter, &sync()).await;
+        let (got, _) = read_ready(&mut waiter, 1, Duration::from_secs(5)).await;
+        assert_eq!(summary(&got), ["Z(I)"]);
+    }
+}
+
+/// What arrives until `n` CommandComplete or ErrorResponse messages have (or 5 s pass), and
+/// anything that follows within 100 ms, as comparable words.
+async fn read_completions(s: &mut tokio::net::TcpStream, n: usize) -> Vec<String> {
+    use tokio::io::AsyncReadExt;
+    let done =
+        |got: &[u8]| summary(got).iter().filter(|m| m.starts_with("C(") || m.starts_with("E(")).count();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16384];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while done(&got) < n {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(k)) if k > 0 => got.extend_from_slice(&buf[..k]),
+            _ => break,
+        }
+    }
+    let (more, _) = read_quiet(s, Duration::from_millis(100)).await;
+    got.extend_from_slice(&more);
+    summary(&got)
 }
