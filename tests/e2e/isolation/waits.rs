@@ -306,3 +306,34 @@ async fn read_completions(s: &mut tokio::net::TcpStream, n: usize) -> Vec<String
     got.extend_from_slice(&more);
     summary(&got)
 }
+
+/// A waiting client that sends a malformed frame behind its INSERT is answered as PostgreSQL
+/// answers it (which runs what precedes the bad frame, then ends the session with 08P01): the
+/// INSERT runs once the connection frees, its reply comes, then the FATAL and the close. Before,
+/// the bad frame ended the wait at once: the client got only the FATAL and its INSERT never ran
+/// (the differential test caught it when a checkout waited: [Sync, Malformed] got no `Z`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_client_that_breaks_the_protocol_is_answered_first() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let holder = h.client(&a.id).await;
+    holder.batch_execute("BEGIN").await.expect("begin");
+    let table = format!("\"{}\".t", b.id);
+    let mut waiter = raw_proxy(&h, &b.id).await;
+    send(&mut waiter, &query(&format!("INSERT INTO {table} VALUES (8, 'bad')"))).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A frame whose length (2) is shorter than the length field itself.
+    send(&mut waiter, &[b'Q', 0, 0, 0, 2]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.batch_execute("COMMIT").await.expect("commit");
+    let (got, closed) = read_eof(&mut waiter, Duration::from_secs(5)).await;
+    let words = summary(&got);
+    assert!(closed, "the session ends after the bad frame: {words:?}");
+    assert_eq!(words.first().map(String::as_str), Some("C(INSERT 0 1)"), "{words:?}");
+    assert_eq!(words.get(1).map(String::as_str), Some("Z(I)"), "{words:?}");
+    assert_eq!(sqlstate(&got).as_deref(), Some("08P01"), "{words:?}");
+    let db = admin(&b.database).await;
+    let n: i64 =
+        db.query_one(&format!("SELECT count(*) FROM {table} WHERE id = 8"), &[]).await.expect("count").get(0);
+    assert_eq!(n, 1, "the INSERT sent before the bad frame ran");
+}
