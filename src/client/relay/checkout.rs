@@ -37,7 +37,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         // A checkout that waits (a full pool) notices what ends a waiting client at once:
         // KILL_CLIENT or a kick of its tenant, a forced shutdown, and the client leaving (end
-        // of stream, a read error) or breaking the protocol; its query then never runs, and its
+        // of stream, a read error) or breaking the protocol with nothing before the bad frame
+        // (what precedes one runs first, as PostgreSQL runs it); its query then never runs, and its
         // place in the queue is given back. What the client sends meanwhile is read (within
         // the usual bound) and kept for after the wait. One that finds a connection at once
         // polls neither the signals nor the client's socket.
@@ -117,7 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Waits while the tenant is paused (console PAUSE, or the HTTP API's), noticing what
     /// ends a waiting client at once rather than after RESUME: KILL_CLIENT or a kick of its
     /// tenant, a shutdown, and the client leaving (end of stream, a read error) or breaking
-    /// the protocol; the session then ends, and with it the client's entry in SHOW CLIENTS and
+    /// the protocol with nothing before the bad frame; the session then ends, and with it the client's entry in SHOW CLIENTS and
     /// its `cl_waiting` count. What the client sends meanwhile is read (within the usual
     /// bound) and kept for after the wait.
     ///
@@ -146,8 +147,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     // After a Terminate the client is not read again; what it sent before
                     // runs after RESUME, as PostgreSQL runs what precedes a Terminate.
                     self.scan_client();
-                    if let Some(e) = self.broken.take() {
-                        return Err(Exit::Error(*e));
+                    // A bad frame ends the session now only with nothing before it: what
+                    // precedes it runs after RESUME, then its FATAL (as PostgreSQL).
+                    if self.broken.is_some() && self.c_scanned == 0 {
+                        return Err(self.broken.take().map_or(Exit::Client, |e| Exit::Error(*e)));
                     }
                 }
                 Event::Force | Event::Drain => return Err(Exit::Error(shutting_down())),
@@ -268,14 +271,15 @@ struct WaitingClient<'a, S> {
 
 impl<S: AsyncRead + Unpin> WaitingClient<'_, S> {
     /// Reads what the client sent until its socket has no more; ready once it left (end of
-    /// stream, an error) or broke the protocol. Past the client buffer's bound it is not read
-    /// (nor watched) until the wait ends, as the relay holds back a client whose bytes are
-    /// not going out. After a Terminate nothing more is read either: what the client sent
-    /// before it runs once a connection frees, as PostgreSQL runs what precedes a Terminate.
+    /// stream, an error) or broke the protocol with nothing before the bad frame. Past the
+    /// client buffer's bound it is not read (nor watched) until the wait ends, as the relay
+    /// holds back a client whose bytes are not going out. After a Terminate or a bad frame
+    /// nothing more is read either: what the client sent before it runs once a connection
+    /// frees, as PostgreSQL runs what precedes a Terminate or a malformed message.
     fn poll_left(&mut self, cx: &mut Context<'_>, signal: &Signal) -> Poll<()> {
         loop {
             let scan = &mut self.scan;
-            if scan.cbuf.len() >= MAX_CLIENT_BUFFERED || *scan.terminated {
+            if scan.cbuf.len() >= MAX_CLIENT_BUFFERED || *scan.terminated || scan.broken.is_some() {
                 return Poll::Pending;
             }
             // As in `next_event`: a plain socket's pending read stays registered until its
@@ -298,7 +302,10 @@ impl<S: AsyncRead + Unpin> WaitingClient<'_, S> {
                 Poll::Ready(Ok(n)) => {
                     self.read += n;
                     scan.reborrow().run();
-                    if scan.broken.is_some() {
+                    if scan.broken.is_some() && *scan.c_scanned == 0 {
+                        // A bad frame with nothing before it: the session ends now. What
+                        // precedes one runs first (the wait goes on, nothing more is read),
+                        // as PostgreSQL runs it before its FATAL.
                         return Poll::Ready(());
                     }
                 }
@@ -457,5 +464,39 @@ mod tests {
         assert_eq!(read, QUERY.len() + TERMINATE.len(), "nothing read after the Terminate");
         assert!(f.terminated);
         assert_eq!(f.c_scanned, QUERY.len(), "the query is ready to go, the Terminate is not");
+    }
+
+    /// A bad frame behind a query does not end the wait (the query runs first, then the
+    /// FATAL, as PostgreSQL answers), and nothing after it is read; a bad frame with nothing
+    /// before it ends the wait at once.
+    #[tokio::test]
+    async fn a_bad_frame_ends_the_wait_only_with_nothing_before_it() {
+        const BAD: &[u8] = b"Q\0\0\0\x02";
+        let (mut peer, mut stream) = tokio::io::duplex(1024);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut f = Fields::default();
+        let sender = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            peer.write_all(&[QUERY, BAD].concat()).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            peer.write_all(QUERY).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(()).expect("send");
+            peer
+        };
+        let (waited, _peer) = tokio::join!(wait(rx, &mut stream, &mut f), sender);
+        let (r, read) = waited;
+        assert!(matches!(r, Ok(true)), "the checkout completed");
+        assert_eq!(read, QUERY.len() + BAD.len(), "nothing read after the bad frame");
+        assert!(f.broken.is_some());
+        assert_eq!(f.c_scanned, QUERY.len(), "the query is ready to go");
+
+        let (mut peer, mut stream) = tokio::io::duplex(1024);
+        let (_tx, rx) = tokio::sync::oneshot::channel();
+        let mut f = Fields::default();
+        peer.write_all(BAD).await.expect("write");
+        let waited = tokio::time::timeout(Duration::from_secs(2), wait(rx, &mut stream, &mut f)).await;
+        let (r, _) = waited.expect("the wait ends while the checkout is still pending");
+        assert!(matches!(r, Err(Stop::Client)));
     }
 }
