@@ -10,12 +10,13 @@
 //! and comments too. Every such miss errs on the safe side (a connection suspected of changed
 //! settings is reset; a barrier only makes names wait; a cursor name too many only lets the
 //! client use a portal it may have created). The refusals read words, not keywords: the first
-//! words of each statement (any `;` may start one: a `;` in a string only makes a refusal too
-//! many) and, after DECLARE, its words before FOR (WITH HOLD, whatever blanks or comments
-//! split it). A statement inside code (a DO block, a function) is not seen.
+//! words of each statement (one starts after each `;` outside strings, quoted names, dollar
+//! quotes and comments: [`StatementEnds`]) and, after DECLARE, its words before FOR (WITH
+//! HOLD, whatever blanks or comments split it). A statement inside code (a DO block, a
+//! function) is not seen; a DO block or CALL counts as one that may declare cursors.
 
 use super::setcmd::{self, SetCmd};
-use crate::sql::skip_blank;
+use crate::sql::{skip_blank, StatementEnds};
 
 /// A statement that cannot run in transaction mode as written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +40,9 @@ pub struct Class {
     drops_statements: bool,
     /// DECLARE occurs: it may declare cursors, portals the client may then use.
     declares: bool,
+    /// A statement starts with DO or CALL: code that runs, which may declare a cursor whatever
+    /// its text spells (`EXECUTE 'DECL' || 'ARE …'`).
+    code: bool,
     /// It starts with SET or RESET.
     set_like: bool,
 }
@@ -148,13 +152,20 @@ pub fn classify(sql: &[u8]) -> Class {
     let mut class =
         Class { suspect_settings: suspect, drops_statements: drops, declares, ..Class::default() };
     statement(sql, &mut class, true);
-    // A session-level feature counts wherever it starts: each `;` may start a statement
-    // (also inside a string or a comment, which only makes a refusal or a pin too many).
-    let mut rest = sql;
+    // A session-level feature counts wherever a statement starts: after a `;` outside quoted
+    // text and comments. The quoting is read only up to a `;` whose statement would change
+    // the class (most queries have none, or one at their end).
+    let mut ends = StatementEnds::default();
+    let mut at = 0;
     while class.refusal.is_none() {
-        let Some(end) = rest.iter().position(|&b| b == b';') else { break };
-        rest = &rest[end + 1..];
-        statement(rest, &mut class, false);
+        let Some(n) = sql[at..].iter().position(|&b| b == b';') else { break };
+        at += n;
+        let mut next = class;
+        statement(&sql[at + 1..], &mut next, false);
+        if next != class && ends.ends_at(sql, at) {
+            class = next;
+        }
+        at += 1;
     }
     class
 }
@@ -200,7 +211,10 @@ fn statement(sql: &[u8], class: &mut Class, first: bool) {
             }
         }
         b"DECLARE" if holds(&sql[n..]) => class.refusal = Some(Refusal::Feature("WITH HOLD cursors")),
-        b"DO" | b"CALL" => class.suspect_settings = true,
+        b"DO" | b"CALL" => {
+            class.suspect_settings = true;
+            class.code = true;
+        }
         b"SET" | b"RESET" if first => class.set_like = true,
         _ => {}
     }
@@ -327,6 +341,11 @@ impl Class {
     /// DECLARE occurs: [`Class::declared_cursors`] may find names.
     pub fn declares(&self) -> bool {
         self.declares
+    }
+
+    /// It may declare a cursor: DECLARE occurs, or it runs a DO block or CALL.
+    pub fn may_declare(&self) -> bool {
+        self.declares || self.code
     }
 
     /// The session SET/RESET `sql` (the text this class was read from, without a trailing

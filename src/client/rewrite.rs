@@ -342,7 +342,7 @@ impl Stage<'_> {
             if class.declares() { class.declared_cursors(sql).into() } else { Box::default() };
         // Noted once prepared: a barrier this Parse raises must not hold its own name's
         // lookup (it would wait for a reply to itself).
-        if !self.prepare(frame, set, declares, class.declares()) {
+        if !self.prepare(frame, set, declares, class.may_declare()) {
             return false;
         }
         self.note(&class, sql, false);
@@ -359,9 +359,9 @@ impl Stage<'_> {
         if class.suspect_settings() {
             self.conn.suspect_settings();
         }
-        if class.declares() {
-            // A WITH HOLD cursor (also one a DO block declares, or one the pin policy did
-            // not keep) must not outlive the transaction for the next client.
+        if class.may_declare() {
+            // A WITH HOLD cursor (also one a DO block or procedure declares, or one the pin
+            // policy did not keep) must not outlive the transaction for the next client.
             self.conn.note_cursors();
         }
         if class.drops_statements() {

@@ -10,32 +10,43 @@ use old::{declared_cursors, may_change_settings, words_verdict};
 /// at a DECLARE's words before FOR.
 mod old {
     use super::Refusal;
-    use crate::sql::skip_blank;
+    use crate::sql::{skip_blank, StatementEnds};
 
-    /// The statements a query may hold: the text, then what follows each `;`.
+    /// The statements a query may hold: the text, then what follows each `;` that ends one
+    /// (every `;` asked in turn).
     fn statements(sql: &[u8]) -> impl Iterator<Item = &[u8]> {
-        std::iter::once(sql)
-            .chain(sql.iter().enumerate().filter(|(_, &b)| b == b';').map(move |(i, _)| &sql[i + 1..]))
+        let mut ends = StatementEnds::default();
+        std::iter::once(sql).chain(
+            sql.iter()
+                .enumerate()
+                .filter(|(_, &b)| b == b';')
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .filter(move |&i| ends.ends_at(sql, i))
+                .map(move |i| &sql[i + 1..]),
+        )
     }
 
-    /// The first refusal among the statements, in order, and whether a statement up to it
-    /// starts with code that runs (DO, CALL, EXECUTE).
-    pub fn words_verdict(sql: &[u8]) -> (Option<Refusal>, bool) {
-        let mut code = false;
+    /// The first refusal among the statements, in order, whether a statement up to it starts
+    /// with code that runs (DO, CALL, EXECUTE), and whether one starts with DO or CALL.
+    pub fn words_verdict(sql: &[u8]) -> (Option<Refusal>, bool, bool) {
+        let (mut code, mut do_or_call) = (false, false);
         for statement in statements(sql) {
-            code |= first_words(statement)
-                .first()
-                .is_some_and(|w| [&b"DO"[..], b"CALL", b"EXECUTE"].iter().any(|k| w.eq_ignore_ascii_case(k)));
+            let first = first_words(statement).first().map(|w| w.to_ascii_uppercase());
+            let is = |k: &[u8]| first.as_deref() == Some(k);
+            do_or_call |= is(b"DO") || is(b"CALL");
+            code |= is(b"DO") || is(b"CALL") || is(b"EXECUTE");
             let refusal = if sql_prepare_refusal(statement).is_some() {
                 Some(Refusal::SqlPrepare)
             } else {
                 session_feature(statement).map(Refusal::Feature)
             };
             if refusal.is_some() {
-                return (refusal, code);
+                return (refusal, code, do_or_call);
             }
         }
-        (None, code)
+        (None, code, do_or_call)
     }
 
     /// Whether a DECLARE makes a WITH HOLD cursor: its words (a quoted name as one) listed
@@ -177,6 +188,7 @@ fn agree(sql: &[u8]) -> Result<(), TestCaseError> {
     let class = classify(sql);
     let (refusal, suspect, drops, cursors) = old(sql);
     prop_assert_eq!(class.refusal(), refusal);
+    prop_assert_eq!(class.may_declare(), class.declares() || words_verdict(sql).2);
     prop_assert_eq!(class.suspect_settings(), suspect);
     prop_assert_eq!(class.drops_statements(), drops);
     prop_assert_eq!(class.declared_cursors(sql), cursors);
@@ -246,6 +258,10 @@ const TOKENS: &[&str] = &[
     "/*",
     "*/",
     "$$",
+    "$q$",
+    "$1",
+    "a$",
+    "\\",
     ".",
     "_",
     "1",
@@ -376,8 +392,18 @@ fn explicit_cases() {
             None,
         ),
         ("SELECT 1; PREPARE p AS SELECT 1", prep, false, false, vec![], None),
+        // A `;` in quoted text or a comment starts no statement (a function body, a value).
+        ("DO $$BEGIN PERFORM 1; EXECUTE 'SELECT 1'; END$$", None, true, false, vec![], None),
+        ("CREATE FUNCTION f() RETURNS void AS $b$ SELECT 1; LISTEN x $b$", None, false, false, vec![], None),
+        ("SELECT 'step one; execute step two'", None, false, false, vec![], None),
+        ("SELECT 1 /* a; prepare b */", None, false, false, vec![], None),
+        ("SELECT 1 AS \"a; listen b\"", None, false, false, vec![], None),
+        ("SELECT 'x'; LISTEN y", feature("LISTEN"), false, false, vec![], None),
+        ("SELECT 1 AS a$x$; LISTEN y; SELECT '$x$'", feature("LISTEN"), false, false, vec![], None),
+        ("SELECT E'\\''; LISTEN y; SELECT ''", feature("LISTEN"), false, false, vec![], None),
         ("SELECT 1; DEALLOCATE ALL", None, false, true, vec![], None),
         ("SELECT 1; DO $$ $$", None, true, false, vec![], None),
+        ("SELECT 'x; DO'", None, false, false, vec![], None),
         ("SELECT 1; SET x = 1", None, false, false, vec![], None),
         ("BEGIN; declare C1 cursor for select 1", None, false, false, vec![b"c1"], None),
         ("SELECT 'DECLARE'", None, false, false, vec![], None),
@@ -445,7 +471,7 @@ mod previous {
         let declares = found & DECLARES != 0;
         // The words decide the refusal and whether code runs (the reference's reading since
         // the refusals look at every statement); SET/RESET only as the first word.
-        let (refusal, code) = words_verdict(sql);
+        let (refusal, code, do_or_call) = words_verdict(sql);
         let mut words = [&[][..]; 1];
         let n = first_words(sql, &mut words);
         let word = |k: &str| n == 1 && words[0].eq_ignore_ascii_case(k.as_bytes());
@@ -454,6 +480,7 @@ mod previous {
             suspect_settings: suspect || code,
             drops_statements: drops,
             declares,
+            code: do_or_call,
             set_like: word("SET") || word("RESET"),
         }
     }
