@@ -53,7 +53,8 @@ fn after_block_comment(rest: &[u8]) -> &[u8] {
 /// its reading could differ from the server's, every later `;` counts (a statement too many,
 /// never one hidden): a backslash in a string (an escape or not, as `E'…'` and
 /// `standard_conforming_strings` say), a `$` in what follows a digit (`1$x$`, `1e$x$`: a
-/// number then a dollar quote, or a name, as the server's version lexes numbers). An unclosed
+/// number then a dollar quote, or a name, as the server's version lexes numbers) or right
+/// after the last byte of what may be a multibyte character of the client's encoding. An unclosed
 /// quote or comment runs to the end, as the server reads it (it then runs nothing of the
 /// query).
 #[derive(Debug, Default)]
@@ -85,6 +86,17 @@ impl StatementEnds {
                 b'/' if next == Some(b'*') => sql.len() - after_block_comment(&sql[i + 2..]).len(),
                 b'$' if next.is_some_and(|b| b.is_ascii_digit()) => {
                     run_end(sql, i + 1, |b| b.is_ascii_digit())
+                }
+                // A non-name byte right after a non-ASCII one may end a character of a
+                // client encoding (Shift JIS 0x83 0x5C, BIG5, GBK, JOHAB): the server may
+                // read the `$` as part of a name.
+                b'$' if i >= 2
+                    && sql[i - 2] >= 0x80
+                    && !is_name_byte(sql[i - 1])
+                    && !sql[i - 1].is_ascii_whitespace() =>
+                {
+                    self.lost = true;
+                    i + 1
                 }
                 b'$' => dollar_quoted_end(sql, i),
                 b if b.is_ascii_digit() => {
@@ -224,6 +236,9 @@ mod tests {
         // quote, '\' at the first, as the server may read either).
         assert_eq!(ends(b"SELECT E'\\''; x; '"), [12, 15]);
         assert_eq!(ends(b"SELECT 'a\\'; x; ';'"), [11, 14, 17]);
+        // Shift JIS ソ (0x83 0x5C) then `$x$`: a name on the server.
+        assert_eq!(ends(b"SELECT 1 AS \x83\x5c$x$; y; '$x$'"), [17, 20]);
+        assert_eq!(ends(b"SELECT '\xc3\xa9', $x$;$x$; y"), [20]);
         // Unclosed: nothing after counts (the server runs nothing of the query).
         assert_eq!(ends(b"SELECT 'a; b"), [0usize; 0]);
         assert_eq!(ends(b"SELECT $q$ a; b"), [0usize; 0]);
