@@ -138,3 +138,29 @@ async fn a_cursor_a_do_block_spells_apart_is_closed_too() {
     }
     f.assert_none();
 }
+
+/// A WITH HOLD cursor whose name is a Unicode-escaped identifier (`U&"…"`, with or without
+/// UESCAPE) is one as much as `DECLARE held …`: under `refuse` it gets 0A000 and leaves no
+/// cursor. Before, its DECLARE ran (pgtenant read no word after `U&`), and the cursor was
+/// left until CLOSE ALL at the end of the transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unicode_escaped_cursor_name_is_still_with_hold() {
+    let t = with_mode(tenant_db("curuesc").await, PoolMode::Transaction, 1);
+    let mut cfg = config(vec![t.clone()]);
+    cfg.pool.checkout_timeout = 3.0;
+    cfg.pool.session_features = SessionFeatures::Refuse;
+    let h = start(cfg).await;
+    let mut f = Failures::default();
+    let c = h.client(&t.id).await;
+    for sql in [
+        "DECLARE U&\"held\" CURSOR WITH HOLD FOR SELECT 1",
+        "DECLARE u&\"h!0065ld\" UESCAPE '!' CURSOR WITH HOLD FOR SELECT 1",
+    ] {
+        match c.batch_execute(&format!("BEGIN; {sql}; FETCH 1 FROM held; COMMIT")).await {
+            Ok(()) => f.0.push(format!("{sql:?} ran")),
+            Err(e) => f.check(code(&e) == "0A000", || format!("{sql:?}: expected 0A000, got {}", why(&e))),
+        }
+        let _ = c.batch_execute("ROLLBACK").await;
+    }
+    f.assert_none();
+}
