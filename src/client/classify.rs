@@ -222,14 +222,17 @@ fn statement(sql: &[u8], class: &mut Class, first: bool) {
 
 /// Whether a DECLARE (`sql` is what follows the word) makes a WITH HOLD cursor: `WITH HOLD`
 /// among its words before FOR, whatever blanks and comments separate them. The name may be
-/// quoted.
+/// quoted, also with Unicode escapes (`U&"…"`, then maybe `UESCAPE '…'`).
 fn holds(mut sql: &[u8]) -> bool {
     let mut with = false;
     loop {
         sql = skip_blank(sql);
-        if let Some(quoted) = sql.strip_prefix(b"\"") {
-            let end = quoted.iter().position(|&b| b == b'"').map_or(quoted.len(), |i| i + 1);
-            sql = &quoted[end..];
+        let unicode = sql.len() >= 3 && sql[..2].eq_ignore_ascii_case(b"U&") && sql[2] == b'"';
+        let quoted = if unicode { &sql[2..] } else { sql };
+        if let Some(q @ (b'"' | b'\'')) = quoted.first() {
+            let rest = &quoted[1..];
+            let end = rest.iter().position(|b| b == q).map_or(rest.len(), |i| i + 1);
+            sql = &rest[end..];
             with = false;
             continue;
         }

@@ -56,9 +56,13 @@ mod old {
         let mut rest = sql;
         loop {
             rest = skip_blank(rest);
-            if let Some(quoted) = rest.strip_prefix(b"\"") {
-                let end = quoted.iter().position(|&b| b == b'"').map_or(quoted.len(), |i| i + 1);
-                words.push(b"\"".to_vec());
+            // A quoted name (`"…"`, `U&"…"`) or UESCAPE's string, as one word.
+            let unicode = rest.to_ascii_uppercase().starts_with(b"U&\"");
+            let from = if unicode { 2 } else { 0 };
+            if let Some(&q) = rest.get(from).filter(|&&b| b == b'"' || b == b'\'') {
+                let quoted = &rest[from + 1..];
+                let end = quoted.iter().position(|&b| b == q).map_or(quoted.len(), |i| i + 1);
+                words.push(vec![q]);
                 rest = &quoted[end..];
                 continue;
             }
@@ -246,6 +250,8 @@ const TOKENS: &[&str] = &[
     "'it''s'",
     "E'\\n'",
     "\"Q d\"",
+    "U&\"q\"",
+    "uescape",
     "\"",
     "'",
     ";",
@@ -373,6 +379,23 @@ fn explicit_cases() {
             None,
         ),
         ("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1", None, false, false, vec![b"c"], None),
+        (
+            "DECLARE U&\"c\" CURSOR WITH HOLD FOR SELECT 1",
+            feature("WITH HOLD cursors"),
+            false,
+            false,
+            vec![b"u"],
+            None,
+        ),
+        (
+            "DECLARE u&\"!0063\" UESCAPE '!' CURSOR WITH HOLD FOR SELECT 1",
+            feature("WITH HOLD cursors"),
+            false,
+            false,
+            vec![b"u"],
+            None,
+        ),
+        ("DECLARE \"u&\" CURSOR WITHOUT HOLD FOR SELECT 1", None, false, false, vec![b"u&"], None),
         ("DECLARE c CURSOR FOR SELECT 'with hold'", None, false, false, vec![b"c"], None),
         (
             "/* a /* b */ */ DECLARE c CURSOR WITH HOLD FOR SELECT 1",
