@@ -146,32 +146,44 @@ const LONGEST_FIRST_WORD: usize = 10;
 
 /// Reads `sql` (a Query's text, with or without its NUL, or a Parse's) once.
 pub fn classify(sql: &[u8]) -> Class {
-    let found = keywords(sql);
+    let (found, semicolon) = scan(sql);
     let (suspect, drops) = (found & SUSPECT != 0, found & DROPS != 0);
     let declares = found & DECLARES != 0;
     let mut class =
         Class { suspect_settings: suspect, drops_statements: drops, declares, ..Class::default() };
     statement(sql, &mut class, true);
-    // A session-level feature counts wherever a statement starts: after a `;` outside quoted
-    // text and comments. The quoting is read only up to a `;` whose statement would change
-    // the class (most queries have none, or one at their end).
-    let mut ends = StatementEnds::default();
-    let mut at = 0;
-    while class.refusal.is_none() {
-        let Some(n) = sql[at..].iter().position(|&b| b == b';') else { break };
-        at += n;
-        let mut next = class;
-        statement(&sql[at + 1..], &mut next, false);
-        if next != class && ends.ends_at(sql, at) {
-            class = next;
-        }
-        at += 1;
+    if let Some(at) = semicolon {
+        later_statements(sql, at, &mut class);
     }
     class
 }
 
+/// What the statements after the first add to `class`: a session-level feature counts
+/// wherever a statement starts, after a `;` (the first at `at`) outside quoted text and
+/// comments. The quoting is read only up to a `;` whose statement would change the class
+/// (most queries have none, or one at their end).
+#[inline(never)]
+fn later_statements(sql: &[u8], mut at: usize, class: &mut Class) {
+    let mut ends = StatementEnds::default();
+    while class.refusal.is_none() {
+        let rest = &sql[at + 1..];
+        if rest.iter().all(|&b| b.is_ascii_whitespace() || b == 0) {
+            // The usual `;` at the end (a Query's text may keep its NUL).
+            return;
+        }
+        let mut next = *class;
+        statement(rest, &mut next, false);
+        if next != *class && ends.ends_at(sql, at) {
+            *class = next;
+        }
+        let Some(n) = rest.iter().position(|&b| b == b';') else { return };
+        at += 1 + n;
+    }
+}
+
 /// What the first words of one statement (at the start of `sql`) add to `class`; SET and
 /// RESET count only as the query's `first` statement.
+#[inline(always)]
 fn statement(sql: &[u8], class: &mut Class, first: bool) {
     // The first word decides nearly everything; the next two matter after DEALLOCATE and
     // CREATE only. Upper-cased into a buffer as long as the longest first word looked for,
@@ -253,21 +265,49 @@ fn holds(mut sql: &[u8]) -> bool {
 }
 
 /// Which of [`KEYWORDS`] occur in `sql` (ignoring case), one bit each.
+#[cfg(test)]
+fn keywords(sql: &[u8]) -> u8 {
+    scan(sql).0
+}
+
+/// Which of [`KEYWORDS`] occur in `sql` (ignoring case), one bit each, and where its first
+/// `;` is.
 ///
 /// Every keyword starts with `d`, `s` or `t` followed by `e` or `i`: eight positions at
 /// a time are tested for such a pair (in any case) with a few word-wide operations, and only
-/// where one is found are the keywords it may start compared. The tests hold it to a
-/// byte-by-byte search and to the scan it replaced, on any bytes.
-fn keywords(sql: &[u8]) -> u8 {
+/// where one is found are the keywords it may start compared. The same words are tested for
+/// a `;` until one is found (a query's statements are read from there: most have none, or
+/// one at their end). The tests hold it to a byte-by-byte search and to the scan it
+/// replaced, on any bytes.
+fn scan(sql: &[u8]) -> (u8, Option<usize>) {
     let mut found = 0u8;
+    let mut semicolon = None;
     let mut i = 0;
     // Nine bytes give eight pairs: first letters at i..i+8, second letters one further on.
     while let Some(nine) = sql.get(i..i + 9) {
-        let candidates = pairs(le_u64(&nine[..8]), le_u64(&nine[1..]));
-        if candidates != 0 {
-            found |= confirm(sql, candidates, i, found);
+        let first = le_u64(&nine[..8]);
+        let semicolons = semicolons(first);
+        let candidates = pairs(first, le_u64(&nine[1..]));
+        // One test for both (rarely true): most words hold neither.
+        if candidates | semicolons != 0 {
+            if candidates != 0 {
+                found |= confirm(sql, candidates, i, found);
+            }
+            if semicolons != 0 && semicolon.is_none() {
+                semicolon = Some(i + (semicolons.trailing_zeros() / 8) as usize);
+            }
         }
         i += 8;
+    }
+    // The bytes at i.. (at most eight) are not tested for a `;` yet: as the last eight bytes,
+    // those already tested masked off (a shorter text as a word padded with zeros).
+    if semicolon.is_none() && i < sql.len() {
+        let (w, base) = match sql.len().checked_sub(8) {
+            Some(base) => (le_u64(&sql[base..]), base),
+            None => (sql.iter().rev().fold(0u64, |w, &b| (w << 8) | u64::from(b)), 0),
+        };
+        let marks = semicolons(w | !(!0u64 << (8 * (i - base))));
+        semicolon = (marks != 0).then(|| base + (marks.trailing_zeros() / 8) as usize);
     }
     // The last pairs (fewer than eight), read as the last nine bytes, those already read
     // masked off; a shorter text is read as a word padded with zeros (no letter).
@@ -287,7 +327,14 @@ fn keywords(sql: &[u8]) -> u8 {
             found |= confirm(sql, candidates, i, found);
         }
     }
-    found
+    (found, semicolon)
+}
+
+/// The high bit of each byte of `w` that is `;`, and maybe of a few more (see [`zeros`]):
+/// the lowest marked byte is always a `;`.
+#[inline(always)]
+fn semicolons(w: u64) -> u64 {
+    zeros(w ^ (ONES * u64::from(b';'))) & HIGHS
 }
 
 /// The keywords that start at the positions `base + k` whose byte `k` of `candidates` has its

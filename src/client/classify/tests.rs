@@ -566,12 +566,37 @@ proptest! {
     #[test]
     fn scan_agrees_on_any_bytes(sql in prop::collection::vec(any::<u8>(), 0..64)) {
         prop_assert_eq!(keywords(&sql), keywords_bytewise(&sql));
+        prop_assert_eq!(scan(&sql).1, sql.iter().position(|&b| b == b';'));
         prop_assert_eq!(classify(&sql), previous::classify(&sql));
     }
 
     #[test]
     fn classify_agrees_with_the_previous_scan(sql in sqlish()) {
         prop_assert_eq!(classify(&sql), previous::classify(&sql));
+    }
+}
+
+/// The first `;` at every offset and text length around the eight-byte steps and the padded
+/// tail, with `;`s after it and bytes that differ from `;` in one bit (`:`, `{`, `3`) or
+/// that the word-wide test may mark after a match (0x3a) around it.
+#[test]
+fn first_semicolon_at_every_offset_and_length() {
+    for fill in [b'x', b':', b'{', b'3', 0x3a, 0] {
+        for len in 0..40 {
+            let mut sql = vec![fill; len];
+            assert_eq!(scan(&sql).1, None, "{sql:?}");
+            for at in 0..len {
+                sql[at] = b';';
+                assert_eq!(scan(&sql).1, Some(at), "{sql:?}");
+                sql[at] = fill;
+            }
+            for at in 0..len {
+                let mut two = sql.clone();
+                two[at] = b';';
+                two[len - 1] = b';';
+                assert_eq!(scan(&two).1, Some(at), "{two:?}");
+            }
+        }
     }
 }
 
