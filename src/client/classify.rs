@@ -153,7 +153,10 @@ pub fn classify(sql: &[u8]) -> Class {
         Class { suspect_settings: suspect, drops_statements: drops, declares, ..Class::default() };
     statement(sql, &mut class, true);
     if let Some(at) = semicolon {
-        later_statements(sql, at, &mut class);
+        // Not for the usual `;` at the end (a Query's text may keep its NUL).
+        if !sql[at + 1..].iter().all(|&b| b.is_ascii_whitespace() || b == 0) {
+            later_statements(sql, at, &mut class);
+        }
     }
     class
 }
@@ -167,10 +170,6 @@ fn later_statements(sql: &[u8], mut at: usize, class: &mut Class) {
     let mut ends = StatementEnds::default();
     while class.refusal.is_none() {
         let rest = &sql[at + 1..];
-        if rest.iter().all(|&b| b.is_ascii_whitespace() || b == 0) {
-            // The usual `;` at the end (a Query's text may keep its NUL).
-            return;
-        }
         let mut next = *class;
         statement(rest, &mut next, false);
         if next != *class && ends.ends_at(sql, at) {
@@ -276,28 +275,29 @@ fn keywords(sql: &[u8]) -> u8 {
 /// Every keyword starts with `d`, `s` or `t` followed by `e` or `i`: eight positions at
 /// a time are tested for such a pair (in any case) with a few word-wide operations, and only
 /// where one is found are the keywords it may start compared. The same words are tested for
-/// a `;` until one is found (a query's statements are read from there: most have none, or
-/// one at their end). The tests hold it to a byte-by-byte search and to the scan it
+/// a `;`, without a branch; only if one holds it is it looked for again (a query's later
+/// statements are read from there: most queries have none, or one in their last bytes). The tests hold it to a byte-by-byte search and to the scan it
 /// replaced, on any bytes.
 fn scan(sql: &[u8]) -> (u8, Option<usize>) {
     let mut found = 0u8;
-    let mut semicolon = None;
+    let (mut semicolon, mut any) = (None, 0u64);
     let mut i = 0;
     // Nine bytes give eight pairs: first letters at i..i+8, second letters one further on.
     while let Some(nine) = sql.get(i..i + 9) {
         let first = le_u64(&nine[..8]);
-        let semicolons = semicolons(first);
+        any |= semicolons(first);
         let candidates = pairs(first, le_u64(&nine[1..]));
-        // One test for both (rarely true): most words hold neither.
-        if candidates | semicolons != 0 {
-            if candidates != 0 {
-                found |= confirm(sql, candidates, i, found);
-            }
-            if semicolons != 0 && semicolon.is_none() {
-                semicolon = Some(i + (semicolons.trailing_zeros() / 8) as usize);
-            }
+        if candidates != 0 {
+            found |= confirm(sql, candidates, i, found);
         }
         i += 8;
+    }
+    if any != 0 {
+        // Found again word by word (rare: a `;` before a query's last bytes).
+        semicolon = sql[..i].chunks_exact(8).enumerate().find_map(|(n, w)| {
+            let marks = semicolons(le_u64(w));
+            (marks != 0).then(|| 8 * n + (marks.trailing_zeros() / 8) as usize)
+        });
     }
     // The bytes at i.. (at most eight) are not tested for a `;` yet: as the last eight bytes,
     // those already tested masked off (a shorter text as a word padded with zeros).
