@@ -276,8 +276,8 @@ fn keywords(sql: &[u8]) -> u8 {
 /// a time are tested for such a pair (in any case) with a few word-wide operations, and only
 /// where one is found are the keywords it may start compared. The same words are tested for
 /// a `;`, without a branch; only if one holds it is it looked for again (a query's later
-/// statements are read from there: most queries have none, or one in their last bytes). The tests hold it to a byte-by-byte search and to the scan it
-/// replaced, on any bytes.
+/// statements are read from there: most queries have none, or one in their last bytes).
+/// The tests hold it to a byte-by-byte search and to the scan it replaced, on any bytes.
 fn scan(sql: &[u8]) -> (u8, Option<usize>) {
     let mut found = 0u8;
     let (mut semicolon, mut any) = (None, 0u64);
