@@ -46,6 +46,125 @@ fn after_block_comment(rest: &[u8]) -> &[u8] {
     &[]
 }
 
+/// Which `;` of a query end a statement, read as PostgreSQL's scanner reads them
+/// (`src/backend/parser/scan.l`): one inside a string, a quoted name, a dollar-quoted string
+/// or a comment does not. Asked about `;`s in increasing order, it reads the text forward
+/// once, a name (whose `$`s open nothing: `a$b$`) or a parameter (`$1`) as one token. Where
+/// its reading could differ from the server's, every later `;` counts (a statement too many,
+/// never one hidden): a backslash in a string (an escape or not, as `E'…'` and
+/// `standard_conforming_strings` say), a `$` in what follows a digit (`1$x$`, `1e$x$`: a
+/// number then a dollar quote, or a name, as the server's version lexes numbers) or right
+/// after the last byte of what may be a multibyte character of the client's encoding. An unclosed
+/// quote or comment runs to the end, as the server reads it (it then runs nothing of the
+/// query).
+#[derive(Debug, Default)]
+pub struct StatementEnds {
+    /// Where the reading stands: outside anything quoted, at the start of a token.
+    pos: usize,
+    /// The reading may differ from the server's from here on: every later `;` counts.
+    lost: bool,
+}
+
+impl StatementEnds {
+    /// Whether the `;` at `at` (not before an earlier question's) ends a statement.
+    pub fn ends_at(&mut self, sql: &[u8], at: usize) -> bool {
+        while !self.lost && self.pos < at {
+            let i = self.pos;
+            let next = sql.get(i + 1).copied();
+            self.pos = match sql[i] {
+                b'\'' => match quoted_end(sql, i + 1, b'\'') {
+                    Some(end) => end,
+                    None => {
+                        self.lost = true;
+                        i + 1
+                    }
+                },
+                b'"' => quoted_end(sql, i + 1, b'"').unwrap_or(sql.len()),
+                b'-' if next == Some(b'-') => {
+                    sql[i..].iter().position(|&b| b == b'\n' || b == b'\r').map_or(sql.len(), |n| i + n)
+                }
+                b'/' if next == Some(b'*') => sql.len() - after_block_comment(&sql[i + 2..]).len(),
+                b'$' if next.is_some_and(|b| b.is_ascii_digit()) => {
+                    run_end(sql, i + 1, |b| b.is_ascii_digit())
+                }
+                // A non-name byte right after a non-ASCII one may end a character of a
+                // client encoding (Shift JIS 0x83 0x5C, BIG5, GBK, JOHAB): the server may
+                // read the `$` as part of a name.
+                b'$' if i >= 2
+                    && sql[i - 2] >= 0x80
+                    && !is_name_byte(sql[i - 1])
+                    && !sql[i - 1].is_ascii_whitespace() =>
+                {
+                    self.lost = true;
+                    i + 1
+                }
+                b'$' => dollar_quoted_end(sql, i),
+                b if b.is_ascii_digit() => {
+                    let end = run_end(sql, i, |b| is_name_byte(b) || b == b'.');
+                    self.lost = sql[i..end].contains(&b'$');
+                    end
+                }
+                b if is_name_byte(b) => run_end(sql, i, is_name_byte),
+                _ => i + 1,
+            };
+        }
+        if self.lost {
+            return true;
+        }
+        // Past `at`: it lay inside something quoted.
+        let ends = self.pos == at;
+        if ends {
+            self.pos = at + 1;
+        }
+        ends
+    }
+}
+
+/// Where the run of bytes `part` accepts from `from` ends.
+fn run_end(sql: &[u8], from: usize, part: impl Fn(u8) -> bool) -> usize {
+    sql[from..].iter().position(|&b| !part(b)).map_or(sql.len(), |n| from + n)
+}
+
+/// Where the `'…'` or `"…"` whose text starts at `from` ends (after its closing quote; a
+/// doubled quote closes and reopens it); the end of `sql` if unclosed; `None` for a string
+/// holding a backslash before its close.
+fn quoted_end(sql: &[u8], from: usize, quote: u8) -> Option<usize> {
+    for (n, &b) in sql[from..].iter().enumerate() {
+        if b == quote {
+            return Some(from + n + 1);
+        }
+        if b == b'\\' && quote == b'\'' {
+            return None;
+        }
+    }
+    Some(sql.len())
+}
+
+/// Where what starts with the `$` at `i` (not before a digit) ends: after the closing
+/// delimiter of a dollar-quoted string (`$$…$$`, `$tag$…$tag$`; the end of `sql` if
+/// unclosed), or right after the `$` when it opens none.
+fn dollar_quoted_end(sql: &[u8], i: usize) -> usize {
+    let tag = run_end(sql, i + 1, |b| is_name_byte(b) && b != b'$');
+    if sql.get(tag) != Some(&b'$') {
+        return i + 1;
+    }
+    let delimiter = &sql[i..=tag];
+    let mut from = tag + 1;
+    while let Some(n) = sql[from..].iter().position(|&b| b == b'$') {
+        if sql[from + n..].starts_with(delimiter) {
+            return from + n + delimiter.len();
+        }
+        from += n + 1;
+    }
+    sql.len()
+}
+
+/// A byte that may continue a name (PostgreSQL's `ident_cont`: letters, digits, `_`, `$` and
+/// every non-ASCII byte); all but digits and `$` may start one.
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
 /// A double-quoted SQL identifier (one name part).
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -87,6 +206,43 @@ mod tests {
         assert_eq!(skip_blank(b"/* a /* b */ DECLARE"), b"");
         assert_eq!(skip_blank(b"/*/ x */ y"), b"y");
         assert_eq!(skip_blank(b"/**/x"), b"x");
+    }
+
+    /// The `;`s of `sql` that end a statement, by position.
+    fn ends(sql: &[u8]) -> Vec<usize> {
+        let mut e = StatementEnds::default();
+        (0..sql.len()).filter(|&i| sql[i] == b';').filter(|&i| e.ends_at(sql, i)).collect()
+    }
+
+    #[test]
+    fn statements_end_at_semicolons_outside_quotes() {
+        assert_eq!(ends(b"SELECT 1; SELECT 2;"), [8, 18]);
+        assert_eq!(ends(b"SELECT 'a;b'; x"), [12]);
+        assert_eq!(ends(b"SELECT 'it''s;'; x"), [15]);
+        assert_eq!(ends(b"SELECT \"a;\"\"b\"; x"), [14]);
+        assert_eq!(ends(b"SELECT 1 -- a;b\n; x"), [16]);
+        assert_eq!(ends(b"SELECT 1 /* a /* ; */ ; */; x"), [26]);
+        assert_eq!(ends(b"DO $$BEGIN x; y; END$$; z"), [22]);
+        assert_eq!(ends(b"DO $f$ $$; $g$; $f$; z"), [19]);
+        // A `$` inside a name opens nothing; a parameter neither.
+        assert_eq!(ends(b"SELECT 1 AS a$x$; b; '$x$'"), [16, 19]);
+        assert_eq!(ends(b"SELECT $1; $2"), [9]);
+        assert_eq!(ends(b"SELECT $1$x$; $x$; y"), [17]);
+        assert_eq!(ends(b"SELECT x1$x$; $x$; y"), [12]);
+        // After a digit a `$` may open a dollar quote or continue a name: every `;` counts.
+        assert_eq!(ends(b"SELECT 1$x$; $x$; y"), [11, 16]);
+        assert_eq!(ends(b"SELECT 1e$x$; $x$; y"), [12, 17]);
+        // A backslash in a string: every later `;` counts (E'\'' closes after the second
+        // quote, '\' at the first, as the server may read either).
+        assert_eq!(ends(b"SELECT E'\\''; x; '"), [12, 15]);
+        assert_eq!(ends(b"SELECT 'a\\'; x; ';'"), [11, 14, 17]);
+        // Shift JIS ソ (0x83 0x5C) then `$x$`: a name on the server.
+        assert_eq!(ends(b"SELECT 1 AS \x83\x5c$x$; y; '$x$'"), [17, 20]);
+        assert_eq!(ends(b"SELECT '\xc3\xa9', $x$;$x$; y"), [20]);
+        // Unclosed: nothing after counts (the server runs nothing of the query).
+        assert_eq!(ends(b"SELECT 'a; b"), [0usize; 0]);
+        assert_eq!(ends(b"SELECT $q$ a; b"), [0usize; 0]);
+        assert_eq!(ends(b"SELECT /* a; b"), [0usize; 0]);
     }
 
     #[test]

@@ -10,12 +10,13 @@
 //! and comments too. Every such miss errs on the safe side (a connection suspected of changed
 //! settings is reset; a barrier only makes names wait; a cursor name too many only lets the
 //! client use a portal it may have created). The refusals read words, not keywords: the first
-//! words of each statement (any `;` may start one: a `;` in a string only makes a refusal too
-//! many) and, after DECLARE, its words before FOR (WITH HOLD, whatever blanks or comments
-//! split it). A statement inside code (a DO block, a function) is not seen.
+//! words of each statement (one starts after each `;` outside strings, quoted names, dollar
+//! quotes and comments: [`StatementEnds`]) and, after DECLARE, its words before FOR (WITH
+//! HOLD, whatever blanks or comments split it). A statement inside code (a DO block, a
+//! function) is not seen; a DO block or CALL counts as one that may declare cursors.
 
 use super::setcmd::{self, SetCmd};
-use crate::sql::skip_blank;
+use crate::sql::{skip_blank, StatementEnds};
 
 /// A statement that cannot run in transaction mode as written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,8 +40,8 @@ pub struct Class {
     drops_statements: bool,
     /// DECLARE occurs: it may declare cursors, portals the client may then use.
     declares: bool,
-    /// It may make a cursor on the server: a statement starts with DECLARE, or with DO and
-    /// the text names DECLARE (a block's dynamic SQL). Not a column named `declared_at`.
+    /// A statement starts with DECLARE, or with DO or CALL: code that runs, which may declare
+    /// a cursor whatever its text spells (`EXECUTE 'DECL' || 'ARE …'`).
     cursors: bool,
     /// It starts with SET or RESET.
     set_like: bool,
@@ -145,25 +146,43 @@ const LONGEST_FIRST_WORD: usize = 10;
 
 /// Reads `sql` (a Query's text, with or without its NUL, or a Parse's) once.
 pub fn classify(sql: &[u8]) -> Class {
-    let found = keywords(sql);
+    let (found, semicolon) = scan(sql);
     let (suspect, drops) = (found & SUSPECT != 0, found & DROPS != 0);
     let declares = found & DECLARES != 0;
     let mut class =
         Class { suspect_settings: suspect, drops_statements: drops, declares, ..Class::default() };
     statement(sql, &mut class, true);
-    // A session-level feature counts wherever it starts: each `;` may start a statement
-    // (also inside a string or a comment, which only makes a refusal or a pin too many).
-    let mut rest = sql;
-    while class.refusal.is_none() {
-        let Some(end) = memchr::memchr(b';', rest) else { break };
-        rest = &rest[end + 1..];
-        statement(rest, &mut class, false);
+    if let Some(at) = semicolon {
+        // Not for the usual `;` at the end (a Query's text may keep its NUL).
+        if !sql[at + 1..].iter().all(|&b| b.is_ascii_whitespace() || b == 0) {
+            later_statements(sql, at, &mut class);
+        }
     }
     class
 }
 
+/// What the statements after the first add to `class`: a session-level feature counts
+/// wherever a statement starts, after a `;` (the first at `at`) outside quoted text and
+/// comments. The quoting is read only up to a `;` whose statement would change the class
+/// (most queries have none, or one at their end).
+#[inline(never)]
+fn later_statements(sql: &[u8], mut at: usize, class: &mut Class) {
+    let mut ends = StatementEnds::default();
+    while class.refusal.is_none() {
+        let rest = &sql[at + 1..];
+        let mut next = *class;
+        statement(rest, &mut next, false);
+        if next != *class && ends.ends_at(sql, at) {
+            *class = next;
+        }
+        let Some(n) = rest.iter().position(|&b| b == b';') else { return };
+        at += 1 + n;
+    }
+}
+
 /// What the first words of one statement (at the start of `sql`) add to `class`; SET and
 /// RESET count only as the query's `first` statement.
+#[inline(always)]
 fn statement(sql: &[u8], class: &mut Class, first: bool) {
     // The first word decides nearly everything; the next two matter after DEALLOCATE and
     // CREATE only. Upper-cased into a buffer as long as the longest first word looked for,
@@ -208,11 +227,10 @@ fn statement(sql: &[u8], class: &mut Class, first: bool) {
                 class.refusal = Some(Refusal::Feature("WITH HOLD cursors"));
             }
         }
-        b"DO" => {
+        b"DO" | b"CALL" => {
             class.suspect_settings = true;
-            class.cursors |= class.declares;
+            class.cursors = true;
         }
-        b"CALL" => class.suspect_settings = true,
         b"SET" | b"RESET" if first => class.set_like = true,
         _ => {}
     }
@@ -220,14 +238,17 @@ fn statement(sql: &[u8], class: &mut Class, first: bool) {
 
 /// Whether a DECLARE (`sql` is what follows the word) makes a WITH HOLD cursor: `WITH HOLD`
 /// among its words before FOR, whatever blanks and comments separate them. The name may be
-/// quoted.
+/// quoted, also with Unicode escapes (`U&"…"`, then maybe `UESCAPE '…'`).
 fn holds(mut sql: &[u8]) -> bool {
     let mut with = false;
     loop {
         sql = skip_blank(sql);
-        if let Some(quoted) = sql.strip_prefix(b"\"") {
-            let end = quoted.iter().position(|&b| b == b'"').map_or(quoted.len(), |i| i + 1);
-            sql = &quoted[end..];
+        let unicode = sql.len() >= 3 && sql[..2].eq_ignore_ascii_case(b"U&") && sql[2] == b'"';
+        let quoted = if unicode { &sql[2..] } else { sql };
+        if let Some(q @ (b'"' | b'\'')) = quoted.first() {
+            let rest = &quoted[1..];
+            let end = rest.iter().position(|b| b == q).map_or(rest.len(), |i| i + 1);
+            sql = &rest[end..];
             with = false;
             continue;
         }
@@ -248,21 +269,50 @@ fn holds(mut sql: &[u8]) -> bool {
 }
 
 /// Which of [`KEYWORDS`] occur in `sql` (ignoring case), one bit each.
+#[cfg(test)]
+fn keywords(sql: &[u8]) -> u8 {
+    scan(sql).0
+}
+
+/// Which of [`KEYWORDS`] occur in `sql` (ignoring case), one bit each, and where its first
+/// `;` is.
 ///
 /// Every keyword starts with `d`, `s` or `t` followed by `e` or `i`: eight positions at
 /// a time are tested for such a pair (in any case) with a few word-wide operations, and only
-/// where one is found are the keywords it may start compared. The tests hold it to a
-/// byte-by-byte search and to the scan it replaced, on any bytes.
-fn keywords(sql: &[u8]) -> u8 {
+/// where one is found are the keywords it may start compared. The same words are tested for
+/// a `;`, without a branch; only if one holds it is it looked for again (a query's later
+/// statements are read from there: most queries have none, or one in their last bytes).
+/// The tests hold it to a byte-by-byte search and to the scan it replaced, on any bytes.
+fn scan(sql: &[u8]) -> (u8, Option<usize>) {
     let mut found = 0u8;
+    let (mut semicolon, mut any) = (None, 0u64);
     let mut i = 0;
     // Nine bytes give eight pairs: first letters at i..i+8, second letters one further on.
     while let Some(nine) = sql.get(i..i + 9) {
-        let candidates = pairs(le_u64(&nine[..8]), le_u64(&nine[1..]));
+        let first = le_u64(&nine[..8]);
+        any |= semicolons(first);
+        let candidates = pairs(first, le_u64(&nine[1..]));
         if candidates != 0 {
             found |= confirm(sql, candidates, i, found);
         }
         i += 8;
+    }
+    if any != 0 {
+        // Found again word by word (rare: a `;` before a query's last bytes).
+        semicolon = sql[..i].chunks_exact(8).enumerate().find_map(|(n, w)| {
+            let marks = semicolons(le_u64(w));
+            (marks != 0).then(|| 8 * n + (marks.trailing_zeros() / 8) as usize)
+        });
+    }
+    // The bytes at i.. (at most eight) are not tested for a `;` yet: as the last eight bytes,
+    // those already tested masked off (a shorter text as a word padded with zeros).
+    if semicolon.is_none() && i < sql.len() {
+        let (w, base) = match sql.len().checked_sub(8) {
+            Some(base) => (le_u64(&sql[base..]), base),
+            None => (sql.iter().rev().fold(0u64, |w, &b| (w << 8) | u64::from(b)), 0),
+        };
+        let marks = semicolons(w | !(!0u64 << (8 * (i - base))));
+        semicolon = (marks != 0).then(|| base + (marks.trailing_zeros() / 8) as usize);
     }
     // The last pairs (fewer than eight), read as the last nine bytes, those already read
     // masked off; a shorter text is read as a word padded with zeros (no letter).
@@ -282,7 +332,14 @@ fn keywords(sql: &[u8]) -> u8 {
             found |= confirm(sql, candidates, i, found);
         }
     }
-    found
+    (found, semicolon)
+}
+
+/// The high bit of each byte of `w` that is `;`, and maybe of a few more (see [`zeros`]):
+/// the lowest marked byte is always a `;`.
+#[inline(always)]
+fn semicolons(w: u64) -> u64 {
+    zeros(w ^ (ONES * u64::from(b';'))) & HIGHS
 }
 
 /// The keywords that start at the positions `base + k` whose byte `k` of `candidates` has its
@@ -341,8 +398,8 @@ impl Class {
         self.declares
     }
 
-    /// It may make a cursor on the server (a DECLARE statement, or a DO block naming
-    /// DECLARE), which must not outlive the transaction for another client.
+    /// It may make a cursor on the server: a statement starts with DECLARE, DO or CALL (code
+    /// may declare one however it spells it). A column named `declared_at` does not count.
     pub fn may_declare(&self) -> bool {
         self.cursors
     }

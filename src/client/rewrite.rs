@@ -360,8 +360,8 @@ impl Stage<'_> {
             self.conn.suspect_settings();
         }
         if class.may_declare() {
-            // A WITH HOLD cursor (also one a DO block declares) must not outlive the
-            // transaction for the next client.
+            // A WITH HOLD cursor (also one a DO block or procedure declares, or one the pin
+            // policy did not keep) must not outlive the transaction for the next client.
             self.conn.note_cursors();
         }
         if class.drops_statements() {

@@ -40,8 +40,9 @@ pub struct Prepared {
     pub set: Option<SetCmd>,
     /// Cursors its text DECLAREs: the client's once an Execute of it completes.
     pub declares: Cursors,
-    /// Its text names DECLARE (also inside a DO block): an Execute of it may declare a
-    /// cursor, which must not outlive the transaction for another client.
+    /// Its text names DECLARE, or runs a DO block or CALL (see `Class::may_declare`): an
+    /// Execute of it may declare a cursor, which must not outlive the transaction for another
+    /// client.
     pub may_declare: bool,
 }
 
@@ -53,7 +54,7 @@ pub type Cursors = Box<[Box<[u8]>]>;
 #[derive(Debug, Default)]
 struct Declaring {
     unnamed: Cursors,
-    /// The unnamed statement's text names DECLARE (see [`Prepared::may_declare`]).
+    /// The unnamed statement may declare a cursor (see [`Prepared::may_declare`]).
     unnamed_may: bool,
     bound: Cursors,
 }
@@ -306,8 +307,8 @@ impl Statements {
         self.unnamed_staged = true;
     }
 
-    /// The cursors the client's latest unnamed Parse declares, and whether its text names
-    /// DECLARE at all.
+    /// The cursors the client's latest unnamed Parse declares, and whether it may declare
+    /// any (see [`Prepared::may_declare`]).
     pub fn unnamed_declares(&mut self, cursors: Cursors, may_declare: bool) {
         if !cursors.is_empty() || may_declare || self.declaring.is_some() {
             let d = self.declaring.get_or_insert_with(Default::default);
@@ -317,7 +318,7 @@ impl Statements {
     }
 
     /// A Bind of the unnamed statement (`None`) or of a named one: an Execute that follows
-    /// declares its cursors. For the unnamed statement, whether its text names DECLARE.
+    /// declares its cursors. For the unnamed statement, whether it may declare any.
     pub fn bind_declares(&mut self, named: Option<&Cursors>) -> bool {
         if self.declaring.is_none() && named.is_none_or(|c| c.is_empty()) {
             return false;

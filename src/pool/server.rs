@@ -120,9 +120,9 @@ pub struct ServerConn {
     /// A client ran something that may change settings without a SET tag (set_config, a DO
     /// block, CALL …): the tenant's isolation setting is applied afresh for the next client.
     pub(super) settings_suspect: bool,
-    /// A client ran something that may have declared a cursor (its text names DECLARE): a
-    /// WITH HOLD one would outlive the transaction, so CLOSE ALL runs before reuse (see
-    /// `pool::session::retire`).
+    /// A client ran something that may have declared a cursor (its text names DECLARE, or it
+    /// ran a DO block or CALL): a WITH HOLD one would outlive the transaction, so CLOSE ALL
+    /// runs before reuse (see `pool::session::retire`).
     pub(super) cursors: bool,
     /// The generation of the pool login it was opened with: one of an older generation is
     /// closed at release instead of returned (see `pool::Idle`).

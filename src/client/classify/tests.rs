@@ -10,25 +10,33 @@ use old::{declared_cursors, may_change_settings, words_verdict};
 /// at a DECLARE's words before FOR.
 mod old {
     use super::Refusal;
-    use crate::sql::skip_blank;
+    use crate::sql::{skip_blank, StatementEnds};
 
-    /// The statements a query may hold: the text, then what follows each `;`.
+    /// The statements a query may hold: the text, then what follows each `;` that ends one
+    /// (every `;` asked in turn).
     fn statements(sql: &[u8]) -> impl Iterator<Item = &[u8]> {
-        std::iter::once(sql)
-            .chain(sql.iter().enumerate().filter(|(_, &b)| b == b';').map(move |(i, _)| &sql[i + 1..]))
+        let mut ends = StatementEnds::default();
+        std::iter::once(sql).chain(
+            sql.iter()
+                .enumerate()
+                .filter(|(_, &b)| b == b';')
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .filter(move |&i| ends.ends_at(sql, i))
+                .map(move |i| &sql[i + 1..]),
+        )
     }
 
-    /// The first refusal among the statements, in order; whether a statement up to it starts
-    /// with code that runs (DO, CALL, EXECUTE); whether one up to it may make a cursor (starts
-    /// with DECLARE, or with DO in a text naming DECLARE).
+    /// The first refusal among the statements, in order, whether a statement up to it starts
+    /// with code that runs (DO, CALL, EXECUTE), and whether one starts with DECLARE, DO or CALL.
     pub fn words_verdict(sql: &[u8]) -> (Option<Refusal>, bool, bool) {
         let (mut code, mut cursors) = (false, false);
-        let names_declare = contains_ignore_case(sql, b"DECLARE");
         for statement in statements(sql) {
             let first = first_words(statement).first().map(|w| w.to_ascii_uppercase());
-            let first = first.as_deref();
-            code |= matches!(first, Some(b"DO" | b"CALL" | b"EXECUTE"));
-            cursors |= first == Some(b"DECLARE") || (first == Some(b"DO") && names_declare);
+            let is = |k: &[u8]| first.as_deref() == Some(k);
+            cursors |= is(b"DO") || is(b"CALL") || is(b"DECLARE");
+            code |= is(b"DO") || is(b"CALL") || is(b"EXECUTE");
             let refusal = if sql_prepare_refusal(statement).is_some() {
                 Some(Refusal::SqlPrepare)
             } else {
@@ -48,9 +56,13 @@ mod old {
         let mut rest = sql;
         loop {
             rest = skip_blank(rest);
-            if let Some(quoted) = rest.strip_prefix(b"\"") {
-                let end = quoted.iter().position(|&b| b == b'"').map_or(quoted.len(), |i| i + 1);
-                words.push(b"\"".to_vec());
+            // A quoted name (`"…"`, `U&"…"`) or UESCAPE's string, as one word.
+            let unicode = rest.to_ascii_uppercase().starts_with(b"U&\"");
+            let from = if unicode { 2 } else { 0 };
+            if let Some(&q) = rest.get(from).filter(|&&b| b == b'"' || b == b'\'') {
+                let quoted = &rest[from + 1..];
+                let end = quoted.iter().position(|&b| b == q).map_or(quoted.len(), |i| i + 1);
+                words.push(vec![q]);
                 rest = &quoted[end..];
                 continue;
             }
@@ -180,9 +192,9 @@ fn agree(sql: &[u8]) -> Result<(), TestCaseError> {
     let class = classify(sql);
     let (refusal, suspect, drops, cursors) = old(sql);
     prop_assert_eq!(class.refusal(), refusal);
+    prop_assert_eq!(class.may_declare(), words_verdict(sql).2);
     prop_assert_eq!(class.suspect_settings(), suspect);
     prop_assert_eq!(class.drops_statements(), drops);
-    prop_assert_eq!(class.may_declare(), words_verdict(sql).2);
     prop_assert_eq!(class.declared_cursors(sql), cursors);
     prop_assert_eq!(class.set(sql), setcmd::parse(sql));
     // A Query's text carries its NUL; the SET is parsed without it.
@@ -238,6 +250,8 @@ const TOKENS: &[&str] = &[
     "'it''s'",
     "E'\\n'",
     "\"Q d\"",
+    "U&\"q\"",
+    "uescape",
     "\"",
     "'",
     ";",
@@ -250,6 +264,10 @@ const TOKENS: &[&str] = &[
     "/*",
     "*/",
     "$$",
+    "$q$",
+    "$1",
+    "a$",
+    "\\",
     ".",
     "_",
     "1",
@@ -361,6 +379,23 @@ fn explicit_cases() {
             None,
         ),
         ("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1", None, false, false, vec![b"c"], None),
+        (
+            "DECLARE U&\"c\" CURSOR WITH HOLD FOR SELECT 1",
+            feature("WITH HOLD cursors"),
+            false,
+            false,
+            vec![b"u"],
+            None,
+        ),
+        (
+            "DECLARE u&\"!0063\" UESCAPE '!' CURSOR WITH HOLD FOR SELECT 1",
+            feature("WITH HOLD cursors"),
+            false,
+            false,
+            vec![b"u"],
+            None,
+        ),
+        ("DECLARE \"u&\" CURSOR WITHOUT HOLD FOR SELECT 1", None, false, false, vec![b"u&"], None),
         ("DECLARE c CURSOR FOR SELECT 'with hold'", None, false, false, vec![b"c"], None),
         (
             "/* a /* b */ */ DECLARE c CURSOR WITH HOLD FOR SELECT 1",
@@ -380,8 +415,18 @@ fn explicit_cases() {
             None,
         ),
         ("SELECT 1; PREPARE p AS SELECT 1", prep, false, false, vec![], None),
+        // A `;` in quoted text or a comment starts no statement (a function body, a value).
+        ("DO $$BEGIN PERFORM 1; EXECUTE 'SELECT 1'; END$$", None, true, false, vec![], None),
+        ("CREATE FUNCTION f() RETURNS void AS $b$ SELECT 1; LISTEN x $b$", None, false, false, vec![], None),
+        ("SELECT 'step one; execute step two'", None, false, false, vec![], None),
+        ("SELECT 1 /* a; prepare b */", None, false, false, vec![], None),
+        ("SELECT 1 AS \"a; listen b\"", None, false, false, vec![], None),
+        ("SELECT 'x'; LISTEN y", feature("LISTEN"), false, false, vec![], None),
+        ("SELECT 1 AS a$x$; LISTEN y; SELECT '$x$'", feature("LISTEN"), false, false, vec![], None),
+        ("SELECT E'\\''; LISTEN y; SELECT ''", feature("LISTEN"), false, false, vec![], None),
         ("SELECT 1; DEALLOCATE ALL", None, false, true, vec![], None),
         ("SELECT 1; DO $$ $$", None, true, false, vec![], None),
+        ("SELECT 'x; DO'", None, false, false, vec![], None),
         ("SELECT 1; SET x = 1", None, false, false, vec![], None),
         ("BEGIN; declare C1 cursor for select 1", None, false, false, vec![b"c1"], None),
         ("SELECT 'DECLARE'", None, false, false, vec![], None),
@@ -521,12 +566,37 @@ proptest! {
     #[test]
     fn scan_agrees_on_any_bytes(sql in prop::collection::vec(any::<u8>(), 0..64)) {
         prop_assert_eq!(keywords(&sql), keywords_bytewise(&sql));
+        prop_assert_eq!(scan(&sql).1, sql.iter().position(|&b| b == b';'));
         prop_assert_eq!(classify(&sql), previous::classify(&sql));
     }
 
     #[test]
     fn classify_agrees_with_the_previous_scan(sql in sqlish()) {
         prop_assert_eq!(classify(&sql), previous::classify(&sql));
+    }
+}
+
+/// The first `;` at every offset and text length around the eight-byte steps and the padded
+/// tail, with `;`s after it and bytes that differ from `;` in one bit (`:`, `{`, `3`) or
+/// that the word-wide test may mark after a match (0x3a) around it.
+#[test]
+fn first_semicolon_at_every_offset_and_length() {
+    for fill in [b'x', b':', b'{', b'3', 0x3a, 0] {
+        for len in 0..40 {
+            let mut sql = vec![fill; len];
+            assert_eq!(scan(&sql).1, None, "{sql:?}");
+            for at in 0..len {
+                sql[at] = b';';
+                assert_eq!(scan(&sql).1, Some(at), "{sql:?}");
+                sql[at] = fill;
+            }
+            for at in 0..len {
+                let mut two = sql.clone();
+                two[at] = b';';
+                two[len - 1] = b';';
+                assert_eq!(scan(&two).1, Some(at), "{two:?}");
+            }
+        }
     }
 }
 
@@ -553,19 +623,18 @@ fn keywords_at_every_offset_and_length() {
     }
 }
 
-/// What may make a cursor on the server: a DECLARE statement anywhere in the query, or a DO
-/// block whose text names DECLARE; a column that merely contains the word does not.
+/// What may make a cursor on the server: a statement starting with DECLARE (a real one: not
+/// inside a string), DO or CALL; a column that merely contains the word does not.
 #[test]
 fn what_may_declare_a_cursor() {
     for (sql, may) in [
         ("DECLARE c CURSOR FOR SELECT 1", true),
         ("BEGIN; declare c cursor with hold for select 1; COMMIT", true),
-        ("DO $$BEGIN EXECUTE 'DECLARE c CURSOR WITH HOLD FOR SELECT 1'; END$$", true),
-        ("SELECT 1; DO $$ DECLARE x int; BEGIN END $$", true),
+        ("DO $$BEGIN EXECUTE 'DECL' || 'ARE c CURSOR WITH HOLD FOR SELECT 1'; END$$", true),
+        ("SELECT 1; CALL p()", true),
         ("SELECT declared_at FROM shipments", false),
         ("UPDATE t SET undeclared = true", false),
-        ("DO $$BEGIN PERFORM 1; END$$", false),
-        ("CALL p('declare')", false),
+        ("SELECT 'x; DECLARE c CURSOR FOR SELECT 1'", false),
     ] {
         assert_eq!(classify(sql.as_bytes()).may_declare(), may, "{sql}");
     }
