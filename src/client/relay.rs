@@ -311,6 +311,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             } else {
                 self.next_event(signals).await
             };
+            self.meter.next_turn();
             match event {
                 Event::Timeout(Limit::Affinity) => {
                     // The hold ran out: the connection goes back at the next settle.
@@ -573,7 +574,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 break;
             }
         }
-        self.cbuf.advance(pos);
+        if pos == self.cbuf.len() {
+            // All of it (the common case): the buffer starts over where it is, its room kept.
+            self.cbuf.clear();
+        } else {
+            self.cbuf.advance(pos);
+        }
         self.c_scanned -= pos;
         if self.pipeline.has_effects() {
             let (undo, done) = self.pipeline.take_effects();

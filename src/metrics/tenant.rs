@@ -275,6 +275,12 @@ impl ClientSession {
         self.state
     }
 
+    /// When the session started (to the microsecond).
+    pub fn started(&self) -> Instant {
+        let us = u64::try_from(self.started_us).unwrap_or(u64::MAX);
+        self.epoch.checked_add(Duration::from_micros(us)).unwrap_or(self.epoch)
+    }
+
     pub fn set_state(&mut self, state: ClientState) {
         if state != self.state {
             self.stats.clients[self.state as usize].fetch_sub(1, Relaxed);
