@@ -331,7 +331,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), Exit> {
         self.meter.bytes_out(bytes.len());
         let limit = self.client_write();
-        if write_bounded(&mut self.client, bytes, limit, &self.proxy.shutdown.force, &self.tenant.id).await? {
+        let flush = !self.progress.client_plain;
+        if write_bounded(&mut self.client, bytes, flush, limit, &self.proxy.shutdown.force, &self.tenant.id)
+            .await?
+        {
             self.meter.next_turn();
         }
         Ok(())
@@ -344,7 +347,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.meter.bytes_out(to - from);
         let limit = self.client_write();
         let bytes = &self.sbuf[from..to];
-        if write_bounded(&mut self.client, bytes, limit, &self.proxy.shutdown.force, &self.tenant.id).await? {
+        let flush = !self.progress.client_plain;
+        if write_bounded(&mut self.client, bytes, flush, limit, &self.proxy.shutdown.force, &self.tenant.id)
+            .await?
+        {
             // The write waited for the client: what follows is timed afresh.
             self.meter.next_turn();
         }
@@ -355,10 +361,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 /// Writes `bytes` to the client. What the socket takes at once is written without a timer;
 /// only a write that would block waits, under `client_write_timeout` and the force signal:
 /// a client that stops reading must not keep a forced shutdown waiting, nor hold its server
-/// connection beyond the timeout. `Ok(true)` when the write waited.
+/// connection beyond the timeout. `Ok(true)` when the write waited. A plain TCP socket
+/// (`flush` false) has nothing to flush: its flush is skipped.
 async fn write_bounded<S: AsyncWrite + Unpin>(
     client: &mut S,
     mut bytes: &[u8],
+    flush: bool,
     limit: Option<Duration>,
     force: &tokio_util::sync::CancellationToken,
     tenant: &crate::model::TenantId,
@@ -372,6 +380,9 @@ async fn write_bounded<S: AsyncWrite + Unpin>(
         }
     }
     if bytes.is_empty() {
+        if !flush {
+            return Ok(false);
+        }
         if let Some(r) = client.flush().now_or_never() {
             return r.map(|()| false).map_err(|_| Exit::Client);
         }
