@@ -18,8 +18,18 @@ pub const DEFAULT_MAX_SCRAM_ITERATIONS: u32 = 100_000;
 pub const MAX_TENANT_ID: usize = 48;
 
 /// A validated tenant id: lowercase `[a-z0-9][a-z0-9_-]{0,47}`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(Arc<str>);
+
+/// Equal ids are usually the same allocation (cloned from the catalog's entry): compared by
+/// pointer first, by text only when the pointers differ (a checkout compares its tenant with
+/// the idle connections' and the connection's last tenant).
+impl PartialEq for TenantId {
+    #[inline]
+    fn eq(&self, other: &TenantId) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TenantIdError {

@@ -39,7 +39,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -387,7 +386,7 @@ impl PoolManager {
             tenant_cap_sizes: DashMap::new(),
             shares: std::sync::OnceLock::new(),
             tenant_pools: DashMap::new(),
-            settings: Arc::new(ArcSwap::from_pointee(PoolSettings::from(defaults))),
+            settings: Arc::new(settings::Live::new(PoolSettings::from(defaults))),
             following: AtomicBool::new(false),
             pauses: Pauses::default(),
         })
@@ -651,10 +650,7 @@ impl PoolManager {
             self.pauses.wait(&tenant.id).await;
             now = Instant::now();
         }
-        let (wait, max_lifetime) = {
-            let s = pool.settings();
-            (s.checkout_timeout, s.max_lifetime)
-        };
+        let (wait, max_lifetime) = pool.settings.checkout_limits();
         let mut deadline = None;
         let mut deadline = move || *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
         let cap = cap.0.get_or_insert_with(|| self.tenant_cap(tenant));
