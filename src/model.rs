@@ -18,8 +18,25 @@ pub const DEFAULT_MAX_SCRAM_ITERATIONS: u32 = 100_000;
 pub const MAX_TENANT_ID: usize = 48;
 
 /// A validated tenant id: lowercase `[a-z0-9][a-z0-9_-]{0,47}`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct TenantId(Arc<str>);
+
+/// As derived: the text's hash (equal ids, by pointer or by text, hash alike).
+impl std::hash::Hash for TenantId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+/// Equal ids are usually the same allocation (cloned from the catalog's entry): compared by
+/// pointer first, by text only when the pointers differ (a checkout compares its tenant with
+/// the idle connections' and the connection's last tenant).
+impl PartialEq for TenantId {
+    #[inline]
+    fn eq(&self, other: &TenantId) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TenantIdError {
@@ -374,4 +391,24 @@ pub struct PoolKey {
     pub addr: UpstreamAddr,
     pub database: String,
     pub role: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TenantId;
+    use std::hash::BuildHasher;
+
+    /// Equality by pointer or by text, and hashing by text, as the derived impls did.
+    #[test]
+    fn tenant_ids_compare_by_text_whatever_their_allocation() {
+        let a = TenantId::parse("acme").expect("id");
+        let same = a.clone();
+        let copy = TenantId::parse("acme").expect("id");
+        let other = TenantId::parse("acmf").expect("id");
+        assert!(a == same && a == copy && copy == same);
+        assert!(a != other && copy != other);
+        let h = std::collections::hash_map::RandomState::new();
+        assert_eq!(h.hash_one(&a), h.hash_one(&copy));
+        assert_eq!(h.hash_one(&a), h.hash_one("acme"), "hashed as its text, as derived");
+    }
 }

@@ -1,7 +1,8 @@
 //! What one logged-in client records into its tenant's metrics, and its login and
 //! disconnect log lines. The relay calls it at read/write batches and transaction
 //! boundaries only: each call is a few `Relaxed` atomic adds on the tenant's counters
-//! (looked up once, at login) and at most one `Instant::now()`.
+//! (looked up once, at login) and at most one `Instant::now()`, which the calls of one
+//! turn of the session share (see [`Meter::now`]).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -23,12 +24,13 @@ pub(crate) struct Meter {
     user: Arc<str>,
     peer: SocketAddr,
     log_disconnect: bool,
-    since: Instant,
     /// When the current query (round up to ReadyForQuery) and transaction started.
     query: Option<Instant>,
     transaction: Option<Instant>,
     /// When the server connection now held was checked out.
     held: Option<Instant>,
+    /// The clock as read in the session's current turn (see [`Meter::now`]).
+    turn: Option<Instant>,
     /// When the current wait for a server connection began (`live::now_us`; 0: none),
     /// shared with the client's entry in the console's registry.
     wait: Arc<AtomicU64>,
@@ -98,10 +100,10 @@ impl Meter {
             user: login.user.clone(),
             peer: login.peer,
             log_disconnect,
-            since: Instant::now(),
             query: None,
             transaction: None,
             held: None,
+            turn: None,
             wait: Arc::default(),
             prepared: PreparedCounts::default(),
             transactions: 0,
@@ -124,11 +126,28 @@ impl Meter {
         self.session.stats().bytes_out(n);
     }
 
+    /// The clock for this turn of the session: read once per turn (one event handled, with
+    /// what it set off), and shared by what the turn records, e.g. a ReadyForQuery and the
+    /// release of the connection that follows it, or a checkout and the query it serves.
+    /// A turn's readings are microseconds apart; a turn that waits starts a new one
+    /// ([`Meter::next_turn`]).
+    #[inline]
+    pub fn now(&mut self) -> Instant {
+        *self.turn.get_or_insert_with(Instant::now)
+    }
+
+    /// The session's next turn (an event arrived, or a write to the client waited): the
+    /// clock is read afresh when next needed.
+    #[inline]
+    pub fn next_turn(&mut self) {
+        self.turn = None;
+    }
+
     /// Client bytes go to the server: a query starts unless one is running.
     #[inline]
     pub fn query_started(&mut self) {
         if self.query.is_none() {
-            let now = Instant::now();
+            let now = self.now();
             self.query = Some(now);
             self.transaction.get_or_insert(now);
         }
@@ -184,7 +203,7 @@ impl Meter {
     /// earlier one (sent before that one's ReadyForQuery) has no start of its own and is
     /// timed as 0.
     pub fn ready(&mut self, status: u8) {
-        let now = Instant::now();
+        let now = self.now();
         let started = self.query.take().unwrap_or(now);
         self.flush_prepared();
         let stats = self.session.stats();
@@ -204,9 +223,19 @@ impl Meter {
         (self, wait)
     }
 
-    /// The client waits for a server connection.
+    /// The client's state (as SHOW CLIENTS shows it).
+    #[cfg(test)]
+    pub fn state(&self) -> ClientState {
+        self.session.state()
+    }
+
+    /// The client waits for a server connection (called once a checkout is found to wait,
+    /// not for one that finds a connection at once; again during the same wait, it keeps
+    /// the wait's start).
     pub fn waiting(&mut self) {
-        self.wait.store(crate::console::live::now_us(), Ordering::Relaxed);
+        if self.wait.load(Ordering::Relaxed) == 0 {
+            self.wait.store(crate::console::live::now_us(), Ordering::Relaxed);
+        }
         self.session.set_state(ClientState::Waiting);
     }
 
@@ -216,10 +245,13 @@ impl Meter {
         self.wait.store(0, Ordering::Relaxed);
         match asked_taken {
             Some((asked, taken)) => {
-                // The end of the wait is the start of the hold.
+                // The end of the wait is the start of the hold, and the turn's clock.
                 self.pool.checkout();
-                self.session.stats().pool_wait(taken.saturating_duration_since(asked));
+                let waited =
+                    if taken == asked { Duration::ZERO } else { taken.saturating_duration_since(asked) };
+                self.session.stats().pool_wait(waited);
                 self.held = Some(taken);
+                self.turn = Some(taken);
                 self.session.set_state(ClientState::Active);
             }
             None => self.session.set_state(ClientState::Idle),
@@ -270,7 +302,7 @@ impl Meter {
                 tenant = %tenant,
                 user = %self.user,
                 peer = %self.peer,
-                duration_s = self.since.elapsed().as_secs_f64(),
+                duration_s = self.session.started().elapsed().as_secs_f64(),
                 transactions = self.transactions,
                 bytes_in = self.bytes_in,
                 bytes_out = self.bytes_out,
@@ -323,6 +355,18 @@ mod tests {
         meter.client_message(tag::PARSE, true, true);
         meter.disconnected("acme", "test");
         assert_eq!(counts(&m), (2, 2, 3), "a session-mode Parse counts on both sides; flushed at disconnect");
+    }
+
+    /// A turn's clock is read once and shared until the next turn.
+    #[test]
+    fn a_turn_reads_the_clock_once() {
+        let m = Metrics::new(10);
+        let mut meter = meter(&m);
+        let first = meter.now();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(meter.now(), first, "the same turn: the same reading");
+        meter.next_turn();
+        assert!(meter.now() >= first + Duration::from_millis(2), "a new turn reads the clock afresh");
     }
 
     #[test]

@@ -84,6 +84,16 @@ type Signals = SignalReader;
 /// Transaction ends not held for (tenant affinity) after a hold the client let run out.
 const HOLD_SKIP_AFTER_MISS: u8 = 8;
 
+/// What [`Session::settle`] decided.
+enum Settle {
+    /// Nothing more to do before the next event (or the write of what was staged).
+    Done,
+    /// A server connection is to be checked out; then the client's frames are staged.
+    Attach,
+    /// The session ends.
+    Exit(Exit),
+}
+
 /// Why the relay stopped.
 enum Exit {
     /// The client left (Terminate, end of stream, or a failed write).
@@ -291,8 +301,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn relay(&mut self, signals: &mut Signals) -> Exit {
         self.scan_client();
         loop {
-            if let Some(exit) = self.settle().await {
-                return exit;
+            // Settled without an await unless a connection is to be checked out (an async
+            // call per turn costs a state machine's poll, several times a round trip).
+            let attach = match self.settle() {
+                Settle::Done => false,
+                Settle::Attach => true,
+                Settle::Exit(exit) => return exit,
+            };
+            if attach {
+                if let Err(exit) = self.attach().await {
+                    return exit;
+                }
+                if let Some(exit) = self.stage_when_ready() {
+                    return exit;
+                }
             }
             // What was just staged goes to the server now, without a turn through
             // `next_event` (which would find the socket writable and return the same write).
@@ -311,6 +333,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             } else {
                 self.next_event(signals).await
             };
+            self.meter.next_turn();
             match event {
                 Event::Timeout(Limit::Affinity) => {
                     // The hold ran out: the connection goes back at the next settle.
@@ -365,8 +388,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Decisions between events: release an idle server connection (transaction mode),
-    /// end a draining or terminated session, check one out when there is work.
-    async fn settle(&mut self) -> Option<Exit> {
+    /// end a draining or terminated session, check one out when there is work (the caller
+    /// does, told by [`Settle::Attach`], then stages what waits: see
+    /// [`Session::stage_when_ready`]).
+    fn settle(&mut self) -> Settle {
         // A connection pgtenant lost track of (an uncertain COPY) stays with this client until
         // a marker query, sent once the client is quiet, shows where its replies end.
         if self.progress.desync {
@@ -382,16 +407,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let idle = self.server.is_none() || self.server_idle();
         if let (Some(reason), true) = (&self.draining, idle) {
-            return Some(Exit::Error(PgError::clone(reason)));
+            return Settle::Exit(Exit::Error(PgError::clone(reason)));
         }
         if let Some(exit) = self.ended() {
-            return Some(exit);
+            return Settle::Exit(exit);
         }
         if self.server.is_none() && self.c_scanned > 0 {
-            if let Err(exit) = self.attach().await {
-                return Some(exit);
-            }
+            return Settle::Attach;
         }
+        self.stage_when_ready().map_or(Settle::Done, Settle::Exit)
+    }
+
+    /// The rest of [`Session::settle`], with a server connection (or none needed): stages
+    /// the client's frames unless they must wait.
+    fn stage_when_ready(&mut self) -> Option<Exit> {
         // Client bytes wait behind a setup that might fail (settings from the client's
         // startup packet no server has accepted yet): they must not run on a connection
         // whose setup was refused.
@@ -573,7 +602,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 break;
             }
         }
-        self.cbuf.advance(pos);
+        if pos == self.cbuf.len() {
+            // All of it (the common case): the buffer starts over where it is, its room kept.
+            self.cbuf.clear();
+        } else {
+            self.cbuf.advance(pos);
+        }
         self.c_scanned -= pos;
         if self.pipeline.has_effects() {
             let (undo, done) = self.pipeline.take_effects();
@@ -669,10 +703,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
-/// CommandComplete tags of commands that change session state a later client would see.
+/// CommandComplete tags of commands that change session state a later client would see:
+/// `SET`, `RESET`, `DISCARD …`, `DEALLOCATE …`, `LISTEN`, `PREPARE`. Decided by the first
+/// byte before any comparison (one per CommandComplete: most tags, SELECT, INSERT, UPDATE,
+/// BEGIN, COMMIT, go no further, or one compare).
 fn changes_session_state(tag: &[u8]) -> bool {
-    const TAGS: [&[u8]; 6] = [b"SET\0", b"RESET\0", b"DISCARD", b"DEALLOCATE", b"LISTEN\0", b"PREPARE\0"];
-    TAGS.iter().any(|t| tag.starts_with(t))
+    match tag.first() {
+        Some(b'S') => tag.starts_with(b"SET\0"),
+        Some(b'R') => tag.starts_with(b"RESET\0"),
+        Some(b'D') => tag.starts_with(b"DISCARD") || tag.starts_with(b"DEALLOCATE"),
+        Some(b'L') => tag.starts_with(b"LISTEN\0"),
+        Some(b'P') => tag.starts_with(b"PREPARE\0"),
+        _ => false,
+    }
 }
 
 fn timed_out(limit: Limit, tenant: &crate::model::TenantId) -> PgError {
@@ -687,4 +730,59 @@ fn timed_out(limit: Limit, tenant: &crate::model::TenantId) -> PgError {
 
 fn shutting_down() -> PgError {
     PgError::shutting_down()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    /// The list `changes_session_state` decides by first byte.
+    fn by_list(tag: &[u8]) -> bool {
+        const TAGS: [&[u8]; 6] = [b"SET\0", b"RESET\0", b"DISCARD", b"DEALLOCATE", b"LISTEN\0", b"PREPARE\0"];
+        TAGS.iter().any(|t| tag.starts_with(t))
+    }
+
+    #[test]
+    fn session_state_tags() {
+        for tag in [
+            &b"SET\0"[..],
+            b"RESET\0",
+            b"DISCARD ALL\0",
+            b"DISCARD TEMP\0",
+            b"DEALLOCATE\0",
+            b"DEALLOCATE ALL\0",
+            b"LISTEN\0",
+            b"PREPARE\0",
+        ] {
+            assert!(super::changes_session_state(tag), "{tag:?}");
+        }
+        for tag in [
+            &b"SELECT 1\0"[..],
+            b"SET",
+            b"SETX\0",
+            b"RESET",
+            b"INSERT 0 1\0",
+            b"PREPARE TRANSACTION\0",
+            b"LISTENER\0",
+            b"",
+            b"D",
+        ] {
+            assert!(!super::changes_session_state(tag), "{tag:?}");
+        }
+    }
+
+    proptest! {
+        /// The same answer as the list, for tags built from the listed ones' pieces and for
+        /// any bytes.
+        #[test]
+        fn as_the_list_decides(
+            head in prop::sample::select(vec![&b"SET"[..], b"RESET", b"DISCARD", b"DEALLOCATE", b"LISTEN", b"PREPARE", b"SELECT", b"S", b"D", b"", b"UPDATE"]),
+            tail in prop::collection::vec(prop::sample::select(vec![0u8, b' ', b'A', b'1', b'T']), 0..4),
+            any in prop::collection::vec(any::<u8>(), 0..12),
+        ) {
+            let tag = [head, &tail[..]].concat();
+            prop_assert_eq!(super::changes_session_state(&tag), by_list(&tag));
+            prop_assert_eq!(super::changes_session_state(&any), by_list(&any));
+        }
+    }
 }

@@ -39,7 +39,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -340,8 +339,8 @@ impl Checkout {
 
     /// [`Checkout::release`] with the clock already read (`now`).
     pub fn release_at(self, now: Instant) {
-        let Checkout { mut conn, pool, permit, _tenant_permit, .. } = self;
-        if now.saturating_duration_since(conn.created) < pool.settings().max_lifetime {
+        let Checkout { mut conn, permit, _tenant_permit, .. } = self;
+        if now.saturating_duration_since(conn.created) < conn.max_lifetime {
             conn.idle_since = now;
             // Pushed under the lock that hands the permit on, so a waiter woken by it finds
             // the connection.
@@ -387,7 +386,7 @@ impl PoolManager {
             tenant_cap_sizes: DashMap::new(),
             shares: std::sync::OnceLock::new(),
             tenant_pools: DashMap::new(),
-            settings: Arc::new(ArcSwap::from_pointee(PoolSettings::from(defaults))),
+            settings: Arc::new(settings::Live::new(PoolSettings::from(defaults))),
             following: AtomicBool::new(false),
             pauses: Pauses::default(),
         })
@@ -651,19 +650,16 @@ impl PoolManager {
             self.pauses.wait(&tenant.id).await;
             now = Instant::now();
         }
-        let (wait, max_lifetime) = {
-            let s = pool.settings();
-            (s.checkout_timeout, s.max_lifetime)
-        };
+        let (wait, max_lifetime) = pool.settings.checkout_limits();
         let mut deadline = None;
         let mut deadline = move || *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
-        let cap = cap.0.get_or_insert_with(|| self.tenant_cap(tenant)).clone();
+        let cap = cap.0.get_or_insert_with(|| self.tenant_cap(tenant));
         // The common case takes a free permit without arming a timer.
         let tenant_permit = match cap.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 // Boxed: only a wait has a timer, and its state must not size every checkout.
-                let permit = Box::pin(tokio::time::timeout_at(deadline(), cap.acquire_owned()))
+                let permit = Box::pin(tokio::time::timeout_at(deadline(), cap.clone().acquire_owned()))
                     .await
                     .map_err(|_| PoolError::Timeout(wait))?
                     .map_err(|_| PoolError::Timeout(wait))?;
@@ -680,13 +676,14 @@ impl PoolManager {
             })
             .await
             .ok_or(PoolError::Timeout(wait))?;
-        while let Some(conn) = next {
+        while let Some(mut conn) = next {
             // A server connection that died while idle (pg_terminate_backend, a server
             // restart, a backend's own idle_session_timeout) or that has something to say is
             // never handed out: its socket is checked first. The check reads the readiness
             // the runtime's event loop last saw (as PgBouncer's loop watches idle servers):
             // no system call unless the socket became readable.
             if conn.is_clean() {
+                conn.max_lifetime = max_lifetime;
                 return Ok(Checkout {
                     conn,
                     pool: pool.clone(),
@@ -699,7 +696,8 @@ impl PoolManager {
             next = pool.take_idle(Some(&tenant.id), max_lifetime);
         }
         // Boxed: connecting and authenticating upstream is rare and its state large.
-        let conn = Box::pin(pool.open(Some(deadline()))).await?;
+        let mut conn = Box::pin(pool.open(Some(deadline()))).await?;
+        conn.max_lifetime = max_lifetime;
         Ok(Checkout {
             conn,
             pool: pool.clone(),

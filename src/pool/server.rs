@@ -102,6 +102,9 @@ pub struct ServerConn {
     pub(super) vars: Vec<(String, String)>,
     pub(super) created: Instant,
     pub(super) idle_since: Instant,
+    /// The pool's `max_lifetime` as of the connection's last checkout: checked again at its
+    /// release without a read of the pool's settings.
+    pub(super) max_lifetime: std::time::Duration,
     /// A client changed session state (SET, LISTEN, PREPARE …): reset before reuse.
     pub(super) dirty: bool,
     /// Statements pgtenant prepared on this connection (transaction mode).
@@ -260,6 +263,7 @@ impl ServerConn {
             vars,
             created: now,
             idle_since: now,
+            max_lifetime: std::time::Duration::MAX,
             dirty: false,
             prepared: PreparedSet::default(),
             vars_fingerprint: 0,

@@ -24,26 +24,55 @@ thread_local! {
 pub(super) fn take() -> BytesMut {
     let spare = SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten();
     let mut buf = spare.unwrap_or_default();
-    // An empty buffer whose start was advanced gets its room back here without allocating.
+    // Spare buffers have the room already (see `give_all`): this allocates only a new one.
     buf.reserve(READ_CHUNK);
     buf
 }
 
+/// Buffers for each of `bufs` that has none (its capacity 0), from the spare list when it
+/// has them: one visit to the list for all of them.
+pub(super) fn take_all<const N: usize>(bufs: [&mut BytesMut; N]) {
+    let _ = SPARE.try_with(|s| {
+        let mut s = s.borrow_mut();
+        for buf in bufs {
+            if buf.capacity() == 0 {
+                *buf = s.pop().unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK));
+            }
+        }
+    });
+}
+
 /// Gives `buf` back (leaving it empty, with no capacity) if it holds nothing.
+#[cfg(test)]
 pub(super) fn give(buf: &mut BytesMut) {
-    if !buf.is_empty() || buf.capacity() == 0 {
+    give_all([buf]);
+}
+
+/// Gives back each of `bufs` that holds nothing (leaving it empty, with no capacity): one
+/// visit to the spare list for all of them (a transaction's end gives back three).
+pub(super) fn give_all<const N: usize>(bufs: [&mut BytesMut; N]) {
+    if bufs.iter().all(|b| !b.is_empty() || b.capacity() == 0) {
         return;
     }
-    let buf = std::mem::take(buf);
-    // Buffers that grew for a large message are freed, not kept.
-    if buf.capacity() <= 4 * READ_CHUNK {
-        let _ = SPARE.try_with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < SPARE_MAX {
+    let _ = SPARE.try_with(|s| {
+        let mut s = s.borrow_mut();
+        for buf in bufs {
+            if !buf.is_empty() || buf.capacity() == 0 {
+                continue;
+            }
+            let mut buf = std::mem::take(buf);
+            // Buffers that grew for a large message are freed, not kept; the others start
+            // over at their beginning (a buffer advanced past what it held is given its room
+            // back here, not by a reserve at the next take).
+            if buf.capacity() <= 4 * READ_CHUNK && s.len() < SPARE_MAX {
+                if buf.capacity() < READ_CHUNK {
+                    buf.reserve(READ_CHUNK);
+                }
                 s.push(buf);
             }
-        });
-    }
+        }
+    });
+    // Without the thread's list (its destructor ran) the buffers are freed.
 }
 
 /// Makes sure `buf` has room for a read (taking a buffer if it has none).
@@ -94,6 +123,28 @@ mod tests {
         assert_eq!(a.capacity(), 0);
         let b = take();
         assert_eq!(b.as_ptr(), ptr);
+    }
+
+    /// A buffer whose start was advanced past what it held goes back with its room, and
+    /// buffers taken together come from the spare list.
+    #[test]
+    fn buffers_given_back_together_keep_their_room() {
+        use bytes::Buf;
+        let (mut a, mut b) = (take(), take());
+        a.extend_from_slice(&[1; 1000]);
+        a.advance(1000);
+        assert!(a.capacity() < READ_CHUNK);
+        let ptrs = [a.as_ptr() as usize - 1000, b.as_ptr() as usize];
+        give_all([&mut a, &mut b]);
+        assert_eq!((a.capacity(), b.capacity()), (0, 0));
+        let (mut c, mut d) = (BytesMut::new(), BytesMut::new());
+        take_all([&mut c, &mut d]);
+        assert!(c.capacity() >= READ_CHUNK && d.capacity() >= READ_CHUNK);
+        let mut got = [c.as_ptr() as usize, d.as_ptr() as usize];
+        got.sort_unstable();
+        let mut want = ptrs;
+        want.sort_unstable();
+        assert_eq!(got, want, "the same allocations, not new ones");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::{
     buffers, shutting_down, timed_out, Event, Exit, ResetPhase, Session, Signals, MAX_CLIENT_BUFFERED,
 };
 use crate::cancel::CancelTarget;
+use crate::client::meter::Meter;
 use crate::console::live::{Signal, SignalReader, CLIENT_READ, FORCE, KICK};
 use crate::pool::session::{acts_while_idle, hand_over, needs_reset, queue_reset, retire, Retire};
 use crate::protocol::backend::txn;
@@ -23,11 +24,11 @@ use crate::protocol::{frontend, PgError};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn attach(&mut self) -> Result<(), Exit> {
-        self.meter.waiting();
-        let asked = Instant::now();
-        // The clock as the checkout starts: read again only after a wait here.
+        // The turn's clock as the checkout starts: read again only after a wait here.
+        let asked = self.meter.now();
         let mut start = asked;
         if self.proxy.pools.pauses.is_paused(&self.tenant.id) {
+            self.meter.waiting();
             // Boxed: rare, and its state must not size every client's task.
             if let Err(exit) = Box::pin(self.paused()).await {
                 self.meter.checked_out(None);
@@ -63,7 +64,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 read: 0,
             });
             let checkout = std::pin::pin!(checkout);
-            Watched { checkout, signal: &self.signal, reader: None, client }.await
+            let meter = Some(&mut self.meter);
+            Watched { checkout, signal: &self.signal, reader: None, client, meter }.await
         };
         if read > 0 {
             self.meter.bytes_in(read);
@@ -84,9 +86,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         self.meter.checked_out(checkout.as_ref().ok().map(|co| (asked, co.taken())));
         let mut co = checkout.map_err(|e| Exit::Error(PgError::report(&e)))?;
-        if self.out.capacity() == 0 {
-            self.out = buffers::take();
-        }
+        // The server's two buffers, in one visit to the spare list.
+        buffers::take_all([&mut self.out, &mut self.sbuf]);
         if needs_reset(co.conn_ref(), &self.tenant.id) {
             // A handoff to another tenant starts from a clean session (DESIGN.md,
             // containment rule 2): DISCARD ALL with the setup and the client's first messages
@@ -213,8 +214,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(co) = self.server.take() else { return };
         self.progress.server_armed = false;
         self.statements.forget_portals();
-        // One clock read for the meter's hold and the pool's lifetime check.
-        let now = Instant::now();
+        // The turn's clock (read at the ReadyForQuery just routed, as a rule) for the meter's
+        // hold and the pool's lifetime check.
+        let now = self.meter.now();
         self.meter.released_at(now);
         self.key.set_target(None);
         let cancel = self.key.cancel_in_flight();
@@ -256,6 +258,10 @@ struct Watched<'a, F, S> {
     reader: Option<Box<SignalReader>>,
     /// The client's side, unless it is not read (see [`Session::attach`]).
     client: Option<WaitingClient<'a, S>>,
+    /// The client's meter, told once the checkout waits (SHOW CLIENTS' `wait`, SHOW POOLS'
+    /// `cl_waiting`): a checkout that finds a connection at once does not read the clock
+    /// for it.
+    meter: Option<&'a mut Meter>,
 }
 
 /// The client of a waiting checkout: its socket read into the session's client buffer as
@@ -327,6 +333,12 @@ impl<F: Future, S: AsyncRead + Unpin> Future for Watched<'_, F, S> {
         if let Poll::Ready(r) = this.checkout.as_mut().poll(cx) {
             return Poll::Ready((Ok(r), read));
         }
+        if this.reader.is_none() {
+            // The first time the checkout is pending: the client waits.
+            if let Some(meter) = this.meter.as_deref_mut() {
+                meter.waiting();
+            }
+        }
         let reader = this.reader.get_or_insert_with(|| Box::new(SignalReader::new(this.signal.clone())));
         if let Some(bit) = reader.poll(cx, FORCE | KICK) {
             return Poll::Ready((Err(if bit == FORCE { Stop::Force } else { Stop::Kick }), read));
@@ -362,12 +374,37 @@ mod tests {
         progress: Progress,
     }
 
+    /// A client's meter, as a session has one.
+    fn meter(m: &crate::metrics::Metrics) -> Meter {
+        let user: Arc<str> = Arc::from("app");
+        let login = crate::client::meter::LoginLine {
+            tenant: "acme",
+            user: &user,
+            peer: std::net::SocketAddr::from(([127, 0, 0, 1], 5)),
+            tls: false,
+            method: crate::model::AuthMethod::Trust,
+            took: Duration::ZERO,
+        };
+        Meter::new(m.client_session("acme"), m.pool("p"), &login, false, false)
+    }
+
     /// A checkout that ends when `tx` sends, watched with the client `stream`: the outcome,
     /// the bytes read.
     async fn wait(
         checkout: tokio::sync::oneshot::Receiver<()>,
         stream: &mut tokio::io::DuplexStream,
         f: &mut Fields,
+    ) -> (Result<bool, Stop>, usize) {
+        let metrics = crate::metrics::Metrics::new(10);
+        wait_metered(checkout, stream, f, &mut meter(&metrics)).await
+    }
+
+    /// [`wait`] with the client's `meter`.
+    async fn wait_metered(
+        checkout: tokio::sync::oneshot::Receiver<()>,
+        stream: &mut tokio::io::DuplexStream,
+        f: &mut Fields,
+        meter: &mut Meter,
     ) -> (Result<bool, Stop>, usize) {
         let signal = Signal::new(0);
         let waker = client_waker(&signal);
@@ -386,8 +423,40 @@ mod tests {
             read: 0,
         };
         let checkout = std::pin::pin!(checkout);
-        let (r, read) = Watched { checkout, signal: &signal, reader: None, client: Some(client) }.await;
+        let meter = Some(meter);
+        let (r, read) =
+            Watched { checkout, signal: &signal, reader: None, client: Some(client), meter }.await;
         (r.map(|got| got.is_ok()), read)
+    }
+
+    /// A checkout that finds a connection at once leaves the client's wait clock unread and
+    /// its state as it was; one that waits starts the clock (SHOW CLIENTS' `wait`) and shows
+    /// the client waiting (SHOW POOLS' `cl_waiting`).
+    #[tokio::test]
+    async fn only_a_checkout_that_waits_shows_the_client_waiting() {
+        use crate::metrics::ClientState;
+        use std::sync::atomic::Ordering;
+        let metrics = crate::metrics::Metrics::new(10);
+        let (mut m, clock) = meter(&metrics).with_wait_clock();
+        let (_peer, mut stream) = tokio::io::duplex(1024);
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tx.send(()).expect("send");
+        let (r, _) = wait_metered(rx, &mut stream, &mut Fields::default(), &mut m).await;
+        assert!(matches!(r, Ok(true)));
+        assert_eq!(clock.load(Ordering::Relaxed), 0, "no wait clock for an immediate checkout");
+        assert_eq!(m.state(), ClientState::Idle);
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send(()).expect("send");
+        };
+        let mut f = Fields::default();
+        let ((r, _), ()) = tokio::join!(wait_metered(rx, &mut stream, &mut f, &mut m), later);
+        assert!(matches!(r, Ok(true)));
+        assert_ne!(clock.load(Ordering::Relaxed), 0, "the wait clock started");
+        assert_eq!(m.state(), ClientState::Waiting);
     }
 
     const QUERY: &[u8] = b"Q\0\0\0\x0dSELECT 1\0";

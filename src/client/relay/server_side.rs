@@ -276,7 +276,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.s_discard = swallow;
         }
         self.write_client(from, pos).await?;
-        self.sbuf.advance(pos);
+        if pos == self.sbuf.len() {
+            // All of it (the common case): the buffer starts over where it is, its room kept.
+            self.sbuf.clear();
+        } else {
+            self.sbuf.advance(pos);
+        }
         if self.sbuf.capacity() > 4 * READ_CHUNK && self.sbuf.len() < READ_CHUNK {
             // A large message passed: the buffer goes back to its usual size.
             self.sbuf = BytesMut::from(&self.sbuf[..]);
@@ -326,7 +331,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), Exit> {
         self.meter.bytes_out(bytes.len());
         let limit = self.client_write();
-        write_bounded(&mut self.client, bytes, limit, &self.proxy.shutdown.force, &self.tenant.id).await
+        let flush = !self.progress.client_plain;
+        if write_bounded(&mut self.client, bytes, flush, limit, &self.proxy.shutdown.force, &self.tenant.id)
+            .await?
+        {
+            self.meter.next_turn();
+        }
+        Ok(())
     }
 
     pub(super) async fn write_client(&mut self, from: usize, to: usize) -> Result<(), Exit> {
@@ -336,21 +347,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.meter.bytes_out(to - from);
         let limit = self.client_write();
         let bytes = &self.sbuf[from..to];
-        write_bounded(&mut self.client, bytes, limit, &self.proxy.shutdown.force, &self.tenant.id).await
+        let flush = !self.progress.client_plain;
+        if write_bounded(&mut self.client, bytes, flush, limit, &self.proxy.shutdown.force, &self.tenant.id)
+            .await?
+        {
+            // The write waited for the client: what follows is timed afresh.
+            self.meter.next_turn();
+        }
+        Ok(())
     }
 }
 
 /// Writes `bytes` to the client. What the socket takes at once is written without a timer;
 /// only a write that would block waits, under `client_write_timeout` and the force signal:
 /// a client that stops reading must not keep a forced shutdown waiting, nor hold its server
-/// connection beyond the timeout.
+/// connection beyond the timeout. `Ok(true)` when the write waited. A plain TCP socket
+/// (`flush` false) has nothing to flush: its flush is skipped.
 async fn write_bounded<S: AsyncWrite + Unpin>(
     client: &mut S,
     mut bytes: &[u8],
+    flush: bool,
     limit: Option<Duration>,
     force: &tokio_util::sync::CancellationToken,
     tenant: &crate::model::TenantId,
-) -> Result<(), Exit> {
+) -> Result<bool, Exit> {
     use futures_util::FutureExt;
     while !bytes.is_empty() {
         match client.write(bytes).now_or_never() {
@@ -360,12 +380,15 @@ async fn write_bounded<S: AsyncWrite + Unpin>(
         }
     }
     if bytes.is_empty() {
+        if !flush {
+            return Ok(false);
+        }
         if let Some(r) = client.flush().now_or_never() {
-            return r.map_err(|_| Exit::Client);
+            return r.map(|()| false).map_err(|_| Exit::Client);
         }
     }
     // Boxed: its state (a timer and the write) is needed only while a write waits.
-    Box::pin(write_blocked(client, bytes, limit, force, tenant)).await
+    Box::pin(write_blocked(client, bytes, limit, force, tenant)).await.map(|()| true)
 }
 
 /// The rest of [`write_bounded`], once the client's socket is full.

@@ -30,16 +30,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if self.server.is_some() {
             buffers::room(&mut self.sbuf);
-        } else {
+            buffers::room(&mut self.cbuf);
+        } else if self.cbuf.is_empty() {
             // Between transactions the buffers go back to the thread's spares, and the client
             // is waited for without one (see `buffers`).
-            buffers::give(&mut self.sbuf);
-            buffers::give(&mut self.out);
-        }
-        if self.server.is_some() || !self.cbuf.is_empty() {
-            buffers::room(&mut self.cbuf);
+            buffers::give_all([&mut self.sbuf, &mut self.out, &mut self.cbuf]);
         } else {
-            buffers::give(&mut self.cbuf);
+            buffers::give_all([&mut self.sbuf, &mut self.out]);
+            buffers::room(&mut self.cbuf);
         }
         // Back-pressure: the client is read while little waits for the server, or when a frame
         // that must arrive whole is still incomplete (bounded by the message size limit).
