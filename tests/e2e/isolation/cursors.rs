@@ -3,7 +3,6 @@
 //! refused (`refuse`), and a cursor made where pgtenant sees the word DECLARE (a DO block) is
 //! closed before the connection serves another client of the tenant.
 
-use pgtenant::config::SessionFeatures;
 use pgtenant::model::PoolMode;
 
 use super::*;
@@ -104,13 +103,8 @@ async fn a_with_hold_cursor_anywhere_in_a_query_pins_its_client() {
 /// table and SQL PREPARE after a first statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_features_after_a_first_statement_are_refused() {
-    let t = with_mode(tenant_db("currefuse").await, PoolMode::Transaction, 1);
-    let mut cfg = config(vec![t.clone()]);
-    cfg.pool.checkout_timeout = 3.0;
-    cfg.pool.session_features = SessionFeatures::Refuse;
-    let h = start(cfg).await;
+    let (_t, _h, c) = refusing("currefuse").await;
     let mut f = Failures::default();
-    let c = h.client(&t.id).await;
     let mut queries = hidden_declarations();
     queries.extend(
         [
@@ -121,12 +115,7 @@ async fn session_features_after_a_first_statement_are_refused() {
         ]
         .map(String::from),
     );
-    for sql in &queries {
-        match c.batch_execute(sql).await {
-            Ok(()) => f.0.push(format!("{sql:?} ran")),
-            Err(e) => f.check(code(&e) == "0A000", || format!("{sql:?}: expected 0A000, got {}", why(&e))),
-        }
-    }
+    expect_refused(&mut f, &c, &queries).await;
     match rows(
         &c,
         "SELECT (SELECT count(*) FROM pg_cursors), (SELECT count(*) FROM pg_listening_channels()),

@@ -39,6 +39,29 @@ async fn start_quick(tenants: Vec<TenantConfig>) -> Harness {
     start(cfg).await
 }
 
+/// A proxy whose transaction-mode tenant (a pool of one, in a database named after `db`)
+/// refuses session-level features (`session_features = "refuse"`), and a client of it.
+async fn refusing(db: &str) -> (TenantConfig, Harness, Client) {
+    let t = with_mode(tenant_db(db).await, pgtenant::model::PoolMode::Transaction, 1);
+    let mut cfg = config(vec![t.clone()]);
+    cfg.pool.checkout_timeout = 3.0;
+    cfg.pool.session_features = pgtenant::config::SessionFeatures::Refuse;
+    let h = start(cfg).await;
+    let c = h.client(&t.id).await;
+    (t, h, c)
+}
+
+/// Runs each of `queries` as `c`: each must be refused (0A000), not run.
+async fn expect_refused<Q: AsRef<str>>(f: &mut Failures, c: &Client, queries: impl IntoIterator<Item = Q>) {
+    for sql in queries {
+        let sql = sql.as_ref();
+        match c.batch_execute(sql).await {
+            Ok(()) => f.0.push(format!("{sql:?} ran")),
+            Err(e) => f.check(code(&e) == "0A000", || format!("{sql:?}: expected 0A000, got {}", why(&e))),
+        }
+    }
+}
+
 async fn pid(c: &Client) -> i32 {
     c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pg_backend_pid").get(0)
 }

@@ -4,7 +4,6 @@
 //! nor pinned). And what a DO block runs, however its text is spelled, leaves no cursor for the
 //! next client of the tenant.
 
-use pgtenant::config::SessionFeatures;
 use pgtenant::model::PoolMode;
 
 use super::*;
@@ -39,14 +38,9 @@ fn quoted_queries() -> Vec<&'static str> {
 /// `; deallocate`; a session feature for the others).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_semicolon_in_quoted_text_starts_no_statement() {
-    let t = with_mode(tenant_db("quoted").await, PoolMode::Transaction, 1);
-    let mut cfg = config(vec![t.clone()]);
-    cfg.pool.checkout_timeout = 3.0;
-    cfg.pool.session_features = SessionFeatures::Refuse;
-    let h = start(cfg).await;
+    let (t, _h, c) = refusing("quoted").await;
     let direct = admin(&t.id).await;
     let mut f = Failures::default();
-    let c = h.client(&t.id).await;
     for sql in quoted_queries() {
         // Rolled back: the tenant's role creates the functions through pgtenant.
         if let Err(e) = direct.batch_execute(&format!("BEGIN;\n{sql}\n;ROLLBACK")).await {
@@ -85,26 +79,17 @@ async fn a_semicolon_in_a_string_does_not_pin() {
 /// is still one. Under `refuse` each gets 0A000 (checked against what is left on the server).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_after_quoted_text_is_still_refused() {
-    let t = with_mode(tenant_db("quotedrefuse").await, PoolMode::Transaction, 1);
-    let mut cfg = config(vec![t.clone()]);
-    cfg.pool.checkout_timeout = 3.0;
-    cfg.pool.session_features = SessionFeatures::Refuse;
-    let h = start(cfg).await;
+    let (_t, _h, c) = refusing("quotedrefuse").await;
     let mut f = Failures::default();
-    let c = h.client(&t.id).await;
-    for sql in [
+    let queries = [
         "SELECT 1 AS a$x$; LISTEN jobs; SELECT '$x$'",
         "SELECT 'it''s'; LISTEN jobs",
         "SELECT $$a;b$$; LISTEN jobs",
         "SELECT \"x;y\" FROM (SELECT 1 AS \"x;y\") s; LISTEN jobs",
         "SELECT 1 /* a /* nested; */ still */; LISTEN jobs",
         "SELECT E'\\''; LISTEN jobs; SELECT ''",
-    ] {
-        match c.batch_execute(sql).await {
-            Ok(()) => f.0.push(format!("{sql:?} ran")),
-            Err(e) => f.check(code(&e) == "0A000", || format!("{sql:?}: expected 0A000, got {}", why(&e))),
-        }
-    }
+    ];
+    expect_refused(&mut f, &c, queries).await;
     match rows(&c, "SELECT count(*) FROM pg_listening_channels()").await {
         Ok(r) => f.check(r == vec![vec!["0".to_owned()]], || format!("listening: {r:?}")),
         Err(e) => f.0.push(format!("listening: {}", why(&e))),
@@ -145,21 +130,13 @@ async fn a_cursor_a_do_block_spells_apart_is_closed_too() {
 /// left until CLOSE ALL at the end of the transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unicode_escaped_cursor_name_is_still_with_hold() {
-    let t = with_mode(tenant_db("curuesc").await, PoolMode::Transaction, 1);
-    let mut cfg = config(vec![t.clone()]);
-    cfg.pool.checkout_timeout = 3.0;
-    cfg.pool.session_features = SessionFeatures::Refuse;
-    let h = start(cfg).await;
+    let (_t, _h, c) = refusing("curuesc").await;
     let mut f = Failures::default();
-    let c = h.client(&t.id).await;
     for sql in [
         "DECLARE U&\"held\" CURSOR WITH HOLD FOR SELECT 1",
         "DECLARE u&\"h!0065ld\" UESCAPE '!' CURSOR WITH HOLD FOR SELECT 1",
     ] {
-        match c.batch_execute(&format!("BEGIN; {sql}; FETCH 1 FROM held; COMMIT")).await {
-            Ok(()) => f.0.push(format!("{sql:?} ran")),
-            Err(e) => f.check(code(&e) == "0A000", || format!("{sql:?}: expected 0A000, got {}", why(&e))),
-        }
+        expect_refused(&mut f, &c, [format!("BEGIN; {sql}; FETCH 1 FROM held; COMMIT")]).await;
         let _ = c.batch_execute("ROLLBACK").await;
     }
     f.assert_none();
