@@ -3,6 +3,7 @@
 //! remembers of its session.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -389,13 +390,19 @@ impl ServerConn {
 /// The statements prepared on one server connection, least recently used evicted first.
 #[derive(Debug)]
 pub struct PreparedSet {
-    names: crate::hash::KeyedMap<std::sync::Arc<str>, u64>,
+    names: crate::hash::KeyedMap<Arc<str>, u64>,
     tick: u64,
+    /// The name found by the last [`PreparedSet::touch`] (one of `names`): touching it again,
+    /// as a client binding one statement over and over does, skips hashing its 36 bytes and
+    /// leaves its tick alone. The order stays exactly least recently used: nothing else is
+    /// touched or inserted during such a run (either ends it), so the run's first tick ranks
+    /// the name among the others as its last would.
+    hot: Option<Arc<str>>,
 }
 
 impl Default for PreparedSet {
     fn default() -> Self {
-        PreparedSet { names: crate::hash::map(), tick: 0 }
+        PreparedSet { names: crate::hash::map(), tick: 0, hot: None }
     }
 }
 
@@ -404,18 +411,38 @@ impl PreparedSet {
     pub const CAPACITY: usize = 256;
 
     /// Whether `name` is prepared here (and marks it used).
-    pub fn touch(&mut self, name: &str) -> bool {
+    pub fn touch(&mut self, name: &Arc<str>) -> bool {
+        if let Some(hot) = &self.hot {
+            if Arc::ptr_eq(hot, name) || **hot == **name {
+                return true;
+            }
+        }
         self.tick += 1;
         let tick = self.tick;
-        self.names.get_mut(name).map(|t| *t = tick).is_some()
+        match self.names.get_mut(&**name) {
+            Some(t) => {
+                *t = tick;
+                self.hot = Some(name.clone());
+                true
+            }
+            None => {
+                self.hot = None;
+                false
+            }
+        }
     }
 
     /// Records `name`; returns the statement evicted to stay within capacity, which the
     /// caller closes on the server.
-    pub fn insert(&mut self, name: std::sync::Arc<str>) -> Option<std::sync::Arc<str>> {
+    pub fn insert(&mut self, name: Arc<str>) -> Option<Arc<str>> {
+        self.insert_within(name, Self::CAPACITY)
+    }
+
+    fn insert_within(&mut self, name: Arc<str>, capacity: usize) -> Option<Arc<str>> {
+        self.hot = None;
         self.tick += 1;
         self.names.insert(name, self.tick);
-        if self.names.len() <= Self::CAPACITY {
+        if self.names.len() <= capacity {
             return None;
         }
         let oldest = self.names.iter().min_by_key(|(_, t)| **t).map(|(n, _)| n.clone())?;
@@ -424,10 +451,14 @@ impl PreparedSet {
     }
 
     pub fn remove(&mut self, name: &str) {
+        if self.hot.as_deref() == Some(name) {
+            self.hot = None;
+        }
         self.names.remove(name);
     }
 
     pub fn clear(&mut self) {
+        self.hot = None;
         self.names.clear();
     }
 
@@ -480,4 +511,61 @@ fn sasl_mechanisms(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
         data = rest;
         Some(m)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A small capacity, so that evictions come often and depend on every tick.
+    const CAPACITY: usize = 4;
+
+    /// What a connection holds, as a plain least-recently-used list (most recent last).
+    #[derive(Default)]
+    struct Lru(Vec<Arc<str>>);
+
+    impl Lru {
+        fn touch(&mut self, name: &str) -> bool {
+            let Some(i) = self.0.iter().position(|n| &**n == name) else { return false };
+            let n = self.0.remove(i);
+            self.0.push(n);
+            true
+        }
+
+        fn insert(&mut self, name: Arc<str>) -> Option<Arc<str>> {
+            self.0.retain(|n| *n != name);
+            self.0.push(name);
+            (self.0.len() > CAPACITY).then(|| self.0.remove(0))
+        }
+    }
+
+    proptest! {
+        /// A run of touches of one name skips the map, yet evictions follow exact
+        /// least-recently-used order, as with a tick written on every touch. Names come as
+        /// fresh Arcs or shared ones (pointer-equal or only equal by text), a few more of
+        /// them than the capacity.
+        #[test]
+        fn evicts_least_recently_used(ops in proptest::collection::vec((0u8..5, 0u16..7, any::<bool>()), 1..400)) {
+            let shared: Vec<Arc<str>> = (0..7).map(|i| Arc::from(format!("pgt_{i:032x}"))).collect();
+            let (mut set, mut model) = (PreparedSet::default(), Lru::default());
+            for (op, i, fresh) in ops {
+                let name = if fresh { Arc::from(&*shared[usize::from(i)]) } else { shared[usize::from(i)].clone() };
+                match op {
+                    0..=2 => prop_assert_eq!(set.touch(&name), model.touch(&name)),
+                    3 => prop_assert_eq!(set.insert_within(name.clone(), CAPACITY), model.insert(name)),
+                    _ if i == 0 => {
+                        set.clear();
+                        model.0.clear();
+                    }
+                    _ => {
+                        set.remove(&name);
+                        model.0.retain(|n| *n != name);
+                    }
+                }
+                prop_assert_eq!(set.len(), model.0.len());
+            }
+        }
+    }
 }
