@@ -431,11 +431,6 @@ async fn a_declare_through_parse_that_fails_at_execute_leaves_the_name_unknown()
 /// answers an Execute and a Describe of the cursor's portal; so must pgtenant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_declare_run_in_a_later_transaction_makes_its_portal() {
-    let t = with_mode(tenant_db("cnpdecl2").await, PoolMode::Transaction, 1);
-    let h = start_quick(vec![t.clone()]).await;
-    let mut s = raw_proxy(&h, &t.id).await;
-    let mut direct = raw_direct(&t.database).await;
-    let mut f = Failures::default();
     let steps: Vec<(&str, Vec<u8>)> = vec![
         ("prepare", cat(&[parse("s_decl", "DECLARE c CURSOR FOR SELECT 'row'::text"), sync()])),
         ("begin", query("BEGIN")),
@@ -445,9 +440,7 @@ async fn a_prepared_declare_run_in_a_later_transaction_makes_its_portal() {
         ),
         ("commit", query("COMMIT")),
     ];
-    let mut transcript = Vec::new();
-    compare_steps(&mut f, &mut direct, &mut s, &steps, &mut transcript).await;
-    f.assert_none();
+    same_as_postgres("cnpdecl2", &steps).await;
 }
 
 /// Messages that wait for a pending portal (a DECLARE's reply, a Bind across a Sync) in
@@ -455,11 +448,6 @@ async fn a_prepared_declare_run_in_a_later_transaction_makes_its_portal() {
 /// hang them until a timeout, nor answer otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_portals_in_flush_batches_answer_as_postgres() {
-    let t = with_mode(tenant_db("cnpflush").await, PoolMode::Transaction, 1);
-    let h = start_quick(vec![t.clone()]).await;
-    let mut s = raw_proxy(&h, &t.id).await;
-    let mut direct = raw_direct(&t.database).await;
-    let mut f = Failures::default();
     let flush = || msg(b'H', &[]);
     let steps: Vec<(&str, Vec<u8>)> = vec![
         ("begin", query("BEGIN")),
@@ -498,9 +486,7 @@ async fn pending_portals_in_flush_batches_answer_as_postgres() {
         ("sync 4", sync()),
         ("rollback", query("ROLLBACK")),
     ];
-    let mut transcript = Vec::new();
-    compare_steps(&mut f, &mut direct, &mut s, &steps, &mut transcript).await;
-    f.assert_none();
+    same_as_postgres("cnpflush", &steps).await;
 }
 
 /// Messages that wait for the server's verdict on a statement name (a Parse or Close across
@@ -509,11 +495,6 @@ async fn pending_portals_in_flush_batches_answer_as_postgres() {
 /// answers them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_statements_in_flush_batches_answer_as_postgres() {
-    let t = with_mode(tenant_db("cnsflush").await, PoolMode::Transaction, 1);
-    let h = start_quick(vec![t.clone()]).await;
-    let mut s = raw_proxy(&h, &t.id).await;
-    let mut direct = raw_direct(&t.database).await;
-    let mut f = Failures::default();
     let flush = || msg(b'H', &[]);
     let steps: Vec<(&str, Vec<u8>)> = vec![
         ("begin", query("BEGIN")),
@@ -552,9 +533,7 @@ async fn waiting_statements_in_flush_batches_answer_as_postgres() {
         ("sync 5", sync()),
         ("rollback", query("ROLLBACK")),
     ];
-    let mut transcript = Vec::new();
-    compare_steps(&mut f, &mut direct, &mut s, &steps, &mut transcript).await;
-    f.assert_none();
+    same_as_postgres("cnsflush", &steps).await;
 }
 
 /// Reads the replies to one step: up to `syncs` ReadyForQuery messages, or, for a step
@@ -582,6 +561,19 @@ async fn read_replies<S: AsyncRead + Unpin>(s: &mut S, syncs: usize, tail: bool)
 
 /// Sends each step to PostgreSQL and through pgtenant, reading up to one ReadyForQuery per
 /// Sync or Query (and, for a step ending in Flush, what follows), and records any difference.
+/// A transaction-mode tenant (a pool of one, database named after `db`) and a raw client of
+/// it: each of `steps` sent whole, through pgtenant and straight to PostgreSQL, must be
+/// answered the same.
+async fn same_as_postgres(db: &str, steps: &[(&str, Vec<u8>)]) {
+    let t = with_mode(tenant_db(db).await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let mut s = raw_proxy(&h, &t.id).await;
+    let mut direct = raw_direct(&t.database).await;
+    let mut f = Failures::default();
+    compare_steps(&mut f, &mut direct, &mut s, steps, &mut Vec::new()).await;
+    f.assert_none();
+}
+
 async fn compare_steps(
     f: &mut Failures,
     direct: &mut UnixStream,
