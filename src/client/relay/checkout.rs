@@ -511,24 +511,31 @@ mod tests {
         assert!(matches!(r, Err(Stop::Client)));
     }
 
-    /// A Terminate behind a query does not end the wait: the query runs once a connection
-    /// frees (as PostgreSQL runs what precedes a Terminate), and nothing after it is read.
-    #[tokio::test]
-    async fn a_waiting_client_that_terminates_keeps_its_query() {
+    /// A client that sends a query and then `last` while its checkout waits: the outcome of
+    /// the wait (which completes 90 ms in), the bytes read, and the session's fields. Another
+    /// query is sent after `last`.
+    async fn wait_behind(last: &[u8]) -> (Result<bool, Stop>, usize, Fields) {
         let (mut peer, mut stream) = tokio::io::duplex(1024);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut f = Fields::default();
         let sender = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            peer.write_all(&[QUERY, TERMINATE].concat()).await.expect("write");
+            peer.write_all(&[QUERY, last].concat()).await.expect("write");
             tokio::time::sleep(Duration::from_millis(20)).await;
             peer.write_all(QUERY).await.expect("write");
             tokio::time::sleep(Duration::from_millis(50)).await;
             tx.send(()).expect("send");
             peer
         };
-        let (waited, _peer) = tokio::join!(wait(rx, &mut stream, &mut f), sender);
-        let (r, read) = waited;
+        let ((r, read), _peer) = tokio::join!(wait(rx, &mut stream, &mut f), sender);
+        (r, read, f)
+    }
+
+    /// A Terminate behind a query does not end the wait: the query runs once a connection
+    /// frees (as PostgreSQL runs what precedes a Terminate), and nothing after it is read.
+    #[tokio::test]
+    async fn a_waiting_client_that_terminates_keeps_its_query() {
+        let (r, read, f) = wait_behind(TERMINATE).await;
         assert!(matches!(r, Ok(true)), "the checkout completed");
         assert_eq!(read, QUERY.len() + TERMINATE.len(), "nothing read after the Terminate");
         assert!(f.terminated);
@@ -541,20 +548,7 @@ mod tests {
     #[tokio::test]
     async fn a_bad_frame_ends_the_wait_only_with_nothing_before_it() {
         const BAD: &[u8] = b"Q\0\0\0\x02";
-        let (mut peer, mut stream) = tokio::io::duplex(1024);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut f = Fields::default();
-        let sender = async {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            peer.write_all(&[QUERY, BAD].concat()).await.expect("write");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            peer.write_all(QUERY).await.expect("write");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            tx.send(()).expect("send");
-            peer
-        };
-        let (waited, _peer) = tokio::join!(wait(rx, &mut stream, &mut f), sender);
-        let (r, read) = waited;
+        let (r, read, f) = wait_behind(BAD).await;
         assert!(matches!(r, Ok(true)), "the checkout completed");
         assert_eq!(read, QUERY.len() + BAD.len(), "nothing read after the bad frame");
         assert!(f.broken.is_some());
