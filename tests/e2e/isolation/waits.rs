@@ -341,7 +341,7 @@ async fn a_waiting_client_that_breaks_the_protocol_is_answered_first() {
 /// Review attack (tenant b against tenant a on the pool's one server connection, through the
 /// DO-cursor close at `retire` and the malformed-frame wait): tenant a declares cursors in a
 /// DO block (one WITH HOLD) inside a transaction and leaves — once right after COMMIT, once
-/// mid-transaction — while a client of tenant b waits with FETCHes of those cursors, a
+/// mid-transaction; by a simple query and through Parse/Bind — while a client of tenant b waits with FETCHes of those cursors, a
 /// pg_cursors count and its backend pid, then a malformed frame. Tenant b gets 34000 for both
 /// FETCHes, no cursor on the backend, the shared backend's pid (first round), then 08P01 —
 /// never `a-secret`; and tenant a's next transaction declares the same cursors and reads them.
@@ -353,11 +353,15 @@ async fn tenant_b_waiting_with_a_bad_frame_never_reaches_tenant_a_cursors_from_c
         EXECUTE 'DECLARE a_held CURSOR WITH HOLD FOR SELECT ''a-secret''::text FROM generate_series(1, 5)'; \
         EXECUTE 'DECLARE a_open CURSOR FOR SELECT ''a-secret''::text'; END$$";
     let a_table = format!("\"{}\".t", a.id);
-    for commit in [true, false] {
+    for (commit, extended) in [(true, false), (true, true), (false, false), (false, true)] {
         let holder = h.client(&a.id).await;
         let p0 = pid(&holder).await;
         holder.batch_execute("BEGIN").await.expect("begin");
-        holder.batch_execute(plant).await.expect("plant in a DO block");
+        if extended {
+            holder.execute(plant, &[]).await.expect("plant in a DO block through Parse/Bind");
+        } else {
+            holder.batch_execute(plant).await.expect("plant in a DO block");
+        }
         holder
             .batch_execute(&format!("INSERT INTO {a_table} VALUES (1, 'a-secret')"))
             .await
@@ -420,5 +424,5 @@ async fn tenant_b_waiting_with_a_bad_frame_never_reaches_tenant_a_cursors_from_c
     assert_eq!(r, vec![vec!["0".to_owned()]], "the WITH HOLD cursor is closed after a's commit");
     let db = admin(&a.database).await;
     let n: i64 = db.query_one(&format!("SELECT count(*) FROM {a_table}"), &[]).await.expect("count").get(0);
-    assert_eq!(n, 1, "the committed round's row only (the other rolled back)");
+    assert_eq!(n, 2, "the committed rounds' rows only (the others rolled back)");
 }
