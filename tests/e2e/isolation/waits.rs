@@ -337,3 +337,92 @@ async fn a_waiting_client_that_breaks_the_protocol_is_answered_first() {
         db.query_one(&format!("SELECT count(*) FROM {table} WHERE id = 8"), &[]).await.expect("count").get(0);
     assert_eq!(n, 1, "the INSERT sent before the bad frame ran");
 }
+
+/// Review attack (tenant b against tenant a on the pool's one server connection, through the
+/// DO-cursor close at `retire` and the malformed-frame wait): tenant a declares cursors in a
+/// DO block (one WITH HOLD) inside a transaction and leaves — once right after COMMIT, once
+/// mid-transaction; by a simple query and through Parse/Bind — while a client of tenant b waits with FETCHes of those cursors, a
+/// pg_cursors count and its backend pid, then a malformed frame. Tenant b gets 34000 for both
+/// FETCHes, no cursor on the backend, the shared backend's pid (first round), then 08P01 —
+/// never `a-secret`; and tenant a's next transaction declares the same cursors and reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_b_waiting_with_a_bad_frame_never_reaches_tenant_a_cursors_from_code() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let plant = "DO $$BEGIN \
+        EXECUTE 'DECLARE a_held CURSOR WITH HOLD FOR SELECT ''a-secret''::text FROM generate_series(1, 5)'; \
+        EXECUTE 'DECLARE a_open CURSOR FOR SELECT ''a-secret''::text'; END$$";
+    let a_table = format!("\"{}\".t", a.id);
+    for (commit, extended) in [(true, false), (true, true), (false, false), (false, true)] {
+        let holder = h.client(&a.id).await;
+        let p0 = pid(&holder).await;
+        holder.batch_execute("BEGIN").await.expect("begin");
+        if extended {
+            holder.execute(plant, &[]).await.expect("plant in a DO block through Parse/Bind");
+        } else {
+            holder.batch_execute(plant).await.expect("plant in a DO block");
+        }
+        holder
+            .batch_execute(&format!("INSERT INTO {a_table} VALUES (1, 'a-secret')"))
+            .await
+            .expect("tenant a's row");
+        let mut waiter = raw_proxy(&h, &b.id).await;
+        send(
+            &mut waiter,
+            &cat(&[
+                query("FETCH ALL FROM a_held"),
+                query("FETCH ALL FROM a_open"),
+                query("SELECT count(*) FROM pg_cursors"),
+                query("SELECT pg_backend_pid()"),
+            ]),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(clocks(&h).iter().any(|(t, w)| *t == b.id && w.is_some()), "b waits: {:?}", clocks(&h));
+        send(&mut waiter, &[b'Q', 0, 0, 0, 2]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if commit {
+            holder.batch_execute("COMMIT").await.expect("commit");
+        }
+        drop(holder);
+        let (got, closed) = read_eof(&mut waiter, Duration::from_secs(5)).await;
+        let words = summary(&got);
+        assert!(closed, "commit={commit}: the session ends after the bad frame: {words:?}");
+        assert!(
+            !words.iter().any(|w| w.contains("a-secret")),
+            "commit={commit}: tenant b read tenant a's cursor: {words:?}"
+        );
+        assert_eq!(
+            words[..10],
+            [
+                "E(34000)",
+                "Z(I)",
+                "E(34000)",
+                "Z(I)",
+                "T",
+                "D(0)",
+                "C(SELECT 1)",
+                "Z(I)",
+                "T",
+                words[9].as_str()
+            ],
+            "commit={commit}: {words:?}"
+        );
+        if commit {
+            assert_eq!(words[9], format!("D({p0})"), "the same server connection: {words:?}");
+        }
+        assert_eq!(&words[10..], ["C(SELECT 1)", "Z(I)", "E(08P01,FATAL)"], "commit={commit}: {words:?}");
+    }
+    // Tenant a's next transaction: the same names are free and its cursors read its rows.
+    let next = h.client(&a.id).await;
+    next.batch_execute("BEGIN").await.expect("begin");
+    next.batch_execute(plant).await.expect("the same cursors again: none was left behind");
+    let r = rows(&next, "FETCH 2 FROM a_held").await.expect("fetch");
+    assert_eq!(r, vec![vec!["a-secret".to_owned()]; 2]);
+    next.batch_execute("COMMIT").await.expect("commit");
+    let r = rows(&next, "SELECT count(*) FROM pg_cursors").await.expect("cursors after commit");
+    assert_eq!(r, vec![vec!["0".to_owned()]], "the WITH HOLD cursor is closed after a's commit");
+    let db = admin(&a.database).await;
+    let n: i64 = db.query_one(&format!("SELECT count(*) FROM {a_table}"), &[]).await.expect("count").get(0);
+    assert_eq!(n, 2, "the committed rounds' rows only (the others rolled back)");
+}
