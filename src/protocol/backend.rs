@@ -134,8 +134,31 @@ pub fn refuse_encryption(buf: &mut BytesMut) {
 
 /// Reads a NUL-terminated string at the front of `buf`, returning it and the rest.
 pub fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = buf.iter().position(|&b| b == 0)?;
+    let end = nul_at(buf)?;
     Some((&buf[..end], &buf[end + 1..]))
+}
+
+/// Where the first NUL of `buf` is: eight bytes at a time (a byte loop costs ~4 instructions
+/// a byte on a Parse's query text; `memchr`'s dispatch costs more than that on the short
+/// names most strings are), the last few one by one.
+#[inline]
+fn nul_at(buf: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGHS: u64 = ONES << 7;
+    let mut i = 0;
+    while let Some(word) = buf.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let v = u64::from_le_bytes(w);
+        // The high bit of every zero byte, and possibly of bytes above one (a borrow): the
+        // lowest is the first zero byte.
+        let zeros = v.wrapping_sub(ONES) & !v & HIGHS;
+        if zeros != 0 {
+            return Some(i + (zeros.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    buf[i..].iter().position(|&b| b == 0).map(|p| i + p)
 }
 
 /// ParameterStatus body: name and value.
@@ -212,5 +235,17 @@ mod tests {
         // Truncated input stops cleanly.
         let n = parse_error_fields(b"C42P0");
         assert_eq!(n.code, "");
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time search splits every text where a byte-by-byte search does:
+        /// NULs anywhere (bytes 0x01 and 0x80 around them, which a borrow could mark), or none.
+        #[test]
+        fn cstr_splits_at_the_first_nul(
+            bytes in proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 0x80, 0xff, b'a']), 0..40),
+        ) {
+            let expected = bytes.iter().position(|&b| b == 0).map(|n| (&bytes[..n], &bytes[n + 1..]));
+            proptest::prop_assert_eq!(cstr(&bytes), expected);
+        }
     }
 }
