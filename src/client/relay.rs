@@ -40,12 +40,14 @@ use tokio::sync::OwnedSemaphorePermit;
 
 mod buffers;
 mod checkout;
+mod plain;
 mod progress;
 mod scan;
 mod server_side;
 mod timer;
 mod wait;
 
+use plain::PlainTcp;
 use progress::{Progress, ResetPhase};
 use scan::ClientScan;
 
@@ -185,7 +187,7 @@ pub(crate) struct Session<S> {
     policy: crate::config::SessionFeatures,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     pub fn new(
         client: S,
         buffered: BytesMut,

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, ReadBuf};
 
+use super::plain::{self, PlainTcp};
 use super::READ_CHUNK;
 
 /// Spare buffers kept per thread: bounded, so what idle clients gave back is not all kept.
@@ -43,7 +44,6 @@ pub(super) fn take_all<const N: usize>(bufs: [&mut BytesMut; N]) {
 }
 
 /// Gives `buf` back (leaving it empty, with no capacity) if it holds nothing.
-#[cfg(test)]
 pub(super) fn give(buf: &mut BytesMut) {
     give_all([buf]);
 }
@@ -86,11 +86,25 @@ pub(super) fn room(buf: &mut BytesMut) {
 
 /// Reads from `stream` into `buf`; when `buf` has no capacity (an idle client), the read goes
 /// to the stack and a buffer is taken only for the bytes that arrived.
-pub(super) fn poll_read<R: AsyncRead + Unpin>(
+pub(super) fn poll_read<R: AsyncRead + Unpin + PlainTcp>(
     stream: &mut R,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<std::io::Result<usize>> {
+    if let Some(tcp) = stream.plain_tcp() {
+        if buf.capacity() != 0 {
+            return plain::poll_read(tcp, cx, buf);
+        }
+        // Idle: a buffer is taken once the socket is readable, and given back if the read
+        // finds nothing after all (or the end).
+        std::task::ready!(plain::poll_readable(tcp, cx))?;
+        *buf = take();
+        let read = plain::poll_read(tcp, cx, buf);
+        if buf.is_empty() {
+            give(buf);
+        }
+        return read;
+    }
     if buf.capacity() != 0 {
         return tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf);
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::plain::PlainTcp;
 use super::scan::ClientScan;
 use super::{
     buffers, shutting_down, timed_out, Event, Exit, ResetPhase, Session, Signals, MAX_CLIENT_BUFFERED,
@@ -22,7 +23,7 @@ use crate::pool::session::{acts_while_idle, hand_over, needs_reset, queue_reset,
 use crate::protocol::backend::txn;
 use crate::protocol::{frontend, PgError};
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     pub(super) async fn attach(&mut self) -> Result<(), Exit> {
         // The turn's clock as the checkout starts: read again only after a wait here.
         let asked = self.meter.now();
@@ -275,7 +276,7 @@ struct WaitingClient<'a, S> {
     read: usize,
 }
 
-impl<S: AsyncRead + Unpin> WaitingClient<'_, S> {
+impl<S: AsyncRead + Unpin + PlainTcp> WaitingClient<'_, S> {
     /// Reads what the client sent until its socket has no more; ready once it left (end of
     /// stream, an error) or broke the protocol with nothing before the bad frame. Past the
     /// client buffer's bound it is not read (nor watched) until the wait ends, as the relay
@@ -324,7 +325,7 @@ impl<S: AsyncRead + Unpin> WaitingClient<'_, S> {
     }
 }
 
-impl<F: Future, S: AsyncRead + Unpin> Future for Watched<'_, F, S> {
+impl<F: Future, S: AsyncRead + Unpin + PlainTcp> Future for Watched<'_, F, S> {
     type Output = (Result<F::Output, Stop>, usize);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

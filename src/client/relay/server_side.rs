@@ -15,7 +15,7 @@ use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frame::{header, DEFAULT_MAX_MESSAGE, HEADER_LEN};
 use crate::protocol::SqlState;
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// Forwards whole and streaming server frames to the client, swallowing the replies to
     /// pgtenant's own queries and noting what decides release.
     pub(super) async fn pump_server(&mut self) -> Result<(), Exit> {
@@ -363,7 +363,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 /// a client that stops reading must not keep a forced shutdown waiting, nor hold its server
 /// connection beyond the timeout. `Ok(true)` when the write waited. A plain TCP socket
 /// (`flush` false) has nothing to flush: its flush is skipped.
-async fn write_bounded<S: AsyncWrite + Unpin>(
+async fn write_bounded<S: AsyncWrite + Unpin + PlainTcp>(
     client: &mut S,
     mut bytes: &[u8],
     flush: bool,
@@ -373,7 +373,7 @@ async fn write_bounded<S: AsyncWrite + Unpin>(
 ) -> Result<bool, Exit> {
     use futures_util::FutureExt;
     while !bytes.is_empty() {
-        match client.write(bytes).now_or_never() {
+        match plain::write_now(client, bytes) {
             Some(Ok(0) | Err(_)) => return Err(Exit::Client),
             Some(Ok(n)) => bytes = &bytes[n..],
             None => break,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-use super::{ResetPhase, Session, CLEANUP_TIMEOUT};
+use super::{PlainTcp, ResetPhase, Session, CLEANUP_TIMEOUT};
 use crate::protocol::backend::txn;
 
 /// The fair-share timeouts (`[pool]`, PgBouncer's names), with a tenant's overrides applied.
@@ -134,7 +134,7 @@ impl Timer {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// Notes that the client or the server sent something (for the limits that count from
     /// the last activity).
     pub(super) fn touch(&mut self) {

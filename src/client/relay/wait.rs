@@ -17,10 +17,11 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
+use super::plain::{self, PlainTcp};
 use super::{buffers, Event, Exit, Session, Signals, MAX_CLIENT_BUFFERED, MAX_SERVER_BOUND, READ_CHUNK};
 use crate::console::live::{CLIENT_READ, DRAIN, FORCE, KICK, SERVER_READ};
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     pub(super) async fn next_event(&mut self, signals: &mut Signals) -> Event {
         // Buffers grow with the bytes that arrive and shrink back once drained.
         for buf in [&mut self.cbuf, &mut self.sbuf, &mut self.out] {
@@ -69,7 +70,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 let stream = server.conn().stream_mut();
                 let out: &[u8] = &self.out;
                 if !out.is_empty() {
-                    if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, out) {
+                    if let Poll::Ready(r) = plain::poll_write_any(&mut *stream, cx, out) {
                         return Poll::Ready(Event::ServerWrote(r));
                     }
                 }
@@ -84,8 +85,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let tls = stream.is_tls();
                     let read = if tls {
                         poll_read_buf(Pin::new(stream), cx, &mut self.sbuf)
-                    } else {
+                    } else if let Some(tcp) = stream.plain_tcp() {
                         // Made per read (not kept: every client's task would carry it).
+                        let waker = Waker::from(self.signal.clone());
+                        plain::poll_read(tcp, &mut Context::from_waker(&waker), &mut self.sbuf)
+                    } else {
                         let waker = Waker::from(self.signal.clone());
                         poll_read_buf(Pin::new(stream), &mut Context::from_waker(&waker), &mut self.sbuf)
                     };
@@ -130,7 +134,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let stream = server.conn().stream_mut();
         let out: &[u8] = &self.out;
         // Polled once with the task's own context: never waits.
-        match poll_fn(|cx| Poll::Ready(Pin::new(&mut *stream).poll_write(cx, out))).await {
+        match poll_fn(|cx| Poll::Ready(plain::poll_write_any(&mut *stream, cx, out))).await {
             Poll::Ready(Ok(0)) | Poll::Pending => Ok(false),
             Poll::Ready(Ok(n)) => {
                 self.consume_written(n);
