@@ -6,7 +6,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::*;
-use crate::client::pipeline::COPY_FAIL_CODE;
+use crate::client::pipeline::{Rare, COPY_FAIL_CODE};
 use crate::client::statements::own_refusal;
 use crate::client::vars::fingerprinted;
 use crate::metrics::ErrorSource;
@@ -126,9 +126,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         Some(e) => e.code.as_str(),
                         None => "",
                     };
-                    let mut route = self.pipeline.route(tag, code);
+                    let route = self.pipeline.route(tag, code);
                     tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid()), tag = %(tag as char), forward = route.forward, "server message");
-                    self.sets.pending.extend(route.completed_set.take().map(|set| *set));
                     if route.unnamed_parsed {
                         // The server's unnamed statement is now this client's latest.
                         if let Some(server) = self.server.as_mut() {
@@ -144,7 +143,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "lost track of the server's replies: the server connection stays with this client and will not be reused");
                         self.progress.desync = true;
                     }
-                    replace = route.replace;
+                    if let Some(rare) = route.rare {
+                        let Rare { replace: bytes, completed_set } = *rare;
+                        self.sets.pending.extend(completed_set.map(|set| *set));
+                        replace = bytes;
+                    }
                     !route.forward
                 };
             if let (false, true, Some(e)) = (swallow, whole, &error) {
