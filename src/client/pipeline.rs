@@ -521,16 +521,16 @@ impl Pipeline {
             (Kind::Sync, be::READY_FOR_QUERY)
             | (Kind::Execute, be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED) => {
                 let ok = !front.errored;
-                Some(self.complete(forward, tag, ok))
+                Some(self.complete_inline(forward, tag, ok))
             }
             (Kind::Parse, be::PARSE_COMPLETE)
             | (Kind::Bind, be::BIND_COMPLETE)
             | (Kind::Close, be::CLOSE_COMPLETE)
             | (Kind::DescribePortal, be::ROW_DESCRIPTION | be::NO_DATA) => {
-                Some(self.complete(forward, tag, false))
+                Some(self.complete_inline(forward, tag, false))
             }
             (Kind::DescribeStatement, be::ROW_DESCRIPTION | be::NO_DATA) if self.started => {
-                Some(self.complete(forward, tag, false))
+                Some(self.complete_inline(forward, tag, false))
             }
             _ => None,
         }
@@ -657,8 +657,15 @@ impl Pipeline {
     }
 
     /// The reply that completes the front entry.
-    #[inline]
+    #[inline(never)]
     fn complete(&mut self, forward: bool, tag: u8, ok: bool) -> Route {
+        self.complete_inline(forward, tag, ok)
+    }
+
+    /// [`Pipeline::complete`], inlined where an extended batch's replies are routed (a call
+    /// per reply costs as much as the work).
+    #[inline(always)]
+    fn complete_inline(&mut self, forward: bool, tag: u8, ok: bool) -> Route {
         let mut route = reply(forward);
         if tag == be::READY_FOR_QUERY {
             self.open = false;
