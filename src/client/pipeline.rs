@@ -118,19 +118,67 @@ impl Action {
     }
 }
 
-#[derive(Clone, Debug)]
+/// Who gets an entry's replies, in the entry itself (a probe's error is in its [`Extra`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reply {
+    Forward,
+    Swallow,
+    Probe,
+}
+
+/// One queued message: 16 bytes, copied in and out of the queue, with what few messages carry
+/// (effects, a SET, a probe's error) out of line. Most messages carry none of it: pushing and
+/// popping them moves two words and drops nothing.
+#[derive(Debug)]
 struct Entry {
+    extra: Option<Box<Extra>>,
     kind: Kind,
-    action: Action,
-    effect: Vec<Effect>,
-    /// A session SET this message runs, tracked once it succeeds (boxed: rare, and every
-    /// entry would otherwise carry room for one).
-    set: Option<Box<SetCmd>>,
+    reply: Reply,
     /// An ErrorResponse arrived while this (simple) query ran.
     errored: bool,
     /// The client's Parse of the unnamed statement: its ParseComplete makes the server's
     /// unnamed statement the client's ([`Route::unnamed_parsed`]).
     unnamed: bool,
+}
+
+/// What a message carries beyond its kind and who gets its replies.
+#[derive(Debug, Default)]
+struct Extra {
+    effect: Vec<Effect>,
+    /// A session SET this message runs, tracked once it succeeds.
+    set: Option<Box<SetCmd>>,
+    probe: Option<Box<Probe>>,
+}
+
+impl Entry {
+    #[inline(always)]
+    fn new(kind: Kind, reply: Reply) -> Entry {
+        Entry { extra: None, kind, reply, errored: false, unnamed: false }
+    }
+
+    /// An entry with what `action`, `effect` and `set` carry (out of line if anything).
+    fn full(kind: Kind, action: Action, effect: Vec<Effect>, set: Option<Box<SetCmd>>) -> Entry {
+        let (reply, probe) = match action {
+            Action::Forward => (Reply::Forward, None),
+            Action::Swallow => (Reply::Swallow, None),
+            Action::Probe(probe) => (Reply::Probe, Some(probe)),
+        };
+        let mut entry = Entry::new(kind, reply);
+        if !effect.is_empty() || set.is_some() || probe.is_some() {
+            entry.extra = Some(Box::new(Extra { effect, set, probe }));
+        }
+        entry
+    }
+
+    /// The probe standing for this message, if it is one.
+    fn probe(&self) -> Option<&Probe> {
+        self.extra.as_ref().and_then(|x| x.probe.as_deref())
+    }
+
+    /// Its effects, if it has any.
+    fn into_effects(self) -> Vec<Effect> {
+        self.extra.map(|x| x.effect).unwrap_or_default()
+    }
 }
 
 /// Where the server stands in processing the queue.
@@ -145,20 +193,36 @@ enum Mode {
     },
 }
 
-/// What to do with one server message. Effects of the messages it completed, failed or
-/// skipped stay in the pipeline until taken ([`Pipeline::take_effects`]): most messages have
-/// none, and a route carries nothing to drop then.
+/// What to do with one server message: two words, returned in registers. Effects of the
+/// messages it completed, failed or skipped stay in the pipeline until taken
+/// ([`Pipeline::take_effects`]): most messages have none, and a route carries nothing to drop
+/// then.
 #[derive(Debug, PartialEq, Eq, Default)]
 pub struct Route {
     pub forward: bool,
-    /// Bytes to send the client instead of the message.
-    pub replace: Option<Bytes>,
     /// The message did not fit what the queue expected: pgtenant lost track.
     pub unexpected: bool,
-    /// A session SET that just completed successfully.
-    pub completed_set: Option<Box<SetCmd>>,
     /// The client's Parse of the unnamed statement just completed.
     pub unnamed_parsed: bool,
+    /// A probe's replacement or a completed SET (rare: boxed).
+    pub rare: Option<Box<Rare>>,
+}
+
+/// The rare parts of a [`Route`].
+#[derive(Debug, PartialEq, Eq, Default)]
+pub struct Rare {
+    /// Bytes to send the client instead of the message.
+    pub replace: Option<Bytes>,
+    /// A session SET that just completed successfully.
+    pub completed_set: Option<Box<SetCmd>>,
+}
+
+#[cfg(test)]
+impl Route {
+    /// Bytes to send the client instead of the message.
+    pub fn replace(&self) -> Option<&Bytes> {
+        self.rare.as_ref().and_then(|r| r.replace.as_ref())
+    }
 }
 
 #[derive(Debug)]
@@ -207,13 +271,14 @@ fn reply(forward: bool) -> Route {
     Route { forward, ..Route::default() }
 }
 
-/// An ErrorResponse for the front entry that does not end it.
-fn error_reply(action: &Action, code: &str) -> Route {
-    match action {
-        Action::Probe(probe) if probe.code == code => {
-            Route { forward: false, replace: Some(probe.error.clone()), ..Route::default() }
-        }
-        _ => Route { forward: true, ..Route::default() },
+/// An ErrorResponse for an entry that does not end it (`probe`: the entry's, if a probe).
+fn error_reply(probe: Option<&Probe>, code: &str) -> Route {
+    match probe {
+        Some(probe) if probe.code == code => Route {
+            rare: Some(Box::new(Rare { replace: Some(probe.error.clone()), completed_set: None })),
+            ..Route::default()
+        },
+        _ => reply(true),
     }
 }
 
@@ -261,8 +326,14 @@ impl Pipeline {
     }
 
     /// Records a client message forwarded as it is.
+    #[inline]
     pub fn push(&mut self, kind: Kind, action: Action) {
-        self.push_full(kind, action, Vec::new(), None);
+        match action {
+            // Inlined with the caller's constant: the common entries are built in place.
+            Action::Forward => self.push_plain(kind, Reply::Forward),
+            Action::Swallow => self.push_plain(kind, Reply::Swallow),
+            action => self.push_full(kind, action, Vec::new(), None),
+        }
     }
 
     /// Records a message with an effect to undo should it fail or be skipped.
@@ -273,26 +344,22 @@ impl Pipeline {
     /// Adds effects to the message recorded last (to undo should it fail or be skipped).
     pub fn attach_effects(&mut self, effects: Vec<Effect>) {
         if let (false, Some(back)) = (effects.is_empty(), self.queue.back_mut()) {
-            back.effect.extend(effects);
+            back.extra.get_or_insert_with(Box::default).effect.extend(effects);
         }
     }
 
     /// Records a Query or Execute that runs a session SET.
+    #[inline]
     pub fn push_set(&mut self, kind: Kind, set: Option<Box<SetCmd>>) {
-        self.push_full(kind, Action::Forward, Vec::new(), set);
+        match set {
+            None => self.push_plain(kind, Reply::Forward),
+            set => self.push_full(kind, Action::Forward, Vec::new(), set),
+        }
     }
 
     /// Records the client's Parse of the unnamed statement (see [`Route::unnamed_parsed`]).
     pub fn push_unnamed_parse(&mut self) {
-        let entry = Entry {
-            kind: Kind::Parse,
-            action: Action::Forward,
-            effect: Vec::new(),
-            set: None,
-            errored: false,
-            unnamed: true,
-        };
-        self.push_entry(entry);
+        self.push_entry(Entry { unnamed: true, ..Entry::new(Kind::Parse, Reply::Forward) });
     }
 
     /// Whether a Parse of the unnamed statement by the client still awaits its reply (or its
@@ -301,12 +368,21 @@ impl Pipeline {
         self.queue.iter().any(|e| e.unnamed)
     }
 
+    #[inline(never)]
     fn push_full(&mut self, kind: Kind, action: Action, effect: Vec<Effect>, set: Option<Box<SetCmd>>) {
         // Consecutive copy data count as one: only its position between other messages matters.
         if kind == Kind::CopyData && self.queue.back().is_some_and(|b| b.kind == Kind::CopyData) {
             return;
         }
-        self.push_entry(Entry { kind, action, effect, set, errored: false, unnamed: false });
+        self.push_entry(Entry::full(kind, action, effect, set));
+    }
+
+    #[inline(always)]
+    fn push_plain(&mut self, kind: Kind, reply: Reply) {
+        if kind == Kind::CopyData && self.queue.back().is_some_and(|b| b.kind == Kind::CopyData) {
+            return;
+        }
+        self.push_entry(Entry::new(kind, reply));
     }
 
     #[inline(always)]
@@ -314,8 +390,13 @@ impl Pipeline {
         if entry.kind.extended() && entry.kind != Kind::Flush {
             self.open = true;
         }
+        // Every change leaves the front as `advance` would: an entry pushed behind others
+        // cannot be consumed before them (the queue is consumed from its front only).
+        let first = self.queue.is_empty();
         self.queue.push_back(entry);
-        self.advance();
+        if first {
+            self.advance();
+        }
     }
 
     /// Effects of the messages routing (or pushing, which may skip) completed, failed or
@@ -357,7 +438,7 @@ impl Pipeline {
                         return;
                     }
                     if let Some(e) = self.queue.pop_front() {
-                        self.undo.extend(e.effect);
+                        self.undo.extend(e.into_effects());
                     }
                 }
                 Mode::Normal => match front.kind {
@@ -398,7 +479,7 @@ impl Pipeline {
         if front.kind != Kind::Query {
             return None;
         }
-        let forward = front.action == Action::Forward;
+        let forward = front.reply == Reply::Forward;
         match tag {
             be::ROW_DESCRIPTION | be::DATA_ROW | be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE => {
                 self.started = true;
@@ -427,7 +508,7 @@ impl Pipeline {
             return None;
         }
         let front = self.queue.front()?;
-        let forward = front.action == Action::Forward;
+        let forward = front.reply == Reply::Forward;
         match (front.kind, tag) {
             (Kind::Execute, be::DATA_ROW) => {
                 self.started = true;
@@ -440,16 +521,16 @@ impl Pipeline {
             (Kind::Sync, be::READY_FOR_QUERY)
             | (Kind::Execute, be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED) => {
                 let ok = !front.errored;
-                Some(self.complete(forward, tag, ok))
+                Some(self.complete_inline(forward, tag, ok))
             }
             (Kind::Parse, be::PARSE_COMPLETE)
             | (Kind::Bind, be::BIND_COMPLETE)
             | (Kind::Close, be::CLOSE_COMPLETE)
             | (Kind::DescribePortal, be::ROW_DESCRIPTION | be::NO_DATA) => {
-                Some(self.complete(forward, tag, false))
+                Some(self.complete_inline(forward, tag, false))
             }
             (Kind::DescribeStatement, be::ROW_DESCRIPTION | be::NO_DATA) if self.started => {
-                Some(self.complete(forward, tag, false))
+                Some(self.complete_inline(forward, tag, false))
             }
             _ => None,
         }
@@ -458,15 +539,13 @@ impl Pipeline {
     fn route_inner(&mut self, tag: u8, code: &str) -> Route {
         // Asynchronous messages belong to no request.
         if matches!(tag, be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE | be::PARAMETER_STATUS) {
-            return Route { forward: true, ..Route::default() };
+            return reply(true);
         }
         self.advance();
         // Built only when returned (a Route built and dropped costs on every message).
         let unexpected = || Route { forward: true, unexpected: true, ..Route::default() };
         let Some(front) = self.queue.front_mut() else { return unexpected() };
-        // Only errors need more of the action than whether replies are forwarded (a probe's
-        // replacement): cloned for those alone.
-        let forward = front.action == Action::Forward;
+        let forward = front.reply == Reply::Forward;
         let kind = front.kind;
         if kind == Kind::Unknown && !matches!(self.mode, Mode::CopyIn { .. }) {
             // "invalid frontend message type": FATAL, then the server closes.
@@ -493,15 +572,13 @@ impl Pipeline {
                     }
                 }
                 be::ERROR_RESPONSE => {
-                    let action = front.action.clone();
                     self.copy_failed(code);
                     if extended {
-                        self.fail(&action, code)
+                        self.fail(code)
                     } else {
-                        if let Some(f) = self.queue.front_mut() {
-                            f.errored = true;
-                        }
-                        error_reply(&action, code)
+                        let Some(f) = self.queue.front_mut() else { return reply(true) };
+                        f.errored = true;
+                        error_reply(f.probe(), code)
                     }
                 }
                 _ => unexpected(),
@@ -564,7 +641,7 @@ impl Pipeline {
                 self.started = kind != Kind::Sync;
                 self.copy_out = false;
                 front.errored = true;
-                error_reply(&front.action, code)
+                error_reply(front.probe(), code)
             }
             (Kind::FunctionCall, be::FUNCTION_CALL_RESPONSE) if !self.started => {
                 self.started = true;
@@ -574,33 +651,33 @@ impl Pipeline {
                 let ok = !front.errored;
                 self.complete(forward, tag, ok)
             }
-            (k, be::ERROR_RESPONSE) if k.extended() => {
-                let action = front.action.clone();
-                self.fail(&action, code)
-            }
+            (k, be::ERROR_RESPONSE) if k.extended() => self.fail(code),
             _ => unexpected(),
         }
     }
 
     /// The reply that completes the front entry.
+    #[inline(never)]
     fn complete(&mut self, forward: bool, tag: u8, ok: bool) -> Route {
-        let mut route = Route { forward, ..Route::default() };
+        self.complete_inline(forward, tag, ok)
+    }
+
+    /// [`Pipeline::complete`], inlined where an extended batch's replies are routed (a call
+    /// per reply costs as much as the work).
+    #[inline(always)]
+    fn complete_inline(&mut self, forward: bool, tag: u8, ok: bool) -> Route {
+        let mut route = reply(forward);
         if tag == be::READY_FOR_QUERY {
             self.open = false;
         }
         if let Some(e) = self.queue.pop_front() {
-            if ok && matches!(tag, be::COMMAND_COMPLETE | be::READY_FOR_QUERY) {
-                route.completed_set = e.set;
-            }
             route.unnamed_parsed = e.unnamed;
-            if !e.effect.is_empty() {
-                // A simple query that raised an error ran none of it (its implicit
-                // transaction rolled back): its effects are undone.
-                if e.errored {
-                    self.undo.extend(e.effect);
-                } else {
-                    self.done.extend(e.effect);
-                }
+            if let Some(extra) = e.extra {
+                route.rare = self.settle(
+                    *extra,
+                    e.errored,
+                    ok && matches!(tag, be::COMMAND_COMPLETE | be::READY_FOR_QUERY),
+                );
             }
         }
         self.started = false;
@@ -609,14 +686,26 @@ impl Pipeline {
         route
     }
 
-    /// An error in an extended-protocol message: it ends, and the server skips to Sync.
-    fn fail(&mut self, action: &Action, code: &str) -> Route {
-        let route = error_reply(action, code);
-        if let Some(e) = self.queue.pop_front() {
-            if !e.effect.is_empty() {
-                self.undo.extend(e.effect);
-            }
+    /// What a completed message carried: its effects done (undone if it was a simple query
+    /// that raised an error: its implicit transaction rolled back, and it ran none of it),
+    /// and its SET, if it succeeded.
+    #[inline(never)]
+    fn settle(&mut self, extra: Extra, errored: bool, succeeded: bool) -> Option<Box<Rare>> {
+        if errored {
+            self.undo.extend(extra.effect);
+        } else {
+            self.done.extend(extra.effect);
         }
+        let completed_set = extra.set.filter(|_| succeeded)?;
+        Some(Box::new(Rare { replace: None, completed_set: Some(completed_set) }))
+    }
+
+    /// An error in an extended-protocol message at the front: it ends, and the server skips
+    /// to Sync.
+    fn fail(&mut self, code: &str) -> Route {
+        let Some(e) = self.queue.pop_front() else { return reply(true) };
+        let route = error_reply(e.probe(), code);
+        self.undo.extend(e.into_effects());
         self.started = false;
         self.copy_out = false;
         self.mode = Mode::Skip;

@@ -545,13 +545,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     fn stage(&mut self) {
         let Some(server) = self.server.as_mut() else { return };
         self.meter.query_started();
-        let conn = server.conn();
-        let search_path = self.vars.setting("search_path").unwrap_or_default();
+        let transaction = self.mode == PoolMode::Transaction;
+        // Built once for all the frames staged now.
+        let mut st = Stage {
+            out: &mut self.out,
+            pipeline: &mut self.pipeline,
+            statements: &mut self.statements,
+            conn: server.conn(),
+            search_path: self.vars.setting("search_path").unwrap_or_default(),
+            sets: &mut self.sets,
+            pinned: &mut self.pinned,
+            policy: self.policy,
+            meter: &mut self.meter,
+            session: self.id,
+            names_statement: false,
+        };
         let mut pos = 0;
-        while pos < self.c_scanned && self.out.len() < MAX_SERVER_BOUND {
+        while pos < self.c_scanned && st.out.len() < MAX_SERVER_BOUND {
             if self.stage_remaining > 0 {
                 let n = self.stage_remaining.min(self.c_scanned - pos);
-                self.out.extend_from_slice(&self.cbuf[pos..pos + n]);
+                st.out.extend_from_slice(&self.cbuf[pos..pos + n]);
                 pos += n;
                 self.stage_remaining -= n;
                 continue;
@@ -561,42 +574,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             let avail = self.c_scanned - pos;
             if avail < len {
                 // A large frame streaming through (never one that is read or rewritten).
-                self.pipeline.push(Kind::of(tag, None), Action::Forward);
-                self.out.extend_from_slice(&self.cbuf[pos..self.c_scanned]);
+                st.pipeline.push(Kind::of(tag, None), Action::Forward);
+                st.out.extend_from_slice(&self.cbuf[pos..self.c_scanned]);
                 self.stage_remaining = len - avail;
                 pos = self.c_scanned;
                 continue;
             }
             let frame = &self.cbuf[pos..pos + len];
-            let mut st = Stage {
-                out: &mut self.out,
-                pipeline: &mut self.pipeline,
-                statements: &mut self.statements,
-                conn: &mut *conn,
-                search_path,
-                sets: &mut self.sets,
-                pinned: &mut self.pinned,
-                policy: self.policy,
-                meter: &mut self.meter,
-                session: self.id,
-            };
-            let transaction = self.mode == PoolMode::Transaction;
-            if transaction {
+            let named = if transaction {
                 if !st.rewrite(tag, frame) {
                     // Waits for the server's verdict on an earlier message (see Lookup::Wait).
                     // The server holds its replies to extended messages until a Sync or Flush:
                     // when none of the client's lies between, a Flush (no reply) gets them.
-                    if self.pipeline.unflushed() {
-                        self.out.extend_from_slice(frontend::FLUSH_MESSAGE);
-                        self.pipeline.push(Kind::Flush, Action::Swallow);
+                    if st.pipeline.unflushed() {
+                        st.out.extend_from_slice(frontend::FLUSH_MESSAGE);
+                        st.pipeline.push(Kind::Flush, Action::Swallow);
                     }
                     break;
                 }
+                st.names_statement
             } else {
                 st.forward(tag, frame);
-            }
-            let named = frontend::names_statement(tag, frame);
-            self.meter.client_message(tag, named, !transaction);
+                frontend::names_statement(tag, frame)
+            };
+            st.meter.client_message(tag, named, !transaction);
             pos += len;
             if tag == fe::SYNC && self.progress.reset != ResetPhase::Done {
                 // The rest waits for the reset's verdict (see `settle`).

@@ -97,6 +97,9 @@ pub(super) struct Stage<'a> {
     pub(super) meter: &'a mut Meter,
     /// The client session's id (whose unnamed statement a server connection holds).
     pub(super) session: u64,
+    /// The frame [`Stage::rewrite`] staged last is a Parse or a Bind of a named statement
+    /// (for the meter: read here, not again from the frame).
+    pub(super) names_statement: bool,
 }
 
 impl Stage<'_> {
@@ -140,13 +143,18 @@ impl Stage<'_> {
             // Whatever could drop statements has completed (or was skipped).
             self.statements.lift_barrier();
         }
+        self.names_statement = false;
         match tag {
-            fe::PARSE => return self.parse(frame),
+            fe::PARSE => {
+                self.names_statement = frame.get(HEADER_LEN).is_some_and(|&b| b != 0);
+                return self.parse(frame);
+            }
             fe::BIND => {
                 let Some((portal, stmt, rest)) = bind_parts(frame) else {
                     self.forward(tag, frame);
                     return true;
                 };
+                self.names_statement = !stmt.is_empty();
                 // The portal is the client's only if its Bind reaches the server: a name a
                 // refused Bind gave may be another client's WITH HOLD cursor there.
                 if stmt.is_empty() {
@@ -386,9 +394,15 @@ impl Stage<'_> {
         declares: Box<[Box<[u8]>]>,
         may_declare: bool,
     ) -> bool {
-        let Some((name, prepared)) =
+        // Statements::prepare reads the name again; the unnamed statement (the common case)
+        // skips it, and the copies it would take.
+        let named = frame.get(HEADER_LEN).is_some_and(|&b| b != 0);
+        let prepared = if named {
             Statements::prepare(frame, self.search_path, set.clone(), declares.clone(), may_declare)
-        else {
+        } else {
+            None
+        };
+        let Some((name, prepared)) = prepared else {
             // An unnamed statement: remember whether it is a SET, and that the client parsed
             // one (see `unnamed_owned`).
             self.sets.unnamed = set.map(Box::new);

@@ -203,14 +203,14 @@ fn probes_replace_the_servers_error() {
     p.push(Kind::Sync, Action::Forward);
     let r = p.route(b'E', "26000");
     assert!(!r.forward);
-    assert_eq!(r.replace, Some(error));
+    assert_eq!(r.replace(), Some(&error));
     route(&mut p, b"Z");
     assert!(p.is_idle());
     // Another SQLSTATE (an aborted transaction) passes as the server sent it.
     p.push(Kind::Parse, Action::probe("42P05", Bytes::from_static(b"x")));
     p.push(Kind::Sync, Action::Forward);
     let r = p.route(b'E', "25P02");
-    assert!(r.forward && r.replace.is_none());
+    assert!(r.forward && r.replace().is_none());
 }
 
 #[test]
@@ -478,8 +478,20 @@ mod previous;
 /// One step of a session, as the relay drives the pipeline.
 #[derive(Clone, Debug)]
 enum Step {
-    Push { kind: usize, action: usize, effect: bool, set: bool },
-    Route { tag: u8, code: usize },
+    Push {
+        kind: usize,
+        action: usize,
+        effect: bool,
+        set: bool,
+    },
+    /// The client's Parse of the unnamed statement.
+    Unnamed,
+    /// Effects added to the message pushed last (a DECLARE's cursors).
+    Attach,
+    Route {
+        tag: u8,
+        code: usize,
+    },
 }
 
 /// Steps of the extended protocol and the replies its messages expect (and errors), so that
@@ -493,6 +505,8 @@ fn extended_step() -> impl Strategy<Value = Step> {
             .prop_map(|(kind, action, effect, set)| Step::Push { kind, action, effect, set }),
         (prop::sample::select(tags), prop_oneof![6 => Just(0usize), 1 => 1..3usize])
             .prop_map(|(tag, code)| Step::Route { tag, code }),
+        Just(Step::Unnamed),
+        Just(Step::Attach),
     ]
 }
 
@@ -504,6 +518,8 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(kind, action, effect, set)| Step::Push { kind, action, effect, set }),
         (prop_oneof![4 => prop::sample::select(tags), 1 => any::<u8>()], 0..4usize)
             .prop_map(|(tag, code)| Step::Route { tag, code }),
+        Just(Step::Unnamed),
+        Just(Step::Attach),
     ]
 }
 
@@ -570,18 +586,34 @@ fn agrees_with_the_previous_model(steps: &[Step]) -> Result<(), TestCaseError> {
                     new.push_effect(kind, action.clone(), effect.clone());
                     old.push_effect(kind, action, effect);
                 }
-                prop_assert_eq!(new.take_effects(), old.take_effects());
+                prop_assert_eq!(new.take_effects(), unmarked(old.take_effects()).0);
+            }
+            Step::Unnamed => {
+                // The previous model knew no unnamed Parse: there it is a Parse whose marker
+                // effect shows when it completes (done) or is skipped (undone).
+                new.push_unnamed_parse();
+                old.push_effect(Kind::Parse, Action::Forward, vec![unnamed_marker()]);
+                prop_assert_eq!(new.take_effects(), unmarked(old.take_effects()).0);
+            }
+            Step::Attach => {
+                let effect = vec![Effect::ClientPortal(vec![n as u8].into())];
+                new.attach_effects(effect.clone());
+                old.attach_effects(effect);
             }
             Step::Route { tag, code } => {
                 let r = new.route(tag, codes[code]);
                 let o = old.route(tag, codes[code]);
                 prop_assert_eq!(r.forward, o.forward, "step {}", n);
-                prop_assert_eq!(&r.replace, &o.replace);
+                prop_assert_eq!(r.replace(), o.replace.as_ref());
                 prop_assert_eq!(r.unexpected, o.unexpected);
-                prop_assert_eq!(r.completed_set.map(|s| *s), o.completed_set);
-                prop_assert_eq!(new.take_effects(), (o.undo, o.done));
+                let completed_set = r.rare.and_then(|rare| rare.completed_set);
+                prop_assert_eq!(completed_set.map(|s| *s), o.completed_set);
+                let (effects, parsed) = unmarked((o.undo, o.done));
+                prop_assert_eq!(r.unnamed_parsed, parsed, "step {}", n);
+                prop_assert_eq!(new.take_effects(), effects);
             }
         }
+        prop_assert_eq!(new.unnamed_pending(), old.has_marker());
         prop_assert_eq!(new.is_idle(), old.is_idle());
         prop_assert_eq!(new.owes_nothing(), old.owes_nothing());
         prop_assert_eq!(new.uncertain(), old.uncertain());
@@ -589,6 +621,19 @@ fn agrees_with_the_previous_model(steps: &[Step]) -> Result<(), TestCaseError> {
         prop_assert_eq!(new.copy_in(), old.copy_in());
     }
     Ok(())
+}
+
+/// What stands for the client's unnamed Parse in the previous model.
+fn unnamed_marker() -> Effect {
+    Effect::ClientParse(b"\0unnamed".to_vec().into())
+}
+
+/// Effects without the unnamed Parse's markers, and whether one completed (was done).
+fn unmarked((undo, done): (Vec<Effect>, Vec<Effect>)) -> ((Vec<Effect>, Vec<Effect>), bool) {
+    let marker = unnamed_marker();
+    let parsed = done.contains(&marker);
+    let keep = |e: &Effect| *e != marker;
+    ((undo.into_iter().filter(keep).collect(), done.into_iter().filter(keep).collect()), parsed)
 }
 
 #[test]

@@ -6,7 +6,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::*;
-use crate::client::pipeline::COPY_FAIL_CODE;
+use crate::client::pipeline::{Rare, COPY_FAIL_CODE};
 use crate::client::statements::own_refusal;
 use crate::client::vars::fingerprinted;
 use crate::metrics::ErrorSource;
@@ -56,6 +56,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                 break;
             }
             let seen = pos + len.min(avail);
+            // Most replies: the client's, none that pgtenant reads (ReadyForQuery,
+            // ParameterStatus, ErrorResponse and CommandComplete are read below), while nothing
+            // of pgtenant's own is owed (no setup, reset or resync): the reply model alone
+            // decides, as it would below.
+            if !matches!(
+                tag,
+                be::READY_FOR_QUERY | be::PARAMETER_STATUS | be::ERROR_RESPONSE | be::COMMAND_COMPLETE
+            ) && self.resync.is_none()
+                && !self.resync_swallowing
+                && self.progress.swallow_z == 0
+                && self.progress.reset == ResetPhase::Done
+            {
+                let (swallow, replace) = self.route_reply(tag, "");
+                let take = len.min(avail);
+                if swallow {
+                    self.write_client(from, pos).await?;
+                    if let Some(bytes) = replace {
+                        self.write_bytes(&bytes).await?;
+                    }
+                    from = pos + take;
+                }
+                pos += take;
+                self.s_remaining = len - take;
+                self.s_discard = swallow;
+                continue;
+            }
             if let Some(token) = self.resync.as_deref() {
                 if !self.resync_swallowing && tag == be::ROW_DESCRIPTION {
                     if !whole {
@@ -114,39 +140,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             // Replies to pgtenant's setup query are swallowed whole; everything else is routed
             // by the reply model.
             let mut replace = None;
-            let mut swallow = setup
-                || {
-                    let code = match &error {
-                        Some(e)
-                            if e.code == SqlState::QueryCanceled.code()
-                                && e.message.starts_with("COPY from stdin failed") =>
-                        {
-                            COPY_FAIL_CODE
-                        }
-                        Some(e) => e.code.as_str(),
-                        None => "",
-                    };
-                    let mut route = self.pipeline.route(tag, code);
-                    tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid()), tag = %(tag as char), forward = route.forward, "server message");
-                    self.sets.pending.extend(route.completed_set.take().map(|set| *set));
-                    if route.unnamed_parsed {
-                        // The server's unnamed statement is now this client's latest.
-                        if let Some(server) = self.server.as_mut() {
-                            let parse = self.statements.unnamed_parsed();
-                            server.conn().set_unnamed_owner(self.id, parse);
-                        }
+            let mut swallow = setup || {
+                let code = match &error {
+                    Some(e)
+                        if e.code == SqlState::QueryCanceled.code()
+                            && e.message.starts_with("COPY from stdin failed") =>
+                    {
+                        COPY_FAIL_CODE
                     }
-                    if self.pipeline.has_effects() {
-                        let (undo, done) = self.pipeline.take_effects();
-                        self.apply_effects(undo, done);
-                    }
-                    if (route.unexpected || self.pipeline.uncertain()) && !self.progress.desync {
-                        tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "lost track of the server's replies: the server connection stays with this client and will not be reused");
-                        self.progress.desync = true;
-                    }
-                    replace = route.replace;
-                    !route.forward
+                    Some(e) => e.code.as_str(),
+                    None => "",
                 };
+                let (swallow, bytes) = self.route_reply(tag, code);
+                replace = bytes;
+                swallow
+            };
             if let (false, true, Some(e)) = (swallow, whole, &error) {
                 // pgtenant's refusals are raised by a DO block (so they come where the refused
                 // statement's reply would): sent as pgtenant's own error, without its CONTEXT.
@@ -293,6 +301,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             self.setup_trusted = true;
         }
         Ok(())
+    }
+
+    /// Routes one server reply by the reply model, and settles what it completed: whether
+    /// the client does not get it (swallowed), and what it gets instead.
+    fn route_reply(&mut self, tag: u8, code: &str) -> (bool, Option<Bytes>) {
+        let route = self.pipeline.route(tag, code);
+        tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid()), tag = %(tag as char), forward = route.forward, "server message");
+        if route.unnamed_parsed {
+            // The server's unnamed statement is now this client's latest.
+            if let Some(server) = self.server.as_mut() {
+                let parse = self.statements.unnamed_parsed();
+                server.conn().set_unnamed_owner(self.id, parse);
+            }
+        }
+        if self.pipeline.has_effects() {
+            let (undo, done) = self.pipeline.take_effects();
+            self.apply_effects(undo, done);
+        }
+        if (route.unexpected || self.pipeline.uncertain()) && !self.progress.desync {
+            tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "lost track of the server's replies: the server connection stays with this client and will not be reused");
+            self.progress.desync = true;
+        }
+        let mut replace = None;
+        if let Some(rare) = route.rare {
+            let Rare { replace: bytes, completed_set } = *rare;
+            self.sets.pending.extend(completed_set.map(|set| *set));
+            replace = bytes;
+        }
+        (!route.forward, replace)
     }
 
     /// Checks one server message that arrives while DISCARD ALL's replies are due: the next

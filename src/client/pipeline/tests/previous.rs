@@ -139,6 +139,14 @@ impl Pipeline {
         self.push_full(kind, Action::Forward, Vec::new(), set);
     }
 
+    /// Adds effects to the message recorded last (added to this oracle with the current
+    /// model's method of the same name; it changes nothing else).
+    pub fn attach_effects(&mut self, effects: Vec<Effect>) {
+        if let Some(back) = self.queue.back_mut() {
+            back.effect.extend(effects);
+        }
+    }
+
     fn push_full(&mut self, kind: Kind, action: Action, effect: Vec<Effect>, set: Option<SetCmd>) {
         // Consecutive copy data count as one: only its position between other messages matters.
         if kind == Kind::CopyData && self.queue.back().is_some_and(|b| b.kind == Kind::CopyData) {
@@ -149,6 +157,12 @@ impl Pipeline {
         }
         self.queue.push_back(Entry { kind, action, effect, set, errored: false });
         self.advance();
+    }
+
+    /// Whether a message carrying the test's unnamed-Parse marker is queued.
+    pub fn has_marker(&self) -> bool {
+        let marker = super::unnamed_marker();
+        self.queue.iter().any(|e| e.effect.contains(&marker))
     }
 
     /// Effects to undo of entries skipped since the last route (the relay collects them after
