@@ -40,8 +40,10 @@ impl State {
     }
 
     /// A permit comes back: to the next waiter (round-robin) or to the free ones.
+    #[inline]
     fn give_back(&mut self) {
-        if self.available < 0 || !self.wake_one() {
+        // Nobody waits, as a rule: no call to look for a waiter.
+        if self.available < 0 || self.order.is_empty() || !self.wake_one() {
             self.available += 1;
         }
     }

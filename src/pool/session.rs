@@ -106,8 +106,10 @@ const IDLE_RESET: &str = "RESET idle_session_timeout";
 
 /// Whether `conn` carries a client's value of one of [`IDLE_SETTINGS`], so it must be reset
 /// before it goes back to the pool.
+#[inline]
 pub fn acts_while_idle(conn: &ServerConn) -> bool {
-    IDLE_SETTINGS.iter().any(|s| conn.var(s).is_some_and(|v| v.trim() != "0"))
+    // Looked up only on a connection where one was ever set (see `ServerConn::idle_setting`).
+    conn.idle_setting && IDLE_SETTINGS.iter().any(|s| conn.var(s).is_some_and(|v| v.trim() != "0"))
 }
 
 /// [`retire`], cancelling first what still runs on a connection that is not idle, so it
@@ -198,6 +200,7 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
         frontend::unsynced(out, CROSS_TENANT_RESET);
     }
     conn.vars = params.to_vec();
+    conn.idle_setting |= super::server::names_idle_setting(&conn.vars);
     conn.vars_fingerprint = 0;
     conn.prepared.clear();
     // The reset's own unnamed statement replaces, then closes, any client's.

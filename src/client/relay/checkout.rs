@@ -15,7 +15,6 @@ use super::scan::ClientScan;
 use super::{
     buffers, shutting_down, timed_out, Event, Exit, ResetPhase, Session, Signals, MAX_CLIENT_BUFFERED,
 };
-use crate::cancel::CancelTarget;
 use crate::client::meter::Meter;
 use crate::console::live::{Signal, SignalReader, CLIENT_READ, FORCE, KICK};
 use crate::pool::session::{acts_while_idle, hand_over, needs_reset, queue_reset, retire, Retire};
@@ -101,7 +100,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let conn = co.conn();
         let (addr, pid, secret) = conn.cancel_key();
-        self.key.set_target(Some(CancelTarget { addr: addr.clone(), pid, secret }));
+        self.key.attach(addr, pid, secret);
         hand_over(conn, self.id, &self.tenant.id, &self.tenant.session_vars);
         if let Some(sql) = self.vars.sync_query(conn, &self.pool_params) {
             // The setup goes out in the same write as the client's first message.
@@ -218,7 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // hold and the pool's lifetime check.
         let now = self.meter.now();
         self.meter.released_at(now);
-        self.key.set_target(None);
+        self.key.detach();
         let cancel = self.key.cancel_in_flight();
         let reset = co.conn_ref().is_dirty().then(|| self.proxy.config().pool.reset_query.clone());
         if reset.is_some() {
