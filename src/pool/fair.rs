@@ -222,6 +222,20 @@ impl<T> FairSemaphore<T> {
         self.lock().guard.st.take_free().then(|| FairPermit::new(self))
     }
 
+    /// A free permit (nobody queues for it), and `then` run on the guarded value under the
+    /// lock that took it; None, having run nothing, when none is free.
+    pub fn try_acquire_with<R>(
+        self: &Arc<Self>,
+        then: impl FnOnce(&mut Locked<'_, T>) -> R,
+    ) -> Option<(FairPermit<T>, R)> {
+        let mut locked = self.lock();
+        if !locked.guard.st.take_free() {
+            return None;
+        }
+        let r = then(&mut locked);
+        Some((FairPermit::new(self), r))
+    }
+
     /// Waits for a permit until `deadline`, queued behind this tenant's earlier waiters.
     pub async fn acquire(self: &Arc<Self>, tenant: &TenantId, deadline: Instant) -> Option<FairPermit<T>> {
         self.acquire_with(tenant, || deadline, |_, _| ()).await.map(|(p, ())| p)

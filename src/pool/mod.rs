@@ -619,6 +619,37 @@ impl PoolManager {
         self.checkout_at(pool, tenant, cap, Instant::now()).await
     }
 
+    /// [`PoolManager::checkout_at`]'s common case, without a future: the tenant is not
+    /// paused, its cap and the pool have a free permit, and an idle connection is clean (as
+    /// the waiting way picks it, at `now`). None, with nothing taken, otherwise: the caller
+    /// takes the waiting way (which opens a connection when none is idle).
+    pub fn checkout_now(
+        &self,
+        pool: &Arc<Pool>,
+        tenant: &Tenant,
+        cap: &mut TenantCap,
+        now: Instant,
+    ) -> Option<Checkout> {
+        if self.pauses.is_paused(&tenant.id) {
+            return None;
+        }
+        let cap = cap.0.get_or_insert_with(|| self.tenant_cap(tenant));
+        let tenant_permit = cap.try_acquire()?;
+        let lifetime_ns = pool.settings.max_lifetime_ns();
+        let (permit, mut next) =
+            pool.checkout.try_acquire_with(|idle| pick_idle(idle, Some(&tenant.id), lifetime_ns, now))?;
+        while let Some(conn) = next {
+            // As in `checkout_for`: a connection that died while idle is never handed out.
+            if conn.is_clean() {
+                return Some(Checkout { conn, permit, _tenant_permit: tenant_permit, taken: now });
+            }
+            tracing::debug!(pool = %pool.key.addr, "dropping a stale idle connection");
+            next = pool.take_idle(Some(&tenant.id), lifetime_ns);
+        }
+        // None idle: opening one may wait. The permits go back (to a waiter, if one came).
+        None
+    }
+
     /// [`PoolManager::checkout`] asked for at `asked` (the clock already read): a checkout
     /// that does not wait reads it no more. (Not an `async fn`: its state would hold the
     /// arguments a second time, in every client's task.)

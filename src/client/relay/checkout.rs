@@ -18,6 +18,7 @@ use super::{
 use crate::client::meter::Meter;
 use crate::console::live::{Signal, SignalReader, CLIENT_READ, FORCE, KICK};
 use crate::pool::session::{acts_while_idle, hand_over, needs_reset, queue_reset, retire, Retire};
+use crate::pool::Checkout;
 use crate::protocol::backend::txn;
 use crate::protocol::{frontend, PgError};
 
@@ -25,6 +26,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn attach(&mut self) -> Result<(), Exit> {
         // The turn's clock as the checkout starts: read again only after a wait here.
         let asked = self.meter.now();
+        // The common case (a free connection) takes no future, watches nothing.
+        if let Some(co) = self.proxy.pools.checkout_now(&self.pool, &self.tenant, &mut self.tenant_cap, asked)
+        {
+            self.meter.checked_out(Some((asked, co.taken())));
+            self.hand_to_session(co);
+            return Ok(());
+        }
+        // Otherwise it may wait: a pause, a full pool, a connection to open.
         let mut start = asked;
         if self.proxy.pools.pauses.is_paused(&self.tenant.id) {
             self.meter.waiting();
@@ -84,7 +93,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         self.meter.checked_out(checkout.as_ref().ok().map(|co| (asked, co.taken())));
-        let mut co = checkout.map_err(|e| Exit::Error(PgError::report(&e)))?;
+        let co = checkout.map_err(|e| Exit::Error(PgError::report(&e)))?;
+        self.hand_to_session(co);
+        Ok(())
+    }
+
+    /// Makes `co` the session's server connection: any cross-tenant reset and the session's
+    /// setup queued in front of the client's first message.
+    fn hand_to_session(&mut self, mut co: Checkout) {
         // The server's two buffers, in one visit to the spare list.
         buffers::take_all([&mut self.out, &mut self.sbuf]);
         if needs_reset(co.conn_ref(), &self.tenant.id) {
@@ -112,7 +128,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // No read of this connection is registered by this session yet.
         self.progress.server_armed = false;
         self.server = Some(co);
-        Ok(())
     }
 
     /// Waits while the tenant is paused (console PAUSE, or the HTTP API's), noticing what
