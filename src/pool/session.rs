@@ -184,7 +184,10 @@ pub fn hand_over(conn: &mut ServerConn, client: u64, tenant: &TenantId, tenant_v
         conn.vars_fingerprint = 0;
     }
     conn.last_client = client;
-    conn.tenant = Some(tenant.clone());
+    // The tenant's own connection, as a rule (the idle pick prefers it): nothing to replace.
+    if conn.tenant.as_ref() != Some(tenant) {
+        conn.tenant = Some(tenant.clone());
+    }
 }
 
 /// Queues the reset and records the connection as the reset leaves it (its reportable
