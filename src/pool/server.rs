@@ -141,18 +141,25 @@ pub struct ServerConn {
     pub(super) _permits: Vec<OwnedSemaphorePermit>,
     /// Its entry in the pool's listing (SHOW SERVERS) while it lives.
     pub(super) listed: Option<super::listing::Listed>,
-    /// Whether `vars` may name one of [`super::session::IDLE_SETTINGS`]: set wherever a
+    /// Whether `vars` may name one of [`IDLE_SETTINGS`]: set wherever a
     /// setting enters `vars` by that name (never cleared by a filter: an over-estimate), so a
     /// release looks them up only when one was ever set.
     pub(super) idle_setting: bool,
 }
 
-/// Whether `name` is one of [`super::session::IDLE_SETTINGS`].
+/// Settings that act on a server connection while it sits idle in the pool, where they are
+/// no client's: `idle_session_timeout` would make the backend end itself there (and the next
+/// client would get a dead connection). A client's value still follows it (applied at
+/// checkout like any SET); the connection goes back to the pool only without it (see
+/// `pool::session::retire`).
+pub const IDLE_SETTINGS: [&str; 1] = ["idle_session_timeout"];
+
+/// Whether `name` is one of [`IDLE_SETTINGS`].
 pub(super) fn is_idle_setting(name: &str) -> bool {
-    super::session::IDLE_SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(name))
+    IDLE_SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(name))
 }
 
-/// Whether `vars` name one of [`super::session::IDLE_SETTINGS`].
+/// Whether `vars` name one of [`IDLE_SETTINGS`].
 pub(super) fn names_idle_setting(vars: &[(String, String)]) -> bool {
     vars.iter().any(|(k, _)| is_idle_setting(k))
 }
