@@ -12,7 +12,7 @@
 //! on the same socket: cancels for the old instance's clients arrive at the new one, which
 //! passes them down the handover link (never back to the shared address, which would loop).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -51,9 +51,31 @@ struct Slot {
     /// The first `secret_len` bytes are the key's secret.
     secret: [u8; LONG_SECRET],
     secret_len: usize,
-    target: Mutex<Option<CancelTarget>>,
+    /// The upstream of the backend the client last attached to (written by its session when
+    /// it changes: a session stays on one pool, so once as a rule).
+    addr: Mutex<Option<UpstreamAddr>>,
+    /// The attached backend's process id (high half) and secret (low half), valid while
+    /// `attached`: an attach and a release per transaction are two stores, no lock.
+    backend: AtomicU64,
+    attached: AtomicBool,
     /// Cancels being forwarded right now for this client.
     in_flight: AtomicUsize,
+}
+
+impl Slot {
+    /// The backend the client is attached to now. Read after `in_flight` was raised (see
+    /// [`CancelRegistry::cancel_here`]), with sequentially consistent loads: a release that
+    /// clears `attached` and then finds no cancel in flight is never missed by both sides.
+    fn target(&self) -> Option<CancelTarget> {
+        if !self.attached.load(Ordering::SeqCst) {
+            return None;
+        }
+        let backend = self.backend.load(Ordering::SeqCst);
+        let addr = self.addr.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        // The two halves of `backend`, as `ClientKey::attach` packed them.
+        let (pid, secret) = ((backend >> 32) as u32 as i32, backend as u32 as i32);
+        Some(CancelTarget { addr, pid, secret })
+    }
 }
 
 /// All live client keys.
@@ -73,6 +95,8 @@ pub struct ClientKey {
     registry: Arc<CancelRegistry>,
     slot: Arc<Slot>,
     pub pid: i32,
+    /// The upstream last written to the slot (so an attach to the same one writes none).
+    addr: Option<UpstreamAddr>,
 }
 
 impl ClientKey {
@@ -81,19 +105,33 @@ impl ClientKey {
         &self.slot.secret[..self.slot.secret_len]
     }
 
-    /// Records (or clears) the upstream backend this client is using.
-    pub fn set_target(&self, target: Option<CancelTarget>) {
-        *self.slot.target.lock().unwrap_or_else(|e| e.into_inner()) = target;
+    /// Records the upstream backend this client is using now (`addr`, its process id and
+    /// secret): without a lock unless the upstream changed.
+    pub fn attach(&mut self, addr: &UpstreamAddr, pid: i32, secret: i32) {
+        if !self.addr.as_ref().is_some_and(|a| a.is(addr)) {
+            *self.slot.addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr.clone());
+            self.addr = Some(addr.clone());
+        }
+        // Packed as `Slot::target` unpacks them.
+        let backend = (u64::from(pid as u32) << 32) | u64::from(secret as u32);
+        self.slot.backend.store(backend, Ordering::SeqCst);
+        self.slot.attached.store(true, Ordering::SeqCst);
+    }
+
+    /// The client holds no server connection any more: a cancel for it does nothing. Check
+    /// [`ClientKey::cancel_in_flight`] after this, before the connection is reused.
+    pub fn detach(&self) {
+        self.slot.attached.store(false, Ordering::SeqCst);
     }
 
     /// Whether a cancel for this client is being forwarded: its server connection must not
     /// be reused meanwhile, or the cancel could hit the next client's query.
     pub fn cancel_in_flight(&self) -> bool {
-        self.slot.in_flight.load(Ordering::Acquire) > 0
+        self.slot.in_flight.load(Ordering::SeqCst) > 0
     }
 
     pub fn target(&self) -> Option<CancelTarget> {
-        self.slot.target.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.slot.target()
     }
 }
 
@@ -137,12 +175,14 @@ impl CancelRegistry {
             let slot = Arc::new(Slot {
                 secret: rand::random(),
                 secret_len: if long { LONG_SECRET } else { SHORT_SECRET },
-                target: Mutex::new(None),
+                addr: Mutex::new(None),
+                backend: AtomicU64::new(0),
+                attached: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
             });
             if let dashmap::Entry::Vacant(v) = self.slots.entry(pid) {
                 v.insert(slot.clone());
-                return ClientKey { registry: self.clone(), slot, pid };
+                return ClientKey { registry: self.clone(), slot, pid, addr: None };
             }
         }
     }
@@ -150,9 +190,7 @@ impl CancelRegistry {
     /// The upstream to cancel for a CancelRequest, if the key matches a client that is
     /// attached to a server connection. A wrong secret is ignored, as Postgres does.
     pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<CancelTarget> {
-        let slot = self.slot(pid, secret)?;
-        let target = slot.target.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        target
+        self.slot(pid, secret)?.target()
     }
 
     fn slot(&self, pid: i32, secret: &[u8]) -> Option<Arc<Slot>> {
@@ -225,14 +263,13 @@ impl CancelRegistry {
     async fn cancel_here(&self, pid: i32, secret: &[u8]) {
         let Some(slot) = self.slot(pid, secret) else { return };
         // Counted before the target is read, so a release racing with this sees it.
-        slot.in_flight.fetch_add(1, Ordering::AcqRel);
-        let target = slot.target.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(t) = target {
+        slot.in_flight.fetch_add(1, Ordering::SeqCst);
+        if let Some(t) = slot.target() {
             if let Err(e) = cancel_backend(&t.addr, t.pid, t.secret).await {
                 tracing::warn!(upstream = %t.addr, error = %e, "forwarding a cancel request failed");
             }
         }
-        slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+        slot.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -267,13 +304,21 @@ mod tests {
     #[test]
     fn keys_map_to_targets_and_vanish_on_drop() {
         let reg = CancelRegistry::new();
-        let key = reg.register(false);
+        let mut key = reg.register(false);
         assert!(key.pid > 0);
         let secret = key.secret().to_vec();
         assert_eq!(secret.len(), SHORT_SECRET);
         assert_eq!(reg.lookup(key.pid, &secret), None, "no server attached: no-op");
         let t = CancelTarget { addr: UpstreamAddr::new("127.0.0.1", 5432), pid: 42, secret: 7 };
-        key.set_target(Some(t.clone()));
+        key.attach(&t.addr, t.pid, t.secret);
+        assert_eq!(reg.lookup(key.pid, &secret), Some(t.clone()));
+        // Negative halves come back as they went in; a detached key names no backend.
+        let other = CancelTarget { addr: UpstreamAddr::new("/tmp", 5433), pid: -5, secret: i32::MIN };
+        key.attach(&other.addr, other.pid, other.secret);
+        assert_eq!(reg.lookup(key.pid, &secret), Some(other));
+        key.detach();
+        assert_eq!(reg.lookup(key.pid, &secret), None, "detached: no-op");
+        key.attach(&t.addr, t.pid, t.secret);
         assert_eq!(reg.lookup(key.pid, &secret), Some(t));
         let mut wrong = secret.clone();
         wrong[3] = wrong[3].wrapping_add(1);
@@ -286,9 +331,9 @@ mod tests {
     #[test]
     fn long_keys_need_the_whole_secret() {
         let reg = CancelRegistry::new();
-        let key = reg.register(true);
+        let mut key = reg.register(true);
         let t = CancelTarget { addr: UpstreamAddr::new("127.0.0.1", 5432), pid: 42, secret: 7 };
-        key.set_target(Some(t.clone()));
+        key.attach(&t.addr, t.pid, t.secret);
         assert_eq!(key.secret().len(), LONG_SECRET);
         assert_eq!(reg.lookup(key.pid, key.secret()), Some(t));
         assert_eq!(

@@ -261,6 +261,30 @@ impl UpstreamAddr {
         }
     }
 
+    /// Whether `other` is a clone of this address (its text in the same allocations): a few
+    /// pointer comparisons, where `==` compares the text. False for an equal address made
+    /// separately.
+    pub fn is(&self, other: &UpstreamAddr) -> bool {
+        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b);
+        match (self, other) {
+            (
+                UpstreamAddr::Tcp { host: h1, port: p1, tls: t1 },
+                UpstreamAddr::Tcp { host: h2, port: p2, tls: t2 },
+            ) => {
+                let certs = match (&t1.root_cert, &t2.root_cert) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => same(a, b),
+                    _ => false,
+                };
+                same(h1, h2) && p1 == p2 && t1.mode == t2.mode && certs
+            }
+            (UpstreamAddr::Unix { dir: d1, port: p1 }, UpstreamAddr::Unix { dir: d2, port: p2 }) => {
+                same(d1, d2) && p1 == p2
+            }
+            _ => false,
+        }
+    }
+
     /// `<dir>/.s.PGSQL.<port>`, the socket file Postgres creates.
     pub fn socket_path(dir: &str, port: u16) -> PathBuf {
         PathBuf::from(format!("{dir}/.s.PGSQL.{port}"))
@@ -410,5 +434,23 @@ mod tests {
         let h = std::collections::hash_map::RandomState::new();
         assert_eq!(h.hash_one(&a), h.hash_one(&copy));
         assert_eq!(h.hash_one(&a), h.hash_one("acme"), "hashed as its text, as derived");
+    }
+
+    /// `is` holds for clones only: an equal address made apart, another port or TLS mode, or
+    /// the other kind of socket is not it.
+    #[test]
+    fn an_upstream_address_is_only_its_clones() {
+        use super::{SslMode, UpstreamAddr, UpstreamTls};
+        let a = UpstreamAddr::new("db1", 5432);
+        assert!(a.is(&a.clone()));
+        let made_apart = UpstreamAddr::new("db1", 5432);
+        assert!(a == made_apart && !a.is(&made_apart));
+        let UpstreamAddr::Tcp { host, .. } = &a else { panic!("tcp") };
+        let other_port = UpstreamAddr::Tcp { host: host.clone(), port: 5433, tls: UpstreamTls::default() };
+        assert!(!a.is(&other_port));
+        let tls = UpstreamTls { mode: SslMode::Require, root_cert: None };
+        assert!(!a.is(&UpstreamAddr::Tcp { host: host.clone(), port: 5432, tls }));
+        let unix = UpstreamAddr::new("/tmp", 5432);
+        assert!(unix.is(&unix.clone()) && !unix.is(&a) && !a.is(&unix));
     }
 }

@@ -671,7 +671,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         }
         let idle = !matches!(exit, Exit::Panicked) && self.server_idle();
         if let Some(co) = self.server.take() {
-            self.key.set_target(None);
+            self.key.detach();
             match exit {
                 Exit::ServerLost | Exit::SetupFailed(_) => drop(co),
                 _ => {

@@ -4,7 +4,7 @@
 //! reach the session.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Waker;
 use std::time::{Duration, Instant, SystemTime};
@@ -60,8 +60,12 @@ pub struct Signal {
     /// The tenant's kick generation when the session was admitted: a tenant's kick reaches
     /// the sessions admitted before it only.
     admitted: u64,
-    /// The session task's waker (set by [`SignalReader`] when it changes, not per poll).
-    task: Mutex<Option<Waker>>,
+    /// The session task's first waker (set by [`SignalReader`]): a task's waker stays the
+    /// same as a rule, so a raise wakes it with two loads and no lock.
+    first: OnceLock<Waker>,
+    /// Whether the task's waker is another than `first` now: `other` holds it then.
+    use_other: AtomicBool,
+    other: Mutex<Option<Waker>>,
 }
 
 impl std::fmt::Debug for Signal {
@@ -72,16 +76,28 @@ impl std::fmt::Debug for Signal {
 
 impl Signal {
     pub fn new(admitted: u64) -> Arc<Signal> {
-        Arc::new(Signal { raised: AtomicU8::new(0), admitted, task: Mutex::new(None) })
+        Arc::new(Signal {
+            raised: AtomicU8::new(0),
+            admitted,
+            first: OnceLock::new(),
+            use_other: AtomicBool::new(false),
+            other: Mutex::new(None),
+        })
     }
 
     /// Raises `bits` and wakes the session if that raised any it did not have.
     pub fn raise(&self, bits: u8) {
-        let before = self.raised.fetch_or(bits, Ordering::AcqRel);
+        let before = self.raised.fetch_or(bits, Ordering::SeqCst);
         if before | bits != before {
-            // Taken after the bits are set: a reader that registered its waker before its
-            // load of the bits is found here, one that registers later sees the bits.
-            if let Some(w) = self.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            // Read after the bits are set (all four accesses sequentially consistent, as the
+            // reader's in `SignalReader::set_task` and its loads of the bits): a reader that
+            // chose its waker before its load of the bits is found here, one that chooses
+            // later sees the bits.
+            if !self.use_other.load(Ordering::SeqCst) {
+                if let Some(w) = self.first.get() {
+                    w.wake_by_ref();
+                }
+            } else if let Some(w) = self.other.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
                 w.wake_by_ref();
             }
         }
@@ -95,8 +111,8 @@ impl Signal {
     #[inline]
     pub fn take(&self, bit: u8) -> bool {
         // A load first: clear (the common case), no read-modify-write.
-        self.raised.load(Ordering::Acquire) & bit != 0
-            && self.raised.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+        self.raised.load(Ordering::SeqCst) & bit != 0
+            && self.raised.fetch_and(!bit, Ordering::SeqCst) & bit != 0
     }
 }
 
@@ -152,7 +168,7 @@ impl SignalReader {
         if !self.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
             self.set_task(cx.waker());
         }
-        let fresh = self.shared.raised.load(Ordering::Acquire) & mask & !self.reported;
+        let fresh = self.shared.raised.load(Ordering::SeqCst) & mask & !self.reported;
         if fresh == 0 {
             return None;
         }
@@ -166,7 +182,13 @@ impl SignalReader {
     #[inline(never)]
     fn set_task(&mut self, waker: &Waker) {
         let w = waker.clone();
-        *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
+        let shared = &self.shared;
+        if shared.first.get_or_init(|| w.clone()).will_wake(&w) {
+            shared.use_other.store(false, Ordering::SeqCst);
+        } else {
+            *shared.other.lock().unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
+            shared.use_other.store(true, Ordering::SeqCst);
+        }
         self.task = Some(w);
     }
 
@@ -274,6 +296,39 @@ mod tests {
         // A second reader of the same signal sees every bit itself.
         let mut other = SignalReader::new(signal);
         assert_eq!(other.poll(&mut cx, FORCE), Some(FORCE));
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(AtomicU64);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A raise wakes the waker the reader saw last, whether it is the task's first one
+    /// (no lock) or another (the locked slot), and back again.
+    #[test]
+    fn a_raise_wakes_the_readers_current_waker() {
+        let signal = Signal::new(0);
+        let mut r = SignalReader::new(signal.clone());
+        let (a, b) = (Arc::new(Count(AtomicU64::new(0))), Arc::new(Count(AtomicU64::new(0))));
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let woken = || (a.0.load(Ordering::SeqCst), b.0.load(Ordering::SeqCst));
+        assert_eq!(r.poll(&mut Context::from_waker(&wa), FORCE), None);
+        signal.raise(CLIENT_READ);
+        assert_eq!(woken(), (1, 0));
+        assert!(signal.take(CLIENT_READ));
+        assert_eq!(r.poll(&mut Context::from_waker(&wb), FORCE), None);
+        signal.raise(CLIENT_READ);
+        assert_eq!(woken(), (1, 1), "the second waker, not the first");
+        assert!(signal.take(CLIENT_READ));
+        assert_eq!(r.poll(&mut Context::from_waker(&wa), FORCE), None);
+        signal.raise(SERVER_READ);
+        // Raised already: no second wake-up.
+        signal.raise(SERVER_READ);
+        assert_eq!(woken(), (2, 1), "back to the first");
     }
 
     #[tokio::test]

@@ -40,8 +40,10 @@ impl State {
     }
 
     /// A permit comes back: to the next waiter (round-robin) or to the free ones.
+    #[inline]
     fn give_back(&mut self) {
-        if self.available < 0 || !self.wake_one() {
+        // Nobody waits, as a rule: no call to look for a waiter.
+        if self.available < 0 || self.order.is_empty() || !self.wake_one() {
             self.available += 1;
         }
     }
@@ -218,6 +220,20 @@ impl<T> FairSemaphore<T> {
 
     pub fn try_acquire(self: &Arc<Self>) -> Option<FairPermit<T>> {
         self.lock().guard.st.take_free().then(|| FairPermit::new(self))
+    }
+
+    /// A free permit (nobody queues for it), and `then` run on the guarded value under the
+    /// lock that took it; None, having run nothing, when none is free.
+    pub fn try_acquire_with<R>(
+        self: &Arc<Self>,
+        then: impl FnOnce(&mut Locked<'_, T>) -> R,
+    ) -> Option<(FairPermit<T>, R)> {
+        let mut locked = self.lock();
+        if !locked.guard.st.take_free() {
+            return None;
+        }
+        let r = then(&mut locked);
+        Some((FairPermit::new(self), r))
     }
 
     /// Waits for a permit until `deadline`, queued behind this tenant's earlier waiters.

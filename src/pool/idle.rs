@@ -2,7 +2,7 @@
 //! [`super::fair`]), taken by preference for the tenant that used them last, and closed
 //! rather than kept when they belong to an old login or exceed the pool's size.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::fair::Locked;
 use super::ServerConn;
@@ -41,11 +41,12 @@ pub(super) fn push_idle(idle: &mut Locked<'_, Idle>, conn: Box<ServerConn>) {
 
 /// An idle connection, preferring one last set up for `tenant`, then one that needs no
 /// reset (no tenant's session on it), else the most recently used (which then gets the
-/// cross-tenant reset); connections past their lifetime (at `now`) are closed on the way.
+/// cross-tenant reset); connections past their lifetime (`lifetime_ns`, the pool's
+/// `max_lifetime`, at `now`) are closed on the way.
 pub(super) fn pick_idle(
     idle: &mut Idle,
     tenant: Option<&TenantId>,
-    max_lifetime: Duration,
+    lifetime_ns: u64,
     now: Instant,
 ) -> Option<Box<ServerConn>> {
     loop {
@@ -53,9 +54,9 @@ pub(super) fn pick_idle(
             .and_then(|t| idle.iter().rposition(|c| c.tenant.as_ref() == Some(t)))
             .or_else(|| idle.iter().rposition(|c| c.tenant.is_none() && !c.dirty))
             .or_else(|| idle.len().checked_sub(1))?;
-        let conn = idle.remove(pick);
+        let mut conn = idle.remove(pick);
         // Past its lifetime: closed here (the reaper catches the ones never picked).
-        if now.saturating_duration_since(conn.created) < max_lifetime {
+        if conn.live_at(lifetime_ns, now) {
             return Some(conn);
         }
     }

@@ -12,6 +12,7 @@
 //! `max_connections` ([`crate::leases`]): each cap here is this instance's share, resized
 //! when the shares change ([`PoolManager::follow_shares`]).
 
+mod cap;
 mod capacity;
 mod error;
 mod fair;
@@ -23,7 +24,8 @@ pub mod session;
 mod settings;
 mod stream;
 
-use capacity::{resize, Capacity};
+use cap::{CapPermit, CapSemaphore};
+use capacity::Capacity;
 pub use error::{CheckoutError, PoolError};
 use fair::Locked;
 pub use fair::{FairPermit, FairSemaphore};
@@ -40,7 +42,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::catalog::{Catalog, Change, Tenant};
 use crate::config::PoolDefaults;
@@ -230,8 +231,8 @@ impl Pool {
     }
 
     /// An idle connection (see [`pick_idle`]).
-    fn take_idle(&self, tenant: Option<&TenantId>, max_lifetime: Duration) -> Option<Box<ServerConn>> {
-        pick_idle(&mut self.lock_idle(), tenant, max_lifetime, Instant::now())
+    fn take_idle(&self, tenant: Option<&TenantId>, lifetime_ns: u64) -> Option<Box<ServerConn>> {
+        pick_idle(&mut self.lock_idle(), tenant, lifetime_ns, Instant::now())
     }
 
     /// Opens a connection within the upstream and global caps, waiting (and evicting idle
@@ -307,9 +308,9 @@ pub struct Checkout {
     /// Boxed: the connection is large, and a checkout moves between the pool and a session
     /// several times per transaction.
     conn: Box<ServerConn>,
-    pool: Arc<Pool>,
+    /// Its pool's permit (which keeps the pool's idle list alive: the pool itself is not held).
     permit: FairPermit<Idle>,
-    _tenant_permit: OwnedSemaphorePermit,
+    _tenant_permit: CapPermit,
     /// When the checkout got the connection.
     taken: Instant,
 }
@@ -321,10 +322,6 @@ impl Checkout {
 
     pub fn conn_ref(&self) -> &ServerConn {
         &self.conn
-    }
-
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
     }
 
     /// When the checkout got the connection (the end of any wait for it).
@@ -340,7 +337,8 @@ impl Checkout {
     /// [`Checkout::release`] with the clock already read (`now`).
     pub fn release_at(self, now: Instant) {
         let Checkout { mut conn, permit, _tenant_permit, .. } = self;
-        if now.saturating_duration_since(conn.created) < conn.max_lifetime {
+        // Against the lifetime in force at its checkout, worked out then: no subtraction.
+        if conn.expires.is_none_or(|at| now < at) {
             conn.idle_since = now;
             // Pushed under the lock that hands the permit on, so a waiter woken by it finds
             // the connection.
@@ -353,7 +351,7 @@ impl Checkout {
 /// checkout and kept (a tenant's cap is resized in place, never replaced), so later
 /// checkouts skip the map.
 #[derive(Default)]
-pub struct TenantCap(Option<Arc<Semaphore>>);
+pub struct TenantCap(Option<Arc<CapSemaphore>>);
 
 /// All pools, created on first use, keyed by upstream login, and the caps they share.
 pub struct PoolManager {
@@ -361,7 +359,7 @@ pub struct PoolManager {
     upstreams: DashMap<Arc<str>, Arc<Capacity>>,
     global: Arc<Capacity>,
     /// Server connections each tenant holds, across pools.
-    tenant_caps: DashMap<TenantId, Arc<Semaphore>>,
+    tenant_caps: DashMap<TenantId, Arc<CapSemaphore>>,
     /// The cap each of `tenant_caps` was made for (so a changed cap can be applied): the
     /// tenant's `max_server_connections`, whether it holds for the whole service (set
     /// explicitly), and the semaphore's size now.
@@ -485,7 +483,7 @@ impl PoolManager {
         drop(size);
         if have.size != want.size {
             tracing::info!(tenant = %id, from = have.size, to = want.size, cap = want.cap, shared = want.shared, "max_server_connections changed");
-            resize(&sem, have.size, want.size);
+            sem.resize(have.size, want.size);
         }
     }
 
@@ -593,7 +591,7 @@ impl PoolManager {
             .clone()
     }
 
-    fn tenant_cap(&self, tenant: &Tenant) -> Arc<Semaphore> {
+    fn tenant_cap(&self, tenant: &Tenant) -> Arc<CapSemaphore> {
         if let Some(s) = self.tenant_caps.get(&tenant.id) {
             return s.value().clone();
         }
@@ -602,7 +600,7 @@ impl PoolManager {
             .or_insert_with(|| {
                 let size = self.tenant_cap_size(tenant);
                 self.tenant_cap_sizes.insert(tenant.id.clone(), size);
-                Arc::new(Semaphore::new(size.size))
+                CapSemaphore::new(size.size)
             })
             .clone()
     }
@@ -621,6 +619,37 @@ impl PoolManager {
         self.checkout_at(pool, tenant, cap, Instant::now()).await
     }
 
+    /// [`PoolManager::checkout_at`]'s common case, without a future: the tenant is not
+    /// paused, its cap and the pool have a free permit, and an idle connection is clean (as
+    /// the waiting way picks it, at `now`). None, with nothing taken, otherwise: the caller
+    /// takes the waiting way (which opens a connection when none is idle).
+    pub fn checkout_now(
+        &self,
+        pool: &Arc<Pool>,
+        tenant: &Tenant,
+        cap: &mut TenantCap,
+        now: Instant,
+    ) -> Option<Checkout> {
+        if self.pauses.is_paused(&tenant.id) {
+            return None;
+        }
+        let cap = cap.0.get_or_insert_with(|| self.tenant_cap(tenant));
+        let tenant_permit = cap.try_acquire()?;
+        let lifetime_ns = pool.settings.max_lifetime_ns();
+        let (permit, mut next) =
+            pool.checkout.try_acquire_with(|idle| pick_idle(idle, Some(&tenant.id), lifetime_ns, now))?;
+        while let Some(conn) = next {
+            // As in `checkout_for`: a connection that died while idle is never handed out.
+            if conn.is_clean() {
+                return Some(Checkout { conn, permit, _tenant_permit: tenant_permit, taken: now });
+            }
+            tracing::debug!(pool = %pool.key.addr, "dropping a stale idle connection");
+            next = pool.take_idle(Some(&tenant.id), lifetime_ns);
+        }
+        // None idle: opening one may wait. The permits go back (to a waiter, if one came).
+        None
+    }
+
     /// [`PoolManager::checkout`] asked for at `asked` (the clock already read): a checkout
     /// that does not wait reads it no more. (Not an `async fn`: its state would hold the
     /// arguments a second time, in every client's task.)
@@ -631,18 +660,21 @@ impl PoolManager {
         cap: &'a mut TenantCap,
         asked: Instant,
     ) -> impl Future<Output = Result<Checkout, CheckoutError>> + Send + 'a {
-        use futures_util::FutureExt;
         self.checkout_for(pool, tenant, cap, asked)
-            .map(|r| r.map_err(|error| CheckoutError { tenant: tenant.id.clone(), error }))
     }
 
+    /// [`PoolManager::checkout_at`]'s future. Its errors carry the tenant (made only on
+    /// failure: no adapter around every checkout's future).
     async fn checkout_for(
         &self,
         pool: &Arc<Pool>,
         tenant: &Tenant,
         cap: &mut TenantCap,
         asked: Instant,
-    ) -> Result<Checkout, PoolError> {
+    ) -> Result<Checkout, CheckoutError> {
+        let fail = |error| CheckoutError { tenant: tenant.id.clone(), error };
+        // The timeout is read only for an error: a checkout that succeeds does not convert it.
+        let timeout = || fail(PoolError::Timeout(pool.settings.checkout_timeout()));
         // The clock is read again only after a wait (a pause, a full pool); the deadline is
         // worked out only when something waits.
         let mut now = asked;
@@ -650,19 +682,22 @@ impl PoolManager {
             self.pauses.wait(&tenant.id).await;
             now = Instant::now();
         }
-        let (wait, max_lifetime) = pool.settings.checkout_limits();
+        let lifetime_ns = pool.settings.max_lifetime_ns();
         let mut deadline = None;
-        let mut deadline = move || *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
+        let mut deadline = move || {
+            *deadline.get_or_insert_with(|| tokio::time::Instant::now() + pool.settings.checkout_timeout())
+        };
         let cap = cap.0.get_or_insert_with(|| self.tenant_cap(tenant));
         // The common case takes a free permit without arming a timer.
-        let tenant_permit = match cap.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
+        let tenant_permit = match cap.try_acquire() {
+            Some(p) => p,
+            None => {
                 // Boxed: only a wait has a timer, and its state must not size every checkout.
-                let permit = Box::pin(tokio::time::timeout_at(deadline(), cap.clone().acquire_owned()))
+                let permit = Box::pin(tokio::time::timeout_at(deadline(), cap.acquire()))
                     .await
-                    .map_err(|_| PoolError::Timeout(wait))?
-                    .map_err(|_| PoolError::Timeout(wait))?;
+                    .ok()
+                    .flatten()
+                    .ok_or_else(timeout)?;
                 now = Instant::now();
                 permit
             }
@@ -672,39 +707,28 @@ impl PoolManager {
             .checkout
             .acquire_with(&tenant.id, &mut deadline, |idle, waited| {
                 let now = if waited { Instant::now() } else { now };
-                (pick_idle(idle, Some(&tenant.id), max_lifetime, now), now)
+                (pick_idle(idle, Some(&tenant.id), lifetime_ns, now), now)
             })
             .await
-            .ok_or(PoolError::Timeout(wait))?;
-        while let Some(mut conn) = next {
+            .ok_or_else(timeout)?;
+        while let Some(conn) = next {
             // A server connection that died while idle (pg_terminate_backend, a server
             // restart, a backend's own idle_session_timeout) or that has something to say is
             // never handed out: its socket is checked first. The check reads the readiness
             // the runtime's event loop last saw (as PgBouncer's loop watches idle servers):
             // no system call unless the socket became readable.
             if conn.is_clean() {
-                conn.max_lifetime = max_lifetime;
-                return Ok(Checkout {
-                    conn,
-                    pool: pool.clone(),
-                    permit,
-                    _tenant_permit: tenant_permit,
-                    taken,
-                });
+                return Ok(Checkout { conn, permit, _tenant_permit: tenant_permit, taken });
             }
             tracing::debug!(pool = %pool.key.addr, "dropping a stale idle connection");
-            next = pool.take_idle(Some(&tenant.id), max_lifetime);
+            next = pool.take_idle(Some(&tenant.id), lifetime_ns);
         }
         // Boxed: connecting and authenticating upstream is rare and its state large.
-        let mut conn = Box::pin(pool.open(Some(deadline()))).await?;
-        conn.max_lifetime = max_lifetime;
-        Ok(Checkout {
-            conn,
-            pool: pool.clone(),
-            permit,
-            _tenant_permit: tenant_permit,
-            taken: Instant::now(),
-        })
+        let mut conn = Box::pin(pool.open(Some(deadline()))).await.map_err(fail)?;
+        let taken = Instant::now();
+        // Its lifetime as of now (no idle pick worked it out).
+        conn.live_at(lifetime_ns, taken);
+        Ok(Checkout { conn, permit, _tenant_permit: tenant_permit, taken })
     }
 
     /// Closes the idle connections last set up for `tenant` (when it stops being active: an
@@ -752,7 +776,7 @@ impl PoolManager {
             Some(t) => {
                 let Some(cap) = self.tenant_caps.get(t).map(|c| c.value().clone()) else { return 0 };
                 let size = self.tenant_cap_sizes.get(t).map_or(0, |s| s.size);
-                size.saturating_sub(cap.available_permits())
+                cap.in_use(size)
             }
         }
     }

@@ -103,9 +103,14 @@ pub struct ServerConn {
     pub(super) vars: Vec<(String, String)>,
     pub(super) created: Instant,
     pub(super) idle_since: Instant,
-    /// The pool's `max_lifetime` as of the connection's last checkout: checked again at its
-    /// release without a read of the pool's settings.
-    pub(super) max_lifetime: std::time::Duration,
+    /// The pool's `max_lifetime` (nanoseconds) that `expires` was worked out for, as of the
+    /// connection's last checkout: its release checks `expires` without a read of the pool's
+    /// settings.
+    pub(super) lifetime_ns: u64,
+    /// When the connection reaches `lifetime_ns` (None: beyond what an `Instant` holds):
+    /// worked out once per setting, so a checkout and a release compare two instants rather
+    /// than subtract them.
+    pub(super) expires: Option<Instant>,
     /// A client changed session state (SET, LISTEN, PREPARE …): reset before reuse.
     pub(super) dirty: bool,
     /// Statements pgtenant prepared on this connection (transaction mode).
@@ -136,6 +141,27 @@ pub struct ServerConn {
     pub(super) _permits: Vec<OwnedSemaphorePermit>,
     /// Its entry in the pool's listing (SHOW SERVERS) while it lives.
     pub(super) listed: Option<super::listing::Listed>,
+    /// Whether `vars` may name one of [`IDLE_SETTINGS`]: set wherever a
+    /// setting enters `vars` by that name (never cleared by a filter: an over-estimate), so a
+    /// release looks them up only when one was ever set.
+    pub(super) idle_setting: bool,
+}
+
+/// Settings that act on a server connection while it sits idle in the pool, where they are
+/// no client's: `idle_session_timeout` would make the backend end itself there (and the next
+/// client would get a dead connection). A client's value still follows it (applied at
+/// checkout like any SET); the connection goes back to the pool only without it (see
+/// `pool::session::retire`).
+pub const IDLE_SETTINGS: [&str; 1] = ["idle_session_timeout"];
+
+/// Whether `name` is one of [`IDLE_SETTINGS`].
+pub(super) fn is_idle_setting(name: &str) -> bool {
+    IDLE_SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// Whether `vars` name one of [`IDLE_SETTINGS`].
+pub(super) fn names_idle_setting(vars: &[(String, String)]) -> bool {
+    vars.iter().any(|(k, _)| is_idle_setting(k))
 }
 
 impl ServerConn {
@@ -256,7 +282,9 @@ impl ServerConn {
             return Err(UpstreamError::Protocol("data after ReadyForQuery during login".into()));
         }
         let now = Instant::now();
+        let idle_setting = names_idle_setting(&vars);
         Ok(ServerConn {
+            idle_setting,
             stream,
             addr: addr.clone(),
             backend_pid: pid,
@@ -264,7 +292,8 @@ impl ServerConn {
             vars,
             created: now,
             idle_since: now,
-            max_lifetime: std::time::Duration::MAX,
+            lifetime_ns: u64::MAX,
+            expires: None,
             dirty: false,
             prepared: PreparedSet::default(),
             vars_fingerprint: 0,
@@ -289,6 +318,18 @@ impl ServerConn {
     /// The upstream backend's cancel key, and where to send a CancelRequest.
     pub fn cancel_key(&self) -> (&UpstreamAddr, i32, i32) {
         (&self.addr, self.backend_pid, self.backend_secret)
+    }
+
+    /// Whether the connection is within the pool's `max_lifetime` (`lifetime_ns`) at `now`,
+    /// its open time plus the lifetime worked out only when the setting differs from the one
+    /// it was worked out for (see `expires`).
+    #[inline]
+    pub(super) fn live_at(&mut self, lifetime_ns: u64, now: Instant) -> bool {
+        if self.lifetime_ns != lifetime_ns {
+            self.lifetime_ns = lifetime_ns;
+            self.expires = self.created.checked_add(std::time::Duration::from_nanos(lifetime_ns));
+        }
+        self.expires.is_none_or(|at| now < at)
     }
 
     #[inline]
@@ -382,7 +423,10 @@ impl ServerConn {
     pub fn set_var(&mut self, name: &str, value: &str) {
         match self.vars.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
             Some(slot) => value.clone_into(&mut slot.1),
-            None => self.vars.push((name.to_owned(), value.to_owned())),
+            None => {
+                self.idle_setting |= is_idle_setting(name);
+                self.vars.push((name.to_owned(), value.to_owned()))
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
+use super::server::{is_idle_setting, names_idle_setting};
 use super::{cancel_backend, Checkout, ServerConn, ServerParams};
 use crate::model::TenantId;
 use crate::protocol::backend::tag as be;
@@ -80,7 +81,7 @@ pub async fn retire(mut co: Checkout, r: Retire) {
         match tokio::time::timeout(CLEANUP_TIMEOUT, reset_session(&mut co, IDLE_RESET)).await {
             Ok(Ok(())) => {
                 let conn = co.conn();
-                conn.retain_vars(|k| !IDLE_SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(k)));
+                conn.retain_vars(|k| !is_idle_setting(k));
                 conn.vars_fingerprint = 0;
             }
             _ => {
@@ -92,11 +93,7 @@ pub async fn retire(mut co: Checkout, r: Retire) {
     co.release();
 }
 
-/// Settings that act on a server connection while it sits idle in the pool, where they are
-/// no client's: `idle_session_timeout` would make the backend end itself there (and the next
-/// client would get a dead connection). A client's value still follows it (applied at
-/// checkout like any SET); the connection goes back to the pool only without it.
-pub const IDLE_SETTINGS: [&str; 1] = ["idle_session_timeout"];
+pub use super::server::IDLE_SETTINGS;
 
 /// What closes the cursors a client may have left (see [`ServerConn::note_cursors`]).
 const CLOSE_CURSORS: &str = "CLOSE ALL";
@@ -106,8 +103,10 @@ const IDLE_RESET: &str = "RESET idle_session_timeout";
 
 /// Whether `conn` carries a client's value of one of [`IDLE_SETTINGS`], so it must be reset
 /// before it goes back to the pool.
+#[inline]
 pub fn acts_while_idle(conn: &ServerConn) -> bool {
-    IDLE_SETTINGS.iter().any(|s| conn.var(s).is_some_and(|v| v.trim() != "0"))
+    // Looked up only on a connection where one was ever set (see `ServerConn::idle_setting`).
+    conn.idle_setting && IDLE_SETTINGS.iter().any(|s| conn.var(s).is_some_and(|v| v.trim() != "0"))
 }
 
 /// [`retire`], cancelling first what still runs on a connection that is not idle, so it
@@ -182,7 +181,10 @@ pub fn hand_over(conn: &mut ServerConn, client: u64, tenant: &TenantId, tenant_v
         conn.vars_fingerprint = 0;
     }
     conn.last_client = client;
-    conn.tenant = Some(tenant.clone());
+    // The tenant's own connection, as a rule (the idle pick prefers it): nothing to replace.
+    if conn.tenant.as_ref() != Some(tenant) {
+        conn.tenant = Some(tenant.clone());
+    }
 }
 
 /// Queues the reset and records the connection as the reset leaves it (its reportable
@@ -198,6 +200,7 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
         frontend::unsynced(out, CROSS_TENANT_RESET);
     }
     conn.vars = params.to_vec();
+    conn.idle_setting |= names_idle_setting(&conn.vars);
     conn.vars_fingerprint = 0;
     conn.prepared.clear();
     // The reset's own unnamed statement replaces, then closes, any client's.

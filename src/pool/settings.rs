@@ -12,7 +12,7 @@ use crate::config::{secs, PoolDefaults};
 /// Pool settings taken from `[pool]`. Shared by every pool behind one [`LiveSettings`], so a
 /// reload or the console's `SET` changes them for existing pools too; read (an arc-swap
 /// load, no lock) once per maintenance pass or connect, and at a checkout only the two
-/// values [`Live::checkout_limits`] keeps.
+/// values [`Live`] keeps in atomics ([`Live::max_lifetime_ns`], [`Live::checkout_timeout`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolSettings {
     pub checkout_timeout: Duration,
@@ -88,12 +88,17 @@ impl Live {
         self.settings.store(settings);
     }
 
-    /// `checkout_timeout` and `max_lifetime` in force, without a load of the settings.
-    pub fn checkout_limits(&self) -> (Duration, Duration) {
-        (
-            Duration::from_nanos(self.checkout_timeout_ns.load(Ordering::Relaxed)),
-            Duration::from_nanos(self.max_lifetime_ns.load(Ordering::Relaxed)),
-        )
+    /// `max_lifetime` in force, in nanoseconds (saturated), without a load of the settings:
+    /// what a checkout compares with the connection's own copy ([`super::ServerConn::live_at`]).
+    #[inline]
+    pub fn max_lifetime_ns(&self) -> u64 {
+        self.max_lifetime_ns.load(Ordering::Relaxed)
+    }
+
+    /// `checkout_timeout` in force, without a load of the settings (read only when a checkout
+    /// waits or fails).
+    pub fn checkout_timeout(&self) -> Duration {
+        Duration::from_nanos(self.checkout_timeout_ns.load(Ordering::Relaxed))
     }
 }
 
@@ -107,11 +112,12 @@ mod tests {
         s.checkout_timeout = Duration::from_millis(1500);
         s.max_lifetime = Duration::from_secs(3600);
         let live = Live::new(s.clone());
-        assert_eq!(live.checkout_limits(), (Duration::from_millis(1500), Duration::from_secs(3600)));
+        assert_eq!(live.checkout_timeout(), Duration::from_millis(1500));
+        assert_eq!(live.max_lifetime_ns(), 3600 * 1_000_000_000);
         s.checkout_timeout = Duration::from_secs(7);
         s.max_lifetime = Duration::MAX;
         live.store(Arc::new(s.clone()));
-        let (wait, lifetime) = live.checkout_limits();
+        let (wait, lifetime) = (live.checkout_timeout(), Duration::from_nanos(live.max_lifetime_ns()));
         assert_eq!(wait, Duration::from_secs(7));
         assert!(lifetime >= Duration::from_secs(500 * 365 * 86_400), "saturated, not wrapped: {lifetime:?}");
         assert_eq!(*live.load_full(), s);

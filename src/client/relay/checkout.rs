@@ -16,10 +16,10 @@ use super::scan::ClientScan;
 use super::{
     buffers, shutting_down, timed_out, Event, Exit, ResetPhase, Session, Signals, MAX_CLIENT_BUFFERED,
 };
-use crate::cancel::CancelTarget;
 use crate::client::meter::Meter;
 use crate::console::live::{Signal, SignalReader, CLIENT_READ, FORCE, KICK};
 use crate::pool::session::{acts_while_idle, hand_over, needs_reset, queue_reset, retire, Retire};
+use crate::pool::Checkout;
 use crate::protocol::backend::txn;
 use crate::protocol::{frontend, PgError};
 
@@ -27,6 +27,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     pub(super) async fn attach(&mut self) -> Result<(), Exit> {
         // The turn's clock as the checkout starts: read again only after a wait here.
         let asked = self.meter.now();
+        // The common case (a free connection) takes no future, watches nothing.
+        if let Some(co) = self.proxy.pools.checkout_now(&self.pool, &self.tenant, &mut self.tenant_cap, asked)
+        {
+            self.meter.checked_out(Some((asked, co.taken())));
+            self.hand_to_session(co);
+            return Ok(());
+        }
+        // Otherwise it may wait: a pause, a full pool, a connection to open.
         let mut start = asked;
         if self.proxy.pools.pauses.is_paused(&self.tenant.id) {
             self.meter.waiting();
@@ -86,7 +94,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             }
         };
         self.meter.checked_out(checkout.as_ref().ok().map(|co| (asked, co.taken())));
-        let mut co = checkout.map_err(|e| Exit::Error(PgError::report(&e)))?;
+        let co = checkout.map_err(|e| Exit::Error(PgError::report(&e)))?;
+        self.hand_to_session(co);
+        Ok(())
+    }
+
+    /// Makes `co` the session's server connection: any cross-tenant reset and the session's
+    /// setup queued in front of the client's first message.
+    fn hand_to_session(&mut self, mut co: Checkout) {
         // The server's two buffers, in one visit to the spare list.
         buffers::take_all([&mut self.out, &mut self.sbuf]);
         if needs_reset(co.conn_ref(), &self.tenant.id) {
@@ -102,7 +117,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         }
         let conn = co.conn();
         let (addr, pid, secret) = conn.cancel_key();
-        self.key.set_target(Some(CancelTarget { addr: addr.clone(), pid, secret }));
+        self.key.attach(addr, pid, secret);
         hand_over(conn, self.id, &self.tenant.id, &self.tenant.session_vars);
         if let Some(sql) = self.vars.sync_query(conn, &self.pool_params) {
             // The setup goes out in the same write as the client's first message.
@@ -114,7 +129,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         // No read of this connection is registered by this session yet.
         self.progress.server_armed = false;
         self.server = Some(co);
-        Ok(())
     }
 
     /// Waits while the tenant is paused (console PAUSE, or the HTTP API's), noticing what
@@ -219,7 +233,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         // hold and the pool's lifetime check.
         let now = self.meter.now();
         self.meter.released_at(now);
-        self.key.set_target(None);
+        self.key.detach();
         let cancel = self.key.cancel_in_flight();
         let reset = co.conn_ref().is_dirty().then(|| self.proxy.config().pool.reset_query.clone());
         if reset.is_some() {
