@@ -75,7 +75,8 @@ fn moved(
         Ok(n)
     });
     match res {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => Ok(n),
+        // The short move's own WouldBlock (n is set only by a move that succeeded).
+        Err(_) if n > 0 => Ok(n),
         other => other,
     }
 }
