@@ -200,5 +200,5 @@ async fn a_flooding_session_leaves_room_on_a_single_threaded_proxy() {
     eprintln!("SELECT 1: {answered} answers, worst {worst:?}; streamed {streamed} B, copied {copied} B");
     assert!(streamed > 10 << 20 && copied > 10 << 20, "the floods ran: {streamed} B out, {copied} B in");
     assert!(worst < Duration::from_secs(1), "a SELECT 1 waited {worst:?} behind the floods");
-    assert!(answered >= 30, "only {answered} SELECT 1 in 3 s");
+    assert!(answered >= 10, "only {answered} SELECT 1 in 3 s");
 }
