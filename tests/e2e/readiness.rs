@@ -182,7 +182,7 @@ async fn a_flooding_session_leaves_room_on_a_single_threaded_proxy() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut worst = Duration::ZERO;
     let mut answered = 0;
-    let until = Instant::now() + Duration::from_secs(3);
+    let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
         let asked = Instant::now();
         let v: i32 = tokio::time::timeout(Duration::from_secs(20), probe.query_one("SELECT 1", &[]))
@@ -200,5 +200,5 @@ async fn a_flooding_session_leaves_room_on_a_single_threaded_proxy() {
     eprintln!("SELECT 1: {answered} answers, worst {worst:?}; streamed {streamed} B, copied {copied} B");
     assert!(streamed > 10 << 20 && copied > 10 << 20, "the floods ran: {streamed} B out, {copied} B in");
     assert!(worst < Duration::from_secs(1), "a SELECT 1 waited {worst:?} behind the floods");
-    assert!(answered >= 10, "only {answered} SELECT 1 in 3 s");
+    assert!(answered >= 10, "only {answered} SELECT 1 in 2 s");
 }
