@@ -22,6 +22,7 @@ mod pooling;
 mod prelogin;
 mod process;
 mod production;
+mod readiness;
 mod relay;
 mod reload;
 mod rolling;

@@ -183,4 +183,30 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
     }
+
+    /// The plain TCP path of an idle client: no buffer while nothing arrived, one for the
+    /// bytes that did, and none kept when the read finds the end of stream.
+    #[tokio::test]
+    async fn an_idle_plain_client_holds_a_buffer_only_for_what_arrived() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut peer = tokio::net::TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
+        let mut s = crate::client::stream::ClientStream::Plain(l.accept().await.expect("accept").0);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = BytesMut::new();
+        assert!(poll_read(&mut s, &mut cx, &mut buf).is_pending());
+        assert_eq!(buf.capacity(), 0, "nothing arrived: no buffer");
+        peer.write_all(b"Q\0\0\0\x05x").await.expect("write");
+        let read = std::future::poll_fn(|cx| poll_read(&mut s, cx, &mut buf)).await;
+        assert_eq!(read.expect("read"), 6);
+        assert_eq!(&buf[..], b"Q\0\0\0\x05x");
+        let mut buf = BytesMut::new();
+        assert!(poll_read(&mut s, &mut cx, &mut buf).is_pending());
+        assert_eq!(buf.capacity(), 0, "read out: no buffer again");
+        peer.shutdown().await.expect("shutdown");
+        let read = std::future::poll_fn(|cx| poll_read(&mut s, cx, &mut buf)).await;
+        assert_eq!(read.expect("the end"), 0);
+        assert_eq!(buf.capacity(), 0, "the end: the buffer was given back");
+    }
 }

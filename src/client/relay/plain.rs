@@ -159,3 +159,168 @@ pub(crate) fn write_now<W: AsyncWrite + Unpin + PlainTcp>(
         Err(e) => Some(Err(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A waker that counts its wake-ups (as the session's Signal raises a bit).
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a = TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
+        let (b, _) = l.accept().await.expect("accept");
+        (a, b)
+    }
+
+    /// Waits (up to 5 s) until `count` has been woken more than `seen` times.
+    async fn woken(count: &Count, seen: usize) {
+        for _ in 0..500 {
+            if count.0.load(Ordering::SeqCst) > seen {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the registered waker was never woken (a lost wake-up)");
+    }
+
+    /// After a short read (the readiness cleared), bytes that arrive later wake the waker that
+    /// was registered, and are read; the end of stream after them is seen, not waited for.
+    #[tokio::test]
+    async fn a_short_read_then_later_bytes_wake_the_registered_waker() {
+        let (mut peer, tcp) = pair().await;
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = BytesMut::with_capacity(4096);
+        peer.write_all(b"first").await.expect("write");
+        tcp.readable().await.expect("readable");
+        assert!(matches!(poll_read(&tcp, &mut cx, &mut buf), Poll::Ready(Ok(5))));
+        // Short: the readiness is gone, the next attempt registers the waker.
+        assert!(poll_read(&tcp, &mut cx, &mut buf).is_pending());
+        let seen = count.0.load(Ordering::SeqCst);
+        peer.write_all(b"second").await.expect("write");
+        woken(&count, seen).await;
+        assert!(matches!(poll_read(&tcp, &mut cx, &mut buf), Poll::Ready(Ok(6))));
+        assert_eq!(&buf[..], b"firstsecond");
+        peer.write_all(b"last").await.expect("write");
+        peer.shutdown().await.expect("shutdown");
+        drop(peer);
+        let seen = count.0.load(Ordering::SeqCst);
+        if poll_read(&tcp, &mut cx, &mut buf).is_pending() {
+            woken(&count, seen).await;
+        }
+        for _ in 0..2 {
+            loop {
+                match poll_read(&tcp, &mut cx, &mut buf) {
+                    Poll::Ready(Ok(0)) => break,
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Ready(Err(e)) => panic!("{e}"),
+                    Poll::Pending => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        }
+        assert_eq!(&buf[..], b"firstsecondlast", "the end is seen, and seen again");
+    }
+
+    /// A peer that resets the connection gives an error, not a read that waits forever.
+    #[tokio::test]
+    async fn a_reset_is_an_error() {
+        let (peer, tcp) = pair().await;
+        let waker = Waker::from(Arc::new(Count::default()));
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = BytesMut::with_capacity(4096);
+        assert!(poll_read(&tcp, &mut cx, &mut buf).is_pending());
+        peer.set_zero_linger().expect("linger");
+        drop(peer);
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|_| poll_read(&tcp, &mut cx, &mut buf)),
+        )
+        .await
+        .expect("the reset is seen");
+        assert_eq!(got.expect_err("an error").kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    /// Writes into a socket whose peer does not read come out short, then wait; once the peer
+    /// drains, the registered waker is woken and the rest goes.
+    #[tokio::test]
+    async fn a_full_socket_wakes_the_writer_once_drained() {
+        let (mut peer, tcp) = pair().await;
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let chunk = vec![7u8; 1 << 20];
+        let mut sent = 0usize;
+        loop {
+            match poll_write(&tcp, &mut cx, &chunk) {
+                Poll::Ready(Ok(n)) => sent += n,
+                Poll::Ready(Err(e)) => panic!("{e}"),
+                Poll::Pending => break,
+            }
+            // Budget: each write is one unit; yield so the loop is not cut by it.
+            tokio::task::yield_now().await;
+        }
+        assert!(sent > 0);
+        let seen = count.0.load(Ordering::SeqCst);
+        let mut sink = vec![0u8; 1 << 16];
+        let mut drained = 0;
+        while drained < sent {
+            drained += peer.read(&mut sink).await.expect("drain");
+            if count.0.load(Ordering::SeqCst) > seen {
+                break;
+            }
+        }
+        woken(&count, seen).await;
+        assert!(matches!(poll_write(&tcp, &mut cx, &chunk), Poll::Ready(Ok(n)) if n > 0));
+    }
+
+    /// A session whose socket always has bytes still runs out of budget: the read says
+    /// pending within the task's budget, and wakes the context it was given (the session's
+    /// Signal for the server's socket: a wake-up elsewhere would leave its read armed and
+    /// never polled again), without registering it with the socket.
+    #[tokio::test]
+    async fn reads_always_ready_yield_within_the_budget_and_wake_their_context() {
+        let (mut peer, tcp) = pair().await;
+        peer.write_all(&vec![1u8; 1 << 20]).await.expect("write");
+        tcp.readable().await.expect("readable");
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut reads = 0;
+        let mut buf = BytesMut::with_capacity(64);
+        let yielded = std::future::poll_fn(|_| loop {
+            buf.clear();
+            match poll_read(&tcp, &mut cx, &mut buf) {
+                Poll::Ready(Ok(n)) => {
+                    assert!(n > 0);
+                    reads += 1;
+                    if reads > 10_000 {
+                        return Poll::Ready(false);
+                    }
+                }
+                Poll::Ready(Err(e)) => panic!("{e}"),
+                Poll::Pending => return Poll::Ready(true),
+            }
+        })
+        .await;
+        assert!(yielded, "{reads} reads of a ready socket without a yield");
+        assert!(reads <= 128, "{reads} reads before the yield");
+        woken(&count, 0).await;
+    }
+}
