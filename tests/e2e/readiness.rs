@@ -1,22 +1,18 @@
 //! The relay's plain-socket path (reads and writes under the socket's readiness, see
 //! `src/client/relay/plain.rs`) under the loads that break such a path: short reads of
 //! large queries, short writes to clients that read slowly, many sessions on a
-//! multi-thread runtime (a lost wake-up hangs one of them), and a session whose bytes
-//! are always ready next to a client running SELECT 1 on a single-threaded proxy (the
-//! cooperative budget must make the flooding session yield).
+//! multi-thread runtime (a lost wake-up hangs one of them). That a session whose bytes are
+//! always ready still yields (the cooperative budget) is tested in-process, in `plain.rs`:
+//! a flood next to a SELECT 1 loop here loaded the machine enough to upset timing-sensitive
+//! tests running beside it, and passed without the budget too.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgtenant::config::Config;
 use pgtenant::model::PoolMode;
-use pgtenant::proxy::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::raw::{self, messages, query, raw_proxy};
+use crate::support::raw::{messages, query, raw_proxy};
 use crate::support::*;
 
 /// A query text of about `len` bytes that the server checks byte for byte.
@@ -105,100 +101,4 @@ async fn many_sessions_with_short_reads_and_writes_all_finish() {
             .unwrap_or_else(|_| panic!("a session hung (after {:?})", started.elapsed()))
             .expect("session");
     }
-}
-
-/// The proxy on a thread of its own with a single-threaded runtime (`workers = 1`), so that
-/// a session that never waits starves the others unless it yields; the test's clients run
-/// on the test's runtime.
-fn start_single_threaded(config: Config) -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let listener =
-                pgtenant::listener::bind(config.proxy.listen, config.proxy.listen_backlog).expect("bind");
-            tx.send(listener.local_addr().expect("addr")).expect("addr sent");
-            let _ = Proxy::new(config).serve(listener).await;
-        });
-    });
-    rx.recv().expect("proxy started")
-}
-
-/// On a single-threaded proxy, sessions whose bytes are always ready (a result streamed
-/// without end to a client reading as fast as it can, a COPY whose data never pauses) must
-/// leave room for a client running SELECT 1 in a loop: each of its queries is answered
-/// within a bounded time, and it gets many answers while the floods go on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flooding_session_leaves_room_on_a_single_threaded_proxy() {
-    let t = with_mode(tenant_db("plainflood").await, PoolMode::Session, 4);
-    let mut cfg = config(vec![t.clone()]);
-    cfg.proxy.workers = 1;
-    let addr = start_single_threaded(cfg);
-    let setup =
-        connect_str(&format!("host=127.0.0.1 port={} user=app.{} dbname={}", addr.port(), t.id, t.id)).await;
-    setup.batch_execute("CREATE UNLOGGED TABLE sink (line text)").await.expect("table");
-    let probe = setup;
-    let stop = Arc::new(AtomicBool::new(false));
-    let user = format!("app.{}", t.id);
-    let params = [("user", user.as_str()), ("database", t.id.as_str())];
-    let login = |s: TcpStream| raw::login(s, &params);
-
-    // A result that does not end (the set-returning function in the select list streams
-    // its rows, one in FROM would be materialized first): the server's socket always has
-    // bytes for the proxy.
-    let mut out = login(TcpStream::connect(addr).await.expect("connect")).await;
-    out.write_all(&query("SELECT repeat('z', 8000), generate_series(1, 100000000)")).await.expect("send");
-    let stop_out = stop.clone();
-    let streamed = tokio::spawn(async move {
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
-        while !stop_out.load(Ordering::Relaxed) {
-            match out.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n as u64,
-            }
-        }
-        total
-    });
-    // A COPY whose data never pauses: the client's socket always has bytes for the proxy.
-    let mut copy = login(TcpStream::connect(addr).await.expect("connect")).await;
-    copy.write_all(&query("COPY sink FROM STDIN")).await.expect("copy");
-    let mut head = [0u8; 64];
-    let n = copy.read(&mut head).await.expect("CopyInResponse");
-    assert_eq!(head.first(), Some(&b'G'), "{:?}", &head[..n]);
-    let stop_copy = stop.clone();
-    let copied = tokio::spawn(async move {
-        let chunk = raw::copy_data(&"0123456789abcde\n".repeat(4096));
-        let mut total = 0u64;
-        while !stop_copy.load(Ordering::Relaxed) {
-            if copy.write_all(&chunk).await.is_err() {
-                break;
-            }
-            total += chunk.len() as u64;
-        }
-        total
-    });
-
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut worst = Duration::ZERO;
-    let mut answered = 0;
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
-        let asked = Instant::now();
-        let v: i32 = tokio::time::timeout(Duration::from_secs(20), probe.query_one("SELECT 1", &[]))
-            .await
-            .expect("SELECT 1 starved for 20 s")
-            .expect("SELECT 1")
-            .get(0);
-        assert_eq!(v, 1);
-        worst = worst.max(asked.elapsed());
-        answered += 1;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let streamed = streamed.await.expect("reader");
-    let copied = copied.await.expect("writer");
-    eprintln!("SELECT 1: {answered} answers, worst {worst:?}; streamed {streamed} B, copied {copied} B");
-    assert!(streamed > 10 << 20 && copied > 10 << 20, "the floods ran: {streamed} B out, {copied} B in");
-    assert!(worst < Duration::from_secs(1), "a SELECT 1 waited {worst:?} behind the floods");
-    assert!(answered >= 10, "only {answered} SELECT 1 in 2 s");
 }
