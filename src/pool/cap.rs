@@ -206,6 +206,74 @@ mod tests {
         assert_eq!(sem.in_use(1), 1);
     }
 
+    /// Eight tasks take permits every way there is (the lock-free take, a wait, a wait cut
+    /// short after a millisecond or so) while the cap is resized under them: no more are
+    /// ever held at once than the largest size, and once they are done every permit is free
+    /// again, no gone waiter is left queued, and the lock-free take finds all of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_contention_cancellation_and_resizes_no_permit_is_minted_or_lost() {
+        use std::sync::atomic::AtomicBool;
+        const SIZE: usize = 3;
+        let sem = CapSemaphore::new(SIZE);
+        let (held, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let done = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for i in 0..8usize {
+            let (sem, held, most) = (sem.clone(), held.clone(), most.clone());
+            tasks.push(tokio::spawn(async move {
+                for n in 0..150usize {
+                    let permit = match (i + n) % 3 {
+                        0 => sem.try_acquire(),
+                        1 => tokio::time::timeout(Duration::from_micros(200), sem.acquire())
+                            .await
+                            .ok()
+                            .flatten(),
+                        _ => sem.acquire().await,
+                    };
+                    let Some(p) = permit else {
+                        tokio::task::yield_now().await;
+                        continue;
+                    };
+                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    drop(p);
+                }
+            }));
+        }
+        // Shrinks below and grows above SIZE while they run, ending at SIZE.
+        let resizer = {
+            let (sem, done) = (sem.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut have = SIZE;
+                for want in [1, SIZE + 1, 2, SIZE].into_iter().cycle() {
+                    if done.load(Ordering::SeqCst) && have == SIZE {
+                        return;
+                    }
+                    sem.resize(have, want);
+                    have = want;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        };
+        for t in tasks {
+            t.await.expect("task");
+        }
+        done.store(true, Ordering::SeqCst);
+        resizer.await.expect("resizer");
+        let most = most.load(Ordering::SeqCst);
+        assert!(
+            (2..=SIZE + 1).contains(&most),
+            "{most} permits held at once under a cap of at most {}",
+            SIZE + 1
+        );
+        assert_eq!((sem.available(), sem.in_use(SIZE)), (SIZE, 0), "permits minted or lost");
+        assert_eq!(sem.queued.load(Ordering::SeqCst), 0, "gone waiters left in the queue");
+        let all: Vec<_> = (0..SIZE).filter_map(|_| sem.try_acquire()).collect();
+        assert_eq!(all.len(), SIZE, "the lock-free take finds every permit");
+    }
+
     #[tokio::test]
     async fn resizing_wakes_waiters_and_retires_held_permits() {
         let sem = CapSemaphore::new(2);
