@@ -343,6 +343,32 @@ mod tests {
         );
     }
 
+    /// A cancel whose forwarding is cut short (the CancelRequest connection's startup
+    /// deadline drops it while the upstream does not answer) is no longer counted in flight:
+    /// otherwise every release of the client's server connection from then on would close
+    /// it, as if a cancel could still reach it.
+    #[tokio::test]
+    async fn a_cancel_dropped_while_it_is_forwarded_is_no_longer_in_flight() {
+        // An upstream that accepts and never answers or closes.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let reg = CancelRegistry::new();
+        let mut key = reg.register(false);
+        key.attach(&UpstreamAddr::new("127.0.0.1", port), 42, 7);
+        let secret = key.secret().to_vec();
+        let cut =
+            tokio::time::timeout(std::time::Duration::from_millis(100), reg.cancel(key.pid, &secret)).await;
+        assert!(cut.is_err(), "the silent upstream answered");
+        assert!(!key.cancel_in_flight(), "a cancel dropped while forwarded still counts as in flight");
+        silent.abort();
+    }
+
     #[test]
     fn slots_sit_in_bits_21_to_30() {
         assert_eq!(slot_of(0x7fff_ffff), 1023);
