@@ -263,13 +263,31 @@ impl CancelRegistry {
     async fn cancel_here(&self, pid: i32, secret: &[u8]) {
         let Some(slot) = self.slot(pid, secret) else { return };
         // Counted before the target is read, so a release racing with this sees it.
-        slot.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _counted = InFlight::count(&slot);
         if let Some(t) = slot.target() {
             if let Err(e) = cancel_backend(&t.addr, t.pid, t.secret).await {
                 tracing::warn!(upstream = %t.addr, error = %e, "forwarding a cancel request failed");
             }
         }
-        slot.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A cancel counted in its client's `in_flight` for as long as it lives, however it ends:
+/// forwarded, failed, or dropped mid-way (the CancelRequest's connection has the startup
+/// deadline, and a silent upstream holds the forwarding past it). Left counted, it would
+/// close the client's server connection at every release from then on.
+struct InFlight<'a>(&'a Slot);
+
+impl InFlight<'_> {
+    fn count(slot: &Slot) -> InFlight<'_> {
+        slot.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(slot)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
