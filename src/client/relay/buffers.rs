@@ -91,22 +91,19 @@ pub(super) fn poll_read<R: AsyncRead + Unpin + PlainTcp>(
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() != 0 {
+        return plain::poll_read_any(stream, cx, buf);
+    }
     if let Some(tcp) = stream.plain_tcp() {
-        if buf.capacity() != 0 {
-            return plain::poll_read(tcp, cx, buf);
-        }
         // Idle: a buffer is taken once the socket is readable, and given back if the read
         // finds nothing after all (or the end).
-        std::task::ready!(plain::poll_readable(tcp, cx))?;
+        std::task::ready!(tcp.poll_read_ready(cx))?;
         *buf = take();
         let read = plain::poll_read(tcp, cx, buf);
         if buf.is_empty() {
             give(buf);
         }
         return read;
-    }
-    if buf.capacity() != 0 {
-        return tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf);
     }
     let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
     let mut rb = ReadBuf::uninit(&mut scratch);

@@ -16,7 +16,7 @@ use std::task::{ready, Context, Poll};
 use std::pin::Pin;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWrite, Interest};
+use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::TcpStream;
 use tokio::task::coop;
 
@@ -105,13 +105,6 @@ pub(crate) fn poll_read(
     }
 }
 
-/// Whether the socket has something to read, registering `cx`'s waker if not: for a reader
-/// that takes a buffer only once bytes are there.
-#[inline]
-pub(crate) fn poll_readable(tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-    tcp.poll_read_ready(cx)
-}
-
 /// Writes what the socket takes of `bytes`, or registers `cx`'s waker for its next
 /// writability.
 pub(crate) fn poll_write(tcp: &TcpStream, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
@@ -126,6 +119,19 @@ pub(crate) fn poll_write(tcp: &TcpStream, cx: &mut Context<'_>, bytes: &[u8]) ->
             Err(e) => return Poll::Ready(Err(e)),
         }
         ready!(tcp.poll_write_ready(cx))?;
+    }
+}
+
+/// [`poll_read`] on a plain TCP socket, `tokio_util::io::poll_read_buf` on any other.
+#[inline]
+pub(crate) fn poll_read_any<R: AsyncRead + Unpin + PlainTcp>(
+    stream: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    match stream.plain_tcp() {
+        Some(tcp) => poll_read(tcp, cx, buf),
+        None => tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf),
     }
 }
 

@@ -85,13 +85,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                     let tls = stream.is_tls();
                     let read = if tls {
                         poll_read_buf(Pin::new(stream), cx, &mut self.sbuf)
-                    } else if let Some(tcp) = stream.plain_tcp() {
+                    } else {
                         // Made per read (not kept: every client's task would carry it).
                         let waker = Waker::from(self.signal.clone());
-                        plain::poll_read(tcp, &mut Context::from_waker(&waker), &mut self.sbuf)
-                    } else {
-                        let waker = Waker::from(self.signal.clone());
-                        poll_read_buf(Pin::new(stream), &mut Context::from_waker(&waker), &mut self.sbuf)
+                        plain::poll_read_any(stream, &mut Context::from_waker(&waker), &mut self.sbuf)
                     };
                     match read {
                         Poll::Ready(r) => return Poll::Ready(Event::ServerRead(r)),
