@@ -139,6 +139,9 @@ struct Entry {
     /// The client's Parse of the unnamed statement: its ParseComplete makes the server's
     /// unnamed statement the client's ([`Route::unnamed_parsed`]).
     unnamed: bool,
+    /// A simple query that may drop prepared statements (DEALLOCATE, DISCARD): names wait
+    /// until it is answered ([`Pipeline::barrier_owed`]).
+    barrier: bool,
 }
 
 /// What a message carries beyond its kind and who gets its replies.
@@ -153,7 +156,7 @@ struct Extra {
 impl Entry {
     #[inline(always)]
     fn new(kind: Kind, reply: Reply) -> Entry {
-        Entry { extra: None, kind, reply, errored: false, unnamed: false }
+        Entry { extra: None, kind, reply, errored: false, unnamed: false, barrier: false }
     }
 
     /// An entry with what `action`, `effect` and `set` carry (out of line if anything).
@@ -346,6 +349,19 @@ impl Pipeline {
         if let (false, Some(back)) = (effects.is_empty(), self.queue.back_mut()) {
             back.extra.get_or_insert_with(Box::default).effect.extend(effects);
         }
+    }
+
+    /// Marks the message recorded last (a simple query) as one that may drop prepared
+    /// statements.
+    pub fn mark_barrier(&mut self) {
+        if let Some(back) = self.queue.back_mut() {
+            back.barrier = true;
+        }
+    }
+
+    /// A simple query that may drop prepared statements is still unanswered.
+    pub fn barrier_owed(&self) -> bool {
+        self.queue.iter().any(|e| e.barrier)
     }
 
     /// Records a Query or Execute that runs a session SET.

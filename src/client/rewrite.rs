@@ -139,10 +139,8 @@ impl Stage<'_> {
     /// to earlier ones (see [`Lookup::Wait`]).
     pub(super) fn rewrite(&mut self, tag: u8, frame: &[u8]) -> bool {
         tracing::trace!(conn = self.conn.backend_pid(), tag = %(tag as char), len = frame.len(), "client message");
-        if self.pipeline.owes_nothing() {
-            // Whatever could drop statements has completed (or was skipped).
-            self.statements.lift_barrier();
-        }
+        // Whatever could drop statements may have completed (or been skipped).
+        self.statements.settle_barrier(self.pipeline);
         self.names_statement = false;
         match tag {
             fe::PARSE => {
@@ -373,7 +371,10 @@ impl Stage<'_> {
             self.conn.note_cursors();
         }
         if class.drops_statements() {
-            self.statements.raise_barrier();
+            self.statements.raise_barrier(query);
+            if query {
+                self.pipeline.mark_barrier();
+            }
         }
         if query && class.declares() {
             let declared: Vec<Effect> = class

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::pipeline::Pipeline;
 use super::setcmd::SetCmd;
 use crate::hash::KeyedMap;
 use crate::protocol::backend::cstr;
@@ -134,6 +135,20 @@ pub enum Portal {
     Wait,
 }
 
+/// What names wait for after a message that may drop every prepared statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Barrier {
+    None,
+    /// Simple queries (marked in the reply model): each is answered with its
+    /// ReadyForQuery, which the server sends at once, so names wait for those replies only,
+    /// not for extended messages queued behind them (whose replies the server holds until
+    /// a Sync or Flush the client may never send).
+    Queries,
+    /// A Parse: the statement runs at an Execute that may come any time after it, so names
+    /// wait until the server owes nothing.
+    All,
+}
+
 #[derive(Debug)]
 struct Slot {
     current: Option<Arc<Prepared>>,
@@ -155,8 +170,8 @@ pub struct Statements {
     /// must wait for whatever comes between).
     portals: KeyedMap<Box<[u8]>, Option<u64>>,
     /// A DEALLOCATE or DISCARD is on its way: whether the client's names survive it is known
-    /// at its completion, so names wait until the server owes no more ReadyForQuery.
-    barrier: bool,
+    /// at its completion, so names wait for it (see [`Barrier`]).
+    barrier: Barrier,
     /// The client sent a Parse of the unnamed statement since its last Sync: a Bind of it in
     /// the same Sync batch goes with that Parse (the server skips or fails both together).
     unnamed_staged: bool,
@@ -175,7 +190,7 @@ impl Default for Statements {
             by_name: crate::hash::map(),
             syncs: 0,
             portals: crate::hash::map(),
-            barrier: false,
+            barrier: Barrier::None,
             unnamed_staged: false,
             unnamed_parsed: 0,
             bytes: 0,
@@ -212,7 +227,7 @@ impl Statements {
     }
 
     pub fn lookup(&self, name: &[u8]) -> Lookup {
-        if self.barrier {
+        if self.barrier != Barrier::None {
             return Lookup::Wait;
         }
         match self.by_name.get(name) {
@@ -281,19 +296,36 @@ impl Statements {
         }
     }
 
-    /// A statement that may drop every prepared statement (DEALLOCATE, DISCARD) was staged.
-    pub fn raise_barrier(&mut self) {
-        self.barrier = true;
+    /// A statement that may drop every prepared statement (DEALLOCATE, DISCARD) was staged,
+    /// by a simple query (`query`, marked in the reply model) or a Parse.
+    pub fn raise_barrier(&mut self, query: bool) {
+        self.barrier = if query && self.barrier != Barrier::All { Barrier::Queries } else { Barrier::All };
     }
 
     pub fn barrier_pending(&self) -> bool {
-        self.barrier
+        self.barrier != Barrier::None
     }
 
-    /// The ReadyForQuery of the last message that may drop statements arrived (no later one
-    /// is owed): what came before it is settled.
-    pub fn lift_barrier(&mut self) {
-        self.barrier = false;
+    /// Lifts the barrier once what it waits for is answered: what came before is settled.
+    #[inline]
+    pub fn settle_barrier(&mut self, pipeline: &Pipeline) {
+        let answered = match self.barrier {
+            Barrier::None => return,
+            Barrier::Queries => !pipeline.barrier_owed(),
+            Barrier::All => pipeline.owes_nothing(),
+        };
+        if answered {
+            self.barrier = Barrier::None;
+        }
+    }
+
+    /// A message waits (see [`Lookup::Wait`], [`Portal::Wait`]) for a reply the server may
+    /// hold until a Sync or Flush: a statement-dropping Parse's, or a DECLARE's run by an
+    /// Execute. Other waits are for replies a Sync or simple query already staged behind
+    /// them makes the server send. The relay then sends a Flush (the client's own replies
+    /// come earlier than without pgtenant, never ones it did not ask for).
+    pub fn wait_needs_flush(&self) -> bool {
+        self.barrier == Barrier::All || self.portals.values().any(|p| *p == Some(u64::MAX))
     }
 
     /// A Sync was staged.
@@ -525,5 +557,46 @@ mod tests {
         );
         assert_eq!(own_refusal("42000", &PgError::sql_prepare_unsupported().message), None);
         assert_eq!(own_refusal("0A000", "cached plan must not change result type"), None);
+    }
+
+    /// A DEALLOCATE run by a simple query: names wait for its reply only, not for extended
+    /// messages queued behind it (the server holds theirs until a Sync or Flush), so no
+    /// Flush is needed. One run by a Parse waits for everything, and needs the Flush.
+    #[test]
+    fn a_query_barrier_waits_for_its_own_reply_and_a_parse_barrier_for_all() {
+        use crate::client::pipeline::{Action, Kind};
+        let mut s = Statements::default();
+        let mut p = Pipeline::default();
+        p.push(Kind::Query, Action::Forward);
+        s.raise_barrier(true);
+        p.mark_barrier();
+        p.push(Kind::Close, Action::Forward);
+        s.settle_barrier(&p);
+        assert!(s.barrier_pending() && matches!(s.lookup(b"s1"), Lookup::Wait));
+        assert!(!s.wait_needs_flush());
+        p.route(b'C', "");
+        s.settle_barrier(&p);
+        assert!(s.barrier_pending(), "lifted before the query's ReadyForQuery");
+        p.route(b'Z', "");
+        s.settle_barrier(&p);
+        assert!(!s.barrier_pending() && !p.owes_nothing(), "the Close behind it is still owed");
+
+        // A Parse of DEALLOCATE ALL: it runs at the Execute, whenever that comes.
+        p.push(Kind::Parse, Action::Forward);
+        s.raise_barrier(false);
+        p.push(Kind::Bind, Action::Forward);
+        p.push(Kind::Execute, Action::Forward);
+        assert!(s.wait_needs_flush());
+        // A simple query's barrier raised meanwhile does not weaken it.
+        s.raise_barrier(true);
+        assert!(s.wait_needs_flush());
+        for tag in [b'3', b'1', b'2'] {
+            p.route(tag, "");
+            s.settle_barrier(&p);
+            assert!(s.barrier_pending(), "lifted at {}", tag as char);
+        }
+        p.route(b'C', "");
+        s.settle_barrier(&p);
+        assert!(!s.barrier_pending() && p.owes_nothing());
     }
 }

@@ -178,12 +178,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                         t.busy_since = None;
                     }
                     if !setup {
-                        // Only once nothing more is owed: a DEALLOCATE or DISCARD pipelined
-                        // behind this one's Sync may still be running, or wait in the server's
-                        // output for a Sync or Flush (in a Parse of the client's batch).
-                        if self.statements.barrier_pending() && self.pipeline.owes_nothing() {
-                            self.statements.lift_barrier();
-                        }
+                        // Only once what it waits for is answered: a DEALLOCATE or DISCARD
+                        // pipelined behind this one may still be running, or wait in the
+                        // server's output for a Sync or Flush (in a Parse of the client's batch).
+                        self.statements.settle_barrier(&self.pipeline);
                         self.meter.ready(p.status);
                     }
                     if setup {
