@@ -473,12 +473,33 @@ async fn waiting_for_a_verdict_sends_nothing_the_client_did_not_ask_for() {
         user: t.role.clone(),
         db: t.database.clone(),
     };
-    let cases: [(&[Msg], &[&str]); 7] = [
+    let cases: [(&[Msg], &[&str]); 9] = [
         (&[Query("DEALLOCATE ALL"), Close(b'P', "s1"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Query("DEALLOCATE ALL"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Query("DISCARD ALL"), Close(b'P', "p1"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Parse("s1", "SELECT 1"), Sync, Close(b'P', "p1"), Bind("", "s1"), Terminate], &["1", "ZI"]),
         (&[Parse("", "SELECT 1"), Sync, Close(b'P', "p1"), Bind("", ""), Terminate], &["1", "ZI"]),
+        (
+            &[
+                Query("BEGIN; DECLARE c CURSOR FOR SELECT 1"),
+                Close(b'P', "p1"),
+                Describe(b'P', "c"),
+                Terminate,
+            ],
+            &["C", "C", "ZT"],
+        ),
+        (
+            &[
+                Query("BEGIN"),
+                Parse("", "DECLARE c CURSOR FOR SELECT 1"),
+                Bind("", ""),
+                Execute("", 0),
+                Describe(b'P', "c"),
+                Sync,
+                Terminate,
+            ],
+            &["C", "ZT", "1", "2", "C", "T", "ZT"],
+        ),
         (
             &[Parse("", "DEALLOCATE ALL"), Bind("", ""), Execute("", 0), Close(b'S', "s2"), Sync, Terminate],
             &["1", "2", "C", "3", "ZI"],
