@@ -12,11 +12,11 @@ use super::classify::{classify, Class, Refusal};
 use super::meter::Meter;
 use super::pipeline::{Action, Kind, Pipeline};
 use super::setcmd::SetCmd;
-use super::statements::Effect;
 use super::statements::{
     absent_portal, absent_statement, feature_refusal, prepare_refusal, probe_duplicate, probe_statement,
     Lookup, Portal, Statements, MAX_CLIENT_STATEMENTS, MAX_CLIENT_STATEMENT_BYTES,
 };
+use super::statements::{Bound, Effect};
 use super::vars::ClientVars;
 use crate::config::SessionFeatures;
 use crate::pool::ServerConn;
@@ -159,7 +159,7 @@ impl Stage<'_> {
                     match self.unnamed_owned() {
                         None => return false,
                         Some(true) => {
-                            let portal = self.statements.bind_portal(portal, false);
+                            let portal = self.statements.bind_portal(portal, Bound::Bind);
                             self.sets.bound = self.sets.unnamed.clone();
                             if self.statements.bind_declares(None) {
                                 self.conn.note_cursors();
@@ -196,7 +196,7 @@ impl Stage<'_> {
                     self.conn.note_cursors();
                 }
                 self.ensure(&prepared.server_name, &prepared.parse);
-                let effect = self.statements.bind_portal(portal, false);
+                let effect = self.statements.bind_portal(portal, Bound::Bind);
                 // Rewritten straight into the server-bound buffer (no message allocated).
                 let name = prepared.server_name.as_bytes();
                 rename_into(self.out, fe::BIND, &[portal, b"\0"], name, rest);
@@ -269,8 +269,10 @@ impl Stage<'_> {
                 // is the client's once this Execute completes (not if it fails or is skipped).
                 let declares = self.statements.take_bound_declares();
                 if !declares.is_empty() {
-                    let effects: Vec<Effect> =
-                        declares.iter().filter_map(|c| self.statements.bind_portal(c, true)).collect();
+                    let effects: Vec<Effect> = declares
+                        .iter()
+                        .filter_map(|c| self.statements.bind_portal(c, Bound::DeclareExecute))
+                        .collect();
                     self.pipeline.attach_effects(effects);
                 }
             }
@@ -380,7 +382,7 @@ impl Stage<'_> {
             let declared: Vec<Effect> = class
                 .declared_cursors(sql)
                 .iter()
-                .filter_map(|c| self.statements.bind_portal(c, true))
+                .filter_map(|c| self.statements.bind_portal(c, Bound::DeclareQuery))
                 .collect();
             self.pipeline.attach_effects(declared);
         }

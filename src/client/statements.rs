@@ -158,6 +158,19 @@ struct Slot {
     epoch: u64,
 }
 
+/// How a portal came about ([`Statements::bind_portal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    Bind,
+    /// A DECLARE run by a simple query, answered with its ReadyForQuery.
+    DeclareQuery,
+    /// A DECLARE run by an Execute, whose reply the server may hold until a Sync or Flush.
+    DeclareExecute,
+}
+
+const DECLARED_BY_QUERY: u64 = u64::MAX - 1;
+const DECLARED_BY_EXECUTE: u64 = u64::MAX;
+
 /// One client's named statements and portals.
 #[derive(Debug)]
 pub struct Statements {
@@ -166,8 +179,8 @@ pub struct Statements {
     /// messages after it.
     syncs: u64,
     /// Named portals: settled (`None`: its Bind or DECLARE completed), or the Sync count when
-    /// a Bind made it (`Some`; `u64::MAX` for a DECLARE, whose outcome the next messages
-    /// must wait for whatever comes between).
+    /// a Bind made it (`Some`; [`DECLARED_BY_QUERY`] or [`DECLARED_BY_EXECUTE`] for a
+    /// DECLARE, whose outcome the next messages must wait for whatever comes between).
     portals: KeyedMap<Box<[u8]>, Option<u64>>,
     /// A DEALLOCATE or DISCARD is on its way: whether the client's names survive it is known
     /// at its completion, so names wait for it (see [`Barrier`]).
@@ -325,7 +338,7 @@ impl Statements {
     /// them makes the server send. The relay then sends a Flush (the client's own replies
     /// come earlier than without pgtenant, never ones it did not ask for).
     pub fn wait_needs_flush(&self) -> bool {
-        self.barrier == Barrier::All || self.portals.values().any(|p| *p == Some(u64::MAX))
+        self.barrier == Barrier::All || self.portals.values().any(|p| *p == Some(DECLARED_BY_EXECUTE))
     }
 
     /// A Sync was staged.
@@ -399,17 +412,22 @@ impl Statements {
         self.portals.clear();
     }
 
-    /// A Bind (`declare` false) or DECLARE of a named portal that goes to the server: the
+    /// A Bind or DECLARE (`by`) of a named portal that goes to the server: the
     /// name is the client's from now, and the effect (when it was not already) forgets it
     /// should the server fail or skip the message. Until then the name is pending (see
     /// [`Statements::owns_portal`]).
-    pub fn bind_portal(&mut self, portal: &[u8], declare: bool) -> Option<Effect> {
+    pub fn bind_portal(&mut self, portal: &[u8], by: Bound) -> Option<Effect> {
         if portal.is_empty() || self.portals.len() >= MAX_CLIENT_PORTALS || self.portals.contains_key(portal)
         {
             return None;
         }
         let name: Box<[u8]> = portal.into();
-        self.portals.insert(name.clone(), Some(if declare { u64::MAX } else { self.syncs }));
+        let state = match by {
+            Bound::Bind => self.syncs,
+            Bound::DeclareQuery => DECLARED_BY_QUERY,
+            Bound::DeclareExecute => DECLARED_BY_EXECUTE,
+        };
+        self.portals.insert(name.clone(), Some(state));
         Some(Effect::ClientPortal(name))
     }
 
