@@ -210,3 +210,35 @@ async fn session_characteristics_follow_the_client_in_transaction_mode() {
     }
     f.assert_none();
 }
+
+/// A SET run through a portal other than the one bound last: client a binds two portals of
+/// two SET statements and executes the first. What a's session now has is the first SET's
+/// value, whatever pgtenant tracks; another client of the tenant that set the second value
+/// itself must still see its own value on the shared connection, never a's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_executed_through_an_earlier_portal_is_not_taken_for_the_last_bound() {
+    use crate::support::raw::*;
+    let t = with_mode(tenant_db("setportal").await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let other = h.client(&t.id).await;
+    other.batch_execute("SET work_mem = '2222kB'").await.expect("the other client's SET");
+    let mut a = raw_proxy(&h, &t.id).await;
+    let batch = cat(&[
+        parse("s_first", "SET work_mem = '1111kB'"),
+        parse("s_second", "SET work_mem = '2222kB'"),
+        bind("p_first", "s_first"),
+        bind("p_second", "s_second"),
+        execute("p_first"),
+        sync(),
+    ]);
+    send(&mut a, &batch).await;
+    let (got, _) = read_ready(&mut a, 1, std::time::Duration::from_secs(3)).await;
+    assert_eq!(summary(&got), ["1", "1", "2", "2", "C(SET)", "Z(I)"], "a's batch");
+    // a's own session has the first value, as on PostgreSQL.
+    send(&mut a, &query("SHOW work_mem")).await;
+    let (got, _) = read_ready(&mut a, 1, std::time::Duration::from_secs(3)).await;
+    assert_eq!(summary(&got), ["T", "D(1111kB)", "C(SHOW)", "Z(I)"], "a's work_mem");
+    // The other client, on the same backend, has its own.
+    let r = rows(&other, "SHOW work_mem").await.expect("the other client's SHOW");
+    assert_eq!(r, vec![vec!["2222kB".to_owned()]], "the other client sees a's work_mem");
+}
