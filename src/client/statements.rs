@@ -57,6 +57,8 @@ struct Declaring {
     /// The unnamed statement may declare a cursor (see [`Prepared::may_declare`]).
     unnamed_may: bool,
     bound: Cursors,
+    /// The portal `bound` was bound to: only an Execute of it declares them.
+    bound_portal: Box<[u8]>,
 }
 
 /// The most named statements one client may hold (its map is bounded, like everything a
@@ -317,9 +319,10 @@ impl Statements {
         }
     }
 
-    /// A Bind of the unnamed statement (`None`) or of a named one: an Execute that follows
-    /// declares its cursors. For the unnamed statement, whether it may declare any.
-    pub fn bind_declares(&mut self, named: Option<&Cursors>) -> bool {
+    /// A Bind to `portal` of the unnamed statement (`None`) or of a named one: an Execute of
+    /// that portal declares its cursors. For the unnamed statement, whether it may declare
+    /// any.
+    pub fn bind_declares(&mut self, portal: &[u8], named: Option<&Cursors>) -> bool {
         if self.declaring.is_none() && named.is_none_or(|c| c.is_empty()) {
             return false;
         }
@@ -328,6 +331,7 @@ impl Statements {
             Some(c) => c.clone(),
             None => d.unnamed.clone(),
         };
+        d.bound_portal = portal.into();
         named.is_none() && d.unnamed_may
     }
 
@@ -338,9 +342,13 @@ impl Statements {
         }
     }
 
-    /// An Execute: the cursors its statement declares (once; a portal runs once).
-    pub fn take_bound_declares(&mut self) -> Cursors {
-        self.declaring.as_mut().map(|d| std::mem::take(&mut d.bound)).unwrap_or_default()
+    /// An Execute of `portal`: the cursors its statement declares if it is the portal bound
+    /// last (once; a portal runs once), none otherwise.
+    pub fn take_bound_declares(&mut self, portal: &[u8]) -> Cursors {
+        match self.declaring.as_mut() {
+            Some(d) if *d.bound_portal == *portal => std::mem::take(&mut d.bound),
+            _ => Cursors::default(),
+        }
     }
 
     /// Whether a Parse of the unnamed statement was staged since the last Sync.
@@ -525,5 +533,18 @@ mod tests {
         );
         assert_eq!(own_refusal("42000", &PgError::sql_prepare_unsupported().message), None);
         assert_eq!(own_refusal("0A000", "cached plan must not change result type"), None);
+    }
+
+    /// The cursors of the statement bound last go with an Execute of its portal only: an
+    /// Execute of an earlier portal runs another statement, which declares none of them.
+    #[test]
+    fn bound_cursors_go_with_their_portal_only() {
+        let mut s = Statements::default();
+        let cursors: Cursors = vec![b"c".to_vec().into_boxed_slice()].into();
+        s.bind_declares(b"p_first", Some(&Cursors::default()));
+        s.bind_declares(b"p_second", Some(&cursors));
+        assert!(s.take_bound_declares(b"p_first").is_empty(), "another portal's cursors");
+        assert_eq!(s.take_bound_declares(b"p_second"), cursors);
+        assert!(s.take_bound_declares(b"p_second").is_empty(), "once");
     }
 }
