@@ -244,3 +244,41 @@ async fn a_set_executed_through_an_earlier_portal_is_not_taken_for_the_last_boun
     let r = rows(&other, "SHOW work_mem").await.expect("the other client's SHOW");
     assert_eq!(r, vec![vec!["2222kB".to_owned()]], "the other client sees a's work_mem");
 }
+
+/// A SET in an unnamed Parse that the server skips (an error earlier in its batch) does not
+/// replace the unnamed statement: a later Bind of it runs the SET parsed before. pgtenant must
+/// not take the skipped one's value for what ran; another client of the tenant that set that
+/// value itself must still see its own value on the shared connection, never a's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_unnamed_set_is_not_taken_for_the_one_that_runs() {
+    use crate::support::raw::*;
+    let t = with_mode(tenant_db("setskip").await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let other = h.client(&t.id).await;
+    other.batch_execute("SET work_mem = '2222kB'").await.expect("the other client's SET");
+    let mut a = raw_proxy(&h, &t.id).await;
+    let limit = std::time::Duration::from_secs(3);
+    let steps: [(Vec<u8>, &[&str]); 3] = [
+        (cat(&[parse("", "SET work_mem = '1111kB'"), sync()]), &["1", "Z(I)"]),
+        (
+            cat(&[
+                parse("s_bad", "SELECT * FROM no_such_table"),
+                parse("", "SET work_mem = '2222kB'"),
+                sync(),
+            ]),
+            &["E(42P01)", "Z(I)"],
+        ),
+        (cat(&[bind("", ""), execute(""), sync()]), &["2", "C(SET)", "Z(I)"]),
+    ];
+    for (bytes, want) in steps {
+        send(&mut a, &bytes).await;
+        let (got, _) = read_ready(&mut a, 1, limit).await;
+        assert_eq!(summary(&got), want, "a's step");
+    }
+    send(&mut a, &query("SHOW work_mem")).await;
+    let (got, _) = read_ready(&mut a, 1, limit).await;
+    let got = summary(&got);
+    assert!(got.len() == 4 && got[1] != "D(2222kB)", "a's work_mem: {got:?}");
+    let r = rows(&other, "SHOW work_mem").await.expect("the other client's SHOW");
+    assert_eq!(r, vec![vec!["2222kB".to_owned()]], "the other client sees a's work_mem");
+}
