@@ -357,9 +357,11 @@ impl Pipeline {
         }
     }
 
-    /// Records the client's Parse of the unnamed statement (see [`Route::unnamed_parsed`]).
-    pub fn push_unnamed_parse(&mut self) {
-        self.push_entry(Entry { unnamed: true, ..Entry::new(Kind::Parse, Reply::Forward) });
+    /// Records the client's Parse of the unnamed statement (see [`Route::unnamed_parsed`]),
+    /// with effects to undo should it fail or be skipped.
+    pub fn push_unnamed_parse(&mut self, effect: Vec<Effect>) {
+        let extra = (!effect.is_empty()).then(|| Box::new(Extra { effect, ..Extra::default() }));
+        self.push_entry(Entry { unnamed: true, extra, ..Entry::new(Kind::Parse, Reply::Forward) });
     }
 
     /// Whether a Parse of the unnamed statement by the client still awaits its reply (or its

@@ -633,6 +633,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                         server.conn().prepared_mut().remove(name);
                     }
                 }
+                Effect::UnnamedParse => {
+                    // Its SET is not what a Bind of the unnamed statement runs (untracked).
+                    self.sets.unnamed = None;
+                    self.statements.settle(e, false);
+                }
                 _ => self.statements.settle(e, false),
             }
         }

@@ -419,10 +419,12 @@ impl Stage<'_> {
         let Some((name, prepared)) = prepared else {
             // An unnamed statement: remember whether it is a SET, and that the client parsed
             // one (see `unnamed_owned`).
+            // What it runs is the unnamed statement's only once the server parsed it.
+            let noted = set.is_some() || !declares.is_empty() || may_declare;
             self.sets.unnamed = set.map(Box::new);
             self.statements.unnamed_declares(declares, may_declare);
             self.out.extend_from_slice(frame);
-            self.pipeline.push_unnamed_parse();
+            self.pipeline.push_unnamed_parse(if noted { vec![Effect::UnnamedParse] } else { Vec::new() });
             self.statements.stage_unnamed();
             return true;
         };

@@ -28,6 +28,10 @@ pub enum Effect {
     /// The client's Bind or DECLARE of this portal name (forgotten if it failed or was
     /// skipped: the name may be another client's cursor on the server).
     ClientPortal(Box<[u8]>),
+    /// The client's Parse of the unnamed statement whose SET or cursors were noted when it
+    /// was staged: if it fails or is skipped, they are not the unnamed statement's (a skipped
+    /// Parse leaves the one parsed before).
+    UnnamedParse,
 }
 
 /// A statement a client prepared, as the server knows it.
@@ -259,6 +263,12 @@ impl Statements {
             Effect::ClientParse(name) => (name, None),
             Effect::ClientClose(name, prev) => (name, Some(prev.clone())),
             Effect::ServerStatement(_) => return,
+            Effect::UnnamedParse => {
+                if !ok {
+                    self.unnamed_unknown();
+                }
+                return;
+            }
             Effect::ClientPortal(name) => {
                 if !ok {
                     self.portals.remove(name);
@@ -317,6 +327,15 @@ impl Statements {
             d.unnamed = cursors;
             d.unnamed_may = may_declare;
         }
+    }
+
+    /// A Parse of the unnamed statement failed or was skipped: what the server's unnamed
+    /// statement declares is not known (none of its cursors are the client's, and an Execute
+    /// of it may declare some).
+    fn unnamed_unknown(&mut self) {
+        let d = self.declaring.get_or_insert_with(Default::default);
+        d.unnamed = Cursors::default();
+        d.unnamed_may = true;
     }
 
     /// A Bind to `portal` of the unnamed statement (`None`) or of a named one: an Execute of
