@@ -245,6 +245,9 @@ pub struct Pipeline {
     /// an implicit transaction (or skips) until a Sync, even once it owes no reply (a Sync
     /// read by a COPY does not end it).
     open: bool,
+    /// The message recorded last was consumed as it was pushed (skipped: see
+    /// [`Pipeline::attach_effects`]).
+    last_skipped: bool,
 }
 
 impl Default for Pipeline {
@@ -258,6 +261,7 @@ impl Default for Pipeline {
             done: Vec::new(),
             uncertain: false,
             open: false,
+            last_skipped: false,
         }
     }
 }
@@ -341,10 +345,18 @@ impl Pipeline {
         self.push_full(kind, action, effect, None);
     }
 
-    /// Adds effects to the message recorded last (to undo should it fail or be skipped).
+    /// Adds effects to the message recorded last (to undo should it fail or be skipped). One
+    /// the server skips as it arrives (behind an error, before the Sync) left the queue as
+    /// it was pushed: its effects are undone at once.
     pub fn attach_effects(&mut self, effects: Vec<Effect>) {
-        if let (false, Some(back)) = (effects.is_empty(), self.queue.back_mut()) {
-            back.extra.get_or_insert_with(Box::default).effect.extend(effects);
+        if effects.is_empty() {
+            return;
+        }
+        match self.queue.back_mut() {
+            Some(back) if !self.last_skipped => {
+                back.extra.get_or_insert_with(Box::default).effect.extend(effects)
+            }
+            _ => self.undo.extend(effects),
         }
     }
 
@@ -396,8 +408,10 @@ impl Pipeline {
         // cannot be consumed before them (the queue is consumed from its front only).
         let first = self.queue.is_empty();
         self.queue.push_back(entry);
+        self.last_skipped = false;
         if first {
             self.advance();
+            self.last_skipped = self.queue.is_empty();
         }
     }
 
