@@ -282,3 +282,52 @@ async fn a_skipped_unnamed_set_is_not_taken_for_the_one_that_runs() {
     let r = rows(&other, "SHOW work_mem").await.expect("the other client's SHOW");
     assert_eq!(r, vec![vec!["2222kB".to_owned()]], "the other client sees a's work_mem");
 }
+
+/// The isolation setting changed through the protocol's FunctionCall (set_config by its OID,
+/// 2078), which carries no SQL text to classify: the next client of the tenant on the same
+/// backend still gets its own tenant's rows, never the ones the hijacker pointed it at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_setting_changed_by_a_function_call_does_not_reach_the_next_client() {
+    use crate::support::raw::*;
+    let mut f = Failures::default();
+    for mode in [Isolation::Schema, Isolation::Shared] {
+        let (a, b) = tenant_pair(mode, Access::Write, 1).await;
+        let h = start_quick(vec![a.clone(), b.clone()]).await;
+        let (name, value) = match mode {
+            Isolation::Schema => ("search_path", format!("\"{}\"", b.id)),
+            _ => ("pgtenant.tenant_id", b.id.to_string()),
+        };
+        // FunctionCall: OID, no argument formats (text), three arguments, text result.
+        let mut body = 2078i32.to_be_bytes().to_vec();
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&3i16.to_be_bytes());
+        for arg in [name, value.as_str(), "false"] {
+            body.extend_from_slice(&i32::try_from(arg.len()).expect("short").to_be_bytes());
+            body.extend_from_slice(arg.as_bytes());
+        }
+        body.extend_from_slice(&0i16.to_be_bytes());
+        let existing = h.client(&a.id).await;
+        let p0 = pid(&existing).await;
+        let mut hijacker = raw_proxy(&h, &a.id).await;
+        send(&mut hijacker, &cat(&[msg(b'F', &body), query("SELECT owner FROM items LIMIT 1")])).await;
+        let (got, _) = read_ready(&mut hijacker, 2, std::time::Duration::from_secs(3)).await;
+        let got = summary(&got);
+        // The call took effect for the hijacker (so the check below means something).
+        f.check(got.contains(&format!("D({})", b.id)), || {
+            format!("{mode:?}: the hijack did not take: {got:?}")
+        });
+        let new = h.client(&a.id).await;
+        for (who, c) in [("a new client", &new), ("an existing client", &existing)] {
+            match rows(c, "SELECT owner, pg_backend_pid() FROM items").await {
+                Ok(r) => f.check(
+                    r.len() == 3 && r.iter().all(|row| row[0] == a.id && row[1] == p0.to_string()),
+                    || format!("{mode:?}: {who} of tenant a saw (owner, pid) {r:?}, backend {p0}"),
+                ),
+                Err(e) => f.0.push(format!("{mode:?}: {who}: {}", why(&e))),
+            }
+            send(&mut hijacker, &msg(b'F', &body)).await;
+            let _ = read_ready(&mut hijacker, 1, std::time::Duration::from_secs(3)).await;
+        }
+    }
+    f.assert_none();
+}
