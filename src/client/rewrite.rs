@@ -317,6 +317,13 @@ impl Stage<'_> {
                 }
                 self.note(&class, sql, true);
             }
+            fe::FUNCTION_CALL => {
+                // Any function by its OID, with no text to classify (set_config, or one that
+                // declares a cursor): treated as a DO block or CALL is.
+                self.conn.suspect_settings();
+                self.conn.note_cursors();
+                self.forward(tag, frame);
+            }
             _ => self.forward(tag, frame),
         }
         true
