@@ -248,6 +248,9 @@ pub struct Pipeline {
     /// an implicit transaction (or skips) until a Sync, even once it owes no reply (a Sync
     /// read by a COPY does not end it).
     open: bool,
+    /// The message recorded last was consumed as it was pushed (skipped: see
+    /// [`Pipeline::attach_effects`]).
+    last_skipped: bool,
 }
 
 impl Default for Pipeline {
@@ -261,6 +264,7 @@ impl Default for Pipeline {
             done: Vec::new(),
             uncertain: false,
             open: false,
+            last_skipped: false,
         }
     }
 }
@@ -344,10 +348,18 @@ impl Pipeline {
         self.push_full(kind, action, effect, None);
     }
 
-    /// Adds effects to the message recorded last (to undo should it fail or be skipped).
+    /// Adds effects to the message recorded last (to undo should it fail or be skipped). One
+    /// the server skips as it arrives (behind an error, before the Sync) left the queue as
+    /// it was pushed: its effects are undone at once.
     pub fn attach_effects(&mut self, effects: Vec<Effect>) {
-        if let (false, Some(back)) = (effects.is_empty(), self.queue.back_mut()) {
-            back.extra.get_or_insert_with(Box::default).effect.extend(effects);
+        if effects.is_empty() {
+            return;
+        }
+        match self.queue.back_mut() {
+            Some(back) if !self.last_skipped => {
+                back.extra.get_or_insert_with(Box::default).effect.extend(effects)
+            }
+            _ => self.undo.extend(effects),
         }
     }
 
@@ -373,9 +385,11 @@ impl Pipeline {
         }
     }
 
-    /// Records the client's Parse of the unnamed statement (see [`Route::unnamed_parsed`]).
-    pub fn push_unnamed_parse(&mut self) {
-        self.push_entry(Entry { unnamed: true, ..Entry::new(Kind::Parse, Reply::Forward) });
+    /// Records the client's Parse of the unnamed statement (see [`Route::unnamed_parsed`]),
+    /// with effects to undo should it fail or be skipped.
+    pub fn push_unnamed_parse(&mut self, effect: Vec<Effect>) {
+        let extra = (!effect.is_empty()).then(|| Box::new(Extra { effect, ..Extra::default() }));
+        self.push_entry(Entry { unnamed: true, extra, ..Entry::new(Kind::Parse, Reply::Forward) });
     }
 
     /// Whether a Parse of the unnamed statement by the client still awaits its reply (or its
@@ -410,8 +424,10 @@ impl Pipeline {
         // cannot be consumed before them (the queue is consumed from its front only).
         let first = self.queue.is_empty();
         self.queue.push_back(entry);
+        self.last_skipped = false;
         if first {
             self.advance();
+            self.last_skipped = self.queue.is_empty();
         }
     }
 

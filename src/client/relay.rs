@@ -429,9 +429,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         // Behind a cross-tenant reset the client's messages go in the same write up to its
         // first Sync (a failed DISCARD ALL makes the server skip them: they never run on the
         // previous tenant's session); what follows that Sync waits for the reset's verdict.
+        // Behind a resync marker they wait for its ReadyForQuery: the reply model starts
+        // afresh there, and would not know it owes them anything.
         let p = &self.progress;
-        let hold =
-            (p.swallow_z > 0 && !self.setup_trusted) || (p.reset != ResetPhase::Done && p.reset_synced);
+        let hold = (p.swallow_z > 0 && !self.setup_trusted)
+            || (p.reset != ResetPhase::Done && p.reset_synced)
+            || self.resync.is_some();
         if self.server.is_some() && self.c_scanned > 0 && !hold {
             self.stage();
         }
@@ -631,6 +634,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                     if let Some(server) = self.server.as_mut() {
                         server.conn().prepared_mut().remove(name);
                     }
+                }
+                Effect::UnnamedParse => {
+                    // Its SET is not what a Bind of the unnamed statement runs (untracked).
+                    self.sets.unnamed = None;
+                    self.statements.settle(e, false);
                 }
                 _ => self.statements.settle(e, false),
             }

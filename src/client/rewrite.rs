@@ -34,10 +34,10 @@ pub(super) struct SetTracking {
     pub(super) pending: Vec<SetCmd>,
     /// SET/RESET CommandCompletes seen (recognised or not).
     pub(super) seen: usize,
-    /// SET text of the last unnamed Parse, and of the statement bound last. Boxed: rare,
-    /// and every session would otherwise keep room for two.
+    /// SET text of the last unnamed Parse, and of the statement bound last with its portal.
+    /// Boxed: rare, and every session would otherwise keep room for two.
     pub(super) unnamed: Option<Box<SetCmd>>,
-    pub(super) bound: Option<Box<SetCmd>>,
+    pub(super) bound: Option<Box<(Box<[u8]>, SetCmd)>>,
 }
 
 impl SetTracking {
@@ -159,11 +159,15 @@ impl Stage<'_> {
                     match self.unnamed_owned() {
                         None => return false,
                         Some(true) => {
-                            let portal = self.statements.bind_portal(portal, Bound::Bind);
-                            self.sets.bound = self.sets.unnamed.clone();
-                            if self.statements.bind_declares(None) {
+                            self.sets.bound = self
+                                .sets
+                                .unnamed
+                                .as_ref()
+                                .map(|set| Box::new((portal.into(), SetCmd::clone(set))));
+                            if self.statements.bind_declares(portal, None) {
                                 self.conn.note_cursors();
                             }
+                            let portal = self.statements.bind_portal(portal, Bound::Bind);
                             self.out.extend_from_slice(frame);
                             self.pipeline.push_effect(
                                 Kind::Bind,
@@ -189,8 +193,8 @@ impl Stage<'_> {
                     }
                     Lookup::Known(p) => p,
                 };
-                self.sets.bound = prepared.set.clone().map(Box::new);
-                self.statements.bind_declares(Some(&prepared.declares));
+                self.sets.bound = prepared.set.clone().map(|set| Box::new((portal.into(), set)));
+                self.statements.bind_declares(portal, Some(&prepared.declares));
                 if prepared.may_declare {
                     // Its Execute may declare cursors (see `note`).
                     self.conn.note_cursors();
@@ -264,10 +268,20 @@ impl Stage<'_> {
                     }
                 }
                 self.out.extend_from_slice(frame);
-                self.pipeline.push_set(Kind::Execute, self.sets.bound.take());
+                // The SET and cursors of the statement bound last are this Execute's only if
+                // it runs that portal: an earlier portal runs another statement (its SET
+                // then counts as untracked, and its cursors are not the client's).
+                let set = match self.sets.bound.take() {
+                    Some(bound) if *bound.0 == *portal => Some(Box::new(bound.1)),
+                    other => {
+                        self.sets.bound = other;
+                        None
+                    }
+                };
+                self.pipeline.push_set(Kind::Execute, set);
                 // A DECLARE carried by the extended protocol makes its cursor here: the name
                 // is the client's once this Execute completes (not if it fails or is skipped).
-                let declares = self.statements.take_bound_declares();
+                let declares = self.statements.take_bound_declares(portal);
                 if !declares.is_empty() {
                     let effects: Vec<Effect> = declares
                         .iter()
@@ -302,6 +316,13 @@ impl Stage<'_> {
                     }
                 }
                 self.note(&class, sql, true);
+            }
+            fe::FUNCTION_CALL => {
+                // Any function by its OID, with no text to classify (set_config, or one that
+                // declares a cursor): treated as a DO block or CALL is.
+                self.conn.suspect_settings();
+                self.conn.note_cursors();
+                self.forward(tag, frame);
             }
             _ => self.forward(tag, frame),
         }
@@ -408,10 +429,12 @@ impl Stage<'_> {
         let Some((name, prepared)) = prepared else {
             // An unnamed statement: remember whether it is a SET, and that the client parsed
             // one (see `unnamed_owned`).
+            // What it runs is the unnamed statement's only once the server parsed it.
+            let noted = set.is_some() || !declares.is_empty() || may_declare;
             self.sets.unnamed = set.map(Box::new);
             self.statements.unnamed_declares(declares, may_declare);
             self.out.extend_from_slice(frame);
-            self.pipeline.push_unnamed_parse();
+            self.pipeline.push_unnamed_parse(if noted { vec![Effect::UnnamedParse] } else { Vec::new() });
             self.statements.stage_unnamed();
             return true;
         };

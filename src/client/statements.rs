@@ -29,6 +29,10 @@ pub enum Effect {
     /// The client's Bind or DECLARE of this portal name (forgotten if it failed or was
     /// skipped: the name may be another client's cursor on the server).
     ClientPortal(Box<[u8]>),
+    /// The client's Parse of the unnamed statement whose SET or cursors were noted when it
+    /// was staged: if it fails or is skipped, they are not the unnamed statement's (a skipped
+    /// Parse leaves the one parsed before).
+    UnnamedParse,
 }
 
 /// A statement a client prepared, as the server knows it.
@@ -58,6 +62,8 @@ struct Declaring {
     /// The unnamed statement may declare a cursor (see [`Prepared::may_declare`]).
     unnamed_may: bool,
     bound: Cursors,
+    /// The portal `bound` was bound to: only an Execute of it declares them.
+    bound_portal: Box<[u8]>,
 }
 
 /// The most named statements one client may hold (its map is bounded, like everything a
@@ -285,6 +291,12 @@ impl Statements {
             Effect::ClientParse(name) => (name, None),
             Effect::ClientClose(name, prev) => (name, Some(prev.clone())),
             Effect::ServerStatement(_) => return,
+            Effect::UnnamedParse => {
+                if !ok {
+                    self.unnamed_unknown();
+                }
+                return;
+            }
             Effect::ClientPortal(name) => {
                 if !ok {
                     self.portals.remove(name);
@@ -362,9 +374,19 @@ impl Statements {
         }
     }
 
-    /// A Bind of the unnamed statement (`None`) or of a named one: an Execute that follows
-    /// declares its cursors. For the unnamed statement, whether it may declare any.
-    pub fn bind_declares(&mut self, named: Option<&Cursors>) -> bool {
+    /// A Parse of the unnamed statement failed or was skipped: what the server's unnamed
+    /// statement declares is not known (none of its cursors are the client's, and an Execute
+    /// of it may declare some).
+    fn unnamed_unknown(&mut self) {
+        let d = self.declaring.get_or_insert_with(Default::default);
+        d.unnamed = Cursors::default();
+        d.unnamed_may = true;
+    }
+
+    /// A Bind to `portal` of the unnamed statement (`None`) or of a named one: an Execute of
+    /// that portal declares its cursors. For the unnamed statement, whether it may declare
+    /// any.
+    pub fn bind_declares(&mut self, portal: &[u8], named: Option<&Cursors>) -> bool {
         if self.declaring.is_none() && named.is_none_or(|c| c.is_empty()) {
             return false;
         }
@@ -373,6 +395,7 @@ impl Statements {
             Some(c) => c.clone(),
             None => d.unnamed.clone(),
         };
+        d.bound_portal = portal.into();
         named.is_none() && d.unnamed_may
     }
 
@@ -383,9 +406,13 @@ impl Statements {
         }
     }
 
-    /// An Execute: the cursors its statement declares (once; a portal runs once).
-    pub fn take_bound_declares(&mut self) -> Cursors {
-        self.declaring.as_mut().map(|d| std::mem::take(&mut d.bound)).unwrap_or_default()
+    /// An Execute of `portal`: the cursors its statement declares if it is the portal bound
+    /// last (once; a portal runs once), none otherwise.
+    pub fn take_bound_declares(&mut self, portal: &[u8]) -> Cursors {
+        match self.declaring.as_mut() {
+            Some(d) if *d.bound_portal == *portal => std::mem::take(&mut d.bound),
+            _ => Cursors::default(),
+        }
     }
 
     /// Whether a Parse of the unnamed statement was staged since the last Sync.
@@ -616,5 +643,18 @@ mod tests {
         p.route(b'C', "");
         s.settle_barrier(&p);
         assert!(!s.barrier_pending() && p.owes_nothing());
+    }
+
+    /// The cursors of the statement bound last go with an Execute of its portal only: an
+    /// Execute of an earlier portal runs another statement, which declares none of them.
+    #[test]
+    fn bound_cursors_go_with_their_portal_only() {
+        let mut s = Statements::default();
+        let cursors: Cursors = vec![b"c".to_vec().into_boxed_slice()].into();
+        s.bind_declares(b"p_first", Some(&Cursors::default()));
+        s.bind_declares(b"p_second", Some(&cursors));
+        assert!(s.take_bound_declares(b"p_first").is_empty(), "another portal's cursors");
+        assert_eq!(s.take_bound_declares(b"p_second"), cursors);
+        assert!(s.take_bound_declares(b"p_second").is_empty(), "once");
     }
 }

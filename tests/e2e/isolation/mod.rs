@@ -17,6 +17,7 @@
 
 mod affinity;
 mod cursors;
+mod cuts;
 mod parameters;
 mod quoted;
 mod replies;

@@ -380,3 +380,72 @@ async fn the_resync_marker_never_lands_inside_a_half_sent_message() {
     assert!(!closed, "connection closed: {got:?}");
     assert_eq!(got, ["T", "D(still-in-step)", "C(SELECT 1)", "Z(I)"], "{got:?}");
 }
+
+/// A client whose connection pgtenant lost track of (a COPY failing behind a Sync), and whose
+/// resync marker is still owed (behind a slow query), sends more queries: they go behind the
+/// marker. Once the marker's reply is in, the connection must not be released while they are
+/// owed: the reset at release would take the first one's reply (a DO block: CommandComplete
+/// and ReadyForQuery) for its own, and the next client of the pool of one (same tenant) would
+/// get the second one's rows as the answer to its query. The client must get both answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_sent_behind_the_resync_marker_are_answered_to_their_client() {
+    let t = with_mode(tenant_db("rsbehind").await, PoolMode::Transaction, 1);
+    admin(&t.database)
+        .await
+        .batch_execute(&format!("CREATE TABLE t (id int, owner text); ALTER TABLE t OWNER TO \"{}\"", t.role))
+        .await
+        .expect("table");
+    let h = start_quick(vec![t.clone()]).await;
+    let other = h.client(&t.id).await;
+    let mut s = raw_proxy(&h, &t.id).await;
+    // The uncertain COPY, then a query that keeps the marker (sent once the error is routed)
+    // waiting 300 ms on the server.
+    let uncertain = cat(&[
+        query("COPY t FROM STDIN"),
+        copy_data("oops\n"),
+        sync(),
+        copy_done(),
+        query("SELECT pg_sleep(0.3)"),
+    ]);
+    send(&mut s, &uncertain).await;
+    // Its error and two ReadyForQuery (the copy's, the Sync's) come at once.
+    let (mut mine, _) = read_ready(&mut s, 2, Duration::from_secs(3)).await;
+    // Behind the marker: a DO block, then a query whose rows are this client's only.
+    let behind = cat(&[
+        query("DO $$BEGIN PERFORM pg_sleep(0.4); END$$"),
+        query("SELECT 'a-secret'::text FROM pg_sleep(0.4)"),
+    ]);
+    send(&mut s, &behind).await;
+    // The other client asks for the pool's one connection meanwhile.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), rows(&other, "SELECT 'b-own'::text")).await;
+    let (more, _) = read_ready(&mut s, 5 - ready_count(&mine), Duration::from_secs(3)).await;
+    mine.extend_from_slice(&more);
+    let mut f = Failures::default();
+    match got {
+        Ok(Ok(r)) => f.check(r == vec![vec!["b-own".to_owned()]], || {
+            format!("the other client's query returned {r:?}")
+        }),
+        Ok(Err(e)) => f.0.push(format!("the other client's query failed: {}", why(&e))),
+        Err(_) => f.0.push("the other client's query got no answer in 5 s".into()),
+    }
+    let mine = summary(&mine);
+    let want = [
+        "G",
+        "E(22P02)",
+        "Z(I)",
+        "Z(I)",
+        "T",
+        "D()",
+        "C(SELECT 1)",
+        "Z(I)",
+        "C(DO)",
+        "Z(I)",
+        "T",
+        "D(a-secret)",
+        "C(SELECT 1)",
+        "Z(I)",
+    ];
+    f.check(mine == want, || format!("the client's own replies: {mine:?}, expected {want:?}"));
+    f.assert_none();
+}

@@ -210,3 +210,124 @@ async fn session_characteristics_follow_the_client_in_transaction_mode() {
     }
     f.assert_none();
 }
+
+/// A SET run through a portal other than the one bound last: client a binds two portals of
+/// two SET statements and executes the first. What a's session now has is the first SET's
+/// value, whatever pgtenant tracks; another client of the tenant that set the second value
+/// itself must still see its own value on the shared connection, never a's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_executed_through_an_earlier_portal_is_not_taken_for_the_last_bound() {
+    use crate::support::raw::*;
+    let t = with_mode(tenant_db("setportal").await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let other = h.client(&t.id).await;
+    other.batch_execute("SET work_mem = '2222kB'").await.expect("the other client's SET");
+    let mut a = raw_proxy(&h, &t.id).await;
+    let batch = cat(&[
+        parse("s_first", "SET work_mem = '1111kB'"),
+        parse("s_second", "SET work_mem = '2222kB'"),
+        bind("p_first", "s_first"),
+        bind("p_second", "s_second"),
+        execute("p_first"),
+        sync(),
+    ]);
+    send(&mut a, &batch).await;
+    let (got, _) = read_ready(&mut a, 1, std::time::Duration::from_secs(3)).await;
+    assert_eq!(summary(&got), ["1", "1", "2", "2", "C(SET)", "Z(I)"], "a's batch");
+    // a's own session never has the value of the SET that did not run (pgtenant does not
+    // track which portal ran: the SET counts as untracked and the connection is reset).
+    send(&mut a, &query("SHOW work_mem")).await;
+    let (got, _) = read_ready(&mut a, 1, std::time::Duration::from_secs(3)).await;
+    let got = summary(&got);
+    assert!(got.len() == 4 && got[1] != "D(2222kB)", "a's work_mem: {got:?}");
+    // The other client, on the same backend, has its own.
+    let r = rows(&other, "SHOW work_mem").await.expect("the other client's SHOW");
+    assert_eq!(r, vec![vec!["2222kB".to_owned()]], "the other client sees a's work_mem");
+}
+
+/// A SET in an unnamed Parse that the server skips (an error earlier in its batch) does not
+/// replace the unnamed statement: a later Bind of it runs the SET parsed before. pgtenant must
+/// not take the skipped one's value for what ran; another client of the tenant that set that
+/// value itself must still see its own value on the shared connection, never a's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_unnamed_set_is_not_taken_for_the_one_that_runs() {
+    use crate::support::raw::*;
+    let t = with_mode(tenant_db("setskip").await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let other = h.client(&t.id).await;
+    other.batch_execute("SET work_mem = '2222kB'").await.expect("the other client's SET");
+    let mut a = raw_proxy(&h, &t.id).await;
+    let limit = std::time::Duration::from_secs(3);
+    let steps: [(Vec<u8>, &[&str]); 3] = [
+        (cat(&[parse("", "SET work_mem = '1111kB'"), sync()]), &["1", "Z(I)"]),
+        (
+            cat(&[
+                parse("s_bad", "SELECT * FROM no_such_table"),
+                parse("", "SET work_mem = '2222kB'"),
+                sync(),
+            ]),
+            &["E(42P01)", "Z(I)"],
+        ),
+        (cat(&[bind("", ""), execute(""), sync()]), &["2", "C(SET)", "Z(I)"]),
+    ];
+    for (bytes, want) in steps {
+        send(&mut a, &bytes).await;
+        let (got, _) = read_ready(&mut a, 1, limit).await;
+        assert_eq!(summary(&got), want, "a's step");
+    }
+    send(&mut a, &query("SHOW work_mem")).await;
+    let (got, _) = read_ready(&mut a, 1, limit).await;
+    let got = summary(&got);
+    assert!(got.len() == 4 && got[1] != "D(2222kB)", "a's work_mem: {got:?}");
+    let r = rows(&other, "SHOW work_mem").await.expect("the other client's SHOW");
+    assert_eq!(r, vec![vec!["2222kB".to_owned()]], "the other client sees a's work_mem");
+}
+
+/// The isolation setting changed through the protocol's FunctionCall (set_config by its OID,
+/// 2078), which carries no SQL text to classify: the next client of the tenant on the same
+/// backend still gets its own tenant's rows, never the ones the hijacker pointed it at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_setting_changed_by_a_function_call_does_not_reach_the_next_client() {
+    use crate::support::raw::*;
+    let mut f = Failures::default();
+    for mode in [Isolation::Schema, Isolation::Shared] {
+        let (a, b) = tenant_pair(mode, Access::Write, 1).await;
+        let h = start_quick(vec![a.clone(), b.clone()]).await;
+        let (name, value) = match mode {
+            Isolation::Schema => ("search_path", format!("\"{}\"", b.id)),
+            _ => ("pgtenant.tenant_id", b.id.to_string()),
+        };
+        // FunctionCall: OID, no argument formats (text), three arguments, text result.
+        let mut body = 2078i32.to_be_bytes().to_vec();
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&3i16.to_be_bytes());
+        for arg in [name, value.as_str(), "false"] {
+            body.extend_from_slice(&i32::try_from(arg.len()).expect("short").to_be_bytes());
+            body.extend_from_slice(arg.as_bytes());
+        }
+        body.extend_from_slice(&0i16.to_be_bytes());
+        let existing = h.client(&a.id).await;
+        let p0 = pid(&existing).await;
+        let mut hijacker = raw_proxy(&h, &a.id).await;
+        send(&mut hijacker, &cat(&[msg(b'F', &body), query("SELECT owner FROM items LIMIT 1")])).await;
+        let (got, _) = read_ready(&mut hijacker, 2, std::time::Duration::from_secs(3)).await;
+        let got = summary(&got);
+        // The call took effect for the hijacker (so the check below means something).
+        f.check(got.contains(&format!("D({})", b.id)), || {
+            format!("{mode:?}: the hijack did not take: {got:?}")
+        });
+        let new = h.client(&a.id).await;
+        for (who, c) in [("a new client", &new), ("an existing client", &existing)] {
+            match rows(c, "SELECT owner, pg_backend_pid() FROM items").await {
+                Ok(r) => f.check(
+                    r.len() == 3 && r.iter().all(|row| row[0] == a.id && row[1] == p0.to_string()),
+                    || format!("{mode:?}: {who} of tenant a saw (owner, pid) {r:?}, backend {p0}"),
+                ),
+                Err(e) => f.0.push(format!("{mode:?}: {who}: {}", why(&e))),
+            }
+            send(&mut hijacker, &msg(b'F', &body)).await;
+            let _ = read_ready(&mut hijacker, 1, std::time::Duration::from_secs(3)).await;
+        }
+    }
+    f.assert_none();
+}

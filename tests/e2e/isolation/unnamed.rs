@@ -121,3 +121,26 @@ async fn another_clients_unnamed_statement_cannot_be_used() {
     }
     f.assert_none();
 }
+
+/// A DECLARE sent while the server skips to Sync (after an error in a Flush batch) never runs:
+/// its cursor name is not the client's, and a later Execute of it gets PostgreSQL's answer
+/// (34000) at once instead of waiting for a verdict that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declare_skipped_at_once_leaves_its_name_unknown() {
+    let t = with_mode(tenant_db("skipdecl").await, pgtenant::model::PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let mut direct = raw_direct(&t.database).await;
+    let mut proxied = raw_proxy(&h, &t.id).await;
+    let steps = [
+        cat(&[parse("s_bad", "SELECT * FROM no_such_table"), msg(b'H', &[])]),
+        cat(&[query("DECLARE c CURSOR WITH HOLD FOR SELECT 'skipped'"), sync()]),
+        cat(&[query("BEGIN"), execute("c"), sync(), query("ROLLBACK")]),
+    ];
+    for (i, bytes) in steps.iter().enumerate() {
+        send(&mut direct, bytes).await;
+        let want = summary(&read_quiet(&mut direct, Duration::from_millis(300)).await.0);
+        send(&mut proxied, bytes).await;
+        let got = summary(&read_quiet(&mut proxied, Duration::from_millis(300)).await.0);
+        assert_eq!(got, want, "step {i}: pgtenant's answer differs from PostgreSQL's");
+    }
+}

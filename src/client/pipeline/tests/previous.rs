@@ -70,6 +70,9 @@ pub struct Pipeline {
     /// an implicit transaction (or skips) until a Sync, even once it owes no reply (a Sync
     /// read by a COPY does not end it).
     open: bool,
+    /// The message pushed last was consumed as it was pushed (added with the current
+    /// model's `attach_effects`).
+    last_consumed: bool,
 }
 
 impl Default for Pipeline {
@@ -83,6 +86,7 @@ impl Default for Pipeline {
             done: Vec::new(),
             uncertain: false,
             open: false,
+            last_consumed: false,
         }
     }
 }
@@ -142,8 +146,10 @@ impl Pipeline {
     /// Adds effects to the message recorded last (added to this oracle with the current
     /// model's method of the same name; it changes nothing else).
     pub fn attach_effects(&mut self, effects: Vec<Effect>) {
-        if let Some(back) = self.queue.back_mut() {
-            back.effect.extend(effects);
+        match self.queue.back_mut() {
+            Some(back) if !self.last_consumed => back.effect.extend(effects),
+            // The message went as it was pushed (skipped): its effects are undone.
+            _ => self.undo.extend(effects),
         }
     }
 
@@ -157,6 +163,7 @@ impl Pipeline {
         }
         self.queue.push_back(Entry { kind, action, effect, set, errored: false });
         self.advance();
+        self.last_consumed = self.queue.is_empty();
     }
 
     /// Whether a message carrying the test's unnamed-Parse marker is queued.
