@@ -73,6 +73,8 @@ const QUERIES: &[&str] = &[
     "COPY (SELECT 1) TO STDOUT",
     "SET statement_timeout = 0",
     "DEALLOCATE ALL",
+    "DISCARD ALL",
+    "BEGIN; DECLARE c CURSOR FOR SELECT 1",
     "SELEC broken",
 ];
 
@@ -87,11 +89,13 @@ const STATEMENTS: &[&str] = &[
     "COMMIT",
     "",
     "SELEC broken",
+    "DEALLOCATE ALL",
+    "DECLARE c CURSOR FOR SELECT 1",
 ];
 
 const NAMES: &[&str] = &["", "s1", "s2"];
 const BIND_NAMES: &[&str] = &["", "s1", "s2", "s3"];
-const PORTALS: &[&str] = &["", "p1"];
+const PORTALS: &[&str] = &["", "p1", "c"];
 
 fn generate(rng: &mut Rng, transaction_mode: bool) -> Vec<Msg> {
     let len = 1 + rng.below(12);
@@ -473,12 +477,43 @@ async fn waiting_for_a_verdict_sends_nothing_the_client_did_not_ask_for() {
         user: t.role.clone(),
         db: t.database.clone(),
     };
-    let cases: [(&[Msg], &[&str]); 9] = [
+    let cases: [(&[Msg], &[&str]); 13] = [
         (&[Query("DEALLOCATE ALL"), Close(b'P', "s1"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Query("DEALLOCATE ALL"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Query("DISCARD ALL"), Close(b'P', "p1"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Parse("s1", "SELECT 1"), Sync, Close(b'P', "p1"), Bind("", "s1"), Terminate], &["1", "ZI"]),
         (&[Parse("", "SELECT 1"), Sync, Close(b'P', "p1"), Bind("", ""), Terminate], &["1", "ZI"]),
+        (&[Parse("s1", "DEALLOCATE ALL"), Bind("", "s1"), Terminate], &[]),
+        (
+            &[Parse("", "DEALLOCATE ALL"), Bind("", ""), Describe(b'S', "s1"), Terminate],
+            &["1", "2", "E:26000"],
+        ),
+        (
+            &[
+                Parse("s1", "SELECT 1"),
+                Sync,
+                Parse("", "DEALLOCATE ALL"),
+                Bind("", ""),
+                Execute("", 0),
+                Bind("", "s1"),
+                Sync,
+                Terminate,
+            ],
+            &["1", "ZI", "1", "2", "C", "E:26000", "ZI"],
+        ),
+        (
+            &[
+                Query("BEGIN"),
+                Parse("s1", "SELECT 1"),
+                Bind("p1", "s1"),
+                Sync,
+                Query("DEALLOCATE ALL"),
+                Execute("p1", 0),
+                Sync,
+                Terminate,
+            ],
+            &["C", "ZT", "1", "2", "ZT", "C", "ZT", "D", "C", "ZT"],
+        ),
         (
             &[
                 Query("BEGIN; DECLARE c CURSOR FOR SELECT 1"),
