@@ -167,6 +167,10 @@ impl Stage<'_> {
                             if self.statements.bind_declares(portal, None) {
                                 self.conn.note_cursors();
                             }
+                            if self.statements.unnamed_drops() {
+                                // Names behind its Execute wait for its verdict.
+                                self.statements.raise_barrier(false);
+                            }
                             let portal = self.statements.bind_portal(portal, Bound::Bind);
                             self.out.extend_from_slice(frame);
                             self.pipeline.push_effect(
@@ -198,6 +202,10 @@ impl Stage<'_> {
                 if prepared.may_declare {
                     // Its Execute may declare cursors (see `note`).
                     self.conn.note_cursors();
+                }
+                if prepared.drops {
+                    // Names behind its Execute wait for its verdict.
+                    self.statements.raise_barrier(false);
                 }
                 self.ensure(&prepared.server_name, &prepared.parse);
                 let effect = self.statements.bind_portal(portal, Bound::Bind);
@@ -353,7 +361,7 @@ impl Stage<'_> {
         // The extended protocol can carry what a simple query can: the same checks.
         let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
         let Some((name, sql)) = statement else {
-            return self.prepare(frame, None, Box::default(), false);
+            return self.prepare(frame, None, Box::default(), false, false);
         };
         let class = classify(sql);
         if let Some(refusal) = self.refusal_for(&class) {
@@ -363,15 +371,14 @@ impl Stage<'_> {
             // and a barrier raised for it would hold the client's next Describe until a
             // reply that cannot come before its Sync).
             let replacement = parse_frame(name, &refusal);
-            return self.prepare(&replacement, None, Box::default(), false);
+            return self.prepare(&replacement, None, Box::default(), false, false);
         }
         let set = class.set(sql);
         // Its cursors are declared by an Execute of it, not by the Parse.
         let declares: Box<[Box<[u8]>]> =
             if class.declares() { class.declared_cursors(sql).into() } else { Box::default() };
-        // Noted once prepared: a barrier this Parse raises must not hold its own name's
-        // lookup (it would wait for a reply to itself).
-        if !self.prepare(frame, set, declares, class.may_declare()) {
+        // Noted once prepared.
+        if !self.prepare(frame, set, declares, class.may_declare(), class.drops_statements()) {
             return false;
         }
         self.note(&class, sql, false);
@@ -393,11 +400,10 @@ impl Stage<'_> {
             // policy did not keep) must not outlive the transaction for the next client.
             self.conn.note_cursors();
         }
-        if class.drops_statements() {
-            self.statements.raise_barrier(query);
-            if query {
-                self.pipeline.mark_barrier();
-            }
+        if query && class.drops_statements() {
+            // A Parse's runs at an Execute: its Bind raises the barrier (see `rewrite`).
+            self.statements.raise_barrier(true);
+            self.pipeline.mark_barrier();
         }
         if query && class.declares() {
             let declared: Vec<Effect> = class
@@ -417,12 +423,13 @@ impl Stage<'_> {
         set: Option<SetCmd>,
         declares: Box<[Box<[u8]>]>,
         may_declare: bool,
+        drops: bool,
     ) -> bool {
         // Statements::prepare reads the name again; the unnamed statement (the common case)
         // skips it, and the copies it would take.
         let named = frame.get(HEADER_LEN).is_some_and(|&b| b != 0);
         let prepared = if named {
-            Statements::prepare(frame, self.search_path, set.clone(), declares.clone(), may_declare)
+            Statements::prepare(frame, self.search_path, set.clone(), declares.clone(), may_declare, drops)
         } else {
             None
         };
@@ -432,7 +439,7 @@ impl Stage<'_> {
             // What it runs is the unnamed statement's only once the server parsed it.
             let noted = set.is_some() || !declares.is_empty() || may_declare;
             self.sets.unnamed = set.map(Box::new);
-            self.statements.unnamed_declares(declares, may_declare);
+            self.statements.unnamed_declares(declares, may_declare, drops);
             self.out.extend_from_slice(frame);
             self.pipeline.push_unnamed_parse(if noted { vec![Effect::UnnamedParse] } else { Vec::new() });
             self.statements.stage_unnamed();

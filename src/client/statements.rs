@@ -49,6 +49,9 @@ pub struct Prepared {
     /// Execute of it may declare a cursor, which must not outlive the transaction for another
     /// client.
     pub may_declare: bool,
+    /// Its text may drop every prepared statement (DEALLOCATE, DISCARD): a Bind of it
+    /// raises the barrier (see [`Statements::raise_barrier`]).
+    pub drops: bool,
 }
 
 /// Cursor names a statement's text declares (usually none: no allocation).
@@ -61,6 +64,8 @@ struct Declaring {
     unnamed: Cursors,
     /// The unnamed statement may declare a cursor (see [`Prepared::may_declare`]).
     unnamed_may: bool,
+    /// The unnamed statement may drop every prepared statement (see [`Prepared::drops`]).
+    unnamed_drops: bool,
     bound: Cursors,
     /// The portal `bound` was bound to: only an Execute of it declares them.
     bound_portal: Box<[u8]>,
@@ -150,8 +155,8 @@ enum Barrier {
     /// not for extended messages queued behind them (whose replies the server holds until
     /// a Sync or Flush the client may never send).
     Queries,
-    /// A Parse: the statement runs at an Execute that may come any time after it, so names
-    /// wait until the server owes nothing.
+    /// A Bind of a statement that may drop them: it runs at an Execute behind the Bind, so
+    /// names wait until the server owes nothing.
     All,
 }
 
@@ -228,6 +233,7 @@ impl Statements {
         set: Option<SetCmd>,
         declares: Cursors,
         may_declare: bool,
+        drops: bool,
     ) -> Option<(Box<[u8]>, Arc<Prepared>)> {
         let (name, rest) = cstr(frame.get(HEADER_LEN..)?)?;
         if name.is_empty() {
@@ -242,7 +248,7 @@ impl Statements {
         };
         let server_name: Arc<str> = Arc::from(format!("pgt_{:016x}{:016x}", hash(&k[0]), hash(&k[1])));
         let parse = rename(tag::PARSE, &[], server_name.as_bytes(), rest);
-        Some((name.into(), Arc::new(Prepared { server_name, parse, set, declares, may_declare })))
+        Some((name.into(), Arc::new(Prepared { server_name, parse, set, declares, may_declare, drops })))
     }
 
     pub fn lookup(&self, name: &[u8]) -> Lookup {
@@ -322,7 +328,8 @@ impl Statements {
     }
 
     /// A statement that may drop every prepared statement (DEALLOCATE, DISCARD) was staged,
-    /// by a simple query (`query`, marked in the reply model) or a Parse.
+    /// by a simple query (`query`, marked in the reply model) or by a Bind of a statement
+    /// whose text does (it runs at an Execute behind the Bind).
     pub fn raise_barrier(&mut self, query: bool) {
         self.barrier = if query && self.barrier != Barrier::All { Barrier::Queries } else { Barrier::All };
     }
@@ -345,7 +352,7 @@ impl Statements {
     }
 
     /// A message waits (see [`Lookup::Wait`], [`Portal::Wait`]) for a reply the server may
-    /// hold until a Sync or Flush: a statement-dropping Parse's, or a DECLARE's run by an
+    /// hold until a Sync or Flush: a statement-dropping Execute's, or a DECLARE's run by an
     /// Execute. Other waits are for replies a Sync or simple query already staged behind
     /// them makes the server send. The relay then sends a Flush (the client's own replies
     /// come earlier than without pgtenant, never ones it did not ask for).
@@ -364,14 +371,21 @@ impl Statements {
         self.unnamed_staged = true;
     }
 
-    /// The cursors the client's latest unnamed Parse declares, and whether it may declare
-    /// any (see [`Prepared::may_declare`]).
-    pub fn unnamed_declares(&mut self, cursors: Cursors, may_declare: bool) {
-        if !cursors.is_empty() || may_declare || self.declaring.is_some() {
+    /// The cursors the client's latest unnamed Parse declares, whether it may declare any
+    /// (see [`Prepared::may_declare`]), and whether it may drop every prepared statement.
+    pub fn unnamed_declares(&mut self, cursors: Cursors, may_declare: bool, drops: bool) {
+        if !cursors.is_empty() || may_declare || drops || self.declaring.is_some() {
             let d = self.declaring.get_or_insert_with(Default::default);
             d.unnamed = cursors;
             d.unnamed_may = may_declare;
+            d.unnamed_drops = drops;
         }
+    }
+
+    /// The unnamed statement may drop every prepared statement (as its latest Parse staged
+    /// says).
+    pub fn unnamed_drops(&self) -> bool {
+        self.declaring.as_ref().is_some_and(|d| d.unnamed_drops)
     }
 
     /// A Parse of the unnamed statement failed or was skipped: what the server's unnamed
@@ -432,11 +446,15 @@ impl Statements {
         self.unnamed_parsed
     }
 
-    /// DEALLOCATE ALL / DISCARD ALL completed: the client has no statements left.
-    pub fn clear(&mut self) {
+    /// DEALLOCATE ALL / DISCARD ALL completed: the client has no statements left, and after
+    /// DISCARD ALL (`portals`) no portals either (DEALLOCATE ALL leaves them: a portal keeps
+    /// its statement's plan, as on PostgreSQL).
+    pub fn clear(&mut self, portals: bool) {
         self.bytes = 0;
         self.by_name.clear();
-        self.portals.clear();
+        if portals {
+            self.portals.clear();
+        }
     }
 
     /// A Bind or DECLARE (`by`) of a named portal that goes to the server: the
@@ -538,7 +556,7 @@ mod tests {
     #[test]
     fn parse_is_renamed_by_content_and_search_path() {
         let p = frame(b'P', b"s1\0SELECT $1\0\0\x01\0\0\0\x17");
-        let (n, a) = Statements::prepare(&p, "\"acme\"", None, Box::default(), false).expect("named");
+        let (n, a) = Statements::prepare(&p, "\"acme\"", None, Box::default(), false, false).expect("named");
         assert_eq!(&*n, b"s1");
         let (_, b) = Statements::prepare(
             &frame(b'P', b"other\0SELECT $1\0\0\x01\0\0\0\x17"),
@@ -546,10 +564,12 @@ mod tests {
             None,
             Box::default(),
             false,
+            false,
         )
         .expect("named");
         assert_eq!(a.server_name, b.server_name, "same content, same server statement");
-        let (_, c) = Statements::prepare(&p, "\"globex\"", None, Box::default(), false).expect("named");
+        let (_, c) =
+            Statements::prepare(&p, "\"globex\"", None, Box::default(), false, false).expect("named");
         assert_ne!(a.server_name, c.server_name, "another schema, another statement");
         assert_eq!(a.server_name.len(), 4 + 32, "128 keyed bits: {}", a.server_name);
         let (name, rest) = cstr(&a.parse[HEADER_LEN..]).expect("name");
@@ -560,7 +580,8 @@ mod tests {
             a.parse.len()
         );
         assert!(
-            Statements::prepare(&frame(b'P', b"\0SELECT 1\0\0\0"), "", None, Box::default(), false).is_none(),
+            Statements::prepare(&frame(b'P', b"\0SELECT 1\0\0\0"), "", None, Box::default(), false, false)
+                .is_none(),
             "unnamed: not tracked"
         );
     }
@@ -569,7 +590,7 @@ mod tests {
     fn names_wait_only_across_a_sync() {
         let mut s = Statements::default();
         let (n, p) =
-            Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None, Box::default(), false)
+            Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None, Box::default(), false, false)
                 .expect("named");
         let parse = s.register(n, p);
         assert!(matches!(s.lookup(b"s1"), Lookup::Known(_)), "same Sync segment: decided together");
@@ -578,7 +599,7 @@ mod tests {
         s.settle(&parse, false);
         assert!(matches!(s.lookup(b"s1"), Lookup::Unknown), "a skipped Parse leaves nothing");
         let (n, p) =
-            Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None, Box::default(), false)
+            Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None, Box::default(), false, false)
                 .expect("named");
         let parse = s.register(n, p);
         s.settle(&parse, true);
@@ -606,7 +627,7 @@ mod tests {
 
     /// A DEALLOCATE run by a simple query: names wait for its reply only, not for extended
     /// messages queued behind it (the server holds theirs until a Sync or Flush), so no
-    /// Flush is needed. One run by a Parse waits for everything, and needs the Flush.
+    /// Flush is needed. One run by Bind/Execute waits for everything, and needs the Flush.
     #[test]
     fn a_query_barrier_waits_for_its_own_reply_and_a_parse_barrier_for_all() {
         use crate::client::pipeline::{Action, Kind};
@@ -626,10 +647,10 @@ mod tests {
         s.settle_barrier(&p);
         assert!(!s.barrier_pending() && !p.owes_nothing(), "the Close behind it is still owed");
 
-        // A Parse of DEALLOCATE ALL: it runs at the Execute, whenever that comes.
+        // A Bind of a statement that runs DEALLOCATE ALL: it runs at the Execute behind it.
         p.push(Kind::Parse, Action::Forward);
-        s.raise_barrier(false);
         p.push(Kind::Bind, Action::Forward);
+        s.raise_barrier(false);
         p.push(Kind::Execute, Action::Forward);
         assert!(s.wait_needs_flush());
         // A simple query's barrier raised meanwhile does not weaken it.

@@ -263,7 +263,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                         }
                         if tag == b"DEALLOCATE ALL\0" || tag == b"DISCARD ALL\0" {
                             // The client's statements went with them, as on PostgreSQL.
-                            self.statements.clear();
+                            self.statements.clear(tag == b"DISCARD ALL\0");
                         }
                     }
                 }
