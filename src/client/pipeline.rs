@@ -12,9 +12,10 @@
 //!
 //! Server replies drive the model: the server's own messages say when a command errs, starts a
 //! copy or ends. The model is exact except in one case: an error during COPY FROM STDIN while
-//! the client has sent Syncs (or other messages) between its copy data. Which of those the
-//! server read before failing is not observable, so the queue is marked uncertain and the
-//! connection is never reused (DESIGN.md, containment rule 1).
+//! the client has sent Syncs (or other messages) before or between its copy data. Which of
+//! those the server read before failing is not observable (a copy can fail before it reads
+//! anything), so the queue is marked uncertain and the connection is not reused until a
+//! marker query resynchronises it (DESIGN.md, containment rule 1).
 //!
 //! pgtenant answers nothing itself: every client message that earns a reply becomes a message
 //! the server answers (a Close of a client's statement becomes a Close of a name that never
@@ -287,12 +288,6 @@ fn error_reply(probe: Option<&Probe>, code: &str) -> Route {
         },
         _ => reply(true),
     }
-}
-
-/// SQLSTATEs of errors that can interrupt a COPY before it read the client's data: a cancel,
-/// a statement or transaction timeout, a recovery conflict, an idle timeout.
-fn asynchronous(code: &str) -> bool {
-    matches!(code, "57014" | "40001" | "25P03" | "25P04") || code.starts_with("57P")
 }
 
 impl Pipeline {
@@ -604,7 +599,7 @@ impl Pipeline {
                     }
                 }
                 be::ERROR_RESPONSE => {
-                    self.copy_failed(code);
+                    self.copy_failed();
                     if extended {
                         self.fail(code)
                     } else {
@@ -748,21 +743,21 @@ impl Pipeline {
     /// COPY FROM STDIN failed: decides which queued messages the copy consumed. Copy data,
     /// CopyDone and CopyFail earn nothing whether the copy read them or not; a Sync or another
     /// message read after copy data may or may not have been read by the copy.
-    fn copy_failed(&mut self, code: &str) {
+    fn copy_failed(&mut self) {
         self.mode = Mode::Normal;
         let stream: Vec<Kind> = self.queue.iter().skip(1).map(|e| e.kind).collect();
         // The copy reads up to the first message that ends it (CopyDone, CopyFail, or any
         // other message, which fails it).
         let end = stream.iter().position(|k| !matches!(k, Kind::CopyData | Kind::Sync | Kind::Flush));
         let segment = &stream[..end.map_or(stream.len(), |e| e + 1)];
-        // An error the server raised itself needs something read to raise it: Syncs before
-        // the first such message were read first. A cancel or timeout can come at any time.
-        let trigger = segment.iter().position(|k| *k != Kind::Sync && *k != Kind::Flush);
-        let certain = segment.iter().enumerate().all(|(i, k)| match k {
-            Kind::CopyData | Kind::CopyDone | Kind::CopyFail | Kind::Flush => true,
-            Kind::Sync => trigger.is_some_and(|t| i < t) && !asynchronous(code),
-            _ => false,
-        });
+        // Whether the copy read a Sync or failed before it (an error raised before the copy
+        // reads anything: a view, a statement trigger, a cancel) is not observable, and the
+        // error says nothing of it (a trigger may raise any SQLSTATE and message): a Sync
+        // there makes the replies uncertain. Copy data, CopyDone, CopyFail and Flush earn
+        // nothing either way.
+        let certain = segment
+            .iter()
+            .all(|k| matches!(k, Kind::CopyData | Kind::CopyDone | Kind::CopyFail | Kind::Flush));
         if !certain {
             self.uncertain = true;
         }

@@ -134,14 +134,24 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
     let conn = co.conn();
     conn.stream.write_all(&out).await.map_err(|_| ())?;
     let mut changed = Vec::new();
+    // The tag pgtenant's own resets complete with: another command's completion is a reply the
+    // session still owed (a reply model gone wrong), never taken for the reset's.
+    let tag = completion_tag(sql);
+    let mut completed = false;
     let mut reader = FrameReader::new(&mut conn.stream, DEFAULT_MAX_MESSAGE);
     let ok = loop {
         match reader.read_frame().await {
             Ok(Some(f)) => match f.tag() {
                 be::PARAMETER_STATUS => changed.extend(parse_parameter_status(f.body())),
+                be::COMMAND_COMPLETE if tag.is_some() => {
+                    if tag != Some(f.body()) || completed {
+                        break false;
+                    }
+                    completed = true;
+                }
                 // Notifications for LISTENs the reset ends belong to the previous client.
                 be::COMMAND_COMPLETE | be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE => {}
-                be::READY_FOR_QUERY => break f.body() == [txn::IDLE],
+                be::READY_FOR_QUERY => break f.body() == [txn::IDLE] && (completed || tag.is_none()),
                 _ => break false,
             },
             _ => return Err(()),
@@ -156,6 +166,21 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
         Ok(())
     } else {
         Err(())
+    }
+}
+
+/// The CommandComplete tag of a reset query pgtenant knows (DISCARD ALL, CLOSE ALL, RESET of
+/// a setting); `None` for another (a configured `reset_query` of several statements).
+fn completion_tag(sql: &str) -> Option<&'static [u8]> {
+    let sql = sql.trim();
+    if sql.eq_ignore_ascii_case(CROSS_TENANT_RESET) {
+        Some(RESET_TAG)
+    } else if sql.eq_ignore_ascii_case(CLOSE_CURSORS) {
+        Some(b"CLOSE CURSOR ALL\0")
+    } else if sql.eq_ignore_ascii_case(IDLE_RESET) {
+        Some(b"RESET\0")
+    } else {
+        None
     }
 }
 

@@ -111,3 +111,20 @@ enum Leave {
     /// Reads the first replies, then closes.
     AfterReplies,
 }
+
+/// The cleanups pgtenant runs at release (CLOSE ALL after a DO block, RESET of
+/// idle_session_timeout, DISCARD ALL after a DISCARD) are read as their own replies: the
+/// connection goes back to the pool and serves the next transaction (same backend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_cleanups_keep_the_connection() {
+    let t = with_mode(tenant_db("cleanups").await, pgtenant::model::PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let c = h.client(&t.id).await;
+    let p0 = pid(&c).await;
+    for sql in ["DO $$BEGIN NULL; END$$", "SET idle_session_timeout = '500s'", "DISCARD PLANS"] {
+        c.batch_execute(sql).await.expect("the statement");
+        // The cleanup runs after the release, in the background: let it finish.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(pid(&c).await, p0, "after `{sql}` the connection was not kept");
+    }
+}

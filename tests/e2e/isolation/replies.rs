@@ -449,3 +449,46 @@ async fn queries_sent_behind_the_resync_marker_are_answered_to_their_client() {
     f.check(mine == want, || format!("the client's own replies: {mine:?}, expected {want:?}"));
     f.assert_none();
 }
+
+/// A COPY FROM STDIN that fails before it reads any data (into a view: the error comes after
+/// CopyInResponse, from the copy's own checks) with a Sync sent ahead of the data: the server
+/// reads that Sync after the error and answers it with a ReadyForQuery of its own. pgtenant
+/// must not take that ReadyForQuery for the next query's and release the connection while the
+/// query still runs: the next client of the tenant would get its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_failing_before_its_data_does_not_hand_a_query_to_the_next_client() {
+    let t = with_mode(tenant_db("cpview").await, PoolMode::Transaction, 1);
+    admin(&t.database)
+        .await
+        .batch_execute(&format!("CREATE VIEW v AS SELECT 1 AS x; ALTER VIEW v OWNER TO \"{}\"", t.role))
+        .await
+        .expect("view");
+    let h = start_quick(vec![t.clone()]).await;
+    let bytes = cat(&[
+        query("COPY v FROM STDIN"),
+        sync(),
+        copy_data("1\n"),
+        copy_done(),
+        query("SELECT 'a-secret'::text FROM pg_sleep(0.5)"),
+    ]);
+    let mut direct = raw_direct(&t.database).await;
+    send(&mut direct, &bytes).await;
+    let want = summary(&read_ready(&mut direct, 3, Duration::from_secs(3)).await.0);
+    let other = h.client(&t.id).await;
+    let mut s = raw_proxy(&h, &t.id).await;
+    send(&mut s, &bytes).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut f = Failures::default();
+    match tokio::time::timeout(Duration::from_secs(5), rows(&other, "SELECT 'b-own'::text")).await {
+        Ok(Ok(r)) => f.check(r == vec![vec!["b-own".to_owned()]], || {
+            format!("the other client's query returned {r:?}")
+        }),
+        Ok(Err(e)) => f.0.push(format!("the other client's query failed: {}", why(&e))),
+        Err(_) => f.0.push("the other client's query got no answer in 5 s".into()),
+    }
+    let got = summary(&read_ready(&mut s, 3, Duration::from_secs(3)).await.0);
+    f.check(got == want, || {
+        format!("the client's replies:\n    PostgreSQL: {want:?}\n    pgtenant:   {got:?}")
+    });
+    f.assert_none();
+}

@@ -144,3 +144,39 @@ async fn a_declare_skipped_at_once_leaves_its_name_unknown() {
         assert_eq!(got, want, "step {i}: pgtenant's answer differs from PostgreSQL's");
     }
 }
+
+/// A client parses its unnamed statement without a Sync (Flush, or nothing) and leaves
+/// (closing, or with a Terminate): the next clients on the pool's one connection, of its
+/// tenant and of the other one, get 26000 for a Bind of the unnamed statement, never its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnamed_statement_left_without_a_sync_is_nobody_elses() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let mut f = Failures::default();
+    let mut same = raw_proxy(&h, &a.id).await;
+    let mut other = raw_proxy(&h, &b.id).await;
+    for (flush, leave_by_terminate) in [(true, false), (true, true), (false, false), (false, true)] {
+        let what = format!("Flush: {flush}, Terminate: {leave_by_terminate}");
+        let mut leaver = raw_proxy(&h, &a.id).await;
+        let mut bytes = parse("", SECRET_SQL);
+        if flush {
+            bytes.extend_from_slice(&msg(b'H', &[]));
+        }
+        send(&mut leaver, &bytes).await;
+        if flush {
+            let (got, _) = read_quiet(&mut leaver, Duration::from_millis(100)).await;
+            f.check(summary(&got) == ["1"], || format!("{what}: the Parse's reply: {:?}", summary(&got)));
+        }
+        if leave_by_terminate {
+            send(&mut leaver, &terminate()).await;
+        }
+        drop(leaver);
+        for (who, s) in [("same tenant", &mut same), ("other tenant", &mut other)] {
+            let got = step(s, &cat(&[bind("", ""), execute(""), sync()])).await;
+            f.check(summary(&got) == ["E(26000)", "Z(I)"] && !leaked(&got), || {
+                format!("{what}: {who}'s Bind of the unnamed statement: {:?}", summary(&got))
+            });
+        }
+    }
+    f.assert_none();
+}

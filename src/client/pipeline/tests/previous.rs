@@ -96,12 +96,6 @@ impl Default for Pipeline {
 #[allow(dead_code)]
 pub const COPY_FAIL_CODE: &str = "57014:copyfail";
 
-/// SQLSTATEs of errors that can interrupt a COPY before it read the client's data: a cancel,
-/// a statement or transaction timeout, a recovery conflict, an idle timeout.
-fn asynchronous(code: &str) -> bool {
-    matches!(code, "57014" | "40001" | "25P03" | "25P04") || code.starts_with("57P")
-}
-
 impl Pipeline {
     /// Nothing owed and nothing pending: the server connection may be released (as far as
     /// replies go).
@@ -263,7 +257,7 @@ impl Pipeline {
                     }
                 }
                 be::ERROR_RESPONSE => {
-                    self.copy_failed(code);
+                    self.copy_failed();
                     if extended {
                         self.fail(&action, code)
                     } else {
@@ -405,21 +399,21 @@ impl Pipeline {
     /// COPY FROM STDIN failed: decides which queued messages the copy consumed. Copy data,
     /// CopyDone and CopyFail earn nothing whether the copy read them or not; a Sync or another
     /// message read after copy data may or may not have been read by the copy.
-    fn copy_failed(&mut self, code: &str) {
+    fn copy_failed(&mut self) {
         self.mode = Mode::Normal;
         let stream: Vec<Kind> = self.queue.iter().skip(1).map(|e| e.kind).collect();
         // The copy reads up to the first message that ends it (CopyDone, CopyFail, or any
         // other message, which fails it).
         let end = stream.iter().position(|k| !matches!(k, Kind::CopyData | Kind::Sync | Kind::Flush));
         let segment = &stream[..end.map_or(stream.len(), |e| e + 1)];
-        // An error the server raised itself needs something read to raise it: Syncs before
-        // the first such message were read first. A cancel or timeout can come at any time.
-        let trigger = segment.iter().position(|k| *k != Kind::Sync && *k != Kind::Flush);
-        let certain = segment.iter().enumerate().all(|(i, k)| match k {
-            Kind::CopyData | Kind::CopyDone | Kind::CopyFail | Kind::Flush => true,
-            Kind::Sync => trigger.is_some_and(|t| i < t) && !asynchronous(code),
-            _ => false,
-        });
+        // Whether the copy read a Sync or failed before it (an error raised before the copy
+        // reads anything: a view, a statement trigger, a cancel) is not observable, and the
+        // error says nothing of it (a trigger may raise any SQLSTATE and message): a Sync
+        // there makes the replies uncertain. Copy data, CopyDone, CopyFail and Flush earn
+        // nothing either way.
+        let certain = segment
+            .iter()
+            .all(|k| matches!(k, Kind::CopyData | Kind::CopyDone | Kind::CopyFail | Kind::Flush));
         if !certain {
             self.uncertain = true;
         }
