@@ -274,9 +274,14 @@ fn scan(sql: &[u8]) -> (u8, Option<usize>) {
     let mut found = 0u8;
     let mut at = 0;
     while let Some(&[a, b]) = sql.get(at..at + 2) {
-        let class = PAIR_CLASS[pair(a, b)];
+        let class = usize::from(PAIR_CLASS[pair(a, b)]);
         if class != 0 {
-            found |= confirm(sql, at, CLASSES[usize::from(class)], found);
+            // The byte after the pair, as a letter (0 past the end): most pairs a class lets
+            // through ("h_" of pgbench_accounts, "SE" of SELECT) are ruled out by it.
+            let third = sql.get(at + 2).map_or(0, |&c| LETTER[usize::from(c)]);
+            if THIRDS[class] >> third & 1 != 0 {
+                found |= confirm(sql, at, CLASSES[class], found);
+            }
         }
         at += STRIDE;
     }
@@ -318,9 +323,11 @@ const fn pair(a: u8, b: u8) -> usize {
 
 /// For each pair of bytes (see [`pair`]), its class: 0 for a pair at no keyword's offsets
 /// 0..STRIDE, else an index into [`CLASSES`], whose bit `8 * k + o` says that keyword `k`
-/// has the pair at offset `o`.
-const PAIR_CLASSES: ([u8; 1024], [u64; 64]) = {
-    let (mut of, mut classes, mut n) = ([0u8; 1024], [0u64; 64], 1);
+/// has the pair at offset `o`, and into [`THIRDS`], whose bit `l` says that one of those
+/// keywords has the letter `l` (see [`LETTER`]) after the pair, every bit when one ends
+/// with the pair.
+const PAIR_CLASSES: ([u8; 1024], [u64; 64], [u32; 64]) = {
+    let (mut of, mut classes, mut thirds, mut n) = ([0u8; 1024], [0u64; 64], [0u32; 64], 1);
     let mut k = 0;
     while k < KEYWORDS.len() {
         let mut o = 0;
@@ -331,14 +338,17 @@ const PAIR_CLASSES: ([u8; 1024], [u64; 64]) = {
                 n += 1;
             }
             classes[of[p] as usize] |= 1 << (8 * k + o);
+            thirds[of[p] as usize] |=
+                if o + 2 < KEYWORDS[k].len() { 1 << LETTER[KEYWORDS[k][o + 2] as usize] } else { !0 };
             o += 1;
         }
         k += 1;
     }
-    (of, classes)
+    (of, classes, thirds)
 };
 static PAIR_CLASS: [u8; 1024] = PAIR_CLASSES.0;
 static CLASSES: [u64; 64] = PAIR_CLASSES.1;
+static THIRDS: [u32; 64] = PAIR_CLASSES.2;
 
 /// The keywords, not in `found` yet, that start where the class `maybe` of the pair at `at`
 /// says they may.
