@@ -264,11 +264,11 @@ fn keywords(sql: &[u8]) -> u8 {
 /// Every keyword is seven bytes or longer, so it holds one of every [`STRIDE`]-th position
 /// among its first [`STRIDE`] bytes, and the byte after that one: only those positions are
 /// read, the two bytes there looked up in [`PAIR_CLASS`] (the keywords and offsets whose
-/// letters they may be), and a keyword is compared only where one may start. Most of a
-/// query's text is never read here: about a byte in three (the 8-byte-wide test of every
-/// letter pair this replaced cost about five times as many instructions). The `;` is found
-/// by `memchr`. The tests hold it to a byte-by-byte search and to the scans it replaced, on
-/// any bytes.
+/// letters they may be, and the letters that may follow), and a keyword is compared only
+/// where one may start. About a byte in three of a query's text is read here (callgrind,
+/// pgbench -N: `classify` 1,903 instructions a transaction of five queries, 3,042 with the
+/// 8-byte-wide test of every letter pair this replaced). The `;` is found by `memchr`. The
+/// tests hold it to a byte-by-byte search and to the scans it replaced, on any bytes.
 fn scan(sql: &[u8]) -> (u8, Option<usize>) {
     let semicolon = memchr::memchr(b';', sql);
     let mut found = 0u8;
