@@ -453,10 +453,26 @@ fn explicit_cases() {
 /// The one-pass classifier as it was before its scan tested letter pairs (main at 1bdefc8):
 /// the reference the faster scan and first-word match are held to.
 mod previous {
-    use super::super::{
-        first_words, Class, DECLARES, DROPS, FIRST_LETTER, HIGHS, KEYWORDS, ONES, SECOND_LETTER, SUSPECT,
-    };
+    use super::super::{first_words, Class, DECLARES, DROPS, KEYWORDS, SUSPECT};
     use super::words_verdict;
+
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+    /// For each byte, the keywords whose letter at `pos` it is (either case).
+    const fn letter_table(pos: usize) -> [u8; 256] {
+        let mut table = [0u8; 256];
+        let mut k = 0;
+        while k < KEYWORDS.len() {
+            let c = KEYWORDS[k][pos];
+            table[c as usize] |= 1 << k;
+            table[c.to_ascii_uppercase() as usize] |= 1 << k;
+            k += 1;
+        }
+        table
+    }
+    const FIRST_LETTER: [u8; 256] = letter_table(0);
+    const SECOND_LETTER: [u8; 256] = letter_table(1);
 
     pub fn classify(sql: &[u8]) -> Class {
         let mut found = 0u8;
