@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::setcmd::SetCmd;
-use super::statements::Effect;
+use super::statements::{Effect, Statements};
 use crate::protocol::backend::tag as be;
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::frontend::target::PORTAL;
@@ -141,7 +141,7 @@ struct Entry {
     /// unnamed statement the client's ([`Route::unnamed_parsed`]).
     unnamed: bool,
     /// A simple query that may drop prepared statements (DEALLOCATE, DISCARD): names wait
-    /// until it is answered ([`Pipeline::barrier_owed`]).
+    /// until it is answered ([`Pipeline::settle_barrier`]).
     barrier: bool,
 }
 
@@ -366,9 +366,19 @@ impl Pipeline {
         }
     }
 
-    /// A simple query that may drop prepared statements is still unanswered.
-    pub fn barrier_owed(&self) -> bool {
-        self.queue.iter().any(|e| e.barrier)
+    /// Lifts the statements' barrier once what it waits for is answered (see
+    /// [`Statements::barrier`]).
+    #[inline]
+    pub fn settle_barrier(&self, statements: &mut Statements) {
+        let answered = match statements.barrier() {
+            None => return,
+            Some(true) => self.owes_nothing(),
+            // A simple query that may drop prepared statements is still unanswered?
+            Some(false) => !self.queue.iter().any(|e| e.barrier),
+        };
+        if answered {
+            statements.lift_barrier();
+        }
     }
 
     /// Records a Query or Execute that runs a session SET.

@@ -587,10 +587,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             let named = if transaction {
                 if !st.rewrite(tag, frame) {
                     // Waits for the server's verdict on an earlier message (see Lookup::Wait).
-                    // The server holds its replies to extended messages until a Sync or Flush:
-                    // when the verdict is among them and none of the client's lies between, a
-                    // Flush (no reply) gets them. Not otherwise: what the client has not asked
-                    // the server to send yet (it may end the session first) it does not get.
+                    // When the server holds it (until a Sync or Flush; none of the client's
+                    // lies between), a Flush (no reply) gets it; not otherwise: what the client
+                    // has not asked the server to send yet (it may end first) it does not get.
                     if st.pipeline.unflushed() && st.statements.wait_needs_flush() {
                         st.out.extend_from_slice(frontend::FLUSH_MESSAGE);
                         st.pipeline.push(Kind::Flush, Action::Swallow);

@@ -140,7 +140,7 @@ impl Stage<'_> {
     pub(super) fn rewrite(&mut self, tag: u8, frame: &[u8]) -> bool {
         tracing::trace!(conn = self.conn.backend_pid(), tag = %(tag as char), len = frame.len(), "client message");
         // Whatever could drop statements may have completed (or been skipped).
-        self.statements.settle_barrier(self.pipeline);
+        self.pipeline.settle_barrier(self.statements);
         self.names_statement = false;
         match tag {
             fe::PARSE => {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::pipeline::Pipeline;
 use super::setcmd::SetCmd;
 use crate::hash::KeyedMap;
 use crate::protocol::backend::cstr;
@@ -338,17 +337,20 @@ impl Statements {
         self.barrier != Barrier::None
     }
 
-    /// Lifts the barrier once what it waits for is answered: what came before is settled.
-    #[inline]
-    pub fn settle_barrier(&mut self, pipeline: &Pipeline) {
-        let answered = match self.barrier {
-            Barrier::None => return,
-            Barrier::Queries => !pipeline.barrier_owed(),
-            Barrier::All => pipeline.owes_nothing(),
-        };
-        if answered {
-            self.barrier = Barrier::None;
+    /// What the barrier waits for, if one is raised: `Some(true)` until the server owes
+    /// nothing, `Some(false)` until the simple queries marked in the reply model are answered
+    /// (see [`crate::client::pipeline::Pipeline::settle_barrier`]).
+    pub fn barrier(&self) -> Option<bool> {
+        match self.barrier {
+            Barrier::None => None,
+            Barrier::Queries => Some(false),
+            Barrier::All => Some(true),
         }
+    }
+
+    /// What the barrier waited for is answered: what came before is settled.
+    pub fn lift_barrier(&mut self) {
+        self.barrier = Barrier::None;
     }
 
     /// A message waits (see [`Lookup::Wait`], [`Portal::Wait`]) for a reply the server may
@@ -630,21 +632,21 @@ mod tests {
     /// Flush is needed. One run by Bind/Execute waits for everything, and needs the Flush.
     #[test]
     fn a_query_barrier_waits_for_its_own_reply_and_a_parse_barrier_for_all() {
-        use crate::client::pipeline::{Action, Kind};
+        use crate::client::pipeline::{Action, Kind, Pipeline};
         let mut s = Statements::default();
         let mut p = Pipeline::default();
         p.push(Kind::Query, Action::Forward);
         s.raise_barrier(true);
         p.mark_barrier();
         p.push(Kind::Close, Action::Forward);
-        s.settle_barrier(&p);
+        p.settle_barrier(&mut s);
         assert!(s.barrier_pending() && matches!(s.lookup(b"s1"), Lookup::Wait));
         assert!(!s.wait_needs_flush());
         p.route(b'C', "");
-        s.settle_barrier(&p);
+        p.settle_barrier(&mut s);
         assert!(s.barrier_pending(), "lifted before the query's ReadyForQuery");
         p.route(b'Z', "");
-        s.settle_barrier(&p);
+        p.settle_barrier(&mut s);
         assert!(!s.barrier_pending() && !p.owes_nothing(), "the Close behind it is still owed");
 
         // A Bind of a statement that runs DEALLOCATE ALL: it runs at the Execute behind it.
@@ -658,11 +660,11 @@ mod tests {
         assert!(s.wait_needs_flush());
         for tag in [b'3', b'1', b'2'] {
             p.route(tag, "");
-            s.settle_barrier(&p);
+            p.settle_barrier(&mut s);
             assert!(s.barrier_pending(), "lifted at {}", tag as char);
         }
         p.route(b'C', "");
-        s.settle_barrier(&p);
+        p.settle_barrier(&mut s);
         assert!(!s.barrier_pending() && p.owes_nothing());
     }
 

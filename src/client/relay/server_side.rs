@@ -181,7 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                         // Only once what it waits for is answered: a DEALLOCATE or DISCARD
                         // pipelined behind this one may still be running, or wait in the
                         // server's output for a Sync or Flush (in a Parse of the client's batch).
-                        self.statements.settle_barrier(&self.pipeline);
+                        self.pipeline.settle_barrier(&mut self.statements);
                         self.meter.ready(p.status);
                     }
                     if setup {
