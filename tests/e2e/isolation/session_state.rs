@@ -142,14 +142,19 @@ async fn isolation_setting_changed_without_set_does_not_reach_the_next_client_of
     for mode in [Isolation::Schema, Isolation::Shared] {
         let (a, b) = tenant_pair(mode, Access::Write, 1).await;
         let h = start_quick(vec![a.clone(), b.clone()]).await;
+        // The last ones name neither set_config nor the setting as the text reads: a
+        // Unicode-escaped name, and the rule of the pg_settings view (which calls set_config).
         let hijacks = match mode {
-            Isolation::Schema => [
+            Isolation::Schema => vec![
                 format!("SELECT set_config('search_path', '\"{}\"', false)", b.id),
                 format!("DO $$BEGIN PERFORM set_config('search_path', '\"{}\"', false); END$$", b.id),
+                format!("SELECT U&\"set\\005fconfig\"(U&'search\\005fpath', '\"{}\"', false)", b.id),
+                format!("UPDATE pg_settings SET setting = '\"{}\"' WHERE name LIKE 'search%'", b.id),
             ],
-            _ => [
+            _ => vec![
                 format!("SELECT set_config('pgtenant.tenant_id', '{}', false)", b.id),
                 format!("DO $$BEGIN PERFORM set_config('pgtenant.tenant_id', '{}', false); END$$", b.id),
+                format!("SELECT U&\"set\\005fconfig\"(U&'pgtenant.tenant\\005fid', '{}', false)", b.id),
             ],
         };
         let first = h.client(&a.id).await;
