@@ -185,6 +185,52 @@ async fn isolation_setting_changed_without_set_does_not_reach_the_next_client_of
     f.assert_none();
 }
 
+/// A prepared statement that changes the isolation setting is seen when it is parsed, but it
+/// runs at each Bind and Execute, on whichever connection the client has then: a run after
+/// another client took the connection (which cleared the suspicion its Parse raised) must
+/// make the setting be applied again for the next client. Before, the second run's
+/// search_path / tenant setting reached the next clients of the tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_statement_that_changes_the_isolation_setting_is_seen_at_every_run() {
+    let mut f = Failures::default();
+    for mode in [Isolation::Schema, Isolation::Shared] {
+        let (a, b) = tenant_pair(mode, Access::Write, 1).await;
+        let h = start_quick(vec![a.clone(), b.clone()]).await;
+        let (name, value) = match mode {
+            Isolation::Schema => ("search_path", format!("\"{}\"", b.id)),
+            _ => ("pgtenant.tenant_id", b.id.clone()),
+        };
+        let first = h.client(&a.id).await;
+        let existing = h.client(&a.id).await;
+        let p0 = pid(&first).await;
+        let hijack = first
+            .prepare(&format!("SELECT set_config('{name}', $1, false)"))
+            .await
+            .expect("prepare the hijack");
+        // The other client takes the connection between the Parse and the runs.
+        rows(&existing, "SELECT 1").await.expect("existing client");
+        first.query(&hijack, &[&value]).await.expect("hijack runs");
+        let own = rows(&first, "SELECT owner FROM items").await.expect("hijacker reads");
+        f.check(own.iter().all(|r| r[0] == b.id) && !own.is_empty(), || {
+            format!(
+                "{mode:?}: the hijack did not take effect for its own client ({own:?}): the check is void"
+            )
+        });
+        let new = h.client(&a.id).await;
+        for (who, c) in [("an existing client", &existing), ("a new client", &new)] {
+            match rows(c, "SELECT owner, pg_backend_pid() FROM items").await {
+                Ok(r) => f.check(
+                    r.len() == 3 && r.iter().all(|row| row[0] == a.id && row[1] == p0.to_string()),
+                    || format!("{mode:?}: {who} of tenant a saw (owner, pid) {r:?}, backend {p0}"),
+                ),
+                Err(e) => f.0.push(format!("{mode:?}: {who}: {}", why(&e))),
+            }
+            first.query(&hijack, &[&value]).await.expect("hijack runs again");
+        }
+    }
+    f.assert_none();
+}
+
 // ---- e. session characteristics follow the client -----------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
