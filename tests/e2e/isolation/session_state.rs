@@ -161,10 +161,11 @@ async fn isolation_setting_changed_without_set_does_not_reach_the_next_client_of
         let p0 = pid(&first).await;
         let existing = h.client(&a.id).await;
         for hijack in &hijacks {
-            first.batch_execute(hijack).await.expect("hijack runs");
-            // The hijack took effect for the client that ran it (so the check below means
-            // something): it now reads tenant b's rows on this backend.
-            let own = rows(&first, "SELECT owner FROM items").await.expect("hijacker reads");
+            // The hijack takes effect for the client that ran it (so the check below means
+            // something): in the same query it reads tenant b's rows on this backend.
+            let own = rows(&first, &format!("{hijack}; SELECT owner FROM items")).await.expect("hijack runs");
+            // The last three rows are the items (set_config's own row comes first).
+            let own = &own[own.len().saturating_sub(3)..];
             f.check(own.iter().all(|r| r[0] == b.id) && !own.is_empty(), || {
                 format!("{mode:?} `{hijack}`: did not take effect for its own client ({own:?}): the check is void")
             });
