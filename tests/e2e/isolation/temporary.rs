@@ -97,3 +97,28 @@ async fn a_search_path_naming_pg_temp_leaves_no_table_for_the_next_client() {
     }
     f.assert_none();
 }
+
+/// The same `search_path` from the client's startup packet (`options=-c search_path=…`),
+/// which pgtenant sets on every connection the client gets: each is reset before another
+/// client uses it. Before, the next client read the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_startup_search_path_naming_pg_temp_leaves_no_table_for_the_next_client() {
+    let t = with_mode(tenant_db("tmpopt").await, PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let mut f = Failures::default();
+    let existing = h.client(&t.id).await;
+    let maker = connect_str(&format!("{} options='-c search_path=pg_temp,public'", h.conninfo(&t.id))).await;
+    // Nothing in the text names the temporary schema.
+    let own = rows(&maker, "CREATE TABLE ts AS SELECT 'secret'::text AS x; SELECT x FROM ts").await;
+    f.check(matches!(&own, Ok(r) if r == &vec![vec!["secret".to_owned()]]), || {
+        format!("the maker's own table: {own:?}: the check is void")
+    });
+    let new = h.client(&t.id).await;
+    for (who, c) in [("a client connected before", &existing), ("a new client", &new)] {
+        match rows(c, "SELECT x FROM pg_temp.ts").await {
+            Ok(r) => f.0.push(format!("{who} read {r:?}")),
+            Err(e) => f.check(code(&e) == "42P01", || format!("{who}: expected 42P01, got {}", why(&e))),
+        }
+    }
+    f.assert_none();
+}
