@@ -79,7 +79,7 @@ pub fn parse(sql: &[u8]) -> Option<SetCmd> {
 /// CREATE temporary), or may through Unicode escapes: not tracked, so it lasts the
 /// transaction and the connection is reset, instead of following the client onto
 /// connections that the next client of the tenant then gets with its temporary tables.
-fn names_temporary_schema(value: &str) -> bool {
+pub(super) fn names_temporary_schema(value: &str) -> bool {
     let v = value.as_bytes();
     v.windows(7).any(|w| w.eq_ignore_ascii_case(b"pg_temp"))
         || v.windows(2).any(|w| w.eq_ignore_ascii_case(b"u&"))
