@@ -262,3 +262,55 @@ async fn session_characteristics_follow_the_client_in_transaction_mode() {
     }
     f.assert_none();
 }
+
+// ---- f. what a recognised statement changes lasts its transaction --------------------------
+
+/// Session state changed by statements pgtenant reads, in ways it does not replay (a role,
+/// a SET in a transaction block or around a savepoint, SET LOCAL) or that a function's own
+/// SET clause undoes when it fails: a client connected before and a new one, on the same
+/// backend, see the defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recognised_session_changes_do_not_reach_the_next_client_of_the_tenant() {
+    let t = with_mode(tenant_db("cnlast").await, PoolMode::Transaction, 1);
+    let other = unique("cnother");
+    admin("postgres")
+        .await
+        .batch_execute(&format!("CREATE ROLE {other}; GRANT {other} TO \"{}\"", t.role))
+        .await
+        .expect("a role to switch to");
+    admin(&t.database)
+        .await
+        .batch_execute(
+            "CREATE FUNCTION public.fails() RETURNS int LANGUAGE plpgsql SET work_mem = '7MB' \
+             AS $$BEGIN RAISE EXCEPTION 'no'; END$$",
+        )
+        .await
+        .expect("a failing function with a SET clause");
+    let h = start_quick(vec![t.clone()]).await;
+    let mut f = Failures::default();
+    let existing = h.client(&t.id).await;
+    let p0 = pid(&existing).await;
+    let check = "SELECT current_user::text, current_setting('statement_timeout'), \
+                 current_setting('work_mem'), pg_backend_pid()::text";
+    let defaults = vec![vec![t.role.clone(), "0".to_owned(), "4MB".to_owned(), p0.to_string()]];
+    for change in [
+        format!("SET ROLE {other}"),
+        format!("SET SESSION ROLE {other}; SET statement_timeout = 4321"),
+        "BEGIN; SAVEPOINT s; SET work_mem = '1234kB'; ROLLBACK TO s; SET statement_timeout = 4321; COMMIT"
+            .to_owned(),
+        "BEGIN; SET LOCAL statement_timeout = 4321; SET work_mem = '5MB'; COMMIT".to_owned(),
+        "BEGIN; SET work_mem = '5MB'; ROLLBACK".to_owned(),
+        "SELECT public.fails()".to_owned(),
+    ] {
+        let changer = h.client(&t.id).await;
+        let _ = changer.batch_execute(&change).await;
+        let new = h.client(&t.id).await;
+        for (who, c) in [("a client connected before", &existing), ("a new client", &new)] {
+            match rows(c, check).await {
+                Ok(r) => f.check(r == defaults, || format!("after `{change}`: {who} sees {r:?}")),
+                Err(e) => f.0.push(format!("after `{change}`: {who}: {}", why(&e))),
+            }
+        }
+    }
+    f.assert_none();
+}
