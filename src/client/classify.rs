@@ -45,13 +45,49 @@ pub struct Class {
     cursors: bool,
     /// It starts with SET or RESET.
     set_like: bool,
+    /// It may make a temporary object (names `pg_temp`, or TEMP follows CREATE, LOCAL,
+    /// GLOBAL, REPLACE or INTO anywhere), or spells names with Unicode escapes (`U&"…"`, which
+    /// can hide any name looked for): the connection is reset before another client uses it.
+    leaves_state: bool,
+}
+
+/// What running a statement may leave on its server connection for the next client. Noted
+/// on the connection it runs on: at its Query or Parse, and again at every Bind of it (a
+/// prepared statement runs on whichever connection its client has then, maybe one that
+/// another client used since its Parse).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// A statement starts with DECLARE, DO or CALL (code may declare a cursor however it
+    /// spells it): cursors are closed before the next client.
+    pub cursors: bool,
+    /// It may change settings without a SET tag (set_config, pg_settings, search_path or the
+    /// tenant setting named, code that runs): the isolation setting is applied afresh for the
+    /// next client.
+    pub settings: bool,
+    /// It may make a temporary object, or hides names behind Unicode escapes: the connection
+    /// is reset.
+    pub state: bool,
+    /// It may drop every prepared statement (DEALLOCATE, DISCARD): names behind it wait for
+    /// its verdict (see `Statements::raise_barrier`).
+    pub drops: bool,
 }
 
 // Keywords looked for anywhere in the text (ASCII, lowercase; matched ignoring case), one bit
 // each in the masks below.
-const KEYWORDS: [&[u8]; 6] =
-    [b"set_config", b"search_path", b"tenant_id", b"deallocate", b"discard", b"declare"];
-const SUSPECT: u8 = 0b000_0111;
+// `settings` finds `pg_settings`, whose UPDATE rule calls set_config; `temp` is confirmed by
+// [`makes_temporary`].
+const KEYWORDS: [&[u8]; 8] = [
+    b"set_config",
+    b"search_path",
+    b"tenant_id",
+    b"deallocate",
+    b"discard",
+    b"declare",
+    b"settings",
+    b"temp",
+];
+const SUSPECT: u8 = 0b0100_0111;
+const TEMP: u8 = 1 << 7;
 const DROPS: u8 = 0b001_1000;
 const DECLARE: &[u8] = KEYWORDS[5];
 const DECLARES: u8 = 1 << 5;
@@ -133,8 +169,15 @@ pub fn classify(sql: &[u8]) -> Class {
     let (found, semicolon) = scan(sql);
     let (suspect, drops) = (found & SUSPECT != 0, found & DROPS != 0);
     let declares = found & DECLARES != 0;
-    let mut class =
-        Class { suspect_settings: suspect, drops_statements: drops, declares, ..Class::default() };
+    let escaped = unicode_escapes(sql);
+    let leaves_state = escaped || found & TEMP != 0 && makes_temporary(sql);
+    let mut class = Class {
+        suspect_settings: suspect || escaped,
+        drops_statements: drops,
+        declares,
+        leaves_state,
+        ..Class::default()
+    };
     statement(sql, &mut class, true);
     if let Some(at) = semicolon {
         // Not for the usual `;` at the end (a Query's text may keep its NUL).
@@ -252,6 +295,45 @@ fn holds(mut sql: &[u8]) -> bool {
     }
 }
 
+/// Whether a text in which `temp` occurs may make a temporary object: it names `pg_temp`
+/// (the temporary schema, as a qualifier or on a search_path, which makes a plain CREATE
+/// temporary), or the word TEMP or TEMPORARY follows CREATE, LOCAL, GLOBAL, REPLACE or INTO
+/// (not INSERT INTO or MERGE INTO), anywhere: `EXPLAIN ANALYZE CREATE TEMP TABLE …`,
+/// `SELECT … INTO TEMP t`, `CREATE OR REPLACE TEMP VIEW …`. Strings and comments are read
+/// too: a reset too many, never one missed.
+#[inline(never)]
+pub(super) fn makes_temporary(sql: &[u8]) -> bool {
+    if sql.windows(7).any(|w| w.eq_ignore_ascii_case(b"pg_temp")) {
+        return true;
+    }
+    let is = |w: &[u8], k: &[u8]| w.eq_ignore_ascii_case(k);
+    let mut prev: [&[u8]; 2] = [&[], &[]];
+    for word in sql.split(|&b| !(b.is_ascii_alphanumeric() || b == b'_')).filter(|w| !w.is_empty()) {
+        if is(word, b"TEMP") || is(word, b"TEMPORARY") {
+            let [before, last] = prev;
+            let into = is(last, b"INTO") && !is(before, b"INSERT") && !is(before, b"MERGE");
+            if into || [&b"CREATE"[..], b"LOCAL", b"GLOBAL", b"REPLACE"].iter().any(|k| is(last, k)) {
+                return true;
+            }
+        }
+        prev = [prev[1], word];
+    }
+    false
+}
+
+/// Whether `sql` may spell a name or string with Unicode escapes (`U&"…"`, `U&'…'`:
+/// `U&"set\005fconfig"` is set_config), which no keyword search sees.
+#[inline]
+pub(super) fn unicode_escapes(sql: &[u8]) -> bool {
+    // Nearly every query has no `&` at all: one fast search.
+    sql.contains(&b'&') && escapes_after_ampersand(sql)
+}
+
+#[inline(never)]
+fn escapes_after_ampersand(sql: &[u8]) -> bool {
+    sql.windows(3).any(|w| w[0] | 0x20 == b'u' && w[1] == b'&' && matches!(w[2], b'"' | b'\''))
+}
+
 /// Which of [`KEYWORDS`] occur in `sql` (ignoring case), one bit each.
 #[cfg(test)]
 fn keywords(sql: &[u8]) -> u8 {
@@ -261,13 +343,14 @@ fn keywords(sql: &[u8]) -> u8 {
 /// Which of [`KEYWORDS`] occur in `sql` (ignoring case), one bit each, and where its first
 /// `;` is.
 ///
-/// Every keyword is seven bytes or longer, so it holds one of every [`STRIDE`]-th position
+/// Every keyword is four bytes or longer (`temp`), so it holds one of every [`STRIDE`]-th position
 /// among its first [`STRIDE`] bytes, and the byte after that one: only those positions are
 /// read, the two bytes there looked up in [`PAIR_CLASS`] (the keywords and offsets whose
 /// letters they may be, and the letters that may follow), and a keyword is compared only
-/// where one may start. About a byte in three of a query's text is read here (callgrind,
-/// pgbench -N: `classify` 1,903 instructions a transaction of five queries, 3,042 with the
-/// 8-byte-wide test of every letter pair this replaced). The `;` is found by `memchr`. The
+/// where one may start. About two bytes in three of a query's text are read here (with
+/// keywords of seven bytes or more and a step of 6, callgrind gave pgbench -N `classify`
+/// 1,903 instructions a transaction of five queries, 3,042 with the 8-byte-wide test of every
+/// letter pair this replaced). The `;` is found by `memchr`. The
 /// tests hold it to a byte-by-byte search and to the scans it replaced, on any bytes.
 fn scan(sql: &[u8]) -> (u8, Option<usize>) {
     let semicolon = memchr::memchr(b';', sql);
@@ -290,7 +373,7 @@ fn scan(sql: &[u8]) -> (u8, Option<usize>) {
 
 /// The step between the positions [`scan`] reads: a keyword `L` bytes long holds the first
 /// byte of a sampled pair among its first `L - 1` bytes when the step is at most `L - 1`.
-const STRIDE: usize = 6;
+const STRIDE: usize = 3;
 const _: () = {
     let mut k = 0;
     while k < KEYWORDS.len() {
@@ -385,6 +468,7 @@ impl Class {
         self.refusal
     }
 
+    #[cfg(test)]
     pub fn suspect_settings(&self) -> bool {
         self.suspect_settings
     }
@@ -400,8 +484,25 @@ impl Class {
 
     /// It may make a cursor on the server: a statement starts with DECLARE, DO or CALL (code
     /// may declare one however it spells it). A column named `declared_at` does not count.
+    #[cfg(test)]
     pub fn may_declare(&self) -> bool {
         self.cursors
+    }
+
+    /// It may make a temporary object, or hides names behind Unicode escapes.
+    #[cfg(test)]
+    pub fn leaves_state(&self) -> bool {
+        self.leaves_state
+    }
+
+    /// What running it may leave on its connection (see [`Marks`]).
+    pub fn marks(&self) -> Marks {
+        Marks {
+            cursors: self.cursors,
+            settings: self.suspect_settings,
+            state: self.leaves_state,
+            drops: self.drops_statements,
+        }
     }
 
     /// The session SET/RESET `sql` (the text this class was read from, without a trailing

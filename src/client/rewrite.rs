@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::classify::{classify, Class, Refusal};
+use super::classify::{classify, Class, Marks, Refusal};
 use super::meter::Meter;
 use super::pipeline::{Action, Kind, Pipeline};
 use super::setcmd::SetCmd;
@@ -80,6 +80,24 @@ impl SetTracking {
             conn.mark_dirty();
         }
         self.seen = 0;
+    }
+}
+
+/// Notes on `conn` what a statement about to run there may leave for the next client: the
+/// isolation setting is applied afresh after settings changed without a SET tag; a WITH HOLD
+/// cursor (also one a DO block or procedure declares, or one the pin policy did not keep)
+/// is closed; a temporary object, or whatever Unicode-escaped names may hide, goes with a
+/// reset.
+#[inline(always)]
+fn mark(conn: &mut ServerConn, marks: Marks) {
+    if marks.settings {
+        conn.suspect_settings();
+    }
+    if marks.cursors {
+        conn.note_cursors();
+    }
+    if marks.state {
+        conn.mark_dirty();
     }
 }
 
@@ -164,10 +182,9 @@ impl Stage<'_> {
                                 .unnamed
                                 .as_ref()
                                 .map(|set| Box::new((portal.into(), SetCmd::clone(set))));
-                            if self.statements.bind_declares(portal, None) {
-                                self.conn.note_cursors();
-                            }
-                            if self.statements.unnamed_drops() {
+                            let marks = self.statements.bind_declares(portal, None);
+                            mark(self.conn, marks);
+                            if marks.drops {
                                 // Names behind its Execute wait for its verdict.
                                 self.statements.raise_barrier(false);
                             }
@@ -199,11 +216,9 @@ impl Stage<'_> {
                 };
                 self.sets.bound = prepared.set.clone().map(|set| Box::new((portal.into(), set)));
                 self.statements.bind_declares(portal, Some(&prepared.declares));
-                if prepared.may_declare {
-                    // Its Execute may declare cursors (see `note`).
-                    self.conn.note_cursors();
-                }
-                if prepared.drops {
+                // What its Execute may leave, on this connection (see `note`).
+                mark(self.conn, prepared.marks);
+                if prepared.marks.drops {
                     // Names behind its Execute wait for its verdict.
                     self.statements.raise_barrier(false);
                 }
@@ -361,7 +376,7 @@ impl Stage<'_> {
         // The extended protocol can carry what a simple query can: the same checks.
         let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
         let Some((name, sql)) = statement else {
-            return self.prepare(frame, None, Box::default(), false, false);
+            return self.prepare(frame, None, Box::default(), Marks::default());
         };
         let class = classify(sql);
         if let Some(refusal) = self.refusal_for(&class) {
@@ -371,14 +386,14 @@ impl Stage<'_> {
             // and a barrier raised for it would hold the client's next Describe until a
             // reply that cannot come before its Sync).
             let replacement = parse_frame(name, &refusal);
-            return self.prepare(&replacement, None, Box::default(), false, false);
+            return self.prepare(&replacement, None, Box::default(), Marks::default());
         }
         let set = class.set(sql);
         // Its cursors are declared by an Execute of it, not by the Parse.
         let declares: Box<[Box<[u8]>]> =
             if class.declares() { class.declared_cursors(sql).into() } else { Box::default() };
         // Noted once prepared.
-        if !self.prepare(frame, set, declares, class.may_declare(), class.drops_statements()) {
+        if !self.prepare(frame, set, declares, class.marks()) {
             return false;
         }
         self.note(&class, sql, false);
@@ -392,14 +407,7 @@ impl Stage<'_> {
     /// client's cursor).
     #[inline(always)]
     fn note(&mut self, class: &Class, sql: &[u8], query: bool) {
-        if class.suspect_settings() {
-            self.conn.suspect_settings();
-        }
-        if class.may_declare() {
-            // A WITH HOLD cursor (also one a DO block or procedure declares, or one the pin
-            // policy did not keep) must not outlive the transaction for the next client.
-            self.conn.note_cursors();
-        }
+        mark(self.conn, class.marks());
         if query && class.drops_statements() {
             // A Parse's runs at an Execute: its Bind raises the barrier (see `rewrite`).
             self.statements.raise_barrier(true);
@@ -422,14 +430,13 @@ impl Stage<'_> {
         frame: &[u8],
         set: Option<SetCmd>,
         declares: Box<[Box<[u8]>]>,
-        may_declare: bool,
-        drops: bool,
+        marks: Marks,
     ) -> bool {
         // Statements::prepare reads the name again; the unnamed statement (the common case)
         // skips it, and the copies it would take.
         let named = frame.get(HEADER_LEN).is_some_and(|&b| b != 0);
         let prepared = if named {
-            Statements::prepare(frame, self.search_path, set.clone(), declares.clone(), may_declare, drops)
+            Statements::prepare(frame, self.search_path, set.clone(), declares.clone(), marks)
         } else {
             None
         };
@@ -437,9 +444,9 @@ impl Stage<'_> {
             // An unnamed statement: remember whether it is a SET, and that the client parsed
             // one (see `unnamed_owned`).
             // What it runs is the unnamed statement's only once the server parsed it.
-            let noted = set.is_some() || !declares.is_empty() || may_declare;
+            let noted = set.is_some() || !declares.is_empty() || marks != Marks::default();
             self.sets.unnamed = set.map(Box::new);
-            self.statements.unnamed_declares(declares, may_declare, drops);
+            self.statements.unnamed_declares(declares, marks);
             self.out.extend_from_slice(frame);
             self.pipeline.push_unnamed_parse(if noted { vec![Effect::UnnamedParse] } else { Vec::new() });
             self.statements.stage_unnamed();

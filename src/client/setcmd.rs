@@ -61,6 +61,9 @@ pub fn parse(sql: &[u8]) -> Option<SetCmd> {
                 return None;
             }
             let value = t.value()?;
+            if names_temporary_schema(&value) {
+                return None;
+            }
             if value.eq_ignore_ascii_case("default")
                 || value.eq_ignore_ascii_case("local") && name == "timezone"
             {
@@ -70,6 +73,16 @@ pub fn parse(sql: &[u8]) -> Option<SetCmd> {
         }
         _ => None,
     }
+}
+
+/// A value that names the temporary schema (`pg_temp` first on a search_path makes a plain
+/// CREATE temporary), or may through Unicode escapes: not tracked, so it lasts the
+/// transaction and the connection is reset, instead of following the client onto
+/// connections that the next client of the tenant then gets with its temporary tables.
+pub(super) fn names_temporary_schema(value: &str) -> bool {
+    let v = value.as_bytes();
+    v.windows(7).any(|w| w.eq_ignore_ascii_case(b"pg_temp"))
+        || v.windows(2).any(|w| w.eq_ignore_ascii_case(b"u&"))
 }
 
 /// `SET SESSION CHARACTERISTICS AS TRANSACTION <one mode>` (what pgjdbc's
@@ -220,6 +233,10 @@ mod tests {
             ),
             ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY, DEFERRABLE", None),
             ("SET work_mem = '1MB'; DROP TABLE t", None),
+            ("SET search_path = pg_temp, public", None),
+            ("SET search_path TO \"PG_TEMP\"", None),
+            ("SET search_path = U&\"pg\\005ftemp\"", None),
+            ("SET search_path = app, public", set("search_path", "app, public")),
             ("SET work_mem = 'unterminated", None),
             ("SELECT 1", None),
             ("SET", None),

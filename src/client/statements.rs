@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::classify::Marks;
 use super::setcmd::SetCmd;
 use crate::hash::KeyedMap;
 use crate::protocol::backend::cstr;
@@ -44,13 +45,10 @@ pub struct Prepared {
     pub set: Option<SetCmd>,
     /// Cursors its text DECLAREs: the client's once an Execute of it completes.
     pub declares: Cursors,
-    /// Its text names DECLARE, or runs a DO block or CALL (see `Class::may_declare`): an
-    /// Execute of it may declare a cursor, which must not outlive the transaction for another
-    /// client.
-    pub may_declare: bool,
-    /// Its text may drop every prepared statement (DEALLOCATE, DISCARD): a Bind of it
-    /// raises the barrier (see [`Statements::raise_barrier`]).
-    pub drops: bool,
+    /// What an Execute of it may leave on the connection (a cursor, settings, temporary
+    /// objects: see [`Marks`]), noted at each Bind: it runs on whichever connection its
+    /// client has then.
+    pub marks: Marks,
 }
 
 /// Cursor names a statement's text declares (usually none: no allocation).
@@ -61,10 +59,8 @@ pub type Cursors = Box<[Box<[u8]>]>;
 #[derive(Debug, Default)]
 struct Declaring {
     unnamed: Cursors,
-    /// The unnamed statement may declare a cursor (see [`Prepared::may_declare`]).
-    unnamed_may: bool,
-    /// The unnamed statement may drop every prepared statement (see [`Prepared::drops`]).
-    unnamed_drops: bool,
+    /// What the unnamed statement may leave (see [`Prepared::marks`]).
+    unnamed_marks: Marks,
     bound: Cursors,
     /// The portal `bound` was bound to: only an Execute of it declares them.
     bound_portal: Box<[u8]>,
@@ -231,8 +227,7 @@ impl Statements {
         search_path: &str,
         set: Option<SetCmd>,
         declares: Cursors,
-        may_declare: bool,
-        drops: bool,
+        marks: Marks,
     ) -> Option<(Box<[u8]>, Arc<Prepared>)> {
         let (name, rest) = cstr(frame.get(HEADER_LEN..)?)?;
         if name.is_empty() {
@@ -247,7 +242,7 @@ impl Statements {
         };
         let server_name: Arc<str> = Arc::from(format!("pgt_{:016x}{:016x}", hash(&k[0]), hash(&k[1])));
         let parse = rename(tag::PARSE, &[], server_name.as_bytes(), rest);
-        Some((name.into(), Arc::new(Prepared { server_name, parse, set, declares, may_declare, drops })))
+        Some((name.into(), Arc::new(Prepared { server_name, parse, set, declares, marks })))
     }
 
     pub fn lookup(&self, name: &[u8]) -> Lookup {
@@ -373,38 +368,30 @@ impl Statements {
         self.unnamed_staged = true;
     }
 
-    /// The cursors the client's latest unnamed Parse declares, whether it may declare any
-    /// (see [`Prepared::may_declare`]), and whether it may drop every prepared statement.
-    pub fn unnamed_declares(&mut self, cursors: Cursors, may_declare: bool, drops: bool) {
-        if !cursors.is_empty() || may_declare || drops || self.declaring.is_some() {
+    /// The cursors the client's latest unnamed Parse declares, and what it may leave (see
+    /// [`Prepared::marks`]).
+    pub fn unnamed_declares(&mut self, cursors: Cursors, marks: Marks) {
+        if !cursors.is_empty() || marks != Marks::default() || self.declaring.is_some() {
             let d = self.declaring.get_or_insert_with(Default::default);
             d.unnamed = cursors;
-            d.unnamed_may = may_declare;
-            d.unnamed_drops = drops;
+            d.unnamed_marks = marks;
         }
     }
 
-    /// The unnamed statement may drop every prepared statement (as its latest Parse staged
-    /// says).
-    pub fn unnamed_drops(&self) -> bool {
-        self.declaring.as_ref().is_some_and(|d| d.unnamed_drops)
-    }
-
     /// A Parse of the unnamed statement failed or was skipped: what the server's unnamed
-    /// statement declares is not known (none of its cursors are the client's, and an Execute
-    /// of it may declare some).
+    /// statement declares or leaves is not known (none of its cursors are the client's, and
+    /// an Execute of it may declare some, change settings or leave state).
     fn unnamed_unknown(&mut self) {
         let d = self.declaring.get_or_insert_with(Default::default);
         d.unnamed = Cursors::default();
-        d.unnamed_may = true;
+        d.unnamed_marks = Marks { cursors: true, settings: true, state: true, drops: false };
     }
 
     /// A Bind to `portal` of the unnamed statement (`None`) or of a named one: an Execute of
-    /// that portal declares its cursors. For the unnamed statement, whether it may declare
-    /// any.
-    pub fn bind_declares(&mut self, portal: &[u8], named: Option<&Cursors>) -> bool {
+    /// that portal declares its cursors. For the unnamed statement, what it may leave.
+    pub fn bind_declares(&mut self, portal: &[u8], named: Option<&Cursors>) -> Marks {
         if self.declaring.is_none() && named.is_none_or(|c| c.is_empty()) {
-            return false;
+            return Marks::default();
         }
         let d = self.declaring.get_or_insert_with(Default::default);
         d.bound = match named {
@@ -412,7 +399,11 @@ impl Statements {
             None => d.unnamed.clone(),
         };
         d.bound_portal = portal.into();
-        named.is_none() && d.unnamed_may
+        if named.is_none() {
+            d.unnamed_marks
+        } else {
+            Marks::default()
+        }
     }
 
     /// A Bind that makes no portal from the client's statement (refused or failed here).
@@ -558,20 +549,20 @@ mod tests {
     #[test]
     fn parse_is_renamed_by_content_and_search_path() {
         let p = frame(b'P', b"s1\0SELECT $1\0\0\x01\0\0\0\x17");
-        let (n, a) = Statements::prepare(&p, "\"acme\"", None, Box::default(), false, false).expect("named");
+        let (n, a) =
+            Statements::prepare(&p, "\"acme\"", None, Box::default(), Marks::default()).expect("named");
         assert_eq!(&*n, b"s1");
         let (_, b) = Statements::prepare(
             &frame(b'P', b"other\0SELECT $1\0\0\x01\0\0\0\x17"),
             "\"acme\"",
             None,
             Box::default(),
-            false,
-            false,
+            Marks::default(),
         )
         .expect("named");
         assert_eq!(a.server_name, b.server_name, "same content, same server statement");
         let (_, c) =
-            Statements::prepare(&p, "\"globex\"", None, Box::default(), false, false).expect("named");
+            Statements::prepare(&p, "\"globex\"", None, Box::default(), Marks::default()).expect("named");
         assert_ne!(a.server_name, c.server_name, "another schema, another statement");
         assert_eq!(a.server_name.len(), 4 + 32, "128 keyed bits: {}", a.server_name);
         let (name, rest) = cstr(&a.parse[HEADER_LEN..]).expect("name");
@@ -582,8 +573,14 @@ mod tests {
             a.parse.len()
         );
         assert!(
-            Statements::prepare(&frame(b'P', b"\0SELECT 1\0\0\0"), "", None, Box::default(), false, false)
-                .is_none(),
+            Statements::prepare(
+                &frame(b'P', b"\0SELECT 1\0\0\0"),
+                "",
+                None,
+                Box::default(),
+                Marks::default()
+            )
+            .is_none(),
             "unnamed: not tracked"
         );
     }
@@ -591,18 +588,28 @@ mod tests {
     #[test]
     fn names_wait_only_across_a_sync() {
         let mut s = Statements::default();
-        let (n, p) =
-            Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None, Box::default(), false, false)
-                .expect("named");
+        let (n, p) = Statements::prepare(
+            &frame(b'P', b"s1\0SELECT 1\0\0\0"),
+            "",
+            None,
+            Box::default(),
+            Marks::default(),
+        )
+        .expect("named");
         let parse = s.register(n, p);
         assert!(matches!(s.lookup(b"s1"), Lookup::Known(_)), "same Sync segment: decided together");
         s.sync();
         assert!(matches!(s.lookup(b"s1"), Lookup::Wait), "after a Sync: waits for the verdict");
         s.settle(&parse, false);
         assert!(matches!(s.lookup(b"s1"), Lookup::Unknown), "a skipped Parse leaves nothing");
-        let (n, p) =
-            Statements::prepare(&frame(b'P', b"s1\0SELECT 1\0\0\0"), "", None, Box::default(), false, false)
-                .expect("named");
+        let (n, p) = Statements::prepare(
+            &frame(b'P', b"s1\0SELECT 1\0\0\0"),
+            "",
+            None,
+            Box::default(),
+            Marks::default(),
+        )
+        .expect("named");
         let parse = s.register(n, p);
         s.settle(&parse, true);
         let close = s.close(b"s1").expect("known");

@@ -41,6 +41,10 @@ pub struct ClientVars {
     other: Vec<(String, String)>,
     /// Whether any value came from the client (and so might be refused by the server).
     pub from_client: bool,
+    /// A startup setting names the temporary schema (`-c search_path=pg_temp`): a plain
+    /// CREATE may then make a temporary object on any connection the client gets, each of
+    /// which is reset before another client uses it.
+    pub temp_schema: bool,
     /// An order-independent hash of the reportable settings and `other` (never 0).
     fingerprint: u64,
 }
@@ -77,6 +81,7 @@ impl ClientVars {
                 continue;
             }
             vars.from_client = true;
+            vars.temp_schema |= super::setcmd::names_temporary_schema(&v);
             if synced(&k) {
                 vars.set_reported(&k, v);
             } else {

@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use old::{declared_cursors, may_change_settings, words_verdict};
+use old::{declared_cursors, leaves_state, may_change_settings, words_verdict};
 
 /// The predicates the classifier replaced, as they were (9f0e14b, src/client/statements.rs;
 /// the DEALLOCATE/DISCARD test was `Statements::raise_barrier`'s): each scanned the text on
@@ -149,7 +149,22 @@ mod old {
     /// recognised (the README says so).
     pub fn may_change_settings(sql: &[u8]) -> bool {
         let contains = |needle: &[u8]| contains_ignore_case(sql, needle);
-        contains(b"set_config") || contains(b"search_path") || contains(b"tenant_id") || words_verdict(sql).1
+        contains(b"set_config")
+            || contains(b"search_path")
+            || contains(b"tenant_id")
+            || contains(b"settings")
+            || unicode(sql)
+            || words_verdict(sql).1
+    }
+
+    /// Whether `sql` holds `U&'` or `U&"` (either case).
+    pub fn unicode(sql: &[u8]) -> bool {
+        sql.windows(3).any(|w| w[..2].eq_ignore_ascii_case(b"u&") && (w[2] == b'"' || w[2] == b'\''))
+    }
+
+    /// Whether a query may leave a temporary object, or hides names behind Unicode escapes.
+    pub fn leaves_state(sql: &[u8]) -> bool {
+        unicode(sql) || contains_ignore_case(sql, b"temp") && super::super::makes_temporary(sql)
     }
 
     /// Whether `needle` (ASCII) occurs in `hay`, ignoring case; no allocation.
@@ -194,6 +209,7 @@ fn agree(sql: &[u8]) -> Result<(), TestCaseError> {
     prop_assert_eq!(class.refusal(), refusal);
     prop_assert_eq!(class.may_declare(), words_verdict(sql).2);
     prop_assert_eq!(class.suspect_settings(), suspect);
+    prop_assert_eq!(class.leaves_state(), leaves_state(sql));
     prop_assert_eq!(class.drops_statements(), drops);
     prop_assert_eq!(class.declared_cursors(sql), cursors);
     prop_assert_eq!(class.set(sql), setcmd::parse(sql));
@@ -240,6 +256,14 @@ const TOKENS: &[&str] = &[
     "search_path",
     "tenant_id",
     "pgtenant.tenant_id",
+    "pg_temp",
+    "pg_settings",
+    "into",
+    "insert",
+    "global",
+    "replace",
+    "u&'",
+    "&",
     "characteristics",
     "as",
     "transaction",
@@ -382,7 +406,7 @@ fn explicit_cases() {
         (
             "DECLARE U&\"c\" CURSOR WITH HOLD FOR SELECT 1",
             feature("WITH HOLD cursors"),
-            false,
+            true,
             false,
             vec![b"u"],
             None,
@@ -390,12 +414,13 @@ fn explicit_cases() {
         (
             "DECLARE u&\"!0063\" UESCAPE '!' CURSOR WITH HOLD FOR SELECT 1",
             feature("WITH HOLD cursors"),
-            false,
+            true,
             false,
             vec![b"u"],
             None,
         ),
-        ("DECLARE \"u&\" CURSOR WITHOUT HOLD FOR SELECT 1", None, false, false, vec![b"u&"], None),
+        // Read roughly: `u&"` inside a quoted name counts as an escape (a reset too many).
+        ("DECLARE \"u&\" CURSOR WITHOUT HOLD FOR SELECT 1", None, true, false, vec![b"u&"], None),
         ("DECLARE c CURSOR FOR SELECT 'with hold'", None, false, false, vec![b"c"], None),
         (
             "/* a /* b */ */ DECLARE c CURSOR WITH HOLD FOR SELECT 1",
@@ -453,7 +478,9 @@ fn explicit_cases() {
 /// The one-pass classifier as it was before its scan tested letter pairs (main at 1bdefc8):
 /// the reference the faster scan and first-word match are held to.
 mod previous {
-    use super::super::{first_words, Class, DECLARES, DROPS, KEYWORDS, SUSPECT};
+    use super::super::{
+        first_words, makes_temporary, unicode_escapes, Class, DECLARES, DROPS, KEYWORDS, SUSPECT, TEMP,
+    };
     use super::words_verdict;
 
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -514,13 +541,15 @@ mod previous {
         let mut words = [&[][..]; 1];
         let n = first_words(sql, &mut words);
         let word = |k: &str| n == 1 && words[0].eq_ignore_ascii_case(k.as_bytes());
+        let escaped = unicode_escapes(sql);
         Class {
             refusal,
-            suspect_settings: suspect || code,
+            suspect_settings: suspect || code || escaped,
             drops_statements: drops,
             declares,
             cursors,
             set_like: word("SET") || word("RESET"),
+            leaves_state: escaped || found & TEMP != 0 && makes_temporary(sql),
         }
     }
 
@@ -653,5 +682,42 @@ fn what_may_declare_a_cursor() {
         ("SELECT 'x; DECLARE c CURSOR FOR SELECT 1'", false),
     ] {
         assert_eq!(classify(sql.as_bytes()).may_declare(), may, "{sql}");
+    }
+}
+
+/// What may leave a temporary object or hide names (the connection is reset), and what only
+/// looks like it; and what may change settings without naming set_config.
+#[test]
+fn what_may_leave_temporary_objects_or_hide_names() {
+    for (sql, leaves, suspect) in [
+        ("CREATE TABLE pg_temp.t (x int)", true, false),
+        ("create sequence \"PG_TEMP\".s", true, false),
+        ("SELECT 1 AS x INTO TEMP t", true, false),
+        ("select 1 as x into temporary table t", true, false),
+        ("CREATE LOCAL TEMP TABLE t (x int)", true, false),
+        ("CREATE GLOBAL TEMPORARY TABLE t (x int)", true, false),
+        ("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", true, false),
+        ("EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1", true, false),
+        ("SET search_path = pg_temp, public", true, true),
+        ("CREATE TABLE U&\"pg\\005ftemp\".t (x int)", true, true),
+        ("SELECT U&\"set\\005fconfig\"('a.b', 'c', false)", true, true),
+        ("SELECT u&'x'", true, true),
+        ("UPDATE pg_settings SET setting = 'x' WHERE name LIKE 'search%'", false, true),
+        ("INSERT INTO temp VALUES (1)", false, false),
+        ("MERGE INTO temp USING s ON true WHEN MATCHED THEN DELETE", false, false),
+        ("SELECT temperature, template FROM readings", false, false),
+        ("CREATE TABLE temp (x int)", false, false),
+        ("SELECT a & b FROM t", false, false),
+        // Read roughly, inside strings too (a reset too many).
+        ("SELECT 'U&' FROM t", true, true),
+    ] {
+        let class = classify(sql.as_bytes());
+        assert_eq!(class.leaves_state(), leaves, "{sql}");
+        assert_eq!(class.suspect_settings(), suspect, "{sql}");
+        assert_eq!(
+            class.marks(),
+            Marks { cursors: false, settings: suspect, state: leaves, drops: false },
+            "{sql}"
+        );
     }
 }

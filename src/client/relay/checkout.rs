@@ -125,6 +125,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                 self.progress.swallow_z += 1;
             }
         }
+        if self.vars.temp_schema {
+            conn.mark_dirty();
+        }
         self.progress.status = txn::IDLE;
         // No read of this connection is registered by this session yet.
         self.progress.server_armed = false;

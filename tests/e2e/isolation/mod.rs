@@ -24,6 +24,7 @@ mod replies;
 mod reset;
 mod session_state;
 mod statements;
+mod temporary;
 mod unnamed;
 mod waits;
 

@@ -22,7 +22,8 @@ async fn a_failed_reset_runs_nothing_the_next_tenant_sent_behind_it() {
     let su = admin(&a.database).await;
     let ca = h.client(&a.id).await;
     let p0 = pid(&ca).await;
-    ca.batch_execute("DO $$BEGIN CREATE TEMP TABLE held (x int); END$$")
+    // Spelt so that pgtenant cannot read it (it would reset the connection at once).
+    ca.batch_execute("DO $$BEGIN EXECUTE 'CREATE TEM' || 'P TABLE held (x int)'; END$$")
         .await
         .expect("tenant a's temp table");
     let schema: String = su
@@ -122,9 +123,11 @@ async fn the_previous_tenant_cannot_stall_the_reset_for_ever() {
     let p_locker = pid(&locker).await;
     // … so its other client gets the second, and leaves a temporary child on it.
     let ca = h.client(&a.id).await;
-    ca.batch_execute(&format!("DO $$BEGIN CREATE TEMP TABLE kid () INHERITS ({parent}); END$$"))
-        .await
-        .expect("tenant a's temporary child");
+    ca.batch_execute(&format!(
+        "DO $$BEGIN EXECUTE 'CREATE TEM' || 'P TABLE kid () INHERITS ({parent})'; END$$"
+    ))
+    .await
+    .expect("tenant a's temporary child");
     let p0 = pid(&ca).await;
     assert_ne!(p0, p_locker, "two server connections");
     locker.batch_execute(&format!("LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE")).await.expect("lock");

@@ -142,24 +142,30 @@ async fn isolation_setting_changed_without_set_does_not_reach_the_next_client_of
     for mode in [Isolation::Schema, Isolation::Shared] {
         let (a, b) = tenant_pair(mode, Access::Write, 1).await;
         let h = start_quick(vec![a.clone(), b.clone()]).await;
+        // The last ones name neither set_config nor the setting as the text reads: a
+        // Unicode-escaped name, and the rule of the pg_settings view (which calls set_config).
         let hijacks = match mode {
-            Isolation::Schema => [
+            Isolation::Schema => vec![
                 format!("SELECT set_config('search_path', '\"{}\"', false)", b.id),
                 format!("DO $$BEGIN PERFORM set_config('search_path', '\"{}\"', false); END$$", b.id),
+                format!("SELECT U&\"set\\005fconfig\"(U&'search\\005fpath', '\"{}\"', false)", b.id),
+                format!("UPDATE pg_settings SET setting = '\"{}\"' WHERE name LIKE 'search%'", b.id),
             ],
-            _ => [
+            _ => vec![
                 format!("SELECT set_config('pgtenant.tenant_id', '{}', false)", b.id),
                 format!("DO $$BEGIN PERFORM set_config('pgtenant.tenant_id', '{}', false); END$$", b.id),
+                format!("SELECT U&\"set\\005fconfig\"(U&'pgtenant.tenant\\005fid', '{}', false)", b.id),
             ],
         };
         let first = h.client(&a.id).await;
         let p0 = pid(&first).await;
         let existing = h.client(&a.id).await;
         for hijack in &hijacks {
-            first.batch_execute(hijack).await.expect("hijack runs");
-            // The hijack took effect for the client that ran it (so the check below means
-            // something): it now reads tenant b's rows on this backend.
-            let own = rows(&first, "SELECT owner FROM items").await.expect("hijacker reads");
+            // The hijack takes effect for the client that ran it (so the check below means
+            // something): in the same query it reads tenant b's rows on this backend.
+            let own = rows(&first, &format!("{hijack}; SELECT owner FROM items")).await.expect("hijack runs");
+            // The last three rows are the items (set_config's own row comes first).
+            let own = &own[own.len().saturating_sub(3)..];
             f.check(own.iter().all(|r| r[0] == b.id) && !own.is_empty(), || {
                 format!("{mode:?} `{hijack}`: did not take effect for its own client ({own:?}): the check is void")
             });
@@ -175,6 +181,52 @@ async fn isolation_setting_changed_without_set_does_not_reach_the_next_client_of
                 // The hijacker uses the connection again before the next check.
                 let _ = first.batch_execute(hijack).await;
             }
+        }
+    }
+    f.assert_none();
+}
+
+/// A prepared statement that changes the isolation setting is seen when it is parsed, but it
+/// runs at each Bind and Execute, on whichever connection the client has then: a run after
+/// another client took the connection (which cleared the suspicion its Parse raised) must
+/// make the setting be applied again for the next client. Before, the second run's
+/// search_path / tenant setting reached the next clients of the tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_statement_that_changes_the_isolation_setting_is_seen_at_every_run() {
+    let mut f = Failures::default();
+    for mode in [Isolation::Schema, Isolation::Shared] {
+        let (a, b) = tenant_pair(mode, Access::Write, 1).await;
+        let h = start_quick(vec![a.clone(), b.clone()]).await;
+        let (name, value) = match mode {
+            Isolation::Schema => ("search_path", format!("\"{}\"", b.id)),
+            _ => ("pgtenant.tenant_id", b.id.clone()),
+        };
+        let first = h.client(&a.id).await;
+        let existing = h.client(&a.id).await;
+        let p0 = pid(&first).await;
+        let hijack = first
+            .prepare(&format!("SELECT set_config('{name}', $1, false)"))
+            .await
+            .expect("prepare the hijack");
+        // The other client takes the connection between the Parse and the runs.
+        rows(&existing, "SELECT 1").await.expect("existing client");
+        first.query(&hijack, &[&value]).await.expect("hijack runs");
+        let own = rows(&first, "SELECT owner FROM items").await.expect("hijacker reads");
+        f.check(own.iter().all(|r| r[0] == b.id) && !own.is_empty(), || {
+            format!(
+                "{mode:?}: the hijack did not take effect for its own client ({own:?}): the check is void"
+            )
+        });
+        let new = h.client(&a.id).await;
+        for (who, c) in [("an existing client", &existing), ("a new client", &new)] {
+            match rows(c, "SELECT owner, pg_backend_pid() FROM items").await {
+                Ok(r) => f.check(
+                    r.len() == 3 && r.iter().all(|row| row[0] == a.id && row[1] == p0.to_string()),
+                    || format!("{mode:?}: {who} of tenant a saw (owner, pid) {r:?}, backend {p0}"),
+                ),
+                Err(e) => f.0.push(format!("{mode:?}: {who}: {}", why(&e))),
+            }
+            first.query(&hijack, &[&value]).await.expect("hijack runs again");
         }
     }
     f.assert_none();
@@ -207,6 +259,58 @@ async fn session_characteristics_follow_the_client_in_transaction_mode() {
         });
         let r = rows(&x, "SHOW transaction_isolation").await.expect("x show");
         f.check(r == vec![vec!["serializable".to_owned()]], || format!("round {round}: SHOW gives {r:?}"));
+    }
+    f.assert_none();
+}
+
+// ---- f. what a recognised statement changes lasts its transaction --------------------------
+
+/// Session state changed by statements pgtenant reads, in ways it does not replay (a role,
+/// a SET in a transaction block or around a savepoint, SET LOCAL) or that a function's own
+/// SET clause undoes when it fails: a client connected before and a new one, on the same
+/// backend, see the defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recognised_session_changes_do_not_reach_the_next_client_of_the_tenant() {
+    let t = with_mode(tenant_db("cnlast").await, PoolMode::Transaction, 1);
+    let other = unique("cnother");
+    admin("postgres")
+        .await
+        .batch_execute(&format!("CREATE ROLE {other}; GRANT {other} TO \"{}\"", t.role))
+        .await
+        .expect("a role to switch to");
+    admin(&t.database)
+        .await
+        .batch_execute(
+            "CREATE FUNCTION public.fails() RETURNS int LANGUAGE plpgsql SET work_mem = '7MB' \
+             AS $$BEGIN RAISE EXCEPTION 'no'; END$$",
+        )
+        .await
+        .expect("a failing function with a SET clause");
+    let h = start_quick(vec![t.clone()]).await;
+    let mut f = Failures::default();
+    let existing = h.client(&t.id).await;
+    let p0 = pid(&existing).await;
+    let check = "SELECT current_user::text, current_setting('statement_timeout'), \
+                 current_setting('work_mem'), pg_backend_pid()::text";
+    let defaults = vec![vec![t.role.clone(), "0".to_owned(), "4MB".to_owned(), p0.to_string()]];
+    for change in [
+        format!("SET ROLE {other}"),
+        format!("SET SESSION ROLE {other}; SET statement_timeout = 4321"),
+        "BEGIN; SAVEPOINT s; SET work_mem = '1234kB'; ROLLBACK TO s; SET statement_timeout = 4321; COMMIT"
+            .to_owned(),
+        "BEGIN; SET LOCAL statement_timeout = 4321; SET work_mem = '5MB'; COMMIT".to_owned(),
+        "BEGIN; SET work_mem = '5MB'; ROLLBACK".to_owned(),
+        "SELECT public.fails()".to_owned(),
+    ] {
+        let changer = h.client(&t.id).await;
+        let _ = changer.batch_execute(&change).await;
+        let new = h.client(&t.id).await;
+        for (who, c) in [("a client connected before", &existing), ("a new client", &new)] {
+            match rows(c, check).await {
+                Ok(r) => f.check(r == defaults, || format!("after `{change}`: {who} sees {r:?}")),
+                Err(e) => f.0.push(format!("after `{change}`: {who}: {}", why(&e))),
+            }
+        }
     }
     f.assert_none();
 }
