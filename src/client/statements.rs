@@ -585,31 +585,23 @@ mod tests {
         );
     }
 
+    /// `s1` as `SELECT 1`, unmarked.
+    fn prepare_s1() -> (Box<[u8]>, Arc<Prepared>) {
+        let p = frame(b'P', b"s1\0SELECT 1\0\0\0");
+        Statements::prepare(&p, "", None, Box::default(), Marks::default()).expect("named")
+    }
+
     #[test]
     fn names_wait_only_across_a_sync() {
         let mut s = Statements::default();
-        let (n, p) = Statements::prepare(
-            &frame(b'P', b"s1\0SELECT 1\0\0\0"),
-            "",
-            None,
-            Box::default(),
-            Marks::default(),
-        )
-        .expect("named");
+        let (n, p) = prepare_s1();
         let parse = s.register(n, p);
         assert!(matches!(s.lookup(b"s1"), Lookup::Known(_)), "same Sync segment: decided together");
         s.sync();
         assert!(matches!(s.lookup(b"s1"), Lookup::Wait), "after a Sync: waits for the verdict");
         s.settle(&parse, false);
         assert!(matches!(s.lookup(b"s1"), Lookup::Unknown), "a skipped Parse leaves nothing");
-        let (n, p) = Statements::prepare(
-            &frame(b'P', b"s1\0SELECT 1\0\0\0"),
-            "",
-            None,
-            Box::default(),
-            Marks::default(),
-        )
-        .expect("named");
+        let (n, p) = prepare_s1();
         let parse = s.register(n, p);
         s.settle(&parse, true);
         let close = s.close(b"s1").expect("known");
