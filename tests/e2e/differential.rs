@@ -477,13 +477,27 @@ async fn waiting_for_a_verdict_sends_nothing_the_client_did_not_ask_for() {
         user: t.role.clone(),
         db: t.database.clone(),
     };
-    let cases: [(&[Msg], &[&str]); 13] = [
+    let cases: [(&[Msg], &[&str]); 14] = [
         (&[Query("DEALLOCATE ALL"), Close(b'P', "s1"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Query("DEALLOCATE ALL"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Query("DISCARD ALL"), Close(b'P', "p1"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Parse("s1", "SELECT 1"), Sync, Close(b'P', "p1"), Bind("", "s1"), Terminate], &["1", "ZI"]),
         (&[Parse("", "SELECT 1"), Sync, Close(b'P', "p1"), Bind("", ""), Terminate], &["1", "ZI"]),
         (&[Parse("s1", "DEALLOCATE ALL"), Bind("", "s1"), Terminate], &[]),
+        // Found by benches/fuzz.sh (seed 22290590333236): a DECLARE skipped behind an error,
+        // then the same DECLARE again; the second one's cursor is the client's.
+        (
+            &[
+                Describe(b'S', "s2"),
+                Query("BEGIN; DECLARE c CURSOR FOR SELECT 1"),
+                Sync,
+                Query("BEGIN; DECLARE c CURSOR FOR SELECT 1"),
+                Execute("c", 0),
+                Sync,
+                Terminate,
+            ],
+            &["E:26000", "ZI", "C", "C", "ZT", "D", "C", "ZT"],
+        ),
         (
             &[Parse("", "DEALLOCATE ALL"), Bind("", ""), Describe(b'S', "s1"), Terminate],
             &["1", "2", "E:26000"],
