@@ -177,6 +177,15 @@ pub enum Bound {
 const DECLARED_BY_QUERY: u64 = u64::MAX - 1;
 const DECLARED_BY_EXECUTE: u64 = u64::MAX;
 
+/// A named portal of the client's: settled or pending (see [`Statements::portals`]), and how
+/// many more Binds or DECLAREs of the same name are still pending behind the first (a later
+/// one stands if an earlier one is skipped).
+#[derive(Debug, Clone, Copy)]
+struct PortalState {
+    pending: Option<u64>,
+    again: u32,
+}
+
 /// One client's named statements and portals.
 #[derive(Debug)]
 pub struct Statements {
@@ -187,7 +196,7 @@ pub struct Statements {
     /// Named portals: settled (`None`: its Bind or DECLARE completed), or the Sync count when
     /// a Bind made it (`Some`; [`DECLARED_BY_QUERY`] or [`DECLARED_BY_EXECUTE`] for a
     /// DECLARE, whose outcome the next messages must wait for whatever comes between).
-    portals: KeyedMap<Box<[u8]>, Option<u64>>,
+    portals: KeyedMap<Box<[u8]>, PortalState>,
     /// A DEALLOCATE or DISCARD is on its way: whether the client's names survive it is known
     /// at its completion, so names wait for it (see [`Barrier`]).
     barrier: Barrier,
@@ -298,11 +307,16 @@ impl Statements {
                 return;
             }
             Effect::ClientPortal(name) => {
-                if !ok {
+                let Some(state) = self.portals.get_mut(name) else { return };
+                if ok {
+                    state.pending = None;
+                } else if state.pending.is_some() && state.again == 0 {
+                    // Skipped or failed, and no later one of the name is pending (one that
+                    // completed before stays: the portal exists).
                     self.portals.remove(name);
-                } else if let Some(state) = self.portals.get_mut(name) {
-                    *state = None;
+                    return;
                 }
+                state.again = state.again.saturating_sub(1);
                 return;
             }
         };
@@ -354,7 +368,7 @@ impl Statements {
     /// them makes the server send. The relay then sends a Flush (the client's own replies
     /// come earlier than without pgtenant, never ones it did not ask for).
     pub fn wait_needs_flush(&self) -> bool {
-        self.barrier == Barrier::All || self.portals.values().any(|p| *p == Some(DECLARED_BY_EXECUTE))
+        self.barrier == Barrier::All || self.portals.values().any(|p| p.pending == Some(DECLARED_BY_EXECUTE))
     }
 
     /// A Sync was staged.
@@ -455,17 +469,30 @@ impl Statements {
     /// should the server fail or skip the message. Until then the name is pending (see
     /// [`Statements::owns_portal`]).
     pub fn bind_portal(&mut self, portal: &[u8], by: Bound) -> Option<Effect> {
-        if portal.is_empty() || self.portals.len() >= MAX_CLIENT_PORTALS || self.portals.contains_key(portal)
-        {
+        if portal.is_empty() {
             return None;
         }
-        let name: Box<[u8]> = portal.into();
-        let state = match by {
+        let pending = match by {
             Bound::Bind => self.syncs,
             Bound::DeclareQuery => DECLARED_BY_QUERY,
             Bound::DeclareExecute => DECLARED_BY_EXECUTE,
         };
-        self.portals.insert(name.clone(), Some(state));
+        if let Some(state) = self.portals.get_mut(portal) {
+            // Settled: the server refuses the name again (42P03), nothing changes. Pending:
+            // this one stands should the earlier one be skipped; a wait for either is the
+            // longer one (a DECLARE run by Execute needs pgtenant's Flush).
+            let earlier = state.pending?;
+            state.again = state.again.saturating_add(1);
+            if earlier != DECLARED_BY_EXECUTE {
+                state.pending = Some(pending.max(earlier));
+            }
+            return Some(Effect::ClientPortal(portal.into()));
+        }
+        if self.portals.len() >= MAX_CLIENT_PORTALS {
+            return None;
+        }
+        let name: Box<[u8]> = portal.into();
+        self.portals.insert(name.clone(), PortalState { pending: Some(pending), again: 0 });
         Some(Effect::ClientPortal(name))
     }
 
@@ -486,10 +513,10 @@ impl Statements {
         if portal.is_empty() {
             return Portal::Owned;
         }
-        match self.portals.get(portal) {
+        match self.portals.get(portal).map(|p| p.pending) {
             None => Portal::Unknown,
             Some(None) => Portal::Owned,
-            Some(Some(epoch)) if *epoch == self.syncs => Portal::Owned,
+            Some(Some(epoch)) if epoch == self.syncs => Portal::Owned,
             Some(Some(_)) => Portal::Wait,
         }
     }
@@ -678,5 +705,36 @@ mod tests {
         assert!(s.take_bound_declares(b"p_first").is_empty(), "another portal's cursors");
         assert_eq!(s.take_bound_declares(b"p_second"), cursors);
         assert!(s.take_bound_declares(b"p_second").is_empty(), "once");
+    }
+
+    /// The same portal name made twice while the first is pending: a later one stands if the
+    /// earlier is skipped; one that fails after an earlier one completed leaves the portal.
+    #[test]
+    fn a_portal_made_again_while_pending_stands_if_the_first_is_skipped() {
+        let mut s = Statements::default();
+        let first = s.bind_portal(b"c", Bound::DeclareQuery).expect("first");
+        s.sync();
+        let second = s.bind_portal(b"c", Bound::DeclareQuery).expect("second, while the first is pending");
+        assert_eq!(s.owns_portal(b"c"), Portal::Wait);
+        s.settle(&first, false);
+        assert_eq!(s.owns_portal(b"c"), Portal::Wait, "the second is still pending");
+        s.settle(&second, true);
+        assert_eq!(s.owns_portal(b"c"), Portal::Owned);
+        // Completed, then one that fails (the server refuses the name): the portal stays.
+        assert!(s.bind_portal(b"c", Bound::Bind).is_none(), "a settled name: nothing pending");
+        let mut s = Statements::default();
+        let first = s.bind_portal(b"p", Bound::Bind).expect("first");
+        let second = s.bind_portal(b"p", Bound::Bind).expect("second");
+        s.settle(&first, true);
+        s.settle(&second, false);
+        assert_eq!(s.owns_portal(b"p"), Portal::Owned);
+        // Both skipped: gone. An Execute-made one keeps the wait that needs a Flush.
+        let mut s = Statements::default();
+        let first = s.bind_portal(b"q", Bound::DeclareExecute).expect("first");
+        let second = s.bind_portal(b"q", Bound::DeclareQuery).expect("second");
+        assert!(s.wait_needs_flush());
+        s.settle(&first, false);
+        s.settle(&second, false);
+        assert_eq!(s.owns_portal(b"q"), Portal::Unknown);
     }
 }
