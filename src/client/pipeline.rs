@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::setcmd::SetCmd;
-use super::statements::{Effect, Statements};
+use super::statements::{Barrier, Effect, Statements};
 use crate::protocol::backend::tag as be;
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::frontend::target::PORTAL;
@@ -371,10 +371,10 @@ impl Pipeline {
     #[inline]
     pub fn settle_barrier(&self, statements: &mut Statements) {
         let answered = match statements.barrier() {
-            None => return,
-            Some(true) => self.owes_nothing(),
-            // A simple query that may drop prepared statements is still unanswered?
-            Some(false) => !self.queue.iter().any(|e| e.barrier),
+            Barrier::None => return,
+            Barrier::All => self.owes_nothing(),
+            // No simple query that may drop prepared statements is still unanswered.
+            Barrier::Queries => !self.queue.iter().any(|e| e.barrier),
         };
         if answered {
             statements.lift_barrier();

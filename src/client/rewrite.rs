@@ -343,8 +343,7 @@ impl Stage<'_> {
             fe::FUNCTION_CALL => {
                 // Any function by its OID, with no text to classify (set_config, or one that
                 // declares a cursor): treated as a DO block or CALL is.
-                self.conn.suspect_settings();
-                self.conn.note_cursors();
+                mark(self.conn, Marks { cursors: true, settings: true, ..Marks::default() });
                 self.forward(tag, frame);
             }
             _ => self.forward(tag, frame),

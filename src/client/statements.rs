@@ -143,7 +143,7 @@ pub enum Portal {
 
 /// What names wait for after a message that may drop every prepared statement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Barrier {
+pub enum Barrier {
     None,
     /// Simple queries (marked in the reply model): each is answered with its
     /// ReadyForQuery, which the server sends at once, so names wait for those replies only,
@@ -174,16 +174,30 @@ pub enum Bound {
     DeclareExecute,
 }
 
-const DECLARED_BY_QUERY: u64 = u64::MAX - 1;
-const DECLARED_BY_EXECUTE: u64 = u64::MAX;
-
-/// A named portal of the client's: settled or pending (see [`Statements::portals`]), and how
-/// many more Binds or DECLAREs of the same name are still pending behind the first (a later
-/// one stands if an earlier one is skipped).
+/// A named portal of the client's: settled (`pending` None) or made by a message not yet
+/// answered (how, and for a Bind the Sync count then), and how many more Binds or DECLAREs
+/// of the same name are still pending behind the first (a later one stands if an earlier one
+/// is skipped).
 #[derive(Debug, Clone, Copy)]
 struct PortalState {
-    pending: Option<u64>,
+    pending: Option<(Bound, u64)>,
     again: u32,
+}
+
+/// Of two pending makings of one portal name, the one whose verdict a message waits for
+/// longer: a DECLARE run by Execute (it needs pgtenant's Flush), then one run by a query
+/// (decided at its ReadyForQuery), then the later Bind.
+fn longer_wait(a: (Bound, u64), b: (Bound, u64)) -> (Bound, u64) {
+    let rank = |p: &(Bound, u64)| match p.0 {
+        Bound::DeclareExecute => 2,
+        Bound::DeclareQuery => 1,
+        Bound::Bind => 0,
+    };
+    if (rank(&a), a.1) >= (rank(&b), b.1) {
+        a
+    } else {
+        b
+    }
 }
 
 /// One client's named statements and portals.
@@ -193,9 +207,8 @@ pub struct Statements {
     /// Syncs staged so far: changes queued before the last one are decided separately from
     /// messages after it.
     syncs: u64,
-    /// Named portals: settled (`None`: its Bind or DECLARE completed), or the Sync count when
-    /// a Bind made it (`Some`; [`DECLARED_BY_QUERY`] or [`DECLARED_BY_EXECUTE`] for a
-    /// DECLARE, whose outcome the next messages must wait for whatever comes between).
+    /// Named portals (see [`PortalState`]): a DECLARE's outcome the next messages must wait
+    /// for whatever comes between; a Bind's only across a Sync.
     portals: KeyedMap<Box<[u8]>, PortalState>,
     /// A DEALLOCATE or DISCARD is on its way: whether the client's names survive it is known
     /// at its completion, so names wait for it (see [`Barrier`]).
@@ -346,15 +359,9 @@ impl Statements {
         self.barrier != Barrier::None
     }
 
-    /// What the barrier waits for, if one is raised: `Some(true)` until the server owes
-    /// nothing, `Some(false)` until the simple queries marked in the reply model are answered
-    /// (see [`crate::client::pipeline::Pipeline::settle_barrier`]).
-    pub fn barrier(&self) -> Option<bool> {
-        match self.barrier {
-            Barrier::None => None,
-            Barrier::Queries => Some(false),
-            Barrier::All => Some(true),
-        }
+    /// What names wait for (see [`crate::client::pipeline::Pipeline::settle_barrier`]).
+    pub fn barrier(&self) -> Barrier {
+        self.barrier
     }
 
     /// What the barrier waited for is answered: what came before is settled.
@@ -368,7 +375,8 @@ impl Statements {
     /// them makes the server send. The relay then sends a Flush (the client's own replies
     /// come earlier than without pgtenant, never ones it did not ask for).
     pub fn wait_needs_flush(&self) -> bool {
-        self.barrier == Barrier::All || self.portals.values().any(|p| p.pending == Some(DECLARED_BY_EXECUTE))
+        self.barrier == Barrier::All
+            || self.portals.values().any(|p| matches!(p.pending, Some((Bound::DeclareExecute, _))))
     }
 
     /// A Sync was staged.
@@ -472,20 +480,14 @@ impl Statements {
         if portal.is_empty() {
             return None;
         }
-        let pending = match by {
-            Bound::Bind => self.syncs,
-            Bound::DeclareQuery => DECLARED_BY_QUERY,
-            Bound::DeclareExecute => DECLARED_BY_EXECUTE,
-        };
+        let pending = (by, self.syncs);
         if let Some(state) = self.portals.get_mut(portal) {
             // Settled: the server refuses the name again (42P03), nothing changes. Pending:
-            // this one stands should the earlier one be skipped; a wait for either is the
-            // longer one (a DECLARE run by Execute needs pgtenant's Flush).
+            // this one stands should the earlier one be skipped; a message waits for the
+            // longer of the two.
             let earlier = state.pending?;
             state.again = state.again.saturating_add(1);
-            if earlier != DECLARED_BY_EXECUTE {
-                state.pending = Some(pending.max(earlier));
-            }
+            state.pending = Some(longer_wait(earlier, pending));
             return Some(Effect::ClientPortal(portal.into()));
         }
         if self.portals.len() >= MAX_CLIENT_PORTALS {
@@ -516,7 +518,7 @@ impl Statements {
         match self.portals.get(portal).map(|p| p.pending) {
             None => Portal::Unknown,
             Some(None) => Portal::Owned,
-            Some(Some(epoch)) if epoch == self.syncs => Portal::Owned,
+            Some(Some((Bound::Bind, epoch))) if epoch == self.syncs => Portal::Owned,
             Some(Some(_)) => Portal::Wait,
         }
     }
