@@ -16,6 +16,7 @@
 //! write access and a pool of one.
 
 mod affinity;
+mod barriers;
 mod cursors;
 mod cuts;
 mod parameters;
