@@ -653,6 +653,36 @@ async fn a_pipeline_ending_in_flush_gets_every_reply_while_names_wait_for_a_verd
             Describe(b'P', "c"),
             Flush,
         ],
+        &[
+            Parse("", "SELECT 1/0"),
+            Bind("", ""),
+            Execute("", 0),
+            Parse("", "DEALLOCATE ALL"),
+            Bind("", ""),
+            Execute("", 0),
+            Bind("", "s1"),
+            Flush,
+        ],
+        &[
+            Parse("s1", "SELECT 1"),
+            Sync,
+            Describe(b'S', "nosuch"),
+            Query("DEALLOCATE ALL"),
+            Bind("p1", "s1"),
+            Flush,
+        ],
+        &[
+            Query("BEGIN"),
+            Parse("s1", "DECLARE c CURSOR FOR SELECT 1"),
+            Bind("", "s1"),
+            Execute("", 0),
+            Parse("", "DEALLOCATE ALL"),
+            Bind("", ""),
+            Execute("", 0),
+            Bind("", "s1"),
+            Execute("c", 0),
+            Flush,
+        ],
     ];
     for msgs in cases {
         let whole = [msgs.len()];

@@ -195,3 +195,105 @@ async fn a_client_leaving_mid_pipeline_leaves_no_barrier_portal_or_cursor() {
     eprintln!("kept the server connection: {kept:?}");
     f.assert_none();
 }
+
+/// Another client of the tenant drops every prepared statement of the server connection
+/// (DEALLOCATE ALL / DISCARD ALL, by a Query or by Bind/Execute, in a transaction that rolls
+/// back, behind or before an error — prepared statements are not transactional, so a
+/// DEALLOCATE that ran stays run), parses the same text again, and leaves. A statement the
+/// first client prepared before (shared on the server, keyed by content) still runs for it:
+/// pgtenant must not take it to be on the server connection when it is not (26000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_survives_another_clients_deallocate_all() {
+    let (a, _b) = tenant_pair(Isolation::Schema, Access::Read, 1).await;
+    let h = start_quick(vec![a.clone()]).await;
+    let text = "SELECT $1::text || '-x'";
+    let again = || cat(&[parse("s1", text), bind("", "s1"), execute("")]);
+    let runs: Vec<(&str, Vec<u8>)> = vec![
+        ("Query DEALLOCATE ALL", cat(&[query("DEALLOCATE ALL"), again(), sync()])),
+        ("Query DISCARD ALL", cat(&[query("DISCARD ALL"), again(), sync()])),
+        (
+            "Bind DEALLOCATE ALL",
+            cat(&[parse("", "DEALLOCATE ALL"), bind("", ""), execute(""), again(), sync()]),
+        ),
+        ("DEALLOCATE ALL then an error", cat(&[query("DEALLOCATE ALL; SELECT 1/0"), again(), sync()])),
+        (
+            "Bind DEALLOCATE ALL then an error",
+            cat(&[
+                parse("", "DEALLOCATE ALL"),
+                bind("", ""),
+                execute(""),
+                parse("", "SELECT 1/0"),
+                bind("", ""),
+                execute(""),
+                sync(),
+                again(),
+                sync(),
+            ]),
+        ),
+        ("DEALLOCATE ALL rolled back", cat(&[query("BEGIN; DEALLOCATE ALL; ROLLBACK"), again(), sync()])),
+        (
+            "DEALLOCATE ALL in a transaction, rolled back",
+            cat(&[query("BEGIN"), query("DEALLOCATE ALL"), query("ROLLBACK"), again(), sync()]),
+        ),
+        (
+            "Bind DEALLOCATE ALL in a transaction, rolled back",
+            cat(&[
+                query("BEGIN"),
+                parse("", "DEALLOCATE ALL"),
+                bind("", ""),
+                execute(""),
+                sync(),
+                query("ROLLBACK"),
+                again(),
+                sync(),
+            ]),
+        ),
+        (
+            "DEALLOCATE ALL skipped",
+            cat(&[query("BEGIN; SELECT 1/0; DEALLOCATE ALL"), query("ROLLBACK"), again(), sync()]),
+        ),
+    ];
+    let mut f = Failures::default();
+    for (name, bytes) in runs {
+        for ending in ["read, Terminate", "Terminate", "close"] {
+            let what = format!("{name}, {ending}");
+            let first = h.client(&a.id).await;
+            let stmt = first.prepare(text).await.expect("prepare");
+            let p0 = pid(&first).await;
+            let mut leaver = raw_proxy(&h, &a.id).await;
+            send(&mut leaver, &bytes).await;
+            match ending {
+                "read, Terminate" => {
+                    let (got, _) = read_quiet(&mut leaver, Duration::from_millis(300)).await;
+                    f.check(!summary(&got).iter().any(|m| m.contains("26000")), || {
+                        format!("{what}: the leaver's own Bind: {:?}", summary(&got))
+                    });
+                    send(&mut leaver, &terminate()).await;
+                }
+                "Terminate" => send(&mut leaver, &terminate()).await,
+                _ => {}
+            }
+            drop(leaver);
+            let run = async {
+                let mut seen = Vec::new();
+                for i in 0..2 {
+                    match first.query_one(&stmt, &[&format!("b{i}")]).await {
+                        Ok(r) => seen.push(r.get::<_, String>(0)),
+                        Err(e) => seen.push(why(&e)),
+                    }
+                }
+                seen
+            };
+            match tokio::time::timeout(Duration::from_secs(6), run).await {
+                Ok(seen) => {
+                    f.check(seen == ["b0-x", "b1-x"], || format!("{what}: the statement gave {seen:?}"))
+                }
+                Err(_) => f.0.push(format!("{what}: no answer in 6 s")),
+            }
+            if ending == "read, Terminate" {
+                f.check(pid(&first).await == p0, || format!("{what}: the server connection was replaced"));
+            }
+        }
+    }
+    f.assert_none();
+}
