@@ -297,3 +297,103 @@ async fn a_statement_survives_another_clients_deallocate_all() {
     }
     f.assert_none();
 }
+
+/// Another client's WITH HOLD cursor `held` on the pool's one server connection (planted where
+/// pgtenant cannot see it), and a client that makes a portal of that name twice: the first
+/// skipped or failing (42P03), the second failing or skipped, by Bind or by DECLARE, in or
+/// out of a transaction, after closing the name. An Execute or Describe of portal `held` after
+/// its Sync never reaches the other client's cursor (pgtenant's 34000, or the client's own
+/// portal). (SQL `FETCH` of such a cursor is the README's documented gap: a WITH HOLD cursor a
+/// function declares passes between clients of a tenant.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_made_twice_never_reaches_another_clients_cursor() {
+    let t = with_mode(tenant_db("barportal").await, pgtenant::model::PoolMode::Transaction, 1);
+    let h = start_quick(vec![t.clone()]).await;
+    let planter = h.client(&t.id).await;
+    plant_cursor(&t.database, &planter, "held", "held-secret").await;
+    let own = || cat(&[parse("s_own", "SELECT 'own'::text"), sync()]);
+    let steps: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "Bind skipped, then Bind failing",
+            cat(&[
+                own(),
+                describe(b'S', "nosuch"),
+                bind("held", "s_own"),
+                sync(),
+                bind("held", "s_own"),
+                sync(),
+            ]),
+        ),
+        ("two Binds in one batch", cat(&[own(), bind("held", "s_own"), bind("held", "s_own"), sync()])),
+        ("Close, then Bind", cat(&[own(), close(b'P', "held"), bind("held", "s_own"), sync()])),
+        (
+            "DECLARE failing, then DECLARE by Execute",
+            cat(&[
+                query("BEGIN; DECLARE held CURSOR FOR SELECT 'mine'::text"),
+                query("ROLLBACK"),
+                query("BEGIN"),
+                parse("", "DECLARE held CURSOR FOR SELECT 'mine'::text"),
+                bind("", ""),
+                execute(""),
+                sync(),
+            ]),
+        ),
+        (
+            "DECLARE by Execute twice in a batch",
+            cat(&[
+                query("BEGIN"),
+                parse("d", "DECLARE held CURSOR FOR SELECT 'mine'::text"),
+                bind("", "d"),
+                execute(""),
+                bind("", "d"),
+                execute(""),
+                sync(),
+            ]),
+        ),
+        (
+            "DECLARE skipped, then DECLARE",
+            cat(&[
+                query("BEGIN"),
+                describe(b'S', "nosuch"),
+                query("DECLARE held CURSOR FOR SELECT 'mine'::text"),
+                sync(),
+                query("DECLARE held CURSOR FOR SELECT 'mine'::text"),
+            ]),
+        ),
+        (
+            "Bind failing, then DEALLOCATE ALL, then Bind",
+            cat(&[
+                own(),
+                bind("held", "s_own"),
+                sync(),
+                query("DEALLOCATE ALL"),
+                own(),
+                bind("held", "s_own"),
+                sync(),
+            ]),
+        ),
+    ];
+    let mut f = Failures::default();
+    for (name, bytes) in steps {
+        let mut s = raw_proxy(&h, &t.id).await;
+        send(
+            &mut s,
+            &cat(&[bytes, execute("held"), sync(), describe(b'P', "held"), sync(), query("ROLLBACK")]),
+        )
+        .await;
+        let (got, closed) = read_quiet(&mut s, Duration::from_millis(1500)).await;
+        let seen = summary(&got);
+        f.check(!got.windows(11).any(|w| w == b"held-secret"), || {
+            format!("{name}: read the other client's rows: {seen:?}")
+        });
+        f.check(!closed && seen.last().is_some_and(|m| m.starts_with('Z')), || {
+            format!("{name}: not answered: {seen:?}")
+        });
+        drop(s);
+    }
+    match rows(&planter, "SELECT 1").await {
+        Ok(r) => f.check(r == vec![vec!["1".to_owned()]], || format!("the planter: {r:?}")),
+        Err(e) => f.0.push(format!("the planter: {}", why(&e))),
+    }
+    f.assert_none();
+}
