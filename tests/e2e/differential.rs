@@ -576,3 +576,118 @@ async fn waiting_for_a_verdict_sends_nothing_the_client_did_not_ask_for() {
         }
     }
 }
+
+/// A pipeline that ends in Flush (no Sync) while a message waits for a verdict on a name (a
+/// barrier of either kind, a portal made twice, a DECLARE by Execute): PostgreSQL answers
+/// everything up to the Flush, and so must pgtenant — its own Flush goes only when the wait
+/// needs one, and the client's Flush must still get every reply (else the client waits for
+/// ever holding the connection). Both sides end in TIMEOUT (3 s of quiet): the replies before
+/// it must be the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_ending_in_flush_gets_every_reply_while_names_wait_for_a_verdict() {
+    use Msg::*;
+    let t = tenant_db("diffflush").await;
+    let c = cluster();
+    let direct = Target::Direct {
+        socket: c.socket_dir.join(format!(".s.PGSQL.{}", c.port)),
+        user: t.role.clone(),
+        db: t.database.clone(),
+    };
+    let h = start(config(vec![with_mode(t.clone(), PoolMode::Transaction, 1)])).await;
+    let proxy = Target::Proxy { addr: h.addr, user: format!("app.{}", t.id), db: t.database.clone() };
+    let cases: &[&[Msg]] = &[
+        &[Query("DEALLOCATE ALL"), Parse("s1", "SELECT 1"), Bind("", "s1"), Execute("", 0), Flush],
+        &[Query("DEALLOCATE ALL"), Close(b'S', "s1"), Close(b'P', "p1"), Bind("", "s1"), Flush],
+        &[
+            Parse("", "DEALLOCATE ALL"),
+            Bind("", ""),
+            Execute("", 0),
+            Parse("s1", "SELECT 1"),
+            Bind("p1", "s1"),
+            Describe(b'P', "p1"),
+            Flush,
+        ],
+        &[Parse("", "DISCARD ALL"), Bind("", ""), Execute("", 0), Describe(b'S', "s1"), Flush],
+        &[
+            Query("BEGIN"),
+            Parse("", "DECLARE c CURSOR FOR SELECT 1"),
+            Bind("", ""),
+            Execute("", 0),
+            Describe(b'P', "c"),
+            Execute("c", 0),
+            Flush,
+        ],
+        &[
+            Query("BEGIN; DECLARE c CURSOR FOR SELECT 1"),
+            Parse("s1", "SELECT 2"),
+            Bind("c", "s1"),
+            Execute("c", 0),
+            Flush,
+        ],
+        &[
+            Query("BEGIN"),
+            Parse("s1", "SELECT 1"),
+            Bind("p1", "s1"),
+            Bind("p1", "s1"),
+            Execute("p1", 0),
+            Flush,
+        ],
+        &[
+            Query("BEGIN"),
+            Parse("d", "DECLARE c CURSOR FOR SELECT 1"),
+            Bind("", "d"),
+            Execute("", 0),
+            Bind("", "d"),
+            Execute("", 0),
+            Execute("c", 0),
+            Flush,
+        ],
+        &[
+            Query("BEGIN"),
+            Describe(b'S', "nosuch"),
+            Parse("d", "DECLARE c CURSOR FOR SELECT 1"),
+            Sync,
+            Parse("d", "DECLARE c CURSOR FOR SELECT 1"),
+            Bind("", "d"),
+            Execute("", 0),
+            Describe(b'P', "c"),
+            Flush,
+        ],
+        &[
+            Parse("", "SELECT 1/0"),
+            Bind("", ""),
+            Execute("", 0),
+            Parse("", "DEALLOCATE ALL"),
+            Bind("", ""),
+            Execute("", 0),
+            Bind("", "s1"),
+            Flush,
+        ],
+        &[
+            Parse("s1", "SELECT 1"),
+            Sync,
+            Describe(b'S', "nosuch"),
+            Query("DEALLOCATE ALL"),
+            Bind("p1", "s1"),
+            Flush,
+        ],
+        &[
+            Query("BEGIN"),
+            Parse("s1", "DECLARE c CURSOR FOR SELECT 1"),
+            Bind("", "s1"),
+            Execute("", 0),
+            Parse("", "DEALLOCATE ALL"),
+            Bind("", ""),
+            Execute("", 0),
+            Bind("", "s1"),
+            Execute("c", 0),
+            Flush,
+        ],
+    ];
+    for msgs in cases {
+        let whole = [msgs.len()];
+        let (a, b) = tokio::join!(run(&direct, msgs, &whole), run(&proxy, msgs, &whole));
+        assert_eq!(a.last().map(String::as_str), Some("TIMEOUT"), "{msgs:?}: PostgreSQL waits for more");
+        assert_eq!(b, a, "{msgs:?}: pgtenant");
+    }
+}
