@@ -164,6 +164,69 @@ async fn session_mode_resets_state_between_clients() {
     assert!(row.get::<_, bool>(4));
 }
 
+/// A configured reset query may return rows (PgBouncer users write
+/// `SELECT pg_advisory_unlock_all(); ...`): the connection is reset and reused, not closed.
+#[tokio::test]
+async fn a_reset_query_that_returns_rows_resets_and_keeps_the_connection() {
+    let t = with_mode(tenant_db("reset_rows").await, PoolMode::Session, 1);
+    let mut cfg = config(vec![t.clone()]);
+    cfg.pool.reset_query = "SELECT pg_advisory_unlock_all(); DISCARD TEMP; RESET ALL".into();
+    let h = start(cfg).await;
+    let c = h.client(&t.id).await;
+    c.batch_execute(
+        "SET work_mem = '1234kB'; CREATE TEMP TABLE scratch (x int); SELECT pg_advisory_lock(4711)",
+    )
+    .await
+    .expect("dirty the session");
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = h.client(&t.id).await;
+    let row = next
+        .query_typed(
+            "SELECT pg_backend_pid(), current_setting('work_mem'), to_regclass('pg_temp.scratch') IS NULL, \
+             (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory')",
+            &[],
+        )
+        .await
+        .expect("state")
+        .remove(0);
+    assert_eq!(row.get::<_, i32>(0), pid, "pool size 1: the reset connection is reused, not closed");
+    assert_ne!(row.get::<_, String>(1), "1234kB", "RESET ALL ran");
+    assert!(row.get::<_, bool>(2), "DISCARD TEMP ran");
+    assert_eq!(row.get::<_, i64>(3), 0, "pg_advisory_unlock_all ran");
+}
+
+/// A client's prepared statement works after a configured reset query, whether the query
+/// drops statements or not (pgtenant prepares its own afresh: never 42P05 "already exists" or
+/// 26000 "does not exist"), and the connection it reset is kept.
+#[tokio::test]
+async fn prepared_statements_work_after_a_configured_reset_query() {
+    for (name, reset) in [("reset_keep", "RESET ALL"), ("reset_drop", "RESET ALL; DEALLOCATE ALL")] {
+        let t = with_mode(tenant_db(name).await, PoolMode::Transaction, 1);
+        let mut cfg = config(vec![t.clone()]);
+        cfg.pool.reset_query = reset.into();
+        let h = start(cfg).await;
+        let c = h.client(&t.id).await;
+        let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+        for round in 0..3 {
+            let st = c.prepare("SELECT 40 + $1::int").await.expect("prepare");
+            let v: i32 = c.query_one(&st, &[&round]).await.expect("run the statement").get(0);
+            assert_eq!(v, 40 + round, "{reset}: round {round}");
+            // A temporary table made without CREATE TEMP makes the connection dirty: the
+            // reset query runs when the transaction ends.
+            c.batch_execute(&format!("CREATE TABLE pg_temp.scratch{round} (x int)")).await.expect("dirty");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let again: i32 = c.query_one(&st, &[&round]).await.expect("the statement after the reset").get(0);
+            assert_eq!(again, 40 + round, "{reset}: round {round} after the reset");
+        }
+        let after: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+        assert_eq!(after, pid, "{reset}: pool size 1, the reset connection is kept");
+        let resets = h.proxy.metrics.global().resets();
+        assert!(resets >= 3, "{reset}: {resets} resets, expected one per round");
+    }
+}
+
 #[tokio::test]
 async fn startup_parameters_follow_the_client_across_server_connections() {
     let t = with_mode(tenant_db("params").await, PoolMode::Transaction, 1);
