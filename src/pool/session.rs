@@ -122,39 +122,58 @@ pub async fn retire_running(co: Checkout, r: Retire, running: bool) {
 
 /// Runs a reset query on a connection, reading until ReadyForQuery and recording the
 /// ParameterStatus changes it causes. The reply must be exactly what a successful reset
-/// sends (command completions, ParameterStatus, notices and stale notifications, then an idle
-/// ReadyForQuery and nothing after it); anything else fails it, and the caller closes the
-/// connection.
+/// sends and nothing after it; anything else fails it, and the caller closes the connection.
+/// pgtenant's own resets (DISCARD ALL, CLOSE ALL, RESET) must complete with their own tag,
+/// once. A configured `reset_query` of other statements may return anything but an error or
+/// a transaction left open, so a marker query goes behind it (see [`CustomReply`]): a reply
+/// the session still owed is then never taken for the reset's.
 pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
     if sql.trim().is_empty() {
         return Ok(());
     }
     let mut out = BytesMut::new();
     frontend::query(&mut out, sql).map_err(|_| ())?;
-    let conn = co.conn();
-    conn.stream.write_all(&out).await.map_err(|_| ())?;
-    let mut changed = Vec::new();
     // The tag pgtenant's own resets complete with: another command's completion is a reply the
     // session still owed (a reply model gone wrong), never taken for the reset's.
     let tag = completion_tag(sql);
+    let mut custom = match tag {
+        Some(_) => None,
+        None => {
+            let reply = CustomReply::new();
+            frontend::query(&mut out, &format!("SELECT 1 AS \"{}\"", reply.token)).map_err(|_| ())?;
+            Some(reply)
+        }
+    };
+    let conn = co.conn();
+    conn.stream.write_all(&out).await.map_err(|_| ())?;
+    let mut changed = Vec::new();
     let mut completed = false;
     let mut reader = FrameReader::new(&mut conn.stream, DEFAULT_MAX_MESSAGE);
     let ok = loop {
-        match reader.read_frame().await {
-            Ok(Some(f)) => match f.tag() {
-                be::PARAMETER_STATUS => changed.extend(parse_parameter_status(f.body())),
-                be::COMMAND_COMPLETE if tag.is_some() => {
-                    if tag != Some(f.body()) || completed {
-                        break false;
-                    }
-                    completed = true;
-                }
-                // Notifications for LISTENs the reset ends belong to the previous client.
-                be::COMMAND_COMPLETE | be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE => {}
-                be::READY_FOR_QUERY => break f.body() == [txn::IDLE] && (completed || tag.is_none()),
-                _ => break false,
-            },
+        let f = match reader.read_frame().await {
+            Ok(Some(f)) => f,
             _ => return Err(()),
+        };
+        if f.tag() == be::PARAMETER_STATUS {
+            changed.extend(parse_parameter_status(f.body()));
+        }
+        if let Some(reply) = custom.as_mut() {
+            match reply.step(f.tag(), f.body()) {
+                Some(done) => break done,
+                None => continue,
+            }
+        }
+        match f.tag() {
+            be::COMMAND_COMPLETE => {
+                if tag != Some(f.body()) || completed {
+                    break false;
+                }
+                completed = true;
+            }
+            // Notifications for LISTENs the reset ends belong to the previous client.
+            be::PARAMETER_STATUS | be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE => {}
+            be::READY_FOR_QUERY => break f.body() == [txn::IDLE] && completed,
+            _ => break false,
         }
     };
     let leftover = reader.buffered();
@@ -166,6 +185,58 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
         Ok(())
     } else {
         Err(())
+    }
+}
+
+/// The reply to a configured reset query followed by a marker query (`SELECT 1` as a column
+/// named with a random token no client can guess). The server answers in order, so the
+/// marker's RowDescription comes after every reply the connection owed; what comes before it
+/// may be rows, completions and idle ReadyForQuerys, never an error, a copy or a transaction
+/// left open.
+#[derive(Debug)]
+struct CustomReply {
+    token: Box<str>,
+    /// Replies of the marker seen: 0 before its RowDescription, then 1, 2, 3.
+    marker: u8,
+}
+
+impl CustomReply {
+    fn new() -> Self {
+        let token = format!("pgtenant_reset_{:032x}", rand::random::<u128>()).into();
+        CustomReply { token, marker: 0 }
+    }
+
+    /// Reads one server message: `Some(true)` once the marker's ReadyForQuery confirms the
+    /// reset, `Some(false)` when it failed, `None` while replies are due.
+    fn step(&mut self, tag: u8, body: &[u8]) -> Option<bool> {
+        if matches!(tag, be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE | be::PARAMETER_STATUS) {
+            return None;
+        }
+        let expected = match self.marker {
+            0 => {
+                return match tag {
+                    be::ROW_DESCRIPTION
+                        if body.windows(self.token.len()).any(|w| w == self.token.as_bytes()) =>
+                    {
+                        self.marker = 1;
+                        None
+                    }
+                    be::ROW_DESCRIPTION | be::DATA_ROW | be::EMPTY_QUERY_RESPONSE | be::COMMAND_COMPLETE => {
+                        None
+                    }
+                    be::READY_FOR_QUERY if body == [txn::IDLE] => None,
+                    _ => Some(false),
+                };
+            }
+            1 => tag == be::DATA_ROW,
+            2 => tag == be::COMMAND_COMPLETE && body == b"SELECT 1\0",
+            _ => return Some(tag == be::READY_FOR_QUERY && body == [txn::IDLE]),
+        };
+        if !expected {
+            return Some(false);
+        }
+        self.marker += 1;
+        None
     }
 }
 
@@ -321,6 +392,61 @@ mod tests {
         assert_eq!(run(&[(b'1', None), (b'2', None)]), None);
     }
 
+    /// Runs `msgs` through a [`CustomReply`] whose marker column is `token`-named when a
+    /// message's body is `None` (a RowDescription then carries the token).
+    fn run_custom(msgs: &[(u8, Option<&[u8]>)]) -> Option<bool> {
+        let mut reply = CustomReply::new();
+        let marker_row = format!("\0\x01{}\0", reply.token).into_bytes();
+        for (tag, body) in msgs {
+            let body = match (tag, body) {
+                (b'T', None) => &marker_row[..],
+                (_, Some(b)) => b,
+                (_, None) => &[][..],
+            };
+            if let Some(done) = reply.step(*tag, body) {
+                return Some(done);
+            }
+        }
+        None
+    }
+
+    const IDLE: &[u8] = b"I";
+
+    #[test]
+    fn a_configured_reset_is_confirmed_by_its_marker_only() {
+        let marker: [(u8, Option<&[u8]>); 4] =
+            [(b'T', None), (b'D', Some(b"\0\x01")), (b'C', Some(b"SELECT 1\0")), (b'Z', Some(IDLE))];
+        // `SELECT pg_advisory_unlock_all(); RESET ALL`, then the marker.
+        let mut ok: Vec<(u8, Option<&[u8]>)> = vec![
+            (b'T', Some(b"\0\x01unlock\0")),
+            (b'D', Some(b"")),
+            (b'C', Some(b"SELECT 1\0")),
+            (b'S', Some(b"")),
+            (b'C', Some(b"RESET\0")),
+            (b'Z', Some(IDLE)),
+        ];
+        ok.extend(marker);
+        assert_eq!(run_custom(&ok), Some(true));
+        // Replies the session still owed come first: taken, and the marker still confirms.
+        let mut stale: Vec<(u8, Option<&[u8]>)> = vec![(b'C', Some(b"SET\0")), (b'Z', Some(IDLE))];
+        stale.extend(&ok);
+        assert_eq!(run_custom(&stale), Some(true));
+        // Without the marker's reply nothing is confirmed, however many ReadyForQuerys.
+        assert_eq!(run_custom(&ok[..ok.len() - 1]), None);
+        assert_eq!(run_custom(&[(b'C', Some(b"RESET\0")), (b'Z', Some(IDLE)), (b'Z', Some(IDLE))]), None);
+        // An error, a transaction left open, a copy: failed.
+        assert_eq!(run_custom(&[(b'E', Some(b""))]), Some(false));
+        assert_eq!(run_custom(&[(b'C', Some(b"BEGIN\0")), (b'Z', Some(b"T"))]), Some(false));
+        assert_eq!(run_custom(&[(b'H', Some(b""))]), Some(false));
+        // The marker's reply must be exact.
+        assert_eq!(run_custom(&[(b'T', None), (b'C', Some(b"SELECT 1\0"))]), Some(false));
+        assert_eq!(run_custom(&[(b'T', None), (b'D', Some(b"")), (b'C', Some(b"SELECT 2\0"))]), Some(false));
+        assert_eq!(
+            run_custom(&[(b'T', None), (b'D', Some(b"")), (b'C', Some(b"SELECT 1\0")), (b'Z', Some(b"E"))]),
+            Some(false)
+        );
+    }
+
     /// Mostly the tags a reset's reply has (so the exact sequence comes up), sometimes any byte.
     fn reply_tag() -> impl Strategy<Value = u8> {
         prop_oneof![
@@ -329,7 +455,74 @@ mod tests {
         ]
     }
 
+    /// A server message for [`run_custom`]: `None` bodies make a RowDescription the marker's.
+    fn custom_msg() -> impl Strategy<Value = (u8, Option<Vec<u8>>)> {
+        let tag = prop_oneof![4 => proptest::sample::select(b"TDCZINASEHG".to_vec()), 1 => any::<u8>()];
+        let body = prop_oneof![
+            2 => Just(None),
+            1 => Just(Some(b"I".to_vec())),
+            1 => Just(Some(b"T".to_vec())),
+            1 => Just(Some(b"SELECT 1\0".to_vec())),
+            1 => proptest::collection::vec(any::<u8>(), 0..8).prop_map(Some),
+        ];
+        (tag, body)
+    }
+
+    /// What a configured reset's reply should decide, read off the whole list: the
+    /// essential messages (asynchronous ones aside) up to the marker's RowDescription may be
+    /// rows, completions, empty queries and idle ReadyForQuerys; then exactly DataRow,
+    /// `SELECT 1` and an idle ReadyForQuery.
+    fn custom_oracle(msgs: &[(u8, Option<&[u8]>)]) -> Option<bool> {
+        let essential: Vec<&(u8, Option<&[u8]>)> =
+            msgs.iter().filter(|(t, _)| !matches!(*t, b'N' | b'A' | b'S')).collect();
+        let Some(at) = essential.iter().position(|(t, b)| *t == b'T' && b.is_none()) else {
+            let bad = essential.iter().any(|(t, b)| {
+                !matches!(*t, b'T' | b'D' | b'I' | b'C' | b'Z') || (*t == b'Z' && *b != Some(IDLE))
+            });
+            return bad.then_some(false);
+        };
+        let before_ok = essential[..at]
+            .iter()
+            .all(|(t, b)| matches!(*t, b'T' | b'D' | b'I' | b'C') || (*t == b'Z' && *b == Some(IDLE)));
+        if !before_ok {
+            return Some(false);
+        }
+        let want: [(u8, Option<&[u8]>); 3] = [(b'D', None), (b'C', Some(b"SELECT 1\0")), (b'Z', Some(IDLE))];
+        for (i, (tag, body)) in want.iter().enumerate() {
+            let Some((t, b)) = essential.get(at + 1 + i) else { return None };
+            if t != tag || (body.is_some() && b != body) {
+                return Some(false);
+            }
+        }
+        Some(true)
+    }
+
     proptest! {
+        /// Arbitrary replies confirm a configured reset exactly when they hold the marker's
+        /// reply after nothing but rows, completions and idle ReadyForQuerys; an error, a copy
+        /// or an open transaction fails it; never a panic. Half the cases carry the marker's
+        /// exact reply between random messages, so confirmations come up.
+        #[test]
+        fn arbitrary_replies_confirm_a_configured_reset_only_through_its_marker(
+            before in proptest::collection::vec(custom_msg(), 0..8),
+            marked in any::<bool>(),
+            after in proptest::collection::vec(custom_msg(), 0..4),
+        ) {
+            let mut msgs = before;
+            if marked {
+                msgs.extend([
+                    (b'T', None),
+                    (b'D', Some(vec![0, 1])),
+                    (b'N', Some(vec![])),
+                    (b'C', Some(b"SELECT 1\0".to_vec())),
+                    (b'Z', Some(b"I".to_vec())),
+                ]);
+            }
+            msgs.extend(after);
+            let view: Vec<(u8, Option<&[u8]>)> = msgs.iter().map(|(t, b)| (*t, b.as_deref())).collect();
+            prop_assert_eq!(run_custom(&view), custom_oracle(&view));
+        }
+
         /// Arbitrary server tags never confirm a reset unless the four replies came in order,
         /// and never panic.
         #[test]
