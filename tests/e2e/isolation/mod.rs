@@ -24,6 +24,7 @@ mod quoted;
 mod replies;
 mod reset;
 mod session_state;
+mod setup;
 mod statements;
 mod temporary;
 mod unnamed;

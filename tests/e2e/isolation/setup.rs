@@ -1,0 +1,61 @@
+//! A session setup that fails on a later server connection. pgtenant sends the setup (the
+//! tenant's search_path or tenant setting, and the client's tracked settings) as one
+//! multi-statement query in the same write as the client's first message, once the client's
+//! settings were accepted once. One statement failing rolls the whole setup back — the
+//! tenant's isolation setting with it — so the client's first message must then not run (or
+//! must run with the tenant's isolation setting in force): never in another schema.
+
+use pgtenant::model::Isolation;
+
+use super::*;
+use crate::support::*;
+
+/// Tenant b's client sets `default_text_search_config` to a configuration that exists (the
+/// SET succeeds and is tracked), tenant a takes the pool's one connection (DISCARD ALL), and
+/// the configuration is dropped. At b's next statement, an INSERT into its own `t`, the
+/// handoff back runs DISCARD ALL and then the setup `SET search_path TO "b"; SELECT
+/// set_config('default_text_search_config', 'public.myconf', false)`, whose second statement
+/// fails and rolls back the first. The INSERT must not land in `public.t` (reachable on the
+/// reset search_path `"$user", public`): it runs in b's schema or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_setup_never_lets_the_first_statement_run_in_another_schema() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let su = admin(&a.database).await;
+    su.batch_execute(&format!(
+        "CREATE TEXT SEARCH CONFIGURATION public.myconf (COPY = pg_catalog.english);
+         CREATE TABLE public.t (id int, owner text);
+         GRANT USAGE ON SCHEMA public TO {role}; GRANT INSERT, SELECT ON public.t TO {role};",
+        role = b.role
+    ))
+    .await
+    .expect("a text search configuration and a table in public");
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+
+    let cb = h.client(&b.id).await;
+    cb.batch_execute("SET default_text_search_config = 'public.myconf'").await.expect("b's SET");
+    let p0 = pid(&cb).await;
+    let ca = h.client(&a.id).await;
+    assert_eq!(pid(&ca).await, p0, "one server connection for both tenants");
+    su.batch_execute("DROP TEXT SEARCH CONFIGURATION public.myconf").await.expect("drop the configuration");
+
+    let outcome = cb.batch_execute("INSERT INTO t VALUES (1, 'b-first-statement')").await;
+    let count = |table: String| {
+        let su = &su;
+        async move {
+            su.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.expect("count").get::<_, i64>(0)
+        }
+    };
+    let in_public = count("public.t".into()).await;
+    let in_b = count(format!("\"{}\".t", b.id)).await;
+    assert_eq!(
+        in_public,
+        0,
+        "b's first statement after a failed setup ran with search_path reset (its INSERT landed in public.t); \
+         the client got {:?}, b's own t has {in_b} row(s)",
+        outcome.as_ref().map_err(why)
+    );
+    match outcome {
+        Ok(()) => assert_eq!(in_b, 1, "the INSERT reported success but is not in b's schema"),
+        Err(e) => assert_eq!(in_b, 0, "the INSERT failed ({}) yet left a row", why(&e)),
+    }
+}
