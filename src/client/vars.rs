@@ -230,25 +230,42 @@ impl ClientVars {
     /// The query that brings `conn` in line with this client, updating what `conn`
     /// remembers; `None` when it already is. `pool_params` names the reportable settings
     /// (anything else `conn` carries was applied by pgtenant for a client and may need a
-    /// RESET).
-    pub fn sync_query(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<String> {
+    /// RESET); `tenant_vars` the tenant's isolation settings.
+    pub fn sync_query(
+        &self,
+        conn: &mut ServerConn,
+        pool_params: &[(String, String)],
+        tenant_vars: &[(String, String)],
+    ) -> Option<Setup> {
         if conn.vars_fingerprint() == self.fingerprint {
             return None;
         }
-        let sql = self.diff(conn, pool_params);
+        let setup = self.diff(conn, pool_params, tenant_vars);
         conn.set_vars_fingerprint(self.fingerprint);
-        sql
+        setup
     }
 
-    fn diff(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<String> {
+    fn diff(
+        &self,
+        conn: &mut ServerConn,
+        pool_params: &[(String, String)],
+        tenant_vars: &[(String, String)],
+    ) -> Option<Setup> {
         // A plain SET is the cheapest statement, and a search_path made of quoted identifiers
         // (what tenant isolation sets) can be written as-is. Anything else goes through
         // set_config, which parses the value as a configuration file would, so list settings
         // keep their meaning and no value can end the statement.
+        let mut may_fail = false;
         let mut sql = String::new();
         let mut sets = Vec::new();
-        for (k, v) in self.reported().chain(self.other.iter().map(|(k, v)| (k, v))) {
+        let reported = self.reported().map(|kv| (kv, false));
+        let other = self
+            .other
+            .iter()
+            .map(|(k, v)| ((k, v), !tenant_vars.iter().any(|(t, _)| t.eq_ignore_ascii_case(k))));
+        for ((k, v), client_setting) in reported.chain(other) {
             if conn.var(k) != Some(v.as_str()) {
+                may_fail |= client_setting;
                 if k.eq_ignore_ascii_case("search_path") && is_identifier_list(v) {
                     sql.push_str(&format!("SET search_path TO {v};"));
                 } else {
@@ -288,8 +305,22 @@ impl ClientVars {
                 None => conn.retain_vars(|n| n != k),
             }
         }
-        (!sql.is_empty()).then_some(sql)
+        (!sql.is_empty()).then_some(Setup { sql, may_fail })
     }
+}
+
+/// What [`ClientVars::sync_query`] sends a server connection before the client's messages.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Setup {
+    pub sql: String,
+    /// It applies a setting of the client's other than the reportable ones, which the
+    /// server may refuse although it accepted it before (a text search configuration or
+    /// tablespace since dropped, a privilege since revoked, an extension's setting): the
+    /// whole setup then rolls back, the tenant's isolation setting with it, so the client's
+    /// messages must wait for its verdict. The reportable settings (encoding, time zone,
+    /// date style, application name …) stay valid once accepted; the tenant's settings are
+    /// pgtenant's own.
+    pub may_fail: bool,
 }
 
 /// Reportable settings no client can change with SET or set_config (a RESET of them fails).

@@ -119,10 +119,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         let (addr, pid, secret) = conn.cancel_key();
         self.key.attach(addr, pid, secret);
         hand_over(conn, self.id, &self.tenant.id, &self.tenant.session_vars);
-        if let Some(sql) = self.vars.sync_query(conn, &self.pool_params) {
-            // The setup goes out in the same write as the client's first message.
-            if frontend::query(&mut self.out, &sql).is_ok() {
+        if let Some(setup) = self.vars.sync_query(conn, &self.pool_params, &self.tenant.session_vars) {
+            // The setup goes out in the same write as the client's first message, which
+            // waits for the setup's verdict when the server may refuse it (see `Setup`).
+            if frontend::query(&mut self.out, &setup.sql).is_ok() {
                 self.progress.swallow_z += 1;
+                self.setup_trusted &= !setup.may_fail;
             }
         }
         if self.vars.temp_schema {
