@@ -489,7 +489,7 @@ mod tests {
         }
         let want: [(u8, Option<&[u8]>); 3] = [(b'D', None), (b'C', Some(b"SELECT 1\0")), (b'Z', Some(IDLE))];
         for (i, (tag, body)) in want.iter().enumerate() {
-            let Some((t, b)) = essential.get(at + 1 + i) else { return None };
+            let (t, b) = essential.get(at + 1 + i)?;
             if t != tag || (body.is_some() && b != body) {
                 return Some(false);
             }
