@@ -30,6 +30,15 @@ pub fn bind_with(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::R
     socket.listen(backlog)
 }
 
+/// Sets TCP_NODELAY on the listening socket, which Linux hands down to every connection it
+/// accepts (the accepted socket starts as a copy of the listener's): one `setsockopt` per
+/// listener instead of one per connection. Works on a listener taken over from another
+/// instance too. `false` where that is not so (another system, or the call failed): then
+/// each accepted connection must be set itself.
+pub fn nodelay_on_accept(listener: &TcpListener) -> bool {
+    cfg!(target_os = "linux") && rustix::net::sockopt::set_tcp_nodelay(listener, true).is_ok()
+}
+
 /// Binds a side listener (`[admin] listen`, `[metrics] listen`: `host:port`), with
 /// SO_REUSEPORT when `shared` so that the next instance of a rolling restart can bind it
 /// while this one drains.
@@ -186,6 +195,22 @@ mod tests {
         let client = tokio::net::TcpStream::connect(addr);
         let (accepted, connected) = tokio::join!(second.accept(), client);
         assert!(accepted.is_ok() && connected.is_ok());
+    }
+
+    #[tokio::test]
+    async fn connections_accepted_after_nodelay_on_accept_have_tcp_nodelay() {
+        async fn accepted(listener: &TcpListener) -> tokio::net::TcpStream {
+            let addr = listener.local_addr().expect("addr");
+            let (accepted, client) = tokio::join!(listener.accept(), tokio::net::TcpStream::connect(addr));
+            client.expect("connect");
+            accepted.expect("accept").0
+        }
+        let listener = bind("127.0.0.1:0".parse().expect("addr"), 16).expect("bind");
+        assert!(!accepted(&listener).await.nodelay().expect("nodelay"), "off unless set");
+        assert!(nodelay_on_accept(&listener));
+        for _ in 0..2 {
+            assert!(accepted(&listener).await.nodelay().expect("nodelay"));
+        }
     }
 
     #[test]

@@ -30,6 +30,9 @@ impl Proxy {
         let mut accept_errors = Every::new(Duration::from_secs(10));
         let mut refusals = Every::new(Duration::from_secs(10));
         let mut backoff = Duration::ZERO;
+        // TCP_NODELAY once on the listener rather than once per accepted connection.
+        let nodelay =
+            if crate::listener::nodelay_on_accept(&listener) { NoDelay::Inherited } else { NoDelay::SetEach };
         loop {
             let (stream, peer) = tokio::select! {
                 _ = drain.cancelled() => break,
@@ -52,7 +55,7 @@ impl Proxy {
                     }
                 },
             };
-            self.take_client(&tracker, stream, peer, &mut refusals);
+            self.take_client(&tracker, stream, peer, nodelay, &mut refusals);
         }
         if let Some(instances) = &self.instances {
             instances.start_draining();
@@ -67,7 +70,7 @@ impl Proxy {
                 for _ in 0..queued {
                     let Ok((stream, peer)) = listener.accept() else { break };
                     match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
-                        Ok(stream) => self.take_client(&tracker, stream, peer, &mut refusals),
+                        Ok(stream) => self.take_client(&tracker, stream, peer, nodelay, &mut refusals),
                         Err(e) => {
                             tracing::warn!(%peer, error = %e, "a queued connection could not be served")
                         }
@@ -110,6 +113,7 @@ impl Proxy {
         tracker: &TaskTracker,
         stream: TcpStream,
         peer: SocketAddr,
+        nodelay: NoDelay,
         refusals: &mut Every,
     ) {
         let Some(prelogin) = self.prelogin_permit() else {
@@ -124,12 +128,22 @@ impl Proxy {
             }
             return;
         };
-        let _ = stream.set_nodelay(true);
+        if nodelay == NoDelay::SetEach {
+            let _ = stream.set_nodelay(true);
+        }
         let proxy = self.clone();
         tracker.spawn(async move {
             crate::client::serve(stream, peer, proxy, prelogin).await;
         });
     }
+}
+
+/// Whether accepted connections come with TCP_NODELAY from the listener
+/// ([`crate::listener::nodelay_on_accept`]) or must each be set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoDelay {
+    Inherited,
+    SetEach,
 }
 
 /// A connection past `max_prelogin_connections`: one try at a short 53300 (no waiting: a

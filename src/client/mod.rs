@@ -353,9 +353,8 @@ where
         let stored = found.as_ref().and_then(|t| t.users.get(name));
         // An unknown tenant or user gets a mock verifier keyed by the names as resolved, not
         // as spelled: `app.acme` and `user=app options=tenant=acme` see the same salt whether
-        // or not acme exists, as they would for a real user.
-        let mock_name = format!("{}\0{name}", resolved.tenant.as_str());
-        let secret = mock_secret(proxy);
+        // or not acme exists, as they would for a real user. Built only when needed.
+        let mock_name = || format!("{}\0{name}", resolved.tenant.as_str());
         if let Err(e) = reader.get_mut().write_all(&out).await {
             attempt.abandoned();
             return Err(io_gone(e));
@@ -364,12 +363,12 @@ where
         let outcome = if method == AuthMethod::Md5 {
             let known = stored.filter(|v| v.starts_with("md5") && v.len() == 35).cloned();
             let accepted = known.is_some();
-            let hash = known.unwrap_or_else(|| md5_mock(&secret, &mock_name));
+            let hash = known.unwrap_or_else(|| md5_mock(&mock_secret(proxy), &mock_name()));
             md5_challenge(reader, &hash).await.map(|proved| proved && accepted)
         } else {
             let known = stored.and_then(|v| Verifier::parse(v));
             let accepted = known.is_some();
-            let verifier = known.unwrap_or_else(|| Verifier::mock(&secret, &mock_name));
+            let verifier = known.unwrap_or_else(|| Verifier::mock(&mock_secret(proxy), &mock_name()));
             scram(reader, verifier, tls.end_point.as_deref(), &mut out).await.map(|proved| proved && accepted)
         };
         match outcome {

@@ -48,20 +48,27 @@ const OPENING_READ: usize = 1024;
 /// Reads the connection's opening, answering SSLRequest/GSSENCRequest. Cancel-safe only in
 /// the sense that a timeout leaves `tcp` usable for an error message.
 ///
-/// Only the first bytes are peeked at (a direct TLS handshake must stay in the socket for
-/// the TLS layer); after that, reads take what is there. Bytes that follow an SSLRequest
-/// answered `S` before the handshake are refused, as PostgreSQL refuses them (they were not
-/// encrypted, and may have been injected); after an `N` they are the next packet's.
+/// With TLS configured, the first byte is peeked at (a direct TLS handshake must stay in the
+/// socket for the TLS layer); without, nothing can be handed to a TLS layer, so the first
+/// read takes what is there, one `recvfrom` fewer per connection. After that, reads take
+/// what is there. Bytes that follow an SSLRequest answered `S` before the handshake are
+/// refused, as PostgreSQL refuses them (they were not encrypted, and may have been
+/// injected); after an `N` they are the next packet's.
 pub async fn opening(tcp: &mut TcpStream, tls: Option<&Tls>) -> io::Result<Opening> {
-    let mut first = [0u8; 1];
-    if tcp.peek(&mut first).await? == 0 {
+    let mut buf = BytesMut::with_capacity(OPENING_READ);
+    if tls.is_some() {
+        let mut first = [0u8; 1];
+        if tcp.peek(&mut first).await? == 0 {
+            return Ok(Opening::Closed);
+        }
+        // A TLS handshake record: direct TLS negotiation.
+        if first[0] == 0x16 {
+            return Ok(Opening::Tls { direct: true });
+        }
+    } else if tcp.read_buf(&mut buf).await? == 0 || buf.first() == Some(&0x16) {
+        // Closed before a byte, or a direct TLS handshake without TLS configured.
         return Ok(Opening::Closed);
     }
-    // A TLS handshake record: direct TLS negotiation.
-    if first[0] == 0x16 {
-        return Ok(if tls.is_some() { Opening::Tls { direct: true } } else { Opening::Closed });
-    }
-    let mut buf = BytesMut::with_capacity(OPENING_READ);
     loop {
         while buf.len() < 8 {
             if buf.capacity() == buf.len() {
@@ -141,5 +148,45 @@ impl AsyncWrite for ClientStream {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair: (pgtenant's side, the client's side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (accepted, client) = tokio::join!(listener.accept(), TcpStream::connect(addr));
+        (accepted.expect("accept").0, client.expect("connect"))
+    }
+
+    #[tokio::test]
+    async fn without_tls_an_ssl_request_is_refused_and_the_startup_packet_read() {
+        let (mut server, mut client) = pair().await;
+        let startup = b"\0\0\0\x0d\0\x03\0\0user\0";
+        client.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.expect("SSLRequest");
+        let opened = tokio::spawn(async move { opening(&mut server, None).await });
+        let mut answer = [0u8; 1];
+        client.read_exact(&mut answer).await.expect("answer");
+        assert_eq!(&answer, b"N");
+        client.write_all(startup).await.expect("startup");
+        match opened.await.expect("task").expect("opening") {
+            Opening::Plain(prefix) => assert_eq!(&prefix[..], startup),
+            _ => panic!("expected a plaintext opening"),
+        }
+    }
+
+    #[tokio::test]
+    async fn without_tls_a_direct_tls_handshake_or_nothing_closes_the_connection() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(&[0x16, 3, 1, 0, 5]).await.expect("TLS record");
+        assert!(matches!(opening(&mut server, None).await, Ok(Opening::Closed)));
+        let (mut server, client) = pair().await;
+        drop(client);
+        assert!(matches!(opening(&mut server, None).await, Ok(Opening::Closed)));
     }
 }
