@@ -19,6 +19,7 @@ mod affinity;
 mod barriers;
 mod cursors;
 mod cuts;
+mod leaving;
 mod parameters;
 mod quoted;
 mod replies;
