@@ -18,6 +18,7 @@
 mod affinity;
 mod barriers;
 mod cursors;
+mod custom_reset;
 mod cuts;
 mod leaving;
 mod parameters;
