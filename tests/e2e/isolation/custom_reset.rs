@@ -111,3 +111,67 @@ async fn a_configured_reset_query_keeps_or_closes_never_hands_on_a_reply_or_a_tr
     }
     f.assert_none();
 }
+
+/// Transaction mode: a client dirties its connection (a temporary table made without CREATE
+/// TEMP) so the configured reset runs after each transaction, however weak or odd it is — empty,
+/// RESET ALL (which also resets search_path), a search_path of its own, DEALLOCATE ALL. The
+/// client's next transaction still runs in its own schema (its INSERT lands in its own `t`)
+/// and its prepared statement still works on the same backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_any_configured_reset_the_tenant_keeps_its_schema_and_statements() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let su = admin(&a.database).await;
+    su.batch_execute(&format!(
+        "CREATE TABLE public.t (id int, owner text); GRANT USAGE ON SCHEMA public TO {r}; \
+         GRANT INSERT, SELECT ON public.t TO {r}",
+        r = a.role
+    ))
+    .await
+    .expect("a table in public");
+    let resets = [
+        "",
+        "RESET ALL",
+        "SET search_path = public",
+        "SELECT set_config('search_path', 'public', false)",
+        "RESET ALL; DEALLOCATE ALL",
+        "DEALLOCATE ALL",
+    ];
+    let mut f = Failures::default();
+    for (round, reset) in resets.into_iter().enumerate() {
+        let mut cfg = config(vec![a.clone(), b.clone()]);
+        cfg.pool.checkout_timeout = 5.0;
+        cfg.pool.reset_query = reset.into();
+        let h = start(cfg).await;
+        let c = h.client(&a.id).await;
+        let p0 = pid(&c).await;
+        for step in 0..2 {
+            let what = format!("{reset:?}, step {step}");
+            let st = match c.prepare("SELECT 40 + $1::int").await {
+                Ok(st) => st,
+                Err(e) => {
+                    f.0.push(format!("{what}: prepare: {}", why(&e)));
+                    continue;
+                }
+            };
+            if let Err(e) = c.batch_execute(&format!("CREATE TABLE pg_temp.scratch{step} (x int)")).await {
+                f.0.push(format!("{what}: dirty: {}", why(&e)));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let id = (round * 10 + step) as i32;
+            match c.execute("INSERT INTO t VALUES ($1, 'a')", &[&id]).await {
+                Ok(n) => f.check(n == 1, || format!("{what}: INSERT {n}")),
+                Err(e) => f.0.push(format!("{what}: INSERT: {}", why(&e))),
+            }
+            match c.query_one(&st, &[&id]).await {
+                Ok(r) => f.check(r.get::<_, i32>(0) == 40 + id, || format!("{what}: wrong value")),
+                Err(e) => f.0.push(format!("{what}: the statement after the reset: {}", why(&e))),
+            }
+        }
+        f.check(pid(&c).await == p0, || format!("{reset:?}: the connection was not kept"));
+        let resets = h.proxy.metrics.global().resets();
+        f.check(resets >= 2, || format!("{reset:?}: {resets} resets, expected one per step"));
+        let in_public: i64 = su.query_one("SELECT count(*) FROM public.t", &[]).await.expect("count").get(0);
+        f.check(in_public == 0, || format!("{reset:?}: {in_public} row(s) of tenant a in public.t"));
+    }
+    f.assert_none();
+}
