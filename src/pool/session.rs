@@ -111,14 +111,31 @@ pub fn acts_while_idle(conn: &ServerConn) -> bool {
 
 /// [`retire`], cancelling first what still runs on a connection that is not idle, so it
 /// does not run on unobserved.
+///
+/// PostgreSQL ignores a cancel that reaches a backend before it has read the query (one the
+/// client sent just before it left), and a statement that writes nothing (`pg_sleep`, a lock
+/// wait) would then run on after the connection is closed, holding the session's locks; so
+/// is the next of several queries the client left queued. The cancel is therefore sent again
+/// after [`CANCEL_RETRIES`] (a backend that ended or moved on ignores it: the key is its own),
+/// without keeping the connection, whose close ends a backend waiting for input (a COPY).
 pub async fn retire_running(co: Checkout, r: Retire, running: bool) {
     if !r.idle && running {
         let c = co.conn_ref();
         let (addr, pid, secret) = (c.addr.clone(), c.backend_pid, c.backend_secret);
         let _ = tokio::time::timeout(CLEANUP_TIMEOUT, cancel_backend(&addr, pid, secret)).await;
+        tokio::spawn(async move {
+            for wait in CANCEL_RETRIES {
+                tokio::time::sleep(wait).await;
+                let _ = tokio::time::timeout(CLEANUP_TIMEOUT, cancel_backend(&addr, pid, secret)).await;
+            }
+        });
     }
     retire(co, r).await;
 }
+
+/// When [`retire_running`] sends its cancel again, each after the one before.
+const CANCEL_RETRIES: [std::time::Duration; 2] =
+    [std::time::Duration::from_millis(100), std::time::Duration::from_millis(900)];
 
 /// Runs a reset query on a connection, reading until ReadyForQuery and recording the
 /// ParameterStatus changes it causes. The reply must be exactly what a successful reset
