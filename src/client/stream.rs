@@ -189,4 +189,119 @@ mod tests {
         drop(client);
         assert!(matches!(opening(&mut server, None).await, Ok(Opening::Closed)));
     }
+
+    const SSL: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    const GSS: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
+    const STARTUP: &[u8] = b"\0\0\0\x0d\0\x03\0\0user\0";
+
+    /// Sends `chunks` apart (a pause after each), then closes the client's write side.
+    /// Returns what `opening` gave, what the client was answered, and the bytes left in
+    /// the socket after the opening.
+    async fn open_with(chunks: Vec<Vec<u8>>) -> (Opening, Vec<u8>, Vec<u8>) {
+        let (mut server, mut client) = pair().await;
+        client.set_nodelay(true).expect("nodelay");
+        let writer = tokio::spawn(async move {
+            for c in chunks {
+                client.write_all(&c).await.expect("write");
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            client.shutdown().await.expect("shutdown");
+            let mut answers = Vec::new();
+            client.read_to_end(&mut answers).await.expect("answers");
+            answers
+        });
+        let opened = opening(&mut server, None).await.expect("opening");
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.expect("rest");
+        drop(server);
+        (opened, writer.await.expect("writer"), rest)
+    }
+
+    /// The bytes the startup reader gets: what `opening` read past the requests, then the rest.
+    fn plain(opened: Opening, rest: &[u8]) -> Vec<u8> {
+        match opened {
+            Opening::Plain(prefix) => {
+                assert!(prefix.capacity() <= 2 * OPENING_READ, "capacity {}", prefix.capacity());
+                [&prefix[..], rest].concat()
+            }
+            Opening::Tls { .. } => panic!("TLS without TLS configured"),
+            Opening::Closed => panic!("closed"),
+        }
+    }
+
+    /// GSSENCRequest, SSLRequest, startup packet and a query, split at every byte (two
+    /// writes) and sent a byte at a time: two `N`s, and exactly the startup packet and the
+    /// query reach the startup reader, nothing lost or doubled.
+    #[tokio::test]
+    async fn without_tls_the_opening_is_the_same_however_it_is_split() {
+        let after = [STARTUP, b"Q\0\0\0\x0dSELECT 1\0"].concat();
+        let all = [&GSS[..], &SSL[..], &after].concat();
+        let mut splits: Vec<Vec<Vec<u8>>> =
+            (1..all.len()).map(|k| vec![all[..k].to_vec(), all[k..].to_vec()]).collect();
+        splits.push(all.iter().map(|b| vec![*b]).collect());
+        splits.push(vec![all.clone()]);
+        for chunks in splits {
+            let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+            let (opened, answers, rest) = open_with(chunks).await;
+            assert_eq!(answers, b"NN", "split {sizes:?}");
+            assert_eq!(plain(opened, &rest), after, "split {sizes:?}");
+        }
+    }
+
+    /// Lengths no packet has — 1 GiB, 2 GiB - 1, zero, negative, 7 — go to the startup reader
+    /// as they are (it refuses them) without anything reserved from them; an SSLRequest's
+    /// code with another length is no SSLRequest; a TLS record after an `N` is bytes.
+    #[tokio::test]
+    async fn without_tls_bad_lengths_pass_to_the_startup_reader_unreserved() {
+        for head in [
+            [0x40, 0, 0, 0, 0, 3, 0, 0],
+            [0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0],
+            [0, 0, 0, 0, 0, 3, 0, 0],
+            [0xff, 0xff, 0xff, 0xf0, 0, 3, 0, 0],
+            [0, 0, 0, 7, 0x04, 0xd2, 0x16, 0x2f],
+            [0, 0, 0, 9, 0x04, 0xd2, 0x16, 0x2f],
+            [0x40, 0, 0, 0, 0x04, 0xd2, 0x16, 0x2f],
+        ] {
+            let (opened, answers, rest) = open_with(vec![head.to_vec()]).await;
+            assert_eq!(answers, b"", "{head:?}");
+            assert_eq!(plain(opened, &rest), head, "{head:?}");
+        }
+        let record = [0x16, 3, 1, 0x40, 0];
+        let (opened, answers, rest) = open_with(vec![[&SSL[..], &record].concat()]).await;
+        assert_eq!(answers, b"N");
+        assert_eq!(plain(opened, &rest), record);
+    }
+
+    /// Many requests in one write, past one read's worth (the buffer is refilled across
+    /// the boundary): each answered `N`, and the startup packet after them arrives whole.
+    #[tokio::test]
+    async fn without_tls_a_run_of_requests_longer_than_a_read_is_answered_in_full() {
+        let n = 3 * OPENING_READ / 8 + 3;
+        let mut all: Vec<u8> = (0..n).flat_map(|i| if i % 2 == 0 { SSL } else { GSS }).collect();
+        all.extend_from_slice(STARTUP);
+        let (opened, answers, rest) = open_with(vec![all]).await;
+        assert_eq!(answers, vec![b'N'; n]);
+        assert_eq!(plain(opened, &rest), STARTUP);
+    }
+
+    /// A client that sends one byte and waits is waited for (the startup timeout around
+    /// `opening` ends it), not closed and not answered; its next bytes complete the opening.
+    #[tokio::test]
+    async fn without_tls_one_byte_then_silence_waits() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(&SSL[..1]).await.expect("one byte");
+        let opened = tokio::spawn(async move { (opening(&mut server, None).await, server) });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!opened.is_finished(), "the opening ended on one byte");
+        client.write_all(&SSL[1..]).await.expect("the rest");
+        let mut answer = [0u8; 1];
+        client.read_exact(&mut answer).await.expect("answer");
+        assert_eq!(&answer, b"N");
+        client.write_all(STARTUP).await.expect("startup");
+        let (opened, _server) = opened.await.expect("task");
+        match opened.expect("opening") {
+            Opening::Plain(prefix) => assert_eq!(&prefix[..], STARTUP),
+            _ => panic!("expected a plaintext opening"),
+        }
+    }
 }
