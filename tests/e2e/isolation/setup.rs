@@ -8,6 +8,7 @@
 use pgtenant::model::Isolation;
 
 use super::*;
+use crate::support::raw::*;
 use crate::support::*;
 
 /// Tenant b's client sets `default_text_search_config` to a configuration that exists (the
@@ -122,4 +123,132 @@ async fn set_role_lasts_its_transaction_in_transaction_mode() {
     let next: String = cb.query_one("SELECT current_user::text", &[]).await.expect("current_user").get(0);
     assert_eq!(next, b.role, "the next transaction runs as the login role (SET ROLE is not tracked)");
     assert_eq!(pid(&cb).await, p0, "pool of one: the same backend, reset between the transactions");
+}
+
+/// A pool of one shared by a and b (schema isolation). b's raw client has
+/// `default_text_search_config = 'public.myconf'` tracked, and a's client used the connection
+/// last, so b's next message goes behind DISCARD ALL and a setup carrying that setting (one
+/// that may fail: b's messages are held until its ReadyForQuery). With `drop_it` the
+/// configuration is dropped first, so the setup fails.
+async fn held_behind_a_setup(
+    drop_it: bool,
+) -> (Harness, Client, Client, TenantConfig, tokio::net::TcpStream) {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let su = admin(&a.database).await;
+    su.batch_execute(&format!(
+        "CREATE TEXT SEARCH CONFIGURATION public.myconf (COPY = pg_catalog.english);
+         CREATE TABLE public.t (id int, owner text);
+         GRANT USAGE ON SCHEMA public TO {role}; GRANT INSERT, SELECT ON public.t TO {role};",
+        role = b.role
+    ))
+    .await
+    .expect("a text search configuration and a table in public");
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let mut rb = raw_proxy(&h, &b.id).await;
+    send(&mut rb, &query("SET default_text_search_config = 'public.myconf'")).await;
+    let (got, _) = read_ready(&mut rb, 1, std::time::Duration::from_secs(5)).await;
+    assert_eq!(summary(&got), ["C(SET)", "Z(I)"], "b's SET");
+    let ca = h.client(&a.id).await;
+    let _ = pid(&ca).await;
+    if drop_it {
+        su.batch_execute("DROP TEXT SEARCH CONFIGURATION public.myconf")
+            .await
+            .expect("drop the configuration");
+    }
+    (h, su, ca, b, rb)
+}
+
+/// Everything a client can put in one write behind a held setup: two extended-protocol
+/// Syncs (named and unnamed statements), a simple query, COPY FROM STDIN with its data, a
+/// query reading the table back, Terminate.
+fn held_pipeline() -> Vec<u8> {
+    cat(&[
+        parse("", "INSERT INTO t VALUES (1, 'p')"),
+        bind("", ""),
+        execute(""),
+        sync(),
+        parse("s2", "INSERT INTO t VALUES (2, 'p')"),
+        bind("", "s2"),
+        execute(""),
+        sync(),
+        query("INSERT INTO t VALUES (3, 'q')"),
+        query("COPY t FROM STDIN"),
+        copy_data("4\tc\n"),
+        copy_done(),
+        query("SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        terminate(),
+    ])
+}
+
+async fn ids(su: &Client, table: &str) -> String {
+    su.query_one(&format!("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM {table}"), &[])
+        .await
+        .expect("ids")
+        .get(0)
+}
+
+/// The setup succeeds: the whole held pipeline runs, in order, in b's schema, and b gets
+/// exactly its replies (none of the setup's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_held_behind_a_setup_that_succeeds_runs_whole_and_in_order() {
+    let (_h, su, ca, b, mut rb) = held_behind_a_setup(false).await;
+    send(&mut rb, &held_pipeline()).await;
+    let (got, closed) = read_eof(&mut rb, std::time::Duration::from_secs(8)).await;
+    assert!(closed, "Terminate closes: {:?}", summary(&got));
+    let ins = ["1", "2", "C(INSERT 0 1)", "Z(I)"];
+    let expected: Vec<&str> = [&ins[..], &ins[..]]
+        .concat()
+        .into_iter()
+        .chain(["C(INSERT 0 1)", "Z(I)", "G", "C(COPY 1)", "Z(I)", "T", "D(1,2,3,4)", "C(SELECT 1)", "Z(I)"])
+        .collect();
+    assert_eq!(summary(&got), expected);
+    assert_eq!(ids(&su, &format!("\"{}\".t", b.id)).await, "1,2,3,4");
+    assert_eq!(ids(&su, "public.t").await, "");
+    let v: i32 = ca.query_one("SELECT 5", &[]).await.expect("a still served").get(0);
+    assert_eq!(v, 5);
+}
+
+/// The setup fails: b is told why and closed, and nothing of its pipeline runs — not in
+/// public.t (the reset search_path), not in its own t; a is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_held_behind_a_setup_that_fails_runs_not_at_all() {
+    let (_h, su, ca, b, mut rb) = held_behind_a_setup(true).await;
+    send(&mut rb, &held_pipeline()).await;
+    let (got, closed) = read_eof(&mut rb, std::time::Duration::from_secs(8)).await;
+    assert!(closed, "b is closed: {:?}", summary(&got));
+    let s = summary(&got);
+    assert!(s.first().is_some_and(|e| e.starts_with("E(22023")), "b is told the setup failed: {s:?}");
+    assert_eq!(s.len(), 1, "nothing after the error: {s:?}");
+    assert_eq!(ids(&su, "public.t").await, "", "b's pipeline ran on the reset search_path");
+    assert_eq!(ids(&su, &format!("\"{}\".t", b.id)).await, "", "b's pipeline ran although its setup failed");
+    let v: i32 = ca.query_one("SELECT 6", &[]).await.expect("a still served").get(0);
+    assert_eq!(v, 6);
+}
+
+/// The client sends its pipeline (ending in Terminate) and closes at once, while it is held:
+/// as on PostgreSQL, where the bytes in the socket still run, the pipeline runs whole when the
+/// setup succeeds; when it fails, none of it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_while_held_runs_all_or_nothing() {
+    for drop_it in [false, true] {
+        let (_h, su, ca, b, mut rb) = held_behind_a_setup(drop_it).await;
+        let mut pipeline = held_pipeline();
+        // Without the SELECT reading back (nothing reads it).
+        let q = query("SELECT string_agg(id::text, ',' ORDER BY id) FROM t");
+        let at = pipeline.windows(q.len()).position(|w| w == q).expect("the SELECT");
+        pipeline.drain(at..at + q.len());
+        send(&mut rb, &pipeline).await;
+        drop(rb);
+        let own = format!("\"{}\".t", b.id);
+        let want = if drop_it { "" } else { "1,2,3,4" };
+        let _ = eventually(std::time::Duration::from_secs(3), || {
+            let (su, own) = (&su, &own);
+            async move { ids(su, own).await == want && !want.is_empty() }
+        })
+        .await;
+        let v: i32 = ca.query_one("SELECT 7", &[]).await.expect("a still served").get(0);
+        assert_eq!(v, 7);
+        assert_eq!(ids(&su, &own).await, want, "setup fails: {drop_it}");
+        assert_eq!(ids(&su, "public.t").await, "", "setup fails: {drop_it}");
+    }
 }
