@@ -226,3 +226,66 @@ fn example_config_loads() {
     let c = pgtenant::config::Config::load(&path).expect("config/pgtenant.toml is valid");
     assert!(!c.tenants.is_empty() && !c.upstreams.is_empty());
 }
+
+/// The first bytes through the proxy (no TLS configured, so the opening reads without
+/// peeking): GSSENCRequest, SSLRequest, startup packet, a query and Terminate, split in two
+/// writes at every byte, each log in and get exactly their answer; an SSLRequest and a
+/// CancelRequest in one write cancel a running query; after an `N`, a TLS record, a 1 GiB,
+/// zero or negative length is refused with 08P01 at once; one byte then silence is closed
+/// at the startup timeout with 08P01.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opening_split_anywhere_or_followed_by_a_cancel_or_a_bad_length() {
+    use crate::support::raw::{cat, messages, query, read_eof, read_ready, summary, terminate};
+    use tokio::io::AsyncWriteExt;
+    let t = tenant_db("opening").await;
+    let mut cfg = config(vec![t.clone()]);
+    cfg.proxy.startup_timeout = 2.0;
+    let h = start(cfg).await;
+    let user = format!("app.{}", t.id);
+    let ssl = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let gss = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
+    let all = cat(&[gss, ssl.clone(), startup_packet(&[("user", &user)]), query("SELECT 42"), terminate()]);
+    for k in 1..all.len() {
+        let mut s = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        s.write_all(&all[..k]).await.expect("first part");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        s.write_all(&all[k..]).await.expect("second part");
+        let (got, closed) = read_eof(&mut s, Duration::from_secs(5)).await;
+        assert!(closed, "split at {k}: {:?}", summary(&got));
+        assert_eq!(got.get(..2), Some(&b"NN"[..]), "split at {k}");
+        assert_eq!(summary(&got[2..]), ["R", "Z(I)", "T", "D(42)", "C(SELECT 1)", "Z(I)"], "split at {k}");
+    }
+
+    let mut victim = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    victim.write_all(&startup_packet(&[("user", &user)])).await.expect("startup");
+    let (got, _) = read_ready(&mut victim, 1, Duration::from_secs(5)).await;
+    let key = messages(&got).into_iter().find(|(tag, _)| *tag == b'K').map(|(_, b)| b.to_vec()).expect("key");
+    victim.write_all(&query("SELECT pg_sleep(20)")).await.expect("sleep");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut cancel = ((8 + key.len()) as i32).to_be_bytes().to_vec();
+    cancel.extend_from_slice(&80_877_102i32.to_be_bytes());
+    cancel.extend_from_slice(&key);
+    let (got, closed) = raw_exchange(h.addr, &cat(&[ssl.clone(), cancel]), Duration::from_secs(3)).await;
+    assert!(closed && got == b"N", "SSLRequest + CancelRequest: {got:?}");
+    let (got, _) = read_ready(&mut victim, 1, Duration::from_secs(5)).await;
+    assert_eq!(sqlstate(&got).as_deref(), Some("57014"), "{:?}", summary(&got));
+
+    for (what, bytes) in [
+        ("a TLS record", vec![0x16, 3, 1, 0x40, 0, 1, 0, 0]),
+        ("1 GiB", vec![0x40, 0, 0, 0, 0, 3, 0, 0]),
+        ("zero", vec![0, 0, 0, 0, 0, 3, 0, 0]),
+        ("negative", vec![0xff, 0xff, 0xff, 0xf0, 0, 3, 0, 0]),
+    ] {
+        let started = Instant::now();
+        let (got, closed) = raw_exchange(h.addr, &cat(&[ssl.clone(), bytes]), Duration::from_secs(3)).await;
+        assert!(closed && started.elapsed() < Duration::from_secs(1), "{what}: {:?}", started.elapsed());
+        assert_eq!(got.first(), Some(&b'N'), "{what}");
+        assert_eq!(sqlstate(&got[1..]).as_deref(), Some("08P01"), "{what}");
+    }
+    let started = Instant::now();
+    let (got, closed) = raw_exchange(h.addr, &[0], Duration::from_secs(4)).await;
+    assert!(closed && started.elapsed() >= Duration::from_millis(1900), "{:?}", started.elapsed());
+    assert_eq!(sqlstate(&got).as_deref(), Some("08P01"));
+    still_serving(&h, &t.id).await;
+}
