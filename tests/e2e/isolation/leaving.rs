@@ -281,3 +281,31 @@ async fn an_abandoned_query_is_cancelled_every_time() {
     }
     f.assert_none();
 }
+
+/// The cancels `retire_running` sends again (100 ms and 1 s after the first) carry the
+/// abandoned backend's key: they must never reach the next client's query. A session-mode
+/// client of a leaves a `pg_sleep(30)` running; at once the next client (of a, then of b) takes
+/// the pool's one place and runs `pg_sleep(1.5)` across both retries: it completes (no 57014)
+/// on another backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repeated_cancels_never_reach_the_next_client() {
+    let (a, b, h) = pair(PoolMode::Session, SessionFeatures::Pin).await;
+    for next in [&a, &b] {
+        let mut ra = raw_proxy(&h, &a.id).await;
+        send(&mut ra, &query("SELECT pg_backend_pid()")).await;
+        let (got, _) = read_ready(&mut ra, 1, Duration::from_secs(5)).await;
+        let row = messages(&got).iter().find(|(t, _)| *t == b'D').map(|(_, d)| data_row(d));
+        let pid_a = row.and_then(|r| r.first().cloned()).expect("a pid");
+        send(&mut ra, &query("SELECT pg_sleep(30)")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(ra);
+        let mut rn = raw_proxy(&h, &next.id).await;
+        send(&mut rn, &query("SELECT pg_backend_pid()::text || '/' || pg_sleep(1.5)::text")).await;
+        let (got, _) = read_ready(&mut rn, 1, Duration::from_secs(8)).await;
+        let got = summary(&got);
+        let row = got.iter().find_map(|m| m.strip_prefix("D(")).map(|r| r.trim_end_matches(')').to_owned());
+        let pid_next = row.as_deref().and_then(|r| r.split('/').next()).unwrap_or_default().to_owned();
+        assert_eq!(got, ["T".to_owned(), format!("D({pid_next}/)"), "C(SELECT 1)".into(), "Z(I)".into()]);
+        assert_ne!(pid_next, pid_a, "the abandoned backend was handed on");
+    }
+}
