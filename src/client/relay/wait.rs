@@ -88,7 +88,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                     } else {
                         // Made per read (not kept: every client's task would carry it).
                         let waker = Waker::from(self.signal.clone());
-                        plain::poll_read_any(stream, &mut Context::from_waker(&waker), &mut self.sbuf)
+                        let own = &mut Context::from_waker(&waker);
+                        match stream.plain_tcp() {
+                            // Not woken for it: the last read was the relay's own.
+                            Some(tcp) if !fired => plain::poll_read_again(tcp, own, &mut self.sbuf),
+                            _ => plain::poll_read_any(stream, own, &mut self.sbuf),
+                        }
                     };
                     match read {
                         Poll::Ready(r) => return Poll::Ready(Event::ServerRead(r)),
@@ -104,7 +109,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                     let plain = self.progress.client_plain;
                     let read = if plain {
                         let mut own = Context::from_waker(&self.client_waker);
-                        buffers::poll_read(&mut self.client, &mut own, &mut self.cbuf)
+                        match self.client.plain_tcp() {
+                            // As the server's above (a client without a buffer is idle: see
+                            // `buffers::poll_read`, which waits for readiness first itself).
+                            Some(tcp) if !fired && self.cbuf.capacity() != 0 => {
+                                plain::poll_read_again(tcp, &mut own, &mut self.cbuf)
+                            }
+                            _ => buffers::poll_read(&mut self.client, &mut own, &mut self.cbuf),
+                        }
                     } else {
                         buffers::poll_read(&mut self.client, cx, &mut self.cbuf)
                     };
