@@ -9,7 +9,7 @@
 //! registration). TLS sockets, whose reads may register a write, are polled at every wake-up
 //! as before.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -22,7 +22,13 @@ use super::{buffers, Event, Exit, Session, Signals, MAX_CLIENT_BUFFERED, MAX_SER
 use crate::console::live::{CLIENT_READ, DRAIN, FORCE, KICK, SERVER_READ};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
-    pub(super) async fn next_event(&mut self, signals: &mut Signals) -> Event {
+    /// Not an `async fn`: the wait is this one `poll_fn`, polled directly (an async fn
+    /// around it would add a state machine's resume and return to every poll, about 30
+    /// instructions, four polls a round trip).
+    pub(super) fn next_event<'a>(
+        &'a mut self,
+        signals: &'a mut Signals,
+    ) -> impl Future<Output = Event> + Send + 'a {
         // Buffers grow with the bytes that arrive and shrink back once drained.
         for buf in [&mut self.cbuf, &mut self.sbuf, &mut self.out] {
             if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
@@ -51,7 +57,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         if let Some((_, deadline)) = limit {
             self.arm_timer(deadline);
         }
-        poll_fn(|cx| {
+        poll_fn(move |cx| {
             let signal = signals.poll(cx, watched);
             if signal == Some(FORCE) {
                 return Poll::Ready(Event::Force);
@@ -128,7 +134,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             }
             Poll::Pending
         })
-        .await
     }
 
     /// Writes staged bytes to the server if its socket takes them now: `Ok(true)` when some
