@@ -320,10 +320,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             }
             // What was just staged goes to the server now, without a turn through
             // `next_event` (which would find the socket writable and return the same write).
-            match self.write_server_now().await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(exit) => return exit,
+            if !self.out.is_empty() {
+                match self.write_server_now().await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(exit) => return exit,
+                }
             }
             let event = if self.terminated || self.broken.is_some() {
                 // Replies owed after the client left are waited for a bounded time only.

@@ -139,23 +139,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// Writes staged bytes to the server if its socket takes them now: `Ok(true)` when some
     /// went (the caller settles again, as after [`Event::ServerWrote`]), `Ok(false)` when
     /// nothing was written (nothing staged, no server, the socket full: `next_event` waits
-    /// for it, its waker registered here or there).
-    pub(super) async fn write_server_now(&mut self) -> Result<bool, Exit> {
-        if self.out.is_empty() {
-            return Ok(false);
-        }
-        let Some(server) = self.server.as_mut() else { return Ok(false) };
-        let stream = server.conn().stream_mut();
-        let out: &[u8] = &self.out;
-        // Polled once with the task's own context: never waits.
-        match poll_fn(|cx| Poll::Ready(plain::poll_write_any(&mut *stream, cx, out))).await {
-            Poll::Ready(Ok(0)) | Poll::Pending => Ok(false),
-            Poll::Ready(Ok(n)) => {
-                self.consume_written(n);
-                Ok(true)
+    /// for it, its waker registered here or there). Polled once with the task's own context:
+    /// never waits. A `poll_fn` returned, not an `async fn` around one (as `next_event`).
+    pub(super) fn write_server_now(&mut self) -> impl Future<Output = Result<bool, Exit>> + Send + '_ {
+        poll_fn(move |cx| {
+            if self.out.is_empty() {
+                return Poll::Ready(Ok(false));
             }
-            Poll::Ready(Err(_)) => Err(Exit::ServerLost),
-        }
+            let Some(server) = self.server.as_mut() else { return Poll::Ready(Ok(false)) };
+            let stream = server.conn().stream_mut();
+            let out: &[u8] = &self.out;
+            Poll::Ready(match plain::poll_write_any(&mut *stream, cx, out) {
+                Poll::Ready(Ok(0)) | Poll::Pending => Ok(false),
+                Poll::Ready(Ok(n)) => {
+                    self.consume_written(n);
+                    Ok(true)
+                }
+                Poll::Ready(Err(_)) => Err(Exit::ServerLost),
+            })
+        })
     }
 
     pub(super) fn consume_written(&mut self, n: usize) {
