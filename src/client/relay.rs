@@ -320,12 +320,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             }
             // What was just staged goes to the server now, without a turn through
             // `next_event` (which would find the socket writable and return the same write).
-            if !self.out.is_empty() {
-                match self.write_server_now().await {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(exit) => return exit,
-                }
+            match self.write_server_now().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(exit) => return exit,
             }
             let event = if self.terminated || self.broken.is_some() {
                 // Replies owed after the client left are waited for a bounded time only.
@@ -409,11 +407,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         {
             self.release();
         }
-        // Idleness is looked at only for a draining session (it costs a dozen loads).
-        if let Some(reason) = &self.draining {
-            if self.server.is_none() || self.server_idle() {
-                return Settle::Exit(Exit::Error(PgError::clone(reason)));
-            }
+        if let Some(reason) = self.draining.as_ref().filter(|_| self.server.is_none() || self.server_idle()) {
+            return Settle::Exit(Exit::Error(PgError::clone(reason)));
         }
         if let Some(exit) = self.ended() {
             return Settle::Exit(exit);
@@ -521,8 +516,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// the pool (the reply model may owe nothing once the error was routed).
     fn server_idle(&self) -> bool {
         let p = &self.progress;
-        // The checks that fail most often first (a transaction open, client bytes waiting):
-        // all are loads without effects, so the order changes nothing but the cost.
+        // Effect-free loads, the ones that fail most often (in a transaction, bytes waiting) first.
         p.status == txn::IDLE
             && self.c_scanned == 0
             && self.out.is_empty()
