@@ -407,8 +407,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         {
             self.release();
         }
-        let idle = self.server.is_none() || self.server_idle();
-        if let (Some(reason), true) = (&self.draining, idle) {
+        if let Some(reason) = self.draining.as_ref().filter(|_| self.server.is_none() || self.server_idle()) {
             return Settle::Exit(Exit::Error(PgError::clone(reason)));
         }
         if let Some(exit) = self.ended() {
@@ -517,16 +516,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// the pool (the reply model may owe nothing once the error was routed).
     fn server_idle(&self) -> bool {
         let p = &self.progress;
-        self.pipeline.is_idle()
-            && self.quiet()
+        // Effect-free loads, the ones that fail most often (in a transaction, bytes waiting) first.
+        p.status == txn::IDLE
+            && self.c_scanned == 0
+            && self.out.is_empty()
+            && self.c_remaining == 0
+            && !p.extended_open
             && !self.sent_terminate
             && !p.fatal
             && !p.desync
-            && !p.extended_open
-            && p.status == txn::IDLE
-            && self.out.is_empty()
-            && self.c_scanned == 0
-            && self.c_remaining == 0
+            && self.pipeline.is_idle()
+            && self.quiet()
     }
 
     /// Walks the frame headers of newly read client bytes (see [`ClientScan::run`]).

@@ -612,6 +612,7 @@ proptest! {
     fn scan_agrees_on_any_bytes(sql in prop::collection::vec(any::<u8>(), 0..64)) {
         prop_assert_eq!(keywords(&sql), keywords_bytewise(&sql));
         prop_assert_eq!(scan(&sql).1, sql.iter().position(|&b| b == b';'));
+        prop_assert_eq!(scan(&sql).2, sql.contains(&b'&'));
         prop_assert_eq!(classify(&sql), previous::classify(&sql));
     }
 
@@ -719,5 +720,31 @@ fn what_may_leave_temporary_objects_or_hide_names() {
             Marks { cursors: false, settings: suspect, state: leaves, drops: false },
             "{sql}"
         );
+    }
+}
+
+/// The first `;` and whether there is a `&`, with one or two of each before, after or
+/// without the other, at every offset of short texts (one search finds the first of both,
+/// a second the other past it).
+#[test]
+fn semicolon_and_ampersand_in_any_order() {
+    for len in 0..24 {
+        for semi in 0..=len {
+            for amp in 0..=len {
+                let mut sql = vec![b'x'; len];
+                if amp < len {
+                    sql[amp] = b'&';
+                }
+                if semi < len {
+                    sql[semi] = b';';
+                }
+                if len > 0 && semi + 3 < len {
+                    sql[len - 1] = b';';
+                }
+                let (_, found_semi, found_amp) = scan(&sql);
+                assert_eq!(found_semi, sql.iter().position(|&b| b == b';'), "{sql:?}");
+                assert_eq!(found_amp, sql.contains(&b'&'), "{sql:?}");
+            }
+        }
     }
 }

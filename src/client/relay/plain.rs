@@ -105,6 +105,22 @@ pub(crate) fn poll_read(
     }
 }
 
+/// [`poll_read`] for a socket the caller last read itself (not woken for it since): that
+/// read was short, so its readiness was cleared, and the waker is registered first, without
+/// the attempt that would find it cleared (a budget unit, the readiness check, the
+/// `WouldBlock` made and matched: ~100 instructions a registration). After a read that
+/// filled the buffer (the readiness kept) or on a socket new to the caller, the readiness
+/// says ready and the read is made as by [`poll_read`].
+#[inline]
+pub(crate) fn poll_read_again(
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    ready!(tcp.poll_read_ready(cx))?;
+    poll_read(tcp, cx, buf)
+}
+
 /// Writes what the socket takes of `bytes`, or registers `cx`'s waker for its next
 /// writability.
 pub(crate) fn poll_write(tcp: &TcpStream, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
@@ -242,6 +258,35 @@ mod tests {
             }
         }
         assert_eq!(&buf[..], b"firstsecondlast", "the end is seen, and seen again");
+    }
+
+    /// After the caller's own short read, `poll_read_again` registers the waker without an
+    /// attempt, and bytes that arrive later wake it and are read; after a read that filled
+    /// the buffer (readiness kept), it reads what is left at once.
+    #[tokio::test]
+    async fn read_again_registers_after_a_short_read_and_reads_after_a_full_one() {
+        let (mut peer, tcp) = pair().await;
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = BytesMut::with_capacity(4096);
+        peer.write_all(b"first").await.expect("write");
+        tcp.readable().await.expect("readable");
+        assert!(matches!(poll_read(&tcp, &mut cx, &mut buf), Poll::Ready(Ok(5))));
+        assert!(poll_read_again(&tcp, &mut cx, &mut buf).is_pending());
+        let seen = count.0.load(Ordering::SeqCst);
+        peer.write_all(b"second").await.expect("write");
+        woken(&count, seen).await;
+        assert!(matches!(poll_read_again(&tcp, &mut cx, &mut buf), Poll::Ready(Ok(6))));
+        assert_eq!(&buf[..], b"firstsecond");
+        // A read that fills the buffer keeps the readiness: the rest is read, not waited for.
+        let mut small = BytesMut::with_capacity(8);
+        peer.write_all(&[9u8; 64]).await.expect("write");
+        tcp.readable().await.expect("readable");
+        let full = small.capacity();
+        assert!(matches!(poll_read(&tcp, &mut cx, &mut small), Poll::Ready(Ok(n)) if n == full));
+        small.clear();
+        assert!(matches!(poll_read_again(&tcp, &mut cx, &mut small), Poll::Ready(Ok(n)) if n > 0));
     }
 
     /// A peer that resets the connection gives an error, not a read that waits forever.

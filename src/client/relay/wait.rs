@@ -9,7 +9,7 @@
 //! registration). TLS sockets, whose reads may register a write, are polled at every wake-up
 //! as before.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -22,7 +22,13 @@ use super::{buffers, Event, Exit, Session, Signals, MAX_CLIENT_BUFFERED, MAX_SER
 use crate::console::live::{CLIENT_READ, DRAIN, FORCE, KICK, SERVER_READ};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
-    pub(super) async fn next_event(&mut self, signals: &mut Signals) -> Event {
+    /// Not an `async fn`: the wait is this one `poll_fn`, polled directly (an async fn
+    /// around it would add a state machine's resume and return to every poll, about 30
+    /// instructions, four polls a round trip).
+    pub(super) fn next_event<'a>(
+        &'a mut self,
+        signals: &'a mut Signals,
+    ) -> impl Future<Output = Event> + Send + 'a {
         // Buffers grow with the bytes that arrive and shrink back once drained.
         for buf in [&mut self.cbuf, &mut self.sbuf, &mut self.out] {
             if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
@@ -51,7 +57,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         if let Some((_, deadline)) = limit {
             self.arm_timer(deadline);
         }
-        poll_fn(|cx| {
+        poll_fn(move |cx| {
             let signal = signals.poll(cx, watched);
             if signal == Some(FORCE) {
                 return Poll::Ready(Event::Force);
@@ -88,7 +94,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                     } else {
                         // Made per read (not kept: every client's task would carry it).
                         let waker = Waker::from(self.signal.clone());
-                        plain::poll_read_any(stream, &mut Context::from_waker(&waker), &mut self.sbuf)
+                        let own = &mut Context::from_waker(&waker);
+                        match stream.plain_tcp() {
+                            // Not woken for it: the last read was the relay's own.
+                            Some(tcp) if !fired => plain::poll_read_again(tcp, own, &mut self.sbuf),
+                            _ => plain::poll_read_any(stream, own, &mut self.sbuf),
+                        }
                     };
                     match read {
                         Poll::Ready(r) => return Poll::Ready(Event::ServerRead(r)),
@@ -104,7 +115,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                     let plain = self.progress.client_plain;
                     let read = if plain {
                         let mut own = Context::from_waker(&self.client_waker);
-                        buffers::poll_read(&mut self.client, &mut own, &mut self.cbuf)
+                        match self.client.plain_tcp() {
+                            // As the server's above (a client without a buffer is idle: see
+                            // `buffers::poll_read`, which waits for readiness first itself).
+                            Some(tcp) if !fired && self.cbuf.capacity() != 0 => {
+                                plain::poll_read_again(tcp, &mut own, &mut self.cbuf)
+                            }
+                            _ => buffers::poll_read(&mut self.client, &mut own, &mut self.cbuf),
+                        }
                     } else {
                         buffers::poll_read(&mut self.client, cx, &mut self.cbuf)
                     };
@@ -116,29 +134,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             }
             Poll::Pending
         })
-        .await
     }
 
     /// Writes staged bytes to the server if its socket takes them now: `Ok(true)` when some
     /// went (the caller settles again, as after [`Event::ServerWrote`]), `Ok(false)` when
     /// nothing was written (nothing staged, no server, the socket full: `next_event` waits
-    /// for it, its waker registered here or there).
-    pub(super) async fn write_server_now(&mut self) -> Result<bool, Exit> {
-        if self.out.is_empty() {
-            return Ok(false);
-        }
-        let Some(server) = self.server.as_mut() else { return Ok(false) };
-        let stream = server.conn().stream_mut();
-        let out: &[u8] = &self.out;
-        // Polled once with the task's own context: never waits.
-        match poll_fn(|cx| Poll::Ready(plain::poll_write_any(&mut *stream, cx, out))).await {
-            Poll::Ready(Ok(0)) | Poll::Pending => Ok(false),
-            Poll::Ready(Ok(n)) => {
-                self.consume_written(n);
-                Ok(true)
+    /// for it, its waker registered here or there). Polled once with the task's own context:
+    /// never waits. A `poll_fn` returned, not an `async fn` around one (as `next_event`).
+    pub(super) fn write_server_now(&mut self) -> impl Future<Output = Result<bool, Exit>> + Send + '_ {
+        poll_fn(move |cx| {
+            if self.out.is_empty() {
+                return Poll::Ready(Ok(false));
             }
-            Poll::Ready(Err(_)) => Err(Exit::ServerLost),
-        }
+            let Some(server) = self.server.as_mut() else { return Poll::Ready(Ok(false)) };
+            let stream = server.conn().stream_mut();
+            let out: &[u8] = &self.out;
+            Poll::Ready(match plain::poll_write_any(&mut *stream, cx, out) {
+                Poll::Ready(Ok(0)) | Poll::Pending => Ok(false),
+                Poll::Ready(Ok(n)) => {
+                    self.consume_written(n);
+                    Ok(true)
+                }
+                Poll::Ready(Err(_)) => Err(Exit::ServerLost),
+            })
+        })
     }
 
     pub(super) fn consume_written(&mut self, n: usize) {
