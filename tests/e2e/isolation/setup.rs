@@ -20,16 +20,7 @@ use crate::support::*;
 /// reset search_path `"$user", public`): it runs in b's schema or not at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_setup_never_lets_the_first_statement_run_in_another_schema() {
-    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
-    let su = admin(&a.database).await;
-    su.batch_execute(&format!(
-        "CREATE TEXT SEARCH CONFIGURATION public.myconf (COPY = pg_catalog.english);
-         CREATE TABLE public.t (id int, owner text);
-         GRANT USAGE ON SCHEMA public TO {role}; GRANT INSERT, SELECT ON public.t TO {role};",
-        role = b.role
-    ))
-    .await
-    .expect("a text search configuration and a table in public");
+    let (a, b, su) = pair_with_a_configuration().await;
     let h = start_quick(vec![a.clone(), b.clone()]).await;
 
     let cb = h.client(&b.id).await;
@@ -133,16 +124,7 @@ async fn set_role_lasts_its_transaction_in_transaction_mode() {
 async fn held_behind_a_setup(
     drop_it: bool,
 ) -> (Harness, Client, Client, TenantConfig, tokio::net::TcpStream) {
-    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
-    let su = admin(&a.database).await;
-    su.batch_execute(&format!(
-        "CREATE TEXT SEARCH CONFIGURATION public.myconf (COPY = pg_catalog.english);
-         CREATE TABLE public.t (id int, owner text);
-         GRANT USAGE ON SCHEMA public TO {role}; GRANT INSERT, SELECT ON public.t TO {role};",
-        role = b.role
-    ))
-    .await
-    .expect("a text search configuration and a table in public");
+    let (a, b, su) = pair_with_a_configuration().await;
     let h = start_quick(vec![a.clone(), b.clone()]).await;
     let mut rb = raw_proxy(&h, &b.id).await;
     send(&mut rb, &query("SET default_text_search_config = 'public.myconf'")).await;
@@ -251,4 +233,21 @@ async fn a_client_leaving_while_held_runs_all_or_nothing() {
         assert_eq!(ids(&su, &own).await, want, "setup fails: {drop_it}");
         assert_eq!(ids(&su, "public.t").await, "", "setup fails: {drop_it}");
     }
+}
+
+/// Two schema tenants on one pool of one connection, a text search configuration
+/// `public.myconf` and a table `public.t` tenant b may write (where a statement run on the
+/// reset search_path would land); and a superuser session on their database.
+async fn pair_with_a_configuration() -> (TenantConfig, TenantConfig, Client) {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let su = admin(&a.database).await;
+    su.batch_execute(&format!(
+        "CREATE TEXT SEARCH CONFIGURATION public.myconf (COPY = pg_catalog.english);
+         CREATE TABLE public.t (id int, owner text);
+         GRANT USAGE ON SCHEMA public TO {role}; GRANT INSERT, SELECT ON public.t TO {role};",
+        role = b.role
+    ))
+    .await
+    .expect("a text search configuration and a table in public");
+    (a, b, su)
 }
