@@ -269,12 +269,18 @@ where
             Err(e) => return Err(PgError::invalid_startup_packet(&e)),
         };
         match startup::parse(&body) {
-            // TLS was negotiated (or refused) before this reader existed (`stream::opening`);
-            // a late SSLRequest/GSSENCRequest is answered N and the client goes on as it is.
-            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
-                let mut out = BytesMut::with_capacity(1);
-                backend::refuse_encryption(&mut out);
-                reader.get_mut().write_all(&out).await.map_err(io_gone)?;
+            // TLS was negotiated (or refused) before this reader existed (`stream::opening`),
+            // each kind of request once: another is refused, as PostgreSQL refuses it
+            // ("unsupported frontend protocol 1234.5679").
+            Ok(StartupPacket::SslRequest) => {
+                return Err(PgError::invalid_startup_packet(&startup::StartupError::UnsupportedProtocol(
+                    1234, 5679,
+                )))
+            }
+            Ok(StartupPacket::GssEncRequest) => {
+                return Err(PgError::invalid_startup_packet(&startup::StartupError::UnsupportedProtocol(
+                    1234, 5680,
+                )))
             }
             Ok(StartupPacket::Cancel { pid, secret }) => {
                 proxy.cancel.cancel(pid, &secret).await;

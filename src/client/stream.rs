@@ -53,9 +53,12 @@ const OPENING_READ: usize = 1024;
 /// read takes what is there, one `recvfrom` fewer per connection. After that, reads take
 /// what is there. Bytes that follow an SSLRequest answered `S` before the handshake are
 /// refused, as PostgreSQL refuses them (they were not encrypted, and may have been
-/// injected); after an `N` they are the next packet's.
+/// injected); after an `N` they are the next packet's. Each kind of request is answered once,
+/// as PostgreSQL answers it: a second one goes to the startup reader, which refuses it.
 pub async fn opening(tcp: &mut TcpStream, tls: Option<&Tls>) -> io::Result<Opening> {
     let mut buf = BytesMut::with_capacity(OPENING_READ);
+    // The requests answered `N` so far (SSLRequest, GSSENCRequest).
+    let (mut ssl_done, mut gss_done) = (false, false);
     if tls.is_some() {
         let mut first = [0u8; 1];
         if tcp.peek(&mut first).await? == 0 {
@@ -90,8 +93,14 @@ pub async fn opening(tcp: &mut TcpStream, tls: Option<&Tls>) -> io::Result<Openi
                 tcp.write_all(&[encryption::ACCEPTED]).await?;
                 return Ok(Opening::Tls { direct: false });
             }
-            (8, SSL_REQUEST_CODE | GSSENC_REQUEST_CODE, _) => {
+            (8, SSL_REQUEST_CODE, _) if !ssl_done => {
                 tcp.write_all(b"N").await?;
+                ssl_done = true;
+                let _ = buf.split_to(8);
+            }
+            (8, GSSENC_REQUEST_CODE, _) if !gss_done => {
+                tcp.write_all(b"N").await?;
+                gss_done = true;
                 let _ = buf.split_to(8);
             }
             _ => return Ok(Opening::Plain(buf)),
@@ -272,16 +281,22 @@ mod tests {
         assert_eq!(plain(opened, &rest), record);
     }
 
-    /// Many requests in one write, past one read's worth (the buffer is refilled across
-    /// the boundary): each answered `N`, and the startup packet after them arrives whole.
+    /// Many requests in one write, past one read's worth: the first of each kind is
+    /// answered `N` (as PostgreSQL answers them), and everything from the first repeated one
+    /// on goes to the startup reader as it came, which refuses it.
     #[tokio::test]
-    async fn without_tls_a_run_of_requests_longer_than_a_read_is_answered_in_full() {
+    async fn without_tls_each_request_is_answered_once() {
         let n = 3 * OPENING_READ / 8 + 3;
         let mut all: Vec<u8> = (0..n).flat_map(|i| if i % 2 == 0 { SSL } else { GSS }).collect();
         all.extend_from_slice(STARTUP);
-        let (opened, answers, rest) = open_with(vec![all]).await;
-        assert_eq!(answers, vec![b'N'; n]);
-        assert_eq!(plain(opened, &rest), STARTUP);
+        let (opened, answers, rest) = open_with(vec![all.clone()]).await;
+        assert_eq!(answers, b"NN");
+        assert_eq!(plain(opened, &rest), &all[16..]);
+        for twice in [[SSL, SSL].concat(), [GSS, SSL, GSS].concat()] {
+            let (opened, answers, rest) = open_with(vec![twice.clone()]).await;
+            assert_eq!(answers, vec![b'N'; twice.len() / 8 - 1]);
+            assert_eq!(plain(opened, &rest), &twice[twice.len() - 8..]);
+        }
     }
 
     /// A client that sends one byte and waits is waited for (the startup timeout around

@@ -102,7 +102,12 @@ pub fn unescape_option(word: &str) -> Cow<'_, str> {
 
 impl ClientFacing for StartupError {
     fn sqlstate(&self) -> SqlState {
-        SqlState::ProtocolViolation
+        match self {
+            // As PostgreSQL answers a protocol version it does not speak (a repeated
+            // SSLRequest reads as version 1234.5679).
+            StartupError::UnsupportedProtocol(..) => SqlState::FeatureNotSupported,
+            StartupError::Malformed | StartupError::NoUser => SqlState::ProtocolViolation,
+        }
     }
 
     fn client_text(&self) -> Cow<'_, str> {

@@ -289,3 +289,36 @@ async fn the_opening_split_anywhere_or_followed_by_a_cancel_or_a_bad_length() {
     assert_eq!(sqlstate(&got).as_deref(), Some("08P01"));
     still_serving(&h, &t.id).await;
 }
+
+/// A second SSLRequest before the startup packet is refused as PostgreSQL refuses it: `N` to
+/// the first, then an ErrorResponse (0A000, "unsupported frontend protocol 1234.5679") and
+/// the connection closed, from PostgreSQL and from pgtenant alike. (GSSENCRequest is not
+/// compared: the test cluster may accept GSS encryption.) Requests are sent one at a time, as
+/// clients send them: PostgreSQL refuses any byte pipelined behind an SSLRequest.
+#[tokio::test]
+async fn a_repeated_ssl_request_is_refused_as_postgres_refuses_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SSL: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let t = tenant_db("again").await;
+    let h = start(config(vec![t.clone()])).await;
+    let postgres = std::net::SocketAddr::from(([127, 0, 0, 1], cluster().port));
+    let mut answers = Vec::new();
+    for addr in [postgres, h.addr] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            s.write_all(&SSL).await.expect("SSLRequest");
+            let mut answer = [0u8; 1];
+            s.read_exact(&mut answer).await.expect("an answer");
+            got.push(answer[0]);
+        }
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .expect("closed in time")
+            .expect("read");
+        assert_eq!(&got[..2], b"NE", "at {addr}: {got:?}");
+        answers.push(sqlstate(&got[1..]));
+    }
+    assert_eq!(answers[0].as_deref(), Some("0A000"), "PostgreSQL's SQLSTATE");
+    assert_eq!(answers[1], answers[0], "pgtenant's SQLSTATE vs PostgreSQL's");
+}
