@@ -261,34 +261,26 @@ async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let startup = loop {
-        let body = match reader.read_startup().await {
-            Ok(Some(body)) => body,
-            Ok(None) => return Ok(None),
-            Err(FrameError::Io(_)) | Err(FrameError::Truncated) => return Ok(None),
-            Err(e) => return Err(PgError::invalid_startup_packet(&e)),
-        };
-        match startup::parse(&body) {
-            // TLS was negotiated (or refused) before this reader existed (`stream::opening`),
-            // each kind of request once: another is refused, as PostgreSQL refuses it
-            // ("unsupported frontend protocol 1234.5679").
-            Ok(StartupPacket::SslRequest) => {
-                return Err(PgError::invalid_startup_packet(&startup::StartupError::UnsupportedProtocol(
-                    1234, 5679,
-                )))
-            }
-            Ok(StartupPacket::GssEncRequest) => {
-                return Err(PgError::invalid_startup_packet(&startup::StartupError::UnsupportedProtocol(
-                    1234, 5680,
-                )))
-            }
-            Ok(StartupPacket::Cancel { pid, secret }) => {
-                proxy.cancel.cancel(pid, &secret).await;
-                return Ok(None);
-            }
-            Ok(StartupPacket::Startup(m)) => break m,
-            Err(e) => return Err(PgError::invalid_startup_packet(&e)),
+    let body = match reader.read_startup().await {
+        Ok(Some(body)) => body,
+        Ok(None) => return Ok(None),
+        Err(FrameError::Io(_)) | Err(FrameError::Truncated) => return Ok(None),
+        Err(e) => return Err(PgError::invalid_startup_packet(&e)),
+    };
+    let unsupported =
+        |minor| PgError::invalid_startup_packet(&startup::StartupError::UnsupportedProtocol(1234, minor));
+    let startup = match startup::parse(&body) {
+        Ok(StartupPacket::Startup(m)) => m,
+        // TLS was negotiated (or refused) before this reader existed (`stream::opening`),
+        // each kind of request once: another is refused, as PostgreSQL refuses it
+        // ("unsupported frontend protocol 1234.5679").
+        Ok(StartupPacket::SslRequest) => return Err(unsupported(5679)),
+        Ok(StartupPacket::GssEncRequest) => return Err(unsupported(5680)),
+        Ok(StartupPacket::Cancel { pid, secret }) => {
+            proxy.cancel.cancel(pid, &secret).await;
+            return Ok(None);
         }
+        Err(e) => return Err(PgError::invalid_startup_packet(&e)),
     };
     if !tls.on && proxy.tls.as_ref().is_some_and(|t| t.required()) {
         return Err(PgError::tls_required());
