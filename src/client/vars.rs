@@ -265,7 +265,7 @@ impl ClientVars {
             .map(|(k, v)| ((k, v), !tenant_vars.iter().any(|(t, _)| t.eq_ignore_ascii_case(k))));
         for ((k, v), client_setting) in reported.chain(other) {
             if conn.var(k) != Some(v.as_str()) {
-                may_fail |= client_setting;
+                may_fail |= client_setting && !stays_valid(k);
                 if k.eq_ignore_ascii_case("search_path") && is_identifier_list(v) {
                     sql.push_str(&format!("SET search_path TO {v};"));
                 } else {
@@ -313,13 +313,13 @@ impl ClientVars {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Setup {
     pub sql: String,
-    /// It applies a setting of the client's other than the reportable ones, which the
-    /// server may refuse although it accepted it before (a text search configuration or
-    /// tablespace since dropped, a privilege since revoked, an extension's setting): the
-    /// whole setup then rolls back, the tenant's isolation setting with it, so the client's
-    /// messages must wait for its verdict. The reportable settings (encoding, time zone,
-    /// date style, application name …) stay valid once accepted; the tenant's settings are
-    /// pgtenant's own.
+    /// It applies a setting of the client's other than the reportable ones and
+    /// [`STAYS_VALID`], which the server may refuse although it accepted it before (a text
+    /// search configuration or tablespace since dropped, a privilege since revoked, an
+    /// extension's setting): the whole setup then rolls back, the tenant's isolation setting
+    /// with it, so the client's messages must wait for its verdict. The reportable settings
+    /// (encoding, time zone, date style, application name …) stay valid once accepted; the
+    /// tenant's settings are pgtenant's own.
     pub may_fail: bool,
 }
 
@@ -380,6 +380,22 @@ fn is_identifier_list(v: &str) -> bool {
         })
 }
 
+/// Settings drivers send in their startup packet whose accepted value the server never
+/// refuses later: anyone may set them (no privilege to revoke), and a value is checked
+/// against fixed ranges and words only, never against the catalog. A setup carrying only
+/// these (JDBC's and sqlx's `extra_float_digits`, an application's timeouts) needs no wait.
+const STAYS_VALID: [&str; 5] = [
+    "extra_float_digits",
+    "bytea_output",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+];
+
+fn stays_valid(name: &str) -> bool {
+    STAYS_VALID.iter().any(|s| s.eq_ignore_ascii_case(name))
+}
+
 /// Setting names are identifiers, possibly dotted (`pgtenant.tenant_id`).
 fn is_setting_name(k: &str) -> bool {
     !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
@@ -411,6 +427,23 @@ mod tests {
         assert!(is_identifier_list("a,b"));
         for bad in ["", "\"a\"; DROP TABLE t", "'x'", "\"a\"\"b\"", "a b", "\"\""] {
             assert!(!is_identifier_list(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_settings_checked_against_fixed_values_stay_valid() {
+        for name in ["extra_float_digits", "Statement_Timeout", "lock_timeout"] {
+            assert!(stays_valid(name), "{name}");
+        }
+        for name in [
+            "default_text_search_config",
+            "default_tablespace",
+            "role",
+            "search_path",
+            "log_statement",
+            "x.y",
+        ] {
+            assert!(!stays_valid(name), "{name}");
         }
     }
 

@@ -52,17 +52,18 @@ async fn a_failed_setup_never_lets_the_first_statement_run_in_another_schema() {
     }
 }
 
-/// The setup that now waits for its verdict still brings everything: a client with settings
-/// of its own in its startup packet (`extra_float_digits`, `statement_timeout`, as JDBC and
-/// others send) alternates with a client of another tenant on the pool's one connection; at
-/// each handoff (DISCARD ALL, then the setup, the client's statement held behind it) each
-/// sees its own settings, its own schema, and only its own rows.
+/// The setup that waits for its verdict still brings everything: a client with settings of
+/// its own in its startup packet (`extra_float_digits`, `statement_timeout`, which never wait,
+/// and `default_text_search_config`, which makes the setup wait) alternates with a client of
+/// another tenant on the pool's one connection; at each handoff (DISCARD ALL, then the setup,
+/// the client's statement held behind it) each sees its own settings, its own schema, and
+/// only its own rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_setup_brings_the_clients_own_settings_at_every_handoff() {
     let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
     let h = start_quick(vec![a.clone(), b.clone()]).await;
     let cb = connect_str(&format!(
-        "{} options='-c extra_float_digits=0 -c statement_timeout=4321'",
+        "{} options='-c extra_float_digits=0 -c statement_timeout=4321 -c default_text_search_config=pg_catalog.german'",
         h.conninfo(&b.id)
     ))
     .await;
@@ -70,13 +71,24 @@ async fn a_held_setup_brings_the_clients_own_settings_at_every_handoff() {
     let p0 = pid(&ca).await;
     let state =
         "SELECT current_setting('extra_float_digits') || '/' || current_setting('statement_timeout') \
+                 || '/' || current_setting('default_text_search_config') \
                  || '/' || current_schemas(false)::text || '/' || (SELECT count(*) FROM t)";
     for round in 1..=4 {
         cb.batch_execute(&format!("INSERT INTO t VALUES ({round}, 'b')")).await.expect("b's insert");
         let seen_b = rows(&cb, state).await.expect("b's state");
-        assert_eq!(seen_b, vec![vec![format!("0/4321ms/{{{}}}/{round}", b.id)]], "round {round}: b");
+        assert_eq!(
+            seen_b,
+            vec![vec![format!("0/4321ms/pg_catalog.german/{{{}}}/{round}", b.id)]],
+            "round {round}: b"
+        );
         let seen_a = rows(&ca, state).await.expect("a's state");
-        assert_eq!(seen_a, vec![vec![format!("1/0/{{{}}}/0", a.id)]], "round {round}: a");
+        let a_state = &seen_a[0][0];
+        assert!(
+            a_state.starts_with("1/0/")
+                && a_state.ends_with(&format!("/{{{}}}/0", a.id))
+                && !a_state.contains("german"),
+            "round {round}: a sees {a_state}"
+        );
         assert_eq!(pid(&cb).await, p0, "round {round}: one server connection for both tenants");
     }
 }
