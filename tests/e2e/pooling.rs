@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use pgtenant::config::Config;
 use pgtenant::model::PoolMode;
 use tokio_postgres::types::Type;
 
@@ -140,23 +141,34 @@ async fn vanished_client_mid_query_is_cancelled_upstream() {
     }
 }
 
-#[tokio::test]
-async fn session_mode_resets_state_between_clients() {
-    let t = with_mode(tenant_db("reset").await, PoolMode::Session, 1);
-    let h = start(config(vec![t.clone()])).await;
-    let c = h.client(&t.id).await;
-    c.batch_execute("SET statement_timeout = '1234ms'; SET TimeZone = 'Asia/Tokyo'; PREPARE p AS SELECT 1; CREATE TEMP TABLE scratch (x int)")
-        .await
-        .expect("dirty the session");
+/// Through a session-mode pool of one connection: a client runs `dirty` and leaves, the next
+/// client runs `probe`. Returns the first client's backend pid and the probe's row.
+async fn after_a_dirty_session(
+    cfg: Config,
+    tenant: &str,
+    dirty: &str,
+    probe: &str,
+) -> (i32, tokio_postgres::Row) {
+    let h = start(cfg).await;
+    let c = h.client(tenant).await;
+    c.batch_execute(dirty).await.expect("dirty the session");
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
     drop(c);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let next = h.client(&t.id).await;
-    let row = next
-        .query_typed("SELECT pg_backend_pid(), current_setting('statement_timeout'), current_setting('TimeZone'), (SELECT count(*) FROM pg_prepared_statements), to_regclass('pg_temp.scratch') IS NULL", &[])
-        .await
-        .expect("state")
-        .remove(0);
+    let next = h.client(tenant).await;
+    (pid, next.query_typed(probe, &[]).await.expect("state").remove(0))
+}
+
+#[tokio::test]
+async fn session_mode_resets_state_between_clients() {
+    let t = with_mode(tenant_db("reset").await, PoolMode::Session, 1);
+    let (pid, row) = after_a_dirty_session(
+        config(vec![t.clone()]),
+        &t.id,
+        "SET statement_timeout = '1234ms'; SET TimeZone = 'Asia/Tokyo'; PREPARE p AS SELECT 1; CREATE TEMP TABLE scratch (x int)",
+        "SELECT pg_backend_pid(), current_setting('statement_timeout'), current_setting('TimeZone'), (SELECT count(*) FROM pg_prepared_statements), to_regclass('pg_temp.scratch') IS NULL",
+    )
+    .await;
     assert_eq!(row.get::<_, i32>(0), pid, "pool size 1: the same server connection is reused");
     assert_eq!(row.get::<_, String>(1), "0");
     assert_ne!(row.get::<_, String>(2), "Asia/Tokyo");
@@ -171,26 +183,14 @@ async fn a_reset_query_that_returns_rows_resets_and_keeps_the_connection() {
     let t = with_mode(tenant_db("reset_rows").await, PoolMode::Session, 1);
     let mut cfg = config(vec![t.clone()]);
     cfg.pool.reset_query = "SELECT pg_advisory_unlock_all(); DISCARD TEMP; RESET ALL".into();
-    let h = start(cfg).await;
-    let c = h.client(&t.id).await;
-    c.batch_execute(
+    let (pid, row) = after_a_dirty_session(
+        cfg,
+        &t.id,
         "SET work_mem = '1234kB'; CREATE TEMP TABLE scratch (x int); SELECT pg_advisory_lock(4711)",
+        "SELECT pg_backend_pid(), current_setting('work_mem'), to_regclass('pg_temp.scratch') IS NULL, \
+         (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory')",
     )
-    .await
-    .expect("dirty the session");
-    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
-    drop(c);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let next = h.client(&t.id).await;
-    let row = next
-        .query_typed(
-            "SELECT pg_backend_pid(), current_setting('work_mem'), to_regclass('pg_temp.scratch') IS NULL, \
-             (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory')",
-            &[],
-        )
-        .await
-        .expect("state")
-        .remove(0);
+    .await;
     assert_eq!(row.get::<_, i32>(0), pid, "pool size 1: the reset connection is reused, not closed");
     assert_ne!(row.get::<_, String>(1), "1234kB", "RESET ALL ran");
     assert!(row.get::<_, bool>(2), "DISCARD TEMP ran");

@@ -223,8 +223,10 @@ mod tests {
 
     /// After a short read (the readiness cleared), bytes that arrive later wake the waker that
     /// was registered, and are read; the end of stream after them is seen, not waited for.
-    #[tokio::test]
-    async fn a_short_read_then_later_bytes_wake_the_registered_waker() {
+    /// A socket read "first" with [`poll_read`], then `read` again: pending (the read was
+    /// short, the waker registered); "second" wakes it and `read` takes it. Returns the peer,
+    /// the socket, the waker's count and the buffer (`firstsecond`).
+    async fn short_read_then_woken(read: Read) -> (TcpStream, TcpStream, Arc<Count>, BytesMut) {
         let (mut peer, tcp) = pair().await;
         let count = Arc::new(Count::default());
         let waker = Waker::from(count.clone());
@@ -234,12 +236,22 @@ mod tests {
         tcp.readable().await.expect("readable");
         assert!(matches!(poll_read(&tcp, &mut cx, &mut buf), Poll::Ready(Ok(5))));
         // Short: the readiness is gone, the next attempt registers the waker.
-        assert!(poll_read(&tcp, &mut cx, &mut buf).is_pending());
+        assert!(read(&tcp, &mut cx, &mut buf).is_pending());
         let seen = count.0.load(Ordering::SeqCst);
         peer.write_all(b"second").await.expect("write");
         woken(&count, seen).await;
-        assert!(matches!(poll_read(&tcp, &mut cx, &mut buf), Poll::Ready(Ok(6))));
+        assert!(matches!(read(&tcp, &mut cx, &mut buf), Poll::Ready(Ok(6))));
         assert_eq!(&buf[..], b"firstsecond");
+        (peer, tcp, count, buf)
+    }
+
+    type Read = fn(&TcpStream, &mut Context<'_>, &mut BytesMut) -> Poll<io::Result<usize>>;
+
+    #[tokio::test]
+    async fn a_short_read_then_later_bytes_wake_the_registered_waker() {
+        let (mut peer, tcp, count, mut buf) = short_read_then_woken(poll_read).await;
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
         peer.write_all(b"last").await.expect("write");
         peer.shutdown().await.expect("shutdown");
         drop(peer);
@@ -265,20 +277,9 @@ mod tests {
     /// the buffer (readiness kept), it reads what is left at once.
     #[tokio::test]
     async fn read_again_registers_after_a_short_read_and_reads_after_a_full_one() {
-        let (mut peer, tcp) = pair().await;
-        let count = Arc::new(Count::default());
-        let waker = Waker::from(count.clone());
+        let (mut peer, tcp, count, _) = short_read_then_woken(poll_read_again).await;
+        let waker = Waker::from(count);
         let mut cx = Context::from_waker(&waker);
-        let mut buf = BytesMut::with_capacity(4096);
-        peer.write_all(b"first").await.expect("write");
-        tcp.readable().await.expect("readable");
-        assert!(matches!(poll_read(&tcp, &mut cx, &mut buf), Poll::Ready(Ok(5))));
-        assert!(poll_read_again(&tcp, &mut cx, &mut buf).is_pending());
-        let seen = count.0.load(Ordering::SeqCst);
-        peer.write_all(b"second").await.expect("write");
-        woken(&count, seen).await;
-        assert!(matches!(poll_read_again(&tcp, &mut cx, &mut buf), Poll::Ready(Ok(6))));
-        assert_eq!(&buf[..], b"firstsecond");
         // A read that fills the buffer keeps the readiness: the rest is read, not waited for.
         let mut small = BytesMut::with_capacity(8);
         peer.write_all(&[9u8; 64]).await.expect("write");
