@@ -116,8 +116,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             self.progress.reset_since = Some(tokio::time::Instant::now());
         }
         let conn = co.conn();
-        let (addr, pid, secret) = conn.cancel_key();
-        self.key.attach(addr, pid, secret);
         hand_over(conn, self.id, &self.tenant.id, &self.tenant.session_vars);
         if let Some(setup) = self.vars.sync_query(conn, &self.pool_params, &self.tenant.session_vars) {
             // The setup goes out in the same write as the client's first message, which
@@ -129,6 +127,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         }
         if self.vars.temp_schema {
             conn.mark_dirty();
+        }
+        // A cancel from the client reaches this backend once the reset and setup are
+        // answered (see `Progress::key_pending`); until then it is dropped, as PostgreSQL
+        // drops one that comes before the statement it meant.
+        self.progress.key_pending = self.progress.swallow_z > 0;
+        if !self.progress.key_pending {
+            let (addr, pid, secret) = conn.cancel_key();
+            self.key.attach(addr, pid, secret);
         }
         self.progress.status = txn::IDLE;
         // No read of this connection is registered by this session yet.

@@ -297,6 +297,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                 return Err(Exit::SetupFailed(e));
             }
             self.setup_trusted = true;
+            if self.progress.key_pending {
+                self.progress.key_pending = false;
+                if let Some(server) = self.server.as_ref() {
+                    let (addr, pid, secret) = server.conn_ref().cancel_key();
+                    self.key.attach(addr, pid, secret);
+                }
+            }
         }
         Ok(())
     }

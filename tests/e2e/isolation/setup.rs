@@ -263,3 +263,75 @@ async fn pair_with_a_configuration() -> (TenantConfig, TenantConfig, Client) {
     .expect("a text search configuration and a table in public");
     (a, b, su)
 }
+
+/// A setup that goes in the same write as the client's statement (b's only own setting,
+/// `client_encoding`, is reported by the server, so its setup is not held) fails if b's own
+/// cancel lands while the server runs it: the error takes `SET search_path` with it, and the
+/// statement behind would run on the reset search_path. Here the setup is made to wait while
+/// b cancels: `client_encoding`'s check looks the conversion up in `pg_conversion`, which a
+/// superuser transaction holds locked (on a backend that has not looked it up before). b's
+/// cancel is sent while the setup waits, then the lock goes. The INSERT runs in b's schema
+/// (the cancel reached nothing of b's: pgtenant points b's key at the backend only once the
+/// reset and setup are answered) and never in `public.t`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_the_setup_runs_never_lets_the_statement_run_in_another_schema() {
+    use std::time::Duration;
+    let (a, b, su) = pair_with_a_configuration().await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let user = format!("app.{}", b.id);
+    let mut rb = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    send(&mut rb, &startup_packet(&[("user", &user), ("client_encoding", "LATIN1")])).await;
+    let (got, _) = read_ready(&mut rb, 1, Duration::from_secs(5)).await;
+    let key =
+        messages(&got).into_iter().find(|(t, _)| *t == b'K').map(|(_, k)| k.to_vec()).expect("a cancel key");
+    // b's first statement: its setup (waited for, as b's settings are new) sets LATIN1.
+    send(&mut rb, &query("SELECT pg_backend_pid()")).await;
+    let (got, _) = read_ready(&mut rb, 1, Duration::from_secs(5)).await;
+    let first =
+        messages(&got).into_iter().find(|(t, _)| *t == b'D').map(|(_, d)| data_row(d)).expect("b's pid");
+    // That backend has the conversion cached: it goes, and a's client gets a fresh one.
+    su.execute("SELECT pg_terminate_backend($1::text::int)", &[&first[0]]).await.expect("terminate");
+    let mut second = None;
+    for _ in 0..50 {
+        if let Ok(row) = h.client(&a.id).await.query_one("SELECT pg_backend_pid()", &[]).await {
+            second = Some(row.get::<_, i32>(0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second = second.expect("a is served by a new backend");
+    assert_ne!(second.to_string(), first[0]);
+
+    let locker = admin(&a.database).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE pg_catalog.pg_conversion IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock pg_conversion");
+    send(&mut rb, &query("INSERT INTO t VALUES (1, 'b')")).await;
+    let waiting = eventually(Duration::from_secs(5), || {
+        let su = &su;
+        async move {
+            let sql = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'";
+            su.query_one(sql, &[&second]).await.expect("activity").get::<_, i64>(0) == 1
+        }
+    })
+    .await;
+    assert!(waiting, "the setup waits for pg_conversion");
+    // b's CancelRequest, with the key pgtenant gave it; pgtenant closes the request's
+    // connection once it has forwarded (or dropped) it.
+    let mut cancel = 16i32.to_be_bytes().to_vec();
+    cancel.extend_from_slice(&80_877_102i32.to_be_bytes());
+    cancel.extend_from_slice(&key);
+    let (_, closed) = raw_exchange(h.addr, &cancel, Duration::from_secs(5)).await;
+    assert!(closed, "the cancel request is handled");
+    // A forwarded cancel reaches the backend through the postmaster's signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    locker.batch_execute("COMMIT").await.expect("unlock");
+
+    let (got, _) = read_ready(&mut rb, 1, Duration::from_secs(5)).await;
+    let in_public = ids(&su, "public.t").await;
+    let in_b = ids(&su, &format!("\"{}\".t", b.id)).await;
+    assert_eq!(in_public, "", "b's INSERT ran on the reset search_path; b got {:?}", summary(&got));
+    assert_eq!(summary(&got), ["C(INSERT 0 1)", "Z(I)"], "b's INSERT runs once its setup is in");
+    assert_eq!(in_b, "1");
+}
