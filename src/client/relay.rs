@@ -29,7 +29,7 @@ use crate::cancel::ClientKey;
 use crate::catalog::Tenant;
 use crate::console::live::{client_waker, LiveGuard, Signal, SignalReader, FORCE};
 use crate::model::PoolMode;
-use crate::pool::session::{reset_step, retire_running, ResetStep, Retire, CLEANUP_TIMEOUT};
+use crate::pool::session::{first_due, reset_step, retire_running, ResetStep, Retire, CLEANUP_TIMEOUT};
 use crate::pool::{Checkout, Pool, ServerParams, TenantCap};
 use crate::protocol::backend::txn;
 use crate::protocol::frame::header;
@@ -162,7 +162,6 @@ pub(crate) struct Session<S> {
     /// Bytes of the current server frame not yet received, and whether it is swallowed.
     s_remaining: usize,
     s_discard: bool,
-    setup_error: Option<Bytes>,
 
     server: Option<Checkout>,
     /// The tenant's server-connection cap, once a checkout found it.
@@ -171,9 +170,6 @@ pub(crate) struct Session<S> {
     /// Why the session ends once it is idle (shutdown, or the tenant was suspended).
     draining: Option<Box<PgError>>,
     admission: TenantAdmission,
-    /// Whether this client's session setup is known to succeed (it carries no settings
-    /// from the client, or a server already accepted them), so it may be pipelined.
-    setup_trusted: bool,
     /// Raised to end the session (see [`Signals`]).
     signal: Arc<Signal>,
     /// The waker the client socket's reads register when it is plain TCP (see `next_event`).
@@ -206,7 +202,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             .downcast_ref::<super::stream::ClientStream>()
             .is_some_and(|c| matches!(c, super::stream::ClientStream::Plain(_)));
         let LoggedIn { tenant, pool, vars, key, admission, .. } = login;
-        let setup_trusted = !vars.from_client;
         let pool_params = pool.params().unwrap_or_default();
         let cbuf = buffered;
         let config = proxy.config();
@@ -244,13 +239,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             sbuf: BytesMut::new(),
             s_remaining: 0,
             s_discard: false,
-            setup_error: None,
             server: None,
             tenant_cap: TenantCap::default(),
             progress: Progress { status: txn::IDLE, client_plain, ..Progress::default() },
             draining: None,
             admission,
-            setup_trusted,
             client_waker: client_waker(&signal),
             signal,
             _places: places,
@@ -422,18 +415,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// The rest of [`Session::settle`], with a server connection (or none needed): stages
     /// the client's frames unless they must wait.
     fn stage_when_ready(&mut self) -> Option<Exit> {
-        // Client bytes wait behind a setup that might fail (settings from the client's
-        // startup packet no server has accepted yet): they must not run on a connection
-        // whose setup was refused.
-        // Behind a cross-tenant reset the client's messages go in the same write up to its
-        // first Sync (a failed DISCARD ALL makes the server skip them: they never run on the
-        // previous tenant's session); what follows that Sync waits for the reset's verdict.
+        // Behind a cross-tenant reset and the session's setup the client's messages go in
+        // the same write up to its first Sync (a failed DISCARD ALL or setup makes the server
+        // skip them: they never run on the previous tenant's session, nor without the
+        // setup); what follows that Sync waits for their verdict.
         // Behind a resync marker they wait for its ReadyForQuery: the reply model starts
         // afresh there, and would not know it owes them anything.
         let p = &self.progress;
-        let hold = (p.swallow_z > 0 && !self.setup_trusted)
-            || (p.reset != ResetPhase::Done && p.reset_synced)
-            || self.resync.is_some();
+        let hold = (p.reset != ResetPhase::Done && p.reset_synced) || self.resync.is_some();
         if self.server.is_some() && self.c_scanned > 0 && !hold {
             self.stage();
         }

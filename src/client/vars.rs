@@ -6,7 +6,7 @@
 use super::setcmd::SetCmd;
 use crate::pool::{ServerConn, ServerParams};
 use crate::protocol::startup::{option_words, unescape_option, StartupMessage};
-use crate::sql::{quote_dotted, quote_literal};
+use crate::sql::quote_literal;
 use crate::tenant::Resolved;
 
 /// Reportable settings pgtenant keeps in step between a client and its server connections
@@ -39,8 +39,6 @@ pub struct ClientVars {
     /// Other settings: from the startup packet (`extra_float_digits`, `-c` options …) and
     /// from the tenant's isolation (`search_path`, `pgtenant.tenant_id`, which win).
     other: Vec<(String, String)>,
-    /// Whether any value came from the client (and so might be refused by the server).
-    pub from_client: bool,
     /// A startup setting names the temporary schema (`-c search_path=pg_temp`): a plain
     /// CREATE may then make a temporary object on any connection the client gets, each of
     /// which is reset before another client uses it.
@@ -80,7 +78,6 @@ impl ClientVars {
             if !is_setting_name(&k) {
                 continue;
             }
-            vars.from_client = true;
             vars.temp_schema |= super::setcmd::names_temporary_schema(&v);
             if synced(&k) {
                 vars.set_reported(&k, v);
@@ -227,47 +224,30 @@ impl ClientVars {
         }
     }
 
-    /// The query that brings `conn` in line with this client, updating what `conn`
+    /// The statements that bring `conn` in line with this client, updating what `conn`
     /// remembers; `None` when it already is. `pool_params` names the reportable settings
     /// (anything else `conn` carries was applied by pgtenant for a client and may need a
-    /// RESET); `tenant_vars` the tenant's isolation settings.
-    pub fn sync_query(
-        &self,
-        conn: &mut ServerConn,
-        pool_params: &[(String, String)],
-        tenant_vars: &[(String, String)],
-    ) -> Option<Setup> {
+    /// reset). They go as unsynced extended statements ([`crate::pool::session::queue_setup`]).
+    pub fn sync_query(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<Setup> {
         if conn.vars_fingerprint() == self.fingerprint {
             return None;
         }
-        let setup = self.diff(conn, pool_params, tenant_vars);
+        let setup = self.diff(conn, pool_params);
         conn.set_vars_fingerprint(self.fingerprint);
         setup
     }
 
-    fn diff(
-        &self,
-        conn: &mut ServerConn,
-        pool_params: &[(String, String)],
-        tenant_vars: &[(String, String)],
-    ) -> Option<Setup> {
-        // A plain SET is the cheapest statement, and a search_path made of quoted identifiers
-        // (what tenant isolation sets) can be written as-is. Anything else goes through
+    fn diff(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<Setup> {
+        // A search_path made of quoted identifiers (what tenant isolation sets) goes as
+        // `SET search_path TO …`, which shows it as SET does. Anything else goes through
         // set_config, which parses the value as a configuration file would, so list settings
         // keep their meaning and no value can end the statement.
-        let mut may_fail = false;
-        let mut sql = String::new();
+        let mut set_search_path = None;
         let mut sets = Vec::new();
-        let reported = self.reported().map(|kv| (kv, false));
-        let other = self
-            .other
-            .iter()
-            .map(|(k, v)| ((k, v), !tenant_vars.iter().any(|(t, _)| t.eq_ignore_ascii_case(k))));
-        for ((k, v), client_setting) in reported.chain(other) {
+        for (k, v) in self.reported().chain(self.other.iter().map(|(k, v)| (k, v))) {
             if conn.var(k) != Some(v.as_str()) {
-                may_fail |= client_setting && !stays_valid(k);
                 if k.eq_ignore_ascii_case("search_path") && is_identifier_list(v) {
-                    sql.push_str(&format!("SET search_path TO {v};"));
+                    set_search_path = Some(format!("SET search_path TO {v}"));
                 } else {
                     sets.push(format!(
                         "pg_catalog.set_config({}, {}, false)",
@@ -277,9 +257,6 @@ impl ClientVars {
                 }
                 conn.set_var(k, v);
             }
-        }
-        if !sets.is_empty() {
-            sql.push_str(&format!("SELECT {};", sets.join(", ")));
         }
         // What `conn` carries that this client does not expect: settings pgtenant applied for
         // another client, and reportable settings that are not kept in step one by one
@@ -297,30 +274,27 @@ impl ClientVars {
             })
             .collect();
         for (k, pool) in stale {
-            sql.push_str(&format!("RESET {};", quote_dotted(&k)));
+            // A NULL value resets the setting (as RESET does).
+            sets.push(format!("pg_catalog.set_config({}, NULL, false)", quote_literal(&k)));
             match pool {
-                // The server reports the value RESET restores (the connection's default, the
-                // pool's value): remembered as such.
+                // The server reports the value the reset restores (the connection's default,
+                // the pool's value): remembered as such.
                 Some(v) => conn.set_var(&k, v),
                 None => conn.retain_vars(|n| n != k),
             }
         }
-        (!sql.is_empty()).then_some(Setup { sql, may_fail })
+        let select = (!sets.is_empty()).then(|| format!("SELECT {}", sets.join(", ")));
+        (set_search_path.is_some() || select.is_some()).then_some(Setup { set_search_path, select })
     }
 }
 
-/// What [`ClientVars::sync_query`] sends a server connection before the client's messages.
+/// What [`ClientVars::sync_query`] sends a server connection before the client's messages:
+/// `SET search_path TO …` and one `SELECT pg_catalog.set_config(…), …` (a NULL value
+/// resetting), at least one of them.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Setup {
-    pub sql: String,
-    /// It applies a setting of the client's other than the reportable ones and
-    /// [`STAYS_VALID`], which the server may refuse although it accepted it before (a text
-    /// search configuration or tablespace since dropped, a privilege since revoked, an
-    /// extension's setting): the whole setup then rolls back, the tenant's isolation setting
-    /// with it, so the client's messages must wait for its verdict. The reportable settings
-    /// (encoding, time zone, date style, application name …) stay valid once accepted; the
-    /// tenant's settings are pgtenant's own.
-    pub may_fail: bool,
+    pub set_search_path: Option<String>,
+    pub select: Option<String>,
 }
 
 /// Reportable settings no client can change with SET or set_config (a RESET of them fails).
@@ -380,22 +354,6 @@ fn is_identifier_list(v: &str) -> bool {
         })
 }
 
-/// Settings drivers send in their startup packet whose accepted value the server never
-/// refuses later: anyone may set them (no privilege to revoke), and a value is checked
-/// against fixed ranges and words only, never against the catalog. A setup carrying only
-/// these (JDBC's and sqlx's `extra_float_digits`, an application's timeouts) needs no wait.
-const STAYS_VALID: [&str; 5] = [
-    "extra_float_digits",
-    "bytea_output",
-    "statement_timeout",
-    "lock_timeout",
-    "idle_in_transaction_session_timeout",
-];
-
-fn stays_valid(name: &str) -> bool {
-    STAYS_VALID.iter().any(|s| s.eq_ignore_ascii_case(name))
-}
-
 /// Setting names are identifiers, possibly dotted (`pgtenant.tenant_id`).
 fn is_setting_name(k: &str) -> bool {
     !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
@@ -427,23 +385,6 @@ mod tests {
         assert!(is_identifier_list("a,b"));
         for bad in ["", "\"a\"; DROP TABLE t", "'x'", "\"a\"\"b\"", "a b", "\"\""] {
             assert!(!is_identifier_list(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn only_settings_checked_against_fixed_values_stay_valid() {
-        for name in ["extra_float_digits", "Statement_Timeout", "lock_timeout"] {
-            assert!(stays_valid(name), "{name}");
-        }
-        for name in [
-            "default_text_search_config",
-            "default_tablespace",
-            "role",
-            "search_path",
-            "log_statement",
-            "x.y",
-        ] {
-            assert!(!stays_valid(name), "{name}");
         }
     }
 

@@ -304,7 +304,7 @@ pub fn hand_over(conn: &mut ServerConn, client: u64, tenant: &TenantId, tenant_v
 /// settings back to the pool's values, nothing of pgtenant's). The guard goes as a simple
 /// Query (one ReadyForQuery, swallowed; its failure changes nothing, since DISCARD ALL resets
 /// what it sets), DISCARD ALL as an unsynced extended statement ([`frontend::unsynced`]): the
-/// caller swallows and checks its four replies ([`RESET_REPLIES`]) and may send the client's
+/// caller swallows and checks its four replies ([`HANDOFF_REPLIES`]) and may send the client's
 /// messages behind it up to the client's first Sync, which a failed reset makes the server
 /// skip (the caller holds the rest until the reset's reply is checked; an ErrorResponse ends
 /// the session and closes the connection).
@@ -324,42 +324,118 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
     conn.cursors = false;
 }
 
-/// What the server answers a successful [`queue_reset`] after the guard's ReadyForQuery, in
-/// order (asynchronous messages aside): ParseComplete, BindComplete, CommandComplete and
-/// CloseComplete.
-pub const RESET_REPLIES: [u8; 4] =
-    [be::PARSE_COMPLETE, be::BIND_COMPLETE, be::COMMAND_COMPLETE, be::CLOSE_COMPLETE];
+/// Queues the session's setup as unsynced extended statements between `BEGIN` and `COMMIT`
+/// (behind a reset, if one is queued): `SET search_path TO …` and a `SELECT
+/// pg_catalog.set_config(…), …` (see `ClientVars::sync_query`), at least one of them. Like
+/// the reset it is answered without a ReadyForQuery; if it fails (a value the server refuses,
+/// a cancel or a timeout landing in it), the server skips every message up to the next Sync,
+/// so nothing of the client sent behind it runs without it; once COMMIT is through, nothing
+/// the client does rolls it back. Returns the [`part`]s queued, whose replies the caller
+/// checks ([`reset_step`]).
+pub fn queue_setup(conn: &mut ServerConn, out: &mut BytesMut, set: Option<&str>, select: Option<&str>) -> u8 {
+    let mut parts = part::BEGIN | part::COMMIT;
+    frontend::unsynced(out, "BEGIN");
+    if let Some(sql) = set {
+        frontend::unsynced(out, sql);
+        parts |= part::SET;
+    }
+    if let Some(sql) = select {
+        frontend::unsynced(out, sql);
+        parts |= part::SELECT;
+    }
+    frontend::unsynced(out, "COMMIT");
+    // The setup's unnamed statement replaced any client's, and is closed.
+    conn.unnamed = (0, 0);
+    parts
+}
+
+/// The parts of a handoff, as bits: which segments of [`HANDOFF_REPLIES`] are due.
+pub mod part {
+    /// DISCARD ALL ([`super::queue_reset`]).
+    pub const RESET: u8 = 1;
+    pub const BEGIN: u8 = 2;
+    /// `SET search_path TO …`.
+    pub const SET: u8 = 4;
+    /// `SELECT pg_catalog.set_config(…), …`.
+    pub const SELECT: u8 = 8;
+    pub const COMMIT: u8 = 16;
+}
+
+/// What the server answers a handoff's unsynced statements, in order (asynchronous messages
+/// aside): the message tag and, for a CommandComplete, its command tag. Each [`part`] is a
+/// segment (see [`SEGMENTS`]): a statement's Parse, Bind and Execute replies and the Close
+/// of the unnamed statement.
+pub const HANDOFF_REPLIES: [(u8, &[u8]); 21] = [
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::COMMAND_COMPLETE, RESET_TAG),
+    (be::CLOSE_COMPLETE, b""),
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::COMMAND_COMPLETE, b"BEGIN\0"),
+    (be::CLOSE_COMPLETE, b""),
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::COMMAND_COMPLETE, b"SET\0"),
+    (be::CLOSE_COMPLETE, b""),
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::DATA_ROW, b""),
+    (be::COMMAND_COMPLETE, b"SELECT 1\0"),
+    (be::CLOSE_COMPLETE, b""),
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::COMMAND_COMPLETE, b"COMMIT\0"),
+    (be::CLOSE_COMPLETE, b""),
+];
+
+/// Where each [`part`]'s segment of [`HANDOFF_REPLIES`] starts (bit `i` of the mask: segment
+/// `i`), and the end.
+pub const SEGMENTS: [u8; 6] = [0, 4, 8, 12, 17, 21];
+
+/// The first reply at or after `i` that `parts` are due; [`HANDOFF_REPLIES`]' length when none.
+pub fn first_due(mut i: u8, parts: u8) -> u8 {
+    for (seg, bounds) in SEGMENTS.windows(2).enumerate() {
+        if i < bounds[1] {
+            if parts & (1 << seg) != 0 {
+                return i.max(bounds[0]);
+            }
+            i = bounds[1];
+        }
+    }
+    SEGMENTS[SEGMENTS.len() - 1]
+}
 
 /// The CommandComplete tag of [`CROSS_TENANT_RESET`].
 pub const RESET_TAG: &[u8] = b"DISCARD ALL\0";
 
-/// What one server message means for a reset whose reply `next` of [`RESET_REPLIES`] is due.
+/// What one server message means for a handoff whose reply `next` of [`HANDOFF_REPLIES`] is
+/// due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResetStep {
     /// An asynchronous message (notice, notification, parameter status): still due `next`.
     Pass,
-    /// The expected reply: `next + 1` is due now.
+    /// The expected reply: the one given is due now.
     Next(u8),
-    /// The last expected reply: the reset succeeded.
+    /// The last expected reply: the reset and setup succeeded.
     Done,
     /// Anything else (an error, a ReadyForQuery, another tag or CommandComplete): it failed.
     Failed,
 }
 
 /// Reads one server message (`tag`, and its body where it is a CommandComplete) while reply
-/// `next` of a reset is due.
-pub fn reset_step(next: u8, tag: u8, command_tag: Option<&[u8]>) -> ResetStep {
+/// `next` of a handoff of `parts` is due (`next` as [`first_due`] gives it).
+pub fn reset_step(next: u8, parts: u8, tag: u8, command_tag: Option<&[u8]>) -> ResetStep {
     if matches!(tag, be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE | be::PARAMETER_STATUS) {
         return ResetStep::Pass;
     }
-    let expected = RESET_REPLIES.get(usize::from(next)).copied();
-    if expected != Some(tag) || (tag == be::COMMAND_COMPLETE && command_tag != Some(RESET_TAG)) {
-        return ResetStep::Failed;
+    match HANDOFF_REPLIES.get(usize::from(next)) {
+        Some((t, body)) if *t == tag && (tag != be::COMMAND_COMPLETE || command_tag == Some(body)) => {}
+        _ => return ResetStep::Failed,
     }
-    if usize::from(next) + 1 == RESET_REPLIES.len() {
-        ResetStep::Done
-    } else {
-        ResetStep::Next(next + 1)
+    match first_due(next + 1, parts) {
+        n if usize::from(n) >= HANDOFF_REPLIES.len() => ResetStep::Done,
+        n => ResetStep::Next(n),
     }
 }
 
@@ -375,12 +451,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Runs `msgs` through [`reset_step`] from the first reply: Some(true) done, Some(false)
-    /// failed, None still due.
-    fn run(msgs: &[(u8, Option<&[u8]>)]) -> Option<bool> {
-        let mut next = 0;
+    /// Runs `msgs` through [`reset_step`] for a handoff of `parts`: Some(true) done,
+    /// Some(false) failed, None still due.
+    fn run_parts(parts: u8, msgs: &[(u8, Option<&[u8]>)]) -> Option<bool> {
+        let mut next = first_due(0, parts);
         for (tag, body) in msgs {
-            match reset_step(next, *tag, *body) {
+            match reset_step(next, parts, *tag, *body) {
                 ResetStep::Pass => {}
                 ResetStep::Next(n) => next = n,
                 ResetStep::Done => return Some(true),
@@ -388,6 +464,56 @@ mod tests {
             }
         }
         None
+    }
+
+    /// A reset alone.
+    fn run(msgs: &[(u8, Option<&[u8]>)]) -> Option<bool> {
+        run_parts(part::RESET, msgs)
+    }
+
+    /// One statement's replies: Parse, Bind, a row for a SELECT, `tag`, Close.
+    fn statement(tag: &'static [u8]) -> Vec<(u8, Option<&'static [u8]>)> {
+        let mut replies = vec![(b'1', None), (b'2', None)];
+        if tag == b"SELECT 1\0" {
+            replies.push((b'D', None));
+        }
+        replies.extend([(b'C', Some(tag)), (b'3', None)]);
+        replies
+    }
+
+    #[test]
+    fn only_the_exact_replies_confirm_a_setup() {
+        let both = part::BEGIN | part::SET | part::SELECT | part::COMMIT;
+        let setup: Vec<(u8, Option<&[u8]>)> =
+            [statement(b"BEGIN\0"), statement(b"SET\0"), statement(b"SELECT 1\0"), statement(b"COMMIT\0")]
+                .concat();
+        assert_eq!(run_parts(both, &setup), Some(true));
+        // Parameter statuses (a reported setting) and notices pass anywhere.
+        let mut chatty = setup.clone();
+        chatty.insert(12, (b'S', None));
+        chatty.insert(3, (b'N', None));
+        assert_eq!(run_parts(both, &chatty), Some(true));
+        // Without the SET, or without the SELECT.
+        let no_set = [statement(b"BEGIN\0"), statement(b"SELECT 1\0"), statement(b"COMMIT\0")].concat();
+        assert_eq!(run_parts(both & !part::SET, &no_set), Some(true));
+        assert_eq!(run_parts(both, &no_set), Some(false));
+        let no_select = [statement(b"BEGIN\0"), statement(b"SET\0"), statement(b"COMMIT\0")].concat();
+        assert_eq!(run_parts(both & !part::SELECT, &no_select), Some(true));
+        // The setup refused: an error where its DataRow was due, no ReadyForQuery.
+        assert_eq!(run_parts(both, &[&setup[..10], &[(b'E', None)]].concat()), Some(false));
+        // A ReadyForQuery (some Sync went first) or the COMMIT missing: not confirmed.
+        assert_eq!(run_parts(both, &[&setup[..13], &[(b'Z', None)]].concat()), Some(false));
+        assert_eq!(run_parts(both, &setup[..16]), None);
+        // A ROLLBACK instead of COMMIT (the transaction failed): failed.
+        let rolled = [&setup[..13], &statement(b"ROLLBACK\0")[..]].concat();
+        assert_eq!(run_parts(both, &rolled), Some(false));
+        // Behind a reset: the reset's four replies, then the setup's.
+        let reset: Vec<(u8, Option<&[u8]>)> =
+            vec![(b'1', None), (b'2', None), (b'C', Some(RESET_TAG)), (b'3', None)];
+        assert_eq!(run_parts(both | part::RESET, &[reset.clone(), setup.clone()].concat()), Some(true));
+        assert_eq!(run_parts(both | part::RESET, &reset), None);
+        // A reset alone is done after its four.
+        assert_eq!(run_parts(part::RESET, &[reset, setup].concat()), Some(true));
     }
 
     #[test]
@@ -467,7 +593,7 @@ mod tests {
     /// Mostly the tags a reset's reply has (so the exact sequence comes up), sometimes any byte.
     fn reply_tag() -> impl Strategy<Value = u8> {
         prop_oneof![
-            4 => proptest::sample::select(b"123CNASEZ".to_vec()),
+            4 => proptest::sample::select(b"123CDNASEZ".to_vec()),
             1 => any::<u8>(),
         ]
     }
@@ -540,22 +666,61 @@ mod tests {
             prop_assert_eq!(run_custom(&view), custom_oracle(&view));
         }
 
-        /// Arbitrary server tags never confirm a reset unless the four replies came in order,
-        /// and never panic.
+        /// Arbitrary server messages never confirm a handoff (any mix of reset, SET and
+        /// SELECT) unless its replies came in order with the right command tags
+        /// (asynchronous messages aside), and never panic. Half the cases are the exact
+        /// replies with one message changed, left out or added, so near misses come up.
         #[test]
-        fn arbitrary_replies_confirm_only_the_exact_sequence(tags in proptest::collection::vec(reply_tag(), 0..12),
-                                                             good_tag in any::<bool>()) {
-            let body: &[u8] = if good_tag { RESET_TAG } else { b"DISCARD\0" };
-            let msgs: Vec<(u8, Option<&[u8]>)> =
-                tags.iter().map(|t| (*t, (*t == b'C').then_some(body))).collect();
-            let outcome = run(&msgs);
-            let essential: Vec<u8> = tags
-                .iter()
-                .copied()
-                .filter(|t| !matches!(*t, b'N' | b'A' | b'S'))
+        fn arbitrary_replies_confirm_only_the_exact_sequence(
+            reset in any::<bool>(),
+            setup in 0..4u8,
+            random in proptest::collection::vec(reply_tag(), 0..24),
+            near in any::<bool>(),
+            at in any::<usize>(),
+            edit in 0..3u8,
+            other in reply_tag(),
+        ) {
+            // setup 0: none; else BEGIN, COMMIT and SET (bit 0) and/or SELECT (bit 1).
+            let mut parts = if reset { part::RESET } else { 0 };
+            if setup > 0 {
+                parts |= part::BEGIN | part::COMMIT;
+                if setup & 1 != 0 { parts |= part::SET; }
+                if setup & 2 != 0 { parts |= part::SELECT; }
+            }
+            if parts == 0 {
+                parts = part::RESET;
+            }
+            // The oracle's list: the segments of the parts, read off SEGMENTS directly.
+            let exact: Vec<(u8, &[u8])> = SEGMENTS
+                .windows(2)
+                .enumerate()
+                .filter(|(seg, _)| parts & (1 << seg) != 0)
+                .flat_map(|(_, b)| HANDOFF_REPLIES[usize::from(b[0])..usize::from(b[1])].iter().copied())
                 .collect();
-            let exact = essential.len() >= 4 && essential[..4] == RESET_REPLIES && good_tag;
-            prop_assert_eq!(outcome == Some(true), exact);
+            let msgs: Vec<(u8, &[u8])> = if near {
+                let mut m = exact.clone();
+                let i = at % (m.len() + 1);
+                match edit {
+                    0 if i < m.len() => m[i].0 = other,
+                    1 if i < m.len() => { m.remove(i); }
+                    _ => m.insert(i, (other, b"SELECT 1\0")),
+                }
+                m
+            } else {
+                random.iter().map(|t| (*t, &b"COMMIT\0"[..])).collect()
+            };
+            let view: Vec<(u8, Option<&[u8]>)> =
+                msgs.iter().map(|(t, b)| (*t, (*t == b'C').then_some(*b))).collect();
+            let outcome = run_parts(parts, &view);
+            let essential: Vec<(u8, &[u8])> = msgs
+                .iter()
+                .filter(|(t, _)| !matches!(*t, b'N' | b'A' | b'S'))
+                .map(|(t, b)| (*t, if *t == b'C' { *b } else { &b""[..] }))
+                .collect();
+            let want: Vec<(u8, &[u8])> =
+                exact.iter().map(|(t, b)| (*t, if *t == b'C' { *b } else { &b""[..] })).collect();
+            let confirmed = essential.len() >= want.len() && essential[..want.len()] == want[..];
+            prop_assert_eq!(outcome == Some(true), confirmed);
         }
     }
 }

@@ -18,10 +18,12 @@ use super::{
 };
 use crate::client::meter::Meter;
 use crate::console::live::{Signal, SignalReader, CLIENT_READ, FORCE, KICK};
-use crate::pool::session::{acts_while_idle, hand_over, needs_reset, queue_reset, retire, Retire};
+use crate::pool::session::{
+    acts_while_idle, first_due, hand_over, needs_reset, part, queue_reset, queue_setup, retire, Retire,
+};
 use crate::pool::Checkout;
 use crate::protocol::backend::txn;
-use crate::protocol::{frontend, PgError};
+use crate::protocol::PgError;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     pub(super) async fn attach(&mut self) -> Result<(), Exit> {
@@ -104,34 +106,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     fn hand_to_session(&mut self, mut co: Checkout) {
         // The server's two buffers, in one visit to the spare list.
         buffers::take_all([&mut self.out, &mut self.sbuf]);
-        if needs_reset(co.conn_ref(), &self.tenant.id) {
+        let reset = needs_reset(co.conn_ref(), &self.tenant.id);
+        if reset {
             // A handoff to another tenant starts from a clean session (DESIGN.md,
             // containment rule 2): DISCARD ALL with the setup and the client's first messages
             // behind it in one write, its replies swallowed and checked (see `hold`).
             self.proxy.metrics.global().reset();
             queue_reset(co.conn(), &mut self.out, &self.pool_params);
             self.progress.swallow_z += 1;
-            self.progress.reset = ResetPhase::Guard;
-            self.progress.reset_synced = false;
-            self.progress.reset_since = Some(tokio::time::Instant::now());
         }
         let conn = co.conn();
         hand_over(conn, self.id, &self.tenant.id, &self.tenant.session_vars);
-        if let Some(setup) = self.vars.sync_query(conn, &self.pool_params, &self.tenant.session_vars) {
-            // The setup goes out in the same write as the client's first message, which
-            // waits for the setup's verdict when the server may refuse it (see `Setup`).
-            if frontend::query(&mut self.out, &setup.sql).is_ok() {
-                self.progress.swallow_z += 1;
-                self.setup_trusted &= !setup.may_fail;
-            }
+        // The setup goes in the same write as the client's first messages, up to the
+        // client's first Sync: if it fails, the server skips them (see `queue_setup`).
+        let mut parts = if reset { part::RESET } else { 0 };
+        if let Some(setup) = self.vars.sync_query(conn, &self.pool_params) {
+            let (set, select) = (setup.set_search_path.as_deref(), setup.select.as_deref());
+            parts |= queue_setup(conn, &mut self.out, set, select);
         }
         if self.vars.temp_schema {
             conn.mark_dirty();
         }
+        self.progress.reset = match (reset, parts) {
+            (true, _) => ResetPhase::Guard(parts),
+            (false, 0) => ResetPhase::Done,
+            (false, _) => ResetPhase::Replies(first_due(0, parts), parts),
+        };
+        if self.progress.reset != ResetPhase::Done {
+            self.progress.reset_synced = false;
+            self.progress.reset_since = Some(tokio::time::Instant::now());
+        }
         // A cancel from the client reaches this backend once the reset and setup are
         // answered (see `Progress::key_pending`); until then it is dropped, as PostgreSQL
         // drops one that comes before the statement it meant.
-        self.progress.key_pending = self.progress.swallow_z > 0;
+        self.progress.key_pending = self.progress.reset != ResetPhase::Done;
         if !self.progress.key_pending {
             let (addr, pid, secret) = conn.cancel_key();
             self.key.attach(addr, pid, secret);

@@ -15,11 +15,11 @@ pub(super) struct Progress {
     pub(super) status: u8,
     /// The server sent a FATAL error: it closes the connection, and nothing is added to it.
     pub(super) fatal: bool,
-    /// Where a queued cross-tenant reset stands.
+    /// Where a queued cross-tenant reset and setup stand.
     pub(super) reset: ResetPhase,
-    /// A client Sync went out behind an unconfirmed reset: the client's later messages wait
-    /// until the reset's replies are checked (a failed reset makes the server skip only up
-    /// to that Sync).
+    /// A client Sync went out behind an unconfirmed reset or setup: the client's later
+    /// messages wait until their replies are checked (a failed one makes the server skip
+    /// only up to that Sync).
     pub(super) reset_synced: bool,
     /// When the queued reset went out: its replies are due within
     /// [`crate::pool::session::CLEANUP_TIMEOUT`] (see [`super::timer::Limit::Reset`]).
@@ -45,15 +45,16 @@ pub(super) struct Progress {
     pub(super) key_pending: bool,
 }
 
-/// A cross-tenant reset's replies, swallowed and checked (see
-/// [`crate::pool::session::queue_reset`]).
+/// A handoff's replies (a cross-tenant reset, the session's setup), swallowed and checked
+/// (see [`crate::pool::session::queue_reset`] and [`crate::pool::session::queue_setup`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ResetPhase {
     /// None queued, or its replies checked.
     #[default]
     Done,
-    /// Until the guard query's ReadyForQuery.
-    Guard,
-    /// The next expected reply of DISCARD ALL (an index in `pool::session::RESET_REPLIES`).
-    Discard(u8),
+    /// Until the reset's guard query's ReadyForQuery; then the replies of the given parts
+    /// (`pool::session::part`).
+    Guard(u8),
+    /// The next expected reply (an index in `pool::session::HANDOFF_REPLIES`) and the parts.
+    Replies(u8, u8),
 }

@@ -124,7 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             }
             // Replies to pgtenant's own queries (the reset, the setup) are swallowed.
             let setup = self.progress.swallow_z > 0 || self.progress.reset != ResetPhase::Done;
-            if matches!(self.progress.reset, ResetPhase::Discard(_)) {
+            if matches!(self.progress.reset, ResetPhase::Replies(..)) {
                 if let Err(failed) = self.check_reset_reply(tag, pos, len, whole) {
                     self.write_client(from, pos).await?;
                     return Err(failed);
@@ -185,16 +185,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                         self.meter.ready(p.status);
                     }
                     if setup {
-                        if p.reset == ResetPhase::Guard {
-                            p.reset = ResetPhase::Discard(0);
+                        if let ResetPhase::Guard(parts) = p.reset {
+                            p.reset = ResetPhase::Replies(first_due(0, parts), parts);
                         }
-                        p.swallow_z -= 1;
-                        if p.swallow_z == 0 && self.setup_error.is_some() {
-                            // The reset or setup failed: nothing after it reaches the client.
-                            self.write_client(from, pos).await?;
-                            let e = self.setup_error.take().unwrap_or_default();
-                            return Err(Exit::SetupFailed(e));
-                        }
+                        p.swallow_z = p.swallow_z.saturating_sub(1);
                     } else if let Some(server) = self.server.as_mut() {
                         self.sets.settle(p.status, &mut self.vars, server.conn(), &self.tenant.session_vars);
                     }
@@ -217,23 +211,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                         }
                     }
                 }
-                be::ERROR_RESPONSE if p.reset == ResetPhase::Guard => {
+                be::ERROR_RESPONSE if matches!(p.reset, ResetPhase::Guard(_)) => {
                     // The guard only keeps the previous session's timeouts from cancelling
                     // DISCARD ALL, which runs anyway and whose own reply decides.
                     if let Some(e) = &error {
                         tracing::info!(tenant = %self.tenant.id, code = %e.code, message = %e.message, "reset guard failed");
                     }
-                }
-                be::ERROR_RESPONSE if setup => {
-                    let frame = &self.sbuf[pos..seen];
-                    if let Some(e) = &error {
-                        tracing::warn!(tenant = %self.tenant.id, code = %e.code, message = %e.message, "session setup failed");
-                    }
-                    self.setup_error = Some(if whole {
-                        Bytes::copy_from_slice(frame)
-                    } else {
-                        Bytes::from(PgError::session_setup_failed().to_bytes())
-                    });
                 }
                 be::ERROR_RESPONSE if self.mode == PoolMode::Transaction => {
                     // DDL changed a prepared statement's result type: the error goes to the
@@ -292,17 +275,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             // A large message passed: the buffer goes back to its usual size.
             self.sbuf = BytesMut::from(&self.sbuf[..]);
         }
-        if self.progress.swallow_z == 0 && self.progress.reset == ResetPhase::Done {
-            if let Some(e) = self.setup_error.take() {
-                return Err(Exit::SetupFailed(e));
-            }
-            self.setup_trusted = true;
-            if self.progress.key_pending {
-                self.progress.key_pending = false;
-                if let Some(server) = self.server.as_ref() {
-                    let (addr, pid, secret) = server.conn_ref().cancel_key();
-                    self.key.attach(addr, pid, secret);
-                }
+        if self.progress.key_pending
+            && self.progress.swallow_z == 0
+            && self.progress.reset == ResetPhase::Done
+        {
+            // The reset and setup are answered: the client's cancels may reach the backend.
+            self.progress.key_pending = false;
+            if let Some(server) = self.server.as_ref() {
+                let (addr, pid, secret) = server.conn_ref().cancel_key();
+                self.key.attach(addr, pid, secret);
             }
         }
         Ok(())
@@ -337,19 +318,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         (!route.forward, replace)
     }
 
-    /// Checks one server message that arrives while DISCARD ALL's replies are due: the next
-    /// of `RESET_REPLIES` (and the right CommandComplete tag) moves the reset on, and the
-    /// last confirms it (the client's held messages may go); asynchronous messages pass.
-    /// Anything else means the reset failed: the session ends with the server's error (or
-    /// pgtenant's) and the connection is closed; the client's messages sent behind the reset
-    /// were skipped by the server.
+    /// Checks one server message that arrives while a handoff's replies are due (DISCARD
+    /// ALL's, the setup's): the next of `HANDOFF_REPLIES` (and the right CommandComplete tag)
+    /// moves it on, and the last confirms it (the client's held messages may go);
+    /// asynchronous messages pass. Anything else means the reset or setup failed: the session
+    /// ends with the server's error (or pgtenant's) and the connection is closed; the
+    /// client's messages sent behind it were skipped by the server.
     fn check_reset_reply(&mut self, tag: u8, pos: usize, len: usize, whole: bool) -> Result<(), Exit> {
-        let ResetPhase::Discard(next) = self.progress.reset else { return Ok(()) };
+        let ResetPhase::Replies(next, parts) = self.progress.reset else { return Ok(()) };
         let body = (tag == be::COMMAND_COMPLETE && whole).then(|| &self.sbuf[pos + HEADER_LEN..pos + len]);
-        match reset_step(next, tag, body) {
+        match reset_step(next, parts, tag, body) {
             ResetStep::Pass => return Ok(()),
             ResetStep::Next(n) => {
-                self.progress.reset = ResetPhase::Discard(n);
+                self.progress.reset = ResetPhase::Replies(n, parts);
                 return Ok(());
             }
             ResetStep::Done => {
@@ -361,10 +342,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         }
         let error = if tag == be::ERROR_RESPONSE && whole {
             let fields = parse_error_fields(&self.sbuf[pos + HEADER_LEN..pos + len]);
-            tracing::warn!(tenant = %self.tenant.id, code = %fields.code, message = %fields.message, "cross-tenant reset failed: closing the server connection");
+            tracing::warn!(tenant = %self.tenant.id, code = %fields.code, message = %fields.message, "session reset or setup failed: closing the server connection");
             Bytes::copy_from_slice(&self.sbuf[pos..pos + len])
         } else {
-            tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "unexpected reply to the cross-tenant reset: closing the server connection");
+            tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "unexpected reply to the session reset or setup: closing the server connection");
             Bytes::from(PgError::session_setup_failed().to_bytes())
         };
         Err(Exit::SetupFailed(error))
