@@ -1,9 +1,10 @@
 //! A session setup that fails on a later server connection. pgtenant sends the setup (the
-//! tenant's search_path or tenant setting, and the client's tracked settings) as one
-//! multi-statement query in the same write as the client's first message, once the client's
-//! settings were accepted once. One statement failing rolls the whole setup back — the
-//! tenant's isolation setting with it — so the client's first message must then not run (or
-//! must run with the tenant's isolation setting in force): never in another schema.
+//! tenant's search_path or tenant setting, and the client's tracked settings) as unsynced
+//! extended statements between BEGIN and COMMIT, in the same write as the client's messages up
+//! to its first Sync (the rest waits for the setup's replies). Anything failing the setup — a
+//! value refused, a timeout, a cancel — rolls it back, the tenant's isolation setting with it,
+//! so the client's messages must then not run (the server skips them up to that Sync), or
+//! must run with the tenant's isolation setting in force: never in another schema.
 
 use pgtenant::model::Isolation;
 
@@ -52,12 +53,11 @@ async fn a_failed_setup_never_lets_the_first_statement_run_in_another_schema() {
     }
 }
 
-/// The setup that waits for its verdict still brings everything: a client with settings of
-/// its own in its startup packet (`extra_float_digits`, `statement_timeout`, which never wait,
-/// and `default_text_search_config`, which makes the setup wait) alternates with a client of
-/// another tenant on the pool's one connection; at each handoff (DISCARD ALL, then the setup,
-/// the client's statement held behind it) each sees its own settings, its own schema, and
-/// only its own rows.
+/// The setup brings everything: a client with settings of its own in its startup packet
+/// (`extra_float_digits`, `statement_timeout`, `default_text_search_config`) alternates with a
+/// client of another tenant on the pool's one connection; at each handoff (DISCARD ALL, then
+/// the setup, the client's statement behind it) each sees its own settings, its own schema,
+/// and only its own rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_setup_brings_the_clients_own_settings_at_every_handoff() {
     let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
@@ -130,9 +130,9 @@ async fn set_role_lasts_its_transaction_in_transaction_mode() {
 
 /// A pool of one shared by a and b (schema isolation). b's raw client has
 /// `default_text_search_config = 'public.myconf'` tracked, and a's client used the connection
-/// last, so b's next message goes behind DISCARD ALL and a setup carrying that setting (one
-/// that may fail: b's messages are held until its ReadyForQuery). With `drop_it` the
-/// configuration is dropped first, so the setup fails.
+/// last, so b's next message goes behind DISCARD ALL and a setup carrying that setting (b's
+/// messages after their first Sync are held until the setup's replies are checked). With
+/// `drop_it` the configuration is dropped first, so the setup fails.
 async fn held_behind_a_setup(
     drop_it: bool,
 ) -> (Harness, Client, Client, TenantConfig, tokio::net::TcpStream) {
@@ -264,19 +264,33 @@ async fn pair_with_a_configuration() -> (TenantConfig, TenantConfig, Client) {
     (a, b, su)
 }
 
-/// A setup that goes in the same write as the client's statement (b's only own setting,
-/// `client_encoding`, is reported by the server, so its setup is not held) fails if b's own
-/// cancel lands while the server runs it: the error takes `SET search_path` with it, and the
-/// statement behind would run on the reset search_path. Here the setup is made to wait while
-/// b cancels: `client_encoding`'s check looks the conversion up in `pg_conversion`, which a
-/// superuser transaction holds locked (on a backend that has not looked it up before). b's
-/// cancel is sent while the setup waits, then the lock goes. The INSERT runs in b's schema
-/// (the cancel reached nothing of b's: pgtenant points b's key at the backend only once the
-/// reset and setup are answered) and never in `public.t`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_while_the_setup_runs_never_lets_the_statement_run_in_another_schema() {
+/// How a setup waiting on a lock is made to fail, or not (see [`setup_waiting_on_a_lock`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum WhileItWaits {
+    /// b sends a CancelRequest with its key.
+    Cancel,
+    /// The database's `lock_timeout` (restored by DISCARD ALL) ends the wait.
+    LockTimeout,
+    /// b closes its connection: pgtenant cancels what the backend runs for it.
+    Leave,
+}
+
+/// b's setup goes in the same write as its INSERT (its only own setting, `client_encoding`,
+/// is reported by the server) and is made to wait on a lock: `client_encoding`'s check looks
+/// the conversion up in `pg_conversion`, which a superuser transaction holds locked (on a
+/// backend that has not looked it up before). While it waits, `how` happens; then the lock
+/// goes. Whatever fails the setup — b's own cancel, a timeout, pgtenant's cancel when b
+/// leaves — would take `SET search_path` with it, and the INSERT behind it would run on the
+/// reset search_path: it must never land in `public.t`. Returns what b got (until its
+/// ReadyForQuery or the end of its connection) and the ids in public.t and b's t.
+async fn setup_waiting_on_a_lock(how: WhileItWaits) -> (Vec<String>, String, String) {
     use std::time::Duration;
     let (a, b, su) = pair_with_a_configuration().await;
+    if how == WhileItWaits::LockTimeout {
+        su.batch_execute(&format!("ALTER DATABASE {} SET lock_timeout = '300ms'", a.database))
+            .await
+            .expect("a lock_timeout for the database");
+    }
     let h = start_quick(vec![a.clone(), b.clone()]).await;
     let user = format!("app.{}", b.id);
     let mut rb = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
@@ -284,7 +298,7 @@ async fn a_cancel_while_the_setup_runs_never_lets_the_statement_run_in_another_s
     let (got, _) = read_ready(&mut rb, 1, Duration::from_secs(5)).await;
     let key =
         messages(&got).into_iter().find(|(t, _)| *t == b'K').map(|(_, k)| k.to_vec()).expect("a cancel key");
-    // b's first statement: its setup (waited for, as b's settings are new) sets LATIN1.
+    // b's first statement: its setup sets LATIN1.
     send(&mut rb, &query("SELECT pg_backend_pid()")).await;
     let (got, _) = read_ready(&mut rb, 1, Duration::from_secs(5)).await;
     let first =
@@ -317,21 +331,61 @@ async fn a_cancel_while_the_setup_runs_never_lets_the_statement_run_in_another_s
     })
     .await;
     assert!(waiting, "the setup waits for pg_conversion");
-    // b's CancelRequest, with the key pgtenant gave it; pgtenant closes the request's
-    // connection once it has forwarded (or dropped) it.
-    let mut cancel = 16i32.to_be_bytes().to_vec();
-    cancel.extend_from_slice(&80_877_102i32.to_be_bytes());
-    cancel.extend_from_slice(&key);
-    let (_, closed) = raw_exchange(h.addr, &cancel, Duration::from_secs(5)).await;
-    assert!(closed, "the cancel request is handled");
-    // A forwarded cancel reaches the backend through the postmaster's signal.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    match how {
+        WhileItWaits::Cancel => {
+            // pgtenant closes the request's connection once it has forwarded (or dropped) it.
+            let mut cancel = 16i32.to_be_bytes().to_vec();
+            cancel.extend_from_slice(&80_877_102i32.to_be_bytes());
+            cancel.extend_from_slice(&key);
+            let (_, closed) = raw_exchange(h.addr, &cancel, Duration::from_secs(5)).await;
+            assert!(closed, "the cancel request is handled");
+        }
+        WhileItWaits::LockTimeout => {}
+        WhileItWaits::Leave => {
+            drop(rb);
+            rb = tokio::net::TcpStream::connect(h.addr).await.expect("a stand-in connection");
+        }
+    }
+    // A cancel reaches the backend through the postmaster's signal; the timeout fires.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     locker.batch_execute("COMMIT").await.expect("unlock");
-
-    let (got, _) = read_ready(&mut rb, 1, Duration::from_secs(5)).await;
+    let got = if how == WhileItWaits::Leave {
+        // Whatever the backend still runs for b, it has run once a new client of a is served.
+        let _ = h.client(&a.id).await.query_one("SELECT 1", &[]).await;
+        Vec::new()
+    } else {
+        read_ready(&mut rb, 1, Duration::from_secs(5)).await.0
+    };
     let in_public = ids(&su, "public.t").await;
     let in_b = ids(&su, &format!("\"{}\".t", b.id)).await;
-    assert_eq!(in_public, "", "b's INSERT ran on the reset search_path; b got {:?}", summary(&got));
-    assert_eq!(summary(&got), ["C(INSERT 0 1)", "Z(I)"], "b's INSERT runs once its setup is in");
+    (summary(&got), in_public, in_b)
+}
+
+/// b's own cancel, sent while its setup waits, reaches nothing of b's (pgtenant points b's key
+/// at the backend only once the reset and setup are answered): the INSERT runs, in b's schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_the_setup_runs_never_lets_the_statement_run_in_another_schema() {
+    let (got, in_public, in_b) = setup_waiting_on_a_lock(WhileItWaits::Cancel).await;
+    assert_eq!(in_public, "", "b's INSERT ran on the reset search_path; b got {got:?}");
+    assert_eq!(got, ["C(INSERT 0 1)", "Z(I)"], "b's INSERT runs once its setup is in");
     assert_eq!(in_b, "1");
+}
+
+/// A timeout fails the setup: b is told (55P03) and its INSERT, skipped by the server, runs
+/// nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_that_times_out_never_lets_the_statement_run() {
+    let (got, in_public, in_b) = setup_waiting_on_a_lock(WhileItWaits::LockTimeout).await;
+    assert_eq!(in_public, "", "b's INSERT ran on the reset search_path; b got {got:?}");
+    assert_eq!(got, ["E(55P03)"], "b is told its setup failed");
+    assert_eq!(in_b, "", "b's INSERT ran although its setup failed");
+}
+
+/// b leaves while its setup waits: pgtenant cancels what the backend runs for b, which fails
+/// the setup; the INSERT runs nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_while_its_setup_waits_never_lets_its_statement_run_elsewhere() {
+    let (_, in_public, in_b) = setup_waiting_on_a_lock(WhileItWaits::Leave).await;
+    assert_eq!(in_public, "", "b's INSERT ran on the reset search_path");
+    assert_eq!(in_b, "", "b's INSERT ran although its setup was cancelled");
 }
