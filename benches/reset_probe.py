@@ -8,7 +8,10 @@ round trip later):
      transaction that follows and rolls back does not bring back the previous session's
      settings, prepared statements or temporary tables;
   2. when that Execute fails, the simple Queries and extended messages behind it are skipped,
-     not run, until a Sync.
+     not run, until a Sync;
+  3. the session's setup sent the same way between BEGIN and COMMIT (unsynced) is committed
+     before the client's messages: a client statement that fails right behind it does not
+     roll it back; and when the setup fails, what follows is skipped until a Sync.
 
 Usage: reset_probe.py SOCKET_DIR PORT   (as `postgres` over the Unix socket, trust
 authentication); benches/reset_probe.sh starts a throwaway cluster and runs it. Exits 1 if a
@@ -36,6 +39,11 @@ def unsynced(sql):
     return (msg(b"P", cstr("") + cstr(sql) + b"\0\0")
             + msg(b"B", cstr("") + cstr("") + b"\0\0\0\0\0\0")
             + msg(b"E", cstr("") + b"\0\0\0\0"))
+
+
+def setup(sql):
+    """The session's setup as pgtenant sends it: BEGIN, `sql`, COMMIT, each unsynced."""
+    return unsynced("BEGIN") + unsynced(sql) + unsynced("COMMIT")
 
 
 class Conn:
@@ -80,11 +88,11 @@ def main():
     # The previous tenant's session: a setting, a search_path, a temp table, a statement.
     c.until_ready_after(query("SET work_mem = '77MB'; SET search_path TO prev; "
                               "CREATE TEMP TABLE t (x int); PREPARE p AS SELECT 1"))
-    # 1. Guard (simple), DISCARD ALL (unsynced extended), setup (simple), then the client's
-    #    transaction, rolled back.
+    # 1. Guard (simple), DISCARD ALL (unsynced extended), setup (unsynced, between BEGIN and
+    #    COMMIT), then the client's transaction, rolled back.
     got = c.until_ready_after(query("SET statement_timeout = 0; SET lock_timeout = 0")
-                              + unsynced("DISCARD ALL") + query("SET search_path TO t1")
-                              + query("BEGIN") + query("SELECT 1") + query("ROLLBACK"), 5)
+                              + unsynced("DISCARD ALL") + setup("SET search_path TO t1")
+                              + query("BEGIN") + query("SELECT 1") + query("ROLLBACK"), 4)
     print("handoff replies:", tags(got))
     errors = [b for t, b in got if t == b"E"]
     state = c.value("SELECT current_setting('work_mem') || ' ' || current_setting('search_path') || ' '"
@@ -105,6 +113,26 @@ def main():
     print("after the failed reset (skipped?, search_path):", state)
     if state != "true t1":
         print("FAIL: messages behind the failed reset ran")
+        ok = False
+    # 3. The setup, then a client statement that fails: the setup stays. Then a setup that
+    #    fails: what follows is skipped until a Sync.
+    got = c.until_ready_after(setup("SET search_path TO t3") + query("SELECT 1/0"))
+    state = c.value("SELECT current_setting('search_path')")
+    print("setup, then a failing client statement:", tags(got), "->", state)
+    if state != "t3":
+        print("FAIL: the client's failing statement rolled the setup back")
+        ok = False
+    c.until_ready_after(query("DROP TABLE IF EXISTS marker3"))
+    c.s.sendall(setup("SELECT pg_catalog.set_config('search_path', 't4', false), "
+                      "pg_catalog.set_config('default_text_search_config', 'no.such', false)")
+                + query("CREATE TABLE marker3 ()"))
+    got = c.until_ready_after(msg(b"S", b""))
+    print("failed setup replies:", tags(got))
+    c.until_ready_after(query("ROLLBACK"))
+    state = c.value("SELECT (to_regclass('marker3') IS NULL)::text || ' ' || current_setting('search_path')")
+    print("after the failed setup (skipped?, search_path):", state)
+    if state != "true t3":
+        print("FAIL: messages behind the failed setup ran, or the setup half applied")
         ok = False
     print("OK" if ok else "FAILED")
     sys.exit(0 if ok else 1)
