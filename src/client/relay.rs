@@ -104,7 +104,7 @@ enum Exit {
     Error(PgError),
     /// The server connection failed or broke the protocol.
     ServerLost,
-    /// pgtenant's own setup query failed; the server's ErrorResponse goes to the client.
+    /// pgtenant's own reset or setup failed; the server's ErrorResponse goes to the client.
     SetupFailed(Bytes),
     /// A bug: the session panicked. Its server connection is closed.
     Panicked,
@@ -132,7 +132,7 @@ pub(crate) struct Session<S> {
     c_remaining: usize,
     /// Bytes of the current streamed client frame not yet staged.
     stage_remaining: usize,
-    /// Bytes for the server: pgtenant's setup query, then staged client frames.
+    /// Bytes for the server: pgtenant's reset and setup, then staged client frames.
     out: BytesMut,
     pipeline: Pipeline,
     statements: Statements,

@@ -137,7 +137,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                     self.progress.fatal = true;
                 }
             }
-            // Replies to pgtenant's setup query are swallowed whole; everything else is routed
+            // Replies to pgtenant's reset and setup are swallowed whole; everything else is routed
             // by the reply model.
             let mut replace = None;
             let mut swallow = setup || {
