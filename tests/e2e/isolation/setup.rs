@@ -287,7 +287,7 @@ async fn setup_waiting_on_a_lock(how: WhileItWaits) -> (Vec<String>, String, Str
     use std::time::Duration;
     let (a, b, su) = pair_with_a_configuration().await;
     if how == WhileItWaits::LockTimeout {
-        su.batch_execute(&format!("ALTER DATABASE {} SET lock_timeout = '300ms'", a.database))
+        su.batch_execute(&format!("ALTER DATABASE {} SET lock_timeout = '1s'", a.database))
             .await
             .expect("a lock_timeout for the database");
     }
@@ -347,7 +347,8 @@ async fn setup_waiting_on_a_lock(how: WhileItWaits) -> (Vec<String>, String, Str
         }
     }
     // A cancel reaches the backend through the postmaster's signal; the timeout fires.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let settle = if how == WhileItWaits::LockTimeout { 1500 } else { 600 };
+    tokio::time::sleep(Duration::from_millis(settle)).await;
     locker.batch_execute("COMMIT").await.expect("unlock");
     let got = if how == WhileItWaits::Leave {
         // Whatever the backend still runs for b, it has run once a new client of a is served.
