@@ -2,7 +2,7 @@
 //! applies, and one timer owned by the session for it.
 //!
 //! None is set by default, and then nothing here reads the clock or touches the timer wheel
-//! (except while a cross-tenant reset is due: [`Limit::Reset`] bounds it).
+//! (except while a cross-tenant reset or a setup is due: [`Limit::Reset`] bounds it).
 //! When one is set the timer is moved only when the deadline comes earlier than where it is
 //! armed; a later deadline (a client that was active again) is checked when the timer fires,
 //! and the timer is then moved to it, so an active client does not re-arm a timer per event.
@@ -24,9 +24,9 @@ pub(super) enum Limit {
     Query,
     IdleTransaction,
     ClientIdle,
-    /// A cross-tenant reset's replies are late (the previous tenant can make DISCARD ALL
-    /// wait on a lock, e.g. on the parent of a temporary child table): bounded whatever the
-    /// tenant's limits, at [`CLEANUP_TIMEOUT`].
+    /// A cross-tenant reset's or a setup's replies are late (the previous tenant can make
+    /// DISCARD ALL wait on a lock, e.g. on the parent of a temporary child table): bounded
+    /// whatever the tenant's limits, at [`CLEANUP_TIMEOUT`].
     Reset,
     /// A connection kept for tenant affinity goes back (not an error: see
     /// `Session::keep_for_affinity`).
