@@ -293,3 +293,42 @@ async fn each_client_keeps_its_own_settings_through_handoffs_and_failing_first_s
     }
     f.assert_none();
 }
+
+/// A client's own `SET search_path` in a tenant that leaves search_path to it (shared
+/// isolation), in the spellings PostgreSQL takes — a string literal (one name, its case kept,
+/// a comma or a space in it), a quoted name, a plain mixed-case one (folded), `$user` — is
+/// replayed by the setup at the next handoff with the meaning PostgreSQL gave it: after a's
+/// turn on the one connection, b's `SHOW search_path` is what PostgreSQL shows after the same
+/// SET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_path_set_by_the_client_is_replayed_with_postgres_meaning() {
+    let (a, b) = tenant_pair(Isolation::Shared, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let direct = admin(&b.database).await;
+    let ca = h.client(&a.id).await;
+    let mut f = Failures::default();
+    for set in [
+        "SET search_path = 'MySchema'",
+        "SET search_path TO 'My Schema', public",
+        "SET search_path TO 'a,b'",
+        "SET search_path TO \"Mixed\", public",
+        "SET search_path TO Plain, public",
+        "SET search_path = \"$user\", 'it''s'",
+    ] {
+        direct.batch_execute(set).await.expect("PostgreSQL takes the SET");
+        let want = rows(&direct, "SHOW search_path").await.expect("SHOW");
+        let cb = h.client(&b.id).await;
+        if let Err(e) = cb.batch_execute(set).await {
+            f.0.push(format!("{set}: refused through pgtenant ({})", why(&e)));
+            continue;
+        }
+        let _ = pid(&ca).await;
+        match rows(&cb, "SHOW search_path").await {
+            Ok(got) => {
+                f.check(got == want, || format!("{set}: b sees {got:?} after a handoff, PostgreSQL {want:?}"))
+            }
+            Err(e) => f.0.push(format!("{set}: b's next statement after a handoff failed: {}", why(&e))),
+        }
+    }
+    f.assert_none();
+}
