@@ -155,7 +155,7 @@ pub(super) async fn held_behind_a_setup(
 /// Everything a client can put in one write behind a held setup: two extended-protocol
 /// Syncs (named and unnamed statements), a simple query, COPY FROM STDIN with its data, a
 /// query reading the table back, Terminate.
-fn held_pipeline() -> Vec<u8> {
+pub(super) fn held_pipeline() -> Vec<u8> {
     cat(&[
         parse("", "INSERT INTO t VALUES (1, 'p')"),
         bind("", ""),

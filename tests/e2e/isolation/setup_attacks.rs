@@ -332,3 +332,41 @@ async fn a_search_path_set_by_the_client_is_replayed_with_postgres_meaning() {
     }
     f.assert_none();
 }
+
+/// b's setup fails at its first checkout in both pool modes, with `search_path_public` (b's
+/// search_path is `"b", public`, so a statement run on the reset search_path and one run with
+/// the setup both find a `t`): b's startup asks for `default_text_search_config =
+/// public.myconf`, dropped before b connects. b is told why and closed, nothing of its
+/// pipeline (both Syncs, COPY, Terminate) runs anywhere, and a is served afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_failing_at_the_first_checkout_runs_nothing_in_either_pool_mode() {
+    use pgtenant::model::PoolMode;
+    let mut f = Failures::default();
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let (mut a, mut b, su) = super::setup::pair_with_a_configuration().await;
+        a.pool_mode = Some(mode);
+        b.pool_mode = Some(mode);
+        b.search_path_public = true;
+        let h = start_quick(vec![a.clone(), b.clone()]).await;
+        {
+            let ca = h.client(&a.id).await;
+            let _ = pid(&ca).await;
+        }
+        su.batch_execute("DROP TEXT SEARCH CONFIGURATION public.myconf").await.expect("drop");
+        let user = format!("app.{}", b.id);
+        let stream = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+        let options = "-c default_text_search_config=public.myconf";
+        let mut rb = login(stream, &[("user", &user), ("options", options)]).await;
+        send(&mut rb, &super::setup::held_pipeline()).await;
+        let (got, closed) = read_eof(&mut rb, Duration::from_secs(8)).await;
+        let s = summary(&got);
+        f.check(closed && s.len() == 1 && s[0].starts_with("E(22023"), || format!("{mode:?}: b got {s:?}"));
+        let public = ids(&su, "public.t").await;
+        f.check(public.is_empty(), || format!("{mode:?}: ran on the reset search_path: {public}"));
+        let own = ids(&su, &format!("\"{}\".t", b.id)).await;
+        f.check(own.is_empty(), || format!("{mode:?}: ran although the setup failed: {own}"));
+        let served = h.client(&a.id).await.query_one("SELECT 1", &[]).await.is_ok();
+        f.check(served, || format!("{mode:?}: a is not served afterwards"));
+    }
+    f.assert_none();
+}
