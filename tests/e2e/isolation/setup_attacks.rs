@@ -43,6 +43,7 @@ fn unsynced_pipelines() -> Vec<(&'static str, Vec<u8>)> {
             cat(&[query("COPY t FROM STDIN"), copy_fail("no"), query(&insert(6))]),
         ),
         ("a multi-statement query", cat(&[query(&format!("{}; {}", insert(7), insert(8))), sync()])),
+        ("a FunctionCall (nextval of b's sequence)", cat(&[nextval_call(), query(&insert(12)), sync()])),
         (
             "an extended INSERT and a simple one before the Sync",
             cat(&[
@@ -55,6 +56,19 @@ fn unsynced_pipelines() -> Vec<(&'static str, Vec<u8>)> {
             ]),
         ),
     ]
+}
+
+/// A FunctionCall message of `nextval('a_seq')` (nextval(regclass) is OID 1574, its argument
+/// in text format).
+fn nextval_call() -> Vec<u8> {
+    let mut body = 1574i32.to_be_bytes().to_vec();
+    body.extend(1i16.to_be_bytes());
+    body.extend(0i16.to_be_bytes());
+    body.extend(1i16.to_be_bytes());
+    body.extend(5i32.to_be_bytes());
+    body.extend(b"a_seq");
+    body.extend(0i16.to_be_bytes());
+    msg(b'F', &body)
 }
 
 /// Each pipeline goes behind a setup that fails (b's tracked text search configuration was
@@ -73,6 +87,9 @@ async fn a_failed_setup_lets_nothing_the_client_sent_run() {
         f.check(public.is_empty(), || format!("{what}: ran on the reset search_path: {public}"));
         let own = ids(&su, &format!("\"{}\".t", b.id)).await;
         f.check(own.is_empty(), || format!("{what}: ran although the setup failed: {own}"));
+        let sql = format!("SELECT is_called FROM \"{}\".a_seq", b.id);
+        let called: bool = su.query_one(&sql, &[]).await.expect("b's sequence").get(0);
+        f.check(!called, || format!("{what}: b's sequence advanced although the setup failed"));
         let served = ca.query_one("SELECT 1", &[]).await.is_ok();
         f.check(served, || format!("{what}: a is not served after b's failed setup"));
     }
@@ -132,6 +149,11 @@ async fn the_first_statements_behind_a_setup_are_answered_as_postgres_answers_th
     assert_eq!(inserted, ["C(INSERT 0 1)", "Z(I)"]);
     assert_eq!(ids(&su, &format!("\"{}\".t", b.id)).await, "42");
     assert_eq!(ids(&su, "public.t").await, "");
+    // The FunctionCall the failing pipelines carry does run behind a setup that succeeds.
+    let called = transcript(&mut rb, &nextval_call(), 1).await;
+    assert_eq!(called, ["V", "Z(I)"], "b's FunctionCall");
+    let sql = format!("SELECT is_called FROM \"{}\".a_seq", b.id);
+    assert!(su.query_one(&sql, &[]).await.expect("b's sequence").get::<_, bool>(0));
 }
 
 /// The setup's own unnamed statement and portal (its COMMIT's, last) are out of b's reach:
