@@ -392,3 +392,43 @@ async fn a_setup_failing_at_the_first_checkout_runs_nothing_in_either_pool_mode(
     }
     f.assert_none();
 }
+
+/// The server sends the replies of unsynced statements only when its output is flushed (a
+/// Sync's ReadyForQuery, a Flush, a full buffer): the setup's replies would wait for the
+/// client's first statement behind them to finish. A first statement after a handoff that
+/// runs longer than the reset's bound (5 s) must still run to its end, and the client's
+/// cancel must reach it meanwhile (its key is attached once the setup's replies are read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_first_statement_behind_a_setup_runs_and_can_be_cancelled() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let ca = h.client(&a.id).await;
+    let user = format!("app.{}", b.id);
+
+    // A cancel, one second into b's first statement behind the setup.
+    let mut rb = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    send(&mut rb, &startup_packet(&[("user", &user)])).await;
+    let (got, _) = read_ready(&mut rb, 1, Duration::from_secs(5)).await;
+    let key = messages(&got).into_iter().find(|(t, _)| *t == b'K').map(|(_, k)| k.to_vec()).expect("a key");
+    let _ = pid(&ca).await;
+    let started = std::time::Instant::now();
+    send(&mut rb, &query("SELECT pg_sleep(30)")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut cancel = 16i32.to_be_bytes().to_vec();
+    cancel.extend_from_slice(&80_877_102i32.to_be_bytes());
+    cancel.extend_from_slice(&key);
+    let _ = raw_exchange(h.addr, &cancel, Duration::from_secs(5)).await;
+    let (got, _) = read_ready(&mut rb, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        summary(&got),
+        ["E(57014)", "Z(I)"],
+        "b's cancel of its first statement, after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(4), "the cancel took {:?}", started.elapsed());
+
+    // A first statement that runs past the reset's bound.
+    let _ = pid(&ca).await;
+    let got = transcript(&mut rb, &query("SELECT pg_sleep(6)::text"), 1).await;
+    assert_eq!(got, ["T", "D()", "C(SELECT 1)", "Z(I)"], "b's 6 s statement behind its setup");
+}
