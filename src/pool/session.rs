@@ -331,7 +331,8 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
 /// a cancel or a timeout landing in it), the server skips every message up to the next Sync,
 /// so nothing of the client sent behind it runs without it; once COMMIT is through, nothing
 /// the client does rolls it back. Returns the [`part`]s queued, whose replies the caller
-/// checks ([`reset_step`]).
+/// checks ([`reset_step`]); the caller puts a Flush behind them, without which the server
+/// would send them only once the client's first statement ended.
 pub fn queue_setup(conn: &mut ServerConn, out: &mut BytesMut, set: Option<&str>, select: Option<&str>) -> u8 {
     let mut parts = part::BEGIN | part::COMMIT;
     frontend::unsynced(out, "BEGIN");

@@ -421,7 +421,7 @@ async fn a_long_first_statement_behind_a_setup_runs_and_can_be_cancelled() {
     let (got, _) = read_ready(&mut rb, 1, Duration::from_secs(10)).await;
     assert_eq!(
         summary(&got),
-        ["E(57014)", "Z(I)"],
+        ["T", "E(57014)", "Z(I)"],
         "b's cancel of its first statement, after {:?}",
         started.elapsed()
     );
