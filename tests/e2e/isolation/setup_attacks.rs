@@ -432,3 +432,39 @@ async fn a_long_first_statement_behind_a_setup_runs_and_can_be_cancelled() {
     let got = transcript(&mut rb, &query("SELECT pg_sleep(6)::text"), 1).await;
     assert_eq!(got, ["T", "D()", "C(SELECT 1)", "Z(I)"], "b's 6 s statement behind its setup");
 }
+
+/// b1 leaves serializable, read-only, deferrable transaction defaults on the pool's one
+/// connection (`SET SESSION CHARACTERISTICS`, tracked); b2, another client of b, gets it with
+/// a setup in front of its first statement. The setup's transaction must not take b1's
+/// defaults: a serializable read-only deferrable transaction's first snapshot waits for every
+/// concurrent serializable read-write transaction to end, and b2's statement would wait with
+/// it (until the reset's bound ended b2's session), where on PostgreSQL b2 runs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_setups_transaction_never_waits_for_a_previous_clients_deferrable_default() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let b1 = h.client(&b.id).await;
+    for mode in ["ISOLATION LEVEL SERIALIZABLE", "READ ONLY", "DEFERRABLE"] {
+        b1.batch_execute(&format!("SET SESSION CHARACTERISTICS AS TRANSACTION {mode}"))
+            .await
+            .expect("b1's default");
+    }
+    let p0 = pid(&b1).await;
+    let writer = admin(&b.database).await;
+    writer
+        .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT count(*) FROM pg_class")
+        .await
+        .expect("a serializable read-write transaction, left open");
+    let b2 = connect_str(&format!("{} application_name=b-two", h.conninfo(&b.id))).await;
+    let started = std::time::Instant::now();
+    let got = tokio::time::timeout(
+        Duration::from_secs(8),
+        rows(&b2, "SELECT pg_backend_pid()::text, current_setting('transaction_isolation')"),
+    )
+    .await;
+    let waited = started.elapsed();
+    writer.batch_execute("COMMIT").await.expect("commit");
+    let got = got.expect("b2's statement ends").map_err(|e| why(&e));
+    assert_eq!(got, Ok(vec![vec![p0.to_string(), "read committed".to_owned()]]), "after {waited:?}");
+    assert!(waited < Duration::from_secs(2), "b2 waited {waited:?}");
+}
