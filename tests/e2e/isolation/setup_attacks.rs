@@ -468,3 +468,24 @@ async fn the_setups_transaction_never_waits_for_a_previous_clients_deferrable_de
     assert_eq!(got, Ok(vec![vec![p0.to_string(), "read committed".to_owned()]]), "after {waited:?}");
     assert!(waited < Duration::from_secs(2), "b2 waited {waited:?}");
 }
+
+/// b1 of tenant b leaves `client_encoding = LATIN1` on the pool's one connection; b2 of b, a
+/// UTF-8 client with non-ASCII settings of its own (application_name `café`, a `-c` option
+/// `Zürich`), gets it with a setup in front of its first statement. The server reads the
+/// setup's text in the encoding the connection has then (b1's): b2's values must arrive as
+/// b2 gave them, not read as LATIN1 (`caf????`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_keeps_non_ascii_values_whatever_encoding_the_previous_client_left() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let b1 = connect_str(&format!("{} options='-c client_encoding=LATIN1'", h.conninfo(&b.id))).await;
+    let p0 = pid(&b1).await;
+    let b2 =
+        connect_str(&format!("{} application_name=café options='-c myapp.city=Zürich'", h.conninfo(&b.id)))
+            .await;
+    let sql = "SELECT pg_backend_pid()::text, current_setting('application_name'), \
+               current_setting('myapp.city'), current_setting('client_encoding')";
+    let got = rows(&b2, sql).await.map_err(|e| why(&e));
+    let want = [p0.to_string(), "café".to_owned(), "Zürich".to_owned(), "UTF8".to_owned()];
+    assert_eq!(got, Ok(vec![want.to_vec()]));
+}
