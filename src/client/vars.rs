@@ -6,7 +6,7 @@
 use super::setcmd::SetCmd;
 use crate::pool::{ServerConn, ServerParams};
 use crate::protocol::startup::{option_words, unescape_option, StartupMessage};
-use crate::sql::quote_literal;
+use crate::sql::{quote_literal, quote_literal_ascii};
 use crate::tenant::Resolved;
 
 /// Reportable settings pgtenant keeps in step between a client and its server connections
@@ -245,20 +245,23 @@ impl ClientVars {
         // as SET does. Anything else goes through
         // set_config, which parses the value as a configuration file would, so list settings
         // keep their meaning and no value can end the statement.
+        //
+        // The server reads the text in the client_encoding the connection has before the
+        // setup (another client's, of the tenant): unless that is UTF-8, the text is ASCII
+        // alone, a value beyond ASCII escaped (see `quote_literal_ascii`).
+        let utf8 = conn.var("client_encoding").is_some_and(|e| e.eq_ignore_ascii_case("UTF8"));
+        let literal = |v: &str| if utf8 { quote_literal(v) } else { quote_literal_ascii(v) };
         let mut set_search_path = None;
         let mut sets = Vec::new();
         for (k, v) in self.reported().chain(self.other.iter().map(|(k, v)| (k, v))) {
             if conn.var(k) != Some(v.as_str()) {
-                let listed =
-                    k.eq_ignore_ascii_case("search_path").then(|| quoted_identifier_list(v)).flatten();
+                let listed = (k.eq_ignore_ascii_case("search_path") && (utf8 || v.is_ascii()))
+                    .then(|| quoted_identifier_list(v))
+                    .flatten();
                 if let Some(list) = listed {
                     set_search_path = Some(format!("SET search_path TO {list}"));
                 } else {
-                    sets.push(format!(
-                        "pg_catalog.set_config({}, {}, false)",
-                        quote_literal(k),
-                        quote_literal(v)
-                    ));
+                    sets.push(format!("pg_catalog.set_config({}, {}, false)", literal(k), literal(v)));
                 }
                 conn.set_var(k, v);
             }
@@ -280,7 +283,7 @@ impl ClientVars {
             .collect();
         for (k, pool) in stale {
             // A NULL value resets the setting (as RESET does).
-            sets.push(format!("pg_catalog.set_config({}, NULL, false)", quote_literal(&k)));
+            sets.push(format!("pg_catalog.set_config({}, NULL, false)", literal(&k)));
             match pool {
                 // The server reports the value the reset restores (the connection's default,
                 // the pool's value): remembered as such.
