@@ -184,6 +184,34 @@ pub fn quote_literal(v: &str) -> String {
     }
 }
 
+/// [`quote_literal`] in ASCII alone: a character beyond ASCII goes as an escape of an E''
+/// string (`\u00E9`), which means the same whatever `client_encoding` the server reads the
+/// text in (and whatever `standard_conforming_strings`). For text sent while the
+/// connection's client_encoding may not be UTF-8 (another client's).
+pub fn quote_literal_ascii(v: &str) -> String {
+    use std::fmt::Write as _;
+    if v.is_ascii() {
+        return quote_literal(v);
+    }
+    let mut out = String::with_capacity(v.len() + 8);
+    out.push_str("E'");
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str(r"\\"),
+            '\'' => out.push_str("''"),
+            c if c.is_ascii() => out.push(c),
+            c if u32::from(c) <= 0xFFFF => {
+                let _ = write!(out, r"\u{:04X}", u32::from(c));
+            }
+            c => {
+                let _ = write!(out, r"\U{:08X}", u32::from(c));
+            }
+        }
+    }
+    out.push('\'');
+    out
+}
+
 /// Byte-wise equality that takes the same time wherever the first difference is (the lengths
 /// are not secret).
 pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
@@ -194,6 +222,14 @@ pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ascii_literals_escape_what_is_beyond_ascii() {
+        assert_eq!(quote_literal_ascii("plain 'q'"), "'plain ''q'''");
+        assert_eq!(quote_literal_ascii("caf\u{e9} \\ 'x'"), r"E'caf\u00E9 \\ ''x'''");
+        assert_eq!(quote_literal_ascii("\u{1F600}"), r"E'\U0001F600'");
+        assert!(quote_literal_ascii("Z\u{fc}rich \u{4e2d}").is_ascii());
+    }
 
     #[test]
     fn blanks_and_comments_are_skipped() {

@@ -60,7 +60,7 @@ pub fn parse(sql: &[u8]) -> Option<SetCmd> {
             if !settable(&name) {
                 return None;
             }
-            let value = t.value()?;
+            let value = if quotes_list(&name) { list_value(t.raw()?)? } else { t.value()? };
             if names_temporary_schema(&value) {
                 return None;
             }
@@ -121,6 +121,67 @@ fn settable(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
+/// Settings whose value is a list of names, each quoted as needed (`GUC_LIST_QUOTE` in
+/// `src/backend/utils/misc/guc_tables.c`): SET takes a string literal as one name, its case
+/// and any comma or space in it kept.
+fn quotes_list(name: &str) -> bool {
+    matches!(
+        name,
+        "search_path" | "temp_tablespaces" | "local_preload_libraries" | "session_preload_libraries"
+    )
+}
+
+/// The list SET was given (`'My Schema', "Mixed", plain`) as set_config takes it, the value
+/// SET leaves: a string literal becomes a quoted name (`"My Schema"`), a quoted or plain name
+/// is kept (the server folds a plain one). `None` for what is not such a list (an E'' string,
+/// a quote inside a plain word): not tracked.
+fn list_value(text: &str) -> Option<String> {
+    let mut items = Vec::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start();
+        let (item, after) = if let Some(r) = rest.strip_prefix('\'') {
+            let end = closing(r, b'\'')?;
+            let name = r[..end].replace("''", "'");
+            (format!("\"{}\"", name.replace('"', "\"\"")), &r[end + 1..])
+        } else if let Some(r) = rest.strip_prefix('"') {
+            let end = closing(r, b'"')?;
+            (format!("\"{}\"", &r[..end]), &r[end + 1..])
+        } else {
+            let end = rest.find(|c: char| c == ',' || c.is_whitespace()).unwrap_or(rest.len());
+            let word = &rest[..end];
+            if word.is_empty() || word.contains(['\'', '"', '\\']) {
+                return None;
+            }
+            (word.to_owned(), &rest[end..])
+        };
+        items.push(item);
+        let after = after.trim_start();
+        match after.strip_prefix(',') {
+            Some(r) => rest = r,
+            None if after.is_empty() => return Some(items.join(", ")),
+            None => return None,
+        }
+    }
+}
+
+/// Where the quoted text `s` (after its opening `quote`) ends: the first `quote` not doubled.
+fn closing(s: &str, quote: u8) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
 struct Tokens<'a> {
     s: &'a str,
 }
@@ -161,6 +222,20 @@ impl<'a> Tokens<'a> {
     /// The value up to the end of the statement, as set_config takes it: a single quoted
     /// literal is unquoted, anything else (numbers, identifiers, lists) is kept as written.
     fn value(&mut self) -> Option<String> {
+        let text = self.raw()?;
+        if let Some(inner) = text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')) {
+            if !inner.replace("''", "").contains('\'') {
+                return Some(inner.replace("''", "'"));
+            }
+        }
+        if text.starts_with(['E', 'e']) && text[1..].starts_with('\'') {
+            return None;
+        }
+        Some(text.to_owned())
+    }
+
+    /// The value up to the end of the statement as written, if it is one statement.
+    fn raw(&mut self) -> Option<&'a str> {
         self.skip_ws();
         let text = self.s.trim_end();
         let text = text.strip_suffix(';').unwrap_or(text).trim_end();
@@ -180,15 +255,7 @@ impl<'a> Tokens<'a> {
         if quote.is_some() {
             return None;
         }
-        if let Some(inner) = text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')) {
-            if !inner.replace("''", "").contains('\'') {
-                return Some(inner.replace("''", "'"));
-            }
-        }
-        if text.starts_with(['E', 'e']) && text[1..].starts_with('\'') {
-            return None;
-        }
-        Some(text.to_owned())
+        Some(text)
     }
 
     fn end(&mut self) -> Option<()> {
@@ -237,6 +304,20 @@ mod tests {
             ("SET search_path TO \"PG_TEMP\"", None),
             ("SET search_path = U&\"pg\\005ftemp\"", None),
             ("SET search_path = app, public", set("search_path", "app, public")),
+            // A string literal in a list of names is one name, quoted as SET quotes it.
+            ("SET search_path = 'MySchema'", set("search_path", "\"MySchema\"")),
+            ("SET search_path TO 'My Schema',public", set("search_path", "\"My Schema\", public")),
+            ("SET search_path TO 'a,b'", set("search_path", "\"a,b\"")),
+            (
+                "SET search_path TO \"$user\", 'it''s', 'q\"'",
+                set("search_path", "\"$user\", \"it's\", \"q\"\"\""),
+            ),
+            ("SET search_path TO 'default'", set("search_path", "\"default\"")),
+            ("SET search_path TO DEFAULT", Some(SetCmd::Reset { name: "search_path".into() })),
+            ("SET search_path TO a, E'b'", None),
+            ("SET search_path TO a b", None),
+            ("SET search_path TO a,", None),
+            ("SET temp_tablespaces = 'Fast One'", set("temp_tablespaces", "\"Fast One\"")),
             ("SET work_mem = 'unterminated", None),
             ("SELECT 1", None),
             ("SET", None),

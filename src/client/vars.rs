@@ -6,7 +6,7 @@
 use super::setcmd::SetCmd;
 use crate::pool::{ServerConn, ServerParams};
 use crate::protocol::startup::{option_words, unescape_option, StartupMessage};
-use crate::sql::quote_literal;
+use crate::sql::{quote_literal, quote_literal_ascii};
 use crate::tenant::Resolved;
 
 /// Reportable settings pgtenant keeps in step between a client and its server connections
@@ -75,7 +75,7 @@ impl ClientVars {
             .chain(app_name)
             .chain(from_options);
         for (k, v) in given {
-            if !is_setting_name(&k) {
+            if !is_setting_name(&k) || lasts_a_transaction(&k) {
                 continue;
             }
             vars.temp_schema |= super::setcmd::names_temporary_schema(&v);
@@ -190,6 +190,8 @@ impl ClientVars {
     fn apply_cmd(&mut self, cmd: &SetCmd, conn: &mut ServerConn, tenant_vars: &[(String, String)]) -> bool {
         let is_tenant_var = |name: &str| tenant_vars.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
         match cmd {
+            // Nothing of it outlives the transaction: nothing to track, nothing to reset.
+            SetCmd::Set { name, .. } | SetCmd::Reset { name } if lasts_a_transaction(name) => true,
             SetCmd::Set { name, value } if !is_tenant_var(name) => {
                 if self.reported_value(name).is_some() {
                     // The server reports these; its ParameterStatus carries the normalised value.
@@ -238,22 +240,28 @@ impl ClientVars {
     }
 
     fn diff(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<Setup> {
-        // A search_path made of quoted identifiers (what tenant isolation sets) goes as
-        // `SET search_path TO …`, which shows it as SET does. Anything else goes through
+        // A search_path made of identifiers (what tenant isolation sets) goes as `SET
+        // search_path TO …`, each name quoted (see `quoted_identifier_list`), which shows it
+        // as SET does. Anything else goes through
         // set_config, which parses the value as a configuration file would, so list settings
         // keep their meaning and no value can end the statement.
+        //
+        // The server reads the text in the client_encoding the connection has before the
+        // setup (another client's, of the tenant): unless that is UTF-8, the text is ASCII
+        // alone, a value beyond ASCII escaped (see `quote_literal_ascii`).
+        let utf8 = conn.var("client_encoding").is_some_and(|e| e.eq_ignore_ascii_case("UTF8"));
+        let literal = |v: &str| if utf8 { quote_literal(v) } else { quote_literal_ascii(v) };
         let mut set_search_path = None;
         let mut sets = Vec::new();
         for (k, v) in self.reported().chain(self.other.iter().map(|(k, v)| (k, v))) {
             if conn.var(k) != Some(v.as_str()) {
-                if k.eq_ignore_ascii_case("search_path") && is_identifier_list(v) {
-                    set_search_path = Some(format!("SET search_path TO {v}"));
+                let listed = (k.eq_ignore_ascii_case("search_path") && (utf8 || v.is_ascii()))
+                    .then(|| quoted_identifier_list(v))
+                    .flatten();
+                if let Some(list) = listed {
+                    set_search_path = Some(format!("SET search_path TO {list}"));
                 } else {
-                    sets.push(format!(
-                        "pg_catalog.set_config({}, {}, false)",
-                        quote_literal(k),
-                        quote_literal(v)
-                    ));
+                    sets.push(format!("pg_catalog.set_config({}, {}, false)", literal(k), literal(v)));
                 }
                 conn.set_var(k, v);
             }
@@ -275,7 +283,7 @@ impl ClientVars {
             .collect();
         for (k, pool) in stale {
             // A NULL value resets the setting (as RESET does).
-            sets.push(format!("pg_catalog.set_config({}, NULL, false)", quote_literal(&k)));
+            sets.push(format!("pg_catalog.set_config({}, NULL, false)", literal(&k)));
             match pool {
                 // The server reports the value the reset restores (the connection's default,
                 // the pool's value): remembered as such.
@@ -339,19 +347,42 @@ pub fn parse_options(options: &str) -> Vec<(String, String)> {
     out
 }
 
-/// `"a", b, "c d"`: double-quoted or plain identifiers separated by commas, nothing else.
-fn is_identifier_list(v: &str) -> bool {
-    !v.trim().is_empty()
-        && v.split(',').all(|item| {
-            let item = item.trim();
-            match item.strip_prefix('"').and_then(|i| i.strip_suffix('"')) {
-                Some(inner) => !inner.is_empty() && !inner.contains('"'),
-                None => {
-                    !item.is_empty()
-                        && item.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
-                }
+/// `"a", b, "c d"` (double-quoted or plain identifiers separated by commas, nothing else) as
+/// the list `SET search_path TO` takes, each name quoted: a plain one lowercased, as the
+/// server reads a plain name in the setting's value. Quoted, a name the SQL grammar would
+/// refuse plain (`$user`, a keyword such as `user`, `1a`), which the setting's value accepts,
+/// does not fail the setup; `SHOW` shows a name quoted only where it must be, as after SET.
+/// `None` for anything else.
+fn quoted_identifier_list(v: &str) -> Option<String> {
+    if v.trim().is_empty() {
+        return None;
+    }
+    let mut items = Vec::new();
+    for item in v.split(',') {
+        let item = item.trim();
+        match item.strip_prefix('"').and_then(|i| i.strip_suffix('"')) {
+            Some(inner) if !inner.is_empty() && !inner.contains('"') => items.push(item.to_owned()),
+            Some(_) => return None,
+            None if !item.is_empty()
+                && item.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$') =>
+            {
+                items.push(format!("\"{}\"", item.to_ascii_lowercase()));
             }
-        })
+            None => return None,
+        }
+    }
+    Some(items.join(", "))
+}
+
+/// Settings whose value lasts one transaction (`transaction_isolation`, `transaction_read_only`,
+/// `transaction_deferrable`): a session SET or startup value of one outside a transaction block
+/// leaves nothing behind on PostgreSQL (the next transaction starts from the defaults), and
+/// replayed by a setup after its first query the server would refuse it (25001), so they are
+/// never tracked nor replayed.
+fn lasts_a_transaction(name: &str) -> bool {
+    ["transaction_isolation", "transaction_read_only", "transaction_deferrable"]
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(name))
 }
 
 /// Setting names are identifiers, possibly dotted (`pgtenant.tenant_id`).
@@ -381,11 +412,35 @@ mod tests {
 
     #[test]
     fn identifier_lists() {
-        assert!(is_identifier_list("\"acme\", public"));
-        assert!(is_identifier_list("a,b"));
-        for bad in ["", "\"a\"; DROP TABLE t", "'x'", "\"a\"\"b\"", "a b", "\"\""] {
-            assert!(!is_identifier_list(bad), "{bad}");
+        let quoted = |v: &str| quoted_identifier_list(v);
+        assert_eq!(quoted("\"acme\", public").as_deref(), Some("\"acme\", \"public\""));
+        assert_eq!(quoted("a,B").as_deref(), Some("\"a\", \"b\""));
+        // Names the grammar refuses plain, which the setting's value takes.
+        assert_eq!(quoted("$user,public").as_deref(), Some("\"$user\", \"public\""));
+        assert_eq!(quoted("public, user, 1a").as_deref(), Some("\"public\", \"user\", \"1a\""));
+        for bad in ["", "\"a\"; DROP TABLE t", "'x'", "\"a\"\"b\"", "a b", "\"\"", "a,,b"] {
+            assert_eq!(quoted(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn settings_that_last_a_transaction_are_neither_kept_nor_replayed() {
+        let pool = std::sync::Arc::new(vec![("TimeZone".to_owned(), "UTC".to_owned())]);
+        let startup = StartupMessage {
+            major: 3,
+            minor: 0,
+            params: vec![
+                ("user".into(), "a.b".into()),
+                ("options".into(), "-c transaction_read_only=on -c work_mem=64kB".into()),
+            ],
+        };
+        let resolved = crate::tenant::resolve(&startup, None, &Default::default()).expect("resolves");
+        let v = ClientVars::new(&pool, &startup, &resolved, &[]);
+        assert_eq!(v.other, vec![("work_mem".to_owned(), "64kB".to_owned())]);
+        for name in ["transaction_isolation", "Transaction_Deferrable", "transaction_read_only"] {
+            assert!(lasts_a_transaction(name), "{name}");
+        }
+        assert!(!lasts_a_transaction("default_transaction_isolation"));
     }
 
     #[test]

@@ -331,10 +331,11 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
 /// a cancel or a timeout landing in it), the server skips every message up to the next Sync,
 /// so nothing of the client sent behind it runs without it; once COMMIT is through, nothing
 /// the client does rolls it back. Returns the [`part`]s queued, whose replies the caller
-/// checks ([`reset_step`]).
+/// checks ([`reset_step`]); the caller puts a Flush behind them, without which the server
+/// would send them only once the client's first statement ended.
 pub fn queue_setup(conn: &mut ServerConn, out: &mut BytesMut, set: Option<&str>, select: Option<&str>) -> u8 {
     let mut parts = part::BEGIN | part::COMMIT;
-    frontend::unsynced(out, "BEGIN");
+    frontend::unsynced(out, SETUP_BEGIN);
     if let Some(sql) = set {
         frontend::unsynced(out, sql);
         parts |= part::SET;
@@ -348,6 +349,12 @@ pub fn queue_setup(conn: &mut ServerConn, out: &mut BytesMut, set: Option<&str>,
     conn.unnamed = (0, 0);
     parts
 }
+
+/// How the setup's transaction starts: read committed whatever defaults a previous client of
+/// the tenant left (a serializable, read-only, deferrable one's first snapshot would wait for
+/// every concurrent serializable read-write transaction to end). Not READ WRITE, which a hot
+/// standby refuses; nothing in the setup writes.
+const SETUP_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
 /// The parts of a handoff, as bits: which segments of [`HANDOFF_REPLIES`] are due.
 pub mod part {

@@ -124,6 +124,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             let (set, select) = (setup.set_search_path.as_deref(), setup.select.as_deref());
             parts |= queue_setup(conn, &mut self.out, set, select);
         }
+        if parts != 0 {
+            // The server sends the replies of unsynced statements only when its output is
+            // flushed: without a Flush here they would wait for the client's first statement
+            // behind them to end (its Sync's ReadyForQuery), the client's cancel key with
+            // them, and a statement running past the reset's bound would end the session. A
+            // setup that failed makes the server skip the Flush, like the client's messages.
+            self.out.extend_from_slice(crate::protocol::frontend::FLUSH_MESSAGE);
+        }
         if self.vars.temp_schema {
             conn.mark_dirty();
         }

@@ -27,6 +27,7 @@ mod replies;
 mod reset;
 mod session_state;
 mod setup;
+mod setup_attacks;
 mod statements;
 mod temporary;
 mod unnamed;

@@ -133,7 +133,7 @@ async fn set_role_lasts_its_transaction_in_transaction_mode() {
 /// last, so b's next message goes behind DISCARD ALL and a setup carrying that setting (b's
 /// messages after their first Sync are held until the setup's replies are checked). With
 /// `drop_it` the configuration is dropped first, so the setup fails.
-async fn held_behind_a_setup(
+pub(super) async fn held_behind_a_setup(
     drop_it: bool,
 ) -> (Harness, Client, Client, TenantConfig, tokio::net::TcpStream) {
     let (a, b, su) = pair_with_a_configuration().await;
@@ -155,7 +155,7 @@ async fn held_behind_a_setup(
 /// Everything a client can put in one write behind a held setup: two extended-protocol
 /// Syncs (named and unnamed statements), a simple query, COPY FROM STDIN with its data, a
 /// query reading the table back, Terminate.
-fn held_pipeline() -> Vec<u8> {
+pub(super) fn held_pipeline() -> Vec<u8> {
     cat(&[
         parse("", "INSERT INTO t VALUES (1, 'p')"),
         bind("", ""),
@@ -174,7 +174,7 @@ fn held_pipeline() -> Vec<u8> {
     ])
 }
 
-async fn ids(su: &Client, table: &str) -> String {
+pub(super) async fn ids(su: &Client, table: &str) -> String {
     su.query_one(&format!("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM {table}"), &[])
         .await
         .expect("ids")
@@ -250,7 +250,7 @@ async fn a_client_leaving_while_held_runs_all_or_nothing() {
 /// Two schema tenants on one pool of one connection, a text search configuration
 /// `public.myconf` and a table `public.t` tenant b may write (where a statement run on the
 /// reset search_path would land); and a superuser session on their database.
-async fn pair_with_a_configuration() -> (TenantConfig, TenantConfig, Client) {
+pub(super) async fn pair_with_a_configuration() -> (TenantConfig, TenantConfig, Client) {
     let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
     let su = admin(&a.database).await;
     su.batch_execute(&format!(
