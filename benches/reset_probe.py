@@ -9,9 +9,10 @@ round trip later):
      settings, prepared statements or temporary tables;
   2. when that Execute fails, the simple Queries and extended messages behind it are skipped,
      not run, until a Sync;
-  3. the session's setup sent the same way between BEGIN and COMMIT (unsynced) is committed
-     before the client's messages: a client statement that fails right behind it does not
-     roll it back; and when the setup fails, what follows is skipped until a Sync.
+  3. the session's setup sent the same way, followed by an empty query (a SET alone) or between
+     BEGIN and COMMIT (unsynced), is committed before the client's messages: a client
+     statement that fails right behind it does not roll it back; and when the setup fails,
+     what follows is skipped until a Sync.
 
 Usage: reset_probe.py SOCKET_DIR PORT   (as `postgres` over the Unix socket, trust
 authentication); benches/reset_probe.sh starts a throwaway cluster and runs it. Exits 1 if a
@@ -113,6 +114,14 @@ def main():
     print("after the failed reset (skipped?, search_path):", state)
     if state != "true t1":
         print("FAIL: messages behind the failed reset ran")
+        ok = False
+    # 3a. A SET alone then an empty query (what pgtenant sends for the tenant's search_path),
+    #     then a client statement that fails: the SET stays, and its replies come at once.
+    got = c.until_ready_after(unsynced("SET search_path TO t5") + query("") + query("SELECT 1/0"), 2)
+    state = c.value("SELECT current_setting('search_path')")
+    print("SET and an empty query, then a failing client statement:", tags(got), "->", state)
+    if state != "t5":
+        print("FAIL: the client's failing statement rolled the SET back")
         ok = False
     # 3. The setup, then a client statement that fails: the setup stays. Then a setup that
     #    fails: what follows is skipped until a Sync.

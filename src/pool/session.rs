@@ -324,29 +324,39 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
     conn.cursors = false;
 }
 
-/// Queues the session's setup as unsynced extended statements between `BEGIN` and `COMMIT`
-/// (behind a reset, if one is queued): `SET search_path TO …` and a `SELECT
-/// pg_catalog.set_config(…), …` (see `ClientVars::sync_query`), at least one of them. Like
-/// the reset it is answered without a ReadyForQuery; if it fails (a value the server refuses,
-/// a cancel or a timeout landing in it), the server skips every message up to the next Sync,
-/// so nothing of the client sent behind it runs without it; once COMMIT is through, nothing
-/// the client does rolls it back. Returns the [`part`]s queued, whose replies the caller
-/// checks ([`reset_step`]); the caller puts a Flush behind them, without which the server
-/// would send them only once the client's first statement ended.
+/// Queues the session's setup (behind a reset, if one is queued): `SET search_path TO …`
+/// and/or a `SELECT pg_catalog.set_config(…), …` (see `ClientVars::sync_query`), each an
+/// unsynced extended statement. Like the reset it is answered without a ReadyForQuery of its
+/// own; if it fails (a value the server refuses, a cancel or a timeout landing in it), the
+/// server skips every message up to the next Sync, simple queries included, so nothing of
+/// the client sent behind it runs without it. What commits it before the client's messages
+/// (so that a client statement that fails does not roll it back):
+/// - the SET alone (the tenant's search_path: the usual handoff) is followed by an empty
+///   simple query, which commits the implicit transaction and flushes the replies (the
+///   server sends unsynced statements' replies only at a Sync, a Flush or a ReadyForQuery);
+/// - with the SELECT (which takes a snapshot) the statements go between `BEGIN ISOLATION
+///   LEVEL READ COMMITTED` and `COMMIT`, then a Flush.
+///
+/// Returns the [`part`]s queued, whose replies the caller checks ([`reset_step`]).
 pub fn queue_setup(conn: &mut ServerConn, out: &mut BytesMut, set: Option<&str>, select: Option<&str>) -> u8 {
-    let mut parts = part::BEGIN | part::COMMIT;
+    // The setup's unnamed statement replaces any client's, and is closed.
+    conn.unnamed = (0, 0);
+    let Some(select) = select else {
+        let Some(set) = set else { return 0 };
+        frontend::unsynced(out, set);
+        // An empty query: EmptyQueryResponse and ReadyForQuery, nothing parsed.
+        let _ = frontend::query(out, "");
+        return part::SET | part::EMPTY;
+    };
+    let mut parts = part::BEGIN | part::SELECT | part::COMMIT;
     frontend::unsynced(out, SETUP_BEGIN);
     if let Some(sql) = set {
         frontend::unsynced(out, sql);
         parts |= part::SET;
     }
-    if let Some(sql) = select {
-        frontend::unsynced(out, sql);
-        parts |= part::SELECT;
-    }
+    frontend::unsynced(out, select);
     frontend::unsynced(out, "COMMIT");
-    // The setup's unnamed statement replaced any client's, and is closed.
-    conn.unnamed = (0, 0);
+    out.extend_from_slice(frontend::FLUSH_MESSAGE);
     parts
 }
 
@@ -366,13 +376,15 @@ pub mod part {
     /// `SELECT pg_catalog.set_config(…), …`.
     pub const SELECT: u8 = 8;
     pub const COMMIT: u8 = 16;
+    /// The empty query behind a SET alone.
+    pub const EMPTY: u8 = 32;
 }
 
 /// What the server answers a handoff's unsynced statements, in order (asynchronous messages
-/// aside): the message tag and, for a CommandComplete, its command tag. Each [`part`] is a
-/// segment (see [`SEGMENTS`]): a statement's Parse, Bind and Execute replies and the Close
-/// of the unnamed statement.
-pub const HANDOFF_REPLIES: [(u8, &[u8]); 21] = [
+/// aside): the message tag and, for a CommandComplete its command tag, for a ReadyForQuery
+/// its status. Each [`part`] is a segment (see [`SEGMENTS`]): a statement's Parse, Bind and
+/// Execute replies and the Close of the unnamed statement, or the empty query's replies.
+pub const HANDOFF_REPLIES: [(u8, &[u8]); 23] = [
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
     (be::COMMAND_COMPLETE, RESET_TAG),
@@ -394,11 +406,13 @@ pub const HANDOFF_REPLIES: [(u8, &[u8]); 21] = [
     (be::BIND_COMPLETE, b""),
     (be::COMMAND_COMPLETE, b"COMMIT\0"),
     (be::CLOSE_COMPLETE, b""),
+    (be::EMPTY_QUERY_RESPONSE, b""),
+    (be::READY_FOR_QUERY, b"I"),
 ];
 
 /// Where each [`part`]'s segment of [`HANDOFF_REPLIES`] starts (bit `i` of the mask: segment
 /// `i`), and the end.
-pub const SEGMENTS: [u8; 6] = [0, 4, 8, 12, 17, 21];
+pub const SEGMENTS: [u8; 7] = [0, 4, 8, 12, 17, 21, 23];
 
 /// The first reply at or after `i` that `parts` are due; [`HANDOFF_REPLIES`]' length when none.
 pub fn first_due(mut i: u8, parts: u8) -> u8 {
@@ -430,14 +444,16 @@ pub enum ResetStep {
     Failed,
 }
 
-/// Reads one server message (`tag`, and its body where it is a CommandComplete) while reply
-/// `next` of a handoff of `parts` is due (`next` as [`first_due`] gives it).
-pub fn reset_step(next: u8, parts: u8, tag: u8, command_tag: Option<&[u8]>) -> ResetStep {
+/// Reads one server message (`tag`, and its body where it is a CommandComplete or a
+/// ReadyForQuery) while reply `next` of a handoff of `parts` is due (`next` as [`first_due`]
+/// gives it).
+pub fn reset_step(next: u8, parts: u8, tag: u8, body: Option<&[u8]>) -> ResetStep {
     if matches!(tag, be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE | be::PARAMETER_STATUS) {
         return ResetStep::Pass;
     }
+    let checked = matches!(tag, be::COMMAND_COMPLETE | be::READY_FOR_QUERY);
     match HANDOFF_REPLIES.get(usize::from(next)) {
-        Some((t, body)) if *t == tag && (tag != be::COMMAND_COMPLETE || command_tag == Some(body)) => {}
+        Some((t, want)) if *t == tag && (!checked || body == Some(want)) => {}
         _ => return ResetStep::Failed,
     }
     match first_due(next + 1, parts) {
@@ -514,6 +530,17 @@ mod tests {
         // A ROLLBACK instead of COMMIT (the transaction failed): failed.
         let rolled = [&setup[..13], &statement(b"ROLLBACK\0")[..]].concat();
         assert_eq!(run_parts(both, &rolled), Some(false));
+        // A SET alone, committed by an empty query: its replies, EmptyQueryResponse, an idle
+        // ReadyForQuery.
+        let alone = part::SET | part::EMPTY;
+        let empty: Vec<(u8, Option<&[u8]>)> =
+            [statement(b"SET\0"), vec![(b'I', None), (b'S', None), (b'Z', Some(&b"I"[..]))]].concat();
+        assert_eq!(run_parts(alone, &empty), Some(true));
+        let in_failed: Vec<(u8, Option<&[u8]>)> =
+            [statement(b"SET\0"), vec![(b'I', None), (b'Z', Some(&b"E"[..]))]].concat();
+        assert_eq!(run_parts(alone, &in_failed), Some(false));
+        assert_eq!(run_parts(alone, &[(b'1', None), (b'2', None), (b'E', None)]), Some(false));
+        assert_eq!(run_parts(alone, &empty[..4]), None);
         // Behind a reset: the reset's four replies, then the setup's.
         let reset: Vec<(u8, Option<&[u8]>)> =
             vec![(b'1', None), (b'2', None), (b'C', Some(RESET_TAG)), (b'3', None)];
@@ -600,7 +627,7 @@ mod tests {
     /// Mostly the tags a reset's reply has (so the exact sequence comes up), sometimes any byte.
     fn reply_tag() -> impl Strategy<Value = u8> {
         prop_oneof![
-            4 => proptest::sample::select(b"123CDNASEZ".to_vec()),
+            4 => proptest::sample::select(b"123CDINASEZ".to_vec()),
             1 => any::<u8>(),
         ]
     }
@@ -687,13 +714,15 @@ mod tests {
             edit in 0..3u8,
             other in reply_tag(),
         ) {
-            // setup 0: none; else BEGIN, COMMIT and SET (bit 0) and/or SELECT (bit 1).
+            // setup 0: none; 1: SET and the empty query; else BEGIN, SELECT, COMMIT, and SET
+            // (3).
             let mut parts = if reset { part::RESET } else { 0 };
-            if setup > 0 {
-                parts |= part::BEGIN | part::COMMIT;
-                if setup & 1 != 0 { parts |= part::SET; }
-                if setup & 2 != 0 { parts |= part::SELECT; }
-            }
+            parts |= match setup {
+                0 => 0,
+                1 => part::SET | part::EMPTY,
+                2 => part::BEGIN | part::SELECT | part::COMMIT,
+                _ => part::BEGIN | part::SET | part::SELECT | part::COMMIT,
+            };
             if parts == 0 {
                 parts = part::RESET;
             }
@@ -716,16 +745,17 @@ mod tests {
             } else {
                 random.iter().map(|t| (*t, &b"COMMIT\0"[..])).collect()
             };
+            let checked = |t: u8| matches!(t, b'C' | b'Z');
             let view: Vec<(u8, Option<&[u8]>)> =
-                msgs.iter().map(|(t, b)| (*t, (*t == b'C').then_some(*b))).collect();
+                msgs.iter().map(|(t, b)| (*t, checked(*t).then_some(*b))).collect();
             let outcome = run_parts(parts, &view);
             let essential: Vec<(u8, &[u8])> = msgs
                 .iter()
                 .filter(|(t, _)| !matches!(*t, b'N' | b'A' | b'S'))
-                .map(|(t, b)| (*t, if *t == b'C' { *b } else { &b""[..] }))
+                .map(|(t, b)| (*t, if checked(*t) { *b } else { &b""[..] }))
                 .collect();
             let want: Vec<(u8, &[u8])> =
-                exact.iter().map(|(t, b)| (*t, if *t == b'C' { *b } else { &b""[..] })).collect();
+                exact.iter().map(|(t, b)| (*t, if checked(*t) { *b } else { &b""[..] })).collect();
             let confirmed = essential.len() >= want.len() && essential[..want.len()] == want[..];
             prop_assert_eq!(outcome == Some(true), confirmed);
         }

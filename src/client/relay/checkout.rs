@@ -124,12 +124,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             let (set, select) = (setup.set_search_path.as_deref(), setup.select.as_deref());
             parts |= queue_setup(conn, &mut self.out, set, select);
         }
-        if parts != 0 {
+        if parts == part::RESET {
             // The server sends the replies of unsynced statements only when its output is
             // flushed: without a Flush here they would wait for the client's first statement
             // behind them to end (its Sync's ReadyForQuery), the client's cancel key with
             // them, and a statement running past the reset's bound would end the session. A
-            // setup that failed makes the server skip the Flush, like the client's messages.
+            // reset that failed makes the server skip the Flush, like the client's messages.
+            // (A setup ends in its own flush: see `queue_setup`.)
             self.out.extend_from_slice(crate::protocol::frontend::FLUSH_MESSAGE);
         }
         if self.vars.temp_schema {
@@ -211,7 +212,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// Tenant affinity (`[pool] affinity_hold`): whether the client keeps its idle server
     /// connection a moment longer instead of releasing it. Only when clients of another tenant
     /// wait for the pool (released now, the connection would pass to one of them, with a
-    /// cross-tenant reset and setup of five statements), for at most `affinity_transactions`
+    /// cross-tenant reset and setup of four statements and an empty query), for at most `affinity_transactions`
     /// transactions in a row, and never while the tenant is paused or the session ends. The
     /// hold ends when the client sends its next message (the connection serves it, with no
     /// checkout and no reset) or when the timer fires (`Limit::Affinity`), then it goes back;

@@ -326,7 +326,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// client's messages sent behind it were skipped by the server.
     fn check_reset_reply(&mut self, tag: u8, pos: usize, len: usize, whole: bool) -> Result<(), Exit> {
         let ResetPhase::Replies(next, parts) = self.progress.reset else { return Ok(()) };
-        let body = (tag == be::COMMAND_COMPLETE && whole).then(|| &self.sbuf[pos + HEADER_LEN..pos + len]);
+        let checked = matches!(tag, be::COMMAND_COMPLETE | be::READY_FOR_QUERY);
+        let body = (checked && whole).then(|| &self.sbuf[pos + HEADER_LEN..pos + len]);
         match reset_step(next, parts, tag, body) {
             ResetStep::Pass => return Ok(()),
             ResetStep::Next(n) => {
