@@ -145,18 +145,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             self.progress.reset_synced = false;
             self.progress.reset_since = Some(tokio::time::Instant::now());
         }
-        // A cancel from the client reaches this backend once the reset and setup are
-        // answered (see `Progress::key_pending`); until then it is dropped, as PostgreSQL
-        // drops one that comes before the statement it meant.
-        self.progress.key_pending = self.progress.reset != ResetPhase::Done;
-        if !self.progress.key_pending {
-            let (addr, pid, secret) = conn.cancel_key();
-            self.key.attach(addr, pid, secret);
-        }
         self.progress.status = txn::IDLE;
         // No read of this connection is registered by this session yet.
         self.progress.server_armed = false;
         self.server = Some(co);
+        if self.progress.reset == ResetPhase::Done {
+            self.attach_key();
+        }
+    }
+
+    /// Points the client's cancel key at its server connection's backend: at the checkout
+    /// when pgtenant sends nothing of its own first, else once the reset and setup are
+    /// answered (`check_reset_reply`). A cancel landing in them would fail them; one sent
+    /// before is dropped, as PostgreSQL drops a cancel that comes before its statement.
+    pub(super) fn attach_key(&mut self) {
+        if let Some(server) = self.server.as_ref() {
+            let (addr, pid, secret) = server.conn_ref().cancel_key();
+            self.key.attach(addr, pid, secret);
+        }
     }
 
     /// Waits while the tenant is paused (console PAUSE, or the HTTP API's), noticing what

@@ -39,10 +39,6 @@ pub(super) struct Progress {
     /// plain TCP (`client_plain`).
     pub(super) client_armed: bool,
     pub(super) client_plain: bool,
-    /// The client's cancel key is pointed at the server connection only once pgtenant's own
-    /// queries on it (reset, setup) are answered: a cancel landing in one of them would fail
-    /// it, and the client's statements sent behind it would then run without its setup.
-    pub(super) key_pending: bool,
 }
 
 /// A handoff's replies (a cross-tenant reset, the session's setup), swallowed and checked

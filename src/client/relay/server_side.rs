@@ -275,17 +275,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             // A large message passed: the buffer goes back to its usual size.
             self.sbuf = BytesMut::from(&self.sbuf[..]);
         }
-        if self.progress.key_pending
-            && self.progress.swallow_z == 0
-            && self.progress.reset == ResetPhase::Done
-        {
-            // The reset and setup are answered: the client's cancels may reach the backend.
-            self.progress.key_pending = false;
-            if let Some(server) = self.server.as_ref() {
-                let (addr, pid, secret) = server.conn_ref().cancel_key();
-                self.key.attach(addr, pid, secret);
-            }
-        }
         Ok(())
     }
 
@@ -337,6 +326,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             ResetStep::Done => {
                 self.progress.reset = ResetPhase::Done;
                 self.progress.reset_synced = false;
+                // The client's cancels may reach the backend now.
+                self.attach_key();
                 return Ok(());
             }
             ResetStep::Failed => {}
