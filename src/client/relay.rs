@@ -493,7 +493,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// half-read.
     fn quiet(&self) -> bool {
         self.pipeline.owes_nothing()
-            && self.progress.swallow_z == 0
             && self.progress.reset == ResetPhase::Done
             && self.s_remaining == 0
             && self.sbuf.is_empty()

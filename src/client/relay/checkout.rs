@@ -113,7 +113,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             // behind it in one write, its replies swallowed and checked (see `hold`).
             self.proxy.metrics.global().reset();
             queue_reset(co.conn(), &mut self.out, &self.pool_params);
-            self.progress.swallow_z += 1;
         }
         let conn = co.conn();
         hand_over(conn, self.id, &self.tenant.id, &self.tenant.session_vars);

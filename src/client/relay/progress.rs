@@ -4,8 +4,6 @@
 /// Where the server connection stands, beyond the reply queue.
 #[derive(Debug, Default)]
 pub(super) struct Progress {
-    /// ReadyForQuery messages of pgtenant's own setup queries, swallowed.
-    pub(super) swallow_z: usize,
     /// An extended-protocol message went out and its Sync has not.
     pub(super) extended_open: bool,
     /// A reply arrived that the queue did not expect: pgtenant lost track, so the connection

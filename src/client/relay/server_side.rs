@@ -65,7 +65,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                 be::READY_FOR_QUERY | be::PARAMETER_STATUS | be::ERROR_RESPONSE | be::COMMAND_COMPLETE
             ) && self.resync.is_none()
                 && !self.resync_swallowing
-                && self.progress.swallow_z == 0
                 && self.progress.reset == ResetPhase::Done
             {
                 let (swallow, replace) = self.route_reply(tag, "");
@@ -123,7 +122,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                 continue;
             }
             // Replies to pgtenant's own queries (the reset, the setup) are swallowed.
-            let setup = self.progress.swallow_z > 0 || self.progress.reset != ResetPhase::Done;
+            let setup = self.progress.reset != ResetPhase::Done;
             if matches!(self.progress.reset, ResetPhase::Replies(..)) {
                 if let Err(failed) = self.check_reset_reply(tag, pos, len, whole) {
                     self.write_client(from, pos).await?;
@@ -185,10 +184,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                         self.meter.ready(p.status);
                     }
                     if setup {
+                        // The reset's guard query answered: DISCARD ALL's replies are next.
                         if let ResetPhase::Guard(parts) = p.reset {
                             p.reset = ResetPhase::Replies(first_due(0, parts), parts);
                         }
-                        p.swallow_z = p.swallow_z.saturating_sub(1);
                     } else if let Some(server) = self.server.as_mut() {
                         self.sets.settle(p.status, &mut self.vars, server.conn(), &self.tenant.session_vars);
                     }
