@@ -28,6 +28,7 @@ mod reset;
 mod session_state;
 mod setup;
 mod setup_attacks;
+mod setup_empty;
 mod statements;
 mod temporary;
 mod unnamed;
