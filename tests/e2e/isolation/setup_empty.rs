@@ -49,3 +49,23 @@ async fn the_clients_own_empty_query_is_not_taken_for_the_setups() {
     let own = format!("D({{{}}})", b.id);
     assert_eq!(proxied, ["I", "Z(I)", "T", own.as_str(), "C(SELECT 1)", "Z(I)"], "b's transcript");
 }
+
+/// b's explicit transaction failing behind the handoff, pipelined in one write: the
+/// transcript equals PostgreSQL's and the rolled-back row is nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_transaction_behind_the_handoff_is_answered_as_postgres_answers_it() {
+    let (_h, su, b, mut rb) = b_behind_a().await;
+    let pipeline =
+        cat(&[query("BEGIN; INSERT INTO t VALUES (1, 'b')"), query("SELECT 1/0"), query("COMMIT")]);
+    let proxied = transcript(&mut rb, &pipeline, 3).await;
+    let mut direct = raw_direct(&b.database).await;
+    let expected = transcript(&mut direct, &pipeline, 3).await;
+    assert_eq!(
+        expected,
+        ["C(BEGIN)", "C(INSERT 0 1)", "Z(T)", "E(22012)", "Z(E)", "C(ROLLBACK)", "Z(I)"],
+        "PostgreSQL's answer"
+    );
+    assert_eq!(proxied, expected, "b's transcript differs from PostgreSQL's");
+    assert_eq!(ids(&su, "public.t").await, "", "b's row in public.t");
+    assert_eq!(ids(&su, &format!("\"{}\".t", b.id)).await, "", "b's rolled-back row in its t");
+}
