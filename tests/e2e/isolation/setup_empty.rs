@@ -69,3 +69,16 @@ async fn a_failing_transaction_behind_the_handoff_is_answered_as_postgres_answer
     assert_eq!(ids(&su, "public.t").await, "", "b's row in public.t");
     assert_eq!(ids(&su, &format!("\"{}\".t", b.id)).await, "", "b's rolled-back row in its t");
 }
+
+/// b's first statement behind the handoff fails; its next write, an INSERT, lands in b's own
+/// t: the SET was committed by the setup's empty query, not rolled back with b's failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_first_statement_does_not_roll_the_setup_back() {
+    let (_h, su, b, mut rb) = b_behind_a().await;
+    let failed = transcript(&mut rb, &query("SELECT 1/0"), 1).await;
+    assert_eq!(failed, ["E(22012)", "Z(I)"], "b's failing first statement");
+    let inserted = transcript(&mut rb, &query("INSERT INTO t VALUES (3, 'b')"), 1).await;
+    assert_eq!(inserted, ["C(INSERT 0 1)", "Z(I)"], "b's INSERT");
+    assert_eq!(ids(&su, &format!("\"{}\".t", b.id)).await, "3", "b's row in its own t");
+    assert_eq!(ids(&su, "public.t").await, "", "b's row in public.t");
+}
