@@ -14,15 +14,20 @@ CASES=${CASES:-10000}
 PROPTEST=${PROPTEST:-200000}
 
 echo "== reply-queue property tests: $PROPTEST cases each"
-PROPTEST_CASES=$PROPTEST cargo test --quiet --lib client::pipeline 2>&1 | grep -E "test result|panicked|minimal" || true
+failed=0
+out=$(PROPTEST_CASES=$PROPTEST cargo test --quiet --lib client::pipeline 2>&1) || failed=1
+grep -E "test result|panicked|minimal" <<<"$out" || true
 
 total=0
 for round in $(seq 1 "$ROUNDS"); do
   seed=$(( (RANDOM << 30) ^ (RANDOM << 15) ^ RANDOM ))
   echo "== differential round $round: seed $seed, $CASES sequences per pool mode"
-  PGTENANT_DIFF_SEED=$seed PGTENANT_DIFF_CASES=$CASES \
-    cargo test --quiet --test e2e random_sequences_match_postgres -- --nocapture --test-threads 2 2>&1 |
-    grep -E "sequences,|differs|shortest|PostgreSQL:|pgtenant: |test result" || true
+  out=$(PGTENANT_DIFF_SEED=$seed PGTENANT_DIFF_CASES=$CASES \
+    cargo test --quiet --test e2e random_sequences_match_postgres -- --nocapture --test-threads 2 2>&1) ||
+    failed=1
+  grep -E "sequences,|differs|shortest|PostgreSQL:|pgtenant: |test result" <<<"$out" || true
   total=$(( total + 2 * CASES ))
 done
 echo "== $total sequences in all"
+# A differing sequence fails the run (it used to print and exit 0).
+exit "$failed"
