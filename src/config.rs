@@ -181,7 +181,8 @@ pub struct PoolDefaults {
     /// Seconds after which a server connection is closed when next released.
     pub max_lifetime: f64,
     /// Run when a session-mode client leaves, and on a transaction-mode server connection
-    /// whose session state a client changed, before it is reused.
+    /// whose session state a client changed, before it is reused; `random()` is reseeded
+    /// behind it (see `pool::session::reseed_query`).
     pub reset_query: String,
     /// Server connections pgtenant opens in total, across all upstreams.
     pub max_server_connections: usize,

@@ -75,7 +75,7 @@ impl ClientVars {
             .chain(app_name)
             .chain(from_options);
         for (k, v) in given {
-            if !is_setting_name(&k) || lasts_a_transaction(&k) {
+            if !is_setting_name(&k) || lasts_a_transaction(&k) || is_seed(&k) {
                 continue;
             }
             vars.temp_schema |= super::setcmd::names_temporary_schema(&v);
@@ -192,6 +192,11 @@ impl ClientVars {
         match cmd {
             // Nothing of it outlives the transaction: nothing to track, nothing to reset.
             SetCmd::Set { name, .. } | SetCmd::Reset { name } if lasts_a_transaction(name) => true,
+            // Replayed, it would restart the client's `random()` sequence at every handoff;
+            // reset (set_config to NULL) for the next client, it would seed that one with the
+            // fixed default. Untracked instead: the connection is reset, and reseeded (see
+            // `pool::session::reseed_query`), before another client uses it.
+            SetCmd::Set { name, .. } | SetCmd::Reset { name } if is_seed(name) => false,
             SetCmd::Set { name, value } if !is_tenant_var(name) => {
                 if self.reported_value(name).is_some() {
                     // The server reports these; its ParameterStatus carries the normalised value.
@@ -383,6 +388,12 @@ fn lasts_a_transaction(name: &str) -> bool {
     ["transaction_isolation", "transaction_read_only", "transaction_deferrable"]
         .iter()
         .any(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// The seed of `random()`: never replayed (see `apply_cmd`); from a startup packet it is
+/// dropped, as no connection the client gets is seeded for it alone.
+fn is_seed(name: &str) -> bool {
+    name.eq_ignore_ascii_case("seed")
 }
 
 /// Setting names are identifiers, possibly dotted (`pgtenant.tenant_id`).

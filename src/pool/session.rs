@@ -140,8 +140,8 @@ const CANCEL_RETRIES: [std::time::Duration; 2] =
 /// Runs a reset query on a connection, reading until ReadyForQuery and recording the
 /// ParameterStatus changes it causes. The reply must be exactly what a successful reset
 /// sends and nothing after it; anything else fails it, and the caller closes the connection.
-/// pgtenant's own resets (DISCARD ALL, CLOSE ALL, RESET) must complete with their own tag,
-/// once. A configured `reset_query` of other statements may return anything but an error or
+/// pgtenant's own resets (DISCARD ALL, then the reseed; CLOSE ALL; RESET) must complete with
+/// their own tag, once. A configured `reset_query` of other statements may return anything but an error or
 /// a transaction left open, so a marker query goes behind it (see [`CustomReply`]): a reply
 /// the session still owed is then never taken for the reset's.
 pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
@@ -157,14 +157,25 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
         Some(_) => None,
         None => {
             let reply = CustomReply::new();
-            frontend::query(&mut out, &format!("SELECT 1 AS \"{}\"", reply.token)).map_err(|_| ())?;
+            frontend::query(&mut out, &format!("{} AS \"{}\"", reseed_query(), reply.token))
+                .map_err(|_| ())?;
             Some(reply)
         }
     };
+    // The replies of pgtenant's own reset, in order: its completion and ReadyForQuery, then
+    // for DISCARD ALL the reseed's.
+    let mut expected: Vec<(u8, Option<&[u8]>)> = Vec::new();
+    if let Some(t) = tag {
+        expected.extend([(be::COMMAND_COMPLETE, Some(t)), (be::READY_FOR_QUERY, Some(&b"I"[..]))]);
+    }
+    if tag == Some(RESET_TAG) {
+        frontend::query(&mut out, &reseed_query()).map_err(|_| ())?;
+        expected.extend(RESEED_REPLIES);
+    }
+    let mut at = 0;
     let conn = co.conn();
     conn.stream.write_all(&out).await.map_err(|_| ())?;
     let mut changed = Vec::new();
-    let mut completed = false;
     let mut reader = FrameReader::new(&mut conn.stream, DEFAULT_MAX_MESSAGE);
     let ok = loop {
         let f = match reader.read_frame().await {
@@ -180,17 +191,16 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
                 None => continue,
             }
         }
-        match f.tag() {
-            be::COMMAND_COMPLETE => {
-                if tag != Some(f.body()) || completed {
-                    break false;
-                }
-                completed = true;
-            }
-            // Notifications for LISTENs the reset ends belong to the previous client.
-            be::PARAMETER_STATUS | be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE => {}
-            be::READY_FOR_QUERY => break f.body() == [txn::IDLE] && completed,
+        // Notifications for LISTENs the reset ends belong to the previous client.
+        if matches!(f.tag(), be::PARAMETER_STATUS | be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE) {
+            continue;
+        }
+        match expected.get(at) {
+            Some(&(t, body)) if t == f.tag() && body.is_none_or(|b| b == f.body()) => at += 1,
             _ => break false,
+        }
+        if at == expected.len() {
+            break true;
         }
     };
     let leftover = reader.buffered();
@@ -205,8 +215,16 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
     }
 }
 
-/// The reply to a configured reset query followed by a marker query (`SELECT 1` as a column
-/// named with a random token no client can guess). The server answers in order, so the
+/// What the reseed behind DISCARD ALL answers as a simple query (see [`reseed_query`]).
+const RESEED_REPLIES: [(u8, Option<&[u8]>); 4] = [
+    (be::ROW_DESCRIPTION, None),
+    (be::DATA_ROW, None),
+    (be::COMMAND_COMPLETE, Some(b"SELECT 1\0")),
+    (be::READY_FOR_QUERY, Some(b"I")),
+];
+
+/// The reply to a configured reset query followed by a marker query (the reseed, see
+/// [`reseed_query`], as a column named with a random token no client can guess). The server answers in order, so the
 /// marker's RowDescription comes after every reply the connection owed; what comes before it
 /// may be rows, completions and idle ReadyForQuerys, never an error, a copy or a transaction
 /// left open.
@@ -272,6 +290,16 @@ fn completion_tag(sql: &str) -> Option<&'static [u8]> {
     }
 }
 
+/// What goes with every reset (behind DISCARD ALL, and as a configured reset's marker): a
+/// fresh seed for `random()`, whose state DISCARD ALL keeps, so that a session that seeded it
+/// (`setseed()`, `SET seed`) cannot know what the next one draws. pgtenant's own random value,
+/// quoted (no operator of the search_path is looked up for it).
+pub fn reseed_query() -> String {
+    // 53 random bits spread over [-1, 1), the range setseed takes.
+    let seed = (rand::random::<u64>() >> 11) as f64 / (1u64 << 52) as f64 - 1.0;
+    format!("SELECT pg_catalog.setseed('{seed}'::pg_catalog.float8)")
+}
+
 /// What keeps the previous session's statement timeout from cancelling DISCARD ALL (its
 /// timer starts with the statement, before DISCARD ALL resets the setting). A lock timeout
 /// needs no guard: DISCARD ALL's RESET ALL restores it before anything in it waits for a lock;
@@ -311,6 +339,7 @@ pub fn hand_over(conn: &mut ServerConn, client: u64, tenant: &TenantId, tenant_v
 pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String, String)]) {
     if frontend::query(out, RESET_GUARD).is_ok() {
         frontend::unsynced(out, CROSS_TENANT_RESET);
+        frontend::unsynced(out, &reseed_query());
     }
     conn.vars = params.to_vec();
     conn.idle_setting |= names_idle_setting(&conn.vars);
@@ -368,7 +397,7 @@ const SETUP_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
 /// The parts of a handoff, as bits: which segments of [`HANDOFF_REPLIES`] are due.
 pub mod part {
-    /// DISCARD ALL ([`super::queue_reset`]).
+    /// DISCARD ALL and the reseed ([`super::queue_reset`]).
     pub const RESET: u8 = 1;
     pub const BEGIN: u8 = 2;
     /// `SET search_path TO …`.
@@ -383,11 +412,17 @@ pub mod part {
 /// What the server answers a handoff's unsynced statements, in order (asynchronous messages
 /// aside): the message tag and, for a CommandComplete its command tag, for a ReadyForQuery
 /// its status. Each [`part`] is a segment (see [`SEGMENTS`]): a statement's Parse, Bind and
-/// Execute replies and the Close of the unnamed statement, or the empty query's replies.
-pub const HANDOFF_REPLIES: [(u8, &[u8]); 23] = [
+/// Execute replies and the Close of the unnamed statement (two statements for the reset), or
+/// the empty query's replies.
+pub const HANDOFF_REPLIES: [(u8, &[u8]); 28] = [
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
     (be::COMMAND_COMPLETE, RESET_TAG),
+    (be::CLOSE_COMPLETE, b""),
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::DATA_ROW, b""),
+    (be::COMMAND_COMPLETE, b"SELECT 1\0"),
     (be::CLOSE_COMPLETE, b""),
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
@@ -412,7 +447,7 @@ pub const HANDOFF_REPLIES: [(u8, &[u8]); 23] = [
 
 /// Where each [`part`]'s segment of [`HANDOFF_REPLIES`] starts (bit `i` of the mask: segment
 /// `i`), and the end.
-pub const SEGMENTS: [u8; 7] = [0, 4, 8, 12, 17, 21, 23];
+pub const SEGMENTS: [u8; 7] = [0, 9, 13, 17, 22, 26, 28];
 
 /// The first reply at or after `i` that `parts` are due; [`HANDOFF_REPLIES`]' length when none.
 pub fn first_due(mut i: u8, parts: u8) -> u8 {
@@ -541,13 +576,14 @@ mod tests {
         assert_eq!(run_parts(alone, &in_failed), Some(false));
         assert_eq!(run_parts(alone, &[(b'1', None), (b'2', None), (b'E', None)]), Some(false));
         assert_eq!(run_parts(alone, &empty[..4]), None);
-        // Behind a reset: the reset's four replies, then the setup's.
-        let reset: Vec<(u8, Option<&[u8]>)> =
-            vec![(b'1', None), (b'2', None), (b'C', Some(RESET_TAG)), (b'3', None)];
+        // Behind a reset: DISCARD ALL's and the reseed's replies, then the setup's.
+        let reset = [statement(RESET_TAG), statement(b"SELECT 1\0")].concat();
         assert_eq!(run_parts(both | part::RESET, &[reset.clone(), setup.clone()].concat()), Some(true));
         assert_eq!(run_parts(both | part::RESET, &reset), None);
-        // A reset alone is done after its four.
-        assert_eq!(run_parts(part::RESET, &[reset, setup].concat()), Some(true));
+        // A reset alone is done after the reseed's; not before it.
+        assert_eq!(run_parts(part::RESET, &[reset.clone(), setup].concat()), Some(true));
+        assert_eq!(run_parts(part::RESET, &reset[..4]), None);
+        assert_eq!(run_parts(part::RESET, &[&reset[..4], &statement(b"SET\0")].concat()), Some(false));
     }
 
     #[test]
@@ -560,6 +596,7 @@ mod tests {
             (b'N', None),
             (b'3', None),
         ];
+        let ok = [ok, statement(b"SELECT 1\0")].concat();
         assert_eq!(run(&ok), Some(true));
         let wrong_tag: Vec<(u8, Option<&[u8]>)> =
             vec![(b'1', None), (b'2', None), (b'C', Some(b"SELECT 1\0"))];
