@@ -390,3 +390,51 @@ async fn a_client_leaving_while_its_setup_waits_never_lets_its_statement_run_els
     assert_eq!(in_public, "", "b's INSERT ran on the reset search_path");
     assert_eq!(in_b, "", "b's INSERT ran although its setup was cancelled");
 }
+
+/// A client's own `lock_timeout` (tracked, replayed for it alone) must not bound the setup
+/// of the next client of its tenant on that connection: the setup runs before it resets the
+/// setting. Client 1 sets `lock_timeout = '100ms'`; client 2 (own `client_encoding`, whose
+/// check looks the conversion up in `pg_conversion`) gets the same fresh backend while a
+/// superuser transaction holds that catalog locked for a second. Client 2 must wait and be
+/// served, as it would be on a connection of its own, not get 55P03 from client 1's setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clients_lock_timeout_never_bounds_the_setup() {
+    use std::time::Duration;
+    let (a, _b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone()]).await;
+    let su = admin(&a.database).await;
+    let c1 = h.client(&a.id).await;
+    let p0 = pid(&c1).await;
+    c1.batch_execute("SET lock_timeout = '100ms'").await.expect("client 1's lock_timeout");
+    let locker = admin(&a.database).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE pg_catalog.pg_conversion IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock pg_conversion");
+    let user = format!("app.{}", a.id);
+    let mut c2 = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    send(&mut c2, &startup_packet(&[("user", &user), ("client_encoding", "LATIN1")])).await;
+    let (_, closed) = read_ready(&mut c2, 1, Duration::from_secs(5)).await;
+    assert!(!closed, "client 2 logs in");
+    send(&mut c2, &query("SELECT pg_backend_pid(), current_setting('lock_timeout')")).await;
+    let waiting = eventually(Duration::from_secs(5), || {
+        let su = &su;
+        async move {
+            let sql = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'";
+            su.query_one(sql, &[&p0]).await.expect("activity").get::<_, i64>(0) == 1
+        }
+    })
+    .await;
+    assert!(waiting, "client 2's setup waits for pg_conversion on backend {p0}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    locker.batch_execute("COMMIT").await.expect("unlock");
+    let (got, _) = read_ready(&mut c2, 1, Duration::from_secs(5)).await;
+    let rows: Vec<Vec<String>> =
+        messages(&got).into_iter().filter(|(t, _)| *t == b'D').map(|(_, d)| data_row(d)).collect();
+    assert_eq!(
+        rows,
+        vec![vec![p0.to_string(), "0".to_owned()]],
+        "client 2 must be served on backend {p0} with its own lock_timeout; got {:?}",
+        summary(&got)
+    );
+}
