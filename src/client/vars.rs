@@ -195,7 +195,7 @@ impl ClientVars {
             // Replayed, it would restart the client's `random()` sequence at every handoff;
             // reset (set_config to NULL) for the next client, it would seed that one with the
             // fixed default. Untracked instead: the connection is reset, and reseeded (see
-            // `pool::session::reseed_query`), before another client uses it.
+            // `pool::handoff::reseed_query`), before another client uses it.
             SetCmd::Set { name, .. } | SetCmd::Reset { name } if is_seed(name) => false,
             SetCmd::Set { name, value } if !is_tenant_var(name) => {
                 if self.reported_value(name).is_some() {
@@ -234,7 +234,7 @@ impl ClientVars {
     /// The statements that bring `conn` in line with this client, updating what `conn`
     /// remembers; `None` when it already is. `pool_params` names the reportable settings
     /// (anything else `conn` carries was applied by pgtenant for a client and may need a
-    /// reset). They go as unsynced extended statements ([`crate::pool::session::queue_setup`]).
+    /// reset). They go as unsynced extended statements ([`crate::pool::handoff::queue_setup`]).
     pub fn sync_query(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<Setup> {
         if conn.vars_fingerprint() == self.fingerprint {
             return None;

@@ -16,6 +16,7 @@ mod cap;
 mod capacity;
 mod error;
 mod fair;
+pub mod handoff;
 mod idle;
 mod listing;
 mod pause;

@@ -18,9 +18,8 @@ use super::{
 };
 use crate::client::meter::Meter;
 use crate::console::live::{Signal, SignalReader, CLIENT_READ, FORCE, KICK};
-use crate::pool::session::{
-    acts_while_idle, first_due, hand_over, needs_reset, part, queue_reset, queue_setup, retire, Retire,
-};
+use crate::pool::handoff::{first_due, hand_over, needs_reset, part, queue_reset, queue_setup};
+use crate::pool::session::{acts_while_idle, retire, Retire};
 use crate::pool::Checkout;
 use crate::protocol::backend::txn;
 use crate::protocol::PgError;

@@ -40,15 +40,15 @@ pub(super) struct Progress {
 }
 
 /// A handoff's replies (a cross-tenant reset, the session's setup), swallowed and checked
-/// (see [`crate::pool::session::queue_reset`] and [`crate::pool::session::queue_setup`]).
+/// (see [`crate::pool::handoff::queue_reset`] and [`crate::pool::handoff::queue_setup`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ResetPhase {
     /// None queued, or its replies checked.
     #[default]
     Done,
     /// Until the reset's guard query's ReadyForQuery; then the replies of the given parts
-    /// (`pool::session::part`).
+    /// (`pool::handoff::part`).
     Guard(u8),
-    /// The next expected reply (an index in `pool::session::HANDOFF_REPLIES`) and the parts.
+    /// The next expected reply (an index in `pool::handoff::HANDOFF_REPLIES`) and the parts.
     Replies(u8, u8),
 }

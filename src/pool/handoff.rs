@@ -1,0 +1,397 @@
+//! A server connection handed to a client session: whether it needs the cross-tenant reset,
+//! what pgtenant queues in front of the client's first messages (the reset, the reseed of
+//! `random()`, the session's setup) and the exact replies that confirm them.
+
+use bytes::BytesMut;
+
+use super::server::names_idle_setting;
+use super::ServerConn;
+use crate::model::TenantId;
+use crate::protocol::backend::tag as be;
+use crate::protocol::frontend;
+
+/// What a connection that passes to another tenant runs first: it drops prepared statements,
+/// portals and cursors, temporary tables, LISTENs, advisory locks, sequence state (`lastval`)
+/// and plans, and resets every setting and the role (DISCARD ALL; see
+/// <https://www.postgresql.org/docs/current/sql-discard.html>).
+pub const CROSS_TENANT_RESET: &str = "DISCARD ALL";
+
+/// What goes with every reset (behind DISCARD ALL, and as a configured reset's marker): a
+/// fresh seed for `random()`, whose state DISCARD ALL keeps, so that a session that seeded it
+/// (`setseed()`, `SET seed`) cannot know what the next one draws. pgtenant's own random value,
+/// quoted (no operator of the search_path is looked up for it).
+pub fn reseed_query() -> String {
+    // 53 random bits spread over [-1, 1), the range setseed takes.
+    let seed = (rand::random::<u64>() >> 11) as f64 / (1u64 << 52) as f64 - 1.0;
+    format!("SELECT pg_catalog.setseed('{seed}'::pg_catalog.float8)")
+}
+
+/// What keeps the previous session's statement timeout from cancelling DISCARD ALL (its
+/// timer starts with the statement, before DISCARD ALL resets the setting). A lock timeout
+/// needs no guard: DISCARD ALL's RESET ALL restores it before anything in it waits for a lock;
+/// a reset that waits too long is bounded by the session instead (`Limit::Reset`).
+pub const RESET_GUARD: &str = "SET statement_timeout = 0";
+
+/// Whether `conn` must be reset before `tenant` uses it: another tenant used it last, or a
+/// client left session state on it.
+pub fn needs_reset(conn: &ServerConn, tenant: &TenantId) -> bool {
+    conn.dirty || conn.tenant.as_ref().is_some_and(|t| t != tenant)
+}
+
+/// Hands `conn` to client session `client` of `tenant`. When another client ran something
+/// that may have changed settings without a SET (set_config, a DO block), the tenant's
+/// isolation settings are forgotten so that they are applied afresh.
+pub fn hand_over(conn: &mut ServerConn, client: u64, tenant: &TenantId, tenant_vars: &[(String, String)]) {
+    if conn.last_client != client && conn.settings_suspect && !tenant_vars.is_empty() {
+        conn.settings_suspect = false;
+        conn.vars.retain(|(k, _)| !tenant_vars.iter().any(|(t, _)| t.eq_ignore_ascii_case(k)));
+        conn.vars_fingerprint = 0;
+    }
+    conn.last_client = client;
+    // The tenant's own connection, as a rule (the idle pick prefers it): nothing to replace.
+    if conn.tenant.as_ref() != Some(tenant) {
+        conn.tenant = Some(tenant.clone());
+    }
+}
+
+/// Queues the reset and records the connection as the reset leaves it (its reportable
+/// settings back to the pool's values, nothing of pgtenant's). The guard goes as a simple
+/// Query (one ReadyForQuery, swallowed; its failure changes nothing, since DISCARD ALL resets
+/// what it sets), DISCARD ALL as an unsynced extended statement ([`frontend::unsynced`]): the
+/// caller swallows and checks its four replies ([`HANDOFF_REPLIES`]) and may send the client's
+/// messages behind it up to the client's first Sync, which a failed reset makes the server
+/// skip (the caller holds the rest until the reset's reply is checked; an ErrorResponse ends
+/// the session and closes the connection).
+pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String, String)]) {
+    if frontend::query(out, RESET_GUARD).is_ok() {
+        frontend::unsynced(out, CROSS_TENANT_RESET);
+        frontend::unsynced(out, &reseed_query());
+    }
+    conn.vars = params.to_vec();
+    conn.idle_setting |= names_idle_setting(&conn.vars);
+    conn.vars_fingerprint = 0;
+    conn.prepared.clear();
+    // The reset's own unnamed statement replaces, then closes, any client's.
+    conn.unnamed = (0, 0);
+    conn.dirty = false;
+    conn.tenant = None;
+    conn.settings_suspect = false;
+    conn.cursors = false;
+}
+
+/// Queues the session's setup (behind a reset, if one is queued): `SET search_path TO …`
+/// and/or a `SELECT pg_catalog.set_config(…), …` (see `ClientVars::sync_query`), each an
+/// unsynced extended statement. Like the reset it is answered without a ReadyForQuery of its
+/// own; if it fails (a value the server refuses, a cancel or a timeout landing in it), the
+/// server skips every message up to the next Sync, simple queries included, so nothing of
+/// the client sent behind it runs without it. What commits it before the client's messages
+/// (so that a client statement that fails does not roll it back):
+/// - the SET alone (the tenant's search_path: the usual handoff) is followed by an empty
+///   simple query, which commits the implicit transaction and flushes the replies (the
+///   server sends unsynced statements' replies only at a Sync, a Flush or a ReadyForQuery);
+/// - with the SELECT (which takes a snapshot) the statements go between `BEGIN ISOLATION
+///   LEVEL READ COMMITTED` and `COMMIT`, then a Flush.
+///
+/// Returns the [`part`]s queued, whose replies the caller checks ([`reset_step`]).
+pub fn queue_setup(conn: &mut ServerConn, out: &mut BytesMut, set: Option<&str>, select: Option<&str>) -> u8 {
+    // The setup's unnamed statement replaces any client's, and is closed.
+    conn.unnamed = (0, 0);
+    let Some(select) = select else {
+        let Some(set) = set else { return 0 };
+        frontend::unsynced(out, set);
+        // An empty query: EmptyQueryResponse and ReadyForQuery, nothing parsed.
+        let _ = frontend::query(out, "");
+        return part::SET | part::EMPTY;
+    };
+    let mut parts = part::BEGIN | part::SELECT | part::COMMIT;
+    frontend::unsynced(out, SETUP_BEGIN);
+    if let Some(sql) = set {
+        frontend::unsynced(out, sql);
+        parts |= part::SET;
+    }
+    frontend::unsynced(out, select);
+    frontend::unsynced(out, "COMMIT");
+    out.extend_from_slice(frontend::FLUSH_MESSAGE);
+    parts
+}
+
+/// How the setup's transaction starts: read committed whatever defaults a previous client of
+/// the tenant left (a serializable, read-only, deferrable one's first snapshot would wait for
+/// every concurrent serializable read-write transaction to end). Not READ WRITE, which a hot
+/// standby refuses; nothing in the setup writes.
+const SETUP_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
+/// The parts of a handoff, as bits: which segments of [`HANDOFF_REPLIES`] are due.
+pub mod part {
+    /// DISCARD ALL and the reseed ([`super::queue_reset`]).
+    pub const RESET: u8 = 1;
+    pub const BEGIN: u8 = 2;
+    /// `SET search_path TO …`.
+    pub const SET: u8 = 4;
+    /// `SELECT pg_catalog.set_config(…), …`.
+    pub const SELECT: u8 = 8;
+    pub const COMMIT: u8 = 16;
+    /// The empty query behind a SET alone.
+    pub const EMPTY: u8 = 32;
+}
+
+/// What the server answers a handoff's unsynced statements, in order (asynchronous messages
+/// aside): the message tag and, for a CommandComplete its command tag, for a ReadyForQuery
+/// its status. Each [`part`] is a segment (see [`SEGMENTS`]): a statement's Parse, Bind and
+/// Execute replies and the Close of the unnamed statement (two statements for the reset), or
+/// the empty query's replies.
+pub const HANDOFF_REPLIES: [(u8, &[u8]); 28] = [
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::COMMAND_COMPLETE, RESET_TAG),
+    (be::CLOSE_COMPLETE, b""),
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::DATA_ROW, b""),
+    (be::COMMAND_COMPLETE, b"SELECT 1\0"),
+    (be::CLOSE_COMPLETE, b""),
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::COMMAND_COMPLETE, b"BEGIN\0"),
+    (be::CLOSE_COMPLETE, b""),
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::COMMAND_COMPLETE, b"SET\0"),
+    (be::CLOSE_COMPLETE, b""),
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::DATA_ROW, b""),
+    (be::COMMAND_COMPLETE, b"SELECT 1\0"),
+    (be::CLOSE_COMPLETE, b""),
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::COMMAND_COMPLETE, b"COMMIT\0"),
+    (be::CLOSE_COMPLETE, b""),
+    (be::EMPTY_QUERY_RESPONSE, b""),
+    (be::READY_FOR_QUERY, b"I"),
+];
+
+/// Where each [`part`]'s segment of [`HANDOFF_REPLIES`] starts (bit `i` of the mask: segment
+/// `i`), and the end.
+pub const SEGMENTS: [u8; 7] = [0, 9, 13, 17, 22, 26, 28];
+
+/// The first reply at or after `i` that `parts` are due; [`HANDOFF_REPLIES`]' length when none.
+pub fn first_due(mut i: u8, parts: u8) -> u8 {
+    for (seg, bounds) in SEGMENTS.windows(2).enumerate() {
+        if i < bounds[1] {
+            if parts & (1 << seg) != 0 {
+                return i.max(bounds[0]);
+            }
+            i = bounds[1];
+        }
+    }
+    SEGMENTS[SEGMENTS.len() - 1]
+}
+
+/// The CommandComplete tag of [`CROSS_TENANT_RESET`].
+pub const RESET_TAG: &[u8] = b"DISCARD ALL\0";
+
+/// What one server message means for a handoff whose reply `next` of [`HANDOFF_REPLIES`] is
+/// due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetStep {
+    /// An asynchronous message (notice, notification, parameter status): still due `next`.
+    Pass,
+    /// The expected reply: the one given is due now.
+    Next(u8),
+    /// The last expected reply: the reset and setup succeeded.
+    Done,
+    /// Anything else (an error, a ReadyForQuery, another tag or CommandComplete): it failed.
+    Failed,
+}
+
+/// Reads one server message (`tag`, and its body where it is a CommandComplete or a
+/// ReadyForQuery) while reply `next` of a handoff of `parts` is due (`next` as [`first_due`]
+/// gives it).
+pub fn reset_step(next: u8, parts: u8, tag: u8, body: Option<&[u8]>) -> ResetStep {
+    if matches!(tag, be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE | be::PARAMETER_STATUS) {
+        return ResetStep::Pass;
+    }
+    let checked = matches!(tag, be::COMMAND_COMPLETE | be::READY_FOR_QUERY);
+    match HANDOFF_REPLIES.get(usize::from(next)) {
+        Some((t, want)) if *t == tag && (!checked || body == Some(want)) => {}
+        _ => return ResetStep::Failed,
+    }
+    match first_due(next + 1, parts) {
+        n if usize::from(n) >= HANDOFF_REPLIES.len() => ResetStep::Done,
+        n => ResetStep::Next(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Runs `msgs` through [`reset_step`] for a handoff of `parts`: Some(true) done,
+    /// Some(false) failed, None still due.
+    fn run_parts(parts: u8, msgs: &[(u8, Option<&[u8]>)]) -> Option<bool> {
+        let mut next = first_due(0, parts);
+        for (tag, body) in msgs {
+            match reset_step(next, parts, *tag, *body) {
+                ResetStep::Pass => {}
+                ResetStep::Next(n) => next = n,
+                ResetStep::Done => return Some(true),
+                ResetStep::Failed => return Some(false),
+            }
+        }
+        None
+    }
+
+    /// A reset alone.
+    fn run(msgs: &[(u8, Option<&[u8]>)]) -> Option<bool> {
+        run_parts(part::RESET, msgs)
+    }
+
+    /// One statement's replies: Parse, Bind, a row for a SELECT, `tag`, Close.
+    fn statement(tag: &'static [u8]) -> Vec<(u8, Option<&'static [u8]>)> {
+        let mut replies = vec![(b'1', None), (b'2', None)];
+        if tag == b"SELECT 1\0" {
+            replies.push((b'D', None));
+        }
+        replies.extend([(b'C', Some(tag)), (b'3', None)]);
+        replies
+    }
+
+    #[test]
+    fn only_the_exact_replies_confirm_a_setup() {
+        let both = part::BEGIN | part::SET | part::SELECT | part::COMMIT;
+        let setup: Vec<(u8, Option<&[u8]>)> =
+            [statement(b"BEGIN\0"), statement(b"SET\0"), statement(b"SELECT 1\0"), statement(b"COMMIT\0")]
+                .concat();
+        assert_eq!(run_parts(both, &setup), Some(true));
+        // Parameter statuses (a reported setting) and notices pass anywhere.
+        let mut chatty = setup.clone();
+        chatty.insert(12, (b'S', None));
+        chatty.insert(3, (b'N', None));
+        assert_eq!(run_parts(both, &chatty), Some(true));
+        // Without the SET, or without the SELECT.
+        let no_set = [statement(b"BEGIN\0"), statement(b"SELECT 1\0"), statement(b"COMMIT\0")].concat();
+        assert_eq!(run_parts(both & !part::SET, &no_set), Some(true));
+        assert_eq!(run_parts(both, &no_set), Some(false));
+        let no_select = [statement(b"BEGIN\0"), statement(b"SET\0"), statement(b"COMMIT\0")].concat();
+        assert_eq!(run_parts(both & !part::SELECT, &no_select), Some(true));
+        // The setup refused: an error where its DataRow was due, no ReadyForQuery.
+        assert_eq!(run_parts(both, &[&setup[..10], &[(b'E', None)]].concat()), Some(false));
+        // A ReadyForQuery (some Sync went first) or the COMMIT missing: not confirmed.
+        assert_eq!(run_parts(both, &[&setup[..13], &[(b'Z', None)]].concat()), Some(false));
+        assert_eq!(run_parts(both, &setup[..16]), None);
+        // A ROLLBACK instead of COMMIT (the transaction failed): failed.
+        let rolled = [&setup[..13], &statement(b"ROLLBACK\0")[..]].concat();
+        assert_eq!(run_parts(both, &rolled), Some(false));
+        // A SET alone, committed by an empty query: its replies, EmptyQueryResponse, an idle
+        // ReadyForQuery.
+        let alone = part::SET | part::EMPTY;
+        let empty: Vec<(u8, Option<&[u8]>)> =
+            [statement(b"SET\0"), vec![(b'I', None), (b'S', None), (b'Z', Some(&b"I"[..]))]].concat();
+        assert_eq!(run_parts(alone, &empty), Some(true));
+        let in_failed: Vec<(u8, Option<&[u8]>)> =
+            [statement(b"SET\0"), vec![(b'I', None), (b'Z', Some(&b"E"[..]))]].concat();
+        assert_eq!(run_parts(alone, &in_failed), Some(false));
+        assert_eq!(run_parts(alone, &[(b'1', None), (b'2', None), (b'E', None)]), Some(false));
+        assert_eq!(run_parts(alone, &empty[..4]), None);
+        // Behind a reset: DISCARD ALL's and the reseed's replies, then the setup's.
+        let reset = [statement(RESET_TAG), statement(b"SELECT 1\0")].concat();
+        assert_eq!(run_parts(both | part::RESET, &[reset.clone(), setup.clone()].concat()), Some(true));
+        assert_eq!(run_parts(both | part::RESET, &reset), None);
+        // A reset alone is done after the reseed's; not before it.
+        assert_eq!(run_parts(part::RESET, &[reset.clone(), setup].concat()), Some(true));
+        assert_eq!(run_parts(part::RESET, &reset[..4]), None);
+        assert_eq!(run_parts(part::RESET, &[&reset[..4], &statement(b"SET\0")].concat()), Some(false));
+    }
+
+    #[test]
+    fn only_the_exact_replies_confirm_a_reset() {
+        let ok: Vec<(u8, Option<&[u8]>)> = vec![
+            (b'1', None),
+            (b'S', None),
+            (b'2', None),
+            (b'C', Some(RESET_TAG)),
+            (b'N', None),
+            (b'3', None),
+        ];
+        let ok = [ok, statement(b"SELECT 1\0")].concat();
+        assert_eq!(run(&ok), Some(true));
+        let wrong_tag: Vec<(u8, Option<&[u8]>)> =
+            vec![(b'1', None), (b'2', None), (b'C', Some(b"SELECT 1\0"))];
+        assert_eq!(run(&wrong_tag), Some(false));
+        assert_eq!(run(&[(b'1', None), (b'E', None)]), Some(false));
+        assert_eq!(run(&[(b'Z', None)]), Some(false));
+        assert_eq!(run(&[(b'1', None), (b'2', None)]), None);
+    }
+
+    /// Mostly the tags a reset's reply has (so the exact sequence comes up), sometimes any byte.
+    fn reply_tag() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            4 => proptest::sample::select(b"123CDINASEZ".to_vec()),
+            1 => any::<u8>(),
+        ]
+    }
+
+    proptest! {
+        /// Arbitrary server messages never confirm a handoff (any mix of reset, SET and
+        /// SELECT) unless its replies came in order with the right command tags
+        /// (asynchronous messages aside), and never panic. Half the cases are the exact
+        /// replies with one message changed, left out or added, so near misses come up.
+        #[test]
+        fn arbitrary_replies_confirm_only_the_exact_sequence(
+            reset in any::<bool>(),
+            setup in 0..4u8,
+            random in proptest::collection::vec(reply_tag(), 0..24),
+            near in any::<bool>(),
+            at in any::<usize>(),
+            edit in 0..3u8,
+            other in reply_tag(),
+        ) {
+            // setup 0: none; 1: SET and the empty query; else BEGIN, SELECT, COMMIT, and SET
+            // (3).
+            let mut parts = if reset { part::RESET } else { 0 };
+            parts |= match setup {
+                0 => 0,
+                1 => part::SET | part::EMPTY,
+                2 => part::BEGIN | part::SELECT | part::COMMIT,
+                _ => part::BEGIN | part::SET | part::SELECT | part::COMMIT,
+            };
+            if parts == 0 {
+                parts = part::RESET;
+            }
+            // The oracle's list: the segments of the parts, read off SEGMENTS directly.
+            let exact: Vec<(u8, &[u8])> = SEGMENTS
+                .windows(2)
+                .enumerate()
+                .filter(|(seg, _)| parts & (1 << seg) != 0)
+                .flat_map(|(_, b)| HANDOFF_REPLIES[usize::from(b[0])..usize::from(b[1])].iter().copied())
+                .collect();
+            let msgs: Vec<(u8, &[u8])> = if near {
+                let mut m = exact.clone();
+                let i = at % (m.len() + 1);
+                match edit {
+                    0 if i < m.len() => m[i].0 = other,
+                    1 if i < m.len() => { m.remove(i); }
+                    _ => m.insert(i, (other, b"SELECT 1\0")),
+                }
+                m
+            } else {
+                random.iter().map(|t| (*t, &b"COMMIT\0"[..])).collect()
+            };
+            let checked = |t: u8| matches!(t, b'C' | b'Z');
+            let view: Vec<(u8, Option<&[u8]>)> =
+                msgs.iter().map(|(t, b)| (*t, checked(*t).then_some(*b))).collect();
+            let outcome = run_parts(parts, &view);
+            let essential: Vec<(u8, &[u8])> = msgs
+                .iter()
+                .filter(|(t, _)| !matches!(*t, b'N' | b'A' | b'S'))
+                .map(|(t, b)| (*t, if checked(*t) { *b } else { &b""[..] }))
+                .collect();
+            let want: Vec<(u8, &[u8])> =
+                exact.iter().map(|(t, b)| (*t, if checked(*t) { *b } else { &b""[..] })).collect();
+            let confirmed = essential.len() >= want.len() && essential[..want.len()] == want[..];
+            prop_assert_eq!(outcome == Some(true), confirmed);
+        }
+    }
+}
