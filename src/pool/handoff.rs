@@ -90,10 +90,17 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
 ///   simple query, which commits the implicit transaction and flushes the replies (the
 ///   server sends unsynced statements' replies only at a Sync, a Flush or a ReadyForQuery);
 /// - with the SELECT (which takes a snapshot) the statements go between `BEGIN ISOLATION
-///   LEVEL READ COMMITTED` and `COMMIT`, then a Flush.
+///   LEVEL READ COMMITTED` and `COMMIT`, then a Flush. With `guard` (see [`bounds_setup`]) the
+///   timeouts are lifted for that transaction first ([`SETUP_GUARD`]).
 ///
 /// Returns the [`part`]s queued, whose replies the caller checks ([`reset_step`]).
-pub fn queue_setup(conn: &mut ServerConn, out: &mut BytesMut, set: Option<&str>, select: Option<&str>) -> u8 {
+pub fn queue_setup(
+    conn: &mut ServerConn,
+    out: &mut BytesMut,
+    set: Option<&str>,
+    select: Option<&str>,
+    guard: bool,
+) -> u8 {
     // The setup's unnamed statement replaces any client's, and is closed.
     conn.unnamed = (0, 0);
     let Some(select) = select else {
@@ -105,6 +112,10 @@ pub fn queue_setup(conn: &mut ServerConn, out: &mut BytesMut, set: Option<&str>,
     };
     let mut parts = part::BEGIN | part::SELECT | part::COMMIT;
     frontend::unsynced(out, SETUP_BEGIN);
+    if guard {
+        frontend::unsynced(out, SETUP_GUARD);
+        parts |= part::GUARD;
+    }
     if let Some(sql) = set {
         frontend::unsynced(out, sql);
         parts |= part::SET;
@@ -114,6 +125,22 @@ pub fn queue_setup(conn: &mut ServerConn, out: &mut BytesMut, set: Option<&str>,
     out.extend_from_slice(frontend::FLUSH_MESSAGE);
     parts
 }
+
+/// Whether `conn` carries a client's `statement_timeout` or `lock_timeout` (the values in
+/// force when the setup runs; another client's, of the tenant, as a rule), which could cancel
+/// the setup, or end a wait of its for a lock (`client_encoding`'s check looks up
+/// `pg_conversion`), before its SELECT resets them: the next client would get the error
+/// of a setting it never made. Called before the setup is worked out.
+pub fn bounds_setup(conn: &ServerConn) -> bool {
+    TIMEOUTS.iter().any(|k| conn.var(k).is_some_and(|v| v.trim() != "0"))
+}
+
+const TIMEOUTS: [&str; 2] = ["statement_timeout", "lock_timeout"];
+
+/// What lifts [`TIMEOUTS`] for the setup's transaction (`SET LOCAL`: the setup's SELECT, or
+/// the values `conn` had, apply from its COMMIT on).
+const SETUP_GUARD: &str = "SELECT pg_catalog.set_config('statement_timeout', '0', true), \
+                           pg_catalog.set_config('lock_timeout', '0', true)";
 
 /// How the setup's transaction starts: read committed whatever defaults a previous client of
 /// the tenant left (a serializable, read-only, deferrable one's first snapshot would wait for
@@ -126,13 +153,15 @@ pub mod part {
     /// DISCARD ALL and the reseed ([`super::queue_reset`]).
     pub const RESET: u8 = 1;
     pub const BEGIN: u8 = 2;
+    /// The timeouts lifted for the setup ([`super::SETUP_GUARD`]).
+    pub const GUARD: u8 = 4;
     /// `SET search_path TO …`.
-    pub const SET: u8 = 4;
+    pub const SET: u8 = 8;
     /// `SELECT pg_catalog.set_config(…), …`.
-    pub const SELECT: u8 = 8;
-    pub const COMMIT: u8 = 16;
+    pub const SELECT: u8 = 16;
+    pub const COMMIT: u8 = 32;
     /// The empty query behind a SET alone.
-    pub const EMPTY: u8 = 32;
+    pub const EMPTY: u8 = 64;
 }
 
 /// What the server answers a handoff's unsynced statements, in order (asynchronous messages
@@ -140,7 +169,7 @@ pub mod part {
 /// its status. Each [`part`] is a segment (see [`SEGMENTS`]): a statement's Parse, Bind and
 /// Execute replies and the Close of the unnamed statement (two statements for the reset), or
 /// the empty query's replies.
-pub const HANDOFF_REPLIES: [(u8, &[u8]); 28] = [
+pub const HANDOFF_REPLIES: [(u8, &[u8]); 33] = [
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
     (be::COMMAND_COMPLETE, RESET_TAG),
@@ -153,6 +182,11 @@ pub const HANDOFF_REPLIES: [(u8, &[u8]); 28] = [
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
     (be::COMMAND_COMPLETE, b"BEGIN\0"),
+    (be::CLOSE_COMPLETE, b""),
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::DATA_ROW, b""),
+    (be::COMMAND_COMPLETE, b"SELECT 1\0"),
     (be::CLOSE_COMPLETE, b""),
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
@@ -173,7 +207,7 @@ pub const HANDOFF_REPLIES: [(u8, &[u8]); 28] = [
 
 /// Where each [`part`]'s segment of [`HANDOFF_REPLIES`] starts (bit `i` of the mask: segment
 /// `i`), and the end.
-pub const SEGMENTS: [u8; 7] = [0, 9, 13, 17, 22, 26, 28];
+pub const SEGMENTS: [u8; 8] = [0, 9, 13, 18, 22, 27, 31, 33];
 
 /// The first reply at or after `i` that `parts` are due; [`HANDOFF_REPLIES`]' length when none.
 pub fn first_due(mut i: u8, parts: u8) -> u8 {
@@ -276,6 +310,11 @@ mod tests {
         assert_eq!(run_parts(both, &no_set), Some(false));
         let no_select = [statement(b"BEGIN\0"), statement(b"SET\0"), statement(b"COMMIT\0")].concat();
         assert_eq!(run_parts(both & !part::SELECT, &no_select), Some(true));
+        // With the timeouts lifted: their SELECT right after BEGIN, and only then.
+        let guarded = [&setup[..4], &statement(b"SELECT 1\0"), &setup[4..]].concat();
+        assert_eq!(run_parts(both | part::GUARD, &guarded), Some(true));
+        assert_eq!(run_parts(both | part::GUARD, &setup), Some(false));
+        assert_eq!(run_parts(both, &guarded), Some(false));
         // The setup refused: an error where its DataRow was due, no ReadyForQuery.
         assert_eq!(run_parts(both, &[&setup[..10], &[(b'E', None)]].concat()), Some(false));
         // A ReadyForQuery (some Sync went first) or the COMMIT missing: not confirmed.
@@ -341,7 +380,7 @@ mod tests {
         #[test]
         fn arbitrary_replies_confirm_only_the_exact_sequence(
             reset in any::<bool>(),
-            setup in 0..4u8,
+            setup in 0..5u8,
             random in proptest::collection::vec(reply_tag(), 0..24),
             near in any::<bool>(),
             at in any::<usize>(),
@@ -349,13 +388,14 @@ mod tests {
             other in reply_tag(),
         ) {
             // setup 0: none; 1: SET and the empty query; else BEGIN, SELECT, COMMIT, and SET
-            // (3).
+            // (3), and the guard (4).
             let mut parts = if reset { part::RESET } else { 0 };
             parts |= match setup {
                 0 => 0,
                 1 => part::SET | part::EMPTY,
                 2 => part::BEGIN | part::SELECT | part::COMMIT,
-                _ => part::BEGIN | part::SET | part::SELECT | part::COMMIT,
+                3 => part::BEGIN | part::SET | part::SELECT | part::COMMIT,
+                _ => part::BEGIN | part::GUARD | part::SET | part::SELECT | part::COMMIT,
             };
             if parts == 0 {
                 parts = part::RESET;

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::client::meter::Meter;
 use crate::console::live::{Signal, SignalReader, CLIENT_READ, FORCE, KICK};
-use crate::pool::handoff::{first_due, hand_over, needs_reset, part, queue_reset, queue_setup};
+use crate::pool::handoff::{bounds_setup, first_due, hand_over, needs_reset, part, queue_reset, queue_setup};
 use crate::pool::session::{acts_while_idle, retire, Retire};
 use crate::pool::Checkout;
 use crate::protocol::backend::txn;
@@ -118,9 +118,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         // The setup goes in the same write as the client's first messages, up to the
         // client's first Sync: if it fails, the server skips them (see `queue_setup`).
         let mut parts = if reset { part::RESET } else { 0 };
+        let guard = bounds_setup(conn);
         if let Some(setup) = self.vars.sync_query(conn, &self.pool_params) {
             let (set, select) = (setup.set_search_path.as_deref(), setup.select.as_deref());
-            parts |= queue_setup(conn, &mut self.out, set, select);
+            parts |= queue_setup(conn, &mut self.out, set, select, guard);
         }
         if parts == part::RESET {
             // The server sends the replies of unsynced statements only when its output is
