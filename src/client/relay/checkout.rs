@@ -118,7 +118,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         // The setup goes in the same write as the client's first messages, up to the
         // client's first Sync: if it fails, the server skips them (see `queue_setup`).
         let mut parts = if reset { part::RESET } else { 0 };
-        let guard = bounds_setup(conn);
+        // Looked at only when a setup is due (most checkouts need none), before it is worked
+        // out: what the connection carries while the setup runs.
+        let guard = conn.vars_fingerprint() != self.vars.fingerprint() && bounds_setup(conn);
         if let Some(setup) = self.vars.sync_query(conn, &self.pool_params) {
             let (set, select) = (setup.set_search_path.as_deref(), setup.select.as_deref());
             parts |= queue_setup(conn, &mut self.out, set, select, guard);
