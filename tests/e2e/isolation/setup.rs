@@ -396,9 +396,17 @@ async fn a_client_leaving_while_its_setup_waits_never_lets_its_statement_run_els
 /// setting. Client 1 sets `lock_timeout = '100ms'`; client 2 (own `client_encoding`, whose
 /// check looks the conversion up in `pg_conversion`) gets the same fresh backend while a
 /// superuser transaction holds that catalog locked for a second. Client 2 must wait and be
-/// served, as it would be on a connection of its own, not get 55P03 from client 1's setting.
+/// served, as it would be on a connection of its own, not get 55P03 from client 1's setting,
+/// and then have its own `lock_timeout`: the default, one of its own, or the same as client
+/// 1's (the setup lifts it for its own transaction only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_clients_lock_timeout_never_bounds_the_setup() {
+    for (own, expected) in [(None, "0"), (Some("5s"), "5s"), (Some("100ms"), "100ms")] {
+        lock_timeout_then_setup(own, expected).await;
+    }
+}
+
+async fn lock_timeout_then_setup(own: Option<&str>, expected: &str) {
     use std::time::Duration;
     let (a, _b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
     let h = start_quick(vec![a.clone()]).await;
@@ -412,8 +420,13 @@ async fn another_clients_lock_timeout_never_bounds_the_setup() {
         .await
         .expect("lock pg_conversion");
     let user = format!("app.{}", a.id);
+    let options = own.map(|v| format!("-c lock_timeout={v}"));
+    let mut params = vec![("user", user.as_str()), ("client_encoding", "LATIN1")];
+    if let Some(o) = &options {
+        params.push(("options", o));
+    }
     let mut c2 = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
-    send(&mut c2, &startup_packet(&[("user", &user), ("client_encoding", "LATIN1")])).await;
+    send(&mut c2, &startup_packet(&params)).await;
     let (_, closed) = read_ready(&mut c2, 1, Duration::from_secs(5)).await;
     assert!(!closed, "client 2 logs in");
     send(&mut c2, &query("SELECT pg_backend_pid(), current_setting('lock_timeout')")).await;
@@ -425,7 +438,7 @@ async fn another_clients_lock_timeout_never_bounds_the_setup() {
         }
     })
     .await;
-    assert!(waiting, "client 2's setup waits for pg_conversion on backend {p0}");
+    assert!(waiting, "{own:?}: client 2's setup waits for pg_conversion on backend {p0}");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     locker.batch_execute("COMMIT").await.expect("unlock");
     let (got, _) = read_ready(&mut c2, 1, Duration::from_secs(5)).await;
@@ -433,8 +446,8 @@ async fn another_clients_lock_timeout_never_bounds_the_setup() {
         messages(&got).into_iter().filter(|(t, _)| *t == b'D').map(|(_, d)| data_row(d)).collect();
     assert_eq!(
         rows,
-        vec![vec![p0.to_string(), "0".to_owned()]],
-        "client 2 must be served on backend {p0} with its own lock_timeout; got {:?}",
+        vec![vec![p0.to_string(), expected.to_owned()]],
+        "{own:?}: client 2 must be served on backend {p0} with its own lock_timeout; got {:?}",
         summary(&got)
     );
 }
