@@ -149,26 +149,20 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
     // The tag pgtenant's own resets complete with: another command's completion is a reply the
     // session still owed (a reply model gone wrong), never taken for the reset's.
     let tag = completion_tag(sql);
-    let mut custom = match tag {
-        Some(_) => None,
+    let mut reply = match tag {
+        Some(tag) => {
+            if tag == RESET_TAG {
+                frontend::query(&mut out, &reseed_query()).map_err(|_| ())?;
+            }
+            Reply::Own(OwnReply::new(tag))
+        }
         None => {
             let reply = CustomReply::new();
-            frontend::query(&mut out, &format!("{} AS \"{}\"", reseed_query(), reply.token))
-                .map_err(|_| ())?;
-            Some(reply)
+            let marker = format!("{} AS \"{}\"", reseed_query(), reply.token);
+            frontend::query(&mut out, &marker).map_err(|_| ())?;
+            Reply::Custom(reply)
         }
     };
-    // The replies of pgtenant's own reset, in order: its completion and ReadyForQuery, then
-    // for DISCARD ALL the reseed's.
-    let mut expected: Vec<(u8, Option<&[u8]>)> = Vec::new();
-    if let Some(t) = tag {
-        expected.extend([(be::COMMAND_COMPLETE, Some(t)), (be::READY_FOR_QUERY, Some(&b"I"[..]))]);
-    }
-    if tag == Some(RESET_TAG) {
-        frontend::query(&mut out, &reseed_query()).map_err(|_| ())?;
-        expected.extend(RESEED_REPLIES);
-    }
-    let mut at = 0;
     let conn = co.conn();
     conn.stream.write_all(&out).await.map_err(|_| ())?;
     let mut changed = Vec::new();
@@ -181,22 +175,12 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
         if f.tag() == be::PARAMETER_STATUS {
             changed.extend(parse_parameter_status(f.body()));
         }
-        if let Some(reply) = custom.as_mut() {
-            match reply.step(f.tag(), f.body()) {
-                Some(done) => break done,
-                None => continue,
-            }
-        }
-        // Notifications for LISTENs the reset ends belong to the previous client.
-        if matches!(f.tag(), be::PARAMETER_STATUS | be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE) {
-            continue;
-        }
-        match expected.get(at) {
-            Some(&(t, body)) if t == f.tag() && body.is_none_or(|b| b == f.body()) => at += 1,
-            _ => break false,
-        }
-        if at == expected.len() {
-            break true;
+        let step = match &mut reply {
+            Reply::Own(r) => r.step(f.tag(), f.body()),
+            Reply::Custom(r) => r.step(f.tag(), f.body()),
+        };
+        if let Some(done) = step {
+            break done;
         }
     };
     let leftover = reader.buffered();
@@ -211,8 +195,48 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
     }
 }
 
+/// How a reset's reply is read: pgtenant's own query's, or a configured one's.
+enum Reply {
+    Own(OwnReply),
+    Custom(CustomReply),
+}
+
+/// The reply to one of pgtenant's own reset queries ([`completion_tag`]): exactly its
+/// completion (another command's is a reply the session still owed) and an idle
+/// ReadyForQuery, then for DISCARD ALL the reseed's ([`RESEED_REPLIES`]); asynchronous
+/// messages aside (notifications for LISTENs the reset ends belong to the previous client).
+#[derive(Debug)]
+struct OwnReply {
+    expected: Vec<(u8, Option<&'static [u8]>)>,
+    /// How many of `expected` came.
+    at: usize,
+}
+
+impl OwnReply {
+    fn new(tag: &'static [u8]) -> Self {
+        let mut expected = vec![(be::COMMAND_COMPLETE, Some(tag)), (be::READY_FOR_QUERY, Some(&b"I"[..]))];
+        if tag == RESET_TAG {
+            expected.extend(RESEED_REPLIES);
+        }
+        OwnReply { expected, at: 0 }
+    }
+
+    /// Reads one server message: `Some(true)` once the last expected one came, `Some(false)`
+    /// at any other, `None` while replies are due.
+    fn step(&mut self, tag: u8, body: &[u8]) -> Option<bool> {
+        if matches!(tag, be::PARAMETER_STATUS | be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE) {
+            return None;
+        }
+        match self.expected.get(self.at) {
+            Some(&(t, want)) if t == tag && want.is_none_or(|b| b == body) => self.at += 1,
+            _ => return Some(false),
+        }
+        (self.at == self.expected.len()).then_some(true)
+    }
+}
+
 /// What the reseed behind DISCARD ALL answers as a simple query (see [`reseed_query`]).
-const RESEED_REPLIES: [(u8, Option<&[u8]>); 4] = [
+const RESEED_REPLIES: [(u8, Option<&'static [u8]>); 4] = [
     (be::ROW_DESCRIPTION, None),
     (be::DATA_ROW, None),
     (be::COMMAND_COMPLETE, Some(b"SELECT 1\0")),
@@ -318,6 +342,32 @@ mod tests {
 
     const IDLE: &[u8] = b"I";
 
+    fn run_own(tag: &'static [u8], msgs: &[(u8, &[u8])]) -> Option<bool> {
+        let mut reply = OwnReply::new(tag);
+        msgs.iter().find_map(|(t, b)| reply.step(*t, b))
+    }
+
+    #[test]
+    fn discard_all_is_confirmed_with_the_reseed_only() {
+        let ok: [(u8, &[u8]); 7] = [
+            (b'C', RESET_TAG),
+            (b'S', b"x"),
+            (b'Z', IDLE),
+            (b'T', b""),
+            (b'D', b""),
+            (b'C', b"SELECT 1\0"),
+            (b'Z', IDLE),
+        ];
+        assert_eq!(run_own(RESET_TAG, &ok), Some(true));
+        // Without the reseed's reply, not yet; another row or an error where it is due: failed.
+        assert_eq!(run_own(RESET_TAG, &ok[..3]), None);
+        assert_eq!(run_own(RESET_TAG, &[&ok[..3], &[(b'E', b"")]].concat()), Some(false));
+        assert_eq!(run_own(RESET_TAG, &[&ok[..5], &[(b'D', b"")]].concat()), Some(false));
+        // CLOSE ALL: its completion and ReadyForQuery, no reseed.
+        assert_eq!(run_own(CLOSE_CURSORS_TAG, &[(b'C', CLOSE_CURSORS_TAG), (b'Z', IDLE)]), Some(true));
+        assert_eq!(run_own(CLOSE_CURSORS_TAG, &[(b'C', CLOSE_CURSORS_TAG), (b'Z', b"T")]), Some(false));
+    }
+
     #[test]
     fn a_configured_reset_is_confirmed_by_its_marker_only() {
         let marker: [(u8, Option<&[u8]>); 4] =
@@ -395,7 +445,67 @@ mod tests {
         Some(true)
     }
 
+    const CLOSE_CURSORS_TAG: &[u8] = b"CLOSE CURSOR ALL\0";
+
+    /// What DISCARD ALL's reply (with the reseed) should decide, read off the whole list: its
+    /// essential messages (asynchronous ones aside) begin with the six expected ones (the
+    /// RowDescription's and DataRow's bodies not compared), else fail at the first other one.
+    fn own_oracle(msgs: &[(u8, Vec<u8>)]) -> Option<bool> {
+        let want: [(u8, Option<&[u8]>); 6] = [
+            (b'C', Some(RESET_TAG)),
+            (b'Z', Some(IDLE)),
+            (b'T', None),
+            (b'D', None),
+            (b'C', Some(b"SELECT 1\0")),
+            (b'Z', Some(IDLE)),
+        ];
+        let essential: Vec<&(u8, Vec<u8>)> =
+            msgs.iter().filter(|(t, _)| !matches!(*t, b'N' | b'A' | b'S')).collect();
+        for (i, (tag, body)) in want.iter().enumerate() {
+            let (t, b) = essential.get(i)?;
+            if t != tag || body.is_some_and(|w| w != &b[..]) {
+                return Some(false);
+            }
+        }
+        Some(true)
+    }
+
+    fn own_msg() -> impl Strategy<Value = (u8, Vec<u8>)> {
+        let tag = prop_oneof![4 => proptest::sample::select(b"CZTDSNAIE".to_vec()), 1 => any::<u8>()];
+        let body = prop_oneof![
+            2 => Just(RESET_TAG.to_vec()),
+            2 => Just(b"I".to_vec()),
+            1 => Just(b"T".to_vec()),
+            2 => Just(b"SELECT 1\0".to_vec()),
+            1 => proptest::collection::vec(any::<u8>(), 0..8),
+        ];
+        (tag, body)
+    }
+
     proptest! {
+        /// Arbitrary replies confirm a release's DISCARD ALL exactly when they are its
+        /// completion, an idle ReadyForQuery and the reseed's four replies, asynchronous
+        /// messages aside; never a panic. Half the cases start with the exact list, so
+        /// confirmations and near misses (an edit behind it) come up.
+        #[test]
+        fn arbitrary_replies_confirm_discard_all_only_with_the_reseed(
+            exact in any::<bool>(),
+            at in 0..7usize,
+            msgs in proptest::collection::vec(own_msg(), 0..10),
+        ) {
+            let mut all: Vec<(u8, Vec<u8>)> = Vec::new();
+            if exact {
+                all = [(b'C', RESET_TAG), (b'Z', IDLE), (b'T', b"" as &[u8]), (b'D', b""), (b'C', b"SELECT 1\0"), (b'Z', IDLE)]
+                    .iter()
+                    .map(|(t, b)| (*t, b.to_vec()))
+                    .collect();
+                all.truncate(at);
+            }
+            all.extend(msgs);
+            let view: Vec<(u8, &[u8])> = all.iter().map(|(t, b)| (*t, &b[..])).collect();
+            prop_assert_eq!(run_own(RESET_TAG, &view), own_oracle(&all));
+        }
+
         /// Arbitrary replies confirm a configured reset exactly when they hold the marker's
         /// reply after nothing but rows, completions and idle ReadyForQuerys; an error, a copy
         /// or an open transaction fails it; never a panic. Half the cases carry the marker's
