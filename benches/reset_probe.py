@@ -12,7 +12,12 @@ round trip later):
   3. the session's setup sent the same way, followed by an empty query (a SET alone) or between
      BEGIN and COMMIT (unsynced), is committed before the client's messages: a client
      statement that fails right behind it does not roll it back; and when the setup fails,
-     what follows is skipped until a Sync.
+     what follows is skipped until a Sync;
+  4. DISCARD ALL keeps the state of random() (so the reset reseeds it), and the reseed sent
+     unsynced behind DISCARD ALL holds when the client's statement behind it fails (the
+     implicit transaction they share aborts);
+  5. in the setup's transaction, timeouts lifted by set_config(…, true) come back at COMMIT as
+     the session had them, unless the setup sets them for the session (set_config(…, false)).
 
 Usage: reset_probe.py SOCKET_DIR PORT   (as `postgres` over the Unix socket, trust
 authentication); benches/reset_probe.sh starts a throwaway cluster and runs it. Exits 1 if a
@@ -142,6 +147,35 @@ def main():
     print("after the failed setup (skipped?, search_path):", state)
     if state != "true t3":
         print("FAIL: messages behind the failed setup ran, or the setup half applied")
+        ok = False
+    # 4. random(): what setseed(0.5) makes it draw first, then the same through DISCARD ALL,
+    #    then through DISCARD ALL, the reseed and a failing client statement in their implicit
+    #    transaction.
+    def draw_after(prefix, n=1):
+        c.until_ready_after(prefix, n)
+        return c.value("SELECT random()::text")
+    seeded = draw_after(query("SELECT setseed(0.5)"))
+    kept = draw_after(query("SELECT setseed(0.5)") + query("DISCARD ALL"), 2)
+    c.until_ready_after(query("SELECT setseed(0.5)"))
+    reseeded = draw_after(unsynced("DISCARD ALL") + unsynced("SELECT pg_catalog.setseed('0.123'::pg_catalog.float8)")
+                          + unsynced("SELECT 1/0") + msg(b"S", b""))
+    print("random() after setseed(0.5):", seeded, "| through DISCARD ALL:", kept, "| reseeded:", reseeded)
+    if kept != seeded or reseeded == seeded:
+        print("FAIL: DISCARD ALL reset random()'s state, or the reseed did not hold")
+        ok = False
+    # 5. The guard: lifted for the setup's transaction, back (or the setup's value) after COMMIT.
+    guard = "SELECT pg_catalog.set_config('lock_timeout', '0', true)"
+    c.until_ready_after(query("SET lock_timeout = '100ms'"))
+    got = c.until_ready_after(unsynced("BEGIN") + unsynced(guard) + unsynced("SELECT 1") + unsynced("COMMIT")
+                              + msg(b"S", b""))
+    back = c.value("SELECT current_setting('lock_timeout')")
+    c.until_ready_after(unsynced("BEGIN") + unsynced(guard)
+                        + unsynced("SELECT pg_catalog.set_config('lock_timeout', NULL, false)")
+                        + unsynced("COMMIT") + msg(b"S", b""))
+    reset = c.value("SELECT current_setting('lock_timeout')")
+    print("lock_timeout after a guarded setup:", back, "| with the setup resetting it:", reset)
+    if back != "100ms" or reset != "0":
+        print("FAIL: the guard's SET LOCAL outlived the setup's transaction, or hid its value")
         ok = False
     print("OK" if ok else "FAILED")
     sys.exit(0 if ok else 1)
