@@ -8,6 +8,7 @@ mod future_size;
 mod meter;
 mod pipeline;
 mod relay;
+mod reported;
 mod rewrite;
 mod setcmd;
 mod statements;

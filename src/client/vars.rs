@@ -33,8 +33,9 @@ pub struct ClientVars {
     /// The pool's ParameterStatus values, shared by its clients: the reportable settings
     /// among them are this client's, except where `reported` holds its own value.
     base: ServerParams,
-    /// Reportable settings this client holds a value of its own for (name as the server
-    /// spells it): sent in its startup packet or reported since, and not `base`'s.
+    /// Reportable settings this client holds a value of its own for (name and value as the
+    /// server spells them, see `super::reported`): sent in its startup packet or reported
+    /// since, and not `base`'s.
     reported: Vec<(String, String)>,
     /// Other settings: from the startup packet (`extra_float_digits`, `-c` options …) and
     /// from the tenant's isolation (`search_path`, `pgtenant.tenant_id`, which win).
@@ -66,20 +67,24 @@ impl ClientVars {
         let options = resolved.options.as_deref().or(startup.get("options"));
         let from_options = options.map(parse_options).unwrap_or_default();
         let app_name = resolved.application_name.clone().map(|a| ("application_name".to_owned(), a));
-        let given = startup
+        // PostgreSQL applies `options` first, then the packet's own parameters over them.
+        let packet = startup
             .params
             .iter()
             .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_."))
             .filter(|(k, _)| !(resolved.application_name.is_some() && k == "application_name"))
             .cloned()
-            .chain(app_name)
-            .chain(from_options);
-        for (k, v) in given {
+            .chain(app_name);
+        for (k, v) in from_options.into_iter().chain(packet) {
             if !is_setting_name(&k) || lasts_a_transaction(&k) || is_seed(&k) {
                 continue;
             }
             vars.temp_schema |= super::setcmd::names_temporary_schema(&v);
             if synced(&k) {
+                // As the server would report it (`iso` → `ISO, MDY`): a client whose value
+                // is the pool's, spelt otherwise, then keeps none of its own (no setup).
+                let current = vars.reported_value(&k).map(String::as_str);
+                let v = super::reported::spelling(&k, &v, current, &vars.base).unwrap_or(v);
                 vars.set_reported(&k, v);
             } else {
                 vars.other.retain(|(n, _)| !n.eq_ignore_ascii_case(&k));
@@ -507,5 +512,36 @@ mod tests {
         assert_eq!(a.fingerprint(), b.fingerprint());
         b.observe("TimeZone", "Europe/Paris");
         assert_eq!(b.reported_value("timezone").map(String::as_str), Some("Europe/Paris"));
+    }
+
+    #[test]
+    fn startup_values_are_kept_as_the_server_reports_them() {
+        let pool = std::sync::Arc::new(vec![
+            ("DateStyle".to_owned(), "ISO, MDY".to_owned()),
+            ("client_encoding".to_owned(), "UTF8".to_owned()),
+            ("application_name".to_owned(), "".to_owned()),
+        ]);
+        let login = |params: Vec<(&str, &str)>| {
+            let params = params.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            let startup = StartupMessage { major: 3, minor: 0, params };
+            let resolved = crate::tenant::resolve(&startup, None, &Default::default()).expect("resolves");
+            ClientVars::new(&pool, &startup, &resolved, &[])
+        };
+        // pgjdbc's spelling of the pool's values: nothing of its own, so no setup.
+        let jdbc = login(vec![("user", "a.b"), ("DateStyle", "ISO"), ("client_encoding", "utf-8")]);
+        assert!(jdbc.reported.is_empty(), "{:?}", jdbc.reported);
+        assert_eq!(jdbc.fingerprint(), login(vec![("user", "a.b")]).fingerprint());
+        // `options` first, the packet's parameters over them; a DateStyle half kept.
+        let both = login(vec![
+            ("user", "a.b"),
+            ("application_name", "packet"),
+            ("DateStyle", "dmy"),
+            ("options", "-c application_name=options -c DateStyle=sql"),
+        ]);
+        let shown: Vec<_> = both.login_params(&pool).collect();
+        assert_eq!(
+            shown,
+            vec![("DateStyle", "SQL, DMY"), ("client_encoding", "UTF8"), ("application_name", "packet")]
+        );
     }
 }

@@ -7,7 +7,8 @@
 //! cluster over its Unix socket and the two transcripts are compared message by message.
 //!
 //! The files: `session_state` (what a session sets never reaches the next client),
-//! `parameters` (settings and ParameterStatus at a handoff, both pool modes),
+//! `parameters` (settings and ParameterStatus at a handoff, both pool modes), `login_spelling`
+//! (startup settings shown at login as PostgreSQL spells them),
 //! `replies` (no reply crosses clients, even after COPY/Sync orderings PostgreSQL
 //! answers irregularly, a FATAL or a Terminate), `statements` (prepared statements and
 //! portals belong to their client), `cursors` (WITH HOLD cursors and other session features
@@ -21,6 +22,7 @@ mod cursors;
 mod custom_reset;
 mod cuts;
 mod leaving;
+mod login_spelling;
 mod parameters;
 mod quoted;
 mod replies;
