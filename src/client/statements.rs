@@ -312,6 +312,7 @@ impl Statements {
         let (name, restore) = match effect {
             Effect::ClientParse(name) => (name, None),
             Effect::ClientClose(name, prev) => (name, Some(prev.clone())),
+            // The server connection's (see `client::rewrite::apply_effects`).
             Effect::ServerStatement(_) => return,
             Effect::UnnamedParse => {
                 if !ok {
@@ -377,6 +378,11 @@ impl Statements {
     pub fn wait_needs_flush(&self) -> bool {
         self.barrier == Barrier::All
             || self.portals.values().any(|p| matches!(p.pending, Some((Bound::DeclareExecute, _))))
+    }
+
+    /// The Syncs staged so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
     }
 
     /// A Sync was staged.
