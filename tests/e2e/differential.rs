@@ -477,13 +477,39 @@ async fn waiting_for_a_verdict_sends_nothing_the_client_did_not_ask_for() {
         user: t.role.clone(),
         db: t.database.clone(),
     };
-    let cases: [(&[Msg], &[&str]); 14] = [
+    let cases: [(&[Msg], &[&str]); 17] = [
         (&[Query("DEALLOCATE ALL"), Close(b'P', "s1"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Query("DEALLOCATE ALL"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Query("DISCARD ALL"), Close(b'P', "p1"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Parse("s1", "SELECT 1"), Sync, Close(b'P', "p1"), Bind("", "s1"), Terminate], &["1", "ZI"]),
         (&[Parse("", "SELECT 1"), Sync, Close(b'P', "p1"), Bind("", ""), Terminate], &["1", "ZI"]),
         (&[Parse("s1", "DEALLOCATE ALL"), Bind("", "s1"), Terminate], &[]),
+        // Found by benches/fuzz.sh (seed 31775036053549): nothing runs the DEALLOCATE (no
+        // Execute), so the Parse after its Bind has nothing to wait for.
+        (&[Parse("s2", "DEALLOCATE ALL"), Bind("c", "s2"), Parse("s1", "SELECT $1::int"), Terminate], &[]),
+        (
+            &[
+                Parse("s2", "DEALLOCATE ALL"),
+                Bind("", "s2"),
+                Parse("s1", "SELECT 1"),
+                Bind("", "s1"),
+                Sync,
+                Terminate,
+            ],
+            &["1", "2", "1", "2", "ZI"],
+        ),
+        (
+            &[
+                Parse("s2", "DEALLOCATE ALL"),
+                Bind("", "s2"),
+                Execute("", 0),
+                Parse("s1", "SELECT 1"),
+                Bind("", "s1"),
+                Sync,
+                Terminate,
+            ],
+            &["1", "2", "C", "1", "2", "ZI"],
+        ),
         // Found by benches/fuzz.sh (seed 22290590333236): a DECLARE skipped behind an error,
         // then the same DECLARE again; the second one's cursor is the client's.
         (
