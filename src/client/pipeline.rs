@@ -373,6 +373,10 @@ impl Pipeline {
         let answered = match statements.barrier() {
             Barrier::None => return,
             Barrier::All => self.owes_nothing(),
+            // At the batch's ReadyForQuery, as the barrier raised at the Bind used to be
+            // lifted (a named portal kept in a transaction block and run in a later round
+            // trip raises none).
+            Barrier::Bound => self.is_idle(),
             // No simple query that may drop prepared statements is still unanswered.
             Barrier::Queries => !self.queue.iter().any(|e| e.barrier),
         };

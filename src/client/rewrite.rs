@@ -335,6 +335,7 @@ impl Stage<'_> {
                         return true;
                     }
                 }
+                self.statements.execute();
                 self.out.extend_from_slice(frame);
                 // The SET and cursors of the statement bound last are this Execute's only if
                 // it runs that portal: an earlier portal runs another statement (its SET
