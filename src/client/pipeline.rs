@@ -373,6 +373,10 @@ impl Pipeline {
         let answered = match statements.barrier() {
             Barrier::None => return,
             Barrier::All => self.owes_nothing(),
+            // At the batch's ReadyForQuery, as the barrier raised at the Bind used to be
+            // lifted (a named portal kept in a transaction block and run in a later round
+            // trip raises none).
+            Barrier::Bound => self.is_idle(),
             // No simple query that may drop prepared statements is still unanswered.
             Barrier::Queries => !self.queue.iter().any(|e| e.barrier),
         };
@@ -395,6 +399,20 @@ impl Pipeline {
     pub fn push_unnamed_parse(&mut self, effect: Vec<Effect>) {
         let extra = (!effect.is_empty()).then(|| Box::new(Extra { effect, ..Extra::default() }));
         self.push_entry(Entry { unnamed: true, extra, ..Entry::new(Kind::Parse, Reply::Forward) });
+    }
+
+    /// Whether a message creating server statement `name` (see [`Effect::ServerStatement`])
+    /// awaits its reply with a Sync queued behind it. The server gets to it without more from
+    /// the client, and its verdict comes by that Sync's ReadyForQuery at the latest: earlier
+    /// with an error or a copy start (a COPY that reads the Sync), which the server sends at
+    /// once. Scanned only for a name the connection says is being created.
+    pub fn creates_before_sync(&self, name: &str) -> bool {
+        let creates = |e: &Entry| {
+            e.extra.as_ref().is_some_and(|x| {
+                x.effect.iter().any(|f| matches!(f, Effect::ServerStatement(n) if &**n == name))
+            })
+        };
+        self.queue.iter().skip_while(|e| !creates(e)).any(|e| e.kind == Kind::Sync)
     }
 
     /// Whether a Parse of the unnamed statement by the client still awaits its reply (or its

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::meter::Meter;
 use super::pipeline::{Action, Kind, Pipeline};
-use super::rewrite::{SetTracking, Stage};
+use super::rewrite::{self, SetTracking, Stage};
 use super::statements::Effect;
 use super::statements::Statements;
 use super::vars::ClientVars;
@@ -611,26 +611,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         }
     }
 
-    /// Settles what messages did once the server completed or skipped them.
+    /// Settles what messages did once the server completed or skipped them (see
+    /// [`rewrite::apply_effects`]).
     fn apply_effects(&mut self, undo: Vec<Effect>, done: Vec<Effect>) {
-        for e in &done {
-            self.statements.settle(e, true);
-        }
-        for e in undo.iter().rev() {
-            match e {
-                Effect::ServerStatement(name) => {
-                    if let Some(server) = self.server.as_mut() {
-                        server.conn().prepared_mut().remove(name);
-                    }
-                }
-                Effect::UnnamedParse => {
-                    // Its SET is not what a Bind of the unnamed statement runs (untracked).
-                    self.sets.unnamed = None;
-                    self.statements.settle(e, false);
-                }
-                _ => self.statements.settle(e, false),
-            }
-        }
+        let conn = self.server.as_mut().map(|s| s.conn());
+        rewrite::apply_effects(&mut self.statements, conn, &mut self.sets, undo, done);
     }
 
     /// Ends the session: tells the client why (when pgtenant ends it), and returns the

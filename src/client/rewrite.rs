@@ -101,6 +101,39 @@ fn mark(conn: &mut ServerConn, marks: Marks) {
     }
 }
 
+/// Settles what messages did once the server completed (`done`) or failed or skipped them
+/// (`undo`, undone last first): the client's names and the statements on `conn`.
+pub(super) fn apply_effects(
+    statements: &mut Statements,
+    mut conn: Option<&mut ServerConn>,
+    sets: &mut SetTracking,
+    undo: Vec<Effect>,
+    done: Vec<Effect>,
+) {
+    for e in &done {
+        if let (Effect::ServerStatement(name), Some(conn)) = (e, conn.as_deref_mut()) {
+            conn.prepared_mut().answered(name);
+        }
+        statements.settle(e, true);
+    }
+    for e in undo.iter().rev() {
+        match e {
+            Effect::ServerStatement(name) => {
+                if let Some(conn) = conn.as_deref_mut() {
+                    conn.prepared_mut().remove(name);
+                    conn.prepared_mut().answered(name);
+                }
+            }
+            Effect::UnnamedParse => {
+                // Its SET is not what a Bind of the unnamed statement runs (untracked).
+                sets.unnamed = None;
+                statements.settle(e, false);
+            }
+            _ => statements.settle(e, false),
+        }
+    }
+}
+
 /// Staging one whole client frame onto a server connection.
 pub(super) struct Stage<'a> {
     pub(super) out: &'a mut BytesMut,
@@ -159,6 +192,12 @@ impl Stage<'_> {
         tracing::trace!(conn = self.conn.backend_pid(), tag = %(tag as char), len = frame.len(), "client message");
         // Whatever could drop statements may have completed (or been skipped).
         self.pipeline.settle_barrier(self.statements);
+        if self.pipeline.has_effects() {
+            // What the server skipped as it was staged (behind an error) is settled before the
+            // next message looks up a name.
+            let (undo, done) = self.pipeline.take_effects();
+            apply_effects(self.statements, Some(&mut *self.conn), self.sets, undo, done);
+        }
         self.names_statement = false;
         match tag {
             fe::PARSE => {
@@ -214,6 +253,9 @@ impl Stage<'_> {
                     }
                     Lookup::Known(p) => p,
                 };
+                if self.creation_unanswered(&prepared.server_name) {
+                    return false;
+                }
                 self.sets.bound = prepared.set.clone().map(|set| Box::new((portal.into(), set)));
                 self.statements.bind_declares(portal, Some(&prepared.declares));
                 // What its Execute may leave, on this connection (see `note`).
@@ -276,6 +318,9 @@ impl Stage<'_> {
                     self.close_absent(false, effect.into_iter().collect());
                     return true;
                 }
+                if self.creation_unanswered(&prepared.server_name) {
+                    return false;
+                }
                 self.ensure(&prepared.server_name, &prepared.parse);
                 rename_into(self.out, fe::DESCRIBE, &[&[STATEMENT]], prepared.server_name.as_bytes(), &[]);
                 self.pipeline.push(Kind::DescribeStatement, Action::Forward);
@@ -290,6 +335,7 @@ impl Stage<'_> {
                         return true;
                     }
                 }
+                self.statements.execute();
                 self.out.extend_from_slice(frame);
                 // The SET and cursors of the statement bound last are this Execute's only if
                 // it runs that portal: an earlier portal runs another statement (its SET
@@ -479,6 +525,9 @@ impl Stage<'_> {
             return true;
         }
         let server_name = prepared.server_name.clone();
+        if self.creation_unanswered(&server_name) {
+            return false;
+        }
         let client = self.statements.register(name, prepared.clone());
         if self.conn.prepared_mut().touch(&server_name) {
             // The server has the statement: a probe Parse of the same text stands for the
@@ -519,6 +568,28 @@ impl Stage<'_> {
         }
     }
 
+    /// Whether a message naming `server_name` must wait: a message staged before one of the
+    /// client's Syncs since is creating it on this connection and is not answered yet. The
+    /// server may skip that creation (behind an error) or fail it and still run what follows
+    /// the Sync, where the statement would then not exist (found by the differential test:
+    /// a Parse skipped behind an error, a Sync, a Parse of the same text under another name
+    /// and a Bind of it, which got 26000). The Sync makes the server send the verdict; then the
+    /// message goes, preparing the statement again if it was not created. Within one Sync
+    /// batch nothing waits: the server skips the rest of the batch with the creation.
+    fn creation_unanswered(&mut self, server_name: &str) -> bool {
+        let prepared = self.conn.prepared_mut();
+        if !prepared.unanswered_before(server_name, self.statements.syncs()) {
+            return false;
+        }
+        if self.pipeline.creates_before_sync(server_name) {
+            return true;
+        }
+        // No such creation is queued (the reply model started afresh without settling it):
+        // nothing to wait for.
+        prepared.forget_unanswered(server_name);
+        false
+    }
+
     /// Prepares a statement on this connection if it lacks it, swallowing the reply.
     fn ensure(&mut self, server_name: &Arc<str>, parse: &[u8]) {
         if self.conn.prepared_mut().touch(server_name) {
@@ -541,7 +612,7 @@ impl Stage<'_> {
     fn evict_for(&mut self, server_name: Arc<str>) {
         self.out.extend_from_slice(&rename(fe::CLOSE, &[STATEMENT], server_name.as_bytes(), &[]));
         self.pipeline.push(Kind::Close, Action::Swallow);
-        if let Some(old) = self.conn.prepared_mut().insert(server_name) {
+        if let Some(old) = self.conn.prepared_mut().creating(server_name, self.statements.syncs()) {
             self.out.extend_from_slice(&rename(fe::CLOSE, &[STATEMENT], old.as_bytes(), &[]));
             self.pipeline.push(Kind::Close, Action::Swallow);
         }

@@ -150,8 +150,13 @@ pub enum Barrier {
     /// not for extended messages queued behind them (whose replies the server holds until
     /// a Sync or Flush the client may never send).
     Queries,
-    /// A Bind of a statement that may drop them: it runs at an Execute behind the Bind, so
-    /// names wait until the server owes nothing.
+    /// A Bind of a statement that may drop them, with no Execute staged behind it yet:
+    /// nothing is dropped until one runs it, so names do not wait (waiting would need a Flush,
+    /// and the client would get replies PostgreSQL holds until its Sync or Flush). An Execute
+    /// staged meanwhile (of any portal) raises [`Barrier::All`]. Lifted once the server owes
+    /// nothing and no extended-protocol batch is open.
+    Bound,
+    /// An Execute that may run such a statement: names wait until the server owes nothing.
     All,
 }
 
@@ -268,7 +273,7 @@ impl Statements {
     }
 
     pub fn lookup(&self, name: &[u8]) -> Lookup {
-        if self.barrier != Barrier::None {
+        if self.barrier_pending() {
             return Lookup::Wait;
         }
         match self.by_name.get(name) {
@@ -312,6 +317,7 @@ impl Statements {
         let (name, restore) = match effect {
             Effect::ClientParse(name) => (name, None),
             Effect::ClientClose(name, prev) => (name, Some(prev.clone())),
+            // The server connection's (see `client::rewrite::apply_effects`).
             Effect::ServerStatement(_) => return,
             Effect::UnnamedParse => {
                 if !ok {
@@ -350,13 +356,30 @@ impl Statements {
 
     /// A statement that may drop every prepared statement (DEALLOCATE, DISCARD) was staged,
     /// by a simple query (`query`, marked in the reply model) or by a Bind of a statement
-    /// whose text does (it runs at an Execute behind the Bind).
+    /// whose text does (it runs at an Execute behind the Bind: [`Barrier::Bound`] until one
+    /// is staged, see [`Statements::execute`]). A barrier is never weakened: any two but two
+    /// of the same make [`Barrier::All`].
     pub fn raise_barrier(&mut self, query: bool) {
-        self.barrier = if query && self.barrier != Barrier::All { Barrier::Queries } else { Barrier::All };
+        let raised = if query { Barrier::Queries } else { Barrier::Bound };
+        self.barrier = match self.barrier {
+            Barrier::None => raised,
+            now if now == raised => raised,
+            _ => Barrier::All,
+        };
     }
 
+    /// An Execute was staged: one behind a Bind of a statement that may drop every prepared
+    /// statement may run it.
+    #[inline]
+    pub fn execute(&mut self) {
+        if self.barrier == Barrier::Bound {
+            self.barrier = Barrier::All;
+        }
+    }
+
+    /// Names wait ([`Barrier::Bound`] makes none wait).
     pub fn barrier_pending(&self) -> bool {
-        self.barrier != Barrier::None
+        matches!(self.barrier, Barrier::Queries | Barrier::All)
     }
 
     /// What names wait for (see [`crate::client::pipeline::Pipeline::settle_barrier`]).
@@ -377,6 +400,11 @@ impl Statements {
     pub fn wait_needs_flush(&self) -> bool {
         self.barrier == Barrier::All
             || self.portals.values().any(|p| matches!(p.pending, Some((Bound::DeclareExecute, _))))
+    }
+
+    /// The Syncs staged so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
     }
 
     /// A Sync was staged.
@@ -681,8 +709,12 @@ mod tests {
         p.push(Kind::Parse, Action::Forward);
         p.push(Kind::Bind, Action::Forward);
         s.raise_barrier(false);
+        p.settle_barrier(&mut s);
+        assert!(!s.barrier_pending() && !s.wait_needs_flush(), "nothing dropped before an Execute");
+        assert!(matches!(s.lookup(b"s1"), Lookup::Unknown));
         p.push(Kind::Execute, Action::Forward);
-        assert!(s.wait_needs_flush());
+        s.execute();
+        assert!(s.barrier_pending() && s.wait_needs_flush());
         // A simple query's barrier raised meanwhile does not weaken it.
         s.raise_barrier(true);
         assert!(s.wait_needs_flush());

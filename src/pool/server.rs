@@ -442,11 +442,16 @@ pub struct PreparedSet {
     /// touched or inserted during such a run (either ends it), so the run's first tick ranks
     /// the name among the others as its last would.
     hot: Option<Arc<str>>,
+    /// Names being created by messages the server has not answered yet (it may skip or fail
+    /// them): how many, and the Sync count of the client holding the connection when the
+    /// earliest was staged (see [`PreparedSet::unanswered_before`]). Empty between
+    /// transactions: a connection goes back only once the server owes nothing.
+    unanswered: crate::hash::KeyedMap<Arc<str>, (u32, u64)>,
 }
 
 impl Default for PreparedSet {
     fn default() -> Self {
-        PreparedSet { names: crate::hash::map(), tick: 0, hot: None }
+        PreparedSet { names: crate::hash::map(), tick: 0, hot: None, unanswered: crate::hash::map() }
     }
 }
 
@@ -494,6 +499,39 @@ impl PreparedSet {
         Some(oldest)
     }
 
+    /// Records `name` as being created by a message staged now, when the client holding the
+    /// connection has sent `syncs` Syncs: it counts as prepared (a message behind the creation
+    /// fails or is skipped with it) and is unanswered until [`PreparedSet::answered`]. Returns
+    /// the statement evicted, as [`PreparedSet::insert`] does.
+    pub fn creating(&mut self, name: Arc<str>, syncs: u64) -> Option<Arc<str>> {
+        self.unanswered.entry(name.clone()).or_insert((0, syncs)).0 += 1;
+        self.insert(name)
+    }
+
+    /// The server answered (or skipped) one creation of `name`.
+    pub fn answered(&mut self, name: &str) {
+        if let Some(n) = self.unanswered.get_mut(name) {
+            n.0 = n.0.saturating_sub(1);
+            if n.0 == 0 {
+                self.unanswered.remove(name);
+            }
+        }
+    }
+
+    /// Whether a creation of `name` staged before the client's latest Sync (it has sent
+    /// `syncs`) is unanswered: the server may skip it behind an error, or fail it, and still
+    /// run what follows the Sync, so a message there cannot count on the statement yet.
+    #[inline]
+    pub fn unanswered_before(&self, name: &str, syncs: u64) -> bool {
+        !self.unanswered.is_empty() && self.unanswered.get(name).is_some_and(|&(_, at)| at < syncs)
+    }
+
+    /// Forgets the creations of `name` pending (their answers were not modelled: see
+    /// [`crate::client`]'s use).
+    pub fn forget_unanswered(&mut self, name: &str) {
+        self.unanswered.remove(name);
+    }
+
     pub fn remove(&mut self, name: &str) {
         if self.hot.as_deref() == Some(name) {
             self.hot = None;
@@ -504,6 +542,8 @@ impl PreparedSet {
     pub fn clear(&mut self) {
         self.hot = None;
         self.names.clear();
+        // Nothing counts as prepared: a creation still unanswered changes nothing.
+        self.unanswered.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -583,6 +623,30 @@ mod tests {
             self.0.push(name);
             (self.0.len() > CAPACITY).then(|| self.0.remove(0))
         }
+    }
+
+    #[test]
+    fn a_creation_is_unanswered_until_settled_and_waits_only_behind_a_later_sync() {
+        let mut set = PreparedSet::default();
+        let name: Arc<str> = Arc::from("pgt_a");
+        assert_eq!(set.creating(name.clone(), 3), None);
+        assert!(set.touch(&name), "counts as prepared at once");
+        assert!(!set.unanswered_before("pgt_a", 3), "the same Sync batch");
+        assert!(set.unanswered_before("pgt_a", 4), "behind a later Sync");
+        assert!(!set.unanswered_before("pgt_b", 4));
+        set.creating(name.clone(), 4);
+        set.answered("pgt_a");
+        assert!(set.unanswered_before("pgt_a", 5), "one of two answered");
+        set.answered("pgt_a");
+        assert!(!set.unanswered_before("pgt_a", 5));
+        set.creating(name.clone(), 5);
+        set.remove("pgt_a");
+        assert!(set.unanswered_before("pgt_a", 6), "undone: still unanswered until settled");
+        set.forget_unanswered("pgt_a");
+        assert!(!set.unanswered_before("pgt_a", 6));
+        set.creating(name, 6);
+        set.clear();
+        assert!(!set.unanswered_before("pgt_a", 7), "nothing counts as prepared");
     }
 
     proptest! {

@@ -477,13 +477,39 @@ async fn waiting_for_a_verdict_sends_nothing_the_client_did_not_ask_for() {
         user: t.role.clone(),
         db: t.database.clone(),
     };
-    let cases: [(&[Msg], &[&str]); 14] = [
+    let cases: [(&[Msg], &[&str]); 17] = [
         (&[Query("DEALLOCATE ALL"), Close(b'P', "s1"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Query("DEALLOCATE ALL"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Query("DISCARD ALL"), Close(b'P', "p1"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Parse("s1", "SELECT 1"), Sync, Close(b'P', "p1"), Bind("", "s1"), Terminate], &["1", "ZI"]),
         (&[Parse("", "SELECT 1"), Sync, Close(b'P', "p1"), Bind("", ""), Terminate], &["1", "ZI"]),
         (&[Parse("s1", "DEALLOCATE ALL"), Bind("", "s1"), Terminate], &[]),
+        // Found by benches/fuzz.sh (seed 31775036053549): nothing runs the DEALLOCATE (no
+        // Execute), so the Parse after its Bind has nothing to wait for.
+        (&[Parse("s2", "DEALLOCATE ALL"), Bind("c", "s2"), Parse("s1", "SELECT $1::int"), Terminate], &[]),
+        (
+            &[
+                Parse("s2", "DEALLOCATE ALL"),
+                Bind("", "s2"),
+                Parse("s1", "SELECT 1"),
+                Bind("", "s1"),
+                Sync,
+                Terminate,
+            ],
+            &["1", "2", "1", "2", "ZI"],
+        ),
+        (
+            &[
+                Parse("s2", "DEALLOCATE ALL"),
+                Bind("", "s2"),
+                Execute("", 0),
+                Parse("s1", "SELECT 1"),
+                Bind("", "s1"),
+                Sync,
+                Terminate,
+            ],
+            &["1", "2", "C", "1", "2", "ZI"],
+        ),
         // Found by benches/fuzz.sh (seed 22290590333236): a DECLARE skipped behind an error,
         // then the same DECLARE again; the second one's cursor is the client's.
         (
@@ -690,4 +716,72 @@ async fn a_pipeline_ending_in_flush_gets_every_reply_while_names_wait_for_a_verd
         assert_eq!(a.last().map(String::as_str), Some("TIMEOUT"), "{msgs:?}: PostgreSQL waits for more");
         assert_eq!(b, a, "{msgs:?}: pgtenant");
     }
+}
+
+/// Found by the random run (transaction mode, seed 400199578433, case 857): a Parse skipped
+/// behind an error, a Sync, then a Parse of the same text under another name and a Bind of it.
+/// Both Parses name one server statement: the second must not count on the first (skipped),
+/// and PostgreSQL's replies (none before Terminate: it holds them until a Sync or Flush) are
+/// all the client gets. The error arrives before or after the rest is sent; a statement
+/// evicted from the connection and prepared again by a Bind behind an error is the same case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_skipped_behind_an_error_is_prepared_again_after_the_sync() {
+    use Msg::*;
+    let t = tenant_db("diffskipped").await;
+    let c = cluster();
+    let direct = Target::Direct {
+        socket: c.socket_dir.join(format!(".s.PGSQL.{}", c.port)),
+        user: t.role.clone(),
+        db: t.database.clone(),
+    };
+    let db = admin(&t.database).await;
+    db.batch_execute(&format!("CREATE TABLE fz (a int); ALTER TABLE fz OWNER TO \"{}\"", t.role))
+        .await
+        .expect("table");
+    let mut cases: Vec<(Vec<Msg>, Vec<usize>, Vec<&str>)> = Vec::new();
+    for (first, sql) in [
+        ("COPY fz FROM STDIN", "COPY fz FROM STDIN"),
+        ("COPY fz FROM STDIN", "SELECT 1"),
+        ("SELECT 1", "SELECT 1"),
+        ("SELECT 2", "SELECT 1"),
+    ] {
+        let tail = [Describe(b'S', "s2"), Parse("s2", first), Sync, Parse("s1", sql), Bind("c", "s1")];
+        for (end, expected) in [
+            (&[Terminate][..], &["E:26000", "ZI"][..]),
+            (&[Flush, Terminate], &["E:26000", "ZI", "1", "2"]),
+            (&[Sync, Terminate], &["E:26000", "ZI", "1", "2", "ZI"]),
+        ] {
+            let msgs: Vec<Msg> = tail.iter().chain(end).cloned().collect();
+            cases.push((msgs.clone(), vec![msgs.len()], expected.to_vec()));
+            cases.push((msgs.clone(), vec![1, msgs.len() - 1], expected.to_vec()));
+        }
+    }
+    // s1's statement is evicted (256 others prepared after it), then prepared again by a Bind
+    // the server skips; the Bind after the Sync must not count on it.
+    let mut msgs = vec![Parse("s1", "SELECT 1"), Sync];
+    for i in 0..256 {
+        let sql: &'static str = Box::leak(format!("SELECT {i} AS evicting").into_boxed_str());
+        msgs.push(Parse(Box::leak(format!("e{i}").into_boxed_str()), sql));
+    }
+    let tail =
+        [Sync, Describe(b'S', "s2"), Bind("", "s1"), Sync, Bind("", "s1"), Execute("", 0), Sync, Terminate];
+    msgs.extend(tail);
+    let mut expected = vec!["1", "ZI"];
+    expected.extend(["1"; 256]);
+    expected.extend(["ZI", "E:26000", "ZI", "2", "D", "C", "ZI"]);
+    cases.push((msgs.clone(), vec![msgs.len()], expected));
+    let mut differ = Vec::new();
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let h = start(config(vec![with_mode(t.clone(), mode, 1)])).await;
+        let proxy = Target::Proxy { addr: h.addr, user: format!("app.{}", t.id), db: t.database.clone() };
+        for (msgs, chunks, expected) in &cases {
+            let (a, b) = (run(&direct, msgs, chunks).await, run(&proxy, msgs, chunks).await);
+            assert_eq!(&a, expected, "{mode:?} {msgs:?} in {chunks:?}: PostgreSQL");
+            if b != a {
+                let shown = if msgs.len() > 20 { "(s1 evicted)".to_string() } else { format!("{msgs:?}") };
+                differ.push(format!("{mode:?} {shown} in {chunks:?}:\n PostgreSQL {a:?}\n pgtenant   {b:?}"));
+            }
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
 }

@@ -684,3 +684,26 @@ fn unflushed_until_a_sync_or_flush_follows_an_extended_message() {
     p.push(Kind::CopyDone, Action::Forward);
     assert!(p.unflushed(), "the COPY's CommandComplete waits in the server's output");
 }
+
+#[test]
+fn a_creation_is_behind_a_sync_until_answered_or_skipped() {
+    let create = |name: &str| vec![Effect::ServerStatement(name.into())];
+    let mut p = Pipeline::default();
+    p.push_effect(Kind::Parse, Action::Forward, create("pgt_a"));
+    p.push(Kind::Bind, Action::Forward);
+    assert!(!p.creates_before_sync("pgt_a"), "in the same Sync batch it is skipped with the creation");
+    p.push(Kind::Sync, Action::Forward);
+    assert!(p.creates_before_sync("pgt_a"));
+    assert!(!p.creates_before_sync("pgt_b"), "another statement");
+    route(&mut p, b"1");
+    assert!(!p.creates_before_sync("pgt_a"), "answered");
+    // Skipped behind an error: settled as the error arrives, before the Sync's reply.
+    let mut p = Pipeline::default();
+    p.push(Kind::DescribeStatement, Action::Forward);
+    p.push_effect(Kind::Parse, Action::Forward, create("pgt_a"));
+    p.push(Kind::Sync, Action::Forward);
+    assert!(p.creates_before_sync("pgt_a"));
+    route(&mut p, b"E");
+    assert!(!p.creates_before_sync("pgt_a"), "skipped");
+    assert_eq!(p.take_effects().0, create("pgt_a"), "undone");
+}
