@@ -576,7 +576,14 @@ impl Stage<'_> {
     /// and a Bind of it, which got 26000). The Sync makes the server send the verdict; then the
     /// message goes, preparing the statement again if it was not created. Within one Sync
     /// batch nothing waits: the server skips the rest of the batch with the creation.
+    #[inline]
     fn creation_unanswered(&mut self, server_name: &str) -> bool {
+        // Nearly always none is: one load, no call.
+        self.conn.prepared_mut().any_unanswered() && self.named_creation_unanswered(server_name)
+    }
+
+    #[inline(never)]
+    fn named_creation_unanswered(&mut self, server_name: &str) -> bool {
         let prepared = self.conn.prepared_mut();
         if !prepared.unanswered_before(server_name, self.statements.syncs()) {
             return false;

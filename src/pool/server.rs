@@ -518,6 +518,12 @@ impl PreparedSet {
         }
     }
 
+    /// Whether any creation is unanswered.
+    #[inline]
+    pub fn any_unanswered(&self) -> bool {
+        !self.unanswered.is_empty()
+    }
+
     /// Whether a creation of `name` staged before the client's latest Sync (it has sent
     /// `syncs`) is unanswered: the server may skip it behind an error, or fail it, and still
     /// run what follows the Sync, so a message there cannot count on the statement yet.
