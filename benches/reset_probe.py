@@ -16,7 +16,7 @@ round trip later):
   4. DISCARD ALL keeps the state of random() (so the reset reseeds it), and the reseed sent
      unsynced behind DISCARD ALL holds when the client's statement behind it fails (the
      implicit transaction they share aborts);
-  5. in the setup's transaction, timeouts lifted by set_config(…, true) come back at COMMIT as
+  5. in the setup's transaction, timeouts lifted by SET LOCAL come back at COMMIT as
      the session had them, unless the setup sets them for the session (set_config(…, false)).
 
 Usage: reset_probe.py SOCKET_DIR PORT   (as `postgres` over the Unix socket, trust
@@ -164,7 +164,7 @@ def main():
         print("FAIL: DISCARD ALL reset random()'s state, or the reseed did not hold")
         ok = False
     # 5. The guard: lifted for the setup's transaction, back (or the setup's value) after COMMIT.
-    guard = "SELECT pg_catalog.set_config('lock_timeout', '0', true)"
+    guard = "SET LOCAL lock_timeout = 0"
     c.until_ready_after(query("SET lock_timeout = '100ms'"))
     got = c.until_ready_after(unsynced("BEGIN") + unsynced(guard) + unsynced("SELECT 1") + unsynced("COMMIT")
                               + msg(b"S", b""))

@@ -182,7 +182,7 @@ pub struct PoolDefaults {
     pub max_lifetime: f64,
     /// Run when a session-mode client leaves, and on a transaction-mode server connection
     /// whose session state a client changed, before it is reused; `random()` is reseeded
-    /// behind it (see `pool::handoff::reseed_query`).
+    /// behind it (see `pool::handoff::queue_reseed`).
     pub reset_query: String,
     /// Server connections pgtenant opens in total, across all upstreams.
     pub max_server_connections: usize,

@@ -200,7 +200,7 @@ impl ClientVars {
             // Replayed, it would restart the client's `random()` sequence at every handoff;
             // reset (set_config to NULL) for the next client, it would seed that one with the
             // fixed default. Untracked instead: the connection is reset, and reseeded (see
-            // `pool::handoff::reseed_query`), before another client uses it.
+            // `pool::handoff::queue_reseed`), before another client uses it.
             SetCmd::Set { name, .. } | SetCmd::Reset { name } if is_seed(name) => false,
             SetCmd::Set { name, value } if !is_tenant_var(name) => {
                 if self.reported_value(name).is_some() {

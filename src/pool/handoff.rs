@@ -16,15 +16,22 @@ use crate::protocol::frontend;
 /// <https://www.postgresql.org/docs/current/sql-discard.html>).
 pub const CROSS_TENANT_RESET: &str = "DISCARD ALL";
 
-/// What goes with every reset (behind DISCARD ALL, and as a configured reset's marker): a
-/// fresh seed for `random()`, whose state DISCARD ALL keeps, so that a session that seeded it
-/// (`setseed()`, `SET seed`) cannot know what the next one draws. pgtenant's own random value,
-/// quoted (no operator of the search_path is looked up for it).
-pub fn reseed_query() -> String {
+/// Queues what goes with every reset that clears a tenant's session (behind DISCARD ALL, and
+/// behind a configured reset query): a fresh seed for `random()`, whose state DISCARD ALL
+/// keeps, so that a session that seeded it (`setseed()`, `SET seed`) cannot know what the next
+/// one draws. pgtenant's own random value, as a parameter: in the text it would show in
+/// `pg_stat_activity.query` to every session of the login role while the connection is idle.
+/// An unsynced extended statement (see [`frontend::unsynced`]).
+pub fn queue_reseed(out: &mut BytesMut) {
     // 53 random bits spread over [-1, 1), the range setseed takes.
     let seed = (rand::random::<u64>() >> 11) as f64 / (1u64 << 52) as f64 - 1.0;
-    format!("SELECT pg_catalog.setseed('{seed}'::pg_catalog.float8)")
+    frontend::unsynced_with(out, RESEED, Some((FLOAT8_OID, &seed.to_string())));
 }
+
+const RESEED: &str = "SELECT pg_catalog.setseed($1)";
+
+/// `float8`'s type OID.
+const FLOAT8_OID: u32 = 701;
 
 /// What keeps the previous session's statement timeout from cancelling DISCARD ALL (its
 /// timer starts with the statement, before DISCARD ALL resets the setting). A lock timeout
@@ -65,7 +72,7 @@ pub fn hand_over(conn: &mut ServerConn, client: u64, tenant: &TenantId, tenant_v
 pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String, String)]) {
     if frontend::query(out, RESET_GUARD).is_ok() {
         frontend::unsynced(out, CROSS_TENANT_RESET);
-        frontend::unsynced(out, &reseed_query());
+        queue_reseed(out);
     }
     conn.vars = params.to_vec();
     conn.idle_setting |= names_idle_setting(&conn.vars);
@@ -113,7 +120,9 @@ pub fn queue_setup(
     let mut parts = part::BEGIN | part::SELECT | part::COMMIT;
     frontend::unsynced(out, SETUP_BEGIN);
     if guard {
-        frontend::unsynced(out, SETUP_GUARD);
+        for sql in SETUP_GUARD {
+            frontend::unsynced(out, sql);
+        }
         parts |= part::GUARD;
     }
     if let Some(sql) = set {
@@ -137,10 +146,10 @@ pub fn bounds_setup(conn: &ServerConn) -> bool {
 
 const TIMEOUTS: [&str; 2] = ["statement_timeout", "lock_timeout"];
 
-/// What lifts [`TIMEOUTS`] for the setup's transaction (`SET LOCAL`: the setup's SELECT, or
-/// the values `conn` had, apply from its COMMIT on).
-const SETUP_GUARD: &str = "SELECT pg_catalog.set_config('statement_timeout', '0', true), \
-                           pg_catalog.set_config('lock_timeout', '0', true)";
+/// What lifts [`TIMEOUTS`] for the setup's transaction (the setup's SELECT, or the values
+/// `conn` had, apply from its COMMIT on): `SET LOCAL`, which looks nothing up in the catalogs
+/// (a function call would, and could wait on a lock under the very timeouts it lifts).
+const SETUP_GUARD: [&str; 2] = ["SET LOCAL statement_timeout = 0", "SET LOCAL lock_timeout = 0"];
 
 /// How the setup's transaction starts: read committed whatever defaults a previous client of
 /// the tenant left (a serializable, read-only, deferrable one's first snapshot would wait for
@@ -153,7 +162,7 @@ pub mod part {
     /// DISCARD ALL and the reseed ([`super::queue_reset`]).
     pub const RESET: u8 = 1;
     pub const BEGIN: u8 = 2;
-    /// The timeouts lifted for the setup ([`super::SETUP_GUARD`]).
+    /// The timeouts lifted for the setup ([`super::SETUP_GUARD`]: two statements).
     pub const GUARD: u8 = 4;
     /// `SET search_path TO …`.
     pub const SET: u8 = 8;
@@ -169,7 +178,7 @@ pub mod part {
 /// its status. Each [`part`] is a segment (see [`SEGMENTS`]): a statement's Parse, Bind and
 /// Execute replies and the Close of the unnamed statement (two statements for the reset), or
 /// the empty query's replies.
-pub const HANDOFF_REPLIES: [(u8, &[u8]); 33] = [
+pub const HANDOFF_REPLIES: [(u8, &[u8]); 36] = [
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
     (be::COMMAND_COMPLETE, RESET_TAG),
@@ -185,8 +194,11 @@ pub const HANDOFF_REPLIES: [(u8, &[u8]); 33] = [
     (be::CLOSE_COMPLETE, b""),
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
-    (be::DATA_ROW, b""),
-    (be::COMMAND_COMPLETE, b"SELECT 1\0"),
+    (be::COMMAND_COMPLETE, b"SET\0"),
+    (be::CLOSE_COMPLETE, b""),
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::COMMAND_COMPLETE, b"SET\0"),
     (be::CLOSE_COMPLETE, b""),
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
@@ -207,7 +219,7 @@ pub const HANDOFF_REPLIES: [(u8, &[u8]); 33] = [
 
 /// Where each [`part`]'s segment of [`HANDOFF_REPLIES`] starts (bit `i` of the mask: segment
 /// `i`), and the end.
-pub const SEGMENTS: [u8; 8] = [0, 9, 13, 18, 22, 27, 31, 33];
+pub const SEGMENTS: [u8; 8] = [0, 9, 13, 21, 25, 30, 34, 36];
 
 /// The first reply at or after `i` that `parts` are due; [`HANDOFF_REPLIES`]' length when none.
 pub fn first_due(mut i: u8, parts: u8) -> u8 {
@@ -311,7 +323,7 @@ mod tests {
         let no_select = [statement(b"BEGIN\0"), statement(b"SET\0"), statement(b"COMMIT\0")].concat();
         assert_eq!(run_parts(both & !part::SELECT, &no_select), Some(true));
         // With the timeouts lifted: their SELECT right after BEGIN, and only then.
-        let guarded = [&setup[..4], &statement(b"SELECT 1\0"), &setup[4..]].concat();
+        let guarded = [&setup[..4], &statement(b"SET\0"), &statement(b"SET\0"), &setup[4..]].concat();
         assert_eq!(run_parts(both | part::GUARD, &guarded), Some(true));
         assert_eq!(run_parts(both | part::GUARD, &setup), Some(false));
         assert_eq!(run_parts(both, &guarded), Some(false));

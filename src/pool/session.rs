@@ -15,7 +15,7 @@ use crate::protocol::backend::{parse_parameter_status, txn};
 use crate::protocol::frame::{FrameReader, DEFAULT_MAX_MESSAGE};
 use crate::protocol::frontend;
 
-use super::handoff::{reseed_query, CROSS_TENANT_RESET, RESET_TAG};
+use super::handoff::{queue_reseed, CROSS_TENANT_RESET, RESET_TAG};
 
 /// How long a reset or a cancel may take when a connection leaves a session.
 pub const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -149,20 +149,14 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
     // The tag pgtenant's own resets complete with: another command's completion is a reply the
     // session still owed (a reply model gone wrong), never taken for the reset's.
     let tag = completion_tag(sql);
-    let mut reply = match tag {
-        Some(tag) => {
-            if tag == RESET_TAG {
-                frontend::query(&mut out, &reseed_query()).map_err(|_| ())?;
-            }
-            Reply::Own(OwnReply::new(tag))
-        }
-        None => {
-            let reply = CustomReply::new();
-            let marker = format!("{} AS \"{}\"", reseed_query(), reply.token);
-            frontend::query(&mut out, &marker).map_err(|_| ())?;
-            Reply::Custom(reply)
-        }
-    };
+    let mut reply = ResetReply::new(tag);
+    if let Reply::Custom(r) = &reply.reply {
+        frontend::query(&mut out, &format!("SELECT 1 AS \"{}\"", r.token)).map_err(|_| ())?;
+    }
+    if reply.then.is_some() {
+        queue_reseed(&mut out);
+        out.extend_from_slice(frontend::SYNC_MESSAGE);
+    }
     let conn = co.conn();
     conn.stream.write_all(&out).await.map_err(|_| ())?;
     let mut changed = Vec::new();
@@ -175,11 +169,7 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
         if f.tag() == be::PARAMETER_STATUS {
             changed.extend(parse_parameter_status(f.body()));
         }
-        let step = match &mut reply {
-            Reply::Own(r) => r.step(f.tag(), f.body()),
-            Reply::Custom(r) => r.step(f.tag(), f.body()),
-        };
-        if let Some(done) = step {
+        if let Some(done) = reply.step(f.tag(), f.body()) {
             break done;
         }
     };
@@ -196,15 +186,55 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
 }
 
 /// How a reset's reply is read: pgtenant's own query's, or a configured one's.
+#[derive(Debug)]
 enum Reply {
     Own(OwnReply),
     Custom(CustomReply),
 }
 
+/// The reply to a release's reset ([`reset_session`]), then, for a reset that clears a
+/// tenant's session (DISCARD ALL, a configured one), the reseed's behind it (sent synced).
+#[derive(Debug)]
+struct ResetReply {
+    reply: Reply,
+    then: Option<OwnReply>,
+}
+
+impl ResetReply {
+    /// For a reset of pgtenant's whose tag is `tag`, or a configured one (`None`).
+    fn new(tag: Option<&'static [u8]>) -> Self {
+        let reply = match tag {
+            Some(tag) => Reply::Own(OwnReply::new(tag)),
+            None => Reply::Custom(CustomReply::new()),
+        };
+        let reseeds = tag.is_none_or(|t| t == RESET_TAG);
+        ResetReply { reply, then: reseeds.then(OwnReply::reseed) }
+    }
+
+    /// Reads one server message: `Some(true)` once the reset's reply and the reseed's are
+    /// confirmed, `Some(false)` when either failed, `None` while replies are due.
+    fn step(&mut self, tag: u8, body: &[u8]) -> Option<bool> {
+        let step = match &mut self.reply {
+            Reply::Own(r) => r.step(tag, body),
+            Reply::Custom(r) => r.step(tag, body),
+        };
+        match step {
+            Some(true) => match self.then.take() {
+                Some(next) => {
+                    self.reply = Reply::Own(next);
+                    None
+                }
+                None => Some(true),
+            },
+            other => other,
+        }
+    }
+}
+
 /// The reply to one of pgtenant's own reset queries ([`completion_tag`]): exactly its
 /// completion (another command's is a reply the session still owed) and an idle
-/// ReadyForQuery, then for DISCARD ALL the reseed's ([`RESEED_REPLIES`]); asynchronous
-/// messages aside (notifications for LISTENs the reset ends belong to the previous client).
+/// ReadyForQuery; or the reseed's ([`RESEED_REPLIES`]). Asynchronous messages aside
+/// (notifications for LISTENs the reset ends belong to the previous client).
 #[derive(Debug)]
 struct OwnReply {
     expected: Vec<(u8, Option<&'static [u8]>)>,
@@ -214,11 +244,12 @@ struct OwnReply {
 
 impl OwnReply {
     fn new(tag: &'static [u8]) -> Self {
-        let mut expected = vec![(be::COMMAND_COMPLETE, Some(tag)), (be::READY_FOR_QUERY, Some(&b"I"[..]))];
-        if tag == RESET_TAG {
-            expected.extend(RESEED_REPLIES);
-        }
+        let expected = vec![(be::COMMAND_COMPLETE, Some(tag)), (be::READY_FOR_QUERY, Some(&b"I"[..]))];
         OwnReply { expected, at: 0 }
+    }
+
+    fn reseed() -> Self {
+        OwnReply { expected: RESEED_REPLIES.to_vec(), at: 0 }
     }
 
     /// Reads one server message: `Some(true)` once the last expected one came, `Some(false)`
@@ -235,16 +266,19 @@ impl OwnReply {
     }
 }
 
-/// What the reseed behind DISCARD ALL answers as a simple query (see [`reseed_query`]).
-const RESEED_REPLIES: [(u8, Option<&'static [u8]>); 4] = [
-    (be::ROW_DESCRIPTION, None),
+/// What the reseed behind a release's reset answers, followed by a Sync (see
+/// [`queue_reseed`]).
+const RESEED_REPLIES: [(u8, Option<&'static [u8]>); 6] = [
+    (be::PARSE_COMPLETE, None),
+    (be::BIND_COMPLETE, None),
     (be::DATA_ROW, None),
     (be::COMMAND_COMPLETE, Some(b"SELECT 1\0")),
+    (be::CLOSE_COMPLETE, None),
     (be::READY_FOR_QUERY, Some(b"I")),
 ];
 
-/// The reply to a configured reset query followed by a marker query (the reseed, see
-/// [`reseed_query`], as a column named with a random token no client can guess). The server answers in order, so the
+/// The reply to a configured reset query followed by a marker query (`SELECT 1` as a column
+/// named with a random token no client can guess). The server answers in order, so the
 /// marker's RowDescription comes after every reply the connection owed; what comes before it
 /// may be rows, completions and idle ReadyForQuerys, never an error, a copy or a transaction
 /// left open.
@@ -343,26 +377,37 @@ mod tests {
     const IDLE: &[u8] = b"I";
 
     fn run_own(tag: &'static [u8], msgs: &[(u8, &[u8])]) -> Option<bool> {
-        let mut reply = OwnReply::new(tag);
+        let mut reply = ResetReply::new(Some(tag));
         msgs.iter().find_map(|(t, b)| reply.step(*t, b))
     }
 
     #[test]
     fn discard_all_is_confirmed_with_the_reseed_only() {
-        let ok: [(u8, &[u8]); 7] = [
+        let ok: [(u8, &[u8]); 9] = [
             (b'C', RESET_TAG),
             (b'S', b"x"),
             (b'Z', IDLE),
-            (b'T', b""),
+            (b'1', b""),
+            (b'2', b""),
             (b'D', b""),
             (b'C', b"SELECT 1\0"),
+            (b'3', b""),
             (b'Z', IDLE),
         ];
         assert_eq!(run_own(RESET_TAG, &ok), Some(true));
         // Without the reseed's reply, not yet; another row or an error where it is due: failed.
         assert_eq!(run_own(RESET_TAG, &ok[..3]), None);
+        assert_eq!(run_own(RESET_TAG, &ok[..8]), None);
         assert_eq!(run_own(RESET_TAG, &[&ok[..3], &[(b'E', b"")]].concat()), Some(false));
-        assert_eq!(run_own(RESET_TAG, &[&ok[..5], &[(b'D', b"")]].concat()), Some(false));
+        assert_eq!(run_own(RESET_TAG, &[&ok[..6], &[(b'D', b"")]].concat()), Some(false));
+        // A configured reset: the marker's reply, then the reseed's.
+        let mut custom = ResetReply::new(None);
+        let Reply::Custom(c) = &custom.reply else { panic!("a configured reset's reply") };
+        let marker_row = format!("\0\x01{}\0", c.token).into_bytes();
+        let marker: [(u8, &[u8]); 4] =
+            [(b'T', &marker_row), (b'D', b""), (b'C', b"SELECT 1\0"), (b'Z', IDLE)];
+        assert_eq!(marker.iter().find_map(|(t, b)| custom.step(*t, b)), None);
+        assert_eq!(ok[3..].iter().find_map(|(t, b)| custom.step(*t, b)), Some(true));
         // CLOSE ALL: its completion and ReadyForQuery, no reseed.
         assert_eq!(run_own(CLOSE_CURSORS_TAG, &[(b'C', CLOSE_CURSORS_TAG), (b'Z', IDLE)]), Some(true));
         assert_eq!(run_own(CLOSE_CURSORS_TAG, &[(b'C', CLOSE_CURSORS_TAG), (b'Z', b"T")]), Some(false));
@@ -448,15 +493,17 @@ mod tests {
     const CLOSE_CURSORS_TAG: &[u8] = b"CLOSE CURSOR ALL\0";
 
     /// What DISCARD ALL's reply (with the reseed) should decide, read off the whole list: its
-    /// essential messages (asynchronous ones aside) begin with the six expected ones (the
-    /// RowDescription's and DataRow's bodies not compared), else fail at the first other one.
+    /// essential messages (asynchronous ones aside) begin with the eight expected ones (bodies
+    /// compared for CommandComplete and ReadyForQuery only), else fail at the first other one.
     fn own_oracle(msgs: &[(u8, Vec<u8>)]) -> Option<bool> {
-        let want: [(u8, Option<&[u8]>); 6] = [
+        let want: [(u8, Option<&[u8]>); 8] = [
             (b'C', Some(RESET_TAG)),
             (b'Z', Some(IDLE)),
-            (b'T', None),
+            (b'1', None),
+            (b'2', None),
             (b'D', None),
             (b'C', Some(b"SELECT 1\0")),
+            (b'3', None),
             (b'Z', Some(IDLE)),
         ];
         let essential: Vec<&(u8, Vec<u8>)> =
@@ -471,7 +518,7 @@ mod tests {
     }
 
     fn own_msg() -> impl Strategy<Value = (u8, Vec<u8>)> {
-        let tag = prop_oneof![4 => proptest::sample::select(b"CZTDSNAIE".to_vec()), 1 => any::<u8>()];
+        let tag = prop_oneof![4 => proptest::sample::select(b"CZ123DSNAIE".to_vec()), 1 => any::<u8>()];
         let body = prop_oneof![
             2 => Just(RESET_TAG.to_vec()),
             2 => Just(b"I".to_vec()),
@@ -490,12 +537,21 @@ mod tests {
         #[test]
         fn arbitrary_replies_confirm_discard_all_only_with_the_reseed(
             exact in any::<bool>(),
-            at in 0..7usize,
+            at in 0..9usize,
             msgs in proptest::collection::vec(own_msg(), 0..10),
         ) {
             let mut all: Vec<(u8, Vec<u8>)> = Vec::new();
             if exact {
-                all = [(b'C', RESET_TAG), (b'Z', IDLE), (b'T', b"" as &[u8]), (b'D', b""), (b'C', b"SELECT 1\0"), (b'Z', IDLE)]
+                all = [
+                    (b'C', RESET_TAG),
+                    (b'Z', IDLE),
+                    (b'1', b"" as &[u8]),
+                    (b'2', b""),
+                    (b'D', b""),
+                    (b'C', b"SELECT 1\0"),
+                    (b'3', b""),
+                    (b'Z', IDLE),
+                ]
                     .iter()
                     .map(|(t, b)| (*t, b.to_vec()))
                     .collect();
