@@ -89,3 +89,254 @@ async fn the_guard_itself_is_never_bounded_by_the_timeouts_it_lifts() {
     }
     f.assert_none();
 }
+
+/// Client 1 of a leaves `statement_timeout` and `lock_timeout` of 1ms on the pool's one
+/// connection; client 2 of a (its own `statement_timeout` of 7s and `application_name`, so
+/// its setup is the BEGIN … COMMIT shape with the guard) starts with each of: a plain
+/// statement, a transaction block with `SET LOCAL`, its own session `SET statement_timeout`,
+/// a `SET LOCAL` outside a block (a warning, no effect). It is served on the same backend,
+/// and what it sees in and after its first statement is its own (the guard's `set_config(...,
+/// true)` never outlives the setup's transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_never_leaks_into_the_next_clients_statements() {
+    let (a, _b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone()]).await;
+    let show = "SELECT current_setting('statement_timeout') || '/' || current_setting('lock_timeout') \
+                || '/' || current_setting('application_name') || '/' || pg_backend_pid()";
+    let mut f = Failures::default();
+    // (what, the first statement, what it shows (None: no rows), what the next one shows)
+    let cases: [(&str, String, Option<&str>, &str); 5] = [
+        ("a plain statement", show.to_owned(), Some("7s/0/c-two"), "7s/0/c-two"),
+        (
+            "a block with SET LOCAL",
+            format!(
+                "BEGIN; SET LOCAL statement_timeout = '3s'; SET LOCAL lock_timeout = '2s'; {show}; COMMIT"
+            ),
+            Some("3s/2s/c-two"),
+            "7s/0/c-two",
+        ),
+        ("its own SET", "SET statement_timeout = '2s'".to_owned(), None, "2s/0/c-two"),
+        // A query of several statements is one transaction: SET LOCAL lasts it.
+        (
+            "SET LOCAL in a query",
+            format!("SET LOCAL lock_timeout = '9s'; {show}"),
+            Some("7s/9s/c-two"),
+            "7s/0/c-two",
+        ),
+        ("SET LOCAL alone", "SET LOCAL lock_timeout = '9s'".to_owned(), None, "7s/0/c-two"),
+    ];
+    for (what, first, during, after) in cases {
+        let c1 = h.client(&a.id).await;
+        let p0 = pid(&c1).await;
+        c1.batch_execute("SET lock_timeout = '1ms'").await.expect("client 1's lock_timeout");
+        c1.batch_execute("SET statement_timeout = '1ms'").await.expect("client 1's statement_timeout");
+        let c2 = connect_str(&format!(
+            "{} application_name=c-two options='-c statement_timeout=7s'",
+            h.conninfo(&a.id)
+        ))
+        .await;
+        let with_pid = |v: &str| format!("{v}/{p0}");
+        match rows(&c2, &first).await {
+            Ok(r) => {
+                let want = during.map(|d| vec![vec![with_pid(d)]]).unwrap_or_default();
+                f.check(r == want, || format!("{what}: client 2 saw {r:?} in it"))
+            }
+            Err(e) => f.0.push(format!("{what}: client 2's first statement failed: {}", why(&e))),
+        }
+        match rows(&c2, show).await {
+            Ok(r) => {
+                f.check(r == vec![vec![with_pid(after)]], || format!("{what}: client 2 saw {r:?} after it"))
+            }
+            Err(e) => f.0.push(format!("{what}: client 2's second statement failed: {}", why(&e))),
+        }
+        // Client 1 again behind client 2: its own 1ms values, not client 2's or the guard's.
+        match rows(&c1, "SELECT current_setting('lock_timeout')").await {
+            Ok(r) => {
+                f.check(r == vec![vec!["1ms".to_owned()]], || format!("{what}: client 1 then saw {r:?}"))
+            }
+            Err(e) => f.check(code(&e) == "57014", || format!("{what}: client 1 then failed: {}", why(&e))),
+        }
+    }
+    f.assert_none();
+}
+
+/// Every way tenant a has of seeding `random()` in transaction mode — `setseed()` in a DO
+/// block, in a function a creates, in an explicit transaction, through the extended
+/// protocol; `set_config('seed')`; `SET seed` / `SET LOCAL seed` in a transaction block; a
+/// `-c seed=` startup option; a session pinned by LISTEN or a temporary table; a transaction
+/// left open by a client that disconnects — is followed by b's first draw on the backend a
+/// left (or, for the open transaction, on another one: that backend is closed): never the
+/// value a's seed makes (computed on a superuser session with the same SQL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_way_of_seeding_in_transaction_mode_reaches_the_next_tenant() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let q = format!("\"{}\".", a.id);
+    admin(&a.database)
+        .await
+        .batch_execute(&format!(
+            "CREATE FUNCTION {q}seed_it(float8) RETURNS void LANGUAGE sql AS 'SELECT setseed($1)';
+             GRANT EXECUTE ON FUNCTION {q}seed_it(float8) TO {role}",
+            role = a.role
+        ))
+        .await
+        .expect("a's function");
+    // (what, how a's client connects, the statements it sends one by one, what runs the same
+    // seeding on a superuser session, whether the backend must be closed)
+    let plain = h.conninfo(&a.id);
+    let routes: Vec<(&str, String, Vec<String>, String, bool)> = vec![
+        (
+            "DO block",
+            plain.clone(),
+            vec!["DO $$BEGIN PERFORM setseed(0.11); END$$".into()],
+            "SELECT setseed(0.11)".into(),
+            false,
+        ),
+        (
+            "a's function",
+            plain.clone(),
+            vec!["SELECT seed_it(0.12)".into()],
+            format!("SELECT {q}seed_it(0.12)"),
+            false,
+        ),
+        (
+            "set_config",
+            plain.clone(),
+            vec!["SELECT set_config('seed', '0.13', false)".into()],
+            "SET seed = 0.13".into(),
+            false,
+        ),
+        (
+            "SET seed in a block",
+            plain.clone(),
+            vec!["BEGIN".into(), "SET seed = 0.14".into(), "COMMIT".into()],
+            "SET seed = 0.14".into(),
+            false,
+        ),
+        (
+            "SET LOCAL seed",
+            plain.clone(),
+            vec!["BEGIN".into(), "SET LOCAL seed = 0.15".into(), "COMMIT".into()],
+            "BEGIN; SET LOCAL seed = 0.15; COMMIT".into(),
+            false,
+        ),
+        (
+            "setseed() in a block",
+            plain.clone(),
+            vec!["BEGIN".into(), "SELECT setseed(0.16)".into(), "COMMIT".into()],
+            "SELECT setseed(0.16)".into(),
+            false,
+        ),
+        (
+            "startup -c seed",
+            format!("{plain} options='-c seed=0.17'"),
+            vec!["SELECT 1".into()],
+            "SET seed = 0.17".into(),
+            false,
+        ),
+        (
+            "pinned by LISTEN",
+            plain.clone(),
+            vec!["LISTEN ch".into(), "SELECT setseed(0.18)".into()],
+            "SELECT setseed(0.18)".into(),
+            false,
+        ),
+        (
+            "pinned by a temp table",
+            plain.clone(),
+            vec!["CREATE TEMP TABLE tt (i int)".into(), "SELECT setseed(0.19)".into()],
+            "SELECT setseed(0.19)".into(),
+            false,
+        ),
+        (
+            "left open",
+            plain.clone(),
+            vec!["BEGIN".into(), "SELECT setseed(0.2)".into()],
+            "SELECT setseed(0.2)".into(),
+            true,
+        ),
+    ];
+    let mut f = Failures::default();
+    for (what, conninfo, statements, same, closed) in routes {
+        let expected = seeded_by(&a.database, &same).await;
+        let ca = connect_str(&conninfo).await;
+        let p0 = pid(&ca).await;
+        for sql in &statements {
+            if let Err(e) = ca.batch_execute(sql).await {
+                f.0.push(format!("{what}: a's {sql:?} failed: {}", why(&e)));
+            }
+        }
+        drop(ca);
+        let cb = h.client(&b.id).await;
+        match first_draw(&cb).await {
+            Ok((p, got)) => {
+                f.check((p == p0) != closed, || format!("{what}: b on backend {p}, a's was {p0}"));
+                f.check(got != expected, || format!("{what}: b drew {got}, what a's seed makes"));
+            }
+            Err(e) => f.0.push(format!("{what}: b's draw failed: {e}")),
+        }
+    }
+    // The extended protocol: setseed($1) prepared and bound by a's driver.
+    let expected = seeded_by(&a.database, "SELECT setseed(0.21)").await;
+    let ca = h.client(&a.id).await;
+    let p0 = pid(&ca).await;
+    ca.execute("SELECT setseed($1)::text", &[&0.21f64]).await.expect("a's extended setseed");
+    let cb = h.client(&b.id).await;
+    match first_draw(&cb).await {
+        Ok((p, got)) => {
+            f.check(p == p0, || format!("extended: b on backend {p}, a's was {p0}"));
+            f.check(got != expected, || format!("extended: b drew {got}, what a's seed makes"));
+        }
+        Err(e) => f.0.push(format!("extended: b's draw failed: {e}")),
+    }
+    f.assert_none();
+}
+
+/// A seed left by a's client at a release: session mode with the default, a custom
+/// (`SELECT pg_advisory_unlock_all()`) and an empty `reset_query`, and a transaction-mode
+/// client pinned by LISTEN with the custom and the empty one; a seeds with `setseed()` or
+/// `SET seed` and leaves; b (waiting for the pool's one connection) draws on the same backend
+/// something else than a's seed makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_seed_survives_a_release_whatever_the_reset_query() {
+    let mut f = Failures::default();
+    let configs = [
+        (PoolMode::Session, "DISCARD ALL"),
+        (PoolMode::Session, "SELECT pg_advisory_unlock_all()"),
+        (PoolMode::Session, ""),
+        (PoolMode::Transaction, "SELECT pg_advisory_unlock_all()"),
+        (PoolMode::Transaction, ""),
+    ];
+    for (mode, reset) in configs {
+        let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+        let (a, b): (TenantConfig, TenantConfig) = (with_mode(a, mode, 1), with_mode(b, mode, 1));
+        let mut cfg = config(vec![a.clone(), b.clone()]);
+        cfg.pool.checkout_timeout = 10.0;
+        cfg.pool.reset_query = reset.into();
+        let h = start(cfg).await;
+        for (how, seed, value) in
+            [("setseed()", "SELECT setseed(0.31)", "0.31"), ("SET seed", "SET seed = 0.32", "0.32")]
+        {
+            let what = format!("{mode:?}, reset_query {reset:?}, {how}");
+            let expected = seeded_by(&a.database, &format!("SELECT setseed({value})")).await;
+            let ca = h.client(&a.id).await;
+            if mode == PoolMode::Transaction {
+                ca.batch_execute("LISTEN ch").await.expect("a pins");
+            }
+            let p0 = pid(&ca).await;
+            if let Err(e) = ca.batch_execute(seed).await {
+                f.0.push(format!("{what}: a's seed failed: {}", why(&e)));
+            }
+            drop(ca);
+            let cb = h.client(&b.id).await;
+            match first_draw(&cb).await {
+                Ok((p, got)) => {
+                    f.check(p == p0, || format!("{what}: b on backend {p}, a's was {p0}"));
+                    f.check(got != expected, || format!("{what}: b drew {got}, what a's seed makes"));
+                }
+                Err(e) => f.0.push(format!("{what}: b's draw failed: {e}")),
+            }
+        }
+    }
+    f.assert_none();
+}
