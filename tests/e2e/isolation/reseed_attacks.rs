@@ -340,3 +340,117 @@ async fn no_seed_survives_a_release_whatever_the_reset_query() {
     }
     f.assert_none();
 }
+
+/// What b's first bytes get: each step's bytes, then either `Some(n)` ReadyForQuerys or
+/// (`None`) what arrives until the stream is quiet.
+async fn steps_transcript<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    steps: &[(Vec<u8>, Option<usize>)],
+) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (bytes, syncs) in steps {
+        send(s, bytes).await;
+        let got = match syncs {
+            Some(n) => read_ready(s, *n, Duration::from_secs(8)).await.0,
+            None => read_quiet(s, Duration::from_millis(500)).await.0,
+        };
+        out.push(summary(&got));
+    }
+    out
+}
+
+/// b's first messages right behind a cross-tenant handoff (DISCARD ALL and the reseed,
+/// unsynced, then b's setup: the SET alone for a plain client, the BEGIN … COMMIT shape for
+/// one with an `application_name`): pipelined Syncs whose first statement fails, a Flush
+/// alone and then an unsynced pipeline ending in a Flush, COPY out and in (simple and
+/// extended), a COPY the client fails. b gets, message for message, what PostgreSQL answers
+/// the same bytes on a fresh session, and its COPY lands in its own table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_messages_behind_the_reseed_are_answered_as_postgres_answers_them() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let ca = h.client(&a.id).await;
+    let t = format!("\"{}\".t", b.id);
+    let flush = || msg(b'H', b"");
+    let cases: Vec<(&str, Vec<(Vec<u8>, Option<usize>)>)> = vec![
+        (
+            "pipelined Syncs, the first failing",
+            vec![(
+                cat(&[
+                    parse("", "SELECT 1/0"),
+                    bind("", ""),
+                    execute(""),
+                    sync(),
+                    parse("s1", "SELECT 2"),
+                    bind("", "s1"),
+                    describe(b'P', ""),
+                    execute(""),
+                    sync(),
+                    query("BEGIN"),
+                    parse("", "SELECT 3"),
+                    bind("", ""),
+                    execute(""),
+                    sync(),
+                    query("COMMIT"),
+                    parse("", "SELEC"),
+                    sync(),
+                ]),
+                Some(6),
+            )],
+        ),
+        (
+            "a Flush first",
+            vec![
+                (flush(), None),
+                (cat(&[parse("", "SELECT 4"), bind("", ""), describe(b'P', ""), execute(""), flush()]), None),
+                (sync(), Some(1)),
+            ],
+        ),
+        ("COPY out first", vec![(query("COPY (SELECT 5) TO STDOUT"), Some(1))]),
+        (
+            "COPY in first",
+            vec![(cat(&[query(&format!("COPY {t} FROM STDIN")), copy_data("6\tb\n"), copy_done()]), Some(1))],
+        ),
+        (
+            "extended COPY in first",
+            vec![(
+                cat(&[
+                    parse("", &format!("COPY {t} FROM STDIN")),
+                    bind("", ""),
+                    execute(""),
+                    copy_data("7\tb\n"),
+                    copy_done(),
+                    sync(),
+                ]),
+                Some(1),
+            )],
+        ),
+        (
+            "COPY failed first",
+            vec![(cat(&[query(&format!("COPY {t} FROM STDIN")), copy_fail("no")]), Some(1))],
+        ),
+    ];
+    let user = format!("app.{}", b.id);
+    let mut f = Failures::default();
+    for own in [false, true] {
+        let stream = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+        let mut params = vec![("user", user.as_str())];
+        if own {
+            params.push(("application_name", "b-own"));
+        }
+        let mut rb = login(stream, &params).await;
+        for (what, steps) in &cases {
+            let _ = pid(&ca).await;
+            let proxied = steps_transcript(&mut rb, steps).await;
+            let mut direct = raw_direct(&b.database).await;
+            let expected = steps_transcript(&mut direct, steps).await;
+            f.check(proxied == expected, || {
+                format!("{what} (own settings: {own}): b got {proxied:?}, PostgreSQL answers {expected:?}")
+            });
+        }
+    }
+    // Each COPY in ran twice through pgtenant and twice on the direct sessions.
+    let ids = super::setup::ids(&admin(&a.database).await, &t).await;
+    f.check(ids == "6,6,6,6,7,7,7,7", || format!("b's table has {ids}"));
+    f.assert_none();
+}
