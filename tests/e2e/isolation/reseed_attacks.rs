@@ -454,3 +454,61 @@ async fn the_first_messages_behind_the_reseed_are_answered_as_postgres_answers_t
     f.check(ids == "6,6,6,6,7,7,7,7", || format!("b's table has {ids}"));
     f.assert_none();
 }
+
+/// The seed pgtenant picks must stay unknown: a release's reset (a session-mode client
+/// leaving; a transaction-mode connection left dirty by a `SET` in a transaction block) ends
+/// with the reseed as the backend's last query, which `pg_stat_activity` shows, literal and
+/// all, to every session of the login role while the connection waits idle in the pool
+/// (and that connection, already reset, goes to the next tenant as it is). Tenant a, with
+/// a second client on the pool's other connection (pinned by LISTEN in transaction mode),
+/// reads that query; b then takes the connection and draws: b's first `random()` must not be
+/// what a can compute from what it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reseeds_value_is_never_visible_to_the_previous_tenant() {
+    let mut f = Failures::default();
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 2).await;
+        let (a, b) = (with_mode(a, mode, 2), with_mode(b, mode, 2));
+        let h = start_quick(vec![a.clone(), b.clone()]).await;
+        let observer = h.client(&a.id).await;
+        observer.batch_execute("LISTEN keep").await.expect("a's observer keeps its connection");
+        let watched = pid(&observer).await;
+        let a1 = h.client(&a.id).await;
+        let p0 = pid(&a1).await;
+        if mode == PoolMode::Transaction {
+            a1.batch_execute("BEGIN; SET LOCAL work_mem = '8MB'; COMMIT")
+                .await
+                .expect("a dirties its connection");
+        }
+        drop(a1);
+        let sql = format!(
+            "SELECT query FROM pg_stat_activity WHERE pid = {p0} AND pid <> {watched} \
+             AND query LIKE 'SELECT pg_catalog.setseed(%'"
+        );
+        let mut seen = None;
+        for _ in 0..30 {
+            if let Ok(r) = rows(&observer, &sql).await {
+                if let Some(q) = r.first() {
+                    seen = Some(q[0].clone());
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The seed's literal, if the query shows one (a parameter would show `$1`).
+        let literal =
+            seen.as_deref().and_then(|q| q.split_once("setseed('")).and_then(|(_, r)| r.split_once('\''));
+        let Some((value, _)) = literal else { continue };
+        let predicted = seeded_by(&a.database, &format!("SELECT setseed({value})")).await;
+        let cb = h.client(&b.id).await;
+        match first_draw(&cb).await {
+            Ok((p, got)) => {
+                f.check(p != p0 || got != predicted, || {
+                    format!("{mode:?}: a read the seed {value} on backend {p0}; b then drew {got} there, as a predicted")
+                });
+            }
+            Err(e) => f.0.push(format!("{mode:?}: b's draw failed: {e}")),
+        }
+    }
+    f.assert_none();
+}
