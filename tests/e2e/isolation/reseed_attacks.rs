@@ -341,11 +341,14 @@ async fn no_seed_survives_a_release_whatever_the_reset_query() {
     f.assert_none();
 }
 
+/// Bytes a client sends, then `Some(n)` ReadyForQuerys to read or (`None`) a quiet stream.
+type Step = (Vec<u8>, Option<usize>);
+
 /// What b's first bytes get: each step's bytes, then either `Some(n)` ReadyForQuerys or
 /// (`None`) what arrives until the stream is quiet.
 async fn steps_transcript<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     s: &mut S,
-    steps: &[(Vec<u8>, Option<usize>)],
+    steps: &[Step],
 ) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for (bytes, syncs) in steps {
@@ -372,7 +375,7 @@ async fn the_first_messages_behind_the_reseed_are_answered_as_postgres_answers_t
     let ca = h.client(&a.id).await;
     let t = format!("\"{}\".t", b.id);
     let flush = || msg(b'H', b"");
-    let cases: Vec<(&str, Vec<(Vec<u8>, Option<usize>)>)> = vec![
+    let cases: Vec<(&str, Vec<Step>)> = vec![
         (
             "pipelined Syncs, the first failing",
             vec![(
