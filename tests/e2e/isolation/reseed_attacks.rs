@@ -515,39 +515,3 @@ async fn the_reseeds_value_is_never_visible_to_the_previous_tenant() {
     }
     f.assert_none();
 }
-
-/// Defaults tenant a gives the login role it shares with b (`ALTER ROLE CURRENT_USER SET …`,
-/// which PostgreSQL lets any role do for itself): DISCARD ALL resets a backend to the
-/// defaults it started with, so they reach b on every backend started afterwards — here the
-/// one pgtenant opens after a closed the last by leaving a transaction open. b's session must
-/// start with its own defaults: its setup and statements not bounded by a's
-/// `statement_timeout`, its INSERT not refused by a's `default_transaction_read_only`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenants_role_defaults_never_reach_the_other_tenant() {
-    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
-    let h = start_quick(vec![a.clone(), b.clone()]).await;
-    let ca = h.client(&a.id).await;
-    let p0 = pid(&ca).await;
-    let altered = ca
-        .batch_execute("ALTER ROLE CURRENT_USER SET default_transaction_read_only = on")
-        .await
-        .and(ca.batch_execute("ALTER ROLE CURRENT_USER SET statement_timeout = '50ms'").await);
-    ca.batch_execute("BEGIN").await.expect("a opens a transaction");
-    drop(ca);
-    let cb = h.client(&b.id).await;
-    let sql = format!(
-        "SELECT current_setting('default_transaction_read_only') || '/' \
-         || current_setting('statement_timeout') || '/' || (pg_backend_pid() <> {p0})::text"
-    );
-    let seen = rows(&cb, &sql).await.map_err(|e| why(&e));
-    let insert = cb.batch_execute("INSERT INTO t VALUES (1, 'b')").await.map_err(|e| why(&e));
-    let sleep = cb.batch_execute("SELECT pg_sleep(0.2)").await.map_err(|e| why(&e));
-    admin("postgres").await.batch_execute(&format!("ALTER ROLE {} RESET ALL", a.role)).await.expect("reset");
-    // Refusing the ALTER ROLE would do too.
-    let Ok(()) = altered else { return };
-    assert_eq!(
-        (seen, insert, sleep),
-        (Ok(vec![vec!["off/0/true".to_owned()]]), Ok(()), Ok(())),
-        "b on a new backend after tenant a's ALTER ROLE CURRENT_USER SET"
-    );
-}
