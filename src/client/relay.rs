@@ -587,7 +587,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                 }
                 st.names_statement
             } else {
-                st.forward(tag, frame);
+                st.forward_session(tag, frame);
                 frontend::names_statement(tag, frame)
             };
             st.meter.client_message(tag, named, !transaction);

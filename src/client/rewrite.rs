@@ -160,6 +160,33 @@ impl Stage<'_> {
         self.out.extend_from_slice(frame);
     }
 
+    /// Session mode: the client's messages go as they are, except an Execute of the unnamed
+    /// portal that no Bind of it made since a simple Query (or one not answered yet from an
+    /// earlier Sync batch): answered with 34000, as PostgreSQL answers it, where PostgreSQL
+    /// 15 could crash (see `statements::UnnamedPortal`). Whether the client has one is
+    /// followed as in transaction mode.
+    pub(super) fn forward_session(&mut self, tag: u8, frame: &[u8]) {
+        match tag {
+            fe::QUERY => self.statements.simple_query(),
+            fe::SYNC => self.statements.sync(),
+            fe::BIND if bind_parts(frame).is_some_and(|(portal, _, _)| portal.is_empty()) => {
+                let effect = self.statements.bind_portal(b"", Bound::Bind);
+                self.pipeline.push_effect(Kind::Bind, Action::Forward, effect.into_iter().collect());
+                self.out.extend_from_slice(frame);
+                return;
+            }
+            fe::EXECUTE
+                if cstr(&frame[HEADER_LEN..]).is_some_and(|(p, _)| p.is_empty())
+                    && self.statements.owns_portal(b"") != Portal::Owned =>
+            {
+                self.fail_with(PgError::no_such_portal(b""), true);
+                return;
+            }
+            _ => {}
+        }
+        self.forward(tag, frame);
+    }
+
     /// A Close the server answers for pgtenant: of a name that never exists, so the server
     /// answers CloseComplete exactly where it would have answered the client's Close (or
     /// skips it, or fails a COPY on it), and the client's statement stays on the server for
@@ -367,6 +394,7 @@ impl Stage<'_> {
                 if self.statements.barrier_pending() {
                     return false;
                 }
+                self.statements.simple_query();
                 let sql = &frame[HEADER_LEN..];
                 let class = classify(sql);
                 let refused = self.refusal_for(&class).and_then(|sql| query_frame(&sql));

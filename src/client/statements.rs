@@ -33,6 +33,23 @@ pub enum Effect {
     /// was staged: if it fails or is skipped, they are not the unnamed statement's (a skipped
     /// Parse leaves the one parsed before).
     UnnamedParse,
+    /// The client's Bind of the unnamed portal, staged when it had sent this many Syncs.
+    UnnamedPortal(u64),
+}
+
+/// The unnamed portal as the client's messages leave it. PostgreSQL 15 answers an Execute of
+/// it that no Bind made since a simple Query with 34000, except in a state a DISCARD ALL and a
+/// query of several statements failing in a transaction block leave, where the backend
+/// crashes (signal 11) and the postmaster restarts every backend, every tenant's: such an
+/// Execute is answered by pgtenant ([`Statements::owns_portal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum UnnamedPortal {
+    /// A simple Query dropped it (and the client has bound none since).
+    #[default]
+    None,
+    /// Bound when the client had sent this many Syncs, not answered yet.
+    Bound(u64),
+    Answered,
 }
 
 /// A statement a client prepared, as the server knows it.
@@ -226,6 +243,7 @@ pub struct Statements {
     unnamed_parsed: u32,
     /// Bytes of the Parse messages held.
     bytes: usize,
+    unnamed_portal: UnnamedPortal,
     /// Cursors the unnamed and the last bound statement declare, if any does.
     declaring: Option<Box<Declaring>>,
 }
@@ -241,6 +259,7 @@ impl Default for Statements {
             unnamed_parsed: 0,
             bytes: 0,
             declaring: None,
+            unnamed_portal: UnnamedPortal::None,
         }
     }
 }
@@ -325,6 +344,12 @@ impl Statements {
                 }
                 return;
             }
+            Effect::UnnamedPortal(epoch) => {
+                if self.unnamed_portal == UnnamedPortal::Bound(*epoch) {
+                    self.unnamed_portal = if ok { UnnamedPortal::Answered } else { UnnamedPortal::None };
+                }
+                return;
+            }
             Effect::ClientPortal(name) => {
                 let Some(state) = self.portals.get_mut(name) else { return };
                 if ok {
@@ -405,6 +430,12 @@ impl Statements {
     /// The Syncs staged so far.
     pub fn syncs(&self) -> u64 {
         self.syncs
+    }
+
+    /// A simple Query was staged: the server drops the unnamed portal.
+    #[inline]
+    pub fn simple_query(&mut self) {
+        self.unnamed_portal = UnnamedPortal::None;
     }
 
     /// A Sync was staged.
@@ -506,7 +537,11 @@ impl Statements {
     /// [`Statements::owns_portal`]).
     pub fn bind_portal(&mut self, portal: &[u8], by: Bound) -> Option<Effect> {
         if portal.is_empty() {
-            return None;
+            if by != Bound::Bind {
+                return None;
+            }
+            self.unnamed_portal = UnnamedPortal::Bound(self.syncs);
+            return Some(Effect::UnnamedPortal(self.syncs));
         }
         let pending = (by, self.syncs);
         if let Some(state) = self.portals.get_mut(portal) {
@@ -530,6 +565,7 @@ impl Statements {
     /// survives there (a Bind's portal ends with its transaction; WITH HOLD cursors pin the
     /// client), and the name may be another client's cursor on the next connection.
     pub fn forget_portals(&mut self) {
+        self.unnamed_portal = UnnamedPortal::None;
         if !self.portals.is_empty() {
             self.portals.clear();
         }
@@ -541,7 +577,14 @@ impl Statements {
     /// not answered yet: `Wait` (had it failed, the name could be another client's cursor).
     pub fn owns_portal(&self, portal: &[u8]) -> Portal {
         if portal.is_empty() {
-            return Portal::Owned;
+            // Only behind a Bind of it that completed, or in its Sync batch; else 34000 from
+            // pgtenant (see `UnnamedPortal`).
+            return match self.unnamed_portal {
+                UnnamedPortal::Answered => Portal::Owned,
+                UnnamedPortal::Bound(epoch) if epoch == self.syncs => Portal::Owned,
+                UnnamedPortal::Bound(_) => Portal::Wait,
+                UnnamedPortal::None => Portal::Unknown,
+            };
         }
         match self.portals.get(portal).map(|p| p.pending) {
             None => Portal::Unknown,
@@ -593,182 +636,4 @@ pub fn feature_refusal(feature: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        f.extend_from_slice(body);
-        f
-    }
-
-    #[test]
-    fn parse_is_renamed_by_content_and_search_path() {
-        let p = frame(b'P', b"s1\0SELECT $1\0\0\x01\0\0\0\x17");
-        let (n, a) =
-            Statements::prepare(&p, "\"acme\"", None, Box::default(), Marks::default()).expect("named");
-        assert_eq!(&*n, b"s1");
-        let (_, b) = Statements::prepare(
-            &frame(b'P', b"other\0SELECT $1\0\0\x01\0\0\0\x17"),
-            "\"acme\"",
-            None,
-            Box::default(),
-            Marks::default(),
-        )
-        .expect("named");
-        assert_eq!(a.server_name, b.server_name, "same content, same server statement");
-        let (_, c) =
-            Statements::prepare(&p, "\"globex\"", None, Box::default(), Marks::default()).expect("named");
-        assert_ne!(a.server_name, c.server_name, "another schema, another statement");
-        assert_eq!(a.server_name.len(), 4 + 32, "128 keyed bits: {}", a.server_name);
-        let (name, rest) = cstr(&a.parse[HEADER_LEN..]).expect("name");
-        assert_eq!(name, a.server_name.as_bytes());
-        assert_eq!(rest, b"SELECT $1\0\0\x01\0\0\0\x17");
-        assert_eq!(
-            i32::from_be_bytes([a.parse[1], a.parse[2], a.parse[3], a.parse[4]]) as usize + 1,
-            a.parse.len()
-        );
-        assert!(
-            Statements::prepare(
-                &frame(b'P', b"\0SELECT 1\0\0\0"),
-                "",
-                None,
-                Box::default(),
-                Marks::default()
-            )
-            .is_none(),
-            "unnamed: not tracked"
-        );
-    }
-
-    /// `s1` as `SELECT 1`, unmarked.
-    fn prepare_s1() -> (Box<[u8]>, Arc<Prepared>) {
-        let p = frame(b'P', b"s1\0SELECT 1\0\0\0");
-        Statements::prepare(&p, "", None, Box::default(), Marks::default()).expect("named")
-    }
-
-    #[test]
-    fn names_wait_only_across_a_sync() {
-        let mut s = Statements::default();
-        let (n, p) = prepare_s1();
-        let parse = s.register(n, p);
-        assert!(matches!(s.lookup(b"s1"), Lookup::Known(_)), "same Sync segment: decided together");
-        s.sync();
-        assert!(matches!(s.lookup(b"s1"), Lookup::Wait), "after a Sync: waits for the verdict");
-        s.settle(&parse, false);
-        assert!(matches!(s.lookup(b"s1"), Lookup::Unknown), "a skipped Parse leaves nothing");
-        let (n, p) = prepare_s1();
-        let parse = s.register(n, p);
-        s.settle(&parse, true);
-        let close = s.close(b"s1").expect("known");
-        assert!(matches!(s.lookup(b"s1"), Lookup::Unknown));
-        s.settle(&close, false);
-        assert!(matches!(s.lookup(b"s1"), Lookup::Known(_)), "a skipped Close restores the statement");
-        assert_eq!(keys().absent.len(), "pgt_absent_".len() + 32);
-        assert_ne!(absent_statement(), probe_statement());
-    }
-
-    #[test]
-    fn refusals_are_recognised_as_pgtenant_own() {
-        assert!(prepare_refusal().contains("ERRCODE = '0A000'"));
-        assert!(feature_refusal("LISTEN").contains("ERRCODE = '0A000'"));
-        let listen = PgError::session_feature_unsupported("LISTEN");
-        assert_eq!(own_refusal("0A000", &listen.message), Some(listen));
-        assert_eq!(
-            own_refusal("0A000", &PgError::sql_prepare_unsupported().message),
-            Some(PgError::sql_prepare_unsupported())
-        );
-        assert_eq!(own_refusal("42000", &PgError::sql_prepare_unsupported().message), None);
-        assert_eq!(own_refusal("0A000", "cached plan must not change result type"), None);
-    }
-
-    /// A DEALLOCATE run by a simple query: names wait for its reply only, not for extended
-    /// messages queued behind it (the server holds theirs until a Sync or Flush), so no
-    /// Flush is needed. One run by Bind/Execute waits for everything, and needs the Flush.
-    #[test]
-    fn a_query_barrier_waits_for_its_own_reply_and_a_parse_barrier_for_all() {
-        use crate::client::pipeline::{Action, Kind, Pipeline};
-        let mut s = Statements::default();
-        let mut p = Pipeline::default();
-        p.push(Kind::Query, Action::Forward);
-        s.raise_barrier(true);
-        p.mark_barrier();
-        p.push(Kind::Close, Action::Forward);
-        p.settle_barrier(&mut s);
-        assert!(s.barrier_pending() && matches!(s.lookup(b"s1"), Lookup::Wait));
-        assert!(!s.wait_needs_flush());
-        p.route(b'C', "");
-        p.settle_barrier(&mut s);
-        assert!(s.barrier_pending(), "lifted before the query's ReadyForQuery");
-        p.route(b'Z', "");
-        p.settle_barrier(&mut s);
-        assert!(!s.barrier_pending() && !p.owes_nothing(), "the Close behind it is still owed");
-
-        // A Bind of a statement that runs DEALLOCATE ALL: it runs at the Execute behind it.
-        p.push(Kind::Parse, Action::Forward);
-        p.push(Kind::Bind, Action::Forward);
-        s.raise_barrier(false);
-        p.settle_barrier(&mut s);
-        assert!(!s.barrier_pending() && !s.wait_needs_flush(), "nothing dropped before an Execute");
-        assert!(matches!(s.lookup(b"s1"), Lookup::Unknown));
-        p.push(Kind::Execute, Action::Forward);
-        s.execute();
-        assert!(s.barrier_pending() && s.wait_needs_flush());
-        // A simple query's barrier raised meanwhile does not weaken it.
-        s.raise_barrier(true);
-        assert!(s.wait_needs_flush());
-        for tag in [b'3', b'1', b'2'] {
-            p.route(tag, "");
-            p.settle_barrier(&mut s);
-            assert!(s.barrier_pending(), "lifted at {}", tag as char);
-        }
-        p.route(b'C', "");
-        p.settle_barrier(&mut s);
-        assert!(!s.barrier_pending() && p.owes_nothing());
-    }
-
-    /// The cursors of the statement bound last go with an Execute of its portal only: an
-    /// Execute of an earlier portal runs another statement, which declares none of them.
-    #[test]
-    fn bound_cursors_go_with_their_portal_only() {
-        let mut s = Statements::default();
-        let cursors: Cursors = vec![b"c".to_vec().into_boxed_slice()].into();
-        s.bind_declares(b"p_first", Some(&Cursors::default()));
-        s.bind_declares(b"p_second", Some(&cursors));
-        assert!(s.take_bound_declares(b"p_first").is_empty(), "another portal's cursors");
-        assert_eq!(s.take_bound_declares(b"p_second"), cursors);
-        assert!(s.take_bound_declares(b"p_second").is_empty(), "once");
-    }
-
-    /// The same portal name made twice while the first is pending: a later one stands if the
-    /// earlier is skipped; one that fails after an earlier one completed leaves the portal.
-    #[test]
-    fn a_portal_made_again_while_pending_stands_if_the_first_is_skipped() {
-        let mut s = Statements::default();
-        let first = s.bind_portal(b"c", Bound::DeclareQuery).expect("first");
-        s.sync();
-        let second = s.bind_portal(b"c", Bound::DeclareQuery).expect("second, while the first is pending");
-        assert_eq!(s.owns_portal(b"c"), Portal::Wait);
-        s.settle(&first, false);
-        assert_eq!(s.owns_portal(b"c"), Portal::Wait, "the second is still pending");
-        s.settle(&second, true);
-        assert_eq!(s.owns_portal(b"c"), Portal::Owned);
-        // Completed, then one that fails (the server refuses the name): the portal stays.
-        assert!(s.bind_portal(b"c", Bound::Bind).is_none(), "a settled name: nothing pending");
-        let mut s = Statements::default();
-        let first = s.bind_portal(b"p", Bound::Bind).expect("first");
-        let second = s.bind_portal(b"p", Bound::Bind).expect("second");
-        s.settle(&first, true);
-        s.settle(&second, false);
-        assert_eq!(s.owns_portal(b"p"), Portal::Owned);
-        // Both skipped: gone. An Execute-made one keeps the wait that needs a Flush.
-        let mut s = Statements::default();
-        let first = s.bind_portal(b"q", Bound::DeclareExecute).expect("first");
-        let second = s.bind_portal(b"q", Bound::DeclareQuery).expect("second");
-        assert!(s.wait_needs_flush());
-        s.settle(&first, false);
-        s.settle(&second, false);
-        assert_eq!(s.owns_portal(b"q"), Portal::Unknown);
-    }
-}
+mod tests;
