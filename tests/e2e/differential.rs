@@ -353,8 +353,8 @@ fn agree(direct: &[String], proxied: &[String], msgs: &[Msg]) -> bool {
     // one such state, crashes: see isolation::crash). Only that SQLSTATE, only then.
     let unbound_execute = msgs.iter().fold((false, false), |(bound, seen), m| match m {
         Msg::Query(_) => (false, seen),
-        Msg::Bind(portal, _) if portal.is_empty() => (true, seen),
-        Msg::Execute(portal, _) if portal.is_empty() => (bound, seen || !bound),
+        Msg::Bind("", _) => (true, seen),
+        Msg::Execute("", _) => (bound, seen || !bound),
         _ => (bound, seen),
     });
     if unbound_execute.1
