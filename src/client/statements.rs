@@ -44,8 +44,11 @@ pub enum Effect {
 /// Execute is answered by pgtenant ([`Statements::owns_portal`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum UnnamedPortal {
-    /// A simple Query dropped it (and the client has bound none since).
+    /// No simple Query since the client's server connection came (nor in its session, in
+    /// session mode), which that state needs: nothing to follow, at no cost per Bind.
     #[default]
+    Clean,
+    /// A simple Query dropped it (and the client has bound none since).
     None,
     /// Bound when the client had sent this many Syncs, not answered yet.
     Bound(u64),
@@ -259,7 +262,7 @@ impl Default for Statements {
             unnamed_parsed: 0,
             bytes: 0,
             declaring: None,
-            unnamed_portal: UnnamedPortal::None,
+            unnamed_portal: UnnamedPortal::Clean,
         }
     }
 }
@@ -540,6 +543,9 @@ impl Statements {
             if by != Bound::Bind {
                 return None;
             }
+            if self.unnamed_portal == UnnamedPortal::Clean {
+                return None;
+            }
             self.unnamed_portal = UnnamedPortal::Bound(self.syncs);
             return Some(Effect::UnnamedPortal(self.syncs));
         }
@@ -565,7 +571,7 @@ impl Statements {
     /// survives there (a Bind's portal ends with its transaction; WITH HOLD cursors pin the
     /// client), and the name may be another client's cursor on the next connection.
     pub fn forget_portals(&mut self) {
-        self.unnamed_portal = UnnamedPortal::None;
+        self.unnamed_portal = UnnamedPortal::Clean;
         if !self.portals.is_empty() {
             self.portals.clear();
         }
@@ -580,7 +586,7 @@ impl Statements {
             // Only behind a Bind of it that completed, or in its Sync batch; else 34000 from
             // pgtenant (see `UnnamedPortal`).
             return match self.unnamed_portal {
-                UnnamedPortal::Answered => Portal::Owned,
+                UnnamedPortal::Clean | UnnamedPortal::Answered => Portal::Owned,
                 UnnamedPortal::Bound(epoch) if epoch == self.syncs => Portal::Owned,
                 UnnamedPortal::Bound(_) => Portal::Wait,
                 UnnamedPortal::None => Portal::Unknown,

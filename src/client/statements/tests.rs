@@ -172,7 +172,11 @@ fn a_portal_made_again_while_pending_stands_if_the_first_is_skipped() {
 #[test]
 fn the_unnamed_portal_is_executed_only_behind_a_bind_of_it() {
     let mut s = Statements::default();
-    assert_eq!(s.owns_portal(b""), Portal::Unknown, "none bound");
+    // Before any simple Query nothing is followed (no effect per Bind).
+    assert_eq!(s.owns_portal(b""), Portal::Owned);
+    assert_eq!(s.bind_portal(b"", Bound::Bind), None);
+    s.simple_query();
+    assert_eq!(s.owns_portal(b""), Portal::Unknown, "none bound since the Query");
     let effect = s.bind_portal(b"", Bound::Bind).expect("an effect");
     assert_eq!(s.owns_portal(b""), Portal::Owned, "in the Bind's Sync batch");
     s.sync();
@@ -191,7 +195,6 @@ fn the_unnamed_portal_is_executed_only_behind_a_bind_of_it() {
     assert_eq!(s.owns_portal(b""), Portal::Wait);
     s.settle(&second, false);
     assert_eq!(s.owns_portal(b""), Portal::Unknown);
-    s.bind_portal(b"", Bound::Bind);
     s.forget_portals();
-    assert_eq!(s.owns_portal(b""), Portal::Unknown, "gone with the transaction");
+    assert_eq!(s.owns_portal(b""), Portal::Owned, "a new server connection: nothing to follow");
 }
