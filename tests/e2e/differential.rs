@@ -347,25 +347,19 @@ fn agree(direct: &[String], proxied: &[String], msgs: &[Msg]) -> bool {
     if direct == proxied {
         return true;
     }
-    // The second documented difference: an Execute of the unnamed portal that no Bind of it
-    // made since the last simple query gets 34000 from pgtenant, where PostgreSQL, having kept
-    // the failed portal of a query that failed in a transaction block, answers 25P02 (or, in
-    // one such state, crashes: see isolation::crash). Only that SQLSTATE, only then.
-    let unbound_execute = msgs.iter().fold((false, false), |(bound, seen), m| match m {
+    // Documented too: pgtenant's 34000 for an Execute of an unbound unnamed portal where
+    // PostgreSQL says 25P02 (or crashes: see isolation::crash). Only that pair, only then.
+    let (_, unbound) = msgs.iter().fold((false, false), |(bound, seen), m| match m {
         Msg::Query(_) => (false, seen),
         Msg::Bind("", _) => (true, seen),
         Msg::Execute("", _) => (bound, seen || !bound),
         _ => (bound, seen),
     });
-    if unbound_execute.1
-        && direct.len() == proxied.len()
-        && direct.iter().zip(proxied).all(|(d, p)| d == p || (d == "E:25P02" && p == "E:34000"))
-    {
-        return true;
-    }
-    matches!(msgs.last(), Some(Msg::Malformed))
-        && proxied.last().is_some_and(|e| e.starts_with("E:08P01") && e.contains("invalid message"))
-        && direct == &proxied[..proxied.len() - 1]
+    let pair = |(d, p): (&String, &String)| d == p || (d == "E:25P02" && p == "E:34000");
+    (unbound && direct.len() == proxied.len() && direct.iter().zip(proxied).all(pair))
+        || matches!(msgs.last(), Some(Msg::Malformed))
+            && proxied.last().is_some_and(|e| e.starts_with("E:08P01") && e.contains("invalid message"))
+            && direct == &proxied[..proxied.len() - 1]
 }
 
 fn chunks_for(msgs: &[Msg], chunks: &[usize]) -> Vec<usize> {
