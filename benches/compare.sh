@@ -12,8 +12,10 @@
 #      interleaved rounds (round 1: every case on every target, then round 2 ...), reading
 #      each proxy's utime+stime from /proc/PID/stat around every run,
 #   6. prints per case and target: TPS (mean of the rounds), latency, the proxy's CPU µs per
-#      transaction (its CPU time over all rounds / transactions over all rounds), and the
-#      ratios pgtenant / PgBouncer.
+#      transaction (its CPU time over all rounds / transactions over all rounds), the user
+#      part of it (its own code and libraries; the rest is the kernel's work for it, which
+#      is about the same for both proxies: same system calls), and the ratios pgtenant /
+#      PgBouncer.
 # Everything it started is stopped and the temp dir removed on exit.
 #
 # CPU per transaction is the steadier figure on a small shared machine (TPS moves with
@@ -120,7 +122,7 @@ prepare() {
 }
 
 # Sums over the rounds, per case/target: TPS, latency, transactions, proxy CPU ticks.
-declare -A TPS_SUM LAT_SUM RUNS XACTS TICKS FAIL TPS_LIST
+declare -A TPS_SUM LAT_SUM RUNS XACTS TICKS UTICKS FAIL TPS_LIST
 FAILED_RUNS=0
 n=0
 for round in $(seq 1 "$BENCH_ROUNDS"); do
@@ -135,14 +137,14 @@ for round in $(seq 1 "$BENCH_ROUNDS"); do
             pid=$(target_pid "$t")
             prepare
             log "round $round: $name -> $t (pgbench -n $opts -T $BENCH_SECONDS)"
-            cpu0=$(cpu_ticks "$pid")
+            cpu0=$(cpu_ticks "$pid") user0=$(user_ticks "$pid")
             # shellcheck disable=SC2046,SC2086
             if ! "$PGBENCH" -n $opts -T "$BENCH_SECONDS" $(target_conn "$t") bench >"$out" 2>&1; then
                 log "pgbench exited non-zero for '$name' -> $t"
                 show_log "$out" 15
                 FAILED_RUNS=$((FAILED_RUNS + 1))
             fi
-            cpu1=$(cpu_ticks "$pid")
+            cpu1=$(cpu_ticks "$pid") user1=$(user_ticks "$pid")
             # tps = 1234.5 (without initial connection time)   -- or, with -C,
             # tps = 1234.5 (including reconnection times)
             tps=$(awk '/^tps = / {print $3; exit}' "$out")
@@ -161,6 +163,7 @@ for round in $(seq 1 "$BENCH_ROUNDS"); do
             FAIL[$k]=$(( ${FAIL[$k]:-0} + ${fail:-0} ))
             TPS_LIST[$k]+="${TPS_LIST[$k]:+/}$(printf '%.0f' "$tps")"
             [[ -n $cpu0 && -n $cpu1 ]] && TICKS[$k]=$(( ${TICKS[$k]:-0} + cpu1 - cpu0 ))
+            [[ -n $user0 && -n $user1 ]] && UTICKS[$k]=$(( ${UTICKS[$k]:-0} + user1 - user0 ))
             log "  $(printf '%.1f' "$tps") tps, $xacts transactions${pid:+, proxy CPU $(( (cpu1 - cpu0) * 1000 / CLK_TCK )) ms}"
         done
     done
@@ -184,10 +187,10 @@ echo
 echo "pgbench -T $BENCH_SECONDS x $BENCH_ROUNDS interleaved rounds, scale $BENCH_SCALE, pool $POOL_SIZE (transaction mode)," \
     "SCRAM clients; pgtenant workers=$PGTENANT_WORKERS; ${PGBOUNCER_VERSION:-no PgBouncer}"
 echo "$(nproc) cores, load avg at the end $LOADAVG"
-fmt_row='%-15s | %-9s | %9s | %-13s | %8s | %9s | %9s | %8s | %8s | %6s\n'
+fmt_row='%-15s | %-9s | %9s | %-13s | %8s | %9s | %9s | %9s | %8s | %8s | %8s | %6s\n'
 # shellcheck disable=SC2059
-printf "$fmt_row" case target TPS "TPS by round" "lat ms" "CPU us/tx" "vs direct" "TPS/pgb" "CPU/pgb" failed
-printf '%s\n' "----------------+-----------+-----------+---------------+----------+-----------+-----------+----------+----------+-------"
+printf "$fmt_row" case target TPS "TPS by round" "lat ms" "CPU us/tx" "user us/tx" "vs direct" "TPS/pgb" "CPU/pgb" "user/pgb" failed
+printf '%s\n' "----------------+-----------+-----------+---------------+----------+-----------+-----------+-----------+----------+----------+----------+-------"
 for c in "${CASES[@]}"; do
     name=${c%%|*}
     [[ -n ${BENCH_CASES:-} && ! $name =~ $BENCH_CASES ]] && continue
@@ -196,19 +199,22 @@ for c in "${CASES[@]}"; do
         kb=$name/pgbouncer
         tps=$(mean "${TPS_SUM[$k]:-}" "${RUNS[$k]:-}" 1)
         cpu=$(cpu_us_per_tx "${TICKS[$k]:-}" "${XACTS[$k]:-}")
-        vs_tps="" vs_cpu=""
+        user=$(cpu_us_per_tx "${UTICKS[$k]:-}" "${XACTS[$k]:-}")
+        vs_tps="" vs_cpu="" vs_user=""
         if [[ $t == pgtenant && -n $PGB_PID ]]; then
             vs_tps=$(ratio "$tps" "$(mean "${TPS_SUM[$kb]:-}" "${RUNS[$kb]:-}" 1)")
             vs_cpu=$(ratio "$cpu" "$(cpu_us_per_tx "${TICKS[$kb]:-}" "${XACTS[$kb]:-}")")
+            vs_user=$(ratio "$user" "$(cpu_us_per_tx "${UTICKS[$kb]:-}" "${XACTS[$kb]:-}")")
         fi
         # shellcheck disable=SC2059
         printf "$fmt_row" "$name" "$t" "$tps" "${TPS_LIST[$k]:--}" "$(mean "${LAT_SUM[$k]:-}" "${RUNS[$k]:-}" 3)" \
-            "$cpu" "$(ratio "$tps" "$(mean "${TPS_SUM[$name/direct]:-}" "${RUNS[$name/direct]:-}" 1)")" \
-            "$vs_tps" "$vs_cpu" "${FAIL[$k]:--}"
+            "$cpu" "$user" "$(ratio "$tps" "$(mean "${TPS_SUM[$name/direct]:-}" "${RUNS[$name/direct]:-}" 1)")" \
+            "$vs_tps" "$vs_cpu" "$vs_user" "${FAIL[$k]:--}"
     done
 done
 echo "TPS: mean over the rounds; CPU us/tx: the proxy's utime+stime (/proc/PID/stat) over all rounds"
-echo "per transaction; TPS/pgb, CPU/pgb: pgtenant / PgBouncer (TPS: higher is better; CPU: lower is better)."
+echo "per transaction, user us/tx: its utime alone (its own code; the rest is the kernel's work for it);"
+echo "TPS/pgb, CPU/pgb, user/pgb: pgtenant / PgBouncer (TPS: higher is better; CPU: lower is better)."
 echo
 
 # Anything pgtenant logged at warn or above during the runs.

@@ -189,6 +189,13 @@ cpu_ticks() {
     sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
 }
 
+# user_ticks PID: utime alone (the proxy's own code and libraries; stime is the kernel's
+# work for it: system calls, the TCP stack, wake-ups), in CLK_TCK ticks; empty without a PID.
+user_ticks() {
+    [[ -n ${1:-} && -r /proc/$1/stat ]] || return 0
+    sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 }'
+}
+
 # find_pgbouncer MIN_VERSION: PGBOUNCER_BIN and PGBOUNCER_VERSION ("PgBouncer 1.25.2") from
 # $PGBOUNCER, else `pgbouncer` in PATH, else /opt/pgbouncer-1.25/bin/pgbouncer (what
 # ../shared/anchors/build-pgbouncer.sh installs). An explicit $PGBOUNCER older than
