@@ -1,8 +1,12 @@
 //! What one logged-in client records into its tenant's metrics, and its login and
-//! disconnect log lines. The relay calls it at read/write batches and transaction
-//! boundaries only: each call is a few `Relaxed` atomic adds on the tenant's counters
-//! (looked up once, at login) and at most one `Instant::now()`, which the calls of one
-//! turn of the session share (see [`Meter::now`]).
+//! disconnect log lines. The relay calls it at reads, writes, ReadyForQuery and transaction
+//! boundaries: what happens per read or write (bytes, named-statement messages) is counted
+//! in the meter and added to the tenant's shared counters once a transaction's replies went
+//! out, so no shared counter is written per message (threads serving one tenant would
+//! otherwise pass its counters' cache line back and forth); per query and per transaction
+//! it is a few `Relaxed` atomic adds on the tenant's counters (looked up once, at login) and
+//! at most one `Instant::now()`, which the calls of one turn of the session share (see
+//! [`Meter::now`]).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -40,7 +44,15 @@ pub(crate) struct Meter {
     transactions: u64,
     bytes_in: u64,
     bytes_out: u64,
+    /// Bytes from and to the client not yet added to the tenant's counters (see
+    /// [`Meter::bytes_out`]); each below [`FLUSH_BYTES`].
+    pending_in: u32,
+    pending_out: u32,
 }
+
+/// Bytes counted in the meter before they go to the tenant's counters whatever the
+/// transaction does (a long COPY or result stays visible in the metrics as it goes).
+const FLUSH_BYTES: u64 = 1 << 20;
 
 /// Messages of named prepared statements (PgBouncer counts those only: its
 /// `total_client_parse_count`, `total_server_parse_count` and `total_bind_count`), counted in
@@ -109,21 +121,59 @@ impl Meter {
             transactions: 0,
             bytes_in: 0,
             bytes_out: 0,
+            pending_in: 0,
+            pending_out: 0,
         }
     }
 
-    /// Bytes read from the client in one read.
+    /// Bytes read from the client in one read: counted here, added to the tenant's counters
+    /// with the transaction's replies (see [`Meter::bytes_out`]).
     #[inline]
     pub fn bytes_in(&mut self, n: usize) {
         self.bytes_in += n as u64;
-        self.session.stats().bytes_in(n);
+        let pending = u64::from(self.pending_in) + n as u64;
+        match u32::try_from(pending) {
+            Ok(p) if pending < FLUSH_BYTES => self.pending_in = p,
+            _ => {
+                self.pending_in = 0;
+                self.session.stats().bytes_in(pending);
+            }
+        }
     }
 
-    /// Bytes written to the client in one write.
+    /// Bytes written to the client in one write. A write made with no query or transaction
+    /// running (the one that carries a transaction's last ReadyForQuery, or pgtenant's own
+    /// answer to a client between transactions) adds what the meter counted to the
+    /// tenant's counters: once a transaction, not once a message.
     #[inline]
     pub fn bytes_out(&mut self, n: usize) {
         self.bytes_out += n as u64;
-        self.session.stats().bytes_out(n);
+        let pending = u64::from(self.pending_out) + n as u64;
+        match u32::try_from(pending) {
+            Ok(p) if pending < FLUSH_BYTES && (self.query.is_some() || self.transaction.is_some()) => {
+                self.pending_out = p;
+            }
+            _ => {
+                self.pending_out = 0;
+                self.session.stats().bytes_out(pending);
+                self.flush_bytes_in();
+            }
+        }
+    }
+
+    /// Adds the client's bytes counted since the last flush to the tenant's counters.
+    fn flush_bytes(&mut self) {
+        if self.pending_out != 0 {
+            self.session.stats().bytes_out(u64::from(std::mem::take(&mut self.pending_out)));
+        }
+        self.flush_bytes_in();
+    }
+
+    #[inline]
+    fn flush_bytes_in(&mut self) {
+        if self.pending_in != 0 {
+            self.session.stats().bytes_in(u64::from(std::mem::take(&mut self.pending_in)));
+        }
     }
 
     /// The clock for this turn of the session: read once per turn (one event handled, with
@@ -300,6 +350,7 @@ impl Meter {
     pub fn disconnected(&mut self, tenant: &str, reason: &str) {
         self.released();
         self.flush_prepared();
+        self.flush_bytes();
         if self.log_disconnect {
             tracing::info!(
                 tenant = %tenant,
@@ -313,6 +364,15 @@ impl Meter {
                 "disconnect"
             );
         }
+    }
+}
+
+/// A session ended without [`Meter::disconnected`] (its task cut at a forced shutdown) still
+/// adds what it counted.
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.flush_prepared();
+        self.flush_bytes();
     }
 }
 
@@ -370,6 +430,50 @@ mod tests {
         assert_eq!(meter.now(), first, "the same turn: the same reading");
         meter.next_turn();
         assert!(meter.now() >= first + Duration::from_millis(2), "a new turn reads the clock afresh");
+    }
+
+    fn bytes(m: &Metrics) -> (u64, u64) {
+        let (_, s) = m.tenants().into_iter().find(|(n, _)| n == "acme").expect("tenant");
+        (s.bytes_in, s.bytes_out)
+    }
+
+    /// Bytes stay in the meter while a transaction runs and reach the tenant with the write
+    /// that carries its last ReadyForQuery, or once they pass FLUSH_BYTES, or at the end.
+    #[test]
+    fn bytes_reach_the_tenant_once_a_transaction() {
+        let m = Metrics::new(10);
+        let mut meter = meter(&m);
+        meter.bytes_in(30);
+        meter.query_started();
+        meter.bytes_out(100);
+        meter.ready(txn::IN_TRANSACTION);
+        meter.bytes_out(7);
+        meter.bytes_in(20);
+        meter.query_started();
+        meter.bytes_out(50);
+        assert_eq!(bytes(&m), (0, 0), "kept in the meter while the transaction runs");
+        meter.ready(txn::IDLE);
+        meter.bytes_out(6);
+        assert_eq!(bytes(&m), (50, 163), "the write after the transaction's end adds all");
+        // pgtenant's own answer between transactions (no query running) counts at once.
+        meter.bytes_in(5);
+        meter.bytes_out(9);
+        assert_eq!(bytes(&m), (55, 172));
+        // A long transaction's bytes show as they pass the bound.
+        meter.query_started();
+        for _ in 0..80 {
+            meter.bytes_out(16 * 1024);
+            meter.bytes_in(16 * 1024);
+        }
+        let (i, o) = bytes(&m);
+        assert_eq!(
+            (i, o),
+            (55 + 63 * 16 * 1024, 172 + FLUSH_BYTES),
+            "added when the writes passed the bound"
+        );
+        meter.bytes_in(1);
+        drop(meter);
+        assert_eq!(bytes(&m), (55 + 80 * 16 * 1024 + 1, 172 + 80 * 16 * 1024), "the rest at the end");
     }
 
     #[test]

@@ -177,13 +177,13 @@ impl TenantStats {
     }
 
     /// Bytes from the client.
-    pub fn bytes_in(&self, n: usize) {
-        self.bytes_in.fetch_add(n as u64, Relaxed);
+    pub fn bytes_in(&self, n: u64) {
+        self.bytes_in.fetch_add(n, Relaxed);
     }
 
     /// Bytes to the client.
-    pub fn bytes_out(&self, n: usize) {
-        self.bytes_out.fetch_add(n as u64, Relaxed);
+    pub fn bytes_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Relaxed);
     }
 
     /// An error, by where it came from and its SQLSTATE (five ASCII characters).

@@ -148,7 +148,7 @@ fn a_thousand_tenants_make_at_most_n_plus_one_series_with_exact_totals() {
             s.transaction(Duration::from_micros(i * 10));
             xacts += 1;
         }
-        s.bytes_in(i as usize * 3);
+        s.bytes_in(i * 3);
         bytes += i * 3;
         if i % 7 == 0 {
             s.error(ErrorSource::Client, b"08P01");
