@@ -319,6 +319,31 @@ mod tests {
         assert_eq!(got.expect_err("an error").kind(), io::ErrorKind::ConnectionReset);
     }
 
+    /// A write to a peer that reset the connection is an error (the raw send with
+    /// MSG_NOSIGNAL: no SIGPIPE, which would end the process were it not ignored), and
+    /// `write_now` reports it rather than a full socket.
+    #[tokio::test]
+    async fn a_write_to_a_reset_peer_is_an_error() {
+        let (peer, tcp) = pair().await;
+        peer.set_zero_linger().expect("linger");
+        drop(peer);
+        let waker = Waker::from(Arc::new(Count::default()));
+        let mut cx = Context::from_waker(&waker);
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match poll_write(&tcp, &mut cx, b"Q\0\0\0\x05x") {
+                    Poll::Ready(Err(e)) => return e,
+                    _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        })
+        .await
+        .expect("the reset is seen");
+        assert!(matches!(got.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe), "{got}");
+        let mut stream = crate::client::stream::ClientStream::Plain(tcp);
+        assert!(matches!(write_now(&mut stream, b"x"), Some(Err(_))));
+    }
+
     /// Writes into a socket whose peer does not read come out short, then wait; once the peer
     /// drains, the registered waker is woken and the rest goes.
     #[tokio::test]
