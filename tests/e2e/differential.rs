@@ -457,6 +457,8 @@ async fn differential(mode: PoolMode, seed: u64, cases: usize) {
     );
 }
 
+mod found;
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }

@@ -1,0 +1,48 @@
+//! Sequences the long random run (benches/fuzz.sh) found, kept as fixed cases.
+
+use pgtenant::model::PoolMode;
+
+use super::*;
+
+/// Found by benches/fuzz.sh (session mode, seed 2590956725360, case 1286): a COPY FROM STDIN
+/// that fails on its data, then a simple query in the same write. Its RowDescription must
+/// reach the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_behind_a_failed_copy_gets_every_reply() {
+    use Msg::*;
+    let t = tenant_db("difffound").await;
+    let c = cluster();
+    let direct = Target::Direct {
+        socket: c.socket_dir.join(format!(".s.PGSQL.{}", c.port)),
+        user: t.role.clone(),
+        db: t.database.clone(),
+    };
+    let db = admin(&t.database).await;
+    db.batch_execute(&format!("CREATE TABLE fz (a int); ALTER TABLE fz OWNER TO \"{}\"", t.role))
+        .await
+        .expect("table");
+    let cases: &[(&[Msg], &[&str])] = &[
+        (
+            &[Query("COPY fz FROM STDIN"), CopyData("x\n"), Query("SELECT 1"), Execute("", 0), Terminate],
+            &["G", "E:22P02", "ZI", "T", "D", "C", "ZI", "E:34000"],
+        ),
+        (
+            &[Query("COPY fz FROM STDIN"), CopyData("x\n"), Query("SELECT 1"), Terminate],
+            &["G", "E:22P02", "ZI", "T", "D", "C", "ZI"],
+        ),
+    ];
+    let mut differ = Vec::new();
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let h = start(config(vec![with_mode(t.clone(), mode, 1)])).await;
+        let proxy = Target::Proxy { addr: h.addr, user: format!("app.{}", t.id), db: t.database.clone() };
+        for (msgs, expected) in cases {
+            let whole = [msgs.len()];
+            let (a, b) = (run(&direct, msgs, &whole).await, run(&proxy, msgs, &whole).await);
+            assert_eq!(&a, expected, "{mode:?} {msgs:?}: PostgreSQL");
+            if b != a {
+                differ.push(format!("{mode:?} {msgs:?}:\n PostgreSQL {a:?}\n pgtenant   {b:?}"));
+            }
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
