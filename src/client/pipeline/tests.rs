@@ -194,6 +194,22 @@ fn an_error_inside_an_irregular_copy_is_uncertain() {
     route(&mut p, b"ZZ");
     assert!(p.is_idle());
 
+    // A copy that fails on its data (22P02, not the 08P01 a copy reading another message
+    // raises) did not read the query behind it: the server runs it (fuzz seed 2590956725360).
+    // Behind an 08P01 the copy may have read it: uncertain.
+    for (code, certain) in [("22P02", true), ("08P01", false)] {
+        let mut p = Pipeline::default();
+        fwd(&mut p, &[Kind::Query]);
+        route(&mut p, b"G");
+        fwd(&mut p, &[Kind::CopyData, Kind::Query, Kind::DescribePortal]);
+        p.route(b'E', code);
+        assert_eq!(p.uncertain(), !certain, "{code}");
+        if certain {
+            route(&mut p, b"ZTDCZT");
+            assert!(p.is_idle());
+        }
+    }
+
     // libpq's extended COPY ended by CopyFail: the Sync before the data may have been read
     // by the copy, or after an error raised before the copy read anything (a statement
     // trigger can raise this very error): uncertain.
