@@ -6,7 +6,8 @@ use super::*;
 
 /// Found by benches/fuzz.sh (session mode, seed 2590956725360, case 1286): a COPY FROM STDIN
 /// that fails on its data, then a simple query in the same write. Its RowDescription must
-/// reach the client.
+/// reach the client, also where a Sync in the copy data leaves the reply model uncertain and
+/// the unnamed-portal guard's probe (a Describe of a portal no server has) follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_behind_a_failed_copy_gets_every_reply() {
     use Msg::*;
@@ -29,6 +30,17 @@ async fn a_query_behind_a_failed_copy_gets_every_reply() {
         (
             &[Query("COPY fz FROM STDIN"), CopyData("x\n"), Query("SELECT 1"), Terminate],
             &["G", "E:22P02", "ZI", "T", "D", "C", "ZI"],
+        ),
+        (
+            &[
+                Query("COPY fz FROM STDIN"),
+                CopyData("x\n"),
+                Sync,
+                Query("SELECT 1"),
+                Execute("", 0),
+                Terminate,
+            ],
+            &["G", "E:22P02", "ZI", "ZI", "T", "D", "C", "ZI", "E:34000"],
         ),
     ];
     let mut differ = Vec::new();
