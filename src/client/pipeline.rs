@@ -306,9 +306,8 @@ impl Pipeline {
         self.uncertain
     }
 
-    /// The last message sent is one the server answers only at a later Sync or Flush (it
-    /// holds its replies until then): of the extended protocol, or the CopyDone or CopyFail
-    /// that ends a COPY (copy data still open: a Flush would go to the COPY, which ignores it).
+    /// The last message sent is one the server answers only at a later Sync or Flush: of the
+    /// extended protocol, or a COPY's CopyDone or CopyFail (a Flush during copy data is ignored).
     pub fn unflushed(&self) -> bool {
         self.queue.back().is_some_and(|e| match e.kind {
             Kind::Flush => false,
@@ -443,8 +442,7 @@ impl Pipeline {
         if entry.kind.extended() && entry.kind != Kind::Flush {
             self.open = true;
         }
-        // Every change leaves the front as `advance` would: an entry pushed behind others
-        // cannot be consumed before them (the queue is consumed from its front only).
+        // The front is left as `advance` would leave it (an entry behind others waits for them).
         let first = self.queue.is_empty();
         self.queue.push_back(entry);
         self.last_skipped = false;
@@ -548,15 +546,12 @@ impl Pipeline {
         }
     }
 
-    /// The replies of an extended-protocol batch, routed as [`Pipeline::route_inner`] would
-    /// route them, with fewer tests: the server running normally (no COPY, not skipping to
-    /// Sync) and a success reply the front entry expects (ParseComplete, BindComplete,
-    /// CloseComplete, a Describe's ParameterDescription and RowDescription or NoData, an
-    /// Execute's rows and end, a Sync's ReadyForQuery). None for anything else (errors,
-    /// asynchronous messages, COPY), which takes the general path. In this state `advance`
-    /// has nothing to consume at the front (no Flush or copy message is there), so skipping
-    /// it changes nothing; never `unexpected`. Out of line: the simple Query's path above
-    /// stays as short as it was.
+    /// The replies of an extended-protocol batch, routed as [`Pipeline::route_inner`] would,
+    /// with fewer tests: the server running normally (no COPY, no skip to Sync) and a success
+    /// reply the front entry expects (not a probe's Describe). None for anything else (errors,
+    /// asynchronous messages, COPY), which takes the general path. Here `advance` has nothing
+    /// to consume at the front, so skipping it changes nothing; never `unexpected`. Out of
+    /// line: the simple Query's path above stays as short as it was.
     #[inline(never)]
     fn route_extended(&mut self, tag: u8) -> Option<Route> {
         if self.mode != Mode::Normal || self.copy_out {
@@ -565,6 +560,7 @@ impl Pipeline {
         let front = self.queue.front()?;
         let forward = front.reply == Reply::Forward;
         match (front.kind, tag) {
+            (Kind::DescribeStatement | Kind::DescribePortal, _) if front.reply == Reply::Probe => None,
             (Kind::Execute, be::DATA_ROW) => {
                 self.started = true;
                 Some(reply(forward))
@@ -646,6 +642,11 @@ impl Pipeline {
             }
             self.mode = Mode::Normal;
             return self.complete(forward, tag, false);
+        }
+        // A probe Describes a name no server has: anything but its error is another's reply.
+        let describe = matches!(kind, Kind::DescribeStatement | Kind::DescribePortal);
+        if describe && front.reply == Reply::Probe && tag != be::ERROR_RESPONSE {
+            return unexpected();
         }
         match (kind, tag) {
             (Kind::Parse, be::PARSE_COMPLETE)

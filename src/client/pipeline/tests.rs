@@ -210,6 +210,18 @@ fn an_error_inside_an_irregular_copy_is_uncertain() {
         }
     }
 
+    // With a Sync in the data it is uncertain; a Describe probe (of a name no server has)
+    // still takes only its error: the query's RowDescription is the client's.
+    let mut p = Pipeline::default();
+    fwd(&mut p, &[Kind::Query]);
+    route(&mut p, b"G");
+    fwd(&mut p, &[Kind::CopyData, Kind::Sync, Kind::Query]);
+    p.push(Kind::DescribePortal, Action::probe("34000", Bytes::from_static(b"E-client")));
+    p.route(b'E', "22P02");
+    assert!(p.uncertain());
+    assert!(b"ZZTDCZ".iter().all(|&t| p.route(t, "").forward));
+    assert_eq!(p.route(b'E', "34000").replace(), Some(&Bytes::from_static(b"E-client")));
+
     // libpq's extended COPY ended by CopyFail: the Sync before the data may have been read
     // by the copy, or after an error raised before the copy read anything (a statement
     // trigger can raise this very error): uncertain.

@@ -278,6 +278,10 @@ impl Pipeline {
             self.mode = Mode::Normal;
             return self.complete(&action, tag, false);
         }
+        let describe = matches!(kind, Kind::DescribeStatement | Kind::DescribePortal);
+        if describe && matches!(action, Action::Probe(_)) && tag != be::ERROR_RESPONSE {
+            return unexpected();
+        }
         match (kind, tag) {
             (Kind::Parse, be::PARSE_COMPLETE)
             | (Kind::Bind, be::BIND_COMPLETE)
