@@ -58,3 +58,38 @@ async fn a_query_behind_a_failed_copy_gets_every_reply() {
     }
     assert!(differ.is_empty(), "{}", differ.join("\n"));
 }
+
+/// Found by benches/fuzz.sh (transaction mode, seed 2825655552190, case 127): a Describe or
+/// Close of the unnamed portal a failed query left in a transaction block reaches the server
+/// (PostgreSQL 15 answers NoData and CloseComplete, also in the state where an Execute of it
+/// crashes the backend: only the Execute is answered by pgtenant, see isolation::crash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unnamed_portal_guard_answers_only_an_execute() {
+    use Msg::*;
+    let t = tenant_db("diffdescribe").await;
+    let c = cluster();
+    let direct = Target::Direct {
+        socket: c.socket_dir.join(format!(".s.PGSQL.{}", c.port)),
+        user: t.role.clone(),
+        db: t.database.clone(),
+    };
+    let pre = [Query("BEGIN"), Query("DISCARD ALL"), Query("SELECT 1; SELECT 2"), Sync];
+    let cases: Vec<Vec<Msg>> = vec![
+        vec![Query("BEGIN"), Query("DISCARD ALL"), Describe(b'P', ""), Terminate],
+        pre.iter().cloned().chain([Describe(b'P', ""), Sync, Terminate]).collect(),
+        pre.iter().cloned().chain([Close(b'P', ""), Sync, Terminate]).collect(),
+    ];
+    let mut differ = Vec::new();
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let h = start(config(vec![with_mode(t.clone(), mode, 1)])).await;
+        let proxy = Target::Proxy { addr: h.addr, user: format!("app.{}", t.id), db: t.database.clone() };
+        for msgs in &cases {
+            let whole = [msgs.len()];
+            let (a, b) = (run(&direct, msgs, &whole).await, run(&proxy, msgs, &whole).await);
+            if b != a {
+                differ.push(format!("{mode:?} {msgs:?}:\n PostgreSQL {a:?}\n pgtenant   {b:?}"));
+            }
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
