@@ -12,9 +12,9 @@
 //!
 //! Server replies drive the model: the server's own messages say when a command errs, starts a
 //! copy or ends. The model is exact except in one case: an error during COPY FROM STDIN while
-//! the client has sent Syncs (or other messages) before or between its copy data. Which of
-//! those the server read before failing is not observable (a copy can fail before it reads
-//! anything), so the queue is marked uncertain and the connection is not reused until a
+//! the client has sent Syncs before or between its copy data (or another message, and the
+//! error is 08P01). Which of those the server read before failing is not observable (a copy
+//! can fail before it reads anything), so the queue is marked uncertain and the connection is not reused until a
 //! marker query resynchronises it (DESIGN.md, containment rule 1).
 //!
 //! pgtenant answers nothing itself: every client message that earns a reply becomes a message
@@ -306,9 +306,8 @@ impl Pipeline {
         self.uncertain
     }
 
-    /// The last message sent is one the server answers only at a later Sync or Flush (it
-    /// holds its replies until then): of the extended protocol, or the CopyDone or CopyFail
-    /// that ends a COPY (copy data still open: a Flush would go to the COPY, which ignores it).
+    /// The last message sent is one the server answers only at a later Sync or Flush: of the
+    /// extended protocol, or a COPY's CopyDone or CopyFail (a Flush during copy data is ignored).
     pub fn unflushed(&self) -> bool {
         self.queue.back().is_some_and(|e| match e.kind {
             Kind::Flush => false,
@@ -443,8 +442,7 @@ impl Pipeline {
         if entry.kind.extended() && entry.kind != Kind::Flush {
             self.open = true;
         }
-        // Every change leaves the front as `advance` would: an entry pushed behind others
-        // cannot be consumed before them (the queue is consumed from its front only).
+        // The front is left as `advance` would leave it (an entry behind others waits for them).
         let first = self.queue.is_empty();
         self.queue.push_back(entry);
         self.last_skipped = false;
@@ -548,15 +546,12 @@ impl Pipeline {
         }
     }
 
-    /// The replies of an extended-protocol batch, routed as [`Pipeline::route_inner`] would
-    /// route them, with fewer tests: the server running normally (no COPY, not skipping to
-    /// Sync) and a success reply the front entry expects (ParseComplete, BindComplete,
-    /// CloseComplete, a Describe's ParameterDescription and RowDescription or NoData, an
-    /// Execute's rows and end, a Sync's ReadyForQuery). None for anything else (errors,
-    /// asynchronous messages, COPY), which takes the general path. In this state `advance`
-    /// has nothing to consume at the front (no Flush or copy message is there), so skipping
-    /// it changes nothing; never `unexpected`. Out of line: the simple Query's path above
-    /// stays as short as it was.
+    /// The replies of an extended-protocol batch, routed as [`Pipeline::route_inner`] would,
+    /// with fewer tests: the server running normally (no COPY, no skip to Sync) and a success
+    /// reply the front entry expects (not a probe's Describe). None for anything else (errors,
+    /// asynchronous messages, COPY), which takes the general path. Here `advance` has nothing
+    /// to consume at the front, so skipping it changes nothing; never `unexpected`. Out of
+    /// line: the simple Query's path above stays as short as it was.
     #[inline(never)]
     fn route_extended(&mut self, tag: u8) -> Option<Route> {
         if self.mode != Mode::Normal || self.copy_out {
@@ -565,6 +560,7 @@ impl Pipeline {
         let front = self.queue.front()?;
         let forward = front.reply == Reply::Forward;
         match (front.kind, tag) {
+            (Kind::DescribeStatement | Kind::DescribePortal, _) if front.reply == Reply::Probe => None,
             (Kind::Execute, be::DATA_ROW) => {
                 self.started = true;
                 Some(reply(forward))
@@ -627,7 +623,7 @@ impl Pipeline {
                     }
                 }
                 be::ERROR_RESPONSE => {
-                    self.copy_failed();
+                    self.copy_failed(code);
                     if extended {
                         self.fail(code)
                     } else {
@@ -646,6 +642,11 @@ impl Pipeline {
             }
             self.mode = Mode::Normal;
             return self.complete(forward, tag, false);
+        }
+        // A probe Describes a name no server has: anything but its error is another's reply.
+        let describe = matches!(kind, Kind::DescribeStatement | Kind::DescribePortal);
+        if describe && front.reply == Reply::Probe && tag != be::ERROR_RESPONSE {
+            return unexpected();
         }
         match (kind, tag) {
             (Kind::Parse, be::PARSE_COMPLETE)
@@ -768,29 +769,30 @@ impl Pipeline {
         route
     }
 
-    /// COPY FROM STDIN failed: decides which queued messages the copy consumed. Copy data,
-    /// CopyDone and CopyFail earn nothing whether the copy read them or not; a Sync or another
-    /// message read after copy data may or may not have been read by the copy.
-    fn copy_failed(&mut self) {
+    /// COPY FROM STDIN failed: decides which queued messages the copy consumed. A copy that
+    /// reads a message other than copy data, Sync or Flush fails with 08P01 (`CopyGetData`,
+    /// `src/backend/commands/copyfromparse.c`): behind an error with another SQLSTATE, the
+    /// server reads that message afterwards as usual.
+    fn copy_failed(&mut self, code: &str) {
         self.mode = Mode::Normal;
         let stream: Vec<Kind> = self.queue.iter().skip(1).map(|e| e.kind).collect();
-        // The copy reads up to the first message that ends it (CopyDone, CopyFail, or any
-        // other message, which fails it).
         let end = stream.iter().position(|k| !matches!(k, Kind::CopyData | Kind::Sync | Kind::Flush));
-        let segment = &stream[..end.map_or(stream.len(), |e| e + 1)];
+        let read = match end {
+            Some(e) if matches!(stream[e], Kind::CopyDone | Kind::CopyFail) => e + 1,
+            Some(e) if code.is_empty() || code == "08P01" => e + 1,
+            Some(e) => e,
+            None => stream.len(),
+        };
+        let segment = &stream[..read];
         // Whether the copy read a Sync or failed before it (an error raised before the copy
-        // reads anything: a view, a statement trigger, a cancel) is not observable, and the
-        // error says nothing of it (a trigger may raise any SQLSTATE and message): a Sync
-        // there makes the replies uncertain. Copy data, CopyDone, CopyFail and Flush earn
+        // reads anything: a view, a statement trigger, a cancel) is not observable, nor
+        // whether it read another message behind an 08P01 (a trigger may raise any SQLSTATE):
+        // either makes the replies uncertain. Copy data, CopyDone, CopyFail and Flush earn
         // nothing either way.
-        let certain = segment
-            .iter()
-            .all(|k| matches!(k, Kind::CopyData | Kind::CopyDone | Kind::CopyFail | Kind::Flush));
-        if !certain {
-            self.uncertain = true;
-        }
-        let n = segment.len();
-        self.queue.drain(1..1 + n);
+        let earn_nothing =
+            |k: &Kind| matches!(k, Kind::CopyData | Kind::CopyDone | Kind::CopyFail | Kind::Flush);
+        self.uncertain |= !segment.iter().all(earn_nothing);
+        self.queue.drain(1..1 + segment.len());
     }
 }
 

@@ -304,7 +304,11 @@ impl Stage<'_> {
                     return true;
                 };
                 if target == PORTAL {
-                    match self.statements.owns_portal(name) {
+                    // The unnamed portal is the client's (none outlives its transaction);
+                    // only an Execute of it is guarded (see `statements::UnnamedPortal`).
+                    let owns =
+                        if name.is_empty() { Portal::Owned } else { self.statements.owns_portal(name) };
+                    match owns {
                         Portal::Wait => return false,
                         Portal::Owned => self.forward(tag, frame),
                         Portal::Unknown if tag == fe::DESCRIBE => {

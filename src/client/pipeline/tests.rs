@@ -194,6 +194,34 @@ fn an_error_inside_an_irregular_copy_is_uncertain() {
     route(&mut p, b"ZZ");
     assert!(p.is_idle());
 
+    // A copy that fails on its data (22P02, not the 08P01 a copy reading another message
+    // raises) did not read the query behind it: the server runs it (fuzz seed 2590956725360).
+    // Behind an 08P01 the copy may have read it: uncertain.
+    for (code, certain) in [("22P02", true), ("08P01", false)] {
+        let mut p = Pipeline::default();
+        fwd(&mut p, &[Kind::Query]);
+        route(&mut p, b"G");
+        fwd(&mut p, &[Kind::CopyData, Kind::Query, Kind::DescribePortal]);
+        p.route(b'E', code);
+        assert_eq!(p.uncertain(), !certain, "{code}");
+        if certain {
+            route(&mut p, b"ZTDCZT");
+            assert!(p.is_idle());
+        }
+    }
+
+    // With a Sync in the data it is uncertain; a Describe probe (of a name no server has)
+    // still takes only its error: the query's RowDescription is the client's.
+    let mut p = Pipeline::default();
+    fwd(&mut p, &[Kind::Query]);
+    route(&mut p, b"G");
+    fwd(&mut p, &[Kind::CopyData, Kind::Sync, Kind::Query]);
+    p.push(Kind::DescribePortal, Action::probe("34000", Bytes::from_static(b"E-client")));
+    p.route(b'E', "22P02");
+    assert!(p.uncertain());
+    assert!(b"ZZTDCZ".iter().all(|&t| p.route(t, "").forward));
+    assert_eq!(p.route(b'E', "34000").replace(), Some(&Bytes::from_static(b"E-client")));
+
     // libpq's extended COPY ended by CopyFail: the Sync before the data may have been read
     // by the copy, or after an error raised before the copy read anything (a statement
     // trigger can raise this very error): uncertain.

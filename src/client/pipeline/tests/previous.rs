@@ -257,7 +257,7 @@ impl Pipeline {
                     }
                 }
                 be::ERROR_RESPONSE => {
-                    self.copy_failed();
+                    self.copy_failed(code);
                     if extended {
                         self.fail(&action, code)
                     } else {
@@ -277,6 +277,10 @@ impl Pipeline {
             }
             self.mode = Mode::Normal;
             return self.complete(&action, tag, false);
+        }
+        let describe = matches!(kind, Kind::DescribeStatement | Kind::DescribePortal);
+        if describe && matches!(action, Action::Probe(_)) && tag != be::ERROR_RESPONSE {
+            return unexpected();
         }
         match (kind, tag) {
             (Kind::Parse, be::PARSE_COMPLETE)
@@ -399,13 +403,20 @@ impl Pipeline {
     /// COPY FROM STDIN failed: decides which queued messages the copy consumed. Copy data,
     /// CopyDone and CopyFail earn nothing whether the copy read them or not; a Sync or another
     /// message read after copy data may or may not have been read by the copy.
-    fn copy_failed(&mut self) {
+    fn copy_failed(&mut self, code: &str) {
         self.mode = Mode::Normal;
         let stream: Vec<Kind> = self.queue.iter().skip(1).map(|e| e.kind).collect();
         // The copy reads up to the first message that ends it (CopyDone, CopyFail, or any
-        // other message, which fails it).
+        // other message, which fails it with 08P01: behind another SQLSTATE it did not read
+        // that message, fuzz seed 2590956725360).
         let end = stream.iter().position(|k| !matches!(k, Kind::CopyData | Kind::Sync | Kind::Flush));
-        let segment = &stream[..end.map_or(stream.len(), |e| e + 1)];
+        let read = match end {
+            Some(e) if matches!(stream[e], Kind::CopyDone | Kind::CopyFail) => e + 1,
+            Some(e) if code.is_empty() || code == "08P01" => e + 1,
+            Some(e) => e,
+            None => stream.len(),
+        };
+        let segment = &stream[..read];
         // Whether the copy read a Sync or failed before it (an error raised before the copy
         // reads anything: a view, a statement trigger, a cancel) is not observable, and the
         // error says nothing of it (a trigger may raise any SQLSTATE and message): a Sync

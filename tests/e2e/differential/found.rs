@@ -1,0 +1,95 @@
+//! Sequences the long random run (benches/fuzz.sh) found, kept as fixed cases.
+
+use pgtenant::model::PoolMode;
+
+use super::*;
+
+/// Found by benches/fuzz.sh (session mode, seed 2590956725360, case 1286): a COPY FROM STDIN
+/// that fails on its data, then a simple query in the same write. Its RowDescription must
+/// reach the client, also where a Sync in the copy data leaves the reply model uncertain and
+/// the unnamed-portal guard's probe (a Describe of a portal no server has) follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_behind_a_failed_copy_gets_every_reply() {
+    use Msg::*;
+    let t = tenant_db("difffound").await;
+    let c = cluster();
+    let direct = Target::Direct {
+        socket: c.socket_dir.join(format!(".s.PGSQL.{}", c.port)),
+        user: t.role.clone(),
+        db: t.database.clone(),
+    };
+    let db = admin(&t.database).await;
+    db.batch_execute(&format!("CREATE TABLE fz (a int); ALTER TABLE fz OWNER TO \"{}\"", t.role))
+        .await
+        .expect("table");
+    let cases: &[(&[Msg], &[&str])] = &[
+        (
+            &[Query("COPY fz FROM STDIN"), CopyData("x\n"), Query("SELECT 1"), Execute("", 0), Terminate],
+            &["G", "E:22P02", "ZI", "T", "D", "C", "ZI", "E:34000"],
+        ),
+        (
+            &[Query("COPY fz FROM STDIN"), CopyData("x\n"), Query("SELECT 1"), Terminate],
+            &["G", "E:22P02", "ZI", "T", "D", "C", "ZI"],
+        ),
+        (
+            &[
+                Query("COPY fz FROM STDIN"),
+                CopyData("x\n"),
+                Sync,
+                Query("SELECT 1"),
+                Execute("", 0),
+                Terminate,
+            ],
+            &["G", "E:22P02", "ZI", "ZI", "T", "D", "C", "ZI", "E:34000"],
+        ),
+    ];
+    let mut differ = Vec::new();
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let h = start(config(vec![with_mode(t.clone(), mode, 1)])).await;
+        let proxy = Target::Proxy { addr: h.addr, user: format!("app.{}", t.id), db: t.database.clone() };
+        for (msgs, expected) in cases {
+            let whole = [msgs.len()];
+            let (a, b) = (run(&direct, msgs, &whole).await, run(&proxy, msgs, &whole).await);
+            assert_eq!(&a, expected, "{mode:?} {msgs:?}: PostgreSQL");
+            if b != a {
+                differ.push(format!("{mode:?} {msgs:?}:\n PostgreSQL {a:?}\n pgtenant   {b:?}"));
+            }
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
+/// Found by benches/fuzz.sh (transaction mode, seed 2825655552190, case 127): a Describe or
+/// Close of the unnamed portal a failed query left in a transaction block reaches the server
+/// (PostgreSQL 15 answers NoData and CloseComplete, also in the state where an Execute of it
+/// crashes the backend: only the Execute is answered by pgtenant, see isolation::crash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unnamed_portal_guard_answers_only_an_execute() {
+    use Msg::*;
+    let t = tenant_db("diffdescribe").await;
+    let c = cluster();
+    let direct = Target::Direct {
+        socket: c.socket_dir.join(format!(".s.PGSQL.{}", c.port)),
+        user: t.role.clone(),
+        db: t.database.clone(),
+    };
+    let pre = [Query("BEGIN"), Query("DISCARD ALL"), Query("SELECT 1; SELECT 2"), Sync];
+    let cases: Vec<Vec<Msg>> = vec![
+        vec![Query("BEGIN"), Query("DISCARD ALL"), Describe(b'P', ""), Terminate],
+        pre.iter().cloned().chain([Describe(b'P', ""), Sync, Terminate]).collect(),
+        pre.iter().cloned().chain([Close(b'P', ""), Sync, Terminate]).collect(),
+    ];
+    let mut differ = Vec::new();
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let h = start(config(vec![with_mode(t.clone(), mode, 1)])).await;
+        let proxy = Target::Proxy { addr: h.addr, user: format!("app.{}", t.id), db: t.database.clone() };
+        for msgs in &cases {
+            let whole = [msgs.len()];
+            let (a, b) = (run(&direct, msgs, &whole).await, run(&proxy, msgs, &whole).await);
+            if b != a {
+                differ.push(format!("{mode:?} {msgs:?}:\n PostgreSQL {a:?}\n pgtenant   {b:?}"));
+            }
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
