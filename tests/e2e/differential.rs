@@ -341,29 +341,6 @@ fn split(rng: &mut Rng, len: usize) -> Vec<usize> {
     chunks
 }
 
-/// The replies agree up to pgtenant's FATAL 08P01 for a final malformed frame (PostgreSQL closes
-/// silently) and its 34000 for an unbound unnamed portal, alone or both (seed 18698911083545).
-fn agree(direct: &[String], proxied: &[String], msgs: &[Msg]) -> bool {
-    let malformed = |e: &String| e.starts_with("E:08P01") && e.contains("invalid message");
-    let proxied = match proxied.split_last() {
-        Some((e, rest)) if matches!(msgs.last(), Some(Msg::Malformed)) && malformed(e) => rest,
-        _ => proxied,
-    };
-    if direct == proxied {
-        return true;
-    }
-    // pgtenant's 34000 for an Execute of an unbound unnamed portal where PostgreSQL says
-    // 25P02 (or crashes: see isolation::crash). Only that pair, only then.
-    let (_, unbound) = msgs.iter().fold((false, false), |(bound, seen), m| match m {
-        Msg::Query(_) => (false, seen),
-        Msg::Bind("", _) => (true, seen),
-        Msg::Execute("", _) => (bound, seen || !bound),
-        _ => (bound, seen),
-    });
-    let pair = |(d, p): (&String, &String)| d == p || (d == "E:25P02" && p == "E:34000");
-    unbound && direct.len() == proxied.len() && direct.iter().zip(proxied).all(pair)
-}
-
 fn chunks_for(msgs: &[Msg], chunks: &[usize]) -> Vec<usize> {
     // After minimising, the chunking is re-cut to the shorter sequence.
     let total: usize = chunks.iter().sum();
@@ -457,6 +434,8 @@ async fn differential(mode: PoolMode, seed: u64, cases: usize) {
     );
 }
 
+mod agree;
+use agree::agree;
 mod found;
 
 fn env_or(name: &str, default: u64) -> u64 {
