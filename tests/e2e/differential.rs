@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use pgtenant::config::TenantConfig;
 use pgtenant::model::PoolMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -384,24 +385,31 @@ async fn minimise(direct: &Target, proxy: &Target, mut msgs: Vec<Msg>, chunks: &
     msgs
 }
 
+/// PostgreSQL itself, over its socket, as the tenant's role.
+fn direct_target(t: &TenantConfig) -> Target {
+    let c = cluster();
+    let socket = c.socket_dir.join(format!(".s.PGSQL.{}", c.port));
+    Target::Direct { socket, user: t.role.clone(), db: t.database.clone() }
+}
+
+/// The table the generated COPYs load, owned by the tenant's role.
+async fn fz_table(t: &TenantConfig) {
+    let db = admin(&t.database).await;
+    db.batch_execute(&format!("CREATE TABLE fz (a int); ALTER TABLE fz OWNER TO \"{}\"", t.role))
+        .await
+        .expect("table");
+}
+
 async fn differential(mode: PoolMode, seed: u64, cases: usize) {
     if let Ok(filter) = std::env::var("PGTENANT_DIFF_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
     let t = tenant_db("diff").await;
-    let db = admin(&t.database).await;
-    db.batch_execute(&format!("CREATE TABLE fz (a int); ALTER TABLE fz OWNER TO \"{}\"", t.role))
-        .await
-        .expect("table");
+    fz_table(&t).await;
     let mut cfg = config(vec![with_mode(t.clone(), mode, 2)]);
     cfg.proxy.startup_timeout = 5.0;
     let h = start(cfg).await;
-    let c = cluster();
-    let direct = Target::Direct {
-        socket: c.socket_dir.join(format!(".s.PGSQL.{}", c.port)),
-        user: t.role.clone(),
-        db: t.database.clone(),
-    };
+    let direct = direct_target(&t);
     let proxy = Target::Proxy { addr: h.addr, user: format!("app.{}", t.id), db: t.database.clone() };
     let mut rng = Rng(seed);
     let (mut errors, mut copies, mut split_runs) = (0, 0, 0);
@@ -464,12 +472,7 @@ async fn random_sequences_match_postgres_in_transaction_mode() {
 async fn waiting_for_a_verdict_sends_nothing_the_client_did_not_ask_for() {
     use Msg::*;
     let t = tenant_db("diffverdict").await;
-    let c = cluster();
-    let direct = Target::Direct {
-        socket: c.socket_dir.join(format!(".s.PGSQL.{}", c.port)),
-        user: t.role.clone(),
-        db: t.database.clone(),
-    };
+    let direct = direct_target(&t);
     let cases: [(&[Msg], &[&str]); 17] = [
         (&[Query("DEALLOCATE ALL"), Close(b'P', "s1"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
         (&[Query("DEALLOCATE ALL"), Close(b'S', "s2"), Terminate], &["C", "ZI"]),
@@ -606,12 +609,7 @@ async fn waiting_for_a_verdict_sends_nothing_the_client_did_not_ask_for() {
 async fn a_pipeline_ending_in_flush_gets_every_reply_while_names_wait_for_a_verdict() {
     use Msg::*;
     let t = tenant_db("diffflush").await;
-    let c = cluster();
-    let direct = Target::Direct {
-        socket: c.socket_dir.join(format!(".s.PGSQL.{}", c.port)),
-        user: t.role.clone(),
-        db: t.database.clone(),
-    };
+    let direct = direct_target(&t);
     let h = start(config(vec![with_mode(t.clone(), PoolMode::Transaction, 1)])).await;
     let proxy = Target::Proxy { addr: h.addr, user: format!("app.{}", t.id), db: t.database.clone() };
     let cases: &[&[Msg]] = &[
@@ -721,16 +719,8 @@ async fn a_pipeline_ending_in_flush_gets_every_reply_while_names_wait_for_a_verd
 async fn a_statement_skipped_behind_an_error_is_prepared_again_after_the_sync() {
     use Msg::*;
     let t = tenant_db("diffskipped").await;
-    let c = cluster();
-    let direct = Target::Direct {
-        socket: c.socket_dir.join(format!(".s.PGSQL.{}", c.port)),
-        user: t.role.clone(),
-        db: t.database.clone(),
-    };
-    let db = admin(&t.database).await;
-    db.batch_execute(&format!("CREATE TABLE fz (a int); ALTER TABLE fz OWNER TO \"{}\"", t.role))
-        .await
-        .expect("table");
+    let direct = direct_target(&t);
+    fz_table(&t).await;
     let mut cases: Vec<(Vec<Msg>, Vec<usize>, Vec<&str>)> = Vec::new();
     for (first, sql) in [
         ("COPY fz FROM STDIN", "COPY fz FROM STDIN"),

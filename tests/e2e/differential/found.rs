@@ -12,16 +12,7 @@ use super::*;
 async fn a_query_behind_a_failed_copy_gets_every_reply() {
     use Msg::*;
     let t = tenant_db("difffound").await;
-    let c = cluster();
-    let direct = Target::Direct {
-        socket: c.socket_dir.join(format!(".s.PGSQL.{}", c.port)),
-        user: t.role.clone(),
-        db: t.database.clone(),
-    };
-    let db = admin(&t.database).await;
-    db.batch_execute(&format!("CREATE TABLE fz (a int); ALTER TABLE fz OWNER TO \"{}\"", t.role))
-        .await
-        .expect("table");
+    fz_table(&t).await;
     let cases: &[(&[Msg], &[&str])] = &[
         (
             &[Query("COPY fz FROM STDIN"), CopyData("x\n"), Query("SELECT 1"), Execute("", 0), Terminate],
@@ -43,18 +34,10 @@ async fn a_query_behind_a_failed_copy_gets_every_reply() {
             &["G", "E:22P02", "ZI", "ZI", "T", "D", "C", "ZI", "E:34000"],
         ),
     ];
-    let mut differ = Vec::new();
-    for mode in [PoolMode::Session, PoolMode::Transaction] {
-        let h = start(config(vec![with_mode(t.clone(), mode, 1)])).await;
-        let proxy = Target::Proxy { addr: h.addr, user: format!("app.{}", t.id), db: t.database.clone() };
-        for (msgs, expected) in cases {
-            let whole = [msgs.len()];
-            let (a, b) = (run(&direct, msgs, &whole).await, run(&proxy, msgs, &whole).await);
-            assert_eq!(&a, expected, "{mode:?} {msgs:?}: PostgreSQL");
-            if b != a {
-                differ.push(format!("{mode:?} {msgs:?}:\n PostgreSQL {a:?}\n pgtenant   {b:?}"));
-            }
-        }
+    let msgs: Vec<&[Msg]> = cases.iter().map(|(m, _)| *m).collect();
+    let (postgres, differ) = in_both_modes(&t, &msgs).await;
+    for ((msgs, expected), a) in cases.iter().zip(&postgres) {
+        assert_eq!(a, expected, "{msgs:?}: PostgreSQL");
     }
     assert!(differ.is_empty(), "{}", differ.join("\n"));
 }
@@ -67,29 +50,35 @@ async fn a_query_behind_a_failed_copy_gets_every_reply() {
 async fn the_unnamed_portal_guard_answers_only_an_execute() {
     use Msg::*;
     let t = tenant_db("diffdescribe").await;
-    let c = cluster();
-    let direct = Target::Direct {
-        socket: c.socket_dir.join(format!(".s.PGSQL.{}", c.port)),
-        user: t.role.clone(),
-        db: t.database.clone(),
-    };
     let pre = [Query("BEGIN"), Query("DISCARD ALL"), Query("SELECT 1; SELECT 2"), Sync];
     let cases: Vec<Vec<Msg>> = vec![
         vec![Query("BEGIN"), Query("DISCARD ALL"), Describe(b'P', ""), Terminate],
         pre.iter().cloned().chain([Describe(b'P', ""), Sync, Terminate]).collect(),
         pre.iter().cloned().chain([Close(b'P', ""), Sync, Terminate]).collect(),
     ];
-    let mut differ = Vec::new();
-    for mode in [PoolMode::Transaction, PoolMode::Session] {
+    let msgs: Vec<&[Msg]> = cases.iter().map(Vec::as_slice).collect();
+    let (_, differ) = in_both_modes(&t, &msgs).await;
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
+/// Each sequence sent whole to PostgreSQL and through pgtenant in both pool modes (a pool of
+/// one connection): PostgreSQL's replies per sequence, and each sequence where pgtenant's
+/// differ from them.
+async fn in_both_modes(t: &TenantConfig, cases: &[&[Msg]]) -> (Vec<Vec<String>>, Vec<String>) {
+    let direct = direct_target(t);
+    let (mut postgres, mut differ) = (Vec::new(), Vec::new());
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
         let h = start(config(vec![with_mode(t.clone(), mode, 1)])).await;
         let proxy = Target::Proxy { addr: h.addr, user: format!("app.{}", t.id), db: t.database.clone() };
-        for msgs in &cases {
+        postgres.clear();
+        for msgs in cases {
             let whole = [msgs.len()];
             let (a, b) = (run(&direct, msgs, &whole).await, run(&proxy, msgs, &whole).await);
             if b != a {
                 differ.push(format!("{mode:?} {msgs:?}:\n PostgreSQL {a:?}\n pgtenant   {b:?}"));
             }
+            postgres.push(a);
         }
     }
-    assert!(differ.is_empty(), "{}", differ.join("\n"));
+    (postgres, differ)
 }
