@@ -14,8 +14,8 @@
 //! copy or ends. The model is exact except in one case: an error during COPY FROM STDIN while
 //! the client has sent Syncs before or between its copy data (or another message, and the
 //! error is 08P01). Which of those the server read before failing is not observable (a copy
-//! can fail before it reads anything), so the queue is marked uncertain and the connection is not reused until a
-//! marker query resynchronises it (DESIGN.md, containment rule 1).
+//! can fail before it reads anything), so the queue is marked uncertain and the connection
+//! is not reused until a marker query resynchronises it (DESIGN.md, containment rule 1).
 //!
 //! pgtenant answers nothing itself: every client message that earns a reply becomes a message
 //! the server answers (a Close of a client's statement becomes a Close of a name that never
