@@ -177,7 +177,7 @@ impl Stage<'_> {
             }
             fe::EXECUTE
                 if cstr(&frame[HEADER_LEN..]).is_some_and(|(p, _)| p.is_empty())
-                    && self.statements.owns_portal(b"") != Portal::Owned =>
+                    && self.statements.executes_portal(b"") != Portal::Owned =>
             {
                 self.fail_with(PgError::no_such_portal(b""), true);
                 return;
@@ -304,11 +304,7 @@ impl Stage<'_> {
                     return true;
                 };
                 if target == PORTAL {
-                    // The unnamed portal is the client's (none outlives its transaction);
-                    // only an Execute of it is guarded (see `statements::UnnamedPortal`).
-                    let owns =
-                        if name.is_empty() { Portal::Owned } else { self.statements.owns_portal(name) };
-                    match owns {
+                    match self.statements.owns_portal(name) {
                         Portal::Wait => return false,
                         Portal::Owned => self.forward(tag, frame),
                         Portal::Unknown if tag == fe::DESCRIBE => {
@@ -358,7 +354,7 @@ impl Stage<'_> {
             }
             fe::EXECUTE => {
                 let portal = cstr(&frame[HEADER_LEN..]).map(|(p, _)| p).unwrap_or_default();
-                match self.statements.owns_portal(portal) {
+                match self.statements.executes_portal(portal) {
                     Portal::Owned => {}
                     Portal::Wait => return false,
                     Portal::Unknown => {

@@ -41,7 +41,7 @@ pub enum Effect {
 /// it that no Bind made since a simple Query with 34000, except in a state a DISCARD ALL and a
 /// query of several statements failing in a transaction block leave, where the backend
 /// crashes (signal 11) and the postmaster restarts every backend, every tenant's: such an
-/// Execute is answered by pgtenant ([`Statements::owns_portal`]).
+/// Execute is answered by pgtenant ([`Statements::executes_portal`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum UnnamedPortal {
     /// No simple Query since the client's server connection came (nor in its session, in
@@ -583,20 +583,32 @@ impl Statements {
     /// not answered yet: `Wait` (had it failed, the name could be another client's cursor).
     pub fn owns_portal(&self, portal: &[u8]) -> Portal {
         if portal.is_empty() {
-            // Only behind a Bind of it that completed, or in its Sync batch; else 34000 from
-            // pgtenant (see `UnnamedPortal`).
-            return match self.unnamed_portal {
-                UnnamedPortal::Clean | UnnamedPortal::Answered => Portal::Owned,
-                UnnamedPortal::Bound(epoch) if epoch == self.syncs => Portal::Owned,
-                UnnamedPortal::Bound(_) => Portal::Wait,
-                UnnamedPortal::None => Portal::Unknown,
-            };
+            // No unnamed portal outlives its transaction: any is the client's. An Execute of
+            // it is guarded apart ([`Statements::executes_portal`]).
+            return Portal::Owned;
         }
         match self.portals.get(portal).map(|p| p.pending) {
             None => Portal::Unknown,
             Some(None) => Portal::Owned,
             Some(Some((Bound::Bind, epoch))) if epoch == self.syncs => Portal::Owned,
             Some(Some(_)) => Portal::Wait,
+        }
+    }
+
+    /// Whether the client may execute this portal: as [`Statements::owns_portal`], and the
+    /// unnamed portal only behind a Bind of it that completed, or in its Sync batch; else
+    /// pgtenant answers 34000 (see `UnnamedPortal`). A Describe or Close of the unnamed
+    /// portal needs no such guard (PostgreSQL 15 answers both, also in the state where an
+    /// Execute crashes the backend).
+    pub fn executes_portal(&self, portal: &[u8]) -> Portal {
+        if !portal.is_empty() {
+            return self.owns_portal(portal);
+        }
+        match self.unnamed_portal {
+            UnnamedPortal::Clean | UnnamedPortal::Answered => Portal::Owned,
+            UnnamedPortal::Bound(epoch) if epoch == self.syncs => Portal::Owned,
+            UnnamedPortal::Bound(_) => Portal::Wait,
+            UnnamedPortal::None => Portal::Unknown,
         }
     }
 }

@@ -173,18 +173,18 @@ fn a_portal_made_again_while_pending_stands_if_the_first_is_skipped() {
 fn the_unnamed_portal_is_executed_only_behind_a_bind_of_it() {
     let mut s = Statements::default();
     // Before any simple Query nothing is followed (no effect per Bind).
-    assert_eq!(s.owns_portal(b""), Portal::Owned);
+    assert_eq!(s.executes_portal(b""), Portal::Owned);
     assert_eq!(s.bind_portal(b"", Bound::Bind), None);
     s.simple_query();
-    assert_eq!(s.owns_portal(b""), Portal::Unknown, "none bound since the Query");
+    assert_eq!(s.executes_portal(b""), Portal::Unknown, "none bound since the Query");
     let effect = s.bind_portal(b"", Bound::Bind).expect("an effect");
-    assert_eq!(s.owns_portal(b""), Portal::Owned, "in the Bind's Sync batch");
+    assert_eq!(s.executes_portal(b""), Portal::Owned, "in the Bind's Sync batch");
     s.sync();
-    assert_eq!(s.owns_portal(b""), Portal::Wait, "across a Sync, once answered");
+    assert_eq!(s.executes_portal(b""), Portal::Wait, "across a Sync, once answered");
     s.settle(&effect, true);
-    assert_eq!(s.owns_portal(b""), Portal::Owned);
+    assert_eq!(s.executes_portal(b""), Portal::Owned);
     s.simple_query();
-    assert_eq!(s.owns_portal(b""), Portal::Unknown, "a simple Query drops it");
+    assert_eq!(s.executes_portal(b""), Portal::Unknown, "a simple Query drops it");
     // A Bind that failed or was skipped leaves none; an earlier Bind's verdict does not
     // stand for a later one.
     let first = s.bind_portal(b"", Bound::Bind).expect("an effect");
@@ -192,9 +192,9 @@ fn the_unnamed_portal_is_executed_only_behind_a_bind_of_it() {
     let second = s.bind_portal(b"", Bound::Bind).expect("an effect");
     s.sync();
     s.settle(&first, true);
-    assert_eq!(s.owns_portal(b""), Portal::Wait);
+    assert_eq!(s.executes_portal(b""), Portal::Wait);
     s.settle(&second, false);
-    assert_eq!(s.owns_portal(b""), Portal::Unknown);
+    assert_eq!(s.executes_portal(b""), Portal::Unknown);
     s.forget_portals();
-    assert_eq!(s.owns_portal(b""), Portal::Owned, "a new server connection: nothing to follow");
+    assert_eq!(s.executes_portal(b""), Portal::Owned, "a new server connection: nothing to follow");
 }
