@@ -82,3 +82,51 @@ async fn in_both_modes(t: &TenantConfig, cases: &[&[Msg]]) -> (Vec<Vec<String>>,
     }
     (postgres, differ)
 }
+
+/// A COPY FROM STDIN a row trigger fails with 08P01 (the SQLSTATE a copy reading a message
+/// other than copy data raises) or with 22023, followed by queries, Syncs, Flushes and a
+/// Describe or Close of the unnamed portal: pgtenant's replies are PostgreSQL's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_a_trigger_fails_with_08p01_gets_every_reply() {
+    use Msg::*;
+    let t = tenant_db("diff08p01").await;
+    fz_table(&t).await;
+    admin(&t.database)
+        .await
+        .batch_execute(
+            "CREATE FUNCTION fz_raise() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             RAISE EXCEPTION 'raised' USING ERRCODE = CASE NEW.a WHEN 8 THEN '08P01' ELSE '22023' END; \
+             END $$; \
+             CREATE TRIGGER fz_t BEFORE INSERT ON fz FOR EACH ROW EXECUTE FUNCTION fz_raise()",
+        )
+        .await
+        .expect("trigger");
+    let mut cases: Vec<Vec<Msg>> = Vec::new();
+    for row in ["8\n", "7\n"] {
+        let copy = [Query("COPY fz FROM STDIN"), CopyData(row)];
+        let tails: [&[Msg]; 6] = [
+            &[Query("SELECT 1"), Terminate],
+            &[Sync, Query("SELECT 1"), Terminate],
+            &[Describe(b'P', ""), Sync, Terminate],
+            &[Close(b'P', ""), Sync, Query("SELECT 1"), Terminate],
+            &[Flush, CopyDone, Query("SELECT 1"), Terminate],
+            &[Sync, Flush, Describe(b'P', ""), Close(b'P', ""), Sync, Query("SELECT 2"), Terminate],
+        ];
+        for tail in tails {
+            cases.push(copy.iter().cloned().chain(tail.iter().cloned()).collect());
+        }
+        cases.push(
+            [Query("BEGIN"), Parse("", "COPY fz FROM STDIN"), Bind("", ""), Execute("", 0), CopyData(row)]
+                .into_iter()
+                .chain([Sync, Describe(b'P', ""), Sync, Query("SELECT 1"), Terminate])
+                .collect(),
+        );
+    }
+    let msgs: Vec<&[Msg]> = cases.iter().map(Vec::as_slice).collect();
+    let (postgres, differ) = in_both_modes(&t, &msgs).await;
+    for (i, a) in postgres.iter().enumerate() {
+        let code = if i < cases.len() / 2 { "E:08P01" } else { "E:22023" };
+        assert!(a.iter().any(|r| r == code), "{:?}: the trigger's error: {a:?}", cases[i]);
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
