@@ -57,6 +57,10 @@ enum Msg {
     /// A length word under 4: the session ends (PostgreSQL closes silently; pgtenant sends
     /// FATAL 08P01 first, the one documented difference).
     Malformed,
+    /// A message of this type one byte longer than PostgreSQL accepts for it (a Sync, Flush,
+    /// Terminate, Describe, Close, Execute, CopyDone or CopyFail over 10,000 bytes, its body
+    /// a query): the session ends as on a malformed length.
+    Oversized(u8),
     Terminate,
 }
 
@@ -145,7 +149,11 @@ fn generate(rng: &mut Rng, transaction_mode: bool) -> Vec<Msg> {
         msgs.push(Msg::CopyFail);
         msgs.push(Msg::Sync);
     }
-    msgs.push(if rng.below(25) == 0 { Msg::Malformed } else { Msg::Terminate });
+    msgs.push(match rng.below(50) {
+        0 => Msg::Malformed,
+        1 => Msg::Oversized(rng.pick(b"SHXDCEcf")),
+        _ => Msg::Terminate,
+    });
     msgs
 }
 
@@ -209,6 +217,12 @@ fn encode(m: &Msg, out: &mut Vec<u8>) {
         }
         Msg::Unknown => frame(out, b'Y', &[]),
         Msg::Malformed => out.extend_from_slice(&[b'Q', 0, 0, 0, 2]),
+        Msg::Oversized(tag) => {
+            cstr(&mut b, "");
+            encode(&Msg::Query("SELECT 'smuggled'"), &mut b);
+            b.resize(10_001 - 4, b' ');
+            frame(out, *tag, &b);
+        }
         Msg::Terminate => frame(out, b'X', &[]),
     }
 }

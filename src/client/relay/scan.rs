@@ -6,8 +6,8 @@
 use bytes::BytesMut;
 
 use super::progress::Progress;
-use crate::protocol::frame::header;
-use crate::protocol::frontend::tag as fe;
+use crate::protocol::frame::{header, FrameError};
+use crate::protocol::frontend::{self, tag as fe};
 use crate::protocol::PgError;
 
 /// The session's fields the walk reads and moves (see `Session`'s fields of those names).
@@ -49,15 +49,16 @@ impl ClientScan<'_> {
                 *c_remaining -= n;
                 continue;
             }
-            let (tag, len) = match header(&cbuf[*c_scanned..], max_message) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => {
-                    *broken = Some(Box::new(PgError::invalid_client_message(&e)));
-                    cbuf.truncate(*c_scanned);
-                    break;
-                }
-            };
+            let (tag, len) =
+                match header(&cbuf[*c_scanned..], max_message).and_then(|h| within_limit(h, max_message)) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => break,
+                    Err(e) => {
+                        *broken = Some(Box::new(PgError::invalid_client_message(&e)));
+                        cbuf.truncate(*c_scanned);
+                        break;
+                    }
+                };
             let avail = cbuf.len() - *c_scanned;
             if must_arrive_whole(tag) && avail < len {
                 // Grows with the bytes that arrive (read_buf reserves a chunk at a time).
@@ -83,10 +84,110 @@ impl ClientScan<'_> {
     }
 }
 
+/// A header whose length PostgreSQL refuses for its message type (`frontend::length_limit`)
+/// is a malformed frame, refused before its body arrives.
+fn within_limit(h: Option<(u8, usize)>, max: usize) -> Result<Option<(u8, usize)>, FrameError> {
+    match h {
+        Some((tag, frame_len)) if frame_len - 1 > frontend::length_limit(tag, max) => {
+            Err(FrameError::TooLarge { len: frame_len - 1, max: frontend::length_limit(tag, max) })
+        }
+        h => Ok(h),
+    }
+}
+
 /// Frontend messages pgtenant reads (or may rewrite) and so buffers whole; all are small.
 fn must_arrive_whole(tag: u8) -> bool {
     matches!(
         tag,
         fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE | fe::QUERY | fe::SYNC | fe::FLUSH
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::protocol::frame::DEFAULT_MAX_MESSAGE;
+
+    fn frame_header(tag: u8, len: usize) -> Vec<u8> {
+        let mut b = vec![tag];
+        b.extend_from_slice(&(len as i32).to_be_bytes());
+        b
+    }
+
+    /// Walks `bytes` once; returns how far they were whole frames, the bytes left and the
+    /// error that ended reading.
+    fn walk(bytes: &[u8]) -> (usize, usize, Option<PgError>) {
+        let mut cbuf = BytesMut::from(bytes);
+        let (mut scanned, mut remaining, mut terminated, mut broken) = (0, 0, false, None);
+        let mut progress = Progress::default();
+        ClientScan {
+            cbuf: &mut cbuf,
+            c_scanned: &mut scanned,
+            c_remaining: &mut remaining,
+            terminated: &mut terminated,
+            broken: &mut broken,
+            progress: &mut progress,
+            max_message: DEFAULT_MAX_MESSAGE,
+        }
+        .run();
+        (scanned, cbuf.len(), broken.map(|e| *e))
+    }
+
+    /// A Sync, Flush, Terminate, Describe, Close, Execute, CopyDone or CopyFail whose length
+    /// PostgreSQL refuses (it ends the session there) is refused from its header alone: what
+    /// came before is kept to go out, nothing of it is buffered or forwarded. At the limit it
+    /// passes, and a Query, Parse, Bind or CopyData may be longer.
+    #[test]
+    fn a_small_message_over_postgres_limit_is_refused_from_its_header() {
+        let query = [b"Q\0\0\0\x0dSELECT 1\0".as_slice()].concat();
+        for tag in [
+            fe::SYNC,
+            fe::FLUSH,
+            fe::TERMINATE,
+            fe::DESCRIBE,
+            fe::CLOSE,
+            fe::EXECUTE,
+            fe::COPY_DONE,
+            fe::COPY_FAIL,
+        ] {
+            let bytes = [query.as_slice(), &frame_header(tag, 10_001)].concat();
+            let (scanned, kept, broken) = walk(&bytes);
+            assert_eq!((scanned, kept), (query.len(), query.len()), "{}", tag as char);
+            let e = broken.expect("refused");
+            assert_eq!((e.state.code(), e.fatal), ("08P01", true), "{}", tag as char);
+            assert!(e.message.contains("10001 bytes exceeds the limit of 10000"), "{}", e.message);
+
+            let (_, _, broken) = walk(&[query.as_slice(), &frame_header(tag, 10_000)].concat());
+            assert!(broken.is_none(), "{}: at the limit", tag as char);
+        }
+        for tag in [fe::QUERY, fe::PARSE, fe::BIND, fe::COPY_DATA, fe::FUNCTION_CALL] {
+            let (_, _, broken) = walk(&frame_header(tag, 1_000_000));
+            assert!(broken.is_none(), "{}", tag as char);
+        }
+    }
+
+    proptest! {
+        /// Any bytes: the walk never passes the buffer, keeps only whole frames' worth before a
+        /// refused one, and never lets a header over its type's limit through.
+        #[test]
+        fn the_walk_never_passes_a_refused_length(bytes in proptest::collection::vec(any::<u8>(), 0..64), tag in any::<u8>(), len in 0u32..20_000) {
+            let mut all = bytes.clone();
+            all.extend_from_slice(&frame_header(tag, len as usize));
+            let (scanned, kept, broken) = walk(&all);
+            prop_assert!(scanned <= kept && kept <= all.len());
+            if broken.is_some() {
+                prop_assert_eq!(scanned, kept);
+            }
+            let mut pos = 0;
+            while let Ok(Some((tag, len))) = header(&all[pos..scanned.max(pos)], usize::MAX) {
+                prop_assert!(len - 1 <= frontend::length_limit(tag, DEFAULT_MAX_MESSAGE));
+                pos += len;
+                if pos >= scanned {
+                    break;
+                }
+            }
+        }
+    }
 }

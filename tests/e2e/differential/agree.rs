@@ -2,12 +2,16 @@
 
 use super::Msg;
 
-/// The replies agree up to pgtenant's FATAL 08P01 for a final malformed frame (PostgreSQL closes
-/// silently) and its 34000 for an unbound unnamed portal, alone or both (seed 18698911083545).
+/// The replies agree up to pgtenant's FATAL 08P01 for a final malformed or oversized frame
+/// (PostgreSQL closes silently) and its 34000 for an unbound unnamed portal, alone or both (seed 18698911083545).
 pub(super) fn agree(direct: &[String], proxied: &[String], msgs: &[Msg]) -> bool {
     let malformed = |e: &String| e.starts_with("E:08P01") && e.contains("invalid message");
     let proxied = match proxied.split_last() {
-        Some((e, rest)) if matches!(msgs.last(), Some(Msg::Malformed)) && malformed(e) => rest,
+        Some((e, rest))
+            if matches!(msgs.last(), Some(Msg::Malformed | Msg::Oversized(_))) && malformed(e) =>
+        {
+            rest
+        }
         _ => proxied,
     };
     if direct == proxied {

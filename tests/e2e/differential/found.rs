@@ -130,3 +130,31 @@ async fn a_copy_a_trigger_fails_with_08p01_gets_every_reply() {
     }
     assert!(differ.is_empty(), "{}", differ.join("\n"));
 }
+
+/// A message longer than PostgreSQL accepts for its type, ending a sequence: PostgreSQL runs
+/// what came before and closes silently; pgtenant answers the same, then FATAL 08P01 (the
+/// documented difference, as for a malformed length), and nothing in the body runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_ends_the_session_as_postgres_does() {
+    use Msg::*;
+    let t = tenant_db("diffoversized").await;
+    let direct = direct_target(&t);
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let h = start(config(vec![with_mode(t.clone(), mode, 1)])).await;
+        let proxy = Target::Proxy { addr: h.addr, user: format!("app.{}", t.id), db: t.database.clone() };
+        for tag in *b"SHXDCEcf" {
+            let cases: [(&[Msg], &[&str]); 3] = [
+                (&[Query("SELECT 1"), Oversized(tag)], &["T", "D", "C", "ZI"]),
+                (&[Parse("", "SELECT 1"), Bind("", ""), Execute("", 0), Oversized(tag)], &[]),
+                (&[Parse("", "SELECT 1"), Sync, Oversized(tag)], &["1", "ZI"]),
+            ];
+            for (msgs, expected) in cases {
+                let whole = [msgs.len()];
+                let (a, b) = (run(&direct, msgs, &whole).await, run(&proxy, msgs, &whole).await);
+                assert_eq!(a, expected, "{mode:?} {msgs:?}: PostgreSQL");
+                assert_eq!(b.len(), a.len() + 1, "{mode:?} {msgs:?}: pgtenant {b:?}");
+                assert!(agree::agree(&a, &b, msgs), "{mode:?} {msgs:?}: PostgreSQL {a:?}, pgtenant {b:?}");
+            }
+        }
+    }
+}
