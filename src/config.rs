@@ -79,6 +79,13 @@ pub struct ProxyConfig {
     pub listen_backlog: u32,
     /// Largest message a client may send, in bytes (Postgres' own limit is just under 1 GiB).
     pub max_message_size: usize,
+    /// Bytes all clients together may hold of large messages pgtenant reads whole (Query,
+    /// Parse, Bind …: over 256 KiB, which each client buffers as a matter of course). A
+    /// message that would pass it ends its client's session with 53200 as its header
+    /// arrives, before its body is read, so clients sending huge queries at once cannot grow
+    /// the process by `max_message_size` each. Copy data and other messages that stream
+    /// through never count. Applied at start (a reload keeps the running value).
+    pub large_message_memory: usize,
     /// Seconds a client has from TCP connect to a finished login (TLS, startup packet,
     /// authentication): the deadline of every connection not logged in yet.
     pub startup_timeout: f64,
@@ -130,6 +137,7 @@ impl Default for ProxyConfig {
             max_prelogin_connections: 10_000,
             listen_backlog: 1024,
             max_message_size: crate::protocol::frame::DEFAULT_MAX_MESSAGE,
+            large_message_memory: 1 << 30,
             startup_timeout: 10.0,
             shutdown_timeout: 30.0,
             auth: AuthMethod::Trust,

@@ -2,6 +2,7 @@
 //! caps on clients (logging in, logged in, per tenant), the shutdown signals, and the
 //! catalog watch that ends a tenant's sessions when it stops being active.
 
+use crate::client::MessageBudget;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -62,6 +63,8 @@ pub struct Proxy {
     clients: Arc<Semaphore>,
     /// Places of connections still logging in (`max_prelogin_connections`).
     prelogin: Arc<Semaphore>,
+    /// What clients together may hold of large messages (`large_message_memory`).
+    pub large_messages: Arc<MessageBudget>,
     /// Control-database lookups per client address (`lookup_rate_per_address`).
     pub lookups: LookupLimiter,
     tenants: DashMap<TenantId, Arc<TenantSessions>>,
@@ -170,6 +173,7 @@ impl Proxy {
         let proxy = Arc::new(Proxy {
             clients: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
             prelogin: Arc::new(Semaphore::new(config.proxy.max_prelogin_connections)),
+            large_messages: MessageBudget::new(config.proxy.large_message_memory),
             lookups: LookupLimiter::new(config.catalog.lookup_rate_per_address),
             config: ArcSwap::from_pointee(config),
             config_path: OnceLock::new(),

@@ -95,6 +95,11 @@ fn put_in_force(proxy: &Proxy, new: Config, report: &mut ReloadReport) {
         o.max_prelogin_connections != n.max_prelogin_connections,
     );
     note(&mut report.restart_needed, "proxy.max_auth_failures", o.max_auth_failures != n.max_auth_failures);
+    note(
+        &mut report.restart_needed,
+        "proxy.large_message_memory",
+        o.large_message_memory != n.large_message_memory,
+    );
     let (o, n) = (&old.pool, &new.pool);
     note(
         &mut report.restart_needed,

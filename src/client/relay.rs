@@ -41,6 +41,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 mod buffers;
 mod checkout;
+pub(crate) mod large;
 mod plain;
 mod progress;
 mod scan;
@@ -124,6 +125,9 @@ pub(crate) struct Session<S> {
     key: ClientKey,
     vars: ClientVars,
     max_message: usize,
+    /// What the session holds of the large-message budget (see `large`), only while it holds
+    /// some.
+    large: Option<Box<large::Held>>,
 
     /// Client bytes not yet staged for a server; the first `c_scanned` are frames ready to
     /// go (whole, or the streamed part of a large one).
@@ -214,6 +218,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             client,
             mode: tenant.pool_mode,
             max_message,
+            large: None,
             policy,
             proxy,
             tenant,
@@ -528,6 +533,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             broken: &mut self.broken,
             progress: &mut self.progress,
             max_message: self.max_message,
+            large: &mut self.large,
+            budget: &self.proxy.large_messages,
         }
         .run()
     }

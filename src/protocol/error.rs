@@ -24,6 +24,8 @@ pub enum SqlState {
     CannotConnectNow,
     /// 53300: pool wait timed out, or a client limit reached.
     TooManyConnections,
+    /// 53200: clients hold as much of large messages as `large_message_memory` allows.
+    OutOfMemory,
     /// 08006: upstream unreachable or dropped.
     ConnectionFailure,
     /// 08001: control database unreachable and tenant not cached.
@@ -60,6 +62,7 @@ impl SqlState {
             SqlState::InvalidCatalogName => "3D000",
             SqlState::CannotConnectNow => "57P03",
             SqlState::TooManyConnections => "53300",
+            SqlState::OutOfMemory => "53200",
             SqlState::ConnectionFailure => "08006",
             SqlState::UnableToConnect => "08001",
             SqlState::ProtocolViolation => "08P01",
@@ -206,6 +209,16 @@ impl PgError {
     pub fn replication_unsupported() -> Self {
         PgError::fatal(SqlState::FeatureNotSupported, "pgtenant does not proxy replication connections")
             .with_hint("connect replication clients to the PostgreSQL server directly")
+    }
+
+    /// A client's message that must arrive whole (`len` bytes) would take clients past
+    /// `large_message_memory` (`size`).
+    pub fn large_messages_full(len: usize, size: usize) -> Self {
+        PgError::fatal(
+            SqlState::OutOfMemory,
+            format!("out of memory: a message of {len} bytes would take clients past pgtenant's large_message_memory ({size} bytes)"),
+        )
+        .with_hint("send the message again when fewer clients send large messages at once")
     }
 
     /// `max_client_conn` is reached.

@@ -13,6 +13,7 @@ mod fairness;
 mod hostile;
 mod instances;
 mod isolation;
+mod large_messages;
 mod leases;
 mod lifecycle;
 mod links;

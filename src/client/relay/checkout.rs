@@ -70,6 +70,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                     broken: &mut self.broken,
                     progress: &mut self.progress,
                     max_message: self.max_message,
+                    large: &mut self.large,
+                    budget: &self.proxy.large_messages,
                 },
                 read: 0,
             });
@@ -422,6 +424,7 @@ mod tests {
         terminated: bool,
         broken: Option<Box<PgError>>,
         progress: Progress,
+        large: Option<Box<super::super::large::Held>>,
     }
 
     /// A client's meter, as a session has one.
@@ -469,6 +472,8 @@ mod tests {
                 broken: &mut f.broken,
                 progress: &mut f.progress,
                 max_message: 1 << 20,
+                large: &mut f.large,
+                budget: &super::super::large::MessageBudget::new(1 << 30),
             },
             read: 0,
         };

@@ -3,8 +3,11 @@
 //! session's fields it moves, borrowed one by one, so that a checkout waiting for a full
 //! pool (which holds the pool's fields borrowed) runs it too.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 
+use super::large::{self, MessageBudget};
 use super::progress::Progress;
 use crate::protocol::frame::{header, FrameError};
 use crate::protocol::frontend::{self, tag as fe};
@@ -19,6 +22,9 @@ pub(super) struct ClientScan<'a> {
     pub(super) broken: &'a mut Option<Box<PgError>>,
     pub(super) progress: &'a mut Progress,
     pub(super) max_message: usize,
+    /// What the session holds of the large-message budget, and the budget.
+    pub(super) large: &'a mut Option<Box<large::Held>>,
+    pub(super) budget: &'a Arc<MessageBudget>,
 }
 
 impl ClientScan<'_> {
@@ -32,6 +38,8 @@ impl ClientScan<'_> {
             broken: self.broken,
             progress: self.progress,
             max_message: self.max_message,
+            large: self.large,
+            budget: self.budget,
         }
     }
 
@@ -41,7 +49,17 @@ impl ClientScan<'_> {
     /// before it is still sent and answered, then the session ends with 08P01.
     #[inline]
     pub(super) fn run(self) {
-        let ClientScan { cbuf, c_scanned, c_remaining, terminated, broken, progress, max_message } = self;
+        let ClientScan {
+            cbuf,
+            c_scanned,
+            c_remaining,
+            terminated,
+            broken,
+            progress,
+            max_message,
+            large,
+            budget,
+        } = self;
         while !*terminated && broken.is_none() && *c_scanned < cbuf.len() {
             if *c_remaining > 0 {
                 let n = (*c_remaining).min(cbuf.len() - *c_scanned);
@@ -60,9 +78,17 @@ impl ClientScan<'_> {
                     }
                 };
             let avail = cbuf.len() - *c_scanned;
-            if must_arrive_whole(tag) && avail < len {
-                // Grows with the bytes that arrive (read_buf reserves a chunk at a time).
-                break;
+            if must_arrive_whole(tag) {
+                if avail < len {
+                    // Grows with the bytes that arrive (read_buf reserves a chunk at a time),
+                    // a large one within the budget all clients share.
+                    if !large::arriving(large, budget, len) {
+                        *broken = Some(Box::new(PgError::large_messages_full(len - 1, budget.size())));
+                        cbuf.truncate(*c_scanned);
+                    }
+                    break;
+                }
+                large::arrived(large, len);
             }
             match tag {
                 fe::TERMINATE => {
@@ -119,6 +145,15 @@ mod tests {
     /// Walks `bytes` once; returns how far they were whole frames, the bytes left and the
     /// error that ended reading.
     fn walk(bytes: &[u8]) -> (usize, usize, Option<PgError>) {
+        walk_within(bytes, &MessageBudget::new(1 << 30), &mut None)
+    }
+
+    /// [`walk`] with a large-message `budget` and what the session holds of it.
+    fn walk_within(
+        bytes: &[u8],
+        budget: &Arc<MessageBudget>,
+        large: &mut Option<Box<large::Held>>,
+    ) -> (usize, usize, Option<PgError>) {
         let mut cbuf = BytesMut::from(bytes);
         let (mut scanned, mut remaining, mut terminated, mut broken) = (0, 0, false, None);
         let mut progress = Progress::default();
@@ -130,6 +165,8 @@ mod tests {
             broken: &mut broken,
             progress: &mut progress,
             max_message: DEFAULT_MAX_MESSAGE,
+            large,
+            budget,
         }
         .run();
         (scanned, cbuf.len(), broken.map(|e| *e))
@@ -166,6 +203,31 @@ mod tests {
             let (_, _, broken) = walk(&frame_header(tag, 1_000_000));
             assert!(broken.is_none(), "{}", tag as char);
         }
+    }
+
+    /// A Query longer than a client buffers freely takes its length from the shared budget as
+    /// its header arrives, once however often its bytes are walked; one the budget cannot hold
+    /// is refused (53200) before its body, what came before kept to go out.
+    #[test]
+    fn a_large_message_takes_from_the_budget_or_is_refused() {
+        let budget = MessageBudget::new(large::FREE * 3);
+        let query = b"Q\0\0\0\x0dSELECT 1\0".to_vec();
+        let big = frame_header(fe::QUERY, 2 * large::FREE);
+        let (mut a, mut b) = (None, None);
+        for _ in 0..2 {
+            let (_, _, broken) = walk_within(&[query.as_slice(), &big, b"SELECT"].concat(), &budget, &mut a);
+            assert!(broken.is_none());
+            assert_eq!(budget.held(), 2 * large::FREE + 1, "taken once (the whole frame)");
+        }
+        let (scanned, kept, broken) = walk_within(&[query.as_slice(), &big].concat(), &budget, &mut b);
+        let e = broken.expect("past the budget");
+        assert_eq!((e.state.code(), e.fatal), ("53200", true));
+        assert_eq!((scanned, kept), (query.len(), query.len()), "the earlier query still goes");
+        assert!(b.is_none());
+        drop(a);
+        assert_eq!(budget.held(), 0);
+        let (_, _, broken) = walk_within(&big, &budget, &mut b);
+        assert!(broken.is_none(), "room again once the first session ended");
     }
 
     proptest! {

@@ -47,8 +47,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             buffers::room(&mut self.cbuf);
         }
         // Back-pressure: the client is read while little waits for the server, or when a frame
-        // that must arrive whole is still incomplete (bounded by the message size limit).
+        // that must arrive whole is still incomplete (bounded by the message size limit and,
+        // past `large::FREE`, by the large-message budget it took from).
         let waiting = self.cbuf.len() + self.out.len();
+        super::large::settle(&mut self.large, waiting);
         let read_client = !self.terminated
             && self.broken.is_none()
             && (waiting < MAX_CLIENT_BUFFERED || (self.c_scanned == 0 && self.out.len() < MAX_SERVER_BOUND));

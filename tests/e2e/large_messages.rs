@@ -1,0 +1,87 @@
+//! `[proxy] large_message_memory`: what clients together may hold of large messages pgtenant
+//! reads whole (a Query over 256 KiB here). A message the budget cannot hold ends its client's
+//! session with 53200 as its header arrives; the others' messages run; what a session held
+//! comes back as its messages go on, or when it ends mid-message.
+
+use std::time::Duration;
+
+use crate::support::raw::*;
+use crate::support::*;
+
+/// A Query of `SELECT length('xx…')` with `n` x's, as bytes.
+fn long_query(n: usize) -> (Vec<u8>, String) {
+    let sql = format!("SELECT length('{}')", "x".repeat(n));
+    (query(&sql), n.to_string())
+}
+
+/// The value of the one row a simple query returned.
+fn value(got: &[u8]) -> Option<String> {
+    let row = messages(got).into_iter().find(|(t, _)| *t == b'D')?;
+    data_row(row.1).into_iter().next()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_share_one_budget_and_others_are_unaffected() {
+    let t = tenant_db("largemsg").await;
+    let mut cfg = config(vec![t.clone()]);
+    cfg.proxy.large_message_memory = 1 << 20;
+    let h = start(cfg).await;
+    let limit = Duration::from_secs(5);
+
+    // a: 900 KB arriving slowly (its first 100 KB now) holds 900 KB of the 1 MiB.
+    let (qa, na) = long_query(900_000);
+    let mut a = raw_proxy(&h, &t.id).await;
+    send(&mut a, &qa[..100_000]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // b: 600 KB does not fit beside it: 53200, FATAL, closed, before its body is read.
+    let (qb, _) = long_query(600_000);
+    let mut b = raw_proxy(&h, &t.id).await;
+    send(&mut b, &query("SELECT 1")).await;
+    send(&mut b, &qb[..5]).await;
+    let (got, closed) = read_eof(&mut b, limit).await;
+    assert!(closed, "b's session ends: {:?}", summary(&got));
+    let s = summary(&got);
+    assert_eq!(&s[..4], ["T", "D(1)", "C(SELECT 1)", "Z(I)"], "what came before is answered");
+    let e = messages(&got).into_iter().rev().find(|(t, _)| *t == b'E').map(|(_, body)| body.to_vec());
+    let e = e.unwrap_or_default();
+    assert_eq!(field(&e, b'C').as_deref(), Some("53200"), "{s:?}");
+    assert_eq!(field(&e, b'S').as_deref(), Some("FATAL"), "{s:?}");
+    assert!(field(&e, b'M').is_some_and(|m| m.contains("large_message_memory")), "{:?}", field(&e, b'M'));
+
+    // Small messages are not counted: another client runs as ever meanwhile.
+    let c = h.client(&t.id).await;
+    let v: i32 = c.query_one("SELECT 7", &[]).await.expect("small queries run").get(0);
+    assert_eq!(v, 7);
+
+    // a's message completes and runs.
+    send(&mut a, &qa[100_000..]).await;
+    let (got, _) = read_ready(&mut a, 1, limit).await;
+    assert_eq!(value(&got).as_deref(), Some(na.as_str()), "{:?}", summary(&got));
+
+    // Once a's message went on, its share came back: 600 KB fits now, twice over in turn.
+    let (qb, nb) = long_query(600_000);
+    for _ in 0..2 {
+        let mut b = raw_proxy(&h, &t.id).await;
+        send(&mut b, &qb).await;
+        let (got, _) = read_ready(&mut b, 1, limit).await;
+        assert_eq!(value(&got).as_deref(), Some(nb.as_str()), "{:?}", summary(&got));
+    }
+
+    // A client that leaves mid-message gives its share back too.
+    let mut d = raw_proxy(&h, &t.id).await;
+    send(&mut d, &qa[..100_000]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(d);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut e = raw_proxy(&h, &t.id).await;
+        send(&mut e, &qa).await;
+        let (got, _) = read_ready(&mut e, 1, limit).await;
+        if value(&got).as_deref() == Some(na.as_str()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the share never came back: {:?}", summary(&got));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
