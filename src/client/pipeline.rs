@@ -393,11 +393,12 @@ impl Pipeline {
         }
     }
 
-    /// Records the client's Parse of the unnamed statement (see [`Route::unnamed_parsed`]),
-    /// with effects to undo should it fail or be skipped.
-    pub fn push_unnamed_parse(&mut self, effect: Vec<Effect>) {
+    /// Records a Parse of the unnamed statement, the client's or (`own`) pgtenant's (see
+    /// [`Route::unnamed_parsed`]), with effects to undo should it fail or be skipped.
+    pub fn push_unnamed_parse(&mut self, own: bool, effect: Vec<Effect>) {
         let extra = (!effect.is_empty()).then(|| Box::new(Extra { effect, ..Extra::default() }));
-        self.push_entry(Entry { unnamed: true, extra, ..Entry::new(Kind::Parse, Reply::Forward) });
+        let reply = if own { Reply::Swallow } else { Reply::Forward };
+        self.push_entry(Entry { unnamed: true, extra, ..Entry::new(Kind::Parse, reply) });
     }
 
     /// Whether a message creating server statement `name` (see [`Effect::ServerStatement`])
@@ -414,8 +415,7 @@ impl Pipeline {
         self.queue.iter().skip_while(|e| !creates(e)).any(|e| e.kind == Kind::Sync)
     }
 
-    /// Whether a Parse of the unnamed statement by the client still awaits its reply (or its
-    /// skip).
+    /// Whether a Parse of the unnamed statement still awaits its reply (or its skip).
     pub fn unnamed_pending(&self) -> bool {
         self.queue.iter().any(|e| e.unnamed)
     }

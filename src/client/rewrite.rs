@@ -240,7 +240,7 @@ impl Stage<'_> {
                 // The portal is the client's only if its Bind reaches the server: a name a
                 // refused Bind gave may be another client's WITH HOLD cursor there.
                 if stmt.is_empty() {
-                    match self.unnamed_owned() {
+                    match self.unnamed_owned().map(|owned| owned || self.parse_unnamed_again()) {
                         None => return false,
                         Some(true) => {
                             self.sets.bound = self
@@ -316,7 +316,12 @@ impl Stage<'_> {
                     return true;
                 }
                 if name.is_empty() {
-                    match self.unnamed_owned() {
+                    if tag == fe::CLOSE {
+                        // PostgreSQL drops the client's unnamed statement (if it has one).
+                        self.statements.unnamed_dropped();
+                    }
+                    let again = |st: &mut Self| tag == fe::DESCRIBE && st.parse_unnamed_again();
+                    match self.unnamed_owned().map(|owned| owned || again(self)) {
                         None => return false,
                         Some(true) => self.forward(tag, frame),
                         // The unnamed statement on the server is not the client's: closing
@@ -445,6 +450,22 @@ impl Stage<'_> {
         Some(self.conn.unnamed_owner() == (self.session, self.statements.unnamed_latest()))
     }
 
+    /// The unnamed statement on this connection is not the client's: its latest unnamed Parse
+    /// goes again, as the client sent it, its reply swallowed (an error reaches the client,
+    /// for the message that needed it), if the client has one PostgreSQL would still keep
+    /// (see `Statements::unnamed_again`); false if not.
+    fn parse_unnamed_again(&mut self) -> bool {
+        let Some(parse) = self.statements.unnamed_again() else { return false };
+        self.out.extend_from_slice(parse);
+        // Nobody's until it completes: failed, it leaves none on the server (the previous
+        // owner's statement is gone too, and is parsed again for it in turn).
+        self.conn.set_unnamed_owner(0, 0);
+        self.meter.server_parse();
+        self.pipeline.push_unnamed_parse(true, Vec::new());
+        self.statements.stage_unnamed();
+        true
+    }
+
     fn parse(&mut self, frame: &[u8]) -> bool {
         // The extended protocol can carry what a simple query can: the same checks.
         let statement = cstr(&frame[HEADER_LEN..]).and_then(|(name, rest)| Some((name, cstr(rest)?.0)));
@@ -521,8 +542,10 @@ impl Stage<'_> {
             self.sets.unnamed = set.map(Box::new);
             self.statements.unnamed_declares(declares, marks);
             self.out.extend_from_slice(frame);
-            self.pipeline.push_unnamed_parse(if noted { vec![Effect::UnnamedParse] } else { Vec::new() });
+            self.pipeline
+                .push_unnamed_parse(false, if noted { vec![Effect::UnnamedParse] } else { Vec::new() });
             self.statements.stage_unnamed();
+            self.statements.stage_unnamed_text(frame);
             return true;
         };
         // The client's query text and parameter types, after its statement name: probes

@@ -225,6 +225,27 @@ fn longer_wait(a: (Bound, u64), b: (Bound, u64)) -> (Bound, u64) {
     }
 }
 
+/// The longest unnamed Parse kept to be parsed again (a longer one is not: a Bind of it in a
+/// later round trip on another connection gets 26000, as before).
+const UNNAMED_KEPT: usize = 16 * 1024;
+
+/// The client's unnamed Parse messages: PostgreSQL keeps the unnamed statement across Syncs
+/// until the next unnamed Parse, a simple Query or a Close of it, and a client may bind it in a
+/// later round trip, which in transaction mode may run on a connection where it is not (see
+/// `Stage::unnamed_owned`): that connection parses the kept message again first.
+#[derive(Debug, Default)]
+struct UnnamedText {
+    /// The latest unnamed Parse staged.
+    staged: Vec<u8>,
+    /// The message of the client's unnamed statement, for completed Parse number `kept_for`
+    /// (0: none usable).
+    kept: Vec<u8>,
+    kept_for: u32,
+    /// An unnamed Parse staged since has no verdict yet: until it completes, what the client's
+    /// unnamed statement is stays unknown (a failed Parse leaves none on PostgreSQL).
+    pending: bool,
+}
+
 /// One client's named statements and portals.
 #[derive(Debug)]
 pub struct Statements {
@@ -246,6 +267,9 @@ pub struct Statements {
     unnamed_parsed: u32,
     /// Bytes of the Parse messages held.
     bytes: usize,
+    /// The client's unnamed statement as it parsed it, to parse it again on a server
+    /// connection that does not hold it (transaction mode; only once it parsed one).
+    unnamed_text: Option<Box<UnnamedText>>,
     unnamed_portal: UnnamedPortal,
     /// Cursors the unnamed and the last bound statement declare, if any does.
     declaring: Option<Box<Declaring>>,
@@ -261,6 +285,7 @@ impl Default for Statements {
             unnamed_staged: false,
             unnamed_parsed: 0,
             bytes: 0,
+            unnamed_text: None,
             declaring: None,
             unnamed_portal: UnnamedPortal::Clean,
         }
@@ -435,10 +460,40 @@ impl Statements {
         self.syncs
     }
 
-    /// A simple Query was staged: the server drops the unnamed portal.
+    /// A simple Query was staged: the server drops the unnamed portal, and the unnamed
+    /// statement.
     #[inline]
     pub fn simple_query(&mut self) {
         self.unnamed_portal = UnnamedPortal::None;
+        self.unnamed_dropped();
+    }
+
+    /// The client's unnamed statement is gone (a simple Query, a Close of it): nothing is
+    /// parsed again for it.
+    pub fn unnamed_dropped(&mut self) {
+        if let Some(t) = self.unnamed_text.as_deref_mut() {
+            (t.kept_for, t.pending) = (0, false);
+        }
+    }
+
+    /// The client's unnamed Parse `frame` was staged (transaction mode).
+    #[inline]
+    pub fn stage_unnamed_text(&mut self, frame: &[u8]) {
+        let t = self.unnamed_text.get_or_insert_with(Default::default);
+        t.staged.clear();
+        if frame.len() <= UNNAMED_KEPT {
+            t.staged.extend_from_slice(frame);
+        }
+        t.pending = true;
+    }
+
+    /// The message to parse the client's unnamed statement again with, on a connection that
+    /// does not hold it: its latest unnamed Parse if that completed and nothing dropped it
+    /// since.
+    pub fn unnamed_again(&self) -> Option<&[u8]> {
+        let t = self.unnamed_text.as_deref()?;
+        (!t.pending && t.kept_for != 0 && t.kept_for == self.unnamed_parsed && !t.kept.is_empty())
+            .then_some(t.kept.as_slice())
     }
 
     /// A Sync was staged.
@@ -511,10 +566,20 @@ impl Statements {
         self.unnamed_staged
     }
 
-    /// A Parse of the unnamed statement completed: returns its number, which the server
-    /// connection records as its owner's.
-    pub fn unnamed_parsed(&mut self) -> u32 {
+    /// A Parse of the unnamed statement completed (`more`: another is still on its way):
+    /// returns its number, which the server connection records as its owner's.
+    pub fn unnamed_parsed(&mut self, more: bool) -> u32 {
         self.unnamed_parsed = self.unnamed_parsed.wrapping_add(1).max(1);
+        if let Some(t) = self.unnamed_text.as_deref_mut() {
+            if t.pending && !more {
+                // The latest staged one: its message is the statement's.
+                std::mem::swap(&mut t.kept, &mut t.staged);
+                (t.kept_for, t.pending) = (self.unnamed_parsed, false);
+            } else if !t.pending && t.kept_for != 0 {
+                // Parsed again from the kept message.
+                t.kept_for = self.unnamed_parsed;
+            }
+        }
         self.unnamed_parsed
     }
 

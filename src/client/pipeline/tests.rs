@@ -31,7 +31,7 @@ fn extended_round_trip() {
 #[test]
 fn the_unnamed_parse_is_reported_when_it_completes_not_when_skipped() {
     let mut p = Pipeline::default();
-    p.push_unnamed_parse(Vec::new());
+    p.push_unnamed_parse(false, Vec::new());
     p.push(Kind::Sync, Action::Forward);
     assert!(p.unnamed_pending());
     let r = p.route(b'1', "");
@@ -40,7 +40,7 @@ fn the_unnamed_parse_is_reported_when_it_completes_not_when_skipped() {
     assert!(!p.route(b'Z', "").unnamed_parsed);
     // Skipped after an error: never reported, and no longer pending.
     p.push(Kind::Parse, Action::Forward);
-    p.push_unnamed_parse(Vec::new());
+    p.push_unnamed_parse(false, Vec::new());
     p.push(Kind::Sync, Action::Forward);
     assert!(!p.route(b'E', "42P01").unnamed_parsed);
     assert!(!p.unnamed_pending(), "skipped");
@@ -53,7 +53,7 @@ fn the_unnamed_parse_is_reported_when_it_completes_not_when_skipped() {
         if pushed_while_skipping {
             assert!(!p.route(b'E', "42P01").unnamed_parsed);
         }
-        p.push_unnamed_parse(vec![Effect::UnnamedParse]);
+        p.push_unnamed_parse(false, vec![Effect::UnnamedParse]);
         p.push(Kind::Sync, Action::Forward);
         if !pushed_while_skipping {
             p.route(b'E', "42P01");
@@ -61,7 +61,7 @@ fn the_unnamed_parse_is_reported_when_it_completes_not_when_skipped() {
         assert_eq!(p.take_effects(), (vec![Effect::UnnamedParse], vec![]));
         p.route(b'Z', "");
     }
-    p.push_unnamed_parse(vec![Effect::UnnamedParse]);
+    p.push_unnamed_parse(false, vec![Effect::UnnamedParse]);
     p.push(Kind::Sync, Action::Forward);
     assert!(p.route(b'1', "").unnamed_parsed);
     assert_eq!(p.take_effects(), (vec![], vec![Effect::UnnamedParse]));
@@ -649,7 +649,7 @@ fn agrees_with_the_previous_model(steps: &[Step]) -> Result<(), TestCaseError> {
             Step::Unnamed => {
                 // The previous model knew no unnamed Parse: there it is a Parse whose marker
                 // effect shows when it completes (done) or is skipped (undone).
-                new.push_unnamed_parse(Vec::new());
+                new.push_unnamed_parse(false, Vec::new());
                 old.push_effect(Kind::Parse, Action::Forward, vec![unnamed_marker()]);
                 prop_assert_eq!(new.take_effects(), unmarked(old.take_effects()).0);
             }

@@ -285,7 +285,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         if route.unnamed_parsed {
             // The server's unnamed statement is now this client's latest.
             if let Some(server) = self.server.as_mut() {
-                let parse = self.statements.unnamed_parsed();
+                let parse = self.statements.unnamed_parsed(self.pipeline.unnamed_pending());
                 server.conn().set_unnamed_owner(self.id, parse);
             }
         }

@@ -198,3 +198,45 @@ fn the_unnamed_portal_is_executed_only_behind_a_bind_of_it() {
     s.forget_portals();
     assert_eq!(s.executes_portal(b""), Portal::Owned, "a new server connection: nothing to follow");
 }
+
+/// The client's unnamed Parse is kept to be parsed again only once it completed as the latest
+/// one, and not after PostgreSQL would have dropped it (a simple Query, a Close of it) or while
+/// a later one has no verdict (a failed Parse leaves none; a skipped one is not told apart).
+#[test]
+fn the_unnamed_statement_is_parsed_again_only_while_postgres_would_keep_it() {
+    let mut s = Statements::default();
+    let (p1, p2) = (frame(b'P', b"\0SELECT 1\0\0\0"), frame(b'P', b"\0SELECT 2\0\0\0"));
+    assert_eq!(s.unnamed_again(), None, "none parsed");
+    s.stage_unnamed_text(&p1);
+    assert_eq!(s.unnamed_again(), None, "no verdict yet");
+    s.unnamed_parsed(false);
+    assert_eq!(s.unnamed_again(), Some(p1.as_slice()));
+    // Parsed again from it (pgtenant's own Parse completes): still the same statement.
+    s.unnamed_parsed(false);
+    assert_eq!(s.unnamed_again(), Some(p1.as_slice()));
+    // Two pipelined: the first's completion with the second on its way keeps nothing.
+    s.stage_unnamed_text(&p1);
+    s.stage_unnamed_text(&p2);
+    s.unnamed_parsed(true);
+    assert_eq!(s.unnamed_again(), None, "the second has no verdict yet");
+    s.unnamed_parsed(false);
+    assert_eq!(s.unnamed_again(), Some(p2.as_slice()), "the latest");
+    // A later Parse without a verdict (it failed: PostgreSQL keeps none).
+    s.stage_unnamed_text(&p1);
+    assert_eq!(s.unnamed_again(), None);
+    // Dropped by a simple Query, even if a Parse before it completes afterwards.
+    s.unnamed_parsed(false);
+    s.stage_unnamed_text(&p2);
+    s.simple_query();
+    s.unnamed_parsed(false);
+    assert_eq!(s.unnamed_again(), None, "a simple Query dropped it");
+    s.stage_unnamed_text(&p1);
+    s.unnamed_parsed(false);
+    s.unnamed_dropped();
+    assert_eq!(s.unnamed_again(), None, "a Close of it");
+    // Too long to keep.
+    let long = frame(b'P', &[b"\0SELECT '".as_slice(), &vec![b'x'; UNNAMED_KEPT], b"'\0\0\0"].concat());
+    s.stage_unnamed_text(&long);
+    s.unnamed_parsed(false);
+    assert_eq!(s.unnamed_again(), None);
+}

@@ -158,3 +158,33 @@ async fn an_oversized_message_ends_the_session_as_postgres_does() {
         }
     }
 }
+
+/// Found by benches/fuzz.sh (transaction mode, seed 28956319677342, case 660): an unnamed
+/// statement parsed and synced, then bound in a later round trip, after its connection went
+/// back (a DECLARE's cursors are closed by then, which drops the unnamed statement there):
+/// pgtenant parses it again, so the Bind gets PostgreSQL's answer, not 26000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnamed_statement_bound_in_a_later_round_trip_gets_every_reply() {
+    use Msg::*;
+    let t = tenant_db("diffunnamed").await;
+    let declare = "DECLARE c CURSOR FOR SELECT 1";
+    let cases: Vec<Vec<Msg>> = vec![
+        vec![Parse("", declare), Sync, Bind("c", ""), Terminate],
+        vec![Parse("", declare), Sync, Bind("c", ""), Sync, Terminate],
+        vec![Parse("", declare), Sync, Bind("c", ""), Execute("c", 0), Sync, Terminate],
+        vec![Parse("", "SELECT 1"), Sync, Describe(b'S', ""), Bind("", ""), Execute("", 0), Sync, Terminate],
+        vec![Query("BEGIN"), Parse("", declare), Sync, Query("COMMIT"), Bind("", ""), Sync, Terminate],
+    ];
+    let msgs: Vec<&[Msg]> = cases.iter().map(Vec::as_slice).collect();
+    let chunks = |m: &[Msg]| m.iter().map(|_| 1).collect::<Vec<usize>>();
+    let direct = direct_target(&t);
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let h = start(config(vec![with_mode(t.clone(), mode, 1)])).await;
+        let proxy = Target::Proxy { addr: h.addr, user: format!("app.{}", t.id), db: t.database.clone() };
+        for m in &msgs {
+            // One message per write, 25 ms apart: each round trip's connection goes back.
+            let (a, b) = (run(&direct, m, &chunks(m)).await, run(&proxy, m, &chunks(m)).await);
+            assert_eq!(b, a, "{mode:?} {m:?}");
+        }
+    }
+}

@@ -180,3 +180,52 @@ async fn an_unnamed_statement_left_without_a_sync_is_nobody_elses() {
     }
     f.assert_none();
 }
+
+/// A client's own unnamed statement outlives its round trip as on PostgreSQL, whichever
+/// connection its next round trip gets (a pool of one that the other tenant used meanwhile,
+/// with a reset between): pgtenant parses it again there from the client's own Parse, so a
+/// Bind or Describe of it runs the client's statement, never the other client's. Where
+/// PostgreSQL has none (after a simple Query, a Close of it, a failed Parse) it is 26000 still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_unnamed_statement_follows_it_to_the_next_connection() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let mut f = Failures::default();
+    let mut ca = raw_proxy(&h, &a.id).await;
+    let mut cb = raw_proxy(&h, &b.id).await;
+    let own = |who: &str| format!("SELECT '{who}-own:' || owner FROM items");
+    let rows_of =
+        |got: &[u8], who: &str| got.windows(who.len() + 5).any(|w| w == format!("{who}-own:").as_bytes());
+    let use_it = cat(&[bind("", ""), execute(""), sync()]);
+
+    let got = step(&mut ca, &cat(&[parse("", &own("a")), describe(b'S', ""), sync()])).await;
+    assert_eq!(summary(&got)[..1], ["1".to_owned()], "a's Parse: {:?}", summary(&got));
+    let got = step(&mut cb, &cat(&[parse("", &own("b")), sync()])).await;
+    assert_eq!(summary(&got), ["1", "Z(I)"], "b's Parse on the same connection");
+    for round in 0..2 {
+        let got = step(&mut ca, &use_it).await;
+        f.check(sqlstate(&got).is_none() && rows_of(&got, "a") && !rows_of(&got, "b"), || {
+            format!("round {round}: a's Bind after b's Parse: {:?}", summary(&got))
+        });
+        let got = step(&mut cb, &cat(&[describe(b'S', ""), bind("", ""), execute(""), sync()])).await;
+        f.check(sqlstate(&got).is_none() && rows_of(&got, "b") && !rows_of(&got, "a"), || {
+            format!("round {round}: b's Describe and Bind after a's: {:?}", summary(&got))
+        });
+    }
+    // Where PostgreSQL has dropped it: a simple Query, a Close of it, a failed Parse.
+    let drops: [(&str, Vec<u8>); 3] = [
+        ("a simple Query", query("SELECT 1")),
+        ("a Close", cat(&[close(b'S', ""), sync()])),
+        ("a failed Parse", cat(&[parse("", "SELEC broken"), sync()])),
+    ];
+    for (what, drop) in drops {
+        step(&mut ca, &cat(&[parse("", &own("a")), sync()])).await;
+        step(&mut ca, &drop).await;
+        step(&mut cb, &cat(&[parse("", &own("b")), sync()])).await;
+        let got = step(&mut ca, &use_it).await;
+        f.check(summary(&got) == ["E(26000)", "Z(I)"] && !rows_of(&got, "b"), || {
+            format!("after {what}, a's Bind: {:?}", summary(&got))
+        });
+    }
+    f.assert_none();
+}
