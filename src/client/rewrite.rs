@@ -24,7 +24,9 @@ use crate::protocol::backend::{cstr, txn};
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::frontend::target::{PORTAL, STATEMENT};
-use crate::protocol::frontend::{bind_parts, parse_frame, query_frame, rename, rename_into, target_parts};
+use crate::protocol::frontend::{
+    bind_parts, execute_portal, parse_frame, query_frame, rename, rename_into, target_parts,
+};
 use crate::protocol::{PgError, SqlState};
 
 /// Session SETs seen in the current transaction (transaction mode).
@@ -176,7 +178,7 @@ impl Stage<'_> {
                 return;
             }
             fe::EXECUTE
-                if cstr(&frame[HEADER_LEN..]).is_some_and(|(p, _)| p.is_empty())
+                if execute_portal(frame).is_some_and(<[u8]>::is_empty)
                     && self.statements.executes_portal(b"") != Portal::Owned =>
             {
                 self.fail_with(PgError::no_such_portal(b""), true);
@@ -300,6 +302,7 @@ impl Stage<'_> {
             }
             fe::DESCRIBE | fe::CLOSE => {
                 let Some((target, name)) = target_parts(frame) else {
+                    // PostgreSQL fails it with 08P01 before using the name.
                     self.forward(tag, frame);
                     return true;
                 };
@@ -358,7 +361,12 @@ impl Stage<'_> {
                 self.pipeline.push(Kind::DescribeStatement, Action::Forward);
             }
             fe::EXECUTE => {
-                let portal = cstr(&frame[HEADER_LEN..]).map(|(p, _)| p).unwrap_or_default();
+                let Some(portal) = execute_portal(frame) else {
+                    // PostgreSQL fails it with 08P01 before running anything.
+                    self.statements.execute();
+                    self.forward(tag, frame);
+                    return true;
+                };
                 match self.statements.executes_portal(portal) {
                     Portal::Owned => {}
                     Portal::Wait => return false,

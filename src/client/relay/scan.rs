@@ -202,6 +202,11 @@ mod tests {
         for tag in [fe::QUERY, fe::PARSE, fe::BIND, fe::COPY_DATA, fe::FUNCTION_CALL] {
             let (_, _, broken) = walk(&frame_header(tag, 1_000_000));
             assert!(broken.is_none(), "{}", tag as char);
+            // Over PostgreSQL's limit for every message (1 GiB - 2): refused, never buffered.
+            let (_, _, broken) = walk(&frame_header(tag, 0x3fff_ffff));
+            assert!(broken.is_some_and(|e| e.message.contains("limit of 1073741822")), "{}", tag as char);
+            let (_, _, broken) = walk(&frame_header(tag, 0x3fff_fffe));
+            assert!(broken.is_none(), "{}", tag as char);
         }
     }
 

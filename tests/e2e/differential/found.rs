@@ -188,3 +188,45 @@ async fn an_unnamed_statement_bound_in_a_later_round_trip_gets_every_reply() {
         }
     }
 }
+
+/// A Describe, Close or Execute PostgreSQL cannot read (bytes after the name or the row
+/// count, a count cut short, a target other than S or P) fails there with 08P01 before any
+/// name in it is used, also in transaction mode, where pgtenant reads these names: it must
+/// not answer them from the names (26000, 34000, CloseComplete) nor pass the name on without
+/// the rest (found by hand in a review of d151a2d).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_describe_close_or_execute_postgres_cannot_read_gets_its_08p01() {
+    use Msg::*;
+    let t = tenant_db("diffunreadable").await;
+    let cases: &[(&[Msg], &[&str])] = &[
+        (
+            &[Parse("s1", "SELECT 1"), Sync, Frame(b'C', b"Ss1\0zz"), Sync, Query("SELECT 2"), Terminate],
+            &["1", "ZI", "E:08P01", "ZI", "T", "D", "C", "ZI"],
+        ),
+        (&[Frame(b'C', b"Snone\0zz"), Sync, Terminate], &["E:08P01", "ZI"]),
+        (&[Frame(b'C', b"P\0zz"), Sync, Terminate], &["E:08P01", "ZI"]),
+        (&[Frame(b'C', b"Xs1\0"), Sync, Terminate], &["E:08P01", "ZI"]),
+        (&[Parse("s1", "SELECT 1"), Frame(b'D', b"Ss1\0zz"), Sync, Terminate], &["1", "E:08P01", "ZI"]),
+        (
+            &[Parse("s1", "SELECT 1"), Sync, Frame(b'D', b"Ss1\0zz"), Sync, Terminate],
+            &["1", "ZI", "E:08P01", "ZI"],
+        ),
+        (&[Frame(b'D', b"Pp1\0zz"), Sync, Terminate], &["E:08P01", "ZI"]),
+        (&[Frame(b'D', b"Xs1\0"), Sync, Terminate], &["E:08P01", "ZI"]),
+        (&[Frame(b'E', b"p1\0\0\0"), Sync, Terminate], &["E:08P01", "ZI"]),
+        (
+            &[Query("SELECT 1"), Frame(b'E', b"\0\0\0"), Sync, Terminate],
+            &["T", "D", "C", "ZI", "E:08P01", "ZI"],
+        ),
+        (
+            &[Query("SELECT 1"), Frame(b'E', b"\0\0\0\0\0zz"), Sync, Terminate],
+            &["T", "D", "C", "ZI", "E:08P01", "ZI"],
+        ),
+    ];
+    let msgs: Vec<&[Msg]> = cases.iter().map(|(m, _)| *m).collect();
+    let (postgres, differ) = in_both_modes(&t, &msgs).await;
+    for ((msgs, expected), a) in cases.iter().zip(&postgres) {
+        assert_eq!(a, expected, "{msgs:?}: PostgreSQL");
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}

@@ -132,3 +132,49 @@ async fn oversized(mode: PoolMode) {
         .get(0);
     assert_eq!(n, 0, "{mode:?}: nothing a body carried ran");
 }
+
+/// PostgreSQL refuses a length word over `PQ_LARGE_MESSAGE_LIMIT` (1 GiB − 2) for any message
+/// from its header and closes; pgtenant refuses it from its header too (FATAL 08P01), also
+/// for a Query, Parse or Bind it would otherwise buffer whole, up to 1 GiB, before the server
+/// refused it. A length word of exactly that limit is waited for, as PostgreSQL waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_postgres_large_limit_is_refused_from_its_header() {
+    let (a, _) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let h = start_quick(vec![with_mode(a.clone(), mode, 1)]).await;
+        let user = format!("app.{}", a.id);
+        for (tag, len, refused) in [
+            (b'Q', 0x3fff_ffffu32, true),
+            (b'P', 0x3fff_ffff, true),
+            (b'B', 0x3fff_ffff, true),
+            (b'F', 0x3fff_ffff, true),
+            (b'd', 0x3fff_ffff, true),
+            (b'Q', 0x3fff_fffe, false),
+        ] {
+            let mut s = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+            send(&mut s, &startup_packet(&[("user", &user)])).await;
+            let (got, closed) = read_ready(&mut s, 1, Duration::from_secs(5)).await;
+            assert!(!closed && ready_count(&got) == 1, "logs in: {:?}", summary(&got));
+            let mut bytes = query("SELECT 1");
+            bytes.push(tag);
+            bytes.extend_from_slice(&len.to_be_bytes());
+            bytes.extend_from_slice(b"SELECT 1");
+            send(&mut s, &bytes).await;
+            let (got, closed) = read_eof(&mut s, Duration::from_secs(2)).await;
+            let what = format!("{mode:?} {} {len:#x}: {:?}", tag as char, summary(&got));
+            if !refused {
+                assert!(!closed, "{what}: waits for the rest");
+                assert_eq!(summary(&got), ["T", "D(1)", "C(SELECT 1)", "Z(I)"], "{what}");
+                continue;
+            }
+            assert!(closed, "{what}: the session ends");
+            let s = summary(&got);
+            assert_eq!(s[..s.len() - 1], ["T", "D(1)", "C(SELECT 1)", "Z(I)"], "{what}");
+            let e = messages(&got).into_iter().rev().find(|(t, _)| *t == b'E').map(|(_, b)| b.to_vec());
+            let e = e.unwrap_or_default();
+            assert_eq!(field(&e, b'C').as_deref(), Some("08P01"), "{what}");
+            assert_eq!(field(&e, b'S').as_deref(), Some("FATAL"), "{what}");
+            assert!(field(&e, b'M').is_some_and(|m| m.contains("exceeds the limit of 1073741822")), "{what}");
+        }
+    }
+}
