@@ -535,6 +535,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             max_message: self.max_message,
             large: &mut self.large,
             budget: &self.proxy.large_messages,
+            out_len: self.out.len(),
         }
         .run()
     }
