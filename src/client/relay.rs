@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::meter::Meter;
@@ -540,6 +540,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             max_message: self.max_message,
             large: &mut self.large,
             budget: &self.proxy.large_messages,
+            out_len: self.out.len(),
         }
         .run()
     }
@@ -610,12 +611,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                 break;
             }
         }
-        if pos == self.cbuf.len() {
-            // All of it (the common case): the buffer starts over where it is, its room kept.
-            self.cbuf.clear();
-        } else {
-            self.cbuf.advance(pos);
-        }
+        buffers::consume(&mut self.cbuf, pos);
         self.c_scanned -= pos;
         if self.pipeline.has_effects() {
             let (undo, done) = self.pipeline.take_effects();

@@ -1,7 +1,8 @@
 //! `[proxy] large_message_memory`: what clients together may hold of large messages pgtenant
-//! reads whole (a Query over 256 KiB here). A message the budget cannot hold ends its client's
-//! session with 53200 as its header arrives; the others' messages run; what a session held
-//! comes back as its messages go on, or when it ends mid-message.
+//! reads whole (a Query over 256 KiB here), taken as the bytes arrive, never from a header
+//! ahead of them. A message the budget cannot hold ends its client's session with 53200; the
+//! others' messages run; what a session held comes back as its messages go on, or when it
+//! ends mid-message.
 
 use std::time::Duration;
 
@@ -28,18 +29,23 @@ async fn large_messages_share_one_budget_and_others_are_unaffected() {
     let h = start(cfg).await;
     let limit = Duration::from_secs(5);
 
-    // a: 900 KB arriving slowly (its first 100 KB now) holds 900 KB of the 1 MiB.
-    let (qa, na) = long_query(900_000);
+    // a: 950 KB arriving slowly (its first 900 KB now) holds 900 KB less the free 256 KiB.
+    let (qa, na) = long_query(950_000);
     let mut a = raw_proxy(&h, &t.id).await;
-    send(&mut a, &qa[..100_000]).await;
+    send(&mut a, &qa[..900_000]).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // b: 600 KB does not fit beside it: 53200, FATAL, closed, before its body is read.
-    let (qb, _) = long_query(600_000);
-    let mut b = raw_proxy(&h, &t.id).await;
-    send(&mut b, &query("SELECT 1")).await;
-    send(&mut b, &qb[..5]).await;
+    // b: 800 KB does not fit beside it: 53200, FATAL, closed, once what arrived passes it.
+    let (qb, _) = long_query(800_000);
+    let (mut b, mut w) = raw_proxy(&h, &t.id).await.into_split();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        // The proxy stops reading (and closes) partway: the write may fail.
+        let _ = w.write_all(&[query("SELECT 1"), qb].concat()).await;
+        w
+    });
     let (got, closed) = read_eof(&mut b, limit).await;
+    drop(writer.await);
     assert!(closed, "b's session ends: {:?}", summary(&got));
     let s = summary(&got);
     assert_eq!(&s[..4], ["T", "D(1)", "C(SELECT 1)", "Z(I)"], "what came before is answered");
@@ -55,12 +61,12 @@ async fn large_messages_share_one_budget_and_others_are_unaffected() {
     assert_eq!(v, 7);
 
     // a's message completes and runs.
-    send(&mut a, &qa[100_000..]).await;
+    send(&mut a, &qa[900_000..]).await;
     let (got, _) = read_ready(&mut a, 1, limit).await;
     assert_eq!(value(&got).as_deref(), Some(na.as_str()), "{:?}", summary(&got));
 
-    // Once a's message went on, its share came back: 600 KB fits now, twice over in turn.
-    let (qb, nb) = long_query(600_000);
+    // Once a's message went on, its share came back: 800 KB fits now, twice over in turn.
+    let (qb, nb) = long_query(800_000);
     for _ in 0..2 {
         let mut b = raw_proxy(&h, &t.id).await;
         send(&mut b, &qb).await;
@@ -70,18 +76,52 @@ async fn large_messages_share_one_budget_and_others_are_unaffected() {
 
     // A client that leaves mid-message gives its share back too.
     let mut d = raw_proxy(&h, &t.id).await;
-    send(&mut d, &qa[..100_000]).await;
+    send(&mut d, &qa[..900_000]).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(d);
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let mut e = raw_proxy(&h, &t.id).await;
-        send(&mut e, &qa).await;
+        // Refused partway while d's share is still held: the write may fail.
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut e, &qa).await;
         let (got, _) = read_ready(&mut e, 1, limit).await;
         if value(&got).as_deref() == Some(na.as_str()) {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "the share never came back: {:?}", summary(&got));
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A header alone holds nothing: five bytes announcing a Query as long as the whole budget
+/// (left unsent, the client idle) must not refuse other clients' large queries, of this
+/// tenant or another, for as long as that connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_alone_holds_none_of_the_budget() {
+    let (t, u) = (tenant_db("largehdr").await, tenant_db("largehdr2").await);
+    let mut cfg = config(vec![t.clone(), u.clone()]);
+    cfg.proxy.large_message_memory = 1 << 20;
+    let h = start(cfg).await;
+    let limit = Duration::from_secs(5);
+
+    // Each sends nothing but `Q` and a length of 960 KiB, then waits.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut a = raw_proxy(&h, &t.id).await;
+        send(&mut a, &[b'Q', 0, 0x0f, 0, 0]).await;
+        idle.push(a);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (q, n) = long_query(600_000);
+    for tenant in [&t.id, &u.id] {
+        let mut b = raw_proxy(&h, tenant).await;
+        send(&mut b, &q).await;
+        let (got, _) = read_ready(&mut b, 1, limit).await;
+        assert_eq!(value(&got).as_deref(), Some(n.as_str()), "{:?}", summary(&got));
+    }
+    for mut a in idle {
+        let (got, _) = read_ready(&mut a, 1, Duration::from_millis(100)).await;
+        assert!(got.is_empty(), "the idle ones are not refused either: {:?}", summary(&got));
     }
 }

@@ -75,6 +75,24 @@ pub(super) fn give_all<const N: usize>(bufs: [&mut BytesMut; N]) {
     // Without the thread's list (its destructor ran) the buffers are freed.
 }
 
+/// Drops the first `n` bytes of `buf` (all of them: it starts over where it is, its room
+/// kept). One that grew for a large message and keeps little now moves that little to a buffer
+/// of its own: an advance keeps the whole allocation behind a `capacity()` counted from the
+/// new start (which the next reserve takes back), so a client that sent a large message and
+/// then a few bytes more would hold it while idle, with nothing left of it counted against
+/// `large_message_memory`. Keeping a large remainder in place keeps `capacity()` large, so
+/// the next consume still sees the allocation (one compare in the common case).
+#[inline]
+pub(super) fn consume(buf: &mut BytesMut, n: usize) {
+    if buf.capacity() > 4 * READ_CHUNK && n != 0 && buf.len() - n <= 4 * READ_CHUNK {
+        *buf = BytesMut::from(&buf[n..]);
+    } else if n == buf.len() {
+        buf.clear();
+    } else {
+        bytes::Buf::advance(buf, n);
+    }
+}
+
 /// Makes sure `buf` has room for a read (taking a buffer if it has none).
 pub(super) fn room(buf: &mut BytesMut) {
     if buf.capacity() == 0 {
@@ -156,6 +174,27 @@ mod tests {
         let mut want = ptrs;
         want.sort_unstable();
         assert_eq!(got, want, "the same allocations, not new ones");
+    }
+
+    /// A buffer that grew for a large message and was consumed past it (at once or in steps,
+    /// the last bytes of a next message behind it or none) frees that allocation: an advance
+    /// alone keeps it whole behind a small `capacity()` (the next reserve takes it back), an
+    /// idle client holding it with nothing counted against `large_message_memory`.
+    #[test]
+    fn consuming_a_large_message_frees_its_allocation() {
+        let large = vec![1; 1 << 20];
+        for (rest, step) in [(0, 1 << 20), (100, 1 << 20), (100, 3 * READ_CHUNK)] {
+            let mut buf = BytesMut::new();
+            buf.extend_from_slice(&large);
+            buf.extend_from_slice(&vec![2; rest]);
+            while buf.len() > rest {
+                let n = step.min(buf.len() - rest);
+                consume(&mut buf, n);
+            }
+            assert_eq!(&buf[..], &vec![2; rest][..]);
+            buf.reserve(READ_CHUNK);
+            assert!(buf.capacity() <= 4 * READ_CHUNK, "rest {rest}, step {step}: {}", buf.capacity());
+        }
     }
 
     #[test]

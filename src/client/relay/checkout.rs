@@ -72,6 +72,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                     max_message: self.max_message,
                     large: &mut self.large,
                     budget: &self.proxy.large_messages,
+                    out_len: self.out.len(),
                 },
                 read: 0,
             });
@@ -474,6 +475,7 @@ mod tests {
                 max_message: 1 << 20,
                 large: &mut f.large,
                 budget: &super::super::large::MessageBudget::new(1 << 30),
+                out_len: 0,
             },
             read: 0,
         };

@@ -1,11 +1,14 @@
 //! The memory clients together may hold of large messages that pgtenant reads whole (`[proxy]
 //! large_message_memory`). A Query, Parse, Bind, Describe, Close, Execute, Sync or Flush must
 //! arrive whole before it goes on (pgtenant reads or rewrites it); each client buffers up to
-//! [`FREE`] bytes as a matter of course, and a message longer than that takes its length from
-//! one budget shared by every client as its header arrives, before its body: past the budget
-//! the client's session ends with 53200 (out of memory) instead of the process growing by
-//! `max_message_size` per client. Messages that stream through (copy data, function calls,
-//! rows) never count: they are held back by back-pressure instead.
+//! [`FREE`] bytes as a matter of course, and what its buffers (the client's and the
+//! server-bound one) hold past that comes from one budget shared by every client, taken as the
+//! bytes arrive and given back as they go on: past the budget the client's session ends with
+//! 53200 (out of memory) instead of the process growing by `max_message_size` per client.
+//! Nothing is taken from a length prefix ahead of its bytes (DESIGN, Containment 4): a header
+//! alone would let five bytes hold the whole budget for as long as their connection stays
+//! open. A message that could never fit is refused from its header. Messages that stream
+//! through (copy data, function calls, rows) never count: they are held back by back-pressure.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -51,9 +54,6 @@ impl MessageBudget {
 pub(super) struct Held {
     budget: Arc<MessageBudget>,
     bytes: usize,
-    /// The large message being read (the first incomplete frame of the client's buffer) took
-    /// its length already.
-    arriving: bool,
 }
 
 impl Drop for Held {
@@ -62,39 +62,39 @@ impl Drop for Held {
     }
 }
 
-/// A frame of `len` bytes that must arrive whole is incomplete in the client's buffer: takes
-/// its length from the budget the first time (false: the budget cannot hold it).
-pub(super) fn arriving(held: &mut Option<Box<Held>>, budget: &Arc<MessageBudget>, len: usize) -> bool {
-    if len <= FREE || held.as_ref().is_some_and(|h| h.arriving) {
+/// A frame of `len` bytes that must arrive whole is in the client's buffer (whole or not), the
+/// session's buffers holding `buffered` bytes: takes from the budget what they hold past
+/// [`FREE`] and it does not hold yet (false: the budget cannot hold them, or the frame could
+/// never fit; nothing taken).
+pub(super) fn hold(
+    held: &mut Option<Box<Held>>,
+    budget: &Arc<MessageBudget>,
+    len: usize,
+    buffered: usize,
+) -> bool {
+    if len <= FREE {
         return true;
     }
-    if !budget.take(len) {
+    if len - FREE > budget.size {
         return false;
     }
-    let h = held.get_or_insert_with(|| Box::new(Held { budget: budget.clone(), bytes: 0, arriving: false }));
-    h.bytes += len;
-    h.arriving = true;
+    let need = buffered.saturating_sub(FREE);
+    let have = held.as_ref().map_or(0, |h| h.bytes);
+    if need <= have {
+        return true;
+    }
+    if !budget.take(need - have) {
+        return false;
+    }
+    held.get_or_insert_with(|| Box::new(Held { budget: budget.clone(), bytes: 0 })).bytes = need;
     true
 }
 
-/// A frame of `len` bytes that had to arrive whole did.
-#[inline]
-pub(super) fn arrived(held: &mut Option<Box<Held>>, len: usize) {
-    if len > FREE {
-        if let Some(h) = held.as_deref_mut() {
-            h.arriving = false;
-        }
-    }
-}
-
 /// Gives back what the session holds past what its buffers (`buffered`: the client's and the
-/// server-bound bytes) still keep beyond [`FREE`], unless a large message is arriving.
+/// server-bound bytes) still keep beyond [`FREE`].
 #[inline]
 pub(super) fn settle(held: &mut Option<Box<Held>>, buffered: usize) {
     let Some(h) = held.as_deref_mut() else { return };
-    if h.arriving {
-        return;
-    }
     let need = buffered.saturating_sub(FREE);
     if need < h.bytes {
         h.budget.give(h.bytes - need);
@@ -109,25 +109,27 @@ pub(super) fn settle(held: &mut Option<Box<Held>>, buffered: usize) {
 mod tests {
     use super::*;
 
-    /// A large message takes its length once while it arrives, is refused past the budget
-    /// (nothing taken), and is given back as the buffers drain, and when the session ends.
+    /// A large message takes what arrived of it past the free part, never its length ahead;
+    /// is refused past the budget (nothing taken), and from its header when it could never
+    /// fit; gives back as the buffers drain, and when the session ends.
     #[test]
-    fn large_messages_take_from_one_budget_and_give_it_back() {
+    fn large_messages_take_what_arrived_and_give_it_back() {
         let budget = MessageBudget::new(3 * FREE);
         let (mut a, mut b) = (None, None);
-        assert!(arriving(&mut a, &budget, FREE), "a message within the free part takes nothing");
-        assert!(a.is_none() && budget.held() == 0);
-        assert!(arriving(&mut a, &budget, 2 * FREE));
-        assert!(arriving(&mut a, &budget, 2 * FREE), "the same message again: taken once");
-        assert_eq!(budget.held(), 2 * FREE);
-        assert!(!arriving(&mut b, &budget, 2 * FREE), "past the budget");
-        assert!(b.is_none() && budget.held() == 2 * FREE, "a refusal takes nothing");
-        settle(&mut a, 0);
-        assert_eq!(budget.held(), 2 * FREE, "kept while it arrives");
-        arrived(&mut a, 2 * FREE);
+        assert!(hold(&mut a, &budget, FREE, FREE), "a message within the free part takes nothing");
+        assert!(hold(&mut a, &budget, 3 * FREE, 5));
+        assert!(a.is_none() && budget.held() == 0, "a header alone takes nothing");
+        assert!(hold(&mut a, &budget, 3 * FREE, 2 * FREE));
+        assert!(hold(&mut a, &budget, 3 * FREE, 2 * FREE), "the same bytes again: taken once");
+        assert_eq!(budget.held(), FREE);
+        assert!(hold(&mut a, &budget, 3 * FREE, 3 * FREE));
+        assert_eq!(budget.held(), 2 * FREE, "what arrived past the free part");
+        assert!(hold(&mut b, &budget, 3 * FREE, 2 * FREE));
+        assert!(!hold(&mut b, &budget, 3 * FREE, 2 * FREE + 1), "past the budget");
+        assert_eq!(budget.held(), 3 * FREE, "a refusal takes nothing");
+        assert!(!hold(&mut None, &budget, 4 * FREE + 1, 5), "could never fit: refused from its header");
         settle(&mut a, 2 * FREE);
-        assert_eq!(budget.held(), FREE, "what the buffers keep past the free part");
-        assert!(arriving(&mut b, &budget, 2 * FREE), "room again");
+        assert_eq!(budget.held(), 2 * FREE, "what the buffers keep past the free part");
         settle(&mut a, FREE);
         assert!(a.is_none(), "drained: nothing held");
         drop(b);

@@ -25,6 +25,8 @@ pub(super) struct ClientScan<'a> {
     /// What the session holds of the large-message budget, and the budget.
     pub(super) large: &'a mut Option<Box<large::Held>>,
     pub(super) budget: &'a Arc<MessageBudget>,
+    /// The bytes of the server-bound buffer (they count against the budget with the client's).
+    pub(super) out_len: usize,
 }
 
 impl ClientScan<'_> {
@@ -40,6 +42,7 @@ impl ClientScan<'_> {
             max_message: self.max_message,
             large: self.large,
             budget: self.budget,
+            out_len: self.out_len,
         }
     }
 
@@ -59,6 +62,7 @@ impl ClientScan<'_> {
             max_message,
             large,
             budget,
+            out_len,
         } = self;
         while !*terminated && broken.is_none() && *c_scanned < cbuf.len() {
             if *c_remaining > 0 {
@@ -79,16 +83,18 @@ impl ClientScan<'_> {
                 };
             let avail = cbuf.len() - *c_scanned;
             if must_arrive_whole(tag) {
-                if avail < len {
-                    // Grows with the bytes that arrive (read_buf reserves a chunk at a time),
-                    // a large one within the budget all clients share.
-                    if !large::arriving(large, budget, len) {
-                        *broken = Some(Box::new(PgError::large_messages_full(len - 1, budget.size())));
-                        cbuf.truncate(*c_scanned);
-                    }
+                // Grows with the bytes that arrive (read_buf reserves a chunk at a time), a
+                // large one within the budget all clients share: checked whole too, as its
+                // last bytes (or all of them, into a buffer grown for an earlier one) may
+                // come in the read that completes it.
+                if len > large::FREE && !large::hold(large, budget, len, cbuf.len() + out_len) {
+                    *broken = Some(Box::new(PgError::large_messages_full(len - 1, budget.size())));
+                    cbuf.truncate(*c_scanned);
                     break;
                 }
-                large::arrived(large, len);
+                if avail < len {
+                    break;
+                }
             }
             match tag {
                 fe::TERMINATE => {
@@ -167,6 +173,7 @@ mod tests {
             max_message: DEFAULT_MAX_MESSAGE,
             large,
             budget,
+            out_len: 0,
         }
         .run();
         (scanned, cbuf.len(), broken.map(|e| *e))
@@ -210,29 +217,43 @@ mod tests {
         }
     }
 
-    /// A Query longer than a client buffers freely takes its length from the shared budget as
-    /// its header arrives, once however often its bytes are walked; one the budget cannot hold
-    /// is refused (53200) before its body, what came before kept to go out.
+    /// A Query longer than a client buffers freely takes from the shared budget what arrived
+    /// of it past the free part (nothing from its header alone), once however often its
+    /// bytes are walked; one the budget cannot hold is refused (53200), what came before kept
+    /// to go out; one that could never fit is refused from its header.
     #[test]
     fn a_large_message_takes_from_the_budget_or_is_refused() {
-        let budget = MessageBudget::new(large::FREE * 3);
+        let budget = MessageBudget::new(large::FREE * 2);
         let query = b"Q\0\0\0\x0dSELECT 1\0".to_vec();
-        let big = frame_header(fe::QUERY, 2 * large::FREE);
+        let big = frame_header(fe::QUERY, 3 * large::FREE - 1);
         let (mut a, mut b) = (None, None);
+        walk_within(&[query.as_slice(), &big].concat(), &budget, &mut a);
+        assert!(a.is_none() && budget.held() == 0, "a header alone takes nothing");
+        let arrived = [query.as_slice(), &big, &vec![b'x'; 2 * large::FREE]].concat();
         for _ in 0..2 {
-            let (_, _, broken) = walk_within(&[query.as_slice(), &big, b"SELECT"].concat(), &budget, &mut a);
+            let (_, _, broken) = walk_within(&arrived, &budget, &mut a);
             assert!(broken.is_none());
-            assert_eq!(budget.held(), 2 * large::FREE + 1, "taken once (the whole frame)");
+            assert_eq!(budget.held(), arrived.len() - large::FREE, "taken once (what arrived)");
         }
-        let (scanned, kept, broken) = walk_within(&[query.as_slice(), &big].concat(), &budget, &mut b);
+        let (scanned, kept, broken) = walk_within(&arrived, &budget, &mut b);
         let e = broken.expect("past the budget");
         assert_eq!((e.state.code(), e.fatal), ("53200", true));
         assert_eq!((scanned, kept), (query.len(), query.len()), "the earlier query still goes");
         assert!(b.is_none());
         drop(a);
         assert_eq!(budget.held(), 0);
-        let (_, _, broken) = walk_within(&big, &budget, &mut b);
+        let (_, _, broken) = walk_within(&arrived, &budget, &mut b);
         assert!(broken.is_none(), "room again once the first session ended");
+        let never = frame_header(fe::QUERY, 3 * large::FREE);
+        let (_, _, broken) = walk_within(&never, &budget, &mut None);
+        assert_eq!(broken.map(|e| e.state.code()), Some("53200"), "could never fit: refused from its header");
+        drop(b);
+        let mut whole = frame_header(fe::QUERY, 2 * large::FREE - 1);
+        whole.resize(2 * large::FREE, b'x');
+        let (mut c, budget) = (None, MessageBudget::new(large::FREE * 2));
+        let (scanned, _, broken) = walk_within(&whole, &budget, &mut c);
+        assert!(broken.is_none() && scanned == whole.len());
+        assert_eq!(budget.held(), large::FREE, "one that arrived in a single read counts too");
     }
 
     proptest! {

@@ -13,7 +13,7 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
@@ -163,14 +163,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     }
 
     pub(super) fn consume_written(&mut self, n: usize) {
-        if n == self.out.len() {
-            // All of it (the common case): the buffer starts over where it is.
-            self.out.clear();
-        } else {
-            self.out.advance(n);
-        }
-        if self.out.is_empty() && self.out.capacity() > 4 * READ_CHUNK {
-            self.out = BytesMut::new();
-        }
+        buffers::consume(&mut self.out, n);
     }
 }
