@@ -2,7 +2,6 @@
 //! caps on clients (logging in, logged in, per tenant), the shutdown signals, and the
 //! catalog watch that ends a tenant's sessions when it stops being active.
 
-use crate::client::MessageBudget;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -418,5 +417,37 @@ async fn watch_changes(proxy: Weak<Proxy>, mut changes: broadcast::Receiver<Chan
                 }
             }
         }
+    }
+}
+
+/// The bytes of large messages still free for all clients together (`[proxy]
+/// large_message_memory`; what takes from it: `client::relay::large`).
+#[derive(Debug)]
+pub struct MessageBudget {
+    left: AtomicUsize,
+    size: usize,
+}
+
+impl MessageBudget {
+    pub fn new(size: usize) -> Arc<MessageBudget> {
+        Arc::new(MessageBudget { left: AtomicUsize::new(size), size })
+    }
+
+    /// Takes `n` bytes; false (nothing taken) when fewer are left.
+    pub(crate) fn take(&self, n: usize) -> bool {
+        self.left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(n)).is_ok()
+    }
+
+    pub(crate) fn give(&self, n: usize) {
+        self.left.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Bytes clients hold now.
+    pub fn held(&self) -> usize {
+        self.size - self.left.load(Ordering::Acquire).min(self.size)
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
     }
 }

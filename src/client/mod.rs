@@ -14,7 +14,6 @@ mod setcmd;
 mod statements;
 pub mod stream;
 pub mod vars;
-pub use relay::large::MessageBudget;
 
 use std::future::Future;
 use std::net::SocketAddr;

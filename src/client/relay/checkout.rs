@@ -474,7 +474,7 @@ mod tests {
                 progress: &mut f.progress,
                 max_message: 1 << 20,
                 large: &mut f.large,
-                budget: &super::super::large::MessageBudget::new(1 << 30),
+                budget: &crate::proxy::MessageBudget::new(1 << 30),
                 out_len: 0,
             },
             read: 0,

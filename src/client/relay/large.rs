@@ -10,44 +10,13 @@
 //! open. A message that could never fit is refused from its header. Messages that stream
 //! through (copy data, function calls, rows) never count: they are held back by back-pressure.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::MAX_CLIENT_BUFFERED;
+use crate::proxy::MessageBudget;
 
 /// What a client buffers without taking from the budget.
 pub(super) const FREE: usize = MAX_CLIENT_BUFFERED;
-
-/// The bytes of large messages still free for all clients together.
-#[derive(Debug)]
-pub struct MessageBudget {
-    left: AtomicUsize,
-    size: usize,
-}
-
-impl MessageBudget {
-    pub fn new(size: usize) -> Arc<MessageBudget> {
-        Arc::new(MessageBudget { left: AtomicUsize::new(size), size })
-    }
-
-    /// Takes `n` bytes; false (nothing taken) when fewer are left.
-    fn take(&self, n: usize) -> bool {
-        self.left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(n)).is_ok()
-    }
-
-    fn give(&self, n: usize) {
-        self.left.fetch_add(n, Ordering::AcqRel);
-    }
-
-    /// Bytes clients hold now.
-    pub fn held(&self) -> usize {
-        self.size - self.left.load(Ordering::Acquire).min(self.size)
-    }
-
-    pub fn size(&self) -> usize {
-        self.size
-    }
-}
 
 /// What one session holds of the budget (only while it holds some: boxed in the session).
 #[derive(Debug)]
@@ -75,7 +44,7 @@ pub(super) fn hold(
     if len <= FREE {
         return true;
     }
-    if len - FREE > budget.size {
+    if len - FREE > budget.size() {
         return false;
     }
     let need = buffered.saturating_sub(FREE);

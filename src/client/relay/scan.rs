@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::large::{self, MessageBudget};
+use super::large;
 use super::progress::Progress;
 use crate::protocol::frame::{header, FrameError};
 use crate::protocol::frontend::{self, tag as fe};
 use crate::protocol::PgError;
+use crate::proxy::MessageBudget;
 
 /// The session's fields the walk reads and moves (see `Session`'s fields of those names).
 pub(super) struct ClientScan<'a> {
