@@ -393,8 +393,8 @@ impl Pipeline {
         }
     }
 
-    /// Records a Parse of the unnamed statement, the client's or (`own`) pgtenant's (see
-    /// [`Route::unnamed_parsed`]), with effects to undo should it fail or be skipped.
+    /// An unnamed Parse, the client's or pgtenant's (`own`), with effects undone if it fails.
+    #[inline(always)]
     pub fn push_unnamed_parse(&mut self, own: bool, effect: Vec<Effect>) {
         let extra = (!effect.is_empty()).then(|| Box::new(Extra { effect, ..Extra::default() }));
         let reply = if own { Reply::Swallow } else { Reply::Forward };

@@ -244,6 +244,9 @@ struct UnnamedText {
     /// An unnamed Parse staged since has no verdict yet: until it completes, what the client's
     /// unnamed statement is stays unknown (a failed Parse leaves none on PostgreSQL).
     pending: bool,
+    /// One was staged while another had no verdict: a completion is the latest one's only
+    /// when no other is on its way (the reply model says; not asked otherwise).
+    overlapped: bool,
 }
 
 /// One client's named statements and portals.
@@ -472,7 +475,7 @@ impl Statements {
     /// parsed again for it.
     pub fn unnamed_dropped(&mut self) {
         if let Some(t) = self.unnamed_text.as_deref_mut() {
-            (t.kept_for, t.pending) = (0, false);
+            (t.kept_for, t.pending, t.overlapped) = (0, false, false);
         }
     }
 
@@ -480,6 +483,7 @@ impl Statements {
     #[inline]
     pub fn stage_unnamed_text(&mut self, frame: &[u8]) {
         let t = self.unnamed_text.get_or_insert_with(Default::default);
+        t.overlapped |= t.pending;
         t.staged.clear();
         if frame.len() <= UNNAMED_KEPT {
             t.staged.extend_from_slice(frame);
@@ -566,6 +570,13 @@ impl Statements {
         self.unnamed_staged
     }
 
+    /// Whether an unnamed Parse completing may not be the latest staged (see
+    /// [`Statements::unnamed_parsed`]'s `more`).
+    #[inline]
+    pub fn unnamed_overlapped(&self) -> bool {
+        self.unnamed_text.as_deref().is_some_and(|t| t.overlapped)
+    }
+
     /// A Parse of the unnamed statement completed (`more`: another is still on its way):
     /// returns its number, which the server connection records as its owner's.
     pub fn unnamed_parsed(&mut self, more: bool) -> u32 {
@@ -574,7 +585,7 @@ impl Statements {
             if t.pending && !more {
                 // The latest staged one: its message is the statement's.
                 std::mem::swap(&mut t.kept, &mut t.staged);
-                (t.kept_for, t.pending) = (self.unnamed_parsed, false);
+                (t.kept_for, t.pending, t.overlapped) = (self.unnamed_parsed, false, false);
             } else if !t.pending && t.kept_for != 0 {
                 // Parsed again from the kept message.
                 t.kept_for = self.unnamed_parsed;

@@ -82,9 +82,22 @@ pub(super) fn give_all<const N: usize>(bufs: [&mut BytesMut; N]) {
 /// then a few bytes more would hold it while idle, with nothing left of it counted against
 /// `large_message_memory`. Keeping a large remainder in place keeps `capacity()` large, so
 /// the next consume still sees the allocation (one compare in the common case).
-#[inline]
+#[inline(always)]
 pub(super) fn consume(buf: &mut BytesMut, n: usize) {
-    if buf.capacity() > 4 * READ_CHUNK && n != 0 && buf.len() - n <= 4 * READ_CHUNK {
+    if buf.capacity() > 4 * READ_CHUNK {
+        consume_large(buf, n);
+    } else if n == buf.len() {
+        buf.clear();
+    } else {
+        bytes::Buf::advance(buf, n);
+    }
+}
+
+/// [`consume`] of a buffer that grew for a large message.
+#[cold]
+#[inline(never)]
+fn consume_large(buf: &mut BytesMut, n: usize) {
+    if n != 0 && buf.len() - n <= 4 * READ_CHUNK {
         *buf = BytesMut::from(&buf[n..]);
     } else if n == buf.len() {
         buf.clear();

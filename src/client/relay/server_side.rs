@@ -285,7 +285,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         if route.unnamed_parsed {
             // The server's unnamed statement is now this client's latest.
             if let Some(server) = self.server.as_mut() {
-                let parse = self.statements.unnamed_parsed(self.pipeline.unnamed_pending());
+                let more = self.statements.unnamed_overlapped() && self.pipeline.unnamed_pending();
+                let parse = self.statements.unnamed_parsed(more);
                 server.conn().set_unnamed_owner(self.id, parse);
             }
         }

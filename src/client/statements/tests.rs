@@ -216,11 +216,14 @@ fn the_unnamed_statement_is_parsed_again_only_while_postgres_would_keep_it() {
     assert_eq!(s.unnamed_again(), Some(p1.as_slice()));
     // Two pipelined: the first's completion with the second on its way keeps nothing.
     s.stage_unnamed_text(&p1);
+    assert!(!s.unnamed_overlapped(), "one on its way: its completion is the latest");
     s.stage_unnamed_text(&p2);
+    assert!(s.unnamed_overlapped(), "two on their way: the reply model is asked");
     s.unnamed_parsed(true);
     assert_eq!(s.unnamed_again(), None, "the second has no verdict yet");
     s.unnamed_parsed(false);
     assert_eq!(s.unnamed_again(), Some(p2.as_slice()), "the latest");
+    assert!(!s.unnamed_overlapped());
     // A later Parse without a verdict (it failed: PostgreSQL keeps none).
     s.stage_unnamed_text(&p1);
     assert_eq!(s.unnamed_again(), None);
