@@ -81,10 +81,10 @@ pub struct ProxyConfig {
     pub max_message_size: usize,
     /// Bytes all clients together may hold of large messages pgtenant reads whole (Query,
     /// Parse, Bind …: over 256 KiB, which each client buffers as a matter of course). A
-    /// message whose bytes would pass it (taken as they arrive, never from its header
-    /// ahead of them) ends its client's session with 53200, so clients sending huge
-    /// queries at once cannot grow the process by `max_message_size` each. Copy data and other messages that stream
-    /// through never count. Applied at start (a reload keeps the running value).
+    /// message whose bytes would pass it (taken as they arrive, never from its header ahead
+    /// of them) ends its client's session with 53200, so clients sending huge queries at once
+    /// cannot grow the process by `max_message_size` each. Copy data and other messages that
+    /// stream through never count. Applied at start (a reload keeps the running value).
     pub large_message_memory: usize,
     /// Seconds a client has from TCP connect to a finished login (TLS, startup packet,
     /// authentication): the deadline of every connection not logged in yet.

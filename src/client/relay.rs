@@ -464,10 +464,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         if frontend::query(&mut self.out, &format!("SELECT 1 AS \"{token}\"")).is_ok() {
             tracing::debug!(tenant = %self.tenant.id, "resynchronising a server connection");
             self.resync = Some(token.into());
-            // The marker, a simple query, drops the unnamed statement (the client's is parsed
-            // again where it binds it next).
             if let Some(server) = self.server.as_mut() {
-                server.conn().set_unnamed_owner(0, 0);
+                server.conn().forget_unnamed();
             }
         }
     }

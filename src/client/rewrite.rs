@@ -465,9 +465,8 @@ impl Stage<'_> {
     fn parse_unnamed_again(&mut self) -> bool {
         let Some(parse) = self.statements.unnamed_again() else { return false };
         self.out.extend_from_slice(parse);
-        // Nobody's until it completes: failed, it leaves none on the server (the previous
-        // owner's statement is gone too, and is parsed again for it in turn).
-        self.conn.set_unnamed_owner(0, 0);
+        // Nobody's until it completes: failed, it leaves none on the server.
+        self.conn.forget_unnamed();
         self.meter.server_parse();
         self.pipeline.push_unnamed_parse(true, Vec::new());
         self.statements.stage_unnamed();

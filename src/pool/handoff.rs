@@ -79,7 +79,7 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
     conn.vars_fingerprint = 0;
     conn.prepared.clear();
     // The reset's own unnamed statement replaces, then closes, any client's.
-    conn.unnamed = (0, 0);
+    conn.forget_unnamed();
     conn.dirty = false;
     conn.tenant = None;
     conn.settings_suspect = false;
@@ -109,7 +109,7 @@ pub fn queue_setup(
     guard: bool,
 ) -> u8 {
     // The setup's unnamed statement replaces any client's, and is closed.
-    conn.unnamed = (0, 0);
+    conn.forget_unnamed();
     let Some(select) = select else {
         let Some(set) = set else { return 0 };
         frontend::unsynced(out, set);

@@ -361,6 +361,14 @@ impl ServerConn {
         self.unnamed = (client, parse);
     }
 
+    /// pgtenant's own simple query or unnamed Parse goes to the server: whatever unnamed
+    /// statement it held is gone or replaced, nobody's (a client's is parsed again for it
+    /// where it binds it next).
+    #[inline]
+    pub fn forget_unnamed(&mut self) {
+        self.unnamed = (0, 0);
+    }
+
     /// Whether a client left session state behind (reset before reuse).
     #[inline]
     pub fn is_dirty(&self) -> bool {

@@ -158,8 +158,7 @@ pub async fn reset_session(co: &mut Checkout, sql: &str) -> Result<(), ()> {
         out.extend_from_slice(frontend::SYNC_MESSAGE);
     }
     let conn = co.conn();
-    // A simple query drops the unnamed statement: nobody's is there after it.
-    conn.unnamed = (0, 0);
+    conn.forget_unnamed();
     conn.stream.write_all(&out).await.map_err(|_| ())?;
     let mut changed = Vec::new();
     let mut reader = FrameReader::new(&mut conn.stream, DEFAULT_MAX_MESSAGE);

@@ -120,12 +120,12 @@ impl ClientScan<'_> {
 /// A header whose length PostgreSQL refuses for its message type (`frontend::length_limit`)
 /// is a malformed frame, refused before its body arrives.
 fn within_limit(h: Option<(u8, usize)>, max: usize) -> Result<Option<(u8, usize)>, FrameError> {
-    match h {
-        Some((tag, frame_len)) if frame_len - 1 > frontend::length_limit(tag, max) => {
-            Err(FrameError::TooLarge { len: frame_len - 1, max: frontend::length_limit(tag, max) })
-        }
-        h => Ok(h),
+    let Some((tag, frame_len)) = h else { return Ok(None) };
+    let limit = frontend::length_limit(tag, max);
+    if frame_len - 1 > limit {
+        return Err(FrameError::TooLarge { len: frame_len - 1, max: limit });
     }
+    Ok(h)
 }
 
 /// Frontend messages pgtenant reads (or may rewrite) and so buffers whole; all are small.
