@@ -229,3 +229,47 @@ async fn a_clients_unnamed_statement_follows_it_to_the_next_connection() {
     }
     f.assert_none();
 }
+
+/// A Bind or Describe('S') that parses the client's unnamed statement again, followed in the
+/// same batch by a new unnamed Parse of the client's that fails: PostgreSQL then has no
+/// unnamed statement (26000 for a Bind of it in a later round trip), so pgtenant must not take
+/// the failed Parse for the statement to parse again (the injected Parse's completion is not
+/// the new one's), neither to fail it again nor to run it once it would parse (here: a table
+/// it reads was created since).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parse_failing_behind_a_parse_again_leaves_no_statement() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let mut f = Failures::default();
+    let mut ca = raw_proxy(&h, &a.id).await;
+    let mut cb = raw_proxy(&h, &b.id).await;
+    let own = |who: &str| format!("SELECT '{who}-own:' || owner FROM items");
+    let use_it = cat(&[bind("", ""), execute(""), sync()]);
+    let cases = [
+        (cat(&[bind("", ""), execute("")]), "SELEC broken".to_owned(), "42601", None),
+        (describe(b'S', ""), "SELEC broken".to_owned(), "42601", None),
+        (cat(&[bind("", ""), execute("")]), "SELECT 'late:' || x FROM late1".into(), "42P01", Some("late1")),
+        (describe(b'S', ""), "SELECT 'late:' || x FROM late2".into(), "42P01", Some("late2")),
+    ];
+    for (i, (first, failing, code, table)) in cases.into_iter().enumerate() {
+        step(&mut ca, &cat(&[parse("", &own("a")), sync()])).await;
+        step(&mut cb, &cat(&[parse("", &own("b")), sync()])).await;
+        // Parsed again for the Bind/Describe, then the client's failing Parse.
+        let got = step(&mut ca, &cat(&[first, parse("", &failing), bind("", ""), execute(""), sync()])).await;
+        f.check(sqlstate(&got).as_deref() == Some(code), || format!("{i}: the batch: {:?}", summary(&got)));
+        if let Some(t) = table {
+            // Named statements only: the unnamed one stays as it is.
+            let create = format!("CREATE TABLE {t} AS SELECT 'x' AS x");
+            let got = step(&mut ca, &cat(&[parse("mk", &create), bind("", "mk"), execute(""), sync()])).await;
+            assert_eq!(sqlstate(&got), None, "{i}: {t} created: {:?}", summary(&got));
+            step(&mut ca, &cat(&[close(b'S', "mk"), sync()])).await;
+        }
+        // B holds the connection meanwhile: A's next Bind runs where its statement is not.
+        step(&mut cb, &cat(&[parse("", &own("b")), sync()])).await;
+        let got = step(&mut ca, &use_it).await;
+        f.check(summary(&got) == ["E(26000)", "Z(I)"], || {
+            format!("{i}: A's Bind after its failed Parse (PostgreSQL: 26000): {:?}", summary(&got))
+        });
+    }
+    f.assert_none();
+}
