@@ -465,6 +465,8 @@ impl Stage<'_> {
     fn parse_unnamed_again(&mut self) -> bool {
         let Some(parse) = self.statements.unnamed_again() else { return false };
         self.out.extend_from_slice(parse);
+        // A client Parse behind it is not the one its completion reports.
+        self.statements.unnamed_again_staged();
         // Nobody's until it completes: failed, it leaves none on the server (the previous
         // owner's statement is gone too, and is parsed again for it in turn).
         self.conn.set_unnamed_owner(0, 0);
