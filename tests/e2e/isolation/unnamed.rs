@@ -273,3 +273,29 @@ async fn a_parse_failing_behind_a_parse_again_leaves_no_statement() {
     }
     f.assert_none();
 }
+
+/// Another client of the same tenant (no reset between) drops the unnamed statement on the
+/// shared connection with a simple Query or a failed unnamed Parse: A's own statement must
+/// still answer A's Bind, as on A's own PostgreSQL session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clients_drop_of_the_unnamed_statement_is_not_as() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let mut f = Failures::default();
+    let mut ca = raw_proxy(&h, &a.id).await;
+    let mut same = raw_proxy(&h, &a.id).await;
+    let drops: [(&str, Vec<u8>); 3] = [
+        ("a simple Query", query("SELECT 1")),
+        ("a failed Parse", cat(&[parse("", "SELEC broken"), sync()])),
+        ("a Parse failing at Bind", cat(&[parse("", "SELECT 1/$1::int"), bind("", ""), sync()])),
+    ];
+    for (what, drop) in drops {
+        step(&mut ca, &cat(&[parse("", SECRET_SQL), sync()])).await;
+        step(&mut same, &drop).await;
+        let got = step(&mut ca, &cat(&[bind("", ""), execute(""), sync()])).await;
+        f.check(sqlstate(&got).is_none() && leaked(&got), || {
+            format!("A's Bind after another client's {what}: {:?}", summary(&got))
+        });
+    }
+    f.assert_none();
+}
