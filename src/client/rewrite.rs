@@ -408,6 +408,9 @@ impl Stage<'_> {
                     return false;
                 }
                 self.statements.simple_query();
+                // The server drops the unnamed statement: another client's is parsed again
+                // for it where it binds it next (the server answers for the client's own).
+                self.unnamed_not_anothers();
                 let sql = &frame[HEADER_LEN..];
                 let class = classify(sql);
                 let refused = self.refusal_for(&class).and_then(|sql| query_frame(&sql));
@@ -456,6 +459,16 @@ impl Stage<'_> {
             return None;
         }
         Some(self.conn.unnamed_owner() == (self.session, self.statements.unnamed_latest()))
+    }
+
+    /// A message that drops the unnamed statement on the server (unless the server skips it)
+    /// was staged: if the statement is another client's, the connection no longer holds it
+    /// for that client (the client's own stays recorded: the server answers for it, skipped
+    /// or not, as PostgreSQL would).
+    fn unnamed_not_anothers(&mut self) {
+        if self.conn.unnamed_owner().0 != self.session {
+            self.conn.set_unnamed_owner(0, 0);
+        }
     }
 
     /// The unnamed statement on this connection is not the client's: its latest unnamed Parse
@@ -552,6 +565,9 @@ impl Stage<'_> {
             self.sets.unnamed = set.map(Box::new);
             self.statements.unnamed_declares(declares, marks);
             self.out.extend_from_slice(frame);
+            // The server drops the statement it holds before parsing, so a failed Parse leaves
+            // none: another client's is parsed again for it where it binds it next.
+            self.unnamed_not_anothers();
             self.pipeline
                 .push_unnamed_parse(false, if noted { vec![Effect::UnnamedParse] } else { Vec::new() });
             self.statements.stage_unnamed();
