@@ -299,3 +299,43 @@ async fn another_clients_drop_of_the_unnamed_statement_is_not_as() {
     }
     f.assert_none();
 }
+
+/// The Parse again runs on the connection as set up for its client, after the other tenant's
+/// reset: an unqualified table reads the client's own tenant's rows, never the tenant that
+/// held the connection before; with a Flush instead of a Sync each message gets exactly its
+/// reply (the injected Parse's swallowed, none lost), and the other tenant pipelining around
+/// it gets only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parse_again_reads_its_own_tenant_and_answers_each_message_once() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let mut f = Failures::default();
+    let mut ca = raw_proxy(&h, &a.id).await;
+    let mut cb = raw_proxy(&h, &b.id).await;
+    let rows = |who: &str| -> Vec<String> {
+        let mut r = vec!["2".to_owned()];
+        r.extend(std::iter::repeat_n(format!("D({who})"), 3));
+        r.push("C(SELECT 3)".into());
+        r
+    };
+    let sql = "SELECT owner FROM items";
+    step(&mut ca, &cat(&[parse("", sql), sync()])).await;
+    step(&mut cb, &cat(&[parse("", sql), sync()])).await;
+    for round in 0..3 {
+        // A: Bind with a Flush (the connection is held), then the Sync.
+        send(&mut ca, &cat(&[bind("", ""), execute(""), msg(b'H', &[])])).await;
+        let (got, _) = read_quiet(&mut ca, Duration::from_millis(300)).await;
+        f.check(summary(&got) == rows(&a.id), || format!("{round}: A's flushed Bind: {:?}", summary(&got)));
+        let got = step(&mut ca, &sync()).await;
+        f.check(summary(&got) == ["Z(I)"], || format!("{round}: A's Sync: {:?}", summary(&got)));
+        // B: Describe('S'), then Bind of its own statement, two round trips pipelined.
+        let batch = cat(&[describe(b'S', ""), sync(), bind("", ""), execute(""), sync()]);
+        let got = step(&mut cb, &batch).await;
+        let mut want = vec!["t".to_owned(), "T".into(), "Z(I)".into()];
+        want.extend(rows(&b.id));
+        want.push("Z(I)".into());
+        f.check(summary(&got) == want, || format!("{round}: B's round trips: {:?}", summary(&got)));
+        f.check(!got.windows(a.id.len()).any(|w| w == a.id.as_bytes()), || format!("{round}: B saw A's"));
+    }
+    f.assert_none();
+}
