@@ -408,6 +408,9 @@ impl Stage<'_> {
                     return false;
                 }
                 self.statements.simple_query();
+                // The server drops the unnamed statement: another client's is parsed again
+                // for it where it binds it next (the server answers for the client's own).
+                self.unnamed_not_anothers();
                 let sql = &frame[HEADER_LEN..];
                 let class = classify(sql);
                 let refused = self.refusal_for(&class).and_then(|sql| query_frame(&sql));
@@ -458,6 +461,16 @@ impl Stage<'_> {
         Some(self.conn.unnamed_owner() == (self.session, self.statements.unnamed_latest()))
     }
 
+    /// A message that drops the unnamed statement on the server (unless the server skips it)
+    /// was staged: if the statement is another client's, the connection no longer holds it
+    /// for that client (the client's own stays recorded: the server answers for it, skipped
+    /// or not, as PostgreSQL would).
+    fn unnamed_not_anothers(&mut self) {
+        if self.conn.unnamed_owner().0 != self.session {
+            self.conn.forget_unnamed();
+        }
+    }
+
     /// The unnamed statement on this connection is not the client's: its latest unnamed Parse
     /// goes again, as the client sent it, its reply swallowed (an error reaches the client,
     /// for the message that needed it), if the client has one PostgreSQL would still keep
@@ -465,6 +478,8 @@ impl Stage<'_> {
     fn parse_unnamed_again(&mut self) -> bool {
         let Some(parse) = self.statements.unnamed_again() else { return false };
         self.out.extend_from_slice(parse);
+        // A client Parse behind it is not the one its completion reports.
+        self.statements.unnamed_again_staged();
         // Nobody's until it completes: failed, it leaves none on the server.
         self.conn.forget_unnamed();
         self.meter.server_parse();
@@ -549,6 +564,9 @@ impl Stage<'_> {
             self.sets.unnamed = set.map(Box::new);
             self.statements.unnamed_declares(declares, marks);
             self.out.extend_from_slice(frame);
+            // The server drops the statement it holds before parsing, so a failed Parse leaves
+            // none: another client's is parsed again for it where it binds it next.
+            self.unnamed_not_anothers();
             self.pipeline
                 .push_unnamed_parse(false, if noted { vec![Effect::UnnamedParse] } else { Vec::new() });
             self.statements.stage_unnamed();

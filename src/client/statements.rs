@@ -491,6 +491,14 @@ impl Statements {
         t.pending = true;
     }
 
+    /// pgtenant's Parse again of the kept message was staged: a client Parse staged behind it
+    /// before it completes is overlapped (its completion is not that Parse's).
+    pub fn unnamed_again_staged(&mut self) {
+        if let Some(t) = self.unnamed_text.as_deref_mut() {
+            t.overlapped = true;
+        }
+    }
+
     /// The message to parse the client's unnamed statement again with, on a connection that
     /// does not hold it: its latest unnamed Parse if that completed and nothing dropped it
     /// since.
@@ -589,6 +597,9 @@ impl Statements {
             } else if !t.pending && t.kept_for != 0 {
                 // Parsed again from the kept message.
                 t.kept_for = self.unnamed_parsed;
+            }
+            if !more && !t.pending {
+                t.overlapped = false;
             }
         }
         self.unnamed_parsed

@@ -224,6 +224,16 @@ fn the_unnamed_statement_is_parsed_again_only_while_postgres_would_keep_it() {
     s.unnamed_parsed(false);
     assert_eq!(s.unnamed_again(), Some(p2.as_slice()), "the latest");
     assert!(!s.unnamed_overlapped());
+    // Parsed again, then a client Parse behind it: the first completion is pgtenant's, and
+    // the client's failing leaves nothing to parse again.
+    s.unnamed_again_staged();
+    s.stage_unnamed_text(&p1);
+    assert!(s.unnamed_overlapped());
+    s.unnamed_parsed(true);
+    assert_eq!(s.unnamed_again(), None, "the client's Parse has no verdict yet");
+    s.unnamed_parsed(false);
+    assert_eq!(s.unnamed_again(), Some(p1.as_slice()));
+    assert!(!s.unnamed_overlapped());
     // A later Parse without a verdict (it failed: PostgreSQL keeps none).
     s.stage_unnamed_text(&p1);
     assert_eq!(s.unnamed_again(), None);

@@ -229,3 +229,113 @@ async fn a_clients_unnamed_statement_follows_it_to_the_next_connection() {
     }
     f.assert_none();
 }
+
+/// A Bind or Describe('S') that parses the client's unnamed statement again, followed in the
+/// same batch by a new unnamed Parse of the client's that fails: PostgreSQL then has no
+/// unnamed statement (26000 for a Bind of it in a later round trip), so pgtenant must not take
+/// the failed Parse for the statement to parse again (the injected Parse's completion is not
+/// the new one's), neither to fail it again nor to run it once it would parse (here: a table
+/// it reads was created since).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parse_failing_behind_a_parse_again_leaves_no_statement() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let mut f = Failures::default();
+    let mut ca = raw_proxy(&h, &a.id).await;
+    let mut cb = raw_proxy(&h, &b.id).await;
+    let own = |who: &str| format!("SELECT '{who}-own:' || owner FROM items");
+    let use_it = cat(&[bind("", ""), execute(""), sync()]);
+    let cases = [
+        (cat(&[bind("", ""), execute("")]), "SELEC broken".to_owned(), "42601", None),
+        (describe(b'S', ""), "SELEC broken".to_owned(), "42601", None),
+        (cat(&[bind("", ""), execute("")]), "SELECT 'late:' || x FROM late1".into(), "42P01", Some("late1")),
+        (describe(b'S', ""), "SELECT 'late:' || x FROM late2".into(), "42P01", Some("late2")),
+    ];
+    for (i, (first, failing, code, table)) in cases.into_iter().enumerate() {
+        step(&mut ca, &cat(&[parse("", &own("a")), sync()])).await;
+        step(&mut cb, &cat(&[parse("", &own("b")), sync()])).await;
+        // Parsed again for the Bind/Describe, then the client's failing Parse.
+        let got = step(&mut ca, &cat(&[first, parse("", &failing), bind("", ""), execute(""), sync()])).await;
+        f.check(sqlstate(&got).as_deref() == Some(code), || format!("{i}: the batch: {:?}", summary(&got)));
+        if let Some(t) = table {
+            // Named statements only: the unnamed one stays as it is.
+            let create = format!("CREATE TABLE {t} AS SELECT 'x' AS x");
+            let got = step(&mut ca, &cat(&[parse("mk", &create), bind("", "mk"), execute(""), sync()])).await;
+            assert_eq!(sqlstate(&got), None, "{i}: {t} created: {:?}", summary(&got));
+            step(&mut ca, &cat(&[close(b'S', "mk"), sync()])).await;
+        }
+        // B holds the connection meanwhile: A's next Bind runs where its statement is not.
+        step(&mut cb, &cat(&[parse("", &own("b")), sync()])).await;
+        let got = step(&mut ca, &use_it).await;
+        f.check(summary(&got) == ["E(26000)", "Z(I)"], || {
+            format!("{i}: A's Bind after its failed Parse (PostgreSQL: 26000): {:?}", summary(&got))
+        });
+    }
+    f.assert_none();
+}
+
+/// Another client of the same tenant (no reset between) drops the unnamed statement on the
+/// shared connection with a simple Query or a failed unnamed Parse: A's own statement must
+/// still answer A's Bind, as on A's own PostgreSQL session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clients_drop_of_the_unnamed_statement_is_not_as() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let mut f = Failures::default();
+    let mut ca = raw_proxy(&h, &a.id).await;
+    let mut same = raw_proxy(&h, &a.id).await;
+    let drops: [(&str, Vec<u8>); 3] = [
+        ("a simple Query", query("SELECT 1")),
+        ("a failed Parse", cat(&[parse("", "SELEC broken"), sync()])),
+        ("a Parse failing at Bind", cat(&[parse("", "SELECT 1/$1::int"), bind("", ""), sync()])),
+    ];
+    for (what, drop) in drops {
+        step(&mut ca, &cat(&[parse("", SECRET_SQL), sync()])).await;
+        step(&mut same, &drop).await;
+        let got = step(&mut ca, &cat(&[bind("", ""), execute(""), sync()])).await;
+        f.check(sqlstate(&got).is_none() && leaked(&got), || {
+            format!("A's Bind after another client's {what}: {:?}", summary(&got))
+        });
+    }
+    f.assert_none();
+}
+
+/// The Parse again runs on the connection as set up for its client, after the other tenant's
+/// reset: an unqualified table reads the client's own tenant's rows, never the tenant that
+/// held the connection before; with a Flush instead of a Sync each message gets exactly its
+/// reply (the injected Parse's swallowed, none lost), and the other tenant pipelining around
+/// it gets only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parse_again_reads_its_own_tenant_and_answers_each_message_once() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let mut f = Failures::default();
+    let mut ca = raw_proxy(&h, &a.id).await;
+    let mut cb = raw_proxy(&h, &b.id).await;
+    let rows = |who: &str| -> Vec<String> {
+        let mut r = vec!["2".to_owned()];
+        r.extend(std::iter::repeat_n(format!("D({who})"), 3));
+        r.push("C(SELECT 3)".into());
+        r
+    };
+    let sql = "SELECT owner FROM items";
+    step(&mut ca, &cat(&[parse("", sql), sync()])).await;
+    step(&mut cb, &cat(&[parse("", sql), sync()])).await;
+    for round in 0..3 {
+        // A: Bind with a Flush (the connection is held), then the Sync.
+        send(&mut ca, &cat(&[bind("", ""), execute(""), msg(b'H', &[])])).await;
+        let (got, _) = read_quiet(&mut ca, Duration::from_millis(300)).await;
+        f.check(summary(&got) == rows(&a.id), || format!("{round}: A's flushed Bind: {:?}", summary(&got)));
+        let got = step(&mut ca, &sync()).await;
+        f.check(summary(&got) == ["Z(I)"], || format!("{round}: A's Sync: {:?}", summary(&got)));
+        // B: Describe('S'), then Bind of its own statement, two round trips pipelined.
+        let batch = cat(&[describe(b'S', ""), sync(), bind("", ""), execute(""), sync()]);
+        let got = step(&mut cb, &batch).await;
+        let mut want = vec!["t".to_owned(), "T".into(), "Z(I)".into()];
+        want.extend(rows(&b.id));
+        want.push("Z(I)".into());
+        f.check(summary(&got) == want, || format!("{round}: B's round trips: {:?}", summary(&got)));
+        f.check(!got.windows(a.id.len()).any(|w| w == a.id.as_bytes()), || format!("{round}: B saw A's"));
+    }
+    f.assert_none();
+}
