@@ -86,6 +86,10 @@ pub struct ProxyConfig {
     /// cannot grow the process by `max_message_size` each. Copy data and other messages that
     /// stream through never count. Applied at start (a reload keeps the running value).
     pub large_message_memory: usize,
+    /// What one tenant's clients together may hold of `large_message_memory` (default: half
+    /// of it), so that one tenant's large messages never leave none for the others: past it
+    /// a message gets 53200 as past the whole. Applied at start, as `large_message_memory`.
+    pub large_message_memory_per_tenant: Option<usize>,
     /// Seconds a client has from TCP connect to a finished login (TLS, startup packet,
     /// authentication): the deadline of every connection not logged in yet.
     pub startup_timeout: f64,
@@ -138,6 +142,7 @@ impl Default for ProxyConfig {
             listen_backlog: 1024,
             max_message_size: crate::protocol::frame::DEFAULT_MAX_MESSAGE,
             large_message_memory: 1 << 30,
+            large_message_memory_per_tenant: None,
             startup_timeout: 10.0,
             shutdown_timeout: 30.0,
             auth: AuthMethod::Trust,
@@ -151,6 +156,13 @@ impl Default for ProxyConfig {
             reuse_port: false,
             handover: String::new(),
         }
+    }
+}
+
+impl ProxyConfig {
+    /// `large_message_memory_per_tenant`, or half of `large_message_memory` when not set.
+    pub fn large_message_memory_per_tenant(&self) -> usize {
+        self.large_message_memory_per_tenant.unwrap_or(self.large_message_memory / 2)
     }
 }
 

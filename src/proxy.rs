@@ -86,9 +86,16 @@ pub struct TenantSessions {
     connected: AtomicUsize,
     /// How many times the tenant's sessions were kicked, and (once they were) why.
     kick: Mutex<(u64, Option<PgError>)>,
+    /// The tenant's share of the large-message budget (see [`MessageBudget::share`]).
+    pub large: Arc<MessageBudget>,
 }
 
 impl TenantSessions {
+    /// A tenant's entry, its clients taking large messages from `large`.
+    pub fn new(large: Arc<MessageBudget>) -> Arc<TenantSessions> {
+        Arc::new(TenantSessions { connected: AtomicUsize::new(0), kick: Mutex::new((0, None)), large })
+    }
+
     /// The kick generation a new session is admitted in: kicks after it reach the session.
     pub fn kick_generation(&self) -> u64 {
         self.kick.lock().unwrap_or_else(|e| e.into_inner()).0
@@ -172,7 +179,10 @@ impl Proxy {
         let proxy = Arc::new(Proxy {
             clients: Arc::new(Semaphore::new(config.proxy.max_client_conn)),
             prelogin: Arc::new(Semaphore::new(config.proxy.max_prelogin_connections)),
-            large_messages: MessageBudget::new(config.proxy.large_message_memory),
+            large_messages: MessageBudget::new(
+                config.proxy.large_message_memory,
+                config.proxy.large_message_memory_per_tenant(),
+            ),
             lookups: LookupLimiter::new(config.catalog.lookup_rate_per_address),
             config: ArcSwap::from_pointee(config),
             config_path: OnceLock::new(),
@@ -299,9 +309,7 @@ impl Proxy {
             None => self
                 .tenants
                 .entry(tenant.id.clone())
-                .or_insert_with(|| {
-                    Arc::new(TenantSessions { connected: AtomicUsize::new(0), kick: Mutex::new((0, None)) })
-                })
+                .or_insert_with(|| TenantSessions::new(MessageBudget::share(&self.large_messages)))
                 .value()
                 .clone(),
         };
@@ -420,26 +428,71 @@ async fn watch_changes(proxy: Weak<Proxy>, mut changes: broadcast::Receiver<Chan
     }
 }
 
-/// The bytes of large messages still free for all clients together (`[proxy]
-/// large_message_memory`; what takes from it: `client::relay::large`).
+/// The bytes of large messages still free: for all clients together (`[proxy]
+/// large_message_memory`), or for one tenant's clients (its share, `large_message_memory_per_tenant`,
+/// taken from the whole as well: see [`MessageBudget::share`]). What takes from it:
+/// `client::relay::large`.
 #[derive(Debug)]
 pub struct MessageBudget {
     left: AtomicUsize,
     size: usize,
+    /// The budget a tenant's share also takes from.
+    within: Option<Arc<MessageBudget>>,
+    /// The size of each tenant's share of this whole.
+    tenant_share: usize,
+}
+
+/// A large message would pass a budget of `size` bytes: the tenant's share when `tenant`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetFull {
+    pub size: usize,
+    pub tenant: bool,
 }
 
 impl MessageBudget {
-    pub fn new(size: usize) -> Arc<MessageBudget> {
-        Arc::new(MessageBudget { left: AtomicUsize::new(size), size })
+    /// The whole, `size` bytes, of which each tenant's clients may hold `tenant_share`.
+    pub fn new(size: usize, tenant_share: usize) -> Arc<MessageBudget> {
+        Arc::new(MessageBudget { left: AtomicUsize::new(size), size, within: None, tenant_share })
     }
 
-    /// Takes `n` bytes; false (nothing taken) when fewer are left.
-    pub(crate) fn take(&self, n: usize) -> bool {
-        self.left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(n)).is_ok()
+    /// One tenant's share of `all`: its `tenant_share` bytes, taken from `all` too, so that
+    /// one tenant's clients never hold the whole of it (DESIGN, Containment 5).
+    pub fn share(all: &Arc<MessageBudget>) -> Arc<MessageBudget> {
+        let size = all.tenant_share.min(all.size);
+        Arc::new(MessageBudget {
+            left: AtomicUsize::new(size),
+            size,
+            within: Some(all.clone()),
+            tenant_share: size,
+        })
+    }
+
+    /// Takes `n` bytes (from the share and from the whole it is part of); nothing taken when
+    /// either has fewer left.
+    pub(crate) fn take(&self, n: usize) -> Result<(), BudgetFull> {
+        if self.left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(n)).is_err() {
+            return Err(self.full());
+        }
+        if let Some(all) = &self.within {
+            if let Err(full) = all.take(n) {
+                self.left.fetch_add(n, Ordering::AcqRel);
+                return Err(full);
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn give(&self, n: usize) {
         self.left.fetch_add(n, Ordering::AcqRel);
+        if let Some(all) = &self.within {
+            all.give(n);
+        }
+    }
+
+    /// The limit a message longer than this budget's size passes (it could never fit).
+    pub(crate) fn full(&self) -> BudgetFull {
+        let tenant = self.within.as_ref().is_some_and(|all| self.size < all.size);
+        BudgetFull { size: self.size, tenant }
     }
 
     /// Bytes clients hold now.

@@ -100,6 +100,11 @@ fn put_in_force(proxy: &Proxy, new: Config, report: &mut ReloadReport) {
         "proxy.large_message_memory",
         o.large_message_memory != n.large_message_memory,
     );
+    note(
+        &mut report.restart_needed,
+        "proxy.large_message_memory_per_tenant",
+        o.large_message_memory_per_tenant() != n.large_message_memory_per_tenant(),
+    );
     let (o, n) = (&old.pool, &new.pool);
     note(
         &mut report.restart_needed,

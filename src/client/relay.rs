@@ -537,7 +537,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             progress: &mut self.progress,
             max_message: self.max_message,
             large: &mut self.large,
-            budget: &self.proxy.large_messages,
+            budget: &self.admission.sessions.large,
             out_len: self.out.len(),
         }
         .run()

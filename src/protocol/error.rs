@@ -212,13 +212,21 @@ impl PgError {
     }
 
     /// A client's message that must arrive whole (`len` bytes) would take clients past
-    /// `large_message_memory` (`size`).
-    pub fn large_messages_full(len: usize, size: usize) -> Self {
-        PgError::fatal(
-            SqlState::OutOfMemory,
-            format!("out of memory: a message of {len} bytes would take clients past pgtenant's large_message_memory ({size} bytes)"),
-        )
-        .with_hint("send the message again when fewer clients send large messages at once")
+    /// `large_message_memory`, or (`tenant`) its tenant's clients past their share of it, of
+    /// `size` bytes.
+    pub fn large_messages_full(len: usize, size: usize, tenant: bool) -> Self {
+        let (message, hint) = if tenant {
+            (
+                format!("out of memory: a message of {len} bytes would take the tenant's clients past pgtenant's large_message_memory_per_tenant ({size} bytes)"),
+                "send the message again when fewer of the tenant's clients send large messages at once",
+            )
+        } else {
+            (
+                format!("out of memory: a message of {len} bytes would take clients past pgtenant's large_message_memory ({size} bytes)"),
+                "send the message again when fewer clients send large messages at once",
+            )
+        };
+        PgError::fatal(SqlState::OutOfMemory, message).with_hint(hint)
     }
 
     /// `max_client_conn` is reached.

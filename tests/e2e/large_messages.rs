@@ -26,6 +26,8 @@ async fn large_messages_share_one_budget_and_others_are_unaffected() {
     let t = tenant_db("largemsg").await;
     let mut cfg = config(vec![t.clone()]);
     cfg.proxy.large_message_memory = 1 << 20;
+    // The whole is what this test is about: the tenant may hold all of it.
+    cfg.proxy.large_message_memory_per_tenant = Some(1 << 20);
     let h = start(cfg).await;
     let limit = Duration::from_secs(5);
 
@@ -93,6 +95,76 @@ async fn large_messages_share_one_budget_and_others_are_unaffected() {
     }
 }
 
+/// The error a session ended with (its last ErrorResponse): SQLSTATE, severity, message.
+fn last_error(got: &[u8]) -> (Option<String>, Option<String>, String) {
+    let e = messages(got).into_iter().rev().find(|(t, _)| *t == b'E').map(|(_, body)| body.to_vec());
+    let e = e.unwrap_or_default();
+    (field(&e, b'C'), field(&e, b'S'), field(&e, b'M').unwrap_or_default())
+}
+
+/// One tenant's clients hold at most its share of the budget (by default half of it): past
+/// the share a message of that tenant gets 53200 naming the tenant's limit (from its header
+/// when it could never fit), while another tenant's large query takes from what is left and
+/// runs; the share comes back once the message went on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_large_messages_leave_the_others_their_part() {
+    let (t, u) = (tenant_db("largeshare").await, tenant_db("largeshare2").await);
+    let mut cfg = config(vec![t.clone(), u.clone()]);
+    cfg.proxy.large_message_memory = 1 << 20;
+    let h = start(cfg).await;
+    let limit = Duration::from_secs(5);
+
+    // a (tenant t): 700 KB of a 750 KB query hold 700 KB less the free 256 KiB, most of t's
+    // 512 KiB share.
+    let (qa, na) = long_query(750_000);
+    let mut a = raw_proxy(&h, &t.id).await;
+    send(&mut a, &qa[..700_000]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // b (tenant t too): 400 KB passes t's share though the whole has room: 53200, FATAL,
+    // what came before answered.
+    let (qb, nb) = long_query(400_000);
+    let (mut b, mut w) = raw_proxy(&h, &t.id).await.into_split();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        // The proxy stops reading (and closes) partway: the write may fail.
+        let _ = w.write_all(&[query("SELECT 1"), qb.clone()].concat()).await;
+        w
+    });
+    let (got, closed) = read_eof(&mut b, limit).await;
+    drop(writer.await);
+    let s = summary(&got);
+    assert!(closed, "b's session ends: {s:?}");
+    assert_eq!(&s[..4], ["T", "D(1)", "C(SELECT 1)", "Z(I)"], "what came before is answered");
+    let (code, severity, message) = last_error(&got);
+    assert_eq!((code.as_deref(), severity.as_deref()), (Some("53200"), Some("FATAL")), "{s:?}");
+    assert!(message.contains("large_message_memory_per_tenant (524288 bytes)"), "{message}");
+
+    // c (tenant u): the same 700 KB beside a's takes from what is left of the whole and runs.
+    let (qc, nc) = long_query(700_000);
+    let mut c = raw_proxy(&h, &u.id).await;
+    send(&mut c, &qc).await;
+    let (got, _) = read_ready(&mut c, 1, limit).await;
+    assert_eq!(value(&got).as_deref(), Some(nc.as_str()), "{:?}", summary(&got));
+
+    // A Query of t announcing more than its share could ever hold: refused from its header.
+    let mut d = raw_proxy(&h, &t.id).await;
+    send(&mut d, &[&b"Q"[..], &900_000u32.to_be_bytes()].concat()).await;
+    let (got, closed) = read_eof(&mut d, limit).await;
+    let (code, _, message) = last_error(&got);
+    assert!(closed && code.as_deref() == Some("53200"), "{:?}", summary(&got));
+    assert!(message.contains("large_message_memory_per_tenant"), "{message}");
+
+    // a's message completes and runs; then t's share is back: b's query runs.
+    send(&mut a, &qa[700_000..]).await;
+    let (got, _) = read_ready(&mut a, 1, limit).await;
+    assert_eq!(value(&got).as_deref(), Some(na.as_str()), "{:?}", summary(&got));
+    let mut b = raw_proxy(&h, &t.id).await;
+    send(&mut b, &long_query(400_000).0).await;
+    let (got, _) = read_ready(&mut b, 1, limit).await;
+    assert_eq!(value(&got).as_deref(), Some(nb.as_str()), "{:?}", summary(&got));
+}
+
 /// A header alone holds nothing: five bytes announcing a Query as long as the whole budget
 /// (left unsent, the client idle) must not refuse other clients' large queries, of this
 /// tenant or another, for as long as that connection stays open.
@@ -101,6 +173,7 @@ async fn a_header_alone_holds_none_of_the_budget() {
     let (t, u) = (tenant_db("largehdr").await, tenant_db("largehdr2").await);
     let mut cfg = config(vec![t.clone(), u.clone()]);
     cfg.proxy.large_message_memory = 1 << 20;
+    cfg.proxy.large_message_memory_per_tenant = Some(1 << 20);
     let h = start(cfg).await;
     let limit = Duration::from_secs(5);
 

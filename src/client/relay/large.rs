@@ -5,6 +5,8 @@
 //! server-bound one) hold past that comes from one budget shared by every client, taken as the
 //! bytes arrive and given back as they go on: past the budget the client's session ends with
 //! 53200 (out of memory) instead of the process growing by `max_message_size` per client.
+//! A session takes from its tenant's share (`large_message_memory_per_tenant`), which takes
+//! from the whole in turn: one tenant's clients never hold all of it.
 //! Nothing is taken from a length prefix ahead of its bytes (DESIGN, Containment 4): a header
 //! alone would let five bytes hold the whole budget for as long as their connection stays
 //! open. A message that could never fit is refused from its header. Messages that stream
@@ -13,7 +15,7 @@
 use std::sync::Arc;
 
 use super::MAX_CLIENT_BUFFERED;
-use crate::proxy::MessageBudget;
+use crate::proxy::{BudgetFull, MessageBudget};
 
 /// What a client buffers without taking from the budget.
 pub(super) const FREE: usize = MAX_CLIENT_BUFFERED;
@@ -32,31 +34,29 @@ impl Drop for Held {
 }
 
 /// A frame of `len` bytes that must arrive whole is in the client's buffer (whole or not), the
-/// session's buffers holding `buffered` bytes: takes from the budget what they hold past
-/// [`FREE`] and it does not hold yet (false: the budget cannot hold them, or the frame could
-/// never fit; nothing taken).
+/// session's buffers holding `buffered` bytes: takes from the budget (the tenant's share)
+/// what they hold past [`FREE`] and it does not hold yet; the limit they would pass when it
+/// cannot hold them, or the frame could never fit (nothing taken).
 pub(super) fn hold(
     held: &mut Option<Box<Held>>,
     budget: &Arc<MessageBudget>,
     len: usize,
     buffered: usize,
-) -> bool {
+) -> Result<(), BudgetFull> {
     if len <= FREE {
-        return true;
+        return Ok(());
     }
     if len - FREE > budget.size() {
-        return false;
+        return Err(budget.full());
     }
     let need = buffered.saturating_sub(FREE);
     let have = held.as_ref().map_or(0, |h| h.bytes);
     if need <= have {
-        return true;
+        return Ok(());
     }
-    if !budget.take(need - have) {
-        return false;
-    }
+    budget.take(need - have)?;
     held.get_or_insert_with(|| Box::new(Held { budget: budget.clone(), bytes: 0 })).bytes = need;
-    true
+    Ok(())
 }
 
 /// Gives back what the session holds past what its buffers (`buffered`: the client's and the
@@ -83,25 +83,62 @@ mod tests {
     /// fit; gives back as the buffers drain, and when the session ends.
     #[test]
     fn large_messages_take_what_arrived_and_give_it_back() {
-        let budget = MessageBudget::new(3 * FREE);
+        let budget = MessageBudget::new(3 * FREE, 3 * FREE);
+        let whole = BudgetFull { size: 3 * FREE, tenant: false };
         let (mut a, mut b) = (None, None);
-        assert!(hold(&mut a, &budget, FREE, FREE), "a message within the free part takes nothing");
-        assert!(hold(&mut a, &budget, 3 * FREE, 5));
+        assert_eq!(hold(&mut a, &budget, FREE, FREE), Ok(()), "a message within the free part takes nothing");
+        assert_eq!(hold(&mut a, &budget, 3 * FREE, 5), Ok(()));
         assert!(a.is_none() && budget.held() == 0, "a header alone takes nothing");
-        assert!(hold(&mut a, &budget, 3 * FREE, 2 * FREE));
-        assert!(hold(&mut a, &budget, 3 * FREE, 2 * FREE), "the same bytes again: taken once");
+        assert_eq!(hold(&mut a, &budget, 3 * FREE, 2 * FREE), Ok(()));
+        assert_eq!(hold(&mut a, &budget, 3 * FREE, 2 * FREE), Ok(()), "the same bytes again: taken once");
         assert_eq!(budget.held(), FREE);
-        assert!(hold(&mut a, &budget, 3 * FREE, 3 * FREE));
+        assert_eq!(hold(&mut a, &budget, 3 * FREE, 3 * FREE), Ok(()));
         assert_eq!(budget.held(), 2 * FREE, "what arrived past the free part");
-        assert!(hold(&mut b, &budget, 3 * FREE, 2 * FREE));
-        assert!(!hold(&mut b, &budget, 3 * FREE, 2 * FREE + 1), "past the budget");
+        assert_eq!(hold(&mut b, &budget, 3 * FREE, 2 * FREE), Ok(()));
+        assert_eq!(hold(&mut b, &budget, 3 * FREE, 2 * FREE + 1), Err(whole), "past the budget");
         assert_eq!(budget.held(), 3 * FREE, "a refusal takes nothing");
-        assert!(!hold(&mut None, &budget, 4 * FREE + 1, 5), "could never fit: refused from its header");
+        assert_eq!(
+            hold(&mut None, &budget, 4 * FREE + 1, 5),
+            Err(whole),
+            "could never fit: refused from its header"
+        );
         settle(&mut a, 2 * FREE);
         assert_eq!(budget.held(), 2 * FREE, "what the buffers keep past the free part");
         settle(&mut a, FREE);
         assert!(a.is_none(), "drained: nothing held");
         drop(b);
         assert_eq!(budget.held(), 0, "a session that ends gives back what it held");
+    }
+
+    /// A tenant's clients take from its share and from the whole: past its share a message
+    /// is refused (the tenant's limit named) while another tenant still takes from what is
+    /// left; past the whole, the whole is named; a refusal takes from neither, and what a
+    /// session gives back returns to both.
+    #[test]
+    fn one_tenants_clients_hold_at_most_its_share() {
+        let all = MessageBudget::new(4 * FREE, 2 * FREE);
+        let (one, two, three) =
+            (MessageBudget::share(&all), MessageBudget::share(&all), MessageBudget::share(&all));
+        let share = BudgetFull { size: 2 * FREE, tenant: true };
+        let (mut a, mut b, mut c, mut d) = (None, None, None, None);
+        assert_eq!(hold(&mut a, &one, 3 * FREE, 3 * FREE), Ok(()));
+        assert_eq!(hold(&mut b, &one, 3 * FREE, 2 * FREE + 1), Err(share), "past the tenant's share");
+        assert_eq!((one.held(), all.held()), (2 * FREE, 2 * FREE), "a refusal takes nothing");
+        assert_eq!(hold(&mut None, &one, 3 * FREE + 1, 5), Err(share), "could never fit the share");
+        assert_eq!(hold(&mut c, &two, 3 * FREE, 3 * FREE), Ok(()), "another tenant takes what is left");
+        let whole = BudgetFull { size: 4 * FREE, tenant: false };
+        assert_eq!(hold(&mut d, &three, 3 * FREE, 2 * FREE), Err(whole), "past the whole");
+        assert_eq!((three.held(), all.held()), (0, 4 * FREE), "nothing taken from the share either");
+        drop(a);
+        assert_eq!((one.held(), all.held()), (0, 2 * FREE), "given back to the share and the whole");
+        assert_eq!(hold(&mut d, &three, 3 * FREE, 2 * FREE), Ok(()));
+        drop((c, d));
+        assert_eq!(all.held(), 0);
+        let large = MessageBudget::new(2 * FREE, 4 * FREE);
+        assert_eq!(
+            MessageBudget::share(&large).full(),
+            BudgetFull { size: 2 * FREE, tenant: false },
+            "a share as large as the whole is the whole"
+        );
     }
 }

@@ -23,7 +23,8 @@ pub(super) struct ClientScan<'a> {
     pub(super) broken: &'a mut Option<Box<PgError>>,
     pub(super) progress: &'a mut Progress,
     pub(super) max_message: usize,
-    /// What the session holds of the large-message budget, and the budget.
+    /// What the session holds of the large-message budget, and the budget (its tenant's
+    /// share).
     pub(super) large: &'a mut Option<Box<large::Held>>,
     pub(super) budget: &'a Arc<MessageBudget>,
     /// The bytes of the server-bound buffer (they count against the budget with the client's).
@@ -88,10 +89,13 @@ impl ClientScan<'_> {
                 // large one within the budget all clients share: checked whole too, as its
                 // last bytes (or all of them, into a buffer grown for an earlier one) may
                 // come in the read that completes it.
-                if len > large::FREE && !large::hold(large, budget, len, cbuf.len() + out_len) {
-                    *broken = Some(Box::new(PgError::large_messages_full(len - 1, budget.size())));
-                    cbuf.truncate(*c_scanned);
-                    break;
+                if len > large::FREE {
+                    if let Err(full) = large::hold(large, budget, len, cbuf.len() + out_len) {
+                        *broken =
+                            Some(Box::new(PgError::large_messages_full(len - 1, full.size, full.tenant)));
+                        cbuf.truncate(*c_scanned);
+                        break;
+                    }
                 }
                 if avail < len {
                     break;
@@ -152,7 +156,7 @@ mod tests {
     /// Walks `bytes` once; returns how far they were whole frames, the bytes left and the
     /// error that ended reading.
     fn walk(bytes: &[u8]) -> (usize, usize, Option<PgError>) {
-        walk_within(bytes, &MessageBudget::new(1 << 30), &mut None)
+        walk_within(bytes, &MessageBudget::new(1 << 30, 1 << 30), &mut None)
     }
 
     /// [`walk`] with a large-message `budget` and what the session holds of it.
@@ -224,7 +228,7 @@ mod tests {
     /// to go out; one that could never fit is refused from its header.
     #[test]
     fn a_large_message_takes_from_the_budget_or_is_refused() {
-        let budget = MessageBudget::new(large::FREE * 2);
+        let budget = MessageBudget::new(large::FREE * 2, large::FREE * 2);
         let query = b"Q\0\0\0\x0dSELECT 1\0".to_vec();
         let big = frame_header(fe::QUERY, 3 * large::FREE - 1);
         let (mut a, mut b) = (None, None);
@@ -251,7 +255,7 @@ mod tests {
         drop(b);
         let mut whole = frame_header(fe::QUERY, 2 * large::FREE - 1);
         whole.resize(2 * large::FREE, b'x');
-        let (mut c, budget) = (None, MessageBudget::new(large::FREE * 2));
+        let (mut c, budget) = (None, MessageBudget::new(large::FREE * 2, large::FREE * 2));
         let (scanned, _, broken) = walk_within(&whole, &budget, &mut c);
         assert!(broken.is_none() && scanned == whole.len());
         assert_eq!(budget.held(), large::FREE, "one that arrived in a single read counts too");
