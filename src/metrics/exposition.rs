@@ -158,6 +158,8 @@ struct Scrape {
     global: [(&'static str, &'static str, u64); 7],
     control_db_up: bool,
     memory: Option<u64>,
+    /// Bytes held of large messages, and the budget for them.
+    large_messages: (u64, u64),
 }
 
 pub(super) fn render(m: &Metrics) -> String {
@@ -233,6 +235,7 @@ pub(super) fn render(m: &Metrics) -> String {
         ],
         control_db_up: g.control_db_up.load(Relaxed),
         memory: resident_memory(),
+        large_messages: (g.large_messages.load(Relaxed), g.large_message_memory.load(Relaxed)),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
@@ -408,6 +411,17 @@ impl Collector for Scrape {
         )?;
         let tracked = i64::try_from(self.tracked).unwrap_or(i64::MAX);
         gauge(&mut enc, "pgtenant_tenants_tracked", "Tenants with counters in memory.", &[(&[], tracked)])?;
+        let (held, size) = self.large_messages;
+        for (name, help, v) in [
+            (
+                "pgtenant_large_message_bytes",
+                "Bytes clients hold of large messages read whole (past each client's free 256 KiB).",
+                held,
+            ),
+            ("pgtenant_large_message_memory_bytes", "The budget for them (large_message_memory).", size),
+        ] {
+            gauge(&mut enc, name, help, &[(&[], i64::try_from(v).unwrap_or(i64::MAX))])?;
+        }
         if let Some(mem) = self.memory {
             let mem = i64::try_from(mem).unwrap_or(i64::MAX);
             gauge(

@@ -109,6 +109,9 @@ pub struct GlobalStats {
     pub(super) control_db_up: AtomicBool,
     pub(super) resets: AtomicU64,
     pub(super) panics: AtomicU64,
+    /// Bytes clients hold of large messages, and `large_message_memory` (set at each scrape).
+    pub(super) large_messages: AtomicU64,
+    pub(super) large_message_memory: AtomicU64,
 }
 
 impl GlobalStats {
@@ -130,6 +133,11 @@ impl GlobalStats {
     }
     pub fn set_control_db_up(&self, up: bool) {
         self.control_db_up.store(up, Relaxed);
+    }
+    /// What clients hold of the large-message budget now, and its size.
+    pub fn set_large_messages(&self, held: usize, size: usize) {
+        self.large_messages.store(held as u64, Relaxed);
+        self.large_message_memory.store(size as u64, Relaxed);
     }
     /// A server connection reset between tenants or clients.
     pub fn reset(&self) {

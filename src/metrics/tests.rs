@@ -75,6 +75,7 @@ fn render_names_labels_and_values() {
     pool.connect_failed();
     m.global().auth_failure();
     m.global().set_control_db_up(true);
+    m.global().set_large_messages(300_000, 1 << 30);
 
     let text = m.render();
     assert!(text.ends_with("# EOF\n"), "{text}");
@@ -116,6 +117,8 @@ fn render_names_labels_and_values() {
     assert_eq!(value(&all, "pgtenant_logins_total", &[]), Some(1.0));
     assert_eq!(value(&all, "pgtenant_auth_failures_total", &[]), Some(1.0));
     assert_eq!(value(&all, "pgtenant_control_db_up", &[]), Some(1.0));
+    assert_eq!(value(&all, "pgtenant_large_message_bytes", &[]), Some(300_000.0));
+    assert_eq!(value(&all, "pgtenant_large_message_memory_bytes", &[]), Some(f64::from(1u32 << 30)));
     assert_eq!(value(&all, "pgtenant_tenants_tracked", &[]), Some(1.0));
     let snapshots = m.tenants();
     assert_eq!(snapshots.len(), 1);

@@ -95,6 +95,12 @@ async fn large_messages_share_one_budget_and_others_are_unaffected() {
     }
 }
 
+/// The value of the unlabelled series `name` in the proxy's metrics now.
+fn metric(h: &Harness, name: &str) -> Option<f64> {
+    let text = pgtenant::admin::http::metrics::exposition(&h.proxy);
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix("{} ")?.parse().ok())
+}
+
 /// The error a session ended with (its last ErrorResponse): SQLSTATE, severity, message.
 fn last_error(got: &[u8]) -> (Option<String>, Option<String>, String) {
     let e = messages(got).into_iter().rev().find(|(t, _)| *t == b'E').map(|(_, body)| body.to_vec());
@@ -120,6 +126,11 @@ async fn one_tenants_large_messages_leave_the_others_their_part() {
     let mut a = raw_proxy(&h, &t.id).await;
     send(&mut a, &qa[..700_000]).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The metrics show what is held of the whole.
+    let held = metric(&h, "pgtenant_large_message_bytes");
+    assert_eq!(held, Some((700_000 - 256 * 1024) as f64), "a's bytes past the free part");
+    assert_eq!(metric(&h, "pgtenant_large_message_memory_bytes"), Some(f64::from(1u32 << 20)));
 
     // b (tenant t too): 400 KB passes t's share though the whole has room: 53200, FATAL,
     // what came before answered.

@@ -29,6 +29,8 @@ pub fn exposition(proxy: &Proxy) -> String {
         let (connects, failures) = pool.connect_counts();
         stats.set_connects(connects, failures);
     }
+    let large = &proxy.large_messages;
+    proxy.metrics.global().set_large_messages(large.held(), large.size());
     if let Some(up) = proxy.catalog.control_up() {
         proxy.metrics.global().set_control_db_up(up);
     }
