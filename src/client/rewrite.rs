@@ -25,7 +25,8 @@ use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::frontend::target::{PORTAL, STATEMENT};
 use crate::protocol::frontend::{
-    bind_parts, execute_portal, parse_frame, query_frame, rename, rename_into, target_parts,
+    bind_parts, execute_portal, invalid_utf8_name, parse_frame, query_frame, reads_names_as_utf8, rename,
+    rename_into, target_parts,
 };
 use crate::protocol::{PgError, SqlState};
 
@@ -228,6 +229,9 @@ impl Stage<'_> {
             apply_effects(self.statements, Some(&mut *self.conn), self.sets, undo, done);
         }
         self.names_statement = false;
+        if self.name_not_utf8(tag, frame) {
+            return true;
+        }
         match tag {
             fe::PARSE => {
                 self.names_statement = frame.get(HEADER_LEN).is_some_and(|&b| b != 0);
@@ -438,6 +442,27 @@ impl Stage<'_> {
             }
             _ => self.forward(tag, frame),
         }
+        true
+    }
+
+    /// A name the server would not read (not UTF-8 where the client's encoding is): PostgreSQL
+    /// fails the message with 22021 as it reads it, before it looks up or changes anything the
+    /// message names (see [`invalid_utf8_name`]), and skips to Sync. The client gets that
+    /// error where its message stands, through a probe the server fails (its replies counted
+    /// as for any refused name); nothing of the client's is recorded. Valid names cost one
+    /// ASCII check; the client's encoding is read only for a name that is not UTF-8.
+    #[inline]
+    fn name_not_utf8(&mut self, tag: u8, frame: &[u8]) -> bool {
+        let Some(bytes) = invalid_utf8_name(tag, frame) else { return false };
+        if !reads_names_as_utf8(self.conn.var("client_encoding"), self.conn.var("server_encoding")) {
+            return false;
+        }
+        if tag == fe::BIND {
+            // No portal is made, as for a statement the client does not have.
+            self.sets.bound = None;
+            self.statements.bind_nothing();
+        }
+        self.fail_with(PgError::invalid_utf8(bytes), false);
         true
     }
 

@@ -52,6 +52,8 @@ pub enum SqlState {
     IdleInTransactionTimeout,
     /// 57P05: client_idle_timeout.
     IdleSessionTimeout,
+    /// 22021: a name that is not valid in the client's encoding.
+    CharacterNotInRepertoire,
 }
 
 impl SqlState {
@@ -76,6 +78,7 @@ impl SqlState {
             SqlState::QueryCanceled => "57014",
             SqlState::IdleInTransactionTimeout => "25P03",
             SqlState::IdleSessionTimeout => "57P05",
+            SqlState::CharacterNotInRepertoire => "22021",
         }
     }
 }
@@ -399,6 +402,22 @@ impl PgError {
         )
     }
 
+    /// PostgreSQL's error for a name that is not valid UTF-8 (`report_invalid_encoding` in
+    /// `src/backend/utils/mb/mbutils.c`): `bytes` is the sequence it names, from
+    /// [`super::frontend::invalid_utf8`].
+    pub fn invalid_utf8(bytes: &[u8]) -> Self {
+        use std::fmt::Write as _;
+        let mut shown = String::with_capacity(bytes.len() * 5);
+        for (i, b) in bytes.iter().enumerate() {
+            let sep = if i > 0 { " " } else { "" };
+            let _ = write!(shown, "{sep}0x{b:02x}");
+        }
+        PgError::error(
+            SqlState::CharacterNotInRepertoire,
+            format!("invalid byte sequence for encoding \"UTF8\": {shown}"),
+        )
+    }
+
     /// An admin console error: PgBouncer answers every console error with ERROR 08P01 and
     /// keeps the session (its `admin.c`); the text is the console's own, never an internal one.
     pub fn console(text: impl Into<String>) -> Self {
@@ -481,5 +500,17 @@ mod tests {
         assert_eq!(len + 1, b.len());
         let body = &b[5..];
         assert_eq!(body, &b"SFATAL\0VFATAL\0C53300\0Mbusy\0Hwait\0\0"[..]);
+    }
+
+    /// The text PostgreSQL 15 sends (measured), naming the bytes of the first bad sequence.
+    #[test]
+    fn invalid_utf8_reads_as_postgres_words_it() {
+        let e = PgError::invalid_utf8(&[0xed, 0xa0, 0x80]);
+        assert_eq!((e.state.code(), e.fatal), ("22021", false));
+        assert_eq!(e.message, "invalid byte sequence for encoding \"UTF8\": 0xed 0xa0 0x80");
+        assert_eq!(
+            PgError::invalid_utf8(&[0xff]).message,
+            "invalid byte sequence for encoding \"UTF8\": 0xff"
+        );
     }
 }

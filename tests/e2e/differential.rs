@@ -461,6 +461,7 @@ async fn differential(mode: PoolMode, seed: u64, cases: usize) {
 
 mod agree;
 use agree::agree;
+mod encoding;
 mod found;
 
 fn env_or(name: &str, default: u64) -> u64 {

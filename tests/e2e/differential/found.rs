@@ -64,7 +64,7 @@ async fn the_unnamed_portal_guard_answers_only_an_execute() {
 /// Each sequence sent whole to PostgreSQL and through pgtenant in both pool modes (a pool of
 /// one connection): PostgreSQL's replies per sequence, and each sequence where pgtenant's
 /// differ from them.
-async fn in_both_modes(t: &TenantConfig, cases: &[&[Msg]]) -> (Vec<Vec<String>>, Vec<String>) {
+pub(super) async fn in_both_modes(t: &TenantConfig, cases: &[&[Msg]]) -> (Vec<Vec<String>>, Vec<String>) {
     let direct = direct_target(t);
     let (mut postgres, mut differ) = (Vec::new(), Vec::new());
     for mode in [PoolMode::Session, PoolMode::Transaction] {
