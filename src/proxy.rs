@@ -438,6 +438,8 @@ pub struct MessageBudget {
     size: usize,
     /// The budget a tenant's share also takes from.
     within: Option<Arc<MessageBudget>>,
+    /// A share's takes, one at a time (see [`MessageBudget::take`]).
+    turn: Mutex<()>,
     /// The size of each tenant's share of this whole.
     tenant_share: usize,
 }
@@ -452,7 +454,13 @@ pub struct BudgetFull {
 impl MessageBudget {
     /// The whole, `size` bytes, of which each tenant's clients may hold `tenant_share`.
     pub fn new(size: usize, tenant_share: usize) -> Arc<MessageBudget> {
-        Arc::new(MessageBudget { left: AtomicUsize::new(size), size, within: None, tenant_share })
+        Arc::new(MessageBudget {
+            left: AtomicUsize::new(size),
+            size,
+            within: None,
+            turn: Mutex::new(()),
+            tenant_share,
+        })
     }
 
     /// One tenant's share of `all`: its `tenant_share` bytes, taken from `all` too, so that
@@ -463,6 +471,7 @@ impl MessageBudget {
             left: AtomicUsize::new(size),
             size,
             within: Some(all.clone()),
+            turn: Mutex::new(()),
             tenant_share: size,
         })
     }
@@ -470,23 +479,35 @@ impl MessageBudget {
     /// Takes `n` bytes (from the share and from the whole it is part of); nothing taken when
     /// either has fewer left.
     pub(crate) fn take(&self, n: usize) -> Result<(), BudgetFull> {
-        if self.left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(n)).is_err() {
+        let Some(all) = &self.within else {
+            return match self
+                .left
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(n))
+            {
+                Ok(_) => Ok(()),
+                Err(_) => Err(self.full()),
+            };
+        };
+        // A share's bytes are taken only once the whole gave its own, its takes one at a time
+        // (only they lower `left`: checked, it stays as checked or grows). Taken ahead and
+        // given back when the whole refused, they would show the share taken for that while,
+        // and the tenant's other sessions, within its share, would be refused past it.
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        if self.left.load(Ordering::Acquire) < n {
             return Err(self.full());
         }
-        if let Some(all) = &self.within {
-            if let Err(full) = all.take(n) {
-                self.left.fetch_add(n, Ordering::AcqRel);
-                return Err(full);
-            }
-        }
+        all.take(n)?;
+        self.left.fetch_sub(n, Ordering::AcqRel);
         Ok(())
     }
 
+    /// Gives back `n` bytes taken: to the whole first, then to the share, so that a take of
+    /// the tenant that sees them in the share finds them in the whole too.
     pub(crate) fn give(&self, n: usize) {
-        self.left.fetch_add(n, Ordering::AcqRel);
         if let Some(all) = &self.within {
             all.give(n);
         }
+        self.left.fetch_add(n, Ordering::AcqRel);
     }
 
     /// The limit a message longer than this budget's size passes (it could never fit).

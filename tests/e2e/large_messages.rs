@@ -4,6 +4,7 @@
 //! others' messages run; what a session held comes back as its messages go on, or when it
 //! ends mid-message.
 
+use pgtenant::model::PoolMode;
 use std::time::Duration;
 
 use crate::support::raw::*;
@@ -208,4 +209,51 @@ async fn a_header_alone_holds_none_of_the_budget() {
         let (got, _) = read_ready(&mut a, 1, Duration::from_millis(100)).await;
         assert!(got.is_empty(), "the idle ones are not refused either: {:?}", summary(&got));
     }
+}
+
+/// Past its tenant's share while waiting for a connection (the tenant's one connection in
+/// another client's transaction): the message is refused from its header as the wait goes
+/// on, what came before it runs once the connection frees, then 53200 names the tenant's
+/// limit. Meanwhile another tenant's large query runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_large_share_while_waiting_for_a_connection_what_came_before_runs_first() {
+    let (t, u) = (tenant_db("largewait").await, tenant_db("largewait2").await);
+    let mut cfg = config(vec![with_mode(t.clone(), PoolMode::Transaction, 1), u.clone()]);
+    cfg.proxy.large_message_memory = 1 << 20;
+    let h = start(cfg).await;
+    let limit = Duration::from_secs(5);
+
+    // a holds t's one connection in a transaction.
+    let mut a = raw_proxy(&h, &t.id).await;
+    send(&mut a, &query("BEGIN")).await;
+    let (got, _) = read_ready(&mut a, 1, limit).await;
+    assert_eq!(summary(&got), ["C(BEGIN)", "Z(T)"]);
+
+    // b (tenant t): SELECT 1 waits for the connection; then, read during the wait, a Query
+    // announcing more than t's share could ever hold.
+    let mut b = raw_proxy(&h, &t.id).await;
+    send(&mut b, &query("SELECT 1")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(&mut b, &[&b"Q"[..], &900_000u32.to_be_bytes()].concat()).await;
+    let (got, closed) = read_quiet(&mut b, Duration::from_millis(300)).await;
+    assert!(got.is_empty() && !closed, "b still waits: {:?}", summary(&got));
+
+    // c (tenant u): a large query runs meanwhile.
+    let (qc, nc) = long_query(700_000);
+    let mut c = raw_proxy(&h, &u.id).await;
+    send(&mut c, &qc).await;
+    let (got, _) = read_ready(&mut c, 1, limit).await;
+    assert_eq!(value(&got).as_deref(), Some(nc.as_str()), "{:?}", summary(&got));
+
+    // a commits: b's SELECT 1 runs on the freed connection, then its session ends.
+    send(&mut a, &query("COMMIT")).await;
+    let (got, _) = read_ready(&mut a, 1, limit).await;
+    assert_eq!(summary(&got), ["C(COMMIT)", "Z(I)"]);
+    let (got, closed) = read_eof(&mut b, limit).await;
+    let s = summary(&got);
+    assert!(closed, "b's session ends: {s:?}");
+    assert_eq!(s, ["T", "D(1)", "C(SELECT 1)", "Z(I)", "E(53200,FATAL)"], "what came before is answered");
+    let (code, severity, message) = last_error(&got);
+    assert_eq!((code.as_deref(), severity.as_deref()), (Some("53200"), Some("FATAL")), "{s:?}");
+    assert!(message.contains("large_message_memory_per_tenant (524288 bytes)"), "{message}");
 }

@@ -141,4 +141,39 @@ mod tests {
             "a share as large as the whole is the whole"
         );
     }
+
+    /// A take the whole refuses never shows its tenant's share as taken, even for an instant:
+    /// meanwhile another session of the tenant, within the share and within what the whole has
+    /// left, is never refused (and never told it passed the tenant's limit).
+    #[test]
+    fn a_large_take_the_whole_refuses_never_refuses_the_tenants_other_sessions() {
+        let all = MessageBudget::new(3 * FREE, 2 * FREE);
+        let (other, one) = (MessageBudget::share(&all), MessageBudget::share(&all));
+        let mut others = None;
+        assert_eq!(hold(&mut others, &other, 3 * FREE, 3 * FREE), Ok(()), "the whole keeps FREE");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let refused = std::thread::scope(|s| {
+            // x: a message of 2 * FREE past the free part, all of its share, never fits.
+            let x = s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert!(hold(&mut None, &one, 3 * FREE, 3 * FREE).is_err());
+                }
+            });
+            // y: half of FREE past the free part, within the share and what the whole has left.
+            let mut refused = Vec::new();
+            for _ in 0..200_000 {
+                let mut y = None;
+                if let Err(full) = hold(&mut y, &one, 2 * FREE, FREE + FREE / 2) {
+                    refused.push(full);
+                }
+                settle(&mut y, 0);
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            x.join().map(|()| refused)
+        });
+        let refused = refused.unwrap_or_else(|e| std::panic::resume_unwind(e));
+        assert_eq!(refused.first(), None, "refused {} times", refused.len());
+        drop(others);
+        assert_eq!((one.held(), all.held()), (0, 0));
+    }
 }
