@@ -449,10 +449,20 @@ impl Stage<'_> {
     /// fails the message with 22021 as it reads it, before it looks up or changes anything the
     /// message names (see [`invalid_utf8_name`]), and skips to Sync. The client gets that
     /// error where its message stands, through a probe the server fails (its replies counted
-    /// as for any refused name); nothing of the client's is recorded. Valid names cost one
-    /// ASCII check; the client's encoding is read only for a name that is not UTF-8.
+    /// as for any refused name); nothing of the client's is recorded. A frame that is all
+    /// ASCII (nearly every one) costs one word-at-a-time check, inline; the names are read
+    /// out of line, only past it (an inline search had `rewrite` no longer inlined: +5 %
+    /// instructions per `-M extended` transaction).
     #[inline]
     fn name_not_utf8(&mut self, tag: u8, frame: &[u8]) -> bool {
+        matches!(tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE)
+            && !frame.is_ascii()
+            && self.name_not_utf8_slow(tag, frame)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn name_not_utf8_slow(&mut self, tag: u8, frame: &[u8]) -> bool {
         let Some(bytes) = invalid_utf8_name(tag, frame) else { return false };
         if !reads_names_as_utf8(self.conn.var("client_encoding"), self.conn.var("server_encoding")) {
             return false;
