@@ -90,13 +90,38 @@ async fn the_guard_itself_is_never_bounded_by_the_timeouts_it_lifts() {
     f.assert_none();
 }
 
-/// Client 1 of a leaves `statement_timeout` and `lock_timeout` of 1ms on the pool's one
+/// Commits `locker`'s transaction (which holds a lock) once backend `pid` waits for a lock,
+/// or after 5s; whether it was seen waiting. Reads `pg_stat_activity` as the lock holder,
+/// whose lookups do not wait.
+async fn unlock_once_waiting(locker: &Client, pid: i32) -> bool {
+    let sql = format!("SELECT coalesce(wait_event_type, '') FROM pg_stat_activity WHERE pid = {pid}");
+    let mut waited = false;
+    for _ in 0..100 {
+        if rows(locker, &sql).await.is_ok_and(|r| r == vec![vec!["Lock".to_owned()]]) {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    locker.batch_execute("COMMIT").await.expect("unlock");
+    waited
+}
+
+/// Client 1 of a leaves `lock_timeout` of 1ms and `statement_timeout` of 1h on the pool's one
 /// connection; client 2 of a (its own `statement_timeout` of 7s and `application_name`, so
 /// its setup is the BEGIN … COMMIT shape with the guard) starts with each of: a plain
 /// statement, a transaction block with `SET LOCAL`, its own session `SET statement_timeout`,
-/// a `SET LOCAL` outside a block (a warning, no effect). It is served on the same backend,
-/// and what it sees in and after its first statement is its own (the guard's `set_config(...,
-/// true)` never outlives the setup's transaction).
+/// a `SET LOCAL` outside a block (a warning, no effect). Its setup's lookup of `set_config`
+/// waits for `pg_proc`, held by another session until the wait is seen: the 1ms
+/// `lock_timeout` cancels it unless the guard lifted it. It is served on the same backend,
+/// and what it sees in and after its first statement is its own (the guard's `SET LOCAL`s
+/// never outlive the setup's transaction), and so does a client 3 whose setup sets no timeout;
+/// client 1 then sees its own values again.
+///
+/// Client 1's `statement_timeout` is not 1ms: the guard's own statements (BEGIN, the `SET
+/// LOCAL` that lifts it) necessarily run under it, each with a fresh timer, and a backend
+/// descheduled for a millisecond in one of them (a loaded machine) is cancelled by it. A
+/// `lock_timeout` only runs while a statement waits for a lock, which they never do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guard_never_leaks_into_the_next_clients_statements() {
     let (a, _b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
@@ -125,18 +150,32 @@ async fn the_guard_never_leaks_into_the_next_clients_statements() {
         ),
         ("SET LOCAL alone", "SET LOCAL lock_timeout = '9s'".to_owned(), None, "7s/0/c-two"),
     ];
-    for (what, first, during, after) in cases {
+    let (su, locker) = (admin(&a.database).await, admin(&a.database).await);
+    for (n, (what, first, during, after)) in cases.into_iter().enumerate() {
         let c1 = h.client(&a.id).await;
         let p0 = pid(&c1).await;
         c1.batch_execute("SET lock_timeout = '1ms'").await.expect("client 1's lock_timeout");
-        c1.batch_execute("SET statement_timeout = '1ms'").await.expect("client 1's statement_timeout");
+        c1.batch_execute("SET statement_timeout = '1h'").await.expect("client 1's statement_timeout");
         let c2 = connect_str(&format!(
             "{} application_name=c-two options='-c statement_timeout=7s'",
             h.conninfo(&a.id)
         ))
         .await;
+        // A change to pg_proc empties every backend's cached lists of functions by name, so
+        // the setup's `pg_catalog.set_config` is looked up again, behind the lock held here.
+        su.batch_execute(&format!(
+            "CREATE FUNCTION public.guard_leak_{n}() RETURNS int LANGUAGE sql AS 'SELECT 1'"
+        ))
+        .await
+        .expect("a function");
+        locker
+            .batch_execute("BEGIN; LOCK TABLE pg_catalog.pg_proc IN ACCESS EXCLUSIVE MODE")
+            .await
+            .expect("lock pg_proc");
+        let (first_rows, waited) = tokio::join!(rows(&c2, &first), unlock_once_waiting(&locker, p0));
+        f.check(waited, || format!("{what}: client 2's setup never waited for pg_proc"));
         let with_pid = |v: &str| format!("{v}/{p0}");
-        match rows(&c2, &first).await {
+        match first_rows {
             Ok(r) => {
                 let want = during.map(|d| vec![vec![with_pid(d)]]).unwrap_or_default();
                 f.check(r == want, || format!("{what}: client 2 saw {r:?} in it"))
@@ -149,12 +188,27 @@ async fn the_guard_never_leaks_into_the_next_clients_statements() {
             }
             Err(e) => f.0.push(format!("{what}: client 2's second statement failed: {}", why(&e))),
         }
-        // Client 1 again behind client 2: its own 1ms values, not client 2's or the guard's.
-        match rows(&c1, "SELECT current_setting('lock_timeout')").await {
+        // Client 3, with client 2's `statement_timeout` and its own `application_name`: its
+        // setup is guarded (client 2's 7s is on the connection) and, but behind "its own SET",
+        // sets only `application_name`, so a guard that outlived its transaction shows here.
+        let c3 = connect_str(&format!(
+            "{} application_name=c-three options='-c statement_timeout=7s'",
+            h.conninfo(&a.id)
+        ))
+        .await;
+        match rows(&c3, show).await {
             Ok(r) => {
-                f.check(r == vec![vec!["1ms".to_owned()]], || format!("{what}: client 1 then saw {r:?}"))
+                f.check(r == vec![vec![with_pid("7s/0/c-three")]], || format!("{what}: client 3 saw {r:?}"))
             }
-            Err(e) => f.check(code(&e) == "57014", || format!("{what}: client 1 then failed: {}", why(&e))),
+            Err(e) => f.0.push(format!("{what}: client 3's statement failed: {}", why(&e))),
+        }
+        // Client 1 again behind client 2: its own values, not client 2's or the guard's.
+        let sql = "SELECT current_setting('statement_timeout') || '/' || current_setting('lock_timeout')";
+        match rows(&c1, sql).await {
+            Ok(r) => {
+                f.check(r == vec![vec!["1h/1ms".to_owned()]], || format!("{what}: client 1 then saw {r:?}"))
+            }
+            Err(e) => f.0.push(format!("{what}: client 1 then failed: {}", why(&e))),
         }
     }
     f.assert_none();
