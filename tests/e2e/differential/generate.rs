@@ -148,8 +148,9 @@ fn end_inside_copy(rng: &mut Rng, mut msgs: Vec<Msg>) -> Vec<Msg> {
 
 /// Frames PostgreSQL cannot read, each failing there with 08P01 before any name in it is used
 /// (a Bind's statement is looked up first: 26000 if it does not exist): a Describe or Close
-/// with a target other than S or P, bytes after the name, no NUL; an Execute whose row count
-/// is cut short or followed by more; a Bind whose counts do not match what follows.
+/// with a target other than S or P, bytes after the name, no NUL, no body; an Execute whose
+/// row count is cut short or followed by more; a Bind whose counts do not match what follows
+/// (or a name without its NUL); a Parse whose parameter types are cut short.
 const UNREADABLE: &[(u8, &[u8])] = &[
     (b'D', b"Xs1\0"),
     (b'D', b"Ss1\0zz"),
@@ -161,6 +162,14 @@ const UNREADABLE: &[(u8, &[u8])] = &[
     (b'E', b"p1\0\0\0"),
     (b'E', b"\0\0"),
     (b'E', b"\0\0\0\0\0zz"),
+    (b'D', b""),
+    (b'C', b"S"),
+    (b'E', b""),
+    // A statement name without its NUL.
+    (b'B', b"\0s1"),
+    // One parameter type, its OID missing.
+    (b'P', b"s1\0SELECT 1\0\0\x01"),
+    (b'P', b"\0SELECT $1::int\0\0\x01\0\0"),
     // One parameter format, its code missing.
     (b'B', b"\0s1\0\0\x01"),
     // Two parameter formats for no parameters.
