@@ -454,9 +454,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             || p.status != txn::IDLE
             // The marker must not reach the server inside a copy the client started (it
             // would end it with 08P01 and FATAL): not while a CopyInResponse is unanswered,
-            // nor while the model owes a reply (a COPY sent behind the one that failed may
-            // not have answered yet).
+            // nor while the client's last Query or Execute may have started one it has not
+            // ended (replies cannot say whether the server read it yet: the model may have
+            // given it a ReadyForQuery it did not expect), nor while the model owes a reply.
             || p.copy_in
+            || p.copy_may_open
             || !self.quiet()
             || self.c_scanned != 0
             // A message of the client's is half forwarded: the marker would land inside it.

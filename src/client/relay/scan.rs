@@ -114,6 +114,15 @@ impl ClientScan<'_> {
                 }
                 _ => {}
             }
+            // Whether what the client sent last may leave the server in a COPY FROM STDIN
+            // (what the resync marker must wait for: it cannot trust the reply model then).
+            // A later Query decides again: inside an open copy it ends the session anyway.
+            match tag {
+                fe::EXECUTE => progress.copy_may_open = true,
+                fe::QUERY => progress.copy_may_open = mentions_copy(&cbuf[*c_scanned..*c_scanned + len]),
+                fe::COPY_DONE | fe::COPY_FAIL => progress.copy_may_open = false,
+                _ => {}
+            }
             let take = len.min(avail);
             *c_scanned += take;
             *c_remaining = len - take;
@@ -130,6 +139,11 @@ fn within_limit(h: Option<(u8, usize)>, max: usize) -> Result<Option<(u8, usize)
         return Err(FrameError::TooLarge { len: frame_len - 1, max: limit });
     }
     Ok(h)
+}
+
+/// Whether a Query frame may hold a COPY (the word in any case; a long one is assumed to).
+fn mentions_copy(frame: &[u8]) -> bool {
+    frame.len() > 64 * 1024 || frame.windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"))
 }
 
 /// Frontend messages pgtenant reads (or may rewrite) and so buffers whole; all are small.

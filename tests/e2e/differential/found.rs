@@ -282,15 +282,14 @@ async fn a_copy_behind_one_pgtenant_lost_track_of_is_not_broken_by_the_resync_ma
     assert!(differ.is_empty(), "{}", differ.join("\n"));
 }
 
-/// Found by hand while fixing the case above, NOT fixed (ignored so the suite stays green):
-/// the failed copy's Sync is read outside it (its data failed first), so PostgreSQL sends a
+/// Found by hand while fixing the case above: the failed copy's Sync is read outside it (its data failed first), so PostgreSQL sends a
 /// ReadyForQuery the reply model did not count on; the model gives it to the second COPY's
 /// Query and owes nothing, and when that ReadyForQuery comes in a read of its own the marker
 /// goes out before the second CopyInResponse: PostgreSQL reads it inside the copy (08P01,
 /// FATAL). In a desync pgtenant cannot tell from replies whether the server has read the
-/// client's later COPY yet; a fix needs a gate that does not trust the model there.
+/// client's later COPY yet: the marker waits while the client's last Query (or an Execute)
+/// may have started a copy it has not ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known: the resync marker can still reach a COPY the reply model miscounted (see doc)"]
 async fn a_copy_behind_an_unexpected_ready_for_query_is_not_broken_by_the_resync_marker() {
     use Msg::*;
     let t = tenant_db("diffextraready").await;
