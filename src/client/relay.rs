@@ -436,7 +436,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     }
 
     /// pgtenant lost track of what the server owes (an error inside a COPY with Syncs in the
-    /// data): once the client is quiet between transactions, a marker query goes behind
+    /// data): once the client is quiet between transactions and the server owes nothing it
+    /// knows of, a marker query goes behind
     /// everything it sent. The server answers in order, so everything before the marker's
     /// RowDescription (its column named with a random token no client can guess) is the
     /// client's; the marker's reply is swallowed and the model starts afresh.
@@ -451,6 +452,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             || self.broken.is_some()
             || p.extended_open
             || p.status != txn::IDLE
+            // The marker must not reach the server inside a copy the client started (it
+            // would end it with 08P01 and FATAL): not while a CopyInResponse is unanswered,
+            // nor while the client's last Query or Execute may have started one it has not
+            // ended (replies cannot say whether the server read it yet: the model may have
+            // given it a ReadyForQuery it did not expect), nor while the model owes a reply.
+            || p.copy_in
+            || p.copy_may_open
+            || !self.quiet()
             || self.c_scanned != 0
             // A message of the client's is half forwarded: the marker would land inside it.
             || self.c_remaining != 0

@@ -17,27 +17,6 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::support::*;
 
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
-
 #[derive(Clone, Debug)]
 enum Msg {
     Query(&'static str),
@@ -54,9 +33,9 @@ enum Msg {
     CopyFail,
     /// A message type PostgreSQL does not know (it ends the session with FATAL 08P01).
     Unknown,
-    /// A length word under 4: the session ends (PostgreSQL closes silently; pgtenant sends
-    /// FATAL 08P01 first, the one documented difference).
-    Malformed,
+    /// A message of this type with a length word under 4: the session ends (PostgreSQL closes
+    /// silently; pgtenant sends FATAL 08P01 first, the one documented difference).
+    Malformed(u8),
     /// A message of this type one byte longer than PostgreSQL accepts for it (a Sync, Flush,
     /// Terminate, Describe, Close, Execute, CopyDone or CopyFail over 10,000 bytes, its body
     /// a query): the session ends as on a malformed length.
@@ -64,99 +43,6 @@ enum Msg {
     /// A frame of this type with this body as it is, malformed or not (fixed cases only).
     Frame(u8, &'static [u8]),
     Terminate,
-}
-
-const QUERIES: &[&str] = &[
-    "SELECT 1",
-    "SELECT generate_series(1, 3)",
-    "SELECT 1/0",
-    "",
-    "BEGIN",
-    "COMMIT",
-    "ROLLBACK",
-    "SELECT 1; SELECT 2",
-    "SELECT 1; SELECT 1/0; SELECT 3",
-    "COPY fz FROM STDIN",
-    "COPY (SELECT 1) TO STDOUT",
-    "SET statement_timeout = 0",
-    "DEALLOCATE ALL",
-    "DISCARD ALL",
-    "BEGIN; DECLARE c CURSOR FOR SELECT 1",
-    "SELEC broken",
-];
-
-const STATEMENTS: &[&str] = &[
-    "SELECT 1",
-    "SELECT $1::int",
-    "SELECT 1/0",
-    "SELECT generate_series(1, 3)",
-    "COPY fz FROM STDIN",
-    "COPY (SELECT 2) TO STDOUT",
-    "BEGIN",
-    "COMMIT",
-    "",
-    "SELEC broken",
-    "DEALLOCATE ALL",
-    "DECLARE c CURSOR FOR SELECT 1",
-];
-
-const NAMES: &[&str] = &["", "s1", "s2"];
-const BIND_NAMES: &[&str] = &["", "s1", "s2", "s3"];
-const PORTALS: &[&str] = &["", "p1", "c"];
-
-fn generate(rng: &mut Rng, transaction_mode: bool) -> Vec<Msg> {
-    let len = 1 + rng.below(12);
-    let mut msgs = Vec::with_capacity(len + 3);
-    let mut copy_from = false;
-    for _ in 0..len {
-        let m = match rng.below(20) {
-            0..=1 => Msg::Query(rng.pick(QUERIES)),
-            2 => Msg::Query(rng.pick(&["COPY fz FROM STDIN", "COPY (SELECT 1) TO STDOUT"])),
-            3..=4 => Msg::Parse(rng.pick(NAMES), rng.pick(STATEMENTS)),
-            5..=6 => Msg::Bind(rng.pick(PORTALS), rng.pick(BIND_NAMES)),
-            7 => Msg::Describe(rng.pick(b"SP"), rng.pick(BIND_NAMES)),
-            8..=9 => Msg::Execute(rng.pick(PORTALS), rng.pick(&[0, 0, 1])),
-            10 => Msg::Close(rng.pick(b"SP"), rng.pick(BIND_NAMES)),
-            11..=13 => Msg::Sync,
-            14 => Msg::Flush,
-            15 => Msg::FunctionCall,
-            16 => Msg::CopyData(rng.pick(&["1\n", "2\n", "x\n"])),
-            17 => Msg::CopyDone,
-            18 => Msg::CopyFail,
-            _ if rng.below(4) == 0 => Msg::Unknown,
-            _ => Msg::Query(rng.pick(QUERIES)),
-        };
-        copy_from |= matches!(m, Msg::Query(q) | Msg::Parse(_, q) if q.contains("FROM STDIN"));
-        msgs.push(m);
-    }
-    // In transaction mode copy data is kept in one piece, ended by CopyDone or CopyFail: a
-    // Sync or other message between copy data makes what the server read before an error
-    // unobservable; pgtenant then keeps that connection with the client until a marker query
-    // shows where its replies end, and the client's statements may see pgtenant's own
-    // replies meanwhile (covered by the pipeline's unit tests and tests/e2e/isolation.rs; the
-    // session-mode run includes these sequences).
-    if transaction_mode {
-        let mut i = 0;
-        while i < msgs.len() {
-            let next_is_copy =
-                matches!(msgs.get(i + 1), Some(Msg::CopyData(_) | Msg::CopyDone | Msg::CopyFail));
-            if matches!(msgs[i], Msg::CopyData(_)) && !next_is_copy {
-                msgs.insert(i + 1, if rng.below(2) == 0 { Msg::CopyDone } else { Msg::CopyFail });
-            }
-            i += 1;
-        }
-    }
-    // A copy left open is ended, so both sides finish.
-    if copy_from {
-        msgs.push(Msg::CopyFail);
-        msgs.push(Msg::Sync);
-    }
-    msgs.push(match rng.below(50) {
-        0 => Msg::Malformed,
-        1 => Msg::Oversized(rng.pick(b"SHXDCEcf")),
-        _ => Msg::Terminate,
-    });
-    msgs
 }
 
 fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
@@ -218,7 +104,7 @@ fn encode(m: &Msg, out: &mut Vec<u8>) {
             frame(out, b'f', &b);
         }
         Msg::Unknown => frame(out, b'Y', &[]),
-        Msg::Malformed => out.extend_from_slice(&[b'Q', 0, 0, 0, 2]),
+        Msg::Malformed(tag) => out.extend_from_slice(&[*tag, 0, 0, 0, 2]),
         Msg::Oversized(tag) => {
             cstr(&mut b, "");
             encode(&Msg::Query("SELECT 'smuggled'"), &mut b);
@@ -342,23 +228,6 @@ async fn run(target: &Target, msgs: &[Msg], chunks: &[usize]) -> Vec<String> {
     replies
 }
 
-fn split(rng: &mut Rng, len: usize) -> Vec<usize> {
-    if len < 2 || rng.below(6) != 0 {
-        return vec![len];
-    }
-    let parts = 2 + rng.below(2.min(len - 1));
-    let mut cuts: Vec<usize> = (0..parts - 1).map(|_| 1 + rng.below(len - 1)).collect();
-    cuts.sort_unstable();
-    cuts.dedup();
-    let mut chunks = Vec::new();
-    let mut prev = 0;
-    for c in cuts.into_iter().chain([len]) {
-        chunks.push(c - prev);
-        prev = c;
-    }
-    chunks
-}
-
 fn chunks_for(msgs: &[Msg], chunks: &[usize]) -> Vec<usize> {
     // After minimising, the chunking is re-cut to the shorter sequence.
     let total: usize = chunks.iter().sum();
@@ -461,7 +330,10 @@ async fn differential(mode: PoolMode, seed: u64, cases: usize) {
 
 mod agree;
 use agree::agree;
+mod copy_end;
 mod encoding;
+mod generate;
+use generate::{generate, split, Rng};
 mod found;
 
 fn env_or(name: &str, default: u64) -> u64 {

@@ -9,6 +9,12 @@ pub(super) struct Progress {
     /// A reply arrived that the queue did not expect: pgtenant lost track, so the connection
     /// is never returned to the pool.
     pub(super) desync: bool,
+    /// A CopyInResponse came and no ReadyForQuery since: the server may be reading copy data,
+    /// where a resync marker would end the client's copy with 08P01 and FATAL.
+    pub(super) copy_in: bool,
+    /// The client's last Query mentions COPY, or an Execute came after it, with no CopyDone
+    /// or CopyFail since: the server may be (or be about to be) in a COPY FROM STDIN.
+    pub(super) copy_may_open: bool,
     /// Transaction status of the last ReadyForQuery.
     pub(super) status: u8,
     /// The server sent a FATAL error: it closes the connection, and nothing is added to it.

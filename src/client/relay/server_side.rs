@@ -281,6 +281,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// the client does not get it (swallowed), and what it gets instead.
     fn route_reply(&mut self, tag: u8, code: &str) -> (bool, Option<Bytes>) {
         let route = self.pipeline.route(tag, code);
+        match tag {
+            be::COPY_IN_RESPONSE => self.progress.copy_in = true,
+            be::READY_FOR_QUERY => self.progress.copy_in = false,
+            _ => {}
+        }
         tracing::trace!(conn = self.server.as_ref().map(|s| s.conn_ref().backend_pid()), tag = %(tag as char), forward = route.forward, "server message");
         if route.unnamed_parsed {
             // The server's unnamed statement is now this client's latest.
