@@ -45,6 +45,8 @@ pub struct Class {
     cursors: bool,
     /// It starts with SET or RESET.
     set_like: bool,
+    /// A statement starts with COPY (which may read copy data from the client).
+    copy: bool,
     /// It may make a temporary object (names `pg_temp`, or TEMP follows CREATE, LOCAL,
     /// GLOBAL, REPLACE or INTO anywhere), or spells names with Unicode escapes (`U&"…"`, which
     /// can hide any name looked for): the connection is reset before another client uses it.
@@ -260,6 +262,7 @@ fn statement(sql: &[u8], class: &mut Class, first: bool) {
             class.cursors = true;
         }
         b"SET" | b"RESET" if first => class.set_like = true,
+        b"COPY" => class.copy = true,
         _ => {}
     }
 }
@@ -500,6 +503,11 @@ impl Class {
     /// DECLARE occurs: [`Class::declared_cursors`] may find names.
     pub fn declares(&self) -> bool {
         self.declares
+    }
+
+    /// A statement starts with COPY: the server may be reading copy data once it runs.
+    pub fn copy(&self) -> bool {
+        self.copy
     }
 
     /// It may make a cursor on the server: a statement starts with DECLARE, DO or CALL (code

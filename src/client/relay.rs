@@ -571,6 +571,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             meter: &mut self.meter,
             session: self.id,
             names_statement: false,
+            copies: false,
         };
         let mut pos = 0;
         while pos < self.c_scanned && st.out.len() < MAX_SERVER_BOUND {
@@ -604,6 +605,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                         st.pipeline.push(Kind::Flush, Action::Swallow);
                     }
                     break;
+                }
+                // Whether the server may be in a COPY FROM STDIN the client started (what the
+                // resync marker waits for): its last Query starting a COPY, or an Execute, with
+                // no CopyDone or CopyFail since.
+                match tag {
+                    fe::QUERY => self.progress.copy_may_open = st.copies,
+                    fe::EXECUTE => self.progress.copy_may_open = true,
+                    fe::COPY_DONE | fe::COPY_FAIL => self.progress.copy_may_open = false,
+                    _ => {}
                 }
                 st.names_statement
             } else {

@@ -154,6 +154,8 @@ pub(super) struct Stage<'a> {
     /// The frame [`Stage::rewrite`] staged last is a Parse or a Bind of a named statement
     /// (for the meter: read here, not again from the frame).
     pub(super) names_statement: bool,
+    /// The Query [`Stage::rewrite`] staged last has a statement starting with COPY.
+    pub(super) copies: bool,
 }
 
 impl Stage<'_> {
@@ -417,6 +419,7 @@ impl Stage<'_> {
                 self.unnamed_not_anothers();
                 let sql = &frame[HEADER_LEN..];
                 let class = classify(sql);
+                self.copies = class.copy();
                 let refused = self.refusal_for(&class).and_then(|sql| query_frame(&sql));
                 match refused {
                     Some(query) => {

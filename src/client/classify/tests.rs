@@ -30,23 +30,24 @@ mod old {
 
     /// The first refusal among the statements, in order, whether a statement up to it starts
     /// with code that runs (DO, CALL, EXECUTE), and whether one starts with DECLARE, DO or CALL.
-    pub fn words_verdict(sql: &[u8]) -> (Option<Refusal>, bool, bool) {
-        let (mut code, mut cursors) = (false, false);
+    pub fn words_verdict(sql: &[u8]) -> (Option<Refusal>, bool, bool, bool) {
+        let (mut code, mut cursors, mut copy) = (false, false, false);
         for statement in statements(sql) {
             let first = first_words(statement).first().map(|w| w.to_ascii_uppercase());
             let is = |k: &[u8]| first.as_deref() == Some(k);
             cursors |= is(b"DO") || is(b"CALL") || is(b"DECLARE");
             code |= is(b"DO") || is(b"CALL") || is(b"EXECUTE");
+            copy |= is(b"COPY");
             let refusal = if sql_prepare_refusal(statement).is_some() {
                 Some(Refusal::SqlPrepare)
             } else {
                 session_feature(statement).map(Refusal::Feature)
             };
             if refusal.is_some() {
-                return (refusal, code, cursors);
+                return (refusal, code, cursors, copy);
             }
         }
-        (None, code, cursors)
+        (None, code, cursors, copy)
     }
 
     /// Whether a DECLARE makes a WITH HOLD cursor: its words (a quoted name as one) listed
@@ -333,6 +334,23 @@ proptest! {
     }
 }
 
+/// A COPY is seen where a statement starts with it, after any `;` that ends one, never inside
+/// a string or as part of another word.
+#[test]
+fn a_copy_is_seen_where_a_statement_starts() {
+    for sql in [
+        "COPY t FROM STDIN",
+        "  copy t from stdin;",
+        "SELECT 1; COPY t FROM STDIN",
+        "/* x */ Copy t FROM STDIN",
+    ] {
+        assert!(classify(sql.as_bytes()).copy(), "{sql}");
+    }
+    for sql in ["SELECT 'copy'", "SELECT copy FROM t", "SELECT ';COPY t FROM STDIN'", "COPYING", "SELECT 1"] {
+        assert!(!classify(sql.as_bytes()).copy(), "{sql}");
+    }
+}
+
 fn set(name: &str, value: &str) -> Option<SetCmd> {
     Some(SetCmd::Set { name: name.into(), value: value.into() })
 }
@@ -537,7 +555,7 @@ mod previous {
         let declares = found & DECLARES != 0;
         // The words decide the refusal and whether code runs (the reference's reading since
         // the refusals look at every statement); SET/RESET only as the first word.
-        let (refusal, code, cursors) = words_verdict(sql);
+        let (refusal, code, cursors, copy) = words_verdict(sql);
         let mut words = [&[][..]; 1];
         let n = first_words(sql, &mut words);
         let word = |k: &str| n == 1 && words[0].eq_ignore_ascii_case(k.as_bytes());
@@ -550,6 +568,7 @@ mod previous {
             cursors,
             set_like: word("SET") || word("RESET"),
             leaves_state: escaped || found & TEMP != 0 && makes_temporary(sql),
+            copy,
         }
     }
 

@@ -12,8 +12,9 @@ pub(super) struct Progress {
     /// A CopyInResponse came and no ReadyForQuery since: the server may be reading copy data,
     /// where a resync marker would end the client's copy with 08P01 and FATAL.
     pub(super) copy_in: bool,
-    /// The client's last Query mentions COPY, or an Execute came after it, with no CopyDone
-    /// or CopyFail since: the server may be (or be about to be) in a COPY FROM STDIN.
+    /// A statement of the client's last Query starts with COPY, or an Execute came after it,
+    /// with no CopyDone or CopyFail since (transaction mode, set as they are staged): the
+    /// server may be (or be about to be) in a COPY FROM STDIN.
     pub(super) copy_may_open: bool,
     /// Transaction status of the last ReadyForQuery.
     pub(super) status: u8,

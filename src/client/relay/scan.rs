@@ -114,15 +114,6 @@ impl ClientScan<'_> {
                 }
                 _ => {}
             }
-            // Whether what the client sent last may leave the server in a COPY FROM STDIN
-            // (what the resync marker must wait for: it cannot trust the reply model then).
-            // A later Query decides again: inside an open copy it ends the session anyway.
-            match tag {
-                fe::EXECUTE => progress.copy_may_open = true,
-                fe::QUERY => progress.copy_may_open = mentions_copy(&cbuf[*c_scanned..*c_scanned + len]),
-                fe::COPY_DONE | fe::COPY_FAIL => progress.copy_may_open = false,
-                _ => {}
-            }
             let take = len.min(avail);
             *c_scanned += take;
             *c_remaining = len - take;
@@ -139,15 +130,6 @@ fn within_limit(h: Option<(u8, usize)>, max: usize) -> Result<Option<(u8, usize)
         return Err(FrameError::TooLarge { len: frame_len - 1, max: limit });
     }
     Ok(h)
-}
-
-/// Whether a Query frame may hold a COPY (the word in any case; a long one is assumed to).
-/// Every Query passes here: its `y`s are found by `memchr` (most queries have none) and only
-/// the bytes before one are compared (a byte-by-byte search cost ~10 instructions a byte).
-fn mentions_copy(frame: &[u8]) -> bool {
-    frame.len() > 64 * 1024
-        || memchr::memchr2_iter(b'y', b'Y', frame)
-            .any(|i| i >= 3 && frame[i - 3..i].eq_ignore_ascii_case(b"cop"))
 }
 
 /// Frontend messages pgtenant reads (or may rewrite) and so buffers whole; all are small.
@@ -277,19 +259,6 @@ mod tests {
         let (scanned, _, broken) = walk_within(&whole, &budget, &mut c);
         assert!(broken.is_none() && scanned == whole.len());
         assert_eq!(budget.held(), large::FREE, "one that arrived in a single read counts too");
-    }
-
-    proptest! {
-        /// The `memchr` search finds COPY exactly where a search of every 4 bytes would.
-        #[test]
-        fn mentions_copy_is_a_search_for_the_word(
-            bytes in proptest::collection::vec(
-                proptest::sample::select(b"copyCOPYx;\0 ".to_vec()), 0..64
-            )
-        ) {
-            let plain = bytes.windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"));
-            prop_assert_eq!(mentions_copy(&bytes), plain);
-        }
     }
 
     proptest! {
