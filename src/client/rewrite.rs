@@ -270,11 +270,7 @@ impl Stage<'_> {
                                 portal.into_iter().collect(),
                             );
                         }
-                        Some(false) => {
-                            self.sets.bound = None;
-                            self.statements.bind_nothing();
-                            self.fail_with(PgError::no_such_statement(stmt), false);
-                        }
+                        Some(false) => self.refuse_bind(PgError::no_such_statement(stmt)),
                     }
                     return true;
                 }
@@ -282,8 +278,7 @@ impl Stage<'_> {
                 let prepared = match self.statements.lookup(stmt) {
                     Lookup::Wait => return false,
                     Lookup::Unknown => {
-                        self.statements.bind_nothing();
-                        self.fail_with(PgError::no_such_statement(stmt), false);
+                        self.refuse_bind(PgError::no_such_statement(stmt));
                         return true;
                     }
                     Lookup::Known(p) => p,
@@ -469,13 +464,21 @@ impl Stage<'_> {
         if !reads_names_as_utf8(self.conn.var("client_encoding"), self.conn.var("server_encoding")) {
             return false;
         }
+        let e = PgError::invalid_utf8(bytes);
         if tag == fe::BIND {
             // No portal is made, as for a statement the client does not have.
-            self.sets.bound = None;
-            self.statements.bind_nothing();
+            self.refuse_bind(e);
+        } else {
+            self.fail_with(e, false);
         }
-        self.fail_with(PgError::invalid_utf8(bytes), false);
         true
+    }
+
+    /// A Bind pgtenant answers with `e` itself: it makes no portal, and its SET is not noted.
+    fn refuse_bind(&mut self, e: PgError) {
+        self.sets.bound = None;
+        self.statements.bind_nothing();
+        self.fail_with(e, false);
     }
 
     /// Whether the unnamed statement on this server connection is the client's, so a Bind,
