@@ -607,11 +607,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                     break;
                 }
                 // Whether the server may be in a COPY FROM STDIN the client started (what the
-                // resync marker waits for): its last Query starting a COPY, or an Execute, with
-                // no CopyDone or CopyFail since.
+                // resync marker waits for): its last Query starting a COPY, or an Execute once
+                // it parsed one (see `Progress::copy_parsed`), with no CopyDone or CopyFail since.
                 match tag {
                     fe::QUERY => self.progress.copy_may_open = st.copies,
-                    fe::EXECUTE => self.progress.copy_may_open = true,
+                    fe::PARSE => self.progress.copy_parsed |= st.copies,
+                    fe::EXECUTE => self.progress.copy_may_open = self.progress.copy_parsed,
                     fe::COPY_DONE | fe::COPY_FAIL => self.progress.copy_may_open = false,
                     _ => {}
                 }

@@ -154,7 +154,7 @@ pub(super) struct Stage<'a> {
     /// The frame [`Stage::rewrite`] staged last is a Parse or a Bind of a named statement
     /// (for the meter: read here, not again from the frame).
     pub(super) names_statement: bool,
-    /// The Query [`Stage::rewrite`] staged last has a statement starting with COPY.
+    /// The Query or Parse [`Stage::rewrite`] staged last has a statement starting with COPY.
     pub(super) copies: bool,
 }
 
@@ -231,6 +231,7 @@ impl Stage<'_> {
             apply_effects(self.statements, Some(&mut *self.conn), self.sets, undo, done);
         }
         self.names_statement = false;
+        self.copies = false;
         if self.name_not_utf8(tag, frame) {
             return true;
         }
@@ -535,6 +536,8 @@ impl Stage<'_> {
             return self.prepare(frame, None, Box::default(), Marks::default());
         };
         let class = classify(sql);
+        // Counted even if refused (the marker only waits longer).
+        self.copies = class.copy();
         if let Some(refusal) = self.refusal_for(&class) {
             // Prepared in its place: the refusal raises when the client executes it. The
             // refused statement never runs, and the refusal changes nothing on the server:

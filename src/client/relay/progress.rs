@@ -12,10 +12,19 @@ pub(super) struct Progress {
     /// A CopyInResponse came and no ReadyForQuery since: the server may be reading copy data,
     /// where a resync marker would end the client's copy with 08P01 and FATAL.
     pub(super) copy_in: bool,
-    /// A statement of the client's last Query starts with COPY, or an Execute came after it,
-    /// with no CopyDone or CopyFail since (transaction mode, set as they are staged): the
-    /// server may be (or be about to be) in a COPY FROM STDIN.
+    /// A statement of the client's last Query starts with COPY, or an Execute came after it
+    /// once the client parsed a COPY, with no CopyDone or CopyFail since (transaction mode,
+    /// set as they are staged): the server may be (or be about to be) in a COPY FROM STDIN.
     pub(super) copy_may_open: bool,
+    /// The client staged a Parse of a statement starting with COPY (for as long as the
+    /// session lasts): only then may an Execute of its start a COPY FROM STDIN (PREPARE and
+    /// cursors cannot hold one; code that runs cannot copy from the client, the reading a
+    /// Query's class makes too), so only then does an Execute set `copy_may_open`. Every
+    /// Execute did: an idle client whose last message was one kept a connection pgtenant lost
+    /// track of from the marker, and from every other client of the pool, for as long as it
+    /// stayed connected (e2e isolation::resync_hold). A client that parsed a COPY once still
+    /// can, with Executes of anything: closing that needs the statement each portal runs.
+    pub(super) copy_parsed: bool,
     /// Transaction status of the last ReadyForQuery.
     pub(super) status: u8,
     /// The server sent a FATAL error: it closes the connection, and nothing is added to it.

@@ -100,3 +100,40 @@ async fn a_name_that_is_not_utf8_fails_only_its_own_message() {
     f.check(summary(&got) == want, || format!("LATIN1 client: {:?}", summary(&got)));
     f.assert_none();
 }
+
+/// The connection's client_encoding follows the client that holds it: a LATIN1 client of
+/// tenant A uses the pool's one connection (its names are characters), then a UTF8 client of
+/// tenant B and a UTF8 client of A send the same bytes (22021 for them, nothing recorded),
+/// then the LATIN1 client again (its names still work), in turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_encoding_never_judges_another_clients_names() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let mut f = Failures::default();
+    let named = cat(&[
+        msg(b'P', b"s\xff\0SELECT owner FROM items\0\0\0"),
+        msg(b'B', b"p\xff\0s\xff\0\0\0\0\0\0\0"),
+        msg(b'E', b"p\xff\0\0\0\0\0"),
+        msg(b'C', b"Ss\xff\0"),
+        sync(),
+    ]);
+    let user = format!("app.{}", a.id);
+    let stream = TcpStream::connect(h.addr).await.expect("connect proxy");
+    let mut latin1 = login(stream, &[("user", &user), ("client_encoding", "LATIN1")]).await;
+    let mut utf8_b = raw_proxy(&h, &b.id).await;
+    let mut utf8_a = raw_proxy(&h, &a.id).await;
+    let mut want_latin1 = vec!["1".to_owned()];
+    want_latin1.extend(rows(&a.id));
+    want_latin1.extend(["3".to_owned(), "Z(I)".into()]);
+    for round in 0..3 {
+        send(&mut latin1, &named).await;
+        let got = replies(&mut latin1, 1).await;
+        f.check(summary(&got) == want_latin1, || format!("{round}: LATIN1 A: {:?}", summary(&got)));
+        for (who, c) in [("UTF8 B", &mut utf8_b), ("UTF8 A", &mut utf8_a)] {
+            send(c, &named).await;
+            let got = replies(c, 1).await;
+            f.check(summary(&got) == ["E(22021)", "Z(I)"], || format!("{round}: {who}: {:?}", summary(&got)));
+        }
+    }
+    f.assert_none();
+}

@@ -31,6 +31,7 @@ mod quoted;
 mod replies;
 mod reseed_attacks;
 mod reset;
+mod resync_hold;
 mod seed;
 mod session_state;
 mod setup;
