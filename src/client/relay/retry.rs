@@ -54,7 +54,9 @@ impl Retry {
                 Some(r)
             }
             Some(_) => None,
-            None => reset.then(|| Box::new(Retry { attempt: 1, ..Retry::default() })),
+            None => {
+                (reset && HANDOFF_ATTEMPTS > 1).then(|| Box::new(Retry { attempt: 1, ..Retry::default() }))
+            }
         }
     }
 }
