@@ -40,23 +40,28 @@ async fn a_leaves_a_locked_temp_table(h: &Harness, a: &TenantConfig) -> (i32, Cl
     (p0, su)
 }
 
-/// Waits until backend `p0` waits for a lock (the handoff's DISCARD ALL), then cancels it:
-/// the reset fails with 57014.
-async fn cancel_the_waiting_reset(su: &Client, p0: i32) {
-    let waits = eventually(std::time::Duration::from_secs(5), || async move {
-        let row = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock' \
-                 AND query = 'DISCARD ALL'",
-                &[&p0],
-            )
-            .await
-            .expect("pg_stat_activity");
-        row.get::<_, i64>(0) == 1
+/// Waits until backend `p0` waits for a lock in the handoff's DISCARD ALL, then cancels it:
+/// the reset fails with 57014. Watched from a session of its own on `db` (one inside a
+/// transaction, as the locker's, sees `pg_stat_activity` as it was at its first look).
+async fn cancel_the_waiting_reset(db: &str, p0: i32) {
+    let watch = admin(db).await;
+    let waits = eventually(std::time::Duration::from_secs(5), || {
+        let watch = &watch;
+        async move {
+            let row = watch
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock' \
+                     AND query = 'DISCARD ALL'",
+                    &[&p0],
+                )
+                .await
+                .expect("pg_stat_activity");
+            row.get::<_, i64>(0) == 1
+        }
     })
     .await;
     assert!(waits, "the reset on backend {p0} never waited for the lock");
-    su.execute("SELECT pg_cancel_backend($1)", &[&p0]).await.expect("cancel");
+    watch.execute("SELECT pg_cancel_backend($1)", &[&p0]).await.expect("cancel");
 }
 
 /// Unlocks a's temp table (the closed backend drops it as it exits) and checks that backend
@@ -123,7 +128,7 @@ async fn a_failed_reset_hands_the_next_clients_messages_to_another_connection() 
         ]),
     )
     .await;
-    cancel_the_waiting_reset(&su, p0).await;
+    cancel_the_waiting_reset(&a.database, p0).await;
     let (got, closed) = read_ready(&mut cb, 3, std::time::Duration::from_secs(10)).await;
     let ins = ["1", "2", "C(INSERT 0 1)", "Z(I)"];
     let want: Vec<&str> = [&ins[..], &ins[..], &["C(INSERT 0 1)", "Z(I)"][..]].concat();
@@ -191,7 +196,7 @@ async fn a_retry_sends_again_exactly_what_went_behind_the_reset_in_several_write
     assert!(waits, "the reset never waited");
     send(&mut cb, &cat(&[execute(""), sync()])).await;
     send(&mut cb, &query(&format!("INSERT INTO {table} VALUES (2, 'b') RETURNING id"))).await;
-    cancel_the_waiting_reset(&su, p0).await;
+    cancel_the_waiting_reset(&a.database, p0).await;
     let (got, closed) = read_ready(&mut cb, 2, std::time::Duration::from_secs(10)).await;
     assert!(!closed, "b's session ended: {:?}", summary(&got));
     assert_eq!(
@@ -223,4 +228,55 @@ async fn a_handoff_that_fails_on_every_connection_ends_the_session_after_three()
     assert_eq!((g.handoff_failures(), g.handoff_retries()), (3, 2), "three attempts, two retries");
     let v: i32 = ca.query_one("SELECT 6", &[]).await.expect("a still served").get(0);
     assert_eq!(v, 6);
+}
+
+/// A COPY FROM STDIN whose data b sends at once, without waiting for CopyInResponse, behind
+/// the failed reset (no Sync: the server skipped all of it), and a query reading it back:
+/// sent again on the new connection, the copy loads its row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_sent_behind_a_failed_reset_loads_its_rows_once_elsewhere() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let (p0, su) = a_leaves_a_locked_temp_table(&h, &a).await;
+
+    let mut cb = raw_proxy(&h, &b.id).await;
+    let table = format!("\"{}\".t", b.id);
+    send(
+        &mut cb,
+        &cat(&[
+            query(&format!("COPY {table} FROM STDIN")),
+            copy_data("7\tb\n"),
+            copy_done(),
+            query(&format!("SELECT string_agg(id::text, ',') FROM {table}")),
+        ]),
+    )
+    .await;
+    cancel_the_waiting_reset(&a.database, p0).await;
+    let (got, closed) = read_ready(&mut cb, 2, std::time::Duration::from_secs(10)).await;
+    assert!(!closed, "b's session ended: {:?}", summary(&got));
+    assert_eq!(summary(&got), ["G", "C(COPY 1)", "Z(I)", "T", "D(7)", "C(SELECT 1)", "Z(I)"]);
+    assert_eq!(ids(&su, &table).await, "7", "the copy loaded its row once");
+    unlocked_and_closed(&su, p0).await;
+}
+
+/// What is not kept is not retried: a message larger than the client buffer (256 KiB) sent
+/// behind the reset ends the session with the server's error, as before, and runs nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_behind_a_failed_reset_ends_the_session_as_before() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let (p0, su) = a_leaves_a_locked_temp_table(&h, &a).await;
+
+    let mut cb = raw_proxy(&h, &b.id).await;
+    let table = format!("\"{}\".t", b.id);
+    let padding = "x".repeat(300 * 1024);
+    send(&mut cb, &query(&format!("INSERT INTO {table} SELECT 1, '{padding}'"))).await;
+    cancel_the_waiting_reset(&a.database, p0).await;
+    let (got, closed) = read_eof(&mut cb, std::time::Duration::from_secs(10)).await;
+    assert!(closed, "b's session ends: {:?}", summary(&got));
+    assert_eq!(sqlstate(&got).as_deref(), Some("57014"), "the server's error: {:?}", summary(&got));
+    let g = h.proxy.metrics.global();
+    assert_eq!((g.handoff_failures(), g.handoff_retries()), (1, 0), "counted, not retried");
+    unlocked_and_closed(&su, p0).await;
+    assert_eq!(ids(&su, &table).await, "", "the INSERT ran nowhere");
 }
