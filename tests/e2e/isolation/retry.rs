@@ -44,6 +44,12 @@ async fn a_leaves_a_locked_temp_table(h: &Harness, a: &TenantConfig) -> (i32, Cl
 /// the reset fails with 57014. Watched from a session of its own on `db` (one inside a
 /// transaction, as the locker's, sees `pg_stat_activity` as it was at its first look).
 async fn cancel_the_waiting_reset(db: &str, p0: i32) {
+    end_the_waiting_reset(db, p0, "pg_cancel_backend").await;
+}
+
+/// As [`cancel_the_waiting_reset`], ending the wait with `how` (`pg_cancel_backend`, or
+/// `pg_terminate_backend`: a FATAL).
+async fn end_the_waiting_reset(db: &str, p0: i32, how: &str) {
     let watch = admin(db).await;
     let waits = eventually(std::time::Duration::from_secs(5), || {
         let watch = &watch;
@@ -61,7 +67,7 @@ async fn cancel_the_waiting_reset(db: &str, p0: i32) {
     })
     .await;
     assert!(waits, "the reset on backend {p0} never waited for the lock");
-    watch.execute("SELECT pg_cancel_backend($1)", &[&p0]).await.expect("cancel");
+    watch.execute(&format!("SELECT {how}($1)"), &[&p0]).await.expect("end the reset");
 }
 
 /// Unlocks a's temp table (the closed backend drops it as it exits) and checks that backend
@@ -279,4 +285,24 @@ async fn a_large_message_behind_a_failed_reset_ends_the_session_as_before() {
     assert_eq!((g.handoff_failures(), g.handoff_retries()), (1, 0), "counted, not retried");
     unlocked_and_closed(&su, p0).await;
     assert_eq!(ids(&su, &table).await, "", "the INSERT ran nowhere");
+}
+
+/// The previous tenant's backend is terminated while its reset waits (FATAL 57P01 in place of
+/// DISCARD ALL's reply): the next client's query goes to another connection and runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_whose_backend_is_terminated_goes_to_another_connection() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let (p0, su) = a_leaves_a_locked_temp_table(&h, &a).await;
+
+    let mut cb = raw_proxy(&h, &b.id).await;
+    let table = format!("\"{}\".t", b.id);
+    send(&mut cb, &query(&format!("INSERT INTO {table} VALUES (5, 'b')"))).await;
+    end_the_waiting_reset(&a.database, p0, "pg_terminate_backend").await;
+    let (got, closed) = read_ready(&mut cb, 1, std::time::Duration::from_secs(10)).await;
+    assert!(!closed, "b's session ended: {:?}", summary(&got));
+    assert_eq!(summary(&got), ["C(INSERT 0 1)", "Z(I)"], "b sees only its own reply");
+    assert_eq!(ids(&su, &table).await, "5", "the INSERT ran once");
+    assert_ne!(raw_pid(&mut cb).await, p0);
+    unlocked_and_closed(&su, p0).await;
 }
