@@ -29,7 +29,9 @@ fn the_client_task_stays_small() {
     // with the client's socket watched by a waiting checkout (its fields borrowed, 80 bytes);
     // 1,920 once the timers of a checkout's waits (tenant cap, full pool) were boxed. 1,936
     // with the cursors a DECLARE carried by Parse declares at its Execute (one boxed pointer
-    // in `Statements`, 8 bytes).
+    // in `Statements`, 8 bytes). 1,952 with what a handoff keeps to be retried on another
+    // connection (a boxed pointer in the session's `Progress`, absent unless a reset is due: 8
+    // bytes, and 8 more of the relay's state).
     let serve = returned_size(&super::serve);
-    assert!(serve <= 1_936, "serve future: {serve} bytes");
+    assert!(serve <= 1_952, "serve future: {serve} bytes");
 }

@@ -504,8 +504,8 @@ impl Pipeline {
         }
     }
 
-    /// Routes one server message by its tag; `code` is the SQLSTATE of an ErrorResponse. The
-    /// effects it settles are left for [`Pipeline::take_effects`].
+    /// Routes a server message by tag (`code`: an ErrorResponse's SQLSTATE); effects wait for `take_effects`.
+    #[inline(always)]
     pub fn route(&mut self, tag: u8, code: &str) -> Route {
         if let Some(route) = self.route_simple_query(tag) {
             return route;

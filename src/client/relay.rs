@@ -44,6 +44,7 @@ mod checkout;
 pub(crate) mod large;
 mod plain;
 mod progress;
+mod retry;
 mod scan;
 mod server_side;
 mod timer;
@@ -337,19 +338,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             self.meter.next_turn();
             match event {
                 Event::Timeout(Limit::Affinity) => {
-                    // The hold ran out: the connection goes back at the next settle.
                     // The hold ran out unused: the connection goes back at the next settle,
                     // and the next few transactions are not held for.
                     self.progress.hold_until = None;
                     self.progress.held = u8::MAX;
                     self.progress.hold_skip = HOLD_SKIP_AFTER_MISS;
                 }
-                Event::Timeout(limit) => {
-                    if limit == Limit::Reset {
-                        tracing::warn!(tenant = %self.tenant.id, "cross-tenant reset did not finish in time: cancelling it and closing the server connection");
-                    }
-                    return Exit::Error(timed_out(limit, &self.tenant.id));
-                }
+                // A late reset may be cancelled and its handoff retried (see `retry`).
+                Event::Timeout(Limit::Reset) if self.cancel_late_reset() => {}
+                Event::Timeout(limit) => return Exit::Error(timed_out(limit, &self.tenant.id)),
                 Event::Force => return Exit::Error(shutting_down()),
                 Event::Drain => self.draining = Some(Box::new(shutting_down())),
                 Event::Kick => {
@@ -629,6 +626,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                 break;
             }
         }
+        self.keep_staged(pos);
         buffers::consume(&mut self.cbuf, pos);
         self.c_scanned -= pos;
         if self.pipeline.has_effects() {

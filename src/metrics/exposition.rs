@@ -155,7 +155,7 @@ struct Scrape {
     pools: Vec<(String, PoolSnapshot)>,
     /// Tenants the registry tracks now.
     tracked: usize,
-    global: [(&'static str, &'static str, u64); 7],
+    global: [(&'static str, &'static str, u64); 9],
     control_db_up: bool,
     memory: Option<u64>,
     /// Bytes held of large messages, and the budget for them.
@@ -231,6 +231,16 @@ pub(super) fn render(m: &Metrics) -> String {
                 g.catalog_lookups.load(Relaxed),
             ),
             ("pgtenant_resets", "Server connections reset before reuse.", g.resets.load(Relaxed)),
+            (
+                "pgtenant_handoff_failures",
+                "Cross-tenant resets or session setups that failed; their server connection was closed.",
+                g.handoff_failures.load(Relaxed),
+            ),
+            (
+                "pgtenant_handoff_retries",
+                "Failed handoffs whose client messages went to another server connection.",
+                g.handoff_retries.load(Relaxed),
+            ),
             ("pgtenant_panics_caught", "Panics caught in a task.", g.panics.load(Relaxed)),
         ],
         control_db_up: g.control_db_up.load(Relaxed),

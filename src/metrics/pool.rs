@@ -108,6 +108,8 @@ pub struct GlobalStats {
     pub(super) catalog_lookups: AtomicU64,
     pub(super) control_db_up: AtomicBool,
     pub(super) resets: AtomicU64,
+    pub(super) handoff_failures: AtomicU64,
+    pub(super) handoff_retries: AtomicU64,
     pub(super) panics: AtomicU64,
     /// Bytes clients hold of large messages, and `large_message_memory` (set at each scrape).
     pub(super) large_messages: AtomicU64,
@@ -146,6 +148,21 @@ impl GlobalStats {
     /// Server connections reset so far.
     pub fn resets(&self) -> u64 {
         self.resets.load(Relaxed)
+    }
+    /// A cross-tenant reset, or a session's setup, failed (or outlived its bound) at a
+    /// handoff: the server connection was closed.
+    pub fn handoff_failed(&self) {
+        self.handoff_failures.fetch_add(1, Relaxed);
+    }
+    pub fn handoff_failures(&self) -> u64 {
+        self.handoff_failures.load(Relaxed)
+    }
+    /// A failed handoff's client messages were handed to another server connection.
+    pub fn handoff_retried(&self) {
+        self.handoff_retries.fetch_add(1, Relaxed);
+    }
+    pub fn handoff_retries(&self) -> u64 {
+        self.handoff_retries.load(Relaxed)
     }
     /// A panic caught in a task (the task ended, the process did not).
     pub fn panic_caught(&self) {

@@ -67,8 +67,10 @@ pub fn hand_over(conn: &mut ServerConn, client: u64, tenant: &TenantId, tenant_v
 /// what it sets), DISCARD ALL as an unsynced extended statement ([`frontend::unsynced`]): the
 /// caller swallows and checks its four replies ([`HANDOFF_REPLIES`]) and may send the client's
 /// messages behind it up to the client's first Sync, which a failed reset makes the server
-/// skip (the caller holds the rest until the reset's reply is checked; an ErrorResponse ends
-/// the session and closes the connection).
+/// skip (the caller holds the rest until the reset's reply is checked). After an
+/// ErrorResponse the caller closes the connection and sends the client's messages, which it
+/// kept for that, on another connection (the relay's `retry`); when it kept none, or the
+/// attempts are used up, the session ends with the error.
 pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String, String)]) {
     if frontend::query(out, RESET_GUARD).is_ok() {
         frontend::unsynced(out, CROSS_TENANT_RESET);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::plain::PlainTcp;
+use super::retry::Retry;
 use super::scan::ClientScan;
 use super::{
     buffers, shutting_down, timed_out, Event, Exit, ResetPhase, Session, Signals, MAX_CLIENT_BUFFERED,
@@ -148,12 +149,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         if self.progress.reset != ResetPhase::Done {
             self.progress.reset_synced = false;
             self.progress.reset_since = Some(tokio::time::Instant::now());
+            // The client's bytes sent behind it are kept, should it fail (see `retry`).
+            self.progress.retry = Retry::arm(self.progress.retry.take(), reset);
         }
         self.progress.status = txn::IDLE;
         // No read of this connection is registered by this session yet.
         self.progress.server_armed = false;
         self.server = Some(co);
         if self.progress.reset == ResetPhase::Done {
+            // A retry that needs no reset nor setup here has nothing left to keep.
+            self.progress.retry = None;
             self.attach_key();
         }
     }

@@ -35,6 +35,10 @@ pub(super) struct Progress {
     /// messages wait until their replies are checked (a failed one makes the server skip
     /// only up to that Sync).
     pub(super) reset_synced: bool,
+    /// What a handoff whose replies are due keeps to be tried again on another connection
+    /// should it fail (see `retry`); between a failed attempt and the next checkout, the
+    /// attempt that failed.
+    pub(super) retry: Option<Box<super::retry::Retry>>,
     /// When the queued reset went out: its replies are due within
     /// [`crate::pool::session::CLEANUP_TIMEOUT`] (see [`super::timer::Limit::Reset`]).
     pub(super) reset_since: Option<tokio::time::Instant>,

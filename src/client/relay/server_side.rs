@@ -124,9 +124,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             // Replies to pgtenant's own queries (the reset, the setup) are swallowed.
             let setup = self.progress.reset != ResetPhase::Done;
             if matches!(self.progress.reset, ResetPhase::Replies(..)) {
-                if let Err(failed) = self.check_reset_reply(tag, pos, len, whole) {
-                    self.write_client(from, pos).await?;
-                    return Err(failed);
+                match self.check_reset_reply(tag, pos, len, whole) {
+                    Ok(false) => {}
+                    // Handed to another connection: nothing more of this one is read (and
+                    // nothing of it went to the client: a handoff's replies are swallowed).
+                    Ok(true) => return Ok(()),
+                    Err(failed) => {
+                        self.write_client(from, pos).await?;
+                        return Err(failed);
+                    }
                 }
             }
             let error =
@@ -315,32 +321,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// Checks one server message that arrives while a handoff's replies are due (DISCARD
     /// ALL's, the setup's): the next of `HANDOFF_REPLIES` (and the right CommandComplete tag)
     /// moves it on, and the last confirms it (the client's held messages may go);
-    /// asynchronous messages pass. Anything else means the reset or setup failed: the session
-    /// ends with the server's error (or pgtenant's) and the connection is closed; the
-    /// client's messages sent behind it were skipped by the server.
-    fn check_reset_reply(&mut self, tag: u8, pos: usize, len: usize, whole: bool) -> Result<(), Exit> {
-        let ResetPhase::Replies(next, parts) = self.progress.reset else { return Ok(()) };
+    /// asynchronous messages pass. Anything else means the reset or setup failed, and the
+    /// connection is closed. After an error (the server answered it in place of one of
+    /// pgtenant's statements and skips the client's messages sent behind them) the client's
+    /// messages are handed to another connection when the handoff kept them (`Ok(true)`:
+    /// see `retry`); otherwise the session ends with the server's error (or pgtenant's).
+    fn check_reset_reply(&mut self, tag: u8, pos: usize, len: usize, whole: bool) -> Result<bool, Exit> {
+        let ResetPhase::Replies(next, parts) = self.progress.reset else { return Ok(false) };
         let checked = matches!(tag, be::COMMAND_COMPLETE | be::READY_FOR_QUERY);
         let body = (checked && whole).then(|| &self.sbuf[pos + HEADER_LEN..pos + len]);
         match reset_step(next, parts, tag, body) {
-            ResetStep::Pass => return Ok(()),
+            ResetStep::Pass => return Ok(false),
             ResetStep::Next(n) => {
                 self.progress.reset = ResetPhase::Replies(n, parts);
-                return Ok(());
+                return Ok(false);
             }
             ResetStep::Done => {
                 self.progress.reset = ResetPhase::Done;
                 self.progress.reset_synced = false;
+                // What was kept for a retry is not needed any more.
+                self.progress.retry = None;
                 // The client's cancels may reach the backend now.
                 self.attach_key();
-                return Ok(());
+                return Ok(false);
             }
-            ResetStep::Failed => {}
+            ResetStep::Failed => self.proxy.metrics.global().handoff_failed(),
         }
         let error = if tag == be::ERROR_RESPONSE && whole {
             let fields = parse_error_fields(&self.sbuf[pos + HEADER_LEN..pos + len]);
             tracing::warn!(tenant = %self.tenant.id, code = %fields.code, message = %fields.message, "session reset or setup failed: closing the server connection");
+            if self.retry_handoff() {
+                return Ok(true);
+            }
             Bytes::copy_from_slice(&self.sbuf[pos..pos + len])
+        } else if tag == be::ERROR_RESPONSE && self.retry_handoff() {
+            return Ok(true);
         } else {
             tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "unexpected reply to the session reset or setup: closing the server connection");
             Bytes::from(PgError::session_setup_failed().to_bytes())

@@ -13,7 +13,7 @@
 //! answers irregularly, a FATAL or a Terminate), `statements` (prepared statements and
 //! portals belong to their client), `cursors` (WITH HOLD cursors and other session features
 //! anywhere in a query pin or are refused; a cursor declared in code is closed), `quoted` (a `;` in a string, a comment or a code body starts no statement; a DO block's cursors are closed however it spells DECLARE), `unnamed` (the unnamed statement left on a server
-//! connection is usable only by the client that parsed it), `waits` (the wait clock and a cancel while waiting), `barriers` (a client leaving mid-pipeline around DEALLOCATE/DISCARD and portal names made twice leaves nothing to the next client), `leaving` (a session-mode or pinned client leaving however it leaves), `custom_reset` (a configured `reset_query` keeps or closes a connection, never hands on a reply or a transaction), `setup` (a session setup that fails on a later connection), `setup_empty` (the SET-alone setup's empty query against the client's own empty query and failures), `seed` (the state of `random()` a tenant seeds never reaches the next one), `crash` (an Execute that would crash PostgreSQL is never sent), `oversized` (a message longer than PostgreSQL accepts for its type ends only its session), `reseed_attacks` (a hostile tenant against the reseed of `random()` and the setup guard), `encoding` (a name that is not UTF-8 fails only its own message). The pair of tenants is `support::tenant_pair` with
+//! connection is usable only by the client that parsed it), `waits` (the wait clock and a cancel while waiting), `barriers` (a client leaving mid-pipeline around DEALLOCATE/DISCARD and portal names made twice leaves nothing to the next client), `leaving` (a session-mode or pinned client leaving however it leaves), `custom_reset` (a configured `reset_query` keeps or closes a connection, never hands on a reply or a transaction), `setup` (a session setup that fails on a later connection), `retry` (a handoff whose reset fails goes to another connection, the client's messages sent once), `setup_empty` (the SET-alone setup's empty query against the client's own empty query and failures), `seed` (the state of `random()` a tenant seeds never reaches the next one), `crash` (an Execute that would crash PostgreSQL is never sent), `oversized` (a message longer than PostgreSQL accepts for its type ends only its session), `reseed_attacks` (a hostile tenant against the reseed of `random()` and the setup guard), `encoding` (a name that is not UTF-8 fails only its own message). The pair of tenants is `support::tenant_pair` with
 //! write access and a pool of one.
 
 mod affinity;
@@ -32,6 +32,7 @@ mod replies;
 mod reseed_attacks;
 mod reset;
 mod resync_hold;
+mod retry;
 mod seed;
 mod session_state;
 mod setup;
