@@ -261,7 +261,7 @@ fn statement(sql: &[u8], class: &mut Class, first: bool) {
             class.suspect_settings = true;
             class.cursors = true;
         }
-        b"SET" | b"RESET" if first => class.set_like = true,
+        b"SET" | b"RESET" | b"DISCARD" if first => class.set_like = true,
         b"COPY" => class.copy = true,
         _ => {}
     }

@@ -1,8 +1,9 @@
 //! Recognising session `SET` / `RESET` statements a client runs in transaction mode, so the
 //! setting can follow the client onto its next server connection (what PgBouncer's
 //! `track_extra_parameters` and PgDog's SET tracking do). Only a statement that is exactly one
-//! `SET [SESSION] name {TO|=} value`, `SET TIME ZONE value`, `RESET name` or `RESET ALL` is
-//! recognised; anything else (SET LOCAL, SET ROLE, several statements) is left alone.
+//! `SET [SESSION] name {TO|=} value`, `SET TIME ZONE value`, `RESET name`, `RESET ALL` or
+//! `DISCARD ALL` (which runs RESET ALL) is recognised; anything else (SET LOCAL, SET ROLE,
+//! several statements) is left alone.
 
 /// A session setting change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +25,12 @@ pub fn parse(sql: &[u8]) -> Option<SetCmd> {
     let mut t = Tokens { s: sql };
     let first = t.word()?.to_ascii_lowercase();
     match first.as_str() {
+        // DISCARD ALL runs RESET ALL (with what else it drops, which is not a setting).
+        "discard" => {
+            let all = t.word()?.eq_ignore_ascii_case("all");
+            t.end()?;
+            all.then_some(SetCmd::ResetAll)
+        }
         "reset" => {
             let name = t.name()?;
             t.end()?;
@@ -286,6 +293,10 @@ mod tests {
             ("SET statement_timeout TO DEFAULT", Some(SetCmd::Reset { name: "statement_timeout".into() })),
             ("RESET work_mem", Some(SetCmd::Reset { name: "work_mem".into() })),
             ("RESET ALL;", Some(SetCmd::ResetAll)),
+            ("DISCARD ALL", Some(SetCmd::ResetAll)),
+            ("discard all ;", Some(SetCmd::ResetAll)),
+            ("DISCARD PLANS", None),
+            ("DISCARD ALL; SELECT 1", None),
             ("SET LOCAL work_mem = '1MB'", None),
             ("SET ROLE admin", None),
             ("SET SESSION AUTHORIZATION bob", None),

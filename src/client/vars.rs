@@ -40,12 +40,23 @@ pub struct ClientVars {
     /// Other settings: from the startup packet (`extra_float_digits`, `-c` options …) and
     /// from the tenant's isolation (`search_path`, `pgtenant.tenant_id`, which win).
     other: Vec<(String, String)>,
+    /// The startup packet's settings among `other` (not the tenant's), as the login gave
+    /// them: what a RESET, RESET ALL or DISCARD ALL brings the client back to, as PostgreSQL
+    /// brings a session back to its login's values. Boxed (a pointer), and only when the
+    /// login gave any (or named the temporary schema).
+    login: Option<Box<Login>>,
+    /// An order-independent hash of the reportable settings and `other` (never 0).
+    fingerprint: u64,
+}
+
+/// The settings a client's startup packet gave (see `ClientVars::login`).
+#[derive(Debug, Clone, Default)]
+struct Login {
+    settings: Vec<(String, String)>,
     /// A startup setting names the temporary schema (`-c search_path=pg_temp`): a plain
     /// CREATE may then make a temporary object on any connection the client gets, each of
     /// which is reset before another client uses it.
-    pub temp_schema: bool,
-    /// An order-independent hash of the reportable settings and `other` (never 0).
-    fingerprint: u64,
+    temp_schema: bool,
 }
 
 fn synced(name: &str) -> bool {
@@ -75,11 +86,12 @@ impl ClientVars {
             .filter(|(k, _)| !(resolved.application_name.is_some() && k == "application_name"))
             .cloned()
             .chain(app_name);
+        let mut temp_schema = false;
         for (k, v) in from_options.into_iter().chain(packet) {
             if !is_setting_name(&k) || lasts_a_transaction(&k) || is_seed(&k) {
                 continue;
             }
-            vars.temp_schema |= super::setcmd::names_temporary_schema(&v);
+            temp_schema |= super::setcmd::names_temporary_schema(&v);
             if synced(&k) {
                 // As the server would report it (`iso` → `ISO, MDY`): a client whose value
                 // is the pool's, spelt otherwise, then keeps none of its own (no setup).
@@ -91,8 +103,13 @@ impl ClientVars {
                 vars.other.push((k, v));
             }
         }
-        for (k, v) in tenant_vars {
+        for (k, _) in tenant_vars {
             vars.other.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
+        }
+        if !vars.other.is_empty() || temp_schema {
+            vars.login = Some(Box::new(Login { settings: vars.other.clone(), temp_schema }));
+        }
+        for (k, v) in tenant_vars {
             vars.other.push((k.clone(), v.clone()));
         }
         vars.reported.shrink_to_fit();
@@ -139,6 +156,11 @@ impl ClientVars {
     /// tenant's isolation).
     pub fn setting(&self, name: &str) -> Option<&str> {
         self.other.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// A startup setting names the temporary schema (see [`Login`]).
+    pub fn temp_schema(&self) -> bool {
+        self.login.as_ref().is_some_and(|l| l.temp_schema)
     }
 
     pub fn fingerprint(&self) -> u64 {
@@ -188,8 +210,16 @@ impl ClientVars {
         let in_sync = conn.vars_fingerprint() == self.fingerprint;
         let tracked = self.apply_cmd(cmd, conn, tenant_vars);
         self.refresh_fingerprint();
-        conn.set_vars_fingerprint(if in_sync && tracked { self.fingerprint } else { 0 });
+        // A RESET back to a login value leaves `conn` with its own default: not in step.
+        let matches = !matches!(cmd, SetCmd::Reset { name } if self.login_value(name).is_some());
+        conn.set_vars_fingerprint(if in_sync && tracked && matches { self.fingerprint } else { 0 });
         tracked
+    }
+
+    /// The value the client's login gave a (non-reported) setting, if it gave one.
+    fn login_value(&self, name: &str) -> Option<&String> {
+        let login = self.login.as_deref()?;
+        login.settings.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     fn apply_cmd(&mut self, cmd: &SetCmd, conn: &mut ServerConn, tenant_vars: &[(String, String)]) -> bool {
@@ -217,11 +247,21 @@ impl ClientVars {
                     return true;
                 }
                 self.other.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                // The server went back to its own default; the client's is its login's,
+                // applied at its next checkout.
                 conn.retain_vars(|n| !n.eq_ignore_ascii_case(name));
+                if let Some(v) = self.login_value(name).cloned() {
+                    self.other.push((name.clone(), v));
+                }
                 true
             }
+            // RESET ALL, and DISCARD ALL (which runs it): back to the login's settings.
+            // Untracked: the connection keeps its own defaults, and is reset before reuse.
             SetCmd::ResetAll => {
                 self.other.retain(|(n, _)| is_tenant_var(n));
+                if let Some(login) = self.login.as_deref() {
+                    self.other.extend(login.settings.iter().cloned());
+                }
                 false
             }
             _ => false,

@@ -18,6 +18,7 @@ mod leases;
 mod lifecycle;
 mod links;
 mod live_catalog;
+mod login_values;
 mod observe;
 mod pooling;
 mod prelogin;

@@ -378,7 +378,7 @@ fn explicit_cases() {
         ("DEALLOCATE", prep, false, true, vec![], None),
         ("DEALLOCATE ALL", None, false, true, vec![], None),
         ("deallocate prepare all", None, false, true, vec![], None),
-        ("DISCARD ALL", None, false, true, vec![], None),
+        ("DISCARD ALL", None, false, true, vec![], Some(SetCmd::ResetAll)),
         ("SELECT 'PREPARE'", None, false, false, vec![], None),
         ("SELECT 'discard'", None, false, true, vec![], None),
         ("EXPLAIN SELECT 1", None, false, false, vec![], None),
@@ -566,7 +566,7 @@ mod previous {
             drops_statements: drops,
             declares,
             cursors,
-            set_like: word("SET") || word("RESET"),
+            set_like: word("SET") || word("RESET") || word("DISCARD"),
             leaves_state: escaped || found & TEMP != 0 && makes_temporary(sql),
             copy,
         }

@@ -138,7 +138,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             // (A setup ends in its own flush: see `queue_setup`.)
             self.out.extend_from_slice(crate::protocol::frontend::FLUSH_MESSAGE);
         }
-        if self.vars.temp_schema {
+        if self.vars.temp_schema() {
             conn.mark_dirty();
         }
         self.progress.reset = match (reset, parts) {

@@ -1,0 +1,72 @@
+//! A client's session settings after RESET, RESET ALL and DISCARD ALL in transaction mode: back
+//! to what its login gave them (its startup packet's `options`), as PostgreSQL brings a session
+//! back, on the client's next server connection; nothing it SET before survives them. Each
+//! step is run on PostgreSQL directly with the same login and the two answers compared.
+
+use pgtenant::model::PoolMode;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::support::*;
+
+/// The first column of the first row `sql` returns.
+async fn value(c: &Client, sql: &str) -> String {
+    let rows = c.simple_query(sql).await.expect(sql);
+    rows.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+/// The settings the steps look at, each read in a transaction of its own.
+async fn settings(c: &Client) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in ["work_mem", "lock_timeout", "statement_timeout"] {
+        out.push(format!("{name}={}", value(c, &format!("SHOW {name}")).await));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_brings_the_clients_login_settings_back() {
+    let t = tenant_db("loginvals").await;
+    let h = start(config(vec![with_mode(t.clone(), PoolMode::Transaction, 2)])).await;
+    let options = "options='-c work_mem=1MB -c lock_timeout=3s'";
+    let proxy = connect_str(&format!("{} {options}", h.conninfo(&t.id))).await;
+    let c = cluster();
+    let direct = connect_str(&format!(
+        "host={} port={} user={} dbname={} {options}",
+        c.socket_dir.display(),
+        c.port,
+        t.role,
+        t.database
+    ))
+    .await;
+    // Another client of the tenant between the steps, so that connections change hands.
+    let other = h.client(&t.id).await;
+    let steps: [&[&str]; 5] = [
+        &[],
+        &["SET work_mem = '2MB'", "SET statement_timeout = '7s'"],
+        &["RESET work_mem"],
+        &["SET work_mem = '3MB'", "SET lock_timeout = '9s'", "RESET ALL"],
+        &["SET work_mem = '5MB'", "SET statement_timeout = '8s'", "DISCARD ALL"],
+    ];
+    let mut seen = Vec::new();
+    for step in steps {
+        for sql in step {
+            proxy.simple_query(sql).await.expect(sql);
+            direct.simple_query(sql).await.expect(sql);
+        }
+        other.simple_query("SET work_mem = '7MB'").await.expect("other client");
+        let (a, b) = (settings(&direct).await, settings(&proxy).await);
+        assert_eq!(b, a, "after {step:?}: pgtenant against PostgreSQL");
+        seen.push(a);
+    }
+    // The steps showed what they are about: the login's values, a SET over them, and back.
+    assert_eq!(seen[0], ["work_mem=1MB", "lock_timeout=3s", "statement_timeout=0"]);
+    assert_eq!(seen[1], ["work_mem=2MB", "lock_timeout=3s", "statement_timeout=7s"]);
+    assert_eq!(seen[2], ["work_mem=1MB", "lock_timeout=3s", "statement_timeout=7s"]);
+    assert_eq!(seen[3], seen[0]);
+    assert_eq!(seen[4], seen[0]);
+}
