@@ -119,25 +119,42 @@ fn encode(m: &Msg, out: &mut Vec<u8>) {
 /// Where a sequence is sent.
 #[derive(Clone)]
 enum Target {
-    Direct { socket: std::path::PathBuf, user: String, db: String },
-    Proxy { addr: std::net::SocketAddr, user: String, db: String },
+    /// `options`: the startup `options` (e.g. `-csearch_path=...`), if any.
+    Direct {
+        socket: std::path::PathBuf,
+        user: String,
+        db: String,
+        options: Option<String>,
+    },
+    Proxy {
+        addr: std::net::SocketAddr,
+        user: String,
+        db: String,
+    },
 }
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
-/// Sends the sequence in `chunks` (message counts), pausing between them, and returns the
+/// Sends the sequence in `chunks` (message counts), pausing 25 ms between them, and returns the
 /// replies after login as message types, ErrorResponses as `E:<SQLSTATE>`.
 async fn run(target: &Target, msgs: &[Msg], chunks: &[usize]) -> Vec<String> {
-    let (mut s, user, db): (Box<dyn Io>, &str, &str) = match target {
-        Target::Direct { socket, user, db } => {
-            (Box::new(UnixStream::connect(socket).await.expect("socket")), user, db)
+    run_paced(target, msgs, chunks, &[]).await
+}
+
+/// [`run`] pausing `pauses[i]` ms after chunk `i` (25 ms where `pauses` has no entry).
+async fn run_paced(target: &Target, msgs: &[Msg], chunks: &[usize], pauses: &[u64]) -> Vec<String> {
+    let (mut s, user, db, options): (Box<dyn Io>, &str, &str, _) = match target {
+        Target::Direct { socket, user, db, options } => {
+            (Box::new(UnixStream::connect(socket).await.expect("socket")), user, db, options.as_deref())
         }
         Target::Proxy { addr, user, db } => {
-            (Box::new(TcpStream::connect(addr).await.expect("proxy")), user, db)
+            (Box::new(TcpStream::connect(addr).await.expect("proxy")), user, db, None)
         }
     };
-    s.write_all(&startup_packet(&[("user", user), ("database", db)])).await.expect("startup");
+    let mut params = vec![("user", user), ("database", db)];
+    params.extend(options.map(|o| ("options", o)));
+    s.write_all(&startup_packet(&params)).await.expect("startup");
     let mut buf = Vec::new();
     // Login: until the first ReadyForQuery.
     let mut pos = 0;
@@ -179,7 +196,7 @@ async fn run(target: &Target, msgs: &[Msg], chunks: &[usize]) -> Vec<String> {
                 break;
             }
             if i + 1 < chunks.len() {
-                tokio::time::sleep(Duration::from_millis(25)).await;
+                tokio::time::sleep(Duration::from_millis(pauses.get(i).copied().unwrap_or(25))).await;
             }
         }
     };
@@ -275,7 +292,7 @@ async fn minimise(direct: &Target, proxy: &Target, mut msgs: Vec<Msg>, chunks: &
 fn direct_target(t: &TenantConfig) -> Target {
     let c = cluster();
     let socket = c.socket_dir.join(format!(".s.PGSQL.{}", c.port));
-    Target::Direct { socket, user: t.role.clone(), db: t.database.clone() }
+    Target::Direct { socket, user: t.role.clone(), db: t.database.clone(), options: None }
 }
 
 /// The table the generated COPYs load, owned by the tenant's role.
@@ -330,10 +347,12 @@ async fn differential(mode: PoolMode, seed: u64, cases: usize) {
 
 mod agree;
 use agree::agree;
+mod concurrent;
 mod copy_end;
 mod encoding;
 mod generate;
-use generate::{generate, split, Rng};
+mod search_path;
+use generate::{generate, generate_turns, split, Rng};
 mod found;
 
 fn env_or(name: &str, default: u64) -> u64 {
