@@ -139,11 +139,18 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 /// Sends the sequence in `chunks` (message counts), pausing 25 ms between them, and returns the
 /// replies after login as message types, ErrorResponses as `E:<SQLSTATE>`.
 async fn run(target: &Target, msgs: &[Msg], chunks: &[usize]) -> Vec<String> {
-    run_paced(target, msgs, chunks, &[]).await
+    run_paced(target, msgs, chunks, &[], false).await
 }
 
-/// [`run`] pausing `pauses[i]` ms after chunk `i` (25 ms where `pauses` has no entry).
-async fn run_paced(target: &Target, msgs: &[Msg], chunks: &[usize], pauses: &[u64]) -> Vec<String> {
+/// [`run`] pausing `pauses[i]` ms after chunk `i` (25 ms where `pauses` has no entry), with
+/// each DataRow's values (`D:a,b`) if `rows`.
+async fn run_paced(
+    target: &Target,
+    msgs: &[Msg],
+    chunks: &[usize],
+    pauses: &[u64],
+    rows: bool,
+) -> Vec<String> {
     let (mut s, user, db, options): (Box<dyn Io>, &str, &str, _) = match target {
         Target::Direct { socket, user, db, options } => {
             (Box::new(UnixStream::connect(socket).await.expect("socket")), user, db, options.as_deref())
@@ -235,6 +242,7 @@ async fn run_paced(target: &Target, msgs: &[Msg], chunks: &[usize], pauses: &[u6
                 }
             }
             b'Z' => replies.push(format!("Z{}", body.first().map(|&b| b as char).unwrap_or('?'))),
+            b'D' if rows => replies.push(format!("D:{}", row_values(body))),
             _ => replies.push((tag as char).to_string()),
         }
         pos += 1 + len;
@@ -243,6 +251,23 @@ async fn run_paced(target: &Target, msgs: &[Msg], chunks: &[usize], pauses: &[u6
         replies.push("TIMEOUT".into());
     }
     replies
+}
+
+/// A DataRow's values as text, comma-separated (NULL as `NULL`).
+fn row_values(body: &[u8]) -> String {
+    let mut values = Vec::new();
+    let mut rest = body.get(2..).unwrap_or_default();
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = i32::from_be_bytes(*len);
+        let Ok(n) = usize::try_from(len) else {
+            values.push("NULL".to_owned());
+            rest = tail;
+            continue;
+        };
+        values.push(String::from_utf8_lossy(tail.get(..n).unwrap_or(tail)).into_owned());
+        rest = tail.get(n..).unwrap_or_default();
+    }
+    values.join(",")
 }
 
 fn chunks_for(msgs: &[Msg], chunks: &[usize]) -> Vec<usize> {

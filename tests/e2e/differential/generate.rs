@@ -204,13 +204,15 @@ pub(super) fn split(rng: &mut Rng, len: usize) -> Vec<usize> {
 /// extended-protocol messages up to a Sync, then Terminate. A random sequence mostly leaves
 /// something unanswered or irregular at its end, and pgtenant closes that server connection
 /// rather than pass it on; these turns end where the connection may go back to the pool.
-/// Returns the messages and where each turn ends.
-pub(super) fn generate_turns(rng: &mut Rng) -> (Vec<Msg>, Vec<usize>) {
+/// Some of the simple queries are the caller's `queries`. Returns the messages and where each
+/// turn ends.
+pub(super) fn generate_turns(rng: &mut Rng, queries: &[&'static str]) -> (Vec<Msg>, Vec<usize>) {
     let mut msgs = Vec::new();
     let mut ends = Vec::new();
     for _ in 0..1 + rng.below(6) {
-        match rng.below(8) {
-            0..=2 => {
+        match rng.below(10) {
+            8..=9 if !queries.is_empty() => msgs.push(Msg::Query(rng.pick(queries))),
+            0..=2 | 8..=9 => {
                 let q = rng.pick(QUERIES);
                 msgs.push(Msg::Query(q));
                 if q.contains("FROM STDIN") {
