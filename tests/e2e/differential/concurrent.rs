@@ -342,10 +342,48 @@ fn differing(plans: &[Plan], direct: &Replies, proxied: &Option<Replies>) -> Vec
         .filter(|&i| {
             proxied.as_ref().is_none_or(|p| {
                 !agree(&direct[i], &p[i], &plans[i].msgs)
-                    && !search_path_lost(&direct[i], &p[i], &plans[i].msgs)
+                    && accepted(&direct[i], &p[i], &plans[i].msgs).is_none()
             })
         })
         .collect()
+}
+
+/// The differences the run accepts (where `agree` does not), by name: the known one below,
+/// and a documented one.
+fn accepted(direct: &[String], proxied: &[String], msgs: &[Msg]) -> Option<&'static str> {
+    if search_path_lost(direct, proxied, msgs) {
+        Some("the known search_path difference (search_path::a_reset_of_the_session_keeps_the_tenants_search_path)")
+    } else if unnamed_not_parsed_again(direct, proxied, msgs) {
+        Some("the documented unnamed-statement difference (README: not parsed again after a skipped Parse)")
+    } else {
+        None
+    }
+}
+
+/// README ("The unnamed statement"): on another server connection than the one it was
+/// parsed on, a client's unnamed statement is parsed again in front of its Bind or Describe,
+/// except when the client's latest unnamed Parse was skipped after an error (pgtenant does not
+/// tell that from a failed one): the client gets 26000 where PostgreSQL, whose session kept
+/// the previous unnamed statement, uses that one. Alone on a connection a client keeps it
+/// (the single-client test never sees this); clients at once move between connections. Only
+/// that: an unnamed Parse that may have been skipped (something before it since the last
+/// Sync), a Bind or Describe of the unnamed statement after it, every earlier reply the
+/// same, and the first different one pgtenant's 26000.
+fn unnamed_not_parsed_again(direct: &[String], proxied: &[String], msgs: &[Msg]) -> bool {
+    let (mut batch, mut skippable, mut used) = (0, false, false);
+    for m in msgs {
+        match m {
+            Msg::Sync => batch = 0,
+            Msg::Parse("", _) if batch > 0 => skippable = true,
+            Msg::Bind(_, "") | Msg::Describe(b'S', "") if skippable => used = true,
+            _ => {}
+        }
+        if !matches!(m, Msg::Sync) {
+            batch += 1;
+        }
+    }
+    let first = (0..proxied.len()).find(|&i| direct.get(i) != proxied.get(i));
+    used && first.is_some_and(|i| proxied[i] == "E:26000")
 }
 
 /// The one known difference, failing in `search_path::a_reset_of_the_session_keeps_the_
@@ -429,7 +467,8 @@ async fn interleave(tenants: usize, per_tenant: usize, pool_size: usize, seed: u
     let clients = clients(&group, per_tenant, h.addr);
     let verbose = std::env::var_os("PGTENANT_CONC_VERBOSE").is_some();
     let mut rng = Rng(seed);
-    let (mut interleaved, mut split_runs, mut known) = (0, 0, 0);
+    let (mut interleaved, mut split_runs) = (0, 0);
+    let mut known = std::collections::BTreeMap::new();
     let started = tokio::time::Instant::now();
     for r in 0..rounds {
         let plans: Vec<Plan> = clients.iter().map(|_| Plan::new(&mut rng)).collect();
@@ -439,7 +478,13 @@ async fn interleave(tenants: usize, per_tenant: usize, pool_size: usize, seed: u
         interleaved += (per_tenant == 1 && wire.came_back(setups)) as usize;
         split_runs += plans.iter().filter(|p| p.chunks.len() > 1).count();
         if let Some(p) = &proxied {
-            known += (0..plans.len()).filter(|&i| !agree(&direct[i], &p[i], &plans[i].msgs)).count();
+            for (i, plan) in
+                plans.iter().enumerate().filter(|(i, plan)| !agree(&direct[*i], &p[*i], &plan.msgs))
+            {
+                if let Some(what) = accepted(&direct[i], &p[i], &plan.msgs) {
+                    *known.entry(what).or_insert(0usize) += 1;
+                }
+            }
         }
         if verbose {
             let opened = wire.connections() - opened;
@@ -472,8 +517,8 @@ async fn interleave(tenants: usize, per_tenant: usize, pool_size: usize, seed: u
     let handoffs = wire.handoffs();
     println!(
         "{name}: {rounds} rounds (seed {seed}) in {:.1} s, {} sequences ({split_runs} in several writes), {} server connections, \
-         {handoffs} handoffs between tenants, {interleaved} rounds where a client had the server again after another tenant, \
-         {known} sequences with the known search_path difference",
+         {handoffs} handoffs between tenants, {interleaved} rounds where a client had the server again after another tenant; \
+         accepted differences: {known:?}",
         started.elapsed().as_secs_f64(),
         rounds * clients.len(),
         wire.connections(),
