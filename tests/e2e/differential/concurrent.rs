@@ -545,3 +545,36 @@ async fn two_tenants_with_two_clients_each_sharing_two_server_connections_match_
     let rounds = env_or("PGTENANT_CONC_CASES", ROUNDS) as usize;
     interleave(2, 2, 2, env_or("PGTENANT_CONC_SEED", 0xc0c0_0002), rounds).await;
 }
+
+/// The accepted differences are no wider than their rules: each only with its cause in the
+/// sequence and only as the first different reply.
+#[test]
+fn the_accepted_differences_need_their_cause() {
+    use Msg::*;
+    let v = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let copy = [Query("DISCARD ALL"), Query("COPY fz FROM STDIN"), CopyFail, Sync, Terminate];
+    let (pg, ours) = (v(&["C", "ZI", "G", "E:57014", "ZI", "ZI"]), v(&["C", "ZI", "E:42P01", "ZI", "ZI"]));
+    assert!(accepted(&pg, &ours, &copy).is_some());
+    assert!(accepted(&pg, &ours, &copy[1..]).is_none(), "42P01 without a DISCARD ALL");
+    assert!(
+        accepted(&v(&["C", "ZI", "G"]), &v(&["C", "ZT", "E:42P01"]), &copy).is_none(),
+        "a different earlier reply"
+    );
+    let schema = [Query("DISCARD ALL"), Query("SELECT current_schema()"), Terminate];
+    let pg = v(&["C", "ZI", "T", "D:conct1", "C", "ZI"]);
+    assert!(accepted(&pg, &v(&["C", "ZI", "T", "D:public", "C", "ZI"]), &schema).is_some());
+    assert!(
+        accepted(&pg, &v(&["C", "ZI", "T", "D:conct2", "C", "ZI"]), &schema).is_none(),
+        "another tenant's schema"
+    );
+    let unnamed =
+        [Parse("", "SELECT 1"), Execute("c", 0), Parse("", "SELECT 2"), Sync, Bind("", ""), Sync, Terminate];
+    let pg = v(&["1", "E:34000", "ZI", "2", "ZI"]);
+    assert!(accepted(&pg, &v(&["1", "E:34000", "ZI", "E:26000", "ZI"]), &unnamed).is_some());
+    let parsed_first = [Parse("", "SELECT 1"), Sync, Bind("", ""), Sync, Terminate];
+    let pg = v(&["1", "ZI", "2", "ZI"]);
+    assert!(
+        accepted(&pg, &v(&["1", "ZI", "E:26000", "ZI"]), &parsed_first).is_none(),
+        "a Parse that was not skipped"
+    );
+}
