@@ -353,11 +353,31 @@ fn differing(plans: &[Plan], direct: &Replies, proxied: &Option<Replies>) -> Vec
 fn accepted(direct: &[String], proxied: &[String], msgs: &[Msg]) -> Option<&'static str> {
     if search_path_lost(direct, proxied, msgs) {
         Some("the known search_path difference (search_path::a_reset_of_the_session_keeps_the_tenants_search_path)")
+    } else if setting_after_discard(direct, proxied, msgs) {
+        Some("the known SET-after-DISCARD difference (search_path::a_reset_of_the_session_forgets_the_clients_settings)")
     } else if unnamed_not_parsed_again(direct, proxied, msgs) {
         Some("the documented unnamed-statement difference (README: not parsed again after a skipped Parse)")
     } else {
         None
     }
+}
+
+/// The second known difference, failing in `search_path::a_reset_of_the_session_forgets_the_
+/// clients_settings` until it is fixed: a client's SET outside a transaction block follows the
+/// client, and still does after the client's DISCARD ALL, which on PostgreSQL took it back to
+/// the login's value: the client's next transaction (on a connection pgtenant set up for it)
+/// shows the value it SET. Only that: a SET of `statement_timeout` and then a DISCARD ALL in
+/// the sequence, every earlier reply the same, and the first different one a row showing
+/// one of the values the sequence SET.
+fn setting_after_discard(direct: &[String], proxied: &[String], msgs: &[Msg]) -> bool {
+    let set =
+        msgs.iter().position(|m| matches!(m, Msg::Query(q) if q.starts_with("SET statement_timeout = '")));
+    let discard = msgs.iter().rposition(|m| matches!(m, Msg::Query("DISCARD ALL")));
+    let first = direct.iter().zip(proxied).position(|(d, p)| d != p);
+    set.zip(discard).is_some_and(|(s, d)| s < d)
+        && first.is_some_and(|i| {
+            direct[i].starts_with("D:") && (proxied[i].ends_with("7s") || proxied[i].ends_with("8s"))
+        })
 }
 
 /// README ("The unnamed statement"): on another server connection than the one it was
@@ -571,6 +591,23 @@ fn the_accepted_differences_need_their_cause() {
         [Parse("", "SELECT 1"), Execute("c", 0), Parse("", "SELECT 2"), Sync, Bind("", ""), Sync, Terminate];
     let pg = v(&["1", "E:34000", "ZI", "2", "ZI"]);
     assert!(accepted(&pg, &v(&["1", "E:34000", "ZI", "E:26000", "ZI"]), &unnamed).is_some());
+    let set = [
+        Query("SET statement_timeout = '7s'"),
+        Query("DISCARD ALL"),
+        Query("SHOW statement_timeout"),
+        Terminate,
+    ];
+    let pg = v(&["C", "ZI", "C", "ZI", "T", "D:0", "C", "ZI"]);
+    assert!(accepted(&pg, &v(&["C", "ZI", "C", "ZI", "T", "D:7s", "C", "ZI"]), &set).is_some());
+    assert!(
+        accepted(&pg, &v(&["C", "ZI", "C", "ZI", "T", "D:9s", "C", "ZI"]), &set).is_none(),
+        "a value never SET"
+    );
+    let swapped = [set[1].clone(), set[0].clone(), set[2].clone(), Terminate];
+    assert!(
+        accepted(&pg, &v(&["C", "ZI", "C", "ZI", "T", "D:7s", "C", "ZI"]), &swapped).is_none(),
+        "a SET after the DISCARD ALL"
+    );
     let parsed_first = [Parse("", "SELECT 1"), Sync, Bind("", ""), Sync, Terminate];
     let pg = v(&["1", "ZI", "2", "ZI"]);
     assert!(
