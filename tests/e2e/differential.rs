@@ -119,25 +119,49 @@ fn encode(m: &Msg, out: &mut Vec<u8>) {
 /// Where a sequence is sent.
 #[derive(Clone)]
 enum Target {
-    Direct { socket: std::path::PathBuf, user: String, db: String },
-    Proxy { addr: std::net::SocketAddr, user: String, db: String },
+    /// `options`: the startup `options` (e.g. `-csearch_path=...`), if any.
+    Direct {
+        socket: std::path::PathBuf,
+        user: String,
+        db: String,
+        options: Option<String>,
+    },
+    Proxy {
+        addr: std::net::SocketAddr,
+        user: String,
+        db: String,
+    },
 }
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
-/// Sends the sequence in `chunks` (message counts), pausing between them, and returns the
+/// Sends the sequence in `chunks` (message counts), pausing 25 ms between them, and returns the
 /// replies after login as message types, ErrorResponses as `E:<SQLSTATE>`.
 async fn run(target: &Target, msgs: &[Msg], chunks: &[usize]) -> Vec<String> {
-    let (mut s, user, db): (Box<dyn Io>, &str, &str) = match target {
-        Target::Direct { socket, user, db } => {
-            (Box::new(UnixStream::connect(socket).await.expect("socket")), user, db)
+    run_paced(target, msgs, chunks, &[], false).await
+}
+
+/// [`run`] pausing `pauses[i]` ms after chunk `i` (25 ms where `pauses` has no entry), with
+/// each DataRow's values (`D:a,b`) if `rows`.
+async fn run_paced(
+    target: &Target,
+    msgs: &[Msg],
+    chunks: &[usize],
+    pauses: &[u64],
+    rows: bool,
+) -> Vec<String> {
+    let (mut s, user, db, options): (Box<dyn Io>, &str, &str, _) = match target {
+        Target::Direct { socket, user, db, options } => {
+            (Box::new(UnixStream::connect(socket).await.expect("socket")), user, db, options.as_deref())
         }
         Target::Proxy { addr, user, db } => {
-            (Box::new(TcpStream::connect(addr).await.expect("proxy")), user, db)
+            (Box::new(TcpStream::connect(addr).await.expect("proxy")), user, db, None)
         }
     };
-    s.write_all(&startup_packet(&[("user", user), ("database", db)])).await.expect("startup");
+    let mut params = vec![("user", user), ("database", db)];
+    params.extend(options.map(|o| ("options", o)));
+    s.write_all(&startup_packet(&params)).await.expect("startup");
     let mut buf = Vec::new();
     // Login: until the first ReadyForQuery.
     let mut pos = 0;
@@ -179,7 +203,7 @@ async fn run(target: &Target, msgs: &[Msg], chunks: &[usize]) -> Vec<String> {
                 break;
             }
             if i + 1 < chunks.len() {
-                tokio::time::sleep(Duration::from_millis(25)).await;
+                tokio::time::sleep(Duration::from_millis(pauses.get(i).copied().unwrap_or(25))).await;
             }
         }
     };
@@ -218,6 +242,7 @@ async fn run(target: &Target, msgs: &[Msg], chunks: &[usize]) -> Vec<String> {
                 }
             }
             b'Z' => replies.push(format!("Z{}", body.first().map(|&b| b as char).unwrap_or('?'))),
+            b'D' if rows => replies.push(format!("D:{}", row_values(body))),
             _ => replies.push((tag as char).to_string()),
         }
         pos += 1 + len;
@@ -226,6 +251,23 @@ async fn run(target: &Target, msgs: &[Msg], chunks: &[usize]) -> Vec<String> {
         replies.push("TIMEOUT".into());
     }
     replies
+}
+
+/// A DataRow's values as text, comma-separated (NULL as `NULL`).
+fn row_values(body: &[u8]) -> String {
+    let mut values = Vec::new();
+    let mut rest = body.get(2..).unwrap_or_default();
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = i32::from_be_bytes(*len);
+        let Ok(n) = usize::try_from(len) else {
+            values.push("NULL".to_owned());
+            rest = tail;
+            continue;
+        };
+        values.push(String::from_utf8_lossy(tail.get(..n).unwrap_or(tail)).into_owned());
+        rest = tail.get(n..).unwrap_or_default();
+    }
+    values.join(",")
 }
 
 fn chunks_for(msgs: &[Msg], chunks: &[usize]) -> Vec<usize> {
@@ -275,7 +317,7 @@ async fn minimise(direct: &Target, proxy: &Target, mut msgs: Vec<Msg>, chunks: &
 fn direct_target(t: &TenantConfig) -> Target {
     let c = cluster();
     let socket = c.socket_dir.join(format!(".s.PGSQL.{}", c.port));
-    Target::Direct { socket, user: t.role.clone(), db: t.database.clone() }
+    Target::Direct { socket, user: t.role.clone(), db: t.database.clone(), options: None }
 }
 
 /// The table the generated COPYs load, owned by the tenant's role.
@@ -330,10 +372,12 @@ async fn differential(mode: PoolMode, seed: u64, cases: usize) {
 
 mod agree;
 use agree::agree;
+mod concurrent;
 mod copy_end;
 mod encoding;
 mod generate;
-use generate::{generate, split, Rng};
+mod search_path;
+use generate::{generate, generate_turns, split, Rng};
 mod found;
 
 fn env_or(name: &str, default: u64) -> u64 {

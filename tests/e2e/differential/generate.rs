@@ -15,7 +15,7 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
@@ -197,4 +197,64 @@ pub(super) fn split(rng: &mut Rng, len: usize) -> Vec<usize> {
         prev = c;
     }
     chunks
+}
+
+/// A sequence of whole turns, for clients that hand a shared connection on between them (see
+/// `concurrent`): simple queries (a COPY FROM STDIN with its data and end), FunctionCalls, and
+/// extended-protocol messages up to a Sync, then Terminate. A random sequence mostly leaves
+/// something unanswered or irregular at its end, and pgtenant closes that server connection
+/// rather than pass it on; these turns end where the connection may go back to the pool.
+/// Some of the simple queries are the caller's `queries`. Returns the messages and where each
+/// turn ends.
+pub(super) fn generate_turns(rng: &mut Rng, queries: &[&'static str]) -> (Vec<Msg>, Vec<usize>) {
+    let mut msgs = Vec::new();
+    let mut ends = Vec::new();
+    for _ in 0..1 + rng.below(6) {
+        match rng.below(10) {
+            8..=9 if !queries.is_empty() => msgs.push(Msg::Query(rng.pick(queries))),
+            0..=2 | 8..=9 => {
+                let q = rng.pick(QUERIES);
+                msgs.push(Msg::Query(q));
+                if q.contains("FROM STDIN") {
+                    copy_data(rng, &mut msgs);
+                }
+            }
+            3 => msgs.push(Msg::FunctionCall),
+            _ => {
+                for _ in 0..1 + rng.below(4) {
+                    let m = match rng.below(6) {
+                        0 => Msg::Parse(rng.pick(NAMES), rng.pick(STATEMENTS)),
+                        1 => Msg::Bind(rng.pick(PORTALS), rng.pick(BIND_NAMES)),
+                        2 => Msg::Describe(rng.pick(b"SP"), rng.pick(BIND_NAMES)),
+                        3 => Msg::Close(rng.pick(b"SP"), rng.pick(BIND_NAMES)),
+                        4 => Msg::Execute(rng.pick(PORTALS), rng.pick(&[0, 0, 1])),
+                        _ => Msg::Flush,
+                    };
+                    let copy = match m {
+                        Msg::Parse(name, q) if q.contains("FROM STDIN") => Some(name),
+                        _ => None,
+                    };
+                    msgs.push(m);
+                    if let Some(name) = copy {
+                        // Run at once, so the copy it starts ends before the Sync.
+                        msgs.extend([Msg::Bind("", name), Msg::Execute("", 0)]);
+                        copy_data(rng, &mut msgs);
+                        break;
+                    }
+                }
+                msgs.push(Msg::Sync);
+            }
+        }
+        ends.push(msgs.len());
+    }
+    msgs.push(Msg::Terminate);
+    (msgs, ends)
+}
+
+/// Up to two rows of copy data, then CopyDone or CopyFail.
+fn copy_data(rng: &mut Rng, msgs: &mut Vec<Msg>) {
+    for _ in 0..rng.below(3) {
+        msgs.push(Msg::CopyData(rng.pick(&["1\n", "2\n", "x\n"])));
+    }
+    msgs.push(if rng.below(2) == 0 { Msg::CopyDone } else { Msg::CopyFail });
 }
