@@ -20,25 +20,7 @@ use crate::support::*;
 async fn a_failed_reset_runs_nothing_the_next_tenant_sent_behind_it() {
     let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
     let h = start_quick(vec![a.clone(), b.clone()]).await;
-    let su = admin(&a.database).await;
-    let ca = h.client(&a.id).await;
-    let p0 = pid(&ca).await;
-    // Spelt so that pgtenant cannot read it (it would reset the connection at once).
-    ca.batch_execute("DO $$BEGIN EXECUTE 'CREATE TEM' || 'P TABLE held (x int)'; END$$")
-        .await
-        .expect("tenant a's temp table");
-    let schema: String = su
-        .query_one(
-            "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relname = 'held' AND c.relpersistence = 't'",
-            &[],
-        )
-        .await
-        .expect("temp schema")
-        .get(0);
-    su.batch_execute(&format!("BEGIN; LOCK TABLE {schema}.held IN ACCESS EXCLUSIVE MODE"))
-        .await
-        .expect("lock tenant a's temp table");
+    let (p0, su) = super::retry::a_leaves_a_locked_temp_table(&h, &a).await;
 
     // Tenant b: an INSERT through the extended protocol up to a Sync, then a simple-query
     // INSERT, in one write. A failed reset makes the server skip up to that Sync; the second

@@ -18,7 +18,7 @@ use crate::support::*;
 /// would reset the connection at once) on the pool's one connection, and a superuser locks
 /// it in an open transaction: the next handoff's DISCARD ALL will wait for the lock. Returns
 /// the backend's pid and the superuser's session (its transaction open).
-async fn a_leaves_a_locked_temp_table(h: &Harness, a: &TenantConfig) -> (i32, Client) {
+pub(super) async fn a_leaves_a_locked_temp_table(h: &Harness, a: &TenantConfig) -> (i32, Client) {
     let su = admin(&a.database).await;
     let ca = h.client(&a.id).await;
     let p0 = pid(&ca).await;
