@@ -70,3 +70,33 @@ async fn a_reset_brings_the_clients_login_settings_back() {
     assert_eq!(seen[3], seen[0]);
     assert_eq!(seen[4], seen[0]);
 }
+
+/// The same steps with no other client between them (the connection stays the client's, in
+/// transaction mode; session mode keeps the server's defaults, as the README says): after
+/// RESET, RESET ALL and DISCARD ALL the client sees its login's values, as on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_on_a_connection_the_client_keeps_brings_its_login_settings_back() {
+    {
+        let mode = PoolMode::Transaction;
+        let t = tenant_db("loginkeep").await;
+        let h = start(config(vec![with_mode(t.clone(), mode, 1)])).await;
+        let options = "options='-c work_mem=1MB -c lock_timeout=3s'";
+        let proxy = connect_str(&format!("{} {options}", h.conninfo(&t.id))).await;
+        let steps: [&[&str]; 3] = [
+            &["SET work_mem = '2MB'", "RESET work_mem"],
+            &["SET work_mem = '3MB'", "SET lock_timeout = '9s'", "RESET ALL"],
+            &["SET work_mem = '5MB'", "DISCARD ALL"],
+        ];
+        for step in steps {
+            for sql in step {
+                proxy.simple_query(sql).await.expect(sql);
+            }
+            let got = settings(&proxy).await;
+            assert_eq!(
+                got,
+                ["work_mem=1MB", "lock_timeout=3s", "statement_timeout=0"],
+                "{mode:?} after {step:?}"
+            );
+        }
+    }
+}

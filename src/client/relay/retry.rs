@@ -147,13 +147,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             tracing::warn!(tenant = %s.tenant.id, "cross-tenant reset did not finish in time: cancelling it and closing the server connection");
             false
         };
-        let (Some(r), Some(server)) = (self.progress.retry.as_mut(), self.server.as_ref()) else {
+        let due = self.progress.retry.as_mut().filter(|r| !r.cancelled && r.attempt < HANDOFF_ATTEMPTS);
+        let (Some(r), Some(server)) = (due, self.server.as_mut()) else {
             return late(self);
         };
-        if r.cancelled || r.attempt >= HANDOFF_ATTEMPTS {
-            return late(self);
-        }
         r.cancelled = true;
+        // The cancel may reach the backend after the reset ended by itself and the
+        // connection went on: it lands on this client's statements (as documented), never on
+        // the next client's (the connection is closed at its release).
+        server.conn().retire();
         let c = server.conn_ref();
         let (addr, pid, secret) = c.cancel_key();
         let addr = addr.clone();

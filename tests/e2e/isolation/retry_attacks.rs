@@ -115,3 +115,69 @@ async fn a_flush_without_sync_behind_a_failed_reset_runs_once() {
     assert_eq!(ids(&su, &table).await, "11", "the INSERT ran once");
     unlocked_and_closed(&su, p0).await;
 }
+
+/// A forwarder to the cluster that holds back the next connection opened through it (once
+/// `delay_next` is set) for `DELAY` before it connects: pgtenant's cancel of a late reset
+/// then reaches the server only after the handoff went on without it.
+struct SlowNext {
+    port: u16,
+    delay_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+const DELAY: std::time::Duration = std::time::Duration::from_millis(2500);
+
+impl SlowNext {
+    async fn start() -> SlowNext {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let delay_next = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = delay_next.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                let slow = flag.swap(false, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if slow {
+                        tokio::time::sleep(DELAY).await;
+                    }
+                    let target = ("127.0.0.1", cluster().port);
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        });
+        SlowNext { port, delay_next }
+    }
+}
+
+/// The reset outlives its bound, pgtenant sends its cancel, and the reset then ends by itself
+/// (the previous tenant's lock released) before the cancel reaches the server: b's INSERT
+/// runs. The cancel, still on its way, must not land on whatever the backend runs next for
+/// another client: b's second client's `pg_sleep` must finish (here the cancel is held back
+/// for a while on its way; on a real network it is one connection setup behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_resets_cancel_never_reaches_the_next_client_of_its_connection() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let slow = SlowNext::start().await;
+    let mut cfg = config(vec![a.clone(), b.clone()]);
+    cfg.upstreams[0].port = slow.port;
+    cfg.pool.checkout_timeout = 10.0;
+    let h = start(cfg).await;
+    let (p0, su) = a_leaves_a_locked_temp_table(&h, &a).await;
+
+    let mut cb = raw_proxy(&h, &b.id).await;
+    let table = format!("\"{}\".t", b.id);
+    send(&mut cb, &query(&format!("INSERT INTO {table} VALUES (12, 'b')"))).await;
+    reset_waits(&su, p0).await;
+    slow.delay_next.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Past the reset's bound (5 s): the cancel is on its way, held back by the forwarder.
+    tokio::time::sleep(std::time::Duration::from_millis(5600)).await;
+    su.batch_execute("ROLLBACK").await.expect("unlock");
+    let (got, closed) = read_ready(&mut cb, 1, std::time::Duration::from_secs(5)).await;
+    assert!(!closed, "b's session ended: {:?}", summary(&got));
+    assert_eq!(summary(&got), ["C(INSERT 0 1)", "Z(I)"], "b's INSERT ran");
+    // b's next client gets a connection and runs a statement that outlasts the cancel's way.
+    let b2 = h.client(&b.id).await;
+    let slept = b2.simple_query("SELECT pg_sleep(3)").await;
+    assert!(slept.is_ok(), "b's second client's statement was cancelled: {:?}", slept.err());
+    assert_eq!(ids(&su, &table).await, "12", "the INSERT ran once");
+}
