@@ -100,3 +100,30 @@ async fn a_reset_on_a_connection_the_client_keeps_brings_its_login_settings_back
         }
     }
 }
+
+/// A client of tenant b whose startup packet names tenant a's isolation setting (its schema
+/// in `search_path`, or its `pgtenant.tenant_id`): the tenant's own value wins at login, and
+/// RESET, RESET ALL and DISCARD ALL never bring the client's value back (a tenant's setting
+/// is no login value): each next transaction sees only b's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_never_brings_back_a_login_value_for_the_tenants_own_setting() {
+    use pgtenant::model::Isolation;
+    for mode in [Isolation::Schema, Isolation::Shared] {
+        let (a, b) = tenant_pair(mode, Access::Read, 1).await;
+        let h = start(config(vec![a.clone(), b.clone()])).await;
+        let (name, hostile) = match mode {
+            Isolation::Schema => ("search_path", format!("\"{}\"", a.id)),
+            _ => ("pgtenant.tenant_id", a.id.clone()),
+        };
+        let options = format!("options='-c {name}={}'", hostile.replace('"', "\\\""));
+        let c = connect_str(&format!("{} {options}", h.conninfo(&b.id))).await;
+        let other = h.client(&a.id).await;
+        for step in ["SELECT 1", "RESET ALL", "DISCARD ALL", &format!("RESET \"{name}\"")] {
+            c.simple_query(step).await.expect(step);
+            // Tenant a's client between the steps: the connection changes hands.
+            other.simple_query("SELECT 1").await.expect("a");
+            let owners = value(&c, "SELECT string_agg(DISTINCT owner, ',') FROM items").await;
+            assert_eq!(owners, b.id, "{mode:?} after {step:?}: b sees only its own rows");
+        }
+    }
+}

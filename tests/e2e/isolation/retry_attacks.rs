@@ -181,3 +181,40 @@ async fn a_late_resets_cancel_never_reaches_the_next_client_of_its_connection() 
     assert!(slept.is_ok(), "b's second client's statement was cancelled: {:?}", slept.err());
     assert_eq!(ids(&su, &table).await, "12", "the INSERT ran once");
 }
+
+/// Handoffs that fail on every connection, again and again (b's tracked setting names a
+/// text search configuration that was dropped): each of b's sessions ends after three
+/// attempts, and nothing is left behind: no connection checked out, no more backends than
+/// the pool's one, and tenant a (whose cap and pool b's attempts used) is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoffs_failing_again_and_again_leave_no_connection_behind() {
+    let (h, su, ca, b, mut rb) = super::setup::held_behind_a_setup(true).await;
+    send(&mut rb, &query("SELECT 1")).await;
+    let (got, closed) = read_eof(&mut rb, std::time::Duration::from_secs(8)).await;
+    assert!(closed && sqlstate(&got).as_deref() == Some("22023"), "b's first session: {:?}", summary(&got));
+    for round in 0..3 {
+        // A fresh session of b whose login names the dropped configuration: its setup fails
+        // on every connection too.
+        let user = format!("app.{}", b.id);
+        let params = [("user", user.as_str()), ("options", "-c default_text_search_config=public.myconf")];
+        let mut rb = login(tokio::net::TcpStream::connect(h.addr).await.expect("connect"), &params).await;
+        send(&mut rb, &query("SELECT 1")).await;
+        let (got, closed) = read_eof(&mut rb, std::time::Duration::from_secs(8)).await;
+        assert!(closed && sqlstate(&got).as_deref() == Some("22023"), "round {round}: {:?}", summary(&got));
+        let v: i32 = ca.query_one("SELECT 6", &[]).await.expect("a still served").get(0);
+        assert_eq!(v, 6);
+    }
+    nothing_checked_out(&h).await;
+    let role: String = ca.query_one("SELECT current_user::text", &[]).await.expect("role").get(0);
+    let n: i64 = su
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&role])
+        .await
+        .expect("backends")
+        .get(0);
+    assert!(n <= 1, "{n} backends of the pool's role, for a pool of one");
+    let g = h.proxy.metrics.global();
+    let (failed, retried) = (g.handoff_failures(), g.handoff_retries());
+    // Each session ends once, at its last failure; a first handoff without a reset (a new
+    // connection) is not retried, one with a reset twice at most.
+    assert!(failed == retried + 4 && retried <= 8, "{failed} failures, {retried} retries for four sessions");
+}
