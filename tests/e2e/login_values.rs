@@ -127,3 +127,21 @@ async fn a_reset_never_brings_back_a_login_value_for_the_tenants_own_setting() {
         }
     }
 }
+
+/// A reported setting (`TimeZone`) from the login: RESET, RESET ALL and DISCARD ALL bring it
+/// back to the login's value, as PostgreSQL does, not to the pool's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_a_reported_setting_brings_its_login_value_back() {
+    let t = tenant_db("loginrep").await;
+    let h = start(config(vec![with_mode(t.clone(), PoolMode::Transaction, 2)])).await;
+    let options = "options='-c TimeZone=Asia/Tokyo'";
+    let proxy = connect_str(&format!("{} {options}", h.conninfo(&t.id))).await;
+    let other = h.client(&t.id).await;
+    for reset in ["RESET TimeZone", "RESET ALL", "DISCARD ALL"] {
+        for step in ["SET TimeZone = 'Europe/Paris'", reset] {
+            proxy.simple_query(step).await.expect(step);
+            other.simple_query("SET TimeZone = 'America/Lima'").await.expect("other");
+        }
+        assert_eq!(value(&proxy, "SHOW TimeZone").await, "Asia/Tokyo", "{reset}: the login's value");
+    }
+}
