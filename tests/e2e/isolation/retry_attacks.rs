@@ -218,3 +218,43 @@ async fn handoffs_failing_again_and_again_leave_no_connection_behind() {
     // connection) is not retried, one with a reset twice at most.
     assert!(failed == retried + 4 && retried <= 8, "{failed} failures, {retried} retries for four sessions");
 }
+
+/// b prepared a statement on an earlier connection; its first write after a's turn binds it
+/// (pgtenant prepares it again behind the reset), closes it and prepares the name anew, all
+/// up to one Sync: retried, each runs once, in order, and the name then means the new text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_statement_used_closed_and_made_again_behind_a_failed_reset() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let mut cb = raw_proxy(&h, &b.id).await;
+    let table = format!("\"{}\".t", b.id);
+    send(&mut cb, &cat(&[parse("s1", &format!("INSERT INTO {table} VALUES (14, 'b')")), sync()])).await;
+    let (got, _) = read_ready(&mut cb, 1, std::time::Duration::from_secs(5)).await;
+    assert_eq!(summary(&got), ["1", "Z(I)"]);
+    let (p0, su) = a_leaves_a_locked_temp_table(&h, &a).await;
+
+    let again = format!("INSERT INTO {table} VALUES (15, 'b')");
+    send(
+        &mut cb,
+        &cat(&[
+            bind("", "s1"),
+            execute(""),
+            close(b'S', "s1"),
+            parse("s1", &again),
+            bind("", "s1"),
+            execute(""),
+            sync(),
+        ]),
+    )
+    .await;
+    cancel_the_waiting_reset(&a.database, p0).await;
+    let (got, closed) = read_ready(&mut cb, 1, std::time::Duration::from_secs(10)).await;
+    assert!(!closed, "b's session ended: {:?}", summary(&got));
+    assert_eq!(summary(&got), ["2", "C(INSERT 0 1)", "3", "1", "2", "C(INSERT 0 1)", "Z(I)"]);
+    assert_eq!(ids(&su, &table).await, "14,15", "each ran once");
+    send(&mut cb, &cat(&[bind("", "s1"), execute(""), sync()])).await;
+    let (got, _) = read_ready(&mut cb, 1, std::time::Duration::from_secs(5)).await;
+    assert_eq!(summary(&got), ["2", "C(INSERT 0 1)", "Z(I)"]);
+    assert_eq!(ids(&su, &table).await, "14,15,15", "s1 is the new text");
+    unlocked_and_closed(&su, p0).await;
+}
