@@ -53,6 +53,9 @@ pub struct ClientVars {
 #[derive(Debug, Clone, Default)]
 struct Login {
     settings: Vec<(String, String)>,
+    /// The reportable settings it gave that differ from the pool's (`TimeZone`, `DateStyle` …),
+    /// as the server spells them.
+    reported: Vec<(String, String)>,
     /// A startup setting names the temporary schema (`-c search_path=pg_temp`): a plain
     /// CREATE may then make a temporary object on any connection the client gets, each of
     /// which is reset before another client uses it.
@@ -106,8 +109,12 @@ impl ClientVars {
         for (k, _) in tenant_vars {
             vars.other.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
         }
-        if !vars.other.is_empty() || temp_schema {
-            vars.login = Some(Box::new(Login { settings: vars.other.clone(), temp_schema }));
+        if !vars.other.is_empty() || !vars.reported.is_empty() || temp_schema {
+            // Never a tenant's own setting (should a server report it), as in `other`.
+            let mut reported = vars.reported.clone();
+            reported.retain(|(n, _)| !tenant_vars.iter().any(|(k, _)| k.eq_ignore_ascii_case(n)));
+            let settings = vars.other.clone();
+            vars.login = Some(Box::new(Login { settings, reported, temp_schema }));
         }
         for (k, v) in tenant_vars {
             vars.other.push((k.clone(), v.clone()));
@@ -216,10 +223,11 @@ impl ClientVars {
         tracked
     }
 
-    /// The value the client's login gave a (non-reported) setting, if it gave one.
+    /// The value the client's login gave a setting, if it gave one.
     fn login_value(&self, name: &str) -> Option<&String> {
         let login = self.login.as_deref()?;
-        login.settings.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        let mut all = login.settings.iter().chain(&login.reported);
+        all.find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     fn apply_cmd(&mut self, cmd: &SetCmd, conn: &mut ServerConn, tenant_vars: &[(String, String)]) -> bool {
@@ -244,6 +252,10 @@ impl ClientVars {
             }
             SetCmd::Reset { name } if !is_tenant_var(name) => {
                 if self.reported_value(name).is_some() {
+                    // The server reported its own default; the client's is its login's.
+                    if let Some(v) = self.login_value(name).cloned() {
+                        self.set_reported(name, v);
+                    }
                     return true;
                 }
                 self.other.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
@@ -259,8 +271,12 @@ impl ClientVars {
             // Untracked: the connection keeps its own defaults, and is reset before reuse.
             SetCmd::ResetAll => {
                 self.other.retain(|(n, _)| is_tenant_var(n));
-                if let Some(login) = self.login.as_deref() {
+                if let Some(login) = self.login.take() {
                     self.other.extend(login.settings.iter().cloned());
+                    for (k, v) in &login.reported {
+                        self.set_reported(k, v.clone());
+                    }
+                    self.login = Some(login);
                 }
                 false
             }

@@ -337,6 +337,14 @@ impl ServerConn {
         self.backend_pid
     }
 
+    /// Closes the connection at its release instead of pooling it: a cancel sent to its
+    /// backend may still be on its way, and would land on whatever the backend runs for the
+    /// next client. Its lifetime ends now (checked at release; a checkout works it out anew
+    /// only when the pool's `max_lifetime` changes, and this one is never checked out again).
+    pub fn retire(&mut self) {
+        self.expires = Some(self.created);
+    }
+
     /// The socket, for the relay to read and write client traffic.
     #[inline]
     pub fn stream_mut(&mut self) -> &mut ServerStream {

@@ -70,3 +70,78 @@ async fn a_reset_brings_the_clients_login_settings_back() {
     assert_eq!(seen[3], seen[0]);
     assert_eq!(seen[4], seen[0]);
 }
+
+/// The same steps with no other client between them (the connection stays the client's, in
+/// transaction mode; session mode keeps the server's defaults, as the README says): after
+/// RESET, RESET ALL and DISCARD ALL the client sees its login's values, as on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_on_a_connection_the_client_keeps_brings_its_login_settings_back() {
+    {
+        let mode = PoolMode::Transaction;
+        let t = tenant_db("loginkeep").await;
+        let h = start(config(vec![with_mode(t.clone(), mode, 1)])).await;
+        let options = "options='-c work_mem=1MB -c lock_timeout=3s'";
+        let proxy = connect_str(&format!("{} {options}", h.conninfo(&t.id))).await;
+        let steps: [&[&str]; 3] = [
+            &["SET work_mem = '2MB'", "RESET work_mem"],
+            &["SET work_mem = '3MB'", "SET lock_timeout = '9s'", "RESET ALL"],
+            &["SET work_mem = '5MB'", "DISCARD ALL"],
+        ];
+        for step in steps {
+            for sql in step {
+                proxy.simple_query(sql).await.expect(sql);
+            }
+            let got = settings(&proxy).await;
+            assert_eq!(
+                got,
+                ["work_mem=1MB", "lock_timeout=3s", "statement_timeout=0"],
+                "{mode:?} after {step:?}"
+            );
+        }
+    }
+}
+
+/// A client of tenant b whose startup packet names tenant a's isolation setting (its schema
+/// in `search_path`, or its `pgtenant.tenant_id`): the tenant's own value wins at login, and
+/// RESET, RESET ALL and DISCARD ALL never bring the client's value back (a tenant's setting
+/// is no login value): each next transaction sees only b's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_never_brings_back_a_login_value_for_the_tenants_own_setting() {
+    use pgtenant::model::Isolation;
+    for mode in [Isolation::Schema, Isolation::Shared] {
+        let (a, b) = tenant_pair(mode, Access::Read, 1).await;
+        let h = start(config(vec![a.clone(), b.clone()])).await;
+        let (name, hostile) = match mode {
+            Isolation::Schema => ("search_path", format!("\"{}\"", a.id)),
+            _ => ("pgtenant.tenant_id", a.id.clone()),
+        };
+        let options = format!("options='-c {name}={}'", hostile.replace('"', "\\\""));
+        let c = connect_str(&format!("{} {options}", h.conninfo(&b.id))).await;
+        let other = h.client(&a.id).await;
+        for step in ["SELECT 1", "RESET ALL", "DISCARD ALL", &format!("RESET \"{name}\"")] {
+            c.simple_query(step).await.expect(step);
+            // Tenant a's client between the steps: the connection changes hands.
+            other.simple_query("SELECT 1").await.expect("a");
+            let owners = value(&c, "SELECT string_agg(DISTINCT owner, ',') FROM items").await;
+            assert_eq!(owners, b.id, "{mode:?} after {step:?}: b sees only its own rows");
+        }
+    }
+}
+
+/// A reported setting (`TimeZone`) from the login: RESET, RESET ALL and DISCARD ALL bring it
+/// back to the login's value, as PostgreSQL does, not to the pool's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_a_reported_setting_brings_its_login_value_back() {
+    let t = tenant_db("loginrep").await;
+    let h = start(config(vec![with_mode(t.clone(), PoolMode::Transaction, 2)])).await;
+    let options = "options='-c TimeZone=Asia/Tokyo'";
+    let proxy = connect_str(&format!("{} {options}", h.conninfo(&t.id))).await;
+    let other = h.client(&t.id).await;
+    for reset in ["RESET TimeZone", "RESET ALL", "DISCARD ALL"] {
+        for step in ["SET TimeZone = 'Europe/Paris'", reset] {
+            proxy.simple_query(step).await.expect(step);
+            other.simple_query("SET TimeZone = 'America/Lima'").await.expect("other");
+        }
+        assert_eq!(value(&proxy, "SHOW TimeZone").await, "Asia/Tokyo", "{reset}: the login's value");
+    }
+}

@@ -33,6 +33,7 @@ mod reseed_attacks;
 mod reset;
 mod resync_hold;
 mod retry;
+mod retry_attacks;
 mod seed;
 mod session_state;
 mod setup;

@@ -43,7 +43,7 @@ pub(super) async fn a_leaves_a_locked_temp_table(h: &Harness, a: &TenantConfig) 
 /// Waits until backend `p0` waits for a lock in the handoff's DISCARD ALL, then cancels it:
 /// the reset fails with 57014. Watched from a session of its own on `db` (one inside a
 /// transaction, as the locker's, sees `pg_stat_activity` as it was at its first look).
-async fn cancel_the_waiting_reset(db: &str, p0: i32) {
+pub(super) async fn cancel_the_waiting_reset(db: &str, p0: i32) {
     end_the_waiting_reset(db, p0, "pg_cancel_backend").await;
 }
 
@@ -72,7 +72,7 @@ async fn end_the_waiting_reset(db: &str, p0: i32, how: &str) {
 
 /// Unlocks a's temp table (the closed backend drops it as it exits) and checks that backend
 /// `p0` is gone.
-async fn unlocked_and_closed(su: &Client, p0: i32) {
+pub(super) async fn unlocked_and_closed(su: &Client, p0: i32) {
     su.batch_execute("ROLLBACK").await.expect("unlock");
     let gone = eventually(std::time::Duration::from_secs(5), || async move {
         let n: i64 = su
@@ -97,7 +97,7 @@ async fn raw_with_key(h: &Harness, tenant: &str) -> (tokio::net::TcpStream, Vec<
 }
 
 /// The server backend a raw client is on now.
-async fn raw_pid(c: &mut tokio::net::TcpStream) -> i32 {
+pub(super) async fn raw_pid(c: &mut tokio::net::TcpStream) -> i32 {
     send(c, &query("SELECT pg_backend_pid()")).await;
     let (got, _) = read_ready(c, 1, std::time::Duration::from_secs(5)).await;
     let row = messages(&got).into_iter().find(|(t, _)| *t == b'D').map(|(_, body)| data_row(body));

@@ -91,6 +91,10 @@ pub fn sync() -> Vec<u8> {
     msg(b'S', &[])
 }
 
+pub fn flush() -> Vec<u8> {
+    msg(b'H', &[])
+}
+
 pub fn copy_data(data: &str) -> Vec<u8> {
     msg(b'd', data.as_bytes())
 }
