@@ -118,15 +118,21 @@ pub async fn retire_running(co: Checkout, r: Retire, running: bool) {
     if !r.idle && running {
         let c = co.conn_ref();
         let (addr, pid, secret) = (c.addr.clone(), c.backend_pid, c.backend_secret);
-        let _ = tokio::time::timeout(CLEANUP_TIMEOUT, cancel_backend(&addr, pid, secret)).await;
+        send_cancel(&addr, pid, secret).await;
         tokio::spawn(async move {
             for wait in CANCEL_RETRIES {
                 tokio::time::sleep(wait).await;
-                let _ = tokio::time::timeout(CLEANUP_TIMEOUT, cancel_backend(&addr, pid, secret)).await;
+                send_cancel(&addr, pid, secret).await;
             }
         });
     }
     retire(co, r).await;
+}
+
+/// Sends backend `pid` a cancel, giving up after [`CLEANUP_TIMEOUT`] (a server that does not
+/// answer the cancel's connection must not hold what waits for it).
+pub async fn send_cancel(addr: &crate::model::UpstreamAddr, pid: i32, secret: i32) {
+    let _ = tokio::time::timeout(CLEANUP_TIMEOUT, cancel_backend(addr, pid, secret)).await;
 }
 
 /// When [`retire_running`] sends its cancel again, each after the one before.

@@ -605,23 +605,26 @@ proptest! {
     }
 }
 
+/// Every kind of client message the model knows.
+pub(crate) const ALL_KINDS: [Kind; 14] = [
+    Kind::Parse,
+    Kind::Bind,
+    Kind::DescribeStatement,
+    Kind::DescribePortal,
+    Kind::Execute,
+    Kind::Close,
+    Kind::Sync,
+    Kind::Query,
+    Kind::FunctionCall,
+    Kind::CopyData,
+    Kind::CopyDone,
+    Kind::CopyFail,
+    Kind::Flush,
+    Kind::Unknown,
+];
+
 fn agrees_with_the_previous_model(steps: &[Step]) -> Result<(), TestCaseError> {
-    let all = [
-        Kind::Parse,
-        Kind::Bind,
-        Kind::DescribeStatement,
-        Kind::DescribePortal,
-        Kind::Execute,
-        Kind::Close,
-        Kind::Sync,
-        Kind::Query,
-        Kind::FunctionCall,
-        Kind::CopyData,
-        Kind::CopyDone,
-        Kind::CopyFail,
-        Kind::Flush,
-        Kind::Unknown,
-    ];
+    let all = ALL_KINDS;
     let codes = ["", "42601", "26000", COPY_FAIL_CODE];
     let mut new = Pipeline::default();
     let mut old = previous::Pipeline::default();

@@ -19,8 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{PlainTcp, ResetPhase, Session, MAX_CLIENT_BUFFERED};
 use crate::client::pipeline::Pipeline;
 use crate::client::statements::Effect;
-use crate::pool::cancel_backend;
-use crate::pool::session::CLEANUP_TIMEOUT;
+use crate::pool::session::send_cancel;
 use crate::protocol::backend::{tag as be, txn};
 
 /// Handoffs a client's first messages get, the first included.
@@ -161,7 +160,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         let addr = addr.clone();
         tracing::warn!(tenant = %self.tenant.id, pid, "cross-tenant reset did not finish in time: cancelling it, to hand the client's messages to another server connection");
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(CLEANUP_TIMEOUT, cancel_backend(&addr, pid, secret)).await;
+            send_cancel(&addr, pid, secret).await;
         });
         self.progress.reset_since = Some(tokio::time::Instant::now());
         true
@@ -176,17 +175,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
 /// caller it was not inlined into the relay's, 84 instructions more per transaction.)
 fn skip_all(pipeline: &mut Pipeline) -> (Vec<Effect>, Vec<Effect>) {
     let (mut undo, mut done) = (Vec::new(), Vec::new());
-    while !pipeline.owes_nothing() && !pipeline.uncertain() {
-        pipeline.route(be::ERROR_RESPONSE, "");
-        pipeline.route(be::READY_FOR_QUERY, "");
+    loop {
         let (u, d) = pipeline.take_effects();
         undo.extend(u);
         done.extend(d);
+        if pipeline.owes_nothing() || pipeline.uncertain() {
+            return (undo, done);
+        }
+        pipeline.route(be::ERROR_RESPONSE, "");
+        pipeline.route(be::READY_FOR_QUERY, "");
     }
-    let (u, d) = pipeline.take_effects();
-    undo.extend(u);
-    done.extend(d);
-    (undo, done)
 }
 
 #[cfg(test)]
@@ -234,22 +232,7 @@ mod tests {
         // as skipped: the loop of `skip_all` ends within a round per message (a hostile
         // client chooses what goes behind a reset; a loop that did not end would hold a
         // worker for ever).
-        let kinds = [
-            Kind::Parse,
-            Kind::Bind,
-            Kind::DescribeStatement,
-            Kind::DescribePortal,
-            Kind::Execute,
-            Kind::Close,
-            Kind::Sync,
-            Kind::Query,
-            Kind::FunctionCall,
-            Kind::CopyData,
-            Kind::CopyDone,
-            Kind::CopyFail,
-            Kind::Flush,
-            Kind::Unknown,
-        ];
+        let kinds = crate::client::pipeline::tests::ALL_KINDS;
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..20_000 {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);

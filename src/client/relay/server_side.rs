@@ -347,15 +347,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             }
             ResetStep::Failed => self.proxy.metrics.global().handoff_failed(),
         }
-        let error = if tag == be::ERROR_RESPONSE && whole {
-            let fields = parse_error_fields(&self.sbuf[pos + HEADER_LEN..pos + len]);
-            tracing::warn!(tenant = %self.tenant.id, code = %fields.code, message = %fields.message, "session reset or setup failed: closing the server connection");
+        if tag == be::ERROR_RESPONSE {
+            if whole {
+                let fields = parse_error_fields(&self.sbuf[pos + HEADER_LEN..pos + len]);
+                tracing::warn!(tenant = %self.tenant.id, code = %fields.code, message = %fields.message, "session reset or setup failed: closing the server connection");
+            }
             if self.retry_handoff() {
                 return Ok(true);
             }
+        }
+        let error = if tag == be::ERROR_RESPONSE && whole {
             Bytes::copy_from_slice(&self.sbuf[pos..pos + len])
-        } else if tag == be::ERROR_RESPONSE && self.retry_handoff() {
-            return Ok(true);
         } else {
             tracing::warn!(tenant = %self.tenant.id, tag = %(tag as char), "unexpected reply to the session reset or setup: closing the server connection");
             Bytes::from(PgError::session_setup_failed().to_bytes())

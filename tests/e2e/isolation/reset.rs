@@ -132,19 +132,7 @@ async fn the_previous_tenant_cannot_stall_the_reset_for_ever() {
     assert_eq!(h.proxy.metrics.global().handoff_retries(), 1, "handed to another connection");
     locker.batch_execute("COMMIT").await.expect("unlock");
     // The stalled backend exits once the lock is gone (dropping a's temporary child).
-    let gone = eventually(std::time::Duration::from_secs(5), || {
-        let su = &su;
-        async move {
-            let n: i64 = su
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&p0])
-                .await
-                .expect("pg_stat_activity")
-                .get(0);
-            n == 0
-        }
-    })
-    .await;
-    assert!(gone, "the stalled backend ({p0}) was not closed");
+    assert!(super::retry::closed(&su, p0).await, "the stalled backend ({p0}) was not closed");
     let db = admin(&b.database).await;
     let rows: i64 = db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.expect("count").get(0);
     assert_eq!(rows, 2, "tenant b's INSERTs ran once each");

@@ -74,7 +74,12 @@ async fn end_the_waiting_reset(db: &str, p0: i32, how: &str) {
 /// `p0` is gone.
 pub(super) async fn unlocked_and_closed(su: &Client, p0: i32) {
     su.batch_execute("ROLLBACK").await.expect("unlock");
-    let gone = eventually(std::time::Duration::from_secs(5), || async move {
+    assert!(closed(su, p0).await, "the backend whose reset failed ({p0}) was not closed");
+}
+
+/// Whether backend `p0` leaves pg_stat_activity within 5 s (as `su` sees it).
+pub(super) async fn closed(su: &Client, p0: i32) -> bool {
+    eventually(std::time::Duration::from_secs(5), || async move {
         let n: i64 = su
             .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&p0])
             .await
@@ -82,8 +87,7 @@ pub(super) async fn unlocked_and_closed(su: &Client, p0: i32) {
             .get(0);
         n == 0
     })
-    .await;
-    assert!(gone, "the backend whose reset failed ({p0}) was not closed");
+    .await
 }
 
 /// A raw client of `tenant` through the proxy, and the cancel key pgtenant gave it.
