@@ -223,6 +223,14 @@ pub const HANDOFF_REPLIES: [(u8, &[u8]); 36] = [
 /// `i`), and the end.
 pub const SEGMENTS: [u8; 8] = [0, 9, 13, 21, 25, 30, 34, 36];
 
+/// Whether an error in place of reply `next` of [`HANDOFF_REPLIES`] leaves the client's
+/// messages sent behind the handoff unrun: after each of the handoff's unsynced statements the
+/// server skips up to the client's first Sync, but the empty query (a simple query, which only
+/// an interrupt such as a statement timeout fails) is followed by the client's messages as usual.
+pub fn skips_the_client(next: u8) -> bool {
+    next < SEGMENTS[6]
+}
+
 /// The first reply at or after `i` that `parts` are due; [`HANDOFF_REPLIES`]' length when none.
 pub fn first_due(mut i: u8, parts: u8) -> u8 {
     for (seg, bounds) in SEGMENTS.windows(2).enumerate() {
@@ -304,6 +312,14 @@ mod tests {
         }
         replies.extend([(b'C', Some(tag)), (b'3', None)]);
         replies
+    }
+
+    #[test]
+    fn only_an_error_before_the_empty_query_leaves_the_client_unrun() {
+        // Every reply of the reset and of the unsynced setup statements; not the empty query's.
+        assert!((0..SEGMENTS[6]).all(skips_the_client));
+        assert!(!skips_the_client(SEGMENTS[6]) && !skips_the_client(SEGMENTS[6] + 1));
+        assert_eq!(HANDOFF_REPLIES[usize::from(SEGMENTS[6])].0, be::EMPTY_QUERY_RESPONSE);
     }
 
     #[test]

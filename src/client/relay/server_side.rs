@@ -352,7 +352,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                 let fields = parse_error_fields(&self.sbuf[pos + HEADER_LEN..pos + len]);
                 tracing::warn!(tenant = %self.tenant.id, code = %fields.code, message = %fields.message, "session reset or setup failed: closing the server connection");
             }
-            if self.retry_handoff() {
+            if crate::pool::handoff::skips_the_client(next) && self.retry_handoff() {
                 return Ok(true);
             }
         }
