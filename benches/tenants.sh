@@ -141,6 +141,7 @@ EOF
 # 4. pgtenant: 100 schema-isolated tenants, one login role, so one shared pool.
 # ---------------------------------------------------------------------------
 free_port PGT_PORT
+free_port METRICS_PORT
 {
     cat <<EOF
 [proxy]
@@ -153,6 +154,9 @@ size = $POOL_SIZE
 max_server_connections = $POOL_SIZE
 affinity_hold = $AFFINITY_HOLD
 affinity_transactions = $AFFINITY_TRANSACTIONS
+
+[metrics]
+listen = "127.0.0.1:$METRICS_PORT"
 
 [admin]
 # The console user that turns tenant affinity off for case B0.
@@ -275,7 +279,11 @@ gate_open() {
     GATE_PID=""
 }
 
-declare -A TPS STEADY WINDOW FAIL ERRS CONN GATE
+declare -A TPS STEADY WINDOW FAIL ERRS CONN GATE RESETS LAT
+# pgtenant's cross-tenant resets so far (its metrics endpoint); "" for case C.
+resets_now() {
+    curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" | awk '$1 ~ /^pgtenant_resets(_total)?({})?$/ { print $2 }'
+}
 # run_case CASE: start the 100 pgbench processes at once, wait for all, sum their results.
 # Each process also logs every transaction (-l) so that the steady-state throughput can
 # be computed over the window in which all 100 were connected (see below).
@@ -283,6 +291,8 @@ run_case() {
     local c=$1 i rc errs=0
     log "case $c: $TENANTS x pgbench -n -c 1 -j 1 -T $BENCH_SECONDS -f script.sql ..."
     gate_close
+    local r0
+    r0=$(resets_now)
     local t0=$EPOCHREALTIME
     BENCH_PIDS=()
     for i in $(seq 0 $((TENANTS - 1))); do
@@ -315,6 +325,14 @@ run_case() {
     CONN[$c]=$(cat "$TMP"/runs/"$c"-*.log | awk '/^initial connection time = / {s += $5; n++; if ($5 > m) m = $5}
         END { if (n) printf "%.0f/%.0f", s / n, m; else print "-" }')
     ERRS[$c]=$errs
+    # Cross-tenant resets per transaction: what tenant affinity is there to avoid.
+    if [[ $c != C ]]; then
+        local r1 txs
+        r1=$(resets_now)
+        txs=$(cat "$TMP"/runs/"$c"-*.log | awk '/^number of transactions actually processed:/ { s += $6 } END { print s + 0 }')
+        log "case $c: $((r1 - r0)) cross-tenant resets over $txs transactions"
+        RESETS[$c]=$(awk -v a="$r0" -v b="$r1" -v n="$txs" 'BEGIN { if (n > 0) printf "%.3f", (b - a) / n; else print "-" }')
+    fi
     local parsed
     parsed=$(grep -l '^tps = .*without initial connection time' "$TMP"/runs/"$c"-*.log | wc -l)
     [[ $parsed -eq $TENANTS ]] || log "case $c: tps found in only $parsed of $TENANTS pgbench outputs"
@@ -337,6 +355,11 @@ run_case() {
         { t = $5 + $6 / 1e6; if (t >= a && t <= b) n++ }
         END { if (b - a > 0) printf "%.1f", n / (b - a) }')
     WINDOW[$c]=$(awk -v a="$w_from" -v b="$w_to" 'BEGIN { printf "%.1f", b - a }')
+    # Latency (ms) of the transactions in that window: median and 99th percentile. What
+    # tenant affinity trades: a client of another tenant waits while a connection is held.
+    LAT[$c]=$(cat "$TMP"/runs/xact-"$c"-* | awk -v a="$w_from" -v b="$w_to" '
+        { t = $5 + $6 / 1e6; if (t >= a && t <= b) print $3 }' | sort -n | awk '
+        { v[NR] = $1 } END { if (NR) printf "%.1f/%.1f", v[int(NR * 0.5) + 1] / 1000, v[int(NR * 0.99) + 1] / 1000; else print "-" }')
     awk -v w="${WINDOW[$c]}" 'BEGIN { exit !(w < 2) }' &&
         log "case $c: warning: only ${WINDOW[$c]} s with all $TENANTS clients running (raise BENCH_SECONDS)"
     rm -f "$TMP"/runs/xact-"$c"-*
@@ -344,7 +367,7 @@ run_case() {
         "${FAIL[$c]} failed transactions, connect ms avg/max ${CONN[$c]}, $errs pgbench error exit(s)"
 }
 
-CASES=(A B B0 C)
+CASES=(${BENCH_TENANT_CASES:-A B B0 C})
 declare -A DESC=(
     [A]="A pgtenant, 1 tenant"
     [B]="B pgtenant, $TENANTS tenants"
@@ -373,19 +396,21 @@ echo
 echo "$TENANTS pgbench processes (-c 1 each), -T $BENCH_SECONDS, PK lookup in a $ROWS-row table;"
 echo "pgtenant: schema isolation, one login role, one shared pool of $POOL_SIZE (transaction mode), workers=$PGTENANT_WORKERS"
 echo "$(nproc) cores, load avg $LOADAVG"
-fmt_row='%-24s | %10s | %9s | %10s | %9s | %6s | %7s | %11s\n'
+fmt_row='%-24s | %10s | %9s | %10s | %9s | %6s | %7s | %11s | %9s | %11s\n'
 # shellcheck disable=SC2059
-printf "$fmt_row" case "total TPS" "vs A" "steady TPS" "vs A" window failed "conn ms"
-printf '%s\n' "-------------------------+------------+-----------+------------+-----------+--------+---------+------------"
+printf "$fmt_row" case "total TPS" "vs A" "steady TPS" "vs A" window failed "conn ms" "resets/tx" "lat ms p50/99"
+printf '%s\n' "-------------------------+------------+-----------+------------+-----------+--------+---------+-------------+-----------+------------"
 for c in "${CASES[@]}"; do
     # shellcheck disable=SC2059
     printf "$fmt_row" "${DESC[$c]}" "${TPS[$c]:--}" "$(ratio "${TPS[$c]:-}" "${TPS[A]:-}")" \
         "${STEADY[$c]:--}" "$(ratio "${STEADY[$c]:-}" "${STEADY[A]:-}")" "${WINDOW[$c]:--}s" \
-        "${FAIL[$c]}" "${CONN[$c]}"
+        "${FAIL[$c]}" "${CONN[$c]}" "${RESETS[$c]:--}" "${LAT[$c]:--}"
 done
 echo "total TPS: sum of each pgbench's tps (without initial connection time)."
 echo "steady TPS: transactions completed while all $TENANTS clients were connected, per second of that window."
 echo "conn ms: pgbench's initial connection time, average/max over the $TENANTS processes."
+echo "resets/tx: cross-tenant resets (pgtenant_resets) per transaction processed."
+echo "lat ms: transaction latency in the steady window, median/99th percentile (pgbench -l)."
 gates=()
 for c in "${CASES[@]}"; do gates+=("$c ${GATE[$c]:--}s"); done
 echo "start gate (clients held until all $TENANTS are in; counts in each pgbench's -T and tps):" \

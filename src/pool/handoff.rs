@@ -36,8 +36,21 @@ const FLOAT8_OID: u32 = 701;
 /// What keeps the previous session's statement timeout from cancelling DISCARD ALL (its
 /// timer starts with the statement, before DISCARD ALL resets the setting). A lock timeout
 /// needs no guard: DISCARD ALL's RESET ALL restores it before anything in it waits for a lock;
-/// a reset that waits too long is bounded by the session instead (`Limit::Reset`).
+/// a reset that waits too long is bounded by the session instead (`Limit::Reset`). Sent only
+/// when the connection may carry a client's timeout (see [`needs_guard`]).
 pub const RESET_GUARD: &str = "SET statement_timeout = 0";
+
+/// Whether the reset of `conn` goes behind [`RESET_GUARD`]: a client set a timeout on it
+/// (tracked, see [`bounds_setup`]), or ran something that may have set one without a SET
+/// (`set_config`, a DO block: `settings_suspect`). Otherwise its statement timeout is the
+/// one the connection was opened with, and the guard (a statement of its own, with a
+/// ReadyForQuery the server flushes on its own) would cost a third of what the reset itself
+/// costs the server. A timeout set where pgtenant cannot see it (inside a function) that
+/// cancels DISCARD ALL fails the reset like any other error: the connection is closed and
+/// the client's messages go to another one (the relay's `retry`).
+pub fn needs_guard(conn: &ServerConn) -> bool {
+    conn.settings_suspect || bounds_setup(conn)
+}
 
 /// Whether `conn` must be reset before `tenant` uses it: another tenant used it last, or a
 /// client left session state on it.
@@ -62,20 +75,24 @@ pub fn hand_over(conn: &mut ServerConn, client: u64, tenant: &TenantId, tenant_v
 }
 
 /// Queues the reset and records the connection as the reset leaves it (its reportable
-/// settings back to the pool's values, nothing of pgtenant's). The guard goes as a simple
-/// Query (one ReadyForQuery, swallowed; its failure changes nothing, since DISCARD ALL resets
-/// what it sets), DISCARD ALL as an unsynced extended statement ([`frontend::unsynced`]): the
+/// settings back to the pool's values, nothing of pgtenant's); returns whether the guard was
+/// queued ([`needs_guard`]). The guard goes as a simple Query (one ReadyForQuery, swallowed;
+/// its failure changes nothing, since DISCARD ALL resets what it sets), DISCARD ALL as an
+/// unsynced extended statement ([`frontend::unsynced`]), first in its implicit transaction: the
 /// caller swallows and checks its four replies ([`HANDOFF_REPLIES`]) and may send the client's
 /// messages behind it up to the client's first Sync, which a failed reset makes the server
 /// skip (the caller holds the rest until the reset's reply is checked). After an
 /// ErrorResponse the caller closes the connection and sends the client's messages, which it
 /// kept for that, on another connection (the relay's `retry`); when it kept none, or the
 /// attempts are used up, the session ends with the error.
-pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String, String)]) {
-    if frontend::query(out, RESET_GUARD).is_ok() {
-        frontend::unsynced(out, CROSS_TENANT_RESET);
-        queue_reseed(out);
+pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String, String)]) -> bool {
+    let guard = needs_guard(conn);
+    if guard {
+        // A constant without a NUL: never refused.
+        let _ = frontend::query(out, RESET_GUARD);
     }
+    frontend::unsynced(out, CROSS_TENANT_RESET);
+    queue_reseed(out);
     conn.vars = params.to_vec();
     conn.idle_setting |= names_idle_setting(&conn.vars);
     conn.vars_fingerprint = 0;
@@ -86,6 +103,7 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
     conn.tenant = None;
     conn.settings_suspect = false;
     conn.cursors = false;
+    guard
 }
 
 /// Queues the session's setup (behind a reset, if one is queued): `SET search_path TO …`

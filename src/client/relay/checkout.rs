@@ -110,12 +110,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         // The server's two buffers, in one visit to the spare list.
         buffers::take_all([&mut self.out, &mut self.sbuf]);
         let reset = needs_reset(co.conn_ref(), &self.tenant.id);
+        let mut guarded = false;
         if reset {
             // A handoff to another tenant starts from a clean session (DESIGN.md,
             // containment rule 2): DISCARD ALL with the setup and the client's first messages
             // behind it in one write, its replies swallowed and checked (see `hold`).
             self.proxy.metrics.global().reset();
-            queue_reset(co.conn(), &mut self.out, &self.pool_params);
+            guarded = queue_reset(co.conn(), &mut self.out, &self.pool_params);
         }
         let conn = co.conn();
         hand_over(conn, self.id, &self.tenant.id, &self.tenant.session_vars);
@@ -141,7 +142,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         if self.vars.temp_schema() {
             conn.mark_dirty();
         }
-        self.progress.reset = match (reset, parts) {
+        // The guard's ReadyForQuery comes first, when it was sent; DISCARD ALL's replies then.
+        self.progress.reset = match (guarded, parts) {
             (true, _) => ResetPhase::Guard(parts),
             (false, 0) => ResetPhase::Done,
             (false, _) => ResetPhase::Replies(first_due(0, parts), parts),

@@ -23,6 +23,7 @@ mod cursors;
 mod custom_reset;
 mod cuts;
 mod encoding;
+mod guard;
 mod leaving;
 mod login_spelling;
 mod oversized;
