@@ -86,9 +86,6 @@ enum Event {
 /// [`crate::console::live::Signal`]).
 type Signals = SignalReader;
 
-/// Transaction ends not held for (tenant affinity) after a hold the client let run out.
-const HOLD_SKIP_AFTER_MISS: u8 = 8;
-
 /// What [`Session::settle`] decided.
 enum Settle {
     /// Nothing more to do before the next event (or the write of what was staged).
@@ -337,13 +334,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             };
             self.meter.next_turn();
             match event {
-                Event::Timeout(Limit::Affinity) => {
-                    // The hold ran out unused: the connection goes back at the next settle,
-                    // and the next few transactions are not held for.
-                    self.progress.hold_until = None;
-                    self.progress.held = u8::MAX;
-                    self.progress.hold_skip = HOLD_SKIP_AFTER_MISS;
-                }
+                // The connection goes back at the next settle.
+                Event::Timeout(Limit::Affinity) => self.hold_missed(),
                 // A late reset may be cancelled and its handoff retried (see `retry`).
                 Event::Timeout(Limit::Reset) if self.cancel_late_reset() => {}
                 Event::Timeout(limit) => return Exit::Error(timed_out(limit, &self.tenant.id)),
@@ -355,7 +347,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                 }
                 Event::Client(Ok(0) | Err(_)) => return Exit::Client,
                 Event::Client(Ok(n)) => {
-                    if self.progress.hold_until.take().is_some()
+                    if self.hold_used()
                         && self.server_idle()
                         && self.proxy.pools.pauses.is_paused(&self.tenant.id)
                     {

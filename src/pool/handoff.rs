@@ -44,10 +44,11 @@ pub const RESET_GUARD: &str = "SET statement_timeout = 0";
 /// (tracked, see [`bounds_setup`]), or ran something that may have set one without a SET
 /// (`set_config`, a DO block: `settings_suspect`). Otherwise its statement timeout is the
 /// one the connection was opened with, and the guard (a statement of its own, with a
-/// ReadyForQuery the server flushes on its own) would cost a third of what the reset itself
-/// costs the server. A timeout set where pgtenant cannot see it (inside a function) that
-/// cancels DISCARD ALL fails the reset like any other error: the connection is closed and
-/// the client's messages go to another one (the relay's `retry`).
+/// ReadyForQuery the server flushes on its own) would cost the server a seventh of the
+/// handoff (21,500 of 155,600 instructions in callgrind of a PostgreSQL 15 backend). A
+/// timeout set where pgtenant cannot see it (inside a function) that cancels DISCARD ALL
+/// fails the reset like any other error: the connection is closed and the client's messages
+/// go to another one (the relay's `retry`).
 pub fn needs_guard(conn: &ServerConn) -> bool {
     conn.settings_suspect || bounds_setup(conn)
 }

@@ -25,6 +25,13 @@ use crate::pool::Checkout;
 use crate::protocol::backend::txn;
 use crate::protocol::PgError;
 
+/// Transaction ends not held for (tenant affinity) after holds the client let run out: one
+/// after a first miss, doubling with each miss in a row up to this. A client that came back
+/// late once (its process waited for a core) is held for again at once, so a busy machine
+/// does not turn one late reply into a string of cross-tenant resets; one that is always
+/// slower than the hold idles a connection at one transaction end in seventeen at most.
+const HOLD_SKIP_AFTER_MISSES: u8 = 16;
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     pub(super) async fn attach(&mut self) -> Result<(), Exit> {
         // The turn's clock as the checkout starts: read again only after a wait here.
@@ -234,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// hold ends when the client sends its next message (the connection serves it, with no
     /// checkout and no reset) or when the timer fires (`Limit::Affinity`), then it goes back;
     /// a client that let a hold run out is not held for at its next few transaction ends
-    /// ([`super::HOLD_SKIP_AFTER_MISS`]), so a client that is slow to come back does not idle
+    /// ([`HOLD_SKIP_AFTER_MISSES`]), so a client that is slow to come back does not idle
     /// a connection others wait for after each transaction.
     pub(super) fn keep_for_affinity(&mut self) -> bool {
         let p = &mut self.progress;
@@ -266,6 +273,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         p.held += 1;
         p.hold_until = Some(tokio::time::Instant::now() + hold);
         true
+    }
+
+    /// The affinity hold ran out unused: the next few transaction ends are not held for.
+    pub(super) fn hold_missed(&mut self) {
+        let p = &mut self.progress;
+        p.hold_until = None;
+        p.held = u8::MAX;
+        p.hold_skip = (1u8 << p.misses.min(4)).min(HOLD_SKIP_AFTER_MISSES);
+        p.misses = p.misses.saturating_add(1);
+    }
+
+    /// The client sent something: whether it ends an affinity hold (the client came back
+    /// within it, so its next miss skips one transaction end again).
+    #[inline]
+    pub(super) fn hold_used(&mut self) -> bool {
+        let used = self.progress.hold_until.take().is_some();
+        if used {
+            self.progress.misses = 0;
+        }
+        used
     }
 
     /// Transaction mode: the server connection goes back once the client's transaction is

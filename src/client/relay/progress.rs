@@ -50,6 +50,8 @@ pub(super) struct Progress {
     /// After a hold the client did not use (its next transaction came later), transaction
     /// ends left before it is held for again.
     pub(super) hold_skip: u8,
+    /// Holds in a row the client let run out (see `HOLD_SKIP_AFTER_MISSES`).
+    pub(super) misses: u8,
     /// A read of the server connection now held is registered with the session's signal as
     /// its waker and has not fired (see `Session::next_event`).
     pub(super) server_armed: bool,

@@ -1,7 +1,7 @@
 //! The reset's guard (`SET statement_timeout = 0` in front of DISCARD ALL) goes only where a
 //! client may have left a timeout: a tracked SET of one, or a `set_config`, DO or CALL whose
 //! effect pgtenant cannot see. A plain handoff goes without it (the guard is a statement of
-//! its own, a third of what the reset costs the server), and a timeout set where pgtenant
+//! its own, a seventh of what the handoff costs the server), and a timeout set where pgtenant
 //! cannot see it that cancels DISCARD ALL fails the reset like any other error: the client's
 //! messages go to another connection.
 
