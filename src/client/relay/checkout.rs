@@ -64,9 +64,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         // A handoff retry takes the place its failed connection kept (see `retry`). One
         // test of a pointer that is null unless a handoff is being retried.
         if self.progress.retry.is_some() {
-            if let Some(slot) = self.progress.retry.as_mut().and_then(|r| r.slot.take()) {
-                // Boxed: rare, and its state must not size every client's task.
-                return Box::pin(self.attach_retry(slot, asked)).await;
+            if let Some(retry) = self.retry_checkout(asked) {
+                return retry.await;
             }
         }
         // The common case (a free connection) takes no future, watches nothing.
@@ -99,6 +98,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         self.attach_waited(waited, read, asked)
     }
 
+    /// A handoff retry's checkout, when its failed connection kept a place (see
+    /// [`Session::attach_retry`]). Out of line and boxed: rare, and neither its code nor its
+    /// state must weigh on every checkout.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::type_complexity)] // A boxed future, spelt out once.
+    fn retry_checkout(&mut self, asked: Instant) -> Option<Pin<Box<dyn Future<Output = Result<(), Exit>> + Send + '_>>> {
+        let slot = self.progress.retry.as_mut()?.slot.take()?;
+        Some(Box::pin(self.attach_retry(slot, asked)))
+    }
+
     /// A handoff retry's checkout (see `retry`), in the place `slot` its failed connection
     /// kept: never a connection that needs a cross-tenant reset, and no wait behind the
     /// pool's queue; opening a connection is watched as a waiting checkout is.
@@ -109,7 +119,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     }
 
     /// The end of a checkout watched by [`watched!`]: the session's connection, or why the
-    /// session ends.
+    /// session ends. (Inlined always: it was the end of `attach`'s own body.)
+    #[inline(always)]
     fn attach_waited(
         &mut self,
         waited: Result<Result<Checkout, crate::pool::CheckoutError>, Stop>,
@@ -192,8 +203,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         self.progress.server_armed = false;
         self.server = Some(co);
         if self.progress.reset == ResetPhase::Done {
-            // A retry that needs no reset nor setup here has nothing left to keep.
-            self.progress.retry = None;
+            // A retry that needs no reset nor setup here has nothing left to keep. (Tested
+            // first: the drop of a kept retry is out of line, a call per checkout.)
+            if self.progress.retry.is_some() {
+                self.progress.retry = None;
+            }
             self.attach_key();
         }
     }
