@@ -164,9 +164,8 @@ mod tests {
     /// Idle lists of up to eight connections, each carrying tenant a, b, c or none, dirty
     /// or not.
     fn idle_lists() -> impl Strategy<Value = Vec<Fake>> {
-        let conn = (0u8..4, any::<bool>()).prop_map(|(t, dirty)| {
-            Fake((t > 0).then(|| id(["", "a", "b", "c"][usize::from(t)])), dirty)
-        });
+        let conn = (0u8..4, any::<bool>())
+            .prop_map(|(t, dirty)| Fake((t > 0).then(|| id(["", "a", "b", "c"][usize::from(t)])), dirty));
         proptest::collection::vec(conn, 0..8)
     }
 

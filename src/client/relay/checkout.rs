@@ -27,7 +27,10 @@ use crate::protocol::PgError;
 
 /// A checkout future `$checkout` of session `$s`, watched (see [`Watched`]): its outcome or
 /// why the wait ended, and the client bytes read meanwhile. A macro, not a method: the
-/// checkout borrows some of the session's fields and the watch the others.
+/// checkout borrows some of the session's fields and the watch the others. Used by a
+/// handoff retry's checkout; `attach` keeps its own copy of it and of [`Session::attach_waited`]
+/// (with both shared, the relay's hot loop came out 50 instructions per transaction longer:
+/// benches/instructions.sh, pgbench -S).
 macro_rules! watched {
     ($s:ident, $checkout:expr) => {{
         let checkout = $checkout;
@@ -93,9 +96,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         // place in the queue is given back. What the client sends meanwhile is read (within
         // the usual bound) and kept for after the wait. One that finds a connection at once
         // polls neither the signals nor the client's socket.
-        let checkout = self.proxy.pools.checkout_at(&self.pool, &self.tenant, &mut self.tenant_cap, start);
-        let (waited, read) = watched!(self, checkout);
-        self.attach_waited(waited, read, asked)
+        let (waited, read) = {
+            let checkout =
+                self.proxy.pools.checkout_at(&self.pool, &self.tenant, &mut self.tenant_cap, start);
+            // A client that already sent Terminate, or broke the protocol, is not read: what
+            // it sent before runs, as it would with a free connection.
+            let watch = !self.terminated && self.broken.is_none();
+            let client = watch.then_some(WaitingClient {
+                stream: &mut self.client,
+                waker: &self.client_waker,
+                scan: ClientScan {
+                    cbuf: &mut self.cbuf,
+                    c_scanned: &mut self.c_scanned,
+                    c_remaining: &mut self.c_remaining,
+                    terminated: &mut self.terminated,
+                    broken: &mut self.broken,
+                    progress: &mut self.progress,
+                    max_message: self.max_message,
+                    large: &mut self.large,
+                    budget: &self.admission.sessions.large,
+                    out_len: self.out.len(),
+                },
+                read: 0,
+            });
+            let checkout = std::pin::pin!(checkout);
+            let meter = Some(&mut self.meter);
+            Watched { checkout, signal: &self.signal, reader: None, client, meter }.await
+        };
+        if read > 0 {
+            self.meter.bytes_in(read);
+            self.touch();
+        }
+        let checkout = match waited {
+            Ok(r) => r,
+            Err(stop) => {
+                self.meter.checked_out(None);
+                return Err(match stop {
+                    Stop::Force => Exit::Error(shutting_down()),
+                    Stop::Kick => {
+                        Exit::Error(self.admission.sessions.kick_reason().unwrap_or_else(shutting_down))
+                    }
+                    Stop::Client => self.broken.take().map_or(Exit::Client, |e| Exit::Error(*e)),
+                });
+            }
+        };
+        self.meter.checked_out(checkout.as_ref().ok().map(|co| (asked, co.taken())));
+        let co = checkout.map_err(|e| Exit::Error(PgError::report(&e)))?;
+        self.hand_to_session(co);
+        Ok(())
     }
 
     /// A handoff retry's checkout, when its failed connection kept a place (see
@@ -104,7 +152,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     #[cold]
     #[inline(never)]
     #[allow(clippy::type_complexity)] // A boxed future, spelt out once.
-    fn retry_checkout(&mut self, asked: Instant) -> Option<Pin<Box<dyn Future<Output = Result<(), Exit>> + Send + '_>>> {
+    fn retry_checkout(
+        &mut self,
+        asked: Instant,
+    ) -> Option<Pin<Box<dyn Future<Output = Result<(), Exit>> + Send + '_>>> {
         let slot = self.progress.retry.as_mut()?.slot.take()?;
         Some(Box::pin(self.attach_retry(slot, asked)))
     }
@@ -119,8 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     }
 
     /// The end of a checkout watched by [`watched!`]: the session's connection, or why the
-    /// session ends. (Inlined always: it was the end of `attach`'s own body.)
-    #[inline(always)]
+    /// session ends.
     fn attach_waited(
         &mut self,
         waited: Result<Result<Checkout, crate::pool::CheckoutError>, Stop>,

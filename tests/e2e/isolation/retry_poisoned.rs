@@ -54,7 +54,11 @@ async fn backends(su: &Client, role: &str) -> i64 {
 /// Cancels, for `for_`, every DISCARD ALL of `pids` that waits for a lock (as a statement
 /// timeout would end it): the backends it cancelled. (A backend whose connection was closed
 /// still waits for the lock as it exits, under the same query: cancelled again, counted once.)
-async fn cancel_waiting_resets(db: String, pids: Vec<i32>, for_: Duration) -> std::collections::BTreeSet<i32> {
+async fn cancel_waiting_resets(
+    db: String,
+    pids: Vec<i32>,
+    for_: Duration,
+) -> std::collections::BTreeSet<i32> {
     let watch = admin(&db).await;
     let mut cancelled = std::collections::BTreeSet::new();
     let end = tokio::time::Instant::now() + for_;
@@ -102,7 +106,8 @@ async fn a_retry_skips_idle_connections_left_with_failing_resets() {
     pids.dedup();
     assert_eq!(pids.len(), 3, "three connections: {pids:?}");
     let su = lock_held_tables(&a.database).await;
-    let canceller = tokio::spawn(cancel_waiting_resets(a.database.clone(), pids.clone(), Duration::from_secs(4)));
+    let canceller =
+        tokio::spawn(cancel_waiting_resets(a.database.clone(), pids.clone(), Duration::from_secs(4)));
 
     let mut cb = raw_proxy(&h, &b.id).await;
     send(&mut cb, &query(&format!("SELECT id FROM {table} ORDER BY id"))).await;
@@ -175,9 +180,14 @@ async fn a_retry_in_a_full_pool_takes_its_failed_connections_place() {
     .await;
     assert!(waits, "b's reset never waited");
     let queued = h.client(&a.id).await;
-    let waiter = tokio::spawn(async move { queued.query_one("SELECT 7", &[]).await.map(|r| r.get::<_, i32>(0)) });
+    let waiter =
+        tokio::spawn(async move { queued.query_one("SELECT 7", &[]).await.map(|r| r.get::<_, i32>(0)) });
     let in_queue = eventually(Duration::from_secs(5), || async {
-        h.proxy.pools.pools().iter().any(|p| p.others_waiting(&pgtenant::model::TenantId::parse(&b.id).expect("id")))
+        h.proxy
+            .pools
+            .pools()
+            .iter()
+            .any(|p| p.others_waiting(&pgtenant::model::TenantId::parse(&b.id).expect("id")))
     })
     .await;
     assert!(in_queue, "a's third client never queued");
