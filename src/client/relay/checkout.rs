@@ -25,41 +25,6 @@ use crate::pool::Checkout;
 use crate::protocol::backend::txn;
 use crate::protocol::PgError;
 
-/// A checkout future `$checkout` of session `$s`, watched (see [`Watched`]): its outcome or
-/// why the wait ended, and the client bytes read meanwhile. A macro, not a method: the
-/// checkout borrows some of the session's fields and the watch the others. Used by a
-/// handoff retry's checkout; `attach` keeps its own copy of it and of [`Session::attach_waited`]
-/// (with both shared, the relay's hot loop came out 50 instructions per transaction longer:
-/// benches/instructions.sh, pgbench -S).
-macro_rules! watched {
-    ($s:ident, $checkout:expr) => {{
-        let checkout = $checkout;
-        // A client that already sent Terminate, or broke the protocol, is not read: what
-        // it sent before runs, as it would with a free connection.
-        let watch = !$s.terminated && $s.broken.is_none();
-        let client = watch.then_some(WaitingClient {
-            stream: &mut $s.client,
-            waker: &$s.client_waker,
-            scan: ClientScan {
-                cbuf: &mut $s.cbuf,
-                c_scanned: &mut $s.c_scanned,
-                c_remaining: &mut $s.c_remaining,
-                terminated: &mut $s.terminated,
-                broken: &mut $s.broken,
-                progress: &mut $s.progress,
-                max_message: $s.max_message,
-                large: &mut $s.large,
-                budget: &$s.admission.sessions.large,
-                out_len: $s.out.len(),
-            },
-            read: 0,
-        });
-        let checkout = std::pin::pin!(checkout);
-        let meter = Some(&mut $s.meter);
-        Watched { checkout, signal: &$s.signal, reader: None, client, meter }.await
-    }};
-}
-
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     pub(super) async fn attach(&mut self) -> Result<(), Exit> {
         // The turn's clock as the checkout starts: read again only after a wait here.
@@ -164,13 +129,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// kept: never a connection that needs a cross-tenant reset, and no wait behind the
     /// pool's queue; opening a connection is watched as a waiting checkout is.
     async fn attach_retry(&mut self, slot: crate::pool::Slot, asked: Instant) -> Result<(), Exit> {
-        let checkout = self.proxy.pools.checkout_retry(&self.pool, &self.tenant, slot);
-        let (waited, read) = watched!(self, checkout);
+        // Watched as `attach` watches a waiting checkout (its own copy, as is the end of
+        // `attach` below: with both shared, the relay's hot loop came out 50 instructions per
+        // transaction longer, benches/instructions.sh, pgbench -S).
+        let (waited, read) = {
+            let checkout = self.proxy.pools.checkout_retry(&self.pool, &self.tenant, slot);
+            let watch = !self.terminated && self.broken.is_none();
+            let client = watch.then_some(WaitingClient {
+                stream: &mut self.client,
+                waker: &self.client_waker,
+                scan: ClientScan {
+                    cbuf: &mut self.cbuf,
+                    c_scanned: &mut self.c_scanned,
+                    c_remaining: &mut self.c_remaining,
+                    terminated: &mut self.terminated,
+                    broken: &mut self.broken,
+                    progress: &mut self.progress,
+                    max_message: self.max_message,
+                    large: &mut self.large,
+                    budget: &self.admission.sessions.large,
+                    out_len: self.out.len(),
+                },
+                read: 0,
+            });
+            let checkout = std::pin::pin!(checkout);
+            let meter = Some(&mut self.meter);
+            Watched { checkout, signal: &self.signal, reader: None, client, meter }.await
+        };
         self.attach_waited(waited, read, asked)
     }
 
-    /// The end of a checkout watched by [`watched!`]: the session's connection, or why the
-    /// session ends.
+    /// The end of a retry's watched checkout (as of `attach`'s): the session's connection,
+    /// or why the session ends.
     fn attach_waited(
         &mut self,
         waited: Result<Result<Checkout, crate::pool::CheckoutError>, Stop>,
