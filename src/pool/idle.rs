@@ -62,6 +62,72 @@ pub(super) fn pick_idle(
     }
 }
 
+/// What a retry's pick reads of an idle connection: the tenant whose session it carries,
+/// and whether a client left it dirty. (A trait, so the picks are tested without sockets.)
+pub(super) trait Carried {
+    fn carried(&self) -> (Option<&TenantId>, bool);
+}
+
+impl Carried for Box<ServerConn> {
+    fn carried(&self) -> (Option<&TenantId>, bool) {
+        (self.tenant.as_ref(), self.dirty)
+    }
+}
+
+/// The idle connection a handoff retry for `tenant` may take: one last set up for `tenant`,
+/// else one with no tenant's session, neither dirty; never one that needs a cross-tenant
+/// reset (another tenant's session on it, or dirty): a tenant that leaves failing resets on
+/// several idle connections would otherwise spend the next tenant's attempts on them.
+pub(super) fn retry_index<C: Carried>(conns: &[C], tenant: &TenantId) -> Option<usize> {
+    conns
+        .iter()
+        .rposition(|c| c.carried() == (Some(tenant), false))
+        .or_else(|| conns.iter().rposition(|c| c.carried() == (None, false)))
+}
+
+/// The idle connection to close to make room for a retry's new one: the least recently
+/// used of those that need a reset for `tenant` (none other is left when a retry opens).
+pub(super) fn evict_index<C: Carried>(conns: &[C], tenant: &TenantId) -> Option<usize> {
+    conns.iter().position(|c| {
+        let (t, dirty) = c.carried();
+        dirty || t.is_some_and(|t| t != tenant)
+    })
+}
+
+/// How many idle connections to close before a retry opens one: the pool's connections
+/// (`idle`, and one per permit `in_use`, the retry's own among them) must stay within its
+/// `size`. None as a rule (the failed connection, closed, left its place to the retry);
+/// some after the pool shrank, or while a released connection waits for a woken waiter.
+pub(super) fn excess(idle: usize, in_use: usize, size: usize) -> usize {
+    (idle + in_use).saturating_sub(size)
+}
+
+/// A retry's idle connection (see [`retry_index`]), past-lifetime ones closed on the way;
+/// when there is none, closes idle connections of other tenants (see [`excess`]) so that
+/// the connection the retry opens keeps the pool within its size. What it closes is
+/// returned, to be dropped outside the lock.
+#[allow(clippy::vec_box)] // The idle list's own boxes, moved out.
+pub(super) fn pick_for_retry(
+    idle: &mut Locked<'_, Idle>,
+    tenant: &TenantId,
+    lifetime_ns: u64,
+    now: Instant,
+) -> (Option<Box<ServerConn>>, Vec<Box<ServerConn>>) {
+    let mut closed = Vec::new();
+    while let Some(i) = retry_index(&idle.conns, tenant) {
+        let mut conn = idle.conns.remove(i);
+        if conn.live_at(lifetime_ns, now) {
+            return (Some(conn), closed);
+        }
+        closed.push(conn);
+    }
+    for _ in 0..excess(idle.conns.len(), idle.in_use(), idle.size()) {
+        let Some(i) = evict_index(&idle.conns, tenant) else { break };
+        closed.push(idle.conns.remove(i));
+    }
+    (None, closed)
+}
+
 impl std::ops::Deref for Idle {
     type Target = Vec<Box<ServerConn>>;
     fn deref(&self) -> &Vec<Box<ServerConn>> {
@@ -72,5 +138,70 @@ impl std::ops::Deref for Idle {
 impl std::ops::DerefMut for Idle {
     fn deref_mut(&mut self) -> &mut Vec<Box<ServerConn>> {
         &mut self.conns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// An idle connection as a retry's pick sees it.
+    #[derive(Debug, Clone)]
+    struct Fake(Option<TenantId>, bool);
+
+    impl Carried for Fake {
+        fn carried(&self) -> (Option<&TenantId>, bool) {
+            (self.0.as_ref(), self.1)
+        }
+    }
+
+    fn id(s: &str) -> TenantId {
+        TenantId::parse(s).expect("tenant id")
+    }
+
+    /// Idle lists of up to eight connections, each carrying tenant a, b, c or none, dirty
+    /// or not.
+    fn idle_lists() -> impl Strategy<Value = Vec<Fake>> {
+        let conn = (0u8..4, any::<bool>())
+            .prop_map(|(t, dirty)| Fake((t > 0).then(|| id(["", "a", "b", "c"][usize::from(t)])), dirty));
+        proptest::collection::vec(conn, 0..8)
+    }
+
+    proptest! {
+        /// A retry for b never takes a connection that would need a reset (another tenant's
+        /// session, or dirty); takes b's own when there is one (the most recent), else a
+        /// clean one with no session, and finds one whenever one of those is idle.
+        #[test]
+        fn a_retry_never_takes_another_tenants_or_a_dirty_connection(conns in idle_lists()) {
+            let b = id("b");
+            let fit = |c: &Fake| c.carried() == (Some(&b), false) || c.carried() == (None, false);
+            match retry_index(&conns, &b) {
+                Some(i) => {
+                    prop_assert!(fit(&conns[i]), "{:?} at {} needs a reset", conns[i], i);
+                    let own = conns.iter().rposition(|c| c.carried() == (Some(&b), false));
+                    prop_assert!(own.is_none_or(|o| o == i), "b's own connection comes first");
+                }
+                None => prop_assert!(!conns.iter().any(fit), "a fitting connection was left"),
+            }
+            // The one closed to make room is never one the retry could have taken.
+            if let Some(i) = evict_index(&conns, &b) {
+                prop_assert!(!fit(&conns[i]));
+                prop_assert!(conns[..i].iter().all(fit), "the least recently used first");
+            } else {
+                prop_assert!(conns.iter().all(fit));
+            }
+        }
+    }
+
+    #[test]
+    fn a_retry_closes_idle_connections_only_past_the_pool_size() {
+        // The failed connection closed left its place: nothing to close.
+        assert_eq!(excess(2, 1, 3), 0);
+        assert_eq!(excess(0, 3, 3), 0);
+        // A released connection not yet taken by the waiter it woke, or a shrunk pool.
+        assert_eq!(excess(3, 1, 3), 1);
+        assert_eq!(excess(3, 3, 2), 4);
     }
 }

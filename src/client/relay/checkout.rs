@@ -36,6 +36,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     pub(super) async fn attach(&mut self) -> Result<(), Exit> {
         // The turn's clock as the checkout starts: read again only after a wait here.
         let asked = self.meter.now();
+        // A handoff retry takes the place its failed connection kept (see `retry`). One
+        // test of a pointer that is null unless a handoff is being retried.
+        if self.progress.retry.is_some() {
+            if let Some(retry) = self.retry_checkout(asked) {
+                return retry.await;
+            }
+        }
         // The common case (a free connection) takes no future, watches nothing.
         if let Some(co) = self.proxy.pools.checkout_now(&self.pool, &self.tenant, &mut self.tenant_cap, asked)
         {
@@ -88,6 +95,85 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             let meter = Some(&mut self.meter);
             Watched { checkout, signal: &self.signal, reader: None, client, meter }.await
         };
+        if read > 0 {
+            self.meter.bytes_in(read);
+            self.touch();
+        }
+        let checkout = match waited {
+            Ok(r) => r,
+            Err(stop) => {
+                self.meter.checked_out(None);
+                return Err(match stop {
+                    Stop::Force => Exit::Error(shutting_down()),
+                    Stop::Kick => {
+                        Exit::Error(self.admission.sessions.kick_reason().unwrap_or_else(shutting_down))
+                    }
+                    Stop::Client => self.broken.take().map_or(Exit::Client, |e| Exit::Error(*e)),
+                });
+            }
+        };
+        self.meter.checked_out(checkout.as_ref().ok().map(|co| (asked, co.taken())));
+        let co = checkout.map_err(|e| Exit::Error(PgError::report(&e)))?;
+        self.hand_to_session(co);
+        Ok(())
+    }
+
+    /// A handoff retry's checkout, when its failed connection kept a place (see
+    /// [`Session::attach_retry`]). Out of line and boxed: rare, and neither its code nor its
+    /// state must weigh on every checkout.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::type_complexity)] // A boxed future, spelt out once.
+    fn retry_checkout(
+        &mut self,
+        asked: Instant,
+    ) -> Option<Pin<Box<dyn Future<Output = Result<(), Exit>> + Send + '_>>> {
+        let slot = self.progress.retry.as_mut()?.slot.take()?;
+        Some(Box::pin(self.attach_retry(slot, asked)))
+    }
+
+    /// A handoff retry's checkout (see `retry`), in the place `slot` its failed connection
+    /// kept: never a connection that needs a cross-tenant reset, and no wait behind the
+    /// pool's queue; opening a connection is watched as a waiting checkout is.
+    async fn attach_retry(&mut self, slot: crate::pool::Slot, asked: Instant) -> Result<(), Exit> {
+        // Watched as `attach` watches a waiting checkout (its own copy, as is the end of
+        // `attach` below: with both shared, the relay's hot loop came out 50 instructions per
+        // transaction longer, benches/instructions.sh, pgbench -S).
+        let (waited, read) = {
+            let checkout = self.proxy.pools.checkout_retry(&self.pool, &self.tenant, slot);
+            let watch = !self.terminated && self.broken.is_none();
+            let client = watch.then_some(WaitingClient {
+                stream: &mut self.client,
+                waker: &self.client_waker,
+                scan: ClientScan {
+                    cbuf: &mut self.cbuf,
+                    c_scanned: &mut self.c_scanned,
+                    c_remaining: &mut self.c_remaining,
+                    terminated: &mut self.terminated,
+                    broken: &mut self.broken,
+                    progress: &mut self.progress,
+                    max_message: self.max_message,
+                    large: &mut self.large,
+                    budget: &self.admission.sessions.large,
+                    out_len: self.out.len(),
+                },
+                read: 0,
+            });
+            let checkout = std::pin::pin!(checkout);
+            let meter = Some(&mut self.meter);
+            Watched { checkout, signal: &self.signal, reader: None, client, meter }.await
+        };
+        self.attach_waited(waited, read, asked)
+    }
+
+    /// The end of a retry's watched checkout (as of `attach`'s): the session's connection,
+    /// or why the session ends.
+    fn attach_waited(
+        &mut self,
+        waited: Result<Result<Checkout, crate::pool::CheckoutError>, Stop>,
+        read: usize,
+        asked: Instant,
+    ) -> Result<(), Exit> {
         if read > 0 {
             self.meter.bytes_in(read);
             self.touch();
@@ -166,8 +252,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         self.progress.server_armed = false;
         self.server = Some(co);
         if self.progress.reset == ResetPhase::Done {
-            // A retry that needs no reset nor setup here has nothing left to keep.
-            self.progress.retry = None;
+            // A retry that needs no reset nor setup here has nothing left to keep. (Tested
+            // first: the drop of a kept retry is out of line, a call per checkout.)
+            if self.progress.retry.is_some() {
+                self.progress.retry = None;
+            }
             self.attach_key();
         }
     }

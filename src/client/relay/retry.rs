@@ -20,6 +20,7 @@ use super::{PlainTcp, ResetPhase, Session, MAX_CLIENT_BUFFERED};
 use crate::client::pipeline::Pipeline;
 use crate::client::statements::Effect;
 use crate::pool::session::send_cancel;
+use crate::pool::Slot;
 use crate::protocol::backend::{tag as be, txn};
 
 /// Handoffs a client's first messages get, the first included.
@@ -40,6 +41,10 @@ pub(super) struct Retry {
     /// The reset outlived its bound and its backend was sent a cancel (see
     /// [`Session::cancel_late_reset`]).
     cancelled: bool,
+    /// The failed connection's place in the pool and the tenant's cap, kept from its close
+    /// to the retry's checkout ([`Session::attach`]), so the retry never queues behind the
+    /// pool's waiters.
+    pub(super) slot: Option<Slot>,
 }
 
 impl Retry {
@@ -99,7 +104,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             pid = co.conn_ref().backend_pid(),
             "session reset or setup failed: closing the server connection and handing the client's messages to another"
         );
-        drop(co);
+        // Closed, its place kept: the retry takes it with a connection that needs no reset
+        // (`PoolManager::checkout_retry`), never one of the idle connections another tenant
+        // may have left failing resets on.
+        r.slot = Some(co.close_keeping_slot());
         let now = self.meter.now();
         self.meter.released_at(now);
         // The model settles the client's messages as the server did: skipped.

@@ -35,6 +35,7 @@ mod reset;
 mod resync_hold;
 mod retry;
 mod retry_attacks;
+mod retry_poisoned;
 mod seed;
 mod session_state;
 mod setup;

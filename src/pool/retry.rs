@@ -1,0 +1,84 @@
+//! A handoff retry's checkout. When a cross-tenant reset fails, its connection is closed but
+//! the session keeps the connection's place (its pool permit and its tenant-cap permit, a
+//! [`Slot`]), so the retry never waits behind the pool's queue; and the retry takes only a
+//! connection that needs no reset (see [`super::idle::retry_index`]), else opens a new one,
+//! closing another tenant's idle connection first if the pool would go past its size.
+//! Otherwise a tenant that leaves failing resets on several idle connections of a shared
+//! pool would spend another tenant's attempts on them.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::cap::CapPermit;
+use super::fair::FairPermit;
+use super::idle::{pick_for_retry, Idle};
+use super::{Checkout, CheckoutError, Pool, PoolError, PoolManager};
+use crate::catalog::Tenant;
+
+/// A closed connection's place in its pool and its tenant's cap, kept for a retry.
+pub struct Slot {
+    permit: FairPermit<Idle>,
+    tenant_permit: CapPermit,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slot")
+    }
+}
+
+impl Checkout {
+    /// Closes the connection (its upstream and global places go back with it), keeping its
+    /// place in the pool and the tenant's cap for a retry ([`PoolManager::checkout_retry`]).
+    /// Dropping the slot gives them back.
+    pub fn close_keeping_slot(self) -> Slot {
+        let Checkout { conn, permit, _tenant_permit, .. } = self;
+        drop(conn);
+        Slot { permit, tenant_permit: _tenant_permit }
+    }
+}
+
+impl PoolManager {
+    /// A server connection of `pool` for a handoff retry of `tenant`, in the place `slot`
+    /// kept: an idle one last set up for the tenant, or one with no tenant's session (neither
+    /// dirty), else a new one within the upstream and global caps (which the failed
+    /// connection, closed, gave back), waiting at most the checkout timeout. Never a
+    /// connection that needs a cross-tenant reset.
+    pub fn checkout_retry<'a>(
+        &'a self,
+        pool: &'a Arc<Pool>,
+        tenant: &'a Tenant,
+        slot: Slot,
+    ) -> impl Future<Output = Result<Checkout, CheckoutError>> + Send + 'a {
+        checkout_retry(pool, tenant, slot)
+    }
+}
+
+async fn checkout_retry(pool: &Arc<Pool>, tenant: &Tenant, slot: Slot) -> Result<Checkout, CheckoutError> {
+    let lifetime_ns = pool.settings.max_lifetime_ns();
+    loop {
+        let now = Instant::now();
+        let (picked, closed) = pick_for_retry(&mut pool.lock_idle(), &tenant.id, lifetime_ns, now);
+        if !closed.is_empty() {
+            tracing::debug!(tenant = %tenant.id, closed = closed.len(), "closing idle server connections to make room for a handoff retry");
+        }
+        drop(closed);
+        match picked {
+            Some(conn) if conn.is_clean() => {
+                let Slot { permit, tenant_permit } = slot;
+                return Ok(Checkout { conn, permit, _tenant_permit: tenant_permit, taken: now });
+            }
+            // Died while idle: dropped, as the first checkout drops it.
+            Some(_) => tracing::debug!(pool = %pool.key.addr, "dropping a stale idle connection"),
+            None => break,
+        }
+    }
+    let deadline = tokio::time::Instant::now() + pool.settings.checkout_timeout();
+    let fail = |error: PoolError| CheckoutError { tenant: tenant.id.clone(), error };
+    let mut conn = Box::pin(pool.open(Some(deadline))).await.map_err(fail)?;
+    let taken = Instant::now();
+    conn.live_at(lifetime_ns, taken);
+    let Slot { permit, tenant_permit } = slot;
+    Ok(Checkout { conn, permit, _tenant_permit: tenant_permit, taken })
+}
