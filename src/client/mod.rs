@@ -10,6 +10,7 @@ mod pipeline;
 mod relay;
 mod reported;
 mod rewrite;
+mod restore;
 mod setcmd;
 mod statements;
 pub mod stream;

@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use super::classify::{classify, Class, Marks, Refusal};
 use super::meter::Meter;
 use super::pipeline::{Action, Kind, Pipeline};
+use super::restore;
 use super::setcmd::SetCmd;
 use super::statements::{
     absent_portal, absent_statement, feature_refusal, prepare_refusal, probe_duplicate, probe_statement,
@@ -144,6 +145,10 @@ pub(super) struct Stage<'a> {
     pub(super) statements: &'a mut Statements,
     pub(super) conn: &'a mut ServerConn,
     pub(super) search_path: &'a str,
+    /// The client's settings and its tenant's, which a reset it runs takes from the server
+    /// connection (see [`super::restore`]).
+    pub(super) vars: &'a ClientVars,
+    pub(super) tenant_vars: &'a [(String, String)],
     pub(super) sets: &'a mut SetTracking,
     pub(super) pinned: &'a mut bool,
     pub(super) policy: SessionFeatures,
@@ -171,6 +176,9 @@ impl Stage<'_> {
     /// 15 could crash (see `statements::UnnamedPortal`). Whether the client has one is
     /// followed as in transaction mode.
     pub(super) fn forward_session(&mut self, tag: u8, frame: &[u8]) {
+        if self.vars.resets_matter(self.tenant_vars) && self.session_reset(tag, frame) {
+            return;
+        }
         match tag {
             fe::QUERY => self.statements.simple_query(),
             fe::SYNC => self.statements.sync(),
@@ -389,6 +397,7 @@ impl Stage<'_> {
                         None
                     }
                 };
+                let restore = set.as_deref().and_then(|set| self.restores(set));
                 self.pipeline.push_set(Kind::Execute, set);
                 // A DECLARE carried by the extended protocol makes its cursor here: the name
                 // is the client's once this Execute completes (not if it fails or is skipped).
@@ -399,6 +408,9 @@ impl Stage<'_> {
                         .filter_map(|c| self.statements.bind_portal(c, Bound::DeclareExecute))
                         .collect();
                     self.pipeline.attach_effects(effects);
+                }
+                if let Some(settings) = restore {
+                    restore::queue_unsynced(self.out, self.pipeline, &settings);
                 }
             }
             fe::SYNC => {
@@ -417,6 +429,7 @@ impl Stage<'_> {
                 let class = classify(sql);
                 self.copies = class.copy();
                 let refused = self.refusal_for(&class).and_then(|sql| query_frame(&sql));
+                let mut restore = None;
                 match refused {
                     Some(query) => {
                         self.out.extend_from_slice(&query);
@@ -427,11 +440,15 @@ impl Stage<'_> {
                             .get(HEADER_LEN..frame.len() - 1)
                             .and_then(|sql| class.set(sql))
                             .map(Box::new);
+                        restore = set.as_deref().and_then(|set| self.restores(set));
                         self.out.extend_from_slice(frame);
                         self.pipeline.push_set(Kind::Query, set);
                     }
                 }
                 self.note(&class, sql, true);
+                if let Some(settings) = restore {
+                    restore::queue_query(self.out, self.pipeline, &settings);
+                }
             }
             fe::FUNCTION_CALL => {
                 // Any function by its OID, with no text to classify (set_config, or one that
