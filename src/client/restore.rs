@@ -23,13 +23,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::pipeline::{Action, Kind, Pipeline};
 use super::rewrite::Stage;
+use super::setcmd::{self, SetCmd};
 use super::statements::Portal;
 use crate::protocol::backend::cstr;
 use crate::protocol::frame::HEADER_LEN;
-use crate::protocol::frontend::{bind_parts, execute_portal};
-use super::setcmd::{self, SetCmd};
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::frontend::target::{PORTAL, STATEMENT};
+use crate::protocol::frontend::{bind_parts, execute_portal};
 
 /// `in_failed_sql_transaction`.
 const IN_FAILED_TRANSACTION: &str = "25P02";
@@ -56,13 +56,24 @@ pub(super) fn queue_query(out: &mut BytesMut, pipeline: &mut Pipeline, settings:
 }
 
 /// Queues, behind a client's Execute that resets, unsynced statements setting `settings`
-/// again (see the module).
+/// again (see the module). Behind DISCARD ALL (`commit`), which PostgreSQL commits as it
+/// completes, they are committed too, before the client's next statement: a later error in
+/// the batch must not roll them back without the reset, nor may they make a statement
+/// behind them that cannot run in a transaction block fail. COMMIT there warns that no
+/// transaction block is open: the warning is not sent (`client_min_messages` raised for
+/// that transaction alone).
 pub(super) fn queue_unsynced(
     out: &mut BytesMut,
     pipeline: &mut Pipeline,
     settings: &[(String, String)],
+    commit: bool,
 ) {
-    for sql in statements(settings) {
+    let mut statements = statements(settings);
+    if commit && !statements.is_empty() {
+        statements.push("SELECT pg_catalog.set_config('client_min_messages', 'error', true)".to_owned());
+        statements.push("COMMIT".to_owned());
+    }
+    for sql in statements {
         let name = format!("pgt_restore_{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
         let name = name.as_bytes();
         let mut parse = Vec::with_capacity(name.len() + sql.len() + 4);
@@ -134,11 +145,14 @@ impl Stage<'_> {
                     return false;
                 }
                 let settings = self.vars.after_reset(&bound.1, self.tenant_vars);
-                if self.statements.executes_portal(&bound.0) != Portal::Owned {
+                let commit = bound.1 == SetCmd::DiscardAll;
+                // An Execute of the unnamed portal the client has not bound is answered as
+                // `forward_session` answers it.
+                if bound.0.is_empty() && self.statements.executes_portal(b"") != Portal::Owned {
                     return false;
                 }
                 self.forward(tag, frame);
-                queue_unsynced(self.out, self.pipeline, &settings);
+                queue_unsynced(self.out, self.pipeline, &settings, commit);
                 return true;
             }
             _ => {}
@@ -194,14 +208,16 @@ mod tests {
 
     #[test]
     fn resets_are_found_by_their_first_word() {
-        assert_eq!(reset_in(b"  DISCARD ALL\0"), Some(SetCmd::ResetAll));
+        assert_eq!(reset_in(b"  DISCARD ALL\0"), Some(SetCmd::DiscardAll));
         assert_eq!(reset_in(b"reset all;"), Some(SetCmd::ResetAll));
         assert_eq!(reset_in(b"RESET search_path"), Some(SetCmd::Reset { name: "search_path".into() }));
         assert_eq!(
             reset_in(b"SET SESSION search_path = DEFAULT"),
             Some(SetCmd::Reset { name: "search_path".into() })
         );
-        for other in [&b"SET search_path TO x"[..], b"SELECT 1", b"DISCARD PLANS", b"", b"RESET ALL; SELECT 1"] {
+        for other in
+            [&b"SET search_path TO x"[..], b"SELECT 1", b"DISCARD PLANS", b"", b"RESET ALL; SELECT 1"]
+        {
             assert_eq!(reset_in(other), None, "{other:?}");
         }
     }
@@ -225,7 +241,7 @@ mod tests {
     fn unsynced_frames_are_well_formed() {
         let mut out = BytesMut::new();
         let mut pipeline = Pipeline::default();
-        queue_unsynced(&mut out, &mut pipeline, &[("search_path".into(), "\"a\"".into())]);
+        queue_unsynced(&mut out, &mut pipeline, &[("search_path".into(), "\"a\"".into())], false);
         let mut pos = 0;
         let mut tags = Vec::new();
         while let Ok(Some((tag, len))) = crate::protocol::frame::header(&out[pos..], usize::MAX) {

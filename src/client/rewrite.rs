@@ -397,7 +397,8 @@ impl Stage<'_> {
                         None
                     }
                 };
-                let restore = set.as_deref().and_then(|set| self.restores(set));
+                let restore =
+                    set.as_deref().and_then(|set| Some((self.restores(set)?, *set == SetCmd::DiscardAll)));
                 self.pipeline.push_set(Kind::Execute, set);
                 // A DECLARE carried by the extended protocol makes its cursor here: the name
                 // is the client's once this Execute completes (not if it fails or is skipped).
@@ -409,8 +410,8 @@ impl Stage<'_> {
                         .collect();
                     self.pipeline.attach_effects(effects);
                 }
-                if let Some(settings) = restore {
-                    restore::queue_unsynced(self.out, self.pipeline, &settings);
+                if let Some((settings, commit)) = restore {
+                    restore::queue_unsynced(self.out, self.pipeline, &settings, commit);
                 }
             }
             fe::SYNC => {

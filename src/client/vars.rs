@@ -228,7 +228,7 @@ impl ClientVars {
     /// and the client's startup settings it resets (see [`super::restore`]).
     pub fn after_reset(&self, cmd: &SetCmd, tenant_vars: &[(String, String)]) -> Vec<(String, String)> {
         match cmd {
-            SetCmd::ResetAll => {
+            SetCmd::ResetAll | SetCmd::DiscardAll => {
                 let mut all = tenant_vars.to_vec();
                 if let Some(login) = self.login.as_deref() {
                     all.extend(login.settings.iter().chain(&login.reported).cloned());
@@ -296,7 +296,7 @@ impl ClientVars {
             }
             // RESET ALL, and DISCARD ALL (which runs it): back to the login's settings.
             // Untracked: the connection keeps its own defaults, and is reset before reuse.
-            SetCmd::ResetAll => {
+            SetCmd::ResetAll | SetCmd::DiscardAll => {
                 self.other.retain(|(n, _)| is_tenant_var(n));
                 if let Some(login) = self.login.take() {
                     self.other.extend(login.settings.iter().cloned());
