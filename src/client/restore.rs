@@ -4,32 +4,30 @@
 //! database alone and get the tenant's isolation setting (`search_path`,
 //! `pgtenant.tenant_id`) and the client's startup settings by a SET, which the reset undoes.
 //! So right behind the client's reset pgtenant queues a statement of its own that sets them
-//! again, in the same transaction as the reset, before anything the client sent after it
-//! (DESIGN.md: the tenant's isolation holds for every statement of the client's):
+//! again, before anything the client sent after it (the tenant's isolation holds for every
+//! statement of the client's):
 //!
 //! - behind a simple Query, a simple Query (its replies swallowed; in a failed transaction
 //!   block, where the client's reset failed too, its 25P02 is dropped);
-//! - behind an Execute, an unsynced Parse, Bind, Execute and two Closes under names of
+//! - behind an Execute, unsynced Parse, Bind, Execute and two Closes under names of
 //!   pgtenant's (the client's unnamed statement and portal are left alone), inside the
-//!   client's batch: an error later in it rolls back the reset and the restore together.
+//!   client's batch: an error later in it rolls back the reset and the restore together;
+//!   behind DISCARD ALL, which PostgreSQL commits as it completes, the restore is committed
+//!   too (see [`queue_unsynced`]).
 //!
-//! Only a reset recognised as one statement (see [`super::setcmd`]) is followed; the README
-//! says what is not (a reset among other statements in one Query, a named statement running
-//! one in session mode). Nothing is added to a transaction that runs no reset: the reset is
-//! recognised where SETs already are (transaction mode), or, in session mode, only for clients
-//! whose connection carries such settings, by the first letter of a Query or unnamed Parse.
+//! Only a reset recognised as one statement (see [`super::setcmd`]) is followed, where
+//! `rewrite::reset` and `Stage::rewrite` see it; the README says what is not (a reset among
+//! other statements in one Query, a named statement running one in session mode). Nothing is
+//! added to a transaction that runs no reset: the reset is recognised where SETs already are
+//! (transaction mode), or, in session mode, only for clients whose connection carries such
+//! settings, by the first letter of a Query or unnamed Parse.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::pipeline::{Action, Kind, Pipeline};
-use super::rewrite::Stage;
 use super::setcmd::{self, SetCmd};
-use super::statements::Portal;
-use crate::protocol::backend::cstr;
-use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::frontend::target::{PORTAL, STATEMENT};
-use crate::protocol::frontend::{bind_parts, execute_portal};
 
 /// `in_failed_sql_transaction`.
 const IN_FAILED_TRANSACTION: &str = "25P02";
@@ -102,73 +100,6 @@ pub(super) fn queue_unsynced(
         for kind in [Kind::Parse, Kind::Bind, Kind::Execute, Kind::Close, Kind::Close] {
             pipeline.push(kind, Action::Swallow);
         }
-    }
-}
-
-impl Stage<'_> {
-    /// Session mode, for a client whose connection carries settings a reset takes (see
-    /// [`super::restore`]): a Query that resets, or an Execute of the unnamed statement that
-    /// does (followed from its Parse and Bind), is forwarded with the restore behind it (true);
-    /// anything else is left to [`Stage::forward_session`] (false). A named statement that
-    /// resets is not followed (README).
-    #[cold]
-    #[inline(never)]
-    pub(super) fn session_reset(&mut self, tag: u8, frame: &[u8]) -> bool {
-        let body = frame.get(HEADER_LEN..).unwrap_or_default();
-        match tag {
-            fe::QUERY => {
-                // The server drops the unnamed statement.
-                self.sets.unnamed = None;
-                let Some(cmd) = reset_in(body) else { return false };
-                let settings = self.vars.after_reset(&cmd, self.tenant_vars);
-                self.statements.simple_query();
-                self.forward(tag, frame);
-                queue_query(self.out, self.pipeline, &settings);
-                return true;
-            }
-            fe::PARSE => {
-                if let Some((b"", rest)) = cstr(body) {
-                    self.sets.unnamed = cstr(rest).and_then(|(sql, _)| reset_in(sql)).map(Box::new);
-                }
-            }
-            fe::BIND => {
-                self.sets.bound = match bind_parts(frame) {
-                    Some((portal, b"", _)) => {
-                        self.sets.unnamed.as_ref().map(|set| Box::new((portal.into(), SetCmd::clone(set))))
-                    }
-                    _ => None,
-                };
-            }
-            fe::EXECUTE => {
-                let Some(bound) = self.sets.bound.as_ref() else { return false };
-                if execute_portal(frame) != Some(&bound.0[..]) {
-                    return false;
-                }
-                let settings = self.vars.after_reset(&bound.1, self.tenant_vars);
-                let commit = bound.1 == SetCmd::DiscardAll;
-                // An Execute of the unnamed portal the client has not bound is answered as
-                // `forward_session` answers it.
-                if bound.0.is_empty() && self.statements.executes_portal(b"") != Portal::Owned {
-                    return false;
-                }
-                self.forward(tag, frame);
-                queue_unsynced(self.out, self.pipeline, &settings, commit);
-                return true;
-            }
-            _ => {}
-        }
-        false
-    }
-
-    /// What a reset the client runs in transaction mode takes that is set again behind it
-    /// (see [`super::restore`]); `None` for a SET, or a reset of nothing kept.
-    #[cold]
-    #[inline(never)]
-    pub(super) fn restores(&self, set: &SetCmd) -> Option<Vec<(String, String)>> {
-        if matches!(set, SetCmd::Set { .. }) {
-            return None;
-        }
-        Some(self.vars.after_reset(set, self.tenant_vars)).filter(|s| !s.is_empty())
     }
 }
 

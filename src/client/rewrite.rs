@@ -4,6 +4,8 @@
 //! current transaction ([`SetTracking`]). The relay ([`super::relay`]) owns the sockets and
 //! the reply model; this module decides what each frame becomes.
 
+mod reset;
+
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
