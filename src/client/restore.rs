@@ -35,11 +35,17 @@ const IN_FAILED_TRANSACTION: &str = "25P02";
 /// A reset statement in `sql` (a Query's text or a Parse's, without its NUL), looked for only
 /// when its first word may be `RESET`, `DISCARD` or `SET` (session mode: see the module).
 pub(super) fn reset_in(sql: &[u8]) -> Option<SetCmd> {
-    let start = crate::sql::skip_blank(sql);
-    if !matches!(start.first(), Some(b'r' | b'R' | b'd' | b'D' | b's' | b'S')) {
+    if !may_reset(sql) {
         return None;
     }
     setcmd::parse(sql.strip_suffix(b"\0").unwrap_or(sql)).filter(|c| !matches!(c, SetCmd::Set { .. }))
+}
+
+/// Whether the statement `sql` starts (after blanks and comments) may be a reset: its first
+/// letter is that of `RESET`, `DISCARD` or `SET`.
+#[inline]
+pub(super) fn may_reset(sql: &[u8]) -> bool {
+    matches!(crate::sql::skip_blank(sql).first(), Some(b'r' | b'R' | b'd' | b'D' | b's' | b'S'))
 }
 
 /// Queues, behind a client's Query that resets, a Query setting `settings` again.

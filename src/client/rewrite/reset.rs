@@ -31,12 +31,16 @@ impl Stage<'_> {
                 restore::queue_query(self.out, self.pipeline, &settings);
                 return true;
             }
-            fe::PARSE => {
-                if let Some((b"", rest)) = cstr(body) {
-                    self.sets.unnamed = cstr(rest).and_then(|(sql, _)| restore::reset_in(sql)).map(Box::new);
-                }
+            // The unnamed statement's text is read to its end only when its first word may
+            // be a reset's.
+            fe::PARSE if body.first() == Some(&0) => {
+                let sql = &body[1..];
+                self.sets.unnamed = restore::may_reset(sql)
+                    .then(|| cstr(sql).and_then(|(sql, _)| restore::reset_in(sql)))
+                    .flatten()
+                    .map(Box::new);
             }
-            fe::BIND => {
+            fe::BIND if self.sets.unnamed.is_some() || self.sets.bound.is_some() => {
                 self.sets.bound = match bind_parts(frame) {
                     Some((portal, b"", _)) => {
                         self.sets.unnamed.as_ref().map(|set| Box::new((portal.into(), SetCmd::clone(set))))
