@@ -274,3 +274,59 @@ async fn a_reset_of_the_session_forgets_the_clients_settings() {
     }
     assert!(differ.is_empty(), "{}", differ.join("\n"));
 }
+
+/// The COMMIT that ends pgtenant's restore behind a DISCARD ALL run by the extended protocol
+/// warns that no transaction is in progress: the client is not sent that warning (the
+/// differential's replies leave notices out, so the bytes are read here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_restore_behind_an_extended_discard_all_sends_the_client_no_notice() {
+    use Msg::*;
+    let group = concurrent::tenant_group(1, 1).await;
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let h = start(config(vec![with_mode(group[0].clone(), mode, 1)])).await;
+        let mut s = TcpStream::connect(h.addr).await.expect("proxy");
+        let user = format!("app.{}", group[0].id);
+        let params = [("user", user.as_str()), ("database", group[0].database.as_str())];
+        s.write_all(&startup_packet(&params)).await.expect("startup");
+        let msgs = [
+            Parse("", "DISCARD ALL"),
+            Bind("", ""),
+            Execute("", 0),
+            Parse("", "SELECT current_schema()"),
+            Bind("", ""),
+            Execute("", 0),
+            Sync,
+            Terminate,
+        ];
+        let mut out = Vec::new();
+        for m in &msgs {
+            encode(m, &mut out);
+        }
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        // The login, to its ReadyForQuery; then the sequence, to the end of the connection.
+        while !buf.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.expect("login").expect("read");
+            assert!(n > 0, "closed during login");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        buf.clear();
+        s.write_all(&out).await.expect("write");
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.expect("replies") {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let mut tags = Vec::new();
+        let mut pos = 0;
+        while buf.len() >= pos + 5 {
+            let len = i32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]]) as usize;
+            tags.push(buf[pos] as char);
+            pos += 1 + len;
+        }
+        let schema = group[0].id.as_bytes();
+        assert!(buf.windows(schema.len()).any(|w| w == schema), "{mode:?}: the tenant's schema");
+        assert_eq!(tags.iter().collect::<String>(), "12C12DCZ", "{mode:?}: no notice, no error");
+    }
+}
