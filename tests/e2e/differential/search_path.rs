@@ -306,7 +306,10 @@ async fn the_restore_behind_an_extended_discard_all_sends_the_client_no_notice()
         let mut chunk = [0u8; 8192];
         // The login, to its ReadyForQuery; then the sequence, to the end of the connection.
         while !buf.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.expect("login").expect("read");
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+                .await
+                .expect("login")
+                .expect("read");
             assert!(n > 0, "closed during login");
             buf.extend_from_slice(&chunk[..n]);
         }
