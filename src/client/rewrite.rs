@@ -432,7 +432,8 @@ impl Stage<'_> {
                 let class = classify(sql);
                 self.copies = class.copy();
                 let refused = self.refusal_for(&class).and_then(|sql| query_frame(&sql));
-                let mut restore = None;
+                // A reset (rare): only a flag here; what it takes is worked out behind `note`.
+                let mut resets = false;
                 match refused {
                     Some(query) => {
                         self.out.extend_from_slice(&query);
@@ -443,14 +444,14 @@ impl Stage<'_> {
                             .get(HEADER_LEN..frame.len() - 1)
                             .and_then(|sql| class.set(sql))
                             .map(Box::new);
-                        restore = set.as_deref().and_then(|set| self.restores(set));
+                        resets = set.as_deref().is_some_and(|set| !matches!(set, SetCmd::Set { .. }));
                         self.out.extend_from_slice(frame);
                         self.pipeline.push_set(Kind::Query, set);
                     }
                 }
                 self.note(&class, sql, true);
-                if let Some(settings) = restore {
-                    restore::queue_query(self.out, self.pipeline, &settings);
+                if resets {
+                    self.restore_behind_query(frame);
                 }
             }
             fe::FUNCTION_CALL => {

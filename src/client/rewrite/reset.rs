@@ -69,6 +69,18 @@ impl Stage<'_> {
         false
     }
 
+    /// Transaction mode: behind the client's Query `frame` (staged, and a reset), the restore
+    /// of what it takes, if anything. Its text is parsed again here: nothing is kept for it
+    /// on the way of the Queries that are no reset.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn restore_behind_query(&mut self, frame: &[u8]) {
+        let text = frame.get(HEADER_LEN..frame.len().saturating_sub(1)).unwrap_or_default();
+        if let Some(settings) = restore::reset_in(text).and_then(|set| self.restores(&set)) {
+            restore::queue_query(self.out, self.pipeline, &settings);
+        }
+    }
+
     /// What a reset the client runs in transaction mode takes that is set again behind it
     /// (see [`super::restore`]); `None` for a SET, or a reset of nothing kept.
     #[cold]
