@@ -9,6 +9,7 @@ mod meter;
 mod pipeline;
 mod relay;
 mod reported;
+mod restore;
 mod rewrite;
 mod setcmd;
 mod statements;

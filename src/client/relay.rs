@@ -554,6 +554,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             statements: &mut self.statements,
             conn: server.conn(),
             search_path: self.vars.setting("search_path").unwrap_or_default(),
+            vars: &self.vars,
+            tenant_vars: &self.tenant.session_vars,
             sets: &mut self.sets,
             pinned: &mut self.pinned,
             policy: self.policy,

@@ -4,6 +4,8 @@
 //! current transaction ([`SetTracking`]). The relay ([`super::relay`]) owns the sockets and
 //! the reply model; this module decides what each frame becomes.
 
+mod reset;
+
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -11,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use super::classify::{classify, Class, Marks, Refusal};
 use super::meter::Meter;
 use super::pipeline::{Action, Kind, Pipeline};
+use super::restore;
 use super::setcmd::SetCmd;
 use super::statements::{
     absent_portal, absent_statement, feature_refusal, prepare_refusal, probe_duplicate, probe_statement,
@@ -144,6 +147,10 @@ pub(super) struct Stage<'a> {
     pub(super) statements: &'a mut Statements,
     pub(super) conn: &'a mut ServerConn,
     pub(super) search_path: &'a str,
+    /// The client's settings and its tenant's, which a reset it runs takes from the server
+    /// connection (see [`super::restore`]).
+    pub(super) vars: &'a ClientVars,
+    pub(super) tenant_vars: &'a [(String, String)],
     pub(super) sets: &'a mut SetTracking,
     pub(super) pinned: &'a mut bool,
     pub(super) policy: SessionFeatures,
@@ -171,6 +178,9 @@ impl Stage<'_> {
     /// 15 could crash (see `statements::UnnamedPortal`). Whether the client has one is
     /// followed as in transaction mode.
     pub(super) fn forward_session(&mut self, tag: u8, frame: &[u8]) {
+        if self.vars.resets_matter(self.tenant_vars) && self.session_reset(tag, frame) {
+            return;
+        }
         match tag {
             fe::QUERY => self.statements.simple_query(),
             fe::SYNC => self.statements.sync(),
@@ -389,6 +399,8 @@ impl Stage<'_> {
                         None
                     }
                 };
+                let restore =
+                    set.as_deref().and_then(|set| Some((self.restores(set)?, *set == SetCmd::DiscardAll)));
                 self.pipeline.push_set(Kind::Execute, set);
                 // A DECLARE carried by the extended protocol makes its cursor here: the name
                 // is the client's once this Execute completes (not if it fails or is skipped).
@@ -399,6 +411,9 @@ impl Stage<'_> {
                         .filter_map(|c| self.statements.bind_portal(c, Bound::DeclareExecute))
                         .collect();
                     self.pipeline.attach_effects(effects);
+                }
+                if let Some((settings, commit)) = restore {
+                    restore::queue_unsynced(self.out, self.pipeline, &settings, commit);
                 }
             }
             fe::SYNC => {
@@ -417,6 +432,8 @@ impl Stage<'_> {
                 let class = classify(sql);
                 self.copies = class.copy();
                 let refused = self.refusal_for(&class).and_then(|sql| query_frame(&sql));
+                // A reset (rare): only a flag here; what it takes is worked out behind `note`.
+                let mut resets = false;
                 match refused {
                     Some(query) => {
                         self.out.extend_from_slice(&query);
@@ -427,11 +444,15 @@ impl Stage<'_> {
                             .get(HEADER_LEN..frame.len() - 1)
                             .and_then(|sql| class.set(sql))
                             .map(Box::new);
+                        resets = set.as_deref().is_some_and(|set| !matches!(set, SetCmd::Set { .. }));
                         self.out.extend_from_slice(frame);
                         self.pipeline.push_set(Kind::Query, set);
                     }
                 }
                 self.note(&class, sql, true);
+                if resets {
+                    self.restore_behind_query(frame);
+                }
             }
             fe::FUNCTION_CALL => {
                 // Any function by its OID, with no text to classify (set_config, or one that

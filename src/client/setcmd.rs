@@ -17,6 +17,9 @@ pub enum SetCmd {
         name: String,
     },
     ResetAll,
+    /// `DISCARD ALL`: RESET ALL, among what else it drops (which is not a setting), committed
+    /// as soon as it completes (it cannot run in a transaction block).
+    DiscardAll,
 }
 
 /// Parses a query text (without its trailing NUL).
@@ -29,7 +32,7 @@ pub fn parse(sql: &[u8]) -> Option<SetCmd> {
         "discard" => {
             let all = t.word()?.eq_ignore_ascii_case("all");
             t.end()?;
-            all.then_some(SetCmd::ResetAll)
+            all.then_some(SetCmd::DiscardAll)
         }
         "reset" => {
             let name = t.name()?;
@@ -293,8 +296,8 @@ mod tests {
             ("SET statement_timeout TO DEFAULT", Some(SetCmd::Reset { name: "statement_timeout".into() })),
             ("RESET work_mem", Some(SetCmd::Reset { name: "work_mem".into() })),
             ("RESET ALL;", Some(SetCmd::ResetAll)),
-            ("DISCARD ALL", Some(SetCmd::ResetAll)),
-            ("discard all ;", Some(SetCmd::ResetAll)),
+            ("DISCARD ALL", Some(SetCmd::DiscardAll)),
+            ("discard all ;", Some(SetCmd::DiscardAll)),
             ("DISCARD PLANS", None),
             ("DISCARD ALL; SELECT 1", None),
             ("SET LOCAL work_mem = '1MB'", None),

@@ -223,6 +223,33 @@ impl ClientVars {
         tracked
     }
 
+    /// What a reset (`RESET name`, `RESET ALL`, `DISCARD ALL`) takes from a server connection
+    /// that PostgreSQL would keep, as values the login gave: the tenant's isolation settings
+    /// and the client's startup settings it resets (see [`super::restore`]).
+    pub fn after_reset(&self, cmd: &SetCmd, tenant_vars: &[(String, String)]) -> Vec<(String, String)> {
+        match cmd {
+            SetCmd::ResetAll | SetCmd::DiscardAll => {
+                let mut all = tenant_vars.to_vec();
+                if let Some(login) = self.login.as_deref() {
+                    all.extend(login.settings.iter().chain(&login.reported).cloned());
+                }
+                all
+            }
+            SetCmd::Reset { name } => {
+                let tenant = tenant_vars.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).cloned();
+                let login = || self.login_value(name).map(|v| (name.clone(), v.clone()));
+                tenant.or_else(login).into_iter().collect()
+            }
+            SetCmd::Set { .. } => Vec::new(),
+        }
+    }
+
+    /// Whether a reset may take from a server connection what this client keeps from its
+    /// login or its tenant (see [`Self::after_reset`]).
+    pub fn resets_matter(&self, tenant_vars: &[(String, String)]) -> bool {
+        !tenant_vars.is_empty() || self.login.is_some()
+    }
+
     /// The value the client's login gave a setting, if it gave one.
     fn login_value(&self, name: &str) -> Option<&String> {
         let login = self.login.as_deref()?;
@@ -269,7 +296,7 @@ impl ClientVars {
             }
             // RESET ALL, and DISCARD ALL (which runs it): back to the login's settings.
             // Untracked: the connection keeps its own defaults, and is reset before reuse.
-            SetCmd::ResetAll => {
+            SetCmd::ResetAll | SetCmd::DiscardAll => {
                 self.other.retain(|(n, _)| is_tenant_var(n));
                 if let Some(login) = self.login.take() {
                     self.other.extend(login.settings.iter().cloned());
@@ -419,7 +446,7 @@ pub fn parse_options(options: &str) -> Vec<(String, String)> {
 /// refuse plain (`$user`, a keyword such as `user`, `1a`), which the setting's value accepts,
 /// does not fail the setup; `SHOW` shows a name quoted only where it must be, as after SET.
 /// `None` for anything else.
-fn quoted_identifier_list(v: &str) -> Option<String> {
+pub(super) fn quoted_identifier_list(v: &str) -> Option<String> {
     if v.trim().is_empty() {
         return None;
     }

@@ -1,4 +1,4 @@
-//! A client's session settings after RESET, RESET ALL and DISCARD ALL in transaction mode: back
+//! A client's session settings after RESET, RESET ALL and DISCARD ALL: back
 //! to what its login gave them (its startup packet's `options`), as PostgreSQL brings a session
 //! back, on the client's next server connection; nothing it SET before survives them. Each
 //! step is run on PostgreSQL directly with the same login and the two answers compared.
@@ -72,18 +72,19 @@ async fn a_reset_brings_the_clients_login_settings_back() {
 }
 
 /// The same steps with no other client between them (the connection stays the client's, in
-/// transaction mode; session mode keeps the server's defaults, as the README says): after
-/// RESET, RESET ALL and DISCARD ALL the client sees its login's values, as on PostgreSQL.
+/// transaction mode, and in session mode): after RESET, SET … TO DEFAULT, RESET ALL and
+/// DISCARD ALL the client sees its login's values, as on PostgreSQL (pgtenant sets them again
+/// behind the reset), also in a statement sent in the same write as the reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_on_a_connection_the_client_keeps_brings_its_login_settings_back() {
-    {
-        let mode = PoolMode::Transaction;
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
         let t = tenant_db("loginkeep").await;
         let h = start(config(vec![with_mode(t.clone(), mode, 1)])).await;
         let options = "options='-c work_mem=1MB -c lock_timeout=3s'";
         let proxy = connect_str(&format!("{} {options}", h.conninfo(&t.id))).await;
-        let steps: [&[&str]; 3] = [
+        let steps: [&[&str]; 4] = [
             &["SET work_mem = '2MB'", "RESET work_mem"],
+            &["SET work_mem = '4MB'", "SET work_mem TO DEFAULT"],
             &["SET work_mem = '3MB'", "SET lock_timeout = '9s'", "RESET ALL"],
             &["SET work_mem = '5MB'", "DISCARD ALL"],
         ];
@@ -98,6 +99,14 @@ async fn a_reset_on_a_connection_the_client_keeps_brings_its_login_settings_back
                 "{mode:?} after {step:?}"
             );
         }
+        // In the same write as the reset (tokio-postgres pipelines the queries it is given
+        // at once): the login's value already.
+        let (reset, show) = tokio::join!(
+            proxy.simple_query("RESET ALL"),
+            value(&proxy, "SELECT current_setting('work_mem')")
+        );
+        reset.expect("RESET ALL");
+        assert_eq!(show, "1MB", "{mode:?}: a statement pipelined behind RESET ALL");
     }
 }
 
@@ -132,16 +141,19 @@ async fn a_reset_never_brings_back_a_login_value_for_the_tenants_own_setting() {
 /// back to the login's value, as PostgreSQL does, not to the pool's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_of_a_reported_setting_brings_its_login_value_back() {
-    let t = tenant_db("loginrep").await;
-    let h = start(config(vec![with_mode(t.clone(), PoolMode::Transaction, 2)])).await;
-    let options = "options='-c TimeZone=Asia/Tokyo'";
-    let proxy = connect_str(&format!("{} {options}", h.conninfo(&t.id))).await;
-    let other = h.client(&t.id).await;
-    for reset in ["RESET TimeZone", "RESET ALL", "DISCARD ALL"] {
-        for step in ["SET TimeZone = 'Europe/Paris'", reset] {
-            proxy.simple_query(step).await.expect(step);
-            other.simple_query("SET TimeZone = 'America/Lima'").await.expect("other");
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let t = tenant_db("loginrep").await;
+        let h = start(config(vec![with_mode(t.clone(), mode, 2)])).await;
+        let options = "options='-c TimeZone=Asia/Tokyo'";
+        let proxy = connect_str(&format!("{} {options}", h.conninfo(&t.id))).await;
+        let other = h.client(&t.id).await;
+        for reset in ["RESET TimeZone", "RESET ALL", "DISCARD ALL"] {
+            for step in ["SET TimeZone = 'Europe/Paris'", reset] {
+                proxy.simple_query(step).await.expect(step);
+                other.simple_query("SET TimeZone = 'America/Lima'").await.expect("other");
+            }
+            let shown = value(&proxy, "SHOW TimeZone").await;
+            assert_eq!(shown, "Asia/Tokyo", "{mode:?} {reset}: the login's value");
         }
-        assert_eq!(value(&proxy, "SHOW TimeZone").await, "Asia/Tokyo", "{reset}: the login's value");
     }
 }

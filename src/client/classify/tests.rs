@@ -378,7 +378,7 @@ fn explicit_cases() {
         ("DEALLOCATE", prep, false, true, vec![], None),
         ("DEALLOCATE ALL", None, false, true, vec![], None),
         ("deallocate prepare all", None, false, true, vec![], None),
-        ("DISCARD ALL", None, false, true, vec![], Some(SetCmd::ResetAll)),
+        ("DISCARD ALL", None, false, true, vec![], Some(SetCmd::DiscardAll)),
         ("SELECT 'PREPARE'", None, false, false, vec![], None),
         ("SELECT 'discard'", None, false, true, vec![], None),
         ("EXPLAIN SELECT 1", None, false, false, vec![], None),
