@@ -151,18 +151,7 @@ async fn a_timeout_set_out_of_sight_that_cancels_the_reset_sends_the_client_else
     let ca = h.client(&a.id).await;
     let p0 = pid(&ca).await;
     ca.batch_execute("SELECT public.out_of_sight()").await.expect("tenant a's hidden timeout");
-    let schema: String = su
-        .query_one(
-            "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relname = 'held' AND c.relpersistence = 't'",
-            &[],
-        )
-        .await
-        .expect("temp schema")
-        .get(0);
-    su.batch_execute(&format!("BEGIN; LOCK TABLE {schema}.held IN ACCESS EXCLUSIVE MODE"))
-        .await
-        .expect("lock tenant a's temp table");
+    super::retry::lock_the_held_temp_table(&su).await;
 
     let cb = h.client(&b.id).await;
     let table = format!("\"{}\".t", b.id);

@@ -25,6 +25,13 @@ pub(super) async fn a_leaves_a_locked_temp_table(h: &Harness, a: &TenantConfig) 
     ca.batch_execute("DO $$BEGIN EXECUTE 'CREATE TEM' || 'P TABLE held (x int)'; END$$")
         .await
         .expect("tenant a's temp table");
+    lock_the_held_temp_table(&su).await;
+    (p0, su)
+}
+
+/// Superuser `su` opens a transaction that locks the temporary table `held` a tenant's
+/// session made: a DISCARD ALL on that session then waits for the lock.
+pub(super) async fn lock_the_held_temp_table(su: &Client) {
     let schema: String = su
         .query_one(
             "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -37,7 +44,6 @@ pub(super) async fn a_leaves_a_locked_temp_table(h: &Harness, a: &TenantConfig) 
     su.batch_execute(&format!("BEGIN; LOCK TABLE {schema}.held IN ACCESS EXCLUSIVE MODE"))
         .await
         .expect("lock tenant a's temp table");
-    (p0, su)
 }
 
 /// Waits until backend `p0` waits for a lock in the handoff's DISCARD ALL, then cancels it:
