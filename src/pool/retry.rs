@@ -4,7 +4,9 @@
 //! connection that needs no reset (see [`super::idle::retry_index`]), else opens a new one,
 //! closing another tenant's idle connection first if the pool would go past its size.
 //! Otherwise a tenant that leaves failing resets on several idle connections of a shared
-//! pool would spend another tenant's attempts on them.
+//! pool would spend another tenant's attempts on them. Only when no connection can be opened
+//! (the server refuses it, or the caps stay full until the checkout timeout) does the retry
+//! take an idle connection that needs a reset, rather than end the client's session.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,8 +14,8 @@ use std::time::Instant;
 
 use super::cap::CapPermit;
 use super::fair::FairPermit;
-use super::idle::{pick_for_retry, Idle};
-use super::{Checkout, CheckoutError, Pool, PoolError, PoolManager};
+use super::idle::{pick_for_retry, pick_idle, Idle};
+use super::{Checkout, CheckoutError, Pool, PoolManager, ServerConn};
 use crate::catalog::Tenant;
 
 /// A closed connection's place in its pool and its tenant's cap, kept for a retry.
@@ -43,8 +45,8 @@ impl PoolManager {
     /// A server connection of `pool` for a handoff retry of `tenant`, in the place `slot`
     /// kept: an idle one last set up for the tenant, or one with no tenant's session (neither
     /// dirty), else a new one within the upstream and global caps (which the failed
-    /// connection, closed, gave back), waiting at most the checkout timeout. Never a
-    /// connection that needs a cross-tenant reset.
+    /// connection, closed, gave back), waiting at most the checkout timeout; only if that
+    /// fails, an idle connection that needs a cross-tenant reset.
     pub fn checkout_retry<'a>(
         &'a self,
         pool: &'a Arc<Pool>,
@@ -75,10 +77,38 @@ async fn checkout_retry(pool: &Arc<Pool>, tenant: &Tenant, slot: Slot) -> Result
         }
     }
     let deadline = tokio::time::Instant::now() + pool.settings.checkout_timeout();
-    let fail = |error: PoolError| CheckoutError { tenant: tenant.id.clone(), error };
-    let mut conn = Box::pin(pool.open(Some(deadline))).await.map_err(fail)?;
+    let mut conn = match Box::pin(pool.open(Some(deadline))).await {
+        Ok(conn) => conn,
+        // Refused (the server at its max_connections or the role's limit, which may still
+        // count the failed connection's backend as it exits) or out of time: an idle
+        // connection that needs a reset serves, as it would a first checkout (the handoff's
+        // attempts bound what a tenant's failing resets can cost).
+        Err(error) => {
+            return match take_any_idle(pool, tenant, lifetime_ns) {
+                Some((conn, taken)) => {
+                    tracing::debug!(tenant = %tenant.id, %error, "a handoff retry could not open a connection: taking an idle one, reset");
+                    let Slot { permit, tenant_permit } = slot;
+                    Ok(Checkout { conn, permit, _tenant_permit: tenant_permit, taken })
+                }
+                None => Err(CheckoutError { tenant: tenant.id.clone(), error }),
+            };
+        }
+    };
     let taken = Instant::now();
     conn.live_at(lifetime_ns, taken);
     let Slot { permit, tenant_permit } = slot;
     Ok(Checkout { conn, permit, _tenant_permit: tenant_permit, taken })
+}
+
+/// Any live idle connection of `pool` (the tenant's own first, see [`pick_idle`]), for a
+/// retry that could not open one; the cross-tenant reset, if it needs one, goes with it.
+fn take_any_idle(pool: &Pool, tenant: &Tenant, lifetime_ns: u64) -> Option<(Box<ServerConn>, Instant)> {
+    loop {
+        let now = Instant::now();
+        let conn = pick_idle(&mut pool.lock_idle(), Some(&tenant.id), lifetime_ns, now)?;
+        if conn.is_clean() {
+            return Some((conn, now));
+        }
+        tracing::debug!(pool = %pool.key.addr, "dropping a stale idle connection");
+    }
 }

@@ -17,6 +17,7 @@
 //! write access and a pool of one.
 
 mod affinity;
+mod attacks28;
 mod barriers;
 mod crash;
 mod cursors;

@@ -1,0 +1,143 @@
+//! A hostile tenant a, sharing a login role and a pool with tenant b, against three changes:
+//! the reset's guard sent only where pgtenant saw a timeout (`guard`), a handoff retry that
+//! takes only a connection needing no reset or opens one in its failed connection's place
+//! (`retry_poisoned`), and the affinity backoff (`affinity`). What b must keep: its
+//! statements run once, in its own schema, with their own replies.
+
+use std::time::Duration;
+
+use pgtenant::model::Isolation;
+
+use super::*;
+use crate::support::*;
+
+/// A function (made by a superuser in `db`, callable by `role`) that leaves `n` temporary
+/// tables on its backend where pgtenant cannot see them: the next DISCARD ALL has them to
+/// drop, which takes longer than a millisecond (and so does the backend's exit).
+async fn temp_tables_function(db: &str, role: &str) {
+    admin(db)
+        .await
+        .batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION public.litter(n int) RETURNS void LANGUAGE plpgsql AS $$BEGIN \
+               FOR i IN 1..n LOOP EXECUTE format('CREATE TEMP TABLE IF NOT EXISTS litter%s (x int)', i); END LOOP; \
+             END$$; \
+             CREATE OR REPLACE FUNCTION public.quietly(k text, v text) RETURNS void LANGUAGE plpgsql AS $$BEGIN \
+               PERFORM pg_catalog.set_config(k, v, false); END$$; \
+             CREATE OR REPLACE VIEW public.timeout_view AS SELECT pg_catalog.set_config('statement_timeout', '1', false) AS s; \
+             GRANT EXECUTE ON FUNCTION public.litter(int), public.quietly(text, text) TO {role}; \
+             GRANT SELECT ON public.timeout_view TO {role}; \
+             GRANT TEMPORARY ON DATABASE {db} TO {role}"
+        ))
+        .await
+        .expect("the functions");
+}
+
+/// Rows of b's table with `id`.
+async fn count_id(su: &Client, table: &str, id: i32) -> i64 {
+    su.query_one(&format!("SELECT count(*) FROM {table} WHERE id = {id}"), &[]).await.expect("count").get(0)
+}
+
+/// Every way tenant a's client can leave a 1 ms timeout (or an idle-session one) on the
+/// shared connection, some of them out of pgtenant's sight, with temporary tables that make
+/// the next DISCARD ALL outlast it: b's INSERT behind the handoff runs once, in b's schema,
+/// and b sees its own reply (the reset's failure, if any, retried elsewhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hidden_or_visible_tiny_timeout_never_reaches_b() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    temp_tables_function(&a.database, &a.role).await;
+    let mut cfg = config(vec![a.clone(), b.clone()]);
+    cfg.pool.checkout_timeout = 10.0;
+    let h = start(cfg).await;
+    let su = admin(&a.database).await;
+    let table = format!("\"{}\".t", b.id);
+    let ways = [
+        "SELECT public.quietly('statement_timeout', '1')",
+        "SELECT 1; SET statement_timeout = 1",
+        "SET SESSION statement_timeout = 1",
+        "BEGIN; SET statement_timeout = 1; COMMIT",
+        "SELECT * FROM public.timeout_view",
+        "SET statement_timeout TO '1ms'",
+        "select public.quietly('lock_timeout', '1')",
+        "SELECT public.quietly('idle_session_timeout', '1')",
+        "SELECT public.quietly('idle_in_transaction_session_timeout', '1')",
+        "SELECT public.quietly('transaction_timeout', '1')",
+        "SET LOCAL statement_timeout = 1",
+    ];
+    let mut f = Failures::default();
+    for (i, way) in ways.iter().enumerate() {
+        let id = i32::try_from(i).expect("small") + 100;
+        {
+            let ca = h.client(&a.id).await;
+            ca.batch_execute("SELECT public.litter(200)").await.expect("a's temp tables");
+            if let Err(e) = ca.batch_execute(way).await {
+                // transaction_timeout is PostgreSQL 17's: an older server refuses it.
+                f.check(code(&e) == "42704", || format!("{way:?}: tenant a: {}", why(&e)));
+            }
+        }
+        let cb = h.client(&b.id).await;
+        match rows(&cb, &format!("INSERT INTO {table} VALUES ({id}, 'b'); SELECT current_schema()::text, current_setting('statement_timeout')")).await {
+            Ok(got) => f.check(got == [[b.id.clone(), "0".to_owned()]], || format!("{way:?}: b saw {got:?}")),
+            Err(e) => f.0.push(format!("{way:?}: b's INSERT: {}", why(&e))),
+        }
+        let g = h.proxy.metrics.global();
+        eprintln!("{way:?}: failures {} retries {}", g.handoff_failures(), g.handoff_retries());
+        let n = count_id(&su, &table, id).await;
+        f.check(n == 1, || format!("{way:?}: b's INSERT ran {n} times"));
+        // b's next transaction too (on whatever connection it holds or gets).
+        match rows(&cb, "SELECT 1").await {
+            Ok(got) => f.check(got == [["1"]], || format!("{way:?}: b's second query saw {got:?}")),
+            Err(e) => f.0.push(format!("{way:?}: b's second query: {}", why(&e))),
+        }
+    }
+    f.assert_none();
+}
+
+/// The upstream refuses new connections (the shared role's CONNECTION LIMIT, as a
+/// max_connections reached would): tenant a leaves a failing reset (a hidden 1 ms timeout
+/// and temporary tables, whose drop also slows the backend's exit) on one of the pool's two
+/// connections, its clean one idle beside it. b's retry must not end b's session because the
+/// new connection it opens is refused while an idle connection could be reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_refused_a_new_connection_still_serves_b() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 2).await;
+    temp_tables_function(&a.database, &a.role).await;
+    let mut cfg = config(vec![a.clone(), b.clone()]);
+    cfg.pool.checkout_timeout = 5.0;
+    cfg.pool.affinity_hold = 0.0;
+    let h = start(cfg).await;
+    let su = admin(&a.database).await;
+    let table = format!("\"{}\".t", b.id);
+    // Two connections of a: the clean one released first, the poisoned one last (the most
+    // recently used, which b's checkout takes).
+    let ca1 = h.client(&a.id).await;
+    let ca2 = h.client(&a.id).await;
+    ca1.batch_execute("BEGIN; SELECT 1").await.expect("a1 holds one");
+    ca2.batch_execute("BEGIN; SELECT public.litter(300)").await.expect("a2 holds the other");
+    let (p1, p2) = (pid(&ca1).await, pid(&ca2).await);
+    assert_ne!(p1, p2);
+    ca1.batch_execute("COMMIT").await.expect("a1 commits");
+    ca2.batch_execute("SELECT public.quietly('statement_timeout', '1'); COMMIT").await.expect("a2 commits");
+    drop((ca1, ca2));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    admin("postgres")
+        .await
+        .batch_execute(&format!("ALTER ROLE {} CONNECTION LIMIT 2", a.role))
+        .await
+        .expect("connection limit");
+
+    let cb = h.client(&b.id).await;
+    let got = cb.batch_execute(&format!("INSERT INTO {table} VALUES (7, 'b')")).await;
+    admin("postgres")
+        .await
+        .batch_execute(&format!("ALTER ROLE {} CONNECTION LIMIT -1", a.role))
+        .await
+        .expect("no connection limit");
+    if let Err(e) = got {
+        panic!("b's INSERT: {}", why(&e));
+    }
+    assert_eq!(count_id(&su, &table, 7).await, 1, "b's INSERT ran once");
+    let g = h.proxy.metrics.global();
+    assert_eq!((g.handoff_failures(), g.handoff_retries()), (1, 1), "the reset failed once and was retried");
+    assert_eq!(pid(&cb).await, p1, "b on a's clean connection, reset");
+    assert_eq!(rows(&cb, "SELECT current_schema()::text").await.expect("b's schema"), [[b.id.clone()]]);
+}
