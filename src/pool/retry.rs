@@ -1,6 +1,7 @@
 //! A handoff retry's checkout. When a cross-tenant reset fails, its connection is closed but
-//! the session keeps the connection's place (its pool permit and its tenant-cap permit, a
-//! [`Slot`]), so the retry never waits behind the pool's queue; and the retry takes only a
+//! the session keeps the connection's place (its pool permit, its tenant-cap permit and its
+//! places in the upstream and global caps, a [`Slot`]), so the retry never waits behind the
+//! pool's queue nor other pools' waiters; and the retry takes only a
 //! connection that needs no reset (see [`super::idle::retry_index`]), else opens a new one,
 //! closing another tenant's idle connection first if the pool would go past its size.
 //! Otherwise a tenant that leaves failing resets on several idle connections of a shared
@@ -12,6 +13,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::cap::CapPermit;
 use super::fair::FairPermit;
 use super::idle::{pick_for_retry, pick_idle, Idle};
@@ -22,6 +25,9 @@ use crate::catalog::Tenant;
 pub struct Slot {
     permit: FairPermit<Idle>,
     tenant_permit: CapPermit,
+    /// Its places in the upstream and global caps: the connection the retry opens takes
+    /// them, rather than queue for them behind other pools' waiters.
+    caps: Vec<OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -35,18 +41,18 @@ impl Checkout {
     /// place in the pool and the tenant's cap for a retry ([`PoolManager::checkout_retry`]).
     /// Dropping the slot gives them back.
     pub fn close_keeping_slot(self) -> Slot {
-        let Checkout { conn, permit, _tenant_permit, .. } = self;
+        let Checkout { mut conn, permit, _tenant_permit, .. } = self;
+        let caps = std::mem::take(&mut conn._permits);
         drop(conn);
-        Slot { permit, tenant_permit: _tenant_permit }
+        Slot { permit, tenant_permit: _tenant_permit, caps }
     }
 }
 
 impl PoolManager {
     /// A server connection of `pool` for a handoff retry of `tenant`, in the place `slot`
     /// kept: an idle one last set up for the tenant, or one with no tenant's session (neither
-    /// dirty), else a new one within the upstream and global caps (which the failed
-    /// connection, closed, gave back), waiting at most the checkout timeout; only if that
-    /// fails, an idle connection that needs a cross-tenant reset.
+    /// dirty), else a new one in the failed connection's places in the upstream and global
+    /// caps (or within them, waiting at most the checkout timeout); only if that fails, an idle connection that needs a cross-tenant reset.
     pub fn checkout_retry<'a>(
         &'a self,
         pool: &'a Arc<Pool>,
@@ -68,7 +74,7 @@ async fn checkout_retry(pool: &Arc<Pool>, tenant: &Tenant, slot: Slot) -> Result
         drop(closed);
         match picked {
             Some(conn) if conn.is_clean() => {
-                let Slot { permit, tenant_permit } = slot;
+                let Slot { permit, tenant_permit, .. } = slot;
                 return Ok(Checkout { conn, permit, _tenant_permit: tenant_permit, taken: now });
             }
             // Died while idle: dropped, as the first checkout drops it.
@@ -77,7 +83,8 @@ async fn checkout_retry(pool: &Arc<Pool>, tenant: &Tenant, slot: Slot) -> Result
         }
     }
     let deadline = tokio::time::Instant::now() + pool.settings.checkout_timeout();
-    let mut conn = match Box::pin(pool.open(Some(deadline))).await {
+    let Slot { permit, tenant_permit, caps } = slot;
+    let mut conn = match Box::pin(pool.open(Some(deadline), caps)).await {
         Ok(conn) => conn,
         // Refused (the server at its max_connections or the role's limit, which may still
         // count the failed connection's backend as it exits) or out of time: an idle
@@ -87,7 +94,6 @@ async fn checkout_retry(pool: &Arc<Pool>, tenant: &Tenant, slot: Slot) -> Result
             return match take_any_idle(pool, tenant, lifetime_ns) {
                 Some((conn, taken)) => {
                     tracing::debug!(tenant = %tenant.id, %error, "a handoff retry could not open a connection: taking an idle one, reset");
-                    let Slot { permit, tenant_permit } = slot;
                     Ok(Checkout { conn, permit, _tenant_permit: tenant_permit, taken })
                 }
                 None => Err(CheckoutError { tenant: tenant.id.clone(), error }),
@@ -96,7 +102,6 @@ async fn checkout_retry(pool: &Arc<Pool>, tenant: &Tenant, slot: Slot) -> Result
     };
     let taken = Instant::now();
     conn.live_at(lifetime_ns, taken);
-    let Slot { permit, tenant_permit } = slot;
     Ok(Checkout { conn, permit, _tenant_permit: tenant_permit, taken })
 }
 

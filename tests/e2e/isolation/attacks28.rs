@@ -75,12 +75,14 @@ async fn a_hidden_or_visible_tiny_timeout_never_reaches_b() {
             }
         }
         let cb = h.client(&b.id).await;
-        match rows(&cb, &format!("INSERT INTO {table} VALUES ({id}, 'b'); SELECT current_schema()::text, current_setting('statement_timeout')")).await {
+        let sql = format!(
+            "INSERT INTO {table} VALUES ({id}, 'b'); \
+             SELECT current_schema()::text, current_setting('statement_timeout')"
+        );
+        match rows(&cb, &sql).await {
             Ok(got) => f.check(got == [[b.id.clone(), "0".to_owned()]], || format!("{way:?}: b saw {got:?}")),
             Err(e) => f.0.push(format!("{way:?}: b's INSERT: {}", why(&e))),
         }
-        let g = h.proxy.metrics.global();
-        eprintln!("{way:?}: failures {} retries {}", g.handoff_failures(), g.handoff_retries());
         let n = count_id(&su, &table, id).await;
         f.check(n == 1, || format!("{way:?}: b's INSERT ran {n} times"));
         // b's next transaction too (on whatever connection it holds or gets).
@@ -140,4 +142,51 @@ async fn a_retry_refused_a_new_connection_still_serves_b() {
     assert_eq!((g.handoff_failures(), g.handoff_retries()), (1, 1), "the reset failed once and was retried");
     assert_eq!(pid(&cb).await, p1, "b on a's clean connection, reset");
     assert_eq!(rows(&cb, "SELECT current_schema()::text").await.expect("b's schema"), [[b.id.clone()]]);
+}
+
+/// The upstream's cap is full and tenant c, in a pool of its own, waits for a place in it:
+/// when b's handoff onto the connection a left failing is retried, the closed connection's
+/// place in the upstream cap must stay b's (as its place in the pool does), not go to c's
+/// waiter and leave b queued behind c's long transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_keeps_its_place_in_the_upstream_cap() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 2).await;
+    temp_tables_function(&a.database, &a.role).await;
+    let c = with_mode(tenant_db("capc").await, pgtenant::model::PoolMode::Transaction, 2);
+    let mut cfg = config(vec![a.clone(), b.clone(), c.clone()]);
+    cfg.pool.checkout_timeout = 8.0;
+    cfg.pool.affinity_hold = 0.0;
+    cfg.upstreams[0].max_connections = 3;
+    let h = start(cfg).await;
+    let su = admin(&a.database).await;
+    let table = format!("\"{}\".t", b.id);
+    let ca1 = h.client(&a.id).await;
+    let ca2 = h.client(&a.id).await;
+    let cc1 = h.client(&c.id).await;
+    ca1.batch_execute("BEGIN; SELECT 1").await.expect("a1 holds one");
+    ca2.batch_execute("BEGIN; SELECT public.litter(300)").await.expect("a2 holds the other");
+    cc1.batch_execute("BEGIN; SELECT 1").await.expect("c1 holds the upstream's last place");
+    // c's second client waits for a place in the upstream cap, then holds it for 4 s.
+    let cc2 = h.client(&c.id).await;
+    let c_waits = tokio::spawn(async move { cc2.batch_execute("SELECT pg_sleep(4)").await.map(|()| cc2) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // b's client waits in the shared pool's queue.
+    let cb = h.client(&b.id).await;
+    let insert = format!("INSERT INTO {table} VALUES (7, 'b')");
+    let b_waits =
+        tokio::spawn(
+            async move { cb.batch_execute(&insert).await.map(|()| (cb, tokio::time::Instant::now())) },
+        );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // a's second client leaves a failing reset on the connection b's waiter gets.
+    let released = tokio::time::Instant::now();
+    ca2.batch_execute("SELECT public.quietly('statement_timeout', '1'); COMMIT").await.expect("a2 commits");
+    let (_cb, done) = b_waits.await.expect("join").unwrap_or_else(|e| panic!("b's INSERT: {}", why(&e)));
+    let g = h.proxy.metrics.global();
+    assert_eq!((g.handoff_failures(), g.handoff_retries()), (1, 1), "the reset failed once and was retried");
+    let waited = done - released;
+    assert!(waited < Duration::from_millis(2000), "b waited {waited:?} behind c's transaction");
+    assert_eq!(count_id(&su, &table, 7).await, 1, "b's INSERT ran once");
+    c_waits.await.expect("join").unwrap_or_else(|e| panic!("c's query: {}", why(&e)));
+    drop((ca1, cc1));
 }
