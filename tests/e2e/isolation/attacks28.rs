@@ -190,3 +190,66 @@ async fn a_retry_keeps_its_place_in_the_upstream_cap() {
     c_waits.await.expect("join").unwrap_or_else(|e| panic!("c's query: {}", why(&e)));
     drop((ca1, cc1));
 }
+
+/// Tenant a alone (no superuser's lock) fails the reset of b's handoff: a 1 ms statement
+/// timeout set out of sight (no guard goes), and temporary tables that DISCARD ALL takes
+/// longer than that to drop. b's first message is larger than what a retry keeps (the
+/// client buffer, 256 KiB): it must still run once, and b see its own reply, not a's
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_first_message_behind_a_reset_a_made_fail_runs_once() {
+    use crate::support::raw::*;
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    temp_tables_function(&a.database, &a.role).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let su = admin(&a.database).await;
+    let table = format!("\"{}\".t", b.id);
+    {
+        let ca = h.client(&a.id).await;
+        ca.batch_execute("SELECT public.litter(300)").await.expect("a's temp tables");
+        ca.batch_execute("SELECT public.quietly('statement_timeout', '1')").await.expect("a's timeout");
+    }
+    let mut cb = raw_proxy(&h, &b.id).await;
+    let padding = "x".repeat(300 * 1024);
+    send(&mut cb, &query(&format!("INSERT INTO {table} SELECT 7, '{padding}'"))).await;
+    let (got, closed) = read_ready(&mut cb, 1, Duration::from_secs(10)).await;
+    assert!(!closed, "b's session ended: {:?}", summary(&got));
+    assert_eq!(summary(&got), ["C(INSERT 0 1)", "Z(I)"]);
+    assert_eq!(count_id(&su, &table, 7).await, 1, "b's INSERT ran once");
+    let g = h.proxy.metrics.global();
+    assert_eq!((g.handoff_failures(), g.handoff_retries()), (1, 1), "a's reset failed and was retried");
+}
+
+/// A large first message behind a cross-tenant reset that succeeds (with the guard, after a
+/// visible timeout of a's, and without it), alone and behind smaller ones in one write: it
+/// waits for the reset's verdict, then runs once, and b's replies come in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_behind_a_reset_that_succeeds_runs_once() {
+    use crate::support::raw::*;
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let su = admin(&a.database).await;
+    let table = format!("\"{}\".t", b.id);
+    let padding = "x".repeat(300 * 1024);
+    for (i, way) in ["SET statement_timeout = '5s'", "SELECT 1"].iter().enumerate() {
+        let id = i32::try_from(i).expect("small") + 10;
+        h.client(&a.id).await.batch_execute(way).await.expect("tenant a");
+        let mut cb = raw_proxy(&h, &b.id).await;
+        let msgs = cat(&[
+            query("SELECT 1"),
+            query(&format!("INSERT INTO {table} SELECT {id}, '{padding}'")),
+            query("SELECT 2"),
+        ]);
+        send(&mut cb, &msgs).await;
+        let (got, closed) = read_ready(&mut cb, 3, Duration::from_secs(10)).await;
+        assert!(!closed, "{way}: b's session ended: {:?}", summary(&got));
+        assert_eq!(
+            summary(&got),
+            ["T", "D(1)", "C(SELECT 1)", "Z(I)", "C(INSERT 0 1)", "Z(I)", "T", "D(2)", "C(SELECT 1)", "Z(I)"],
+            "{way}"
+        );
+        assert_eq!(count_id(&su, &table, id).await, 1, "{way}: b's INSERT ran once");
+    }
+    let g = h.proxy.metrics.global();
+    assert_eq!(g.handoff_failures(), 0);
+}
