@@ -253,3 +253,43 @@ async fn a_large_message_behind_a_reset_that_succeeds_runs_once() {
     let g = h.proxy.metrics.global();
     assert_eq!(g.handoff_failures(), 0);
 }
+
+/// Tenant a's client times its bytes to the affinity hold: after each transaction it sends
+/// the next query a byte at a time, each byte inside the hold, so the hold never runs out.
+/// b, waiting for the pool's one connection, is still served after `affinity_transactions`
+/// holds, not after a's whole trickle; and a's query then runs, with its own reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_bytes_inside_the_hold_keeps_the_connection_a_bounded_time() {
+    use crate::support::raw::*;
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let mut cfg = config(vec![a.clone(), b.clone()]);
+    cfg.pool.checkout_timeout = 20.0;
+    cfg.pool.affinity_hold = 0.2;
+    cfg.pool.affinity_transactions = 4;
+    let h = start(cfg).await;
+    let mut ca = raw_proxy(&h, &a.id).await;
+    let cb = h.client(&b.id).await;
+    send(&mut ca, &query("SELECT pg_sleep(0.3)")).await;
+    let b_id = b.id.clone();
+    let b_waits = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let start = tokio::time::Instant::now();
+        let got = rows(&cb, "SELECT current_schema()::text").await.expect("b's query");
+        assert_eq!(got, [[b_id]]);
+        start.elapsed()
+    });
+    let (got, closed) = read_ready(&mut ca, 1, Duration::from_secs(5)).await;
+    assert!(!closed && summary(&got).last().map(String::as_str) == Some("Z(I)"), "{:?}", summary(&got));
+    // 40 bytes, one every 100 ms (the hold is 200 ms): 4 s in all.
+    let next = query(&format!("SELECT 2 /* {} */", "x".repeat(19)));
+    assert_eq!(next.len(), 40);
+    for byte in &next {
+        send(&mut ca, std::slice::from_ref(byte)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waited = b_waits.await.expect("join");
+    assert!(waited < Duration::from_millis(2500), "b waited {waited:?} behind a's trickle");
+    let (got, closed) = read_ready(&mut ca, 1, Duration::from_secs(5)).await;
+    assert!(!closed, "a's session ended: {:?}", summary(&got));
+    assert_eq!(summary(&got), ["T", "D(2)", "C(SELECT 1)", "Z(I)"]);
+}
