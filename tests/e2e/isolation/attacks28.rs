@@ -293,3 +293,34 @@ async fn a_client_trickling_bytes_inside_the_hold_keeps_the_connection_a_bounded
     assert!(!closed, "a's session ended: {:?}", summary(&got));
     assert_eq!(summary(&got), ["T", "D(2)", "C(SELECT 1)", "Z(I)"]);
 }
+
+/// A PAUSE of tenant b lands while b's handoff waits in a reset a made fail (a locked
+/// temporary table of a's): the retry, like any checkout of a paused tenant, waits for the
+/// RESUME; it opens no server connection and runs nothing while b is paused (an operator
+/// pauses to restart or move the upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waits_at_a_pause_that_landed_during_the_failed_reset() {
+    use super::retry::{a_leaves_a_locked_temp_table, cancel_the_waiting_reset, unlocked_and_closed};
+    use crate::support::raw::*;
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let mut cfg = config(vec![a.clone(), b.clone()]);
+    cfg.pool.checkout_timeout = 10.0;
+    let h = start(cfg).await;
+    let (p0, su) = a_leaves_a_locked_temp_table(&h, &a).await;
+    let table = format!("\"{}\".t", b.id);
+    let mut cb = raw_proxy(&h, &b.id).await;
+    send(&mut cb, &query(&format!("INSERT INTO {table} VALUES (7, 'b')"))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tb = pgtenant::model::TenantId::parse(&b.id).expect("tenant id");
+    h.proxy.pools.pauses.pause(Some(&tb));
+    cancel_the_waiting_reset(&a.database, p0).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let watch = admin(&a.database).await;
+    assert_eq!(count_id(&watch, &table, 7).await, 0, "b's INSERT ran while b was paused");
+    h.proxy.pools.pauses.resume(Some(&tb));
+    let (got, closed) = read_ready(&mut cb, 1, Duration::from_secs(10)).await;
+    assert!(!closed, "b's session ended: {:?}", summary(&got));
+    assert_eq!(summary(&got), ["C(INSERT 0 1)", "Z(I)"]);
+    unlocked_and_closed(&su, p0).await;
+    assert_eq!(count_id(&watch, &table, 7).await, 1, "b's INSERT ran once");
+}
