@@ -37,6 +37,22 @@ async fn count_id(su: &Client, table: &str, id: i32) -> i64 {
     su.query_one(&format!("SELECT count(*) FROM {table} WHERE id = {id}"), &[]).await.expect("count").get(0)
 }
 
+/// Whether `n` clients of `tenant` can each hold a server connection at once (in a
+/// transaction) within 3 s: no place in the pool was lost.
+async fn all_places_back(h: &Harness, tenant: &str, n: usize) {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let c = h.client(tenant).await;
+        let begun = tokio::time::timeout(Duration::from_secs(3), c.batch_execute("BEGIN; SELECT 1")).await;
+        assert!(
+            matches!(begun, Ok(Ok(()))),
+            "client {} of {n} got no connection: a place was lost",
+            clients.len() + 1
+        );
+        clients.push(c);
+    }
+}
+
 /// Every way tenant a's client can leave a 1 ms timeout (or an idle-session one) on the
 /// shared connection, some of them out of pgtenant's sight, with temporary tables that make
 /// the next DISCARD ALL outlast it: b's INSERT behind the handoff runs once, in b's schema,
@@ -142,6 +158,8 @@ async fn a_retry_refused_a_new_connection_still_serves_b() {
     assert_eq!((g.handoff_failures(), g.handoff_retries()), (1, 1), "the reset failed once and was retried");
     assert_eq!(pid(&cb).await, p1, "b on a's clean connection, reset");
     assert_eq!(rows(&cb, "SELECT current_schema()::text").await.expect("b's schema"), [[b.id.clone()]]);
+    drop(cb);
+    all_places_back(&h, &b.id, 2).await;
 }
 
 /// The upstream's cap is full and tenant c, in a pool of its own, waits for a place in it:
@@ -188,7 +206,12 @@ async fn a_retry_keeps_its_place_in_the_upstream_cap() {
     assert!(waited < Duration::from_millis(2000), "b waited {waited:?} behind c's transaction");
     assert_eq!(count_id(&su, &table, 7).await, 1, "b's INSERT ran once");
     c_waits.await.expect("join").unwrap_or_else(|e| panic!("c's query: {}", why(&e)));
-    drop((ca1, cc1));
+    drop((ca1, cc1, _cb));
+    // Every place in the upstream cap back: three clients of c and b hold one each.
+    let (c1, c2) = (h.client(&c.id).await, h.client(&c.id).await);
+    c1.batch_execute("BEGIN; SELECT 1").await.expect("c1");
+    c2.batch_execute("BEGIN; SELECT 1").await.expect("c2");
+    all_places_back(&h, &b.id, 1).await;
 }
 
 /// Tenant a alone (no superuser's lock) fails the reset of b's handoff: a 1 ms statement
@@ -323,4 +346,6 @@ async fn a_retry_waits_at_a_pause_that_landed_during_the_failed_reset() {
     assert_eq!(summary(&got), ["C(INSERT 0 1)", "Z(I)"]);
     unlocked_and_closed(&su, p0).await;
     assert_eq!(count_id(&watch, &table, 7).await, 1, "b's INSERT ran once");
+    drop(cb);
+    all_places_back(&h, &b.id, 1).await;
 }
