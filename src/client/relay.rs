@@ -544,6 +544,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// Moves scanned client frames into the server-bound buffer, queueing the replies each
     /// earns, and in transaction mode rewriting statement names (see [`Stage::rewrite`]).
     fn stage(&mut self) {
+        // A frame past what a retry can keep waits for the handoff's verdict, asked with a Flush.
+        let room = self.retry_room();
         let Some(server) = self.server.as_mut() else { return };
         self.meter.query_started();
         let transaction = self.mode == PoolMode::Transaction;
@@ -575,6 +577,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             }
             // scan_client checked every header up to c_scanned.
             let Ok(Some((tag, len))) = header(&self.cbuf[pos..self.c_scanned], usize::MAX) else { break };
+            if pos + len > room {
+                st.out.extend_from_slice(frontend::FLUSH_MESSAGE);
+                st.pipeline.push(Kind::Flush, Action::Swallow);
+                self.progress.reset_synced = true;
+                break;
+            }
             let avail = self.c_scanned - pos;
             if avail < len {
                 // A large frame streaming through (never one that is read or rewritten).

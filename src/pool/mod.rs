@@ -45,6 +45,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::catalog::{Catalog, Change, Tenant};
 use crate::config::PoolDefaults;
@@ -239,13 +240,22 @@ impl Pool {
     }
 
     /// Opens a connection within the upstream and global caps, waiting (and evicting idle
-    /// connections of other pools) until `deadline`, or only taking free capacity without one.
-    async fn open(&self, deadline: Option<tokio::time::Instant>) -> Result<Box<ServerConn>, PoolError> {
+    /// connections of other pools) until `deadline`, or only taking free capacity without one;
+    /// in the places `caps` of a connection just closed, if it kept both (a handoff retry's).
+    async fn open(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+        caps: Vec<OwnedSemaphorePermit>,
+    ) -> Result<Box<ServerConn>, PoolError> {
         let settings = self.settings.load_full();
-        let timeout = PoolError::Timeout(settings.checkout_timeout);
-        let up_permit = self.upstream.acquire(self, deadline).await.ok_or(timeout)?;
-        let global_permit =
-            self.global.acquire(self, deadline).await.ok_or(PoolError::Timeout(settings.checkout_timeout))?;
+        let timeout = || PoolError::Timeout(settings.checkout_timeout);
+        let caps = match caps.len() {
+            2 => caps,
+            _ => vec![
+                self.upstream.acquire(self, deadline).await.ok_or_else(timeout)?,
+                self.global.acquire(self, deadline).await.ok_or_else(timeout)?,
+            ],
+        };
         let current = self.current_login();
         let login = Login {
             database: &self.key.database,
@@ -264,7 +274,7 @@ impl Pool {
                 tracing::warn!(upstream = %self.key.addr, db = %self.key.database, error = %e, "upstream connection failed")
             })?;
         self.connects.fetch_add(1, Ordering::Relaxed);
-        conn._permits = vec![up_permit, global_permit];
+        conn._permits = caps;
         conn.generation = current.generation;
         conn.listed = Some(self.listing.add(&conn));
         *self.params.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(conn.vars.clone()));
@@ -292,7 +302,7 @@ impl Pool {
         }
         while self.idle_count() + self.busy_count() < s.min_idle {
             let Some(_permit) = self.checkout.try_acquire() else { break };
-            match self.open(None).await {
+            match self.open(None, Vec::new()).await {
                 Ok(conn) => push_idle(&mut self.lock_idle(), conn),
                 Err(_) => break,
             }
@@ -727,7 +737,7 @@ impl PoolManager {
             next = pool.take_idle(Some(&tenant.id), lifetime_ns);
         }
         // Boxed: connecting and authenticating upstream is rare and its state large.
-        let mut conn = Box::pin(pool.open(Some(deadline()))).await.map_err(fail)?;
+        let mut conn = Box::pin(pool.open(Some(deadline()), Vec::new())).await.map_err(fail)?;
         let taken = Instant::now();
         // Its lifetime as of now (no idle pick worked it out).
         conn.live_at(lifetime_ns, taken);

@@ -129,6 +129,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         asked: Instant,
     ) -> Option<Pin<Box<dyn Future<Output = Result<(), Exit>> + Send + '_>>> {
         let slot = self.progress.retry.as_mut()?.slot.take()?;
+        // A pause landed since the handoff failed: the place goes back, and the retry waits
+        // at the pause as any checkout does (an operator pauses to restart or move the
+        // upstream: nothing may open a connection to it meanwhile).
+        if self.proxy.pools.pauses.is_paused(&self.tenant.id) {
+            drop(slot);
+            return None;
+        }
         Some(Box::pin(self.attach_retry(slot, asked)))
     }
 

@@ -9,9 +9,12 @@
 //!
 //! Only a handoff that carries a reset keeps a copy of the client's bytes (and one that is
 //! itself a retry, whose setup may fail too), only while its replies are due, and only up to
-//! [`MAX_KEPT`]: past it (a large message streaming behind the reset), or past
-//! [`HANDOFF_ATTEMPTS`], or when what failed is not an error the server answered in place of
-//! pgtenant's own statements, the session ends with the error as it did before.
+//! [`MAX_KEPT`]: a frame that would pass it (a large message) waits for the handoff's verdict
+//! (a Flush asks for it), so that a tenant able to fail the reset (a statement timeout set
+//! out of pgtenant's sight goes without the guard) cannot end the next tenant's session
+//! with it. Past [`HANDOFF_ATTEMPTS`], or when what failed is not an error the server
+//! answered in place of pgtenant's own statements, the session ends with the error as it did
+//! before.
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,8 +30,8 @@ use crate::protocol::backend::{tag as be, txn};
 pub(super) const HANDOFF_ATTEMPTS: u8 = 3;
 
 /// Client bytes kept for a retry: what the client buffer holds at most. The bytes came
-/// through that buffer; a client that sends more behind an unconfirmed reset (a large message,
-/// a long pipeline of simple queries) is not retried.
+/// through that buffer; what a client sends past them behind an unconfirmed reset (a large
+/// message, a long pipeline of simple queries) waits for the reset's verdict.
 const MAX_KEPT: usize = MAX_CLIENT_BUFFERED;
 
 /// A handoff that may be tried again (see the module's documentation).
@@ -48,6 +51,12 @@ pub(super) struct Retry {
 }
 
 impl Retry {
+    /// Client bytes it may keep still: staging stops short of a frame that would pass
+    /// [`MAX_KEPT`] until the handoff's verdict (`Session::stage`).
+    pub(super) fn room(&self) -> usize {
+        MAX_KEPT.saturating_sub(self.kept.len())
+    }
+
     /// What a handoff whose replies are due keeps for a retry: the first one only when it
     /// carries a reset (`reset`); a retry (`before`) while attempts are left.
     pub(super) fn arm(before: Option<Box<Retry>>, reset: bool) -> Option<Box<Retry>> {
@@ -66,6 +75,16 @@ impl Retry {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
+    /// Client bytes that may be staged now: behind a handoff whose replies are due and that
+    /// may be retried, what it can keep still ([`Retry::room`]); otherwise no bound.
+    #[inline(always)]
+    pub(super) fn retry_room(&self) -> usize {
+        match &self.progress.retry {
+            Some(r) if self.progress.reset != ResetPhase::Done => r.room(),
+            _ => usize::MAX,
+        }
+    }
+
     /// Keeps the first `n` bytes of the client buffer, just staged behind a handoff whose
     /// replies are due, for a retry; past [`MAX_KEPT`] none are kept and the handoff is not
     /// retried. Called at every staging: one test when no handoff is due.
