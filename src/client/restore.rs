@@ -22,12 +22,10 @@
 //! (transaction mode), or, in session mode, only for clients whose connection carries such
 //! settings, by the first letter of a Query or unnamed Parse.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::pipeline::{Action, Kind, Pipeline};
 use super::setcmd::{self, SetCmd};
-use crate::protocol::frontend::tag as fe;
-use crate::protocol::frontend::target::{PORTAL, STATEMENT};
 
 /// `in_failed_sql_transaction`.
 const IN_FAILED_TRANSACTION: &str = "25P02";
@@ -79,40 +77,11 @@ pub(super) fn queue_unsynced(
     }
     for sql in statements {
         let name = format!("pgt_restore_{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
-        let name = name.as_bytes();
-        let mut parse = Vec::with_capacity(name.len() + sql.len() + 4);
-        parse.extend_from_slice(name);
-        parse.push(0);
-        parse.extend_from_slice(sql.as_bytes());
-        parse.extend_from_slice(&[0, 0, 0]);
-        put(out, fe::PARSE, &parse);
-        // Portal and statement of that name, no parameters, no result formats.
-        let mut bind = Vec::with_capacity(2 * name.len() + 8);
-        for _ in 0..2 {
-            bind.extend_from_slice(name);
-            bind.push(0);
-        }
-        bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-        put(out, fe::BIND, &bind);
-        let mut execute = name.to_vec();
-        execute.extend_from_slice(&[0, 0, 0, 0, 0]);
-        put(out, fe::EXECUTE, &execute);
-        for target in [PORTAL, STATEMENT] {
-            let mut close = vec![target];
-            close.extend_from_slice(name);
-            close.push(0);
-            put(out, fe::CLOSE, &close);
-        }
+        crate::protocol::frontend::unsynced_named(out, name.as_bytes(), &sql);
         for kind in [Kind::Parse, Kind::Bind, Kind::Execute, Kind::Close, Kind::Close] {
             pipeline.push(kind, Action::Swallow);
         }
     }
-}
-
-fn put(out: &mut BytesMut, tag: u8, body: &[u8]) {
-    out.put_u8(tag);
-    out.put_i32(i32::try_from(body.len() + 4).unwrap_or(i32::MAX));
-    out.put_slice(body);
 }
 
 /// The statements that set `settings`: a search_path of identifiers as `SET search_path TO …`
@@ -142,6 +111,7 @@ fn statements(settings: &[(String, String)]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::frontend::tag as fe;
 
     #[test]
     fn resets_are_found_by_their_first_word() {
