@@ -29,21 +29,24 @@ pub(super) async fn a_leaves_a_locked_temp_table(h: &Harness, a: &TenantConfig) 
     (p0, su)
 }
 
-/// Superuser `su` opens a transaction that locks the temporary table `held` a tenant's
-/// session made: a DISCARD ALL on that session then waits for the lock.
+/// Superuser `su` opens a transaction that locks every temporary table named `held` tenants'
+/// sessions made: a DISCARD ALL on those sessions then waits for the lock.
 pub(super) async fn lock_the_held_temp_table(su: &Client) {
-    let schema: String = su
-        .query_one(
+    let schemas: Vec<String> = su
+        .query(
             "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relname = 'held' AND c.relpersistence = 't'",
             &[],
         )
         .await
-        .expect("temp schema")
-        .get(0);
-    su.batch_execute(&format!("BEGIN; LOCK TABLE {schema}.held IN ACCESS EXCLUSIVE MODE"))
-        .await
-        .expect("lock tenant a's temp table");
+        .expect("temp schemas")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!schemas.is_empty(), "no temporary table named held");
+    let locks: String =
+        schemas.iter().map(|s| format!("LOCK TABLE {s}.held IN ACCESS EXCLUSIVE MODE;")).collect();
+    su.batch_execute(&format!("BEGIN; {locks}")).await.expect("lock the temp tables");
 }
 
 /// Waits until backend `p0` waits for a lock in the handoff's DISCARD ALL, then cancels it:

@@ -28,20 +28,7 @@ async fn leave_temp_table(c: &Client) -> i32 {
 /// open transaction: a DISCARD ALL on their backends then waits for it.
 async fn lock_held_tables(db: &str) -> Client {
     let su = admin(db).await;
-    let schemas: Vec<String> = su
-        .query(
-            "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relname = 'held' AND c.relpersistence = 't'",
-            &[],
-        )
-        .await
-        .expect("temp schemas")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let locks: String =
-        schemas.iter().map(|s| format!("LOCK TABLE {s}.held IN ACCESS EXCLUSIVE MODE;")).collect();
-    su.batch_execute(&format!("BEGIN; {locks}")).await.expect("lock the temp tables");
+    super::retry::lock_the_held_temp_table(&su).await;
     su
 }
 
@@ -193,7 +180,9 @@ async fn a_retry_in_a_full_pool_takes_its_failed_connections_place() {
     assert!(in_queue, "a's third client never queued");
 
     cancel_the_waiting_reset(&a.database, p0).await;
-    let (got, ended) = read_ready(&mut cb, 1, Duration::from_secs(3)).await;
+    // Within the checkout timeout (6 s): a retry queued behind a's waiter would wait for a's
+    // COMMIT, which comes only after this, and fail with the timeout instead.
+    let (got, ended) = read_ready(&mut cb, 1, Duration::from_secs(8)).await;
     assert!(!ended, "b's session ended: {:?}", summary(&got));
     assert_eq!(summary(&got), ["T", "D(3)", "C(SELECT 1)", "Z(I)"], "b's row, while a's transaction is open");
     let on = raw_pid(&mut cb).await;
