@@ -1,0 +1,294 @@
+//! A hostile tenant a against the restore behind a reset (`client::restore`): pgtenant's own
+//! statements, queued behind a client's RESET ALL / DISCARD ALL / RESET name / SET name TO
+//! DEFAULT, must run where the reset ran (rolled back with it, skipped with it) and send the
+//! client nothing PostgreSQL would not: each sequence is compared with a session straight to
+//! PostgreSQL whose login gives it the tenant's search_path (`options`). And tenant b, next
+//! on the one server connection, must find its own schema.
+
+use std::time::Duration;
+
+use pgtenant::model::{Isolation, PoolMode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixStream;
+
+use super::*;
+use crate::support::raw::*;
+use crate::support::*;
+
+/// Parse, Bind and Execute of `sql` as the unnamed statement and portal.
+fn pbe(sql: &str) -> Vec<u8> {
+    cat(&[parse("", sql), bind("", ""), execute("")])
+}
+
+/// A raw session straight to PostgreSQL as the superuser, with `options` at its login.
+async fn direct_with(db: &str, options: &str) -> UnixStream {
+    let sock = cluster().socket_dir.join(format!(".s.PGSQL.{}", cluster().port));
+    let s = UnixStream::connect(sock).await.expect("connect socket");
+    login(s, &[("user", "postgres"), ("database", db), ("options", options)]).await
+}
+
+/// A raw client of `tenant` through the proxy with `settings` in its startup packet.
+async fn proxy_with(h: &Harness, tenant: &str, settings: &[(&str, &str)]) -> tokio::net::TcpStream {
+    let user = format!("app.{tenant}");
+    let mut params = vec![("user", user.as_str())];
+    params.extend_from_slice(settings);
+    login(tokio::net::TcpStream::connect(h.addr).await.expect("connect proxy"), &params).await
+}
+
+/// Sends each step and reads its replies (one ReadyForQuery per Sync or Query, or until quiet
+/// when it has none); returns the summary and the notices' severities and texts.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, steps: &[Vec<u8>]) -> (Vec<String>, Vec<String>) {
+    let mut all = Vec::new();
+    for step in steps {
+        let syncs = messages(step).iter().filter(|(tag, _)| matches!(tag, b'S' | b'Q')).count();
+        send(s, step).await;
+        let (got, _) = if syncs == 0 {
+            read_quiet(s, Duration::from_millis(400)).await
+        } else {
+            read_ready(s, syncs, Duration::from_secs(5)).await
+        };
+        all.extend_from_slice(&got);
+    }
+    let notices = messages(&all)
+        .into_iter()
+        .filter(|(tag, _)| *tag == b'N')
+        .map(|(_, body)| {
+            format!("{}: {}", field(body, b'V').unwrap_or_default(), field(body, b'M').unwrap_or_default())
+        })
+        .collect();
+    (summary(&all), notices)
+}
+
+/// Runs every sequence through pgtenant (a's client, a fresh connection each) and straight
+/// to PostgreSQL; returns where they differ.
+async fn differ(h: &Harness, a: &TenantConfig, sequences: &[(&str, Vec<Vec<u8>>)]) -> Vec<String> {
+    differ_with(h, a, &[], &format!("-c search_path={}", a.id), sequences).await
+}
+
+/// [`differ`] with `settings` in the proxied client's startup packet and `options` (the
+/// tenant's setting and those settings) in the direct session's.
+async fn differ_with(
+    h: &Harness,
+    a: &TenantConfig,
+    settings: &[(&str, &str)],
+    options: &str,
+    sequences: &[(&str, Vec<Vec<u8>>)],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (what, steps) in sequences {
+        let mut proxied = proxy_with(h, &a.id, settings).await;
+        let mut direct = direct_with(&a.database, options).await;
+        let got = run(&mut proxied, steps).await;
+        let want = run(&mut direct, steps).await;
+        let tenant_row = format!("D({}", a.id);
+        assert!(
+            want.0.iter().any(|m| m.starts_with(&tenant_row)),
+            "{what}: PostgreSQL never showed the tenant: {want:?}"
+        );
+        if got != want {
+            out.push(format!("{what}:\n    pgtenant   {got:?}\n    postgresql {want:?}"));
+        }
+    }
+    out
+}
+
+fn assert_same(differ: Vec<String>) {
+    assert!(differ.is_empty(), "{} sequence(s) differ:\n  {}", differ.len(), differ.join("\n  "));
+}
+
+const SCHEMA: &str = "SELECT current_schema()";
+
+/// Resets in an explicit transaction block that is then rolled back (whole, to a savepoint,
+/// or failed before the reset), and a reset followed in the same pipeline by COMMIT: the
+/// restore goes where the reset goes, and the client sees PostgreSQL's replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_in_a_rolled_back_block_restores_where_postgresql_would() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start(config(vec![a.clone(), b])).await;
+    let q = |s: &str| query(s);
+    let mut sequences = Vec::new();
+    for reset in ["RESET ALL", "DISCARD ALL", "RESET search_path", "SET search_path TO DEFAULT"] {
+        sequences.push((
+            "savepoint rolled back",
+            vec![
+                q("BEGIN"),
+                q("SAVEPOINT s"),
+                q(reset),
+                q(SCHEMA),
+                q("ROLLBACK TO SAVEPOINT s"),
+                q(SCHEMA),
+                q("COMMIT"),
+                q(SCHEMA),
+            ],
+        ));
+        sequences.push((
+            "failed block",
+            vec![q("BEGIN"), q("SELECT 1/0"), q(reset), q(SCHEMA), q("ROLLBACK"), q(SCHEMA)],
+        ));
+        sequences.push((
+            "failed savepoint",
+            vec![
+                q("BEGIN"),
+                q("SAVEPOINT s"),
+                q("SELECT 1/0"),
+                q(reset),
+                q("ROLLBACK TO s"),
+                q(SCHEMA),
+                q(reset),
+                q(SCHEMA),
+                q("ROLLBACK"),
+                q(SCHEMA),
+            ],
+        ));
+        sequences.push((
+            "extended reset in a block, COMMIT in the same pipeline",
+            vec![
+                q("BEGIN"),
+                cat(&[pbe(reset), pbe(SCHEMA), pbe("COMMIT"), sync()]),
+                q(SCHEMA),
+                q("ROLLBACK"),
+                q(SCHEMA),
+            ],
+        ));
+        sequences.push((
+            "extended reset, then COMMIT with no block, one pipeline",
+            vec![cat(&[pbe(reset), pbe("COMMIT"), pbe(SCHEMA), sync()]), q(SCHEMA)],
+        ));
+        sequences.push((
+            "extended reset in a block, error, ROLLBACK",
+            vec![
+                q("BEGIN"),
+                cat(&[pbe(reset), pbe("SELECT 1/0"), pbe(SCHEMA), sync()]),
+                q(SCHEMA),
+                q("ROLLBACK"),
+                q(SCHEMA),
+            ],
+        ));
+    }
+    assert_same(differ(&h, &a, &sequences).await);
+}
+
+/// DISCARD ALL refused by the server (after another Execute in the pipeline, in a block),
+/// then more statements before and after the Sync; and resets in a pipeline without Sync
+/// ending with a Flush: the same replies, no notice from pgtenant's COMMIT, the same schema,
+/// in transaction and session mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_and_flushed_extended_resets_reply_as_postgresql() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start(config(vec![a.clone(), b])).await;
+    let mut sequences = Vec::new();
+    for reset in ["DISCARD ALL", "RESET ALL", "RESET search_path"] {
+        sequences.push((
+            "refused after another Execute",
+            vec![
+                cat(&[pbe("SELECT 1"), pbe(reset), pbe(SCHEMA), sync(), pbe(SCHEMA), sync()]),
+                query(SCHEMA),
+            ],
+        ));
+        sequences.push((
+            "refused in a block",
+            vec![query("BEGIN"), cat(&[pbe(reset), pbe(SCHEMA), sync()]), query("ROLLBACK"), query(SCHEMA)],
+        ));
+        sequences.push(("flushed, no Sync", vec![cat(&[pbe(reset), flush()]), cat(&[pbe(SCHEMA), sync()])]));
+        sequences.push((
+            "flushed, then an error, then Sync",
+            vec![cat(&[pbe(reset), flush()]), cat(&[pbe("SELECT 1/0"), sync()]), query(SCHEMA)],
+        ));
+        sequences.push((
+            "alone, described, synced",
+            vec![
+                cat(&[parse("", reset), describe(b'S', ""), bind("", ""), execute(""), sync()]),
+                query(SCHEMA),
+            ],
+        ));
+        sequences.push((
+            "executed twice",
+            vec![cat(&[parse("", reset), bind("", ""), execute(""), execute(""), sync()]), query(SCHEMA)],
+        ));
+    }
+    let mut differs = differ(&h, &a, &sequences).await;
+    // The same in session mode.
+    let h = start(config(vec![with_mode(a.clone(), PoolMode::Session, 1)])).await;
+    differs.extend(differ(&h, &a, &sequences).await.into_iter().map(|d| format!("session mode: {d}")));
+    assert_same(differs);
+}
+
+/// A client_encoding changed before the reset (SQL_ASCII, EUC_JP, LATIN1): the restore's
+/// text still sets the tenant's schema, and replies are PostgreSQL's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_under_another_client_encoding_restores_the_schema() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start(config(vec![a.clone(), b])).await;
+    let mut sequences = Vec::new();
+    for enc in ["SQL_ASCII", "EUC_JP", "LATIN1"] {
+        let set = format!("SET client_encoding TO '{enc}'");
+        for reset in ["RESET search_path", "SET search_path TO DEFAULT", "RESET ALL", "DISCARD ALL"] {
+            sequences.push(("simple", vec![query(&set), query(reset), query(SCHEMA)]));
+            sequences.push((
+                "extended",
+                vec![query(&set), cat(&[pbe(reset), pbe(SCHEMA), sync()]), query(SCHEMA)],
+            ));
+        }
+    }
+    assert_same(differ(&h, &a, &sequences).await);
+}
+
+/// Tenant a leaves the one server connection (transaction mode) right after a reset: in a
+/// flushed pipeline with no Sync, in an open block, in a failed one, with its encoding
+/// changed. b's next statements run in b's schema and see b's table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_after_a_resetting_leaver_gets_its_own_schema() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start(config(vec![a.clone(), b.clone()])).await;
+    let ways: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("flushed DISCARD ALL", vec![cat(&[pbe("DISCARD ALL"), flush()])]),
+        ("flushed RESET ALL", vec![cat(&[pbe("RESET ALL"), flush()])]),
+        ("RESET ALL in a block", vec![query("BEGIN"), query("RESET ALL")]),
+        ("failed block", vec![query("BEGIN"), query("SELECT 1/0"), query("DISCARD ALL")]),
+        ("encoding", vec![query("SET client_encoding TO 'SQL_ASCII'"), query("RESET search_path")]),
+        ("extended in a block", vec![query("BEGIN"), cat(&[pbe("RESET search_path"), flush()])]),
+    ];
+    let mut failures = Vec::new();
+    for (what, steps) in &ways {
+        {
+            let mut ca = raw_proxy(&h, &a.id).await;
+            let _ = run(&mut ca, steps).await;
+        }
+        let cb = h.client(&b.id).await;
+        match cb.query_one("SELECT current_schema()::text, (SELECT count(*) FROM t)::int", &[]).await {
+            Ok(row) => {
+                let schema: String = row.get(0);
+                if schema != b.id {
+                    failures.push(format!("{what}: b's schema is {schema:?}"));
+                }
+            }
+            Err(e) => failures.push(format!("{what}: b: {}", why(&e))),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A shared tenant (`pgtenant.tenant_id`) whose client logged in with settings of its own:
+/// every kind of reset, simple and extended, in and out of blocks, gives back the tenant's id
+/// and the login's settings, with PostgreSQL's replies and notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_tenant_with_login_settings_gets_them_back_as_postgresql() {
+    let (a, b) = tenant_pair(Isolation::Shared, Access::Write, 1).await;
+    let h = start(config(vec![a.clone(), b])).await;
+    let settings = [("statement_timeout", "4s"), ("work_mem", "5MB")];
+    let options = format!("-c pgtenant.tenant_id={} -c statement_timeout=4s -c work_mem=5MB", a.id);
+    const SHOW: &str =
+        "SELECT current_setting('pgtenant.tenant_id', true), current_setting('statement_timeout'), \
+                        current_setting('work_mem')";
+    let q = |s: &str| query(s);
+    // Two statements (one SET a Query: those are tracked).
+    let set = || cat(&[query("SET statement_timeout = '1min'"), query("SET work_mem = '7MB'")]);
+    let mut sequences = Vec::new();
+    for reset in ["RESET ALL", "DISCARD ALL", "RESET work_mem", "SET statement_timeout TO DEFAULT"] {
+        sequences.push(("simple", vec![set(), q(reset), q(SHOW)]));
+        sequences.push(("extended", vec![set(), cat(&[pbe(reset), pbe(SHOW), sync()]), q(SHOW)]));
+        sequences.push(("flushed", vec![set(), cat(&[pbe(reset), flush()]), cat(&[pbe(SHOW), sync()])]));
+        sequences.push(("rolled back", vec![set(), q("BEGIN"), q(reset), q(SHOW), q("ROLLBACK"), q(SHOW)]));
+    }
+    assert_same(differ_with(&h, &a, &settings, &options, &sequences).await);
+}
