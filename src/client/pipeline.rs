@@ -7,8 +7,7 @@
 //!   Sync (`ignore_till_sync`), so skipped messages earn nothing;
 //! - during COPY FROM STDIN the server reads CopyData, ignores Sync and Flush, ends the copy at
 //!   CopyDone or CopyFail and fails it on any other message (`CopyGetData` in
-//!   `src/backend/commands/copyfromparse.c`); outside a copy, CopyData/CopyDone/CopyFail are
-//!   ignored.
+//!   `src/backend/commands/copyfromparse.c`); outside a copy, CopyData/CopyDone/CopyFail are ignored.
 //!
 //! Server replies drive the model: the server's own messages say when a command errs, starts a
 //! copy or ends. The model is exact except in one case: an error during COPY FROM STDIN while
@@ -291,8 +290,7 @@ fn error_reply(probe: Option<&Probe>, code: &str) -> Route {
 }
 
 impl Pipeline {
-    /// Nothing owed and nothing pending: the server connection may be released (as far as
-    /// replies go).
+    /// Nothing owed or pending: the server connection may be released (as far as replies go).
     pub fn is_idle(&self) -> bool {
         self.owes_nothing() && !self.uncertain && !self.open
     }
@@ -300,6 +298,11 @@ impl Pipeline {
     /// The server owes no reply to anything sent, and is not waiting for copy data.
     pub fn owes_nothing(&self) -> bool {
         self.queue.is_empty() && !matches!(self.mode, Mode::CopyIn { .. })
+    }
+
+    /// Every reply owed is to pgtenant's own messages, and due without a later Sync or Flush.
+    pub fn owes_only_its_own(&self) -> bool {
+        !self.unflushed() && !self.copy_in() && self.queue.iter().all(|e| e.reply != Reply::Forward)
     }
 
     pub fn uncertain(&self) -> bool {
@@ -742,9 +745,8 @@ impl Pipeline {
         route
     }
 
-    /// What a completed message carried: its effects done (undone if it was a simple query
-    /// that raised an error: its implicit transaction rolled back, and it ran none of it),
-    /// and its SET, if it succeeded.
+    /// What a completed message carried: its effects done (undone if a simple query raised an
+    /// error: its implicit transaction rolled back, it ran none of it), its SET if it succeeded.
     #[inline(never)]
     fn settle(&mut self, extra: Extra, errored: bool, succeeded: bool) -> Option<Box<Rare>> {
         if errored {
@@ -756,8 +758,7 @@ impl Pipeline {
         Some(Box::new(Rare { replace: None, completed_set: Some(completed_set) }))
     }
 
-    /// An error in an extended-protocol message at the front: it ends, and the server skips
-    /// to Sync.
+    /// An error in an extended-protocol message at the front: it ends; the server skips to Sync.
     fn fail(&mut self, code: &str) -> Route {
         let Some(e) = self.queue.pop_front() else { return reply(true) };
         let route = error_reply(e.probe(), code);
@@ -785,10 +786,9 @@ impl Pipeline {
         };
         let segment = &stream[..read];
         // Whether the copy read a Sync or failed before it (an error raised before the copy
-        // reads anything: a view, a statement trigger, a cancel) is not observable, nor
-        // whether it read another message behind an 08P01 (a trigger may raise any SQLSTATE):
-        // either makes the replies uncertain. Copy data, CopyDone, CopyFail and Flush earn
-        // nothing either way.
+        // reads anything: a view, a statement trigger, a cancel) is not observable, nor whether
+        // it read another message behind an 08P01 (a trigger may raise any SQLSTATE): either
+        // makes the replies uncertain. Copy data, CopyDone, CopyFail and Flush earn nothing.
         let earn_nothing =
             |k: &Kind| matches!(k, Kind::CopyData | Kind::CopyDone | Kind::CopyFail | Kind::Flush);
         self.uncertain |= !segment.iter().all(earn_nothing);

@@ -41,6 +41,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 mod buffers;
 mod checkout;
+mod ending;
 pub(crate) mod large;
 mod plain;
 mod progress;
@@ -466,62 +467,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                 server.conn().forget_unnamed();
             }
         }
-    }
-
-    /// After Terminate or a malformed frame, and once everything before it went out: with
-    /// nothing owed the session ends; otherwise the server gets the Terminate too, so the
-    /// client gets exactly what PostgreSQL sends before it exits (errors, but not replies it
-    /// still buffered), and the session ends when the server closes.
-    #[inline]
-    fn ended(&mut self) -> Option<Exit> {
-        // Checked at every settle, twice: the common case (a client still there) inline.
-        if !(self.terminated || self.broken.is_some()) || self.c_scanned != 0 {
-            return None;
-        }
-        self.ended_now()
-    }
-
-    fn ended_now(&mut self) -> Option<Exit> {
-        let exit = match self.server.as_ref() {
-            None => true,
-            Some(_) if self.out.is_empty() && self.quiet() && !self.sent_terminate => true,
-            Some(_) => {
-                if !self.sent_terminate {
-                    frontend::terminate(&mut self.out);
-                    self.sent_terminate = true;
-                }
-                false
-            }
-        };
-        exit.then(|| self.broken.take().map_or(Exit::Client, |e| Exit::Error(*e)))
-    }
-
-    /// The server owes nothing for what was sent (by the reply model) and nothing is
-    /// half-read.
-    fn quiet(&self) -> bool {
-        self.pipeline.owes_nothing()
-            && self.progress.reset == ResetPhase::Done
-            && self.s_remaining == 0
-            && self.sbuf.is_empty()
-            && self.stage_remaining == 0
-    }
-
-    /// Nothing in flight: the server owes nothing and the client sent nothing unanswered.
-    /// Never after a FATAL: the server is closing the connection, which must not go back to
-    /// the pool (the reply model may owe nothing once the error was routed).
-    fn server_idle(&self) -> bool {
-        let p = &self.progress;
-        // Effect-free loads, the ones that fail most often (in a transaction, bytes waiting) first.
-        p.status == txn::IDLE
-            && self.c_scanned == 0
-            && self.out.is_empty()
-            && self.c_remaining == 0
-            && !p.extended_open
-            && !self.sent_terminate
-            && !p.fatal
-            && !p.desync
-            && self.pipeline.is_idle()
-            && self.quiet()
     }
 
     /// Walks the frame headers of newly read client bytes (see [`ClientScan::run`]).

@@ -5,6 +5,9 @@
 //! the reply model; this module decides what each frame becomes.
 
 mod reset;
+mod sets;
+
+pub(super) use sets::SetTracking;
 
 use std::sync::Arc;
 
@@ -23,7 +26,7 @@ use super::statements::{Bound, Effect};
 use super::vars::ClientVars;
 use crate::config::SessionFeatures;
 use crate::pool::ServerConn;
-use crate::protocol::backend::{cstr, txn};
+use crate::protocol::backend::cstr;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::frontend::target::{PORTAL, STATEMENT};
@@ -32,62 +35,6 @@ use crate::protocol::frontend::{
     reads_names_as_utf8, rename, rename_into, target_parts,
 };
 use crate::protocol::{PgError, SqlState};
-
-/// Session SETs seen in the current transaction (transaction mode).
-#[derive(Default)]
-pub(super) struct SetTracking {
-    /// Recognised SET/RESET statements that completed.
-    pub(super) pending: Vec<SetCmd>,
-    /// SET/RESET CommandCompletes seen (recognised or not).
-    pub(super) seen: usize,
-    /// SET text of the last unnamed Parse, and of the statement bound last with its portal.
-    /// Boxed: rare, and every session would otherwise keep room for two.
-    pub(super) unnamed: Option<Box<SetCmd>>,
-    pub(super) bound: Option<Box<(Box<[u8]>, SetCmd)>>,
-}
-
-impl SetTracking {
-    /// At a ReadyForQuery: SETs that ended outside a transaction block follow the client;
-    /// any other (inside a block, unrecognised, or refused for tracking) leaves the server
-    /// connection to be reset before reuse.
-    #[inline]
-    pub(super) fn settle(
-        &mut self,
-        status: u8,
-        vars: &mut ClientVars,
-        conn: &mut ServerConn,
-        tenant_vars: &[(String, String)],
-    ) {
-        // Nearly every transaction runs no SET: nothing to settle.
-        if self.seen == 0 && self.pending.is_empty() {
-            return;
-        }
-        self.settle_sets(status, vars, conn, tenant_vars);
-    }
-
-    #[inline(never)]
-    fn settle_sets(
-        &mut self,
-        status: u8,
-        vars: &mut ClientVars,
-        conn: &mut ServerConn,
-        tenant_vars: &[(String, String)],
-    ) {
-        let mut untracked = self.seen.saturating_sub(self.pending.len()) > 0;
-        if status == txn::IDLE {
-            for cmd in self.pending.drain(..) {
-                untracked |= !vars.apply(&cmd, conn, tenant_vars);
-            }
-        } else {
-            untracked = true;
-            self.pending.clear();
-        }
-        if untracked {
-            conn.mark_dirty();
-        }
-        self.seen = 0;
-    }
-}
 
 /// Notes on `conn` what a statement about to run there may leave for the next client: the
 /// isolation setting is applied afresh after settings changed without a SET tag; a WITH HOLD

@@ -224,6 +224,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                     }
                 }
                 be::ERROR_RESPONSE if self.mode == PoolMode::Transaction => {
+                    if !setup && !self.sets.pending.is_empty() {
+                        self.sets.undone();
+                    }
                     // DDL changed a prepared statement's result type: the error goes to the
                     // client (as from Postgres) and this connection's statements are prepared
                     // afresh the next time they are used.
@@ -239,9 +242,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                 }
                 be::COMMAND_COMPLETE if !setup => {
                     let tag = &self.sbuf[pos + HEADER_LEN..pos + len];
+                    if !self.sets.pending.is_empty() {
+                        self.sets.completed(tag);
+                    }
                     if tag.starts_with(b"SET\0") || tag.starts_with(b"RESET\0") {
                         // Tracked or not is decided at the end of the transaction.
-                        self.sets.seen += 1;
+                        self.sets.seen = self.sets.seen.saturating_add(1);
                     } else if changes_session_state(tag) {
                         if let Some(server) = self.server.as_mut() {
                             server.conn().mark_dirty();
@@ -312,7 +318,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         let mut replace = None;
         if let Some(rare) = route.rare {
             let Rare { replace: bytes, completed_set } = *rare;
-            self.sets.pending.extend(completed_set.map(|set| *set));
+            if let Some(set) = completed_set {
+                self.sets.push(*set);
+            }
             replace = bytes;
         }
         (!route.forward, replace)

@@ -388,6 +388,8 @@ async fn a_client_never_missing_the_hold_lets_b_in_after_affinity_transactions()
     stop.store(true, Ordering::SeqCst);
     a_loop.await.expect("a's loop");
     assert!(done.load(Ordering::SeqCst) > 20, "a ran back to back");
-    // 4 held transaction ends, the one running, and one counted as b's reply came.
-    assert!(most <= 6, "b waited for {most} of a's transactions");
+    // 4 held transaction ends, the one running, and those a's loop finished after b's reply
+    // came but before this task read the count: one, or two on a busy machine (failed once at
+    // 7 during a full run). Without the bound b waits for every one of a's (over 20).
+    assert!(most <= 7, "b waited for {most} of a's transactions");
 }

@@ -292,3 +292,210 @@ async fn a_shared_tenant_with_login_settings_gets_them_back_as_postgresql() {
     }
     assert_same(differ_with(&h, &a, &settings, &options, &sequences).await);
 }
+
+/// An extended reset rolled back by a later error in its batch (before the Sync): on
+/// PostgreSQL the client's SETs from before it come back with the rollback (RESET ALL,
+/// RESET name, SET name TO DEFAULT; DISCARD ALL is committed as it completes and stays).
+/// Through pgtenant they must too: the reset and the restore behind it are rolled back on
+/// the server, so the client's tracked settings must not count the reset either. A SET in
+/// the reset's place (no restore behind it) is the control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_reset_rolled_back_by_a_later_error_keeps_the_clients_sets() {
+    let (a, b) = tenant_pair(Isolation::Shared, Access::Write, 1).await;
+    let h = start(config(vec![a.clone(), b])).await;
+    let settings = [("statement_timeout", "4s"), ("work_mem", "5MB")];
+    let options = format!("-c pgtenant.tenant_id={} -c statement_timeout=4s -c work_mem=5MB", a.id);
+    const SHOW: &str =
+        "SELECT current_setting('pgtenant.tenant_id', true), current_setting('statement_timeout'), \
+                        current_setting('work_mem')";
+    let set = || cat(&[query("SET statement_timeout = '1min'"), query("SET work_mem = '7MB'")]);
+    let mut sequences = Vec::new();
+    for reset in [
+        "SET work_mem = '9MB'",
+        "DISCARD ALL",
+        "RESET ALL",
+        "RESET work_mem",
+        "SET statement_timeout TO DEFAULT",
+    ] {
+        sequences.push((reset, vec![set(), cat(&[pbe(reset), pbe("SELECT 1/0"), sync()]), query(SHOW)]));
+    }
+    assert_same(differ_with(&h, &a, &settings, &options, &sequences).await);
+}
+
+/// Batches that end outside a transaction block with SETs in them, some undone on the server
+/// by a later error or ROLLBACK in the same batch (which abort its implicit transaction too),
+/// some made permanent by a COMMIT before that: after tenant b used the one server connection,
+/// a's work_mem is what PostgreSQL leaves a session at after the same messages, and b's is
+/// the server's default whatever a left. A ROLLBACK TO SAVEPOINT in the batch (same tag as
+/// ROLLBACK) drops every SET since the batch's last COMMIT: they lasted that transaction, as
+/// a SET in a block does, and only b's side is compared there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_s_sets_are_followed_only_where_they_stuck() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start(config(vec![a.clone(), b.clone()])).await;
+    let batches: Vec<(&str, Vec<&str>)> = vec![
+        ("error after the SET", vec!["SET work_mem = '9MB'", "SELECT 1/0"]),
+        ("ROLLBACK with no block", vec!["SET work_mem = '9MB'", "ROLLBACK"]),
+        ("ROLLBACK of a block", vec!["BEGIN", "SET work_mem = '9MB'", "ROLLBACK"]),
+        (
+            "committed block, then an error",
+            vec!["BEGIN", "SET work_mem = '9MB'", "COMMIT", "SET work_mem = '11MB'", "SELECT 1/0"],
+        ),
+        (
+            "COMMIT with no block, then ROLLBACK",
+            vec!["SET work_mem = '9MB'", "COMMIT", "SET work_mem = '11MB'", "ROLLBACK"],
+        ),
+        ("DISCARD ALL, then an error", vec!["DISCARD ALL", "SET work_mem = '9MB'", "SELECT 1/0"]),
+        ("DISCARD ALL, then a SET", vec!["DISCARD ALL", "SET work_mem = '9MB'"]),
+        ("error before the SET", vec!["SELECT 1/0", "SET work_mem = '9MB'"]),
+        ("two SETs, no error", vec!["SET work_mem = '9MB'", "SET work_mem = '11MB'"]),
+    ];
+    let mut failures = Vec::new();
+    let savepoint = vec![
+        "BEGIN",
+        "SET work_mem = '9MB'",
+        "SAVEPOINT s",
+        "SET work_mem = '11MB'",
+        "ROLLBACK TO s",
+        "COMMIT",
+    ];
+    for (what, statements) in batches.iter().chain([("savepoint", savepoint)].iter()) {
+        let batch = cat(&statements.iter().map(|s| pbe(s)).chain([sync()]).collect::<Vec<_>>());
+        let steps = [query("SET work_mem = '7MB'"), batch];
+        let show = [query("SHOW work_mem")];
+        let mut direct = direct_with(&a.database, &format!("-c search_path={}", a.id)).await;
+        run(&mut direct, &steps).await;
+        let (want, _) = run(&mut direct, &show).await;
+        let mut ca = raw_proxy(&h, &a.id).await;
+        run(&mut ca, &steps).await;
+        let cb = h.client(&b.id).await;
+        let row = cb
+            .query_one("SELECT current_schema()::text, current_setting('work_mem')", &[])
+            .await
+            .expect("b's query");
+        let (schema, work_mem): (String, String) = (row.get(0), row.get(1));
+        if schema != b.id || work_mem != "4MB" {
+            failures.push(format!("{what}: b got schema {schema:?}, work_mem {work_mem:?}"));
+        }
+        drop(cb);
+        let (got, _) = run(&mut ca, &show).await;
+        if *what != "savepoint" && got != want {
+            failures.push(format!("{what}: a after the handoff {got:?}, PostgreSQL {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The cause found by the test above is not the restore's alone: a plain extended SET rolled
+/// back by a later error in its batch is tracked as if it had stuck, which shows once the
+/// client's settings are replayed on a connection (here after b used the one connection):
+/// PostgreSQL keeps the SET before the batch (7MB), pgtenant replays the rolled-back one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_set_rolled_back_by_a_later_error_is_not_replayed() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start(config(vec![a.clone(), b.clone()])).await;
+    let mut ca = raw_proxy(&h, &a.id).await;
+    let steps = [
+        query("SET work_mem = '7MB'"),
+        cat(&[pbe("SET work_mem = '9MB'"), pbe("SELECT 1/0"), sync()]),
+        query("SHOW work_mem"),
+    ];
+    let (first, _) = run(&mut ca, &steps).await;
+    assert!(first.contains(&"E(22012)".to_owned()) && first.contains(&"D(7MB)".to_owned()), "{first:?}");
+    // b takes the one connection (a is idle between transactions), then a gets it back.
+    let cb = h.client(&b.id).await;
+    let row = cb.query_one("SELECT current_schema()::text", &[]).await.expect("b's query");
+    assert_eq!(row.get::<_, String>(0), b.id);
+    drop(cb);
+    let (again, _) = run(&mut ca, &[query("SHOW work_mem"), query(SCHEMA)]).await;
+    let schema_row = format!("D({})", a.id);
+    assert!(again.contains(&schema_row), "a's schema: {again:?}");
+    assert!(again.contains(&"D(7MB)".to_owned()), "a's work_mem after the rolled-back SET: {again:?}");
+}
+
+/// A forwarder to the cluster that holds back, for `delay`, what pgtenant writes upstream
+/// behind a client's simple Query `after` (in the same write: the restore pgtenant queues
+/// behind a reset), so the client gets the reset's reply well before the restore's is in.
+async fn slow_behind(after: Vec<Vec<u8>>, delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let after = std::sync::Arc::new(after);
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = l.accept().await {
+            let after = after.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", cluster().port)).await else {
+                    return;
+                };
+                let (mut from_proxy, mut to_client) = inbound.into_split();
+                let (mut from_server, mut to_server) = outbound.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = from_proxy.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let chunk = &buf[..n];
+                    let split = after.iter().find_map(|q| {
+                        chunk.windows(q.len()).position(|w| w == q.as_slice()).map(|p| p + q.len())
+                    });
+                    let (now, later) = chunk.split_at(split.unwrap_or(n));
+                    if to_server.write_all(now).await.is_err() {
+                        break;
+                    }
+                    if !later.is_empty() {
+                        tokio::time::sleep(delay).await;
+                        if to_server.write_all(later).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A client that runs a reset and leaves as soon as it is answered (a pool returning and
+/// closing a connection), before the restore pgtenant queued behind the reset is answered (a
+/// forwarder holds the restore back 300 ms): the restore is answered without the client, and
+/// the server connection goes back to the pool. Before, the Terminate went to the server
+/// with the restore still due and the connection was closed (which failed the session-mode
+/// settings test now and then on a busy machine). The next client gets the same backend, in
+/// its tenant's schema, in session and in transaction mode, after each kind of reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_right_after_a_reset_keeps_the_connection_pooled() {
+    let (a, _) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let resets = ["RESET ALL", "DISCARD ALL", "RESET search_path", "SET search_path TO DEFAULT"];
+    let port = slow_behind(resets.iter().map(|r| query(r)).collect(), Duration::from_millis(300)).await;
+    let mut failures = Vec::new();
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let mut cfg = config(vec![with_mode(a.clone(), mode, 1)]);
+        cfg.upstreams[0].port = port;
+        let h = start(cfg).await;
+        let backend = || async {
+            let c = h.client(&a.id).await;
+            let row =
+                c.query_one("SELECT pg_backend_pid(), current_schema()::text", &[]).await.expect("a's query");
+            (row.get::<_, i32>(0), row.get::<_, String>(1))
+        };
+        let (first, _) = backend().await;
+        for reset in resets {
+            let mut s = raw_proxy(&h, &a.id).await;
+            send(&mut s, &cat(&[query("SET work_mem = '9MB'"), query(reset)])).await;
+            let (got, _) = read_ready(&mut s, 2, Duration::from_secs(5)).await;
+            assert_eq!(ready_count(&got), 2, "{mode:?} {reset}: {:?}", summary(&got));
+            send(&mut s, &terminate()).await;
+            let (rest, _) = read_eof(&mut s, Duration::from_secs(5)).await;
+            assert!(rest.is_empty(), "{mode:?} {reset}: after the Terminate: {:?}", summary(&rest));
+            let (pid, schema) = backend().await;
+            if pid != first || schema != a.id {
+                failures.push(format!("{mode:?} {reset}: backend {pid} (first {first}), schema {schema:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
