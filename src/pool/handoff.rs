@@ -16,22 +16,25 @@ use crate::protocol::frontend;
 /// <https://www.postgresql.org/docs/current/sql-discard.html>).
 pub const CROSS_TENANT_RESET: &str = "DISCARD ALL";
 
-/// Queues what goes with every reset that clears a tenant's session (behind DISCARD ALL, and
+/// Queues what goes with every reset that clears a tenant's session (last in a handoff, and
 /// behind a configured reset query): a fresh seed for `random()`, whose state DISCARD ALL
 /// keeps, so that a session that seeded it (`setseed()`, `SET seed`) cannot know what the next
-/// one draws. pgtenant's own random value, as a parameter: in the text it would show in
-/// `pg_stat_activity.query` to every session of the login role while the connection is idle.
-/// An unsynced extended statement (see [`frontend::unsynced`]).
+/// one draws. pgtenant's own random value, sent as a FunctionCall of `setseed` by its OID
+/// ([`frontend::function_call`]): in a statement's text it would show in
+/// `pg_stat_activity.query` to every session of the login role, and as a parameter of `SELECT
+/// pg_catalog.setseed($1)` the server parses and plans a statement for it: 61,000
+/// instructions of a PostgreSQL 15 backend (39 % of a handoff) where the call costs ~3,000.
+/// Answered FunctionCallResponse and an idle ReadyForQuery, after which the server flushes:
+/// it commits and flushes a handoff's statements before it (see [`queue_setup`]).
 pub fn queue_reseed(out: &mut BytesMut) {
     // 53 random bits spread over [-1, 1), the range setseed takes.
     let seed = (rand::random::<u64>() >> 11) as f64 / (1u64 << 52) as f64 - 1.0;
-    frontend::unsynced_with(out, RESEED, Some((FLOAT8_OID, &seed.to_string())));
+    frontend::function_call(out, SETSEED_OID, &seed.to_string());
 }
 
-const RESEED: &str = "SELECT pg_catalog.setseed($1)";
-
-/// `float8`'s type OID.
-const FLOAT8_OID: u32 = 701;
+/// `pg_catalog.setseed(double precision)`: built-in functions' OIDs are fixed in PostgreSQL's
+/// catalog (`pg_proc.dat`), and a tenant cannot shadow one by name through its search_path.
+pub const SETSEED_OID: u32 = 1599;
 
 /// What keeps the previous session's statement timeout from cancelling DISCARD ALL (its
 /// timer starts with the statement, before DISCARD ALL resets the setting). A lock timeout
@@ -79,8 +82,9 @@ pub fn hand_over(conn: &mut ServerConn, client: u64, tenant: &TenantId, tenant_v
 /// settings back to the pool's values, nothing of pgtenant's); returns whether the guard was
 /// queued ([`needs_guard`]). The guard goes as a simple Query (one ReadyForQuery, swallowed;
 /// its failure changes nothing, since DISCARD ALL resets what it sets), DISCARD ALL as an
-/// unsynced extended statement ([`frontend::unsynced`]), first in its implicit transaction: the
-/// caller swallows and checks its four replies ([`HANDOFF_REPLIES`]) and may send the client's
+/// unsynced extended statement ([`frontend::unsynced`]), first in its implicit transaction;
+/// the caller queues the setup and the reseed ([`queue_reseed`]) behind it, swallows and
+/// checks their replies ([`HANDOFF_REPLIES`]) and may send the client's
 /// messages behind it up to the client's first Sync, which a failed reset makes the server
 /// skip (the caller holds the rest until the reset's reply is checked). After an
 /// ErrorResponse the caller closes the connection and sends the client's messages, which it
@@ -93,7 +97,6 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
         let _ = frontend::query(out, RESET_GUARD);
     }
     frontend::unsynced(out, CROSS_TENANT_RESET);
-    queue_reseed(out);
     conn.vars = params.to_vec();
     conn.idle_setting |= names_idle_setting(&conn.vars);
     conn.vars_fingerprint = 0;
@@ -116,9 +119,10 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
 /// (so that a client statement that fails does not roll it back):
 /// - the SET alone (the tenant's search_path: the usual handoff) is followed by an empty
 ///   simple query, which commits the implicit transaction and flushes the replies (the
-///   server sends unsynced statements' replies only at a Sync, a Flush or a ReadyForQuery);
+///   server sends unsynced statements' replies only at a Sync, a Flush or a ReadyForQuery),
+///   or, behind a reset (`reseed`), by the reseed, which does both;
 /// - with the SELECT (which takes a snapshot) the statements go between `BEGIN ISOLATION
-///   LEVEL READ COMMITTED` and `COMMIT`, then a Flush. With `guard` (see [`bounds_setup`]) the
+///   LEVEL READ COMMITTED` and `COMMIT`, then a Flush (or the reseed). With `guard` (see [`bounds_setup`]) the
 ///   timeouts are lifted for that transaction first ([`SETUP_GUARD`]).
 ///
 /// Returns the [`part`]s queued, whose replies the caller checks ([`reset_step`]).
@@ -128,12 +132,17 @@ pub fn queue_setup(
     set: Option<&str>,
     select: Option<&str>,
     guard: bool,
+    reseed: bool,
 ) -> u8 {
     // The setup's unnamed statement replaces any client's, and is closed.
     conn.forget_unnamed();
     let Some(select) = select else {
         let Some(set) = set else { return 0 };
         frontend::unsynced(out, set);
+        if reseed {
+            // The reseed behind it commits and flushes.
+            return part::SET;
+        }
         // An empty query: EmptyQueryResponse and ReadyForQuery, nothing parsed.
         let _ = frontend::query(out, "");
         return part::SET | part::EMPTY;
@@ -152,7 +161,9 @@ pub fn queue_setup(
     }
     frontend::unsynced(out, select);
     frontend::unsynced(out, "COMMIT");
-    out.extend_from_slice(frontend::FLUSH_MESSAGE);
+    if !reseed {
+        out.extend_from_slice(frontend::FLUSH_MESSAGE);
+    }
     parts
 }
 
@@ -180,7 +191,7 @@ const SETUP_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
 /// The parts of a handoff, as bits: which segments of [`HANDOFF_REPLIES`] are due.
 pub mod part {
-    /// DISCARD ALL and the reseed ([`super::queue_reset`]).
+    /// DISCARD ALL ([`super::queue_reset`]).
     pub const RESET: u8 = 1;
     pub const BEGIN: u8 = 2;
     /// The timeouts lifted for the setup ([`super::SETUP_GUARD`]: two statements).
@@ -192,22 +203,19 @@ pub mod part {
     pub const COMMIT: u8 = 32;
     /// The empty query behind a SET alone.
     pub const EMPTY: u8 = 64;
+    /// The reseed behind a reset ([`super::queue_reseed`]), last.
+    pub const RESEED: u8 = 128;
 }
 
 /// What the server answers a handoff's unsynced statements, in order (asynchronous messages
 /// aside): the message tag and, for a CommandComplete its command tag, for a ReadyForQuery
 /// its status. Each [`part`] is a segment (see [`SEGMENTS`]): a statement's Parse, Bind and
-/// Execute replies and the Close of the unnamed statement (two statements for the reset), or
-/// the empty query's replies.
-pub const HANDOFF_REPLIES: [(u8, &[u8]); 36] = [
+/// Execute replies and the Close of the unnamed statement, the empty query's replies, or the
+/// reseed's.
+pub const HANDOFF_REPLIES: [(u8, &[u8]); 33] = [
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
     (be::COMMAND_COMPLETE, RESET_TAG),
-    (be::CLOSE_COMPLETE, b""),
-    (be::PARSE_COMPLETE, b""),
-    (be::BIND_COMPLETE, b""),
-    (be::DATA_ROW, b""),
-    (be::COMMAND_COMPLETE, b"SELECT 1\0"),
     (be::CLOSE_COMPLETE, b""),
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
@@ -236,16 +244,19 @@ pub const HANDOFF_REPLIES: [(u8, &[u8]); 36] = [
     (be::CLOSE_COMPLETE, b""),
     (be::EMPTY_QUERY_RESPONSE, b""),
     (be::READY_FOR_QUERY, b"I"),
+    (be::FUNCTION_CALL_RESPONSE, b""),
+    (be::READY_FOR_QUERY, b"I"),
 ];
 
 /// Where each [`part`]'s segment of [`HANDOFF_REPLIES`] starts (bit `i` of the mask: segment
 /// `i`), and the end.
-pub const SEGMENTS: [u8; 8] = [0, 9, 13, 21, 25, 30, 34, 36];
+pub const SEGMENTS: [u8; 9] = [0, 4, 8, 16, 20, 25, 29, 31, 33];
 
 /// Whether an error in place of reply `next` of [`HANDOFF_REPLIES`] leaves the client's
 /// messages sent behind the handoff unrun: after each of the handoff's unsynced statements the
-/// server skips up to the client's first Sync, but the empty query (a simple query, which only
-/// an interrupt such as a statement timeout fails) is followed by the client's messages as usual.
+/// server skips up to the client's first Sync, but the empty query and the reseed (simple-protocol
+/// messages, which only an interrupt or a revoked EXECUTE fails) are followed by the client's
+/// messages as usual.
 pub fn skips_the_client(next: u8) -> bool {
     next < SEGMENTS[6]
 }
@@ -318,9 +329,14 @@ mod tests {
         None
     }
 
-    /// A reset alone.
+    /// A reset alone (DISCARD ALL and the reseed).
     fn run(msgs: &[(u8, Option<&[u8]>)]) -> Option<bool> {
-        run_parts(part::RESET, msgs)
+        run_parts(part::RESET | part::RESEED, msgs)
+    }
+
+    /// The reseed's replies: FunctionCallResponse, an idle ReadyForQuery.
+    fn reseed() -> Vec<(u8, Option<&'static [u8]>)> {
+        vec![(b'V', None), (b'Z', Some(&b"I"[..]))]
     }
 
     /// One statement's replies: Parse, Bind, a row for a SELECT, `tag`, Close.
@@ -383,14 +399,26 @@ mod tests {
         assert_eq!(run_parts(alone, &in_failed), Some(false));
         assert_eq!(run_parts(alone, &[(b'1', None), (b'2', None), (b'E', None)]), Some(false));
         assert_eq!(run_parts(alone, &empty[..4]), None);
-        // Behind a reset: DISCARD ALL's and the reseed's replies, then the setup's.
-        let reset = [statement(RESET_TAG), statement(b"SELECT 1\0")].concat();
-        assert_eq!(run_parts(both | part::RESET, &[reset.clone(), setup.clone()].concat()), Some(true));
-        assert_eq!(run_parts(both | part::RESET, &reset), None);
+        // Behind a reset: DISCARD ALL's replies, the setup's, then the reseed's (which commits
+        // and flushes in place of the empty query or the Flush).
+        let reset = statement(RESET_TAG);
+        let with = both | part::RESET | part::RESEED;
+        assert_eq!(run_parts(with, &[reset.clone(), setup.clone(), reseed()].concat()), Some(true));
+        assert_eq!(run_parts(with, &[reset.clone(), setup.clone()].concat()), None);
+        assert_eq!(run_parts(with, &[reset.clone(), reseed(), setup.clone()].concat()), Some(false));
+        let alone_reset = part::SET | part::RESET | part::RESEED;
+        assert_eq!(
+            run_parts(alone_reset, &[reset.clone(), statement(b"SET\0"), reseed()].concat()),
+            Some(true)
+        );
+        assert_eq!(run_parts(alone_reset, &[reset.clone(), empty.clone()].concat()), Some(false));
         // A reset alone is done after the reseed's; not before it.
-        assert_eq!(run_parts(part::RESET, &[reset.clone(), setup].concat()), Some(true));
-        assert_eq!(run_parts(part::RESET, &reset[..4]), None);
-        assert_eq!(run_parts(part::RESET, &[&reset[..4], &statement(b"SET\0")].concat()), Some(false));
+        assert_eq!(run(&[reset.clone(), reseed()].concat()), Some(true));
+        assert_eq!(run(&reset), None);
+        assert_eq!(run(&[&reset[..], &statement(b"SET\0")].concat()), Some(false));
+        // The reseed refused (EXECUTE revoked): an error in place of its reply.
+        assert_eq!(run(&[&reset[..], &[(b'E', None)]].concat()), Some(false));
+        assert!(!skips_the_client(SEGMENTS[7]), "the reseed, like the empty query, skips nothing");
     }
 
     #[test]
@@ -403,8 +431,10 @@ mod tests {
             (b'N', None),
             (b'3', None),
         ];
-        let ok = [ok, statement(b"SELECT 1\0")].concat();
+        let ok = [ok, reseed()].concat();
         assert_eq!(run(&ok), Some(true));
+        // The reseed of the old form (a SELECT) is not the reseed.
+        assert_eq!(run(&[&ok[..6], &statement(b"SELECT 1\0")].concat()), Some(false));
         let wrong_tag: Vec<(u8, Option<&[u8]>)> =
             vec![(b'1', None), (b'2', None), (b'C', Some(b"SELECT 1\0"))];
         assert_eq!(run(&wrong_tag), Some(false));
@@ -416,7 +446,7 @@ mod tests {
     /// Mostly the tags a reset's reply has (so the exact sequence comes up), sometimes any byte.
     fn reply_tag() -> impl Strategy<Value = u8> {
         prop_oneof![
-            4 => proptest::sample::select(b"123CDINASEZ".to_vec()),
+            4 => proptest::sample::select(b"123CDINASEVZ".to_vec()),
             1 => any::<u8>(),
         ]
     }
@@ -438,16 +468,19 @@ mod tests {
         ) {
             // setup 0: none; 1: SET and the empty query; else BEGIN, SELECT, COMMIT, and SET
             // (3), and the guard (4).
-            let mut parts = if reset { part::RESET } else { 0 };
+            // As the relay queues them: behind a reset the reseed comes last, in place of
+            // the empty query.
+            let mut parts = if reset { part::RESET | part::RESEED } else { 0 };
             parts |= match setup {
                 0 => 0,
+                1 if reset => part::SET,
                 1 => part::SET | part::EMPTY,
                 2 => part::BEGIN | part::SELECT | part::COMMIT,
                 3 => part::BEGIN | part::SET | part::SELECT | part::COMMIT,
                 _ => part::BEGIN | part::GUARD | part::SET | part::SELECT | part::COMMIT,
             };
             if parts == 0 {
-                parts = part::RESET;
+                parts = part::RESET | part::RESEED;
             }
             // The oracle's list: the segments of the parts, read off SEGMENTS directly.
             let exact: Vec<(u8, &[u8])> = SEGMENTS

@@ -19,7 +19,9 @@ use super::{
 };
 use crate::client::meter::Meter;
 use crate::console::live::{Signal, SignalReader, CLIENT_READ, FORCE, KICK};
-use crate::pool::handoff::{bounds_setup, first_due, hand_over, needs_reset, part, queue_reset, queue_setup};
+use crate::pool::handoff::{
+    bounds_setup, first_due, hand_over, needs_reset, part, queue_reseed, queue_reset, queue_setup,
+};
 use crate::pool::session::{acts_while_idle, retire, Retire};
 use crate::pool::Checkout;
 use crate::protocol::backend::txn;
@@ -228,16 +230,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         let guard = conn.vars_fingerprint() != self.vars.fingerprint() && bounds_setup(conn);
         if let Some(setup) = self.vars.sync_query(conn, &self.pool_params) {
             let (set, select) = (setup.set_search_path.as_deref(), setup.select.as_deref());
-            parts |= queue_setup(conn, &mut self.out, set, select, guard);
+            parts |= queue_setup(conn, &mut self.out, set, select, guard, reset);
         }
-        if parts == part::RESET {
-            // The server sends the replies of unsynced statements only when its output is
-            // flushed: without a Flush here they would wait for the client's first statement
-            // behind them to end (its Sync's ReadyForQuery), the client's cancel key with
-            // them, and a statement running past the reset's bound would end the session. A
-            // reset that failed makes the server skip the Flush, like the client's messages.
-            // (A setup ends in its own flush: see `queue_setup`.)
-            self.out.extend_from_slice(crate::protocol::frontend::FLUSH_MESSAGE);
+        if reset {
+            // Last: it commits what the handoff ran before it and makes the server flush the
+            // replies (unsynced statements' replies would otherwise wait for the client's
+            // first Sync, behind its first statement). A reset or setup that failed makes the
+            // server skip it, like the client's messages.
+            queue_reseed(&mut self.out);
+            parts |= part::RESEED;
         }
         if self.vars.temp_schema() {
             conn.mark_dirty();

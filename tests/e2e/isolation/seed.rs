@@ -87,3 +87,27 @@ async fn set_seed_is_not_replaced_by_the_fixed_default_for_the_next_client() {
     assert_ne!(got, fixed, "the next client drew what the default seed makes");
     assert_ne!(got, chosen, "the next client drew what the first client's seed makes");
 }
+
+/// The reseed calls `setseed` by OID (the protocol's FunctionCall): the OID pgtenant sends is
+/// `pg_catalog.setseed(double precision)`'s on the server, and a session that calls by that
+/// OID as pgtenant does gets the sequence `setseed` gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reseed_calls_setseed_by_its_oid() {
+    use crate::support::raw::*;
+    let (a, _) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let db = a.database;
+    let su = admin(&db).await;
+    let oid: i64 = su
+        .query_one("SELECT 'pg_catalog.setseed(double precision)'::regprocedure::oid::int8", &[])
+        .await
+        .expect("setseed's oid")
+        .get(0);
+    assert_eq!(oid, i64::from(pgtenant::pool::handoff::SETSEED_OID));
+    let mut out = bytes::BytesMut::new();
+    pgtenant::protocol::frontend::function_call(&mut out, pgtenant::pool::handoff::SETSEED_OID, "0.25");
+    let mut s = raw_direct(&db).await;
+    send(&mut s, &cat(&[out.to_vec(), query("SELECT random()::text")])).await;
+    let (got, _) = read_ready(&mut s, 2, std::time::Duration::from_secs(5)).await;
+    let want = seeded_draw(&db, "0.25").await;
+    assert_eq!(summary(&got), ["V", "Z(I)", "T", format!("D({want})").as_str(), "C(SELECT 1)", "Z(I)"]);
+}
