@@ -13,7 +13,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// nothing owed the session ends; otherwise the server gets the Terminate too, so the
     /// client gets exactly what PostgreSQL sends before it exits (errors, but not replies it
     /// still buffered), and the session ends when the server closes.
-    #[inline]
+    #[inline(always)]
     pub(super) fn ended(&mut self) -> Option<Exit> {
         // Checked at every settle, twice: the common case (a client still there) inline.
         if !(self.terminated || self.broken.is_some()) || self.c_scanned != 0 {
@@ -22,6 +22,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         self.ended_now()
     }
 
+    #[cold]
+    #[inline(never)]
     fn ended_now(&mut self) -> Option<Exit> {
         let exit = match self.server.as_ref() {
             None => true,
