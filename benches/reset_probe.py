@@ -13,9 +13,10 @@ round trip later):
      BEGIN and COMMIT (unsynced), is committed before the client's messages: a client
      statement that fails right behind it does not roll it back; and when the setup fails,
      what follows is skipped until a Sync;
-  4. DISCARD ALL keeps the state of random() (so the reset reseeds it), and the reseed sent
-     unsynced behind DISCARD ALL holds when the client's statement behind it fails (the
-     implicit transaction they share aborts);
+  4. DISCARD ALL keeps the state of random() (so the reset reseeds it); the reseed, a
+     FunctionCall of setseed by OID sent last in the handoff, commits the setup before it (a
+     client statement that fails behind it rolls back neither) and holds; behind a DISCARD ALL
+     that fails it is skipped until the Sync, like the client's messages;
   5. in the setup's transaction, timeouts lifted by SET LOCAL come back at COMMIT as
      the session had them, unless the setup sets them for the session (set_config(…, false)).
 
@@ -45,6 +46,13 @@ def unsynced(sql):
     return (msg(b"P", cstr("") + cstr(sql) + b"\0\0")
             + msg(b"B", cstr("") + cstr("") + b"\0\0\0\0\0\0")
             + msg(b"E", cstr("") + b"\0\0\0\0"))
+
+
+def reseed(seed):
+    """A FunctionCall of pg_catalog.setseed(float8) (OID 1599) with `seed` as text."""
+    arg = seed.encode()
+    body = struct.pack("!IHHHI", 1599, 1, 0, 1, len(arg)) + arg + struct.pack("!H", 0)
+    return msg(b"F", body)
 
 
 def setup(sql):
@@ -157,11 +165,22 @@ def main():
     seeded = draw_after(query("SELECT setseed(0.5)"))
     kept = draw_after(query("SELECT setseed(0.5)") + query("DISCARD ALL"), 2)
     c.until_ready_after(query("SELECT setseed(0.5)"))
-    reseeded = draw_after(unsynced("DISCARD ALL") + unsynced("SELECT pg_catalog.setseed('0.123'::pg_catalog.float8)")
-                          + unsynced("SELECT 1/0") + msg(b"S", b""))
-    print("random() after setseed(0.5):", seeded, "| through DISCARD ALL:", kept, "| reseeded:", reseeded)
-    if kept != seeded or reseeded == seeded:
-        print("FAIL: DISCARD ALL reset random()'s state, or the reseed did not hold")
+    reseeded = draw_after(unsynced("DISCARD ALL") + unsynced("SET search_path TO t4") + reseed("0.123")
+                          + unsynced("SELECT 1/0") + msg(b"S", b""), 2)
+    path = c.value("SELECT current_setting('search_path')")
+    print("random() after setseed(0.5):", seeded, "| through DISCARD ALL:", kept, "| reseeded:", reseeded,
+          "| search_path committed by it:", path)
+    if kept != seeded or reseeded == seeded or path != "t4":
+        print("FAIL: DISCARD ALL reset random()'s state, or the reseed did not hold or commit the setup")
+        ok = False
+    # A failed DISCARD ALL (in a transaction block): the reseed behind it is skipped, no
+    # FunctionCallResponse before the Sync's ReadyForQuery.
+    c.until_ready_after(query("BEGIN"))
+    got = c.until_ready_after(unsynced("DISCARD ALL") + reseed("0.5") + msg(b"S", b""))
+    c.until_ready_after(query("ROLLBACK"))
+    print("reseed behind a failed DISCARD ALL:", tags(got))
+    if "V" in tags(got).split():
+        print("FAIL: the reseed ran behind a failed DISCARD ALL")
         ok = False
     # 5. The guard: lifted for the setup's transaction, back (or the setup's value) after COMMIT.
     guard = "SET LOCAL lock_timeout = 0"

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""benches/handoff_cost.py — one raw-protocol session straight to PostgreSQL that sends, N
+times, exactly what pgtenant sends a server connection at a cross-tenant handoff (VARIANT),
+each followed by a primary-key SELECT as the new client's statement and read to its last
+ReadyForQuery. benches/handoff_cost.sh runs it under callgrind with N = 0 and N > 0 and
+divides the backend's instruction difference by N.
+
+Variants (the search_path alternates between schemas t1 and t2):
+  select    the SELECT alone (what a transaction costs without a handoff)
+  handoff   today's handoff: DISCARD ALL and `SET search_path` as unsynced extended
+            statements, then the reseed as a FunctionCall of setseed by OID
+  select_reseed
+            the handoff before the FunctionCall: DISCARD ALL, `SELECT
+            pg_catalog.setseed($1)` and `SET search_path` unsynced, then an empty query
+  guarded   `handoff` behind the guard `SET statement_timeout = 0` (a simple query)
+  no_reseed DISCARD ALL and the SET unsynced, then an empty query (no reseed at all)
+
+Prints the backend's PID. Usage: handoff_cost.py HOST PORT N VARIANT...   (as postgres,
+trust authentication)
+"""
+import socket
+import struct
+import sys
+
+SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = 42"
+SETSEED_OID = 1599
+
+
+def msg(tag, body):
+    return tag + struct.pack("!I", len(body) + 4) + body
+
+
+def cstr(s):
+    return s.encode() + b"\0"
+
+
+def query(sql):
+    return msg(b"Q", cstr(sql))
+
+
+def unsynced(sql, param=None):
+    if param is None:
+        parse = msg(b"P", b"\0" + cstr(sql) + struct.pack("!H", 0))
+        bind = msg(b"B", b"\0\0" + struct.pack("!HHH", 0, 0, 0))
+    else:
+        parse = msg(b"P", b"\0" + cstr(sql) + struct.pack("!HI", 1, 701))
+        bind = msg(b"B", b"\0\0" + struct.pack("!HHI", 0, 1, len(param)) + param + struct.pack("!H", 0))
+    return parse + bind + msg(b"E", b"\0" + struct.pack("!I", 0)) + msg(b"C", b"S\0")
+
+
+def reseed(seed):
+    return msg(b"F", struct.pack("!IHHHI", SETSEED_OID, 1, 0, 1, len(seed)) + seed + struct.pack("!H", 0))
+
+
+def variant(name, i):
+    """The bytes of iteration i and the ReadyForQuerys they earn."""
+    path = f"SET search_path TO t{1 + i % 2}"
+    seed = b"0.25"
+    if name == "select":
+        return query(SELECT), 1
+    if name == "handoff":
+        return unsynced("DISCARD ALL") + unsynced(path) + reseed(seed) + query(SELECT), 2
+    if name == "select_reseed":
+        return (unsynced("DISCARD ALL") + unsynced("SELECT pg_catalog.setseed($1)", seed) + unsynced(path)
+                + query("") + query(SELECT)), 2
+    if name == "guarded":
+        return (query("SET statement_timeout = 0") + unsynced("DISCARD ALL") + unsynced(path) + reseed(seed)
+                + query(SELECT)), 3
+    if name == "no_reseed":
+        return unsynced("DISCARD ALL") + unsynced(path) + query("") + query(SELECT), 2
+    raise SystemExit(f"unknown variant {name}")
+
+
+def main():
+    host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    s = socket.create_connection((host, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    body = struct.pack("!I", 196608) + cstr("user") + cstr("postgres") + cstr("database") + cstr("postgres") + b"\0"
+    s.sendall(struct.pack("!I", len(body) + 4) + body)
+    buf = b""
+
+    def until_ready(count):
+        nonlocal buf
+        seen, errors = 0, []
+        while True:
+            while len(buf) >= 5:
+                length = struct.unpack("!I", buf[1:5])[0]
+                if len(buf) < 1 + length:
+                    break
+                tag, body, buf = buf[0:1], buf[5:1 + length], buf[1 + length:]
+                if tag == b"K":
+                    print(struct.unpack("!I", body[:4])[0], flush=True)
+                if tag == b"E":
+                    errors.append(tag)
+                if tag == b"Z":
+                    seen += 1
+                    if seen == count:
+                        return errors
+            data = s.recv(65536)
+            if not data:
+                raise SystemExit("server closed the connection")
+            buf += data
+
+    until_ready(1)
+    s.sendall(query("SET search_path TO t1"))
+    until_ready(1)
+    for name in sys.argv[4:]:
+        # Warm the caches (plans, catalog) the same way for every N, and check the replies.
+        for i in range(50):
+            data, count = variant(name, i)
+            s.sendall(data)
+            if until_ready(count):
+                raise SystemExit(f"{name}: an error in the replies")
+        for i in range(n):
+            data, count = variant(name, i)
+            s.sendall(data)
+            until_ready(count)
+
+
+if __name__ == "__main__":
+    main()
