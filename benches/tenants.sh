@@ -279,7 +279,7 @@ gate_open() {
     GATE_PID=""
 }
 
-declare -A TPS STEADY WINDOW FAIL ERRS CONN GATE RESETS LAT
+declare -A TPS STEADY WINDOW FAIL ERRS CONN GATE RESETS LAT CPU
 # pgtenant's cross-tenant resets so far (its metrics endpoint); "" for case C.
 resets_now() {
     curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" | awk '$1 ~ /^pgtenant_resets(_total)?({})?$/ { print $2 }'
@@ -287,12 +287,26 @@ resets_now() {
 # run_case CASE: start the 100 pgbench processes at once, wait for all, sum their results.
 # Each process also logs every transaction (-l) so that the steady-state throughput can
 # be computed over the window in which all 100 were connected (see below).
+# pg_ticks: CPU ticks of the cluster: the postmaster and its live children, and the children
+# it reaped (cutime + cstime).
+pg_ticks() {
+    local total=0 p t
+    for p in $PG_PID $(pgrep -P "$PG_PID" 2>/dev/null); do
+        t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk -v main=$((p == PG_PID)) \
+            '{ print $12 + $13 + (main ? $14 + $15 : 0) }') || continue
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+
 run_case() {
     local c=$1 i rc errs=0
     log "case $c: $TENANTS x pgbench -n -c 1 -j 1 -T $BENCH_SECONDS -f script.sql ..."
     gate_close
-    local r0
+    local r0 p0 g0
     r0=$(resets_now)
+    p0=$(cpu_ticks "${PGT_PID:-}")
+    g0=$(pg_ticks)
     local t0=$EPOCHREALTIME
     BENCH_PIDS=()
     for i in $(seq 0 $((TENANTS - 1))); do
@@ -314,6 +328,15 @@ run_case() {
         fi
     done
     BENCH_PIDS=()
+    local p1 g1 txs_all
+    p1=$(cpu_ticks "${PGT_PID:-}")
+    g1=$(pg_ticks)
+    txs_all=$(cat "$TMP"/runs/"$c"-*.log | awk '/^number of transactions actually processed:/ { s += $6 } END { print s + 0 }')
+    # CPU µs per transaction, over the whole case (gate and connections included).
+    CPU[$c]=$(awk -v p="${p1:-0}" -v q="${p0:-0}" -v g="$g1" -v h="$g0" -v n="$txs_all" -v hz="$(getconf CLK_TCK)" \
+        -v proxy=$([[ $c == C ]] && echo 0 || echo 1) \
+        'BEGIN { if (n == 0) { print "-"; exit } pg = (g - h) / hz / n * 1e6;
+                 if (proxy) printf "%.1f/%.1f", (p - q) / hz / n * 1e6, pg; else printf "-/%.1f", pg }')
     # Summed pgbench TPS:
     #   tps = 1234.5 (without initial connection time)
     #   number of failed transactions: 0 (0.000%)
@@ -396,21 +419,22 @@ echo
 echo "$TENANTS pgbench processes (-c 1 each), -T $BENCH_SECONDS, PK lookup in a $ROWS-row table;"
 echo "pgtenant: schema isolation, one login role, one shared pool of $POOL_SIZE (transaction mode), workers=$PGTENANT_WORKERS"
 echo "$(nproc) cores, load avg $LOADAVG"
-fmt_row='%-24s | %10s | %9s | %10s | %9s | %6s | %7s | %11s | %9s | %11s\n'
+fmt_row='%-24s | %10s | %9s | %10s | %9s | %6s | %7s | %11s | %9s | %11s | %13s\n'
 # shellcheck disable=SC2059
-printf "$fmt_row" case "total TPS" "vs A" "steady TPS" "vs A" window failed "conn ms" "resets/tx" "lat ms p50/99"
-printf '%s\n' "-------------------------+------------+-----------+------------+-----------+--------+---------+-------------+-----------+------------"
+printf "$fmt_row" case "total TPS" "vs A" "steady TPS" "vs A" window failed "conn ms" "resets/tx" "lat ms p50/99" "CPU us/tx p/pg"
+printf '%s\n' "-------------------------+------------+-----------+------------+-----------+--------+---------+-------------+-----------+-------------+--------------"
 for c in "${CASES[@]}"; do
     # shellcheck disable=SC2059
     printf "$fmt_row" "${DESC[$c]}" "${TPS[$c]:--}" "$(ratio "${TPS[$c]:-}" "${TPS[A]:-}")" \
         "${STEADY[$c]:--}" "$(ratio "${STEADY[$c]:-}" "${STEADY[A]:-}")" "${WINDOW[$c]:--}s" \
-        "${FAIL[$c]}" "${CONN[$c]}" "${RESETS[$c]:--}" "${LAT[$c]:--}"
+        "${FAIL[$c]}" "${CONN[$c]}" "${RESETS[$c]:--}" "${LAT[$c]:--}" "${CPU[$c]:--}"
 done
 echo "total TPS: sum of each pgbench's tps (without initial connection time)."
 echo "steady TPS: transactions completed while all $TENANTS clients were connected, per second of that window."
 echo "conn ms: pgbench's initial connection time, average/max over the $TENANTS processes."
 echo "resets/tx: cross-tenant resets (pgtenant_resets) per transaction processed."
 echo "lat ms: transaction latency in the steady window, median/99th percentile (pgbench -l)."
+echo "CPU us/tx p/pg: pgtenant's and PostgreSQL's (all its processes) CPU time per transaction over the case."
 gates=()
 for c in "${CASES[@]}"; do gates+=("$c ${GATE[$c]:--}s"); done
 echo "start gate (clients held until all $TENANTS are in; counts in each pgbench's -T and tps):" \
