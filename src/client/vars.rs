@@ -365,8 +365,14 @@ impl ClientVars {
         let stale: Vec<(String, Option<&String>)> = conn
             .vars()
             .iter()
-            .filter(|(k, _)| !self.other.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)))
-            .filter_map(|(k, v)| match pool_params.iter().find(|(p, _)| p.eq_ignore_ascii_case(k)) {
+            .enumerate()
+            .filter(|(_, (k, _))| !self.other.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)))
+            .map(|(i, (k, v))| {
+                // After a reset the connection's settings are the pool's, in its order.
+                let same = pool_params.get(i).filter(|(p, _)| p == k);
+                (k, v, same.or_else(|| pool_params.iter().find(|(p, _)| p.eq_ignore_ascii_case(k))))
+            })
+            .filter_map(|(k, v, pool)| match pool {
                 None => Some((k.clone(), None)),
                 Some((_, pool)) if pool != v && !synced(k) && settable_reported(k) => {
                     Some((k.clone(), Some(pool)))

@@ -27,9 +27,10 @@ pub const CROSS_TENANT_RESET: &str = "DISCARD ALL";
 /// Answered FunctionCallResponse and an idle ReadyForQuery, after which the server flushes:
 /// it commits and flushes a handoff's statements before it (see [`queue_setup`]).
 pub fn queue_reseed(out: &mut BytesMut) {
-    // 53 random bits spread over [-1, 1), the range setseed takes.
+    // 53 random bits spread over [-1, 1), the range setseed takes; sent as float8's binary
+    // form (IEEE 754, big-endian), exact and with nothing to format.
     let seed = (rand::random::<u64>() >> 11) as f64 / (1u64 << 52) as f64 - 1.0;
-    frontend::function_call(out, SETSEED_OID, &seed.to_string());
+    frontend::function_call(out, SETSEED_OID, &seed.to_bits().to_be_bytes());
 }
 
 /// `pg_catalog.setseed(double precision)`: built-in functions' OIDs are fixed in PostgreSQL's
@@ -97,7 +98,15 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
         let _ = frontend::query(out, RESET_GUARD);
     }
     frontend::unsynced(out, CROSS_TENANT_RESET);
-    conn.vars = params.to_vec();
+    // In place: the connection's strings keep their room (a reset per handoff would
+    // otherwise allocate two strings a setting).
+    conn.vars.truncate(params.len());
+    for (slot, (k, v)) in conn.vars.iter_mut().zip(params) {
+        slot.0.clone_from(k);
+        slot.1.clone_from(v);
+    }
+    let kept = conn.vars.len();
+    conn.vars.extend_from_slice(&params[kept..]);
     conn.idle_setting |= names_idle_setting(&conn.vars);
     conn.vars_fingerprint = 0;
     conn.prepared.clear();

@@ -104,7 +104,11 @@ async fn the_reseed_calls_setseed_by_its_oid() {
         .get(0);
     assert_eq!(oid, i64::from(pgtenant::pool::handoff::SETSEED_OID));
     let mut out = bytes::BytesMut::new();
-    pgtenant::protocol::frontend::function_call(&mut out, pgtenant::pool::handoff::SETSEED_OID, "0.25");
+    pgtenant::protocol::frontend::function_call(
+        &mut out,
+        pgtenant::pool::handoff::SETSEED_OID,
+        &0.25f64.to_bits().to_be_bytes(),
+    );
     let mut s = raw_direct(&db).await;
     send(&mut s, &cat(&[out.to_vec(), query("SELECT random()::text")])).await;
     let (got, _) = read_ready(&mut s, 2, std::time::Duration::from_secs(5)).await;
