@@ -1,0 +1,224 @@
+//! A hostile tenant against the SET tracking of a batch (`client::rewrite::sets`), the reseed
+//! by a FunctionCall (`pool::handoff::queue_reseed`) and a client leaving while only
+//! pgtenant's own replies are due (`client::relay::ending`): what a client's next server
+//! connection replays is what PostgreSQL kept, another client of the tenant never finds a
+//! SET it did not run, and the reseed is answered as a FunctionCall, seen by nobody.
+
+use std::time::Duration;
+
+use pgtenant::model::Isolation;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixStream;
+
+use super::*;
+use crate::support::raw::*;
+use crate::support::*;
+
+/// Parse, Bind and Execute of `sql` as the unnamed statement and portal.
+fn pbe(sql: &str) -> Vec<u8> {
+    cat(&[parse("", sql), bind("", ""), execute("")])
+}
+
+/// A raw session straight to PostgreSQL as the superuser, with `options` at its login.
+async fn direct_with(db: &str, options: &str) -> UnixStream {
+    let sock = cluster().socket_dir.join(format!(".s.PGSQL.{}", cluster().port));
+    let s = UnixStream::connect(sock).await.expect("connect socket");
+    login(s, &[("user", "postgres"), ("database", db), ("options", options)]).await
+}
+
+/// Sends each step and reads its replies (one ReadyForQuery per Sync or Query, or until quiet
+/// when it has none); returns the summary.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, steps: &[Vec<u8>]) -> Vec<String> {
+    let mut all = Vec::new();
+    for step in steps {
+        let syncs = messages(step).iter().filter(|(tag, _)| matches!(tag, b'S' | b'Q')).count();
+        send(s, step).await;
+        let (got, _) = if syncs == 0 {
+            read_quiet(s, Duration::from_millis(400)).await
+        } else {
+            read_ready(s, syncs, Duration::from_secs(10)).await
+        };
+        all.extend_from_slice(&got);
+    }
+    summary(&all)
+}
+
+/// Where a run of `steps` went wrong: a SET another client found (`leaks`), or `a`'s
+/// work_mem after a handoff other than PostgreSQL's (`differs`).
+#[derive(Default)]
+struct Found {
+    leaks: Vec<String>,
+    differs: Vec<String>,
+}
+
+/// `steps` run by a client of `a` (after `SET work_mem = '7MB'`) and straight on PostgreSQL;
+/// then another client of `a` and one of `b` take the one server connection (each must find
+/// the default work_mem and its own schema), and `a` asks its work_mem again, on a
+/// connection its settings are replayed on.
+async fn differ(
+    h: &Harness,
+    a: &TenantConfig,
+    b: &TenantConfig,
+    what: &str,
+    steps: &[Vec<u8>],
+    found: &mut Found,
+) {
+    let mut steps = steps.to_vec();
+    steps.insert(0, query("SET work_mem = '7MB'"));
+    let show = [query("SHOW work_mem")];
+    let mut direct = direct_with(&a.database, &format!("-c search_path={}", a.id)).await;
+    run(&mut direct, &steps).await;
+    let want = run(&mut direct, &show).await;
+    let mut ca = raw_proxy(h, &a.id).await;
+    run(&mut ca, &steps).await;
+    for (who, tenant) in [("another client of a", a), ("b", b)] {
+        let c = h.client(&tenant.id).await;
+        let row = c.query_one("SELECT current_schema()::text, current_setting('work_mem')", &[]).await;
+        match row {
+            Ok(row) => {
+                let (schema, work_mem): (String, String) = (row.get(0), row.get(1));
+                if schema != tenant.id || work_mem != "4MB" {
+                    found.leaks.push(format!("{what}: {who} got schema {schema:?}, work_mem {work_mem:?}"));
+                }
+            }
+            Err(e) => found.leaks.push(format!("{what}: {who} failed: {e:?}")),
+        }
+    }
+    let got = run(&mut ca, &show).await;
+    if got != want {
+        found.differs.push(format!("{what}: a after the handoff {got:?}, PostgreSQL {want:?}"));
+    }
+}
+
+fn batch(statements: &[&str]) -> Vec<u8> {
+    cat(&statements.iter().map(|s| pbe(s)).chain([sync()]).collect::<Vec<_>>())
+}
+
+/// Batches whose SETs PostgreSQL keeps or undoes by chained transactions, failed commands,
+/// pipelines flushed and ended by a Query, resets undone by an error: pgtenant follows what
+/// PostgreSQL kept, and nothing reaches another client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_and_flushed_batches_are_followed_as_postgresql_keeps_them() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start(config(vec![a.clone(), b.clone()])).await;
+    let flushed = || cat(&[pbe("SET work_mem = '9MB'"), flush()]);
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("COMMIT AND CHAIN with no block", vec![batch(&["SET work_mem = '9MB'", "COMMIT AND CHAIN"])]),
+        (
+            "COMMIT AND CHAIN, then ROLLBACK",
+            vec![batch(&[
+                "BEGIN",
+                "SET work_mem = '9MB'",
+                "COMMIT AND CHAIN",
+                "SET work_mem = '11MB'",
+                "ROLLBACK",
+            ])],
+        ),
+        (
+            "ROLLBACK AND CHAIN, then COMMIT",
+            vec![batch(&[
+                "BEGIN",
+                "SET work_mem = '9MB'",
+                "ROLLBACK AND CHAIN",
+                "SET work_mem = '11MB'",
+                "COMMIT",
+            ])],
+        ),
+        ("COMMIT PREPARED of nothing", vec![batch(&["SET work_mem = '9MB'", "COMMIT PREPARED 'none'"])]),
+        ("SET LOCAL with no block", vec![batch(&["SET LOCAL work_mem = '9MB'"])]),
+        ("SET SESSION, then an error", vec![batch(&["SET SESSION work_mem = '9MB'", "SELECT 1/0"])]),
+        (
+            "RESET undone by an error",
+            vec![batch(&["SET work_mem = '9MB'"]), batch(&["RESET work_mem", "SELECT 1/0"])],
+        ),
+        (
+            "SET TO DEFAULT undone by ROLLBACK",
+            vec![batch(&["SET work_mem = '9MB'"]), batch(&["SET work_mem TO DEFAULT", "ROLLBACK"])],
+        ),
+        ("flushed, then an error", vec![flushed(), batch(&["SELECT 1/0"])]),
+        ("flushed, then a Query", vec![flushed(), query("SELECT 1"), sync()]),
+        ("flushed, then a failing Query", vec![flushed(), query("SELECT 1/0"), sync()]),
+        ("flushed, then ROLLBACK", vec![flushed(), query("ROLLBACK"), sync()]),
+        ("simple, then an error", vec![query("SET work_mem = '9MB'; SELECT 1/0")]),
+        (
+            "VACUUM, then an error",
+            vec![batch(&["SET work_mem = '9MB'", "VACUUM pg_catalog.pg_am", "SELECT 1/0"])],
+        ),
+        ("simple PREPARE TRANSACTION", vec![query("SET work_mem = '9MB'; PREPARE TRANSACTION 'x'")]),
+        (
+            "named statement",
+            vec![cat(&[
+                parse("s1", "SET work_mem = '9MB'"),
+                parse("", "SET work_mem = '11MB'"),
+                bind("", "s1"),
+                execute(""),
+                close(b'S', "s1"),
+                sync(),
+            ])],
+        ),
+    ];
+    let mut found = Found::default();
+    for (what, steps) in &cases {
+        differ(&h, &a, &b, what, steps, &mut found).await;
+    }
+    assert!(found.leaks.is_empty() && found.differs.is_empty(), "{:#?}\n{:#?}", found.leaks, found.differs);
+}
+
+/// Batches whose SETs pgtenant does not follow although PostgreSQL keeps them (README: a
+/// SET among other statements in one Query, after a ROLLBACK TO SAVEPOINT, run by a portal
+/// bound before the last unnamed Parse, or before a PREPARE TRANSACTION outside a block,
+/// which PostgreSQL answers ROLLBACK after committing): the client loses them on its next
+/// connection, and the connection they are on is reset before anyone else gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_pgtenant_cannot_follow_never_reach_another_client() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start(config(vec![a.clone(), b.clone()])).await;
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        (
+            "simple, COMMIT, then an error",
+            vec![query("SET work_mem = '9MB'; COMMIT; SET work_mem = '11MB'; SELECT 1/0")],
+        ),
+        ("simple block", vec![query("BEGIN; SET work_mem = '9MB'; COMMIT; SET work_mem = '11MB'")]),
+        (
+            "savepoint rolled back after an error",
+            vec![
+                batch(&["BEGIN", "SET work_mem = '9MB'", "SAVEPOINT s", "SELECT 1/0"]),
+                batch(&["ROLLBACK TO s", "COMMIT"]),
+            ],
+        ),
+        (
+            "PREPARE TRANSACTION with no block",
+            vec![batch(&["SET work_mem = '9MB'", "PREPARE TRANSACTION 'x'"])],
+        ),
+        (
+            "portal of an earlier statement",
+            vec![cat(&[
+                parse("", "SET work_mem = '9MB'"),
+                bind("p1", ""),
+                parse("", "SET work_mem = '11MB'"),
+                bind("p2", ""),
+                execute("p1"),
+                sync(),
+            ])],
+        ),
+        (
+            "savepoint rolled back, then COMMIT",
+            vec![batch(&[
+                "BEGIN",
+                "SET work_mem = '9MB'",
+                "SAVEPOINT s",
+                "SET work_mem = '11MB'",
+                "ROLLBACK TO s",
+                "COMMIT",
+            ])],
+        ),
+        ("block across batches", vec![batch(&["BEGIN", "SET work_mem = '9MB'"]), batch(&["COMMIT"])]),
+    ];
+    let mut found = Found::default();
+    for (what, steps) in &cases {
+        differ(&h, &a, &b, what, steps, &mut found).await;
+    }
+    assert!(found.leaks.is_empty(), "{:#?}", found.leaks);
+    // They do differ from PostgreSQL (so this test sees the sequences it means to).
+    assert_eq!(found.differs.len(), cases.len(), "{:#?}", found.differs);
+}
