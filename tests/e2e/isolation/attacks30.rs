@@ -222,3 +222,36 @@ async fn sets_pgtenant_cannot_follow_never_reach_another_client() {
     // They do differ from PostgreSQL (so this test sees the sequences it means to).
     assert_eq!(found.differs.len(), cases.len(), "{:#?}", found.differs);
 }
+
+/// An extended batch flushed but never synced keeps its transaction open on the server (the
+/// INSERT's row is not committed, its locks held), with no ReadyForQuery to say so: the last
+/// status pgtenant saw is idle. `idle_transaction_timeout` ends it as it ends a client idle in
+/// a block (25P03, rolled back), and the pool's one connection goes to the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsynced_batch_left_idle_meets_the_idle_transaction_timeout() {
+    let mut t = with_mode(tenant_db("unsyncidle").await, pgtenant::model::PoolMode::Transaction, 1);
+    t.timeouts.idle_transaction_timeout = Some(1.0);
+    let h = start(config(vec![t.clone()])).await;
+    let setup = h.client(&t.id).await;
+    setup.batch_execute("CREATE TABLE held (x int)").await.expect("table");
+    drop(setup);
+    // Flushed (its replies in), and not even flushed (the server owes them, to be sent only
+    // at a Sync or Flush that never comes).
+    for (what, tail) in [("flushed", vec![flush()]), ("unflushed", vec![])] {
+        let mut c = raw_proxy(&h, &t.id).await;
+        send(&mut c, &cat(&[vec![pbe("INSERT INTO held VALUES (1)")], tail].concat())).await;
+        let started = std::time::Instant::now();
+        let (got, closed) = read_eof(&mut c, Duration::from_secs(6)).await;
+        assert!(closed, "{what}: the client idle in its unsynced batch is disconnected: {:?}", summary(&got));
+        assert!(started.elapsed() >= Duration::from_millis(800), "{what}: not before the timeout");
+        assert_eq!(sqlstate(&got).as_deref(), Some("25P03"), "{what}: {:?}", summary(&got));
+        let other = h.client(&t.id).await;
+        let count = other.query_one("SELECT count(*) FROM held", &[]);
+        let n: i64 = tokio::time::timeout(Duration::from_secs(3), count)
+            .await
+            .expect("the next client is served")
+            .expect("count")
+            .get(0);
+        assert_eq!(n, 0, "{what}: the abandoned batch rolled back");
+    }
+}
