@@ -255,3 +255,57 @@ async fn an_unsynced_batch_left_idle_meets_the_idle_transaction_timeout() {
         assert_eq!(n, 0, "{what}: the abandoned batch rolled back");
     }
 }
+
+/// A client that leaves (Terminate) inside a transaction block right after a reset, the
+/// restore pgtenant queued behind it held back (so only pgtenant's own replies are due when
+/// the Terminate comes): pgtenant waits for them, and the connection, in the client's open
+/// block (or its failed one), is closed, never pooled: the block rolls back and the next
+/// client of either tenant gets another backend, outside any transaction, in its schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_in_a_block_behind_its_reset_never_pools_the_block() {
+    use pgtenant::model::PoolMode;
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let resets = ["RESET ALL", "RESET search_path"];
+    let port =
+        super::attacks29::slow_behind(resets.iter().map(|r| query(r)).collect(), Duration::from_millis(300))
+            .await;
+    let mut failures = Vec::new();
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let mut cfg = config(vec![with_mode(a.clone(), mode, 1), with_mode(b.clone(), mode, 1)]);
+        cfg.upstreams[0].port = port;
+        let h = start(cfg).await;
+        for reset in resets {
+            for (what, block) in [
+                ("open", "BEGIN; INSERT INTO t VALUES (1, 'left')"),
+                ("failed", "BEGIN; INSERT INTO t VALUES (1, 'left'); SELECT 1/0"),
+            ] {
+                let ca = h.client(&a.id).await;
+                let pid: i32 = ca.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+                drop(ca);
+                let mut s = raw_proxy(&h, &a.id).await;
+                send(&mut s, &cat(&[query(block), query(reset)])).await;
+                let (got, _) = read_ready(&mut s, 2, Duration::from_secs(5)).await;
+                assert_eq!(ready_count(&got), 2, "{mode:?} {reset} {what}: {:?}", summary(&got));
+                send(&mut s, &terminate()).await;
+                let _ = read_eof(&mut s, Duration::from_secs(5)).await;
+                for tenant in [&a, &b] {
+                    let c = h.client(&tenant.id).await;
+                    let sql = "SELECT pg_backend_pid(), current_schema()::text, \
+                               pg_current_xact_id_if_assigned() IS NULL, \
+                               (SELECT count(*) FROM t WHERE owner = 'left')";
+                    let row = c.query_one(sql, &[]).await.expect("the next client's query");
+                    let (next, schema, fresh, left): (i32, String, bool, i64) =
+                        (row.get(0), row.get(1), row.get(2), row.get(3));
+                    if next == pid || schema != tenant.id || !fresh || left != 0 {
+                        failures.push(format!(
+                            "{mode:?} {reset} {what}: {} got backend {next} (a's {pid}), schema {schema:?}, \
+                             no xid {fresh}, rows left {left}",
+                            tenant.id
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
