@@ -309,3 +309,37 @@ async fn a_client_leaving_in_a_block_behind_its_reset_never_pools_the_block() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// The reseed refused (EXECUTE on setseed revoked from PUBLIC, which only a superuser can
+/// do): the FunctionCall is a simple-protocol message, so its error does not make the server
+/// skip what follows, and the client's simple queries sent behind the handoff run on that
+/// connection. pgtenant then ends the session with the server's error and never hands those
+/// queries to another connection as well: b's INSERT is in at most once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reseed_never_runs_the_clients_queries_twice() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let su = admin(&a.database).await;
+    su.batch_execute("REVOKE EXECUTE ON FUNCTION pg_catalog.setseed(double precision) FROM PUBLIC")
+        .await
+        .expect("revoke");
+    let h = start(config(vec![a.clone(), b.clone()])).await;
+    let ca = h.client(&a.id).await;
+    ca.query_one("SELECT 1", &[]).await.expect("a's query");
+    drop(ca);
+    let mut cb = raw_proxy(&h, &b.id).await;
+    send(
+        &mut cb,
+        &cat(&[query("INSERT INTO t VALUES (1, 'once')"), query("INSERT INTO t VALUES (2, 'once')")]),
+    )
+    .await;
+    let (got, _) = read_eof(&mut cb, Duration::from_secs(8)).await;
+    assert_eq!(sqlstate(&got).as_deref(), Some("42501"), "{:?}", summary(&got));
+    let counts =
+        format!("SELECT count(*) FILTER (WHERE id = 1), count(*) FILTER (WHERE id = 2) FROM {}.t", b.id);
+    let row = su.query_one(&counts, &[]).await.expect("count");
+    let (one, two): (i64, i64) = (row.get(0), row.get(1));
+    su.batch_execute("GRANT EXECUTE ON FUNCTION pg_catalog.setseed(double precision) TO PUBLIC")
+        .await
+        .expect("grant");
+    assert!(one <= 1 && two <= 1, "b's inserts ran {one} and {two} times");
+}
