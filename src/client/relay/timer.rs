@@ -207,6 +207,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// The fair-share timeout that applies now, and when it expires.
     fn fair_limit(&mut self) -> Option<(Limit, Instant)> {
         let owes = self.server.is_some() && !self.quiet();
+        // An extended batch the client has not synced keeps the server's transaction open
+        // (its rows uncommitted, its locks held) behind the last ReadyForQuery's idle status:
+        // in it, once the server answered what was flushed (or while it owes only what it
+        // sends at the client's next Sync or Flush), the client is idle in a transaction.
+        let unsynced = self.server.is_some() && self.progress.extended_open;
+        let in_transaction = unsynced || (self.server.is_some() && self.progress.status != txn::IDLE);
+        // What the server owes it sends only at the client's next Sync or Flush.
+        let owes_the_client_a_word = owes && unsynced && self.pipeline.unflushed();
         let t = self.timed.as_deref_mut()?;
         let l = t.limits;
         if !owes {
@@ -214,18 +222,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         } else if t.busy_since.is_none() && l.query.is_some() {
             t.busy_since = Some(Instant::now());
         }
-        let (limit, since, after) = if owes {
-            (Limit::Query, t.busy_since, l.query)
-        } else if self.server.is_some() && self.progress.status != txn::IDLE {
+        let at = |since: Option<Instant>, after: Option<Duration>| Some(since? + after?);
+        if owes {
+            // An unsynced batch's idle client is timed too, whichever comes first.
+            let idle = at(Some(t.last_activity), l.idle_transaction).filter(|_| owes_the_client_a_word);
+            let query = at(t.busy_since, l.query);
+            return match (query, idle) {
+                (Some(q), Some(i)) if i < q => Some((Limit::IdleTransaction, i)),
+                (Some(q), _) => Some((Limit::Query, q)),
+                (None, i) => i.map(|i| (Limit::IdleTransaction, i)),
+            };
+        }
+        // Without an idle_transaction_timeout, an unsynced batch stays under client_idle as before.
+        let idle_in_block = self.progress.status != txn::IDLE || l.idle_transaction.is_some();
+        let (limit, since, after) = if in_transaction && idle_in_block {
             (Limit::IdleTransaction, Some(t.last_activity), l.idle_transaction)
         } else if self.c_scanned == 0 && self.cbuf.is_empty() {
             (Limit::ClientIdle, Some(t.last_activity), l.client_idle)
         } else {
             return None;
         };
-        match (since, after) {
-            (Some(since), Some(after)) => Some((limit, since + after)),
-            _ => None,
-        }
+        at(since, after).map(|at| (limit, at))
     }
 }

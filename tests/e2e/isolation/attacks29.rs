@@ -416,7 +416,7 @@ async fn an_extended_set_rolled_back_by_a_later_error_is_not_replayed() {
 /// A forwarder to the cluster that holds back, for `delay`, what pgtenant writes upstream
 /// behind a client's simple Query `after` (in the same write: the restore pgtenant queues
 /// behind a reset), so the client gets the reset's reply well before the restore's is in.
-async fn slow_behind(after: Vec<Vec<u8>>, delay: Duration) -> u16 {
+pub(super) async fn slow_behind(after: Vec<Vec<u8>>, delay: Duration) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
