@@ -16,12 +16,12 @@ use crate::support::raw::*;
 use crate::support::*;
 
 /// Parse, Bind and Execute of `sql` as the unnamed statement and portal.
-fn pbe(sql: &str) -> Vec<u8> {
+pub(super) fn pbe(sql: &str) -> Vec<u8> {
     cat(&[parse("", sql), bind("", ""), execute("")])
 }
 
 /// A raw session straight to PostgreSQL as the superuser, with `options` at its login.
-async fn direct_with(db: &str, options: &str) -> UnixStream {
+pub(super) async fn direct_with(db: &str, options: &str) -> UnixStream {
     let sock = cluster().socket_dir.join(format!(".s.PGSQL.{}", cluster().port));
     let s = UnixStream::connect(sock).await.expect("connect socket");
     login(s, &[("user", "postgres"), ("database", db), ("options", options)]).await
@@ -35,9 +35,13 @@ async fn proxy_with(h: &Harness, tenant: &str, settings: &[(&str, &str)]) -> tok
     login(tokio::net::TcpStream::connect(h.addr).await.expect("connect proxy"), &params).await
 }
 
-/// Sends each step and reads its replies (one ReadyForQuery per Sync or Query, or until quiet
-/// when it has none); returns the summary and the notices' severities and texts.
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, steps: &[Vec<u8>]) -> (Vec<String>, Vec<String>) {
+/// Sends each step and reads its replies (one ReadyForQuery per Sync or Query, within `limit`,
+/// or until quiet when it has none); returns them all.
+pub(super) async fn replies<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    steps: &[Vec<u8>],
+    limit: Duration,
+) -> Vec<u8> {
     let mut all = Vec::new();
     for step in steps {
         let syncs = messages(step).iter().filter(|(tag, _)| matches!(tag, b'S' | b'Q')).count();
@@ -45,10 +49,16 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, steps: &[Vec<u8>]) ->
         let (got, _) = if syncs == 0 {
             read_quiet(s, Duration::from_millis(400)).await
         } else {
-            read_ready(s, syncs, Duration::from_secs(5)).await
+            read_ready(s, syncs, limit).await
         };
         all.extend_from_slice(&got);
     }
+    all
+}
+
+/// [`replies`] within 5 s each; returns the summary and the notices' severities and texts.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, steps: &[Vec<u8>]) -> (Vec<String>, Vec<String>) {
+    let all = replies(s, steps, Duration::from_secs(5)).await;
     let notices = messages(&all)
         .into_iter()
         .filter(|(tag, _)| *tag == b'N')
@@ -97,6 +107,18 @@ fn assert_same(differ: Vec<String>) {
 }
 
 const SCHEMA: &str = "SELECT current_schema()";
+
+/// A shared tenant's client's own login settings, and what shows them with the tenant's id.
+const SHARED_SETTINGS: [(&str, &str); 2] = [("statement_timeout", "4s"), ("work_mem", "5MB")];
+const SHOW: &str =
+    "SELECT current_setting('pgtenant.tenant_id', true), current_setting('statement_timeout'), \
+                    current_setting('work_mem')";
+
+/// The `options` a session straight to PostgreSQL logs in with to stand for shared tenant
+/// `a`'s client with [`SHARED_SETTINGS`].
+fn shared_login(a: &TenantConfig) -> String {
+    format!("-c pgtenant.tenant_id={} -c statement_timeout=4s -c work_mem=5MB", a.id)
+}
 
 /// Resets in an explicit transaction block that is then rolled back (whole, to a savepoint,
 /// or failed before the reset), and a reset followed in the same pipeline by COMMIT: the
@@ -275,11 +297,7 @@ async fn b_after_a_resetting_leaver_gets_its_own_schema() {
 async fn a_shared_tenant_with_login_settings_gets_them_back_as_postgresql() {
     let (a, b) = tenant_pair(Isolation::Shared, Access::Write, 1).await;
     let h = start(config(vec![a.clone(), b])).await;
-    let settings = [("statement_timeout", "4s"), ("work_mem", "5MB")];
-    let options = format!("-c pgtenant.tenant_id={} -c statement_timeout=4s -c work_mem=5MB", a.id);
-    const SHOW: &str =
-        "SELECT current_setting('pgtenant.tenant_id', true), current_setting('statement_timeout'), \
-                        current_setting('work_mem')";
+    let options = shared_login(&a);
     let q = |s: &str| query(s);
     // Two statements (one SET a Query: those are tracked).
     let set = || cat(&[query("SET statement_timeout = '1min'"), query("SET work_mem = '7MB'")]);
@@ -290,7 +308,7 @@ async fn a_shared_tenant_with_login_settings_gets_them_back_as_postgresql() {
         sequences.push(("flushed", vec![set(), cat(&[pbe(reset), flush()]), cat(&[pbe(SHOW), sync()])]));
         sequences.push(("rolled back", vec![set(), q("BEGIN"), q(reset), q(SHOW), q("ROLLBACK"), q(SHOW)]));
     }
-    assert_same(differ_with(&h, &a, &settings, &options, &sequences).await);
+    assert_same(differ_with(&h, &a, &SHARED_SETTINGS, &options, &sequences).await);
 }
 
 /// An extended reset rolled back by a later error in its batch (before the Sync): on
@@ -303,11 +321,7 @@ async fn a_shared_tenant_with_login_settings_gets_them_back_as_postgresql() {
 async fn an_extended_reset_rolled_back_by_a_later_error_keeps_the_clients_sets() {
     let (a, b) = tenant_pair(Isolation::Shared, Access::Write, 1).await;
     let h = start(config(vec![a.clone(), b])).await;
-    let settings = [("statement_timeout", "4s"), ("work_mem", "5MB")];
-    let options = format!("-c pgtenant.tenant_id={} -c statement_timeout=4s -c work_mem=5MB", a.id);
-    const SHOW: &str =
-        "SELECT current_setting('pgtenant.tenant_id', true), current_setting('statement_timeout'), \
-                        current_setting('work_mem')";
+    let options = shared_login(&a);
     let set = || cat(&[query("SET statement_timeout = '1min'"), query("SET work_mem = '7MB'")]);
     let mut sequences = Vec::new();
     for reset in [
@@ -319,7 +333,7 @@ async fn an_extended_reset_rolled_back_by_a_later_error_keeps_the_clients_sets()
     ] {
         sequences.push((reset, vec![set(), cat(&[pbe(reset), pbe("SELECT 1/0"), sync()]), query(SHOW)]));
     }
-    assert_same(differ_with(&h, &a, &settings, &options, &sequences).await);
+    assert_same(differ_with(&h, &a, &SHARED_SETTINGS, &options, &sequences).await);
 }
 
 /// Batches that end outside a transaction block with SETs in them, some undone on the server

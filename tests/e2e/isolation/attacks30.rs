@@ -8,39 +8,16 @@ use std::time::Duration;
 
 use pgtenant::model::Isolation;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::UnixStream;
 
 use super::*;
 use crate::support::raw::*;
 use crate::support::*;
 
-/// Parse, Bind and Execute of `sql` as the unnamed statement and portal.
-fn pbe(sql: &str) -> Vec<u8> {
-    cat(&[parse("", sql), bind("", ""), execute("")])
-}
+use super::attacks29::{direct_with, pbe, replies};
 
-/// A raw session straight to PostgreSQL as the superuser, with `options` at its login.
-async fn direct_with(db: &str, options: &str) -> UnixStream {
-    let sock = cluster().socket_dir.join(format!(".s.PGSQL.{}", cluster().port));
-    let s = UnixStream::connect(sock).await.expect("connect socket");
-    login(s, &[("user", "postgres"), ("database", db), ("options", options)]).await
-}
-
-/// Sends each step and reads its replies (one ReadyForQuery per Sync or Query, or until quiet
-/// when it has none); returns the summary.
+/// [`replies`] within 10 s each, summarised.
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, steps: &[Vec<u8>]) -> Vec<String> {
-    let mut all = Vec::new();
-    for step in steps {
-        let syncs = messages(step).iter().filter(|(tag, _)| matches!(tag, b'S' | b'Q')).count();
-        send(s, step).await;
-        let (got, _) = if syncs == 0 {
-            read_quiet(s, Duration::from_millis(400)).await
-        } else {
-            read_ready(s, syncs, Duration::from_secs(10)).await
-        };
-        all.extend_from_slice(&got);
-    }
-    summary(&all)
+    summary(&replies(s, steps, Duration::from_secs(10)).await)
 }
 
 /// Where a run of `steps` went wrong: a SET another client found (`leaks`), or `a`'s
