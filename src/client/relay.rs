@@ -39,6 +39,25 @@ use crate::protocol::{frontend, PgError};
 use crate::proxy::{Proxy, TenantAdmission, FORCE_CLOSE_TIMEOUT};
 use tokio::sync::OwnedSemaphorePermit;
 
+/// The session's client-scan state as a [`ClientScan`], borrowed field by field (a method
+/// would borrow the whole session, and a waiting checkout also lends out the client socket).
+macro_rules! client_scan {
+    ($s:ident) => {
+        ClientScan {
+            cbuf: &mut $s.cbuf,
+            c_scanned: &mut $s.c_scanned,
+            c_remaining: &mut $s.c_remaining,
+            terminated: &mut $s.terminated,
+            broken: &mut $s.broken,
+            progress: &mut $s.progress,
+            max_message: $s.max_message,
+            large: &mut $s.large,
+            budget: &$s.admission.sessions.large,
+            out_len: $s.out.len(),
+        }
+    };
+}
+
 mod buffers;
 mod checkout;
 mod ending;
@@ -471,19 +490,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
 
     /// Walks the frame headers of newly read client bytes (see [`ClientScan::run`]).
     fn scan_client(&mut self) {
-        ClientScan {
-            cbuf: &mut self.cbuf,
-            c_scanned: &mut self.c_scanned,
-            c_remaining: &mut self.c_remaining,
-            terminated: &mut self.terminated,
-            broken: &mut self.broken,
-            progress: &mut self.progress,
-            max_message: self.max_message,
-            large: &mut self.large,
-            budget: &self.admission.sessions.large,
-            out_len: self.out.len(),
-        }
-        .run()
+        client_scan!(self).run()
     }
 
     /// Moves scanned client frames into the server-bound buffer, queueing the replies each

@@ -199,7 +199,7 @@ enum Reply {
 }
 
 /// The reply to a release's reset ([`reset_session`]), then, for a reset that clears a
-/// tenant's session (DISCARD ALL, a configured one), the reseed's behind it (sent synced).
+/// tenant's session (DISCARD ALL, a configured one), the reseed's behind it (a FunctionCall).
 #[derive(Debug)]
 struct ResetReply {
     reply: Reply,

@@ -79,18 +79,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             let client = watch.then_some(WaitingClient {
                 stream: &mut self.client,
                 waker: &self.client_waker,
-                scan: ClientScan {
-                    cbuf: &mut self.cbuf,
-                    c_scanned: &mut self.c_scanned,
-                    c_remaining: &mut self.c_remaining,
-                    terminated: &mut self.terminated,
-                    broken: &mut self.broken,
-                    progress: &mut self.progress,
-                    max_message: self.max_message,
-                    large: &mut self.large,
-                    budget: &self.admission.sessions.large,
-                    out_len: self.out.len(),
-                },
+                scan: client_scan!(self),
                 read: 0,
             });
             let checkout = std::pin::pin!(checkout);
@@ -154,18 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             let client = watch.then_some(WaitingClient {
                 stream: &mut self.client,
                 waker: &self.client_waker,
-                scan: ClientScan {
-                    cbuf: &mut self.cbuf,
-                    c_scanned: &mut self.c_scanned,
-                    c_remaining: &mut self.c_remaining,
-                    terminated: &mut self.terminated,
-                    broken: &mut self.broken,
-                    progress: &mut self.progress,
-                    max_message: self.max_message,
-                    large: &mut self.large,
-                    budget: &self.admission.sessions.large,
-                    out_len: self.out.len(),
-                },
+                scan: client_scan!(self),
                 read: 0,
             });
             let checkout = std::pin::pin!(checkout);
