@@ -1,0 +1,116 @@
+//! A hostile tenant a before tenant b on the one server connection (transaction mode, schema
+//! isolation): the handoff's FunctionCall reseed and setup behind what a leaves (reportable
+//! settings changed by SET and set_config, an unsynced batch, a Terminate mid-pipeline), the
+//! reset's in-place copy of the pool's settings; and idle_transaction_timeout against a
+//! client pipelining normally.
+
+use std::time::Duration;
+
+use pgtenant::model::{Isolation, PoolMode};
+
+use crate::support::raw::*;
+use crate::support::*;
+
+use super::attacks29::{direct_with, pbe, replies};
+
+/// What b reads of its session: schema, reportable settings, its table's rows.
+const B_SEES: &str = "SELECT current_schema(), current_setting('application_name'), \
+    current_setting('TimeZone'), current_setting('DateStyle'), current_setting('IntervalStyle'), \
+    current_setting('default_transaction_read_only'), current_setting('client_encoding'), \
+    current_setting('statement_timeout'), (SELECT count(*) FROM t), \
+    (SELECT count(*) FROM pg_class WHERE relpersistence = 't')";
+
+/// What a does before it leaves: every reportable setting changed, some out of the tracker's
+/// sight (set_config), then an unsynced INSERT and a Terminate mid-pipeline.
+fn a_leaves() -> Vec<Vec<u8>> {
+    vec![
+        query("SET application_name = 'a_app'"),
+        query("SET TimeZone = 'Asia/Tokyo'"),
+        query("SELECT set_config('DateStyle', 'SQL, DMY', false)"),
+        query("SET IntervalStyle = 'iso_8601'"),
+        query("SELECT set_config('default_transaction_read_only', 'on', false)"),
+        query("SELECT set_config('statement_timeout', '1ms', false)"),
+        query("CREATE TEMP TABLE a_temp (x int)"),
+        query("SET client_encoding = 'LATIN1'"),
+    ]
+}
+
+/// b, with and without settings of its own at login, after a left every setting changed
+/// (and an unsynced INSERT behind it): b sees what a session straight to PostgreSQL with the
+/// same login sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_after_a_changed_every_reportable_setting_sees_its_own_login() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let (a, b) = (with_mode(a, PoolMode::Transaction, 1), with_mode(b, PoolMode::Transaction, 1));
+    let h = start(config(vec![a.clone(), b.clone()])).await;
+    let own: [(&str, &str); 4] = [
+        ("application_name", "b_app"),
+        ("TimeZone", "America/Lima"),
+        ("DateStyle", "German, DMY"),
+        ("IntervalStyle", "sql_standard"),
+    ];
+    let mut failures = Vec::new();
+    for (what, settings) in [("no settings", &own[..0]), ("own settings", &own[..]), ("two", &own[2..])] {
+        for tail in [vec![], vec![cat(&[pbe("INSERT INTO t VALUES (9, 'a')"), terminate()])]] {
+            let mut ca = raw_proxy(&h, &a.id).await;
+            replies(&mut ca, &[a_leaves(), tail.clone()].concat(), Duration::from_secs(5)).await;
+            drop(ca);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let user = format!("app.{}", b.id);
+            let mut params = vec![("user", user.as_str())];
+            params.extend_from_slice(settings);
+            let mut cb = login(tokio::net::TcpStream::connect(h.addr).await.expect("connect"), &params).await;
+            let got = summary(&replies(&mut cb, &[query(B_SEES)], Duration::from_secs(5)).await);
+            let mut options = format!("-c search_path={}", b.id);
+            for (k, v) in settings {
+                options += &format!(" -c {k}={}", v.replace(' ', "\\ "));
+            }
+            let mut direct = direct_with(&b.database, &options).await;
+            let want = summary(&replies(&mut direct, &[query(B_SEES)], Duration::from_secs(5)).await);
+            if got != want {
+                failures
+                    .push(format!("{what} (tail {}):\n  pgtenant {got:?}\n  direct   {want:?}", tail.len()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A client pipelining as libpq's pipeline mode does (Parse/Bind/Execute in separate writes,
+/// the Sync last), each write within idle_transaction_timeout of the one before but the batch
+/// longer than it, and a long statement in an unsynced batch whose Sync comes while the server
+/// still runs it (the server never idle): neither is disconnected, in transaction or session
+/// mode, with no query timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelining_client_is_not_taken_for_an_idle_one() {
+    let mut failures = Vec::new();
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let mut t = with_mode(tenant_db("pipeidle").await, mode, 1);
+        t.timeouts.idle_transaction_timeout = Some(1.0);
+        t.timeouts.query_timeout = None;
+        let h = start(config(vec![t.clone()])).await;
+        // Gaps of 0.6 s, 1.8 s in all.
+        let mut c = raw_proxy(&h, &t.id).await;
+        for _ in 0..3 {
+            send(&mut c, &pbe("SELECT 1")).await;
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        send(&mut c, &sync()).await;
+        let (got, closed) = read_ready(&mut c, 1, Duration::from_secs(5)).await;
+        let rows = summary(&got).iter().filter(|m| m.starts_with("D(")).count();
+        if closed || rows != 3 {
+            failures.push(format!("{mode:?} gaps: {:?}", summary(&got)));
+        }
+        drop(c);
+        // A 2.5 s statement, its Sync 1.5 s after it (the server busy all along).
+        let mut c = raw_proxy(&h, &t.id).await;
+        send(&mut c, &pbe("SELECT pg_sleep(2.5)")).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        send(&mut c, &sync()).await;
+        let (got, closed) = read_ready(&mut c, 1, Duration::from_secs(6)).await;
+        if closed || sqlstate(&got).is_some() {
+            failures.push(format!("{mode:?} long: {:?}", summary(&got)));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
