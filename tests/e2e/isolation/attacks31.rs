@@ -114,3 +114,52 @@ async fn a_pipelining_client_is_not_taken_for_an_idle_one() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// a leaves the connection mid-way: an unsynced block (flushed or not), a COPY FROM STDIN
+/// half-sent, an extended batch under another client_encoding, each by a dropped socket or
+/// a Terminate. b, next on the one connection, runs its INSERT exactly once, in its schema,
+/// and a's rows are never committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_behind_a_left_mid_pipeline_runs_once_in_its_schema() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let (a, b) = (with_mode(a, PoolMode::Transaction, 1), with_mode(b, PoolMode::Transaction, 1));
+    let h = start(config(vec![a.clone(), b.clone()])).await;
+    let leavings: Vec<(&str, Vec<u8>)> = vec![
+        ("unsynced block", cat(&[pbe("BEGIN"), pbe("INSERT INTO t VALUES (7, 'a')")])),
+        ("flushed block", cat(&[pbe("BEGIN"), pbe("INSERT INTO t VALUES (7, 'a')"), flush()])),
+        ("copy", cat(&[query("COPY t FROM STDIN"), copy_data("7\ta\n")])),
+        (
+            "encoding",
+            cat(&[
+                query("SET client_encoding = 'LATIN1'"),
+                pbe("SELECT set_config('statement_timeout', '1ms', false)"),
+                pbe("INSERT INTO t VALUES (7, 'a')"),
+            ]),
+        ),
+    ];
+    let mut failures = Vec::new();
+    let mut runs: i64 = 0;
+    for (what, leaving) in &leavings {
+        for terminated in [false, true] {
+            let mut ca = raw_proxy(&h, &a.id).await;
+            let tail = if terminated { terminate() } else { vec![] };
+            send(&mut ca, &cat(&[leaving.clone(), tail])).await;
+            let _ = read_quiet(&mut ca, Duration::from_millis(200)).await;
+            drop(ca);
+            let mut cb = raw_proxy(&h, &b.id).await;
+            let steps =
+                [cat(&[pbe("INSERT INTO t VALUES (5, 'b')"), pbe("SELECT current_schema()"), sync()])];
+            let got = summary(&replies(&mut cb, &steps, Duration::from_secs(5)).await);
+            runs += 1;
+            if !got.iter().any(|m| m == &format!("D({})", b.id)) || got.iter().any(|m| m.starts_with("E(")) {
+                failures.push(format!("{what} ({terminated}): {got:?}"));
+            }
+        }
+    }
+    let su = admin(&a.database).await;
+    let count = |schema: &str, id: i32| format!("SELECT count(*) FROM {schema}.t WHERE id = {id}");
+    let a_rows: i64 = su.query_one(&count(&a.id, 7), &[]).await.expect("a").get(0);
+    let b_rows: i64 = su.query_one(&count(&b.id, 5), &[]).await.expect("b").get(0);
+    assert!(a_rows == 0 && b_rows == runs, "a's rows {a_rows}, b's {b_rows} of {runs}; {failures:#?}");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
