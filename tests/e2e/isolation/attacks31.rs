@@ -15,6 +15,7 @@ use super::attacks29::{direct_with, pbe, replies};
 
 /// What b reads of its session: schema, reportable settings, its table's rows.
 const B_SEES: &str = "SELECT current_schema(), current_setting('application_name'), \
+    current_setting('pgtenant.tenant_id', true), \
     current_setting('TimeZone'), current_setting('DateStyle'), current_setting('IntervalStyle'), \
     current_setting('default_transaction_read_only'), current_setting('client_encoding'), \
     current_setting('statement_timeout'), (SELECT count(*) FROM t), \
@@ -40,7 +41,18 @@ fn a_leaves() -> Vec<Vec<u8>> {
 /// same login sees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_after_a_changed_every_reportable_setting_sees_its_own_login() {
-    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    b_after_a_changed_settings(Isolation::Schema).await;
+}
+
+/// [`b_after_a_changed_every_reportable_setting_sees_its_own_login`] for a shared tenant: its
+/// setup is BEGIN, SET, SELECT set_config, COMMIT ahead of the reseed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_b_after_a_changed_every_reportable_setting_sees_its_own_login() {
+    b_after_a_changed_settings(Isolation::Shared).await;
+}
+
+async fn b_after_a_changed_settings(isolation: Isolation) {
+    let (a, b) = tenant_pair(isolation, Access::Write, 1).await;
     let (a, b) = (with_mode(a, PoolMode::Transaction, 1), with_mode(b, PoolMode::Transaction, 1));
     let h = start(config(vec![a.clone(), b.clone()])).await;
     let own: [(&str, &str); 4] = [
@@ -61,13 +73,16 @@ async fn b_after_a_changed_every_reportable_setting_sees_its_own_login() {
             params.extend_from_slice(settings);
             let mut cb = login(tokio::net::TcpStream::connect(h.addr).await.expect("connect"), &params).await;
             let got = summary(&replies(&mut cb, &[query(B_SEES)], Duration::from_secs(5)).await);
-            let mut options = format!("-c search_path={}", b.id);
+            let mut options = match isolation {
+                Isolation::Shared => format!("-c pgtenant.tenant_id={}", b.id),
+                _ => format!("-c search_path={}", b.id),
+            };
             for (k, v) in settings {
                 options += &format!(" -c {k}={}", v.replace(' ', "\\ "));
             }
             let mut direct = direct_with(&b.database, &options).await;
             let want = summary(&replies(&mut direct, &[query(B_SEES)], Duration::from_secs(5)).await);
-            if got != want {
+            if got != want || !got.iter().any(|m| m.starts_with("D(") && m.contains(b.id.as_str())) {
                 failures
                     .push(format!("{what} (tail {}):\n  pgtenant {got:?}\n  direct   {want:?}", tail.len()));
             }
