@@ -178,3 +178,49 @@ async fn b_behind_a_left_mid_pipeline_runs_once_in_its_schema() {
     assert!(a_rows == 0 && b_rows == runs, "a's rows {a_rows}, b's {b_rows} of {runs}; {failures:#?}");
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// A FunctionCall of `oid` with one int4 argument in binary, its result in text.
+fn function_call(oid: u32, arg: i32) -> Vec<u8> {
+    let mut body = oid.to_be_bytes().to_vec();
+    body.extend_from_slice(&[0, 1, 0, 1, 0, 1]);
+    body.extend_from_slice(&4i32.to_be_bytes());
+    body.extend_from_slice(&arg.to_be_bytes());
+    body.extend_from_slice(&[0, 0]);
+    let mut m = vec![b'F'];
+    m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    m.extend_from_slice(&body);
+    m
+}
+
+/// b's first messages on the connection a left are a FunctionCall of its own (int4abs, OID
+/// 1397) and a Query, behind the handoff's FunctionCall reseed: b gets its own
+/// FunctionCallResponse (not swallowed for the reseed's, nor the reseed's for its), as
+/// PostgreSQL answers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_s_own_function_call_behind_the_reseed_is_answered_once() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let (a, b) = (with_mode(a, PoolMode::Transaction, 1), with_mode(b, PoolMode::Transaction, 1));
+    let h = start(config(vec![a.clone(), b.clone()])).await;
+    let steps = cat(&[function_call(1397, -5), query("SELECT current_schema()")]);
+    let answer = |got: &[u8]| {
+        let values: Vec<Vec<u8>> =
+            messages(got).into_iter().filter(|(t, _)| *t == b'V').map(|(_, body)| body.to_vec()).collect();
+        (summary(got), values)
+    };
+    let mut failures = Vec::new();
+    for round in 0..2 {
+        let mut ca = raw_proxy(&h, &a.id).await;
+        replies(&mut ca, &[query("SELECT setseed(0.5)")], Duration::from_secs(5)).await;
+        drop(ca);
+        let mut cb = raw_proxy(&h, &b.id).await;
+        send(&mut cb, &steps).await;
+        let got = answer(&read_ready(&mut cb, 2, Duration::from_secs(5)).await.0);
+        let mut direct = direct_with(&b.database, &format!("-c search_path={}", b.id)).await;
+        send(&mut direct, &steps).await;
+        let want = answer(&read_ready(&mut direct, 2, Duration::from_secs(5)).await.0);
+        if got != want || want.1.len() != 1 {
+            failures.push(format!("round {round}:\n  pgtenant {got:?}\n  direct   {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
