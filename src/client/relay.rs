@@ -358,6 +358,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
                 Event::Timeout(Limit::Affinity) => self.hold_missed(),
                 // A late reset may be cancelled and its handoff retried (see `retry`).
                 Event::Timeout(Limit::Reset) if self.cancel_late_reset() => {}
+                // An unsynced batch's statement may still run: its replies asked for first.
+                Event::Timeout(Limit::IdleTransaction) if self.flush_unsynced() => {}
                 Event::Timeout(limit) => return Exit::Error(timed_out(limit, &self.tenant.id)),
                 Event::Force => return Exit::Error(shutting_down()),
                 Event::Drain => self.draining = Some(Box::new(shutting_down())),

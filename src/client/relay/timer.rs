@@ -204,6 +204,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         [fair, reset, hold].into_iter().flatten().min_by_key(|(_, at)| *at)
     }
 
+    /// At idle_transaction_timeout in an unsynced batch whose replies the server holds until a
+    /// Sync or Flush: its statement may still be running (the server is not idle, as
+    /// PostgreSQL counts it), so pgtenant asks for the replies with a Flush of its own (they
+    /// earn nothing more, and PostgreSQL may send them unasked anyway) instead of
+    /// disconnecting; the idle bound then counts from the server's answer (see [`Self::touch`]).
+    /// False (the timeout stands) once flushed, or with a frame half-staged.
+    pub(super) fn flush_unsynced(&mut self) -> bool {
+        let flush = self.server.is_some()
+            && self.progress.extended_open
+            && self.pipeline.unflushed()
+            && !self.pipeline.copy_in()
+            && self.progress.reset == ResetPhase::Done
+            && self.c_scanned == 0
+            && self.c_remaining == 0
+            && self.stage_remaining == 0;
+        if flush {
+            self.out.extend_from_slice(crate::protocol::frontend::FLUSH_MESSAGE);
+            self.pipeline.push(super::super::pipeline::Kind::Flush, super::super::pipeline::Action::Swallow);
+        }
+        flush
+    }
+
     /// The fair-share timeout that applies now, and when it expires.
     fn fair_limit(&mut self) -> Option<(Limit, Instant)> {
         let owes = self.server.is_some() && !self.quiet();

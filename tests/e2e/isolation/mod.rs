@@ -20,6 +20,7 @@ mod affinity;
 mod attacks28;
 mod attacks29;
 mod attacks30;
+mod attacks31;
 mod barriers;
 mod crash;
 mod cursors;
