@@ -68,6 +68,16 @@ def variant(name, i):
                 + query(SELECT)), 3
     if name == "no_reseed":
         return unsynced("DISCARD ALL") + unsynced(path) + query("") + query(SELECT), 2
+    if name == "appname_select":
+        # A client that set application_name (pgbench, psql, most drivers): its setup as a
+        # SELECT of set_config in a transaction of its own.
+        return (unsynced("DISCARD ALL") + unsynced("BEGIN ISOLATION LEVEL READ COMMITTED") + unsynced(path)
+                + unsynced("SELECT pg_catalog.set_config('application_name', 'pgbench', false)")
+                + unsynced("COMMIT") + reseed(seed) + query(SELECT)), 2
+    if name == "appname_set":
+        # The same as a second SET.
+        return (unsynced("DISCARD ALL") + unsynced(path) + unsynced("SET application_name TO 'pgbench'")
+                + reseed(seed) + query(SELECT)), 2
     raise SystemExit(f"unknown variant {name}")
 
 

@@ -8,7 +8,8 @@
 #
 # Environment:
 #   BENCH_N           iterations (default 300)
-#   BENCH_VARIANTS    variants to run (default "select handoff select_reseed guarded no_reseed")
+#   BENCH_VARIANTS    variants to run (default "select handoff select_reseed guarded no_reseed";
+#                   also appname_select, appname_set)
 #
 # Usage: benches/handoff_cost.sh   (as root, or as a user able to run initdb itself)
 set -euo pipefail

@@ -119,44 +119,52 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
     guard
 }
 
-/// Queues the session's setup (behind a reset, if one is queued): `SET search_path TO …`
-/// and/or a `SELECT pg_catalog.set_config(…), …` (see `ClientVars::sync_query`), each an
-/// unsynced extended statement. Like the reset it is answered without a ReadyForQuery of its
-/// own; if it fails (a value the server refuses, a cancel or a timeout landing in it), the
-/// server skips every message up to the next Sync, simple queries included, so nothing of
-/// the client sent behind it runs without it. What commits it before the client's messages
-/// (so that a client statement that fails does not roll it back):
-/// - the SET alone (the tenant's search_path: the usual handoff) is followed by an empty
-///   simple query, which commits the implicit transaction and flushes the replies (the
-///   server sends unsynced statements' replies only at a Sync, a Flush or a ReadyForQuery),
-///   or, behind a reset (`reseed`), by the reseed, which does both;
+/// Queues the session's setup (behind a reset, if one is queued): `SET search_path TO …`,
+/// `SET application_name TO …` and/or a `SELECT pg_catalog.set_config(…), …` (see
+/// `ClientVars::sync_query`), each an unsynced extended statement. Like the reset it is
+/// answered without a ReadyForQuery of its own; if it fails (a value the server refuses, a
+/// cancel or a timeout landing in it), the server skips every message up to the next Sync,
+/// simple queries included, so nothing of the client sent behind it runs without it. What
+/// commits it before the client's messages (so that a client statement that fails does not
+/// roll it back):
+/// - SETs alone (the tenant's search_path, the client's application_name: the usual
+///   handoff) are followed by an empty simple query, which commits the implicit transaction
+///   and flushes the replies (the server sends unsynced statements' replies only at a Sync, a
+///   Flush or a ReadyForQuery), or, behind a reset (`reseed`), by the reseed, which does both.
+///   A SET takes no snapshot and these two check their value without the catalogs;
 /// - with the SELECT (which takes a snapshot) the statements go between `BEGIN ISOLATION
-///   LEVEL READ COMMITTED` and `COMMIT`, then a Flush (or the reseed). With `guard` (see [`bounds_setup`]) the
-///   timeouts are lifted for that transaction first ([`SETUP_GUARD`]).
+///   LEVEL READ COMMITTED` and `COMMIT`, then a Flush (or the reseed). With `guard` (see
+///   [`bounds_setup`]) the timeouts are lifted for that transaction first ([`SETUP_GUARD`]).
 ///
 /// Returns the [`part`]s queued, whose replies the caller checks ([`reset_step`]).
 pub fn queue_setup(
     conn: &mut ServerConn,
     out: &mut BytesMut,
-    set: Option<&str>,
+    sets: [Option<&str>; 2],
     select: Option<&str>,
     guard: bool,
     reseed: bool,
-) -> u8 {
+) -> u16 {
     // The setup's unnamed statement replaces any client's, and is closed.
     conn.forget_unnamed();
+    let [set, app] = sets;
+    let mut parts = 0;
     let Some(select) = select else {
-        let Some(set) = set else { return 0 };
-        frontend::unsynced(out, set);
-        if reseed {
-            // The reseed behind it commits and flushes.
-            return part::SET;
+        for (sql, bit) in [(set, part::SET), (app, part::APP)] {
+            if let Some(sql) = sql {
+                frontend::unsynced(out, sql);
+                parts |= bit;
+            }
+        }
+        if parts == 0 || reseed {
+            // Nothing, or the reseed behind it commits and flushes.
+            return parts;
         }
         // An empty query: EmptyQueryResponse and ReadyForQuery, nothing parsed.
         let _ = frontend::query(out, "");
-        return part::SET | part::EMPTY;
+        return parts | part::EMPTY;
     };
-    let mut parts = part::BEGIN | part::SELECT | part::COMMIT;
+    parts = part::BEGIN | part::SELECT | part::COMMIT;
     frontend::unsynced(out, SETUP_BEGIN);
     if guard {
         for sql in SETUP_GUARD {
@@ -164,9 +172,11 @@ pub fn queue_setup(
         }
         parts |= part::GUARD;
     }
-    if let Some(sql) = set {
-        frontend::unsynced(out, sql);
-        parts |= part::SET;
+    for (sql, bit) in [(set, part::SET), (app, part::APP)] {
+        if let Some(sql) = sql {
+            frontend::unsynced(out, sql);
+            parts |= bit;
+        }
     }
     frontend::unsynced(out, select);
     frontend::unsynced(out, "COMMIT");
@@ -201,19 +211,21 @@ const SETUP_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 /// The parts of a handoff, as bits: which segments of [`HANDOFF_REPLIES`] are due.
 pub mod part {
     /// DISCARD ALL ([`super::queue_reset`]).
-    pub const RESET: u8 = 1;
-    pub const BEGIN: u8 = 2;
+    pub const RESET: u16 = 1;
+    pub const BEGIN: u16 = 2;
     /// The timeouts lifted for the setup ([`super::SETUP_GUARD`]: two statements).
-    pub const GUARD: u8 = 4;
+    pub const GUARD: u16 = 4;
     /// `SET search_path TO …`.
-    pub const SET: u8 = 8;
+    pub const SET: u16 = 8;
+    /// `SET application_name TO …`.
+    pub const APP: u16 = 16;
     /// `SELECT pg_catalog.set_config(…), …`.
-    pub const SELECT: u8 = 16;
-    pub const COMMIT: u8 = 32;
+    pub const SELECT: u16 = 32;
+    pub const COMMIT: u16 = 64;
     /// The empty query behind a SET alone.
-    pub const EMPTY: u8 = 64;
+    pub const EMPTY: u16 = 128;
     /// The reseed behind a reset ([`super::queue_reseed`]), last.
-    pub const RESEED: u8 = 128;
+    pub const RESEED: u16 = 256;
 }
 
 /// What the server answers a handoff's unsynced statements, in order (asynchronous messages
@@ -221,7 +233,7 @@ pub mod part {
 /// its status. Each [`part`] is a segment (see [`SEGMENTS`]): a statement's Parse, Bind and
 /// Execute replies and the Close of the unnamed statement, the empty query's replies, or the
 /// reseed's.
-pub const HANDOFF_REPLIES: [(u8, &[u8]); 33] = [
+pub const HANDOFF_REPLIES: [(u8, &[u8]); 37] = [
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
     (be::COMMAND_COMPLETE, RESET_TAG),
@@ -229,6 +241,10 @@ pub const HANDOFF_REPLIES: [(u8, &[u8]); 33] = [
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
     (be::COMMAND_COMPLETE, b"BEGIN\0"),
+    (be::CLOSE_COMPLETE, b""),
+    (be::PARSE_COMPLETE, b""),
+    (be::BIND_COMPLETE, b""),
+    (be::COMMAND_COMPLETE, b"SET\0"),
     (be::CLOSE_COMPLETE, b""),
     (be::PARSE_COMPLETE, b""),
     (be::BIND_COMPLETE, b""),
@@ -259,7 +275,7 @@ pub const HANDOFF_REPLIES: [(u8, &[u8]); 33] = [
 
 /// Where each [`part`]'s segment of [`HANDOFF_REPLIES`] starts (bit `i` of the mask: segment
 /// `i`), and the end.
-pub const SEGMENTS: [u8; 9] = [0, 4, 8, 16, 20, 25, 29, 31, 33];
+pub const SEGMENTS: [u8; 10] = [0, 4, 8, 16, 20, 24, 29, 33, 35, 37];
 
 /// Whether an error in place of reply `next` of [`HANDOFF_REPLIES`] leaves the client's
 /// messages sent behind the handoff unrun: after each of the handoff's unsynced statements the
@@ -267,11 +283,11 @@ pub const SEGMENTS: [u8; 9] = [0, 4, 8, 16, 20, 25, 29, 31, 33];
 /// messages, which only an interrupt or a revoked EXECUTE fails) are followed by the client's
 /// messages as usual.
 pub fn skips_the_client(next: u8) -> bool {
-    next < SEGMENTS[6]
+    next < SEGMENTS[7]
 }
 
 /// The first reply at or after `i` that `parts` are due; [`HANDOFF_REPLIES`]' length when none.
-pub fn first_due(mut i: u8, parts: u8) -> u8 {
+pub fn first_due(mut i: u8, parts: u16) -> u8 {
     for (seg, bounds) in SEGMENTS.windows(2).enumerate() {
         if i < bounds[1] {
             if parts & (1 << seg) != 0 {
@@ -303,7 +319,7 @@ pub enum ResetStep {
 /// Reads one server message (`tag`, and its body where it is a CommandComplete or a
 /// ReadyForQuery) while reply `next` of a handoff of `parts` is due (`next` as [`first_due`]
 /// gives it).
-pub fn reset_step(next: u8, parts: u8, tag: u8, body: Option<&[u8]>) -> ResetStep {
+pub fn reset_step(next: u8, parts: u16, tag: u8, body: Option<&[u8]>) -> ResetStep {
     if matches!(tag, be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE | be::PARAMETER_STATUS) {
         return ResetStep::Pass;
     }
@@ -325,7 +341,7 @@ mod tests {
 
     /// Runs `msgs` through [`reset_step`] for a handoff of `parts`: Some(true) done,
     /// Some(false) failed, None still due.
-    fn run_parts(parts: u8, msgs: &[(u8, Option<&[u8]>)]) -> Option<bool> {
+    fn run_parts(parts: u16, msgs: &[(u8, Option<&[u8]>)]) -> Option<bool> {
         let mut next = first_due(0, parts);
         for (tag, body) in msgs {
             match reset_step(next, parts, *tag, *body) {
@@ -361,9 +377,9 @@ mod tests {
     #[test]
     fn only_an_error_before_the_empty_query_leaves_the_client_unrun() {
         // Every reply of the reset and of the unsynced setup statements; not the empty query's.
-        assert!((0..SEGMENTS[6]).all(skips_the_client));
-        assert!(!skips_the_client(SEGMENTS[6]) && !skips_the_client(SEGMENTS[6] + 1));
-        assert_eq!(HANDOFF_REPLIES[usize::from(SEGMENTS[6])].0, be::EMPTY_QUERY_RESPONSE);
+        assert!((0..SEGMENTS[7]).all(skips_the_client));
+        assert!(!skips_the_client(SEGMENTS[7]) && !skips_the_client(SEGMENTS[7] + 1));
+        assert_eq!(HANDOFF_REPLIES[usize::from(SEGMENTS[7])].0, be::EMPTY_QUERY_RESPONSE);
     }
 
     #[test]
@@ -408,6 +424,15 @@ mod tests {
         assert_eq!(run_parts(alone, &in_failed), Some(false));
         assert_eq!(run_parts(alone, &[(b'1', None), (b'2', None), (b'E', None)]), Some(false));
         assert_eq!(run_parts(alone, &empty[..4]), None);
+        // Both SETs (search_path, application_name): two SET replies, then the empty query's;
+        // one SET's replies are not enough, a third is an error.
+        let both_sets = part::SET | part::APP | part::EMPTY;
+        let two: Vec<(u8, Option<&[u8]>)> =
+            [statement(b"SET\0"), statement(b"SET\0"), empty[4..].to_vec()].concat();
+        assert_eq!(run_parts(both_sets, &two), Some(true));
+        assert_eq!(run_parts(both_sets, &empty), Some(false));
+        assert_eq!(run_parts(part::APP | part::EMPTY, &empty), Some(true));
+        assert_eq!(run_parts(part::APP | part::EMPTY, &two), Some(false));
         // Behind a reset: DISCARD ALL's replies, the setup's, then the reseed's (which commits
         // and flushes in place of the empty query or the Flush).
         let reset = statement(RESET_TAG);
@@ -427,7 +452,7 @@ mod tests {
         assert_eq!(run(&[&reset[..], &statement(b"SET\0")].concat()), Some(false));
         // The reseed refused (EXECUTE revoked): an error in place of its reply.
         assert_eq!(run(&[&reset[..], &[(b'E', None)]].concat()), Some(false));
-        assert!(!skips_the_client(SEGMENTS[7]), "the reseed, like the empty query, skips nothing");
+        assert!(!skips_the_client(SEGMENTS[8]), "the reseed, like the empty query, skips nothing");
     }
 
     #[test]
@@ -468,15 +493,16 @@ mod tests {
         #[test]
         fn arbitrary_replies_confirm_only_the_exact_sequence(
             reset in any::<bool>(),
-            setup in 0..5u8,
+            setup in 0..8u8,
             random in proptest::collection::vec(reply_tag(), 0..24),
             near in any::<bool>(),
             at in any::<usize>(),
             edit in 0..3u8,
             other in reply_tag(),
         ) {
-            // setup 0: none; 1: SET and the empty query; else BEGIN, SELECT, COMMIT, and SET
-            // (3), and the guard (4).
+            // setup 0: none; 1: SET and the empty query; 5: both SETs, 6: the
+            // application_name SET alone (with the empty query); else BEGIN, SELECT, COMMIT,
+            // and SET (3), and the guard (4), and both SETs (7).
             // As the relay queues them: behind a reset the reseed comes last, in place of
             // the empty query.
             let mut parts = if reset { part::RESET | part::RESEED } else { 0 };
@@ -486,7 +512,12 @@ mod tests {
                 1 => part::SET | part::EMPTY,
                 2 => part::BEGIN | part::SELECT | part::COMMIT,
                 3 => part::BEGIN | part::SET | part::SELECT | part::COMMIT,
-                _ => part::BEGIN | part::GUARD | part::SET | part::SELECT | part::COMMIT,
+                4 => part::BEGIN | part::GUARD | part::SET | part::SELECT | part::COMMIT,
+                5 if reset => part::SET | part::APP,
+                5 => part::SET | part::APP | part::EMPTY,
+                6 if reset => part::APP,
+                6 => part::APP | part::EMPTY,
+                _ => part::BEGIN | part::GUARD | part::SET | part::APP | part::SELECT | part::COMMIT,
             };
             if parts == 0 {
                 parts = part::RESET | part::RESEED;

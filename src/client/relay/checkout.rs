@@ -207,8 +207,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         // out: what the connection carries while the setup runs.
         let guard = conn.vars_fingerprint() != self.vars.fingerprint() && bounds_setup(conn);
         if let Some(setup) = self.vars.sync_query(conn, &self.pool_params) {
-            let (set, select) = (setup.set_search_path.as_deref(), setup.select.as_deref());
-            parts |= queue_setup(conn, &mut self.out, set, select, guard, reset);
+            let sets = [setup.set_search_path.as_deref(), setup.set_application_name.as_deref()];
+            parts |= queue_setup(conn, &mut self.out, sets, setup.select.as_deref(), guard, reset);
         }
         if reset {
             // Last: it commits what the handoff ran before it and makes the server flush the

@@ -70,7 +70,7 @@ pub(super) enum ResetPhase {
     Done,
     /// Until the reset's guard query's ReadyForQuery; then the replies of the given parts
     /// (`pool::handoff::part`).
-    Guard(u8),
+    Guard(u16),
     /// The next expected reply (an index in `pool::handoff::HANDOFF_REPLIES`) and the parts.
-    Replies(u8, u8),
+    Replies(u8, u16),
 }

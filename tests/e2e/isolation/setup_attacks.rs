@@ -491,3 +491,94 @@ async fn a_setup_keeps_non_ascii_values_whatever_encoding_the_previous_client_le
     let want = [p0.to_string(), "caf??".to_owned(), "Zürich".to_owned(), "UTF8".to_owned()];
     assert_eq!(got, Ok(vec![want.to_vec()]));
 }
+
+/// A forwarder to the cluster that keeps a copy of everything pgtenant writes upstream.
+async fn recording() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = l.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", cluster().port)).await else {
+                    return;
+                };
+                let (mut from_proxy, mut to_client) = inbound.into_split();
+                let (mut from_server, mut to_server) = outbound.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = from_proxy.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    record.lock().expect("lock").extend_from_slice(&buf[..n]);
+                    if to_server.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, sent)
+}
+
+/// Clients whose only setting of their own is application_name (psql, pgbench, most
+/// drivers) get it at every handoff as a `SET application_name` beside the tenant's `SET
+/// search_path`, with no transaction of its own (no BEGIN ... COMMIT): values with a quote,
+/// a backslash and non-ASCII text arrive as the client gave them, after a client of its
+/// tenant left LATIN1 on the connection and after a client of the other tenant; a client
+/// without one gets the pool's back; another session sees each in `pg_stat_activity`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_name_alone_is_set_without_a_transaction_and_arrives_as_given() {
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let (port, sent) = recording().await;
+    let mut cfg = config(vec![a.clone(), b.clone()]);
+    cfg.pool.checkout_timeout = 3.0;
+    cfg.upstreams[0].port = port;
+    let h = start(cfg).await;
+    let a0 = h.client(&a.id).await;
+    let p0 = pid(&a0).await;
+    let pool_value = rows(&a0, "SELECT current_setting('application_name')").await.expect("a0")[0][0].clone();
+    let b1 = connect_str(&format!("{} options='-c client_encoding=LATIN1'", h.conninfo(&b.id))).await;
+    assert_eq!(pid(&b1).await, p0);
+    let admin = admin("postgres").await;
+    let shown = |pid: i32| {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one("SELECT application_name FROM pg_stat_activity WHERE pid = $1", &[&pid])
+                .await
+                .expect("pg_stat_activity");
+            row.get::<_, String>(0)
+        }
+    };
+    let sql = "SELECT pg_backend_pid()::text, current_setting('application_name'), current_schema()";
+    // b2 after b1 (same tenant, LATIN1 left), a2 after b2 (another tenant: DISCARD ALL first),
+    // a3 without a value of its own after a2.
+    let cases = [
+        (&b, Some(r"it\'s a \\ café"), "it's a \\ caf??", b.id.as_str()),
+        (&a, Some("a-app"), "a-app", a.id.as_str()),
+        (&a, None, pool_value.as_str(), a.id.as_str()),
+    ];
+    for (tenant, app, want, schema) in cases {
+        let before = sent.lock().expect("lock").len();
+        let conninfo = match app {
+            Some(app) => format!("{} application_name='{app}'", h.conninfo(&tenant.id)),
+            None => h.conninfo(&tenant.id),
+        };
+        let c = connect_str(&conninfo).await;
+        let got = rows(&c, sql).await.map_err(|e| why(&e));
+        let want_row = vec![p0.to_string(), want.to_owned(), schema.to_owned()];
+        assert_eq!(got, Ok(vec![want_row]), "{app:?}");
+        assert_eq!(shown(p0).await, want, "{app:?} in pg_stat_activity");
+        let wrote = String::from_utf8_lossy(&sent.lock().expect("lock")[before..]).into_owned();
+        assert!(wrote.contains("SET application_name TO "), "{app:?}: {wrote:?}");
+        assert!(!wrote.contains("BEGIN") && !wrote.contains("set_config"), "{app:?}: {wrote:?}");
+        drop(c);
+    }
+}
