@@ -132,9 +132,10 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
 ///   and flushes the replies (the server sends unsynced statements' replies only at a Sync, a
 ///   Flush or a ReadyForQuery), or, behind a reset (`reseed`), by the reseed, which does both.
 ///   A SET takes no snapshot and these two check their value without the catalogs;
-/// - with the SELECT (which takes a snapshot) the statements go between `BEGIN ISOLATION
-///   LEVEL READ COMMITTED` and `COMMIT`, then a Flush (or the reseed). With `guard` (see
-///   [`bounds_setup`]) the timeouts are lifted for that transaction first ([`SETUP_GUARD`]).
+/// - with the SELECT (which takes a snapshot), or the application_name SET with `guard`, the
+///   statements go between `BEGIN ISOLATION LEVEL READ COMMITTED` and `COMMIT`, then a Flush
+///   (or the reseed). With `guard` (see [`bounds_setup`]) the timeouts are lifted for that
+///   transaction first ([`SETUP_GUARD`]), so that another client's cannot cancel the setup.
 ///
 /// Returns the [`part`]s queued, whose replies the caller checks ([`reset_step`]).
 pub fn queue_setup(
@@ -149,7 +150,9 @@ pub fn queue_setup(
     conn.forget_unnamed();
     let [set, app] = sets;
     let mut parts = 0;
-    let Some(select) = select else {
+    // application_name goes in the guarded transaction when the connection carries a
+    // client's timeout (it was in the guarded SELECT before it became a SET).
+    if select.is_none() && !(guard && app.is_some()) {
         for (sql, bit) in [(set, part::SET), (app, part::APP)] {
             if let Some(sql) = sql {
                 frontend::unsynced(out, sql);
@@ -163,8 +166,8 @@ pub fn queue_setup(
         // An empty query: EmptyQueryResponse and ReadyForQuery, nothing parsed.
         let _ = frontend::query(out, "");
         return parts | part::EMPTY;
-    };
-    parts = part::BEGIN | part::SELECT | part::COMMIT;
+    }
+    parts = part::BEGIN | part::COMMIT;
     frontend::unsynced(out, SETUP_BEGIN);
     if guard {
         for sql in SETUP_GUARD {
@@ -178,7 +181,10 @@ pub fn queue_setup(
             parts |= bit;
         }
     }
-    frontend::unsynced(out, select);
+    if let Some(select) = select {
+        frontend::unsynced(out, select);
+        parts |= part::SELECT;
+    }
     frontend::unsynced(out, "COMMIT");
     if !reseed {
         out.extend_from_slice(frontend::FLUSH_MESSAGE);
@@ -433,6 +439,12 @@ mod tests {
         assert_eq!(run_parts(both_sets, &empty), Some(false));
         assert_eq!(run_parts(part::APP | part::EMPTY, &empty), Some(true));
         assert_eq!(run_parts(part::APP | part::EMPTY, &two), Some(false));
+        // Guarded, without a SELECT: BEGIN, the guard's two SETs, both SETs, COMMIT.
+        let block = part::BEGIN | part::GUARD | part::SET | part::APP | part::COMMIT;
+        let guarded_sets =
+            [&statement(b"BEGIN\0")[..], &statement(b"SET\0").repeat(4), &statement(b"COMMIT\0")].concat();
+        assert_eq!(run_parts(block, &guarded_sets), Some(true));
+        assert_eq!(run_parts(block | part::SELECT, &guarded_sets), Some(false));
         // Behind a reset: DISCARD ALL's replies, the setup's, then the reseed's (which commits
         // and flushes in place of the empty query or the Flush).
         let reset = statement(RESET_TAG);
@@ -493,7 +505,7 @@ mod tests {
         #[test]
         fn arbitrary_replies_confirm_only_the_exact_sequence(
             reset in any::<bool>(),
-            setup in 0..8u8,
+            setup in 0..9u8,
             random in proptest::collection::vec(reply_tag(), 0..24),
             near in any::<bool>(),
             at in any::<usize>(),
@@ -502,7 +514,8 @@ mod tests {
         ) {
             // setup 0: none; 1: SET and the empty query; 5: both SETs, 6: the
             // application_name SET alone (with the empty query); else BEGIN, SELECT, COMMIT,
-            // and SET (3), and the guard (4), and both SETs (7).
+            // and SET (3), and the guard (4), and both SETs (8); or the guard and both SETs
+            // without the SELECT (7).
             // As the relay queues them: behind a reset the reseed comes last, in place of
             // the empty query.
             let mut parts = if reset { part::RESET | part::RESEED } else { 0 };
@@ -517,6 +530,7 @@ mod tests {
                 5 => part::SET | part::APP | part::EMPTY,
                 6 if reset => part::APP,
                 6 => part::APP | part::EMPTY,
+                7 => part::BEGIN | part::GUARD | part::SET | part::APP | part::COMMIT,
                 _ => part::BEGIN | part::GUARD | part::SET | part::APP | part::SELECT | part::COMMIT,
             };
             if parts == 0 {
