@@ -329,9 +329,24 @@ async fn setup_waiting_on_a_lock(how: WhileItWaits) -> (Vec<String>, String, Str
             rb = tokio::net::TcpStream::connect(h.addr).await.expect("a stand-in connection");
         }
     }
-    // A cancel reaches the backend through the postmaster's signal; the timeout fires.
-    let settle = if how == WhileItWaits::LockTimeout { 1500 } else { 600 };
-    tokio::time::sleep(Duration::from_millis(settle)).await;
+    if how == WhileItWaits::LockTimeout {
+        // The timeout fires (1 s) and the retry's setup waits in turn, on another backend:
+        // the lock goes as soon as it does, well within that attempt's own second (a fixed
+        // sleep here let a starved test release it too late now and then).
+        let retried = eventually(Duration::from_secs(10), || {
+            let su = &su;
+            async move {
+                let sql = "SELECT count(*) FROM pg_stat_activity \
+                           WHERE pid <> $1 AND datname = current_database() AND wait_event_type = 'Lock'";
+                su.query_one(sql, &[&second]).await.expect("activity").get::<_, i64>(0) >= 1
+            }
+        })
+        .await;
+        assert!(retried, "the retry's setup waits for pg_conversion on another backend");
+    } else {
+        // A cancel reaches the backend through the postmaster's signal.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
     locker.batch_execute("COMMIT").await.expect("unlock");
     let got = if how == WhileItWaits::Leave {
         // Whatever the backend still runs for b, it has run once a new client of a is served.
