@@ -61,7 +61,7 @@ const FLUSH_BYTES: u64 = 1 << 20;
 /// increment, not a shared write. `u16`s: they fit in the meter's padding, so counting adds
 /// nothing to a client's memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct PreparedCounts {
+pub(crate) struct PreparedCounts {
     /// Parse messages of named statements from the client.
     client_parses: u16,
     /// Parse messages that prepare a named statement on a server: the client's own (session
@@ -236,6 +236,26 @@ impl Meter {
         let p = &self.prepared;
         if p.client_parses.max(p.server_parses).max(p.binds) >= u16::MAX - 1 {
             self.flush_prepared();
+        }
+    }
+
+    /// The named-statement messages counted and not yet added to the tenant's: where a
+    /// handoff that may be retried starts (see [`Meter::rewind_prepared`]).
+    pub fn prepared_mark(&self) -> PreparedCounts {
+        self.prepared
+    }
+
+    /// A handoff failed and the server skipped the client's messages behind it: they are
+    /// staged (and counted) again on the next connection, so what was counted since `mark`
+    /// goes. (Left as is in the one case where the counts were added to the tenant's since,
+    /// which takes tens of thousands of messages behind one handoff: more than a retry keeps.)
+    pub fn rewind_prepared(&mut self, mark: PreparedCounts) {
+        let p = &self.prepared;
+        if p.client_parses >= mark.client_parses
+            && p.server_parses >= mark.server_parses
+            && p.binds >= mark.binds
+        {
+            self.prepared = mark;
         }
     }
 
@@ -418,6 +438,31 @@ mod tests {
         meter.client_message(tag::PARSE, true, true);
         meter.disconnected("acme", "test");
         assert_eq!(counts(&m), (2, 2, 3), "a session-mode Parse counts on both sides; flushed at disconnect");
+    }
+
+    /// A failed handoff's messages, counted as they were staged, are taken back to where it
+    /// began; what was counted before stays, and so does everything once counts went out.
+    #[test]
+    fn a_rewind_takes_back_what_the_failed_attempt_counted() {
+        let m = Metrics::new(10);
+        let mut meter = meter(&m);
+        meter.client_message(tag::BIND, true, false);
+        let mark = meter.prepared_mark();
+        meter.client_message(tag::PARSE, true, false);
+        meter.server_parse();
+        meter.client_message(tag::BIND, true, false);
+        meter.rewind_prepared(mark);
+        meter.client_message(tag::PARSE, true, false);
+        meter.server_parse();
+        meter.client_message(tag::BIND, true, false);
+        meter.ready(txn::IDLE);
+        assert_eq!(counts(&m), (1, 1, 2), "the retried Parse and Bind once, the Bind before them too");
+        let mark = meter.prepared_mark();
+        meter.client_message(tag::PARSE, true, false);
+        meter.ready(txn::IDLE);
+        meter.rewind_prepared(mark);
+        meter.disconnected("acme", "test");
+        assert_eq!(counts(&m), (2, 1, 2), "nothing taken back once added to the tenant's");
     }
 
     /// A turn's clock is read once and shared until the next turn.

@@ -231,7 +231,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             self.progress.reset_synced = false;
             self.progress.reset_since = Some(tokio::time::Instant::now());
             // The client's bytes sent behind it are kept, should it fail (see `retry`).
-            self.progress.retry = Retry::arm(self.progress.retry.take(), reset);
+            self.progress.retry = Retry::arm(self.progress.retry.take(), reset, self.meter.prepared_mark());
         }
         self.progress.status = txn::IDLE;
         // No read of this connection is registered by this session yet.

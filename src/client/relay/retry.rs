@@ -20,6 +20,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{PlainTcp, ResetPhase, Session, MAX_CLIENT_BUFFERED};
+use crate::client::meter::PreparedCounts;
 use crate::client::pipeline::Pipeline;
 use crate::client::statements::Effect;
 use crate::pool::session::send_cancel;
@@ -48,6 +49,9 @@ pub(super) struct Retry {
     /// to the retry's checkout ([`Session::attach`]), so the retry never queues behind the
     /// pool's waiters.
     pub(super) slot: Option<Slot>,
+    /// The client's named-statement messages counted in its meter when the first attempt
+    /// began: a retry counts the messages it stages again from there.
+    mark: PreparedCounts,
 }
 
 impl Retry {
@@ -58,8 +62,9 @@ impl Retry {
     }
 
     /// What a handoff whose replies are due keeps for a retry: the first one only when it
-    /// carries a reset (`reset`); a retry (`before`) while attempts are left.
-    pub(super) fn arm(before: Option<Box<Retry>>, reset: bool) -> Option<Box<Retry>> {
+    /// carries a reset (`reset`), with the meter's named-statement counts then (`mark`); a
+    /// retry (`before`) while attempts are left.
+    pub(super) fn arm(before: Option<Box<Retry>>, reset: bool, mark: PreparedCounts) -> Option<Box<Retry>> {
         match before {
             Some(mut r) if r.attempt < HANDOFF_ATTEMPTS => {
                 r.kept.clear();
@@ -67,9 +72,8 @@ impl Retry {
                 Some(r)
             }
             Some(_) => None,
-            None => {
-                (reset && HANDOFF_ATTEMPTS > 1).then(|| Box::new(Retry { attempt: 1, ..Retry::default() }))
-            }
+            None => (reset && HANDOFF_ATTEMPTS > 1)
+                .then(|| Box::new(Retry { attempt: 1, mark, ..Retry::default() })),
         }
     }
 }
@@ -129,6 +133,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         r.slot = Some(co.close_keeping_slot());
         let now = self.meter.now();
         self.meter.released_at(now);
+        // The client's messages are counted again as they are staged again.
+        self.meter.rewind_prepared(r.mark);
         // The model settles the client's messages as the server did: skipped.
         let (undo, done) = skip_all(&mut self.pipeline);
         self.pipeline = Pipeline::default();
@@ -221,17 +227,19 @@ mod tests {
 
     #[test]
     fn a_retry_is_kept_only_behind_a_reset_and_for_so_many_attempts() {
-        assert!(Retry::arm(None, false).is_none(), "no reset: nothing kept");
-        let mut r = Retry::arm(None, true).expect("a reset keeps the client's bytes");
+        assert!(Retry::arm(None, false, PreparedCounts::default()).is_none(), "no reset: nothing kept");
+        let mut r =
+            Retry::arm(None, true, PreparedCounts::default()).expect("a reset keeps the client's bytes");
         assert_eq!(r.attempt, 1);
         r.kept.extend_from_slice(b"Q\0\0\0\x05x");
         r.cancelled = true;
         r.attempt = 2;
-        let r = Retry::arm(Some(r), false).expect("a retry keeps them, reset or not");
+        let r =
+            Retry::arm(Some(r), false, PreparedCounts::default()).expect("a retry keeps them, reset or not");
         assert!(r.kept.is_empty() && !r.cancelled);
         let mut last = r;
         last.attempt = HANDOFF_ATTEMPTS;
-        assert!(Retry::arm(Some(last), true).is_none(), "attempts used up");
+        assert!(Retry::arm(Some(last), true, PreparedCounts::default()).is_none(), "attempts used up");
     }
 
     #[test]

@@ -182,6 +182,10 @@ async fn a_failed_reset_hands_the_next_clients_messages_to_another_connection() 
     assert_eq!(sqlstate(&got).as_deref(), Some("57014"), "b's cancel: {:?}", summary(&got));
     let g = h.proxy.metrics.global();
     assert_eq!((g.handoff_failures(), g.handoff_retries()), (1, 1), "the failure and the retry counted");
+    // b's named Parse and its two Binds counted once (the skipped attempt's not at all), as
+    // the one Parse of s1 a server ran.
+    let s = pgtenant::metrics::exposition::TenantSnapshot::of(&h.proxy.metrics.tenant(&b.id));
+    assert_eq!((s.client_parses, s.binds, s.server_parses), (1, 2, 1), "named-statement messages");
 }
 
 /// b's messages arrive in several writes while the reset waits: a Parse and a Bind, then the
