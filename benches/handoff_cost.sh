@@ -8,6 +8,7 @@
 #
 # Environment:
 #   BENCH_N           iterations (default 300)
+#   BENCH_KEEP_LOGS   a directory to copy the backends' callgrind files to (callgrind_annotate)
 #   BENCH_VARIANTS    variants to run (default "select handoff select_reseed guarded no_reseed";
 #                   also appname_select, appname_set)
 #
@@ -67,3 +68,6 @@ for v in $BENCH_VARIANTS; do
     [[ $v == select ]] && select_cost=$per
     printf '%-14s %14d %14s\n' "$v" "$per" "${select_cost:+$(( per - select_cost ))}"
 done
+if [[ -n ${BENCH_KEEP_LOGS:-} ]]; then
+    mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$CG" "$BENCH_KEEP_LOGS/" && log "callgrind files copied to $BENCH_KEEP_LOGS/cg"
+fi
