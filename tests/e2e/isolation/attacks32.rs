@@ -67,7 +67,17 @@ fn hostile_values() -> Vec<String> {
 /// same startup packet sees it, and nothing else runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_application_names_arrive_as_postgresql_takes_them_whatever_the_connection_carries() {
+    let mut failures = hostile_application_names(PoolMode::Transaction).await;
+    failures.extend(hostile_application_names(PoolMode::Session).await);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// [`hostile_application_names_arrive_as_postgresql_takes_them_whatever_the_connection_carries`]
+/// in `mode`: what differs from PostgreSQL. In transaction mode, behind b's own client, the
+/// value must go as the SET alone.
+async fn hostile_application_names(mode: PoolMode) -> Vec<String> {
     let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let (a, b) = (with_mode(a, mode, 1), with_mode(b, mode, 1));
     let (port, sent) = recording().await;
     let mut cfg = config(vec![a.clone(), b.clone()]);
     cfg.pool.checkout_timeout = 3.0;
@@ -101,18 +111,17 @@ async fn hostile_application_names_arrive_as_postgresql_takes_them_whatever_the_
                 let want = summary(&replies(&mut d, &[query(SEES)], limit).await);
                 let wrote = String::from_utf8_lossy(&sent.lock().expect("lock")[before..]).into_owned();
                 // Behind b's own client only application_name differs: the SET alone.
-                let alone =
-                    prev.id == b.id && wrote.contains("SET application_name TO") && !wrote.contains("BEGIN");
-                if got != want || (prev.id == b.id && !alone) {
+                let alone = wrote.contains("SET application_name TO") && !wrote.contains("BEGIN");
+                if got != want || (mode == PoolMode::Transaction && prev.id == b.id && !alone) {
                     failures.push(format!(
-                        "{startup:?} {value:?} after {}:\n  pgtenant {got:?}\n  direct   {want:?}\n  wrote {wrote:?}",
+                        "{mode:?} {startup:?} {value:?} after {}:\n  pgtenant {got:?}\n  direct   {want:?}\n  wrote {wrote:?}",
                         prev.id
                     ));
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    failures
 }
 
 /// What a client does to its application_name before it leaves, query by query (a reset among
@@ -229,7 +238,7 @@ async fn an_application_name_beside_other_startup_settings_goes_in_the_select() 
 }
 
 /// b pipelines (extended protocol with Flushes, an error, no Sync until late, then a simple
-/// query) right behind a setup of `SET application_name` alone (after another client of b),
+/// query; or a Flush, a Sync and an empty query alone first) right behind a setup of `SET application_name` alone (after another client of b),
 /// with `SET search_path` (after a client of b that ran set_config), and behind DISCARD ALL
 /// and the reseed (after a client of a): b's replies are exactly those of a session straight
 /// to PostgreSQL with the same login, and no ParameterStatus of the setup reaches b.
@@ -253,17 +262,22 @@ async fn a_pipeline_behind_the_application_name_set_is_answered_as_postgresql_an
         (&b.id, "b_prev", "SELECT set_config('work_mem', '2MB', false)"),
         (&a.id, "a_prev", "SELECT 1"),
     ];
+    // Behind the setup's empty query: b's Flush, Sync and empty query alone first.
+    let bare = || {
+        vec![flush(), sync(), query(""), cat(&[pbe("SELECT current_setting('application_name')"), sync()])]
+    };
     let settings = [("application_name", "b_next it's \\")];
-    let mut d = straight(&b.database, &settings).await;
-    let want = summary(&replies(&mut d, &steps(), limit).await);
-    assert!(want.iter().any(|m| m == "D(b_next it's \\)"), "{want:?}");
     let mut failures = Vec::new();
-    for (tenant, app, sql) in befores {
+    for (steps, (tenant, app, sql)) in befores.iter().flat_map(|before| [(steps(), before), (bare(), before)])
+    {
+        let mut d = straight(&b.database, &settings).await;
+        let want = summary(&replies(&mut d, &steps, limit).await);
+        assert!(want.iter().any(|m| m == "D(b_next it's \\)"), "{want:?}");
         let mut p = through(&h, tenant, &[("application_name", app)]).await;
         replies(&mut p, &[query(sql)], limit).await;
         drop(p);
         let mut c = through(&h, &b.id, &settings).await;
-        let raw = replies(&mut c, &steps(), limit).await;
+        let raw = replies(&mut c, &steps, limit).await;
         let statuses: Vec<String> = messages(&raw)
             .iter()
             .filter(|(t, _)| *t == b'S')
