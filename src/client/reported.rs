@@ -284,10 +284,14 @@ fn time_zone(value: &str) -> Option<&'static str> {
 /// The longest name PostgreSQL keeps (NAMEDATALEN - 1).
 const NAME_MAX: usize = 63;
 
-/// application_name as PostgreSQL 15 keeps it: cut to 63 bytes (not inside a UTF-8
-/// character, in a UTF8 database), then each byte outside printable ASCII shown as `?`.
-/// Checked on 15 alone (16 escapes such bytes instead), so for another server version, or a
-/// value beyond ASCII in a database that is not UTF8, `None`.
+/// application_name as PostgreSQL 15 keeps it from a startup packet, whose bytes it takes
+/// unconverted: cut to 63 bytes (not inside a character of the database's encoding: a UTF-8
+/// one in a UTF8 database, a byte in a single-byte one such as LATIN1), then each byte outside
+/// printable ASCII shown as `?`. The setup then sends ASCII alone, which no database encoding
+/// refuses (`表` sent as such to a LATIN1 database fails the setup with 22P05, where
+/// PostgreSQL takes the startup packet). Checked on 15 alone (16 escapes such bytes instead),
+/// so for another server version, or a value beyond ASCII in a multi-byte database encoding
+/// other than UTF8 (`EUC_JP` …, where the cut depends on how it reads UTF-8 bytes), `None`.
 fn application_name(
     value: &str,
     server_version: Option<&str>,
@@ -298,11 +302,16 @@ fn application_name(
         return None;
     }
     let major: u32 = server_version?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
-    if major != 15 || !(value.is_ascii() || server_encoding.is_some_and(|e| e.eq_ignore_ascii_case("UTF8"))) {
+    let utf8 = server_encoding.is_some_and(|e| e.eq_ignore_ascii_case("UTF8"));
+    let single_byte = server_encoding.is_some_and(|e| {
+        let e = e.to_ascii_uppercase();
+        !(e == "UTF8" || e == "MULE_INTERNAL" || e.starts_with("EUC_"))
+    });
+    if major != 15 || !(value.is_ascii() || utf8 || single_byte) {
         return None;
     }
     let mut end = value.len().min(NAME_MAX);
-    while !value.is_char_boundary(end) {
+    while utf8 && !value.is_char_boundary(end) {
         end -= 1;
     }
     Some(value.as_bytes()[..end].iter().map(|&b| if printable(b) { b as char } else { '?' }).collect())
@@ -458,13 +467,20 @@ mod tests {
         assert_eq!(shown("application_name", "café"), "caf??");
         assert_eq!(shown("application_name", "x\u{7f}y"), "x?y");
         assert_eq!(shown("application_name", " lead"), " lead");
-        // Another server version, or a database that is not UTF8: as given.
+        // Another server version, or a multi-byte database encoding other than UTF8: as given.
         let v16 = [("server_version".to_owned(), "16.2".to_owned())];
         assert_eq!(spelling("application_name", "café", None, &v16), None);
         assert_eq!(spelling("application_name", "café", None, &[]), None);
+        let euc = [pool()[0].clone(), ("server_encoding".to_owned(), "EUC_JP".to_owned())];
+        assert_eq!(spelling("application_name", "café", None, &euc), None);
+        assert_eq!(spelling("application_name", "tab\t", None, &euc).as_deref(), Some("tab?"));
+        // A single-byte database encoding: the startup packet's bytes, cut at 63 bytes.
         let latin1 = [pool()[0].clone(), ("server_encoding".to_owned(), "LATIN1".to_owned())];
-        assert_eq!(spelling("application_name", "café", None, &latin1), None);
-        assert_eq!(spelling("application_name", "tab\t", None, &latin1).as_deref(), Some("tab?"));
+        let in_latin1 = |v: &str| spelling("application_name", v, None, &latin1);
+        assert_eq!(in_latin1("café").as_deref(), Some("caf??"));
+        assert_eq!(in_latin1("表 and ü").as_deref(), Some("??? and ??"));
+        assert_eq!(in_latin1(&"é".repeat(40)), Some("?".repeat(63)));
+        assert_eq!(in_latin1("tab\t").as_deref(), Some("tab?"));
     }
 
     proptest::proptest! {

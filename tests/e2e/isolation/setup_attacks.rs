@@ -493,7 +493,7 @@ async fn a_setup_keeps_non_ascii_values_whatever_encoding_the_previous_client_le
 }
 
 /// A forwarder to the cluster that keeps a copy of everything pgtenant writes upstream.
-async fn recording() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+pub(super) async fn recording() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
