@@ -51,7 +51,7 @@ set -euo pipefail
 BENCH_SECONDS=${BENCH_SECONDS:-10}
 PGTENANT_WORKERS=${PGTENANT_WORKERS:-0}
 AFFINITY_HOLD=${AFFINITY_HOLD:-0.002}
-AFFINITY_TRANSACTIONS=${AFFINITY_TRANSACTIONS:-16}
+AFFINITY_TRANSACTIONS=${AFFINITY_TRANSACTIONS:-32}
 TENANTS=100          # schemas t0..t99, tenants t0..t99, and pgbench processes per case
 ROWS=10000           # rows per tenant table
 POOL_SIZE=20         # pgtenant pool size (all tenants share the one pool)

@@ -272,7 +272,7 @@ impl Default for PoolDefaults {
             client_write_timeout: 60.0,
             max_scram_iterations: crate::model::DEFAULT_MAX_SCRAM_ITERATIONS,
             affinity_hold: 0.002,
-            affinity_transactions: 16,
+            affinity_transactions: 32,
         }
     }
 }

@@ -311,7 +311,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// Tenant affinity (`[pool] affinity_hold`): whether the client keeps its idle server
     /// connection a moment longer instead of releasing it. Only when clients of another tenant
     /// wait for the pool (released now, the connection would pass to one of them, with a
-    /// cross-tenant reset and setup of four statements and an empty query), for at most `affinity_transactions`
+    /// cross-tenant reset, setup and reseed), for at most `affinity_transactions`
     /// transactions in a row, and never while the tenant is paused or the session ends. The
     /// hold ends when the client sends its next message (the connection serves it, with no
     /// checkout and no reset) or when the timer fires (`Limit::Affinity`), then it goes back;
