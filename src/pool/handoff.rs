@@ -149,16 +149,20 @@ pub fn queue_setup(
     // The setup's unnamed statement replaces any client's, and is closed.
     conn.forget_unnamed();
     let [set, app] = sets;
-    let mut parts = 0;
-    // application_name goes in the guarded transaction when the connection carries a
-    // client's timeout (it was in the guarded SELECT before it became a SET).
-    if select.is_none() && !(guard && app.is_some()) {
+    let queue_sets = |out: &mut BytesMut| {
+        let mut parts = 0;
         for (sql, bit) in [(set, part::SET), (app, part::APP)] {
             if let Some(sql) = sql {
                 frontend::unsynced(out, sql);
                 parts |= bit;
             }
         }
+        parts
+    };
+    // application_name goes in the guarded transaction when the connection carries a
+    // client's timeout (it was in the guarded SELECT before it became a SET).
+    if select.is_none() && !(guard && app.is_some()) {
+        let parts = queue_sets(out);
         if parts == 0 || reseed {
             // Nothing, or the reseed behind it commits and flushes.
             return parts;
@@ -167,7 +171,7 @@ pub fn queue_setup(
         let _ = frontend::query(out, "");
         return parts | part::EMPTY;
     }
-    parts = part::BEGIN | part::COMMIT;
+    let mut parts = part::BEGIN | part::COMMIT;
     frontend::unsynced(out, SETUP_BEGIN);
     if guard {
         for sql in SETUP_GUARD {
@@ -175,12 +179,7 @@ pub fn queue_setup(
         }
         parts |= part::GUARD;
     }
-    for (sql, bit) in [(set, part::SET), (app, part::APP)] {
-        if let Some(sql) = sql {
-            frontend::unsynced(out, sql);
-            parts |= bit;
-        }
-    }
+    parts |= queue_sets(out);
     if let Some(select) = select {
         frontend::unsynced(out, select);
         parts |= part::SELECT;
@@ -228,7 +227,7 @@ pub mod part {
     /// `SELECT pg_catalog.set_config(…), …`.
     pub const SELECT: u16 = 32;
     pub const COMMIT: u16 = 64;
-    /// The empty query behind a SET alone.
+    /// The empty query behind SETs alone.
     pub const EMPTY: u16 = 128;
     /// The reseed behind a reset ([`super::queue_reseed`]), last.
     pub const RESEED: u16 = 256;
