@@ -431,46 +431,13 @@ async fn an_extended_set_rolled_back_by_a_later_error_is_not_replayed() {
 /// behind a client's simple Query `after` (in the same write: the restore pgtenant queues
 /// behind a reset), so the client gets the reset's reply well before the restore's is in.
 pub(super) async fn slow_behind(after: Vec<Vec<u8>>, delay: Duration) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    let after = std::sync::Arc::new(after);
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = l.accept().await {
-            let after = after.clone();
-            tokio::spawn(async move {
-                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", cluster().port)).await else {
-                    return;
-                };
-                let (mut from_proxy, mut to_client) = inbound.into_split();
-                let (mut from_server, mut to_server) = outbound.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
-                });
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = from_proxy.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let chunk = &buf[..n];
-                    let split = after.iter().find_map(|q| {
-                        chunk.windows(q.len()).position(|w| w == q.as_slice()).map(|p| p + q.len())
-                    });
-                    let (now, later) = chunk.split_at(split.unwrap_or(n));
-                    if to_server.write_all(now).await.is_err() {
-                        break;
-                    }
-                    if !later.is_empty() {
-                        tokio::time::sleep(delay).await;
-                        if to_server.write_all(later).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    port
+    upstream_tap(move |chunk| {
+        let split = after
+            .iter()
+            .find_map(|q| chunk.windows(q.len()).position(|w| w == q.as_slice()).map(|p| p + q.len()));
+        (split.unwrap_or(chunk.len()), delay)
+    })
+    .await
 }
 
 /// A client that runs a reset and leaves as soon as it is answered (a pool returning and

@@ -13,7 +13,7 @@ use pgtenant::model::{Isolation, PoolMode};
 use tokio::net::TcpStream;
 
 use super::attacks29::{pbe, replies};
-use super::setup_attacks::recording;
+use super::setup_attacks::recorded;
 use super::*;
 use crate::support::raw::*;
 use crate::support::*;
@@ -78,11 +78,7 @@ async fn hostile_application_names_arrive_as_postgresql_takes_them_whatever_the_
 async fn hostile_application_names(mode: PoolMode) -> Vec<String> {
     let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
     let (a, b) = (with_mode(a, mode, 1), with_mode(b, mode, 1));
-    let (port, sent) = recording().await;
-    let mut cfg = config(vec![a.clone(), b.clone()]);
-    cfg.pool.checkout_timeout = 3.0;
-    cfg.upstreams[0].port = port;
-    let h = start(cfg).await;
+    let (h, sent) = recorded(vec![a.clone(), b.clone()]).await;
     let limit = Duration::from_secs(5);
     let startups: [&[(&str, &str)]; 6] = [
         &[],
@@ -209,11 +205,7 @@ async fn an_application_name_changed_by_any_route_stays_with_its_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_name_beside_other_startup_settings_goes_in_the_select() {
     let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
-    let (port, sent) = recording().await;
-    let mut cfg = config(vec![a.clone(), b.clone()]);
-    cfg.pool.checkout_timeout = 3.0;
-    cfg.upstreams[0].port = port;
-    let h = start(cfg).await;
+    let (h, sent) = recorded(vec![a.clone(), b.clone()]).await;
     let sql = "SELECT current_setting('application_name'), current_setting('work_mem'), current_schema()";
     // The last: work_mem as the connection has it, so application_name goes as the SET alone.
     let cases = [

@@ -492,39 +492,22 @@ async fn a_setup_keeps_non_ascii_values_whatever_encoding_the_previous_client_le
     assert_eq!(got, Ok(vec![want.to_vec()]));
 }
 
-/// A forwarder to the cluster that keeps a copy of everything pgtenant writes upstream.
-pub(super) async fn recording() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
+/// A proxy for `tenants` (giving up on a checkout after 3 s) whose connections to the cluster
+/// go through a forwarder that keeps a copy of everything pgtenant writes upstream.
+pub(super) async fn recorded(
+    tenants: Vec<TenantConfig>,
+) -> (Harness, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
     let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let record = sent.clone();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = l.accept().await {
-            let record = record.clone();
-            tokio::spawn(async move {
-                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", cluster().port)).await else {
-                    return;
-                };
-                let (mut from_proxy, mut to_client) = inbound.into_split();
-                let (mut from_server, mut to_server) = outbound.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
-                });
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = from_proxy.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    record.lock().expect("lock").extend_from_slice(&buf[..n]);
-                    if to_server.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    (port, sent)
+    let port = upstream_tap(move |chunk| {
+        record.lock().expect("lock").extend_from_slice(chunk);
+        (chunk.len(), Duration::ZERO)
+    })
+    .await;
+    let mut cfg = config(tenants);
+    cfg.pool.checkout_timeout = 3.0;
+    cfg.upstreams[0].port = port;
+    (start(cfg).await, sent)
 }
 
 /// Clients whose only setting of their own is application_name (psql, pgbench, most
@@ -537,11 +520,7 @@ pub(super) async fn recording() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_name_alone_is_set_without_a_transaction_and_arrives_as_given() {
     let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
-    let (port, sent) = recording().await;
-    let mut cfg = config(vec![a.clone(), b.clone()]);
-    cfg.pool.checkout_timeout = 3.0;
-    cfg.upstreams[0].port = port;
-    let h = start(cfg).await;
+    let (h, sent) = recorded(vec![a.clone(), b.clone()]).await;
     let a0 = h.client(&a.id).await;
     let p0 = pid(&a0).await;
     let pool_value = rows(&a0, "SELECT current_setting('application_name')").await.expect("a0")[0][0].clone();

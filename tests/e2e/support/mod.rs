@@ -290,6 +290,51 @@ where
     }
 }
 
+/// A forwarder to the cluster for what a proxy writes upstream: each chunk it reads goes
+/// through `hold`, which says how many of its bytes go at once and how long the rest waits
+/// (the server's replies come back as they are).
+pub async fn upstream_tap<F>(hold: F) -> u16
+where
+    F: Fn(&[u8]) -> (usize, Duration) + Send + Sync + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let hold = Arc::new(hold);
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = l.accept().await {
+            let hold = hold.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", cluster().port)).await else { return };
+                let (mut from_proxy, mut to_client) = inbound.into_split();
+                let (mut from_server, mut to_server) = outbound.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = from_proxy.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let chunk = &buf[..n];
+                    let (at, wait) = hold(chunk);
+                    let (now, later) = chunk.split_at(at.min(n));
+                    if to_server.write_all(now).await.is_err() {
+                        break;
+                    }
+                    if !later.is_empty() {
+                        tokio::time::sleep(wait).await;
+                        if to_server.write_all(later).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
 /// A TCP forwarder that can be stopped (all connections cut, port closed) and started again
 /// on the same port: a control database that goes away and comes back.
 pub struct Forwarder {
