@@ -331,6 +331,15 @@ impl Meter {
         }
     }
 
+    /// Whether the server connection held now was checked out more than `limit` ago (by the
+    /// turn's clock).
+    pub fn held_longer_than(&mut self, limit: Duration) -> bool {
+        match self.held {
+            Some(since) => self.now().saturating_duration_since(since) > limit,
+            None => false,
+        }
+    }
+
     /// The server connection went back (or away).
     pub fn released(&mut self) {
         if self.held.is_some() {

@@ -34,6 +34,13 @@ use crate::protocol::PgError;
 /// slower than the hold idles a connection at one transaction end in seventeen at most.
 const HOLD_SKIP_AFTER_MISSES: u8 = 16;
 
+/// How long a client keeps a connection through affinity holds in a row, from its checkout:
+/// at a transaction end past it the connection goes to the next waiter whatever
+/// `affinity_transactions` allows, so a client whose transactions are long (a second each)
+/// keeps others waiting for one or two of them, not for 32. Short transactions (pgbench's,
+/// a millisecond or less) reach `affinity_transactions` well before it.
+const HOLD_STREAK: Duration = Duration::from_millis(50);
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     pub(super) async fn attach(&mut self) -> Result<(), Exit> {
         // The turn's clock as the checkout starts: read again only after a wait here.
@@ -317,7 +324,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     /// checkout and no reset) or when the timer fires (`Limit::Affinity`), then it goes back;
     /// a client that let a hold run out is not held for at its next few transaction ends
     /// ([`HOLD_SKIP_AFTER_MISSES`]), so a client that is slow to come back does not idle
-    /// a connection others wait for after each transaction.
+    /// a connection others wait for after each transaction; nor past [`HOLD_STREAK`] since
+    /// the connection's checkout.
     pub(super) fn keep_for_affinity(&mut self) -> bool {
         let p = &mut self.progress;
         if p.hold_until.is_some() {
@@ -337,6 +345,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         };
         if hold.is_zero()
             || p.held >= most
+            || self.meter.held_longer_than(HOLD_STREAK)
             || self.terminated
             || self.broken.is_some()
             || self.draining.is_some()
