@@ -335,9 +335,10 @@ impl ClientVars {
     fn diff(&self, conn: &mut ServerConn, pool_params: &[(String, String)]) -> Option<Setup> {
         // A search_path made of identifiers (what tenant isolation sets) goes as `SET
         // search_path TO …`, each name quoted (see `quoted_identifier_list`), which shows it
-        // as SET does. Anything else goes through
-        // set_config, which parses the value as a configuration file would, so list settings
-        // keep their meaning and no value can end the statement.
+        // as SET does, and application_name as `SET application_name TO '…'` unless the
+        // SELECT is due anyway (see `Setup::set_application_name`). Anything else goes
+        // through set_config, which parses the value as a configuration file would, so list
+        // settings keep their meaning and no value can end the statement.
         //
         // The server reads the text in the client_encoding the connection has before the
         // setup (another client's, of the tenant): unless that is UTF-8, the text is ASCII
@@ -423,7 +424,10 @@ pub struct Setup {
     /// transaction the SELECT's snapshot needs (BEGIN, COMMIT), which halves what a handoff
     /// to such a client costs the server (`benches/handoff_cost.sh`: 188,000 instructions of
     /// a PostgreSQL 15 backend above the client's SELECT, 101,000 with the SET). The setting
-    /// is a plain string whose check needs no catalog, like search_path's.
+    /// is a plain string whose check needs no catalog, like search_path's. On PostgreSQL 15
+    /// and older, `pg_stat_statements` (with `track_utility`, its default) keeps an entry per
+    /// distinct SET text (16 replaces SET's constants): one per tenant's search_path already,
+    /// and one per distinct application_name now.
     pub set_application_name: Option<String>,
     pub select: Option<String>,
 }

@@ -132,10 +132,10 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
 ///   and flushes the replies (the server sends unsynced statements' replies only at a Sync, a
 ///   Flush or a ReadyForQuery), or, behind a reset (`reseed`), by the reseed, which does both.
 ///   A SET takes no snapshot and these two check their value without the catalogs;
-/// - with the SELECT (which takes a snapshot), or the application_name SET with `guard`, the
-///   statements go between `BEGIN ISOLATION LEVEL READ COMMITTED` and `COMMIT`, then a Flush
-///   (or the reseed). With `guard` (see [`bounds_setup`]) the timeouts are lifted for that
-///   transaction first ([`SETUP_GUARD`]), so that another client's cannot cancel the setup.
+/// - with the SELECT (which takes a snapshot) the statements go between `BEGIN ISOLATION
+///   LEVEL READ COMMITTED` and `COMMIT`, then a Flush (or the reseed). With `guard` (see
+///   [`bounds_setup`]) the timeouts are lifted for that transaction first ([`SETUP_GUARD`]),
+///   so that another client's cannot cancel the setup.
 ///
 /// Returns the [`part`]s queued, whose replies the caller checks ([`reset_step`]).
 pub fn queue_setup(
@@ -159,9 +159,9 @@ pub fn queue_setup(
         }
         parts
     };
-    // application_name goes in the guarded transaction when the connection carries a
-    // client's timeout (it was in the guarded SELECT before it became a SET).
-    if select.is_none() && !(guard && app.is_some()) {
+    // Without the SELECT, no guard: no catalog lookup to wait in, and every timeout the
+    // connection carries is this client's own (another client's would be reset by the SELECT).
+    if select.is_none() {
         let parts = queue_sets(out);
         if parts == 0 || reseed {
             // Nothing, or the reseed behind it commits and flushes.
@@ -288,7 +288,7 @@ pub const SEGMENTS: [u8; 10] = [0, 4, 8, 16, 20, 24, 29, 33, 35, 37];
 /// messages, which only an interrupt or a revoked EXECUTE fails) are followed by the client's
 /// messages as usual.
 pub fn skips_the_client(next: u8) -> bool {
-    next < SEGMENTS[7]
+    next < SEGMENTS[part::EMPTY.trailing_zeros() as usize]
 }
 
 /// The first reply at or after `i` that `parts` are due; [`HANDOFF_REPLIES`]' length when none.
@@ -382,9 +382,10 @@ mod tests {
     #[test]
     fn only_an_error_before_the_empty_query_leaves_the_client_unrun() {
         // Every reply of the reset and of the unsynced setup statements; not the empty query's.
-        assert!((0..SEGMENTS[7]).all(skips_the_client));
-        assert!(!skips_the_client(SEGMENTS[7]) && !skips_the_client(SEGMENTS[7] + 1));
-        assert_eq!(HANDOFF_REPLIES[usize::from(SEGMENTS[7])].0, be::EMPTY_QUERY_RESPONSE);
+        let empty = SEGMENTS[part::EMPTY.trailing_zeros() as usize];
+        assert!((0..empty).all(skips_the_client));
+        assert!(!skips_the_client(empty) && !skips_the_client(empty + 1));
+        assert_eq!(HANDOFF_REPLIES[usize::from(empty)].0, be::EMPTY_QUERY_RESPONSE);
     }
 
     #[test]
@@ -438,12 +439,6 @@ mod tests {
         assert_eq!(run_parts(both_sets, &empty), Some(false));
         assert_eq!(run_parts(part::APP | part::EMPTY, &empty), Some(true));
         assert_eq!(run_parts(part::APP | part::EMPTY, &two), Some(false));
-        // Guarded, without a SELECT: BEGIN, the guard's two SETs, both SETs, COMMIT.
-        let block = part::BEGIN | part::GUARD | part::SET | part::APP | part::COMMIT;
-        let guarded_sets =
-            [&statement(b"BEGIN\0")[..], &statement(b"SET\0").repeat(4), &statement(b"COMMIT\0")].concat();
-        assert_eq!(run_parts(block, &guarded_sets), Some(true));
-        assert_eq!(run_parts(block | part::SELECT, &guarded_sets), Some(false));
         // Behind a reset: DISCARD ALL's replies, the setup's, then the reseed's (which commits
         // and flushes in place of the empty query or the Flush).
         let reset = statement(RESET_TAG);
@@ -463,7 +458,8 @@ mod tests {
         assert_eq!(run(&[&reset[..], &statement(b"SET\0")].concat()), Some(false));
         // The reseed refused (EXECUTE revoked): an error in place of its reply.
         assert_eq!(run(&[&reset[..], &[(b'E', None)]].concat()), Some(false));
-        assert!(!skips_the_client(SEGMENTS[8]), "the reseed, like the empty query, skips nothing");
+        let reseed_at = SEGMENTS[part::RESEED.trailing_zeros() as usize];
+        assert!(!skips_the_client(reseed_at), "the reseed, like the empty query, skips nothing");
     }
 
     #[test]
@@ -504,7 +500,7 @@ mod tests {
         #[test]
         fn arbitrary_replies_confirm_only_the_exact_sequence(
             reset in any::<bool>(),
-            setup in 0..9u8,
+            setup in 0..8u8,
             random in proptest::collection::vec(reply_tag(), 0..24),
             near in any::<bool>(),
             at in any::<usize>(),
@@ -513,8 +509,7 @@ mod tests {
         ) {
             // setup 0: none; 1: SET and the empty query; 5: both SETs, 6: the
             // application_name SET alone (with the empty query); else BEGIN, SELECT, COMMIT,
-            // and SET (3), and the guard (4), and both SETs (8); or the guard and both SETs
-            // without the SELECT (7).
+            // and SET (3), and the guard (4), and both SETs (7).
             // As the relay queues them: behind a reset the reseed comes last, in place of
             // the empty query.
             let mut parts = if reset { part::RESET | part::RESEED } else { 0 };
@@ -529,7 +524,6 @@ mod tests {
                 5 => part::SET | part::APP | part::EMPTY,
                 6 if reset => part::APP,
                 6 => part::APP | part::EMPTY,
-                7 => part::BEGIN | part::GUARD | part::SET | part::APP | part::COMMIT,
                 _ => part::BEGIN | part::GUARD | part::SET | part::APP | part::SELECT | part::COMMIT,
             };
             if parts == 0 {

@@ -34,11 +34,14 @@ use crate::protocol::PgError;
 /// slower than the hold idles a connection at one transaction end in seventeen at most.
 const HOLD_SKIP_AFTER_MISSES: u8 = 16;
 
-/// How long a client keeps a connection through affinity holds in a row, from its checkout:
-/// at a transaction end past it the connection goes to the next waiter whatever
+/// How long after its checkout a connection may still be held for its client (tenant
+/// affinity): at a transaction end past it the connection goes to the next waiter whatever
 /// `affinity_transactions` allows, so a client whose transactions are long (a second each)
-/// keeps others waiting for one or two of them, not for 32. Short transactions (pgbench's,
-/// a millisecond or less) reach `affinity_transactions` well before it.
+/// keeps others waiting for one or two of them, not for 32. A hold granted just before it
+/// still runs its course (`affinity_hold`, then the transaction it serves). Short
+/// transactions mostly reach `affinity_transactions` first: in `benches/tenants.sh` case B
+/// (a third of a millisecond each, many more on a loaded machine) the bound took the resets
+/// a transaction from 0.032–0.035 to 0.036–0.042.
 const HOLD_STREAK: Duration = Duration::from_millis(50);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
