@@ -218,13 +218,30 @@ async fn a_client_late_once_is_soon_held_for_again() {
 /// for the 32 that `affinity_transactions` allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_with_long_transactions_keeps_the_connection_for_one_or_two() {
+    let (done, most) = b_behind_a_loop("SELECT pg_sleep(0.08)", 32, 4, Duration::ZERO).await;
+    assert!(done >= 4, "a ran back to back");
+    // The one running when b asked, and one more (a's next query may reach the connection
+    // before b's turn comes); a third on a busy machine. Without the bound: up to 32.
+    assert!(most <= 3, "b waited for {most} of a's transactions");
+}
+
+/// Tenant a's client runs `a_sql` back to back over the pool's one connection (affinity hold
+/// 200 ms, `affinity_transactions` as given) while b runs `rounds` queries, `pause` apart, each
+/// checked to run in b's schema: how many of a's transactions ran in all, and the most that
+/// ended while one of b's queries waited.
+pub(super) async fn b_behind_a_loop(
+    a_sql: &'static str,
+    most_in_a_row: u8,
+    rounds: usize,
+    pause: Duration,
+) -> (usize, usize) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
     let mut cfg: Config = config(vec![a.clone(), b.clone()]);
     cfg.pool.checkout_timeout = 10.0;
     cfg.pool.affinity_hold = 0.2;
-    cfg.pool.affinity_transactions = 32;
+    cfg.pool.affinity_transactions = most_in_a_row;
     let h = start(cfg).await;
     let ca = h.client(&a.id).await;
     let cb = h.client(&b.id).await;
@@ -234,22 +251,21 @@ async fn a_client_with_long_transactions_keeps_the_connection_for_one_or_two() {
         let (done, stop) = (done.clone(), stop.clone());
         async move {
             while !stop.load(Ordering::SeqCst) {
-                ca.batch_execute("SELECT pg_sleep(0.08)").await.expect("a's transaction");
+                ca.batch_execute(a_sql).await.expect("a's transaction");
                 done.fetch_add(1, Ordering::SeqCst);
             }
         }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut most = 0;
-    for _ in 0..4 {
+    for _ in 0..rounds {
         let before = done.load(Ordering::SeqCst);
         let got = rows(&cb, "SELECT current_schema()::text").await.expect("b's query");
         assert_eq!(got, [[b.id.clone()]]);
         most = most.max(done.load(Ordering::SeqCst) - before);
+        tokio::time::sleep(pause).await;
     }
     stop.store(true, Ordering::SeqCst);
     a_loop.await.expect("a's loop");
-    // The one running when b asked, and one more (a's next query may reach the connection
-    // before b's turn comes); a third on a busy machine. Without the bound: up to 32.
-    assert!(most <= 3, "b waited for {most} of a's transactions");
+    (done.load(Ordering::SeqCst), most)
 }

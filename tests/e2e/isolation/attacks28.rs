@@ -355,39 +355,8 @@ async fn a_retry_waits_at_a_pause_that_landed_during_the_failed_reset() {
 /// `affinity_transactions` of a's, plus the one running when it came.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_never_missing_the_hold_lets_b_in_after_affinity_transactions() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Arc;
-    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
-    let mut cfg = config(vec![a.clone(), b.clone()]);
-    cfg.pool.checkout_timeout = 10.0;
-    cfg.pool.affinity_hold = 0.2;
-    cfg.pool.affinity_transactions = 4;
-    let h = start(cfg).await;
-    let ca = h.client(&a.id).await;
-    let cb = h.client(&b.id).await;
-    let done = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let a_loop = tokio::spawn({
-        let (done, stop) = (done.clone(), stop.clone());
-        async move {
-            while !stop.load(Ordering::SeqCst) {
-                ca.batch_execute("SELECT 1").await.expect("a's query");
-                done.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut most = 0;
-    for _ in 0..5 {
-        let before = done.load(Ordering::SeqCst);
-        let got = rows(&cb, "SELECT current_schema()::text").await.expect("b's query");
-        assert_eq!(got, [[b.id.clone()]]);
-        most = most.max(done.load(Ordering::SeqCst) - before);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.store(true, Ordering::SeqCst);
-    a_loop.await.expect("a's loop");
-    assert!(done.load(Ordering::SeqCst) > 20, "a ran back to back");
+    let (done, most) = super::affinity::b_behind_a_loop("SELECT 1", 4, 5, Duration::from_millis(20)).await;
+    assert!(done > 20, "a ran back to back");
     // 4 held transaction ends, the one running, and those a's loop finished after b's reply
     // came but before this task read the count: one, or two on a busy machine (failed once at
     // 7 during a full run). Without the bound b waits for every one of a's (over 20).
