@@ -22,46 +22,19 @@ import socket
 import struct
 import sys
 
+from wire import query, reseed, startup, unsynced
+
 SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = 42"
-SETSEED_OID = 1599
-
-
-def msg(tag, body):
-    return tag + struct.pack("!I", len(body) + 4) + body
-
-
-def cstr(s):
-    return s.encode() + b"\0"
-
-
-def query(sql):
-    return msg(b"Q", cstr(sql))
-
-
-def unsynced(sql, param=None):
-    if param is None:
-        parse = msg(b"P", b"\0" + cstr(sql) + struct.pack("!H", 0))
-        bind = msg(b"B", b"\0\0" + struct.pack("!HHH", 0, 0, 0))
-    else:
-        parse = msg(b"P", b"\0" + cstr(sql) + struct.pack("!HI", 1, 701))
-        bind = msg(b"B", b"\0\0" + struct.pack("!HHI", 0, 1, len(param)) + param + struct.pack("!H", 0))
-    return parse + bind + msg(b"E", b"\0" + struct.pack("!I", 0)) + msg(b"C", b"S\0")
-
-
-def reseed(seed):
-    return msg(b"F", struct.pack("!IHHHI", SETSEED_OID, 1, 0, 1, len(seed)) + seed + struct.pack("!H", 0))
-
-
 def variant(name, i):
     """The bytes of iteration i and the ReadyForQuerys they earn."""
     path = f"SET search_path TO t{1 + i % 2}"
-    seed = b"0.25"
+    seed = 0.25
     if name == "select":
         return query(SELECT), 1
     if name == "handoff":
         return unsynced("DISCARD ALL") + unsynced(path) + reseed(seed) + query(SELECT), 2
     if name == "select_reseed":
-        return (unsynced("DISCARD ALL") + unsynced("SELECT pg_catalog.setseed($1)", seed) + unsynced(path)
+        return (unsynced("DISCARD ALL") + unsynced("SELECT pg_catalog.setseed($1)", str(seed).encode()) + unsynced(path)
                 + query("") + query(SELECT)), 2
     if name == "guarded":
         return (query("SET statement_timeout = 0") + unsynced("DISCARD ALL") + unsynced(path) + reseed(seed)
@@ -85,8 +58,7 @@ def main():
     host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     s = socket.create_connection((host, port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    body = struct.pack("!I", 196608) + cstr("user") + cstr("postgres") + cstr("database") + cstr("postgres") + b"\0"
-    s.sendall(struct.pack("!I", len(body) + 4) + body)
+    s.sendall(startup())
     buf = b""
 
     def until_ready(count):

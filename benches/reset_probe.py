@@ -28,31 +28,7 @@ import socket
 import struct
 import sys
 
-
-def msg(tag, body):
-    return tag + struct.pack("!i", len(body) + 4) + body
-
-
-def cstr(s):
-    return s.encode() + b"\0"
-
-
-def query(sql):
-    return msg(b"Q", cstr(sql))
-
-
-def unsynced(sql):
-    """Parse/Bind/Execute of the unnamed statement, no Sync."""
-    return (msg(b"P", cstr("") + cstr(sql) + b"\0\0")
-            + msg(b"B", cstr("") + cstr("") + b"\0\0\0\0\0\0")
-            + msg(b"E", cstr("") + b"\0\0\0\0"))
-
-
-def reseed(seed):
-    """A FunctionCall of pg_catalog.setseed(float8) (OID 1599) with `seed` as text."""
-    arg = seed.encode()
-    body = struct.pack("!IHHHI", 1599, 1, 0, 1, len(arg)) + arg + struct.pack("!H", 0)
-    return msg(b"F", body)
+from wire import msg, query, reseed, startup, unsynced
 
 
 def setup(sql):
@@ -64,8 +40,7 @@ class Conn:
     def __init__(self, sock_dir, port):
         self.s = socket.socket(socket.AF_UNIX)
         self.s.connect(f"{sock_dir}/.s.PGSQL.{port}")
-        body = struct.pack("!i", 196608) + cstr("user") + cstr("postgres") + cstr("database") + cstr("postgres") + b"\0"
-        self.s.sendall(struct.pack("!i", len(body) + 4) + body)
+        self.s.sendall(startup())
         self.buf = b""
         self.until_ready()
 
@@ -165,7 +140,7 @@ def main():
     seeded = draw_after(query("SELECT setseed(0.5)"))
     kept = draw_after(query("SELECT setseed(0.5)") + query("DISCARD ALL"), 2)
     c.until_ready_after(query("SELECT setseed(0.5)"))
-    reseeded = draw_after(unsynced("DISCARD ALL") + unsynced("SET search_path TO t4") + reseed("0.123")
+    reseeded = draw_after(unsynced("DISCARD ALL") + unsynced("SET search_path TO t4") + reseed(0.123)
                           + unsynced("SELECT 1/0") + msg(b"S", b""), 2)
     path = c.value("SELECT current_setting('search_path')")
     print("random() after setseed(0.5):", seeded, "| through DISCARD ALL:", kept, "| reseeded:", reseeded,
@@ -176,7 +151,7 @@ def main():
     # A failed DISCARD ALL (in a transaction block): the reseed behind it is skipped, no
     # FunctionCallResponse before the Sync's ReadyForQuery.
     c.until_ready_after(query("BEGIN"))
-    got = c.until_ready_after(unsynced("DISCARD ALL") + reseed("0.5") + msg(b"S", b""))
+    got = c.until_ready_after(unsynced("DISCARD ALL") + reseed(0.5) + msg(b"S", b""))
     c.until_ready_after(query("ROLLBACK"))
     print("reseed behind a failed DISCARD ALL:", tags(got))
     if "V" in tags(got).split():

@@ -422,8 +422,8 @@ pub struct Setup {
     /// The client's application_name (most clients send one at login: psql, pgbench, JDBC
     /// …), as a SET when nothing else needs the SELECT: the setup then goes without the
     /// transaction the SELECT's snapshot needs (BEGIN, COMMIT), which halves what a handoff
-    /// to such a client costs the server (`benches/handoff_cost.sh`: 188,000 instructions of
-    /// a PostgreSQL 15 backend above the client's SELECT, 101,000 with the SET). The setting
+    /// to such a client costs the server (`benches/handoff_cost.sh`: 187,600 instructions of
+    /// a PostgreSQL 15 backend above the client's SELECT, 99,900 with the SET). The setting
     /// is a plain string whose check needs no catalog, like search_path's. On PostgreSQL 15
     /// and older, `pg_stat_statements` (with `track_utility`, its default) keeps an entry per
     /// distinct SET text (16 replaces SET's constants): one per tenant's search_path already,
