@@ -178,17 +178,7 @@ async fn sets_pgtenant_cannot_follow_never_reach_another_client() {
                 sync(),
             ])],
         ),
-        (
-            "savepoint rolled back, then COMMIT",
-            vec![batch(&[
-                "BEGIN",
-                "SET work_mem = '9MB'",
-                "SAVEPOINT s",
-                "SET work_mem = '11MB'",
-                "ROLLBACK TO s",
-                "COMMIT",
-            ])],
-        ),
+        ("savepoint rolled back, then COMMIT", vec![batch(&super::attacks29::SAVEPOINT_BATCH)]),
         ("block across batches", vec![batch(&["BEGIN", "SET work_mem = '9MB'"]), batch(&["COMMIT"])]),
     ];
     let mut found = Found::default();
