@@ -16,7 +16,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use super::{PlainTcp, ResetPhase, Session, CLEANUP_TIMEOUT};
+use crate::client::pipeline::{Action, Kind};
 use crate::protocol::backend::txn;
+use crate::protocol::frontend;
 
 /// The fair-share timeouts (`[pool]`, PgBouncer's names), with a tenant's overrides applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,8 +222,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             && self.c_remaining == 0
             && self.stage_remaining == 0;
         if flush {
-            self.out.extend_from_slice(crate::protocol::frontend::FLUSH_MESSAGE);
-            self.pipeline.push(super::super::pipeline::Kind::Flush, super::super::pipeline::Action::Swallow);
+            self.out.extend_from_slice(frontend::FLUSH_MESSAGE);
+            self.pipeline.push(Kind::Flush, Action::Swallow);
         }
         flush
     }
