@@ -240,8 +240,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         if self.progress.reset != ResetPhase::Done {
             self.progress.reset_synced = false;
             self.progress.reset_since = Some(tokio::time::Instant::now());
-            // The client's bytes sent behind it are kept, should it fail (see `retry`).
-            self.progress.retry = Retry::arm(self.progress.retry.take(), reset, self.meter.prepared_mark());
+            // The client's bytes sent behind it are kept, should it fail (see `retry`): behind
+            // a reset, and behind a setup under a timeout the connection carries (another
+            // client's cancel still pending, or its timer, fails the SET with 57014; PostgreSQL
+            // would cost that client one statement, not its session).
+            let kept = reset || guard;
+            self.progress.retry = Retry::arm(self.progress.retry.take(), kept, self.meter.prepared_mark());
         }
         self.progress.status = txn::IDLE;
         // No read of this connection is registered by this session yet.

@@ -7,8 +7,9 @@
 //! a handoff's replies are swallowed until its last one is checked
 //! (`Session::check_reset_reply`).
 //!
-//! Only a handoff that carries a reset keeps a copy of the client's bytes (and one that is
-//! itself a retry, whose setup may fail too), only while its replies are due, and only up to
+//! Only a handoff that carries a reset keeps a copy of the client's bytes (and one whose setup
+//! runs under a timeout the connection carries, which another client's cancel or timer may
+//! fail, and one that is itself a retry, whose setup may fail too), only while its replies are due, and only up to
 //! [`MAX_KEPT`]: a frame that would pass it (a large message) waits for the handoff's verdict
 //! (a Flush asks for it), so that a tenant able to fail the reset (a statement timeout set
 //! out of pgtenant's sight goes without the guard) cannot end the next tenant's session
@@ -62,7 +63,7 @@ impl Retry {
     }
 
     /// What a handoff whose replies are due keeps for a retry: the first one only when it
-    /// carries a reset (`reset`), with the meter's named-statement counts then (`mark`); a
+    /// carries a reset or a setup under a timeout the connection carries (`reset`), with the meter's named-statement counts then (`mark`); a
     /// retry (`before`) while attempts are left.
     pub(super) fn arm(before: Option<Box<Retry>>, reset: bool, mark: PreparedCounts) -> Option<Box<Retry>> {
         match before {
