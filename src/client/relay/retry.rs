@@ -9,8 +9,8 @@
 //!
 //! Only a handoff that carries a reset keeps a copy of the client's bytes (and one whose setup
 //! runs under a timeout the connection carries, which another client's cancel or timer may
-//! fail, and one that is itself a retry, whose setup may fail too), only while its replies are due, and only up to
-//! [`MAX_KEPT`]: a frame that would pass it (a large message) waits for the handoff's verdict
+//! fail, and one that is itself a retry, whose setup may fail too), only while its replies
+//! are due, and only up to [`MAX_KEPT`]: a frame that would pass it (a large message) waits for the handoff's verdict
 //! (a Flush asks for it), so that a tenant able to fail the reset (a statement timeout set
 //! out of pgtenant's sight goes without the guard) cannot end the next tenant's session
 //! with it. Past [`HANDOFF_ATTEMPTS`], or when what failed is not an error the server
@@ -63,9 +63,9 @@ impl Retry {
     }
 
     /// What a handoff whose replies are due keeps for a retry: the first one only when it
-    /// carries a reset or a setup under a timeout the connection carries (`reset`), with the meter's named-statement counts then (`mark`); a
-    /// retry (`before`) while attempts are left.
-    pub(super) fn arm(before: Option<Box<Retry>>, reset: bool, mark: PreparedCounts) -> Option<Box<Retry>> {
+    /// carries a reset or a setup under a timeout the connection carries (`keep`), with the
+    /// meter's named-statement counts then (`mark`); a retry (`before`) while attempts are left.
+    pub(super) fn arm(before: Option<Box<Retry>>, keep: bool, mark: PreparedCounts) -> Option<Box<Retry>> {
         match before {
             Some(mut r) if r.attempt < HANDOFF_ATTEMPTS => {
                 r.kept.clear();
@@ -73,7 +73,7 @@ impl Retry {
                 Some(r)
             }
             Some(_) => None,
-            None => (reset && HANDOFF_ATTEMPTS > 1)
+            None => (keep && HANDOFF_ATTEMPTS > 1)
                 .then(|| Box::new(Retry { attempt: 1, mark, ..Retry::default() })),
         }
     }
