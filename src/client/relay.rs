@@ -409,13 +409,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         if self.progress.desync {
             self.maybe_resync();
         }
-        if self.server.is_some()
-            && self.mode == PoolMode::Transaction
-            && !self.pinned
-            && self.server_idle()
-            && !self.keep_for_affinity()
-        {
-            self.release();
+        if self.server.is_some() && self.mode == PoolMode::Transaction && !self.pinned {
+            if self.server_idle() && !self.keep_for_affinity() {
+                self.release();
+            } else if self.progress.yielding && self.idle_but_for_client() {
+                // Its next transaction, held back, waits for a connection as any other.
+                self.progress.yielding = false;
+                self.progress.held = 0;
+                self.release();
+            }
         }
         if let Some(reason) = self.draining.as_ref().filter(|_| self.server.is_none() || self.server_idle()) {
             return Settle::Exit(Exit::Error(PgError::clone(reason)));
@@ -500,6 +502,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     fn stage(&mut self) {
         // A frame past what a retry can keep waits for the handoff's verdict, asked with a Flush.
         let room = self.retry_room();
+        // A client that always has a query in flight never leaves its connection idle between
+        // transactions: while others wait, once `HOLD_STREAK` passed since its checkout, its
+        // next transaction is held back and the connection goes back when the server is idle
+        // (see `Progress::yielding`). Never inside a transaction (the last ReadyForQuery's
+        // status), an extended batch or a copy, nor on a connection that would not go back.
+        // Only while something is in flight (`unit_pending`): once it is answered, either the
+        // connection goes back (`settle`) or this runs again and stages.
+        let p = &mut self.progress;
+        p.yielding = false;
+        let may_yield = self.mode == PoolMode::Transaction
+            && p.status == txn::IDLE
+            && !self.pinned
+            && !p.desync
+            && p.reset == ResetPhase::Done
+            && !self.terminated
+            && self.draining.is_none()
+            && (self.pool.anyone_waiting() || self.tenant_cap.anyone_waiting());
         let Some(server) = self.server.as_mut() else { return };
         self.meter.query_started();
         let transaction = self.mode == PoolMode::Transaction;
@@ -531,6 +550,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             }
             // scan_client checked every header up to c_scanned.
             let Ok(Some((tag, len))) = header(&self.cbuf[pos..self.c_scanned], usize::MAX) else { break };
+            if may_yield
+                && frontend::starts_unit(tag)
+                && !self.progress.copy_may_open
+                && st.pipeline.unit_pending()
+                && st.meter.held_longer_than(checkout::HOLD_STREAK)
+            {
+                self.progress.yielding = true;
+                break;
+            }
             if pos + len > room {
                 st.out.extend_from_slice(frontend::FLUSH_MESSAGE);
                 st.pipeline.push(Kind::Flush, Action::Swallow);

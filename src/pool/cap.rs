@@ -13,6 +13,19 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
+/// A client session's handle on its tenant's server-connection cap: looked up at its first
+/// checkout and kept (a tenant's cap is resized in place, never replaced), so later
+/// checkouts skip the map.
+#[derive(Default)]
+pub struct TenantCap(pub(super) Option<Arc<CapSemaphore>>);
+
+impl TenantCap {
+    /// Whether another checkout of the tenant queues at its cap.
+    pub fn anyone_waiting(&self) -> bool {
+        self.0.as_ref().is_some_and(|c| c.anyone_waiting())
+    }
+}
+
 /// The permits of one tenant's cap.
 pub struct CapSemaphore {
     /// Permits free now; negative after a shrink while more than the new size are held (the
@@ -83,6 +96,11 @@ impl CapSemaphore {
             }
         }
         false
+    }
+
+    /// Whether a checkout queues for a permit (or a gone one is not passed over yet).
+    pub fn anyone_waiting(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) != 0
     }
 
     /// A free permit, if one is free and nobody queues for it.

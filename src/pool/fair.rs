@@ -188,6 +188,11 @@ impl<T> FairSemaphore<T> {
         }
     }
 
+    /// Whether any client waits for a permit (one atomic load).
+    pub fn anyone_waiting(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) != 0
+    }
+
     /// Locks the permits and the guarded value.
     pub fn lock(&self) -> Locked<'_, T> {
         Locked { guard: self.inner.lock().unwrap_or_else(|e| e.into_inner()) }

@@ -26,6 +26,7 @@ pub mod session;
 mod settings;
 mod stream;
 
+pub use cap::TenantCap;
 use cap::{CapPermit, CapSemaphore};
 use capacity::Capacity;
 pub use error::{CheckoutError, PoolError};
@@ -137,6 +138,11 @@ impl Pool {
     /// connections (so a connection released now would pass to another tenant, with a reset).
     pub fn others_waiting(&self, tenant: &TenantId) -> bool {
         self.checkout.others_waiting(tenant)
+    }
+
+    /// Whether any client (of any tenant) waits for one of this pool's connections.
+    pub fn anyone_waiting(&self) -> bool {
+        self.checkout.anyone_waiting()
     }
 
     /// Server connections opened since the pool was made, and attempts that failed
@@ -359,12 +365,6 @@ impl Checkout {
         }
     }
 }
-
-/// A client session's handle on its tenant's server-connection cap: looked up at its first
-/// checkout and kept (a tenant's cap is resized in place, never replaced), so later
-/// checkouts skip the map.
-#[derive(Default)]
-pub struct TenantCap(Option<Arc<CapSemaphore>>);
 
 /// All pools, created on first use, keyed by upstream login, and the caps they share.
 pub struct PoolManager {

@@ -28,6 +28,35 @@ fn extended_round_trip() {
     assert!(p.is_idle());
 }
 
+/// `unit_pending`: only while replies are owed to a message that ends a unit (where a client
+/// that pipelines may be held back), never inside an extended batch or a copy.
+#[test]
+fn a_unit_is_pending_only_behind_a_query_function_call_or_sync() {
+    let mut p = Pipeline::default();
+    assert!(!p.unit_pending(), "nothing owed");
+    fwd(&mut p, &[Kind::Parse, Kind::Bind]);
+    assert!(!p.unit_pending(), "an extended batch without its Sync");
+    fwd(&mut p, &[Kind::Execute, Kind::Flush]);
+    assert!(!p.unit_pending(), "a flushed batch is still open");
+    fwd(&mut p, &[Kind::Sync]);
+    assert!(p.unit_pending());
+    route(&mut p, b"12C");
+    assert!(p.unit_pending(), "the Sync's ReadyForQuery is still owed");
+    route(&mut p, b"Z");
+    assert!(!p.unit_pending() && p.is_idle());
+    fwd(&mut p, &[Kind::FunctionCall]);
+    assert!(p.unit_pending());
+    route(&mut p, b"VZ");
+    fwd(&mut p, &[Kind::Query]);
+    assert!(p.unit_pending());
+    route(&mut p, b"G");
+    assert!(!p.unit_pending(), "COPY FROM STDIN under way");
+    fwd(&mut p, &[Kind::CopyData, Kind::CopyDone]);
+    assert!(!p.unit_pending());
+    route(&mut p, b"CZ");
+    assert!(!p.unit_pending() && p.is_idle());
+}
+
 #[test]
 fn the_unnamed_parse_is_reported_when_it_completes_not_when_skipped() {
     let mut p = Pipeline::default();

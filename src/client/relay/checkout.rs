@@ -34,15 +34,18 @@ use crate::protocol::PgError;
 /// slower than the hold idles a connection at one transaction end in seventeen at most.
 const HOLD_SKIP_AFTER_MISSES: u8 = 16;
 
-/// How long after its checkout a connection may still be held for its client (tenant
-/// affinity): at a transaction end past it the connection goes to the next waiter whatever
-/// `affinity_transactions` allows, so a client whose transactions are long (a second each)
-/// keeps others waiting for one or two of them, not for 32. A hold granted just before it
-/// still runs its course (`affinity_hold`, then the transaction it serves). Short
+/// How long after its checkout a connection may still be held for its client while others
+/// wait. Tenant affinity: at a transaction end past it the connection goes to the next waiter
+/// whatever `affinity_transactions` allows, so a client whose transactions are long (a second
+/// each) keeps others waiting for one or two of them, not for 32. A hold granted just before
+/// it still runs its course (`affinity_hold`, then the transaction it serves). Short
 /// transactions mostly reach `affinity_transactions` first: in `benches/tenants.sh` case B
 /// (a third of a millisecond each, many more on a loaded machine) the bound took the resets
-/// a transaction from 0.032–0.035 to 0.036–0.042.
-const HOLD_STREAK: Duration = Duration::from_millis(50);
+/// a transaction from 0.032–0.035 to 0.036–0.042. A client that always has a query in flight
+/// (a pipeline that never drains) reaches no idle transaction end at all: past this bound its
+/// next transaction is held back until the server is idle, and the connection goes back (see
+/// `Progress::yielding`).
+pub(super) const HOLD_STREAK: Duration = Duration::from_millis(50);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
     pub(super) async fn attach(&mut self) -> Result<(), Exit> {

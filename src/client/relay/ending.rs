@@ -71,6 +71,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             && self.quiet()
     }
 
+    /// [`Session::server_idle`] but for client messages held back (see `Progress::yielding`):
+    /// what was sent is answered and ended its transaction.
+    pub(super) fn idle_but_for_client(&self) -> bool {
+        let p = &self.progress;
+        p.status == txn::IDLE
+            && self.out.is_empty()
+            && !self.sent_terminate
+            && !p.fatal
+            && !p.desync
+            && self.pipeline.is_idle()
+            && self.quiet()
+    }
+
     /// What the server still owes answers pgtenant's own messages only, with nothing half-read
     /// or unsent, and comes without another message from the client (no Sync or Flush due).
     fn only_own_replies_due(&self) -> bool {

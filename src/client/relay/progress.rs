@@ -52,6 +52,10 @@ pub(super) struct Progress {
     pub(super) hold_skip: u8,
     /// Holds in a row the client let run out (see `HOLD_SKIP_AFTER_MISSES`).
     pub(super) misses: u8,
+    /// The client's next transaction was held back (others wait, and it kept the connection
+    /// past `HOLD_STREAK` with a query always in flight): the connection goes back once the
+    /// server is idle, and that transaction waits for a connection as any other.
+    pub(super) yielding: bool,
     /// A read of the server connection now held is registered with the session's signal as
     /// its waker and has not fired (see `Session::next_event`).
     pub(super) server_armed: bool,
