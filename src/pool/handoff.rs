@@ -115,6 +115,7 @@ pub fn queue_reset(conn: &mut ServerConn, out: &mut BytesMut, params: &[(String,
     conn.dirty = false;
     conn.tenant = None;
     conn.settings_suspect = false;
+    conn.settings_unseen = false;
     conn.cursors = false;
     guard
 }
@@ -195,9 +196,12 @@ pub fn queue_setup(
 /// force when the setup runs; another client's, of the tenant, as a rule), which could cancel
 /// the setup, or end a wait of its for a lock (`client_encoding`'s check looks up
 /// `pg_conversion`), before its SELECT resets them: the next client would get the error
-/// of a setting it never made. Called before the setup is worked out.
+/// of a setting it never made. Called before the setup is worked out. A client since the
+/// last cross-tenant reset that may have set one where pgtenant could not see it
+/// (`settings_unseen`: set_config, a DO block) counts too: neither the setup nor the next
+/// client's SET undoes it, so it stays in force for every client of the tenant after it.
 pub fn bounds_setup(conn: &ServerConn) -> bool {
-    TIMEOUTS.iter().any(|k| conn.var(k).is_some_and(|v| v.trim() != "0"))
+    conn.settings_unseen || TIMEOUTS.iter().any(|k| conn.var(k).is_some_and(|v| v.trim() != "0"))
 }
 
 const TIMEOUTS: [&str; 2] = ["statement_timeout", "lock_timeout"];

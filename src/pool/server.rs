@@ -129,6 +129,10 @@ pub struct ServerConn {
     /// A client ran something that may change settings without a SET tag (set_config, a DO
     /// block, CALL …): the tenant's isolation setting is applied afresh for the next client.
     pub(super) settings_suspect: bool,
+    /// Likewise, until the next cross-tenant reset: a timeout set that way stays in force for
+    /// every later client of the tenant, whose setups run under it (see
+    /// `handoff::bounds_setup`).
+    pub(super) settings_unseen: bool,
     /// A client ran something that may have declared a cursor (its text names DECLARE, or it
     /// ran a DO block or CALL): a WITH HOLD one would outlive the transaction, so CLOSE ALL
     /// runs before reuse (see `pool::session::retire`).
@@ -300,6 +304,7 @@ impl ServerConn {
             last_client: 0,
             unnamed: (0, 0),
             settings_suspect: false,
+            settings_unseen: false,
             cursors: false,
             tenant: None,
             generation: 0,
@@ -395,6 +400,7 @@ impl ServerConn {
     #[inline]
     pub fn suspect_settings(&mut self) {
         self.settings_suspect = true;
+        self.settings_unseen = true;
     }
 
     /// A client ran something that may declare a cursor (transaction mode): the connection's

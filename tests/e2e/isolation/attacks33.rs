@@ -1,7 +1,7 @@
 //! A hostile second tenant against tenant affinity's 50 ms streak bound (transactions ending
 //! just under it, clients of a taking turns) and a client of b against the unguarded `SET
 //! application_name` with its own 1 ms statement timeout, compared with what PostgreSQL does to
-//! the same client.
+//! the same client; clients of b planting that timeout where pgtenant cannot see it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,9 +38,31 @@ struct Tally {
     ended: bool,
 }
 
+/// Sets a 1 ms statement timeout where pgtenant cannot see it.
+const PLANT: &str = "DO $$BEGIN PERFORM set_config('statement_timeout', '1ms', false); END$$";
+
 async fn run_rounds(c: Client, app: String, schema: String, rounds: usize) -> Tally {
+    run_planting(c, app, schema, rounds, false).await
+}
+
+/// [`run_rounds`], planting [`PLANT`] every third round when `plant` (its own 57014 counts as
+/// a timeout).
+async fn run_planting(c: Client, app: String, schema: String, rounds: usize, plant: bool) -> Tally {
     let mut t = Tally::default();
     for k in 0..rounds {
+        if plant && k % 3 == 0 {
+            match c.batch_execute(PLANT).await {
+                Ok(()) => {}
+                Err(e) if code(&e) == "57014" => t.timed_out += 1,
+                Err(e) => {
+                    t.other.push(format!("{app} planting: {}", why(&e)));
+                    if c.is_closed() {
+                        t.ended = true;
+                        break;
+                    }
+                }
+            }
+        }
         // Every other statement ends about when the 1 ms timer does: a cancel may land at its
         // very end, or just after.
         if k % 2 == 1 {
@@ -131,6 +153,39 @@ async fn b_clients_with_their_own_1ms_timeout_keep_their_sessions_across_handoff
     assert_eq!(after, Ok(vec![vec!["a-after".to_owned(), a.id.clone()]]), "a after b");
     for t in &tallies {
         assert!(t.other.is_empty() && !t.ended, "{tallies:?} (straight: {reference:?})");
+    }
+}
+
+/// As above, with the 1 ms timeout set where pgtenant cannot see it (set_config in a DO
+/// block, every third round, by both clients of b): each handoff's setup runs under a timeout
+/// of the other client's that pgtenant did not see. A setup cancelled by it is tried again on
+/// another connection, as under a timeout pgtenant saw: no session ends, and every reply shows
+/// the client's own name and b's schema. (Before, the setup was guarded only at the first
+/// handoff after a planting: 3 runs of 6 ended a session with 57014, "session setup failed".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_clients_planting_an_unseen_1ms_timeout_keep_their_sessions_across_handoffs() {
+    const ROUNDS: usize = 600;
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders = load(b.database.clone(), stop.clone());
+    let mut through = Vec::new();
+    for app in ["b-one", "b-two"] {
+        let c = connect_str(&format!("{} application_name={app}", h.conninfo(&b.id))).await;
+        through.push(tokio::spawn(run_planting(c, app.to_owned(), b.id.clone(), ROUNDS, true)));
+    }
+    let mut tallies = Vec::new();
+    for t in through {
+        tallies.push(t.await.expect("b's client"));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for l in loaders {
+        l.await.expect("loader");
+    }
+    eprintln!("through pgtenant: {tallies:?}");
+    for t in &tallies {
+        assert!(t.other.is_empty() && !t.ended, "{tallies:?}");
+        assert!(t.ok > 0, "{tallies:?}");
     }
 }
 
