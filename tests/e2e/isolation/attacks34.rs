@@ -3,7 +3,9 @@
 //! busy with a slow query while tenant b loops queries behind it, then sends what a driver
 //! would pipeline behind that query. What a sends must get exactly PostgreSQL's replies
 //! (transactions whole, its statements and settings following it across the handoff, nothing
-//! held forever), and b must never see anything of a's session.
+//! held forever, PAUSE and the tenant's cap and counters as for any transaction), and b must
+//! never see anything of a's session. Where PostgreSQL's answer is the reference, the same
+//! messages go to one direct session.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -56,7 +58,7 @@ fn b_loop(
 }
 
 /// A proxy for the pair over one shared connection, b looping behind it, and a raw client of
-/// a; `cut` is the ReadyForQuery count the test reads up to.
+/// a.
 struct Scene {
     h: Harness,
     a: TenantConfig,
@@ -83,6 +85,13 @@ async fn scene() -> Scene {
 }
 
 impl Scene {
+    /// Tenant a's counters: its clients (active, waiting, idle), transactions and queries.
+    fn a_counts(&self) -> ([i64; 3], u64, u64) {
+        let all = self.h.proxy.metrics.tenants();
+        let (_, a) = all.iter().find(|(t, _)| *t == self.a.id.as_str()).expect("a's counters");
+        (a.clients, a.transactions, a.queries)
+    }
+
     /// a sends `first` (behind [`SLOW`]) at once, and `then` 250 ms later, while its slow
     /// query still runs and b waits: what is held back. Returns a's replies, up to `readies`
     /// ReadyForQuery messages in all.
@@ -237,6 +246,10 @@ async fn a_held_back_transaction_runs_whole_on_its_next_connection() {
     ];
     assert_eq!(words(&got), expect(&[&SLOW_WORDS, body]));
     assert!(s.resets() >= 2, "{} resets: a's BEGIN was not held back for b", s.resets());
+    // Counted once each, the held-back ones too: seven queries, two transactions (the slow
+    // query's and a's own), a's one client idle again.
+    let counted = eventually(Duration::from_secs(2), || async { s.a_counts() == ([0, 0, 1], 2, 7) }).await;
+    assert!(counted, "a's counters (clients, transactions, queries): {:?}", s.a_counts());
     s.stop_b().await;
 }
 
@@ -263,13 +276,16 @@ async fn a_failed_transaction_keeps_its_connection_to_its_rollback() {
     s.stop_b().await;
 }
 
-/// Settings a makes in flight (a session SET, a custom setting; one SET a Query, as pgtenant
-/// follows them: the README says a SET among other statements is not) follow a to the
-/// connection its held-back query lands on; b's loop (`b_loop`) checks it never sees them.
+/// Settings a makes in flight (a session SET by Query, a custom one by an extended batch; one
+/// statement each, as the README says pgtenant follows them) follow a to the connection its
+/// held-back query lands on; b's loop (`b_loop`) checks it never sees them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_made_in_flight_follow_their_client_and_reach_nobody_else() {
     let mut s = scene().await;
-    let first = [query("SET statement_timeout = 4321"), query("SET attack34.secret = 'a-only'")];
+    let first = [
+        query("SET statement_timeout = 4321"),
+        cat(&[parse("", "SET attack34.secret = 'a-only'"), bind("", ""), execute(""), sync()]),
+    ];
     let then = [query("SELECT current_setting('statement_timeout'), current_setting('attack34.secret')")];
     let got = s.run(&first, &then, 4).await;
     let want: &[&str] = &["C(SET)", "Z(I)", "C(SET)", "Z(I)", "D(4321ms|a-only)", "C(SELECT 1)", "Z(I)"];
@@ -407,4 +423,112 @@ async fn a_client_waiting_at_its_tenants_cap_is_let_in() {
     eprintln!("the other client ran {n} queries, its longest {longest:?}");
     assert!(n >= 3, "the other client ran {n} queries");
     assert!(longest < Duration::from_millis(1500), "the other client waited {longest:?} at the cap");
+}
+
+/// PAUSE of a while its next query is held back: the slow query ends, the connection goes
+/// back (the PAUSE settles: a holds none) and b goes on, the held-back query waits at the
+/// pause like any new transaction of a's, and runs, as a's, after RESUME.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_while_held_back_settles_and_resume_runs_the_query() {
+    let mut s = scene().await;
+    let ta = pgtenant::model::TenantId::parse(&s.a.id).expect("tenant id");
+    send(&mut s.ra, &query(SLOW)).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(s.h.proxy.pools.pauses.pause(Some(&ta)), "PAUSE a");
+    send(&mut s.ra, &query("SELECT current_schema()::text || ':after-resume'")).await;
+    let (got, _) = read_ready(&mut s.ra, 2, Duration::from_millis(1500)).await;
+    assert_eq!(words(&got), expect(&[&SLOW_WORDS]), "a's held-back query ran while a was paused");
+    let settled =
+        eventually(Duration::from_secs(2), || async { s.h.proxy.pools.checked_out(Some(&ta)) == 0 }).await;
+    assert!(settled, "PAUSE a did not settle: a kept its connection");
+    assert_eq!(s.a_counts().0, [0, 1, 0], "a's client waits at the pause (active, waiting, idle)");
+    let before = s.b_ran.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(2), || async { s.b_ran.load(Ordering::SeqCst) > before + 1 }).await,
+        "b stopped while a was paused"
+    );
+    assert!(s.h.proxy.pools.pauses.resume(Some(&ta)), "RESUME a");
+    let (got, _) = read_ready(&mut s.ra, 1, Duration::from_secs(10)).await;
+    let mine = format!("D({}:after-resume)", s.a.id);
+    assert_eq!(words(&got), [mine.as_str(), "C(SELECT 1)", "Z(I)"]);
+    s.stop_b().await;
+}
+
+/// What PostgreSQL answers to the same messages on one session (no pool), as [`words`].
+async fn direct(first: &[Vec<u8>], then: &[Vec<u8>], readies: usize) -> Vec<String> {
+    let mut d = raw_direct("postgres").await;
+    send(&mut d, &cat(&[query(SLOW), cat(first), cat(then)])).await;
+    let (got, closed) = read_ready(&mut d, readies, Duration::from_secs(10)).await;
+    assert!(!closed && ready_count(&got) == readies, "PostgreSQL: {:?}", words(&got));
+    words(&got)
+}
+
+/// A case: what it tries, a's messages sent at once, those held back, ReadyForQuery count.
+type Case = (&'static str, Vec<Vec<u8>>, Vec<Vec<u8>>, usize);
+
+/// What the statements a left in flight became (a failed unnamed Parse leaves none; DISCARD
+/// ALL and DEALLOCATE ALL drop the named ones) decides what its held-back Binds find on the
+/// next connection, as on one PostgreSQL session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_dropped_in_flight_stay_dropped_after_the_hold_back() {
+    let cases: [Case; 3] = [
+        (
+            "a failed unnamed Parse",
+            vec![parse("", "SELECT 1"), sync(), parse("", "SELEC oops"), sync()],
+            vec![bind("", ""), execute(""), sync()],
+            4,
+        ),
+        (
+            "DISCARD ALL",
+            vec![parse("s34", "SELECT 34"), sync(), query("DISCARD ALL")],
+            vec![bind("", "s34"), execute(""), sync(), query("SELECT 1")],
+            5,
+        ),
+        (
+            "DEALLOCATE ALL",
+            vec![parse("s34", "SELECT 34"), sync(), query("DEALLOCATE ALL")],
+            vec![
+                bind("", "s34"),
+                execute(""),
+                sync(),
+                parse("s34", "SELECT 35"),
+                bind("", "s34"),
+                execute(""),
+                sync(),
+            ],
+            5,
+        ),
+    ];
+    for (what, first, then, readies) in cases {
+        let want = direct(&first, &then, readies).await;
+        let mut s = scene().await;
+        let got = s.run(&first, &then, readies).await;
+        assert_eq!(words(&got), want, "{what}: through pgtenant and on PostgreSQL");
+        assert!(s.resets() >= 2, "{what}: {} resets: the Bind was not held back for b", s.resets());
+        // And a is still a (after DISCARD ALL too: its schema is set again).
+        send(&mut s.ra, &query("SELECT current_schema()")).await;
+        let (got, _) = read_ready(&mut s.ra, 1, Duration::from_secs(10)).await;
+        let mine = format!("D({})", s.a.id);
+        assert_eq!(words(&got), [mine.as_str(), "C(SELECT 1)", "Z(I)"], "{what}");
+        s.stop_b().await;
+    }
+}
+
+/// A FunctionCall (`pg_backend_pid`, oid 2026) and a Query of 1 MB (streamed through, never
+/// held whole) held back: each answered as on PostgreSQL once a has a connection again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_call_and_a_streamed_query_held_back_are_answered() {
+    let mut call = 2026i32.to_be_bytes().to_vec();
+    call.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // no argument formats, no arguments, text result
+    let big = format!("SELECT length('{}')", "x".repeat(1 << 20));
+    let then = [msg(b'F', &call), query(&big), query("SELECT 1")];
+    let want = direct(&[], &then, 4).await;
+    let mut s = scene().await;
+    let got = s.run(&[], &then, 4).await;
+    // The backend's pid differs: the FunctionCall's result (V) is only checked to be there.
+    let tags = summary(&got);
+    assert_eq!(tags.iter().filter(|w| *w == "V").count(), 1, "{tags:?}");
+    assert_eq!(words(&got), want, "through pgtenant and on PostgreSQL");
+    assert!(s.resets() >= 2, "{} resets: the FunctionCall was not held back for b", s.resets());
+    s.stop_b().await;
 }
