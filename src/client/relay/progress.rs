@@ -4,7 +4,8 @@
 /// Where the server connection stands, beyond the reply queue.
 #[derive(Debug, Default)]
 pub(super) struct Progress {
-    /// An extended-protocol message went out and its Sync has not.
+    /// A Parse, Bind, Describe, Close or Execute went out and no Sync since (a Flush alone
+    /// opens no batch).
     pub(super) extended_open: bool,
     /// A reply arrived that the queue did not expect: pgtenant lost track, so the connection
     /// is never returned to the pool.

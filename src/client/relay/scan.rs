@@ -109,7 +109,11 @@ impl ClientScan<'_> {
                     break;
                 }
                 fe::SYNC => progress.extended_open = false,
-                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE | fe::FLUSH => {
+                // Not Flush: it only asks for what the server holds, and PostgreSQL starts no
+                // transaction for it (postgres.c), so alone it opens no batch that only a Sync
+                // would end (a lone Flush kept the connection from the pool for the rest of
+                // the session: e2e isolation::attacks34).
+                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::EXECUTE => {
                     progress.extended_open = true
                 }
                 _ => {}
