@@ -550,9 +550,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             }
             // scan_client checked every header up to c_scanned.
             let Ok(Some((tag, len))) = header(&self.cbuf[pos..self.c_scanned], usize::MAX) else { break };
+            // Not looking at `copy_may_open` (an Execute after any COPY the client parsed sets
+            // it): a COPY FROM STDIN the unit in flight starts shows in its CopyInResponse
+            // (`unit_pending` is false from then on, and this runs again), and copy data is
+            // never held back.
             if may_yield
                 && frontend::starts_unit(tag)
-                && !self.progress.copy_may_open
                 && st.pipeline.unit_pending()
                 && st.meter.held_longer_than(checkout::HOLD_STREAK)
             {

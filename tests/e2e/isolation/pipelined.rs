@@ -15,35 +15,33 @@ use pgtenant::model::Isolation;
 use super::*;
 
 /// Two loops on one client, each running `SELECT current_schema(), pg_sleep(0.004)` back to
-/// back (one through a prepared statement, one as a simple query), so the client always has
-/// one in flight, until `stop`. Returns the queries that ran; each must have run as `schema`.
-async fn keep_in_flight(c: Arc<Client>, schema: String, stop: Arc<AtomicBool>) -> usize {
+/// back (one through a prepared statement, one as a simple query; both prepared when
+/// `extended_only`), so the client always has one in flight, until `stop`. Returns the queries
+/// that ran; each must have run as `schema`.
+async fn keep_in_flight(c: Arc<Client>, schema: String, stop: Arc<AtomicBool>, extended_only: bool) -> usize {
     let done = Arc::new(AtomicUsize::new(0));
     let prepared = c.prepare("SELECT current_schema()::text, pg_sleep(0.004)::text").await.expect("prepare");
-    let by_statement = {
-        let (c, schema, stop, done) = (c.clone(), schema.clone(), stop.clone(), done.clone());
+    let one_loop = |simple: bool| {
+        let (c, schema, stop, done, prepared) =
+            (c.clone(), schema.clone(), stop.clone(), done.clone(), prepared.clone());
         async move {
             while !stop.load(Ordering::SeqCst) {
-                let row =
-                    c.query_one(&prepared, &[]).await.unwrap_or_else(|e| panic!("prepared: {}", why(&e)));
-                assert_eq!(row.get::<_, String>(0), schema, "a prepared query ran as another tenant");
+                let got = if simple {
+                    let got = rows(&c, "SELECT current_schema(), pg_sleep(0.004)")
+                        .await
+                        .unwrap_or_else(|e| panic!("simple: {}", why(&e)));
+                    got[0][0].clone()
+                } else {
+                    let row =
+                        c.query_one(&prepared, &[]).await.unwrap_or_else(|e| panic!("prepared: {}", why(&e)));
+                    row.get::<_, String>(0)
+                };
+                assert_eq!(got, schema, "a query ran as another tenant (simple: {simple})");
                 done.fetch_add(1, Ordering::SeqCst);
             }
         }
     };
-    let simple = {
-        let (c, done) = (c.clone(), done.clone());
-        async move {
-            while !stop.load(Ordering::SeqCst) {
-                let got = rows(&c, "SELECT current_schema(), pg_sleep(0.004)")
-                    .await
-                    .unwrap_or_else(|e| panic!("simple: {}", why(&e)));
-                assert_eq!(got[0][0], schema, "a simple query ran as another tenant");
-                done.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    };
-    futures_util::future::join(by_statement, simple).await;
+    futures_util::future::join(one_loop(false), one_loop(!extended_only)).await;
     done.load(Ordering::SeqCst)
 }
 
@@ -55,9 +53,21 @@ async fn wait_behind(
     waiter: &Client,
     waiter_schema: &str,
 ) -> (Duration, usize) {
+    wait_behind_loops(busy, busy_schema, waiter, waiter_schema, false).await
+}
+
+/// [`wait_behind`], the busy client's loops both prepared when `extended_only` (see
+/// [`keep_in_flight`]).
+async fn wait_behind_loops(
+    busy: Client,
+    busy_schema: String,
+    waiter: &Client,
+    waiter_schema: &str,
+    extended_only: bool,
+) -> (Duration, usize) {
     let busy = Arc::new(busy);
     let stop = Arc::new(AtomicBool::new(false));
-    let pipeline = tokio::spawn(keep_in_flight(busy.clone(), busy_schema, stop.clone()));
+    let pipeline = tokio::spawn(keep_in_flight(busy.clone(), busy_schema, stop.clone(), extended_only));
     // Well past the 50 ms: the busy client has held the connection for a while.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut longest = Duration::ZERO;
@@ -121,6 +131,27 @@ async fn a_client_with_a_query_always_in_flight_lets_its_own_tenants_clients_in(
     eprintln!("the other client's longest wait {longest:?}; the busy one ran {ran} queries");
     assert!(longest < Duration::from_secs(3), "the other client waited {longest:?}");
     assert!(ran > 20, "the busy client went on ({ran} queries)");
+}
+
+/// A client that ran a COPY FROM STDIN through a prepared statement once (after which any of
+/// its Executes may start one, as far as pgtenant can tell), then pipelines Executes only, is
+/// still held back: others get in. (Held back only where no COPY could be open, it kept the
+/// connection: b waited to its checkout timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_copied_once_still_lets_the_other_tenant_in() {
+    use futures_util::SinkExt;
+    let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
+    let h = start(shared_pool_of_one(vec![a.clone(), b.clone()])).await;
+    let (ca, cb) = (h.client(&a.id).await, h.client(&b.id).await);
+    ca.batch_execute("CREATE TABLE copied (n int)").await.expect("create");
+    let sink = ca.copy_in("COPY copied FROM STDIN").await.expect("copy in");
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"1\n2\n")).await.expect("copy data");
+    assert_eq!(sink.finish().await.expect("copy done"), 2);
+    let (longest, ran) = wait_behind_loops(ca, a.id.to_string(), &cb, &b.id.to_string(), true).await;
+    eprintln!("b's longest wait {longest:?}; a ran {ran} queries");
+    assert!(longest < Duration::from_secs(3), "b waited {longest:?} behind a's pipeline");
+    assert!(ran > 20, "a's pipeline went on ({ran} queries)");
 }
 
 /// Inside a transaction the pipelining client keeps its connection to the end: its queries
