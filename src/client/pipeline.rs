@@ -262,9 +262,17 @@ impl Pipeline {
     }
 
     /// Replies are owed, and the last message sent ends a unit (see [`Kind::readies`]): a
-    /// message sent now begins the next.
+    /// message sent now begins the next. Flushes, and copy messages outside a copy (which the
+    /// server ignores), after it do not count: a client sending them behind each query must not
+    /// look always inside a unit.
     pub fn unit_pending(&self) -> bool {
-        self.queue.back().is_some_and(|e| e.kind.readies()) && !self.copy_in()
+        !self.copy_in()
+            && self
+                .queue
+                .iter()
+                .rev()
+                .find(|e| !matches!(e.kind, Kind::Flush | Kind::CopyData | Kind::CopyDone | Kind::CopyFail))
+                .is_some_and(|e| e.kind.readies())
     }
 
     /// ReadyForQuery messages still owed by the server (at least).

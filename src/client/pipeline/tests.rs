@@ -55,6 +55,11 @@ fn a_unit_is_pending_only_behind_a_query_function_call_or_sync() {
     assert!(!p.unit_pending());
     route(&mut p, b"CZ");
     assert!(!p.unit_pending() && p.is_idle());
+    // A Flush, or copy messages outside a copy (ignored by the server), behind a unit's end.
+    fwd(&mut p, &[Kind::Query, Kind::CopyDone, Kind::Flush, Kind::CopyData]);
+    assert!(p.unit_pending(), "stray messages behind a Query");
+    fwd(&mut p, &[Kind::Parse, Kind::Flush]);
+    assert!(!p.unit_pending(), "an extended batch opened behind it");
 }
 
 #[test]
