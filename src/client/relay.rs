@@ -509,9 +509,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
         // status), an extended batch or a copy, nor on a connection that would not go back.
         // Only while something is in flight (`unit_pending`): once it is answered, either the
         // connection goes back (`settle`) or this runs again and stages.
+        let transaction = self.mode == PoolMode::Transaction;
         let p = &mut self.progress;
         p.yielding = false;
-        let may_yield = self.mode == PoolMode::Transaction
+        let may_yield = transaction
             && p.status == txn::IDLE
             && !self.pinned
             && !p.desync
@@ -521,7 +522,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             && (self.pool.anyone_waiting() || self.tenant_cap.anyone_waiting());
         let Some(server) = self.server.as_mut() else { return };
         self.meter.query_started();
-        let transaction = self.mode == PoolMode::Transaction;
         // Built once for all the frames staged now.
         let mut st = Stage {
             out: &mut self.out,

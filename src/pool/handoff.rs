@@ -45,8 +45,8 @@ pub const SETSEED_OID: u32 = 1599;
 pub const RESET_GUARD: &str = "SET statement_timeout = 0";
 
 /// Whether the reset of `conn` goes behind [`RESET_GUARD`]: a client set a timeout on it
-/// (tracked, see [`bounds_setup`]), or ran something that may have set one without a SET
-/// (`set_config`, a DO block: `settings_suspect`). Otherwise its statement timeout is the
+/// (tracked), or ran something that may have set one without a SET (`set_config`, a DO
+/// block): see [`bounds_setup`]. Otherwise its statement timeout is the
 /// one the connection was opened with, and the guard (a statement of its own, with a
 /// ReadyForQuery the server flushes on its own) would cost the server a seventh of the
 /// handoff (21,500 of 155,600 instructions in callgrind of a PostgreSQL 15 backend). A
@@ -54,7 +54,9 @@ pub const RESET_GUARD: &str = "SET statement_timeout = 0";
 /// fails the reset like any other error: the connection is closed and the client's messages
 /// go to another one (the relay's `retry`).
 pub fn needs_guard(conn: &ServerConn) -> bool {
-    conn.settings_suspect || bounds_setup(conn)
+    // `settings_unseen`, which `bounds_setup` reads, is set whenever `settings_suspect` is and
+    // outlives it.
+    bounds_setup(conn)
 }
 
 /// Whether `conn` must be reset before `tenant` uses it: another tenant used it last, or a

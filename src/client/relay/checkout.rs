@@ -244,9 +244,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             self.progress.reset_synced = false;
             self.progress.reset_since = Some(tokio::time::Instant::now());
             // The client's bytes sent behind it are kept, should it fail (see `retry`): behind
-            // a reset, and behind a setup under a timeout the connection carries (another
-            // client's cancel still pending, or its timer, fails the SET with 57014; PostgreSQL
-            // would cost that client one statement, not its session).
+            // a reset, and behind a setup under a timeout the connection carries or may carry
+            // unseen (`bounds_setup`: another client's cancel still pending, or its timer,
+            // fails the SET with 57014; PostgreSQL would cost that client one statement, not
+            // its session).
             let kept = reset || guard;
             self.progress.retry = Retry::arm(self.progress.retry.take(), kept, self.meter.prepared_mark());
         }

@@ -8,12 +8,12 @@
 //! (`Session::check_reset_reply`).
 //!
 //! Only a handoff that carries a reset keeps a copy of the client's bytes (and one whose setup
-//! runs under a timeout the connection carries, which another client's cancel or timer may
-//! fail, and one that is itself a retry, whose setup may fail too), only while its replies
-//! are due, and only up to [`MAX_KEPT`]: a frame that would pass it (a large message) waits for the handoff's verdict
-//! (a Flush asks for it), so that a tenant able to fail the reset (a statement timeout set
-//! out of pgtenant's sight goes without the guard) cannot end the next tenant's session
-//! with it. Past [`HANDOFF_ATTEMPTS`], or when what failed is not an error the server
+//! runs under a timeout the connection carries or may carry unseen, which another client's
+//! cancel or timer may fail, and one that is itself a retry, whose setup may fail too), only
+//! while its replies are due, and only up to [`MAX_KEPT`]: a frame that would pass it (a
+//! large message) waits for the handoff's verdict (a Flush asks for it), so that a tenant
+//! able to fail the reset (a timeout set inside a function, a cancel landing in it) cannot
+//! end the next tenant's session with it. Past [`HANDOFF_ATTEMPTS`], or when what failed is not an error the server
 //! answered in place of pgtenant's own statements, the session ends with the error as it did
 //! before.
 
