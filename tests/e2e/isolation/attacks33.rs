@@ -99,6 +99,24 @@ async fn run_planting(c: Client, app: String, schema: String, rounds: usize, pla
     t
 }
 
+/// Rounds each client runs in the tests below.
+const ROUNDS: usize = 600;
+
+/// Two clients of b (`b-one`, `b-two`, with `opts` in their conninfo) run [`ROUNDS`] rounds at
+/// once through pgtenant, planting [`PLANT`] when `plant`: their tallies.
+async fn through_b(h: &Harness, b: &str, opts: &str, plant: bool) -> Vec<Tally> {
+    let mut through = Vec::new();
+    for app in ["b-one", "b-two"] {
+        let c = connect_str(&format!("{} {opts} application_name={app}", h.conninfo(b))).await;
+        through.push(tokio::spawn(run_planting(c, app.to_owned(), b.to_owned(), ROUNDS, plant)));
+    }
+    let mut tallies = Vec::new();
+    for t in through {
+        tallies.push(t.await.expect("b's client"));
+    }
+    tallies
+}
+
 /// Two clients of b, each logged in with its own 1 ms statement timeout and an
 /// application_name, take turns on the one server connection (every handoff between them is
 /// the unguarded `SET application_name`, under the 1 ms timeout the connection carries, b's
@@ -108,21 +126,12 @@ async fn run_planting(c: Client, app: String, schema: String, rounds: usize, pla
 /// reference for how often a 1 ms timeout fires at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_clients_with_their_own_1ms_timeout_keep_their_sessions_across_handoffs() {
-    const ROUNDS: usize = 600;
     let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
     let h = start_quick(vec![a.clone(), b.clone()]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let loaders = load(b.database.clone(), stop.clone());
     let opts = "options='-c statement_timeout=1'";
-    let mut through = Vec::new();
-    for app in ["b-one", "b-two"] {
-        let c = connect_str(&format!("{} {opts} application_name={app}", h.conninfo(&b.id))).await;
-        through.push(tokio::spawn(run_rounds(c, app.to_owned(), b.id.clone(), ROUNDS)));
-    }
-    let mut tallies = Vec::new();
-    for t in through {
-        tallies.push(t.await.expect("b's client"));
-    }
+    let tallies = through_b(&h, &b.id, opts, false).await;
     // The same clients straight to PostgreSQL (the superuser, the schema search_path names).
     let mut straight = Vec::new();
     for app in ["s-one", "s-two"] {
@@ -164,20 +173,11 @@ async fn b_clients_with_their_own_1ms_timeout_keep_their_sessions_across_handoff
 /// handoff after a planting: 3 runs of 6 ended a session with 57014, "session setup failed".)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_clients_planting_an_unseen_1ms_timeout_keep_their_sessions_across_handoffs() {
-    const ROUNDS: usize = 600;
     let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
-    let h = start_quick(vec![a.clone(), b.clone()]).await;
+    let h = start_quick(vec![a, b.clone()]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let loaders = load(b.database.clone(), stop.clone());
-    let mut through = Vec::new();
-    for app in ["b-one", "b-two"] {
-        let c = connect_str(&format!("{} application_name={app}", h.conninfo(&b.id))).await;
-        through.push(tokio::spawn(run_planting(c, app.to_owned(), b.id.clone(), ROUNDS, true)));
-    }
-    let mut tallies = Vec::new();
-    for t in through {
-        tallies.push(t.await.expect("b's client"));
-    }
+    let tallies = through_b(&h, &b.id, "", true).await;
     stop.store(true, Ordering::SeqCst);
     for l in loaders {
         l.await.expect("loader");
