@@ -264,9 +264,13 @@ impl Pipeline {
     /// Replies are owed, and the last message sent ends a unit (see [`Kind::readies`]): a
     /// message sent now begins the next. Flushes, and copy messages outside a copy (which the
     /// server ignores), after it do not count: a client sending them behind each query must not
-    /// look always inside a unit.
+    /// look always inside a unit. In a copy a Query started, only once the client ended it (its
+    /// CopyDone or CopyFail sent): the server answers the rest without another message, and
+    /// what comes next must not slip through while the CopyInResponse is read. Not in one an
+    /// Execute started: its CommandComplete reaches the client only at the Sync that follows.
     pub fn unit_pending(&self) -> bool {
-        !self.copy_in()
+        let ended = |e: &Entry| matches!(e.kind, Kind::CopyDone | Kind::CopyFail);
+        (!self.copy_in() || (self.mode == Mode::CopyIn { extended: false } && self.queue.iter().any(ended)))
             && self
                 .queue
                 .iter()

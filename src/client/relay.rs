@@ -552,8 +552,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + PlainTcp> Session<S> {
             let Ok(Some((tag, len))) = header(&self.cbuf[pos..self.c_scanned], usize::MAX) else { break };
             // Not looking at `copy_may_open` (an Execute after any COPY the client parsed sets
             // it): a COPY FROM STDIN the unit in flight starts shows in its CopyInResponse
-            // (`unit_pending` is false from then on, and this runs again), and copy data is
-            // never held back.
+            // (`unit_pending` is false from then on, unless the client already ended a copy a
+            // Query started, and this runs again), and copy data is never held back.
             if may_yield
                 && frontend::starts_unit(tag)
                 && st.pipeline.unit_pending()

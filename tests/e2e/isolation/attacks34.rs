@@ -20,19 +20,19 @@ use crate::support::raw::*;
 
 /// What a's first message does: holds the connection long past the 50 ms of `HOLD_STREAK`,
 /// with b queued behind it.
-const SLOW: &str = "SELECT pg_sleep(0.5)";
+pub(super) const SLOW: &str = "SELECT pg_sleep(0.5)";
 /// Its replies as [`words`] gives them.
-const SLOW_WORDS: [&str; 3] = ["D()", "C(SELECT 1)", "Z(I)"];
+pub(super) const SLOW_WORDS: [&str; 3] = ["D()", "C(SELECT 1)", "Z(I)"];
 
 /// The replies that say what ran: rows, completions, errors, ReadyForQuery, CopyInResponse.
-fn words(bytes: &[u8]) -> Vec<String> {
+pub(super) fn words(bytes: &[u8]) -> Vec<String> {
     summary(bytes)
         .into_iter()
         .filter(|w| w == "G" || ["D(", "C(", "E(", "Z("].iter().any(|p| w.starts_with(p)))
         .collect()
 }
 
-fn expect(parts: &[&[&str]]) -> Vec<String> {
+pub(super) fn expect(parts: &[&[&str]]) -> Vec<String> {
     parts.iter().flat_map(|p| p.iter().map(|w| (*w).to_owned())).collect()
 }
 
@@ -59,18 +59,18 @@ fn b_loop(
 
 /// A proxy for the pair over one shared connection, b looping behind it, and a raw client of
 /// a.
-struct Scene {
-    h: Harness,
-    a: TenantConfig,
+pub(super) struct Scene {
+    pub(super) h: Harness,
+    pub(super) a: TenantConfig,
     stop: Arc<AtomicBool>,
     b: tokio::task::JoinHandle<usize>,
     /// b's queries so far.
-    b_ran: Arc<AtomicUsize>,
-    ra: TcpStream,
+    pub(super) b_ran: Arc<AtomicUsize>,
+    pub(super) ra: TcpStream,
     resets: u64,
 }
 
-async fn scene() -> Scene {
+pub(super) async fn scene() -> Scene {
     let (a, b) = tenant_pair(Isolation::Schema, Access::Write, 1).await;
     let mut cfg = config(vec![a.clone(), b.clone()]);
     cfg.pool.checkout_timeout = 15.0;
@@ -95,7 +95,7 @@ impl Scene {
     /// a sends `first` (behind [`SLOW`]) at once, and `then` 250 ms later, while its slow
     /// query still runs and b waits: what is held back. Returns a's replies, up to `readies`
     /// ReadyForQuery messages in all.
-    async fn run(&mut self, first: &[Vec<u8>], then: &[Vec<u8>], readies: usize) -> Vec<u8> {
+    pub(super) async fn run(&mut self, first: &[Vec<u8>], then: &[Vec<u8>], readies: usize) -> Vec<u8> {
         send(&mut self.ra, &cat(&[query(SLOW), cat(first)])).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
         // a holds the connection now: what passes it on from here is the hold-back (a to b,
@@ -108,12 +108,12 @@ impl Scene {
     }
 
     /// Cross-tenant resets since a's `then` was sent (see [`Scene::run`]).
-    fn resets(&self) -> u64 {
+    pub(super) fn resets(&self) -> u64 {
         self.h.proxy.metrics.global().resets() - self.resets
     }
 
     /// Stops b's loop; how many queries it ran.
-    async fn stop_b(self) -> usize {
+    pub(super) async fn stop_b(self) -> usize {
         self.stop.store(true, Ordering::SeqCst);
         let n =
             tokio::time::timeout(Duration::from_secs(20), self.b).await.expect("b stops").expect("b's loop");
@@ -455,7 +455,7 @@ async fn a_pause_while_held_back_settles_and_resume_runs_the_query() {
 }
 
 /// What PostgreSQL answers to the same messages on one session (no pool), as [`words`].
-async fn direct(first: &[Vec<u8>], then: &[Vec<u8>], readies: usize) -> Vec<String> {
+pub(super) async fn direct(first: &[Vec<u8>], then: &[Vec<u8>], readies: usize) -> Vec<String> {
     let mut d = raw_direct("postgres").await;
     send(&mut d, &cat(&[query(SLOW), cat(first), cat(then)])).await;
     let (got, closed) = read_ready(&mut d, readies, Duration::from_secs(10)).await;
