@@ -29,7 +29,8 @@ fn extended_round_trip() {
 }
 
 /// `unit_pending`: only while replies are owed to a message that ends a unit (where a client
-/// that pipelines may be held back), never inside an extended batch or a copy.
+/// that pipelines may be held back), never inside an extended batch or a copy the client has
+/// not ended.
 #[test]
 fn a_unit_is_pending_only_behind_a_query_function_call_or_sync() {
     let mut p = Pipeline::default();
@@ -51,8 +52,10 @@ fn a_unit_is_pending_only_behind_a_query_function_call_or_sync() {
     assert!(p.unit_pending());
     route(&mut p, b"G");
     assert!(!p.unit_pending(), "COPY FROM STDIN under way");
-    fwd(&mut p, &[Kind::CopyData, Kind::CopyDone]);
-    assert!(!p.unit_pending());
+    fwd(&mut p, &[Kind::CopyData]);
+    assert!(!p.unit_pending(), "the copy waits for more data");
+    fwd(&mut p, &[Kind::CopyDone]);
+    assert!(p.unit_pending(), "a Query's copy the client ended: answered without another message");
     route(&mut p, b"CZ");
     assert!(!p.unit_pending() && p.is_idle());
     // A Flush, or copy messages outside a copy (ignored by the server), behind a unit's end.
@@ -60,6 +63,12 @@ fn a_unit_is_pending_only_behind_a_query_function_call_or_sync() {
     assert!(p.unit_pending(), "stray messages behind a Query");
     fwd(&mut p, &[Kind::Parse, Kind::Flush]);
     assert!(!p.unit_pending(), "an extended batch opened behind it");
+    // An Execute's copy, ended: its CommandComplete comes only at the Sync that follows.
+    let mut p = Pipeline::default();
+    fwd(&mut p, &[Kind::Parse, Kind::Bind, Kind::Execute]);
+    route(&mut p, b"12G");
+    fwd(&mut p, &[Kind::CopyData, Kind::CopyDone]);
+    assert!(!p.unit_pending(), "an Execute's copy waits for its Sync");
 }
 
 #[test]
@@ -714,10 +723,19 @@ fn agrees_with_the_previous_model(steps: &[Step]) -> Result<(), TestCaseError> {
         prop_assert_eq!(new.uncertain(), old.uncertain());
         prop_assert_eq!(new.pending_ready(), old.pending_ready());
         prop_assert_eq!(new.copy_in(), old.copy_in());
-        // Where a pipelining client may be held back: only while a ReadyForQuery is owed,
-        // never in a copy or with nothing owed.
+        // Where a pipelining client may be held back: only while a ReadyForQuery is owed that
+        // needs no further message of the client's.
         if new.unit_pending() {
-            prop_assert!(new.pending_ready() > 0 && !new.owes_nothing() && !new.copy_in(), "step {}", n);
+            prop_assert!(new.pending_ready() > 0 && !new.owes_nothing(), "step {}", n);
+            // In a copy, only a Query's the client already ended.
+            if new.copy_in() {
+                prop_assert!(new.mode == Mode::CopyIn { extended: false }, "step {}", n);
+                prop_assert!(
+                    new.queue.iter().any(|e| matches!(e.kind, Kind::CopyDone | Kind::CopyFail)),
+                    "step {}",
+                    n
+                );
+            }
         }
     }
     Ok(())
